@@ -1,0 +1,1 @@
+"""CLI, configuration, lab topology, and the daemon wiring datapath + slowpath."""

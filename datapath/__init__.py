@@ -1,0 +1,1 @@
+"""Python side of the kernel: compile, attach, maps, test-run harness, preflight."""

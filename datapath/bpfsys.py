@@ -1,0 +1,230 @@
+"""The few bpf(2) commands BCC does not expose, through ctypes.
+
+BPF_PROG_TEST_RUN (run a loaded program on a packet), and the object-info
+calls that `microseg status` and `preflight` need (program and map info by
+id, map memory from /proc fdinfo). Layouts follow include/uapi/linux/bpf.h;
+only the leading fields we read are declared, which the kernel accepts (it
+copies min(info_len, its size)).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+from dataclasses import dataclass
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+# __NR_bpf per architecture (arch/*/include/uapi/asm/unistd*.h).
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280}
+
+BPF_MAP_CREATE = 0
+BPF_PROG_LOAD = 5
+BPF_PROG_TEST_RUN = 10
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_MAP_GET_FD_BY_ID = 14
+BPF_OBJ_GET_INFO_BY_FD = 15
+
+
+class BpfError(OSError):
+    """A bpf(2) call failed; errno and the command are kept."""
+
+
+def _nr() -> int:
+    try:
+        return _NR_BPF[platform.machine()]
+    except KeyError:
+        raise BpfError(0, f"bpf syscall number unknown for architecture {platform.machine()}")
+
+
+def sys_bpf(cmd: int, attr: ctypes.Structure) -> int:
+    ret = _libc.syscall(_nr(), ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BpfError(err, f"bpf cmd {cmd}: {os.strerror(err)}")
+    return ret
+
+
+class _TestRunAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+# struct __sk_buff (uapi) as far as test_run lets a caller set fields:
+# mark, priority, ingress_ifindex, ifindex, cb[5], tstamp, wire_len,
+# gso_segs, gso_size, hwtstamp. The struct is declared up to hwtstamp.
+class SkBuff(ctypes.Structure):
+    _fields_ = [
+        ("len", ctypes.c_uint32), ("pkt_type", ctypes.c_uint32), ("mark", ctypes.c_uint32),
+        ("queue_mapping", ctypes.c_uint32), ("protocol", ctypes.c_uint32), ("vlan_present", ctypes.c_uint32),
+        ("vlan_tci", ctypes.c_uint32), ("vlan_proto", ctypes.c_uint32), ("priority", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32), ("ifindex", ctypes.c_uint32), ("tc_index", ctypes.c_uint32),
+        ("cb", ctypes.c_uint32 * 5), ("hash", ctypes.c_uint32), ("tc_classid", ctypes.c_uint32),
+        ("data", ctypes.c_uint32), ("data_end", ctypes.c_uint32), ("napi_id", ctypes.c_uint32),
+        ("family", ctypes.c_uint32), ("remote_ip4", ctypes.c_uint32), ("local_ip4", ctypes.c_uint32),
+        ("remote_ip6", ctypes.c_uint32 * 4), ("local_ip6", ctypes.c_uint32 * 4),
+        ("remote_port", ctypes.c_uint32), ("local_port", ctypes.c_uint32), ("data_meta", ctypes.c_uint32),
+        ("flow_keys", ctypes.c_uint64), ("tstamp", ctypes.c_uint64), ("wire_len", ctypes.c_uint32),
+        ("gso_segs", ctypes.c_uint32), ("sk", ctypes.c_uint64), ("gso_size", ctypes.c_uint32),
+        ("tstamp_type", ctypes.c_uint8), ("_pad", ctypes.c_uint8 * 3), ("hwtstamp", ctypes.c_uint64),
+    ]
+
+
+@dataclass
+class TestRunResult:
+    retval: int
+    duration_ns: int  # mean per repetition, as the kernel reports it
+    data_out: bytes
+
+
+# Largest packet the harness accepts back (a packet may grow, e.g. by encap).
+_MAX_OUT = 65535 + 256
+
+
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1,
+                  ingress_ifindex: int = 0, ifindex: int = 0, mark: int = 0) -> TestRunResult:
+    """Run a sched_cls program once (or ``repeat`` times) on ``data``."""
+    if len(data) < 14:
+        raise ValueError(f"packet of {len(data)} bytes: BPF_PROG_TEST_RUN for TC needs at least an Ethernet header (14)")
+    inbuf = ctypes.create_string_buffer(bytes(data), len(data))
+    outbuf = ctypes.create_string_buffer(_MAX_OUT)
+    ctx = SkBuff()
+    ctx.ingress_ifindex = ingress_ifindex
+    ctx.ifindex = ifindex
+    ctx.mark = mark
+    attr = _TestRunAttr()
+    attr.prog_fd = prog_fd
+    attr.data_size_in = len(data)
+    attr.data_size_out = _MAX_OUT
+    attr.data_in = ctypes.addressof(inbuf)
+    attr.data_out = ctypes.addressof(outbuf)
+    attr.repeat = repeat
+    attr.ctx_size_in = ctypes.sizeof(ctx)
+    attr.ctx_in = ctypes.addressof(ctx)
+    sys_bpf(BPF_PROG_TEST_RUN, attr)
+    return TestRunResult(attr.retval, attr.duration, outbuf.raw[: attr.data_size_out])
+
+
+class _GetInfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+class _GetFdByIdAttr(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
+
+
+class _ProgInfo(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16),
+    ]
+
+
+class _MapInfo(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+@dataclass
+class MapInfo:
+    id: int
+    name: str
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    memlock: int | None  # bytes the kernel charges for the map
+
+
+@dataclass
+class ProgInfo:
+    id: int
+    name: str
+    tag: str
+    jited: bool
+    xlated_len: int
+    map_ids: list[int]
+
+
+def _get_info(fd: int, info: ctypes.Structure) -> None:
+    attr = _GetInfoAttr(fd, ctypes.sizeof(info), ctypes.addressof(info))
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+
+
+def prog_info_by_fd(fd: int) -> ProgInfo:
+    info = _ProgInfo()
+    _get_info(fd, info)
+    n = info.nr_map_ids
+    ids = (ctypes.c_uint32 * max(n, 1))()
+    info2 = _ProgInfo()
+    info2.nr_map_ids = n
+    info2.map_ids = ctypes.addressof(ids)
+    _get_info(fd, info2)
+    return ProgInfo(info2.id, info2.name.decode(errors="replace"), bytes(info2.tag).hex(),
+                    info2.jited_prog_len > 0, info2.xlated_prog_len, list(ids)[:n])
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    return sys_bpf(BPF_PROG_GET_FD_BY_ID, _GetFdByIdAttr(prog_id, 0, 0))
+
+
+def map_fd_by_id(map_id: int) -> int:
+    return sys_bpf(BPF_MAP_GET_FD_BY_ID, _GetFdByIdAttr(map_id, 0, 0))
+
+
+def _fdinfo_memlock(fd: int) -> int | None:
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("memlock:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def map_info_by_fd(fd: int) -> MapInfo:
+    info = _MapInfo()
+    _get_info(fd, info)
+    return MapInfo(info.id, info.name.decode(errors="replace"), info.type, info.key_size,
+                   info.value_size, info.max_entries, info.map_flags, _fdinfo_memlock(fd))
+
+
+def prog_with_maps(prog_id: int) -> tuple[ProgInfo, list[MapInfo]]:
+    """Program info and the info of every map it uses, by program id."""
+    pfd = prog_fd_by_id(prog_id)
+    try:
+        prog = prog_info_by_fd(pfd)
+    finally:
+        os.close(pfd)
+    maps = []
+    for mid in prog.map_ids:
+        mfd = map_fd_by_id(mid)
+        try:
+            maps.append(map_info_by_fd(mfd))
+        finally:
+            os.close(mfd)
+    return prog, maps

@@ -1,0 +1,86 @@
+"""Python's view of the enums shared with the kernel program.
+
+The single source is the X-macro lists ``MS_ENUM_<NAME>(X)`` in bpf/lib/*.h
+(see bpf/lib/enums.h). This module reads them at import; nothing here is
+typed twice. tests/unit/test_enums.py compiles the values read here back into
+C as static asserts, so a change on one side that the other does not see
+fails the build of the test.
+"""
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .source import LIB_DIR
+
+_BLOCK = re.compile(r"#define\s+MS_ENUM_([A-Z0-9_]+)\(X\)((?:[^\n]*\\\n)*[^\n]*)")
+_ENTRY = re.compile(r'X\(\s*(\w+)\s*,\s*(\d+)\s*,\s*(\w+)\s*,\s*"((?:[^"\\]|\\.)*)"\s*\)')
+
+
+@dataclass(frozen=True)
+class EnumEntry:
+    name: str
+    value: int
+    kind: str
+    description: str
+
+
+def read_enum_lists(lib_dir: Path = LIB_DIR) -> dict[str, list[EnumEntry]]:
+    """All MS_ENUM_* lists found in the headers of ``lib_dir``."""
+    lists: dict[str, list[EnumEntry]] = {}
+    for header in sorted(lib_dir.glob("*.h")):
+        for m in _BLOCK.finditer(header.read_text()):
+            name, body = m.group(1), m.group(2)
+            if name in ("MEMBER", "COUNT"):
+                continue
+            entries = [EnumEntry(e[0], int(e[1]), e[2], e[3]) for e in _ENTRY.findall(body)]
+            if not entries:
+                raise ValueError(f"{header}: MS_ENUM_{name} has no X(...) entries")
+            if name in lists:
+                raise ValueError(f"{header}: MS_ENUM_{name} defined twice")
+            lists[name] = entries
+    return lists
+
+
+_LISTS = read_enum_lists()
+
+
+def _make(name: str, cname: str) -> type[enum.IntEnum]:
+    entries = _LISTS[cname]
+    cls = enum.IntEnum(name, [(e.name, e.value) for e in entries])
+    cls._meta = {e.value: e for e in entries}  # type: ignore[attr-defined]
+    return cls
+
+
+Reason = _make("Reason", "REASON")
+Direction = _make("Direction", "DIR")
+
+REASON_COUNT = len(Reason)
+DIRECTION_COUNT = len(Direction)
+
+
+def reason_kind(r: int) -> str:
+    """'PASS' or 'DROP'."""
+    return Reason._meta[int(r)].kind  # type: ignore[attr-defined]
+
+
+def reason_description(r: int) -> str:
+    return Reason._meta[int(r)].description  # type: ignore[attr-defined]
+
+
+def c_static_asserts() -> str:
+    """C text asserting every value Python holds, for the cross-check test."""
+    lines = []
+    for cname, entries in _LISTS.items():
+        for e in entries:
+            lines.append(f'_Static_assert({e.name} == {e.value}, "{e.name} differs between C and Python");')
+        lines.append(
+            f'_Static_assert((0 MS_ENUM_{cname}(MS_ENUM_COUNT)) == {len(entries)}, '
+            f'"MS_ENUM_{cname} entry count differs between C and Python");')
+    lo = sum(1 << e.value for e in _LISTS["REASON"] if e.kind == "DROP" and e.value < 64)
+    hi = sum(1 << (e.value - 64) for e in _LISTS["REASON"] if e.kind == "DROP" and e.value >= 64)
+    lines.append(f'_Static_assert(MS_REASON_DROPMASK_LO == {lo:#x}ULL, "drop kinds differ");')
+    lines.append(f'_Static_assert(MS_REASON_DROPMASK_HI == {hi:#x}ULL, "drop kinds differ");')
+    return "\n".join(lines) + "\n"

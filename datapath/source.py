@@ -1,0 +1,53 @@
+"""Assemble the BPF C source that BCC compiles.
+
+BCC rewrites map method calls (``ms_flows.lookup(&k)``) only in the main
+source text it is given, not in files that text #includes; a call left
+unrewritten compiles into an indirect call the kernel refuses ("unknown
+opcode 8d"). The sources stay split one concern per header (bpf/lib/), and
+this module inlines the project's own ``#include "..."`` lines into one text,
+with ``#line`` markers so compiler errors still name the real file and line.
+System includes (``<...>``) are left to the compiler.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+LIB_DIR = BPF_DIR / "lib"
+MAIN_SOURCE = BPF_DIR / "fastpath.c"
+
+_LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+
+def inline_includes(path: Path, search: tuple[Path, ...] = (LIB_DIR,),
+                    _seen: set[Path] | None = None) -> str:
+    """Return the text of ``path`` with local includes inlined once each."""
+    seen = _seen if _seen is not None else set()
+    path = path.resolve()
+    seen.add(path)
+    out: list[str] = [f'#line 1 "{path}"']
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        m = _LOCAL_INCLUDE.match(line)
+        if not m:
+            out.append(line)
+            continue
+        target = _find(m.group(1), path.parent, search)
+        if target is None:
+            raise FileNotFoundError(f"{path}:{lineno}: include \"{m.group(1)}\" not found")
+        if target not in seen:
+            out.append(inline_includes(target, search, seen))
+        out.append(f'#line {lineno + 1} "{path}"')
+    return "\n".join(out) + "\n"
+
+
+def _find(name: str, here: Path, search: tuple[Path, ...]) -> Path | None:
+    for d in (here, *search):
+        cand = (d / name).resolve()
+        if cand.is_file():
+            return cand
+    return None
+
+
+def program_text(main: Path = MAIN_SOURCE) -> str:
+    return inline_includes(main)
