@@ -83,7 +83,7 @@ class FastPath:
         src = text if text is not None else program_text(main)
         with _capture_stderr() as err:
             try:
-                self.bpf = BPF(text=src, cflags=self.config.cflags())
+                self.bpf = BPF(text=src.encode(), cflags=self.config.cflags())
             except Exception as e:  # BCC raises bare Exception
                 failure = e
             else:
@@ -94,7 +94,7 @@ class FastPath:
         for d, name in (programs or PROGRAMS).items():
             with _capture_stderr() as err:
                 try:
-                    fn = self.bpf.load_func(name, BPF.SCHED_CLS)
+                    fn = self.bpf.load_func(name.encode(), BPF.SCHED_CLS)
                 except Exception as e:
                     failure = e
                 else:
@@ -117,16 +117,16 @@ class FastPath:
 
     # -- maps -------------------------------------------------------------
     def table(self, name: str):
-        return self.bpf[name]
+        return self.bpf[name.encode()]
 
     def counters(self) -> dict[tuple[Direction, Reason], tuple[int, int]]:
         """(direction, reason) -> (packets, bytes), summed over CPUs; zeros left out."""
-        return read_counters(self.bpf["ms_counters"])
+        return read_counters(self.table("ms_counters"))
 
     def reset(self) -> None:
         """Empty every map, so each test starts from a clean kernel state."""
         for name in ("ms_counters", "ms_flows", "ms_ifaces"):
-            self.bpf[name].clear()  # arrays: zeroes every slot; hashes: deletes
+            self.table(name).clear()  # arrays: zeroes every slot; hashes: deletes
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

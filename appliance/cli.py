@@ -1,0 +1,216 @@
+"""The `microseg` command.
+
+Every failure an operator can cause (a missing interface, no privileges,
+missing kernel headers, a compile or verifier error) ends in one line
+``microseg: error: ...`` (plus the verifier's last lines where they help)
+and a non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from datapath.errors import MicrosegError, UsageError
+
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
+
+MAP_TYPES = {1: "hash", 2: "array", 3: "prog_array", 5: "percpu_hash", 6: "percpu_array",
+             9: "lru_hash", 10: "lru_percpu_hash", 11: "lpm_trie", 27: "ringbuf", 30: "bloom_filter"}
+
+
+def effective_caps() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def require_privileges(what: str) -> None:
+    caps = effective_caps()
+    has_bpf = bool(caps & (1 << CAP_BPF) or caps & (1 << CAP_SYS_ADMIN))
+    has_net = bool(caps & (1 << CAP_NET_ADMIN))
+    if not (has_bpf and has_net):
+        missing = [n for n, ok in (("CAP_BPF", has_bpf), ("CAP_NET_ADMIN", has_net)) if not ok]
+        raise MicrosegError(f"{what} needs root or {' and '.join(missing)} (running as uid {os.geteuid()})")
+
+
+# -- commands --------------------------------------------------------------
+
+def cmd_preflight(args) -> int:
+    from datapath import preflight
+
+    feats = preflight.probe_all()
+    print(preflight.to_json(feats) if args.json else preflight.render(feats))
+    return preflight.exit_code(feats)
+
+
+def _config(args):
+    from datapath.config import DatapathConfig
+    from pydantic import ValidationError
+
+    try:
+        return DatapathConfig(**({"flow_table_size": args.flow_table_size} if args.flow_table_size else {}))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UsageError(f"--{err['loc'][0].replace('_', '-')}: {err['msg']}")
+
+
+def cmd_up(args) -> int:
+    require_privileges("attaching the fast path")
+    from datapath import attach
+    from datapath.loader import FastPath
+
+    # Resolve names first: a typo must fail before a compile and before any change.
+    with attach.netlink(args.netns) as ipr:
+        attach.resolve(ipr, args.iface, args.netns)
+    fp = FastPath(_config(args))
+    try:
+        done = attach.attach(fp, args.iface, args.netns)
+    finally:
+        fp.close()  # the filters hold the programs and maps from here on
+    for a in done:
+        print(f"attached {a.name} on {a.iface} {a.direction.removeprefix('DIR_').lower()} (prog id {a.prog_id})")
+    return 0
+
+
+def cmd_down(args) -> int:
+    require_privileges("detaching the fast path")
+    from datapath import attach
+
+    n = attach.detach(args.iface, args.netns)
+    print(f"removed {n} microseg filter(s) from {', '.join(args.iface)}")
+    return 0
+
+
+def status_data(netns: str | None) -> dict:
+    from datapath import attach, bpfsys
+
+    items = attach.attached(netns)
+    progs = {}
+    for a in items:
+        if a.prog_id and a.prog_id not in progs:
+            try:
+                prog, maps = bpfsys.prog_with_maps(a.prog_id)
+            except OSError as e:
+                progs[a.prog_id] = {"error": str(e)}
+                continue
+            progs[a.prog_id] = {
+                "name": prog.name, "tag": prog.tag, "jited": prog.jited,
+                "maps": [{"id": m.id, "name": m.name, "type": MAP_TYPES.get(m.type, str(m.type)),
+                          "key_size": m.key_size, "value_size": m.value_size,
+                          "max_entries": m.max_entries, "memlock_bytes": m.memlock} for m in maps],
+            }
+    return {"netns": netns, "attached": attach.as_dicts(items), "programs": progs}
+
+
+def cmd_status(args) -> int:
+    require_privileges("reading fast path state")
+    from datapath.text import table
+
+    data = status_data(args.netns)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    where = f" in network namespace {args.netns}" if args.netns else ""
+    if not data["attached"]:
+        print(f"microseg is not attached to any interface{where}")
+        return 0
+    print(f"attached{where}:")
+    print(table([("interface", "hook", "prog id", "filter")] +
+                [(a["iface"], a["direction"].removeprefix("DIR_").lower(), a["prog_id"], a["name"])
+                 for a in data["attached"]]))
+    for pid, p in sorted(data["programs"].items()):
+        if "error" in p:
+            print(f"\nprogram {pid}: {p['error']}")
+            continue
+        print(f"\nprogram {pid} ({p['name']}, tag {p['tag']}, {'jited' if p['jited'] else 'interpreted'}) maps:")
+        print(table([("map", "type", "key", "value", "max entries", "memlock")] +
+                    [(m["name"], m["type"], m["key_size"], m["value_size"], m["max_entries"],
+                      _size(m["memlock_bytes"])) for m in p["maps"]]))
+    return 0
+
+
+def _size(n) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_lab(args) -> int:
+    require_privileges("the lab")
+    from appliance import lab as labmod
+
+    if args.lab_cmd == "up":
+        lab = labmod.Lab(args.tag) if args.tag else labmod.Lab()
+        lab.up()
+        print(f"lab {lab.tag} up: namespaces {', '.join(lab.namespaces)}; "
+              f"gateway interfaces {', '.join(labmod.GW_IFACES)} in {lab.gateway}")
+        return 0
+    if args.lab_cmd == "down":
+        tags = labmod.labs_present() if args.all else [args.tag]
+        if not args.all and not args.tag:
+            raise UsageError("lab down needs --tag TAG or --all")
+        for t in tags:
+            labmod.Lab(t).down()
+            print(f"lab {t} removed")
+        return 0
+    from appliance.demo import run_demo
+
+    return run_demo()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="microseg", description="eBPF micro-segmentation and DPI for Linux gateways")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("preflight", help="probe the running kernel for the features microseg uses")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_preflight)
+
+    for name, func, hlp in (("up", cmd_up, "attach the fast path (replaces a running one in place)"),
+                            ("down", cmd_down, "detach the fast path (only microseg's filters)")):
+        s = sub.add_parser(name, help=hlp)
+        s.add_argument("--iface", nargs="+", required=True, metavar="IF")
+        s.add_argument("--netns", help="network namespace of the interfaces (default: this one)")
+        if name == "up":
+            s.add_argument("--flow-table-size", type=int, help="sessions the table holds (default 524288)")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("status", help="what is attached where, program ids, map sizes")
+    s.add_argument("--netns")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("lab", help="a client / gateway / server lab in network namespaces")
+    labsub = s.add_subparsers(dest="lab_cmd", required=True)
+    lu = labsub.add_parser("up", help="build a lab (prints its tag)")
+    lu.add_argument("--tag", help="lab name (default: random)")
+    ld = labsub.add_parser("down", help="remove a lab")
+    ld.add_argument("--tag")
+    ld.add_argument("--all", action="store_true", help="remove every microseg lab")
+    labsub.add_parser("demo", help="build a lab, attach, send traffic, show counters, clean up")
+    s.set_defaults(func=cmd_lab)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MicrosegError as e:
+        print(f"microseg: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("microseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Read the session table (ms_flows) into plain records for people and JSON."""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+from .text import table
+
+PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
+
+
+def addr_text(raw) -> str:
+    a = ipaddress.IPv6Address(bytes(raw))
+    return str(a.ipv4_mapped) if a.ipv4_mapped else str(a)
+
+
+@dataclass
+class FlowRecord:
+    proto: str
+    src: str        # the endpoint that opened the flow
+    sport: int
+    dst: str
+    dport: int
+    packets_orig: int
+    bytes_orig: int
+    packets_reply: int
+    bytes_reply: int
+    first_seen_ns: int
+    last_seen_ns: int
+
+
+def flow_records(table) -> list[FlowRecord]:
+    out = []
+    for k, v in table.items():
+        lo = (addr_text(k.addr_lo), socket.ntohs(k.port_lo))
+        hi = (addr_text(k.addr_hi), socket.ntohs(k.port_hi))
+        src, dst = (hi, lo) if v.initiator_is_hi else (lo, hi)
+        out.append(FlowRecord(PROTO_NAMES.get(k.proto, str(k.proto)), src[0], src[1], dst[0], dst[1],
+                              v.packets[0], v.bytes[0], v.packets[1], v.bytes[1],
+                              v.first_seen_ns, v.last_seen_ns))
+    out.sort(key=lambda r: r.first_seen_ns)
+    return out
+
+
+def format_flows(records: list[FlowRecord]) -> str:
+    if not records:
+        return "  (no sessions)"
+    rows = [("proto", "source", "destination", "pkts >", "bytes >", "pkts <", "bytes <")]
+    for r in records:
+        rows.append((r.proto, f"{r.src}:{r.sport}" if ":" not in r.src else f"[{r.src}]:{r.sport}",
+                     f"{r.dst}:{r.dport}" if ":" not in r.dst else f"[{r.dst}]:{r.dport}",
+                     str(r.packets_orig), str(r.bytes_orig), str(r.packets_reply), str(r.bytes_reply)))
+    return table(rows)
