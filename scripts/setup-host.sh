@@ -41,7 +41,13 @@ if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
 # kernel without a package (these VMs run 6.18 on Debian 12) gets Debian's
 # newest headers linked in: TC programs only use the stable uapi.
 MODDIR="/lib/modules/$KREL"
-if [ ! -e "$MODDIR/build/include/uapi/linux/bpf.h" ] && [ ! -e "$MODDIR/build/include/linux/bpf.h" ]; then
+# Done when the build tree has its generated headers and the sources (either
+# in build/ for a distro package or in source/ for the split Debian layout).
+headers_ok() {
+    [ -d "$MODDIR/build/include/generated" ] &&
+        { [ -e "$MODDIR/build/include/uapi/linux/bpf.h" ] || [ -e "$MODDIR/source/include/uapi/linux/bpf.h" ]; }
+}
+if ! headers_ok; then
     if apt-cache show "linux-headers-$KREL" >/dev/null 2>&1 || { apt_updated=0; apt-get update -q >/dev/null; apt_updated=1; apt-cache show "linux-headers-$KREL" >/dev/null 2>&1; }; then
         apt_install "linux-headers-$KREL"
     else
