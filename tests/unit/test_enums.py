@@ -1,0 +1,47 @@
+"""C and Python agree on every shared enum (one source: bpf/lib/*.h)."""
+from __future__ import annotations
+
+import pytest
+
+from datapath import enums
+from datapath.errors import MicrosegError
+from datapath.loader import FastPath
+from datapath.source import program_text
+
+
+def test_python_reads_every_list():
+    lists = enums.read_enum_lists()
+    assert {"REASON", "DIR"} <= set(lists)
+    values = [e.value for e in lists["REASON"]]
+    assert values == sorted(values) and len(set(values)) == len(values)
+    assert all(e.kind in ("PASS", "DROP") for e in lists["REASON"])
+    names = [e.name for e in lists["REASON"]]
+    assert all(n.startswith(("PASS_", "DROP_")) or n == "REASON_UNSPEC" for n in names)
+    # the name says the action: a DROP_ reason is a drop and nothing else is
+    assert all((e.kind == "DROP") == e.name.startswith("DROP_") for e in lists["REASON"])
+
+
+def _compile_with_asserts(extra: str) -> None:
+    text = program_text() + "\n" + extra
+    fp = FastPath(text=text)
+    fp.close()
+
+
+def test_c_agrees_with_python():
+    # Python's values, compiled into the real program as static asserts.
+    _compile_with_asserts(enums.c_static_asserts())
+
+
+def test_a_disagreement_fails_the_build():
+    wrong = enums.c_static_asserts().replace("DROP_TCP_TRUNCATED == ", "DROP_TCP_TRUNCATED == 1000 + ")
+    with pytest.raises(MicrosegError, match="DROP_TCP_TRUNCATED differs"):
+        _compile_with_asserts(wrong)
+
+
+def test_parser_misses_nothing(tmp_path):
+    # A list entry written in a form the reader does not understand must not
+    # silently vanish: the count assert catches it.
+    hdr = tmp_path / "x.h"
+    hdr.write_text('#define MS_ENUM_T(X) \\\n    X(A, 0, PASS, "a") \\\n    X(B, 1, PASS, "b")\n')
+    lists = enums.read_enum_lists(tmp_path)
+    assert [e.name for e in lists["T"]] == ["A", "B"]
