@@ -44,7 +44,7 @@ def check_headers() -> None:
 
 
 @contextlib.contextmanager
-def _capture_stderr():
+def capture_stderr():
     """Collect what BCC's C++ side and the kernel loader print on fd 2."""
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         saved = os.dup(2)
@@ -59,7 +59,7 @@ def _capture_stderr():
             box["text"] = tmp.read().decode(errors="replace")
 
 
-def _tail(text: str, n: int = _ERROR_TAIL_LINES) -> str:
+def error_tail(text: str, n: int = _ERROR_TAIL_LINES) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("HINT:")]
     return "\n".join("  " + ln for ln in lines[-n:])
 
@@ -81,7 +81,7 @@ class FastPath:
         self.config = config or DatapathConfig()
         check_headers()
         src = text if text is not None else program_text(main)
-        with _capture_stderr() as err:
+        with capture_stderr() as err:
             try:
                 self.bpf = BPF(text=src.encode(), cflags=self.config.cflags())
             except Exception as e:  # BCC raises bare Exception
@@ -89,10 +89,10 @@ class FastPath:
             else:
                 failure = None
         if failure is not None:
-            raise MicrosegError(f"BPF compile failed: {failure}\n{_tail(err['text'])}")
+            raise MicrosegError(f"BPF compile failed: {failure}\n{error_tail(err['text'])}")
         self.fns = {}
         for d, name in (programs or PROGRAMS).items():
-            with _capture_stderr() as err:
+            with capture_stderr() as err:
                 try:
                     fn = self.bpf.load_func(name.encode(), BPF.SCHED_CLS)
                 except Exception as e:
@@ -101,7 +101,7 @@ class FastPath:
                     failure = None
             if failure is not None:
                 self.close()
-                raise MicrosegError(f"BPF verifier rejected {name}: {failure}\n{_tail(err['text'])}")
+                raise MicrosegError(f"BPF verifier rejected {name}: {failure}\n{error_tail(err['text'])}")
             self.fns[d] = fn
 
     # -- programs ---------------------------------------------------------
