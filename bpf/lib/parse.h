@@ -125,12 +125,14 @@ static __always_inline int ms_parse_l4(void *data, void *data_end,
         if ((void *)(uh + 1) > data_end || l4_len < sizeof(*uh))
             return DROP_UDP_TRUNCATED;
         __u32 ulen = bpf_ntohs(uh->len);
-        if (ulen < sizeof(*uh) || ulen > l4_len)
+        /* The UDP length covers the whole datagram; a first fragment holds
+         * only part of it, so only the lower bound can be checked there. */
+        if (ulen < sizeof(*uh) || (ulen > l4_len && p->frag != MS_FRAG_FIRST))
             return DROP_UDP_BAD_LENGTH;
         p->sport = uh->source;
         p->dport = uh->dest;
         p->payload_off = off + sizeof(*uh);
-        p->payload_len = ulen - sizeof(*uh);
+        p->payload_len = (ulen < l4_len ? ulen : l4_len) - sizeof(*uh);
         return PASS_FORWARD;
     }
     if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
@@ -191,9 +193,15 @@ static __always_inline int ms_parse_ipv6(void *data, void *data_end,
         if (nexthdr == IPPROTO_FRAGMENT) {
             /* RFC 8200 4.5: offset in 8-octet units in the top 13 bits. */
             __u16 fo = ((__u16)h[2] << 8 | h[3]);
-            if (fo & 0xfff8)
+            if (fo & 0xfff8) {
+                /* What follows a non-first fragment's header is the middle
+                 * of the fragmentable part, not a header: stop walking. */
                 p->frag = MS_FRAG_LATER;
-            else if (fo & 1)
+                p->proto = h[0];
+                p->l4_off = off + ext + 8;
+                return PASS_FRAGMENT;
+            }
+            if (fo & 1)
                 p->frag = MS_FRAG_FIRST;
             hlen = 8;
         } else if (nexthdr == IPPROTO_AH) {
