@@ -1,8 +1,14 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* microseg fast path: TC clsact entry points.
+/* microseg fast path: TC clsact entry points and tail-call stages.
  *
- * Compiled by BCC at load time (datapath/loader.py) with -I bpf/lib and the
- * map sizes of the configuration as -D flags.
+ * tc_ingress / tc_egress parse the packet into the per-CPU scratch
+ * (ms_scratch) and tail-call the stage for its protocol (ms_stages):
+ * keeping each program small leaves the verifier headroom as policy and
+ * L7 stages grow. A failed tail call is a counted reason with a configured
+ * action, never a silent pass.
+ *
+ * Compiled by BCC at load time (datapath/loader.py); map sizes come from
+ * the configuration as -D flags.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -11,6 +17,7 @@
 #include "reasons.h"
 #include "parse.h"
 #include "conntrack.h"
+#include "icmp.h"
 
 static __always_inline void ms_count(__u32 dir, __u32 reason, __u32 len)
 {
@@ -24,14 +31,21 @@ static __always_inline void ms_count(__u32 dir, __u32 reason, __u32 len)
 
 static __always_inline int ms_finish(struct __sk_buff *skb, __u32 dir, __u32 reason)
 {
-    ms_count(dir, reason, skb->len);
+    ms_count(dir & 1, reason, skb->len);
     return ms_reason_is_drop(reason) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
-static __always_inline int ms_fastpath(struct __sk_buff *skb, __u32 dir)
+static __always_inline struct ms_pkt *ms_pkt_scratch(void)
 {
-    struct ms_pkt p = {};
-    int reason;
+    __u32 z = 0;
+    return ms_scratch.lookup(&z);
+}
+
+static __always_inline int ms_entry(struct __sk_buff *skb, __u32 dir)
+{
+    struct ms_pkt *p = ms_pkt_scratch();
+    if (!p)
+        return ms_finish(skb, dir, DROP_TAIL_CALL_MISSED);
 
     if (dir == DIR_EGRESS && skb->ingress_ifindex) {
         /* A forwarded packet: if it came in on an interface we manage, the
@@ -41,20 +55,81 @@ static __always_inline int ms_fastpath(struct __sk_buff *skb, __u32 dir)
             return ms_finish(skb, dir, PASS_SEEN_AT_INGRESS);
     }
 
-    reason = ms_parse(skb, &p);
-    if (reason != PASS_FORWARD)
+    __builtin_memset(p, 0, sizeof(*p));
+    p->dir = dir;
+    int reason = ms_parse(skb, p);
+    __u32 stage;
+    if (reason == PASS_FORWARD) {
+        if (p->frag == MS_FRAG_FIRST)
+            ms_ct_first_fragment(p, bpf_ktime_get_ns());
+        if (p->proto == IPPROTO_TCP) {
+            stage = STAGE_TCP;
+        } else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
+            int c = ms_icmp_class(p);
+            if (c == MS_ICMP_CLASS_CONTROL)
+                return ms_finish(skb, dir, PASS_ICMP_CONTROL);
+            if (c == MS_ICMP_CLASS_OTHER)
+                return ms_finish(skb, dir, DROP_ICMP_TYPE);
+            stage = c == MS_ICMP_CLASS_ERROR ? STAGE_ICMP_ERR : STAGE_OTHER;
+        } else {
+            stage = STAGE_OTHER;
+        }
+    } else if (reason == PASS_FRAGMENT) {
+        /* RFC 1858: a later fragment whose offset lands inside the TCP
+         * header could rewrite the ports or flags the first one showed. */
+        if (p->proto == IPPROTO_TCP && p->frag_off == 1)
+            return ms_finish(skb, dir, DROP_FRAG_OVERLAP);
+        stage = STAGE_OTHER;
+    } else {
         return ms_finish(skb, dir, reason);
+    }
 
-    reason = ms_flow_account(&p, bpf_ktime_get_ns());
-    return ms_finish(skb, dir, reason);
+    ms_stages.call(skb, stage);
+
+    struct ms_config *cfg = ms_cfg();
+    return ms_finish(skb, dir, cfg && (cfg->flags & MS_CFG_TAILCALL_PASS) ?
+                     PASS_TAIL_CALL_MISSED : DROP_TAIL_CALL_MISSED);
 }
 
 int tc_ingress(struct __sk_buff *skb)
 {
-    return ms_fastpath(skb, DIR_INGRESS);
+    return ms_entry(skb, DIR_INGRESS);
 }
 
 int tc_egress(struct __sk_buff *skb)
 {
-    return ms_fastpath(skb, DIR_EGRESS);
+    return ms_entry(skb, DIR_EGRESS);
+}
+
+int ms_stage_tcp(struct __sk_buff *skb)
+{
+    struct ms_pkt *p = ms_pkt_scratch();
+    if (!p)
+        return TC_ACT_SHOT;
+    p->wscale = (p->tcp_flags & TCP_SYN) ? ms_tcp_wscale(skb, p) : 0xff;
+    return ms_finish(skb, p->dir, ms_ct_tcp(p, bpf_ktime_get_ns()));
+}
+
+int ms_stage_other(struct __sk_buff *skb)
+{
+    struct ms_pkt *p = ms_pkt_scratch();
+    if (!p)
+        return TC_ACT_SHOT;
+    __u64 now = bpf_ktime_get_ns();
+    int reason;
+    if (p->frag == MS_FRAG_LATER)
+        reason = ms_ct_fragment(p, now);
+    else if (p->proto == IPPROTO_UDP || p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6)
+        reason = ms_ct_datagram(p, now);
+    else
+        reason = PASS_OTHER_L4;
+    return ms_finish(skb, p->dir, reason);
+}
+
+int ms_stage_icmp_err(struct __sk_buff *skb)
+{
+    struct ms_pkt *p = ms_pkt_scratch();
+    if (!p)
+        return TC_ACT_SHOT;
+    return ms_finish(skb, p->dir, ms_icmp_error(skb, p, bpf_ktime_get_ns()));
 }

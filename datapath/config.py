@@ -1,24 +1,98 @@
-"""Datapath configuration: map sizes and build switches, validated.
+"""Datapath configuration, validated.
 
-Every size is a -D flag to the BPF compile (bpf/lib/maps.h holds the
-defaults for a bare compile); this model is where an operator sets them.
+Two kinds of setting: sizes, which are -D flags to the BPF compile
+(bpf/lib/maps.h holds the defaults for a bare compile) and need a new
+build to change; and runtime settings (timeouts, actions, budgets), which
+live in config maps and change without reloading anything
+(FastPath.apply_runtime).
 """
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import ipaddress
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Action = Literal["drop", "pass"]
+
+
+class Timeouts(BaseModel):
+    """Idle timeouts in seconds. Defaults: the seed review for SYN_SENT,
+    ESTABLISHED and TIME_WAIT; nf_conntrack's for the rest."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    syn_sent: float = Field(30, gt=0)
+    syn_recv: float = Field(60, gt=0)
+    established: float = Field(3600, gt=0)
+    fin_wait: float = Field(120, gt=0)      # FIN_WAIT1, FIN_WAIT2, CLOSING
+    close_wait: float = Field(60, gt=0)
+    last_ack: float = Field(30, gt=0)
+    time_wait: float = Field(120, gt=0)
+    close: float = Field(10, gt=0)
+    udp_unreplied: float = Field(30, gt=0)
+    udp_replied: float = Field(120, gt=0)
+    icmp: float = Field(30, gt=0)
+
+    def by_state(self) -> dict[str, float]:
+        return {
+            "CT_NONE": self.close, "CT_SYN_SENT": self.syn_sent, "CT_SYN_RECV": self.syn_recv,
+            "CT_ESTABLISHED": self.established, "CT_FIN_WAIT1": self.fin_wait,
+            "CT_FIN_WAIT2": self.fin_wait, "CT_CLOSING": self.fin_wait,
+            "CT_CLOSE_WAIT": self.close_wait, "CT_LAST_ACK": self.last_ack,
+            "CT_TIME_WAIT": self.time_wait, "CT_CLOSE": self.close, "CT_SYN_SENT2": self.syn_sent,
+            "CT_UDP_UNREPLIED": self.udp_unreplied, "CT_UDP_REPLIED": self.udp_replied,
+            "CT_ICMP": self.icmp,
+        }
 
 
 class DatapathConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # Sessions: 524,288 is what Cilium and Calico default to for their
-    # connection tracking tables.
+    # -- sizes (compile time) --------------------------------------------
+    # Sessions: 524,288 is what Cilium and Calico default to.
     flow_table_size: int = Field(524_288, ge=1024, le=1 << 26)
+    # Half-open and unreplied flows; a SYN flood churns only this LRU.
+    halfopen_table_size: int = Field(65_536, ge=256, le=1 << 24)
+    # First fragments remembered for their later fragments.
+    frag_table_size: int = Field(8192, ge=64, le=1 << 20)
+    # Destinations with their own SYN budget bucket (LRU).
+    syn_dst_table_size: int = Field(65_536, ge=64, le=1 << 22)
     # Interfaces one instance manages (a gateway has a handful).
     iface_table_size: int = Field(64, ge=1, le=4096)
+
+    # -- runtime ----------------------------------------------------------
+    timeouts: Timeouts = Timeouts()
+    # Pick up TCP flows seen mid-stream (a restart without pinned maps).
+    loose: bool = False
+    invalid_action: Action = "drop"     # illegal TCP transition
+    window_action: Action = "drop"      # segment outside the TCP window
+    tailcall_action: Action = "drop"    # a stage program missing
+    # New half-open flows per second (0: no limit), per destination and
+    # for all together; burst is the bucket size.
+    syn_dst_rate: int = Field(20_000, ge=0)
+    syn_dst_burst: int = Field(40_000, ge=0)
+    syn_global_rate: int = Field(200_000, ge=0)
+    syn_global_burst: int = Field(400_000, ge=0)
+    # Alert (ring buffer record) when the session table is this full.
+    pressure_pct: int = Field(90, ge=1, le=100)
+    # New flows from or to these networks still pass when the table is full.
+    full_allowlist: tuple[str, ...] = ()
+
+    @field_validator("full_allowlist")
+    @classmethod
+    def _cidrs(cls, v):
+        for c in v:
+            try:
+                ipaddress.ip_network(c, strict=False)
+            except ValueError as e:
+                raise ValueError(f"full_allowlist: {e}") from None
+        return v
 
     def cflags(self) -> list[str]:
         return [
             f"-DMS_FLOW_MAX={self.flow_table_size}",
+            f"-DMS_HALFOPEN_MAX={self.halfopen_table_size}",
+            f"-DMS_FRAG_MAX={self.frag_table_size}",
+            f"-DMS_SYN_DST_MAX={self.syn_dst_table_size}",
             f"-DMS_IFACE_MAX={self.iface_table_size}",
         ]

@@ -54,7 +54,15 @@ def _make(name: str, cname: str) -> type[enum.IntEnum]:
     return cls
 
 
+def enum_list(cname: str) -> list[EnumEntry]:
+    """The entries of MS_ENUM_<cname>, in order."""
+    return list(_LISTS[cname])
+
+
 Reason = _make("Reason", "REASON")
+CtState = _make("CtState", "CT_STATE")
+TcpEvent = _make("TcpEvent", "TCP_EVENT")
+Stage = _make("Stage", "STAGE")
 Direction = _make("Direction", "DIR")
 
 REASON_COUNT = len(Reason)

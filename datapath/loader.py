@@ -10,18 +10,25 @@ verifier's last lines, not a traceback.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ipaddress
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bpfsys
+from . import bpfsys, tcp_fsm
 from .config import DatapathConfig
-from .enums import DIRECTION_COUNT, REASON_COUNT, Direction, Reason
+from .enums import DIRECTION_COUNT, REASON_COUNT, CtState, Direction, Reason, Stage
 from .errors import MicrosegError
 from .source import MAIN_SOURCE, program_text
 
 PROGRAMS = {Direction.DIR_INGRESS: "tc_ingress", Direction.DIR_EGRESS: "tc_egress"}
+# Tail-call stages, by their slot in ms_stages (enum ms_stage).
+STAGES = {Stage.STAGE_TCP: "ms_stage_tcp", Stage.STAGE_OTHER: "ms_stage_other",
+          Stage.STAGE_ICMP_ERR: "ms_stage_icmp_err"}
+RUNTIME_MAPS = ("ms_counters", "ms_flows", "ms_halfopen", "ms_ifaces", "ms_frags", "ms_syn_dst",
+                "ms_syn_global", "ms_pressure", "ms_pressure_user")
 # How many lines of compiler / verifier output an error message carries:
 # the verifier's conclusion is in its last lines.
 _ERROR_TAIL_LINES = 12
@@ -75,7 +82,8 @@ class FastPath:
     """One compiled and loaded build of the fast path."""
 
     def __init__(self, config: DatapathConfig | None = None, *, text: str | None = None,
-                 main: Path = MAIN_SOURCE, programs: dict | None = None):
+                 main: Path = MAIN_SOURCE, programs: dict | None = None,
+                 stages: dict | None = None):
         from bcc import BPF  # imported late: preflight and --help work without it
 
         self.config = config or DatapathConfig()
@@ -91,7 +99,11 @@ class FastPath:
         if failure is not None:
             raise MicrosegError(f"BPF compile failed: {failure}\n{error_tail(err['text'])}")
         self.fns = {}
-        for d, name in (programs or PROGRAMS).items():
+        self.stage_fns = {}
+        wanted = [(self.fns, d, n) for d, n in (programs or PROGRAMS).items()]
+        if programs is None or stages is not None:
+            wanted += [(self.stage_fns, st, n) for st, n in (stages or STAGES).items()]
+        for store, d, name in wanted:
             with capture_stderr() as err:
                 try:
                     fn = self.bpf.load_func(name.encode(), BPF.SCHED_CLS)
@@ -102,7 +114,46 @@ class FastPath:
             if failure is not None:
                 self.close()
                 raise MicrosegError(f"BPF verifier rejected {name}: {failure}\n{error_tail(err['text'])}")
-            self.fns[d] = fn
+            store[d] = fn
+        if self.stage_fns:
+            arr = self.table("ms_stages")
+            for st, fn in self.stage_fns.items():
+                arr[ctypes.c_int(int(st))] = ctypes.c_int(fn.fd)
+        if programs is None:
+            self.apply_runtime(self.config)
+
+    def apply_runtime(self, config: DatapathConfig) -> None:
+        """Write the runtime settings into the config maps (no reload)."""
+        self.runtime = config
+        t = self.table("ms_timeouts")
+        secs = config.timeouts.by_state()
+        for st in CtState:
+            t[ctypes.c_int(int(st))] = ctypes.c_uint64(int(secs[st.name] * 1e9))
+        fsm = self.table("ms_tcp_fsm")
+        for idx, val in tcp_fsm.table_bytes():
+            fsm[ctypes.c_int(idx)] = ctypes.c_uint8(val)
+        c = self.table("ms_config")
+        v = c.Leaf()
+        v.flags = ((1 if config.loose else 0) | (2 if config.invalid_action == "pass" else 0)
+                   | (4 if config.window_action == "pass" else 0)
+                   | (8 if config.tailcall_action == "pass" else 0))
+        v.pressure_pct = config.pressure_pct
+        v.syn_dst_rate, v.syn_dst_burst = config.syn_dst_rate, config.syn_dst_burst
+        v.syn_global_rate, v.syn_global_burst = config.syn_global_rate, config.syn_global_burst
+        c[ctypes.c_int(0)] = v
+        allow = self.table("ms_full_allow")
+        allow.clear()
+        for cidr in config.full_allowlist:
+            net = ipaddress.ip_network(cidr, strict=False)
+            k = allow.Key()
+            if net.version == 4:
+                addr = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + net.network_address.packed)
+                k.prefixlen = 96 + net.prefixlen
+            else:
+                addr = net.network_address
+                k.prefixlen = net.prefixlen
+            k.addr = (ctypes.c_uint8 * 16)(*addr.packed)
+            allow[k] = ctypes.c_uint8(1)
 
     # -- programs ---------------------------------------------------------
     def prog_fd(self, direction: Direction) -> int:
@@ -125,8 +176,9 @@ class FastPath:
 
     def reset(self) -> None:
         """Empty every map, so each test starts from a clean kernel state."""
-        for name in ("ms_counters", "ms_flows", "ms_ifaces"):
+        for name in RUNTIME_MAPS:
             self.table(name).clear()  # arrays: zeroes every slot; hashes: deletes
+        self.apply_runtime(self.config)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -1,9 +1,28 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Session table: canonical flow keys and per-flow accounting.
+/* Session tracking: canonical keys, the two session tables, TCP state
+ * machine and window tracking, UDP / ICMP echo sessions, table pressure,
+ * SYN budget.
  *
- * One entry per flow in ms_flows, found from either direction through the
- * canonical key (lower endpoint first). This is the frame that the TCP state
- * machine and window tracking build on.
+ * Tables. A new flow starts in ms_halfopen (LRU): TCP until its handshake
+ * completes, UDP and ICMP echo until the first reply. Then it is promoted
+ * into ms_flows (plain hash). A SYN flood therefore only churns the LRU of
+ * unreplied flows and can never evict an established session; when
+ * ms_flows is full, new flows are refused at their first packet (or pass
+ * without a session when allow-listed) and established ones keep working.
+ *
+ * TCP. The handshake and resets are a transition table (ms_tcp_fsm, filled
+ * from datapath/tcp_fsm.py) over (state, flow direction, event). Once the
+ * handshake is done, FIN / ACK events are legal and the closing state
+ * follows from per-side FIN bookkeeping (sent a FIN? was it acknowledged?),
+ * which is unambiguous where a table of flag classes is not. Every segment
+ * of a known flow is checked against the nf_conntrack window model
+ * (tcp_in_window: four bounds on seq / ack), a RST included (RFC 5961 3);
+ * a SYN on an established flow leaves it alone (RFC 5961 4).
+ *
+ * Concurrency: two CPUs may update one session at once (the two directions
+ * of a flow); like Cilium's conntrack this is lock-free, with each field
+ * written whole, and counters per direction so the directions do not share
+ * a word.
  */
 #ifndef MS_CONNTRACK_H
 #define MS_CONNTRACK_H
@@ -11,14 +30,43 @@
 #include "maps.h"
 #include "parse.h"
 
+#define MS_NSEC 1000000000ULL
+/* nf_conntrack's MAXACKWINDOW floor: acks may lag the peer's data by this
+ * much even when the advertised windows were small. */
+#define MS_MIN_ACK_WINDOW 66000
+/* Longest idle gap the token bucket credits, so a bucket unused for hours
+ * does not overflow the refill arithmetic. */
+#define MS_BUCKET_MAX_GAP_NS (10 * MS_NSEC)
+
+#define MS_EEXIST 17
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+/* seq arithmetic modulo 2^32 (RFC 793 3.3) */
+static __always_inline int ms_before(__u32 a, __u32 b) { return (__s32)(a - b) < 0; }
+static __always_inline int ms_after(__u32 a, __u32 b) { return (__s32)(b - a) < 0; }
+
+static __always_inline struct ms_config *ms_cfg(void)
+{
+    __u32 z = 0;
+    return ms_config.lookup(&z);
+}
+
+/* ------------------------------------------------------------------ */
+/* Keys and lookup                                                     */
+
 /* Compare (addr, port) endpoints; < 0 when a sorts before b. */
 static __always_inline int ms_ep_cmp(const __u8 *a, __be16 ap,
                                      const __u8 *b, __be16 bp)
 {
 #pragma unroll
-    for (int i = 0; i < 16; i++) {
-        if (a[i] != b[i])
-            return a[i] < b[i] ? -1 : 1;
+    for (int i = 0; i < 16; i += 4) {
+        __u32 x = bpf_ntohl(*(__u32 *)(a + i)), y = bpf_ntohl(*(__u32 *)(b + i));
+        if (x != y)
+            return x < y ? -1 : 1;
     }
     __u16 ha = bpf_ntohs(ap), hb = bpf_ntohs(bp);
     if (ha != hb)
@@ -26,58 +74,575 @@ static __always_inline int ms_ep_cmp(const __u8 *a, __be16 ap,
     return 0;
 }
 
-/* Fill the canonical key; return 1 when the packet's source is the "hi"
- * endpoint, 0 when it is the "lo" one. */
-static __always_inline int ms_flow_key_of(const struct ms_pkt *p,
-                                          struct ms_flow_key *k)
+/* Fill the canonical key from addresses and ports; return 1 when the
+ * source is the "hi" endpoint. */
+static __always_inline int ms_key_fill(struct ms_flow_key *k, const __u8 *saddr, __be16 sport,
+                                       const __u8 *daddr, __be16 dport, __u8 proto)
 {
-    int src_is_hi = ms_ep_cmp(p->saddr, p->sport, p->daddr, p->dport) > 0;
+    int src_is_hi = ms_ep_cmp(saddr, sport, daddr, dport) > 0;
 
     if (src_is_hi) {
-        __builtin_memcpy(k->addr_lo, p->daddr, 16);
-        __builtin_memcpy(k->addr_hi, p->saddr, 16);
-        k->port_lo = p->dport;
-        k->port_hi = p->sport;
+        __builtin_memcpy(k->addr_lo, daddr, 16);
+        __builtin_memcpy(k->addr_hi, saddr, 16);
+        k->port_lo = dport;
+        k->port_hi = sport;
     } else {
-        __builtin_memcpy(k->addr_lo, p->saddr, 16);
-        __builtin_memcpy(k->addr_hi, p->daddr, 16);
-        k->port_lo = p->sport;
-        k->port_hi = p->dport;
+        __builtin_memcpy(k->addr_lo, saddr, 16);
+        __builtin_memcpy(k->addr_hi, daddr, 16);
+        k->port_lo = sport;
+        k->port_hi = dport;
     }
-    k->proto = p->proto;
+    k->proto = proto;
     return src_is_hi;
 }
 
-/* Account the packet to its flow, creating the flow on first sight.
- * Returns PASS_FORWARD, or DROP_FLOW_TABLE_FULL when a new flow cannot be
- * inserted. */
-static __always_inline int ms_flow_account(const struct ms_pkt *p, __u64 now)
+static __always_inline int ms_flow_key_of(const struct ms_pkt *p, struct ms_flow_key *k)
 {
+    return ms_key_fill(k, p->saddr, p->sport, p->daddr, p->dport, p->proto);
+}
+
+static __always_inline __u64 ms_timeout(__u8 state)
+{
+    __u32 k = state;
+    __u64 *t = ms_timeouts.lookup(&k);
+    return t ? *t : 30 * MS_NSEC;
+}
+
+#define MS_IN_FLOWS    1
+#define MS_IN_HALFOPEN 2
+
+static __always_inline void ms_pressure_add(int field_deleted)
+{
+    __u32 z = 0;
+    struct ms_pressure *pr = ms_pressure.lookup(&z);
+    if (pr) {
+        if (field_deleted)
+            __sync_fetch_and_add(&pr->deleted, 1);
+        else
+            __sync_fetch_and_add(&pr->insert_failed, 1);
+    }
+}
+
+/* Find the flow in either table. An entry idle past its state's timeout
+ * is deleted here (lazy expiry) and reported as absent. */
+static __always_inline struct ms_flow *ms_ct_lookup(struct ms_flow_key *k, __u64 now, int *where)
+{
+    struct ms_flow *f = ms_flows.lookup(k);
+    if (f) {
+        if (now - f->last_seen_ns <= ms_timeout(f->state)) {
+            *where = MS_IN_FLOWS;
+            return f;
+        }
+        if (ms_flows.delete(k) == 0)
+            ms_pressure_add(1);
+    }
+    f = ms_halfopen.lookup(k);
+    if (f) {
+        if (now - f->last_seen_ns <= ms_timeout(f->state)) {
+            *where = MS_IN_HALFOPEN;
+            return f;
+        }
+        ms_halfopen.delete(k);
+    }
+    *where = 0;
+    return 0;
+}
+
+static __always_inline void ms_ct_account(struct ms_flow *f, int fd, __u32 len, __u64 now)
+{
+    f->last_seen_ns = now;
+    if (fd) {
+        f->packets[1]++;
+        f->bytes[1] += len;
+    } else {
+        f->packets[0]++;
+        f->bytes[0] += len;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Capacity                                                            */
+
+static __always_inline __u64 ms_flows_entries(struct ms_pressure *pr, struct ms_pressure_user *pu)
+{
+    __u64 gone = pr->deleted + pu->deleted;
+    return pr->inserted > gone ? pr->inserted - gone : 0;
+}
+
+/* Is ms_flows full? Counted from inserts and deletes (kernel's and the
+ * sweeper's), since a hash map has no cheap size. */
+static __always_inline int ms_flows_full(void)
+{
+    __u32 z = 0;
+    struct ms_pressure *pr = ms_pressure.lookup(&z);
+    struct ms_pressure_user *pu = ms_pressure_user.lookup(&z);
+    if (!pr || !pu)
+        return 0;
+    return ms_flows_entries(pr, pu) >= MS_FLOW_MAX;
+}
+
+/* After an insert: alert user space once per crossing of the threshold. */
+static __always_inline void ms_pressure_inserted(__u64 now)
+{
+    __u32 z = 0;
+    struct ms_pressure *pr = ms_pressure.lookup(&z);
+    struct ms_pressure_user *pu = ms_pressure_user.lookup(&z);
+    struct ms_config *cfg = ms_cfg();
+    if (!pr || !pu || !cfg)
+        return;
+    __sync_fetch_and_add(&pr->inserted, 1);
+    __u64 entries = ms_flows_entries(pr, pu);
+    if (entries * 100 < (__u64)MS_FLOW_MAX * cfg->pressure_pct)
+        return;
+    __u64 armed_for = pu->gen + 1;
+    __u64 seen = pr->alert_gen;
+    if (seen == armed_for)
+        return;
+    if (__sync_val_compare_and_swap(&pr->alert_gen, seen, armed_for) != seen)
+        return;  /* another CPU sent it */
+    __sync_fetch_and_add(&pr->alerts, 1);
+    struct ms_event *ev = ms_events.ringbuf_reserve(sizeof(struct ms_event));
+    if (!ev)
+        return;
+    ev->type = EVENT_TABLE_PRESSURE;
+    ev->pct = entries * 100 / MS_FLOW_MAX;
+    ev->ts_ns = now;
+    ev->entries = entries;
+    ev->capacity = MS_FLOW_MAX;
+    ms_events.ringbuf_submit(ev, 0);
+}
+
+static __always_inline int ms_allowlisted(const struct ms_pkt *p)
+{
+    struct ms_lpm_key k = {.prefixlen = 128};
+    __builtin_memcpy(k.addr, p->saddr, 16);
+    if (ms_full_allow.lookup(&k))
+        return 1;
+    __builtin_memcpy(k.addr, p->daddr, 16);
+    return ms_full_allow.lookup(&k) != 0;
+}
+
+/* Reason for a new flow that finds the session table full. */
+static __always_inline int ms_full_reason(const struct ms_pkt *p)
+{
+    return ms_allowlisted(p) ? PASS_TABLE_FULL_ALLOWED : DROP_FLOW_TABLE_FULL;
+}
+
+/* Move a flow that saw its reply / completed its handshake into ms_flows.
+ * Returns 0, or the full-table reason when it cannot be inserted. */
+static __always_inline int ms_ct_promote(struct ms_flow_key *k, struct ms_flow *f,
+                                         const struct ms_pkt *p, __u64 now)
+{
+    struct ms_flow copy;
+    __builtin_memcpy(&copy, f, sizeof(copy));
+    int ret = ms_flows.insert(k, &copy);
+    if (ret == -MS_EEXIST) {
+        /* the other direction's CPU promoted it first */
+        ms_halfopen.delete(k);
+        return 0;
+    }
+    if (ret != 0) {
+        ms_pressure_add(0);
+        int r = ms_full_reason(p);
+        if (r != PASS_TABLE_FULL_ALLOWED)
+            ms_halfopen.delete(k);
+        return r;
+    }
+    ms_halfopen.delete(k);
+    ms_pressure_inserted(now);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* SYN budget: token buckets per destination and global                */
+
+static __always_inline int ms_bucket_take(struct ms_bucket *b, __u64 rate, __u64 burst, __u64 now)
+{
+    __u64 gap = now - b->last_ns;
+    if (gap > MS_BUCKET_MAX_GAP_NS)
+        gap = MS_BUCKET_MAX_GAP_NS;
+    /* rate tokens/s = rate * 1000 milli-tokens per 1e9 ns */
+    __u64 tokens = b->tokens_milli + gap * rate / 1000000;
+    if (tokens > burst * 1000)
+        tokens = burst * 1000;
+    b->last_ns = now;
+    if (tokens < 1000) {
+        b->tokens_milli = tokens;
+        return 0;
+    }
+    b->tokens_milli = tokens - 1000;
+    return 1;
+}
+
+/* 0 when a new half-open flow to p->daddr may start, else the drop reason. */
+static __always_inline int ms_syn_budget(const struct ms_pkt *p, struct ms_config *cfg, __u64 now)
+{
+    if (cfg->syn_dst_rate) {
+        struct ms_addr_key dk = {};
+        __builtin_memcpy(dk.addr, p->daddr, 16);
+        struct ms_bucket *b = ms_syn_dst.lookup(&dk);
+        if (!b) {
+            struct ms_bucket nb = {.tokens_milli = cfg->syn_dst_burst * 1000, .last_ns = now};
+            ms_syn_dst.update(&dk, &nb);
+            b = ms_syn_dst.lookup(&dk);
+        }
+        if (b && !ms_bucket_take(b, cfg->syn_dst_rate, cfg->syn_dst_burst, now))
+            return DROP_SYN_BUDGET_DST;
+    }
+    if (cfg->syn_global_rate) {
+        __u32 z = 0;
+        struct ms_bucket *g = ms_syn_global.lookup(&z);
+        if (g && !ms_bucket_take(g, cfg->syn_global_rate, cfg->syn_global_burst, now))
+            return DROP_SYN_BUDGET_GLOBAL;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* TCP                                                                 */
+
+/* TCP options a SYN carries run to at most 40 bytes (doff 15). */
+#define MS_TCP_MAX_OPT_BYTES 40
+/* Options walked looking for the window scale. Real stacks put it within
+ * the first five (Linux: MSS, SACK_PERM, TS, NOP, WS; Windows: MSS, NOP,
+ * WS, ...); a longer walk costs the verifier exponentially more states.
+ * A SYN whose options are not fully walked makes the flow's window
+ * tracking liberal (MS_WSCALE_UNKNOWN) rather than risk wrong windows. */
+#define MS_TCP_MAX_OPTS 10
+#define MS_TCPOPT_EOL 0
+#define MS_TCPOPT_NOP 1
+#define MS_TCPOPT_WSCALE 3
+#define MS_WSCALE_NONE 0xff
+#define MS_WSCALE_UNKNOWN 0xfe
+
+/* Window scale option of a SYN or SYN-ACK (RFC 7323 2.2): the shift,
+ * MS_WSCALE_NONE if absent, MS_WSCALE_UNKNOWN if not found in time. */
+static __always_inline __u8 ms_tcp_wscale(struct __sk_buff *skb, const struct ms_pkt *p)
+{
+    __u32 base = p->l4_off + 20;
+    __u32 len = p->payload_off - base;
+    __u32 i = 0;
+
+    if (len > MS_TCP_MAX_OPT_BYTES)
+        return MS_WSCALE_NONE;
+#pragma clang loop unroll(disable)
+    for (int n = 0; n < MS_TCP_MAX_OPTS; n++) {
+        __u8 o[3] = {};
+        if (i >= len)
+            return MS_WSCALE_NONE;
+        if (bpf_skb_load_bytes(skb, (base + i) & 0xffff, o, 3) < 0) {
+            /* fewer than 3 bytes left: only EOL / NOP fit */
+            return MS_WSCALE_NONE;
+        }
+        if (o[0] == MS_TCPOPT_EOL)
+            return MS_WSCALE_NONE;
+        if (o[0] == MS_TCPOPT_WSCALE && o[1] == 3 && i + 3 <= len)
+            return o[2] > 14 ? 14 : o[2];   /* RFC 7323: larger shifts mean 14 */
+        if (o[0] != MS_TCPOPT_NOP && o[1] < 2)
+            return MS_WSCALE_NONE;          /* malformed length */
+        i = (i + (o[0] == MS_TCPOPT_NOP ? 1 : o[1])) & 0x3f;
+    }
+    return MS_WSCALE_UNKNOWN;
+}
+
+static __always_inline __u8 ms_tcp_event(__u8 fl)
+{
+    if (fl & TCP_RST)
+        return (fl & TCP_SYN) ? EV_INVALID : EV_RST;
+    if (fl & TCP_SYN) {
+        if (fl & TCP_FIN)
+            return EV_INVALID;
+        return (fl & TCP_ACK) ? EV_SYNACK : EV_SYN;
+    }
+    if (!(fl & TCP_ACK))
+        return EV_INVALID;   /* FIN without ACK, NULL, ... */
+    return (fl & TCP_FIN) ? EV_FIN : EV_ACK;
+}
+
+static __always_inline __u8 ms_tcp_next(__u8 state, int fd, __u8 ev)
+{
+    __u32 idx = ((__u32)state * 2 + fd) * MS_TCP_EVENT_COUNT + ev;
+    __u8 *n = ms_tcp_fsm.lookup(&idx);
+    return n ? *n : TV_INVALID;
+}
+
+/* State after the handshake, from who sent a FIN and whether it was acked. */
+static __always_inline __u8 ms_close_phase_state(const struct ms_flow *f)
+{
+    __u8 o = f->tcp[0].flags, r = f->tcp[1].flags;
+    int ofin = o & MS_SIDE_FIN, rfin = r & MS_SIDE_FIN;
+    int oack = o & MS_SIDE_FIN_ACKED, rack = r & MS_SIDE_FIN_ACKED;
+
+    if (!ofin && !rfin)
+        return CT_ESTABLISHED;
+    if (ofin && !rfin)
+        return oack ? CT_FIN_WAIT2 : CT_FIN_WAIT1;
+    if (!ofin)
+        return CT_CLOSE_WAIT;
+    if (oack && rack)
+        return CT_TIME_WAIT;
+    if (oack || rack)
+        return CT_LAST_ACK;
+    return CT_CLOSING;
+}
+
+/* Initialise one side's window data from its SYN (or first packet). */
+static __always_inline void ms_side_init(struct ms_tcp_side *s, const struct ms_pkt *p, __u32 end)
+{
+    s->end = end;
+    s->maxend = end;
+    s->maxwin = p->window ? p->window : 1;
+    s->fin_end = 0;
+    s->wscale = p->wscale >= MS_WSCALE_UNKNOWN ? 0 : p->wscale;
+    s->flags = MS_SIDE_SEEN | (p->wscale < MS_WSCALE_UNKNOWN ? MS_SIDE_WSCALE : 0);
+}
+
+/* nf_conntrack's tcp_in_window: is the segment inside the window, and if
+ * so, advance both sides' window data. Returns 1 when in window. */
+static __always_inline int ms_tcp_window(struct ms_flow *f, int fd, const struct ms_pkt *p,
+                                         __u32 end, int liberal)
+{
+    struct ms_tcp_side *snd = fd ? &f->tcp[1] : &f->tcp[0];
+    struct ms_tcp_side *rcv = fd ? &f->tcp[0] : &f->tcp[1];
+    __u32 seq = p->seq;
+    __u32 ack = p->ack_seq;
+    __u32 win = p->window;
+
+    if (!(p->tcp_flags & TCP_ACK))
+        ack = rcv->end;   /* nothing acknowledged: the ack checks hold trivially */
+
+    if (!(snd->flags & MS_SIDE_SEEN))
+        ms_side_init(snd, p, end);
+
+    __u32 ackwin = snd->maxwin > MS_MIN_ACK_WINDOW ? snd->maxwin : MS_MIN_ACK_WINDOW;
+    int ok = !ms_after(seq, snd->maxend) &&                     /* I: not past what the peer allowed */
+             ms_after(end, snd->end - rcv->maxwin - 1) &&       /* II: not older than a window */
+             !ms_after(ack, rcv->end) &&                        /* III: no ack of unsent data */
+             ms_after(ack, rcv->end - ackwin - 1);              /* IV: ack not too old */
+    if (!ok && !liberal)
+        return 0;
+
+    if (!(p->tcp_flags & TCP_SYN))
+        win <<= snd->wscale;
+    if (snd->maxwin < win)
+        snd->maxwin = win;
+    if (ms_after(end, snd->end))
+        snd->end = end;
+    if (ms_after(end, snd->maxend))
+        snd->maxend = end;
+    if (p->tcp_flags & TCP_ACK) {
+        if (ms_after(ack + win, rcv->maxend - 1))
+            rcv->maxend = ack + (win ? win : 1);
+        if ((rcv->flags & MS_SIDE_FIN) && !ms_before(ack, rcv->fin_end))
+            rcv->flags |= MS_SIDE_FIN_ACKED;
+    }
+    if ((p->tcp_flags & TCP_FIN) && !(snd->flags & MS_SIDE_FIN)) {
+        snd->flags |= MS_SIDE_FIN;
+        snd->fin_end = end;
+    }
+    return 1;
+}
+
+/* Reason for a TCP segment; creates, advances, promotes its session. */
+static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
+{
+    struct ms_config *cfg = ms_cfg();
+    if (!cfg)
+        return DROP_TCP_INVALID;
     struct ms_flow_key k = {};
     int src_is_hi = ms_flow_key_of(p, &k);
+    int where;
+    struct ms_flow *f = ms_ct_lookup(&k, now, &where);
+    __u8 fl = p->tcp_flags;
+    __u32 end = p->seq + p->payload_len + ((fl & TCP_SYN) ? 1 : 0) + ((fl & TCP_FIN) ? 1 : 0);
 
-    struct ms_flow *f = ms_flows.lookup(&k);
     if (!f) {
+        if ((fl & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) == TCP_SYN) {
+            if (ms_flows_full())
+                return ms_full_reason(p);
+            int r = ms_syn_budget(p, cfg, now);
+            if (r)
+                return r;
+            struct ms_flow nf = {};
+            nf.first_seen_ns = now;
+            nf.last_seen_ns = now;
+            nf.initiator_is_hi = src_is_hi;
+            nf.state = CT_SYN_SENT;
+            nf.flags = p->wscale == MS_WSCALE_UNKNOWN ? MS_FLOW_LIBERAL : 0;
+            nf.packets[0] = 1;
+            nf.bytes[0] = p->len;
+            ms_side_init(&nf.tcp[0], p, end);
+            ms_halfopen.update(&k, &nf);
+            return PASS_FORWARD;
+        }
+        if ((cfg->flags & MS_CFG_LOOSE) && !(fl & (TCP_RST | TCP_SYN)) && (fl & TCP_ACK)) {
+            /* Pick up a flow seen mid-stream (after a restart without
+             * pinned state): trust this packet, track liberally. */
+            if (ms_flows_full())
+                return ms_full_reason(p);
+            struct ms_flow nf = {};
+            nf.first_seen_ns = now;
+            nf.last_seen_ns = now;
+            nf.initiator_is_hi = src_is_hi;
+            nf.state = CT_ESTABLISHED;
+            nf.flags = MS_FLOW_PICKED_UP | MS_FLOW_LIBERAL;
+            nf.packets[0] = 1;
+            nf.bytes[0] = p->len;
+            ms_side_init(&nf.tcp[0], p, end);
+            nf.tcp[0].maxend = end + (p->window ? p->window : 1);
+            if (ms_flows.update(&k, &nf) != 0) {
+                ms_pressure_add(0);
+                return ms_full_reason(p);
+            }
+            ms_pressure_inserted(now);
+            return PASS_TCP_PICKED_UP;
+        }
+        return DROP_TCP_NO_SESSION;
+    }
+
+    int fd = src_is_hi != f->initiator_is_hi;
+    __u8 state = f->state;
+    __u8 ev = ms_tcp_event(fl);
+    __u8 next = ms_tcp_next(state, fd, ev);
+
+    if (next == TV_INVALID)
+        return (cfg->flags & MS_CFG_INVALID_PASS) ? PASS_TCP_INVALID : DROP_TCP_INVALID;
+    if (next == TV_IGNORE) {
+        ms_ct_account(f, fd, p->len, now);
+        return PASS_TCP_IGNORED;
+    }
+    if (next == CT_SYN_SENT && state != CT_SYN_SENT) {
+        /* A new SYN from the initiator after TIME_WAIT / CLOSE: port reuse
+         * starts the flow over (nf_conntrack does the same). */
         struct ms_flow nf = {};
         nf.first_seen_ns = now;
         nf.last_seen_ns = now;
         nf.initiator_is_hi = src_is_hi;
+        nf.state = CT_SYN_SENT;
+        nf.flags = p->wscale == MS_WSCALE_UNKNOWN ? MS_FLOW_LIBERAL : 0;
         nf.packets[0] = 1;
         nf.bytes[0] = p->len;
-        if (ms_flows.update(&k, &nf) != 0)
-            return DROP_FLOW_TABLE_FULL;
+        ms_side_init(&nf.tcp[0], p, end);
+        if (where == MS_IN_FLOWS) {
+            if (ms_flows.delete(&k) == 0)
+                ms_pressure_add(1);
+        }
+        ms_halfopen.update(&k, &nf);
         return PASS_FORWARD;
     }
-    int d = (src_is_hi != f->initiator_is_hi);
-    f->last_seen_ns = now;
-    if (d) {
-        __sync_fetch_and_add(&f->packets[1], 1);
-        __sync_fetch_and_add(&f->bytes[1], p->len);
-    } else {
-        __sync_fetch_and_add(&f->packets[0], 1);
-        __sync_fetch_and_add(&f->bytes[0], p->len);
+    if (ev == EV_SYNACK && (state == CT_SYN_SENT || state == CT_SYN_SENT2)) {
+        /* The responder's SYN-ACK must acknowledge the initiator's SYN. */
+        struct ms_tcp_side *peer = fd ? &f->tcp[0] : &f->tcp[1];
+        if (p->ack_seq != peer->end)
+            return DROP_TCP_BAD_SYNACK;
+    }
+    if ((ev == EV_SYN || ev == EV_SYNACK) && !(f->tcp[fd].flags & MS_SIDE_SEEN)) {
+        /* First SYN from this side (the SYN-ACK, or the crossing SYN of a
+         * simultaneous open): its window data starts here. */
+        ms_side_init(&f->tcp[fd], p, end);
+        if (p->wscale == MS_WSCALE_UNKNOWN)
+            f->flags |= MS_FLOW_LIBERAL;
+        if (f->tcp[0].flags & f->tcp[1].flags & MS_SIDE_WSCALE) {
+            /* both offered window scaling (RFC 7323 2.2): keep the shifts */
+        } else {
+            f->tcp[0].wscale = 0;
+            f->tcp[1].wscale = 0;
+        }
+    }
+    if (!ms_tcp_window(f, fd, p, end, f->flags & MS_FLOW_LIBERAL))
+        return (cfg->flags & MS_CFG_WINDOW_PASS) ? PASS_TCP_OUT_OF_WINDOW : DROP_TCP_OUT_OF_WINDOW;
+
+    f->state = next == TV_CLOSE_PHASE ? ms_close_phase_state(f) : next;
+    ms_ct_account(f, fd, p->len, now);
+
+    if (where == MS_IN_HALFOPEN && f->state != CT_SYN_SENT && f->state != CT_SYN_RECV &&
+        f->state != CT_SYN_SENT2) {
+        int r = ms_ct_promote(&k, f, p, now);
+        if (r)
+            return r;
     }
     return PASS_FORWARD;
+}
+
+/* ------------------------------------------------------------------ */
+/* UDP, ICMP echo                                                      */
+
+static __always_inline int ms_icmp_is_echo_request(const struct ms_pkt *p)
+{
+    return (p->proto == IPPROTO_ICMP && p->icmp_type == 8) ||
+           (p->proto == IPPROTO_ICMPV6 && p->icmp_type == 128);
+}
+
+/* UDP and ICMP echo: a session per flow, promoted on the first reply. */
+static __always_inline int ms_ct_datagram(struct ms_pkt *p, __u64 now)
+{
+    struct ms_flow_key k = {};
+    int src_is_hi = ms_flow_key_of(p, &k);
+    int where;
+    struct ms_flow *f = ms_ct_lookup(&k, now, &where);
+    int is_udp = p->proto == IPPROTO_UDP;
+
+    if (!f) {
+        if (!is_udp && !ms_icmp_is_echo_request(p))
+            return DROP_ICMP_ECHO_UNMATCHED;
+        if (ms_flows_full())
+            return ms_full_reason(p);
+        struct ms_flow nf = {};
+        nf.first_seen_ns = now;
+        nf.last_seen_ns = now;
+        nf.initiator_is_hi = src_is_hi;
+        nf.state = is_udp ? CT_UDP_UNREPLIED : CT_ICMP;
+        nf.packets[0] = 1;
+        nf.bytes[0] = p->len;
+        ms_halfopen.update(&k, &nf);
+        return PASS_FORWARD;
+    }
+    int fd = src_is_hi != f->initiator_is_hi;
+    ms_ct_account(f, fd, p->len, now);
+    if (fd && where == MS_IN_HALFOPEN) {
+        if (is_udp)
+            f->state = CT_UDP_REPLIED;
+        int r = ms_ct_promote(&k, f, p, now);
+        if (r)
+            return r;
+    }
+    return PASS_FORWARD;
+}
+
+/* A later fragment: the flow of its first fragment decides. */
+static __always_inline int ms_ct_fragment(struct ms_pkt *p, __u64 now)
+{
+    struct ms_frag_key fk = {};
+    __builtin_memcpy(fk.saddr, p->saddr, 16);
+    __builtin_memcpy(fk.daddr, p->daddr, 16);
+    fk.id = p->frag_id;
+    fk.proto = p->proto;
+    struct ms_frag_val *fv = ms_frags.lookup(&fk);
+    if (!fv)
+        return DROP_FRAG_NO_FIRST;
+    p->sport = fv->sport;
+    p->dport = fv->dport;
+    struct ms_flow_key k = {};
+    int src_is_hi = ms_flow_key_of(p, &k);
+    int where;
+    struct ms_flow *f = ms_ct_lookup(&k, now, &where);
+    if (!f)
+        return DROP_FRAG_NO_FIRST;
+    ms_ct_account(f, src_is_hi != f->initiator_is_hi, p->len, now);
+    return PASS_FRAGMENT;
+}
+
+/* A first fragment: remember its ports for the fragments that follow. */
+static __always_inline int ms_ct_first_fragment(const struct ms_pkt *p, __u64 now)
+{
+    struct ms_frag_key fk = {};
+    __builtin_memcpy(fk.saddr, p->saddr, 16);
+    __builtin_memcpy(fk.daddr, p->daddr, 16);
+    fk.id = p->frag_id;
+    fk.proto = p->proto;
+    struct ms_frag_val fv = {.sport = p->sport, .dport = p->dport, .seen_ns = now};
+    ms_frags.update(&fk, &fv);
+    return 0;
 }
 
 #endif

@@ -21,12 +21,96 @@ enum ms_dir {
 };
 #define MS_DIR_COUNT (0 MS_ENUM_DIR(MS_ENUM_COUNT))
 
+/* Session states. TCP states are named as `ss` on the flow's initiator
+ * would show them (FIN_WAIT1/2 when the initiator closes first, CLOSE_WAIT
+ * when the responder does), observed from the middle; see conntrack.h. */
+#define MS_ENUM_CT_STATE(X) \
+    X(CT_NONE,        0, ANY,  "no state yet") \
+    X(CT_SYN_SENT,    1, TCP,  "initiator's SYN seen") \
+    X(CT_SYN_RECV,    2, TCP,  "responder's SYN-ACK seen") \
+    X(CT_ESTABLISHED, 3, TCP,  "handshake completed") \
+    X(CT_FIN_WAIT1,   4, TCP,  "initiator sent FIN, not yet acknowledged") \
+    X(CT_FIN_WAIT2,   5, TCP,  "initiator's FIN acknowledged, responder still open") \
+    X(CT_CLOSING,     6, TCP,  "both sent FIN before either was acknowledged") \
+    X(CT_CLOSE_WAIT,  7, TCP,  "responder sent FIN first, initiator still open") \
+    X(CT_LAST_ACK,    8, TCP,  "both sent FIN, the last one not yet acknowledged") \
+    X(CT_TIME_WAIT,   9, TCP,  "both FINs acknowledged") \
+    X(CT_CLOSE,      10, TCP,  "reset") \
+    X(CT_SYN_SENT2,  11, TCP,  "simultaneous open: SYNs crossed") \
+    X(CT_UDP_UNREPLIED, 12, UDP, "UDP, nothing seen from the responder") \
+    X(CT_UDP_REPLIED,   13, UDP, "UDP, both directions seen") \
+    X(CT_ICMP,       14, ICMP, "ICMP echo exchange")
+
+enum ms_ct_state {
+    MS_ENUM_CT_STATE(MS_ENUM_MEMBER)
+};
+#define MS_CT_STATE_COUNT (0 MS_ENUM_CT_STATE(MS_ENUM_COUNT))
+
+/* What a TCP packet is, for the state machine: its flags, classified. */
+#define MS_ENUM_TCP_EVENT(X) \
+    X(EV_SYN,     0, TCP, "SYN without ACK") \
+    X(EV_SYNACK,  1, TCP, "SYN with ACK") \
+    X(EV_FIN,     2, TCP, "FIN with ACK") \
+    X(EV_ACK,     3, TCP, "ACK, with or without data") \
+    X(EV_RST,     4, TCP, "RST") \
+    X(EV_INVALID, 5, TCP, "no SYN/RST/ACK, or SYN with FIN or RST")
+
+enum ms_tcp_event {
+    MS_ENUM_TCP_EVENT(MS_ENUM_MEMBER)
+};
+#define MS_TCP_EVENT_COUNT (0 MS_ENUM_TCP_EVENT(MS_ENUM_COUNT))
+
+/* Outcomes in the TCP transition table beyond "go to state N". */
+#define MS_ENUM_TCP_VERDICT(X) \
+    X(TV_CLOSE_PHASE, 253, TCP, "legal; the state follows from the FIN bookkeeping (conntrack.h)") \
+    X(TV_INVALID,     254, TCP, "illegal in this state: counted, configured action (drop)") \
+    X(TV_IGNORE,      255, TCP, "legal but leaves the state alone (e.g. SYN on ESTABLISHED)")
+
+enum ms_tcp_verdict {
+    MS_ENUM_TCP_VERDICT(MS_ENUM_MEMBER)
+};
+
+/* Direction of a packet within its flow. */
+#define MS_ENUM_FLOW_DIR(X) \
+    X(FD_ORIGINAL, 0, FLOW, "from the endpoint that opened the flow") \
+    X(FD_REPLY,    1, FLOW, "from the responder")
+
+enum ms_flow_dir {
+    MS_ENUM_FLOW_DIR(MS_ENUM_MEMBER)
+};
+
+/* Events sent to user space on the ring buffer. */
+#define MS_ENUM_EVENT(X) \
+    X(EVENT_TABLE_PRESSURE, 1, EVENT, "session table crossed the pressure threshold")
+
+enum ms_event_type {
+    MS_ENUM_EVENT(MS_ENUM_MEMBER)
+};
+
 #ifndef MS_FLOW_MAX
 #define MS_FLOW_MAX 524288
+#endif
+#ifndef MS_HALFOPEN_MAX
+#define MS_HALFOPEN_MAX 65536
 #endif
 #ifndef MS_IFACE_MAX
 #define MS_IFACE_MAX 64
 #endif
+#ifndef MS_FRAG_MAX
+#define MS_FRAG_MAX 8192
+#endif
+#ifndef MS_SYN_DST_MAX
+#define MS_SYN_DST_MAX 65536
+#endif
+#ifndef MS_ALLOW_MAX
+#define MS_ALLOW_MAX 1024
+#endif
+#ifndef MS_EVENTS_PAGES
+#define MS_EVENTS_PAGES 16
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Counters                                                            */
 
 /* Per-CPU packet and byte counts, indexed by dir * MS_REASON_COUNT + reason. */
 struct ms_counter {
@@ -34,6 +118,41 @@ struct ms_counter {
     __u64 bytes;
 };
 BPF_PERCPU_ARRAY(ms_counters, struct ms_counter, MS_DIR_COUNT * MS_REASON_COUNT);
+
+/* ------------------------------------------------------------------ */
+/* Parsed packet: scratch state handed between tail-call stages.       */
+
+struct ms_pkt {
+    __u8   saddr[16];     /* IPv4 as IPv4-mapped IPv6 */
+    __u8   daddr[16];
+    __be16 sport;         /* network order; ICMP echo: the echo id */
+    __be16 dport;
+    __u32  len;           /* skb->len */
+    __u32  seq;           /* TCP, host order */
+    __u32  ack_seq;
+    __u32  frag_id;       /* IPv4 id or IPv6 fragment identification */
+    __u16  window;
+    __u16  l3_off;
+    __u16  l4_off;
+    __u16  payload_off;   /* first byte of L4 payload */
+    __u32  payload_len;
+    __u16  vlan_outer;    /* first VLAN id seen (0: untagged) */
+    __u16  frag_off;      /* fragment offset in 8-byte units */
+    __u8   family;        /* 4 or 6 */
+    __u8   proto;         /* IPPROTO_* of the L4 header */
+    __u8   tcp_flags;     /* FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 URG 0x20 ECE 0x40 CWR 0x80 */
+    __u8   frag;          /* MS_FRAG_* */
+    __u8   icmp_type;
+    __u8   icmp_code;
+    __u8   vlan_depth;
+    __u8   wscale;        /* TCP window scale option on a SYN, 0xff if absent */
+    __u8   dir;           /* enum ms_dir of the hook */
+    __u8   pad[3];
+};
+BPF_PERCPU_ARRAY(ms_scratch, struct ms_pkt, 1);
+
+/* ------------------------------------------------------------------ */
+/* Sessions                                                            */
 
 /* Canonical flow key: the lower (address, port) endpoint first, so both
  * directions of a flow find one entry. IPv4 is stored IPv4-mapped
@@ -48,17 +167,73 @@ struct ms_flow_key {
     __u8  pad[3];
 };
 
-/* One session. Index 0 of the per-direction arrays is the original
- * direction (from the endpoint that opened the flow), 1 the reply. */
+/* Per-direction TCP window data, the nf_conntrack model (ip_ct_tcp_state):
+ * end = highest seq + len sent; maxend = highest ack + window the peer
+ * allowed (the most this side may send up to); maxwin = largest window
+ * this side advertised (scaled). */
+struct ms_tcp_side {
+    __u32 end;
+    __u32 maxend;
+    __u32 maxwin;
+    __u32 fin_end;        /* seq just past this side's FIN (valid when MS_SIDE_FIN) */
+    __u8  wscale;
+    __u8  flags;          /* MS_SIDE_* */
+    __u8  pad[2];
+};
+#define MS_SIDE_SEEN   0x01   /* window data initialised */
+#define MS_SIDE_WSCALE 0x02   /* sent a window scale option on its SYN */
+#define MS_SIDE_FIN    0x04   /* sent a FIN */
+#define MS_SIDE_FIN_ACKED 0x08 /* the peer acknowledged that FIN */
+
+/* One session. Index 0 of per-direction arrays is the original direction
+ * (from the endpoint that opened the flow), 1 the reply. */
 struct ms_flow {
     __u64 first_seen_ns;
     __u64 last_seen_ns;
     __u64 packets[2];
     __u64 bytes[2];
+    struct ms_tcp_side tcp[2];
+    __u8  state;            /* enum ms_ct_state */
     __u8  initiator_is_hi;  /* 1 when addr_hi/port_hi opened the flow */
-    __u8  pad[7];
+    __u8  flags;            /* MS_FLOW_* */
+    __u8  pad[5];
 };
-BPF_TABLE("lru_hash", struct ms_flow_key, struct ms_flow, ms_flows, MS_FLOW_MAX);
+#define MS_FLOW_PICKED_UP 0x01  /* created mid-stream under the `loose` option */
+#define MS_FLOW_LIBERAL   0x02  /* window not checked (picked up, or SYN options not walked) */
+
+/* Flows that saw a reply (TCP past the handshake, UDP both ways). Plain
+ * HASH, not LRU: a full table must never evict an established session;
+ * new flows then follow the full-table policy instead. */
+BPF_TABLE("hash", struct ms_flow_key, struct ms_flow, ms_flows, MS_FLOW_MAX);
+/* Half-open and unreplied flows. LRU with per-CPU lists: a SYN flood
+ * churns this table only, and the oldest unreplied flows go first
+ * (nf_conntrack's early drop, by construction). */
+BPF_F_TABLE("lru_hash", struct ms_flow_key, struct ms_flow, ms_halfopen, MS_HALFOPEN_MAX, BPF_F_NO_COMMON_LRU);
+
+/* ------------------------------------------------------------------ */
+/* Configuration written by the control plane at load                 */
+
+/* Per-state idle timeouts in nanoseconds, indexed by enum ms_ct_state. */
+BPF_ARRAY(ms_timeouts, __u64, MS_CT_STATE_COUNT);
+
+/* TCP transition table: next state (or enum ms_tcp_verdict), indexed by
+ * (state * 2 + flow direction) * MS_TCP_EVENT_COUNT + event. Filled from
+ * datapath/tcp_fsm.py, the one readable copy of the state machine. */
+BPF_ARRAY(ms_tcp_fsm, __u8, MS_CT_STATE_COUNT * 2 * MS_TCP_EVENT_COUNT);
+
+struct ms_config {
+    __u32 flags;                 /* MS_CFG_* */
+    __u32 pressure_pct;          /* alert when the session table is this full */
+    __u64 syn_dst_rate;          /* new half-open flows per second per destination */
+    __u64 syn_dst_burst;
+    __u64 syn_global_rate;       /* ... and for all destinations together */
+    __u64 syn_global_burst;
+};
+#define MS_CFG_LOOSE            0x01  /* pick up mid-stream TCP flows */
+#define MS_CFG_INVALID_PASS     0x02  /* illegal TCP transitions pass (counted) */
+#define MS_CFG_WINDOW_PASS      0x04  /* out-of-window segments pass (counted) */
+#define MS_CFG_TAILCALL_PASS    0x08  /* a missed tail call passes (counted) */
+BPF_ARRAY(ms_config, struct ms_config, 1);
 
 /* Interfaces the control plane attached to, by ifindex. The egress program
  * uses it to skip packets already handled at a managed ingress. */
@@ -66,5 +241,87 @@ struct ms_iface {
     __u32 flags;
 };
 BPF_HASH(ms_ifaces, __u32, struct ms_iface, MS_IFACE_MAX);
+
+/* Addresses whose new flows still pass when the session table is full
+ * (without a session). */
+struct ms_lpm_key {
+    __u32 prefixlen;
+    __u8  addr[16];
+};
+BPF_F_TABLE("lpm_trie", struct ms_lpm_key, __u8, ms_full_allow, MS_ALLOW_MAX, BPF_F_NO_PREALLOC);
+
+/* ------------------------------------------------------------------ */
+/* SYN budget                                                          */
+
+struct ms_bucket {
+    __u64 tokens_milli;   /* tokens * 1000, so slow rates still refill */
+    __u64 last_ns;
+};
+struct ms_addr_key {
+    __u8 addr[16];
+};
+BPF_TABLE("lru_hash", struct ms_addr_key, struct ms_bucket, ms_syn_dst, MS_SYN_DST_MAX);
+BPF_ARRAY(ms_syn_global, struct ms_bucket, 1);
+
+/* ------------------------------------------------------------------ */
+/* Fragments (the first fragment's ports, for the later ones)          */
+
+struct ms_frag_key {
+    __u8  saddr[16];
+    __u8  daddr[16];
+    __u32 id;
+    __u8  proto;
+    __u8  pad[3];
+};
+struct ms_frag_val {
+    __be16 sport;
+    __be16 dport;
+    __u64 seen_ns;
+};
+BPF_TABLE("lru_hash", struct ms_frag_key, struct ms_frag_val, ms_frags, MS_FRAG_MAX);
+
+/* ------------------------------------------------------------------ */
+/* Table pressure                                                      */
+
+/* Written by the kernel only (atomic adds). */
+struct ms_pressure {
+    __u64 inserted;         /* sessions added to ms_flows */
+    __u64 deleted;          /* sessions the kernel removed (expired on lookup) */
+    __u64 insert_failed;    /* ms_flows inserts refused (full) */
+    __u64 alerts;           /* pressure alerts sent */
+    __u64 alert_gen;        /* user generation at the last alert */
+};
+BPF_ARRAY(ms_pressure, struct ms_pressure, 1);
+/* Written by user space only: what the sweeper deleted, and a generation
+ * bumped when usage falls back under the threshold (re-arms the alert). */
+struct ms_pressure_user {
+    __u64 deleted;
+    __u64 gen;
+};
+BPF_ARRAY(ms_pressure_user, struct ms_pressure_user, 1);
+
+struct ms_event {
+    __u32 type;             /* enum ms_event_type */
+    __u32 pct;              /* table use in percent */
+    __u64 ts_ns;
+    __u64 entries;
+    __u64 capacity;
+};
+BPF_RINGBUF_OUTPUT(ms_events, MS_EVENTS_PAGES);
+
+/* ------------------------------------------------------------------ */
+/* Tail calls                                                          */
+
+#define MS_ENUM_STAGE(X) \
+    X(STAGE_TCP,   0, STAGE, "TCP session tracking") \
+    X(STAGE_OTHER, 1, STAGE, "UDP, ICMP echo and other protocols") \
+    X(STAGE_ICMP_ERR, 2, STAGE, "ICMP errors matched to the flow they quote")
+
+enum ms_stage {
+    MS_ENUM_STAGE(MS_ENUM_MEMBER)
+};
+#define MS_STAGE_COUNT (0 MS_ENUM_STAGE(MS_ENUM_COUNT))
+/* Stages are shared by both hooks; the hook travels in ms_pkt.dir. */
+BPF_PROG_ARRAY(ms_stages, MS_STAGE_COUNT);
 
 #endif

@@ -19,6 +19,7 @@
 #include <uapi/linux/icmpv6.h>
 
 #include "reasons.h"
+#include "maps.h"
 
 /* Three stacked tags: 802.1ad QinQ plus one more, as real captures show
  * (the corpus has a triple-tagged trace); more is treated as an attack on
@@ -58,30 +59,8 @@ struct ms_ipv6_opt_hdr {
     __u8 hdrlen;
 };
 
-/* What the rest of the fast path knows about a packet. */
-struct ms_pkt {
-    __u8   saddr[16];     /* IPv4 as IPv4-mapped IPv6 */
-    __u8   daddr[16];
-    __be16 sport;         /* network order; ICMP echo: the echo id */
-    __be16 dport;
-    __u32  len;           /* skb->len */
-    __u32  seq;           /* TCP, host order */
-    __u32  ack_seq;
-    __u16  window;
-    __u16  l3_off;
-    __u16  l4_off;
-    __u16  payload_off;   /* first byte of L4 payload */
-    __u32  payload_len;
-    __u16  vlan_outer;    /* first VLAN id seen (0: untagged) */
-    __u8   family;        /* 4 or 6 */
-    __u8   proto;         /* IPPROTO_* of the L4 header */
-    __u8   tcp_flags;     /* FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 URG 0x20 ECE 0x40 CWR 0x80 */
-    __u8   frag;          /* MS_FRAG_* */
-    __u8   icmp_type;
-    __u8   icmp_code;
-    __u8   vlan_depth;
-    __u8   pad[3];
-};
+/* struct ms_pkt, what the rest of the fast path knows about a packet,
+ * is in maps.h: it travels between tail-call stages in a per-CPU map. */
 
 static __always_inline void ms_v4_mapped(__u8 *dst, __be32 addr)
 {
@@ -151,6 +130,12 @@ static __always_inline int ms_parse_l4(void *data, void *data_end,
     return PASS_OTHER_L4;
 }
 
+static __always_inline int ms_ipv6_is_ext(__u8 nh)
+{
+    return nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS ||
+           nh == IPPROTO_FRAGMENT || nh == IPPROTO_AH;
+}
+
 static __always_inline int ms_parse_ipv6(void *data, void *data_end,
                                          struct ms_pkt *p)
 {
@@ -175,16 +160,13 @@ static __always_inline int ms_parse_ipv6(void *data, void *data_end,
     __u32 ext = 0;  /* bytes of extension headers so far */
     off += sizeof(*ip6);
 
+    /* Walk to the L4 header; the L4 parser is reached from one place
+     * after the loop, so the verifier sees it once, not once per step. */
 #pragma unroll
     for (int i = 0; i < MS_MAX_IPV6_EXT; i++) {
         __u32 hlen;
-        if (nexthdr != IPPROTO_HOPOPTS && nexthdr != IPPROTO_ROUTING &&
-            nexthdr != IPPROTO_DSTOPTS && nexthdr != IPPROTO_FRAGMENT &&
-            nexthdr != IPPROTO_AH) {
-            p->proto = nexthdr;
-            p->l4_off = off + ext;
-            return ms_parse_l4(data, data_end, p, plen - ext);
-        }
+        if (!ms_ipv6_is_ext(nexthdr))
+            break;
         if (off + ext > MS_MAX_L3_HDR)
             return DROP_IPV6_EXT_TOO_DEEP;
         __u8 *h = data + off + ext;
@@ -193,6 +175,8 @@ static __always_inline int ms_parse_ipv6(void *data, void *data_end,
         if (nexthdr == IPPROTO_FRAGMENT) {
             /* RFC 8200 4.5: offset in 8-octet units in the top 13 bits. */
             __u16 fo = ((__u16)h[2] << 8 | h[3]);
+            p->frag_off = fo >> 3;
+            p->frag_id = ((__u32)h[4] << 24) | ((__u32)h[5] << 16) | ((__u32)h[6] << 8) | h[7];
             if (fo & 0xfff8) {
                 /* What follows a non-first fragment's header is the middle
                  * of the fragmentable part, not a header: stop walking. */
@@ -214,14 +198,11 @@ static __always_inline int ms_parse_ipv6(void *data, void *data_end,
         nexthdr = h[0];
         ext += hlen;
     }
-    if (nexthdr != IPPROTO_HOPOPTS && nexthdr != IPPROTO_ROUTING &&
-        nexthdr != IPPROTO_DSTOPTS && nexthdr != IPPROTO_FRAGMENT &&
-        nexthdr != IPPROTO_AH) {
-        p->proto = nexthdr;
-        p->l4_off = off + ext;
-        return ms_parse_l4(data, data_end, p, plen - ext);
-    }
-    return DROP_IPV6_EXT_TOO_DEEP;
+    if (ms_ipv6_is_ext(nexthdr))
+        return DROP_IPV6_EXT_TOO_DEEP;
+    p->proto = nexthdr;
+    p->l4_off = off + ext;
+    return ms_parse_l4(data, data_end, p, plen - ext);
 }
 
 static __always_inline int ms_parse_ipv4(void *data, void *data_end,
@@ -250,6 +231,8 @@ static __always_inline int ms_parse_ipv4(void *data, void *data_end,
     p->proto = ip->protocol;
 
     __u16 fo = bpf_ntohs(ip->frag_off);
+    p->frag_off = fo & 0x1fff;
+    p->frag_id = bpf_ntohs(ip->id);
     if (fo & 0x1fff)
         p->frag = MS_FRAG_LATER;
     else if (fo & 0x2000)

@@ -14,7 +14,7 @@
     X(PASS_FORWARD,             1, PASS, "parsed and passed; no policy decided otherwise") \
     X(PASS_NOT_IP,              2, PASS, "not IPv4/IPv6 (ARP, LLDP, ...): handed to the stack") \
     X(PASS_OTHER_L4,            3, PASS, "IP protocol without a parser (GRE, SCTP, ESP, ...)") \
-    X(PASS_FRAGMENT,            4, PASS, "non-first IP fragment (no L4 header to inspect)") \
+    X(PASS_FRAGMENT,            4, PASS, "non-first IP fragment of a known flow") \
     X(PASS_SEEN_AT_INGRESS,     5, PASS, "egress of a packet already handled at a managed ingress") \
     X(DROP_L2_TRUNCATED,        6, DROP, "Ethernet or VLAN header truncated") \
     X(DROP_VLAN_TOO_DEEP,       7, DROP, "more stacked VLAN tags than MS_MAX_VLAN") \
@@ -29,7 +29,27 @@
     X(DROP_UDP_TRUNCATED,      16, DROP, "UDP header truncated") \
     X(DROP_UDP_BAD_LENGTH,     17, DROP, "UDP length < 8 or past the IP payload") \
     X(DROP_ICMP_TRUNCATED,     18, DROP, "ICMP / ICMPv6 header truncated") \
-    X(DROP_FLOW_TABLE_FULL,    19, DROP, "session could not be inserted into the flow table")
+    X(DROP_FLOW_TABLE_FULL,    19, DROP, "session table full and the flow is not allow-listed") \
+    X(PASS_TABLE_FULL_ALLOWED, 20, PASS, "session table full; allow-listed flow passed without a session") \
+    X(DROP_TCP_INVALID,        21, DROP, "TCP flags illegal in the session's state") \
+    X(PASS_TCP_INVALID,        22, PASS, "TCP flags illegal in the session's state (passed: invalid_action=pass)") \
+    X(DROP_TCP_OUT_OF_WINDOW,  23, DROP, "TCP sequence or acknowledgement outside the window") \
+    X(PASS_TCP_OUT_OF_WINDOW,  24, PASS, "TCP segment outside the window (passed: window_action=pass)") \
+    X(DROP_TCP_NO_SESSION,     25, DROP, "TCP packet other than SYN for an unknown flow") \
+    X(PASS_TCP_PICKED_UP,      26, PASS, "mid-stream TCP flow picked up (loose option)") \
+    X(PASS_TCP_IGNORED,        27, PASS, "legal, leaves the state alone (SYN on an established flow, RFC 5961 4)") \
+    X(DROP_TCP_BAD_SYNACK,     28, DROP, "SYN-ACK that does not acknowledge the SYN") \
+    X(DROP_SYN_BUDGET_DST,     29, DROP, "new half-open flows to this destination over budget") \
+    X(DROP_SYN_BUDGET_GLOBAL,  30, DROP, "new half-open flows over the global budget") \
+    X(PASS_ICMP_RELATED,       31, PASS, "ICMP error about a known flow") \
+    X(DROP_ICMP_UNMATCHED,     32, DROP, "ICMP error quoting no known flow") \
+    X(PASS_ICMP_CONTROL,       33, PASS, "ICMPv6 neighbour discovery / MLD (link control)") \
+    X(DROP_ICMP_TYPE,          34, DROP, "ICMP type neither echo, error nor link control") \
+    X(DROP_FRAG_NO_FIRST,      35, DROP, "non-first fragment with no first fragment seen") \
+    X(DROP_FRAG_OVERLAP,       36, DROP, "fragment that would overlap the L4 header (RFC 1858)") \
+    X(DROP_TAIL_CALL_MISSED,   37, DROP, "a tail call to a stage failed (stage not loaded)") \
+    X(PASS_TAIL_CALL_MISSED,   38, PASS, "a tail call failed (passed: tailcall_action=pass)") \
+    X(DROP_ICMP_ECHO_UNMATCHED, 39, DROP, "ICMP echo reply with no request seen")
 
 enum ms_reason {
     MS_ENUM_REASON(MS_ENUM_MEMBER)
