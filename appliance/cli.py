@@ -93,12 +93,12 @@ def status_data(netns: str | None) -> dict:
     for a in items:
         if a.prog_id and a.prog_id not in progs:
             try:
-                prog, maps = bpfsys.prog_with_maps(a.prog_id)
+                prog, stage_ids, maps = bpfsys.build_maps(a.prog_id)
             except OSError as e:
                 progs[a.prog_id] = {"error": str(e)}
                 continue
             progs[a.prog_id] = {
-                "name": prog.name, "tag": prog.tag, "jited": prog.jited,
+                "name": prog.name, "tag": prog.tag, "jited": prog.jited, "stage_prog_ids": stage_ids,
                 "maps": [{"id": m.id, "name": m.name, "type": MAP_TYPES.get(m.type, str(m.type)),
                           "key_size": m.key_size, "value_size": m.value_size,
                           "max_entries": m.max_entries, "memlock_bytes": m.memlock} for m in maps],

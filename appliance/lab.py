@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from pyroute2 import NetNS, netns as pr_netns
 
+from datapath import pins
 from datapath.errors import MicrosegError
 
 IFA_F_NODAD = 0x02  # skip IPv6 duplicate address detection: addresses usable at once
@@ -101,6 +102,8 @@ class Lab:
 
     def down(self) -> None:
         remove_namespaces([n for n in self.namespaces if n in pr_netns.listnetns()])
+        for n in self.namespaces:
+            pins.remove_namespace_pins(n)
 
     def __enter__(self) -> "Lab":
         return self.up()

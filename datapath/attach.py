@@ -19,6 +19,7 @@ from pyroute2 import IPRoute, NetNS, netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.tcmsg import sched_bpf
 
+from . import pins
 from .enums import Direction
 from .errors import MicrosegError, UsageError
 
@@ -134,7 +135,13 @@ def attach(fastpath, ifaces: list[str], netns: str | None = None) -> list[Attach
                 except NetlinkError as e:
                     raise MicrosegError(f"cannot attach {d.name} program on '{name}'{_where(netns)}: {e}")
         _save_state(netns, state)
-        return [a for a in _list(ipr) if a.iface in idx]
+        now = _list(ipr)
+        mine = [a for a in now if a.iface in idx]
+        if mine and getattr(fastpath, "stage_fns", None):
+            ingress_id = next(a.prog_id for a in mine if a.direction == "DIR_INGRESS")
+            pins.pin_build(fastpath, ingress_id, netns)
+        pins.gc(netns, {a.prog_id for a in now if a.direction == "DIR_INGRESS"})
+        return mine
 
 
 def detach(ifaces: list[str], netns: str | None = None) -> int:
@@ -158,6 +165,7 @@ def detach(ifaces: list[str], netns: str | None = None) -> int:
                     ipr.tc("del", "clsact", i)
             state.pop(name, None)
         _save_state(netns, state)
+        pins.gc(netns, {a.prog_id for a in _list(ipr) if a.direction == "DIR_INGRESS"})
     return removed
 
 

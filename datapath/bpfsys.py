@@ -228,3 +228,63 @@ def prog_with_maps(prog_id: int) -> tuple[ProgInfo, list[MapInfo]]:
         finally:
             os.close(mfd)
     return prog, maps
+
+
+BPF_OBJ_PIN = 6
+
+
+class _PinAttr(ctypes.Structure):
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32), ("file_flags", ctypes.c_uint32)]
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a map or program at ``path`` (inside a mounted bpffs)."""
+    buf = ctypes.create_string_buffer(path.encode())
+    sys_bpf(BPF_OBJ_PIN, _PinAttr(ctypes.addressof(buf), fd, 0))
+
+
+BPF_MAP_LOOKUP_ELEM = 1
+
+
+class _MapElemAttr(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
+                ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+    """Value bytes for ``key``, or None when absent."""
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = ctypes.create_string_buffer(value_size)
+    try:
+        sys_bpf(BPF_MAP_LOOKUP_ELEM, _MapElemAttr(fd, 0, ctypes.addressof(kbuf), ctypes.addressof(vbuf), 0))
+    except BpfError as e:
+        if e.errno == 2:  # ENOENT
+            return None
+        raise
+    return vbuf.raw
+
+
+BPF_MAP_TYPE_PROG_ARRAY = 3
+
+
+def build_maps(entry_prog_id: int) -> tuple[ProgInfo, list[int], list[MapInfo]]:
+    """An attached build: its entry program, the ids of the stage programs
+    its PROG_ARRAY points to, and every map any of them uses (by map id)."""
+    prog, maps = prog_with_maps(entry_prog_id)
+    by_id = {m.id: m for m in maps}
+    stage_ids = []
+    for m in maps:
+        if m.type != BPF_MAP_TYPE_PROG_ARRAY:
+            continue
+        fd = map_fd_by_id(m.id)
+        try:
+            for i in range(m.max_entries):
+                v = map_lookup(fd, i.to_bytes(4, "little"), 4)
+                if v is not None:
+                    stage_ids.append(int.from_bytes(v, "little"))
+        finally:
+            os.close(fd)
+    for sid in stage_ids:
+        for m in prog_with_maps(sid)[1]:
+            by_id.setdefault(m.id, m)
+    return prog, stage_ids, sorted(by_id.values(), key=lambda m: m.name)
