@@ -123,13 +123,20 @@ static __always_inline void ms_pressure_add(int field_deleted)
     }
 }
 
+/* Has the flow been idle past its state's timeout? Signed: another CPU
+ * may have stamped last_seen a moment after this CPU read the clock. */
+static __always_inline int ms_ct_expired(const struct ms_flow *f, __u64 now)
+{
+    return (__s64)(now - f->last_seen_ns) > (__s64)ms_timeout(f->state);
+}
+
 /* Find the flow in either table. An entry idle past its state's timeout
  * is deleted here (lazy expiry) and reported as absent. */
 static __always_inline struct ms_flow *ms_ct_lookup(struct ms_flow_key *k, __u64 now, int *where)
 {
     struct ms_flow *f = ms_flows.lookup(k);
     if (f) {
-        if (now - f->last_seen_ns <= ms_timeout(f->state)) {
+        if (!ms_ct_expired(f, now)) {
             *where = MS_IN_FLOWS;
             return f;
         }
@@ -138,7 +145,7 @@ static __always_inline struct ms_flow *ms_ct_lookup(struct ms_flow_key *k, __u64
     }
     f = ms_halfopen.lookup(k);
     if (f) {
-        if (now - f->last_seen_ns <= ms_timeout(f->state)) {
+        if (!ms_ct_expired(f, now)) {
             *where = MS_IN_HALFOPEN;
             return f;
         }
