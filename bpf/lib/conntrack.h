@@ -167,6 +167,26 @@ static __always_inline void ms_ct_account(struct ms_flow *f, int fd, __u32 len, 
     }
 }
 
+/* A zeroed new session in per-CPU scratch (a struct ms_flow on the stack
+ * per creation site would cost the stage a quarter of its stack). */
+static __always_inline struct ms_flow *ms_flow_new(const struct ms_pkt *p, int src_is_hi,
+                                                   __u8 state, __u8 flags, __u64 now)
+{
+    __u32 z = 0;
+    struct ms_flow *nf = ms_flow_scratch.lookup(&z);
+    if (!nf)
+        return 0;
+    __builtin_memset(nf, 0, sizeof(*nf));
+    nf->first_seen_ns = now;
+    nf->last_seen_ns = now;
+    nf->initiator_is_hi = src_is_hi;
+    nf->state = state;
+    nf->flags = flags;
+    nf->packets[0] = 1;
+    nf->bytes[0] = p->len;
+    return nf;
+}
+
 /* ------------------------------------------------------------------ */
 /* Capacity                                                            */
 
@@ -240,9 +260,7 @@ static __always_inline int ms_full_reason(const struct ms_pkt *p)
 static __always_inline int ms_ct_promote(struct ms_flow_key *k, struct ms_flow *f,
                                          const struct ms_pkt *p, __u64 now)
 {
-    struct ms_flow copy;
-    __builtin_memcpy(&copy, f, sizeof(copy));
-    int ret = ms_flows.insert(k, &copy);
+    int ret = ms_flows.insert(k, f);   /* straight from the half-open entry */
     if (ret == -MS_EEXIST) {
         /* the other direction's CPU promoted it first */
         ms_halfopen.delete(k);
@@ -470,16 +488,12 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
             int r = ms_syn_budget(p, cfg, now);
             if (r)
                 return r;
-            struct ms_flow nf = {};
-            nf.first_seen_ns = now;
-            nf.last_seen_ns = now;
-            nf.initiator_is_hi = src_is_hi;
-            nf.state = CT_SYN_SENT;
-            nf.flags = p->wscale == MS_WSCALE_UNKNOWN ? MS_FLOW_LIBERAL : 0;
-            nf.packets[0] = 1;
-            nf.bytes[0] = p->len;
-            ms_side_init(&nf.tcp[0], p, end);
-            ms_halfopen.update(&k, &nf);
+            struct ms_flow *nf = ms_flow_new(p, src_is_hi, CT_SYN_SENT,
+                                             p->wscale == MS_WSCALE_UNKNOWN ? MS_FLOW_LIBERAL : 0, now);
+            if (!nf)
+                return DROP_TCP_INVALID;
+            ms_side_init(&nf->tcp[0], p, end);
+            ms_halfopen.update(&k, nf);
             return PASS_FORWARD;
         }
         if ((cfg->flags & MS_CFG_LOOSE) && !(fl & (TCP_RST | TCP_SYN)) && (fl & TCP_ACK)) {
@@ -487,17 +501,13 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
              * pinned state): trust this packet, track liberally. */
             if (ms_flows_full())
                 return ms_full_reason(p);
-            struct ms_flow nf = {};
-            nf.first_seen_ns = now;
-            nf.last_seen_ns = now;
-            nf.initiator_is_hi = src_is_hi;
-            nf.state = CT_ESTABLISHED;
-            nf.flags = MS_FLOW_PICKED_UP | MS_FLOW_LIBERAL;
-            nf.packets[0] = 1;
-            nf.bytes[0] = p->len;
-            ms_side_init(&nf.tcp[0], p, end);
-            nf.tcp[0].maxend = end + (p->window ? p->window : 1);
-            if (ms_flows.update(&k, &nf) != 0) {
+            struct ms_flow *nf = ms_flow_new(p, src_is_hi, CT_ESTABLISHED,
+                                             MS_FLOW_PICKED_UP | MS_FLOW_LIBERAL, now);
+            if (!nf)
+                return DROP_TCP_INVALID;
+            ms_side_init(&nf->tcp[0], p, end);
+            nf->tcp[0].maxend = end + (p->window ? p->window : 1);
+            if (ms_flows.update(&k, nf) != 0) {
                 ms_pressure_add(0);
                 return ms_full_reason(p);
             }
@@ -521,20 +531,16 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
     if (next == CT_SYN_SENT && state != CT_SYN_SENT) {
         /* A new SYN from the initiator after TIME_WAIT / CLOSE: port reuse
          * starts the flow over (nf_conntrack does the same). */
-        struct ms_flow nf = {};
-        nf.first_seen_ns = now;
-        nf.last_seen_ns = now;
-        nf.initiator_is_hi = src_is_hi;
-        nf.state = CT_SYN_SENT;
-        nf.flags = p->wscale == MS_WSCALE_UNKNOWN ? MS_FLOW_LIBERAL : 0;
-        nf.packets[0] = 1;
-        nf.bytes[0] = p->len;
-        ms_side_init(&nf.tcp[0], p, end);
+        struct ms_flow *nf = ms_flow_new(p, src_is_hi, CT_SYN_SENT,
+                                         p->wscale == MS_WSCALE_UNKNOWN ? MS_FLOW_LIBERAL : 0, now);
+        if (!nf)
+            return DROP_TCP_INVALID;
+        ms_side_init(&nf->tcp[0], p, end);
         if (where == MS_IN_FLOWS) {
             if (ms_flows.delete(&k) == 0)
                 ms_pressure_add(1);
         }
-        ms_halfopen.update(&k, &nf);
+        ms_halfopen.update(&k, nf);
         return PASS_FORWARD;
     }
     if (ev == EV_SYNACK && (state == CT_SYN_SENT || state == CT_SYN_SENT2)) {
@@ -594,14 +600,10 @@ static __always_inline int ms_ct_datagram(struct ms_pkt *p, __u64 now)
             return DROP_ICMP_ECHO_UNMATCHED;
         if (ms_flows_full())
             return ms_full_reason(p);
-        struct ms_flow nf = {};
-        nf.first_seen_ns = now;
-        nf.last_seen_ns = now;
-        nf.initiator_is_hi = src_is_hi;
-        nf.state = is_udp ? CT_UDP_UNREPLIED : CT_ICMP;
-        nf.packets[0] = 1;
-        nf.bytes[0] = p->len;
-        ms_halfopen.update(&k, &nf);
+        struct ms_flow *nf = ms_flow_new(p, src_is_hi, is_udp ? CT_UDP_UNREPLIED : CT_ICMP, 0, now);
+        if (!nf)
+            return DROP_ICMP_ECHO_UNMATCHED;
+        ms_halfopen.update(&k, nf);
         return PASS_FORWARD;
     }
     int fd = src_is_hi != f->initiator_is_hi;

@@ -201,6 +201,9 @@ struct ms_flow {
 #define MS_FLOW_PICKED_UP 0x01  /* created mid-stream under the `loose` option */
 #define MS_FLOW_LIBERAL   0x02  /* window not checked (picked up, or SYN options not walked) */
 
+/* A session being created: built here, not on the 512-byte stack. */
+BPF_PERCPU_ARRAY(ms_flow_scratch, struct ms_flow, 1);
+
 /* Flows that saw a reply (TCP past the handshake, UDP both ways). Plain
  * HASH, not LRU: a full table must never evict an established session;
  * new flows then follow the full-table policy instead. */
