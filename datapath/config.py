@@ -9,11 +9,22 @@ live in config maps and change without reloading anything
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Action = Literal["drop", "pass"]
+
+
+def _cidr(v: str) -> str:
+    try:
+        ipaddress.ip_network(v, strict=False)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    return v
+
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
 
 
 class Timeouts(BaseModel):
@@ -76,17 +87,7 @@ class DatapathConfig(BaseModel):
     # Alert (ring buffer record) when the session table is this full.
     pressure_pct: int = Field(90, ge=1, le=100)
     # New flows from or to these networks still pass when the table is full.
-    full_allowlist: tuple[str, ...] = ()
-
-    @field_validator("full_allowlist")
-    @classmethod
-    def _cidrs(cls, v):
-        for c in v:
-            try:
-                ipaddress.ip_network(c, strict=False)
-            except ValueError as e:
-                raise ValueError(f"full_allowlist: {e}") from None
-        return v
+    full_allowlist: tuple[Cidr, ...] = ()
 
     def cflags(self) -> list[str]:
         return [

@@ -1,0 +1,42 @@
+"""Configuration files: validated, errors name file, line and field."""
+from __future__ import annotations
+
+import pytest
+
+from appliance.configfile import load_model
+from datapath.config import DatapathConfig
+from datapath.errors import UsageError
+
+
+def write(tmp_path, text):
+    f = tmp_path / "microseg.yaml"
+    f.write_text(text)
+    return f
+
+
+def test_valid_file(tmp_path):
+    cfg = load_model(write(tmp_path, "flow_table_size: 4096\ntimeouts:\n  established: 600\nloose: true\n"),
+                     DatapathConfig)
+    assert cfg.flow_table_size == 4096 and cfg.timeouts.established == 600 and cfg.loose
+
+
+@pytest.mark.parametrize("text, line, needle", [
+    ("flow_table_size: 4096\ntimeouts:\n  established: -1\n", 3, "timeouts.established"),
+    ("loose: true\nno_such_setting: 1\n", 2, "no_such_setting"),
+    ("invalid_action: maybe\n", 1, "invalid_action"),
+    ("full_allowlist:\n  - 10.0.0.0/8\n  - 10.0.0.300/32\n", 3, "full_allowlist"),
+    ("timeouts: [1, 2\n", 2, "not valid YAML"),
+    ("- just\n- a list\n", 1, "mapping"),
+])
+def test_errors_name_file_line_field(tmp_path, text, line, needle):
+    f = write(tmp_path, text)
+    with pytest.raises(UsageError) as ei:
+        load_model(f, DatapathConfig)
+    msg = str(ei.value)
+    assert msg.startswith(f"{f}:{line}:"), msg
+    assert needle in msg
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UsageError, match="cannot read"):
+        load_model(tmp_path / "nope.yaml", DatapathConfig)
