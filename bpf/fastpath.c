@@ -61,7 +61,7 @@ static __always_inline int ms_entry(struct __sk_buff *skb, __u32 dir)
     __u32 stage;
     if (reason == PASS_FORWARD) {
         if (p->frag == MS_FRAG_FIRST)
-            ms_ct_first_fragment(p, bpf_ktime_get_ns());
+            ms_ct_first_fragment(p, ms_now());
         if (p->proto == IPPROTO_TCP) {
             stage = STAGE_TCP;
         } else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
@@ -107,7 +107,7 @@ int ms_stage_tcp(struct __sk_buff *skb)
     if (!p)
         return TC_ACT_SHOT;
     p->wscale = (p->tcp_flags & TCP_SYN) ? ms_tcp_wscale(skb, p) : 0xff;
-    return ms_finish(skb, p->dir, ms_ct_tcp(p, bpf_ktime_get_ns()));
+    return ms_finish(skb, p->dir, ms_ct_tcp(p, ms_now()));
 }
 
 int ms_stage_other(struct __sk_buff *skb)
@@ -115,7 +115,7 @@ int ms_stage_other(struct __sk_buff *skb)
     struct ms_pkt *p = ms_pkt_scratch();
     if (!p)
         return TC_ACT_SHOT;
-    __u64 now = bpf_ktime_get_ns();
+    __u64 now = ms_now();
     int reason;
     if (p->frag == MS_FRAG_LATER)
         reason = ms_ct_fragment(p, now);
@@ -131,5 +131,5 @@ int ms_stage_icmp_err(struct __sk_buff *skb)
     struct ms_pkt *p = ms_pkt_scratch();
     if (!p)
         return TC_ACT_SHOT;
-    return ms_finish(skb, p->dir, ms_icmp_error(skb, p, bpf_ktime_get_ns()));
+    return ms_finish(skb, p->dir, ms_icmp_error(skb, p, ms_now()));
 }
