@@ -40,6 +40,8 @@
 /* nf_conntrack's MAXACKWINDOW floor: acks may lag the peer's data by this
  * much even when the advertised windows were small. */
 #define MS_MIN_ACK_WINDOW 66000
+/* Most data a SYN can carry (TCP Fast Open): one segment. */
+#define MS_MAX_SYN_DATA 65535
 /* Longest idle gap the token bucket credits, so a bucket unused for hours
  * does not overflow the refill arithmetic. */
 #define MS_BUCKET_MAX_GAP_NS (10 * MS_NSEC)
@@ -550,9 +552,11 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
         return PASS_FORWARD;
     }
     if (ev == EV_SYNACK && (state == CT_SYN_SENT || state == CT_SYN_SENT2)) {
-        /* The responder's SYN-ACK must acknowledge the initiator's SYN. */
+        /* The responder's SYN-ACK must acknowledge the initiator's SYN: at
+         * most all of it, and at least the SYN itself (a TCP Fast Open
+         * server may decline the data the SYN carried, RFC 7413 4.2). */
         struct ms_tcp_side *peer = fd ? &f->tcp[0] : &f->tcp[1];
-        if (p->ack_seq != peer->end)
+        if (ms_after(p->ack_seq, peer->end) || ms_before(p->ack_seq, peer->end - MS_MAX_SYN_DATA - 1))
             return DROP_TCP_BAD_SYNACK;
     }
     if ((ev == EV_SYN || ev == EV_SYNACK) && !(f->tcp[fd].flags & MS_SIDE_SEEN)) {
@@ -568,7 +572,13 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
             f->tcp[1].wscale = 0;
         }
     }
-    if (!ms_tcp_window(f, fd, p, end, f->flags & MS_FLOW_LIBERAL))
+    if (state == CT_SYN_SENT && fd == FD_ORIGINAL && ev == EV_SYN) {
+        /* A SYN again before any answer: a retransmission, or a new
+         * attempt with a new ISN (the client gave up on the old one).
+         * Either way this SYN defines the initiator's window, as
+         * nf_conntrack does. */
+        ms_side_init(&f->tcp[0], p, end);
+    } else if (!ms_tcp_window(f, fd, p, end, f->flags & MS_FLOW_LIBERAL))
         return (cfg->flags & MS_CFG_WINDOW_PASS) ? PASS_TCP_OUT_OF_WINDOW : DROP_TCP_OUT_OF_WINDOW;
 
     f->state = next == TV_CLOSE_PHASE ? ms_close_phase_state(f) : next;
