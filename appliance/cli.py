@@ -86,10 +86,11 @@ def cmd_down(args) -> int:
 
 
 def status_data(netns: str | None) -> dict:
-    from datapath import attach, bpfsys
+    from datapath import attach, bpfsys, pressure
 
     items = attach.attached(netns)
     progs = {}
+    ncpus = pressure.possible_cpus()
     for a in items:
         if a.prog_id and a.prog_id not in progs:
             try:
@@ -101,9 +102,41 @@ def status_data(netns: str | None) -> dict:
                 "name": prog.name, "tag": prog.tag, "jited": prog.jited, "stage_prog_ids": stage_ids,
                 "maps": [{"id": m.id, "name": m.name, "type": MAP_TYPES.get(m.type, str(m.type)),
                           "key_size": m.key_size, "value_size": m.value_size,
-                          "max_entries": m.max_entries, "memlock_bytes": m.memlock} for m in maps],
+                          "max_entries": m.max_entries, "memlock_bytes": m.memlock,
+                          "estimate_bytes": pressure.review_estimate(m, ncpus)} for m in maps],
             }
+            if a.direction == "DIR_INGRESS":
+                progs[a.prog_id]["sessions"] = _sessions_status(a.prog_id)
     return {"netns": netns, "attached": attach.as_dicts(items), "programs": progs}
+
+
+def _sessions_status(prog_id: int) -> dict:
+    """Session table use of one build, as the kernel counts it, and the
+    half-open table's entries (counted by walking it)."""
+    import ctypes
+
+    from datapath import pressure, sessions
+
+    try:
+        types = sessions.layouts()
+        with sessions.AttachedBuild(prog_id) as b:
+            b.check_layouts(types)
+            tmo = sessions.read_timeouts_ns(b.fd("ms_timeouts"), types["ms_timeouts"][1])
+            pct = pressure.config_pressure_pct(b.fd("ms_config"), types["ms_config"][1])
+            p = pressure.read_pressure(b.fd("ms_pressure"), b.fd("ms_pressure_user"), types["ms_pressure"][1],
+                                       types["ms_pressure_user"][1], b.info("ms_flows").max_entries, pct)
+            out = {"ms_flows": p.as_dict()}
+            for name in sessions.FLOW_TABLES:
+                key, leaf = types[name]
+                present, expired = sessions.census(b.fd(name), leaf, ctypes.sizeof(key), tmo)
+                d = out.setdefault(name, {})
+                d.update(present=present, expired_unswept=expired)
+                if name == "ms_halfopen":
+                    d.update(entries=present, capacity=b.info(name).max_entries,
+                             pct_used=100.0 * present / max(b.info(name).max_entries, 1))
+            return out
+    except (MicrosegError, OSError) as e:
+        return {"error": str(e).splitlines()[0]}
 
 
 def cmd_status(args) -> int:
@@ -126,10 +159,100 @@ def cmd_status(args) -> int:
         if "error" in p:
             print(f"\nprogram {pid}: {p['error']}")
             continue
-        print(f"\nprogram {pid} ({p['name']}, tag {p['tag']}, {'jited' if p['jited'] else 'interpreted'}) maps:")
-        print(table([("map", "type", "key", "value", "max entries", "memlock")] +
+        print(f"\nprogram {pid} ({p['name']}, tag {p['tag']}, {'jited' if p['jited'] else 'interpreted'})")
+        if "sessions" in p:
+            print("sessions:")
+            print(_format_sessions_status(p["sessions"]))
+        print("maps (memlock: what the kernel charges; estimate: max entries x (key + value + 64)):")
+        print(table([("map", "type", "key", "value", "max entries", "memlock", "estimate")] +
                     [(m["name"], m["type"], m["key_size"], m["value_size"], m["max_entries"],
-                      _size(m["memlock_bytes"])) for m in p["maps"]]))
+                      _size(m["memlock_bytes"]), _size(m["estimate_bytes"]) if m["estimate_bytes"] is not None
+                      else "-") for m in p["maps"]]))
+    return 0
+
+
+def _format_sessions_status(s: dict) -> str:
+    from datapath.text import table
+
+    if "error" in s:
+        return f"  (cannot read: {s['error']})"
+    f, h = s["ms_flows"], s["ms_halfopen"]
+    rows = [("table", "entries", "capacity", "used", "insert failures", "alerts sent", "expired, unswept"),
+            ("ms_flows", f["entries"], f["capacity"], _pct(f["pct_used"]), f["insert_failed"], f["alerts"],
+             f["expired_unswept"]),
+            ("ms_halfopen", h["entries"], h["capacity"], _pct(h["pct_used"]), "-", "-", h["expired_unswept"])]
+    alert = "armed" if f["alert_armed"] else "sent, re-armed when use falls under the threshold"
+    return (table(rows) + f"\n  ms_flows entries = inserted {f['inserted']} - deleted by the kernel "
+            f"{f['deleted_kernel']} - by the sweeper {f['deleted_user']}; alert at {f['pressure_pct']}% "
+            f"({alert}); {f['present']} present in the map")
+
+
+def _pct(p: float) -> str:
+    return "<0.1%" if 0 < p < 0.1 else f"{p:.1f}%"
+
+
+def cmd_sessions(args) -> int:
+    require_privileges("reading sessions")
+    from datapath import sessions
+
+    flt = sessions.SessionFilter.from_args(args.src, args.dst, args.port, args.state, args.proto)
+    builds = _open_builds(args.netns)
+    try:
+        types = sessions.layouts()
+        listings = []
+        for b in builds:
+            b.check_layouts(types)
+            fds = {n: b.fd(n) for n in sessions.FLOW_TABLES}
+            listings.append(sessions.list_sessions(fds, types, b.fd("ms_timeouts"), flt))
+    finally:
+        for b in builds:
+            b.close()
+    listing = sessions.merge(listings)
+    if args.json:
+        print(json.dumps({"netns": args.netns, "prog_ids": [b.prog_id for b in builds],
+                          "sessions": [s.as_dict() for s in listing.sessions],
+                          "summary": listing.summary()}, indent=2))
+        return 0
+    for s in listing.sessions:
+        print(sessions.format_session(s))
+    print(sessions.format_summary(listing))
+    return 0
+
+
+def _open_builds(netns):
+    from datapath import sessions
+
+    builds = sessions.open_builds(netns)
+    if not builds:
+        where = f" in network namespace '{netns}'" if netns else ""
+        raise MicrosegError(f"microseg is not attached to any interface{where}")
+    return builds
+
+
+def cmd_sweep(args) -> int:
+    require_privileges("sweeping sessions")
+    from datapath import sessions
+    from datapath.sweeper import Sweeper
+
+    builds = _open_builds(args.netns)
+    out = []
+    try:
+        types = sessions.layouts()
+        for b in builds:
+            st = Sweeper.for_build(b, types).sweep()
+            out.append({"prog_id": b.prog_id, "capacity": b.info("ms_flows").max_entries, **st.as_dict()})
+    finally:
+        for b in builds:
+            b.close()
+    if args.json:
+        print(json.dumps({"netns": args.netns, "sweeps": out}, indent=2))
+        return 0
+    for d in out:
+        print(f"build {d['prog_id']}: scanned {d['scanned']} (ms_flows {d['scanned_flows']}, "
+              f"ms_halfopen {d['scanned_halfopen']}), expired ms_flows {d['expired_flows']}, "
+              f"ms_halfopen {d['expired_halfopen']} in {d['seconds']:.3f} s (CPU {d['cpu_seconds']:.3f} s); "
+              f"ms_flows entries now {d['entries_after']} of {d['capacity']}"
+              + ("; pressure alert re-armed" if d["rearmed"] else ""))
     return 0
 
 
@@ -183,10 +306,25 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--flow-table-size", type=int, help="sessions the table holds (default 524288)")
         s.set_defaults(func=func)
 
-    s = sub.add_parser("status", help="what is attached where, program ids, map sizes")
+    s = sub.add_parser("status", help="what is attached where, program ids, session table use, map sizes")
     s.add_argument("--netns")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("sessions", help="list sessions (both tables), like conntrack -L")
+    s.add_argument("--netns", help="network namespace microseg is attached in (default: this one)")
+    s.add_argument("--src", metavar="ADDR[/LEN]", help="initiator address or network")
+    s.add_argument("--dst", metavar="ADDR[/LEN]", help="responder address or network")
+    s.add_argument("--port", metavar="PORT", help="either endpoint's port (ICMP: the echo id)")
+    s.add_argument("--state", metavar="STATE", help="e.g. ESTABLISHED, TIME_WAIT, SYN_SENT, UDP_REPLIED")
+    s.add_argument("--proto", metavar="PROTO", help="tcp, udp, icmp, icmpv6 or a number")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_sessions)
+
+    s = sub.add_parser("sweep", help="delete expired sessions now (one sweeper pass) and print what it did")
+    s.add_argument("--netns", help="network namespace microseg is attached in (default: this one)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("lab", help="a client / gateway / server lab in network namespaces")
     labsub = s.add_subparsers(dest="lab_cmd", required=True)

@@ -288,3 +288,100 @@ def build_maps(entry_prog_id: int) -> tuple[ProgInfo, list[int], list[MapInfo]]:
         for m in prog_with_maps(sid)[1]:
             by_id.setdefault(m.id, m)
     return prog, stage_ids, sorted(by_id.values(), key=lambda m: m.name)
+
+
+# -- element and batch map operations ----------------------------------------
+# The batch commands move many entries per system call between a map and
+# flat user buffers (keys back to back, values back to back), which is what
+# makes a sweep of a million sessions cost well under a second: the
+# per-entry cost is the kernel's, not Python's. Buffers are passed by
+# address so callers can hand numpy arrays (array.ctypes.data) directly.
+
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_LOOKUP_BATCH = 24
+BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
+BPF_MAP_UPDATE_BATCH = 26
+BPF_MAP_DELETE_BATCH = 27
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+_ENOENT = 2
+_ENOSPC = 28
+
+# Largest batch cursor any map type uses: a hash map's is its u32 bucket
+# index, an array's is a key (generic_map_lookup_batch); 64 bytes covers
+# every key microseg's arrays and hashes use as a cursor.
+BATCH_CURSOR_BYTES = 64
+
+
+class _BatchAttr(ctypes.Structure):
+    # union bpf_attr, the `batch` member (BPF_MAP_*_BATCH commands)
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
+                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
+                ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+def map_update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+    """Write one element (BPF_MAP_UPDATE_ELEM)."""
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = ctypes.create_string_buffer(value, len(value))
+    sys_bpf(BPF_MAP_UPDATE_ELEM, _MapElemAttr(fd, 0, ctypes.addressof(kbuf), ctypes.addressof(vbuf), flags))
+
+
+def map_lookup_batch(fd: int, keys_addr: int, values_addr: int, count: int,
+                     in_cursor: int, out_cursor: int) -> tuple[int, bool]:
+    """One BPF_MAP_LOOKUP_BATCH call: copy up to ``count`` entries into the
+    buffers at ``keys_addr`` / ``values_addr``.
+
+    ``in_cursor`` is the address of the cursor the previous call returned,
+    or 0 to start at the beginning; the kernel writes the next cursor at
+    ``out_cursor`` (buffers of BATCH_CURSOR_BYTES). Returns (entries copied,
+    finished): the kernel says "no more" with ENOENT, and may copy a last
+    batch in that same call. A hash map copies whole buckets; concurrent
+    changes may make an entry show up twice or not at all in one walk.
+    """
+    attr = _BatchAttr(in_cursor, out_cursor, keys_addr, values_addr, count, fd, 0, 0)
+    try:
+        sys_bpf(BPF_MAP_LOOKUP_BATCH, attr)
+    except BpfError as e:
+        if e.errno == _ENOENT:
+            return attr.count, True
+        if e.errno == _ENOSPC and attr.count == 0:
+            raise BpfError(e.errno, f"bpf map lookup batch: a hash bucket holds more than {count} "
+                                    f"entries; use a larger batch") from None
+        raise
+    return attr.count, False
+
+
+def map_delete_batch(fd: int, keys_addr: int, count: int) -> tuple[int, int]:
+    """One BPF_MAP_DELETE_BATCH call over ``count`` keys back to back.
+
+    The kernel deletes key by key and stops at the first failure. Returns
+    (keys deleted before it stopped, errno of the key it stopped at or 0):
+    ENOENT means someone else (the kernel's lazy expiry) removed that key
+    first, and the caller may go on after it.
+    """
+    attr = _BatchAttr(0, 0, keys_addr, 0, count, fd, 0, 0)
+    try:
+        sys_bpf(BPF_MAP_DELETE_BATCH, attr)
+    except BpfError as e:
+        return attr.count, e.errno
+    return attr.count, 0
+
+
+def map_update_batch(fd: int, keys_addr: int, values_addr: int, count: int,
+                     elem_flags: int = BPF_ANY) -> int:
+    """One BPF_MAP_UPDATE_BATCH call; returns entries written. A failure
+    (e.g. E2BIG on a full hash map) raises after reporting how many went in
+    through the exception's ``written`` attribute."""
+    attr = _BatchAttr(0, 0, keys_addr, values_addr, count, fd, elem_flags, 0)
+    try:
+        sys_bpf(BPF_MAP_UPDATE_BATCH, attr)
+    except BpfError as e:
+        e.written = attr.count
+        raise
+    return attr.count

@@ -1,0 +1,223 @@
+"""Seconds per million sessions of the user-space sweeper, next to Calico's.
+
+Loads a build whose session table holds ``--entries`` (1,000,000 by
+default; flow_table_size 2^20 or the next power of two), fills ms_flows
+through BPF_MAP_UPDATE_BATCH from numpy buffers, every other entry idle past
+its state's timeout, and times ``Sweeper.sweep()``: wall seconds and CPU
+seconds of this process (time.process_time: user + system, so the kernel's
+work inside the batch system calls is in it). Each round refills the
+table, sweeps it (half expire), refills it with every entry fresh and
+sweeps again (nothing expires: the cost of reading alone).
+The median over rounds is reported, with min and max.
+
+The baseline is Calico's published figure for its BPF conntrack cleaner:
+about 0.8 s and up to 1.2 cores per 4,000,000 entries, i.e. 0.2 s wall and
+0.24 CPU-seconds per million. The ratio column is microseg / Calico (below
+1 is faster). Calico's figure is from its own hardware, not this VM: treat
+the ratio as an order of magnitude, not a race.
+
+Also measured once: reading the whole table through BCC 0.26's own batch
+API (``items_lookup_batch``, one ctypes pair per entry) against the
+numpy walk the sweeper uses, and a whole sweep written on BCC's API.
+
+    .venv/bin/python bench/sweep.py [--entries N] [--rounds N] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from datapath import bpfsys  # noqa: E402
+from datapath.config import DatapathConfig  # noqa: E402
+from datapath.enums import CtState  # noqa: E402
+from datapath.loader import FastPath, check_headers  # noqa: E402
+from datapath.sessions import BatchWalker, expiry_dtype, session_clock_ns  # noqa: E402
+from datapath.sweeper import Sweeper  # noqa: E402
+
+DEFAULT_ENTRIES = 1_000_000
+QUICK_ENTRIES = 100_000
+DEFAULT_ROUNDS = 3
+FILL_BATCH = 65_536
+# Calico: ~0.8 s, up to 1.2 cores, per 4,000,000 entries.
+CALICO_WALL_PER_M = 0.8 / 4
+CALICO_CPU_PER_M = 0.8 * 1.2 / 4
+
+
+def synthetic(fp: FastPath, n: int, now_ns: int, expired: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` distinct IPv4 TCP sessions, ESTABLISHED; even ones expired
+    (none when ``expired`` is false)."""
+    tab = fp.table("ms_flows")
+    kdt, vdt = np.dtype(tab.Key), np.dtype(tab.Leaf)
+    keys = np.zeros(n, kdt)
+    i = np.arange(n, dtype=np.uint64)
+    lo = np.zeros((n, 16), np.uint8)
+    lo[:, 10:12] = 0xFF
+    lo[:, 12] = 10
+    hi = lo.copy()
+    lo[:, 13] = (i >> 16) & 0xFF
+    lo[:, 14] = (i >> 8) & 0xFF
+    lo[:, 15] = i & 0xFF
+    hi[:, 12:16] = (10, 200, 0, 1)
+    keys["addr_lo"] = lo
+    keys["addr_hi"] = hi
+    keys["port_lo"] = (40000 + (i >> 24)).astype(np.uint16).byteswap()
+    keys["port_hi"] = np.uint16(443).byteswap()
+    keys["proto"] = 6
+    est_ns = int(fp.config.timeouts.established * 1e9)
+    vals = np.zeros(n, vdt)
+    vals["state"] = int(CtState.CT_ESTABLISHED)
+    # an expired entry was last seen two timeouts ago (modulo 2^64, as the
+    # kernel's u64 arithmetic has it on a machine up for less than that)
+    old = (now_ns - 2 * est_ns) % (1 << 64)
+    vals["last_seen_ns"] = np.where((i % 2 == 0) & expired, np.uint64(old), np.uint64(now_ns))
+    vals["first_seen_ns"] = vals["last_seen_ns"]
+    vals["packets"] = 10
+    vals["bytes"] = 1000
+    return keys, vals
+
+
+def fill(fp: FastPath, keys: np.ndarray, vals: np.ndarray) -> float:
+    """Write every entry with BPF_MAP_UPDATE_BATCH; set ms_pressure.inserted
+    to the table's size as if the kernel had inserted them. Returns seconds."""
+    fd = fp.table("ms_flows").map_fd
+    t0 = time.perf_counter()
+    ks, vs = keys.itemsize, vals.itemsize
+    for s in range(0, len(keys), FILL_BATCH):
+        k, v = keys[s:s + FILL_BATCH], vals[s:s + FILL_BATCH]
+        bpfsys.map_update_batch(fd, k.ctypes.data, v.ctypes.data, len(k))
+    took = time.perf_counter() - t0
+    fp.table("ms_pressure").clear()
+    fp.table("ms_pressure_user").clear()
+    pr = fp.table("ms_pressure")
+    v = pr.Leaf()
+    v.inserted = len(keys)
+    pr[pr.Key(0)] = v
+    return took
+
+
+def time_bcc_read(fp: FastPath) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    n = sum(1 for _ in fp.table("ms_flows").items_lookup_batch())
+    return time.perf_counter() - t0, n
+
+
+def time_numpy_read(fp: FastPath, vdt) -> tuple[float, int]:
+    tab = fp.table("ms_flows")
+    t0 = time.perf_counter()
+    w = BatchWalker(tab.map_fd, ctypes.sizeof(tab.Key), ctypes.sizeof(tab.Leaf))
+    vals = w.values.view(vdt)
+    n = 0
+    for k in w:
+        n += k
+        _ = vals[:k]["last_seen_ns"].max()
+    return time.perf_counter() - t0, n
+
+
+def bcc_sweep(fp: FastPath, now_ns: int) -> tuple[float, float, int]:
+    """The same sweep on BCC's table API: items_lookup_batch, a Python
+    filter over the ctypes pairs, items_delete_batch."""
+    tab = fp.table("ms_flows")
+    tmo = {int(k.value): v.value for k, v in fp.table("ms_timeouts").items()}
+    t0, c0 = time.perf_counter(), time.process_time()
+    wrap = 1 << 64  # the kernel's u64 arithmetic
+    dead = [k for k, v in tab.items_lookup_batch()
+            if (now_ns - v.last_seen_ns) % wrap > tmo.get(v.state, 30 * 10**9)]
+    if dead:
+        arr = (tab.Key * len(dead))(*dead)
+        tab.items_delete_batch(arr)
+    return time.perf_counter() - t0, time.process_time() - c0, len(dead)
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--entries", type=int, default=None, help=f"sessions to fill (default {DEFAULT_ENTRIES:,})")
+    ap.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="fill + sweep rounds (median reported)")
+    ap.add_argument("--quick", action="store_true", help=f"{QUICK_ENTRIES:,} entries, 1 round, no BCC comparison")
+    ap.add_argument("--no-bcc", action="store_true", help="skip the BCC API comparison (slow: seconds per million)")
+    args = ap.parse_args(argv)
+    n = args.entries or (QUICK_ENTRIES if args.quick else DEFAULT_ENTRIES)
+    rounds = 1 if args.quick and args.rounds == DEFAULT_ROUNDS else args.rounds
+    if n < 2 or rounds < 1:
+        print("bench/sweep.py: --entries must be >= 2 and --rounds >= 1", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("bench/sweep.py loads BPF programs: run it as root", file=sys.stderr)
+        return 1
+    check_headers()
+    size = max(1 << 20, 1 << (n - 1).bit_length())
+    fp = FastPath(DatapathConfig(flow_table_size=size))
+    try:
+        sw = Sweeper.for_fastpath(fp)
+        half, full, fills = [], [], []
+        for _ in range(rounds):
+            now = session_clock_ns()
+            keys, vals = synthetic(fp, n, now)
+            fills.append(fill(fp, keys, vals))
+            st = sw.sweep()
+            want = (n + 1) // 2
+            if st.expired_flows != want or st.scanned_flows != n or st.entries_after != n - want:
+                print(f"bench/sweep.py: sweep deleted {st.expired_flows} of {st.scanned_flows} "
+                      f"(expected {want} of {n}), entries after {st.entries_after}", file=sys.stderr)
+                return 1
+            half.append(st)
+            keys, vals = synthetic(fp, n, session_clock_ns(), expired=False)
+            fill(fp, keys, vals)
+            st2 = sw.sweep()
+            if st2.expired_flows or st2.scanned_flows != n:
+                print(f"bench/sweep.py: sweep of fresh entries deleted {st2.expired_flows} of "
+                      f"{st2.scanned_flows}", file=sys.stderr)
+                return 1
+            full.append(st2)
+
+        per_m = 1e6 / n
+        print("microseg session sweeper: seconds per pass, Sweeper.sweep() on ms_flows")
+        print(f"kernel   {os.uname().release}, {os.cpu_count()} CPUs")
+        print(f"entries  {n:,} (table size {size:,}), rounds {rounds} (median; min-max)")
+        print(f"fill     BPF_MAP_UPDATE_BATCH: {med(fills):.3f} s ({med(fills) * per_m:.3f} s per million)")
+        print()
+        print("| pass | entries scanned | deleted | wall s | wall s / M | CPU s / M | wall ratio to Calico | CPU ratio to Calico |")
+        print("|---|---|---|---|---|---|---|---|")
+        for label, sts in (("half expired", half), ("nothing expired", full)):
+            w = [s.seconds for s in sts]
+            c = [s.cpu_seconds for s in sts]
+            rng = f" ({min(w):.3f}-{max(w):.3f})" if len(w) > 1 else ""
+            print(f"| {label} | {sts[0].scanned:,} | {sts[0].expired_flows:,} | {med(w):.3f}{rng} | "
+                  f"{med(w) * per_m:.3f} | {med(c) * per_m:.3f} | {med(w) * per_m / CALICO_WALL_PER_M:.2f} | "
+                  f"{med(c) * per_m / CALICO_CPU_PER_M:.2f} |")
+        print(f"| Calico (published, 4M entries) | 4,000,000 | | 0.8 | {CALICO_WALL_PER_M:.3f} | "
+              f"{CALICO_CPU_PER_M:.3f} | 1.00 | 1.00 |")
+
+        if not args.quick and not args.no_bcc:
+            keys, vals = synthetic(fp, n, session_clock_ns())
+            fill(fp, keys, vals)
+            tn, cnt_n = time_numpy_read(fp, expiry_dtype(fp.table("ms_flows").Leaf))
+            tb, cnt_b = time_bcc_read(fp)
+            bw, bc, bd = bcc_sweep(fp, session_clock_ns())
+            print()
+            print("reading / sweeping the same table another way (one run each):")
+            print("| method | entries | wall s | wall s / M |")
+            print("|---|---|---|---|")
+            print(f"| read: bpfsys LOOKUP_BATCH into numpy, 64k per call | {cnt_n:,} | {tn:.3f} | {tn * per_m:.3f} |")
+            print(f"| read: BCC items_lookup_batch (ctypes pairs) | {cnt_b:,} | {tb:.3f} | {tb * per_m:.3f} |")
+            print(f"| sweep: BCC items_lookup_batch + Python filter + items_delete_batch | {bd:,} deleted | "
+                  f"{bw:.3f} | {bw * per_m:.3f} (CPU {bc * per_m:.3f}) |")
+    finally:
+        fp.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,515 @@
+"""Sessions as an operator sees them: `microseg sessions`, and the pieces the
+sweeper and `status` share with it.
+
+* ``layouts()``: the ctypes Key / Leaf types of the session and pressure
+  maps, from BCC (bpf/lib/maps.h is the one definition). A process that has
+  no FastPath of its own (the CLI reading an attached build) compiles
+  maps.h once, without loading any program, and keeps the types.
+* ``AttachedBuild``: the maps of a build attached in a namespace, opened by
+  map id (the program that loaded them may be long gone).
+* ``BatchWalker``: a whole map read through BPF_MAP_LOOKUP_BATCH into
+  reusable numpy buffers, a batch at a time.
+* ``Session`` records, filters (``SessionFilter``), conntrack -L style text.
+
+Both tables are listed: ms_flows (flows that saw a reply; conntrack would
+call them ASSURED: never evicted) and ms_halfopen (handshakes in progress,
+unreplied UDP and ICMP echo; an LRU that a SYN flood churns). An entry idle
+past its state's timeout is gone as far as the kernel is concerned (the
+next packet's lookup deletes it) and is not listed; it is counted in the
+summary until the sweeper removes it.
+"""
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import bpfsys
+from .enums import CtState
+from .errors import MicrosegError, UsageError
+from .flows import PROTO_NAMES, addr_text
+from .source import LIB_DIR
+
+FLOW_TABLES = ("ms_flows", "ms_halfopen")
+ICMP_PROTOS = (1, 58)
+# Maps whose layouts user space reads or writes.
+LAYOUT_MAPS = ("ms_flows", "ms_halfopen", "ms_timeouts", "ms_pressure", "ms_pressure_user", "ms_config")
+# Entries per BPF_MAP_LOOKUP_BATCH call: 65,536 sessions are ~9 MB of
+# buffer (40-byte key + 96-byte value), few enough system calls that their
+# cost vanishes (16 per million entries), small enough to stay in cache-
+# friendly territory and to bound the sweeper's memory whatever the table size.
+DEFAULT_BATCH = 65_536
+# Map names in the kernel are cut to BPF_OBJ_NAME_LEN - 1 characters.
+KERNEL_NAME_LEN = 15
+# What the kernel's ms_timeout() falls back to for a state outside
+# ms_timeouts (bpf/lib/conntrack.h); only a corrupt entry has one.
+FALLBACK_TIMEOUT_NS = 30 * 1_000_000_000
+
+# Small sizes for the layout-only compile: layouts do not depend on sizes,
+# and BCC creates (and preallocates) every map when it compiles.
+_LAYOUT_SIZES = dict(flow_table_size=1024, halfopen_table_size=256, frag_table_size=64,
+                     syn_dst_table_size=64, iface_table_size=1)
+
+_layout_cache: dict[str, tuple[type, type]] | None = None
+
+
+# CLOCK_MONOTONIC_COARSE (Linux clock id 6; Python's time module has no name
+# for it). The kernel stamps sessions with bpf_ktime_get_ns or its coarse
+# twin (bpf/lib/conntrack.h ms_now()); the coarse clock lags the precise one
+# by at most a tick, so judging by it never expires an entry before the
+# kernel would, whichever of the two the kernel uses.
+CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)
+
+
+def session_clock_ns() -> int:
+    """Now, on the clock session timestamps use (ns)."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+
+def layouts() -> dict[str, tuple[type, type]]:
+    """{map name: (Key, Leaf)} for LAYOUT_MAPS, compiled once per process.
+
+    Compiles bpf/lib/maps.h alone (where every layout is defined: ~0.4 s,
+    half the whole program's compile), and the whole program if maps.h
+    ever stops compiling on its own. No program is loaded.
+    """
+    global _layout_cache
+    if _layout_cache is None:
+        from .loader import check_headers
+        from .source import inline_includes, program_text
+
+        check_headers()
+        try:
+            _layout_cache = _compile_layouts(inline_includes(LIB_DIR / "maps.h"))
+        except MicrosegError:
+            _layout_cache = _compile_layouts(program_text())
+    return _layout_cache
+
+
+def _compile_layouts(text: str) -> dict[str, tuple[type, type]]:
+    from bcc import BPF
+
+    from .config import DatapathConfig
+    from .loader import capture_stderr, error_tail
+
+    with capture_stderr() as err:
+        try:
+            bpf = BPF(text=text.encode(), cflags=DatapathConfig(**_LAYOUT_SIZES).cflags())
+        except Exception as e:  # BCC raises bare Exception
+            failure = e
+        else:
+            failure = None
+    if failure is not None:
+        raise MicrosegError(f"BPF compile (for map layouts) failed: {failure}\n{error_tail(err['text'])}")
+    try:
+        return {n: (bpf[n.encode()].Key, bpf[n.encode()].Leaf) for n in LAYOUT_MAPS}
+    finally:
+        bpf.cleanup()
+
+
+def layouts_of(fastpath) -> dict[str, tuple[type, type]]:
+    """The same types from a FastPath this process loaded (no compile)."""
+    return {n: (fastpath.table(n).Key, fastpath.table(n).Leaf) for n in LAYOUT_MAPS}
+
+
+def flow_flag_bits(maps_h=LIB_DIR / "maps.h") -> dict[str, int]:
+    """MS_FLOW_<NAME> flag bits of struct ms_flow.flags, read from maps.h."""
+    out = {}
+    for name, val in re.findall(r"^#define\s+MS_FLOW_([A-Z_]+)\s+(0x[0-9a-fA-F]+|\d+)\b",
+                                maps_h.read_text(), re.M):
+        if name != "MAX":
+            out[name] = int(val, 0)
+    return out
+
+
+FLOW_FLAGS = flow_flag_bits()
+
+
+# -- maps of an attached build ------------------------------------------------
+
+def ingress_prog_ids(netns: str | None) -> list[int]:
+    """Ingress program ids attached in ``netns``: one per build in use."""
+    from . import attach
+
+    ids = []
+    for a in attach.attached(netns):
+        if a.direction == "DIR_INGRESS" and a.prog_id and a.prog_id not in ids:
+            ids.append(a.prog_id)
+    return ids
+
+
+class AttachedBuild:
+    """Map fds of one attached build, opened by id. Close when done."""
+
+    def __init__(self, prog_id: int):
+        self.prog_id = prog_id
+        _, self.stage_ids, infos = bpfsys.build_maps(prog_id)
+        self.infos = {m.name: m for m in infos}
+        self._fds: dict[str, int] = {}
+
+    def info(self, name: str) -> bpfsys.MapInfo:
+        m = self.infos.get(name[:KERNEL_NAME_LEN])
+        if m is None:
+            raise MicrosegError(f"build {self.prog_id} has no map {name}: it was attached by an "
+                                f"older microseg; run `microseg up` again")
+        return m
+
+    def fd(self, name: str) -> int:
+        if name not in self._fds:
+            self._fds[name] = bpfsys.map_fd_by_id(self.info(name).id)
+        return self._fds[name]
+
+    def check_layouts(self, types: dict[str, tuple[type, type]]) -> None:
+        """Refuse to read a build whose map layouts differ from this version's."""
+        for name in LAYOUT_MAPS:
+            k, v = types[name]
+            m = self.info(name)
+            if (m.key_size, m.value_size) != (ctypes.sizeof(k), ctypes.sizeof(v)):
+                raise MicrosegError(
+                    f"build {self.prog_id}: {name} holds {m.key_size}-byte keys and {m.value_size}-byte "
+                    f"values, this microseg expects {ctypes.sizeof(k)} and {ctypes.sizeof(v)}; "
+                    f"the attached build is from another version (run `microseg up` again)")
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> "AttachedBuild":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_builds(netns: str | None) -> list[AttachedBuild]:
+    builds = []
+    try:
+        for pid in ingress_prog_ids(netns):
+            builds.append(AttachedBuild(pid))
+    except OSError as e:
+        for b in builds:
+            b.close()
+        raise MicrosegError(f"cannot read the attached build's maps: {e}")
+    return builds
+
+
+# -- reading ----------------------------------------------------------------
+
+def lookup_struct(fd: int, leaf_type: type, index: int = 0):
+    """One element of an array map as a ctypes ``leaf_type``."""
+    raw = bpfsys.map_lookup(fd, index.to_bytes(4, "little"), ctypes.sizeof(leaf_type))
+    if raw is None:
+        raise MicrosegError(f"map fd {fd}: no element {index}")
+    return leaf_type.from_buffer_copy(raw)
+
+
+def read_timeouts_ns(fd: int, leaf_type: type = ctypes.c_uint64, states: int = 256) -> np.ndarray:
+    """Per-state timeouts (int64 ns) for every possible u8 state value; a
+    state the map does not hold gets the kernel's fallback."""
+    out = np.full(states, FALLBACK_TIMEOUT_NS, dtype=np.int64)
+    size = ctypes.sizeof(leaf_type)
+    for st in range(len(CtState)):
+        raw = bpfsys.map_lookup(fd, st.to_bytes(4, "little"), size)
+        if raw is not None:
+            out[st] = min(leaf_type.from_buffer_copy(raw).value, np.iinfo(np.int64).max)
+    return out
+
+
+def _field_format(leaf_type: type, name: str) -> tuple[str, int]:
+    f = getattr(leaf_type, name)
+    fmt = {1: "u1", 2: "<u2", 4: "<u4", 8: "<u8"}.get(f.size)
+    if fmt is None:
+        raise TypeError(f"{leaf_type.__name__}.{name}: {f.size}-byte field, expected an integer")
+    return fmt, f.offset
+
+
+def expiry_dtype(leaf_type: type) -> np.dtype:
+    """A numpy view of a session value holding only what expiry reads; the
+    offsets are BCC's (Leaf.last_seen_ns.offset, Leaf.state.offset)."""
+    (lfmt, loff), (sfmt, soff) = _field_format(leaf_type, "last_seen_ns"), _field_format(leaf_type, "state")
+    return np.dtype({"names": ["last_seen_ns", "state"], "formats": [lfmt, sfmt],
+                     "offsets": [loff, soff], "itemsize": ctypes.sizeof(leaf_type)})
+
+
+class BatchWalker:
+    """Walk a hash map a batch at a time into reusable numpy buffers.
+
+    ``for n in walker:`` leaves the batch in ``walker.keys[:n]`` and
+    ``walker.values[:n]`` (numpy void arrays, one element per entry, the
+    key / value bytes as the kernel lays them out). Entries of batches
+    already returned may be deleted while walking: a hash map's cursor is a
+    bucket index.
+    """
+
+    def __init__(self, fd: int, key_size: int, value_size: int, batch: int = DEFAULT_BATCH):
+        self.fd = fd
+        self.batch = batch
+        self.keys = np.zeros(batch, dtype=np.dtype((np.void, key_size)))
+        self.values = np.zeros(batch, dtype=np.dtype((np.void, value_size)))
+        self._cursor = np.zeros((2, bpfsys.BATCH_CURSOR_BYTES), dtype=np.uint8)
+
+    def __iter__(self):
+        kaddr, vaddr = self.keys.ctypes.data, self.values.ctypes.data
+        cin, cout = self._cursor[0].ctypes.data, self._cursor[1].ctypes.data
+        first = True
+        while True:
+            n, done = bpfsys.map_lookup_batch(self.fd, kaddr, vaddr, self.batch, 0 if first else cin, cout)
+            if n:
+                yield n
+            if done:
+                return
+            self._cursor[0] = self._cursor[1]
+            first = False
+
+
+def read_map(fd: int, key_type: type, leaf_type: type, batch: int = DEFAULT_BATCH):
+    """Every entry of a hash map: (keys, values) as structured numpy arrays
+    whose dtypes numpy derives from the ctypes types."""
+    kdt, vdt = np.dtype(key_type), np.dtype(leaf_type)
+    w = BatchWalker(fd, kdt.itemsize, vdt.itemsize, batch)
+    ks, vs = [], []
+    for n in w:
+        ks.append(w.keys[:n].copy())
+        vs.append(w.values[:n].copy())
+    if not ks:
+        return np.zeros(0, kdt), np.zeros(0, vdt)
+    return np.concatenate(ks).view(kdt), np.concatenate(vs).view(vdt)
+
+
+# -- records ----------------------------------------------------------------
+
+@dataclass
+class Session:
+    table: str            # ms_flows or ms_halfopen
+    proto: str
+    proto_num: int
+    state: str            # CtState name without CT_
+    src: str              # the endpoint that opened the flow
+    sport: int
+    dst: str
+    dport: int
+    timeout_s: float      # idle time left before the entry expires
+    packets_orig: int
+    bytes_orig: int
+    packets_reply: int
+    bytes_reply: int
+    flags: list[str] = field(default_factory=list)
+    age_s: float = 0.0    # since the first packet
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def state_name(v: int) -> str:
+    try:
+        return CtState(v).name.removeprefix("CT_")
+    except ValueError:
+        return f"STATE_{v}"
+
+
+def parse_state(text: str) -> int:
+    t = text.strip().upper().removeprefix("CT_")
+    for st in CtState:
+        if st.name.removeprefix("CT_") == t:
+            return int(st)
+    names = ", ".join(s.name.removeprefix("CT_") for s in CtState if s)
+    raise UsageError(f"--state {text!r}: not a session state (one of {names})")
+
+
+def parse_proto(text: str) -> int:
+    t = text.strip().lower()
+    for num, name in PROTO_NAMES.items():
+        if name == t:
+            return num
+    if t.isdigit() and 0 <= int(t) <= 255:
+        return int(t)
+    raise UsageError(f"--proto {text!r}: not a protocol (tcp, udp, icmp, icmpv6 or a number 0-255)")
+
+
+def parse_net(opt: str, text: str) -> ipaddress.IPv6Network:
+    """An address or CIDR, as an IPv6 network (IPv4 as IPv4-mapped, as keys hold it)."""
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise UsageError(f"{opt} {text!r}: not an IP address or CIDR") from None
+    if net.version == 4:
+        mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + net.network_address.packed)
+        return ipaddress.IPv6Network((mapped, 96 + net.prefixlen))
+    return net
+
+
+def parse_port(text: str) -> int:
+    try:
+        p = int(text)
+    except ValueError:
+        p = -1
+    if not 0 <= p <= 65535:
+        raise UsageError(f"--port {text!r}: not a port number (0-65535)")
+    return p
+
+
+@dataclass
+class SessionFilter:
+    src: ipaddress.IPv6Network | None = None
+    dst: ipaddress.IPv6Network | None = None
+    port: int | None = None
+    state: int | None = None
+    proto: int | None = None
+
+    @classmethod
+    def from_args(cls, src=None, dst=None, port=None, state=None, proto=None) -> "SessionFilter":
+        return cls(parse_net("--src", src) if src is not None else None,
+                   parse_net("--dst", dst) if dst is not None else None,
+                   parse_port(port) if port is not None else None,
+                   parse_state(state) if state is not None else None,
+                   parse_proto(proto) if proto is not None else None)
+
+
+def _net_mask(addrs: np.ndarray, net: ipaddress.IPv6Network) -> np.ndarray:
+    """Rows of ``addrs`` (n x 16 bytes) inside ``net``."""
+    mask = np.frombuffer(net.netmask.packed, np.uint8)
+    want = np.frombuffer(net.network_address.packed, np.uint8)
+    return np.all((addrs & mask) == want, axis=1)
+
+
+def select(keys: np.ndarray, vals: np.ndarray, now_ns: int, timeouts_ns: np.ndarray,
+           flt: SessionFilter) -> tuple[np.ndarray, np.ndarray]:
+    """(live, shown): boolean masks over one table's entries."""
+    age = (np.uint64(now_ns) - vals["last_seen_ns"]).view(np.int64)
+    live = age <= timeouts_ns[vals["state"]]
+    m = live.copy()
+    if flt.proto is not None:
+        m &= keys["proto"] == flt.proto
+    if flt.state is not None:
+        m &= vals["state"] == flt.state
+    if flt.port is not None:
+        p = np.array([flt.port], dtype=">u2").view("<u2")[0]  # ports are stored in network order
+        m &= (keys["port_lo"] == p) | (keys["port_hi"] == p)
+    if flt.src is not None or flt.dst is not None:
+        hi = (vals["initiator_is_hi"] != 0)[:, None]
+        src = np.where(hi, keys["addr_hi"], keys["addr_lo"])
+        dst = np.where(hi, keys["addr_lo"], keys["addr_hi"])
+        if flt.src is not None:
+            m &= _net_mask(src, flt.src)
+        if flt.dst is not None:
+            m &= _net_mask(dst, flt.dst)
+    return live, m
+
+
+def _ntohs(v) -> int:
+    return int.from_bytes(int(v).to_bytes(2, "little"), "big")
+
+
+def to_session(table: str, k, v, now_ns: int, timeouts_ns: np.ndarray) -> Session:
+    lo = (addr_text(k["addr_lo"]), _ntohs(k["port_lo"]))
+    hi = (addr_text(k["addr_hi"]), _ntohs(k["port_hi"]))
+    src, dst = (hi, lo) if v["initiator_is_hi"] else (lo, hi)
+    st = int(v["state"])
+    # a packet after `now` was read (the coarse clock lags) leaves the full timeout
+    left = (int(timeouts_ns[st]) - max(now_ns - int(v["last_seen_ns"]), 0)) / 1e9
+    flags = []
+    if int(v["packets"][1]) == 0:
+        flags.append("UNREPLIED")
+    if table == "ms_flows":
+        flags.append("ASSURED")   # as in conntrack: saw its reply, never evicted
+    for name, bit in FLOW_FLAGS.items():
+        if int(v["flags"]) & bit:
+            flags.append(name)
+    proto = int(k["proto"])
+    return Session(table, PROTO_NAMES.get(proto, str(proto)), proto, state_name(st),
+                   src[0], src[1], dst[0], dst[1], max(left, 0.0),
+                   int(v["packets"][0]), int(v["bytes"][0]), int(v["packets"][1]), int(v["bytes"][1]),
+                   flags, max(now_ns - int(v["first_seen_ns"]), 0) / 1e9)
+
+
+@dataclass
+class Listing:
+    sessions: list[Session]
+    total: int            # live entries in both tables
+    expired: int          # idle past their timeout, not yet swept
+    by_table: dict[str, int]
+
+    def summary(self) -> dict:
+        return {"shown": len(self.sessions), "total": self.total, "expired_unswept": self.expired,
+                "by_state": dict(sorted(Counter(s.state for s in self.sessions).items())),
+                "by_table": self.by_table}
+
+
+def list_sessions(fds: dict[str, int], types: dict[str, tuple[type, type]], timeouts_fd: int,
+                  flt: SessionFilter | None = None, now_ns: int | None = None) -> Listing:
+    """Sessions of both tables that pass ``flt``, oldest first."""
+    flt = flt or SessionFilter()
+    tmo = read_timeouts_ns(timeouts_fd, types["ms_timeouts"][1])
+    now = session_clock_ns() if now_ns is None else now_ns
+    out, total, expired, by_table = [], 0, 0, {}
+    for table in FLOW_TABLES:
+        keys, vals = read_map(fds[table], *types[table])
+        live, shown = select(keys, vals, now, tmo, flt)
+        n_live = int(live.sum())
+        total += n_live
+        expired += len(keys) - n_live
+        by_table[table] = n_live
+        for i in np.flatnonzero(shown):
+            out.append((int(vals[i]["first_seen_ns"]), to_session(table, keys[i], vals[i], now, tmo)))
+    out.sort(key=lambda t: t[0])
+    return Listing([s for _, s in out], total, expired, by_table)
+
+
+def merge(listings: list[Listing]) -> Listing:
+    """One listing of several builds' tables (a namespace normally has one)."""
+    if len(listings) == 1:
+        return listings[0]
+    by_table: dict[str, int] = {}
+    for li in listings:
+        for k, v in li.by_table.items():
+            by_table[k] = by_table.get(k, 0) + v
+    return Listing([s for li in listings for s in li.sessions], sum(li.total for li in listings),
+                   sum(li.expired for li in listings), by_table)
+
+
+# -- text -------------------------------------------------------------------
+
+def format_session(s: Session) -> str:
+    """One line in the shape of `conntrack -L`: the original tuple, then the reply tuple."""
+    flags = "".join(f" [{f}]" for f in s.flags)
+    if s.proto_num in ICMP_PROTOS:  # the "ports" of an echo session are its id
+        orig, repl = f"id={s.sport}", f"id={s.sport}"
+    else:
+        orig, repl = f"sport={s.sport} dport={s.dport}", f"sport={s.dport} dport={s.sport}"
+    return (f"{s.proto:<8} {s.proto_num} {int(s.timeout_s)} {s.state} "
+            f"src={s.src} dst={s.dst} {orig} packets={s.packets_orig} bytes={s.bytes_orig} "
+            f"src={s.dst} dst={s.src} {repl} packets={s.packets_reply} bytes={s.bytes_reply}{flags}")
+
+
+def format_summary(listing: Listing) -> str:
+    sm = listing.summary()
+    states = ", ".join(f"{k} {v}" for k, v in sm["by_state"].items())
+    shown = f"{sm['shown']} session{'s' if sm['shown'] != 1 else ''}"
+    if sm["shown"] != sm["total"]:
+        shown += f" shown of {sm['total']}"
+    line = f"{shown}" + (f" ({states})" if states else "")
+    line += f"; tables: ms_flows {sm['by_table'].get('ms_flows', 0)}, ms_halfopen {sm['by_table'].get('ms_halfopen', 0)}"
+    if sm["expired_unswept"]:
+        line += f"; {sm['expired_unswept']} expired, not yet swept"
+    return line
+
+
+def census(fd: int, leaf_type: type, key_size: int, timeouts_ns: np.ndarray,
+           now_ns: int | None = None, batch: int = DEFAULT_BATCH) -> tuple[int, int]:
+    """(entries present, of which expired) in one session table."""
+    now = np.uint64(session_clock_ns() if now_ns is None else now_ns)
+    w = BatchWalker(fd, key_size, ctypes.sizeof(leaf_type), batch)
+    vals = w.values.view(expiry_dtype(leaf_type))
+    present = expired = 0
+    for n in w:
+        v = vals[:n]
+        present += n
+        expired += int(np.count_nonzero((now - v["last_seen_ns"]).view(np.int64) > timeouts_ns[v["state"]]))
+    return present, expired

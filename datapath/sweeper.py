@@ -1,0 +1,233 @@
+"""The user-space session sweeper.
+
+Expiry in the kernel is lazy: a lookup that finds an entry idle past its
+state's timeout deletes it. Flows nobody sends to again would stay for ever,
+so user space sweeps: it reads ms_flows and ms_halfopen with
+BPF_MAP_LOOKUP_BATCH a batch at a time into numpy buffers, picks the expired
+entries with one vectorised test per batch, and deletes them with
+BPF_MAP_DELETE_BATCH. Expired means what the kernel's ms_ct_lookup() means:
+``now - last_seen_ns > timeout[state]``, with ``now`` from CLOCK_MONOTONIC
+(bpf_ktime_get_ns; read coarse here, see sessions.session_clock_ns). The
+age is taken as a signed difference, so an entry a packet refreshed after
+the sweep read the clock is young, not 2^64 ns old.
+
+Accounting. Every entry the sweeper deletes from ms_flows is added to
+``ms_pressure_user.deleted`` (after each batch, so a full table frees up
+while a long sweep runs); the kernel counts its own deletes in ms_pressure,
+and an entry deleted by both (a packet's lazy expiry racing the sweep) is
+counted once: the kernel's delete succeeds and the sweeper's gets ENOENT.
+When usage is back under ``pressure_pct`` after an alert, the sweeper bumps
+``ms_pressure_user.gen``, which re-arms the kernel's once-per-crossing alert.
+ms_pressure_user is written by user space only, so sweeps of one build are
+serialised with a lock file (/run/microseg/sweep-<map id>.lock, removed
+once the map is gone).
+
+Layouts come from BCC's ctypes types (field offsets of ``last_seen_ns`` and
+``state``), never from a copy of the struct. The sweeper works on map fds,
+so it serves a FastPath in this process (``for_fastpath``) as well as an
+attached build opened by map id (``for_build``).
+
+A race no batch interface can close: between reading an expired entry and
+deleting it, the kernel may delete it lazily and a new flow with the same
+5-tuple be promoted into its place within the same microseconds; the sweep
+then removes that new session. Cilium's and Calico's sweepers share it.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import bpfsys
+from .errors import MicrosegError
+from .pressure import config_pressure_pct, read_pressure
+from .sessions import DEFAULT_BATCH, BatchWalker, expiry_dtype, read_timeouts_ns, session_clock_ns
+
+
+@dataclass
+class SweepStats:
+    scanned: int            # entries read from both tables
+    expired_flows: int      # deleted from ms_flows by this sweep
+    expired_halfopen: int   # deleted from ms_halfopen by this sweep
+    seconds: float          # wall time
+    cpu_seconds: float = 0.0  # this process's CPU time (user + system)
+    scanned_flows: int = 0
+    scanned_halfopen: int = 0
+    entries_after: int = 0  # ms_flows entries as the kernel counts them, after the sweep
+    rearmed: bool = False   # the pressure alert was re-armed (gen bumped)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Sweeper:
+    def __init__(self, flows_fd: int, halfopen_fd: int, timeouts_fd: int, pressure_fd: int,
+                 pressure_user_fd: int, key_type: type, leaf_type: type, capacity: int,
+                 pressure_pct: int | None, *, pressure_type: type, pressure_user_type: type,
+                 timeout_type: type = ctypes.c_uint64, config_fd: int | None = None,
+                 config_type: type | None = None, batch: int = DEFAULT_BATCH,
+                 lock_dir: Path | None = None):
+        """``pressure_pct`` None: read it from the ms_config map (``config_fd``)
+        at every sweep, so a runtime change applies."""
+        if pressure_pct is None and (config_fd is None or config_type is None):
+            raise ValueError("pressure_pct or config_fd and config_type needed")
+        self.fds = {"ms_flows": flows_fd, "ms_halfopen": halfopen_fd}
+        self.timeouts_fd, self.timeout_type = timeouts_fd, timeout_type
+        self.pressure_fd, self.pressure_user_fd = pressure_fd, pressure_user_fd
+        self.pressure_type, self.pressure_user_type = pressure_type, pressure_user_type
+        self.config_fd, self.config_type = config_fd, config_type
+        self.capacity, self._pressure_pct = capacity, pressure_pct
+        self.key_size = ctypes.sizeof(key_type)
+        self.value_size = ctypes.sizeof(leaf_type)
+        self._vdt = expiry_dtype(leaf_type)
+        self._pu_deleted_off = pressure_user_type.deleted.offset
+        self._pu_gen_off = pressure_user_type.gen.offset
+        self._walkers = {name: BatchWalker(fd, self.key_size, self.value_size, batch)
+                         for name, fd in self.fds.items()}
+        self._lock_path = self._lock_file(lock_dir)
+
+    # -- construction ------------------------------------------------------
+    @classmethod
+    def for_fastpath(cls, fp, **kw) -> "Sweeper":
+        """A sweeper over the maps of a FastPath loaded in this process."""
+        t = fp.table
+        return cls(t("ms_flows").map_fd, t("ms_halfopen").map_fd, t("ms_timeouts").map_fd,
+                   t("ms_pressure").map_fd, t("ms_pressure_user").map_fd,
+                   t("ms_flows").Key, t("ms_flows").Leaf, fp.config.flow_table_size, None,
+                   pressure_type=t("ms_pressure").Leaf, pressure_user_type=t("ms_pressure_user").Leaf,
+                   timeout_type=t("ms_timeouts").Leaf, config_fd=t("ms_config").map_fd,
+                   config_type=t("ms_config").Leaf, **kw)
+
+    @classmethod
+    def for_build(cls, build, types: dict[str, tuple[type, type]], **kw) -> "Sweeper":
+        """A sweeper over an attached build (sessions.AttachedBuild), whose
+        layouts must match ``types`` (sessions.layouts())."""
+        build.check_layouts(types)
+        return cls(build.fd("ms_flows"), build.fd("ms_halfopen"), build.fd("ms_timeouts"),
+                   build.fd("ms_pressure"), build.fd("ms_pressure_user"),
+                   *types["ms_flows"], build.info("ms_flows").max_entries, None,
+                   pressure_type=types["ms_pressure"][1], pressure_user_type=types["ms_pressure_user"][1],
+                   timeout_type=types["ms_timeouts"][1], config_fd=build.fd("ms_config"),
+                   config_type=types["ms_config"][1], **kw)
+
+    # -- the sweep ------------------------------------------------------------
+    def pressure_pct(self) -> int:
+        if self._pressure_pct is not None:
+            return self._pressure_pct
+        return config_pressure_pct(self.config_fd, self.config_type)
+
+    def sweep(self, now_ns: int | None = None) -> SweepStats:
+        """One pass over both tables. ``now_ns``: CLOCK_MONOTONIC ns to judge
+        expiry against (default: read once at the start of the pass)."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        with self._locked():
+            now = session_clock_ns() if now_ns is None else now_ns
+            tmo = read_timeouts_ns(self.timeouts_fd, self.timeout_type)
+            scanned_f, del_f = self._sweep_table("ms_flows", now, tmo, account=True)
+            scanned_h, del_h = self._sweep_table("ms_halfopen", now, tmo, account=False)
+            entries, rearmed = self._rearm()
+        return SweepStats(scanned_f + scanned_h, del_f, del_h, time.perf_counter() - t0,
+                          time.process_time() - c0, scanned_f, scanned_h, entries, rearmed)
+
+    def _sweep_table(self, name: str, now: int, tmo: np.ndarray, account: bool) -> tuple[int, int]:
+        w = self._walkers[name]
+        vals = w.values.view(self._vdt)
+        now_u = np.uint64(now)
+        scanned = deleted = 0
+        for n in w:
+            scanned += n
+            v = vals[:n]
+            # signed age: a refresh after `now` was read is young, not 2^64 ns old
+            age = (now_u - v["last_seen_ns"]).view(np.int64)
+            idx = np.flatnonzero(age > tmo[v["state"]])
+            if idx.size:
+                gone = self._delete(self.fds[name], w.keys[idx])
+                deleted += gone
+                if account and gone:
+                    self._add_user_deleted(gone)
+        return scanned, deleted
+
+    def _delete(self, fd: int, keys: np.ndarray) -> int:
+        """Delete ``keys`` (a contiguous array); returns how many this call removed."""
+        total, pos, n = 0, 0, len(keys)
+        base, ks = keys.ctypes.data, self.key_size
+        while pos < n:
+            done, err = bpfsys.map_delete_batch(fd, base + pos * ks, n - pos)
+            total += done
+            pos += done
+            if err == 0:
+                break
+            if err != errno.ENOENT:
+                raise bpfsys.BpfError(err, f"bpf map delete batch: {os.strerror(err)}")
+            pos += 1  # the kernel's lazy expiry deleted this one first: it counted it
+        return total
+
+    # -- ms_pressure_user --------------------------------------------------
+    def _read_user(self) -> bytearray:
+        raw = bpfsys.map_lookup(self.pressure_user_fd, b"\0\0\0\0", ctypes.sizeof(self.pressure_user_type))
+        if raw is None:
+            raise MicrosegError("ms_pressure_user has no element 0")
+        return bytearray(raw)
+
+    def _write_user(self, raw: bytearray) -> None:
+        bpfsys.map_update(self.pressure_user_fd, b"\0\0\0\0", bytes(raw))
+
+    def _add_user_deleted(self, n: int) -> None:
+        raw = self._read_user()
+        field = ctypes.c_uint64.from_buffer(raw, self._pu_deleted_off)
+        field.value += n
+        del field
+        self._write_user(raw)
+
+    def _rearm(self) -> tuple[int, bool]:
+        """Bump gen when usage is under the threshold and the alert of the
+        current generation was sent. Returns (entries, re-armed)."""
+        p = read_pressure(self.pressure_fd, self.pressure_user_fd, self.pressure_type,
+                          self.pressure_user_type, self.capacity, self.pressure_pct())
+        if p.over_threshold or p.alert_armed:
+            return p.entries, False
+        raw = self._read_user()
+        field = ctypes.c_uint64.from_buffer(raw, self._pu_gen_off)
+        field.value += 1
+        del field
+        self._write_user(raw)
+        return p.entries, True
+
+    # -- one sweeper per build ---------------------------------------------
+    def _lock_file(self, lock_dir: Path | None) -> Path:
+        if lock_dir is None:
+            lock_dir = Path(os.environ.get("MICROSEG_RUN_DIR", "/run/microseg"))
+        map_id = bpfsys.map_info_by_fd(self.pressure_user_fd).id
+        return lock_dir / f"sweep-{map_id}.lock"
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+        _remove_stale_locks(self._lock_path.parent)
+
+
+def _remove_stale_locks(lock_dir: Path) -> None:
+    """Lock files of maps that no longer exist (their build was unloaded):
+    nobody can sweep those maps again, so nobody can hold or want the lock."""
+    for f in lock_dir.glob("sweep-*.lock"):
+        map_id = f.name[len("sweep-"):-len(".lock")]
+        if not map_id.isdigit():
+            continue
+        try:
+            os.close(bpfsys.map_fd_by_id(int(map_id)))
+        except bpfsys.BpfError as e:
+            if e.errno == errno.ENOENT:
+                f.unlink(missing_ok=True)
