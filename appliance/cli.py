@@ -48,14 +48,19 @@ def cmd_preflight(args) -> int:
 
 
 def _config(args):
+    """The datapath configuration: --config FILE, then --flow-table-size over it."""
     from datapath.config import DatapathConfig
     from pydantic import ValidationError
 
-    try:
-        return DatapathConfig(**({"flow_table_size": args.flow_table_size} if args.flow_table_size else {}))
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise UsageError(f"--{err['loc'][0].replace('_', '-')}: {err['msg']}")
+    from appliance.configfile import load_model
+
+    cfg = load_model(args.config, DatapathConfig) if args.config else DatapathConfig()
+    if args.flow_table_size:
+        try:
+            cfg = DatapathConfig(**{**cfg.model_dump(), "flow_table_size": args.flow_table_size})
+        except ValidationError as e:
+            raise UsageError(f"--flow-table-size: {e.errors()[0]['msg']}")
+    return cfg
 
 
 def cmd_up(args) -> int:
@@ -63,10 +68,11 @@ def cmd_up(args) -> int:
     from datapath import attach
     from datapath.loader import FastPath
 
-    # Resolve names first: a typo must fail before a compile and before any change.
+    # Check the input first: a typo must fail before a compile and before any change.
+    cfg = _config(args)
     with attach.netlink(args.netns) as ipr:
         attach.resolve(ipr, args.iface, args.netns)
-    fp = FastPath(_config(args))
+    fp = FastPath(cfg)
     try:
         done = attach.attach(fp, args.iface, args.netns)
     finally:
@@ -303,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--iface", nargs="+", required=True, metavar="IF")
         s.add_argument("--netns", help="network namespace of the interfaces (default: this one)")
         if name == "up":
+            s.add_argument("--config", metavar="FILE",
+                           help="datapath settings (YAML): table sizes, timeouts, actions, budgets")
             s.add_argument("--flow-table-size", type=int, help="sessions the table holds (default 524288)")
         s.set_defaults(func=func)
 

@@ -85,3 +85,10 @@ int tc_ingress(struct __sk_buff *skb) {
     msg = str(ei.value)
     assert msg.startswith("BPF verifier rejected tc_ingress")
     assert "invalid access to packet" in msg
+
+
+def test_bad_config_file_names_file_and_line(tmp_path):
+    f = tmp_path / "microseg.yaml"
+    f.write_text("loose: true\ntimeouts:\n  established: -3\n")
+    r = cli("up", "--netns", "ms-no-such-ns", "--iface", "x", "--config", str(f))
+    assert_one_clear_line(r, f"{f}:3:", "timeouts.established", code=2)
