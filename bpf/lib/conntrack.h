@@ -522,6 +522,10 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
             ms_pressure_inserted(now);
             return PASS_TCP_PICKED_UP;
         }
+        /* Full table: an allow-listed flow passed its SYN without a
+         * session, so its SYN-ACK and every later packet land here too. */
+        if (ms_flows_full() && ms_allowlisted(p))
+            return PASS_TABLE_FULL_ALLOWED;
         return DROP_TCP_NO_SESSION;
     }
 
@@ -584,8 +588,11 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
     f->state = next == TV_CLOSE_PHASE ? ms_close_phase_state(f) : next;
     ms_ct_account(f, fd, p->len, now);
 
+    /* Promote once the handshake is done. A reset before that (connection
+     * refused, a scanner's probe) stays in the LRU: promoted, every SYN that
+     * draws a RST would hold an ms_flows slot for the CLOSE timeout. */
     if (where == MS_IN_HALFOPEN && f->state != CT_SYN_SENT && f->state != CT_SYN_RECV &&
-        f->state != CT_SYN_SENT2) {
+        f->state != CT_SYN_SENT2 && f->state != CT_CLOSE) {
         int r = ms_ct_promote(&k, f, p, now);
         if (r)
             return r;
@@ -612,8 +619,11 @@ static __always_inline int ms_ct_datagram(struct ms_pkt *p, __u64 now)
     int is_udp = p->proto == IPPROTO_UDP;
 
     if (!f) {
+        /* An echo reply without its request; with the table full, maybe
+         * the reply to an allow-listed request that passed sessionless. */
         if (!is_udp && !ms_icmp_is_echo_request(p))
-            return DROP_ICMP_ECHO_UNMATCHED;
+            return ms_flows_full() && ms_allowlisted(p) ? PASS_TABLE_FULL_ALLOWED
+                                                        : DROP_ICMP_ECHO_UNMATCHED;
         if (ms_flows_full())
             return ms_full_reason(p);
         struct ms_flow *nf = ms_flow_new(p, src_is_hi, is_udp ? CT_UDP_UNREPLIED : CT_ICMP, 0, now);

@@ -1,0 +1,321 @@
+"""Helpers for the session-tracking tests (test_conntrack.py).
+
+Frames are built with scapy; a ``TcpConn`` keeps both endpoints' sequence
+numbers so a test reads as the conversation it is ("client sends FIN, server
+acks it") and every segment carries the numbers a real stack would use.
+``expect()`` runs one frame through the real program and checks the TC
+action and that exactly one reason counter moved, by one packet of the
+frame's length. ``entry()`` reads a session back from whichever table holds
+it (ms_halfopen or ms_flows) by its canonical key.
+
+Named ``packets_ct`` (not ``packets``): tests/ has no __init__.py, so test
+helper modules share one flat namespace.
+"""
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from datapath import bpfsys
+from datapath.enums import CtState, Direction, Reason
+from datapath.loader import TC_ACT_OK, TC_ACT_SHOT
+
+ING = Direction.DIR_INGRESS
+EGR = Direction.DIR_EGRESS
+
+MAC_SRC = "02:00:00:00:00:01"
+MAC_DST = "02:00:00:00:00:02"
+
+IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6 = 6, 17, 1, 58
+
+FLOWS = "ms_flows"
+HALFOPEN = "ms_halfopen"
+
+
+# --------------------------------------------------------------------------
+# Running frames
+# --------------------------------------------------------------------------
+
+def action_of(reason: Reason) -> int:
+    """The TC action a reason must come with, from its name."""
+    return TC_ACT_SHOT if reason.name.startswith("DROP_") else TC_ACT_OK
+
+
+def _delta(before: dict, after: dict) -> dict:
+    out = {}
+    for k in set(before) | set(after):
+        b, a = before.get(k, (0, 0)), after.get(k, (0, 0))
+        if a != b:
+            out[k] = (a[0] - b[0], a[1] - b[1])
+    return out
+
+
+def run_counted(fp, frame: bytes, direction: Direction = ING):
+    """(action, {(direction name, reason name): (packets, bytes)} that moved)."""
+    before = fp.counters()
+    res = fp.run(frame, direction)
+    delta = _delta(before, fp.counters())
+    return res.action, {(d.name, r.name): v for (d, r), v in delta.items()}
+
+
+def expect(fp, frame, reason: Reason, direction: Direction = ING) -> bytes:
+    """Run ``frame``; assert its action and that only ``reason`` was counted, once."""
+    frame = bytes(frame)
+    action, moved = run_counted(fp, frame, direction)
+    assert moved == {(direction.name, reason.name): (1, len(frame))}, \
+        f"counters moved: {moved}, expected {reason.name} x1"
+    assert action == action_of(reason), f"action {action} for {reason.name}"
+    return frame
+
+
+# --------------------------------------------------------------------------
+# Keys and sessions
+# --------------------------------------------------------------------------
+
+def mapped(addr: str) -> bytes:
+    """16 bytes as the session table stores an address (IPv4 as ::ffff:a.b.c.d)."""
+    ip = ipaddress.ip_address(addr)
+    if ip.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + ip.packed
+    return ip.packed
+
+
+def canonical(src: str, sport: int, dst: str, dport: int):
+    """((lo addr, lo port), (hi addr, hi port), src_is_hi) for a packet src -> dst."""
+    s, d = (mapped(src), sport), (mapped(dst), dport)
+    return (s, d, 0) if s <= d else (d, s, 1)
+
+
+def flow_key(table, src: str, sport: int, dst: str, dport: int, proto: int):
+    lo, hi, _ = canonical(src, sport, dst, dport)
+    k = table.Key()
+    k.addr_lo = (ctypes.c_uint8 * 16)(*lo[0])
+    k.addr_hi = (ctypes.c_uint8 * 16)(*hi[0])
+    k.port_lo = socket.htons(lo[1])
+    k.port_hi = socket.htons(hi[1])
+    k.proto = proto
+    return k
+
+
+@dataclass
+class Entry:
+    table: str              # FLOWS or HALFOPEN
+    state: CtState
+    leaf: object            # the BCC Leaf (a ctypes struct copy)
+
+    @property
+    def raw(self) -> bytes:
+        return bytes(self.leaf)
+
+
+def entry(fp, src: str, sport: int, dst: str, dport: int, proto: int) -> Entry | None:
+    """The session of this 5-tuple, from whichever table holds it.
+    Asserts it is not in both."""
+    found = []
+    for name in (FLOWS, HALFOPEN):
+        t = fp.table(name)
+        try:
+            leaf = t[flow_key(t, src, sport, dst, dport, proto)]
+        except KeyError:
+            continue
+        found.append(Entry(name, CtState(leaf.state), leaf))
+    assert len(found) <= 1, f"session in both tables: {found}"
+    return found[0] if found else None
+
+
+def table_len(fp, name: str) -> int:
+    return sum(1 for _ in fp.table(name).keys())
+
+
+# --------------------------------------------------------------------------
+# Frames
+# --------------------------------------------------------------------------
+
+def ether() -> Ether:
+    return Ether(src=MAC_SRC, dst=MAC_DST)
+
+
+def ip(src: str, dst: str, **kw):
+    if ":" in src:
+        return IPv6(src=src, dst=dst, **kw)
+    return IP(src=src, dst=dst, **kw)
+
+
+def udp_frame(src, sport, dst, dport, data: bytes = b"x" * 16) -> bytes:
+    return bytes(ether() / ip(src, dst) / UDP(sport=sport, dport=dport) / Raw(data))
+
+
+# --------------------------------------------------------------------------
+# A TCP conversation
+# --------------------------------------------------------------------------
+
+@dataclass
+class Side:
+    addr: str
+    port: int
+    isn: int
+    wscale: int | None = None   # window scale offered on this side's SYN
+    nxt: int = 0                # next sequence number (past SYN / data / FIN sent)
+    started: bool = False       # has sent its SYN (or SYN-ACK)
+    fin_seq: int | None = None  # sequence number of its FIN, once sent
+
+    def __post_init__(self):
+        self.nxt = self.isn
+
+
+@dataclass
+class TcpConn:
+    """Client (the initiator, "c") and server (the responder, "s")."""
+    fp: object
+    c: Side = field(default_factory=lambda: Side("10.0.0.1", 40000, 1000))
+    s: Side = field(default_factory=lambda: Side("10.0.0.2", 80, 500000))
+    window: int = 65535
+    direction_of: dict = field(default_factory=lambda: {"c": ING, "s": ING})
+
+    @classmethod
+    def make(cls, fp, client=("10.0.0.1", 40000), server=("10.0.0.2", 80),
+             isn=(1000, 500000), wscale=(None, None), window=65535) -> TcpConn:
+        return cls(fp, Side(client[0], client[1], isn[0], wscale[0]),
+                   Side(server[0], server[1], isn[1], wscale[1]), window)
+
+    def sides(self, frm: str) -> tuple[Side, Side]:
+        return (self.c, self.s) if frm == "c" else (self.s, self.c)
+
+    def frame(self, frm: str, flags: str, *, seq: int | None = None, ack: int | None = None,
+              data: bytes = b"", window: int | None = None, options=None) -> bytes:
+        """A segment from ``frm`` ("c" or "s"). Defaults: seq = the sender's next
+        sequence number, ack = everything the peer sent (when flags has A),
+        window = the connection's, window scale option on a SYN when the
+        sender offers one."""
+        me, peer = self.sides(frm)
+        if seq is None:
+            seq = me.nxt
+        if ack is None:
+            ack = peer.nxt if "A" in flags else 0
+        if options is None:
+            options = [("WScale", me.wscale)] if "S" in flags and me.wscale is not None else []
+        seg = TCP(sport=me.port, dport=peer.port, flags=flags or 0, seq=seq % 2**32, ack=ack % 2**32,
+                  window=self.window if window is None else window, options=options)
+        pkt = ether() / ip(me.addr, peer.addr) / seg
+        if data:
+            pkt = pkt / Raw(data)
+        return bytes(pkt)
+
+    def send(self, frm: str, flags: str, reason: Reason = Reason.PASS_FORWARD, *,
+             seq: int | None = None, ack: int | None = None, data: bytes = b"",
+             window: int | None = None, options=None) -> bytes:
+        """Send a segment, check its outcome, and when it passed, advance the
+        sender's sequence numbers as its stack would."""
+        me, _ = self.sides(frm)
+        if seq is None:
+            seq = me.isn if "S" in flags else me.nxt
+        f = self.frame(frm, flags, seq=seq, ack=ack, data=data, window=window, options=options)
+        expect(self.fp, f, reason, self.direction_of[frm])
+        if reason in ADVANCING:
+            end = seq + len(data) + ("S" in flags) + ("F" in flags)
+            if "S" in flags:
+                me.started = True
+            if "F" in flags and me.fin_seq is None:
+                me.fin_seq = seq + len(data)
+            me.nxt = max(me.nxt, end)
+        return f
+
+    # -- reading the session back ------------------------------------------
+    def entry(self) -> Entry | None:
+        return entry(self.fp, self.c.addr, self.c.port, self.s.addr, self.s.port, IPPROTO_TCP)
+
+    def state(self) -> CtState | None:
+        e = self.entry()
+        return e.state if e else None
+
+    def assert_state(self, state: CtState, table: str | None = None) -> Entry:
+        e = self.entry()
+        assert e is not None, f"no session, expected {state.name}"
+        assert e.state == state, f"state {e.state.name}, expected {state.name}"
+        if table is None:
+            table = HALFOPEN if state in HALFOPEN_STATES else FLOWS
+        assert e.table == table, f"{state.name} session in {e.table}, expected {table}"
+        return e
+
+    # -- common sequences ----------------------------------------------------
+    def handshake(self) -> TcpConn:
+        self.send("c", "S")
+        self.assert_state(CtState.CT_SYN_SENT)
+        self.send("s", "SA")
+        self.assert_state(CtState.CT_SYN_RECV)
+        self.send("c", "A")
+        self.assert_state(CtState.CT_ESTABLISHED)
+        return self
+
+
+# Reasons after which the segment reached the peer and counted as sent
+# (an ignored or out-of-window segment passed anyway is not the sender's
+# stream: a test sends it with explicit numbers).
+ADVANCING = {Reason.PASS_FORWARD, Reason.PASS_TCP_PICKED_UP, Reason.PASS_TABLE_FULL_ALLOWED}
+
+# TCP states a session is in while it still lives in the half-open LRU.
+HALFOPEN_STATES = {CtState.CT_SYN_SENT, CtState.CT_SYN_RECV, CtState.CT_SYN_SENT2}
+
+
+# --------------------------------------------------------------------------
+# Bulk runs (SYN flood, table fill): one frame patched in place
+# --------------------------------------------------------------------------
+
+# Offsets in an Ethernet + IPv4 (no options) + TCP frame.
+OFF_IP_SRC, OFF_IP_DST = 26, 30
+OFF_SPORT, OFF_DPORT, OFF_SEQ, OFF_ACK, OFF_FLAGS, OFF_WIN = 34, 36, 38, 42, 47, 48
+
+
+class PatchedRunner:
+    """Runs one frame again and again through BPF_PROG_TEST_RUN, with the
+    caller patching bytes of it in place between runs. No checksums are
+    fixed up: the fast path does not verify them. Nothing is copied back
+    (data_out is NULL), which keeps a run to a few microseconds."""
+
+    def __init__(self, prog_fd: int, template: bytes):
+        self.buf = ctypes.create_string_buffer(bytes(template), len(template))
+        self.view = memoryview(self.buf).cast("B")[: len(template)]
+        self.attr = bpfsys._TestRunAttr()
+        self.attr.prog_fd = prog_fd
+        self.attr.data_size_in = len(template)
+        self.attr.data_in = ctypes.addressof(self.buf)
+        self.attr.repeat = 1
+
+    def run(self) -> int:
+        bpfsys.sys_bpf(bpfsys.BPF_PROG_TEST_RUN, self.attr)
+        return self.attr.retval
+
+
+# --------------------------------------------------------------------------
+# Ring buffer records
+# --------------------------------------------------------------------------
+
+_CTYPES = {"__u8": ctypes.c_uint8, "__u16": ctypes.c_uint16, "__u32": ctypes.c_uint32,
+           "__u64": ctypes.c_uint64, "__s32": ctypes.c_int32, "__s64": ctypes.c_int64,
+           "__be16": ctypes.c_uint16, "__be32": ctypes.c_uint32}
+
+
+def ringbuf_record_type(table) -> type:
+    """The ctypes type of a ring buffer's records, from the field list BCC
+    extracted from the C source (the struct given to ringbuf_reserve).
+
+    BCC's own RingBuf.event() reads the same list but only knows u32-style
+    names: on a struct of __u32 / __u64 fields (maps.h) it prints "Type:
+    '__u32' not recognized" and calls sys.exit(1) inside the callback.
+    """
+    from bcc.libbcc import lib
+
+    n = lib.bpf_perf_event_fields(table.bpf.module, table._name)
+    assert n > 0, "BCC found no record struct for this ring buffer"
+    fields = []
+    for i in range(n):
+        name, ctype = lib.bpf_perf_event_field(table.bpf.module, table._name, i).decode().split("#", 1)
+        fields.append((name, _CTYPES[ctype.strip()]))
+    return type("RingbufRecord", (ctypes.Structure,), {"_fields_": fields})

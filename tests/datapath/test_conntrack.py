@@ -1,0 +1,1142 @@
+"""Session tracking (bpf/lib/conntrack.h, icmp.h), tested on the real program.
+
+Every packet goes through the loaded tc program with BPF_PROG_TEST_RUN and
+every check looks at what the kernel reports: the TC action, the one reason
+counter that moved, and the session read back from ms_halfopen / ms_flows.
+
+The TCP transition expectations below are this file's own table, written
+from RFC 9293 (793) and the close-phase rules of conntrack.h; they are not
+read from datapath/tcp_fsm.py, so a wrong row there fails here.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import time
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest,
+                                ICMPv6ND_NS, ICMPv6PacketTooBig, ICMPv6TimeExceeded, IPv6,
+                                IPv6ExtHdrFragment)
+from scapy.packet import Raw
+
+from datapath.config import DatapathConfig, Timeouts
+from datapath.enums import CtState, Reason, Stage
+from datapath.loader import TC_ACT_OK
+
+from packets_ct import (FLOWS, HALFOPEN, HALFOPEN_STATES, ING, EGR, IPPROTO_ICMP,
+                        IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, OFF_DPORT, OFF_IP_SRC,
+                        OFF_SPORT, PatchedRunner, TcpConn, canonical, entry, ether, expect,
+                        ip, mapped, ringbuf_record_type, table_len, udp_frame)
+
+S = CtState
+R = Reason
+
+V4 = ("10.0.0.1", "10.0.0.2")
+V6 = ("2001:db8::1", "2001:db8::2")
+FAMILIES = {"v4": V4, "v6": V6}
+# Slack for comparing session timestamps with time.monotonic_ns(): the
+# session clock is bpf_ktime_get_coarse_ns (conntrack.h ms_now), which
+# advances once a tick (4 ms at HZ=250 on the development VM).
+KTIME_SLACK_NS = 10_000_000
+
+
+# ==========================================================================
+# 1. Sessions: TCP, UDP, ICMP echo, IPv4 and IPv6, one table
+# ==========================================================================
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+@pytest.mark.parametrize("initiator", ["lo", "hi"])
+def test_tcp_session_key_counters_initiator(fastpath, family, initiator):
+    lo, hi = FAMILIES[family]
+    cli, srv = (lo, hi) if initiator == "lo" else (hi, lo)
+    conn = TcpConn.make(fastpath, client=(cli, 40000), server=(srv, 443))
+    t0 = time.monotonic_ns()
+    sizes = [len(conn.send("c", "S")), len(conn.send("s", "SA")), len(conn.send("c", "A"))]
+    sizes.append(len(conn.send("c", "PA", data=b"GET / HTTP/1.0\r\n\r\n")))
+    sizes.append(len(conn.send("s", "PA", data=b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * 300)))
+    t1 = time.monotonic_ns()
+    e = conn.assert_state(S.CT_ESTABLISHED)
+    v = e.leaf
+    assert table_len(fastpath, FLOWS) == 1 and table_len(fastpath, HALFOPEN) == 0
+    # the key is canonical: lower endpoint first, IPv4 mapped into IPv6
+    (klo, khi, src_is_hi) = canonical(cli, 40000, srv, 443)
+    key = next(iter(fastpath.table(FLOWS).keys()))
+    assert bytes(key.addr_lo) == klo[0] and bytes(key.addr_hi) == khi[0]
+    assert key.proto == IPPROTO_TCP
+    assert v.initiator_is_hi == src_is_hi == (initiator == "hi")
+    # per direction: original = the client's three, reply = the server's two
+    assert list(v.packets) == [3, 2]
+    assert list(v.bytes) == [sizes[0] + sizes[2] + sizes[3], sizes[1] + sizes[4]]
+    # CLOCK_MONOTONIC at tick resolution: allow a tick or two either side
+    assert t0 - KTIME_SLACK_NS <= v.first_seen_ns <= v.last_seen_ns <= t1 + KTIME_SLACK_NS
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_udp_unreplied_then_replied(fastpath, family):
+    cli, srv = FAMILIES[family]
+    q = udp_frame(cli, 5353, srv, 53, b"q" * 20)
+    expect(fastpath, q, R.PASS_FORWARD)
+    e = entry(fastpath, cli, 5353, srv, 53, IPPROTO_UDP)
+    assert (e.table, e.state) == (HALFOPEN, S.CT_UDP_UNREPLIED)
+    assert list(e.leaf.packets) == [1, 0] and list(e.leaf.bytes) == [len(q), 0]
+    first = e.leaf.first_seen_ns
+    expect(fastpath, q, R.PASS_FORWARD)                  # a retry: still unreplied
+    e = entry(fastpath, cli, 5353, srv, 53, IPPROTO_UDP)
+    assert (e.table, e.state) == (HALFOPEN, S.CT_UDP_UNREPLIED)
+    assert list(e.leaf.packets) == [2, 0]
+    a = udp_frame(srv, 53, cli, 5353, b"a" * 60)
+    expect(fastpath, a, R.PASS_FORWARD, EGR)             # the reply, at the other hook
+    e = entry(fastpath, cli, 5353, srv, 53, IPPROTO_UDP)
+    assert (e.table, e.state) == (FLOWS, S.CT_UDP_REPLIED)
+    assert table_len(fastpath, HALFOPEN) == 0
+    assert list(e.leaf.packets) == [2, 1] and list(e.leaf.bytes) == [2 * len(q), len(a)]
+    assert e.leaf.first_seen_ns == first <= e.leaf.last_seen_ns
+    assert e.leaf.initiator_is_hi == canonical(cli, 5353, srv, 53)[2]
+    expect(fastpath, q, R.PASS_FORWARD)
+    assert list(entry(fastpath, cli, 5353, srv, 53, IPPROTO_UDP).leaf.packets) == [3, 1]
+    assert fastpath.table("ms_pressure")[ctypes.c_int(0)].inserted == 1
+
+
+def echo(family, src, dst, ident, reply=False):
+    if family == "v4":
+        return bytes(ether() / IP(src=src, dst=dst) / ICMP(type=0 if reply else 8, id=ident, seq=1)
+                     / Raw(b"p" * 32))
+    cls = ICMPv6EchoReply if reply else ICMPv6EchoRequest
+    return bytes(ether() / IPv6(src=src, dst=dst) / cls(id=ident, seq=1, data=b"p" * 32))
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_icmp_echo_request_creates_reply_promotes(fastpath, family):
+    cli, srv = FAMILIES[family]
+    proto = IPPROTO_ICMP if family == "v4" else IPPROTO_ICMPV6
+    req = expect(fastpath, echo(family, cli, srv, 0x1234), R.PASS_FORWARD)
+    e = entry(fastpath, cli, 0x1234, srv, 0x1234, proto)   # the echo id stands in for both ports
+    assert (e.table, e.state) == (HALFOPEN, S.CT_ICMP)
+    rep = expect(fastpath, echo(family, srv, cli, 0x1234, reply=True), R.PASS_FORWARD)
+    e = entry(fastpath, cli, 0x1234, srv, 0x1234, proto)
+    assert (e.table, e.state) == (FLOWS, S.CT_ICMP)
+    assert list(e.leaf.packets) == [1, 1] and list(e.leaf.bytes) == [len(req), len(rep)]
+    assert table_len(fastpath, HALFOPEN) == 0
+    # another id is another session; its reply without request is refused
+    expect(fastpath, echo(family, srv, cli, 0x9999, reply=True), R.DROP_ICMP_ECHO_UNMATCHED)
+    assert entry(fastpath, cli, 0x9999, srv, 0x9999, proto) is None
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_icmp_echo_reply_without_request(fastpath, family):
+    cli, srv = FAMILIES[family]
+    expect(fastpath, echo(family, srv, cli, 7, reply=True), R.DROP_ICMP_ECHO_UNMATCHED)
+    assert table_len(fastpath, FLOWS) == table_len(fastpath, HALFOPEN) == 0
+
+
+ROUTER4, ROUTER6 = "10.0.0.254", "2001:db8::fe"
+
+ICMP_ERRORS = {
+    "v4-unreachable": ("v4", lambda: ICMP(type=3, code=3)),
+    "v4-time-exceeded": ("v4", lambda: ICMP(type=11, code=0)),
+    "v6-unreachable": ("v6", lambda: ICMPv6DestUnreach(code=4)),
+    "v6-packet-too-big": ("v6", lambda: ICMPv6PacketTooBig(mtu=1280)),
+    "v6-time-exceeded": ("v6", lambda: ICMPv6TimeExceeded(code=0)),
+}
+
+
+def icmp_error(family, err, quoted_src, quoted_dst, quoted_l4) -> bytes:
+    """An ICMP error from a router to ``quoted_src`` about a packet it sent."""
+    if family == "v4":
+        return bytes(ether() / IP(src=ROUTER4, dst=quoted_src) / err
+                     / IP(src=quoted_src, dst=quoted_dst) / quoted_l4)
+    return bytes(ether() / IPv6(src=ROUTER6, dst=quoted_src) / err
+                 / IPv6(src=quoted_src, dst=quoted_dst) / quoted_l4)
+
+
+@pytest.mark.parametrize("name", ICMP_ERRORS)
+@pytest.mark.parametrize("quoted", ["udp", "tcp"])
+def test_icmp_error_related_or_unmatched(fastpath, name, quoted):
+    family, err = ICMP_ERRORS[name]
+    cli, srv = FAMILIES[family]
+    if quoted == "udp":
+        expect(fastpath, udp_frame(cli, 5000, srv, 53), R.PASS_FORWARD)
+        known = UDP(sport=5000, dport=53) / Raw(b"q" * 8)
+        unknown = UDP(sport=5001, dport=53) / Raw(b"q" * 8)
+    else:
+        TcpConn.make(fastpath, client=(cli, 5000), server=(srv, 443)).handshake()
+        known = TCP(sport=5000, dport=443, flags="PA", seq=1001)
+        unknown = TCP(sport=5000, dport=444, flags="PA", seq=1001)
+    before = {n: table_len(fastpath, n) for n in (FLOWS, HALFOPEN)}
+    expect(fastpath, icmp_error(family, err(), cli, srv, known), R.PASS_ICMP_RELATED)
+    expect(fastpath, icmp_error(family, err(), cli, srv, unknown), R.DROP_ICMP_UNMATCHED)
+    # errors create no session
+    assert {n: table_len(fastpath, n) for n in (FLOWS, HALFOPEN)} == before
+
+
+def test_icmp_error_about_echo_session(fastpath):
+    cli, srv = V4
+    expect(fastpath, echo("v4", cli, srv, 0x77), R.PASS_FORWARD)
+    quoted = ICMP(type=8, id=0x77, seq=1)
+    expect(fastpath, icmp_error("v4", ICMP(type=11), cli, srv, quoted), R.PASS_ICMP_RELATED)
+    quoted = ICMP(type=8, id=0x78, seq=1)
+    expect(fastpath, icmp_error("v4", ICMP(type=11), cli, srv, quoted), R.DROP_ICMP_UNMATCHED)
+
+
+def test_icmpv6_neighbour_solicitation_is_control(fastpath):
+    f = ether() / IPv6(src="fe80::1", dst="ff02::1:ff00:2", hlim=255) / ICMPv6ND_NS(tgt="2001:db8::2")
+    expect(fastpath, f, R.PASS_ICMP_CONTROL)
+    assert table_len(fastpath, FLOWS) == table_len(fastpath, HALFOPEN) == 0
+
+
+@pytest.mark.parametrize("frame", [
+    pytest.param(lambda: ether() / IP(src=V4[0], dst=V4[1]) / ICMP(type=13), id="v4-timestamp"),
+    pytest.param(lambda: ether() / IP(src=V4[0], dst=V4[1]) / ICMP(type=5, gw="10.0.0.9"), id="v4-redirect"),
+    pytest.param(lambda: ether() / IPv6(src=V6[0], dst=V6[1], nh=IPPROTO_ICMPV6)
+                 / Raw(bytes([200, 0, 0, 0]) + b"\0" * 12), id="v6-private-200"),
+])
+def test_other_icmp_types_dropped(fastpath, frame):
+    expect(fastpath, frame(), R.DROP_ICMP_TYPE)
+    assert table_len(fastpath, FLOWS) == table_len(fastpath, HALFOPEN) == 0
+
+
+# ==========================================================================
+# 2. TCP state machine
+# ==========================================================================
+
+IGN, INV = "IGNORE", "INVALID"
+EVENTS = ("SYN", "SYNACK", "FIN", "ACK", "RST")
+# Flag combinations that are illegal in every state.
+INVALID_FLAGS = {"FIN-no-ACK": "F", "SYN+FIN": "SF", "NULL": "", "SYN+RST": "SR", "URG-PSH-FIN": "UPF"}
+O, RD = "c", "s"   # from the initiator (client), from the responder (server)
+
+# Expected outcome of one segment per (state, direction, event), for segments
+# whose sequence and acknowledgement numbers are in the window (FIN and ACK
+# acknowledge everything the peer sent). A state: the segment passes
+# (PASS_FORWARD) and the session moves there; IGNORE: passes as
+# PASS_TCP_IGNORED, nothing changes; INVALID: dropped as DROP_TCP_INVALID,
+# nothing changes.
+#
+# Close-phase states (maps.h / conntrack.h): FIN_WAIT1 initiator's FIN not yet
+# acked; FIN_WAIT2 it was acked; CLOSE_WAIT responder sent FIN first; CLOSING
+# both FINs, neither acked; LAST_ACK both FINs, one acked; TIME_WAIT both acked.
+#
+#                 from the initiator (O)                        from the responder (R)
+#                 SYN     SYNACK  FIN     ACK     RST           SYN     SYNACK  FIN     ACK     RST
+EXPECTED = {
+    # Only the client's SYN seen. O: a SYN retransmits; the client has received
+    # nothing, so it cannot ACK (nor SYN-ACK); it may give up with a RST.
+    # R: its SYN crossing ours is a simultaneous open (RFC 9293 fig. 7); its
+    # SYN-ACK answers ours; RST is "connection refused". R has not sent a SYN,
+    # so a bare ACK or FIN from it belongs to no connection (nf_conntrack
+    # passes a reply ACK here, for RFC 5961 challenge ACKs of a stale server
+    # connection; this table refuses it).
+    S.CT_SYN_SENT: ((S.CT_SYN_SENT, INV, INV, INV, S.CT_CLOSE),
+                    (S.CT_SYN_SENT2, S.CT_SYN_RECV, INV, INV, S.CT_CLOSE)),
+    # SYNs crossed. Each side retransmits its SYN or answers with a SYN-ACK
+    # (RFC 9293 fig. 7); no plain ACK or FIN before a SYN-ACK.
+    S.CT_SYN_SENT2: ((S.CT_SYN_SENT2, S.CT_SYN_RECV, INV, INV, S.CT_CLOSE),
+                     (S.CT_SYN_SENT2, S.CT_SYN_RECV, INV, INV, S.CT_CLOSE)),
+    # SYN and SYN-ACK seen. O: a retransmitted SYN (the SYN-ACK was lost) is
+    # left alone; its SYN-ACK is the second one of a simultaneous open; its ACK
+    # completes the handshake; ACK+FIN at once closes right away (FIN_WAIT1).
+    # R: a bare SYN after its SYN-ACK is nonsense; the SYN-ACK retransmits;
+    # an ACK (TFO data, duplicate ack) keeps waiting for the client's ACK; a
+    # FIN (server closes in SYN-RECEIVED, RFC 9293 3.10.4) means CLOSE_WAIT.
+    S.CT_SYN_RECV: ((IGN, S.CT_SYN_RECV, S.CT_FIN_WAIT1, S.CT_ESTABLISHED, S.CT_CLOSE),
+                    (INV, S.CT_SYN_RECV, S.CT_CLOSE_WAIT, S.CT_SYN_RECV, S.CT_CLOSE)),
+    # Synchronised states: a SYN or SYN-ACK is answered by the endpoint with a
+    # challenge ACK (RFC 5961 4) and must not change the session.
+    S.CT_ESTABLISHED: ((IGN, IGN, S.CT_FIN_WAIT1, S.CT_ESTABLISHED, S.CT_CLOSE),
+                       (IGN, IGN, S.CT_CLOSE_WAIT, S.CT_ESTABLISHED, S.CT_CLOSE)),
+    # O's FIN outstanding: O retransmits it or acks; R acks it (FIN_WAIT2) or
+    # sends its own FIN acking O's (both FINs, one acked: LAST_ACK).
+    S.CT_FIN_WAIT1: ((IGN, IGN, S.CT_FIN_WAIT1, S.CT_FIN_WAIT1, S.CT_CLOSE),
+                     (IGN, IGN, S.CT_LAST_ACK, S.CT_FIN_WAIT2, S.CT_CLOSE)),
+    # O's FIN acked, R still open (half close): R may still send; its FIN
+    # makes LAST_ACK.
+    S.CT_FIN_WAIT2: ((IGN, IGN, S.CT_FIN_WAIT2, S.CT_FIN_WAIT2, S.CT_CLOSE),
+                     (IGN, IGN, S.CT_LAST_ACK, S.CT_FIN_WAIT2, S.CT_CLOSE)),
+    # R closed first: O's FIN (acking R's) makes LAST_ACK.
+    S.CT_CLOSE_WAIT: ((IGN, IGN, S.CT_LAST_ACK, S.CT_CLOSE_WAIT, S.CT_CLOSE),
+                      (IGN, IGN, S.CT_CLOSE_WAIT, S.CT_CLOSE_WAIT, S.CT_CLOSE)),
+    # Both FINs, neither acked: either side's ACK (or FIN retransmission
+    # carrying that ACK) acks one FIN.
+    S.CT_CLOSING: ((IGN, IGN, S.CT_LAST_ACK, S.CT_LAST_ACK, S.CT_CLOSE),
+                   (IGN, IGN, S.CT_LAST_ACK, S.CT_LAST_ACK, S.CT_CLOSE)),
+    # Reached as O FIN, R ACK, R FIN: O's FIN acked, R's not. O's ACK of R's
+    # FIN ends it (TIME_WAIT); R can only repeat itself.
+    S.CT_LAST_ACK: ((IGN, IGN, S.CT_TIME_WAIT, S.CT_TIME_WAIT, S.CT_CLOSE),
+                    (IGN, IGN, S.CT_LAST_ACK, S.CT_LAST_ACK, S.CT_CLOSE)),
+    # Both FINs acked. Retransmitted FINs / last ACKs stay; O may reuse the
+    # ports with a new SYN (RFC 9293 3.6.1, RFC 6191): the session starts
+    # over. A SYN-ACK is a stale duplicate. A new SYN from R (roles swapped)
+    # is refused until TIME_WAIT ends (nf_conntrack would accept it).
+    S.CT_TIME_WAIT: ((S.CT_SYN_SENT, INV, S.CT_TIME_WAIT, S.CT_TIME_WAIT, S.CT_CLOSE),
+                     (INV, INV, S.CT_TIME_WAIT, S.CT_TIME_WAIT, S.CT_CLOSE)),
+    # Reset. O may start over with a SYN; ACKs and RSTs still in flight pass;
+    # there is nothing left to close with a FIN or to answer with a SYN-ACK.
+    S.CT_CLOSE: ((S.CT_SYN_SENT, INV, INV, S.CT_CLOSE, S.CT_CLOSE),
+                 (INV, INV, INV, S.CT_CLOSE, S.CT_CLOSE)),
+}
+
+
+def expected(state, frm, event):
+    if event in INVALID_FLAGS:
+        return INV
+    row = EXPECTED[state][0 if frm == O else 1]
+    return row[EVENTS.index(event)]
+
+
+def drive(conn: TcpConn, state: CtState) -> None:
+    """Bring a fresh connection into ``state`` with real segments."""
+    s = S
+    if state in (s.CT_SYN_SENT, s.CT_SYN_SENT2, s.CT_SYN_RECV):
+        conn.send(O, "S")
+        if state == s.CT_SYN_SENT2:
+            conn.send(RD, "S")
+        elif state == s.CT_SYN_RECV:
+            conn.send(RD, "SA")
+        return
+    conn.handshake()
+    conn.send(O, "PA", data=b"q" * 100)
+    conn.send(RD, "PA", data=b"r" * 200)
+    conn.send(O, "A")
+    steps = {
+        s.CT_ESTABLISHED: [],
+        s.CT_FIN_WAIT1: [(O, "FA")],
+        s.CT_FIN_WAIT2: [(O, "FA"), (RD, "A")],
+        s.CT_CLOSE_WAIT: [(RD, "FA")],
+        s.CT_CLOSING: [(O, "FA"), (RD, "FA", "not-acking")],
+        s.CT_LAST_ACK: [(O, "FA"), (RD, "A"), (RD, "FA")],
+        s.CT_TIME_WAIT: [(O, "FA"), (RD, "A"), (RD, "FA"), (O, "A")],
+        s.CT_CLOSE: [(O, "RA")],
+    }[state]
+    for step in steps:
+        if len(step) == 3:   # FIN crossing the peer's FIN: acks only up to it
+            conn.send(step[0], step[1], ack=conn.c.fin_seq)
+        else:
+            conn.send(step[0], step[1])
+
+
+def probe(conn: TcpConn, state, frm, event):
+    """(flags, seq, ack) of an in-window segment of this event class."""
+    me, peer = conn.sides(frm)
+    if event == "SYN":
+        if state in (S.CT_TIME_WAIT, S.CT_CLOSE):
+            return "S", me.nxt + 1_000_000, None      # a new connection: new ISN, higher
+        return "S", me.isn, None                      # the first SYN, or its retransmission
+    if event == "SYNACK":
+        return "SA", me.isn, peer.nxt
+    if event == "FIN":
+        return "FA", me.fin_seq if me.fin_seq is not None else me.nxt, peer.nxt
+    if event == "ACK":
+        return "A", me.nxt, peer.nxt
+    if event == "RST":
+        if not me.started:                           # refusing a SYN (RFC 9293 3.10.7.1)
+            return "RA", 0, peer.nxt
+        return ("RA", me.nxt, peer.nxt) if peer.started else ("R", me.nxt, None)
+    flags = INVALID_FLAGS[event]
+    return flags, me.isn if "S" in flags else me.nxt, None
+
+
+def expected_table(old: CtState, new: CtState) -> str:
+    """Where a session lives: half-open states in the LRU; a handshake that
+    never completed (reset before ESTABLISHED) is not promoted either."""
+    if new in HALFOPEN_STATES or (new == S.CT_CLOSE and old in HALFOPEN_STATES):
+        return HALFOPEN
+    return FLOWS
+
+
+TCP_STATES = [st for st in CtState if st.name not in
+              ("CT_NONE", "CT_UDP_UNREPLIED", "CT_UDP_REPLIED", "CT_ICMP")]
+TRANSITION_CASES = [(st, d, ev) for st in TCP_STATES for d in (O, RD)
+                    for ev in (*EVENTS, *INVALID_FLAGS)]
+
+
+def test_expected_table_covers_every_tcp_state():
+    assert set(EXPECTED) == set(TCP_STATES) and len(TCP_STATES) == 11
+
+
+@pytest.mark.parametrize(
+    "state,frm,event", TRANSITION_CASES,
+    ids=[f"{st.name[3:]}-{'O' if d == O else 'R'}-{ev}" for st, d, ev in TRANSITION_CASES])
+def test_tcp_transition(fastpath, state, frm, event):
+    conn = TcpConn.make(fastpath)
+    drive(conn, state)
+    before = conn.assert_state(state)   # CLOSE: reached from ESTABLISHED, so in ms_flows
+    want = expected(state, frm, event)
+    flags, seq, ack = probe(conn, state, frm, event)
+    frame = conn.frame(frm, flags, seq=seq, ack=ack)
+    fd = 0 if frm == O else 1
+
+    if want == INV:
+        expect(fastpath, frame, R.DROP_TCP_INVALID)
+        after = conn.entry()
+        assert after is not None and after.table == before.table
+        assert after.raw == before.raw, "an invalid segment changed the session"
+    elif want == IGN:
+        expect(fastpath, frame, R.PASS_TCP_IGNORED)
+        after = conn.entry()
+        assert (after.table, after.state) == (before.table, state)
+        assert bytes(after.leaf.tcp[0]) == bytes(before.leaf.tcp[0])
+        assert bytes(after.leaf.tcp[1]) == bytes(before.leaf.tcp[1])
+        assert after.leaf.packets[fd] == before.leaf.packets[fd] + 1
+    else:
+        expect(fastpath, frame, R.PASS_FORWARD)
+        after = conn.assert_state(want, expected_table(state, want))
+        if state in (S.CT_TIME_WAIT, S.CT_CLOSE) and want == S.CT_SYN_SENT:
+            # port reuse: a fresh session, only the new SYN counted
+            assert list(after.leaf.packets) == [1, 0]
+            assert after.leaf.initiator_is_hi == before.leaf.initiator_is_hi
+            assert after.leaf.tcp[0].end == seq + 1 and after.leaf.tcp[1].flags == 0
+        else:
+            assert after.leaf.packets[fd] == before.leaf.packets[fd] + 1
+
+
+# -- whole conversations ----------------------------------------------------
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_open_and_close_by_initiator(fastpath, family):
+    cli, srv = FAMILIES[family]
+    conn = TcpConn.make(fastpath, client=(cli, 40001), server=(srv, 80))
+    conn.handshake()
+    conn.send(O, "PA", data=b"hello")
+    conn.send(RD, "PA", data=b"world")
+    conn.send(O, "FA")
+    conn.assert_state(S.CT_FIN_WAIT1)
+    conn.send(RD, "A")
+    conn.assert_state(S.CT_FIN_WAIT2)
+    conn.send(RD, "PA", data=b"more from the half-open side")
+    conn.assert_state(S.CT_FIN_WAIT2)
+    conn.send(O, "A")
+    conn.send(RD, "FA")
+    conn.assert_state(S.CT_LAST_ACK)
+    conn.send(O, "A")
+    conn.assert_state(S.CT_TIME_WAIT)
+    conn.send(RD, "FA", seq=conn.s.fin_seq)               # FIN retransmitted, ACK again
+    conn.send(O, "A")
+    conn.assert_state(S.CT_TIME_WAIT)
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_open_and_close_by_responder(fastpath, family):
+    cli, srv = FAMILIES[family]
+    conn = TcpConn.make(fastpath, client=(cli, 40002), server=(srv, 80))
+    conn.handshake()
+    conn.send(O, "PA", data=b"req")
+    conn.send(RD, "FA", data=b"resp and bye")
+    conn.assert_state(S.CT_CLOSE_WAIT)
+    conn.send(O, "A")
+    conn.assert_state(S.CT_CLOSE_WAIT)
+    conn.send(O, "FA")
+    conn.assert_state(S.CT_LAST_ACK)
+    conn.send(RD, "A")
+    conn.assert_state(S.CT_TIME_WAIT)
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_simultaneous_open(fastpath, family):
+    a, b = FAMILIES[family]
+    conn = TcpConn.make(fastpath, client=(a, 5000), server=(b, 6000))
+    conn.send(O, "S")
+    conn.send(RD, "S")                                     # SYNs cross
+    conn.assert_state(S.CT_SYN_SENT2)
+    conn.send(O, "SA")                                     # each answers with SYN-ACK
+    conn.assert_state(S.CT_SYN_RECV)
+    conn.send(RD, "SA")
+    conn.assert_state(S.CT_SYN_RECV)
+    conn.send(O, "A")
+    conn.assert_state(S.CT_ESTABLISHED)
+    conn.send(RD, "PA", data=b"x" * 10)
+    conn.send(O, "PA", data=b"y" * 10)
+    conn.assert_state(S.CT_ESTABLISHED)
+
+
+def test_syn_sent_new_isn_reinitialises(fastpath):
+    """A client that gave up on a SYN and connects again from the same port
+    uses a larger ISN (RFC 9293 3.4.1: a reinitialised TCP "must only be sure
+    to use sequence numbers larger than those recently used"): the new SYN
+    replaces the old one's window data, and the SYN-ACK for it passes."""
+    conn = TcpConn.make(fastpath)
+    conn.send(O, "S")
+    again = TcpConn.make(fastpath, isn=(conn.c.isn + 3_000_000, 800_000))
+    again.send(O, "S")
+    e = again.assert_state(S.CT_SYN_SENT)
+    assert e.leaf.tcp[0].end == again.c.isn + 1
+    assert list(e.leaf.packets) == [2, 0]
+    again.send(RD, "SA")
+    again.send(O, "A")
+    again.send(O, "PA", data=b"works")
+    again.assert_state(S.CT_ESTABLISHED)
+
+
+def test_simultaneous_open_synack_must_ack_the_syn(fastpath):
+    conn = TcpConn.make(fastpath)
+    conn.send(O, "S")
+    conn.send(RD, "S")
+    conn.send(O, "SA", R.DROP_TCP_BAD_SYNACK, ack=conn.s.nxt + 5)
+    conn.assert_state(S.CT_SYN_SENT2)
+
+
+def test_synack_must_ack_the_syn(fastpath):
+    conn = TcpConn.make(fastpath)
+    conn.send(O, "S")
+    conn.send(RD, "SA", R.DROP_TCP_BAD_SYNACK, ack=conn.c.nxt + 1)
+    conn.send(RD, "SA", R.DROP_TCP_BAD_SYNACK, ack=conn.c.nxt - 100_000)
+    conn.assert_state(S.CT_SYN_SENT)
+    conn.send(RD, "SA")
+    conn.assert_state(S.CT_SYN_RECV)
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_simultaneous_close(fastpath, family):
+    cli, srv = FAMILIES[family]
+    conn = TcpConn.make(fastpath, client=(cli, 40003), server=(srv, 80))
+    conn.handshake()
+    o_fin_ack, r_fin_ack = conn.s.nxt, conn.c.nxt         # what each FIN acks: not the other FIN
+    conn.send(O, "FA", ack=o_fin_ack)
+    conn.send(RD, "FA", ack=r_fin_ack)
+    conn.assert_state(S.CT_CLOSING)
+    conn.send(O, "A")                                      # acks R's FIN
+    conn.assert_state(S.CT_LAST_ACK)
+    conn.send(RD, "A")                                     # acks O's FIN
+    conn.assert_state(S.CT_TIME_WAIT)
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_connection_refused(fastpath, family):
+    cli, srv = FAMILIES[family]
+    conn = TcpConn.make(fastpath, client=(cli, 40004), server=(srv, 81))
+    conn.send(O, "S")
+    conn.send(RD, "RA", seq=0)                             # <SEQ=0><ACK=ISN+1><CTL=RST,ACK>
+    # a handshake that never completed stays out of the session table
+    conn.assert_state(S.CT_CLOSE, HALFOPEN)
+    assert table_len(fastpath, FLOWS) == 0
+    assert fastpath.table("ms_pressure")[ctypes.c_int(0)].inserted == 0
+    conn.send(O, "S")                                      # the client tries again
+    conn.assert_state(S.CT_SYN_SENT)
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_port_reuse_after_time_wait(fastpath, family):
+    cli, srv = FAMILIES[family]
+    conn = TcpConn.make(fastpath, client=(cli, 40005), server=(srv, 80))
+    drive(conn, S.CT_TIME_WAIT)
+    again = TcpConn.make(fastpath, client=(cli, 40005), server=(srv, 80),
+                         isn=(conn.c.nxt + 100_000, 7_000_000))
+    again.send(O, "S")
+    e = again.assert_state(S.CT_SYN_SENT)                  # back in the half-open table
+    assert list(e.leaf.packets) == [1, 0]
+    assert table_len(fastpath, FLOWS) == 0
+    pr = fastpath.table("ms_pressure")[ctypes.c_int(0)]
+    assert (pr.inserted, pr.deleted) == (1, 1)
+    again.send(RD, "SA")
+    again.send(O, "A")
+    again.assert_state(S.CT_ESTABLISHED)
+    again.send(O, "PA", data=b"second life")
+    again.send(RD, "A")
+    # the old connection's numbers are gone with it
+    again.send(O, "PA", R.DROP_TCP_OUT_OF_WINDOW, seq=conn.c.nxt, data=b"old")
+
+
+def test_invalid_action_pass(fastpath):
+    fastpath.apply_runtime(DatapathConfig(invalid_action="pass"))
+    conn = TcpConn.make(fastpath).handshake()
+    before = conn.entry()
+    for flags in ("SF", "F", ""):
+        expect(fastpath, conn.frame(O, flags), R.PASS_TCP_INVALID)
+    after = conn.assert_state(S.CT_ESTABLISHED)
+    assert after.raw == before.raw
+    # and with the default again, dropped
+    fastpath.apply_runtime(DatapathConfig())
+    expect(fastpath, conn.frame(O, "SF"), R.DROP_TCP_INVALID)
+
+
+# ==========================================================================
+# 3. Window tracking
+# ==========================================================================
+
+def established(fp, **kw) -> TcpConn:
+    conn = TcpConn.make(fp, **kw).handshake()
+    conn.send(O, "PA", data=b"a" * 1000)
+    conn.send(RD, "PA", data=b"b" * 1000)
+    conn.send(O, "A")
+    return conn
+
+
+def test_data_inside_window_passes(fastpath):
+    conn = established(fastpath)
+    for _ in range(5):
+        conn.send(O, "PA", data=b"c" * 1400)
+    conn.send(RD, "A")
+    conn.send(RD, "PA", data=b"d" * 1400)
+    conn.assert_state(S.CT_ESTABLISHED)
+
+
+def test_seq_far_beyond_window_dropped(fastpath):
+    conn = established(fastpath)
+    before = conn.entry()
+    conn.send(O, "PA", R.DROP_TCP_OUT_OF_WINDOW, seq=conn.c.nxt + 10_000_000, data=b"x" * 100)
+    conn.send(RD, "PA", R.DROP_TCP_OUT_OF_WINDOW, seq=conn.s.nxt + 200_000, data=b"x" * 100)
+    after = conn.assert_state(S.CT_ESTABLISHED)
+    assert after.raw == before.raw
+    conn.send(O, "PA", data=b"still fine")
+
+
+def test_seq_far_behind_window_dropped(fastpath):
+    conn = established(fastpath)
+    conn.send(O, "PA", R.DROP_TCP_OUT_OF_WINDOW, seq=conn.c.nxt - 3_000_000, data=b"x" * 100)
+    conn.assert_state(S.CT_ESTABLISHED)
+
+
+def test_ack_of_unsent_data_dropped(fastpath):
+    conn = established(fastpath)
+    before = conn.entry()
+    conn.send(O, "A", R.DROP_TCP_OUT_OF_WINDOW, ack=conn.s.nxt + 5000)
+    conn.send(RD, "A", R.DROP_TCP_OUT_OF_WINDOW, ack=conn.c.nxt + 1)
+    assert conn.assert_state(S.CT_ESTABLISHED).raw == before.raw
+    conn.send(O, "A")
+
+
+def test_ack_older_than_the_ack_window_dropped(fastpath):
+    conn = established(fastpath)
+    conn.send(O, "A", ack=conn.s.nxt - 1000)               # a duplicate, old ACK: fine
+    # nf_conntrack's MAXACKWINDOW: an ack may lag by the larger of the
+    # sender's biggest window and 66000 bytes, no more
+    conn.send(O, "A", R.DROP_TCP_OUT_OF_WINDOW, ack=conn.s.nxt - 200_000)
+    conn.assert_state(S.CT_ESTABLISHED)
+
+
+def test_retransmission_and_keepalive_pass(fastpath):
+    conn = established(fastpath)
+    old = conn.c.nxt
+    conn.send(O, "PA", data=b"e" * 500)
+    conn.send(O, "PA", seq=old, data=b"e" * 500)           # retransmission
+    conn.send(O, "PA", seq=old + 100, data=b"e" * 200)     # part of it again
+    conn.send(O, "A", seq=conn.c.nxt - 1)                  # keep-alive, no data
+    conn.send(O, "A", seq=conn.c.nxt - 1, data=b"\0")      # keep-alive, one garbage byte
+    conn.send(RD, "A", seq=conn.s.nxt - 1)
+    conn.assert_state(S.CT_ESTABLISHED)
+
+
+# Window scale (RFC 7323): the window of a SYN is never scaled; later windows
+# are shifted by the scale the *sender* offered, when both offered one.
+SMALL_WIN = 1000
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_window_scale_honoured(fastpath, family):
+    cli, srv = FAMILIES[family]
+    conn = TcpConn.make(fastpath, client=(cli, 40010), server=(srv, 80), wscale=(7, 7),
+                        window=SMALL_WIN)
+    conn.handshake()
+    e = conn.entry()
+    assert (e.leaf.tcp[0].wscale, e.leaf.tcp[1].wscale) == (7, 7)
+    conn.send(RD, "A")                                     # advertises 1000 << 7
+    edge = conn.c.nxt + (SMALL_WIN << 7)
+    conn.send(O, "PA", R.DROP_TCP_OUT_OF_WINDOW, seq=edge + 1, data=b"z" * 100)
+    conn.send(O, "PA", seq=edge - 100, data=b"z" * 100)   # ends exactly at the edge
+    conn.send(O, "PA", seq=conn.c.nxt - 50_000 - 100, data=b"z" * 100)  # beyond 1000 unscaled
+    # and the other way: the client's window is scaled by the client's shift
+    conn.send(O, "A", seq=conn.c.nxt)
+    edge_s = conn.s.nxt + (SMALL_WIN << 7)
+    conn.send(RD, "PA", R.DROP_TCP_OUT_OF_WINDOW, seq=edge_s + 1, data=b"w" * 10)
+    conn.send(RD, "PA", seq=edge_s - 10, data=b"w" * 10)
+
+
+@pytest.mark.parametrize("missing", ["synack", "syn"])
+def test_window_scale_needs_both_syns(fastpath, missing):
+    ws = (7, None) if missing == "synack" else (None, 7)
+    conn = TcpConn.make(fastpath, wscale=ws, window=SMALL_WIN)
+    conn.handshake()
+    e = conn.entry()
+    assert (e.leaf.tcp[0].wscale, e.leaf.tcp[1].wscale) == (0, 0)
+    conn.send(RD, "A")
+    edge = conn.c.nxt + SMALL_WIN                          # 1000, unscaled
+    conn.send(O, "PA", R.DROP_TCP_OUT_OF_WINDOW, seq=edge + 1, data=b"z" * 10)
+    conn.send(O, "PA", seq=edge - 10, data=b"z" * 10)
+    conn.send(O, "A", seq=conn.c.nxt)
+    edge_s = conn.s.nxt + SMALL_WIN
+    conn.send(RD, "PA", R.DROP_TCP_OUT_OF_WINDOW, seq=edge_s + 1, data=b"w" * 10)
+    conn.send(RD, "PA", seq=edge_s - 10, data=b"w" * 10)
+
+
+@pytest.mark.parametrize("frm", [O, RD])
+def test_rst_in_window_closes(fastpath, frm):
+    conn = established(fastpath)
+    conn.send(frm, "R")
+    conn.assert_state(S.CT_CLOSE, FLOWS)
+
+
+@pytest.mark.parametrize("frm", [O, RD])
+def test_rst_out_of_window_dropped_session_survives(fastpath, frm):
+    conn = established(fastpath)
+    me, _ = conn.sides(frm)
+    conn.send(frm, "R", R.DROP_TCP_OUT_OF_WINDOW, seq=me.nxt + 5_000_000)
+    conn.send(frm, "RA", R.DROP_TCP_OUT_OF_WINDOW, seq=me.nxt - 3_000_000)
+    conn.assert_state(S.CT_ESTABLISHED)
+    conn.send(O, "PA", data=b"still here")
+    conn.send(RD, "PA", data=b"me too")
+    conn.assert_state(S.CT_ESTABLISHED)
+
+
+@pytest.mark.parametrize("frm", [O, RD])
+def test_syn_on_established_ignored(fastpath, frm):
+    conn = established(fastpath)
+    conn.send(frm, "S", R.PASS_TCP_IGNORED, seq=conn.sides(frm)[0].nxt + 12345)
+    conn.assert_state(S.CT_ESTABLISHED)
+    conn.send(O, "PA", data=b"carry on")
+
+
+def test_midstream_ack_without_session(fastpath):
+    conn = TcpConn.make(fastpath, isn=(123456, 654321))
+    conn.send(O, "PA", R.DROP_TCP_NO_SESSION, data=b"mid-stream")
+    conn.send(RD, "A", R.DROP_TCP_NO_SESSION)
+    assert conn.entry() is None
+
+
+def test_loose_picks_up_midstream(fastpath):
+    fastpath.apply_runtime(DatapathConfig(loose=True))
+    conn = TcpConn.make(fastpath, isn=(123456, 654321))
+    conn.send(O, "PA", R.PASS_TCP_PICKED_UP, data=b"mid-stream")
+    e = conn.assert_state(S.CT_ESTABLISHED, FLOWS)
+    assert e.leaf.flags & 0x01                             # MS_FLOW_PICKED_UP
+    conn.send(RD, "PA", data=b"reply")
+    conn.send(O, "A")
+    conn.send(O, "PA", data=b"more")
+    e = conn.assert_state(S.CT_ESTABLISHED)
+    assert list(e.leaf.packets) == [3, 1]
+    # a RST or a SYN-less FIN alone does not pick up a flow
+    other = TcpConn.make(fastpath, client=("10.0.0.1", 40999), isn=(5, 6))
+    other.send(O, "R", R.DROP_TCP_NO_SESSION)
+    assert other.entry() is None
+
+
+def test_window_action_pass(fastpath):
+    fastpath.apply_runtime(DatapathConfig(window_action="pass"))
+    conn = established(fastpath)
+    before = conn.entry()
+    expect(fastpath, conn.frame(O, "PA", seq=conn.c.nxt + 10_000_000, data=b"x"),
+           R.PASS_TCP_OUT_OF_WINDOW)
+    after = conn.assert_state(S.CT_ESTABLISHED)
+    assert bytes(after.leaf.tcp[0]) == bytes(before.leaf.tcp[0])
+
+
+# ==========================================================================
+# 4. Per-state timeouts (real sleeps)
+# ==========================================================================
+
+def test_syn_sent_expires(fastpath):
+    fastpath.apply_runtime(DatapathConfig(timeouts=Timeouts(syn_sent=0.2)))
+    quick = TcpConn.make(fastpath, client=("10.0.0.1", 41000))
+    quick.send(O, "S")
+    quick.send(RD, "SA")                                   # answered in time
+    quick.assert_state(S.CT_SYN_RECV)
+    slow = TcpConn.make(fastpath, client=("10.0.0.1", 41001))
+    slow.send(O, "S")
+    time.sleep(0.35)
+    slow.send(RD, "SA", R.DROP_TCP_NO_SESSION)
+    assert slow.entry() is None
+
+
+def test_established_expires_lazily(fastpath):
+    fastpath.apply_runtime(DatapathConfig(timeouts=Timeouts(established=0.6)))
+    conn = TcpConn.make(fastpath).handshake()
+    time.sleep(0.3)
+    conn.send(O, "PA", data=b"x")                          # refreshes last_seen
+    time.sleep(0.35)                                       # 0.65 s since the handshake
+    conn.send(RD, "A")
+    conn.assert_state(S.CT_ESTABLISHED)
+    time.sleep(0.8)
+    assert conn.entry() is not None                        # nothing sweeps it but a lookup
+    conn.send(O, "A", R.DROP_TCP_NO_SESSION)
+    assert conn.entry() is None
+    pr = fastpath.table("ms_pressure")[ctypes.c_int(0)]
+    assert (pr.inserted, pr.deleted) == (1, 1)
+
+
+def test_udp_unreplied_expires(fastpath):
+    fastpath.apply_runtime(DatapathConfig(timeouts=Timeouts(udp_unreplied=0.2)))
+    cli, srv = V4
+    expect(fastpath, udp_frame(cli, 7000, srv, 53), R.PASS_FORWARD)
+    time.sleep(0.35)
+    # the late answer finds no session: it starts one of its own, the other way
+    expect(fastpath, udp_frame(srv, 53, cli, 7000), R.PASS_FORWARD)
+    e = entry(fastpath, cli, 7000, srv, 53, IPPROTO_UDP)
+    assert (e.table, e.state) == (HALFOPEN, S.CT_UDP_UNREPLIED)
+    assert e.leaf.initiator_is_hi == canonical(srv, 53, cli, 7000)[2]
+
+
+# ==========================================================================
+# 5. Fragments
+# ==========================================================================
+
+def v4_fragments(src, dst, ident, proto, l4: bytes, split: int):
+    """First fragment (MF, offset 0) carrying l4[:split], then the rest."""
+    assert split % 8 == 0
+    first = ether() / IP(src=src, dst=dst, id=ident, flags="MF", frag=0, proto=proto) / Raw(l4[:split])
+    later = ether() / IP(src=src, dst=dst, id=ident, frag=split // 8, proto=proto) / Raw(l4[split:])
+    return bytes(first), bytes(later)
+
+
+def v6_fragments(src, dst, ident, proto, l4: bytes, split: int):
+    assert split % 8 == 0
+    first = (ether() / IPv6(src=src, dst=dst) / IPv6ExtHdrFragment(nh=proto, offset=0, m=1, id=ident)
+             / Raw(l4[:split]))
+    later = (ether() / IPv6(src=src, dst=dst)
+             / IPv6ExtHdrFragment(nh=proto, offset=split // 8, m=0, id=ident) / Raw(l4[split:]))
+    return bytes(first), bytes(later)
+
+
+FRAGMENTERS = {"v4": v4_fragments, "v6": v6_fragments}
+
+
+def udp_datagram(src, sport, dst, dport, size):
+    return bytes(ip(src, dst) / UDP(sport=sport, dport=dport) / Raw(b"f" * size))[40 if ":" in src else 20:]
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_udp_fragments_follow_the_first(fastpath, family):
+    cli, srv = FAMILIES[family]
+    frag = FRAGMENTERS[family]
+    first, later = frag(cli, srv, 0x4242, IPPROTO_UDP, udp_datagram(cli, 9000, srv, 9001, 3000), 1480)
+    expect(fastpath, first, R.PASS_FORWARD)
+    e = entry(fastpath, cli, 9000, srv, 9001, IPPROTO_UDP)
+    assert (e.table, e.state) == (HALFOPEN, S.CT_UDP_UNREPLIED)
+    # the first fragment's ports are remembered under (src, dst, id, proto)
+    (fk, fv), = fastpath.table("ms_frags").items()
+    assert (bytes(fk.saddr), bytes(fk.daddr), fk.id, fk.proto) == \
+        (mapped(cli), mapped(srv), 0x4242, IPPROTO_UDP)
+    assert (socket.ntohs(fv.sport), socket.ntohs(fv.dport)) == (9000, 9001)
+    expect(fastpath, later, R.PASS_FRAGMENT)
+    e = entry(fastpath, cli, 9000, srv, 9001, IPPROTO_UDP)
+    assert list(e.leaf.packets) == [2, 0]
+    assert list(e.leaf.bytes) == [len(first) + len(later), 0]
+    # the reply, fragmented too: promotes with its first fragment, the rest follows
+    rfirst, rlater = frag(srv, cli, 0x4243, IPPROTO_UDP, udp_datagram(srv, 9001, cli, 9000, 2000), 1024)
+    expect(fastpath, rfirst, R.PASS_FORWARD)
+    expect(fastpath, rlater, R.PASS_FRAGMENT)
+    e = entry(fastpath, cli, 9000, srv, 9001, IPPROTO_UDP)
+    assert (e.table, e.state) == (FLOWS, S.CT_UDP_REPLIED)
+    assert list(e.leaf.packets) == [2, 2]
+    assert list(e.leaf.bytes) == [len(first) + len(later), len(rfirst) + len(rlater)]
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_later_fragment_without_first(fastpath, family):
+    cli, srv = FAMILIES[family]
+    frag = FRAGMENTERS[family]
+    first, later = frag(cli, srv, 0x5151, IPPROTO_UDP, udp_datagram(cli, 9000, srv, 9001, 100), 64)
+    expect(fastpath, later, R.DROP_FRAG_NO_FIRST)
+    assert table_len(fastpath, FLOWS) == table_len(fastpath, HALFOPEN) == 0
+    # a first fragment of another datagram does not vouch for this one
+    other_first, _ = frag(cli, srv, 0x5152, IPPROTO_UDP, udp_datagram(cli, 9000, srv, 9001, 100), 64)
+    expect(fastpath, other_first, R.PASS_FORWARD)
+    expect(fastpath, later, R.DROP_FRAG_NO_FIRST)
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_tcp_fragment_overlapping_header(fastpath, family):
+    cli, srv = FAMILIES[family]
+    frag = FRAGMENTERS[family]
+    conn = TcpConn.make(fastpath, client=(cli, 40020), server=(srv, 80)).handshake()
+    # a first fragment with the whole TCP header, then one at offset 1 (byte
+    # 8) that would rewrite its flags and window on reassembly (RFC 1858 3.2)
+    seg = bytes(ip(cli, srv) / TCP(sport=40020, dport=80, flags="A", seq=conn.c.nxt, ack=conn.s.nxt)
+                / Raw(b"x" * 16))[40 if family == "v6" else 20:]
+    first, _ = frag(cli, srv, 0x6161, IPPROTO_TCP, seg, 24)
+    _, overlap = frag(cli, srv, 0x6161, IPPROTO_TCP, seg, 8)
+    expect(fastpath, overlap, R.DROP_FRAG_OVERLAP)
+    expect(fastpath, first, R.PASS_FORWARD)
+    expect(fastpath, overlap, R.DROP_FRAG_OVERLAP)
+    conn.assert_state(S.CT_ESTABLISHED)
+
+
+# ==========================================================================
+# 6. A SYN flood does not evict established sessions
+# ==========================================================================
+
+FLOOD_SESSIONS = 1000
+FLOOD_SYNS = 200_000
+SERVER = ("10.0.0.2", 80)
+CLIENT = "10.0.0.1"
+ISN_C, ISN_S = 1000, 500000
+
+
+def bulk_establish(fp, client, server, sports) -> None:
+    """Full handshakes for many client ports (one scapy frame each, patched)."""
+    conn = TcpConn.make(fp, client=(client, 1), server=server, isn=(ISN_C, ISN_S))
+    syn = PatchedRunner(fp.prog_fd(ING), conn.frame(O, "S", seq=ISN_C))
+    synack = PatchedRunner(fp.prog_fd(ING), conn.frame(RD, "SA", seq=ISN_S, ack=ISN_C + 1))
+    ack = PatchedRunner(fp.prog_fd(ING), conn.frame(O, "A", seq=ISN_C + 1, ack=ISN_S + 1))
+    for port in sports:
+        p = port.to_bytes(2, "big")
+        syn.view[OFF_SPORT:OFF_SPORT + 2] = p
+        synack.view[OFF_DPORT:OFF_DPORT + 2] = p
+        ack.view[OFF_SPORT:OFF_SPORT + 2] = p
+        assert syn.run() == TC_ACT_OK and synack.run() == TC_ACT_OK and ack.run() == TC_ACT_OK, port
+
+
+def bulk_ack_all(fp, client, server, sports) -> int:
+    """An in-window data ACK from the client of every session; the number passed."""
+    conn = TcpConn.make(fp, client=(client, 1), server=server, isn=(ISN_C, ISN_S))
+    ack = PatchedRunner(fp.prog_fd(ING), conn.frame(O, "PA", seq=ISN_C + 1, ack=ISN_S + 1, data=b"k" * 10))
+    passed = 0
+    for port in sports:
+        ack.view[OFF_SPORT:OFF_SPORT + 2] = port.to_bytes(2, "big")
+        passed += ack.run() == TC_ACT_OK
+    return passed
+
+
+def established_ports(fp, client, server) -> set[int]:
+    """Client ports of the ESTABLISHED TCP sessions with ``server`` in ms_flows."""
+    out = set()
+    for k, v in fp.table(FLOWS).items():
+        if v.state != S.CT_ESTABLISHED or k.proto != IPPROTO_TCP:
+            continue
+        ends = {(bytes(k.addr_lo), socket.ntohs(k.port_lo)), (bytes(k.addr_hi), socket.ntohs(k.port_hi))}
+        srv = (mapped(server[0]), server[1])
+        if srv in ends:
+            (cli,) = ends - {srv}
+            if cli[0] == mapped(client):
+                out.add(cli[1])
+    return out
+
+
+def syn_flood(fp, n: int) -> float:
+    """n SYNs to SERVER from random spoofed sources and ports; seconds taken."""
+    conn = TcpConn.make(fp, client=("192.0.2.1", 1), server=SERVER)
+    run = PatchedRunner(fp.prog_fd(ING), conn.frame(O, "S", seq=42))
+    rnd = os.urandom(6 * n)
+    view, go = run.view, run.run
+    t0 = time.monotonic()
+    for i in range(0, 6 * n, 6):
+        view[OFF_IP_SRC:OFF_IP_SRC + 4] = rnd[i:i + 4]
+        view[OFF_SPORT:OFF_SPORT + 2] = rnd[i + 4:i + 6]
+        go()
+    return time.monotonic() - t0
+
+
+FLOOD_PORTS = range(10000, 10000 + FLOOD_SESSIONS)
+
+
+def possible_cpus() -> int:
+    """CPUs in the kernel's possible mask (e.g. "0-1" or "0,2-5")."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+def _flood_and_check(fp, capsys, label):
+    bulk_establish(fp, CLIENT, SERVER, FLOOD_PORTS)
+    assert established_ports(fp, CLIENT, SERVER) == set(FLOOD_PORTS)
+    before = fp.counters()
+    secs = syn_flood(fp, FLOOD_SYNS)
+    c = fp.counters()
+    moved = {r.name: c.get((ING, r), (0, 0))[0] - before.get((ING, r), (0, 0))[0] for r in R}
+    moved = {k: v for k, v in moved.items() if v}
+    assert sum(moved.values()) == FLOOD_SYNS
+    assert table_len(fp, HALFOPEN) <= fp.config.halfopen_table_size
+    before = fp.counters()
+    assert bulk_ack_all(fp, CLIENT, SERVER, FLOOD_PORTS) == FLOOD_SESSIONS
+    after = fp.counters()
+    assert after[(ING, R.PASS_FORWARD)][0] - before[(ING, R.PASS_FORWARD)][0] == FLOOD_SESSIONS
+    assert established_ports(fp, CLIENT, SERVER) == set(FLOOD_PORTS)
+    with capsys.disabled():
+        print(f"\n  [{label}] {FLOOD_SYNS} SYNs in {secs:.2f} s ({FLOOD_SYNS / secs:,.0f}/s): {moved}")
+    return moved
+
+
+def test_syn_flood_keeps_established_sessions(fastpath, capsys):
+    moved = _flood_and_check(fastpath, capsys, "default SYN budget")
+    # the per-destination budget (20k/s, burst 40k) refused part of the flood
+    assert moved.get("DROP_SYN_BUDGET_DST", 0) > 0
+    assert moved.get("PASS_FORWARD", 0) >= 40_000 - FLOOD_SESSIONS
+    assert set(moved) <= {"PASS_FORWARD", "DROP_SYN_BUDGET_DST", "DROP_SYN_BUDGET_GLOBAL",
+                          "PASS_TCP_IGNORED"}
+
+
+def test_syn_flood_without_budget_churns_only_halfopen(fastpath, capsys):
+    fastpath.apply_runtime(DatapathConfig(syn_dst_rate=0, syn_global_rate=0))
+    moved = _flood_and_check(fastpath, capsys, "no SYN budget")
+    assert moved.get("PASS_FORWARD", 0) >= FLOOD_SYNS - 10   # random hits on a real session: ignored
+    assert "DROP_SYN_BUDGET_DST" not in moved and "DROP_SYN_BUDGET_GLOBAL" not in moved
+    # the LRU took the churn: ms_flows holds exactly the sessions, and the
+    # half-open table is full as far as this test could fill it. With
+    # BPF_F_NO_COMMON_LRU each CPU owns max_entries / possible CPUs of the
+    # nodes and evicts from its own list, so a flood arriving on one CPU (as
+    # this one does, bar migrations) fills only that CPU's share.
+    share = fastpath.config.halfopen_table_size // possible_cpus()
+    assert share * 9 // 10 <= table_len(fastpath, HALFOPEN) <= fastpath.config.halfopen_table_size
+    assert table_len(fastpath, FLOWS) == FLOOD_SESSIONS
+
+
+# ==========================================================================
+# 7. Capacity and pressure (a 1024-session build)
+# ==========================================================================
+
+SMALL = 1024
+
+
+class Events:
+    """Records from the ms_events ring buffer (struct ms_event, as BCC describes it)."""
+
+    def __init__(self, fp):
+        self.fp = fp
+        self.tab = fp.table("ms_events")
+        self.record = ringbuf_record_type(self.tab)
+        assert ctypes.sizeof(self.record) == 32      # struct ms_event: 2 x u32, 3 x u64
+        self.got = []
+        self.tab.open_ring_buffer(self._cb)
+
+    def _cb(self, ctx, data, size):
+        assert size == ctypes.sizeof(self.record)
+        ev = ctypes.cast(data, ctypes.POINTER(self.record)).contents
+        self.got.append((ev.type, ev.pct, ev.entries, ev.capacity))
+        return 0
+
+    def take(self) -> list:
+        self.fp.bpf.ring_buffer_poll(timeout=100)
+        out, self.got = self.got, []
+        return out
+
+
+@pytest.fixture(scope="module")
+def small_build():
+    from datapath.loader import FastPath
+    fp = FastPath(DatapathConfig(flow_table_size=SMALL))
+    events = Events(fp)
+    yield fp, events
+    fp.close()
+
+
+@pytest.fixture
+def small(small_build):
+    fp, events = small_build
+    fp.reset()
+    events.take()
+    return fp, events
+
+
+def test_full_table_refuses_new_flows_keeps_old(small):
+    fp, _ = small
+    ports = range(20000, 20000 + SMALL)
+    bulk_establish(fp, CLIENT, SERVER, ports)
+    assert table_len(fp, FLOWS) == SMALL
+    assert fp.table("ms_pressure")[ctypes.c_int(0)].inserted == SMALL
+    new = TcpConn.make(fp, client=(CLIENT, 30000), server=SERVER)
+    new.send(O, "S", R.DROP_FLOW_TABLE_FULL)
+    assert new.entry() is None
+    expect(fp, udp_frame(CLIENT, 30001, SERVER[0], 53), R.DROP_FLOW_TABLE_FULL)
+    expect(fp, echo("v4", CLIENT, SERVER[0], 99), R.DROP_FLOW_TABLE_FULL)
+    assert table_len(fp, HALFOPEN) == 0
+    # every existing session still works
+    assert bulk_ack_all(fp, CLIENT, SERVER, ports) == SMALL
+    assert established_ports(fp, CLIENT, SERVER) == set(ports)
+
+
+def test_full_table_allowlist(small):
+    fp, _ = small
+    fp.apply_runtime(DatapathConfig(flow_table_size=SMALL, full_allowlist=("10.99.0.0/16",)))
+    bulk_establish(fp, CLIENT, SERVER, range(20000, 20000 + SMALL))
+    allowed = TcpConn.make(fp, client=("10.99.3.4", 30000), server=SERVER)
+    allowed.send(O, "S", R.PASS_TABLE_FULL_ALLOWED)
+    assert allowed.entry() is None                         # passed without a session
+    to_allowed = TcpConn.make(fp, client=("10.0.0.7", 30000), server=("10.99.0.1", 22))
+    to_allowed.send(O, "S", R.PASS_TABLE_FULL_ALLOWED)
+    other = TcpConn.make(fp, client=("10.98.3.4", 30000), server=SERVER)
+    other.send(O, "S", R.DROP_FLOW_TABLE_FULL)
+
+
+def test_full_table_allowlisted_flows_work_without_session(small):
+    """"Allow-listed without a session" must carry the whole flow, not only
+    its first packet: the answer and everything after it find no session
+    either, and pass for the same reason."""
+    fp, _ = small
+    fp.apply_runtime(DatapathConfig(flow_table_size=SMALL, full_allowlist=("10.99.0.0/16",)))
+    bulk_establish(fp, CLIENT, SERVER, range(20000, 20000 + SMALL))
+    ok = R.PASS_TABLE_FULL_ALLOWED
+    conn = TcpConn.make(fp, client=("10.99.3.4", 30000), server=SERVER)
+    conn.send(O, "S", ok)
+    conn.send(RD, "SA", ok)
+    conn.send(O, "A", ok)
+    conn.send(O, "PA", ok, data=b"GET /")
+    conn.send(RD, "PA", ok, data=b"200 OK")
+    conn.send(O, "FA", ok)
+    assert conn.entry() is None
+    expect(fp, udp_frame("10.99.3.4", 5000, SERVER[0], 53), ok)
+    expect(fp, udp_frame(SERVER[0], 53, "10.99.3.4", 5000), ok)
+    expect(fp, echo("v4", "10.99.3.4", SERVER[0], 5), ok)
+    expect(fp, echo("v4", SERVER[0], "10.99.3.4", 5, reply=True), ok)
+    assert table_len(fp, HALFOPEN) == 0
+    # not allow-listed: refused at the first packet, and a stray answer too
+    other = TcpConn.make(fp, client=("10.98.3.4", 30000), server=SERVER)
+    other.send(O, "S", R.DROP_FLOW_TABLE_FULL)
+    other.send(RD, "SA", R.DROP_TCP_NO_SESSION)
+    expect(fp, echo("v4", SERVER[0], "10.98.3.4", 5, reply=True), R.DROP_ICMP_ECHO_UNMATCHED)
+
+
+def test_handshake_completing_into_full_table(small):
+    fp, _ = small
+    pending = TcpConn.make(fp, client=(CLIENT, 30500), server=SERVER)
+    pending.send(O, "S")
+    pending.send(RD, "SA")
+    bulk_establish(fp, CLIENT, SERVER, range(20000, 20000 + SMALL))
+    pending.send(O, "A", R.DROP_FLOW_TABLE_FULL)
+    assert pending.entry() is None
+    pr = fp.table("ms_pressure")[ctypes.c_int(0)]
+    assert (pr.inserted, pr.insert_failed) == (SMALL, 1)
+
+
+def test_pressure_alert_once_per_crossing(small):
+    fp, events = small
+    fp.apply_runtime(DatapathConfig(flow_table_size=SMALL, pressure_pct=50))
+    half = SMALL // 2
+    bulk_establish(fp, CLIENT, SERVER, range(20000, 20000 + half - 1))
+    assert events.take() == []
+    pr = fp.table("ms_pressure")[ctypes.c_int(0)]
+    assert (pr.inserted, pr.alerts) == (half - 1, 0)
+    bulk_establish(fp, CLIENT, SERVER, [20000 + half - 1])   # 512 of 1024: 50 %
+    got = events.take()
+    assert got == [(1, 50, half, SMALL)]                   # EVENT_TABLE_PRESSURE
+    bulk_establish(fp, CLIENT, SERVER, range(21000, 21100))  # still above: nothing more
+    assert events.take() == []
+    assert fp.table("ms_pressure")[ctypes.c_int(0)].alerts == 1
+    # user space re-arms (bumps the generation); usage is still above
+    pu_t = fp.table("ms_pressure_user")
+    pu = pu_t[ctypes.c_int(0)]
+    pu.gen += 1
+    pu_t[ctypes.c_int(0)] = pu
+    assert events.take() == []                             # re-arming alone sends nothing
+    bulk_establish(fp, CLIENT, SERVER, [22000])
+    got = events.take()
+    entries = half + 100 + 1
+    assert got == [(1, entries * 100 // SMALL, entries, SMALL)]
+    bulk_establish(fp, CLIENT, SERVER, [22001, 22002])
+    assert events.take() == []
+    pr = fp.table("ms_pressure")[ctypes.c_int(0)]
+    assert (pr.inserted, pr.alerts) == (entries + 2, 2)
+
+
+# ==========================================================================
+# 8. Tail calls
+# ==========================================================================
+
+@pytest.mark.parametrize("action,reason", [("drop", R.DROP_TAIL_CALL_MISSED),
+                                           ("pass", R.PASS_TAIL_CALL_MISSED)])
+def test_missing_stage_is_counted(fastpath, action, reason):
+    fastpath.apply_runtime(DatapathConfig(tailcall_action=action))
+    stages = fastpath.table("ms_stages")
+    del stages[ctypes.c_int(int(Stage.STAGE_TCP))]
+    try:
+        conn = TcpConn.make(fastpath)
+        conn.send(O, "S", reason)
+        assert conn.entry() is None
+        # the other stages are unaffected
+        expect(fastpath, udp_frame(V4[0], 5000, V4[1], 53), R.PASS_FORWARD)
+    finally:
+        stages[ctypes.c_int(int(Stage.STAGE_TCP))] = ctypes.c_int(fastpath.stage_fns[Stage.STAGE_TCP].fd)
+    TcpConn.make(fastpath, client=("10.0.0.1", 45000)).handshake()
