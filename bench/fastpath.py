@@ -3,17 +3,43 @@
 Runs each program on one packet with BPF_PROG_TEST_RUN, ``--repeat`` times
 per measurement; the kernel reports the mean duration of one run. The
 machine is noisy, so the measurement is taken in several rounds, the
-programs interleaved within each round (empty, tcp4, udp4, tcp6, empty, ...)
+programs interleaved within each round (empty, tcp4, udp4, ..., empty, ...)
 so that a slow stretch hits every case alike, and the median over rounds is
 reported, with the minimum and maximum to show the spread. The ratio is to
 the empty program measured in the same run: the harness cost (skb set-up,
 the call) is in every number, and the ratio is what compares across machines.
 
-The fast path cases measure an established flow: the first repetition
-creates the flow entry (a warm-up run does it before the rounds), every
-later one finds it and updates its counters in place.
+With ``repeat`` N the same packet runs N times against the same maps, so
+each case is a packet whose repetitions all take the same path:
 
-    .venv/bin/python bench/fastpath.py [--repeat N] [--rounds N] [--quick]
+* ``tcp4-established`` / ``tcp6-established``: a pure ACK of an ESTABLISHED
+  flow in ``ms_flows`` (the handshake is completed first). Repeated, it is a
+  duplicate ACK: still in window, PASS_FORWARD every time.
+* ``udp4-established``: a request of a UDP flow that has seen its reply
+  (CT_UDP_REPLIED, in ``ms_flows``).
+* ``tcp4-syn-halfopen``: a SYN. The warm-up run creates the half-open entry;
+  every measured repetition is then a retransmission of the SYN of a flow in
+  SYN_SENT (lookup misses ms_flows, hits ms_halfopen, redefines the
+  initiator's window). This is the SYN path of an existing half-open flow,
+  not the cost of a new flow.
+* ``tcp4-syn-table-full``: on a second build with ``flow_table_size`` 1024,
+  filled with 1024 established flows, the SYN of a new flow: both lookups
+  miss, the table is full, the allow-list is consulted, DROP_FLOW_TABLE_FULL.
+* ``tcp4-syn-new-flow``: the true cost of a new flow's SYN (lookups miss,
+  SYN budget buckets, window set-up, insert into ms_halfopen). It cannot be
+  repeated in place, so ``--new-flows`` different SYNs (one source port
+  each, built beforehand) run once each (repeat 1), and the median of the
+  per-call durations the kernel reports is taken. The half-open table and
+  the SYN budget are emptied before each round, so every SYN is new. With
+  repeat 1 the kernel's timer (a clock read around one run) weighs more, so
+  this row's baseline is ``empty-repeat1``: the empty program run the same
+  way, call for call interleaved with the SYNs.
+
+Every measurement is checked: the TC action and the reason counter (all N
+repetitions counted under the expected reason, nothing else). A case that
+took another path is reported in a WARNING row.
+
+    .venv/bin/python bench/fastpath.py [--repeat N] [--rounds N] [--new-flows N] [--quick]
 """
 from __future__ import annotations
 
@@ -21,6 +47,7 @@ import argparse
 import os
 import statistics
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,13 +57,22 @@ from scapy.layers.inet6 import IPv6  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
 from datapath import bpfsys  # noqa: E402
-from datapath.enums import Direction  # noqa: E402
-from datapath.loader import TC_ACT_OK, FastPath, check_headers  # noqa: E402
+from datapath.config import DatapathConfig  # noqa: E402
+from datapath.enums import Direction, Reason  # noqa: E402
+from datapath.loader import TC_ACT_OK, TC_ACT_SHOT, FastPath, check_headers  # noqa: E402
 
 DEFAULT_REPEAT = 1_000_000
 DEFAULT_ROUNDS = 7
+DEFAULT_NEW_FLOWS = 20_000
 QUICK_REPEAT = 20_000
 QUICK_ROUNDS = 3
+QUICK_NEW_FLOWS = 2_000
+# One source port per new flow, from 1024; also well under the half-open
+# table's default 65,536 entries, so no SYN meets an LRU eviction.
+MAX_NEW_FLOWS = 60_000
+# The small build for the full-table case: the smallest table the
+# configuration allows, so filling it takes a moment.
+FULL_TABLE_SIZE = 1024
 
 EMPTY_PROGRAM = r"""
 #include <uapi/linux/bpf.h>
@@ -50,19 +86,50 @@ int empty(struct __sk_buff *skb)
 
 MACS = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 # A TCP SYN's options (MSS, SACK permitted, timestamps, window scale) make
-# the classic 74-byte frame; the UDP packet carries 32 bytes to match it.
+# the classic 74-byte frame; established segments carry timestamps (66).
 SYN_OPTIONS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)]
+ACK_OPTIONS = [("NOP", None), ("NOP", None), ("Timestamp", (2, 1))]
+ISN, RISN = 1000, 5000
+V4_CLIENT, V4_SERVER = "10.0.0.1", "10.0.0.2"
+V6_CLIENT, V6_SERVER = "2001:db8::1", "2001:db8::2"
+NEW_FLOW_SERVER = "10.0.0.3"
 
 
-def packets() -> dict[str, bytes]:
+def _ip(family: int, src: str, dst: str):
+    return IP(src=src, dst=dst) if family == 4 else IPv6(src=src, dst=dst)
+
+
+def tcp_packets(family: int, client: str, server: str, sport: int, dport: int = 80) -> dict[str, bytes]:
+    """The handshake of one flow and the in-window ACK that follows it."""
+    up = Ether(**MACS) / _ip(family, client, server)
+    down = Ether(**MACS) / _ip(family, server, client)
     return {
-        "tcp4": bytes(Ether(**MACS) / IP(src="10.0.0.1", dst="10.0.0.2")
-                      / TCP(sport=40000, dport=80, flags="S", options=SYN_OPTIONS)),
-        "udp4": bytes(Ether(**MACS) / IP(src="10.0.0.1", dst="10.0.0.2")
-                      / UDP(sport=40000, dport=53) / (b"\0" * 32)),
-        "tcp6": bytes(Ether(**MACS) / IPv6(src="2001:db8::1", dst="2001:db8::2")
-                      / TCP(sport=40000, dport=80, flags="A")),
+        "syn": bytes(up / TCP(sport=sport, dport=dport, flags="S", seq=ISN, options=SYN_OPTIONS)),
+        "synack": bytes(down / TCP(sport=dport, dport=sport, flags="SA", seq=RISN, ack=ISN + 1,
+                                   options=SYN_OPTIONS)),
+        "ack": bytes(up / TCP(sport=sport, dport=dport, flags="A", seq=ISN + 1, ack=RISN + 1,
+                              options=ACK_OPTIONS)),
     }
+
+
+def udp_packets(sport: int = 40000) -> dict[str, bytes]:
+    up = Ether(**MACS) / IP(src=V4_CLIENT, dst=V4_SERVER) / UDP(sport=sport, dport=53)
+    down = Ether(**MACS) / IP(src=V4_SERVER, dst=V4_CLIENT) / UDP(sport=53, dport=sport)
+    # 32 bytes of payload make a 74-byte frame, as the SYN.
+    return {"request": bytes(up / (b"\0" * 32)), "reply": bytes(down / (b"\0" * 32))}
+
+
+def new_flow_syns(n: int) -> list[bytes]:
+    """``n`` SYNs of different flows (source ports 1024, 1025, ...)."""
+    base = bytes(Ether(**MACS) / IP(src=V4_CLIENT, dst=NEW_FLOW_SERVER)
+                 / TCP(sport=1024, dport=80, flags="S", seq=ISN, options=SYN_OPTIONS))
+    out = []
+    for i in range(n):
+        pkt = Ether(base)
+        pkt[TCP].sport = 1024 + i
+        del pkt[TCP].chksum
+        out.append(bytes(pkt))
+    return out
 
 
 def load_empty():
@@ -72,19 +139,76 @@ def load_empty():
     return b, b.load_func("empty", BPF.SCHED_CLS).fd
 
 
+@dataclass
+class Case:
+    name: str
+    fd: int
+    frame: bytes
+    fp: FastPath | None = None           # whose counters to check (None: the empty program)
+    action: int = TC_ACT_OK
+    reason: Reason | None = None
+    path: str = ""
+    samples: list[float] = field(default_factory=list)
+    means: list[float] = field(default_factory=list)   # repeat-1 cases: mean per call, per round
+    problems: list[str] = field(default_factory=list)
+
+
+def run_checked(case: Case, data: bytes, repeat: int) -> int:
+    """One measurement; records a problem when the action or the counted
+    reason is not the expected one. Returns the kernel's duration."""
+    before = case.fp.counters() if case.fp else None
+    r = bpfsys.prog_test_run(case.fd, data, repeat=repeat)
+    if r.retval != case.action:
+        case.problems.append(f"action {r.retval}, expected {case.action}")
+    if case.fp is not None:
+        after = case.fp.counters()
+        moved = {k: after[k][0] - before.get(k, (0, 0))[0] for k in after
+                 if after[k][0] != before.get(k, (0, 0))[0]}
+        want = {(Direction.DIR_INGRESS, case.reason): repeat}
+        if moved != want:
+            got = ", ".join(f"{r.name} x{n}" for (_, r), n in sorted(moved.items()))
+            case.problems.append(f"counted {got or 'nothing'}, expected {case.reason.name} x{repeat}")
+    return r.duration_ns
+
+
+def must(fp: FastPath, frame: bytes, what: str) -> None:
+    """Set-up packet: must pass as PASS_FORWARD."""
+    before = fp.counters()
+    r = fp.run(frame)
+    after = fp.counters()
+    fwd = (Direction.DIR_INGRESS, Reason.PASS_FORWARD)
+    if r.action != TC_ACT_OK or after.get(fwd, (0, 0))[0] != before.get(fwd, (0, 0))[0] + 1:
+        moved = [r.name for (d, r), v in after.items() if v != before.get((d, r))]
+        raise SystemExit(f"set-up failed: {what}: action {r.action}, counted {moved}")
+
+
+def fill_table(fp: FastPath, n: int) -> None:
+    """``n`` established TCP flows (three-way handshakes from 10.1.x.y)."""
+    for i in range(n):
+        client = f"10.1.{i // 250}.{1 + i % 250}"
+        for what, frame in tcp_packets(4, client, V4_SERVER, 30000).items():
+            must(fp, frame, f"filler flow {i} {what}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=None,
                     help=f"BPF_PROG_TEST_RUN repetitions per measurement (default {DEFAULT_REPEAT})")
     ap.add_argument("--rounds", type=int, default=None,
                     help=f"rounds; the median is reported (default {DEFAULT_ROUNDS})")
+    ap.add_argument("--new-flows", type=int, default=None,
+                    help=f"distinct SYNs per round for the new-flow case (default {DEFAULT_NEW_FLOWS})")
     ap.add_argument("--quick", action="store_true",
-                    help=f"smoke run: repeat {QUICK_REPEAT}, {QUICK_ROUNDS} rounds")
+                    help=f"smoke run: repeat {QUICK_REPEAT}, {QUICK_ROUNDS} rounds, "
+                         f"{QUICK_NEW_FLOWS} new flows")
     args = ap.parse_args(argv)
     repeat = args.repeat or (QUICK_REPEAT if args.quick else DEFAULT_REPEAT)
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
-    if repeat < 1 or rounds < 1:
-        ap.error("--repeat and --rounds must be at least 1")
+    n_new = args.new_flows or (QUICK_NEW_FLOWS if args.quick else DEFAULT_NEW_FLOWS)
+    if repeat < 1 or rounds < 1 or n_new < 1:
+        ap.error("--repeat, --rounds and --new-flows must be at least 1")
+    if n_new > MAX_NEW_FLOWS:
+        ap.error(f"--new-flows: at most {MAX_NEW_FLOWS} (one source port each)")
     if os.geteuid() != 0:
         print("bench/fastpath.py loads BPF programs: run it as root", file=sys.stderr)
         return 1
@@ -92,41 +216,109 @@ def main(argv: list[str] | None = None) -> int:
 
     empty_bpf, empty_fd = load_empty()
     fp = FastPath()
+    fp_full = FastPath(DatapathConfig(flow_table_size=FULL_TABLE_SIZE))
     try:
-        pkts = packets()
-        ingress = fp.prog_fd(Direction.DIR_INGRESS)
-        # (case, program fd, frame); the empty program runs on the TCP/IPv4 frame.
-        cases = [("empty", empty_fd, pkts["tcp4"])]
-        cases += [(f"fastpath-{name}", ingress, data) for name, data in pkts.items()]
+        ing = fp.prog_fd(Direction.DIR_INGRESS)
+        tcp4 = tcp_packets(4, V4_CLIENT, V4_SERVER, 40000)
+        tcp6 = tcp_packets(6, V6_CLIENT, V6_SERVER, 40000)
+        udp4 = udp_packets()
+        halfopen_syn = tcp_packets(4, V4_CLIENT, V4_SERVER, 40001)["syn"]
+        full_syn = tcp_packets(4, V4_CLIENT, V4_SERVER, 40002)["syn"]
 
-        for name, fd, data in cases:  # warm-up; creates the flow entries
-            r = bpfsys.prog_test_run(fd, data, repeat=1)
-            if r.retval != TC_ACT_OK:
-                print(f"{name}: program returned {r.retval}, not TC_ACT_OK", file=sys.stderr)
-                return 1
+        # Set-up: established flows in ms_flows, the half-open one in ms_halfopen.
+        for pk in (tcp4, tcp6):
+            for what in ("syn", "synack", "ack"):
+                must(fp, pk[what], what)
+        must(fp, udp4["request"], "udp request")
+        must(fp, udp4["reply"], "udp reply")
+        must(fp, halfopen_syn, "half-open syn")
+        fill_table(fp_full, FULL_TABLE_SIZE)
 
-        samples: dict[str, list[int]] = {name: [] for name, _, _ in cases}
+        fwd = Reason.PASS_FORWARD
+        cases = [
+            Case("empty", empty_fd, tcp4["syn"], path="the floor: returns TC_ACT_OK"),
+            Case("tcp4-established", ing, tcp4["ack"], fp, reason=fwd,
+                 path="ACK of an ESTABLISHED flow (ms_flows), in window"),
+            Case("tcp4-syn-halfopen", ing, halfopen_syn, fp, reason=fwd,
+                 path="SYN again of a SYN_SENT flow (ms_halfopen)"),
+            Case("udp4-established", ing, udp4["request"], fp, reason=fwd,
+                 path="UDP of a replied flow (ms_flows)"),
+            Case("tcp6-established", ing, tcp6["ack"], fp, reason=fwd,
+                 path="ACK of an ESTABLISHED IPv6 flow (ms_flows)"),
+            Case("tcp4-syn-table-full", fp_full.prog_fd(Direction.DIR_INGRESS), full_syn, fp_full,
+                 action=TC_ACT_SHOT, reason=Reason.DROP_FLOW_TABLE_FULL,
+                 path=f"new flow's SYN, {FULL_TABLE_SIZE}-entry table full: DROP_FLOW_TABLE_FULL"),
+        ]
+        syns = new_flow_syns(n_new)
+        empty1 = Case("empty-repeat1", empty_fd, tcp4["syn"], path="the floor, repeat 1")
+        newflow = Case("tcp4-syn-new-flow", ing, syns[0], fp, reason=fwd,
+                       path=f"SYN of a new flow, {n_new} flows, repeat 1")
+
+        for c in cases:  # warm-up, checked like a measurement
+            run_checked(c, c.frame, 1)
+
         for rnd in range(rounds):
             # Rotate the order too, so no case always runs first in a round.
             order = cases[rnd % len(cases):] + cases[:rnd % len(cases)]
-            for name, fd, data in order:
-                samples[name].append(bpfsys.prog_test_run(fd, data, repeat=repeat).duration_ns)
+            for c in order:
+                c.samples.append(run_checked(c, c.frame, repeat))
+
+            # New flows: an empty half-open table and SYN budget each round,
+            # then one SYN per flow, each call next to an empty-program call.
+            fp.table("ms_halfopen").clear()
+            fp.table("ms_syn_dst").clear()
+            fp.table("ms_syn_global").clear()
+            before = fp.counters()
+            d_empty, d_syn = [], []
+            for i, frame in enumerate(syns):
+                pair = ((empty_fd, d_empty, tcp4["syn"]), (ing, d_syn, frame))
+                for fd, out, data in (pair if (i + rnd) % 2 == 0 else pair[::-1]):
+                    r = bpfsys.prog_test_run(fd, data, repeat=1)
+                    out.append(r.duration_ns)
+                    if r.retval != TC_ACT_OK:
+                        (newflow if fd == ing else empty1).problems.append(f"action {r.retval} on call {i}")
+            after = fp.counters()
+            moved = {k[1]: after[k][0] - before.get(k, (0, 0))[0] for k in after
+                     if after[k][0] != before.get(k, (0, 0))[0]}
+            if moved != {fwd: n_new}:
+                got = ", ".join(f"{r.name} x{n}" for r, n in sorted(moved.items()))
+                newflow.problems.append(f"round {rnd}: counted {got}, expected PASS_FORWARD x{n_new}")
+            empty1.samples.append(statistics.median(d_empty))
+            newflow.samples.append(statistics.median(d_syn))
+            newflow.means.append(sum(d_syn) / len(d_syn))
+            empty1.means.append(sum(d_empty) / len(d_empty))
+            must(fp, halfopen_syn, "half-open syn again")   # the half-open case's flow, back
     finally:
+        fp_full.close()
         fp.close()
         empty_bpf.cleanup()
 
-    med = {name: statistics.median(v) for name, v in samples.items()}
-    base = med["empty"] or 1
     print("microseg fast path: ns per packet, BPF_PROG_TEST_RUN (tc ingress program)")
     print(f"kernel   {os.uname().release}")
     print(f"repeat   {repeat}")
     print(f"rounds   {rounds}  (median reported; programs interleaved within each round)")
+    print(f"new flows {n_new}  (repeat-1 rows: median of per-call durations, per round)")
     print()
-    print("| case | frame bytes | ns/packet (median) | min | max | ratio to empty |")
-    print("|---|---|---|---|---|---|")
-    for name, _, data in cases:
-        v = samples[name]
-        print(f"| {name} | {len(data)} | {med[name]:g} | {min(v)} | {max(v)} | {med[name] / base:.2f} |")
+    print("| case | frame bytes | ns/packet (median) | min | max | ratio to empty | path |")
+    print("|---|---|---|---|---|---|---|")
+    warnings = []
+    for group, base_case in ((cases, cases[0]), ([empty1, newflow], empty1)):
+        base = statistics.median(base_case.samples) or 1
+        for c in group:
+            med = statistics.median(c.samples)
+            print(f"| {c.name} | {len(c.frame)} | {med:g} | {min(c.samples):g} | {max(c.samples):g} "
+                  f"| {med / base:.2f} | {c.path} |")
+            if c.problems:
+                shown = "; ".join(sorted(set(c.problems))[:3])
+                print(f"| WARNING {c.name} | did not take the path it measures: {shown} |")
+                warnings.append(c.name)
+    print()
+    print(f"repeat-1 rows, mean per call (total / count), median over rounds: "
+          f"tcp4-syn-new-flow {statistics.median(newflow.means):.0f} ns, "
+          f"empty-repeat1 {statistics.median(empty1.means):.0f} ns")
+    if warnings:
+        print(f"{len(warnings)} case(s) measured another path than intended: {', '.join(warnings)}",
+              file=sys.stderr)
     return 0
 
 
