@@ -81,6 +81,8 @@ static __always_inline int ms_entry(struct __sk_buff *skb, __u32 dir)
             return ms_finish(skb, dir, DROP_FRAG_OVERLAP);
         stage = STAGE_OTHER;
     } else {
+        if (reason == PASS_OTHER_L4 && p->frag == MS_FRAG_FIRST)
+            ms_ct_first_fragment(p, ms_now());   /* GRE, ESP, ...: later fragments follow */
         return ms_finish(skb, dir, reason);
     }
 

@@ -373,7 +373,10 @@ static __always_inline __u8 ms_tcp_wscale(struct __sk_buff *skb, const struct ms
             return o[2] > 14 ? 14 : o[2];   /* RFC 7323: larger shifts mean 14 */
         if (o[0] != MS_TCPOPT_NOP && o[1] < 2)
             return MS_WSCALE_NONE;          /* malformed length */
-        i = (i + (o[0] == MS_TCPOPT_NOP ? 1 : o[1])) & 0x3f;
+        __u32 next = i + (o[0] == MS_TCPOPT_NOP ? 1 : o[1]);
+        if (next > len)
+            return MS_WSCALE_NONE;          /* option runs past the header */
+        i = next & 0x3f;                    /* no-op (next <= 40); bounds i for the verifier */
     }
     return MS_WSCALE_UNKNOWN;
 }
@@ -557,8 +560,10 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
     }
     if (ev == EV_SYNACK && (state == CT_SYN_SENT || state == CT_SYN_SENT2)) {
         /* The responder's SYN-ACK must acknowledge the initiator's SYN: at
-         * most all of it, and at least the SYN itself (a TCP Fast Open
-         * server may decline the data the SYN carried, RFC 7413 4.2). */
+         * most all of it, and less only by what a SYN can carry (a TCP
+         * Fast Open server may decline the SYN's data, RFC 7413 4.2). The
+         * SYN's own sequence number is not kept, so the lower bound is
+         * one maximal segment below the end, not the SYN exactly. */
         struct ms_tcp_side *peer = fd ? &f->tcp[0] : &f->tcp[1];
         if (ms_after(p->ack_seq, peer->end) || ms_before(p->ack_seq, peer->end - MS_MAX_SYN_DATA - 1))
             return DROP_TCP_BAD_SYNACK;
@@ -644,17 +649,26 @@ static __always_inline int ms_ct_datagram(struct ms_pkt *p, __u64 now)
     return PASS_FORWARD;
 }
 
+static __always_inline void ms_frag_key_of(const struct ms_pkt *p, struct ms_frag_key *fk)
+{
+    __builtin_memcpy(fk->saddr, p->saddr, 16);
+    __builtin_memcpy(fk->daddr, p->daddr, 16);
+    fk->id = p->frag_id;
+    fk->proto = p->family == 4 ? p->proto : 0;
+}
+
 /* A later fragment: the flow of its first fragment decides. */
 static __always_inline int ms_ct_fragment(struct ms_pkt *p, __u64 now)
 {
     struct ms_frag_key fk = {};
-    __builtin_memcpy(fk.saddr, p->saddr, 16);
-    __builtin_memcpy(fk.daddr, p->daddr, 16);
-    fk.id = p->frag_id;
-    fk.proto = p->proto;
+    ms_frag_key_of(p, &fk);
     struct ms_frag_val *fv = ms_frags.lookup(&fk);
     if (!fv)
         return DROP_FRAG_NO_FIRST;
+    p->proto = fv->proto;
+    if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP &&
+        p->proto != IPPROTO_ICMP && p->proto != IPPROTO_ICMPV6)
+        return PASS_FRAGMENT;   /* GRE, ESP, ...: no session, the first fragment passed */
     p->sport = fv->sport;
     p->dport = fv->dport;
     struct ms_flow_key k = {};
@@ -663,7 +677,17 @@ static __always_inline int ms_ct_fragment(struct ms_pkt *p, __u64 now)
     struct ms_flow *f = ms_ct_lookup(&k, now, &where);
     if (!f)
         return DROP_FRAG_NO_FIRST;
-    ms_ct_account(f, src_is_hi != f->initiator_is_hi, p->len, now);
+    int fd = src_is_hi != f->initiator_is_hi;
+    if (p->proto == IPPROTO_TCP) {
+        /* The segment's data continues in this fragment: advance the
+         * sender's end so the peer's ACK of the whole segment is in window
+         * (fragments in order; a duplicate only over-estimates). */
+        struct ms_tcp_side *snd = fd ? &f->tcp[1] : &f->tcp[0];
+        snd->end += p->payload_len;
+        if (ms_after(snd->end, snd->maxend))
+            snd->maxend = snd->end;
+    }
+    ms_ct_account(f, fd, p->len, now);
     return PASS_FRAGMENT;
 }
 
@@ -671,11 +695,8 @@ static __always_inline int ms_ct_fragment(struct ms_pkt *p, __u64 now)
 static __always_inline int ms_ct_first_fragment(const struct ms_pkt *p, __u64 now)
 {
     struct ms_frag_key fk = {};
-    __builtin_memcpy(fk.saddr, p->saddr, 16);
-    __builtin_memcpy(fk.daddr, p->daddr, 16);
-    fk.id = p->frag_id;
-    fk.proto = p->proto;
-    struct ms_frag_val fv = {.sport = p->sport, .dport = p->dport, .seen_ns = now};
+    ms_frag_key_of(p, &fk);
+    struct ms_frag_val fv = {.sport = p->sport, .dport = p->dport, .proto = p->proto, .seen_ns = now};
     ms_frags.update(&fk, &fv);
     return 0;
 }

@@ -269,6 +269,9 @@ BPF_ARRAY(ms_syn_global, struct ms_bucket, 1);
 /* ------------------------------------------------------------------ */
 /* Fragments (the first fragment's ports, for the later ones)          */
 
+/* The reassembly key: IPv4 (src, dst, protocol, id), RFC 791; IPv6
+ * (src, dst, id), RFC 8200 4.5, with proto 0 -- a later IPv6 fragment's
+ * next header may be an extension header, not the L4 protocol. */
 struct ms_frag_key {
     __u8  saddr[16];
     __u8  daddr[16];
@@ -279,6 +282,8 @@ struct ms_frag_key {
 struct ms_frag_val {
     __be16 sport;
     __be16 dport;
+    __u8  proto;          /* L4 protocol (an IPv6 key leaves it out) */
+    __u8  pad[3];
     __u64 seen_ns;
 };
 BPF_TABLE("lru_hash", struct ms_frag_key, struct ms_frag_val, ms_frags, MS_FRAG_MAX);

@@ -183,6 +183,7 @@ static __always_inline int ms_parse_ipv6(void *data, void *data_end,
                 p->frag = MS_FRAG_LATER;
                 p->proto = h[0];
                 p->l4_off = off + ext + 8;
+                p->payload_len = plen - ext - 8;
                 return PASS_FRAGMENT;
             }
             if (fo & 1)
@@ -239,6 +240,7 @@ static __always_inline int ms_parse_ipv4(void *data, void *data_end,
         p->frag = MS_FRAG_FIRST;
 
     p->l4_off = off + hlen;
+    p->payload_len = tot - hlen;   /* a later fragment's data; L4 parsing refines it */
     return ms_parse_l4(data, data_end, p, tot - hlen);
 }
 

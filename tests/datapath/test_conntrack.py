@@ -802,11 +802,12 @@ def test_udp_fragments_follow_the_first(fastpath, family):
     expect(fastpath, first, R.PASS_FORWARD)
     e = entry(fastpath, cli, 9000, srv, 9001, IPPROTO_UDP)
     assert (e.table, e.state) == (HALFOPEN, S.CT_UDP_UNREPLIED)
-    # the first fragment's ports are remembered under (src, dst, id, proto)
+    # the first fragment's ports are remembered under the reassembly key:
+    # (src, dst, proto, id) for IPv4, (src, dst, id) for IPv6 (proto 0)
     (fk, fv), = fastpath.table("ms_frags").items()
     assert (bytes(fk.saddr), bytes(fk.daddr), fk.id, fk.proto) == \
-        (mapped(cli), mapped(srv), 0x4242, IPPROTO_UDP)
-    assert (socket.ntohs(fv.sport), socket.ntohs(fv.dport)) == (9000, 9001)
+        (mapped(cli), mapped(srv), 0x4242, IPPROTO_UDP if family == "v4" else 0)
+    assert (socket.ntohs(fv.sport), socket.ntohs(fv.dport), fv.proto) == (9000, 9001, IPPROTO_UDP)
     expect(fastpath, later, R.PASS_FRAGMENT)
     e = entry(fastpath, cli, 9000, srv, 9001, IPPROTO_UDP)
     assert list(e.leaf.packets) == [2, 0]
@@ -1140,3 +1141,28 @@ def test_missing_stage_is_counted(fastpath, action, reason):
     finally:
         stages[ctypes.c_int(int(Stage.STAGE_TCP))] = ctypes.c_int(fastpath.stage_fns[Stage.STAGE_TCP].fd)
     TcpConn.make(fastpath, client=("10.0.0.1", 45000)).handshake()
+
+
+@pytest.mark.parametrize("opts, want", [
+    # NOP, NOP, window scale 7: found
+    (b"\x01\x01\x03\x03\x07\x00\x00\x00", 7),
+    # a SACK option whose length runs past the options: no window scale,
+    # not the bytes after it read again (an index that wrapped would find
+    # the "03 03 0e" below and take 14)
+    (b"\x05\x42\x03\x03\x0e\x00\x00\x00", None),
+    # malformed length 1: stop
+    (b"\x02\x01\x03\x03\x07\x00\x00\x00", None),
+])
+def test_syn_window_scale_option_walk(fastpath, opts, want):
+    cli, srv = V4
+    syn = IP(src=cli, dst=srv) / TCP(sport=40100, dport=80, flags="S", seq=1000,
+                                     options=[("NOP", None)] * 8)
+    raw = bytearray(bytes(ether() / syn))
+    tcp_off = 14 + 20
+    raw[tcp_off + 20: tcp_off + 28] = opts
+    expect(fastpath, bytes(raw), R.PASS_FORWARD)
+    e = entry(fastpath, cli, 40100, srv, 80, IPPROTO_TCP)
+    has_ws = bool(e.leaf.tcp[0].flags & 0x02)   # MS_SIDE_WSCALE
+    assert has_ws == (want is not None)
+    if want is not None:
+        assert e.leaf.tcp[0].wscale == want

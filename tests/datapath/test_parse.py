@@ -1083,9 +1083,6 @@ def test_fragmented_tcp_segment(fastpath, family):
     assert f.packets == (2 + 3, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="conntrack.h: a fragmented TCP segment advances the sender's "
-                   "window end by its first fragment's payload only, so the ACK of the whole segment "
-                   "is DROP_TCP_OUT_OF_WINDOW (acks 'unsent' data)")
 @pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 def test_fragmented_tcp_segment_acknowledged(fastpath, family):
     lo, hi = (V4_LO, V4_HI) if family == 4 else (V6_LO, V6_HI)
@@ -1100,9 +1097,6 @@ def test_fragmented_tcp_segment_acknowledged(fastpath, family):
     check(fastpath, ack, R.PASS_FORWARD)
 
 
-@pytest.mark.xfail(strict=True, reason="fastpath.c / conntrack.h: a first fragment of a protocol without "
-                   "a parser (GRE, ESP, SCTP) passes as PASS_OTHER_L4 but records no first fragment and no "
-                   "session, so its later fragments are DROP_FRAG_NO_FIRST")
 @pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 def test_fragmented_other_l4_datagram(fastpath, family):
     inner = GRE() / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=1, dport=2) / FRAG_PAYLOAD
@@ -1178,10 +1172,10 @@ def test_ipv6_later_fragment(fastpath, proto, body, nh, first_seen):
 
 
 @pytest.mark.parametrize("body", [
-    # The next header of the fragmentable part is not the L4 protocol, and
-    # the junk after the fragment header looks like a 1608-byte header.
-    pytest.param(ext_frag(IPPROTO_DSTOPTS, 1, True, FRAG_ID) + _JUNK, id="nh-dstopts"),
-    pytest.param(ext_frag(IPPROTO_AH, 1, False, FRAG_ID) + _JUNK, id="nh-ah"),
+    # (A later fragment whose next header differs from the first's, e.g.
+    # destination options, still belongs to it: RFC 8200 4.5 reassembles by
+    # (source, destination, identification); see
+    # test_ipv6_fragment_with_headers_in_fragmentable_part.)
 ] + [
     # The 32-bit identification is read whole: ids that differ in any byte differ.
     pytest.param(ext_frag(IPPROTO_TCP, 185, True, FRAG_ID ^ (1 << (8 * b))) + _TCP,
@@ -1194,10 +1188,6 @@ def test_ipv6_later_fragment_without_its_first(fastpath, body):
     assert assert_one_flow(fastpath, V6_LO, 1234, V6_HI, 443, IPPROTO_TCP).packets == (1, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="parse.h/conntrack.h: ms_frags is keyed by the first fragment's L4 "
-                   "protocol but a later fragment's proto is the fragment header's next header; with a "
-                   "destination options or AH header in the fragmentable part (RFC 8200 4.1 order) they "
-                   "never match and every later fragment is DROP_FRAG_NO_FIRST")
 @pytest.mark.parametrize("name,nh", [("dst", IPPROTO_DSTOPTS), ("ah", IPPROTO_AH)])
 def test_ipv6_fragment_with_headers_in_fragmentable_part(fastpath, name, nh):
     _, inner = ext_chain([(name, {})], IPPROTO_UDP)
