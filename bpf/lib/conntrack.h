@@ -119,6 +119,31 @@ static __always_inline __u64 ms_timeout(__u8 state)
 #define MS_IN_FLOWS    1
 #define MS_IN_HALFOPEN 2
 
+/* Half-open table bookkeeping, so user space can tell LRU evictions. */
+static __always_inline void ms_halfopen_count(int inserted)
+{
+    __u32 z = 0;
+    struct ms_pressure *pr = ms_pressure.lookup(&z);
+    if (pr) {
+        if (inserted)
+            __sync_fetch_and_add(&pr->halfopen_inserted, 1);
+        else
+            __sync_fetch_and_add(&pr->halfopen_removed, 1);
+    }
+}
+
+static __always_inline void ms_halfopen_del(struct ms_flow_key *k)
+{
+    if (ms_halfopen.delete(k) == 0)
+        ms_halfopen_count(0);
+}
+
+static __always_inline void ms_halfopen_put(struct ms_flow_key *k, struct ms_flow *nf)
+{
+    if (ms_halfopen.update(k, nf) == 0)
+        ms_halfopen_count(1);
+}
+
 static __always_inline void ms_pressure_add(int field_deleted)
 {
     __u32 z = 0;
@@ -157,7 +182,7 @@ static __always_inline struct ms_flow *ms_ct_lookup(struct ms_flow_key *k, __u64
             *where = MS_IN_HALFOPEN;
             return f;
         }
-        ms_halfopen.delete(k);
+        ms_halfopen_del(k);
     }
     *where = 0;
     return 0;
@@ -271,17 +296,17 @@ static __always_inline int ms_ct_promote(struct ms_flow_key *k, struct ms_flow *
     int ret = ms_flows.insert(k, f);   /* straight from the half-open entry */
     if (ret == -MS_EEXIST) {
         /* the other direction's CPU promoted it first */
-        ms_halfopen.delete(k);
+        ms_halfopen_del(k);
         return 0;
     }
     if (ret != 0) {
         ms_pressure_add(0);
         int r = ms_full_reason(p);
         if (r != PASS_TABLE_FULL_ALLOWED)
-            ms_halfopen.delete(k);
+            ms_halfopen_del(k);
         return r;
     }
-    ms_halfopen.delete(k);
+    ms_halfopen_del(k);
     ms_pressure_inserted(now);
     return 0;
 }
@@ -504,7 +529,7 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
             if (!nf)
                 return DROP_TCP_INVALID;
             ms_side_init(&nf->tcp[0], p, end);
-            ms_halfopen.update(&k, nf);
+            ms_halfopen_put(&k, nf);
             return PASS_FORWARD;
         }
         if ((cfg->flags & MS_CFG_LOOSE) && !(fl & (TCP_RST | TCP_SYN)) && (fl & TCP_ACK)) {
@@ -554,8 +579,10 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
         if (where == MS_IN_FLOWS) {
             if (ms_flows.delete(&k) == 0)
                 ms_pressure_add(1);
+        } else {
+            ms_halfopen_count(0);   /* the update below replaces this entry */
         }
-        ms_halfopen.update(&k, nf);
+        ms_halfopen_put(&k, nf);
         return PASS_FORWARD;
     }
     if (ev == EV_SYNACK && (state == CT_SYN_SENT || state == CT_SYN_SENT2)) {
@@ -634,7 +661,7 @@ static __always_inline int ms_ct_datagram(struct ms_pkt *p, __u64 now)
         struct ms_flow *nf = ms_flow_new(p, src_is_hi, is_udp ? CT_UDP_UNREPLIED : CT_ICMP, 0, now);
         if (!nf)
             return DROP_ICMP_ECHO_UNMATCHED;
-        ms_halfopen.update(&k, nf);
+        ms_halfopen_put(&k, nf);
         return PASS_FORWARD;
     }
     int fd = src_is_hi != f->initiator_is_hi;

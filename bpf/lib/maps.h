@@ -291,13 +291,17 @@ BPF_TABLE("lru_hash", struct ms_frag_key, struct ms_frag_val, ms_frags, MS_FRAG_
 /* ------------------------------------------------------------------ */
 /* Table pressure                                                      */
 
-/* Written by the kernel only (atomic adds). */
+/* Written by the kernel only (atomic adds). LRU evictions of ms_halfopen
+ * are not reported by the kernel; user space derives them as
+ * halfopen_inserted - halfopen_removed - halfopen_deleted - entries. */
 struct ms_pressure {
     __u64 inserted;         /* sessions added to ms_flows */
     __u64 deleted;          /* sessions the kernel removed (expired on lookup) */
     __u64 insert_failed;    /* ms_flows inserts refused (full) */
     __u64 alerts;           /* pressure alerts sent */
     __u64 alert_gen;        /* user generation at the last alert */
+    __u64 halfopen_inserted; /* entries added to ms_halfopen */
+    __u64 halfopen_removed;  /* ... and removed by the kernel (promoted, expired, replaced) */
 };
 BPF_ARRAY(ms_pressure, struct ms_pressure, 1);
 /* Written by user space only: what the sweeper deleted, and a generation
@@ -305,6 +309,7 @@ BPF_ARRAY(ms_pressure, struct ms_pressure, 1);
 struct ms_pressure_user {
     __u64 deleted;
     __u64 gen;
+    __u64 halfopen_deleted; /* ms_halfopen entries the sweeper deleted */
 };
 BPF_ARRAY(ms_pressure_user, struct ms_pressure_user, 1);
 

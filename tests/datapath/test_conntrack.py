@@ -1166,3 +1166,29 @@ def test_syn_window_scale_option_walk(fastpath, opts, want):
     assert has_ws == (want is not None)
     if want is not None:
         assert e.leaf.tcp[0].wscale == want
+
+
+def test_halfopen_evictions_can_be_told(fastpath):
+    """The kernel counts half-open inserts and its own removals, so user
+    space can tell LRU evictions (inserted - removed - swept - present)."""
+    fastpath.apply_runtime(DatapathConfig(syn_dst_rate=0, syn_global_rate=0))
+    cli, srv = V4
+    conn = TcpConn.make(fastpath, client=(cli, 40200), server=(srv, 80))
+    conn.handshake()                      # 1 insert, 1 removal (promoted)
+    syn = bytes(ether() / IP(src=cli, dst=srv) / TCP(sport=50000, dport=80, flags="S", seq=7))
+    runner = PatchedRunner(fastpath.prog_fd(ING), syn)
+    # More than the table holds (65,536 split over the CPUs' LRU lists,
+    # and test runs land on one CPU): the LRU must evict.
+    n = 40000
+    for i in range(n):                    # n inserts, no removals
+        runner.view[OFF_SPORT:OFF_SPORT + 2] = (1024 + i % 60000).to_bytes(2, "big")
+        runner.view[OFF_IP_SRC + 3] = i // 60000
+        assert runner.run() == TC_ACT_OK
+    t = fastpath.table("ms_pressure")
+    pr = t[t.Key(0)]
+    present = table_len(fastpath, "ms_halfopen")
+    assert pr.halfopen_inserted == n + 1
+    assert pr.halfopen_removed == 1
+    evicted = pr.halfopen_inserted - pr.halfopen_removed - present
+    assert evicted == n - present
+    assert evicted > 0 and present < n
