@@ -29,6 +29,7 @@
 
 #include "maps.h"
 #include "parse.h"
+#include "policy.h"
 
 #define MS_NSEC 1000000000ULL
 
@@ -102,6 +103,17 @@ static __always_inline int ms_key_fill(struct ms_flow_key *k, const __u8 *saddr,
     }
     k->proto = proto;
     return src_is_hi;
+}
+
+/* The flow key of the packet being handled, in per-CPU scratch. */
+static __always_inline struct ms_flow_key *ms_flow_key_scratch(void)
+{
+    __u32 z = 0;
+    struct ms_pol_scratch *sc = ms_pol_scratch.lookup(&z);
+    if (!sc)
+        return 0;
+    __builtin_memset(&sc->flow, 0, sizeof(sc->flow));
+    return &sc->flow;
 }
 
 static __always_inline int ms_flow_key_of(const struct ms_pkt *p, struct ms_flow_key *k)
@@ -214,10 +226,19 @@ static __always_inline struct ms_flow *ms_flow_new(const struct ms_pkt *p, int s
     nf->last_seen_ns = now;
     nf->initiator_is_hi = src_is_hi;
     nf->state = state;
-    nf->flags = flags;
+    nf->flags = flags | (p->dir == DIR_EGRESS ? MS_FLOW_EGRESS_OPENED : 0);
     nf->packets[0] = 1;
     nf->bytes[0] = p->len;
     return nf;
+}
+
+static __always_inline void ms_flow_set_verdict(struct ms_flow *f, const struct ms_verdict *v,
+                                                __u32 gen)
+{
+    f->action = v->action;
+    f->inspect = v->inspect;
+    f->rule_id = v->rule_id;
+    f->pol_gen = gen;
 }
 
 /* ------------------------------------------------------------------ */
@@ -270,6 +291,17 @@ static __always_inline void ms_pressure_inserted(__u64 now)
     ev->entries = entries;
     ev->capacity = MS_FLOW_MAX;
     ms_events.ringbuf_submit(ev, 0);
+}
+
+/* Remove a session from the table it is in (policy revoked it). */
+static __always_inline void ms_ct_remove(struct ms_flow_key *k, int where)
+{
+    if (where == MS_IN_FLOWS) {
+        if (ms_flows.delete(k) == 0)
+            ms_pressure_add(1);
+    } else {
+        ms_halfopen_del(k);
+    }
 }
 
 static __always_inline int ms_allowlisted(const struct ms_pkt *p)
@@ -510,15 +542,45 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
     struct ms_config *cfg = ms_cfg();
     if (!cfg)
         return DROP_TCP_INVALID;
-    struct ms_flow_key k = {};
-    int src_is_hi = ms_flow_key_of(p, &k);
+    struct ms_flow_key *kp = ms_flow_key_scratch();
+    if (!kp)
+        return DROP_TCP_INVALID;
+    int src_is_hi = ms_flow_key_of(p, kp);
     int where;
-    struct ms_flow *f = ms_ct_lookup(&k, now, &where);
+    struct ms_flow *f = ms_ct_lookup(kp, now, &where);
     __u8 fl = p->tcp_flags;
     __u32 end = p->seq + p->payload_len + ((fl & TCP_SYN) ? 1 : 0) + ((fl & TCP_FIN) ? 1 : 0);
 
+    int is_syn = (fl & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) == TCP_SYN;
+    int pickup = !f && !is_syn && (cfg->flags & MS_CFG_LOOSE) && !(fl & (TCP_RST | TCP_SYN)) &&
+                 (fl & TCP_ACK);
+    int fd = f ? src_is_hi != f->initiator_is_hi : FD_ORIGINAL;
+
+    /* Policy: decided for a new flow, and again for a session from an
+     * older policy generation (one inlined evaluation serves both). */
+    struct ms_verdict v = {};
+    __u32 gen = 0;
+    int pol_reason = PASS_FORWARD;
+    if (!f ? (is_syn || pickup) : f->pol_gen != MS_POL_GEN(ms_pol_live())) {
+        __u32 odir = f ? ((f->flags & MS_FLOW_EGRESS_OPENED) ? DIR_EGRESS : DIR_INGRESS) : p->dir;
+        if (fd)
+            ms_policy_eval(p->daddr, p->saddr, p->dport, p->sport, p->proto, odir, &v, &gen);
+        else
+            ms_policy_eval(p->saddr, p->daddr, p->sport, p->dport, p->proto, odir, &v, &gen);
+        pol_reason = ms_policy_reason(&v);
+        if (f) {
+            if (v.action == POL_DENY) {
+                ms_ct_remove(kp, where);
+                return DROP_POLICY_REVOKED;
+            }
+            ms_flow_set_verdict(f, &v, gen);
+        } else if (ms_reason_is_drop(pol_reason)) {
+            return pol_reason;
+        }
+    }
+
     if (!f) {
-        if ((fl & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) == TCP_SYN) {
+        if (is_syn) {
             if (ms_flows_full())
                 return ms_full_reason(p);
             int r = ms_syn_budget(p, cfg, now);
@@ -529,10 +591,11 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
             if (!nf)
                 return DROP_TCP_INVALID;
             ms_side_init(&nf->tcp[0], p, end);
-            ms_halfopen_put(&k, nf);
-            return PASS_FORWARD;
+            ms_flow_set_verdict(nf, &v, gen);
+            ms_halfopen_put(kp, nf);
+            return pol_reason;
         }
-        if ((cfg->flags & MS_CFG_LOOSE) && !(fl & (TCP_RST | TCP_SYN)) && (fl & TCP_ACK)) {
+        if (pickup) {
             /* Pick up a flow seen mid-stream (after a restart without
              * pinned state): trust this packet, track liberally. */
             if (ms_flows_full())
@@ -543,7 +606,8 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
                 return DROP_TCP_INVALID;
             ms_side_init(&nf->tcp[0], p, end);
             nf->tcp[0].maxend = end + (p->window ? p->window : 1);
-            if (ms_flows.update(&k, nf) != 0) {
+            ms_flow_set_verdict(nf, &v, gen);
+            if (ms_flows.update(kp, nf) != 0) {
                 ms_pressure_add(0);
                 return ms_full_reason(p);
             }
@@ -557,7 +621,6 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
         return DROP_TCP_NO_SESSION;
     }
 
-    int fd = src_is_hi != f->initiator_is_hi;
     __u8 state = f->state;
     __u8 ev = ms_tcp_event(fl);
     __u8 next = ms_tcp_next(state, fd, ev);
@@ -576,13 +639,17 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
         if (!nf)
             return DROP_TCP_INVALID;
         ms_side_init(&nf->tcp[0], p, end);
+        nf->action = f->action;
+        nf->inspect = f->inspect;
+        nf->rule_id = f->rule_id;
+        nf->pol_gen = f->pol_gen;
         if (where == MS_IN_FLOWS) {
-            if (ms_flows.delete(&k) == 0)
+            if (ms_flows.delete(kp) == 0)
                 ms_pressure_add(1);
         } else {
             ms_halfopen_count(0);   /* the update below replaces this entry */
         }
-        ms_halfopen_put(&k, nf);
+        ms_halfopen_put(kp, nf);
         return PASS_FORWARD;
     }
     if (ev == EV_SYNACK && (state == CT_SYN_SENT || state == CT_SYN_SENT2)) {
@@ -625,7 +692,7 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
      * draws a RST would hold an ms_flows slot for the CLOSE timeout. */
     if (where == MS_IN_HALFOPEN && f->state != CT_SYN_SENT && f->state != CT_SYN_RECV &&
         f->state != CT_SYN_SENT2 && f->state != CT_CLOSE) {
-        int r = ms_ct_promote(&k, f, p, now);
+        int r = ms_ct_promote(kp, f, p, now);
         if (r)
             return r;
     }
@@ -644,16 +711,42 @@ static __always_inline int ms_icmp_is_echo_request(const struct ms_pkt *p)
 /* UDP and ICMP echo: a session per flow, promoted on the first reply. */
 static __always_inline int ms_ct_datagram(struct ms_pkt *p, __u64 now)
 {
-    struct ms_flow_key k = {};
-    int src_is_hi = ms_flow_key_of(p, &k);
+    struct ms_flow_key *kp = ms_flow_key_scratch();
+    if (!kp)
+        return DROP_TCP_INVALID;
+    int src_is_hi = ms_flow_key_of(p, kp);
     int where;
-    struct ms_flow *f = ms_ct_lookup(&k, now, &where);
+    struct ms_flow *f = ms_ct_lookup(kp, now, &where);
     int is_udp = p->proto == IPPROTO_UDP;
+    int opens = is_udp || ms_icmp_is_echo_request(p);
+    int fd = f ? src_is_hi != f->initiator_is_hi : FD_ORIGINAL;
+
+    /* Policy for a new flow, or a session from an older generation. */
+    struct ms_verdict v = {};
+    __u32 gen = 0;
+    int pol_reason = PASS_FORWARD;
+    if (!f ? opens : f->pol_gen != MS_POL_GEN(ms_pol_live())) {
+        __u32 odir = f ? ((f->flags & MS_FLOW_EGRESS_OPENED) ? DIR_EGRESS : DIR_INGRESS) : p->dir;
+        if (fd)
+            ms_policy_eval(p->daddr, p->saddr, p->dport, p->sport, p->proto, odir, &v, &gen);
+        else
+            ms_policy_eval(p->saddr, p->daddr, p->sport, p->dport, p->proto, odir, &v, &gen);
+        pol_reason = ms_policy_reason(&v);
+        if (f) {
+            if (v.action == POL_DENY) {
+                ms_ct_remove(kp, where);
+                return DROP_POLICY_REVOKED;
+            }
+            ms_flow_set_verdict(f, &v, gen);
+        } else if (ms_reason_is_drop(pol_reason)) {
+            return pol_reason;
+        }
+    }
 
     if (!f) {
         /* An echo reply without its request; with the table full, maybe
          * the reply to an allow-listed request that passed sessionless. */
-        if (!is_udp && !ms_icmp_is_echo_request(p))
+        if (!opens)
             return ms_flows_full() && ms_allowlisted(p) ? PASS_TABLE_FULL_ALLOWED
                                                         : DROP_ICMP_ECHO_UNMATCHED;
         if (ms_flows_full())
@@ -661,15 +754,15 @@ static __always_inline int ms_ct_datagram(struct ms_pkt *p, __u64 now)
         struct ms_flow *nf = ms_flow_new(p, src_is_hi, is_udp ? CT_UDP_UNREPLIED : CT_ICMP, 0, now);
         if (!nf)
             return DROP_ICMP_ECHO_UNMATCHED;
-        ms_halfopen_put(&k, nf);
-        return PASS_FORWARD;
+        ms_flow_set_verdict(nf, &v, gen);
+        ms_halfopen_put(kp, nf);
+        return pol_reason;
     }
-    int fd = src_is_hi != f->initiator_is_hi;
     ms_ct_account(f, fd, p->len, now);
     if (fd && where == MS_IN_HALFOPEN) {
         if (is_udp)
             f->state = CT_UDP_REPLIED;
-        int r = ms_ct_promote(&k, f, p, now);
+        int r = ms_ct_promote(kp, f, p, now);
         if (r)
             return r;
     }

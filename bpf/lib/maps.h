@@ -196,10 +196,15 @@ struct ms_flow {
     __u8  state;            /* enum ms_ct_state */
     __u8  initiator_is_hi;  /* 1 when addr_hi/port_hi opened the flow */
     __u8  flags;            /* MS_FLOW_* */
-    __u8  pad[5];
+    __u8  action;           /* enum ms_pol_action the policy gave the flow */
+    __u8  inspect;          /* MS_INSPECT_* of that verdict */
+    __u8  pad[3];
+    __u32 pol_gen;          /* policy generation the verdict is from */
+    __u32 rule_id;          /* rule that decided (0: default or no policy) */
 };
 #define MS_FLOW_PICKED_UP 0x01  /* created mid-stream under the `loose` option */
 #define MS_FLOW_LIBERAL   0x02  /* window not checked (picked up, or SYN options not walked) */
+#define MS_FLOW_EGRESS_OPENED 0x04  /* first seen on the egress hook (its policy default) */
 
 /* A session being created: built here, not on the 512-byte stack. */
 BPF_PERCPU_ARRAY(ms_flow_scratch, struct ms_flow, 1);
@@ -321,6 +326,105 @@ struct ms_event {
     __u64 capacity;
 };
 BPF_RINGBUF_OUTPUT(ms_events, MS_EVENTS_PAGES);
+
+/* ------------------------------------------------------------------ */
+/* Policy (lookups in policy.h; compiled by datapath/policy_compile.py) */
+
+#define MS_ENUM_POL_ACTION(X) \
+    X(POL_NONE,    0, POLICY, "no policy loaded: everything passes") \
+    X(POL_ALLOW,   1, POLICY, "allow") \
+    X(POL_DENY,    2, POLICY, "deny") \
+    X(POL_INSPECT, 3, POLICY, "allow and inspect (DPI / WAF / DLP in the slow path)")
+
+enum ms_pol_action {
+    MS_ENUM_POL_ACTION(MS_ENUM_MEMBER)
+};
+
+#define MS_INSPECT_DPI  0x01
+#define MS_INSPECT_WAF  0x02
+#define MS_INSPECT_DLP  0x04
+#define MS_INSPECT_HOLD 0x80   /* mode hold (else async) */
+
+/* What a rule, an override or a default decides. */
+struct ms_verdict {
+    __u32 rule_id;        /* 1-based rule number in the compiled policy; 0: default */
+    __u8  action;         /* enum ms_pol_action */
+    __u8  inspect;        /* MS_INSPECT_* */
+    __u8  app;            /* application protocol the flow must speak (0: any) */
+    __u8  log;            /* 1: log decisions of this rule */
+};
+
+/* Group of an address: LPM over IPv4-mapped IPv6 (struct ms_lpm_key). */
+#define MS_GROUP_WORLD 0          /* an address in no group */
+#define MS_GROUP_ANY   0xffffffff /* "any" in a rule: every group, the world too */
+
+/* Rule key: an LPM over (source group, destination group, protocol, port),
+ * all big-endian so prefix bits run in that order. A rule for every
+ * protocol has prefix 64, for one protocol and every port 72, one port 88;
+ * a port range is split into prefix-aligned blocks. The most specific
+ * match wins by construction. */
+struct ms_rule_key {
+    __u32 prefixlen;
+    __u8  sgroup[4];
+    __u8  dgroup[4];
+    __u8  proto;
+    __u8  port[2];
+    __u8  pad;
+};
+#define MS_RULE_PREFIX_ANY_PROTO 64
+#define MS_RULE_PREFIX_ANY_PORT  72
+#define MS_RULE_PREFIX_PORT      88
+
+/* Exact overrides, directional: (source, destination, source port or 0
+ * for any, destination port, protocol). */
+struct ms_exact_key {
+    __u8  saddr[16];
+    __u8  daddr[16];
+    __be16 sport;
+    __be16 dport;
+    __u8  proto;
+    __u8  pad[3];
+};
+
+/* Lookup keys of session tracking and policy evaluation, off the stack. */
+struct ms_pol_scratch {
+    struct ms_flow_key flow;
+    struct ms_exact_key exact;
+    struct ms_lpm_key addr;
+    struct ms_rule_key rule;
+};
+BPF_PERCPU_ARRAY(ms_pol_scratch, struct ms_pol_scratch, 1);
+
+#ifndef MS_POL_GROUPS_MAX
+#define MS_POL_GROUPS_MAX 65536
+#endif
+#ifndef MS_POL_RULES_MAX
+#define MS_POL_RULES_MAX 262144
+#endif
+#ifndef MS_POL_EXACT_MAX
+#define MS_POL_EXACT_MAX 65536
+#endif
+
+/* The tables of one policy generation are inner maps, made and filled by
+ * user space beside the running ones; these templates only give the
+ * kernel their type. Two slots per outer array: the active one, and the
+ * one the next policy is written into. */
+BPF_F_TABLE("lpm_trie", struct ms_lpm_key, __u32, ms_pol_grp_t, MS_POL_GROUPS_MAX, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct ms_rule_key, struct ms_verdict, ms_pol_rule_t, MS_POL_RULES_MAX, BPF_F_NO_PREALLOC);
+BPF_TABLE("hash", struct ms_exact_key, struct ms_verdict, ms_pol_exact_t, MS_POL_EXACT_MAX);
+BPF_ARRAY_OF_MAPS(ms_pol_grp, "ms_pol_grp_t", 2);
+BPF_ARRAY_OF_MAPS(ms_pol_rule, "ms_pol_rule_t", 2);
+BPF_ARRAY_OF_MAPS(ms_pol_exact, "ms_pol_exact_t", 2);
+/* Defaults per slot and hook: index slot * 2 + enum ms_dir. */
+BPF_ARRAY(ms_pol_dflt, struct ms_verdict, 4);
+
+/* Which slot is live. One 8-byte value, so a reload flips in one write:
+ * user space fills the other slot, then writes {slot, gen + 1}. */
+struct ms_pol_state {
+    __u32 slot;           /* 0 or 1 */
+    __u32 gen;            /* 0: no policy loaded */
+};
+BPF_ARRAY(ms_pol_state, struct ms_pol_state, 1);
 
 /* ------------------------------------------------------------------ */
 /* Tail calls                                                          */

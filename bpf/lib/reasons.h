@@ -49,7 +49,13 @@
     X(DROP_FRAG_OVERLAP,       36, DROP, "fragment that would overlap the L4 header (RFC 1858)") \
     X(DROP_TAIL_CALL_MISSED,   37, DROP, "a tail call to a stage failed (stage not loaded)") \
     X(PASS_TAIL_CALL_MISSED,   38, PASS, "a tail call failed (passed: tailcall_action=pass)") \
-    X(DROP_ICMP_ECHO_UNMATCHED, 39, DROP, "ICMP echo reply with no request seen")
+    X(DROP_ICMP_ECHO_UNMATCHED, 39, DROP, "ICMP echo reply with no request seen") \
+    X(PASS_POLICY_ALLOW,       40, PASS, "new flow allowed by a policy rule or override") \
+    X(PASS_POLICY_DEFAULT,     41, PASS, "new flow allowed by the default action") \
+    X(DROP_POLICY_DENY,        42, DROP, "new flow denied by a policy rule or override") \
+    X(DROP_POLICY_DEFAULT,     43, DROP, "new flow denied by the default action") \
+    X(DROP_POLICY_REVOKED,     44, DROP, "flow denied by a policy applied after it started") \
+    X(PASS_POLICY_INSPECT,     45, PASS, "new flow allowed for inspection by a policy rule")
 
 enum ms_reason {
     MS_ENUM_REASON(MS_ENUM_MEMBER)

@@ -127,7 +127,9 @@ def test_sessions_status_and_sweep_in_the_lab():
             assert 0 < f["pct_used"] < 1 and f["alert_armed"]
             assert h["entries"] == h["present"] >= 1 and h["capacity"] == 65536
             maps = {m["name"]: m for m in st["programs"][str(prog)]["maps"]}
-            assert maps["ms_flows"]["estimate_bytes"] == 524288 * (40 + 96 + 64)
+            mf = maps["ms_flows"]
+            assert mf["key_size"] == 40
+            assert mf["estimate_bytes"] == 524288 * (mf["key_size"] + mf["value_size"] + 64)
             assert maps["ms_flows"]["memlock_bytes"] > 0
             text = cli("status", "--netns", lab.gateway, check=True).stdout
             assert "insert failures" in text and "alerts sent" in text and "estimate" in text
