@@ -385,3 +385,37 @@ def map_update_batch(fd: int, keys_addr: int, values_addr: int, count: int,
         e.written = attr.count
         raise
     return attr.count
+
+
+class _MapCreateAttr(ctypes.Structure):
+    """union bpf_attr, the BPF_MAP_CREATE member, up to map_extra (5.16).
+
+    A kernel older than a field accepts the shorter struct as long as the
+    bytes it does not know are zero, so map_extra stays 0 except for
+    BLOOM_FILTER (where it is the number of hash functions).
+    """
+    _fields_ = [
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("numa_node", ctypes.c_uint32),
+        ("map_name", ctypes.c_char * 16),
+        ("map_ifindex", ctypes.c_uint32),
+        ("btf_fd", ctypes.c_uint32),
+        ("btf_key_type_id", ctypes.c_uint32),
+        ("btf_value_type_id", ctypes.c_uint32),
+        ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+        ("map_extra", ctypes.c_uint64),
+    ]
+
+
+def create_map(map_type: int, key_size: int, value_size: int, max_entries: int,
+               flags: int = 0, map_extra: int = 0, name: str = "") -> int:
+    """BPF_MAP_CREATE; returns the new map's fd (caller closes), raises BpfError."""
+    attr = _MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size,
+                          max_entries=max_entries, map_flags=flags, map_extra=map_extra,
+                          map_name=name.encode()[:15])
+    return sys_bpf(BPF_MAP_CREATE, attr)

@@ -28,7 +28,7 @@ PROGRAMS = {Direction.DIR_INGRESS: "tc_ingress", Direction.DIR_EGRESS: "tc_egres
 STAGES = {Stage.STAGE_TCP: "ms_stage_tcp", Stage.STAGE_OTHER: "ms_stage_other",
           Stage.STAGE_ICMP_ERR: "ms_stage_icmp_err"}
 RUNTIME_MAPS = ("ms_counters", "ms_flows", "ms_halfopen", "ms_ifaces", "ms_frags", "ms_syn_dst",
-                "ms_syn_global", "ms_pressure", "ms_pressure_user")
+                "ms_syn_global", "ms_pressure", "ms_pressure_user", "ms_pol_state")
 # How many lines of compiler / verifier output an error message carries:
 # the verifier's conclusion is in its last lines.
 _ERROR_TAIL_LINES = 12

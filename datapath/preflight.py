@@ -83,31 +83,6 @@ BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_FUNC_timer_init = 169
 
 
-class _MapCreateAttr(ctypes.Structure):
-    """union bpf_attr, the BPF_MAP_CREATE member, up to map_extra (5.16).
-
-    A kernel older than a field accepts the shorter struct as long as the
-    bytes it does not know are zero, so map_extra stays 0 except for
-    BLOOM_FILTER (where it is the number of hash functions).
-    """
-    _fields_ = [
-        ("map_type", ctypes.c_uint32),
-        ("key_size", ctypes.c_uint32),
-        ("value_size", ctypes.c_uint32),
-        ("max_entries", ctypes.c_uint32),
-        ("map_flags", ctypes.c_uint32),
-        ("inner_map_fd", ctypes.c_uint32),
-        ("numa_node", ctypes.c_uint32),
-        ("map_name", ctypes.c_char * 16),
-        ("map_ifindex", ctypes.c_uint32),
-        ("btf_fd", ctypes.c_uint32),
-        ("btf_key_type_id", ctypes.c_uint32),
-        ("btf_value_type_id", ctypes.c_uint32),
-        ("btf_vmlinux_value_type_id", ctypes.c_uint32),
-        ("map_extra", ctypes.c_uint64),
-    ]
-
-
 class _ProgLoadAttr(ctypes.Structure):
     """union bpf_attr, the BPF_PROG_LOAD member, up to expected_attach_type."""
     _fields_ = [
@@ -149,12 +124,7 @@ def _errno_text(e: OSError) -> str:
     return f"{name}: {os.strerror(e.errno)}" if e.errno else str(e)
 
 
-def create_map(map_type: int, key_size: int, value_size: int, max_entries: int,
-               flags: int = 0, map_extra: int = 0) -> int:
-    """BPF_MAP_CREATE; returns the new map's fd (caller closes), raises BpfError."""
-    attr = _MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size,
-                          max_entries=max_entries, map_flags=flags, map_extra=map_extra)
-    return bpfsys.sys_bpf(bpfsys.BPF_MAP_CREATE, attr)
+create_map = bpfsys.create_map
 
 
 def load_raw_prog(insns: bytes, prog_type: int = BPF_PROG_TYPE_SCHED_CLS) -> tuple[int, str]:

@@ -235,7 +235,7 @@ def test_json_round_trip(features):
 
 def test_attr_layouts_match_uapi():
     # offsets from include/uapi/linux/bpf.h (union bpf_attr)
-    m = preflight._MapCreateAttr
+    m = bpfsys._MapCreateAttr
     assert m.map_name.offset == 28 and m.map_extra.offset == 64
     p = preflight._ProgLoadAttr
     assert (p.insns.offset, p.license.offset, p.log_buf.offset, p.prog_name.offset,

@@ -1,0 +1,162 @@
+"""Compiled policy: the tables the kernel looks up, and the same lookup in Python.
+
+A policy file compiles (datapath/policy_compile.py) into a CompiledPolicy:
+group prefixes, rule entries of the rule LPM, exact overrides and the
+per-hook defaults, in the kernel's own terms (bpf/lib/maps.h, policy.h).
+``decide()`` walks these tables in the order bpf/lib/policy.h does, so
+`microseg policy explain` answers from exactly what the kernel will hold,
+and a test checks the two agree on random tuples.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from .enums import enum_list
+
+POL = {e.name: e.value for e in enum_list("POL_ACTION")}
+POL_NAMES = {v: k.removeprefix("POL_").lower() for k, v in POL.items()}
+
+GROUP_WORLD = 0
+GROUP_ANY = 0xFFFFFFFF
+PREFIX_ANY_PROTO = 64
+PREFIX_ANY_PORT = 72
+PREFIX_PORT = 88
+
+INSPECT_BITS = {"dpi": 0x01, "waf": 0x02, "dlp": 0x04}
+INSPECT_HOLD = 0x80
+
+IPPROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: int              # POL[...]
+    rule_id: int = 0         # 0: a default
+    inspect: int = 0         # INSPECT_BITS | INSPECT_HOLD
+    app: int = 0
+    log: int = 0
+
+
+@dataclass(frozen=True)
+class RuleEntry:
+    """One entry of the rule LPM: (sgroup, dgroup, proto, port) / prefixlen."""
+    sgroup: int
+    dgroup: int
+    proto: int               # ignored when prefixlen == 64
+    port: int                # host order; only the top (prefixlen - 72) bits count
+    prefixlen: int           # 64, 72 .. 88
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class ExactEntry:
+    saddr: bytes             # 16 bytes, IPv4-mapped for IPv4
+    daddr: bytes
+    sport: int               # 0: any
+    dport: int
+    proto: int
+    verdict: Verdict
+
+
+@dataclass
+class RuleInfo:
+    """What `explain` says about a rule: where it is written and how."""
+    rule_id: int
+    line: int
+    text: str
+    name: str = ""
+
+
+@dataclass
+class CompiledPolicy:
+    groups: list[tuple[ipaddress.IPv6Network, int]] = field(default_factory=list)
+    rules: list[RuleEntry] = field(default_factory=list)
+    exact: list[ExactEntry] = field(default_factory=list)
+    defaults: dict[str, Verdict] = field(default_factory=dict)   # "ingress" / "egress"
+    group_names: dict[int, str] = field(default_factory=dict)
+    rule_info: dict[int, RuleInfo] = field(default_factory=dict)
+    source: str = ""
+
+
+def mapped(addr: str | ipaddress._BaseAddress) -> ipaddress.IPv6Address:
+    """IPv4 as IPv4-mapped IPv6, as the kernel stores addresses."""
+    a = ipaddress.ip_address(addr) if isinstance(addr, str) else addr
+    if a.version == 4:
+        return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + a.packed)
+    return a
+
+
+def mapped_net(net: str | ipaddress._BaseNetwork) -> ipaddress.IPv6Network:
+    n = ipaddress.ip_network(net, strict=False) if isinstance(net, str) else net
+    if n.version == 4:
+        return ipaddress.IPv6Network((mapped(n.network_address), 96 + n.prefixlen))
+    return n
+
+
+def port_blocks(lo: int, hi: int) -> list[tuple[int, int]]:
+    """[lo, hi] as prefix-aligned blocks: (start, prefix bits of 16)."""
+    out = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 16
+        while size > hi - lo + 1:
+            size >>= 1
+        out.append((lo, 16 - size.bit_length() + 1))
+        lo += size
+    return out
+
+
+@dataclass
+class Decision:
+    verdict: Verdict
+    how: str                 # "override", "rule (src, dst)", "default ingress", "no policy"
+    sgroup: int = GROUP_WORLD
+    dgroup: int = GROUP_WORLD
+
+
+def _group_of(policy: CompiledPolicy, addr: ipaddress.IPv6Address) -> int:
+    best, gid = -1, GROUP_WORLD
+    for net, g in policy.groups:
+        if addr in net and net.prefixlen > best:
+            best, gid = net.prefixlen, g
+    return gid
+
+
+def _rule_of(policy: CompiledPolicy, sg: int, dg: int, proto: int, port: int) -> Verdict | None:
+    best, hit = -1, None
+    for e in policy.rules:
+        if e.sgroup != sg or e.dgroup != dg:
+            continue
+        if e.prefixlen > PREFIX_ANY_PROTO and e.proto != proto:
+            continue
+        if e.prefixlen > PREFIX_ANY_PORT:
+            bits = e.prefixlen - PREFIX_ANY_PORT
+            if (e.port >> (16 - bits)) != (port >> (16 - bits)):
+                continue
+        if e.prefixlen > best:
+            best, hit = e.prefixlen, e.verdict
+    return hit
+
+
+def decide(policy: CompiledPolicy | None, src: str, dst: str, proto: int, dport: int,
+           sport: int = 0, hook: str = "ingress") -> Decision:
+    """The verdict for a new flow src:sport -> dst:dport, as bpf/lib/policy.h decides it."""
+    if policy is None:
+        return Decision(Verdict(POL["POL_NONE"]), "no policy")
+    s, d = mapped(src), mapped(dst)
+    for e in policy.exact:
+        if (e.saddr, e.daddr, e.dport, e.proto) == (s.packed, d.packed, dport, proto) and e.sport == sport:
+            return Decision(e.verdict, "override")
+    for e in policy.exact:
+        if (e.saddr, e.daddr, e.dport, e.proto) == (s.packed, d.packed, dport, proto) and e.sport == 0:
+            return Decision(e.verdict, "override")
+    sg, dg = _group_of(policy, s), _group_of(policy, d)
+    port = dport if proto in (6, 17) else 0
+    for a, b, how in ((sg, dg, "rule (source group, destination group)"),
+                      (sg, GROUP_ANY, "rule (source group, any)"),
+                      (GROUP_ANY, dg, "rule (any, destination group)"),
+                      (GROUP_ANY, GROUP_ANY, "rule (any, any)")):
+        v = _rule_of(policy, a, b, proto, port)
+        if v is not None:
+            return Decision(v, how, sg, dg)
+    return Decision(policy.defaults.get(hook, Verdict(POL["POL_DENY"])), f"default {hook}", sg, dg)
