@@ -66,6 +66,9 @@ class RuleInfo:
     line: int
     text: str
     name: str = ""
+    kind: str = "rule"                           # "rule" or "override"
+    src_groups: tuple[int, ...] = ()             # group ids the rule names (GROUP_ANY: any)
+    dst_groups: tuple[int, ...] = ()
 
 
 @dataclass
@@ -77,6 +80,9 @@ class CompiledPolicy:
     group_names: dict[int, str] = field(default_factory=dict)
     rule_info: dict[int, RuleInfo] = field(default_factory=dict)
     source: str = ""
+    group_prefixes: dict[int, list[str]] = field(default_factory=dict)   # as written
+    default_lines: dict[str, int] = field(default_factory=dict)          # 0: not written (deny)
+    warnings: list[tuple[int, str]] = field(default_factory=list)      # (line, message)
 
 
 def mapped(addr: str | ipaddress._BaseAddress) -> ipaddress.IPv6Address:
