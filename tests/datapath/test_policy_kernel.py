@@ -1,0 +1,347 @@
+"""Policy in the kernel: the compiled tables loaded into the real program,
+checked against policy_tables.decide() (what `microseg policy explain` says).
+
+A policy with nested groups, CIDRs written in rules, port ranges, rules for
+any protocol, overrides and both defaults is applied to the fast path's
+maps; thousands of random new flows then go through BPF_PROG_TEST_RUN, and
+for each the reason the kernel counted and the rule id it stored in the new
+session must be what decide() says. Hot reload: sessions follow a new
+generation, and one the new policy denies is dropped and removed.
+"""
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.packet import Raw
+
+from appliance.policyfile import compile_text, expected_reason
+from datapath import policy_maps
+from datapath.config import DatapathConfig
+from datapath.enums import CtState, Direction, Reason
+from datapath.errors import MicrosegError
+from datapath.policy_maps import PolicyMaps
+from datapath.policy_tables import POL, decide
+from packets_ct import (EGR, FLOWS, HALFOPEN, ING, TcpConn, entry, ether, expect, run_counted)
+
+POLICY = """
+groups:
+  corp: [10.1.0.0/16, "fd00:1::/48"]
+  web: [10.1.1.0/24, "fd00:1:1::/64"]          # nested in corp
+  web_canary: [10.1.1.128/27]                   # nested in web (and corp)
+  db: [10.2.0.0/16, "fd00:2::/48"]
+  db_primary: [10.2.0.0/24]                     # nested in db
+  partner: [192.168.0.0/16, 10.1.200.0/24]      # inside corp in part: not nested
+  ops: ["fd00:9::/64", 10.9.0.0/24]
+defaults: {ingress: deny, egress: allow}
+rules:
+  - {name: corp-dns, from: corp, to: any, proto: udp, ports: [53], action: allow}
+  - {name: web-db, from: web, to: db, proto: tcp, ports: [5432, "8000-8100"], action: allow, log: true}
+  - {from: web, to: db, proto: udp, ports: ["1000-1999"], action: deny}
+  - {from: web_canary, to: db, proto: tcp, ports: ["8050-8060"], action: deny}
+  - {from: web_canary, to: db_primary, proto: any, action: inspect, inspect: {what: [dpi], mode: async}}
+  - {from: web, to: db_primary, proto: tcp, ports: ["8090-9000"], action: inspect, inspect: {what: [waf], mode: hold}}
+  - {from: corp, to: db, proto: any, action: deny}
+  - {from: any, to: db, proto: icmp, action: allow}
+  - {from: any, to: any, proto: tcp, ports: [22], action: deny}
+  - {from: ops, to: any, proto: any, action: allow}
+  - {from: 10.1.1.7/32, to: [db, 10.3.0.0/16], proto: tcp, action: allow}
+  - {from: [partner, 172.16.0.0/12], to: web, proto: tcp, ports: [443, "10000-10100"], action: allow}
+  - {from: "::/0", to: ops, proto: udp, action: deny}
+  - {from: 0.0.0.0/1, to: ops, proto: tcp, ports: ["1-1023"], action: deny}
+  - {from: any, to: 10.3.0.0/16, proto: udp, ports: ["5000-5999"], action: allow}
+overrides:
+  - {src: 10.1.1.5, dst: 10.2.0.9, proto: tcp, dport: 5432, action: deny}
+  - {src: 10.1.1.5, dst: 10.2.0.9, proto: tcp, dport: 5432, sport: 40001, action: allow}
+  - {src: "fd00:1:1::5", dst: "fd00:2::9", proto: udp, dport: 53, action: deny}
+  - {src: 8.8.8.8, dst: 10.2.0.9, proto: tcp, dport: 80, action: allow}
+"""
+
+# Where random addresses come from: every prefix of the policy, and the world.
+POOLS = ["10.1.0.0/16", "10.1.1.0/24", "10.1.1.128/27", "10.2.0.0/16", "10.2.0.0/24", "192.168.0.0/16",
+         "10.1.200.0/24", "10.9.0.0/24", "10.3.0.0/16", "172.16.0.0/12", "10.1.1.7/32", "10.1.1.5/32",
+         "10.2.0.9/32", "8.8.8.8/32", "0.0.0.0/0", "200.0.0.0/8",
+         "fd00:1::/48", "fd00:1:1::/64", "fd00:2::/48", "fd00:9::/64", "fd00:1:1::5/128", "fd00:2::9/128",
+         "2001:db8::/32", "::/0"]
+PORTS = [22, 53, 80, 443, 999, 1000, 1023, 1024, 1999, 2000, 4999, 5000, 5432, 5999, 6000, 7999, 8000,
+         8049, 8050, 8060, 8061, 8063, 8064, 8089, 8090, 8100, 8101, 9000, 9001, 9999, 10000, 10100, 10101]
+
+OVERRIDE_FLOWS = [("10.1.1.5", "10.2.0.9", "tcp", 5432), ("fd00:1:1::5", "fd00:2::9", "udp", 53),
+                  ("8.8.8.8", "10.2.0.9", "tcp", 80)]
+
+REASON_BY_NAME = {r.name: r for r in Reason}
+DIRS = {"ingress": ING, "egress": EGR}
+
+
+def compiled(text: str = POLICY):
+    return compile_text(text, "policy.yaml")[1]
+
+
+def rand_addr(rng: random.Random, net: str) -> str:
+    n = ipaddress.ip_network(net)
+    return str(n.network_address + rng.randrange(n.num_addresses))
+
+
+def first_packet(src: str, dst: str, proto: str, sport: int, dport: int) -> bytes:
+    v6 = ":" in src
+    l3 = IPv6(src=src, dst=dst) if v6 else IP(src=src, dst=dst)
+    if proto == "tcp":
+        l4 = TCP(sport=sport, dport=dport, flags="S", seq=1000, window=65535)
+    elif proto == "udp":
+        l4 = UDP(sport=sport, dport=dport) / Raw(b"q" * 8)
+    else:  # echo request; the kernel keys it by its id, in both port fields
+        l4 = (ICMPv6EchoRequest(id=sport, seq=1, data=b"p" * 8) if v6
+              else ICMP(type=8, id=sport, seq=1) / Raw(b"p" * 8))
+    return bytes(ether() / l3 / l4)
+
+
+PROTO_NUM = {"tcp": 6, "udp": 17}
+
+
+def proto_num(proto: str, v6: bool) -> int:
+    return PROTO_NUM.get(proto, 58 if v6 else 1)
+
+
+@pytest.fixture
+def unlimited(fastpath):
+    """The fast path without SYN budgets (thousands of SYNs to few destinations)."""
+    fastpath.apply_runtime(DatapathConfig(syn_dst_rate=0, syn_global_rate=0))
+    return fastpath
+
+
+def test_policy_compiles_with_every_feature():
+    pol = compiled()
+    names = set(pol.group_names.values())
+    assert {"cidr:10.1.1.7/32", "cidr:10.3.0.0/16", "cidr:172.16.0.0/12", "cidr:::/0", "cidr:0.0.0.0/1"} <= names
+    # ::/0 holds the IPv4-mapped range: IPv4 addresses must not fall into it
+    assert (ipaddress.IPv6Network("::ffff:0:0/96"), 0) in pol.groups
+    assert {e.prefixlen for e in pol.rules} >= {64, 72, 88} and any(72 < e.prefixlen < 88 for e in pol.rules)
+    assert len(pol.exact) == 4
+    assert [w for _, w in pol.warnings if "partner" in w]
+
+
+def test_random_flows_kernel_equals_explain(unlimited):
+    fp = unlimited
+    pol = compiled()
+    st = PolicyMaps.for_fastpath(fp).apply(pol)
+    assert st.gen == 1
+    rng = random.Random(20240607)
+    seen_flows = set()
+    by_reason: dict[str, int] = {}
+    by_how: dict[str, int] = {}
+    n = 0
+    next_sport = 20000
+    mismatches = []
+    while n < 3000:
+        if rng.random() < 0.08:    # an override's addresses (its ports, or others)
+            src, dst, proto, dport = rng.choice(OVERRIDE_FLOWS)
+            fam = ":" in src
+            if rng.random() < 0.3:
+                dport = rng.choice(PORTS)
+        else:
+            fam = rng.random() < 0.3
+            pools = [p for p in POOLS if (":" in p) == fam]
+            src, dst = rand_addr(rng, rng.choice(pools)), rand_addr(rng, rng.choice(pools))
+            if src == dst:
+                continue
+            proto = rng.choice(["tcp", "tcp", "udp", "udp", "icmp"])
+            dport = rng.choice(PORTS) if rng.random() < 0.8 else rng.randrange(1, 65536)
+        if rng.random() < 0.05:   # the source port of the override for one
+            sport = 40001
+        else:
+            sport, next_sport = next_sport, next_sport + 1
+        if proto == "icmp":
+            dport = sport
+        pnum = proto_num(proto, fam)
+        key = (min((src, sport), (dst, dport)), max((src, sport), (dst, dport)), pnum)
+        if key in seen_flows:
+            continue
+        seen_flows.add(key)
+        hook = rng.choice(["ingress", "egress"])
+        d = decide(pol, src, dst, pnum, dport, sport, hook)
+        want = expected_reason(d)
+        action, moved = run_counted(fp, first_packet(src, dst, proto, sport, dport), DIRS[hook])
+        got = {r for (_, r) in moved}
+        flow = f"{src}:{sport} -> {dst}:{dport} {proto} on {hook}"
+        if got != {want}:
+            mismatches.append(f"{flow}: kernel {sorted(got)}, explain {want} ({d.how})")
+        elif not want.startswith("DROP_"):
+            e = entry(fp, src, sport, dst, dport, pnum)
+            if e is None or e.table != HALFOPEN:
+                mismatches.append(f"{flow}: passed without a half-open session ({e})")
+            elif (e.leaf.rule_id, e.leaf.action, e.leaf.inspect, e.leaf.pol_gen) != \
+                    (d.verdict.rule_id, d.verdict.action, d.verdict.inspect, 1):
+                mismatches.append(f"{flow}: session rule {e.leaf.rule_id} action {e.leaf.action} inspect "
+                                  f"{e.leaf.inspect} gen {e.leaf.pol_gen}; explain {d.verdict}")
+        else:
+            assert entry(fp, src, sport, dst, dport, pnum) is None, flow
+        by_reason[want] = by_reason.get(want, 0) + 1
+        by_how[d.how] = by_how.get(d.how, 0) + 1
+        n += 1
+    print(f"\n  [{n} random new flows] kernel == explain; outcomes {by_reason}; found by {by_how}")
+    assert not mismatches, f"{len(mismatches)} of {n} differ:\n" + "\n".join(mismatches[:20])
+    # The sample reached every outcome and every way of finding it.
+    assert set(by_reason) == {"PASS_POLICY_ALLOW", "PASS_POLICY_DEFAULT", "PASS_POLICY_INSPECT",
+                              "DROP_POLICY_DENY", "DROP_POLICY_DEFAULT"}, by_reason
+    assert set(by_how) == {"override", "default ingress", "default egress",
+                           "rule (source group, destination group)", "rule (source group, any)",
+                           "rule (any, destination group)", "rule (any, any)"}, by_how
+
+
+def test_every_rule_and_override_decides_some_flow_in_the_kernel(unlimited):
+    """One flow per rule and override, chosen to be decided by it."""
+    fp = unlimited
+    pol = compiled()
+    PolicyMaps.for_fastpath(fp).apply(pol)
+    flows = {
+        1: ("10.1.5.5", "8.8.4.4", "udp", 53),        # corp -> any udp 53
+        2: ("10.1.1.9", "10.2.7.7", "tcp", 8000),     # web -> db
+        3: ("10.1.1.9", "10.2.7.7", "udp", 1500),
+        4: ("10.1.1.130", "10.2.7.7", "tcp", 8055),   # canary's own rule wins over web's
+        5: ("10.1.1.130", "10.2.0.7", "udp", 7),      # canary -> db_primary any
+        6: ("10.1.1.9", "10.2.0.7", "tcp", 8095),     # db_primary's own rule wins over db's
+        7: ("10.1.5.5", "10.2.7.7", "tcp", 3306),
+        8: ("200.1.1.1", "10.2.7.7", "icmp", 0),
+        9: ("200.1.1.1", "200.2.2.2", "tcp", 22),
+        10: ("10.9.0.5", "200.2.2.2", "udp", 9),
+        11: ("10.1.1.7", "10.3.1.1", "tcp", 1),
+        12: ("192.168.3.3", "10.1.1.9", "tcp", 10050),
+        13: ("fd00:5::1", "fd00:9::1", "udp", 9),
+        14: ("10.1.1.130", "10.9.0.1", "tcp", 1023),  # canary (IPv4 only) is nested in 0.0.0.0/1
+        15: ("200.1.1.1", "10.3.0.1", "udp", 5999),
+        16: ("10.1.1.5", "10.2.0.9", "tcp", 5432),    # override, any source port
+        18: ("fd00:1:1::5", "fd00:2::9", "udp", 53),
+        19: ("8.8.8.8", "10.2.0.9", "tcp", 80),
+    }
+    sport = 30000
+    for rid, (src, dst, proto, dport) in flows.items():
+        sport += 1
+        if proto == "icmp":
+            dport = sport
+        pnum = proto_num(proto, ":" in src)
+        d = decide(pol, src, dst, pnum, dport, sport, "ingress")
+        assert d.verdict.rule_id == rid, (rid, d)
+        expect(fp, first_packet(src, dst, proto, sport, dport), REASON_BY_NAME[expected_reason(d)], ING)
+    # 17: the override for one source port beats the one for any.
+    d = decide(pol, "10.1.1.5", "10.2.0.9", 6, 5432, 40001)
+    assert d.verdict.rule_id == 17 and d.verdict.action == POL["POL_ALLOW"]
+    expect(fp, first_packet("10.1.1.5", "10.2.0.9", "tcp", 40001, 5432), Reason.PASS_POLICY_ALLOW, ING)
+    assert entry(fp, "10.1.1.5", 40001, "10.2.0.9", 5432, 6).leaf.rule_id == 17
+
+
+def test_no_policy_passes_everything(fastpath):
+    assert PolicyMaps.for_fastpath(fastpath).state().gen == 0
+    expect(fastpath, first_packet("10.1.1.9", "10.2.7.7", "tcp", 1234, 22), Reason.PASS_FORWARD, ING)
+    assert decide(None, "10.1.1.9", "10.2.7.7", 6, 22).how == "no policy"
+
+
+# -- hot reload --------------------------------------------------------------------
+
+ALLOW = """
+groups: {web: [10.1.1.0/24], db: [10.2.0.0/16]}
+rules:
+  - {name: web-db, from: web, to: db, proto: tcp, ports: [5432], action: allow}
+  - {name: dns, from: web, to: db, proto: udp, ports: [53], action: allow}
+"""
+ALLOW_OTHER_RULE = """
+groups: {web: [10.1.1.0/24], db: [10.2.0.0/16]}
+rules:
+  - {name: ssh, from: web, to: db, proto: tcp, ports: [22], action: allow}
+  - {name: web-db-wide, from: web, to: db, proto: tcp, ports: ["5000-5999"], action: allow}
+  - {name: dns, from: web, to: db, proto: udp, ports: [53], action: allow}
+"""
+DENY = """
+groups: {web: [10.1.1.0/24], db: [10.2.0.0/16]}
+defaults: {ingress: allow}
+rules:
+  - {from: web, to: db, proto: tcp, ports: [5432], action: deny}
+  - {from: web, to: db, proto: udp, ports: [53], action: deny}
+"""
+
+
+def established_under_policy(fp) -> TcpConn:
+    conn = TcpConn.make(fp, client=("10.1.1.10", 40000), server=("10.2.0.10", 5432))
+    conn.send("c", "S", Reason.PASS_POLICY_ALLOW)
+    conn.c.started, conn.c.nxt = True, conn.c.isn + 1   # what send() does for PASS_FORWARD
+    conn.send("s", "SA")
+    conn.send("c", "A")
+    conn.assert_state(CtState.CT_ESTABLISHED, FLOWS)
+    return conn
+
+
+def test_reload_keeps_allowed_flows_and_revokes_denied(fastpath):
+    pm = PolicyMaps.for_fastpath(fastpath)
+    assert pm.apply(compiled(ALLOW)).gen == 1
+    conn = established_under_policy(fastpath)
+    e = conn.entry()
+    assert (e.leaf.pol_gen, e.leaf.rule_id) == (1, 1)
+
+    # A new generation that still allows the flow (by another rule): it keeps
+    # passing as an ordinary packet, and the session takes the new verdict.
+    st = pm.apply(compiled(ALLOW_OTHER_RULE))
+    assert (st.gen, st.slot) == (2, 1)
+    conn.send("c", "PA", data=b"x" * 20)
+    e = conn.entry()
+    assert (e.leaf.pol_gen, e.leaf.rule_id, e.table) == (2, 2, FLOWS)
+    conn.send("s", "A")
+    assert conn.entry().leaf.pol_gen == 2
+
+    # A generation that denies it: the next packet (from either side) is
+    # dropped as revoked and the session is removed.
+    st = pm.apply(compiled(DENY))
+    assert (st.gen, st.slot) == (3, 0)
+    conn.send("s", "PA", Reason.DROP_POLICY_REVOKED, data=b"y" * 10)
+    assert conn.entry() is None
+    # ... and the flow is now a new one the new policy denies by its rule.
+    expect(fastpath, first_packet("10.1.1.10", "10.2.0.10", "tcp", 40000, 5432), Reason.DROP_POLICY_DENY)
+
+
+def test_reload_revokes_half_open_udp(fastpath):
+    pm = PolicyMaps.for_fastpath(fastpath)
+    pm.apply(compiled(ALLOW))
+    expect(fastpath, first_packet("10.1.1.10", "10.2.0.10", "udp", 5353, 53), Reason.PASS_POLICY_ALLOW)
+    e = entry(fastpath, "10.1.1.10", 5353, "10.2.0.10", 53, 17)
+    assert (e.table, e.leaf.pol_gen) == (HALFOPEN, 1)
+    pm.apply(compiled(DENY))
+    # the reply, seen on the other hook, finds a session of an older generation
+    expect(fastpath, first_packet("10.2.0.10", "10.1.1.10", "udp", 53, 5353), Reason.DROP_POLICY_REVOKED, EGR)
+    assert entry(fastpath, "10.1.1.10", 5353, "10.2.0.10", 53, 17) is None
+
+
+def test_defaults_follow_the_hook_a_flow_was_first_seen_on(fastpath):
+    pm = PolicyMaps.for_fastpath(fastpath)
+    pm.apply(compiled("defaults: {ingress: deny, egress: allow}\n"))
+    expect(fastpath, first_packet("10.5.5.5", "10.6.6.6", "tcp", 1111, 80), Reason.DROP_POLICY_DEFAULT, ING)
+    expect(fastpath, first_packet("10.5.5.5", "10.6.6.6", "tcp", 1112, 80), Reason.PASS_POLICY_DEFAULT, EGR)
+    # the reply of the egress-opened flow arrives on ingress: the session's hook decides after a reload
+    pm.apply(compiled("defaults: {ingress: deny, egress: allow}\nrules: []\n"))
+    conn = TcpConn.make(fastpath, client=("10.5.5.5", 1112), server=("10.6.6.6", 80))
+    conn.c.started, conn.c.nxt = True, conn.c.isn + 1
+    conn.direction_of = {"c": EGR, "s": ING}
+    conn.send("s", "SA")
+    assert conn.entry().leaf.pol_gen == 2
+
+
+def test_failed_apply_leaves_the_running_policy(fastpath, monkeypatch):
+    pm = PolicyMaps.for_fastpath(fastpath)
+    pm.apply(compiled(ALLOW))
+    before = pm.state()
+    calls = {"n": 0}
+    real = policy_maps.bpfsys.map_update
+
+    def failing(fd, key, value, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        return real(fd, key, value, *a, **kw)
+
+    monkeypatch.setattr(policy_maps.bpfsys, "map_update", failing)
+    with pytest.raises(MicrosegError, match="unchanged"):
+        pm.apply(compiled(DENY))
+    monkeypatch.setattr(policy_maps.bpfsys, "map_update", real)
+    assert pm.state() == before
+    expect(fastpath, first_packet("10.1.1.10", "10.2.0.10", "tcp", 41000, 5432), Reason.PASS_POLICY_ALLOW)
