@@ -295,6 +295,175 @@ def cmd_lab(args) -> int:
     return run_demo()
 
 
+
+# -- policy ----------------------------------------------------------------
+
+def _precedence() -> str:
+    """The precedence paragraph of datapath/policy_compile.py, read without
+    importing it (pydantic stays out of every other command's start-up)."""
+    import ast
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "datapath" / "policy_compile.py"
+    try:
+        doc = ast.get_docstring(ast.parse(src.read_text())) or ""
+        return doc.split("Precedence\n----------\n")[1].split("\n\nCompilation")[0]
+    except (OSError, IndexError, SyntaxError):
+        return ""
+
+
+def _print_warnings(path, pol) -> None:
+    for line, msg in pol.warnings:
+        print(f"{path}:{line}: warning: {msg}", file=sys.stderr)
+
+
+def cmd_policy(args) -> int:
+    return {"check": _policy_check, "explain": _policy_explain, "apply": _policy_apply,
+            "diff": _policy_diff}[args.policy_cmd](args)
+
+
+def _policy_check(args) -> int:
+    from appliance import policyfile as pf
+
+    model, pol, _ = pf.compile_file(args.file)
+    _print_warnings(args.file, pol)
+    s = pf.summary(model, pol)
+    print(json.dumps({"file": args.file, **s}, indent=2) if args.json else pf.summary_text(args.file, s))
+    return 0
+
+
+def _where(netns) -> str:
+    return f"network namespace {netns}" if netns else "this namespace"
+
+
+def _kernel_policy_states(netns) -> list[dict] | str:
+    """Generation and slot of the policy each attached build holds, or why unknown."""
+    from datapath import sessions
+    from datapath.policy_maps import PolicyMaps
+
+    try:
+        builds = sessions.open_builds(netns)
+    except (MicrosegError, OSError) as e:
+        return str(e).splitlines()[0]
+    if not builds:
+        return f"microseg is not attached in {_where(netns)}"
+    out = []
+    try:
+        types = sessions.layouts()
+        for b in builds:
+            st = PolicyMaps.for_build(b, types).state()
+            out.append({"prog_id": b.prog_id, "generation": st.gen, "slot": st.slot})
+    except (MicrosegError, OSError) as e:
+        return str(e).splitlines()[0]
+    finally:
+        for b in builds:
+            b.close()
+    return out
+
+
+def _policy_explain(args) -> int:
+    from appliance import policyfile as pf
+
+    src, dst = pf.parse_addr(args.src, "SRC"), pf.parse_addr(args.dst, "DST")
+    if ":" in src and ":" not in dst or ":" in dst and ":" not in src:
+        raise UsageError(f"SRC {src} and DST {dst} are of different IP versions")
+    proto = pf.parse_proto(args.proto)
+    port = pf.parse_port(args.port, "PORT")
+    # The kernel keys ICMP echo by its id, in both port fields.
+    sport = pf.parse_port(args.sport, "--sport") if args.sport is not None else (port if proto in (1, 58) else 0)
+    notes = []
+    if args.file:
+        model, pol, _ = pf.compile_file(args.file)
+        where = f"{args.file} (not applied: read from the file)"
+    else:
+        applied = pf.read_applied(args.netns)
+        kernel = _kernel_policy_states(args.netns) if os.geteuid() == 0 else "reading the kernel needs root"
+        if applied is None:
+            pol = None
+            where = f"none applied by microseg in {_where(args.netns)}"
+            if isinstance(kernel, list) and any(k["generation"] for k in kernel):
+                notes.append(f"note: the kernel holds a policy (generations "
+                             f"{', '.join(str(k['generation']) for k in kernel)}) that microseg has no copy of")
+        else:
+            model, pol = pf.compile_text(applied.text, applied.path)
+            gens = {b["prog_id"]: b["generation"] for b in applied.meta.get("builds", [])}
+            where = (f"{applied.path} (applied {applied.meta.get('applied_at', '?')} from "
+                     f"{applied.meta.get('file', '?')}, generation "
+                     f"{', '.join(str(g) for g in gens.values()) or '?'})")
+            if isinstance(kernel, str):
+                notes.append(f"note: not compared with the kernel: {kernel}")
+            else:
+                for k in kernel:
+                    if k["generation"] == 0:
+                        notes.append(f"note: build {k['prog_id']} holds no policy (generation 0): every flow "
+                                     f"passes there, whatever this copy says (was the build replaced by "
+                                     f"`microseg up`?); `microseg policy apply` the file again")
+                    elif gens.get(k["prog_id"]) != k["generation"]:
+                        notes.append(f"note: build {k['prog_id']} holds generation {k['generation']}, not the "
+                                     f"stored copy's ({gens.get(k['prog_id'], 'never applied there')}); "
+                                     f"`microseg policy apply` it again")
+    e = pf.explain(pol, src, dst, proto, port, sport, args.hook)
+    if args.json:
+        print(json.dumps({**e, "policy": where, "notes": notes}, indent=2))
+    else:
+        print(pf.explain_text(e, where))
+        for n in notes:
+            print(n)
+    return 0
+
+
+def _policy_apply(args) -> int:
+    require_privileges("applying a policy")
+    from appliance import policyfile as pf
+    from datapath import sessions
+    from datapath.policy_maps import PolicyMaps
+
+    # Check and compile first: a bad file changes nothing.
+    model, pol, text = pf.compile_file(args.file)
+    _print_warnings(args.file, pol)
+    builds = _open_builds(args.netns)
+    done = []
+    try:
+        types = sessions.layouts()
+        maps = [(b, PolicyMaps.for_build(b, types)) for b in builds]   # every build checked first
+        for b, pm in maps:
+            st = pm.apply(pol)
+            done.append({"prog_id": b.prog_id, "generation": st.gen, "slot": st.slot})
+    finally:
+        for b in builds:
+            b.close()
+        if done:
+            pf.store_applied(args.netns, text, args.file, done, pf.summary(model, pol))
+    s = pf.summary(model, pol)
+    for d in done:
+        print(f"applied {args.file} to build {d['prog_id']} in {_where(args.netns)}: generation "
+              f"{d['generation']} (slot {d['slot']}); {s['rule_entries']} rule entries, "
+              f"{s['exact_entries']} exact entries, {s['prefixes']} prefixes")
+    return 0
+
+
+def _policy_diff(args) -> int:
+    from appliance import policyfile as pf
+
+    model, _, _ = pf.compile_file(args.file)
+    if args.against:
+        old, _, _ = pf.compile_file(args.against)
+        against = args.against
+    else:
+        applied = pf.read_applied(args.netns)
+        old = pf.load_text(applied.text, applied.path) if applied else None
+        against = (f"the policy applied in {_where(args.netns)} ({applied.meta.get('applied_at', '?')}, "
+                   f"from {applied.meta.get('file', '?')})" if applied
+                   else f"no policy applied in {_where(args.netns)}")
+    lines = pf.diff(old, model)
+    if args.json:
+        print(json.dumps({"file": args.file, "against": against, "changes": lines}, indent=2))
+        return 0
+    print(f"{args.file} against {against}:")
+    print("\n".join(f"  {ln}" for ln in lines) if lines else "  no changes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="microseg", description="eBPF micro-segmentation and DPI for Linux gateways")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -334,6 +503,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sweep)
 
+    s = sub.add_parser("policy", help="L4 policy: check, explain, apply, diff a policy file",
+                       description="L4 micro-segmentation policy (groups, rules, overrides, defaults).\n\n"
+                       "Precedence\n" + _precedence(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    psub = s.add_subparsers(dest="policy_cmd", required=True)
+    pc = psub.add_parser("check", help="validate and compile a policy file (no kernel needed)")
+    pc.add_argument("file", metavar="FILE")
+    pc.add_argument("--json", action="store_true")
+    pe = psub.add_parser("explain", help="which rule decides a new flow, and how it was found")
+    pe.add_argument("src", metavar="SRC")
+    pe.add_argument("dst", metavar="DST")
+    pe.add_argument("proto", metavar="PROTO", help="tcp, udp, icmp, icmpv6 or a number")
+    pe.add_argument("port", metavar="PORT", help="destination port (ICMP: the echo id)")
+    pe.add_argument("--sport", help="source port (default 0: only overrides for any source port match)")
+    pe.add_argument("--hook", choices=("ingress", "egress"), default="ingress",
+                    help="hook the flow is first seen on (its default applies)")
+    src = pe.add_mutually_exclusive_group()
+    src.add_argument("--file", metavar="FILE", help="explain from this file, not from the applied policy")
+    src.add_argument("--netns", help="the policy applied in this network namespace (default: this one)")
+    pe.add_argument("--json", action="store_true")
+    pa = psub.add_parser("apply", help="check, compile and load a policy atomically (a bad file changes nothing)")
+    pa.add_argument("file", metavar="FILE")
+    pa.add_argument("--netns", help="network namespace microseg is attached in (default: this one)")
+    pd = psub.add_parser("diff", help="groups, defaults, rules and overrides added / removed / changed")
+    pd.add_argument("file", metavar="FILE")
+    dsrc = pd.add_mutually_exclusive_group()
+    dsrc.add_argument("--netns", help="against the policy applied in this namespace (default: this one)")
+    dsrc.add_argument("--against", metavar="OLD", help="against another file")
+    pd.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_policy)
+
     s = sub.add_parser("lab", help="a client / gateway / server lab in network namespaces")
     labsub = s.add_subparsers(dest="lab_cmd", required=True)
     lu = labsub.add_parser("up", help="build a lab (prints its tag)")
@@ -351,7 +550,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except MicrosegError as e:
-        print(f"microseg: error: {e}", file=sys.stderr)
+        if callable(getattr(e, "lines", None)):
+            # a file with errors (configfile.FileErrors): one "file:line: message" line each
+            for line in e.lines():
+                print(line, file=sys.stderr)
+        else:
+            print(f"microseg: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("microseg: interrupted", file=sys.stderr)

@@ -33,6 +33,8 @@ INNER = {
     "ms_pol_exact": ("ms_pol_exact_t", BPF_MAP_TYPE_HASH, 0),
 }
 POLICY_MAPS = ("ms_pol_state", "ms_pol_dflt", *INNER, *(t for t, _, _ in INNER.values()))
+# The maps apply() writes (the templates only lend their layouts).
+WRITTEN_MAPS = ("ms_pol_state", "ms_pol_dflt", *INNER)
 HOOKS = {"ingress": 0, "egress": 1}
 
 
@@ -59,7 +61,25 @@ class PolicyMaps:
 
     @classmethod
     def for_build(cls, build, types: dict[str, tuple[type, type]]) -> "PolicyMaps":
-        return cls({n: build.fd(n) for n in POLICY_MAPS}, {n: types[n] for n in POLICY_MAPS})
+        """The policy maps of an attached build (sessions.AttachedBuild).
+
+        Only the maps the programs use are reachable by id: the state, the
+        defaults and the outer arrays. The inner-map templates (ms_pol_*_t)
+        are referenced by no instruction, so an attached build has none to
+        open; their layouts come from ``types`` (sessions.layouts()), which
+        is all ``apply`` needs of them."""
+        fds = {}
+        for n in WRITTEN_MAPS:
+            m = build.info(n)
+            k, v = types[n]
+            want = (ctypes.sizeof(k), 4 if n in INNER else ctypes.sizeof(v))
+            if (m.key_size, m.value_size) != want:
+                raise MicrosegError(f"build {build.prog_id}: {n} holds {m.key_size}-byte keys and "
+                                    f"{m.value_size}-byte values, this microseg expects {want[0]} and "
+                                    f"{want[1]}; the attached build is from another version "
+                                    f"(run `microseg up` again)")
+            fds[n] = build.fd(n)
+        return cls(fds, {n: types[n] for n in POLICY_MAPS})
 
     # -- reading -------------------------------------------------------
     def state(self) -> PolicyState:

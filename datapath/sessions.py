@@ -34,12 +34,18 @@ from . import bpfsys
 from .enums import CtState
 from .errors import MicrosegError, UsageError
 from .flows import PROTO_NAMES, addr_text
+from .policy_maps import POLICY_MAPS
 from .source import LIB_DIR
 
 FLOW_TABLES = ("ms_flows", "ms_halfopen")
 ICMP_PROTOS = (1, 58)
 # Maps whose layouts user space reads or writes.
 LAYOUT_MAPS = ("ms_flows", "ms_halfopen", "ms_timeouts", "ms_pressure", "ms_pressure_user", "ms_config")
+# Layouts `microseg policy apply` writes with (datapath/policy_maps.py). Not in
+# LAYOUT_MAPS: check_layouts() opens those in the attached build, and the
+# inner-map templates among these are not part of one (PolicyMaps.for_build
+# checks the rest).
+POLICY_LAYOUT_MAPS = POLICY_MAPS
 # Entries per BPF_MAP_LOOKUP_BATCH call: 65,536 sessions are ~9 MB of
 # buffer (40-byte key + 96-byte value), few enough system calls that their
 # cost vanishes (16 per million entries), small enough to stay in cache-
@@ -108,14 +114,14 @@ def _compile_layouts(text: str) -> dict[str, tuple[type, type]]:
     if failure is not None:
         raise MicrosegError(f"BPF compile (for map layouts) failed: {failure}\n{error_tail(err['text'])}")
     try:
-        return {n: (bpf[n.encode()].Key, bpf[n.encode()].Leaf) for n in LAYOUT_MAPS}
+        return {n: (bpf[n.encode()].Key, bpf[n.encode()].Leaf) for n in (*LAYOUT_MAPS, *POLICY_LAYOUT_MAPS)}
     finally:
         bpf.cleanup()
 
 
 def layouts_of(fastpath) -> dict[str, tuple[type, type]]:
     """The same types from a FastPath this process loaded (no compile)."""
-    return {n: (fastpath.table(n).Key, fastpath.table(n).Leaf) for n in LAYOUT_MAPS}
+    return {n: (fastpath.table(n).Key, fastpath.table(n).Leaf) for n in (*LAYOUT_MAPS, *POLICY_LAYOUT_MAPS)}
 
 
 def flow_flag_bits(maps_h=LIB_DIR / "maps.h") -> dict[str, int]:
