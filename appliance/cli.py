@@ -423,9 +423,13 @@ def _policy_apply(args) -> int:
     _print_warnings(args.file, pol)
     builds = _open_builds(args.netns)
     done = []
+    lock = None
     try:
         types = sessions.layouts()
         maps = [(b, PolicyMaps.for_build(b, types)) for b in builds]   # every build checked first
+        # One apply at a time per namespace: two would both build "generation
+        # + 1" in the same spare slot, and the stored copy could name the loser.
+        lock = pf.lock_applied(args.netns)
         for b, pm in maps:
             st = pm.apply(pol)
             done.append({"prog_id": b.prog_id, "generation": st.gen, "slot": st.slot})
@@ -434,6 +438,8 @@ def _policy_apply(args) -> int:
             b.close()
         if done:
             pf.store_applied(args.netns, text, args.file, done, pf.summary(model, pol))
+        if lock is not None:
+            lock.close()
     s = pf.summary(model, pol)
     for d in done:
         print(f"applied {args.file} to build {d['prog_id']} in {_where(args.netns)}: generation "

@@ -241,6 +241,17 @@ def read_applied(netns: str | None) -> Applied | None:
     return Applied(text, meta, d / "policy.yaml")
 
 
+def lock_applied(netns: str | None):
+    """An exclusive lock on the namespace's policy state (held until closed)."""
+    import fcntl
+
+    d = state_dir(netns)
+    d.mkdir(parents=True, exist_ok=True)
+    f = open(d / ".lock", "w")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
 def store_applied(netns: str | None, text: str, source: str, builds: list[dict], summ: dict) -> Path:
     """Keep the applied text and where it went; written whole, then renamed."""
     d = state_dir(netns)

@@ -257,9 +257,13 @@ class Group:
     texts: list[str]                       # as written, for text output
     line: int
     anonymous: bool = False
+    _spans: list | None = None
 
-    def shown(self) -> str:
-        return self.name
+    def spans(self) -> list[tuple[int, int, bool]]:
+        """(first, last, is IPv4) of each prefix, as integers: nesting tests are many."""
+        if self._spans is None:
+            self._spans = [(int(n.network_address), int(n.broadcast_address), _is_v4(n)) for n in self.nets]
+        return self._spans
 
 
 @dataclass
@@ -553,7 +557,7 @@ def check_policy(model: PolicyFile) -> Analysis:
         for h in named:
             if g is h or _nested(h, g):
                 continue
-            inside = [n for n in h.nets if any(n.subnet_of(m) and _is_v4(n) == _is_v4(m) for m in g.nets)]
+            inside = [n for n, r in zip(h.nets, h.spans()) if any(_within(r, q) for q in g.spans())]
             if inside:
                 warn((h.line, f"{_net_text(inside[0])} of {h.name} lies inside {g.name}, but {h.name} is not "
                               f"nested in {g.name} (not all its prefixes are inside): addresses there follow "
@@ -561,11 +565,17 @@ def check_policy(model: PolicyFile) -> Analysis:
     return a
 
 
+def _within(r: tuple[int, int, bool], q: tuple[int, int, bool]) -> bool:
+    """Is span ``r`` inside span ``q``, both of one address family?"""
+    return r[2] == q[2] and q[0] <= r[0] and r[1] <= q[1]
+
+
 def _nested(b: Group, a: Group) -> bool:
     """Is every prefix of ``b`` inside a prefix of ``a`` (same address family)?"""
     if b is a or not b.nets:
         return False
-    return all(any(n.subnet_of(m) and _is_v4(n) == _is_v4(m) for m in a.nets) for n in b.nets)
+    outer = a.spans()
+    return all(any(_within(r, q) for q in outer) for r in b.spans())
 
 
 # -- compiling ---------------------------------------------------------------------
