@@ -65,20 +65,42 @@ def _config(args):
 
 def cmd_up(args) -> int:
     require_privileges("attaching the fast path")
+    from appliance import policyfile as pf
     from datapath import attach
     from datapath.loader import FastPath
+    from datapath.policy_maps import PolicyMaps
 
     # Check the input first: a typo must fail before a compile and before any change.
     cfg = _config(args)
+    policy = None
+    if args.policy:
+        model, pol, text = pf.compile_file(args.policy)
+        policy = (model, pol, text, args.policy)
+    else:
+        applied = pf.read_applied(args.netns)
+        if applied is not None:
+            # The new build starts with the policy in force, not with none:
+            # attaching before applying would let everything pass meanwhile.
+            model, pol = pf.compile_text(applied.text, applied.path)
+            policy = (model, pol, applied.text, applied.meta.get("file", str(applied.path)))
     with attach.netlink(args.netns) as ipr:
         attach.resolve(ipr, args.iface, args.netns)
     fp = FastPath(cfg)
     try:
+        st = PolicyMaps.for_fastpath(fp).apply(policy[1]) if policy else None
         done = attach.attach(fp, args.iface, args.netns)
     finally:
         fp.close()  # the filters hold the programs and maps from here on
     for a in done:
         print(f"attached {a.name} on {a.iface} {a.direction.removeprefix('DIR_').lower()} (prog id {a.prog_id})")
+    if policy:
+        model, pol, text, source = policy
+        builds = [{"prog_id": a.prog_id, "generation": st.gen, "slot": st.slot}
+                  for a in done if a.direction == "DIR_INGRESS"][:1]
+        pf.store_applied(args.netns, text, source, builds, pf.summary(model, pol))
+        print(f"policy {source} in force (generation {st.gen})")
+    else:
+        print("no policy applied: every flow passes (apply one with `microseg policy apply FILE`)")
     return 0
 
 
@@ -487,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--config", metavar="FILE",
                            help="datapath settings (YAML): table sizes, timeouts, actions, budgets")
             s.add_argument("--flow-table-size", type=int, help="sessions the table holds (default 524288)")
+            s.add_argument("--policy", metavar="FILE",
+                           help="policy to enforce from the first packet (default: the one last applied here)")
         s.set_defaults(func=func)
 
     s = sub.add_parser("status", help="what is attached where, program ids, session table use, map sizes")

@@ -104,6 +104,7 @@ class Lab:
         remove_namespaces([n for n in self.namespaces if n in pr_netns.listnetns()])
         for n in self.namespaces:
             pins.remove_namespace_pins(n)
+            forget_namespace_state(n)
 
     def __enter__(self) -> "Lab":
         return self.up()
@@ -127,6 +128,18 @@ class Lab:
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
         self.run(ns, ["sysctl", "-q", "-w", f"{key}={value}"])
+
+
+def forget_namespace_state(ns: str) -> None:
+    """Remove what microseg keeps about a namespace under its run directory
+    (applied policy, clsact bookkeeping): the namespace is gone."""
+    import shutil
+
+    from appliance import policyfile
+    from datapath import attach
+
+    shutil.rmtree(policyfile.state_dir(ns), ignore_errors=True)
+    attach._state_file(ns).unlink(missing_ok=True)
 
 
 def remove_namespaces(names: list[str]) -> None:

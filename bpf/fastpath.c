@@ -80,9 +80,9 @@ static __always_inline int ms_entry(struct __sk_buff *skb, __u32 dir)
         if (p->proto == IPPROTO_TCP && p->frag_off == 1)
             return ms_finish(skb, dir, DROP_FRAG_OVERLAP);
         stage = STAGE_OTHER;
+    } else if (reason == PASS_OTHER_L4) {
+        stage = STAGE_OTHER;   /* GRE, ESP, SCTP, ...: policy decides, no session */
     } else {
-        if (reason == PASS_OTHER_L4 && p->frag == MS_FRAG_FIRST)
-            ms_ct_first_fragment(p, ms_now());   /* GRE, ESP, ...: later fragments follow */
         return ms_finish(skb, dir, reason);
     }
 
@@ -124,7 +124,7 @@ int ms_stage_other(struct __sk_buff *skb)
     else if (p->proto == IPPROTO_UDP || p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6)
         reason = ms_ct_datagram(p, now);
     else
-        reason = PASS_OTHER_L4;
+        reason = ms_ct_other(p, now);
     return ms_finish(skb, p->dir, reason);
 }
 

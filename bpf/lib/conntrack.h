@@ -821,4 +821,20 @@ static __always_inline int ms_ct_first_fragment(const struct ms_pkt *p, __u64 no
     return 0;
 }
 
+/* A protocol without sessions (GRE, ESP, SCTP, ...): the policy decides
+ * each packet as seen from its sender, with ports 0. An allowed first
+ * fragment is remembered so that its later fragments follow it. */
+static __always_inline int ms_ct_other(struct ms_pkt *p, __u64 now)
+{
+    struct ms_verdict v = {};
+    __u32 gen;
+    ms_policy_eval(p->saddr, p->daddr, 0, 0, p->proto, p->dir, &v, &gen);
+    int r = ms_policy_reason(&v);
+    if (ms_reason_is_drop(r))
+        return r;
+    if (p->frag == MS_FRAG_FIRST)
+        ms_ct_first_fragment(p, now);
+    return PASS_OTHER_L4;
+}
+
 #endif

@@ -395,23 +395,14 @@ struct ms_pol_scratch {
 };
 BPF_PERCPU_ARRAY(ms_pol_scratch, struct ms_pol_scratch, 1);
 
-#ifndef MS_POL_GROUPS_MAX
-#define MS_POL_GROUPS_MAX 65536
-#endif
-#ifndef MS_POL_RULES_MAX
-#define MS_POL_RULES_MAX 262144
-#endif
-#ifndef MS_POL_EXACT_MAX
-#define MS_POL_EXACT_MAX 65536
-#endif
-
 /* The tables of one policy generation are inner maps, made and filled by
- * user space beside the running ones; these templates only give the
- * kernel their type. Two slots per outer array: the active one, and the
- * one the next policy is written into. */
-BPF_F_TABLE("lpm_trie", struct ms_lpm_key, __u32, ms_pol_grp_t, MS_POL_GROUPS_MAX, BPF_F_NO_PREALLOC);
-BPF_F_TABLE("lpm_trie", struct ms_rule_key, struct ms_verdict, ms_pol_rule_t, MS_POL_RULES_MAX, BPF_F_NO_PREALLOC);
-BPF_TABLE("hash", struct ms_exact_key, struct ms_verdict, ms_pol_exact_t, MS_POL_EXACT_MAX);
+ * user space beside the running ones, each sized to its policy; these
+ * templates only give the kernel their type (an inner map's size need not
+ * match), so they hold one entry. Two slots per outer array: the active
+ * one, and the one the next policy is written into. */
+BPF_F_TABLE("lpm_trie", struct ms_lpm_key, __u32, ms_pol_grp_t, 1, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct ms_rule_key, struct ms_verdict, ms_pol_rule_t, 1, BPF_F_NO_PREALLOC);
+BPF_TABLE("hash", struct ms_exact_key, struct ms_verdict, ms_pol_exact_t, 1);
 BPF_ARRAY_OF_MAPS(ms_pol_grp, "ms_pol_grp_t", 2);
 BPF_ARRAY_OF_MAPS(ms_pol_rule, "ms_pol_rule_t", 2);
 BPF_ARRAY_OF_MAPS(ms_pol_exact, "ms_pol_exact_t", 2);

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* L4 policy: the decision for a new flow, from the live generation.
  *
- * Precedence (the same in datapath/policy.py's explain):
+ * Precedence (the same in datapath/policy_tables.py's decide(), which
+ * `microseg policy explain` uses):
  *   1. exact overrides (source, destination, source port, destination port,
  *      protocol), then the same with source port "any";
  *   2. rules, by the groups of source and destination (most specific

@@ -345,3 +345,34 @@ def test_failed_apply_leaves_the_running_policy(fastpath, monkeypatch):
     monkeypatch.setattr(policy_maps.bpfsys, "map_update", real)
     assert pm.state() == before
     expect(fastpath, first_packet("10.1.1.10", "10.2.0.10", "tcp", 41000, 5432), Reason.PASS_POLICY_ALLOW)
+
+
+GRE_POLICY = """
+groups:
+  tunnel-ends: [10.50.0.0/24]
+defaults: {ingress: deny, egress: deny}
+rules:
+  - {from: tunnel-ends, to: tunnel-ends, proto: any, action: allow}
+"""
+
+
+@pytest.mark.parametrize("src, want", [
+    ("10.50.0.1", Reason.PASS_OTHER_L4),        # allowed by the proto-any rule
+    ("10.60.0.1", Reason.DROP_POLICY_DEFAULT),  # nobody allowed it
+])
+def test_protocols_without_sessions_follow_the_policy(fastpath, src, want):
+    """GRE has no session, but the policy still decides every packet."""
+    _, pol = compile_text(GRE_POLICY, "gre.yaml")
+    PolicyMaps.for_fastpath(fastpath).apply(pol)
+    gre = bytes(ether() / IP(src=src, dst="10.50.0.2", proto=47) / Raw(b"\0" * 24))
+    expect(fastpath, gre, want)
+
+
+def test_denied_first_fragment_is_not_remembered(fastpath):
+    """A later fragment of a denied GRE datagram must not pass on its own."""
+    _, pol = compile_text(GRE_POLICY, "gre.yaml")
+    PolicyMaps.for_fastpath(fastpath).apply(pol)
+    first = IP(src="10.60.0.1", dst="10.50.0.2", proto=47, id=77, flags="MF", frag=0) / Raw(b"\0" * 24)
+    later = IP(src="10.60.0.1", dst="10.50.0.2", proto=47, id=77, frag=3) / Raw(b"\0" * 24)
+    expect(fastpath, bytes(ether() / first), Reason.DROP_POLICY_DEFAULT)
+    expect(fastpath, bytes(ether() / later), Reason.DROP_FRAG_NO_FIRST)

@@ -212,3 +212,32 @@ def test_apply_needs_an_attached_build(tmp_path):
         r = cli("policy", "apply", write(tmp_path, LAB_POLICY), "--netns", lab.gateway, env_run=tmp_path / "run")
         assert r.returncode != 0 and "not attached" in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.lab
+def test_up_enforces_the_policy_from_the_first_packet(tmp_path):
+    """`up --policy` applies before attaching; a later `up` (an upgrade)
+    carries the applied policy into the new build: never a window where
+    everything passes."""
+    run = tmp_path / "run"
+    good = write(tmp_path, LAB_POLICY)
+    with Lab() as lab:
+        try:
+            r = cli("up", "--netns", lab.gateway, "--iface", *GW_IFACES, "--policy", good,
+                    env_run=run, check=True)
+            assert "in force (generation 1)" in r.stdout
+            with HttpServer(lab, 8080), HttpServer(lab, 8081):
+                assert curl(lab, 8080).stdout == "200"
+                assert curl(lab, 8081).returncode != 0
+                r = cli("up", "--netns", lab.gateway, "--iface", *GW_IFACES, env_run=run, check=True)
+                assert "in force (generation 1)" in r.stdout
+                assert curl(lab, 8081).returncode != 0
+                assert curl(lab, 8080).stdout == "200"
+        finally:
+            cli("down", "--netns", lab.gateway, "--iface", *GW_IFACES, env_run=run)
+
+
+def test_up_refuses_a_bad_policy_before_touching_anything(tmp_path):
+    bad = write(tmp_path, LAB_POLICY.replace("ports: [8080]", "ports: [0]"))
+    r = cli("up", "--netns", "ms-no-such-ns", "--iface", "x", "--policy", bad)
+    assert r.returncode == 2 and f"{bad}:" in r.stderr and "Traceback" not in r.stderr
