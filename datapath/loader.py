@@ -478,9 +478,16 @@ class SweepProgram:
     build's (``map_fds``: SWEEP_MAPS name -> fd)."""
 
     def __init__(self, bpf, map_fds: dict[str, int] | None = None, *, owns_bpf: bool = False):
-        own = {n: bpf[n.encode()].map_fd for n in SWEEP_MAPS}
+        from bcc import lib
+
+        if not lib.bpf_function_start(bpf.module, SWEEP_PROGRAM.encode()):
+            raise LinkError(f"the compiled program has no function {SWEEP_PROGRAM} (bpf/lib/sweep.h)")
+        try:
+            own = {n: bpf[n.encode()].map_fd for n in SWEEP_MAPS}
+            self.runs = bpf[b"ms_sweep_runs"]
+        except KeyError as e:  # BCC's way of saying "no such table"
+            raise LinkError(f"the compiled program has no map {e.args[0] if e.args else ''}") from None
         fds = own if map_fds is None else {n: map_fds[n] for n in SWEEP_MAPS}
-        self.runs = bpf[b"ms_sweep_runs"]
         fd_map = {own[n]: fds[n] for n in SWEEP_MAPS}
         fd_map.update({marker: fds[n] for n, marker in SWEEP_MARKERS.items()})
         self.fd = link_with_callback(bpf, SWEEP_PROGRAM, SWEEP_CALLBACK, BPF_PROG_TYPE_SYSCALL, fd_map,
