@@ -414,7 +414,8 @@ def test_sweeper_needs_a_threshold():
 
 
 def test_bench_sweep_quick_runs():
-    """bench/sweep.py checks its own sweeps (half deleted, counts agree)."""
+    """bench/sweep.py checks its own sweeps (half deleted, counts agree, the
+    method asked for is the one that ran) and prints both side by side."""
     import subprocess
     import sys
     from pathlib import Path
@@ -422,6 +423,8 @@ def test_bench_sweep_quick_runs():
     bench = Path(__file__).resolve().parents[2] / "bench" / "sweep.py"
     r = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "| half expired | 100,000 | 50,000 |" in r.stdout
-    assert "| nothing expired | 100,000 | 0 |" in r.stdout
+    for m in ("kernel", "batch"):
+        assert f"| {m} | half expired | 100,000 | 50,000 |" in r.stdout
+        assert f"| {m} | nothing expired | 100,000 | 0 |" in r.stdout
+    assert "| kernel floor | empty callback walk | 100,000 | 0 |" in r.stdout
     assert "Calico" in r.stdout
