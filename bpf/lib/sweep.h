@@ -40,9 +40,11 @@
  *     that the loader replaces with the real map fds: the tables of the
  *     build this program was compiled with, or those of an attached build
  *     opened by id (the other maps are remapped by name the same way).
- * The program is of type BPF_PROG_TYPE_SYSCALL (kernel 5.14+): a test run
- * of it is preemptible, where a SCHED_CLS test run keeps preemption off
- * for the whole walk.
+ * The program is of type BPF_PROG_TYPE_SYSCALL (kernel 5.14+; 6.x loads
+ * one only as sleepable): its test run keeps only migration disabled, so a
+ * preemptible kernel may schedule during a long walk, where a SCHED_CLS
+ * test run disables preemption for all of it. The walk itself costs the
+ * same under both (measured: ~0.24 s per million entries, empty callback).
  */
 #ifndef MS_SWEEP_H
 #define MS_SWEEP_H
