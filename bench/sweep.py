@@ -1,24 +1,31 @@
-"""Seconds per million sessions of the user-space sweeper, next to Calico's.
+"""Seconds per million sessions of the sweeper, both ways, next to Calico's.
 
 Loads a build whose session table holds ``--entries`` (1,000,000 by
 default; flow_table_size 2^20 or the next power of two), fills ms_flows
 through BPF_MAP_UPDATE_BATCH from numpy buffers, every other entry idle past
-its state's timeout, and times ``Sweeper.sweep()``: wall seconds and CPU
-seconds of this process (time.process_time: user + system, so the kernel's
-work inside the batch system calls is in it). Each round refills the
-table, sweeps it (half expire), refills it with every entry fresh and
-sweeps again (nothing expires: the cost of reading alone).
-The median over rounds is reported, with min and max.
+its state's timeout, and times ``Sweeper.sweep()`` with each method:
+``kernel`` (bpf/lib/sweep.h: one BPF_PROG_TEST_RUN of a program that walks
+the tables with bpf_for_each_map_elem and deletes in the callback) and
+``batch`` (BPF_MAP_LOOKUP_BATCH into numpy, BPF_MAP_DELETE_BATCH). Wall
+seconds, and CPU seconds of this process (time.process_time: user + system,
+so the kernel's work inside the system calls is in it). Each round, for
+each method, refills the table, sweeps it (half expire), refills it with
+every entry fresh and sweeps again (nothing expires: the cost of the walk
+alone). The median over rounds is reported, with min and max.
+
+One more row measures the floor of the kernel way on this machine: the
+same walk of the same table with bpf_for_each_map_elem and a callback that
+does nothing.
 
 The baseline is Calico's published figure for its BPF conntrack cleaner:
 about 0.8 s and up to 1.2 cores per 4,000,000 entries, i.e. 0.2 s wall and
-0.24 CPU-seconds per million. The ratio column is microseg / Calico (below
+0.24 CPU-seconds per million. The ratio columns are microseg / Calico (below
 1 is faster). Calico's figure is from its own hardware, not this VM: treat
 the ratio as an order of magnitude, not a race.
 
 Also measured once: reading the whole table through BCC 0.26's own batch
 API (``items_lookup_batch``, one ctypes pair per entry) against the
-numpy walk the sweeper uses, and a whole sweep written on BCC's API.
+numpy walk the batch sweep uses, and a whole sweep written on BCC's API.
 
     .venv/bin/python bench/sweep.py [--entries N] [--rounds N] [--quick]
 """
@@ -39,9 +46,10 @@ import numpy as np  # noqa: E402
 from datapath import bpfsys  # noqa: E402
 from datapath.config import DatapathConfig  # noqa: E402
 from datapath.enums import CtState  # noqa: E402
-from datapath.loader import FastPath, check_headers  # noqa: E402
+from datapath.loader import (BPF_F_SLEEPABLE, BPF_PROG_TYPE_SYSCALL, FastPath, check_headers,  # noqa: E402
+                             link_with_callback, syscall_test_run)
 from datapath.sessions import BatchWalker, expiry_dtype, session_clock_ns  # noqa: E402
-from datapath.sweeper import Sweeper  # noqa: E402
+from datapath.sweeper import METHODS, Sweeper  # noqa: E402
 
 DEFAULT_ENTRIES = 1_000_000
 QUICK_ENTRIES = 100_000
@@ -137,6 +145,53 @@ def bcc_sweep(fp: FastPath, now_ns: int) -> tuple[float, float, int]:
     return time.perf_counter() - t0, time.process_time() - c0, len(dead)
 
 
+# The kernel walk with nothing in the callback: what bpf_for_each_map_elem
+# itself costs here. MARKER is replaced by ms_flows' fd (loader.link_with_callback).
+FLOOR_MARKER = 0x4D530001
+FLOOR_TEXT = r"""
+#include <uapi/linux/bpf.h>
+BPF_ARRAY(floor_out, __u64, 1);
+static long (*ms_for_each_map_elem)(void *map, void *cb, void *ctx, __u64 flags) =
+    (void *)BPF_FUNC_for_each_map_elem;
+static noinline __attribute__((section(".bpf.fn.floor_walk")))
+long floor_entry(void *map, void *key, void *value, void *ctx)
+{
+    return 0;
+}
+int floor_walk(void *ctx)
+{
+    __u32 z = 0;
+    __u64 *out = floor_out.lookup(&z);
+    long x = 0;
+    if (!out)
+        return 1;
+    *out = ms_for_each_map_elem((void *)bpf_pseudo_fd(1, %d), floor_entry, &x, 0);
+    return 0;
+}
+""" % FLOOR_MARKER
+
+
+def time_floor(fp: FastPath) -> tuple[float, float, int]:
+    """(wall s, CPU s, entries visited) of one empty-callback walk of ms_flows."""
+    from bcc import BPF
+
+    b = BPF(text=FLOOR_TEXT.encode())
+    try:
+        flows = fp.table("ms_flows").map_fd
+        out = b[b"floor_out"]
+        fd = link_with_callback(b, "floor_walk", "floor_entry", BPF_PROG_TYPE_SYSCALL,
+                                {FLOOR_MARKER: flows}, {flows, out.map_fd}, BPF_F_SLEEPABLE)
+        try:
+            t0, c0 = time.perf_counter(), time.process_time()
+            syscall_test_run(fd)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        finally:
+            os.close(fd)
+        return wall, cpu, int(out[out.Key(0)].value)
+    finally:
+        b.cleanup()
+
+
 def med(xs):
     return statistics.median(xs)
 
@@ -160,45 +215,65 @@ def main(argv: list[str] | None = None) -> int:
     size = max(1 << 20, 1 << (n - 1).bit_length())
     fp = FastPath(DatapathConfig(flow_table_size=size))
     try:
-        sw = Sweeper.for_fastpath(fp)
-        half, full, fills = [], [], []
+        if fp.sweep is None:
+            print(f"bench/sweep.py: the kernel sweep did not load: {fp.sweep_error}", file=sys.stderr)
+            return 1
+        methods = [m for m in METHODS if m != "auto"]
+        sweepers = {m: Sweeper.for_fastpath(fp, method=m) for m in methods}
+        half = {m: [] for m in methods}
+        full = {m: [] for m in methods}
+        fills, floors = [], []
+        want = (n + 1) // 2
         for _ in range(rounds):
-            now = session_clock_ns()
-            keys, vals = synthetic(fp, n, now)
-            fills.append(fill(fp, keys, vals))
-            st = sw.sweep()
-            want = (n + 1) // 2
-            if st.expired_flows != want or st.scanned_flows != n or st.entries_after != n - want:
-                print(f"bench/sweep.py: sweep deleted {st.expired_flows} of {st.scanned_flows} "
-                      f"(expected {want} of {n}), entries after {st.entries_after}", file=sys.stderr)
+            for m in methods:
+                keys, vals = synthetic(fp, n, session_clock_ns())
+                fills.append(fill(fp, keys, vals))
+                st = sweepers[m].sweep()
+                if (st.method != m or st.expired_flows != want or st.scanned_flows != n
+                        or st.entries_after != n - want):
+                    print(f"bench/sweep.py: {st.method} sweep deleted {st.expired_flows} of {st.scanned_flows} "
+                          f"(expected {want} of {n}), entries after {st.entries_after}", file=sys.stderr)
+                    return 1
+                half[m].append(st)
+                keys, vals = synthetic(fp, n, session_clock_ns(), expired=False)
+                fill(fp, keys, vals)
+                st2 = sweepers[m].sweep()
+                if st2.method != m or st2.expired_flows or st2.scanned_flows != n:
+                    print(f"bench/sweep.py: {st2.method} sweep of fresh entries deleted {st2.expired_flows} of "
+                          f"{st2.scanned_flows}", file=sys.stderr)
+                    return 1
+                full[m].append(st2)
+            floors.append(time_floor(fp))   # the table is full and fresh here
+            if floors[-1][2] != n:
+                print(f"bench/sweep.py: the empty walk visited {floors[-1][2]} of {n}", file=sys.stderr)
                 return 1
-            half.append(st)
-            keys, vals = synthetic(fp, n, session_clock_ns(), expired=False)
-            fill(fp, keys, vals)
-            st2 = sw.sweep()
-            if st2.expired_flows or st2.scanned_flows != n:
-                print(f"bench/sweep.py: sweep of fresh entries deleted {st2.expired_flows} of "
-                      f"{st2.scanned_flows}", file=sys.stderr)
-                return 1
-            full.append(st2)
 
         per_m = 1e6 / n
-        print("microseg session sweeper: seconds per pass, Sweeper.sweep() on ms_flows")
+        print("microseg session sweeper: seconds per pass, Sweeper.sweep() on ms_flows, both methods")
         print(f"kernel   {os.uname().release}, {os.cpu_count()} CPUs")
         print(f"entries  {n:,} (table size {size:,}), rounds {rounds} (median; min-max)")
         print(f"fill     BPF_MAP_UPDATE_BATCH: {med(fills):.3f} s ({med(fills) * per_m:.3f} s per million)")
         print()
-        print("| pass | entries scanned | deleted | wall s | wall s / M | CPU s / M | wall ratio to Calico | CPU ratio to Calico |")
-        print("|---|---|---|---|---|---|---|---|")
-        for label, sts in (("half expired", half), ("nothing expired", full)):
-            w = [s.seconds for s in sts]
-            c = [s.cpu_seconds for s in sts]
+        print("| method | pass | entries scanned | deleted | wall s | wall s / M | CPU s / M "
+              "| wall ratio to Calico | CPU ratio to Calico |")
+        print("|---|---|---|---|---|---|---|---|---|")
+
+        def row(method, label, scanned, deleted, w, c):
             rng = f" ({min(w):.3f}-{max(w):.3f})" if len(w) > 1 else ""
-            print(f"| {label} | {sts[0].scanned:,} | {sts[0].expired_flows:,} | {med(w):.3f}{rng} | "
+            print(f"| {method} | {label} | {scanned:,} | {deleted:,} | {med(w):.3f}{rng} | "
                   f"{med(w) * per_m:.3f} | {med(c) * per_m:.3f} | {med(w) * per_m / CALICO_WALL_PER_M:.2f} | "
                   f"{med(c) * per_m / CALICO_CPU_PER_M:.2f} |")
-        print(f"| Calico (published, 4M entries) | 4,000,000 | | 0.8 | {CALICO_WALL_PER_M:.3f} | "
+
+        for m in methods:
+            for label, sts in (("half expired", half[m]), ("nothing expired", full[m])):
+                row(m, label, sts[0].scanned, sts[0].expired_flows,
+                    [s.seconds for s in sts], [s.cpu_seconds for s in sts])
+        row("kernel floor", "empty callback walk", n, 0, [f[0] for f in floors], [f[1] for f in floors])
+        print(f"| Calico (published, 4M entries) | | 4,000,000 | | 0.8 | {CALICO_WALL_PER_M:.3f} | "
               f"{CALICO_CPU_PER_M:.3f} | 1.00 | 1.00 |")
+        k, b = med([s.seconds for s in half["kernel"]]), med([s.seconds for s in half["batch"]])
+        print()
+        print(f"kernel / batch, half expired: {k / b:.2f} of the batch sweep's wall time")
 
         if not args.quick and not args.no_bcc:
             keys, vals = synthetic(fp, n, session_clock_ns())

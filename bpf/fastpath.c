@@ -8,7 +8,9 @@
  * action, never a silent pass.
  *
  * Compiled by BCC at load time (datapath/loader.py); map sizes come from
- * the configuration as -D flags.
+ * the configuration as -D flags. The build also carries the kernel session
+ * sweep (ms_sweep, bpf/lib/sweep.h), which the loader links and loads on
+ * its own: it is run from user space, never attached.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -18,6 +20,7 @@
 #include "parse.h"
 #include "conntrack.h"
 #include "icmp.h"
+#include "sweep.h"
 
 static __always_inline void ms_count(__u32 dir, __u32 reason, __u32 len)
 {

@@ -1,9 +1,11 @@
 """Session table pressure, read as the kernel computes it, and map memory.
 
 A hash map has no cheap size, so the kernel counts: ms_pressure (written by
-the kernel only: inserts into ms_flows, its own lazy-expiry deletes, refused
-inserts, alerts sent) and ms_pressure_user (written by user space only: the
-sweeper's deletes and the alert generation). Entries in ms_flows are
+the fast path only: inserts into ms_flows, its own lazy-expiry deletes,
+refused inserts, alerts sent) and ms_pressure_user (written by the sweeper
+only: its deletes and the alert generation; the batch sweep writes it from
+user space, the kernel sweep of bpf/lib/sweep.h adds its deletes with an
+atomic add, and both run under the sweeper's lock, datapath/sweeper.py). Entries in ms_flows are
 ``inserted - deleted(kernel) - deleted(user)``, exactly as
 ``ms_flows_entries()`` in bpf/lib/conntrack.h. The kernel alerts once per
 crossing of ``pressure_pct``: it sends an alert when its ``alert_gen`` is

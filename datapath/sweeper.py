@@ -1,36 +1,58 @@
-"""The user-space session sweeper.
+"""The session sweeper.
 
 Expiry in the kernel is lazy: a lookup that finds an entry idle past its
 state's timeout deletes it. Flows nobody sends to again would stay for ever,
-so user space sweeps: it reads ms_flows and ms_halfopen with
-BPF_MAP_LOOKUP_BATCH a batch at a time into numpy buffers, picks the expired
-entries with one vectorised test per batch, and deletes them with
-BPF_MAP_DELETE_BATCH. Expired means what the kernel's ms_ct_lookup() means:
-``now - last_seen_ns > timeout[state]``, with ``now`` from CLOCK_MONOTONIC
-(bpf_ktime_get_ns; read coarse here, see sessions.session_clock_ns). The
-age is taken as a signed difference, so an entry a packet refreshed after
-the sweep read the clock is young, not 2^64 ns old.
+so something must sweep. Two ways, one chosen per Sweeper:
 
-Accounting. Every entry the sweeper deletes from ms_flows is added to
-``ms_pressure_user.deleted`` (after each batch, so a full table frees up
-while a long sweep runs); the kernel counts its own deletes in ms_pressure,
-and an entry deleted by both (a packet's lazy expiry racing the sweep) is
-counted once: the kernel's delete succeeds and the sweeper's gets ENOENT.
+* ``kernel`` (preferred): one run of the sweep program of bpf/lib/sweep.h
+  (datapath/loader.py SweepProgram) walks ms_flows and ms_halfopen with
+  bpf_for_each_map_elem and deletes expired entries from inside the walk:
+  one system call, nothing copied to user space. It needs the helper
+  (kernel 5.13+), sleepable BPF_PROG_TYPE_SYSCALL programs (5.14+) and the
+  loader's linking of the callback, which BCC 0.26 cannot do itself; when
+  any of that is missing (FastPath.sweep_error, or the compile in
+  for_build, says what) the sweeper falls back to
+* ``batch``: it reads both tables with BPF_MAP_LOOKUP_BATCH a batch at a
+  time into numpy buffers, picks the expired entries with one vectorised
+  test per batch, and deletes them with BPF_MAP_DELETE_BATCH.
+
+SweepStats says which one ran (``method``) and, after a fallback, why the
+kernel sweep could not (``kernel_unavailable``).
+
+Expired means, in both, what the kernel's ms_ct_lookup() means:
+``now - last_seen_ns > timeout[state]``, with ``now`` read once per sweep
+from CLOCK_MONOTONIC_COARSE, the clock the kernel stamps sessions with
+(bpf_ktime_get_coarse_ns; see sessions.session_clock_ns). The age is taken
+as a signed difference, so an entry a packet refreshed after the sweep read
+the clock is young, not 2^64 ns old.
+
+Accounting. Every entry a sweep deletes from ms_flows is added to
+``ms_pressure_user.deleted``, and every one it deletes from ms_halfopen to
+``ms_pressure_user.halfopen_deleted`` (half-open LRU evictions are told
+from the kernel's counts minus these): by the batch sweep after each
+batch, by the kernel sweep with an atomic add after each table's walk. The
+kernel counts its own lazy-expiry deletes in ms_pressure, and an entry
+deleted by both (a packet's lazy expiry racing the sweep) is counted once:
+the kernel's delete succeeds and the sweep's gets ENOENT.
 When usage is back under ``pressure_pct`` after an alert, the sweeper bumps
 ``ms_pressure_user.gen``, which re-arms the kernel's once-per-crossing alert.
-ms_pressure_user is written by user space only, so sweeps of one build are
-serialised with a lock file (/run/microseg/sweep-<map id>.lock, removed
-once the map is gone).
+ms_pressure_user is written by the sweeper only (user space, or the sweep
+program it runs), so sweeps of one build are serialised with a lock file
+(/run/microseg/sweep-<map id>.lock, removed once the map is gone).
 
 Layouts come from BCC's ctypes types (field offsets of ``last_seen_ns`` and
 ``state``), never from a copy of the struct. The sweeper works on map fds,
-so it serves a FastPath in this process (``for_fastpath``) as well as an
-attached build opened by map id (``for_build``).
+so it serves a FastPath in this process (``for_fastpath``: the kernel sweep
+is part of that build) as well as an attached build opened by map id
+(``for_build``: the sweep program is compiled on its own and loaded with the
+build's map fds).
 
-A race no batch interface can close: between reading an expired entry and
+A race neither way can close: between finding an expired entry and
 deleting it, the kernel may delete it lazily and a new flow with the same
 5-tuple be promoted into its place within the same microseconds; the sweep
 then removes that new session. Cilium's and Calico's sweepers share it.
+The kernel sweep shrinks that window from a batch's round trip to a few
+instructions.
 """
 from __future__ import annotations
 
@@ -47,6 +69,7 @@ import numpy as np
 
 from . import bpfsys
 from .errors import MicrosegError
+from .loader import SWEEP_MAPS, SweepProgram, compile_sweep
 from .pressure import config_pressure_pct, read_pressure
 from .sessions import DEFAULT_BATCH, BatchWalker, expiry_dtype, read_timeouts_ns, session_clock_ns
 
@@ -62,9 +85,14 @@ class SweepStats:
     scanned_halfopen: int = 0
     entries_after: int = 0  # ms_flows entries as the kernel counts them, after the sweep
     rearmed: bool = False   # the pressure alert was re-armed (gen bumped)
+    method: str = "batch"   # which sweep ran: "kernel" (bpf/lib/sweep.h) or "batch" (user space)
+    kernel_unavailable: str | None = None  # why the kernel sweep did not run, after a fallback
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+METHODS = ("auto", "kernel", "batch")
 
 
 class Sweeper:
@@ -73,11 +101,27 @@ class Sweeper:
                  pressure_pct: int | None, *, pressure_type: type, pressure_user_type: type,
                  timeout_type: type = ctypes.c_uint64, config_fd: int | None = None,
                  config_type: type | None = None, batch: int = DEFAULT_BATCH,
-                 lock_dir: Path | None = None):
+                 lock_dir: Path | None = None, method: str = "auto",
+                 kernel: SweepProgram | None = None, kernel_error: str | None = None,
+                 owns_kernel: bool = False):
         """``pressure_pct`` None: read it from the ms_config map (``config_fd``)
-        at every sweep, so a runtime change applies."""
+        at every sweep, so a runtime change applies.
+
+        ``method``: "auto" runs the kernel sweep ``kernel`` (a SweepProgram
+        loaded for these same maps) when there is one, else the batch sweep;
+        "kernel" insists on the kernel sweep (MicrosegError, with
+        ``kernel_error``, when there is none); "batch" always runs the batch
+        sweep. ``owns_kernel``: close() closes ``kernel``."""
         if pressure_pct is None and (config_fd is None or config_type is None):
             raise ValueError("pressure_pct or config_fd and config_type needed")
+        if method not in METHODS:
+            raise ValueError(f"method {method!r}: one of {', '.join(METHODS)}")
+        if method == "kernel" and kernel is None:
+            raise MicrosegError(f"the kernel sweep is not available: {kernel_error or 'not loaded'}")
+        self.method = method
+        self.kernel = kernel if method != "batch" else None
+        self.kernel_error = kernel_error if kernel is None else None
+        self._owned_kernel = kernel if owns_kernel else None
         self.fds = {"ms_flows": flows_fd, "ms_halfopen": halfopen_fd}
         self.timeouts_fd, self.timeout_type = timeouts_fd, timeout_type
         self.pressure_fd, self.pressure_user_fd = pressure_fd, pressure_user_fd
@@ -87,7 +131,8 @@ class Sweeper:
         self.key_size = ctypes.sizeof(key_type)
         self.value_size = ctypes.sizeof(leaf_type)
         self._vdt = expiry_dtype(leaf_type)
-        self._pu_deleted_off = pressure_user_type.deleted.offset
+        self._pu_deleted_off = {"ms_flows": pressure_user_type.deleted.offset,
+                                "ms_halfopen": pressure_user_type.halfopen_deleted.offset}
         self._pu_gen_off = pressure_user_type.gen.offset
         self._walkers = {name: BatchWalker(fd, self.key_size, self.value_size, batch)
                          for name, fd in self.fds.items()}
@@ -96,8 +141,11 @@ class Sweeper:
     # -- construction ------------------------------------------------------
     @classmethod
     def for_fastpath(cls, fp, **kw) -> "Sweeper":
-        """A sweeper over the maps of a FastPath loaded in this process."""
+        """A sweeper over the maps of a FastPath loaded in this process; its
+        kernel sweep is the one that build carries (FastPath.sweep)."""
         t = fp.table
+        kw.setdefault("kernel", fp.sweep)
+        kw.setdefault("kernel_error", fp.sweep_error)
         return cls(t("ms_flows").map_fd, t("ms_halfopen").map_fd, t("ms_timeouts").map_fd,
                    t("ms_pressure").map_fd, t("ms_pressure_user").map_fd,
                    t("ms_flows").Key, t("ms_flows").Leaf, fp.config.flow_table_size, None,
@@ -108,8 +156,16 @@ class Sweeper:
     @classmethod
     def for_build(cls, build, types: dict[str, tuple[type, type]], **kw) -> "Sweeper":
         """A sweeper over an attached build (sessions.AttachedBuild), whose
-        layouts must match ``types`` (sessions.layouts())."""
+        layouts must match ``types`` (sessions.layouts()). Unless ``method``
+        is "batch", the kernel sweep is compiled (about a second) and loaded
+        for the build's maps; close() unloads it."""
         build.check_layouts(types)
+        if kw.get("method", "auto") != "batch" and "kernel" not in kw:
+            try:
+                kw["kernel"] = compile_sweep({n: build.fd(n) for n in SWEEP_MAPS})
+                kw["owns_kernel"] = True
+            except (MicrosegError, OSError) as e:
+                kw["kernel_error"] = str(e)
         return cls(build.fd("ms_flows"), build.fd("ms_halfopen"), build.fd("ms_timeouts"),
                    build.fd("ms_pressure"), build.fd("ms_pressure_user"),
                    *types["ms_flows"], build.info("ms_flows").max_entries, None,
@@ -124,19 +180,47 @@ class Sweeper:
         return config_pressure_pct(self.config_fd, self.config_type)
 
     def sweep(self, now_ns: int | None = None) -> SweepStats:
-        """One pass over both tables. ``now_ns``: CLOCK_MONOTONIC ns to judge
-        expiry against (default: read once at the start of the pass)."""
+        """One pass over both tables. ``now_ns``: CLOCK_MONOTONIC_COARSE ns to
+        judge expiry against (default: read once at the start of the pass)."""
         t0, c0 = time.perf_counter(), time.process_time()
         with self._locked():
             now = session_clock_ns() if now_ns is None else now_ns
-            tmo = read_timeouts_ns(self.timeouts_fd, self.timeout_type)
-            scanned_f, del_f = self._sweep_table("ms_flows", now, tmo, account=True)
-            scanned_h, del_h = self._sweep_table("ms_halfopen", now, tmo, account=False)
+            method, why = "batch", self.kernel_error
+            if self.kernel is not None:
+                try:
+                    run = self.kernel.run(now)
+                except (MicrosegError, OSError) as e:
+                    if self.method == "kernel":
+                        raise
+                    why = f"kernel sweep failed, batch sweep ran: {e}"
+                else:
+                    method = "kernel"
+                    scanned_f, del_f = int(run.scanned_flows), int(run.expired_flows)
+                    scanned_h, del_h = int(run.scanned_halfopen), int(run.expired_halfopen)
+            if method == "batch":
+                tmo = read_timeouts_ns(self.timeouts_fd, self.timeout_type)
+                scanned_f, del_f = self._sweep_table("ms_flows", now, tmo)
+                scanned_h, del_h = self._sweep_table("ms_halfopen", now, tmo)
             entries, rearmed = self._rearm()
         return SweepStats(scanned_f + scanned_h, del_f, del_h, time.perf_counter() - t0,
-                          time.process_time() - c0, scanned_f, scanned_h, entries, rearmed)
+                          time.process_time() - c0, scanned_f, scanned_h, entries, rearmed,
+                          method=method, kernel_unavailable=why if self.method != "batch" and method == "batch"
+                          else None)
 
-    def _sweep_table(self, name: str, now: int, tmo: np.ndarray, account: bool) -> tuple[int, int]:
+    def close(self) -> None:
+        """Unload the kernel sweep this sweeper loaded (for_build)."""
+        if self._owned_kernel is not None:
+            self._owned_kernel.close()
+            self._owned_kernel = None
+        self.kernel = None
+
+    def __enter__(self) -> "Sweeper":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _sweep_table(self, name: str, now: int, tmo: np.ndarray) -> tuple[int, int]:
         w = self._walkers[name]
         vals = w.values.view(self._vdt)
         now_u = np.uint64(now)
@@ -150,8 +234,8 @@ class Sweeper:
             if idx.size:
                 gone = self._delete(self.fds[name], w.keys[idx])
                 deleted += gone
-                if account and gone:
-                    self._add_user_deleted(gone)
+                if gone:
+                    self._add_user_deleted(name, gone)
         return scanned, deleted
 
     def _delete(self, fd: int, keys: np.ndarray) -> int:
@@ -179,9 +263,9 @@ class Sweeper:
     def _write_user(self, raw: bytearray) -> None:
         bpfsys.map_update(self.pressure_user_fd, b"\0\0\0\0", bytes(raw))
 
-    def _add_user_deleted(self, n: int) -> None:
+    def _add_user_deleted(self, table: str, n: int) -> None:
         raw = self._read_user()
-        field = ctypes.c_uint64.from_buffer(raw, self._pu_deleted_off)
+        field = ctypes.c_uint64.from_buffer(raw, self._pu_deleted_off[table])
         field.value += n
         del field
         self._write_user(raw)
