@@ -161,7 +161,10 @@ def _sessions_status(prog_id: int) -> dict:
                 d.update(present=present, expired_unswept=expired)
                 if name == "ms_halfopen":
                     d.update(entries=present, capacity=b.info(name).max_entries,
-                             pct_used=100.0 * present / max(b.info(name).max_entries, 1))
+                             pct_used=100.0 * present / max(b.info(name).max_entries, 1),
+                             evictions=pressure.halfopen_evictions(
+                                 b.fd("ms_pressure"), b.fd("ms_pressure_user"), types["ms_pressure"][1],
+                                 types["ms_pressure_user"][1], present))
             return out
     except (MicrosegError, OSError) as e:
         return {"error": str(e).splitlines()[0]}
@@ -205,10 +208,12 @@ def _format_sessions_status(s: dict) -> str:
     if "error" in s:
         return f"  (cannot read: {s['error']})"
     f, h = s["ms_flows"], s["ms_halfopen"]
-    rows = [("table", "entries", "capacity", "used", "insert failures", "alerts sent", "expired, unswept"),
-            ("ms_flows", f["entries"], f["capacity"], _pct(f["pct_used"]), f["insert_failed"], f["alerts"],
-             f["expired_unswept"]),
-            ("ms_halfopen", h["entries"], h["capacity"], _pct(h["pct_used"]), "-", "-", h["expired_unswept"])]
+    rows = [("table", "entries", "capacity", "used", "insert failures", "evictions", "alerts sent",
+             "expired, unswept"),
+            ("ms_flows", f["entries"], f["capacity"], _pct(f["pct_used"]), f["insert_failed"], "0 (never evicts)",
+             f["alerts"], f["expired_unswept"]),
+            ("ms_halfopen", h["entries"], h["capacity"], _pct(h["pct_used"]), "-", h.get("evictions", "?"), "-",
+             h["expired_unswept"])]
     alert = "armed" if f["alert_armed"] else "sent, re-armed when use falls under the threshold"
     return (table(rows) + f"\n  ms_flows entries = inserted {f['inserted']} - deleted by the kernel "
             f"{f['deleted_kernel']} - by the sweeper {f['deleted_user']}; alert at {f['pressure_pct']}% "

@@ -104,3 +104,14 @@ def config_pressure_pct(config_fd: int, config_type: type) -> int:
 
     return int(lookup_struct(config_fd, config_type).pressure_pct)
 
+
+
+def halfopen_evictions(pressure_fd: int, pressure_user_fd: int, pressure_type: type,
+                       pressure_user_type: type, present: int) -> int:
+    """LRU evictions of ms_halfopen: what went in and was not removed by the
+    kernel (promotion, expiry, replacement) or the sweeper, and is not there."""
+    from .sessions import lookup_struct
+
+    pr = lookup_struct(pressure_fd, pressure_type)
+    pu = lookup_struct(pressure_user_fd, pressure_user_type)
+    return max(0, pr.halfopen_inserted - pr.halfopen_removed - pu.halfopen_deleted - present)

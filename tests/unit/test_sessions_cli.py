@@ -126,6 +126,7 @@ def test_sessions_status_and_sweep_in_the_lab():
             assert (f["capacity"], f["insert_failed"], f["alerts"], f["pressure_pct"]) == (524288, 0, 0, 90)
             assert 0 < f["pct_used"] < 1 and f["alert_armed"]
             assert h["entries"] == h["present"] >= 1 and h["capacity"] == 65536
+            assert h["evictions"] == 0   # a handful of flows in a 65,536-entry LRU
             maps = {m["name"]: m for m in st["programs"][str(prog)]["maps"]}
             mf = maps["ms_flows"]
             assert mf["key_size"] == 40
