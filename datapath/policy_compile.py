@@ -35,8 +35,10 @@ protocol) is decided once, by the first of these that matches:
   3. the default of the hook the flow was first seen on (ingress, egress).
 The decision is kept in the session; a policy applied later decides every
 existing session again on its next packet, and a session it denies is
-dropped and removed. Only TCP, UDP and ICMP echo flows are decided: other
-IP protocols (GRE, ESP, SCTP, ...) pass without a policy decision.
+dropped and removed. TCP, UDP and ICMP echo flows are decided once and
+kept in a session; other IP protocols (GRE, ESP, SCTP, ...) have no
+session and are decided packet by packet, as seen from each packet's
+sender, with ports 0 (a rule for `any` protocol or an override matches).
 
 Compilation
 -----------
