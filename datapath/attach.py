@@ -208,3 +208,120 @@ def attached(netns: str | None = None) -> list[Attached]:
 
 def as_dicts(items: list[Attached]) -> list[dict]:
     return [asdict(a) for a in items]
+
+
+# -- XDP (the blocklist layer) -------------------------------------------------
+# An interface holds one XDP program per mode. Ours is recognised by the
+# kernel's name of the program (datapath/blocklist.PROGRAM); a program of
+# anyone else's is never replaced or removed. Attaching over our own
+# program in the same mode is one netlink request: the kernel swaps the
+# program, no packet sees none.
+
+XDP_FLAGS_SKB_MODE = 1 << 1   # include/uapi/linux/if_link.h
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+# IFLA_XDP_ATTACHED as pyroute2 decodes it -> our mode name
+_XDP_ATTACHED = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload",
+                 "xdpmulti": "multi"}
+from .blocklist import PROGRAM as XDP_PROG_NAME  # noqa: E402  (the kernel's name of our program)
+
+
+@dataclass
+class XdpAttached:
+    iface: str
+    ifindex: int
+    mode: str        # "native" | "generic" | "offload" | "multi"
+    prog_id: int
+    name: str        # the program's name in the kernel
+
+
+def _prog_name(prog_id: int) -> str:
+    from . import bpfsys
+    try:
+        fd = bpfsys.prog_fd_by_id(prog_id)
+    except OSError:
+        return ""
+    try:
+        return bpfsys.prog_info_by_fd(fd).name
+    finally:
+        os.close(fd)
+
+
+def _xdp_of(ipr, ifindex: int, ifname: str) -> XdpAttached | None:
+    link = ipr.get_links(ifindex)[0]
+    x = link.get_attr("IFLA_XDP")
+    if not x:
+        return None
+    mode = x.get_attr("IFLA_XDP_ATTACHED")
+    pid = x.get_attr("IFLA_XDP_PROG_ID") or 0
+    if not mode or not pid:
+        return None
+    return XdpAttached(ifname, ifindex, _XDP_ATTACHED.get(mode, str(mode)), pid, _prog_name(pid))
+
+
+def _xdp_set(ipr, ifindex: int, fd: int, mode: str) -> None:
+    ipr.link("set", index=ifindex,
+             xdp={"attrs": [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", XDP_MODE_FLAGS[mode])]})
+
+
+def attach_xdp(prog_fd: int, iface: str, netns: str | None = None,
+               mode: str = "auto") -> XdpAttached:
+    """Attach an XDP program (the blocklist's) to ``iface``.
+
+    ``mode``: "native" (in the driver; veth has it), "generic" (after the
+    skb is built; every device), or "auto": the mode our program already
+    runs in on the interface, else native, else generic. An XDP program of
+    someone else's on the interface is an error, not replaced.
+    """
+    if mode not in ("auto", *XDP_MODE_FLAGS):
+        raise UsageError(f"XDP mode {mode!r}: expected auto, native or generic")
+    with netlink(netns) as ipr:
+        i = resolve(ipr, [iface], netns)[iface]
+        cur = _xdp_of(ipr, i, iface)
+        if cur is not None and cur.name != XDP_PROG_NAME:
+            raise MicrosegError(f"'{iface}'{_where(netns)} already runs XDP program {cur.prog_id} "
+                                f"({cur.name or 'unnamed'}, {cur.mode}); not replacing it")
+        if cur is not None and mode != "auto" and cur.mode != mode:
+            raise MicrosegError(f"'{iface}'{_where(netns)} runs the blocklist in {cur.mode} mode; "
+                                f"detach it before attaching in {mode} mode")
+        if cur is not None:
+            tries = [cur.mode]
+        else:
+            tries = ["native", "generic"] if mode == "auto" else [mode]
+        errors = []
+        for m in tries:
+            try:
+                _xdp_set(ipr, i, prog_fd, m)
+            except NetlinkError as e:
+                errors.append(f"{m}: {e}")
+                continue
+            got = _xdp_of(ipr, i, iface)
+            if got is None:
+                raise MicrosegError(f"XDP attach on '{iface}'{_where(netns)} reported success "
+                                    f"but no program is attached")
+            return got
+        raise MicrosegError(f"cannot attach XDP on '{iface}'{_where(netns)}: {'; '.join(errors)}")
+
+
+def detach_xdp(iface: str, netns: str | None = None) -> bool:
+    """Remove our XDP program from ``iface``. False when none of ours was there."""
+    with netlink(netns) as ipr:
+        i = resolve(ipr, [iface], netns)[iface]
+        cur = _xdp_of(ipr, i, iface)
+        if cur is None or cur.name != XDP_PROG_NAME:
+            return False
+        if cur.mode not in XDP_MODE_FLAGS:
+            raise MicrosegError(f"'{iface}'{_where(netns)}: blocklist attached in {cur.mode} mode, "
+                                f"which microseg does not manage")
+        try:
+            _xdp_set(ipr, i, -1, cur.mode)
+        except NetlinkError as e:
+            raise MicrosegError(f"cannot detach XDP from '{iface}'{_where(netns)}: {e}")
+        return True
+
+
+def xdp_attached(iface: str, netns: str | None = None) -> XdpAttached | None:
+    """The XDP program on ``iface`` (ours or not), or None."""
+    with netlink(netns) as ipr:
+        i = resolve(ipr, [iface], netns)[iface]
+        return _xdp_of(ipr, i, iface)

@@ -121,6 +121,27 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1,
     return TestRunResult(attr.retval, attr.duration, outbuf.raw[: attr.data_size_out])
 
 
+def prog_test_run_xdp(prog_fd: int, data: bytes, repeat: int = 1) -> TestRunResult:
+    """Run an XDP program once (or ``repeat`` times) on ``data``.
+
+    No context is passed: XDP's test run refuses a __sk_buff, and without
+    a struct xdp_md the kernel makes one on the loopback device.
+    """
+    if len(data) < 14:
+        raise ValueError(f"packet of {len(data)} bytes: BPF_PROG_TEST_RUN for XDP needs at least an Ethernet header (14)")
+    inbuf = ctypes.create_string_buffer(bytes(data), len(data))
+    outbuf = ctypes.create_string_buffer(_MAX_OUT)
+    attr = _TestRunAttr()
+    attr.prog_fd = prog_fd
+    attr.data_size_in = len(data)
+    attr.data_size_out = _MAX_OUT
+    attr.data_in = ctypes.addressof(inbuf)
+    attr.data_out = ctypes.addressof(outbuf)
+    attr.repeat = repeat
+    sys_bpf(BPF_PROG_TEST_RUN, attr)
+    return TestRunResult(attr.retval, attr.duration, outbuf.raw[: attr.data_size_out])
+
+
 class _GetInfoAttr(ctypes.Structure):
     _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
 
@@ -325,11 +346,13 @@ class _BatchAttr(ctypes.Structure):
                 ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
 
 
-def map_update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
-    """Write one element (BPF_MAP_UPDATE_ELEM)."""
-    kbuf = ctypes.create_string_buffer(key, len(key))
+def map_update(fd: int, key: bytes | None, value: bytes, flags: int = BPF_ANY) -> None:
+    """Write one element (BPF_MAP_UPDATE_ELEM). ``key`` None passes a NULL
+    key, as maps without keys (BLOOM_FILTER, QUEUE, STACK) require."""
+    kbuf = ctypes.create_string_buffer(key, len(key)) if key is not None else None
     vbuf = ctypes.create_string_buffer(value, len(value))
-    sys_bpf(BPF_MAP_UPDATE_ELEM, _MapElemAttr(fd, 0, ctypes.addressof(kbuf), ctypes.addressof(vbuf), flags))
+    sys_bpf(BPF_MAP_UPDATE_ELEM, _MapElemAttr(fd, 0, ctypes.addressof(kbuf) if kbuf is not None else 0,
+                                              ctypes.addressof(vbuf), flags))
 
 
 def map_lookup_batch(fd: int, keys_addr: int, values_addr: int, count: int,
@@ -413,9 +436,12 @@ class _MapCreateAttr(ctypes.Structure):
 
 
 def create_map(map_type: int, key_size: int, value_size: int, max_entries: int,
-               flags: int = 0, map_extra: int = 0, name: str = "") -> int:
-    """BPF_MAP_CREATE; returns the new map's fd (caller closes), raises BpfError."""
+               flags: int = 0, map_extra: int = 0, name: str = "", inner_map_fd: int = 0) -> int:
+    """BPF_MAP_CREATE; returns the new map's fd (caller closes), raises BpfError.
+
+    ``inner_map_fd``: for ARRAY_OF_MAPS / HASH_OF_MAPS, a map of the type
+    every inner map must have (the kernel copies its layout, not the map)."""
     attr = _MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size,
                           max_entries=max_entries, map_flags=flags, map_extra=map_extra,
-                          map_name=name.encode()[:15])
+                          map_name=name.encode()[:15], inner_map_fd=inner_map_fd)
     return sys_bpf(BPF_MAP_CREATE, attr)

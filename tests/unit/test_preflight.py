@@ -198,9 +198,9 @@ def test_missing_optional_feature_names_fallback_and_passes(features, monkeypatc
     monkeypatch.setattr(preflight, "probe_bloom_filter", lambda: (False, "forced missing"))
     feats = preflight.probe_all()
     row = next(f for f in feats if f.name == "map BLOOM_FILTER")
-    assert not row.available and row.fallback == "array-backed bitmap pre-check"
+    assert not row.available and row.fallback == "LPM trie only, no pre-check"
     assert preflight.exit_code(feats) == 0
-    assert "fallback: array-backed bitmap pre-check" in preflight.render(feats)
+    assert "fallback: LPM trie only, no pre-check" in preflight.render(feats)
 
 
 def test_render_has_every_feature_and_host_fact(features):
