@@ -63,6 +63,27 @@ def _config(args):
     return cfg
 
 
+def _sync_blocklist(cidrs: list[str], ifaces: list[str], netns: str | None) -> str:
+    """Make the XDP blocklist on ``ifaces`` hold ``cidrs``: a new program
+    with the list, attached in place of ours (one netlink replace per
+    interface), or ours removed when the list is empty."""
+    from datapath import attach
+    from datapath.blocklist import Blocklist
+
+    if not cidrs:
+        removed = [i for i in ifaces if attach.detach_xdp(i, netns)]
+        return f"XDP blocklist: none{' (removed from ' + ', '.join(removed) + ')' if removed else ''}"
+    bl = Blocklist()
+    try:
+        st = bl.apply(cidrs)
+        for i in ifaces:
+            attach.attach_xdp(bl.prog_fd, i, netns)
+    finally:
+        bl.close()   # the attached program holds its maps
+    return (f"XDP blocklist: {st.prefixes} prefixes ({bl.path}) on {', '.join(ifaces)}"
+            + "".join(f"; {n}" for n in st.notes))
+
+
 def cmd_up(args) -> int:
     require_privileges("attaching the fast path")
     from appliance import policyfile as pf
@@ -99,6 +120,7 @@ def cmd_up(args) -> int:
                   for a in done if a.direction == "DIR_INGRESS"][:1]
         pf.store_applied(args.netns, text, source, builds, pf.summary(model, pol))
         print(f"policy {source} in force (generation {st.gen})")
+        print(_sync_blocklist(list(getattr(pol, "blocklist", [])), args.iface, args.netns))
     else:
         print("no policy applied: every flow passes (apply one with `microseg policy apply FILE`)")
     return 0
@@ -109,6 +131,8 @@ def cmd_down(args) -> int:
     from datapath import attach
 
     n = attach.detach(args.iface, args.netns)
+    for i in args.iface:
+        attach.detach_xdp(i, args.netns)
     print(f"removed {n} microseg filter(s) from {', '.join(args.iface)}")
     return 0
 
@@ -467,6 +491,11 @@ def _policy_apply(args) -> int:
             pf.store_applied(args.netns, text, args.file, done, pf.summary(model, pol))
         if lock is not None:
             lock.close()
+    from datapath import attach
+
+    managed = sorted({a.iface for a in attach.attached(args.netns)})
+    if managed:
+        print(_sync_blocklist(list(getattr(pol, "blocklist", [])), managed, args.netns))
     s = pf.summary(model, pol)
     for d in done:
         print(f"applied {args.file} to build {d['prog_id']} in {_where(args.netns)}: generation "

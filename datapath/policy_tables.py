@@ -83,6 +83,7 @@ class CompiledPolicy:
     group_prefixes: dict[int, list[str]] = field(default_factory=dict)   # as written
     default_lines: dict[str, int] = field(default_factory=dict)          # 0: not written (deny)
     warnings: list[tuple[int, str]] = field(default_factory=list)      # (line, message)
+    blocklist: list[str] = field(default_factory=list)                 # sources dropped at XDP
 
 
 def mapped(addr: str | ipaddress._BaseAddress) -> ipaddress.IPv6Address:

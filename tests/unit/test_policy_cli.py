@@ -241,3 +241,29 @@ def test_up_refuses_a_bad_policy_before_touching_anything(tmp_path):
     bad = write(tmp_path, LAB_POLICY.replace("ports: [8080]", "ports: [0]"))
     r = cli("up", "--netns", "ms-no-such-ns", "--iface", "x", "--policy", bad)
     assert r.returncode == 2 and f"{bad}:" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.lab
+def test_blocklist_drops_at_xdp_and_follows_apply(tmp_path):
+    """The policy's blocklist is dropped at XDP on the managed interfaces,
+    before any rule; a later apply without it lifts it."""
+    run = tmp_path / "run"
+    open_policy = LAB_POLICY.replace("defaults: {ingress: deny, egress: deny}",
+                                     "defaults: {ingress: allow, egress: allow}")
+    blocked = write(tmp_path, open_policy + f"blocklist: [{CLIENT_V4}/32]\n", "blocked.yaml")
+    unblocked = write(tmp_path, open_policy, "open.yaml")
+    with Lab() as lab:
+        try:
+            r = cli("up", "--netns", lab.gateway, "--iface", *GW_IFACES, "--policy", blocked,
+                    env_run=run, check=True)
+            assert "XDP blocklist: 1 prefixes" in r.stdout, r.stdout
+            ping = lab.run(lab.client, ["ping", "-c", "1", "-W", "1", SERVER_V4], check=False)
+            assert ping.returncode != 0
+            xdp = lab.run(lab.gateway, ["ip", "-d", "link", "show", "gw-c"]).stdout
+            assert "xdp" in xdp
+            r = cli("policy", "apply", unblocked, "--netns", lab.gateway, env_run=run, check=True)
+            assert "XDP blocklist: none" in r.stdout
+            lab.run(lab.client, ["ping", "-c", "1", "-W", "2", SERVER_V4])
+        finally:
+            cli("down", "--netns", lab.gateway, "--iface", *GW_IFACES, env_run=run)
+        assert "xdp" not in lab.run(lab.gateway, ["ip", "-d", "link", "show", "gw-c"]).stdout
