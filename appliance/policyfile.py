@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from datapath.errors import UsageError
-from datapath.policy_compile import (PolicyError, PolicyFile, compile_policy, field_name, group_of,
+from datapath.policy_compile import (PolicyError, PolicyFile, compile_policy, field_name, group_of, no_gc,
                                      override_text, rule_text)
 from datapath.policy_tables import (GROUP_ANY, IPPROTO, POL, POL_NAMES, CompiledPolicy, Decision, Verdict,
                                     decide)
@@ -33,13 +33,14 @@ RUN_DIR = Path(os.environ.get("MICROSEG_RUN", "/run/microseg"))
 
 def load_text(text: str, path: str | Path) -> PolicyFile:
     """Validate a policy text; FileErrors with every error, each with its line."""
-    root, data = parse_yaml(text, path)
-    try:
-        model = PolicyFile.model_validate(data)
-    except ValidationError as e:
-        raise FileErrors(path, validation_errors(e, root, field_name)) from None
-    model._root = root
-    model._dup_keys = duplicate_keys(root)
+    with no_gc():     # a long policy is millions of objects: no collections while they are made
+        root, data = parse_yaml(text, path)
+        try:
+            model = PolicyFile.model_validate(data)
+        except ValidationError as e:
+            raise FileErrors(path, validation_errors(e, root, field_name)) from None
+        model._root = root
+        model._dup_keys = duplicate_keys(root)
     return model
 
 
@@ -53,11 +54,12 @@ def load(path: str | Path) -> PolicyFile:
 
 def compile_text(text: str, path: str | Path) -> tuple[PolicyFile, CompiledPolicy]:
     """Load and compile; FileErrors names every error's line."""
-    model = load_text(text, path)
-    try:
-        return model, compile_policy(model, source=str(path))
-    except PolicyError as e:
-        raise FileErrors(path, e.errors) from None
+    with no_gc():     # one collection after both steps, not one after each
+        model = load_text(text, path)
+        try:
+            return model, compile_policy(model, source=str(path))
+        except PolicyError as e:
+            raise FileErrors(path, e.errors) from None
 
 
 def compile_file(path: str | Path) -> tuple[PolicyFile, CompiledPolicy, str]:

@@ -63,7 +63,10 @@ order; RuleInfo keeps each one's line and text for `explain`.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
+import gc
 import ipaddress
 import re
 from collections import defaultdict
@@ -93,6 +96,30 @@ PROTOS: dict[str, tuple[int, ...] | None] = {
 PORTED = ("tcp", "udp")
 MAPPED_V4 = ipaddress.IPv6Network("::ffff:0:0/96")
 GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+@contextlib.contextmanager
+def no_gc():
+    """The cyclic garbage collector off for a bulk build of objects (a large
+    policy is millions of YAML nodes, models and entries, none of them
+    garbage yet): each collection would walk them all again, and did, for
+    more than half of the time a 100,000-rule policy took to load. Nested
+    uses are fine; the previous state comes back."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _without_gc(fn):
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        with no_gc():
+            return fn(*a, **kw)
+    return wrapper
 
 
 # -- the file's model ----------------------------------------------------------
@@ -207,29 +234,53 @@ class PolicyFile(BaseModel):
     defaults: Annotated[Defaults, BeforeValidator(_none_empty(dict))] = Field(default_factory=Defaults)
     rules: Annotated[list[Rule], BeforeValidator(_none_empty(list))] = Field(default_factory=list)
     overrides: Annotated[list[Override], BeforeValidator(_none_empty(list))] = Field(default_factory=list)
+    # Sources dropped at XDP on the managed interfaces, before any session
+    # or rule (datapath/blocklist.py).
+    blocklist: Annotated[list[str], BeforeValidator(_none_empty(list))] = Field(default_factory=list)
 
     _root: Any = PrivateAttr(default=None)
     _dup_keys: list = PrivateAttr(default_factory=list)
+    _keys: dict = PrivateAttr(default_factory=dict)    # id(mapping node) -> {key: (key node, value node)}
 
     def line(self, *loc, key: bool = False) -> int:
         """1-based line of the value at ``loc`` in the file (``key``: of its key;
         0: the model is not from a file)."""
-        if self._root is None:
+        root = self._root         # private attributes are slow to reach: once per call
+        if root is None:
             return 0
-        from yaml import MappingNode, SequenceNode  # a model from a file carries its YAML nodes
-
-        node = self._root
+        mapping, sequence = _yaml_nodes()
+        keys = self._keys
+        node = root
+        last = len(loc) - 1
         for n, part in enumerate(loc):
-            if isinstance(node, MappingNode):
-                found = [(k, v) for k, v in node.value if k.value == str(part)]
-                if not found:
+            if isinstance(node, mapping):
+                # An index per mapping, made on first use: a policy's groups
+                # are thousands of keys, and every member's line is asked for.
+                index = keys.get(id(node))
+                if index is None:
+                    index = keys[id(node)] = {k.value: (k, v) for k, v in node.value}   # the last wins
+                found = index.get(str(part))
+                if found is None:
                     break
-                node = found[-1][0] if key and n == len(loc) - 1 else found[-1][1]
-            elif isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = found[0] if key and n == last else found[1]
+            elif isinstance(node, sequence) and isinstance(part, int) and part < len(node.value):
                 node = node.value[part]
             else:
                 break
         return node.start_mark.line + 1
+
+
+_NODES: tuple = ()
+
+
+def _yaml_nodes() -> tuple[type, type]:
+    """(MappingNode, SequenceNode): a model from a file carries its YAML
+    nodes; yaml is imported only when one does."""
+    global _NODES
+    if not _NODES:
+        from yaml import MappingNode, SequenceNode
+        _NODES = (MappingNode, SequenceNode)
+    return _NODES
 
 
 def field_name(loc: tuple) -> str:
@@ -285,6 +336,8 @@ class Analysis:
     rules: list[_ResolvedRule] = field(default_factory=list)
     errors: list[tuple[int, str]] = field(default_factory=list)
     warnings: list[tuple[int, str]] = field(default_factory=list)
+    # gid -> the groups it is nested in (every prefix inside one of theirs), in group order
+    ancestors: dict[int, list[int]] = field(default_factory=dict)
 
 
 def _net(text: str) -> tuple[ipaddress.IPv6Network | None, str]:
@@ -331,11 +384,16 @@ def _overlap(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[i
 ALL_PORTS = [(0, 65535)]
 
 
+@_without_gc
 def check_policy(model: PolicyFile) -> Analysis:
     """Every error (and warning) of a validated model, with its line; and
     the groups and rules resolved to group ids for the compiler."""
     a = Analysis()
     err, warn = a.errors.append, a.warnings.append
+
+    for i, text in enumerate(model.blocklist):
+        if _net(text)[0] is None:
+            err((model.line("blocklist", i), f"blocklist: {_net(text)[1]}"))
 
     for loc, key, line, first in model._dup_keys:
         if loc == ("groups",):
@@ -380,6 +438,7 @@ def check_policy(model: PolicyFile) -> Analysis:
 
     # Rule ends: group names, CIDRs (anonymous groups) or any.
     anon: dict[ipaddress.IPv6Network, Group] = {}
+    anon_index: dict[ipaddress.IPv6Network, int] = {}
 
     def resolve(i: int, r: Rule, side: str) -> list[int] | None:
         ends = r.ends(side)
@@ -390,10 +449,12 @@ def check_policy(model: PolicyFile) -> Analysis:
             return None
         for j, text in enumerate(ends):
             loc = base if isinstance(r.src if side == "from" else r.dst, str) else (*base, j)
-            line = model.line(*loc)
+
+            def line(loc=loc) -> int:      # asked for only when needed: a policy has many rules
+                return model.line(*loc)
             if text == "any":
                 if len(ends) > 1:
-                    err((line, f"rule {i + 1}: {side}: 'any' stands alone (it already means every address)"))
+                    err((line(), f"rule {i + 1}: {side}: 'any' stands alone (it already means every address)"))
                     ok = False
                     continue
                 out.append(GROUP_ANY)
@@ -403,14 +464,14 @@ def check_policy(model: PolicyFile) -> Analysis:
             elif _looks_like_cidr(text):
                 net, why = _net(text)
                 if net is None:
-                    err((line, f"rule {i + 1}: {side}: {why}"))
+                    err((line(), f"rule {i + 1}: {side}: {why}"))
                     ok = False
                     continue
                 if net in owner:
                     gname, gline = owner[net]
                     g = by_name[gname]
                     if len(g.nets) != 1:
-                        err((line, f"rule {i + 1}: {side}: {text} is a member of group {gname!r} (line "
+                        err((line(), f"rule {i + 1}: {side}: {text} is a member of group {gname!r} (line "
                                    f"{gline}), which has other members too; name the group, or a "
                                    f"network no group lists"))
                         ok = False
@@ -418,17 +479,18 @@ def check_policy(model: PolicyFile) -> Analysis:
                     gid = g.gid
                 else:
                     if net not in anon:
-                        anon[net] = Group(0, f"cidr:{_net_text(net)}", [net], [text], line, anonymous=True)
-                    gid = -1 - list(anon).index(net)     # numbered after the named groups below
+                        anon_index[net] = len(anon)
+                        anon[net] = Group(0, f"cidr:{_net_text(net)}", [net], [text], line(), anonymous=True)
+                    gid = -1 - anon_index[net]     # numbered after the named groups below
             else:
                 close = difflib.get_close_matches(text, list(by_name), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else \
                     (f" (groups: {', '.join(by_name)})" if by_name else " (no groups are defined)")
-                err((line, f"rule {i + 1}: {side}: unknown group {text!r}{hint}"))
+                err((line(), f"rule {i + 1}: {side}: unknown group {text!r}{hint}"))
                 ok = False
                 continue
             if gid in out:
-                err((line, f"rule {i + 1}: {side}: {text!r} listed twice"))
+                err((line(), f"rule {i + 1}: {side}: {text!r} listed twice"))
                 ok = False
                 continue
             out.append(gid)
@@ -552,19 +614,54 @@ def check_policy(model: PolicyFile) -> Analysis:
             else:
                 names[o.name] = i + 1
 
-    # Warnings: addresses that leave a group's rules because a more specific
-    # prefix belongs to a group not nested in it.
-    named = [g for g in a.groups if g.nets]
-    for g in named:
-        for h in named:
-            if g is h or _nested(h, g):
-                continue
-            inside = [n for n, r in zip(h.nets, h.spans()) if any(_within(r, q) for q in g.spans())]
-            if inside:
-                warn((h.line, f"{_net_text(inside[0])} of {h.name} lies inside {g.name}, but {h.name} is not "
-                              f"nested in {g.name} (not all its prefixes are inside): addresses there follow "
-                              f"{h.name}'s rules, not {g.name}'s"))
+    # Nesting, and warnings: addresses that leave a group's rules because a
+    # more specific prefix belongs to a group not nested in it.
+    inside = _containment(a.groups)
+    a.ancestors = {g.gid: [] for g in a.groups}
+    order = {g.gid: n for n, g in enumerate(a.groups)}
+    found = []
+    for h in a.groups:
+        for gid, idx in inside.get(h.gid, {}).items():
+            if len(idx) == len(h.nets):          # every prefix of h inside one of g's: nested
+                a.ancestors[h.gid].append(gid)
+            else:
+                found.append((order[gid], order[h.gid], min(idx)))
+    for gi, hi, first in sorted(found):
+        g, h = a.groups[gi], a.groups[hi]
+        warn((h.line, f"{_net_text(h.nets[first])} of {h.name} lies inside {g.name}, but {h.name} is not "
+                      f"nested in {g.name} (not all its prefixes are inside): addresses there follow "
+                      f"{h.name}'s rules, not {g.name}'s"))
+    for lst in a.ancestors.values():
+        lst.sort(key=order.__getitem__)
     return a
+
+
+def _containment(groups: list[Group]) -> dict[int, dict[int, set[int]]]:
+    """For each group h: {group g: indexes of h's prefixes inside a prefix of g}
+    (g is not h; same address family). Found by looking each prefix's
+    enclosing networks up, one per prefix length the groups use: linear in
+    the prefixes, not quadratic in the groups."""
+    owners: dict[tuple[bool, int, int], list[int]] = defaultdict(list)
+    lengths: dict[bool, set[int]] = {True: set(), False: set()}
+    for g in groups:
+        for n, (first, _, v4) in zip(g.nets, g.spans()):
+            owners[(v4, n.prefixlen, first)].append(g.gid)
+            lengths[v4].add(n.prefixlen)
+    lens = {v4: sorted(ls) for v4, ls in lengths.items()}
+    out: dict[int, dict[int, set[int]]] = {}
+    for h in groups:
+        mine: dict[int, set[int]] = {}
+        for i, (n, (first, _, v4)) in enumerate(zip(h.nets, h.spans())):
+            for ln in lens[v4]:
+                if ln > n.prefixlen:
+                    break
+                shift = 128 - ln
+                for gid in owners.get((v4, ln, first >> shift << shift), ()):
+                    if gid != h.gid:
+                        mine.setdefault(gid, set()).add(i)
+        if mine:
+            out[h.gid] = mine
+    return out
 
 
 def _within(r: tuple[int, int, bool], q: tuple[int, int, bool]) -> bool:
@@ -642,13 +739,16 @@ def override_text(o: Override) -> str:
     return " ".join(parts)
 
 
-def compile_policy(model: PolicyFile, source: str = "") -> CompiledPolicy:
-    """The kernel tables of a policy model; PolicyError if it does not check."""
-    a = check_policy(model)
+@_without_gc
+def compile_policy(model: PolicyFile, source: str = "", analysis: Analysis | None = None) -> CompiledPolicy:
+    """The kernel tables of a policy model; PolicyError if it does not check.
+    ``analysis``: check_policy(model), when the caller has it already."""
+    a = analysis if analysis is not None else check_policy(model)
     if a.errors:
         raise PolicyError(a.errors)
     pol = CompiledPolicy(source=source)
     pol.warnings = sorted(a.warnings)
+    pol.blocklist = list(model.blocklist)
     groups = {g.gid: g for g in a.groups}
 
     # Group LPM.
@@ -662,9 +762,7 @@ def compile_policy(model: PolicyFile, source: str = "") -> CompiledPolicy:
     pol.group_prefixes = {g.gid: [_net_text(n) for n in g.nets] for g in a.groups}
 
     # Nesting: ancestors of each group, closest first.
-    anc: dict[int, list[int]] = {}
-    for b in a.groups:
-        anc[b.gid] = [x.gid for x in a.groups if _nested(b, x)]
+    anc: dict[int, list[int]] = {gid: list(lst) for gid, lst in a.ancestors.items()}
     for gid, lst in anc.items():
         lst.sort(key=lambda x: (-len(anc[x]), x))
     desc: dict[int, set[int]] = {g.gid: {g.gid} for g in a.groups}
@@ -692,6 +790,7 @@ def compile_policy(model: PolicyFile, source: str = "") -> CompiledPolicy:
     targets: set[tuple[int, int]] = set()
     for s, d in own:
         targets |= {(s0, d0) for s0 in below(s) for d0 in below(d)}
+    add = pol.rules.append
     for s0, d0 in sorted(targets):
         kept: dict[LpmKey, Verdict] = {}
         for si in chain(s0):
@@ -699,12 +798,15 @@ def compile_policy(model: PolicyFile, source: str = "") -> CompiledPolicy:
                 entries = own.get((si, dj))
                 if not entries:
                     continue
+                if not kept:             # the closest pair with rules: nothing earlier covers its entries
+                    kept.update(entries)
+                    continue
                 earlier = set(kept)
                 for k, vd in entries:
                     if not any(c in earlier for c in _covering_keys(k)):
                         kept[k] = vd
         for (pl, proto, port), vd in kept.items():
-            pol.rules.append(RuleEntry(s0, d0, proto, port, pl, vd))
+            add(RuleEntry(s0, d0, proto, port, pl, vd))
 
     # Overrides, numbered after the rules.
     next_id = len(model.rules) + 1

@@ -506,3 +506,27 @@ def test_diff_names_added_removed_changed():
     assert any(ln.startswith("+ rule ops-all (line 13): ops -> any any allow") for ln in lines), lines
     assert diff(old, old) == []
     assert all(ln.startswith("+") for ln in diff(None, old))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_nesting_index_equals_the_pairwise_definition(seed):
+    """check_policy finds nesting and partly-inside warnings through a prefix
+    index (linear in the prefixes); the definition is pairwise: every
+    prefix of b inside a prefix of a (_nested), warned when some are."""
+    from datapath.policy_compile import _nested, _net_text, _within
+
+    text = random_policy(random.Random(seed))
+    a = check_policy(load_text(text, "r.yaml"))
+    assert {g.gid: sorted(x.gid for x in a.groups if _nested(g, x)) for g in a.groups} == \
+        {gid: sorted(lst) for gid, lst in a.ancestors.items()}, text
+    want = []
+    named = [g for g in a.groups if g.nets]
+    for g in named:
+        for h in named:
+            if g is h or _nested(h, g):
+                continue
+            inside = [n for n, r in zip(h.nets, h.spans()) if any(_within(r, q) for q in g.spans())]
+            if inside:
+                want.append((h.line, f"{_net_text(inside[0])} of {h.name} lies inside {g.name}"))
+    got = [(ln, m.split(", but")[0]) for ln, m in a.warnings if " lies inside " in m]
+    assert got == want, text
