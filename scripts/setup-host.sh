@@ -10,8 +10,9 @@ KREL="$(uname -r)"
 export DEBIAN_FRONTEND=noninteractive
 
 # What the product and its tests run: BCC's Python binding, netlink tools,
-# and the real clients the lab and end-to-end tests drive traffic with.
-PACKAGES=(python3-bpfcc python3-venv python3-pip iproute2 curl iputils-ping iperf3 ethtool procps)
+# the real clients the lab and end-to-end tests drive traffic with, and
+# nftables, the baseline bench/policy.py compares the policy against.
+PACKAGES=(python3-bpfcc python3-venv python3-pip iproute2 curl iputils-ping iperf3 ethtool procps nftables)
 
 say() { echo "setup: $*"; }
 

@@ -1,0 +1,383 @@
+"""New TCP connections per second and throughput through the lab gateway:
+no filter, microseg with a policy, and nftables with the same allow-list.
+
+The lab (appliance.lab.Lab: client -- gateway -- server, namespaces of its
+own) forwards between two veths. In the server namespace: a TCP server on
+port 9000 (accept, read one byte, answer one byte, close) and ``iperf3 -s``.
+From the client namespace:
+
+* **new conn/s**: one client, one connection at a time: connect, send one
+  byte, read the answer, close with SO_LINGER 0 (a RST: no TIME_WAIT, so
+  source ports do not run out); at most ``--conns`` connections and
+  ``--conn-seconds`` seconds per run; completed connections / seconds.
+* **Gbit/s**: ``iperf3 -c ... -t --iperf-seconds`` (one TCP stream), the
+  receiver's rate.
+
+The cases, for each rule count of ``--rules`` (an allow-list of that many
+entries: source network, destination host, TCP port, of which only the last
+lets the benchmark's traffic through, so a matcher that walks the list pays
+for all of it; everything else is dropped):
+
+* ``no filter``: plain forwarding, measured before and after the others of
+  its rule count; the ratios are to the median of both (same run);
+* ``microseg``: ``microseg up --policy`` on the gateway's two interfaces, the
+  allow-list as rules between CIDRs, default deny both ways;
+* ``nftables``: in the gateway's namespace, a forward chain (policy drop),
+  ``ct state established,related accept`` first, then one rule per entry
+  (conntrack: only a connection's first packet walks the rules);
+* ``nftables-set``: the same chain with one rule matching the whole list in a
+  concatenated interval set (``ip saddr . ip daddr . tcp dport``), the best
+  nftables does with a long list.
+
+Each case runs ``--runs`` times; the table has medians. Every run is bounded
+in time, and everything is undone in ``finally`` blocks (``microseg down``,
+``nft flush ruleset`` in the gateway namespace, the lab's namespaces
+removed). Root only; traffic only inside the lab.
+
+    .venv/bin/python bench/policy.py [--rules 10,1000,10000] [--runs N] [--conns N] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from appliance.lab import CLIENT_V4, GW_IFACES, SERVER_V4, Lab  # noqa: E402
+
+MICROSEG = [sys.executable, "-m", "appliance.cli"]
+CONN_PORT = 9000
+IPERF_PORT = 5201
+DEFAULT_RULES = (10, 1_000, 10_000)
+DEFAULT_RUNS = 3
+DEFAULT_CONNS = 5_000
+DEFAULT_CONN_SECONDS = 10.0
+DEFAULT_IPERF_SECONDS = 3
+QUICK = dict(rules=(10,), runs=1, conns=300, conn_seconds=3.0, iperf_seconds=1)
+CASES = ("no filter", "microseg", "nftables", "nftables-set")
+
+# One connection at a time; prints {"ok", "failed", "seconds"} as JSON.
+CLIENT = r"""
+import json, socket, struct, sys, time
+host, port, count, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+linger = struct.pack("ii", 1, 0)
+ok = failed = 0
+start = time.perf_counter()
+deadline = start + limit
+while ok + failed < count and time.perf_counter() < deadline:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect((host, port))
+        s.sendall(b"q")
+        if s.recv(1) == b"a":
+            ok += 1
+        else:
+            failed += 1
+    except OSError:
+        failed += 1
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        s.close()
+print(json.dumps({"ok": ok, "failed": failed, "seconds": time.perf_counter() - start}))
+"""
+
+# Is a filter in place? A SYN to a port the allow-list does not name (and no
+# server listens on): "refused" (a RST came back: it got through), or "dropped".
+PROBE = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(float(sys.argv[3]))
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    print("connected")
+except ConnectionRefusedError:
+    print("refused")
+except OSError:
+    print("dropped")
+"""
+PROBE_PORT = 9001
+
+# Accept, read one byte, answer one, close; one connection at a time.
+SERVER = r"""
+import socket, sys
+ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("0.0.0.0", int(sys.argv[1])))
+ls.listen(1024)
+while True:
+    c, _ = ls.accept()
+    c.settimeout(2.0)
+    try:
+        if c.recv(1):
+            c.sendall(b"a")
+    except OSError:
+        pass
+    c.close()
+"""
+
+
+# -- the allow-list ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Entry:
+    src: str        # CIDR
+    dst: str        # one address
+    ports: tuple[int, ...]
+
+
+def allow_list(n: int) -> list[Entry]:
+    """``n`` entries; only the last matches the benchmark's traffic."""
+    if not 1 <= n <= 65_536:
+        raise SystemExit("rule counts: 1 to 65536")
+    base_src = int(ipaddress.IPv4Address("172.16.0.0"))
+    out = []
+    for i in range(n - 1):
+        src = ipaddress.IPv4Network((base_src + i * 16, 28))
+        dst = ipaddress.IPv4Address(f"192.168.{i // 256}.{i % 256}")
+        out.append(Entry(str(src), str(dst), (1024 + i % 50_000,)))
+    client_net = ipaddress.IPv4Network(f"{CLIENT_V4}/24", strict=False)
+    out.append(Entry(str(client_net), SERVER_V4, (IPERF_PORT, CONN_PORT)))
+    return out
+
+
+def microseg_policy(entries: list[Entry]) -> str:
+    lines = ["defaults: {ingress: deny, egress: deny}", "rules:"]
+    for e in entries:
+        ports = ", ".join(str(p) for p in e.ports)
+        lines.append(f"  - {{from: {e.src}, to: {e.dst}/32, proto: tcp, ports: [{ports}], action: allow}}")
+    return "\n".join(lines) + "\n"
+
+
+def _ports(e: Entry) -> str:
+    return str(e.ports[0]) if len(e.ports) == 1 else "{ " + ", ".join(map(str, e.ports)) + " }"
+
+
+def nft_linear(entries: list[Entry]) -> str:
+    rules = "\n".join(f"    ip saddr {e.src} ip daddr {e.dst} tcp dport {_ports(e)} accept" for e in entries)
+    return ("table inet msbench {\n  chain forward {\n    type filter hook forward priority filter; policy drop;\n"
+            "    ct state established,related accept\n" + rules + "\n  }\n}\n")
+
+
+def nft_set(entries: list[Entry]) -> str:
+    elems = ",\n      ".join(f"{e.src} . {e.dst} . {p}" for e in entries for p in e.ports)
+    return ("table inet msbench {\n"
+            "  set allow {\n    type ipv4_addr . ipv4_addr . inet_service\n    flags interval\n"
+            f"    elements = {{\n      {elems}\n    }}\n  }}\n"
+            "  chain forward {\n    type filter hook forward priority filter; policy drop;\n"
+            "    ct state established,related accept\n"
+            "    ip saddr . ip daddr . tcp dport @allow accept\n  }\n}\n")
+
+
+# -- measuring -------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    conns: list[float] = field(default_factory=list)     # conn/s per run
+    gbits: list[float] = field(default_factory=list)
+    failed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Bench:
+    def __init__(self, lab: Lab, args, workdir: Path):
+        self.lab, self.args, self.workdir = lab, args, workdir
+
+    def conn_rate(self, res: Result) -> None:
+        a = self.args
+        r = self.lab.run(self.lab.client, [sys.executable, "-c", CLIENT, SERVER_V4, str(CONN_PORT),
+                                           str(a.conns), str(a.conn_seconds)],
+                         timeout=a.conn_seconds + 15, check=False)
+        try:
+            d = json.loads(r.stdout)
+        except ValueError:
+            res.notes.append(f"connection client failed: {r.stderr.strip()[-200:]}")
+            return
+        res.failed += d["failed"]
+        res.conns.append(d["ok"] / d["seconds"] if d["seconds"] > 0 else 0.0)
+
+    def throughput(self, res: Result) -> None:
+        t = self.args.iperf_seconds
+        r = self.lab.run(self.lab.client, ["iperf3", "-c", SERVER_V4, "-p", str(IPERF_PORT), "-t", str(t),
+                                           "-J", "--connect-timeout", "3000"],
+                         timeout=t + 20, check=False)
+        try:
+            d = json.loads(r.stdout)
+            res.gbits.append(d["end"]["sum_received"]["bits_per_second"] / 1e9)
+        except (ValueError, KeyError):
+            res.notes.append(f"iperf3 failed: {(r.stdout + r.stderr).strip()[-200:]}")
+
+    def probe(self) -> str:
+        r = self.lab.run(self.lab.client, [sys.executable, "-c", PROBE, SERVER_V4, str(PROBE_PORT), "0.5"],
+                         timeout=15, check=False)
+        return r.stdout.strip() or "error"
+
+    def measure(self, res: Result, filtered: bool = True) -> None:
+        got = self.probe()
+        want = "dropped" if filtered else "refused"
+        if got != want:
+            res.notes.append(f"a SYN to port {PROBE_PORT} (not in the allow-list) was {got}, "
+                             f"expected {want}: the filter is not what this case measures")
+            res.failed += 1
+        for _ in range(self.args.runs):
+            self.conn_rate(res)
+            self.throughput(res)
+
+    # -- the filters --------------------------------------------------------------
+    def microseg(self, entries: list[Entry], res: Result) -> None:
+        f = self.workdir / f"policy-{len(entries)}.yaml"
+        f.write_text(microseg_policy(entries))
+        up = [*MICROSEG, "up", "--netns", self.lab.gateway, "--iface", *GW_IFACES, "--policy", str(f)]
+        try:
+            t0 = time.monotonic()
+            r = subprocess.run(up, capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                res.notes.append(f"microseg up failed: {r.stderr.strip()[-300:]}")
+                return
+            res.notes.append(f"microseg up --policy: {time.monotonic() - t0:.1f} s")
+            self.measure(res)
+        finally:
+            subprocess.run([*MICROSEG, "down", "--netns", self.lab.gateway, "--iface", *GW_IFACES],
+                           capture_output=True, text=True, timeout=120)
+
+    def nft(self, ruleset: str, res: Result, name: str) -> None:
+        f = self.workdir / f"{name}.nft"
+        f.write_text(ruleset)
+        try:
+            t0 = time.monotonic()
+            r = self.lab.run(self.lab.gateway, ["nft", "-f", str(f)], timeout=300, check=False)
+            if r.returncode != 0:
+                res.notes.append(f"nft -f failed: {r.stderr.strip()[-300:]}")
+                return
+            res.notes.append(f"nft -f: {time.monotonic() - t0:.1f} s")
+            self.measure(res)
+        finally:
+            self.lab.run(self.lab.gateway, ["nft", "flush", "ruleset"], timeout=60, check=False)
+
+
+def servers(lab: Lab) -> list[subprocess.Popen]:
+    procs = [lab.popen(lab.server, [sys.executable, "-c", SERVER, str(CONN_PORT)]),
+             lab.popen(lab.server, ["iperf3", "-s", "-p", str(IPERF_PORT)])]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = lab.run(lab.server, ["ss", "-Hltn"], check=False)
+        if f":{CONN_PORT} " in r.stdout and f":{IPERF_PORT} " in r.stdout:
+            return procs
+        time.sleep(0.05)
+    for p in procs:
+        p.kill()
+    raise SystemExit("the servers in the lab did not start")
+
+
+def run(args) -> dict[tuple[str, int], Result]:
+    results: dict[tuple[str, int], Result] = {}
+    with tempfile.TemporaryDirectory(prefix="msbench-") as tmp, Lab() as lab:
+        procs = servers(lab)
+        try:
+            b = Bench(lab, args, Path(tmp))
+            for n in args.rules:
+                entries = allow_list(n)
+                base = results[("no filter", n)] = Result()
+                b.measure(base, filtered=False)
+                b.microseg(entries, results.setdefault(("microseg", n), Result()))
+                b.nft(nft_linear(entries), results.setdefault(("nftables", n), Result()), f"linear-{n}")
+                b.nft(nft_set(entries), results.setdefault(("nftables-set", n), Result()), f"set-{n}")
+                b.measure(base, filtered=False)      # the baseline again: drift shows in its spread
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait(timeout=5)
+            # The lab's own namespace; leaving the Lab removes it anyway.
+            lab.run(lab.gateway, ["nft", "flush", "ruleset"], timeout=60, check=False)
+    return results
+
+
+def _med(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def table(results: dict[tuple[str, int], Result], rules: list[int]) -> str:
+    out = ["| case | rules | new conn/s | ratio to no filter | Gbit/s | ratio to no filter |",
+           "|---|---|---|---|---|---|"]
+    for n in rules:
+        base = results[("no filter", n)]
+        bc, bg = _med(base.conns), _med(base.gbits)
+        for case in CASES:
+            r = results.get((case, n))
+            if r is None:
+                continue
+            c, g = _med(r.conns), _med(r.gbits)
+            cr = f"{c / bc:.2f}" if c is not None and bc else "-"
+            gr = f"{g / bg:.2f}" if g is not None and bg else "-"
+            out.append(f"| {case} | {n if case != 'no filter' else f'({n})'} | "
+                       f"{f'{c:.0f}' if c is not None else '-'} | {cr} | "
+                       f"{f'{g:.2f}' if g is not None else '-'} | {gr} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rules", default=None, help="rule counts, comma-separated (default 10,1000,10000)")
+    ap.add_argument("--runs", type=int, default=None, help=f"runs per case (default {DEFAULT_RUNS})")
+    ap.add_argument("--conns", type=int, default=None, help=f"connections per run, at most (default {DEFAULT_CONNS})")
+    ap.add_argument("--conn-seconds", type=float, default=None,
+                    help=f"seconds per connection run, at most (default {DEFAULT_CONN_SECONDS:g})")
+    ap.add_argument("--iperf-seconds", type=int, default=None, help=f"iperf3 -t (default {DEFAULT_IPERF_SECONDS})")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
+    args = ap.parse_args(argv)
+    q = QUICK if args.quick else {}
+    args.rules = [int(x) for x in args.rules.split(",")] if args.rules else list(q.get("rules", DEFAULT_RULES))
+    args.runs = args.runs or q.get("runs", DEFAULT_RUNS)
+    args.conns = args.conns or q.get("conns", DEFAULT_CONNS)
+    args.conn_seconds = args.conn_seconds or q.get("conn_seconds", DEFAULT_CONN_SECONDS)
+    args.iperf_seconds = args.iperf_seconds or q.get("iperf_seconds", DEFAULT_IPERF_SECONDS)
+    if min(args.runs, args.conns, args.iperf_seconds) < 1 or args.conn_seconds <= 0:
+        ap.error("--runs, --conns, --conn-seconds and --iperf-seconds must be positive")
+    if os.geteuid() != 0:
+        print("bench/policy.py builds network namespaces and attaches BPF programs: run it as root",
+              file=sys.stderr)
+        return 1
+    for tool in ("nft", "iperf3"):
+        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            print(f"bench/policy.py needs {tool}: run `make setup`", file=sys.stderr)
+            return 1
+
+    t0 = time.monotonic()
+    results = run(args)
+    print("microseg policy against nftables: the lab gateway (veth, 2 namespaces hops), "
+          f"kernel {os.uname().release}")
+    print(f"runs {args.runs} per case (medians); new conn/s: one client, connect + 1-byte request/response + "
+          f"RST close, at most {args.conns} connections or {args.conn_seconds:g} s per run; "
+          f"Gbit/s: iperf3 -t {args.iperf_seconds}, one stream")
+    print("the allow-list's last entry lets the benchmark's traffic through; ratios are to no filter of the "
+          "same rule count (measured before and after the filters)")
+    print()
+    print(table(results, args.rules))
+    print()
+    problems = []
+    for (case, n), r in results.items():
+        for note in r.notes:
+            print(f"{case} {n}: {note}")
+        if r.failed:
+            problems.append(f"{case} {n}: {r.failed} connection(s) or probe(s) failed")
+        if len(r.conns) < args.runs or len(r.gbits) < args.runs:
+            problems.append(f"{case} {n}: missing measurements")
+    print(f"total {time.monotonic() - t0:.0f} s")
+    for p in problems:
+        print(f"WARNING: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""bench/policy.py --quick: one row per case, with numbers (no timing asserted).
+
+The smallest run: 10 rules, one run per case, a few hundred connections and
+a one-second iperf3 each; the lab is removed afterwards.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pyroute2 import netns as pr_netns
+
+pytestmark = pytest.mark.lab
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "policy.py"
+ROW = re.compile(r"^\| (no filter|microseg|nftables|nftables-set) \| \(?10\)? \| (\d+) \| ([\d.]+) \| "
+                 r"([\d.]+) \| ([\d.]+) \|$")
+
+
+def test_bench_policy_quick():
+    before = set(pr_netns.listnetns())
+    r = subprocess.run([sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = {m[1]: m.groups()[1:] for m in map(ROW.match, r.stdout.splitlines()) if m}
+    assert set(rows) == {"no filter", "microseg", "nftables", "nftables-set"}, r.stdout
+    for case, (conns, cratio, gbits, gratio) in rows.items():
+        assert int(conns) > 0 and float(gbits) > 0, (case, r.stdout)
+    assert "WARNING" not in r.stderr
+    assert set(pr_netns.listnetns()) <= before         # the lab is gone
