@@ -33,13 +33,14 @@ each round. Two kinds of new flow, each counted and checked
 
 * ``same-hosts``: one client and one server, a new source port per SYN
   (bench/fastpath.py's method); decided by the (source group, destination
-  group) rule; the tries' paths stay in cache.
+  group) rule; what it looks up stays in cache.
 * ``new-host``: a different client address per SYN, each in another leaf
   group (with the small policy: in no group), decided by the (any,
-  destination group) rule after two misses; walks cold trie paths.
+  destination group) rule after two levels that miss; the client's group
+  and the missing levels' table slots are cold (not in cache).
 
 The empty TC program, run the same way (repeat 1, interleaved), is the
-floor. Also printed: the sizes of the kernel tables.
+floor.
 
     .venv/bin/python bench/policy_scale.py [--rules N] [--groups N] [--new-flows N] [--rounds N]
                                            [--quick] [--no-kernel] [--profile FILE]
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     print("microseg policy at scale: load time and a new flow's first packet")
     print(f"kernel   {os.uname().release}")
     print(f"policy   {s['rules']} rules, {s['groups']} groups + {s['cidr_groups']} from CIDRs, "
-          f"{s['prefixes']} prefixes -> {s['rule_entries']} rule LPM entries; {len(text) / 1e6:.1f} MB of YAML "
+          f"{s['prefixes']} prefixes -> {s['rule_entries']} rule entries; {len(text) / 1e6:.1f} MB of YAML "
           f"(generated in {gen_s:.1f} s)")
     print()
     print("| step | large policy, s | small policy, s |")

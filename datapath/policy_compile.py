@@ -60,13 +60,17 @@ kept, and the earlier, more specific entry wins in the LPM where they
 overlap). The kernel's four-level lookup then gives exactly the precedence
 above. Rule ids are 1-based: rules in file order, then overrides in file
 order; RuleInfo keeps each one's line and text for `explain`.
+
+"LPM" above is the meaning of the tables: the longest prefix wins. The
+kernel keeps the rule entries (and, when that is cheaper, the group
+prefixes) in hashes, each under its own prefix length, and probes the
+lengths present longest first, which finds the same entry
+(bpf/lib/maps.h; datapath/policy_maps.py writes them).
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import functools
-import gc
 import ipaddress
 import re
 from collections import defaultdict
@@ -76,7 +80,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 from .errors import UsageError
-from .policy_tables import (GROUP_ANY, GROUP_WORLD, INSPECT_BITS, INSPECT_HOLD, IPPROTO, POL,
+from .policy_tables import (GROUP_ANY, GROUP_WORLD, INSPECT_BITS, INSPECT_HOLD, IPPROTO, POL, no_gc,
                             PREFIX_ANY_PORT, PREFIX_ANY_PROTO, PREFIX_PORT, CompiledPolicy, ExactEntry,
                             RuleEntry, RuleInfo, Verdict, mapped, mapped_net, port_blocks)
 
@@ -96,22 +100,6 @@ PROTOS: dict[str, tuple[int, ...] | None] = {
 PORTED = ("tcp", "udp")
 MAPPED_V4 = ipaddress.IPv6Network("::ffff:0:0/96")
 GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-
-
-@contextlib.contextmanager
-def no_gc():
-    """The cyclic garbage collector off for a bulk build of objects (a large
-    policy is millions of YAML nodes, models and entries, none of them
-    garbage yet): each collection would walk them all again, and did, for
-    more than half of the time a 100,000-rule policy took to load. Nested
-    uses are fine; the previous state comes back."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _without_gc(fn):

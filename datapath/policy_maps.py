@@ -1,7 +1,8 @@
 """Write a compiled policy into the kernel as one new generation.
 
 The running policy is never edited in place. A new generation is built
-beside it: fresh inner maps (groups, rules, exact overrides) are created
+beside it: fresh inner maps (groups as a trie and as a hash, rules, exact
+overrides; bpf/lib/maps.h says how each is keyed) are created
 and filled, put into the spare slot of the outer arrays together with
 that slot's defaults, and then ms_pol_state is rewritten to {spare slot,
 generation + 1} in one 8-byte map write. A packet sees the old policy or
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 from . import bpfsys
 from .errors import MicrosegError
-from .policy_tables import CompiledPolicy, Verdict
+from .policy_tables import PREFIX_ANY_PORT, PREFIX_ANY_PROTO, CompiledPolicy, Verdict, group_lengths, no_gc
 
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_LPM_TRIE = 11
@@ -32,13 +33,21 @@ BPF_F_NO_PREALLOC = 1
 # name of outer array -> (template map, map type, flags)
 INNER = {
     "ms_pol_grp": ("ms_pol_grp_t", BPF_MAP_TYPE_LPM_TRIE, BPF_F_NO_PREALLOC),
-    "ms_pol_rule": ("ms_pol_rule_t", BPF_MAP_TYPE_LPM_TRIE, BPF_F_NO_PREALLOC),
+    "ms_pol_gh": ("ms_pol_gh_t", BPF_MAP_TYPE_HASH, BPF_F_NO_PREALLOC),
+    "ms_pol_rule": ("ms_pol_rule_t", BPF_MAP_TYPE_HASH, BPF_F_NO_PREALLOC),
     "ms_pol_exact": ("ms_pol_exact_t", BPF_MAP_TYPE_HASH, 0),
 }
-POLICY_MAPS = ("ms_pol_state", "ms_pol_dflt", *INNER, *(t for t, _, _ in INNER.values()))
+POLICY_MAPS = ("ms_pol_state", "ms_pol_dflt", "ms_pol_glen", *INNER, *(t for t, _, _ in INNER.values()))
 # The maps apply() writes (the templates only lend their layouts).
-WRITTEN_MAPS = ("ms_pol_state", "ms_pol_dflt", *INNER)
+WRITTEN_MAPS = ("ms_pol_state", "ms_pol_dflt", "ms_pol_glen", *INNER)
 HOOKS = {"ingress": 0, "egress": 1}
+# Rule-table records (bpf/lib/maps.h): prefix length, "every protocol" bit,
+# and the protocols the fast path keeps sessions of (a pair with a rule
+# for every protocol has a record for each of them, and one under 0).
+RULE_RECORD = 0
+RULE_HAS_ANY = 1 << 17
+SESSION_PROTOS = (6, 17, 1, 58)
+GLENS_LPM = 0xFF
 
 
 @dataclass
@@ -144,18 +153,54 @@ class PolicyMaps:
         values = b"".join([pv.pack(gid) for _, gid in pol.groups])
         return len(pol.groups), keys, values
 
+    def _glens(self, pol: CompiledPolicy, how: str) -> list[bytes]:
+        """ms_pol_glen's two values of a slot: mapped, other (policy_tables.group_lengths)."""
+        leaf = self.types["ms_pol_glen"][1]
+        most = leaf.len.size
+        out = []
+        for kind, lens in group_lengths(pol, most, how).items():
+            v = leaf()
+            if lens is None:
+                v.n = GLENS_LPM
+            else:
+                v.n = len(lens)
+                for i, ln in enumerate(lens):
+                    v.len[i] = ln
+            out.append(bytes(v))
+        return out
+
     def _rule_entries(self, pol: CompiledPolicy):
-        # Groups and port are big-endian in the key (the LPM's bit order):
-        # packed natively after htonl / htons.
+        """The rule hash (bpf/lib/maps.h): every entry under its own prefix
+        length, bits past it zero; and the records of each (source group,
+        destination group, protocol)."""
+        # Groups and port are big-endian in the key: packed natively after htonl / htons.
         pk = self._packer("ms_pol_rule_t", 0, [("prefixlen", "I"), ("sgroup", "I"), ("dgroup", "I"),
                                                ("proto", "B"), ("port", "H")])
-        vb = self._verdicts("ms_pol_rule_t")
+        vpk = self._packer("ms_pol_rule_t", 1, [("v", "8s"), ("lens", "I")])
+        vb = self._verdicts("ms_pol_dflt")      # its value is a struct ms_verdict, as the rules' v
         htonl, htons = socket.htonl, socket.htons
-        keys = b"".join([pk.pack(e.prefixlen, htonl(e.sgroup), htonl(e.dgroup),
-                                 e.proto if e.prefixlen > 64 else 0,
-                                 htons(e.port) if e.prefixlen > 72 else 0) for e in pol.rules])
-        values = b"".join([vb(e.verdict) for e in pol.rules])
-        return len(pol.rules), keys, values
+        keys, values = [], []
+        lens: dict[tuple[int, int, int], int] = {}        # (sg, dg, proto) -> length bits
+        any_of: dict[tuple[int, int], Verdict] = {}       # (sg, dg) -> its rule for every protocol
+        for e in pol.rules:
+            if e.prefixlen == PREFIX_ANY_PROTO:
+                any_of[(e.sgroup, e.dgroup)] = e.verdict
+                continue
+            bits = e.prefixlen - PREFIX_ANY_PORT
+            port = e.port >> (16 - bits) << (16 - bits) if bits else 0
+            keys.append(pk.pack(e.prefixlen, htonl(e.sgroup), htonl(e.dgroup), e.proto, htons(port)))
+            values.append(vpk.pack(vb(e.verdict), 0))
+            k = (e.sgroup, e.dgroup, e.proto)
+            lens[k] = lens.get(k, 0) | (1 << bits)
+        none = vb(Verdict(0))
+        for (sg, dg), vd in any_of.items():
+            for p in (0, *SESSION_PROTOS):
+                lens.setdefault((sg, dg, p), 0)
+        for (sg, dg, p), bits in lens.items():
+            vd = any_of.get((sg, dg))
+            keys.append(pk.pack(RULE_RECORD, htonl(sg), htonl(dg), p, 0))
+            values.append(vpk.pack(vb(vd) if vd else none, bits | (RULE_HAS_ANY if vd else 0)))
+        return len(keys), b"".join(keys), b"".join(values)
 
     def _exact_entries(self, pol: CompiledPolicy):
         pk = self._packer("ms_pol_exact_t", 0, [("saddr", "16s"), ("daddr", "16s"), ("sport", "H"),
@@ -167,14 +212,21 @@ class PolicyMaps:
         values = b"".join([vb(e.verdict) for e in pol.exact])
         return len(pol.exact), keys, values
 
-    def apply(self, pol: CompiledPolicy) -> PolicyState:
-        """Load ``pol`` as the next generation and make it live in one write."""
+    def apply(self, pol: CompiledPolicy, group_lookup: str = "auto") -> PolicyState:
+        """Load ``pol`` as the next generation and make it live in one write.
+        ``group_lookup``: how the kernel finds an address's group (auto, hash,
+        lpm: policy_tables.group_lengths); both tables are filled either way."""
         cur = self.state()
         spare = 1 - cur.slot if cur.gen else 0
         inner = {}
         try:
-            inner["ms_pol_grp"] = self._inner("ms_pol_grp", self._group_entries(pol))
-            inner["ms_pol_rule"] = self._inner("ms_pol_rule", self._rule_entries(pol))
+            with no_gc():     # a million packed keys beside a large compiled policy: no collections
+                groups = self._group_entries(pol)
+                rules = self._rule_entries(pol)
+            inner["ms_pol_grp"] = self._inner("ms_pol_grp", groups)
+            inner["ms_pol_gh"] = self._inner("ms_pol_gh", groups)   # same keys: prefixes are masked
+            inner["ms_pol_rule"] = self._inner("ms_pol_rule", rules)
+            del groups, rules
             inner["ms_pol_exact"] = self._inner("ms_pol_exact", self._exact_entries(pol))
             slot_key = bytes(ctypes.c_uint32(spare))
             for outer, fd in inner.items():
@@ -185,6 +237,8 @@ class PolicyMaps:
                     raise MicrosegError(f"compiled policy has no default for {hook}")
                 bpfsys.map_update(self.fds["ms_pol_dflt"], bytes(ctypes.c_uint32(spare * 2 + h)),
                                   self._verdict_bytes("ms_pol_dflt", vd))
+            for kind, val in enumerate(self._glens(pol, group_lookup)):
+                bpfsys.map_update(self.fds["ms_pol_glen"], bytes(ctypes.c_uint32(spare * 2 + kind)), val)
             new = PolicyState(spare, cur.gen + 1)
             _, sv = self.types["ms_pol_state"]
             st = sv()

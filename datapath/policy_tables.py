@@ -9,6 +9,8 @@ and a test checks the two agree on random tuples.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -27,6 +29,22 @@ INSPECT_BITS = {"dpi": 0x01, "waf": 0x02, "dlp": 0x04}
 INSPECT_HOLD = 0x80
 
 IPPROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+
+
+@contextlib.contextmanager
+def no_gc():
+    """The cyclic garbage collector off for a bulk build of objects (a large
+    policy is millions of YAML nodes, models and entries, none of them
+    garbage yet): each collection would walk them all again, and did, for
+    more than half of the time a 100,000-rule policy took to load. Nested
+    uses are fine; the previous state comes back."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 @dataclass(frozen=True)
@@ -110,6 +128,37 @@ def port_blocks(lo: int, hi: int) -> list[tuple[int, int]]:
             size >>= 1
         out.append((lo, 16 - size.bit_length() + 1))
         lo += size
+    return out
+
+
+MAPPED_V4 = ipaddress.IPv6Network("::ffff:0:0/96")
+GROUP_KINDS = ("mapped", "other")      # ms_pol_glen: slot * 2 + kind
+
+
+def group_lengths(policy: CompiledPolicy, most: int, how: str = "auto") -> dict[str, list[int] | None]:
+    """The prefix lengths the kernel probes its group hash with, longest
+    first, per kind of address (IPv4-mapped, other); None: look the trie up
+    instead (bpf/lib/maps.h).
+
+    An address can only be in a prefix that meets its kind's range: an
+    IPv4-mapped address in a prefix inside ::ffff:0:0/96 or holding it, any
+    other address in a prefix not inside it. Probing those lengths longest
+    first finds what the trie finds. ``how``: "auto" probes when the
+    lengths are at most ``most`` and at most half the bits of the prefix
+    count (a trie of N prefixes is walked about log2(N) nodes deep, a
+    probe costs about two); "hash" whenever they are at most ``most``
+    (tests); "lpm" never."""
+    out: dict[str, list[int] | None] = {}
+    for kind in GROUP_KINDS:
+        if kind == "mapped":
+            nets = [n for n, _ in policy.groups if n.subnet_of(MAPPED_V4) or MAPPED_V4.subnet_of(n)]
+        else:
+            nets = [n for n, _ in policy.groups if not n.subnet_of(MAPPED_V4)]
+        lens = sorted({n.prefixlen for n in nets}, reverse=True)
+        if how == "lpm" or len(lens) > most or (how == "auto" and 2 * len(lens) > len(nets).bit_length()):
+            out[kind] = None
+        else:
+            out[kind] = lens
     return out
 
 

@@ -354,15 +354,48 @@ struct ms_verdict {
     __u8  log;            /* 1: log decisions of this rule */
 };
 
-/* Group of an address: LPM over IPv4-mapped IPv6 (struct ms_lpm_key). */
+/* Group of an address: the group of its longest prefix (struct ms_lpm_key,
+ * IPv4-mapped IPv6). Two tables hold the same prefixes: an LPM trie, and a
+ * hash keyed by (prefix length, address masked to it) that is probed once
+ * per prefix length the policy uses, longest first (ms_pol_glen lists the
+ * lengths). The first hit is the longest match, as the trie's answer. The
+ * hash is used when the lengths are few against the prefixes: a trie of N
+ * prefixes is walked about log2(N) nodes deep, one cache miss each when
+ * cold (50,000 prefixes: ~300 ns cold, ~130 ns hot), a probe costs one or
+ * two (see datapath/policy_tables.py group_lengths()). */
 #define MS_GROUP_WORLD 0          /* an address in no group */
 #define MS_GROUP_ANY   0xffffffff /* "any" in a rule: every group, the world too */
+#define MS_GLENS_MAX   8          /* prefix lengths the hash way probes at most */
+#define MS_GLENS_LPM   0xff       /* ms_pol_glens.n: use the trie */
 
-/* Rule key: an LPM over (source group, destination group, protocol, port),
- * all big-endian so prefix bits run in that order. A rule for every
- * protocol has prefix 64, for one protocol and every port 72, one port 88;
- * a port range is split into prefix-aligned blocks. The most specific
- * match wins by construction. */
+/* The lengths to probe for one kind of address, longest first: index
+ * slot * 2 + 0 for IPv4-mapped addresses, slot * 2 + 1 for the others. */
+struct ms_pol_glens {
+    __u8  n;              /* lengths in len[]; MS_GLENS_LPM: look up the trie */
+    __u8  pad[3];
+    __u8  len[MS_GLENS_MAX];
+};
+
+/* Rule key: (prefix length, source group, destination group, protocol,
+ * port), all big-endian. As an LPM key: a rule for every protocol has
+ * prefix 64, for one protocol and every port 72, one port 88; a port range
+ * is split into prefix-aligned blocks (73..88); the most specific match
+ * wins. The kernel keeps these entries in a hash, each under its own
+ * prefix length with the bits past it zero, and finds the most specific
+ * one by probing the lengths present, longest first (policy.h). As a trie
+ * (as it was), 400,000 entries cost a new flow ~230 ns per lookup hot and
+ * 1.3 us cold: a walk down a binary trie about log2(N) nodes deep, each
+ * node a dependent load; the hash costs one probe per length the pair of
+ * groups uses, usually one or two (bench/policy_scale.py).
+ *
+ * Beside the entries, one record per (source group, destination group,
+ * protocol) with entries (key: prefixlen MS_RULE_RECORD, port 0): which
+ * prefix lengths 72..88 that protocol's entries have (lens bit n: 72 + n),
+ * and, with MS_RULE_HAS_ANY, the verdict of the pair's rule for every
+ * protocol (prefix 64), the least specific. A pair with such a rule has a
+ * record for each protocol the fast path keeps sessions of (TCP, UDP,
+ * ICMP, ICMPv6) and one under protocol 0 for the others, so one lookup
+ * tells whether the level can match at all. */
 struct ms_rule_key {
     __u32 prefixlen;
     __u8  sgroup[4];
@@ -374,6 +407,13 @@ struct ms_rule_key {
 #define MS_RULE_PREFIX_ANY_PROTO 64
 #define MS_RULE_PREFIX_ANY_PORT  72
 #define MS_RULE_PREFIX_PORT      88
+#define MS_RULE_RECORD           0
+#define MS_RULE_HAS_ANY          (1u << 17)
+
+struct ms_rule_val {
+    struct ms_verdict v;  /* an entry's verdict; a record's: the rule for every protocol */
+    __u32 lens;           /* a record's: bit n: entries of prefix 72 + n; MS_RULE_HAS_ANY */
+};
 
 /* Exact overrides, directional: (source, destination, source port or 0
  * for any, destination port, protocol). */
@@ -392,6 +432,11 @@ struct ms_pol_scratch {
     struct ms_exact_key exact;
     struct ms_lpm_key addr;
     struct ms_rule_key rule;
+    __u32 idx;            /* policy.h: a key for array lookups (not on the stack), */
+    __u32 sgroup, dgroup; /* the flow's groups, */
+    __u16 port;           /* destination port, host order (0: no ports) */
+    __u8  proto;          /* and protocol */
+    __u8  pad;
 };
 BPF_PERCPU_ARRAY(ms_pol_scratch, struct ms_pol_scratch, 1);
 
@@ -401,13 +446,17 @@ BPF_PERCPU_ARRAY(ms_pol_scratch, struct ms_pol_scratch, 1);
  * match), so they hold one entry. Two slots per outer array: the active
  * one, and the one the next policy is written into. */
 BPF_F_TABLE("lpm_trie", struct ms_lpm_key, __u32, ms_pol_grp_t, 1, BPF_F_NO_PREALLOC);
-BPF_F_TABLE("lpm_trie", struct ms_rule_key, struct ms_verdict, ms_pol_rule_t, 1, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", struct ms_lpm_key, __u32, ms_pol_gh_t, 1, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", struct ms_rule_key, struct ms_rule_val, ms_pol_rule_t, 1, BPF_F_NO_PREALLOC);
 BPF_TABLE("hash", struct ms_exact_key, struct ms_verdict, ms_pol_exact_t, 1);
 BPF_ARRAY_OF_MAPS(ms_pol_grp, "ms_pol_grp_t", 2);
+BPF_ARRAY_OF_MAPS(ms_pol_gh, "ms_pol_gh_t", 2);
 BPF_ARRAY_OF_MAPS(ms_pol_rule, "ms_pol_rule_t", 2);
 BPF_ARRAY_OF_MAPS(ms_pol_exact, "ms_pol_exact_t", 2);
 /* Defaults per slot and hook: index slot * 2 + enum ms_dir. */
 BPF_ARRAY(ms_pol_dflt, struct ms_verdict, 4);
+/* Group prefix lengths per slot and kind of address (struct ms_pol_glens). */
+BPF_ARRAY(ms_pol_glen, struct ms_pol_glens, 4);
 
 /* Which slot is live. One 8-byte value, so a reload flips in one write:
  * user space fills the other slot, then writes {slot, gen + 1}. */

@@ -9,7 +9,8 @@
  *      prefix of each address; an address in no group is the world), in
  *      this fixed order: (source group, destination group), (source
  *      group, any), (any, destination group), (any, any); within each,
- *      the most specific protocol and port match (LPM, see maps.h);
+ *      the most specific protocol and port match (the longest prefix of
+ *      the LPM key in maps.h, found by probing a hash per prefix length);
  *   3. the default of the hook the flow was first seen on.
  * Evaluated once per flow and stored in the session with the generation;
  * a session from an older generation is decided again on its next packet.
@@ -30,21 +31,103 @@ static __always_inline __u64 ms_pol_live(void)
 #define MS_POL_SLOT(live) ((__u32)(live) & 1)
 #define MS_POL_GEN(live)  ((__u32)((live) >> 32))
 
-static __always_inline __u32 ms_pol_group(void *grp, struct ms_lpm_key *k, const __u8 *addr)
+/* k->addr = addr with the bits past ``len`` cleared (len 0..128). Word by
+ * word in place: no copies on the stack (policy.h runs deep in the TCP
+ * stage, whose stack is counted: tests/datapath/test_stack.py). */
+static __always_inline void ms_pol_mask(struct ms_lpm_key *k, const __u8 *addr, __u32 len)
 {
+    __builtin_memcpy(k->addr, addr, 16);
+    __u32 *w = (__u32 *)k->addr;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int bits = (int)len - 32 * i;
+        if (bits <= 0)
+            w[i] = 0;
+        else if (bits < 32)
+            w[i] &= bpf_htonl(~0u << (32 - bits));
+    }
+}
+
+/* IPv4-mapped (::ffff:0:0/96)? */
+static __always_inline int ms_pol_is_mapped(const __u8 *a)
+{
+    return !(a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9]) &&
+           a[10] == 0xff && a[11] == 0xff;
+}
+
+/* The group of an address (maps.h: the hash probed per prefix length, or
+ * the trie, as ms_pol_glen says for the slot and the kind of address). */
+static __always_inline __u32 ms_pol_group(__u32 slot, struct ms_pol_scratch *sc, const __u8 *addr)
+{
+    struct ms_lpm_key *k = &sc->addr;
+    sc->idx = slot * 2 + (ms_pol_is_mapped(addr) ? 0 : 1);
+    struct ms_pol_glens *gl = ms_pol_glen.lookup(&sc->idx);
+    sc->idx = slot;
+    void *gh = ms_pol_gh.lookup(&sc->idx);
+    if (gl && gh && gl->n != MS_GLENS_LPM) {
+#pragma unroll
+        for (int i = 0; i < MS_GLENS_MAX; i++) {
+            if (i >= gl->n)
+                break;
+            __u32 len = gl->len[i];
+            ms_pol_mask(k, addr, len);
+            k->prefixlen = len;
+            __u32 *g = bpf_map_lookup_elem(gh, k);
+            if (g)
+                return *g;
+        }
+        return MS_GROUP_WORLD;
+    }
+    sc->idx = slot;
+    void *grp = ms_pol_grp.lookup(&sc->idx);
+    if (!grp)
+        return MS_GROUP_WORLD;
     k->prefixlen = 128;
     __builtin_memcpy(k->addr, addr, 16);
     __u32 *g = bpf_map_lookup_elem(grp, k);
     return g ? *g : MS_GROUP_WORLD;
 }
 
-static __always_inline struct ms_verdict *ms_pol_rule_find(void *rules, struct ms_rule_key *k,
-                                                           __u32 sg, __u32 dg)
+/* The most specific rule entry of one pair of groups for the flow's
+ * protocol and port (sc->proto, sc->port): the pair's record says which
+ * prefix lengths to probe (maps.h); the longest that holds the port's block
+ * wins, then the pair's rule for every protocol. Protocol, port, the length
+ * bits are read where they are kept, not held in registers: across the
+ * lookups they would be spilled to the stack. */
+static __always_inline int ms_pol_rule_find(void *rules, struct ms_pol_scratch *sc, __u32 sg, __u32 dg,
+                                            struct ms_verdict *v)
 {
-    __be32 s = bpf_htonl(sg), d = bpf_htonl(dg);
-    __builtin_memcpy(k->sgroup, &s, 4);
-    __builtin_memcpy(k->dgroup, &d, 4);
-    return bpf_map_lookup_elem(rules, k);
+    struct ms_rule_key *k = &sc->rule;
+    __u32 *g = (__u32 *)k->sgroup;     /* 4-byte aligned in the key */
+    g[0] = bpf_htonl(sg);
+    g[1] = bpf_htonl(dg);
+    __u8 proto = sc->proto;
+    k->prefixlen = MS_RULE_RECORD;
+    k->proto = (proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_ICMP ||
+                proto == IPPROTO_ICMPV6) ? proto : 0;
+    k->port[0] = k->port[1] = 0;
+    k->pad = 0;
+    struct ms_rule_val *rec = bpf_map_lookup_elem(rules, k);
+    if (!rec)
+        return 0;
+#pragma unroll
+    for (int b = 16; b >= 0; b--) {
+        if (!(rec->lens & (1u << b)))
+            continue;
+        __u16 blk = b ? (__u16)(sc->port & (0xffffu << (16 - b))) : 0;
+        k->prefixlen = MS_RULE_PREFIX_ANY_PORT + b;
+        k->port[0] = blk >> 8;              /* big-endian */
+        k->port[1] = blk & 0xff;
+        struct ms_rule_val *e = bpf_map_lookup_elem(rules, k);
+        if (e) {
+            *v = e->v;
+            return 1;
+        }
+    }
+    if (!(rec->lens & MS_RULE_HAS_ANY))
+        return 0;
+    *v = rec->v;
+    return 1;
 }
 
 /* Decide a flow as seen from its initiator (saddr:sport -> daddr:dport)
@@ -87,29 +170,20 @@ static __always_inline void ms_policy_eval(const __u8 *saddr, const __u8 *daddr,
         }
     }
 
-    void *grp = ms_pol_grp.lookup(&slot);
     void *rules = ms_pol_rule.lookup(&slot);
-    if (grp && rules) {
-        __u32 sg = ms_pol_group(grp, &sc->addr, saddr);
-        __u32 dg = ms_pol_group(grp, &sc->addr, daddr);
-        struct ms_rule_key *rk = &sc->rule;
-        rk->prefixlen = MS_RULE_PREFIX_PORT;
-        rk->proto = proto;
-        rk->pad = 0;
+    if (rules) {
+        sc->sgroup = ms_pol_group(slot, sc, saddr);
+        sc->dgroup = ms_pol_group(slot, sc, daddr);
         /* ICMP has no ports: its rules are keyed by port 0. */
-        __be16 port = (proto == IPPROTO_TCP || proto == IPPROTO_UDP) ? dport : 0;
-        __builtin_memcpy(rk->port, &port, 2);
-        struct ms_verdict *hit = ms_pol_rule_find(rules, rk, sg, dg);
-        if (!hit)
-            hit = ms_pol_rule_find(rules, rk, sg, MS_GROUP_ANY);
-        if (!hit)
-            hit = ms_pol_rule_find(rules, rk, MS_GROUP_ANY, dg);
-        if (!hit)
-            hit = ms_pol_rule_find(rules, rk, MS_GROUP_ANY, MS_GROUP_ANY);
-        if (hit) {
-            *v = *hit;
-            return;
-        }
+        sc->port = (proto == IPPROTO_TCP || proto == IPPROTO_UDP) ? bpf_ntohs(dport) : 0;
+        sc->proto = proto;
+        /* The four levels in order: (sg, dg), (sg, any), (any, dg), (any,
+         * any). A loop, not four copies: the stage's stack is counted. */
+#pragma clang loop unroll(disable)
+        for (int lvl = 0; lvl < 4; lvl++)
+            if (ms_pol_rule_find(rules, sc, lvl < 2 ? sc->sgroup : MS_GROUP_ANY,
+                                 (lvl & 1) ? MS_GROUP_ANY : sc->dgroup, v))
+                return;
     }
 
     __u32 di = slot * 2 + (dir & 1);

@@ -25,7 +25,7 @@ from datapath.config import DatapathConfig
 from datapath.enums import CtState, Direction, Reason
 from datapath.errors import MicrosegError
 from datapath.policy_maps import PolicyMaps
-from datapath.policy_tables import POL, decide
+from datapath.policy_tables import POL, decide, group_lengths
 from packets_ct import (EGR, FLOWS, HALFOPEN, ING, TcpConn, entry, ether, expect, run_counted)
 
 POLICY = """
@@ -124,10 +124,19 @@ def test_policy_compiles_with_every_feature():
     assert [w for _, w in pol.warnings if "partner" in w]
 
 
-def test_random_flows_kernel_equals_explain(unlimited):
+# How the kernel finds a group (policy_tables.group_lengths): this policy's
+# few prefixes make "auto" the trie; "hash" probes its 8 (IPv4-mapped) and
+# 3 (IPv6) prefix lengths.
+GROUP_LOOKUPS = ["auto", "hash", "lpm"]
+
+
+@pytest.mark.parametrize("group_lookup", GROUP_LOOKUPS)
+def test_random_flows_kernel_equals_explain(unlimited, group_lookup):
     fp = unlimited
     pol = compiled()
-    st = PolicyMaps.for_fastpath(fp).apply(pol)
+    if group_lookup == "hash":
+        assert all(group_lengths(pol, 8, "hash").values())
+    st = PolicyMaps.for_fastpath(fp).apply(pol, group_lookup)
     assert st.gen == 1
     rng = random.Random(20240607)
     seen_flows = set()
@@ -192,11 +201,12 @@ def test_random_flows_kernel_equals_explain(unlimited):
                            "rule (any, destination group)", "rule (any, any)"}, by_how
 
 
-def test_every_rule_and_override_decides_some_flow_in_the_kernel(unlimited):
+@pytest.mark.parametrize("group_lookup", GROUP_LOOKUPS)
+def test_every_rule_and_override_decides_some_flow_in_the_kernel(unlimited, group_lookup):
     """One flow per rule and override, chosen to be decided by it."""
     fp = unlimited
     pol = compiled()
-    PolicyMaps.for_fastpath(fp).apply(pol)
+    PolicyMaps.for_fastpath(fp).apply(pol, group_lookup)
     flows = {
         1: ("10.1.5.5", "8.8.4.4", "udp", 53),        # corp -> any udp 53
         2: ("10.1.1.9", "10.2.7.7", "tcp", 8000),     # web -> db
