@@ -10,8 +10,10 @@ From the client namespace:
   byte, read the answer, close with SO_LINGER 0 (a RST: no TIME_WAIT, so
   source ports do not run out); at most ``--conns`` connections and
   ``--conn-seconds`` seconds per run; completed connections / seconds.
+  Client and server run on one CPU (CONN_CPU), so everything a connection
+  costs, the gateway's forwarding included, adds up on that CPU.
 * **Gbit/s**: ``iperf3 -c ... -t --iperf-seconds`` (one TCP stream), the
-  receiver's rate.
+  receiver's rate; client and server on that CPU too.
 
 The cases, for each rule count of ``--rules`` (an allow-list of that many
 entries: source network, destination host, TCP port, of which only the last
@@ -20,6 +22,9 @@ for all of it; everything else is dropped):
 
 * ``no filter``: plain forwarding, measured before and after the others of
   its rule count; the ratios are to the median of both (same run);
+* ``microseg, no policy``: ``microseg up`` without a policy (every flow
+  passes), once, at the first rule count: the fast path's own cost, so the
+  next row's difference to it is the policy's;
 * ``microseg``: ``microseg up --policy`` on the gateway's two interfaces, the
   allow-list as rules between CIDRs, default deny both ways;
 * ``nftables``: in the gateway's namespace, a forward chain (policy drop),
@@ -59,12 +64,22 @@ MICROSEG = [sys.executable, "-m", "appliance.cli"]
 CONN_PORT = 9000
 IPERF_PORT = 5201
 DEFAULT_RULES = (10, 1_000, 10_000)
-DEFAULT_RUNS = 3
-DEFAULT_CONNS = 5_000
+DEFAULT_RUNS = 5
+DEFAULT_CONNS = 20_000
 DEFAULT_CONN_SECONDS = 10.0
 DEFAULT_IPERF_SECONDS = 3
+# CPUs: client and server share one, so everything a connection or a byte
+# costs (both ends, and the gateway's forwarding in softirq, which runs
+# where the packet was sent) is spent on one CPU and adds up, instead of
+# depending on where the scheduler put the two ends (a wake-up across CPUs
+# in this VM costs more than the forwarding: unpinned, the connection rate
+# jumped between ~13k and ~28k/s from one run to the next) or on what else
+# runs on the other CPU (iperf3 across two CPUs fell from 19 to 7 Gbit/s
+# for minutes while the machine was shared).
+CONN_CPU = 0
+IPERF_CPUS = (0, 0)       # client, server
 QUICK = dict(rules=(10,), runs=1, conns=300, conn_seconds=3.0, iperf_seconds=1)
-CASES = ("no filter", "microseg", "nftables", "nftables-set")
+CASES = ("no filter", "microseg, no policy", "microseg", "nftables", "nftables-set")
 
 # One connection at a time; prints {"ok", "failed", "seconds"} as JSON.
 CLIENT = r"""
@@ -195,8 +210,8 @@ class Bench:
 
     def conn_rate(self, res: Result) -> None:
         a = self.args
-        r = self.lab.run(self.lab.client, [sys.executable, "-c", CLIENT, SERVER_V4, str(CONN_PORT),
-                                           str(a.conns), str(a.conn_seconds)],
+        r = self.lab.run(self.lab.client, ["taskset", "-c", str(CONN_CPU), sys.executable, "-c", CLIENT,
+                                           SERVER_V4, str(CONN_PORT), str(a.conns), str(a.conn_seconds)],
                          timeout=a.conn_seconds + 15, check=False)
         try:
             d = json.loads(r.stdout)
@@ -208,7 +223,7 @@ class Bench:
 
     def throughput(self, res: Result) -> None:
         t = self.args.iperf_seconds
-        r = self.lab.run(self.lab.client, ["iperf3", "-c", SERVER_V4, "-p", str(IPERF_PORT), "-t", str(t),
+        r = self.lab.run(self.lab.client, ["taskset", "-c", str(IPERF_CPUS[0]), "iperf3", "-c", SERVER_V4, "-p", str(IPERF_PORT), "-t", str(t),
                                            "-J", "--connect-timeout", "3000"],
                          timeout=t + 20, check=False)
         try:
@@ -234,18 +249,25 @@ class Bench:
             self.throughput(res)
 
     # -- the filters --------------------------------------------------------------
-    def microseg(self, entries: list[Entry], res: Result) -> None:
-        f = self.workdir / f"policy-{len(entries)}.yaml"
-        f.write_text(microseg_policy(entries))
-        up = [*MICROSEG, "up", "--netns", self.lab.gateway, "--iface", *GW_IFACES, "--policy", str(f)]
+    def microseg(self, entries: list[Entry] | None, res: Result) -> None:
+        """``entries`` None: attached without a policy (every flow passes)."""
+        up = [*MICROSEG, "up", "--netns", self.lab.gateway, "--iface", *GW_IFACES]
+        if entries is not None:
+            f = self.workdir / f"policy-{len(entries)}.yaml"
+            f.write_text(microseg_policy(entries))
+            up += ["--policy", str(f)]
         try:
             t0 = time.monotonic()
             r = subprocess.run(up, capture_output=True, text=True, timeout=300)
             if r.returncode != 0:
                 res.notes.append(f"microseg up failed: {r.stderr.strip()[-300:]}")
                 return
-            res.notes.append(f"microseg up --policy: {time.monotonic() - t0:.1f} s")
-            self.measure(res)
+            if entries is None and "no policy applied" not in r.stdout:
+                res.notes.append(f"microseg up found a policy to carry over: {r.stdout.strip()[-200:]}")
+                res.failed += 1
+            res.notes.append(f"microseg up{' --policy' if entries is not None else ''}: "
+                             f"{time.monotonic() - t0:.1f} s")
+            self.measure(res, filtered=entries is not None)
         finally:
             subprocess.run([*MICROSEG, "down", "--netns", self.lab.gateway, "--iface", *GW_IFACES],
                            capture_output=True, text=True, timeout=120)
@@ -266,8 +288,9 @@ class Bench:
 
 
 def servers(lab: Lab) -> list[subprocess.Popen]:
-    procs = [lab.popen(lab.server, [sys.executable, "-c", SERVER, str(CONN_PORT)]),
-             lab.popen(lab.server, ["iperf3", "-s", "-p", str(IPERF_PORT)])]
+    procs = [lab.popen(lab.server, ["taskset", "-c", str(CONN_CPU), sys.executable, "-c", SERVER,
+                                    str(CONN_PORT)]),
+             lab.popen(lab.server, ["taskset", "-c", str(IPERF_CPUS[1]), "iperf3", "-s", "-p", str(IPERF_PORT)])]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         r = lab.run(lab.server, ["ss", "-Hltn"], check=False)
@@ -289,6 +312,10 @@ def run(args) -> dict[tuple[str, int], Result]:
                 entries = allow_list(n)
                 base = results[("no filter", n)] = Result()
                 b.measure(base, filtered=False)
+                if n == args.rules[0]:
+                    # The fast path without a policy, once: what the
+                    # policy adds is the difference to the next row.
+                    b.microseg(None, results.setdefault(("microseg, no policy", n), Result()))
                 b.microseg(entries, results.setdefault(("microseg", n), Result()))
                 b.nft(nft_linear(entries), results.setdefault(("nftables", n), Result()), f"linear-{n}")
                 b.nft(nft_set(entries), results.setdefault(("nftables-set", n), Result()), f"set-{n}")
@@ -319,7 +346,8 @@ def table(results: dict[tuple[str, int], Result], rules: list[int]) -> str:
             c, g = _med(r.conns), _med(r.gbits)
             cr = f"{c / bc:.2f}" if c is not None and bc else "-"
             gr = f"{g / bg:.2f}" if g is not None and bg else "-"
-            out.append(f"| {case} | {n if case != 'no filter' else f'({n})'} | "
+            label = {"no filter": f"({n})", "microseg, no policy": "-"}.get(case, str(n))
+            out.append(f"| {case} | {label} | "
                        f"{f'{c:.0f}' if c is not None else '-'} | {cr} | "
                        f"{f'{g:.2f}' if g is not None else '-'} | {gr} |")
     return "\n".join(out)
@@ -358,13 +386,17 @@ def main(argv: list[str] | None = None) -> int:
     print("microseg policy against nftables: the lab gateway (veth, 2 namespaces hops), "
           f"kernel {os.uname().release}")
     print(f"runs {args.runs} per case (medians); new conn/s: one client, connect + 1-byte request/response + "
-          f"RST close, at most {args.conns} connections or {args.conn_seconds:g} s per run; "
-          f"Gbit/s: iperf3 -t {args.iperf_seconds}, one stream")
+          f"RST close, at most {args.conns} connections or {args.conn_seconds:g} s per run, client and server "
+          f"on CPU {CONN_CPU}; Gbit/s: iperf3 -t {args.iperf_seconds}, one stream, client on CPU "
+          f"{IPERF_CPUS[0]}, server on CPU {IPERF_CPUS[1]} (a CPU's work, the forwarding included)")
     print("the allow-list's last entry lets the benchmark's traffic through; ratios are to no filter of the "
           "same rule count (measured before and after the filters)")
     print()
     print(table(results, args.rules))
     print()
+    print("every run (new conn/s | Gbit/s):")
+    for (case, n), r in results.items():
+        print(f"  {case} {n}: {' '.join(f'{c:.0f}' for c in r.conns)} | {' '.join(f'{g:.2f}' for g in r.gbits)}")
     problems = []
     for (case, n), r in results.items():
         for note in r.notes:
