@@ -97,17 +97,13 @@ class TestRunResult:
 _MAX_OUT = 65535 + 256
 
 
-def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1,
-                  ingress_ifindex: int = 0, ifindex: int = 0, mark: int = 0) -> TestRunResult:
-    """Run a sched_cls program once (or ``repeat`` times) on ``data``."""
+def _test_run(prog_fd: int, data: bytes, repeat: int, ctx: ctypes.Structure | None,
+              what: str) -> TestRunResult:
     if len(data) < 14:
-        raise ValueError(f"packet of {len(data)} bytes: BPF_PROG_TEST_RUN for TC needs at least an Ethernet header (14)")
+        raise ValueError(f"packet of {len(data)} bytes: BPF_PROG_TEST_RUN for {what} needs at least "
+                         f"an Ethernet header (14)")
     inbuf = ctypes.create_string_buffer(bytes(data), len(data))
     outbuf = ctypes.create_string_buffer(_MAX_OUT)
-    ctx = SkBuff()
-    ctx.ingress_ifindex = ingress_ifindex
-    ctx.ifindex = ifindex
-    ctx.mark = mark
     attr = _TestRunAttr()
     attr.prog_fd = prog_fd
     attr.data_size_in = len(data)
@@ -115,10 +111,21 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1,
     attr.data_in = ctypes.addressof(inbuf)
     attr.data_out = ctypes.addressof(outbuf)
     attr.repeat = repeat
-    attr.ctx_size_in = ctypes.sizeof(ctx)
-    attr.ctx_in = ctypes.addressof(ctx)
+    if ctx is not None:
+        attr.ctx_size_in = ctypes.sizeof(ctx)
+        attr.ctx_in = ctypes.addressof(ctx)
     sys_bpf(BPF_PROG_TEST_RUN, attr)
     return TestRunResult(attr.retval, attr.duration, outbuf.raw[: attr.data_size_out])
+
+
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1,
+                  ingress_ifindex: int = 0, ifindex: int = 0, mark: int = 0) -> TestRunResult:
+    """Run a sched_cls program once (or ``repeat`` times) on ``data``."""
+    ctx = SkBuff()
+    ctx.ingress_ifindex = ingress_ifindex
+    ctx.ifindex = ifindex
+    ctx.mark = mark
+    return _test_run(prog_fd, data, repeat, ctx, "TC")
 
 
 def prog_test_run_xdp(prog_fd: int, data: bytes, repeat: int = 1) -> TestRunResult:
@@ -127,19 +134,7 @@ def prog_test_run_xdp(prog_fd: int, data: bytes, repeat: int = 1) -> TestRunResu
     No context is passed: XDP's test run refuses a __sk_buff, and without
     a struct xdp_md the kernel makes one on the loopback device.
     """
-    if len(data) < 14:
-        raise ValueError(f"packet of {len(data)} bytes: BPF_PROG_TEST_RUN for XDP needs at least an Ethernet header (14)")
-    inbuf = ctypes.create_string_buffer(bytes(data), len(data))
-    outbuf = ctypes.create_string_buffer(_MAX_OUT)
-    attr = _TestRunAttr()
-    attr.prog_fd = prog_fd
-    attr.data_size_in = len(data)
-    attr.data_size_out = _MAX_OUT
-    attr.data_in = ctypes.addressof(inbuf)
-    attr.data_out = ctypes.addressof(outbuf)
-    attr.repeat = repeat
-    sys_bpf(BPF_PROG_TEST_RUN, attr)
-    return TestRunResult(attr.retval, attr.duration, outbuf.raw[: attr.data_size_out])
+    return _test_run(prog_fd, data, repeat, None, "XDP")
 
 
 class _GetInfoAttr(ctypes.Structure):
