@@ -1,0 +1,148 @@
+"""The protocol plugin API. Built-in protocols use it exactly as plugins do.
+
+A protocol is a :class:`ProtocolPlugin`: a name, up to
+:data:`MAX_SIGNATURES_PER_PLUGIN` short kernel signatures, a ``probe`` that
+rates the first bytes of one direction, and a factory for a sans-IO parser.
+
+Parsers follow h11's model: bytes and a direction in, a list of events out.
+They do no I/O and know nothing of BPF or asyncio, so the same parser is fed
+from a pcap, a socket or the ring buffer. Bad input never raises: the parser
+returns a :class:`Malformed` event saying why and where, and ignores that
+direction from then on. The only exception a parser may raise is
+:class:`ProtocolError`, for misuse by the caller (data after end of stream).
+"""
+from __future__ import annotations
+
+import abc
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+# Kernel signature limits. The fast path compares each signature against the
+# first payload packet of a direction as one masked 64-bit load, so a
+# signature is at most 8 bytes; the offset is bounded so the load stays inside
+# the packet bytes the program reads (bpf/lib/l7.h, MS_L7_WINDOW).
+MAX_SIGNATURE_BYTES = 8
+MAX_SIGNATURE_OFFSET = 56
+# Per protocol: enough for HTTP's common methods plus its response line, small
+# enough that the kernel table (sized for every plugin at load) stays tiny.
+MAX_SIGNATURES_PER_PLUGIN = 16
+
+# probe() confidences. detection picks the highest; ties go to the protocol
+# registered first (built-ins first).
+NO_MATCH = 0.0
+POSSIBLE = 0.3     # bytes do not contradict the protocol (e.g. printable text)
+LIKELY = 0.7       # a distinctive but short marker (e.g. a RESP array header)
+CERTAIN = 1.0      # a marker no other protocol here produces (e.g. "SSH-2.0-")
+
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,15}$")
+
+
+class ProtocolError(Exception):
+    """Caller misuse of a parser (not bad input: that is a Malformed event)."""
+
+
+class PluginError(ValueError):
+    """A plugin declaration that cannot be loaded; the message names the plugin."""
+
+
+class Direction(enum.IntEnum):
+    """Which way bytes travel, relative to the connection's initiator."""
+    TO_SERVER = 0   # from the side that opened the flow
+    TO_CLIENT = 1
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every parser event. ``kind`` is stable: logs and rules key on it."""
+    kind: ClassVar[str] = "event"
+
+
+@dataclass(frozen=True)
+class Malformed(Event):
+    """The parser gave up on one direction of the stream."""
+    kind: ClassVar[str] = "malformed"
+    direction: Direction
+    reason: str
+    offset: int          # byte offset in that direction's stream
+
+
+class Parser(abc.ABC):
+    """A sans-IO parser for one connection (both directions)."""
+
+    @abc.abstractmethod
+    def receive_data(self, data: bytes, direction: Direction) -> list[Event]:
+        """Feed the next in-order bytes of ``direction``; return what completed."""
+
+    def receive_eof(self, direction: Direction) -> list[Event]:
+        """``direction`` ended (FIN). Returns events a close completes."""
+        return []
+
+    def receive_gap(self, direction: Direction, size: int) -> list[Event]:
+        """``size`` bytes of ``direction`` were lost (reassembly gave up).
+
+        Default: the parser cannot resynchronise, so the direction ends as
+        malformed. Parsers that can recover (e.g. at a TLS record) override it.
+        """
+        return [Malformed(direction, f"gap of {size} bytes in the stream", -1)]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A short byte pattern the kernel checks on a direction's first payload.
+
+    ``value`` and ``mask`` have the same length (mask None: all ones); a byte
+    matches when ``packet[offset + i] & mask[i] == value[i] & mask[i]``.
+    """
+    offset: int
+    value: bytes
+    mask: bytes | None = None
+    direction: Direction = Direction.TO_SERVER
+
+    def check(self, owner: str) -> None:
+        where = f"protocol {owner!r}: signature at offset {self.offset}"
+        if not 1 <= len(self.value) <= MAX_SIGNATURE_BYTES:
+            raise PluginError(f"{where}: {len(self.value)} bytes, must be 1..{MAX_SIGNATURE_BYTES}")
+        if self.mask is not None and len(self.mask) != len(self.value):
+            raise PluginError(f"{where}: mask is {len(self.mask)} bytes, value {len(self.value)}")
+        if not 0 <= self.offset <= MAX_SIGNATURE_OFFSET:
+            raise PluginError(f"{where}: offset must be 0..{MAX_SIGNATURE_OFFSET}")
+        if self.mask is not None and not any(self.mask):
+            raise PluginError(f"{where}: mask is all zero, it would match everything")
+
+    def matches(self, payload: bytes) -> bool:
+        """What the kernel does, in Python (used by tests and `policy explain`)."""
+        end = self.offset + len(self.value)
+        if len(payload) < end:
+            return False
+        mask = self.mask or b"\xff" * len(self.value)
+        window = payload[self.offset:end]
+        return all((w & m) == (v & m) for w, v, m in zip(window, self.value, mask))
+
+
+@dataclass(frozen=True)
+class ProtocolPlugin:
+    """Everything the appliance needs to know about one application protocol."""
+    name: str
+    probe: Callable[[bytes, Direction], float]
+    parser_factory: Callable[[], Parser] | None = None
+    signatures: tuple[Signature, ...] = ()
+    transports: frozenset[str] = field(default_factory=lambda: frozenset({"tcp"}))
+    description: str = ""
+
+    def check(self) -> None:
+        if not _NAME.match(self.name or ""):
+            raise PluginError(f"protocol name {self.name!r}: must match {_NAME.pattern}")
+        if len(self.signatures) > MAX_SIGNATURES_PER_PLUGIN:
+            raise PluginError(f"protocol {self.name!r}: {len(self.signatures)} signatures, "
+                              f"at most {MAX_SIGNATURES_PER_PLUGIN}")
+        for s in self.signatures:
+            s.check(self.name)
+        if not callable(self.probe):
+            raise PluginError(f"protocol {self.name!r}: probe is not callable")
+        if self.parser_factory is not None and not callable(self.parser_factory):
+            raise PluginError(f"protocol {self.name!r}: parser_factory is not callable")
+        bad = set(self.transports) - {"tcp", "udp"}
+        if bad or not self.transports:
+            raise PluginError(f"protocol {self.name!r}: transports must be tcp and/or udp, not {sorted(bad)}")
