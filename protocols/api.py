@@ -73,7 +73,11 @@ class Parser(abc.ABC):
 
     @abc.abstractmethod
     def receive_data(self, data: bytes, direction: Direction) -> list[Event]:
-        """Feed the next in-order bytes of ``direction``; return what completed."""
+        """Feed the next in-order bytes of ``direction``; return what completed.
+
+        Over TCP ``data`` is any slice of the reassembled stream; over UDP it
+        is exactly one datagram's payload.
+        """
 
     def receive_eof(self, direction: Direction) -> list[Event]:
         """``direction`` ended (FIN). Returns events a close completes."""
@@ -126,7 +130,9 @@ class ProtocolPlugin:
     """Everything the appliance needs to know about one application protocol."""
     name: str
     probe: Callable[[bytes, Direction], float]
-    parser_factory: Callable[[], Parser] | None = None
+    # Called with the transport ("tcp" or "udp"): DNS frames messages by
+    # datagram over UDP and by length prefix over TCP.
+    parser_factory: Callable[[str], Parser] | None = None
     signatures: tuple[Signature, ...] = ()
     transports: frozenset[str] = field(default_factory=lambda: frozenset({"tcp"}))
     description: str = ""
