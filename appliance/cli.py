@@ -276,6 +276,45 @@ def cmd_sessions(args) -> int:
     return 0
 
 
+def stats_data(netns: str | None) -> dict:
+    """Reason counters of every attached build, summed: what was passed and
+    dropped, by hook and reason."""
+    from datapath import sessions
+    from datapath.counters import read_counters_fd
+    from datapath.pressure import possible_cpus
+
+    builds = _open_builds(netns)
+    total: dict = {}
+    try:
+        types = sessions.layouts()
+        for b in builds:
+            b.check_layouts(types)
+            counts = read_counters_fd(b.fd("ms_counters"), types["ms_counters"][1], possible_cpus())
+            for k, (pk, by) in counts.items():
+                p0, b0 = total.get(k, (0, 0))
+                total[k] = (p0 + pk, b0 + by)
+    finally:
+        for b in builds:
+            b.close()
+    return {"prog_ids": [b.prog_id for b in builds], "counters": total}
+
+
+def cmd_stats(args) -> int:
+    require_privileges("reading fast path counters")
+    from datapath.counters import format_counters
+    from datapath.enums import reason_kind
+
+    data = stats_data(args.netns)
+    if args.json:
+        rows = [{"hook": d.name.removeprefix("DIR_").lower(), "reason": r.name,
+                 "action": reason_kind(r).lower(), "packets": pk, "bytes": by}
+                for (d, r), (pk, by) in sorted(data["counters"].items())]
+        print(json.dumps({"netns": args.netns, "prog_ids": data["prog_ids"], "counters": rows}, indent=2))
+        return 0
+    print(format_counters(data["counters"]))
+    return 0
+
+
 def _open_builds(netns):
     from datapath import sessions
 
@@ -551,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--netns")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("stats", help="packets passed and dropped, by hook and reason")
+    s.add_argument("--netns", help="network namespace microseg is attached in (default: this one)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_stats)
 
     s = sub.add_parser("sessions", help="list sessions (both tables), like conntrack -L")
     s.add_argument("--netns", help="network namespace microseg is attached in (default: this one)")

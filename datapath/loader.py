@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import bpfsys, tcp_fsm
 from .config import DatapathConfig
-from .enums import DIRECTION_COUNT, REASON_COUNT, CtState, Direction, Reason, Stage
+from .enums import CtState, Direction, Reason, Stage
 from .errors import MicrosegError
 from .source import LIB_DIR, MAIN_SOURCE, inline_includes, program_text
 
@@ -193,7 +193,11 @@ class FastPath:
 
     def counters(self) -> dict[tuple[Direction, Reason], tuple[int, int]]:
         """(direction, reason) -> (packets, bytes), summed over CPUs; zeros left out."""
-        return read_counters(self.table("ms_counters"))
+        from .counters import read_counters_fd
+        from .pressure import possible_cpus
+
+        tab = self.table("ms_counters")
+        return read_counters_fd(tab.map_fd, tab.Leaf, possible_cpus())
 
     def reset(self) -> None:
         """Empty every map, so each test starts from a clean kernel state."""
@@ -206,18 +210,6 @@ class FastPath:
             self.sweep.close()
         with contextlib.suppress(Exception):
             self.bpf.cleanup()
-
-
-def read_counters(tab) -> dict:
-    out = {}
-    for i in range(DIRECTION_COUNT * REASON_COUNT):
-        vals = tab[tab.Key(i)]
-        pk = sum(v.packets for v in vals)
-        by = sum(v.bytes for v in vals)
-        if pk:
-            d, r = divmod(i, REASON_COUNT)
-            out[(Direction(d), Reason(r))] = (pk, by)
-    return out
 
 
 # -- programs with a callback subprogram --------------------------------------

@@ -40,7 +40,8 @@ from .source import LIB_DIR
 FLOW_TABLES = ("ms_flows", "ms_halfopen")
 ICMP_PROTOS = (1, 58)
 # Maps whose layouts user space reads or writes.
-LAYOUT_MAPS = ("ms_flows", "ms_halfopen", "ms_timeouts", "ms_pressure", "ms_pressure_user", "ms_config")
+LAYOUT_MAPS = ("ms_flows", "ms_halfopen", "ms_timeouts", "ms_pressure", "ms_pressure_user", "ms_config",
+               "ms_counters")
 # Layouts `microseg policy apply` writes with (datapath/policy_maps.py). Not in
 # LAYOUT_MAPS: check_layouts() opens those in the attached build, and the
 # inner-map templates among these are not part of one (PolicyMaps.for_build
@@ -175,6 +176,8 @@ class AttachedBuild:
         """Refuse to read a build whose map layouts differ from this version's."""
         for name in LAYOUT_MAPS:
             k, v = types[name]
+            if issubclass(v, ctypes.Array):   # BCC types a per-CPU value as one slot per CPU
+                v = v._type_
             m = self.info(name)
             if (m.key_size, m.value_size) != (ctypes.sizeof(k), ctypes.sizeof(v)):
                 raise MicrosegError(
