@@ -1,0 +1,336 @@
+"""Redis serialization protocol (RESP2 and RESP3): commands and replies.
+
+A client sends each command as an array of bulk strings
+(``*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n``) or, typed by hand, as one inline
+line (``PING\\r\\n``), and may pipeline many before reading a reply. The
+server answers with one RESP value per command: simple strings, errors,
+integers, bulk strings, arrays, and in RESP3 also null, double, boolean, blob
+error, verbatim string, big number, map, set, attribute and push.
+
+The parser reads values incrementally and keeps only short prefixes of
+strings, so a 512 MB bulk string costs MAX_SUMMARY_BYTES of memory, not
+512 MB. One event per top-level value: RedisCommand for the client,
+RedisReply for the server.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
+                           Parser, ProtocolError, ProtocolPlugin, Signature)
+
+# Longest line we look through for its CR LF: a type byte plus a number, a
+# simple string or error, or an inline command. Redis itself refuses inline
+# requests over 64 KiB (PROTO_INLINE_MAX_SIZE) and its status and error lines
+# are short, so a longer line is not Redis.
+MAX_LINE_BYTES = 64 * 1024
+# Redis rejects bulk strings over 512 MiB (proto-max-bulk-len default). We
+# never buffer them (only MAX_SUMMARY_BYTES are kept), so this is a sanity
+# bound on the declared length, not a memory bound.
+MAX_BULK_BYTES = 512 * 1024 * 1024
+# Elements declared by one aggregate. Elements are not stored, so this bounds
+# a declared count, not memory: a million is far past any command or reply
+# seen in practice (a huge MGET, a KEYS over a big database), and a larger
+# count is far more likely garbage than Redis.
+MAX_ELEMENTS = 1024 * 1024
+# Aggregates inside aggregates. Real replies nest a few levels (XREAD, XINFO
+# STREAM FULL, CLUSTER SHARDS reach about 6); 32 leaves headroom and bounds the
+# parser's stack.
+MAX_DEPTH = 32
+# Arguments kept per command (the command name comes on top): enough for
+# "SET key value" or "AUTH user pass"; argc still counts all of them.
+MAX_ARGS_KEPT = 4
+# Bytes kept of any string (a command name, an argument, a reply's value)
+# for the event: a log line wants the start of a key, not the whole blob.
+MAX_SUMMARY_BYTES = 256
+
+_INT = re.compile(rb"-?[0-9]{1,19}")        # fits int64: Redis's own lengths and integers
+_NUMBER = re.compile(rb"-?[0-9]+")
+
+# Type byte -> reply type name.
+_STRINGS = {ord("$"): "bulk", ord("!"): "blob_error", ord("="): "verbatim"}
+_AGGREGATES = {ord("*"): "array", ord("%"): "map", ord("~"): "set", ord(">"): "push",
+               ord("|"): "attribute"}
+
+
+@dataclass(frozen=True)
+class RedisCommand(Event):
+    kind: ClassVar[str] = "redis_command"
+    command: str                  # upper-cased, at most MAX_SUMMARY_BYTES
+    args: tuple[str, ...]         # the first MAX_ARGS_KEPT, each cut to MAX_SUMMARY_BYTES
+    argc: int                     # command name included, as Redis counts
+    inline: bool = False
+
+
+@dataclass(frozen=True)
+class RedisReply(Event):
+    kind: ClassVar[str] = "redis_reply"
+    type: str       # simple error integer bulk null double boolean blob_error verbatim bignum
+                    # array map set push
+    value: str | int | float | bool | None   # scalars and strings (cut); None for aggregates
+    size: int | None = None       # bytes of a string, elements of an aggregate (pairs for map)
+
+
+def _text(raw: bytes) -> str:
+    return bytes(raw[:MAX_SUMMARY_BYTES]).decode("utf-8", "backslashreplace")
+
+
+class _Frame:
+    """An aggregate whose elements are still being read."""
+    __slots__ = ("type", "count", "remaining", "items")
+
+    def __init__(self, type_: str, count: int, elements: int, keep_items: bool) -> None:
+        self.type = type_
+        self.count = count
+        self.remaining = elements
+        self.items: list[str] | None = [] if keep_items else None
+
+
+class _Side:
+    __slots__ = ("state", "buf", "offset", "eof", "stack", "bulk_left", "bulk_type",
+                 "bulk_len", "bulk_head")
+
+    def __init__(self) -> None:
+        self.state = "line"         # line | bulk | crlf | done
+        self.buf = bytearray()
+        self.offset = 0             # stream offset of buf[0]
+        self.eof = False
+        self.stack: list[_Frame] = []
+        self.bulk_left = 0
+        self.bulk_type = ""
+        self.bulk_len = 0
+        self.bulk_head = bytearray()
+
+
+class RedisParser(Parser):
+    def __init__(self) -> None:
+        self._sides = {Direction.TO_SERVER: _Side(), Direction.TO_CLIENT: _Side()}
+
+    def receive_data(self, data: bytes, direction: Direction) -> list[Event]:
+        side = self._sides[direction]
+        if side.eof:
+            raise ProtocolError(f"data after end of stream ({direction.name})")
+        if side.state == "done":
+            side.offset += len(data)
+            return []
+        events: list[Event] = []
+        buf = side.buf
+        buf += data
+        pos = 0
+        while side.state != "done":
+            if side.state == "bulk":
+                n = min(side.bulk_left, len(buf) - pos)
+                room = MAX_SUMMARY_BYTES - len(side.bulk_head)
+                if room > 0:
+                    side.bulk_head += buf[pos:pos + min(n, room)]
+                pos += n
+                side.bulk_left -= n
+                if side.bulk_left:
+                    break
+                side.state = "crlf"
+            elif side.state == "crlf":
+                if len(buf) - pos < 2:
+                    break
+                if buf[pos:pos + 2] != b"\r\n":
+                    self._fail(side, direction, events, "bulk string not followed by CR LF",
+                               side.offset + pos)
+                    break
+                pos += 2
+                side.state = "line"
+                self._complete(side, direction, side.bulk_type, _text(side.bulk_head),
+                               side.bulk_len, events)
+            else:
+                nl = buf.find(b"\n", pos, pos + MAX_LINE_BYTES)
+                if nl < 0:
+                    if len(buf) - pos >= MAX_LINE_BYTES:
+                        self._fail(side, direction, events,
+                                   f"no line end within {MAX_LINE_BYTES} bytes", side.offset + pos)
+                    break
+                line = bytes(buf[pos:nl])
+                at = side.offset + pos
+                pos = nl + 1
+                self._line(side, direction, line, at, events)
+        if side.state == "done":
+            pos = len(buf)
+        del buf[:pos]
+        side.offset += pos
+        return events
+
+    def receive_eof(self, direction: Direction) -> list[Event]:
+        side = self._sides[direction]
+        side.eof = True
+        if side.state == "done":
+            return []
+        if side.state == "line" and not side.buf and not side.stack:
+            return []
+        side.state = "done"
+        return [Malformed(direction, "stream ended inside a value", side.offset)]
+
+    def receive_gap(self, direction: Direction, size: int) -> list[Event]:
+        side = self._sides[direction]
+        if side.state == "done":
+            return []
+        side.state = "done"
+        return [Malformed(direction, f"gap of {size} bytes in the stream", -1)]
+
+    def _fail(self, side: _Side, direction: Direction, events: list[Event], reason: str,
+              at: int) -> None:
+        events.append(Malformed(direction, reason, at))
+        side.state = "done"
+
+    def _line(self, side: _Side, d: Direction, line: bytes, at: int, events: list[Event]) -> None:
+        client = d == Direction.TO_SERVER
+        if client and not side.stack and line[:1] != b"*":
+            # Inline command: Redis splits on '\n' and drops an optional '\r'.
+            words = line.rstrip(b"\r").split()
+            if words:     # an empty line is ignored, as Redis does
+                events.append(RedisCommand(_text(words[0]).upper(),
+                                           tuple(_text(w) for w in words[1:1 + MAX_ARGS_KEPT]),
+                                           len(words), inline=True))
+            return
+        if not line.endswith(b"\r"):
+            return self._fail(side, d, events, "line not terminated by CR LF", at)
+        t, rest = (line[0] if line else -1), line[1:-1]
+        if client and t != ord("$" if side.stack else "*"):
+            return self._fail(side, d, events, "command element is not a bulk string"
+                              if side.stack else "command is not an array", at)
+        if t in _STRINGS or t in _AGGREGATES:
+            if not _INT.fullmatch(rest):
+                why = "streamed RESP3 values are not supported" if rest == b"?" else "bad length"
+                return self._fail(side, d, events, f"{chr(t)}: {why}", at)
+            n = int(rest)
+            if t in _STRINGS:
+                if n == -1 and t == ord("$"):
+                    return self._complete(side, d, "null", None, None, events)
+                if not 0 <= n <= MAX_BULK_BYTES:
+                    return self._fail(side, d, events, f"string length {n} out of range", at)
+                side.state = "bulk"
+                side.bulk_left, side.bulk_len, side.bulk_type = n, n, _STRINGS[t]
+                side.bulk_head = bytearray()
+                return
+            type_ = _AGGREGATES[t]
+            if n == -1 and t == ord("*"):            # RESP2 null array
+                if client:
+                    return                           # Redis ignores it
+                return self._complete(side, d, "null", None, None, events)
+            if not 0 <= n <= MAX_ELEMENTS:
+                return self._fail(side, d, events, f"{n} elements out of range", at)
+            if len(side.stack) >= MAX_DEPTH:
+                return self._fail(side, d, events, f"nested deeper than {MAX_DEPTH}", at)
+            if n == 0:
+                if not client:                       # Redis ignores an empty command
+                    self._complete(side, d, type_, None, 0, events)
+                return
+            elements = 2 * n if type_ in ("map", "attribute") else n
+            side.stack.append(_Frame(type_, n, elements, keep_items=client))
+            return
+        value: str | int | float | bool | None
+        if t == ord("+"):
+            type_, value = "simple", _text(rest)
+        elif t == ord("-"):
+            type_, value = "error", _text(rest)
+        elif t == ord(":") and _INT.fullmatch(rest):
+            type_, value = "integer", int(rest)
+        elif t == ord("(") and _NUMBER.fullmatch(rest):
+            type_, value = "bignum", _text(rest)
+        elif t == ord("_") and not rest:
+            type_, value = "null", None
+        elif t == ord("#") and rest in (b"t", b"f"):
+            type_, value = "boolean", rest == b"t"
+        elif t == ord(","):
+            try:
+                type_, value = "double", float(rest)
+            except ValueError:
+                return self._fail(side, d, events, "bad double", at)
+        else:
+            return self._fail(side, d, events, f"bad RESP value starting {line[:1]!r}", at)
+        self._complete(side, d, type_, value, None, events)
+
+    def _complete(self, side: _Side, d: Direction, type_: str, value, size: int | None,
+                  events: list[Event]) -> None:
+        """A value ended: give it to its aggregate, or emit it at the top level."""
+        while True:
+            if type_ == "attribute":
+                return      # RESP3 metadata about the next value, not a value itself
+            if not side.stack:
+                break
+            frame = side.stack[-1]
+            if frame.items is not None and len(frame.items) <= MAX_ARGS_KEPT:
+                frame.items.append(value)
+            frame.remaining -= 1
+            if frame.remaining:
+                return
+            side.stack.pop()
+            type_, value, size = frame.type, frame.items, frame.count
+        if d == Direction.TO_SERVER:
+            items = value or [""]
+            events.append(RedisCommand(items[0].upper(), tuple(items[1:]), size or 0))
+        else:
+            events.append(RedisReply(type_, None if isinstance(value, list) else value, size))
+
+
+# Commands that make a RESP array a Redis command beyond doubt (the common
+# ones; an unknown name still gets LIKELY).
+_KNOWN = frozenset(b"""
+    APPEND AUTH BGSAVE BLPOP BRPOP CLIENT CLUSTER COMMAND CONFIG DBSIZE DECR DECRBY DEL DISCARD
+    ECHO EVAL EVALSHA EXEC EXISTS EXPIRE EXPIREAT FLUSHALL FLUSHDB GET GETDEL GETEX GETSET HDEL
+    HELLO HEXISTS HGET HGETALL HINCRBY HKEYS HLEN HMGET HMSET HSET HSETNX HVALS INCR INCRBY INFO
+    KEYS LINDEX LLEN LPOP LPUSH LRANGE LREM LSET LTRIM MGET MONITOR MSET MULTI PERSIST PEXPIRE
+    PING PSUBSCRIBE PTTL PUBLISH QUIT RENAME RPOP RPUSH SADD SCAN SCARD SCRIPT SELECT SET SETEX
+    SETNX SISMEMBER SMEMBERS SREM SSCAN SUBSCRIBE TTL TYPE UNLINK UNSUBSCRIBE WATCH XADD XRANGE
+    XREAD XREADGROUP ZADD ZCARD ZINCRBY ZRANGE ZRANGEBYSCORE ZREM ZREVRANGE ZSCORE
+""".split())
+# Inline commands people type at a Redis port. Words other protocols send
+# first (GET of HTTP, QUIT/USER of FTP and POP3) are left out.
+_INLINE = frozenset(b"PING AUTH HELLO SELECT INFO ECHO MONITOR DBSIZE FLUSHALL FLUSHDB KEYS "
+                    b"CLIENT CONFIG COMMAND SUBSCRIBE PSUBSCRIBE".split())
+# First replies that are Redis's own (an exact OK/PONG, its error prefixes).
+_REPLIES = (b"+OK\r\n", b"+PONG\r\n", b"-ERR ", b"-NOAUTH ", b"-WRONGPASS ", b"-NOPERM ",
+            b"-WRONGTYPE ", b"-MOVED ", b"-ASK ", b"-LOADING ", b"-BUSY ", b"-MISCONF ",
+            b"-READONLY ", b"-NOSCRIPT ", b"-DENIED ")
+_ARRAY_OF_BULK = re.compile(rb"\*([0-9]{1,7})\r\n\$([0-9]{1,9})\r\n")
+_REPLY_START = re.compile(rb"(?:\$-?[0-9]{1,9}|[*%~>|][0-9]{1,7}|:-?[0-9]{1,19}|_)\r\n")
+
+
+def probe(data: bytes, direction: Direction) -> float:
+    """Rate the first bytes of one direction as Redis."""
+    if direction == Direction.TO_SERVER:
+        m = _ARRAY_OF_BULK.match(data)
+        if m and int(m[1]) > 0:
+            n = int(m[2])
+            name = data[m.end():m.end() + n]
+            if (len(name) == n and data[m.end() + n:m.end() + n + 2] == b"\r\n"
+                    and name.upper() in _KNOWN):
+                return CERTAIN
+            return LIKELY
+        nl = data.find(b"\n", 0, 1024)
+        if nl > 0:
+            words = data[:nl].rstrip(b"\r").split()
+            if words and words[0].upper() in _INLINE:
+                return LIKELY
+        return NO_MATCH
+    if data.startswith(_REPLIES):
+        return LIKELY
+    if _REPLY_START.match(data):
+        return POSSIBLE
+    return NO_MATCH
+
+
+PLUGIN = ProtocolPlugin(
+    name="redis",
+    probe=probe,
+    parser_factory=lambda transport: RedisParser(),
+    # Unmasked 5- and 6-byte signatures at offset 0: HTTP's methods use the
+    # same (offset, mask) shapes, and the kernel pays per distinct shape
+    # (bpf/lib/maps.h MS_L7_SHAPES), not per signature.
+    signatures=(
+        # A command array of 1..9 elements whose first is a bulk string.
+        *(Signature(0, b"*%d\r\n$" % n) for n in range(1, 10)),
+        Signature(0, b"PING\r\n"),
+        Signature(0, b"ping\r\n"),
+    ),
+    transports=frozenset({"tcp"}),
+    description="Redis RESP2/RESP3 commands (array and inline) and replies",
+)
