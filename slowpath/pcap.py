@@ -1,0 +1,697 @@
+"""Read a capture file (pcap or pcapng) into transport flows for offline analysis.
+
+Used by ``microseg replay`` and by the tests that run the real-traffic corpus.
+:func:`read_capture` returns a :class:`Capture`: every TCP and UDP flow of the
+file, keyed by the unordered 5-tuple of the innermost IP header, each with
+the events the protocol parsers consume, in capture order:
+
+* TCP: the :class:`~slowpath.reassembly.StreamReassembler`'s Data / Gap / Eof,
+* UDP: one :class:`Datagram` per packet.
+
+Decoding: dpkt reads the file records (format chosen by the magic number, not
+the file name); the layers below are decoded here with ``struct``, because
+dpkt's packet classes neither reassemble IP fragments nor look through every
+encapsulation we meet. Link types: Ethernet, BSD loopback / NULL and
+OpenBSD LOOP, raw IP, Linux cooked (SLL, SLL2). Looked through: any number of
+802.1Q / 802.1ad / 0x9100 VLAN tags (up to MAX_ENCAPSULATIONS), MPLS, PPPoE
+session (PPP IPv4 / IPv6), IP-in-IP and 6in4. IPv4 and IPv6 fragments are
+reassembled (bounded, below); IPv6 extension headers are walked.
+
+Counting follows Wireshark, whose output is the corpus's truth: frames are
+numbered from 1; a fragmented datagram belongs to the frame that completes
+it (the other fragments are outside every flow, as in tshark with its default
+IP reassembly); ICMP errors quoting a TCP/UDP header are not flow packets.
+
+Orientation: the client is the sender of a SYN without ACK if one was seen;
+else the receiver of a SYN-ACK (so a capture whose first packet is the
+SYN-ACK still gets it right); else the sender of the flow's first packet.
+Without a handshake that last rule is a guess: a capture that starts in the
+middle of a connection with a server packet gets the roles reversed (the
+corpus truth then falls back on DPI and port numbers, which a capture reader
+does not do; see :attr:`Flow.orientation`).
+
+Bad input: a file that is not a capture, or is truncated or corrupt, raises
+:class:`PcapError` naming the file, the byte offset and the frame number.
+A frame whose headers do not decode is counted (:attr:`Capture.undecodable`)
+and skipped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import ClassVar, Iterator, NamedTuple, Union
+
+import dpkt
+
+from protocols.api import Direction
+from slowpath.reassembly import (
+    ACK, SYN, Data, Eof, Gap, ReassemblyBudget, ReassemblyCounters,
+    ReassemblyLimits, StreamReassembler,
+)
+
+# ----------------------------------------------------------------- limits
+# Encapsulation layers (VLAN tags, MPLS labels, PPPoE, IP-in-IP) looked through
+# per frame. Real traffic stacks at most three or four (QinQ, QinQinQ in the
+# corpus, MPLS VPNs use two or three labels); the bound keeps a frame made of
+# nothing but tags from costing more than a few steps.
+MAX_ENCAPSULATIONS = 8
+
+# IPv6 extension headers walked per packet. RFC 8200 4.1 expects each at most
+# once (destination options twice), i.e. about 8; a longer chain is malformed
+# or an evasion attempt (RFC 7112), and is counted as undecodable.
+MAX_IPV6_EXT_HEADERS = 10
+
+# Fragments one datagram may have. The largest IPv4 datagram (65535 bytes)
+# split at the 576-byte MTU every host must accept (RFC 791) takes 119
+# fragments; at IPv6's minimum MTU (1280, RFC 8200 5) 54. More means tiny
+# fragments, an attack shape, and the datagram is dropped.
+MAX_FRAGMENTS_PER_DATAGRAM = 128
+
+# Datagrams being reassembled at once. A capture rarely has more than a few
+# in flight; 1024 absorbs bursts while the byte cap below bounds memory.
+MAX_PENDING_DATAGRAMS = 1024
+
+# Fragment bytes held while waiting, all datagrams together: Linux's default
+# net.ipv4.ipfrag_high_thresh (4 MiB). The oldest datagrams are dropped first.
+MAX_PENDING_FRAGMENT_BYTES = 4 << 20
+
+# A datagram whose fragments are still incomplete this long (capture time)
+# after its first fragment is dropped: RFC 8200 4.5 gives IPv6 60 s (Linux's
+# IPv4 ipfrag_time is 30 s; the longer one keeps both families' datagrams).
+FRAGMENT_TIMEOUT_S = 60.0
+
+# A classic pcap record longer than this is corrupt: libpcap's and Wireshark's
+# largest snapshot length (MAXIMUM_SNAPLEN / WTAP_MAX_PACKET_SIZE_STANDARD).
+MAX_CAPLEN = 262144
+
+# ------------------------------------------------------------- constants
+LINKTYPE_NULL = 0           # BSD loopback: 4-byte address family, host byte order
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101          # raw IPv4/IPv6 (also DLT_RAW 12 and 14 on some systems)
+LINKTYPE_LOOP = 108         # OpenBSD loopback: address family in network order
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+_RAW_LINKTYPES = {12, 14, LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6}
+
+# AF_INET is 2 everywhere; AF_INET6 is 10 (Linux), 24 (NetBSD, OpenBSD),
+# 28 (FreeBSD), 30 (macOS), 23 (Windows / Npcap).
+_AF_INET6 = {10, 23, 24, 28, 30}
+
+ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
+# 802.1Q, 802.1ad (S-tag), and the pre-standard QinQ types 0x9100 / 0x9200.
+ETH_VLAN = {0x8100, 0x88A8, 0x9100, 0x9200}
+ETH_MPLS = {0x8847, 0x8848}
+ETH_PPPOE_SESSION = 0x8864
+PPP_IPV4, PPP_IPV6 = 0x0021, 0x0057
+
+IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_IPV6 = 4, 6, 17, 41
+# IPv6 extension headers with the generic (next header, length in 8-octet
+# units not counting the first) layout: hop-by-hop, routing, destination
+# options, mobility, HIP, shim6 (RFC 8200 4, RFC 7045).
+_IPV6_EXT_GENERIC = {0, 43, 60, 135, 139, 140}
+_IPV6_FRAGMENT, _IPV6_AH, _IPV6_NO_NEXT = 44, 51, 59
+
+_PCAP_MAGICS = {b"\xa1\xb2\xc3\xd4", b"\xd4\xc3\xb2\xa1",    # microseconds
+                b"\xa1\xb2\x3c\x4d", b"\x4d\x3c\xb2\xa1",    # nanoseconds
+                b"\xa1\xb2\xcd\x34", b"\x34\xcd\xb2\xa1"}    # Kuznetsov's modified pcap
+_PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+
+_u16 = struct.Struct("!H").unpack_from
+_u32 = struct.Struct("!I").unpack_from
+
+
+class PcapError(Exception):
+    """A capture file that cannot be read; the message names file, offset and frame."""
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """One UDP packet's payload, ``direction`` relative to the flow's client."""
+    kind: ClassVar[str] = "datagram"
+    direction: Direction
+    payload: bytes
+    frame: int
+
+
+FlowEvent = Union[Data, Gap, Eof, Datagram]
+
+
+@dataclass
+class Flow:
+    """One transport flow of a capture (all packets of one unordered 5-tuple)."""
+    proto: str                        # "tcp" or "udp"
+    client: tuple[str, int]           # (ip, port), IPv6 in compressed form
+    server: tuple[str, int]
+    first_frame: int                  # 1-based, as Wireshark numbers frames
+    last_frame: int
+    packets: int
+    # "tcp-syn", "tcp-synack" or "first-packet": how the client was chosen.
+    orientation: str = "first-packet"
+    # Parser input in capture order; event_frames[i] is the frame whose
+    # packet produced events[i] (reassembly's final flush: last_frame).
+    events: list[FlowEvent] = field(default_factory=list)
+    event_frames: list[int] = field(default_factory=list)
+    counters: ReassemblyCounters | None = None     # TCP only
+
+    @property
+    def key(self) -> str:
+        """The corpus truth's key: ``"tcp 10.0.0.1:51000 -> 10.0.0.2:80"``, client first."""
+        return f"{self.proto} {_endpoint(self.client)} -> {_endpoint(self.server)}"
+
+
+@dataclass
+class Capture:
+    """What :func:`read_capture` found in one file."""
+    path: str
+    file_format: str                  # "pcap" or "pcapng"
+    link_type: int
+    frames: int = 0
+    flows: list[Flow] = field(default_factory=list)      # ordered by first frame
+    # Frames skipped as malformed, by reason ("ipv4 header truncated", ...).
+    undecodable: Counter = field(default_factory=Counter)
+    # Frames decoded but not flow packets, by reason ("arp", "icmp", "fragment", ...).
+    not_flow: Counter = field(default_factory=Counter)
+    # IP fragment reassembly outcomes ("reassembled", "dropped overlap", ...).
+    fragments: Counter = field(default_factory=Counter)
+
+    @property
+    def frames_outside_flows(self) -> int:
+        return self.frames - sum(f.packets for f in self.flows)
+
+
+def _endpoint(ep: tuple[str, int]) -> str:
+    ip, port = ep
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+# ------------------------------------------------------------ decoding
+class _Undecodable(Exception):
+    """A frame's headers are malformed; the message is the counted reason."""
+
+
+class _NotFlow(Exception):
+    """A well-formed frame that carries no TCP/UDP packet; the message is the reason."""
+
+
+class L4Packet(NamedTuple):
+    """A decoded TCP or UDP packet (IP addresses as packed bytes)."""
+    proto: int                # IPPROTO_TCP or IPPROTO_UDP
+    src: bytes
+    sport: int
+    dst: bytes
+    dport: int
+    seq: int                  # TCP only
+    flags: int                # TCP only
+    payload: bytes
+
+
+class _Fragments:
+    """One datagram being reassembled."""
+    __slots__ = ("parts", "total", "first_ts", "nbytes")
+
+    def __init__(self, ts: float) -> None:
+        self.parts: dict[int, bytes] = {}     # fragment offset -> data
+        self.total: int | None = None         # known once the last fragment came
+        self.first_ts = ts
+        self.nbytes = 0
+
+
+class _Defragmenter:
+    """Bounded IPv4 / IPv6 fragment reassembly (limits at the top of the module).
+
+    Overlapping fragments drop the whole datagram: RFC 5722 requires it for
+    IPv6, and Linux does the same for IPv4 since 4.19 (where an identical
+    duplicate is only ignored), so the target host would not have seen the
+    datagram either.
+    """
+
+    def __init__(self, stats: Counter) -> None:
+        self.pending: dict[tuple, _Fragments] = {}     # insertion order = age
+        self.nbytes = 0
+        self.stats = stats
+
+    def _drop(self, key: tuple, why: str) -> None:
+        d = self.pending.pop(key)
+        self.nbytes -= d.nbytes
+        self.stats[why] += 1
+
+    def add(self, key: tuple, ts: float, offset: int, more: bool, data: bytes) -> bytes | None:
+        """Add one fragment; return the reassembled payload when it completes."""
+        # Expire by age (oldest first: the dict is in arrival order).
+        while self.pending:
+            old_key, old = next(iter(self.pending.items()))
+            if ts - old.first_ts <= FRAGMENT_TIMEOUT_S:
+                break
+            self._drop(old_key, "dropped timeout")
+        end = offset + len(data)
+        if end > 65535:
+            self.stats["dropped too long"] += 1
+            if key in self.pending:
+                self._drop(key, "dropped too long")
+            return None
+        d = self.pending.get(key)
+        if d is None:
+            if not more and offset == 0:
+                return data            # an atomic fragment (RFC 6946): nothing to wait for
+            while len(self.pending) >= MAX_PENDING_DATAGRAMS:
+                self._drop(next(iter(self.pending)), "dropped pending cap")
+            d = self.pending[key] = _Fragments(ts)
+        if offset in d.parts and d.parts[offset] == data:
+            self.stats["duplicate"] += 1
+            return None
+        for o, part in d.parts.items():
+            if o < end and offset < o + len(part):
+                self._drop(key, "dropped overlap")
+                return None
+        if not more:
+            if d.total is not None and d.total != end:
+                self._drop(key, "dropped inconsistent end")
+                return None
+            d.total = end
+        elif d.total is not None and end > d.total:
+            self._drop(key, "dropped inconsistent end")
+            return None
+        if len(d.parts) >= MAX_FRAGMENTS_PER_DATAGRAM:
+            self._drop(key, "dropped too many fragments")
+            return None
+        d.parts[offset] = data
+        d.nbytes += len(data)
+        self.nbytes += len(data)
+        while self.nbytes > MAX_PENDING_FRAGMENT_BYTES and self.pending:
+            oldest = next(iter(self.pending))
+            self._drop(oldest, "dropped byte cap")
+            if oldest == key:
+                return None
+        # Parts never overlap, so when their sizes add up to the total they
+        # cover it exactly.
+        if d.total is not None and d.nbytes == d.total:
+            del self.pending[key]
+            self.nbytes -= d.nbytes
+            self.stats["reassembled"] += 1
+            return b"".join(d.parts[o] for o in sorted(d.parts))
+        return None
+
+
+class _Decoder:
+    """Frame bytes -> L4Packet, with the fragment state of one capture."""
+
+    def __init__(self, link_type: int, stats: Counter) -> None:
+        self.link_type = link_type
+        self.defrag = _Defragmenter(stats)
+
+    def decode(self, buf: bytes, ts: float) -> L4Packet:
+        """Raise _NotFlow / _Undecodable when the frame carries no TCP/UDP packet."""
+        lt = self.link_type
+        if lt == LINKTYPE_ETHERNET:
+            if len(buf) < 14:
+                raise _Undecodable("ethernet header truncated")
+            return self._ethertype(buf, _u16(buf, 12)[0], 14, ts)
+        if lt in (LINKTYPE_NULL, LINKTYPE_LOOP):
+            if len(buf) < 4:
+                raise _Undecodable("loopback header truncated")
+            # "Host byte order" of the machine that captured, which need not
+            # be ours or the file's: accept the family in either order.
+            be, le = _u32(buf, 0)[0], struct.unpack_from("<I", buf, 0)[0]
+            if 2 in (be, le):
+                return self._ip(buf[4:], 4, ts, 0)
+            if be in _AF_INET6 or le in _AF_INET6:
+                return self._ip(buf[4:], 6, ts, 0)
+            raise _NotFlow("loopback family not ip")
+        if lt in _RAW_LINKTYPES:
+            if not buf:
+                raise _Undecodable("empty frame")
+            return self._ip(buf, buf[0] >> 4, ts, 0)
+        if lt == LINKTYPE_LINUX_SLL:
+            if len(buf) < 16:
+                raise _Undecodable("sll header truncated")
+            return self._ethertype(buf, _u16(buf, 14)[0], 16, ts)
+        if lt == LINKTYPE_LINUX_SLL2:
+            if len(buf) < 20:
+                raise _Undecodable("sll2 header truncated")
+            return self._ethertype(buf, _u16(buf, 0)[0], 20, ts)
+        raise _NotFlow(f"link type {lt} not supported")
+
+    def _ethertype(self, buf: bytes, et: int, off: int, ts: float) -> L4Packet:
+        """``et`` is the EtherType whose payload starts at ``off``."""
+        for depth in range(MAX_ENCAPSULATIONS + 1):
+            if et == ETH_IPV4:
+                return self._ip(buf[off:], 4, ts, depth)
+            if et == ETH_IPV6:
+                return self._ip(buf[off:], 6, ts, depth)
+            if et in ETH_VLAN:
+                # tag control (2 bytes), then the next EtherType
+                if len(buf) < off + 4:
+                    raise _Undecodable("vlan tag truncated")
+                et = _u16(buf, off + 2)[0]
+                off += 4
+            elif et == ETH_PPPOE_SESSION:
+                # version/type, code, session id, length (RFC 2516 4), then PPP protocol
+                if len(buf) < off + 8:
+                    raise _Undecodable("pppoe header truncated")
+                length = _u16(buf, off + 4)[0]
+                ppp = _u16(buf, off + 6)[0]
+                body = buf[off + 8:off + 6 + length] if length >= 2 else b""
+                if ppp == PPP_IPV4:
+                    return self._ip(body, 4, ts, depth + 1)
+                if ppp == PPP_IPV6:
+                    return self._ip(body, 6, ts, depth + 1)
+                raise _NotFlow("pppoe not ip")
+            elif et in ETH_MPLS:
+                # label stack entries until bottom of stack; no EtherType
+                # follows, so the IP version nibble says what is inside
+                for _ in range(MAX_ENCAPSULATIONS):
+                    if len(buf) < off + 4:
+                        raise _Undecodable("mpls label truncated")
+                    bottom = buf[off + 2] & 1
+                    off += 4
+                    if bottom:
+                        break
+                else:
+                    raise _Undecodable("mpls label stack too deep")
+                if len(buf) <= off:
+                    raise _Undecodable("mpls payload empty")
+                return self._ip(buf[off:], buf[off] >> 4, ts, depth + 1)
+            elif et == 0x0806:
+                raise _NotFlow("arp")
+            else:
+                raise _NotFlow(f"ethertype 0x{et:04x}")
+        raise _Undecodable("too many encapsulations")
+
+    def _ip(self, pkt: bytes, version: int, ts: float, depth: int) -> L4Packet:
+        if depth > MAX_ENCAPSULATIONS:
+            raise _Undecodable("too many encapsulations")
+        if version == 4:
+            return self._ipv4(pkt, ts, depth)
+        if version == 6:
+            return self._ipv6(pkt, ts, depth)
+        raise _Undecodable(f"ip version {version}")
+
+    def _ipv4(self, pkt: bytes, ts: float, depth: int) -> L4Packet:
+        if len(pkt) < 20 or pkt[0] >> 4 != 4:
+            raise _Undecodable("ipv4 header truncated")
+        ihl = (pkt[0] & 0x0F) * 4
+        total = _u16(pkt, 2)[0]
+        if total == 0:
+            # Captured on the sending host before segmentation offload (TSO)
+            # filled it in; Wireshark takes the captured length the same way.
+            total = len(pkt)
+        if ihl < 20 or total < ihl or len(pkt) < ihl:
+            raise _Undecodable("ipv4 header bad length")
+        # Trim link-layer padding; a snaplen-cut packet keeps what was captured.
+        payload = pkt[ihl:total]
+        proto = pkt[9]
+        src, dst = pkt[12:16], pkt[16:20]
+        frag = _u16(pkt, 6)[0]
+        more, offset = bool(frag & 0x2000), (frag & 0x1FFF) * 8
+        if more or offset:
+            ident = _u16(pkt, 4)[0]
+            whole = self.defrag.add((4, src, dst, proto, ident), ts, offset, more, payload)
+            if whole is None:
+                raise _NotFlow("fragment")
+            payload = whole
+        return self._transport(proto, src, dst, payload, ts, depth)
+
+    def _ipv6(self, pkt: bytes, ts: float, depth: int) -> L4Packet:
+        if len(pkt) < 40 or pkt[0] >> 4 != 6:
+            raise _Undecodable("ipv6 header truncated")
+        plen = _u16(pkt, 4)[0]
+        nh = pkt[6]
+        src, dst = pkt[8:24], pkt[24:40]
+        # plen 0 is a jumbogram (RFC 2675): the payload is the rest of the frame
+        payload = pkt[40:40 + plen] if plen else pkt[40:]
+        for _ in range(MAX_IPV6_EXT_HEADERS):
+            if nh in _IPV6_EXT_GENERIC:
+                if len(payload) < 8:
+                    raise _Undecodable("ipv6 extension header truncated")
+                size = (payload[1] + 1) * 8
+            elif nh == _IPV6_AH:
+                if len(payload) < 8:
+                    raise _Undecodable("ipv6 ah truncated")
+                size = (payload[1] + 2) * 4          # AH counts 4-octet units (RFC 4302 2.2)
+            elif nh == _IPV6_FRAGMENT:
+                if len(payload) < 8:
+                    raise _Undecodable("ipv6 fragment header truncated")
+                offmf = _u16(payload, 2)[0]
+                ident = _u32(payload, 4)[0]
+                whole = self.defrag.add((6, src, dst, ident), ts, offmf & 0xFFF8,
+                                        bool(offmf & 1), payload[8:])
+                if whole is None:
+                    raise _NotFlow("fragment")
+                # The reassembled fragmentable part starts with the header
+                # the fragment header named (RFC 8200 4.5).
+                nh, payload = payload[0], whole
+                continue
+            elif nh == _IPV6_NO_NEXT:
+                raise _NotFlow("ipv6 no next header")
+            else:
+                return self._transport(nh, src, dst, payload, ts, depth)
+            if len(payload) < size:
+                raise _Undecodable("ipv6 extension header truncated")
+            nh, payload = payload[0], payload[size:]
+        raise _Undecodable("ipv6 extension header chain too long")
+
+    def _transport(self, proto: int, src: bytes, dst: bytes, seg: bytes,
+                   ts: float, depth: int) -> L4Packet:
+        if proto == IPPROTO_TCP:
+            if len(seg) < 20:
+                raise _Undecodable("tcp header truncated")
+            doff = (seg[12] >> 4) * 4
+            if doff < 20 or doff > len(seg):
+                raise _Undecodable("tcp header bad data offset")
+            sport, dport, seq = struct.unpack_from("!HHI", seg, 0)
+            return L4Packet(IPPROTO_TCP, src, sport, dst, dport, seq, seg[13], seg[doff:])
+        if proto == IPPROTO_UDP:
+            if len(seg) < 8:
+                raise _Undecodable("udp header truncated")
+            sport, dport, ulen = struct.unpack_from("!HHH", seg, 0)
+            # ulen trims padding; a bad or zero (jumbo) length keeps what we have
+            payload = seg[8:ulen] if 8 <= ulen <= len(seg) else seg[8:]
+            return L4Packet(IPPROTO_UDP, src, sport, dst, dport, 0, 0, payload)
+        if proto == IPPROTO_IPIP:
+            return self._ip(seg, 4, ts, depth + 1)
+        if proto == IPPROTO_IPV6:
+            return self._ip(seg, 6, ts, depth + 1)
+        if proto in (1, 58):
+            raise _NotFlow("icmp")
+        raise _NotFlow(f"ip protocol {proto}")
+
+
+# ------------------------------------------------------------ file records
+class _BadBlockLength(Exception):
+    """A pcapng block length field too small to be a block; arg: its byte offset."""
+
+
+class _TrackedFile:
+    """The file object dpkt reads through: knows the byte offset of every read.
+
+    dpkt reports a short record at the end of a file by returning fewer bytes
+    (classic pcap) or by failing to unpack a block (pcapng); remembering the
+    first short read lets us say exactly where the file ends too soon.
+    """
+
+    def __init__(self, f, size: int) -> None:
+        self._f = f
+        self.name = f.name
+        self.size = size
+        self.offset = 0          # bytes consumed so far
+        self.last_read_at = 0    # where the latest read started
+        self.short: tuple[int, int, int] | None = None   # (offset, wanted, got)
+
+    def read(self, n: int = -1) -> bytes:
+        self.last_read_at = self.offset
+        if n is None or n < 0:
+            # dpkt reads "block length - 8" after a block's first 8 bytes:
+            # negative means a length field smaller than a block header.
+            raise _BadBlockLength(self.offset - 4)
+        # Never ask the OS for more than the file holds: a corrupt 4 GiB
+        # length must not become a 4 GiB allocation.
+        data = self._f.read(min(n, self.size - self.offset))
+        self.offset += len(data)
+        # An empty read at the end is how every reader finds the end of the
+        # file; whether a short read is an error depends on what was being
+        # read, which the caller decides (see _records).
+        if len(data) < n and self.short is None:
+            self.short = (self.last_read_at, n, len(data))
+        return data
+
+
+def _why(e: Exception) -> str:
+    # dpkt's NeedData / UnpackError often carry no text
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _records(path: str) -> tuple[str, int, Iterator[tuple[int, float, bytes]]]:
+    """(format, link type, iterator of (frame number, timestamp, frame bytes))."""
+    try:
+        f = open(path, "rb")
+        size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise PcapError(f"{path}: cannot open: {e.strerror or e}") from None
+    magic = f.read(4)
+    f.seek(0)
+    if magic in _PCAP_MAGICS:
+        fmt, reader_cls, header = "pcap", dpkt.pcap.Reader, 24
+    elif magic == _PCAPNG_MAGIC:
+        fmt, reader_cls, header = "pcapng", dpkt.pcapng.Reader, 28
+    else:
+        f.close()
+        if len(magic) < 4:
+            raise PcapError(f"{path}: {size} bytes, too short for a capture file header")
+        raise PcapError(f"{path}: not a pcap or pcapng file (magic {magic.hex()} at byte offset 0)")
+    if size < header:
+        f.close()
+        raise PcapError(f"{path}: truncated {fmt} file header: {size} bytes, "
+                        f"the header needs {header} (byte offset 0)")
+    tf = _TrackedFile(f, size)
+    try:
+        reader = reader_cls(tf)
+    except _BadBlockLength as e:
+        f.close()
+        raise PcapError(f"{path}: corrupt {fmt} block length at byte offset {e.args[0]}") from None
+    except (ValueError, dpkt.UnpackError, struct.error) as e:
+        f.close()
+        if tf.short:
+            at, want, got = tf.short
+            raise PcapError(f"{path}: truncated {fmt} header at byte offset {at}: needs "
+                            f"{want} bytes, the file has {got} more") from None
+        raise PcapError(f"{path}: bad {fmt} header near byte offset {tf.last_read_at}: "
+                        f"{_why(e)}") from None
+    link_type = reader.datalink()
+
+    def frames() -> Iterator[tuple[int, float, bytes]]:
+        frame = 0
+        it = iter(reader)
+        try:
+            while True:
+                start = tf.offset
+                try:
+                    ts, buf = next(it)
+                except _BadBlockLength as e:
+                    raise PcapError(f"{path}: corrupt {fmt} block length at byte offset "
+                                    f"{e.args[0]} (frame {frame + 1})") from None
+                except StopIteration:
+                    if tf.short and tf.short[2]:
+                        at, want, got = tf.short
+                        raise PcapError(
+                            f"{path}: truncated at byte offset {at}: frame {frame + 1} "
+                            f"(or its block header) needs {want} bytes, the file has {got} more")
+                    return
+                except (dpkt.UnpackError, struct.error, ValueError, IndexError) as e:
+                    if tf.short:
+                        at, want, got = tf.short
+                        raise PcapError(
+                            f"{path}: truncated at byte offset {at}: frame {frame + 1}'s "
+                            f"block needs {want} bytes, the file has {got} more") from None
+                    raise PcapError(
+                        f"{path}: corrupt record at byte offset {start} "
+                        f"(frame {frame + 1}): {_why(e)}") from None
+                frame += 1
+                if tf.short:
+                    at, want, got = tf.short
+                    raise PcapError(
+                        f"{path}: truncated at byte offset {at}: frame {frame} needs "
+                        f"{want} bytes, the file has {got} more")
+                if fmt == "pcap" and len(buf) > MAX_CAPLEN:
+                    raise PcapError(
+                        f"{path}: corrupt record header at byte offset {start} (frame {frame}): "
+                        f"captured length {len(buf)} exceeds {MAX_CAPLEN}")
+                yield frame, ts, buf
+        finally:
+            f.close()
+
+    return fmt, link_type, frames()
+
+
+# ------------------------------------------------------------- flows
+class _FlowState:
+    """Per-flow bookkeeping while reading; side 0 sends the flow's first packet."""
+    __slots__ = ("flow", "ends", "syn_from", "synack_from", "reasm")
+
+    def __init__(self, flow: Flow, ends: tuple, reasm: StreamReassembler | None) -> None:
+        self.flow = flow
+        self.ends = ends                    # ((src, sport), (dst, dport)) of the first packet
+        self.syn_from: int | None = None
+        self.synack_from: int | None = None
+        self.reasm = reasm
+
+
+def _ip_text(raw: bytes) -> str:
+    return ipaddress.ip_address(raw).compressed
+
+
+def read_capture(path: str | os.PathLike, *, limits: ReassemblyLimits | None = None,
+                 budget: ReassemblyBudget | None = None) -> Capture:
+    """Read every TCP/UDP flow of a pcap / pcapng file. Raises PcapError on a bad file."""
+    path = os.fspath(path)
+    fmt, link_type, records = _records(path)
+    cap = Capture(path=path, file_format=fmt, link_type=link_type)
+    budget = budget if budget is not None else ReassemblyBudget()
+    decoder = _Decoder(link_type, cap.fragments)
+    table: dict[tuple, _FlowState] = {}
+
+    for frame, ts, buf in records:
+        cap.frames = frame
+        try:
+            p = decoder.decode(buf, ts)
+        except _NotFlow as e:
+            cap.not_flow[str(e)] += 1
+            continue
+        except _Undecodable as e:
+            cap.undecodable[str(e)] += 1
+            continue
+        a, b = (p.src, p.sport), (p.dst, p.dport)
+        key = (p.proto, a, b) if a <= b else (p.proto, b, a)
+        state = table.get(key)
+        if state is None:
+            tcp = p.proto == IPPROTO_TCP
+            flow = Flow(proto="tcp" if tcp else "udp",
+                        client=(_ip_text(p.src), p.sport), server=(_ip_text(p.dst), p.dport),
+                        first_frame=frame, last_frame=frame, packets=0)
+            reasm = StreamReassembler(limits, budget) if tcp else None
+            if reasm is not None:
+                flow.counters = reasm.counters
+            state = table[key] = _FlowState(flow, (a, b), reasm)
+        flow = state.flow
+        flow.packets += 1
+        flow.last_frame = frame
+        side = Direction.TO_SERVER if a == state.ends[0] else Direction.TO_CLIENT
+        if state.reasm is not None:
+            if p.flags & SYN:
+                if p.flags & ACK:
+                    if state.synack_from is None:
+                        state.synack_from = side
+                elif state.syn_from is None:
+                    state.syn_from = side
+            for ev in state.reasm.segment(side, p.seq, p.flags, p.payload):
+                flow.events.append(ev)
+                flow.event_frames.append(frame)
+        else:
+            flow.events.append(Datagram(side, p.payload, frame))
+            flow.event_frames.append(frame)
+
+    for state in table.values():
+        flow = state.flow
+        if state.reasm is not None:
+            for ev in state.reasm.flush():
+                flow.events.append(ev)
+                flow.event_frames.append(flow.last_frame)
+        # Events so far are relative to side 0 (first packet's sender).
+        if state.syn_from is not None:
+            client, flow.orientation = state.syn_from, "tcp-syn"
+        elif state.synack_from is not None:
+            client, flow.orientation = 1 - state.synack_from, "tcp-synack"
+        else:
+            client, flow.orientation = 0, "first-packet"
+        if client == 1:
+            flow.client, flow.server = flow.server, flow.client
+            flow.events = [dataclasses.replace(ev, direction=Direction(1 - ev.direction))
+                           for ev in flow.events]
+        cap.flows.append(flow)
+    cap.flows.sort(key=lambda fl: fl.first_frame)
+    return cap
