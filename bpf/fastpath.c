@@ -20,6 +20,7 @@
 #include "parse.h"
 #include "conntrack.h"
 #include "icmp.h"
+#include "l7.h"
 #include "sweep.h"
 
 static __always_inline void ms_count(__u32 dir, __u32 reason, __u32 len)
@@ -106,13 +107,26 @@ int tc_egress(struct __sk_buff *skb)
     return ms_entry(skb, DIR_EGRESS);
 }
 
+/* A side's first payload, passed by session tracking, goes through the L7
+ * stage, which finishes the packet. If that tail call fails the packet
+ * keeps tracking's verdict: identification is best effort, and a flow
+ * that requires a protocol is checked on that side's next payload packet. */
+static __always_inline int ms_then_l7(struct __sk_buff *skb, struct ms_pkt *p, int reason)
+{
+    if (p->l7_side && !ms_reason_is_drop(reason)) {
+        p->l7_reason = reason;
+        ms_stages.call(skb, STAGE_L7);
+    }
+    return ms_finish(skb, p->dir, reason);
+}
+
 int ms_stage_tcp(struct __sk_buff *skb)
 {
     struct ms_pkt *p = ms_pkt_scratch();
     if (!p)
         return TC_ACT_SHOT;
     p->wscale = (p->tcp_flags & TCP_SYN) ? ms_tcp_wscale(skb, p) : 0xff;
-    return ms_finish(skb, p->dir, ms_ct_tcp(p, ms_now()));
+    return ms_then_l7(skb, p, ms_ct_tcp(p, ms_now()));
 }
 
 int ms_stage_other(struct __sk_buff *skb)
@@ -128,7 +142,7 @@ int ms_stage_other(struct __sk_buff *skb)
         reason = ms_ct_datagram(p, now);
     else
         reason = ms_ct_other(p, now);
-    return ms_finish(skb, p->dir, reason);
+    return ms_then_l7(skb, p, reason);
 }
 
 int ms_stage_icmp_err(struct __sk_buff *skb)
@@ -137,4 +151,12 @@ int ms_stage_icmp_err(struct __sk_buff *skb)
     if (!p)
         return TC_ACT_SHOT;
     return ms_finish(skb, p->dir, ms_icmp_error(skb, p, ms_now()));
+}
+
+int ms_stage_l7(struct __sk_buff *skb)
+{
+    struct ms_pkt *p = ms_pkt_scratch();
+    if (!p)
+        return TC_ACT_SHOT;
+    return ms_finish(skb, p->dir, ms_l7_stage(skb, p));
 }

@@ -38,7 +38,7 @@ from .source import LIB_DIR, MAIN_SOURCE, inline_includes, program_text
 PROGRAMS = {Direction.DIR_INGRESS: "tc_ingress", Direction.DIR_EGRESS: "tc_egress"}
 # Tail-call stages, by their slot in ms_stages (enum ms_stage).
 STAGES = {Stage.STAGE_TCP: "ms_stage_tcp", Stage.STAGE_OTHER: "ms_stage_other",
-          Stage.STAGE_ICMP_ERR: "ms_stage_icmp_err"}
+          Stage.STAGE_ICMP_ERR: "ms_stage_icmp_err", Stage.STAGE_L7: "ms_stage_l7"}
 RUNTIME_MAPS = ("ms_counters", "ms_flows", "ms_halfopen", "ms_ifaces", "ms_frags", "ms_syn_dst",
                 "ms_syn_global", "ms_pressure", "ms_pressure_user", "ms_pol_state")
 # How many lines of compiler / verifier output an error message carries:
@@ -95,10 +95,18 @@ class FastPath:
 
     def __init__(self, config: DatapathConfig | None = None, *, text: str | None = None,
                  main: Path = MAIN_SOURCE, programs: dict | None = None,
-                 stages: dict | None = None):
+                 stages: dict | None = None, protocols: list | None = None):
         from bcc import BPF  # imported late: preflight and --help work without it
 
         self.config = config or DatapathConfig()
+        # Kernel L7 signatures, from the protocol plugins (built-ins and
+        # installed ones unless ``protocols`` says otherwise): checked before
+        # anything is compiled, written into the maps by apply_runtime().
+        from protocols import registry
+
+        from . import l7
+        self.protocols = list(protocols) if protocols is not None else list(registry.default_plugins())
+        self.l7 = l7.compile_signatures(self.protocols)
         check_headers()
         src = text if text is not None else program_text(main)
         with capture_stderr() as err:
@@ -162,6 +170,8 @@ class FastPath:
         v.syn_dst_rate, v.syn_dst_burst = config.syn_dst_rate, config.syn_dst_burst
         v.syn_global_rate, v.syn_global_burst = config.syn_global_rate, config.syn_global_burst
         c[ctypes.c_int(0)] = v
+        from . import l7
+        l7.load(self, self.l7)
         allow = self.table("ms_full_allow")
         allow.clear()
         for cidr in config.full_allowlist:

@@ -77,7 +77,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
 
 from .errors import UsageError
 from .policy_tables import (GROUP_ANY, GROUP_WORLD, INSPECT_BITS, INSPECT_HOLD, IPPROTO, POL, no_gc,
@@ -86,11 +86,15 @@ from .policy_tables import (GROUP_ANY, GROUP_WORLD, INSPECT_BITS, INSPECT_HOLD, 
 
 PRECEDENCE = __doc__.split("Precedence\n----------\n")[1].split("\n\nCompilation")[0]
 
-# Application protocol ids a rule may require (struct ms_verdict.app).
-# Provisional: the application-protocol issue owns this registry (ids shared
-# with the kernel's L7 signatures and the protocol plugins) and will replace
-# this table; until then these ids are only stored in the verdict.
-APP_IDS = {"http": 1, "tls": 2, "ssh": 3, "dns": 4, "mysql": 5, "redis": 6}
+def app_ids() -> dict[str, int]:
+    """Application protocols a rule may require (`app:`), name -> the id the
+    kernel's L7 stage stores (struct ms_verdict.app): the built-in protocols
+    and the installed plugins, as datapath/l7.py numbers them."""
+    from protocols import registry
+
+    from .l7 import app_ids as ids
+    return ids(list(registry.default_plugins()))
+
 
 # `proto` in a rule -> the IP protocol numbers it stands for (None: every protocol).
 PROTOS: dict[str, tuple[int, ...] | None] = {
@@ -172,7 +176,6 @@ class Defaults(BaseModel):
 
 
 Action = Literal["allow", "deny", "inspect"]
-AppName = Literal[tuple(APP_IDS)]  # type: ignore[valid-type]
 
 
 class _Decision(BaseModel):
@@ -182,15 +185,22 @@ class _Decision(BaseModel):
     name: str | None = None
     action: Action
     inspect: InspectSpec | None = None
-    app: AppName | None = None
+    app: str | None = None
     log: bool = False
+
+    @field_validator("app")
+    @classmethod
+    def _known_app(cls, v):
+        if v is not None and v not in app_ids():
+            raise ValueError(f"unknown application protocol {v!r} (known: {', '.join(app_ids())})")
+        return v
 
     def verdict(self, rule_id: int) -> Verdict:
         insp = 0
         if self.action == "inspect":
             insp = (self.inspect or InspectSpec()).bits()
         return Verdict(POL["POL_" + self.action.upper()], rule_id, insp,
-                       APP_IDS[self.app] if self.app else 0, int(self.log))
+                       app_ids()[self.app] if self.app else 0, int(self.log))
 
 
 class Rule(_Decision):

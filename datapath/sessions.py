@@ -21,6 +21,7 @@ summary until the sweeper removes it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import os
 import re
@@ -311,6 +312,8 @@ class Session:
     bytes_reply: int
     flags: list[str] = field(default_factory=list)
     age_s: float = 0.0    # since the first packet
+    app: str = ""         # application protocol the L7 stage identified ("" not yet)
+    rule_id: int = 0      # the policy rule that decided (0: default or no policy)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -435,7 +438,24 @@ def to_session(table: str, k, v, now_ns: int, timeouts_ns: np.ndarray) -> Sessio
     return Session(table, PROTO_NAMES.get(proto, str(proto)), proto, state_name(st),
                    src[0], src[1], dst[0], dst[1], max(left, 0.0),
                    int(v["packets"][0]), int(v["bytes"][0]), int(v["packets"][1]), int(v["bytes"][1]),
-                   flags, max(now_ns - int(v["first_seen_ns"]), 0) / 1e9)
+                   flags, max(now_ns - int(v["first_seen_ns"]), 0) / 1e9,
+                   app_label(int(v["app"])), int(v["rule_id"]))
+
+
+def app_label(app_id: int) -> str:
+    """Name of an application protocol id as this host's plugins number it."""
+    return "" if app_id == 0 else _app_names().get(app_id, f"app-{app_id}")
+
+
+@functools.lru_cache(maxsize=1)
+def _app_names() -> dict[int, str]:
+    from protocols import registry
+
+    from .l7 import app_ids
+    try:
+        return {i: n for n, i in app_ids(list(registry.default_plugins())).items()}
+    except Exception:   # a broken plugin must not hide the session listing
+        return {}
 
 
 @dataclass
@@ -494,7 +514,8 @@ def format_session(s: Session) -> str:
         orig, repl = f"sport={s.sport} dport={s.dport}", f"sport={s.dport} dport={s.sport}"
     return (f"{s.proto:<8} {s.proto_num} {int(s.timeout_s)} {s.state} "
             f"src={s.src} dst={s.dst} {orig} packets={s.packets_orig} bytes={s.bytes_orig} "
-            f"src={s.dst} dst={s.src} {repl} packets={s.packets_reply} bytes={s.bytes_reply}{flags}")
+            f"src={s.dst} dst={s.src} {repl} packets={s.packets_reply} bytes={s.bytes_reply}{flags}"
+            f"{f' app={s.app}' if s.app else ''}{f' rule={s.rule_id}' if s.rule_id else ''}")
 
 
 def format_summary(listing: Listing) -> str:

@@ -239,6 +239,14 @@ static __always_inline void ms_flow_set_verdict(struct ms_flow *f, const struct 
     f->inspect = v->inspect;
     f->rule_id = v->rule_id;
     f->pol_gen = gen;
+    f->app_req = v->app;
+}
+
+/* Hand a side's first payload to the L7 stage (l7.h) after this one. */
+static __always_inline void ms_l7_mark(struct ms_pkt *p, const struct ms_flow *f, int side)
+{
+    if (p->payload_len && !(f->l7_seen & (1 << side)))
+        p->l7_side = 1 + side;
 }
 
 /* ------------------------------------------------------------------ */
@@ -643,6 +651,7 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
         nf->inspect = f->inspect;
         nf->rule_id = f->rule_id;
         nf->pol_gen = f->pol_gen;
+        nf->app_req = f->app_req;
         if (where == MS_IN_FLOWS) {
             if (ms_flows.delete(kp) == 0)
                 ms_pressure_add(1);
@@ -696,6 +705,7 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
         if (r)
             return r;
     }
+    ms_l7_mark(p, f, fd);
     return PASS_FORWARD;
 }
 
@@ -755,6 +765,8 @@ static __always_inline int ms_ct_datagram(struct ms_pkt *p, __u64 now)
         if (!nf)
             return DROP_ICMP_ECHO_UNMATCHED;
         ms_flow_set_verdict(nf, &v, gen);
+        if (is_udp)
+            ms_l7_mark(p, nf, 0);
         ms_halfopen_put(kp, nf);
         return pol_reason;
     }
@@ -766,6 +778,8 @@ static __always_inline int ms_ct_datagram(struct ms_pkt *p, __u64 now)
         if (r)
             return r;
     }
+    if (is_udp)
+        ms_l7_mark(p, f, fd);
     return PASS_FORWARD;
 }
 

@@ -147,7 +147,10 @@ struct ms_pkt {
     __u8   vlan_depth;
     __u8   wscale;        /* TCP window scale option on a SYN, 0xff if absent */
     __u8   dir;           /* enum ms_dir of the hook */
-    __u8   pad[3];
+    __u8   l7_side;       /* set by session tracking: 1 + side (0 original, 1 reply) of a
+                           * first payload the L7 stage must see; 0: none */
+    __u8   l7_reason;     /* the tracking stage's reason, which the L7 stage finishes with */
+    __u8   pad;
 };
 BPF_PERCPU_ARRAY(ms_scratch, struct ms_pkt, 1);
 
@@ -198,7 +201,9 @@ struct ms_flow {
     __u8  flags;            /* MS_FLOW_* */
     __u8  action;           /* enum ms_pol_action the policy gave the flow */
     __u8  inspect;          /* MS_INSPECT_* of that verdict */
-    __u8  pad[3];
+    __u8  app_req;          /* enum ms_app the verdict requires (0: any) */
+    __u8  app;              /* enum ms_app the L7 stage identified (0: not yet / unknown) */
+    __u8  l7_seen;          /* bit per side: its first payload went through the L7 stage */
     __u32 pol_gen;          /* policy generation the verdict is from */
     __u32 rule_id;          /* rule that decided (0: default or no policy) */
 };
@@ -467,12 +472,61 @@ struct ms_pol_state {
 BPF_ARRAY(ms_pol_state, struct ms_pol_state, 1);
 
 /* ------------------------------------------------------------------ */
+/* Light L7 signatures (matching in l7.h; filled by datapath/l7.py from
+ * the protocol plugins, so a new plugin needs no C change)             */
+
+/* Payload bytes the L7 stage reads from a direction's first packet. A
+ * signature lies inside it: protocols/api.py MAX_SIGNATURE_OFFSET +
+ * MAX_SIGNATURE_BYTES = 64. */
+#define MS_L7_WINDOW 64
+/* Distinct (offset, mask) shapes among all signatures: the stage does one
+ * hash lookup per shape (on two packets per flow), so this bounds its cost
+ * whatever the number of signatures. The built-in protocols use 12; the
+ * rest is room for plugins (datapath/l7.py refuses a table past it). */
+#define MS_L7_SHAPES 24
+#define MS_L7_SIG_MAX 512
+
+struct ms_l7_shape {
+    __u64 mask;           /* little-endian load of payload[offset..offset+8) & mask */
+    __u8  offset;
+    __u8  end;            /* offset + signature length: shorter payloads cannot match */
+    __u8  used;
+    __u8  pad[5];
+};
+BPF_ARRAY(ms_l7_shapes, struct ms_l7_shape, MS_L7_SHAPES);
+
+struct ms_l7_sig_key {
+    __u64 value;          /* masked bytes */
+    __u8  shape;          /* index in ms_l7_shapes */
+    __u8  side;           /* 0: from the initiator, 1: from the responder */
+    __u8  l4;             /* IPPROTO_TCP or IPPROTO_UDP */
+    __u8  pad[5];
+};
+struct ms_l7_sig {
+    __u8  app;            /* enum ms_app */
+    __u8  pad[7];
+};
+BPF_HASH(ms_l7_sigs, struct ms_l7_sig_key, struct ms_l7_sig, MS_L7_SIG_MAX);
+
+/* Per application protocol: bit per side that has signatures (a required
+ * protocol that should have shown itself on this side and did not is a
+ * mismatch; on a side without signatures the stage waits for the other). */
+BPF_ARRAY(ms_l7_sides, __u8, 256);
+
+/* The first payload bytes of the packet being identified. */
+struct ms_l7_buf {
+    __u8 b[MS_L7_WINDOW];
+};
+BPF_PERCPU_ARRAY(ms_l7_scratch, struct ms_l7_buf, 1);
+
+/* ------------------------------------------------------------------ */
 /* Tail calls                                                          */
 
 #define MS_ENUM_STAGE(X) \
     X(STAGE_TCP,   0, STAGE, "TCP session tracking") \
     X(STAGE_OTHER, 1, STAGE, "UDP, ICMP echo and other protocols") \
-    X(STAGE_ICMP_ERR, 2, STAGE, "ICMP errors matched to the flow they quote")
+    X(STAGE_ICMP_ERR, 2, STAGE, "ICMP errors matched to the flow they quote") \
+    X(STAGE_L7,    3, STAGE, "application protocol signatures on a direction's first payload")
 
 enum ms_stage {
     MS_ENUM_STAGE(MS_ENUM_MEMBER)

@@ -55,7 +55,8 @@
     X(DROP_POLICY_DENY,        42, DROP, "new flow denied by a policy rule or override") \
     X(DROP_POLICY_DEFAULT,     43, DROP, "new flow denied by the default action") \
     X(DROP_POLICY_REVOKED,     44, DROP, "flow denied by a policy applied after it started") \
-    X(PASS_POLICY_INSPECT,     45, PASS, "new flow allowed for inspection by a policy rule")
+    X(PASS_POLICY_INSPECT,     45, PASS, "new flow allowed for inspection by a policy rule") \
+    X(DROP_L7_APP_MISMATCH,    46, DROP, "flow does not speak the application protocol its rule requires")
 
 enum ms_reason {
     MS_ENUM_REASON(MS_ENUM_MEMBER)

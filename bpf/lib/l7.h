@@ -1,0 +1,127 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Light L7: which application protocol a flow speaks, from the first
+ * payload packet of each direction, and the policy's `app` requirement.
+ *
+ * Signatures come from the protocol plugins (protocols/api.py Signature:
+ * offset, up to 8 bytes, mask, side). datapath/l7.py groups them by shape
+ * (offset and mask) and fills ms_l7_shapes and ms_l7_sigs (maps.h): the
+ * stage makes one masked 8-byte load and one hash lookup per shape, so its
+ * cost is bounded by MS_L7_SHAPES, not by the number of signatures, and a
+ * new plugin needs no C change.
+ */
+#ifndef MS_L7_H
+#define MS_L7_H
+
+#include "maps.h"
+
+/* Application protocols the kernel and Python both name. Plugins outside
+ * this list get ids from MS_APP_PLUGIN_FIRST up, assigned at load
+ * (datapath/l7.py). */
+#define MS_ENUM_APP(X) \
+    X(APP_UNKNOWN, 0, APP, "not identified") \
+    X(APP_HTTP,    1, APP, "HTTP/1.x") \
+    X(APP_TLS,     2, APP, "TLS") \
+    X(APP_SSH,     3, APP, "SSH") \
+    X(APP_DNS,     4, APP, "DNS") \
+    X(APP_MYSQL,   5, APP, "MySQL classic protocol") \
+    X(APP_REDIS,   6, APP, "Redis RESP")
+
+enum ms_app {
+    MS_ENUM_APP(MS_ENUM_MEMBER)
+};
+#define MS_APP_PLUGIN_FIRST 32
+
+/* The application protocol whose signature matches the packet's first
+ * payload bytes, or APP_UNKNOWN. ``side`` 0: from the initiator. */
+static __always_inline __u32 ms_l7_identify(struct __sk_buff *skb, const struct ms_pkt *p, __u32 side)
+{
+    __u32 z = 0;
+    struct ms_l7_buf *buf = ms_l7_scratch.lookup(&z);
+    if (!buf)
+        return APP_UNKNOWN;
+    __u64 *w = (__u64 *)buf->b;
+#pragma unroll
+    for (int i = 0; i < MS_L7_WINDOW / 8; i++)
+        w[i] = 0;
+    __u32 n = p->payload_len;
+    if (n > MS_L7_WINDOW)
+        n = MS_L7_WINDOW;
+    if (n < 1)
+        return APP_UNKNOWN;
+    if (bpf_skb_load_bytes(skb, p->payload_off, buf->b, n) < 0)
+        return APP_UNKNOWN;
+
+    struct ms_l7_sig_key k = {};
+    k.side = side;
+    k.l4 = p->proto;
+    /* The shape index the lookup takes by address lives apart from the
+     * loop counter: with one variable the verifier sees the counter as a
+     * stack slot and loses track of its progress ("infinite loop"). */
+    __u32 idx;
+#pragma clang loop unroll(disable)
+    for (__u32 i = 0; i < MS_L7_SHAPES; i++) {
+        idx = i;
+        struct ms_l7_shape *sh = ms_l7_shapes.lookup(&idx);
+        if (!sh || !sh->used)
+            break;
+        if (sh->end > n)
+            continue;
+        __u32 off = sh->offset;
+        if (off > MS_L7_WINDOW - 8)
+            continue;
+        __u64 v;
+        __builtin_memcpy(&v, buf->b + off, 8);
+        k.value = v & sh->mask;
+        k.shape = i;
+        struct ms_l7_sig *s = ms_l7_sigs.lookup(&k);
+        if (s)
+            return s->app;
+    }
+    return APP_UNKNOWN;
+}
+
+/* The L7 stage: runs on the first payload packet of each side of a
+ * session (session tracking marks it in p->l7_side), after tracking
+ * passed it with p->l7_reason. Records what the flow speaks; enforces the
+ * rule's `app`: a flow whose bytes show another protocol, or show nothing
+ * on a side where the required protocol always shows itself, is dropped
+ * and its session removed. */
+static __always_inline int ms_l7_stage(struct __sk_buff *skb, struct ms_pkt *p)
+{
+    int reason = p->l7_reason;
+    __u32 side = (p->l7_side - 1) & 1;
+    __u32 z = 0;
+    struct ms_pol_scratch *sc = ms_pol_scratch.lookup(&z);
+    if (!sc)
+        return reason;
+    struct ms_flow_key *kp = &sc->flow;   /* the key tracking looked up with */
+    struct ms_flow *f = ms_flows.lookup(kp);
+    int in_flows = f != 0;
+    if (!f)
+        f = ms_halfopen.lookup(kp);
+    if (!f)
+        return reason;
+    f->l7_seen |= 1 << side;
+    if (f->app && (!f->app_req || f->app == f->app_req))
+        return reason;
+
+    __u32 app = ms_l7_identify(skb, p, side);
+    if (app && !f->app)
+        f->app = app;
+    __u32 req = f->app_req;
+    if (!req || app == req)
+        return reason;
+    __u8 *sides = ms_l7_sides.lookup(&req);
+    if (app || (sides && (*sides & (1 << side)))) {
+        if (in_flows) {
+            if (ms_flows.delete(kp) == 0)
+                ms_pressure_add(1);
+        } else {
+            ms_halfopen.delete(kp);
+        }
+        return DROP_L7_APP_MISMATCH;
+    }
+    return reason;
+}
+
+#endif

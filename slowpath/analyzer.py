@@ -1,0 +1,146 @@
+"""One flow's application layer: which protocol it speaks, and its events.
+
+Sans-IO like the parsers it drives: in-order stream bytes (from
+slowpath/reassembly.py) or datagrams go in, parser events come out. The
+protocol is chosen by the plugins' probes on the first bytes of each
+direction (protocols/registry.py detect), so it does not depend on ports;
+the kernel's guess (its app id, from the L7 signatures) is a hint that is
+taken when the probes cannot decide. An HTTP CONNECT tunnel is followed: the
+bytes after it are detected again (usually TLS), while the flow keeps the
+protocol it was identified as.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protocols import registry
+from protocols.api import LIKELY, POSSIBLE, Direction, Event, Parser, ProtocolPlugin
+
+# Bytes of one direction kept while no probe is sure: enough for the
+# longest first message a probe needs to see whole (a TLS ClientHello with a
+# post-quantum key share is ~1.8 KB; HTTP request lines with long URIs).
+DETECT_BUFFER_BYTES = 4096
+# A probe at or above this confidence decides at once; below it (POSSIBLE)
+# detection waits for more bytes or the other direction, and settles for
+# the best guess when the buffer is full or the stream ends.
+DECIDE_AT = LIKELY
+# Events after which the connection carries another protocol: HTTP CONNECT's
+# tunnel, MySQL's switch to TLS (SSLRequest). What follows is detected again.
+TUNNEL_EVENTS = ("http_tunnel", "mysql_tls")
+
+
+@dataclass
+class _Pending:
+    data: bytearray = field(default_factory=bytearray)
+    datagrams: list[bytes] = field(default_factory=list)
+
+
+class FlowAnalyzer:
+    def __init__(self, transport: str, plugins: list[ProtocolPlugin] | None = None,
+                 kernel_app: str | None = None):
+        self.transport = transport
+        self.plugins = list(plugins) if plugins is not None else list(registry.default_plugins())
+        self._by_name = {p.name: p for p in self.plugins}
+        self.kernel_app = kernel_app
+        self.app: str | None = None          # what the flow speaks (first decision)
+        self.confidence = 0.0
+        self.inner_app: str | None = None    # inside a tunnel (e.g. TLS in CONNECT)
+        self.parser: Parser | None = None
+        self._pending = {Direction.TO_SERVER: _Pending(), Direction.TO_CLIENT: _Pending()}
+        self._undecided = True
+        self._tunnel = False
+
+    # -- input ---------------------------------------------------------------
+    def data(self, direction: Direction, data: bytes) -> list[Event]:
+        if not data:
+            return []
+        if self._undecided:
+            pend = self._pending[direction]
+            pend.data += data
+            if not self._detect(direction, full=len(pend.data) >= DETECT_BUFFER_BYTES):
+                return []
+            return self._flush()
+        return self._feed(direction, data)
+
+    def datagram(self, direction: Direction, payload: bytes) -> list[Event]:
+        if self._undecided:
+            self._pending[direction].datagrams.append(payload)
+            if not self._detect(direction, full=True, sample=payload):
+                return []
+            return self._flush()
+        return self._feed(direction, payload)
+
+    def gap(self, direction: Direction, size: int) -> list[Event]:
+        if self._undecided or self.parser is None:
+            return []
+        return self.parser.receive_gap(direction, size)
+
+    def eof(self, direction: Direction) -> list[Event]:
+        if self._undecided:
+            # Stream over: settle for the best guess from what there is.
+            self._detect(direction, full=True)
+            out = self._flush() if not self._undecided else []
+        else:
+            out = []
+        if self.parser is not None:
+            out += self.parser.receive_eof(direction)
+        return out
+
+    # -- detection -------------------------------------------------------------
+    def _detect(self, direction: Direction, full: bool, sample: bytes | None = None) -> bool:
+        best, conf = None, 0.0
+        for d in (direction, Direction(1 - direction)):
+            pend = self._pending[d]
+            samples = [sample] if (sample is not None and d == direction) else (
+                pend.datagrams[:1] if pend.datagrams else ([bytes(pend.data)] if pend.data else []))
+            for s in samples:
+                name, c = registry.detect(s, d, self.transport, self.plugins)
+                if c > conf:
+                    best, conf = name, c
+        if conf >= DECIDE_AT or (full and conf >= POSSIBLE):
+            self._decide(best, conf)
+            return True
+        if full and self.kernel_app in self._by_name:
+            self._decide(self.kernel_app, POSSIBLE)
+            return True
+        return False
+
+    def _decide(self, name: str | None, conf: float) -> None:
+        self._undecided = False
+        if self._tunnel:
+            self.inner_app = name
+        else:
+            self.app, self.confidence = name, conf
+        plugin = self._by_name.get(name) if name else None
+        self.parser = plugin.parser_factory(self.transport) if plugin and plugin.parser_factory else None
+
+    def _flush(self) -> list[Event]:
+        out: list[Event] = []
+        # The initiator's bytes first: request before response, as sent.
+        for d in (Direction.TO_SERVER, Direction.TO_CLIENT):
+            pend = self._pending[d]
+            for dg in pend.datagrams:
+                out += self._feed(d, dg)
+            if pend.data:
+                out += self._feed(d, bytes(pend.data))
+            self._pending[d] = _Pending()
+        return out
+
+    def _feed(self, direction: Direction, data: bytes) -> list[Event]:
+        if self.parser is None:
+            return []
+        events = self.parser.receive_data(data, direction)
+        for i, ev in enumerate(events):
+            if ev.kind in TUNNEL_EVENTS and not self._tunnel:
+                # Everything after the tunnel's start is another protocol:
+                # parse it afresh (the HTTP parser has stopped).
+                self._tunnel = True
+                self._undecided = True
+                self.parser = None
+                rest = getattr(ev, "rest", None)
+                tail = []
+                if rest:
+                    for d, b in rest:
+                        tail += self.data(d, b)
+                return events[:i + 1] + tail
+        return events

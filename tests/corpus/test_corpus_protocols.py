@@ -1,0 +1,183 @@
+"""The parsers against real traffic: every capture of ../shared/corpus
+through the pcap reader, TCP reassembly, protocol detection and the parsers
+(slowpath/pcap.py -> slowpath/analyzer.py), compared with the truth that
+tshark and nDPI made (truth/<pcap>.json; never edited here).
+
+Agreement is counted per field and printed as a table (run with -s to see
+it). Requirements: 99 % for the HTTP, TLS and DNS fields, 95 % for the
+application protocol of the flows labelled with one of ours. Where the
+truth itself is wrong, the case is listed with its reason in
+truth_exceptions.yaml next to this file and left out of the count.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+from protocols.api import Direction
+from slowpath.analyzer import FlowAnalyzer
+from slowpath.pcap import Datagram, read_capture
+from slowpath.reassembly import Data, Eof, Gap
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT.parent / "shared" / "corpus"
+EXCEPTIONS = Path(__file__).with_name("truth_exceptions.yaml")
+OURS = {"http", "tls", "dns", "ssh", "mysql", "redis"}
+FIELD_TARGET = 0.99
+IDENT_TARGET = 0.95
+
+pytestmark = pytest.mark.skipif(not (CORPUS / "truth").is_dir(), reason=f"corpus not found at {CORPUS}")
+
+
+def analyse(pcap: Path) -> dict[str, tuple[FlowAnalyzer, list]]:
+    """flow key (the truth's format) -> (analyzer, events)."""
+    out = {}
+    for flow in read_capture(pcap).flows:
+        an = FlowAnalyzer(flow.proto)
+        events = []
+        for ev in flow.events:
+            if isinstance(ev, Data):
+                events += an.data(ev.direction, ev.data)
+            elif isinstance(ev, Datagram):
+                events += an.datagram(ev.direction, ev.payload)
+            elif isinstance(ev, Gap):
+                events += an.gap(ev.direction, ev.size)
+            elif isinstance(ev, Eof):
+                events += an.eof(ev.direction)
+        for d in Direction:   # end of capture: settle what is still undecided
+            if an.app is None:
+                events += an.eof(d)
+        out[flow.key] = (an, events)
+    return out
+
+
+def unordered(key: str) -> tuple:
+    proto, a, _, b = key.split()
+    return proto, frozenset((a, b))
+
+
+class Tally:
+    def __init__(self, exceptions: list[dict]):
+        self.counts = defaultdict(lambda: [0, 0])
+        self.misses = defaultdict(list)
+        self.excused = {(e["pcap"], e["flow"], e["field"]) for e in exceptions}
+        self.used = set()
+
+    def check(self, pcap: str, flow: str, field: str, want, got) -> None:
+        if (pcap, flow, field) in self.excused:
+            self.used.add((pcap, flow, field))
+            return
+        c = self.counts[field]
+        c[1] += 1
+        if want == got:
+            c[0] += 1
+        else:
+            self.misses[field].append(f"{pcap} {flow}: truth {want!r}, ours {got!r}")
+
+    def rate(self, field: str) -> float:
+        ok, n = self.counts[field]
+        return ok / n if n else 1.0
+
+    def table(self) -> str:
+        rows = ["| field | agree | of | rate |", "|---|---|---|---|"]
+        for f in sorted(self.counts):
+            ok, n = self.counts[f]
+            rows.append(f"| {f} | {ok} | {n} | {100 * ok / n:.1f} % |")
+        return "\n".join(rows)
+
+
+def _pairs(want: list, got: list):
+    """Items compared in order; a missing one on our side compares as None."""
+    for i, w in enumerate(want):
+        yield w, (got[i] if i < len(got) else None)
+
+
+def compare_flow(t: Tally, pcap: str, key: str, truth: dict, an: FlowAnalyzer, events: list) -> None:
+    label = truth["label"]
+    if label in OURS:
+        t.check(pcap, key, "app", label, an.app)
+    else:
+        t.check(pcap, key, "app (other: none of ours)", None, an.app if an.app in OURS else None)
+    ts = truth.get("tshark") or {}
+    by_kind = defaultdict(list)
+    for ev in events:
+        by_kind[ev.kind].append(ev)
+
+    http = ts.get("http") or {}
+    for w, g in _pairs(http.get("requests", []), by_kind["http_request"]):
+        for f in ("method", "uri", "host", "user_agent"):
+            t.check(pcap, key, f"http.{f}", w.get(f), getattr(g, f, None) if g else None)
+    for w, g in _pairs(http.get("responses", []), by_kind["http_response"]):
+        t.check(pcap, key, "http.status", w.get("code"), getattr(g, "status", None) if g else None)
+
+    tls = ts.get("tls") or {}
+    for w, g in _pairs(tls.get("client_hellos", []), by_kind["tls_client_hello"]):
+        t.check(pcap, key, "tls.sni", w.get("sni"), g.sni if g else None)
+        t.check(pcap, key, "tls.alpn", list(w.get("alpn") or []), list(g.alpn) if g else None)
+        if w.get("ja3"):
+            t.check(pcap, key, "tls.ja3", w["ja3"], g.ja3 if g else None)
+        t.check(pcap, key, "tls.supported_versions",
+                [int(v, 16) for v in w.get("supported_versions") or []], list(g.versions) if g else None)
+    for w, g in _pairs(tls.get("server_hellos", []), by_kind["tls_server_hello"]):
+        if w.get("ja3s"):
+            t.check(pcap, key, "tls.ja3s", w["ja3s"], g.ja3s if g else None)
+        t.check(pcap, key, "tls.cipher_suite", int(w["cipher_suite"], 16), g.cipher_suite if g else None)
+        sel = w.get("selected_version")
+        t.check(pcap, key, "tls.selected_version", int(sel, 16) if sel else None,
+                g.selected_version if g else None)
+
+    dns = ts.get("dns") or {}
+    for w, g in _pairs(dns.get("messages", []), by_kind["dns_message"]):
+        t.check(pcap, key, "dns.id", int(w["id"], 16), g.id if g else None)
+        t.check(pcap, key, "dns.response", w["response"], g.response if g else None)
+        t.check(pcap, key, "dns.queries", [(q["name"], q["type"]) for q in w.get("queries", [])],
+                [(q.name, q.type) for q in g.questions] if g else None)
+        if w["response"]:
+            t.check(pcap, key, "dns.rcode", w.get("rcode"), g.rcode if g else None)
+            t.check(pcap, key, "dns.answer_types", w.get("answer_types", []),
+                    [a.type_name for a in g.answers] if g else None)
+
+
+@pytest.fixture(scope="module")
+def tally():
+    exceptions = yaml.safe_load(EXCEPTIONS.read_text()) or []
+    for e in exceptions:
+        assert e.get("reason"), f"{EXCEPTIONS}: exception without a reason: {e}"
+    t = Tally(exceptions)
+    for tf in sorted((CORPUS / "truth").glob("*.json")):
+        truth = json.loads(tf.read_text())
+        pcap = truth["pcap"]
+        ours = analyse(CORPUS / pcap)   # "pcap" is the path under the corpus
+        ours_unordered = {unordered(k): v for k, v in ours.items()}
+        for key, flow in truth["flows"].items():
+            found = ours_unordered.get(unordered(key))
+            assert found is not None, f"{pcap}: flow {key} not found by the pcap reader"
+            compare_flow(t, pcap, key, flow, *found)
+    print("\ncorpus agreement per field\n" + t.table())
+    return t
+
+
+FIELDS = ["http.method", "http.uri", "http.host", "http.user_agent", "http.status",
+          "tls.sni", "tls.alpn", "tls.ja3", "tls.supported_versions", "tls.ja3s", "tls.cipher_suite",
+          "tls.selected_version", "dns.id", "dns.response", "dns.queries", "dns.rcode", "dns.answer_types"]
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_field_agreement(tally, field):
+    assert tally.counts[field][1] > 0, f"no {field} compared: the corpus check is not running"
+    assert tally.rate(field) >= FIELD_TARGET, "\n".join(tally.misses[field][:20])
+
+
+def test_protocol_identification(tally):
+    assert tally.counts["app"][1] >= 100
+    assert tally.rate("app") >= IDENT_TARGET, "\n".join(tally.misses["app"])
+
+
+def test_every_exception_is_still_needed(tally):
+    """An exception that no longer excuses anything is stale: remove it."""
+    stale = tally.excused - tally.used
+    assert not stale, f"stale entries in {EXCEPTIONS.name}: {sorted(stale)}"
