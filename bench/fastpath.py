@@ -35,11 +35,21 @@ each case is a packet whose repetitions all take the same path:
   this row's baseline is ``empty-repeat1``: the empty program run the same
   way, call for call interleaved with the SYNs.
 
+* ``tcp4-first-payload`` / ``tcp4-later-payload``: the L7 stage's cost.
+  ``--l7-flows`` established flows (after their handshakes) each send an
+  HTTP request: its first payload goes through the L7 signature stage (a
+  tail call, the first-payload bytes loaded, one lookup per signature
+  shape; identified as HTTP, checked). The same segment sent again is a
+  later payload of an identified flow: tracking only. Both repeat 1, one
+  call each per flow, interleaved; the ratio is first / later. The flows'
+  L7 marks are cleared before each round, so every round sees first
+  payloads.
+
 Every measurement is checked: the TC action and the reason counter (all N
 repetitions counted under the expected reason, nothing else). A case that
 took another path is reported in a WARNING row.
 
-    .venv/bin/python bench/fastpath.py [--repeat N] [--rounds N] [--new-flows N] [--quick]
+    .venv/bin/python bench/fastpath.py [--repeat N] [--rounds N] [--new-flows N] [--l7-flows N] [--quick]
 """
 from __future__ import annotations
 
@@ -64,6 +74,12 @@ from datapath.loader import TC_ACT_OK, TC_ACT_SHOT, FastPath, check_headers  # n
 DEFAULT_REPEAT = 1_000_000
 DEFAULT_ROUNDS = 7
 DEFAULT_NEW_FLOWS = 20_000
+DEFAULT_L7_FLOWS = 5_000
+QUICK_L7_FLOWS = 500
+L7_SERVER = "10.0.0.4"
+HTTP_REQUEST = b"GET /index.html HTTP/1.1\r\nHost: example.org\r\nUser-Agent: bench\r\n\r\n"
+# Same length, no signature matches: every shape is looked up (the worst case).
+UNKNOWN_PAYLOAD = bytes(range(7, 7 + len(HTTP_REQUEST)))
 QUICK_REPEAT = 20_000
 QUICK_ROUNDS = 3
 QUICK_NEW_FLOWS = 2_000
@@ -132,6 +148,31 @@ def new_flow_syns(n: int) -> list[bytes]:
     return out
 
 
+def l7_flows(n: int, payload: bytes, port0: int) -> list[tuple[dict, bytes]]:
+    """``n`` flows to L7_SERVER (source ports from port0): handshake packets
+    and the client's first payload."""
+    out = []
+    for i in range(port0 - 1024, port0 - 1024 + n):
+        pk = tcp_packets(4, V4_CLIENT, L7_SERVER, 1024 + i)
+        req = bytes(Ether(**MACS) / IP(src=V4_CLIENT, dst=L7_SERVER)
+                    / TCP(sport=1024 + i, dport=80, flags="PA", seq=ISN + 1, ack=RISN + 1,
+                          options=ACK_OPTIONS) / payload)
+        out.append((pk, req))
+    return out
+
+
+def clear_l7_marks(fp: FastPath) -> int:
+    """Forget what the L7 stage saw of every session: returns how many."""
+    t = fp.table("ms_flows")
+    n = 0
+    for k, v in list(t.items()):
+        if v.l7_seen or v.app:
+            v.l7_seen, v.app = 0, 0
+            t[k] = v
+            n += 1
+    return n
+
+
 def load_empty():
     from bcc import BPF
 
@@ -198,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"rounds; the median is reported (default {DEFAULT_ROUNDS})")
     ap.add_argument("--new-flows", type=int, default=None,
                     help=f"distinct SYNs per round for the new-flow case (default {DEFAULT_NEW_FLOWS})")
+    ap.add_argument("--l7-flows", type=int, default=None,
+                    help=f"established flows whose first payload is timed (default {DEFAULT_L7_FLOWS})")
     ap.add_argument("--quick", action="store_true",
                     help=f"smoke run: repeat {QUICK_REPEAT}, {QUICK_ROUNDS} rounds, "
                          f"{QUICK_NEW_FLOWS} new flows")
@@ -205,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     repeat = args.repeat or (QUICK_REPEAT if args.quick else DEFAULT_REPEAT)
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
     n_new = args.new_flows or (QUICK_NEW_FLOWS if args.quick else DEFAULT_NEW_FLOWS)
+    n_l7 = args.l7_flows or (QUICK_L7_FLOWS if args.quick else DEFAULT_L7_FLOWS)
     if repeat < 1 or rounds < 1 or n_new < 1:
         ap.error("--repeat, --rounds and --new-flows must be at least 1")
     if n_new > MAX_NEW_FLOWS:
@@ -232,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         must(fp, udp4["request"], "udp request")
         must(fp, udp4["reply"], "udp reply")
         must(fp, halfopen_syn, "half-open syn")
+        l7 = l7_flows(n_l7, HTTP_REQUEST, 1024)
+        l7u = l7_flows(n_l7, UNKNOWN_PAYLOAD, 1024 + n_l7)
+        for pk, _ in l7 + l7u:
+            for what in ("syn", "synack", "ack"):
+                must(fp, pk[what], f"l7 flow {what}")
         fill_table(fp_full, FULL_TABLE_SIZE)
 
         fwd = Reason.PASS_FORWARD
@@ -253,6 +302,13 @@ def main(argv: list[str] | None = None) -> int:
         empty1 = Case("empty-repeat1", empty_fd, tcp4["syn"], path="the floor, repeat 1")
         newflow = Case("tcp4-syn-new-flow", ing, syns[0], fp, reason=fwd,
                        path=f"SYN of a new flow, {n_new} flows, repeat 1")
+        first = Case("tcp4-first-payload", ing, l7[0][1], fp, reason=fwd,
+                     path=f"first payload of an established flow: L7 stage, {n_l7} flows, repeat 1")
+        later = Case("tcp4-later-payload", ing, l7[0][1], fp, reason=fwd,
+                     path="the same segment again: flow identified, tracking only, repeat 1")
+        first_u = Case("tcp4-first-payload-unknown", ing, l7u[0][1], fp, reason=fwd,
+                       path="first payload no signature matches: every shape looked up, repeat 1")
+        http_id = fp.l7.ids["http"]
 
         for c in cases:  # warm-up, checked like a measurement
             run_checked(c, c.frame, 1)
@@ -288,6 +344,22 @@ def main(argv: list[str] | None = None) -> int:
             newflow.means.append(sum(d_syn) / len(d_syn))
             empty1.means.append(sum(d_empty) / len(d_empty))
             must(fp, halfopen_syn, "half-open syn again")   # the half-open case's flow, back
+
+            # First payloads (L7 stage) against later ones (tracking only).
+            clear_l7_marks(fp)
+            d_first, d_later, d_unknown = [], [], []
+            for (_, req), (_, unk) in zip(l7, l7u):
+                for case, out, data in ((first, d_first, req), (later, d_later, req), (first_u, d_unknown, unk)):
+                    r = bpfsys.prog_test_run(ing, data, repeat=1)
+                    out.append(r.duration_ns)
+                    if r.retval != TC_ACT_OK:
+                        case.problems.append(f"action {r.retval}")
+            ids = sorted({v.app for v in fp.table("ms_flows").values() if v.l7_seen})
+            if ids != [0, http_id]:
+                first.problems.append(f"round {rnd}: sessions identified as {ids}, expected [0, {http_id}]")
+            first.samples.append(statistics.median(d_first))
+            later.samples.append(statistics.median(d_later))
+            first_u.samples.append(statistics.median(d_unknown))
     finally:
         fp_full.close()
         fp.close()
@@ -302,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| case | frame bytes | ns/packet (median) | min | max | ratio to empty | path |")
     print("|---|---|---|---|---|---|---|")
     warnings = []
-    for group, base_case in ((cases, cases[0]), ([empty1, newflow], empty1)):
+    for group, base_case in ((cases, cases[0]), ([empty1, newflow], empty1), ([later, first, first_u], later)):
         base = statistics.median(base_case.samples) or 1
         for c in group:
             med = statistics.median(c.samples)
