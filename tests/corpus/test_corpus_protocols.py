@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from datapath import l7
+from protocols import registry
 from protocols.api import Direction
 from slowpath.analyzer import FlowAnalyzer
 from slowpath.pcap import Datagram, read_capture
@@ -33,9 +35,29 @@ IDENT_TARGET = 0.95
 pytestmark = pytest.mark.skipif(not (CORPUS / "truth").is_dir(), reason=f"corpus not found at {CORPUS}")
 
 
-def analyse(pcap: Path) -> dict[str, tuple[FlowAnalyzer, list]]:
-    """flow key (the truth's format) -> (analyzer, events)."""
+def kernel_app(flow, table) -> str | None:
+    """What the kernel's L7 stage would say (datapath/l7.py's model of it,
+    tests/datapath/test_l7_kernel.py checks the two agree): the first
+    payload of each side, the initiator's first."""
+    names = {i: n for n, i in table.ids.items()}
+    firsts = {}
+    for ev in flow.events:
+        payload = ev.data if isinstance(ev, Data) else ev.payload if isinstance(ev, Datagram) else None
+        if payload and ev.direction not in firsts:
+            firsts[ev.direction] = payload
+    l4 = 6 if flow.proto == "tcp" else 17
+    for d in (Direction.TO_SERVER, Direction.TO_CLIENT):
+        if d in firsts:
+            app = l7.identify(table, firsts[d], int(d), l4)
+            if app:
+                return names.get(app)
+    return None
+
+
+def analyse(pcap: Path) -> dict[str, tuple[FlowAnalyzer, list, str | None]]:
+    """flow key (the truth's format) -> (analyzer, events, the kernel's app)."""
     out = {}
+    table = l7.compile_signatures(list(registry.default_plugins()))
     for flow in read_capture(pcap).flows:
         an = FlowAnalyzer(flow.proto)
         events = []
@@ -51,7 +73,7 @@ def analyse(pcap: Path) -> dict[str, tuple[FlowAnalyzer, list]]:
         for d in Direction:   # end of capture: settle what is still undecided
             if an.app is None:
                 events += an.eof(d)
-        out[flow.key] = (an, events)
+        out[flow.key] = (an, events, kernel_app(flow, table))
     return out
 
 
@@ -96,10 +118,12 @@ def _pairs(want: list, got: list):
         yield w, (got[i] if i < len(got) else None)
 
 
-def compare_flow(t: Tally, pcap: str, key: str, truth: dict, an: FlowAnalyzer, events: list) -> None:
+def compare_flow(t: Tally, pcap: str, key: str, truth: dict, an: FlowAnalyzer, events: list,
+                 kapp: str | None) -> None:
     label = truth["label"]
     if label in OURS:
         t.check(pcap, key, "app", label, an.app)
+        t.check(pcap, key, "app (kernel signatures)", label, kapp)
     else:
         t.check(pcap, key, "app (other: none of ours)", None, an.app if an.app in OURS else None)
     ts = truth.get("tshark") or {}
@@ -172,9 +196,10 @@ def test_field_agreement(tally, field):
     assert tally.rate(field) >= FIELD_TARGET, "\n".join(tally.misses[field][:20])
 
 
-def test_protocol_identification(tally):
-    assert tally.counts["app"][1] >= 100
-    assert tally.rate("app") >= IDENT_TARGET, "\n".join(tally.misses["app"])
+@pytest.mark.parametrize("field", ["app", "app (kernel signatures)"])
+def test_protocol_identification(tally, field):
+    assert tally.counts[field][1] >= 100
+    assert tally.rate(field) >= IDENT_TARGET, "\n".join(tally.misses[field])
 
 
 def test_every_exception_is_still_needed(tally):
