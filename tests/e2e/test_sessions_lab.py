@@ -58,6 +58,8 @@ def test_curl_walks_the_states(lab_attached):
     ends = {addr_text(k.addr_lo), addr_text(k.addr_hi)}
     assert ends == {CLIENT_V4, SERVER_V4}
     assert v.packets[0] >= 4 and v.packets[1] >= 4
+    # The L7 stage saw both sides' first payload and named the protocol.
+    assert v.l7_seen == 3 and v.app == fp.l7.ids["http"]
     counts = fp.counters()
     assert not [r for (_, r) in counts if Reason(r).name.startswith("DROP_TCP")], counts
 

@@ -96,7 +96,7 @@ def test_sessions_status_and_sweep_in_the_lab():
             assert text[0].startswith("tcp ") and " TIME_WAIT " in text[0]
             assert f"src={CLIENT_V4} dst={SERVER_V4} sport={s['sport']} dport=8080" in text[0]
             assert f"src={SERVER_V4} dst={CLIENT_V4} sport=8080 dport={s['sport']}" in text[0]
-            assert "[ASSURED]" in text[0]
+            assert "[ASSURED]" in text[0] and text[0].endswith(" app=http")
             assert text[1].startswith("1 session shown of ") and "TIME_WAIT 1" in text[1]
 
             # filters
