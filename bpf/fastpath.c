@@ -21,6 +21,7 @@
 #include "conntrack.h"
 #include "icmp.h"
 #include "l7.h"
+#include "inspect.h"
 #include "sweep.h"
 
 static __always_inline void ms_count(__u32 dir, __u32 reason, __u32 len)
@@ -107,13 +108,15 @@ int tc_egress(struct __sk_buff *skb)
     return ms_entry(skb, DIR_EGRESS);
 }
 
-/* A side's first payload, passed by session tracking, goes through the L7
- * stage, which finishes the packet. If that tail call fails the packet
- * keeps tracking's verdict: identification is best effort, and a flow
- * that requires a protocol is checked on that side's next payload packet. */
-static __always_inline int ms_then_l7(struct __sk_buff *skb, struct ms_pkt *p, int reason)
+/* A side's first payload, and the packets of a flow under inspection,
+ * go on to the payload stage, which finishes them. If that tail call fails
+ * the packet keeps tracking's verdict: identification is best effort (a
+ * flow that requires a protocol is checked on that side's next payload
+ * packet), and an inspected flow's packet passes uncopied, counted as a
+ * missed tail call would be by the tail-call action. */
+static __always_inline int ms_then_payload(struct __sk_buff *skb, struct ms_pkt *p, int reason)
 {
-    if (p->l7_side && !ms_reason_is_drop(reason)) {
+    if ((p->l7_side || p->insp) && !ms_reason_is_drop(reason)) {
         p->l7_reason = reason;
         ms_stages.call(skb, STAGE_L7);
     }
@@ -126,7 +129,7 @@ int ms_stage_tcp(struct __sk_buff *skb)
     if (!p)
         return TC_ACT_SHOT;
     p->wscale = (p->tcp_flags & TCP_SYN) ? ms_tcp_wscale(skb, p) : 0xff;
-    return ms_then_l7(skb, p, ms_ct_tcp(p, ms_now()));
+    return ms_then_payload(skb, p, ms_ct_tcp(p, ms_now()));
 }
 
 int ms_stage_other(struct __sk_buff *skb)
@@ -142,7 +145,7 @@ int ms_stage_other(struct __sk_buff *skb)
         reason = ms_ct_datagram(p, now);
     else
         reason = ms_ct_other(p, now);
-    return ms_then_l7(skb, p, reason);
+    return ms_then_payload(skb, p, reason);
 }
 
 int ms_stage_icmp_err(struct __sk_buff *skb)
@@ -158,5 +161,24 @@ int ms_stage_l7(struct __sk_buff *skb)
     struct ms_pkt *p = ms_pkt_scratch();
     if (!p)
         return TC_ACT_SHOT;
-    return ms_finish(skb, p->dir, ms_l7_stage(skb, p));
+    int reason = p->l7_reason;
+    __u32 z = 0;
+    struct ms_pol_scratch *sc = ms_pol_scratch.lookup(&z);
+    if (!sc)
+        return ms_finish(skb, p->dir, reason);
+    struct ms_flow_key *kp = &sc->flow;   /* the key tracking looked the session up with */
+    struct ms_flow *f = ms_flows.lookup(kp);
+    int in_flows = f != 0;
+    if (!f)
+        f = ms_halfopen.lookup(kp);
+    if (!f)
+        return ms_finish(skb, p->dir, reason);
+    if (p->l7_side) {
+        reason = ms_l7_check(skb, p, f, kp, in_flows, reason);
+        if (ms_reason_is_drop(reason))
+            return ms_finish(skb, p->dir, reason);
+    }
+    if (p->insp)
+        reason = ms_insp_packet(skb, p, f, kp, p->insp - 1, reason);
+    return ms_finish(skb, p->dir, reason);
 }

@@ -56,6 +56,27 @@ class Timeouts(BaseModel):
         }
 
 
+FailAction = Literal["pass", "drop", "bypass"]
+SIMULATED = ("ringbuf_full", "budget_exhausted", "slowpath_down", "reassembly_cap", "parser_error")
+
+
+class FailureActions(BaseModel):
+    """What each failure of inspection does (Suricata's exception policies
+    are the model): ``pass`` lets the packet through uninspected and keeps
+    trying, ``drop`` drops it, ``bypass`` lets it through and stops
+    inspecting the flow. A rule's ``inspect.on_failure`` overrides the
+    first three for its flows. Defaults fail open: a gateway that stops
+    forwarding when its inspector is slow is an outage."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ringbuf_full: FailAction = "pass"          # kernel: a payload could not be copied
+    budget_exhausted: FailAction = "bypass"    # kernel: a side's budget used up without a verdict
+    slowpath_down: FailAction = "pass"         # kernel: heartbeat missing or stale
+    reassembly_cap: FailAction = "bypass"      # slow path: a flow's or the total reassembly memory cap
+    parser_error: FailAction = "bypass"        # slow path: the parser gave up on the flow
+    session_table_full: Literal["pass", "drop"] = "drop"   # kernel: new flows when ms_flows is full
+
+
 class DatapathConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -70,6 +91,12 @@ class DatapathConfig(BaseModel):
     syn_dst_table_size: int = Field(65_536, ge=64, le=1 << 22)
     # Interfaces one instance manages (a gateway has a handful).
     iface_table_size: int = Field(64, ge=1, le=4096)
+    # Ring buffer of payload records for the slow path (a power of two
+    # pages): 8 MiB holds ~2,000 full 4 KiB records, a second of a busy
+    # inspected link's first bytes.
+    inspect_ring_bytes: int = Field(8 << 20, ge=1 << 16, le=1 << 30)
+    # Verdicts written by the slow path and not yet merged by a packet.
+    verdict_table_size: int = Field(65_536, ge=1024, le=1 << 22)
 
     # -- runtime ----------------------------------------------------------
     timeouts: Timeouts = Timeouts()
@@ -88,6 +115,14 @@ class DatapathConfig(BaseModel):
     pressure_pct: int = Field(90, ge=1, le=100)
     # New flows from or to these networks still pass when the table is full.
     full_allowlist: tuple[Cidr, ...] = ()
+    # Inspection: payload bytes copied per side of an inspected flow
+    # (Suricata's stream depth; 16 KiB holds a request head and the start
+    # of its body), and how stale the slow path's heartbeat may be.
+    inspect_budget: int = Field(16_384, ge=0, le=1 << 30)
+    heartbeat_timeout_s: float = Field(3.0, gt=0, le=3600)
+    failure_actions: FailureActions = FailureActions()
+    # Failures to act out on purpose, to see what each does (SIMULATED).
+    simulate: tuple[Literal[SIMULATED], ...] = ()  # type: ignore[valid-type]
 
     def cflags(self) -> list[str]:
         return [
@@ -96,4 +131,13 @@ class DatapathConfig(BaseModel):
             f"-DMS_FRAG_MAX={self.frag_table_size}",
             f"-DMS_SYN_DST_MAX={self.syn_dst_table_size}",
             f"-DMS_IFACE_MAX={self.iface_table_size}",
+            f"-DMS_INSP_RING_PAGES={ring_pages(self.inspect_ring_bytes)}",
+            f"-DMS_VERDICT_MAX={self.verdict_table_size}",
         ]
+
+
+def ring_pages(nbytes: int) -> int:
+    """Pages of a BPF ring buffer holding at least ``nbytes``: the kernel
+    wants a power of two number of pages."""
+    pages = max(1, -(-nbytes // 4096))
+    return 1 << (pages - 1).bit_length()

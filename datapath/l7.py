@@ -11,7 +11,6 @@ order, at load.
 from __future__ import annotations
 
 import ctypes
-import re
 import socket
 from dataclasses import dataclass
 
@@ -19,22 +18,15 @@ from protocols.api import ProtocolPlugin, Signature
 
 from .enums import enum_list
 from .errors import MicrosegError
-from .source import LIB_DIR
+from .source import header_defines
 
 BUILTIN_APP_IDS = {e.name.removeprefix("APP_").lower(): e.value for e in enum_list("APP") if e.value}
 
 
-def _define(name: str) -> int:
-    text = (LIB_DIR / "l7.h").read_text() + (LIB_DIR / "maps.h").read_text()
-    m = re.search(rf"^#define\s+{name}\s+(\d+)\b", text, re.M)
-    if not m:
-        raise RuntimeError(f"bpf/lib: #define {name} not found")
-    return int(m.group(1))
-
-
-PLUGIN_FIRST = _define("MS_APP_PLUGIN_FIRST")
-MAX_SHAPES = _define("MS_L7_SHAPES")
-MAX_SIGS = _define("MS_L7_SIG_MAX")
+_DEFINES = header_defines("MS_")
+PLUGIN_FIRST = _DEFINES["APP_PLUGIN_FIRST"]
+MAX_SHAPES = _DEFINES["L7_SHAPES"]
+MAX_SIGS = _DEFINES["L7_SIG_MAX"]
 APP_MAX = 255   # struct ms_flow.app is one byte
 TRANSPORTS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import bpfsys, tcp_fsm
 from .config import DatapathConfig
-from .enums import CtState, Direction, Reason, Stage
+from .enums import CtState, Direction, FailAction, FailKind, Reason, Stage
 from .errors import MicrosegError
 from .source import LIB_DIR, MAIN_SOURCE, inline_includes, program_text
 
@@ -40,7 +40,8 @@ PROGRAMS = {Direction.DIR_INGRESS: "tc_ingress", Direction.DIR_EGRESS: "tc_egres
 STAGES = {Stage.STAGE_TCP: "ms_stage_tcp", Stage.STAGE_OTHER: "ms_stage_other",
           Stage.STAGE_ICMP_ERR: "ms_stage_icmp_err", Stage.STAGE_L7: "ms_stage_l7"}
 RUNTIME_MAPS = ("ms_counters", "ms_flows", "ms_halfopen", "ms_ifaces", "ms_frags", "ms_syn_dst",
-                "ms_syn_global", "ms_pressure", "ms_pressure_user", "ms_pol_state")
+                "ms_syn_global", "ms_pressure", "ms_pressure_user", "ms_pol_state", "ms_verdicts",
+                "ms_slowpath")
 # How many lines of compiler / verifier output an error message carries:
 # the verifier's conclusion is in its last lines.
 _ERROR_TAIL_LINES = 12
@@ -166,6 +167,15 @@ class FastPath:
         v.flags = ((1 if config.loose else 0) | (2 if config.invalid_action == "pass" else 0)
                    | (4 if config.window_action == "pass" else 0)
                    | (8 if config.tailcall_action == "pass" else 0))
+        sim = set(config.simulate)
+        v.flags |= ((0x10 if "ringbuf_full" in sim else 0) | (0x20 if "budget_exhausted" in sim else 0)
+                    | (0x40 if "slowpath_down" in sim else 0))
+        v.insp_budget = config.inspect_budget
+        v.hb_timeout_ns = int(config.heartbeat_timeout_s * 1e9)
+        fa = config.failure_actions
+        for kind, act in ((FailKind.FAIL_RINGBUF_FULL, fa.ringbuf_full), (FailKind.FAIL_BUDGET, fa.budget_exhausted),
+                          (FailKind.FAIL_SLOWPATH_DOWN, fa.slowpath_down)):
+            v.fail_action[int(kind)] = int(FailAction["FAIL_" + act.upper()])
         v.pressure_pct = config.pressure_pct
         v.syn_dst_rate, v.syn_dst_burst = config.syn_dst_rate, config.syn_dst_burst
         v.syn_global_rate, v.syn_global_burst = config.syn_global_rate, config.syn_global_burst
@@ -174,7 +184,8 @@ class FastPath:
         l7.load(self, self.l7)
         allow = self.table("ms_full_allow")
         allow.clear()
-        for cidr in config.full_allowlist:
+        everyone = ("0.0.0.0/0", "::/0") if config.failure_actions.session_table_full == "pass" else ()
+        for cidr in (*config.full_allowlist, *everyone):
             net = ipaddress.ip_network(cidr, strict=False)
             k = allow.Key()
             if net.version == 4:

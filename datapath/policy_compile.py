@@ -79,12 +79,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
 
+from .enums import enum_list
 from .errors import UsageError
-from .policy_tables import (GROUP_ANY, GROUP_WORLD, INSPECT_BITS, INSPECT_HOLD, IPPROTO, POL, no_gc,
+from .policy_tables import (GROUP_ANY, GROUP_WORLD, INSPECT_BITS, INSPECT_FAIL_SHIFT, INSPECT_HOLD, IPPROTO, POL, no_gc,
                             PREFIX_ANY_PORT, PREFIX_ANY_PROTO, PREFIX_PORT, CompiledPolicy, ExactEntry,
                             RuleEntry, RuleInfo, Verdict, mapped, mapped_net, port_blocks)
 
 PRECEDENCE = __doc__.split("Precedence\n----------\n")[1].split("\n\nCompilation")[0]
+
+# enum ms_fail_action order (bpf/lib/maps.h): pass, drop, bypass.
+FAIL_ACTIONS = tuple(e.name.removeprefix("FAIL_").lower() for e in enum_list("FAIL_ACTION"))
+
 
 def app_ids() -> dict[str, int]:
     """Application protocols a rule may require (`app:`), name -> the id the
@@ -160,11 +165,16 @@ class InspectSpec(BaseModel):
 
     what: list[Literal["dpi", "waf", "dlp"]] = Field(default_factory=lambda: ["dpi"], min_length=1)
     mode: Literal["async", "hold"] = "async"
+    # This rule's failure action (ring buffer full, budget used up, slow
+    # path down); None: the configured failure_actions.
+    on_failure: Literal["pass", "drop", "bypass"] | None = None
 
     def bits(self) -> int:
         b = 0
         for w in self.what:
             b |= INSPECT_BITS[w]
+        if self.on_failure:
+            b |= (1 + FAIL_ACTIONS.index(self.on_failure)) << INSPECT_FAIL_SHIFT
         return b | (INSPECT_HOLD if self.mode == "hold" else 0)
 
 

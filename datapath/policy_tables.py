@@ -15,6 +15,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from .enums import enum_list
+from .source import header_defines
 
 POL = {e.name: e.value for e in enum_list("POL_ACTION")}
 POL_NAMES = {v: k.removeprefix("POL_").lower() for k, v in POL.items()}
@@ -25,8 +26,11 @@ PREFIX_ANY_PROTO = 64
 PREFIX_ANY_PORT = 72
 PREFIX_PORT = 88
 
-INSPECT_BITS = {"dpi": 0x01, "waf": 0x02, "dlp": 0x04}
-INSPECT_HOLD = 0x80
+# struct ms_verdict.inspect bits, as bpf/lib/maps.h defines them.
+_INSP = header_defines("MS_INSPECT_")
+INSPECT_BITS = {"dpi": _INSP["DPI"], "waf": _INSP["WAF"], "dlp": _INSP["DLP"]}
+INSPECT_HOLD = _INSP["HOLD"]
+INSPECT_FAIL_SHIFT = _INSP["FAIL_SHIFT"]
 
 IPPROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 

@@ -24,7 +24,6 @@ import ctypes
 import functools
 import ipaddress
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -36,13 +35,13 @@ from .enums import CtState
 from .errors import MicrosegError, UsageError
 from .flows import PROTO_NAMES, addr_text
 from .policy_maps import POLICY_MAPS
-from .source import LIB_DIR
+from .source import LIB_DIR, header_defines
 
 FLOW_TABLES = ("ms_flows", "ms_halfopen")
 ICMP_PROTOS = (1, 58)
 # Maps whose layouts user space reads or writes.
 LAYOUT_MAPS = ("ms_flows", "ms_halfopen", "ms_timeouts", "ms_pressure", "ms_pressure_user", "ms_config",
-               "ms_counters")
+               "ms_counters", "ms_insp_scratch", "ms_verdicts", "ms_slowpath")
 # Layouts `microseg policy apply` writes with (datapath/policy_maps.py). Not in
 # LAYOUT_MAPS: check_layouts() opens those in the attached build, and the
 # inner-map templates among these are not part of one (PolicyMaps.for_build
@@ -126,17 +125,8 @@ def layouts_of(fastpath) -> dict[str, tuple[type, type]]:
     return {n: (fastpath.table(n).Key, fastpath.table(n).Leaf) for n in (*LAYOUT_MAPS, *POLICY_LAYOUT_MAPS)}
 
 
-def flow_flag_bits(maps_h=LIB_DIR / "maps.h") -> dict[str, int]:
-    """MS_FLOW_<NAME> flag bits of struct ms_flow.flags, read from maps.h."""
-    out = {}
-    for name, val in re.findall(r"^#define\s+MS_FLOW_([A-Z_]+)\s+(0x[0-9a-fA-F]+|\d+)\b",
-                                maps_h.read_text(), re.M):
-        if name != "MAX":
-            out[name] = int(val, 0)
-    return out
-
-
-FLOW_FLAGS = flow_flag_bits()
+# MS_FLOW_* flag bits of struct ms_flow.flags (MS_FLOW_MAX is the table size, not a flag).
+FLOW_FLAGS = {k: v for k, v in header_defines("MS_FLOW_").items() if k != "MAX"}
 
 
 # -- maps of an attached build ------------------------------------------------

@@ -51,3 +51,15 @@ def _find(name: str, here: Path, search: tuple[Path, ...]) -> Path | None:
 
 def program_text(main: Path = MAIN_SOURCE) -> str:
     return inline_includes(main)
+
+
+def header_defines(prefix: str, lib_dir: Path = LIB_DIR) -> dict[str, int]:
+    """Integer ``#define <prefix><NAME> <value>`` constants of bpf/lib/*.h, by
+    NAME: Python reads bit values and limits from the one place they are
+    written."""
+    out: dict[str, int] = {}
+    pat = re.compile(rf"^#define\s+{re.escape(prefix)}([A-Z0-9_]+)\s+(0x[0-9a-fA-F]+|\d+)\b", re.M)
+    for header in sorted(lib_dir.glob("*.h")):
+        for name, val in pat.findall(header.read_text()):
+            out[name] = int(val, 0)
+    return out

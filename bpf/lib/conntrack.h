@@ -242,11 +242,16 @@ static __always_inline void ms_flow_set_verdict(struct ms_flow *f, const struct 
     f->app_req = v->app;
 }
 
-/* Hand a side's first payload to the L7 stage (l7.h) after this one. */
+/* Hand a side's first payload to the L7 stage (l7.h) after this one, and
+ * every packet of an inspected flow that carries payload or ends it to the
+ * handoff (inspect.h). */
 static __always_inline void ms_l7_mark(struct ms_pkt *p, const struct ms_flow *f, int side)
 {
     if (p->payload_len && !(f->l7_seen & (1 << side)))
         p->l7_side = 1 + side;
+    if (f->action == POL_INSPECT && f->insp_state < INSP_DONE &&
+        (p->payload_len || (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))))
+        p->insp = 1 + side;
 }
 
 /* ------------------------------------------------------------------ */
@@ -587,6 +592,9 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
         }
     }
 
+    if (f && f->insp_state == INSP_BLOCKED)
+        return DROP_INSPECT_BLOCKED;
+
     if (!f) {
         if (is_syn) {
             if (ms_flows_full())
@@ -752,6 +760,9 @@ static __always_inline int ms_ct_datagram(struct ms_pkt *p, __u64 now)
             return pol_reason;
         }
     }
+
+    if (f && f->insp_state == INSP_BLOCKED)
+        return DROP_INSPECT_BLOCKED;
 
     if (!f) {
         /* An echo reply without its request; with the table full, maybe

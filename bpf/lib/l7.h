@@ -80,27 +80,16 @@ static __always_inline __u32 ms_l7_identify(struct __sk_buff *skb, const struct 
     return APP_UNKNOWN;
 }
 
-/* The L7 stage: runs on the first payload packet of each side of a
- * session (session tracking marks it in p->l7_side), after tracking
- * passed it with p->l7_reason. Records what the flow speaks; enforces the
- * rule's `app`: a flow whose bytes show another protocol, or show nothing
- * on a side where the required protocol always shows itself, is dropped
- * and its session removed. */
-static __always_inline int ms_l7_stage(struct __sk_buff *skb, struct ms_pkt *p)
+/* Application protocol of session f from the first payload packet of a
+ * side (session tracking marks it in p->l7_side), which tracking passed
+ * with ``reason``. Records what the flow speaks; enforces the rule's
+ * `app`: a flow whose bytes show another protocol, or show nothing on a
+ * side where the required protocol always shows itself, is dropped and
+ * its session removed. */
+static __always_inline int ms_l7_check(struct __sk_buff *skb, struct ms_pkt *p, struct ms_flow *f,
+                                       struct ms_flow_key *kp, int in_flows, int reason)
 {
-    int reason = p->l7_reason;
     __u32 side = (p->l7_side - 1) & 1;
-    __u32 z = 0;
-    struct ms_pol_scratch *sc = ms_pol_scratch.lookup(&z);
-    if (!sc)
-        return reason;
-    struct ms_flow_key *kp = &sc->flow;   /* the key tracking looked up with */
-    struct ms_flow *f = ms_flows.lookup(kp);
-    int in_flows = f != 0;
-    if (!f)
-        f = ms_halfopen.lookup(kp);
-    if (!f)
-        return reason;
     f->l7_seen |= 1 << side;
     if (f->app && (!f->app_req || f->app == f->app_req))
         return reason;

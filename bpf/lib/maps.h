@@ -149,8 +149,9 @@ struct ms_pkt {
     __u8   dir;           /* enum ms_dir of the hook */
     __u8   l7_side;       /* set by session tracking: 1 + side (0 original, 1 reply) of a
                            * first payload the L7 stage must see; 0: none */
-    __u8   l7_reason;     /* the tracking stage's reason, which the L7 stage finishes with */
-    __u8   pad;
+    __u8   l7_reason;     /* the tracking stage's reason, which the payload stage finishes with */
+    __u8   insp;          /* set by session tracking: 1 + side of a packet of an inspected
+                           * flow the payload stage must hand off; 0: none */
 };
 BPF_PERCPU_ARRAY(ms_scratch, struct ms_pkt, 1);
 
@@ -206,6 +207,9 @@ struct ms_flow {
     __u8  l7_seen;          /* bit per side: its first payload went through the L7 stage */
     __u32 pol_gen;          /* policy generation the verdict is from */
     __u32 rule_id;          /* rule that decided (0: default or no policy) */
+    __u32 insp_sent[2];     /* payload bytes copied to the slow path, per side */
+    __u8  insp_state;       /* enum ms_insp_state (inspected flows) */
+    __u8  pad2[7];
 };
 #define MS_FLOW_PICKED_UP 0x01  /* created mid-stream under the `loose` option */
 #define MS_FLOW_LIBERAL   0x02  /* window not checked (picked up, or SYN options not walked) */
@@ -234,6 +238,25 @@ BPF_ARRAY(ms_timeouts, __u64, MS_CT_STATE_COUNT);
  * datapath/tcp_fsm.py, the one readable copy of the state machine. */
 BPF_ARRAY(ms_tcp_fsm, __u8, MS_CT_STATE_COUNT * 2 * MS_TCP_EVENT_COUNT);
 
+/* Inspection handoff failures the kernel sees, and what it does about
+ * each (configured; a rule may override: MS_INSPECT_FAIL_*). */
+#define MS_ENUM_FAIL(X) \
+    X(FAIL_RINGBUF_FULL,   0, FAIL, "ring buffer full: a payload could not be copied") \
+    X(FAIL_BUDGET,         1, FAIL, "inspection budget of a side used up without a verdict") \
+    X(FAIL_SLOWPATH_DOWN,  2, FAIL, "slow path heartbeat missing or stale")
+enum ms_fail {
+    MS_ENUM_FAIL(MS_ENUM_MEMBER)
+};
+#define MS_FAIL_COUNT (0 MS_ENUM_FAIL(MS_ENUM_COUNT))
+
+#define MS_ENUM_FAIL_ACTION(X) \
+    X(FAIL_PASS,   0, FAIL_ACTION, "pass the packet uninspected; keep trying with the next") \
+    X(FAIL_DROP,   1, FAIL_ACTION, "drop the packet") \
+    X(FAIL_BYPASS, 2, FAIL_ACTION, "pass the packet and stop inspecting the flow")
+enum ms_fail_action {
+    MS_ENUM_FAIL_ACTION(MS_ENUM_MEMBER)
+};
+
 struct ms_config {
     __u32 flags;                 /* MS_CFG_* */
     __u32 pressure_pct;          /* alert when the session table is this full */
@@ -241,11 +264,20 @@ struct ms_config {
     __u64 syn_dst_burst;
     __u64 syn_global_rate;       /* ... and for all destinations together */
     __u64 syn_global_burst;
+    __u64 hb_timeout_ns;         /* slow path down when its heartbeat is older than this */
+    __u32 insp_budget;           /* payload bytes copied per side of an inspected flow */
+    __u8  fail_action[MS_FAIL_COUNT]; /* enum ms_fail_action per enum ms_fail */
+    __u8  pad[4 - MS_FAIL_COUNT];
 };
 #define MS_CFG_LOOSE            0x01  /* pick up mid-stream TCP flows */
 #define MS_CFG_INVALID_PASS     0x02  /* illegal TCP transitions pass (counted) */
 #define MS_CFG_WINDOW_PASS      0x04  /* out-of-window segments pass (counted) */
 #define MS_CFG_TAILCALL_PASS    0x08  /* a missed tail call passes (counted) */
+/* Failures simulated on purpose (`simulate` in the configuration), so an
+ * operator sees what each one does before it happens. */
+#define MS_CFG_SIM_RINGBUF_FULL  0x10
+#define MS_CFG_SIM_BUDGET        0x20
+#define MS_CFG_SIM_SLOWPATH_DOWN 0x40
 BPF_ARRAY(ms_config, struct ms_config, 1);
 
 /* Interfaces the control plane attached to, by ifindex. The egress program
@@ -349,6 +381,10 @@ enum ms_pol_action {
 #define MS_INSPECT_WAF  0x02
 #define MS_INSPECT_DLP  0x04
 #define MS_INSPECT_HOLD 0x80   /* mode hold (else async) */
+/* The rule's own failure action: 0 the configured one, else 1 + enum
+ * ms_fail_action. */
+#define MS_INSPECT_FAIL_SHIFT 4
+#define MS_INSPECT_FAIL_MASK  0x30
 
 /* What a rule, an override or a default decides. */
 struct ms_verdict {
@@ -520,13 +556,89 @@ struct ms_l7_buf {
 BPF_PERCPU_ARRAY(ms_l7_scratch, struct ms_l7_buf, 1);
 
 /* ------------------------------------------------------------------ */
+/* Inspection handoff (inspect.h): payload to the slow path, verdicts back */
+
+#define MS_ENUM_INSP_STATE(X) \
+    X(INSP_PENDING,  0, INSP, "payload copied to the slow path, no verdict yet") \
+    X(INSP_RELEASED, 1, INSP, "slow path let it go on: copied (async) until the budget or a verdict") \
+    X(INSP_DONE,     2, INSP, "allowed or bypassed: no more copies") \
+    X(INSP_BLOCKED,  3, INSP, "blocked by the slow path: every packet dropped")
+enum ms_insp_state {
+    MS_ENUM_INSP_STATE(MS_ENUM_MEMBER)
+};
+
+/* Payload bytes one record carries at most. A larger packet (GRO on veth,
+ * TSO) is copied in part; the record's orig_len tells the slow path, whose
+ * reassembly then sees a gap. 4 KiB covers an MTU-sized segment twice. */
+#ifndef MS_INSP_SLICE
+#define MS_INSP_SLICE 4096   /* a power of two (inspect.h bounds a length with it) */
+#endif
+
+/* One payload record (the ring buffer ms_insp_ring). */
+struct ms_insp_rec {
+    __u64 ts_ns;          /* bpf_ktime_get_ns() when copied (verdict latency starts here) */
+    struct ms_flow_key key;
+    __u32 seq;            /* TCP sequence number of the first byte (host order) */
+    __u32 len;            /* payload bytes in this record */
+    __u32 orig_len;       /* payload bytes of the packet */
+    __u32 rule_id;
+    __u8  side;           /* 0: from the initiator, 1: from the responder */
+    __u8  tcp_flags;
+    __u8  l4;             /* IPPROTO_TCP / IPPROTO_UDP */
+    __u8  app;            /* enum ms_app the L7 stage identified */
+    __u8  inspect;        /* MS_INSPECT_* of the rule */
+    __u8  hook;           /* enum ms_dir */
+    __u8  initiator_is_hi; /* the key's addr_hi/port_hi opened the flow */
+    __u8  pad[5];
+};
+struct ms_insp_buf {
+    struct ms_insp_rec h;
+    __u8 data[MS_INSP_SLICE];
+};
+BPF_PERCPU_ARRAY(ms_insp_scratch, struct ms_insp_buf, 1);
+#ifndef MS_INSP_RING_PAGES
+#define MS_INSP_RING_PAGES 2048   /* 8 MiB */
+#endif
+BPF_RINGBUF_OUTPUT(ms_insp_ring, MS_INSP_RING_PAGES);
+
+#define MS_ENUM_VERDICT(X) \
+    X(VERDICT_ALLOW,   1, VERDICT, "allow: stop inspecting, the kernel carries the flow") \
+    X(VERDICT_BLOCK,   2, VERDICT, "block: drop every packet of the flow from now on") \
+    X(VERDICT_RELEASE, 3, VERDICT, "nothing found so far: stop holding, keep copying (async) up to the budget")
+enum ms_verdict_code {
+    MS_ENUM_VERDICT(MS_ENUM_MEMBER)
+};
+
+/* Verdicts the slow path writes, keyed by the session key; the fast path
+ * merges one into the session on the flow's next packet and deletes it, so
+ * user space never writes a session value (no read-modify-write race). */
+struct ms_slow_verdict {
+    __u8  verdict;        /* enum ms_verdict_code */
+    __u8  pad[7];
+    __u64 ts_ns;          /* when it was written (CLOCK_MONOTONIC) */
+};
+#ifndef MS_VERDICT_MAX
+#define MS_VERDICT_MAX 65536
+#endif
+BPF_HASH(ms_verdicts, struct ms_flow_key, struct ms_slow_verdict, MS_VERDICT_MAX);
+
+/* The slow path's heartbeat: CLOCK_MONOTONIC_COARSE ns of its last beat
+ * (0: never started). */
+struct ms_slowpath {
+    __u64 heartbeat_ns;
+    __u32 pid;
+    __u32 pad;
+};
+BPF_ARRAY(ms_slowpath, struct ms_slowpath, 1);
+
+/* ------------------------------------------------------------------ */
 /* Tail calls                                                          */
 
 #define MS_ENUM_STAGE(X) \
     X(STAGE_TCP,   0, STAGE, "TCP session tracking") \
     X(STAGE_OTHER, 1, STAGE, "UDP, ICMP echo and other protocols") \
     X(STAGE_ICMP_ERR, 2, STAGE, "ICMP errors matched to the flow they quote") \
-    X(STAGE_L7,    3, STAGE, "application protocol signatures on a direction's first payload")
+    X(STAGE_L7,    3, STAGE, "payload: application protocol signatures, inspection handoff")
 
 enum ms_stage {
     MS_ENUM_STAGE(MS_ENUM_MEMBER)

@@ -56,7 +56,17 @@
     X(DROP_POLICY_DEFAULT,     43, DROP, "new flow denied by the default action") \
     X(DROP_POLICY_REVOKED,     44, DROP, "flow denied by a policy applied after it started") \
     X(PASS_POLICY_INSPECT,     45, PASS, "new flow allowed for inspection by a policy rule") \
-    X(DROP_L7_APP_MISMATCH,    46, DROP, "flow does not speak the application protocol its rule requires")
+    X(DROP_L7_APP_MISMATCH,    46, DROP, "flow does not speak the application protocol its rule requires") \
+    X(PASS_INSPECT_COPIED,     47, PASS, "payload copied to the slow path and passed (async)") \
+    X(DROP_INSPECT_HOLD,       48, DROP, "payload copied to the slow path and held until its verdict (hold)") \
+    X(DROP_INSPECT_BLOCKED,    49, DROP, "flow blocked by the slow path's verdict") \
+    X(PASS_INSPECT_RINGBUF_FULL, 50, PASS, "ring buffer full: passed uninspected (failure action pass / bypass)") \
+    X(DROP_INSPECT_RINGBUF_FULL, 51, DROP, "ring buffer full: dropped (failure action drop)") \
+    X(PASS_INSPECT_BUDGET,     52, PASS, "inspection budget used up without a verdict: passed (pass / bypass)") \
+    X(DROP_INSPECT_BUDGET,     53, DROP, "inspection budget used up without a verdict: dropped") \
+    X(PASS_INSPECT_SLOWPATH_DOWN, 54, PASS, "slow path down or stalled: passed uninspected (pass / bypass)") \
+    X(DROP_INSPECT_SLOWPATH_DOWN, 55, DROP, "slow path down or stalled: dropped") \
+    X(PASS_INSPECT_ALLOWED,    56, PASS, "slow path's allow verdict merged: the flow is no longer inspected")
 
 enum ms_reason {
     MS_ENUM_REASON(MS_ENUM_MEMBER)

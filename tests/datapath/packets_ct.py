@@ -258,7 +258,10 @@ class TcpConn:
 # Reasons after which the segment reached the peer and counted as sent
 # (an ignored or out-of-window segment passed anyway is not the sender's
 # stream: a test sends it with explicit numbers).
-ADVANCING = {Reason.PASS_FORWARD, Reason.PASS_TCP_PICKED_UP, Reason.PASS_TABLE_FULL_ALLOWED}
+ADVANCING = {Reason.PASS_FORWARD, Reason.PASS_TCP_PICKED_UP, Reason.PASS_TABLE_FULL_ALLOWED,
+             Reason.PASS_POLICY_ALLOW, Reason.PASS_POLICY_DEFAULT, Reason.PASS_POLICY_INSPECT,
+             Reason.PASS_INSPECT_COPIED, Reason.PASS_INSPECT_ALLOWED, Reason.PASS_INSPECT_RINGBUF_FULL,
+             Reason.PASS_INSPECT_BUDGET, Reason.PASS_INSPECT_SLOWPATH_DOWN}
 
 # TCP states a session is in while it still lives in the half-open LRU.
 HALFOPEN_STATES = {CtState.CT_SYN_SENT, CtState.CT_SYN_RECV, CtState.CT_SYN_SENT2}

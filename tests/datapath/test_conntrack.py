@@ -1052,6 +1052,20 @@ def test_full_table_allowlist(small):
     other.send(O, "S", R.DROP_FLOW_TABLE_FULL)
 
 
+def test_full_table_failure_action_pass_lets_every_new_flow_through(small):
+    """failure_actions.session_table_full: pass is the allow-list for
+    everyone: new flows pass sessionless, existing ones keep their state."""
+    from datapath.config import FailureActions
+    fp, _ = small
+    fp.apply_runtime(DatapathConfig(flow_table_size=SMALL,
+                                    failure_actions=FailureActions(session_table_full="pass")))
+    bulk_establish(fp, CLIENT, SERVER, range(20000, 20000 + SMALL))
+    v4 = TcpConn.make(fp, client=("10.98.3.4", 30000), server=SERVER)
+    v4.send(O, "S", R.PASS_TABLE_FULL_ALLOWED)
+    assert v4.entry() is None
+    expect(fp, udp_frame("10.97.0.1", 30001, SERVER[0], 53), R.PASS_TABLE_FULL_ALLOWED)
+
+
 def test_full_table_allowlisted_flows_work_without_session(small):
     """"Allow-listed without a session" must carry the whole flow, not only
     its first packet: the answer and everything after it find no session

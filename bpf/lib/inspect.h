@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Inspection handoff: the payload of flows a rule sends to inspection goes
+ * to the slow path through the ms_insp_ring ring buffer, up to a budget per
+ * side; the slow path's verdicts come back through ms_verdicts and are
+ * merged into the session here.
+ *
+ * Modes (the rule's MS_INSPECT_HOLD bit):
+ *   async: payload packets pass while copied; a block verdict drops the
+ *          rest of the flow (the slow path resets both ends).
+ *   hold:  payload packets are copied and dropped until a verdict, so
+ *          nothing reaches the other end unless allowed; the senders'
+ *          retransmissions carry the bytes through afterwards. A RELEASE
+ *          verdict ("nothing found yet") ends the hold and continues as async.
+ * Failures (ring buffer full, budget used up without a verdict, slow path
+ * heartbeat stale) take the rule's failure action, or the configured one:
+ * pass, drop, or bypass (pass and stop inspecting), each counted by reason.
+ */
+#ifndef MS_INSPECT_H
+#define MS_INSPECT_H
+
+#include "maps.h"
+#include "reasons.h"
+
+/* What failure ``kind`` does to this packet of flow f. */
+static __always_inline int ms_insp_fail(struct ms_flow *f, const struct ms_config *cfg, __u32 kind)
+{
+    __u32 own = (f->inspect & MS_INSPECT_FAIL_MASK) >> MS_INSPECT_FAIL_SHIFT;
+    __u32 act = own ? own - 1 : cfg->fail_action[kind & 3];
+    if (act == FAIL_BYPASS)
+        f->insp_state = INSP_DONE;
+    int drop = act == FAIL_DROP;
+    if (kind == FAIL_RINGBUF_FULL)
+        return drop ? DROP_INSPECT_RINGBUF_FULL : PASS_INSPECT_RINGBUF_FULL;
+    if (kind == FAIL_BUDGET)
+        return drop ? DROP_INSPECT_BUDGET : PASS_INSPECT_BUDGET;
+    return drop ? DROP_INSPECT_SLOWPATH_DOWN : PASS_INSPECT_SLOWPATH_DOWN;
+}
+
+/* Copy up to ``room`` payload bytes of the packet into one ring record.
+ * 0 on success. */
+static __always_inline int ms_insp_copy(struct __sk_buff *skb, const struct ms_pkt *p, const struct ms_flow *f,
+                                        const struct ms_flow_key *kp, __u32 side, __u32 room)
+{
+    __u32 z = 0;
+    struct ms_insp_buf *b = ms_insp_scratch.lookup(&z);
+    if (!b)
+        return -1;
+    __u32 n = p->payload_len;
+    if (n > room)
+        n = room;
+    if (n > MS_INSP_SLICE)
+        n = MS_INSP_SLICE;
+    b->h.ts_ns = bpf_ktime_get_ns();
+    __builtin_memcpy(&b->h.key, kp, sizeof(b->h.key));
+    b->h.seq = p->seq;
+    b->h.orig_len = p->payload_len;
+    b->h.rule_id = f->rule_id;
+    b->h.side = side;
+    b->h.tcp_flags = p->proto == IPPROTO_TCP ? p->tcp_flags : 0;
+    b->h.l4 = p->proto;
+    b->h.app = f->app;
+    b->h.inspect = f->inspect;
+    b->h.hook = p->dir;
+    b->h.initiator_is_hi = f->initiator_is_hi;
+    __builtin_memset(b->h.pad, 0, sizeof(b->h.pad));
+    __u32 len = 0;
+    if (n) {
+        /* 1..MS_INSP_SLICE in a form the verifier can follow (a plain
+         * range check is lost when the compiler reorders it); equals n
+         * for every n in range. MS_INSP_SLICE is a power of two. */
+        len = ((n - 1) & (MS_INSP_SLICE - 1)) + 1;
+        if (bpf_skb_load_bytes(skb, p->payload_off, b->data, len) < 0)
+            len = 0;
+    }
+    b->h.len = len;
+    return ms_insp_ring.ringbuf_output(b, sizeof(b->h) + len, 0);
+}
+
+/* The inspection part of the payload stage, for a packet of session f
+ * (key kp) from ``side`` that tracking passed with ``reason``. */
+static __always_inline int ms_insp_packet(struct __sk_buff *skb, struct ms_pkt *p, struct ms_flow *f,
+                                          const struct ms_flow_key *kp, __u32 side, int reason)
+{
+    struct ms_slow_verdict *sv = ms_verdicts.lookup(kp);
+    if (sv) {
+        __u8 code = sv->verdict;
+        ms_verdicts.delete(kp);
+        if (code == VERDICT_BLOCK) {
+            f->insp_state = INSP_BLOCKED;
+            return DROP_INSPECT_BLOCKED;
+        }
+        if (code == VERDICT_ALLOW) {
+            f->insp_state = INSP_DONE;
+            return PASS_INSPECT_ALLOWED;
+        }
+        if (code == VERDICT_RELEASE && f->insp_state == INSP_PENDING)
+            f->insp_state = INSP_RELEASED;
+    }
+    if (f->insp_state >= INSP_DONE)
+        return f->insp_state == INSP_BLOCKED ? DROP_INSPECT_BLOCKED : reason;
+
+    struct ms_config *cfg = ms_cfg();
+    if (!cfg)
+        return reason;
+    __u32 z = 0;
+    struct ms_slowpath *sp = ms_slowpath.lookup(&z);
+    __u64 now = ms_now();
+    if ((cfg->flags & MS_CFG_SIM_SLOWPATH_DOWN) || !sp || !sp->heartbeat_ns ||
+        now - sp->heartbeat_ns > cfg->hb_timeout_ns)
+        return ms_insp_fail(f, cfg, FAIL_SLOWPATH_DOWN);
+
+    side &= 1;
+    __u32 sent = f->insp_sent[side];
+    __u32 budget = (cfg->flags & MS_CFG_SIM_BUDGET) ? 0 : cfg->insp_budget;
+    if (sent >= budget && p->payload_len) {
+        /* Inspected to the depth after a clean interim verdict: done, as a
+         * stream depth is. Without any verdict: a failure. */
+        if (f->insp_state == INSP_RELEASED) {
+            f->insp_state = INSP_DONE;
+            return reason;
+        }
+        return ms_insp_fail(f, cfg, FAIL_BUDGET);
+    }
+    if ((cfg->flags & MS_CFG_SIM_RINGBUF_FULL) || ms_insp_copy(skb, p, f, kp, side, budget - sent) != 0)
+        return ms_insp_fail(f, cfg, FAIL_RINGBUF_FULL);
+    __u32 n = p->payload_len < budget - sent ? p->payload_len : budget - sent;
+    f->insp_sent[side] = sent + (n < MS_INSP_SLICE ? n : MS_INSP_SLICE);
+    if ((f->inspect & MS_INSPECT_HOLD) && f->insp_state == INSP_PENDING && p->payload_len)
+        return DROP_INSPECT_HOLD;
+    return p->payload_len ? PASS_INSPECT_COPIED : reason;
+}
+
+#endif

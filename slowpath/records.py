@@ -1,0 +1,109 @@
+"""Payload records from the kernel (struct ms_insp_rec, bpf/lib/maps.h),
+decoded; and the verdicts and heartbeat the slow path writes back.
+
+The record layout is the one BCC compiled: the ``h`` field of the
+ms_insp_scratch map's value type (struct ms_insp_buf), so nothing here
+restates the C struct.
+"""
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+
+from datapath import bpfsys
+from datapath.enums import VerdictCode
+
+CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)
+
+
+def record_type(layouts: dict[str, tuple[type, type]]) -> type:
+    """ctypes type of struct ms_insp_rec, from the compiled layouts
+    (datapath.sessions.layouts() or layouts_of(fastpath))."""
+    leaf = layouts["ms_insp_scratch"][1]
+    if issubclass(leaf, ctypes.Array):   # BCC types a per-CPU value as one slot per CPU
+        leaf = leaf._type_
+    return dict(leaf._fields_)["h"]
+
+
+def _addr(raw) -> str:
+    b = bytes(raw)
+    ip = ipaddress.IPv6Address(b)
+    return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
+
+
+@dataclass(frozen=True)
+class InspRecord:
+    ts_ns: int            # kernel bpf_ktime_get_ns (CLOCK_MONOTONIC) when copied
+    key: bytes            # the session key (struct ms_flow_key), as the verdict map wants it
+    client: tuple[str, int]
+    server: tuple[str, int]
+    side: int             # 0: from the client (initiator), 1: from the server
+    seq: int
+    tcp_flags: int
+    l4: int               # 6 or 17
+    app: int              # enum ms_app the kernel identified
+    inspect: int          # MS_INSPECT_* bits of the rule
+    rule_id: int
+    hook: int
+    orig_len: int         # payload bytes of the packet (> len(data): truncated)
+    data: bytes
+
+    @property
+    def transport(self) -> str:
+        return "tcp" if self.l4 == socket.IPPROTO_TCP else "udp"
+
+
+class RecordDecoder:
+    def __init__(self, rec_type: type, key_type: type):
+        self.rec_type = rec_type
+        self.hsize = ctypes.sizeof(rec_type)
+        self.key_size = ctypes.sizeof(key_type)
+
+    def decode(self, raw: bytes) -> InspRecord:
+        if len(raw) < self.hsize:
+            raise ValueError(f"payload record of {len(raw)} bytes, header alone is {self.hsize}")
+        h = self.rec_type.from_buffer_copy(raw[:self.hsize])
+        k = h.key
+        lo = (_addr(k.addr_lo), socket.ntohs(k.port_lo))
+        hi = (_addr(k.addr_hi), socket.ntohs(k.port_hi))
+        client, server = (hi, lo) if h.initiator_is_hi else (lo, hi)
+        data = raw[self.hsize:self.hsize + h.len]
+        return InspRecord(h.ts_ns, bytes(k)[:self.key_size], client, server, h.side, h.seq, h.tcp_flags, h.l4,
+                          h.app, h.inspect, h.rule_id, h.hook, h.orig_len, bytes(data))
+
+
+class VerdictWriter:
+    """Writes verdicts (ms_verdicts) and the heartbeat (ms_slowpath) of one build."""
+
+    def __init__(self, verdicts_fd: int, slowpath_fd: int, verdict_leaf: type, slowpath_leaf: type):
+        self.verdicts_fd = verdicts_fd
+        self.slowpath_fd = slowpath_fd
+        self.verdict_leaf = verdict_leaf
+        self.slowpath_leaf = slowpath_leaf
+
+    @staticmethod
+    def now_ns() -> int:
+        """The clock the kernel's coarse ms_now() reads."""
+        return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+    def verdict(self, key: bytes, code: VerdictCode) -> int:
+        """Write a verdict; returns its CLOCK_MONOTONIC write time (ns)."""
+        v = self.verdict_leaf()
+        v.verdict = int(code)
+        v.ts_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        bpfsys.map_update(self.verdicts_fd, key, bytes(v))
+        return v.ts_ns
+
+    def heartbeat(self, pid: int) -> None:
+        v = self.slowpath_leaf()
+        v.heartbeat_ns = self.now_ns()
+        v.pid = pid
+        bpfsys.map_update(self.slowpath_fd, (0).to_bytes(4, "little"), bytes(v))
+
+    def stop(self) -> None:
+        """Say the slow path is gone (heartbeat 0): the kernel applies the
+        slow-path-down action at once instead of after the timeout."""
+        bpfsys.map_update(self.slowpath_fd, (0).to_bytes(4, "little"), bytes(self.slowpath_leaf()))

@@ -1,0 +1,211 @@
+"""The inspection handoff in the real program: payload records in the ring
+buffer, the modes (async, hold), verdicts merged from ms_verdicts, and every
+failure path (ring buffer full, budget used up, slow path down) with its
+configured or per-rule action and its own reason.
+"""
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, UDP
+
+from appliance.policyfile import compile_text
+from datapath.config import DatapathConfig, FailureActions
+from datapath.enums import InspState, Reason, VerdictCode
+from datapath.policy_maps import PolicyMaps
+from datapath.sessions import layouts_of
+from packets_ct import IPPROTO_UDP, TcpConn, entry, ether, expect
+from slowpath.records import RecordDecoder, VerdictWriter, record_type
+from slowpath.ringbuf import RingBuffer
+
+R = Reason
+POLICY = """
+groups:
+  clients: [10.0.0.0/24]
+  servers: [10.0.1.0/24]
+defaults: {ingress: deny, egress: deny}
+rules:
+  - {name: async, from: clients, to: servers, proto: tcp, ports: [80], action: inspect, inspect: {what: [waf]}}
+  - {name: hold, from: clients, to: servers, proto: tcp, ports: [81], action: inspect,
+     inspect: {what: [waf, dlp], mode: hold}}
+  - {name: strict, from: clients, to: servers, proto: tcp, ports: [82], action: inspect,
+     inspect: {what: [dpi], on_failure: drop}}
+  - {name: dns, from: clients, to: servers, proto: udp, ports: [53], action: inspect,
+     inspect: {what: [dpi], mode: hold}}
+  - {name: plain, from: clients, to: servers, proto: tcp, ports: [8080], action: allow}
+"""
+REQUEST = b"GET /?q=1 HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class Handoff:
+    def __init__(self, fp):
+        self.fp = fp
+        types = layouts_of(fp)
+        self.decoder = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
+                                     types["ms_flows"][0])
+        self.ring = RingBuffer(fp.table("ms_insp_ring").map_fd)
+        self.writer = VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
+                                    fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf)
+
+    def records(self):
+        return [self.decoder.decode(bytes(r)) for r in self.ring.drain()]
+
+
+@pytest.fixture
+def handoff(fastpath):
+    _, pol = compile_text(POLICY, "inspect.yaml")
+    PolicyMaps.for_fastpath(fastpath).apply(pol)
+    h = Handoff(fastpath)
+    h.records()                  # whatever an earlier test left
+    h.writer.heartbeat(1)
+    yield h
+    h.records()
+    h.ring.close()
+    fastpath.apply_runtime(fastpath.config)
+
+
+def conn(fp, port, sport=40000):
+    c = TcpConn.make(fp, client=("10.0.0.5", sport), server=("10.0.1.5", port))
+    c.send("c", "S", R.PASS_POLICY_INSPECT)
+    c.send("s", "SA")
+    c.send("c", "A")
+    return c
+
+
+def test_async_copies_both_directions_and_passes(handoff):
+    c = conn(handoff.fp, 80)
+    assert handoff.records() == []                     # the handshake carries no payload
+    c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+    c.send("s", "PA", R.PASS_INSPECT_COPIED, data=RESPONSE)
+    c.send("c", "A")                                   # a pure ACK is not copied
+    req, resp = handoff.records()
+    assert (req.client, req.server, req.side, req.data) == (("10.0.0.5", 40000), ("10.0.1.5", 80), 0, REQUEST)
+    assert req.seq == c.c.isn + 1 and req.l4 == 6 and req.rule_id == 1 and req.orig_len == len(REQUEST)
+    assert req.app == handoff.fp.l7.ids["http"]
+    assert (resp.side, resp.data, resp.seq) == (1, RESPONSE, c.s.isn + 1)
+    assert resp.key == req.key and req.ts_ns <= resp.ts_ns
+
+
+def test_allow_verdict_bypasses_the_flow(handoff):
+    c = conn(handoff.fp, 80)
+    c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+    (rec,) = handoff.records()
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_ALLOW)
+    c.send("s", "PA", R.PASS_INSPECT_ALLOWED, data=RESPONSE)
+    c.send("c", "PA", R.PASS_FORWARD, data=REQUEST)     # kernel speed now: no copy, no stage
+    assert handoff.records() == [] and c.entry().leaf.insp_state == InspState.INSP_DONE
+    assert len(list(handoff.fp.table("ms_verdicts").keys())) == 0   # merged, then deleted
+
+
+def test_block_verdict_drops_the_rest_of_the_flow(handoff):
+    c = conn(handoff.fp, 80)
+    c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+    (rec,) = handoff.records()
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_BLOCK)
+    c.send("s", "PA", R.DROP_INSPECT_BLOCKED, data=RESPONSE)
+    # from now on every packet of the flow, with or without payload
+    c.send("c", "A", R.DROP_INSPECT_BLOCKED)
+    c.send("s", "FA", R.DROP_INSPECT_BLOCKED)
+
+
+def test_hold_drops_payload_until_the_verdict_and_retransmissions_pass_after(handoff):
+    c = conn(handoff.fp, 81)
+    first = c.frame("c", "PA", data=REQUEST)
+    expect(handoff.fp, first, R.DROP_INSPECT_HOLD)
+    expect(handoff.fp, first, R.DROP_INSPECT_HOLD)      # the client's retransmission: still held
+    recs = handoff.records()
+    assert [r.data for r in recs] == [REQUEST, REQUEST] and recs[0].inspect & 0x80
+    handoff.writer.verdict(recs[0].key, VerdictCode.VERDICT_RELEASE)
+    expect(handoff.fp, first, R.PASS_INSPECT_COPIED)    # released: passes, still copied (async now)
+    assert c.entry().leaf.insp_state == InspState.INSP_RELEASED
+    handoff.writer.verdict(recs[0].key, VerdictCode.VERDICT_ALLOW)
+    expect(handoff.fp, c.frame("s", "PA", data=RESPONSE), R.PASS_INSPECT_ALLOWED)
+
+
+def test_budget_then_bypass(handoff):
+    fp = handoff.fp
+    fp.apply_runtime(fp.config.model_copy(update={"inspect_budget": 100}))
+    c = conn(fp, 80)
+    c.send("c", "PA", R.PASS_INSPECT_COPIED, data=b"a" * 60)
+    c.send("c", "PA", R.PASS_INSPECT_COPIED, data=b"b" * 60)   # 40 of its 60 bytes fit
+    c.send("c", "PA", R.PASS_INSPECT_BUDGET, data=b"c" * 60)   # default action: bypass
+    c.send("c", "PA", R.PASS_FORWARD, data=b"d" * 60)
+    a, b = handoff.records()
+    assert (len(a.data), len(b.data), b.orig_len) == (60, 40, 60)
+    assert c.entry().leaf.insp_state == InspState.INSP_DONE
+
+
+def test_budget_after_release_is_the_end_of_inspection(handoff):
+    fp = handoff.fp
+    fp.apply_runtime(fp.config.model_copy(update={"inspect_budget": 50}))
+    c = conn(fp, 81)
+    c.send("c", "PA", R.DROP_INSPECT_HOLD, data=b"a" * 50, seq=c.c.nxt)
+    (rec,) = handoff.records()
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_RELEASE)
+    c.send("c", "PA", R.PASS_FORWARD, data=b"a" * 50)          # merged, budget spent: inspected to depth
+    assert c.entry().leaf.insp_state == InspState.INSP_DONE
+
+
+@pytest.mark.parametrize("action, reason, state", [
+    ("pass", R.PASS_INSPECT_SLOWPATH_DOWN, InspState.INSP_PENDING),
+    ("drop", R.DROP_INSPECT_SLOWPATH_DOWN, InspState.INSP_PENDING),
+    ("bypass", R.PASS_INSPECT_SLOWPATH_DOWN, InspState.INSP_DONE),
+])
+def test_slowpath_down_takes_the_configured_action(handoff, action, reason, state):
+    fp = handoff.fp
+    fp.apply_runtime(fp.config.model_copy(update={"failure_actions": FailureActions(slowpath_down=action)}))
+    handoff.writer.stop()                                       # heartbeat 0: gone
+    c = conn(fp, 80)
+    c.send("c", "PA", reason, data=REQUEST)
+    assert handoff.records() == [] and c.entry().leaf.insp_state == state
+
+
+def test_stale_heartbeat_is_down_and_a_fresh_one_is_up(handoff):
+    fp = handoff.fp
+    fp.apply_runtime(fp.config.model_copy(update={"heartbeat_timeout_s": 0.5}))
+    v = fp.table("ms_slowpath").Leaf()
+    v.heartbeat_ns = VerdictWriter.now_ns() - 2_000_000_000
+    fp.table("ms_slowpath")[0] = v
+    c = conn(fp, 80)
+    c.send("c", "PA", R.PASS_INSPECT_SLOWPATH_DOWN, data=REQUEST)
+    handoff.writer.heartbeat(1)
+    c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+
+
+def test_rule_failure_action_overrides_the_configured_one(handoff):
+    handoff.writer.stop()
+    conn(handoff.fp, 82).send("c", "PA", R.DROP_INSPECT_SLOWPATH_DOWN, data=REQUEST)   # on_failure: drop
+    conn(handoff.fp, 80, 40001).send("c", "PA", R.PASS_INSPECT_SLOWPATH_DOWN, data=REQUEST)
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("ringbuf_full", R.PASS_INSPECT_RINGBUF_FULL),
+    ("budget_exhausted", R.PASS_INSPECT_BUDGET),
+    ("slowpath_down", R.PASS_INSPECT_SLOWPATH_DOWN),
+])
+def test_simulate_each_failure(handoff, kind, reason):
+    fp = handoff.fp
+    fp.apply_runtime(fp.config.model_copy(update={"simulate": (kind,)}))
+    conn(fp, 80).send("c", "PA", reason, data=REQUEST)
+    conn(fp, 82, 40001).send("c", "PA", Reason[reason.name.replace("PASS_", "DROP_")], data=REQUEST)
+    assert handoff.records() == []
+
+
+def test_flows_the_rule_allows_are_never_copied(handoff):
+    c = TcpConn.make(handoff.fp, client=("10.0.0.5", 40000), server=("10.0.1.5", 8080))
+    c.send("c", "S", R.PASS_POLICY_ALLOW)
+    c.send("s", "SA")
+    c.send("c", "A")
+    c.send("c", "PA", data=REQUEST)
+    assert handoff.records() == []
+
+
+def test_udp_query_held_until_allowed(handoff):
+    q = bytes.fromhex("abcd01000001000000000000") + b"\x04shop\x07example\x00\x00\x01\x00\x01"
+    f = ether() / IP(src="10.0.0.5", dst="10.0.1.5") / UDP(sport=5353, dport=53) / q
+    expect(handoff.fp, f, R.DROP_INSPECT_HOLD)
+    (rec,) = handoff.records()
+    assert (rec.l4, rec.data, rec.transport, rec.app) == (IPPROTO_UDP, q, "udp", handoff.fp.l7.ids["dns"])
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_ALLOW)
+    expect(handoff.fp, f, R.PASS_INSPECT_ALLOWED)        # the resolver's retry goes through
+    assert entry(handoff.fp, "10.0.0.5", 5353, "10.0.1.5", 53, IPPROTO_UDP).leaf.insp_state == InspState.INSP_DONE
