@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from datapath.errors import MicrosegError, UsageError
 
@@ -312,6 +313,75 @@ def cmd_stats(args) -> int:
         print(json.dumps({"netns": args.netns, "prog_ids": data["prog_ids"], "counters": rows}, indent=2))
         return 0
     print(format_counters(data["counters"]))
+    return 0
+
+
+def cmd_run(args) -> int:
+    require_privileges("running the appliance")
+    from appliance.configfile import load_model
+    from appliance.runconfig import RunConfig
+    from slowpath import daemon
+
+    cfg = load_model(args.config, RunConfig)
+    return daemon.main(cfg, args.config)
+
+
+def cmd_replay(args) -> int:
+    require_privileges("loading the fast path for a replay")
+    from appliance import policyfile as pf
+    from appliance.configfile import load_model
+    from datapath.config import DatapathConfig
+    from datapath.loader import FastPath
+    from slowpath import eve
+    from slowpath.daemon import load_rules_file
+    from slowpath.pcap import PcapError
+    from slowpath.replay import replay, replay_config
+
+    # Every input is checked before the compile.
+    base = load_model(args.config, DatapathConfig) if args.config else None
+    if args.inspect_budget is not None and args.inspect_budget < 0:
+        raise UsageError("--inspect-budget: must be 0 or more")
+    policy_text = None
+    if args.policy:
+        pf.compile_file(args.policy)
+        policy_text = Path(args.policy).read_text()
+    rules = load_rules_file(args.rules)
+    if not Path(args.pcap).is_file():
+        raise UsageError(f"{args.pcap}: no such capture file")
+    if args.eve != "-":
+        try:
+            open(args.eve, "w").close()   # a replay's EVE is its own: start the file empty
+        except OSError as e:
+            raise UsageError(f"--eve {args.eve}: {e.strerror}")
+    sink = eve.StdoutSink() if args.eve == "-" else eve.FileSink(args.eve, max_bytes=0)
+    log = eve.EveLog([sink])
+    fp = FastPath(replay_config(base, args.inspect_budget))
+    try:
+        res = replay(args.pcap, fp, rules, log.emit, policy_text=policy_text,
+                     policy_path=args.policy or "<built-in: inspect everything>")
+    except PcapError as e:
+        raise UsageError(str(e))
+    finally:
+        fp.close()
+        log.close()
+    c = res.engine.counters
+    summary = {"pcap": args.pcap, "frames": res.frames, "not_ethernet": res.not_ethernet, "too_big": res.too_big, "resegmented": res.resegmented,
+               "kernel": dict(sorted(res.reasons.items())), "records": res.records,
+               "flows": c.flows_opened, "verdicts": dict(c.verdicts), "failures": dict(c.failures),
+               "hits": dict(c.hits), "eve_records": res.eve_records, "eve": args.eve}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        out = sys.stderr if args.eve == "-" else sys.stdout
+        print(f"{args.pcap}: {res.frames} frames, {res.records} payload records, {c.flows_opened} flows "
+              f"inspected; {sum(c.hits.values())} rule hits; {res.eve_records} EVE records -> {args.eve}", file=out)
+        if res.too_big or res.not_ethernet:
+            print(f"  not run: {res.too_big} frames too large for BPF_PROG_TEST_RUN, "
+                  f"{res.not_ethernet} of a link type without an Ethernet form", file=out)
+        if res.resegmented:
+            print(f"  {res.resegmented} captured TCP super-packets cut into wire-sized segments", file=out)
+        for name, n in sorted(res.reasons.items()):
+            print(f"  {name}: {n}", file=out)
     return 0
 
 
@@ -640,6 +710,22 @@ def build_parser() -> argparse.ArgumentParser:
     dsrc.add_argument("--against", metavar="OLD", help="against another file")
     pd.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_policy)
+
+    s = sub.add_parser("run", help="the live appliance: attach, inspect, log, serve metrics "
+                                   "(SIGHUP reloads policy and rules, SIGTERM detaches)")
+    s.add_argument("--config", required=True, metavar="FILE", help="run configuration (YAML)")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("replay", help="a capture through the real fast path and the slow path, EVE out")
+    s.add_argument("pcap", metavar="PCAP")
+    s.add_argument("--eve", required=True, metavar="OUT", help="EVE JSON lines file to write ('-': stdout)")
+    s.add_argument("--policy", metavar="FILE", help="policy (default: inspect every flow)")
+    s.add_argument("--rules", metavar="FILE", help="WAF / DLP / domain rules")
+    s.add_argument("--config", metavar="FILE", help="datapath settings (failure actions, simulate, ...)")
+    s.add_argument("--inspect-budget", type=int, metavar="BYTES",
+                   help="payload bytes inspected per side of a flow (default 1 MiB)")
+    s.add_argument("--json", action="store_true", help="the summary as JSON")
+    s.set_defaults(func=cmd_replay)
 
     s = sub.add_parser("lab", help="a client / gateway / server lab in network namespaces")
     labsub = s.add_subparsers(dest="lab_cmd", required=True)

@@ -52,6 +52,8 @@ static __always_inline int ms_entry(struct __sk_buff *skb, __u32 dir)
     if (!p)
         return ms_finish(skb, dir, DROP_TAIL_CALL_MISSED);
 
+    if (dir == DIR_EGRESS && skb->mark == MS_RESET_MARK)
+        return ms_finish(skb, dir, PASS_SLOWPATH_RESET);
     if (dir == DIR_EGRESS && skb->ingress_ifindex) {
         /* A forwarded packet: if it came in on an interface we manage, the
          * ingress program already decided on it and accounted it. */

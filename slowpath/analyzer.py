@@ -50,6 +50,11 @@ class FlowAnalyzer:
         self._undecided = True
         self._tunnel = False
 
+    @property
+    def decided(self) -> bool:
+        """Detection has settled (on a protocol, or on none)."""
+        return not self._undecided
+
     # -- input ---------------------------------------------------------------
     def data(self, direction: Direction, data: bytes) -> list[Event]:
         if not data:

@@ -42,6 +42,7 @@ class InspRecord:
     server: tuple[str, int]
     side: int             # 0: from the client (initiator), 1: from the server
     seq: int
+    ack_seq: int          # TCP: the next byte expected from the other side
     tcp_flags: int
     l4: int               # 6 or 17
     app: int              # enum ms_app the kernel identified
@@ -50,6 +51,9 @@ class InspRecord:
     hook: int
     orig_len: int         # payload bytes of the packet (> len(data): truncated)
     data: bytes
+    frag: int = 0         # 0; or MS_FRAG_FIRST / MS_FRAG_LATER, | FRAG_MORE when more follow
+    frag_id: int = 0
+    frag_off: int = 0     # in 8-byte units of the IP payload
 
     @property
     def transport(self) -> str:
@@ -71,8 +75,9 @@ class RecordDecoder:
         hi = (_addr(k.addr_hi), socket.ntohs(k.port_hi))
         client, server = (hi, lo) if h.initiator_is_hi else (lo, hi)
         data = raw[self.hsize:self.hsize + h.len]
-        return InspRecord(h.ts_ns, bytes(k)[:self.key_size], client, server, h.side, h.seq, h.tcp_flags, h.l4,
-                          h.app, h.inspect, h.rule_id, h.hook, h.orig_len, bytes(data))
+        return InspRecord(h.ts_ns, bytes(k)[:self.key_size], client, server, h.side, h.seq, h.ack_seq, h.tcp_flags, h.l4,
+                          h.app, h.inspect, h.rule_id, h.hook, h.orig_len, bytes(data),
+                          h.frag, h.frag_id, h.frag_off)
 
 
 class VerdictWriter:
@@ -107,3 +112,20 @@ class VerdictWriter:
         """Say the slow path is gone (heartbeat 0): the kernel applies the
         slow-path-down action at once instead of after the timeout."""
         bpfsys.map_update(self.slowpath_fd, (0).to_bytes(4, "little"), bytes(self.slowpath_leaf()))
+
+
+def session_stats(fastpath):
+    """key -> ((packets to server, to client), (bytes ...)) of the kernel's
+    session, or None once it is gone: what the EVE flow record reports
+    (the slow path sees only the inspected packets)."""
+    tables = [fastpath.table("ms_flows"), fastpath.table("ms_halfopen")]
+
+    def read(key: bytes):
+        for t in tables:
+            try:
+                v = t[t.Key.from_buffer_copy(key)]
+            except KeyError:
+                continue
+            return (int(v.packets[0]), int(v.packets[1])), (int(v.bytes[0]), int(v.bytes[1]))
+        return None
+    return read

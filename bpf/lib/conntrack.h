@@ -608,6 +608,7 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
                 return DROP_TCP_INVALID;
             ms_side_init(&nf->tcp[0], p, end);
             ms_flow_set_verdict(nf, &v, gen);
+            ms_l7_mark(p, nf, 0);   /* data in the SYN (TCP Fast Open) */
             ms_halfopen_put(kp, nf);
             return pol_reason;
         }
@@ -641,10 +642,15 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
     __u8 ev = ms_tcp_event(fl);
     __u8 next = ms_tcp_next(state, fd, ev);
 
-    if (next == TV_INVALID)
-        return (cfg->flags & MS_CFG_INVALID_PASS) ? PASS_TCP_INVALID : DROP_TCP_INVALID;
+    if (next == TV_INVALID) {
+        if (!(cfg->flags & MS_CFG_INVALID_PASS))
+            return DROP_TCP_INVALID;
+        ms_l7_mark(p, f, fd);   /* what passes is inspected too: no way around by breaking TCP */
+        return PASS_TCP_INVALID;
+    }
     if (next == TV_IGNORE) {
         ms_ct_account(f, fd, p->len, now);
+        ms_l7_mark(p, f, fd);
         return PASS_TCP_IGNORED;
     }
     if (next == CT_SYN_SENT && state != CT_SYN_SENT) {
@@ -698,8 +704,12 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
          * Either way this SYN defines the initiator's window, as
          * nf_conntrack does. */
         ms_side_init(&f->tcp[0], p, end);
-    } else if (!ms_tcp_window(f, fd, p, end, f->flags & MS_FLOW_LIBERAL))
-        return (cfg->flags & MS_CFG_WINDOW_PASS) ? PASS_TCP_OUT_OF_WINDOW : DROP_TCP_OUT_OF_WINDOW;
+    } else if (!ms_tcp_window(f, fd, p, end, f->flags & MS_FLOW_LIBERAL)) {
+        if (!(cfg->flags & MS_CFG_WINDOW_PASS))
+            return DROP_TCP_OUT_OF_WINDOW;
+        ms_l7_mark(p, f, fd);
+        return PASS_TCP_OUT_OF_WINDOW;
+    }
 
     f->state = next == TV_CLOSE_PHASE ? ms_close_phase_state(f) : next;
     ms_ct_account(f, fd, p->len, now);
@@ -816,13 +826,19 @@ static __always_inline int ms_ct_fragment(struct ms_pkt *p, __u64 now)
         return PASS_FRAGMENT;   /* GRE, ESP, ...: no session, the first fragment passed */
     p->sport = fv->sport;
     p->dport = fv->dport;
-    struct ms_flow_key k = {};
-    int src_is_hi = ms_flow_key_of(p, &k);
+    /* The scratch key: the payload stage finds the session with it. */
+    struct ms_flow_key *kp = ms_flow_key_scratch();
+    if (!kp)
+        return DROP_FRAG_NO_FIRST;
+    int src_is_hi = ms_flow_key_of(p, kp);
     int where;
-    struct ms_flow *f = ms_ct_lookup(&k, now, &where);
+    struct ms_flow *f = ms_ct_lookup(kp, now, &where);
     if (!f)
         return DROP_FRAG_NO_FIRST;
     int fd = src_is_hi != f->initiator_is_hi;
+    if (p->proto == IPPROTO_UDP && f->action == POL_INSPECT && f->insp_state < INSP_DONE &&
+        p->payload_len)
+        p->insp = 1 + fd;   /* the slow path reassembles the datagram */
     if (p->proto == IPPROTO_TCP) {
         /* The segment's data continues in this fragment: advance the
          * sender's end so the peer's ACK of the whole segment is in window

@@ -53,6 +53,7 @@ static __always_inline int ms_insp_copy(struct __sk_buff *skb, const struct ms_p
     b->h.ts_ns = bpf_ktime_get_ns();
     __builtin_memcpy(&b->h.key, kp, sizeof(b->h.key));
     b->h.seq = p->seq;
+    b->h.ack_seq = p->ack_seq;
     b->h.orig_len = p->payload_len;
     b->h.rule_id = f->rule_id;
     b->h.side = side;
@@ -62,6 +63,9 @@ static __always_inline int ms_insp_copy(struct __sk_buff *skb, const struct ms_p
     b->h.inspect = f->inspect;
     b->h.hook = p->dir;
     b->h.initiator_is_hi = f->initiator_is_hi;
+    b->h.frag = p->frag | (p->frag_mf ? 0x80 : 0);
+    b->h.frag_id = p->frag_id;
+    b->h.frag_off = p->frag_off;
     __builtin_memset(b->h.pad, 0, sizeof(b->h.pad));
     __u32 len = 0;
     if (n) {

@@ -152,6 +152,8 @@ struct ms_pkt {
     __u8   l7_reason;     /* the tracking stage's reason, which the payload stage finishes with */
     __u8   insp;          /* set by session tracking: 1 + side of a packet of an inspected
                            * flow the payload stage must hand off; 0: none */
+    __u8   frag_mf;       /* a fragment with more after it (IPv4 MF, IPv6 M) */
+    __u8   pad2[7];
 };
 BPF_PERCPU_ARRAY(ms_scratch, struct ms_pkt, 1);
 
@@ -579,6 +581,7 @@ struct ms_insp_rec {
     __u64 ts_ns;          /* bpf_ktime_get_ns() when copied (verdict latency starts here) */
     struct ms_flow_key key;
     __u32 seq;            /* TCP sequence number of the first byte (host order) */
+    __u32 ack_seq;        /* TCP acknowledgment number (host order): the peer's next byte */
     __u32 len;            /* payload bytes in this record */
     __u32 orig_len;       /* payload bytes of the packet */
     __u32 rule_id;
@@ -589,8 +592,17 @@ struct ms_insp_rec {
     __u8  inspect;        /* MS_INSPECT_* of the rule */
     __u8  hook;           /* enum ms_dir */
     __u8  initiator_is_hi; /* the key's addr_hi/port_hi opened the flow */
-    __u8  pad[5];
+    __u8  frag;           /* MS_FRAG_* of the packet, | 0x80 when more fragments follow */
+    __u32 frag_id;        /* IP identification of a fragment */
+    __u16 frag_off;       /* a fragment's offset in 8-byte units */
+    __u8  pad[2];
 };
+
+/* skb->mark of the TCP resets the slow path sends to both ends of a
+ * blocked flow (SO_MARK on its raw socket): the egress program passes them,
+ * though every other packet of that flow is dropped. Setting a mark takes
+ * CAP_NET_ADMIN, so no unprivileged process can borrow it. ("MS" = 0x4d53.) */
+#define MS_RESET_MARK 0x4d530001
 struct ms_insp_buf {
     struct ms_insp_rec h;
     __u8 data[MS_INSP_SLICE];

@@ -43,6 +43,7 @@
 #define MS_FRAG_FIRST 1
 #define MS_FRAG_LATER 2
 
+#define MS_ETH_P_PPP_SES 0x8864   /* PPPoE session stage */
 #ifndef ETH_P_8021AD
 #define ETH_P_8021AD 0x88A8
 #endif
@@ -181,13 +182,17 @@ static __always_inline int ms_parse_ipv6(void *data, void *data_end,
                 /* What follows a non-first fragment's header is the middle
                  * of the fragmentable part, not a header: stop walking. */
                 p->frag = MS_FRAG_LATER;
+                p->frag_mf = fo & 1;
                 p->proto = h[0];
                 p->l4_off = off + ext + 8;
+                p->payload_off = p->l4_off;
                 p->payload_len = plen - ext - 8;
                 return PASS_FRAGMENT;
             }
-            if (fo & 1)
+            if (fo & 1) {
                 p->frag = MS_FRAG_FIRST;
+                p->frag_mf = 1;
+            }
             hlen = 8;
         } else if (nexthdr == IPPROTO_AH) {
             hlen = ((__u32)h[1] + 2) * 4;   /* RFC 4302: 4-octet units, minus 2 */
@@ -234,12 +239,14 @@ static __always_inline int ms_parse_ipv4(void *data, void *data_end,
     __u16 fo = bpf_ntohs(ip->frag_off);
     p->frag_off = fo & 0x1fff;
     p->frag_id = bpf_ntohs(ip->id);
+    p->frag_mf = (fo & 0x2000) != 0;
     if (fo & 0x1fff)
         p->frag = MS_FRAG_LATER;
     else if (fo & 0x2000)
         p->frag = MS_FRAG_FIRST;
 
     p->l4_off = off + hlen;
+    p->payload_off = p->l4_off;    /* a later fragment's data; L4 parsing refines it */
     p->payload_len = tot - hlen;   /* a later fragment's data; L4 parsing refines it */
     return ms_parse_l4(data, data_end, p, tot - hlen);
 }
@@ -282,6 +289,23 @@ static __always_inline int ms_parse(struct __sk_buff *skb, struct ms_pkt *p)
     if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD) ||
         proto == bpf_htons(MS_ETH_P_QINQ1))
         return DROP_VLAN_TOO_DEEP;
+
+    if (proto == bpf_htons(MS_ETH_P_PPP_SES)) {
+        /* PPPoE session (RFC 2516): 6-byte PPPoE header, then the 2-byte
+         * PPP protocol (RFC 1661); IPv4 and IPv6 are tracked like any other
+         * packet, PPP control traffic passes as non-IP. */
+        __u8 *ph = data + off;
+        if ((void *)(ph + 8) > data_end)
+            return DROP_L2_TRUNCATED;
+        __u16 ppp = ((__u16)ph[6] << 8) | ph[7];
+        off += 8;
+        if (ppp == 0x0021)
+            proto = bpf_htons(ETH_P_IP);
+        else if (ppp == 0x0057)
+            proto = bpf_htons(ETH_P_IPV6);
+        else
+            return PASS_NOT_IP;
+    }
 
     p->l3_off = off;
     if (proto == bpf_htons(ETH_P_IP))

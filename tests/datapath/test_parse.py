@@ -652,6 +652,23 @@ def test_vlan_tagged_arp_is_not_ip(fastpath, tags):
     assert flows(fastpath) == {}
 
 
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("tags", [(), (0x8100, 0x8100)], ids=["plain", "two-vlans"])
+def test_pppoe_session(fastpath, tags, family):
+    """IP inside a PPPoE session (RFC 2516; behind VLAN tags as on a DSL
+    access network) is tracked like untagged IP; PPP control (LCP) is not IP."""
+    frame, _ = build("udp", family, sport=5353, dport=53)
+    ip = frame[14:]
+    ppp = 0x0021 if family == 4 else 0x0057
+    pppoe = struct.pack("!BBHHH", 0x11, 0, 0x1234, len(ip) + 2, ppp)
+    check(fastpath, l2_header(tags, 0x8864) + pppoe + ip, R.PASS_FORWARD)
+    lo, hi = (V4_LO, V4_HI) if family == 4 else (V6_LO, V6_HI)
+    assert assert_one_flow(fastpath, lo, 5353, hi, 53, IPPROTO_UDP).packets == (1, 0)
+    lcp = struct.pack("!BBHHH", 0x11, 0, 0x1234, 6, 0xC021) + bytes(4)
+    check(fastpath, pad60(l2_header(tags, 0x8864) + lcp), R.PASS_NOT_IP)
+    check(fastpath, l2_header(tags, 0x8864) + pppoe[:5], R.DROP_L2_TRUNCATED)
+
+
 # ==========================================================================
 # IPv4 header: options, bad headers, lengths, padding
 # ==========================================================================

@@ -1,0 +1,58 @@
+"""The configuration of `microseg run` (one YAML file, validated; errors
+name file and line, appliance/configfile.py)."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from datapath.config import DatapathConfig
+
+
+class FileSinkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    path: str
+    max_bytes: int = Field(100 << 20, ge=0)     # 0: never rotate
+    backups: int = Field(5, ge=0, le=1000)
+
+
+class SyslogSinkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    host: str
+    port: int = Field(514, ge=1, le=65535)
+    transport: str = "udp"
+    app_name: str = "microseg"
+
+    @field_validator("transport")
+    @classmethod
+    def _transport(cls, v):
+        if v not in ("udp", "tcp"):
+            raise ValueError("transport must be udp or tcp")
+        return v
+
+
+class EveConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    file: FileSinkConfig | None = None
+    syslog: SyslogSinkConfig | None = None
+    stdout: bool = False
+
+
+class MetricsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # host:port of the Prometheus endpoint ("[::1]:9477" for IPv6).
+    listen: str = "127.0.0.1:9477"
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The network namespace of the interfaces (the daemon moves into it:
+    # resets and the metrics endpoint live there too). None: this one.
+    netns: str | None = None
+    interfaces: list[str] = Field(min_length=1)
+    policy: str | None = None
+    rules: str | None = None
+    datapath: DatapathConfig = DatapathConfig()
+    eve: EveConfig = EveConfig()
+    metrics: MetricsConfig | None = MetricsConfig()
+    # How often an EVE stats record is written and idle flows are closed.
+    stats_interval_s: float = Field(30.0, gt=0)

@@ -1,0 +1,219 @@
+"""`microseg run`: the live appliance on asyncio (uvloop).
+
+Start: compile the fast path, apply the policy, attach to the interfaces,
+open the payload ring buffer and register its fd with the event loop (no
+polling thread), beat the heartbeat, serve metrics, write EVE.
+SIGHUP: read the policy and the rules files again; each is applied only if
+it is valid (a bad file is logged and the running one stays).
+SIGTERM / SIGINT: stop the heartbeat first (the kernel then applies the
+slow-path-down action at once instead of after the timeout), close the
+flows (EVE flow records), detach, exit.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+from appliance.runconfig import RunConfig
+from datapath.errors import MicrosegError, UsageError
+
+log = logging.getLogger("microseg.run")
+
+
+def empty_rules():
+    from slowpath.rules import load_rules_text
+    return load_rules_text("{}\n", "<no rules>")
+
+
+def load_rules_file(path: str | None):
+    from slowpath.rules import load_rules
+    return load_rules(path) if path else empty_rules()
+
+
+def eve_log(cfg: RunConfig):
+    from slowpath import eve
+    sinks = []
+    if cfg.eve.file:
+        sinks.append(eve.FileSink(cfg.eve.file.path, cfg.eve.file.max_bytes, cfg.eve.file.backups))
+    if cfg.eve.syslog:
+        s = cfg.eve.syslog
+        sinks.append(eve.SyslogSink(s.host, s.port, s.transport, app_name=s.app_name))
+    if cfg.eve.stdout:
+        sinks.append(eve.StdoutSink())
+    return eve.EveLog(sinks)
+
+
+class Daemon:
+    def __init__(self, cfg: RunConfig, config_path: str = ""):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.stop_event: asyncio.Event | None = None
+        self.fp = None
+        self.engine = None
+        self.reloads = 0
+
+    # -- start -----------------------------------------------------------------
+    def start(self) -> None:
+        """Everything that can fail on bad input or a bad kernel, before any
+        change: files read and checked, then compile, policy, attach."""
+        from appliance import policyfile as pf
+        from datapath import attach
+        from datapath.loader import FastPath
+        from datapath.policy_maps import PolicyMaps
+        from datapath.sessions import layouts_of
+        from slowpath.engine import Engine
+        from slowpath.metrics import Metrics, parse_listen
+        from slowpath.records import RecordDecoder, VerdictWriter, record_type, session_stats
+        from slowpath.reset import Resetter
+        from slowpath.ringbuf import RingBuffer
+
+        cfg = self.cfg
+        policy = pf.compile_file(cfg.policy) if cfg.policy else None
+        self.rules = load_rules_file(cfg.rules)
+        if cfg.netns:
+            from pyroute2 import netns as pnetns
+            try:
+                pnetns.setns(cfg.netns)
+            except OSError as e:
+                raise UsageError(f"network namespace {cfg.netns!r}: {e.strerror or e}")
+        with attach.netlink(None) as ipr:
+            attach.resolve(ipr, cfg.interfaces, None)
+        self.eve = eve_log(cfg)
+        fp = self.fp = FastPath(cfg.datapath)
+        if policy:
+            st = PolicyMaps.for_fastpath(fp).apply(policy[1])
+            log.info("policy %s in force (generation %d)", cfg.policy, st.gen)
+        types = layouts_of(fp)
+        self.decoder = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
+                                     types["ms_flows"][0])
+        self.writer = VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
+                                    fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf)
+        self.writer.heartbeat(os.getpid())
+        self.metrics = Metrics(self._kernel_reader)
+        self.resetter = Resetter()
+        self.engine = Engine(self.rules, self.eve.emit, self.writer, failure_actions=cfg.datapath.failure_actions,
+                             simulate=cfg.datapath.simulate, metrics=self.metrics, resetter=self.resetter,
+                             plugins=fp.protocols, app_names={i: n for n, i in fp.l7.ids.items()},
+                             session_stats=session_stats(fp))
+        self.ring = RingBuffer(fp.table("ms_insp_ring").map_fd)
+        self.server = None
+        if cfg.metrics:
+            host, port = parse_listen(cfg.metrics.listen)
+            self.server = self.metrics.serve(host, port)
+        self.attached = attach.attach(fp, cfg.interfaces, None)
+        for a in self.attached:
+            log.info("attached %s on %s (prog id %d)", a.name, a.iface, a.prog_id)
+        self.started = time.monotonic()
+
+    def _kernel_reader(self) -> dict:
+        from slowpath.metrics import kernel_counter_rows
+        counts = self.fp.counters()
+        flows = sum(1 for _ in self.fp.table("ms_flows").keys())
+        halfopen = sum(1 for _ in self.fp.table("ms_halfopen").keys())
+        return {"counters": kernel_counter_rows(counts),
+                "sessions": {"ms_flows": flows, "ms_halfopen": halfopen},
+                "capacity": {"ms_flows": self.cfg.datapath.flow_table_size,
+                             "ms_halfopen": self.cfg.datapath.halfopen_table_size},
+                "pressure_pct": self.cfg.datapath.pressure_pct}
+
+    # -- the loop ----------------------------------------------------------------
+    def _on_record(self, raw: bytes) -> None:
+        try:
+            rec = self.decoder.decode(raw)
+        except ValueError as e:
+            self.engine.counters.bad_records += 1
+            log.warning("bad payload record: %s", e)
+            return
+        self.engine.handle(rec)
+
+    async def _heartbeat(self) -> None:
+        period = self.cfg.datapath.heartbeat_timeout_s / 3
+        while True:
+            self.writer.heartbeat(os.getpid())
+            await asyncio.sleep(period)
+
+    async def _housekeeping(self) -> None:
+        from slowpath import eve
+        while True:
+            await asyncio.sleep(self.cfg.stats_interval_s)
+            self.engine.sweep()
+            self.metrics.set_flows(len(self.engine.flows))
+            self.metrics.set_queue_depth(self.ring.pending_bytes())
+            c = self.engine.counters
+            self.eve.emit(eve.stats_record({
+                "slowpath.records": c.records, "slowpath.bytes": c.bytes, "slowpath.flows": len(self.engine.flows),
+                **{f"slowpath.verdicts.{k.lower()}": v for k, v in c.verdicts.items()},
+                **{f"slowpath.failures.{k}": v for k, v in c.failures.items()},
+                **{f"slowpath.hits.{k}": v for k, v in c.hits.items()},
+            }, uptime=time.monotonic() - self.started))
+
+    def reload(self) -> None:
+        """SIGHUP: policy and rules again, each only if valid."""
+        from appliance import policyfile as pf
+        from datapath.policy_maps import PolicyMaps
+        self.reloads += 1
+        if self.cfg.policy:
+            try:
+                _, pol, _ = pf.compile_file(self.cfg.policy)
+                st = PolicyMaps.for_fastpath(self.fp).apply(pol)
+                log.info("reload: policy %s in force (generation %d)", self.cfg.policy, st.gen)
+            except (MicrosegError, OSError) as e:
+                log.error("reload: policy not applied, the running one stays: %s", e)
+        try:
+            self.engine.rules = self.rules = load_rules_file(self.cfg.rules)
+            log.info("reload: rules %s loaded", self.cfg.rules or "(none)")
+        except (MicrosegError, OSError) as e:
+            log.error("reload: rules not loaded, the running ones stay: %s", e)
+        for s in self.eve.sinks:
+            if hasattr(s, "reopen"):
+                s.reopen()
+
+    async def run(self) -> None:
+        from slowpath.ringbuf import RingBufferReader
+        loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        reader = RingBufferReader(self.ring, self._on_record)
+        reader.start(loop)
+        tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._housekeeping())]
+        log.info("running (pid %d)", os.getpid())
+        print(f"microseg running (pid {os.getpid()})", flush=True)
+        try:
+            await self.stop_event.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            reader.stop()
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        from datapath import attach
+        try:
+            self.writer.stop()
+        except OSError:
+            pass
+        for raw in self.ring.drain():
+            self._on_record(raw)
+        self.engine.close_all("shutdown")
+        attach.detach(self.cfg.interfaces, None)
+        self.ring.close()
+        self.resetter.close()
+        if self.server is not None:
+            self.server.close()
+        self.eve.close()
+        self.fp.close()
+        log.info("stopped")
+
+
+def main(cfg: RunConfig, config_path: str) -> int:
+    import uvloop
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s microseg %(levelname)s %(message)s")
+    d = Daemon(cfg, config_path)
+    d.start()
+    uvloop.run(d.run())
+    return 0

@@ -1,0 +1,346 @@
+"""The slow path's per-flow work: payload records in, verdicts and EVE out.
+
+Sans-IO like the parsers: ``Engine.handle(record)`` takes one decoded
+payload record (slowpath/records.py) and does everything it implies, through
+the callables it was given: reassembly (TCP, per flow, capped), protocol
+detection and parsing (slowpath/analyzer.py; the kernel's app id is a hint),
+rules (slowpath/rules.py) on the parser events, a verdict for the kernel
+(``verdicts.verdict(key, code)``), TCP resets for a blocked async flow
+(``resetter``), and EVE records (``emit``). The asyncio daemon
+(slowpath/daemon.py) and `microseg replay` feed it the same way.
+
+When a flow gets which verdict:
+  * a rule hit with action block: BLOCK at once (and resets, in async mode);
+  * a request or query that passed the rules: RELEASE (hold mode: let the
+    held bytes go; either mode: inspection goes on up to the budget, which
+    then ends it as a stream depth does, without counting a failure);
+  * a TLS ClientHello that passed: RELEASE, then the ServerHello: ALLOW
+    (the rest is encrypted);
+  * a protocol without a parser, or none recognised: ALLOW;
+  * the failure paths the slow path sees itself (a reassembly cap bit,
+    the parser gave up) take their configured action: pass (RELEASE),
+    bypass (ALLOW) or drop (BLOCK).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+from datapath.config import FailureActions
+from datapath.enums import VerdictCode
+from protocols.api import Direction
+from slowpath import eve
+from slowpath.analyzer import FlowAnalyzer
+from slowpath.reassembly import Data, Eof, Gap, ReassemblyBudget, StreamReassembler
+from slowpath.records import InspRecord
+
+# Flows the engine tracks at once; past it the least recently seen one is
+# closed (its EVE flow record says "forced"). Each costs a reassembler and
+# parser state; 65,536 matches the kernel's verdict table.
+MAX_FLOWS = 65_536
+# A flow with no record for this long is closed (its kernel session may
+# live on; a new record re-opens it, mid-stream).
+IDLE_TIMEOUT_S = 120.0
+# HTTP requests waiting for their response, per flow, for the EVE http
+# record (pipelining is rarely deeper than a handful).
+MAX_PENDING_HTTP = 32
+# UDP datagrams the kernel handed off in IP fragments, being put back
+# together, per flow; and the bytes one may grow to (a UDP datagram's most).
+MAX_FRAG_DATAGRAMS = 16
+MAX_DATAGRAM = 65_535
+FRAG_FIRST, FRAG_LATER, FRAG_MORE = 1, 2, 0x80
+INSPECT_WHAT = {0x01: "dpi", 0x02: "waf", 0x04: "dlp"}
+HOLD_BIT = 0x80
+TCP_FIN, TCP_RST = 0x01, 0x04
+
+
+@dataclass
+class EngineCounters:
+    records: int = 0
+    bytes: int = 0
+    flows_opened: int = 0
+    flows_closed: int = 0
+    verdicts: collections.Counter = field(default_factory=collections.Counter)
+    failures: collections.Counter = field(default_factory=collections.Counter)
+    hits: collections.Counter = field(default_factory=collections.Counter)
+    bad_records: int = 0
+
+
+@dataclass
+class Flow:
+    key: bytes
+    info: eve.FlowInfo
+    transport: str
+    analyzer: FlowAnalyzer
+    reasm: StreamReassembler | None
+    inspector: object
+    hold: bool
+    first_ts_ns: int
+    rule_id: int
+    last_seen: float
+    verdict: VerdictCode | None = None
+    next_seq: list = field(default_factory=lambda: [None, None])   # per side, for resets
+    pkts: list = field(default_factory=lambda: [0, 0])
+    bytes: list = field(default_factory=lambda: [0, 0])
+    http_pending: collections.deque = field(default_factory=lambda: collections.deque(maxlen=MAX_PENDING_HTTP))
+    tls_hello: object = None
+    alerted: bool = False
+    caps_seen: int = 0
+    eof: set = field(default_factory=set)
+    frags: collections.OrderedDict = field(default_factory=collections.OrderedDict)
+
+
+class Engine:
+    def __init__(self, rules, emit, verdicts, *, failure_actions: FailureActions | None = None,
+                 simulate: tuple[str, ...] = (), metrics=None, resetter=None, plugins=None,
+                 app_names: dict[int, str] | None = None, budget: ReassemblyBudget | None = None,
+                 session_stats=None, clock=time.monotonic, wallclock=time.time):
+        self.rules = rules
+        self.emit = emit
+        self.verdicts = verdicts
+        self.failure_actions = failure_actions or FailureActions()
+        self.simulate = set(simulate)
+        self.metrics = metrics
+        self.resetter = resetter
+        self.plugins = plugins
+        self.app_names = app_names or {}
+        self.budget = budget or ReassemblyBudget()
+        # key -> (packets, bytes) per side from the kernel's session, for the
+        # EVE flow record (the engine itself sees only inspected packets).
+        self.session_stats = session_stats
+        self.clock = clock
+        self.wallclock = wallclock
+        self.flows: collections.OrderedDict[bytes, Flow] = collections.OrderedDict()
+        self.counters = EngineCounters()
+
+    # -- records -----------------------------------------------------------
+    def handle(self, rec: InspRecord) -> None:
+        c = self.counters
+        c.records += 1
+        c.bytes += len(rec.data)
+        if self.metrics is not None:
+            self.metrics.record_ringbuf(1)
+        flow = self.flows.get(rec.key)
+        if flow is None:
+            flow = self._open(rec)
+        else:
+            self.flows.move_to_end(rec.key)
+        flow.last_seen = self.clock()
+        flow.pkts[rec.side] += 1
+        flow.bytes[rec.side] += rec.orig_len
+        if rec.l4 == 6:
+            end = rec.seq + rec.orig_len + (1 if rec.tcp_flags & TCP_FIN else 0)
+            flow.next_seq[rec.side] = end & 0xFFFFFFFF
+            if rec.tcp_flags & 0x10:   # ACK: what the other side sends next
+                flow.next_seq[1 - rec.side] = rec.ack_seq
+        if flow.verdict in (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK):
+            return                        # decided; a record in flight when the verdict was written
+        events = self._parse(flow, rec)
+        self._inspect(flow, events)
+        if flow.eof >= {0, 1}:
+            self._close(flow, "closed")
+
+    def _open(self, rec: InspRecord) -> Flow:
+        if len(self.flows) >= MAX_FLOWS:
+            _, oldest = self.flows.popitem(last=False)
+            self._close(oldest, "forced", pop=False)
+        what = frozenset(n for bit, n in INSPECT_WHAT.items() if rec.inspect & bit) or frozenset({"dpi"})
+        kernel_app = self.app_names.get(rec.app)
+        info = eve.FlowInfo(flow_id=eve.make_flow_id(rec.l4, rec.client[0], rec.client[1], rec.server[0],
+                                                     rec.server[1], rec.ts_ns),
+                            src_ip=rec.client[0], src_port=rec.client[1], dest_ip=rec.server[0],
+                            dest_port=rec.server[1], proto=rec.l4, start=self.wallclock())
+        flow = Flow(rec.key, info, rec.transport, FlowAnalyzer(rec.transport, self.plugins, kernel_app),
+                    StreamReassembler(budget=self.budget) if rec.l4 == 6 else None,
+                    self.rules.flow(what), bool(rec.inspect & HOLD_BIT), rec.ts_ns, rec.rule_id, self.clock())
+        self.flows[rec.key] = flow
+        self.counters.flows_opened += 1
+        for kind in ("reassembly_cap", "parser_error"):
+            if kind in self.simulate:
+                self._failure(flow, kind)
+        return flow
+
+    def _parse(self, flow: Flow, rec: InspRecord) -> list:
+        d = Direction(rec.side)
+        an = flow.analyzer
+        if flow.reasm is None:
+            if rec.frag:
+                whole = self._defrag(flow, rec)
+                return an.datagram(d, whole) if whole is not None else []
+            return an.datagram(d, rec.data)
+        out = []
+        for ev in flow.reasm.segment(d, rec.seq, rec.tcp_flags, rec.data):
+            if isinstance(ev, Data):
+                out += an.data(ev.direction, ev.data)
+            elif isinstance(ev, Gap):
+                out += an.gap(ev.direction, ev.size)
+            elif isinstance(ev, Eof):
+                out += an.eof(ev.direction)
+                flow.eof.add(int(ev.direction))
+        caps = flow.reasm.counters.per_flow_cap_hits + flow.reasm.counters.total_cap_hits
+        if caps > flow.caps_seen:
+            flow.caps_seen = caps
+            if self.metrics is not None:
+                self.metrics.record_reassembly_cap("flow" if flow.reasm.counters.per_flow_cap_hits else "total")
+            self._failure(flow, "reassembly_cap")
+        return out
+
+    def _defrag(self, flow: Flow, rec: InspRecord) -> bytes | None:
+        """A UDP datagram from its fragments' records (the first carries the
+        UDP payload's start; a later one its IP-payload offset, of which the
+        8-byte UDP header is not payload). None until complete."""
+        key = (rec.side, rec.frag_id)
+        st = flow.frags.get(key)
+        if st is None:
+            if len(flow.frags) >= MAX_FRAG_DATAGRAMS:
+                flow.frags.popitem(last=False)
+                self.counters.failures["fragments_dropped"] += 1
+            st = flow.frags[key] = {"pieces": {}, "end": None}
+        off = 0 if rec.frag & 0x7F == FRAG_FIRST else rec.frag_off * 8 - 8
+        if off < 0 or off + len(rec.data) > MAX_DATAGRAM:
+            flow.frags.pop(key, None)
+            return None
+        st["pieces"].setdefault(off, rec.data)       # first wins, as in streams
+        if not rec.frag & FRAG_MORE:
+            st["end"] = off + len(rec.data)
+        if st["end"] is None:
+            return None
+        buf, at = bytearray(), 0
+        for o in sorted(st["pieces"]):
+            if o > at:
+                return None                            # a hole: wait
+            piece = st["pieces"][o]
+            buf += piece[at - o:]
+            at = max(at, o + len(piece))
+        if at < st["end"]:
+            return None
+        del flow.frags[key]
+        return bytes(buf[:st["end"]])
+
+    # -- rules and verdicts ------------------------------------------------
+    def _inspect(self, flow: Flow, events: list) -> None:
+        info = self._info(flow)
+        for ev in events:
+            for hit in flow.inspector.feed(ev):
+                self.counters.hits[hit.category] += 1
+                flow.alerted = True
+                self.emit(eve.alert_record(info, hit, self.wallclock(), direction=hit.direction,
+                                           reject_target="both" if hit.action == "block" and not flow.hold
+                                           and self.resetter is not None and flow.transport == "tcp" else None,
+                                           reject=("tcp-reset",) if hit.action == "block" and not flow.hold
+                                           and self.resetter is not None and flow.transport == "tcp" else ()))
+                if hit.action == "block":
+                    self._block(flow)
+            self._log(flow, info, ev)
+            if flow.verdict in (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK):
+                return
+            kind = ev.kind
+            if kind == "malformed":
+                self._failure(flow, "parser_error")
+            elif kind == "http_message_end" and ev.direction == Direction.TO_SERVER:
+                self._verdict(flow, VerdictCode.VERDICT_RELEASE)
+            elif kind == "dns_message" and not ev.response:
+                self._verdict(flow, VerdictCode.VERDICT_RELEASE)
+            elif kind == "tls_client_hello":
+                self._verdict(flow, VerdictCode.VERDICT_RELEASE)   # on to the ServerHello (JA3S, version)
+            elif kind == "tls_server_hello" and not ev.hello_retry_request:
+                self._verdict(flow, VerdictCode.VERDICT_ALLOW)     # the rest is encrypted
+        an = flow.analyzer
+        if an.decided and an.parser is None and flow.verdict is None:
+            self._verdict(flow, VerdictCode.VERDICT_ALLOW)   # nothing this slow path can read
+
+    def _info(self, flow: Flow) -> eve.FlowInfo:
+        app = flow.analyzer.app
+        if flow.info.app_proto != app:
+            flow.info = dataclasses.replace(flow.info, app_proto=app)
+        return flow.info
+
+    def _log(self, flow: Flow, info: eve.FlowInfo, ev) -> None:
+        kind = ev.kind
+        if kind == "http_request":
+            flow.http_pending.append(ev)
+        elif kind == "http_response":
+            req = flow.http_pending.popleft() if flow.http_pending else None
+            if ev.status >= 200 or req is None:
+                self.emit(eve.http_record(info, req, ev, self.wallclock()))
+            elif req is not None:
+                flow.http_pending.appendleft(req)       # 1xx: the final answer is still to come
+        elif kind == "tls_client_hello":
+            flow.tls_hello = ev
+        elif kind == "tls_server_hello":
+            self.emit(eve.tls_record(info, flow.tls_hello, ev, self.wallclock()))
+            flow.tls_hello = None
+        elif kind == "dns_message":
+            for r in eve.dns_records(info, ev, self.wallclock()):
+                self.emit(r)
+
+    def _failure(self, flow: Flow, kind: str) -> None:
+        self.counters.failures[kind] += 1
+        if self.metrics is not None:
+            self.metrics.record_failure(kind)
+        act = getattr(self.failure_actions, kind)
+        code = {"pass": VerdictCode.VERDICT_RELEASE, "bypass": VerdictCode.VERDICT_ALLOW,
+                "drop": VerdictCode.VERDICT_BLOCK}[act]
+        if code == VerdictCode.VERDICT_BLOCK:
+            self._block(flow)
+        else:
+            self._verdict(flow, code)
+
+    def _block(self, flow: Flow) -> None:
+        if flow.verdict == VerdictCode.VERDICT_BLOCK:
+            return
+        self._verdict(flow, VerdictCode.VERDICT_BLOCK)
+        if not flow.hold and self.resetter is not None and flow.transport == "tcp":
+            self.resetter.reset(flow.info, flow.next_seq)
+
+    def _verdict(self, flow: Flow, code: VerdictCode) -> None:
+        if flow.verdict == code or flow.verdict in (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK):
+            return
+        first = flow.verdict is None
+        flow.verdict = code
+        written_ns = self.verdicts.verdict(flow.key, code)
+        self.counters.verdicts[code.name] += 1
+        if self.metrics is not None:
+            self.metrics.record_verdict(code.name.removeprefix("VERDICT_").lower())
+            if first:   # kernel timestamp of the first inspected byte -> verdict map write
+                self.metrics.observe_verdict_latency((written_ns - flow.first_ts_ns) / 1e9)
+
+    # -- ends ----------------------------------------------------------------
+    def _close(self, flow: Flow, reason: str, pop: bool = True) -> None:
+        if pop:
+            self.flows.pop(flow.key, None)
+        info = self._info(flow)
+        now = self.wallclock()
+        for hit in flow.inspector.close():    # a body cut short: its pending scans
+            self.counters.hits[hit.category] += 1
+            flow.alerted = True
+            self.emit(eve.alert_record(info, hit, now, direction=hit.direction))
+        for req in flow.http_pending:
+            self.emit(eve.http_record(info, req, None, now))
+        if flow.tls_hello is not None:
+            self.emit(eve.tls_record(info, flow.tls_hello, None, now))
+        if flow.reasm is not None:
+            flow.reasm.close()
+        pkts, nbytes = flow.pkts, flow.bytes
+        kernel = self.session_stats(flow.key) if self.session_stats else None
+        if kernel is not None:
+            pkts, nbytes = kernel
+        self.emit(eve.flow_record(info, now, pkts_toserver=pkts[0], pkts_toclient=pkts[1],
+                                  bytes_toserver=nbytes[0], bytes_toclient=nbytes[1],
+                                  reason=reason if reason in ("forced", "shutdown") else "timeout",
+                                  alerted=flow.alerted, rule_id=flow.rule_id))
+        self.counters.flows_closed += 1
+
+    def sweep(self) -> int:
+        """Close flows idle past IDLE_TIMEOUT_S; returns how many."""
+        now = self.clock()
+        idle = [f for f in self.flows.values() if now - f.last_seen > IDLE_TIMEOUT_S]
+        for f in idle:
+            self._close(f, "timeout")
+        return len(idle)
+
+    def close_all(self, reason: str = "shutdown") -> None:
+        for f in list(self.flows.values()):
+            self._close(f, reason)

@@ -1,0 +1,65 @@
+"""TCP resets to both ends of a flow the slow path blocked in async mode.
+
+The kernel drops every later packet of a blocked flow, but the two ends
+would each wait for a timeout; a reset tells them now (Suricata's "reject").
+Sent from a raw socket in the gateway's network namespace with SO_MARK set
+to MS_RESET_MARK, which the egress program lets through although the flow
+is blocked (bpf/lib/maps.h). Sequence numbers come from the payload
+records: a reset carries exactly the receiver's next expected byte
+(RCV.NXT), which RFC 5961 section 3.2 requires for a reset to be accepted
+at once rather than answered with a challenge ACK.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+
+from datapath.source import header_defines
+
+RESET_MARK = header_defines("MS_")["RESET_MARK"]
+SO_MARK = getattr(socket, "SO_MARK", 36)
+
+
+class Resetter:
+    def __init__(self) -> None:
+        self._socks: dict[int, socket.socket] = {}
+        self.sent = 0
+        self.errors = 0
+
+    def _sock(self, family: int) -> socket.socket:
+        s = self._socks.get(family)
+        if s is None:
+            s = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            s.setsockopt(socket.SOL_SOCKET, SO_MARK, RESET_MARK)
+            self._socks[family] = s
+        return s
+
+    def reset(self, info, next_seq) -> int:
+        """Reset both ends of ``info``'s flow (eve.FlowInfo: src = client).
+        ``next_seq``: per side (0 client, 1 server), the next sequence number
+        that side would send, or None when unknown (no reset that way).
+        Returns how many resets were sent."""
+        n = 0
+        ends = ((info.src_ip, info.src_port, info.dest_ip, info.dest_port, next_seq[0]),
+                (info.dest_ip, info.dest_port, info.src_ip, info.src_port, next_seq[1]))
+        for src, sport, dst, dport, seq in ends:
+            if seq is None:
+                continue
+            v6 = ipaddress.ip_address(dst).version == 6
+            pkt = (IPv6(src=src, dst=dst) if v6 else IP(src=src, dst=dst)) / TCP(
+                sport=sport, dport=dport, flags="R", seq=seq, window=0)
+            try:
+                self._sock(socket.AF_INET6 if v6 else socket.AF_INET).sendto(bytes(pkt), (dst, 0))
+                n += 1
+            except OSError:
+                self.errors += 1
+        self.sent += n
+        return n
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close()
+        self._socks.clear()
