@@ -108,6 +108,9 @@ class FlowAnalyzer:
         if full and self.kernel_app in self._by_name:
             self._decide(self.kernel_app, POSSIBLE)
             return True
+        if full and sum(len(p.data) for p in self._pending.values()) >= DETECT_BUFFER_BYTES:
+            self._decide(None, 0.0)   # a buffer's worth and nobody claims it: not ours to read
+            return True
         return False
 
     def _decide(self, name: str | None, conf: float) -> None:

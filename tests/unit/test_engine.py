@@ -1,0 +1,195 @@
+"""The slow path's engine on payload records (no kernel: records are built
+here as the fast path writes them; the kernel side has its own tests).
+Verdicts, resets and EVE records are what is checked."""
+from __future__ import annotations
+
+import jsonschema
+import pytest
+
+from datapath.config import FailureActions
+from datapath.enums import VerdictCode as V
+from slowpath.engine import Engine
+from slowpath.eve import load_schema
+from slowpath.records import InspRecord
+from slowpath.rules import load_rules_text
+
+RULES = """
+waf:
+  sets: {sqli: block, xss: block, traversal: block, cmdi: block}
+dlp:
+  - {name: no-cards-out, detectors: [credit_card], direction: response, action: block}
+domains:
+  - {name: blocked, match: [evil.example, "*.malware.test"], fields: [http_host, tls_sni, dns_query], action: block}
+"""
+CLIENT, SERVER = ("10.0.0.5", 40000), ("10.0.1.5", 80)
+WAF, DLP, DPI, HOLD = 0x02, 0x04, 0x01, 0x80
+VALIDATOR = jsonschema.Draft202012Validator(load_schema(), format_checker=jsonschema.FormatChecker())
+
+
+class Verdicts:
+    def __init__(self):
+        self.written = []
+
+    def verdict(self, key, code):
+        self.written.append((key, code))
+        return 2_000_000
+
+
+class Resets:
+    def __init__(self):
+        self.calls = []
+
+    def reset(self, info, next_seq):
+        self.calls.append((info.src_ip, info.dest_ip, list(next_seq)))
+        return 2
+
+
+class Harness:
+    def __init__(self, **kw):
+        self.verdicts, self.resets, self.eve = Verdicts(), Resets(), []
+        self.engine = Engine(load_rules_text(RULES, "rules.yaml"), self.eve.append, self.verdicts,
+                             resetter=self.resets, **kw)
+
+    def codes(self, key=b"k" * 40):
+        return [c for k, c in self.verdicts.written if k == key]
+
+    def kinds(self):
+        for r in self.eve:
+            errors = list(VALIDATOR.iter_errors(r))
+            assert not errors, (r, errors[0].message)
+        return [r["event_type"] for r in self.eve]
+
+
+def rec(data: bytes, side=0, seq=None, *, inspect=WAF | DLP | DPI, l4=6, flags=0x18, key=b"k" * 40,
+        server=SERVER, ack=5001, **kw) -> InspRecord:
+    seq = seq if seq is not None else (1001 if side == 0 else 5001)
+    return InspRecord(ts_ns=1_000_000, key=key, client=CLIENT, server=server, side=side, seq=seq, ack_seq=ack,
+                      tcp_flags=flags, l4=l4, app=0, inspect=inspect, rule_id=7, hook=0, orig_len=len(data),
+                      data=data, **kw)
+
+
+def test_clean_request_is_released_then_response_passes():
+    h = Harness()
+    req = b"GET /index.html?q=shoes HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+    h.engine.handle(rec(req))
+    assert h.codes() == [V.VERDICT_RELEASE]
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    h.engine.handle(rec(resp, side=1))
+    assert h.kinds() == ["http"] and h.eve[0]["http"]["status"] == 200
+    assert h.eve[0]["http"]["hostname"] == "shop.example"
+
+
+@pytest.mark.parametrize("attack", [
+    b"/search?q=1%27%20UNION%20SELECT%20password%20FROM%20users--",
+    b"/search?q=%253Cscript%253Ealert(1)%253C/script%253E",
+    b"/static/..%2f..%2f..%2fetc/passwd",
+    b"/ping?host=127.0.0.1;cat%20/etc/shadow",
+])
+def test_attack_blocks_alerts_and_resets_in_async_mode(attack):
+    h = Harness()
+    request = b"GET " + attack + b" HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+    h.engine.handle(rec(request))
+    assert h.codes() == [V.VERDICT_BLOCK]
+    alert = next(r for r in h.eve if r["event_type"] == "alert")
+    assert alert["alert"]["action"] == "blocked" and alert["verdict"]["action"] == "drop"
+    assert alert["microseg"]["field"].startswith("http.")
+    # async: both ends are reset, each with the sequence number its peer expects
+    (src, dst, seqs), = h.resets.calls
+    assert (src, dst) == (CLIENT[0], SERVER[0]) and seqs == [1001 + len(request), 5001]
+
+
+def test_hold_mode_blocks_without_reset():
+    h = Harness()
+    h.engine.handle(rec(b"GET /?id=1%20or%201=1-- HTTP/1.1\r\nHost: a\r\n\r\n", inspect=WAF | HOLD))
+    assert h.codes() == [V.VERDICT_BLOCK] and h.resets.calls == []
+
+
+def test_card_number_in_response_body_blocks():
+    h = Harness()
+    h.engine.handle(rec(b"GET /account HTTP/1.1\r\nHost: shop.example\r\n\r\n"))
+    body = b"name=Jo card=4111 1111 1111 1111 exp=12/30"
+    h.engine.handle(rec(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body, side=1))
+    assert h.codes() == [V.VERDICT_RELEASE, V.VERDICT_BLOCK]
+    alert = next(r for r in h.eve if r["event_type"] == "alert")
+    assert "1111" in alert["microseg"]["matched"] and "4111 1111" not in alert["microseg"]["matched"]
+
+
+def client_hello(sni: bytes) -> bytes:
+    ext_sni = b"\x00\x00" + (len(sni) + 5).to_bytes(2, "big") + (len(sni) + 3).to_bytes(2, "big") + b"\x00" \
+        + len(sni).to_bytes(2, "big") + sni
+    body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00" + len(ext_sni).to_bytes(2, "big") \
+        + ext_sni
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs
+
+
+def test_tls_sni_decides():
+    h = Harness()
+    h.engine.handle(rec(client_hello(b"www.malware.test"), inspect=DPI, server=("10.0.1.5", 443)))
+    assert h.codes() == [V.VERDICT_BLOCK]
+    ok = Harness()
+    ok.engine.handle(rec(client_hello(b"www.example.org"), inspect=DPI, server=("10.0.1.5", 443)))
+    assert ok.codes() == [V.VERDICT_RELEASE]      # on to the ServerHello
+
+
+def dns_query(name: bytes, qid=0x1234) -> bytes:
+    labels = b"".join(len(p).to_bytes(1, "big") + p for p in name.split(b".")) + b"\0"
+    return qid.to_bytes(2, "big") + bytes.fromhex("01000001000000000000") + labels + b"\x00\x01\x00\x01"
+
+
+def test_dns_names_over_udp():
+    h = Harness()
+    key_ok, key_bad = b"a" * 40, b"b" * 40
+    h.engine.handle(rec(dns_query(b"www.example.org"), inspect=DPI | HOLD, l4=17, key=key_ok, seq=0,
+                        server=("10.0.1.53", 53)))
+    h.engine.handle(rec(dns_query(b"evil.example"), inspect=DPI | HOLD, l4=17, key=key_bad, seq=0,
+                        server=("10.0.1.53", 53)))
+    assert h.codes(key_ok) == [V.VERDICT_RELEASE] and h.codes(key_bad) == [V.VERDICT_BLOCK]
+    assert [r["dns"]["rrname"] for r in h.eve if r["event_type"] == "dns"] == ["www.example.org", "evil.example"]
+
+
+def test_udp_datagram_from_fragment_records():
+    h = Harness()
+    q = dns_query(b"frag.example.org") + b"\0" * 40
+    first, rest = q[:24], q[24:]
+    h.engine.handle(rec(first, l4=17, seq=0, inspect=DPI, frag=0x81, frag_id=9, server=("10.0.1.53", 53)))
+    assert h.codes() == []                                # incomplete: nothing parsed yet
+    # the later fragment: its IP-payload offset counts the 8-byte UDP header
+    h.engine.handle(rec(rest, l4=17, seq=0, inspect=DPI, frag=0x02, frag_id=9, frag_off=(24 + 8) // 8,
+                        server=("10.0.1.53", 53)))
+    assert h.codes() == [V.VERDICT_RELEASE]
+    assert [r["dns"]["rrname"] for r in h.eve if r["event_type"] == "dns"] == ["frag.example.org"]
+
+
+@pytest.mark.parametrize("action, code", [("pass", V.VERDICT_RELEASE), ("bypass", V.VERDICT_ALLOW),
+                                          ("drop", V.VERDICT_BLOCK)])
+def test_parser_error_takes_its_failure_action(action, code):
+    h = Harness(failure_actions=FailureActions(parser_error=action))
+    h.engine.handle(rec(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"))
+    assert h.codes()[-1] == code and h.engine.counters.failures["parser_error"] == 1
+
+
+@pytest.mark.parametrize("kind", ["reassembly_cap", "parser_error"])
+def test_simulated_slowpath_failures(kind):
+    h = Harness(simulate=(kind,), failure_actions=FailureActions(**{kind: "drop"}))
+    h.engine.handle(rec(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+    assert h.codes() == [V.VERDICT_BLOCK] and h.engine.counters.failures[kind] == 1
+
+
+def test_unknown_protocol_is_allowed_and_flow_record_at_close():
+    h = Harness()
+    h.engine.handle(rec(bytes(range(200)) * 30))
+    assert h.codes() == [V.VERDICT_ALLOW]
+    h.engine.close_all()
+    (flow,) = [r for r in h.eve if r["event_type"] == "flow"]
+    assert flow["flow"]["reason"] == "shutdown" and flow["microseg"]["rule_id"] == 7
+
+
+def test_flow_table_is_bounded(monkeypatch):
+    import slowpath.engine as eng
+    monkeypatch.setattr(eng, "MAX_FLOWS", 3)
+    h = Harness()
+    for i in range(5):
+        h.engine.handle(rec(b"GET / HTTP/1.1\r\n", key=bytes([i]) * 40))
+    assert len(h.engine.flows) == 3
+    assert [r["flow"]["reason"] for r in h.eve if r["event_type"] == "flow"] == ["forced", "forced"]
