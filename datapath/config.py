@@ -70,7 +70,10 @@ class FailureActions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     ringbuf_full: FailAction = "pass"          # kernel: a payload could not be copied
-    budget_exhausted: FailAction = "bypass"    # kernel: a side's budget used up without a verdict
+    # kernel: a side's budget used up without a verdict. "pass" lets the
+    # packets through uncopied while the verdict is still awaited (a block
+    # still cuts the flow); "bypass" gives up on the verdict.
+    budget_exhausted: FailAction = "pass"
     slowpath_down: FailAction = "pass"         # kernel: heartbeat missing or stale
     reassembly_cap: FailAction = "bypass"      # slow path: a flow's or the total reassembly memory cap
     parser_error: FailAction = "bypass"        # slow path: the parser gave up on the flow

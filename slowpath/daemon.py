@@ -66,7 +66,7 @@ class Daemon:
         from datapath.sessions import layouts_of
         from slowpath.engine import Engine
         from slowpath.metrics import Metrics, parse_listen
-        from slowpath.records import RecordDecoder, VerdictWriter, record_type, session_stats
+        from slowpath.records import RecordDecoder, VerdictWriter, record_type, session_seq, session_stats
         from slowpath.reset import Resetter
         from slowpath.ringbuf import RingBuffer
 
@@ -93,11 +93,11 @@ class Daemon:
                                     fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf)
         self.writer.heartbeat(os.getpid())
         self.metrics = Metrics(self._kernel_reader)
-        self.resetter = Resetter()
+        self.resetter = Resetter(session_seq(fp), self._call_later)
         self.engine = Engine(self.rules, self.eve.emit, self.writer, failure_actions=cfg.datapath.failure_actions,
                              simulate=cfg.datapath.simulate, metrics=self.metrics, resetter=self.resetter,
                              plugins=fp.protocols, app_names={i: n for n, i in fp.l7.ids.items()},
-                             session_stats=session_stats(fp))
+                             session_stats=session_stats(fp), inspect_budget=cfg.datapath.inspect_budget)
         self.ring = RingBuffer(fp.table("ms_insp_ring").map_fd)
         self.server = None
         if cfg.metrics:
@@ -107,6 +107,9 @@ class Daemon:
         for a in self.attached:
             log.info("attached %s on %s (prog id %d)", a.name, a.iface, a.prog_id)
         self.started = time.monotonic()
+
+    def _call_later(self, delay: float, fn) -> None:
+        asyncio.get_running_loop().call_later(delay, fn)
 
     def _kernel_reader(self) -> dict:
         from slowpath.metrics import kernel_counter_rows
@@ -189,9 +192,16 @@ class Daemon:
             for t in tasks:
                 t.cancel()
             reader.stop()
-            self.shutdown()
+            # Heartbeat off at once: the kernel applies the slow-path-down
+            # action now rather than after the timeout.
+            try:
+                self.writer.stop()
+            except OSError:
+                pass
 
     def shutdown(self) -> None:
+        """After the event loop has ended (pyroute2's netlink runs an event
+        loop of its own, which cannot start inside a running one)."""
         from datapath import attach
         try:
             self.writer.stop()
@@ -215,5 +225,8 @@ def main(cfg: RunConfig, config_path: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s microseg %(levelname)s %(message)s")
     d = Daemon(cfg, config_path)
     d.start()
-    uvloop.run(d.run())
+    try:
+        uvloop.run(d.run())
+    finally:
+        d.shutdown()
     return 0

@@ -88,6 +88,7 @@ class Flow:
     tls_hello: object = None
     alerted: bool = False
     caps_seen: int = 0
+    copied: list = field(default_factory=lambda: [0, 0])   # payload bytes the kernel copied, per side
     eof: set = field(default_factory=set)
     frags: collections.OrderedDict = field(default_factory=collections.OrderedDict)
 
@@ -96,7 +97,8 @@ class Engine:
     def __init__(self, rules, emit, verdicts, *, failure_actions: FailureActions | None = None,
                  simulate: tuple[str, ...] = (), metrics=None, resetter=None, plugins=None,
                  app_names: dict[int, str] | None = None, budget: ReassemblyBudget | None = None,
-                 session_stats=None, clock=time.monotonic, wallclock=time.time):
+                 session_stats=None, inspect_budget: int | None = None,
+                 clock=time.monotonic, wallclock=time.time):
         self.rules = rules
         self.emit = emit
         self.verdicts = verdicts
@@ -110,6 +112,10 @@ class Engine:
         # key -> (packets, bytes) per side from the kernel's session, for the
         # EVE flow record (the engine itself sees only inspected packets).
         self.session_stats = session_stats
+        # The kernel's per-side inspection budget: once a side of a clean
+        # (released) flow has sent that much, ALLOW ends the kernel's
+        # per-packet verdict checks for the flow.
+        self.inspect_budget = inspect_budget
         self.clock = clock
         self.wallclock = wallclock
         self.flows: collections.OrderedDict[bytes, Flow] = collections.OrderedDict()
@@ -130,6 +136,7 @@ class Engine:
         flow.last_seen = self.clock()
         flow.pkts[rec.side] += 1
         flow.bytes[rec.side] += rec.orig_len
+        flow.copied[rec.side] += len(rec.data)
         if rec.l4 == 6:
             end = rec.seq + rec.orig_len + (1 if rec.tcp_flags & TCP_FIN else 0)
             flow.next_seq[rec.side] = end & 0xFFFFFFFF
@@ -139,6 +146,11 @@ class Engine:
             return                        # decided; a record in flight when the verdict was written
         events = self._parse(flow, rec)
         self._inspect(flow, events)
+        if (flow.verdict == VerdictCode.VERDICT_RELEASE and self.inspect_budget is not None
+                and max(flow.copied) >= self.inspect_budget):
+            # A side inspected to the depth and nothing found: the kernel may
+            # carry the flow alone (its per-packet verdict checks end).
+            self._verdict(flow, VerdictCode.VERDICT_ALLOW)
         if flow.eof >= {0, 1}:
             self._close(flow, "closed")
 
@@ -293,7 +305,7 @@ class Engine:
             return
         self._verdict(flow, VerdictCode.VERDICT_BLOCK)
         if not flow.hold and self.resetter is not None and flow.transport == "tcp":
-            self.resetter.reset(flow.info, flow.next_seq)
+            self.resetter.reset_flow(flow.info, flow.key, list(flow.next_seq))
 
     def _verdict(self, flow: Flow, code: VerdictCode) -> None:
         if flow.verdict == code or flow.verdict in (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK):
@@ -338,6 +350,8 @@ class Engine:
         now = self.clock()
         idle = [f for f in self.flows.values() if now - f.last_seen > IDLE_TIMEOUT_S]
         for f in idle:
+            # Its kernel session may live on: let it go at kernel speed.
+            self._verdict(f, VerdictCode.VERDICT_ALLOW)
             self._close(f, "timeout")
         return len(idle)
 

@@ -129,3 +129,20 @@ def session_stats(fastpath):
             return (int(v.packets[0]), int(v.packets[1])), (int(v.bytes[0]), int(v.bytes[1]))
         return None
     return read
+
+
+def session_seq(fastpath):
+    """key -> (blocked, client's next sequence number, server's) from the
+    kernel session's window data (struct ms_tcp_side.end), or None."""
+    from datapath.enums import InspState
+    tables = [fastpath.table("ms_flows"), fastpath.table("ms_halfopen")]
+
+    def read(key: bytes):
+        for t in tables:
+            try:
+                v = t[t.Key.from_buffer_copy(key)]
+            except KeyError:
+                continue
+            return v.insp_state == InspState.INSP_BLOCKED, int(v.tcp[0].end), int(v.tcp[1].end)
+        return None
+    return read

@@ -126,6 +126,7 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
     engine = Engine(rules, count_emit, writer, failure_actions=fp.runtime.failure_actions,
                     simulate=fp.runtime.simulate, plugins=fp.protocols,
                     app_names={i: n for n, i in fp.l7.ids.items()}, session_stats=session_stats(fp),
+                    inspect_budget=fp.runtime.inspect_budget,
                     clock=lambda: now[0], wallclock=lambda: now[0])
     result.engine = engine
     ring = RingBuffer(fp.table("ms_insp_ring").map_fd)

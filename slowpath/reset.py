@@ -23,11 +23,43 @@ RESET_MARK = header_defines("MS_")["RESET_MARK"]
 SO_MARK = getattr(socket, "SO_MARK", 36)
 
 
+# After a block verdict is written, the kernel merges it on the flow's next
+# packet. Resets wait for that (polling the session), because only then are
+# both sides' next sequence numbers final: the kernel drops every later
+# packet, so the receivers' RCV.NXT stays where the session's window data
+# says. Polled every RESET_POLL_S, at most RESET_POLL_TRIES times (a flow
+# that stays silent that long gets resets with the best numbers known).
+RESET_POLL_S = 0.005
+RESET_POLL_TRIES = 40
+
+
 class Resetter:
-    def __init__(self) -> None:
+    """``session_seq(key)`` -> (blocked, next seq of the client, of the
+    server) from the kernel session, or None when it is gone;
+    ``call_later(delay, fn)`` schedules a retry (the event loop's). Without
+    them the sequence numbers from the payload records are used at once."""
+
+    def __init__(self, session_seq=None, call_later=None) -> None:
         self._socks: dict[int, socket.socket] = {}
+        self.session_seq = session_seq
+        self.call_later = call_later
         self.sent = 0
         self.errors = 0
+
+    def reset_flow(self, info, key: bytes, next_seq, tries: int = 0) -> None:
+        """Reset both ends of a flow just blocked (see RESET_POLL_S)."""
+        if self.session_seq is None or self.call_later is None:
+            self.reset(info, next_seq)
+            return
+        got = self.session_seq(key)
+        if got is None:
+            self.reset(info, next_seq)
+            return
+        blocked, c_next, s_next = got
+        if blocked or tries >= RESET_POLL_TRIES:
+            self.reset(info, [c_next, s_next])
+            return
+        self.call_later(RESET_POLL_S, lambda: self.reset_flow(info, key, next_seq, tries + 1))
 
     def _sock(self, family: int) -> socket.socket:
         s = self._socks.get(family)

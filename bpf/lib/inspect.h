@@ -91,6 +91,15 @@ static __always_inline int ms_insp_packet(struct __sk_buff *skb, struct ms_pkt *
         ms_verdicts.delete(kp);
         if (code == VERDICT_BLOCK) {
             f->insp_state = INSP_BLOCKED;
+            /* Tracking counted this segment as sent; it is dropped, so the
+             * receiver's next expected byte is where it started. The slow
+             * path's resets take their sequence numbers from here. */
+            if (p->proto == IPPROTO_TCP) {
+                struct ms_tcp_side *snd = &f->tcp[side & 1];
+                __u32 end = p->seq + p->payload_len + ((p->tcp_flags & TCP_FIN) ? 1 : 0);
+                if (snd->end == end)
+                    snd->end = p->seq;
+            }
             return DROP_INSPECT_BLOCKED;
         }
         if (code == VERDICT_ALLOW) {
@@ -117,12 +126,12 @@ static __always_inline int ms_insp_packet(struct __sk_buff *skb, struct ms_pkt *
     __u32 sent = f->insp_sent[side];
     __u32 budget = (cfg->flags & MS_CFG_SIM_BUDGET) ? 0 : cfg->insp_budget;
     if (sent >= budget && p->payload_len) {
-        /* Inspected to the depth after a clean interim verdict: done, as a
-         * stream depth is. Without any verdict: a failure. */
-        if (f->insp_state == INSP_RELEASED) {
-            f->insp_state = INSP_DONE;
+        /* This side is inspected to the depth. After a clean interim
+         * verdict its packets pass uncopied while the slow path finishes
+         * (a block verdict still cuts the flow; its allow ends the stage
+         * calls). Without any verdict yet: a failure. */
+        if (f->insp_state == INSP_RELEASED)
             return reason;
-        }
         return ms_insp_fail(f, cfg, FAIL_BUDGET);
     }
     if ((cfg->flags & MS_CFG_SIM_RINGBUF_FULL) || ms_insp_copy(skb, p, f, kp, side, budget - sent) != 0)

@@ -562,7 +562,7 @@ BPF_PERCPU_ARRAY(ms_l7_scratch, struct ms_l7_buf, 1);
 
 #define MS_ENUM_INSP_STATE(X) \
     X(INSP_PENDING,  0, INSP, "payload copied to the slow path, no verdict yet") \
-    X(INSP_RELEASED, 1, INSP, "slow path let it go on: copied (async) until the budget or a verdict") \
+    X(INSP_RELEASED, 1, INSP, "slow path let it go on: copied (async) up to the budget, then passed until its verdict") \
     X(INSP_DONE,     2, INSP, "allowed or bypassed: no more copies") \
     X(INSP_BLOCKED,  3, INSP, "blocked by the slow path: every packet dropped")
 enum ms_insp_state {
@@ -632,7 +632,9 @@ struct ms_slow_verdict {
 #ifndef MS_VERDICT_MAX
 #define MS_VERDICT_MAX 65536
 #endif
-BPF_HASH(ms_verdicts, struct ms_flow_key, struct ms_slow_verdict, MS_VERDICT_MAX);
+/* LRU: a verdict for a flow that sends no packet after it is never merged
+ * (and never deleted); such leftovers age out instead of filling the table. */
+BPF_TABLE("lru_hash", struct ms_flow_key, struct ms_slow_verdict, ms_verdicts, MS_VERDICT_MAX);
 
 /* The slow path's heartbeat: CLOCK_MONOTONIC_COARSE ns of its last beat
  * (0: never started). */

@@ -124,25 +124,58 @@ def test_hold_drops_payload_until_the_verdict_and_retransmissions_pass_after(han
 
 def test_budget_then_bypass(handoff):
     fp = handoff.fp
-    fp.apply_runtime(fp.config.model_copy(update={"inspect_budget": 100}))
+    fp.apply_runtime(fp.config.model_copy(update={
+        "inspect_budget": 100, "failure_actions": FailureActions(budget_exhausted="bypass")}))
     c = conn(fp, 80)
     c.send("c", "PA", R.PASS_INSPECT_COPIED, data=b"a" * 60)
     c.send("c", "PA", R.PASS_INSPECT_COPIED, data=b"b" * 60)   # 40 of its 60 bytes fit
-    c.send("c", "PA", R.PASS_INSPECT_BUDGET, data=b"c" * 60)   # default action: bypass
+    c.send("c", "PA", R.PASS_INSPECT_BUDGET, data=b"c" * 60)
     c.send("c", "PA", R.PASS_FORWARD, data=b"d" * 60)
     a, b = handoff.records()
     assert (len(a.data), len(b.data), b.orig_len) == (60, 40, 60)
     assert c.entry().leaf.insp_state == InspState.INSP_DONE
 
 
-def test_budget_after_release_is_the_end_of_inspection(handoff):
+def test_budget_by_default_passes_and_still_awaits_the_verdict(handoff):
+    """Async: a fast sender can use up the budget before the slow path's
+    first verdict; its packets pass uncopied, and a block still cuts."""
+    fp = handoff.fp
+    fp.apply_runtime(fp.config.model_copy(update={"inspect_budget": 50}))
+    c = conn(fp, 80)
+    c.send("s", "PA", R.PASS_INSPECT_COPIED, data=b"a" * 50)
+    c.send("s", "PA", R.PASS_INSPECT_BUDGET, data=b"b" * 50)
+    c.send("s", "PA", R.PASS_INSPECT_BUDGET, data=b"c" * 50)
+    (rec,) = handoff.records()
+    assert c.entry().leaf.insp_state == InspState.INSP_PENDING
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_BLOCK)
+    c.send("s", "PA", R.DROP_INSPECT_BLOCKED, data=b"d" * 50)
+
+
+def test_budget_after_release_passes_until_the_final_verdict(handoff):
     fp = handoff.fp
     fp.apply_runtime(fp.config.model_copy(update={"inspect_budget": 50}))
     c = conn(fp, 81)
     c.send("c", "PA", R.DROP_INSPECT_HOLD, data=b"a" * 50, seq=c.c.nxt)
     (rec,) = handoff.records()
     handoff.writer.verdict(rec.key, VerdictCode.VERDICT_RELEASE)
-    c.send("c", "PA", R.PASS_FORWARD, data=b"a" * 50)          # merged, budget spent: inspected to depth
+    c.send("c", "PA", R.PASS_FORWARD, data=b"a" * 50)          # merged; budget spent: passes uncopied
+    c.send("c", "PA", R.PASS_FORWARD, data=b"b" * 50)
+    assert handoff.records() == [] and c.entry().leaf.insp_state == InspState.INSP_RELEASED
+    # a late block still cuts the flow ...
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_BLOCK)
+    c.send("s", "PA", R.DROP_INSPECT_BLOCKED, data=b"late")
+
+
+def test_allow_after_the_depth_ends_the_stage(handoff):
+    fp = handoff.fp
+    fp.apply_runtime(fp.config.model_copy(update={"inspect_budget": 10}))
+    c = conn(fp, 80)
+    c.send("c", "PA", R.PASS_INSPECT_COPIED, data=b"a" * 10)
+    (rec,) = handoff.records()
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_RELEASE)
+    c.send("c", "PA", R.PASS_FORWARD, data=b"a" * 10)
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_ALLOW)
+    c.send("c", "PA", R.PASS_INSPECT_ALLOWED, data=b"a" * 10)
     assert c.entry().leaf.insp_state == InspState.INSP_DONE
 
 
@@ -180,7 +213,7 @@ def test_rule_failure_action_overrides_the_configured_one(handoff):
 
 @pytest.mark.parametrize("kind, reason", [
     ("ringbuf_full", R.PASS_INSPECT_RINGBUF_FULL),
-    ("budget_exhausted", R.PASS_INSPECT_BUDGET),
+    ("budget_exhausted", R.PASS_INSPECT_BUDGET),   # configured default: pass
     ("slowpath_down", R.PASS_INSPECT_SLOWPATH_DOWN),
 ])
 def test_simulate_each_failure(handoff, kind, reason):
