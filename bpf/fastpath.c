@@ -53,7 +53,7 @@ static __always_inline int ms_entry(struct __sk_buff *skb, __u32 dir)
         return ms_finish(skb, dir, DROP_TAIL_CALL_MISSED);
 
     if (dir == DIR_EGRESS && skb->mark == MS_RESET_MARK)
-        return ms_finish(skb, dir, PASS_SLOWPATH_RESET);
+        return ms_finish(skb, dir, PASS_SLOWPATH_SENT);
     if (dir == DIR_EGRESS && skb->ingress_ifindex) {
         /* A forwarded packet: if it came in on an interface we manage, the
          * ingress program already decided on it and accounted it. */

@@ -67,7 +67,7 @@ class Daemon:
         from slowpath.engine import Engine
         from slowpath.metrics import Metrics, parse_listen
         from slowpath.records import RecordDecoder, VerdictWriter, record_type, session_seq, session_stats
-        from slowpath.reset import Resetter
+        from slowpath.inject import Injector
         from slowpath.ringbuf import RingBuffer
 
         cfg = self.cfg
@@ -93,9 +93,9 @@ class Daemon:
                                     fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf)
         self.writer.heartbeat(os.getpid())
         self.metrics = Metrics(self._kernel_reader)
-        self.resetter = Resetter(session_seq(fp), self._call_later)
+        self.injector = Injector(session_seq(fp), self._call_later)
         self.engine = Engine(self.rules, self.eve.emit, self.writer, failure_actions=cfg.datapath.failure_actions,
-                             simulate=cfg.datapath.simulate, metrics=self.metrics, resetter=self.resetter,
+                             simulate=cfg.datapath.simulate, metrics=self.metrics, injector=self.injector,
                              plugins=fp.protocols, app_names={i: n for n, i in fp.l7.ids.items()},
                              session_stats=session_stats(fp), inspect_budget=cfg.datapath.inspect_budget)
         self.ring = RingBuffer(fp.table("ms_insp_ring").map_fd)
@@ -212,7 +212,7 @@ class Daemon:
         self.engine.close_all("shutdown")
         attach.detach(self.cfg.interfaces, None)
         self.ring.close()
-        self.resetter.close()
+        self.injector.close()
         if self.server is not None:
             self.server.close()
         self.eve.close()

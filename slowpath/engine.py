@@ -6,7 +6,7 @@ the callables it was given: reassembly (TCP, per flow, capped), protocol
 detection and parsing (slowpath/analyzer.py; the kernel's app id is a hint),
 rules (slowpath/rules.py) on the parser events, a verdict for the kernel
 (``verdicts.verdict(key, code)``), TCP resets for a blocked async flow
-(``resetter``), and EVE records (``emit``). The asyncio daemon
+and the release of held payload (``injector``), and EVE records (``emit``). The asyncio daemon
 (slowpath/daemon.py) and `microseg replay` feed it the same way.
 
 When a flow gets which verdict:
@@ -52,6 +52,10 @@ MAX_FRAG_DATAGRAMS = 16
 MAX_DATAGRAM = 65_535
 FRAG_FIRST, FRAG_LATER, FRAG_MORE = 1, 2, 0x80
 INSPECT_WHAT = {0x01: "dpi", 0x02: "waf", 0x04: "dlp"}
+# Held records kept per flow for sending on at release: a request head and
+# a few retransmissions of it; past this the client's own retransmission
+# carries the rest.
+MAX_HELD_RECORDS = 64
 HOLD_BIT = 0x80
 TCP_FIN, TCP_RST = 0x01, 0x04
 
@@ -66,6 +70,7 @@ class EngineCounters:
     failures: collections.Counter = field(default_factory=collections.Counter)
     hits: collections.Counter = field(default_factory=collections.Counter)
     bad_records: int = 0
+    injected: int = 0
 
 
 @dataclass
@@ -89,13 +94,14 @@ class Flow:
     alerted: bool = False
     caps_seen: int = 0
     copied: list = field(default_factory=lambda: [0, 0])   # payload bytes the kernel copied, per side
+    held: list = field(default_factory=list)               # hold mode: records the kernel dropped
     eof: set = field(default_factory=set)
     frags: collections.OrderedDict = field(default_factory=collections.OrderedDict)
 
 
 class Engine:
     def __init__(self, rules, emit, verdicts, *, failure_actions: FailureActions | None = None,
-                 simulate: tuple[str, ...] = (), metrics=None, resetter=None, plugins=None,
+                 simulate: tuple[str, ...] = (), metrics=None, injector=None, plugins=None,
                  app_names: dict[int, str] | None = None, budget: ReassemblyBudget | None = None,
                  session_stats=None, inspect_budget: int | None = None,
                  clock=time.monotonic, wallclock=time.time):
@@ -105,7 +111,7 @@ class Engine:
         self.failure_actions = failure_actions or FailureActions()
         self.simulate = set(simulate)
         self.metrics = metrics
-        self.resetter = resetter
+        self.injector = injector
         self.plugins = plugins
         self.app_names = app_names or {}
         self.budget = budget or ReassemblyBudget()
@@ -144,6 +150,8 @@ class Engine:
                 flow.next_seq[1 - rec.side] = rec.ack_seq
         if flow.verdict in (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK):
             return                        # decided; a record in flight when the verdict was written
+        if flow.hold and flow.verdict is None and rec.data and len(flow.held) < MAX_HELD_RECORDS:
+            flow.held.append(rec)         # the kernel dropped it: ours to send on if allowed
         events = self._parse(flow, rec)
         self._inspect(flow, events)
         if (flow.verdict == VerdictCode.VERDICT_RELEASE and self.inspect_budget is not None
@@ -240,9 +248,9 @@ class Engine:
                 flow.alerted = True
                 self.emit(eve.alert_record(info, hit, self.wallclock(), direction=hit.direction,
                                            reject_target="both" if hit.action == "block" and not flow.hold
-                                           and self.resetter is not None and flow.transport == "tcp" else None,
+                                           and self.injector is not None and flow.transport == "tcp" else None,
                                            reject=("tcp-reset",) if hit.action == "block" and not flow.hold
-                                           and self.resetter is not None and flow.transport == "tcp" else ()))
+                                           and self.injector is not None and flow.transport == "tcp" else ()))
                 if hit.action == "block":
                     self._block(flow)
             self._log(flow, info, ev)
@@ -304,8 +312,9 @@ class Engine:
         if flow.verdict == VerdictCode.VERDICT_BLOCK:
             return
         self._verdict(flow, VerdictCode.VERDICT_BLOCK)
-        if not flow.hold and self.resetter is not None and flow.transport == "tcp":
-            self.resetter.reset_flow(flow.info, flow.key, list(flow.next_seq))
+        flow.held.clear()
+        if not flow.hold and self.injector is not None and flow.transport == "tcp":
+            self.injector.reset_flow(flow.info, flow.key, list(flow.next_seq))
 
     def _verdict(self, flow: Flow, code: VerdictCode) -> None:
         if flow.verdict == code or flow.verdict in (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK):
@@ -313,11 +322,28 @@ class Engine:
         first = flow.verdict is None
         flow.verdict = code
         written_ns = self.verdicts.verdict(flow.key, code)
+        if flow.held and code != VerdictCode.VERDICT_BLOCK:
+            self._release_held(flow)
         self.counters.verdicts[code.name] += 1
         if self.metrics is not None:
             self.metrics.record_verdict(code.name.removeprefix("VERDICT_").lower())
             if first:   # kernel timestamp of the first inspected byte -> verdict map write
                 self.metrics.observe_verdict_latency((written_ns - flow.first_ts_ns) / 1e9)
+
+    def _release_held(self, flow: Flow) -> None:
+        """Hold mode let go: send the held payload on now (each segment once,
+        a retransmission's copy skipped) instead of waiting for the
+        client's retransmission timer."""
+        held, flow.held = flow.held, []
+        if self.injector is None:
+            return
+        seen = set()
+        for rec in held:
+            if (rec.side, rec.seq, len(rec.data)) in seen:
+                continue
+            seen.add((rec.side, rec.seq, len(rec.data)))
+            self.injector.inject(flow.info, rec.side, rec)
+            self.counters.injected += 1
 
     # -- ends ----------------------------------------------------------------
     def _close(self, flow: Flow, reason: str, pop: bool = True) -> None:

@@ -598,9 +598,10 @@ struct ms_insp_rec {
     __u8  pad[2];
 };
 
-/* skb->mark of the TCP resets the slow path sends to both ends of a
- * blocked flow (SO_MARK on its raw socket): the egress program passes them,
- * though every other packet of that flow is dropped. Setting a mark takes
+/* skb->mark of the packets the slow path sends itself (SO_MARK on its raw
+ * socket: the resets to both ends of a blocked flow, the held payload of a
+ * flow it lets go): the egress program passes them, though the flow's own
+ * packets may be dropped. Setting a mark takes
  * CAP_NET_ADMIN, so no unprivileged process can borrow it. ("MS" = 0x4d53.) */
 #define MS_RESET_MARK 0x4d530001
 struct ms_insp_buf {

@@ -67,7 +67,7 @@
     X(PASS_INSPECT_SLOWPATH_DOWN, 54, PASS, "slow path down or stalled: passed uninspected (pass / bypass)") \
     X(DROP_INSPECT_SLOWPATH_DOWN, 55, DROP, "slow path down or stalled: dropped") \
     X(PASS_INSPECT_ALLOWED,    56, PASS, "slow path's allow verdict merged: the flow is no longer inspected") \
-    X(PASS_SLOWPATH_RESET,     57, PASS, "TCP reset the slow path sent to an end of a blocked flow")
+    X(PASS_SLOWPATH_SENT,      57, PASS, "a packet the slow path sent: a reset of a blocked flow, or held payload let go")
 
 enum ms_reason {
     MS_ENUM_REASON(MS_ENUM_MEMBER)

@@ -38,6 +38,11 @@ class Verdicts:
 class Resets:
     def __init__(self):
         self.calls = []
+        self.injected = []
+
+    def inject(self, info, side, rec):
+        self.injected.append((side, rec.seq, rec.data))
+        return True
 
     def reset_flow(self, info, key, next_seq):
         self.calls.append((info.src_ip, info.dest_ip, list(next_seq)))
@@ -47,7 +52,7 @@ class Harness:
     def __init__(self, **kw):
         self.verdicts, self.resets, self.eve = Verdicts(), Resets(), []
         self.engine = Engine(load_rules_text(RULES, "rules.yaml"), self.eve.append, self.verdicts,
-                             resetter=self.resets, **kw)
+                             injector=self.resets, **kw)
 
     def codes(self, key=b"k" * 40):
         return [c for k, c in self.verdicts.written if k == key]
@@ -100,7 +105,18 @@ def test_attack_blocks_alerts_and_resets_in_async_mode(attack):
 def test_hold_mode_blocks_without_reset():
     h = Harness()
     h.engine.handle(rec(b"GET /?id=1%20or%201=1-- HTTP/1.1\r\nHost: a\r\n\r\n", inspect=WAF | HOLD))
-    assert h.codes() == [V.VERDICT_BLOCK] and h.resets.calls == []
+    assert h.codes() == [V.VERDICT_BLOCK] and h.resets.calls == [] and h.resets.injected == []
+
+
+def test_hold_mode_release_sends_the_held_segments_on_once():
+    h = Harness()
+    head, tail = b"GET /index.html HTTP/1.1\r\n", b"Host: shop.example\r\n\r\n"
+    h.engine.handle(rec(head, inspect=WAF | HOLD))
+    h.engine.handle(rec(head, inspect=WAF | HOLD))                          # the client's retransmission
+    assert h.codes() == [] and h.resets.injected == []                     # still held
+    h.engine.handle(rec(tail, seq=1001 + len(head), inspect=WAF | HOLD))
+    assert h.codes() == [V.VERDICT_RELEASE]
+    assert h.resets.injected == [(0, 1001, head), (0, 1001 + len(head), tail)]
 
 
 def test_card_number_in_response_body_blocks():

@@ -1,20 +1,24 @@
-"""TCP resets to both ends of a flow the slow path blocked in async mode.
+"""Packets the slow path sends itself, from a raw socket in the gateway's
+network namespace with SO_MARK set to MS_RESET_MARK, which the egress
+program lets through (bpf/lib/maps.h):
 
-The kernel drops every later packet of a blocked flow, but the two ends
-would each wait for a timeout; a reset tells them now (Suricata's "reject").
-Sent from a raw socket in the gateway's network namespace with SO_MARK set
-to MS_RESET_MARK, which the egress program lets through although the flow
-is blocked (bpf/lib/maps.h). Sequence numbers come from the payload
-records: a reset carries exactly the receiver's next expected byte
-(RCV.NXT), which RFC 5961 section 3.2 requires for a reset to be accepted
-at once rather than answered with a challenge ACK.
+* TCP resets to both ends of a flow blocked in async mode. The kernel drops
+  every later packet of a blocked flow, but the two ends would each wait
+  for a timeout; a reset tells them now (Suricata's "reject"). A reset
+  carries exactly the receiver's next expected byte (RCV.NXT), which RFC
+  5961 section 3.2 requires for it to be accepted at once rather than
+  answered with a challenge ACK.
+* The held payload of a hold-mode flow, once the verdict lets it go: sent
+  on to its destination as the client sent it (same addresses, ports,
+  sequence and acknowledgment numbers), so the first request does not wait
+  for the client's retransmission timer (200 ms or more on Linux).
 """
 from __future__ import annotations
 
 import ipaddress
 import socket
 
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 
 from datapath.source import header_defines
@@ -33,7 +37,7 @@ RESET_POLL_S = 0.005
 RESET_POLL_TRIES = 40
 
 
-class Resetter:
+class Injector:
     """``session_seq(key)`` -> (blocked, next seq of the client, of the
     server) from the kernel session, or None when it is gone;
     ``call_later(delay, fn)`` schedules a retry (the event loop's). Without
@@ -44,7 +48,28 @@ class Resetter:
         self.session_seq = session_seq
         self.call_later = call_later
         self.sent = 0
+        self.injected = 0
         self.errors = 0
+
+    def inject(self, info, side: int, rec) -> bool:
+        """Send payload record ``rec`` (from ``side``: 0 client) on to the
+        other end, as its sender sent it."""
+        c, s = (info.src_ip, info.src_port), (info.dest_ip, info.dest_port)
+        (src, sport), (dst, dport) = (c, s) if side == 0 else (s, c)
+        v6 = ipaddress.ip_address(dst).version == 6
+        ip = IPv6(src=src, dst=dst) if v6 else IP(src=src, dst=dst)
+        if rec.l4 == socket.IPPROTO_TCP:
+            l4 = TCP(sport=sport, dport=dport, flags=rec.tcp_flags & 0x3F or "PA", seq=rec.seq, ack=rec.ack_seq,
+                     window=65535)
+        else:
+            l4 = UDP(sport=sport, dport=dport)
+        try:
+            self._sock(socket.AF_INET6 if v6 else socket.AF_INET).sendto(bytes(ip / l4 / rec.data), (dst, 0))
+        except OSError:
+            self.errors += 1
+            return False
+        self.injected += 1
+        return True
 
     def reset_flow(self, info, key: bytes, next_seq, tries: int = 0) -> None:
         """Reset both ends of a flow just blocked (see RESET_POLL_S)."""
