@@ -3,7 +3,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench bench-policy bench-policy-scale bench-protocols clean
+.PHONY: setup demo test bench bench-policy bench-policy-scale bench-protocols bench-slowpath clean
 
 setup:
 	@bash scripts/setup-host.sh
@@ -31,6 +31,10 @@ bench-policy-scale: setup
 # corpus, against reassembly and copy alone.
 bench-protocols: setup
 	$(PY) bench/protocols.py
+
+# Slow path: records/s, inspected HTTP through the lab vs an allow rule, verdict latency.
+bench-slowpath: setup
+	$(PY) bench/slowpath.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -86,6 +86,7 @@ class Flow:
     rule_id: int
     last_seen: float
     verdict: VerdictCode | None = None
+    verdict_latency_us: int | None = None   # first inspected byte (kernel clock) -> first verdict written
     next_seq: list = field(default_factory=lambda: [None, None])   # per side, for resets
     pkts: list = field(default_factory=lambda: [0, 0])
     bytes: list = field(default_factory=lambda: [0, 0])
@@ -329,6 +330,8 @@ class Engine:
             self.metrics.record_verdict(code.name.removeprefix("VERDICT_").lower())
             if first:   # kernel timestamp of the first inspected byte -> verdict map write
                 self.metrics.observe_verdict_latency((written_ns - flow.first_ts_ns) / 1e9)
+        if first:
+            flow.verdict_latency_us = max(0, (written_ns - flow.first_ts_ns) // 1000)
 
     def _release_held(self, flow: Flow) -> None:
         """Hold mode let go: send the held payload on now (each segment once,
@@ -368,7 +371,9 @@ class Engine:
         self.emit(eve.flow_record(info, now, pkts_toserver=pkts[0], pkts_toclient=pkts[1],
                                   bytes_toserver=nbytes[0], bytes_toclient=nbytes[1],
                                   reason=reason if reason in ("forced", "shutdown") else "timeout",
-                                  alerted=flow.alerted, rule_id=flow.rule_id))
+                                  alerted=flow.alerted, rule_id=flow.rule_id,
+                                  verdict=flow.verdict.name.removeprefix("VERDICT_").lower() if flow.verdict else None,
+                                  verdict_latency_us=flow.verdict_latency_us))
         self.counters.flows_closed += 1
 
     def sweep(self) -> int:

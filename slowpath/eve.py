@@ -589,7 +589,8 @@ def flow_state_for(ct_state: str) -> str:
 def flow_record(flow: FlowInfo, end: float, *, pkts_toserver: int = 0, pkts_toclient: int = 0,
                 bytes_toserver: int = 0, bytes_toclient: int = 0, state: str | None = None,
                 reason: str = "timeout", alerted: bool = False, ct_state: str | None = None,
-                rule_id: int | None = None, policy_generation: int | None = None) -> dict:
+                rule_id: int | None = None, policy_generation: int | None = None,
+                verdict: str | None = None, verdict_latency_us: int | None = None) -> dict:
     """A flow ended (or was evicted). ``end`` is wall-clock seconds of its
     last packet; the record's timestamp is ``end`` as well. ``state``
     defaults to what ``ct_state`` (a CT_* name) means, else "closed";
@@ -610,7 +611,8 @@ def flow_record(flow: FlowInfo, end: float, *, pkts_toserver: int = 0, pkts_tocl
         "age": max(0, int(end - start)), "state": state, "reason": reason, "alerted": bool(alerted),
     }
     _set_app_proto(rec, flow.app_proto)
-    _microseg(rec, ct_state=ct_state, rule_id=rule_id, policy_generation=policy_generation)
+    _microseg(rec, ct_state=ct_state, rule_id=rule_id, policy_generation=policy_generation,
+              inspection_verdict=verdict, verdict_latency_us=verdict_latency_us)
     return rec
 
 

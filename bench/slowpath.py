@@ -1,0 +1,255 @@
+"""The slow path, measured: record throughput, inspected HTTP through the
+lab against an allow rule, verdict latency, and what hold mode costs.
+
+1. Records (in process, one CPU): ``--segments`` payload segments of one
+   TCP flow (pipelined HTTP GETs) run through the real fast path with
+   BPF_PROG_TEST_RUN under an inspect rule, then the ring buffer is drained
+   three ways, each on a fresh flow: drain only (the baseline), drain and
+   decode, drain, decode and the engine (reassembly, HTTP parsing, WAF and
+   DLP rules, verdicts). Records per second, median of ``--rounds``.
+2. Lab: `microseg run` in the lab gateway, python http.server behind it on
+   three ports: an allow rule, inspect async (waf, dlp, dpi), inspect hold.
+   A client makes ``--requests`` sequential GETs, a new connection each,
+   per port and round (ports interleaved, order rotated per round): requests
+   per second and the latency of each request (connect to last byte).
+   Ratios are to the allow port measured in the same run.
+3. Verdict latency: from the EVE flow records the daemon wrote for the
+   inspected connections (kernel timestamp of the first inspected byte to
+   the verdict map write): p50, p99, p99.9.
+
+    .venv/bin/python bench/slowpath.py [--requests N] [--rounds N] [--segments N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ALLOW_PORT, ASYNC_PORT, HOLD_PORT = 8090, 8091, 8092
+MODES = {ALLOW_PORT: "allow rule (no inspection)", ASYNC_PORT: "inspect, async", HOLD_PORT: "inspect, hold"}
+POLICY = f"""
+groups:
+  clients: [10.77.1.0/24]
+  servers: [10.77.2.0/24]
+defaults: {{ingress: deny, egress: deny}}
+rules:
+  - {{name: allow, from: clients, to: servers, proto: tcp, ports: [{ALLOW_PORT}], action: allow}}
+  - {{name: async, from: clients, to: servers, proto: tcp, ports: [{ASYNC_PORT}], action: inspect,
+     inspect: {{what: [waf, dlp, dpi], mode: async}}}}
+  - {{name: hold, from: clients, to: servers, proto: tcp, ports: [{HOLD_PORT}], action: inspect,
+     inspect: {{what: [waf, dlp, dpi], mode: hold}}}}
+"""
+CLIENT = r"""
+import http.client, json, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+lat = []
+t0 = time.perf_counter()
+for i in range(n):
+    s = time.perf_counter()
+    c = http.client.HTTPConnection(host, port, timeout=10)
+    c.request("GET", "/index.html?item=%d" % i)
+    r = c.getresponse()
+    r.read()
+    c.close()
+    lat.append(time.perf_counter() - s)
+print(json.dumps({"total": time.perf_counter() - t0, "lat": lat}))
+"""
+
+
+def pct(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(p / 100 * len(v)))]
+
+
+# -- 1. records -------------------------------------------------------------
+
+def bench_records(segments: int, rounds: int) -> list[tuple]:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    from appliance.policyfile import compile_text
+    from datapath import bpfsys
+    from datapath.config import DatapathConfig
+    from datapath.enums import Direction
+    from datapath.loader import FastPath
+    from datapath.policy_maps import PolicyMaps
+    from datapath.sessions import layouts_of
+    from slowpath.engine import Engine
+    from slowpath.records import RecordDecoder, VerdictWriter, record_type
+    from slowpath.ringbuf import RingBuffer
+    from slowpath.rules import load_rules
+
+    fp = FastPath(DatapathConfig(inspect_budget=1 << 30, inspect_ring_bytes=64 << 20))
+    try:
+        _, pol = compile_text("defaults: {ingress: allow, egress: allow}\nrules:\n"
+                              "  - {from: any, to: any, proto: tcp, action: inspect, "
+                              "inspect: {what: [waf, dlp, dpi]}}\n", "<bench>")
+        PolicyMaps.for_fastpath(fp).apply(pol)
+        rules = load_rules(Path(__file__).resolve().parent.parent / "examples" / "rules.yaml")
+        types = layouts_of(fp)
+        dec = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
+                            types["ms_flows"][0])
+        writer = VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
+                               fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf)
+        ring = RingBuffer(fp.table("ms_insp_ring").map_fd)
+        ing = fp.prog_fd(Direction.DIR_INGRESS)
+        eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        req = b"GET /catalog/item?id=%06d&sort=price HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: bench\r\n\r\n"
+
+        class NoVerdicts:   # the flow must stay inspected for the whole run
+            def verdict(self, key, code):
+                return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+        def fill(sport: int) -> None:
+            c, s = ("10.0.0.1", sport), ("10.0.0.2", 80)
+            up, down = eth / IP(src=c[0], dst=s[0]), eth / IP(src=s[0], dst=c[0])
+            for f in (up / TCP(sport=sport, dport=80, flags="S", seq=1000),
+                      down / TCP(sport=80, dport=sport, flags="SA", seq=5000, ack=1001),
+                      up / TCP(sport=sport, dport=80, flags="A", seq=1001, ack=5001)):
+                bpfsys.prog_test_run(ing, bytes(f))
+            seq = 1001
+            for i in range(segments):
+                data = req % i
+                bpfsys.prog_test_run(ing, bytes(up / TCP(sport=sport, dport=80, flags="PA", seq=seq, ack=5001)
+                                                / data))
+                seq += len(data)
+
+        results = {"drain": [], "drain + decode": [], "drain + decode + engine": []}
+        sport = 20000
+        for _ in range(rounds):
+            for case in results:
+                ring.drain()
+                writer.heartbeat(1)
+                sport += 1
+                fill(sport)
+                engine = Engine(rules, lambda r: None, NoVerdicts())
+                t0 = time.perf_counter()
+                raws = ring.drain()
+                if case != "drain":
+                    for raw in raws:
+                        rec = dec.decode(raw)
+                        if case.endswith("engine"):
+                            engine.handle(rec)
+                dt = time.perf_counter() - t0
+                assert len(raws) == segments, f"{len(raws)} records for {segments} segments"
+                results[case].append(len(raws) / dt)
+        ring.close()
+    finally:
+        fp.close()
+    base = statistics.median(results["drain"])
+    return [(case, statistics.median(v), statistics.median(v) / base) for case, v in results.items()]
+
+
+# -- 2. lab -----------------------------------------------------------------
+
+def bench_lab(requests: int, rounds: int):
+    from appliance.lab import GW_IFACES, SERVER_V4, Lab
+
+    tmp = Path(tempfile.mkdtemp(prefix="ms-bench-slowpath-"))
+    (tmp / "www").mkdir()
+    (tmp / "www" / "index.html").write_text("<html>" + "catalogue " * 100 + "</html>\n")
+    (tmp / "policy.yaml").write_text(POLICY)
+    eve = tmp / "eve.json"
+    (tmp / "run.yaml").write_text("")
+    samples = {p: {"rate": [], "lat": []} for p in MODES}
+    with Lab() as lab:
+        procs = []
+        daemon = None
+        try:
+            for port in MODES:
+                procs.append(lab.popen(lab.server, [sys.executable, "-m", "http.server", "--bind", SERVER_V4,
+                                                    "--directory", str(tmp / "www"), str(port)],
+                                       stderr=subprocess.DEVNULL))
+            for port in MODES:
+                deadline = time.monotonic() + 15
+                while not lab.run(lab.server, ["ss", "-Hltn", f"sport = :{port}"], check=False).stdout.strip():
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"http.server on {port} did not start")
+                    time.sleep(0.05)
+            (tmp / "run.yaml").write_text(json.dumps({
+                "netns": lab.gateway, "interfaces": list(GW_IFACES), "policy": str(tmp / "policy.yaml"),
+                "rules": str(Path(__file__).resolve().parent.parent / "examples" / "rules.yaml"),
+                "eve": {"file": {"path": str(eve)}}, "metrics": None, "stats_interval_s": 3600}))
+            daemon = subprocess.Popen([sys.executable, "-m", "appliance.cli", "run", "--config", str(tmp / "run.yaml")],
+                                      stdout=subprocess.PIPE, stderr=open(tmp / "run.log", "w"), text=True)
+            if "microseg running" not in daemon.stdout.readline():
+                raise SystemExit("microseg run did not start: " + (tmp / "run.log").read_text())
+            ports = list(MODES)
+            for rnd in range(rounds):
+                for port in ports[rnd % 3:] + ports[:rnd % 3]:
+                    r = lab.run(lab.client, [sys.executable, "-c", CLIENT, SERVER_V4, str(port), str(requests)],
+                                timeout=600)
+                    out = json.loads(r.stdout)
+                    samples[port]["rate"].append(requests / out["total"])
+                    samples[port]["lat"] += out["lat"]
+        finally:
+            if daemon is not None and daemon.poll() is None:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait(30)
+            for p in procs:
+                p.kill()
+                p.wait(5)
+    flows = [json.loads(x) for x in eve.read_text().splitlines() if '"event_type":"flow"' in x]
+    vlat = {p: [f["microseg"]["verdict_latency_us"] for f in flows
+                if f["dest_port"] == p and "verdict_latency_us" in f.get("microseg", {})] for p in (ASYNC_PORT, HOLD_PORT)}
+    return samples, vlat
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=500, help="GETs per port and round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--segments", type=int, default=20_000, help="payload records per drain measurement")
+    ap.add_argument("--quick", action="store_true", help="100 requests, 3 rounds, 5,000 segments")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.requests, args.rounds, args.segments = 100, 3, 5000
+    if os.geteuid() != 0:
+        print("bench/slowpath.py loads BPF programs and builds a lab: run it as root", file=sys.stderr)
+        return 1
+    print("microseg slow path")
+    print(f"kernel {os.uname().release}; {args.rounds} rounds; medians")
+    print()
+    print(f"1. payload records, one flow of {args.segments} HTTP request segments, in process")
+    print()
+    print("| case | records/s | ratio to drain only |")
+    print("|---|---|---|")
+    for case, rate, ratio in bench_records(args.segments, args.rounds):
+        print(f"| {case} | {rate:,.0f} | {ratio:.2f} |")
+    samples, vlat = bench_lab(args.requests, args.rounds)
+    base = statistics.median(samples[ALLOW_PORT]["rate"])
+    base_p50 = statistics.median(samples[ALLOW_PORT]["lat"])
+    print()
+    print(f"2. HTTP through the lab gateway: {args.requests} sequential GETs per port and round, "
+          f"a new connection each (python http.server)")
+    print()
+    print("| rule | requests/s | ratio | latency p50 ms | p99 ms | p50 minus allow's, ms |")
+    print("|---|---|---|---|---|---|")
+    for port, name in MODES.items():
+        s = samples[port]
+        rate, p50 = statistics.median(s["rate"]), statistics.median(s["lat"])
+        print(f"| {name} | {rate:,.0f} | {rate / base:.2f} | {p50 * 1e3:.2f} | {pct(s['lat'], 99) * 1e3:.2f} "
+              f"| {(p50 - base_p50) * 1e3:+.2f} |")
+    print()
+    print("3. verdict latency (kernel timestamp of the first inspected byte to the verdict map write)")
+    print()
+    print("| rule | flows | p50 us | p99 us | p99.9 us |")
+    print("|---|---|---|---|---|")
+    for port in (ASYNC_PORT, HOLD_PORT):
+        v = vlat[port]
+        if v:
+            print(f"| {MODES[port]} | {len(v)} | {pct(v, 50)} | {pct(v, 99)} | {pct(v, 99.9)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
