@@ -40,3 +40,13 @@ def test_errors_name_file_line_field(tmp_path, text, line, needle):
 def test_missing_file(tmp_path):
     with pytest.raises(UsageError, match="cannot read"):
         load_model(tmp_path / "nope.yaml", DatapathConfig)
+
+
+def test_the_example_run_configuration_is_valid():
+    """deploy/run.yaml.example is what an operator copies: it must load."""
+    from pathlib import Path
+
+    from appliance.runconfig import RunConfig
+    example = Path(__file__).resolve().parents[2] / "deploy" / "run.yaml.example"
+    cfg = load_model(example, RunConfig)
+    assert cfg.interfaces and cfg.datapath.failure_actions.slowpath_down == "pass"
