@@ -24,6 +24,7 @@ pytestmark = pytest.mark.lab
 MICROSEG = [sys.executable, "-m", "appliance.cli"]
 HOLD_PORT, ASYNC_PORT, TLS_PORT, DOWN_PORT = 8080, 8081, 8443, 8082
 HEARTBEAT_S = 1.0
+METRICS_PORT = 19477   # inside the lab gateway's namespace
 
 POLICY = f"""
 groups:
@@ -78,7 +79,8 @@ class Daemon:
             "netns": lab.gateway, "interfaces": list(GW_IFACES),
             "policy": str(tmp / "policy.yaml"), "rules": str(tmp / "rules.yaml"),
             "datapath": {"heartbeat_timeout_s": HEARTBEAT_S, "failure_actions": {"slowpath_down": "pass"}},
-            "eve": {"file": {"path": str(self.eve)}}, "metrics": None, "stats_interval_s": 60}))
+            "eve": {"file": {"path": str(self.eve)}}, "metrics": {"listen": f"127.0.0.1:{METRICS_PORT}"},
+            "stats_interval_s": 60}))
         self.proc = subprocess.Popen([*MICROSEG, "run", "--config", str(tmp / "run.yaml")],
                                      stdout=subprocess.PIPE, stderr=open(tmp / "run.log", "w"), text=True)
         line = self.proc.stdout.readline()
@@ -206,6 +208,25 @@ def test_dns_blocked_name_gets_no_answer_others_resolve(appliance):
     names = {r["dns"]["rrname"] for r in d.records("dns")}
     assert {"www.example.org", "blocked.example"} <= names
     assert any(a["microseg"]["field"] == "dns.rrname" for a in d.records("alert") if a["dest_port"] == 53)
+
+
+def test_metrics_endpoint_counts_what_happened(appliance):
+    """Scraped from inside the gateway namespace, after the tests above."""
+    from prometheus_client.parser import text_string_to_metric_families
+    lab, d, tmp = appliance
+    text = lab.run(lab.gateway, ["curl", "-s", f"http://127.0.0.1:{METRICS_PORT}/metrics"]).stdout
+    values = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            values[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
+    def total(name, **labels):
+        return sum(v for (n, lab_), v in values.items()
+                   if n == name and all(dict(lab_).get(k) == w for k, w in labels.items()))
+    assert total("microseg_slowpath_verdicts_total", verdict="block") >= 3       # sqli, card, sni, dns
+    assert total("microseg_packets_total", reason="DROP_INSPECT_BLOCKED") >= 1
+    assert total("microseg_ringbuf_records_total") > 0
+    assert total("microseg_verdict_latency_seconds_count") >= 4
+    assert total("microseg_sessions", table="ms_flows") >= 1
 
 
 def test_sighup_reloads_rules_and_a_bad_file_changes_nothing(appliance):
