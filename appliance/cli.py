@@ -88,8 +88,7 @@ def _sync_blocklist(cidrs: list[str], ifaces: list[str], netns: str | None) -> s
 def cmd_up(args) -> int:
     require_privileges("attaching the fast path")
     from appliance import policyfile as pf
-    from datapath import attach
-    from datapath.loader import FastPath
+    from datapath import attach, state
     from datapath.policy_maps import PolicyMaps
 
     # Check the input first: a typo must fail before a compile and before any change.
@@ -107,7 +106,10 @@ def cmd_up(args) -> int:
             policy = (model, pol, applied.text, applied.meta.get("file", str(applied.path)))
     with attach.netlink(args.netns) as ipr:
         attach.resolve(ipr, args.iface, args.netns)
-    fp = FastPath(cfg)
+    fp, state_lines = state.load(cfg, args.netns, pf.state_dir(args.netns) / state.LAYOUT_FILE,
+                                 fresh=args.fresh_state)
+    for line in state_lines:
+        print(f"state: {line}")
     try:
         st = PolicyMaps.for_fastpath(fp).apply(policy[1]) if policy else None
         done = attach.attach(fp, args.iface, args.netns)
@@ -135,6 +137,11 @@ def cmd_down(args) -> int:
     for i in args.iface:
         attach.detach_xdp(i, args.netns)
     print(f"removed {n} microseg filter(s) from {', '.join(args.iface)}")
+    if not args.keep_state and not attach.attached(args.netns):
+        from appliance import policyfile as pf
+        from datapath import state
+        state.remove(args.netns, pf.state_dir(args.netns) / state.LAYOUT_FILE)
+        print("removed the pinned state (sessions, counters); --keep-state keeps it for the next `up`")
     return 0
 
 
@@ -654,6 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--flow-table-size", type=int, help="sessions the table holds (default 524288)")
             s.add_argument("--policy", metavar="FILE",
                            help="policy to enforce from the first packet (default: the one last applied here)")
+            s.add_argument("--fresh-state", action="store_true",
+                           help="start with empty tables instead of the pinned sessions and counters")
+        else:
+            s.add_argument("--keep-state", action="store_true",
+                           help="keep the pinned sessions and counters for the next `up`")
         s.set_defaults(func=func)
 
     s = sub.add_parser("status", help="what is attached where, program ids, session table use, map sizes")

@@ -259,6 +259,36 @@ def obj_pin(fd: int, path: str) -> None:
     sys_bpf(BPF_OBJ_PIN, _PinAttr(ctypes.addressof(buf), fd, 0))
 
 
+BPF_OBJ_GET = 7
+
+
+def obj_get(path: str) -> int:
+    """The object pinned at ``path``: a new fd (caller closes); raises BpfError."""
+    buf = ctypes.create_string_buffer(path.encode())
+    return sys_bpf(BPF_OBJ_GET, _PinAttr(ctypes.addressof(buf), 0, 0))
+
+
+BPF_MAP_GET_NEXT_KEY = 4
+
+
+def map_keys(fd: int, key_size: int):
+    """Every key of a hash map (BPF_MAP_GET_NEXT_KEY), as bytes."""
+    cur = None
+    nxt = ctypes.create_string_buffer(key_size)
+    while True:
+        kbuf = ctypes.create_string_buffer(cur, key_size) if cur is not None else None
+        attr = _MapElemAttr(map_fd=fd, key=ctypes.addressof(kbuf) if kbuf is not None else 0,
+                            value=ctypes.addressof(nxt))
+        try:
+            sys_bpf(BPF_MAP_GET_NEXT_KEY, attr)
+        except BpfError as e:
+            if e.errno == 2:      # ENOENT: past the last key
+                return
+            raise
+        cur = nxt.raw
+        yield cur
+
+
 BPF_MAP_LOOKUP_ELEM = 1
 
 

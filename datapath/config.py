@@ -127,6 +127,15 @@ class DatapathConfig(BaseModel):
     # Failures to act out on purpose, to see what each does (SIMULATED).
     simulate: tuple[Literal[SIMULATED], ...] = ()  # type: ignore[valid-type]
 
+    def state_map_sizes(self) -> dict[str, int]:
+        """max_entries the configuration gives the sized state maps
+        (datapath/state.py compares them with the pinned maps'; the others
+        are fixed by the program)."""
+        return {"ms_flows": self.flow_table_size, "ms_halfopen": self.halfopen_table_size,
+                "ms_frags": self.frag_table_size, "ms_syn_dst": self.syn_dst_table_size,
+                "ms_verdicts": self.verdict_table_size,
+                "ms_insp_ring": ring_pages(self.inspect_ring_bytes) * 4096}
+
     def cflags(self) -> list[str]:
         return [
             f"-DMS_FLOW_MAX={self.flow_table_size}",

@@ -96,7 +96,7 @@ class FastPath:
 
     def __init__(self, config: DatapathConfig | None = None, *, text: str | None = None,
                  main: Path = MAIN_SOURCE, programs: dict | None = None,
-                 stages: dict | None = None, protocols: list | None = None):
+                 stages: dict | None = None, protocols: list | None = None, pin_dir: Path | None = None):
         from bcc import BPF  # imported late: preflight and --help work without it
 
         self.config = config or DatapathConfig()
@@ -112,7 +112,10 @@ class FastPath:
         src = text if text is not None else program_text(main)
         with capture_stderr() as err:
             try:
-                self.bpf = BPF(text=src.encode(), cflags=self.config.cflags())
+                # pin_dir: the state maps are pinned there (bpf/lib/maps.h
+                # MS_STATE_TABLE; datapath/state.py decides what is reused).
+                pin = [f'-DMS_PIN_DIR="{pin_dir}"'] if pin_dir is not None else []
+                self.bpf = BPF(text=src.encode(), cflags=self.config.cflags() + pin)
             except Exception as e:  # BCC raises bare Exception
                 failure = e
             else:

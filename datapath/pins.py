@@ -59,7 +59,8 @@ def gc(netns: str | None, live_build_ids: set[int]) -> None:
     if not d.is_dir():
         return
     for sub in d.iterdir():
-        if not (sub.name.isdigit() and int(sub.name) in live_build_ids):
+        # Build directories only: "state" (datapath/state.py) outlives builds.
+        if sub.name.isdigit() and int(sub.name) not in live_build_ids:
             shutil.rmtree(sub, ignore_errors=True)
     if not any(d.iterdir()):
         d.rmdir()

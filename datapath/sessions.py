@@ -41,7 +41,8 @@ FLOW_TABLES = ("ms_flows", "ms_halfopen")
 ICMP_PROTOS = (1, 58)
 # Maps whose layouts user space reads or writes.
 LAYOUT_MAPS = ("ms_flows", "ms_halfopen", "ms_timeouts", "ms_pressure", "ms_pressure_user", "ms_config",
-               "ms_counters", "ms_insp_scratch", "ms_verdicts", "ms_slowpath")
+               "ms_counters", "ms_insp_scratch", "ms_verdicts", "ms_slowpath", "ms_syn_dst", "ms_syn_global",
+               "ms_frags", "ms_pol_state")
 # Layouts `microseg policy apply` writes with (datapath/policy_maps.py). Not in
 # LAYOUT_MAPS: check_layouts() opens those in the attached build, and the
 # inner-map templates among these are not part of one (PolicyMaps.for_build

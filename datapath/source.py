@@ -10,10 +10,37 @@ System includes (``<...>``) are left to the compiler.
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
+def _bpf_dir() -> Path:
+    """The directory of the ``bpf`` package (fastpath.c, lib/*.h).
+
+    It sits beside the ``datapath`` package in both layouts: the top-level
+    ``bpf/`` of a source checkout (editable install included), and
+    ``site-packages/bpf/`` of an installed wheel, which carries the sources as
+    package data and installs all its packages into one directory. Looking
+    beside ``datapath`` first keeps the C that is compiled the same version as
+    the Python that reads its maps, and needs no import of ``bpf`` (an
+    editable install made before ``bpf`` became a package does not map it).
+    Otherwise: wherever the import system finds a ``bpf`` package that holds
+    fastpath.c (the two packages installed apart)."""
+    beside = Path(__file__).resolve().parent.parent / "bpf"
+    if (beside / "fastpath.c").is_file():
+        return beside
+    try:
+        spec = importlib.util.find_spec("bpf")
+    except (ImportError, ValueError):
+        spec = None
+    for loc in (spec.submodule_search_locations or ()) if spec else ():
+        if (Path(loc) / "fastpath.c").is_file():
+            return Path(loc).resolve()
+    return beside   # not found: errors name the path a checkout would have
+
+
+BPF_DIR = _bpf_dir()
 LIB_DIR = BPF_DIR / "lib"
 MAIN_SOURCE = BPF_DIR / "fastpath.c"
 

@@ -60,8 +60,7 @@ class Daemon:
         """Everything that can fail on bad input or a bad kernel, before any
         change: files read and checked, then compile, policy, attach."""
         from appliance import policyfile as pf
-        from datapath import attach
-        from datapath.loader import FastPath
+        from datapath import attach, state
         from datapath.policy_maps import PolicyMaps
         from datapath.sessions import layouts_of
         from slowpath.engine import Engine
@@ -82,7 +81,12 @@ class Daemon:
         with attach.netlink(None) as ipr:
             attach.resolve(ipr, cfg.interfaces, None)
         self.eve = eve_log(cfg)
-        fp = self.fp = FastPath(cfg.datapath)
+        # Sessions, counters, verdicts and the ring live in pinned maps: a
+        # restart or an upgrade carries them on (datapath/state.py).
+        fp, lines = state.load(cfg.datapath, cfg.netns, pf.state_dir(cfg.netns) / state.LAYOUT_FILE)
+        self.fp = fp
+        for line in lines:
+            log.info("state: %s", line)
         if policy:
             st = PolicyMaps.for_fastpath(fp).apply(policy[1])
             log.info("policy %s in force (generation %d)", cfg.policy, st.gen)

@@ -12,6 +12,37 @@
 #include "enums.h"
 #include "reasons.h"
 
+/* State that must outlive a program build -- sessions, counters, the SYN
+ * budget, the policy generation, verdicts, the payload ring -- is declared
+ * with these. When the loader passes MS_PIN_DIR (datapath/state.py), BCC
+ * opens the maps pinned there, or creates and pins them: an upgrade or a
+ * restart reuses them, and established connections keep their sessions.
+ * Everything else (configuration, policy tables, signatures, scratch) is
+ * made fresh by each build and written at load. */
+#ifdef MS_PIN_DIR
+#define MS_STATE_TABLE(type, k, v, name, max, flags) \
+    BPF_TABLE_PINNED7(type, k, v, name, max, MS_PIN_DIR "/" #name, flags)
+#define MS_STATE_SECTION(type, name) "maps/" type ":" MS_PIN_DIR "/" #name
+#else
+#define MS_STATE_TABLE(type, k, v, name, max, flags) BPF_F_TABLE(type, k, v, name, max, flags)
+#define MS_STATE_SECTION(type, name) "maps/" type
+#endif
+/* BCC's BPF_RINGBUF_OUTPUT, with the section MS_STATE_SECTION gives (BCC
+ * has no pinned form of it); the members are the ones BCC's front end
+ * rewrites into ring buffer helper calls. */
+#define MS_STATE_RINGBUF(_name, _num_pages) \
+struct _name##_table_t { \
+    int key; \
+    u32 leaf; \
+    int (*ringbuf_output) (void *, u64, u64); \
+    void *(*ringbuf_reserve) (u64); \
+    void (*ringbuf_discard) (void *, u64); \
+    void (*ringbuf_submit) (void *, u64); \
+    u32 max_entries; \
+}; \
+__attribute__((section(MS_STATE_SECTION("ringbuf", _name)))) \
+struct _name##_table_t _name = { .max_entries = ((_num_pages) * PAGE_SIZE) }
+
 #define MS_ENUM_DIR(X) \
     X(DIR_INGRESS, 0, HOOK, "tc clsact ingress") \
     X(DIR_EGRESS,  1, HOOK, "tc clsact egress")
@@ -117,7 +148,7 @@ struct ms_counter {
     __u64 packets;
     __u64 bytes;
 };
-BPF_PERCPU_ARRAY(ms_counters, struct ms_counter, MS_DIR_COUNT * MS_REASON_COUNT);
+MS_STATE_TABLE("percpu_array", int, struct ms_counter, ms_counters, MS_DIR_COUNT * MS_REASON_COUNT, 0);
 
 /* ------------------------------------------------------------------ */
 /* Parsed packet: scratch state handed between tail-call stages.       */
@@ -223,11 +254,11 @@ BPF_PERCPU_ARRAY(ms_flow_scratch, struct ms_flow, 1);
 /* Flows that saw a reply (TCP past the handshake, UDP both ways). Plain
  * HASH, not LRU: a full table must never evict an established session;
  * new flows then follow the full-table policy instead. */
-BPF_TABLE("hash", struct ms_flow_key, struct ms_flow, ms_flows, MS_FLOW_MAX);
+MS_STATE_TABLE("hash", struct ms_flow_key, struct ms_flow, ms_flows, MS_FLOW_MAX, 0);
 /* Half-open and unreplied flows. LRU with per-CPU lists: a SYN flood
  * churns this table only, and the oldest unreplied flows go first
  * (nf_conntrack's early drop, by construction). */
-BPF_F_TABLE("lru_hash", struct ms_flow_key, struct ms_flow, ms_halfopen, MS_HALFOPEN_MAX, BPF_F_NO_COMMON_LRU);
+MS_STATE_TABLE("lru_hash", struct ms_flow_key, struct ms_flow, ms_halfopen, MS_HALFOPEN_MAX, BPF_F_NO_COMMON_LRU);
 
 /* ------------------------------------------------------------------ */
 /* Configuration written by the control plane at load                 */
@@ -307,8 +338,8 @@ struct ms_bucket {
 struct ms_addr_key {
     __u8 addr[16];
 };
-BPF_TABLE("lru_hash", struct ms_addr_key, struct ms_bucket, ms_syn_dst, MS_SYN_DST_MAX);
-BPF_ARRAY(ms_syn_global, struct ms_bucket, 1);
+MS_STATE_TABLE("lru_hash", struct ms_addr_key, struct ms_bucket, ms_syn_dst, MS_SYN_DST_MAX, 0);
+MS_STATE_TABLE("array", int, struct ms_bucket, ms_syn_global, 1, 0);
 
 /* ------------------------------------------------------------------ */
 /* Fragments (the first fragment's ports, for the later ones)          */
@@ -330,7 +361,7 @@ struct ms_frag_val {
     __u8  pad[3];
     __u64 seen_ns;
 };
-BPF_TABLE("lru_hash", struct ms_frag_key, struct ms_frag_val, ms_frags, MS_FRAG_MAX);
+MS_STATE_TABLE("lru_hash", struct ms_frag_key, struct ms_frag_val, ms_frags, MS_FRAG_MAX, 0);
 
 /* ------------------------------------------------------------------ */
 /* Table pressure                                                      */
@@ -347,7 +378,7 @@ struct ms_pressure {
     __u64 halfopen_inserted; /* entries added to ms_halfopen */
     __u64 halfopen_removed;  /* ... and removed by the kernel (promoted, expired, replaced) */
 };
-BPF_ARRAY(ms_pressure, struct ms_pressure, 1);
+MS_STATE_TABLE("array", int, struct ms_pressure, ms_pressure, 1, 0);
 /* Written by user space only: what the sweeper deleted, and a generation
  * bumped when usage falls back under the threshold (re-arms the alert). */
 struct ms_pressure_user {
@@ -355,7 +386,7 @@ struct ms_pressure_user {
     __u64 gen;
     __u64 halfopen_deleted; /* ms_halfopen entries the sweeper deleted */
 };
-BPF_ARRAY(ms_pressure_user, struct ms_pressure_user, 1);
+MS_STATE_TABLE("array", int, struct ms_pressure_user, ms_pressure_user, 1, 0);
 
 struct ms_event {
     __u32 type;             /* enum ms_event_type */
@@ -507,7 +538,7 @@ struct ms_pol_state {
     __u32 slot;           /* 0 or 1 */
     __u32 gen;            /* 0: no policy loaded */
 };
-BPF_ARRAY(ms_pol_state, struct ms_pol_state, 1);
+MS_STATE_TABLE("array", int, struct ms_pol_state, ms_pol_state, 1, 0);
 
 /* ------------------------------------------------------------------ */
 /* Light L7 signatures (matching in l7.h; filled by datapath/l7.py from
@@ -612,7 +643,7 @@ BPF_PERCPU_ARRAY(ms_insp_scratch, struct ms_insp_buf, 1);
 #ifndef MS_INSP_RING_PAGES
 #define MS_INSP_RING_PAGES 2048   /* 8 MiB */
 #endif
-BPF_RINGBUF_OUTPUT(ms_insp_ring, MS_INSP_RING_PAGES);
+MS_STATE_RINGBUF(ms_insp_ring, MS_INSP_RING_PAGES);
 
 #define MS_ENUM_VERDICT(X) \
     X(VERDICT_ALLOW,   1, VERDICT, "allow: stop inspecting, the kernel carries the flow") \
@@ -635,7 +666,7 @@ struct ms_slow_verdict {
 #endif
 /* LRU: a verdict for a flow that sends no packet after it is never merged
  * (and never deleted); such leftovers age out instead of filling the table. */
-BPF_TABLE("lru_hash", struct ms_flow_key, struct ms_slow_verdict, ms_verdicts, MS_VERDICT_MAX);
+MS_STATE_TABLE("lru_hash", struct ms_flow_key, struct ms_slow_verdict, ms_verdicts, MS_VERDICT_MAX, 0);
 
 /* The slow path's heartbeat: CLOCK_MONOTONIC_COARSE ns of its last beat
  * (0: never started). */
@@ -644,7 +675,7 @@ struct ms_slowpath {
     __u32 pid;
     __u32 pad;
 };
-BPF_ARRAY(ms_slowpath, struct ms_slowpath, 1);
+MS_STATE_TABLE("array", int, struct ms_slowpath, ms_slowpath, 1, 0);
 
 /* ------------------------------------------------------------------ */
 /* Tail calls                                                          */
