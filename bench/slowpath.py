@@ -119,9 +119,12 @@ def bench_records(segments: int, rounds: int) -> list[tuple]:
             seq = 1001
             for i in range(segments):
                 data = req % i
-                bpfsys.prog_test_run(ing, bytes(up / TCP(sport=sport, dport=80, flags="PA", seq=seq, ack=5001)
-                                                / data))
+                bpfsys.prog_test_run(ing, bytes(up / TCP(sport=sport, dport=80, flags="PA", seq=seq, ack=5001,
+                                                         window=65535) / data))
                 seq += len(data)
+                if i % 32 == 31:   # the server acknowledges: the client's window moves on
+                    bpfsys.prog_test_run(ing, bytes(down / TCP(sport=80, dport=sport, flags="A", seq=5001,
+                                                               ack=seq, window=65535)))
 
         results = {"drain": [], "drain + decode": [], "drain + decode + engine": []}
         sport = 20000
