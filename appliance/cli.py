@@ -64,7 +64,7 @@ def _config(args):
     return cfg
 
 
-def _sync_blocklist(cidrs: list[str], ifaces: list[str], netns: str | None) -> str:
+def _sync_blocklist(cidrs: list[str], ifaces: list[str], netns: str | None, force_no_bloom: bool = False) -> str:
     """Make the XDP blocklist on ``ifaces`` hold ``cidrs``: a new program
     with the list, attached in place of ours (one netlink replace per
     interface), or ours removed when the list is empty."""
@@ -74,7 +74,8 @@ def _sync_blocklist(cidrs: list[str], ifaces: list[str], netns: str | None) -> s
     if not cidrs:
         removed = [i for i in ifaces if attach.detach_xdp(i, netns)]
         return f"XDP blocklist: none{' (removed from ' + ', '.join(removed) + ')' if removed else ''}"
-    bl = Blocklist()
+    from datapath.blocklist import BlocklistConfig
+    bl = Blocklist(BlocklistConfig(force_no_bloom=force_no_bloom))
     try:
         st = bl.apply(cidrs)
         for i in ifaces:
@@ -123,7 +124,8 @@ def cmd_up(args) -> int:
                   for a in done if a.direction == "DIR_INGRESS"][:1]
         pf.store_applied(args.netns, text, source, builds, pf.summary(model, pol))
         print(f"policy {source} in force (generation {st.gen})")
-        print(_sync_blocklist(list(getattr(pol, "blocklist", [])), args.iface, args.netns))
+        print(_sync_blocklist(list(getattr(pol, "blocklist", [])), args.iface, args.netns,
+                              force_no_bloom=cfg.compat.bloom == "off"))
     else:
         print("no policy applied: every flow passes (apply one with `microseg policy apply FILE`)")
     return 0

@@ -80,6 +80,18 @@ class FailureActions(BaseModel):
     session_table_full: Literal["pass", "drop"] = "drop"   # kernel: new flows when ms_flows is full
 
 
+class Compat(BaseModel):
+    """Kernel features the build uses where the kernel has them ("auto",
+    probed at load like `microseg preflight`) or never ("off": the fallback,
+    also on a kernel that has the feature, to test it or to work around
+    a kernel bug)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ringbuf: Literal["auto", "off"] = "auto"        # 5.8; fallback: a perf buffer per CPU
+    lru_per_cpu: Literal["auto", "off"] = "auto"    # 4.10 BPF_F_NO_COMMON_LRU; fallback: one LRU list
+    bloom: Literal["auto", "off"] = "auto"          # 5.16 BLOOM_FILTER; fallback: XDP blocklist LPM only
+
+
 class DatapathConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -124,6 +136,8 @@ class DatapathConfig(BaseModel):
     inspect_budget: int = Field(16_384, ge=0, le=1 << 30)
     heartbeat_timeout_s: float = Field(3.0, gt=0, le=3600)
     failure_actions: FailureActions = FailureActions()
+    # Kernel features: where to fall back (compile time).
+    compat: Compat = Compat()
     # Failures to act out on purpose, to see what each does (SIMULATED).
     simulate: tuple[Literal[SIMULATED], ...] = ()  # type: ignore[valid-type]
 

@@ -108,6 +108,10 @@ class FastPath:
         from . import l7
         self.protocols = list(protocols) if protocols is not None else list(registry.default_plugins())
         self.l7 = l7.compile_signatures(self.protocols)
+        # Kernel features, probed (or turned off by the configuration):
+        # the fallbacks are compiled in where a feature is missing.
+        from . import compat
+        self.features = compat.decide(self.config.compat)
         check_headers()
         src = text if text is not None else program_text(main)
         with capture_stderr() as err:
@@ -115,7 +119,7 @@ class FastPath:
                 # pin_dir: the state maps are pinned there (bpf/lib/maps.h
                 # MS_STATE_TABLE; datapath/state.py decides what is reused).
                 pin = [f'-DMS_PIN_DIR="{pin_dir}"'] if pin_dir is not None else []
-                self.bpf = BPF(text=src.encode(), cflags=self.config.cflags() + pin)
+                self.bpf = BPF(text=src.encode(), cflags=self.config.cflags() + pin + self.features.cflags())
             except Exception as e:  # BCC raises bare Exception
                 failure = e
             else:

@@ -65,9 +65,9 @@ class Daemon:
         from datapath.sessions import layouts_of
         from slowpath.engine import Engine
         from slowpath.metrics import Metrics, parse_listen
-        from slowpath.records import RecordDecoder, VerdictWriter, record_type, session_seq, session_stats
+        from slowpath.records import (RecordDecoder, VerdictWriter, open_payload_channel, record_type, session_seq,
+                                      session_stats)
         from slowpath.inject import Injector
-        from slowpath.ringbuf import RingBuffer
 
         cfg = self.cfg
         policy = pf.compile_file(cfg.policy) if cfg.policy else None
@@ -102,7 +102,7 @@ class Daemon:
                              simulate=cfg.datapath.simulate, metrics=self.metrics, injector=self.injector,
                              plugins=fp.protocols, app_names={i: n for n, i in fp.l7.ids.items()},
                              session_stats=session_stats(fp), inspect_budget=cfg.datapath.inspect_budget)
-        self.ring = RingBuffer(fp.table("ms_insp_ring").map_fd)
+        self.ring, self.reader_class = open_payload_channel(fp)
         self.server = None
         if cfg.metrics:
             host, port = parse_listen(cfg.metrics.listen)
@@ -179,13 +179,12 @@ class Daemon:
                 s.reopen()
 
     async def run(self) -> None:
-        from slowpath.ringbuf import RingBufferReader
         loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
         loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        reader = RingBufferReader(self.ring, self._on_record)
+        reader = self.reader_class(self.ring, self._on_record)
         reader.start(loop)
         tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._housekeeping())]
         log.info("running (pid %d)", os.getpid())

@@ -146,3 +146,13 @@ def session_seq(fastpath):
             return v.insp_state == InspState.INSP_BLOCKED, int(v.tcp[0].end), int(v.tcp[1].end)
         return None
     return read
+
+
+def open_payload_channel(fastpath):
+    """(source, reader class) of the payload records of a build: the ring
+    buffer, or its perf buffer fallback (fastpath.features.ringbuf)."""
+    if fastpath.features.ringbuf:
+        from slowpath.ringbuf import RingBuffer, RingBufferReader
+        return RingBuffer(fastpath.table("ms_insp_ring").map_fd), RingBufferReader
+    from slowpath.perfbuf import PerfBuffer, PerfBufferReader
+    return PerfBuffer(fastpath.table("ms_insp_ring")), PerfBufferReader

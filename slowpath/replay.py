@@ -105,8 +105,7 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
     from datapath.sessions import layouts_of
     from slowpath.engine import Engine
     from slowpath.pcap import ethernet_frames
-    from slowpath.records import RecordDecoder, VerdictWriter, record_type, session_stats
-    from slowpath.ringbuf import RingBuffer
+    from slowpath.records import RecordDecoder, VerdictWriter, open_payload_channel, record_type, session_stats
 
     fp = fastpath
     _, pol = compile_text(policy_text if policy_text is not None else INSPECT_ALL, policy_path)
@@ -129,7 +128,7 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
                     inspect_budget=fp.runtime.inspect_budget,
                     clock=lambda: now[0], wallclock=lambda: now[0])
     result.engine = engine
-    ring = RingBuffer(fp.table("ms_insp_ring").map_fd)
+    ring, _ = open_payload_channel(fp)
     try:
         ring.drain()
         before = fp.counters()

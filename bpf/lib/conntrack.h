@@ -295,6 +295,11 @@ static __always_inline void ms_pressure_inserted(__u64 now)
     if (__sync_val_compare_and_swap(&pr->alert_gen, seen, armed_for) != seen)
         return;  /* another CPU sent it */
     __sync_fetch_and_add(&pr->alerts, 1);
+#ifdef MS_NO_RINGBUF
+    /* No ring buffer (and no packet context here for a perf buffer): the
+     * alert is counted in ms_pressure, which status and metrics read. */
+    return;
+#else
     struct ms_event *ev = ms_events.ringbuf_reserve(sizeof(struct ms_event));
     if (!ev)
         return;
@@ -304,6 +309,7 @@ static __always_inline void ms_pressure_inserted(__u64 now)
     ev->entries = entries;
     ev->capacity = MS_FLOW_MAX;
     ms_events.ringbuf_submit(ev, 0);
+#endif
 }
 
 /* Remove a session from the table it is in (policy revoked it). */

@@ -77,13 +77,17 @@ static __always_inline int ms_insp_copy(struct __sk_buff *skb, const struct ms_p
             len = 0;
     }
     b->h.len = len;
+#ifdef MS_NO_RINGBUF
+    return ms_insp_ring.perf_submit(skb, b, sizeof(b->h) + len);
+#else
     return ms_insp_ring.ringbuf_output(b, sizeof(b->h) + len, 0);
+#endif
 }
 
 /* The inspection part of the payload stage, for a packet of session f
  * (key kp) from ``side`` that tracking passed with ``reason``. */
 static __always_inline int ms_insp_packet(struct __sk_buff *skb, struct ms_pkt *p, struct ms_flow *f,
-                                          const struct ms_flow_key *kp, __u32 side, int reason)
+                                          struct ms_flow_key *kp, __u32 side, int reason)
 {
     struct ms_slow_verdict *sv = ms_verdicts.lookup(kp);
     if (sv) {

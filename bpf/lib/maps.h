@@ -258,7 +258,14 @@ MS_STATE_TABLE("hash", struct ms_flow_key, struct ms_flow, ms_flows, MS_FLOW_MAX
 /* Half-open and unreplied flows. LRU with per-CPU lists: a SYN flood
  * churns this table only, and the oldest unreplied flows go first
  * (nf_conntrack's early drop, by construction). */
-MS_STATE_TABLE("lru_hash", struct ms_flow_key, struct ms_flow, ms_halfopen, MS_HALFOPEN_MAX, BPF_F_NO_COMMON_LRU);
+/* Per-CPU LRU lists (BPF_F_NO_COMMON_LRU, 4.10) unless the loader says the
+ * kernel lacks them or `compat: {lru_per_cpu: off}` (MS_LRU_COMMON). */
+#ifdef MS_LRU_COMMON
+#define MS_LRU_FLAGS 0
+#else
+#define MS_LRU_FLAGS BPF_F_NO_COMMON_LRU
+#endif
+MS_STATE_TABLE("lru_hash", struct ms_flow_key, struct ms_flow, ms_halfopen, MS_HALFOPEN_MAX, MS_LRU_FLAGS);
 
 /* ------------------------------------------------------------------ */
 /* Configuration written by the control plane at load                 */
@@ -395,7 +402,9 @@ struct ms_event {
     __u64 entries;
     __u64 capacity;
 };
+#ifndef MS_NO_RINGBUF
 BPF_RINGBUF_OUTPUT(ms_events, MS_EVENTS_PAGES);
+#endif
 
 /* ------------------------------------------------------------------ */
 /* Policy (lookups in policy.h; compiled by datapath/policy_compile.py) */
@@ -643,7 +652,14 @@ BPF_PERCPU_ARRAY(ms_insp_scratch, struct ms_insp_buf, 1);
 #ifndef MS_INSP_RING_PAGES
 #define MS_INSP_RING_PAGES 2048   /* 8 MiB */
 #endif
+#ifndef MS_NO_RINGBUF
 MS_STATE_RINGBUF(ms_insp_ring, MS_INSP_RING_PAGES);
+#else
+/* Kernels before 5.8 (or `compat: {ringbuf: off}`): a perf buffer, one
+ * ring per CPU, read by slowpath/perfbuf.py. Not pinned: its rings belong
+ * to the reader that opened them. */
+BPF_PERF_OUTPUT(ms_insp_ring);
+#endif
 
 #define MS_ENUM_VERDICT(X) \
     X(VERDICT_ALLOW,   1, VERDICT, "allow: stop inspecting, the kernel carries the flow") \

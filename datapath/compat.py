@@ -1,0 +1,54 @@
+"""Which kernel features a build uses, decided at load.
+
+The same probes `microseg preflight` shows (datapath/preflight.py) decide,
+unless the configuration turns a feature off (DatapathConfig.compat), which
+builds the fallback also where the kernel has the feature: how the tests
+check that each fallback still loads and works.
+
+| feature | kernel | fallback |
+|---|---|---|
+| BPF ring buffer (payload records, pressure alerts) | 5.8 | perf buffer per CPU (slowpath/perfbuf.py); pressure alerts only counted |
+| BPF_F_NO_COMMON_LRU (per-CPU LRU lists, half-open table) | 4.10 | one shared LRU list |
+| BLOOM_FILTER (XDP blocklist pre-check) | 5.16 | LPM trie only (datapath/blocklist.py) |
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Features:
+    ringbuf: bool
+    lru_per_cpu: bool
+    bloom: bool
+    why: dict = field(default_factory=dict)   # feature -> one line: probed, or turned off
+
+    def cflags(self) -> list[str]:
+        out = []
+        if not self.ringbuf:
+            out.append("-DMS_NO_RINGBUF")
+        if not self.lru_per_cpu:
+            out.append("-DMS_LRU_COMMON")
+        return out
+
+
+def decide(compat) -> Features:
+    from . import blocklist, preflight
+
+    why = {}
+
+    def probe(name, setting, fn):
+        if setting == "off":
+            why[name] = "off in the configuration (compat)"
+            return False
+        ok, detail = fn()
+        why[name] = ("kernel has it" if ok else "kernel lacks it") + (f": {detail}" if detail else "")
+        return ok
+
+    ringbuf = probe("ringbuf", compat.ringbuf,
+                    lambda: preflight.probe_map(preflight.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096))
+    lru = probe("lru_per_cpu", compat.lru_per_cpu,
+                lambda: preflight.probe_map(preflight.BPF_MAP_TYPE_LRU_HASH, 4, 4, 16,
+                                            preflight.BPF_F_NO_COMMON_LRU))
+    bloom = probe("bloom", compat.bloom, blocklist.bloom_support)
+    return Features(ringbuf, lru, bloom, why)
