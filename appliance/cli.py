@@ -112,7 +112,9 @@ def cmd_up(args) -> int:
     for line in state_lines:
         print(f"state: {line}")
     try:
-        st = PolicyMaps.for_fastpath(fp).apply(policy[1]) if policy else None
+        pm = PolicyMaps.for_fastpath(fp)
+        pm.seed_generation(pf.last_generation(args.netns))
+        st = pm.apply(policy[1]) if policy else None
         done = attach.attach(fp, args.iface, args.netns)
     finally:
         fp.close()  # the filters hold the programs and maps from here on

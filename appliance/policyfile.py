@@ -254,6 +254,15 @@ def lock_applied(netns: str | None):
     return f
 
 
+def last_generation(netns: str | None) -> int:
+    """The highest policy generation the applied record knows in ``netns``
+    (0: none): where a new build's generations continue."""
+    applied = read_applied(netns)
+    if applied is None:
+        return 0
+    return max((int(b.get("generation", 0)) for b in applied.meta.get("builds", [])), default=0)
+
+
 def store_applied(netns: str | None, text: str, source: str, builds: list[dict], summ: dict) -> Path:
     """Keep the applied text and where it went; written whole, then renamed."""
     d = state_dir(netns)

@@ -212,6 +212,16 @@ class PolicyMaps:
         values = b"".join([vb(e.verdict) for e in pol.exact])
         return len(pol.exact), keys, values
 
+    def seed_generation(self, gen: int) -> None:
+        """A new build starts counting where the one before it stopped, so a
+        session decided under generation N by the old build is decided again
+        by the new one (never mistaken for one of its own decisions). Before
+        the first apply of a build that is not attached yet: slot 1, so the
+        apply fills slot 0 and flips to it."""
+        v = self.types["ms_pol_state"][1]()
+        v.slot, v.gen = 1, gen
+        bpfsys.map_update(self.fds["ms_pol_state"], bytes(ctypes.c_uint32(0)), bytes(v))
+
     def apply(self, pol: CompiledPolicy, group_lookup: str = "auto") -> PolicyState:
         """Load ``pol`` as the next generation and make it live in one write.
         ``group_lookup``: how the kernel finds an address's group (auto, hash,

@@ -1,7 +1,6 @@
 """Pinned state: the maps that outlive a program build.
 
-Sessions, counters, the SYN budget, fragments, the policy generation, the
-slow path's verdicts and heartbeat, and the payload ring are pinned under
+Sessions, counters, the SYN budget, fragments, the slow path's verdicts and heartbeat, and the payload ring are pinned under
 /sys/fs/bpf/microseg/<namespace>/state/ (bpf/lib/maps.h MS_STATE_TABLE).
 A new build (an upgrade, `microseg up` again, a daemon restart) compiled
 with that directory opens the same maps: established connections keep
@@ -39,7 +38,7 @@ from . import bpfsys, pins
 from .errors import MicrosegError
 
 STATE_MAPS = ("ms_flows", "ms_halfopen", "ms_pressure", "ms_pressure_user", "ms_counters", "ms_syn_dst",
-              "ms_syn_global", "ms_frags", "ms_pol_state", "ms_verdicts", "ms_slowpath", "ms_insp_ring")
+              "ms_syn_global", "ms_frags", "ms_verdicts", "ms_slowpath", "ms_insp_ring")
 LAYOUT_FILE = "layout.json"
 LAYOUT_FORMAT = 1
 ASIDE = "set-aside"   # bpffs refuses names with a dot in them

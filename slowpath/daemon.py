@@ -87,8 +87,10 @@ class Daemon:
         self.fp = fp
         for line in lines:
             log.info("state: %s", line)
+        pm = PolicyMaps.for_fastpath(fp)
+        pm.seed_generation(pf.last_generation(cfg.netns))
         if policy:
-            st = PolicyMaps.for_fastpath(fp).apply(policy[1])
+            st = pm.apply(policy[1])
             log.info("policy %s in force (generation %d)", cfg.policy, st.gen)
         types = layouts_of(fp)
         self.decoder = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
@@ -110,6 +112,12 @@ class Daemon:
         self.attached = attach.attach(fp, cfg.interfaces, None)
         for a in self.attached:
             log.info("attached %s on %s (prog id %d)", a.name, a.iface, a.prog_id)
+        if policy:
+            model, pol, text = policy
+            st = pm.state()
+            builds = [{"prog_id": a.prog_id, "generation": st.gen, "slot": st.slot}
+                      for a in self.attached if a.direction == "DIR_INGRESS"][:1]
+            pf.store_applied(cfg.netns, text, cfg.policy, builds, pf.summary(model, pol))
         self.started = time.monotonic()
 
     def _call_later(self, delay: float, fn) -> None:

@@ -547,7 +547,10 @@ struct ms_pol_state {
     __u32 slot;           /* 0 or 1 */
     __u32 gen;            /* 0: no policy loaded */
 };
-MS_STATE_TABLE("array", int, struct ms_pol_state, ms_pol_state, 1, 0);
+/* Per build, not pinned: two builds can run side by side (a canary), each
+ * with its own policy tables; a new build continues the generations from
+ * the applied policy's record (PolicyMaps.seed_generation). */
+BPF_ARRAY(ms_pol_state, struct ms_pol_state, 1);
 
 /* ------------------------------------------------------------------ */
 /* Light L7 signatures (matching in l7.h; filled by datapath/l7.py from
