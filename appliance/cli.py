@@ -56,7 +56,7 @@ def _config(args):
     from appliance.configfile import load_model
 
     cfg = load_model(args.config, DatapathConfig) if args.config else DatapathConfig()
-    if args.flow_table_size:
+    if getattr(args, "flow_table_size", None):
         try:
             cfg = DatapathConfig(**{**cfg.model_dump(), "flow_table_size": args.flow_table_size})
         except ValidationError as e:
@@ -324,6 +324,41 @@ def cmd_stats(args) -> int:
         print(json.dumps({"netns": args.netns, "prog_ids": data["prog_ids"], "counters": rows}, indent=2))
         return 0
     print(format_counters(data["counters"]))
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    require_privileges("deploying the fast path")
+    from appliance import deploy
+    from appliance import policyfile as pf
+    from datapath import attach
+
+    cfg = _config(args)
+    policy = None
+    if args.policy:
+        model, pol, text = pf.compile_file(args.policy)
+        policy = (model, pol, text, args.policy)
+    if args.max_verdict_p99_ms is not None and not args.metrics:
+        raise UsageError("--max-verdict-p99-ms needs --metrics URL (the slow path's metrics endpoint)")
+    if args.canary and args.canary not in args.iface:
+        raise UsageError(f"--canary {args.canary}: not one of --iface {' '.join(args.iface)}")
+    if args.soak <= 0 or not 0 <= args.max_drop_ratio <= 1:
+        raise UsageError("--soak must be positive and --max-drop-ratio within 0..1")
+    with attach.netlink(args.netns) as ipr:
+        attach.resolve(ipr, args.iface, args.netns)
+    url = args.metrics.rstrip("/") + "/metrics" if args.metrics and not args.metrics.endswith("/metrics") \
+        else args.metrics
+    gates = deploy.Gates(args.soak, args.min_packets, args.max_drop_ratio, args.max_verdict_p99_ms, url)
+    deploy.deploy(args.netns, args.iface, cfg, policy, gates, canary=args.canary)
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    require_privileges("rolling back")
+    from appliance import deploy
+
+    for line in deploy.rollback(args.netns):
+        print(line)
     return 0
 
 
@@ -731,6 +766,27 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(SIGHUP reloads policy and rules, SIGTERM detaches)")
     s.add_argument("--config", required=True, metavar="FILE", help="run configuration (YAML)")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("deploy", help="new build (and policy): preflight, snapshot, verify, canary, gradual "
+                                      "rollout with gates, automatic rollback")
+    s.add_argument("--iface", nargs="+", required=True, metavar="IF")
+    s.add_argument("--netns", help="network namespace of the interfaces (default: this one)")
+    s.add_argument("--config", metavar="FILE", help="datapath settings (YAML)")
+    s.add_argument("--policy", metavar="FILE", help="policy to deploy with the build (default: the applied one)")
+    s.add_argument("--canary", metavar="IF", help="interface that gets the new build first (default: the first)")
+    s.add_argument("--soak", type=float, default=10.0, metavar="S", help="seconds each step runs before its gates")
+    s.add_argument("--min-packets", type=int, default=1, metavar="N",
+                   help="traffic gate: packets the gateway must carry during a soak")
+    s.add_argument("--max-drop-ratio", type=float, default=0.01, metavar="R",
+                   help="drop gate: dropped / all packets during a soak (default 0.01)")
+    s.add_argument("--max-verdict-p99-ms", type=float, metavar="MS",
+                   help="latency gate: the slow path's verdict p99 (needs --metrics)")
+    s.add_argument("--metrics", metavar="URL", help="the slow path's metrics endpoint, e.g. http://127.0.0.1:9477/")
+    s.set_defaults(func=cmd_deploy)
+
+    s = sub.add_parser("rollback", help="put the build and policy of the last deploy's snapshot back")
+    s.add_argument("--netns", help="network namespace (default: this one)")
+    s.set_defaults(func=cmd_rollback)
 
     s = sub.add_parser("replay", help="a capture through the real fast path and the slow path, EVE out")
     s.add_argument("pcap", metavar="PCAP")

@@ -109,39 +109,57 @@ def _save_state(netns, state) -> None:
         f.unlink(missing_ok=True)
 
 
-def attach(fastpath, ifaces: list[str], netns: str | None = None) -> list[Attached]:
-    """Attach ingress and egress programs of ``fastpath`` to every interface."""
+def attach(fastpath, ifaces: list[str], netns: str | None = None, managed: list[str] | None = None) -> list[Attached]:
+    """Attach ingress and egress programs of ``fastpath`` to every interface.
+    ``managed``: every interface the instance manages (default ``ifaces``):
+    the egress program skips packets that entered through one of them,
+    whichever build decided them there (a canary attaches one at a time)."""
     if not ifaces:
         raise UsageError("no interface given (--iface IF ...)")
     with netlink(netns) as ipr:
         idx = resolve(ipr, ifaces, netns)
-        state = _load_state(netns)
         tab = fastpath.table("ms_ifaces")
-        for name, i in idx.items():
+        for name, i in resolve(ipr, managed or ifaces, netns).items():
             tab[tab.Key(i)] = tab.Leaf(0)
-        for name, i in idx.items():
-            if not _has_clsact(ipr, i):
-                try:
-                    ipr.tc("add", "clsact", i)
-                except NetlinkError as e:
-                    raise MicrosegError(f"cannot add clsact qdisc on '{name}'{_where(netns)}: {e.args[1] if len(e.args) > 1 else e}")
-                state[name] = i
-            for d, parent in PARENT_STR.items():
-                fn = fastpath.fns[d]
-                try:
-                    ipr.tc("replace-filter", "bpf", i, FILTER_HANDLE, fd=fn.fd,
-                           name=f"{NAME_PREFIX}{fn.name.decode() if isinstance(fn.name, bytes) else fn.name}",
-                           parent=parent, prio=FILTER_PRIO, classid=1, direct_action=True)
-                except NetlinkError as e:
-                    raise MicrosegError(f"cannot attach {d.name} program on '{name}'{_where(netns)}: {e}")
-        _save_state(netns, state)
-        now = _list(ipr)
-        mine = [a for a in now if a.iface in idx]
+        progs = {d: (fn.fd, fn.name.decode() if isinstance(fn.name, bytes) else fn.name)
+                 for d, fn in fastpath.fns.items()}
+        mine = _replace_all(ipr, idx, progs, netns)
         if mine and getattr(fastpath, "stage_fns", None):
             ingress_id = next(a.prog_id for a in mine if a.direction == "DIR_INGRESS")
             pins.pin_build(fastpath, ingress_id, netns)
-        pins.gc(netns, {a.prog_id for a in now if a.direction == "DIR_INGRESS"})
+        pins.gc(netns, {a.prog_id for a in _list(ipr) if a.direction == "DIR_INGRESS"})
         return mine
+
+
+def attach_progs(progs: dict, ifaces: list[str], netns: str | None = None) -> list[Attached]:
+    """Attach programs given by fd: {Direction: (fd, name)} (a rollback to a
+    pinned earlier build). The build's stage array must be pinned by the
+    caller (its programs tail-call through it)."""
+    with netlink(netns) as ipr:
+        return _replace_all(ipr, resolve(ipr, ifaces, netns), progs, netns)
+
+
+def _replace_all(ipr, idx: dict[str, int], progs: dict, netns) -> list[Attached]:
+    """On each interface: clsact if missing (remembered as ours), then one
+    netlink replace per direction: a packet meets the old program or the
+    new one, never none."""
+    state = _load_state(netns)
+    for name, i in idx.items():
+        if not _has_clsact(ipr, i):
+            try:
+                ipr.tc("add", "clsact", i)
+            except NetlinkError as e:
+                raise MicrosegError(f"cannot add clsact qdisc on '{name}'{_where(netns)}: {e.args[1] if len(e.args) > 1 else e}")
+            state[name] = i
+        for d, parent in PARENT_STR.items():
+            fd, pname = progs[d]
+            try:
+                ipr.tc("replace-filter", "bpf", i, FILTER_HANDLE, fd=fd, name=f"{NAME_PREFIX}{pname}",
+                       parent=parent, prio=FILTER_PRIO, classid=1, direct_action=True)
+            except NetlinkError as e:
+                raise MicrosegError(f"cannot attach {d.name} program on '{name}'{_where(netns)}: {e}")
+    _save_state(netns, state)
+    return [a for a in _list(ipr) if a.iface in idx]
 
 
 def detach(ifaces: list[str], netns: str | None = None) -> int:
