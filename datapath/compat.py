@@ -10,6 +10,7 @@ check that each fallback still loads and works.
 | BPF ring buffer (payload records, pressure alerts) | 5.8 | perf buffer per CPU (slowpath/perfbuf.py); pressure alerts only counted |
 | BPF_F_NO_COMMON_LRU (per-CPU LRU lists, half-open table) | 4.10 | one shared LRU list |
 | BLOOM_FILTER (XDP blocklist pre-check) | 5.16 | LPM trie only (datapath/blocklist.py) |
+| bpf_ktime_get_coarse_ns (session clock) | 5.11 | bpf_ktime_get_ns (the precise clock) |
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class Features:
     ringbuf: bool
     lru_per_cpu: bool
     bloom: bool
+    coarse_clock: bool = True
     why: dict = field(default_factory=dict)   # feature -> one line: probed, or turned off
 
     def cflags(self) -> list[str]:
@@ -29,6 +31,8 @@ class Features:
             out.append("-DMS_NO_RINGBUF")
         if not self.lru_per_cpu:
             out.append("-DMS_LRU_COMMON")
+        if not self.coarse_clock:
+            out.append("-DMS_NO_COARSE_CLOCK")
         return out
 
 
@@ -51,4 +55,6 @@ def decide(compat) -> Features:
                 lambda: preflight.probe_map(preflight.BPF_MAP_TYPE_LRU_HASH, 4, 4, 16,
                                             preflight.BPF_F_NO_COMMON_LRU))
     bloom = probe("bloom", compat.bloom, blocklist.bloom_support)
-    return Features(ringbuf, lru, bloom, why)
+    coarse = probe("coarse_clock", compat.coarse_clock,
+                   lambda: preflight.probe_helper(preflight.BPF_FUNC_ktime_get_coarse_ns))
+    return Features(ringbuf, lru, bloom, coarse, why)

@@ -90,6 +90,7 @@ class Compat(BaseModel):
     ringbuf: Literal["auto", "off"] = "auto"        # 5.8; fallback: a perf buffer per CPU
     lru_per_cpu: Literal["auto", "off"] = "auto"    # 4.10 BPF_F_NO_COMMON_LRU; fallback: one LRU list
     bloom: Literal["auto", "off"] = "auto"          # 5.16 BLOOM_FILTER; fallback: XDP blocklist LPM only
+    coarse_clock: Literal["auto", "off"] = "auto"   # 5.11 bpf_ktime_get_coarse_ns; fallback: bpf_ktime_get_ns
 
 
 class DatapathConfig(BaseModel):

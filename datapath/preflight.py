@@ -81,6 +81,7 @@ BPF_F_NO_COMMON_LRU = 2
 
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_FUNC_timer_init = 169
+BPF_FUNC_ktime_get_coarse_ns = 160
 
 
 class _ProgLoadAttr(ctypes.Structure):
@@ -496,6 +497,8 @@ def probe_all() -> list[Feature]:
         _row("map PROG_ARRAY", REQUIRED, "5.4", "4.2", "",
              probe_map(BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 1)),
         _row("PROG_ARRAY tail call", REQUIRED, "5.4", "4.2", "", probe_tail_call()),
+        _row("helper bpf_ktime_get_coarse_ns (session clock)", RECOMMENDED, "5.10", "5.11",
+             "bpf_ktime_get_ns (precise, ~27 ns more per packet)", probe_helper(BPF_FUNC_ktime_get_coarse_ns)),
         _row("helper bpf_timer_init", OPTIONAL, "5.15", "5.15",
              "user-space sweeper expires idle sessions (plus lazy expiry on lookup)",
              probe_helper(BPF_FUNC_timer_init)),

@@ -37,7 +37,14 @@
  * Timeouts are seconds; the precise bpf_ktime_get_ns costs ~27 ns a read
  * on these VMs (measured, a third of an established packet's cost), the
  * coarse one a memory read. User space compares against CLOCK_MONOTONIC. */
+#ifdef MS_NO_COARSE_CLOCK
+/* Before 5.11 (datapath/compat.py): the precise clock, same time base
+ * (CLOCK_MONOTONIC); the user-space sweeper reads the coarse one, which
+ * lags it by at most a tick. */
+#define ms_now() bpf_ktime_get_ns()
+#else
 #define ms_now() bpf_ktime_get_coarse_ns()
+#endif
 /* nf_conntrack's MAXACKWINDOW floor: acks may lag the peer's data by this
  * much even when the advertised windows were small. */
 #define MS_MIN_ACK_WINDOW 66000

@@ -25,20 +25,20 @@ rules:
 @pytest.fixture(scope="module")
 def fallback_build():
     from datapath.loader import FastPath
-    fp = FastPath(DatapathConfig(compat=Compat(ringbuf="off", lru_per_cpu="off", bloom="off")))
+    fp = FastPath(DatapathConfig(compat=Compat(ringbuf="off", lru_per_cpu="off", bloom="off", coarse_clock="off")))
     yield fp
     fp.close()
 
 
 def test_features_say_why(fallback_build):
     f = fallback_build.features
-    assert (f.ringbuf, f.lru_per_cpu, f.bloom) == (False, False, False)
+    assert (f.ringbuf, f.lru_per_cpu, f.bloom, f.coarse_clock) == (False, False, False, False)
     assert all("off in the configuration" in why for why in f.why.values())
 
 
 def test_auto_uses_what_this_kernel_has(fastpath):
     f = fastpath.features
-    assert f.ringbuf and f.lru_per_cpu and "kernel has it" in f.why["ringbuf"]
+    assert f.ringbuf and f.lru_per_cpu and f.coarse_clock and "kernel has it" in f.why["ringbuf"]
 
 
 def test_halfopen_lru_without_per_cpu_lists(fallback_build, fastpath):
