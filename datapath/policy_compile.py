@@ -82,7 +82,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 from .enums import enum_list
 from .errors import UsageError
 from .policy_tables import (GROUP_ANY, GROUP_WORLD, INSPECT_BITS, INSPECT_FAIL_SHIFT, INSPECT_HOLD, IPPROTO, POL, no_gc,
-                            PREFIX_ANY_PORT, PREFIX_ANY_PROTO, PREFIX_PORT, CompiledPolicy, ExactEntry,
+                            PREFIX_ANY_PORT, PREFIX_ANY_PROTO, CompiledPolicy, ExactEntry,
                             RuleEntry, RuleInfo, Verdict, mapped, mapped_net, port_blocks)
 
 PRECEDENCE = __doc__.split("Precedence\n----------\n")[1].split("\n\nCompilation")[0]
@@ -757,7 +757,6 @@ def compile_policy(model: PolicyFile, source: str = "", analysis: Analysis | Non
     pol = CompiledPolicy(source=source)
     pol.warnings = sorted(a.warnings)
     pol.blocklist = list(model.blocklist)
-    groups = {g.gid: g for g in a.groups}
 
     # Group LPM.
     for g in a.groups:

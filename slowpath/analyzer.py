@@ -152,3 +152,27 @@ class FlowAnalyzer:
                         tail += self.data(d, b)
                 return events[:i + 1] + tail
         return events
+
+
+def analyse_flow(flow, plugins=None, kernel_app: str | None = None) -> tuple[FlowAnalyzer, list[Event]]:
+    """A whole flow of a capture (slowpath/pcap.py Flow: its reassembled
+    Data / Gap / Eof events, or Datagrams) through detection and the
+    parser; at the end of the capture, detection settles on what it has."""
+    from slowpath.pcap import Datagram
+    from slowpath.reassembly import Data, Eof, Gap
+
+    an = FlowAnalyzer(flow.proto, plugins, kernel_app)
+    events: list[Event] = []
+    for ev in flow.events:
+        if isinstance(ev, Data):
+            events += an.data(ev.direction, ev.data)
+        elif isinstance(ev, Datagram):
+            events += an.datagram(ev.direction, ev.payload)
+        elif isinstance(ev, Gap):
+            events += an.gap(ev.direction, ev.size)
+        elif isinstance(ev, Eof):
+            events += an.eof(ev.direction)
+    for d in Direction:
+        if not an.decided:
+            events += an.eof(d)
+    return an, events

@@ -21,9 +21,9 @@ import yaml
 from datapath import l7
 from protocols import registry
 from protocols.api import Direction
-from slowpath.analyzer import FlowAnalyzer
+from slowpath.analyzer import FlowAnalyzer, analyse_flow
 from slowpath.pcap import Datagram, read_capture
-from slowpath.reassembly import Data, Eof, Gap
+from slowpath.reassembly import Data
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -59,20 +59,7 @@ def analyse(pcap: Path) -> dict[str, tuple[FlowAnalyzer, list, str | None]]:
     out = {}
     table = l7.compile_signatures(list(registry.default_plugins()))
     for flow in read_capture(pcap).flows:
-        an = FlowAnalyzer(flow.proto)
-        events = []
-        for ev in flow.events:
-            if isinstance(ev, Data):
-                events += an.data(ev.direction, ev.data)
-            elif isinstance(ev, Datagram):
-                events += an.datagram(ev.direction, ev.payload)
-            elif isinstance(ev, Gap):
-                events += an.gap(ev.direction, ev.size)
-            elif isinstance(ev, Eof):
-                events += an.eof(ev.direction)
-        for d in Direction:   # end of capture: settle what is still undecided
-            if an.app is None:
-                events += an.eof(d)
+        an, events = analyse_flow(flow)
         out[flow.key] = (an, events, kernel_app(flow, table))
     return out
 

@@ -9,7 +9,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 
 from appliance.policyfile import compile_text
-from datapath.config import DatapathConfig, FailureActions
+from datapath.config import FailureActions
 from datapath.enums import InspState, Reason, VerdictCode
 from datapath.policy_maps import PolicyMaps
 from datapath.sessions import layouts_of

@@ -35,7 +35,6 @@ def test_a_new_build_reuses_sessions_and_counters(where):
     fp, lines = state.load(DatapathConfig(), ns, rec)
     try:
         c = established(fp)
-        ids1 = fp.table("ms_flows").map_id if hasattr(fp.table("ms_flows"), "map_id") else None
         counted = sum(pk for pk, _ in fp.counters().values())
     finally:
         fp.close()

@@ -32,8 +32,8 @@ defaults: {ingress: deny, egress: deny}
 rules:
 """
 BY_PORT = HEAD + f"  - {{name: by-port, from: clients, to: servers, proto: tcp, ports: [{PORT}], action: allow}}\n"
-BY_RANGE = HEAD + f"  - {{name: by-range, from: clients, to: servers, proto: tcp, ports: [\"9000-9100\"], action: allow}}\n"
-BOTH = BY_PORT + f"  - {{name: other, from: clients, to: servers, proto: tcp, ports: [8080], action: allow}}\n"
+BY_RANGE = HEAD + '  - {name: by-range, from: clients, to: servers, proto: tcp, ports: ["9000-9100"], action: allow}\n'
+BOTH = BY_PORT + "  - {name: other, from: clients, to: servers, proto: tcp, ports: [8080], action: allow}\n"
 DENY = HEAD + f"  - {{name: closed, from: clients, to: servers, proto: tcp, ports: [{PORT}], action: deny}}\n"
 
 # Server: count every byte it receives and echo it back; print the running

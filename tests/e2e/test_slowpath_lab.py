@@ -8,7 +8,6 @@ last.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.lab import CLIENT_V4, GW_IFACES, SERVER_V4, Lab
+from appliance.lab import GW_IFACES, SERVER_V4, Lab
 
 pytestmark = pytest.mark.lab
 

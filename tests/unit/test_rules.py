@@ -318,24 +318,10 @@ waf:
 # -- the corpus ---------------------------------------------------------------------
 
 def corpus_events(pcap: Path):
-    from slowpath.analyzer import FlowAnalyzer
-    from slowpath.pcap import Datagram, read_capture
-    from slowpath.reassembly import Data, Eof, Gap
+    from slowpath.analyzer import analyse_flow
+    from slowpath.pcap import read_capture
     for flow in read_capture(pcap).flows:
-        an = FlowAnalyzer(flow.proto)
-        events = []
-        for ev in flow.events:
-            if isinstance(ev, Data):
-                events += an.data(ev.direction, ev.data)
-            elif isinstance(ev, Datagram):
-                events += an.datagram(ev.direction, ev.payload)
-            elif isinstance(ev, Gap):
-                events += an.gap(ev.direction, ev.size)
-            elif isinstance(ev, Eof):
-                events += an.eof(ev.direction)
-        for d in Direction:
-            if an.app is None:
-                events += an.eof(d)
+        _, events = analyse_flow(flow)
         yield flow, events
 
 
