@@ -3,7 +3,8 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench bench-policy bench-policy-scale bench-protocols bench-slowpath clean
+.PHONY: setup demo test bench bench-fastpath bench-sweep bench-policy bench-policy-scale bench-protocols \
+	bench-slowpath bench-latency bench-lookups bench-memory clean
 
 setup:
 	@bash scripts/setup-host.sh
@@ -15,8 +16,26 @@ test: setup
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'test: pytest collected no tests' >&2; exit 1; fi; exit $$rc
 
+# Every benchmark (docs/performance.md has their tables), one at a time:
+# never in parallel, even under make -j, since they measure the same CPUs.
+# A benchmark that fails (or prints a WARNING and exits 1) does not stop
+# the others; `bench` fails at the end, naming them.
+BENCHES := fastpath sweep policy policy-scale protocols slowpath latency lookups memory
+
 bench: setup
+	@failed=; for b in $(BENCHES); do \
+		echo "== make bench-$$b"; \
+		$(MAKE) --no-print-directory bench-$$b || failed="$$failed bench-$$b"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "bench: failed:$$failed" >&2; exit 1; fi
+
+# ns per packet of the fast path (BPF_PROG_TEST_RUN) next to an empty TC program.
+bench-fastpath: setup
 	$(PY) bench/fastpath.py
+
+# One sweeper pass over 1,000,000 sessions, kernel and batch, next to Calico's figure.
+bench-sweep: setup
+	$(PY) bench/sweep.py
 
 # New connections per second and throughput through the lab gateway:
 # no filter, microseg, nftables (linear and set) at 10, 1,000, 10,000 rules.
@@ -35,6 +54,19 @@ bench-protocols: setup
 # Slow path: records/s, inspected HTTP through the lab vs an allow rule, verdict latency.
 bench-slowpath: setup
 	$(PY) bench/slowpath.py
+
+# Round-trip P50 / P99 / P99.9 through the lab gateway: no filter, microseg
+# (no policy, policy), nftables, XDP blocklist; per-packet program cost spread.
+bench-latency: setup
+	$(PY) bench/latency.py
+
+# ns per HASH / LPM_TRIE / BLOOM_FILTER lookup inside a BPF program, 10 to 100k entries.
+bench-lookups: setup
+	$(PY) bench/lookups.py
+
+# Kernel memory of the configuration-sized maps, measured, next to the review's estimate.
+bench-memory: setup
+	$(PY) bench/memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

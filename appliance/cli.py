@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from appliance.xdp import sync_blocklist
 from datapath.errors import MicrosegError, UsageError
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
@@ -64,28 +65,6 @@ def _config(args):
     return cfg
 
 
-def _sync_blocklist(cidrs: list[str], ifaces: list[str], netns: str | None, force_no_bloom: bool = False) -> str:
-    """Make the XDP blocklist on ``ifaces`` hold ``cidrs``: a new program
-    with the list, attached in place of ours (one netlink replace per
-    interface), or ours removed when the list is empty."""
-    from datapath import attach
-    from datapath.blocklist import Blocklist
-
-    if not cidrs:
-        removed = [i for i in ifaces if attach.detach_xdp(i, netns)]
-        return f"XDP blocklist: none{' (removed from ' + ', '.join(removed) + ')' if removed else ''}"
-    from datapath.blocklist import BlocklistConfig
-    bl = Blocklist(BlocklistConfig(force_no_bloom=force_no_bloom))
-    try:
-        st = bl.apply(cidrs)
-        for i in ifaces:
-            attach.attach_xdp(bl.prog_fd, i, netns)
-    finally:
-        bl.close()   # the attached program holds its maps
-    return (f"XDP blocklist: {st.prefixes} prefixes ({bl.path}) on {', '.join(ifaces)}"
-            + "".join(f"; {n}" for n in st.notes))
-
-
 def cmd_up(args) -> int:
     require_privileges("attaching the fast path")
     from appliance import policyfile as pf
@@ -126,7 +105,7 @@ def cmd_up(args) -> int:
                   for a in done if a.direction == "DIR_INGRESS"][:1]
         pf.store_applied(args.netns, text, source, builds, pf.summary(model, pol))
         print(f"policy {source} in force (generation {st.gen})")
-        print(_sync_blocklist(list(getattr(pol, "blocklist", [])), args.iface, args.netns,
+        print(sync_blocklist(list(getattr(pol, "blocklist", [])), args.iface, args.netns,
                               force_no_bloom=cfg.compat.bloom == "off"))
     else:
         print("no policy applied: every flow passes (apply one with `microseg policy apply FILE`)")
@@ -650,7 +629,7 @@ def _policy_apply(args) -> int:
 
     managed = sorted({a.iface for a in attach.attached(args.netns)})
     if managed:
-        print(_sync_blocklist(list(getattr(pol, "blocklist", [])), managed, args.netns))
+        print(sync_blocklist(list(getattr(pol, "blocklist", [])), managed, args.netns))
     s = pf.summary(model, pol)
     for d in done:
         print(f"applied {args.file} to build {d['prog_id']} in {_where(args.netns)}: generation "

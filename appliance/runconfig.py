@@ -56,3 +56,6 @@ class RunConfig(BaseModel):
     metrics: MetricsConfig | None = MetricsConfig()
     # How often an EVE stats record is written and idle flows are closed.
     stats_interval_s: float = Field(30.0, gt=0)
+    # How often expired sessions are deleted from the kernel's tables (the
+    # fast path also expires them lazily when their flow comes back).
+    sweep_interval_s: float = Field(10.0, gt=0)

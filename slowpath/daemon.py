@@ -60,8 +60,10 @@ class Daemon:
         """Everything that can fail on bad input or a bad kernel, before any
         change: files read and checked, then compile, policy, attach."""
         from appliance import policyfile as pf
+        from appliance.xdp import sync_blocklist
         from datapath import attach, state
         from datapath.policy_maps import PolicyMaps
+        from datapath.sweeper import Sweeper
         from datapath.sessions import layouts_of
         from slowpath.engine import Engine
         from slowpath.metrics import Metrics, parse_listen
@@ -112,6 +114,11 @@ class Daemon:
         self.attached = attach.attach(fp, cfg.interfaces, None)
         for a in self.attached:
             log.info("attached %s on %s (prog id %d)", a.name, a.iface, a.prog_id)
+        self.force_no_bloom = cfg.datapath.compat.bloom == "off"
+        if policy:
+            log.info("%s", sync_blocklist(list(getattr(policy[1], "blocklist", [])), cfg.interfaces, None,
+                                          self.force_no_bloom))
+        self.sweeper = Sweeper.for_fastpath(fp)
         if policy:
             model, pol, text = policy
             st = pm.state()
@@ -150,6 +157,20 @@ class Daemon:
             self.writer.heartbeat(os.getpid())
             await asyncio.sleep(period)
 
+    async def _sweeping(self) -> None:
+        """Expired sessions out of the kernel's tables, in a worker thread
+        (a pass over a million sessions takes a third of a second: not on
+        the loop that drains the ring)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.cfg.sweep_interval_s)
+            try:
+                st = await loop.run_in_executor(None, self.sweeper.sweep)
+                if st.deleted:
+                    log.info("sweep: %d expired sessions deleted", st.deleted)
+            except Exception as e:   # a failed pass is logged; the next one tries again
+                log.error("sweep failed: %s", e)
+
     async def _housekeeping(self) -> None:
         from slowpath import eve
         while True:
@@ -175,6 +196,13 @@ class Daemon:
                 _, pol, _ = pf.compile_file(self.cfg.policy)
                 st = PolicyMaps.for_fastpath(self.fp).apply(pol)
                 log.info("reload: policy %s in force (generation %d)", self.cfg.policy, st.gen)
+                # netlink (pyroute2) runs an event loop of its own: in a worker thread
+                from appliance.xdp import sync_blocklist
+                fut = asyncio.get_running_loop().run_in_executor(
+                    None, sync_blocklist, list(getattr(pol, "blocklist", [])), self.cfg.interfaces, None,
+                    self.force_no_bloom)
+                fut.add_done_callback(lambda f: log.info("reload: %s", f.result()) if not f.exception()
+                                      else log.error("reload: XDP blocklist: %s", f.exception()))
             except (MicrosegError, OSError) as e:
                 log.error("reload: policy not applied, the running one stays: %s", e)
         try:
@@ -194,7 +222,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         reader = self.reader_class(self.ring, self._on_record)
         reader.start(loop)
-        tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._housekeeping())]
+        tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._housekeeping()),
+                 asyncio.create_task(self._sweeping())]
         log.info("running (pid %d)", os.getpid())
         print(f"microseg running (pid {os.getpid()})", flush=True)
         try:
@@ -222,6 +251,8 @@ class Daemon:
             self._on_record(raw)
         self.engine.close_all("shutdown")
         attach.detach(self.cfg.interfaces, None)
+        for i in self.cfg.interfaces:
+            attach.detach_xdp(i, None)
         self.ring.close()
         self.injector.close()
         if self.server is not None:

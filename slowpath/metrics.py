@@ -206,7 +206,7 @@ class Metrics:
         self.reassembly_cap_hits = Counter("microseg_reassembly_cap_hits",
                                            "Gaps forced by a reassembly cap, by cap", ["scope"], registry=r)
         self.queue_depth = Gauge("microseg_slowpath_queue_depth",
-                                 "Records waiting for the slow path", registry=r)
+                                 "Bytes of payload records waiting in the ring buffer for the slow path", registry=r)
         self.flows = Gauge("microseg_slowpath_flows", "Flows the slow path is inspecting", registry=r)
         self.verdict_latency = Histogram(
             "microseg_verdict_latency_seconds",
