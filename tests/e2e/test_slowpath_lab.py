@@ -30,6 +30,7 @@ groups:
   clients: [10.77.1.0/24]
   servers: [10.77.2.0/24]
 defaults: {{ingress: deny, egress: deny}}
+blocklist: [198.51.100.0/24]
 rules:
   - {{name: web-hold, from: clients, to: servers, proto: tcp, ports: [{HOLD_PORT}], action: inspect,
      inspect: {{what: [waf, dlp, dpi], mode: hold}}}}
@@ -226,6 +227,13 @@ def test_metrics_endpoint_counts_what_happened(appliance):
     assert total("microseg_ringbuf_records_total") > 0
     assert total("microseg_verdict_latency_seconds_count") >= 4
     assert total("microseg_sessions", table="ms_flows") >= 1
+
+
+def test_run_attaches_the_policys_xdp_blocklist(appliance):
+    lab, d, tmp = appliance
+    for iface in GW_IFACES:
+        out = lab.run(lab.gateway, ["ip", "link", "show", iface]).stdout
+        assert " xdp" in out, out
 
 
 def test_sighup_reloads_rules_and_a_bad_file_changes_nothing(appliance):
