@@ -80,8 +80,10 @@ class Daemon:
                 pnetns.setns(cfg.netns)
             except OSError as e:
                 raise UsageError(f"network namespace {cfg.netns!r}: {e.strerror or e}")
-        with attach.netlink(None) as ipr:
-            attach.resolve(ipr, cfg.interfaces, None)
+        # netlink and pins by the namespace's name (pins live under its name
+        # in bpffs), although this process now is in it
+        with attach.netlink(cfg.netns) as ipr:
+            attach.resolve(ipr, cfg.interfaces, cfg.netns)
         self.eve = eve_log(cfg)
         # Sessions, counters, verdicts and the ring live in pinned maps: a
         # restart or an upgrade carries them on (datapath/state.py).
@@ -111,12 +113,12 @@ class Daemon:
         if cfg.metrics:
             host, port = parse_listen(cfg.metrics.listen)
             self.server = self.metrics.serve(host, port)
-        self.attached = attach.attach(fp, cfg.interfaces, None)
+        self.attached = attach.attach(fp, cfg.interfaces, cfg.netns)
         for a in self.attached:
             log.info("attached %s on %s (prog id %d)", a.name, a.iface, a.prog_id)
         self.force_no_bloom = cfg.datapath.compat.bloom == "off"
         if policy:
-            log.info("%s", sync_blocklist(list(getattr(policy[1], "blocklist", [])), cfg.interfaces, None,
+            log.info("%s", sync_blocklist(list(getattr(policy[1], "blocklist", [])), cfg.interfaces, cfg.netns,
                                           self.force_no_bloom))
         self.sweeper = Sweeper.for_fastpath(fp)
         if policy:
@@ -166,8 +168,9 @@ class Daemon:
             await asyncio.sleep(self.cfg.sweep_interval_s)
             try:
                 st = await loop.run_in_executor(None, self.sweeper.sweep)
-                if st.deleted:
-                    log.info("sweep: %d expired sessions deleted", st.deleted)
+                if st.expired_flows or st.expired_halfopen:
+                    log.info("sweep: %d expired sessions deleted (%d half-open)",
+                             st.expired_flows + st.expired_halfopen, st.expired_halfopen)
             except Exception as e:   # a failed pass is logged; the next one tries again
                 log.error("sweep failed: %s", e)
 
@@ -187,32 +190,44 @@ class Daemon:
             }, uptime=time.monotonic() - self.started))
 
     def reload(self) -> None:
-        """SIGHUP: policy and rules again, each only if valid."""
+        """SIGHUP: policy and rules again, each only if valid. The work
+        (compiling the policy and the rules, writing the maps, netlink) runs
+        in a worker thread: on the event loop it would stall the heartbeat,
+        and the kernel would take the slow path for down meanwhile."""
+        asyncio.get_running_loop().create_task(self._reload())
+
+    async def _reload(self) -> None:
         from appliance import policyfile as pf
+        from appliance.xdp import sync_blocklist
         from datapath.policy_maps import PolicyMaps
+        loop = asyncio.get_running_loop()
         self.reloads += 1
         if self.cfg.policy:
-            try:
+            def apply_policy():
                 _, pol, _ = pf.compile_file(self.cfg.policy)
-                st = PolicyMaps.for_fastpath(self.fp).apply(pol)
+                return pol, PolicyMaps.for_fastpath(self.fp).apply(pol)
+            pol = None
+            try:
+                pol, st = await loop.run_in_executor(None, apply_policy)
                 log.info("reload: policy %s in force (generation %d)", self.cfg.policy, st.gen)
-                # netlink (pyroute2) runs an event loop of its own: in a worker thread
-                from appliance.xdp import sync_blocklist
-                fut = asyncio.get_running_loop().run_in_executor(
-                    None, sync_blocklist, list(getattr(pol, "blocklist", [])), self.cfg.interfaces, None,
-                    self.force_no_bloom)
-                fut.add_done_callback(lambda f: log.info("reload: %s", f.result()) if not f.exception()
-                                      else log.error("reload: XDP blocklist: %s", f.exception()))
             except (MicrosegError, OSError) as e:
                 log.error("reload: policy not applied, the running one stays: %s", e)
+            if pol is not None:
+                try:
+                    log.info("reload: %s", await loop.run_in_executor(
+                        None, sync_blocklist, list(getattr(pol, "blocklist", [])), self.cfg.interfaces,
+                        self.cfg.netns, self.force_no_bloom))
+                except Exception as e:   # netlink or the XDP build: logged, the reload goes on
+                    log.error("reload: XDP blocklist not updated: %s: %s", type(e).__name__, e)
         try:
-            self.engine.rules = self.rules = load_rules_file(self.cfg.rules)
+            self.engine.rules = self.rules = await loop.run_in_executor(None, load_rules_file, self.cfg.rules)
             log.info("reload: rules %s loaded", self.cfg.rules or "(none)")
         except (MicrosegError, OSError) as e:
             log.error("reload: rules not loaded, the running ones stay: %s", e)
         for s in self.eve.sinks:
             if hasattr(s, "reopen"):
                 s.reopen()
+        log.info("reload %d done", self.reloads)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -250,9 +265,9 @@ class Daemon:
         for raw in self.ring.drain():
             self._on_record(raw)
         self.engine.close_all("shutdown")
-        attach.detach(self.cfg.interfaces, None)
+        attach.detach(self.cfg.interfaces, self.cfg.netns)
         for i in self.cfg.interfaces:
-            attach.detach_xdp(i, None)
+            attach.detach_xdp(i, self.cfg.netns)
         self.ring.close()
         self.injector.close()
         if self.server is not None:
