@@ -213,10 +213,14 @@ class Daemon:
             except (MicrosegError, OSError) as e:
                 log.error("reload: policy not applied, the running one stays: %s", e)
             if pol is not None:
+                # netns None: this process is in the namespace already. pyroute2's
+                # NetNS (by name) forks a helper, which must not happen in a
+                # process running an event loop and threads: it once took the
+                # daemon down mid-reload.
                 try:
                     log.info("reload: %s", await loop.run_in_executor(
                         None, sync_blocklist, list(getattr(pol, "blocklist", [])), self.cfg.interfaces,
-                        self.cfg.netns, self.force_no_bloom))
+                        None, self.force_no_bloom))
                 except Exception as e:   # netlink or the XDP build: logged, the reload goes on
                     log.error("reload: XDP blocklist not updated: %s: %s", type(e).__name__, e)
         try:
