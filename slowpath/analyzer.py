@@ -67,6 +67,20 @@ class FlowAnalyzer:
             return self._flush()
         return self._feed(direction, data)
 
+    def stream_event(self, ev) -> list[Event]:
+        """One event of a flow's input: reassembly's Data / Gap / Eof
+        (slowpath/reassembly.py) or a Datagram (slowpath/pcap.py)."""
+        kind = type(ev).__name__
+        if kind == "Data":
+            return self.data(ev.direction, ev.data)
+        if kind == "Datagram":
+            return self.datagram(ev.direction, ev.payload)
+        if kind == "Gap":
+            return self.gap(ev.direction, ev.size)
+        if kind == "Eof":
+            return self.eof(ev.direction)
+        raise TypeError(f"not a flow event: {ev!r}")
+
     def datagram(self, direction: Direction, payload: bytes) -> list[Event]:
         if self._undecided:
             self._pending[direction].datagrams.append(payload)
@@ -158,20 +172,10 @@ def analyse_flow(flow, plugins=None, kernel_app: str | None = None) -> tuple[Flo
     """A whole flow of a capture (slowpath/pcap.py Flow: its reassembled
     Data / Gap / Eof events, or Datagrams) through detection and the
     parser; at the end of the capture, detection settles on what it has."""
-    from slowpath.pcap import Datagram
-    from slowpath.reassembly import Data, Eof, Gap
-
     an = FlowAnalyzer(flow.proto, plugins, kernel_app)
     events: list[Event] = []
     for ev in flow.events:
-        if isinstance(ev, Data):
-            events += an.data(ev.direction, ev.data)
-        elif isinstance(ev, Datagram):
-            events += an.datagram(ev.direction, ev.payload)
-        elif isinstance(ev, Gap):
-            events += an.gap(ev.direction, ev.size)
-        elif isinstance(ev, Eof):
-            events += an.eof(ev.direction)
+        events += an.stream_event(ev)
     for d in Direction:
         if not an.decided:
             events += an.eof(d)

@@ -12,6 +12,7 @@ flows (EVE flow records), detach, exit.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -134,9 +135,18 @@ class Daemon:
 
     def _kernel_reader(self) -> dict:
         from slowpath.metrics import kernel_counter_rows
+        from datapath import pressure, sessions
         counts = self.fp.counters()
-        flows = sum(1 for _ in self.fp.table("ms_flows").keys())
-        halfopen = sum(1 for _ in self.fp.table("ms_halfopen").keys())
+        t = self.fp.table
+        # ms_flows: the kernel's own count (O(1); a walk of half a million
+        # sessions per scrape would take seconds). ms_halfopen (an LRU, which
+        # the kernel does not count evictions of): one batched walk.
+        flows = pressure.read_pressure(t("ms_pressure").map_fd, t("ms_pressure_user").map_fd, t("ms_pressure").Leaf,
+                                       t("ms_pressure_user").Leaf, self.cfg.datapath.flow_table_size,
+                                       self.cfg.datapath.pressure_pct).entries
+        tmo = sessions.read_timeouts_ns(t("ms_timeouts").map_fd, t("ms_timeouts").Leaf)
+        halfopen, _ = sessions.census(t("ms_halfopen").map_fd, t("ms_halfopen").Leaf,
+                                      ctypes.sizeof(t("ms_halfopen").Key), tmo)
         return {"counters": kernel_counter_rows(counts),
                 "sessions": {"ms_flows": flows, "ms_halfopen": halfopen},
                 "capacity": {"ms_flows": self.cfg.datapath.flow_table_size,

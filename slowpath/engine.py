@@ -33,7 +33,7 @@ from datapath.enums import VerdictCode
 from protocols.api import Direction
 from slowpath import eve
 from slowpath.analyzer import FlowAnalyzer
-from slowpath.reassembly import Data, Eof, Gap, ReassemblyBudget, StreamReassembler
+from slowpath.reassembly import Eof, ReassemblyBudget, StreamReassembler
 from slowpath.records import InspRecord
 
 # Flows the engine tracks at once; past it the least recently seen one is
@@ -193,12 +193,8 @@ class Engine:
             return an.datagram(d, rec.data)
         out = []
         for ev in flow.reasm.segment(d, rec.seq, rec.tcp_flags, rec.data):
-            if isinstance(ev, Data):
-                out += an.data(ev.direction, ev.data)
-            elif isinstance(ev, Gap):
-                out += an.gap(ev.direction, ev.size)
-            elif isinstance(ev, Eof):
-                out += an.eof(ev.direction)
+            out += an.stream_event(ev)
+            if isinstance(ev, Eof):
                 flow.eof.add(int(ev.direction))
         caps = flow.reasm.counters.per_flow_cap_hits + flow.reasm.counters.total_cap_hits
         if caps > flow.caps_seen:

@@ -114,20 +114,30 @@ class VerdictWriter:
         bpfsys.map_update(self.slowpath_fd, (0).to_bytes(4, "little"), bytes(self.slowpath_leaf()))
 
 
-def session_stats(fastpath):
-    """key -> ((packets to server, to client), (bytes ...)) of the kernel's
-    session, or None once it is gone: what the EVE flow record reports
-    (the slow path sees only the inspected packets)."""
+def session_lookup(fastpath):
+    """key -> the kernel's session (its BCC leaf), from whichever table holds
+    it, or None once it is gone."""
     tables = [fastpath.table("ms_flows"), fastpath.table("ms_halfopen")]
 
     def read(key: bytes):
         for t in tables:
             try:
-                v = t[t.Key.from_buffer_copy(key)]
+                return t[t.Key.from_buffer_copy(key)]
             except KeyError:
                 continue
-            return (int(v.packets[0]), int(v.packets[1])), (int(v.bytes[0]), int(v.bytes[1]))
         return None
+    return read
+
+
+def session_stats(fastpath):
+    """key -> ((packets to server, to client), (bytes ...)) of the kernel's
+    session, or None: what the EVE flow record reports (the slow path sees
+    only the inspected packets)."""
+    lookup = session_lookup(fastpath)
+
+    def read(key: bytes):
+        v = lookup(key)
+        return None if v is None else ((int(v.packets[0]), int(v.packets[1])), (int(v.bytes[0]), int(v.bytes[1])))
     return read
 
 
@@ -135,16 +145,11 @@ def session_seq(fastpath):
     """key -> (blocked, client's next sequence number, server's) from the
     kernel session's window data (struct ms_tcp_side.end), or None."""
     from datapath.enums import InspState
-    tables = [fastpath.table("ms_flows"), fastpath.table("ms_halfopen")]
+    lookup = session_lookup(fastpath)
 
     def read(key: bytes):
-        for t in tables:
-            try:
-                v = t[t.Key.from_buffer_copy(key)]
-            except KeyError:
-                continue
-            return v.insp_state == InspState.INSP_BLOCKED, int(v.tcp[0].end), int(v.tcp[1].end)
-        return None
+        v = lookup(key)
+        return None if v is None else (v.insp_state == InspState.INSP_BLOCKED, int(v.tcp[0].end), int(v.tcp[1].end))
     return read
 
 
