@@ -64,7 +64,17 @@ def gc(netns: str | None, live_build_ids: set[int]) -> None:
             shutil.rmtree(sub, ignore_errors=True)
     if not any(d.iterdir()):
         d.rmdir()
+        _remove_if_empty(d.parent)
 
 
 def remove_namespace_pins(netns: str) -> None:
     shutil.rmtree(ns_dir(netns), ignore_errors=True)
+    _remove_if_empty(ns_dir(netns).parent)
+
+
+def _remove_if_empty(d: Path) -> None:
+    """/sys/fs/bpf/microseg once no namespace has pins left in it."""
+    try:
+        d.rmdir()
+    except OSError:
+        pass   # not empty (another instance), or gone

@@ -299,6 +299,11 @@ def read_record(record_path: Path) -> dict:
 
 def remove(netns: str | None, record_path: Path | None = None) -> None:
     shutil.rmtree(state_dir(netns), ignore_errors=True)
+    for d in (pins.ns_dir(netns), pins.ns_dir(netns).parent):   # emptied: gone too
+        try:
+            d.rmdir()
+        except OSError:
+            pass
     if record_path is not None:
         try:
             record_path.unlink()
