@@ -305,6 +305,8 @@ def servers(lab: Lab) -> list[subprocess.Popen]:
 def run(args) -> dict[tuple[str, int], Result]:
     results: dict[tuple[str, int], Result] = {}
     with tempfile.TemporaryDirectory(prefix="msbench-") as tmp, Lab() as lab:
+        # Named so a caller can check that exactly these are gone afterwards.
+        print(f"lab namespaces: {', '.join(lab.namespaces)}", flush=True)
         procs = servers(lab)
         try:
             b = Bench(lab, args, Path(tmp))

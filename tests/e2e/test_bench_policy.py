@@ -21,7 +21,6 @@ ROW = re.compile(r"^\| ([a-z ,-]+) \| (?:\(10\)|10|-) \| (\d+) \| ([\d.]+) \| ([
 
 
 def test_bench_policy_quick():
-    before = set(pr_netns.listnetns())
     r = subprocess.run([sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = {m[1]: m.groups()[1:] for m in map(ROW.match, r.stdout.splitlines()) if m}
@@ -29,4 +28,8 @@ def test_bench_policy_quick():
     for case, (conns, cratio, gbits, gratio) in rows.items():
         assert int(conns) > 0 and float(gbits) > 0, (case, r.stdout)
     assert "WARNING" not in r.stderr
-    assert set(pr_netns.listnetns()) <= before         # the lab is gone
+    # The bench's own lab is gone (other work may own other namespaces).
+    m = re.search(r"^lab namespaces: (.+)$", r.stdout, re.M)
+    assert m, r.stdout
+    created = {n.strip() for n in m.group(1).split(",")}
+    assert len(created) == 3 and not created & set(pr_netns.listnetns())

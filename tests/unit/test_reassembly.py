@@ -275,16 +275,15 @@ def test_segment_beyond_any_window_is_dropped():
     assert r.counters.out_of_window == 1 and r.buffered_bytes == 0
 
 
-def test_in_order_stream_is_fast_enough():
-    # 20,000 in-order 1448-byte segments: no per-byte work, no buffering.
-    import time
+def test_in_order_stream_is_never_buffered():
+    # 20,000 in-order 1448-byte segments: each is
+    # delivered as it comes, nothing is held back. Speed is bench/'s job.
     r = opened()
     seg = b"x" * 1448
-    t = time.perf_counter()
     for i in range(20_000):
         r.segment(C2S, (ISN + 1 + i * 1448) % 2**32, ACK, seg)
+        assert r.buffered_bytes == 0
     assert r.counters.bytes_delivered == 20_000 * 1448
-    assert time.perf_counter() - t < 2.0
 
 
 @st.composite
