@@ -106,7 +106,12 @@ def short_udp(seconds: float, **kw) -> DatapathConfig:
     return DatapathConfig(timeouts=Timeouts(udp_unreplied=seconds, udp_replied=seconds), **kw)
 
 
-def make_old_and_fresh(fp, timeout: float = 0.4):
+# Long enough that the fresh entries stay fresh until the caller's sweep
+# even when the machine is busy with other work.
+FRESH_FOR_S = 2.0
+
+
+def make_old_and_fresh(fp, timeout: float = FRESH_FOR_S):
     """Three flows and three half-open entries past their timeout, two of
     each fresh. Returns the fresh ports (flows, half-open)."""
     fp.apply_runtime(short_udp(timeout))
