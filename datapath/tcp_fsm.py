@@ -13,6 +13,12 @@ Anything not listed is TV_INVALID. Directions: O = from the initiator,
 R = from the responder. The packet must also be inside the window
 (conntrack.h ms_tcp_window) except where the outcome is TV_IGNORE.
 
+A RST row applies only to a RST that counts (conntrack.h
+ms_tcp_rst_counts, RFC 5961 3.2): at the sequence number its receiver
+expects, or in SYN_SENT one from the responder acknowledging the SYN. Any
+other RST inside the window passes as PASS_TCP_RST_CHALLENGE with the
+session unchanged (the endpoint answers it with a challenge ACK).
+
 A new flow (no session) is not in the table: only a bare SYN opens one
 (or, with the loose option, an ACK picks the flow up mid-stream).
 """
@@ -63,7 +69,8 @@ def _rows() -> dict[tuple[str, int, str], str]:
 
     # Established and closing: FIN / ACK follow the bookkeeping; a new SYN
     # or SYN-ACK leaves the flow alone (RFC 5961 section 4: the endpoint
-    # answers with a challenge ACK); RST inside the window closes.
+    # answers with a challenge ACK); a RST at the expected sequence closes
+    # (any other is passed for the endpoint to challenge, see above).
     for s in _CLOSING_STATES:
         for d in (O, R):
             t[s, d, "EV_ACK"] = CLOSE_PHASE

@@ -16,8 +16,11 @@
  * follows from per-side FIN bookkeeping (sent a FIN? was it acknowledged?),
  * which is unambiguous where a table of flag classes is not. Every segment
  * of a known flow is checked against the nf_conntrack window model
- * (tcp_in_window: four bounds on seq / ack), a RST included (RFC 5961 3);
- * a SYN on an established flow leaves it alone (RFC 5961 4).
+ * (tcp_in_window: four bounds on seq / ack), a RST included; a RST changes
+ * the session only at the exact sequence its receiver expects, any other in
+ * the window passes for the endpoint to challenge (RFC 5961 3,
+ * ms_tcp_rst_counts); a SYN on an established flow leaves it alone
+ * (RFC 5961 4).
  *
  * Concurrency: two CPUs may update one session at once (the two directions
  * of a flow); like Cilium's conntrack this is lock-free, with each field
@@ -516,6 +519,29 @@ static __always_inline void ms_side_init(struct ms_tcp_side *s, const struct ms_
     s->flags = MS_SIDE_SEEN | (p->wscale < MS_WSCALE_UNKNOWN ? MS_SIDE_WSCALE : 0);
 }
 
+/* nf_conntrack's tcp_in_window bounds, without changing anything: is the
+ * segment inside the window? A side not seen yet starts at this segment,
+ * so its sequence bounds hold trivially and only the ack is checked. */
+static __always_inline int ms_tcp_in_window(const struct ms_flow *f, int fd,
+                                            const struct ms_pkt *p, __u32 end)
+{
+    const struct ms_tcp_side *snd = fd ? &f->tcp[1] : &f->tcp[0];
+    const struct ms_tcp_side *rcv = fd ? &f->tcp[0] : &f->tcp[1];
+    __u32 seq = p->seq;
+    /* nothing acknowledged: the ack checks hold trivially */
+    __u32 ack = (p->tcp_flags & TCP_ACK) ? p->ack_seq : rcv->end;
+    int seen = snd->flags & MS_SIDE_SEEN;
+    /* an unseen side's maxwin would be this segment's unscaled window,
+     * never above the floor */
+    __u32 maxwin = seen ? snd->maxwin : 0;
+    __u32 ackwin = maxwin > MS_MIN_ACK_WINDOW ? maxwin : MS_MIN_ACK_WINDOW;
+
+    return (!seen || (!ms_after(seq, snd->maxend) &&              /* I: not past what the peer allowed */
+                      ms_after(end, snd->end - rcv->maxwin - 1))) && /* II: not older than a window */
+           !ms_after(ack, rcv->end) &&                          /* III: no ack of unsent data */
+           ms_after(ack, rcv->end - ackwin - 1);                /* IV: ack not too old */
+}
+
 /* nf_conntrack's tcp_in_window: is the segment inside the window, and if
  * so, advance both sides' window data. Returns 1 when in window. */
 static __always_inline int ms_tcp_window(struct ms_flow *f, int fd, const struct ms_pkt *p,
@@ -523,22 +549,13 @@ static __always_inline int ms_tcp_window(struct ms_flow *f, int fd, const struct
 {
     struct ms_tcp_side *snd = fd ? &f->tcp[1] : &f->tcp[0];
     struct ms_tcp_side *rcv = fd ? &f->tcp[0] : &f->tcp[1];
-    __u32 seq = p->seq;
     __u32 ack = p->ack_seq;
     __u32 win = p->window;
-
-    if (!(p->tcp_flags & TCP_ACK))
-        ack = rcv->end;   /* nothing acknowledged: the ack checks hold trivially */
 
     if (!(snd->flags & MS_SIDE_SEEN))
         ms_side_init(snd, p, end);
 
-    __u32 ackwin = snd->maxwin > MS_MIN_ACK_WINDOW ? snd->maxwin : MS_MIN_ACK_WINDOW;
-    int ok = !ms_after(seq, snd->maxend) &&                     /* I: not past what the peer allowed */
-             ms_after(end, snd->end - rcv->maxwin - 1) &&       /* II: not older than a window */
-             !ms_after(ack, rcv->end) &&                        /* III: no ack of unsent data */
-             ms_after(ack, rcv->end - ackwin - 1);              /* IV: ack not too old */
-    if (!ok && !liberal)
+    if (!ms_tcp_in_window(f, fd, p, end) && !liberal)
         return 0;
 
     if (!(p->tcp_flags & TCP_SYN))
@@ -550,6 +567,10 @@ static __always_inline int ms_tcp_window(struct ms_flow *f, int fd, const struct
     if (ms_after(end, snd->maxend))
         snd->maxend = end;
     if (p->tcp_flags & TCP_ACK) {
+        if (!(snd->flags & MS_SIDE_MAXACK) || ms_after(ack, snd->maxack)) {
+            snd->maxack = ack;
+            snd->flags |= MS_SIDE_MAXACK;
+        }
         if (ms_after(ack + win, rcv->maxend - 1))
             rcv->maxend = ack + (win ? win : 1);
         if ((rcv->flags & MS_SIDE_FIN) && !ms_before(ack, rcv->fin_end))
@@ -560,6 +581,32 @@ static __always_inline int ms_tcp_window(struct ms_flow *f, int fd, const struct
         snd->fin_end = end;
     }
     return 1;
+}
+
+/* Does this RST end the session (RFC 5961 3.2, nf_conntrack's RST checks)?
+ * Only at the sequence number its receiver expects: the sender's next one
+ * (everything it sent arrived), or the receiver's own last ACK (data was
+ * in flight; also what a closed sender answers a challenge ACK with). Any
+ * other RST, even inside the window, may be blind: the endpoint answers it
+ * with a challenge ACK, and the session must stay as it is.
+ * In SYN_SENT the responder has no sequence yet: its RST counts when it
+ * acknowledges the SYN, all of it (RFC 9293 3.10.7.3; a refusal acks
+ * SEG.SEQ + SEG.LEN). After both FINs were acked (TIME_WAIT) or a reset
+ * (CLOSE) there is nothing left to protect, and nf_conntrack skips the
+ * checks there too. */
+static __always_inline int ms_tcp_rst_counts(const struct ms_flow *f, int fd,
+                                             const struct ms_pkt *p, __u8 state)
+{
+    const struct ms_tcp_side *snd = fd ? &f->tcp[1] : &f->tcp[0];
+    const struct ms_tcp_side *rcv = fd ? &f->tcp[0] : &f->tcp[1];
+
+    if (state == CT_TIME_WAIT || state == CT_CLOSE)
+        return 1;
+    if (state == CT_SYN_SENT && fd == FD_REPLY)
+        return (p->tcp_flags & TCP_ACK) && p->ack_seq == rcv->end;
+    if ((snd->flags & MS_SIDE_SEEN) && p->seq == snd->end)
+        return 1;
+    return (rcv->flags & MS_SIDE_MAXACK) && p->seq == rcv->maxack;
 }
 
 /* Reason for a TCP segment; creates, advances, promotes its session. */
@@ -636,6 +683,8 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
                 return DROP_TCP_INVALID;
             ms_side_init(&nf->tcp[0], p, end);
             nf->tcp[0].maxend = end + (p->window ? p->window : 1);
+            nf->tcp[0].maxack = p->ack_seq;   /* an ACK picks up: where the peer's RST is expected */
+            nf->tcp[0].flags |= MS_SIDE_MAXACK;
             ms_flow_set_verdict(nf, &v, gen);
             if (ms_flows.update(kp, nf) != 0) {
                 ms_pressure_add(0);
@@ -711,17 +760,26 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
             f->tcp[1].wscale = 0;
         }
     }
+    /* A RST that does not end the session is only checked against the
+     * window (outside it, as any segment; a liberal flow has none), never
+     * advances it, and is not the end of an inspected stream. */
+    int rst_held = ev == EV_RST && !ms_tcp_rst_counts(f, fd, p, state);
     if (state == CT_SYN_SENT && fd == FD_ORIGINAL && ev == EV_SYN) {
         /* A SYN again before any answer: a retransmission, or a new
          * attempt with a new ISN (the client gave up on the old one).
          * Either way this SYN defines the initiator's window, as
          * nf_conntrack does. */
         ms_side_init(&f->tcp[0], p, end);
-    } else if (!ms_tcp_window(f, fd, p, end, f->flags & MS_FLOW_LIBERAL)) {
+    } else if (rst_held ? !((f->flags & MS_FLOW_LIBERAL) || ms_tcp_in_window(f, fd, p, end))
+                        : !ms_tcp_window(f, fd, p, end, f->flags & MS_FLOW_LIBERAL)) {
         if (!(cfg->flags & MS_CFG_WINDOW_PASS))
             return DROP_TCP_OUT_OF_WINDOW;
         ms_l7_mark(p, f, fd);
         return PASS_TCP_OUT_OF_WINDOW;
+    }
+    if (rst_held) {
+        ms_ct_account(f, fd, p->len, now);
+        return PASS_TCP_RST_CHALLENGE;
     }
 
     f->state = next == TV_CLOSE_PHASE ? ms_close_phase_state(f) : next;

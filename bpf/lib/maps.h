@@ -207,12 +207,14 @@ struct ms_flow_key {
 /* Per-direction TCP window data, the nf_conntrack model (ip_ct_tcp_state):
  * end = highest seq + len sent; maxend = highest ack + window the peer
  * allowed (the most this side may send up to); maxwin = largest window
- * this side advertised (scaled). */
+ * this side advertised (scaled); maxack = highest ack this side sent
+ * (td_maxack: where it expects the peer's RST, RFC 5961 3). */
 struct ms_tcp_side {
     __u32 end;
     __u32 maxend;
     __u32 maxwin;
     __u32 fin_end;        /* seq just past this side's FIN (valid when MS_SIDE_FIN) */
+    __u32 maxack;         /* valid when MS_SIDE_MAXACK */
     __u8  wscale;
     __u8  flags;          /* MS_SIDE_* */
     __u8  pad[2];
@@ -221,6 +223,7 @@ struct ms_tcp_side {
 #define MS_SIDE_WSCALE 0x02   /* sent a window scale option on its SYN */
 #define MS_SIDE_FIN    0x04   /* sent a FIN */
 #define MS_SIDE_FIN_ACKED 0x08 /* the peer acknowledged that FIN */
+#define MS_SIDE_MAXACK 0x10   /* sent an ACK: maxack holds the highest */
 
 /* One session. Index 0 of per-direction arrays is the original direction
  * (from the endpoint that opened the flow), 1 the reply. */

@@ -67,7 +67,8 @@
     X(PASS_INSPECT_SLOWPATH_DOWN, 54, PASS, "slow path down or stalled: passed uninspected (pass / bypass)") \
     X(DROP_INSPECT_SLOWPATH_DOWN, 55, DROP, "slow path down or stalled: dropped") \
     X(PASS_INSPECT_ALLOWED,    56, PASS, "slow path's allow verdict merged: the flow is no longer inspected") \
-    X(PASS_SLOWPATH_SENT,      57, PASS, "a packet the slow path sent: a reset of a blocked flow, or held payload let go")
+    X(PASS_SLOWPATH_SENT,      57, PASS, "a packet the slow path sent: a reset of a blocked flow, or held payload let go") \
+    X(PASS_TCP_RST_CHALLENGE,  58, PASS, "RST in the window but not at the expected sequence: passed, session unchanged (RFC 5961 3: the endpoint answers with a challenge ACK)")
 
 enum ms_reason {
     MS_ENUM_REASON(MS_ENUM_MEMBER)

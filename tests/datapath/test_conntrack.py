@@ -660,11 +660,232 @@ def test_window_scale_needs_both_syns(fastpath, missing):
     conn.send(RD, "PA", seq=edge_s - 10, data=b"w" * 10)
 
 
+# -- RST (RFC 5961 section 3, nf_conntrack's RST checks) ---------------------
+# A RST changes the session only at the sequence number its receiver
+# expects: the sender's next sequence number (all it sent), or the last
+# acknowledgement the receiver sent (data still in flight). Any other RST
+# inside the window passes to the endpoint, which answers with a challenge
+# ACK, and the session stays as it was; outside the window it drops.
+
+RST_OFFSETS = [1, 1000, 30_000]
+
+
+@pytest.mark.parametrize("flags", ["R", "RA"])
 @pytest.mark.parametrize("frm", [O, RD])
-def test_rst_in_window_closes(fastpath, frm):
+def test_rst_at_the_exact_sequence_closes(fastpath, frm, flags):
     conn = established(fastpath)
-    conn.send(frm, "R")
+    conn.send(frm, flags)
     conn.assert_state(S.CT_CLOSE, FLOWS)
+
+
+def assert_unchanged_but_counted(conn: TcpConn, before, fd: int):
+    after = conn.entry()
+    assert after is not None and (after.table, after.state) == (before.table, before.state)
+    # the window data is not advanced by a RST that did not count
+    assert bytes(after.leaf.tcp[0]) == bytes(before.leaf.tcp[0])
+    assert bytes(after.leaf.tcp[1]) == bytes(before.leaf.tcp[1])
+    assert after.leaf.packets[fd] == before.leaf.packets[fd] + 1
+
+
+@pytest.mark.parametrize("offset", RST_OFFSETS)
+@pytest.mark.parametrize("flags", ["R", "RA"])
+@pytest.mark.parametrize("frm", [O, RD])
+def test_rst_in_window_off_the_sequence_is_challenged(fastpath, frm, flags, offset):
+    conn = established(fastpath)
+    me, _ = conn.sides(frm)
+    before = conn.assert_state(S.CT_ESTABLISHED)
+    conn.send(frm, flags, R.PASS_TCP_RST_CHALLENGE, seq=me.nxt + offset)
+    assert_unchanged_but_counted(conn, before, 0 if frm == O else 1)
+    # the receiver's challenge ACK and the rest of the conversation pass
+    conn.send(RD if frm == O else O, "A")
+    conn.send(O, "PA", data=b"still open")
+    conn.send(RD, "PA", data=b"yes")
+    conn.assert_state(S.CT_ESTABLISHED)
+    # the peer's own RST, at its exact sequence, still ends it
+    conn.send(frm, "RA")
+    conn.assert_state(S.CT_CLOSE, FLOWS)
+
+
+SYNCHRONISED = [S.CT_SYN_RECV, S.CT_FIN_WAIT1, S.CT_FIN_WAIT2, S.CT_CLOSE_WAIT, S.CT_CLOSING, S.CT_LAST_ACK]
+
+
+# -100: behind the sender's next sequence and the receiver's last ACK (which
+# is the FIN's own number while a FIN is unacknowledged: that one counts).
+@pytest.mark.parametrize("offset", [-100, 1000])
+@pytest.mark.parametrize("state", SYNCHRONISED, ids=[st.name[3:] for st in SYNCHRONISED])
+@pytest.mark.parametrize("frm", [O, RD])
+def test_rst_off_the_sequence_is_challenged_in_every_synchronised_state(fastpath, state, frm, offset):
+    conn = TcpConn.make(fastpath)
+    drive(conn, state)
+    me, _ = conn.sides(frm)
+    before = conn.assert_state(state)
+    if state == S.CT_SYN_RECV and frm == RD and offset > 0:
+        # the client has not acked the SYN-ACK: it opened no window for the server yet
+        conn.send(frm, "R", R.DROP_TCP_OUT_OF_WINDOW, seq=me.nxt + offset)
+        assert conn.entry().raw == before.raw
+    else:
+        conn.send(frm, "R", R.PASS_TCP_RST_CHALLENGE, seq=me.nxt + offset)
+        assert_unchanged_but_counted(conn, before, 0 if frm == O else 1)
+    conn.send(frm, "R")
+    conn.assert_state(S.CT_CLOSE, expected_table(state, S.CT_CLOSE))
+
+
+@pytest.mark.parametrize("state", [S.CT_TIME_WAIT, S.CT_CLOSE])
+def test_rst_after_the_close_is_not_checked(fastpath, state):
+    """Both ends are done (nf_conntrack skips the RST checks there too): any
+    RST in the window just makes the session CLOSE."""
+    conn = TcpConn.make(fastpath)
+    drive(conn, state)
+    conn.send(RD, "R", seq=conn.s.nxt + 1000)
+    conn.assert_state(S.CT_CLOSE, FLOWS)
+
+
+def test_rst_at_the_receivers_last_ack_closes(fastpath):
+    """Data in flight: the receiver has acknowledged less than the sender
+    sent. A RST at the receiver's last ACK (what its stack expects, and what
+    a closed sender answers a challenge ACK with) is accepted, as
+    nf_conntrack accepts a RST at the receiver's td_maxack."""
+    conn = established(fastpath)
+    acked = conn.c.nxt
+    conn.send(O, "PA", data=b"1" * 1000)
+    first = conn.c.nxt
+    conn.send(O, "PA", data=b"2" * 1000)                  # not yet acknowledged
+    before = conn.entry()
+    # before the receiver acknowledged the first segment, that point is no one's expectation
+    conn.send(O, "R", R.PASS_TCP_RST_CHALLENGE, seq=first)
+    assert_unchanged_but_counted(conn, before, 0)
+    conn.send(RD, "A", ack=first)                          # acks the first segment only
+    conn.send(O, "R", R.PASS_TCP_RST_CHALLENGE, seq=first + 500)
+    conn.send(O, "R", R.PASS_TCP_RST_CHALLENGE, seq=acked)  # an older ack of the receiver
+    conn.assert_state(S.CT_ESTABLISHED)
+    conn.send(O, "R", seq=first)
+    conn.assert_state(S.CT_CLOSE, FLOWS)
+
+
+def test_rst_answering_a_challenge_ack_closes(fastpath):
+    """The sender's stack is gone and the receiver lost data: the sender's
+    RST at its next sequence is challenged by the receiver's ACK (which
+    acks less), and the RST the sender sends back at that ACK closes."""
+    conn = established(fastpath)
+    lost = conn.c.nxt
+    conn.send(O, "PA", data=b"l" * 1000)                   # never reaches the receiver
+    conn.send(RD, "A", ack=lost)                           # the receiver's (challenge) ACK
+    conn.send(O, "R", seq=lost)                            # the sender's answer to it
+    conn.assert_state(S.CT_CLOSE, FLOWS)
+
+
+def test_rst_of_a_picked_up_flow(fastpath):
+    """A flow picked up mid-stream (loose) knows the first packet's ACK:
+    the other side's RST is checked against it."""
+    fastpath.apply_runtime(DatapathConfig(loose=True))
+    conn = TcpConn.make(fastpath, isn=(123456, 654321))
+    conn.send(O, "PA", R.PASS_TCP_PICKED_UP, data=b"mid-stream", ack=conn.s.nxt)
+    before = conn.entry()
+    conn.send(RD, "R", R.PASS_TCP_RST_CHALLENGE, seq=conn.s.nxt + 1000)
+    assert_unchanged_but_counted(conn, before, 1)
+    conn.send(RD, "R", seq=conn.s.nxt)
+    conn.assert_state(S.CT_CLOSE, FLOWS)
+
+
+INSPECT_POLICY = """
+groups: {clients: [10.0.0.0/24], servers: [10.0.1.0/24]}
+defaults: {ingress: deny, egress: deny}
+rules:
+  - {name: waf, from: clients, to: servers, proto: tcp, ports: [80], action: inspect, inspect: {what: [waf]}}
+"""
+
+
+def test_rst_challenged_on_an_inspected_flow_is_not_handed_to_the_slow_path(fastpath):
+    """A RST that does not count is not the end of the inspected stream: it
+    is not copied to the slow path (a blind RST must not end inspection),
+    while the exact one is."""
+    from appliance.policyfile import compile_text
+    from datapath.policy_maps import PolicyMaps
+    from slowpath.records import VerdictWriter
+    from slowpath.ringbuf import RingBuffer
+
+    _, pol = compile_text(INSPECT_POLICY, "inspect.yaml")
+    PolicyMaps.for_fastpath(fastpath).apply(pol)
+    ring = RingBuffer(fastpath.table("ms_insp_ring").map_fd)
+    try:
+        VerdictWriter(fastpath.table("ms_verdicts").map_fd, fastpath.table("ms_slowpath").map_fd,
+                      fastpath.table("ms_verdicts").Leaf, fastpath.table("ms_slowpath").Leaf).heartbeat(1)
+        ring.drain()
+        conn = TcpConn.make(fastpath, client=("10.0.0.5", 40000), server=("10.0.1.5", 80))
+        conn.send(O, "S", R.PASS_POLICY_INSPECT)
+        conn.send(RD, "SA")
+        conn.send(O, "A")
+        conn.send(O, "PA", R.PASS_INSPECT_COPIED, data=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert len(list(ring.drain())) == 1
+        conn.send(O, "R", R.PASS_TCP_RST_CHALLENGE, seq=conn.c.nxt + 1000)
+        conn.send(RD, "R", R.PASS_TCP_RST_CHALLENGE, seq=conn.s.nxt + 1000)
+        assert list(ring.drain()) == []
+        conn.assert_state(S.CT_ESTABLISHED)
+        conn.send(O, "R")                                  # the exact one ends the stream
+        assert len(list(ring.drain())) == 1
+        conn.assert_state(S.CT_CLOSE)
+    finally:
+        ring.close()
+        fastpath.apply_runtime(fastpath.config)
+
+
+# RST in SYN_SENT (RFC 9293 3.10.7.3, RFC 5961 3.2): from the responder it
+# is acceptable only when it acknowledges the SYN; its sequence number is
+# not checked (a refusal carries 0). From the initiator, as anywhere: at
+# its next sequence number.
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_rst_in_syn_sent_acking_the_syn_closes(fastpath, family):
+    cli, srv = FAMILIES[family]
+    conn = TcpConn.make(fastpath, client=(cli, 40020), server=(srv, 81))
+    conn.send(O, "S")
+    conn.send(RD, "RA", seq=987654, ack=conn.c.nxt)
+    conn.assert_state(S.CT_CLOSE, HALFOPEN)
+
+
+def test_rst_in_syn_sent_refusing_a_syn_with_data(fastpath):
+    """A refusal acks the whole SYN, its data included (RFC 9293 3.10.7.1:
+    <SEQ=0><ACK=SEG.SEQ+SEG.LEN>); one acking less acks no SYN sent."""
+    conn = TcpConn.make(fastpath)
+    syn = conn.frame(O, "S", seq=conn.c.isn, data=b"t" * 100)   # TCP Fast Open: data in the SYN
+    expect(fastpath, syn, R.PASS_FORWARD)
+    conn.send(RD, "RA", R.PASS_TCP_RST_CHALLENGE, seq=0, ack=conn.c.isn + 1)
+    conn.assert_state(S.CT_SYN_SENT)
+    conn.send(RD, "RA", seq=0, ack=conn.c.isn + 101)
+    conn.assert_state(S.CT_CLOSE, HALFOPEN)
+
+
+@pytest.mark.parametrize("flags,ack", [("R", None), ("RA", "isn"), ("RA", "below")],
+                         ids=["no-ack", "acks-the-isn", "acks-below"])
+def test_rst_in_syn_sent_not_acking_the_syn_is_passed_unchanged(fastpath, flags, ack):
+    conn = TcpConn.make(fastpath)
+    conn.send(O, "S")
+    before = conn.assert_state(S.CT_SYN_SENT)
+    a = {None: None, "isn": conn.c.isn, "below": conn.c.isn - 1000}[ack]
+    conn.send(RD, flags, R.PASS_TCP_RST_CHALLENGE, seq=0, ack=a)
+    assert_unchanged_but_counted(conn, before, 1)
+    assert conn.entry().leaf.tcp[1].flags == 0             # the responder's window not started by it
+    # the real answer still opens the connection
+    conn.send(RD, "SA")
+    conn.send(O, "A")
+    conn.assert_state(S.CT_ESTABLISHED)
+
+
+def test_rst_in_syn_sent_acking_unsent_data_dropped(fastpath):
+    conn = TcpConn.make(fastpath)
+    conn.send(O, "S")
+    conn.send(RD, "RA", R.DROP_TCP_OUT_OF_WINDOW, seq=0, ack=conn.c.nxt + 1)
+    conn.assert_state(S.CT_SYN_SENT)
+
+
+def test_rst_in_syn_sent_from_the_initiator(fastpath):
+    conn = TcpConn.make(fastpath)
+    conn.send(O, "S")
+    # no window is open yet (the responder has not spoken): off the sequence is outside it
+    conn.send(O, "R", R.DROP_TCP_OUT_OF_WINDOW, seq=conn.c.nxt + 1000)
+    conn.assert_state(S.CT_SYN_SENT)
+    conn.send(O, "R")                                      # at ISN + 1
+    conn.assert_state(S.CT_CLOSE, HALFOPEN)
 
 
 @pytest.mark.parametrize("frm", [O, RD])
