@@ -947,27 +947,29 @@ def test_window_action_pass(fastpath):
 # ==========================================================================
 
 def test_syn_sent_expires(fastpath):
-    fastpath.apply_runtime(DatapathConfig(timeouts=Timeouts(syn_sent=0.2)))
+    # Timeouts long enough that "in time" holds on a busy machine; the
+    # sleeps only need to outlast them.
+    fastpath.apply_runtime(DatapathConfig(timeouts=Timeouts(syn_sent=1.0)))
     quick = TcpConn.make(fastpath, client=("10.0.0.1", 41000))
     quick.send(O, "S")
     quick.send(RD, "SA")                                   # answered in time
     quick.assert_state(S.CT_SYN_RECV)
     slow = TcpConn.make(fastpath, client=("10.0.0.1", 41001))
     slow.send(O, "S")
-    time.sleep(0.35)
+    time.sleep(1.2)
     slow.send(RD, "SA", R.DROP_TCP_NO_SESSION)
     assert slow.entry() is None
 
 
 def test_established_expires_lazily(fastpath):
-    fastpath.apply_runtime(DatapathConfig(timeouts=Timeouts(established=0.6)))
+    fastpath.apply_runtime(DatapathConfig(timeouts=Timeouts(established=3.0)))
     conn = TcpConn.make(fastpath).handshake()
-    time.sleep(0.3)
+    time.sleep(1.5)
     conn.send(O, "PA", data=b"x")                          # refreshes last_seen
-    time.sleep(0.35)                                       # 0.65 s since the handshake
+    time.sleep(1.75)                                       # 3.25 s since the handshake
     conn.send(RD, "A")
     conn.assert_state(S.CT_ESTABLISHED)
-    time.sleep(0.8)
+    time.sleep(3.2)
     assert conn.entry() is not None                        # nothing sweeps it but a lookup
     conn.send(O, "A", R.DROP_TCP_NO_SESSION)
     assert conn.entry() is None
