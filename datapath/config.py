@@ -66,7 +66,9 @@ class FailureActions(BaseModel):
     trying, ``drop`` drops it, ``bypass`` lets it through and stops
     inspecting the flow. A rule's ``inspect.on_failure`` overrides the
     first three for its flows. Defaults fail open: a gateway that stops
-    forwarding when its inspector is slow is an outage."""
+    forwarding when its inspector is slow is an outage; except that what
+    the WAF cannot read (parser_error) or finds malformed (http_anomaly) is
+    not let through a WAF-inspected flow."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     ringbuf_full: FailAction = "pass"          # kernel: a payload could not be copied
@@ -76,7 +78,15 @@ class FailureActions(BaseModel):
     budget_exhausted: FailAction = "pass"
     slowpath_down: FailAction = "pass"         # kernel: heartbeat missing or stale
     reassembly_cap: FailAction = "bypass"      # slow path: a flow's or the total reassembly memory cap
-    parser_error: FailAction = "bypass"        # slow path: the parser gave up on the flow
+    # slow path: the parser gave up on the flow. None (the default): drop
+    # on a flow the WAF inspects (what it cannot read it must not let
+    # through), bypass on the others; a value here applies to every flow.
+    parser_error: FailAction | None = None
+    # slow path: a tolerated deviation from the HTTP grammar in a request of
+    # a WAF-inspected flow (protocols/http.py HttpAnomaly), as ModSecurity
+    # CRS's protocol enforcement: block the flow, alert only, or pass (each
+    # deviation is logged as an EVE anomaly record whatever this says).
+    http_anomaly: Literal["block", "alert", "pass"] = "block"
     session_table_full: Literal["pass", "drop"] = "drop"   # kernel: new flows when ms_flows is full
 
 

@@ -34,9 +34,19 @@ the previous one with a space (section 5.2; user agents must do this in
 responses). Bytes >= 0x80 in a request target (obs-text, which Apache accepts
 even with HttpProtocolOptions Strict) are let through too, where llhttp
 refuses them. A monitor that refuses what a server accepts goes blind on
-exactly those requests, so they are parsed, and each deviation is named in
-the event's ``anomalies``: a rule can still flag it (a proxy and a server
-reading such bytes differently is how header injection and smuggling work).
+exactly those requests: an inline WAF that gives up on a message lets it
+through unread. So a head llhttp refuses is read again by a tolerant splitter
+(``_lenient_head``: as lenient as servers, tshark and Zeek are: any method
+token in any case, tabs and runs of blanks as delimiters, a missing or odd
+version, CTL bytes, blanks before a colon, a line without a colon, duplicate
+or odd Content-Length, CL with TE...), and bodies are framed as leniently
+(odd chunk-size lines). Every deviation is named in the event's
+``anomalies`` (or, found inside a body, an ``HttpAnomalyEvent``) with a name
+from :class:`HttpAnomaly`, Suricata's HTTP event names where Suricata has
+one: the slow path logs each as an EVE ``anomaly`` record and its setting
+``http_anomaly`` says what it does to a WAF-inspected flow (a proxy and a
+server reading such bytes differently is how header injection and
+smuggling work). Only what cannot be read as HTTP at all is Malformed.
 
 Requests and responses are paired first in, first out; the response side
 needs the request's method (HEAD answers have no body; CONNECT answered 2xx
@@ -45,6 +55,7 @@ before its request is parsed as an answer to an unknown request.
 """
 from __future__ import annotations
 
+import enum
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -90,6 +101,62 @@ MAX_PENDING_REQUESTS = 1024
 # answer says whether the connection became a tunnel. A TLS ClientHello sent
 # optimistically is one record (<= 16 KiB plus header); 64 KiB is generous.
 MAX_TUNNEL_PENDING_BYTES = 64 * 1024
+# Longest start line or header field line before it is flagged as too long:
+# Apache's defaults (LimitRequestLine, LimitRequestFieldSize) are 8190, and
+# nginx's large_client_header_buffers hold 8 KiB per line, so a longer line
+# is refused by common servers; one sent anyway probes an inspector's limits.
+MAX_FIELD_LINE_BYTES = 8190
+# Longest method token a lenient request line may start with (extension
+# methods included; the longest registered one, UPDATEREDIRECTREF, has 17
+# characters). Past it without a blank, the bytes are not a request line.
+MAX_LENIENT_METHOD = 32
+
+
+class HttpAnomaly(enum.StrEnum):
+    """A deviation from RFC 9110/9112 the parser tolerated. Names are
+    Suricata's HTTP app-layer event names (app-layer-htp.c,
+    http_decoder_event_table) where Suricata has one; the others (marked
+    "ours") are named the same way."""
+    UNKNOWN_ERROR = "UNKNOWN_ERROR"                         # llhttp refused; no named cause found
+    REQUEST_LINE_INVALID = "REQUEST_LINE_INVALID"           # junk in the request line
+    REQUEST_LINE_LEADING_WHITESPACE = "REQUEST_LINE_LEADING_WHITESPACE"
+    METHOD_DELIM_NON_COMPLIANT = "METHOD_DELIM_NON_COMPLIANT"   # not one SP after the method
+    URI_DELIM_NON_COMPLIANT = "URI_DELIM_NON_COMPLIANT"     # not one SP around the target, or blanks in it
+    METHOD_UNKNOWN = "METHOD_UNKNOWN"                       # ours: not a registered method (case counts)
+    REQUEST_LINE_MISSING_PROTOCOL = "REQUEST_LINE_MISSING_PROTOCOL"   # HTTP/0.9 style
+    REQUEST_INVALID_PROTOCOL = "REQUEST_INVALID_PROTOCOL"   # ours: version not HTTP/1.0 or HTTP/1.1
+    REQUEST_URI_INVALID_CHARS = "REQUEST_URI_INVALID_CHARS"  # ours: CTL or NUL in the target
+    REQUEST_URI_NON_ASCII = "REQUEST_URI_NON_ASCII"         # ours: raw bytes >= 0x80 in the target
+    RESPONSE_INVALID_PROTOCOL = "RESPONSE_INVALID_PROTOCOL"
+    RESPONSE_INVALID_STATUS = "RESPONSE_INVALID_STATUS"
+    REQUEST_FIELD_MISSING_COLON = "REQUEST_FIELD_MISSING_COLON"
+    RESPONSE_FIELD_MISSING_COLON = "RESPONSE_FIELD_MISSING_COLON"
+    REQUEST_HEADER_INVALID = "REQUEST_HEADER_INVALID"       # bad name, blanks before ":", CTL in value
+    RESPONSE_HEADER_INVALID = "RESPONSE_HEADER_INVALID"
+    INVALID_REQUEST_FIELD_FOLDING = "INVALID_REQUEST_FIELD_FOLDING"   # obs-fold (RFC 9112 5.2)
+    INVALID_RESPONSE_FIELD_FOLDING = "INVALID_RESPONSE_FIELD_FOLDING"
+    REQUEST_FIELD_TOO_LONG = "REQUEST_FIELD_TOO_LONG"       # a line over MAX_FIELD_LINE_BYTES
+    RESPONSE_FIELD_TOO_LONG = "RESPONSE_FIELD_TOO_LONG"
+    LINE_TERMINATOR_BARE_LF = "LINE_TERMINATOR_BARE_LF"     # ours: LF without CR (RFC 9112 2.2)
+    LINE_TERMINATOR_BARE_CR = "LINE_TERMINATOR_BARE_CR"     # ours: CR without LF, read as SP (2.2)
+    HOST_HEADER_AMBIGUOUS = "HOST_HEADER_AMBIGUOUS"         # more than one Host
+    DUPLICATE_CONTENT_LENGTH_FIELD_IN_REQUEST = "DUPLICATE_CONTENT_LENGTH_FIELD_IN_REQUEST"
+    DUPLICATE_CONTENT_LENGTH_FIELD_IN_RESPONSE = "DUPLICATE_CONTENT_LENGTH_FIELD_IN_RESPONSE"
+    INVALID_CONTENT_LENGTH_FIELD_IN_REQUEST = "INVALID_CONTENT_LENGTH_FIELD_IN_REQUEST"
+    INVALID_CONTENT_LENGTH_FIELD_IN_RESPONSE = "INVALID_CONTENT_LENGTH_FIELD_IN_RESPONSE"
+    CONTENT_LENGTH_WITH_TRANSFER_ENCODING = "CONTENT_LENGTH_WITH_TRANSFER_ENCODING"  # ours: smuggling
+    INVALID_REQUEST_CHUNK_LEN = "INVALID_REQUEST_CHUNK_LEN"
+    INVALID_RESPONSE_CHUNK_LEN = "INVALID_RESPONSE_CHUNK_LEN"
+    INVALID_TRANSFER_ENCODING_VALUE_IN_REQUEST = "INVALID_TRANSFER_ENCODING_VALUE_IN_REQUEST"
+    INVALID_TRANSFER_ENCODING_VALUE_IN_RESPONSE = "INVALID_TRANSFER_ENCODING_VALUE_IN_RESPONSE"
+    CHUNK_DATA_NOT_TERMINATED = "CHUNK_DATA_NOT_TERMINATED"  # ours: no CRLF after chunk data
+
+
+A = HttpAnomaly
+
+
+def _pick(request: bool, req: HttpAnomaly, resp: HttpAnomaly) -> HttpAnomaly:
+    return req if request else resp
 
 # --- Events -------------------------------------------------------------------
 
@@ -128,7 +195,7 @@ class HttpRequest(_FieldLookup, Event):
     headers: Fields             # (name, value) in order; values without surrounding blanks
     content_length: int | None
     chunked: bool
-    anomalies: tuple[str, ...]  # tolerated deviations, e.g. "bare-lf", "obs-fold"
+    anomalies: tuple[str, ...]  # tolerated deviations (HttpAnomaly names), e.g. "METHOD_UNKNOWN"
     offset: int                 # stream offset of the request line
 
 
@@ -199,6 +266,16 @@ class HttpTunnel(Event):
                                          (Direction.TO_CLIENT, self.to_client_data)) if b)
 
 
+@dataclass(frozen=True)
+class HttpAnomalyEvent(Event):
+    """A deviation found after a head was reported (in a body's framing):
+    ``name`` is an :class:`HttpAnomaly`; ``offset`` where in the stream."""
+    kind: ClassVar[str] = "http_anomaly"
+    direction: Direction
+    name: str
+    offset: int
+
+
 # --- Head parsing -------------------------------------------------------------
 
 # End of a head: the first empty line, CRLF or bare LF.
@@ -207,6 +284,8 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 _FIELD_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)")
 # RFC 9112 7.1.1: chunk-size [ chunk-ext ]; blanks before ";" are BWS.
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
+# What a tolerant reader takes as a chunk size: hex digits after blanks or "0x".
+_LENIENT_CHUNK_LINE = re.compile(rb"[ \t]*(?:0[xX])?([0-9A-Fa-f]+)")
 
 # The methods llhttp accepts in an HTTP/1.x request (its RTSP-only ones
 # refuse an HTTP version). PRI is not here: "PRI * HTTP/2.0" is HTTP/2.
@@ -273,25 +352,40 @@ class _Head:
         return [v for n, v in self.fields if n.lower() == name]
 
 
-def _lines(block: bytes, anomalies: list[str], first_field: int = 1) -> list[bytes]:
+def _add(anomalies: list[str], name: HttpAnomaly) -> None:
+    if name not in anomalies:
+        anomalies.append(name)
+
+
+def _lines(block: bytes, anomalies: list[str], first_field: int = 1, request: bool = True,
+           lenient: bool = False) -> list[bytes]:
     """The lines of a head (``first_field`` 1: a start line, then fields) or a
     trailer section (0), which ends with an empty line: CR before LF dropped,
-    obs-fold joined (both noted in ``anomalies``)."""
+    obs-fold joined (both noted in ``anomalies``). ``lenient``: a blank-led
+    line right after the start line is read as a field (noted), and a bare CR
+    inside a line reads as SP (RFC 9112 2.2 allows that replacement)."""
     raw = block.split(b"\n")[:-1]        # the last item is what follows the final LF: b""
     if any(not line.endswith(b"\r") for line in raw):
-        anomalies.append("bare-lf")
+        _add(anomalies, A.LINE_TERMINATOR_BARE_LF)
     raw = [line[:-1] if line.endswith(b"\r") else line for line in raw[:-1]]  # drop the empty line
     out: list[bytes] = []
     for line in raw:
+        if lenient and b"\r" in line:
+            _add(anomalies, A.LINE_TERMINATOR_BARE_CR)
+            line = line.replace(b"\r", b" ")
         # A line starting with a blank continues the previous field (obs-fold).
         # Not right after the start line: RFC 9112 2.2 makes that an error,
-        # and llhttp reports it.
+        # and llhttp reports it (the lenient reading takes it as a field).
         if line[:1] in (b" ", b"\t") and len(out) > first_field:
             out[-1] = out[-1].rstrip(b" \t") + b" " + line.strip(b" \t")
-            if "obs-fold" not in anomalies:
-                anomalies.append("obs-fold")
+            _add(anomalies, _pick(request, A.INVALID_REQUEST_FIELD_FOLDING, A.INVALID_RESPONSE_FIELD_FOLDING))
+        elif line[:1] in (b" ", b"\t") and lenient and out:
+            _add(anomalies, _pick(request, A.REQUEST_HEADER_INVALID, A.RESPONSE_HEADER_INVALID))
+            out.append(line.lstrip(b" \t"))
         else:
             out.append(line)
+    if any(len(line) > MAX_FIELD_LINE_BYTES for line in out):
+        _add(anomalies, _pick(request, A.REQUEST_FIELD_TOO_LONG, A.RESPONSE_FIELD_TOO_LONG))
     return out
 
 
@@ -300,22 +394,26 @@ def _decode_fields(pairs) -> Fields:
 
 
 def _parse_head(head: bytes, request: bool) -> _Head | str:
-    """Parse a complete head (through its empty line); a str says why it is not HTTP."""
+    """Parse a complete head (through its empty line); a str says why it is not HTTP.
+
+    llhttp first; what it refuses is read again by ``_lenient_head``."""
     anomalies: list[str] = []
-    lines = _lines(head, anomalies)
+    lines = _lines(head, anomalies, request=request)
     if len(lines) - 1 > MAX_HEADERS:
         return f"{len(lines) - 1} header fields, more than {MAX_HEADERS}"
     start = lines[0]
     if request:
-        # llhttp also takes "GET /" (HTTP/0.9) and RTSP/ICE versions.
-        if not start.rpartition(b" ")[2].startswith(b"HTTP/"):
-            return "request line does not end with an HTTP version"
+        # llhttp also takes "GET /" (HTTP/0.9) and RTSP/ICE versions: those
+        # are left to the lenient reading, which names them.
+        method = start.partition(b" ")[0]
+        if method not in _METHOD_BYTES or start.rpartition(b" ")[2] not in (b"HTTP/1.0", b"HTTP/1.1"):
+            return _lenient_head(head, request, None)
         sent = start.translate(_HIGH_TO_X)
         if sent != start:
-            anomalies.append("non-ascii-target")
+            anomalies.append(A.REQUEST_URI_NON_ASCII)
     else:
-        if not start.startswith(b"HTTP/"):
-            return "status line does not start with an HTTP version"
+        if not start.startswith(b"HTTP/1."):
+            return _lenient_head(head, request, None)
         sent = start
     collect = _Collect()
     p = (httptools.HttpRequestParser if request else httptools.HttpResponseParser)(collect)
@@ -330,12 +428,11 @@ def _parse_head(head: bytes, request: bool) -> _Head | str:
         pass                     # CONNECT, Upgrade, 101: handled by the caller
     except httptools.HttpParserError as e:
         error = str(e) or type(e).__name__
-    if not collect.complete:
-        what = "request" if request else "response"
-        return f"invalid {what} head: {error or 'incomplete'}"
+    if error and error.startswith("Pause on"):   # llhttp pauses at CONNECT/Upgrade/101
+        error = None
+    if error or not collect.complete:
+        return _lenient_head(head, request, error or "incomplete")
     h = _Head()
-    if error and not error.startswith("Pause on"):   # llhttp pauses at CONNECT/Upgrade/101
-        h.error = error
     h.version = f"HTTP/{p.get_http_version()}"
     h.fields = _decode_fields(collect.fields)
     h.upgrade = p.should_upgrade()
@@ -350,22 +447,158 @@ def _parse_head(head: bytes, request: bool) -> _Head | str:
         h.status = p.get_status_code()
         h.reason = collect.reason.decode("latin-1")
     if len(h.values("host")) > 1:
-        anomalies.append("duplicate-host")
+        anomalies.append(A.HOST_HEADER_AMBIGUOUS)
     h.anomalies = tuple(anomalies)
     return h
 
 
-def _framing(h: _Head, request: bool) -> tuple[str | None, int | None, bool, str | None]:
+# RFC 9110 5.6.2 token: a method, a field name.
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Blanks servers take as delimiters in a start line (Apache and nginx take
+# runs of SP and HTAB; VT and FF are whitespace to C's isspace()).
+_BLANKS = re.compile(rb"[ \t\x0b\x0c]+")
+# The last word of a request line, when it is a version of some kind.
+_LOOSE_VERSION = re.compile(rb"(?i)HTTP/[0-9.]*")
+_STATUS = re.compile(rb"[0-9]{3}")
+# CTL bytes (HTAB aside) and DEL: never valid in a target or a field value.
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CONNECTION_UPGRADE = re.compile(r"(?i)(^|,)\s*upgrade\s*(,|$)")
+
+
+def _lenient_head(head: bytes, request: bool, llhttp_error: str | None) -> _Head | str:
+    """Read a head llhttp refused the way tolerant servers (and tshark and
+    Zeek) do, naming each deviation; a str says why it is not HTTP at all."""
+    anomalies: list[str] = []
+    lines = _lines(head, anomalies, request=request, lenient=True)
+    if not lines or not lines[0].strip():
+        return "empty start line"
+    if len(lines) - 1 > MAX_HEADERS:
+        return f"{len(lines) - 1} header fields, more than {MAX_HEADERS}"
+    h = _Head()
+    start = lines[0]
+    if start[:1] in b" \t\x0b\x0c":
+        _add(anomalies, A.REQUEST_LINE_LEADING_WHITESPACE)   # Suricata names only the request's
+        start = start.lstrip(b" \t\x0b\x0c")
+    line = start.rstrip(b" \t\x0b\x0c")
+    trailing = line != start
+    if request:
+        m = _TOKEN.match(line)
+        if m is None or m.end() > MAX_LENIENT_METHOD:
+            return f"not an HTTP request line: {start[:40]!r}"
+        method = m[0]
+        d = _BLANKS.match(line, m.end())
+        if d is None:
+            return f"no blank after the method in the request line {start[:40]!r}"
+        if d[0] != b" ":
+            _add(anomalies, A.METHOD_DELIM_NON_COMPLIANT)
+        rest = line[d.end():]
+        words = _BLANKS.split(rest)
+        last = _BLANKS.search(rest[::-1])
+        if len(words) > 1 and _LOOSE_VERSION.fullmatch(words[-1]) and last is not None:
+            # target, blanks, version (the last blanks found from the end)
+            cut = len(rest) - last.end()
+            target, sep, version = rest[:cut], rest[cut:len(rest) - last.start()], words[-1]
+            if sep != b" " or trailing:
+                _add(anomalies, A.URI_DELIM_NON_COMPLIANT)
+            if version not in (b"HTTP/1.0", b"HTTP/1.1"):
+                _add(anomalies, A.REQUEST_INVALID_PROTOCOL)
+        else:
+            # No version: HTTP/0.9's "GET /path", or a target holding blanks.
+            target, version = rest, b"HTTP/0.9"
+            _add(anomalies, A.REQUEST_LINE_MISSING_PROTOCOL)
+        if not target:
+            return f"no request target in {start[:40]!r}"
+        if _BLANKS.search(target):
+            _add(anomalies, A.URI_DELIM_NON_COMPLIANT)
+        if _CTL.search(target):
+            _add(anomalies, A.REQUEST_URI_INVALID_CHARS)
+        if target.translate(_HIGH_TO_X) != target:
+            _add(anomalies, A.REQUEST_URI_NON_ASCII)
+        if method not in _METHOD_BYTES:
+            _add(anomalies, A.METHOD_UNKNOWN)
+        h.method, h.uri = method.decode("latin-1"), target.decode("latin-1")
+        h.version = version.decode("latin-1")
+    else:
+        words = _BLANKS.split(line, maxsplit=2)
+        if not _LOOSE_VERSION.fullmatch(words[0]) or len(words) < 2 or not words[1].isdigit():
+            return f"not an HTTP status line: {start[:40]!r}"
+        if not words[0].startswith(b"HTTP/1."):
+            _add(anomalies, A.RESPONSE_INVALID_PROTOCOL)
+        if not _STATUS.fullmatch(words[1]) or _BLANKS.match(line, len(words[0]))[0] != b" ":
+            _add(anomalies, A.RESPONSE_INVALID_STATUS)
+        status = int(words[1])
+        if not 100 <= status <= 999:
+            return f"invalid response head: status {words[1][:8]!r}"
+        h.version, h.status = words[0].decode("latin-1"), status
+        h.reason = words[2].decode("latin-1") if len(words) > 2 else ""
+    fields = []
+    bad_field = _pick(request, A.REQUEST_HEADER_INVALID, A.RESPONSE_HEADER_INVALID)
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            # No colon: the first word as the name, the rest as its value
+            # (what reaches an application that splits leniently).
+            _add(anomalies, _pick(request, A.REQUEST_FIELD_MISSING_COLON, A.RESPONSE_FIELD_MISSING_COLON))
+            parts = _BLANKS.split(line.strip(b" \t"), maxsplit=1)
+            name, value = parts[0], parts[1] if len(parts) > 1 else b""
+        else:
+            stripped = name.strip(b" \t")
+            if stripped != name or not _TOKEN.fullmatch(stripped):
+                _add(anomalies, bad_field)     # blanks before ':' or a byte outside the token set
+            name = stripped
+        if _CTL.search(value):
+            _add(anomalies, bad_field)
+        fields.append((name, value))
+    h.fields = _decode_fields(fields)
+    if len(h.values("host")) > 1:
+        _add(anomalies, A.HOST_HEADER_AMBIGUOUS)
+    if request:
+        h.upgrade = h.method == "CONNECT" or (
+            h.get("upgrade") is not None and bool(_CONNECTION_UPGRADE.search(h.get("connection") or "")))
+    else:
+        h.upgrade = h.status == 101
+    framing: list[str] = []
+    if not anomalies and not isinstance(_content_length(h, request, framing), str) and not framing:
+        # llhttp saw something the checks above (and _framing's) do not name.
+        anomalies.append(A.UNKNOWN_ERROR)
+    h.anomalies = tuple(anomalies)
+    return h
+
+
+def _content_length(h: _Head, request: bool, anomalies: list[str]) -> int | None | str:
+    """The body length Content-Length gives (None: no field), read leniently
+    (noted); a str: why no length can be read from it."""
+    texts = h.values("content-length")
+    if not texts:
+        return None
+    values = []
+    for t in texts:
+        for item in t.split(","):           # "5, 5" is a list of duplicates (RFC 9110 8.6)
+            item = item.strip(" \t")
+            digits = item.removeprefix("+")
+            if not (digits.isascii() and digits.isdigit()):
+                return f"invalid Content-Length {t!r}"
+            if digits != item or len(item) > 1 and item.startswith("0"):
+                _add(anomalies, _pick(request, A.INVALID_CONTENT_LENGTH_FIELD_IN_REQUEST,
+                                      A.INVALID_CONTENT_LENGTH_FIELD_IN_RESPONSE))
+            values.append(int(digits))
+    if len(values) > 1:
+        _add(anomalies, _pick(request, A.DUPLICATE_CONTENT_LENGTH_FIELD_IN_REQUEST,
+                              A.DUPLICATE_CONTENT_LENGTH_FIELD_IN_RESPONSE))
+    # Servers disagree on which of two lengths counts; the largest makes
+    # the most bytes body, so what a server might take as a next
+    # (smuggled) request is inspected as this one's body.
+    return max(values)
+
+
+def _framing(h: _Head, request: bool, anomalies: list[str]) -> tuple[str | None, int | None, bool, str | None]:
     """(how the body is framed, Content-Length, chunked, error) from the fields
     (RFC 9112 6.3). Framing is "chunked", "length", "eof" or None (no body);
-    the caller overrides it where the method or status rules out a body."""
-    cl_text = h.get("content-length")
-    cl = None
-    if cl_text is not None:     # llhttp checked the digits and refused duplicates
-        try:
-            cl = int(cl_text)
-        except ValueError:
-            return None, None, False, f"invalid Content-Length {cl_text!r}"
+    the caller overrides it where the method or status rules out a body.
+    Tolerated deviations are added to ``anomalies``."""
+    cl = _content_length(h, request, anomalies)
+    if isinstance(cl, str):
+        return None, None, False, cl
     te = h.values("transfer-encoding")
     if not te:
         if cl is not None:
@@ -378,14 +611,16 @@ def _framing(h: _Head, request: bool) -> tuple[str | None, int | None, bool, str
     chunked = bool(codings) and codings[-1] == "chunked"
     if cl is not None:
         # Transfer-Encoding wins (RFC 9112 6.3), but the pair is how request
-        # smuggling works and servers disagree on it: report it and stop.
-        return None, cl, chunked, "both Content-Length and Transfer-Encoding (request smuggling?)"
+        # smuggling works and servers disagree on it: named, and read as TE.
+        _add(anomalies, A.CONTENT_LENGTH_WITH_TRANSFER_ENCODING)
     if chunked and codings.count("chunked") > 1:
         return None, None, True, "chunked applied twice in Transfer-Encoding"
     if chunked:
         return "chunked", None, True, None
     if request or not codings:
         # A request body must end with chunked, or its length is unknown (RFC 9112 6.3).
+        _add(anomalies, _pick(request, A.INVALID_TRANSFER_ENCODING_VALUE_IN_REQUEST,
+                              A.INVALID_TRANSFER_ENCODING_VALUE_IN_RESPONSE))
         return None, None, False, f"Transfer-Encoding {', '.join(te)!r} without final chunked"
     return "eof", None, False, None     # a response: until the server closes
 
@@ -496,6 +731,33 @@ class HttpParser(Parser):
             side.buf.clear()
         return events
 
+    def cut_head(self, direction: Direction) -> list[Event]:
+        """No more bytes of ``direction`` will be seen (the kernel's
+        inspection budget ran out) while a message head is incomplete: report
+        the request it starts, read leniently from its complete lines and
+        named REQUEST_FIELD_TOO_LONG, so that the rules still read its
+        target and fields; then give up on the direction (Malformed)."""
+        side = self._sides[direction]
+        if side.state != _HEAD or not side.buf.strip(b"\r\n"):
+            return []
+        events: list[Event] = []
+        skip = len(side.buf) - len(side.buf.lstrip(b"\r\n"))
+        buf = bytes(side.buf[skip:])
+        if direction == Direction.TO_SERVER:
+            last = buf.rfind(b"\n")
+            lines = buf[:last + 1] if last >= 0 else buf + b"\r\n"   # a start line cut short
+            h = _lenient_head(lines + b"\r\n", True, None)
+            if not isinstance(h, str):
+                anomalies = [a for a in h.anomalies if a != A.UNKNOWN_ERROR]
+                _add(anomalies, A.REQUEST_FIELD_TOO_LONG)
+                events.append(HttpRequest(
+                    side.direction, h.method, h.uri, h.version, h.get("host"), h.get("user-agent"),
+                    h.get("content-type"), h.fields, None, False, tuple(anomalies), side.offset + skip))
+        self._fail(side, "message head cut by the inspection budget", skip, events)
+        side.offset += len(side.buf)
+        side.buf.clear()
+        return events
+
     # -- the loop
 
     def _run(self, side: _Side, events: list[Event]) -> None:
@@ -535,17 +797,24 @@ class HttpParser(Parser):
         if i == n:
             return i if i > start else None
         request = side.direction == Direction.TO_SERVER
-        reason = _bad_start(bytes(buf[i:i + _MAX_METHOD + 1]), request)
+        reason = _lenient_bad_start(bytes(buf[i:i + _START_PREFIX_BYTES]), request)
         if reason:
             return self._fail(side, reason, i, events)
         m = _HEAD_END.search(buf, max(i, side.scan - side.offset), i + MAX_HEAD_BYTES)
         if m is None:
-            if n - i >= MAX_HEAD_BYTES:
-                return self._fail(side, f"message head longer than {MAX_HEAD_BYTES} bytes", i, events)
-            side.scan = side.offset + max(i, n - 2)
-            return i if i > start else None
-        end = m.end()
-        head = _parse_head(bytes(buf[i:end]), request)
+            end = _http09_end(buf, i) if request else None
+            if end is None:
+                if n - i >= MAX_HEAD_BYTES:
+                    return self._fail(side, f"message head longer than {MAX_HEAD_BYTES} bytes", i, events)
+                side.scan = side.offset + max(i, n - 2)
+                return i if i > start else None
+            # An HTTP/0.9-style request is its request line: the empty line
+            # that ends a head is added for the parsers.
+            head = _parse_head(bytes(buf[i:end]) + (b"\r\n" if buf[end - 2:end] == b"\r\n" else b"\n"),
+                               request)
+        else:
+            end = m.end()
+            head = _parse_head(bytes(buf[i:end]), request)
         if isinstance(head, str):
             return self._fail(side, head, i, events)
         at = side.offset + i
@@ -575,7 +844,15 @@ class HttpParser(Parser):
         line = bytes(buf[i:nl])
         m = _CHUNK_LINE.fullmatch(line[:-1] if line.endswith(b"\r") else line)
         if m is None:
-            return self._fail(side, f"invalid chunk-size line {line[:40]!r}", i, events)
+            # Read as tolerant servers do (leading blanks, "0x", more than
+            # 16 digits of which the leading ones are zeros, junk after the
+            # digits), and named.
+            m = _LENIENT_CHUNK_LINE.match(line)
+            if m is None or len(m[1].lstrip(b"0")) > 16:
+                return self._fail(side, f"invalid chunk-size line {line[:40]!r}", i, events)
+            request = side.direction == Direction.TO_SERVER
+            events.append(HttpAnomalyEvent(side.direction, _pick(
+                request, A.INVALID_REQUEST_CHUNK_LEN, A.INVALID_RESPONSE_CHUNK_LEN), side.offset + i))
         size = int(m[1], 16)
         if size:
             side.state, side.remaining = _CHUNK_DATA, size
@@ -600,7 +877,11 @@ class HttpParser(Parser):
         if tail[:1] == b"\n" or tail == b"\r\n":      # bare LF tolerated, as in heads
             side.state, side.scan = _CHUNK_SIZE, 0
             return i + (1 if tail[:1] == b"\n" else 2)
-        return self._fail(side, "chunk data not followed by CRLF", i, events)
+        # Named, and read on as the next chunk-size line: where a server
+        # that does not check the CRLF would go on.
+        events.append(HttpAnomalyEvent(side.direction, A.CHUNK_DATA_NOT_TERMINATED, side.offset + i))
+        side.state, side.scan = _CHUNK_SIZE, 0
+        return i
 
     def _st_trailers(self, side: _Side, i: int, events: list[Event]) -> int | None:
         buf, n = side.buf, len(side.buf)
@@ -649,7 +930,8 @@ class HttpParser(Parser):
     # -- messages
 
     def _request(self, side: _Side, h: _Head, at: int, end: int, events: list[Event]) -> int:
-        framing, cl, chunked, error = _framing(h, True)
+        anomalies = list(h.anomalies)
+        framing, cl, chunked, error = _framing(h, True, anomalies)
         error = error or h.error
         switch = "connect" if h.method == "CONNECT" else "upgrade" if h.upgrade else None
         if h.method == "CONNECT":
@@ -658,7 +940,7 @@ class HttpParser(Parser):
             framing = None          # RFC 9112 6.3: a request without length has no body
         events.append(HttpRequest(
             side.direction, h.method, h.uri, h.version, h.get("host"), h.get("user-agent"),
-            h.get("content-type"), h.fields, cl, chunked, h.anomalies, at))
+            h.get("content-type"), h.fields, cl, chunked, tuple(anomalies), at))
         if error:
             return self._fail(side, error, at - side.offset, events)
         if len(self._pending) < MAX_PENDING_REQUESTS and not self._unknown_pending:
@@ -673,11 +955,12 @@ class HttpParser(Parser):
         interim = 100 <= h.status < 200 and h.status != 101
         req = self._pair(pop=not interim)
         method = req.method if req else None
-        framing, cl, chunked, error = _framing(h, False)
+        anomalies = list(h.anomalies)
+        framing, cl, chunked, error = _framing(h, False, anomalies)
         error = error or h.error
         events.append(HttpResponse(
             side.direction, h.status, h.reason, h.version, h.get("content-type"), h.fields,
-            method, cl, chunked, h.anomalies, at))
+            method, cl, chunked, tuple(anomalies), at))
         if error:
             return self._fail(side, error, at - side.offset, events)
         if h.status == 101 or (method == "CONNECT" and 200 <= h.status < 300):
@@ -777,6 +1060,55 @@ _STATES = {
 }
 
 
+# Bytes of a message's start judged by _lenient_bad_start: leading blanks
+# and the longest method a lenient request line may have, with its delimiter.
+_START_PREFIX_BYTES = 2 * MAX_LENIENT_METHOD
+_LEADING_BLANKS = b" \t\x0b\x0c"
+# A header field line (or the start of one): what tells an HTTP/0.9-style
+# request line from a versionless line with fields after it.
+_FIELD_START = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]*[ \t]*(:|$)")
+
+
+def _lenient_bad_start(prefix: bytes, request: bool) -> str | None:
+    """Why the first bytes of a message cannot start one even read leniently
+    (None: they can, so far): any method token, in any case, after blanks.
+
+    Lets garbage fail at once instead of after MAX_HEAD_BYTES."""
+    if not request:
+        k = min(len(prefix), 5)
+        return None if prefix[:k].upper() == b"HTTP/"[:k] else f"not an HTTP status line: {prefix[:16]!r}"
+    rest = prefix.lstrip(_LEADING_BLANKS)
+    if not rest:
+        return None
+    m = _TOKEN.match(rest)
+    if m is None:
+        return f"not an HTTP request line: {prefix[:16]!r}"
+    if m.end() == len(rest):        # the method goes on past what is here
+        return None if m.end() <= MAX_LENIENT_METHOD else f"not an HTTP request line: {prefix[:16]!r}"
+    if rest[m.end()] not in _LEADING_BLANKS:
+        return f"not an HTTP request line: {prefix[:16]!r}"
+    if m[0] == b"PRI":              # "PRI * HTTP/2.0": prior-knowledge HTTP/2
+        return "HTTP/2 connection preface, not HTTP/1.x"
+    return None
+
+
+def _http09_end(buf: bytearray, i: int) -> int | None:
+    """End of an HTTP/0.9-style request (a request line without a version,
+    no fields) starting at ``buf[i]``, or None: not one (or not yet known)."""
+    nl = buf.find(b"\n", i, i + MAX_HEAD_BYTES)
+    if nl < 0:
+        return None
+    line = bytes(buf[i:nl]).rstrip(b"\r").strip(_LEADING_BLANKS)
+    words = _BLANKS.split(line)
+    if len(words) < 2 or _LOOSE_VERSION.fullmatch(words[-1]):
+        return None                 # a version: a head with its empty line still to come
+    after = bytes(buf[nl + 1:nl + 1 + MAX_FIELD_LINE_BYTES])
+    first = after.split(b"\n", 1)[0].rstrip(b"\r")
+    if after and first and _FIELD_START.match(first):
+        return None                 # fields follow (or may): wait for the empty line
+    return nl + 1
+
+
 def _bad_start(prefix: bytes, request: bool) -> str | None:
     """Why the first bytes of a message cannot start one (None: they can, so far).
 
@@ -800,9 +1132,34 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] [0-9]{3}[ \r\n]")
 _VERSION_AT_END = re.compile(rb" HTTP/[0-9]\.[0-9]\r?$")
 
 
+# A complete request line as tolerant servers read it: any method token,
+# blanks, a target, blanks, an HTTP version of some kind.
+_LENIENT_REQUEST_LINE = re.compile(
+    rb"[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}[ \t\x0b\x0c]+[^\x00-\x20][^\r\n]*[ \t\x0b\x0c](?i:HTTP)/[0-9.]+[ \t]*\r?")
+
+
 def probe(data: bytes, direction: Direction) -> float:
     """Rate the first bytes of one direction as HTTP/1.x (any port)."""
     data = bytes(data[:4096]).lstrip(b"\r\n")
+    got = _strict_probe(data, direction)
+    if got >= LIKELY or direction == Direction.TO_CLIENT:
+        return got
+    # What a lenient server reads as a request (unknown or lower-case
+    # method, odd blanks, odd version) is HTTP to the inspector too: such
+    # a request must not slip past it as "not HTTP". So is an HTTP/0.9-style
+    # "GET /path" line (a Redis "GET key" has no slash).
+    eol = data.find(b"\n")
+    if eol >= 0 and not data.startswith(b"PRI "):   # HTTP/2's preface is not HTTP/1.x
+        line = data[:eol]
+        if _LENIENT_REQUEST_LINE.fullmatch(line):
+            return LIKELY
+        method, sp, target = line.partition(b" ")
+        if method in _METHOD_BYTES and target.startswith(b"/"):
+            return LIKELY
+    return got
+
+
+def _strict_probe(data: bytes, direction: Direction) -> float:
     if direction == Direction.TO_CLIENT:
         if data.startswith(b"HTTP/1."):
             return CERTAIN if _STATUS_LINE.match(data) else LIKELY

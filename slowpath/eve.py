@@ -9,7 +9,8 @@ a ``microseg`` object, where an EVE consumer ignores it.
 Two halves:
 
 * Builders (``flow_record``, ``alert_record``, ``http_record``,
-  ``tls_record``, ``dns_records``, ``drop_record``, ``stats_record``) turn a
+  ``tls_record``, ``dns_records``, ``drop_record``, ``stats_record``,
+  ``anomaly_record``) turn a
   :class:`FlowInfo` plus parser events (protocols/*.py) into plain dicts.
   They are pure: no I/O; the timestamp is an argument (now if omitted).
 * :class:`EveLog` serialises a record to one line (compact, ASCII-only JSON:
@@ -62,7 +63,7 @@ from protocols.tls import TlsClientHello, TlsServerHello
 
 SCHEMA_PATH = Path(__file__).with_name("eve_schema.json")
 
-EVENT_TYPES = ("flow", "alert", "http", "tls", "dns", "drop", "stats")
+EVENT_TYPES = ("flow", "alert", "http", "tls", "dns", "drop", "stats", "anomaly")
 
 # --- Limits -------------------------------------------------------------------
 # Records a sink queues while its I/O is slow (its worker may hold one more
@@ -378,6 +379,21 @@ def http_record(flow: FlowInfo, request: HttpRequest | None, response: HttpRespo
     anomalies = tuple(request.anomalies if request is not None else ()) + \
         tuple(response.anomalies if response is not None else ())
     _microseg(rec, anomalies=list(dict.fromkeys(anomalies)) or None)
+    return rec
+
+
+# Suricata's anomaly layer for an event its app-layer parser raised.
+ANOMALY_LAYER_PARSER = "proto_parser"
+
+
+def anomaly_record(flow: FlowInfo, event: str, ts=None, *, app_proto: str = "http",
+                   layer: str = ANOMALY_LAYER_PARSER, direction=None, tx_id: int | None = None) -> dict:
+    """Suricata's ``anomaly`` record for an application-layer event (a
+    protocol deviation the parser tolerated, e.g. "METHOD_UNKNOWN").
+    Nothing under ``microseg``: the record is Suricata's shape exactly."""
+    rec = _header(flow, "anomaly", ts, direction=direction, tx_id=tx_id)
+    rec["anomaly"] = {"type": "applayer", "event": _text(event), "layer": layer, "app_proto": app_proto}
+    rec["app_proto"] = app_proto
     return rec
 
 

@@ -2,12 +2,15 @@
 network namespace with SO_MARK set to MS_RESET_MARK, which the egress
 program lets through (bpf/lib/maps.h):
 
-* TCP resets to both ends of a flow blocked in async mode. The kernel drops
-  every later packet of a blocked flow, but the two ends would each wait
-  for a timeout; a reset tells them now (Suricata's "reject"). A reset
-  carries exactly the receiver's next expected byte (RCV.NXT), which RFC
-  5961 section 3.2 requires for it to be accepted at once rather than
-  answered with a challenge ACK.
+* TCP resets to both ends of a blocked flow, in either mode. The kernel
+  drops every later packet of a blocked flow, but the two ends would each
+  wait for a timeout (and a server that takes one connection at a time
+  would serve no one else meanwhile); a reset tells them now (Suricata's
+  "reject"). A reset carries exactly the receiver's next expected byte
+  (RCV.NXT), which RFC 5961 section 3.2 requires for it to be accepted at
+  once rather than answered with a challenge ACK. Where that number comes
+  from depends on what reached the receiver: see ``reset_flow`` (the
+  flow's packets passed) and ``reset_held`` (its payload was held).
 * The held payload of a hold-mode flow, once the verdict lets it go: sent
   on to its destination as the client sent it (same addresses, ports,
   sequence and acknowledgment numbers), so the first request does not wait
@@ -72,7 +75,10 @@ class Injector:
         return True
 
     def reset_flow(self, info, key: bytes, next_seq, tries: int = 0) -> None:
-        """Reset both ends of a flow just blocked (see RESET_POLL_S)."""
+        """Reset both ends of a flow just blocked whose packets passed
+        (async mode, or hold mode after a release): the receivers got
+        everything tracking counted, so the kernel session's window data
+        are their RCV.NXT once the block is merged (see RESET_POLL_S)."""
         if self.session_seq is None or self.call_later is None:
             self.reset(info, next_seq)
             return
@@ -85,6 +91,23 @@ class Injector:
             self.reset(info, [c_next, s_next])
             return
         self.call_later(RESET_POLL_S, lambda: self.reset_flow(info, key, next_seq, tries + 1))
+
+    def reset_held(self, info, key: bytes, held_from, next_seq) -> int:
+        """Reset both ends of a flow blocked while hold mode still held its
+        payload (no verdict had let it go). The kernel dropped every held
+        segment, so a receiver's RCV.NXT is the first held byte of its peer
+        (``held_from``, per side: 0 client), whatever the kernel's window
+        data say (tracking counted the held segments as sent). A side that
+        had nothing held sent only what passed: its next sequence number
+        is the kernel session's, or ``next_seq`` (from the records) without
+        one. Nothing of the flow reaches the other end before the verdict
+        is merged either way, so no wait for the merge: the resets go now
+        (waiting would cost the client's retransmission timer)."""
+        got = self.session_seq(key) if self.session_seq is not None else None
+        kernel = (None, None) if got is None else got[1:]
+        seqs = [h if h is not None else (k if k is not None else n)
+                for h, k, n in zip(held_from, kernel, next_seq)]
+        return self.reset(info, seqs)
 
     def _sock(self, family: int) -> socket.socket:
         s = self._socks.get(family)

@@ -65,6 +65,14 @@ Built-in signatures scan uri, headers and body (each says which; ``args``
 would double every uri hit). Their ids are stable: sqli 1000xx, xss 1001xx,
 traversal 1002xx, cmdi 1003xx; :data:`BUILTIN_SIGNATURES` lists them.
 
+Protocol anomalies. The HTTP parser reads leniently what servers accept
+and names each deviation (protocols/http.py ``HttpAnomaly``); the WAF runs
+on what it recovered, normalised as any request. On a ``waf`` flow each
+anomaly of a request is also a hit of category ``protocol`` (id
+100400 + its position in HttpAnomaly, field http.protocol) whose action is
+the ``http_anomaly`` setting: block (default, as ModSecurity CRS's protocol
+enforcement), alert, or pass (no hit). Response anomalies are only logged.
+
 DLP
 ---
 Detectors (:data:`DETECTORS`) scan request and/or response bodies chunk by
@@ -102,10 +110,11 @@ from typing import Callable, Literal
 import hyperscan
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
-from appliance.configfile import FileErrors, duplicate_keys, node_line, parse_yaml, validation_errors
-from protocols.api import Direction, Event
+from appliance.configfile import (MAX_RULES_BYTES, FileErrors, duplicate_keys, node_line, parse_yaml, read_text,
+                                  validation_errors)
+from protocols.api import Direction, Event, Malformed
 from protocols.dns import DnsMessage
-from protocols.http import HttpBody, HttpMessageEnd, HttpRequest, HttpResponse
+from protocols.http import HttpAnomaly, HttpAnomalyEvent, HttpBody, HttpMessageEnd, HttpRequest, HttpResponse
 from protocols.tls import TlsClientHello
 from slowpath import normalize
 
@@ -151,6 +160,12 @@ WHAT = frozenset({"waf", "dlp", "dpi"})
 # Ids the built-ins use (WAF 1000xx-1003xx, DLP detectors 2000xx) and the
 # default ids of domain rules (300000 + position): custom ids stay out.
 RESERVED_IDS = range(100000, 400000)
+# HTTP protocol anomalies (protocols/http.py HttpAnomaly) as WAF hits: id
+# 100400 + the anomaly's position in HttpAnomaly, category "protocol".
+ANOMALY_BASE_ID = 100400
+ANOMALY_IDS = {a.value: ANOMALY_BASE_ID + i for i, a in enumerate(HttpAnomaly)}
+ANOMALY_SEVERITY = 2
+ANOMALY_ACTIONS = ("block", "alert", "pass")
 DOMAIN_DEFAULT_ID = 300000
 
 
@@ -716,12 +731,16 @@ class RuleSet:
                 for p in r.patterns:
                     self._domain_index[f].add(p, i)
 
-    def flow(self, what: frozenset[str] | set[str]) -> "FlowInspector":
-        """An inspector for one flow doing ``what`` ⊆ {"waf", "dlp", "dpi"} (the policy rule's inspect.what)."""
+    def flow(self, what: frozenset[str] | set[str], http_anomaly: str = "block") -> "FlowInspector":
+        """An inspector for one flow doing ``what`` ⊆ {"waf", "dlp", "dpi"} (the policy rule's
+        inspect.what); ``http_anomaly`` (block, alert, pass) is what a request's protocol
+        anomaly does on a flow with ``waf``."""
         bad = set(what) - WHAT
         if bad:
             raise ValueError(f"unknown inspection {sorted(bad)}: use {sorted(WHAT)}")
-        return FlowInspector(self, frozenset(what))
+        if http_anomaly not in ANOMALY_ACTIONS:
+            raise ValueError(f"http_anomaly {http_anomaly!r}: use one of {ANOMALY_ACTIONS}")
+        return FlowInspector(self, frozenset(what), http_anomaly)
 
     def summary(self) -> dict:
         per = {c: sum(1 for a in self.waf if a.sig.category == c) for c in WAF_CATEGORIES}
@@ -778,10 +797,13 @@ class FlowInspector:
     """Rules applied to one flow's parser events. ``feed`` returns the hits
     an event completes; ``close`` those still pending when the flow ends."""
 
-    def __init__(self, rules: RuleSet, what: frozenset[str]) -> None:
+    def __init__(self, rules: RuleSet, what: frozenset[str], http_anomaly: str = "block") -> None:
         self.rules = rules
         self.what = what
         self._waf = "waf" in what and rules._db is not None
+        # Protocol anomalies of requests become hits on a WAF flow (as
+        # ModSecurity CRS's protocol enforcement), unless let pass.
+        self._anomaly_action = http_anomaly if "waf" in what and http_anomaly != "pass" else None
         self._dpi = "dpi" in what and bool(rules.domains)
         self._dlp = rules._dlp_by_direction if "dlp" in what else rules._no_dlp
         self._streams = {d: _DlpStream() for d in Direction}
@@ -800,6 +822,7 @@ class FlowInspector:
             return out
         if isinstance(ev, HttpRequest):
             out = self._end_message(Direction.TO_SERVER)     # a body cut short by a gap
+            out += self._anomalies(ev.anomalies, ev.direction)
             if self._dpi:
                 host = request_host(ev)
                 if host:
@@ -810,6 +833,12 @@ class FlowInspector:
         if isinstance(ev, HttpResponse):
             return self._end_message(Direction.TO_CLIENT)
         if isinstance(ev, HttpMessageEnd):
+            return self._end_message(ev.direction)
+        if isinstance(ev, HttpAnomalyEvent):
+            return self._anomalies((ev.name,), ev.direction)
+        if isinstance(ev, Malformed):
+            # The parser gave up inside a message: the WAF still reads the
+            # part of the body it got (the flow's parser_error action follows).
             return self._end_message(ev.direction)
         if isinstance(ev, TlsClientHello):
             if self._dpi and ev.sni:
@@ -829,6 +858,15 @@ class FlowInspector:
         return self._end_message(Direction.TO_SERVER) + self._end_message(Direction.TO_CLIENT)
 
     # -- WAF ----------------------------------------------------------------------
+    def _anomalies(self, names, d: Direction) -> list[Hit]:
+        """Hits for a request's protocol anomalies (responses' are only logged:
+        a server's odd answer is not an attack on it)."""
+        if self._anomaly_action is None or d != Direction.TO_SERVER:
+            return []
+        return [Hit(ANOMALY_IDS.get(n, ANOMALY_BASE_ID), f"HTTP protocol anomaly {n}", "protocol",
+                    self._anomaly_action, ANOMALY_SEVERITY, "http.protocol", shown(str(n)), d)
+                for n in dict.fromkeys(names)]
+
     def _waf_request(self, ev: HttpRequest) -> list[Hit]:
         rs, d = self.rules, ev.direction
         out: list[Hit] = []
@@ -931,13 +969,8 @@ class FlowInspector:
 
 def load_rules(path: str | Path) -> RuleSet:
     """Load, validate and compile a rule file; RulesError lists every problem."""
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise RulesError.unreadable(path, e.strerror or str(e)) from None
-    except UnicodeDecodeError as e:
-        raise RulesError.unreadable(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return load_rules_text(text, path)
+    # size limit and encoding checked as for every file microseg reads
+    return load_rules_text(read_text(path, MAX_RULES_BYTES, RulesError), path)
 
 
 def load_rules_text(text: str, path: str | Path = "<rules>") -> RuleSet:

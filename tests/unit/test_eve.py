@@ -187,7 +187,7 @@ def test_http_request_only_response_only_and_anomalies():
     req, _ = http_events(b"GET / HTTP/1.0\n\n")           # bare LF, no Host
     rec = valid(eve.http_record(FLOW, req, None, TS))
     assert "hostname" not in rec["http"] and rec["http"]["protocol"] == "HTTP/1.0"
-    assert rec["microseg"]["anomalies"] == ["bare-lf"]
+    assert rec["microseg"]["anomalies"] == ["LINE_TERMINATOR_BARE_LF"]
     _, resp = http_events(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n")
     rec = valid(eve.http_record(FLOW, None, resp, TS))
     assert rec["http"] == {"protocol": "HTTP/1.1", "status": 204}
