@@ -686,6 +686,7 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
             nf->tcp[0].maxack = p->ack_seq;   /* an ACK picks up: where the peer's RST is expected */
             nf->tcp[0].flags |= MS_SIDE_MAXACK;
             ms_flow_set_verdict(nf, &v, gen);
+            ms_l7_mark(p, nf, 0);   /* its payload is identified and inspected like any first payload */
             if (ms_flows.update(kp, nf) != 0) {
                 ms_pressure_add(0);
                 return ms_full_reason(p);
