@@ -105,6 +105,20 @@ class FlowAnalyzer:
             out += self.parser.receive_eof(direction)
         return out
 
+    def settle(self) -> list[Event]:
+        """The flow is over (both ends closed, timed out, or the capture
+        ended): if detection is still waiting for bytes, settle on the best
+        guess from what there is, as at the end of a stream, and parse what
+        was buffered. A flow seen only mid-stream (application data whose
+        start is not in the capture) is decided here. Both the offline
+        analysis (analyse_flow) and the engine (at a flow's close) end a
+        flow through this, so they name the same protocol."""
+        out: list[Event] = []
+        for d in Direction:
+            if not self.decided:
+                out += self.eof(d)
+        return out
+
     # -- detection -------------------------------------------------------------
     def _detect(self, direction: Direction, full: bool, sample: bytes | None = None) -> bool:
         best, conf = None, 0.0
@@ -176,7 +190,4 @@ def analyse_flow(flow, plugins=None, kernel_app: str | None = None) -> tuple[Flo
     events: list[Event] = []
     for ev in flow.events:
         events += an.stream_event(ev)
-    for d in Direction:
-        if not an.decided:
-            events += an.eof(d)
-    return an, events
+    return an, events + an.settle()

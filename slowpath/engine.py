@@ -5,12 +5,14 @@ payload record (slowpath/records.py) and does everything it implies, through
 the callables it was given: reassembly (TCP, per flow, capped), protocol
 detection and parsing (slowpath/analyzer.py; the kernel's app id is a hint),
 rules (slowpath/rules.py) on the parser events, a verdict for the kernel
-(``verdicts.verdict(key, code)``), TCP resets for a blocked async flow
+(``verdicts.verdict(key, code)``), TCP resets for a blocked flow
 and the release of held payload (``injector``), and EVE records (``emit``). The asyncio daemon
 (slowpath/daemon.py) and `microseg replay` feed it the same way.
 
 When a flow gets which verdict:
-  * a rule hit with action block: BLOCK at once (and resets, in async mode);
+  * a rule hit with action block: BLOCK at once, and resets to both ends
+    (async, or hold after a release: the numbers the kernel's session
+    tracked; hold still holding: the first held byte, see inject.py);
   * a request or query that passed the rules: RELEASE (hold mode: let the
     held bytes go; either mode: inspection goes on up to the budget, which
     then ends it as a stream depth does, without counting a failure);
@@ -58,6 +60,7 @@ INSPECT_WHAT = {0x01: "dpi", 0x02: "waf", 0x04: "dlp"}
 MAX_HELD_RECORDS = 64
 HOLD_BIT = 0x80
 TCP_FIN, TCP_RST = 0x01, 0x04
+HTTP_SWITCHING_PROTOCOLS = 101   # RFC 9110 15.2.2: the last HTTP/1.x answer on the connection
 
 
 @dataclass
@@ -96,8 +99,22 @@ class Flow:
     caps_seen: int = 0
     copied: list = field(default_factory=lambda: [0, 0])   # payload bytes the kernel copied, per side
     held: list = field(default_factory=list)               # hold mode: records the kernel dropped
+    # hold mode, per side: seq of the first payload byte the kernel held
+    # (dropped), which is what the other end still expects (for resets)
+    held_from: list = field(default_factory=lambda: [None, None])
     eof: set = field(default_factory=set)
     frags: collections.OrderedDict = field(default_factory=collections.OrderedDict)
+
+
+def _note_held(flow: Flow, rec: InspRecord) -> None:
+    """Hold mode, no verdict yet: the kernel dropped this TCP payload, so
+    the other end still expects its side's earliest held byte (a
+    retransmission or reordering never lowers it)."""
+    if not (flow.hold and flow.verdict is None and rec.data and rec.l4 == 6):
+        return
+    first = flow.held_from[rec.side]
+    if first is None or (rec.seq - first) & 0x80000000:   # rec.seq before first, modulo 2**32
+        flow.held_from[rec.side] = rec.seq
 
 
 class Engine:
@@ -136,6 +153,12 @@ class Engine:
         if self.metrics is not None:
             self.metrics.record_ringbuf(1)
         flow = self.flows.get(rec.key)
+        if flow is None and not rec.orig_len:
+            # A bare FIN or RST of a flow not held here (closed already, and
+            # this is a retransmission of its FIN): nothing to inspect, and
+            # no verdict is waited for (the kernel holds payload only), so
+            # opening a flow would only log an empty one.
+            return
         if flow is None:
             flow = self._open(rec)
         else:
@@ -151,9 +174,18 @@ class Engine:
                 flow.next_seq[1 - rec.side] = rec.ack_seq
         if flow.verdict in (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK):
             return                        # decided; a record in flight when the verdict was written
+        _note_held(flow, rec)
         if flow.hold and flow.verdict is None and rec.data and len(flow.held) < MAX_HELD_RECORDS:
             flow.held.append(rec)         # the kernel dropped it: ours to send on if allowed
         events = self._parse(flow, rec)
+        if (self.inspect_budget is not None and flow.copied[rec.side] >= self.inspect_budget
+                and flow.verdict in (None, VerdictCode.VERDICT_RELEASE)):
+            # The kernel copies no more of this side: a message head still
+            # incomplete is read as far as it goes (rules see its request
+            # line), never left pending while the rest passes uncopied.
+            cut = getattr(flow.analyzer.parser, "cut_head", None)
+            if cut is not None:
+                events += cut(Direction(rec.side))
         self._inspect(flow, events)
         if (flow.verdict == VerdictCode.VERDICT_RELEASE and self.inspect_budget is not None
                 and max(flow.copied) >= self.inspect_budget):
@@ -175,9 +207,11 @@ class Engine:
                             dest_port=rec.server[1], proto=rec.l4, start=self.wallclock())
         flow = Flow(rec.key, info, rec.transport, FlowAnalyzer(rec.transport, self.plugins, kernel_app),
                     StreamReassembler(budget=self.budget) if rec.l4 == 6 else None,
-                    self.rules.flow(what), bool(rec.inspect & HOLD_BIT), rec.ts_ns, rec.rule_id, self.clock())
+                    self.rules.flow(what, http_anomaly=self.failure_actions.http_anomaly),
+                    bool(rec.inspect & HOLD_BIT), rec.ts_ns, rec.rule_id, self.clock())
         self.flows[rec.key] = flow
         self.counters.flows_opened += 1
+        _note_held(flow, rec)             # before a simulated failure below may block it
         for kind in ("reassembly_cap", "parser_error"):
             if kind in self.simulate:
                 self._failure(flow, kind)
@@ -244,9 +278,9 @@ class Engine:
                 self.counters.hits[hit.category] += 1
                 flow.alerted = True
                 self.emit(eve.alert_record(info, hit, self.wallclock(), direction=hit.direction,
-                                           reject_target="both" if hit.action == "block" and not flow.hold
+                                           reject_target="both" if hit.action == "block"
                                            and self.injector is not None and flow.transport == "tcp" else None,
-                                           reject=("tcp-reset",) if hit.action == "block" and not flow.hold
+                                           reject=("tcp-reset",) if hit.action == "block"
                                            and self.injector is not None and flow.transport == "tcp" else ()))
                 if hit.action == "block":
                     self._block(flow)
@@ -276,11 +310,19 @@ class Engine:
 
     def _log(self, flow: Flow, info: eve.FlowInfo, ev) -> None:
         kind = ev.kind
+        # Every tolerated deviation of an inspected flow: an EVE anomaly
+        # record (what it does to the flow came as a rule hit, rules.py).
+        for name in (ev.anomalies if kind in ("http_request", "http_response") else
+                     (ev.name,) if kind == "http_anomaly" else ()):
+            self.emit(eve.anomaly_record(info, name, self.wallclock(), app_proto="http",
+                                         direction=ev.direction))
         if kind == "http_request":
             flow.http_pending.append(ev)
         elif kind == "http_response":
             req = flow.http_pending.popleft() if flow.http_pending else None
-            if ev.status >= 200 or req is None:
+            # 101 Switching Protocols is the request's final answer: the
+            # request is logged with it whatever the connection speaks next.
+            if ev.status >= 200 or ev.status == HTTP_SWITCHING_PROTOCOLS or req is None:
                 self.emit(eve.http_record(info, req, ev, self.wallclock()))
             elif req is not None:
                 flow.http_pending.appendleft(req)       # 1xx: the final answer is still to come
@@ -298,6 +340,8 @@ class Engine:
         if self.metrics is not None:
             self.metrics.record_failure(kind)
         act = getattr(self.failure_actions, kind)
+        if act is None:     # parser_error's default: what the WAF cannot read does not pass
+            act = "drop" if "waf" in getattr(flow.inspector, "what", ()) else "bypass"
         code = {"pass": VerdictCode.VERDICT_RELEASE, "bypass": VerdictCode.VERDICT_ALLOW,
                 "drop": VerdictCode.VERDICT_BLOCK}[act]
         if code == VerdictCode.VERDICT_BLOCK:
@@ -308,9 +352,15 @@ class Engine:
     def _block(self, flow: Flow) -> None:
         if flow.verdict == VerdictCode.VERDICT_BLOCK:
             return
+        holding = flow.hold and flow.verdict is None   # no verdict has let the held payload go
         self._verdict(flow, VerdictCode.VERDICT_BLOCK)
         flow.held.clear()
-        if not flow.hold and self.injector is not None and flow.transport == "tcp":
+        if self.injector is None or flow.transport != "tcp":
+            return
+        # Both ends get a reset in either mode; what each expects differs.
+        if holding:
+            self.injector.reset_held(flow.info, flow.key, list(flow.held_from), list(flow.next_seq))
+        else:
             self.injector.reset_flow(flow.info, flow.key, list(flow.next_seq))
 
     def _verdict(self, flow: Flow, code: VerdictCode) -> None:
@@ -348,6 +398,11 @@ class Engine:
     def _close(self, flow: Flow, reason: str, pop: bool = True) -> None:
         if pop:
             self.flows.pop(flow.key, None)
+        if not flow.analyzer.decided:
+            # Detection still waiting (a flow seen only mid-stream, or
+            # cut short): settle on what there is, as the offline analysis
+            # does, so the records below name the protocol.
+            self._inspect(flow, flow.analyzer.settle())
         info = self._info(flow)
         now = self.wallclock()
         for hit in flow.inspector.close():    # a body cut short: its pending scans

@@ -9,7 +9,9 @@ the events the protocol parsers consume, in capture order:
 * UDP: one :class:`Datagram` per packet.
 
 Decoding: dpkt reads the file records (format chosen by the magic number, not
-the file name); the layers below are decoded here with ``struct``, because
+the file name; classic pcap in micro- or nanoseconds; pcapng block by block
+with each interface's own link type, timestamp resolution and offset, see
+_PcapngReader); the layers below are decoded here with ``struct``, because
 dpkt's packet classes neither reassemble IP fragments nor look through every
 encapsulation we meet. Link types: Ethernet, BSD loopback / NULL and
 OpenBSD LOOP, raw IP, Linux cooked (SLL, SLL2). Looked through: any number of
@@ -89,6 +91,7 @@ FRAGMENT_TIMEOUT_S = 60.0
 MAX_CAPLEN = 262144
 
 # ------------------------------------------------------------- constants
+ETH_HEADER_LEN = 14         # destination, source, EtherType: the least a frame must hold
 LINKTYPE_NULL = 0           # BSD loopback: 4-byte address family, host byte order
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101          # raw IPv4/IPv6 (also DLT_RAW 12 and 14 on some systems)
@@ -127,7 +130,17 @@ _u32 = struct.Struct("!I").unpack_from
 
 
 class PcapError(Exception):
-    """A capture file that cannot be read; the message names file, offset and frame."""
+    """A capture file that cannot be read; the message names file, offset and frame.
+
+    Raised while frames are being read (a record cut short or corrupt after
+    good ones), it carries ``offset``, the byte offset where reading stopped,
+    and ``frame``, the number of the frame that could not be read: every
+    frame before it was delivered, so a caller can finish what it has."""
+
+    def __init__(self, message: str, *, offset: int | None = None, frame: int | None = None) -> None:
+        super().__init__(message)
+        self.offset = offset
+        self.frame = frame
 
 
 @dataclass(frozen=True)
@@ -305,13 +318,14 @@ class _Decoder:
         self.link_type = link_type
         self.defrag = _Defragmenter(stats)
 
-    def decode(self, buf: bytes, ts: float) -> L4Packet:
-        """Raise _NotFlow / _Undecodable when the frame carries no TCP/UDP packet."""
-        lt = self.link_type
+    def decode(self, buf: bytes, ts: float, lt: int | None = None) -> L4Packet:
+        """Raise _NotFlow / _Undecodable when the frame carries no TCP/UDP packet.
+        ``lt``: the frame's link type when it differs from the capture's (pcapng)."""
+        lt = self.link_type if lt is None else lt
         if lt == LINKTYPE_ETHERNET:
-            if len(buf) < 14:
+            if len(buf) < ETH_HEADER_LEN:
                 raise _Undecodable("ethernet header truncated")
-            return self._ethertype(buf, _u16(buf, 12)[0], 14, ts)
+            return self._ethertype(buf, _u16(buf, 12)[0], ETH_HEADER_LEN, ts)
         if lt in (LINKTYPE_NULL, LINKTYPE_LOOP):
             if len(buf) < 4:
                 raise _Undecodable("loopback header truncated")
@@ -521,13 +535,141 @@ class _TrackedFile:
         return data
 
 
+class _PcapngReader:
+    """pcapng blocks, decoded with dpkt's block classes, with the state a
+    pcapng file keeps per interface: dpkt.pcapng.Reader reads only the
+    first Interface Description Block and applies its ``if_tsresol`` /
+    ``if_tsoffset`` and link type to every packet, so the packets of a
+    second interface with nanosecond timestamps come out tens of thousands
+    of years late (corpus ndpi-kafka.pcapng). Here each Enhanced / Packet
+    Block uses its own interface's resolution, offset and link type
+    (pcapng spec, draft-ietf-opsawg-pcapng, 4.2 and 4.3), a Section Header
+    Block starts a new interface list (4.1), and Simple Packet Blocks (4.4,
+    interface 0, no timestamp: they get the previous packet's) are frames
+    too, as Wireshark counts them. Iterating yields (timestamp, bytes, link
+    type); a bad block raises what _records turns into one line."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self._le = True
+        self.interfaces: list[tuple[int, int, float, int]] = []   # (link type, snaplen, divisor, offset)
+        self._last_ts = 0.0
+        hdr = f.read(8)
+        if len(hdr) < 8:
+            raise ValueError("invalid pcapng header")
+        self._section(hdr)
+        # The first interface's link type is the capture's (tshark reports
+        # that one too); read blocks until it is known.
+        self._pending: list[tuple[float, bytes, int]] = []
+        while not self.interfaces:
+            pkt = self._next_block()
+            if pkt is False:
+                raise ValueError("no Interface Description Block")
+            if pkt is not None:
+                raise ValueError("packet block before any Interface Description Block")
+
+    def datalink(self) -> int:
+        return self.interfaces[0][0]
+
+    def _body(self, blen: int) -> bytes:
+        if blen < 12:
+            raise _BadBlockLength(self._f.offset - 4)
+        body = self._f.read(blen - 8)
+        if len(body) < blen - 8:
+            raise dpkt.NeedData(f"block of {blen} bytes")
+        return body
+
+    def _section(self, hdr: bytes) -> None:
+        """A Section Header Block whose first 8 bytes (type, length) are ``hdr``."""
+        bom = self._f.read(4)
+        if bom == b"\x4d\x3c\x2b\x1a":
+            self._le = True
+        elif bom == b"\x1a\x2b\x3c\x4d":
+            self._le = False
+        else:
+            raise ValueError(f"unknown byte-order magic {bom.hex()}")
+        blen = struct.unpack_from("<I" if self._le else ">I", hdr, 4)[0]
+        if blen < 28:
+            raise _BadBlockLength(self._f.offset - 8)
+        rest = self._f.read(blen - 12)
+        if len(rest) < blen - 12:
+            raise dpkt.NeedData(f"section header of {blen} bytes")
+        cls = dpkt.pcapng.SectionHeaderBlockLE if self._le else dpkt.pcapng.SectionHeaderBlock
+        shb = cls(hdr + bom + rest)
+        if shb.v_major != dpkt.pcapng.PCAPNG_VERSION_MAJOR:
+            raise ValueError(f"pcapng version {shb.v_major}.{shb.v_minor} not supported")
+        self.interfaces = []
+
+    def _interface(self, buf: bytes) -> None:
+        idb = (dpkt.pcapng.InterfaceDescriptionBlockLE if self._le
+               else dpkt.pcapng.InterfaceDescriptionBlock)(buf)
+        divisor, offset = 1e6, 0                       # the spec's defaults: microseconds, no offset
+        for opt in idb.opts:
+            if opt.code == dpkt.pcapng.PCAPNG_OPT_IF_TSRESOL and len(opt.data) >= 1:
+                # high bit clear: 10^-n seconds; set: 2^-n seconds
+                v = opt.data[0]
+                divisor = float((2 if v & 0x80 else 10) ** (v & 0x7F))
+            elif opt.code == dpkt.pcapng.PCAPNG_OPT_IF_TSOFFSET and len(opt.data) >= 8:
+                offset = struct.unpack_from("<q" if self._le else ">q", opt.data)[0]
+        self.interfaces.append((idb.linktype, idb.snaplen, divisor, offset))
+
+    def _iface(self, iface_id: int) -> tuple[int, int, float, int]:
+        if iface_id >= len(self.interfaces):
+            raise ValueError(f"packet of interface {iface_id}, but the section describes "
+                             f"{len(self.interfaces)}")
+        return self.interfaces[iface_id]
+
+    def _next_block(self):
+        """The next packet as (ts, bytes, link type); None for another
+        block; False at the end of the file."""
+        hdr = self._f.read(8)
+        if len(hdr) < 8:
+            return False
+        btype = struct.unpack_from("<I" if self._le else ">I", hdr)[0]
+        if btype == dpkt.pcapng.PCAPNG_BT_SHB:
+            self._section(hdr)
+            return None
+        blen = struct.unpack_from("<I" if self._le else ">I", hdr, 4)[0]
+        buf = hdr + self._body(blen)
+        if btype == dpkt.pcapng.PCAPNG_BT_IDB:
+            self._interface(buf)
+            return None
+        if btype in (dpkt.pcapng.PCAPNG_BT_EPB, dpkt.pcapng.PCAPNG_BT_PB):
+            if btype == dpkt.pcapng.PCAPNG_BT_EPB:
+                cls = dpkt.pcapng.EnhancedPacketBlockLE if self._le else dpkt.pcapng.EnhancedPacketBlock
+            else:
+                cls = dpkt.pcapng.PacketBlockLE if self._le else dpkt.pcapng.PacketBlock
+            blk = cls(buf)
+            lt, _, divisor, offset = self._iface(blk.iface_id)
+            self._last_ts = offset + ((blk.ts_high << 32) | blk.ts_low) / divisor
+            return self._last_ts, blk.pkt_data, lt
+        if btype == dpkt.pcapng.PCAPNG_BT_SPB:
+            lt, snaplen, _, _ = self._iface(0)
+            if len(buf) < 16:
+                raise ValueError("simple packet block too short")
+            wire = struct.unpack_from("<I" if self._le else ">I", buf, 8)[0]
+            caplen = min(wire, snaplen) if snaplen else wire
+            return self._last_ts, buf[12:12 + min(caplen, len(buf) - 16)], lt
+        return None                                    # name resolution, statistics, ...: not frames
+
+    def __iter__(self) -> Iterator[tuple[float, bytes, int]]:
+        while True:
+            pkt = self._next_block()
+            if pkt is False:
+                return
+            if pkt is not None:
+                yield pkt
+
+
 def _why(e: Exception) -> str:
     # dpkt's NeedData / UnpackError often carry no text
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
-def _records(path: str) -> tuple[str, int, Iterator[tuple[int, float, bytes]]]:
-    """(format, link type, iterator of (frame number, timestamp, frame bytes))."""
+def _records(path: str) -> tuple[str, int, Iterator[tuple[int, float, bytes, int]]]:
+    """(format, link type of the first interface, iterator of (frame number,
+    timestamp, frame bytes, the frame's link type)): a pcapng file's
+    interfaces may differ in link type."""
     try:
         f = open(path, "rb")
         size = os.fstat(f.fileno()).st_size
@@ -538,7 +680,7 @@ def _records(path: str) -> tuple[str, int, Iterator[tuple[int, float, bytes]]]:
     if magic in _PCAP_MAGICS:
         fmt, reader_cls, header = "pcap", dpkt.pcap.Reader, 24
     elif magic == _PCAPNG_MAGIC:
-        fmt, reader_cls, header = "pcapng", dpkt.pcapng.Reader, 28
+        fmt, reader_cls, header = "pcapng", _PcapngReader, 28
     else:
         f.close()
         if len(magic) < 4:
@@ -563,45 +705,52 @@ def _records(path: str) -> tuple[str, int, Iterator[tuple[int, float, bytes]]]:
         raise PcapError(f"{path}: bad {fmt} header near byte offset {tf.last_read_at}: "
                         f"{_why(e)}") from None
     link_type = reader.datalink()
+    if fmt == "pcap":
+        # Classic pcap has one link type; dpkt gives nanosecond-magic files
+        # Decimal timestamps (exact, but they do not mix with floats).
+        records = ((float(ts), buf, link_type) for ts, buf in reader)
+    else:
+        records = iter(reader)
 
-    def frames() -> Iterator[tuple[int, float, bytes]]:
+    def frames() -> Iterator[tuple[int, float, bytes, int]]:
         frame = 0
-        it = iter(reader)
+        it = records
         try:
             while True:
                 start = tf.offset
                 try:
-                    ts, buf = next(it)
+                    ts, buf, lt = next(it)
                 except _BadBlockLength as e:
                     raise PcapError(f"{path}: corrupt {fmt} block length at byte offset "
-                                    f"{e.args[0]} (frame {frame + 1})") from None
+                                    f"{e.args[0]} (frame {frame + 1})", offset=e.args[0], frame=frame + 1) from None
                 except StopIteration:
                     if tf.short and tf.short[2]:
                         at, want, got = tf.short
                         raise PcapError(
                             f"{path}: truncated at byte offset {at}: frame {frame + 1} "
-                            f"(or its block header) needs {want} bytes, the file has {got} more")
+                            f"(or its block header) needs {want} bytes, the file has {got} more",
+                            offset=at, frame=frame + 1)
                     return
                 except (dpkt.UnpackError, struct.error, ValueError, IndexError) as e:
                     if tf.short:
                         at, want, got = tf.short
                         raise PcapError(
                             f"{path}: truncated at byte offset {at}: frame {frame + 1}'s "
-                            f"block needs {want} bytes, the file has {got} more") from None
+                            f"block needs {want} bytes, the file has {got} more", offset=at, frame=frame + 1) from None
                     raise PcapError(
                         f"{path}: corrupt record at byte offset {start} "
-                        f"(frame {frame + 1}): {_why(e)}") from None
+                        f"(frame {frame + 1}): {_why(e)}", offset=start, frame=frame + 1) from None
                 frame += 1
                 if tf.short:
                     at, want, got = tf.short
                     raise PcapError(
                         f"{path}: truncated at byte offset {at}: frame {frame} needs "
-                        f"{want} bytes, the file has {got} more")
+                        f"{want} bytes, the file has {got} more", offset=at, frame=frame)
                 if fmt == "pcap" and len(buf) > MAX_CAPLEN:
                     raise PcapError(
                         f"{path}: corrupt record header at byte offset {start} (frame {frame}): "
-                        f"captured length {len(buf)} exceeds {MAX_CAPLEN}")
-                yield frame, ts, buf
+                        f"captured length {len(buf)} exceeds {MAX_CAPLEN}", offset=start, frame=frame)
+                yield frame, ts, buf, lt
         finally:
             f.close()
 
@@ -635,10 +784,10 @@ def read_capture(path: str | os.PathLike, *, limits: ReassemblyLimits | None = N
     decoder = _Decoder(link_type, cap.fragments)
     table: dict[tuple, _FlowState] = {}
 
-    for frame, ts, buf in records:
+    for frame, ts, buf, lt in records:
         cap.frames = frame
         try:
-            p = decoder.decode(buf, ts)
+            p = decoder.decode(buf, ts, lt)
         except _NotFlow as e:
             cap.not_flow[str(e)] += 1
             continue
@@ -708,8 +857,8 @@ def ethernet_frames(path: str | os.PathLike) -> Iterator[tuple[int, float, bytes
     raw-IP and Linux cooked frames get a made-up Ethernet header with the
     ethertype their own header (or IP version) gives, so the fast path,
     which parses Ethernet, can run every capture `microseg replay` reads."""
-    _, lt, frames = _records(str(path))
-    for frame, ts, buf in frames:
+    _, _, frames = _records(str(path))
+    for frame, ts, buf, lt in frames:
         yield frame, ts, _to_ethernet(lt, buf)
 
 

@@ -88,12 +88,16 @@ def resegment(frame: bytes, limit: int) -> list[bytes] | None:
 class ReplayResult:
     frames: int = 0
     not_ethernet: int = 0
+    too_short: int = 0     # frames shorter than an Ethernet header (empty or cut records)
     too_big: int = 0       # frames BPF_PROG_TEST_RUN cannot take and resegment() could not cut
     resegmented: int = 0   # TCP super-packets cut into wire-sized segments
     reasons: collections.Counter = field(default_factory=collections.Counter)
     records: int = 0
     eve_records: int = 0
     engine: object = None
+    # The capture ended in a record cut short or corrupt: the PcapError,
+    # whose ``offset`` is where reading stopped. Every frame before it ran.
+    cut: object = None
 
 
 def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None = None,
@@ -104,7 +108,7 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
     from datapath.policy_maps import PolicyMaps
     from datapath.sessions import layouts_of
     from slowpath.engine import Engine
-    from slowpath.pcap import ethernet_frames
+    from slowpath.pcap import ETH_HEADER_LEN, PcapError, ethernet_frames
     from slowpath.records import RecordDecoder, VerdictWriter, open_payload_channel, record_type, session_stats
 
     fp = fastpath
@@ -132,11 +136,25 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
     try:
         ring.drain()
         before = fp.counters()
-        for frame, ts, eth in ethernet_frames(pcap):
+        frames = ethernet_frames(pcap)
+        while True:
+            try:
+                frame, ts, eth = next(frames)
+            except StopIteration:
+                break
+            except PcapError as e:
+                if e.frame is None:
+                    raise              # not a capture at all (its file header): a failure
+                # A record cut short or corrupt: finish the frames before it.
+                result.cut = e
+                break
             result.frames += 1
             now[0] = ts
             if eth is None:
                 result.not_ethernet += 1
+                continue
+            if len(eth) < ETH_HEADER_LEN:
+                result.too_short += 1
                 continue
             writer.heartbeat(0)
             pieces = [eth]

@@ -38,6 +38,7 @@ class Verdicts:
 class Resets:
     def __init__(self):
         self.calls = []
+        self.held = []
         self.injected = []
 
     def inject(self, info, side, rec):
@@ -46,6 +47,9 @@ class Resets:
 
     def reset_flow(self, info, key, next_seq):
         self.calls.append((info.src_ip, info.dest_ip, list(next_seq)))
+
+    def reset_held(self, info, key, held_from, next_seq):
+        self.held.append((info.src_ip, info.dest_ip, list(held_from), list(next_seq)))
 
 
 class Harness:
@@ -102,10 +106,49 @@ def test_attack_blocks_alerts_and_resets_in_async_mode(attack):
     assert (src, dst) == (CLIENT[0], SERVER[0]) and seqs == [1001 + len(request), 5001]
 
 
-def test_hold_mode_blocks_without_reset():
+def test_hold_mode_block_resets_both_ends_at_the_first_held_byte():
+    """Held segments never reached the server: its reset carries the first
+    held byte (not the end the records reached); the client's reset the
+    server's next byte, the client's ACK in its records."""
     h = Harness()
-    h.engine.handle(rec(b"GET /?id=1%20or%201=1-- HTTP/1.1\r\nHost: a\r\n\r\n", inspect=WAF | HOLD))
-    assert h.codes() == [V.VERDICT_BLOCK] and h.resets.calls == [] and h.resets.injected == []
+    head, tail = b"GET /?id=1%20or%201=1-- HTTP/1.1\r\n", b"Host: a\r\n\r\n"
+    h.engine.handle(rec(head, inspect=WAF | HOLD))
+    h.engine.handle(rec(head, inspect=WAF | HOLD))                          # the client's retransmission
+    h.engine.handle(rec(tail, seq=1001 + len(head), inspect=WAF | HOLD))
+    assert h.codes() == [V.VERDICT_BLOCK] and h.resets.injected == [] and h.resets.calls == []
+    (src, dst, held_from, next_seq), = h.resets.held
+    assert (src, dst) == (CLIENT[0], SERVER[0])
+    assert held_from == [1001, None] and next_seq[1] == 5001
+
+
+def test_hold_mode_block_counts_from_the_earliest_held_segment_across_wraparound():
+    h = Harness()
+    first = 0xFFFF_FFF0
+    req = b"GET /?q=1%27%20UNION%20SELECT%20pw%20FROM%20users-- HTTP/1.1\r\nHost: a\r\n\r\n"
+    h.engine.handle(rec(req[:16], seq=first, inspect=WAF | HOLD))
+    h.engine.handle(rec(req[16:], seq=(first + 16) & 0xFFFF_FFFF, inspect=WAF | HOLD))   # seq 0: wrapped
+    assert h.codes() == [V.VERDICT_BLOCK]
+    assert h.resets.held[0][2] == [first, None]
+
+
+def test_hold_mode_block_after_a_release_resets_as_async():
+    """A released flow goes on as async: its later payload reached the
+    server, so the kernel session's numbers apply (reset_flow)."""
+    h = Harness()
+    clean = b"GET /index.html HTTP/1.1\r\nHost: a\r\n\r\n"
+    h.engine.handle(rec(clean, inspect=WAF | HOLD))
+    attack = b"GET /?id=1%20or%201=1-- HTTP/1.1\r\nHost: a\r\n\r\n"
+    h.engine.handle(rec(attack, seq=1001 + len(clean), inspect=WAF | HOLD))
+    assert h.codes() == [V.VERDICT_RELEASE, V.VERDICT_BLOCK] and h.resets.held == []
+    (src, dst, seqs), = h.resets.calls
+    assert seqs == [1001 + len(clean) + len(attack), 5001]
+
+
+def test_hold_mode_simulated_drop_on_the_first_record_resets_at_its_seq():
+    h = Harness(simulate=("parser_error",), failure_actions=FailureActions(parser_error="drop"))
+    h.engine.handle(rec(b"GET / HTTP/1.1\r\n", seq=777, inspect=WAF | HOLD))
+    assert h.codes() == [V.VERDICT_BLOCK]
+    assert h.resets.held[0][2] == [777, None]
 
 
 def test_hold_mode_release_sends_the_held_segments_on_once():
@@ -180,7 +223,8 @@ def test_udp_datagram_from_fragment_records():
                                           ("drop", V.VERDICT_BLOCK)])
 def test_parser_error_takes_its_failure_action(action, code):
     h = Harness(failure_actions=FailureActions(parser_error=action))
-    h.engine.handle(rec(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"))
+    # A request, then bytes that are not HTTP at all: the parser gives up.
+    h.engine.handle(rec(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\x16\x03\x01\x00\x05hello"))
     assert h.codes()[-1] == code and h.engine.counters.failures["parser_error"] == 1
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -18,10 +19,14 @@ from scapy.packet import Raw
 from protocols.api import Direction
 from slowpath import pcap as pcapmod
 from slowpath.pcap import Datagram, PcapError, read_capture
-from slowpath.reassembly import Data, Eof
+from slowpath.reassembly import Data, Eof, Gap
 
-CORPUS = Path("/work/shared/corpus")
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 PCAPS = sorted((CORPUS / "pcaps").glob("*")) if (CORPUS / "pcaps").is_dir() else []
+# Without the corpus its tests skip, except under CI (CI=true), where they
+# fail: a green CI run must have read every capture.
+CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+needs_corpus = pytest.mark.skipif(not PCAPS and not CI, reason=f"corpus not found at {CORPUS}")
 
 # Flows whose client/server roles differ from the truth, and why. The reader's
 # rule is SYN sender, else SYN-ACK receiver, else first packet's sender; the
@@ -36,6 +41,13 @@ KNOWN_ORIENTATION_DIFFS = {
     # heuristic (853 < 1024 is the server).
     "ndpi-googledns_android10.pcap": {"tcp 192.168.1.159:55856 -> 8.8.8.8:853",
                                       "tcp 192.168.1.159:47968 -> 8.8.4.4:853"},
+    # A Kafka connection caught mid-stream: the first packet seen (frame 6)
+    # is the broker's response from port 9092; the truth orients by the
+    # first Kafka request (frame 8, "first-request").
+    "ndpi-kafka.pcapng": {"tcp 172.16.17.101:58052 -> 172.30.0.237:9092"},
+    # A TLS connection caught mid-stream: the first packet seen (frame 90)
+    # is application data from port 443; the truth uses its port heuristic.
+    "zeek-smtp.pcap": {"tcp 192.168.133.100:49336 -> 74.125.71.189:443"},
 }
 
 
@@ -50,7 +62,14 @@ def _unordered(key: str) -> tuple:
 
 
 # ----------------------------------------------------------------- corpus
-@pytest.mark.skipif(not PCAPS, reason="corpus not present")
+def test_corpus_is_present():
+    if not CI and not PCAPS:
+        pytest.skip(f"corpus not found at {CORPUS}")
+    assert PCAPS, f"corpus not found at {CORPUS}"
+    assert len(PCAPS) == len(list((CORPUS / "truth").glob("*.json")))
+
+
+@needs_corpus
 @pytest.mark.parametrize("pcap", PCAPS, ids=lambda p: p.name)
 def test_corpus_flows_match_truth(pcap):
     truth = _truth(pcap)
@@ -77,8 +96,9 @@ def test_corpus_flows_match_truth(pcap):
     assert reversed_keys == KNOWN_ORIENTATION_DIFFS.get(pcap.name, set())
 
 
-@pytest.mark.skipif(not PCAPS, reason="corpus not present")
+@needs_corpus
 def test_corpus_exact_match_count():
+    assert PCAPS, f"corpus not found at {CORPUS}"
     exact = total = 0
     for pcap in PCAPS:
         keys = {f.key: f for f in read_capture(pcap).flows}
@@ -87,18 +107,36 @@ def test_corpus_exact_match_count():
             f = keys.get(key)
             exact += bool(f and (f.packets, f.first_frame, f.last_frame) ==
                           (t["packets"], t["first_frame"], t["last_frame"]))
-    assert total == 128
-    assert exact == total - sum(len(v) for v in KNOWN_ORIENTATION_DIFFS.values()) == 125
+    # Every flow of every truth file is compared: the total is the truth's
+    # own count (each file's summary), not a number kept here.
+    assert total == sum(_truth(p)["summary"]["flows"] for p in PCAPS)
+    assert total >= 128                     # the first wave alone had 128: the corpus is all there
+    assert exact == total - sum(len(v) for v in KNOWN_ORIENTATION_DIFFS.values())
 
 
-@pytest.mark.skipif(not PCAPS, reason="corpus not present")
+@needs_corpus
 def test_corpus_streams_are_whole():
-    """No gaps anywhere in the corpus; the retransmission-heavy capture delivers each byte once."""
+    """No gaps but where the capture itself lacks bytes; the retransmission-heavy
+    capture delivers each byte once.
+
+    The truth's tshark counts "previous segment not captured" per flow
+    (tcp_analysis); a gap of ours is only allowed in such a flow, and no more
+    of them. tshark counts more than we do where a segment it flags as
+    missing turns up later (a late arrival or retransmission, which we
+    reassemble), so the bound is "at most", not "equal"."""
     for pcap in PCAPS:
+        truth = {_unordered(k): v for k, v in _truth(pcap)["flows"].items()}
         for f in read_capture(pcap).flows:
             if f.counters:
-                assert f.counters.gaps == 0, (pcap.name, f.key)
+                missing = (truth[_unordered(f.key)].get("tcp_analysis") or {}).get(
+                    "previous_segment_not_captured", 0)
+                assert f.counters.gaps <= missing, (pcap.name, f.key, missing)
                 assert f.counters.overlap_conflicts == 0, (pcap.name, f.key)
+    # An excerpt whose server stream lacks three 17-byte pieces (the
+    # sequence numbers jump by 17 before frames 6, 7 and 8): each is a gap.
+    stream = read_capture(CORPUS / "pcaps" / "deepflow-grpc-server-stream.pcap").flows[0]
+    assert (stream.counters.gaps, stream.counters.gap_bytes) == (3, 51)
+    assert [e.size for e in stream.events if isinstance(e, Gap)] == [17, 17, 17]
     ssh = read_capture(CORPUS / "pcaps" / "zeek-tcp-ssh-dups.pcap").flows[0]
     assert ssh.counters.retransmits > 100
     c2s = b"".join(e.data for e in ssh.events if isinstance(e, Data) and e.direction == 0)
@@ -107,7 +145,7 @@ def test_corpus_streams_are_whole():
     assert c2s.count(b"SSH-2.0-") == 1
 
 
-@pytest.mark.skipif(not PCAPS, reason="corpus not present")
+@needs_corpus
 def test_corpus_tcp_fast_open_and_reordered_handshake():
     tfo = read_capture(CORPUS / "pcaps" / "zeek-tcp-tcp-fast-open.pcap")
     second = tfo.flows[1]
@@ -441,3 +479,84 @@ def test_not_a_capture_and_empty_and_missing(tmp_path):
 def test_empty_capture_is_fine(tmp_path):
     cap = read_capture(write_pcap(tmp_path / "none.pcap", []))
     assert cap.frames == 0 and cap.flows == []
+
+
+# ------------------------------------------------------------- timestamps
+def _block(btype: int, body: bytes) -> bytes:
+    body += b"\x00" * (-len(body) % 4)
+    n = 12 + len(body)
+    return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+
+def _opt(code: int, value: bytes) -> bytes:
+    return struct.pack("<HH", code, len(value)) + value + b"\x00" * (-len(value) % 4)
+
+
+def _idb(linktype: int, *opts: bytes) -> bytes:
+    return _block(1, struct.pack("<HHI", linktype, 0, 0) + b"".join(opts) + (_opt(0, b"") if opts else b""))
+
+
+def _epb(iface: int, ticks: int, data: bytes) -> bytes:
+    return _block(6, struct.pack("<IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(data), len(data)) + data)
+
+
+SHB = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+
+
+def test_pcapng_each_interface_has_its_own_resolution_offset_and_link_type(tmp_path):
+    """Interface 0: Ethernet in microseconds (the default); interface 1: raw
+    IP in nanoseconds (if_tsresol 9), as Linux's loopback capture in corpus
+    ndpi-kafka.pcapng; interface 2: 2^-10 s ticks with if_tsoffset 1e9 s.
+    A reader that applies interface 0's resolution to all puts interface 1's
+    packets 1000 times too late (the year 55940)."""
+    udp = lambda sport: bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=sport, dport=53) / Raw(b"q"))
+    data = (SHB + _idb(1) + _idb(101, _opt(9, b"\x09"))
+            + _idb(1, _opt(9, b"\x8a"), _opt(14, struct.pack("<q", 1_000_000_000)))
+            + _epb(0, 1_700_000_000_250_000, bytes(Ether(**ETH, type=0x0800)) + udp(1))
+            + _epb(1, 1_700_000_001_123_456_789, udp(2))
+            + _epb(2, 700_000_000 * 1024 + 512, bytes(Ether(**ETH, type=0x0800)) + udp(3)))
+    path = tmp_path / "ifaces.pcapng"
+    path.write_bytes(data)
+    got = [(frame, ts, lt) for frame, ts, _, lt in pcapmod._records(str(path))[2]]
+    assert [(f, lt) for f, _, lt in got] == [(1, 1), (2, 101), (3, 1)]
+    assert [ts for _, ts, _ in got] == pytest.approx([1_700_000_000.25, 1_700_000_001.123456789,
+                                                      1_700_000_000.5], abs=1e-6)
+    cap = read_capture(path)
+    assert cap.link_type == 1 and not cap.undecodable
+    assert [f.key for f in cap.flows] == [f"udp 10.0.0.1:{p} -> 10.0.0.2:53" for p in (1, 2, 3)]
+    assert [e[2] is None for e in pcapmod.ethernet_frames(path)] == [False, False, False]
+
+
+def test_pcapng_new_section_starts_a_new_interface_list(tmp_path):
+    udp = bytes(Ether(**ETH) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2))
+    data = (SHB + _idb(1, _opt(9, b"\x09")) + _epb(0, 5_000_000_000, udp)
+            + SHB + _idb(1) + _epb(0, 5_000_000, udp))
+    path = tmp_path / "sections.pcapng"
+    path.write_bytes(data)
+    assert [ts for _, ts, _, _ in pcapmod._records(str(path))[2]] == pytest.approx([5.0, 5.0])
+
+
+def test_pcapng_packet_of_an_undescribed_interface_is_one_line(tmp_path):
+    udp = bytes(Ether(**ETH) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2))
+    path = tmp_path / "noiface.pcapng"
+    path.write_bytes(SHB + _idb(1) + _epb(0, 1, udp) + _epb(3, 2, udp))
+    with pytest.raises(PcapError, match=r"noiface.pcapng: corrupt record at byte offset \d+ \(frame 2\): "
+                                        r".*interface 3"):
+        read_capture(path)
+
+
+@pytest.mark.parametrize("nano", [False, True])
+def test_classic_pcap_nanosecond_magic(tmp_path, nano):
+    frame = bytes(Ether(**ETH) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2))
+    path = tmp_path / "t.pcap"
+    with open(path, "wb") as f:
+        dpkt.pcap.Writer(f, nano=nano).writepkt(frame, ts=1_700_000_000.123456)
+    ((_, ts, _, _),) = list(pcapmod._records(str(path))[2])
+    assert type(ts) is float and ts == pytest.approx(1_700_000_000.123456, abs=1e-6)
+
+
+def test_empty_and_tiny_frames_are_counted_not_fatal(tmp_path):
+    good = Ether(**ETH) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / Raw(b"ok")
+    cap = read_capture(write_pcap(tmp_path / "tiny.pcap", [b"", good, b"\x01\x02\x03\x04\x05"]))
+    assert cap.frames == 3 and len(cap.flows) == 1
+    assert cap.undecodable == {"ethernet header truncated": 2}
