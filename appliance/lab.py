@@ -100,11 +100,17 @@ class Lab:
         lo = h.link_lookup(ifname="lo")[0]
         h.link("set", index=lo, state="up")
 
-    def down(self) -> None:
-        remove_namespaces([n for n in self.namespaces if n in pr_netns.listnetns()])
+    def down(self) -> list[str]:
+        """Remove the lab's namespaces (and microseg's pins and state for
+        them); the namespaces that existed and were removed."""
+        present = set(pr_netns.listnetns())
+        found = [n for n in self.namespaces if n in present]
+        remove_namespaces(found)
         for n in self.namespaces:
             pins.remove_namespace_pins(n)
             forget_namespace_state(n)
+        left = set(pr_netns.listnetns())
+        return [n for n in found if n not in left]
 
     def __enter__(self) -> "Lab":
         return self.up()

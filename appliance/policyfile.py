@@ -26,7 +26,7 @@ from datapath.policy_compile import (PolicyError, PolicyFile, compile_policy, fi
 from datapath.policy_tables import (GROUP_ANY, IPPROTO, POL, POL_NAMES, CompiledPolicy, Decision, Verdict,
                                     decide)
 
-from .configfile import FileErrors, duplicate_keys, parse_yaml, validation_errors
+from .configfile import MAX_POLICY_BYTES, FileErrors, duplicate_keys, parse_yaml, read_text, validation_errors
 
 RUN_DIR = Path(os.environ.get("MICROSEG_RUN", "/run/microseg"))
 
@@ -45,11 +45,20 @@ def load_text(text: str, path: str | Path) -> PolicyFile:
 
 
 def load(path: str | Path) -> PolicyFile:
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror}")
-    return load_text(text, path)
+    return load_text(read_text(path, MAX_POLICY_BYTES), path)
+
+
+# A policy without rules, overrides or defaults denies every flow (the
+# defaults' defaults are deny): on an inline gateway that is an outage, and
+# an empty file (a failed copy, a wrong path in a template) is the usual way
+# to get one. `check` warns; whatever puts a policy in force refuses it
+# unless the operator says so (`policy apply --allow-empty`, or defaults
+# written out).
+EMPTY_POLICY = "no rules, overrides or defaults: this policy denies every flow"
+
+
+def denies_all_unwritten(model: PolicyFile) -> bool:
+    return not model.rules and not model.overrides and not model.defaults.model_fields_set
 
 
 def compile_text(text: str, path: str | Path) -> tuple[PolicyFile, CompiledPolicy]:
@@ -57,17 +66,24 @@ def compile_text(text: str, path: str | Path) -> tuple[PolicyFile, CompiledPolic
     with no_gc():     # one collection after both steps, not one after each
         model = load_text(text, path)
         try:
-            return model, compile_policy(model, source=str(path))
+            pol = compile_policy(model, source=str(path))
         except PolicyError as e:
             raise FileErrors(path, e.errors) from None
+    if denies_all_unwritten(model):
+        pol.warnings.insert(0, (1, EMPTY_POLICY))
+    return model, pol
 
 
-def compile_file(path: str | Path) -> tuple[PolicyFile, CompiledPolicy, str]:
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror}")
+def compile_file(path: str | Path, *, allow_empty: bool = False) -> tuple[PolicyFile, CompiledPolicy, str]:
+    """Read (size and encoding checked: configfile.read_text), load and
+    compile a policy file. A policy that denies every flow without saying so
+    (EMPTY_POLICY) is refused unless ``allow_empty``: every caller that puts
+    the policy in force (up, deploy, run, apply) leaves it False."""
+    text = read_text(path, MAX_POLICY_BYTES)
     model, pol = compile_text(text, path)
+    if not allow_empty and denies_all_unwritten(model):
+        raise FileErrors(path, [(1, f"{EMPTY_POLICY}; refused (write `defaults: {{ingress: deny, egress: deny}}` "
+                                    f"if that is meant, or `microseg policy apply --allow-empty`)")])
     return model, pol, text
 
 
