@@ -37,7 +37,9 @@ def _addr(raw) -> str:
 @dataclass(frozen=True)
 class InspRecord:
     ts_ns: int            # kernel bpf_ktime_get_ns (CLOCK_MONOTONIC) when copied
-    key: bytes            # the session key (struct ms_flow_key), as the verdict map wants it
+    key: bytes            # the connection: session_ref() of its session key and cookie, which
+                          # VerdictWriter.verdict and session_lookup take (a new connection on
+                          # the same 5-tuple is another key)
     client: tuple[str, int]
     server: tuple[str, int]
     side: int             # 0: from the client (initiator), 1: from the server
@@ -60,6 +62,23 @@ class InspRecord:
         return "tcp" if self.l4 == socket.IPPROTO_TCP else "udp"
 
 
+# struct ms_flow.cookie is a __u32 (bpf/lib/maps.h).
+COOKIE_BYTES = 4
+
+
+def session_ref(key: bytes, cookie: int) -> bytes:
+    """One connection, as the slow path names it: the session key (struct
+    ms_flow_key) followed by the session's cookie (struct ms_flow.cookie,
+    4 bytes little-endian as the kernel stores it). The 5-tuple alone is
+    not enough: a client reuses its port for the next connection."""
+    return key + cookie.to_bytes(COOKIE_BYTES, "little")
+
+
+def split_ref(ref: bytes) -> tuple[bytes, int]:
+    """(session key, cookie) of a session_ref()."""
+    return ref[:-COOKIE_BYTES], int.from_bytes(ref[-COOKIE_BYTES:], "little")
+
+
 class RecordDecoder:
     def __init__(self, rec_type: type, key_type: type):
         self.rec_type = rec_type
@@ -75,8 +94,8 @@ class RecordDecoder:
         hi = (_addr(k.addr_hi), socket.ntohs(k.port_hi))
         client, server = (hi, lo) if h.initiator_is_hi else (lo, hi)
         data = raw[self.hsize:self.hsize + h.len]
-        return InspRecord(h.ts_ns, bytes(k)[:self.key_size], client, server, h.side, h.seq, h.ack_seq, h.tcp_flags, h.l4,
-                          h.app, h.inspect, h.rule_id, h.hook, h.orig_len, bytes(data),
+        return InspRecord(h.ts_ns, session_ref(bytes(k)[:self.key_size], h.cookie), client, server, h.side, h.seq,
+                          h.ack_seq, h.tcp_flags, h.l4, h.app, h.inspect, h.rule_id, h.hook, h.orig_len, bytes(data),
                           h.frag, h.frag_id, h.frag_off)
 
 
@@ -94,10 +113,13 @@ class VerdictWriter:
         """The clock the kernel's coarse ms_now() reads."""
         return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
 
-    def verdict(self, key: bytes, code: VerdictCode) -> int:
-        """Write a verdict; returns its CLOCK_MONOTONIC write time (ns)."""
+    def verdict(self, ref: bytes, code: VerdictCode) -> int:
+        """Write a verdict for the connection ``ref`` (InspRecord.key);
+        returns its CLOCK_MONOTONIC write time (ns)."""
+        key, cookie = split_ref(ref)
         v = self.verdict_leaf()
         v.verdict = int(code)
+        v.cookie = cookie          # the kernel merges it into this connection only
         v.ts_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         bpfsys.map_update(self.verdicts_fd, key, bytes(v))
         return v.ts_ns
@@ -115,16 +137,19 @@ class VerdictWriter:
 
 
 def session_lookup(fastpath):
-    """key -> the kernel's session (its BCC leaf), from whichever table holds
-    it, or None once it is gone."""
+    """ref (session_ref: InspRecord.key) -> the kernel's session of that
+    connection (its BCC leaf), from whichever table holds it, or None once
+    it is gone (a new connection on the 5-tuple is not it)."""
     tables = [fastpath.table("ms_flows"), fastpath.table("ms_halfopen")]
 
-    def read(key: bytes):
+    def read(ref: bytes):
+        key, cookie = split_ref(ref)
         for t in tables:
             try:
-                return t[t.Key.from_buffer_copy(key)]
+                v = t[t.Key.from_buffer_copy(key)]
             except KeyError:
                 continue
+            return v if v.cookie == cookie else None
         return None
     return read
 

@@ -20,7 +20,8 @@
  * the session only at the exact sequence its receiver expects, any other in
  * the window passes for the endpoint to challenge (RFC 5961 3,
  * ms_tcp_rst_counts); a SYN on an established flow leaves it alone
- * (RFC 5961 4).
+ * (RFC 5961 4), unless the slow path blocked that connection and reset
+ * both ends: then a SYN from its initiator opens a new one (ms_ct_tcp).
  *
  * Concurrency: two CPUs may update one session at once (the two directions
  * of a flow); like Cilium's conntrack this is lock-free, with each field
@@ -239,6 +240,11 @@ static __always_inline struct ms_flow *ms_flow_new(const struct ms_pkt *p, int s
     nf->flags = flags | (p->dir == DIR_EGRESS ? MS_FLOW_EGRESS_OPENED : 0);
     nf->packets[0] = 1;
     nf->bytes[0] = p->len;
+    /* Which connection of this 5-tuple (maps.h struct ms_slow_verdict).
+     * Random, not the creation time: the coarse clock's tick is longer
+     * than a reset and a reconnect from the same port; not the ISN: UDP
+     * and picked-up flows have none. One helper call per new session. */
+    nf->cookie = bpf_get_prandom_u32();
     return nf;
 }
 
@@ -609,6 +615,25 @@ static __always_inline int ms_tcp_rst_counts(const struct ms_flow *f, int fd,
     return (rcv->flags & MS_SIDE_MAXACK) && p->seq == rcv->maxack;
 }
 
+/* Is inspected session f (key kp) a connection the slow path blocked? Its
+ * block verdict may be merged already, or still wait in ms_verdicts: in
+ * hold mode the resets end both ends at once, and the client may send
+ * nothing more on it. A pending block is taken out of the map here. Only
+ * for a SYN on a session that is inspected and undecided: no lookup for
+ * any other packet. */
+static __always_inline int ms_ct_insp_blocked(const struct ms_flow *f, struct ms_flow_key *kp)
+{
+    if (f->insp_state == INSP_BLOCKED)
+        return 1;
+    if (f->action != POL_INSPECT || f->insp_state >= INSP_DONE)
+        return 0;
+    struct ms_slow_verdict *sv = ms_verdicts.lookup(kp);
+    if (!sv || sv->verdict != VERDICT_BLOCK || sv->cookie != f->cookie)
+        return 0;
+    ms_verdicts.delete(kp);
+    return 1;
+}
+
 /* Reason for a TCP segment; creates, advances, promotes its session. */
 static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
 {
@@ -628,6 +653,17 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
     int pickup = !f && !is_syn && (cfg->flags & MS_CFG_LOOSE) && !(fl & (TCP_RST | TCP_SYN)) &&
                  (fl & TCP_ACK);
     int fd = f ? src_is_hi != f->initiator_is_hi : FD_ORIGINAL;
+
+    /* A blocked connection is over: the slow path reset both ends (its
+     * resets bypass tracking). A new SYN from its initiator is a new
+     * connection reusing the ports (a retry, ephemeral port reuse), as
+     * after a RST in nf_conntrack: the old session goes, and the SYN is
+     * decided by policy and inspected as any new flow. Everything else of
+     * the old connection is still dropped below (DROP_INSPECT_BLOCKED). */
+    if (f && is_syn && fd == FD_ORIGINAL && ms_ct_insp_blocked(f, kp)) {
+        ms_ct_remove(kp, where);
+        f = 0;
+    }
 
     /* Policy: decided for a new flow, and again for a session from an
      * older policy generation (one inlined evaluation serves both). */

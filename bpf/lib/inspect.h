@@ -14,6 +14,12 @@
  * Failures (ring buffer full, budget used up without a verdict, slow path
  * heartbeat stale) take the rule's failure action, or the configured one:
  * pass, drop, or bypass (pass and stop inspecting), each counted by reason.
+ *
+ * A verdict applies to the connection it was written for only: records
+ * carry the session's cookie, the slow path writes it back with the
+ * verdict, and the merge drops a verdict with another cookie (a connection
+ * that reused the 5-tuple). A blocked connection ends with the slow path's
+ * resets: a new SYN from its initiator opens a new session (conntrack.h).
  */
 #ifndef MS_INSPECT_H
 #define MS_INSPECT_H
@@ -67,6 +73,7 @@ static __always_inline int ms_insp_copy(struct __sk_buff *skb, const struct ms_p
     b->h.frag_id = p->frag_id;
     b->h.frag_off = p->frag_off;
     __builtin_memset(b->h.pad, 0, sizeof(b->h.pad));
+    b->h.cookie = f->cookie;   /* the slow path's verdict names this connection with it */
     __u32 len = 0;
     if (n) {
         /* 1..MS_INSP_SLICE in a form the verifier can follow (a plain
@@ -91,7 +98,9 @@ static __always_inline int ms_insp_packet(struct __sk_buff *skb, struct ms_pkt *
 {
     struct ms_slow_verdict *sv = ms_verdicts.lookup(kp);
     if (sv) {
-        __u8 code = sv->verdict;
+        /* Written for another connection of this 5-tuple (one that ended
+         * before its verdict was merged): not this one's, dropped unread. */
+        __u8 code = sv->cookie == f->cookie ? sv->verdict : 0;
         ms_verdicts.delete(kp);
         if (code == VERDICT_BLOCK) {
             f->insp_state = INSP_BLOCKED;

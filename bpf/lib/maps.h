@@ -245,7 +245,11 @@ struct ms_flow {
     __u32 rule_id;          /* rule that decided (0: default or no policy) */
     __u32 insp_sent[2];     /* payload bytes copied to the slow path, per side */
     __u8  insp_state;       /* enum ms_insp_state (inspected flows) */
-    __u8  pad2[7];
+    __u8  pad2[3];
+    __u32 cookie;           /* this session instance (random at creation): the slow
+                             * path's verdicts carry it back (struct ms_slow_verdict),
+                             * so a verdict never lands on a later connection that
+                             * reuses the 5-tuple (conntrack.h ms_flow_new) */
 };
 #define MS_FLOW_PICKED_UP 0x01  /* created mid-stream under the `loose` option */
 #define MS_FLOW_LIBERAL   0x02  /* window not checked (picked up, or SYN options not walked) */
@@ -642,6 +646,7 @@ struct ms_insp_rec {
     __u32 frag_id;        /* IP identification of a fragment */
     __u16 frag_off;       /* a fragment's offset in 8-byte units */
     __u8  pad[2];
+    __u32 cookie;         /* the session instance's (struct ms_flow.cookie) */
 };
 
 /* skb->mark of the packets the slow path sends itself (SO_MARK on its raw
@@ -677,10 +682,16 @@ enum ms_verdict_code {
 
 /* Verdicts the slow path writes, keyed by the session key; the fast path
  * merges one into the session on the flow's next packet and deletes it, so
- * user space never writes a session value (no read-modify-write race). */
+ * user space never writes a session value (no read-modify-write race).
+ * The key names a 5-tuple, which a new connection may reuse before a
+ * verdict for the old one is merged (a late verdict; a hold-mode block
+ * whose resets ended both ends before another packet came): the cookie
+ * names the connection, and a verdict whose cookie is not the session's
+ * is dropped unmerged (inspect.h). */
 struct ms_slow_verdict {
     __u8  verdict;        /* enum ms_verdict_code */
-    __u8  pad[7];
+    __u8  pad[3];
+    __u32 cookie;         /* struct ms_flow.cookie of the session it was written for */
     __u64 ts_ns;          /* when it was written (CLOCK_MONOTONIC) */
 };
 #ifndef MS_VERDICT_MAX

@@ -10,11 +10,11 @@ from scapy.layers.inet import IP, UDP
 
 from appliance.policyfile import compile_text
 from datapath.config import FailureActions
-from datapath.enums import InspState, Reason, VerdictCode
+from datapath.enums import CtState, InspState, Reason, VerdictCode
 from datapath.policy_maps import PolicyMaps
 from datapath.sessions import layouts_of
-from packets_ct import IPPROTO_UDP, TcpConn, entry, ether, expect
-from slowpath.records import RecordDecoder, VerdictWriter, record_type
+from packets_ct import IPPROTO_UDP, TcpConn, entry, ether, expect, flow_key
+from slowpath.records import RecordDecoder, VerdictWriter, record_type, session_lookup
 from slowpath.ringbuf import RingBuffer
 
 R = Reason
@@ -242,3 +242,141 @@ def test_udp_query_held_until_allowed(handoff):
     handoff.writer.verdict(rec.key, VerdictCode.VERDICT_ALLOW)
     expect(handoff.fp, f, R.PASS_INSPECT_ALLOWED)        # the resolver's retry goes through
     assert entry(handoff.fp, "10.0.0.5", 5353, "10.0.1.5", 53, IPPROTO_UDP).leaf.insp_state == InspState.INSP_DONE
+
+
+# --------------------------------------------------------------------------
+# A blocked connection is over once reset: its 5-tuple is free for the next
+# one, and a verdict applies only to the connection it was written for.
+# --------------------------------------------------------------------------
+
+NEW_ISN = (7_000_000, 9_000_000)   # the next connection's ISNs: far from the old ones
+
+
+def again(fp, old, isn=NEW_ISN):
+    """A new connection from the same client port to the same server port."""
+    return TcpConn.make(fp, client=(old.c.addr, old.c.port), server=(old.s.addr, old.s.port), isn=isn)
+
+
+def verdicts_left(fp) -> int:
+    return sum(1 for _ in fp.table("ms_verdicts").keys())
+
+
+def test_async_block_keeps_the_old_connection_dropped_and_frees_its_ports(handoff):
+    fp = handoff.fp
+    old = conn(fp, 80, 40100)
+    old.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+    (rec,) = handoff.records()
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_BLOCK)
+    old.send("s", "PA", R.DROP_INSPECT_BLOCKED, data=RESPONSE)        # merged here
+    # everything of the blocked connection stays dropped: the client's
+    # retransmission of the request, ACKs, the server's SYN or FIN
+    old.send("c", "PA", R.DROP_INSPECT_BLOCKED, data=REQUEST, seq=old.c.isn + 1)
+    old.send("c", "A", R.DROP_INSPECT_BLOCKED)
+    old.send("s", "S", R.DROP_INSPECT_BLOCKED, seq=old.s.nxt + 5000)  # not the initiator: no new connection
+    old.send("s", "FA", R.DROP_INSPECT_BLOCKED)
+    # the client opens a new connection from the same port: the policy
+    # decides it again (inspect), and it is inspected afresh
+    new = again(fp, old)
+    new.send("c", "S", R.PASS_POLICY_INSPECT)
+    new.send("s", "SA")
+    new.send("c", "A")
+    new.assert_state(CtState.CT_ESTABLISHED)
+    assert new.entry().leaf.insp_state == InspState.INSP_PENDING
+    new.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+    new.send("s", "PA", R.PASS_INSPECT_COPIED, data=RESPONSE)
+    req, resp = handoff.records()
+    assert (req.seq, resp.seq) == (NEW_ISN[0] + 1, NEW_ISN[1] + 1)
+    assert req.key != rec.key                      # another connection to the slow path
+    # what the slow path reads back (its resets' sequence numbers, EVE's
+    # counters) is each connection's own: the old one's session is gone
+    look = session_lookup(fp)
+    assert look(rec.key) is None and look(req.key).tcp[0].end == NEW_ISN[0] + 1 + len(REQUEST)
+    # the new connection's own verdict still works
+    handoff.writer.verdict(req.key, VerdictCode.VERDICT_ALLOW)
+    new.send("c", "PA", R.PASS_INSPECT_ALLOWED, data=REQUEST)
+    # the old connection's segments do not fit the new one
+    expect(fp, old.frame("c", "PA", data=REQUEST, seq=old.c.isn + 1), R.DROP_TCP_OUT_OF_WINDOW)
+
+
+@pytest.mark.parametrize("retransmit_first", [False, True], ids=["unmerged", "merged"])
+def test_hold_block_frees_its_ports_merged_or_not(handoff, retransmit_first):
+    """Hold mode: the block is written while the request is held and both
+    ends are reset at once; the client may say nothing more on the old
+    connection, so the verdict may still wait in ms_verdicts when the new
+    SYN comes."""
+    fp = handoff.fp
+    old = conn(fp, 81, 40101)
+    held = old.frame("c", "PA", data=REQUEST)
+    expect(fp, held, R.DROP_INSPECT_HOLD)
+    (rec,) = handoff.records()
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_BLOCK)
+    if retransmit_first:
+        expect(fp, held, R.DROP_INSPECT_BLOCKED)   # merged on the retransmission
+        expect(fp, held, R.DROP_INSPECT_BLOCKED)
+        assert verdicts_left(fp) == 0
+    new = again(fp, old)
+    new.send("c", "S", R.PASS_POLICY_INSPECT)
+    assert verdicts_left(fp) == 0                  # the old block is gone with its connection
+    new.send("s", "SA")
+    new.send("c", "A")
+    e = new.assert_state(CtState.CT_ESTABLISHED)
+    assert e.leaf.insp_state == InspState.INSP_PENDING
+    new.send("c", "PA", R.DROP_INSPECT_HOLD, data=REQUEST)   # held for its own verdict, not blocked
+    (rec2,) = handoff.records()
+    assert rec2.seq == NEW_ISN[0] + 1 and rec2.key != rec.key
+    handoff.writer.verdict(rec2.key, VerdictCode.VERDICT_RELEASE)
+    new.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+
+
+@pytest.mark.parametrize("code, later", [
+    (VerdictCode.VERDICT_BLOCK, R.PASS_INSPECT_COPIED),
+    (VerdictCode.VERDICT_ALLOW, R.PASS_INSPECT_COPIED),   # no skipped inspection either
+], ids=["block", "allow"])
+@pytest.mark.parametrize("how", ["time_wait", "expired"])
+def test_a_stale_verdict_is_not_merged_into_a_new_connection(handoff, code, later, how):
+    """A verdict written for a connection that ended before it was merged
+    (it closed, or its session expired) meets a new connection with the
+    same 5-tuple: it is not that connection's verdict."""
+    fp = handoff.fp
+    old = conn(fp, 80, 40102)
+    old.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+    (rec,) = handoff.records()
+    if how == "time_wait":
+        old.send("c", "FA")                        # copied (the stream's end), no payload to count
+        old.send("s", "FA")
+        old.send("c", "A")
+        old.assert_state(CtState.CT_TIME_WAIT)
+    else:
+        t = fp.table("ms_flows")                   # what the sweeper does to an idle session
+        del t[flow_key(t, old.c.addr, old.c.port, old.s.addr, old.s.port, 6)]
+        assert old.entry() is None
+    handoff.records()
+    handoff.writer.verdict(rec.key, code)          # late: the slow path was behind
+    new = again(fp, old)
+    # TIME_WAIT starts over with the old session's policy decision; a new
+    # session (none left, or the old one a blocked connection) asks policy
+    renewed = how == "time_wait" and code != VerdictCode.VERDICT_BLOCK
+    new.send("c", "S", R.PASS_FORWARD if renewed else R.PASS_POLICY_INSPECT)
+    new.send("s", "SA")
+    new.send("c", "A")
+    new.send("c", "PA", later, data=REQUEST)
+    assert new.entry().leaf.insp_state == InspState.INSP_PENDING
+    assert verdicts_left(fp) == 0                  # the stale one is dropped, not kept for later
+    (rec2,) = handoff.records()
+    handoff.writer.verdict(rec2.key, VerdictCode.VERDICT_BLOCK)
+    new.send("s", "PA", R.DROP_INSPECT_BLOCKED, data=RESPONSE)
+
+
+def test_a_syn_on_an_inspected_connection_not_blocked_is_still_ignored(handoff):
+    """RFC 5961 4: a SYN on a live connection leaves it alone, also while a
+    verdict other than block waits to be merged."""
+    fp = handoff.fp
+    c = conn(fp, 81, 40103)
+    expect(fp, c.frame("c", "PA", data=REQUEST), R.DROP_INSPECT_HOLD)
+    (rec,) = handoff.records()
+    expect(fp, c.frame("c", "S", seq=NEW_ISN[0]), R.PASS_TCP_IGNORED)
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_RELEASE)
+    expect(fp, c.frame("c", "S", seq=NEW_ISN[0]), R.PASS_TCP_IGNORED)
+    assert verdicts_left(fp) == 1                  # not this packet's business: merged with data
+    c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+    assert c.entry().leaf.insp_state == InspState.INSP_RELEASED
