@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from appliance.ownership import own, settle_namespace
 from appliance.xdp import sync_blocklist
 from datapath.errors import MicrosegError, UsageError
 
@@ -86,6 +87,7 @@ def cmd_up(args) -> int:
             policy = (model, pol, applied.text, applied.meta.get("file", str(applied.path)))
     with attach.netlink(args.netns) as ipr:
         attach.resolve(ipr, args.iface, args.netns)
+    own(args.netns, "up")
     fp, state_lines = state.load(cfg, args.netns, pf.state_dir(args.netns) / state.LAYOUT_FILE,
                                  fresh=args.fresh_state)
     for line in state_lines:
@@ -116,15 +118,26 @@ def cmd_down(args) -> int:
     require_privileges("detaching the fast path")
     from datapath import attach
 
+    own(args.netns, "down")
+
     n = attach.detach(args.iface, args.netns)
-    for i in args.iface:
-        attach.detach_xdp(i, args.netns)
-    print(f"removed {n} microseg filter(s) from {', '.join(args.iface)}")
+    xdp = sum(attach.detach_xdp(i, args.netns) for i in args.iface)
+    # Say only what was there: `down` on nothing is a no-op that says so
+    # (exit 0, like any stop of what is stopped), not a claim of removals.
+    if n or xdp:
+        print(f"removed {n} microseg filter(s)" + (f" and {xdp} XDP blocklist(s)" if xdp else "")
+              + f" from {', '.join(args.iface)}")
+    else:
+        print(f"nothing to detach: no microseg filter on {', '.join(args.iface)}")
     if not args.keep_state and not attach.attached(args.netns):
         from appliance import policyfile as pf
         from datapath import state
-        state.remove(args.netns, pf.state_dir(args.netns) / state.LAYOUT_FILE)
-        print("removed the pinned state (sessions, counters); --keep-state keeps it for the next `up`")
+        record = pf.state_dir(args.netns) / state.LAYOUT_FILE
+        if state.state_dir(args.netns).exists() or record.exists():
+            state.remove(args.netns, record)
+            print("removed the pinned state (sessions, counters); --keep-state keeps it for the next `up`")
+        else:
+            print("no pinned state to remove")
     return 0
 
 
@@ -328,6 +341,7 @@ def cmd_deploy(args) -> int:
     url = args.metrics.rstrip("/") + "/metrics" if args.metrics and not args.metrics.endswith("/metrics") \
         else args.metrics
     gates = deploy.Gates(args.soak, args.min_packets, args.max_drop_ratio, args.max_verdict_p99_ms, url)
+    own(args.netns, "deploy")
     deploy.deploy(args.netns, args.iface, cfg, policy, gates, canary=args.canary)
     return 0
 
@@ -336,6 +350,7 @@ def cmd_rollback(args) -> int:
     require_privileges("rolling back")
     from appliance import deploy
 
+    own(args.netns, "rollback")
     for line in deploy.rollback(args.netns):
         print(line)
     return 0
@@ -348,18 +363,27 @@ def cmd_run(args) -> int:
     from slowpath import daemon
 
     cfg = load_model(args.config, RunConfig)
-    return daemon.main(cfg, args.config)
+    if cfg.netns is not None:
+        # Entering a namespace by name creates it when it is missing
+        # (pyroute2's setns): refuse here, before anything is made.
+        from pyroute2 import netns as pr_netns
+        if cfg.netns not in pr_netns.listnetns():
+            raise UsageError(f"{args.config}: netns: network namespace '{cfg.netns}' does not exist "
+                             f"(`microseg run` creates none; check the name with `ip netns list`)")
+    return daemon.main(cfg, args.config, detach_on_exit=args.detach_on_exit)
 
 
 def cmd_replay(args) -> int:
     require_privileges("loading the fast path for a replay")
+    import tempfile
+
     from appliance import policyfile as pf
     from appliance.configfile import load_model
     from datapath.config import DatapathConfig
     from datapath.loader import FastPath
     from slowpath import eve
     from slowpath.daemon import load_rules_file
-    from slowpath.pcap import PcapError
+    from slowpath.pcap import ETH_HEADER_LEN, PcapError
     from slowpath.replay import replay, replay_config
 
     # Every input is checked before the compile.
@@ -373,24 +397,48 @@ def cmd_replay(args) -> int:
     rules = load_rules_file(args.rules)
     if not Path(args.pcap).is_file():
         raise UsageError(f"{args.pcap}: no such capture file")
+    # A replay's EVE is its own file, written beside the target and renamed
+    # over it only when the replay succeeded: a failed replay leaves an
+    # existing file as it was.
+    part = None
     if args.eve != "-":
+        target = Path(os.path.realpath(args.eve))
+        if target.is_dir():
+            raise UsageError(f"--eve {args.eve}: is a directory")
         try:
-            open(args.eve, "w").close()   # a replay's EVE is its own: start the file empty
+            fd, part = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            os.fchmod(fd, eve.FILE_MODE)
+            os.close(fd)
         except OSError as e:
             raise UsageError(f"--eve {args.eve}: {e.strerror}")
-    sink = eve.StdoutSink() if args.eve == "-" else eve.FileSink(args.eve, max_bytes=0)
+    sink = eve.StdoutSink() if part is None else eve.FileSink(part, max_bytes=0)
     log = eve.EveLog([sink])
-    fp = FastPath(replay_config(base, args.inspect_budget))
     try:
-        res = replay(args.pcap, fp, rules, log.emit, policy_text=policy_text,
-                     policy_path=args.policy or "<built-in: inspect everything>")
-    except PcapError as e:
-        raise UsageError(str(e))
-    finally:
-        fp.close()
+        fp = FastPath(replay_config(base, args.inspect_budget))
+        try:
+            res = replay(args.pcap, fp, rules, log.emit, policy_text=policy_text,
+                         policy_path=args.policy or "<built-in: inspect everything>")
+        except PcapError as e:
+            raise UsageError(str(e))
+        finally:
+            fp.close()
         log.close()
+        lost = sink.counters()
+        if part is not None and (lost["dropped"] or lost["write_errors"]):
+            raise MicrosegError(f"--eve {args.eve}: {lost['dropped']} records not written "
+                                f"({lost['write_errors']} write errors); the file was left as it was")
+        if part is not None:
+            os.replace(part, target)
+            part = None
+    finally:
+        log.close()
+        if part is not None:
+            Path(part).unlink(missing_ok=True)
     c = res.engine.counters
-    summary = {"pcap": args.pcap, "frames": res.frames, "not_ethernet": res.not_ethernet, "too_big": res.too_big, "resegmented": res.resegmented,
+    summary = {"pcap": args.pcap, "frames": res.frames, "not_ethernet": res.not_ethernet,
+               "too_short": res.too_short, "too_big": res.too_big, "resegmented": res.resegmented,
+               "cut": None if res.cut is None else {"offset": res.cut.offset, "frame": res.cut.frame,
+                                                    "message": str(res.cut)},
                "kernel": dict(sorted(res.reasons.items())), "records": res.records,
                "flows": c.flows_opened, "verdicts": dict(c.verdicts), "failures": dict(c.failures),
                "hits": dict(c.hits), "eve_records": res.eve_records, "eve": args.eve}
@@ -400,13 +448,18 @@ def cmd_replay(args) -> int:
         out = sys.stderr if args.eve == "-" else sys.stdout
         print(f"{args.pcap}: {res.frames} frames, {res.records} payload records, {c.flows_opened} flows "
               f"inspected; {sum(c.hits.values())} rule hits; {res.eve_records} EVE records -> {args.eve}", file=out)
-        if res.too_big or res.not_ethernet:
+        if res.too_big or res.not_ethernet or res.too_short:
             print(f"  not run: {res.too_big} frames too large for BPF_PROG_TEST_RUN, "
-                  f"{res.not_ethernet} of a link type without an Ethernet form", file=out)
+                  f"{res.not_ethernet} of a link type without an Ethernet form, "
+                  f"{res.too_short} shorter than an Ethernet header ({ETH_HEADER_LEN} bytes)", file=out)
         if res.resegmented:
             print(f"  {res.resegmented} captured TCP super-packets cut into wire-sized segments", file=out)
         for name, n in sorted(res.reasons.items()):
             print(f"  {name}: {n}", file=out)
+    if res.cut is not None:
+        # One line, after the summary: what was read ran, the rest is not there.
+        print(f"warning: {res.cut}; replay stopped there, the summary covers the "
+              f"{res.frames} frames before byte offset {res.cut.offset}", file=sys.stderr)
     return 0
 
 
@@ -471,9 +524,17 @@ def cmd_lab(args) -> int:
         tags = labmod.labs_present() if args.all else [args.tag]
         if not args.all and not args.tag:
             raise UsageError("lab down needs --tag TAG or --all")
+        if not tags:
+            print("no microseg labs: nothing to remove")    # --all on none: done, exit 0
+            return 0
         for t in tags:
-            labmod.Lab(t).down()
-            print(f"lab {t} removed")
+            lab = labmod.Lab(t)
+            removed = lab.down()
+            if not removed and not args.all:
+                # a tag that names no lab is most likely a typo: the lab meant is still up
+                raise UsageError(f"no lab '{t}' (none of {', '.join(lab.namespaces)} exists): nothing removed; "
+                                 f"`microseg lab down --all` removes every lab")
+            print(f"lab {t} removed: namespaces {', '.join(removed)}")
         return 0
     from appliance.demo import run_demo
 
@@ -510,7 +571,7 @@ def cmd_policy(args) -> int:
 def _policy_check(args) -> int:
     from appliance import policyfile as pf
 
-    model, pol, _ = pf.compile_file(args.file)
+    model, pol, _ = pf.compile_file(args.file, allow_empty=True)     # warned, not refused: nothing is applied
     _print_warnings(args.file, pol)
     s = pf.summary(model, pol)
     print(json.dumps({"file": args.file, **s}, indent=2) if args.json else pf.summary_text(args.file, s))
@@ -558,7 +619,7 @@ def _policy_explain(args) -> int:
     sport = pf.parse_port(args.sport, "--sport") if args.sport is not None else (port if proto in (1, 58) else 0)
     notes = []
     if args.file:
-        model, pol, _ = pf.compile_file(args.file)
+        model, pol, _ = pf.compile_file(args.file, allow_empty=True)
         where = f"{args.file} (not applied: read from the file)"
     else:
         applied = pf.read_applied(args.netns)
@@ -604,8 +665,16 @@ def _policy_apply(args) -> int:
     from datapath.policy_maps import PolicyMaps
 
     # Check and compile first: a bad file changes nothing.
-    model, pol, text = pf.compile_file(args.file)
+    model, pol, text = pf.compile_file(args.file, allow_empty=args.allow_empty)
     _print_warnings(args.file, pol)
+    from appliance.ownership import apply_through_daemon
+    from datapath import owner
+    daemon = owner.daemon(args.netns)
+    if daemon is not None:      # its reload path, or one line saying how
+        for line in apply_through_daemon(args.netns, args.file, daemon):
+            print(line)
+        return 0
+    own(args.netns, "policy apply")
     builds = _open_builds(args.netns)
     done = []
     lock = None
@@ -641,9 +710,9 @@ def _policy_apply(args) -> int:
 def _policy_diff(args) -> int:
     from appliance import policyfile as pf
 
-    model, _, _ = pf.compile_file(args.file)
+    model, _, _ = pf.compile_file(args.file, allow_empty=True)
     if args.against:
-        old, _, _ = pf.compile_file(args.against)
+        old, _, _ = pf.compile_file(args.against, allow_empty=True)
         against = args.against
     else:
         applied = pf.read_applied(args.netns)
@@ -733,6 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa = psub.add_parser("apply", help="check, compile and load a policy atomically (a bad file changes nothing)")
     pa.add_argument("file", metavar="FILE")
     pa.add_argument("--netns", help="network namespace microseg is attached in (default: this one)")
+    pa.add_argument("--allow-empty", action="store_true",
+                    help="apply a policy without rules, overrides or defaults (it denies every flow)")
     pd = psub.add_parser("diff", help="groups, defaults, rules and overrides added / removed / changed")
     pd.add_argument("file", metavar="FILE")
     dsrc = pd.add_mutually_exclusive_group()
@@ -742,8 +813,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_policy)
 
     s = sub.add_parser("run", help="the live appliance: attach, inspect, log, serve metrics "
-                                   "(SIGHUP reloads policy and rules, SIGTERM detaches)")
+                                   "(SIGHUP reloads policy and rules; SIGTERM leaves the programs attached)")
     s.add_argument("--config", required=True, metavar="FILE", help="run configuration (YAML)")
+    s.add_argument("--detach-on-exit", action="store_true",
+                   help="detach the programs when stopped (default: they stay, as `microseg down` is what detaches)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("deploy", help="new build (and policy): preflight, snapshot, verify, canary, gradual "
@@ -793,6 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        settle_namespace(args)
         return args.func(args)
     except MicrosegError as e:
         if callable(getattr(e, "lines", None)):

@@ -138,14 +138,16 @@ class Lab:
 
 def forget_namespace_state(ns: str) -> None:
     """Remove what microseg keeps about a namespace under its run directory
-    (applied policy, clsact bookkeeping): the namespace is gone."""
+    (applied policy, clsact bookkeeping, the owner lock file a killed
+    daemon left): the namespace is gone."""
     import shutil
 
     from appliance import policyfile
-    from datapath import attach
+    from datapath import attach, owner
 
     shutil.rmtree(policyfile.state_dir(ns), ignore_errors=True)
     attach._state_file(ns).unlink(missing_ok=True)
+    owner.lock_path(ns).unlink(missing_ok=True)
 
 
 def remove_namespaces(names: list[str]) -> None:

@@ -7,7 +7,17 @@ SIGHUP: read the policy and the rules files again; each is applied only if
 it is valid (a bad file is logged and the running one stays).
 SIGTERM / SIGINT: stop the heartbeat first (the kernel then applies the
 slow-path-down action at once instead of after the timeout), close the
-flows (EVE flow records), detach, exit.
+flows (EVE flow records), exit. The programs stay attached and the pinned
+state stays: sessions keep their windows, denied flows stay denied, and the
+next `microseg run` replaces the programs atomically with its own build
+(only `microseg down`, or `run --detach-on-exit`, detaches).
+
+One owner per namespace (datapath/owner.py): the daemon holds the
+namespace's owner lock for its life, and checks every OWNER_CHECK_S that
+its programs are still the attached ones and that the pinned ring and
+heartbeat are still its own maps; if anyone replaced them it says so (a log
+line, microseg_ownership_lost_total) and exits with EXIT_OWNERSHIP_LOST so
+a supervisor starts it again.
 """
 from __future__ import annotations
 
@@ -22,6 +32,18 @@ from appliance.runconfig import RunConfig
 from datapath.errors import MicrosegError, UsageError
 
 log = logging.getLogger("microseg.run")
+
+# How often the daemon checks that its programs, ring and heartbeat are
+# still its own: a takeover is noticed within a second; a check is one
+# netlink dump of the namespace's filters and two map lookups.
+OWNER_CHECK_S = 1.0
+# Exit status when the daemon's programs, ring or heartbeat were replaced
+# by someone else: distinct from bad input (2) and a failed gate (3), and
+# non-zero, so a supervisor (systemd Restart=on-failure) starts it again.
+EXIT_OWNERSHIP_LOST = 4
+# The pinned maps that make a daemon's identity, and what each is called
+# when someone else's replaces it.
+OWNED_MAPS = {"ms_insp_ring": "ring", "ms_slowpath": "heartbeat"}
 
 
 def empty_rules():
@@ -48,13 +70,17 @@ def eve_log(cfg: RunConfig):
 
 
 class Daemon:
-    def __init__(self, cfg: RunConfig, config_path: str = ""):
+    def __init__(self, cfg: RunConfig, config_path: str = "", lock=None, detach_on_exit: bool = False):
         self.cfg = cfg
         self.config_path = config_path
+        self.lock = lock                    # datapath.owner.NamespaceLock held for this daemon
+        self.detach_on_exit = detach_on_exit
         self.stop_event: asyncio.Event | None = None
         self.fp = None
         self.engine = None
         self.reloads = 0
+        self.lost: str | None = None        # what someone else replaced ("programs", "ring", "heartbeat")
+        self.exit_code = 0
 
     # -- start -----------------------------------------------------------------
     def start(self) -> None:
@@ -110,13 +136,25 @@ class Daemon:
                              plugins=fp.protocols, app_names={i: n for n, i in fp.l7.ids.items()},
                              session_stats=session_stats(fp), inspect_budget=cfg.datapath.inspect_budget)
         self.ring, self.reader_class = open_payload_channel(fp)
+        from prometheus_client import Counter
+        self.ownership_lost = Counter("microseg_ownership_lost",
+                                      "Times the daemon found its programs, ring or heartbeat replaced by "
+                                      "someone else (it then exits for its supervisor to restart it)",
+                                      ["what"], registry=self.metrics.registry)
+        for what in ("programs", *OWNED_MAPS.values()):
+            self.ownership_lost.labels(what=what)
         self.server = None
         if cfg.metrics:
             host, port = parse_listen(cfg.metrics.listen)
-            self.server = self.metrics.serve(host, port)
+            try:
+                self.server = self.metrics.serve(host, port)
+            except OSError as e:
+                raise UsageError(f"metrics.listen {cfg.metrics.listen}: {e.strerror or e}")
         self.attached = attach.attach(fp, cfg.interfaces, cfg.netns)
         for a in self.attached:
             log.info("attached %s on %s (prog id %d)", a.name, a.iface, a.prog_id)
+        self.own_progs = {(a.iface, a.direction): a.prog_id for a in self.attached}
+        self.own_maps = self._own_map_ids()
         self.force_no_bloom = cfg.datapath.compat.bloom == "off"
         if policy:
             log.info("%s", sync_blocklist(list(getattr(policy[1], "blocklist", [])), cfg.interfaces, cfg.netns,
@@ -129,6 +167,92 @@ class Daemon:
                       for a in self.attached if a.direction == "DIR_INGRESS"][:1]
             pf.store_applied(cfg.netns, text, cfg.policy, builds, pf.summary(model, pol))
         self.started = time.monotonic()
+
+    # -- ownership -----------------------------------------------------------------
+    def _own_map_ids(self) -> dict[str, int]:
+        """Kernel ids of this daemon's pinned ring and heartbeat maps."""
+        from datapath import bpfsys, state
+        out = {}
+        for name in OWNED_MAPS:
+            if not (state.state_dir(self.cfg.netns) / name).exists():
+                continue        # not pinned in this build (the perf buffer fallback has no ring)
+            try:
+                out[name] = bpfsys.map_info_by_fd(self.fp.table(name).map_fd).id
+            except (KeyError, AttributeError, OSError):
+                continue
+        return out
+
+    def _heartbeat_pid(self) -> int:
+        from datapath import bpfsys
+        t = self.fp.table("ms_slowpath")
+        raw = bpfsys.map_lookup(t.map_fd, (0).to_bytes(4, "little"), ctypes.sizeof(t.Leaf))
+        return t.Leaf.from_buffer_copy(raw).pid if raw else 0
+
+    def _ownership_problem(self) -> tuple[str, str] | None:
+        """(what, why) when someone else replaced this daemon's programs,
+        ring or heartbeat; None while they are its own. Netlink: run in a
+        worker thread (this process is in the namespace already)."""
+        from datapath import attach, bpfsys, state
+        now = {(a.iface, a.direction): a.prog_id for a in attach.attached(None)}
+        for (iface, d), prog_id in sorted(self.own_progs.items()):
+            got = now.get((iface, d))
+            if got != prog_id:
+                hook = d.removeprefix("DIR_").lower()
+                return "programs", (f"the {hook} program on {iface} is "
+                                    f"{'gone' if got is None else f'prog id {got}'}, not this daemon's "
+                                    f"prog id {prog_id}")
+        for name, map_id in sorted(self.own_maps.items()):
+            path = state.state_dir(self.cfg.netns) / name
+            try:
+                fd = bpfsys.obj_get(str(path))
+            except OSError:
+                return OWNED_MAPS[name], f"{path} was removed"
+            try:
+                got = bpfsys.map_info_by_fd(fd).id
+            finally:
+                os.close(fd)
+            if got != map_id:
+                return OWNED_MAPS[name], f"{path} is map id {got}, not this daemon's map id {map_id}"
+        pid = self._heartbeat_pid()
+        if pid not in (0, os.getpid()):
+            return "heartbeat", f"the heartbeat is written by pid {pid}, not by this daemon (pid {os.getpid()})"
+        return None
+
+    async def _watching(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(OWNER_CHECK_S)
+            try:
+                problem = await loop.run_in_executor(None, self._ownership_problem)
+            except Exception as e:   # a failed check is logged; the next one tries again
+                log.error("ownership check failed: %s: %s", type(e).__name__, e)
+                continue
+            if problem is not None:
+                what, why = problem
+                self.lost, self.exit_code = what, EXIT_OWNERSHIP_LOST
+                self.ownership_lost.labels(what=what).inc()
+                log.error("ownership lost: %s (replaced by someone else); exiting with status %d so a "
+                          "supervisor starts microseg run again", why, EXIT_OWNERSHIP_LOST)
+                self.stop_event.set()
+                return
+
+    def _stop_heartbeat(self) -> None:
+        """Heartbeat 0: the kernel applies the slow-path-down action now,
+        not after the timeout. Never over another process's heartbeat."""
+        try:
+            if self.lost != "heartbeat" and self._heartbeat_pid() in (0, os.getpid()):
+                self.writer.stop()
+        except OSError:
+            pass
+
+    def _record_reload(self, **result) -> None:
+        """What the last reload did, in the owner record: `policy apply`
+        through this daemon reads it."""
+        if self.lock is not None:
+            try:
+                self.lock.write(reloads=self.reloads, last_reload={"n": self.reloads, **result})
+            except OSError as e:
+                log.error("owner record not updated: %s", e)
 
     def _call_later(self, delay: float, fn) -> None:
         asyncio.get_running_loop().call_later(delay, fn)
@@ -212,6 +336,7 @@ class Daemon:
         from datapath.policy_maps import PolicyMaps
         loop = asyncio.get_running_loop()
         self.reloads += 1
+        result = {"policy": "unchanged (no policy file)", "rules": "unchanged"}
         if self.cfg.policy:
             def apply_policy():
                 _, pol, _ = pf.compile_file(self.cfg.policy)
@@ -220,8 +345,10 @@ class Daemon:
             try:
                 pol, st = await loop.run_in_executor(None, apply_policy)
                 log.info("reload: policy %s in force (generation %d)", self.cfg.policy, st.gen)
+                result.update(policy="applied", generation=st.gen)
             except (MicrosegError, OSError) as e:
                 log.error("reload: policy not applied, the running one stays: %s", e)
+                result["policy"] = f"not applied, the running one stays: {str(e).splitlines()[0]}"
             if pol is not None:
                 # netns None: this process is in the namespace already. pyroute2's
                 # NetNS (by name) forks a helper, which must not happen in a
@@ -236,11 +363,14 @@ class Daemon:
         try:
             self.engine.rules = self.rules = await loop.run_in_executor(None, load_rules_file, self.cfg.rules)
             log.info("reload: rules %s loaded", self.cfg.rules or "(none)")
+            result["rules"] = "loaded"
         except (MicrosegError, OSError) as e:
             log.error("reload: rules not loaded, the running ones stay: %s", e)
+            result["rules"] = f"not loaded, the running ones stay: {str(e).splitlines()[0]}"
         for s in self.eve.sinks:
             if hasattr(s, "reopen"):
                 s.reopen()
+        self._record_reload(**result)
         log.info("reload %d done", self.reloads)
 
     async def run(self) -> None:
@@ -252,36 +382,44 @@ class Daemon:
         reader = self.reader_class(self.ring, self._on_record)
         reader.start(loop)
         tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._housekeeping()),
-                 asyncio.create_task(self._sweeping())]
+                 asyncio.create_task(self._sweeping()), asyncio.create_task(self._watching())]
         log.info("running (pid %d)", os.getpid())
         print(f"microseg running (pid {os.getpid()})", flush=True)
         try:
             await self.stop_event.wait()
         finally:
+            if self.lock is not None:
+                try:    # a daemon starting meanwhile waits for this one instead of refusing
+                    self.lock.write(stopping=True)
+                except OSError:
+                    pass
             for t in tasks:
                 t.cancel()
             reader.stop()
             # Heartbeat off at once: the kernel applies the slow-path-down
             # action now rather than after the timeout.
-            try:
-                self.writer.stop()
-            except OSError:
-                pass
+            self._stop_heartbeat()
 
     def shutdown(self) -> None:
         """After the event loop has ended (pyroute2's netlink runs an event
         loop of its own, which cannot start inside a running one)."""
         from datapath import attach
-        try:
-            self.writer.stop()
-        except OSError:
-            pass
-        for raw in self.ring.drain():
-            self._on_record(raw)
+        self._stop_heartbeat()
+        if self.lost != "ring":
+            for raw in self.ring.drain():
+                self._on_record(raw)
         self.engine.close_all("shutdown")
-        attach.detach(self.cfg.interfaces, self.cfg.netns)
-        for i in self.cfg.interfaces:
-            attach.detach_xdp(i, self.cfg.netns)
+        if self.detach_on_exit and self.lost is None:
+            attach.detach(self.cfg.interfaces, self.cfg.netns)
+            for i in self.cfg.interfaces:
+                attach.detach_xdp(i, self.cfg.netns)
+            log.info("detached from %s (--detach-on-exit)", ", ".join(self.cfg.interfaces))
+        else:
+            log.info("programs left attached on %s (%s); the next `microseg run` replaces them, "
+                     "`microseg down` removes them", ", ".join(self.cfg.interfaces),
+                     "someone else's now" if self.lost == "programs" else "inspected flows get the "
+                     "slowpath_down action meanwhile")
+        self._remove_sweep_lock()
         self.ring.close()
         self.injector.close()
         if self.server is not None:
@@ -290,14 +428,55 @@ class Daemon:
         self.fp.close()
         log.info("stopped")
 
+    def _remove_sweep_lock(self) -> None:
+        """The sweeper's lock file of this build (only when nobody holds
+        it): a stopped daemon leaves no lock files behind."""
+        import fcntl
 
-def main(cfg: RunConfig, config_path: str) -> int:
+        from datapath.sweeper import _remove_stale_locks
+        path = getattr(self.sweeper, "_lock_path", None)
+        if path is None:
+            return
+        try:       # and those of builds gone since (a killed daemon's)
+            _remove_stale_locks(path.parent)
+        except Exception as e:   # housekeeping: never in the way of the stop
+            log.warning("stale sweep locks not removed: %s", e)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+        except OSError:
+            pass        # a sweep is running: its lock file stays
+        finally:
+            os.close(fd)
+
+
+def main(cfg: RunConfig, config_path: str, detach_on_exit: bool = False) -> int:
     import uvloop
+    from datapath import owner, pins
     logging.basicConfig(level=logging.INFO, format="%(asctime)s microseg %(levelname)s %(message)s")
-    d = Daemon(cfg, config_path)
-    d.start()
+    if cfg.netns is None:
+        # Under `ip netns exec NS`: pins, lock and records by NS's name.
+        name = pins.current_netns_name()
+        if name is not None:
+            cfg = cfg.model_copy(update={"netns": name})
+    pins.enter_system_mount_ns()
+    lock = owner.NamespaceLock(cfg.netns)
     try:
-        uvloop.run(d.run())
+        lock.acquire(owner.DAEMON, config=os.path.abspath(config_path) if config_path else None,
+                     policy=os.path.abspath(cfg.policy) if cfg.policy else None, reloads=0)
+    except owner.Owned as e:
+        raise MicrosegError(f"{e}: one owner per namespace; stop it first (nothing was changed)")
+    try:
+        d = Daemon(cfg, config_path, lock, detach_on_exit)
+        d.start()
+        try:
+            uvloop.run(d.run())
+        finally:
+            d.shutdown()
+        return d.exit_code
     finally:
-        d.shutdown()
-    return 0
+        lock.release()
