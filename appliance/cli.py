@@ -360,7 +360,7 @@ def cmd_run(args) -> int:
     require_privileges("running the appliance")
     from appliance.configfile import load_model
     from appliance.runconfig import RunConfig
-    from slowpath import daemon
+    from appliance import daemon
 
     cfg = load_model(args.config, RunConfig)
     if cfg.netns is not None:
@@ -382,9 +382,9 @@ def cmd_replay(args) -> int:
     from datapath.config import DatapathConfig
     from datapath.loader import FastPath
     from slowpath import eve
-    from slowpath.daemon import load_rules_file
+    from appliance.daemon import load_rules_file
     from slowpath.pcap import ETH_HEADER_LEN, PcapError
-    from slowpath.replay import replay, replay_config
+    from appliance.replay import replay, replay_config
 
     # Every input is checked before the compile.
     base = load_model(args.config, DatapathConfig) if args.config else None

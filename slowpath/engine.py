@@ -7,7 +7,7 @@ detection and parsing (slowpath/analyzer.py; the kernel's app id is a hint),
 rules (slowpath/rules.py) on the parser events, a verdict for the kernel
 (``verdicts.verdict(key, code)``), TCP resets for a blocked flow
 and the release of held payload (``injector``), and EVE records (``emit``). The asyncio daemon
-(slowpath/daemon.py) and `microseg replay` feed it the same way.
+(appliance/daemon.py) and `microseg replay` feed it the same way.
 
 When a flow gets which verdict:
   * a rule hit with action block: BLOCK at once, and resets to both ends

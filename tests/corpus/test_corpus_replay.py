@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slowpath.daemon import empty_rules
+from appliance.daemon import empty_rules
 from slowpath.eve import load_schema
-from slowpath.replay import replay, replay_config
+from appliance.replay import replay, replay_config
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 EXCEPTIONS = Path(__file__).with_name("truth_exceptions.yaml")

@@ -12,8 +12,8 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from slowpath.daemon import empty_rules
-from slowpath.replay import replay, replay_config
+from appliance.daemon import empty_rules
+from appliance.replay import replay, replay_config
 
 ETH = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 
