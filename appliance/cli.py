@@ -381,7 +381,7 @@ def cmd_replay(args) -> int:
     from appliance.configfile import load_model
     from datapath.config import DatapathConfig
     from datapath.loader import FastPath
-    from slowpath import eve
+    from slowpath import eve_sinks
     from appliance.daemon import load_rules_file
     from slowpath.pcap import ETH_HEADER_LEN, PcapError
     from appliance.replay import replay, replay_config
@@ -407,12 +407,12 @@ def cmd_replay(args) -> int:
             raise UsageError(f"--eve {args.eve}: is a directory")
         try:
             fd, part = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-            os.fchmod(fd, eve.FILE_MODE)
+            os.fchmod(fd, eve_sinks.FILE_MODE)
             os.close(fd)
         except OSError as e:
             raise UsageError(f"--eve {args.eve}: {e.strerror}")
-    sink = eve.StdoutSink() if part is None else eve.FileSink(part, max_bytes=0)
-    log = eve.EveLog([sink])
+    sink = eve_sinks.StdoutSink() if part is None else eve_sinks.FileSink(part, max_bytes=0)
+    log = eve_sinks.EveLog([sink])
     try:
         fp = FastPath(replay_config(base, args.inspect_budget))
         try:

@@ -47,26 +47,26 @@ OWNED_MAPS = {"ms_insp_ring": "ring", "ms_slowpath": "heartbeat"}
 
 
 def empty_rules():
-    from slowpath.rules import load_rules_text
+    from slowpath.rulesfile import load_rules_text
     return load_rules_text("{}\n", "<no rules>")
 
 
 def load_rules_file(path: str | None):
-    from slowpath.rules import load_rules
+    from slowpath.rulesfile import load_rules
     return load_rules(path) if path else empty_rules()
 
 
 def eve_log(cfg: RunConfig):
-    from slowpath import eve
+    from slowpath import eve_sinks
     sinks = []
     if cfg.eve.file:
-        sinks.append(eve.FileSink(cfg.eve.file.path, cfg.eve.file.max_bytes, cfg.eve.file.backups))
+        sinks.append(eve_sinks.FileSink(cfg.eve.file.path, cfg.eve.file.max_bytes, cfg.eve.file.backups))
     if cfg.eve.syslog:
         s = cfg.eve.syslog
-        sinks.append(eve.SyslogSink(s.host, s.port, s.transport, app_name=s.app_name))
+        sinks.append(eve_sinks.SyslogSink(s.host, s.port, s.transport, app_name=s.app_name))
     if cfg.eve.stdout:
-        sinks.append(eve.StdoutSink())
-    return eve.EveLog(sinks)
+        sinks.append(eve_sinks.StdoutSink())
+    return eve_sinks.EveLog(sinks)
 
 
 class Daemon:

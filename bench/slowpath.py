@@ -86,7 +86,7 @@ def bench_records(segments: int, rounds: int) -> list[tuple]:
     from slowpath.engine import Engine
     from slowpath.records import RecordDecoder, VerdictWriter, record_type
     from slowpath.ringbuf import RingBuffer
-    from slowpath.rules import load_rules
+    from slowpath.rulesfile import load_rules
 
     # Building 20,000 frames with scapy takes longer than a heartbeat period.
     fp = FastPath(DatapathConfig(inspect_budget=1 << 30, inspect_ring_bytes=64 << 20, heartbeat_timeout_s=3600))

@@ -4,7 +4,7 @@ Sans-IO like the parsers: ``Engine.handle(record)`` takes one decoded
 payload record (slowpath/records.py) and does everything it implies, through
 the callables it was given: reassembly (TCP, per flow, capped), protocol
 detection and parsing (slowpath/analyzer.py; the kernel's app id is a hint),
-rules (slowpath/rules.py) on the parser events, a verdict for the kernel
+rules (slowpath/inspector.py) on the parser events, a verdict for the kernel
 (``verdicts.verdict(key, code)``), TCP resets for a blocked flow
 and the release of held payload (``injector``), and EVE records (``emit``). The asyncio daemon
 (appliance/daemon.py) and `microseg replay` feed it the same way.
@@ -311,7 +311,7 @@ class Engine:
     def _log(self, flow: Flow, info: eve.FlowInfo, ev) -> None:
         kind = ev.kind
         # Every tolerated deviation of an inspected flow: an EVE anomaly
-        # record (what it does to the flow came as a rule hit, rules.py).
+        # record (what it does to the flow came as a rule hit, inspector.py).
         for name in (ev.anomalies if kind in ("http_request", "http_response") else
                      (ev.name,) if kind == "http_anomaly" else ()):
             self.emit(eve.anomaly_record(info, name, self.wallclock(), app_proto="http",

@@ -1,4 +1,4 @@
-"""Suricata EVE-compatible JSON records for SIEMs, and where they go.
+"""Suricata EVE-compatible JSON records for SIEMs: building and serialising them.
 
 One JSON object per line, with Suricata's field names and shapes, so a
 pipeline built for Suricata's eve.json (Filebeat's Suricata module, Evebox,
@@ -6,20 +6,14 @@ Splunk/Elastic dashboards) reads microseg's records unchanged. What only
 microseg knows (policy rule, policy generation, the kernel's reason) sits in
 a ``microseg`` object, where an EVE consumer ignores it.
 
-Two halves:
-
-* Builders (``flow_record``, ``alert_record``, ``http_record``,
-  ``tls_record``, ``dns_records``, ``drop_record``, ``stats_record``,
-  ``anomaly_record``) turn a
-  :class:`FlowInfo` plus parser events (protocols/*.py) into plain dicts.
-  They are pure: no I/O; the timestamp is an argument (now if omitted).
-* :class:`EveLog` serialises a record to one line (compact, ASCII-only JSON:
-  valid UTF-8, non-ASCII as \\u escapes) and hands it to sinks:
-  :class:`FileSink` (size-rotating, ``reopen()`` for logrotate),
-  :class:`SyslogSink` (RFC 5424 over UDP, or over TCP with RFC 6587
-  octet counting), :class:`StdoutSink`. Serialising never raises, whatever
-  the strings hold. Each sink has a bounded queue and its own thread: a sink
-  that cannot keep up drops records and counts them; the caller never waits.
+Builders (``flow_record``, ``alert_record``, ``http_record``,
+``tls_record``, ``dns_records``, ``drop_record``, ``stats_record``,
+``anomaly_record``) turn a :class:`FlowInfo` plus parser events
+(protocols/*.py) into plain dicts. They are pure: no I/O; the timestamp is an
+argument (now if omitted). :func:`encode` serialises a record to one line
+(compact, ASCII-only JSON: valid UTF-8, non-ASCII as \\u escapes) and never
+raises, whatever the strings hold. Where the lines go (file, syslog, stdout)
+is slowpath/eve_sinks.py.
 
 slowpath/eve_schema.json describes every record written here;
 tests/unit/test_eve.py validates builder output against it.
@@ -37,16 +31,11 @@ the kernel's names are more precise and no EVE consumer enumerates them.
 from __future__ import annotations
 
 import base64
-import collections
 import enum
 import hashlib
 import ipaddress
 import json
 import math
-import os
-import socket
-import sys
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -66,51 +55,12 @@ SCHEMA_PATH = Path(__file__).with_name("eve_schema.json")
 EVENT_TYPES = ("flow", "alert", "http", "tls", "dns", "drop", "stats", "anomaly")
 
 # --- Limits -------------------------------------------------------------------
-# Records a sink queues while its I/O is slow (its worker may hold one more
-# batch, at most as many again, while it waits on the write). At a few hundred bytes a record
-# that is a few MB per sink, and about a second of a busy appliance's events:
-# enough to ride out a syslog collector restarting, small enough that a dead
-# one costs little memory. Past it new records are dropped and counted.
-SINK_QUEUE_RECORDS = 10_000
-# Records a sink worker takes per wakeup (one flush or one write() per batch).
-SINK_BATCH_RECORDS = 256
-# How long close() waits for queued records to be written before counting the
-# rest as dropped.
-SINK_CLOSE_TIMEOUT_S = 5.0
 # Characters of a rule's matched value kept in an alert: it is an excerpt for
 # the analyst, not the payload; the cap also keeps alert lines short.
 MATCHED_MAX_CHARS = 256
 # Nesting the serialiser follows before it writes repr() instead: records are
 # three levels deep; only a caller's odd object (a cycle) goes further.
 MAX_DEPTH = 16
-
-# FileSink defaults: 100 MiB x (1 + 5) files bounds the disk used at 600 MiB.
-DEFAULT_MAX_BYTES = 100 * 1024 * 1024
-DEFAULT_BACKUPS = 5
-# Mode of a new log file: records hold URLs, host names and matched content.
-FILE_MODE = 0o640
-
-# SyslogSink: a connect or a send that takes longer than this is an outage.
-SYSLOG_CONNECT_TIMEOUT_S = 2.0
-SYSLOG_SEND_TIMEOUT_S = 2.0
-# Reconnection backoff doubles from the first value to the second.
-SYSLOG_BACKOFF_MIN_S = 0.5
-SYSLOG_BACKOFF_MAX_S = 30.0
-# Largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header). RFC 5426 only
-# promises 480/1180 bytes reach every receiver, but rsyslog and syslog-ng take
-# 64 KiB; a larger record cannot be sent in one datagram and is dropped
-# (counted as oversize) rather than cut into invalid JSON.
-SYSLOG_UDP_MAX_BYTES = 65507
-# RFC 5424 section 6.2.1: PRI = facility * 8 + severity.
-FACILITIES = {"kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5,
-              "lpr": 6, "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
-              **{f"local{i}": 16 + i for i in range(8)}}
-SEVERITY_WARNING = 4
-SEVERITY_NOTICE = 5
-SEVERITY_INFO = 6
-# An alert is what a SIEM pages on; a drop is worth noticing; the rest is
-# metadata.
-SYSLOG_SEVERITY = {"alert": SEVERITY_WARNING, "drop": SEVERITY_NOTICE}
 
 # --- Names as Suricata writes them -------------------------------------------
 # IANA keywords, upper case, as Suricata prints them ("IPV6-ICMP" included);
@@ -717,385 +667,3 @@ def encode(record: Mapping) -> bytes | None:
 
 def load_schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text())
-
-
-# --- Sinks -------------------------------------------------------------------------
-class Sink:
-    """A destination with a bounded queue and a worker thread.
-
-    ``submit`` never blocks: when the queue is full the record is dropped
-    and counted. Subclasses implement ``_write_batch`` (in the worker
-    thread) and ``_release``.
-    """
-    kind = "sink"
-
-    def __init__(self, *, name: str | None = None, queue_records: int = SINK_QUEUE_RECORDS):
-        self.name = name or self.kind
-        self._max = queue_records
-        self._buf: collections.deque = collections.deque()
-        self._cv = threading.Condition()
-        self._pending = 0           # submitted, not yet written or dropped
-        self._closed = False
-        self._stop = threading.Event()
-        self.sent = 0
-        self.dropped = 0            # every record that will never be written
-        self.queue_full = 0         # ... of which refused at submit
-        self.write_errors = 0       # failed writes/sends (events, not records)
-        self._thread = threading.Thread(target=self._run, name=f"eve-{self.name}", daemon=True)
-        self._thread.start()
-
-    def submit(self, line: bytes, record: Mapping | None = None) -> bool:
-        with self._cv:
-            if self._closed or len(self._buf) >= self._max:
-                self.dropped += 1
-                self.queue_full += not self._closed
-                return False
-            self._buf.append((line, record))
-            self._pending += 1
-            self._cv.notify_all()
-        return True
-
-    def counters(self) -> dict:
-        with self._cv:
-            return {"sent": self.sent, "dropped": self.dropped, "queue_full": self.queue_full,
-                    "write_errors": self.write_errors, "queued": len(self._buf)}
-
-    def flush(self, timeout: float = SINK_CLOSE_TIMEOUT_S) -> bool:
-        """Wait until every submitted record is written or dropped."""
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            while self._pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(left)
-        return True
-
-    def close(self, timeout: float = SINK_CLOSE_TIMEOUT_S) -> None:
-        with self._cv:
-            if self._closed:
-                return
-            self._closed = True
-        deadline = time.monotonic() + timeout
-        self.flush(timeout)
-        self._stop.set()            # interrupts a reconnect backoff
-        with self._cv:
-            self._cv.notify_all()
-        # A worker inside a send or connect needs up to one socket timeout
-        # to notice the stop; past that it is a daemon thread and is left.
-        self._thread.join(max(max(SYSLOG_CONNECT_TIMEOUT_S, SYSLOG_SEND_TIMEOUT_S) + 0.5,
-                              deadline - time.monotonic()))
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._buf and not self._stop.is_set():
-                    self._cv.wait()
-                if self._stop.is_set():
-                    # Closing and the flush timed out: what is left is lost.
-                    self.dropped += len(self._buf)
-                    self._pending -= len(self._buf)
-                    self._buf.clear()
-                    self._cv.notify_all()
-                    break
-                batch = [self._buf.popleft() for _ in range(min(len(self._buf), SINK_BATCH_RECORDS))]
-            try:
-                sent, lost = self._write_batch(batch)
-            except Exception:
-                sent, lost = 0, len(batch)
-                self.write_errors += 1
-            with self._cv:
-                self.sent += sent
-                self.dropped += lost
-                self._pending -= len(batch)
-                self._cv.notify_all()
-        try:
-            self._release()
-        except Exception:
-            pass
-
-    def _write_batch(self, batch: list[tuple[bytes, Mapping | None]]) -> tuple[int, int]:
-        raise NotImplementedError
-
-    def _release(self) -> None:
-        pass
-
-
-class StdoutSink(Sink):
-    """Lines to standard output (or any binary stream), e.g. under systemd."""
-    kind = "stdout"
-
-    def __init__(self, stream=None, **kw):
-        self._stream = stream if stream is not None else sys.stdout.buffer
-        super().__init__(**kw)
-
-    def _write_batch(self, batch):
-        try:
-            self._stream.write(b"".join(line for line, _ in batch))
-            self._stream.flush()
-        except (OSError, ValueError):       # closed pipe, closed stream
-            self.write_errors += 1
-            return 0, len(batch)
-        return len(batch), 0
-
-
-class FileSink(Sink):
-    """Append to ``path``; past ``max_bytes`` rename path -> path.1 -> ... ->
-    path.<backups> (the oldest goes) and start a new file, as logging's
-    RotatingFileHandler does. ``backups=0`` truncates instead, ``max_bytes=0``
-    never rotates (leave it to logrotate and call ``reopen()`` on SIGHUP)."""
-    kind = "file"
-
-    def __init__(self, path, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS, **kw):
-        if max_bytes < 0 or backups < 0:
-            raise ValueError("FileSink: max_bytes and backups must be >= 0")
-        self.path = Path(path)
-        self.max_bytes = max_bytes
-        self.backups = backups
-        self.rotations = 0
-        self._fh = None
-        self._size = 0
-        self._reopen = False
-        super().__init__(**kw)
-
-    def reopen(self) -> None:
-        """Reopen the file before the next write (logrotate moved it).
-        Only sets a flag, so it is safe to call from a signal handler."""
-        self._reopen = True
-
-    def counters(self) -> dict:
-        c = super().counters()
-        c["rotations"] = self.rotations
-        return c
-
-    def _open(self) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        self._fh = os.fdopen(fd, "ab")
-        self._size = os.fstat(fd).st_size
-
-    def _close_file(self) -> None:
-        if self._fh is not None:
-            try:
-                self._fh.close()
-            finally:
-                self._fh = None
-
-    def _rotate(self) -> None:
-        self._close_file()
-        if self.backups:
-            for i in range(self.backups - 1, 0, -1):
-                src = self.path.with_name(f"{self.path.name}.{i}")
-                if src.exists():
-                    os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
-            if self.path.exists():          # logrotate may have moved it already
-                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        elif self.path.exists():
-            os.truncate(self.path, 0)
-        self.rotations += 1
-        self._open()
-
-    def _write_batch(self, batch):
-        sent = lost = 0
-        for line, _ in batch:
-            try:
-                if self._reopen:
-                    self._reopen = False
-                    self._close_file()
-                if self._fh is None:
-                    self._open()
-                # A line longer than max_bytes still goes out, alone in its file.
-                if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
-                    self._rotate()
-                self._fh.write(line)
-                self._size += len(line)
-                sent += 1
-            except OSError:
-                self.write_errors += 1
-                lost += 1
-                self._close_file()          # try a fresh open with the next line
-        if self._fh is not None:
-            try:
-                self._fh.flush()
-            except OSError:
-                # Buffered lines were counted sent; the loss shows as an error.
-                self.write_errors += 1
-                self._close_file()
-        return sent, lost
-
-    def _release(self) -> None:
-        self._close_file()
-
-
-def _syslog_token(text: str | None, limit: int) -> str:
-    """An RFC 5424 header field: printable US-ASCII without spaces, or "-"."""
-    if not text:
-        return "-"
-    token = "".join(c for c in text if 33 <= ord(c) <= 126)[:limit]
-    return token or "-"
-
-
-def syslog_timestamp(ts: float | None = None) -> str:
-    """RFC 5424 TIMESTAMP (RFC 3339, UTC, microseconds)."""
-    micros = round((time.time() if ts is None else ts) * 1_000_000)
-    secs, micros = divmod(micros, 1_000_000)
-    return datetime.fromtimestamp(secs, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{micros:06d}Z"
-
-
-class SyslogSink(Sink):
-    """Records as RFC 5424 messages to a collector, over UDP or TCP.
-
-    ``<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID - MSG``: MSGID is the
-    event type, MSG the JSON record (ASCII-only JSON, so MSG-ANY of RFC 5424
-    and no BOM). UDP sends one datagram per record (RFC 5426); TCP frames
-    each message with RFC 6587 octet counting (``LEN SP MSG``), reconnects
-    with a doubling backoff after an error, and holds the record it was
-    sending meanwhile: new records queue, then drop, while the collector is
-    away.
-    """
-    kind = "syslog"
-
-    def __init__(self, host: str, port: int = 514, transport: str = "udp", app_name: str = "microseg",
-                 facility: int | str = "local0", hostname: str | None = None, **kw):
-        if transport not in ("udp", "tcp"):
-            raise ValueError(f"SyslogSink: transport {transport!r}, expected 'udp' or 'tcp'")
-        fac = FACILITIES.get(facility) if isinstance(facility, str) else facility
-        if fac is None or not 0 <= fac <= 23:
-            raise ValueError(f"SyslogSink: unknown facility {facility!r}")
-        self.host, self.port, self.transport = host, port, transport
-        self.facility = fac
-        self.hostname = _syslog_token(hostname if hostname is not None else socket.gethostname(), 255)
-        self.app_name = _syslog_token(app_name, 48)
-        self.procid = _syslog_token(str(os.getpid()), 128)
-        self.oversize = 0
-        self.connects = 0
-        self._sock: socket.socket | None = None
-        self._addr = None
-        self._backoff = 0.0
-        self._next_connect = 0.0
-        kw.setdefault("name", f"syslog_{transport}")
-        super().__init__(**kw)
-
-    def counters(self) -> dict:
-        c = super().counters()
-        c.update(oversize=self.oversize, connects=self.connects)
-        return c
-
-    def format(self, line: bytes, record: Mapping | None, ts: float | None = None) -> bytes:
-        """The RFC 5424 message for one serialised record (no framing)."""
-        event_type = str(record.get("event_type", "")) if isinstance(record, Mapping) else ""
-        pri = self.facility * 8 + SYSLOG_SEVERITY.get(event_type, SEVERITY_INFO)
-        header = (f"<{pri}>1 {syslog_timestamp(ts)} {self.hostname} {self.app_name} {self.procid} "
-                  f"{_syslog_token(event_type, 32)} -")
-        return header.encode("ascii") + b" " + line.rstrip(b"\n")
-
-    def _write_batch(self, batch):
-        sent = lost = 0
-        for line, record in batch:
-            msg = self.format(line, record)
-            ok = self._send_udp(msg) if self.transport == "udp" else self._send_tcp(msg)
-            sent += ok
-            lost += not ok
-        return sent, lost
-
-    def _send_udp(self, msg: bytes) -> bool:
-        if len(msg) > SYSLOG_UDP_MAX_BYTES:
-            self.oversize += 1
-            return False
-        try:
-            if self._sock is None:
-                family, _, _, _, addr = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)[0]
-                self._sock = socket.socket(family, socket.SOCK_DGRAM)
-                self._addr = addr
-            self._sock.sendto(msg, self._addr)
-            return True
-        except OSError:
-            self.write_errors += 1
-            self._drop_socket()
-            return False
-
-    def _send_tcp(self, msg: bytes) -> bool:
-        frame = str(len(msg)).encode("ascii") + b" " + msg
-        while not self._stop.is_set():
-            if self._sock is None and not self._connect():
-                # Wait out the backoff; close() cuts the wait short.
-                self._stop.wait(max(0.0, self._next_connect - time.monotonic()))
-                continue
-            try:
-                self._sock.sendall(frame)
-                self._backoff = 0.0
-                return True
-            except OSError:
-                # The collector may have seen part of the frame; a new
-                # connection starts framing afresh, so the record is resent
-                # whole on it.
-                self.write_errors += 1
-                self._drop_socket()
-                self._arm_backoff()
-        return False
-
-    def _connect(self) -> bool:
-        if time.monotonic() < self._next_connect:
-            return False
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=SYSLOG_CONNECT_TIMEOUT_S)
-        except OSError:
-            self.write_errors += 1
-            self._arm_backoff()
-            return False
-        sock.settimeout(SYSLOG_SEND_TIMEOUT_S)
-        self._sock = sock
-        self.connects += 1
-        return True
-
-    def _arm_backoff(self) -> None:
-        self._backoff = min(max(self._backoff * 2, SYSLOG_BACKOFF_MIN_S), SYSLOG_BACKOFF_MAX_S)
-        self._next_connect = time.monotonic() + self._backoff
-
-    def _drop_socket(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
-
-    def _release(self) -> None:
-        self._drop_socket()
-
-
-# --- The log ---------------------------------------------------------------------
-class EveLog:
-    """Serialise records once and hand each line to every sink."""
-
-    def __init__(self, sinks: Iterable[Sink] = ()):
-        self.sinks: list[Sink] = list(sinks)
-        self.records = 0
-        self.encode_errors = 0
-
-    def add_sink(self, sink: Sink) -> None:
-        self.sinks.append(sink)
-
-    def emit(self, record: Mapping) -> bytes | None:
-        """Write one record; returns its line (None if it could not be encoded)."""
-        line = encode(record)
-        if line is None:
-            self.encode_errors += 1
-            return None
-        self.records += 1
-        for sink in self.sinks:
-            sink.submit(line, record)
-        return line
-
-    def emit_all(self, records: Iterable[Mapping]) -> int:
-        return sum(self.emit(r) is not None for r in records)
-
-    def counters(self) -> dict:
-        """For stats_record: {"records": n, "encode_errors": n, "sinks": {name: {...}}}."""
-        return {"records": self.records, "encode_errors": self.encode_errors,
-                "sinks": {s.name: s.counters() for s in self.sinks}}
-
-    def flush(self, timeout: float = SINK_CLOSE_TIMEOUT_S) -> bool:
-        return all([s.flush(timeout) for s in self.sinks])
-
-    def close(self, timeout: float = SINK_CLOSE_TIMEOUT_S) -> None:
-        for s in self.sinks:
-            s.close(timeout)

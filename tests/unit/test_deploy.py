@@ -107,7 +107,7 @@ def test_the_config_map_is_what_the_image_reads(k8s):
     """The image's --config, run.yaml's policy and rules: all keys of the
     ConfigMap, in the directory it is mounted on; and the files load."""
     from appliance import policyfile as pf
-    from slowpath.rules import load_rules_text
+    from slowpath.rulesfile import load_rules_text
 
     cm, data = k8s["cm"], k8s["cm"]["data"]
     config = _cmd_config_path()

@@ -11,7 +11,7 @@ from datapath.enums import VerdictCode as V
 from slowpath.engine import Engine
 from slowpath.eve import load_schema
 from slowpath.records import InspRecord
-from slowpath.rules import load_rules_text
+from slowpath.rulesfile import load_rules_text
 
 RULES = """
 waf:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from slowpath.analyzer import FlowAnalyzer
 from slowpath.engine import Engine
 from slowpath.records import InspRecord
-from slowpath.rules import load_rules_text
+from slowpath.rulesfile import load_rules_text
 
 CLIENT, SERVER = ("10.0.0.5", 40000), ("10.0.1.5", 443)
 KEY = b"c" * 40

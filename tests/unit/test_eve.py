@@ -1,4 +1,4 @@
-"""slowpath/eve.py: Suricata EVE records, Community ID, and the sinks.
+"""slowpath/eve.py and eve_sinks.py: Suricata EVE records, Community ID, and the sinks.
 
 Every builder's output is validated against slowpath/eve_schema.json. Parser
 events come from the real parsers fed real bytes, so a change in an event's
@@ -29,7 +29,7 @@ from protocols.api import Direction
 from protocols.dns import DnsMessage, DnsParser, DnsQuestion, DnsRecord
 from protocols.http import HttpParser, HttpRequest, HttpResponse
 from protocols.tls import TlsClientHello, TlsParser, TlsServerHello
-from slowpath import eve
+from slowpath import eve, eve_sinks
 
 C, S = Direction.TO_SERVER, Direction.TO_CLIENT
 SCHEMA = eve.load_schema()
@@ -504,8 +504,8 @@ def seqs(path) -> list[int]:
 def test_file_sink_rotates_by_size_and_keeps_backups(tmp_path):
     path = tmp_path / "eve.json"
     line_len = len(eve.encode(records(1)[0]))
-    sink = eve.FileSink(path, max_bytes=line_len * 3, backups=2)
-    log = eve.EveLog([sink])
+    sink = eve_sinks.FileSink(path, max_bytes=line_len * 3, backups=2)
+    log = eve_sinks.EveLog([sink])
     assert log.emit_all(records(10)) == 10          # seq 0..9, 3 lines a file
     assert log.flush()
     files = sorted(p.name for p in tmp_path.iterdir())
@@ -520,7 +520,7 @@ def test_file_sink_rotates_by_size_and_keeps_backups(tmp_path):
 
 def test_file_sink_without_backups_truncates_and_long_lines_still_go_out(tmp_path):
     path = tmp_path / "eve.json"
-    sink = eve.FileSink(path, max_bytes=200, backups=0)
+    sink = eve_sinks.FileSink(path, max_bytes=200, backups=0)
     for rec in records(3, pad=300):                  # every line is longer than max_bytes
         sink.submit(eve.encode(rec), rec)
     assert sink.flush()
@@ -530,7 +530,7 @@ def test_file_sink_without_backups_truncates_and_long_lines_still_go_out(tmp_pat
 
 def test_file_sink_reopen_after_logrotate_moved_the_file(tmp_path):
     path = tmp_path / "eve.json"
-    log = eve.EveLog([eve.FileSink(path, max_bytes=0)])
+    log = eve_sinks.EveLog([eve_sinks.FileSink(path, max_bytes=0)])
     log.emit_all(records(2))
     log.flush()
     path.rename(tmp_path / "eve.json.old")           # what logrotate does, then it sends SIGHUP
@@ -543,7 +543,7 @@ def test_file_sink_reopen_after_logrotate_moved_the_file(tmp_path):
 
 def test_stdout_sink_and_counters_feed_a_stats_record():
     out = io.BytesIO()
-    log = eve.EveLog([eve.StdoutSink(out)])
+    log = eve_sinks.EveLog([eve_sinks.StdoutSink(out)])
     log.emit_all(records(3))
     log.flush()
     assert [json.loads(x)["stats"]["seq"] for x in out.getvalue().splitlines()] == [0, 1, 2]
@@ -575,16 +575,16 @@ def test_syslog_udp_one_datagram_per_record():
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("127.0.0.1", 0))
     server.settimeout(30)
-    sink = eve.SyslogSink("127.0.0.1", server.getsockname()[1], "udp", hostname="gw 1\x00", facility="local3")
-    log = eve.EveLog([sink])
+    sink = eve_sinks.SyslogSink("127.0.0.1", server.getsockname()[1], "udp", hostname="gw 1\x00", facility="local3")
+    log = eve_sinks.EveLog([sink])
     alert = eve.alert_record(FLOW, {"rule_id": 1, "rule_name": "r", "action": "drop"}, TS)
     http = eve.http_record(FLOW, *http_events(b"GET /\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n"), TS)
     log.emit(alert)
     log.emit(http)
     got = [parse_5424(server.recvfrom(70000)[0]) for _ in range(2)]
     assert [g["record"] for g in got] == [alert, http]
-    assert got[0]["facility"] == 19 and got[0]["severity"] == eve.SEVERITY_WARNING
-    assert got[1]["severity"] == eve.SEVERITY_INFO
+    assert got[0]["facility"] == 19 and got[0]["severity"] == eve_sinks.SEVERITY_WARNING
+    assert got[1]["severity"] == eve_sinks.SEVERITY_INFO
     assert {g["host"] for g in got} == {"gw1"} and {g["app"] for g in got} == {"microseg"}
     assert [g["msgid"] for g in got] == ["alert", "http"]
     assert got[0]["procid"].isdigit()
@@ -622,8 +622,8 @@ def read_frames(conn: socket.socket, want: int, timeout: float = 30.0) -> list[b
 
 def test_syslog_tcp_octet_counting_frames():
     server = socket.create_server(("127.0.0.1", 0))
-    sink = eve.SyslogSink("127.0.0.1", server.getsockname()[1], "tcp", app_name="ms", hostname="gw")
-    log = eve.EveLog([sink])
+    sink = eve_sinks.SyslogSink("127.0.0.1", server.getsockname()[1], "tcp", app_name="ms", hostname="gw")
+    log = eve_sinks.EveLog([sink])
     recs = records(20) + [eve.drop_record(FLOW, "DROP_POLICY_DENY", TS)]
     log.emit_all(recs)
     server.settimeout(30)
@@ -631,7 +631,7 @@ def test_syslog_tcp_octet_counting_frames():
     frames = read_frames(conn, len(recs))
     parsed = [parse_5424(f) for f in frames]
     assert [p["record"] for p in parsed] == recs
-    assert parsed[-1]["msgid"] == "drop" and parsed[-1]["severity"] == eve.SEVERITY_NOTICE
+    assert parsed[-1]["msgid"] == "drop" and parsed[-1]["severity"] == eve_sinks.SEVERITY_NOTICE
     assert parsed[0]["facility"] == 16 and parsed[0]["app"] == "ms"
     assert log.flush() and sink.connects == 1 and sink.sent == len(recs)
     log.close()
@@ -642,8 +642,8 @@ def test_syslog_tcp_octet_counting_frames():
 def test_syslog_tcp_reconnects_after_the_collector_drops_the_connection():
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(30)
-    sink = eve.SyslogSink("127.0.0.1", server.getsockname()[1], "tcp", hostname="gw")
-    log = eve.EveLog([sink])
+    sink = eve_sinks.SyslogSink("127.0.0.1", server.getsockname()[1], "tcp", hostname="gw")
+    log = eve_sinks.EveLog([sink])
     log.emit(records(1)[0])
     conn, _ = server.accept()
     assert len(read_frames(conn, 1)) == 1
@@ -691,12 +691,12 @@ def returns(fn, *args, **kwargs):
 def test_a_dead_collector_never_blocks_the_caller(monkeypatch):
     # An hour of backoff after the first refused connect: a submit that
     # waited for the worker would wait that hour.
-    monkeypatch.setattr(eve, "SYSLOG_BACKOFF_MIN_S", 3600.0)
+    monkeypatch.setattr(eve_sinks, "SYSLOG_BACKOFF_MIN_S", 3600.0)
     probe = socket.create_server(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()                                    # nothing listens there now
-    sink = eve.SyslogSink("127.0.0.1", port, "tcp", queue_records=50)
-    log = eve.EveLog([sink])
+    sink = eve_sinks.SyslogSink("127.0.0.1", port, "tcp", queue_records=50)
+    log = eve_sinks.EveLog([sink])
     assert returns(log.emit_all, records(1000)), "emit_all waited on a dead collector"
     c = sink.counters()
     # What is held: the queue, plus the batch the worker took before it blocked.
@@ -708,10 +708,10 @@ def test_a_dead_collector_never_blocks_the_caller(monkeypatch):
 
 
 def test_a_collector_that_stops_reading_costs_drops_not_waiting(monkeypatch):
-    monkeypatch.setattr(eve, "SYSLOG_SEND_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(eve_sinks, "SYSLOG_SEND_TIMEOUT_S", 0.2)
     server = socket.create_server(("127.0.0.1", 0))
-    sink = eve.SyslogSink("127.0.0.1", server.getsockname()[1], "tcp", queue_records=20)
-    log = eve.EveLog([sink])
+    sink = eve_sinks.SyslogSink("127.0.0.1", server.getsockname()[1], "tcp", queue_records=20)
+    log = eve_sinks.EveLog([sink])
     # ~8 MB: more than the socket buffers hold, and the server never reads.
     assert returns(log.emit_all, records(400, pad=20_000)), "emit_all waited on a stalled collector"
     assert sink.counters()["queue_full"] > 0
@@ -723,6 +723,6 @@ def test_a_collector_that_stops_reading_costs_drops_not_waiting(monkeypatch):
 
 def test_syslog_sink_rejects_bad_settings():
     with pytest.raises(ValueError):
-        eve.SyslogSink("127.0.0.1", 514, "tls")
+        eve_sinks.SyslogSink("127.0.0.1", 514, "tls")
     with pytest.raises(ValueError):
-        eve.SyslogSink("127.0.0.1", 514, facility="local9")
+        eve_sinks.SyslogSink("127.0.0.1", 514, facility="local9")

@@ -1,4 +1,4 @@
-"""The slow path's rule engine (slowpath/rules.py, slowpath/normalize.py).
+"""The slow path's rule engine (slowpath/rulesfile.py, waf.py, dlp.py, domains.py, inspector.py, normalize.py).
 
 WAF: every category caught raw, URL-encoded, double-encoded and in mixed
 case, in the URI, headers and bodies; ordinary requests, and every HTTP
@@ -23,9 +23,11 @@ from protocols.api import Direction
 from protocols.dns import DnsMessage, DnsQuestion
 from protocols.http import HttpBody, HttpMessageEnd, HttpParser, HttpRequest, HttpResponse
 from slowpath import normalize
-from slowpath import rules as R
-from slowpath.rules import (BUILTIN_SIGNATURES, DETECTORS, MAX_MATCHED_CHARS, Hit, RulesError, load_rules,
-                            load_rules_text)
+from slowpath.dlp import DETECTORS, DLP_TAIL_BYTES, luhn_ok
+from slowpath.domains import DOMAIN_DEFAULT_ID, DomainIndex, check_domain_pattern
+from slowpath.hits import MAX_MATCHED_CHARS, RESERVED_IDS, Hit
+from slowpath.rulesfile import RulesError, load_rules, load_rules_text
+from slowpath.waf import BUILTIN_SIGNATURES, MAX_WAF_BODY_BYTES, WAF_CATEGORIES, WAF_FIELDS, hs_check
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -255,7 +257,7 @@ def test_waf_binary_body_not_scanned(waf):
 
 
 def test_waf_body_cap(waf):
-    pad = b"a" * (R.MAX_WAF_BODY_BYTES - 4)
+    pad = b"a" * (MAX_WAF_BODY_BYTES - 4)
     # the attack straddles the cap: only its start is scanned
     assert waf_hits(waf, "/up", body=pad + b"<script>", content_type="text/plain") == []
     assert waf_hits(waf, "/up", body=pad[:-10] + b"<script>", content_type="text/plain") != []
@@ -284,10 +286,10 @@ def test_builtin_signatures_well_formed():
         per[s.category] = per.get(s.category, 0) + 1
         base = {"sqli": 100000, "xss": 100100, "traversal": 100200, "cmdi": 100300}[s.category]
         assert base < s.id < base + 100
-        assert 1 <= s.severity <= 3 and s.fields <= set(R.WAF_FIELDS) and s.description
+        assert 1 <= s.severity <= 3 and s.fields <= set(WAF_FIELDS) and s.description
         # every built-in can report exactly what it matched
-        assert R.hs_check(s.pattern) == (True, ""), s.name
-    assert set(per) == set(R.WAF_CATEGORIES) and min(per.values()) >= 5
+        assert hs_check(s.pattern) == (True, ""), s.name
+    assert set(per) == set(WAF_CATEGORIES) and min(per.values()) >= 5
 
 
 def test_custom_signatures_fields():
@@ -394,12 +396,12 @@ def test_dlp_card_negative(dlp, text):
 def test_detector_registry():
     assert set(DETECTORS) == {"credit_card", "us_ssn", "aws_access_key", "pem_private_key"}
     assert len({d.id for d in DETECTORS.values()}) == 4
-    assert all(d.id in R.RESERVED_IDS and d.max_len < R.DLP_TAIL_BYTES for d in DETECTORS.values())
+    assert all(d.id in RESERVED_IDS and d.max_len < DLP_TAIL_BYTES for d in DETECTORS.values())
 
 
 def test_luhn():
-    assert R.luhn_ok("79927398713") and not R.luhn_ok("79927398710")
-    assert R.luhn_ok("4111111111111111") and not R.luhn_ok("4111111111111112")
+    assert luhn_ok("79927398713") and not luhn_ok("79927398710")
+    assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
 
 
 def test_dlp_card_split_across_chunks_everywhere(dlp):
@@ -547,7 +549,7 @@ def test_domain_match(dom, name, rule):
 
 def test_domain_fields_ids_and_sources(dom):
     (h,) = feed_all(dom.flow({"dpi"}), [sni("x.tls.test")])
-    assert (h.rule_name, h.action, h.severity, h.rule_id) == ("sni-only", "alert", 3, R.DOMAIN_DEFAULT_ID + 2)
+    assert (h.rule_name, h.action, h.severity, h.rule_id) == ("sni-only", "alert", 3, DOMAIN_DEFAULT_ID + 2)
     assert feed_all(dom.flow({"dpi"}), [dns_query("x.tls.test")]) == []
     # DNS responses are not checked (the query was)
     assert feed_all(dom.flow({"dpi"}), [dns_query("evil.example", response=True)]) == []
@@ -563,7 +565,7 @@ def test_domain_fields_ids_and_sources(dom):
 
 
 def test_domain_index_walks_suffixes():
-    idx = R.DomainIndex()
+    idx = DomainIndex()
     for i in range(10000):
         idx.add(f"*.d{i}.example", i)
     idx.add("exact.example", 10000)
@@ -678,7 +680,7 @@ def test_example_file_loads_and_works():
     s = rs.summary()
     assert s["custom_signatures"] == 3 and s["dlp_rules"] == 2 and s["domain_rules"] == 2
     assert s["waf_by_category"] == {c: sum(1 for b in BUILTIN_SIGNATURES if b.category == c)
-                                    for c in R.WAF_CATEGORIES}
+                                    for c in WAF_CATEGORIES}
     hits = waf_hits(rs, "/admin/?x=" + quote("'; cat /etc/passwd"))
     assert {h.rule_id for h in hits} >= {900001, 100203, 100301}
     assert {h.action for h in hits if h.category == "cmdi"} == {"alert"}
@@ -770,7 +772,7 @@ def test_random_bodies_never_raise(everything, body, cuts, ctype):
 def test_random_names_never_raise(everything, name):
     evs = [dns_query(name), sni(name), request(host=name), request(name, method="CONNECT", host=None)]
     feed_all(everything.flow({"dpi"}), evs)
-    R.check_domain_pattern(name)
+    check_domain_pattern(name)
 
 
 @settings(max_examples=100, deadline=None)

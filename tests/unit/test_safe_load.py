@@ -119,7 +119,7 @@ def test_a_byte_order_mark_is_accepted(tmp_path):
 def test_errors_keep_the_callers_class(tmp_path):
     """Rule files raise RulesError (the daemon's reload catches it): also for
     the size and encoding checks."""
-    from slowpath.rules import RulesError, load_rules
+    from slowpath.rulesfile import RulesError, load_rules
     f = tmp_path / "rules.yaml"
     f.write_bytes(b"\xff")
     with pytest.raises(RulesError, match="not UTF-8"):
@@ -143,7 +143,7 @@ def test_settings_errors_stay_one_usage_error(tmp_path):
 def test_the_shipped_files_pass_the_guards():
     """What the project ships and documents loads through the same path."""
     from appliance.runconfig import RunConfig
-    from slowpath.rules import load_rules
+    from slowpath.rulesfile import load_rules
     load_model(ROOT / "deploy" / "run.yaml.example", RunConfig)
     load_rules(ROOT / "examples" / "rules.yaml")
 

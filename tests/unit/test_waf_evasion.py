@@ -22,7 +22,7 @@ from datapath.enums import VerdictCode as V
 from slowpath.engine import Engine
 from slowpath.eve import load_schema
 from slowpath.records import InspRecord
-from slowpath.rules import load_rules_text
+from slowpath.rulesfile import load_rules_text
 
 RULES = "waf:\n  sets: {sqli: block, xss: block, traversal: block, cmdi: block}\n"
 CLIENT, SERVER = ("10.0.0.5", 40000), ("10.0.1.5", 80)

@@ -1,0 +1,300 @@
+"""The per-flow inspector: compiled rules applied to one flow's parser events.
+
+Sans-IO like the parsers: a :class:`FlowInspector` takes the parser events of
+one flow (protocols/http.py, tls.py, dns.py) and returns :class:`Hit` s. It
+does no I/O and knows nothing of BPF or asyncio; the caller decides what a
+``block`` hit does to the flow and writes the log.
+
+A flow is inspected for what its policy rule asks (:meth:`RuleSet.flow`):
+``waf`` runs the WAF, ``dlp`` the DLP rules, ``dpi`` the domain rules.
+
+Severity follows Suricata: 1 is the most severe.
+"""
+from __future__ import annotations
+
+import hyperscan
+
+from protocols.api import Direction, Event, Malformed
+from protocols.dns import DnsMessage
+from protocols.http import HttpAnomalyEvent, HttpBody, HttpMessageEnd, HttpRequest, HttpResponse
+from protocols.tls import TlsClientHello
+from slowpath import normalize
+from slowpath.dlp import DETECTORS, DLP_TAIL_BYTES, DlpRule
+from slowpath.domains import DOMAIN_FIELDS, DomainIndex, DomainRule, request_host
+from slowpath.hits import MAX_MATCHED_CHARS, RESERVED_IDS, Hit, shown
+from slowpath.waf import (ANOMALY_BASE_ID, ANOMALY_IDS, ANOMALY_SEVERITY, BINARY_BODY_TYPES, MAX_MATCH_EVENTS,
+                          MAX_WAF_BODY_BYTES, SCANNED_HEADERS, WAF_CATEGORIES, WAF_FIELDS, ActiveSignature,
+                          compile_db, hs_flags)
+
+# What a policy rule's inspect.what may ask for.
+WHAT = frozenset({"waf", "dlp", "dpi"})
+# What a request's protocol anomaly may do on a WAF flow (the http_anomaly setting).
+ANOMALY_ACTIONS = ("block", "alert", "pass")
+
+
+class RuleSet:
+    """Loaded, validated and compiled rules. Build with slowpath/rulesfile.py's :func:`load_rules`.
+
+    Not thread-safe: the Hyperscan database has one scratch space (shared by
+    rule sets with the same WAF patterns), and the slow path scans from one
+    thread.
+    """
+
+    def __init__(self, sigs: list[ActiveSignature], dlp: list[DlpRule], domains: list[DomainRule],
+                 source: str = "") -> None:
+        self.source = source
+        self.waf = tuple(sigs)
+        self.dlp = tuple(dlp)
+        self.domains = tuple(domains)
+        self._db = None
+        if sigs:
+            self._db = compile_db(tuple(a.sig.pattern.encode("utf-8") for a in sigs),
+                                   tuple(hs_flags(a.som) for a in sigs))
+        # Per field, which signatures (by index) apply: a scan reports every
+        # pattern, and the callback drops those for other fields.
+        self._for_field = {f: frozenset(i for i, a in enumerate(sigs) if f in a.sig.fields) for f in WAF_FIELDS}
+        # Detectors wanted per direction, each with the rules that asked.
+        self._dlp_by_direction: dict[Direction, dict[str, list[DlpRule]]] = {d: {} for d in Direction}
+        for r in dlp:
+            for d in r.directions:
+                for det in r.detectors:
+                    self._dlp_by_direction[d].setdefault(det, []).append(r)
+        self._no_dlp: dict[Direction, dict] = {d: {} for d in Direction}
+        self._domain_index = {f: DomainIndex() for f in DOMAIN_FIELDS}
+        for i, r in enumerate(domains):
+            for f in r.fields:
+                for p in r.patterns:
+                    self._domain_index[f].add(p, i)
+
+    def flow(self, what: frozenset[str] | set[str], http_anomaly: str = "block") -> "FlowInspector":
+        """An inspector for one flow doing ``what`` ⊆ {"waf", "dlp", "dpi"} (the policy rule's
+        inspect.what); ``http_anomaly`` (block, alert, pass) is what a request's protocol
+        anomaly does on a flow with ``waf``."""
+        bad = set(what) - WHAT
+        if bad:
+            raise ValueError(f"unknown inspection {sorted(bad)}: use {sorted(WHAT)}")
+        if http_anomaly not in ANOMALY_ACTIONS:
+            raise ValueError(f"http_anomaly {http_anomaly!r}: use one of {ANOMALY_ACTIONS}")
+        return FlowInspector(self, frozenset(what), http_anomaly)
+
+    def summary(self) -> dict:
+        per = {c: sum(1 for a in self.waf if a.sig.category == c) for c in WAF_CATEGORIES}
+        return {"waf_signatures": len(self.waf), "waf_by_category": per,
+                "custom_signatures": sum(1 for a in self.waf if a.sig.id not in RESERVED_IDS),
+                "dlp_rules": len(self.dlp), "domain_rules": len(self.domains),
+                "domain_patterns": sum(len(r.patterns) for r in self.domains)}
+
+    # -- scanning ----------------------------------------------------------------
+    def scan_waf(self, wfield: str, data: bytes) -> list[tuple[ActiveSignature, bytes]]:
+        """Signatures for ``wfield`` (uri, args, headers, body) that match
+        ``data``, each once, with the text it matched."""
+        if self._db is None or not data:
+            return []
+        wanted = self._for_field[wfield]
+        found: dict[int, tuple[int, int]] = {}
+        events = [0]
+
+        def on_match(idx, start, end, flags, ctx):
+            if idx in wanted and idx not in found:
+                found[idx] = (start, end)
+            events[0] += 1
+            return events[0] >= MAX_MATCH_EVENTS       # True stops the scan
+
+        try:
+            self._db.scan(data, match_event_handler=on_match)
+        except hyperscan.ScanTerminated:
+            pass
+        out = []
+        for idx in sorted(found):
+            a = self.waf[idx]
+            start, end = found[idx]
+            if not a.som:
+                start = max(0, end - MAX_MATCHED_CHARS)
+            out.append((a, data[start:end]))
+        return out
+
+    def match_domain(self, dfield: str, name: str) -> list[DomainRule]:
+        return [self.domains[i] for i in self._domain_index[dfield].match(name)]
+
+
+class _DlpStream:
+    """One direction's body, as DLP sees it across chunks."""
+    __slots__ = ("tail", "base", "done", "reported")
+
+    def __init__(self) -> None:
+        self.tail = b""        # the last DLP_TAIL_BYTES scanned
+        self.base = 0          # body offset of tail[0]
+        self.done = 0          # matches ending at or before this body offset were judged
+        self.reported: set[tuple[str, str]] = set()   # (rule, detector) hit in this message
+
+
+class FlowInspector:
+    """Rules applied to one flow's parser events. ``feed`` returns the hits
+    an event completes; ``close`` those still pending when the flow ends."""
+
+    def __init__(self, rules: RuleSet, what: frozenset[str], http_anomaly: str = "block") -> None:
+        self.rules = rules
+        self.what = what
+        self._waf = "waf" in what and rules._db is not None
+        # Protocol anomalies of requests become hits on a WAF flow (as
+        # ModSecurity CRS's protocol enforcement), unless let pass.
+        self._anomaly_action = http_anomaly if "waf" in what and http_anomaly != "pass" else None
+        self._dpi = "dpi" in what and bool(rules.domains)
+        self._dlp = rules._dlp_by_direction if "dlp" in what else rules._no_dlp
+        self._streams = {d: _DlpStream() for d in Direction}
+        # The request whose body the WAF is collecting.
+        self._body: bytearray | None = None
+        self._body_type: str | None = None
+
+    # -- input --------------------------------------------------------------------
+    def feed(self, ev: Event) -> list[Hit]:
+        if isinstance(ev, HttpBody):
+            out = self._dlp_chunk(ev.direction, ev.data, final=False) if self._dlp[ev.direction] else []
+            if ev.direction == Direction.TO_SERVER and self._body is not None:
+                self._body += ev.data[:MAX_WAF_BODY_BYTES - len(self._body)]
+                if len(self._body) >= MAX_WAF_BODY_BYTES:
+                    out += self._waf_body()       # full: scan now; the rest goes unscanned
+            return out
+        if isinstance(ev, HttpRequest):
+            out = self._end_message(Direction.TO_SERVER)     # a body cut short by a gap
+            out += self._anomalies(ev.anomalies, ev.direction)
+            if self._dpi:
+                host = request_host(ev)
+                if host:
+                    out += self._domain("http_host", host, ev.direction)
+            if self._waf:
+                out += self._waf_request(ev)
+            return out
+        if isinstance(ev, HttpResponse):
+            return self._end_message(Direction.TO_CLIENT)
+        if isinstance(ev, HttpMessageEnd):
+            return self._end_message(ev.direction)
+        if isinstance(ev, HttpAnomalyEvent):
+            return self._anomalies((ev.name,), ev.direction)
+        if isinstance(ev, Malformed):
+            # The parser gave up inside a message: the WAF still reads the
+            # part of the body it got (the flow's parser_error action follows).
+            return self._end_message(ev.direction)
+        if isinstance(ev, TlsClientHello):
+            if self._dpi and ev.sni:
+                return self._domain("tls_sni", ev.sni, ev.direction)
+            return []
+        if isinstance(ev, DnsMessage):
+            if self._dpi and not ev.response:
+                out = []
+                for q in ev.questions:
+                    out += self._domain("dns_query", q.name, ev.direction)
+                return out
+            return []
+        return []
+
+    def close(self) -> list[Hit]:
+        """The flow ended: scan what is still held (an unfinished body)."""
+        return self._end_message(Direction.TO_SERVER) + self._end_message(Direction.TO_CLIENT)
+
+    # -- WAF ----------------------------------------------------------------------
+    def _anomalies(self, names, d: Direction) -> list[Hit]:
+        """Hits for a request's protocol anomalies (responses' are only logged:
+        a server's odd answer is not an attack on it)."""
+        if self._anomaly_action is None or d != Direction.TO_SERVER:
+            return []
+        return [Hit(ANOMALY_IDS.get(n, ANOMALY_BASE_ID), f"HTTP protocol anomaly {n}", "protocol",
+                    self._anomaly_action, ANOMALY_SEVERITY, "http.protocol", shown(str(n)), d)
+                for n in dict.fromkeys(names)]
+
+    def _waf_request(self, ev: HttpRequest) -> list[Hit]:
+        rs, d = self.rules, ev.direction
+        out: list[Hit] = []
+        out += self._waf_hits("uri", "http.uri", normalize.uri(ev.uri), d)
+        if rs._for_field["args"]:
+            seen: set[int] = set()
+            for v in normalize.args(ev.uri):
+                out += self._waf_hits("args", "http.args", v, d, seen)
+        if rs._for_field["headers"]:
+            for name, val in ev.headers:
+                low = name.lower()
+                if low in SCANNED_HEADERS and val:
+                    out += self._waf_hits("headers", f"http.header.{low}",
+                                          normalize.value(val.encode("latin-1", "replace")), d)
+        ctype = (ev.content_type or "").lower()
+        if rs._for_field["body"] and not ctype.startswith(BINARY_BODY_TYPES):
+            self._body, self._body_type = bytearray(), ev.content_type
+        return out
+
+    def _waf_body(self) -> list[Hit]:
+        body, ctype = bytes(self._body or b""), self._body_type
+        self._body = None
+        if not body:
+            return []
+        d = Direction.TO_SERVER
+        out = self._waf_hits("body", "http.request_body", normalize.body(body, ctype), d)
+        if "x-www-form-urlencoded" in (ctype or "").lower() and self.rules._for_field["args"]:
+            seen: set[int] = set()
+            for v in normalize.form_values(body):
+                out += self._waf_hits("args", "http.args", v, d, seen)
+        return out
+
+    def _waf_hits(self, wfield: str, label: str, data: bytes, d: Direction,
+                  seen: set[int] | None = None) -> list[Hit]:
+        out = []
+        for a, text in self.rules.scan_waf(wfield, data):
+            if seen is not None:              # args: one hit per signature over all values
+                if a.sig.id in seen:
+                    continue
+                seen.add(a.sig.id)
+            out.append(Hit(a.sig.id, a.sig.name, a.sig.category, a.action, a.sig.severity, label,
+                           shown(text), d))
+        return out
+
+    # -- DLP ----------------------------------------------------------------------
+    def _end_message(self, d: Direction) -> list[Hit]:
+        out = []
+        if d == Direction.TO_SERVER and self._body is not None:
+            out += self._waf_body()
+        if self._dlp[d]:
+            st = self._streams[d]
+            if st.tail:
+                out += self._dlp_chunk(d, b"", final=True)
+            self._streams[d] = _DlpStream()
+        return out
+
+    def _dlp_chunk(self, d: Direction, data: bytes, final: bool) -> list[Hit]:
+        """Scan the kept tail plus ``data``. A match touching the end of what
+        is known waits for the next chunk (more digits may follow) unless the
+        message is over; one judged before is not judged again."""
+        st = self._streams[d]
+        buf = st.tail + data
+        if not buf:
+            return []
+        # When the tail was cut from a longer body, its first byte only
+        # serves as left context (a lookbehind sees it; no match starts there).
+        pos = 1 if st.base > 0 else 0
+        end_ok = len(buf) if final else len(buf) - 1
+        label = "http.request_body" if d == Direction.TO_SERVER else "http.response_body"
+        out = []
+        for name, rules in self._dlp[d].items():
+            det = DETECTORS[name]
+            if all((r.name, name) in st.reported for r in rules):
+                continue
+            for m in det.regex.finditer(buf, pos):
+                if st.base + m.end() <= st.done or m.end() > end_ok:
+                    continue
+                text = det.check(m)
+                if text is None:
+                    continue
+                for r in rules:
+                    if (r.name, name) not in st.reported:
+                        st.reported.add((r.name, name))
+                        out.append(Hit(det.id, r.name, name, r.action, r.severity, label,
+                                       shown(text), d))
+                break
+        st.done = st.base + end_ok
+        keep = min(len(buf), DLP_TAIL_BYTES)
+        st.base += len(buf) - keep
+        st.tail = buf[len(buf) - keep:]
+        return out
+
+    # -- domains ------------------------------------------------------------------
+    def _domain(self, dfield: str, name: str, d: Direction) -> list[Hit]:
+        return [Hit(r.id, r.name, "domain", r.action, r.severity, DOMAIN_FIELDS[dfield], shown(name), d)
+                for r in self.rules.match_domain(dfield, name)]
