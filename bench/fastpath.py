@@ -69,7 +69,8 @@ from scapy.layers.l2 import Ether  # noqa: E402
 from datapath import bpfsys  # noqa: E402
 from datapath.config import DatapathConfig  # noqa: E402
 from datapath.enums import Direction, Reason  # noqa: E402
-from datapath.loader import TC_ACT_OK, TC_ACT_SHOT, FastPath, check_headers  # noqa: E402
+from datapath.compile import check_headers  # noqa: E402
+from datapath.loader import TC_ACT_OK, TC_ACT_SHOT, FastPath  # noqa: E402
 
 DEFAULT_REPEAT = 1_000_000
 DEFAULT_ROUNDS = 7

@@ -416,7 +416,8 @@ def load_builds(args) -> Builds:
     from appliance.policyfile import compile_text
     from bench.fastpath import load_empty
     from datapath.blocklist import Blocklist
-    from datapath.loader import FastPath, check_headers
+    from datapath.compile import check_headers
+    from datapath.loader import FastPath
     from datapath.policy_maps import PolicyMaps
 
     check_headers()

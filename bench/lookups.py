@@ -61,12 +61,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datapath import bpfsys  # noqa: E402
-from datapath.blocklist import (BLOOM_HASHES, BLOOM_MIN_ENTRIES, BLOOM_OVERSIZE,  # noqa: E402
-                                BPF_MAP_TYPE_BLOOM_FILTER, BPF_MAP_TYPE_LPM_TRIE)
-
-BPF_MAP_TYPE_HASH = 1
-BPF_MAP_TYPE_ARRAY = 2
-BPF_F_NO_PREALLOC = 1
+from datapath.blocklist import BLOOM_HASHES, BLOOM_MIN_ENTRIES, BLOOM_OVERSIZE  # noqa: E402
+from datapath.bpfsys import (BPF_F_NO_PREALLOC, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_BLOOM_FILTER,  # noqa: E402
+                             BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LPM_TRIE)
 
 DEFAULT_SIZES = (10, 10_000, 100_000)
 DEFAULT_REPEAT = 1_000_000
@@ -313,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from bcc import BPF
 
-    from datapath.loader import check_headers
+    from datapath.compile import check_headers
     check_headers()
 
     rnd = random.Random(args.seed)

@@ -70,6 +70,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from datapath import bpfsys  # noqa: E402
+from datapath.bpfsys import (BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_MAP_TYPE_HASH,  # noqa: E402
+                             BPF_MAP_TYPE_LRU_HASH)
 from datapath.config import DatapathConfig, ring_pages  # noqa: E402
 from datapath.pressure import REVIEW_OVERHEAD_BYTES, possible_cpus, review_estimate  # noqa: E402
 
@@ -92,19 +94,12 @@ FREE_TIMEOUT_S = 20.0
 RING_FREE_WAIT_S = 3.0
 PAGE = mmap.PAGESIZE
 
-# enum bpf_map_type / map flags (include/uapi/linux/bpf.h)
-BPF_MAP_TYPE_HASH = 1
-BPF_MAP_TYPE_PERCPU_ARRAY = 6
-BPF_MAP_TYPE_LRU_HASH = 9
-BPF_MAP_TYPE_LPM_TRIE = 11
-BPF_MAP_TYPE_RINGBUF = 27
-BPF_F_NO_PREALLOC = 1 << 0
-BPF_F_NO_COMMON_LRU = 1 << 1
-TYPE_NAMES = {1: "HASH", 2: "ARRAY", 5: "PERCPU_HASH", 6: "PERCPU_ARRAY", 9: "LRU_HASH",
-              10: "LRU_PERCPU_HASH", 11: "LPM_TRIE", 27: "RINGBUF"}
+# Map types and flags by their uapi names (numbers: datapath/bpfsys.py).
+TYPE_NAMES = {getattr(bpfsys, f"BPF_MAP_TYPE_{n}"): n for n in (
+    "HASH", "ARRAY", "PERCPU_HASH", "PERCPU_ARRAY", "LRU_HASH", "LRU_PERCPU_HASH", "LPM_TRIE", "RINGBUF")}
 FLAG_NAMES = {BPF_F_NO_PREALLOC: "NO_PREALLOC", BPF_F_NO_COMMON_LRU: "NO_COMMON_LRU"}
 HASH_TYPES = {BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH}
-PERCPU_TYPES = {5, BPF_MAP_TYPE_PERCPU_ARRAY, 10}
+PERCPU_TYPES = bpfsys.PERCPU_MAP_TYPES
 
 
 # -- the layouts, from the compiled maps.h -------------------------------------
@@ -133,19 +128,13 @@ def compiled_maps(names: set[str]) -> dict[str, Layout]:
     space reads, and not their type and flags), at the same small sizes; the
     session layout is checked against layouts()'. No program is loaded;
     BCC's maps are closed before this returns."""
-    from bcc import BPF
-
-    from datapath.loader import capture_stderr, check_headers, error_tail
+    from datapath.compile import compile_text
     from datapath.sessions import _LAYOUT_SIZES, layouts
     from datapath.source import LIB_DIR, inline_includes
 
-    check_headers()
     cfg = DatapathConfig(**_LAYOUT_SIZES, inspect_ring_bytes=1 << 16, verdict_table_size=1024)
-    with capture_stderr() as err:
-        try:
-            bpf = BPF(text=inline_includes(LIB_DIR / "maps.h").encode(), cflags=cfg.cflags())
-        except Exception as e:  # BCC raises bare Exception
-            raise SystemExit(f"BPF compile of maps.h failed: {e}\n{error_tail(err['text'])}")
+    bpf = compile_text(inline_includes(LIB_DIR / "maps.h"), cfg.cflags(), what="BPF compile of maps.h",
+                       error=SystemExit)
     try:
         out = {}
         for name in names:

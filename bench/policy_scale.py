@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if kernel:
             from datapath.config import DatapathConfig
-            from datapath.loader import FastPath, check_headers
+            from datapath.compile import check_headers
+            from datapath.loader import FastPath
             check_headers()
             cfg = DatapathConfig(syn_dst_rate=0, syn_global_rate=0)   # thousands of SYNs to one server
             for name in ("small", "large"):

@@ -46,8 +46,9 @@ import numpy as np  # noqa: E402
 from datapath import bpfsys  # noqa: E402
 from datapath.config import DatapathConfig  # noqa: E402
 from datapath.enums import CtState  # noqa: E402
-from datapath.loader import (BPF_F_SLEEPABLE, BPF_PROG_TYPE_SYSCALL, FastPath, check_headers,  # noqa: E402
-                             link_with_callback, syscall_test_run)
+from datapath.bpfsys import BPF_F_SLEEPABLE, BPF_PROG_TYPE_SYSCALL  # noqa: E402
+from datapath.compile import check_headers  # noqa: E402
+from datapath.loader import FastPath, link_with_callback, syscall_test_run  # noqa: E402
 from datapath.sessions import BatchWalker, expiry_dtype, session_clock_ns  # noqa: E402
 from datapath.sweeper import METHODS, Sweeper  # noqa: E402
 

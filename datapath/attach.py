@@ -19,7 +19,8 @@ from pyroute2 import IPRoute, NetNS, netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.tcmsg import sched_bpf
 
-from . import pins
+from . import bpfsys, pins
+from .blocklist import PROGRAM as XDP_PROG_NAME  # the kernel's name of our XDP program
 from .enums import Direction
 from .errors import MicrosegError, UsageError
 
@@ -241,7 +242,6 @@ XDP_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 # IFLA_XDP_ATTACHED as pyroute2 decodes it -> our mode name
 _XDP_ATTACHED = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload",
                  "xdpmulti": "multi"}
-from .blocklist import PROGRAM as XDP_PROG_NAME  # noqa: E402  (the kernel's name of our program)
 
 
 @dataclass
@@ -254,7 +254,6 @@ class XdpAttached:
 
 
 def _prog_name(prog_id: int) -> str:
-    from . import bpfsys
     try:
         fd = bpfsys.prog_fd_by_id(prog_id)
     except OSError:

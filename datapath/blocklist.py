@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from . import bpfsys
+from .bpfsys import BPF_F_NO_PREALLOC, BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_BLOOM_FILTER, BPF_MAP_TYPE_LPM_TRIE
+from .compile import check_headers, compile_text, load_func
 from .enums import enum_list
 from .errors import MicrosegError, UsageError
 from .source import BPF_DIR, LIB_DIR, program_text
@@ -47,12 +49,6 @@ from .source import BPF_DIR, LIB_DIR, program_text
 XDP_SOURCE = BPF_DIR / "xdp_blocklist.c"
 HEADER = LIB_DIR / "blocklist.h"
 PROGRAM = "xdp_blocklist"   # also the kernel's name of the loaded program
-
-# enum bpf_map_type (include/uapi/linux/bpf.h)
-BPF_MAP_TYPE_LPM_TRIE = 11
-BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
-BPF_MAP_TYPE_BLOOM_FILTER = 30
-BPF_F_NO_PREALLOC = 1
 
 # enum xdp_action
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
@@ -250,10 +246,6 @@ class Blocklist:
     """
 
     def __init__(self, config: BlocklistConfig | None = None, *, text: str | None = None):
-        from bcc import BPF  # late: preflight works without BCC
-
-        from .loader import capture_stderr, check_headers, error_tail
-
         self.config = config or BlocklistConfig()
         self.bpf = None
         self._bloom_tmpl = self._bloom_outer = -1
@@ -274,24 +266,17 @@ class Blocklist:
             cflags.append(f"-DMS_BL_BLOOM_FD={self._bloom_outer}")
         else:
             cflags.append("-DMS_BL_NO_BLOOM")
-        failure = None
-        with capture_stderr() as err:
-            try:
-                src = text if text is not None else program_text(XDP_SOURCE)
-                self.bpf = BPF(text=src.encode(), cflags=cflags)
-            except Exception as e:  # BCC raises bare Exception
-                failure = e
-        if failure is not None:
+        try:
+            src = text if text is not None else program_text(XDP_SOURCE)
+        except OSError as e:   # a source file missing: said as the compile failing
             self.close()
-            raise MicrosegError(f"XDP blocklist compile failed: {failure}\n{error_tail(err['text'])}")
-        with capture_stderr() as err:
-            try:
-                self.fn = self.bpf.load_func(PROGRAM.encode(), BPF.XDP)
-            except Exception as e:
-                failure = e
-        if failure is not None:
+            raise MicrosegError(f"XDP blocklist compile failed: {e}") from None
+        try:
+            self.bpf = compile_text(src, cflags, what="XDP blocklist compile")
+            self.fn = load_func(self.bpf, PROGRAM, bpfsys.BPF_PROG_TYPE_XDP)
+        except MicrosegError:
             self.close()
-            raise MicrosegError(f"BPF verifier rejected {PROGRAM}: {failure}\n{error_tail(err['text'])}")
+            raise
         key = self.table("ms_bl_lpm_t").Key
         if ctypes.sizeof(key) != KEY_SIZE:
             self.close()

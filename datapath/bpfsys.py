@@ -1,10 +1,15 @@
-"""The few bpf(2) commands BCC does not expose, through ctypes.
+"""Every bpf(2) call microseg makes itself, through ctypes, and every uapi
+number it uses (commands, map and program types, flags, helper ids).
 
-BPF_PROG_TEST_RUN (run a loaded program on a packet), and the object-info
-calls that `microseg status` and `preflight` need (program and map info by
-id, map memory from /proc fdinfo). Layouts follow include/uapi/linux/bpf.h;
-only the leading fields we read are declared, which the kernel accepts (it
-copies min(info_len, its size)).
+BCC loads the fast path; what it does not expose is here: BPF_PROG_TEST_RUN
+(run a loaded program on a packet), program loads of raw instructions
+(preflight's probes, the kernel sweep's linker), BTF loads, map creation,
+element and batch operations, pins, and the object-info calls that
+`microseg status` and `preflight` need (program and map info by id, map
+memory from /proc fdinfo). Layouts follow include/uapi/linux/bpf.h; only the
+leading fields we use are declared, which the kernel accepts (it copies
+min(size, its size) and checks that the bytes it does not know are zero).
+No other module declares a bpf_attr layout or a uapi number.
 """
 from __future__ import annotations
 
@@ -12,19 +17,78 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import struct
 from dataclasses import dataclass
+
+from .errors import MicrosegError
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 # __NR_bpf per architecture (arch/*/include/uapi/asm/unistd*.h).
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280}
 
+# enum bpf_cmd
 BPF_MAP_CREATE = 0
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_LOAD = 5
+BPF_OBJ_PIN = 6
+BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_BTF_LOAD = 18
+BPF_MAP_LOOKUP_BATCH = 24
+BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
+BPF_MAP_UPDATE_BATCH = 26
+BPF_MAP_DELETE_BATCH = 27
+
+# enum bpf_map_type
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PROG_ARRAY = 3
+BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
+BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
+BPF_MAP_TYPE_RINGBUF = 27
+BPF_MAP_TYPE_BLOOM_FILTER = 30
+# Map types whose value is stored once per possible CPU.
+PERCPU_MAP_TYPES = frozenset({BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH})
+
+# map_flags
+BPF_F_NO_PREALLOC = 1 << 0     # LPM_TRIE refuses to be created without it
+BPF_F_NO_COMMON_LRU = 1 << 1
+BPF_F_NUMA_NODE = 1 << 2
+
+# struct bpf_ringbuf_hdr: the length word's flag bits, and the header size
+BPF_RINGBUF_BUSY_BIT = 1 << 31
+BPF_RINGBUF_DISCARD_BIT = 1 << 30
+BPF_RINGBUF_HDR_SZ = 8
+
+# enum bpf_prog_type
+BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_PROG_TYPE_XDP = 6
+BPF_PROG_TYPE_SYSCALL = 31
+# prog_flags; a SYSCALL program must be sleepable (kernel 6.x)
+BPF_F_SLEEPABLE = 1 << 4
+
+# enum bpf_func_id (helpers preflight and compat probe for)
+BPF_FUNC_ktime_get_coarse_ns = 160
+BPF_FUNC_timer_init = 169
+
+# map update flags
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+_ENOENT = 2
+_ENOSPC = 28
 
 
 class BpfError(OSError):
@@ -64,6 +128,67 @@ class _TestRunAttr(ctypes.Structure):
         ("cpu", ctypes.c_uint32),
         ("batch_size", ctypes.c_uint32),
     ]
+
+
+# struct bpf_insn: code, dst:4 src:4, off, imm
+INSN = struct.Struct("<BBhi")
+
+
+def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    """One struct bpf_insn: opcode, dst/src register nibbles, offset, immediate."""
+    return INSN.pack(code, (src << 4) | dst, off, imm)
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    """union bpf_attr, the BPF_PROG_LOAD member, up to line_info_cnt."""
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
+                ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
+                ("prog_name", ctypes.c_char * 16), ("prog_ifindex", ctypes.c_uint32),
+                ("expected_attach_type", ctypes.c_uint32), ("prog_btf_fd", ctypes.c_uint32),
+                ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64),
+                ("func_info_cnt", ctypes.c_uint32), ("line_info_rec_size", ctypes.c_uint32),
+                ("line_info", ctypes.c_uint64), ("line_info_cnt", ctypes.c_uint32)]
+
+
+def prog_load(insns: bytes, prog_type: int, *, name: str = "", flags: int = 0, btf_fd: int = 0,
+              func_info: list[tuple[int, int]] = (), log: ctypes.Array | None = None) -> int:
+    """BPF_PROG_LOAD of raw instructions (GPL, so that GPL-only helpers are
+    not refused for the licence alone); returns the fd (caller closes),
+    raises BpfError. ``func_info``: (insn_off, BTF type id) per function,
+    types from ``btf_fd``. ``log``: a char buffer (ctypes.create_string_buffer)
+    the verifier writes its log into (log_level 1)."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+    finfo = (ctypes.c_uint32 * max(2 * len(func_info), 1))(*[v for rec in func_info for v in rec])
+    attr = _ProgLoadAttr()
+    attr.prog_type = prog_type
+    attr.insn_cnt = len(insns) // INSN.size
+    attr.insns = ctypes.addressof(code)
+    attr.license = ctypes.addressof(lic)
+    attr.prog_name = name.encode()[:15]
+    attr.prog_flags = flags
+    if func_info:
+        attr.prog_btf_fd = btf_fd
+        attr.func_info_rec_size = 8          # struct bpf_func_info: insn_off, type_id
+        attr.func_info = ctypes.addressof(finfo)
+        attr.func_info_cnt = len(func_info)
+    if log is not None:
+        attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
+    return sys_bpf(BPF_PROG_LOAD, attr)
+
+
+class _BtfLoadAttr(ctypes.Structure):
+    _fields_ = [("btf", ctypes.c_uint64), ("btf_log_buf", ctypes.c_uint64), ("btf_size", ctypes.c_uint32),
+                ("btf_log_size", ctypes.c_uint32), ("btf_log_level", ctypes.c_uint32)]
+
+
+def btf_load(blob: bytes, log: ctypes.Array) -> int:
+    """BPF_BTF_LOAD; returns the fd (caller closes), raises BpfError with the
+    kernel's reasons in ``log`` (a char buffer)."""
+    buf = ctypes.create_string_buffer(blob, len(blob))
+    attr = _BtfLoadAttr(ctypes.addressof(buf), ctypes.addressof(log), len(blob), len(log), 1)
+    return sys_bpf(BPF_BTF_LOAD, attr)
 
 
 # struct __sk_buff (uapi) as far as test_run lets a caller set fields:
@@ -246,9 +371,6 @@ def prog_with_maps(prog_id: int) -> tuple[ProgInfo, list[MapInfo]]:
     return prog, maps
 
 
-BPF_OBJ_PIN = 6
-
-
 class _PinAttr(ctypes.Structure):
     _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32), ("file_flags", ctypes.c_uint32)]
 
@@ -259,16 +381,10 @@ def obj_pin(fd: int, path: str) -> None:
     sys_bpf(BPF_OBJ_PIN, _PinAttr(ctypes.addressof(buf), fd, 0))
 
 
-BPF_OBJ_GET = 7
-
-
 def obj_get(path: str) -> int:
     """The object pinned at ``path``: a new fd (caller closes); raises BpfError."""
     buf = ctypes.create_string_buffer(path.encode())
     return sys_bpf(BPF_OBJ_GET, _PinAttr(ctypes.addressof(buf), 0, 0))
-
-
-BPF_MAP_GET_NEXT_KEY = 4
 
 
 def map_keys(fd: int, key_size: int):
@@ -289,9 +405,6 @@ def map_keys(fd: int, key_size: int):
         yield cur
 
 
-BPF_MAP_LOOKUP_ELEM = 1
-
-
 class _MapElemAttr(ctypes.Structure):
     _fields_ = [("map_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
                 ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
@@ -310,7 +423,12 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
     return vbuf.raw
 
 
-BPF_MAP_TYPE_PROG_ARRAY = 3
+def lookup_struct(fd: int, leaf_type: type, index: int = 0):
+    """One element of an array map as a ctypes ``leaf_type``."""
+    raw = map_lookup(fd, index.to_bytes(4, "little"), ctypes.sizeof(leaf_type))
+    if raw is None:
+        raise MicrosegError(f"map fd {fd}: no element {index}")
+    return leaf_type.from_buffer_copy(raw)
 
 
 def build_maps(entry_prog_id: int) -> tuple[ProgInfo, list[int], list[MapInfo]]:
@@ -342,20 +460,6 @@ def build_maps(entry_prog_id: int) -> tuple[ProgInfo, list[int], list[MapInfo]]:
 # makes a sweep of a million sessions cost well under a second: the
 # per-entry cost is the kernel's, not Python's. Buffers are passed by
 # address so callers can hand numpy arrays (array.ctypes.data) directly.
-
-BPF_MAP_UPDATE_ELEM = 2
-BPF_MAP_DELETE_ELEM = 3
-BPF_MAP_LOOKUP_BATCH = 24
-BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
-BPF_MAP_UPDATE_BATCH = 26
-BPF_MAP_DELETE_BATCH = 27
-
-BPF_ANY = 0
-BPF_NOEXIST = 1
-BPF_EXIST = 2
-
-_ENOENT = 2
-_ENOSPC = 28
 
 # Largest batch cursor any map type uses: a hash map's is its u32 bucket
 # index, an array's is a key (generic_map_lookup_batch); 64 bytes covers

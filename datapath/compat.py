@@ -1,6 +1,6 @@
 """Which kernel features a build uses, decided at load.
 
-The same probes `microseg preflight` shows (datapath/preflight.py) decide,
+The probes `microseg preflight` also shows (datapath/probes.py) decide,
 unless the configuration turns a feature off (DatapathConfig.compat), which
 builds the fallback also where the kernel has the feature: how the tests
 check that each fallback still loads and works.
@@ -15,6 +15,9 @@ check that each fallback still loads and works.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from . import blocklist, bpfsys
+from .probes import probe_helper, probe_map
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,6 @@ class Features:
 
 
 def decide(compat) -> Features:
-    from . import blocklist, preflight
-
     why = {}
 
     def probe(name, setting, fn):
@@ -50,11 +51,10 @@ def decide(compat) -> Features:
         return ok
 
     ringbuf = probe("ringbuf", compat.ringbuf,
-                    lambda: preflight.probe_map(preflight.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096))
+                    lambda: probe_map(bpfsys.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096))
     lru = probe("lru_per_cpu", compat.lru_per_cpu,
-                lambda: preflight.probe_map(preflight.BPF_MAP_TYPE_LRU_HASH, 4, 4, 16,
-                                            preflight.BPF_F_NO_COMMON_LRU))
+                lambda: probe_map(bpfsys.BPF_MAP_TYPE_LRU_HASH, 4, 4, 16, bpfsys.BPF_F_NO_COMMON_LRU))
     bloom = probe("bloom", compat.bloom, blocklist.bloom_support)
     coarse = probe("coarse_clock", compat.coarse_clock,
-                   lambda: preflight.probe_helper(preflight.BPF_FUNC_ktime_get_coarse_ns))
+                   lambda: probe_helper(bpfsys.BPF_FUNC_ktime_get_coarse_ns))
     return Features(ringbuf, lru, bloom, coarse, why)

@@ -25,14 +25,18 @@ import ctypes
 import ipaddress
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bpfsys, tcp_fsm
+from protocols import registry
+
+from . import bpfsys, compat, l7, tcp_fsm
+from .compile import compile_text, error_tail, load_func
 from .config import DatapathConfig
+from .counters import read_counters_fd
 from .enums import CtState, Direction, FailAction, FailKind, Reason, Stage
 from .errors import MicrosegError
+from .pressure import possible_cpus
 from .source import LIB_DIR, MAIN_SOURCE, inline_includes, program_text
 
 PROGRAMS = {Direction.DIR_INGRESS: "tc_ingress", Direction.DIR_EGRESS: "tc_egress"}
@@ -42,46 +46,8 @@ STAGES = {Stage.STAGE_TCP: "ms_stage_tcp", Stage.STAGE_OTHER: "ms_stage_other",
 RUNTIME_MAPS = ("ms_counters", "ms_flows", "ms_halfopen", "ms_ifaces", "ms_frags", "ms_syn_dst",
                 "ms_syn_global", "ms_pressure", "ms_pressure_user", "ms_pol_state", "ms_verdicts",
                 "ms_slowpath")
-# How many lines of compiler / verifier output an error message carries:
-# the verifier's conclusion is in its last lines.
-_ERROR_TAIL_LINES = 12
-
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
-
-
-def headers_dir() -> Path:
-    return Path("/lib/modules") / os.uname().release / "build"
-
-
-def check_headers() -> None:
-    """BCC needs kernel headers; say how to get them when they are missing."""
-    d = headers_dir()
-    if not (d / "include").is_dir():
-        raise MicrosegError(
-            f"kernel headers missing: {d} does not exist; run `make setup` "
-            f"(installs linux-headers-{os.uname().release} or links Debian's newest headers)")
-
-
-@contextlib.contextmanager
-def capture_stderr():
-    """Collect what BCC's C++ side and the kernel loader print on fd 2."""
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        saved = os.dup(2)
-        os.dup2(tmp.fileno(), 2)
-        box: dict[str, str] = {"text": ""}
-        try:
-            yield box
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            box["text"] = tmp.read().decode(errors="replace")
-
-
-def error_tail(text: str, n: int = _ERROR_TAIL_LINES) -> str:
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("HINT:")]
-    return "\n".join("  " + ln for ln in lines[-n:])
 
 
 @dataclass
@@ -97,52 +63,31 @@ class FastPath:
     def __init__(self, config: DatapathConfig | None = None, *, text: str | None = None,
                  main: Path = MAIN_SOURCE, programs: dict | None = None,
                  stages: dict | None = None, protocols: list | None = None, pin_dir: Path | None = None):
-        from bcc import BPF  # imported late: preflight and --help work without it
-
         self.config = config or DatapathConfig()
         # Kernel L7 signatures, from the protocol plugins (built-ins and
         # installed ones unless ``protocols`` says otherwise): checked before
         # anything is compiled, written into the maps by apply_runtime().
-        from protocols import registry
-
-        from . import l7
         self.protocols = list(protocols) if protocols is not None else list(registry.default_plugins())
         self.l7 = l7.compile_signatures(self.protocols)
         # Kernel features, probed (or turned off by the configuration):
         # the fallbacks are compiled in where a feature is missing.
-        from . import compat
         self.features = compat.decide(self.config.compat)
-        check_headers()
         src = text if text is not None else program_text(main)
-        with capture_stderr() as err:
-            try:
-                # pin_dir: the state maps are pinned there (bpf/lib/maps.h
-                # MS_STATE_TABLE; datapath/state.py decides what is reused).
-                pin = [f'-DMS_PIN_DIR="{pin_dir}"'] if pin_dir is not None else []
-                self.bpf = BPF(text=src.encode(), cflags=self.config.cflags() + pin + self.features.cflags())
-            except Exception as e:  # BCC raises bare Exception
-                failure = e
-            else:
-                failure = None
-        if failure is not None:
-            raise MicrosegError(f"BPF compile failed: {failure}\n{error_tail(err['text'])}")
+        # pin_dir: the state maps are pinned there (bpf/lib/maps.h
+        # MS_STATE_TABLE; datapath/state.py decides what is reused).
+        pin = [f'-DMS_PIN_DIR="{pin_dir}"'] if pin_dir is not None else []
+        self.bpf = compile_text(src, self.config.cflags() + pin + self.features.cflags())
         self.fns = {}
         self.stage_fns = {}
         wanted = [(self.fns, d, n) for d, n in (programs or PROGRAMS).items()]
         if programs is None or stages is not None:
             wanted += [(self.stage_fns, st, n) for st, n in (stages or STAGES).items()]
         for store, d, name in wanted:
-            with capture_stderr() as err:
-                try:
-                    fn = self.bpf.load_func(name.encode(), BPF.SCHED_CLS)
-                except Exception as e:
-                    failure = e
-                else:
-                    failure = None
-            if failure is not None:
+            try:
+                store[d] = load_func(self.bpf, name, bpfsys.BPF_PROG_TYPE_SCHED_CLS)
+            except MicrosegError:
                 self.close()
-                raise MicrosegError(f"BPF verifier rejected {name}: {failure}\n{error_tail(err['text'])}")
-            store[d] = fn
+                raise
         if self.stage_fns:
             arr = self.table("ms_stages")
             for st, fn in self.stage_fns.items():
@@ -187,7 +132,6 @@ class FastPath:
         v.syn_dst_rate, v.syn_dst_burst = config.syn_dst_rate, config.syn_dst_burst
         v.syn_global_rate, v.syn_global_burst = config.syn_global_rate, config.syn_global_burst
         c[ctypes.c_int(0)] = v
-        from . import l7
         l7.load(self, self.l7)
         allow = self.table("ms_full_allow")
         allow.clear()
@@ -221,9 +165,6 @@ class FastPath:
 
     def counters(self) -> dict[tuple[Direction, Reason], tuple[int, int]]:
         """(direction, reason) -> (packets, bytes), summed over CPUs; zeros left out."""
-        from .counters import read_counters_fd
-        from .pressure import possible_cpus
-
         tab = self.table("ms_counters")
         return read_counters_fd(tab.map_fd, tab.Leaf, possible_cpus())
 
@@ -250,16 +191,13 @@ class FastPath:
 # does for such a program, for the one layout bpf/lib/sweep.h sets up: the
 # callback is placed in the main function's section, right after it.
 
-BPF_PROG_TYPE_SYSCALL = 31
-BPF_F_SLEEPABLE = 1 << 4   # prog_flags; a SYSCALL program must be sleepable (kernel 6.x)
-BPF_BTF_LOAD = 18
 _BPF_PSEUDO_MAP_FD = 1
 _BPF_PSEUDO_CALL = 1
 _BPF_PSEUDO_FUNC = 4
 _LD_IMM64 = 0x18
 _CALL = 0x85
 _EXIT = 0x95
-_INSN = struct.Struct("<BBhi")   # struct bpf_insn: code, dst:4 src:4, off, imm
+_INSN = bpfsys.INSN
 _INSN_BYTES = _INSN.size
 # A callback longer than this is not what bpf/lib/sweep.h compiles to (its
 # callback is about 20 instructions): stop walking rather than read on.
@@ -357,29 +295,10 @@ def _callback_btf(main_name: str, callback_name: str) -> tuple[bytes, int, int]:
     return bytes(header + types + strings), 4, 6
 
 
-class _BtfLoadAttr(ctypes.Structure):
-    _fields_ = [("btf", ctypes.c_uint64), ("btf_log_buf", ctypes.c_uint64), ("btf_size", ctypes.c_uint32),
-                ("btf_log_size", ctypes.c_uint32), ("btf_log_level", ctypes.c_uint32)]
-
-
-class _ProgLoadAttr(ctypes.Structure):
-    # union bpf_attr, the BPF_PROG_LOAD member, up to line_info_cnt
-    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
-                ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
-                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
-                ("prog_name", ctypes.c_char * 16), ("prog_ifindex", ctypes.c_uint32),
-                ("expected_attach_type", ctypes.c_uint32), ("prog_btf_fd", ctypes.c_uint32),
-                ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64),
-                ("func_info_cnt", ctypes.c_uint32), ("line_info_rec_size", ctypes.c_uint32),
-                ("line_info", ctypes.c_uint64), ("line_info_cnt", ctypes.c_uint32)]
-
-
 def _load_btf(blob: bytes) -> int:
-    buf = ctypes.create_string_buffer(blob, len(blob))
     log = ctypes.create_string_buffer(1 << 16)
-    attr = _BtfLoadAttr(ctypes.addressof(buf), ctypes.addressof(log), len(blob), len(log), 1)
     try:
-        return bpfsys.sys_bpf(BPF_BTF_LOAD, attr)
+        return bpfsys.btf_load(blob, log)
     except bpfsys.BpfError as e:
         raise MicrosegError(f"BTF for the callback refused: {e.strerror}\n"
                             f"{error_tail(log.value.decode(errors='replace'))}") from None
@@ -387,28 +306,14 @@ def _load_btf(blob: bytes) -> int:
 
 def _prog_load(insns: bytes, prog_type: int, name: str, btf_fd: int,
                func_info: list[tuple[int, int]], flags: int = 0) -> int:
-    code = ctypes.create_string_buffer(insns, len(insns))
-    lic = ctypes.create_string_buffer(b"GPL")
-    finfo = (ctypes.c_uint32 * (2 * len(func_info)))(*[v for rec in func_info for v in rec])
-    attr = _ProgLoadAttr()
-    attr.prog_type = prog_type
-    attr.insn_cnt = len(insns) // _INSN_BYTES
-    attr.insns = ctypes.addressof(code)
-    attr.license = ctypes.addressof(lic)
-    attr.prog_name = name.encode()[:15]
-    attr.prog_flags = flags
-    attr.prog_btf_fd = btf_fd
-    attr.func_info_rec_size = 8          # struct bpf_func_info: insn_off, type_id
-    attr.func_info = ctypes.addressof(finfo)
-    attr.func_info_cnt = len(func_info)
+    load = dict(name=name, flags=flags, btf_fd=btf_fd, func_info=func_info)
     try:
-        return bpfsys.sys_bpf(bpfsys.BPF_PROG_LOAD, attr)
+        return bpfsys.prog_load(insns, prog_type, **load)
     except bpfsys.BpfError as first:
         # again with the verifier's log, to say why
         log = ctypes.create_string_buffer(_VERIFIER_LOG_BYTES)
-        attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
         try:
-            fd = bpfsys.sys_bpf(bpfsys.BPF_PROG_LOAD, attr)
+            fd = bpfsys.prog_load(insns, prog_type, log=log, **load)
         except bpfsys.BpfError:
             raise MicrosegError(f"BPF verifier rejected {name}: {first.strerror}\n"
                                 f"{error_tail(log.value.decode(errors='replace'))}") from None
@@ -510,8 +415,8 @@ class SweepProgram:
         fds = own if map_fds is None else {n: map_fds[n] for n in SWEEP_MAPS}
         fd_map = {own[n]: fds[n] for n in SWEEP_MAPS}
         fd_map.update({marker: fds[n] for n, marker in SWEEP_MARKERS.items()})
-        self.fd = link_with_callback(bpf, SWEEP_PROGRAM, SWEEP_CALLBACK, BPF_PROG_TYPE_SYSCALL, fd_map,
-                                     set(fds.values()) | {self.runs.map_fd}, BPF_F_SLEEPABLE)
+        self.fd = link_with_callback(bpf, SWEEP_PROGRAM, SWEEP_CALLBACK, bpfsys.BPF_PROG_TYPE_SYSCALL, fd_map,
+                                     set(fds.values()) | {self.runs.map_fd}, bpfsys.BPF_F_SLEEPABLE)
         self._bpf = bpf if owns_bpf else None
 
     def run(self, now_ns: int):
@@ -544,19 +449,8 @@ def compile_sweep(map_fds: dict[str, int]) -> SweepProgram:
     """The kernel sweep compiled on its own (bpf/lib/sweep.h) and loaded for
     the maps ``map_fds`` (SWEEP_MAPS name -> fd), e.g. those of an attached
     build opened by id."""
-    from bcc import BPF
-
-    check_headers()
-    text = inline_includes(LIB_DIR / "sweep.h")
-    with capture_stderr() as err:
-        try:
-            bpf = BPF(text=text.encode(), cflags=DatapathConfig(**_SWEEP_COMPILE_SIZES).cflags())
-        except Exception as e:  # BCC raises bare Exception
-            failure = e
-        else:
-            failure = None
-    if failure is not None:
-        raise MicrosegError(f"BPF compile (sweep) failed: {failure}\n{error_tail(err['text'])}")
+    bpf = compile_text(inline_includes(LIB_DIR / "sweep.h"), DatapathConfig(**_SWEEP_COMPILE_SIZES).cflags(),
+                       what="BPF compile (sweep)")
     try:
         return SweepProgram(bpf, map_fds, owns_bpf=True)
     except Exception:

@@ -24,6 +24,7 @@ import signal
 import time
 from pathlib import Path
 
+from . import attach
 from .errors import MicrosegError
 
 # A short command (`up` compiles a build) holds the lock for seconds, a
@@ -46,8 +47,7 @@ class Owned(MicrosegError):
 
 
 def run_dir() -> Path:
-    from .attach import STATE_DIR
-    return STATE_DIR
+    return attach.STATE_DIR
 
 
 def lock_path(netns: str | None, directory: Path | None = None) -> Path:

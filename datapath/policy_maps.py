@@ -23,12 +23,9 @@ import struct
 from dataclasses import dataclass
 
 from . import bpfsys
+from .bpfsys import BPF_F_NO_PREALLOC, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LPM_TRIE
 from .errors import MicrosegError
 from .policy_tables import PREFIX_ANY_PORT, PREFIX_ANY_PROTO, CompiledPolicy, Verdict, group_lengths, no_gc
-
-BPF_MAP_TYPE_HASH = 1
-BPF_MAP_TYPE_LPM_TRIE = 11
-BPF_F_NO_PREALLOC = 1
 
 # name of outer array -> (template map, map type, flags)
 INNER = {

@@ -27,16 +27,22 @@ from __future__ import annotations
 
 import ctypes
 import errno as errno_mod
-import functools
 import json
 import os
 import re
 import secrets
-import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import bpfsys
+from . import blocklist, bpfsys
+from .attach import XDP_FLAGS_DRV_MODE
+from .bpfsys import (BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_FUNC_ktime_get_coarse_ns, BPF_FUNC_timer_init,
+                     BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_BLOOM_FILTER, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LPM_TRIE,
+                     BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_PROG_ARRAY, BPF_MAP_TYPE_RINGBUF, BPF_PROG_TYPE_SCHED_CLS,
+                     BPF_PROG_TYPE_XDP)
+from .compile import check_headers, compile_text, headers_dir, load_func
+from .errors import MicrosegError
+from .probes import errno_text, guarded, load_raw_prog, probe_helper, probe_map
 
 REQUIRED = "required"
 RECOMMENDED = "recommended"
@@ -65,110 +71,19 @@ class HostFact:
     detail: str
 
 
-# -- bpf(2) plumbing preflight needs beyond bpfsys ---------------------------
-
-# enum bpf_map_type (include/uapi/linux/bpf.h)
-BPF_MAP_TYPE_HASH = 1
-BPF_MAP_TYPE_ARRAY = 2
-BPF_MAP_TYPE_PROG_ARRAY = 3
-BPF_MAP_TYPE_LRU_HASH = 9
-BPF_MAP_TYPE_LPM_TRIE = 11
-BPF_MAP_TYPE_RINGBUF = 27
-BPF_MAP_TYPE_BLOOM_FILTER = 30
-
-BPF_F_NO_PREALLOC = 1   # LPM_TRIE refuses to be created without it
-BPF_F_NO_COMMON_LRU = 2
-
-BPF_PROG_TYPE_SCHED_CLS = 3
-BPF_FUNC_timer_init = 169
-BPF_FUNC_ktime_get_coarse_ns = 160
-
-
-class _ProgLoadAttr(ctypes.Structure):
-    """union bpf_attr, the BPF_PROG_LOAD member, up to expected_attach_type."""
-    _fields_ = [
-        ("prog_type", ctypes.c_uint32),
-        ("insn_cnt", ctypes.c_uint32),
-        ("insns", ctypes.c_uint64),
-        ("license", ctypes.c_uint64),
-        ("log_level", ctypes.c_uint32),
-        ("log_size", ctypes.c_uint32),
-        ("log_buf", ctypes.c_uint64),
-        ("kern_version", ctypes.c_uint32),
-        ("prog_flags", ctypes.c_uint32),
-        ("prog_name", ctypes.c_char * 16),
-        ("prog_ifindex", ctypes.c_uint32),
-        ("expected_attach_type", ctypes.c_uint32),
-    ]
-
-
-def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    """One struct bpf_insn: opcode, dst/src register nibbles, offset, immediate."""
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
-
-
-_MOV64_R0_0 = _insn(0xB7)  # BPF_ALU64 | BPF_MOV | BPF_K: r0 = 0
-_EXIT = _insn(0x95)        # BPF_JMP | BPF_EXIT
-
-
-def _call(helper_id: int) -> bytes:
-    return _insn(0x85, imm=helper_id)  # BPF_JMP | BPF_CALL
-
-
-# The verifier's log for two instructions is a few lines; 64 KiB leaves room
-# and stays under every kernel's log_size limit.
-_LOG_SIZE = 64 * 1024
-
-
-def _errno_text(e: OSError) -> str:
-    name = errno_mod.errorcode.get(e.errno or 0, f"errno {e.errno}")
-    return f"{name}: {os.strerror(e.errno)}" if e.errno else str(e)
-
-
-create_map = bpfsys.create_map
-
-
-def load_raw_prog(insns: bytes, prog_type: int = BPF_PROG_TYPE_SCHED_CLS) -> tuple[int, str]:
-    """BPF_PROG_LOAD of raw instructions with a verifier log.
-
-    Returns (fd, log) on success, (-errno, log) when the kernel refuses;
-    the caller closes a returned fd.
-    """
-    code = ctypes.create_string_buffer(insns, len(insns))
-    # GPL so that GPL-only helpers are not refused for the licence alone.
-    lic = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(_LOG_SIZE)
-    attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8,
-                         insns=ctypes.addressof(code), license=ctypes.addressof(lic),
-                         log_level=1, log_size=_LOG_SIZE, log_buf=ctypes.addressof(log))
-    try:
-        fd = bpfsys.sys_bpf(bpfsys.BPF_PROG_LOAD, attr)
-    except bpfsys.BpfError as e:
-        return -(e.errno or 1), log.value.decode(errors="replace")
-    return fd, log.value.decode(errors="replace")
+_MOV64_R0_0 = bpfsys.insn(0xB7)  # BPF_ALU64 | BPF_MOV | BPF_K: r0 = 0
+_EXIT = bpfsys.insn(0x95)        # BPF_JMP | BPF_EXIT
 
 
 # -- probes: each returns (available, detail) and never raises ---------------
-
-def _guarded(probe):
-    """Turn any exception in a probe into (False, reason)."""
-    @functools.wraps(probe)
-    def wrapper(*args, **kwargs) -> tuple[bool, str]:
-        try:
-            return probe(*args, **kwargs)
-        except OSError as e:
-            return False, _errno_text(e)
-        except Exception as e:  # BCC and pyroute2 raise plain Exception subclasses
-            return False, f"{type(e).__name__}: {e}"
-    return wrapper
-
+# (probe_map and probe_helper, which compat asks too, are in datapath/probes.py)
 
 def _kernel_tuple(release: str) -> tuple[int, int] | None:
     m = re.match(r"(\d+)\.(\d+)", release)
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-@_guarded
+@guarded
 def probe_kernel_version() -> tuple[bool, str]:
     release = os.uname().release
     ver = _kernel_tuple(release)
@@ -180,30 +95,30 @@ def probe_kernel_version() -> tuple[bool, str]:
     return False, f"{release} is older than {floor}, the supported floor"
 
 
-@_guarded
+@guarded
 def probe_bpf_syscall() -> tuple[bool, str]:
     # The smallest thing bpf() can do: one 4-byte array slot.
     try:
-        fd = create_map(BPF_MAP_TYPE_ARRAY, 4, 4, 1)
+        fd = bpfsys.create_map(BPF_MAP_TYPE_ARRAY, 4, 4, 1)
     except OSError as e:
         hint = {errno_mod.EPERM: " (needs root or CAP_BPF)",
                 errno_mod.ENOSYS: " (kernel built without CONFIG_BPF_SYSCALL)"}.get(e.errno, "")
-        return False, f"BPF_MAP_CREATE(ARRAY): {_errno_text(e)}{hint}"
+        return False, f"BPF_MAP_CREATE(ARRAY): {errno_text(e)}{hint}"
     os.close(fd)
     return True, "BPF_MAP_CREATE(ARRAY) works"
 
 
-@_guarded
+@guarded
 def probe_jit() -> tuple[bool, str]:
     # The sysctl can say 1 while the arch has no JIT, so the answer comes
     # from a loaded program; the sysctl is only shown.
     try:
         sysctl = Path("/proc/sys/net/core/bpf_jit_enable").read_text().strip()
     except OSError as e:
-        sysctl = f"unreadable ({_errno_text(e)})"
+        sysctl = f"unreadable ({errno_text(e)})"
     fd, log = load_raw_prog(_MOV64_R0_0 + _EXIT)
     if fd < 0:
-        return False, f"test program refused ({_errno_text(OSError(-fd, ''))}); bpf_jit_enable={sysctl}"
+        return False, f"test program refused ({errno_text(OSError(-fd, ''))}); bpf_jit_enable={sysctl}"
     try:
         jited = bpfsys.prog_info_by_fd(fd).jited
     finally:
@@ -213,54 +128,12 @@ def probe_jit() -> tuple[bool, str]:
     return False, f"test program interpreted, not JIT-compiled; bpf_jit_enable={sysctl}"
 
 
-@_guarded
+@guarded
 def probe_btf_vmlinux() -> tuple[bool, str]:
     p = Path("/sys/kernel/btf/vmlinux")
     if not p.exists():
         return False, f"{p} absent (kernel built without CONFIG_DEBUG_INFO_BTF)"
     return True, f"{p}, {p.stat().st_size} bytes"
-
-
-@_guarded
-def probe_map(map_type: int, key_size: int, value_size: int, max_entries: int,
-              flags: int = 0, map_extra: int = 0) -> tuple[bool, str]:
-    """Can this kernel create a map of ``map_type`` with these parameters?"""
-    desc = f"type {map_type}, key {key_size}, value {value_size}, max {max_entries}, flags {flags:#x}"
-    if map_extra:
-        desc += f", map_extra {map_extra}"
-    try:
-        fd = create_map(map_type, key_size, value_size, max_entries, flags, map_extra)
-    except OSError as e:
-        return False, f"BPF_MAP_CREATE({desc}): {_errno_text(e)}"
-    os.close(fd)
-    return True, f"created ({desc})"
-
-
-@_guarded
-def probe_helper(helper_id: int, prog_type: int = BPF_PROG_TYPE_SCHED_CLS) -> tuple[bool, str]:
-    """Does the kernel know helper ``helper_id`` for ``prog_type``?
-
-    The probe bpftool / libbpf use: load "call helper; exit" and read the
-    verifier log. "invalid func" (id unknown to the kernel), "unknown func"
-    and "program of this type cannot use helper" (known, not allowed for
-    this program type) mean missing. Any other complaint (the arguments are
-    garbage on purpose) means the verifier got past the helper lookup, so
-    the helper exists.
-    """
-    fd, log = load_raw_prog(_call(helper_id) + _EXIT, prog_type)
-    if fd >= 0:
-        os.close(fd)
-        return True, f"helper {helper_id}: program with the call loaded"
-    # The verifier's verdict is its last line before the "processed N insns" summary.
-    said = [ln for ln in log.splitlines() if ln.strip() and not ln.startswith("processed ")]
-    last = said[-1] if said else ""
-    for missing in ("invalid func ", "unknown func ", "program of this type cannot use helper "):
-        if missing in log:
-            return False, f"helper {helper_id}: verifier says {last!r}"
-    if not log.strip():
-        # Refused before the verifier ran (EPERM, ...): nothing learnt.
-        return False, f"helper {helper_id}: cannot tell, load refused with {_errno_text(OSError(-fd, ''))} and no verifier log"
-    return True, f"helper {helper_id} known (verifier stopped later: {last!r})"
 
 
 # BCC-compiled probe programs. check_headers first, so a host without kernel
@@ -281,39 +154,19 @@ int mspf_target(struct __sk_buff *skb) {{ return {TAIL_MARK}; }}
 """
 
 
+# A probe's failure shows this many lines of the compiler's or verifier's
+# output: one row of the matrix, not a page.
+_PROBE_TAIL_LINES = 4
+
+
 def _bcc_compile(text: str):
     """Compile ``text`` with BCC; raise RuntimeError with the compiler's last lines."""
-    from .loader import capture_stderr, error_tail, check_headers
-
-    check_headers()
-    from bcc import BPF
-
-    failure = None
-    with capture_stderr() as err:
-        try:
-            b = BPF(text=text.encode())  # BCC 0.26 warns on str
-        except Exception as e:  # BCC raises bare Exception
-            failure = e
-    if failure is not None:
-        raise RuntimeError(f"BCC compile failed: {failure}\n{error_tail(err['text'], 4)}")
-    return b
+    return compile_text(text, what="BCC compile", error=RuntimeError, tail=_PROBE_TAIL_LINES)
 
 
 def _bcc_load_cls(b, name: str):
     """load_func as SCHED_CLS; raise RuntimeError with the verifier's last lines."""
-    from bcc import BPF
-
-    from .loader import capture_stderr, error_tail
-
-    failure = None
-    with capture_stderr() as err:
-        try:
-            fn = b.load_func(name.encode(), BPF.SCHED_CLS)
-        except Exception as e:
-            failure = e
-    if failure is not None:
-        raise RuntimeError(f"verifier refused {name}: {failure}\n{error_tail(err['text'], 4)}")
-    return fn
+    return load_func(b, name, BPF_PROG_TYPE_SCHED_CLS, error=RuntimeError, tail=_PROBE_TAIL_LINES)
 
 
 def _netns_name() -> str:
@@ -334,7 +187,7 @@ def _remove_netns(name: str) -> None:
 TCA_BPF_FLAG_ACT_DIRECT = 1
 
 
-@_guarded
+@guarded
 def probe_clsact() -> tuple[bool, str]:
     """clsact qdisc + cls_bpf direct-action, tried in a throwaway namespace.
 
@@ -374,7 +227,7 @@ def probe_clsact() -> tuple[bool, str]:
             _remove_netns(name)
 
 
-@_guarded
+@guarded
 def probe_tail_call() -> tuple[bool, str]:
     b = _bcc_compile(_TAIL_PROG)
     try:
@@ -397,7 +250,7 @@ def _bcc_has_bloom() -> bool:
     return hasattr(bcc.table, "BPF_MAP_TYPE_BLOOM_FILTER")
 
 
-@_guarded
+@guarded
 def probe_bloom_filter() -> tuple[bool, str]:
     # key_size must be 0; map_extra is the number of hash functions (1..15).
     ok, detail = probe_map(BPF_MAP_TYPE_BLOOM_FILTER, 0, 4, 64, map_extra=3)
@@ -407,14 +260,12 @@ def probe_bloom_filter() -> tuple[bool, str]:
     return ok, detail
 
 
-@_guarded
+@guarded
 def probe_blocklist_precheck() -> tuple[bool, str]:
     """Which pre-check the XDP blocklist gets here (datapath/blocklist.py):
     the bloom filter needs BLOOM_FILTER maps as inner maps of an
     ARRAY_OF_MAPS (a new list is swapped in whole); without them every IP
     packet goes straight to the LPM trie."""
-    from . import blocklist
-
     ok, why = blocklist.bloom_support()
     if ok:
         return True, (f"in use: {blocklist.PATH_TEXT[blocklist.PATH_BLOOM]} ({why}; "
@@ -423,12 +274,10 @@ def probe_blocklist_precheck() -> tuple[bool, str]:
     return False, why
 
 
-BPF_PROG_TYPE_XDP = 6
-XDP_FLAGS_DRV_MODE = 1 << 2
-_MOV64_R0_XDP_PASS = _insn(0xB7, imm=2)  # r0 = XDP_PASS
+_MOV64_R0_XDP_PASS = bpfsys.insn(0xB7, imm=blocklist.XDP_PASS)  # r0 = XDP_PASS
 
 
-@_guarded
+@guarded
 def probe_xdp_native_veth() -> tuple[bool, str]:
     """A pass-everything XDP program attached in native (driver) mode to a
     veth in a throwaway namespace, removed with the namespace."""
@@ -436,7 +285,7 @@ def probe_xdp_native_veth() -> tuple[bool, str]:
 
     fd, log = load_raw_prog(_MOV64_R0_XDP_PASS + _EXIT, BPF_PROG_TYPE_XDP)
     if fd < 0:
-        return False, f"XDP program refused ({_errno_text(OSError(-fd, ''))})"
+        return False, f"XDP program refused ({errno_text(OSError(-fd, ''))})"
     name = _netns_name()
     created = False
     try:
@@ -529,9 +378,6 @@ def _cap_eff() -> int:
 
 
 def host_facts() -> list[HostFact]:
-    from .errors import MicrosegError
-    from .loader import check_headers, headers_dir
-
     facts = [HostFact("root", os.geteuid() == 0, f"euid {os.geteuid()}")]
     try:
         eff = _cap_eff()

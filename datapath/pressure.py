@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass
 
 from . import bpfsys
 
-# Map types whose value is stored once per possible CPU.
-_PERCPU_TYPES = {5, 6, 10}       # percpu_hash, percpu_array, lru_percpu_hash
-_NO_ENTRY_TYPES = {27}           # ringbuf: max_entries is the ring's size in bytes
+# ringbuf: max_entries is the ring's size in bytes, not a count of entries
+_NO_ENTRY_TYPES = {bpfsys.BPF_MAP_TYPE_RINGBUF}
 # The seed review's per-entry overhead estimate for a BPF hash map (bytes
 # beyond key and value: hash node, bucket, allocator), applied to every map.
 REVIEW_OVERHEAD_BYTES = 64
@@ -67,10 +66,8 @@ class Pressure:
 
 def read_pressure(pressure_fd: int, pressure_user_fd: int, pressure_type: type, pressure_user_type: type,
                   capacity: int, pressure_pct: int) -> Pressure:
-    from .sessions import lookup_struct
-
-    pr = lookup_struct(pressure_fd, pressure_type)
-    pu = lookup_struct(pressure_user_fd, pressure_user_type)
+    pr = bpfsys.lookup_struct(pressure_fd, pressure_type)
+    pu = bpfsys.lookup_struct(pressure_user_fd, pressure_user_type)
     return Pressure(pr.inserted, pr.deleted, pu.deleted, pr.insert_failed, pr.alerts, pr.alert_gen,
                     pu.gen, capacity, pressure_pct)
 
@@ -94,15 +91,13 @@ def review_estimate(m: bpfsys.MapInfo, ncpus: int | None = None) -> int | None:
     if m.type in _NO_ENTRY_TYPES:
         return None
     value = m.value_size
-    if m.type in _PERCPU_TYPES:
+    if m.type in bpfsys.PERCPU_MAP_TYPES:
         value = ((value + 7) // 8 * 8) * (ncpus or possible_cpus())
     return m.max_entries * (m.key_size + value + REVIEW_OVERHEAD_BYTES)
 
 
 def config_pressure_pct(config_fd: int, config_type: type) -> int:
-    from .sessions import lookup_struct
-
-    return int(lookup_struct(config_fd, config_type).pressure_pct)
+    return int(bpfsys.lookup_struct(config_fd, config_type).pressure_pct)
 
 
 
@@ -110,8 +105,6 @@ def halfopen_evictions(pressure_fd: int, pressure_user_fd: int, pressure_type: t
                        pressure_user_type: type, present: int) -> int:
     """LRU evictions of ms_halfopen: what went in and was not removed by the
     kernel (promotion, expiry, replacement) or the sweeper, and is not there."""
-    from .sessions import lookup_struct
-
-    pr = lookup_struct(pressure_fd, pressure_type)
-    pu = lookup_struct(pressure_user_fd, pressure_user_type)
+    pr = bpfsys.lookup_struct(pressure_fd, pressure_type)
+    pu = bpfsys.lookup_struct(pressure_user_fd, pressure_user_type)
     return max(0, pr.halfopen_inserted - pr.halfopen_removed - pu.halfopen_deleted - present)

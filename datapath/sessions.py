@@ -30,12 +30,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import bpfsys
+from protocols import registry
+
+from . import attach, bpfsys
+from .compile import check_headers, compile_text
+from .config import DatapathConfig
 from .enums import CtState
 from .errors import MicrosegError, UsageError
 from .flows import PROTO_NAMES, addr_text
+from .l7 import app_ids
 from .policy_maps import POLICY_MAPS
-from .source import LIB_DIR, header_defines
+from .source import LIB_DIR, header_defines, inline_includes, program_text
 
 FLOW_TABLES = ("ms_flows", "ms_halfopen")
 ICMP_PROTOS = (1, 58)
@@ -89,9 +94,6 @@ def layouts() -> dict[str, tuple[type, type]]:
     """
     global _layout_cache
     if _layout_cache is None:
-        from .loader import check_headers
-        from .source import inline_includes, program_text
-
         check_headers()
         try:
             _layout_cache = _compile_layouts(inline_includes(LIB_DIR / "maps.h"))
@@ -101,20 +103,7 @@ def layouts() -> dict[str, tuple[type, type]]:
 
 
 def _compile_layouts(text: str) -> dict[str, tuple[type, type]]:
-    from bcc import BPF
-
-    from .config import DatapathConfig
-    from .loader import capture_stderr, error_tail
-
-    with capture_stderr() as err:
-        try:
-            bpf = BPF(text=text.encode(), cflags=DatapathConfig(**_LAYOUT_SIZES).cflags())
-        except Exception as e:  # BCC raises bare Exception
-            failure = e
-        else:
-            failure = None
-    if failure is not None:
-        raise MicrosegError(f"BPF compile (for map layouts) failed: {failure}\n{error_tail(err['text'])}")
+    bpf = compile_text(text, DatapathConfig(**_LAYOUT_SIZES).cflags(), what="BPF compile (for map layouts)")
     try:
         return {n: (bpf[n.encode()].Key, bpf[n.encode()].Leaf) for n in (*LAYOUT_MAPS, *POLICY_LAYOUT_MAPS)}
     finally:
@@ -134,8 +123,6 @@ FLOW_FLAGS = {k: v for k, v in header_defines("MS_FLOW_").items() if k != "MAX"}
 
 def ingress_prog_ids(netns: str | None) -> list[int]:
     """Ingress program ids attached in ``netns``: one per build in use."""
-    from . import attach
-
     ids = []
     for a in attach.attached(netns):
         if a.direction == "DIR_INGRESS" and a.prog_id and a.prog_id not in ids:
@@ -202,14 +189,6 @@ def open_builds(netns: str | None) -> list[AttachedBuild]:
 
 
 # -- reading ----------------------------------------------------------------
-
-def lookup_struct(fd: int, leaf_type: type, index: int = 0):
-    """One element of an array map as a ctypes ``leaf_type``."""
-    raw = bpfsys.map_lookup(fd, index.to_bytes(4, "little"), ctypes.sizeof(leaf_type))
-    if raw is None:
-        raise MicrosegError(f"map fd {fd}: no element {index}")
-    return leaf_type.from_buffer_copy(raw)
-
 
 def read_timeouts_ns(fd: int, leaf_type: type = ctypes.c_uint64, states: int = 256) -> np.ndarray:
     """Per-state timeouts (int64 ns) for every possible u8 state value; a
@@ -440,9 +419,6 @@ def app_label(app_id: int) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _app_names() -> dict[int, str]:
-    from protocols import registry
-
-    from .l7 import app_ids
     try:
         return {i: n for n, i in app_ids(list(registry.default_plugins())).items()}
     except Exception:   # a broken plugin must not hide the session listing

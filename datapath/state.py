@@ -35,14 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import bpfsys, pins
+from .enums import DIRECTION_COUNT, REASON_COUNT
 from .errors import MicrosegError
+from .loader import FastPath
+from .pressure import possible_cpus
+from .sessions import _compile_layouts, layouts
 
 STATE_MAPS = ("ms_flows", "ms_halfopen", "ms_pressure", "ms_pressure_user", "ms_counters", "ms_syn_dst",
               "ms_syn_global", "ms_frags", "ms_verdicts", "ms_slowpath", "ms_insp_ring")
 LAYOUT_FILE = "layout.json"
 LAYOUT_FORMAT = 1
 ASIDE = "set-aside"   # bpffs refuses names with a dot in them
-BPF_MAP_TYPE_RINGBUF = 27
 PERCPU_TYPES = (5, 6, 10)   # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
 
 
@@ -87,7 +90,6 @@ def new_layouts(types: dict[str, tuple[type, type]]) -> dict[str, dict]:
             v = v._type_
         out[name] = field_layout(k, v)
     if "ms_counters" in out:
-        from .enums import DIRECTION_COUNT, REASON_COUNT
         out["ms_counters"].update(entries=DIRECTION_COUNT * REASON_COUNT, hooks=DIRECTION_COUNT)
     return out
 
@@ -233,7 +235,7 @@ def migrate(p: Plan, fastpath, record: dict, layouts: dict[str, dict], ncpus: in
         try:
             info = bpfsys.map_info_by_fd(fd)
             dst = fastpath.table(name).map_fd
-            if info.type == BPF_MAP_TYPE_RINGBUF:
+            if info.type == bpfsys.BPF_MAP_TYPE_RINGBUF:
                 lines.append(f"{name}: {why}: made anew (unread records dropped)")
                 continue
             n = _copy(fd, dst, info, old, new, name, ncpus)
@@ -315,10 +317,6 @@ def load(config, netns: str | None, record_path: Path, *, fresh: bool = False, *
     """A FastPath whose state maps are the pinned ones of ``netns`` (made,
     reused or migrated as the module docstring says). Returns (fastpath,
     lines saying what happened to the state)."""
-    from .loader import FastPath
-    from .pressure import possible_cpus
-    from .sessions import _compile_layouts, layouts
-
     # The layouts of the program about to be built: its own text when it
     # is not the installed one (a test, an upgrade being staged).
     text = fastpath_kw.get("text")

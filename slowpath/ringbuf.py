@@ -40,13 +40,11 @@ import time
 from typing import Callable
 
 from datapath import bpfsys
+from datapath.bpfsys import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ
 
-BPF_MAP_TYPE_RINGBUF = 27
-BPF_RINGBUF_BUSY_BIT = 1 << 31
-BPF_RINGBUF_DISCARD_BIT = 1 << 30
-BPF_RINGBUF_HDR_SZ = 8
 _LEN_MASK = ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT) & 0xFFFFFFFF
-_BPF_F_NUMA_NODE = 1 << 2  # the only map flag that leaves the layout as described
+# the only map flag that leaves the layout as described
+_LAYOUT_SAFE_FLAGS = bpfsys.BPF_F_NUMA_NODE
 
 # Records handed to the callback per wakeup of the event loop. A ring that
 # fills faster than we read would otherwise keep the loop in one callback;
@@ -103,9 +101,9 @@ class RingBuffer:
                 f"ring buffer consumer: {platform.machine()} is weakly ordered and this "
                 f"consumer has no acquire/release accesses for it (see slowpath/ringbuf.py)")
         info = bpfsys.map_info_by_fd(map_fd)
-        if info.type != BPF_MAP_TYPE_RINGBUF:
+        if info.type != bpfsys.BPF_MAP_TYPE_RINGBUF:
             raise ValueError(f"map {info.name!r} (id {info.id}) has type {info.type}, not RINGBUF")
-        if info.flags & ~_BPF_F_NUMA_NODE:
+        if info.flags & ~_LAYOUT_SAFE_FLAGS:
             raise ValueError(f"ring buffer {info.name!r} (id {info.id}) has map flags "
                              f"{info.flags:#x}, whose layout this consumer does not know")
         page = mmap.PAGESIZE

@@ -507,11 +507,10 @@ def test_lab_ping_from_blocked_source_fails(builds, path):
 @pytest.mark.lab
 def test_lab_foreign_xdp_program_is_left_alone(builds):
     from appliance.lab import Lab
-    from datapath import attach, preflight
+    from datapath import attach, preflight, probes
 
     b = builds[PATH_LPM]
-    fd, log = preflight.load_raw_prog(preflight._MOV64_R0_XDP_PASS + preflight._EXIT,
-                                      preflight.BPF_PROG_TYPE_XDP)
+    fd, log = probes.load_raw_prog(preflight._MOV64_R0_XDP_PASS + preflight._EXIT, bpfsys.BPF_PROG_TYPE_XDP)
     assert fd >= 0, log
     try:
         with Lab() as lab:

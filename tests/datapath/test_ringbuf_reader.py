@@ -29,7 +29,8 @@ import time
 import pytest
 
 from datapath import bpfsys
-from slowpath.ringbuf import (BPF_RINGBUF_BUSY_BIT, RingBuffer, RingBufferError, RingBufferReader,
+from datapath.bpfsys import BPF_RINGBUF_BUSY_BIT
+from slowpath.ringbuf import (RingBuffer, RingBufferError, RingBufferReader,
                               consume)
 
 RB_PAGES = 4          # 16 KiB: small, so wrap-around and a full ring are quick to reach

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from datapath import loader
+from datapath import compile as bpf_compile
 from datapath.errors import MicrosegError
 from datapath.loader import FastPath
 from appliance.lab import Lab
@@ -57,7 +57,7 @@ def test_bad_flow_table_size():
 
 
 def test_missing_headers_says_the_fix(monkeypatch, tmp_path):
-    monkeypatch.setattr(loader, "headers_dir", lambda: tmp_path / "nothing")
+    monkeypatch.setattr(bpf_compile, "headers_dir", lambda: tmp_path / "nothing")
     with pytest.raises(MicrosegError, match=r"kernel headers missing: .* run `make setup`"):
         FastPath()
 

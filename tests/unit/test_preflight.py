@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from datapath import bpfsys, preflight
+from datapath import bpfsys, preflight, probes
 
 OUR_NETNS_PREFIX = f"mspf{os.getpid()}"
 
@@ -76,15 +76,15 @@ def test_each_probe_finds_this_kernels_feature(root, probe):
 
 
 @pytest.mark.parametrize("args", [
-    (preflight.BPF_MAP_TYPE_HASH, 4, 4, 1, 0),
-    (preflight.BPF_MAP_TYPE_LRU_HASH, 4, 4, 16, 0),
-    (preflight.BPF_MAP_TYPE_LRU_HASH, 4, 4, 16, preflight.BPF_F_NO_COMMON_LRU),
-    (preflight.BPF_MAP_TYPE_LPM_TRIE, 8, 4, 1, preflight.BPF_F_NO_PREALLOC),
-    (preflight.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, 0),
-    (preflight.BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 1, 0),
+    (bpfsys.BPF_MAP_TYPE_HASH, 4, 4, 1, 0),
+    (bpfsys.BPF_MAP_TYPE_LRU_HASH, 4, 4, 16, 0),
+    (bpfsys.BPF_MAP_TYPE_LRU_HASH, 4, 4, 16, bpfsys.BPF_F_NO_COMMON_LRU),
+    (bpfsys.BPF_MAP_TYPE_LPM_TRIE, 8, 4, 1, bpfsys.BPF_F_NO_PREALLOC),
+    (bpfsys.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, 0),
+    (bpfsys.BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 1, 0),
 ], ids=["hash", "lru", "lru-no-common", "lpm", "ringbuf", "prog-array"])
 def test_map_types_this_kernel_creates(root, args):
-    ok, detail = preflight.probe_map(*args)
+    ok, detail = probes.probe_map(*args)
     assert ok, detail
 
 
@@ -92,7 +92,7 @@ def test_bloom_filter_needs_map_extra_layout(root):
     # map_extra (hash count) lives at offset 64 of bpf_attr; 16 hashes is over
     # the kernel's limit of 15, so a correct layout gets EINVAL here while a
     # wrong one (map_extra ignored) would succeed.
-    ok, detail = preflight.probe_map(preflight.BPF_MAP_TYPE_BLOOM_FILTER, 0, 4, 64, map_extra=16)
+    ok, detail = probes.probe_map(bpfsys.BPF_MAP_TYPE_BLOOM_FILTER, 0, 4, 64, map_extra=16)
     assert not ok and "EINVAL" in detail
 
 
@@ -106,21 +106,21 @@ def test_bloom_note_says_how_bcc_gets_the_map(root):
 # -- the probes discriminate --------------------------------------------------
 
 def test_helper_probe_discriminates(root):
-    ok, detail = preflight.probe_helper(100000)
+    ok, detail = probes.probe_helper(100000)
     assert not ok and "invalid func" in detail
-    ok, detail = preflight.probe_helper(preflight.BPF_FUNC_timer_init)
+    ok, detail = probes.probe_helper(bpfsys.BPF_FUNC_timer_init)
     assert ok, detail
 
 
 def test_helper_not_allowed_for_program_type_counts_as_missing(root):
     # bpf_override_return (58) exists, but only kprobe programs may call it:
     # for a tc program the probe must say missing.
-    ok, detail = preflight.probe_helper(58, preflight.BPF_PROG_TYPE_SCHED_CLS)
+    ok, detail = probes.probe_helper(58, bpfsys.BPF_PROG_TYPE_SCHED_CLS)
     assert not ok and "cannot use helper" in detail
 
 
 def test_map_probe_rejects_invalid_map_type(root):
-    ok, detail = preflight.probe_map(9999, 4, 4, 1)
+    ok, detail = probes.probe_map(9999, 4, 4, 1)
     assert not ok
     assert "EINVAL" in detail
 
@@ -149,7 +149,7 @@ def test_probe_turns_exceptions_into_missing(monkeypatch):
     def boom(cmd, attr):
         raise ValueError("synthetic")
     monkeypatch.setattr(bpfsys, "sys_bpf", boom)
-    ok, detail = preflight.probe_map(preflight.BPF_MAP_TYPE_HASH, 4, 4, 1)
+    ok, detail = probes.probe_map(bpfsys.BPF_MAP_TYPE_HASH, 4, 4, 1)
     assert not ok and "ValueError" in detail
     ok, detail = preflight.probe_bpf_syscall()
     assert not ok and "synthetic" in detail
@@ -237,7 +237,7 @@ def test_attr_layouts_match_uapi():
     # offsets from include/uapi/linux/bpf.h (union bpf_attr)
     m = bpfsys._MapCreateAttr
     assert m.map_name.offset == 28 and m.map_extra.offset == 64
-    p = preflight._ProgLoadAttr
+    p = bpfsys._ProgLoadAttr
     assert (p.insns.offset, p.license.offset, p.log_buf.offset, p.prog_name.offset,
             p.expected_attach_type.offset) == (8, 16, 32, 48, 68)
-    assert len(preflight._insn(0x95)) == 8  # struct bpf_insn
+    assert len(bpfsys.insn(0x95)) == 8  # struct bpf_insn
