@@ -30,19 +30,21 @@ the kernel's names are more precise and no EVE consumer enumerates them.
 """
 from __future__ import annotations
 
-import base64
 import enum
 import hashlib
 import ipaddress
 import json
+import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
+
+import communityid
 
 from datapath.enums import Reason, reason_description, reason_kind
 from protocols.api import Direction
@@ -67,7 +69,6 @@ MAX_DEPTH = 16
 # other protocols are written as their number.
 PROTO_NAMES = {1: "ICMP", 2: "IGMP", 6: "TCP", 17: "UDP", 47: "GRE", 50: "ESP", 51: "AH",
                58: "IPV6-ICMP", 132: "SCTP"}
-_PORT_PROTOS = frozenset({6, 17, 132})
 _ICMP_PROTOS = frozenset({1, 58})
 _TLS_VERSIONS = {0x0002: "SSLv2", 0x0300: "SSLv3", 0x0301: "TLSv1", 0x0302: "TLS 1.1",
                  0x0303: "TLS 1.2", 0x0304: "TLS 1.3"}
@@ -92,12 +93,17 @@ _CT_CLOSED = frozenset({"CT_TIME_WAIT", "CT_CLOSE"})
 
 
 # --- Community ID v1 ------------------------------------------------------------
-# https://github.com/corelight/community-id-spec. ICMP type/code become ports
-# the way Zeek pairs requests with replies: a type with a counterpart uses
-# (type, counterpart); any other is one-way, (type, code), never reordered.
-_ICMP4_PAIRS = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17}
-_ICMP6_PAIRS = {128: 129, 129: 128, 130: 131, 131: 130, 133: 134, 134: 133, 135: 136, 136: 135,
-                139: 140, 140: 139, 144: 145, 145: 144}
+# https://github.com/corelight/community-id-spec, computed by its reference
+# implementation (the communityid package). One algorithm object per seed:
+# it holds no per-flow state.
+# The package logs every tuple and the bytes it hashes at INFO, the level
+# the daemon logs at: four lines per flow that say nothing to an operator.
+logging.getLogger(communityid.__name__).setLevel(logging.WARNING)
+
+
+@lru_cache(maxsize=8)
+def _community_id_algo(seed: int) -> communityid.CommunityID:
+    return communityid.CommunityID(seed)
 
 
 def community_id(proto: int, saddr: str, daddr: str, sport: int | None = None,
@@ -109,34 +115,24 @@ def community_id(proto: int, saddr: str, daddr: str, sport: int | None = None,
     monitor omit what it cannot compute). Raises ValueError for addresses of
     different families or out-of-range values.
     """
-    a = ipaddress.ip_address(saddr).packed
-    b = ipaddress.ip_address(daddr).packed
-    if len(a) != len(b):
+    a, b = ipaddress.ip_address(saddr), ipaddress.ip_address(daddr)
+    if a.version != b.version:
         raise ValueError(f"community_id: {saddr} and {daddr} are not the same address family")
     if not 0 <= proto <= 255 or not 0 <= seed <= 0xFFFF:
         raise ValueError(f"community_id: proto {proto} or seed {seed} out of range")
-    one_way = False
-    if proto in _ICMP_PROTOS or proto in _PORT_PROTOS:
+    if proto in communityid.PORT_PROTOS:
         if sport is None or dport is None:
             return None
-        if proto in _ICMP_PROTOS:
-            pairs = _ICMP4_PAIRS if proto == 1 else _ICMP6_PAIRS
-            if sport in pairs:
-                dport = pairs[sport]
-            else:
-                one_way = True
-        if not (0 <= sport <= 0xFFFF and 0 <= dport <= 0xFFFF):
-            raise ValueError(f"community_id: port {sport} or {dport} out of range")
-        if not one_way and not (a < b or (a == b and sport < dport)):
-            a, b, sport, dport = b, a, dport, sport
-        tail = sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
     else:
-        if not (a < b):
-            a, b = b, a
-        tail = b""
-    digest = hashlib.sha1(seed.to_bytes(2, "big") + a + b + bytes((proto, 0)) + tail,
-                          usedforsecurity=False).digest()
-    return "1:" + base64.b64encode(digest).decode("ascii")
+        sport = dport = None            # the spec hashes no ports for other protocols
+    try:
+        tpl = communityid.FlowTuple(proto, a.packed, b.packed, sport, dport)
+    except communityid.FlowTupleError as e:
+        raise ValueError(f"community_id: {e}") from None
+    cid = _community_id_algo(seed).calc(tpl)
+    if cid is None:                     # the library could not pack the tuple
+        raise ValueError(f"community_id: {_community_id_algo(seed).get_error()}")
+    return cid
 
 
 # --- Flows ----------------------------------------------------------------------

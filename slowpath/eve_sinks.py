@@ -63,6 +63,21 @@ SYSLOG_SEVERITY = {"alert": SEVERITY_WARNING, "drop": SEVERITY_NOTICE}
 
 
 # --- Sinks -------------------------------------------------------------------------
+# Why not logging.handlers (QueueHandler -> bounded queue.Queue ->
+# QueueListener -> RotatingFileHandler), measured with 200,000 records of
+# 446 bytes on this 2-core VM (Python 3.11): 19 us of CPU per record as the
+# library comes, 9 us with subclasses that skip the record copy and the two
+# stat() calls per record, against 1.4 us here. The listener takes one
+# record per wakeup and the handler flushes (one write(2)) per record, where
+# this worker writes a batch of up to SINK_BATCH_RECORDS with one flush; the
+# writer thread holds the GIL the slow path needs. Three behaviours would
+# also need overriding: QueueListener.stop() joins without a timeout and
+# raises queue.Full when the queue is full (close() here is bounded and
+# counts what it leaves behind), RotatingFileHandler rolls over when a line
+# would reach max_bytes (">=", so a file holds one line fewer) and rotates
+# an empty file for a long line, and backupCount=0 appends forever instead
+# of truncating. The rotation scheme (path -> path.1 ... path.N) is
+# RotatingFileHandler's.
 class Sink:
     """A destination with a bounded queue and a worker thread.
 

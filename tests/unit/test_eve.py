@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import re
 import socket
 import struct
@@ -126,6 +127,14 @@ def test_community_id_without_needed_ports_and_bad_input():
         eve.community_id(6, "1.2.3.4", "::1", 1, 2)
     with pytest.raises(ValueError):
         eve.community_id(6, *V4, 1, 70000)
+
+
+def test_community_id_logs_nothing_at_the_daemons_level(caplog):
+    # The daemon logs at INFO; the communityid package logs each tuple and
+    # the bytes it hashes at INFO, which would be four lines per flow.
+    caplog.set_level(logging.INFO)
+    assert eve.community_id(6, "10.9.8.7", "10.9.8.6", 4242, 443)
+    assert [r for r in caplog.records if r.name.startswith("communityid")] == []
 
 
 def test_flow_info_community_id_and_flow_id():
