@@ -26,7 +26,7 @@ from datapath.policy_compile import (PolicyError, PolicyFile, compile_policy, fi
 from datapath.policy_tables import (GROUP_ANY, IPPROTO, POL, POL_NAMES, CompiledPolicy, Decision, Verdict,
                                     decide)
 
-from .configfile import MAX_POLICY_BYTES, FileErrors, duplicate_keys, parse_yaml, read_text, validation_errors
+from datapath.configfile import MAX_POLICY_BYTES, FileErrors, duplicate_keys, parse_yaml, read_text, validation_errors
 
 RUN_DIR = Path(os.environ.get("MICROSEG_RUN", "/run/microseg"))
 

@@ -1,5 +1,5 @@
 """The configuration of `microseg run` (one YAML file, validated; errors
-name file and line, appliance/configfile.py)."""
+name file and line, datapath/configfile.py)."""
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator

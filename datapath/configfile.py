@@ -21,7 +21,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from datapath.errors import UsageError
+from .errors import UsageError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -54,20 +54,24 @@ MAX_NESTING = 32
 MAX_ALIAS_NODES = 100_000
 
 
-def _node_at(node, loc) -> yaml.Node:
-    """The deepest YAML node along ``loc`` (keys and list indexes). Of a key
-    written twice, the last (the one the loaded data holds)."""
+def node_line(root, loc) -> int:
+    """1-based line of the deepest YAML node along ``loc`` (keys and list
+    indexes; of a key written twice, the last: the one the loaded data
+    holds). 1 when the file has no node at all."""
+    if root is None:
+        return 1
+    node = root
     for part in loc:
         if isinstance(node, yaml.MappingNode):
             found = [v for k, v in node.value if k.value == str(part)]
             if not found:
-                return node
+                break
             node = found[-1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
         else:
-            return node
-    return node
+            break
+    return node.start_mark.line + 1
 
 
 def load_model(path: str | Path, model: type[M]) -> M:
@@ -83,9 +87,8 @@ def load_model(path: str | Path, model: type[M]) -> M:
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = [p for p in err["loc"]]
-        node = _node_at(root, loc) if root is not None else None
-        line = node.start_mark.line + 1 if node is not None else 1
+        loc = list(err["loc"])
+        line = node_line(root, loc)
         field = ".".join(str(p) for p in loc) or "(top level)"
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         raise UsageError(f"{path}:{line}: {field}: {err['msg']}{more}")
@@ -199,13 +202,6 @@ def check_structure(text: str, path: str | Path) -> None:
                 stack[-1][1] += n
     except yaml.YAMLError as e:
         raise FileErrors(path, [_yaml_error(e, text)]) from None
-
-
-def node_line(root, loc) -> int:
-    """1-based line of the value at ``loc`` (1 when the file has no node there)."""
-    if root is None:
-        return 1
-    return _node_at(root, loc).start_mark.line + 1
 
 
 def parse_yaml(text: str, path: str | Path, what: str = "mapping"):

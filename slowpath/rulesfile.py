@@ -47,7 +47,7 @@ from typing import Literal
 import hyperscan
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
-from appliance.configfile import (MAX_RULES_BYTES, FileErrors, duplicate_keys, node_line, parse_yaml, read_text,
+from datapath.configfile import (MAX_RULES_BYTES, FileErrors, duplicate_keys, node_line, parse_yaml, read_text,
                                   validation_errors)
 from protocols.api import Direction
 from slowpath.dlp import DETECTORS, DlpRule

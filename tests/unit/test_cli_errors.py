@@ -95,7 +95,7 @@ def test_bad_config_file_names_file_and_line(tmp_path):
 
 
 # -- every file the CLI reads: one line, never a traceback or a crash ---------------
-# (issue 12 item 7; appliance/configfile.py read_text / parse_yaml). Each kind
+# (issue 12 item 7; datapath/configfile.py read_text / parse_yaml). Each kind
 # of file through the command that reads it; `replay` and `run` stop at the
 # bad file, before they compile or attach anything (the `run` configurations
 # name an interface that does not exist, so a regression cannot attach either).
@@ -170,7 +170,7 @@ def test_bad_file_is_one_line(tmp_path, kind, bad):
 def test_too_large_is_refused_before_reading(tmp_path, kind, limit):
     """A 200 MB policy grew `policy check` to 12 GB: the size is checked
     before the file is read (a sparse file: its size costs no disk)."""
-    from appliance import configfile
+    from datapath import configfile
     assert limit == {"policy": configfile.MAX_POLICY_BYTES, "rules": configfile.MAX_RULES_BYTES}.get(
         kind, configfile.MAX_SETTINGS_BYTES)
     f = tmp_path / f"{kind}.yaml"

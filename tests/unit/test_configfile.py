@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.configfile import load_model
+from datapath.configfile import load_model
 from datapath.config import DatapathConfig
 from datapath.errors import UsageError
 
@@ -50,3 +50,21 @@ def test_the_example_run_configuration_is_valid():
     example = Path(__file__).resolve().parents[2] / "deploy" / "run.yaml.example"
     cfg = load_model(example, RunConfig)
     assert cfg.interfaces and cfg.datapath.failure_actions.slowpath_down == "pass"
+
+
+def test_node_line_is_the_one_walk_both_reporters_use(tmp_path):
+    # load_model (first error) and validation_errors (every error) name the
+    # line through node_line: the deepest node along the path, the last of a
+    # key written twice, 1 for an empty file.
+    import yaml
+
+    from datapath.configfile import node_line
+    root = yaml.compose("a: 1\nb:\n  - x\n  - y: 2\na: 3\n")
+    assert node_line(root, ("a",)) == 5              # the repeat: what the data holds
+    assert node_line(root, ("b", 1, "y")) == 4
+    assert node_line(root, ("b", 1, "nope", 0)) == 4  # past the file: the deepest node there is
+    assert node_line(root, ("b", 7)) == 3
+    assert node_line(None, ("a",)) == 1
+    f = write(tmp_path, "timeouts:\n  established: 1\ntimeouts:\n  established: -1\n")
+    with pytest.raises(UsageError, match=r":4: timeouts.established"):
+        load_model(f, DatapathConfig)

@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from appliance.configfile import FileErrors
+from datapath.configfile import FileErrors
 from appliance.policyfile import compile_text, diff, load_text
 from datapath.policy_compile import (PRECEDENCE, PROTOS, check_policy, compile_policy, rule_keys)
 from datapath.policy_tables import (GROUP_ANY, GROUP_WORLD, INSPECT_BITS, INSPECT_HOLD, POL, decide,

@@ -1,4 +1,4 @@
-"""The one guarded way a YAML file comes in (appliance/configfile.py):
+"""The one guarded way a YAML file comes in (datapath/configfile.py):
 read_text (size, encoding) and parse_yaml (nesting and aliases checked on
 the parser's events before anything recursive runs). The CLI-level cases,
 one per kind of file, are in test_cli_errors.py."""
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance import configfile, policyfile
-from appliance.configfile import (MAX_ALIAS_NODES, MAX_NESTING, FileErrors, check_structure, load_model,
+from appliance import policyfile
+from datapath import configfile
+from datapath.configfile import (MAX_ALIAS_NODES, MAX_NESTING, FileErrors, check_structure, load_model,
                                   parse_yaml, read_text)
 from datapath.config import DatapathConfig
 from datapath.errors import UsageError
