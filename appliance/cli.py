@@ -55,7 +55,7 @@ def _config(args):
     from datapath.config import DatapathConfig
     from pydantic import ValidationError
 
-    from appliance.configfile import load_model
+    from datapath.configfile import load_model
 
     cfg = load_model(args.config, DatapathConfig) if args.config else DatapathConfig()
     if getattr(args, "flow_table_size", None):
@@ -358,7 +358,7 @@ def cmd_rollback(args) -> int:
 
 def cmd_run(args) -> int:
     require_privileges("running the appliance")
-    from appliance.configfile import load_model
+    from datapath.configfile import load_model
     from appliance.runconfig import RunConfig
     from appliance import daemon
 
@@ -378,7 +378,7 @@ def cmd_replay(args) -> int:
     import tempfile
 
     from appliance import policyfile as pf
-    from appliance.configfile import load_model
+    from datapath.configfile import load_model
     from datapath.config import DatapathConfig
     from datapath.loader import FastPath
     from slowpath import eve_sinks
