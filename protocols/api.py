@@ -10,6 +10,9 @@ from a pcap, a socket or the ring buffer. Bad input never raises: the parser
 returns a :class:`Malformed` event saying why and where, and ignores that
 direction from then on. The only exception a parser may raise is
 :class:`ProtocolError`, for misuse by the caller (data after end of stream).
+A parser over a byte stream is a :class:`StreamParser`: each direction is a
+:class:`StreamSide`, which holds the bytes of an incomplete unit, up to the
+parser's named cap.
 """
 from __future__ import annotations
 
@@ -90,6 +93,65 @@ class Parser(abc.ABC):
         malformed. Parsers that can recover (e.g. at a TLS record) override it.
         """
         return [Malformed(direction, f"gap of {size} bytes in the stream", -1)]
+
+
+class StreamSide:
+    """One direction of a byte-stream parser: the bytes it holds until a unit
+    (a line, a message head, a packet) is complete, and where they sit in the
+    direction's stream. Each parser's side class adds its own state.
+
+    ``max_buffered`` is the most bytes one direction may hold between calls:
+    each parser sets it from its own limits (a unit longer than they allow
+    fails the direction before more piles up), and the tests hold every
+    parser to it.
+    """
+    __slots__ = ("direction", "buf", "offset", "eof")
+    max_buffered: ClassVar[int]
+
+    def __init__(self, direction: Direction) -> None:
+        self.direction = direction
+        self.buf = bytearray()      # bytes not consumed yet
+        self.offset = 0             # stream offset of buf[0]
+        self.eof = False            # receive_eof came: more data is caller misuse
+
+    @property
+    def done(self) -> bool:
+        """The parser ignores the rest of this direction (given up, or nothing left to read)."""
+        return False
+
+    def check_open(self) -> None:
+        """Data for this direction is coming: refuse it after the direction's end."""
+        if self.eof:
+            raise ProtocolError(f"data after end of stream ({self.direction.name})")
+
+    def accept(self, data: bytes) -> bool:
+        """Take the next in-order bytes. False when the direction is done:
+        they are only counted, not held."""
+        self.check_open()
+        if self.done:
+            self.offset += len(data)
+            return False
+        self.buf += data
+        return True
+
+    def consume(self, n: int) -> None:
+        """The first ``n`` held bytes are parsed: let them go."""
+        if n:
+            del self.buf[:n]
+            self.offset += n
+
+    def discard(self) -> None:
+        """Let go of everything held (the direction gave up or ended)."""
+        self.consume(len(self.buf))
+
+
+class StreamParser(Parser):
+    """A parser over a byte stream, one :class:`StreamSide` per direction in ``_sides``."""
+    _sides: dict[Direction, StreamSide]
+
+    def buffered(self, direction: Direction) -> int:
+        """Bytes held for ``direction`` (at most its side's ``max_buffered``)."""
+        return len(self._sides[direction].buf)
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,11 @@ from protocols.api import (
     Direction,
     Event,
     Malformed,
-    Parser,
     ProtocolError,
     ProtocolPlugin,
     Signature,
+    StreamParser,
+    StreamSide,
 )
 
 # --- Limits ---------------------------------------------------------------
@@ -516,68 +517,72 @@ def decode_message(msg: bytes, direction: Direction) -> DnsMessage:
 
 # --- The parser -----------------------------------------------------------
 
-class _TcpSide:
-    """Framing state of one TCP direction."""
+class _Side(StreamSide):
+    """One direction. Over TCP ``buf`` holds the 2 prefix bytes or the body
+    being assembled; over UDP only ``eof`` is used (a datagram stands alone)."""
+    __slots__ = ("body_len", "dead")
+    max_buffered = MAX_TCP_BUFFER
 
-    def __init__(self) -> None:
-        self.buf = bytearray()      # the 2 prefix bytes, or the body being assembled
+    def __init__(self, direction: Direction) -> None:
+        super().__init__(direction)
         self.body_len: int | None = None  # None: still reading a length prefix
-        self.pos = 0                # stream offset of buf[0]
+        self.dead = False                 # gave up (Malformed): the rest is ignored
+
+    @property
+    def done(self) -> bool:
+        return self.dead
 
 
-class DnsParser(Parser):
+class DnsParser(StreamParser):
     """DNS messages of one flow; ``transport`` is "udp" or "tcp"."""
 
     def __init__(self, transport: str = "udp"):
         if transport not in ("udp", "tcp"):
             raise ProtocolError(f"DNS runs over udp or tcp, not {transport!r}")
         self.transport = transport
-        self._tcp = {d: _TcpSide() for d in Direction}
+        self._sides = {d: _Side(d) for d in Direction}
         self._udp_pos = {d: 0 for d in Direction}
-        self._dead: set[Direction] = set()
-        self._ended: set[Direction] = set()
-
-    def buffered(self, direction: Direction) -> int:
-        """Bytes held for ``direction`` (at most MAX_TCP_BUFFER)."""
-        return len(self._tcp[direction].buf)
 
     def receive_data(self, data: bytes, direction: Direction) -> list[Event]:
-        if direction in self._ended:
-            raise ProtocolError(f"data after end of stream ({direction.name})")
+        side = self._sides[direction]
+        side.check_open()
         if self.transport == "udp":
             return self._datagram(bytes(data), direction)
-        if direction in self._dead:
+        if side.done:
             return []
+        # Not side.accept(): the stream is taken a prefix or a body at a time,
+        # so the buffer never holds more than one of them.
         return self._stream(memoryview(data), direction)
 
     def receive_eof(self, direction: Direction) -> list[Event]:
-        self._ended.add(direction)
-        side = self._tcp[direction]
-        if self.transport == "udp" or direction in self._dead:
+        side = self._sides[direction]
+        side.eof = True
+        if self.transport == "udp" or side.done:
             return []
         if side.body_len is None and not side.buf:
             return []
         want = 2 if side.body_len is None else side.body_len
         what = "length prefix" if side.body_len is None else "message"
         event = Malformed(direction, f"stream ended inside a {what} "
-                          f"({len(side.buf)} of {want} bytes)", side.pos + len(side.buf))
+                          f"({len(side.buf)} of {want} bytes)", side.offset + len(side.buf))
         self._stop(direction)
         return [event]
 
     def receive_gap(self, direction: Direction, size: int) -> list[Event]:
         # Over UDP nothing spans datagrams, so a loss affects nothing after it.
-        if self.transport == "udp" or direction in self._dead:
+        side = self._sides[direction]
+        if self.transport == "udp" or side.done:
             return []
-        side = self._tcp[direction]
         event = Malformed(direction, f"gap of {size} bytes in the stream: message framing lost",
-                          side.pos + len(side.buf))
+                          side.offset + len(side.buf))
         self._stop(direction)
         return [event]
 
     def _stop(self, direction: Direction) -> None:
         """The direction ends (API: nothing after a Malformed); drop its buffer."""
-        self._dead.add(direction)
-        self._tcp[direction].buf = bytearray()
+        side = self._sides[direction]
+        side.dead = True
+        side.discard()
 
     def _datagram(self, data: bytes, direction: Direction) -> list[Event]:
         # A bad datagram is reported and the next one is read normally: each
@@ -590,7 +595,7 @@ class DnsParser(Parser):
             return [Malformed(direction, e.reason, base + e.offset)]
 
     def _stream(self, view: memoryview, direction: Direction) -> list[Event]:
-        side = self._tcp[direction]
+        side = self._sides[direction]
         events: list[Event] = []
         while view:
             want = 2 if side.body_len is None else side.body_len
@@ -605,18 +610,16 @@ class DnsParser(Parser):
                     # The length is all the framing there is: after a bad one
                     # the stream cannot be followed, so the direction ends.
                     events.append(Malformed(direction, f"length prefix {n} is shorter than "
-                                            f"the {HEADER_LEN}-byte header", side.pos))
+                                            f"the {HEADER_LEN}-byte header", side.offset))
                     self._stop(direction)
                     break
                 side.body_len = n
-                side.pos += 2
-                side.buf = bytearray()
+                side.consume(2)
                 continue
             body = bytes(side.buf)
-            start = side.pos
-            side.pos += len(body)
+            start = side.offset
             side.body_len = None
-            side.buf = bytearray()
+            side.discard()
             try:
                 events.append(decode_message(body, direction))
             except _Bad as e:

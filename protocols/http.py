@@ -64,7 +64,7 @@ from typing import ClassVar
 import httptools
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
-                           Parser, ProtocolError, ProtocolPlugin, Signature)
+                           ProtocolPlugin, Signature, StreamParser, StreamSide)
 
 # --- Limits -------------------------------------------------------------------
 
@@ -106,6 +106,12 @@ MAX_TUNNEL_PENDING_BYTES = 64 * 1024
 # nginx's large_client_header_buffers hold 8 KiB per line, so a longer line
 # is refused by common servers; one sent anyway probes an inspector's limits.
 MAX_FIELD_LINE_BYTES = 8190
+# What one direction holds between calls: an incomplete head or trailer
+# section (under MAX_HEAD_BYTES), a chunk-size line (under
+# MAX_CHUNK_LINE_BYTES), or what a client sent after CONNECT/Upgrade before
+# the answer (at most MAX_TUNNEL_PENDING_BYTES). Body bytes are emitted or
+# skipped as they arrive.
+MAX_BUFFERED_BYTES = max(MAX_HEAD_BYTES, MAX_CHUNK_LINE_BYTES, MAX_TUNNEL_PENDING_BYTES)
 # Longest method token a lenient request line may start with (extension
 # methods included; the longest registered one, UPDATEREDIRECTREF, has 17
 # characters). Past it without a blank, the bytes are not a request line.
@@ -650,25 +656,26 @@ class _Pending:
         self.switch = switch    # "connect" / "upgrade": the answer may end HTTP
 
 
-class _Side:
-    __slots__ = ("direction", "state", "buf", "offset", "scan", "eof", "remaining",
-                 "body_size", "body_emitted", "parts", "after")
+class _Side(StreamSide):
+    __slots__ = ("state", "scan", "remaining", "body_size", "body_emitted", "parts", "after")
+    max_buffered = MAX_BUFFERED_BYTES
 
     def __init__(self, direction: Direction) -> None:
-        self.direction = direction
+        super().__init__(direction)
         self.state = _HEAD
-        self.buf = bytearray()      # bytes not consumed yet
-        self.offset = 0             # stream offset of buf[0]
         self.scan = 0               # stream offset from which to look for a line end again
-        self.eof = False
         self.remaining = 0          # body or chunk bytes left
         self.body_size = 0
         self.body_emitted = 0
         self.parts: list[bytes] = []    # body bytes not yet emitted in this call
         self.after = _HEAD          # state after the current message
 
+    @property
+    def done(self) -> bool:
+        return self.state in (_DEAD, _TUNNEL)
 
-class HttpParser(Parser):
+
+class HttpParser(StreamParser):
     """HTTP/1.x on one TCP connection (both directions)."""
 
     def __init__(self) -> None:
@@ -679,7 +686,7 @@ class HttpParser(Parser):
     # -- introspection (tests, memory accounting)
 
     def buffered(self, direction: Direction) -> int:
-        """Bytes held for ``direction``."""
+        """Bytes held for ``direction`` (body parts are emitted before a call returns)."""
         side = self._sides[direction]
         return len(side.buf) + sum(map(len, side.parts))
 
@@ -691,12 +698,8 @@ class HttpParser(Parser):
 
     def receive_data(self, data: bytes, direction: Direction) -> list[Event]:
         side = self._sides[direction]
-        if side.eof:
-            raise ProtocolError(f"data after end of stream ({direction.name})")
-        if side.state in (_DEAD, _TUNNEL):
-            side.offset += len(data)
+        if not side.accept(data):
             return []
-        side.buf += data
         events: list[Event] = []
         self._run(side, events)
         return events
@@ -727,8 +730,8 @@ class HttpParser(Parser):
                     side.state = _CHUNK_END
         else:
             self._fail(side, f"gap of {size} bytes in the stream", len(side.buf), events)
-            side.offset += len(side.buf) + size
-            side.buf.clear()
+            side.discard()
+            side.offset += size
         return events
 
     def cut_head(self, direction: Direction) -> list[Event]:
@@ -754,8 +757,7 @@ class HttpParser(Parser):
                     side.direction, h.method, h.uri, h.version, h.get("host"), h.get("user-agent"),
                     h.get("content-type"), h.fields, None, False, tuple(anomalies), side.offset + skip))
         self._fail(side, "message head cut by the inspection budget", skip, events)
-        side.offset += len(side.buf)
-        side.buf.clear()
+        side.discard()
         return events
 
     # -- the loop
@@ -768,9 +770,7 @@ class HttpParser(Parser):
             if j is None:
                 break
             i = j
-        if i:
-            del side.buf[:i]
-            side.offset += i
+        side.consume(i)
         self._flush(side, events)
 
     def _finish(self, side: _Side, events: list[Event]) -> None:
@@ -783,8 +783,7 @@ class HttpParser(Parser):
             what = {_HEAD: "a message head", _BODY: f"the body ({side.remaining} bytes missing)"}
             self._fail(side, f"stream ended inside {what.get(side.state, 'a chunked body')}",
                        len(side.buf), events)
-            side.offset += len(side.buf)
-            side.buf.clear()
+            side.discard()
         self._flush(side, events)
 
     # -- states: each returns the new index into side.buf, or None to wait for bytes
@@ -1033,8 +1032,7 @@ class HttpParser(Parser):
         events.append(HttpTunnel(side.direction, via, target, status,
                                  client.offset, side.offset + end,
                                  client_data, bytes(side.buf[end:])))
-        client.offset += len(client_data)
-        client.buf.clear()
+        client.discard()
         client.state = side.state = _TUNNEL
         return len(side.buf)
 

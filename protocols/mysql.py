@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
-                           Parser, ProtocolError, ProtocolPlugin, Signature)
+                           ProtocolPlugin, Signature, StreamParser, StreamSide)
 
 # The longest prefix of a packet we keep. It holds a whole greeting (~100
 # bytes), a login up to its user, database and plugin names (names are at most
@@ -26,6 +26,10 @@ from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event
 # last and may be cut), an error message (the server caps them at 512 bytes)
 # and a query up to MAX_QUERY_BYTES. The rest of a packet is skipped unread.
 PACKET_HEAD_BYTES = 8192
+# What one direction holds between calls: a packet header (under 4 bytes) or
+# the head of a packet being read (at most PACKET_HEAD_BYTES); the rest of a
+# packet is skipped as it arrives.
+MAX_BUFFERED_BYTES = PACKET_HEAD_BYTES
 # Query text reported per COM_QUERY. Enough for the statement shape a SIEM or a
 # rule looks at; bulk INSERTs run to megabytes and are cut (truncated=True).
 MAX_QUERY_BYTES = 4096
@@ -148,15 +152,13 @@ def _lenenc(buf: bytes, pos: int) -> tuple[int, int] | None:
     return int.from_bytes(buf[pos + 1:pos + 1 + size], "little"), pos + 1 + size
 
 
-class _Side:
-    __slots__ = ("state", "buf", "offset", "eof", "skip", "continued", "head_len",
-                 "packet_len", "seq", "packet_offset")
+class _Side(StreamSide):
+    __slots__ = ("state", "skip", "continued", "head_len", "packet_len", "seq", "packet_offset")
+    max_buffered = MAX_BUFFERED_BYTES
 
-    def __init__(self) -> None:
+    def __init__(self, direction: Direction) -> None:
+        super().__init__(direction)
         self.state = "header"       # header -> head -> (skip) -> header ...; done
-        self.buf = bytearray()
-        self.offset = 0             # stream offset of buf[0]
-        self.eof = False
         self.skip = 0               # payload bytes still to skip
         self.continued = False      # this packet continues a 2^24-1 byte one
         self.head_len = 0
@@ -164,10 +166,14 @@ class _Side:
         self.seq = 0
         self.packet_offset = 0
 
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
 
-class MysqlParser(Parser):
+
+class MysqlParser(StreamParser):
     def __init__(self) -> None:
-        self._sides = {Direction.TO_SERVER: _Side(), Direction.TO_CLIENT: _Side()}
+        self._sides = {d: _Side(d) for d in Direction}
         self._server_phase = "greeting"     # greeting -> auth -> command
         self._client_phase = "login"        # login -> command
         self._awaiting_reply = False        # a client packet came; the next server one answers it
@@ -179,14 +185,10 @@ class MysqlParser(Parser):
 
     def receive_data(self, data: bytes, direction: Direction) -> list[Event]:
         side = self._sides[direction]
-        if side.eof:
-            raise ProtocolError(f"data after end of stream ({direction.name})")
-        if side.state == "done":
-            side.offset += len(data)
+        if not side.accept(data):
             return []
         events: list[Event] = []
         buf = side.buf
-        buf += data
         pos = 0
         while side.state != "done":
             if side.state == "skip":
@@ -215,10 +217,7 @@ class MysqlParser(Parser):
                 continued, side.continued = side.continued, side.packet_len == _CONTINUED
                 if not continued:
                     self._packet(side, direction, head, events)
-        if side.state == "done":
-            pos = len(buf)
-        del buf[:pos]
-        side.offset += pos
+        side.consume(len(buf) if side.done else pos)
         return events
 
     def receive_eof(self, direction: Direction) -> list[Event]:

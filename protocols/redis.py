@@ -19,13 +19,17 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
-                           Parser, ProtocolError, ProtocolPlugin, Signature)
+                           ProtocolPlugin, Signature, StreamParser, StreamSide)
 
 # Longest line we look through for its CR LF: a type byte plus a number, a
 # simple string or error, or an inline command. Redis itself refuses inline
 # requests over 64 KiB (PROTO_INLINE_MAX_SIZE) and its status and error lines
 # are short, so a longer line is not Redis.
 MAX_LINE_BYTES = 64 * 1024
+# What one direction holds between calls: a line without its LF yet (shorter
+# than MAX_LINE_BYTES) or a bulk string's closing CR LF; bulk bytes are read
+# as they arrive, never held.
+MAX_BUFFERED_BYTES = MAX_LINE_BYTES
 # Redis rejects bulk strings over 512 MiB (proto-max-bulk-len default). We
 # never buffer them (only MAX_SUMMARY_BYTES are kept), so this is a sanity
 # bound on the declared length, not a memory bound.
@@ -88,36 +92,34 @@ class _Frame:
         self.items: list[str] | None = [] if keep_items else None
 
 
-class _Side:
-    __slots__ = ("state", "buf", "offset", "eof", "stack", "bulk_left", "bulk_type",
-                 "bulk_len", "bulk_head")
+class _Side(StreamSide):
+    __slots__ = ("state", "stack", "bulk_left", "bulk_type", "bulk_len", "bulk_head")
+    max_buffered = MAX_BUFFERED_BYTES
 
-    def __init__(self) -> None:
+    def __init__(self, direction: Direction) -> None:
+        super().__init__(direction)
         self.state = "line"         # line | bulk | crlf | done
-        self.buf = bytearray()
-        self.offset = 0             # stream offset of buf[0]
-        self.eof = False
         self.stack: list[_Frame] = []
         self.bulk_left = 0
         self.bulk_type = ""
         self.bulk_len = 0
         self.bulk_head = bytearray()
 
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
 
-class RedisParser(Parser):
+
+class RedisParser(StreamParser):
     def __init__(self) -> None:
-        self._sides = {Direction.TO_SERVER: _Side(), Direction.TO_CLIENT: _Side()}
+        self._sides = {d: _Side(d) for d in Direction}
 
     def receive_data(self, data: bytes, direction: Direction) -> list[Event]:
         side = self._sides[direction]
-        if side.eof:
-            raise ProtocolError(f"data after end of stream ({direction.name})")
-        if side.state == "done":
-            side.offset += len(data)
+        if not side.accept(data):
             return []
         events: list[Event] = []
         buf = side.buf
-        buf += data
         pos = 0
         while side.state != "done":
             if side.state == "bulk":
@@ -152,10 +154,7 @@ class RedisParser(Parser):
                 at = side.offset + pos
                 pos = nl + 1
                 self._line(side, direction, line, at, events)
-        if side.state == "done":
-            pos = len(buf)
-        del buf[:pos]
-        side.offset += pos
+        side.consume(len(buf) if side.done else pos)
         return events
 
     def receive_eof(self, direction: Direction) -> list[Event]:

@@ -17,8 +17,8 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, Direction, Event, Malformed, Parser,
-                           ProtocolError, ProtocolPlugin, Signature)
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, Direction, Event, Malformed, ProtocolPlugin, Signature,
+                           StreamParser, StreamSide)
 
 # RFC 4253 4.2: the identification line is at most 255 characters including
 # the CR LF. Real implementations keep to it, so a longer line is not SSH.
@@ -32,6 +32,10 @@ MAX_PREBANNER_BYTES = 8192
 # in total, so a sender may not rely on more. KEXINIT is usually under 2 KiB
 # even with post-quantum algorithm names, so this only bounds the buffer.
 MAX_PACKET_BYTES = 35000
+# What one direction holds between calls: a pre-banner line (under
+# MAX_PREBANNER_BYTES), an identification line (under MAX_BANNER_BYTES) or
+# an incomplete packet (its 4-byte length plus at most MAX_PACKET_BYTES).
+MAX_BUFFERED_BYTES = max(MAX_PREBANNER_BYTES, MAX_BANNER_BYTES, 4 + MAX_PACKET_BYTES)
 
 MSG_IGNORE = 2
 MSG_DEBUG = 4
@@ -82,30 +86,29 @@ def _text(raw: bytes) -> str:
     return raw.decode("ascii", "backslashreplace")
 
 
-class _Side:
-    __slots__ = ("state", "buf", "offset", "eof", "prebanner", "banner")
+class _Side(StreamSide):
+    __slots__ = ("state", "prebanner", "banner")
+    max_buffered = MAX_BUFFERED_BYTES
 
-    def __init__(self) -> None:
+    def __init__(self, direction: Direction) -> None:
+        super().__init__(direction)
         self.state = "banner"       # banner -> packet -> done
-        self.buf = bytearray()
-        self.offset = 0             # stream offset of buf[0]
-        self.eof = False
         self.prebanner = 0          # bytes of pre-banner lines skipped
         self.banner: SshBanner | None = None
 
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
 
-class SshParser(Parser):
+
+class SshParser(StreamParser):
     def __init__(self) -> None:
-        self._sides = {Direction.TO_SERVER: _Side(), Direction.TO_CLIENT: _Side()}
+        self._sides = {d: _Side(d) for d in Direction}
 
     def receive_data(self, data: bytes, direction: Direction) -> list[Event]:
         side = self._sides[direction]
-        if side.eof:
-            raise ProtocolError(f"data after end of stream ({direction.name})")
-        if side.state == "done":
-            side.offset += len(data)
+        if not side.accept(data):
             return []
-        side.buf += data
         events: list[Event] = []
         while side.state != "done":
             if side.state == "banner":
@@ -114,9 +117,8 @@ class SshParser(Parser):
                 progressed = self._packet(side, direction, events)
             if not progressed:
                 break
-        if side.state == "done":
-            side.offset += len(side.buf)
-            side.buf.clear()
+        if side.done:
+            side.discard()
         return events
 
     def receive_eof(self, direction: Direction) -> list[Event]:
@@ -160,8 +162,7 @@ class SshParser(Parser):
         if not looks_ssh:
             if not self._not_banner(side, direction, events, line_len):
                 return False
-            del buf[:line_len]
-            side.offset += line_len
+            side.consume(line_len)
             side.prebanner += line_len
             return True
         if line_len > MAX_BANNER_BYTES:
@@ -181,8 +182,7 @@ class SshParser(Parser):
                            _text(comments) if space else None, _text(line))
         events.append(banner)
         side.banner = banner
-        del buf[:line_len]
-        side.offset += line_len
+        side.consume(line_len)
         # After an SSH 1 line comes SSH 1's packet format, which we do not parse.
         side.state = "packet" if banner.speaks_v2 else "done"
         return True
@@ -226,8 +226,7 @@ class SshParser(Parser):
         payload = bytes(buf[5:4 + packet_len - pad_len])
         msg = payload[0]
         if msg in (MSG_IGNORE, MSG_DEBUG):       # allowed anywhere, carry nothing for us
-            del buf[:total]
-            side.offset += total
+            side.consume(total)
             return True
         if msg != MSG_KEXINIT:
             return self._fail(side, direction, events,
