@@ -69,48 +69,35 @@ def _config(args):
 def cmd_up(args) -> int:
     require_privileges("attaching the fast path")
     from appliance import policyfile as pf
-    from datapath import attach, state
-    from datapath.policy_maps import PolicyMaps
+    from appliance.bringup import Policy, applied_policy, bring_up
+    from datapath import attach
 
     # Check the input first: a typo must fail before a compile and before any change.
     cfg = _config(args)
-    policy = None
     if args.policy:
-        model, pol, text = pf.compile_file(args.policy)
-        policy = (model, pol, text, args.policy)
+        policy = Policy(*pf.compile_file(args.policy), args.policy)
     else:
-        applied = pf.read_applied(args.netns)
-        if applied is not None:
-            # The new build starts with the policy in force, not with none:
-            # attaching before applying would let everything pass meanwhile.
-            model, pol = pf.compile_text(applied.text, applied.path)
-            policy = (model, pol, applied.text, applied.meta.get("file", str(applied.path)))
+        # The new build starts with the policy in force, not with none:
+        # attaching before applying would let everything pass meanwhile.
+        policy = applied_policy(args.netns)
     with attach.netlink(args.netns) as ipr:
         attach.resolve(ipr, args.iface, args.netns)
     own(args.netns, "up")
-    fp, state_lines = state.load(cfg, args.netns, pf.state_dir(args.netns) / state.LAYOUT_FILE,
-                                 fresh=args.fresh_state)
-    for line in state_lines:
-        print(f"state: {line}")
-    try:
-        pm = PolicyMaps.for_fastpath(fp)
-        pm.seed_generation(pf.last_generation(args.netns))
-        st = pm.apply(policy[1]) if policy else None
-        done = attach.attach(fp, args.iface, args.netns)
-    finally:
-        fp.close()  # the filters hold the programs and maps from here on
-    for a in done:
-        print(f"attached {a.name} on {a.iface} {a.direction.removeprefix('DIR_').lower()} (prog id {a.prog_id})")
-    if policy:
-        model, pol, text, source = policy
-        builds = [{"prog_id": a.prog_id, "generation": st.gen, "slot": st.slot}
-                  for a in done if a.direction == "DIR_INGRESS"][:1]
-        pf.store_applied(args.netns, text, source, builds, pf.summary(model, pol))
-        print(f"policy {source} in force (generation {st.gen})")
-        print(sync_blocklist(list(getattr(pol, "blocklist", [])), args.iface, args.netns,
-                              force_no_bloom=cfg.compat.bloom == "off"))
-    else:
-        print("no policy applied: every flow passes (apply one with `microseg policy apply FILE`)")
+
+    def prepare(b):
+        for line in b.state_lines:
+            print(f"state: {line}")
+
+    def after(b):
+        for a in b.attached:
+            print(f"attached {a.name} on {a.iface} {a.direction.removeprefix('DIR_').lower()} (prog id {a.prog_id})")
+        if policy:
+            print(f"policy {policy.source} in force (generation {b.applied.gen})")
+        else:
+            print("no policy applied: every flow passes (apply one with `microseg policy apply FILE`)")
+
+    bring_up(cfg, args.netns, args.iface, policy, fresh=args.fresh_state, prepare=prepare, after=after,
+             blocklist=print)
     return 0
 
 
@@ -169,31 +156,11 @@ def status_data(netns: str | None) -> dict:
 def _sessions_status(prog_id: int) -> dict:
     """Session table use of one build, as the kernel counts it, and the
     half-open table's entries (counted by walking it)."""
-    import ctypes
-
-    from datapath import pressure, sessions
+    from datapath import kernelstate, sessions
 
     try:
-        types = sessions.layouts()
         with sessions.AttachedBuild(prog_id) as b:
-            b.check_layouts(types)
-            tmo = sessions.read_timeouts_ns(b.fd("ms_timeouts"), types["ms_timeouts"][1])
-            pct = pressure.config_pressure_pct(b.fd("ms_config"), types["ms_config"][1])
-            p = pressure.read_pressure(b.fd("ms_pressure"), b.fd("ms_pressure_user"), types["ms_pressure"][1],
-                                       types["ms_pressure_user"][1], b.info("ms_flows").max_entries, pct)
-            out = {"ms_flows": p.as_dict()}
-            for name in sessions.FLOW_TABLES:
-                key, leaf = types[name]
-                present, expired = sessions.census(b.fd(name), leaf, ctypes.sizeof(key), tmo)
-                d = out.setdefault(name, {})
-                d.update(present=present, expired_unswept=expired)
-                if name == "ms_halfopen":
-                    d.update(entries=present, capacity=b.info(name).max_entries,
-                             pct_used=100.0 * present / max(b.info(name).max_entries, 1),
-                             evictions=pressure.halfopen_evictions(
-                                 b.fd("ms_pressure"), b.fd("ms_pressure_user"), types["ms_pressure"][1],
-                                 types["ms_pressure_user"][1], present))
-            return out
+            return kernelstate.table_use(kernelstate.BuildMaps.of_build(b, sessions.layouts()))
     except (MicrosegError, OSError) as e:
         return {"error": str(e).splitlines()[0]}
 
@@ -283,18 +250,14 @@ def cmd_sessions(args) -> int:
 def stats_data(netns: str | None) -> dict:
     """Reason counters of every attached build, summed: what was passed and
     dropped, by hook and reason."""
-    from datapath import sessions
-    from datapath.counters import read_counters_fd
-    from datapath.pressure import possible_cpus
+    from datapath import kernelstate, sessions
 
     builds = _open_builds(netns)
     total: dict = {}
     try:
         types = sessions.layouts()
         for b in builds:
-            b.check_layouts(types)
-            counts = read_counters_fd(b.fd("ms_counters"), types["ms_counters"][1], possible_cpus())
-            for k, (pk, by) in counts.items():
+            for k, (pk, by) in kernelstate.counters(kernelstate.BuildMaps.of_build(b, types)).items():
                 p0, b0 = total.get(k, (0, 0))
                 total[k] = (p0 + pk, b0 + by)
     finally:

@@ -87,9 +87,9 @@ class Daemon:
         """Everything that can fail on bad input or a bad kernel, before any
         change: files read and checked, then compile, policy, attach."""
         from appliance import policyfile as pf
-        from appliance.xdp import sync_blocklist
-        from datapath import attach, state
-        from datapath.policy_maps import PolicyMaps
+        from appliance.bringup import Policy, bring_up
+        from datapath import attach
+        from datapath.kernelstate import BuildMaps, metrics_reading
         from datapath.sweeper import Sweeper
         from datapath.sessions import layouts_of
         from slowpath.engine import Engine
@@ -99,7 +99,7 @@ class Daemon:
         from slowpath.inject import Injector
 
         cfg = self.cfg
-        policy = pf.compile_file(cfg.policy) if cfg.policy else None
+        policy = Policy(*pf.compile_file(cfg.policy), cfg.policy) if cfg.policy else None
         self.rules = load_rules_file(cfg.rules)
         if cfg.netns:
             from pyroute2 import netns as pnetns
@@ -112,60 +112,57 @@ class Daemon:
         with attach.netlink(cfg.netns) as ipr:
             attach.resolve(ipr, cfg.interfaces, cfg.netns)
         self.eve = eve_log(cfg)
+        self.force_no_bloom = cfg.datapath.compat.bloom == "off"
+
+        def prepare(b):
+            """The slow path, up before the programs are attached: the
+            heartbeat tells the kernel it may hand flows over."""
+            fp = self.fp = b.fp
+            for line in b.state_lines:
+                log.info("state: %s", line)
+            if policy:
+                log.info("policy %s in force (generation %d)", cfg.policy, b.applied.gen)
+            types = layouts_of(fp)
+            self.decoder = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
+                                         types["ms_flows"][0])
+            self.writer = VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
+                                        fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf)
+            self.writer.heartbeat(os.getpid())
+            kernel = BuildMaps.of_fastpath(fp)
+            self.metrics = Metrics(lambda: metrics_reading(kernel))
+            self.injector = Injector(session_seq(fp), self._call_later)
+            self.engine = Engine(self.rules, self.eve.emit, self.writer, failure_actions=cfg.datapath.failure_actions,
+                                 simulate=cfg.datapath.simulate, metrics=self.metrics, injector=self.injector,
+                                 plugins=fp.protocols, app_names={i: n for n, i in fp.l7.ids.items()},
+                                 session_stats=session_stats(fp), inspect_budget=cfg.datapath.inspect_budget)
+            self.ring, self.reader_class = open_payload_channel(fp)
+            from prometheus_client import Counter
+            self.ownership_lost = Counter("microseg_ownership_lost",
+                                          "Times the daemon found its programs, ring or heartbeat replaced by "
+                                          "someone else (it then exits for its supervisor to restart it)",
+                                          ["what"], registry=self.metrics.registry)
+            for what in ("programs", *OWNED_MAPS.values()):
+                self.ownership_lost.labels(what=what)
+            self.server = None
+            if cfg.metrics:
+                host, port = parse_listen(cfg.metrics.listen)
+                try:
+                    self.server = self.metrics.serve(host, port)
+                except OSError as e:
+                    raise UsageError(f"metrics.listen {cfg.metrics.listen}: {e.strerror or e}")
+
+        def after(b):
+            self.attached = b.attached
+            for a in self.attached:
+                log.info("attached %s on %s (prog id %d)", a.name, a.iface, a.prog_id)
+            self.own_progs = {(a.iface, a.direction): a.prog_id for a in self.attached}
+            self.own_maps = self._own_map_ids()
+
         # Sessions, counters, verdicts and the ring live in pinned maps: a
         # restart or an upgrade carries them on (datapath/state.py).
-        fp, lines = state.load(cfg.datapath, cfg.netns, pf.state_dir(cfg.netns) / state.LAYOUT_FILE)
-        self.fp = fp
-        for line in lines:
-            log.info("state: %s", line)
-        pm = PolicyMaps.for_fastpath(fp)
-        pm.seed_generation(pf.last_generation(cfg.netns))
-        if policy:
-            st = pm.apply(policy[1])
-            log.info("policy %s in force (generation %d)", cfg.policy, st.gen)
-        types = layouts_of(fp)
-        self.decoder = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
-                                     types["ms_flows"][0])
-        self.writer = VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
-                                    fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf)
-        self.writer.heartbeat(os.getpid())
-        self.metrics = Metrics(self._kernel_reader)
-        self.injector = Injector(session_seq(fp), self._call_later)
-        self.engine = Engine(self.rules, self.eve.emit, self.writer, failure_actions=cfg.datapath.failure_actions,
-                             simulate=cfg.datapath.simulate, metrics=self.metrics, injector=self.injector,
-                             plugins=fp.protocols, app_names={i: n for n, i in fp.l7.ids.items()},
-                             session_stats=session_stats(fp), inspect_budget=cfg.datapath.inspect_budget)
-        self.ring, self.reader_class = open_payload_channel(fp)
-        from prometheus_client import Counter
-        self.ownership_lost = Counter("microseg_ownership_lost",
-                                      "Times the daemon found its programs, ring or heartbeat replaced by "
-                                      "someone else (it then exits for its supervisor to restart it)",
-                                      ["what"], registry=self.metrics.registry)
-        for what in ("programs", *OWNED_MAPS.values()):
-            self.ownership_lost.labels(what=what)
-        self.server = None
-        if cfg.metrics:
-            host, port = parse_listen(cfg.metrics.listen)
-            try:
-                self.server = self.metrics.serve(host, port)
-            except OSError as e:
-                raise UsageError(f"metrics.listen {cfg.metrics.listen}: {e.strerror or e}")
-        self.attached = attach.attach(fp, cfg.interfaces, cfg.netns)
-        for a in self.attached:
-            log.info("attached %s on %s (prog id %d)", a.name, a.iface, a.prog_id)
-        self.own_progs = {(a.iface, a.direction): a.prog_id for a in self.attached}
-        self.own_maps = self._own_map_ids()
-        self.force_no_bloom = cfg.datapath.compat.bloom == "off"
-        if policy:
-            log.info("%s", sync_blocklist(list(getattr(policy[1], "blocklist", [])), cfg.interfaces, cfg.netns,
-                                          self.force_no_bloom))
-        self.sweeper = Sweeper.for_fastpath(fp)
-        if policy:
-            model, pol, text = policy
-            st = pm.state()
-            builds = [{"prog_id": a.prog_id, "generation": st.gen, "slot": st.slot}
-                      for a in self.attached if a.direction == "DIR_INGRESS"][:1]
-            pf.store_applied(cfg.netns, text, cfg.policy, builds, pf.summary(model, pol))
+        bring_up(cfg.datapath, cfg.netns, cfg.interfaces, policy, prepare=prepare, after=after,
+                 blocklist=lambda line: log.info("%s", line), keep_open=True)
+        self.sweeper = Sweeper.for_fastpath(self.fp)
         self.started = time.monotonic()
 
     # -- ownership -----------------------------------------------------------------
@@ -256,26 +253,6 @@ class Daemon:
 
     def _call_later(self, delay: float, fn) -> None:
         asyncio.get_running_loop().call_later(delay, fn)
-
-    def _kernel_reader(self) -> dict:
-        from slowpath.metrics import kernel_counter_rows
-        from datapath import pressure, sessions
-        counts = self.fp.counters()
-        t = self.fp.table
-        # ms_flows: the kernel's own count (O(1); a walk of half a million
-        # sessions per scrape would take seconds). ms_halfopen (an LRU, which
-        # the kernel does not count evictions of): one batched walk.
-        flows = pressure.read_pressure(t("ms_pressure").map_fd, t("ms_pressure_user").map_fd, t("ms_pressure").Leaf,
-                                       t("ms_pressure_user").Leaf, self.cfg.datapath.flow_table_size,
-                                       self.cfg.datapath.pressure_pct).entries
-        tmo = sessions.read_timeouts_ns(t("ms_timeouts").map_fd, t("ms_timeouts").Leaf)
-        halfopen, _ = sessions.census(t("ms_halfopen").map_fd, t("ms_halfopen").Leaf,
-                                      ctypes.sizeof(t("ms_halfopen").Key), tmo)
-        return {"counters": kernel_counter_rows(counts),
-                "sessions": {"ms_flows": flows, "ms_halfopen": halfopen},
-                "capacity": {"ms_flows": self.cfg.datapath.flow_table_size,
-                             "ms_halfopen": self.cfg.datapath.halfopen_table_size},
-                "pressure_pct": self.cfg.datapath.pressure_pct}
 
     # -- the loop ----------------------------------------------------------------
     def _on_record(self, raw: bytes) -> None:

@@ -217,8 +217,8 @@ def _gate(fp, gates: Gates, step: Step) -> None:
 
 def deploy(netns: str | None, ifaces: list[str], config, policy: tuple | None, gates: Gates,
            canary: str | None = None, say=print) -> Result:
-    from datapath import preflight, state
-    from datapath.policy_maps import PolicyMaps
+    from appliance.bringup import Policy, bring_up
+    from datapath import preflight
 
     res = Result()
     missing = [f.name for f in preflight.probe_all() if f.level == preflight.REQUIRED and not f.available]
@@ -230,22 +230,25 @@ def deploy(netns: str | None, ifaces: list[str], config, policy: tuple | None, g
     if policy is None and snap["policy_text"] is not None:
         model, pol = pf.compile_text(snap["policy_text"], snap["policy_meta"].get("file", "<applied>"))
         policy = (model, pol, snap["policy_text"], snap["policy_meta"].get("file", "<applied>"))
-    fp, lines = state.load(config, netns, pf.state_dir(netns) / state.LAYOUT_FILE)
-    try:
-        pm = PolicyMaps.for_fastpath(fp)
-        pm.seed_generation(pf.last_generation(netns))
-        st = pm.apply(policy[1]) if policy else None
-        say(f"3/5 compiled and verified; state: {'; '.join(lines) or 'new'}"
-            + (f"; policy generation {st.gen}" if st else ""))
+
+    def prepare(b):
+        say(f"3/5 compiled and verified; state: {'; '.join(b.state_lines) or 'new'}"
+            + (f"; policy generation {b.applied.gen}" if b.applied else ""))
+
+    def rollout(b):
+        """The canary, then the other interfaces one at a time, each step
+        behind the gates; a failed gate rolls back what was switched."""
         first = canary or ifaces[0]
         order = [[first]] + [[i] for i in ifaces if i != first]
         switched: list[str] = []
+        done = []
         for n, group in enumerate(order):
             step = Step(group)
             res.steps.append(step)
-            attached = attach.attach(fp, group, netns, managed=ifaces)
+            attached = attach.attach(b.fp, group, netns, managed=ifaces)
+            done += attached
             switched += group
-            _gate(fp, gates, step)
+            _gate(b.fp, gates, step)
             what = "4/5 canary" if n == 0 else f"5/5 rollout {n}/{len(order) - 1}"
             if step.failed:
                 say(f"{what} on {', '.join(group)}: gate failed: {step.failed}")
@@ -258,12 +261,12 @@ def deploy(netns: str | None, ifaces: list[str], config, policy: tuple | None, g
             say(f"{what} on {', '.join(group)}: {step.packets} packets, {step.drops} dropped"
                 + (f", verdict p99 {step.verdict_p99_ms:g} ms" if step.verdict_p99_ms is not None else "")
                 + f" (prog id {attached[0].prog_id})")
-        if policy:
-            model, pol, text, source = policy
-            builds = [{"prog_id": a.prog_id, "generation": st.gen, "slot": st.slot}
-                      for a in attach.attached(netns) if a.direction == "DIR_INGRESS"][:1]
-            pf.store_applied(netns, text, source, builds, pf.summary(model, pol))
+        return done
+
+    def after(b):
         say("done: every interface runs the new build (`microseg rollback` returns to the snapshot)")
-        return res
-    finally:
-        fp.close()
+
+    # The XDP blocklist stays as it is (blocklist=None): deploy replaces the tc build only.
+    bring_up(config, netns, ifaces, Policy(*policy) if policy else None, prepare=prepare, rollout=rollout,
+             after=after)
+    return res

@@ -7,7 +7,8 @@ registers globally leaks onto the endpoint). Two sources feed it:
 * The slow path records as it works: ring buffer records and losses,
   verdicts, failures by kind, reassembly cap hits, queue depth, flows, and
   the verdict latency histogram.
-* The kernel is read at scrape time: a user-supplied ``kernel_reader()``
+* The kernel is read at scrape time: a ``kernel_reader()`` (the daemon's is
+  datapath/kernelstate.py's metrics_reading, the reader `microseg status` uses)
   returns the reason counters and the session tables' sizes, and a custom
   collector turns them into ``microseg_packets_total``,
   ``microseg_bytes_total``, ``microseg_sessions`` and the table gauges.
@@ -32,7 +33,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -275,15 +275,3 @@ class Metrics:
         httpd, thread = start_http_server(port, addr=addr, registry=self.registry)
         return MetricsServer(httpd, thread)
 
-
-def kernel_counter_rows(counts: Mapping[Any, tuple[int, int]]) -> dict[tuple[str, str, str], tuple[int, int]]:
-    """datapath.counters.read_counters_fd's {(Direction, Reason): (pk, by)}
-    as the reader's {(hook, reason, kind): (pk, by)}, e.g.
-    ("ingress", "DROP_POLICY_DENY", "DROP")."""
-    from datapath.enums import reason_kind
-
-    rows = {}
-    for (direction, reason), value in counts.items():
-        hook = direction.name.removeprefix("DIR_").lower()
-        rows[(hook, reason.name, reason_kind(reason))] = value
-    return rows

@@ -225,6 +225,7 @@ def test_default_listen_address_is_loopback():
 
 
 def test_kernel_counter_rows_from_the_datapath_reader():
-    rows = m.kernel_counter_rows({(Direction.DIR_INGRESS, Reason.DROP_POLICY_DENY): (3, 180),
-                                  (Direction.DIR_EGRESS, Reason.PASS_FORWARD): (9, 900)})
+    from datapath.kernelstate import counter_rows
+    rows = counter_rows({(Direction.DIR_INGRESS, Reason.DROP_POLICY_DENY): (3, 180),
+                         (Direction.DIR_EGRESS, Reason.PASS_FORWARD): (9, 900)})
     assert rows == {("ingress", "DROP_POLICY_DENY", "DROP"): (3, 180), ("egress", "PASS_FORWARD", "PASS"): (9, 900)}

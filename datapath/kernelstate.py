@@ -1,0 +1,93 @@
+"""What one build's maps hold now, as the kernel counts it: the reason
+counters and the session tables' use. The one reader behind `microseg
+status` / `stats` (an attached build's maps, opened by id:
+sessions.AttachedBuild) and the Prometheus metrics (the daemon's own
+FastPath, read at each scrape).
+
+Both go through :class:`BuildMaps`: a map name -> its fd, its ctypes
+layout (Key, Leaf) and its capacity, whichever way the build was opened.
+"""
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from . import bpfsys, pressure, sessions
+from .counters import read_counters_fd
+from .enums import reason_kind
+
+
+@dataclass(frozen=True)
+class BuildMaps:
+    fd: Callable[[str], int]
+    types: Mapping[str, tuple[type, type]]      # map name -> (Key, Leaf)
+
+    @classmethod
+    def of_fastpath(cls, fp) -> "BuildMaps":
+        """A FastPath this process loaded (no compile: BCC's own types)."""
+        return cls(lambda name: fp.table(name).map_fd, sessions.layouts_of(fp))
+
+    @classmethod
+    def of_build(cls, build: "sessions.AttachedBuild", types: Mapping[str, tuple[type, type]]) -> "BuildMaps":
+        """An attached build, with the layouts of sessions.layouts() (checked first)."""
+        build.check_layouts(types)
+        return cls(build.fd, types)
+
+    def leaf(self, name: str) -> type:
+        return self.types[name][1]
+
+    def capacity(self, name: str) -> int:
+        """max_entries, as the kernel has it (the build may have been loaded by another process)."""
+        return bpfsys.map_info_by_fd(self.fd(name)).max_entries
+
+
+def counters(m: BuildMaps) -> dict:
+    """{(Direction, Reason): (packets, bytes)}, summed over CPUs; zeros left out."""
+    return read_counters_fd(m.fd("ms_counters"), m.leaf("ms_counters"), pressure.possible_cpus())
+
+
+def counter_rows(counts: Mapping) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """counters() as {(hook, reason, kind): (pk, by)}, e.g.
+    ("ingress", "DROP_POLICY_DENY", "DROP"): the labels of the metrics."""
+    rows = {}
+    for (direction, reason), value in counts.items():
+        rows[(direction.name.removeprefix("DIR_").lower(), reason.name, reason_kind(reason))] = value
+    return rows
+
+
+def table_use(m: BuildMaps, walk: tuple[str, ...] = sessions.FLOW_TABLES) -> dict:
+    """Use of both session tables. ms_flows: the kernel's own count (O(1)),
+    and its pressure state; ms_halfopen (an LRU whose evictions the kernel
+    does not count): entries and evictions from a walk. ``walk``: the
+    tables walked for entries present and expired but not yet swept; a walk
+    of half a million sessions takes seconds, so the metrics, read at every
+    scrape, walk ms_halfopen only."""
+    fd, leaf = m.fd, m.leaf
+    pct = pressure.config_pressure_pct(fd("ms_config"), leaf("ms_config"))
+    flows = pressure.read_pressure(fd("ms_pressure"), fd("ms_pressure_user"), leaf("ms_pressure"),
+                                   leaf("ms_pressure_user"), m.capacity("ms_flows"), pct)
+    out = {"ms_flows": flows.as_dict(), "ms_halfopen": {}}
+    tmo = sessions.read_timeouts_ns(fd("ms_timeouts"), leaf("ms_timeouts"))
+    for name in walk:
+        key, lf = m.types[name]
+        present, expired = sessions.census(fd(name), lf, ctypes.sizeof(key), tmo)
+        out[name].update(present=present, expired_unswept=expired)
+    h = out["ms_halfopen"]
+    if "present" in h:
+        cap = m.capacity("ms_halfopen")
+        h.update(entries=h["present"], capacity=cap, pct_used=100.0 * h["present"] / max(cap, 1),
+                 evictions=pressure.halfopen_evictions(fd("ms_pressure"), fd("ms_pressure_user"),
+                                                       leaf("ms_pressure"), leaf("ms_pressure_user"),
+                                                       h["present"]))
+    return out
+
+
+def metrics_reading(m: BuildMaps) -> dict:
+    """What slowpath/metrics.py's kernel collector wants at a scrape."""
+    use = table_use(m, walk=("ms_halfopen",))
+    f, h = use["ms_flows"], use["ms_halfopen"]
+    return {"counters": counter_rows(counters(m)),
+            "sessions": {"ms_flows": f["entries"], "ms_halfopen": h["present"]},
+            "capacity": {"ms_flows": f["capacity"], "ms_halfopen": m.capacity("ms_halfopen")},
+            "pressure_pct": f["pressure_pct"]}
