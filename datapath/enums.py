@@ -1,7 +1,8 @@
-"""Python's view of the enums shared with the kernel program.
+"""Python's view of the enums and bit flags shared with the kernel program.
 
 The single source is the X-macro lists ``MS_ENUM_<NAME>(X)`` in bpf/lib/*.h
-(see bpf/lib/enums.h). This module reads them at import; nothing here is
+(see bpf/lib/enums.h), and for bit flags their ``#define MS_<SET>_<NAME>``
+lines (DEFINE_SETS). This module reads them at import; nothing here is
 typed twice. tests/unit/test_enums.py compiles the values read here back into
 C as static asserts, so a change on one side that the other does not see
 fails the build of the test.
@@ -13,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .source import LIB_DIR
+from .source import LIB_DIR, header_defines
 
 _BLOCK = re.compile(r"#define\s+MS_ENUM_([A-Z0-9_]+)\(X\)((?:[^\n]*\\\n)*[^\n]*)")
 _ENTRY = re.compile(r'X\(\s*(\w+)\s*,\s*(\d+)\s*,\s*(\w+)\s*,\s*"((?:[^"\\]|\\.)*)"\s*\)')
@@ -73,6 +74,20 @@ VerdictCode = _make("VerdictCode", "VERDICT")
 REASON_COUNT = len(Reason)
 DIRECTION_COUNT = len(Direction)
 
+# Bit flags and values #defined in bpf/lib/*.h that Python uses, by set:
+# name without the prefix -> value. MS_FRAG_MAX is a table size the build
+# sets (-DMS_FRAG_MAX), not a value of the set.
+DEFINE_SETS = {
+    "CFG": header_defines("MS_CFG_"),           # struct ms_config.flags (maps.h)
+    "INSPECT": header_defines("MS_INSPECT_"),   # struct ms_verdict / ms_flow / ms_insp_hdr .inspect (maps.h)
+    "FRAG": {k: v for k, v in header_defines("MS_FRAG_").items() if k != "MAX"},  # ms_insp_hdr.frag (parse.h)
+}
+CFG = DEFINE_SETS["CFG"]
+INSPECT = DEFINE_SETS["INSPECT"]
+FRAG = DEFINE_SETS["FRAG"]
+# What a rule inspects, by its policy keyword (`inspect: [dpi, waf, dlp]`).
+INSPECT_BITS = {name: INSPECT[name.upper()] for name in ("dpi", "waf", "dlp")}
+
 
 def reason_kind(r: int) -> str:
     """'PASS' or 'DROP'."""
@@ -96,6 +111,10 @@ def c_static_asserts() -> str:
             f'_Static_assert((0 MS_ENUM_{cname}(MS_ENUM_COUNT)) == {len(entries)}, '
             f'"MS_ENUM_{cname} entry count differs between C and Python");')
         lines.append("#endif")
+    for prefix, values in DEFINE_SETS.items():
+        for name, value in values.items():
+            c = f"MS_{prefix}_{name}"
+            lines.append(f'_Static_assert({c} == {value:#x}, "{c} differs between C and Python");')
     lo = sum(1 << e.value for e in _LISTS["REASON"] if e.kind == "DROP" and e.value < 64)
     hi = sum(1 << (e.value - 64) for e in _LISTS["REASON"] if e.kind == "DROP" and e.value >= 64)
     lines.append(f'_Static_assert(MS_REASON_DROPMASK_LO == {lo:#x}ULL, "drop kinds differ");')

@@ -34,7 +34,7 @@ from . import bpfsys, compat, l7, tcp_fsm
 from .compile import compile_text, error_tail, load_func
 from .config import DatapathConfig
 from .counters import read_counters_fd
-from .enums import CtState, Direction, FailAction, FailKind, Reason, Stage
+from .enums import CFG, CtState, Direction, FailAction, FailKind, Reason, Stage
 from .errors import MicrosegError
 from .pressure import possible_cpus
 from .source import LIB_DIR, MAIN_SOURCE, inline_includes, program_text
@@ -116,12 +116,12 @@ class FastPath:
             fsm[ctypes.c_int(idx)] = ctypes.c_uint8(val)
         c = self.table("ms_config")
         v = c.Leaf()
-        v.flags = ((1 if config.loose else 0) | (2 if config.invalid_action == "pass" else 0)
-                   | (4 if config.window_action == "pass" else 0)
-                   | (8 if config.tailcall_action == "pass" else 0))
         sim = set(config.simulate)
-        v.flags |= ((0x10 if "ringbuf_full" in sim else 0) | (0x20 if "budget_exhausted" in sim else 0)
-                    | (0x40 if "slowpath_down" in sim else 0))
+        on = {"LOOSE": config.loose, "INVALID_PASS": config.invalid_action == "pass",
+              "WINDOW_PASS": config.window_action == "pass", "TAILCALL_PASS": config.tailcall_action == "pass",
+              "SIM_RINGBUF_FULL": "ringbuf_full" in sim, "SIM_BUDGET": "budget_exhausted" in sim,
+              "SIM_SLOWPATH_DOWN": "slowpath_down" in sim}
+        v.flags = sum(CFG[name] for name, wanted in on.items() if wanted)
         v.insp_budget = config.inspect_budget
         v.hb_timeout_ns = int(config.heartbeat_timeout_s * 1e9)
         fa = config.failure_actions

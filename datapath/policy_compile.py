@@ -79,9 +79,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
 
-from .enums import enum_list
+from .enums import INSPECT, INSPECT_BITS, enum_list
 from .errors import UsageError
-from .policy_tables import (GROUP_ANY, GROUP_WORLD, INSPECT_BITS, INSPECT_FAIL_SHIFT, INSPECT_HOLD, IPPROTO, POL, no_gc,
+from .policy_tables import (GROUP_ANY, GROUP_WORLD, IPPROTO, POL, no_gc,
                             PREFIX_ANY_PORT, PREFIX_ANY_PROTO, CompiledPolicy, ExactEntry,
                             RuleEntry, RuleInfo, Verdict, mapped, mapped_net, port_blocks)
 
@@ -174,8 +174,8 @@ class InspectSpec(BaseModel):
         for w in self.what:
             b |= INSPECT_BITS[w]
         if self.on_failure:
-            b |= (1 + FAIL_ACTIONS.index(self.on_failure)) << INSPECT_FAIL_SHIFT
-        return b | (INSPECT_HOLD if self.mode == "hold" else 0)
+            b |= (1 + FAIL_ACTIONS.index(self.on_failure)) << INSPECT["FAIL_SHIFT"]
+        return b | (INSPECT["HOLD"] if self.mode == "hold" else 0)
 
 
 class Defaults(BaseModel):

@@ -15,7 +15,6 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from .enums import enum_list
-from .source import header_defines
 
 POL = {e.name: e.value for e in enum_list("POL_ACTION")}
 POL_NAMES = {v: k.removeprefix("POL_").lower() for k, v in POL.items()}
@@ -25,12 +24,6 @@ GROUP_ANY = 0xFFFFFFFF
 PREFIX_ANY_PROTO = 64
 PREFIX_ANY_PORT = 72
 PREFIX_PORT = 88
-
-# struct ms_verdict.inspect bits, as bpf/lib/maps.h defines them.
-_INSP = header_defines("MS_INSPECT_")
-INSPECT_BITS = {"dpi": _INSP["DPI"], "waf": _INSP["WAF"], "dlp": _INSP["DLP"]}
-INSPECT_HOLD = _INSP["HOLD"]
-INSPECT_FAIL_SHIFT = _INSP["FAIL_SHIFT"]
 
 IPPROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 
@@ -55,7 +48,7 @@ def no_gc():
 class Verdict:
     action: int              # POL[...]
     rule_id: int = 0         # 0: a default
-    inspect: int = 0         # INSPECT_BITS | INSPECT_HOLD
+    inspect: int = 0         # enums.INSPECT bits: INSPECT_BITS of the rule | HOLD, failure action
     app: int = 0
     log: int = 0
 

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 from datapath.config import FailureActions
-from datapath.enums import VerdictCode
+from datapath.enums import FRAG, INSPECT, INSPECT_BITS, VerdictCode
 from protocols.api import Direction
 from slowpath import eve
 from slowpath.analyzer import FlowAnalyzer
@@ -52,13 +52,10 @@ MAX_PENDING_HTTP = 32
 # together, per flow; and the bytes one may grow to (a UDP datagram's most).
 MAX_FRAG_DATAGRAMS = 16
 MAX_DATAGRAM = 65_535
-FRAG_FIRST, FRAG_LATER, FRAG_MORE = 1, 2, 0x80
-INSPECT_WHAT = {0x01: "dpi", 0x02: "waf", 0x04: "dlp"}
 # Held records kept per flow for sending on at release: a request head and
 # a few retransmissions of it; past this the client's own retransmission
 # carries the rest.
 MAX_HELD_RECORDS = 64
-HOLD_BIT = 0x80
 TCP_FIN, TCP_RST = 0x01, 0x04
 HTTP_SWITCHING_PROTOCOLS = 101   # RFC 9110 15.2.2: the last HTTP/1.x answer on the connection
 
@@ -199,7 +196,7 @@ class Engine:
         if len(self.flows) >= MAX_FLOWS:
             _, oldest = self.flows.popitem(last=False)
             self._close(oldest, "forced", pop=False)
-        what = frozenset(n for bit, n in INSPECT_WHAT.items() if rec.inspect & bit) or frozenset({"dpi"})
+        what = frozenset(n for n, bit in INSPECT_BITS.items() if rec.inspect & bit) or frozenset({"dpi"})
         kernel_app = self.app_names.get(rec.app)
         info = eve.FlowInfo(flow_id=eve.make_flow_id(rec.l4, rec.client[0], rec.client[1], rec.server[0],
                                                      rec.server[1], rec.ts_ns),
@@ -208,7 +205,7 @@ class Engine:
         flow = Flow(rec.key, info, rec.transport, FlowAnalyzer(rec.transport, self.plugins, kernel_app),
                     StreamReassembler(budget=self.budget) if rec.l4 == 6 else None,
                     self.rules.flow(what, http_anomaly=self.failure_actions.http_anomaly),
-                    bool(rec.inspect & HOLD_BIT), rec.ts_ns, rec.rule_id, self.clock())
+                    bool(rec.inspect & INSPECT["HOLD"]), rec.ts_ns, rec.rule_id, self.clock())
         self.flows[rec.key] = flow
         self.counters.flows_opened += 1
         _note_held(flow, rec)             # before a simulated failure below may block it
@@ -249,12 +246,12 @@ class Engine:
                 flow.frags.popitem(last=False)
                 self.counters.failures["fragments_dropped"] += 1
             st = flow.frags[key] = {"pieces": {}, "end": None}
-        off = 0 if rec.frag & 0x7F == FRAG_FIRST else rec.frag_off * 8 - 8
+        off = 0 if rec.frag & ~FRAG["MORE"] == FRAG["FIRST"] else rec.frag_off * 8 - 8
         if off < 0 or off + len(rec.data) > MAX_DATAGRAM:
             flow.frags.pop(key, None)
             return None
         st["pieces"].setdefault(off, rec.data)       # first wins, as in streams
-        if not rec.frag & FRAG_MORE:
+        if not rec.frag & FRAG["MORE"]:
             st["end"] = off + len(rec.data)
         if st["end"] is None:
             return None

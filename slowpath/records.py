@@ -53,7 +53,7 @@ class InspRecord:
     hook: int
     orig_len: int         # payload bytes of the packet (> len(data): truncated)
     data: bytes
-    frag: int = 0         # 0; or MS_FRAG_FIRST / MS_FRAG_LATER, | FRAG_MORE when more follow
+    frag: int = 0         # 0; or MS_FRAG_FIRST / MS_FRAG_LATER, | MS_FRAG_MORE when more follow (enums.FRAG)
     frag_id: int = 0
     frag_off: int = 0     # in 8-byte units of the IP payload
 

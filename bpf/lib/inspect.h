@@ -25,6 +25,7 @@
 #define MS_INSPECT_H
 
 #include "maps.h"
+#include "parse.h"
 #include "reasons.h"
 
 /* What failure ``kind`` does to this packet of flow f. */
@@ -69,7 +70,7 @@ static __always_inline int ms_insp_copy(struct __sk_buff *skb, const struct ms_p
     b->h.inspect = f->inspect;
     b->h.hook = p->dir;
     b->h.initiator_is_hi = f->initiator_is_hi;
-    b->h.frag = p->frag | (p->frag_mf ? 0x80 : 0);
+    b->h.frag = p->frag | (p->frag_mf ? MS_FRAG_MORE : 0);
     b->h.frag_id = p->frag_id;
     b->h.frag_off = p->frag_off;
     __builtin_memset(b->h.pad, 0, sizeof(b->h.pad));

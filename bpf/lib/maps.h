@@ -642,7 +642,7 @@ struct ms_insp_rec {
     __u8  inspect;        /* MS_INSPECT_* of the rule */
     __u8  hook;           /* enum ms_dir */
     __u8  initiator_is_hi; /* the key's addr_hi/port_hi opened the flow */
-    __u8  frag;           /* MS_FRAG_* of the packet, | 0x80 when more fragments follow */
+    __u8  frag;           /* MS_FRAG_* of the packet, | MS_FRAG_MORE when more fragments follow */
     __u32 frag_id;        /* IP identification of a fragment */
     __u16 frag_off;       /* a fragment's offset in 8-byte units */
     __u8  pad[2];

@@ -42,6 +42,9 @@
 #define MS_FRAG_NONE  0
 #define MS_FRAG_FIRST 1
 #define MS_FRAG_LATER 2
+/* Or'ed into a payload record's frag (struct ms_insp_hdr, bpf/lib/maps.h)
+ * when more fragments follow: the slow path reassembles up to the last. */
+#define MS_FRAG_MORE  0x80
 
 #define MS_ETH_P_PPP_SES 0x8864   /* PPPoE session stage */
 #ifndef ETH_P_8021AD

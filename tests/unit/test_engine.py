@@ -7,6 +7,7 @@ import jsonschema
 import pytest
 
 from datapath.config import FailureActions
+from datapath.enums import FRAG, INSPECT
 from datapath.enums import VerdictCode as V
 from slowpath.engine import Engine
 from slowpath.eve import load_schema
@@ -22,7 +23,7 @@ domains:
   - {name: blocked, match: [evil.example, "*.malware.test"], fields: [http_host, tls_sni, dns_query], action: block}
 """
 CLIENT, SERVER = ("10.0.0.5", 40000), ("10.0.1.5", 80)
-WAF, DLP, DPI, HOLD = 0x02, 0x04, 0x01, 0x80
+WAF, DLP, DPI, HOLD = INSPECT["WAF"], INSPECT["DLP"], INSPECT["DPI"], INSPECT["HOLD"]
 VALIDATOR = jsonschema.Draft202012Validator(load_schema(), format_checker=jsonschema.FormatChecker())
 
 
@@ -210,10 +211,10 @@ def test_udp_datagram_from_fragment_records():
     h = Harness()
     q = dns_query(b"frag.example.org") + b"\0" * 40
     first, rest = q[:24], q[24:]
-    h.engine.handle(rec(first, l4=17, seq=0, inspect=DPI, frag=0x81, frag_id=9, server=("10.0.1.53", 53)))
+    h.engine.handle(rec(first, l4=17, seq=0, inspect=DPI, frag=FRAG["FIRST"] | FRAG["MORE"], frag_id=9, server=("10.0.1.53", 53)))
     assert h.codes() == []                                # incomplete: nothing parsed yet
     # the later fragment: its IP-payload offset counts the 8-byte UDP header
-    h.engine.handle(rec(rest, l4=17, seq=0, inspect=DPI, frag=0x02, frag_id=9, frag_off=(24 + 8) // 8,
+    h.engine.handle(rec(rest, l4=17, seq=0, inspect=DPI, frag=FRAG["LATER"], frag_id=9, frag_off=(24 + 8) // 8,
                         server=("10.0.1.53", 53)))
     assert h.codes() == [V.VERDICT_RELEASE]
     assert [r["dns"]["rrname"] for r in h.eve if r["event_type"] == "dns"] == ["frag.example.org"]

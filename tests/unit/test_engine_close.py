@@ -4,6 +4,7 @@ offline analysis does; an HTTP request answered by 101 Switching Protocols
 is logged with that answer whatever the connection speaks next."""
 from __future__ import annotations
 
+from datapath.enums import INSPECT
 from slowpath.analyzer import FlowAnalyzer
 from slowpath.engine import Engine
 from slowpath.records import InspRecord
@@ -25,7 +26,7 @@ def engine(records: list) -> Engine:
 
 def rec(data: bytes, side: int, seq: int, *, server=SERVER, flags=0x18) -> InspRecord:
     return InspRecord(ts_ns=1_000, key=KEY, client=CLIENT, server=server, side=side, seq=seq, ack_seq=0,
-                      tcp_flags=flags, l4=6, app=0, inspect=0x01, rule_id=1, hook=0, orig_len=len(data),
+                      tcp_flags=flags, l4=6, app=0, inspect=INSPECT["DPI"], rule_id=1, hook=0, orig_len=len(data),
                       data=data)
 
 

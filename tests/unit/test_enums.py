@@ -45,3 +45,26 @@ def test_parser_misses_nothing(tmp_path):
     hdr.write_text('#define MS_ENUM_T(X) \\\n    X(A, 0, PASS, "a") \\\n    X(B, 1, PASS, "b")\n')
     lists = enums.read_enum_lists(tmp_path)
     assert [e.name for e in lists["T"]] == ["A", "B"]
+
+
+def test_bit_flags_are_the_headers():
+    # The #define bit sets Python uses (maps.h, parse.h) are read, not
+    # restated: every name the loader and the slow path use is there, and
+    # the static asserts cover each value.
+    from datapath.enums import CFG, FRAG, INSPECT
+    assert {"LOOSE", "INVALID_PASS", "WINDOW_PASS", "TAILCALL_PASS", "SIM_RINGBUF_FULL", "SIM_BUDGET",
+            "SIM_SLOWPATH_DOWN"} <= set(CFG)
+    assert {"DPI", "WAF", "DLP", "HOLD", "FAIL_SHIFT"} <= set(INSPECT) and {"FIRST", "LATER", "MORE"} <= set(FRAG)
+    asserts = enums.c_static_asserts()
+    for prefix, values in enums.DEFINE_SETS.items():
+        for name in values:
+            assert f"_Static_assert(MS_{prefix}_{name} == " in asserts
+
+
+@pytest.mark.parametrize("define", ["MS_INSPECT_HOLD", "MS_CFG_LOOSE", "MS_FRAG_MORE"])
+def test_a_flag_disagreement_fails_the_build(define):
+    # A bit changed on one side only (here: Python's copy) stops the build.
+    wrong = enums.c_static_asserts().replace(f"({define} == ", f"({define} == 0x100 + ")
+    assert wrong != enums.c_static_asserts()
+    with pytest.raises(MicrosegError, match=f"{define} differs"):
+        _compile_with_asserts(wrong)

@@ -17,8 +17,8 @@ import pytest
 from datapath.configfile import FileErrors
 from appliance.policyfile import compile_text, diff, load_text
 from datapath.policy_compile import (PRECEDENCE, PROTOS, check_policy, compile_policy, rule_keys)
-from datapath.policy_tables import (GROUP_ANY, GROUP_WORLD, INSPECT_BITS, INSPECT_HOLD, POL, decide,
-                                    mapped, port_blocks)
+from datapath.enums import INSPECT, INSPECT_BITS
+from datapath.policy_tables import GROUP_ANY, GROUP_WORLD, POL, decide, mapped, port_blocks
 
 
 def errors_of(text: str) -> list[str]:
@@ -199,7 +199,7 @@ def test_groups_ids_cidrs_and_world():
     assert entries(pol, sg=2) == [(2, GROUP_ANY, 6, 0, 72, 3)]
     assert entries(pol, dg=3) == [(GROUP_ANY, 3, 0, 0, 64, 2)]
     v = next(e.verdict for e in pol.rules if e.verdict.rule_id == 3)
-    assert v.action == POL["POL_INSPECT"] and v.inspect == INSPECT_BITS["waf"] | INSPECT_BITS["dlp"] | INSPECT_HOLD
+    assert v.action == POL["POL_INSPECT"] and v.inspect == INSPECT_BITS["waf"] | INSPECT_BITS["dlp"] | INSPECT["HOLD"]
     assert (v.app, v.log) == (2, 1)
     assert pol.defaults["ingress"].action == POL["POL_DENY"] and pol.defaults["egress"].action == POL["POL_ALLOW"]
     assert pol.defaults["ingress"].rule_id == pol.defaults["egress"].rule_id == 0

@@ -18,6 +18,7 @@ import jsonschema
 import pytest
 
 from datapath.config import FailureActions
+from datapath.enums import INSPECT
 from datapath.enums import VerdictCode as V
 from slowpath.engine import Engine
 from slowpath.eve import load_schema
@@ -26,7 +27,7 @@ from slowpath.rulesfile import load_rules_text
 
 RULES = "waf:\n  sets: {sqli: block, xss: block, traversal: block, cmdi: block}\n"
 CLIENT, SERVER = ("10.0.0.5", 40000), ("10.0.1.5", 80)
-WAF, HOLD = 0x02, 0x80
+WAF, HOLD = INSPECT["WAF"], INSPECT["HOLD"]
 KEY = b"e" * 40
 OURS = jsonschema.Draft202012Validator(load_schema(), format_checker=jsonschema.FormatChecker())
 SURICATA_SCHEMA = Path(__file__).resolve().parents[3] / "shared/reference/suricata-eve-schema.json"
@@ -199,7 +200,7 @@ def test_unparseable_input_on_a_waf_flow_is_dropped_by_default():
     req = b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n\x16\x03\x01\x00\x05hello"
     verdicts, _ = run(req)
     assert verdicts == [V.VERDICT_RELEASE, V.VERDICT_BLOCK]
-    verdicts, _ = run(req, inspect=0x01)                     # dpi only: bypass as before
+    verdicts, _ = run(req, inspect=INSPECT["DPI"])                   # dpi only: bypass as before
     assert verdicts == [V.VERDICT_RELEASE, V.VERDICT_ALLOW]
     verdicts, _ = run(req, parser_error="bypass")            # an explicit setting wins
     assert verdicts == [V.VERDICT_RELEASE, V.VERDICT_ALLOW]
