@@ -32,7 +32,7 @@ SCRIPTS = PYPROJECT["project"]["scripts"]
 # the fast path compiled from the installed BPF sources (root only).
 PROBE = r"""
 import json, sys
-import appliance.cli, bpf, datapath.loader, datapath.source as src, protocols.registry, slowpath.eve as eve
+import appliance.cli, appliance.commands.parser, bpf, datapath.loader, datapath.source as src, protocols.registry, slowpath.eve as eve
 out = {
     "sys_path": sys.path,
     "modules": {m.__name__: m.__file__ for m in (appliance.cli, bpf, datapath.loader, src, protocols.registry, eve)},
@@ -40,7 +40,7 @@ out = {
     "lib_headers": sorted(p.name for p in src.LIB_DIR.glob("*.h")),
     "defines": len(src.header_defines("MS_")),
     "schema_path": str(eve.SCHEMA_PATH), "schema_keys": len(eve.load_schema()),
-    "precedence": len(appliance.cli._precedence()),
+    "precedence": len(appliance.commands.parser.precedence()),
 }
 if sys.argv[1:] == ["compile"]:
     from datapath.loader import FastPath

@@ -1,0 +1,213 @@
+"""What the kernel holds, read without changing it (but `sweep`, which
+deletes expired sessions): `microseg preflight`, `status`, `stats`,
+`sessions`, `sweep`. Session table use and reason counters come from
+datapath/kernelstate.py, the reader the metrics use too."""
+from __future__ import annotations
+
+import json
+
+from appliance.commands.common import open_builds, require_privileges
+from datapath.errors import MicrosegError
+
+MAP_TYPES = {1: "hash", 2: "array", 3: "prog_array", 5: "percpu_hash", 6: "percpu_array",
+             9: "lru_hash", 10: "lru_percpu_hash", 11: "lpm_trie", 27: "ringbuf", 30: "bloom_filter"}
+
+
+def cmd_preflight(args) -> int:
+    from datapath import preflight
+
+    feats = preflight.probe_all()
+    print(preflight.to_json(feats) if args.json else preflight.render(feats))
+    return preflight.exit_code(feats)
+
+
+def status_data(netns: str | None) -> dict:
+    from datapath import attach, bpfsys, pressure
+
+    items = attach.attached(netns)
+    progs = {}
+    ncpus = pressure.possible_cpus()
+    for a in items:
+        if a.prog_id and a.prog_id not in progs:
+            try:
+                prog, stage_ids, maps = bpfsys.build_maps(a.prog_id)
+            except OSError as e:
+                progs[a.prog_id] = {"error": str(e)}
+                continue
+            progs[a.prog_id] = {
+                "name": prog.name, "tag": prog.tag, "jited": prog.jited, "stage_prog_ids": stage_ids,
+                "maps": [{"id": m.id, "name": m.name, "type": MAP_TYPES.get(m.type, str(m.type)),
+                          "key_size": m.key_size, "value_size": m.value_size,
+                          "max_entries": m.max_entries, "memlock_bytes": m.memlock,
+                          "estimate_bytes": pressure.review_estimate(m, ncpus)} for m in maps],
+            }
+            if a.direction == "DIR_INGRESS":
+                progs[a.prog_id]["sessions"] = _sessions_status(a.prog_id)
+    return {"netns": netns, "attached": attach.as_dicts(items), "programs": progs}
+
+
+def _sessions_status(prog_id: int) -> dict:
+    """Session table use of one build, as the kernel counts it, and the
+    half-open table's entries (counted by walking it)."""
+    from datapath import kernelstate, sessions
+
+    try:
+        with sessions.AttachedBuild(prog_id) as b:
+            return kernelstate.table_use(kernelstate.BuildMaps.of_build(b, sessions.layouts()))
+    except (MicrosegError, OSError) as e:
+        return {"error": str(e).splitlines()[0]}
+
+
+def cmd_status(args) -> int:
+    require_privileges("reading fast path state")
+    from datapath.text import table
+
+    data = status_data(args.netns)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    where = f" in network namespace {args.netns}" if args.netns else ""
+    if not data["attached"]:
+        print(f"microseg is not attached to any interface{where}")
+        return 0
+    print(f"attached{where}:")
+    print(table([("interface", "hook", "prog id", "filter")] +
+                [(a["iface"], a["direction"].removeprefix("DIR_").lower(), a["prog_id"], a["name"])
+                 for a in data["attached"]]))
+    for pid, p in sorted(data["programs"].items()):
+        if "error" in p:
+            print(f"\nprogram {pid}: {p['error']}")
+            continue
+        print(f"\nprogram {pid} ({p['name']}, tag {p['tag']}, {'jited' if p['jited'] else 'interpreted'})")
+        if "sessions" in p:
+            print("sessions:")
+            print(_format_sessions_status(p["sessions"]))
+        print("maps (memlock: what the kernel charges; estimate: max entries x (key + value + 64)):")
+        print(table([("map", "type", "key", "value", "max entries", "memlock", "estimate")] +
+                    [(m["name"], m["type"], m["key_size"], m["value_size"], m["max_entries"],
+                      _size(m["memlock_bytes"]), _size(m["estimate_bytes"]) if m["estimate_bytes"] is not None
+                      else "-") for m in p["maps"]]))
+    return 0
+
+
+def _format_sessions_status(s: dict) -> str:
+    from datapath.text import table
+
+    if "error" in s:
+        return f"  (cannot read: {s['error']})"
+    f, h = s["ms_flows"], s["ms_halfopen"]
+    rows = [("table", "entries", "capacity", "used", "insert failures", "evictions", "alerts sent",
+             "expired, unswept"),
+            ("ms_flows", f["entries"], f["capacity"], _pct(f["pct_used"]), f["insert_failed"], "0 (never evicts)",
+             f["alerts"], f["expired_unswept"]),
+            ("ms_halfopen", h["entries"], h["capacity"], _pct(h["pct_used"]), "-", h.get("evictions", "?"), "-",
+             h["expired_unswept"])]
+    alert = "armed" if f["alert_armed"] else "sent, re-armed when use falls under the threshold"
+    return (table(rows) + f"\n  ms_flows entries = inserted {f['inserted']} - deleted by the kernel "
+            f"{f['deleted_kernel']} - by the sweeper {f['deleted_user']}; alert at {f['pressure_pct']}% "
+            f"({alert}); {f['present']} present in the map")
+
+
+def _pct(p: float) -> str:
+    return "<0.1%" if 0 < p < 0.1 else f"{p:.1f}%"
+
+
+def _size(n) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_stats(args) -> int:
+    require_privileges("reading fast path counters")
+    from datapath.counters import format_counters
+    from datapath.enums import reason_kind
+
+    data = stats_data(args.netns)
+    if args.json:
+        rows = [{"hook": d.name.removeprefix("DIR_").lower(), "reason": r.name,
+                 "action": reason_kind(r).lower(), "packets": pk, "bytes": by}
+                for (d, r), (pk, by) in sorted(data["counters"].items())]
+        print(json.dumps({"netns": args.netns, "prog_ids": data["prog_ids"], "counters": rows}, indent=2))
+        return 0
+    print(format_counters(data["counters"]))
+    return 0
+
+
+def stats_data(netns: str | None) -> dict:
+    """Reason counters of every attached build, summed: what was passed and
+    dropped, by hook and reason."""
+    from datapath import kernelstate, sessions
+
+    builds = open_builds(netns)
+    total: dict = {}
+    try:
+        types = sessions.layouts()
+        for b in builds:
+            for k, (pk, by) in kernelstate.counters(kernelstate.BuildMaps.of_build(b, types)).items():
+                p0, b0 = total.get(k, (0, 0))
+                total[k] = (p0 + pk, b0 + by)
+    finally:
+        for b in builds:
+            b.close()
+    return {"prog_ids": [b.prog_id for b in builds], "counters": total}
+
+
+def cmd_sessions(args) -> int:
+    require_privileges("reading sessions")
+    from datapath import sessions
+
+    flt = sessions.SessionFilter.from_args(args.src, args.dst, args.port, args.state, args.proto)
+    builds = open_builds(args.netns)
+    try:
+        types = sessions.layouts()
+        listings = []
+        for b in builds:
+            b.check_layouts(types)
+            fds = {n: b.fd(n) for n in sessions.FLOW_TABLES}
+            listings.append(sessions.list_sessions(fds, types, b.fd("ms_timeouts"), flt))
+    finally:
+        for b in builds:
+            b.close()
+    listing = sessions.merge(listings)
+    if args.json:
+        print(json.dumps({"netns": args.netns, "prog_ids": [b.prog_id for b in builds],
+                          "sessions": [s.as_dict() for s in listing.sessions],
+                          "summary": listing.summary()}, indent=2))
+        return 0
+    for s in listing.sessions:
+        print(sessions.format_session(s))
+    print(sessions.format_summary(listing))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    require_privileges("sweeping sessions")
+    from datapath import sessions
+    from datapath.sweeper import Sweeper
+
+    builds = open_builds(args.netns)
+    out = []
+    try:
+        types = sessions.layouts()
+        for b in builds:
+            st = Sweeper.for_build(b, types).sweep()
+            out.append({"prog_id": b.prog_id, "capacity": b.info("ms_flows").max_entries, **st.as_dict()})
+    finally:
+        for b in builds:
+            b.close()
+    if args.json:
+        print(json.dumps({"netns": args.netns, "sweeps": out}, indent=2))
+        return 0
+    for d in out:
+        print(f"build {d['prog_id']}: scanned {d['scanned']} (ms_flows {d['scanned_flows']}, "
+              f"ms_halfopen {d['scanned_halfopen']}), expired ms_flows {d['expired_flows']}, "
+              f"ms_halfopen {d['expired_halfopen']} in {d['seconds']:.3f} s (CPU {d['cpu_seconds']:.3f} s); "
+              f"ms_flows entries now {d['entries_after']} of {d['capacity']}"
+              + ("; pressure alert re-armed" if d["rearmed"] else ""))
+    return 0
+
