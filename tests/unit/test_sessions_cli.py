@@ -56,11 +56,18 @@ def shown(lab, *filters) -> list[dict]:
     return sessions_json(lab, *filters)["sessions"]
 
 
+# Each CLI call below may take seconds on a busy machine: the half-open
+# and TIME_WAIT sessions must outlive them all, so nothing expires mid-test.
+LONG_TIMEOUTS = "timeouts: {syn_sent: 3600, time_wait: 3600}\n"
+
+
 @pytest.mark.lab
-def test_sessions_status_and_sweep_in_the_lab():
+def test_sessions_status_and_sweep_in_the_lab(tmp_path):
+    settings = tmp_path / "datapath.yaml"
+    settings.write_text(LONG_TIMEOUTS)
     with Lab() as lab:
         try:
-            cli("up", "--netns", lab.gateway, "--iface", *GW_IFACES, check=True)
+            cli("up", "--netns", lab.gateway, "--iface", *GW_IFACES, "--config", str(settings), check=True)
             # a handshake nobody answers: half-open, SYN_SENT, unreplied
             lab.run(lab.client, ["curl", "-s", "--max-time", "1", f"http://{NOBODY_V4}:8081/"], check=False)
             with HttpServer(lab):
@@ -78,7 +85,7 @@ def test_sessions_status_and_sweep_in_the_lab():
             assert (s["proto"], s["src"], s["dst"], s["table"]) == ("tcp", CLIENT_V4, SERVER_V4, "ms_flows")
             assert s["sport"] not in (8080, 0)
             assert s["state"] == "TIME_WAIT"
-            assert 0 < s["timeout_s"] <= 120          # TIME_WAIT's default timeout
+            assert 120 < s["timeout_s"] <= 3600       # TIME_WAIT's configured timeout
             assert s["packets_orig"] >= 4 and s["packets_reply"] >= 4
             assert s["bytes_reply"] > s["bytes_orig"]  # the page came back
             assert "ASSURED" in s["flags"] and "UNREPLIED" not in s["flags"]
