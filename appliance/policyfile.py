@@ -23,7 +23,8 @@ from pydantic import ValidationError
 from datapath.errors import UsageError
 from datapath.policy_compile import (PolicyError, PolicyFile, compile_policy, field_name, group_of, no_gc,
                                      override_text, rule_text)
-from datapath.policy_tables import (GROUP_ANY, IPPROTO, POL, POL_NAMES, CompiledPolicy, Decision, Verdict,
+from datapath.flows import PROTO_NAMES
+from datapath.policy_tables import (GROUP_ANY, POL, POL_NAMES, CompiledPolicy, Decision, Verdict,
                                     decide)
 
 from datapath.configfile import MAX_POLICY_BYTES, FileErrors, duplicate_keys, parse_yaml, read_text, validation_errors
@@ -112,8 +113,9 @@ def summary_text(path, s: dict) -> str:
 
 def parse_proto(text: str) -> int:
     t = text.lower()
-    if t in IPPROTO:
-        return IPPROTO[t]
+    for num, name in PROTO_NAMES.items():
+        if name == t:
+            return num
     if t.isdigit() and 0 <= int(t) <= 255:
         return int(t)
     raise UsageError(f"protocol {text!r}: use tcp, udp, icmp, icmpv6 or a number 0-255")
@@ -195,7 +197,7 @@ def explain(pol: CompiledPolicy | None, src: str, dst: str, proto: int, dport: i
 
 def explain_text(e: dict, where: str) -> str:
     f = e["flow"]
-    pname = {v: k for k, v in IPPROTO.items()}.get(f["proto"], str(f["proto"]))
+    pname = PROTO_NAMES.get(f["proto"], str(f["proto"]))
 
     def ep(a, p):
         return (f"[{a}]" if ":" in a else a) + f":{p}"

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 from .text import table
 
-PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
+# The IP protocols the fast path keeps sessions of, by number -> the name
+# people write (policy `proto`, `--proto`, listings): the one name table.
+PROTO_NAMES = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp",
+               socket.IPPROTO_ICMPV6: "icmpv6"}
 
 
 def addr_text(raw) -> str:

@@ -73,6 +73,7 @@ import difflib
 import functools
 import ipaddress
 import re
+import socket
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -81,7 +82,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 from .enums import INSPECT, INSPECT_BITS, enum_list
 from .errors import UsageError
-from .policy_tables import (GROUP_ANY, GROUP_WORLD, IPPROTO, POL, no_gc,
+from .policy_tables import (GROUP_ANY, GROUP_WORLD, POL, no_gc,
                             PREFIX_ANY_PORT, PREFIX_ANY_PROTO, CompiledPolicy, ExactEntry,
                             RuleEntry, RuleInfo, Verdict, mapped, mapped_net, port_blocks)
 
@@ -103,8 +104,8 @@ def app_ids() -> dict[str, int]:
 
 # `proto` in a rule -> the IP protocol numbers it stands for (None: every protocol).
 PROTOS: dict[str, tuple[int, ...] | None] = {
-    "tcp": (IPPROTO["tcp"],), "udp": (IPPROTO["udp"],),
-    "icmp": (IPPROTO["icmp"], IPPROTO["icmpv6"]), "any": None,
+    "tcp": (socket.IPPROTO_TCP,), "udp": (socket.IPPROTO_UDP,),
+    "icmp": (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6), "any": None,
 }
 PORTED = ("tcp", "udp")
 MAPPED_V4 = ipaddress.IPv6Network("::ffff:0:0/96")
@@ -820,7 +821,7 @@ def compile_policy(model: PolicyFile, source: str = "", analysis: Analysis | Non
     for i, o in enumerate(model.overrides):
         rid = next_id + i
         pol.exact.append(ExactEntry(mapped(o.src).packed, mapped(o.dst).packed, o.sport, o.dport,
-                                    IPPROTO[o.proto], o.verdict(rid)))
+                                    PROTOS[o.proto][0], o.verdict(rid)))
         pol.rule_info[rid] = RuleInfo(rid, model.line("overrides", i), override_text(o), o.name or "",
                                       kind="override")
 

@@ -25,8 +25,6 @@ PREFIX_ANY_PROTO = 64
 PREFIX_ANY_PORT = 72
 PREFIX_PORT = 88
 
-IPPROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
-
 
 @contextlib.contextmanager
 def no_gc():

@@ -24,6 +24,7 @@ import ctypes
 import functools
 import ipaddress
 import os
+import socket
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -43,7 +44,7 @@ from .policy_maps import POLICY_MAPS
 from .source import LIB_DIR, header_defines, inline_includes, program_text
 
 FLOW_TABLES = ("ms_flows", "ms_halfopen")
-ICMP_PROTOS = (1, 58)
+ICMP_PROTOS = (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6)
 # Maps whose layouts user space reads or writes.
 LAYOUT_MAPS = ("ms_flows", "ms_halfopen", "ms_timeouts", "ms_pressure", "ms_pressure_user", "ms_config",
                "ms_counters", "ms_insp_scratch", "ms_verdicts", "ms_slowpath", "ms_syn_dst", "ms_syn_global",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -107,7 +108,7 @@ def _note_held(flow: Flow, rec: InspRecord) -> None:
     """Hold mode, no verdict yet: the kernel dropped this TCP payload, so
     the other end still expects its side's earliest held byte (a
     retransmission or reordering never lowers it)."""
-    if not (flow.hold and flow.verdict is None and rec.data and rec.l4 == 6):
+    if not (flow.hold and flow.verdict is None and rec.data and rec.l4 == socket.IPPROTO_TCP):
         return
     first = flow.held_from[rec.side]
     if first is None or (rec.seq - first) & 0x80000000:   # rec.seq before first, modulo 2**32
@@ -164,7 +165,7 @@ class Engine:
         flow.pkts[rec.side] += 1
         flow.bytes[rec.side] += rec.orig_len
         flow.copied[rec.side] += len(rec.data)
-        if rec.l4 == 6:
+        if rec.l4 == socket.IPPROTO_TCP:
             end = rec.seq + rec.orig_len + (1 if rec.tcp_flags & TCP_FIN else 0)
             flow.next_seq[rec.side] = end & 0xFFFFFFFF
             if rec.tcp_flags & 0x10:   # ACK: what the other side sends next
@@ -203,7 +204,7 @@ class Engine:
                             src_ip=rec.client[0], src_port=rec.client[1], dest_ip=rec.server[0],
                             dest_port=rec.server[1], proto=rec.l4, start=self.wallclock())
         flow = Flow(rec.key, info, rec.transport, FlowAnalyzer(rec.transport, self.plugins, kernel_app),
-                    StreamReassembler(budget=self.budget) if rec.l4 == 6 else None,
+                    StreamReassembler(budget=self.budget) if rec.l4 == socket.IPPROTO_TCP else None,
                     self.rules.flow(what, http_anomaly=self.failure_actions.http_anomaly),
                     bool(rec.inspect & INSPECT["HOLD"]), rec.ts_ns, rec.rule_id, self.clock())
         self.flows[rec.key] = flow

@@ -36,6 +36,7 @@ import ipaddress
 import json
 import logging
 import math
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -67,9 +68,10 @@ MAX_DEPTH = 16
 # --- Names as Suricata writes them -------------------------------------------
 # IANA keywords, upper case, as Suricata prints them ("IPV6-ICMP" included);
 # other protocols are written as their number.
-PROTO_NAMES = {1: "ICMP", 2: "IGMP", 6: "TCP", 17: "UDP", 47: "GRE", 50: "ESP", 51: "AH",
-               58: "IPV6-ICMP", 132: "SCTP"}
-_ICMP_PROTOS = frozenset({1, 58})
+PROTO_NAMES = {socket.IPPROTO_ICMP: "ICMP", socket.IPPROTO_IGMP: "IGMP", socket.IPPROTO_TCP: "TCP",
+               socket.IPPROTO_UDP: "UDP", socket.IPPROTO_GRE: "GRE", socket.IPPROTO_ESP: "ESP",
+               socket.IPPROTO_AH: "AH", socket.IPPROTO_ICMPV6: "IPV6-ICMP", socket.IPPROTO_SCTP: "SCTP"}
+_ICMP_PROTOS = frozenset({socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6})
 _TLS_VERSIONS = {0x0002: "SSLv2", 0x0300: "SSLv3", 0x0301: "TLSv1", 0x0302: "TLS 1.1",
                  0x0303: "TLS 1.2", 0x0304: "TLS 1.3"}
 FLOW_STATES = ("new", "established", "closed", "bypassed")

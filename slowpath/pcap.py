@@ -44,6 +44,7 @@ import ipaddress
 import os
 import struct
 from collections import Counter
+from socket import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP
 from dataclasses import dataclass, field
 from typing import ClassVar, Iterator, NamedTuple, Union
 
@@ -113,7 +114,6 @@ ETH_MPLS = {0x8847, 0x8848}
 ETH_PPPOE_SESSION = 0x8864
 PPP_IPV4, PPP_IPV6 = 0x0021, 0x0057
 
-IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_IPV6 = 4, 6, 17, 41
 # IPv6 extension headers with the generic (next header, length in 8-octet
 # units not counting the first) layout: hop-by-hop, routing, destination
 # options, mobility, HIP, shim6 (RFC 8200 4, RFC 7045).
@@ -491,7 +491,7 @@ class _Decoder:
             return self._ip(seg, 4, ts, depth + 1)
         if proto == IPPROTO_IPV6:
             return self._ip(seg, 6, ts, depth + 1)
-        if proto in (1, 58):
+        if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
             raise _NotFlow("icmp")
         raise _NotFlow(f"ip protocol {proto}")
 

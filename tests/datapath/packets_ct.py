@@ -33,7 +33,7 @@ EGR = Direction.DIR_EGRESS
 MAC_SRC = "02:00:00:00:00:01"
 MAC_DST = "02:00:00:00:00:02"
 
-IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6 = 6, 17, 1, 58
+from socket import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP  # noqa: E402  (importers use these names)
 
 FLOWS = "ms_flows"
 HALFOPEN = "ms_halfopen"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import socket
 
 import pytest
 
@@ -358,7 +359,7 @@ def reference(a, model, src: str, dst: str, proto: int, port: int, sport: int, h
     return 0, getattr(model.defaults, hook)
 
 
-PROTO_NUM = {"tcp": 6, "udp": 17, "icmp": 1}
+PROTO_NUM = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "icmp": socket.IPPROTO_ICMP}
 
 
 def random_policy(rng: random.Random) -> str:
