@@ -413,11 +413,6 @@ def test_alert_is_rearmed_when_usage_falls_under_the_threshold(fastpath, method)
     assert (p.alerts, p.alert_gen, p.gen) == (2, 2, 1)
 
 
-def test_sweeper_needs_a_threshold():
-    with pytest.raises(ValueError):
-        Sweeper(0, 0, 0, 0, 0, None, None, 1024, None, pressure_type=None, pressure_user_type=None)
-
-
 def test_bench_sweep_quick_runs():
     """bench/sweep.py checks its own sweeps (half deleted, counts agree, the
     method asked for is the one that ran) and prints both side by side."""

@@ -1,0 +1,33 @@
+"""Lab fixtures: namespaces built for one test and removed after it, also
+when it fails."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+
+@pytest.fixture
+def lab():
+    """A fresh lab (client, gateway, server namespaces), torn down after the test."""
+    from appliance.lab import Lab
+
+    with Lab() as built:
+        yield built
+
+
+@pytest.fixture
+def attached(lab, microseg):
+    """`attached(*up_args)`: a context in which `microseg up` holds the lab's
+    gateway interfaces; `microseg down` runs on the way out, also on failure."""
+    from appliance.lab import GW_IFACES
+
+    @contextlib.contextmanager
+    def attach(*up_args):
+        try:
+            microseg("up", "--netns", lab.gateway, "--iface", *GW_IFACES, *up_args, check=True)
+            yield lab
+        finally:
+            microseg("down", "--netns", lab.gateway, "--iface", *GW_IFACES)
+
+    return attach
