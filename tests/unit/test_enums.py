@@ -1,8 +1,6 @@
 """C and Python agree on every shared enum (one source: bpf/lib/*.h)."""
 from __future__ import annotations
 
-import pytest
-
 from datapath import enums
 
 
