@@ -18,15 +18,15 @@ def lab():
 
 @pytest.fixture
 def attached(lab, microseg):
-    """`attached(*up_args)`: a context in which `microseg up` holds the lab's
-    gateway interfaces; `microseg down` runs on the way out, also on failure."""
+    """`with attached(*up_args) as up:` `microseg up` holds the lab's gateway
+    interfaces inside the block (`up` is its CompletedProcess, exit 0
+    asserted); `microseg down` runs on the way out, also on failure."""
     from appliance.lab import GW_IFACES
 
     @contextlib.contextmanager
     def attach(*up_args):
         try:
-            microseg("up", "--netns", lab.gateway, "--iface", *GW_IFACES, *up_args, check=True)
-            yield lab
+            yield microseg("up", "--netns", lab.gateway, "--iface", *GW_IFACES, *up_args, check=True)
         finally:
             microseg("down", "--netns", lab.gateway, "--iface", *GW_IFACES)
 
