@@ -1,8 +1,8 @@
 """Policy files for the operator: load with line numbers, compile, explain,
 keep a copy of what was applied, and diff against it.
 
-``load()`` validates a file with pydantic (datapath/policy_compile.py has
-the model and the checks) and reports every error as ``file:line: message``
+``load()`` validates a file with pydantic (the model is datapath/policy_model.py,
+the checks datapath/policy_check.py) and reports every error as ``file:line: message``
 (FileErrors). What `microseg policy apply` loaded into a namespace is kept
 under /run/microseg/<netns or host>/: policy.yaml (the file's text, so
 `explain` and `diff` read exactly what was applied, line numbers included)
@@ -21,11 +21,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from datapath.errors import UsageError
-from datapath.policy_compile import (PolicyError, PolicyFile, compile_policy, field_name, group_of, no_gc,
-                                     override_text, rule_text)
+from datapath.policy_compile import compile_policy, group_of, override_text, rule_text
+from datapath.policy_model import PolicyError, PolicyFile, field_name
 from datapath.flows import PROTO_NAMES
 from datapath.policy_tables import (GROUP_ANY, POL, POL_NAMES, CompiledPolicy, Decision, Verdict,
-                                    decide)
+                                    decide, no_gc)
 
 from datapath.configfile import MAX_POLICY_BYTES, FileErrors, duplicate_keys, parse_yaml, read_text, validation_errors
 

@@ -59,7 +59,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance import policyfile  # noqa: E402
-from datapath.policy_compile import check_policy, compile_policy, no_gc  # noqa: E402
+from datapath.policy_check import check_policy  # noqa: E402
+from datapath.policy_compile import compile_policy  # noqa: E402
+from datapath.policy_tables import no_gc  # noqa: E402
 
 DEFAULT_RULES = 100_000
 DEFAULT_GROUPS = 5_000

@@ -1,5 +1,6 @@
-"""`microseg policy check|explain|apply|diff` (the model and compiler:
-appliance/policyfile.py, datapath/policy_compile.py)."""
+"""`microseg policy check|explain|apply|diff` (policy files:
+appliance/policyfile.py; model, checks and compiler: datapath/policy_model.py,
+policy_check.py, policy_compile.py)."""
 from __future__ import annotations
 
 import json

@@ -17,7 +17,8 @@ import pytest
 
 from datapath.configfile import FileErrors
 from appliance.policyfile import compile_text, diff, load_text
-from datapath.policy_compile import (PRECEDENCE, PROTOS, check_policy, compile_policy, rule_keys)
+from datapath.policy_check import check_policy
+from datapath.policy_compile import PRECEDENCE, PROTOS, compile_policy, rule_keys
 from datapath.enums import INSPECT, INSPECT_BITS
 from datapath.policy_tables import GROUP_ANY, GROUP_WORLD, POL, decide, mapped, port_blocks
 
@@ -514,7 +515,7 @@ def test_nesting_index_equals_the_pairwise_definition(seed):
     """check_policy finds nesting and partly-inside warnings through a prefix
     index (linear in the prefixes); the definition is pairwise: every
     prefix of b inside a prefix of a (_nested), warned when some are."""
-    from datapath.policy_compile import _nested, _net_text, _within
+    from datapath.policy_check import _nested, _within, net_text
 
     text = random_policy(random.Random(seed))
     a = check_policy(load_text(text, "r.yaml"))
@@ -528,6 +529,6 @@ def test_nesting_index_equals_the_pairwise_definition(seed):
                 continue
             inside = [n for n, r in zip(h.nets, h.spans()) if any(_within(r, q) for q in g.spans())]
             if inside:
-                want.append((h.line, f"{_net_text(inside[0])} of {h.name} lies inside {g.name}"))
+                want.append((h.line, f"{net_text(inside[0])} of {h.name} lies inside {g.name}"))
     got = [(ln, m.split(", but")[0]) for ln, m in a.warnings if " lies inside " in m]
     assert got == want, text
