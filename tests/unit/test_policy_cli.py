@@ -112,3 +112,26 @@ def test_diff_against_a_file(microseg, tmp_path):
     assert len(out) == 3
     same = microseg("policy", "diff", old, "--against", old, check=True).stdout
     assert same.endswith("no changes\n")
+
+
+# -- an empty policy: warned by check (refused by what puts it in force:
+# tests/e2e/test_cli_errors.py) --------------------------------------------------
+
+EMPTY_POLICIES = ["", "# nothing yet\n", "{}\n", "groups:\n  web: [10.0.1.0/24]\n", "rules: []\ndefaults:\n"]
+
+
+@pytest.mark.parametrize("text", EMPTY_POLICIES)
+def test_empty_policy_check_warns(microseg, tmp_path, text):
+    f = tmp_path / "empty.yaml"
+    f.write_text(text)
+    r = microseg("policy", "check", f)
+    assert r.returncode == 0 and "ok" in r.stdout
+    assert r.stderr.splitlines() == [f"{f}:1: warning: no rules, overrides or defaults: this policy denies "
+                                     f"every flow"], r.stderr
+
+
+def test_explicit_deny_all_is_not_warned(microseg, tmp_path):
+    f = tmp_path / "deny.yaml"
+    f.write_text("defaults: {ingress: deny, egress: deny}\n")
+    r = microseg("policy", "check", f)
+    assert r.returncode == 0 and r.stderr == ""
