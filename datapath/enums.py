@@ -3,7 +3,7 @@
 The single source is the X-macro lists ``MS_ENUM_<NAME>(X)`` in bpf/lib/*.h
 (see bpf/lib/enums.h), and for bit flags their ``#define MS_<SET>_<NAME>``
 lines (DEFINE_SETS). This module reads them at import; nothing here is
-typed twice. tests/unit/test_enums.py compiles the values read here back into
+typed twice. tests/datapath/test_enums_kernel.py compiles the values read here back into
 C as static asserts, so a change on one side that the other does not see
 fails the build of the test.
 """
