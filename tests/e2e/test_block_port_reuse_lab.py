@@ -15,17 +15,16 @@ SYN pass as one on the old session and the handshake die out of window.
 """
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from appliance.lab import GW_IFACES, SERVER_V4, SERVER_V6, Lab
-from test_hold_reset_lab import CLIENT_TIMEOUT_S, MICROSEG, RULES, SQLI, eve_records, reason_count, wait_for
+from appliance.lab import SERVER_V4, SERVER_V6, Lab
+from labrun import running_daemon
+from test_hold_reset_lab import CLIENT_TIMEOUT_S, RULES, SQLI, eve_records, reason_count, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -96,23 +95,8 @@ def reuse_lab(tmp_path_factory):
                                 stdout=subprocess.PIPE, text=True)
                 procs.append(srv)
                 assert srv.stdout.readline().strip() == "ready"
-            (tmp / "run.yaml").write_text(json.dumps({
-                "netns": lab.gateway, "interfaces": list(GW_IFACES),
-                "policy": str(tmp / "policy.yaml"), "rules": str(tmp / "rules.yaml"),
-                "eve": {"file": {"path": str(tmp / "eve.json")}}, "stats_interval_s": 60}))
-            run = subprocess.Popen([*MICROSEG, "run", "--config", str(tmp / "run.yaml")], stdout=subprocess.PIPE,
-                                   stderr=open(tmp / "run.log", "w"), text=True)
-            procs.append(run)
-            line = run.stdout.readline()
-            assert "microseg running" in line, (tmp / "run.log").read_text()
-            try:
+            with running_daemon(lab, tmp):
                 yield lab, tmp
-            finally:
-                if run.poll() is None:
-                    run.send_signal(signal.SIGTERM)
-                    run.wait(30)
-                subprocess.run([*MICROSEG, "down", "--netns", lab.gateway, "--iface", *GW_IFACES],
-                               capture_output=True)
         finally:
             for p in procs:
                 if p.poll() is None:

@@ -14,7 +14,6 @@ reset) and leave the server free for the next, legitimate client.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.lab import GW_IFACES, SERVER_V4, SERVER_V6, Lab
+from appliance.lab import SERVER_V4, SERVER_V6, Lab
+from labrun import running_daemon
 
 pytestmark = pytest.mark.lab
 
@@ -117,23 +117,8 @@ def hold_lab(tmp_path_factory):
                                    stderr=subprocess.STDOUT))
             wait_for(f"s_server on {TLS_PORT}", lambda: lab.run(lab.server, ["ss", "-Hltn", f"sport = :{TLS_PORT}"],
                                                                 check=False).stdout.strip())
-            (tmp / "run.yaml").write_text(json.dumps({
-                "netns": lab.gateway, "interfaces": list(GW_IFACES),
-                "policy": str(tmp / "policy.yaml"), "rules": str(tmp / "rules.yaml"),
-                "eve": {"file": {"path": str(tmp / "eve.json")}}, "stats_interval_s": 60}))
-            run = subprocess.Popen([*MICROSEG, "run", "--config", str(tmp / "run.yaml")], stdout=subprocess.PIPE,
-                                   stderr=open(tmp / "run.log", "w"), text=True)
-            procs.append(run)
-            line = run.stdout.readline()
-            assert "microseg running" in line, (tmp / "run.log").read_text()
-            try:
+            with running_daemon(lab, tmp):
                 yield lab, tmp
-            finally:
-                if run.poll() is None:
-                    run.send_signal(signal.SIGTERM)
-                    run.wait(30)
-                subprocess.run([*MICROSEG, "down", "--netns", lab.gateway, "--iface", *GW_IFACES],
-                               capture_output=True)
         finally:
             for p in procs:
                 if p.poll() is None:

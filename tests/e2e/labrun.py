@@ -1,0 +1,44 @@
+"""`microseg run` in a lab's gateway, for the lab tests that need the live
+daemon: started from a run configuration written beside the test's files,
+stopped (SIGTERM) and detached (`microseg down`) on the way out, also when
+the test fails."""
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from appliance.lab import GW_IFACES, Lab
+
+MICROSEG = [sys.executable, "-m", "appliance.cli"]
+STOP_WAIT_S = 30   # a stopping daemon drains its ring and logs its open flows first
+
+
+@contextlib.contextmanager
+def running_daemon(lab: Lab, tmp: Path, **config):
+    """`microseg run` with ``tmp``/policy.yaml and rules.yaml, EVE to
+    ``tmp``/eve.json and its log to ``tmp``/run.log; ``config`` adds or
+    overrides run settings. Yields the daemon's Popen once it says it runs."""
+    (tmp / "run.yaml").write_text(json.dumps({
+        "netns": lab.gateway, "interfaces": list(GW_IFACES),
+        "policy": str(tmp / "policy.yaml"), "rules": str(tmp / "rules.yaml"),
+        "eve": {"file": {"path": str(tmp / "eve.json")}}, "stats_interval_s": 60, **config}))
+    with open(tmp / "run.log", "w") as log:
+        run = subprocess.Popen([*MICROSEG, "run", "--config", str(tmp / "run.yaml")], stdout=subprocess.PIPE,
+                               stderr=log, text=True)
+    try:
+        line = run.stdout.readline()
+        assert "microseg running" in line, (tmp / "run.log").read_text()
+        yield run
+    finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGTERM)
+            try:
+                run.wait(STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                run.wait(5)
+        subprocess.run([*MICROSEG, "down", "--netns", lab.gateway, "--iface", *GW_IFACES], capture_output=True)
