@@ -152,6 +152,7 @@ class Daemon:
                     raise UsageError(f"metrics.listen {cfg.metrics.listen}: {e.strerror or e}")
 
         def after(b):
+            self.build = b          # what a reload records again (bringup.record)
             self.attached = b.attached
             for a in self.attached:
                 log.info("attached %s on %s (prog id %d)", a.name, a.iface, a.prog_id)
@@ -309,6 +310,7 @@ class Daemon:
 
     async def _reload(self) -> None:
         from appliance import policyfile as pf
+        from appliance.bringup import Policy, record
         from appliance.xdp import sync_blocklist
         from datapath.policy_maps import PolicyMaps
         loop = asyncio.get_running_loop()
@@ -316,17 +318,27 @@ class Daemon:
         result = {"policy": "unchanged (no policy file)", "rules": "unchanged"}
         if self.cfg.policy:
             def apply_policy():
-                _, pol, _ = pf.compile_file(self.cfg.policy)
-                return pol, PolicyMaps.for_fastpath(self.fp).apply(pol)
+                policy = Policy(*pf.compile_file(self.cfg.policy), self.cfg.policy)
+                return policy, PolicyMaps.for_fastpath(self.fp).apply(policy.pol)
             pol = None
             try:
-                pol, st = await loop.run_in_executor(None, apply_policy)
+                policy, st = await loop.run_in_executor(None, apply_policy)
+                pol = policy.pol
                 log.info("reload: policy %s in force (generation %d)", self.cfg.policy, st.gen)
                 result.update(policy="applied", generation=st.gen)
             except (MicrosegError, OSError) as e:
                 log.error("reload: policy not applied, the running one stays: %s", e)
                 result["policy"] = f"not applied, the running one stays: {str(e).splitlines()[0]}"
             if pol is not None:
+                # The stored copy as the bring-up writes it: `policy explain`,
+                # `diff`, `status` and the next `up` read what is in force.
+                # Only after a successful apply: a failed one changed nothing.
+                self.build.policy, self.build.applied = policy, st
+                try:
+                    await loop.run_in_executor(None, record, self.build)
+                except OSError as e:   # the policy is in force all the same
+                    log.error("reload: applied policy not recorded: %s", e)
+                    result["policy"] = f"applied, not recorded: {e.strerror or e}"
                 # netns None: this process is in the namespace already. pyroute2's
                 # NetNS (by name) forks a helper, which must not happen in a
                 # process running an event loop and threads: it once took the
