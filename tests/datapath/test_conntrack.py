@@ -1414,9 +1414,10 @@ def test_halfopen_evictions_can_be_told(fastpath):
     conn.handshake()                      # 1 insert, 1 removal (promoted)
     syn = bytes(ether() / IP(src=cli, dst=srv) / TCP(sport=50000, dport=80, flags="S", seq=7))
     runner = PatchedRunner(fastpath.prog_fd(ING), syn)
-    # More than the table holds (65,536 split over the CPUs' LRU lists,
-    # and test runs land on one CPU): the LRU must evict.
-    n = 40000
+    # More than the whole table holds (65,536 entries over the CPUs' LRU
+    # lists): the LRU must evict, on whichever CPUs the scheduler runs the
+    # test (a busy machine moves it between them mid-loop).
+    n = 70000
     for i in range(n):                    # n inserts, no removals
         runner.view[OFF_SPORT:OFF_SPORT + 2] = (1024 + i % 60000).to_bytes(2, "big")
         runner.view[OFF_IP_SRC + 3] = i // 60000
