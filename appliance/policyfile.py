@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from datapath import attach
 from datapath.errors import UsageError
 from datapath.policy_compile import compile_policy, group_of, override_text, rule_text
 from datapath.policy_model import PolicyError, PolicyFile, field_name
@@ -28,8 +29,6 @@ from datapath.policy_tables import (GROUP_ANY, POL, POL_NAMES, CompiledPolicy, D
                                     decide, no_gc)
 
 from datapath.configfile import MAX_POLICY_BYTES, FileErrors, duplicate_keys, parse_yaml, read_text, validation_errors
-
-RUN_DIR = Path(os.environ.get("MICROSEG_RUN", "/run/microseg"))
 
 
 def load_text(text: str, path: str | Path) -> PolicyFile:
@@ -241,7 +240,7 @@ def explain_text(e: dict, where: str) -> str:
 # -- what was applied --------------------------------------------------------------
 
 def state_dir(netns: str | None) -> Path:
-    return RUN_DIR / (netns or "host")
+    return attach.RUN_DIR / (netns or "host")
 
 
 @dataclass

@@ -39,9 +39,11 @@ NAME_PREFIX = "microseg:"
 PARENT = {Direction.DIR_INGRESS: 0xFFFFFFF2, Direction.DIR_EGRESS: 0xFFFFFFF3}
 PARENT_STR = {Direction.DIR_INGRESS: "ffff:fff2", Direction.DIR_EGRESS: "ffff:fff3"}
 TC_H_CLSACT = 0xFFFFFFF1
-# Where `up` remembers the clsact qdiscs it created, so `down` removes those
-# and leaves an operator's own clsact in place.
-STATE_DIR = Path(os.environ.get("MICROSEG_RUN_DIR", "/run/microseg"))
+# microseg's run directory, the one definition every layer reads: the owner
+# locks, the sweeper locks, the applied policy and layout records, and where
+# `up` remembers the clsact qdiscs it created (so `down` removes those and
+# leaves an operator's own clsact in place). MICROSEG_RUN moves it (tests).
+RUN_DIR = Path(os.environ.get("MICROSEG_RUN", "/run/microseg"))
 
 
 @dataclass
@@ -91,7 +93,7 @@ def _has_clsact(ipr, ifindex: int) -> bool:
 
 
 def _state_file(netns: str | None) -> Path:
-    return STATE_DIR / f"clsact-{netns or 'host'}.json"
+    return RUN_DIR / f"clsact-{netns or 'host'}.json"
 
 
 def _load_state(netns):

@@ -47,7 +47,7 @@ class Owned(MicrosegError):
 
 
 def run_dir() -> Path:
-    return attach.STATE_DIR
+    return attach.RUN_DIR
 
 
 def lock_path(netns: str | None, directory: Path | None = None) -> Path:

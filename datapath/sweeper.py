@@ -67,7 +67,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bpfsys
+from . import attach, bpfsys
 from .errors import MicrosegError
 from .loader import SWEEP_MAPS, SweepProgram, compile_sweep
 from .pressure import config_pressure_pct, read_pressure
@@ -287,7 +287,7 @@ class Sweeper:
     # -- one sweeper per build ---------------------------------------------
     def _lock_file(self, lock_dir: Path | None) -> Path:
         if lock_dir is None:
-            lock_dir = Path(os.environ.get("MICROSEG_RUN_DIR", "/run/microseg"))
+            lock_dir = attach.RUN_DIR
         map_id = bpfsys.map_info_by_fd(self.pressure_user_fd).id
         return lock_dir / f"sweep-{map_id}.lock"
 

@@ -13,7 +13,7 @@
 * `ip netns exec GW microseg up ...` pins in the system's bpffs: traffic
   passes after the command exits.
 
-Every run directory is the test's own (MICROSEG_RUN, MICROSEG_RUN_DIR), so
+Every run directory is the test's own (MICROSEG_RUN), so
 what is left behind is read from it alone.
 """
 from __future__ import annotations
@@ -116,7 +116,7 @@ print(json.dumps({"rounds": rounds, "lost": n - len(alive), "errors": errors[:5]
 
 
 def env_for(run_dir: Path) -> dict:
-    return dict(os.environ, MICROSEG_RUN=str(run_dir), MICROSEG_RUN_DIR=str(run_dir),
+    return dict(os.environ, MICROSEG_RUN=str(run_dir),
                 PYTHONPATH=str(REPO))
 
 
