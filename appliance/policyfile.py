@@ -110,16 +110,6 @@ def summary_text(path, s: dict) -> str:
 
 # -- explain -----------------------------------------------------------------------
 
-def parse_proto(text: str) -> int:
-    t = text.lower()
-    for num, name in PROTO_NAMES.items():
-        if name == t:
-            return num
-    if t.isdigit() and 0 <= int(t) <= 255:
-        return int(t)
-    raise UsageError(f"protocol {text!r}: use tcp, udp, icmp, icmpv6 or a number 0-255")
-
-
 def parse_port(text: str | int, what: str) -> int:
     try:
         v = int(text)

@@ -5,12 +5,26 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
+from .errors import UsageError
 from .text import table
 
 # The IP protocols the fast path keeps sessions of, by number -> the name
 # people write (policy `proto`, `--proto`, listings): the one name table.
 PROTO_NAMES = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp",
                socket.IPPROTO_ICMPV6: "icmpv6"}
+
+
+def parse_proto(text: str, what: str = "--proto") -> int:
+    """A protocol as people write it (a PROTO_NAMES name or a number), for
+    `sessions --proto` and `policy explain PROTO` alike; ``what`` names the
+    argument in the one-line error."""
+    t = text.strip().lower()
+    for num, name in PROTO_NAMES.items():
+        if name == t:
+            return num
+    if t.isdigit() and 0 <= int(t) <= 255:
+        return int(t)
+    raise UsageError(f"{what}: protocol {text!r} is not tcp, udp, icmp, icmpv6 or a number 0-255")
 
 
 def addr_text(raw) -> str:

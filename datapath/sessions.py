@@ -38,7 +38,7 @@ from .compile import check_headers, compile_text
 from .config import DatapathConfig
 from .enums import CtState
 from .errors import MicrosegError, UsageError
-from .flows import PROTO_NAMES, addr_text
+from .flows import PROTO_NAMES, addr_text, parse_proto
 from .l7 import app_ids
 from .policy_maps import POLICY_MAPS
 from .source import LIB_DIR, header_defines, inline_includes, program_text
@@ -304,16 +304,6 @@ def parse_state(text: str) -> int:
             return int(st)
     names = ", ".join(s.name.removeprefix("CT_") for s in CtState if s)
     raise UsageError(f"--state {text!r}: not a session state (one of {names})")
-
-
-def parse_proto(text: str) -> int:
-    t = text.strip().lower()
-    for num, name in PROTO_NAMES.items():
-        if name == t:
-            return num
-    if t.isdigit() and 0 <= int(t) <= 255:
-        return int(t)
-    raise UsageError(f"--proto {text!r}: not a protocol (tcp, udp, icmp, icmpv6 or a number 0-255)")
 
 
 def parse_net(opt: str, text: str) -> ipaddress.IPv6Network:

@@ -11,6 +11,7 @@ from appliance.commands.common import namespace_text, open_builds, require_privi
 from appliance.ownership import own
 from appliance.xdp import sync_blocklist
 from datapath.errors import MicrosegError, UsageError
+from datapath.flows import parse_proto
 
 
 def cmd_policy(args) -> int:
@@ -64,7 +65,7 @@ def _policy_explain(args) -> int:
     src, dst = pf.parse_addr(args.src, "SRC"), pf.parse_addr(args.dst, "DST")
     if ":" in src and ":" not in dst or ":" in dst and ":" not in src:
         raise UsageError(f"SRC {src} and DST {dst} are of different IP versions")
-    proto = pf.parse_proto(args.proto)
+    proto = parse_proto(args.proto, "PROTO")
     port = pf.parse_port(args.port, "PORT")
     # The kernel keys ICMP echo by its id, in both port fields.
     sport = pf.parse_port(args.sport, "--sport") if args.sport is not None else (port if proto in (1, 58) else 0)
