@@ -250,15 +250,35 @@ def read_applied(netns: str | None) -> Applied | None:
     return Applied(text, meta, d / "policy.yaml")
 
 
+# `policy apply` without a daemon serialises on this file in state_dir().
+APPLY_LOCK = ".lock"
+
+
 def lock_applied(netns: str | None):
     """An exclusive lock on the namespace's policy state (held until closed)."""
     import fcntl
 
     d = state_dir(netns)
     d.mkdir(parents=True, exist_ok=True)
-    f = open(d / ".lock", "w")
+    f = open(d / APPLY_LOCK, "w")
     fcntl.flock(f, fcntl.LOCK_EX)
     return f
+
+
+def remove_apply_lock(netns: str | None) -> None:
+    """Remove the apply lock file, and the namespace's directory if nothing
+    else is in it (the applied policy, when there is one, stays). Only for
+    a holder of the namespace's owner lock: every `policy apply` that takes
+    this lock holds that one first, so none can be waiting on the file."""
+    d = state_dir(netns)
+    try:
+        (d / APPLY_LOCK).unlink()
+    except FileNotFoundError:
+        pass
+    try:
+        d.rmdir()
+    except OSError:         # not empty (the applied policy) or not there
+        pass
 
 
 def last_generation(netns: str | None) -> int:

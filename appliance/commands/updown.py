@@ -65,5 +65,6 @@ def cmd_down(args) -> int:
             print("removed the pinned state (sessions, counters); --keep-state keeps it for the next `up`")
         else:
             print("no pinned state to remove")
+        pf.remove_apply_lock(args.netns)
     return 0
 

@@ -329,6 +329,22 @@ def test_stop_and_down_leave_nothing_behind(lab_env):
     assert left == [lab.gateway, f"{lab.gateway}/policy.json", f"{lab.gateway}/policy.yaml"], left
 
 
+def test_policy_apply_and_down_leave_only_the_applied_policy(lab_env):
+    lab, tmp = lab_env
+    ns_run = tmp / "run" / lab.gateway
+    try:
+        cli(tmp, "up", "--netns", lab.gateway, "--iface", *GW_IFACES)
+        cli(tmp, "policy", "apply", str(tmp / "policy.yaml"), "--netns", lab.gateway)
+        # apply without a daemon serialises on a lock file of its own
+        assert (ns_run / ".lock").exists(), sorted(p.name for p in ns_run.iterdir())
+    finally:
+        cli(tmp, "down", "--netns", lab.gateway, "--iface", *GW_IFACES)
+    assert attach.attached(lab.gateway) == []
+    left = sorted(str(p.relative_to(tmp / "run")) for p in (tmp / "run").rglob("*"))
+    # `down` removes what it owns; the applied policy stays for the next `up`
+    assert left == [lab.gateway, f"{lab.gateway}/policy.json", f"{lab.gateway}/policy.yaml"], left
+
+
 def test_detach_on_exit_detaches(lab_env):
     lab, tmp = lab_env
     d = Run(lab, tmp, "detach", "--detach-on-exit").started()
