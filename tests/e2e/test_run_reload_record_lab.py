@@ -6,8 +6,8 @@ without --policy read. A reload that applies a new policy must record it as
 the bring-up does; a reload whose policy file is broken applies nothing and
 must leave the record alone.
 
-The run directory is the test's own (MICROSEG_RUN, MICROSEG_RUN_DIR in the
-environment the daemon, `policy explain` and `down` inherit).
+The run directory is the test's own (MICROSEG_RUN in the environment the
+daemon, `policy explain` and `down` inherit).
 """
 from __future__ import annotations
 
@@ -67,7 +67,6 @@ def test_a_reload_records_the_policy_it_applied_and_a_failed_one_leaves_the_reco
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     monkeypatch.setenv("MICROSEG_RUN", str(run_dir))
-    monkeypatch.setenv("MICROSEG_RUN_DIR", str(run_dir))
     (tmp_path / "policy.yaml").write_text(POLICY_A)
     (tmp_path / "rules.yaml").write_text("{}\n")
     with Lab() as lab, running_daemon(lab, tmp_path) as run:
