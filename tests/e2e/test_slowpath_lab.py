@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -75,6 +76,9 @@ while True:
 class Daemon:
     def __init__(self, lab: Lab, tmp: Path):
         self.lab, self.tmp = lab, tmp
+        # Its own run directory: what a killed daemon leaves (its sweeper's
+        # lock) stays in the test's files, never in the system's /run/microseg.
+        self.env = dict(os.environ, MICROSEG_RUN=str(tmp / "run"))
         (tmp / "policy.yaml").write_text(POLICY)
         (tmp / "rules.yaml").write_text(RULES)
         self.eve = tmp / "eve.json"
@@ -84,7 +88,7 @@ class Daemon:
             "datapath": {"heartbeat_timeout_s": HEARTBEAT_S, "failure_actions": {"slowpath_down": "pass"}},
             "eve": {"file": {"path": str(self.eve)}}, "metrics": {"listen": f"127.0.0.1:{METRICS_PORT}"},
             "stats_interval_s": 60}))
-        self.proc = subprocess.Popen([*MICROSEG, "run", "--config", str(tmp / "run.yaml")],
+        self.proc = subprocess.Popen([*MICROSEG, "run", "--config", str(tmp / "run.yaml")], env=self.env,
                                      stdout=subprocess.PIPE, stderr=open(tmp / "run.log", "w"), text=True)
         line = self.proc.stdout.readline()
         assert "microseg running" in line, (tmp / "run.log").read_text()
@@ -99,7 +103,7 @@ class Daemon:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(30)
         subprocess.run([*MICROSEG, "down", "--netns", self.lab.gateway, "--iface", *GW_IFACES],
-                       capture_output=True)
+                       capture_output=True, env=self.env)
 
 
 @contextlib.contextmanager
@@ -319,7 +323,8 @@ def test_killed_slowpath_failure_action_within_a_heartbeat(own_appliance):
     time.sleep(HEARTBEAT_S * 1.2)
     r = curl(lab, f"http://{SERVER_V4}:{DOWN_PORT}/index.html", timeout=3)
     assert r.returncode != 0
-    st = subprocess.run([*MICROSEG, "stats", "--netns", lab.gateway, "--json"], capture_output=True, text=True)
+    st = subprocess.run([*MICROSEG, "stats", "--netns", lab.gateway, "--json"], capture_output=True, text=True,
+                        env=d.env)
     rows = {x["reason"]: x["packets"] for x in json.loads(st.stdout)["counters"]}
     assert rows.get("DROP_INSPECT_SLOWPATH_DOWN", 0) >= 1
     # ... while a rule without its own failure action follows the
