@@ -413,15 +413,18 @@ def test_alert_is_rearmed_when_usage_falls_under_the_threshold(fastpath, method)
     assert (p.alerts, p.alert_gen, p.gen) == (2, 2, 1)
 
 
-def test_bench_sweep_quick_runs():
+def test_bench_sweep_quick_runs(tmp_path):
     """bench/sweep.py checks its own sweeps (half deleted, counts agree, the
     method asked for is the one that ran) and prints both side by side."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
     bench = Path(__file__).resolve().parents[2] / "bench" / "sweep.py"
-    r = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=300)
+    # its sweepers' lock files go to this test's run directory
+    r = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, MICROSEG_RUN=str(tmp_path / "run")))
     assert r.returncode == 0, r.stdout + r.stderr
     for m in ("kernel", "batch"):
         assert f"| {m} | half expired | 100,000 | 50,000 |" in r.stdout
