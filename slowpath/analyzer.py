@@ -29,6 +29,32 @@ DECIDE_AT = LIKELY
 TUNNEL_EVENTS = ("http_tunnel", "mysql_tls")
 
 
+def _first_query(ev) -> str | None:
+    return ev.questions[0].name if ev.questions else None
+
+
+# What "identified" means (FlowAnalyzer.identified): detection has settled and
+# the parser produced the event that carries the flow's naming fields. Each
+# kind maps to (names key, how to read it from the event), or None when the
+# event names nothing but still identifies the flow. For the protocols in
+# _WAIT_FOR_NAMING only these kinds (and Malformed: nothing more can be read)
+# identify; for any other protocol (SSH, MySQL, Redis, plugins) the parser's
+# first event does, taking its names when it is listed here.
+NAMING_EVENTS = {
+    "http_request": ("host", lambda ev: ev.host),
+    "http_response": None,                       # a flow picked up after its request
+    "tls_client_hello": ("sni", lambda ev: ev.sni),
+    "ssl2_client_hello": None,
+    "tls_server_hello": None,                    # a flow whose ClientHello was not seen
+    "dns_message": ("dns_query", _first_query),
+    "ssh_banner": ("ssh_banner", lambda ev: ev.raw),
+    "mysql_greeting": ("mysql_server_version", lambda ev: ev.server_version),
+    "redis_command": ("redis_command", lambda ev: ev.command),
+    "malformed": None,
+}
+_WAIT_FOR_NAMING = frozenset({"http", "tls", "dns"})
+
+
 @dataclass
 class _Pending:
     data: bytearray = field(default_factory=bytearray)
@@ -49,11 +75,23 @@ class FlowAnalyzer:
         self._pending = {Direction.TO_SERVER: _Pending(), Direction.TO_CLIENT: _Pending()}
         self._undecided = True
         self._tunnel = False
+        self._named = False
+        # Naming fields seen so far (NAMING_EVENTS): "host", "sni", "dns_query", ...
+        self.names: dict[str, str] = {}
 
     @property
     def decided(self) -> bool:
         """Detection has settled (on a protocol, or on none)."""
         return not self._undecided
+
+    @property
+    def identified(self) -> bool:
+        """The flow's protocol and naming fields are known (NAMING_EVENTS): a
+        flow inspected only to identify it needs nothing more; the offline
+        analysis (slowpath/offline.py, identify_only) and the engine for
+        `what: [dpi]` flows stop parsing here. Also true once detection
+        settled on nothing this slow path can read (no parser)."""
+        return not self._undecided and (self.parser is None or self._named)
 
     # -- input ---------------------------------------------------------------
     def data(self, direction: Direction, data: bytes) -> list[Event]:
@@ -92,7 +130,10 @@ class FlowAnalyzer:
     def gap(self, direction: Direction, size: int) -> list[Event]:
         if self._undecided or self.parser is None:
             return []
-        return self.parser.receive_gap(direction, size)
+        out = self.parser.receive_gap(direction, size)
+        if out and not self._named:
+            self._note_names(out)
+        return out
 
     def eof(self, direction: Direction) -> list[Event]:
         if self._undecided:
@@ -102,7 +143,10 @@ class FlowAnalyzer:
         else:
             out = []
         if self.parser is not None:
-            out += self.parser.receive_eof(direction)
+            tail = self.parser.receive_eof(direction)
+            if tail and not self._named:
+                self._note_names(tail)
+            out += tail
         return out
 
     def settle(self) -> list[Event]:
@@ -143,6 +187,7 @@ class FlowAnalyzer:
 
     def _decide(self, name: str | None, conf: float) -> None:
         self._undecided = False
+        self._named = False
         if self._tunnel:
             self.inner_app = name
         else:
@@ -166,6 +211,8 @@ class FlowAnalyzer:
         if self.parser is None:
             return []
         events = self.parser.receive_data(data, direction)
+        if not self._named and events:
+            self._note_names(events)
         for i, ev in enumerate(events):
             if ev.kind in TUNNEL_EVENTS and not self._tunnel:
                 # Everything after the tunnel's start is another protocol:
@@ -180,6 +227,24 @@ class FlowAnalyzer:
                         tail += self.data(d, b)
                 return events[:i + 1] + tail
         return events
+
+    def _note_names(self, events: list[Event]) -> None:
+        current = self.inner_app if self._tunnel else self.app
+        listed = current in _WAIT_FOR_NAMING
+        for ev in events:
+            kind = ev.kind
+            if kind in NAMING_EVENTS:
+                how = NAMING_EVENTS[kind]
+                if how is not None:
+                    key, read = how
+                    value = read(ev)
+                    if value is not None:
+                        self.names.setdefault(key, value)
+                self._named = True
+                return
+            if not listed:
+                self._named = True
+                return
 
 
 def analyse_flow(flow, plugins=None, kernel_app: str | None = None) -> tuple[FlowAnalyzer, list[Event]]:
