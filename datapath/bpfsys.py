@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import platform
 import struct
@@ -482,6 +483,18 @@ def map_update(fd: int, key: bytes | None, value: bytes, flags: int = BPF_ANY) -
     vbuf = ctypes.create_string_buffer(value, len(value))
     sys_bpf(BPF_MAP_UPDATE_ELEM, _MapElemAttr(fd, 0, ctypes.addressof(kbuf) if kbuf is not None else 0,
                                               ctypes.addressof(vbuf), flags))
+
+
+def map_delete(fd: int, key: bytes) -> bool:
+    """Delete one element (BPF_MAP_DELETE_ELEM); False when there was none."""
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    try:
+        sys_bpf(BPF_MAP_DELETE_ELEM, _MapElemAttr(fd, 0, ctypes.addressof(kbuf), 0, 0))
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
 
 
 def map_lookup_batch(fd: int, keys_addr: int, values_addr: int, count: int,

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from .enums import SLOWPATH_WORKERS_MAX
+
 Action = Literal["drop", "pass"]
 
 
@@ -146,6 +148,10 @@ class DatapathConfig(BaseModel):
     # of its body), and how stale the slow path's heartbeat may be.
     inspect_budget: int = Field(16_384, ge=0, le=1 << 30)
     heartbeat_timeout_s: float = Field(3.0, gt=0, le=3600)
+    # Slow-path workers the kernel spreads inspected flows over (by a hash
+    # of the session), each with its own ring buffer and heartbeat.
+    # `microseg run` sets it from its `slowpath.workers` setting.
+    slowpath_workers: int = Field(1, ge=1, le=SLOWPATH_WORKERS_MAX)
     failure_actions: FailureActions = FailureActions()
     # Kernel features: where to fall back (compile time).
     compat: Compat = Compat()

@@ -83,6 +83,8 @@ DEFINE_SETS = {
     "FRAG": {k: v for k, v in header_defines("MS_FRAG_").items() if k != "MAX"},  # ms_insp_hdr.frag (parse.h)
 }
 CFG = DEFINE_SETS["CFG"]
+# Slow-path workers the kernel can spread flows over (maps.h).
+SLOWPATH_WORKERS_MAX = header_defines("MS_SLOWPATH_")["WORKERS_MAX"]
 INSPECT = DEFINE_SETS["INSPECT"]
 FRAG = DEFINE_SETS["FRAG"]
 # What a rule inspects, by its policy keyword (`inspect: [dpi, waf, dlp]`).

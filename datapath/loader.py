@@ -92,6 +92,11 @@ class FastPath:
             arr = self.table("ms_stages")
             for st, fn in self.stage_fns.items():
                 arr[ctypes.c_int(int(st))] = ctypes.c_int(fn.fd)
+        if self.features.ringbuf and programs is None:
+            # Worker 0 reads ms_insp_ring itself; further workers' rings are
+            # put in their slots by datapath/insp_rings.py.
+            bpfsys.map_update(self.table("ms_insp_rings").map_fd, (0).to_bytes(4, "little"),
+                              self.table("ms_insp_ring").map_fd.to_bytes(4, "little"))
         if programs is None:
             self.apply_runtime(self.config)
         # The kernel sweep, when this kernel and this BCC can have it; the
@@ -123,6 +128,7 @@ class FastPath:
               "SIM_SLOWPATH_DOWN": "slowpath_down" in sim}
         v.flags = sum(CFG[name] for name, wanted in on.items() if wanted)
         v.insp_budget = config.inspect_budget
+        v.workers = config.slowpath_workers
         v.hb_timeout_ns = int(config.heartbeat_timeout_s * 1e9)
         fa = config.failure_actions
         for kind, act in ((FailKind.FAIL_RINGBUF_FULL, fa.ringbuf_full), (FailKind.FAIL_BUDGET, fa.budget_exhausted),

@@ -37,6 +37,7 @@ from pathlib import Path
 from . import bpfsys, pins
 from .enums import DIRECTION_COUNT, REASON_COUNT
 from .errors import MicrosegError
+from .insp_rings import PIN_PREFIX as WORKER_RING_PREFIX
 from .loader import FastPath
 from .pressure import possible_cpus
 from .sessions import _compile_layouts, layouts
@@ -202,6 +203,8 @@ def prepare(p: Plan) -> None:
                 (p.directory / n).unlink()
             except FileNotFoundError:
                 pass
+        for ring in p.directory.glob(f"{WORKER_RING_PREFIX}*"):   # further workers' rings
+            ring.unlink(missing_ok=True)
         return
     if p.migrate:
         aside.mkdir()

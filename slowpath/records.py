@@ -102,11 +102,15 @@ class RecordDecoder:
 class VerdictWriter:
     """Writes verdicts (ms_verdicts) and the heartbeat (ms_slowpath) of one build."""
 
-    def __init__(self, verdicts_fd: int, slowpath_fd: int, verdict_leaf: type, slowpath_leaf: type):
+    def __init__(self, verdicts_fd: int, slowpath_fd: int, verdict_leaf: type, slowpath_leaf: type,
+                 worker: int = 0):
         self.verdicts_fd = verdicts_fd
         self.slowpath_fd = slowpath_fd
         self.verdict_leaf = verdict_leaf
         self.slowpath_leaf = slowpath_leaf
+        # The heartbeat slot (ms_slowpath index) of the worker this writer
+        # beats for: the kernel fails only that worker's flows when it is stale.
+        self.slot = worker.to_bytes(4, "little")
 
     @staticmethod
     def now_ns() -> int:
@@ -128,12 +132,12 @@ class VerdictWriter:
         v = self.slowpath_leaf()
         v.heartbeat_ns = self.now_ns()
         v.pid = pid
-        bpfsys.map_update(self.slowpath_fd, (0).to_bytes(4, "little"), bytes(v))
+        bpfsys.map_update(self.slowpath_fd, self.slot, bytes(v))
 
     def stop(self) -> None:
         """Say the slow path is gone (heartbeat 0): the kernel applies the
         slow-path-down action at once instead of after the timeout."""
-        bpfsys.map_update(self.slowpath_fd, (0).to_bytes(4, "little"), bytes(self.slowpath_leaf()))
+        bpfsys.map_update(self.slowpath_fd, self.slot, bytes(self.slowpath_leaf()))
 
 
 def session_lookup(fastpath):

@@ -43,10 +43,32 @@ static __always_inline int ms_insp_fail(struct ms_flow *f, const struct ms_confi
     return drop ? DROP_INSPECT_SLOWPATH_DOWN : PASS_INSPECT_SLOWPATH_DOWN;
 }
 
-/* Copy up to ``room`` payload bytes of the packet into one ring record.
- * 0 on success. */
+/* The slow-path worker of a session: its records go to that worker's ring
+ * and its heartbeat decides whether the slow path is up for it. Any hash of
+ * the key works (the key is the same for both directions); the words are
+ * folded by xor, mixed by Fibonacci hashing (a multiply by 2^32 / phi
+ * spreads every input bit into the top bits) and mapped onto 0..n-1 by a
+ * multiply-shift instead of a division. */
+static __always_inline __u32 ms_insp_worker(const struct ms_flow_key *kp, const struct ms_config *cfg)
+{
+    __u32 n = cfg->workers;
+    if (n <= 1)
+        return 0;
+    if (n > MS_SLOWPATH_WORKERS_MAX)
+        n = MS_SLOWPATH_WORKERS_MAX;
+    const __u32 *w = (const __u32 *)kp;
+    __u32 h = 0;
+#pragma unroll
+    for (int i = 0; i < sizeof(*kp) / 4; i++)
+        h ^= w[i];
+    h *= 0x9E3779B1u;
+    return (__u32)(((__u64)h * n) >> 32);
+}
+
+/* Copy up to ``room`` payload bytes of the packet into one record of the
+ * worker's ring. 0 on success. */
 static __always_inline int ms_insp_copy(struct __sk_buff *skb, const struct ms_pkt *p, const struct ms_flow *f,
-                                        const struct ms_flow_key *kp, __u32 side, __u32 room)
+                                        const struct ms_flow_key *kp, __u32 side, __u32 room, void *ring)
 {
     __u32 z = 0;
     struct ms_insp_buf *b = ms_insp_scratch.lookup(&z);
@@ -88,7 +110,7 @@ static __always_inline int ms_insp_copy(struct __sk_buff *skb, const struct ms_p
 #ifdef MS_NO_RINGBUF
     return ms_insp_ring.perf_submit(skb, b, sizeof(b->h) + len);
 #else
-    return ms_insp_ring.ringbuf_output(b, sizeof(b->h) + len, 0);
+    return bpf_ringbuf_output(ring, b, sizeof(b->h) + len, 0);
 #endif
 }
 
@@ -129,12 +151,19 @@ static __always_inline int ms_insp_packet(struct __sk_buff *skb, struct ms_pkt *
     struct ms_config *cfg = ms_cfg();
     if (!cfg)
         return reason;
-    __u32 z = 0;
-    struct ms_slowpath *sp = ms_slowpath.lookup(&z);
+    __u32 worker = ms_insp_worker(kp, cfg);
+    struct ms_slowpath *sp = ms_slowpath.lookup(&worker);
     __u64 now = ms_now();
     if ((cfg->flags & MS_CFG_SIM_SLOWPATH_DOWN) || !sp || !sp->heartbeat_ns ||
         now - sp->heartbeat_ns > cfg->hb_timeout_ns)
         return ms_insp_fail(f, cfg, FAIL_SLOWPATH_DOWN);
+#ifdef MS_NO_RINGBUF
+    void *ring = 0;       /* one perf buffer, one worker */
+#else
+    void *ring = ms_insp_rings.lookup(&worker);
+    if (!ring)            /* no ring in the worker's slot: nobody would read it */
+        return ms_insp_fail(f, cfg, FAIL_SLOWPATH_DOWN);
+#endif
 
     side &= 1;
     __u32 sent = f->insp_sent[side];
@@ -148,7 +177,7 @@ static __always_inline int ms_insp_packet(struct __sk_buff *skb, struct ms_pkt *
             return reason;
         return ms_insp_fail(f, cfg, FAIL_BUDGET);
     }
-    if ((cfg->flags & MS_CFG_SIM_RINGBUF_FULL) || ms_insp_copy(skb, p, f, kp, side, budget - sent) != 0)
+    if ((cfg->flags & MS_CFG_SIM_RINGBUF_FULL) || ms_insp_copy(skb, p, f, kp, side, budget - sent, ring) != 0)
         return ms_insp_fail(f, cfg, FAIL_RINGBUF_FULL);
     __u32 n = p->payload_len < budget - sent ? p->payload_len : budget - sent;
     f->insp_sent[side] = sent + (n < MS_INSP_SLICE ? n : MS_INSP_SLICE);

@@ -315,6 +315,8 @@ struct ms_config {
     __u32 insp_budget;           /* payload bytes copied per side of an inspected flow */
     __u8  fail_action[MS_FAIL_COUNT]; /* enum ms_fail_action per enum ms_fail */
     __u8  pad[4 - MS_FAIL_COUNT];
+    __u32 workers;               /* slow-path workers reading payload records (0 and 1: one) */
+    __u32 pad2;
 };
 #define MS_CFG_LOOSE            0x01  /* pick up mid-stream TCP flows */
 #define MS_CFG_INVALID_PASS     0x02  /* illegal TCP transitions pass (counted) */
@@ -663,8 +665,18 @@ BPF_PERCPU_ARRAY(ms_insp_scratch, struct ms_insp_buf, 1);
 #ifndef MS_INSP_RING_PAGES
 #define MS_INSP_RING_PAGES 2048   /* 8 MiB */
 #endif
+/* Slow-path workers (appliance/workers.py): each reads a ring buffer of its
+ * own and beats a heartbeat of its own. A flow's records all go to one
+ * worker, chosen by a hash of its session key (inspect.h), so the flow's
+ * reassembly and parser state live in one process. 64: more cores than a
+ * gateway host gives its slow path, and a 64-entry array costs 1 KiB. */
+#define MS_SLOWPATH_WORKERS_MAX 64
 #ifndef MS_NO_RINGBUF
+/* Worker 0's ring, and the template of the others: user space creates a
+ * ring of the same size per further worker (datapath/insp_rings.py) and
+ * puts each in ms_insp_rings by worker index (slot 0: this one). */
 MS_STATE_RINGBUF(ms_insp_ring, MS_INSP_RING_PAGES);
+BPF_ARRAY_OF_MAPS(ms_insp_rings, "ms_insp_ring", MS_SLOWPATH_WORKERS_MAX);
 #else
 /* Kernels before 5.8 (or `compat: {ringbuf: off}`): a perf buffer, one
  * ring per CPU, read by slowpath/perfbuf.py. Not pinned: its rings belong
@@ -701,14 +713,15 @@ struct ms_slow_verdict {
  * (and never deleted); such leftovers age out instead of filling the table. */
 MS_STATE_TABLE("lru_hash", struct ms_flow_key, struct ms_slow_verdict, ms_verdicts, MS_VERDICT_MAX, 0);
 
-/* The slow path's heartbeat: CLOCK_MONOTONIC_COARSE ns of its last beat
- * (0: never started). */
+/* The slow path's heartbeats, one per worker: CLOCK_MONOTONIC_COARSE ns of
+ * its last beat (0: never started, or stopped). A worker's stale heartbeat
+ * fails only the flows hashed to it (inspect.h). */
 struct ms_slowpath {
     __u64 heartbeat_ns;
     __u32 pid;
     __u32 pad;
 };
-MS_STATE_TABLE("array", int, struct ms_slowpath, ms_slowpath, 1, 0);
+MS_STATE_TABLE("array", int, struct ms_slowpath, ms_slowpath, MS_SLOWPATH_WORKERS_MAX, 0);
 
 /* ------------------------------------------------------------------ */
 /* Tail calls                                                          */

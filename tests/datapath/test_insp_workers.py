@@ -1,0 +1,176 @@
+"""Several slow-path workers in the real program: the kernel spreads
+inspected flows over the workers' rings by a hash of the session, keeps all
+of a flow's records on one ring, and a stale heartbeat fails only the flows
+of its own worker (bpf/lib/inspect.h ms_insp_worker; datapath/insp_rings.py).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import types
+import uuid
+from pathlib import Path
+
+import pytest
+
+from appliance.policyfile import compile_text
+from datapath import bpfsys
+from datapath.enums import Reason
+from datapath.insp_rings import PIN_PREFIX, WorkerRings
+from datapath.policy_maps import PolicyMaps
+from datapath.sessions import layouts_of
+from packets_ct import TcpConn
+from slowpath.records import RecordDecoder, VerdictWriter, record_type
+from slowpath.ringbuf import RingBuffer
+
+R = Reason
+POLICY = """
+defaults: {ingress: deny, egress: deny}
+rules:
+  - {name: web, from: 10.0.0.0/24, to: 10.0.1.0/24, proto: tcp, ports: [80], action: inspect, inspect: {what: [waf]}}
+"""
+REQUEST = b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+FLOWS = 64     # every flow on one ring of two: a chance of 2 ** -63
+
+
+class Workers:
+    def __init__(self, fp, n: int, pin_dir: Path | None = None):
+        self.fp = fp
+        fp.apply_runtime(fp.config.model_copy(update={"slowpath_workers": n}))
+        self.rings_made = WorkerRings(fp, n, pin_dir)
+        self.rings = [RingBuffer(fd) for fd in self.rings_made.fds]
+        self.writers = [VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
+                                      fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf, worker=i)
+                        for i in range(n)]
+        self.decoder = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
+                                     layouts_of(fp)["ms_flows"][0])
+        for w in self.writers:
+            w.heartbeat(os.getpid())
+
+    def drained(self) -> list[list]:
+        return [[self.decoder.decode(bytes(r)) for r in ring.drain()] for ring in self.rings]
+
+    def close(self) -> None:
+        for ring in self.rings:
+            ring.drain()
+            ring.close()
+        self.rings_made.unslot(self.fp)          # the next test's build has one worker
+        self.rings_made.close()
+        self.fp.apply_runtime(self.fp.config)
+
+
+@pytest.fixture
+def workers(fastpath):
+    _, pol = compile_text(POLICY, "workers.yaml")
+    PolicyMaps.for_fastpath(fastpath).apply(pol)
+    made = []
+
+    def make(n, pin_dir=None):
+        w = Workers(fastpath, n, pin_dir)
+        made.append(w)
+        return w
+    yield make
+    for w in made:
+        w.close()
+
+
+def open_flows(fp, n=FLOWS):
+    conns = []
+    for i in range(n):
+        c = TcpConn.make(fp, client=(f"10.0.0.{2 + i % 200}", 30000 + i), server=("10.0.1.5", 80))
+        c.send("c", "S", R.PASS_POLICY_INSPECT)
+        c.send("s", "SA")
+        c.send("c", "A")
+        conns.append(c)
+    return conns
+
+
+def test_flows_spread_over_the_workers_and_each_stays_on_one(workers):
+    w = workers(2)
+    conns = open_flows(w.fp)
+    for c in conns:
+        c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+        c.send("s", "PA", R.PASS_INSPECT_COPIED, data=RESPONSE)
+    per_ring = w.drained()
+    keys = [{r.key for r in recs} for recs in per_ring]
+    assert all(keys), f"a worker got no flow of {FLOWS}: {[len(k) for k in keys]}"
+    assert not keys[0] & keys[1], "a flow's records went to two workers"
+    assert len(keys[0] | keys[1]) == FLOWS
+    for recs in per_ring:                   # request and response of each flow: together
+        sides = {}
+        for r in recs:
+            sides.setdefault(r.key, set()).add(r.side)
+        assert all(s == {0, 1} for s in sides.values())
+
+
+def test_one_worker_takes_every_flow(workers):
+    w = workers(1)
+    for c in open_flows(w.fp, 8):
+        c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+    (recs,) = w.drained()
+    assert len({r.key for r in recs}) == 8
+
+
+def test_a_stale_worker_fails_only_its_own_flows(workers):
+    w = workers(2)
+    conns = open_flows(w.fp)
+    for c in conns:
+        c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+    ring_of = {}
+    for i, recs in enumerate(w.drained()):
+        for r in recs:
+            ring_of[r.client] = i
+    w.writers[1].stop()                     # worker 1 is gone: heartbeat 0
+    for c in conns:
+        mine = ring_of[(c.c.addr, c.c.port)]
+        c.send("s", "PA", R.PASS_INSPECT_SLOWPATH_DOWN if mine == 1 else R.PASS_INSPECT_COPIED, data=RESPONSE)
+    first, second = w.drained()
+    assert first and not second
+    w.writers[1].heartbeat(os.getpid())     # restarted: its flows are inspected again
+    for c in conns:
+        c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+    assert all(w.drained())
+
+
+@pytest.fixture
+def pin_dir():
+    from datapath import pins
+    pins.ensure_bpffs()
+    d = Path("/sys/fs/bpf") / f"ms-test-workers-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    d.mkdir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_pinned_worker_rings_keep_unread_records_and_go_when_workers_shrink(workers, pin_dir):
+    w = workers(3, pin_dir)
+    assert sorted(p.name for p in pin_dir.iterdir()) == [f"{PIN_PREFIX}1", f"{PIN_PREFIX}2"]
+    for c in open_flows(w.fp):
+        c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+    ids = [bpfsys.map_info_by_fd(fd).id for fd in w.rings_made.fds[1:]]
+    pending = [ring.pending_bytes() for ring in w.rings]
+    assert all(pending)
+    # a restarted daemon: the same rings, the records still there
+    again = WorkerRings(w.fp, 3, pin_dir)
+    try:
+        assert [bpfsys.map_info_by_fd(fd).id for fd in again.fds[1:]] == ids
+        assert RingBuffer(again.fds[2]).pending_bytes() == pending[2]
+    finally:
+        again.close()
+    fewer = WorkerRings(w.fp, 2, pin_dir)
+    try:
+        assert sorted(p.name for p in pin_dir.iterdir()) == [f"{PIN_PREFIX}1"]
+        assert any(f"{PIN_PREFIX}2" in line and f"{pending[2]} unread bytes dropped" in line
+                   for line in fewer.lines), fewer.lines
+    finally:
+        fewer.close()
+
+
+def test_more_than_one_worker_needs_ring_buffers():
+    fp = types.SimpleNamespace(features=types.SimpleNamespace(ringbuf=False))
+    with pytest.raises(ValueError, match="perf buffer"):
+        WorkerRings(fp, 2)
+    assert WorkerRings(fp, 1).fds == []
+    with pytest.raises(ValueError, match="1..64"):
+        WorkerRings(fp, 0)
