@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import mmap
 import os
 import struct
 from collections import Counter
@@ -91,6 +92,10 @@ FRAGMENT_TIMEOUT_S = 60.0
 # largest snapshot length (MAXIMUM_SNAPLEN / WTAP_MAX_PACKET_SIZE_STANDARD).
 MAX_CAPLEN = 262144
 
+# VLAN tags the common-frame decoder (_plain_ethernet) looks through; more
+# (QinQinQ and deeper) take the general path, which allows MAX_ENCAPSULATIONS.
+MAX_FAST_VLAN_TAGS = 2
+
 # ------------------------------------------------------------- constants
 ETH_HEADER_LEN = 14         # destination, source, EtherType: the least a frame must hold
 LINKTYPE_NULL = 0           # BSD loopback: 4-byte address family, host byte order
@@ -127,6 +132,8 @@ _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 _u16 = struct.Struct("!H").unpack_from
 _u32 = struct.Struct("!I").unpack_from
+_tcp_ports_seq = struct.Struct("!HHI").unpack_from
+_udp_ports_len = struct.Struct("!HHH").unpack_from
 
 
 class PcapError(Exception):
@@ -323,6 +330,9 @@ class _Decoder:
         ``lt``: the frame's link type when it differs from the capture's (pcapng)."""
         lt = self.link_type if lt is None else lt
         if lt == LINKTYPE_ETHERNET:
+            p = _plain_ethernet(buf)
+            if p is not None:
+                return p
             if len(buf) < ETH_HEADER_LEN:
                 raise _Undecodable("ethernet header truncated")
             return self._ethertype(buf, _u16(buf, 12)[0], ETH_HEADER_LEN, ts)
@@ -496,6 +506,69 @@ class _Decoder:
         raise _NotFlow(f"ip protocol {proto}")
 
 
+def _plain_ethernet(buf: bytes) -> L4Packet | None:
+    """The common frame, decoded with offsets and one copy of the payload:
+    Ethernet, at most MAX_FAST_VLAN_TAGS VLAN tags, an unfragmented IPv4
+    or an IPv6 packet without extension headers, TCP or UDP. None for
+    anything else, and for anything malformed: _Decoder's general path then
+    decodes it (or names what is wrong), so both give the same answer."""
+    n = len(buf)
+    if n < ETH_HEADER_LEN:
+        return None
+    et = (buf[12] << 8) | buf[13]
+    off = ETH_HEADER_LEN
+    tags = 0
+    while et in ETH_VLAN:
+        if tags == MAX_FAST_VLAN_TAGS or n < off + 4:
+            return None
+        et = (buf[off + 2] << 8) | buf[off + 3]
+        off += 4
+        tags += 1
+    if et == ETH_IPV4:
+        if n - off < 20:
+            return None
+        v = buf[off]
+        ihl = (v & 0x0F) * 4
+        total = (buf[off + 2] << 8) | buf[off + 3]
+        if total == 0:
+            total = n - off                       # TSO, as in _ipv4
+        if v >> 4 != 4 or ihl < 20 or total < ihl or n - off < ihl:
+            return None
+        if (buf[off + 6] & 0x3F) or buf[off + 7]:
+            return None                           # a fragment (MF or an offset)
+        proto = buf[off + 9]
+        src, dst = buf[off + 12:off + 16], buf[off + 16:off + 20]
+        l4 = off + ihl
+        end = off + total
+    elif et == ETH_IPV6:
+        if n - off < 40 or buf[off] >> 4 != 6:
+            return None
+        plen = (buf[off + 4] << 8) | buf[off + 5]
+        proto = buf[off + 6]
+        src, dst = buf[off + 8:off + 24], buf[off + 24:off + 40]
+        l4 = off + 40
+        end = l4 + plen if plen else n
+    else:
+        return None
+    if end > n:
+        end = n                                   # snaplen-cut: keep what was captured
+    if proto == IPPROTO_TCP:
+        if end - l4 < 20:
+            return None
+        doff = (buf[l4 + 12] >> 4) * 4
+        if doff < 20 or doff > end - l4:
+            return None
+        sport, dport, seq = _tcp_ports_seq(buf, l4)
+        return L4Packet(IPPROTO_TCP, src, sport, dst, dport, seq, buf[l4 + 13], buf[l4 + doff:end])
+    if proto == IPPROTO_UDP:
+        if end - l4 < 8:
+            return None
+        sport, dport, ulen = _udp_ports_len(buf, l4)
+        stop = l4 + ulen if 8 <= ulen <= end - l4 else end
+        return L4Packet(IPPROTO_UDP, src, sport, dst, dport, 0, 0, buf[l4 + 8:stop])
+    return None
+
+
 # ------------------------------------------------------------ file records
 class _BadBlockLength(Exception):
     """A pcapng block length field too small to be a block; arg: its byte offset."""
@@ -666,6 +739,57 @@ def _why(e: Exception) -> str:
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
+# Classic pcap with 16-byte record headers (not Kuznetsov's 24-byte ones):
+# magic -> (byte order, timestamp fraction divisor).
+_PCAP_PLAIN = {b"\xa1\xb2\xc3\xd4": (">", 1e6), b"\xd4\xc3\xb2\xa1": ("<", 1e6),
+               b"\xa1\xb2\x3c\x4d": (">", 1e9), b"\x4d\x3c\xb2\xa1": ("<", 1e9)}
+_PCAP_RECORD_HEADER = 16
+
+
+def _plain_pcap(path: str, f, size: int, magic: bytes):
+    """Classic pcap read straight from a memory map: one header unpack and
+    one slice per frame (dpkt's reader builds a header object and makes two
+    reads per record). The same frames and timestamps, and the same
+    one-line errors, as the dpkt path in _records."""
+    order, divisor = _PCAP_PLAIN[magic]
+    try:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as e:
+        f.close()
+        raise PcapError(f"{path}: cannot map: {e}") from None
+    link_type = struct.unpack_from(order + "I", mm, 20)[0]
+    record = struct.Struct(order + "IIII").unpack_from
+
+    def frames() -> Iterator[tuple[int, float, bytes, int]]:
+        frame, off = 0, 24
+        try:
+            while off < size:
+                if size - off < _PCAP_RECORD_HEADER:
+                    raise PcapError(
+                        f"{path}: truncated at byte offset {off}: frame {frame + 1}'s "
+                        f"block needs {_PCAP_RECORD_HEADER} bytes, the file has {size - off} more",
+                        offset=off, frame=frame + 1)
+                sec, frac, caplen, _ = record(mm, off)
+                frame += 1
+                start, off = off, off + _PCAP_RECORD_HEADER
+                if caplen > size - off:
+                    raise PcapError(
+                        f"{path}: truncated at byte offset {off}: frame {frame} needs "
+                        f"{caplen} bytes, the file has {size - off} more", offset=off, frame=frame)
+                if caplen > MAX_CAPLEN:
+                    raise PcapError(
+                        f"{path}: corrupt record header at byte offset {start} (frame {frame}): "
+                        f"captured length {caplen} exceeds {MAX_CAPLEN}", offset=start, frame=frame)
+                buf = mm[off:off + caplen]
+                off += caplen
+                yield frame, sec + frac / divisor, buf, link_type
+        finally:
+            mm.close()
+            f.close()
+
+    return "pcap", link_type, frames()
+
+
 def _records(path: str) -> tuple[str, int, Iterator[tuple[int, float, bytes, int]]]:
     """(format, link type of the first interface, iterator of (frame number,
     timestamp, frame bytes, the frame's link type)): a pcapng file's
@@ -677,6 +801,8 @@ def _records(path: str) -> tuple[str, int, Iterator[tuple[int, float, bytes, int
         raise PcapError(f"{path}: cannot open: {e.strerror or e}") from None
     magic = f.read(4)
     f.seek(0)
+    if magic in _PCAP_PLAIN and size >= 24:
+        return _plain_pcap(path, f, size, magic)
     if magic in _PCAP_MAGICS:
         fmt, reader_cls, header = "pcap", dpkt.pcap.Reader, 24
     elif magic == _PCAPNG_MAGIC:
@@ -774,26 +900,49 @@ def _ip_text(raw: bytes) -> str:
     return ipaddress.ip_address(raw).compressed
 
 
-def read_capture(path: str | os.PathLike, *, limits: ReassemblyLimits | None = None,
-                 budget: ReassemblyBudget | None = None) -> Capture:
-    """Read every TCP/UDP flow of a pcap / pcapng file. Raises PcapError on a bad file."""
+def flow_packets(path: str | os.PathLike) -> tuple[Capture, Iterator[tuple[int, L4Packet]]]:
+    """The TCP/UDP packets of a capture, in order, as (frame number, packet):
+    the decoding that read_capture does, for a caller that keeps its own
+    flow table (slowpath/offline.py). The Capture (no flows) is filled in
+    while the iterator runs: frames, undecodable, not_flow, fragments.
+    Raises PcapError on a bad file, at once or while iterating."""
     path = os.fspath(path)
     fmt, link_type, records = _records(path)
     cap = Capture(path=path, file_format=fmt, link_type=link_type)
-    budget = budget if budget is not None else ReassemblyBudget()
     decoder = _Decoder(link_type, cap.fragments)
+
+    def packets() -> Iterator[tuple[int, L4Packet]]:
+        frame = 0
+        try:
+            for frame, ts, buf, lt in records:
+                if lt == LINKTYPE_ETHERNET:
+                    p = _plain_ethernet(buf)
+                    if p is not None:
+                        yield frame, p
+                        continue
+                try:
+                    p = decoder.decode(buf, ts, lt)
+                except _NotFlow as e:
+                    cap.not_flow[str(e)] += 1
+                    continue
+                except _Undecodable as e:
+                    cap.undecodable[str(e)] += 1
+                    continue
+                yield frame, p
+        finally:
+            cap.frames = frame
+
+    return cap, packets()
+
+
+def read_capture(path: str | os.PathLike, *, limits: ReassemblyLimits | None = None,
+                 budget: ReassemblyBudget | None = None) -> Capture:
+    """Read every TCP/UDP flow of a pcap / pcapng file. Raises PcapError on a bad file."""
+    cap, packets = flow_packets(path)
+    budget = budget if budget is not None else ReassemblyBudget()
     table: dict[tuple, _FlowState] = {}
 
-    for frame, ts, buf, lt in records:
-        cap.frames = frame
-        try:
-            p = decoder.decode(buf, ts, lt)
-        except _NotFlow as e:
-            cap.not_flow[str(e)] += 1
-            continue
-        except _Undecodable as e:
-            cap.undecodable[str(e)] += 1
-            continue
+    for frame, p in packets:
         a, b = (p.src, p.sport), (p.dst, p.dport)
         key = (p.proto, a, b) if a <= b else (p.proto, b, a)
         state = table.get(key)
