@@ -68,5 +68,26 @@ bench-lookups: setup
 bench-memory: setup
 	$(PY) bench/memory.py
 
+# CPU per frame of ndpiReader, tshark, `microseg replay` and the parsers alone
+# on one replicated corpus capture, and per-flow agreement with nDPI. Installs
+# its two peers first (Debian packages, root, apt only when one is missing;
+# tshark's "may non-root users capture?" question answered no), so `make test`
+# never needs them. Not in BENCHES: it installs packages.
+PEER_PKGS := libndpi-bin tshark
+.PHONY: bench-peers
+bench-peers: setup
+	@missing=; for p in $(PEER_PKGS); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "bench-peers: installing$$missing (apt-get)"; \
+		echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing \
+		  || { DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		       DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; }; } \
+		|| { echo "bench-peers: could not install$$missing (needs root and apt)" >&2; exit 1; }; \
+	fi
+	$(PY) bench/peers.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache

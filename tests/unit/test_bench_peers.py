@@ -1,0 +1,66 @@
+"""bench/peers.py's reading of `ndpiReader -v 2` and its agreement count
+(no peers needed: the lines below are ndpiReader 4.2's format)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.peers import agreement, ndpi_app, parse_ndpi  # noqa: E402
+
+NDPI_OUT = (
+    "\nJA3 Host Stats: \n"
+    "\t\t IP Address                  \t # JA3C     \n"
+    "\t1\t 2a00:d40:1:3:7aac:c0ff:fea7:d4c \t 1      \n"
+    "\t1\tTCP 10.0.0.1:51889 <-> 10.0.0.2:22 [proto: 7/HTTP][ClearText][Confidence: DPI]"
+    "[cat: Web/5][15 pkts/828 bytes <-> 13 pkts/13351 bytes]\n"
+    "\t2\tTCP [fd00::2]:37506 <-> [fd00::0:3]:443 [proto: 91.26/TLS.ntop][Encrypted]"
+    "[Confidence: DPI][cat: Network/14]\n"
+    "\t3\tTCP 10.0.0.5:60010 <-> 10.0.0.6:6379 [proto: 182/Redis][ClearText]"
+    "[Confidence: Match by port][cat: Database/11]\n"
+    "\t4\tUDP 10.0.0.7:5353 <-> 10.0.0.8:53 [proto: 5.126/DNS.Google][ClearText]"
+    "[Confidence: DPI (partial)][cat: Web/5]\n"
+    "Undetected flows:\n"
+    "\t1\tTCP 10.0.0.9:34128 <-> 10.0.0.10:9092 [proto: 0/Unknown][ClearText]"
+    "[Confidence: Unknown][1 pkts/187 bytes <-> 1 pkts/116 bytes]\n"
+)
+
+
+def flow(proto, client, server, app):
+    return {"proto": proto, "client": list(client), "server": list(server), "app": app}
+
+
+def test_parse_ndpi_reads_every_flow_line_and_only_those():
+    got = parse_ndpi(NDPI_OUT)
+    assert len(got) == 5
+    by_name = {v["name"]: v for v in got.values()}
+    assert by_name["HTTP"] == {"name": "HTTP", "confidence": "DPI", "app": "http"}
+    assert by_name["TLS.ntop"]["app"] == "tls"
+    assert by_name["Redis"]["confidence"] == "Match by port"
+    assert by_name["DNS.Google"]["app"] == "dns"
+    assert by_name["Unknown"]["app"] is None
+    # IPv6 in brackets, written differently ("fd00::0:3"), is the same flow key
+    assert ("tcp", frozenset({("fd00::2", 37506), ("fd00::3", 443)})) in got
+
+
+def test_ndpi_names_map_to_microseg_names():
+    assert ndpi_app("HTTP_Connect") == "http"
+    assert ndpi_app("IMAPS") == "tls"
+    assert ndpi_app("QUIC.Google") is None      # no QUIC parser in microseg
+    assert ndpi_app("Unknown") is None
+
+
+def test_agreement_counts_both_seen_and_dpi_only():
+    ours = [
+        flow("tcp", ("10.0.0.2", 22), ("10.0.0.1", 51889), "http"),        # reversed order: same flow
+        flow("tcp", ("fd00::2", 37506), ("fd00::3", 443), None),           # disagrees, DPI
+        flow("tcp", ("10.0.0.5", 60010), ("10.0.0.6", 6379), "redis"),     # agrees, port guess
+        flow("udp", ("10.0.0.7", 5353), ("10.0.0.8", 53), "dns"),          # agrees, DPI (partial)
+        flow("tcp", ("10.0.0.9", 34128), ("10.0.0.10", 9092), None),       # agrees: neither knows it
+        flow("udp", ("10.9.9.9", 1), ("10.9.9.8", 2), "dns"),              # nDPI does not see it
+    ]
+    a = agreement(parse_ndpi(NDPI_OUT), ours)
+    assert (a["ndpi"], a["microseg"], a["both"], a["agree"]) == (5, 6, 5, 4)
+    assert (a["dpi"], a["dpi_agree"]) == (3, 2)
+    assert [(f["server"][1], n["name"]) for f, n in a["disagree"]] == [(443, "TLS.ntop")]
