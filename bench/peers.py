@@ -355,7 +355,7 @@ def bench(copies: int, rounds: int) -> int:
           f"the parsers alone are {med[Parsers.name] / med[Tshark.name]:.2f}× tshark.")
 
     a = agreement(parse_ndpi(ndpi_out), ours)
-    print(f"\nPer-flow protocol agreement with nDPI (5-tuple match; nDPI names mapped to microseg's):")
+    print("\nPer-flow protocol agreement with nDPI (5-tuple match; nDPI names mapped to microseg's):")
     print(f"  flows nDPI sees: {a['ndpi']:,}; the parsers alone: {a['microseg']:,}; both: {a['both']:,}")
     print(f"  same protocol: {a['agree']:,} of {a['both']:,}")
     print(f"  where nDPI's verdict is DPI (not a port/IP guess): {a['dpi_agree']:,} of {a['dpi']:,}")
