@@ -1,0 +1,101 @@
+"""What `microseg replay` runs per frame: bpfsys.TestRunner (one
+BPF_PROG_TEST_RUN per packet with the attr, context and buffers made once)
+and one heartbeat per replay, not one per frame.
+
+Needs root: programs are loaded and run."""
+from __future__ import annotations
+
+import os
+
+import dpkt
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from appliance.daemon import empty_rules
+from appliance.replay import replay, replay_config
+from datapath import bpfsys
+
+ETH = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+# r0 = skb->len (struct __sk_buff's first field); exit: the program returns
+# the length of the packet it was given, so a run on the wrong bytes shows.
+LEN_PROG = bpfsys.insn(0x61, dst=0, src=1, off=0) + bpfsys.insn(0x95)
+SIZES = [1500, 60, 3000, 14, 200, 3000, 15]
+
+
+@pytest.fixture
+def len_prog():
+    if os.geteuid() != 0:
+        pytest.fail("loading a BPF program needs root (CAP_BPF)")
+    fd = bpfsys.prog_load(LEN_PROG, bpfsys.BPF_PROG_TYPE_SCHED_CLS, name="ms_test_len")
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def frame(n: int) -> bytes:
+    return bytes((i * 7 + n) & 0xFF for i in range(n))
+
+
+def test_runner_agrees_with_prog_test_run(len_prog):
+    """Same retval and packet back as prog_test_run, packet after packet,
+    a small one after a large one included (the size the kernel wrote back
+    for the last packet must not limit the next)."""
+    runner = bpfsys.TestRunner(len_prog)
+    for n in SIZES:
+        data = frame(n)
+        want = bpfsys.prog_test_run(len_prog, data)
+        assert runner.run(data) == want.retval == n
+        assert runner.data_out == want.data_out == data
+
+
+def test_runner_without_copy_out(len_prog):
+    runner = bpfsys.TestRunner(len_prog, copy_out=False)
+    for n in SIZES:
+        assert runner.run(frame(n)) == n
+    assert runner.data_out == b""
+
+
+def test_runner_refuses_short_packet(len_prog):
+    with pytest.raises(ValueError, match="at least an Ethernet header"):
+        bpfsys.TestRunner(len_prog).run(b"\0" * 13)
+
+
+def test_runner_error_is_a_bpf_error(len_prog):
+    """A packet larger than the kernel's test-run page: BpfError (EMSGSIZE
+    or EINVAL, by kernel), as prog_test_run raises, not a crash."""
+    with pytest.raises(bpfsys.BpfError):
+        bpfsys.TestRunner(len_prog, copy_out=False).run(frame(70000))
+
+
+def test_replay_writes_the_heartbeat_once(fastpath, tmp_path, monkeypatch):
+    """replay_config()'s heartbeat timeout is an hour: one write covers a
+    replay (it was one map write per frame)."""
+    from slowpath import records as recmod
+    beats = []
+    orig = recmod.VerdictWriter.heartbeat
+    monkeypatch.setattr(recmod.VerdictWriter, "heartbeat", lambda self, pid: (beats.append(pid), orig(self, pid)))
+    c, s = IP(src="10.0.0.1", dst="10.0.0.2"), IP(src="10.0.0.2", dst="10.0.0.1")
+    req = b"GET /x HTTP/1.1\r\nHost: hb.test\r\n\r\n"
+    pkts = [c / TCP(sport=40000, dport=80, flags="S", seq=100),
+            s / TCP(sport=80, dport=40000, flags="SA", seq=900, ack=101),
+            c / TCP(sport=40000, dport=80, flags="A", seq=101, ack=901),
+            c / TCP(sport=40000, dport=80, flags="PA", seq=101, ack=901) / Raw(req)]
+    pkts += [c / TCP(sport=40000, dport=80, flags="A", seq=101 + len(req), ack=901)] * 20
+    path = tmp_path / "hb.pcap"
+    with open(path, "wb") as f:
+        w = dpkt.pcap.Writer(f)
+        for i, p in enumerate(pkts):
+            w.writepkt(bytes(Ether(**ETH) / p), ts=1_700_000_000.0 + i)
+    fastpath.apply_runtime(replay_config())
+    records: list = []
+    try:
+        res = replay(path, fastpath, empty_rules(), records.append)
+    finally:
+        fastpath.reset()
+        fastpath.apply_runtime(fastpath.config)
+    assert res.frames == len(pkts) and res.records == 1
+    assert any(r["event_type"] == "http" for r in records)
+    assert len(beats) == 1
