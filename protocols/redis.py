@@ -52,6 +52,16 @@ MAX_SUMMARY_BYTES = 256
 
 _INT = re.compile(rb"-?[0-9]{1,19}")        # fits int64: Redis's own lengths and integers
 _NUMBER = re.compile(rb"-?[0-9]+")
+# One element of a reply's aggregate that _Side can take without the
+# general line path (RedisParser._skim): a simple string or error (a line no
+# longer than the general path accepts), an integer, a big number, a null, a
+# boolean, a bulk string's header (group 1: its length) or an aggregate's
+# header (groups 2 and 3: type byte, element count). Anything else (a double,
+# a null bulk or array, an attribute, a streamed value, a malformed line)
+# does not match and goes the general way, which judges it.
+_ELEMENT = re.compile(
+    rb"[+\-][^\n]{0,%d}\r\n|:-?[0-9]{1,19}\r\n|\(-?[0-9]+\r\n|_\r\n|#[tf]\r\n"
+    rb"|\$([0-9]{1,19})\r\n|([*%%~>])([0-9]{1,7})\r\n" % (MAX_LINE_BYTES - 3))
 
 # Type byte -> reply type name.
 _STRINGS = {ord("$"): "bulk", ord("!"): "blob_error", ord("="): "verbatim"}
@@ -144,6 +154,11 @@ class RedisParser(StreamParser):
                 self._complete(side, direction, side.bulk_type, _text(side.bulk_head),
                                side.bulk_len, events)
             else:
+                if side.stack and direction == Direction.TO_CLIENT:
+                    start = pos
+                    pos = self._skim(side, buf, pos, events)
+                    if pos != start:
+                        continue
                 nl = buf.find(b"\n", pos, pos + MAX_LINE_BYTES)
                 if nl < 0:
                     if len(buf) - pos >= MAX_LINE_BYTES:
@@ -173,6 +188,55 @@ class RedisParser(StreamParser):
             return []
         side.state = "done"
         return [Malformed(direction, f"gap of {size} bytes in the stream", -1)]
+
+    @staticmethod
+    def _skim(side: _Side, buf: bytearray, pos: int, events: list[Event]) -> int:
+        """Inside a reply's aggregate, take whole elements in a tight loop:
+        one regex match each, bulk strings skipped by their length, nothing
+        kept (a reply's elements are counted, not stored), so a 90 KB
+        COMMAND reply of thousands of elements costs a match per element, not
+        the general path's line handling. Stops at the first element it
+        cannot take whole (see _ELEMENT, or a bulk string not all in
+        ``buf``) and returns the position reached; the general path goes on
+        from there with the same state."""
+        stack = side.stack
+        match = _ELEMENT.match
+        end_of_buf = len(buf)
+        while stack:
+            m = match(buf, pos)
+            if m is None:
+                break
+            end = m.end()
+            bulk, agg, count = m.group(1, 2, 3)
+            if bulk is not None:
+                n = int(bulk)
+                stop = end + n
+                if n > MAX_BULK_BYTES or stop + 2 > end_of_buf or buf[stop:stop + 2] != b"\r\n":
+                    break
+                end = stop + 2
+            elif agg is not None:
+                n = int(count)
+                if n > MAX_ELEMENTS or len(stack) >= MAX_DEPTH:
+                    break
+                if n:
+                    type_ = _AGGREGATES[agg[0]]
+                    stack.append(_Frame(type_, n, 2 * n if type_ == "map" else n, keep_items=False))
+                    pos = end
+                    continue
+                # an empty aggregate is one element of its parent, as below
+            pos = end
+            frame = stack[-1]
+            frame.remaining -= 1
+            while not frame.remaining:
+                stack.pop()
+                if frame.type == "attribute":
+                    break       # metadata about the next value, not a value (as _complete)
+                if not stack:
+                    events.append(RedisReply(frame.type, None, frame.count))
+                    break
+                frame = stack[-1]
+                frame.remaining -= 1
+        return pos
 
     def _fail(self, side: _Side, direction: Direction, events: list[Event], reason: str,
               at: int) -> None:

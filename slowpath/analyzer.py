@@ -11,8 +11,6 @@ protocol it was identified as.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from protocols import registry
 from protocols.api import LIKELY, POSSIBLE, Direction, Event, Parser, ProtocolPlugin
 
@@ -55,18 +53,51 @@ NAMING_EVENTS = {
 _WAIT_FOR_NAMING = frozenset({"http", "tls", "dns"})
 
 
-@dataclass
 class _Pending:
-    data: bytearray = field(default_factory=bytearray)
-    datagrams: list[bytes] = field(default_factory=list)
+    """One direction's bytes held while detection waits, and the probes'
+    verdict on them: a direction's bytes are rated again only when they grew
+    (detection runs again when either direction gets more)."""
+    __slots__ = ("data", "datagrams", "rated_at", "rated")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.datagrams: list[bytes] = []
+        self.rated_at: int | None = None     # len(data) rated, -1: the first datagram
+        self.rated: tuple[str | None, float] = (None, 0.0)
+
+
+# Plugin tables shared by the analyzers built with one plugin list (a slow
+# path builds one analyzer per flow): id(plugins) -> (plugins, by name,
+# {transport: [(name, probe)]}). A few lists at most exist (the default, a
+# test's own); the bound only keeps a caller that makes a list per flow from
+# growing it.
+_TABLES: dict[int, tuple] = {}
+MAX_SHARED_TABLES = 16
+
+
+def _tables(plugins) -> tuple:
+    hit = _TABLES.get(id(plugins))
+    if hit is not None and hit[0] is plugins:
+        return hit
+    if len(_TABLES) >= MAX_SHARED_TABLES:
+        _TABLES.clear()
+    listed = tuple(plugins)
+    probes = {t: [(p.name, p.probe) for p in listed if t in p.transports] for t in ("tcp", "udp")}
+    hit = _TABLES[id(plugins)] = (plugins, listed, {p.name: p for p in listed}, probes)
+    return hit
+
+
+_OTHER = (Direction.TO_CLIENT, Direction.TO_SERVER)
 
 
 class FlowAnalyzer:
     def __init__(self, transport: str, plugins: list[ProtocolPlugin] | None = None,
                  kernel_app: str | None = None):
         self.transport = transport
-        self.plugins = list(plugins) if plugins is not None else list(registry.default_plugins())
-        self._by_name = {p.name: p for p in self.plugins}
+        _, self.plugins, self._by_name, probes = _tables(
+            plugins if plugins is not None else registry.default_plugins())
+        self._probes = probes.get(transport, ())
+        self._held = 0                       # bytes pending in both directions
         self.kernel_app = kernel_app
         self.app: str | None = None          # what the flow speaks (first decision)
         self.confidence = 0.0
@@ -100,6 +131,7 @@ class FlowAnalyzer:
         if self._undecided:
             pend = self._pending[direction]
             pend.data += data
+            self._held += len(data)
             if not self._detect(direction, full=len(pend.data) >= DETECT_BUFFER_BYTES):
                 return []
             return self._flush()
@@ -122,6 +154,7 @@ class FlowAnalyzer:
     def datagram(self, direction: Direction, payload: bytes) -> list[Event]:
         if self._undecided:
             self._pending[direction].datagrams.append(payload)
+            self._held += len(payload)
             if not self._detect(direction, full=True, sample=payload):
                 return []
             return self._flush()
@@ -166,24 +199,48 @@ class FlowAnalyzer:
     # -- detection -------------------------------------------------------------
     def _detect(self, direction: Direction, full: bool, sample: bytes | None = None) -> bool:
         best, conf = None, 0.0
-        for d in (direction, Direction(1 - direction)):
-            pend = self._pending[d]
-            samples = [sample] if (sample is not None and d == direction) else (
-                pend.datagrams[:1] if pend.datagrams else ([bytes(pend.data)] if pend.data else []))
-            for s in samples:
-                name, c = registry.detect(s, d, self.transport, self.plugins)
-                if c > conf:
-                    best, conf = name, c
+        for d in (direction, _OTHER[direction]):
+            if sample is not None and d == direction:
+                name, c = self._rate(sample, d)
+            else:
+                pend = self._pending[d]
+                if pend.datagrams:
+                    at = -1
+                elif pend.data:
+                    at = len(pend.data)
+                else:
+                    continue
+                if pend.rated_at != at:
+                    pend.rated = self._rate(pend.datagrams[0] if at < 0 else bytes(pend.data), d)
+                    pend.rated_at = at
+                name, c = pend.rated
+            if c > conf:
+                best, conf = name, c
         if conf >= DECIDE_AT or (full and conf >= POSSIBLE):
             self._decide(best, conf)
             return True
         if full and self.kernel_app in self._by_name:
             self._decide(self.kernel_app, POSSIBLE)
             return True
-        if full and sum(len(p.data) for p in self._pending.values()) >= DETECT_BUFFER_BYTES:
+        # Datagrams count too: a UDP flow nobody claims stops being probed
+        # (and held) after a buffer's worth, as a stream does.
+        if full and self._held >= DETECT_BUFFER_BYTES:
             self._decide(None, 0.0)   # a buffer's worth and nobody claims it: not ours to read
             return True
         return False
+
+    def _rate(self, data: bytes, direction: Direction) -> tuple[str | None, float]:
+        """registry.detect over this transport's probes: the highest rating,
+        ties to the earlier plugin."""
+        best, conf = None, 0.0
+        for name, probe in self._probes:
+            try:
+                c = float(probe(data, direction))
+            except Exception:   # a probe must not take detection down; it just does not match
+                c = 0.0
+            if c > conf:
+                best, conf = name, c
+        return best, conf
 
     def _decide(self, name: str | None, conf: float) -> None:
         self._undecided = False
@@ -205,6 +262,7 @@ class FlowAnalyzer:
             if pend.data:
                 out += self._feed(d, bytes(pend.data))
             self._pending[d] = _Pending()
+        self._held = 0
         return out
 
     def _feed(self, direction: Direction, data: bytes) -> list[Event]:

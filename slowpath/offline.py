@@ -111,27 +111,28 @@ def analyze_capture(path: str | os.PathLike, *, identify_only: bool = True,
             if st.done:
                 continue
         else:
-            tcp = p.proto == IPPROTO_TCP
-            res = FlowResult("tcp" if tcp else "udp", (_ip_text(p.src), p.sport),
-                             (_ip_text(p.dst), p.dport), None, packets=1)
+            proto, src, sport, dst, dport = p[:5]
+            tcp = proto == IPPROTO_TCP
+            res = FlowResult("tcp" if tcp else "udp", (_ip_text(src), sport),
+                             (_ip_text(dst), dport), None, packets=1)
             st = _Flow(res, FlowAnalyzer(res.proto, plugins),
                        StreamReassembler(limits, budget) if tcp else None, None if tcp else 0)
             flows.append(st)
-            table[(p.proto, p.dst, p.dport, p.src, p.sport)] = (st, 1)
+            table[(proto, dst, dport, src, sport)] = (st, 1)
             table[p[:5]] = (st, 0)                # a flow to itself: side 0, as read_capture
             side = 0
         an = st.an
         reasm = st.reasm
         if reasm is None:                         # UDP: oriented by its first packet
-            st.result.events += len(an.datagram(_DIRS[side], p.payload))
+            st.result.events += len(an.datagram(_DIRS[side], p[7]))
         else:
-            flags = p.flags
+            flags = p[6]
             if flags & SYN and st.client is None:
                 if not flags & ACK:
                     st.syn_from = side
                 elif st.synack_from is None:
                     st.synack_from = side
-            events = reasm.segment(side, p.seq, flags, p.payload)
+            events = reasm.segment(side, p[5], flags, p[7])
             if st.client is None:
                 st.pending += events
                 if st.syn_from is None:
@@ -142,7 +143,12 @@ def analyze_capture(path: str | os.PathLike, *, identify_only: bool = True,
             if events:
                 st.result.events += _feed(an, st.client, events)
         if identify_only and an.identified:
+            # Keep only what the result needs: a capture has many flows, and
+            # what they hold is what the garbage collector walks.
             st.done = True
+            res = st.result
+            res.app, res.names, res.identified = an.app, an.names, True
+            st.an = None
             if reasm is not None:
                 reasm.close()
                 st.reasm = None
@@ -162,8 +168,8 @@ def analyze_capture(path: str | os.PathLike, *, identify_only: bool = True,
                 res.events += _feed(an, st.client, (ev,))
             if not (identify_only and an.identified):
                 res.events += len(an.settle())
+            res.app, res.names, res.identified = an.app, an.names, an.identified
         if st.client == 1:
             res.client, res.server = res.server, res.client
-        res.app, res.names, res.identified = an.app, dict(an.names), an.identified
         out.append(res)
     return out

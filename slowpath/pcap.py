@@ -132,8 +132,13 @@ _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 _u16 = struct.Struct("!H").unpack_from
 _u32 = struct.Struct("!I").unpack_from
-_tcp_ports_seq = struct.Struct("!HHI").unpack_from
 _udp_ports_len = struct.Struct("!HHH").unpack_from
+# For _plain_ethernet: version/IHL, total length, flags + fragment offset,
+# protocol, source, destination; version (first byte), payload length, next
+# header, source, destination; ports, sequence number, data offset, flags.
+_ipv4_fields = struct.Struct("!BxH2xHxB2x4s4s").unpack_from
+_ipv6_fields = struct.Struct("!B3xHBx16s16s").unpack_from
+_tcp_fields = struct.Struct("!HHI4xBB").unpack_from
 
 
 class PcapError(Exception):
@@ -506,46 +511,46 @@ class _Decoder:
         raise _NotFlow(f"ip protocol {proto}")
 
 
-def _plain_ethernet(buf: bytes) -> L4Packet | None:
-    """The common frame, decoded with offsets and one copy of the payload:
-    Ethernet, at most MAX_FAST_VLAN_TAGS VLAN tags, an unfragmented IPv4
-    or an IPv6 packet without extension headers, TCP or UDP. None for
-    anything else, and for anything malformed: _Decoder's general path then
-    decodes it (or names what is wrong), so both give the same answer."""
+def _plain_ethernet(buf: bytes) -> tuple | None:
+    """The common frame, decoded with offsets, a few struct unpacks and one
+    copy of the payload: Ethernet, at most MAX_FAST_VLAN_TAGS VLAN tags, an
+    unfragmented IPv4 or an IPv6 packet without extension headers, TCP or
+    UDP. Returns a plain tuple in L4Packet's field order (building the
+    NamedTuple costs a Python-level call per frame). None for anything else,
+    and for anything malformed: _Decoder's general path then decodes it (or
+    names what is wrong), so both give the same answer."""
     n = len(buf)
     if n < ETH_HEADER_LEN:
         return None
-    et = (buf[12] << 8) | buf[13]
+    et = _u16(buf, 12)[0]
     off = ETH_HEADER_LEN
-    tags = 0
-    while et in ETH_VLAN:
-        if tags == MAX_FAST_VLAN_TAGS or n < off + 4:
+    if et in ETH_VLAN:
+        for _ in range(MAX_FAST_VLAN_TAGS):
+            if n < off + 4:
+                return None
+            et = _u16(buf, off + 2)[0]
+            off += 4
+            if et not in ETH_VLAN:
+                break
+        else:
             return None
-        et = (buf[off + 2] << 8) | buf[off + 3]
-        off += 4
-        tags += 1
     if et == ETH_IPV4:
         if n - off < 20:
             return None
-        v = buf[off]
+        v, total, frag, proto, src, dst = _ipv4_fields(buf, off)
         ihl = (v & 0x0F) * 4
-        total = (buf[off + 2] << 8) | buf[off + 3]
         if total == 0:
             total = n - off                       # TSO, as in _ipv4
-        if v >> 4 != 4 or ihl < 20 or total < ihl or n - off < ihl:
-            return None
-        if (buf[off + 6] & 0x3F) or buf[off + 7]:
-            return None                           # a fragment (MF or an offset)
-        proto = buf[off + 9]
-        src, dst = buf[off + 12:off + 16], buf[off + 16:off + 20]
+        if v >> 4 != 4 or ihl < 20 or total < ihl or n - off < ihl or frag & 0x3FFF:
+            return None                           # odd, or a fragment (MF or an offset)
         l4 = off + ihl
         end = off + total
     elif et == ETH_IPV6:
-        if n - off < 40 or buf[off] >> 4 != 6:
+        if n - off < 40:
             return None
-        plen = (buf[off + 4] << 8) | buf[off + 5]
-        proto = buf[off + 6]
-        src, dst = buf[off + 8:off + 24], buf[off + 24:off + 40]
+        v, plen, proto, src, dst = _ipv6_fields(buf, off)
+        if v >> 4 != 6:
+            return None
         l4 = off + 40
         end = l4 + plen if plen else n
     else:
@@ -555,17 +560,17 @@ def _plain_ethernet(buf: bytes) -> L4Packet | None:
     if proto == IPPROTO_TCP:
         if end - l4 < 20:
             return None
-        doff = (buf[l4 + 12] >> 4) * 4
+        sport, dport, seq, doff, flags = _tcp_fields(buf, l4)
+        doff = (doff >> 4) * 4
         if doff < 20 or doff > end - l4:
             return None
-        sport, dport, seq = _tcp_ports_seq(buf, l4)
-        return L4Packet(IPPROTO_TCP, src, sport, dst, dport, seq, buf[l4 + 13], buf[l4 + doff:end])
+        return (IPPROTO_TCP, src, sport, dst, dport, seq, flags, buf[l4 + doff:end])
     if proto == IPPROTO_UDP:
         if end - l4 < 8:
             return None
         sport, dport, ulen = _udp_ports_len(buf, l4)
         stop = l4 + ulen if 8 <= ulen <= end - l4 else end
-        return L4Packet(IPPROTO_UDP, src, sport, dst, dport, 0, 0, buf[l4 + 8:stop])
+        return (IPPROTO_UDP, src, sport, dst, dport, 0, 0, buf[l4 + 8:stop])
     return None
 
 
@@ -900,8 +905,10 @@ def _ip_text(raw: bytes) -> str:
     return ipaddress.ip_address(raw).compressed
 
 
-def flow_packets(path: str | os.PathLike) -> tuple[Capture, Iterator[tuple[int, L4Packet]]]:
-    """The TCP/UDP packets of a capture, in order, as (frame number, packet):
+def flow_packets(path: str | os.PathLike) -> tuple[Capture, Iterator[tuple[int, tuple]]]:
+    """The TCP/UDP packets of a capture, in order, as (frame number, packet),
+    the packet a tuple in L4Packet's field order (proto, src, sport, dst,
+    dport, seq, flags, payload; an L4Packet or a plain tuple):
     the decoding that read_capture does, for a caller that keeps its own
     flow table (slowpath/offline.py). The Capture (no flows) is filled in
     while the iterator runs: frames, undecodable, not_flow, fragments.
@@ -911,7 +918,7 @@ def flow_packets(path: str | os.PathLike) -> tuple[Capture, Iterator[tuple[int, 
     cap = Capture(path=path, file_format=fmt, link_type=link_type)
     decoder = _Decoder(link_type, cap.fragments)
 
-    def packets() -> Iterator[tuple[int, L4Packet]]:
+    def packets() -> Iterator[tuple[int, tuple]]:
         frame = 0
         try:
             for frame, ts, buf, lt in records:
@@ -942,14 +949,14 @@ def read_capture(path: str | os.PathLike, *, limits: ReassemblyLimits | None = N
     budget = budget if budget is not None else ReassemblyBudget()
     table: dict[tuple, _FlowState] = {}
 
-    for frame, p in packets:
-        a, b = (p.src, p.sport), (p.dst, p.dport)
-        key = (p.proto, a, b) if a <= b else (p.proto, b, a)
+    for frame, (proto, src, sport, dst, dport, seq, flags, payload) in packets:
+        a, b = (src, sport), (dst, dport)
+        key = (proto, a, b) if a <= b else (proto, b, a)
         state = table.get(key)
         if state is None:
-            tcp = p.proto == IPPROTO_TCP
+            tcp = proto == IPPROTO_TCP
             flow = Flow(proto="tcp" if tcp else "udp",
-                        client=(_ip_text(p.src), p.sport), server=(_ip_text(p.dst), p.dport),
+                        client=(_ip_text(src), sport), server=(_ip_text(dst), dport),
                         first_frame=frame, last_frame=frame, packets=0)
             reasm = StreamReassembler(limits, budget) if tcp else None
             if reasm is not None:
@@ -960,17 +967,17 @@ def read_capture(path: str | os.PathLike, *, limits: ReassemblyLimits | None = N
         flow.last_frame = frame
         side = Direction.TO_SERVER if a == state.ends[0] else Direction.TO_CLIENT
         if state.reasm is not None:
-            if p.flags & SYN:
-                if p.flags & ACK:
+            if flags & SYN:
+                if flags & ACK:
                     if state.synack_from is None:
                         state.synack_from = side
                 elif state.syn_from is None:
                     state.syn_from = side
-            for ev in state.reasm.segment(side, p.seq, p.flags, p.payload):
+            for ev in state.reasm.segment(side, seq, flags, payload):
                 flow.events.append(ev)
                 flow.event_frames.append(frame)
         else:
-            flow.events.append(Datagram(side, p.payload, frame))
+            flow.events.append(Datagram(side, payload, frame))
             flow.event_frames.append(frame)
 
     for state in table.values():

@@ -1,0 +1,71 @@
+"""The Redis parser's fast walk through a reply's aggregates (RedisParser._skim)
+gives exactly the events of the general line path, wherever the stream is
+split, and takes a big nested reply (like COMMAND's ~90 KB) with a regex
+match per element instead of the general path's line handling."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from protocols import redis
+from protocols.api import Direction
+
+S = Direction.TO_CLIENT
+
+
+def command_reply(n: int) -> bytes:
+    """The shape of a COMMAND reply: an array of per-command arrays with
+    nested flag arrays, integers, bulk strings and an empty array."""
+    out = b"*%d\r\n" % n
+    for i in range(n):
+        name = b"cmd%d" % i
+        out += (b"*7\r\n$%d\r\n%s\r\n:%d\r\n*2\r\n+write\r\n+denyoom\r\n:1\r\n:-1\r\n:1\r\n*0\r\n"
+                % (len(name), name, -3 if i % 2 else 2))
+    return out
+
+
+MIXED = (b"+OK\r\n" + command_reply(50)
+         + b"%2\r\n+a\r\n*2\r\n$3\r\nx\r\n\r\n,2.5\r\n+b\r\n_\r\n"      # bulk holding CR LF, a double, a null
+         + b"*3\r\n$-1\r\n*-1\r\n#f\r\n"                                # null bulk / array inside
+         + b"~2\r\n(123\r\n|1\r\n+k\r\n+v\r\n:5\r\n"                    # an attribute inside a set
+         + b">2\r\n-ERR x\r\n$0\r\n\r\n" + b":7\r\n")
+BAD = [b"*2\r\n:1\r\n:1x\r\n", b"*1\r\n+no-cr\n", b"*1\r\n$3\r\nabcd\r\n", b"*1\r\n" * 40 + b":1\r\n",
+       b"*1\r\n*%d\r\n" % (redis.MAX_ELEMENTS + 1), b"*1\r\n$%d\r\n" % (redis.MAX_BULK_BYTES + 1),
+       b"*2\r\n,x\r\n:1\r\n"]
+
+
+def feed(chunks, skim=True, monkeypatch=None):
+    p = redis.RedisParser()
+    if not skim:
+        p._skim = lambda side, buf, pos, events: pos       # the general path only
+    out = []
+    for c in chunks:
+        out += p.receive_data(c, S)
+    return out
+
+
+@pytest.mark.parametrize("data", [MIXED, *BAD])
+def test_skim_equals_the_general_path_at_any_split(data):
+    want = feed([data], skim=False)
+    assert feed([data]) == want
+    rnd = random.Random(len(data))
+    for _ in range(30):
+        cuts = sorted(rnd.sample(range(1, len(data)), min(len(data) - 1, rnd.randint(1, 12))))
+        parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+        assert feed(parts) == want, cuts
+    assert feed([data[i:i + 1] for i in range(len(data))]) == want
+
+
+def test_big_reply_skips_the_line_path(monkeypatch):
+    data = command_reply(2000)                                  # ~90 KB, ~26,000 elements
+    assert len(data) > 80_000
+    lines = []
+    real = redis.RedisParser._line
+    monkeypatch.setattr(redis.RedisParser, "_line",
+                        lambda self, *a: (lines.append(1), real(self, *a))[1])
+    ev = feed([data[i:i + 1448] for i in range(0, len(data), 1448)])
+    assert [(e.type, e.size) for e in ev] == [("array", 2000)]
+    # Only the top-level header and the elements cut by a segment boundary
+    # take the general path (before: one call per element, ~26,000).
+    assert len(lines) <= 1 + 2 * (len(data) // 1448 + 1)
