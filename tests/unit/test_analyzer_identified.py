@@ -45,3 +45,16 @@ def test_ssh_identified_at_the_first_banner():
     an = FlowAnalyzer("tcp")
     an.data(S, b"SSH-2.0-OpenSSH_9.6\r\n")
     assert an.identified and an.app == "ssh" and an.names == {"ssh_banner": "SSH-2.0-OpenSSH_9.6"}
+
+
+def test_udp_flow_nobody_claims_is_settled_after_a_buffers_worth():
+    """Datagrams count toward DETECT_BUFFER_BYTES as stream bytes do: the
+    flow is settled (no protocol, nothing more to parse) instead of being
+    probed, and its datagrams held, to the end (before: undecided forever)."""
+    from slowpath.analyzer import DETECT_BUFFER_BYTES
+    an = FlowAnalyzer("udp")
+    junk = b"\xc3" + b"\x00" * 1199                  # a QUIC-like long header: nobody's
+    for i in range(DETECT_BUFFER_BYTES // len(junk) + 1):
+        an.datagram(C if i % 2 == 0 else S, junk)
+    assert an.decided and an.app is None and an.identified
+    assert sum(len(p.datagrams) for p in an._pending.values()) == 0
