@@ -107,6 +107,12 @@ def is_grease(value: int) -> bool:
     return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
 
 
+# The same 16 values as a set: the fingerprints test every list entry, and
+# a set lookup is cheaper than a call per entry.
+_GREASE = frozenset(v for v in range(0x10000) if is_grease(v))
+_ext_head = struct.Struct(">HH").unpack_from
+
+
 # --- Events -----------------------------------------------------------------
 @dataclass(frozen=True)
 class TlsClientHello(Event):
@@ -169,7 +175,7 @@ class TlsAlert(Event):
 
 # --- Fingerprints -----------------------------------------------------------
 def _dash(values) -> str:
-    return "-".join(str(v) for v in values if not is_grease(v))
+    return "-".join([str(v) for v in values if v not in _GREASE])
 
 
 def ja3_string(legacy_version: int, ciphers, extensions, groups, point_formats) -> str:
@@ -213,12 +219,12 @@ def _ja4_alpn(first: bytes | None) -> str:
 def ja4(*, legacy_version: int, versions, ciphers, extensions, sig_algs,
         first_alpn: bytes | None, transport: str = "t") -> str:
     """JA4 (FoxIO, BSD-3-Clause spec), e.g. ``t13d1516h2_8daaf6152771_e5627efa2ab1``."""
-    offered = [v for v in versions if not is_grease(v)]
+    offered = [v for v in versions if v not in _GREASE]
     # The highest supported_versions entry wins; without the extension (or
     # with only GREASE in it) the hello's own version is what it offers.
     version = max(offered) if offered else legacy_version
-    ciphers = [c for c in ciphers if not is_grease(c)]
-    exts = [e for e in extensions if not is_grease(e)]
+    ciphers = [c for c in ciphers if c not in _GREASE]
+    exts = [e for e in extensions if e not in _GREASE]
     a = (f"{transport}{_JA4_VERSIONS.get(version, '00')}"
          f"{'d' if EXT_SERVER_NAME in exts else 'i'}"
          f"{min(len(ciphers), 99):02d}{min(len(exts), 99):02d}{_ja4_alpn(first_alpn)}")
@@ -226,7 +232,7 @@ def ja4(*, legacy_version: int, versions, ciphers, extensions, sig_algs,
     sorted_exts = sorted(e for e in exts if e not in (EXT_SERVER_NAME, EXT_ALPN))
     if sorted_exts:
         text = ",".join(f"{e:04x}" for e in sorted_exts)
-        algs = [s for s in sig_algs if not is_grease(s)]
+        algs = [s for s in sig_algs if s not in _GREASE]
         if algs:
             text += "_" + ",".join(f"{s:04x}" for s in algs)
         c = _sha12(text)
@@ -310,19 +316,31 @@ def _text(raw: bytes) -> str:
 def _extensions(r: _Reader) -> tuple[tuple[int, ...], dict[int, bytes]]:
     if not r.left:                       # TLS 1.2 and older may omit the block
         return (), {}
-    block = _Reader(r.vec(2, "extensions"))
+    block = r.vec(2, "extensions")
     r.end("the extensions")
     types: list[int] = []
     bodies: dict[int, bytes] = {}
-    while block.left:
-        ext = block.u16("extension type")
-        body = block.vec(2, f"extension {ext:#06x}")
+    # Walked by offset, one unpack per extension (type, length); the
+    # messages are _Reader's.
+    pos, end = 0, len(block)
+    while pos < end:
+        left = end - pos
+        if left < 4:
+            if left < 2:
+                raise _Bad(f"extension type runs past its end (2 bytes, {left} left)")
+            ext = (block[pos] << 8) | block[pos + 1]
+            raise _Bad(f"extension {ext:#06x} length runs past its end (2 bytes, {left - 2} left)")
+        ext, n = _ext_head(block, pos)
+        pos += 4
+        if n > end - pos:
+            raise _Bad(f"extension {ext:#06x} runs past its end ({n} bytes, {end - pos} left)")
         if ext in bodies:
             raise _Bad(f"extension {ext:#06x} appears twice")
         if len(types) == MAX_EXTENSIONS:
             raise _Bad(f"more than {MAX_EXTENSIONS} extensions")
         types.append(ext)
-        bodies[ext] = body
+        bodies[ext] = block[pos:pos + n]
+        pos += n
     return tuple(types), bodies
 
 

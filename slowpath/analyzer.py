@@ -12,7 +12,7 @@ protocol it was identified as.
 from __future__ import annotations
 
 from protocols import registry
-from protocols.api import LIKELY, POSSIBLE, Direction, Event, Parser, ProtocolPlugin
+from protocols.api import CERTAIN, LIKELY, POSSIBLE, Direction, Event, Parser, ProtocolPlugin
 
 # Bytes of one direction kept while no probe is sure: enough for the
 # longest first message a probe needs to see whole (a TLS ClientHello with a
@@ -231,7 +231,8 @@ class FlowAnalyzer:
 
     def _rate(self, data: bytes, direction: Direction) -> tuple[str | None, float]:
         """registry.detect over this transport's probes: the highest rating,
-        ties to the earlier plugin."""
+        ties to the earlier plugin, so the first CERTAIN (the top of the
+        scale, protocols/api.py) ends the search."""
         best, conf = None, 0.0
         for name, probe in self._probes:
             try:
@@ -240,6 +241,8 @@ class FlowAnalyzer:
                 c = 0.0
             if c > conf:
                 best, conf = name, c
+                if c >= CERTAIN:
+                    break
         return best, conf
 
     def _decide(self, name: str | None, conf: float) -> None:

@@ -216,7 +216,7 @@ class StreamReassembler:
     def segment(self, direction: Direction, seq: int, flags: int,
                 payload: bytes = b"") -> list[StreamEvent]:
         """Feed one TCP segment; return the events it completes (possibly none)."""
-        d = Direction(direction)
+        d = direction if direction.__class__ is Direction else Direction(direction)
         side = self._sides[d]
         self.counters.segments += 1
         events: list[StreamEvent] = []
@@ -299,6 +299,14 @@ class StreamReassembler:
                 c.retransmits += 1
                 return
             if off == side.next:
+                if not side.starts:
+                    # The common case: in order, nothing buffered, no copy.
+                    if seen:
+                        c.overlaps += 1
+                    side.next = off + len(data)
+                    c.bytes_delivered += len(data)
+                    events.append(Data(d, data, off))
+                    return
                 break
             pieces, _, _ = self._uncovered(side, off, data)
             need = sum(len(p) for _, p in pieces)
