@@ -132,7 +132,7 @@ def analyze_capture(path: str | os.PathLike, *, identify_only: bool = True,
                     st.syn_from = side
                 elif st.synack_from is None:
                     st.synack_from = side
-            events = reasm.segment(side, p[5], flags, p[7])
+            events = reasm.segment(_DIRS[side], p[5], flags, p[7])
             if st.client is None:
                 st.pending += events
                 if st.syn_from is None:
