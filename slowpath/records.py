@@ -10,8 +10,9 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import socket
+import struct
 import time
-from dataclasses import dataclass
+from typing import NamedTuple, Sequence
 
 from datapath import bpfsys
 from datapath.enums import VerdictCode
@@ -34,8 +35,9 @@ def _addr(raw) -> str:
     return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
 
 
-@dataclass(frozen=True)
-class InspRecord:
+class InspRecord(NamedTuple):
+    """One payload record. A tuple (one C call builds it, no per-field
+    setattr as a frozen dataclass has): decoding runs once per record."""
     ts_ns: int            # kernel bpf_ktime_get_ns (CLOCK_MONOTONIC) when copied
     key: bytes            # the connection: session_ref() of its session key and cookie, which
                           # VerdictWriter.verdict and session_lookup take (a new connection on
@@ -79,24 +81,103 @@ def split_ref(ref: bytes) -> tuple[bytes, int]:
     return ref[:-COOKIE_BYTES], int.from_bytes(ref[-COOKIE_BYTES:], "little")
 
 
+# Connections whose formatted addresses the decoder keeps (formatting an
+# address costs more than decoding the rest of a record); past it the cache
+# starts over. The engine's flow table (engine.MAX_FLOWS) holds as many.
+MAX_CACHED_PEERS = 65_536
+# The fields of struct ms_insp_rec that decode_many() reads, in the order it unpacks their indices.
+_HEADER_FIELDS = ("ts_ns", "seq", "ack_seq", "len", "orig_len", "rule_id", "side", "tcp_flags", "l4", "app", "inspect",
+                  "hook", "initiator_is_hi", "frag", "frag_id", "frag_off", "cookie")
+# struct format characters of the ctypes scalar types, by size.
+_UNSIGNED = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+def _header_struct(rec_type: type) -> tuple[struct.Struct, dict[str, int]]:
+    """A struct.Struct reading the header of a record in one call, built
+    from the ctypes type's own field offsets and sizes (so the layout keeps
+    its one definition, the compiled C struct): scalars as integers, arrays
+    and nested structs as bytes; and each field's index in the tuple."""
+    fmt, at, index = ["="], 0, {}
+    for f in rec_type._fields_:
+        if len(f) != 2:
+            raise ValueError(f"struct ms_insp_rec field {f[0]!r} is a bit field: the record decoder reads bytes")
+        name, ftype = f
+        desc = getattr(rec_type, name)
+        if desc.offset > at:
+            fmt.append(f"{desc.offset - at}x")
+        code = getattr(ftype, "_type_", None)
+        if isinstance(code, str) and desc.size in _UNSIGNED:
+            fmt.append(_UNSIGNED[desc.size].lower() if code in "bhilq" else _UNSIGNED[desc.size])
+        else:
+            fmt.append(f"{desc.size}s")
+        index[name] = len(index)
+        at = desc.offset + desc.size
+    if ctypes.sizeof(rec_type) > at:
+        fmt.append(f"{ctypes.sizeof(rec_type) - at}x")
+    st = struct.Struct("".join(fmt))
+    if st.size != ctypes.sizeof(rec_type):
+        raise ValueError(f"struct ms_insp_rec: format {st.format!r} reads {st.size} bytes of {ctypes.sizeof(rec_type)}")
+    return st, index
+
+
 class RecordDecoder:
     def __init__(self, rec_type: type, key_type: type):
         self.rec_type = rec_type
         self.hsize = ctypes.sizeof(rec_type)
         self.key_size = ctypes.sizeof(key_type)
+        self._header, self._index = _header_struct(rec_type)
+        key_at = rec_type.key.offset
+        cookie = rec_type.cookie
+        if cookie.size != COOKIE_BYTES:
+            raise ValueError(f"struct ms_insp_rec cookie is {cookie.size} bytes, session_ref() takes {COOKIE_BYTES}")
+        # session_ref() from the record's bytes: the key as the kernel laid it out
+        self._key = slice(key_at, key_at + self.key_size)
+        self._key_type = dict(rec_type._fields_)["key"]
+        self._peers: dict[bytes, tuple[tuple[str, int], tuple[str, int]]] = {}
 
-    def decode(self, raw: bytes) -> InspRecord:
-        if len(raw) < self.hsize:
-            raise ValueError(f"payload record of {len(raw)} bytes, header alone is {self.hsize}")
-        h = self.rec_type.from_buffer_copy(raw[:self.hsize])
-        k = h.key
+    def _short(self, raw) -> str:
+        return f"payload record of {len(raw)} bytes, header alone is {self.hsize}"
+
+    def _peers_of(self, ref: bytes, raw: bytes, initiator_is_hi: int) -> tuple[tuple[str, int], tuple[str, int]]:
+        """(client, server) of a connection, formatted once per connection."""
+        k = self._key_type.from_buffer_copy(raw, self._key.start)
         lo = (_addr(k.addr_lo), socket.ntohs(k.port_lo))
         hi = (_addr(k.addr_hi), socket.ntohs(k.port_hi))
-        client, server = (hi, lo) if h.initiator_is_hi else (lo, hi)
-        data = raw[self.hsize:self.hsize + h.len]
-        return InspRecord(h.ts_ns, session_ref(bytes(k)[:self.key_size], h.cookie), client, server, h.side, h.seq,
-                          h.ack_seq, h.tcp_flags, h.l4, h.app, h.inspect, h.rule_id, h.hook, h.orig_len, bytes(data),
-                          h.frag, h.frag_id, h.frag_off)
+        peers = (hi, lo) if initiator_is_hi else (lo, hi)
+        if len(self._peers) >= MAX_CACHED_PEERS:
+            self._peers.clear()
+        self._peers[ref] = peers
+        return peers
+
+    def decode(self, raw: bytes) -> InspRecord:
+        recs, bad = self.decode_many((raw,))
+        if bad:
+            raise ValueError(bad[0])
+        return recs[0]
+
+    def decode_many(self, raws: Sequence[bytes]) -> tuple[list[InspRecord], list[str]]:
+        """The records of ``raws`` in order, and a message per raw record
+        skipped as bad (shorter than the header)."""
+        out: list[InspRecord] = []
+        bad: list[str] = []
+        unpack = self._header.unpack_from
+        hsize, kslice, peers, new = self.hsize, self._key, self._peers, tuple.__new__
+        (i_ts, i_seq, i_ack, i_len, i_orig, i_rule, i_side, i_flags, i_l4, i_app, i_insp, i_hook, i_hi, i_frag,
+         i_fid, i_foff, i_cookie) = (self._index[name] for name in _HEADER_FIELDS)
+        append = out.append
+        for raw in raws:
+            if len(raw) < hsize:
+                bad.append(self._short(raw))
+                continue
+            h = unpack(raw)
+            ref = raw[kslice] + h[i_cookie].to_bytes(COOKIE_BYTES, "little")   # session_ref()
+            p = peers.get(ref)
+            if p is None:
+                p = self._peers_of(ref, raw, h[i_hi])
+            append(new(InspRecord, (h[i_ts], ref, p[0], p[1], h[i_side], h[i_seq], h[i_ack], h[i_flags], h[i_l4],
+                                    h[i_app], h[i_insp], h[i_rule], h[i_hook], h[i_orig],
+                                    raw[hsize:hsize + h[i_len]], h[i_frag], h[i_fid], h[i_foff])))
+        return out, bad
 
 
 class VerdictWriter:

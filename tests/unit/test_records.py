@@ -1,0 +1,138 @@
+"""Payload records decoded in batches (slowpath/records.py RecordDecoder.decode_many)
+and handed to the engine in batches (Engine.handle_raw_batch). The record type
+here mirrors struct ms_insp_rec (bpf/lib/maps.h) as BCC types it; the kernel
+tests (tests/datapath/test_inspect_kernel.py) decode the compiled one."""
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import socket
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from datapath.enums import INSPECT
+from slowpath import normalize, records
+from slowpath.engine import Engine
+from slowpath.records import InspRecord, RecordDecoder, session_ref
+from slowpath.rulesfile import load_rules_text
+
+U8, U16, U32, U64 = ctypes.c_ubyte, ctypes.c_ushort, ctypes.c_uint, ctypes.c_ulonglong
+
+
+class Key(ctypes.Structure):
+    _fields_ = [("addr_lo", U8 * 16), ("addr_hi", U8 * 16), ("port_lo", U16), ("port_hi", U16), ("proto", U8),
+                ("pad", U8 * 3)]
+
+
+class Rec(ctypes.Structure):
+    _fields_ = [("ts_ns", U64), ("key", Key), ("seq", U32), ("ack_seq", U32), ("len", U32), ("orig_len", U32),
+                ("rule_id", U32), ("side", U8), ("tcp_flags", U8), ("l4", U8), ("app", U8), ("inspect", U8),
+                ("hook", U8), ("initiator_is_hi", U8), ("frag", U8), ("frag_id", U32), ("frag_off", U16),
+                ("pad", U8 * 2), ("cookie", U32)]
+
+
+def raw(lo: str, hi: str, plo: int, phi: int, *, data=b"payload", hi_first=0, seq=7, cookie=0xA1B2C3D4,
+        side=0, frag=0, frag_id=0, frag_off=0, cut=0) -> bytes:
+    r = Rec()
+    r.ts_ns, r.seq, r.ack_seq, r.len, r.orig_len, r.rule_id = 123456789, seq, 99, len(data), len(data) + cut, 5
+    r.side, r.tcp_flags, r.l4, r.app, r.inspect, r.hook = side, 0x18, socket.IPPROTO_TCP, 3, INSPECT["WAF"], 1
+    r.initiator_is_hi, r.frag, r.frag_id, r.frag_off, r.cookie = hi_first, frag, frag_id, frag_off, cookie
+    for field, addr in (("addr_lo", lo), ("addr_hi", hi)):
+        ip = ipaddress.ip_address(addr)
+        b = ip.packed if ip.version == 6 else ipaddress.IPv6Address(f"::ffff:{addr}").packed
+        ctypes.memmove(ctypes.addressof(getattr(r.key, field)), b, 16)
+    r.key.port_lo, r.key.port_hi, r.key.proto = socket.htons(plo), socket.htons(phi), socket.IPPROTO_TCP
+    return bytes(r) + data + b"\xee" * cut      # bytes past len: not the record's
+
+
+def test_decode_many_reads_every_field_as_the_ctypes_type_does():
+    dec = RecordDecoder(Rec, Key)
+    raws = [raw("10.0.0.1", "10.0.0.2", 40000, 80, hi_first=0, data=b"GET /"),
+            raw("10.0.0.1", "10.0.0.2", 40000, 80, hi_first=1, side=1, cookie=3, seq=0xFFFFFFFF),
+            raw("2001:db8::1", "2001:db8::2", 5353, 53, frag=3, frag_id=77, frag_off=185, data=b"x" * 40, cut=8)]
+    recs, bad = dec.decode_many(raws)
+    assert bad == [] and len(recs) == 3
+    for r, b in zip(recs, raws):
+        h = Rec.from_buffer_copy(b)
+        assert r.key == session_ref(bytes(h.key), h.cookie)
+        assert (r.ts_ns, r.seq, r.ack_seq, r.side, r.tcp_flags, r.l4, r.app, r.inspect, r.rule_id, r.hook,
+                r.orig_len, r.frag, r.frag_id, r.frag_off) == \
+            (h.ts_ns, h.seq, h.ack_seq, h.side, h.tcp_flags, h.l4, h.app, h.inspect, h.rule_id, h.hook,
+             h.orig_len, h.frag, h.frag_id, h.frag_off)
+        assert r.data == b[ctypes.sizeof(Rec):ctypes.sizeof(Rec) + h.len]
+        assert r.transport == "tcp" and dec.decode(b) == r
+    assert (recs[0].client, recs[0].server) == (("10.0.0.1", 40000), ("10.0.0.2", 80))
+    assert (recs[1].client, recs[1].server) == (("10.0.0.2", 80), ("10.0.0.1", 40000))   # hi opened it
+    assert (recs[2].client, recs[2].server) == (("2001:db8::1", 5353), ("2001:db8::2", 53))
+    assert recs[2].data == b"x" * 40 and recs[2].orig_len == 48
+
+
+def test_a_short_record_is_skipped_with_one_line_and_the_rest_decoded():
+    dec = RecordDecoder(Rec, Key)
+    good = raw("10.0.0.1", "10.0.0.2", 1, 2)
+    recs, bad = dec.decode_many([good, good[:10], good])
+    assert len(recs) == 2 and bad == [f"payload record of 10 bytes, header alone is {ctypes.sizeof(Rec)}"]
+    with pytest.raises(ValueError, match="header alone"):
+        dec.decode(good[:10])
+
+
+def test_addresses_are_formatted_once_per_connection(monkeypatch):
+    calls = []
+    real = records._addr
+    monkeypatch.setattr(records, "_addr", lambda b: calls.append(1) or real(b))
+    dec = RecordDecoder(Rec, Key)
+    recs, _ = dec.decode_many([raw("10.0.0.1", "10.0.0.2", 40000, 80, seq=i) for i in range(500)])
+    assert len(recs) == 500 and len(calls) == 2                 # one per address of the one connection
+    dec.decode_many([raw("10.0.0.1", "10.0.0.2", 40000, 80, cookie=9)])   # next connection on the 5-tuple
+    assert len(calls) == 4
+
+
+def test_a_bit_field_in_the_record_is_refused():
+    class Bits(ctypes.Structure):
+        _fields_ = [("ts_ns", U64), ("key", Key), ("flags", U32, 3), ("cookie", U32)]
+    with pytest.raises(ValueError, match="bit field"):
+        RecordDecoder(Bits, Key)
+
+
+class Metrics:
+    def __init__(self):
+        self.ringbuf = []
+
+    def record_ringbuf(self, n):
+        self.ringbuf.append(n)
+
+    def __getattr__(self, name):          # verdicts, latencies: not what this test counts
+        return lambda *a, **k: None
+
+
+class Verdicts:
+    def verdict(self, key, code):
+        return 1
+
+
+def test_handle_raw_batch_counts_records_and_bad_ones_once_per_batch():
+    m = Metrics()
+    e = Engine(load_rules_text("{}\n", "<none>"), lambda r: None, Verdicts(), metrics=m)
+    req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    raws, seq = [], 1
+    for _ in range(50):
+        raws.append(raw("10.0.0.1", "10.0.0.2", 40000, 80, data=req, seq=seq))
+        seq += len(req)
+    bad = e.handle_raw_batch(raws + [b"\0" * 8], RecordDecoder(Rec, Key))
+    assert len(bad) == 1 and e.counters.bad_records == 1
+    assert m.ringbuf == [50] and e.counters.records == 50 and e.counters.bytes == 50 * len(req)
+    (flow,) = e.flows.values()
+    assert flow.pkts == [50, 0] and flow.info.src_ip == "10.0.0.1" and flow.analyzer.app == "http"
+
+
+# Bytes the normalisation rewrites, and ordinary ones around them.
+VALUE_BYTES = st.binary(max_size=24) | st.lists(
+    st.sampled_from([b"%", b"2", b"5", b"c", b"0", b"/", b".", b"\\", b"+", b"\x00", b"\xc0", b"\xaf", b"a", b"="]),
+    max_size=24).map(b"".join)
+
+
+@given(VALUE_BYTES, st.booleans(), st.booleans())
+def test_the_plain_value_shortcut_changes_no_result(data, form, path):
+    assert normalize.value(data, form=form, path=path) == normalize._value(data, form, path)
