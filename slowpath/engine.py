@@ -30,6 +30,7 @@ import dataclasses
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 from datapath.config import FailureActions
 from datapath.enums import FRAG, INSPECT, INSPECT_BITS, VerdictCode
@@ -37,7 +38,7 @@ from protocols.api import Direction
 from slowpath import eve
 from slowpath.analyzer import FlowAnalyzer
 from slowpath.reassembly import Eof, ReassemblyBudget, StreamReassembler
-from slowpath.records import InspRecord
+from slowpath.records import InspRecord, RecordDecoder
 
 # Flows the engine tracks at once; past it the least recently seen one is
 # closed (its EVE flow record says "forced"). Each costs a reassembler and
@@ -57,7 +58,11 @@ MAX_DATAGRAM = 65_535
 # a few retransmissions of it; past this the client's own retransmission
 # carries the rest.
 MAX_HELD_RECORDS = 64
-TCP_FIN, TCP_RST = 0x01, 0x04
+TCP_FIN, TCP_RST, TCP_ACK = 0x01, 0x04, 0x10
+# A record's side (0, 1) as the parsers' Direction, without an enum call per record.
+_DIRECTIONS = (Direction.TO_SERVER, Direction.TO_CLIENT)
+_DECIDED = (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK)
+_IDENTIFY_ONLY = frozenset({"dpi"})
 HTTP_SWITCHING_PROTOCOLS = 101   # RFC 9110 15.2.2: the last HTTP/1.x answer on the connection
 
 
@@ -86,6 +91,10 @@ class Flow:
     first_ts_ns: int
     rule_id: int
     last_seen: float
+    # The rule asks only to identify the flow (inspect what: [dpi]): once its
+    # protocol and naming fields are known (FlowAnalyzer.identified), ALLOW
+    # hands it to the kernel, as nDPI stops after identification.
+    identify_only: bool = False
     verdict: VerdictCode | None = None
     verdict_latency_us: int | None = None   # first inspected byte (kernel clock) -> first verdict written
     next_seq: list = field(default_factory=lambda: [None, None])   # per side, for resets
@@ -145,52 +154,87 @@ class Engine:
 
     # -- records -----------------------------------------------------------
     def handle(self, rec: InspRecord) -> None:
+        """One decoded payload record."""
+        self.handle_batch((rec,))
+
+    def handle_raw_batch(self, raws: Sequence[bytes], decoder: RecordDecoder) -> list[str]:
+        """Raw records as the ring buffer hands them over, decoded in one
+        pass (RecordDecoder.decode_many) and handled in order. Returns a
+        message per record skipped as bad (counted in counters.bad_records)."""
+        recs, bad = decoder.decode_many(raws)
+        self.counters.bad_records += len(bad)
+        self.handle_batch(recs)
+        return bad
+
+    def handle_batch(self, recs: Iterable[InspRecord]) -> None:
+        """Decoded records, in order: what handle() does for each, with the
+        per-batch bookkeeping (metrics, the clock) done once."""
         c = self.counters
-        c.records += 1
-        c.bytes += len(rec.data)
-        if self.metrics is not None:
-            self.metrics.record_ringbuf(1)
-        flow = self.flows.get(rec.key)
-        if flow is None and not rec.orig_len:
-            # A bare FIN or RST of a flow not held here (closed already, and
-            # this is a retransmission of its FIN): nothing to inspect, and
-            # no verdict is waited for (the kernel holds payload only), so
-            # opening a flow would only log an empty one.
-            return
+        n = nbytes = 0
+        now = self.clock()
+        flows = self.flows
+        for rec in recs:
+            n += 1
+            nbytes += len(rec.data)
+            self._handle(rec, flows, now)
+        c.records += n
+        c.bytes += nbytes
+        if self.metrics is not None and n:
+            self.metrics.record_ringbuf(n)
+
+    def _handle(self, rec: InspRecord, flows: collections.OrderedDict, now: float) -> None:
+        side = rec.side
+        flow = flows.get(rec.key)
         if flow is None:
+            if not rec.orig_len:
+                # A bare FIN or RST of a flow not held here (closed already, and
+                # this is a retransmission of its FIN): nothing to inspect, and
+                # no verdict is waited for (the kernel holds payload only), so
+                # opening a flow would only log an empty one.
+                return
             flow = self._open(rec)
         else:
-            self.flows.move_to_end(rec.key)
-        flow.last_seen = self.clock()
-        flow.pkts[rec.side] += 1
-        flow.bytes[rec.side] += rec.orig_len
-        flow.copied[rec.side] += len(rec.data)
+            flows.move_to_end(rec.key)
+        flow.last_seen = now
+        flow.pkts[side] += 1
+        flow.bytes[side] += rec.orig_len
+        flow.copied[side] += len(rec.data)
         if rec.l4 == socket.IPPROTO_TCP:
-            end = rec.seq + rec.orig_len + (1 if rec.tcp_flags & TCP_FIN else 0)
-            flow.next_seq[rec.side] = end & 0xFFFFFFFF
-            if rec.tcp_flags & 0x10:   # ACK: what the other side sends next
-                flow.next_seq[1 - rec.side] = rec.ack_seq
-        if flow.verdict in (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK):
+            flags = rec.tcp_flags
+            end = rec.seq + rec.orig_len + (1 if flags & TCP_FIN else 0)
+            flow.next_seq[side] = end & 0xFFFFFFFF
+            if flags & TCP_ACK:   # what the other side sends next
+                flow.next_seq[1 - side] = rec.ack_seq
+        if flow.verdict in _DECIDED:
             return                        # decided; a record in flight when the verdict was written
-        _note_held(flow, rec)
-        if flow.hold and flow.verdict is None and rec.data and len(flow.held) < MAX_HELD_RECORDS:
-            flow.held.append(rec)         # the kernel dropped it: ours to send on if allowed
+        if flow.hold and flow.verdict is None:
+            _note_held(flow, rec)
+            if rec.data and len(flow.held) < MAX_HELD_RECORDS:
+                flow.held.append(rec)     # the kernel dropped it: ours to send on if allowed
         events = self._parse(flow, rec)
-        if (self.inspect_budget is not None and flow.copied[rec.side] >= self.inspect_budget
+        if (self.inspect_budget is not None and flow.copied[side] >= self.inspect_budget
                 and flow.verdict in (None, VerdictCode.VERDICT_RELEASE)):
             # The kernel copies no more of this side: a message head still
             # incomplete is read as far as it goes (rules see its request
             # line), never left pending while the rest passes uncopied.
             cut = getattr(flow.analyzer.parser, "cut_head", None)
             if cut is not None:
-                events += cut(Direction(rec.side))
-        self._inspect(flow, events)
+                events += cut(_DIRECTIONS[side])
+        if events:
+            self._inspect(flow, events)
+        elif flow.verdict is None:
+            an = flow.analyzer
+            if an.decided and an.parser is None:
+                self._verdict(flow, VerdictCode.VERDICT_ALLOW)   # nothing this slow path can read
+        if flow.identify_only and flow.verdict not in _DECIDED and flow.analyzer.identified:
+            # Identified (protocol and naming fields): nothing more to read.
+            self._verdict(flow, VerdictCode.VERDICT_ALLOW)
         if (flow.verdict == VerdictCode.VERDICT_RELEASE and self.inspect_budget is not None
                 and max(flow.copied) >= self.inspect_budget):
             # A side inspected to the depth and nothing found: the kernel may
             # carry the flow alone (its per-packet verdict checks end).
             self._verdict(flow, VerdictCode.VERDICT_ALLOW)
-        if flow.eof >= {0, 1}:
+        if len(flow.eof) == 2:
             self._close(flow, "closed")
 
     def _open(self, rec: InspRecord) -> Flow:
@@ -206,7 +250,8 @@ class Engine:
         flow = Flow(rec.key, info, rec.transport, FlowAnalyzer(rec.transport, self.plugins, kernel_app),
                     StreamReassembler(budget=self.budget) if rec.l4 == socket.IPPROTO_TCP else None,
                     self.rules.flow(what, http_anomaly=self.failure_actions.http_anomaly),
-                    bool(rec.inspect & INSPECT["HOLD"]), rec.ts_ns, rec.rule_id, self.clock())
+                    bool(rec.inspect & INSPECT["HOLD"]), rec.ts_ns, rec.rule_id, self.clock(),
+                    identify_only=what == _IDENTIFY_ONLY)
         self.flows[rec.key] = flow
         self.counters.flows_opened += 1
         _note_held(flow, rec)             # before a simulated failure below may block it
@@ -216,7 +261,7 @@ class Engine:
         return flow
 
     def _parse(self, flow: Flow, rec: InspRecord) -> list:
-        d = Direction(rec.side)
+        d = _DIRECTIONS[rec.side]
         an = flow.analyzer
         if flow.reasm is None:
             if rec.frag:
@@ -225,10 +270,13 @@ class Engine:
             return an.datagram(d, rec.data)
         out = []
         for ev in flow.reasm.segment(d, rec.seq, rec.tcp_flags, rec.data):
-            out += an.stream_event(ev)
-            if isinstance(ev, Eof):
+            got = an.stream_event(ev)
+            if got:
+                out += got
+            if type(ev) is Eof:
                 flow.eof.add(int(ev.direction))
-        caps = flow.reasm.counters.per_flow_cap_hits + flow.reasm.counters.total_cap_hits
+        rc = flow.reasm.counters
+        caps = rc.per_flow_cap_hits + rc.total_cap_hits
         if caps > flow.caps_seen:
             flow.caps_seen = caps
             if self.metrics is not None:
@@ -362,11 +410,21 @@ class Engine:
             self.injector.reset_flow(flow.info, flow.key, list(flow.next_seq))
 
     def _verdict(self, flow: Flow, code: VerdictCode) -> None:
-        if flow.verdict == code or flow.verdict in (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK):
+        if code == VerdictCode.VERDICT_RELEASE and flow.identify_only and flow.analyzer.identified:
+            code = VerdictCode.VERDICT_ALLOW    # identified: bypass at once, not release then allow
+        if flow.verdict == code or flow.verdict in _DECIDED:
             return
         first = flow.verdict is None
         flow.verdict = code
         written_ns = self.verdicts.verdict(flow.key, code)
+        if code == VerdictCode.VERDICT_ALLOW:
+            # The kernel copies no more of it: what reassembly buffered goes
+            # back to the shared budget now, not when the flow times out, and
+            # what waits for an answer that will not be read is logged now.
+            if flow.reasm is not None:
+                flow.reasm.close()
+                flow.reasm = None
+            self._log_unanswered(flow)
         if flow.held and code != VerdictCode.VERDICT_BLOCK:
             self._release_held(flow)
         self.counters.verdicts[code.name] += 1
@@ -376,6 +434,18 @@ class Engine:
                 self.metrics.observe_verdict_latency((written_ns - flow.first_ts_ns) / 1e9)
         if first:
             flow.verdict_latency_us = max(0, (written_ns - flow.first_ts_ns) // 1000)
+
+    def _log_unanswered(self, flow: Flow) -> None:
+        """EVE records of requests and ClientHellos whose answer was not seen."""
+        if not flow.http_pending and flow.tls_hello is None:
+            return
+        info, now = self._info(flow), self.wallclock()
+        for req in flow.http_pending:
+            self.emit(eve.http_record(info, req, None, now))
+        flow.http_pending.clear()
+        if flow.tls_hello is not None:
+            self.emit(eve.tls_record(info, flow.tls_hello, None, now))
+            flow.tls_hello = None
 
     def _release_held(self, flow: Flow) -> None:
         """Hold mode let go: send the held payload on now (each segment once,
@@ -407,10 +477,7 @@ class Engine:
             self.counters.hits[hit.category] += 1
             flow.alerted = True
             self.emit(eve.alert_record(info, hit, now, direction=hit.direction))
-        for req in flow.http_pending:
-            self.emit(eve.http_record(info, req, None, now))
-        if flow.tls_hello is not None:
-            self.emit(eve.tls_record(info, flow.tls_hello, None, now))
+        self._log_unanswered(flow)
         if flow.reasm is not None:
             flow.reasm.close()
         pkts, nbytes = flow.pkts, flow.bytes

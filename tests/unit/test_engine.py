@@ -188,7 +188,7 @@ def test_tls_sni_decides():
     assert h.codes() == [V.VERDICT_BLOCK]
     ok = Harness()
     ok.engine.handle(rec(client_hello(b"www.example.org"), inspect=DPI, server=("10.0.1.5", 443)))
-    assert ok.codes() == [V.VERDICT_RELEASE]      # on to the ServerHello
+    assert ok.codes() == [V.VERDICT_ALLOW]        # dpi only: identified by its SNI, bypassed
 
 
 def dns_query(name: bytes, qid=0x1234) -> bytes:
@@ -203,7 +203,7 @@ def test_dns_names_over_udp():
                         server=("10.0.1.53", 53)))
     h.engine.handle(rec(dns_query(b"evil.example"), inspect=DPI | HOLD, l4=17, key=key_bad, seq=0,
                         server=("10.0.1.53", 53)))
-    assert h.codes(key_ok) == [V.VERDICT_RELEASE] and h.codes(key_bad) == [V.VERDICT_BLOCK]
+    assert h.codes(key_ok) == [V.VERDICT_ALLOW] and h.codes(key_bad) == [V.VERDICT_BLOCK]   # dpi only: bypassed
     assert [r["dns"]["rrname"] for r in h.eve if r["event_type"] == "dns"] == ["www.example.org", "evil.example"]
 
 
@@ -216,7 +216,7 @@ def test_udp_datagram_from_fragment_records():
     # the later fragment: its IP-payload offset counts the 8-byte UDP header
     h.engine.handle(rec(rest, l4=17, seq=0, inspect=DPI, frag=FRAG["LATER"], frag_id=9, frag_off=(24 + 8) // 8,
                         server=("10.0.1.53", 53)))
-    assert h.codes() == [V.VERDICT_RELEASE]
+    assert h.codes() == [V.VERDICT_ALLOW]                 # dpi only: identified by the query, bypassed
     assert [r["dns"]["rrname"] for r in h.eve if r["event_type"] == "dns"] == ["frag.example.org"]
 
 

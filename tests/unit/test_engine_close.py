@@ -24,9 +24,14 @@ def engine(records: list) -> Engine:
                   clock=lambda: 0.0, wallclock=lambda: 1_700_000_000.0)
 
 
-def rec(data: bytes, side: int, seq: int, *, server=SERVER, flags=0x18) -> InspRecord:
+# A dpi-only flow is let go (ALLOW) once identified, so the tests that
+# follow a flow past its request head inspect it for the WAF as well.
+WAF_DPI = INSPECT["WAF"] | INSPECT["DPI"]
+
+
+def rec(data: bytes, side: int, seq: int, *, server=SERVER, flags=0x18, inspect=INSPECT["DPI"]) -> InspRecord:
     return InspRecord(ts_ns=1_000, key=KEY, client=CLIENT, server=server, side=side, seq=seq, ack_seq=0,
-                      tcp_flags=flags, l4=6, app=0, inspect=INSPECT["DPI"], rule_id=1, hook=0, orig_len=len(data),
+                      tcp_flags=flags, l4=6, app=0, inspect=inspect, rule_id=1, hook=0, orig_len=len(data),
                       data=data)
 
 
@@ -59,9 +64,9 @@ def test_request_answered_by_101_is_logged_with_it():
     server = ("10.0.1.5", 80)
     records: list = []
     e = engine(records)
-    e.handle(rec(req, side=0, seq=100, server=server))
-    e.handle(rec(resp, side=1, seq=500, server=server))
-    e.handle(rec(preface, side=0, seq=100 + len(req), server=server))
+    e.handle(rec(req, side=0, seq=100, server=server, inspect=WAF_DPI))
+    e.handle(rec(resp, side=1, seq=500, server=server, inspect=WAF_DPI))
+    e.handle(rec(preface, side=0, seq=100 + len(req), server=server, inspect=WAF_DPI))
     e.close_all("shutdown")
     http = [r["http"] for r in records if r["event_type"] == "http"]
     assert len(http) == 1
@@ -76,11 +81,11 @@ def test_retransmitted_fin_after_close_opens_no_empty_flow():
     server = ("10.0.1.5", 80)
     records: list = []
     e = engine(records)
-    e.handle(rec(req, side=0, seq=100, server=server))
-    e.handle(rec(b"", side=0, seq=100 + len(req), server=server, flags=0x11))
-    e.handle(rec(b"", side=1, seq=500, server=server, flags=0x11))
+    e.handle(rec(req, side=0, seq=100, server=server, inspect=WAF_DPI))
+    e.handle(rec(b"", side=0, seq=100 + len(req), server=server, flags=0x11, inspect=WAF_DPI))
+    e.handle(rec(b"", side=1, seq=500, server=server, flags=0x11, inspect=WAF_DPI))
     assert not e.flows                                          # closed by the two FINs
-    e.handle(rec(b"", side=0, seq=100 + len(req), server=server, flags=0x11))   # retransmitted
+    e.handle(rec(b"", side=0, seq=100 + len(req), server=server, flags=0x11, inspect=WAF_DPI))   # retransmitted
     e.close_all("shutdown")
     flows = [r for r in records if r["event_type"] == "flow"]
     assert len(flows) == 1 and flows[0]["app_proto"] == "http"

@@ -200,8 +200,8 @@ def test_unparseable_input_on_a_waf_flow_is_dropped_by_default():
     req = b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n\x16\x03\x01\x00\x05hello"
     verdicts, _ = run(req)
     assert verdicts == [V.VERDICT_RELEASE, V.VERDICT_BLOCK]
-    verdicts, _ = run(req, inspect=INSPECT["DPI"])                   # dpi only: bypass as before
-    assert verdicts == [V.VERDICT_RELEASE, V.VERDICT_ALLOW]
+    verdicts, _ = run(req, inspect=INSPECT["DPI"])                   # dpi only: bypassed once identified
+    assert verdicts == [V.VERDICT_ALLOW]
     verdicts, _ = run(req, parser_error="bypass")            # an explicit setting wins
     assert verdicts == [V.VERDICT_RELEASE, V.VERDICT_ALLOW]
 
