@@ -30,14 +30,22 @@ from slowpath.waf import (ANOMALY_BASE_ID, ANOMALY_IDS, ANOMALY_SEVERITY, BINARY
 WHAT = frozenset({"waf", "dlp", "dpi"})
 # What a request's protocol anomaly may do on a WAF flow (the http_anomaly setting).
 ANOMALY_ACTIONS = ("block", "alert", "pass")
+# Scan results kept per rule set, for values up to MAX_CACHED_SCAN_BYTES:
+# header values (User-Agent, Accept, a session's Cookie), query values and
+# request hosts repeat across requests and connections, and a dict lookup
+# costs far less than a scan with its Python callback. Bounds: about
+# 4096 x 256 bytes; when full the cache starts over (a client churning it
+# costs what no cache would).
+MAX_CACHED_SCANS = 4096
+MAX_CACHED_SCAN_BYTES = 256
 
 
 class RuleSet:
     """Loaded, validated and compiled rules. Build with slowpath/rulesfile.py's :func:`load_rules`.
 
-    Not thread-safe: the Hyperscan database has one scratch space (shared by
-    rule sets with the same WAF patterns), and the slow path scans from one
-    thread.
+    Not thread-safe: each Hyperscan database (one per WAF field) has one
+    scratch space (shared by rule sets with the same WAF patterns), and the
+    slow path scans from one thread.
     """
 
     def __init__(self, sigs: list[ActiveSignature], dlp: list[DlpRule], domains: list[DomainRule],
@@ -46,13 +54,16 @@ class RuleSet:
         self.waf = tuple(sigs)
         self.dlp = tuple(dlp)
         self.domains = tuple(domains)
-        self._db = None
-        if sigs:
-            self._db = compile_db(tuple(a.sig.pattern.encode("utf-8") for a in sigs),
-                                   tuple(hs_flags(a.som) for a in sigs))
-        # Per field, which signatures (by index) apply: a scan reports every
-        # pattern, and the callback drops those for other fields.
-        self._for_field = {f: frozenset(i for i, a in enumerate(sigs) if f in a.sig.fields) for f in WAF_FIELDS}
+        # Per field, which signatures (by index) apply.
+        self._for_field = {f: tuple(i for i, a in enumerate(sigs) if f in a.sig.fields) for f in WAF_FIELDS}
+        # One database per field, of that field's signatures only: a scan's
+        # cost grows with the patterns in it (a query value, scanned for the
+        # one "args" signature, is not run through the thirty URI ones).
+        # Pattern ids are positions in _for_field[field].
+        self._dbs = {f: compile_db(tuple(sigs[i].sig.pattern.encode("utf-8") for i in idx),
+                                   tuple(hs_flags(sigs[i].som) for i in idx))
+                     for f, idx in self._for_field.items() if idx}
+        self._db = next(iter(self._dbs.values()), None)   # None: no WAF signature at all
         # Detectors wanted per direction, each with the rules that asked.
         self._dlp_by_direction: dict[Direction, dict[str, list[DlpRule]]] = {d: {} for d in Direction}
         for r in dlp:
@@ -61,6 +72,9 @@ class RuleSet:
                     self._dlp_by_direction[d].setdefault(det, []).append(r)
         self._no_dlp: dict[Direction, dict] = {d: {} for d in Direction}
         self._domain_index = {f: DomainIndex() for f in DOMAIN_FIELDS}
+        self._scan_cache: dict[tuple[str, bytes], list[tuple[ActiveSignature, bytes]]] = {}
+        self._domain_cache: dict[tuple[str, str], list[DomainRule]] = {}
+        self._header_cache: dict[tuple[str, str, Direction], list[Hit]] = {}   # (name, value, direction): hits
         for i, r in enumerate(domains):
             for f in r.fields:
                 for p in r.patterns:
@@ -90,23 +104,39 @@ class RuleSet:
         ``data``, each once, with the text it matched."""
         if self._db is None or not data:
             return []
-        wanted = self._for_field[wfield]
+        if len(data) <= MAX_CACHED_SCAN_BYTES:
+            key = (wfield, data)
+            got = self._scan_cache.get(key)
+            if got is None:
+                if len(self._scan_cache) >= MAX_CACHED_SCANS:
+                    self._scan_cache.clear()
+                got = self._scan_cache[key] = self._scan(wfield, data)
+            return got
+        return self._scan(wfield, data)
+
+    def _scan(self, wfield: str, data: bytes) -> list[tuple[ActiveSignature, bytes]]:
+        db = self._dbs.get(wfield)
+        if db is None:
+            return []
         found: dict[int, tuple[int, int]] = {}
         events = [0]
 
         def on_match(idx, start, end, flags, ctx):
-            if idx in wanted and idx not in found:
+            if idx not in found:
                 found[idx] = (start, end)
             events[0] += 1
             return events[0] >= MAX_MATCH_EVENTS       # True stops the scan
 
         try:
-            self._db.scan(data, match_event_handler=on_match)
+            db.scan(data, match_event_handler=on_match)
         except hyperscan.ScanTerminated:
             pass
+        if not found:
+            return []
         out = []
-        for idx in sorted(found):
-            a = self.waf[idx]
+        sig_of = self._for_field[wfield]
+        for idx in sorted(found):              # sig_of ascends: rule order, as one database gave
+            a = self.waf[sig_of[idx]]
             start, end = found[idx]
             if not a.som:
                 start = max(0, end - MAX_MATCHED_CHARS)
@@ -114,7 +144,15 @@ class RuleSet:
         return out
 
     def match_domain(self, dfield: str, name: str) -> list[DomainRule]:
-        return [self.domains[i] for i in self._domain_index[dfield].match(name)]
+        key = (dfield, name)
+        got = self._domain_cache.get(key)
+        if got is None:
+            if len(self._domain_cache) >= MAX_CACHED_SCANS:
+                self._domain_cache.clear()
+            got = [self.domains[i] for i in self._domain_index[dfield].match(name)]
+            if len(name) <= MAX_CACHED_SCAN_BYTES:
+                self._domain_cache[key] = got
+        return got
 
 
 class _DlpStream:
@@ -196,7 +234,7 @@ class FlowInspector:
     def _anomalies(self, names, d: Direction) -> list[Hit]:
         """Hits for a request's protocol anomalies (responses' are only logged:
         a server's odd answer is not an attack on it)."""
-        if self._anomaly_action is None or d != Direction.TO_SERVER:
+        if not names or self._anomaly_action is None or d != Direction.TO_SERVER:
             return []
         return [Hit(ANOMALY_IDS.get(n, ANOMALY_BASE_ID), f"HTTP protocol anomaly {n}", "protocol",
                     self._anomaly_action, ANOMALY_SEVERITY, "http.protocol", shown(str(n)), d)
@@ -205,17 +243,28 @@ class FlowInspector:
     def _waf_request(self, ev: HttpRequest) -> list[Hit]:
         rs, d = self.rules, ev.direction
         out: list[Hit] = []
-        out += self._waf_hits("uri", "http.uri", normalize.uri(ev.uri), d)
+        uri, args = normalize.uri_and_args(ev.uri)
+        out += self._waf_hits("uri", "http.uri", uri, d)
         if rs._for_field["args"]:
             seen: set[int] = set()
-            for v in normalize.args(ev.uri):
+            for v in args:
                 out += self._waf_hits("args", "http.args", v, d, seen)
         if rs._for_field["headers"]:
+            cache = rs._header_cache
             for name, val in ev.headers:
-                low = name.lower()
-                if low in SCANNED_HEADERS and val:
-                    out += self._waf_hits("headers", f"http.header.{low}",
-                                          normalize.value(val.encode("latin-1", "replace")), d)
+                key = (name, val, d)
+                hits = cache.get(key)
+                if hits is None:
+                    low = name.lower()
+                    hits = self._waf_hits("headers", f"http.header.{low}",
+                                          normalize.value(val.encode("latin-1", "replace")), d) \
+                        if low in SCANNED_HEADERS and val else []
+                    if len(val) <= MAX_CACHED_SCAN_BYTES:
+                        if len(cache) >= MAX_CACHED_SCANS:
+                            cache.clear()
+                        cache[key] = hits
+                if hits:
+                    out += hits
         ctype = (ev.content_type or "").lower()
         if rs._for_field["body"] and not ctype.startswith(BINARY_BODY_TYPES):
             self._body, self._body_type = bytearray(), ev.content_type
@@ -255,7 +304,8 @@ class FlowInspector:
             st = self._streams[d]
             if st.tail:
                 out += self._dlp_chunk(d, b"", final=True)
-            self._streams[d] = _DlpStream()
+            if st.base or st.done or st.reported:      # else it is as new: keep it
+                self._streams[d] = _DlpStream()
         return out
 
     def _dlp_chunk(self, d: Direction, data: bytes, final: bool) -> list[Hit]:

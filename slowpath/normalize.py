@@ -117,9 +117,22 @@ def _path_forms(data: bytes) -> bytes:
     return data
 
 
+# A byte or sequence some step of value() rewrites, in ASCII text ("+" only
+# with form=True; taking the long way for it then changes nothing). Text
+# that is ASCII and has none of them is its own normal form: most header
+# values and query values are, and one search is all they cost.
+_REWRITTEN = re.compile(rb"[%\x00\\+]|/\.?/")
+
+
 def value(raw: bytes, *, form: bool = False, path: bool = True) -> bytes:
     """One value (a query parameter, a header value, a form field):
     ``form`` turns ``+`` into a space first; ``path`` applies the slash rules."""
+    if raw.isascii() and _REWRITTEN.search(raw) is None:
+        return raw
+    return _value(raw, form, path)
+
+
+def _value(raw: bytes, form: bool, path: bool) -> bytes:
     if form and b"+" in raw:
         raw = raw.replace(b"+", b" ")
     out = _text_forms(url_decode(raw))
@@ -141,17 +154,21 @@ def split_target(target: str) -> tuple[bytes, bytes | None]:
 
 def uri(target: str) -> bytes:
     """The "uri" field: path and query, each decoded (query with ``+`` as space)."""
-    path, query = split_target(target)
-    out = value(path)
-    if query is not None:
-        out += b"?" + value(query, form=True)
-    return out
+    return uri_and_args(target)[0]
 
 
 def args(target: str) -> list[bytes]:
     """The "args" field: each query parameter's value, decoded (first MAX_ARGS)."""
-    _, query = split_target(target)
-    return form_values(query) if query else []
+    return uri_and_args(target)[1]
+
+
+def uri_and_args(target: str) -> tuple[bytes, list[bytes]]:
+    """uri(target) and args(target), the target split once."""
+    path, query = split_target(target)
+    out = value(path)
+    if query is not None:
+        out += b"?" + value(query, form=True)
+    return out, (form_values(query) if query else [])
 
 
 def form_values(data: bytes) -> list[bytes]:

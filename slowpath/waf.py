@@ -248,7 +248,7 @@ def hs_check(pattern: str) -> tuple[bool | None, str]:
     return None, why
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=16)   # a rule set compiles one per WAF field (inspector.RuleSet): a reload's too
 def compile_db(patterns: tuple[bytes, ...], flags: tuple[int, ...]):
     """One block-mode database of ``patterns`` (id = position). Compiling the
     built-in sets takes a few hundred milliseconds; a reload that leaves the
