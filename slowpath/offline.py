@@ -142,12 +142,17 @@ def analyze_capture(path: str | os.PathLike, *, identify_only: bool = True,
                 events, st.pending = st.pending, []
             if events:
                 st.result.events += _feed(an, st.client, events)
-        if identify_only and an.identified:
-            # Keep only what the result needs: a capture has many flows, and
-            # what they hold is what the garbage collector walks.
+        if (identify_only and an.identified) or (reasm is not None and reasm.finished
+                                                 and st.client is not None):
+            # Identified, or both directions ended (reassembly ignores what
+            # may still come: retransmissions, bytes past a FIN): keep only
+            # what the result needs, as a capture has many flows and what
+            # they hold is what the garbage collector walks.
             st.done = True
             res = st.result
-            res.app, res.names, res.identified = an.app, an.names, True
+            if not an.identified:
+                res.events += len(an.settle())
+            res.app, res.names, res.identified = an.app, an.names, an.identified
             st.an = None
             if reasm is not None:
                 reasm.close()

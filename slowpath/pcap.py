@@ -139,6 +139,13 @@ _udp_ports_len = struct.Struct("!HHH").unpack_from
 _ipv4_fields = struct.Struct("!BxH2xHxB2x4s4s").unpack_from
 _ipv6_fields = struct.Struct("!B3xHBx16s16s").unpack_from
 _tcp_fields = struct.Struct("!HHI4xBB").unpack_from
+# Ethernet + 20-byte IPv4 header + TCP up to its flags, as one unpack:
+# EtherType, version/IHL, total length, fragment word, protocol, addresses,
+# ports, sequence number, data offset, flags.
+_ETH_IPV4_TCP = struct.Struct("!12xHBxH2xHxB2x4s4sHHI4xBB")
+_ETH_IPV4_TCP_LEN = _ETH_IPV4_TCP.size
+_eth_ipv4_tcp = _ETH_IPV4_TCP.unpack_from
+_L4_AT = 14 + 20             # where TCP starts in such a frame
 
 
 class PcapError(Exception):
@@ -520,6 +527,20 @@ def _plain_ethernet(buf: bytes) -> tuple | None:
     and for anything malformed: _Decoder's general path then decodes it (or
     names what is wrong), so both give the same answer."""
     n = len(buf)
+    if n >= _ETH_IPV4_TCP_LEN:
+        # Most frames of all: untagged IPv4 without options carrying TCP,
+        # every header field in one unpack. Anything else, or any check
+        # failing, goes on below.
+        (et, v, total, frag, proto, src, dst, sport, dport, seq, doff,
+         flags) = _eth_ipv4_tcp(buf, 0)
+        if et == ETH_IPV4 and v == 0x45 and proto == IPPROTO_TCP and not frag & 0x3FFF:
+            end = ETH_HEADER_LEN + (total or n - ETH_HEADER_LEN)     # 0: TSO, as in _ipv4
+            if end > n:
+                end = n
+            doff = (doff >> 4) * 4
+            if total == 0 or total >= 20:
+                if end - _L4_AT >= 20 and 20 <= doff <= end - _L4_AT:
+                    return (IPPROTO_TCP, src, sport, dst, dport, seq, flags, buf[_L4_AT + doff:end])
     if n < ETH_HEADER_LEN:
         return None
     et = _u16(buf, 12)[0]

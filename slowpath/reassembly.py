@@ -208,6 +208,11 @@ class StreamReassembler:
         self._sides = (_Side(), _Side())
 
     @property
+    def finished(self) -> bool:
+        """Both directions ended (Eof given): nothing more can come out."""
+        return self._sides[0].eof and self._sides[1].eof
+
+    @property
     def buffered_bytes(self) -> int:
         """Out-of-order bytes held now (both directions)."""
         return self._sides[0].buffered + self._sides[1].buffered

@@ -52,7 +52,10 @@ def results():
     out = {}
     for truth in truths():
         path = CORPUS / truth["pcap"]
-        full = {unordered(f.key): analyse_flow(f)[0].app for f in read_capture(path).flows}
+        full = {}
+        for f in read_capture(path).flows:
+            an, events = analyse_flow(f)
+            full[unordered(f.key)] = (an.app, len(events))
         out[truth["pcap"]] = (truth, full, {
             mode: {unordered(r.key): r for r in analyze_capture(path, identify_only=mode)}
             for mode in (True, False)})
@@ -65,7 +68,11 @@ def test_same_flows_and_protocols_as_the_full_analysis(results, identify_only):
     for pcap, (truth, full, modes) in results.items():
         got = modes[identify_only]
         assert set(got) == set(full), f"{pcap}: flows differ"
-        differ += [f"{pcap} {k}: {got[k].app} vs {full[k]}" for k in full if got[k].app != full[k]]
+        differ += [f"{pcap} {k}: {got[k].app} vs {full[k][0]}" for k in full if got[k].app != full[k][0]]
+        if not identify_only:
+            # every event of the full analysis, none lost to a flow let go early
+            differ += [f"{pcap} {k}: {got[k].events} events vs {full[k][1]}"
+                       for k in full if got[k].events != full[k][1]]
         for key, flow in truth["flows"].items():
             assert got[unordered(key)].packets == flow["packets"], f"{pcap} {key}: packets"
     assert not differ, "\n".join(differ)
