@@ -43,6 +43,7 @@ import dataclasses
 import ipaddress
 import mmap
 import os
+import socket
 import struct
 from collections import Counter
 from socket import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP
@@ -923,6 +924,10 @@ class _FlowState:
 
 
 def _ip_text(raw: bytes) -> str:
+    # IPv4 through inet_ntop (the same dotted quad, a tenth of the cost);
+    # IPv6 through ipaddress, whose compressed form the truth files use.
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw)
     return ipaddress.ip_address(raw).compressed
 
 
