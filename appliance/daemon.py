@@ -1,13 +1,16 @@
 """`microseg run`: the live appliance on asyncio (uvloop).
 
 Start: compile the fast path, apply the policy, attach to the interfaces,
-open the payload ring buffer and register its fd with the event loop (no
-polling thread), beat the heartbeat, serve metrics, write EVE.
+start the slow-path workers (appliance/workers.py: one process per CPU by
+default, setting ``slowpath.workers``; each reads its own ring buffer from
+its own event loop and beats its own heartbeat), serve metrics (summed
+over the workers), write the workers' EVE to the sinks.
 SIGHUP: read the policy and the rules files again; each is applied only if
 it is valid (a bad file is logged and the running one stays).
-SIGTERM / SIGINT: stop the heartbeat first (the kernel then applies the
-slow-path-down action at once instead of after the timeout), close the
-flows (EVE flow records), exit. The programs stay attached and the pinned
+SIGTERM / SIGINT: the workers stop their heartbeats first (the kernel then
+applies the slow-path-down action at once instead of after the timeout),
+read what is left in their rings, close their flows (EVE flow records) and
+exit; then the daemon exits. The programs stay attached and the pinned
 state stays: sessions keep their windows, denied flows stay denied, and the
 next `microseg run` replaces the programs atomically with its own build
 (only `microseg down`, or `run --detach-on-exit`, detaches).
@@ -77,7 +80,9 @@ class Daemon:
         self.detach_on_exit = detach_on_exit
         self.stop_event: asyncio.Event | None = None
         self.fp = None
-        self.engine = None
+        self.workers = None                 # appliance.workers.WorkerSet
+        self.worker_stats: dict[int, dict] = {}
+        self.retired_stats: dict[str, int] = {}
         self.reloads = 0
         self.lost: str | None = None        # what someone else replaced ("programs", "ring", "heartbeat")
         self.exit_code = 0
@@ -90,15 +95,22 @@ class Daemon:
         from appliance.bringup import Policy, bring_up
         from datapath import attach
         from datapath.kernelstate import BuildMaps, metrics_reading
-        from datapath.sweeper import Sweeper
+        from appliance.workers import default_workers
+        from datapath import compat, state
+        from datapath.insp_rings import WorkerRings
         from datapath.sessions import layouts_of
-        from slowpath.engine import Engine
-        from slowpath.metrics import Metrics, parse_listen
-        from slowpath.records import (RecordDecoder, VerdictWriter, open_payload_channel, record_type, session_seq,
-                                      session_stats)
-        from slowpath.inject import Injector
+        from datapath.sweeper import Sweeper
+        from slowpath.metrics import Metrics, WorkerSeries, parse_listen
+        from slowpath.records import RecordDecoder, VerdictWriter, record_type
 
         cfg = self.cfg
+        n = cfg.slowpath.workers or default_workers()
+        if n > 1 and not compat.decide(cfg.datapath.compat).ringbuf:
+            log.info("slowpath.workers: %d asked, 1 runs: this kernel's payload channel is the perf buffer "
+                     "fallback (no BPF ring buffers), which one worker reads", n)
+            n = 1
+        cfg = self.cfg = cfg.model_copy(update={"datapath": cfg.datapath.model_copy(
+            update={"slowpath_workers": n})})
         policy = Policy(*pf.compile_file(cfg.policy), cfg.policy) if cfg.policy else None
         self.rules = load_rules_file(cfg.rules)
         if cfg.netns:
@@ -125,17 +137,20 @@ class Daemon:
             types = layouts_of(fp)
             self.decoder = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
                                          types["ms_flows"][0])
-            self.writer = VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
-                                        fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf)
-            self.writer.heartbeat(os.getpid())
+            self.rings = WorkerRings(fp, n, state.state_dir(cfg.netns))
+            for line in self.rings.lines:
+                log.info("state: %s", line)
+            # One heartbeat writer per worker slot. The daemon beats every
+            # slot once now, so the kernel hands flows over from the moment
+            # the programs are attached; each worker then beats its own.
+            self.writers = [VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
+                                          fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf, worker=i)
+                            for i in range(n)]
+            for w in self.writers:
+                w.heartbeat(os.getpid())
             kernel = BuildMaps.of_fastpath(fp)
-            self.metrics = Metrics(lambda: metrics_reading(kernel))
-            self.injector = Injector(session_seq(fp), self._call_later)
-            self.engine = Engine(self.rules, self.eve.emit, self.writer, failure_actions=cfg.datapath.failure_actions,
-                                 simulate=cfg.datapath.simulate, metrics=self.metrics, injector=self.injector,
-                                 plugins=fp.protocols, app_names={i: n for n, i in fp.l7.ids.items()},
-                                 session_stats=session_stats(fp), inspect_budget=cfg.datapath.inspect_budget)
-            self.ring, self.reader_class = open_payload_channel(fp)
+            self.series = WorkerSeries()
+            self.metrics = Metrics(lambda: metrics_reading(kernel), slowpath=False, workers=self.series)
             from prometheus_client import Counter
             self.ownership_lost = Counter("microseg_ownership_lost",
                                           "Times the daemon found its programs, ring or heartbeat replaced by "
@@ -165,6 +180,57 @@ class Daemon:
                  blocklist=lambda line: log.info("%s", line), keep_open=True)
         self.sweeper = Sweeper.for_fastpath(self.fp)
         self.started = time.monotonic()
+        self._start_workers()
+
+    # -- workers -----------------------------------------------------------------
+    def _start_workers(self) -> None:
+        """Fork the workers (before any thread of the event loop exists;
+        a restart later forks from the running daemon the same way)."""
+        import types
+
+        from appliance.workers import WorkerSet
+        ctx = types.SimpleNamespace(fp=self.fp, cfg=self.cfg, decoder=self.decoder, rules=self.rules,
+                                    load_rules=load_rules_file)
+        rings = self.rings.fds if self.fp.features.ringbuf else [None]
+        self.workers = WorkerSet(ctx, rings, on_eve=self.eve.emit_line, on_report=self._on_report,
+                                 on_exit=self._on_worker_exit, close_in_child=self._fds_not_for_workers)
+        self.workers.start_all()
+
+    def _fds_not_for_workers(self) -> list[int]:
+        """What a forked worker closes: the metrics endpoint's listening
+        socket (a worker outliving the daemon must not hold its port)."""
+        return [self.server.fileno()] if self.server is not None else []
+
+    def _on_report(self, i: int, report: dict) -> None:
+        self.series.update(i, report.get("metrics") or [])
+        self.worker_stats[i] = report.get("stats") or {}
+
+    def _on_worker_exit(self, i: int, pid: int, status: str) -> None:
+        """A worker ended: its heartbeat to 0 at once (its flows, only
+        its, take the slow-path-down action now, not after the timeout),
+        its counters kept (they do not go backwards when it restarts)."""
+        from datapath import bpfsys
+        t = self.fp.table("ms_slowpath")
+        try:
+            raw = bpfsys.map_lookup(t.map_fd, i.to_bytes(4, "little"), ctypes.sizeof(t.Leaf))
+            if raw and t.Leaf.from_buffer_copy(raw).pid in (pid, os.getpid()) and self.lost != "heartbeat":
+                self.writers[i].stop()
+        except OSError as e:
+            log.error("worker %d: heartbeat not cleared: %s", i, e)
+        self.series.retire(i)
+        for k, v in self.worker_stats.pop(i, {}).items():
+            if k != "slowpath.flows":
+                self.retired_stats[k] = self.retired_stats.get(k, 0) + v
+        if self.workers.stopping:
+            log.info("slow-path worker %d (pid %d) stopped: %s", i, pid, status)
+
+    def slowpath_stats(self) -> dict[str, int]:
+        """The workers' counters summed (those of ended workers kept)."""
+        out = dict(self.retired_stats)
+        for stats in self.worker_stats.values():
+            for k, v in stats.items():
+                out[k] = out.get(k, 0) + v
+        return out
 
     # -- ownership -----------------------------------------------------------------
     def _own_map_ids(self) -> dict[str, int]:
@@ -180,11 +246,18 @@ class Daemon:
                 continue
         return out
 
-    def _heartbeat_pid(self) -> int:
+    def _heartbeat_pids(self) -> list[int]:
+        """The pid in each worker's heartbeat slot (0: none)."""
         from datapath import bpfsys
         t = self.fp.table("ms_slowpath")
-        raw = bpfsys.map_lookup(t.map_fd, (0).to_bytes(4, "little"), ctypes.sizeof(t.Leaf))
-        return t.Leaf.from_buffer_copy(raw).pid if raw else 0
+        out = []
+        for i in range(len(self.writers)):
+            raw = bpfsys.map_lookup(t.map_fd, i.to_bytes(4, "little"), ctypes.sizeof(t.Leaf))
+            out.append(t.Leaf.from_buffer_copy(raw).pid if raw else 0)
+        return out
+
+    def _own_pids(self) -> set[int]:
+        return {0, os.getpid(), *(self.workers.pids.values() if self.workers is not None else ())}
 
     def _ownership_problem(self) -> tuple[str, str] | None:
         """(what, why) when someone else replaced this daemon's programs,
@@ -211,9 +284,13 @@ class Daemon:
                 os.close(fd)
             if got != map_id:
                 return OWNED_MAPS[name], f"{path} is map id {got}, not this daemon's map id {map_id}"
-        pid = self._heartbeat_pid()
-        if pid not in (0, os.getpid()):
-            return "heartbeat", f"the heartbeat is written by pid {pid}, not by this daemon (pid {os.getpid()})"
+        ours = self._own_pids()
+        for i, pid in enumerate(self._heartbeat_pids()):
+            # A worker that just died may still be named until its exit is
+            # handled: only a pid that is not a child of this daemon counts.
+            if pid not in ours and not _is_child(pid):
+                return "heartbeat", (f"worker {i}'s heartbeat is written by pid {pid}, not by this daemon "
+                                     f"(pid {os.getpid()}) or its workers")
         return None
 
     async def _watching(self) -> None:
@@ -235,11 +312,15 @@ class Daemon:
                 return
 
     def _stop_heartbeat(self) -> None:
-        """Heartbeat 0: the kernel applies the slow-path-down action now,
+        """Heartbeats 0: the kernel applies the slow-path-down action now,
         not after the timeout. Never over another process's heartbeat."""
+        if self.lost == "heartbeat":
+            return
         try:
-            if self.lost != "heartbeat" and self._heartbeat_pid() in (0, os.getpid()):
-                self.writer.stop()
+            ours = self._own_pids()
+            for w, pid in zip(self.writers, self._heartbeat_pids()):
+                if pid in ours or _is_child(pid):
+                    w.stop()
         except OSError:
             pass
 
@@ -252,24 +333,7 @@ class Daemon:
             except OSError as e:
                 log.error("owner record not updated: %s", e)
 
-    def _call_later(self, delay: float, fn) -> None:
-        asyncio.get_running_loop().call_later(delay, fn)
-
     # -- the loop ----------------------------------------------------------------
-    def _on_record(self, raw: bytes) -> None:
-        try:
-            rec = self.decoder.decode(raw)
-        except ValueError as e:
-            self.engine.counters.bad_records += 1
-            log.warning("bad payload record: %s", e)
-            return
-        self.engine.handle(rec)
-
-    async def _heartbeat(self) -> None:
-        period = self.cfg.datapath.heartbeat_timeout_s / 3
-        while True:
-            self.writer.heartbeat(os.getpid())
-            await asyncio.sleep(period)
 
     async def _sweeping(self) -> None:
         """Expired sessions out of the kernel's tables, in a worker thread
@@ -290,16 +354,9 @@ class Daemon:
         from slowpath import eve
         while True:
             await asyncio.sleep(self.cfg.stats_interval_s)
-            self.engine.sweep()
-            self.metrics.set_flows(len(self.engine.flows))
-            self.metrics.set_queue_depth(self.ring.pending_bytes())
-            c = self.engine.counters
-            self.eve.emit(eve.stats_record({
-                "slowpath.records": c.records, "slowpath.bytes": c.bytes, "slowpath.flows": len(self.engine.flows),
-                **{f"slowpath.verdicts.{k.lower()}": v for k, v in c.verdicts.items()},
-                **{f"slowpath.failures.{k}": v for k, v in c.failures.items()},
-                **{f"slowpath.hits.{k}": v for k, v in c.hits.items()},
-            }, uptime=time.monotonic() - self.started))
+            self.eve.emit(eve.stats_record({**self.slowpath_stats(), "slowpath.workers": len(self.workers),
+                                            "slowpath.worker_restarts": self.workers.restarts},
+                                           uptime=time.monotonic() - self.started))
 
     def reload(self) -> None:
         """SIGHUP: policy and rules again, each only if valid. The work
@@ -350,7 +407,9 @@ class Daemon:
                 except Exception as e:   # netlink or the XDP build: logged, the reload goes on
                     log.error("reload: XDP blocklist not updated: %s: %s", type(e).__name__, e)
         try:
-            self.engine.rules = self.rules = await loop.run_in_executor(None, load_rules_file, self.cfg.rules)
+            self.rules = await loop.run_in_executor(None, load_rules_file, self.cfg.rules)
+            self.workers.ctx.rules = self.rules      # what a worker started from now on has
+            self.workers.reload()                    # the running workers load the file again
             log.info("reload: rules %s loaded", self.cfg.rules or "(none)")
             result["rules"] = "loaded"
         except (MicrosegError, OSError) as e:
@@ -368,9 +427,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
         loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        reader = self.reader_class(self.ring, self._on_record)
-        reader.start(loop)
-        tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._housekeeping()),
+        self.workers.attach(loop)
+        tasks = [asyncio.create_task(self._housekeeping()),
                  asyncio.create_task(self._sweeping()), asyncio.create_task(self._watching())]
         log.info("running (pid %d)", os.getpid())
         print(f"microseg running (pid {os.getpid()})", flush=True)
@@ -384,9 +442,11 @@ class Daemon:
                     pass
             for t in tasks:
                 t.cancel()
-            reader.stop()
-            # Heartbeat off at once: the kernel applies the slow-path-down
-            # action now rather than after the timeout.
+            # Each worker sets its heartbeat to 0 first (the kernel applies
+            # the slow-path-down action now rather than after the timeout),
+            # then reads its ring out and closes its flows; their EVE comes
+            # here while this waits.
+            await self.workers.stop()
             self._stop_heartbeat()
 
     def shutdown(self) -> None:
@@ -394,10 +454,6 @@ class Daemon:
         loop of its own, which cannot start inside a running one)."""
         from datapath import attach
         self._stop_heartbeat()
-        if self.lost != "ring":
-            for raw in self.ring.drain():
-                self._on_record(raw)
-        self.engine.close_all("shutdown")
         if self.detach_on_exit and self.lost is None:
             attach.detach(self.cfg.interfaces, self.cfg.netns)
             for i in self.cfg.interfaces:
@@ -409,8 +465,7 @@ class Daemon:
                      "someone else's now" if self.lost == "programs" else "inspected flows get the "
                      "slowpath_down action meanwhile")
         self._remove_sweep_lock()
-        self.ring.close()
-        self.injector.close()
+        self.rings.close()
         if self.server is not None:
             self.server.close()
         self.eve.close()
@@ -441,6 +496,15 @@ class Daemon:
             pass        # a sweep is running: its lock file stays
         finally:
             os.close(fd)
+
+
+def _is_child(pid: int) -> bool:
+    """``pid`` is a process this daemon started (its parent is this one)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def main(cfg: RunConfig, config_path: str, detach_on_exit: bool = False) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from datapath.config import DatapathConfig
+from datapath.enums import SLOWPATH_WORKERS_MAX
 
 
 class FileSinkConfig(BaseModel):
@@ -42,6 +43,13 @@ class MetricsConfig(BaseModel):
     listen: str = "127.0.0.1:9477"
 
 
+class SlowpathConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Worker processes inspecting flows (each its own ring buffer, event
+    # loop and heartbeat). None: one per CPU this process may use.
+    workers: int | None = Field(None, ge=1, le=SLOWPATH_WORKERS_MAX)
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,6 +60,7 @@ class RunConfig(BaseModel):
     policy: str | None = None
     rules: str | None = None
     datapath: DatapathConfig = DatapathConfig()
+    slowpath: SlowpathConfig = SlowpathConfig()
     eve: EveConfig = EveConfig()
     metrics: MetricsConfig | None = MetricsConfig()
     # How often an EVE stats record is written and idle flows are closed.

@@ -421,6 +421,66 @@ class SyslogSink(Sink):
 
 
 # --- The log ---------------------------------------------------------------------
+# --- Between processes ------------------------------------------------------------
+# A slow-path worker process (appliance/workers.py) writes its EVE lines to
+# the daemon through a SOCK_SEQPACKET socket; the daemon alone owns the
+# sinks, so file rotation, syslog connections and their counters stay in
+# one place and lines of different workers never interleave inside a line.
+# A message is FORWARD_TAG_EVE followed by whole lines; messages stay below
+# FORWARD_MESSAGE_BYTES (an AF_UNIX datagram must fit the socket's send
+# buffer, ~208 KiB by default). A line larger than that alone is dropped and
+# counted as oversize (EVE records are bounded far below it).
+FORWARD_TAG_EVE = b"E"
+FORWARD_MESSAGE_BYTES = 64 * 1024
+FORWARD_LINE_MAX = 192 * 1024
+
+
+class ForwardSink(Sink):
+    """EVE lines to the daemon over a connected SOCK_SEQPACKET socket.
+    A daemon that does not read makes the send block, the queue fill and
+    records drop, counted, like any sink's."""
+    kind = "forward"
+
+    def __init__(self, sock: socket.socket, **kw):
+        self.sock = sock
+        self.oversize = 0
+        super().__init__(**kw)
+
+    def counters(self) -> dict:
+        c = super().counters()
+        c.update(oversize=self.oversize)
+        return c
+
+    def _write_batch(self, batch):
+        sent = lost = 0
+        msg: list[bytes] = []
+        size = 0
+
+        def send() -> int:
+            try:
+                self.sock.sendall(FORWARD_TAG_EVE + b"".join(msg))
+                return len(msg)
+            except OSError:
+                self.write_errors += 1
+                return -len(msg)
+
+        for line, _ in batch:
+            if len(line) > FORWARD_LINE_MAX:
+                self.oversize += 1
+                lost += 1
+                continue
+            if msg and size + len(line) > FORWARD_MESSAGE_BYTES:
+                n = send()
+                sent, lost = (sent + n, lost) if n >= 0 else (sent, lost - n)
+                msg, size = [], 0
+            msg.append(line)
+            size += len(line)
+        if msg:
+            n = send()
+            sent, lost = (sent + n, lost) if n >= 0 else (sent, lost - n)
+        return sent, lost
+
+
 class EveLog:
     """Serialise records once and hand each line to every sink."""
 
@@ -442,6 +502,15 @@ class EveLog:
         for sink in self.sinks:
             sink.submit(line, record)
         return line
+
+    def emit_line(self, line: bytes, event_type: str = "") -> None:
+        """An encoded line (ending in a newline) from a worker process: to
+        every sink; ``event_type`` for the sinks that grade by it (syslog's
+        severity)."""
+        self.records += 1
+        record = {"event_type": event_type}
+        for sink in self.sinks:
+            sink.submit(line, record)
 
     def emit_all(self, records: Iterable[Mapping]) -> int:
         return sum(self.emit(r) is not None for r in records)

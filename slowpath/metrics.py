@@ -141,6 +141,10 @@ class MetricsServer:
         self._httpd = httpd
         self._thread = thread
 
+    def fileno(self) -> int:
+        """The listening socket's fd."""
+        return self._httpd.fileno()
+
     @property
     def address(self) -> str:
         return self._httpd.server_address[0]
@@ -188,12 +192,91 @@ def parse_listen(text: str) -> tuple[str, int]:
     return addr, int(port_text)
 
 
-class Metrics:
-    """The appliance's metrics. Recording methods are thread-safe."""
+def snapshot(registry: CollectorRegistry) -> list:
+    """Every series of ``registry`` as plain data (JSON): a worker process
+    sends its slow-path series to the daemon with it. ``_created`` samples
+    are left out: a creation time does not sum across processes."""
+    out = []
+    for fam in registry.collect():
+        samples = [[x.name, x.labels, x.value] for x in fam.samples if not x.name.endswith("_created")]
+        out.append([fam.name, fam.type, fam.documentation, samples])
+    return out
 
-    def __init__(self, kernel_reader: Callable[[], Mapping] | None = None):
+
+class WorkerSeries:
+    """The slow-path series of several worker processes, summed: the one
+    endpoint shows one microseg_ringbuf_records_total, not one per worker.
+    Each worker reports a snapshot() now and then (``update``); a worker
+    that ended (``retire``) keeps what its counters and histograms counted,
+    so a restart does not move a counter backwards; its gauges go. Every
+    series shows from the first scrape, at 0, as in one process."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._live: dict[int, list] = {}
+        self._retired: dict[tuple, float] = {}
+        self._zero = snapshot(Metrics(kernel=False).registry)
+
+    def update(self, worker: int, snap: list) -> None:
+        with self._lock:
+            self._live[worker] = snap
+
+    def retire(self, worker: int) -> None:
+        with self._lock:
+            snap = self._live.pop(worker, None)
+            for name, kind, _, samples in snap or ():
+                if kind in ("counter", "histogram"):
+                    for sname, labels, value in samples:
+                        key = (name, sname, tuple(sorted(labels.items())))
+                        self._retired[key] = self._retired.get(key, 0.0) + value
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import Metric
+        with self._lock:
+            snaps = list(self._live.values())
+            retired = dict(self._retired)
+        sums: dict[tuple, float] = dict(retired)
+        for snap in snaps:
+            for name, _, _, samples in snap:
+                for sname, labels, value in samples:
+                    key = (name, sname, tuple(sorted(labels.items())))
+                    sums[key] = sums.get(key, 0.0) + value
+        for name, kind, doc, samples in self._zero:
+            fam = Metric(name, doc, kind)
+            for sname, labels, _ in samples:
+                fam.add_sample(sname, labels, sums.get((name, sname, tuple(sorted(labels.items()))), 0.0))
+            # label values only a worker has seen (a verdict name, a lost reason)
+            seen = {(sname, tuple(sorted(labels.items()))) for sname, labels, _ in samples}
+            for (fname, sname, labels), value in sorted(sums.items()):
+                if fname == name and (sname, labels) not in seen:
+                    fam.add_sample(sname, dict(labels), value)
+            yield fam
+
+
+class Metrics:
+    """The appliance's metrics. Recording methods are thread-safe.
+
+    ``slowpath``: this process inspects, so the slow-path series are its
+    own. The daemon of several worker processes passes False and registers
+    a WorkerSeries instead (``workers``), which sums theirs; the workers
+    pass ``kernel=False`` (the daemon reads the kernel)."""
+
+    def __init__(self, kernel_reader: Callable[[], Mapping] | None = None, *, slowpath: bool = True,
+                 workers: WorkerSeries | None = None, kernel: bool = True):
         self.registry = CollectorRegistry()
         r = self.registry
+        if workers is not None:
+            r.register(workers)
+        if slowpath:
+            self._slowpath_series(r)
+        self._kernel = _KernelCollector(kernel_reader)
+        if kernel:
+            r.register(self._kernel)
+
+    def _slowpath_series(self, r: CollectorRegistry) -> None:
         self.ringbuf_records = Counter("microseg_ringbuf_records",
                                        "Records read from the kernel ring buffer", registry=r)
         self.ringbuf_lost = Counter("microseg_ringbuf_lost",
@@ -218,8 +301,6 @@ class Metrics:
             self.slowpath_failures.labels(kind=kind)
         for scope in REASSEMBLY_SCOPES:
             self.reassembly_cap_hits.labels(scope=scope)
-        self._kernel = _KernelCollector(kernel_reader)
-        r.register(self._kernel)
 
     # -- recording -------------------------------------------------------------
     def record_ringbuf(self, n: int = 1) -> None:

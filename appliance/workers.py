@@ -1,0 +1,404 @@
+"""`microseg run`'s slow-path workers: one process per CPU it may use.
+
+The kernel spreads inspected flows over the workers by a hash of the
+session (bpf/lib/inspect.h): worker ``i`` reads ring ``i`` of ms_insp_rings
+and beats heartbeat slot ``i`` of ms_slowpath, so every record of a flow
+reaches one process, where its reassembly and parser state live. Any
+worker writes verdicts (ms_verdicts is one map). Each worker is a process
+with its own uvloop loop and its own Engine; Python's GIL would otherwise
+keep inspection on one core.
+
+The daemon (appliance/daemon.py) stays the one owner of everything shared:
+it forks the workers after bring-up (they inherit the build's map fds and
+the compiled layouts, nothing is compiled twice), reads their EVE lines and
+reports from one SOCK_SEQPACKET socket each and writes the lines to its
+sinks (slowpath/eve_sinks.py ForwardSink), sums their metrics
+(slowpath/metrics.py WorkerSeries), and restarts a worker that died. A dead
+worker's heartbeat is set to 0 at once, so the kernel applies the
+slow-path-down action to its flows only (not after the heartbeat timeout,
+and not to the other workers' flows); records left in its ring are read by
+the worker started in its place.
+
+Messages from a worker: ``E`` + EVE lines (ForwardSink), ``M`` + JSON
+report ({"metrics": snapshot, "stats": counters}). To a worker: ``R``
+(reload the rules file).
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+import uvloop
+
+# Imported here, in the daemon, before it forks: a worker starts with them
+# loaded and beats its heartbeat at once (importing them in the child took
+# longer than a short heartbeat timeout on a busy machine).
+from slowpath.engine import Engine
+from slowpath.eve_sinks import EveLog, ForwardSink
+from slowpath.inject import Injector
+from slowpath.metrics import Metrics, snapshot
+from slowpath.records import VerdictWriter, open_payload_channel, session_seq, session_stats
+from slowpath.ringbuf import RingBuffer
+
+log = logging.getLogger("microseg.run")
+
+# A worker reports its metrics and counters this often: a scrape is at most
+# this stale in its slow-path series.
+REPORT_S = 1.0
+# Records a worker takes from its ring per wakeup of its loop (then other
+# callbacks, the heartbeat among them, get their turn).
+RING_BATCH = 1024
+# Largest message read from a worker: above eve_sinks.FORWARD_LINE_MAX, so
+# one oversize-but-allowed line still fits.
+MESSAGE_MAX = 256 * 1024
+# A worker that dies is started again after this pause, doubled for each
+# death within RESTART_WINDOW_S of the last start (up to the maximum): a
+# worker crashing on every start must not spin the machine.
+RESTART_MIN_S = 0.2
+RESTART_MAX_S = 30.0
+RESTART_WINDOW_S = 10.0
+# How long a stopping worker may take to drain its ring, close its flows
+# and send their EVE records, before it is killed.
+STOP_TIMEOUT_S = 15.0
+TAG_EVE, TAG_REPORT, TAG_RELOAD = b"E", b"M", b"R"
+PR_SET_PDEATHSIG = 1
+_EVENT_TYPE = re.compile(rb'"event_type":"([a-z_0-9]+)"')
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on (its affinity, as a container or a
+    systemd CPUAffinity= gives it), not the machine's count."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+class Worker:
+    """One worker process's slow path: its ring, its heartbeat, its Engine.
+    Built in the child after the fork."""
+
+    def __init__(self, index: int, ring_fd: int | None, ctx, sock: socket.socket):
+        fp, cfg = ctx.fp, ctx.cfg
+        self.index = index
+        self.ctx = ctx
+        self.sock = sock
+        self.decoder = ctx.decoder
+        self.writer = VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
+                                    fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf, worker=index)
+        self.writer.heartbeat(os.getpid())
+        self.metrics = Metrics(kernel=False)
+        self.eve = EveLog([ForwardSink(sock)])
+        self.injector = Injector(session_seq(fp), self._call_later)
+        self.engine = Engine(ctx.rules, self.eve.emit, self.writer, failure_actions=cfg.datapath.failure_actions,
+                             simulate=cfg.datapath.simulate, metrics=self.metrics, injector=self.injector,
+                             plugins=fp.protocols, app_names={i: n for n, i in fp.l7.ids.items()},
+                             session_stats=session_stats(fp), inspect_budget=cfg.datapath.inspect_budget)
+        if ring_fd is None:       # the perf buffer fallback: one worker, per-record reader
+            self.ring, self.reader_class = open_payload_channel(fp)
+        else:
+            self.ring, self.reader_class = RingBuffer(ring_fd), None
+        self.started = time.monotonic()
+
+    def _call_later(self, delay: float, fn) -> None:
+        asyncio.get_running_loop().call_later(delay, fn)
+
+    def _records(self, raws: list[bytes]) -> None:
+        bad = self.engine.handle_raw_batch(raws, self.decoder)
+        if bad:
+            log.warning("worker %d: %d bad payload records, the first: %s", self.index, len(bad), bad[0])
+
+    def _readable(self) -> None:
+        raws = self.ring.drain(RING_BATCH)
+        if raws:
+            self._records(raws)
+
+    def report(self) -> None:
+        c = self.engine.counters
+        self.metrics.set_flows(len(self.engine.flows))
+        self.metrics.set_queue_depth(self.ring.pending_bytes())
+        stats = {"slowpath.records": c.records, "slowpath.bytes": c.bytes, "slowpath.flows": len(self.engine.flows),
+                 **{f"slowpath.verdicts.{k.lower()}": v for k, v in c.verdicts.items()},
+                 **{f"slowpath.failures.{k}": v for k, v in c.failures.items()},
+                 **{f"slowpath.hits.{k}": v for k, v in c.hits.items()}}
+        msg = TAG_REPORT + json.dumps({"metrics": snapshot(self.metrics.registry), "stats": stats}).encode()
+        try:
+            self.sock.sendall(msg)
+        except OSError:
+            pass            # the daemon is gone; the death signal follows
+
+    async def _beating(self) -> None:
+        period = self.ctx.cfg.datapath.heartbeat_timeout_s / 3
+        while True:
+            self.writer.heartbeat(os.getpid())
+            await asyncio.sleep(period)
+
+    async def _reporting(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_S)
+            self.engine.sweep()
+            self.report()
+
+    def _control(self, stop: asyncio.Event) -> None:
+        try:
+            msg = self.sock.recv(MESSAGE_MAX)
+        except BlockingIOError:
+            return
+        except OSError:
+            msg = b""
+        if not msg:                  # the daemon closed its end: it is gone
+            stop.set()
+            return
+        if msg[:1] == TAG_RELOAD:
+            asyncio.get_running_loop().create_task(self._reload())
+
+    async def _reload(self) -> None:
+        from datapath.errors import MicrosegError
+        try:
+            rules = await asyncio.get_running_loop().run_in_executor(None, self.ctx.load_rules, self.ctx.cfg.rules)
+        except (MicrosegError, OSError) as e:   # the daemon checked the file; it changed since
+            log.error("worker %d: rules not reloaded, the running ones stay: %s", self.index, e)
+            return
+        self.engine.rules = rules
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)   # the daemon decides (a terminal's ^C hits all)
+        self.sock.setblocking(False)
+        loop.add_reader(self.sock.fileno(), self._control, stop)
+        if self.reader_class is None:
+            loop.add_reader(self.ring.fileno(), self._readable)
+            reader = None
+        else:
+            def one(raw: bytes) -> None:
+                self._records([raw])
+            reader = self.reader_class(self.ring, one)
+            reader.start(loop)
+        tasks = [asyncio.create_task(self._beating()), asyncio.create_task(self._reporting())]
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            if reader is None:
+                loop.remove_reader(self.ring.fileno())
+            else:
+                reader.stop()
+            loop.remove_reader(self.sock.fileno())
+            self.writer.stop()      # heartbeat 0: the kernel takes this worker's flows as down at once
+
+    def finish(self) -> None:
+        """After the loop: what is left in the ring, every flow closed (EVE
+        flow records), a last report, the EVE lines sent."""
+        self.sock.setblocking(True)
+        self._records(self.ring.drain())
+        self.engine.close_all("shutdown")
+        self.report()
+        self.eve.close()
+        self.injector.close()
+
+
+def _child(index: int, ring_fd: int | None, ctx, sock: socket.socket, parent: int, close_fds: list[int]) -> int:
+    """The forked worker's life; returns its exit status."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)     # the daemon gone: this worker goes too
+    if os.getppid() != parent:                       # ... it went before the line above
+        return 0
+    for fd in close_fds:        # the daemon's listening metrics socket, the other workers' sockets
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)     # reloads come from the daemon, as a message
+    # The fork happened inside the daemon's running loop: this process has
+    # a copy of it, which must neither run nor be taken for the current one.
+    asyncio._set_running_loop(None)
+    w = Worker(index, ring_fd, ctx, sock)
+    log.info("worker %d running (pid %d)", index, os.getpid())
+    try:
+        uvloop.run(w.run())
+    finally:
+        w.finish()
+    return 0
+
+
+class WorkerSet:
+    """The daemon's side: fork, watch (a pidfd per worker on the loop),
+    restart, read, stop. ``on_eve(line, event_type)`` and
+    ``on_report(index, report)`` take what workers send; ``on_exit(index,
+    pid, status)`` is told of each death (the daemon sets that worker's
+    heartbeat to 0 and retires its metrics)."""
+
+    def __init__(self, ctx, ring_fds: list[int | None], *, on_eve: Callable[[bytes, str], None],
+                 on_report: Callable[[int, dict], None], on_exit: Callable[[int, int, str], None],
+                 close_in_child: Callable[[], list[int]] = lambda: []):
+        self.ctx = ctx
+        self.ring_fds = ring_fds
+        self.on_eve, self.on_report, self.on_exit = on_eve, on_report, on_exit
+        self.close_in_child = close_in_child
+        self.pids: dict[int, int] = {}                 # index -> pid
+        self._socks: dict[int, socket.socket] = {}
+        self._pidfds: dict[int, int] = {}
+        self._started: dict[int, float] = {}
+        self._backoff: dict[int, float] = {}
+        self.restarts = 0
+        self.stopping = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def __len__(self) -> int:
+        return len(self.ring_fds)
+
+    # -- starting ----------------------------------------------------------------
+    def start_all(self) -> None:
+        for i in range(len(self.ring_fds)):
+            self._spawn(i)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Watch and read the workers from ``loop`` (the daemon's, once running)."""
+        self.loop = loop
+        for i in list(self.pids):
+            self._watch(i)
+
+    def _spawn(self, i: int) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        close = [mine.fileno(), *(s.fileno() for s in self._socks.values()), *self._pidfds.values(),
+                 *self.close_in_child()]
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                status = _child(i, self.ring_fds[i], self.ctx, theirs, parent, close)
+            except BaseException:
+                log.exception("worker %d failed", i)
+            finally:
+                os._exit(status)
+        theirs.close()
+        mine.setblocking(False)
+        self.pids[i] = pid
+        self._socks[i] = mine
+        self._pidfds[i] = os.pidfd_open(pid)
+        self._started[i] = time.monotonic()
+        log.info("slow-path worker %d started (pid %d)", i, pid)
+        if self.loop is not None:
+            self._watch(i)
+
+    def _watch(self, i: int) -> None:
+        self.loop.add_reader(self._socks[i].fileno(), self._readable, i)
+        self.loop.add_reader(self._pidfds[i], self._died, i)
+
+    # -- reading -----------------------------------------------------------------
+    def _readable(self, i: int) -> None:
+        sock = self._socks.get(i)
+        if sock is None:
+            return
+        for _ in range(64):          # a busy worker must not keep the loop in here
+            try:
+                msg = sock.recv(MESSAGE_MAX)
+            except BlockingIOError:
+                return
+            except OSError:
+                msg = b""
+            if not msg:
+                self.loop.remove_reader(sock.fileno())
+                return
+            self._message(i, msg)
+
+    def _message(self, i: int, msg: bytes) -> None:
+        tag, body = msg[:1], msg[1:]
+        if tag == TAG_EVE:
+            for line in body.splitlines(keepends=True):
+                m = _EVENT_TYPE.search(line, 0, 200)
+                self.on_eve(line, m.group(1).decode() if m else "")
+        elif tag == TAG_REPORT:
+            try:
+                self.on_report(i, json.loads(body))
+            except ValueError:
+                log.warning("worker %d sent a report that is not JSON", i)
+
+    def _drain(self, i: int) -> None:
+        """Whatever a worker sent before it ended."""
+        sock = self._socks[i]
+        sock.setblocking(False)
+        while True:
+            try:
+                msg = sock.recv(MESSAGE_MAX)
+            except OSError:
+                return
+            if not msg:
+                return
+            self._message(i, msg)
+
+    # -- deaths --------------------------------------------------------------------
+    def _died(self, i: int) -> None:
+        pid = self.pids.pop(i, None)
+        pidfd = self._pidfds.pop(i)
+        self.loop.remove_reader(pidfd)
+        os.close(pidfd)
+        try:
+            _, raw = os.waitpid(pid, 0)
+        except ChildProcessError:
+            raw = 0
+        status = (f"killed by signal {signal.Signals(-os.waitstatus_to_exitcode(raw)).name}"
+                  if os.WIFSIGNALED(raw) else f"exit status {os.waitstatus_to_exitcode(raw)}")
+        self._drain(i)
+        sock = self._socks.pop(i)
+        try:
+            self.loop.remove_reader(sock.fileno())
+        except (ValueError, OSError):
+            pass
+        sock.close()
+        self.on_exit(i, pid, status)
+        if self.stopping:
+            return
+        quick = time.monotonic() - self._started.get(i, 0) < RESTART_WINDOW_S
+        delay = min(RESTART_MAX_S, self._backoff.get(i, RESTART_MIN_S / 2) * 2) if quick else RESTART_MIN_S
+        self._backoff[i] = delay
+        log.error("slow-path worker %d (pid %d) ended: %s; its flows get the slowpath_down action until it "
+                  "is started again in %.1f s", i, pid, status, delay)
+        self.loop.call_later(delay, self._restart, i)
+
+    def _restart(self, i: int) -> None:
+        if self.stopping or i in self.pids:
+            return
+        self.restarts += 1
+        self._spawn(i)
+
+    # -- control -------------------------------------------------------------------
+    def reload(self) -> None:
+        for sock in self._socks.values():
+            try:
+                sock.send(TAG_RELOAD)
+            except OSError:
+                pass
+
+    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM to every worker, and wait (reading what they send) until
+        they are gone; one that takes longer than ``timeout`` is killed."""
+        self.stopping = True
+        for pid in self.pids.values():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while self.pids and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for i, pid in list(self.pids.items()):
+            log.error("slow-path worker %d (pid %d) did not stop within %.0f s: killed", i, pid, timeout)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while self.pids and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
