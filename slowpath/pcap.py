@@ -39,7 +39,6 @@ and skipped.
 """
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import mmap
 import os
@@ -968,6 +967,20 @@ def flow_packets(path: str | os.PathLike) -> tuple[Capture, Iterator[tuple[int, 
     return cap, packets()
 
 
+def _turned(ev: FlowEvent) -> FlowEvent:
+    """``ev`` seen from the other side (each event built directly:
+    dataclasses.replace inspects the fields on every call)."""
+    d = Direction.TO_CLIENT if ev.direction == Direction.TO_SERVER else Direction.TO_SERVER
+    kind = ev.kind
+    if kind == "data":
+        return Data(d, ev.data, ev.stream_offset)
+    if kind == "datagram":
+        return Datagram(d, ev.payload, ev.frame)
+    if kind == "gap":
+        return Gap(d, ev.size, ev.stream_offset)
+    return Eof(d)
+
+
 def read_capture(path: str | os.PathLike, *, limits: ReassemblyLimits | None = None,
                  budget: ReassemblyBudget | None = None) -> Capture:
     """Read every TCP/UDP flow of a pcap / pcapng file. Raises PcapError on a bad file."""
@@ -1021,8 +1034,7 @@ def read_capture(path: str | os.PathLike, *, limits: ReassemblyLimits | None = N
             client, flow.orientation = 0, "first-packet"
         if client == 1:
             flow.client, flow.server = flow.server, flow.client
-            flow.events = [dataclasses.replace(ev, direction=Direction(1 - ev.direction))
-                           for ev in flow.events]
+            flow.events = [_turned(ev) for ev in flow.events]
         cap.flows.append(flow)
     cap.flows.sort(key=lambda fl: fl.first_frame)
     return cap
