@@ -1,0 +1,130 @@
+"""What carries the workers' output to the daemon: EVE lines over a
+SOCK_SEQPACKET socket (ForwardSink, WorkerSet's reader) and metric
+snapshots summed into one series per name (WorkerSeries)."""
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from appliance.runconfig import RunConfig
+from appliance.workers import WorkerSet
+from slowpath.eve_sinks import FORWARD_LINE_MAX, FORWARD_MESSAGE_BYTES, FORWARD_TAG_EVE, ForwardSink
+from slowpath.metrics import Metrics, WorkerSeries, snapshot
+
+
+def series(registry) -> dict[str, float]:
+    out = {}
+    for line in generate_latest(registry).decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def worker_metrics(records: int, flows: int, verdict: str | None = None) -> list:
+    m = Metrics(kernel=False)
+    m.record_ringbuf(records)
+    m.set_flows(flows)
+    if verdict:
+        m.record_verdict(verdict)
+    m.observe_verdict_latency(0.002)
+    return snapshot(m.registry)
+
+
+def summed(ws: WorkerSeries) -> dict[str, float]:
+    r = CollectorRegistry()
+    r.register(ws)
+    return series(r)
+
+
+def test_series_are_summed_and_present_at_zero_before_any_report():
+    ws = WorkerSeries()
+    s = summed(ws)
+    assert s["microseg_ringbuf_records_total"] == 0
+    assert s['microseg_slowpath_failures_total{kind="slowpath_down"}'] == 0
+    ws.update(0, worker_metrics(5, 2, "allow"))
+    ws.update(1, worker_metrics(7, 3, "block"))
+    s = summed(ws)
+    assert s["microseg_ringbuf_records_total"] == 12
+    assert s["microseg_slowpath_flows"] == 5
+    assert s['microseg_slowpath_verdicts_total{verdict="allow"}'] == 1
+    assert s['microseg_slowpath_verdicts_total{verdict="block"}'] == 1
+    assert s["microseg_verdict_latency_seconds_count"] == 2
+    assert s['microseg_verdict_latency_seconds_bucket{le="0.0025"}'] == 2
+    assert not any(k.endswith("_created") for k in s)
+
+
+def test_a_retired_worker_keeps_its_counts_not_its_gauges():
+    ws = WorkerSeries()
+    ws.update(0, worker_metrics(5, 2))
+    ws.update(1, worker_metrics(7, 3))
+    ws.retire(1)                        # killed: its replacement starts from 0
+    ws.update(1, worker_metrics(1, 1))
+    s = summed(ws)
+    assert s["microseg_ringbuf_records_total"] == 13      # 5 + 7 + 1: never backwards
+    assert s["microseg_slowpath_flows"] == 3              # 2 + 1: the dead one's flows are gone
+    assert s["microseg_verdict_latency_seconds_count"] == 3
+
+
+def test_the_daemon_registry_has_one_series_per_name():
+    ws = WorkerSeries()
+    ws.update(0, worker_metrics(1, 1))
+    m = Metrics(lambda: {}, slowpath=False, workers=ws)
+    text = generate_latest(m.registry).decode()
+    assert text.count("# TYPE microseg_ringbuf_records_total counter") == 1
+    assert "microseg_kernel_read_errors_total" in text
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def received(sock) -> list[bytes]:
+    sock.setblocking(False)
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(1 << 20))
+        except BlockingIOError:
+            return out
+
+
+def test_forward_sink_sends_whole_lines_in_bounded_messages(pair):
+    mine, theirs = pair
+    sink = ForwardSink(mine)
+    lines = [json.dumps({"event_type": "flow", "n": i, "pad": "x" * 700}).encode() + b"\n" for i in range(400)]
+    big = b'{"event_type":"alert","pad":"' + b"y" * FORWARD_LINE_MAX + b'"}\n'
+    for line in lines[:200] + [big] + lines[200:]:
+        assert sink.submit(line)
+    sink.close()
+    msgs = received(theirs)
+    assert all(m.startswith(FORWARD_TAG_EVE) and len(m) <= FORWARD_MESSAGE_BYTES + 1024 for m in msgs)
+    got = b"".join(m[1:] for m in msgs).splitlines(keepends=True)
+    assert got == lines                                   # in order, none torn, the oversize one out
+    assert len(msgs) > 1 and sink.counters()["oversize"] == 1 and sink.counters()["dropped"] == 1
+
+
+def test_the_daemon_reads_lines_and_their_event_types(pair):
+    mine, theirs = pair
+    seen = []
+    ws = WorkerSet(None, [None], on_eve=lambda line, et: seen.append((line, et)),
+                   on_report=lambda i, r: seen.append((i, r)), on_exit=lambda *a: None)
+    ws._message(0, FORWARD_TAG_EVE + b'{"timestamp":"t","event_type":"alert"}\n{"event_type":"flow"}\n')
+    ws._message(0, b'M{"metrics": [], "stats": {"slowpath.records": 3}}')
+    ws._message(0, b"Mnot json")                          # logged, nothing else
+    assert seen == [(b'{"timestamp":"t","event_type":"alert"}\n', "alert"), (b'{"event_type":"flow"}\n', "flow"),
+                    (0, {"metrics": [], "stats": {"slowpath.records": 3}})]
+
+
+@pytest.mark.parametrize("workers", [0, 65, "two"])
+def test_workers_setting_is_checked(workers):
+    with pytest.raises(ValueError, match="workers"):
+        RunConfig.model_validate({"interfaces": ["eth0"], "slowpath": {"workers": workers}})
+    assert RunConfig.model_validate({"interfaces": ["eth0"], "slowpath": {"workers": 2}}).slowpath.workers == 2
