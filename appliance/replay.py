@@ -164,6 +164,12 @@ class ReplayResult:
     too_short: int = 0     # frames shorter than an Ethernet header (empty or cut records)
     too_big: int = 0       # frames BPF_PROG_TEST_RUN cannot take and resegment() could not cut
     resegmented: int = 0   # TCP super-packets cut into wire-sized segments
+    # The first payload record the engine skipped as malformed (their count:
+    # engine.counters.bad_records); None when there was none.
+    bad_record: str | None = None
+    # CPU time (all threads) of the frame loop and the closing of the flows:
+    # the replay's own cost, start-up (BPF compile and load) excluded.
+    cpu_s: float = 0.0
     reasons: collections.Counter = field(default_factory=collections.Counter)
     records: int = 0
     eve_records: int = 0
@@ -209,7 +215,7 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
     # One reusable test run (attr, context, input buffer made once); the
     # packet that comes back is not needed, so the kernel copies none.
     runner = bpfsys.TestRunner(fp.prog_fd(Direction.DIR_INGRESS), copy_out=False)
-    run, drain, handle, decode = runner.run, ring.drain, engine.handle, decoder.decode
+    run, drain, handle_raw_batch = runner.run, ring.drain, engine.handle_raw_batch
     # The kernel judges the heartbeat by its own clock, not the capture's:
     # one write covers replay_config()'s timeout; a replay running longer
     # writes it again when half of it has passed.
@@ -219,6 +225,7 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
         writer.heartbeat(0)
         next_beat = time.monotonic() + beat_every
         before = fp.counters()
+        cpu0 = time.process_time()
         frames = ethernet_frames(pcap)
         while True:
             try:
@@ -252,12 +259,14 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
                 raws = drain()
                 if raws:
                     result.records += len(raws)
-                    for raw in raws:
-                        handle(decode(raw))
+                    bad = handle_raw_batch(raws, decoder)
+                    if bad and result.bad_record is None:
+                        result.bad_record = bad[0]
             if time.monotonic() > next_beat:
                 writer.heartbeat(0)
                 next_beat = time.monotonic() + beat_every
         engine.close_all("shutdown")
+        result.cpu_s = time.process_time() - cpu0
         after = fp.counters()
         for (d, r), (pk, _) in after.items():
             moved = pk - before.get((d, r), (0, 0))[0]
