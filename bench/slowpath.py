@@ -6,7 +6,9 @@ lab against an allow rule, verdict latency, and what hold mode costs.
    BPF_PROG_TEST_RUN under an inspect rule, then the ring buffer is drained
    three ways, each on a fresh flow: drain only (the baseline), drain and
    decode, drain, decode and the engine (reassembly, HTTP parsing, WAF and
-   DLP rules, verdicts). Records per second, median of ``--rounds``.
+   DLP rules, verdicts), through the batch calls the daemon's workers make
+   (RecordDecoder.decode_many, Engine.handle_raw_batch). Records per second,
+   median of ``--rounds``.
 2. Lab: `microseg run` in the lab gateway, python http.server behind it on
    three ports: an allow rule, inspect async (waf, dlp, dpi), inspect hold.
    A client makes ``--requests`` sequential GETs, a new connection each,
@@ -18,6 +20,7 @@ lab against an allow rule, verdict latency, and what hold mode costs.
    the verdict map write): p50, p99, p99.9.
 
     .venv/bin/python bench/slowpath.py [--requests N] [--rounds N] [--segments N]
+                                       [--only records|lab] [--cpu-time] [--profile FILE]
 """
 from __future__ import annotations
 
@@ -72,7 +75,7 @@ def pct(values, p):
 
 # -- 1. records -------------------------------------------------------------
 
-def bench_records(segments: int, rounds: int) -> list[tuple]:
+def bench_records(segments: int, rounds: int, profile: str | None = None, clock=time.perf_counter) -> list[tuple]:
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
 
@@ -136,14 +139,21 @@ def bench_records(segments: int, rounds: int) -> list[tuple]:
                 sport += 1
                 fill(sport)
                 engine = Engine(rules, lambda r: None, NoVerdicts())
-                t0 = time.perf_counter()
+                prof = None
+                if profile and case.endswith("engine"):
+                    import cProfile
+                    prof = cProfile.Profile()
+                    prof.enable()
+                t0 = clock()
                 raws = ring.drain()
-                if case != "drain":
-                    for raw in raws:
-                        rec = dec.decode(raw)
-                        if case.endswith("engine"):
-                            engine.handle(rec)
-                dt = time.perf_counter() - t0
+                if case == "drain + decode":
+                    dec.decode_many(raws)
+                elif case.endswith("engine"):
+                    engine.handle_raw_batch(raws, dec)   # what the daemon's workers call
+                dt = clock() - t0
+                if prof is not None:
+                    prof.disable()
+                    prof.dump_stats(profile)
                 if len(raws) != segments:
                     moved = {r.name: v[0] for (d, r), v in fp.counters().items()}
                     raise SystemExit(f"{len(raws)} records for {segments} segments; kernel counted {moved}")
@@ -216,6 +226,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--segments", type=int, default=20_000, help="payload records per drain measurement")
     ap.add_argument("--quick", action="store_true", help="100 requests, 3 rounds, 5,000 segments")
+    ap.add_argument("--only", choices=("records", "lab"), help="run section 1 (records) or sections 2-3 (lab) only")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="section 1: write a cProfile of the engine case's last round to FILE "
+                         "(pstats format; the rates are then the profiled ones)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="section 1: rates from this process's CPU time, not wall time (on a busy, shared machine)")
     args = ap.parse_args(argv)
     if args.quick:
         args.requests, args.rounds, args.segments = 100, 3, 5000
@@ -225,12 +241,17 @@ def main(argv=None) -> int:
     print("microseg slow path")
     print(f"kernel {os.uname().release}; {args.rounds} rounds; medians")
     print()
-    print(f"1. payload records, one flow of {args.segments} HTTP request segments, in process")
-    print()
-    print("| case | records/s | ratio to drain only |")
-    print("|---|---|---|")
-    for case, rate, ratio in bench_records(args.segments, args.rounds):
-        print(f"| {case} | {rate:,.0f} | {ratio:.2f} |")
+    if args.only != "lab":
+        print(f"1. payload records, one flow of {args.segments} HTTP request segments, in process"
+              + (" (CPU time)" if args.cpu_time else ""))
+        print()
+        print("| case | records/s | ratio to drain only |")
+        print("|---|---|---|")
+        clock = time.process_time if args.cpu_time else time.perf_counter
+        for case, rate, ratio in bench_records(args.segments, args.rounds, args.profile, clock):
+            print(f"| {case} | {rate:,.0f} | {ratio:.2f} |")
+    if args.only == "records":
+        return 0
     samples, vlat = bench_lab(args.requests, args.rounds)
     base = statistics.median(samples[ALLOW_PORT]["rate"])
     base_p50 = statistics.median(samples[ALLOW_PORT]["lat"])
