@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import json
 import logging
 import os
@@ -273,6 +274,11 @@ class WorkerSet:
         close = [mine.fileno(), *(s.fileno() for s in self._socks.values()), *self._pidfds.values(),
                  *self.close_in_child()]
         parent = os.getpid()
+        # The daemon's objects (BCC, the compiled rules, the protocol
+        # tables) go to the collector's permanent generation first: a
+        # worker's collections then never walk them, so their pages stay
+        # shared with the daemon instead of being copied into every worker.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             status = 1

@@ -94,7 +94,9 @@ def test_flows_spread_over_the_workers_and_each_stays_on_one(workers):
         c.send("s", "PA", R.PASS_INSPECT_COPIED, data=RESPONSE)
     per_ring = w.drained()
     keys = [{r.key for r in recs} for recs in per_ring]
-    assert all(keys), f"a worker got no flow of {FLOWS}: {[len(k) for k in keys]}"
+    # an even split of 64 flows lands in 20..44 with probability 0.997: a
+    # skewed hash (an xor of the key's words gave 1 of 64) does not
+    assert all(20 <= len(k) <= 44 for k in keys), f"{FLOWS} flows split {[len(k) for k in keys]}"
     assert not keys[0] & keys[1], "a flow's records went to two workers"
     assert len(keys[0] | keys[1]) == FLOWS
     for recs in per_ring:                   # request and response of each flow: together
