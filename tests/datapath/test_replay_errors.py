@@ -87,6 +87,8 @@ def test_empty_or_tiny_frame_is_counted_and_the_rest_runs(tmp_path, bad):
     j = replay(pcap, "--eve", out, "--json")
     summary = json.loads(j.stdout)
     assert (summary["frames"], summary["too_short"], summary["cut"]) == (len(frames), 1, None)
+    # The frame loop's own CPU time (start-up excluded), and no record the engine could not read.
+    assert summary["cpu_s"] > 0 and summary["bad_records"] == 0
 
 
 def test_capture_cut_mid_record_prints_summary_and_the_offset(tmp_path):
