@@ -44,7 +44,7 @@ def replay_config(base: DatapathConfig | None = None, budget: int | None = None)
                                    "inspect_budget": budget if budget is not None else REPLAY_BUDGET,
                                    "heartbeat_timeout_s": 3600.0,
                                    # One reader (replay) drains one ring: every flow's records to it.
-                                   "slowpath_workers": 1})
+                                   "slowpath_workers": 1, "ring_wakeup": False})
 
 
 # Payload bytes per segment when a captured super-packet is cut up: the

@@ -152,6 +152,10 @@ class DatapathConfig(BaseModel):
     # of the session), each with its own ring buffer and heartbeat.
     # `microseg run` sets it from its `slowpath.workers` setting.
     slowpath_workers: int = Field(1, ge=1, le=SLOWPATH_WORKERS_MAX)
+    # Payload records wake the reader (off for `microseg replay`, which
+    # reads the ring after every packet itself: a wakeup costs more than
+    # the rest of a recorded packet).
+    ring_wakeup: bool = True
     failure_actions: FailureActions = FailureActions()
     # Kernel features: where to fall back (compile time).
     compat: Compat = Compat()

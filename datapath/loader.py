@@ -125,7 +125,7 @@ class FastPath:
         on = {"LOOSE": config.loose, "INVALID_PASS": config.invalid_action == "pass",
               "WINDOW_PASS": config.window_action == "pass", "TAILCALL_PASS": config.tailcall_action == "pass",
               "SIM_RINGBUF_FULL": "ringbuf_full" in sim, "SIM_BUDGET": "budget_exhausted" in sim,
-              "SIM_SLOWPATH_DOWN": "slowpath_down" in sim}
+              "SIM_SLOWPATH_DOWN": "slowpath_down" in sim, "RING_NO_WAKEUP": not config.ring_wakeup}
         v.flags = sum(CFG[name] for name, wanted in on.items() if wanted)
         v.insp_budget = config.inspect_budget
         v.workers = config.slowpath_workers

@@ -75,7 +75,8 @@ static __always_inline __u32 ms_insp_worker(const struct ms_flow_key *kp, const 
 /* Copy up to ``room`` payload bytes of the packet into one record of the
  * worker's ring. 0 on success. */
 static __always_inline int ms_insp_copy(struct __sk_buff *skb, const struct ms_pkt *p, const struct ms_flow *f,
-                                        const struct ms_flow_key *kp, __u32 side, __u32 room, void *ring)
+                                        const struct ms_flow_key *kp, __u32 side, __u32 room, void *ring,
+                                        __u64 rb_flags)
 {
     __u32 z = 0;
     struct ms_insp_buf *b = ms_insp_scratch.lookup(&z);
@@ -117,7 +118,7 @@ static __always_inline int ms_insp_copy(struct __sk_buff *skb, const struct ms_p
 #ifdef MS_NO_RINGBUF
     return ms_insp_ring.perf_submit(skb, b, sizeof(b->h) + len);
 #else
-    return bpf_ringbuf_output(ring, b, sizeof(b->h) + len, 0);
+    return bpf_ringbuf_output(ring, b, sizeof(b->h) + len, rb_flags);
 #endif
 }
 
@@ -184,7 +185,9 @@ static __always_inline int ms_insp_packet(struct __sk_buff *skb, struct ms_pkt *
             return reason;
         return ms_insp_fail(f, cfg, FAIL_BUDGET);
     }
-    if ((cfg->flags & MS_CFG_SIM_RINGBUF_FULL) || ms_insp_copy(skb, p, f, kp, side, budget - sent, ring) != 0)
+    if ((cfg->flags & MS_CFG_SIM_RINGBUF_FULL) || ms_insp_copy(skb, p, f, kp, side, budget - sent, ring,
+                                                                   (cfg->flags & MS_CFG_RING_NO_WAKEUP) ?
+                                                                   BPF_RB_NO_WAKEUP : 0) != 0)
         return ms_insp_fail(f, cfg, FAIL_RINGBUF_FULL);
     __u32 n = p->payload_len < budget - sent ? p->payload_len : budget - sent;
     f->insp_sent[side] = sent + (n < MS_INSP_SLICE ? n : MS_INSP_SLICE);
