@@ -209,6 +209,25 @@ class Replay(Reader):
                         "--json"], f)
 
 
+class ReplayIdentify(Reader):
+    """Replay with a policy that inspects to identify only (`what: [dpi]`):
+    a flow is let go to the kernel once its protocol and names are known,
+    the job nDPI does. The plain Replay inspects everything (WAF and DLP
+    too, up to 1 MiB a side)."""
+    name = "microseg replay FILE --policy identify.yaml --eve TMP"
+    short = "replay-dpi"
+    POLICY = ("defaults: {ingress: allow, egress: allow}\nrules:\n"
+              "  - {name: identify, from: any, to: any, proto: any, action: inspect,\n"
+              "     inspect: {what: [dpi], mode: async}}\n")
+
+    def cpu(self, path, work):
+        policy = work / "identify.yaml"
+        policy.write_text(self.POLICY)
+        with open(os.devnull, "wb") as f:
+            return run([str(MICROSEG), "replay", str(path), "--policy", str(policy),
+                        "--eve", str(work / "replay-dpi-eve.json"), "--json"], f)
+
+
 class Parsers(Reader):
     name = "microseg parsers alone (analyze_capture)"
     short = "parsers"
@@ -318,7 +337,7 @@ def bench(copies: int, rounds: int) -> int:
     big, frames = cached_capture(copies)
     print(f"capture: {big} ({frames:,} frames: {copies} copies of {CORPUS}; "
           f"ready in {time.perf_counter() - t0:.1f} s)")
-    readers = [Ndpi(), Tshark(), Replay(), Parsers()]
+    readers = [Ndpi(), Tshark(), Replay(), ReplayIdentify(), Parsers()]
     cpu: dict[str, list[float]] = {r.name: [] for r in readers}
     with tempfile.TemporaryDirectory(prefix="microseg-peers-") as tmp:
         work = Path(tmp)
@@ -340,8 +359,11 @@ def bench(copies: int, rounds: int) -> int:
     ndpi_v = version(["ndpiReader", "-h"], r"nDPI (\d[\w.\-]*)")
     tshark_v = version(["tshark", "-v"], r"TShark \(Wireshark\) (\d[\w.\-]*)")
     label = {Ndpi.name: f"`ndpiReader -i` (nDPI {ndpi_v})", Tshark.name: f"`tshark -r -T fields` ({tshark_v})",
-             Replay.name: "`microseg replay`", Parsers.name: "microseg's parsers alone (identify_only)"}
-    target = {Replay.name: TARGETS["replay"], Parsers.name: TARGETS["parsers"]}
+             Replay.name: "`microseg replay` (inspect everything: dpi, waf, dlp, 1 MiB a side)",
+             ReplayIdentify.name: "`microseg replay`, identify only (`inspect: {what: [dpi]}`)",
+             Parsers.name: "microseg's parsers alone (identify_only)"}
+    target = {Replay.name: TARGETS["replay"], ReplayIdentify.name: TARGETS["replay"],
+              Parsers.name: TARGETS["parsers"]}
     print(f"\nCPU time per frame, start-up excluded, median of {rounds} rounds (order rotated), "
           f"{frames:,} frames:\n")
     print("| what | µs per frame | ratio to ndpiReader | target |")
