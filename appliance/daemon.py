@@ -67,6 +67,9 @@ def eve_log(cfg: RunConfig):
     if cfg.eve.syslog:
         s = cfg.eve.syslog
         sinks.append(eve_sinks.SyslogSink(s.host, s.port, s.transport, app_name=s.app_name))
+    if cfg.eve.redis:
+        # The config's fields are the sink's keyword arguments, one for one.
+        sinks.append(eve_sinks.RedisSink(**cfg.eve.redis.model_dump()))
     if cfg.eve.stdout:
         sinks.append(eve_sinks.StdoutSink())
     return eve_sinks.EveLog(sinks)

@@ -2,10 +2,11 @@
 name file and line, datapath/configfile.py)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from datapath.config import DatapathConfig
 from datapath.enums import SLOWPATH_WORKERS_MAX
+from slowpath.eve_sinks import REDIS_MODES, REDIS_STREAM_MAXLEN
 
 
 class FileSinkConfig(BaseModel):
@@ -30,10 +31,42 @@ class SyslogSinkConfig(BaseModel):
         return v
 
 
+class RedisSinkConfig(BaseModel):
+    """Suricata's eve-log ``redis`` settings, with snake_case names."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A name or address; a path beginning with "/" is a Unix socket.
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(6379, ge=1, le=65535)
+    # list (LPUSH) | rpush | channel (PUBLISH) | stream (XADD); Suricata's
+    # aliases lpush, publish and xadd are accepted too.
+    mode: str = "list"
+    key: str = Field("microseg", min_length=1)
+    db: int = Field(0, ge=0)
+    username: str | None = None
+    password: str | None = None
+    # Stream entries kept (XADD MAXLEN ~ n, "=" with stream_trim_exact); 0: never trimmed.
+    stream_maxlen: int = Field(REDIS_STREAM_MAXLEN, ge=0)
+    stream_trim_exact: bool = False
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v):
+        if v not in REDIS_MODES:
+            raise ValueError(f"mode must be one of {', '.join(REDIS_MODES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _credentials(self):
+        if self.username and not self.password:
+            raise ValueError("username without password (Redis ACL AUTH takes both)")
+        return self
+
+
 class EveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     file: FileSinkConfig | None = None
     syslog: SyslogSinkConfig | None = None
+    redis: RedisSinkConfig | None = None
     stdout: bool = False
 
 

@@ -5,10 +5,13 @@ hands the line to every sink: :class:`FileSink` (size-rotating,
 ``reopen()`` for logrotate), :class:`SyslogSink` (RFC 5424 over UDP, or over
 TCP with RFC 6587 octet counting), :class:`StdoutSink`. A sink that cannot
 keep up drops records and counts them; the caller never waits.
+:class:`RedisSink` writes to a Redis list, channel or stream, as
+Suricata's ``redis`` output.
 """
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import socket
 import sys
@@ -19,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from slowpath.eve import encode
+
+log = logging.getLogger(__name__)
 
 # --- Limits -------------------------------------------------------------------
 # Records a sink queues while its I/O is slow (its worker may hold one more
@@ -60,6 +65,25 @@ SEVERITY_INFO = 6
 # An alert is what a SIEM pages on; a drop is worth noticing; the rest is
 # metadata.
 SYSLOG_SEVERITY = {"alert": SEVERITY_WARNING, "drop": SEVERITY_NOTICE}
+
+# RedisSink: what a connect or a pipelined write may take before the
+# collector counts as down (the same bounds as syslog's: close() waits one
+# of them for a worker inside a write).
+REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_SEND_TIMEOUT_S = 2.0
+# Reconnection backoff doubles from the first value to the second (as
+# SyslogSink's; Suricata retries once a second).
+REDIS_BACKOFF_MIN_S = 0.5
+REDIS_BACKOFF_MAX_S = 30.0
+# Entries a stream keeps by default (XADD MAXLEN ~): a stream nobody trims
+# grows until Redis runs out of memory. 100,000 records of a few hundred
+# bytes is a few tens of MB, Suricata's default.
+REDIS_STREAM_MAXLEN = 100_000
+# mode -> command, with Suricata's aliases ("list" is LPUSH, as there).
+REDIS_MODES = {"list": "lpush", "lpush": "lpush", "rpush": "rpush",
+               "channel": "publish", "publish": "publish", "stream": "xadd", "xadd": "xadd"}
+# The one field of a stream entry, Suricata's name ("XADD key * eve JSON").
+REDIS_STREAM_FIELD = "eve"
 
 
 # --- Sinks -------------------------------------------------------------------------
@@ -141,7 +165,8 @@ class Sink:
             self._cv.notify_all()
         # A worker inside a send or connect needs up to one socket timeout
         # to notice the stop; past that it is a daemon thread and is left.
-        self._thread.join(max(max(SYSLOG_CONNECT_TIMEOUT_S, SYSLOG_SEND_TIMEOUT_S) + 0.5,
+        self._thread.join(max(max(SYSLOG_CONNECT_TIMEOUT_S, SYSLOG_SEND_TIMEOUT_S,
+                                  REDIS_CONNECT_TIMEOUT_S, REDIS_SEND_TIMEOUT_S) + 0.5,
                               deadline - time.monotonic()))
 
     def _run(self) -> None:
@@ -418,6 +443,120 @@ class SyslogSink(Sink):
 
     def _release(self) -> None:
         self._drop_socket()
+
+
+class RedisSink(Sink):
+    """Records to Redis as Suricata's ``redis`` output writes them: ``LPUSH``
+    (mode ``list``) or ``RPUSH`` onto a list, ``PUBLISH`` on a channel, or
+    ``XADD key [MAXLEN ~ n] * eve JSON`` onto a stream; the value is the JSON
+    record without its newline.
+
+    One pipeline (one write, one read of the replies) per batch. When the
+    connection fails the batch in hand is held and the whole batch is sent
+    again on the next connection, after a doubling backoff, as SyslogSink
+    holds its record: records queue, then drop (counted), while the
+    collector is away, and the caller never waits. A batch that failed
+    after Redis had applied part of it is sent again whole, so a consumer
+    may see up to one batch twice after an outage (at least once). A
+    command Redis refuses (WRONGTYPE, OOM at ``maxmemory``) loses that
+    record, counted in ``dropped`` and ``write_errors``: sending it again
+    would be refused again. ``host`` beginning with "/" is a Unix socket
+    path (as Suricata's ``server``).
+    """
+    kind = "redis"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 6379, mode: str = "list", key: str = "microseg",
+                 *, db: int = 0, username: str | None = None, password: str | None = None,
+                 stream_maxlen: int = REDIS_STREAM_MAXLEN, stream_trim_exact: bool = False, **kw):
+        import redis
+
+        command = REDIS_MODES.get(mode)
+        if command is None:
+            raise ValueError(f"RedisSink: mode {mode!r}, expected one of {', '.join(REDIS_MODES)}")
+        if not key:
+            raise ValueError("RedisSink: key must not be empty")
+        if stream_maxlen < 0:
+            raise ValueError("RedisSink: stream_maxlen must be >= 0 (0: never trim)")
+        self.host, self.port, self.mode, self.key = host, port, mode, key
+        self.command = command
+        self.stream_maxlen = stream_maxlen or None
+        self.stream_trim_exact = stream_trim_exact
+        self.connects = 0
+        self.refused = 0            # records Redis answered with an error
+        self.unheard = 0            # PUBLISHed while no client subscribed
+        self.last_error = ""        # what the last failed write said (logged once per outage)
+        self._down = False
+        # Raised by a pipeline's execute: the connection (or its set-up:
+        # AUTH, SELECT) failed, so nothing or only part was written.
+        self._redis_errors = (redis.RedisError, OSError)
+        self._backoff = 0.0
+        where = ({"unix_socket_path": host} if host.startswith("/") else {"host": host, "port": port})
+        # No retries inside the client: this worker owns the backoff, and a
+        # client retrying with its own sleeps would hold the batch longer
+        # than the sink's bounds say. The client's pool connects lazily, in
+        # the worker (single_connection_client would connect here, in the
+        # caller's thread); one thread uses it, so it holds one connection.
+        self._client = redis.Redis(
+            **where, db=db, username=username, password=password,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S, socket_timeout=REDIS_SEND_TIMEOUT_S,
+            retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0), redis_connect_func=self._on_connect)
+        kw.setdefault("name", f"redis_{command}")
+        super().__init__(**kw)
+
+    def counters(self) -> dict:
+        c = super().counters()
+        c.update(connects=self.connects, refused=self.refused)
+        if self.command == "publish":
+            c["unheard"] = self.unheard
+        return c
+
+    def _on_connect(self, conn) -> None:
+        conn.on_connect()           # AUTH and SELECT, as the client does by default
+        self.connects += 1
+
+    def _write_batch(self, batch):
+        values = [line.rstrip(b"\n") for line, _ in batch]
+        while not self._stop.is_set():
+            pipe = self._client.pipeline(transaction=False)
+            for v in values:
+                if self.command == "xadd":
+                    pipe.xadd(self.key, {REDIS_STREAM_FIELD: v}, maxlen=self.stream_maxlen,
+                              approximate=not self.stream_trim_exact)
+                else:
+                    getattr(pipe, self.command)(self.key, v)
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except self._redis_errors as e:
+                self.write_errors += 1
+                self.last_error = str(e)
+                if not self._down:      # once per outage, not once per retry
+                    self._down = True
+                    log.warning("EVE %s: %s; holding records and retrying", self.name, e)
+                self._backoff = min(max(self._backoff * 2, REDIS_BACKOFF_MIN_S), REDIS_BACKOFF_MAX_S)
+                # close() sets the stop event and cuts the wait short.
+                self._stop.wait(self._backoff)
+                continue
+            finally:
+                pipe.reset()
+            self._backoff = 0.0
+            if self._down:
+                self._down = False
+                log.info("EVE %s: writing again", self.name)
+            refused = [r for r in replies if isinstance(r, Exception)]
+            if refused:
+                if str(refused[-1]) != self.last_error:
+                    log.warning("EVE %s: Redis refused %d of %d records: %s", self.name, len(refused),
+                                len(values), refused[-1])
+                self.write_errors += 1
+                self.refused += len(refused)
+                self.last_error = str(refused[-1])
+            if self.command == "publish":
+                self.unheard += sum(r == 0 for r in replies if not isinstance(r, Exception))
+            return len(values) - len(refused), len(refused)
+        return 0, len(values)
+
+    def _release(self) -> None:
+        self._client.close()
 
 
 # --- The log ---------------------------------------------------------------------
