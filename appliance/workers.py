@@ -70,6 +70,9 @@ RESTART_WINDOW_S = 10.0
 # and send their EVE records, before it is killed.
 STOP_TIMEOUT_S = 15.0
 TAG_EVE, TAG_REPORT, TAG_RELOAD = b"E", b"M", b"R"
+# daemon -> worker: kernel session-end records (struct ms_flow_event, one or
+# more back to back) of sessions hashed to this worker (appliance/flowlog.py)
+TAG_FLOW_END = b"F"
 PR_SET_PDEATHSIG = 1
 _EVENT_TYPE = re.compile(rb'"event_type":"([a-z_0-9]+)"')
 
@@ -99,12 +102,14 @@ class Worker:
         self.engine = Engine(ctx.rules, self.eve.emit, self.writer, failure_actions=cfg.datapath.failure_actions,
                              simulate=cfg.datapath.simulate, metrics=self.metrics, injector=self.injector,
                              plugins=fp.protocols, app_names={i: n for n, i in fp.l7.ids.items()},
-                             session_stats=session_stats(fp), inspect_budget=cfg.datapath.inspect_budget)
+                             session_stats=session_stats(fp), inspect_budget=cfg.datapath.inspect_budget,
+                             kernel_flow_records=getattr(ctx, "flow_events", None) is not None)
         if ring_fd is None:       # the perf buffer fallback: one worker, per-record reader
             self.ring, self.reader_class = open_payload_channel(fp)
         else:
             self.ring, self.reader_class = RingBuffer(ring_fd), None
         self.started = time.monotonic()
+        self._lost_seen = 0
 
     def _call_later(self, delay: float, fn) -> None:
         asyncio.get_running_loop().call_later(delay, fn)
@@ -112,6 +117,7 @@ class Worker:
     def _records(self, raws: list[bytes]) -> None:
         bad = self.engine.handle_raw_batch(raws, self.decoder)
         if bad:
+            self.metrics.record_ringbuf_lost("malformed", len(bad))
             log.warning("worker %d: %d bad payload records, the first: %s", self.index, len(bad), bad[0])
 
     def _readable(self) -> None:
@@ -122,7 +128,11 @@ class Worker:
     def report(self) -> None:
         c = self.engine.counters
         self.metrics.set_flows(len(self.engine.flows))
-        self.metrics.set_queue_depth(self.ring.pending_bytes())
+        self.metrics.set_queue_bytes(self.ring.pending_bytes())
+        lost = getattr(self.ring, "lost", 0)        # the perf buffer fallback's lost samples (a ring full)
+        if lost > self._lost_seen:
+            self.metrics.record_ringbuf_lost("full", lost - self._lost_seen)
+            self._lost_seen = lost
         stats = {"slowpath.records": c.records, "slowpath.bytes": c.bytes, "slowpath.flows": len(self.engine.flows),
                  **{f"slowpath.verdicts.{k.lower()}": v for k, v in c.verdicts.items()},
                  **{f"slowpath.failures.{k}": v for k, v in c.failures.items()},
@@ -157,6 +167,35 @@ class Worker:
             return
         if msg[:1] == TAG_RELOAD:
             asyncio.get_running_loop().create_task(self._reload())
+        elif msg[:1] == TAG_FLOW_END:
+            self._flow_ends(msg[1:])
+
+    def _flow_ends(self, body: bytes) -> None:
+        """The kernel ended these sessions: their payload still in the ring
+        first (a FIN's record may be there), then one flow record each."""
+        self._records(self.ring.drain())
+        dec = self.ctx.flow_events
+        for off in range(0, len(body) - dec.size + 1, dec.size):
+            try:
+                ev = dec.decode(body[off:off + dec.size])
+            except ValueError as e:
+                log.warning("worker %d: %s", self.index, e)
+                continue
+            if ev is not None:
+                self.engine.session_end(ev, self.ctx.wall)
+
+    def _pending_control(self) -> None:
+        """Session ends the daemon sent before this worker stopped."""
+        self.sock.setblocking(False)
+        while True:
+            try:
+                msg = self.sock.recv(MESSAGE_MAX)
+            except OSError:
+                return
+            if not msg:
+                return
+            if msg[:1] == TAG_FLOW_END:
+                self._flow_ends(msg[1:])
 
     async def _reload(self) -> None:
         from datapath.errors import MicrosegError
@@ -198,8 +237,9 @@ class Worker:
     def finish(self) -> None:
         """After the loop: what is left in the ring, every flow closed (EVE
         flow records), a last report, the EVE lines sent."""
-        self.sock.setblocking(True)
         self._records(self.ring.drain())
+        self._pending_control()
+        self.sock.setblocking(True)
         self.engine.close_all("shutdown")
         self.report()
         self.eve.close()
@@ -380,6 +420,19 @@ class WorkerSet:
         self._spawn(i)
 
     # -- control -------------------------------------------------------------------
+    def forward_flow_ends(self, i: int, raws: list[bytes]) -> bool:
+        """Hand kernel session-end records to worker ``i``; False when it
+        cannot take them now (stopping, gone, its socket full): the caller
+        writes their records itself."""
+        sock = self._socks.get(i)
+        if sock is None or self.stopping or i not in self.pids:
+            return False
+        try:
+            sock.send(TAG_FLOW_END + b"".join(raws))
+        except OSError:          # BlockingIOError included: never wait on a worker here
+            return False
+        return True
+
     def reload(self) -> None:
         for sock in self._socks.values():
             try:

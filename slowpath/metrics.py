@@ -5,7 +5,7 @@ one, so tests and several instances do not collide, and nothing a library
 registers globally leaks onto the endpoint). Two sources feed it:
 
 * The slow path records as it works: ring buffer records and losses,
-  verdicts, failures by kind, reassembly cap hits, queue depth, flows, and
+  verdicts, failures by kind, reassembly cap hits, queued bytes, flows, and
   the verdict latency histogram.
 * The kernel is read at scrape time: a ``kernel_reader()`` (the daemon's is
   datapath/kernelstate.py's metrics_reading, the reader `microseg status` uses)
@@ -50,6 +50,12 @@ FAILURE_KINDS = ("ringbuf_full", "budget_exhausted", "slowpath_down", "reassembl
 # byte cap, the budget shared by all flows, or too many segments queued
 # behind one hole.
 REASSEMBLY_SCOPES = ("flow", "total", "segments")
+# Why payload records were lost between the kernel and the slow path:
+# "full", records the perf buffer fallback dropped because a CPU's ring was
+# full (its lost-sample count; the BPF ring buffer refuses a record in the
+# kernel instead, counted as microseg_packets_total with reason
+# *_INSPECT_RINGBUF_FULL); "malformed", records that did not decode.
+RINGBUF_LOST_REASONS = ("full", "malformed")
 
 # Verdict latency, from the kernel timestamp of a flow's first inspected byte
 # to the write of its verdict into the kernel's map. 1-2.5-5 steps per
@@ -203,6 +209,36 @@ def snapshot(registry: CollectorRegistry) -> list:
     return out
 
 
+class EveSinkCollector:
+    """The EVE sinks' own counters (slowpath/eve_sinks.py), read on every
+    scrape from ``reader`` (the daemon's EveLog.counters): what each sink
+    wrote, what it will never write, its failed writes and what it holds.
+    A collector down or slow shows here before anyone misses its records."""
+
+    def __init__(self, reader: Callable[[], Mapping]):
+        self._reader = reader
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        sinks = self._reader().get("sinks", {})
+        records = CounterMetricFamily(
+            "microseg_eve_records", "EVE records per sink: sent (written) or dropped (never to be: "
+            "its queue was full, a write failed, the collector refused it)", labels=["sink", "outcome"])
+        errors = CounterMetricFamily("microseg_eve_write_errors",
+                                     "Failed writes and connects per EVE sink (events, not records)",
+                                     labels=["sink"])
+        queued = GaugeMetricFamily("microseg_eve_queued_records", "EVE records waiting in a sink's queue",
+                                   labels=["sink"])
+        for name, c in sorted(sinks.items()):
+            records.add_metric([name, "sent"], c.get("sent", 0))
+            records.add_metric([name, "dropped"], c.get("dropped", 0))
+            errors.add_metric([name], c.get("write_errors", 0))
+            queued.add_metric([name], c.get("queued", 0))
+        yield from (records, errors, queued)
+
+
 class WorkerSeries:
     """The slow-path series of several worker processes, summed: the one
     endpoint shows one microseg_ringbuf_records_total, not one per worker.
@@ -288,7 +324,7 @@ class Metrics:
                                          ["kind"], registry=r)
         self.reassembly_cap_hits = Counter("microseg_reassembly_cap_hits",
                                            "Gaps forced by a reassembly cap, by cap", ["scope"], registry=r)
-        self.queue_depth = Gauge("microseg_slowpath_queue_depth",
+        self.queue_bytes = Gauge("microseg_slowpath_queue_bytes",
                                  "Bytes of payload records waiting in the ring buffer for the slow path", registry=r)
         self.flows = Gauge("microseg_slowpath_flows", "Flows the slow path is inspecting", registry=r)
         self.verdict_latency = Histogram(
@@ -301,14 +337,18 @@ class Metrics:
             self.slowpath_failures.labels(kind=kind)
         for scope in REASSEMBLY_SCOPES:
             self.reassembly_cap_hits.labels(scope=scope)
+        for reason in RINGBUF_LOST_REASONS:
+            self.ringbuf_lost.labels(reason=reason)
 
     # -- recording -------------------------------------------------------------
     def record_ringbuf(self, n: int = 1) -> None:
         self.ringbuf_records.inc(n)
 
     def record_ringbuf_lost(self, reason: str, n: int = 1) -> None:
-        """``reason``: a short fixed word ("full", "malformed", ...); every
-        distinct value is a series, so never put data in it."""
+        """``reason``: one of RINGBUF_LOST_REASONS (every distinct value is
+        a series, so never data)."""
+        if reason not in RINGBUF_LOST_REASONS:
+            raise ValueError(f"ring buffer lost reason {reason!r}: one of {RINGBUF_LOST_REASONS}")
         self.ringbuf_lost.labels(reason=reason).inc(n)
 
     def record_verdict(self, verdict: str) -> None:
@@ -325,8 +365,8 @@ class Metrics:
             raise ValueError(f"reassembly cap scope {scope!r}: one of {REASSEMBLY_SCOPES}")
         self.reassembly_cap_hits.labels(scope=scope).inc(n)
 
-    def set_queue_depth(self, n: int) -> None:
-        self.queue_depth.set(n)
+    def set_queue_bytes(self, n: int) -> None:
+        self.queue_bytes.set(n)
 
     def set_flows(self, n: int) -> None:
         self.flows.set(n)

@@ -57,6 +57,9 @@ def test_slow_path_counters_move(served):
         assert value(before, "microseg_slowpath_failures_total", kind=kind) == 0
     for scope in m.REASSEMBLY_SCOPES:
         assert value(before, "microseg_reassembly_cap_hits_total", scope=scope) == 0
+    for reason in m.RINGBUF_LOST_REASONS:
+        assert value(before, "microseg_ringbuf_lost_total", reason=reason) == 0
+    assert value(before, "microseg_slowpath_queue_bytes") == 0
 
     metrics.record_ringbuf(5)
     metrics.record_ringbuf()
@@ -67,7 +70,7 @@ def test_slow_path_counters_move(served):
     metrics.record_failure("parser_error")
     metrics.record_failure("session_table_full", 4)
     metrics.record_reassembly_cap("total")
-    metrics.set_queue_depth(17)
+    metrics.set_queue_bytes(17)
     metrics.set_flows(250)
     after = scrape(server)
     assert value(after, "microseg_ringbuf_records_total") == 6
@@ -78,10 +81,10 @@ def test_slow_path_counters_move(served):
     assert value(after, "microseg_slowpath_failures_total", kind="session_table_full") == 4
     assert value(after, "microseg_slowpath_failures_total", kind="ringbuf_full") == 0
     assert value(after, "microseg_reassembly_cap_hits_total", scope="total") == 1
-    assert value(after, "microseg_slowpath_queue_depth") == 17
+    assert value(after, "microseg_slowpath_queue_bytes") == 17
     assert value(after, "microseg_slowpath_flows") == 250
-    metrics.set_queue_depth(0)
-    assert value(scrape(server), "microseg_slowpath_queue_depth") == 0
+    metrics.set_queue_bytes(0)
+    assert value(scrape(server), "microseg_slowpath_queue_bytes") == 0
 
 
 def test_unknown_failure_kind_or_scope_is_refused():
@@ -90,6 +93,19 @@ def test_unknown_failure_kind_or_scope_is_refused():
         metrics.record_failure("disk_full")
     with pytest.raises(ValueError):
         metrics.record_reassembly_cap("global")
+    with pytest.raises(ValueError):
+        metrics.record_ringbuf_lost("some data")
+
+
+def test_gauges_of_bytes_end_in_bytes():
+    """Prometheus naming: a gauge whose unit is bytes says so in its name."""
+    metrics = m.Metrics(kernel=False)
+    gauges = [f.name for f in metrics.registry.collect() if f.type == "gauge"]
+    assert gauges
+    for name in gauges:
+        doc = next(f.documentation for f in metrics.registry.collect() if f.name == name)
+        if doc.lower().startswith("bytes"):
+            assert name.endswith("_bytes"), name
 
 
 def test_latency_histogram_buckets(served):

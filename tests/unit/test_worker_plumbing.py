@@ -45,6 +45,9 @@ def test_series_are_summed_and_present_at_zero_before_any_report():
     s = summed(ws)
     assert s["microseg_ringbuf_records_total"] == 0
     assert s['microseg_slowpath_failures_total{kind="slowpath_down"}'] == 0
+    assert s['microseg_ringbuf_lost_total{reason="full"}'] == 0          # the daemon's endpoint too
+    assert s['microseg_ringbuf_lost_total{reason="malformed"}'] == 0
+    assert s["microseg_slowpath_queue_bytes"] == 0
     ws.update(0, worker_metrics(5, 2, "allow"))
     ws.update(1, worker_metrics(7, 3, "block"))
     s = summed(ws)
