@@ -77,7 +77,7 @@ def record(build: Build) -> None:
     model, pol, text, source = build.policy
     builds = [{"prog_id": a.prog_id, "generation": build.applied.gen, "slot": build.applied.slot}
               for a in build.attached if a.direction == "DIR_INGRESS"][:1]
-    pf.store_applied(build.netns, text, source, builds, pf.summary(model, pol))
+    pf.store_applied(build.netns, text, source, builds, pf.summary(model, pol), pf.rule_names(pol))
 
 
 def bring_up(config, netns: str | None, ifaces: list[str], policy: Policy | None, *, fresh: bool = False,

@@ -184,6 +184,7 @@ class Daemon:
         self.sweeper = Sweeper.for_fastpath(self.fp)
         self.started = time.monotonic()
         self._start_workers()
+        self._record_slowpath()
 
     # -- workers -----------------------------------------------------------------
     def _start_workers(self) -> None:
@@ -300,6 +301,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(OWNER_CHECK_S)
+            self._record_slowpath()         # a restarted worker's pid
             try:
                 problem = await loop.run_in_executor(None, self._ownership_problem)
             except Exception as e:   # a failed check is logged; the next one tries again
@@ -326,6 +328,22 @@ class Daemon:
                     w.stop()
         except OSError:
             pass
+
+    def _record_slowpath(self) -> None:
+        """Workers and the metrics address in the owner record, for
+        `microseg status` (the address is in cfg.netns: this daemon serves
+        from inside it). Written again when a worker's pid changes."""
+        pids = {str(i): pid for i, pid in sorted(self.workers.pids.items())}
+        if self.lock is None or self.lock.record.get("worker_pids") == pids:
+            return
+        metrics = None
+        if self.server is not None:
+            host = f"[{self.server.address}]" if ":" in self.server.address else self.server.address
+            metrics = {"listen": f"{host}:{self.server.port}", "url": self.server.url, "netns": self.cfg.netns}
+        try:
+            self.lock.write(workers=len(self.workers), worker_pids=pids, metrics=metrics)
+        except OSError as e:
+            log.error("owner record not updated: %s", e)
 
     def _record_reload(self, **result) -> None:
         """What the last reload did, in the owner record: `policy apply`

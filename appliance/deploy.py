@@ -148,7 +148,7 @@ def rollback(netns: str | None, ifaces: list[str] | None = None) -> list[str]:
     if rec.get("policy_text") is not None:
         meta = rec["policy_meta"] or {}
         pf.store_applied(netns, rec["policy_text"], meta.get("file", "<snapshot>"), meta.get("builds", []),
-                         meta.get("summary", {}))
+                         meta.get("summary", {}), meta.get("rule_names"))
     return [f"rolled back {a.iface} {a.direction.removeprefix('DIR_').lower()} to prog id {a.prog_id}"
             for a in done]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from datapath import attach
-from datapath.errors import UsageError
+from datapath.errors import MicrosegError, UsageError
 from datapath.policy_compile import compile_policy, group_of, override_text, rule_text
 from datapath.policy_model import PolicyError, PolicyFile, field_name
 from datapath.flows import PROTO_NAMES
@@ -290,18 +290,44 @@ def last_generation(netns: str | None) -> int:
     return max((int(b.get("generation", 0)) for b in applied.meta.get("builds", [])), default=0)
 
 
-def store_applied(netns: str | None, text: str, source: str, builds: list[dict], summ: dict) -> Path:
-    """Keep the applied text and where it went; written whole, then renamed."""
+def store_applied(netns: str | None, text: str, source: str, builds: list[dict], summ: dict,
+                  names: dict | None = None) -> Path:
+    """Keep the applied text and where it went; written whole, then renamed.
+    ``names``: rule id -> name (rule_names()), kept so `microseg sessions`
+    names each session's rule without compiling the policy again."""
     d = state_dir(netns)
     d.mkdir(parents=True, exist_ok=True)
     meta = {"file": os.path.abspath(source), "sha256": hashlib.sha256(text.encode()).hexdigest(),
             "applied_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "netns": netns, "builds": builds,
             "summary": summ}
+    if names is not None:
+        meta["rule_names"] = {str(k): v for k, v in names.items()}
     for name, body in (("policy.yaml", text), ("policy.json", json.dumps(meta, indent=2) + "\n")):
         tmp = d / f".{name}.tmp"
         tmp.write_text(body)
         os.replace(tmp, d / name)
     return d
+
+
+def rule_names(pol: CompiledPolicy) -> dict[int, str]:
+    """Rule id -> name of a compiled policy's named rules and overrides."""
+    return {rid: info.name for rid, info in pol.rule_info.items() if info.name}
+
+
+def applied_rule_names(netns: str | None) -> dict[int, str]:
+    """Rule id -> name of the policy applied in ``netns`` ({} without one):
+    the stored names, or, for a record from before they were stored, the
+    stored text compiled again. Never raises: names are a courtesy."""
+    applied = read_applied(netns)
+    if applied is None:
+        return {}
+    names = applied.meta.get("rule_names")
+    try:
+        if isinstance(names, dict):
+            return {int(k): str(v) for k, v in names.items()}
+        return rule_names(compile_text(applied.text, applied.path)[1])
+    except (MicrosegError, ValueError, TypeError):
+        return {}
 
 
 # -- diff --------------------------------------------------------------------------
@@ -374,4 +400,5 @@ def _norm(members) -> list[str]:
 
 
 __all__ = ["FileErrors", "POL", "load", "load_text", "compile_file", "compile_text", "explain",
-           "explain_text", "diff", "read_applied", "store_applied", "summary", "summary_text"]
+           "explain_text", "diff", "read_applied", "store_applied", "summary", "summary_text",
+           "rule_names", "applied_rule_names"]

@@ -25,8 +25,9 @@ from .enums import SLOWPATH_WORKERS_MAX
 PIN_PREFIX = "ms_insp_ring_w"
 
 
-def _pending(fd: int) -> int:
-    """Unread bytes of a ring (producer minus consumer position), by mmap."""
+def pending_bytes(fd: int) -> int:
+    """Unread bytes of a ring (producer minus consumer position), by mmap
+    (read-only: the reader's position is not moved)."""
     import mmap
     page = mmap.PAGESIZE
     try:
@@ -78,7 +79,7 @@ class WorkerRings:
             got = bpfsys.map_info_by_fd(fd)
             if got.type == bpfsys.BPF_MAP_TYPE_RINGBUF and got.max_entries == size:
                 return fd
-            lost = _pending(fd) if got.type == bpfsys.BPF_MAP_TYPE_RINGBUF else 0
+            lost = pending_bytes(fd) if got.type == bpfsys.BPF_MAP_TYPE_RINGBUF else 0
             os.close(fd)
             path.unlink()
             self.lines.append(f"{name}: {got.max_entries} bytes, the build's rings have {size}: made anew"
@@ -98,7 +99,7 @@ class WorkerRings:
             if idx.isdigit() and int(idx) >= workers:
                 try:
                     fd = bpfsys.obj_get(str(path))
-                    lost = _pending(fd)
+                    lost = pending_bytes(fd)
                     os.close(fd)
                 except OSError:
                     lost = 0

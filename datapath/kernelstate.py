@@ -10,12 +10,14 @@ layout (Key, Leaf) and its capacity, whichever way the build was opened.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from . import bpfsys, pressure, sessions
 from .counters import read_counters_fd
 from .enums import reason_kind
+from .errors import MicrosegError
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,57 @@ def table_use(m: BuildMaps, walk: tuple[str, ...] = sessions.FLOW_TABLES) -> dic
                  evictions=pressure.halfopen_evictions(fd("ms_pressure"), fd("ms_pressure_user"),
                                                        leaf("ms_pressure"), leaf("ms_pressure_user"),
                                                        h["present"]))
+    return out
+
+
+def map_type_name(map_type: int) -> str:
+    """A BPF map type by name ("lru_hash", "array_of_maps"): BCC's table of
+    the kernel's enum bpf_map_type, and bpfsys's constants for types newer
+    than the BCC installed (BLOOM_FILTER); the number only for a type
+    neither knows."""
+    from bcc.table import map_type_name as bcc_names
+    name = bcc_names.get(map_type)
+    if name is None:
+        name = next((k.removeprefix("BPF_MAP_TYPE_") for k, v in vars(bpfsys).items()
+                     if k.startswith("BPF_MAP_TYPE_") and v == map_type), None)
+    return name.lower() if name else str(map_type)
+
+
+def slowpath_slots(m: BuildMaps, now_ns: int) -> list[dict]:
+    """The slow-path workers as the kernel sees them: per worker slot of
+    ms_slowpath that was ever used (a heartbeat, or a ring in
+    ms_insp_rings), the pid that beat last, the heartbeat's age (None:
+    stopped or never started: the kernel applies the slow-path-down action
+    to that worker's flows) and its ring's unread bytes against its size.
+    ``now_ns``: CLOCK_MONOTONIC_COARSE, the heartbeat's clock."""
+    from .insp_rings import pending_bytes
+    leaf = m.leaf("ms_slowpath")
+    hb_fd = m.fd("ms_slowpath")
+    try:
+        rings_fd = m.fd("ms_insp_rings")
+    except (KeyError, MicrosegError):
+        rings_fd = None          # the perf buffer fallback: no worker rings
+    out = []
+    for i in range(m.capacity("ms_slowpath")):
+        key = i.to_bytes(4, "little")
+        raw = bpfsys.map_lookup(hb_fd, key, ctypes.sizeof(leaf))
+        hb = leaf.from_buffer_copy(raw) if raw else leaf()
+        ring = None
+        if rings_fd is not None:
+            # From user space a map-of-maps slot reads as its inner map's id.
+            inner = bpfsys.map_lookup(rings_fd, key, 4)
+            if inner is not None:
+                fd = bpfsys.map_fd_by_id(int.from_bytes(inner, "little"))
+                try:
+                    ring = {"pending_bytes": pending_bytes(fd),
+                            "size_bytes": bpfsys.map_info_by_fd(fd).max_entries}
+                finally:
+                    os.close(fd)
+        if not hb.heartbeat_ns and not hb.pid and ring is None:
+            continue
+        out.append({"worker": i, "pid": int(hb.pid) or None,
+                    "heartbeat_age_s": max(now_ns - int(hb.heartbeat_ns), 0) / 1e9 if hb.heartbeat_ns else None,
+                    "ring": ring})
     return out
 
 

@@ -36,11 +36,12 @@ from protocols import registry
 from . import attach, bpfsys
 from .compile import check_headers, compile_text
 from .config import DatapathConfig
-from .enums import CtState
+from .enums import CtState, InspState, VerdictCode
 from .errors import MicrosegError, UsageError
 from .flows import PROTO_NAMES, addr_text, parse_proto
 from .l7 import app_ids
 from .policy_maps import POLICY_MAPS
+from .policy_tables import POL
 from .source import LIB_DIR, header_defines, inline_includes, program_text
 
 FLOW_TABLES = ("ms_flows", "ms_halfopen")
@@ -285,9 +286,55 @@ class Session:
     age_s: float = 0.0    # since the first packet
     app: str = ""         # application protocol the L7 stage identified ("" not yet)
     rule_id: int = 0      # the policy rule that decided (0: default or no policy)
+    rule: str = ""        # that rule's name, from the applied policy (with_rule_names; "" unnamed/unknown)
+    inspection: str = ""  # an inspected flow's state (InspState name without INSP_: PENDING,
+                          # RELEASED, DONE, BLOCKED); "" when the policy did not inspect it
+    verdict_waiting: bool = False   # ``inspection`` is the slow path's verdict still in ms_verdicts:
+                                    # the kernel merges it on the flow's next packet (a held flow the
+                                    # slow path blocked and reset may send none)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def inspection_name(action: int, insp_state: int) -> str:
+    """The inspection verdict of a session: its insp_state by name, only
+    for a flow the policy inspects (the field means nothing otherwise)."""
+    if action != POL["POL_INSPECT"]:
+        return ""
+    try:
+        return InspState(insp_state).name.removeprefix("INSP_")
+    except ValueError:
+        return f"INSP_{insp_state}"
+
+
+# A verdict waiting in ms_verdicts, as the inspection state it becomes when merged (inspect.h).
+_VERDICT_STATE = {"VERDICT_BLOCK": "BLOCKED", "VERDICT_ALLOW": "DONE", "VERDICT_RELEASE": "RELEASED"}
+
+
+def _waiting_verdict(s: Session, k, v, verdicts_fd: int, leaf: type) -> None:
+    """An undecided inspected session whose verdict the slow path wrote and
+    the kernel has not merged yet: shown as that verdict, said to wait."""
+    raw = bpfsys.map_lookup(verdicts_fd, k.tobytes(), ctypes.sizeof(leaf))
+    if raw is None:
+        return
+    sv = leaf.from_buffer_copy(raw)
+    if int(sv.cookie) != int(v["cookie"]):
+        return                      # written for an earlier connection of this 5-tuple
+    try:
+        state = _VERDICT_STATE.get(VerdictCode(int(sv.verdict)).name)
+    except ValueError:
+        return
+    if state:
+        s.inspection, s.verdict_waiting = state, True
+
+
+def with_rule_names(listing: "Listing", names: dict[int, str]) -> "Listing":
+    """Each session's rule name from ``names`` (rule id -> name, the
+    applied policy's)."""
+    for s in listing.sessions:
+        s.rule = names.get(s.rule_id, "")
+    return listing
 
 
 def state_name(v: int) -> str:
@@ -400,7 +447,8 @@ def to_session(table: str, k, v, now_ns: int, timeouts_ns: np.ndarray) -> Sessio
                    src[0], src[1], dst[0], dst[1], max(left, 0.0),
                    int(v["packets"][0]), int(v["bytes"][0]), int(v["packets"][1]), int(v["bytes"][1]),
                    flags, max(now_ns - int(v["first_seen_ns"]), 0) / 1e9,
-                   app_label(int(v["app"])), int(v["rule_id"]))
+                   app_label(int(v["app"])), int(v["rule_id"]),
+                   inspection=inspection_name(int(v["action"]), int(v["insp_state"])))
 
 
 def app_label(app_id: int) -> str:
@@ -430,8 +478,11 @@ class Listing:
 
 
 def list_sessions(fds: dict[str, int], types: dict[str, tuple[type, type]], timeouts_fd: int,
-                  flt: SessionFilter | None = None, now_ns: int | None = None) -> Listing:
-    """Sessions of both tables that pass ``flt``, oldest first."""
+                  flt: SessionFilter | None = None, now_ns: int | None = None,
+                  verdicts_fd: int | None = None) -> Listing:
+    """Sessions of both tables that pass ``flt``, oldest first. With
+    ``verdicts_fd`` (ms_verdicts), an undecided inspected session shows the
+    verdict waiting for it there."""
     flt = flt or SessionFilter()
     tmo = read_timeouts_ns(timeouts_fd, types["ms_timeouts"][1])
     now = session_clock_ns() if now_ns is None else now_ns
@@ -444,7 +495,10 @@ def list_sessions(fds: dict[str, int], types: dict[str, tuple[type, type]], time
         expired += len(keys) - n_live
         by_table[table] = n_live
         for i in np.flatnonzero(shown):
-            out.append((int(vals[i]["first_seen_ns"]), to_session(table, keys[i], vals[i], now, tmo)))
+            s = to_session(table, keys[i], vals[i], now, tmo)
+            if verdicts_fd is not None and s.inspection in ("PENDING", "RELEASED"):
+                _waiting_verdict(s, keys[i], vals[i], verdicts_fd, types["ms_verdicts"][1])
+            out.append((int(vals[i]["first_seen_ns"]), s))
     out.sort(key=lambda t: t[0])
     return Listing([s for _, s in out], total, expired, by_table)
 
@@ -473,7 +527,17 @@ def format_session(s: Session) -> str:
     return (f"{s.proto:<8} {s.proto_num} {int(s.timeout_s)} {s.state} "
             f"src={s.src} dst={s.dst} {orig} packets={s.packets_orig} bytes={s.bytes_orig} "
             f"src={s.dst} dst={s.src} {repl} packets={s.packets_reply} bytes={s.bytes_reply}{flags}"
-            f"{f' app={s.app}' if s.app else ''}{f' rule={s.rule_id}' if s.rule_id else ''}")
+            f"{f' app={s.app}' if s.app else ''}{_rule_text(s)}"
+            f"{f' inspect={s.inspection}' if s.inspection else ''}"
+            f"{' (verdict waiting for the next packet)' if s.verdict_waiting else ''}")
+
+
+def _rule_text(s: Session) -> str:
+    """' rule=web(3)': the name and the id the kernel holds; the id alone
+    for an unnamed rule."""
+    if not s.rule_id:
+        return ""
+    return f" rule={s.rule}({s.rule_id})" if s.rule else f" rule={s.rule_id}"
 
 
 def format_summary(listing: Listing) -> str:

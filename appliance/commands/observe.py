@@ -9,10 +9,6 @@ import json
 from appliance.commands.common import open_builds, require_privileges
 from datapath.errors import MicrosegError
 
-MAP_TYPES = {1: "hash", 2: "array", 3: "prog_array", 5: "percpu_hash", 6: "percpu_array",
-             9: "lru_hash", 10: "lru_percpu_hash", 11: "lpm_trie", 27: "ringbuf", 30: "bloom_filter"}
-
-
 def cmd_preflight(args) -> int:
     from datapath import preflight
 
@@ -22,28 +18,78 @@ def cmd_preflight(args) -> int:
 
 
 def status_data(netns: str | None) -> dict:
-    from datapath import attach, bpfsys, pressure
+    """What is attached, each program, each map once (a build's programs
+    share their maps: ``maps`` by id, each naming the programs that use
+    it), the session tables, and the slow path (the `microseg run` daemon
+    owning the namespace, per the owner record, and its workers as the
+    kernel's heartbeat and ring maps show them)."""
+    from datapath import attach, bpfsys, kernelstate, pressure
 
     items = attach.attached(netns)
-    progs = {}
+    progs, maps = {}, {}
     ncpus = pressure.possible_cpus()
     for a in items:
         if a.prog_id and a.prog_id not in progs:
             try:
-                prog, stage_ids, maps = bpfsys.build_maps(a.prog_id)
+                prog, stage_ids, infos = bpfsys.build_maps(a.prog_id)
             except OSError as e:
                 progs[a.prog_id] = {"error": str(e)}
                 continue
-            progs[a.prog_id] = {
-                "name": prog.name, "tag": prog.tag, "jited": prog.jited, "stage_prog_ids": stage_ids,
-                "maps": [{"id": m.id, "name": m.name, "type": MAP_TYPES.get(m.type, str(m.type)),
-                          "key_size": m.key_size, "value_size": m.value_size,
-                          "max_entries": m.max_entries, "memlock_bytes": m.memlock,
-                          "estimate_bytes": pressure.review_estimate(m, ncpus)} for m in maps],
-            }
+            progs[a.prog_id] = {"name": prog.name, "tag": prog.tag, "jited": prog.jited,
+                                "stage_prog_ids": stage_ids, "map_ids": [m.id for m in infos]}
+            for m in infos:
+                if m.id in maps:
+                    maps[m.id]["prog_ids"].append(a.prog_id)
+                    continue
+                maps[m.id] = {"id": m.id, "name": m.name, "type": kernelstate.map_type_name(m.type),
+                              "key_size": m.key_size, "value_size": m.value_size,
+                              "max_entries": m.max_entries, "memlock_bytes": m.memlock,
+                              "estimate_bytes": pressure.review_estimate(m, ncpus), "prog_ids": [a.prog_id]}
             if a.direction == "DIR_INGRESS":
                 progs[a.prog_id]["sessions"] = _sessions_status(a.prog_id)
-    return {"netns": netns, "attached": attach.as_dicts(items), "programs": progs}
+                progs[a.prog_id]["slowpath_workers"] = _slowpath_slots(a.prog_id)
+    return {"netns": netns, "attached": attach.as_dicts(items), "programs": progs,
+            "maps": sorted(maps.values(), key=lambda m: (m["name"], m["id"])),
+            "slowpath": _daemon_status(netns, progs)}
+
+
+def _slowpath_slots(prog_id: int) -> list[dict] | dict:
+    """Worker slots of one build (kernelstate.slowpath_slots), or {"error"}."""
+    import time
+
+    from datapath import kernelstate, sessions
+    from slowpath.records import CLOCK_MONOTONIC_COARSE
+
+    try:
+        with sessions.AttachedBuild(prog_id) as b:
+            m = kernelstate.BuildMaps.of_build(b, sessions.layouts())
+            return kernelstate.slowpath_slots(m, time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE))
+    except (MicrosegError, OSError) as e:
+        return {"error": str(e).splitlines()[0]}
+
+
+def _daemon_status(netns: str | None, progs: dict) -> dict:
+    """The `microseg run` daemon of ``netns`` (datapath/owner.py's record)
+    and its workers: each worker slot the kernel knows, with the pid the
+    daemon started there."""
+    from datapath import owner
+
+    rec = owner.daemon(netns)
+    slots = next((p["slowpath_workers"] for p in progs.values() if "slowpath_workers" in p), [])
+    if rec is None:
+        return {"daemon": None, "workers": slots}
+    started = {int(i): pid for i, pid in (rec.get("worker_pids") or {}).items()}
+    workers = []
+    if isinstance(slots, dict):         # the maps could not be read: the record alone
+        workers = [{"worker": i, "pid": pid, "error": slots["error"]} for i, pid in sorted(started.items())]
+    else:
+        for w in slots:
+            if w["worker"] < int(rec.get("workers") or 0) or w["worker"] in started:
+                workers.append({**w, "started_pid": started.get(w["worker"])})
+    return {"daemon": {"pid": rec.get("pid"), "config": rec.get("config"), "policy": rec.get("policy"),
+                       "started": rec.get("started"), "workers": rec.get("workers"),
+                       "stopping": bool(rec.get("stopping")), "metrics": rec.get("metrics")},
+            "workers": workers}
 
 
 def _sessions_status(prog_id: int) -> dict:
@@ -82,12 +128,56 @@ def cmd_status(args) -> int:
         if "sessions" in p:
             print("sessions:")
             print(_format_sessions_status(p["sessions"]))
-        print("maps (memlock: what the kernel charges; estimate: max entries x (key + value + 64)):")
-        print(table([("map", "type", "key", "value", "max entries", "memlock", "estimate")] +
-                    [(m["name"], m["type"], m["key_size"], m["value_size"], m["max_entries"],
-                      _size(m["memlock_bytes"]), _size(m["estimate_bytes"]) if m["estimate_bytes"] is not None
-                      else "-") for m in p["maps"]]))
+    print("\nslow path:")
+    print(format_slowpath(data["slowpath"]))
+    multi = len(data["programs"]) > 1
+    print("\nmaps, each once (memlock: what the kernel charges; estimate: max entries x (key + value + 64)):")
+    print(table([("map", "id", "type", "key", "value", "max entries", "memlock", "estimate")
+                 + (("programs",) if multi else ())] +
+                [(m["name"], m["id"], m["type"], m["key_size"], m["value_size"], m["max_entries"],
+                  _size(m["memlock_bytes"]), _size(m["estimate_bytes"]) if m["estimate_bytes"] is not None
+                  else "-") + ((",".join(map(str, m["prog_ids"])),) if multi else ()) for m in data["maps"]]))
     return 0
+
+
+def format_slowpath(sp: dict) -> str:
+    """The slow-path section of `microseg status`: the daemon, where its
+    metrics listen (and in which network namespace that address is), and
+    one row per worker."""
+    from datapath.text import table
+
+    d = sp.get("daemon")
+    lines = []
+    if d is None:
+        lines.append("  no `microseg run` daemon owns this namespace (inspected flows get the slowpath_down "
+                     "action when their worker's heartbeat is stale)")
+    else:
+        lines.append(f"  microseg run: pid {d['pid']}" + (f", config {d['config']}" if d.get("config") else "")
+                     + (f", since {d['started']}" if d.get("started") else "")
+                     + (", stopping" if d.get("stopping") else ""))
+        lines.append(f"  workers: {d['workers'] if d.get('workers') is not None else '?'}")
+        m = d.get("metrics")
+        if m:
+            ns = f"network namespace {m['netns']}" if m.get("netns") else "the host's network namespace"
+            lines.append(f"  metrics: {m.get('url') or m.get('listen')} (in {ns})")
+        else:
+            lines.append("  metrics: off (no metrics.listen in the run configuration)")
+    workers = sp.get("workers")
+    if isinstance(workers, dict):
+        lines.append(f"  (cannot read the workers' maps: {workers['error']})")
+    elif workers:
+        rows = [("worker", "pid", "heartbeat age", "ring pending", "ring size", "ring used")]
+        for w in workers:
+            ring = w.get("ring")
+            age = w.get("heartbeat_age_s")
+            rows.append((w["worker"], w.get("pid") or "-",
+                         "stopped" if age is None else f"{age:.1f} s",
+                         _size(ring["pending_bytes"]) if ring else "-", _size(ring["size_bytes"]) if ring else "-",
+                         _pct(100.0 * ring["pending_bytes"] / max(ring["size_bytes"], 1)) if ring else "-"))
+        lines.append(table(rows))
+    elif d is not None:
+        lines.append("  no worker slots in use")
+    return "\n".join(lines)
 
 
 def _format_sessions_status(s: dict) -> str:
@@ -169,11 +259,13 @@ def cmd_sessions(args) -> int:
         for b in builds:
             b.check_layouts(types)
             fds = {n: b.fd(n) for n in sessions.FLOW_TABLES}
-            listings.append(sessions.list_sessions(fds, types, b.fd("ms_timeouts"), flt))
+            listings.append(sessions.list_sessions(fds, types, b.fd("ms_timeouts"), flt,
+                                                   verdicts_fd=b.fd("ms_verdicts")))
     finally:
         for b in builds:
             b.close()
-    listing = sessions.merge(listings)
+    from appliance import policyfile as pf
+    listing = sessions.with_rule_names(sessions.merge(listings), pf.applied_rule_names(args.netns))
     if args.json:
         print(json.dumps({"netns": args.netns, "prog_ids": [b.prog_id for b in builds],
                           "sessions": [s.as_dict() for s in listing.sessions],

@@ -24,8 +24,26 @@ def precedence() -> str:
         return ""
 
 
+class _Version(argparse.Action):
+    """`microseg --version`: the installed package's version (pyproject.toml's,
+    through importlib.metadata), looked up only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib import metadata
+        try:
+            version = metadata.version("microseg")
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed: run `make setup`)"
+        print(f"microseg {version}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="microseg", description="eBPF micro-segmentation and DPI for Linux gateways")
+    p.add_argument("--version", action=_Version, help="print the version and exit")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("preflight", help="probe the running kernel for the features microseg uses")

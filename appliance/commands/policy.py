@@ -143,7 +143,7 @@ def _policy_apply(args) -> int:
         for b in builds:
             b.close()
         if done:
-            pf.store_applied(args.netns, text, args.file, done, pf.summary(model, pol))
+            pf.store_applied(args.netns, text, args.file, done, pf.summary(model, pol), pf.rule_names(pol))
         if lock is not None:
             lock.close()
     from datapath import attach

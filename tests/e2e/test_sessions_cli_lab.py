@@ -122,7 +122,7 @@ def test_sessions_status_and_sweep_in_the_lab(tmp_path, microseg, lab, attached)
         assert 0 < f["pct_used"] < 1 and f["alert_armed"]
         assert h["entries"] == h["present"] >= 1 and h["capacity"] == 65536
         assert h["evictions"] == 0   # a handful of flows in a 65,536-entry LRU
-        maps = {m["name"]: m for m in st["programs"][str(prog)]["maps"]}
+        maps = {m["name"]: m for m in st["maps"] if prog in m["prog_ids"]}   # each map once
         mf = maps["ms_flows"]
         assert mf["key_size"] == 40
         assert mf["estimate_bytes"] == 524288 * (mf["key_size"] + mf["value_size"] + 64)

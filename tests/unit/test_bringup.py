@@ -48,7 +48,7 @@ def world(monkeypatch):
     monkeypatch.setattr(bringup.pf, "last_generation", lambda netns: 7)
     monkeypatch.setattr(bringup.pf, "summary", lambda model, pol: {"rules": 1})
     monkeypatch.setattr(bringup.pf, "store_applied",
-                        lambda netns, text, source, builds, summ: log.append(("record", source, builds)))
+                        lambda netns, text, source, builds, summ, names=None: log.append(("record", source, builds)))
 
     def fake_attach(f, ifaces, netns, managed=None):
         log.append(("attach", tuple(ifaces)))
@@ -63,7 +63,7 @@ def world(monkeypatch):
 
 
 CONFIG = SimpleNamespace(compat=SimpleNamespace(bloom="auto"))
-POLICY = bringup.Policy("model", SimpleNamespace(blocklist=["10.9.0.0/16"]), "text", "p.yaml")
+POLICY = bringup.Policy("model", SimpleNamespace(blocklist=["10.9.0.0/16"], rule_info={}), "text", "p.yaml")
 
 
 def test_policy_applied_before_attach_and_recorded_after(world):
