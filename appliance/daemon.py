@@ -154,6 +154,8 @@ class Daemon:
             kernel = BuildMaps.of_fastpath(fp)
             self.series = WorkerSeries()
             self.metrics = Metrics(lambda: metrics_reading(kernel), slowpath=False, workers=self.series)
+            from slowpath.metrics import EveSinkCollector
+            self.metrics.registry.register(EveSinkCollector(self.eve.counters))
             from prometheus_client import Counter
             self.ownership_lost = Counter("microseg_ownership_lost",
                                           "Times the daemon found its programs, ring or heartbeat replaced by "

@@ -33,5 +33,5 @@ def cmd_lab(args) -> int:
         return 0
     from appliance.demo import run_demo
 
-    return run_demo()
+    return run_demo(getattr(args, "eve", None))
 

@@ -171,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     ld = labsub.add_parser("down", help="remove a lab")
     ld.add_argument("--tag")
     ld.add_argument("--all", action="store_true", help="remove every microseg lab")
-    labsub.add_parser("demo", help="build a lab, attach, send traffic, show counters, clean up")
+    ldemo = labsub.add_parser("demo", help="build a lab, run microseg in it, send clean traffic and attacks, show "
+                                           "counters, sessions and alerts, clean up")
+    ldemo.add_argument("--eve", metavar="PATH", help="write the demo's EVE log here and keep it (default: a "
+                                                     "temporary file, removed at the end)")
     s.set_defaults(func="lab:cmd_lab")
     return p
 

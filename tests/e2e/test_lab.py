@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -126,11 +127,27 @@ def test_up_again_replaces_without_a_gap(lab):
     cli("down", "--netns", lab.gateway, "--iface", "gw-c", check=True)
 
 
-def test_demo_runs_and_cleans_up():
-    r = cli("lab", "demo")
+def test_demo_runs_and_cleans_up(tmp_path):
+    eve = tmp_path / "demo-eve.json"
+    r = cli("lab", "demo", "--eve", str(eve))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASS_FORWARD" in r.stdout and "demo finished" in r.stdout
     assert "tcp" in r.stdout  # sessions table lists the curl connections
+    # inspection acting: each attack stopped, with its alert, and its session's verdict
+    for what, sid in (("a SQL injection", 100001), ("a card number posted", 200001),
+                      ("a blocked name (Host: evil.example)", 300001)):
+        assert f"    {what}: stopped" in r.stdout
+        assert re.search(rf"^    {re.escape(what)}: blocked by signature {sid} ", r.stdout, re.M), r.stdout
+    assert len(re.findall(r"rule=web\(\d+\) inspect=BLOCKED", r.stdout)) == 3
+    # where the EVE went: the file asked for, kept, holding those alerts
+    m = re.search(r"EVE: (\d+) records went to (\S+) \(", r.stdout)
+    assert m and m.group(2) == str(eve)
+    records = [json.loads(line) for line in eve.read_text().splitlines()]
+    assert len(records) == int(m.group(1))
+    assert {x["src_port"] for x in records if x["event_type"] == "alert"} == {45001, 45002, 45003}
+    # the demo's own files are gone
+    files = re.search(r"files \(policy, rules, run configuration, daemon log\): (\S+)", r.stdout)
+    assert files and not os.path.exists(files.group(1))
     # Only the demo's own namespaces (it prints their names) are looked at:
     # other work on the machine may create and remove its own meanwhile.
     m = re.search(r"namespaces: (.+)", r.stdout)

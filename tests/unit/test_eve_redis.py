@@ -157,6 +157,11 @@ def seqs(values) -> list[int]:
     return [json.loads(v)["stats"]["uptime"] for v in values]
 
 
+def in_order(values: list[int]) -> bool:
+    """Strictly increasing: in submission order, none twice."""
+    return all(a < b for a, b in zip(values, values[1:]))
+
+
 def returns(fn, *args, **kwargs) -> bool:
     """Run fn in a thread; True when it returned before the hang guard."""
     t = threading.Thread(target=fn, args=args, kwargs=kwargs, daemon=True)
@@ -276,11 +281,13 @@ def test_collector_down_at_start_then_up(servers, fast_backoff):
     held = c["sent"]
     assert 1 <= held <= 2 * 50 and held + c["dropped"] == 200
     assert c["dropped"] == c["queue_full"]            # nothing lost but what the bound refused
-    # What was held is the oldest records, each once, in order.
-    assert seqs(srv.client().lrange("ms-eve", 0, -1)) == list(range(held))
+    # What was held (the batch in the worker's hand, then what the queue
+    # took whenever it had room): each once, in order, the first one first.
+    got = seqs(srv.client().lrange("ms-eve", 0, -1))
+    assert len(got) == held and got[0] == 0 and in_order(got)
     log.emit_all(records(30, 1000))
     assert log.flush(HANG_GUARD_S)
-    assert seqs(srv.client().lrange("ms-eve", 0, -1)) == list(range(held)) + list(range(1000, 1030))
+    assert seqs(srv.client().lrange("ms-eve", 0, -1)) == got + list(range(1000, 1030))
     log.close()
     assert sink.counters()["connects"] == 1
 
@@ -301,7 +308,7 @@ def test_collector_stopped_mid_run_then_restarted(servers, fast_backoff):
     assert log.flush(HANG_GUARD_S)
     c = sink.counters()
     after = seqs(srv.client().lrange("ms-eve", 0, -1))
-    assert after == list(range(100, 100 + len(after))) and after
+    assert after and after[0] == 100 and in_order(after) and after[-1] < 400
     assert c["sent"] == 10 + len(after) and c["sent"] + c["dropped"] == 310
     assert c["connects"] == 2
     log.close()
@@ -408,3 +415,26 @@ def test_redis_config_errors_name_file_and_line(tmp_path, text, line, needle):
     msg = str(ei.value)
     assert msg.startswith(f"{f}:{line}:"), msg
     assert needle in msg
+
+
+# --- Where an operator sees the counters -----------------------------------------
+
+def test_sink_counters_are_prometheus_series(servers):
+    # The daemon registers EveSinkCollector(eve.counters) on its endpoint.
+    from slowpath.metrics import EveSinkCollector, Metrics
+    srv = servers()
+    srv.client().set("taken", "not a list")
+    good = eve_sinks.RedisSink(srv.host, mode="rpush", key="ms-eve")
+    bad = eve_sinks.RedisSink(srv.host, mode="list", key="taken")
+    log = eve_sinks.EveLog([good, bad])
+    m = Metrics(slowpath=False, kernel=False)
+    m.registry.register(EveSinkCollector(log.counters))
+    value = m.registry.get_sample_value
+    assert value("microseg_eve_records_total", {"sink": "redis_rpush", "outcome": "dropped"}) == 0
+    log.emit_all(records(5))
+    assert log.flush(HANG_GUARD_S)
+    assert value("microseg_eve_records_total", {"sink": "redis_rpush", "outcome": "sent"}) == 5
+    assert value("microseg_eve_records_total", {"sink": "redis_lpush", "outcome": "dropped"}) == 5
+    assert value("microseg_eve_write_errors_total", {"sink": "redis_lpush"}) >= 1
+    assert value("microseg_eve_queued_records", {"sink": "redis_rpush"}) == 0
+    log.close()
