@@ -274,6 +274,8 @@ def test_one_owner_per_namespace(lab_env):
         # the takeover metric is there from the start, at 0
         text = lab.run(lab.gateway, ["curl", "-s", f"http://127.0.0.1:{METRICS_PORT}/metrics"]).stdout
         assert 'microseg_ownership_lost_total{what="programs"} 0.0' in text
+        # the EVE sinks' counters (the file sink of run.yaml): nothing lost
+        assert 'microseg_eve_records_total{outcome="dropped",sink="file"} 0.0' in text
         assert d.proc.poll() is None
     finally:
         d.stop()
