@@ -37,6 +37,8 @@ from collections.abc import Callable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from datapath.enums import VerdictCode
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ADDR = "127.0.0.1"
@@ -56,6 +58,10 @@ REASSEMBLY_SCOPES = ("flow", "total", "segments")
 # kernel instead, counted as microseg_packets_total with reason
 # *_INSPECT_RINGBUF_FULL); "malformed", records that did not decode.
 RINGBUF_LOST_REASONS = ("full", "malformed")
+# The verdicts the slow path writes, as microseg_slowpath_verdicts_total
+# labels them ("allow", "block", "release": bpf/lib/maps.h's enum, through
+# datapath/enums.py).
+VERDICT_LABELS = tuple(v.name.removeprefix("VERDICT_").lower() for v in VerdictCode)
 
 # Verdict latency, from the kernel timestamp of a flow's first inspected byte
 # to the write of its verdict into the kernel's map. 1-2.5-5 steps per
@@ -339,6 +345,8 @@ class Metrics:
             self.reassembly_cap_hits.labels(scope=scope)
         for reason in RINGBUF_LOST_REASONS:
             self.ringbuf_lost.labels(reason=reason)
+        for verdict in VERDICT_LABELS:
+            self.slowpath_verdicts.labels(verdict=verdict)
 
     # -- recording -------------------------------------------------------------
     def record_ringbuf(self, n: int = 1) -> None:

@@ -59,6 +59,9 @@ def test_slow_path_counters_move(served):
         assert value(before, "microseg_reassembly_cap_hits_total", scope=scope) == 0
     for reason in m.RINGBUF_LOST_REASONS:
         assert value(before, "microseg_ringbuf_lost_total", reason=reason) == 0
+    assert m.VERDICT_LABELS == ("allow", "block", "release")
+    for verdict in m.VERDICT_LABELS:
+        assert value(before, "microseg_slowpath_verdicts_total", verdict=verdict) == 0
     assert value(before, "microseg_slowpath_queue_bytes") == 0
 
     metrics.record_ringbuf(5)
@@ -77,6 +80,7 @@ def test_slow_path_counters_move(served):
     assert value(after, "microseg_ringbuf_lost_total", reason="full") == 3
     assert value(after, "microseg_slowpath_verdicts_total", verdict="allow") == 2
     assert value(after, "microseg_slowpath_verdicts_total", verdict="block") == 1
+    assert value(after, "microseg_slowpath_verdicts_total", verdict="release") == 0
     assert value(after, "microseg_slowpath_failures_total", kind="parser_error") == 1
     assert value(after, "microseg_slowpath_failures_total", kind="session_table_full") == 4
     assert value(after, "microseg_slowpath_failures_total", kind="ringbuf_full") == 0
