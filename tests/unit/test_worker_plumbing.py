@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -89,14 +90,11 @@ def pair():
     b.close()
 
 
-def received(sock) -> list[bytes]:
-    sock.setblocking(False)
+def read_until_closed(sock) -> list[bytes]:
     out = []
-    while True:
-        try:
-            out.append(sock.recv(1 << 20))
-        except BlockingIOError:
-            return out
+    while msg := sock.recv(1 << 20):
+        out.append(msg)
+    return out
 
 
 def test_forward_sink_sends_whole_lines_in_bounded_messages(pair):
@@ -104,10 +102,14 @@ def test_forward_sink_sends_whole_lines_in_bounded_messages(pair):
     sink = ForwardSink(mine)
     lines = [json.dumps({"event_type": "flow", "n": i, "pad": "x" * 700}).encode() + b"\n" for i in range(400)]
     big = b'{"event_type":"alert","pad":"' + b"y" * FORWARD_LINE_MAX + b'"}\n'
+    msgs = []
+    reader = threading.Thread(target=lambda: msgs.extend(read_until_closed(theirs)))
+    reader.start()                  # the daemon reads while the worker writes (the socket holds ~200 KiB)
     for line in lines[:200] + [big] + lines[200:]:
         assert sink.submit(line)
     sink.close()
-    msgs = received(theirs)
+    mine.close()
+    reader.join(30)
     assert all(m.startswith(FORWARD_TAG_EVE) and len(m) <= FORWARD_MESSAGE_BYTES + 1024 for m in msgs)
     got = b"".join(m[1:] for m in msgs).splitlines(keepends=True)
     assert got == lines                                   # in order, none torn, the oversize one out
