@@ -377,8 +377,10 @@ class Daemon:
         from slowpath import eve
         while True:
             await asyncio.sleep(self.cfg.stats_interval_s)
-            self.eve.emit(eve.stats_record({**self.slowpath_stats(), "slowpath.workers": len(self.workers),
-                                            "slowpath.worker_restarts": self.workers.restarts},
+            # Suricata's stats groups only (its schema refuses others): the
+            # worker count and each restart are not written here (the
+            # daemon logs every restart).
+            self.eve.emit(eve.stats_record(eve.suricata_stats(self.slowpath_stats()),
                                            uptime=time.monotonic() - self.started))
 
     def reload(self) -> None:

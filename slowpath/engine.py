@@ -101,7 +101,10 @@ class Flow:
     pkts: list = field(default_factory=lambda: [0, 0])
     bytes: list = field(default_factory=lambda: [0, 0])
     http_pending: collections.deque = field(default_factory=lambda: collections.deque(maxlen=MAX_PENDING_HTTP))
+    http_tx: tuple | None = None     # (request, response) of the latest HTTP transaction: an alert's context
     tls_hello: object = None
+    ssh: dict = field(default_factory=dict)   # (kind, direction) -> SshBanner / SshKexInit, until logged
+    ssh_logged: bool = False
     alerted: bool = False
     caps_seen: int = 0
     copied: list = field(default_factory=lambda: [0, 0])   # payload bytes the kernel copied, per side
@@ -327,7 +330,8 @@ class Engine:
                                            reject_target="both" if hit.action == "block"
                                            and self.injector is not None and flow.transport == "tcp" else None,
                                            reject=("tcp-reset",) if hit.action == "block"
-                                           and self.injector is not None and flow.transport == "tcp" else ()))
+                                           and self.injector is not None and flow.transport == "tcp" else (),
+                                           app_layer=self._alert_context(flow, ev), counters=self._counters(flow)))
                 if hit.action == "block":
                     self._block(flow)
             self._log(flow, info, ev)
@@ -348,6 +352,29 @@ class Engine:
         if an.decided and an.parser is None and flow.verdict is None:
             self._verdict(flow, VerdictCode.VERDICT_ALLOW)   # nothing this slow path can read
 
+    def _alert_context(self, flow: Flow, ev=None) -> dict:
+        """The app-layer object of the transaction a hit came from (``ev``,
+        else the flow's latest), as Suricata's alerts carry it."""
+        kind = getattr(ev, "kind", None)
+        if kind == "dns_message":
+            return {"dns": eve.dns_object(ev)}
+        if kind == "tls_client_hello":
+            return {"tls": eve.tls_object(ev)}
+        if kind == "tls_server_hello":
+            return {"tls": eve.tls_object(flow.tls_hello, ev)}
+        if flow.tls_hello is not None:
+            return {"tls": eve.tls_object(flow.tls_hello)}
+        req, resp = (ev, None) if kind == "http_request" else flow.http_tx or (None, None)
+        if req is not None or resp is not None:
+            return {"http": eve.http_object(req, resp)}
+        return {}
+
+    def _counters(self, flow: Flow) -> tuple:
+        """(packets, bytes) per side: the kernel's session when it is there
+        (the engine sees only the inspected packets)."""
+        kernel = self.session_stats(flow.key) if self.session_stats else None
+        return kernel if kernel is not None else (flow.pkts, flow.bytes)
+
     def _info(self, flow: Flow) -> eve.FlowInfo:
         app = flow.analyzer.app
         if flow.info.app_proto != app:
@@ -364,8 +391,10 @@ class Engine:
                                          direction=ev.direction))
         if kind == "http_request":
             flow.http_pending.append(ev)
+            flow.http_tx = (ev, None)
         elif kind == "http_response":
             req = flow.http_pending.popleft() if flow.http_pending else None
+            flow.http_tx = (req, ev)
             # 101 Switching Protocols is the request's final answer: the
             # request is logged with it whatever the connection speaks next.
             if ev.status >= 200 or ev.status == HTTP_SWITCHING_PROTOCOLS or req is None:
@@ -380,6 +409,19 @@ class Engine:
         elif kind == "dns_message":
             for r in eve.dns_records(info, ev, self.wallclock()):
                 self.emit(r)
+        elif kind in ("ssh_banner", "ssh_kexinit") and not flow.ssh_logged:
+            flow.ssh.setdefault((kind, ev.direction), ev)
+            if len(flow.ssh) == 4:        # both banners and both KEXINITs: the handshake in the clear
+                self._log_ssh(flow, info, self.wallclock())
+
+    def _log_ssh(self, flow: Flow, info: eve.FlowInfo, now: float) -> None:
+        """Suricata's ssh record, once per flow, with what was seen of the handshake."""
+        if not flow.ssh:
+            return
+        self.emit(eve.ssh_record(info, {d: v for (k, d), v in flow.ssh.items() if k == "ssh_banner"},
+                                 {d: v for (k, d), v in flow.ssh.items() if k == "ssh_kexinit"}, now))
+        flow.ssh.clear()
+        flow.ssh_logged = True
 
     def _failure(self, flow: Flow, kind: str) -> None:
         self.counters.failures[kind] += 1
@@ -436,10 +478,12 @@ class Engine:
             flow.verdict_latency_us = max(0, (written_ns - flow.first_ts_ns) // 1000)
 
     def _log_unanswered(self, flow: Flow) -> None:
-        """EVE records of requests and ClientHellos whose answer was not seen."""
-        if not flow.http_pending and flow.tls_hello is None:
+        """EVE records of requests and ClientHellos whose answer was not
+        seen, and of an SSH handshake seen in part."""
+        if not flow.http_pending and flow.tls_hello is None and not flow.ssh:
             return
         info, now = self._info(flow), self.wallclock()
+        self._log_ssh(flow, info, now)
         for req in flow.http_pending:
             self.emit(eve.http_record(info, req, None, now))
         flow.http_pending.clear()
@@ -476,7 +520,8 @@ class Engine:
         for hit in flow.inspector.close():    # a body cut short: its pending scans
             self.counters.hits[hit.category] += 1
             flow.alerted = True
-            self.emit(eve.alert_record(info, hit, now, direction=hit.direction))
+            self.emit(eve.alert_record(info, hit, now, direction=hit.direction,
+                                       app_layer=self._alert_context(flow), counters=self._counters(flow)))
         self._log_unanswered(flow)
         if flow.reasm is not None:
             flow.reasm.close()

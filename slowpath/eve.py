@@ -2,31 +2,54 @@
 
 One JSON object per line, with Suricata's field names and shapes, so a
 pipeline built for Suricata's eve.json (Filebeat's Suricata module, Evebox,
-Splunk/Elastic dashboards) reads microseg's records unchanged. What only
-microseg knows (policy rule, policy generation, the kernel's reason) sits in
-a ``microseg`` object, where an EVE consumer ignores it.
+Splunk/Elastic dashboards) reads microseg's records unchanged: every record
+validates strictly against Suricata 8's own schema (etc/schema.json, where
+an unknown field fails). What only microseg knows goes where that schema
+leaves room, never in a top-level key of our own:
+
+  * flow and app-layer records: ``metadata.flowints`` (numbers: ``rule_id``,
+    ``policy_generation``, ``verdict_latency_us``) and ``metadata.flowvars``
+    (strings, one ``{name: value}`` object each, as Suricata writes flow
+    variables: ``inspection_verdict``, ``ct_state``); the inspection verdict
+    also as Suricata's ``flow.action`` ("drop" for block, "pass" otherwise);
+  * alerts: ``alert.metadata`` (Suricata's rule metadata, a list of strings
+    per key: ``rule_action``, ``field``, ``matched``, ``matched_truncated``,
+    ``policy_generation``); the rule's id and name are Suricata's
+    ``signature_id`` and ``signature``;
+  * drops: ``drop.reason`` (the kernel's reason name) and
+    ``metadata.pktvars`` (``hook``, ``reason_description``, ``rule_id``,
+    ``policy_generation``, strings);
+  * stats: only Suricata's counter groups (STATS_GROUPS); the slow path's
+    own counters without a Suricata name are in Prometheus only.
 
 Builders (``flow_record``, ``alert_record``, ``http_record``,
-``tls_record``, ``dns_records``, ``drop_record``, ``stats_record``,
-``anomaly_record``) turn a :class:`FlowInfo` plus parser events
-(protocols/*.py) into plain dicts. They are pure: no I/O; the timestamp is an
-argument (now if omitted). :func:`encode` serialises a record to one line
-(compact, ASCII-only JSON: valid UTF-8, non-ASCII as \\u escapes) and never
-raises, whatever the strings hold. Where the lines go (file, syslog, stdout)
-is slowpath/eve_sinks.py.
+``tls_record``, ``dns_records``, ``ssh_record``, ``drop_record``,
+``stats_record``, ``anomaly_record``) turn a :class:`FlowInfo` plus parser events
+(protocols/*.py) into plain dicts; ``http_object``, ``tls_object``,
+``dns_object`` and ``ssh_object`` build the app-layer objects alone, for an
+alert's context. They are pure: no I/O; the timestamp is an argument (now if
+omitted). :func:`encode` serialises a record to one line (compact,
+ASCII-only JSON: valid UTF-8, non-ASCII as \\u escapes) and never raises,
+whatever the strings hold. Where the lines go (file, syslog, stdout) is
+slowpath/eve_sinks.py.
 
-slowpath/eve_schema.json describes every record written here;
-tests/unit/test_eve.py validates builder output against it.
+slowpath/eve_schema.json is the project's overlay: stricter than Suricata's
+(required fields, value patterns, what microseg's metadata holds), never
+looser; tests/unit/test_eve.py validates builder output against both.
 
-Field choices follow Suricata 7's EVE (docs.suricata.io, "Eve JSON Format"):
+Field choices follow Suricata 8's EVE (docs.suricata.io, "Eve JSON Format"):
 ``alert.action`` is "allowed"/"blocked" and the top-level ``verdict`` object
-(Suricata 7) carries the final action ("alert", "pass", "drop"); DNS uses the
-"v2" layout (one record per query, one per answer with an ``answers`` list);
-TLS versions are spelled as Suricata spells them ("TLSv1", "TLS 1.2",
-"UNDETERMINED"); ALPNs go in ``tls.client_alpns``/``tls.server_alpns`` as
-newer Suricata logs them. ``drop.reason`` is the kernel's reason name
-(bpf/lib/reasons.h), not Suricata's vocabulary ("decode error", "rules"...):
-the kernel's names are more precise and no EVE consumer enumerates them.
+carries the final action ("alert", "pass", "drop"); an alert carries the
+flow's counters (``flow``), ``app_proto`` and the transaction's app-layer
+object (``http``, ``tls``, ``dns``, ``ssh``) as Suricata's do by default; DNS
+uses the "v3" layout, Suricata 8's default (one record per message,
+``version`` 3, ``type`` "request" or "response", the questions in
+``queries``, the answers in ``answers`` and ``grouped``); TLS versions are
+spelled as Suricata spells them ("TLSv1", "TLS 1.2", "UNDETERMINED"); ALPNs go
+in ``tls.client_alpns``/``tls.server_alpns`` as newer Suricata logs them.
+``drop.reason`` is the kernel's reason name (bpf/lib/reasons.h), not
+Suricata's vocabulary ("decode error", "rules"...): the kernel's names are
+more precise and no EVE consumer enumerates them.
 """
 from __future__ import annotations
 
@@ -55,7 +78,14 @@ from protocols.tls import TlsClientHello, TlsServerHello
 
 SCHEMA_PATH = Path(__file__).with_name("eve_schema.json")
 
-EVENT_TYPES = ("flow", "alert", "http", "tls", "dns", "drop", "stats", "anomaly")
+EVENT_TYPES = ("flow", "alert", "http", "tls", "dns", "ssh", "drop", "stats", "anomaly")
+# The counter groups of Suricata's stats record (its schema refuses any
+# other key under ``stats``): stats_record takes nothing else.
+STATS_GROUPS = frozenset({"app_layer", "capture", "decoder", "defrag", "detect", "exception_policy",
+                          "file_store", "firewall", "flow", "flow_bypassed", "ftp", "host", "http",
+                          "ippair", "ips", "memcap", "pcap_log", "stream", "tcp"})
+# The app-layer objects an alert may carry (Suricata's names): the builders below make them.
+APP_LAYER_OBJECTS = ("http", "tls", "dns", "ssh")
 
 # --- Limits -------------------------------------------------------------------
 # Characters of a rule's matched value kept in an alert: it is an excerpt for
@@ -254,11 +284,22 @@ def _set_app_proto(rec: dict, app_proto: str | None) -> None:
         rec["app_proto"] = app_proto
 
 
-def _microseg(rec: dict, **fields) -> None:
-    """Add the microseg-only fields that have a value."""
-    extra = {k: v for k, v in fields.items() if v is not None and v != ()}
-    if extra:
-        rec.setdefault("microseg", {}).update(extra)
+def _metadata(rec: dict, *, ints: Mapping | None = None, flowvars: Mapping | None = None,
+              pktvars: Mapping | None = None) -> None:
+    """microseg's own fields in Suricata's ``metadata`` object, as Suricata
+    writes its rule variables: ``flowints`` an object of unsigned integers,
+    ``flowvars``/``pktvars`` a list of one-key objects whose value is a
+    string. Fields without a value are left out; so is an empty group."""
+    md: dict[str, Any] = {}
+    got = {k: int(v) for k, v in (ints or {}).items() if v is not None}
+    if got:
+        md["flowints"] = got
+    for group, fields in (("flowvars", flowvars), ("pktvars", pktvars)):
+        items = [{k: _text(v)} for k, v in (fields or {}).items() if v is not None]
+        if items:
+            md[group] = items
+    if md:
+        rec.setdefault("metadata", {}).update(md)
 
 
 def _text(v) -> str:
@@ -288,14 +329,12 @@ def _split_host(host: str) -> tuple[str, int | None]:
     return name.lower().rstrip("."), port
 
 
-def http_record(flow: FlowInfo, request: HttpRequest | None, response: HttpResponse | None = None,
-                ts=None, *, length: int | None = None, tx_id: int | None = None) -> dict:
-    """One HTTP transaction: the request head and, when seen, the response head.
-
-    ``length`` is the response body size (HttpMessageEnd.body_size).
-    """
+def http_object(request: HttpRequest | None, response: HttpResponse | None = None, *,
+                length: int | None = None) -> dict:
+    """Suricata's ``http`` object of a transaction: the request head and,
+    when seen, the response head. ``length`` is the response body size."""
     if request is None and response is None:
-        raise ValueError("http_record needs a request or a response")
+        raise ValueError("http_object needs a request or a response")
     http: dict[str, Any] = {}
     if request is not None:
         if request.host is not None:
@@ -321,12 +360,18 @@ def http_record(flow: FlowInfo, request: HttpRequest | None, response: HttpRespo
             http["redirect"] = location
     if length is not None:
         http["length"] = int(length)
+    return http
+
+
+def http_record(flow: FlowInfo, request: HttpRequest | None, response: HttpResponse | None = None,
+                ts=None, *, length: int | None = None, tx_id: int | None = None) -> dict:
+    """One HTTP transaction (http_object). The parser's anomalies are not
+    repeated here: each is an ``anomaly`` record of its own, as Suricata's."""
+    if request is None and response is None:
+        raise ValueError("http_record needs a request or a response")
     rec = _header(flow, "http", ts, tx_id=tx_id)
-    rec["http"] = http
+    rec["http"] = http_object(request, response, length=length)
     rec["app_proto"] = "http"
-    anomalies = tuple(request.anomalies if request is not None else ()) + \
-        tuple(response.anomalies if response is not None else ())
-    _microseg(rec, anomalies=list(dict.fromkeys(anomalies)) or None)
     return rec
 
 
@@ -337,8 +382,7 @@ ANOMALY_LAYER_PARSER = "proto_parser"
 def anomaly_record(flow: FlowInfo, event: str, ts=None, *, app_proto: str = "http",
                    layer: str = ANOMALY_LAYER_PARSER, direction=None, tx_id: int | None = None) -> dict:
     """Suricata's ``anomaly`` record for an application-layer event (a
-    protocol deviation the parser tolerated, e.g. "METHOD_UNKNOWN").
-    Nothing under ``microseg``: the record is Suricata's shape exactly."""
+    protocol deviation the parser tolerated, e.g. "METHOD_UNKNOWN")."""
     rec = _header(flow, "anomaly", ts, direction=direction, tx_id=tx_id)
     rec["anomaly"] = {"type": "applayer", "event": _text(event), "layer": layer, "app_proto": app_proto}
     rec["app_proto"] = app_proto
@@ -356,11 +400,11 @@ def tls_version_name(version: int | None) -> str:
     return f"0x{version:04x}"
 
 
-def tls_record(flow: FlowInfo, client_hello: TlsClientHello | None, server_hello: TlsServerHello | None = None,
-               ts=None, *, tx_id: int | None = None) -> dict:
-    """The handshake in the clear: SNI, negotiated version, JA3/JA3S/JA4, ALPNs."""
+def tls_object(client_hello: TlsClientHello | None, server_hello: TlsServerHello | None = None) -> dict:
+    """Suricata's ``tls`` object: the handshake in the clear (SNI, negotiated
+    version, JA3/JA3S/JA4, ALPNs)."""
     if client_hello is None and server_hello is None:
-        raise ValueError("tls_record needs a ClientHello or a ServerHello")
+        raise ValueError("tls_object needs a ClientHello or a ServerHello")
     tls: dict[str, Any] = {}
     if client_hello is not None and client_hello.sni is not None:
         tls["sni"] = client_hello.sni
@@ -376,8 +420,16 @@ def tls_record(flow: FlowInfo, client_hello: TlsClientHello | None, server_hello
             tls["client_alpns"] = list(client_hello.alpn)
     if server_hello is not None and server_hello.alpn is not None:
         tls["server_alpns"] = [server_hello.alpn]
+    return tls
+
+
+def tls_record(flow: FlowInfo, client_hello: TlsClientHello | None, server_hello: TlsServerHello | None = None,
+               ts=None, *, tx_id: int | None = None) -> dict:
+    """The handshake in the clear (tls_object)."""
+    if client_hello is None and server_hello is None:
+        raise ValueError("tls_record needs a ClientHello or a ServerHello")
     rec = _header(flow, "tls", ts, tx_id=tx_id)
-    rec["tls"] = tls
+    rec["tls"] = tls_object(client_hello, server_hello)
     rec["app_proto"] = "tls"
     return rec
 
@@ -389,44 +441,119 @@ def _dns_flags(msg: DnsMessage) -> int:
             | (msg.rd << 8) | (msg.ra << 7) | (msg.ad << 5) | (msg.cd << 4) | (msg.rcode & 0xF))
 
 
+# The answer types Suricata groups by type as strings (its ``grouped``
+# format); SOA and SRV are grouped as objects, other types not at all.
+_DNS_GROUPED_TEXT = frozenset({"A", "AAAA", "CNAME", "MX", "NS", "PTR", "TXT", "NULL"})
+DNS_EVE_VERSION = 3          # Suricata 8's default DNS layout
+
+
+def _dns_soa(data: str) -> dict | None:
+    """"mname rname serial refresh retry expire minimum" -> Suricata's soa object."""
+    parts = data.split()
+    if len(parts) != 7 or not all(x.isdigit() for x in parts[2:]):
+        return None
+    return {"mname": parts[0], "rname": parts[1],
+            **{k: int(v) for k, v in zip(("serial", "refresh", "retry", "expire", "minimum"), parts[2:])}}
+
+
+def _dns_srv(data: str) -> dict | None:
+    """"priority weight port target" -> Suricata's srv object."""
+    parts = data.split()
+    if len(parts) != 4 or not all(x.isdigit() for x in parts[:3]):
+        return None
+    return {"priority": int(parts[0]), "weight": int(parts[1]), "port": int(parts[2]), "name": parts[3]}
+
+
 def _dns_rr(r: DnsRecord) -> dict:
-    return {"rrname": r.name, "rrtype": r.type_name, "ttl": int(r.ttl), "rdata": r.data}
+    rr: dict[str, Any] = {"rrname": r.name, "rrtype": r.type_name, "ttl": int(r.ttl)}
+    if r.data:
+        rr["rdata"] = r.data
+    if r.type_name == "SOA" and (soa := _dns_soa(r.data)) is not None:
+        rr["soa"] = soa
+    elif r.type_name == "SRV" and (srv := _dns_srv(r.data)) is not None:
+        rr["srv"] = srv
+    return rr
+
+
+def _dns_grouped(answers: Iterable[DnsRecord]) -> dict:
+    grouped: dict[str, list] = {}
+    for r in answers:
+        if r.type_name in _DNS_GROUPED_TEXT and r.data:
+            grouped.setdefault(r.type_name, []).append(r.data)
+        elif r.type_name == "SOA" and (soa := _dns_soa(r.data)) is not None:
+            grouped.setdefault("SOA", []).append(soa)
+        elif r.type_name == "SRV" and (srv := _dns_srv(r.data)) is not None:
+            grouped.setdefault("SRV", []).append(srv)
+    return grouped
+
+
+def dns_object(msg: DnsMessage, *, tx_id: int | None = None) -> dict:
+    """Suricata 8's ``dns`` object (EVE DNS v3) of one message: a request
+    or a response, its header flags, its questions in ``queries``, its
+    answers in ``answers`` (one object each) and ``grouped`` (by type), its
+    authority section in ``authorities``."""
+    dns: dict[str, Any] = {"version": DNS_EVE_VERSION, "type": "response" if msg.response else "request"}
+    if tx_id is not None:
+        dns["tx_id"] = int(tx_id)
+    dns["id"] = msg.id
+    dns["flags"] = f"{_dns_flags(msg):x}"
+    # Suricata writes a flag only when it is set.
+    for name in ("qr" if msg.response else None, "aa", "tc", "rd", "ra"):
+        if name == "qr" or (name is not None and getattr(msg, name)):
+            dns[name] = True
+    dns["opcode"] = msg.opcode
+    dns["rcode"] = msg.rcode_name
+    if msg.questions:
+        dns["queries"] = [{"rrname": q.name, "rrtype": q.type_name} for q in msg.questions]
+    if msg.answers:
+        dns["answers"] = [_dns_rr(r) for r in msg.answers]
+        grouped = _dns_grouped(msg.answers)
+        if grouped:
+            dns["grouped"] = grouped
+    if msg.authority:
+        dns["authorities"] = [_dns_rr(r) for r in msg.authority]
+    return dns
 
 
 def dns_records(flow: FlowInfo, msg: DnsMessage, ts=None, *, tx_id: int | None = None) -> list[dict]:
-    """Suricata's DNS "v2" records: one per question of a query, one per response."""
-    out = []
-    if not msg.response:
-        # A query without questions still gets one record: it was seen.
-        for q in msg.questions or (None,):
-            dns: dict[str, Any] = {"type": "query", "id": msg.id}
-            if q is not None:
-                dns["rrname"] = q.name
-                dns["rrtype"] = q.type_name
-            dns["opcode"] = msg.opcode
-            rec = _header(flow, "dns", ts, tx_id=tx_id)
-            rec["dns"] = dns
-            rec["app_proto"] = "dns"
-            out.append(rec)
-        return out
-    dns = {"version": 2, "type": "answer", "id": msg.id, "flags": f"{_dns_flags(msg):x}", "qr": True}
-    # Suricata writes a flag only when it is set.
-    for name in ("aa", "tc", "rd", "ra"):
-        if getattr(msg, name):
-            dns[name] = True
-    dns["opcode"] = msg.opcode
-    if msg.questions:
-        dns["rrname"] = msg.questions[0].name
-        dns["rrtype"] = msg.questions[0].type_name
-    dns["rcode"] = msg.rcode_name
-    if msg.answers:
-        dns["answers"] = [_dns_rr(r) for r in msg.answers]
-    if msg.authority:
-        dns["authorities"] = [_dns_rr(r) for r in msg.authority]
+    """Suricata 8's DNS records: one per message (dns_object). A list, so a
+    caller logs whatever a message gives without knowing the layout."""
     rec = _header(flow, "dns", ts, tx_id=tx_id)
-    rec["dns"] = dns
+    rec["dns"] = dns_object(msg, tx_id=tx_id)
     rec["app_proto"] = "dns"
     return [rec]
+
+
+_SSH_SIDES = {"client": Direction.TO_SERVER, "server": Direction.TO_CLIENT}
+
+
+def ssh_record(flow: FlowInfo, banners: Mapping, kexinits: Mapping | None = None, ts=None) -> dict:
+    """Suricata's ssh record: one per flow, the handshake in the clear (ssh_object)."""
+    rec = _header(flow, "ssh", ts)
+    rec["ssh"] = ssh_object(banners, kexinits)
+    rec["app_proto"] = "ssh"
+    return rec
+
+
+def ssh_object(banners: Mapping, kexinits: Mapping | None = None) -> dict:
+    """Suricata's ``ssh`` object from what was seen of the handshake,
+    ``{Direction: SshBanner}`` and ``{Direction: SshKexInit}``
+    (protocols/ssh.py): ``client``/``server`` with ``proto_version``,
+    ``software_version`` and, when a KEXINIT was seen, ``hassh``."""
+    ssh: dict[str, Any] = {}
+    for side, d in _SSH_SIDES.items():
+        b = banners.get(d)
+        k = (kexinits or {}).get(d)
+        if b is None and k is None:
+            continue
+        obj: dict[str, Any] = {}
+        if b is not None:
+            obj["proto_version"] = _text(b.proto_version)
+            obj["software_version"] = _text(b.software)
+        if k is not None:
+            obj["hassh"] = {"hash": k.hassh, "string": k.hassh_algorithms}
+        ssh[side] = obj
+    return ssh
 
 
 def _attr(obj, name: str, default=None):
@@ -464,16 +591,41 @@ def verdict_for(action: str, *, reject_target: str | None = None, reject: Iterab
     return verdict
 
 
+def _alert_flow(flow: FlowInfo, counters) -> dict:
+    """Suricata's ``flow`` object in an alert: the flow's counters so far,
+    its start and its tuple as the flow saw it (initiator first)."""
+    pkts, nbytes = counters if counters is not None else ((0, 0), (0, 0))
+    out: dict[str, Any] = {"pkts_toserver": int(pkts[0]), "pkts_toclient": int(pkts[1]),
+                           "bytes_toserver": int(nbytes[0]), "bytes_toclient": int(nbytes[1])}
+    if flow.start is not None:
+        out["start"] = format_timestamp(flow.start)
+    out["src_ip"] = flow.src_ip
+    out["dest_ip"] = flow.dest_ip
+    if flow.src_port is not None:
+        out["src_port"] = int(flow.src_port)
+    if flow.dest_port is not None:
+        out["dest_port"] = int(flow.dest_port)
+    return out
+
+
 def alert_record(flow: FlowInfo, hit, ts=None, *, direction=None, tx_id: int | None = None,
                  policy_generation: int | None = None, reject_target: str | None = None,
-                 reject: Iterable[str] = ()) -> dict:
+                 reject: Iterable[str] = (), app_layer: Mapping | None = None,
+                 counters=None) -> dict:
     """A rule matched. ``hit`` has (as attributes or keys) ``rule_id``,
     ``rule_name``, ``category``, ``action``, ``severity`` and, optionally,
     ``field``, ``matched``, ``rev``. src/dest stay the flow's (initiator
     first, like every other record here); ``direction`` says which way the
-    matching bytes went."""
+    matching bytes went.
+
+    The context Suricata's alerts carry by default: ``app_layer`` maps an
+    app-layer object's name (APP_LAYER_OBJECTS) to the object of the
+    transaction (http_object, tls_object, dns_object, ssh_object);
+    ``counters`` is ``((pkts_toserver, pkts_toclient), (bytes_toserver,
+    bytes_toclient))`` for the ``flow`` object. What the rule matched (field,
+    text) goes in ``alert.metadata``."""
     action = str(_attr(hit, "action", "alert") or "alert").lower()
-    alert = {
+    alert: dict[str, Any] = {
         "action": "blocked" if action in _BLOCKING else "allowed",
         "gid": 1,
         "signature_id": int(_attr(hit, "rule_id", 0) or 0),
@@ -482,20 +634,28 @@ def alert_record(flow: FlowInfo, hit, ts=None, *, direction=None, tx_id: int | N
         "category": _text(_attr(hit, "category", "") or ""),
         "severity": _severity(_attr(hit, "severity")),
     }
-    rec = _header(flow, "alert", ts, direction=direction, tx_id=tx_id)
-    rec["alert"] = alert
-    rec["verdict"] = verdict_for(action, reject_target=reject_target, reject=reject)
-    _set_app_proto(rec, flow.app_proto)
     matched = _attr(hit, "matched")
-    truncated = None
+    truncated = False
     if matched is not None:
         matched = _text(matched)
         if len(matched) > MATCHED_MAX_CHARS:
             matched, truncated = matched[:MATCHED_MAX_CHARS], True
     field = _attr(hit, "field")
-    _microseg(rec, rule_id=alert["signature_id"], rule_action=action,
-              field=None if field is None else _text(field), matched=matched,
-              matched_truncated=truncated, policy_generation=policy_generation)
+    # Suricata's rule metadata: each key a list of strings.
+    meta = {"rule_action": action, "field": None if field is None else _text(field), "matched": matched,
+            "matched_truncated": "true" if truncated else None,
+            "policy_generation": None if policy_generation is None else str(int(policy_generation))}
+    alert["metadata"] = {k: [v] for k, v in meta.items() if v is not None}
+    rec = _header(flow, "alert", ts, direction=direction, tx_id=tx_id)
+    rec["alert"] = alert
+    rec["verdict"] = verdict_for(action, reject_target=reject_target, reject=reject)
+    for name, obj in (app_layer or {}).items():
+        if name not in APP_LAYER_OBJECTS:
+            raise ValueError(f"alert_record: app-layer object {name!r}: one of {APP_LAYER_OBJECTS}")
+        if obj:
+            rec[name] = obj
+    _set_app_proto(rec, flow.app_proto)
+    rec["flow"] = _alert_flow(flow, counters)
     return rec
 
 
@@ -535,9 +695,9 @@ def drop_record(flow: FlowInfo | None, reason, ts=None, *, hook=None, direction=
     rec["verdict"] = {"action": "drop"}
     if flow is not None:
         _set_app_proto(rec, flow.app_proto)
-    _microseg(rec, reason=r.name, reason_description=reason_description(r),
-              hook=None if hook is None else _hook(hook), rule_id=rule_id,
-              policy_generation=policy_generation)
+    _metadata(rec, pktvars={"hook": None if hook is None else _hook(hook),
+                            "reason_description": reason_description(r), "rule_id": rule_id,
+                            "policy_generation": policy_generation})
     return rec
 
 
@@ -574,24 +734,29 @@ def flow_record(flow: FlowInfo, end: float, *, pkts_toserver: int = 0, pkts_tocl
         "start": format_timestamp(start), "end": format_timestamp(end),
         "age": max(0, int(end - start)), "state": state, "reason": reason, "alerted": bool(alerted),
     }
+    if verdict is not None:
+        # Suricata's flow action: what was done to the flow's packets.
+        rec["flow"]["action"] = "drop" if verdict.lower() in _BLOCKING else "pass"
     _set_app_proto(rec, flow.app_proto)
-    _microseg(rec, ct_state=ct_state, rule_id=rule_id, policy_generation=policy_generation,
-              inspection_verdict=verdict, verdict_latency_us=verdict_latency_us)
+    _metadata(rec, ints={"rule_id": rule_id, "policy_generation": policy_generation,
+                         "verdict_latency_us": verdict_latency_us},
+              flowvars={"inspection_verdict": verdict, "ct_state": ct_state})
     return rec
 
 
 def _nest(counters: Mapping) -> dict:
     """{"a.b": 1, "c": {"d": 2}} -> {"a": {"b": 1}, "c": {"d": 2}}.
 
-    Values are numbers; a NaN or infinite one (a ratio of nothing) is left
-    out, as there is no JSON number to write for it."""
+    Values are numbers, written as integers as Suricata's counters are; a
+    NaN or infinite one (a ratio of nothing) is left out, as there is no
+    JSON number to write for it."""
     out: dict = {}
     for key, value in counters.items():
         if isinstance(value, float) and not math.isfinite(value):
             continue
         if not isinstance(value, (int, float, Mapping)):
             raise ValueError(f"stats: {key!r} is {type(value).__name__}, not a number")
-        if isinstance(value, bool):
+        if isinstance(value, (bool, float)):
             value = int(value)
         parts = str(key).split(".")
         node = out
@@ -609,10 +774,35 @@ def _nest(counters: Mapping) -> dict:
     return out
 
 
+# The slow path's counters (a worker's report, appliance/workers.py) that
+# have a Suricata name: what the slow path decoded and the flows it holds.
+_SLOWPATH_STATS = {"slowpath.records": "decoder.pkts", "slowpath.bytes": "decoder.bytes",
+                   "slowpath.flows": "flow.active"}
+
+
+def suricata_stats(slowpath: Mapping[str, int]) -> dict[str, int]:
+    """The slow path's counters under Suricata's stats names, for
+    stats_record: records and bytes inspected (``decoder.pkts``,
+    ``decoder.bytes``), flows held (``flow.active``), rule hits of every
+    category (``detect.alert``). The others have no Suricata name and are
+    not in EVE: verdicts and failures are in Prometheus
+    (microseg_slowpath_verdicts_total, microseg_slowpath_failures_total),
+    hits per category in the alert records themselves."""
+    out = {name: int(slowpath.get(key, 0)) for key, name in _SLOWPATH_STATS.items()}
+    out["detect.alert"] = sum(int(v) for k, v in slowpath.items() if k.startswith("slowpath.hits."))
+    return out
+
+
 def stats_record(counters: Mapping, ts=None, *, uptime: float = 0) -> dict:
-    """Periodic counters, nested like Suricata's ``stats`` (dotted keys nest)."""
+    """Periodic counters, nested like Suricata's ``stats`` (dotted keys nest).
+    Only Suricata's counter groups (STATS_GROUPS): another is a ValueError."""
     stats = {"uptime": max(0, int(uptime))}
-    stats.update(_nest(counters))
+    nested = _nest(counters)
+    unknown = sorted(set(nested) - STATS_GROUPS)
+    if unknown:
+        raise ValueError(f"stats: {', '.join(map(repr, unknown))} is not a Suricata stats group "
+                         f"(one of {', '.join(sorted(STATS_GROUPS))})")
+    stats.update(nested)
     rec = _header(None, "stats", ts)
     rec["stats"] = stats
     return rec

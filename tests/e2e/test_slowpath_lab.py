@@ -28,6 +28,7 @@ MICROSEG = [sys.executable, "-m", "appliance.cli"]
 HOLD_PORT, ASYNC_PORT, TLS_PORT, DOWN_PORT = 8080, 8081, 8443, 8082
 HEARTBEAT_S = 1.0
 METRICS_PORT = 19477   # inside the lab gateway's namespace
+STATS_S = 2            # the daemon's stats record period
 
 POLICY = f"""
 groups:
@@ -87,7 +88,8 @@ class Daemon:
             "policy": str(tmp / "policy.yaml"), "rules": str(tmp / "rules.yaml"),
             "datapath": {"heartbeat_timeout_s": HEARTBEAT_S, "failure_actions": {"slowpath_down": "pass"}},
             "eve": {"file": {"path": str(self.eve)}}, "metrics": {"listen": f"127.0.0.1:{METRICS_PORT}"},
-            "stats_interval_s": 60}))
+            # Short: the module's EVE holds stats records too (the last test validates every record).
+            "stats_interval_s": STATS_S}))
         self.proc = subprocess.Popen([*MICROSEG, "run", "--config", str(tmp / "run.yaml")], env=self.env,
                                      stdout=subprocess.PIPE, stderr=open(tmp / "run.log", "w"), text=True)
         line = self.proc.stdout.readline()
@@ -194,7 +196,9 @@ def test_async_card_number_in_a_response_is_cut(appliance):
     assert got < 20_000_000
     alerts = [a for a in d.records("alert") if a["dest_port"] == ASYNC_PORT]
     assert alerts and alerts[0]["alert"]["signature"] == "no-cards-out"
-    assert "1111" in alerts[0]["microseg"]["matched"] and "4111 1111 1111" not in alerts[0]["microseg"]["matched"]
+    (matched,) = alerts[0]["alert"]["metadata"]["matched"]
+    assert "1111" in matched and "4111 1111 1111" not in matched
+    assert alerts[0]["http"]["url"] == "/card.txt"          # the transaction, as Suricata's alerts carry it
     # a clean file on the same port still comes through whole
     assert curl(lab, f"http://{SERVER_V4}:{ASYNC_PORT}/index.html").stdout == "200 6"
 
@@ -213,7 +217,8 @@ def test_tls_with_a_blocked_sni_is_dropped(appliance):
     tls = {r["tls"].get("sni") for r in d.records("tls")}
     assert "www.example.org" in tls
     alerts = [a for a in d.records("alert") if a["dest_port"] == TLS_PORT]
-    assert alerts and alerts[0]["microseg"]["field"] == "tls.sni"
+    assert alerts and alerts[0]["alert"]["metadata"]["field"] == ["tls.sni"]
+    assert alerts[0]["tls"]["sni"] == "cdn.malware.test"
 
 
 def dig(lab, name):
@@ -226,9 +231,10 @@ def test_dns_blocked_name_gets_no_answer_others_resolve(appliance):
     assert dig(lab, "www.example.org").stdout.strip() == "10.77.2.99"
     bad = dig(lab, "blocked.example")
     assert "10.77.2.99" not in bad.stdout
-    names = {r["dns"]["rrname"] for r in d.records("dns")}
+    names = {q["rrname"] for r in d.records("dns") for q in r["dns"].get("queries", ())}
     assert {"www.example.org", "blocked.example"} <= names
-    assert any(a["microseg"]["field"] == "dns.rrname" for a in d.records("alert") if a["dest_port"] == 53)
+    assert any(a["alert"]["metadata"]["field"] == ["dns.rrname"] and a["dns"]["queries"][0]["rrname"] ==
+               "blocked.example" for a in d.records("alert") if a["dest_port"] == 53)
 
 
 def test_metrics_endpoint_counts_what_happened(appliance):
@@ -330,3 +336,24 @@ def test_killed_slowpath_failure_action_within_a_heartbeat(own_appliance):
     # ... while a rule without its own failure action follows the
     # configured one (pass): the hold port still serves, uninspected
     assert curl(lab, f"http://{SERVER_V4}:{HOLD_PORT}/index.html").stdout == "200 6"
+
+
+def test_every_eve_record_passes_suricatas_schema(appliance):
+    """Last in the module: everything the module's daemon wrote (alerts,
+    http, tls, dns, flow, stats, ...) validates strictly against Suricata's
+    own EVE schema and the project's overlay (tests/eve_schemas.py)."""
+    from tests.eve_schemas import require_suricata, schema_errors
+    require_suricata()
+    lab, d, tmp = appliance
+    deadline = time.monotonic() + 10 * STATS_S
+    while not d.records("stats") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    records = d.records()
+    failures = [f"{r['event_type']}: {e}" for r in records for e in schema_errors(r)[:1]]
+    kinds = {r["event_type"] for r in records}
+    print(f"\n{len(records) - len(failures)} of {len(records)} records valid; types {sorted(kinds)}")
+    assert not failures, f"{len(failures)} of {len(records)} fail:\n" + "\n".join(failures[:20])
+    assert {"alert", "http", "tls", "dns", "stats"} <= kinds, kinds
+    for a in (r for r in records if r["event_type"] == "alert"):
+        assert "flow" in a and "verdict" in a, a
+        assert a.get("app_proto") not in ("http", "tls", "dns") or a["app_proto"] in a, a

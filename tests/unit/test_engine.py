@@ -3,14 +3,13 @@ here as the fast path writes them; the kernel side has its own tests).
 Verdicts, resets and EVE records are what is checked."""
 from __future__ import annotations
 
-import jsonschema
 import pytest
 
 from datapath.config import FailureActions
 from datapath.enums import FRAG, INSPECT
 from datapath.enums import VerdictCode as V
 from slowpath.engine import Engine
-from slowpath.eve import load_schema
+from tests.eve_schemas import schema_errors
 from slowpath.records import InspRecord
 from slowpath.rulesfile import load_rules_text
 
@@ -24,7 +23,6 @@ domains:
 """
 CLIENT, SERVER = ("10.0.0.5", 40000), ("10.0.1.5", 80)
 WAF, DLP, DPI, HOLD = INSPECT["WAF"], INSPECT["DLP"], INSPECT["DPI"], INSPECT["HOLD"]
-VALIDATOR = jsonschema.Draft202012Validator(load_schema(), format_checker=jsonschema.FormatChecker())
 
 
 class Verdicts:
@@ -64,8 +62,8 @@ class Harness:
 
     def kinds(self):
         for r in self.eve:
-            errors = list(VALIDATOR.iter_errors(r))
-            assert not errors, (r, errors[0].message)
+            errors = schema_errors(r)         # Suricata's schema and the project's overlay
+            assert not errors, (r, errors)
         return [r["event_type"] for r in self.eve]
 
 
@@ -101,7 +99,12 @@ def test_attack_blocks_alerts_and_resets_in_async_mode(attack):
     assert h.codes() == [V.VERDICT_BLOCK]
     alert = next(r for r in h.eve if r["event_type"] == "alert")
     assert alert["alert"]["action"] == "blocked" and alert["verdict"]["action"] == "drop"
-    assert alert["microseg"]["field"].startswith("http.")
+    assert alert["alert"]["metadata"]["field"][0].startswith("http.")
+    # The context a Suricata alert carries: the transaction's http object, the flow, app_proto.
+    assert alert["http"]["url"] == attack.decode() and alert["http"]["hostname"] == "shop.example"
+    assert alert["app_proto"] == "http" and alert["flow"]["pkts_toserver"] == 1
+    assert alert["flow"]["bytes_toserver"] == len(request) and alert["flow"]["src_ip"] == CLIENT[0]
+    h.kinds()
     # async: both ends are reset, each with the sequence number its peer expects
     (src, dst, seqs), = h.resets.calls
     assert (src, dst) == (CLIENT[0], SERVER[0]) and seqs == [1001 + len(request), 5001]
@@ -170,7 +173,11 @@ def test_card_number_in_response_body_blocks():
     h.engine.handle(rec(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body, side=1))
     assert h.codes() == [V.VERDICT_RELEASE, V.VERDICT_BLOCK]
     alert = next(r for r in h.eve if r["event_type"] == "alert")
-    assert "1111" in alert["microseg"]["matched"] and "4111 1111" not in alert["microseg"]["matched"]
+    (matched,) = alert["alert"]["metadata"]["matched"]
+    assert "1111" in matched and "4111 1111" not in matched
+    # The response body matched: the alert carries that transaction, request and response.
+    assert alert["http"]["url"] == "/account" and alert["http"]["status"] == 200
+    h.kinds()
 
 
 def client_hello(sni: bytes) -> bytes:
@@ -204,7 +211,11 @@ def test_dns_names_over_udp():
     h.engine.handle(rec(dns_query(b"evil.example"), inspect=DPI | HOLD, l4=17, key=key_bad, seq=0,
                         server=("10.0.1.53", 53)))
     assert h.codes(key_ok) == [V.VERDICT_ALLOW] and h.codes(key_bad) == [V.VERDICT_BLOCK]   # dpi only: bypassed
-    assert [r["dns"]["rrname"] for r in h.eve if r["event_type"] == "dns"] == ["www.example.org", "evil.example"]
+    assert [q["rrname"] for r in h.eve if r["event_type"] == "dns" for q in r["dns"]["queries"]] == \
+        ["www.example.org", "evil.example"]
+    (alert,) = [r for r in h.eve if r["event_type"] == "alert"]
+    assert alert["dns"]["type"] == "request" and alert["dns"]["queries"][0]["rrname"] == "evil.example"
+    h.kinds()
 
 
 def test_udp_datagram_from_fragment_records():
@@ -217,7 +228,8 @@ def test_udp_datagram_from_fragment_records():
     h.engine.handle(rec(rest, l4=17, seq=0, inspect=DPI, frag=FRAG["LATER"], frag_id=9, frag_off=(24 + 8) // 8,
                         server=("10.0.1.53", 53)))
     assert h.codes() == [V.VERDICT_ALLOW]                 # dpi only: identified by the query, bypassed
-    assert [r["dns"]["rrname"] for r in h.eve if r["event_type"] == "dns"] == ["frag.example.org"]
+    assert [q["rrname"] for r in h.eve if r["event_type"] == "dns" for q in r["dns"]["queries"]] == \
+        ["frag.example.org"]
 
 
 @pytest.mark.parametrize("action, code", [("pass", V.VERDICT_RELEASE), ("bypass", V.VERDICT_ALLOW),
@@ -242,7 +254,9 @@ def test_unknown_protocol_is_allowed_and_flow_record_at_close():
     assert h.codes() == [V.VERDICT_ALLOW]
     h.engine.close_all()
     (flow,) = [r for r in h.eve if r["event_type"] == "flow"]
-    assert flow["flow"]["reason"] == "shutdown" and flow["microseg"]["rule_id"] == 7
+    assert flow["flow"]["reason"] == "shutdown" and flow["metadata"]["flowints"]["rule_id"] == 7
+    assert flow["flow"]["action"] == "pass" and {"inspection_verdict": "allow"} in flow["metadata"]["flowvars"]
+    h.kinds()
 
 
 def test_flow_table_is_bounded(monkeypatch):

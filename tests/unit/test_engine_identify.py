@@ -23,7 +23,7 @@ def test_dpi_only_http_flow_is_allowed_after_its_first_request_head():
     assert (http["hostname"], http["url"], http["http_method"]) == ("shop.example", "/catalog", "GET")
     h.engine.close_all("shutdown")
     (flow,) = [r for r in h.eve if r["event_type"] == "flow"]
-    assert flow["app_proto"] == "http" and flow["microseg"]["inspection_verdict"] == "allow"
+    assert flow["app_proto"] == "http" and {"inspection_verdict": "allow"} in flow["metadata"]["flowvars"]
     (http,) = [r["http"] for r in h.eve if r["event_type"] == "http"]
     assert (http["hostname"], http["url"], http["http_method"]) == ("shop.example", "/catalog", "GET")
     h.kinds()                                                    # every record fits the EVE schema
@@ -53,7 +53,8 @@ def test_dpi_only_dns_flow_is_allowed_on_its_query():
     h = Harness()
     h.engine.handle(rec(dns_query(b"www.example.org"), inspect=DPI, l4=17, seq=0, server=("10.0.1.53", 53)))
     assert h.codes() == [V.VERDICT_ALLOW]
-    assert [r["dns"]["rrname"] for r in h.eve if r["event_type"] == "dns"] == ["www.example.org"]
+    assert [q["rrname"] for r in h.eve if r["event_type"] == "dns" for q in r["dns"]["queries"]] == \
+        ["www.example.org"]
 
 
 def test_a_domain_rule_still_blocks_a_dpi_only_flow():
