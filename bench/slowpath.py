@@ -167,7 +167,7 @@ def bench_records(segments: int, rounds: int, profile: str | None = None, clock=
 
 # -- 2. lab -----------------------------------------------------------------
 
-def bench_lab(requests: int, rounds: int):
+def bench_lab(requests: int, rounds: int, workers: int):
     from appliance.lab import GW_IFACES, SERVER_V4, Lab
 
     tmp = Path(tempfile.mkdtemp(prefix="ms-bench-slowpath-"))
@@ -194,7 +194,8 @@ def bench_lab(requests: int, rounds: int):
             (tmp / "run.yaml").write_text(json.dumps({
                 "netns": lab.gateway, "interfaces": list(GW_IFACES), "policy": str(tmp / "policy.yaml"),
                 "rules": str(Path(__file__).resolve().parent.parent / "examples" / "rules.yaml"),
-                "eve": {"file": {"path": str(eve)}}, "metrics": None, "stats_interval_s": 3600}))
+                "eve": {"file": {"path": str(eve)}}, "metrics": None, "stats_interval_s": 3600,
+                "slowpath": {"workers": workers}}))
             daemon = subprocess.Popen([sys.executable, "-m", "appliance.cli", "run", "--config", str(tmp / "run.yaml")],
                                       stdout=subprocess.PIPE, stderr=open(tmp / "run.log", "w"), text=True)
             if "microseg running" not in daemon.stdout.readline():
@@ -228,6 +229,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--segments", type=int, default=20_000, help="payload records per drain measurement")
     ap.add_argument("--quick", action="store_true", help="100 requests, 3 rounds, 5,000 segments")
+    ap.add_argument("--workers", default=f"1,{os.cpu_count() or 1}",
+                    help="slow-path worker counts for sections 1b and 2-3, comma-separated (default 1,CPUs)")
     ap.add_argument("--only", choices=("records", "lab"), help="run section 1 (records) or sections 2-3 (lab) only")
     ap.add_argument("--profile", metavar="FILE",
                     help="section 1: write a cProfile of the engine case's last round to FILE "
@@ -252,9 +255,20 @@ def main(argv=None) -> int:
         clock = time.process_time if args.cpu_time else time.perf_counter
         for case, rate, ratio in bench_records(args.segments, args.rounds, args.profile, clock):
             print(f"| {case} | {rate:,.0f} | {ratio:.2f} |")
+        from bench.slowpath_workers import bench_workers, print_table
+        counts = tuple(sorted({int(x) for x in args.workers.split(",")}))
+        print()
+        print_table(bench_workers(2 * args.segments, args.rounds, counts), 2 * args.segments, os.cpu_count())
     if args.only == "records":
         return 0
-    samples, vlat = bench_lab(args.requests, args.rounds)
+    for workers in sorted({int(x) for x in args.workers.split(",")}):
+        print()
+        print(f"## {workers} slow-path worker{'s' if workers > 1 else ''} (`slowpath.workers: {workers}`)")
+        lab_tables(args, *bench_lab(args.requests, args.rounds, workers))
+    return 0
+
+
+def lab_tables(args, samples, vlat) -> None:
     base = statistics.median(samples[ALLOW_PORT]["rate"])
     base_p50 = statistics.median(samples[ALLOW_PORT]["lat"])
     print()
@@ -277,7 +291,6 @@ def main(argv=None) -> int:
         v = vlat[port]
         if v:
             print(f"| {MODES[port]} | {len(v)} | {pct(v, 50)} | {pct(v, 99)} | {pct(v, 99.9)} |")
-    return 0
 
 
 if __name__ == "__main__":
