@@ -20,7 +20,7 @@ test: setup
 # never in parallel, even under make -j, since they measure the same CPUs.
 # A benchmark that fails (or prints a WARNING and exits 1) does not stop
 # the others; `bench` fails at the end, naming them.
-BENCHES := fastpath sweep policy policy-scale protocols slowpath latency lookups memory
+BENCHES := fastpath droplog sweep policy policy-scale protocols slowpath latency lookups memory
 
 bench: setup
 	@failed=; for b in $(BENCHES); do \
@@ -32,6 +32,10 @@ bench: setup
 # ns per packet of the fast path (BPF_PROG_TEST_RUN) next to an empty TC program.
 bench-fastpath: setup
 	$(PY) bench/fastpath.py
+
+# ns per dropped packet with the drop log (events off, suppressed, sent).
+bench-droplog: setup
+	$(PY) bench/droplog.py
 
 # One sweeper pass over 1,000,000 sessions, kernel and batch, next to Calico's figure.
 bench-sweep: setup

@@ -84,6 +84,7 @@ class Daemon:
         self.stop_event: asyncio.Event | None = None
         self.fp = None
         self.workers = None                 # appliance.workers.WorkerSet
+        self.droplog = None                 # appliance.droplog.DropLog (None: no drop ring)
         self.worker_stats: dict[int, dict] = {}
         self.retired_stats: dict[str, int] = {}
         self.reloads = 0
@@ -187,6 +188,15 @@ class Daemon:
         self.started = time.monotonic()
         self._start_workers()
         self._record_slowpath()
+        # Drop records (appliance/droplog.py): the kernel's drop events, read
+        # on the event loop, to the EVE sinks. After the workers fork: the
+        # ring's mapping is the daemon's alone.
+        from appliance.droplog import DropLog
+        self.droplog = DropLog.for_fastpath(self.fp, self.eve.emit)
+        if self.droplog is not None:
+            self.metrics.registry.register(self.droplog.collector())
+            if policy:
+                self.droplog.rule_names = pf.rule_names(policy.pol)
 
     # -- workers -----------------------------------------------------------------
     def _start_workers(self) -> None:
@@ -416,6 +426,8 @@ class Daemon:
                 # `diff`, `status` and the next `up` read what is in force.
                 # Only after a successful apply: a failed one changed nothing.
                 self.build.policy, self.build.applied = policy, st
+                if self.droplog is not None:
+                    self.droplog.rule_names = pf.rule_names(pol)
                 try:
                     await loop.run_in_executor(None, record, self.build)
                 except OSError as e:   # the policy is in force all the same
@@ -453,6 +465,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.workers.attach(loop)
+        if self.droplog is not None:
+            self.droplog.start(loop)
         tasks = [asyncio.create_task(self._housekeeping()),
                  asyncio.create_task(self._sweeping()), asyncio.create_task(self._watching())]
         log.info("running (pid %d)", os.getpid())
@@ -473,6 +487,8 @@ class Daemon:
             # here while this waits.
             await self.workers.stop()
             self._stop_heartbeat()
+            if self.droplog is not None:
+                self.droplog.stop()     # shutdown() reads what is left
 
     def shutdown(self) -> None:
         """After the event loop has ended (pyroute2's netlink runs an event
@@ -493,6 +509,12 @@ class Daemon:
         self.rings.close()
         if self.server is not None:
             self.server.close()
+        if self.droplog is not None:
+            try:     # the last drops out before the sinks close
+                self.droplog.drain()
+            except Exception as e:   # a corrupt ring: logged, the stop goes on
+                log.error("drop log: last events not read: %s", e)
+            self.droplog.close()
         self.eve.close()
         self.fp.close()
         log.info("stopped")

@@ -38,13 +38,22 @@ REPLAY_BUDGET = 1 << 20
 MAX_TEST_RUN_FRAME = 4096 - 256 - 320
 
 
+# Drop events per (source, reason) per second in a replay: the most the
+# configuration takes (the ring is read after every frame, so none is lost).
+DROP_EVENTS_REPLAY = 1_000_000
+
+
 def replay_config(base: DatapathConfig | None = None, budget: int | None = None) -> DatapathConfig:
     base = base or DatapathConfig()
     return base.model_copy(update={"loose": True, "invalid_action": "pass", "window_action": "pass",
                                    "inspect_budget": budget if budget is not None else REPLAY_BUDGET,
                                    "heartbeat_timeout_s": 3600.0,
                                    # One reader (replay) drains one ring: every flow's records to it.
-                                   "slowpath_workers": 1, "ring_wakeup": False})
+                                   "slowpath_workers": 1, "ring_wakeup": False,
+                                   # Every drop of the capture logged: its frames run far faster
+                                   # than they were captured, and the kernel's per-second limits
+                                   # would count its own seconds, not the capture's.
+                                   "drop_events_per_sec": DROP_EVENTS_REPLAY, "drop_events_cpu_per_sec": 10_000_000})
 
 
 # Payload bytes per segment when a captured super-packet is cut up: the
@@ -173,6 +182,7 @@ class ReplayResult:
     reasons: collections.Counter = field(default_factory=collections.Counter)
     records: int = 0
     eve_records: int = 0
+    drop_records: int = 0  # of eve_records: the kernel's drops (appliance/droplog.py)
     engine: object = None
     # The capture ended in a record cut short or corrupt: the PcapError,
     # whose ``offset`` is where reading stopped. Every frame before it ran.
@@ -183,7 +193,7 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
            policy_path: str = "<built-in: inspect everything>") -> ReplayResult:
     """Run ``pcap`` through ``fastpath`` (loaded with replay_config()) and an
     Engine with ``rules``; EVE records go to ``emit``."""
-    from appliance.policyfile import compile_text
+    from appliance.policyfile import compile_text, rule_names
     from datapath.policy_maps import PolicyMaps
     from datapath.sessions import layouts_of
     from slowpath.engine import Engine
@@ -212,6 +222,12 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
                     clock=lambda: now[0], wallclock=lambda: now[0])
     result.engine = engine
     ring, _ = open_payload_channel(fp)
+    # Drop records (appliance/droplog.py), stamped with the capture's time.
+    from appliance.droplog import DropLog
+    drops = DropLog.for_fastpath(fp, count_emit, clock=lambda: now[0], ifaces=False)
+    drain_drops = drops.drain if drops is not None else (lambda: 0)
+    if drops is not None:
+        drops.rule_names = rule_names(pol)
     # One reusable test run (attr, context, input buffer made once); the
     # packet that comes back is not needed, so the kernel copies none.
     runner = bpfsys.TestRunner(fp.prog_fd(Direction.DIR_INGRESS), copy_out=False)
@@ -222,6 +238,8 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
     beat_every = fp.runtime.heartbeat_timeout_s / 2
     try:
         drain()
+        drain_drops()
+        drops_before = drops.records if drops is not None else 0
         writer.heartbeat(0)
         next_beat = time.monotonic() + beat_every
         before = fp.counters()
@@ -256,6 +274,7 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
                 pieces = (eth,)
             for piece in pieces:
                 run(piece)
+                drain_drops()
                 raws = drain()
                 if raws:
                     result.records += len(raws)
@@ -266,6 +285,8 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
                 writer.heartbeat(0)
                 next_beat = time.monotonic() + beat_every
         engine.close_all("shutdown")
+        if drops is not None:
+            result.drop_records = drops.records - drops_before
         result.cpu_s = time.process_time() - cpu0
         after = fp.counters()
         for (d, r), (pk, _) in after.items():
@@ -274,4 +295,6 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
                 result.reasons[Reason(r).name] += moved
     finally:
         ring.close()
+        if drops is not None:
+            drops.close()
     return result

@@ -34,10 +34,114 @@ static __always_inline void ms_count(__u32 dir, __u32 reason, __u32 len)
     }
 }
 
+/* A drop event for the SIEM (struct ms_drop_event on ms_drop_ring),
+ * rate-bounded here, per (source address, reason) and per CPU, so a scan or
+ * a flood costs the reader a bounded number of events a second: what is
+ * not sent is counted, in the key's next event and in ms_drop_stats. The
+ * packet's fields come from the per-CPU scratch ms_entry filled (zeroed
+ * before parsing: a packet dropped before its IP header shows no
+ * addresses). A held payload (DROP_INSPECT_HOLD) is not a drop of the
+ * flow: the slow path lets it go or blocks the flow, which it logs itself. */
+static __always_inline void ms_drop_log(struct __sk_buff *skb, __u32 dir, __u32 reason)
+{
+#ifndef MS_NO_RINGBUF
+    if (reason == DROP_INSPECT_HOLD)
+        return;
+    __u32 z = 0;
+    struct ms_config *cfg = ms_config.lookup(&z);
+    if (!cfg || !cfg->drop_ev_rate)
+        return;
+    struct ms_pkt *p = ms_scratch.lookup(&z);
+    struct ms_drop_stats *st = ms_drop_stats.lookup(&z);
+    if (!p || !st)
+        return;
+    __u64 now = ms_now();
+    struct ms_drop_key k = {};
+    __builtin_memcpy(k.saddr, p->saddr, 16);
+    k.reason = reason;
+    if (now - st->window_ns >= MS_NSEC) {
+        st->window_ns = now;
+        st->window_sent = 0;
+    }
+    struct ms_drop_limit *l = ms_drop_limit.lookup(&k);
+    if (!l) {
+        /* A new key while this CPU is at its cap (a flood from random
+         * sources, one key per packet): counted here only, no entry made,
+         * so the flood costs a lookup per packet, not an insert. */
+        if (st->window_sent >= cfg->drop_ev_cpu_rate) {
+            st->suppressed++;
+            st->cpu_capped++;
+            return;
+        }
+        struct ms_drop_limit nl = {.window_ns = now};
+        ms_drop_limit.update(&k, &nl);
+        l = ms_drop_limit.lookup(&k);
+        if (!l) {
+            st->untracked++;
+            return;
+        }
+    }
+    if (now - l->window_ns >= MS_NSEC) {
+        l->window_ns = now;
+        l->sent = 0;
+    }
+    if (l->sent >= cfg->drop_ev_rate) {
+        __sync_fetch_and_add(&l->suppressed, 1);
+        st->suppressed++;
+        return;
+    }
+    if (st->window_sent >= cfg->drop_ev_cpu_rate) {
+        __sync_fetch_and_add(&l->suppressed, 1);
+        st->suppressed++;
+        st->cpu_capped++;
+        return;
+    }
+    struct ms_drop_event *ev = ms_drop_ring.ringbuf_reserve(sizeof(struct ms_drop_event));
+    if (!ev) {
+        __sync_fetch_and_add(&l->suppressed, 1);
+        st->ring_full++;
+        return;
+    }
+    __sync_fetch_and_add(&l->sent, 1);
+    st->window_sent++;
+    st->events++;
+    /* What the event reports is taken off the count, not zeroed: drops
+     * counted meanwhile on another CPU stay for the next event. */
+    __u32 sup = l->suppressed;
+    if (sup)
+        __sync_fetch_and_add(&l->suppressed, -sup);
+    ev->ts_ns = now;
+    __builtin_memcpy(ev->saddr, p->saddr, 16);
+    __builtin_memcpy(ev->daddr, p->daddr, 16);
+    ev->sport = p->sport;
+    ev->dport = p->dport;
+    ev->len = skb->len;
+    ev->seq = p->seq;
+    ev->ack_seq = p->ack_seq;
+    ev->rule_id = p->rule_id;
+    ev->suppressed = sup;
+    ev->ifindex = skb->ifindex;
+    ev->window = p->window;
+    ev->vlan = p->vlan_outer;
+    ev->reason = reason;
+    ev->hook = dir & 1;
+    ev->family = p->family;
+    ev->proto = p->proto;
+    ev->tcp_flags = p->tcp_flags;
+    ev->icmp_type = p->icmp_type;
+    ev->icmp_code = p->icmp_code;
+    __builtin_memset(ev->pad, 0, sizeof(ev->pad));
+    ms_drop_ring.ringbuf_submit(ev, 0);
+#endif
+}
+
 static __always_inline int ms_finish(struct __sk_buff *skb, __u32 dir, __u32 reason)
 {
     ms_count(dir & 1, reason, skb->len);
-    return ms_reason_is_drop(reason) ? TC_ACT_SHOT : TC_ACT_OK;
+    if (!ms_reason_is_drop(reason))
+        return TC_ACT_OK;
+    ms_drop_log(skb, dir, reason);
+    return TC_ACT_SHOT;
 }
 
 static __always_inline struct ms_pkt *ms_pkt_scratch(void)
@@ -46,20 +150,23 @@ static __always_inline struct ms_pkt *ms_pkt_scratch(void)
     return ms_scratch.lookup(&z);
 }
 
-static __always_inline int ms_entry(struct __sk_buff *skb, __u32 dir)
+/* The entry's reason for a packet it finishes itself (a packet handed to a
+ * stage never comes back). One ms_finish below, not one per return: the
+ * drop log inlined once per program, not once per reason. */
+static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
 {
     struct ms_pkt *p = ms_pkt_scratch();
     if (!p)
-        return ms_finish(skb, dir, DROP_TAIL_CALL_MISSED);
+        return DROP_TAIL_CALL_MISSED;
 
     if (dir == DIR_EGRESS && skb->mark == MS_RESET_MARK)
-        return ms_finish(skb, dir, PASS_SLOWPATH_SENT);
+        return PASS_SLOWPATH_SENT;
     if (dir == DIR_EGRESS && skb->ingress_ifindex) {
         /* A forwarded packet: if it came in on an interface we manage, the
          * ingress program already decided on it and accounted it. */
         __u32 iif = skb->ingress_ifindex;
         if (ms_ifaces.lookup(&iif))
-            return ms_finish(skb, dir, PASS_SEEN_AT_INGRESS);
+            return PASS_SEEN_AT_INGRESS;
     }
 
     __builtin_memset(p, 0, sizeof(*p));
@@ -74,9 +181,9 @@ static __always_inline int ms_entry(struct __sk_buff *skb, __u32 dir)
         } else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
             int c = ms_icmp_class(p);
             if (c == MS_ICMP_CLASS_CONTROL)
-                return ms_finish(skb, dir, PASS_ICMP_CONTROL);
+                return PASS_ICMP_CONTROL;
             if (c == MS_ICMP_CLASS_OTHER)
-                return ms_finish(skb, dir, DROP_ICMP_TYPE);
+                return DROP_ICMP_TYPE;
             stage = c == MS_ICMP_CLASS_ERROR ? STAGE_ICMP_ERR : STAGE_OTHER;
         } else {
             stage = STAGE_OTHER;
@@ -85,19 +192,23 @@ static __always_inline int ms_entry(struct __sk_buff *skb, __u32 dir)
         /* RFC 1858: a later fragment whose offset lands inside the TCP
          * header could rewrite the ports or flags the first one showed. */
         if (p->proto == IPPROTO_TCP && p->frag_off == 1)
-            return ms_finish(skb, dir, DROP_FRAG_OVERLAP);
+            return DROP_FRAG_OVERLAP;
         stage = STAGE_OTHER;
     } else if (reason == PASS_OTHER_L4) {
         stage = STAGE_OTHER;   /* GRE, ESP, SCTP, ...: policy decides, no session */
     } else {
-        return ms_finish(skb, dir, reason);
+        return reason;
     }
 
     ms_stages.call(skb, stage);
 
     struct ms_config *cfg = ms_cfg();
-    return ms_finish(skb, dir, cfg && (cfg->flags & MS_CFG_TAILCALL_PASS) ?
-                     PASS_TAIL_CALL_MISSED : DROP_TAIL_CALL_MISSED);
+    return cfg && (cfg->flags & MS_CFG_TAILCALL_PASS) ? PASS_TAIL_CALL_MISSED : DROP_TAIL_CALL_MISSED;
+}
+
+static __always_inline int ms_entry(struct __sk_buff *skb, __u32 dir)
+{
+    return ms_finish(skb, dir, ms_entry_reason(skb, dir));
 }
 
 int tc_ingress(struct __sk_buff *skb)
@@ -158,29 +269,36 @@ int ms_stage_icmp_err(struct __sk_buff *skb)
     return ms_finish(skb, p->dir, ms_icmp_error(skb, p, ms_now()));
 }
 
-int ms_stage_l7(struct __sk_buff *skb)
+/* The payload stage's reason (one ms_finish for the stage, as ms_entry). */
+static __always_inline int ms_l7_reason(struct __sk_buff *skb, struct ms_pkt *p)
 {
-    struct ms_pkt *p = ms_pkt_scratch();
-    if (!p)
-        return TC_ACT_SHOT;
     int reason = p->l7_reason;
     __u32 z = 0;
     struct ms_pol_scratch *sc = ms_pol_scratch.lookup(&z);
     if (!sc)
-        return ms_finish(skb, p->dir, reason);
+        return reason;
     struct ms_flow_key *kp = &sc->flow;   /* the key tracking looked the session up with */
     struct ms_flow *f = ms_flows.lookup(kp);
     int in_flows = f != 0;
     if (!f)
         f = ms_halfopen.lookup(kp);
     if (!f)
-        return ms_finish(skb, p->dir, reason);
+        return reason;
+    p->rule_id = f->rule_id;   /* the rule of an app mismatch or an inspection block */
     if (p->l7_side) {
         reason = ms_l7_check(skb, p, f, kp, in_flows, reason);
         if (ms_reason_is_drop(reason))
-            return ms_finish(skb, p->dir, reason);
+            return reason;
     }
     if (p->insp)
         reason = ms_insp_packet(skb, p, f, kp, p->insp - 1, reason);
-    return ms_finish(skb, p->dir, reason);
+    return reason;
+}
+
+int ms_stage_l7(struct __sk_buff *skb)
+{
+    struct ms_pkt *p = ms_pkt_scratch();
+    if (!p)
+        return TC_ACT_SHOT;
+    return ms_finish(skb, p->dir, ms_l7_reason(skb, p));
 }

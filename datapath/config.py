@@ -16,6 +16,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from .enums import SLOWPATH_WORKERS_MAX
 
 Action = Literal["drop", "pass"]
+# Drop events (see DatapathConfig.drop_events_per_sec): 5 a second per
+# (source, reason) shows a scan's first ports and its pace; a SIEM gets the
+# rest as counts. 250 a second per CPU over every key: an EVE drop record
+# costs the daemon ~0.2 ms of CPU to build and encode (Community ID, the
+# JSON), so two CPUs at the cap keep it to a tenth of a core, and a SIEM to
+# ~40 million records a day at worst.
+DROP_EVENTS_PER_SEC = 5
+DROP_EVENTS_CPU_PER_SEC = 250
 
 
 def _cidr(v: str) -> str:
@@ -125,6 +133,11 @@ class DatapathConfig(BaseModel):
     inspect_ring_bytes: int = Field(8 << 20, ge=1 << 16, le=1 << 30)
     # Verdicts written by the slow path and not yet merged by a packet.
     verdict_table_size: int = Field(65_536, ge=1024, le=1 << 22)
+    # Drop events (EVE `drop` records): (source, reason) keys whose rate the
+    # kernel follows at once (LRU), and the ring they go to user space on
+    # (bpf/lib/maps.h ms_drop_limit, ms_drop_ring: 256 KiB is ~2,700 events).
+    drop_log_table_size: int = Field(8192, ge=64, le=1 << 20)
+    drop_ring_bytes: int = Field(256 << 10, ge=1 << 14, le=1 << 28)
 
     # -- runtime ----------------------------------------------------------
     timeouts: Timeouts = Timeouts()
@@ -157,6 +170,13 @@ class DatapathConfig(BaseModel):
     # the rest of a recorded packet).
     ring_wakeup: bool = True
     failure_actions: FailureActions = FailureActions()
+    # Drop events per (source address, reason) per second: a scan's first
+    # few show who and why, the rest are counted in the next event's
+    # suppressed count (0: no drop events, counters only). And per CPU per
+    # second over every key, so a flood from random sources (a new key per
+    # packet) stays bounded.
+    drop_events_per_sec: int = Field(DROP_EVENTS_PER_SEC, ge=0, le=1_000_000)
+    drop_events_cpu_per_sec: int = Field(DROP_EVENTS_CPU_PER_SEC, ge=1, le=10_000_000)
     # Kernel features: where to fall back (compile time).
     compat: Compat = Compat()
     # Failures to act out on purpose, to see what each does (SIMULATED).
@@ -180,6 +200,8 @@ class DatapathConfig(BaseModel):
             f"-DMS_IFACE_MAX={self.iface_table_size}",
             f"-DMS_INSP_RING_PAGES={ring_pages(self.inspect_ring_bytes)}",
             f"-DMS_VERDICT_MAX={self.verdict_table_size}",
+            f"-DMS_DROP_LIMIT_MAX={self.drop_log_table_size}",
+            f"-DMS_DROP_RING_PAGES={ring_pages(self.drop_ring_bytes)}",
         ]
 
 

@@ -45,7 +45,7 @@ STAGES = {Stage.STAGE_TCP: "ms_stage_tcp", Stage.STAGE_OTHER: "ms_stage_other",
           Stage.STAGE_ICMP_ERR: "ms_stage_icmp_err", Stage.STAGE_L7: "ms_stage_l7"}
 RUNTIME_MAPS = ("ms_counters", "ms_flows", "ms_halfopen", "ms_ifaces", "ms_frags", "ms_syn_dst",
                 "ms_syn_global", "ms_pressure", "ms_pressure_user", "ms_pol_state", "ms_verdicts",
-                "ms_slowpath")
+                "ms_slowpath", "ms_drop_limit", "ms_drop_stats")
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
 
@@ -129,6 +129,7 @@ class FastPath:
         v.flags = sum(CFG[name] for name, wanted in on.items() if wanted)
         v.insp_budget = config.inspect_budget
         v.workers = config.slowpath_workers
+        v.drop_ev_rate, v.drop_ev_cpu_rate = config.drop_events_per_sec, config.drop_events_cpu_per_sec
         v.hb_timeout_ns = int(config.heartbeat_timeout_s * 1e9)
         fa = config.failure_actions
         for kind, act in ((FailKind.FAIL_RINGBUF_FULL, fa.ringbuf_full), (FailKind.FAIL_BUDGET, fa.budget_exhausted),

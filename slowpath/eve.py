@@ -701,6 +701,50 @@ def drop_record(flow: FlowInfo | None, reason, ts=None, *, hook=None, direction=
     return rec
 
 
+# TCP flag bits (bpf/lib/maps.h struct ms_pkt.tcp_flags) as Suricata's drop fields.
+_TCP_FLAG_FIELDS = (("fin", 0x01), ("syn", 0x02), ("rst", 0x04), ("psh", 0x08), ("ack", 0x10), ("urg", 0x20))
+
+
+def kernel_drop_record(reason, ts=None, *, src_ip: str | None = None, dest_ip: str | None = None,
+                       src_port: int | None = None, dest_port: int | None = None, proto: int = 0,
+                       length: int | None = None, tcp_flags: int | None = None, tcpseq: int | None = None,
+                       tcpack: int | None = None, tcpwin: int | None = None, icmp_type: int | None = None,
+                       icmp_code: int | None = None, vlan: int | None = None, hook=None,
+                       in_iface: str | None = None, rule_id: int | None = None, rule_name: str | None = None,
+                       suppressed: int = 0) -> dict:
+    """A drop event of the kernel (bpf/lib/maps.h struct ms_drop_event,
+    decoded by appliance/droplog.py) as Suricata's ``drop`` record: the
+    packet's own tuple (its source is ``src_ip``, whichever side opened the
+    flow), Suricata's packet fields, and in ``metadata.pktvars`` beside the
+    hook and rule the count of drops of the same (source, reason) the
+    kernel's rate limit left unreported since the last record
+    (``suppressed``); the rule's name as ``rule``, when it has one. No
+    addresses (a truncated header): no tuple at all."""
+    flow = None
+    if src_ip is not None and dest_ip is not None:
+        icmp = proto in _ICMP_PROTOS
+        flow = FlowInfo(None, src_ip, None if icmp else src_port, dest_ip, None if icmp else dest_port, proto,
+                        icmp_type=icmp_type if icmp else None, icmp_code=icmp_code if icmp else None,
+                        in_iface=in_iface)
+    packet: dict[str, Any] = {"len": length}
+    if proto == socket.IPPROTO_TCP:
+        packet.update(tcpseq=tcpseq, tcpack=tcpack, tcpwin=tcpwin)
+        for name, bit in _TCP_FLAG_FIELDS:
+            packet[name] = bool((tcp_flags or 0) & bit)
+    elif proto in _ICMP_PROTOS and icmp_type in (0, 8, 128, 129):   # echo: the id is in the port
+        packet["icmp_id"] = src_port
+    rec = drop_record(flow, reason, ts, hook=hook, packet=packet, rule_id=rule_id or None)
+    if flow is None and in_iface:
+        rec["in_iface"] = in_iface
+    if vlan:
+        rec["vlan"] = [int(vlan)]
+    pktvars = rec.setdefault("metadata", {}).setdefault("pktvars", [])
+    if rule_name:
+        pktvars.append({"rule": _text(rule_name)})
+    pktvars.append({"suppressed": str(int(suppressed))})
+    return rec
+
+
 def flow_state_for(ct_state: str) -> str:
     """Suricata's flow.state for a kernel session state name (CT_*)."""
     if ct_state in _CT_NEW:

@@ -144,7 +144,8 @@ def cmd_replay(args) -> int:
                "kernel": dict(sorted(res.reasons.items())), "records": res.records,
                "bad_records": c.bad_records,
                "flows": c.flows_opened, "verdicts": dict(c.verdicts), "failures": dict(c.failures),
-               "hits": dict(c.hits), "eve_records": res.eve_records, "eve": args.eve,
+               "hits": dict(c.hits), "eve_records": res.eve_records, "drop_records": res.drop_records,
+               "eve": args.eve,
                "cpu_s": round(res.cpu_s, 6)}
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -699,8 +699,10 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
         pol_reason = ms_ct_policy(p, f, fd, &v, &gen);
         if (pol_reason == DROP_POLICY_REVOKED)
             ms_ct_remove(kp, where);
-        if (ms_reason_is_drop(pol_reason))
+        if (ms_reason_is_drop(pol_reason)) {
+            p->rule_id = v.rule_id;   /* a drop event names the rule (fastpath.c ms_drop_log) */
             return pol_reason;
+        }
     }
 
     if (f && f->insp_state == INSP_BLOCKED)
@@ -880,8 +882,10 @@ static __always_inline int ms_ct_datagram(struct ms_pkt *p, __u64 now)
         pol_reason = ms_ct_policy(p, f, fd, &v, &gen);
         if (pol_reason == DROP_POLICY_REVOKED)
             ms_ct_remove(kp, where);
-        if (ms_reason_is_drop(pol_reason))
+        if (ms_reason_is_drop(pol_reason)) {
+            p->rule_id = v.rule_id;   /* a drop event names the rule (fastpath.c ms_drop_log) */
             return pol_reason;
+        }
     }
 
     if (f && f->insp_state == INSP_BLOCKED)
@@ -984,8 +988,10 @@ static __always_inline int ms_ct_other(struct ms_pkt *p, __u64 now)
     __u32 gen;
     ms_policy_eval(p->saddr, p->daddr, 0, 0, p->proto, p->dir, &v, &gen);
     int r = ms_policy_reason(&v);
-    if (ms_reason_is_drop(r))
+    if (ms_reason_is_drop(r)) {
+        p->rule_id = v.rule_id;
         return r;
+    }
     if (p->frag == MS_FRAG_FIRST)
         ms_ct_first_fragment(p, now);
     return PASS_OTHER_L4;

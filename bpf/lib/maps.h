@@ -184,7 +184,9 @@ struct ms_pkt {
     __u8   insp;          /* set by session tracking: 1 + side of a packet of an inspected
                            * flow the payload stage must hand off; 0: none */
     __u8   frag_mf;       /* a fragment with more after it (IPv4 MF, IPv6 M) */
-    __u8   pad2[7];
+    __u8   pad2[3];
+    __u32  rule_id;       /* the policy rule that decided this packet, when one did (0: none,
+                           * or the default): a drop event carries it (struct ms_drop_event) */
 };
 BPF_PERCPU_ARRAY(ms_scratch, struct ms_pkt, 1);
 
@@ -316,7 +318,9 @@ struct ms_config {
     __u8  fail_action[MS_FAIL_COUNT]; /* enum ms_fail_action per enum ms_fail */
     __u8  pad[4 - MS_FAIL_COUNT];
     __u32 workers;               /* slow-path workers reading payload records (0 and 1: one) */
-    __u32 pad2;
+    __u32 drop_ev_rate;          /* drop events per (source, reason) per second (0: none) */
+    __u32 drop_ev_cpu_rate;      /* drop events per CPU per second, all keys together */
+    __u32 pad3;
 };
 #define MS_CFG_LOOSE            0x01  /* pick up mid-stream TCP flows */
 #define MS_CFG_INVALID_PASS     0x02  /* illegal TCP transitions pass (counted) */
@@ -417,6 +421,88 @@ struct ms_event {
 };
 #ifndef MS_NO_RINGBUF
 BPF_RINGBUF_OUTPUT(ms_events, MS_EVENTS_PAGES);
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Drop events (fastpath.c ms_drop_log): what the policy denied, and why */
+
+/* One dropped packet, as parsed (its own direction: saddr is the packet's
+ * source, not the flow's initiator). A packet dropped before its IP header
+ * was read (L2 / IP truncation) has family 0 and zero addresses. */
+struct ms_drop_event {
+    __u64 ts_ns;          /* ms_now() when dropped (CLOCK_MONOTONIC) */
+    __u8  saddr[16];      /* IPv4 as IPv4-mapped IPv6 */
+    __u8  daddr[16];
+    __be16 sport;         /* network order; ICMP echo: the echo id */
+    __be16 dport;
+    __u32 len;            /* skb->len */
+    __u32 seq;            /* TCP, host order */
+    __u32 ack_seq;
+    __u32 rule_id;        /* rule that decided (0: default, none, or not a policy drop) */
+    __u32 suppressed;     /* drops of this (source, reason) not reported since its last event */
+    __u32 ifindex;        /* interface of the hook (EVE in_iface) */
+    __u16 window;         /* TCP window, unscaled */
+    __u16 vlan;           /* first VLAN id (0: untagged) */
+    __u8  reason;         /* enum ms_reason (a DROP_* one) */
+    __u8  hook;           /* enum ms_dir */
+    __u8  family;         /* 4 or 6; 0: no IP header parsed */
+    __u8  proto;
+    __u8  tcp_flags;
+    __u8  icmp_type;
+    __u8  icmp_code;
+    __u8  pad[5];
+};
+
+/* The rate limiter: one entry per (source address, reason) seen dropping
+ * lately. The first cfg->drop_ev_rate drops of a key in its one-second
+ * window are sent; the rest are counted in `suppressed`, which the key's
+ * next event carries (and takes back to 0). */
+struct ms_drop_key {
+    __u8  saddr[16];
+    __u8  reason;
+    __u8  pad[3];
+};
+struct ms_drop_limit {
+    __u64 window_ns;      /* start of the key's current one-second window */
+    __u32 sent;           /* events sent in it */
+    __u32 suppressed;     /* drops not reported since the key's last event */
+};
+/* Keys followed at once. LRU: a scan from many sources evicts the quietest
+ * keys, whose next drop then starts a fresh window (at most one more event
+ * each, and the per-CPU cap below still bounds the total). 8,192 entries
+ * of 20 + 16 bytes: ~0.8 MiB with the kernel's per-entry overhead. */
+#ifndef MS_DROP_LIMIT_MAX
+#define MS_DROP_LIMIT_MAX 8192
+#endif
+/* Per build, not pinned: a restart forgets the windows, at most one more
+ * second of events per key. */
+BPF_F_TABLE("lru_hash", struct ms_drop_key, struct ms_drop_limit, ms_drop_limit, MS_DROP_LIMIT_MAX, MS_LRU_FLAGS);
+
+/* Per CPU: its own one-second window of events sent (the cap over all
+ * keys, so random-source floods, one new key per packet, stay bounded),
+ * and what the drop log did. Per CPU, so a flood on every CPU does not
+ * bounce one cache line between them. */
+struct ms_drop_stats {
+    __u64 window_ns;      /* start of this CPU's current one-second window */
+    __u64 window_sent;    /* events sent in it */
+    __u64 events;         /* events written to ms_drop_ring */
+    __u64 suppressed;     /* drops not written: over a key's rate or the CPU's cap */
+    __u64 cpu_capped;     /* ... of which over the CPU's cap (a new key's then gets no
+                           * limiter entry: counted here only) */
+    __u64 ring_full;      /* drops whose event found ms_drop_ring full (each also
+                           * counted in its key's suppressed, so the next event says so) */
+    __u64 untracked;      /* drops with no limiter entry (insert failed): not reported */
+};
+BPF_PERCPU_ARRAY(ms_drop_stats, struct ms_drop_stats, 1);
+
+/* Events to user space (appliance/droplog.py). 64 pages (256 KiB) hold
+ * ~2,700 events of 96 bytes with their headers: five seconds of the
+ * default per-CPU cap (250/s) on two CPUs, while the reader is stalled. */
+#ifndef MS_DROP_RING_PAGES
+#define MS_DROP_RING_PAGES 64
+#endif
+#ifndef MS_NO_RINGBUF
+BPF_RINGBUF_OUTPUT(ms_drop_ring, MS_DROP_RING_PAGES);
 #endif
 
 /* ------------------------------------------------------------------ */

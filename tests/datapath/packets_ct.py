@@ -300,25 +300,10 @@ class PatchedRunner:
 # Ring buffer records
 # --------------------------------------------------------------------------
 
-_CTYPES = {"__u8": ctypes.c_uint8, "__u16": ctypes.c_uint16, "__u32": ctypes.c_uint32,
-           "__u64": ctypes.c_uint64, "__s32": ctypes.c_int32, "__s64": ctypes.c_int64,
-           "__be16": ctypes.c_uint16, "__be32": ctypes.c_uint32}
-
-
 def ringbuf_record_type(table) -> type:
     """The ctypes type of a ring buffer's records, from the field list BCC
-    extracted from the C source (the struct given to ringbuf_reserve).
+    extracted from the C source (datapath/ringrecords.py, which the daemon's
+    readers use too)."""
+    from datapath.ringrecords import ringbuf_record_type as record_type
 
-    BCC's own RingBuf.event() reads the same list but only knows u32-style
-    names: on a struct of __u32 / __u64 fields (maps.h) it prints "Type:
-    '__u32' not recognized" and calls sys.exit(1) inside the callback.
-    """
-    from bcc.libbcc import lib
-
-    n = lib.bpf_perf_event_fields(table.bpf.module, table._name)
-    assert n > 0, "BCC found no record struct for this ring buffer"
-    fields = []
-    for i in range(n):
-        name, ctype = lib.bpf_perf_event_field(table.bpf.module, table._name, i).decode().split("#", 1)
-        fields.append((name, _CTYPES[ctype.strip()]))
-    return type("RingbufRecord", (ctypes.Structure,), {"_fields_": fields})
+    return record_type(table)
