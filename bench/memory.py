@@ -177,6 +177,7 @@ def cases() -> list[Case]:
         Case("ms_verdicts", "ms_verdicts", "verdict_table_size"),
         Case("ms_frags", "ms_frags", "frag_table_size"),
         Case("ms_syn_dst", "ms_syn_dst", "syn_dst_table_size"),
+        Case("ms_drop_limit", "ms_drop_limit", "drop_log_table_size"),
         Case("ms_pol_grp (policy prefixes, LPM)", "ms_pol_grp_t", "policy: prefixes", keys="lpm"),
         Case("ms_pol_gh (policy prefixes, hash)", "ms_pol_gh_t", "policy: prefixes"),
         Case("ms_pol_rule (policy rule entries)", "ms_pol_rule_t", "policy: rules"),
