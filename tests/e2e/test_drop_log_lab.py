@@ -3,23 +3,22 @@
 `microseg run` in the lab gateway; a client connects to a port a rule
 denies and to one only the default denies. Each shows up as a Suricata
 `drop` record: the packet's tuple, the interface, the kernel's reason, the
-rule, the count the rate limit suppressed; Suricata's own schema accepts it.
+rule, the count the rate limit suppressed; Suricata's own schema and the
+project's overlay accept it.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import jsonschema
 import pytest
 
 from appliance.lab import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, Lab
 from labrun import running_daemon
+from tests.eve_schemas import require_suricata, schema_errors
 from test_hold_reset_lab import eve_records, wait_for
 
 pytestmark = pytest.mark.lab
 
-SURICATA_SCHEMA = Path("/work/shared/reference/suricata-eve-schema.json")
 DENIED_PORT, DEFAULT_PORT = 2222, 3333
 POLICY = f"""
 groups:
@@ -65,9 +64,9 @@ def test_a_denied_connection_is_a_drop_record_with_its_reason(drop_lab, v6):
     client, server = (CLIENT_V6, SERVER_V6) if v6 else (CLIENT_V4, SERVER_V4)
     assert connect(lab, server, DENIED_PORT) == 28          # timed out: the SYNs were dropped
     recs = wait_for("the denied SYN's drop record", lambda: drops_to(tmp, client, DENIED_PORT))
-    schema = jsonschema.Draft202012Validator(json.loads(SURICATA_SCHEMA.read_text()))
+    require_suricata()
     for rec in recs:
-        schema.validate(rec)
+        assert schema_errors(rec) == []        # Suricata's schema and the project's overlay
     rec = recs[0]
     assert rec["drop"]["reason"] == "DROP_POLICY_DENY" and rec["drop"]["syn"] is True
     assert (rec["dest_ip"], rec["proto"], rec["in_iface"]) == (server, "TCP", "gw-c")
@@ -79,5 +78,5 @@ def test_a_denied_connection_is_a_drop_record_with_its_reason(drop_lab, v6):
 
     assert connect(lab, server, DEFAULT_PORT) == 28
     rec = wait_for("the default-denied SYN's drop record", lambda: drops_to(tmp, client, DEFAULT_PORT))[0]
-    schema.validate(rec)
+    assert schema_errors(rec) == []
     assert rec["drop"]["reason"] == "DROP_POLICY_DEFAULT" and "rule_id" not in pktvars(rec)
