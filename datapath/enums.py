@@ -70,6 +70,8 @@ FailKind = _make("FailKind", "FAIL")
 FailAction = _make("FailAction", "FAIL_ACTION")
 InspState = _make("InspState", "INSP_STATE")
 VerdictCode = _make("VerdictCode", "VERDICT")
+FlowEndReason = _make("FlowEndReason", "FLOW_END")   # struct ms_flow_event.reason (maps.h)
+EventType = _make("EventType", "EVENT")             # ms_events record types (maps.h)
 
 REASON_COUNT = len(Reason)
 DIRECTION_COUNT = len(Direction)

@@ -328,13 +328,14 @@ def _prog_load(insns: bytes, prog_type: int, name: str, btf_fd: int,
 
 
 def link_with_callback(bpf, main: str, callback: str, prog_type: int, fd_map: dict[int, int],
-                       allowed_fds: set[int], flags: int = 0) -> int:
+                       allowed_fds: set[int], flags: int = 0, markers: frozenset[int] = frozenset()) -> int:
     """Load BCC function ``main`` with its static callback ``callback``
     (compiled into main's section, after it) as one program; returns its fd.
 
     ``fd_map`` replaces map fds in the code (BCC's own, or marker values)
     with the fds of the maps to use; every map the program ends up using
-    must be in ``allowed_fds``.
+    must be in ``allowed_fds``. ``markers``: the marker values the callback
+    may name a map by (the only maps it may use: BCC patches none there).
     """
     from bcc import lib
 
@@ -357,6 +358,8 @@ def link_with_callback(bpf, main: str, callback: str, prog_type: int, fd_map: di
     for i, ins in enumerate(cb):
         if ins[0] == _CALL and ins[1] >> 4 == _BPF_PSEUDO_CALL:
             raise LinkError(f"{callback} calls a subprogram")
+        if ins[0] == _LD_IMM64 and ins[1] >> 4 == _BPF_PSEUDO_MAP_FD and ins[3] in markers:
+            continue
         if ins[0] == _LD_IMM64 and (ins[1] >> 4 == _BPF_PSEUDO_MAP_FD or _is_relocation(cb, i)):
             raise LinkError(f"{callback} refers to a map or a global: BCC leaves those unpatched "
                             f"outside {main}; pass it through the callback's context")
@@ -393,11 +396,13 @@ def syscall_test_run(prog_fd: int) -> int:
 
 SWEEP_PROGRAM = "ms_sweep"
 SWEEP_CALLBACK = "ms_sweep_entry"
-# Marker "fds" in bpf/lib/sweep.h (MS_SWEEP_MAP_*) for the tables it walks.
-SWEEP_MARKERS = {"ms_flows": 0x4D530001, "ms_halfopen": 0x4D530002}
+# Marker "fds" in bpf/lib/sweep.h (MS_SWEEP_MAP_*) for the tables it walks
+# and the ring its callback writes session-end records to.
+SWEEP_MARKERS = {"ms_flows": 0x4D530001, "ms_halfopen": 0x4D530002, "ms_events": 0x4D530003}
 # The maps of a build the sweep works on; ms_sweep_runs (its input and
 # output) is the program's own.
-SWEEP_MAPS = ("ms_flows", "ms_halfopen", "ms_timeouts", "ms_pressure_user")
+SWEEP_MAPS = ("ms_flows", "ms_halfopen", "ms_timeouts", "ms_pressure_user", "ms_config", "ms_events",
+              "ms_events_lost")
 # Sizes for compiling the sweep on its own: its code does not depend on
 # them, and BCC creates (and preallocates) every map of maps.h it compiles.
 _SWEEP_COMPILE_SIZES = dict(flow_table_size=1024, halfopen_table_size=256, frag_table_size=64,
@@ -423,7 +428,8 @@ class SweepProgram:
         fd_map = {own[n]: fds[n] for n in SWEEP_MAPS}
         fd_map.update({marker: fds[n] for n, marker in SWEEP_MARKERS.items()})
         self.fd = link_with_callback(bpf, SWEEP_PROGRAM, SWEEP_CALLBACK, bpfsys.BPF_PROG_TYPE_SYSCALL, fd_map,
-                                     set(fds.values()) | {self.runs.map_fd}, bpfsys.BPF_F_SLEEPABLE)
+                                     set(fds.values()) | {self.runs.map_fd}, bpfsys.BPF_F_SLEEPABLE,
+                                     markers=frozenset(SWEEP_MARKERS.values()))
         self._bpf = bpf if owns_bpf else None
 
     def run(self, now_ns: int):

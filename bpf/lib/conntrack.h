@@ -34,6 +34,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "policy.h"
+#include "worker.h"
 
 #define MS_NSEC 1000000000ULL
 
@@ -179,6 +180,84 @@ static __always_inline void ms_pressure_add(int field_deleted)
     }
 }
 
+/* ------------------------------------------------------------------ */
+/* Session-end records (struct ms_flow_event on ms_events)              */
+
+/* A record that could not be written, counted by event type. */
+static __always_inline void ms_event_lost(__u32 type)
+{
+    __u64 *n = ms_events_lost.lookup(&type);
+    if (n)
+        (*n)++;
+}
+
+/* Fill a session's end record from its entry. No map is touched here: the
+ * kernel sweep's callback (sweep.h), which may use none but the ones its
+ * loader patches, fills its records with this too. Every byte is written
+ * (a ring's reserved memory is not zeroed). */
+static __always_inline void ms_flow_event_fill(struct ms_flow_event *ev, const struct ms_flow_key *k,
+                                               const struct ms_flow *f, __u8 reason, __u32 workers)
+{
+    ev->type = EVENT_FLOW_END;
+    ev->reason = reason;
+    ev->state = f->state;
+    ev->action = f->action;
+    ev->insp_state = f->insp_state;
+    __builtin_memcpy(&ev->key, k, sizeof(*k));
+    ev->first_seen_ns = f->first_seen_ns;
+    ev->last_seen_ns = f->last_seen_ns;
+    ev->packets[0] = f->packets[0];
+    ev->packets[1] = f->packets[1];
+    ev->bytes[0] = f->bytes[0];
+    ev->bytes[1] = f->bytes[1];
+    ev->rule_id = f->rule_id;
+    ev->cookie = f->cookie;
+    ev->pol_gen = f->pol_gen;
+    ev->inspect = f->inspect;
+    ev->app = f->app;
+    ev->app_req = f->app_req;
+    ev->initiator_is_hi = f->initiator_is_hi;
+    ev->flags = f->flags;
+    ev->worker = f->action == POL_INSPECT ? ms_worker_of(k, workers) : 0;
+    __builtin_memset(ev->pad, 0, sizeof(ev->pad));
+}
+
+/* Reserve and fill the end record of session f (key k), or 0: its record
+ * was sent already (MS_FLOW_LOGGED), or the ring is full (counted). The
+ * caller removes the session, then commits: submitted when the removal was
+ * its own, discarded when another CPU removed it first (that one sends it). */
+static __always_inline struct ms_flow_event *ms_flow_end_begin(const struct ms_flow_key *k,
+                                                               const struct ms_flow *f, __u8 reason)
+{
+    if (f->flags & MS_FLOW_LOGGED)
+        return 0;
+#ifdef MS_NO_RINGBUF
+    ms_event_lost(EVENT_FLOW_END);   /* no ring buffer on this kernel: counted only */
+    return 0;
+#else
+    struct ms_flow_event *ev = ms_events.ringbuf_reserve(sizeof(struct ms_flow_event));
+    if (!ev) {
+        ms_event_lost(EVENT_FLOW_END);
+        return 0;
+    }
+    struct ms_config *cfg = ms_cfg();
+    ms_flow_event_fill(ev, k, f, reason, cfg ? cfg->workers : 0);
+    return ev;
+#endif
+}
+
+static __always_inline void ms_flow_end_commit(struct ms_flow_event *ev, int ended)
+{
+#ifndef MS_NO_RINGBUF
+    if (!ev)
+        return;
+    if (ended)
+        ms_events.ringbuf_submit(ev, 0);
+    else
+        ms_events.ringbuf_discard(ev, 0);
+#endif
+}
+
 /* Has the flow been idle past its state's timeout? Signed: another CPU
  * may have stamped last_seen a moment after this CPU read the clock. */
 static __always_inline int ms_ct_expired(const struct ms_flow *f, __u64 now)
@@ -196,8 +275,11 @@ static __always_inline struct ms_flow *ms_ct_lookup(struct ms_flow_key *k, __u64
             *where = MS_IN_FLOWS;
             return f;
         }
-        if (ms_flows.delete(k) == 0)
+        struct ms_flow_event *ev = ms_flow_end_begin(k, f, FLOW_END_TIMEOUT);
+        int gone = ms_flows.delete(k) == 0;
+        if (gone)
             ms_pressure_add(1);
+        ms_flow_end_commit(ev, gone);
     }
     f = ms_halfopen.lookup(k);
     if (f) {
@@ -205,7 +287,11 @@ static __always_inline struct ms_flow *ms_ct_lookup(struct ms_flow_key *k, __u64
             *where = MS_IN_HALFOPEN;
             return f;
         }
-        ms_halfopen_del(k);
+        struct ms_flow_event *ev = ms_flow_end_begin(k, f, FLOW_END_TIMEOUT);
+        int gone = ms_halfopen.delete(k) == 0;
+        if (gone)
+            ms_halfopen_count(0);
+        ms_flow_end_commit(ev, gone);
     }
     *where = 0;
     return 0;
@@ -328,15 +414,23 @@ static __always_inline void ms_pressure_inserted(__u64 now)
 #endif
 }
 
-/* Remove a session from the table it is in (policy revoked it). */
-static __always_inline void ms_ct_remove(struct ms_flow_key *k, int where)
+/* Remove session f from the table it is in (policy revoked it, a new
+ * connection replaces it), with its end record. */
+static __always_inline void ms_ct_remove(struct ms_flow_key *k, int where, const struct ms_flow *f,
+                                         __u8 reason)
 {
+    struct ms_flow_event *ev = ms_flow_end_begin(k, f, reason);
+    int gone;
     if (where == MS_IN_FLOWS) {
-        if (ms_flows.delete(k) == 0)
+        gone = ms_flows.delete(k) == 0;
+        if (gone)
             ms_pressure_add(1);
     } else {
-        ms_halfopen_del(k);
+        gone = ms_halfopen.delete(k) == 0;
+        if (gone)
+            ms_halfopen_count(0);
     }
+    ms_flow_end_commit(ev, gone);
 }
 
 static __always_inline int ms_allowlisted(const struct ms_pkt *p)
@@ -370,7 +464,7 @@ static __always_inline int ms_ct_promote(struct ms_flow_key *k, struct ms_flow *
         ms_pressure_add(0);
         int r = ms_full_reason(p);
         if (r != PASS_TABLE_FULL_ALLOWED)
-            ms_halfopen_del(k);
+            ms_ct_remove(k, MS_IN_HALFOPEN, f, FLOW_END_TABLE_FULL);
         return r;
     }
     ms_halfopen_del(k);
@@ -686,7 +780,7 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
      * decided by policy and inspected as any new flow. Everything else of
      * the old connection is still dropped below (DROP_INSPECT_BLOCKED). */
     if (f && is_syn && fd == FD_ORIGINAL && ms_ct_insp_blocked(f, kp)) {
-        ms_ct_remove(kp, where);
+        ms_ct_remove(kp, where, f, FLOW_END_REPLACED);
         f = 0;
     }
 
@@ -698,7 +792,7 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
     if (!f ? (is_syn || pickup) : f->pol_gen != MS_POL_GEN(ms_pol_live())) {
         pol_reason = ms_ct_policy(p, f, fd, &v, &gen);
         if (pol_reason == DROP_POLICY_REVOKED)
-            ms_ct_remove(kp, where);
+            ms_ct_remove(kp, where, f, FLOW_END_REVOKED);
         if (ms_reason_is_drop(pol_reason)) {
             p->rule_id = v.rule_id;   /* a drop event names the rule (fastpath.c ms_drop_log) */
             return pol_reason;
@@ -838,6 +932,18 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
 
     f->state = next == TV_CLOSE_PHASE ? ms_close_phase_state(f) : next;
     ms_ct_account(f, fd, p->len, now);
+    /* Closed (both FINs acknowledged, or reset): the session's record goes
+     * now, on its last packet, not when the entry expires after its
+     * state's timeout (TIME_WAIT's is minutes). The entry stays for late
+     * segments and port reuse, flagged so its expiry sends no second one.
+     * A full ring leaves the flag unset: the expiry tries again. */
+    if ((f->state == CT_TIME_WAIT || f->state == CT_CLOSE) && !(f->flags & MS_FLOW_LOGGED)) {
+        struct ms_flow_event *ev = ms_flow_end_begin(kp, f, FLOW_END_CLOSED);
+        if (ev) {
+            f->flags |= MS_FLOW_LOGGED;
+            ms_flow_end_commit(ev, 1);
+        }
+    }
 
     /* Promote once the handshake is done. A reset before that (connection
      * refused, a scanner's probe) stays in the LRU: promoted, every SYN that
@@ -881,7 +987,7 @@ static __always_inline int ms_ct_datagram(struct ms_pkt *p, __u64 now)
     if (!f ? opens : f->pol_gen != MS_POL_GEN(ms_pol_live())) {
         pol_reason = ms_ct_policy(p, f, fd, &v, &gen);
         if (pol_reason == DROP_POLICY_REVOKED)
-            ms_ct_remove(kp, where);
+            ms_ct_remove(kp, where, f, FLOW_END_REVOKED);
         if (ms_reason_is_drop(pol_reason)) {
             p->rule_id = v.rule_id;   /* a drop event names the rule (fastpath.c ms_drop_log) */
             return pol_reason;

@@ -27,6 +27,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "reasons.h"
+#include "worker.h"
 
 /* What failure ``kind`` does to this packet of flow f. */
 static __always_inline int ms_insp_fail(struct ms_flow *f, const struct ms_config *cfg, __u32 kind)
@@ -41,35 +42,6 @@ static __always_inline int ms_insp_fail(struct ms_flow *f, const struct ms_confi
     if (kind == FAIL_BUDGET)
         return drop ? DROP_INSPECT_BUDGET : PASS_INSPECT_BUDGET;
     return drop ? DROP_INSPECT_SLOWPATH_DOWN : PASS_INSPECT_SLOWPATH_DOWN;
-}
-
-/* The slow-path worker of a session: its records go to that worker's ring
- * and its heartbeat decides whether the slow path is up for it. Any hash of
- * the key works (the key is the same for both directions), as long as it
- * spreads flows that differ in a few bits (consecutive ports, addresses
- * in one subnet, IPv4-mapped prefixes that are equal on both sides): each
- * word is mixed in by a multiply (FNV-1a's prime), the result finished by
- * murmur3's fmix32 (every input bit reaches every output bit), and mapped
- * onto 0..n-1 by a multiply-shift instead of a division. A plain xor of the
- * words put 1 of 64 lab flows on one worker of two. */
-static __always_inline __u32 ms_insp_worker(const struct ms_flow_key *kp, const struct ms_config *cfg)
-{
-    __u32 n = cfg->workers;
-    if (n <= 1)
-        return 0;
-    if (n > MS_SLOWPATH_WORKERS_MAX)
-        n = MS_SLOWPATH_WORKERS_MAX;
-    const __u32 *w = (const __u32 *)kp;
-    __u32 h = 2166136261u;
-#pragma unroll
-    for (int i = 0; i < sizeof(*kp) / 4; i++)
-        h = (h ^ w[i]) * 16777619u;
-    h ^= h >> 16;
-    h *= 0x85ebca6bu;
-    h ^= h >> 13;
-    h *= 0xc2b2ae35u;
-    h ^= h >> 16;
-    return (__u32)(((__u64)h * n) >> 32);
 }
 
 /* Copy up to ``room`` payload bytes of the packet into one record of the

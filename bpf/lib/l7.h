@@ -102,12 +102,7 @@ static __always_inline int ms_l7_check(struct __sk_buff *skb, struct ms_pkt *p, 
         return reason;
     __u8 *sides = ms_l7_sides.lookup(&req);
     if (app || (sides && (*sides & (1 << side)))) {
-        if (in_flows) {
-            if (ms_flows.delete(kp) == 0)
-                ms_pressure_add(1);
-        } else {
-            ms_halfopen.delete(kp);
-        }
+        ms_ct_remove(kp, in_flows ? MS_IN_FLOWS : MS_IN_HALFOPEN, f, FLOW_END_APP_MISMATCH);
         return DROP_L7_APP_MISMATCH;
     }
     return reason;

@@ -112,7 +112,8 @@ enum ms_flow_dir {
 
 /* Events sent to user space on the ring buffer. */
 #define MS_ENUM_EVENT(X) \
-    X(EVENT_TABLE_PRESSURE, 1, EVENT, "session table crossed the pressure threshold")
+    X(EVENT_TABLE_PRESSURE, 1, EVENT, "session table crossed the pressure threshold") \
+    X(EVENT_FLOW_END,       2, EVENT, "a session ended (struct ms_flow_event)")
 
 enum ms_event_type {
     MS_ENUM_EVENT(MS_ENUM_MEMBER)
@@ -136,8 +137,13 @@ enum ms_event_type {
 #ifndef MS_ALLOW_MAX
 #define MS_ALLOW_MAX 1024
 #endif
+/* ms_events: 2 MiB. A session end is a 128-byte record (struct
+ * ms_flow_event and the ring's 8-byte header), so 16,384 ends wait for the
+ * reader: a sweep that expires a burst of idle sessions in one run
+ * (sweep.h) fills the ring faster than a reader drains it; past this they
+ * are counted (ms_events_lost), not written. */
 #ifndef MS_EVENTS_PAGES
-#define MS_EVENTS_PAGES 16
+#define MS_EVENTS_PAGES 512
 #endif
 
 /* ------------------------------------------------------------------ */
@@ -256,6 +262,8 @@ struct ms_flow {
 #define MS_FLOW_PICKED_UP 0x01  /* created mid-stream under the `loose` option */
 #define MS_FLOW_LIBERAL   0x02  /* window not checked (picked up, or SYN options not walked) */
 #define MS_FLOW_EGRESS_OPENED 0x04  /* first seen on the egress hook (its policy default) */
+#define MS_FLOW_LOGGED    0x08  /* its end record was sent (a TCP close): the entry
+                                 * stays for its state's timeout, its expiry sends none */
 
 /* A session being created: built here, not on the 512-byte stack. */
 BPF_PERCPU_ARRAY(ms_flow_scratch, struct ms_flow, 1);
@@ -504,6 +512,58 @@ BPF_PERCPU_ARRAY(ms_drop_stats, struct ms_drop_stats, 1);
 #ifndef MS_NO_RINGBUF
 BPF_RINGBUF_OUTPUT(ms_drop_ring, MS_DROP_RING_PAGES);
 #endif
+
+/* Why a session ended (struct ms_flow_event.reason). LRU evictions of
+ * ms_halfopen (unreplied flows pushed out by newer ones) are silent in the
+ * kernel and have no record: user space counts them (struct ms_pressure). */
+#define MS_ENUM_FLOW_END(X) \
+    X(FLOW_END_CLOSED,     1, FLOW_END, "TCP closed: both FINs acknowledged, or a reset") \
+    X(FLOW_END_TIMEOUT,    2, FLOW_END, "idle past its state's timeout, found so by a packet's lookup") \
+    X(FLOW_END_SWEPT,      3, FLOW_END, "idle past its state's timeout, deleted by the sweeper") \
+    X(FLOW_END_TABLE_FULL, 4, FLOW_END, "its reply came with the session table full: it could not be kept") \
+    X(FLOW_END_REVOKED,    5, FLOW_END, "the policy in force now denies it: removed") \
+    X(FLOW_END_REPLACED,   6, FLOW_END, "a new connection reused its 5-tuple after the slow path blocked it") \
+    X(FLOW_END_SHUTDOWN,   7, FLOW_END, "still open when user space flushed the tables (end of a replay)") \
+    X(FLOW_END_APP_MISMATCH, 8, FLOW_END, "it spoke another application protocol than its rule requires: removed")
+enum ms_flow_end {
+    MS_ENUM_FLOW_END(MS_ENUM_MEMBER)
+};
+
+/* A session's end record (ms_events, type EVENT_FLOW_END): built straight
+ * in the ring from the session entry (nothing on the stack), once per
+ * session end, never per packet. Per-direction arrays: index 0 is the
+ * initiator's (struct ms_flow). Times are the session clock (ms_now(),
+ * CLOCK_MONOTONIC); user space converts them to wall-clock time. */
+struct ms_flow_event {
+    __u32 type;             /* EVENT_FLOW_END: first, as in every ms_events record */
+    __u8  reason;           /* enum ms_flow_end */
+    __u8  state;            /* enum ms_ct_state at the end */
+    __u8  action;           /* enum ms_pol_action of the session's verdict */
+    __u8  insp_state;       /* enum ms_insp_state (meaningful when action is POL_INSPECT) */
+    struct ms_flow_key key;
+    __u64 first_seen_ns;
+    __u64 last_seen_ns;
+    __u64 packets[2];
+    __u64 bytes[2];
+    __u32 rule_id;          /* rule that decided (0: default or no policy) */
+    __u32 cookie;           /* struct ms_flow.cookie: which connection of the 5-tuple */
+    __u32 pol_gen;
+    __u8  inspect;          /* MS_INSPECT_* of the verdict */
+    __u8  app;              /* enum ms_app the L7 stage identified */
+    __u8  app_req;
+    __u8  initiator_is_hi;
+    __u8  flags;            /* MS_FLOW_* */
+    __u8  worker;           /* ms_insp_worker(): the slow-path worker of an inspected session */
+    __u8  pad[6];
+};
+/* ms_events records that could not be written (ring full, or no ring
+ * buffer on this kernel), per CPU, by enum ms_event_type: never silent. */
+#define MS_EVENT_TYPE_SLOTS 8   /* room for event types to come; index = enum ms_event_type */
+_Static_assert((0 MS_ENUM_EVENT(MS_ENUM_COUNT)) < MS_EVENT_TYPE_SLOTS, "MS_EVENT_TYPE_SLOTS too small");
+BPF_PERCPU_ARRAY(ms_events_lost, __u64, MS_EVENT_TYPE_SLOTS);
+/* The layout of struct ms_flow_event for user space (BCC types a map's
+ * value, not a ring's records; datapath/flowevents.py): never written. */
+BPF_ARRAY(ms_flow_event_t, struct ms_flow_event, 1);
 
 /* ------------------------------------------------------------------ */
 /* Policy (lookups in policy.h; compiled by datapath/policy_compile.py) */

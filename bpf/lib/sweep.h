@@ -55,6 +55,10 @@
 /* Marker map "fds", replaced by the loader (datapath/loader.py SWEEP_MARKERS). */
 #define MS_SWEEP_MAP_FLOWS    0x4d530001
 #define MS_SWEEP_MAP_HALFOPEN 0x4d530002
+/* ms_events, for the callback's session-end records: a marker is the one
+ * way the callback can name a map (the loader patches markers in the
+ * callback too). */
+#define MS_SWEEP_MAP_EVENTS   0x4d530003
 
 /* One run: the input and what it did. Read and written by user space
  * (datapath/sweeper.py) around each run; sweeps are serialised there. */
@@ -64,6 +68,7 @@ struct ms_sweep_run {
     __u64 expired_flows;      /* out: entries it deleted */
     __u64 scanned_halfopen;
     __u64 expired_halfopen;
+    __u64 events_lost;        /* out: end records of deleted sessions the full ring refused */
 };
 BPF_ARRAY(ms_sweep_runs, struct ms_sweep_run, 1);
 
@@ -82,6 +87,9 @@ _Static_assert(MS_CT_STATE_COUNT < MS_SWEEP_SLOTS, "MS_SWEEP_SLOTS must exceed t
 struct ms_sweep_walk {
     __u64 now;
     __u64 *deleted;                     /* &run->expired_flows or &run->expired_halfopen */
+    __u64 *lost;                        /* &run->events_lost */
+    __u32 workers;                      /* ms_config.workers: end records name the worker */
+    __u32 pad;
     /* ms_timeout(i), ns; slot MS_CT_STATE_COUNT on: its fallback for a
      * state out of range (the array lookup fails past the last state) */
     __u64 timeout[MS_SWEEP_SLOTS];
@@ -89,6 +97,11 @@ struct ms_sweep_walk {
 
 static long (*ms_for_each_map_elem)(void *map, void *callback, void *ctx, __u64 flags) =
     (void *)BPF_FUNC_for_each_map_elem;
+/* The ring buffer helpers called directly: BCC rewrites ms_events.ringbuf_*
+ * only inside the function it registers, not in the callback. */
+static void *(*ms_rb_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)BPF_FUNC_ringbuf_reserve;
+static void (*ms_rb_submit)(void *data, __u64 flags) = (void *)BPF_FUNC_ringbuf_submit;
+static void (*ms_rb_discard)(void *data, __u64 flags) = (void *)BPF_FUNC_ringbuf_discard;
 
 /* Called for every entry of the table walked: delete it when expired.
  * Returns 0: go on. Not inlined, in ms_sweep's section (see above). */
@@ -102,8 +115,34 @@ long ms_sweep_entry(void *map, void *key, void *value, void *ctx)
         st = MS_CT_STATE_COUNT;           /* the fallback's slot */
     __u64 tmo = w->timeout[st & (MS_SWEEP_SLOTS - 1)];
     /* ms_ct_expired(), with ms_timeout(st) read before the walk */
-    if ((__s64)(w->now - f->last_seen_ns) > (__s64)tmo && bpf_map_delete_elem(map, key) == 0)
+    if ((__s64)(w->now - f->last_seen_ns) <= (__s64)tmo)
+        return 0;
+#ifdef MS_NO_RINGBUF
+    if (bpf_map_delete_elem(map, key) == 0) {
         (*w->deleted)++;
+        if (!(f->flags & MS_FLOW_LOGGED))
+            (*w->lost)++;                 /* no ring buffer: counted only */
+    }
+#else
+    /* Its end record (unless a TCP close sent it), filled before the
+     * delete and sent only if this delete was the one that removed it (a
+     * packet's lazy expiry racing the walk sends its own). */
+    struct ms_flow_event *ev = 0;
+    if (!(f->flags & MS_FLOW_LOGGED)) {
+        ev = ms_rb_reserve((void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_EVENTS), sizeof(struct ms_flow_event), 0);
+        if (ev)
+            ms_flow_event_fill(ev, key, f, FLOW_END_SWEPT, w->workers);
+        else
+            (*w->lost)++;
+    }
+    if (bpf_map_delete_elem(map, key) == 0) {
+        (*w->deleted)++;
+        if (ev)
+            ms_rb_submit(ev, 0);
+    } else if (ev) {
+        ms_rb_discard(ev, 0);
+    }
+#endif
     return 0;
 }
 
@@ -118,6 +157,10 @@ int ms_sweep(void *ctx)
         return 2;
     struct ms_sweep_walk w = {};
     w.now = run->now_ns;
+    run->events_lost = 0;
+    w.lost = &run->events_lost;
+    struct ms_config *cfg = ms_cfg();
+    w.workers = cfg ? cfg->workers : 0;
 #pragma unroll
     for (int i = 0; i < MS_SWEEP_SLOTS; i++)
         w.timeout[i] = ms_timeout(i);
@@ -135,6 +178,12 @@ int ms_sweep(void *ctx)
     run->scanned_halfopen = n > 0 ? n : 0;
     if (run->expired_halfopen)
         __sync_fetch_and_add(&pu->halfopen_deleted, run->expired_halfopen);
+    if (run->events_lost) {
+        __u32 t = EVENT_FLOW_END;
+        __u64 *lost = ms_events_lost.lookup(&t);
+        if (lost)
+            *lost += run->events_lost;
+    }
     return 0;
 }
 

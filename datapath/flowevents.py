@@ -1,0 +1,145 @@
+"""Session-end records from the kernel: struct ms_flow_event on the ms_events
+ring buffer (bpf/lib/maps.h), one per session when it ends (a TCP close, a
+timeout found by a packet's lookup or by the sweeper, a table-full refusal, a
+policy revocation, ...; enum ms_flow_end says which).
+
+The layout is BCC's ctypes type of the struct (the value type of the
+never-written ms_flow_event_t map): nothing here re-declares it. Records of
+other types share the ring (EVENT_TABLE_PRESSURE); every record starts with
+its __u32 type, which ``event_type`` reads.
+
+Times in a record are the session clock (CLOCK_MONOTONIC, ns);
+``WallClock`` turns them into wall-clock seconds with an offset taken once.
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+import time
+from typing import NamedTuple
+
+from .enums import CtState, EventType, FlowEndReason
+from .flows import addr_text
+
+# Slots of ms_events_lost (maps.h MS_EVENT_TYPE_SLOTS): indexed by event type.
+_TYPE = struct.Struct("<I")
+# The map whose value type is struct ms_flow_event (maps.h).
+TYPE_MAP = "ms_flow_event_t"
+LOST_MAP = "ms_events_lost"
+
+
+class FlowEnd(NamedTuple):
+    """One session's end, as the kernel reported it. ``client`` opened the
+    session (the key's initiator); index 0 of packets/bytes is its side
+    (to the server), 1 the responder's (to the client)."""
+    reason: str             # FLOW_END_* name without the prefix, lower case ("closed", "swept", ...)
+    state: str              # CT_* name of the session's state at its end
+    proto: int              # IP protocol number
+    client: tuple[str, int]
+    server: tuple[str, int]
+    first_seen_ns: int      # session clock
+    last_seen_ns: int
+    packets: tuple[int, int]
+    bytes: tuple[int, int]
+    rule_id: int
+    cookie: int
+    pol_gen: int
+    action: int             # enum ms_pol_action
+    inspect: int            # MS_INSPECT_* bits
+    insp_state: int         # enum ms_insp_state
+    app: int                # enum ms_app (the L7 stage's identification; 0: none)
+    flags: int              # MS_FLOW_*
+    worker: int             # slow-path worker of an inspected session
+    key: bytes              # struct ms_flow_key as the kernel stores it
+
+
+def event_type(raw: bytes) -> int:
+    """The type of any ms_events record (its first __u32)."""
+    return _TYPE.unpack_from(raw)[0] if len(raw) >= 4 else 0
+
+
+def flow_event_type(fp) -> type:
+    """ctypes type of struct ms_flow_event from a loaded FastPath."""
+    return fp.table(TYPE_MAP).Leaf
+
+
+def _ntohs(v: int) -> int:
+    return ((v & 0xFF) << 8) | (v >> 8)
+
+
+class FlowEventDecoder:
+    """Raw ring records -> FlowEnd. One per process (the type's offsets are
+    read once)."""
+
+    def __init__(self, rtype: type):
+        self.rtype = rtype
+        self.size = ctypes.sizeof(rtype)
+        self._key_off = rtype.key.offset
+        self._key_size = rtype.key.size
+        self._reasons = {m.value: m.name.removeprefix("FLOW_END_").lower() for m in FlowEndReason}
+        self._states = {m.value: m.name for m in CtState}
+
+    def decode(self, raw: bytes) -> FlowEnd | None:
+        """None for a record of another type; ValueError for a flow-end
+        record of the wrong size (a build with another layout)."""
+        if event_type(raw) != EventType.EVENT_FLOW_END:
+            return None
+        if len(raw) < self.size:
+            raise ValueError(f"ms_events: flow-end record of {len(raw)} bytes, struct ms_flow_event "
+                             f"has {self.size}")
+        ev = self.rtype.from_buffer_copy(raw[:self.size])
+        return self._end(ev.key, ev, self._reasons.get(ev.reason, f"reason-{ev.reason}"), int(ev.worker),
+                         raw[self._key_off:self._key_off + self._key_size])
+
+    def from_session(self, key, leaf, reason: str) -> FlowEnd:
+        """The end of a session user space removes or finds still open (a
+        replay's end: reason "shutdown"), from its ms_flows / ms_halfopen
+        entry (BCC's Key and Leaf), as the kernel would have reported it."""
+        return self._end(key, leaf, reason, 0, bytes(key))
+
+    def _end(self, k, ev, reason: str, worker: int, key: bytes) -> FlowEnd:
+        lo = (addr_text(bytes(k.addr_lo)), _ntohs(k.port_lo))
+        hi = (addr_text(bytes(k.addr_hi)), _ntohs(k.port_hi))
+        client, server = (hi, lo) if ev.initiator_is_hi else (lo, hi)
+        return FlowEnd(reason, self._states.get(ev.state, f"state-{ev.state}"), int(k.proto), client, server,
+                       int(ev.first_seen_ns), int(ev.last_seen_ns),
+                       (int(ev.packets[0]), int(ev.packets[1])), (int(ev.bytes[0]), int(ev.bytes[1])),
+                       int(ev.rule_id), int(ev.cookie), int(ev.pol_gen), int(ev.action), int(ev.inspect),
+                       int(ev.insp_state), int(ev.app), int(ev.flags), worker, key)
+
+
+class WallClock:
+    """Session-clock ns -> wall-clock seconds. The offset between
+    CLOCK_REALTIME and CLOCK_MONOTONIC is taken once (the tightest of a few
+    paired reads), so records of one run are on one time base; a later
+    change of the wall clock (NTP step) is not followed."""
+
+    PAIRS = 5   # paired reads; the one with the shortest gap wins
+
+    def __init__(self):
+        best = None
+        for _ in range(self.PAIRS):
+            m0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            r = time.time_ns()
+            m1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            if best is None or m1 - m0 < best[0]:
+                best = (m1 - m0, r - (m0 + m1) // 2)
+        self.offset_ns = best[1]
+
+    def __call__(self, mono_ns: int) -> float:
+        return (mono_ns + self.offset_ns) / 1e9
+
+
+def lost_counts(fp) -> dict[str, int]:
+    """ms_events records that could not be written, summed over CPUs, by
+    event type name (EVENT_* without the prefix, lower case)."""
+    t = fp.table(LOST_MAP)
+    out = {}
+    for m in EventType:
+        v = t[t.Key(m.value)]
+        out[m.name.removeprefix("EVENT_").lower()] = sum(int(x) for x in v)
+    return out
+
+
+__all__ = ["FlowEnd", "FlowEndReason", "EventType", "FlowEventDecoder", "WallClock", "event_type",
+           "flow_event_type", "lost_counts"]

@@ -1,0 +1,145 @@
+"""Session-end records (struct ms_flow_event on ms_events): one per session,
+at its end, with its counters; never two for one session; a full ring is
+counted (ms_events_lost), never silent."""
+from __future__ import annotations
+
+import ctypes
+import time
+
+import pytest
+
+from datapath.config import DatapathConfig, Timeouts
+from datapath.enums import CtState, EventType, Reason
+from datapath.flowevents import FlowEventDecoder, WallClock, event_type, flow_event_type, lost_counts
+from datapath.loader import FastPath
+from datapath.sessions import session_clock_ns
+from datapath.source import program_text
+from packets_ct import IPPROTO_UDP, TcpConn, entry, expect, udp_frame
+from slowpath.ringbuf import RingBuffer
+
+R, S = Reason, CtState
+CLI, SRV = "10.0.0.1", "10.0.0.2"
+NS = 1_000_000_000
+FAR = 30 * 86400 * NS   # past every default timeout
+
+
+class Events:
+    def __init__(self, fp):
+        self.fp = fp
+        self.rb = RingBuffer(fp.table("ms_events").map_fd)
+        self.dec = FlowEventDecoder(flow_event_type(fp))
+        self.rb.drain()          # what earlier tests of the shared build left
+
+    def take(self):
+        return [self.dec.decode(r) for r in self.rb.drain() if event_type(r) == EventType.EVENT_FLOW_END]
+
+
+@pytest.fixture
+def events(fastpath):
+    ev = Events(fastpath)
+    yield ev
+    ev.rb.close()
+
+
+def _data_conn(fp, port):
+    conn = TcpConn.make(fp, client=(CLI, port)).handshake()
+    conn.send("c", "PA", data=b"GET / HTTP/1.0\r\n\r\n")
+    conn.send("s", "PA", data=b"HTTP/1.0 200 OK\r\n\r\nhello")
+    return conn
+
+
+def test_record_layout_is_the_kernels(fastpath):
+    # one definition: BCC's type of struct ms_flow_event, 120 bytes, type first
+    t = flow_event_type(fastpath)
+    assert ctypes.sizeof(t) == 120 and t.type.offset == 0 and t.key.offset == 8
+
+
+def test_tcp_close_sends_one_record_with_the_counters(fastpath, events):
+    conn = _data_conn(fastpath, 42001)
+    conn.send("c", "FA")
+    conn.send("s", "FA")
+    assert events.take() == []                       # not before the last packet
+    conn.send("c", "A")                              # both FINs acknowledged
+    conn.assert_state(S.CT_TIME_WAIT)
+    got = events.take()
+    assert len(got) == 1
+    ev = got[0]
+    assert (ev.reason, ev.state, ev.proto) == ("closed", "CT_TIME_WAIT", 6)
+    assert ev.client == (CLI, 42001) and ev.server == (SRV, 80)
+    # c: SYN, ACK, data, FIN, ACK; s: SYN-ACK, data, FIN
+    assert ev.packets == (5, 3)
+    e = conn.entry()
+    assert ev.bytes == (int(e.leaf.bytes[0]), int(e.leaf.bytes[1])) and ev.bytes[0] > 0 and ev.bytes[1] > 0
+    assert ev.cookie == int(e.leaf.cookie) and ev.first_seen_ns <= ev.last_seen_ns
+    # the entry stays (TIME_WAIT) and its expiry sends no second record
+    r = fastpath.sweep.run(session_clock_ns() + FAR)
+    assert r.expired_flows == 1 and conn.entry() is None
+    assert events.take() == []
+
+
+def test_reset_sends_closed(fastpath, events):
+    conn = _data_conn(fastpath, 42002)
+    conn.send("s", "R", seq=conn.s.nxt)
+    got = events.take()
+    assert [(g.reason, g.state) for g in got] == [("closed", "CT_CLOSE")]
+
+
+def test_refused_connection_in_the_lru_sends_closed(fastpath, events):
+    conn = TcpConn.make(fastpath, client=(CLI, 42003))
+    conn.send("c", "S")
+    conn.send("s", "RA", seq=0)
+    got = events.take()
+    assert [(g.reason, g.packets) for g in got] == [("closed", (1, 1))]
+
+
+def test_kernel_sweep_sends_swept_for_each_session(fastpath, events):
+    conns = [_data_conn(fastpath, 42100 + i) for i in range(3)]
+    expect(fastpath, udp_frame(CLI, 7000, SRV, 53), R.PASS_FORWARD)          # half-open
+    r = fastpath.sweep.run(session_clock_ns() + FAR)
+    assert (r.scanned_flows, r.expired_flows, r.expired_halfopen, r.events_lost) == (3, 3, 1, 0)
+    got = events.take()
+    assert sorted((g.reason, g.client[1], g.packets) for g in got) == \
+        [("swept", 7000, (1, 0))] + [("swept", c.c.port, (3, 2)) for c in conns]
+    assert all(g.state == "CT_ESTABLISHED" for g in got if g.proto == 6)
+
+
+def _wait_expired(fp, state_timeout_s, last_seen_ns):
+    deadline = time.monotonic() + 10
+    while session_clock_ns() - last_seen_ns <= state_timeout_s * NS:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_lookup_expiry_sends_timeout(fastpath, events):
+    fastpath.apply_runtime(DatapathConfig(timeouts=Timeouts(udp_unreplied=0.05)))
+    expect(fastpath, udp_frame(CLI, 7001, SRV, 53), R.PASS_FORWARD)
+    e = entry(fastpath, CLI, 7001, SRV, 53, IPPROTO_UDP)
+    _wait_expired(fastpath, 0.05, int(e.leaf.last_seen_ns))
+    expect(fastpath, udp_frame(CLI, 7001, SRV, 53), R.PASS_FORWARD)          # a new session
+    got = events.take()
+    assert [(g.reason, g.state, g.packets, g.cookie) for g in got] == \
+        [("timeout", "CT_UDP_UNREPLIED", (1, 0), int(e.leaf.cookie))]
+
+
+def test_full_ring_is_counted():
+    # A one-page ring: 32 records of 128 bytes; the rest are counted.
+    fp = FastPath(text="#define MS_EVENTS_PAGES 1\n" + program_text())
+    try:
+        rb = RingBuffer(fp.table("ms_events").map_fd)
+        dec = FlowEventDecoder(flow_event_type(fp))
+        for i in range(40):
+            expect(fp, udp_frame(CLI, 8000 + i, SRV, 53), R.PASS_FORWARD)
+        r = fp.sweep.run(session_clock_ns() + FAR)
+        assert r.expired_halfopen == 40
+        got = [dec.decode(x) for x in rb.drain()]
+        assert len(got) + r.events_lost == 40 and r.events_lost > 0
+        assert lost_counts(fp)["flow_end"] == r.events_lost
+        rb.close()
+    finally:
+        fp.close()
+
+
+def test_wall_clock_offset():
+    wc = WallClock()
+    now_mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    assert abs(wc(now_mono) - time.time()) < 1.0
