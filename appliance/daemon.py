@@ -84,6 +84,7 @@ class Daemon:
         self.stop_event: asyncio.Event | None = None
         self.fp = None
         self.workers = None                 # appliance.workers.WorkerSet
+        self.flowlog = None                 # appliance.flowlog.FlowLog: kernel session ends -> EVE flow
         self.droplog = None                 # appliance.droplog.DropLog (None: no drop ring)
         self.worker_stats: dict[int, dict] = {}
         self.retired_stats: dict[str, int] = {}
@@ -206,7 +207,13 @@ class Daemon:
 
         from appliance.workers import WorkerSet
         ctx = types.SimpleNamespace(fp=self.fp, cfg=self.cfg, decoder=self.decoder, rules=self.rules,
-                                    load_rules=load_rules_file)
+                                    load_rules=load_rules_file, flow_events=None, wall=None)
+        if self.fp.features.ringbuf:
+            # Session ends come from the kernel (appliance/flowlog.py); the
+            # workers log inspected sessions' flow records when told of them.
+            from datapath.flowevents import FlowEventDecoder, WallClock, flow_event_type
+            ctx.flow_events = FlowEventDecoder(flow_event_type(self.fp))
+            ctx.wall = WallClock()
         rings = self.rings.fds if self.fp.features.ringbuf else [None]
         self.workers = WorkerSet(ctx, rings, on_eve=self.eve.emit_line, on_report=self._on_report,
                                  on_exit=self._on_worker_exit, close_in_child=self._fds_not_for_workers)
@@ -467,6 +474,16 @@ class Daemon:
         self.workers.attach(loop)
         if self.droplog is not None:
             self.droplog.start(loop)
+        self.flowlog = None
+        if self.workers.ctx.flow_events is not None:
+            from appliance.flowlog import FlowLog
+            self.flowlog = FlowLog(self.fp, self.eve.emit, app_names={i: n for n, i in self.fp.l7.ids.items()},
+                                   forward=self.workers.forward_flow_ends, wall=self.workers.ctx.wall)
+            self.flowlog.start(loop)
+            self._flow_metrics()
+        else:
+            log.info("no BPF ring buffers on this kernel: sessions are not logged as EVE flow records "
+                     "(inspected flows' records come from the slow path)")
         tasks = [asyncio.create_task(self._housekeeping()),
                  asyncio.create_task(self._sweeping()), asyncio.create_task(self._watching())]
         log.info("running (pid %d)", os.getpid())
@@ -486,9 +503,24 @@ class Daemon:
             # then reads its ring out and closes its flows; their EVE comes
             # here while this waits.
             await self.workers.stop()
+            if self.flowlog is not None:
+                self.flowlog.stop()     # what is left: written here (the workers are gone)
             self._stop_heartbeat()
             if self.droplog is not None:
                 self.droplog.stop()     # shutdown() reads what is left
+
+    def _flow_metrics(self) -> None:
+        """Session ends the kernel could not write (ms_events full), read at
+        each scrape."""
+        from prometheus_client.core import CounterMetricFamily
+        flowlog = self.flowlog
+
+        class Lost:
+            def collect(self):
+                yield CounterMetricFamily("microseg_flow_events_lost",
+                                          "Session ends the kernel could not write to ms_events (ring full): "
+                                          "sessions without an EVE flow record", value=flowlog.lost())
+        self.metrics.registry.register(Lost())
 
     def shutdown(self) -> None:
         """After the event loop has ended (pyroute2's netlink runs an event

@@ -53,7 +53,11 @@ def replay_config(base: DatapathConfig | None = None, budget: int | None = None)
                                    # Every drop of the capture logged: its frames run far faster
                                    # than they were captured, and the kernel's per-second limits
                                    # would count its own seconds, not the capture's.
-                                   "drop_events_per_sec": DROP_EVENTS_REPLAY, "drop_events_cpu_per_sec": 10_000_000})
+                                   "drop_events_per_sec": DROP_EVENTS_REPLAY, "drop_events_cpu_per_sec": 10_000_000,
+                                   # The precise session clock: every frame its own timestamp,
+                                   # so flow records get their frames' capture times
+                                   # (appliance/flowlog.py CaptureTime).
+                                   "compat": base.compat.model_copy(update={"coarse_clock": "off"})})
 
 
 # Payload bytes per segment when a captured super-packet is cut up: the
@@ -183,6 +187,7 @@ class ReplayResult:
     records: int = 0
     eve_records: int = 0
     drop_records: int = 0  # of eve_records: the kernel's drops (appliance/droplog.py)
+    flow_records: int = 0  # sessions ended (one EVE flow record each; appliance/flowlog.py)
     engine: object = None
     # The capture ended in a record cut short or corrupt: the PcapError,
     # whose ``offset`` is where reading stopped. Every frame before it ran.
@@ -219,8 +224,13 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
                     simulate=fp.runtime.simulate, plugins=fp.protocols,
                     app_names={i: n for n, i in fp.l7.ids.items()}, session_stats=session_stats(fp),
                     inspect_budget=fp.runtime.inspect_budget,
-                    clock=lambda: now[0], wallclock=lambda: now[0])
+                    clock=lambda: now[0], wallclock=lambda: now[0],
+                    kernel_flow_records=fp.features.ringbuf)
     result.engine = engine
+    # One flow record per session, from the kernel's session ends (without
+    # ring buffers: the engine's records of the inspected flows only).
+    from appliance.flowlog import ReplayFlows
+    flows = ReplayFlows(fp, engine, count_emit, engine.app_names) if fp.features.ringbuf else None
     ring, _ = open_payload_channel(fp)
     # Drop records (appliance/droplog.py), stamped with the capture's time.
     from appliance.droplog import DropLog
@@ -273,8 +283,12 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
             else:
                 pieces = (eth,)
             for piece in pieces:
+                if flows is not None:
+                    flows.times.frame(ts)
                 run(piece)
                 drain_drops()
+                if flows is not None:
+                    flows.drain()
                 raws = drain()
                 if raws:
                     result.records += len(raws)
@@ -284,6 +298,9 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
             if time.monotonic() > next_beat:
                 writer.heartbeat(0)
                 next_beat = time.monotonic() + beat_every
+        if flows is not None:
+            flows.flush()          # the sessions still open when the capture ends
+            result.flow_records = flows.records
         engine.close_all("shutdown")
         if drops is not None:
             result.drop_records = drops.records - drops_before
@@ -297,4 +314,6 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
         ring.close()
         if drops is not None:
             drops.close()
+        if flows is not None:
+            flows.close()
     return result

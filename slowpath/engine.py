@@ -37,9 +37,15 @@ from datapath.enums import FRAG, INSPECT, INSPECT_BITS, VerdictCode
 from protocols.api import Direction
 from slowpath import eve
 from slowpath.analyzer import FlowAnalyzer
+from datapath.flowevents import FlowEnd
+from slowpath.flowend import EngineSide, flow_end_record
 from slowpath.reassembly import Eof, ReassemblyBudget, StreamReassembler
-from slowpath.records import InspRecord, RecordDecoder
+from slowpath.records import InspRecord, RecordDecoder, session_ref
 
+# Closed flows remembered until the kernel reports their session's end
+# (kernel_flow_records): a few hundred bytes each; a session forgotten past
+# this is logged with the kernel's side only.
+MAX_ENDED = 65_536
 # Flows the engine tracks at once; past it the least recently seen one is
 # closed (its EVE flow record says "forced"). Each costs a reassembler and
 # parser state; 65,536 matches the kernel's verdict table.
@@ -132,7 +138,7 @@ class Engine:
                  simulate: tuple[str, ...] = (), metrics=None, injector=None, plugins=None,
                  app_names: dict[int, str] | None = None, budget: ReassemblyBudget | None = None,
                  session_stats=None, inspect_budget: int | None = None,
-                 clock=time.monotonic, wallclock=time.time):
+                 clock=time.monotonic, wallclock=time.time, kernel_flow_records: bool = False):
         self.rules = rules
         self.emit = emit
         self.verdicts = verdicts
@@ -154,6 +160,12 @@ class Engine:
         self.wallclock = wallclock
         self.flows: collections.OrderedDict[bytes, Flow] = collections.OrderedDict()
         self.counters = EngineCounters()
+        # kernel_flow_records: the kernel reports each session's end (struct
+        # ms_flow_event) and the one flow record is written then, with the
+        # kernel's counters (session_end); a flow closed here first is kept
+        # in `ended` (flow id, app protocol, alerts, verdict) until then.
+        self.kernel_flow_records = kernel_flow_records
+        self.ended: collections.OrderedDict[bytes, EngineSide] = collections.OrderedDict()
 
     # -- records -----------------------------------------------------------
     def handle(self, rec: InspRecord) -> None:
@@ -525,6 +537,14 @@ class Engine:
         self._log_unanswered(flow)
         if flow.reasm is not None:
             flow.reasm.close()
+        self.counters.flows_closed += 1
+        verdict = flow.verdict.name.removeprefix("VERDICT_").lower() if flow.verdict else None
+        if self.kernel_flow_records:
+            self.ended[flow.key] = EngineSide(info, flow.alerted, verdict, flow.verdict_latency_us)
+            self.ended.move_to_end(flow.key)
+            if len(self.ended) > MAX_ENDED:
+                self.ended.popitem(last=False)   # its session's record then has the kernel's side only
+            return
         pkts, nbytes = flow.pkts, flow.bytes
         kernel = self.session_stats(flow.key) if self.session_stats else None
         if kernel is not None:
@@ -533,9 +553,7 @@ class Engine:
                                   bytes_toserver=nbytes[0], bytes_toclient=nbytes[1],
                                   reason=reason if reason in ("forced", "shutdown") else "timeout",
                                   alerted=flow.alerted, rule_id=flow.rule_id,
-                                  verdict=flow.verdict.name.removeprefix("VERDICT_").lower() if flow.verdict else None,
-                                  verdict_latency_us=flow.verdict_latency_us))
-        self.counters.flows_closed += 1
+                                  verdict=verdict, verdict_latency_us=flow.verdict_latency_us))
 
     def sweep(self) -> int:
         """Close flows idle past IDLE_TIMEOUT_S; returns how many."""
@@ -550,3 +568,14 @@ class Engine:
     def close_all(self, reason: str = "shutdown") -> None:
         for f in list(self.flows.values()):
             self._close(f, reason)
+
+    def session_end(self, ev: FlowEnd, wall) -> None:
+        """The kernel ended session ``ev`` (kernel_flow_records): its flow is
+        closed here if open, and its one flow record written, with the
+        kernel's counters and what this engine knew of it (nothing, if it
+        never saw the session's payload or forgot it)."""
+        ref = session_ref(ev.key, ev.cookie)
+        flow = self.flows.get(ref)
+        if flow is not None:
+            self._close(flow, "closed")
+        self.emit(flow_end_record(ev, wall, app_names=self.app_names, engine=self.ended.pop(ref, None)))

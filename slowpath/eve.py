@@ -788,6 +788,40 @@ def flow_record(flow: FlowInfo, end: float, *, pkts_toserver: int = 0, pkts_tocl
     return rec
 
 
+# Kernel session-end reasons (bpf/lib/maps.h MS_ENUM_FLOW_END, lower case)
+# as Suricata's flow.reason: a session that ran its course (closed, or idle
+# past its timeout) is "timeout", as Suricata logs a flow leaving its flow
+# table; one the appliance cut short is "forced"; one still open when the
+# tables were flushed, "shutdown". The kernel's own reason goes in
+# metadata.flowvars (end_reason).
+_END_REASONS = {"closed": "timeout", "timeout": "timeout", "swept": "timeout", "table_full": "forced",
+                "revoked": "forced", "replaced": "forced", "app_mismatch": "forced", "shutdown": "shutdown"}
+# Ends whose last packet the kernel dropped (the flow's action is "drop").
+_DROPPING_ENDS = frozenset({"table_full", "revoked", "app_mismatch"})
+
+
+def session_flow_record(flow: FlowInfo, end: float, *, end_reason: str, ct_state: str,
+                        pkts: tuple[int, int], nbytes: tuple[int, int], alerted: bool = False,
+                        blocked: bool = False, rule_id: int | None = None,
+                        policy_generation: int | None = None, policy_action: str | None = None,
+                        verdict: str | None = None, verdict_latency_us: int | None = None) -> dict:
+    """The one flow record of a session the kernel ended (datapath/flowevents.py
+    FlowEnd): ``end_reason`` the kernel's (closed, timeout, swept, ...),
+    ``ct_state`` its last state (CT_*), counters per direction (index 0: to
+    the server). ``blocked``: inspection blocked it; ``verdict`` the
+    inspection verdict when there was one."""
+    rec = flow_record(flow, end, pkts_toserver=pkts[0], pkts_toclient=pkts[1], bytes_toserver=nbytes[0],
+                      bytes_toclient=nbytes[1], reason=_END_REASONS.get(end_reason, "forced"),
+                      alerted=alerted or blocked, ct_state=ct_state, rule_id=rule_id,
+                      policy_generation=policy_generation, verdict=verdict,
+                      verdict_latency_us=verdict_latency_us)
+    rec["flow"]["action"] = "drop" if blocked or end_reason in _DROPPING_ENDS else "pass"
+    md = rec.setdefault("metadata", {}).setdefault("flowvars", [])
+    md.append({"end_reason": _text(end_reason)})
+    if policy_action is not None:
+        md.append({"policy_action": _text(policy_action)})
+    return rec
+
 def _nest(counters: Mapping) -> dict:
     """{"a.b": 1, "c": {"d": 2}} -> {"a": {"b": 1}, "c": {"d": 2}}.
 

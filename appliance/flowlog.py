@@ -1,0 +1,198 @@
+"""Flow records: every session's end, from the kernel, to the EVE sinks.
+
+The kernel writes one record (bpf/lib/maps.h struct ms_flow_event) to the
+ms_events ring buffer when a session ends (TCP close, timeout, sweep,
+table-full refusal, revocation, ...; datapath/flowevents.py). The daemon
+reads the ring on its event loop (:meth:`FlowLog.start`) and:
+
+* a session no slow-path worker inspected: writes its EVE ``flow`` record
+  here (slowpath/flowend.py), from the kernel's counters;
+* an inspected session: hands the kernel's record to the worker that held it
+  (``forward(worker, raws)``, struct ms_flow_event.worker), whose engine
+  closes its flow and writes the one flow record with its own flow id,
+  app protocol, alerts and verdict (Engine.session_end). If the worker
+  cannot take it (dead, restarting, its socket full), the record is written
+  here from the kernel's side alone: one record per session either way.
+
+Records that could not be written to the ring are counted by the kernel
+(ms_events_lost, microseg_flow_events_lost_total). Nothing reads the ring
+without `microseg run`: `microseg up` alone logs no sessions (their ends
+are counted as lost once the ring is full).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from datapath.flowevents import FlowEventDecoder, WallClock, event_type, flow_event_type, lost_counts
+from datapath.enums import EventType
+from slowpath.flowend import POL_INSPECT, flow_end_record
+from slowpath.ringbuf import RingBuffer, RingBufferError, RingBufferReader
+
+log = logging.getLogger("microseg.flowlog")
+
+RING = "ms_events"
+
+
+class FlowLog:
+    def __init__(self, fp, emit: Callable[[dict], object], *, app_names: dict[int, str] | None = None,
+                 forward: Callable[[int, list[bytes]], bool] | None = None, wall: WallClock | None = None):
+        self.fp = fp
+        self.emit = emit
+        self.forward = forward
+        self.app_names = app_names or {}
+        self.wall = wall or WallClock()
+        self.decoder = FlowEventDecoder(flow_event_type(fp))
+        self.rb = RingBuffer(fp.table(RING).map_fd)
+        self.reader: RingBufferReader | None = None
+        self.records = 0          # flow records written here
+        self.forwarded = 0        # inspected sessions' ends handed to their worker
+        self.bad = 0              # records that could not be decoded
+        self.other = 0            # records of other types (table pressure: counted in ms_pressure)
+
+    def start(self, loop) -> None:
+        self.reader = RingBufferReader(self.rb, self._one, on_error=self._ring_error)
+        self.reader.start(loop)
+
+    def _ring_error(self, e: RingBufferError) -> None:
+        log.error("ms_events ring unreadable, flow records stop: %s", e)
+
+    def drain(self) -> int:
+        """Everything waiting now (at stop, and for callers without a loop)."""
+        return self.rb.consume(self._one)
+
+    def _one(self, raw: bytes) -> None:
+        self.handle([raw])
+
+    def handle(self, raws: list[bytes]) -> None:
+        by_worker: dict[int, list[tuple[bytes, object]]] = {}
+        for raw in raws:
+            if event_type(raw) != EventType.EVENT_FLOW_END:
+                self.other += 1
+                continue
+            try:
+                ev = self.decoder.decode(raw)
+            except ValueError as e:
+                self.bad += 1
+                log.warning("%s", e)
+                continue
+            if ev.action == POL_INSPECT and self.forward is not None:
+                by_worker.setdefault(ev.worker, []).append((raw, ev))
+            else:
+                self._write(ev)
+        for worker, items in by_worker.items():
+            if self.forward(worker, [raw for raw, _ in items]):
+                self.forwarded += len(items)
+            else:
+                for _, ev in items:
+                    self._write(ev)
+
+    def _write(self, ev) -> None:
+        self.emit(flow_end_record(ev, self.wall, app_names=self.app_names))
+        self.records += 1
+
+    def lost(self) -> int:
+        """Session ends the kernel could not write (ring full)."""
+        return lost_counts(self.fp).get("flow_end", 0)
+
+    def stop(self) -> None:
+        if self.reader is not None:
+            self.reader.stop()
+            self.reader = None
+        try:
+            self.drain()
+        except RingBufferError:
+            pass
+        self.rb.close()
+
+
+class CaptureTime:
+    """Session-clock ns -> a replayed capture's time. A replay runs frames far
+    faster than they were captured, and the kernel stamps sessions with its
+    own clock: the session clock is read before each frame runs, and a stamp
+    belongs to the last frame whose reading is not after it. With the
+    precise clock (replay_config() turns the coarse one off) every frame has
+    its own reading and the mapping is exact. With the coarse one (a build
+    made without replay_config(), as the tests' shared build) frames that
+    ran within one tick share it: a session's start is then the tick's
+    first frame, its end the tick's last."""
+
+    def __init__(self, coarse: bool):
+        import time
+        clock = getattr(time, "CLOCK_MONOTONIC_COARSE", 6) if coarse else time.CLOCK_MONOTONIC
+        self._now = lambda: time.clock_gettime_ns(clock)
+        self.ticks: list[int] = []
+        self.first: list[float] = []
+        self.last: list[float] = []
+
+    def frame(self, ts: float) -> None:
+        """Before a frame of capture time ``ts`` runs."""
+        t = self._now()
+        if self.ticks and self.ticks[-1] == t:
+            self.last[-1] = ts
+        else:
+            self.ticks.append(t)
+            self.first.append(ts)
+            self.last.append(ts)
+
+    def _at(self, ns: int, last: bool) -> float:
+        import bisect
+        i = bisect.bisect_right(self.ticks, ns) - 1
+        if i < 0:
+            return self.first[0] if self.first else 0.0
+        return self.last[i] if last else self.first[i]
+
+    def convert(self, ev):
+        """``ev`` (a FlowEnd) with its times in capture ns, for wall() below."""
+        return ev._replace(first_seen_ns=round(self._at(ev.first_seen_ns, False) * 1e9),
+                           last_seen_ns=round(self._at(ev.last_seen_ns, True) * 1e9))
+
+    @staticmethod
+    def wall(ns: int) -> float:
+        return ns / 1e9
+
+
+class ReplayFlows:
+    """Flow records in `microseg replay`: the kernel's session ends after each
+    frame, and at the end every session still open (reason "shutdown"), to
+    the replay's Engine (inspected sessions: one record with its side) or
+    straight to EVE. One flow record per session of the capture."""
+
+    def __init__(self, fp, engine, emit: Callable[[dict], object], app_names: dict[int, str]):
+        self.fp, self.engine, self.emit, self.app_names = fp, engine, emit, app_names
+        self.decoder = FlowEventDecoder(flow_event_type(fp))
+        self.rb = RingBuffer(fp.table(RING).map_fd)
+        self.times = CaptureTime(fp.features.coarse_clock)
+        self.records = 0
+        self.rb.drain()                   # ends of sessions from before this replay
+
+    def _end(self, ev) -> None:
+        ev = self.times.convert(ev)
+        self.records += 1
+        if ev.action == POL_INSPECT:
+            self.engine.session_end(ev, CaptureTime.wall)
+        else:
+            self.emit(flow_end_record(ev, CaptureTime.wall, app_names=self.app_names))
+
+    def drain(self) -> None:
+        for raw in self.rb.drain():
+            ev = self.decoder.decode(raw)
+            if ev is not None:
+                self._end(ev)
+
+    def flush(self) -> None:
+        """Every session still in the tables: ended by the replay's end."""
+        from datapath.sessions import FLOW_FLAGS
+        self.drain()
+        logged = FLOW_FLAGS["LOGGED"]
+        ends = []
+        for name in ("ms_flows", "ms_halfopen"):
+            t = self.fp.table(name)
+            for k, v in t.items():
+                if not v.flags & logged:
+                    ends.append(self.decoder.from_session(k, v, "shutdown"))
+        for ev in sorted(ends, key=lambda e: e.first_seen_ns):
+            self._end(ev)
+
+    def close(self) -> None:
+        self.rb.close()

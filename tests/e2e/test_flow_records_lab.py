@@ -1,0 +1,108 @@
+"""Every session gets an EVE flow record from `microseg run`, also when no
+inspection runs: a curl through an allow rule is logged when it closes,
+with the kernel's counters (checked against the client's own IP counters),
+and an unanswered UDP datagram is logged when the sweeper removes its
+session (short timeouts in the run configuration)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.lab import CLIENT_V4, SERVER_V4, HttpServer, Lab
+from labrun import running_daemon
+from tests.eve_schemas import schema_errors
+
+pytestmark = pytest.mark.lab
+
+HTTP_PORT, UDP_PORT = 8080, 5353
+WAIT_S = 60.0          # bound of every wait on a condition
+ETH_HEADER = 14        # the kernel counts skb->len at tc: the frame, Ethernet header included
+
+POLICY = f"""\
+groups:
+  clients: [10.77.1.0/24]
+  servers: [10.77.2.0/24]
+defaults: {{ingress: deny, egress: deny}}
+rules:
+  - {{name: web, from: clients, to: servers, proto: tcp, ports: [{HTTP_PORT}], action: allow}}
+  - {{name: mdns, from: clients, to: servers, proto: udp, ports: [{UDP_PORT}], action: allow}}
+"""
+UDP_SINK = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"s.bind(('{SERVER_V4}', {UDP_PORT}))\ntime.sleep(120)\n")
+UDP_SEND = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"s.bind(('{CLIENT_V4}', 40999))\ns.sendto(b'x' * 32, ('{SERVER_V4}', {UDP_PORT}))\n")
+
+
+def flow_records(eve: Path, **match) -> list[dict]:
+    if not eve.exists():
+        return []
+    out = []
+    for line in eve.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("event_type") == "flow" and all(r.get(k) == v for k, v in match.items()):
+            out.append(r)
+    return out
+
+
+def wait_records(eve: Path, **match) -> list[dict]:
+    deadline = time.monotonic() + WAIT_S
+    while not (got := flow_records(eve, **match)):
+        assert time.monotonic() < deadline, f"no flow record {match} in {eve}"
+        time.sleep(0.05)
+    return got
+
+
+def ip_counters(lab: Lab) -> dict[str, int]:
+    """The client namespace's IPv4 counters (nstat, absolute)."""
+    r = lab.run(lab.client, ["nstat", "-asz", "--json"])
+    kernel = json.loads(r.stdout)["kernel"]
+    return {k: int(kernel[k]) for k in ("IpInReceives", "IpOutRequests", "IpExtInOctets", "IpExtOutOctets")}
+
+
+def flowvar(rec: dict, name: str):
+    return next((v[name] for v in rec.get("metadata", {}).get("flowvars", []) if name in v), None)
+
+
+def test_sessions_through_allow_rules_are_logged(tmp_path):
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    (tmp_path / "rules.yaml").write_text("{}\n")
+    eve = tmp_path / "eve.json"
+    with Lab() as lab, HttpServer(lab, HTTP_PORT), \
+            running_daemon(lab, tmp_path, sweep_interval_s=0.5,
+                           datapath={"timeouts": {"udp_unreplied": 1.0}}):
+        sink = lab.popen(lab.server, ["/usr/bin/python3", "-c", UDP_SINK])
+        try:
+            before = ip_counters(lab)
+            r = lab.run(lab.client, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                                     "--max-time", "10", f"http://{SERVER_V4}:{HTTP_PORT}/"])
+            assert r.stdout.split()[0] == "200", r
+            (rec,) = wait_records(eve, src_ip=CLIENT_V4, dest_port=HTTP_PORT)
+            after = ip_counters(lab)
+            f = rec["flow"]
+            # the client's own counts of this namespace's only IPv4 traffic
+            sent, got = after["IpOutRequests"] - before["IpOutRequests"], after["IpInReceives"] - before["IpInReceives"]
+            assert (f["pkts_toserver"], f["pkts_toclient"]) == (sent, got), (rec, before, after)
+            assert f["bytes_toserver"] == after["IpExtOutOctets"] - before["IpExtOutOctets"] + ETH_HEADER * sent
+            assert f["bytes_toclient"] == after["IpExtInOctets"] - before["IpExtInOctets"] + ETH_HEADER * got
+            assert (f["state"], f["reason"], f["action"], f["alerted"]) == ("closed", "timeout", "pass", False)
+            assert flowvar(rec, "end_reason") == "closed" and flowvar(rec, "policy_action") == "allow"
+            assert rec["metadata"]["flowints"]["rule_id"] == 1 and rec["community_id"].startswith("1:")
+            assert schema_errors(rec) == []
+
+            lab.run(lab.client, ["/usr/bin/python3", "-c", UDP_SEND])
+            (udp,) = wait_records(eve, src_ip=CLIENT_V4, dest_port=UDP_PORT)
+            assert flowvar(udp, "end_reason") == "swept", udp
+            assert (udp["proto"], udp["src_port"], udp["flow"]["state"], udp["flow"]["reason"]) == \
+                ("UDP", 40999, "new", "timeout")
+            assert (udp["flow"]["pkts_toserver"], udp["flow"]["pkts_toclient"]) == (1, 0)
+            assert udp["flow"]["bytes_toserver"] == ETH_HEADER + 20 + 8 + 32
+            assert schema_errors(udp) == []
+        finally:
+            sink.kill()
+            sink.wait(5)
+    # one record per session, also after the daemon stopped (nothing logged twice)
+    assert len(flow_records(eve, src_ip=CLIENT_V4, dest_port=HTTP_PORT)) == 1
+    assert len(flow_records(eve, src_ip=CLIENT_V4, dest_port=UDP_PORT)) == 1
