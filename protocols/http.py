@@ -334,7 +334,7 @@ class _Collect:
 
 class _Head:
     """One head as llhttp understood it."""
-    __slots__ = ("method", "uri", "status", "reason", "version", "fields", "anomalies",
+    __slots__ = ("method", "uri", "status", "reason", "version", "fields", "names", "anomalies",
                  "upgrade", "error")
 
     def __init__(self) -> None:
@@ -344,18 +344,27 @@ class _Head:
         self.reason = ""
         self.version = ""
         self.fields: Fields = ()
+        self.names: list[str] = []      # the fields' names in lower case, in order
         self.anomalies: tuple[str, ...] = ()
         self.upgrade = False
         self.error: str | None = None   # llhttp objected after the head was complete
 
+    def set_fields(self, fields: Fields) -> None:
+        self.fields = fields
+        self.names = [n.lower() for n, _ in fields]
+
     def get(self, name: str) -> str | None:
-        for n, v in self.fields:
-            if n.lower() == name:
-                return v
-        return None
+        """Value of the first field called ``name`` (lower case), else None."""
+        try:
+            return self.fields[self.names.index(name)][1]
+        except ValueError:
+            return None
 
     def values(self, name: str) -> list[str]:
-        return [v for n, v in self.fields if n.lower() == name]
+        count = self.names.count(name)
+        if count <= 1:
+            return [self.fields[self.names.index(name)][1]] if count else []
+        return [v for (_, v), n in zip(self.fields, self.names) if n == name]
 
 
 def _add(anomalies: list[str], name: HttpAnomaly) -> None:
@@ -440,7 +449,7 @@ def _parse_head(head: bytes, request: bool) -> _Head | str:
         return _lenient_head(head, request, error or "incomplete")
     h = _Head()
     h.version = f"HTTP/{p.get_http_version()}"
-    h.fields = _decode_fields(collect.fields)
+    h.set_fields(_decode_fields(collect.fields))
     h.upgrade = p.should_upgrade()
     if request:
         h.method = p.get_method().decode("ascii")
@@ -455,6 +464,82 @@ def _parse_head(head: bytes, request: bool) -> _Head | str:
     if len(h.values("host")) > 1:
         anomalies.append(A.HOST_HEADER_AMBIGUOUS)
     h.anomalies = tuple(anomalies)
+    return h
+
+
+# --- The common case, without llhttp ---------------------------------------------
+#
+# Most heads are plain: CRLF line ends, a registered method with an
+# origin-form target of printable ASCII, HTTP/1.0 or 1.1, "name: value"
+# fields of tokens and visible characters, none of the fields that steer
+# llhttp's framing or upgrade logic in ways that are not simply "accepted".
+# For exactly those heads llhttp accepts everything and reports the bytes
+# as sent, so _fast_head builds the same _Head from two regexes over the
+# head decoded once (latin-1 maps each byte to one character), with no
+# llhttp parser, callbacks or per-line work. Anything else (a bare LF, an
+# obs-fold, a byte outside these sets, a long line, Transfer-Encoding,
+# Upgrade...) returns None and takes the llhttp path, then the lenient one,
+# as before: the fast path only ever skips work, never changes a result.
+
+_FAST_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+# A field value without its surrounding blanks: visible bytes (obs-text
+# included) with blanks only inside. llhttp accepts all of them.
+_FAST_VALUE = r"(?:[^\x00-\x20\x7f](?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)?"
+_FAST_FIELDS = rf"((?:{_FAST_TOKEN}:[ \t]*{_FAST_VALUE}[ \t]*\r\n)*)\r\n"
+_FAST_FIELD = re.compile(rf"({_FAST_TOKEN}):[ \t]*({_FAST_VALUE})[ \t]*\r\n")
+# The names of _FAST_FIELD's matches, read from the lower-cased block.
+_FAST_NAME = re.compile(rf"({_FAST_TOKEN}):[^\n]*\n")
+# CONNECT is left out: its authority-form target and tunnel are the slow path's.
+_FAST_REQUEST = re.compile(
+    "(" + "|".join(re.escape(m) for m in sorted(METHODS - {"CONNECT"}, key=len, reverse=True)) + ")"
+    r" (/[\x21-\x7e]*) HTTP/1\.([01])\r\n" + _FAST_FIELDS)
+# 101 is left out (upgrade), and so is a reason with blanks at its ends.
+_FAST_RESPONSE = re.compile(
+    r"HTTP/1\.([01]) (1(?:0[02-9]|[1-9][0-9])|[2-9][0-9][0-9])(?: (" + _FAST_VALUE + r"))?\r\n"
+    + _FAST_FIELDS)
+# Fields the fast path leaves to llhttp (framing and upgrade), or checks
+# first (content-length, connection).
+_FAST_SPECIAL = frozenset(("content-length", "transfer-encoding", "connection",
+                           "proxy-connection", "upgrade"))
+_FAST_NEVER = frozenset(("transfer-encoding", "proxy-connection", "upgrade"))
+# A Content-Length llhttp takes as is: digits, far below its 2**64 overflow.
+_FAST_LENGTH = re.compile(r"[0-9]{1,15}")
+
+
+def _fast_head(text: str, request: bool) -> _Head | None:
+    """``text`` (a complete head, latin-1 decoded, at most MAX_FIELD_LINE_BYTES
+    long so that no line is too long) parsed as _parse_head would, if it is a
+    plain one (see above); None: leave it to _parse_head."""
+    m = (_FAST_REQUEST if request else _FAST_RESPONSE).fullmatch(text)
+    if m is None:
+        return None
+    block = m[4]
+    names = _FAST_NAME.findall(block.lower())
+    if len(names) > MAX_HEADERS:
+        return None
+    hosts = 0
+    if not _FAST_SPECIAL.isdisjoint(names):
+        if not _FAST_NEVER.isdisjoint(names):
+            return None
+        fields = _FAST_FIELD.findall(block)
+        count = names.count("content-length")
+        if count > 1 or count and not _FAST_LENGTH.fullmatch(fields[names.index("content-length")][1]):
+            return None
+        for n, (_, v) in zip(names, fields):
+            if n == "connection" and "upgrade" in v.lower():
+                return None
+    else:
+        fields = _FAST_FIELD.findall(block)
+    h = _Head()
+    h.fields = tuple(fields)
+    h.names = names
+    h.version = "HTTP/1.1" if m[3 if request else 1] == "1" else "HTTP/1.0"
+    if request:
+        h.method, h.uri = m[1], m[2]
+    else:
+        h.status, h.reason = int(m[2]), m[3] or ""
+    if names.count("host") > 1:
+        h.anomalies = (A.HOST_HEADER_AMBIGUOUS,)
     return h
 
 
@@ -555,7 +640,7 @@ def _lenient_head(head: bytes, request: bool, llhttp_error: str | None) -> _Head
         if _CTL.search(value):
             _add(anomalies, bad_field)
         fields.append((name, value))
-    h.fields = _decode_fields(fields)
+    h.set_fields(_decode_fields(fields))
     if len(h.values("host")) > 1:
         _add(anomalies, A.HOST_HEADER_AMBIGUOUS)
     if request:
@@ -765,11 +850,17 @@ class HttpParser(StreamParser):
     def _run(self, side: _Side, events: list[Event]) -> None:
         """Consume what ``side.buf`` holds as far as it goes."""
         i = 0
+        n = len(side.buf)
         while True:
             j = _STATES[side.state](self, side, i, events)
             if j is None:
                 break
             i = j
+            if i == n:
+                # Every state waits (returns None) at the end of the buffer,
+                # so it need not be asked. (The chunk-size state's scan
+                # offset it would set equals the offset after consume.)
+                break
         side.consume(i)
         self._flush(side, events)
 
@@ -796,10 +887,21 @@ class HttpParser(StreamParser):
         if i == n:
             return i if i > start else None
         request = side.direction == Direction.TO_SERVER
+        m = _HEAD_END.search(buf, max(i, side.scan - side.offset), i + MAX_HEAD_BYTES)
+        if m is not None:
+            # A plain head starts as _lenient_bad_start wants (a method and SP,
+            # or "HTTP/"), so it need not be asked.
+            end = m.end()
+            # Every line of a head this short fits MAX_FIELD_LINE_BYTES.
+            head = (_fast_head(buf[i:end].decode("latin-1"), request)
+                    if end - i <= MAX_FIELD_LINE_BYTES else None)
+            if head is not None:
+                if request:
+                    return self._request(side, head, side.offset + i, end, events)
+                return self._response(side, head, side.offset + i, end, events)
         reason = _lenient_bad_start(bytes(buf[i:i + _START_PREFIX_BYTES]), request)
         if reason:
             return self._fail(side, reason, i, events)
-        m = _HEAD_END.search(buf, max(i, side.scan - side.offset), i + MAX_HEAD_BYTES)
         if m is None:
             end = _http09_end(buf, i) if request else None
             if end is None:

@@ -1,0 +1,163 @@
+"""protocols/http.py's fast path for plain heads (_fast_head): it must give
+exactly what the llhttp path (_parse_head) gives, or step aside (None).
+
+Seeded random heads close to plain ones (one byte inserted, replaced or
+removed anywhere; the fields that steer framing and upgrades; odd statuses
+and reasons) are parsed both ways, and whole streams of them are fed at
+random splits: the events must not depend on where the bytes were cut."""
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import httptools
+import pytest
+
+from protocols import http
+from protocols.api import Direction, Malformed
+from protocols.http import HttpParser
+
+C, S = Direction.TO_SERVER, Direction.TO_CLIENT
+
+# Random cases per property: enough to reach every branch of _fast_head
+# many times (a few seconds on a busy 2-core machine).
+CASES = 4000
+SEED = 20261206
+
+_NAMES = ["Host", "host", "HOST", "User-Agent", "Accept", "Content-Length", "content-length",
+          "Connection", "Content-Type", "X-Forwarded-For", "Cookie", "Upgrade",
+          "Transfer-Encoding", "Proxy-Connection", "Keep-Alive", "Date", "Server"]
+_VALUES = ["a.example", "keep-alive", "close", "Upgrade", "keep-alive, upgrade", "0", "3", "03",
+           "15", "123456789012345", "1234567890123456", "text/html; charset=utf-8",
+           "  spaced  ", "", "a\tb", "\xe9t\xe9", "chunked", "websocket", "x,y", "  ", "1, 1"]
+
+
+def _near_plain(r: random.Random, request: bool, mutate: bool = True) -> bytes:
+    if request:
+        method = r.choice(sorted(http.METHODS) + ["CONNECT", "PRI", "get"])
+        target = r.choice(["/", "/a?b=c&d=%20#f", "*", "x.example:443", "http://h/p",
+                           "/" + "".join(chr(r.randrange(0x21, 0x7f)) for _ in range(r.randrange(12)))])
+        first = f"{method} {target} HTTP/1.{r.choice('0111')}"
+    else:
+        status = r.choice(["200", "204", "304", "100", "101", "199", "102", "404", "999", "099",
+                           "1000", "20"])
+        first = f"HTTP/1.{r.choice('0111')} {status}" + r.choice(
+            [" OK", "", " ", " Not Found", " OK ", "  OK", " \xe9", " a\tb"])
+    fields = [f"{r.choice(_NAMES)}:{r.choice(['', ' ', '  ', chr(9)])}{r.choice(_VALUES)}"
+              f"{r.choice(['', ' ', chr(9)])}" for _ in range(r.randrange(7))]
+    head = bytearray(("\r\n".join([first, *fields]) + "\r\n\r\n").encode("latin-1"))
+    if mutate and r.random() < 0.5:
+        pos, byte = r.randrange(len(head)), r.randrange(256)
+        op = r.randrange(3)
+        if op == 0:
+            head[pos:pos] = bytes([byte])
+        elif op == 1:
+            head[pos] = byte
+        else:
+            del head[pos]
+    return bytes(head)
+
+
+def _as_tuple(h):
+    if isinstance(h, str):
+        return h
+    return (h.method, h.uri, h.status, h.reason, h.version, h.fields, h.anomalies, h.upgrade,
+            h.error, h.names)
+
+
+def test_fast_head_equals_llhttp_path_or_steps_aside():
+    r = random.Random(SEED)
+    taken = 0
+    for _ in range(CASES):
+        request = r.random() < 0.5
+        raw = _near_plain(r, request)
+        end = raw.find(b"\r\n\r\n")
+        if end < 0 or b"\n\n" in raw[:end + 4] or b"\n\r\n" in raw[:end + 2]:
+            continue        # not one complete head ending at its first empty line
+        head = raw[:end + 4]
+        fast = http._fast_head(head.decode("latin-1"), request)
+        if fast is None:
+            continue
+        taken += 1
+        assert _as_tuple(fast) == _as_tuple(http._parse_head(head, request)), head
+    assert taken > CASES // 10      # the property was exercised
+
+
+def _events(ops):
+    p = HttpParser()
+    out = []
+    for d, data in ops:
+        out += p.receive_data(data, d)
+    out += p.receive_eof(C) + p.receive_eof(S)
+    # HttpBody events follow how the bytes were cut; everything else may not,
+    # but a Malformed's reason quotes the bytes it had (where, not why, counts),
+    # and a tunnel hands over what was held when it opened (where it starts counts).
+    got = []
+    for e in out:
+        if isinstance(e, http.HttpTunnel):
+            got.append((e.via, e.target, e.status, e.to_server_offset, e.to_client_offset))
+            break
+        if isinstance(e, Malformed):
+            got.append((e.direction, e.offset))
+        elif not isinstance(e, http.HttpBody):
+            got.append(dataclasses.astuple(e))
+    return got
+
+
+def _cut(r: random.Random, data: bytes) -> list[bytes]:
+    if len(data) < 2:
+        return [data] if data else []
+    cuts = sorted(r.sample(range(1, len(data)), min(len(data) - 1, r.randrange(1, 8))))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+
+
+def test_events_do_not_depend_on_splits():
+    r = random.Random(SEED + 1)
+    for _ in range(CASES // 4):
+        # Not mutated: a request line without a version is read as HTTP/0.9
+        # as soon as its line is complete, so where such a line is cut counts.
+        reqs = b"".join(_near_plain(r, True, mutate=False) + (b"abc" if r.random() < 0.3 else b"")
+                        for _ in range(r.randrange(1, 4)))
+        resps = b"".join(_near_plain(r, False, mutate=False) for _ in range(r.randrange(0, 3)))
+        whole = _events([(C, reqs), (S, resps)] if resps else [(C, reqs)])
+        split = _events([(C, part) for part in _cut(r, reqs)] + [(S, part) for part in _cut(r, resps)])
+        assert whole == split, (reqs, resps)
+
+
+def test_plain_heads_do_not_need_llhttp(monkeypatch):
+    """The per-message work of a plain request or response: no llhttp parser."""
+    def refuse(*a, **k):
+        raise AssertionError("llhttp used for a plain head")
+    monkeypatch.setattr(httptools, "HttpRequestParser", refuse)
+    monkeypatch.setattr(httptools, "HttpResponseParser", refuse)
+    p = HttpParser()
+    ev = p.receive_data(b"GET /catalog/item?id=000001&sort=price HTTP/1.1\r\nHost: shop.example\r\n"
+                        b"User-Agent: bench\r\n\r\n" * 2, C)
+    assert [e.kind for e in ev] == ["http_request", "http_message_end"] * 2
+    req = ev[0]
+    assert (req.method, req.uri, req.version, req.host, req.user_agent, req.anomalies) == (
+        "GET", "/catalog/item?id=000001&sort=price", "HTTP/1.1", "shop.example", "bench", ())
+    ev = p.receive_data(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
+                        b"Connection: keep-alive\r\nHost: a\r\nhost: b\r\n\r\nhi", S)
+    assert [e.kind for e in ev] == ["http_response", "http_body", "http_message_end"]
+    assert (ev[0].status, ev[0].reason, ev[0].content_length, ev[0].request_method,
+            ev[0].anomalies) == (200, "OK", 2, "GET", (http.A.HOST_HEADER_AMBIGUOUS,))
+
+
+@pytest.mark.parametrize("head, to_server", [
+    (b"GET / HTTP/1.1\nHost: a\n\n", True),                      # bare LF
+    (b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", True),             # obs-fold
+    (b"GET /\xe9 HTTP/1.1\r\n\r\n", True),                      # non-ASCII target
+    (b"CONNECT a:443 HTTP/1.1\r\n\r\n", True),
+    (b"get / HTTP/1.1\r\n\r\n", True),
+    (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", True),
+    (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", True),
+    (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", True),
+    (b"GET / HTTP/1.1\r\nX: " + b"a" * http.MAX_FIELD_LINE_BYTES + b"\r\n\r\n", True),
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", False),
+    (b"HTTP/1.1 200  OK\r\n\r\n", False),
+])
+def test_other_heads_take_the_llhttp_or_lenient_path(head, to_server):
+    # Longer than a line may be: _st_head does not ask _fast_head at all.
+    if len(head) <= http.MAX_FIELD_LINE_BYTES:
+        assert http._fast_head(head.decode("latin-1"), to_server) is None
