@@ -45,6 +45,16 @@ each case is a packet whose repetitions all take the same path:
   L7 marks are cleared before each round, so every round sees first
   payloads.
 
+* ``tcp4-close-last-ack`` / ``tcp4-close-rst``: a session's last packet,
+  which ends it and writes its end record (struct ms_flow_event) to the
+  ms_events ring: the final ACK after both FINs (LAST_ACK -> TIME_WAIT) and
+  a RST at the expected sequence number (ESTABLISHED -> CLOSE).
+  ``--close-flows`` new flows per round (set up with their handshakes and,
+  for the ACK, both FINs), one call each, repeat 1; the baseline is
+  ``tcp4-ack-repeat1``, an ACK of each of those flows while still
+  established, measured the same way. The ring is read after each round and
+  must hold one record per closed flow.
+
 Every measurement is checked: the TC action and the reason counter (all N
 repetitions counted under the expected reason, nothing else). A case that
 took another path is reported in a WARNING row.
@@ -77,6 +87,11 @@ DEFAULT_ROUNDS = 7
 DEFAULT_NEW_FLOWS = 20_000
 DEFAULT_L7_FLOWS = 5_000
 QUICK_L7_FLOWS = 500
+# Flows closed per round and kind (FIN, RST) for the last-packet rows: both
+# kinds' end records (128 bytes each in the ring) fit ms_events' 2 MiB.
+DEFAULT_CLOSE_FLOWS = 5_000
+QUICK_CLOSE_FLOWS = 500
+CLOSE_SERVER = "10.0.0.5"
 L7_SERVER = "10.0.0.4"
 HTTP_REQUEST = b"GET /index.html HTTP/1.1\r\nHost: example.org\r\nUser-Agent: bench\r\n\r\n"
 # Same length, no signature matches: every shape is looked up (the worst case).
@@ -162,6 +177,25 @@ def l7_flows(n: int, payload: bytes, port0: int) -> list[tuple[dict, bytes]]:
     return out
 
 
+def closing_flows(n: int, client: str) -> list[dict[str, bytes]]:
+    """``n`` flows to CLOSE_SERVER (source ports from 1024): handshake, an
+    established ACK, both FINs, the final ACK, and a RST at the expected
+    sequence number."""
+    out = []
+    for i in range(n):
+        sport = 1024 + i
+        pk = tcp_packets(4, client, CLOSE_SERVER, sport)
+        up = Ether(**MACS) / IP(src=client, dst=CLOSE_SERVER)
+        down = Ether(**MACS) / IP(src=CLOSE_SERVER, dst=client)
+        pk["fin"] = bytes(up / TCP(sport=sport, dport=80, flags="FA", seq=ISN + 1, ack=RISN + 1, options=ACK_OPTIONS))
+        pk["finack"] = bytes(down / TCP(sport=80, dport=sport, flags="FA", seq=RISN + 1, ack=ISN + 2,
+                                        options=ACK_OPTIONS))
+        pk["last"] = bytes(up / TCP(sport=sport, dport=80, flags="A", seq=ISN + 2, ack=RISN + 2, options=ACK_OPTIONS))
+        pk["rst"] = bytes(up / TCP(sport=sport, dport=80, flags="R", seq=ISN + 1))
+        out.append(pk)
+    return out
+
+
 def clear_l7_marks(fp: FastPath) -> int:
     """Forget what the L7 stage saw of every session: returns how many."""
     t = fp.table("ms_flows")
@@ -242,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"distinct SYNs per round for the new-flow case (default {DEFAULT_NEW_FLOWS})")
     ap.add_argument("--l7-flows", type=int, default=None,
                     help=f"established flows whose first payload is timed (default {DEFAULT_L7_FLOWS})")
+    ap.add_argument("--close-flows", type=int, default=None,
+                    help=f"flows closed per round and kind for the last-packet rows (default {DEFAULT_CLOSE_FLOWS})")
     ap.add_argument("--quick", action="store_true",
                     help=f"smoke run: repeat {QUICK_REPEAT}, {QUICK_ROUNDS} rounds, "
                          f"{QUICK_NEW_FLOWS} new flows")
@@ -250,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
     n_new = args.new_flows or (QUICK_NEW_FLOWS if args.quick else DEFAULT_NEW_FLOWS)
     n_l7 = args.l7_flows or (QUICK_L7_FLOWS if args.quick else DEFAULT_L7_FLOWS)
+    n_close = args.close_flows or (QUICK_CLOSE_FLOWS if args.quick else DEFAULT_CLOSE_FLOWS)
+    if not 1 <= n_close <= MAX_NEW_FLOWS:
+        ap.error(f"--close-flows: 1 to {MAX_NEW_FLOWS} (one source port each)")
     if repeat < 1 or rounds < 1 or n_new < 1:
         ap.error("--repeat, --rounds and --new-flows must be at least 1")
     if n_new > MAX_NEW_FLOWS:
@@ -310,6 +349,17 @@ def main(argv: list[str] | None = None) -> int:
         first_u = Case("tcp4-first-payload-unknown", ing, l7u[0][1], fp, reason=fwd,
                        path="first payload no signature matches: every shape looked up, repeat 1")
         http_id = fp.l7.ids["http"]
+        ack1 = Case("tcp4-ack-repeat1", ing, tcp4["ack"], fp, reason=fwd,
+                    path=f"ACK of an ESTABLISHED flow, {n_close} flows, repeat 1 (baseline of the close rows)")
+        close_ack = Case("tcp4-close-last-ack", ing, tcp4["ack"], fp, reason=fwd,
+                         path="final ACK after both FINs: TIME_WAIT, end record to ms_events, repeat 1")
+        close_rst = Case("tcp4-close-rst", ing, tcp4["ack"], fp, reason=fwd,
+                         path="RST at the expected seq: CLOSE, end record to ms_events, repeat 1")
+        from datapath.enums import EventType
+        from datapath.flowevents import event_type
+        from slowpath.ringbuf import RingBuffer
+        events = RingBuffer(fp.table("ms_events").map_fd)
+        events.drain()
 
         for c in cases:  # warm-up, checked like a measurement
             run_checked(c, c.frame, 1)
@@ -361,6 +411,47 @@ def main(argv: list[str] | None = None) -> int:
             first.samples.append(statistics.median(d_first))
             later.samples.append(statistics.median(d_later))
             first_u.samples.append(statistics.median(d_unknown))
+
+            # A session's last packet (it ends the session and writes its
+            # end record) against an established ACK of the same flows.
+            by_fin = closing_flows(n_close, f"10.3.{rnd % 250}.1")
+            by_rst = closing_flows(n_close, f"10.4.{rnd % 250}.1")
+            for pk in by_fin + by_rst:
+                for what in ("syn", "synack", "ack"):
+                    must(fp, pk[what], f"closing flow {what}")
+            events.drain()
+            # Called directly (as the L7 rows): a counters read between calls
+            # would leave each run with cold caches. Checked per round instead.
+            before = fp.counters()
+            d_ack, d_rst, d_last = [], [], []
+            for i, (a, b) in enumerate(zip(by_fin, by_rst)):
+                pair = ((ack1, d_ack, a["ack"]), (close_rst, d_rst, b["rst"]))
+                for case, out, data in (pair if (i + rnd) % 2 == 0 else pair[::-1]):
+                    r = bpfsys.prog_test_run(ing, data, repeat=1)
+                    out.append(r.duration_ns)
+                    if r.retval != TC_ACT_OK:
+                        case.problems.append(f"action {r.retval}")
+            for a in by_fin:
+                must(fp, a["fin"], "closing flow fin")
+                must(fp, a["finack"], "closing flow fin-ack")
+            for a in by_fin:
+                r = bpfsys.prog_test_run(ing, a["last"], repeat=1)
+                d_last.append(r.duration_ns)
+                if r.retval != TC_ACT_OK:
+                    close_ack.problems.append(f"action {r.retval}")
+            after = fp.counters()
+            moved = {k[1]: after[k][0] - before.get(k, (0, 0))[0] for k in after
+                     if after[k][0] != before.get(k, (0, 0))[0]}
+            if moved != {fwd: 5 * n_close}:        # ACK, RST, last ACK measured; both FINs set up
+                got = ", ".join(f"{r.name} x{n}" for r, n in sorted(moved.items()))
+                close_ack.problems.append(f"round {rnd}: counted {got}, expected PASS_FORWARD x{5 * n_close}")
+            ends = [r for r in events.drain() if event_type(r) == EventType.EVENT_FLOW_END]
+            if len(ends) != 2 * n_close:
+                close_ack.problems.append(f"round {rnd}: {len(ends)} end records, expected {2 * n_close}")
+            ack1.samples.append(statistics.median(d_ack))
+            close_rst.samples.append(statistics.median(d_rst))
+            close_ack.samples.append(statistics.median(d_last))
+        events.close()
     finally:
         fp_full.close()
         fp.close()
@@ -375,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| case | frame bytes | ns/packet (median) | min | max | ratio to empty | path |")
     print("|---|---|---|---|---|---|---|")
     warnings = []
-    for group, base_case in ((cases, cases[0]), ([empty1, newflow], empty1), ([later, first, first_u], later)):
+    for group, base_case in ((cases, cases[0]), ([empty1, newflow], empty1), ([later, first, first_u], later),
+                             ([ack1, close_ack, close_rst], ack1)):
         base = statistics.median(base_case.samples) or 1
         for c in group:
             med = statistics.median(c.samples)
