@@ -106,3 +106,41 @@ def test_sessions_through_allow_rules_are_logged(tmp_path):
     # one record per session, also after the daemon stopped (nothing logged twice)
     assert len(flow_records(eve, src_ip=CLIENT_V4, dest_port=HTTP_PORT)) == 1
     assert len(flow_records(eve, src_ip=CLIENT_V4, dest_port=UDP_PORT)) == 1
+
+
+INSPECT_POLICY = f"""\
+groups:
+  clients: [10.77.1.0/24]
+  servers: [10.77.2.0/24]
+defaults: {{ingress: deny, egress: deny}}
+rules:
+  - {{name: web, from: clients, to: servers, proto: tcp, ports: [{HTTP_PORT}], action: inspect,
+     inspect: {{what: [waf, dpi], mode: async}}}}
+"""
+INSPECTED = 12      # sessions over two workers: all on one has a chance of 2 ** -11
+
+
+def test_inspected_sessions_get_one_record_each_from_their_worker(tmp_path):
+    (tmp_path / "policy.yaml").write_text(INSPECT_POLICY)
+    (tmp_path / "rules.yaml").write_text("{}\n")
+    eve = tmp_path / "eve.json"
+    ports = range(43000, 43000 + INSPECTED)
+    with Lab() as lab, HttpServer(lab, HTTP_PORT), running_daemon(lab, tmp_path, slowpath={"workers": 2}):
+        for p in ports:
+            r = lab.run(lab.client, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                                     "--local-port", str(p), f"http://{SERVER_V4}:{HTTP_PORT}/"])
+            assert r.stdout == "200", r
+        deadline = time.monotonic() + WAIT_S
+        while {r["src_port"] for r in flow_records(eve, dest_port=HTTP_PORT)} != set(ports):
+            assert time.monotonic() < deadline, flow_records(eve, dest_port=HTTP_PORT)
+            time.sleep(0.05)
+    records = [json.loads(line) for line in eve.read_text().splitlines()]
+    http_ids = {r["src_port"]: r["flow_id"] for r in records if r["event_type"] == "http"}
+    flows = [r for r in records if r["event_type"] == "flow" and r.get("dest_port") == HTTP_PORT]
+    assert sorted(r["src_port"] for r in flows) == list(ports)       # one each, also after the stop
+    for r in flows:
+        # written by the session's worker: its engine's flow id (the http record's) and protocol
+        assert (r["flow_id"], r["app_proto"]) == (http_ids[r["src_port"]], "http"), r
+        assert flowvar(r, "end_reason") == "closed" and flowvar(r, "policy_action") == "inspect"
+        assert r["flow"]["pkts_toserver"] >= 5 and r["flow"]["bytes_toclient"] > 0
+        assert schema_errors(r) == []
