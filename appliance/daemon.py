@@ -481,6 +481,8 @@ class Daemon:
                                    forward=self.workers.forward_flow_ends, wall=self.workers.ctx.wall)
             self.flowlog.start(loop)
             self._flow_metrics()
+            # the batch sweep (no kernel sweep) reports its deletes: written on this loop
+            self.sweeper.on_ended = lambda entries: loop.call_soon_threadsafe(self.flowlog.sessions_ended, entries)
         else:
             log.info("no BPF ring buffers on this kernel: sessions are not logged as EVE flow records "
                      "(inspected flows' records come from the slow path)")

@@ -87,6 +87,16 @@ class FlowLog:
                 for _, ev in items:
                     self._write(ev)
 
+    def sessions_ended(self, entries: list[tuple[bytes, bytes]]) -> None:
+        """Sessions the batch sweep removed (datapath/sweeper.py on_ended:
+        kernels without the kernel sweep, which writes its own records):
+        (ms_flows key, value) each. Written here from the entry; the worker
+        of an inspected one is not known in user space, so its engine's side
+        (flow id, alerts) is not in the record."""
+        t = self.fp.table("ms_flows")
+        for k, v in entries:
+            self._write(self.decoder.from_session(t.Key.from_buffer_copy(k), t.Leaf.from_buffer_copy(v), "swept"))
+
     def _write(self, ev) -> None:
         self.emit(flow_end_record(ev, self.wall, app_names=self.app_names))
         self.records += 1

@@ -71,7 +71,7 @@ from . import attach, bpfsys
 from .errors import MicrosegError
 from .loader import SWEEP_MAPS, SweepProgram, compile_sweep
 from .pressure import config_pressure_pct, read_pressure
-from .sessions import DEFAULT_BATCH, BatchWalker, expiry_dtype, read_timeouts_ns, session_clock_ns
+from .sessions import DEFAULT_BATCH, FLOW_FLAGS, BatchWalker, expiry_dtype, read_timeouts_ns, session_clock_ns
 
 
 @dataclass
@@ -103,7 +103,7 @@ class Sweeper:
                  config_type: type | None = None, batch: int = DEFAULT_BATCH,
                  lock_dir: Path | None = None, method: str = "auto",
                  kernel: SweepProgram | None = None, kernel_error: str | None = None,
-                 owns_kernel: bool = False):
+                 owns_kernel: bool = False, on_ended=None):
         """``pressure_pct`` None: read it from the ms_config map (``config_fd``)
         at every sweep, so a runtime change applies.
 
@@ -111,7 +111,13 @@ class Sweeper:
         loaded for these same maps) when there is one, else the batch sweep;
         "kernel" insists on the kernel sweep (MicrosegError, with
         ``kernel_error``, when there is none); "batch" always runs the batch
-        sweep. ``owns_kernel``: close() closes ``kernel``."""
+        sweep. ``owns_kernel``: close() closes ``kernel``.
+
+        ``on_ended(entries)``: the batch sweep's session ends, a list of
+        (key bytes, value bytes) of the entries it deleted whose end record
+        the kernel did not send (MS_FLOW_LOGGED unset): the kernel sweep
+        writes those to ms_events itself, the batch sweep cannot, so its
+        caller writes their flow records (appliance/flowlog.py)."""
         if pressure_pct is None and (config_fd is None or config_type is None):
             raise ValueError("pressure_pct or config_fd and config_type needed")
         if method not in METHODS:
@@ -137,6 +143,9 @@ class Sweeper:
         self._walkers = {name: BatchWalker(fd, self.key_size, self.value_size, batch)
                          for name, fd in self.fds.items()}
         self._lock_path = self._lock_file(lock_dir)
+        self.on_ended = on_ended
+        self._flags_off = leaf_type.flags.offset
+        self._logged = FLOW_FLAGS["LOGGED"]
 
     # -- construction ------------------------------------------------------
     @classmethod
@@ -232,15 +241,24 @@ class Sweeper:
             age = (now_u - v["last_seen_ns"]).view(np.int64)
             idx = np.flatnonzero(age > tmo[v["state"]])
             if idx.size:
-                gone = self._delete(self.fds[name], w.keys[idx])
+                keys = w.keys[idx]
+                gone, missed = self._delete(self.fds[name], keys)
                 deleted += gone
                 if gone:
                     self._add_user_deleted(name, gone)
+                if self.on_ended is not None and gone:
+                    values = [v.tobytes() for v in w.values[idx]]
+                    ended = [(keys[i].tobytes(), v) for i, v in enumerate(values)
+                             if i not in missed and not v[self._flags_off] & self._logged]
+                    if ended:
+                        self.on_ended(ended)
         return scanned, deleted
 
-    def _delete(self, fd: int, keys: np.ndarray) -> int:
-        """Delete ``keys`` (a contiguous array); returns how many this call removed."""
+    def _delete(self, fd: int, keys: np.ndarray) -> tuple[int, set[int]]:
+        """Delete ``keys`` (a contiguous array); returns how many this call
+        removed, and the positions of those someone else removed first."""
         total, pos, n = 0, 0, len(keys)
+        missed: set[int] = set()
         base, ks = keys.ctypes.data, self.key_size
         while pos < n:
             done, err = bpfsys.map_delete_batch(fd, base + pos * ks, n - pos)
@@ -250,8 +268,9 @@ class Sweeper:
                 break
             if err != errno.ENOENT:
                 raise bpfsys.BpfError(err, f"bpf map delete batch: {os.strerror(err)}")
-            pos += 1  # the kernel's lazy expiry deleted this one first: it counted it
-        return total
+            missed.add(pos)
+            pos += 1  # the kernel's lazy expiry deleted this one first: it counted it (and sent its end)
+        return total, missed
 
     # -- ms_pressure_user --------------------------------------------------
     def _read_user(self) -> bytearray:

@@ -143,3 +143,30 @@ def test_wall_clock_offset():
     wc = WallClock()
     now_mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     assert abs(wc(now_mono) - time.time()) < 1.0
+
+
+def test_batch_sweep_reports_the_sessions_it_deletes(fastpath, events):
+    from datapath.sweeper import Sweeper
+    closed = _data_conn(fastpath, 42201)
+    closed.send("s", "R", seq=closed.s.nxt)              # its record went at the reset
+    open_ = _data_conn(fastpath, 42202)
+    expect(fastpath, udp_frame(CLI, 7002, SRV, 53), R.PASS_FORWARD)
+    assert [g.client[1] for g in events.take()] == [42201]
+    got = []
+    sw = Sweeper.for_fastpath(fastpath, method="batch", on_ended=got.extend)
+    st = sw.sweep(session_clock_ns() + FAR)
+    assert (st.method, st.expired_flows, st.expired_halfopen) == ("batch", 2, 1)
+    t = fastpath.table("ms_flows")
+    ends = [events.dec.from_session(t.Key.from_buffer_copy(k), t.Leaf.from_buffer_copy(v), "swept") for k, v in got]
+    assert sorted((e.client[1], e.packets, e.reason) for e in ends) == \
+        [(7002, (1, 0), "swept"), (open_.c.port, (3, 2), "swept")]    # not the closed one: logged already
+    assert events.take() == []                            # the batch sweep writes nothing to the ring
+    # the daemon's side: a flow record each
+    from appliance.flowlog import FlowLog
+    out = []
+    log = FlowLog(fastpath, out.append)
+    try:
+        log.sessions_ended(got)
+    finally:
+        log.rb.close()
+    assert sorted((r["src_port"], r["flow"]["pkts_toserver"]) for r in out) == [(7002, 1), (open_.c.port, 3)]
