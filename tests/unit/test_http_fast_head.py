@@ -161,3 +161,18 @@ def test_other_heads_take_the_llhttp_or_lenient_path(head, to_server):
     # Longer than a line may be: _st_head does not ask _fast_head at all.
     if len(head) <= http.MAX_FIELD_LINE_BYTES:
         assert http._fast_head(head.decode("latin-1"), to_server) is None
+
+
+@pytest.mark.parametrize("cls, build, values", [
+    (http.HttpRequest, http._new_request,
+     (C, "GET", "/", "HTTP/1.1", "a", None, None, (("Host", "a"),), None, False, (), 7)),
+    (http.HttpResponse, http._new_response,
+     (S, 200, "OK", "HTTP/1.1", None, (), "GET", 3, False, ("X",), 9)),
+    (http.HttpMessageEnd, http._new_message_end, (C, 3, 3, (("T", "v"),))),
+])
+def test_event_builders_make_the_same_events(cls, build, values):
+    made, built = cls(*values), build(*values)
+    assert type(built) is cls
+    assert (built == made, hash(built), repr(built)) == (True, hash(made), repr(made))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.direction = S
