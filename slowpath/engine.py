@@ -70,6 +70,11 @@ _DIRECTIONS = (Direction.TO_SERVER, Direction.TO_CLIENT)
 _DECIDED = (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK)
 _IDENTIFY_ONLY = frozenset({"dpi"})
 HTTP_SWITCHING_PROTOCOLS = 101   # RFC 9110 15.2.2: the last HTTP/1.x answer on the connection
+# Protocols whose naming field can take another value later on the same
+# connection, and that field's domain-rule name: an HTTP keep-alive
+# connection asks for other Hosts, a DNS forwarder sends every query from
+# one 5-tuple. A TLS connection has one SNI.
+REPEATING_NAMES = {"http": "http_host", "dns": "dns_query"}
 
 
 @dataclass
@@ -241,7 +246,7 @@ class Engine:
             an = flow.analyzer
             if an.decided and an.parser is None:
                 self._verdict(flow, VerdictCode.VERDICT_ALLOW)   # nothing this slow path can read
-        if flow.identify_only and flow.verdict not in _DECIDED and flow.analyzer.identified:
+        if flow.identify_only and flow.verdict not in _DECIDED and self._identified(flow):
             # Identified (protocol and naming fields): nothing more to read.
             self._verdict(flow, VerdictCode.VERDICT_ALLOW)
         if (flow.verdict == VerdictCode.VERDICT_RELEASE and self.inspect_budget is not None
@@ -463,8 +468,19 @@ class Engine:
         else:
             self.injector.reset_flow(flow.info, flow.key, list(flow.next_seq))
 
+    def _identified(self, flow: Flow) -> bool:
+        """Nothing more to read on an identify-only flow: its protocol and
+        names are known, and no domain rule could match a later name on the
+        same connection (REPEATING_NAMES: such a flow is read to its budget,
+        or letting it go after its first name would let later names pass
+        unchecked)."""
+        if not flow.analyzer.identified:
+            return False
+        field = REPEATING_NAMES.get(flow.analyzer.app)
+        return field is None or not any(field in d.fields for d in getattr(self.rules, "domains", ()))
+
     def _verdict(self, flow: Flow, code: VerdictCode) -> None:
-        if code == VerdictCode.VERDICT_RELEASE and flow.identify_only and flow.analyzer.identified:
+        if code == VerdictCode.VERDICT_RELEASE and flow.identify_only and self._identified(flow):
             code = VerdictCode.VERDICT_ALLOW    # identified: bypass at once, not release then allow
         if flow.verdict == code or flow.verdict in _DECIDED:
             return
