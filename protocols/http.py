@@ -528,8 +528,11 @@ _FAST_RESPONSE = re.compile(
 _FAST_SPECIAL = frozenset(("content-length", "transfer-encoding", "connection",
                            "proxy-connection", "upgrade"))
 _FAST_NEVER = frozenset(("transfer-encoding", "proxy-connection", "upgrade"))
-# A Content-Length llhttp takes as is: digits, far below its 2**64 overflow.
-_FAST_LENGTH = re.compile(r"[0-9]{1,15}")
+# Most digits of a Content-Length the fast path takes: llhttp refuses a
+# length past 2**64 - 1 (20 digits); 15 digits (under a petabyte) stay far
+# below that, and a longer one goes to llhttp to judge.
+FAST_MAX_LENGTH_DIGITS = 15
+_FAST_LENGTH = re.compile(rf"[0-9]{{1,{FAST_MAX_LENGTH_DIGITS}}}")
 
 
 def _fast_head(text: str, request: bool) -> _Head | None:
