@@ -138,6 +138,13 @@ def _community_id_algo(seed: int) -> communityid.CommunityID:
     return communityid.CommunityID(seed)
 
 
+# Flows whose Community ID is kept: the reference implementation costs
+# ~35 us a call here, and a session's ID is asked for by every record of it
+# (the engine's flow, the kernel's session end, its alerts and drops).
+COMMUNITY_ID_CACHE = 16_384
+
+
+@lru_cache(maxsize=COMMUNITY_ID_CACHE)
 def community_id(proto: int, saddr: str, daddr: str, sport: int | None = None,
                  dport: int | None = None, *, seed: int = 0) -> str | None:
     """Community ID v1 of a flow, e.g. ``1:wCb3OG7yAFWelaUydu0D+125CLM=``.
