@@ -6,15 +6,34 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from appliance.lab import GW_IFACES, Lab
 
 MICROSEG = [sys.executable, "-m", "appliance.cli"]
 STOP_WAIT_S = 30   # a stopping daemon drains its ring and logs its open flows first
+WORKER_STARTED = re.compile(r"slow-path worker (\d+) started \(pid (\d+)\)")
+
+
+def wait_for(what, check, timeout=30.0):
+    """``check()``'s first true value, polled until ``timeout``; fails naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def workers_started(log: Path) -> dict[int, int]:
+    """Worker index -> pid of its latest start, from the daemon's log."""
+    return {int(i): int(pid) for i, pid in WORKER_STARTED.findall(log.read_text())}
 
 
 @contextlib.contextmanager

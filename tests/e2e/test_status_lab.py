@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from appliance.lab import SERVER_V4, HttpServer
-from labrun import MICROSEG, running_daemon
+from labrun import MICROSEG, running_daemon, wait_for, workers_started
 
 pytestmark = pytest.mark.lab
 
@@ -29,7 +28,6 @@ rules:
      inspect: {what: [waf], mode: hold}}
 """
 SQLI = "/?id=1%27%20UNION%20SELECT%20password%20FROM%20users--"
-STARTED = re.compile(r"slow-path worker (\d+) started \(pid (\d+)\)")
 
 
 def status(netns: str, *extra: str, cmd: str = "status") -> subprocess.CompletedProcess:
@@ -38,23 +36,12 @@ def status(netns: str, *extra: str, cmd: str = "status") -> subprocess.Completed
     return r
 
 
-def wait_for(what, check, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 def test_status_shows_the_daemon_its_workers_and_each_map_once(lab, tmp_path: Path):
     (tmp_path / "policy.yaml").write_text(POLICY)
     (tmp_path / "rules.yaml").write_text("waf:\n  sets: {sqli: block}\n")
     log = tmp_path / "run.log"
     with running_daemon(lab, tmp_path, slowpath={"workers": 2}, metrics={"listen": METRICS}) as run:
-        started = wait_for("two workers", lambda: (w := {int(i): int(p) for i, p in STARTED.findall(log.read_text())})
-                           and len(w) == 2 and w)
+        started = wait_for("two workers", lambda: len(workers_started(log)) == 2 and workers_started(log))
 
         def two_beating():
             st = json.loads(status(lab.gateway, "--json").stdout)

@@ -11,13 +11,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from appliance.lab import SERVER_V4
-from labrun import running_daemon
+from labrun import running_daemon, wait_for
+from labrun import workers_started as workers
 
 pytestmark = pytest.mark.lab
 
@@ -33,27 +33,8 @@ rules:
      inspect: {{what: [waf, dlp, dpi], mode: hold}}}}
 """
 RULES = "waf:\n  sets: {sqli: block}\n"
-STARTED = re.compile(r"slow-path worker (\d+) started \(pid (\d+)\)")
 CLEAN = 16          # flows per round: all on one worker of two has a chance of 2 ** -15
 SQLI = "/?id=1%27%20UNION%20SELECT%20password%20FROM%20users--"
-
-
-def wait_for(what, check, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
-def workers(log: Path) -> dict[int, int]:
-    """Worker index -> pid of its latest start, from the daemon's log."""
-    out = {}
-    for i, pid in STARTED.findall(log.read_text()):
-        out[int(i)] = int(pid)
-    return out
 
 
 def eve(path: Path) -> list[dict]:
