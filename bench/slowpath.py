@@ -68,6 +68,46 @@ print(json.dumps({"total": time.perf_counter() - t0, "lat": lat}))
 """
 
 
+# Section 1's traffic: one pipelined HTTP GET per payload segment, under a
+# rule inspecting everything (waf, dlp, dpi). bench/slowpath_workers.py
+# (section 1b) sends the same.
+REQUEST = b"GET /catalog/item?id=%06d&sort=price HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: bench\r\n\r\n"
+INSPECT_EVERYTHING = ("defaults: {ingress: allow, egress: allow}\nrules:\n"
+                      "  - {from: any, to: any, proto: tcp, action: inspect, inspect: {what: [waf, dlp, dpi]}}\n")
+
+
+class NoVerdicts:
+    """A verdict writer that writes nothing: the flows stay inspected for the whole run."""
+
+    def verdict(self, key, code):
+        return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def send_http_flow(prog_fd: int, client: str, sport: int, segments: int) -> None:
+    """A handshake, then ``segments`` pipelined GETs from ``client``:``sport``
+    to 10.0.0.2:80 through the program (BPF_PROG_TEST_RUN); the server
+    acknowledges every 32nd, so the client's window moves on."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    from datapath import bpfsys
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    up, down = eth / IP(src=client, dst="10.0.0.2"), eth / IP(src="10.0.0.2", dst=client)
+    for f in (up / TCP(sport=sport, dport=80, flags="S", seq=1000),
+              down / TCP(sport=80, dport=sport, flags="SA", seq=5000, ack=1001),
+              up / TCP(sport=sport, dport=80, flags="A", seq=1001, ack=5001)):
+        bpfsys.prog_test_run(prog_fd, bytes(f))
+    seq = 1001
+    for i in range(segments):
+        data = REQUEST % i
+        bpfsys.prog_test_run(prog_fd, bytes(up / TCP(sport=sport, dport=80, flags="PA", seq=seq, ack=5001,
+                                                     window=65535) / data))
+        seq += len(data)
+        if i % 32 == 31:
+            bpfsys.prog_test_run(prog_fd, bytes(down / TCP(sport=80, dport=sport, flags="A", seq=5001, ack=seq,
+                                                           window=65535)))
+
+
 def pct(values, p):
     v = sorted(values)
     return v[min(len(v) - 1, int(p / 100 * len(v)))]
@@ -76,11 +116,7 @@ def pct(values, p):
 # -- 1. records -------------------------------------------------------------
 
 def bench_records(segments: int, rounds: int, profile: str | None = None, clock=time.perf_counter) -> list[tuple]:
-    from scapy.layers.inet import IP, TCP
-    from scapy.layers.l2 import Ether
-
     from appliance.policyfile import compile_text
-    from datapath import bpfsys
     from datapath.config import DatapathConfig
     from datapath.enums import Direction
     from datapath.loader import FastPath
@@ -94,9 +130,7 @@ def bench_records(segments: int, rounds: int, profile: str | None = None, clock=
     # Building 20,000 frames with scapy takes longer than a heartbeat period.
     fp = FastPath(DatapathConfig(inspect_budget=1 << 30, inspect_ring_bytes=64 << 20, heartbeat_timeout_s=3600))
     try:
-        _, pol = compile_text("defaults: {ingress: allow, egress: allow}\nrules:\n"
-                              "  - {from: any, to: any, proto: tcp, action: inspect, "
-                              "inspect: {what: [waf, dlp, dpi]}}\n", "<bench>")
+        _, pol = compile_text(INSPECT_EVERYTHING, "<bench>")
         PolicyMaps.for_fastpath(fp).apply(pol)
         rules = load_rules(Path(__file__).resolve().parent.parent / "examples" / "rules.yaml")
         types = layouts_of(fp)
@@ -106,29 +140,9 @@ def bench_records(segments: int, rounds: int, profile: str | None = None, clock=
                                fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf)
         ring = RingBuffer(fp.table("ms_insp_ring").map_fd)
         ing = fp.prog_fd(Direction.DIR_INGRESS)
-        eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
-        req = b"GET /catalog/item?id=%06d&sort=price HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: bench\r\n\r\n"
-
-        class NoVerdicts:   # the flow must stay inspected for the whole run
-            def verdict(self, key, code):
-                return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
         def fill(sport: int) -> None:
-            c, s = ("10.0.0.1", sport), ("10.0.0.2", 80)
-            up, down = eth / IP(src=c[0], dst=s[0]), eth / IP(src=s[0], dst=c[0])
-            for f in (up / TCP(sport=sport, dport=80, flags="S", seq=1000),
-                      down / TCP(sport=80, dport=sport, flags="SA", seq=5000, ack=1001),
-                      up / TCP(sport=sport, dport=80, flags="A", seq=1001, ack=5001)):
-                bpfsys.prog_test_run(ing, bytes(f))
-            seq = 1001
-            for i in range(segments):
-                data = req % i
-                bpfsys.prog_test_run(ing, bytes(up / TCP(sport=sport, dport=80, flags="PA", seq=seq, ack=5001,
-                                                         window=65535) / data))
-                seq += len(data)
-                if i % 32 == 31:   # the server acknowledges: the client's window moves on
-                    bpfsys.prog_test_run(ing, bytes(down / TCP(sport=80, dport=sport, flags="A", seq=5001,
-                                                               ack=seq, window=65535)))
+            send_http_flow(ing, "10.0.0.1", sport, segments)
 
         results = {"drain": [], "drain + decode": [], "drain + decode + engine": []}
         sport = 20000

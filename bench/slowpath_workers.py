@@ -31,12 +31,9 @@ RING_BYTES = 64 << 20
 
 def _child(ring_fd, rules, dec, go_r: int, out_w: int) -> None:
     from appliance.workers import RING_BATCH
+    from bench.slowpath import NoVerdicts
     from slowpath.engine import Engine
     from slowpath.ringbuf import RingBuffer
-
-    class NoVerdicts:   # the flows stay inspected for the whole run
-        def verdict(self, key, code):
-            return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
     ring = RingBuffer(ring_fd)
     engine = Engine(rules, lambda r: None, NoVerdicts())
@@ -54,11 +51,8 @@ def _child(ring_fd, rules, dec, go_r: int, out_w: int) -> None:
 
 
 def bench_workers(segments: int, rounds: int, counts: tuple[int, ...]) -> dict[int, float]:
-    from scapy.layers.inet import IP, TCP
-    from scapy.layers.l2 import Ether
-
     from appliance.policyfile import compile_text
-    from datapath import bpfsys
+    from bench.slowpath import INSPECT_EVERYTHING, send_http_flow
     from datapath.config import DatapathConfig
     from datapath.enums import Direction
     from datapath.insp_rings import WorkerRings
@@ -74,9 +68,7 @@ def bench_workers(segments: int, rounds: int, counts: tuple[int, ...]) -> dict[i
                                  slowpath_workers=most))
     rings = None
     try:
-        _, pol = compile_text("defaults: {ingress: allow, egress: allow}\nrules:\n"
-                              "  - {from: any, to: any, proto: tcp, action: inspect, "
-                              "inspect: {what: [waf, dlp, dpi]}}\n", "<bench>")
+        _, pol = compile_text(INSPECT_EVERYTHING, "<bench>")
         PolicyMaps.for_fastpath(fp).apply(pol)
         rules = load_rules(Path(__file__).resolve().parent.parent / "examples" / "rules.yaml")
         dec = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
@@ -87,33 +79,18 @@ def bench_workers(segments: int, rounds: int, counts: tuple[int, ...]) -> dict[i
             VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
                           fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf, worker=i).heartbeat(1)
         ing = fp.prog_fd(Direction.DIR_INGRESS)
-        eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
-        req = b"GET /catalog/item?id=%06d&sort=price HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: bench\r\n\r\n"
         per_flow = max(1, segments // FLOWS)
-        sport = [30000]
+        sport = 30000
 
         def fill(n_workers: int) -> int:
+            """FLOWS flows of per_flow segments each, fresh ports; the kernel
+            spreads them over n_workers rings."""
+            nonlocal sport
             fp.apply_runtime(fp.config.model_copy(update={"slowpath_workers": n_workers}))
-            total = 0
             for f in range(FLOWS):
-                sport[0] += 1
-                c = f"10.1.{f // 250}.{1 + f % 250}"
-                up, down = eth / IP(src=c, dst="10.0.0.2"), eth / IP(src="10.0.0.2", dst=c)
-                for frame in (up / TCP(sport=sport[0], dport=80, flags="S", seq=1000),
-                              down / TCP(sport=80, dport=sport[0], flags="SA", seq=5000, ack=1001),
-                              up / TCP(sport=sport[0], dport=80, flags="A", seq=1001, ack=5001)):
-                    bpfsys.prog_test_run(ing, bytes(frame))
-                seq = 1001
-                for i in range(per_flow):
-                    data = req % i
-                    bpfsys.prog_test_run(ing, bytes(up / TCP(sport=sport[0], dport=80, flags="PA", seq=seq,
-                                                             ack=5001, window=65535) / data))
-                    seq += len(data)
-                    if i % 32 == 31:
-                        bpfsys.prog_test_run(ing, bytes(down / TCP(sport=80, dport=sport[0], flags="A", seq=5001,
-                                                                   ack=seq, window=65535)))
-                total += per_flow
-            return total
+                sport += 1
+                send_http_flow(ing, f"10.1.{f // 250}.{1 + f % 250}", sport, per_flow)
+            return FLOWS * per_flow
 
         rates: dict[int, list[float]] = {n: [] for n in counts}
         for rnd in range(rounds):
