@@ -76,3 +76,43 @@ def test_reset_held_over_ipv6():
     inj, sock = injector(session=(False, 1101, 5001), v6=True)
     inj.reset_held(info(("fd77:1::2", 40000), ("fd77:2::2", 80)), KEY, [1001, None], [1101, 5001])
     assert sorted(resets(sock, v6=True)) == sorted([("fd77:2::2", 80, 1001, "R"), ("fd77:1::2", 40000, 5001, "R")])
+
+
+class Rec:
+    def __init__(self, l4, data, seq=0, ack_seq=0, tcp_flags=0):
+        self.l4, self.data, self.seq, self.ack_seq, self.tcp_flags = l4, data, seq, ack_seq, tcp_flags
+
+
+def scapy_checksums_ok(pkt) -> bool:
+    """scapy recomputes the checksums of a copy without them: equal to the sent ones."""
+    from scapy.layers.inet import UDP
+    l4 = pkt[TCP] if TCP in pkt else pkt[UDP]
+    copy = pkt.copy()
+    c4 = copy[TCP] if TCP in copy else copy[UDP]
+    del c4.chksum
+    if IP in copy:
+        del copy[IP].chksum
+    rebuilt = (IPv6 if IPv6 in pkt else IP)(bytes(copy))
+    r4 = rebuilt[TCP] if TCP in rebuilt else rebuilt[UDP]
+    return r4.chksum == l4.chksum and (IP not in pkt or rebuilt[IP].chksum == pkt[IP].chksum)
+
+
+def test_inject_sends_the_held_segment_as_its_sender_sent_it_v4_and_v6():
+    # a held request goes on from the client to the server with its own
+    # numbers; a server's held UDP answer goes back to the client; valid
+    # checksums (the receivers verify them: a raw socket's packet has none offloaded)
+    from scapy.layers.inet import UDP
+    for v6, (client, server) in ((False, (CLIENT, SERVER)), (True, (("fd77:1::2", 40000), ("fd77:2::2", 80)))):
+        inj, sock = injector(v6=v6)
+        assert inj.inject(info(client, server), 0, Rec(socket.IPPROTO_TCP, b"GET / HTTP/1.1\r\n\r\n", 1001, 5001))
+        assert inj.inject(info(client, server), 1, Rec(socket.IPPROTO_UDP, b"answer"))
+        assert inj.inject(info(client, server), 0, Rec(socket.IPPROTO_TCP, b"bye", 1019, 5001, tcp_flags=0x11))
+        (req, addr), (ans, addr2), (fin, _) = [((IPv6 if v6 else IP)(d), a) for d, a in sock.sent]
+        assert (req.src, req.dst, addr) == (client[0], server[0], (server[0], 0))
+        assert (req[TCP].sport, req[TCP].dport, req[TCP].seq, req[TCP].ack) == (client[1], server[1], 1001, 5001)
+        assert str(req[TCP].flags) == "PA" and bytes(req[TCP].payload) == b"GET / HTTP/1.1\r\n\r\n"
+        assert str(fin[TCP].flags) == "FA"
+        assert (ans.src, ans.dst, addr2) == (server[0], client[0], (client[0], 0))
+        assert (ans[UDP].sport, ans[UDP].dport, ans[UDP].len, bytes(ans[UDP].payload)) == (80, 40000, 14, b"answer")
+        assert all(scapy_checksums_ok(p) for p in (req, ans, fin))
+        assert (req.ttl if not v6 else req.hlim) == 64
