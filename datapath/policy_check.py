@@ -311,9 +311,11 @@ def _check_rules(model: PolicyFile, a: Analysis, known: _Known, names: dict[str,
                                                   f"(proto is {r.proto})"))
         if r.ports is not None and not r.ports:
             err((model.line("rules", i, "ports"), f"rule {i + 1}: ports: empty list (omit `ports` for all ports)"))
-        if r.inspect is not None and r.action != "inspect":
-            err((model.line("rules", i, "inspect"), f"rule {i + 1}: inspect: only with action inspect "
-                                                    f"(action is {r.action})"))
+        if r.inspect is not None and r.action != "inspect" and not (r.l7 is not None and r.action == "allow"):
+            err((model.line("rules", i, "inspect"), f"rule {i + 1}: inspect: only with action inspect, or "
+                                                    f"allow with an l7 allow-list (action is {r.action})"))
+        if r.l7 is not None:
+            _check_l7(model, a, i, r)
         if r.app is not None and r.proto not in PORTED:
             err((model.line("rules", i, "app"), f"rule {i + 1}: app: only tcp and udp rules can require an "
                                                 f"application protocol (proto is {r.proto})"))
@@ -345,6 +347,138 @@ def _check_rules(model: PolicyFile, a: Analysis, known: _Known, names: dict[str,
             ranges = merged
         pending.append((i, r, line, src, dst, ranges))
     return pending
+
+
+# -- L7 allow-lists ----------------------------------------------------------------
+# The patterns and names of a rule's `l7:` list (policy_model.L7Spec). The
+# regexes (method, path) are compiled by Hyperscan (slowpath/l7allow.py),
+# which never backtracks: a request cannot make a match slow. Checked here
+# with the same compiler, so `policy check` refuses what the slow path could
+# not load.
+
+# Characters of one method or path regex, and entries of one list: a policy
+# is written by hand; past these it is generated, and its compile time (all
+# a rule's regexes in one database) would grow without bound.
+MAX_L7_PATTERN_CHARS = 1024
+MAX_L7_ENTRIES = 1024
+# Hyperscan flags of an allow-list regex: a match is yes or no (one report
+# is enough); `.` matches any byte; an empty path or method never reaches
+# the matcher, but a pattern that accepts it is not wrong.
+L7_HS_FLAGS = ("SINGLEMATCH", "DOTALL", "ALLOWEMPTY")
+# A DNS name or HTTP host pattern: labels of letters, digits, '-', '_' and
+# '*' (Cilium's matchPattern characters), separated by dots.
+L7_NAME = re.compile(r"^(\*|[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*-]+)*)\.?$")
+# What `*` stands for in a name pattern: any run of the characters of one
+# label (as Cilium's matchpattern: it never crosses a dot).
+L7_LABEL_CHARS = "[-a-z0-9_]*"
+# An HTTP field name (RFC 9110 token).
+L7_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# gRPC names: a fully qualified service ("package.Service") and a method.
+L7_GRPC_SERVICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+L7_GRPC_METHOD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def l7_expression(pattern: str) -> bytes:
+    """A method or path regex as the matcher compiles it: anchored at both
+    ends (the whole value must match, as Cilium's and Envoy's do)."""
+    return b"^(?:" + pattern.encode("utf-8") + b")\\z"
+
+
+def l7_regex_error(pattern: str) -> str | None:
+    """Why a method or path regex cannot be used (None: it can)."""
+    import hyperscan
+
+    if len(pattern) > MAX_L7_PATTERN_CHARS:
+        return f"{len(pattern)} characters (at most {MAX_L7_PATTERN_CHARS})"
+    flags = 0
+    for f in L7_HS_FLAGS:
+        flags |= getattr(hyperscan, "HS_FLAG_" + f)
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    try:
+        db.compile(expressions=[l7_expression(pattern)], ids=[0], flags=[flags])
+    except hyperscan.error as e:
+        # Hyperscan's positions count the anchoring added around the pattern.
+        return f"not a regular expression the matcher takes: {re.sub(r' *(started )?at index [0-9]+', '', str(e))}"
+    return None
+
+
+def l7_name_regex(pattern: str) -> str:
+    """A name pattern (`api.example.com`, `*.example.com`, `*`) as a
+    Python regex over lower-cased names without a trailing dot. Built from
+    literal labels and one-label runs only: linear to match."""
+    p = pattern.lower().rstrip(".")
+    if p == "*":
+        return r"[-a-z0-9_]+(\.[-a-z0-9_]+)*"          # every name (Cilium: "*" alone)
+    return ".".join(L7_LABEL_CHARS.join(re.escape(part) for part in label.split("*"))
+                    for label in p.split("."))
+
+
+def _name_error(text) -> str | None:
+    if not isinstance(text, str) or not text:
+        return "not a name"
+    if not L7_NAME.match(text):
+        return "a name of letters, digits, '-', '_' and '*' in dot-separated labels"
+    return None
+
+
+def _check_l7(model: PolicyFile, a: Analysis, i: int, r: Rule) -> None:
+    """A rule's `l7:` list: on a rule that lets flows through, on a protocol
+    that carries what it names, every pattern one the matcher takes."""
+    err = a.errors.append
+    base = ("rules", i, "l7")
+    l7 = r.l7
+    if r.action == "deny":
+        err((model.line(*base, key=True), f"rule {i + 1}: l7: an allow-list on a rule that denies "
+                                           f"(use action allow or inspect)"))
+    if not l7.protocols():
+        err((model.line(*base), f"rule {i + 1}: l7: empty (list http, grpc or dns; omit `l7` to allow all)"))
+    for proto in ("http", "grpc"):
+        if getattr(l7, proto) is not None and r.proto != "tcp":
+            err((model.line(*base, proto, key=True), f"rule {i + 1}: l7.{proto}: needs proto tcp "
+                                                      f"(proto is {r.proto})"))
+    if l7.dns is not None and r.proto not in PORTED:
+        err((model.line(*base, "dns", key=True), f"rule {i + 1}: l7.dns: needs proto udp or tcp "
+                                                  f"(proto is {r.proto})"))
+    for proto in l7.protocols():
+        entries = getattr(l7, proto)
+        if not entries:
+            err((model.line(*base, proto, key=True), f"rule {i + 1}: l7.{proto}: empty list (it would "
+                                                      f"allow nothing; omit it to block {proto})"))
+        elif len(entries) > MAX_L7_ENTRIES:
+            err((model.line(*base, proto, key=True), f"rule {i + 1}: l7.{proto}: {len(entries)} entries "
+                                                      f"(at most {MAX_L7_ENTRIES})"))
+    for j, e in enumerate(l7.http or ()):
+        where = f"rule {i + 1}: l7.http[{j + 1}]"
+        if e.method is None and e.path is None and e.host is None and not e.headers:
+            err((model.line(*base, "http", j), f"{where}: no method, path, host or headers (it would allow "
+                                                f"every request)"))
+        for fld in ("method", "path"):
+            v = getattr(e, fld)
+            if v is not None:
+                why = "empty" if not v else l7_regex_error(v)
+                if why:
+                    err((model.line(*base, "http", j, fld), f"{where}.{fld}: {v!r}: {why}"))
+        if e.host is not None:
+            why = _name_error(e.host)
+            if why:
+                err((model.line(*base, "http", j, "host"), f"{where}.host: {e.host!r}: {why} (no port)"))
+        for k, h in enumerate(e.headers or ()):
+            name = h.split(":", 1)[0].strip()
+            if not L7_HEADER_NAME.match(name):
+                err((model.line(*base, "http", j, "headers", k),
+                     f"{where}.headers[{k + 1}]: {h!r}: write \"Name\" (present) or \"Name: value\""))
+    for j, g in enumerate(l7.grpc or ()):
+        where = f"rule {i + 1}: l7.grpc[{j + 1}]"
+        if not L7_GRPC_SERVICE.match(g.service):
+            err((model.line(*base, "grpc", j, "service"), f"{where}.service: {g.service!r}: a fully "
+                                                           f"qualified service name (package.Service)"))
+        if g.method is not None and not L7_GRPC_METHOD.match(g.method):
+            err((model.line(*base, "grpc", j, "method"), f"{where}.method: {g.method!r}: a method name "
+                                                          f"(omit it for every method of the service)"))
+    for j, n in enumerate(l7.dns or ()):
+        why = _name_error(n)
+        if why:
+            err((model.line(*base, "dns", j), f"rule {i + 1}: l7.dns[{j + 1}]: {n!r}: {why}"))
 
 
 def _number_anonymous(a: Analysis, known: _Known, pending: list[tuple]) -> None:

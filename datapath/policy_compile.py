@@ -123,9 +123,11 @@ def rule_text(r: Rule) -> str:
     if r.ports:
         parts.append(",".join(str(p) for p in r.ports))
     parts.append(r.action)
-    if r.action == "inspect":
-        i = r.inspect or InspectSpec()
+    i = r.effective_inspect()
+    if i is not None:
         parts.append(f"({','.join(i.what)}, {i.mode})")
+    if r.l7 is not None:
+        parts.append("l7 " + " ".join(f"{p}[{len(getattr(r.l7, p))}]" for p in r.l7.protocols()))
     if r.app:
         parts.append(f"app {r.app}")
     if r.log:

@@ -55,6 +55,40 @@ class InspectSpec(BaseModel):
         return b | (INSPECT["HOLD"] if self.mode == "hold" else 0)
 
 
+class HttpAllow(BaseModel):
+    """One entry of a rule's HTTP allow-list (as Cilium's PortRuleHTTP): a
+    request is allowed when every field the entry gives matches. Patterns
+    are checked (and compiled) by datapath/policy_check.py; matched by
+    slowpath/l7allow.py."""
+    model_config = ConfigDict(extra="forbid")
+
+    method: str | None = None          # a regex matched against the whole method ("GET", "GET|HEAD")
+    path: str | None = None            # a regex matched against the whole normalised target ("/api/.*")
+    host: str | None = None            # a name, or a pattern with `*` (as DNS matchPattern)
+    headers: list[str] | None = None   # "Name" (present) or "Name: value" (present with that value)
+
+
+class GrpcAllow(BaseModel):
+    """One gRPC service, or one of its methods."""
+    model_config = ConfigDict(extra="forbid")
+
+    service: str                       # fully qualified: "package.Service"
+    method: str | None = None          # None: every method of the service
+
+
+class L7Spec(BaseModel):
+    """A rule's L7 allow-list: what its flows may carry. What no list entry
+    allows (and any protocol the lists do not name) is blocked."""
+    model_config = ConfigDict(extra="forbid")
+
+    http: list[HttpAllow] | None = None
+    grpc: list[GrpcAllow] | None = None
+    dns: list[str] | None = None       # query names, or patterns with `*` (as Cilium's matchPattern)
+
+    def protocols(self) -> tuple[str, ...]:
+        return tuple(p for p in ("http", "grpc", "dns") if getattr(self, p) is not None)
+
+
 class Defaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -82,11 +116,24 @@ class _Decision(BaseModel):
             raise ValueError(f"unknown application protocol {v!r} (known: {', '.join(app_ids())})")
         return v
 
+    def effective_inspect(self) -> InspectSpec | None:
+        """What inspection the rule's flows get: its `inspect:` (or the
+        defaults) when it inspects; None when it does not."""
+        l7 = getattr(self, "l7", None)
+        if self.action == "deny" or (self.action != "inspect" and l7 is None):
+            return None
+        spec = self.inspect or InspectSpec()
+        if l7 is not None and "mode" not in spec.model_fields_set:
+            # An allow-list's default is hold: what it does not allow never
+            # reaches the server (async lets the first packets through).
+            spec = spec.model_copy(update={"mode": "hold"})
+        return spec
+
     def verdict(self, rule_id: int) -> Verdict:
-        insp = 0
-        if self.action == "inspect":
-            insp = (self.inspect or InspectSpec()).bits()
-        return Verdict(POL["POL_" + self.action.upper()], rule_id, insp,
+        spec = self.effective_inspect()
+        # A rule with an L7 allow-list (allow or inspect) sends its flows to the slow path.
+        action = "inspect" if spec is not None else self.action
+        return Verdict(POL["POL_" + action.upper()], rule_id, spec.bits() if spec is not None else 0,
                        app_ids()[self.app] if self.app else 0, int(self.log))
 
 
@@ -96,6 +143,8 @@ class Rule(_Decision):
     proto: Literal["tcp", "udp", "icmp", "any"] = "any"
     # Checked by check_policy (every bad port is reported, with its line).
     ports: list[int | str] | None = None
+    # L7 allow-list (on allow and inspect rules; checked by check_policy).
+    l7: L7Spec | None = None
 
     def ends(self, side: str) -> list[str]:
         v = self.src if side == "from" else self.dst

@@ -101,13 +101,63 @@ def _policy_explain(args) -> int:
                                      f"stored copy's ({gens.get(k['prog_id'], 'never applied there')}); "
                                      f"`microseg policy apply` it again")
     e = pf.explain(pol, src, dst, proto, port, sport, args.hook)
+    if pol is not None:
+        l7 = l7_allow_list(model, e)
+        if l7 is not None:
+            e["l7"] = l7
     if args.json:
         print(json.dumps({**e, "policy": where, "notes": notes}, indent=2))
     else:
         print(pf.explain_text(e, where))
+        if e.get("l7"):
+            print(l7_text(e["l7"]))
         for n in notes:
             print(n)
     return 0
+
+
+def l7_entry_text(proto: str, entry) -> str:
+    """One allow-list entry as `explain` shows it."""
+    if proto == "dns":
+        return entry
+    if proto == "grpc":
+        return f"{entry.service}/{entry.method or '*'}"
+    parts = [f"method {entry.method}" if entry.method else "any method",
+             f"path {entry.path}" if entry.path else "any path"]
+    if entry.host:
+        parts.append(f"host {entry.host}")
+    for h in entry.headers or ():
+        parts.append(f"header {h!r}")
+    return ", ".join(parts)
+
+
+def l7_allow_list(model, e: dict) -> dict | None:
+    """The L7 allow-list of the rule that decides ``e`` (explain's result):
+    {protocol: [{"line": n, "allow": text, "entry": fields}]}, the mode
+    its flows are inspected in; None when that rule has none."""
+    r = e.get("rule")
+    if not r or r.get("kind") != "rule" or not 0 < r["id"] <= len(model.rules):
+        return None
+    i = r["id"] - 1
+    rule = model.rules[i]
+    if rule.l7 is None:
+        return None
+    out = {"mode": rule.effective_inspect().mode}
+    for proto in rule.l7.protocols():
+        out[proto] = [{"line": model.line("rules", i, "l7", proto, j), "allow": l7_entry_text(proto, x),
+                       "entry": x if isinstance(x, str) else x.model_dump(exclude_none=True)}
+                      for j, x in enumerate(getattr(rule.l7, proto))]
+    return out
+
+
+def l7_text(l7: dict) -> str:
+    lines = []
+    for proto in ("http", "grpc", "dns"):
+        for x in l7.get(proto, ()):
+            lines.append(f"{'l7 allow:' if not lines else '':<13}{proto}: {x['allow']} (line {x['line']})")
+    lines.append(f"{'':<13}any other request, query or protocol is blocked "
+                 f"({'held: it never reaches the server' if l7['mode'] == 'hold' else 'async: the flow is reset'})")
+    return "\n".join(lines)
 
 
 def _policy_apply(args) -> int:
