@@ -350,7 +350,7 @@ def _session_id(r: _Reader) -> None:
 
 
 def _client_hello(body: bytes, direction: Direction, record_version: int,
-                  retry: bool) -> TlsClientHello:
+                  retry: bool, transport: str = "t") -> TlsClientHello:
     r = _Reader(body)
     legacy = r.u16("version")
     r.take(32, "random")
@@ -392,7 +392,7 @@ def _client_hello(body: bytes, direction: Direction, record_version: int,
         ec_point_formats=tuple(formats), sig_algs=sig_algs, sni=sni,
         alpn=tuple(_text(a) for a in alpn), ja3_string=j3, ja3=md5_hex(j3),
         ja4=ja4(legacy_version=legacy, versions=versions, ciphers=ciphers, extensions=exts,
-                sig_algs=sig_algs, first_alpn=alpn[0] if alpn else None),
+                sig_algs=sig_algs, first_alpn=alpn[0] if alpn else None, transport=transport),
         hrr_retry=retry)
 
 
@@ -421,6 +421,32 @@ def _server_hello(body: bytes, direction: Direction) -> TlsServerHello:
         direction=direction, legacy_version=legacy, selected_version=selected,
         cipher_suite=cipher, extensions=exts, alpn=alpn, ja3s_string=j3s, ja3s=md5_hex(j3s),
         hello_retry_request=random == HRR_RANDOM)
+
+
+class HelloError(ValueError):
+    """A hello handed to :func:`parse_hello` does not parse (the message says why)."""
+
+
+def parse_hello(msg_type: int, body: bytes, direction: Direction, *,
+                transport: str = "t") -> TlsClientHello | TlsServerHello:
+    """A ClientHello (``msg_type`` 1) or ServerHello (2) body that did not come
+    in TLS records: QUIC carries the handshake in CRYPTO frames (RFC 9001
+    section 4; protocols/quic.py). The same events as over TCP, decoded by the
+    same code; ``transport`` is JA4's first character ("q" for QUIC). Raises
+    HelloError naming what is wrong."""
+    try:
+        if msg_type == HS_CLIENT_HELLO:
+            if len(body) < _MIN_CLIENT_HELLO:
+                raise _Bad(f"ClientHello of {len(body)} bytes is too short")
+            # QUIC has no record layer: the record version JA3 ignores is TLS 1.2's.
+            return _client_hello(body, direction, 0x0303, retry=False, transport=transport)
+        if msg_type == HS_SERVER_HELLO:
+            if len(body) < _MIN_SERVER_HELLO:
+                raise _Bad(f"ServerHello of {len(body)} bytes is too short")
+            return _server_hello(body, direction)
+        raise _Bad(f"handshake message type {msg_type} is not a hello")
+    except _Bad as e:
+        raise HelloError(str(e)) from None
 
 
 def _ssl2_client_hello(msg: bytes, direction: Direction) -> Ssl2ClientHello:

@@ -13,8 +13,10 @@ export DEBIAN_FRONTEND=noninteractive
 # the real clients the lab and end-to-end tests drive traffic with, and
 # nftables, the baseline bench/policy.py compares the policy against;
 # redis-server, which the Redis EVE sink's tests start on a socket of their
-# own (tests/unit/test_eve_redis.py; the package's own service is not used).
-PACKAGES=(python3-bpfcc python3-venv python3-pip iproute2 curl iputils-ping iperf3 ethtool procps nftables bind9-dnsutils openssl redis-server)
+# own (tests/unit/test_eve_redis.py; the package's own service is not used);
+# python3-cryptography, which decrypts QUIC Initial packets (protocols/quic.py;
+# pyproject.toml's requirement, met through the system site packages).
+PACKAGES=(python3-bpfcc python3-venv python3-pip iproute2 curl iputils-ping iperf3 ethtool procps nftables bind9-dnsutils openssl redis-server python3-cryptography)
 
 say() { echo "setup: $*"; }
 
