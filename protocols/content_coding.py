@@ -247,6 +247,15 @@ class ContentDecoder:
         for name in reversed(self.decoded):
             self._stages.append(_BrotliStage() if name == "br" else _ZlibStage(name == "gzip"))
 
+    def abandon(self) -> None:
+        """Body bytes were lost (a capture gap): the coded stream cannot be
+        followed. Decoding stops quietly, without an error (the sender did
+        nothing wrong); ``abandoned`` says so, ``decoded_bytes`` is a floor."""
+        self.abandoned = True
+        self._stages = []
+
+    abandoned = False
+
     @property
     def active(self) -> bool:
         """Whether any coding is being undone (False: feed passes bytes through)."""
@@ -267,7 +276,7 @@ class ContentDecoder:
             self.encoded_bytes += len(data)
             self.decoded_bytes += len(data)
             return bytes(data)
-        if self.error is not None or self.finished:
+        if self.error is not None or self.finished or self.abandoned:
             self.encoded_bytes += len(data)
             return b""
         self.encoded_bytes += len(data)
@@ -281,7 +290,7 @@ class ContentDecoder:
         if self.finished:
             return b""
         self.finished = True
-        if not self.decoded or self.error is not None:
+        if not self.decoded or self.error is not None or self.abandoned:
             return b""
         out = self._pump()
         if self.error is not None or self.encoded_bytes == 0:
