@@ -409,8 +409,8 @@ def l7_name_regex(pattern: str) -> str:
     p = pattern.lower().rstrip(".")
     if p == "*":
         return r"[-a-z0-9_]+(\.[-a-z0-9_]+)*"          # every name (Cilium: "*" alone)
-    return ".".join(L7_LABEL_CHARS.join(re.escape(part) for part in label.split("*"))
-                    for label in p.split("."))
+    return r"\.".join(L7_LABEL_CHARS.join(re.escape(part) for part in label.split("*"))
+                       for label in p.split("."))
 
 
 def _name_error(text) -> str | None:
