@@ -1,17 +1,19 @@
 """What carries the workers' output to the daemon: EVE lines over a
-SOCK_SEQPACKET socket (ForwardSink, WorkerSet's reader) and metric
+SOCK_SEQPACKET socket (ForwardSink, the workers' LoopForwardSink, WorkerSet's reader) and metric
 snapshots summed into one series per name (WorkerSeries)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
 
 import pytest
+import uvloop
 from prometheus_client import CollectorRegistry, generate_latest
 
 from appliance.runconfig import RunConfig
-from appliance.workers import WorkerSet
+from appliance.workers import LoopForwardSink, WorkerSet
 from slowpath.eve_sinks import FORWARD_LINE_MAX, FORWARD_MESSAGE_BYTES, FORWARD_TAG_EVE, ForwardSink
 from slowpath.metrics import Metrics, WorkerSeries, snapshot
 
@@ -114,6 +116,92 @@ def test_forward_sink_sends_whole_lines_in_bounded_messages(pair):
     got = b"".join(m[1:] for m in msgs).splitlines(keepends=True)
     assert got == lines                                   # in order, none torn, the oversize one out
     assert len(msgs) > 1 and sink.counters()["oversize"] == 1 and sink.counters()["dropped"] == 1
+
+
+def lines_of(msgs: list[bytes]) -> list[bytes]:
+    assert all(m.startswith(FORWARD_TAG_EVE) and len(m) <= FORWARD_MESSAGE_BYTES + 1024 for m in msgs)
+    return b"".join(m[1:] for m in msgs).splitlines(keepends=True)
+
+
+def recv_ready(sock) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(1 << 20, socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            return out
+
+
+def test_loop_forward_sink_sends_after_the_batch_from_the_loop_without_a_thread(pair):
+    # The worker's sink: what a batch emits leaves when the batch's callback
+    # is done (its verdicts first), from the loop itself; no writer thread
+    # to wake and to take the GIL. (eve_sinks.ForwardSink fails both: it
+    # starts a thread, and its thread may send in the middle of the batch.)
+    mine, theirs = pair
+    mine.setblocking(False)
+    threads = threading.active_count()
+    sink = LoopForwardSink(mine)
+    lines = [json.dumps({"event_type": "flow", "n": i, "pad": "x" * 700}).encode() + b"\n" for i in range(150)]
+    big = b'{"event_type":"alert","pad":"' + b"y" * FORWARD_LINE_MAX + b'"}\n'
+    during = []
+
+    def batch():
+        for line in lines[:75] + [big] + lines[75:]:
+            sink.submit(line)
+        during.extend(recv_ready(theirs))      # still inside the batch: nothing sent yet
+
+    async def main():
+        sink.attach(asyncio.get_running_loop())
+        asyncio.get_running_loop().call_soon(batch)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        sink.attach(None)
+
+    uvloop.run(main())
+    assert threading.active_count() == threads
+    assert during == []
+    msgs = recv_ready(theirs)
+    assert lines_of(msgs) == lines and len(msgs) > 1       # in order, whole, bounded messages
+    c = sink.counters()
+    assert (c["sent"], c["oversize"], c["dropped"], c["queued"]) == (150, 1, 1, 0)
+
+
+def test_loop_forward_sink_waits_for_a_slow_daemon_then_drops_counted(pair):
+    mine, theirs = pair
+    mine.setblocking(False)
+    sink = LoopForwardSink(mine, queue_records=600)
+    line = json.dumps({"event_type": "flow", "pad": "z" * 1000}).encode() + b"\n"
+    got = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sink.attach(loop)
+        for _ in range(2000):            # ~2 MB: far more than the socket holds, nobody reading
+            sink.submit(line)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert sink.counters()["queued"] > 0 and sink.counters()["queue_full"] > 0
+        deadline = loop.time() + 30      # now the daemon reads: the loop sends the rest when writable
+        while sink.counters()["queued"] and loop.time() < deadline:
+            got.extend(recv_ready(theirs))
+            await asyncio.sleep(0.001)
+        got.extend(recv_ready(theirs))
+        sink.attach(None)
+
+    uvloop.run(main())
+    c = sink.counters()
+    assert c["queued"] == 0 and c["sent"] + c["dropped"] == 2000 and c["dropped"] == c["queue_full"] > 0
+    assert lines_of(got) == [line] * c["sent"]
+
+
+def test_loop_forward_sink_close_sends_the_rest_outside_the_loop(pair):
+    mine, theirs = pair
+    sink = LoopForwardSink(mine)
+    lines = [b'{"event_type":"flow","n":%d}\n' % i for i in range(10)]
+    for line in lines:                   # the loop has ended (a worker's finish)
+        sink.submit(line)
+    sink.close()
+    assert lines_of(recv_ready(theirs)) == lines and sink.counters()["sent"] == 10
 
 
 def test_the_daemon_reads_lines_and_their_event_types(pair):
