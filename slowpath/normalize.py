@@ -162,8 +162,28 @@ def args(target: str) -> list[bytes]:
     return uri_and_args(target)[1]
 
 
+# An origin-form target (RFC 9112 3.2.1: it starts with "/") with none of
+# what split_target() cuts (a fragment's "#") or value() rewrites, anywhere
+# in it (the path, the query and each parameter are parts of it, so none of
+# them has any either): it is its own "uri" field, and its parameters'
+# values are its "args", as sent. Most requests are such; one search then
+# replaces the split and a search per part.
+_PLAIN_TARGET = re.compile(r"[\x00%\\+#]|/\.?/")
+
+
 def uri_and_args(target: str) -> tuple[bytes, list[bytes]]:
     """uri(target) and args(target), the target split once."""
+    if target[:1] == "/" and target.isascii() and _PLAIN_TARGET.search(target) is None:
+        raw = target.encode("ascii")
+        query = raw.partition(b"?")[2]
+        if not query:
+            return raw, []
+        return raw, [v for part in query.split(b"&", MAX_ARGS)[:MAX_ARGS] if (v := part.partition(b"=")[2])]
+    return _uri_and_args(target)
+
+
+def _uri_and_args(target: str) -> tuple[bytes, list[bytes]]:
+    """uri_and_args() of any target, each part decoded as it needs."""
     path, query = split_target(target)
     out = value(path)
     if query is not None:
