@@ -117,6 +117,10 @@ class Daemon:
         cfg = self.cfg = cfg.model_copy(update={"datapath": cfg.datapath.model_copy(
             update={"slowpath_workers": n})})
         policy = Policy(*pf.compile_file(cfg.policy), cfg.policy) if cfg.policy else None
+        # The policy's L7 allow-lists (slowpath/l7allow.py), compiled once
+        # here; the workers inherit them, and get a reload's by message.
+        from slowpath.l7allow import L7Policy, compile_lists
+        self.l7 = compile_lists(policy.model) if policy else L7Policy()
         self.rules = load_rules_file(cfg.rules)
         if cfg.netns:
             from pyroute2 import netns as pnetns
@@ -207,7 +211,7 @@ class Daemon:
 
         from appliance.workers import WorkerSet
         ctx = types.SimpleNamespace(fp=self.fp, cfg=self.cfg, decoder=self.decoder, rules=self.rules,
-                                    load_rules=load_rules_file, flow_events=None, wall=None)
+                                    load_rules=load_rules_file, flow_events=None, wall=None, l7=self.l7)
         if self.fp.features.ringbuf:
             # Session ends come from the kernel (appliance/flowlog.py); the
             # workers log inspected sessions' flow records when told of them.
@@ -417,11 +421,16 @@ class Daemon:
         result = {"policy": "unchanged (no policy file)", "rules": "unchanged"}
         if self.cfg.policy:
             def apply_policy():
+                from slowpath.l7allow import compile_lists
                 policy = Policy(*pf.compile_file(self.cfg.policy), self.cfg.policy)
-                return policy, PolicyMaps.for_fastpath(self.fp).apply(policy.pol)
+                l7 = compile_lists(policy.model)      # before the kernel's flip: a failure changes nothing
+                return policy, PolicyMaps.for_fastpath(self.fp).apply(policy.pol), l7
             pol = None
             try:
-                policy, st = await loop.run_in_executor(None, apply_policy)
+                policy, st, l7 = await loop.run_in_executor(None, apply_policy)
+                # The workers' allow-lists follow the kernel's new generation at once.
+                self.l7 = self.workers.ctx.l7 = l7
+                self.workers.send_l7(l7.spec)
                 pol = policy.pol
                 log.info("reload: policy %s in force (generation %d)", self.cfg.policy, st.gen)
                 result.update(policy="applied", generation=st.gen)

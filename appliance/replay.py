@@ -206,7 +206,7 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
     from slowpath.records import RecordDecoder, VerdictWriter, open_payload_channel, record_type, session_stats
 
     fp = fastpath
-    _, pol = compile_text(policy_text if policy_text is not None else INSPECT_ALL, policy_path)
+    model, pol = compile_text(policy_text if policy_text is not None else INSPECT_ALL, policy_path)
     PolicyMaps.for_fastpath(fp).apply(pol)
     types = layouts_of(fp)
     decoder = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
@@ -220,7 +220,8 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
         result.eve_records += 1
         emit(rec)
 
-    engine = Engine(rules, count_emit, writer, failure_actions=fp.runtime.failure_actions,
+    from slowpath.l7allow import compile_lists
+    engine = Engine(rules, count_emit, writer, failure_actions=fp.runtime.failure_actions, l7=compile_lists(model),
                     simulate=fp.runtime.simulate, plugins=fp.protocols,
                     app_names={i: n for n, i in fp.l7.ids.items()}, session_stats=session_stats(fp),
                     inspect_budget=fp.runtime.inspect_budget,

@@ -74,6 +74,10 @@ TAG_EVE, TAG_REPORT, TAG_RELOAD = b"E", b"M", b"R"
 # daemon -> worker: kernel session-end records (struct ms_flow_event, one or
 # more back to back) of sessions hashed to this worker (appliance/flowlog.py)
 TAG_FLOW_END = b"F"
+# daemon -> worker: a new policy's L7 allow-lists (slowpath/l7allow.py spec
+# JSON) in a memfd passed with the message (SCM_RIGHTS): a policy's lists
+# may be larger than one message; the worker compiles them and swaps them in.
+TAG_L7 = b"P"
 PR_SET_PDEATHSIG = 1
 _EVENT_TYPE = re.compile(rb'"event_type":"([a-z_0-9]+)"')
 
@@ -223,7 +227,8 @@ class Worker:
                              simulate=cfg.datapath.simulate, metrics=self.metrics, injector=self.injector,
                              plugins=fp.protocols, app_names={i: n for n, i in fp.l7.ids.items()},
                              session_stats=session_stats(fp), inspect_budget=cfg.datapath.inspect_budget,
-                             kernel_flow_records=getattr(ctx, "flow_events", None) is not None)
+                             kernel_flow_records=getattr(ctx, "flow_events", None) is not None,
+                             l7=getattr(ctx, "l7", None))
         if ring_fd is None:       # the perf buffer fallback: one worker, per-record reader
             self.ring, self.reader_class = open_payload_channel(fp)
         else:
@@ -276,12 +281,21 @@ class Worker:
             self.report()
 
     def _control(self, stop: asyncio.Event) -> None:
+        fds: list[int] = []
         try:
-            msg = self.sock.recv(MESSAGE_MAX)
+            msg, fds, _, _ = socket.recv_fds(self.sock, MESSAGE_MAX, 1)
         except BlockingIOError:
             return
         except OSError:
             msg = b""
+        if fds:
+            try:
+                if msg[:1] == TAG_L7:
+                    self._l7(fds[0])
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            return
         if not msg:                  # the daemon closed its end: it is gone
             stop.set()
             return
@@ -289,6 +303,19 @@ class Worker:
             asyncio.get_running_loop().create_task(self._reload())
         elif msg[:1] == TAG_FLOW_END:
             self._flow_ends(msg[1:])
+
+    def _l7(self, fd: int) -> None:
+        """A new policy's allow-lists (the daemon checked them before it
+        applied the policy): compiled here, swapped in whole."""
+        from slowpath.l7allow import L7Policy
+        size = os.fstat(fd).st_size
+        try:
+            pol = L7Policy.from_spec(json.loads(os.pread(fd, size, 0)))
+        except Exception as e:     # not expected: the daemon compiled the same text
+            log.error("worker %d: L7 allow-lists not reloaded, the running ones stay: %s", self.index, e)
+            return
+        self.ctx.l7 = pol
+        self.engine.set_l7(pol)
 
     def _flow_ends(self, body: bytes) -> None:
         """The kernel ended these sessions: their payload still in the ring
@@ -554,6 +581,21 @@ class WorkerSet:
         except OSError:          # BlockingIOError included: never wait on a worker here
             return False
         return True
+
+    def send_l7(self, spec: dict) -> None:
+        """A new policy's allow-lists to every worker (workers started from
+        now on have them from ctx.l7)."""
+        data = json.dumps(spec).encode()
+        fd = os.memfd_create("microseg-l7", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, data)
+            for i, sock in self._socks.items():
+                try:
+                    socket.send_fds(sock, [TAG_L7], [fd])
+                except OSError as e:
+                    log.error("worker %d: L7 allow-lists not sent: %s", i, e)
+        finally:
+            os.close(fd)
 
     def reload(self) -> None:
         for sock in self._socks.values():

@@ -106,6 +106,9 @@ class Flow:
     # protocol and naming fields are known (FlowAnalyzer.identified), ALLOW
     # hands it to the kernel, as nDPI stops after identification.
     identify_only: bool = False
+    # The rule's L7 allow-list (slowpath/l7allow.py RuleAllow; the inspector
+    # is then its L7Inspector): the flow is read on to the budget, never let go early.
+    l7: object = None
     verdict: VerdictCode | None = None
     verdict_latency_us: int | None = None   # first inspected byte (kernel clock) -> first verdict written
     next_seq: list = field(default_factory=lambda: [None, None])   # per side, for resets
@@ -143,8 +146,11 @@ class Engine:
                  simulate: tuple[str, ...] = (), metrics=None, injector=None, plugins=None,
                  app_names: dict[int, str] | None = None, budget: ReassemblyBudget | None = None,
                  session_stats=None, inspect_budget: int | None = None,
-                 clock=time.monotonic, wallclock=time.time, kernel_flow_records: bool = False):
+                 clock=time.monotonic, wallclock=time.time, kernel_flow_records: bool = False, l7=None):
         self.rules = rules
+        # The policy's L7 allow-lists (slowpath/l7allow.py L7Policy: rule id ->
+        # RuleAllow); None: no rule has one. Replaced whole by set_l7().
+        self.l7 = l7
         self.emit = emit
         self.verdicts = verdicts
         self.failure_actions = failure_actions or FailureActions()
@@ -215,6 +221,8 @@ class Engine:
             flow = self._open(rec)
         else:
             flows.move_to_end(rec.key)
+            if rec.rule_id != flow.rule_id:      # a new policy decided the session again
+                self._rebind(flow, rec.rule_id)
         flow.last_seen = now
         flow.pkts[side] += 1
         flow.bytes[side] += rec.orig_len
@@ -245,12 +253,12 @@ class Engine:
         elif flow.verdict is None:
             an = flow.analyzer
             if an.decided and an.parser is None:
-                self._verdict(flow, VerdictCode.VERDICT_ALLOW)   # nothing this slow path can read
+                self._unreadable(flow)           # nothing this slow path can read
         if flow.identify_only and flow.verdict not in _DECIDED and self._identified(flow):
             # Identified (protocol and naming fields): nothing more to read.
             self._verdict(flow, VerdictCode.VERDICT_ALLOW)
         if (flow.verdict == VerdictCode.VERDICT_RELEASE and self.inspect_budget is not None
-                and max(flow.copied) >= self.inspect_budget):
+                and max(flow.copied) >= self.inspect_budget and flow.l7 is None):
             # A side inspected to the depth and nothing found: the kernel may
             # carry the flow alone (its per-packet verdict checks end).
             self._verdict(flow, VerdictCode.VERDICT_ALLOW)
@@ -267,11 +275,14 @@ class Engine:
                                                      rec.server[1], rec.ts_ns),
                             src_ip=rec.client[0], src_port=rec.client[1], dest_ip=rec.server[0],
                             dest_port=rec.server[1], proto=rec.l4, start=self.wallclock())
+        inspector = self.rules.flow(what, http_anomaly=self.failure_actions.http_anomaly)
+        allow = self.l7.get(rec.rule_id) if self.l7 else None
+        if allow is not None:
+            inspector = allow.inspector(inspector)
         flow = Flow(rec.key, info, rec.transport, FlowAnalyzer(rec.transport, self.plugins, kernel_app),
                     StreamReassembler(budget=self.budget) if rec.l4 == socket.IPPROTO_TCP else None,
-                    self.rules.flow(what, http_anomaly=self.failure_actions.http_anomaly),
-                    bool(rec.inspect & INSPECT["HOLD"]), rec.ts_ns, rec.rule_id, self.clock(),
-                    identify_only=what == _IDENTIFY_ONLY)
+                    inspector, bool(rec.inspect & INSPECT["HOLD"]), rec.ts_ns, rec.rule_id, self.clock(),
+                    identify_only=what == _IDENTIFY_ONLY and allow is None, l7=allow)
         self.flows[rec.key] = flow
         self.counters.flows_opened += 1
         _note_held(flow, rec)             # before a simulated failure below may block it
@@ -367,7 +378,41 @@ class Engine:
                 self._verdict(flow, VerdictCode.VERDICT_ALLOW)     # the rest is encrypted
         an = flow.analyzer
         if an.decided and an.parser is None and flow.verdict is None:
-            self._verdict(flow, VerdictCode.VERDICT_ALLOW)   # nothing this slow path can read
+            self._unreadable(flow)               # nothing this slow path can read
+
+    # -- L7 allow-lists ------------------------------------------------------
+    def set_l7(self, l7) -> None:
+        """A new policy's allow-lists (a reload): open flows take their
+        rule's new list (or lose theirs) at once."""
+        self.l7 = l7
+        for flow in self.flows.values():
+            self._rebind(flow, flow.rule_id)
+
+    def _rebind(self, flow: Flow, rule_id: int) -> None:
+        flow.rule_id = rule_id
+        allow = self.l7.get(rule_id) if self.l7 else None
+        if allow is flow.l7:
+            return
+        inner = flow.inspector.inner if flow.l7 is not None else flow.inspector
+        flow.inspector = allow.inspector(inner) if allow is not None else inner
+        flow.l7 = allow
+        if allow is not None:
+            flow.identify_only = False
+
+    def _unreadable(self, flow: Flow) -> None:
+        """No parser reads this flow: ALLOW, unless its rule has an
+        allow-list (nothing unread can be allowed: BLOCK, with the alert)."""
+        if flow.l7 is None:
+            self._verdict(flow, VerdictCode.VERDICT_ALLOW)
+            return
+        hit = flow.inspector.unreadable(flow.analyzer.app)
+        self.counters.hits[hit.category] += 1
+        flow.alerted = True
+        tcp = self.injector is not None and flow.transport == "tcp"
+        self.emit(eve.alert_record(self._info(flow), hit, self.wallclock(), direction=hit.direction,
+                                   reject_target="both" if tcp else None, reject=("tcp-reset",) if tcp else (),
+                                   counters=self._counters(flow)))
+        self._block(flow)
 
     def _alert_context(self, flow: Flow, ev=None) -> dict:
         """The app-layer object of the transaction a hit came from (``ev``,

@@ -1,0 +1,146 @@
+"""L7 allow-lists through the engine (slowpath/engine.py with
+slowpath/l7allow.py): payload records as the kernel writes them, verdicts,
+resets, held payload and alert records (valid against both EVE schemas)."""
+from __future__ import annotations
+
+from datapath.enums import VerdictCode as V
+from slowpath.analyzer import DETECT_BUFFER_BYTES
+from slowpath.l7allow import L7Policy
+from tests.unit.test_engine import DPI, HOLD, WAF, Harness, client_hello, dns_query, rec
+
+RULE = 7          # tests.unit.test_engine.rec() writes rule id 7
+LISTS = {str(RULE): {"label": "web", "l7": {"http": [{"method": "GET", "path": "/public/.*"}],
+                                             "dns": ["example.org", "*.example.org"]}}}
+NO_RULES = "{}\n"
+
+
+def harness(spec=LISTS, **kw) -> Harness:
+    return Harness(NO_RULES, l7=L7Policy.from_spec(spec), **kw)
+
+
+def get(path: bytes) -> bytes:
+    return b"GET " + path + b" HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+
+
+def alerts(h):
+    h.kinds()               # every record valid against Suricata's schema and the overlay
+    return [r for r in h.eve if r["event_type"] == "alert"]
+
+
+def test_allowed_request_released_disallowed_blocked_async():
+    h = harness()
+    h.engine.handle(rec(get(b"/public/a.css"), inspect=DPI))
+    assert h.codes() == [V.VERDICT_RELEASE] and alerts(h) == []
+    bad = harness()
+    bad.engine.handle(rec(get(b"/admin"), inspect=DPI))
+    assert bad.codes() == [V.VERDICT_BLOCK]
+    (a,) = alerts(bad)
+    assert a["alert"]["signature"] == "l7 allow-list of rule web: GET /admin not allowed"
+    assert a["alert"]["category"] == "l7-policy" and a["alert"]["action"] == "blocked"
+    assert a["alert"]["metadata"]["field"] == ["l7.http"] and a["alert"]["metadata"]["matched"] == ["GET /admin"]
+    assert a["http"]["url"] == "/admin" and a["verdict"]["action"] == "drop"
+    assert len(bad.resets.calls) == 1            # async: both ends reset
+
+
+def test_hold_mode_disallowed_request_never_sent_on():
+    h = harness()
+    h.engine.handle(rec(get(b"/admin"), inspect=DPI | HOLD))
+    assert h.codes() == [V.VERDICT_BLOCK]
+    assert h.resets.injected == [] and len(h.resets.held) == 1     # held bytes dropped, reset at the first one
+    ok = harness()
+    ok.engine.handle(rec(get(b"/public/x"), inspect=DPI | HOLD))
+    assert ok.codes() == [V.VERDICT_RELEASE] and [s for s, _, _ in ok.resets.injected] == [0]
+
+
+def test_second_request_on_a_keep_alive_connection_is_checked_and_reset():
+    """After the first request's RELEASE the kernel holds nothing more: a
+    later disallowed request is answered by a reset (it may have reached
+    the server), never let through for the rest of the connection."""
+    h = harness()
+    first = get(b"/public/a")
+    h.engine.handle(rec(first, inspect=DPI | HOLD))
+    h.engine.handle(rec(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", side=1, inspect=DPI | HOLD,
+                        ack=1001 + len(first)))
+    h.engine.handle(rec(get(b"/admin"), seq=1001 + len(first), inspect=DPI | HOLD, ack=5001 + 40))
+    assert h.codes() == [V.VERDICT_RELEASE, V.VERDICT_BLOCK]
+    assert len(h.resets.calls) == 1 and h.resets.held == []        # the async reset: nothing is held any more
+    assert [a["alert"]["signature"] for a in alerts(h)] == ["l7 allow-list of rule web: GET /admin not allowed"]
+
+
+def test_dns_queries():
+    h = harness()
+    ok, bad = b"a" * 40, b"b" * 40
+    h.engine.handle(rec(dns_query(b"www.example.org"), inspect=DPI | HOLD, l4=17, key=ok, seq=0,
+                        server=("10.0.1.53", 53)))
+    h.engine.handle(rec(dns_query(b"www.evil.test"), inspect=DPI | HOLD, l4=17, key=bad, seq=0,
+                        server=("10.0.1.53", 53)))
+    assert h.codes(ok) == [V.VERDICT_RELEASE] and h.codes(bad) == [V.VERDICT_BLOCK]
+    (a,) = alerts(h)
+    assert a["alert"]["signature"] == "l7 allow-list of rule web: DNS query www.evil.test not allowed"
+    assert a["dns"]["queries"][0]["rrname"] == "www.evil.test"
+
+
+def test_protocols_the_list_does_not_name_are_blocked():
+    h = harness()
+    h.engine.handle(rec(client_hello(b"www.example.org"), inspect=DPI, server=("10.0.1.5", 443)))
+    assert h.codes() == [V.VERDICT_BLOCK]
+    assert alerts(h)[0]["alert"]["signature"] == "l7 allow-list of rule web: tls not allowed (the list names http, dns)"
+    # Bytes no parser reads: without a list ALLOW (nothing to read), with one BLOCK.
+    junk = bytes(range(256)) * (DETECT_BUFFER_BYTES // 256 + 1)      # a buffer's worth nobody claims
+    plain = Harness(NO_RULES)
+    plain.engine.handle(rec(junk, inspect=DPI, server=("10.0.1.5", 9999)))
+    assert plain.codes() == [V.VERDICT_ALLOW]
+    h = harness()
+    h.engine.handle(rec(junk, inspect=DPI, server=("10.0.1.5", 9999)))
+    assert h.codes() == [V.VERDICT_BLOCK]
+    assert alerts(h)[0]["alert"]["metadata"]["field"] == ["l7.protocol"]
+
+
+def test_an_allow_list_flow_is_read_on():
+    """dpi only would let an identified HTTP flow go after its first
+    request, and the budget after a side's depth: an allow-list flow is
+    released, never allowed, so the next request is still checked."""
+    h = harness(inspect_budget=100)
+    first = get(b"/public/a")
+    h.engine.handle(rec(first, inspect=DPI))
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n" + b"x" * 200
+    h.engine.handle(rec(big, side=1, inspect=DPI, ack=1001 + len(first)))
+    assert h.codes() == [V.VERDICT_RELEASE]
+    h.engine.handle(rec(get(b"/secret"), seq=1001 + len(first), inspect=DPI))
+    assert h.codes() == [V.VERDICT_RELEASE, V.VERDICT_BLOCK]
+    # Without a list, the same flow is let go (dpi only: identified).
+    p = Harness(NO_RULES, inspect_budget=100)
+    p.engine.handle(rec(first, inspect=DPI))
+    assert p.codes() == [V.VERDICT_ALLOW]
+
+
+def test_waf_still_runs_on_an_allowed_request():
+    h = Harness("waf:\n  sets: {sqli: block}\n", l7=L7Policy.from_spec(LISTS))
+    h.engine.handle(rec(get(b"/public/?id=1%27%20UNION%20SELECT%20password%20FROM%20users--"), inspect=WAF))
+    assert h.codes() == [V.VERDICT_BLOCK]
+    assert [a["alert"]["category"] for a in alerts(h)] == ["sqli"]
+
+
+def test_reload_changes_the_lists_of_open_flows():
+    h = harness()
+    first = get(b"/public/a")
+    h.engine.handle(rec(first, inspect=DPI))
+    h.engine.set_l7(L7Policy.from_spec({str(RULE): {"label": "web2", "l7": {"http": [{"path": "/v2/.*"}]}}}))
+    h.engine.handle(rec(get(b"/public/b"), seq=1001 + len(first), inspect=DPI))
+    assert h.codes() == [V.VERDICT_RELEASE, V.VERDICT_BLOCK]
+    assert alerts(h)[0]["alert"]["signature"] == "l7 allow-list of rule web2: GET /public/b not allowed"
+    # A policy without lists: open flows lose theirs.
+    h = harness()
+    h.engine.handle(rec(first, inspect=DPI))
+    h.engine.set_l7(L7Policy())
+    h.engine.handle(rec(get(b"/admin"), seq=1001 + len(first), inspect=DPI))
+    assert V.VERDICT_BLOCK not in h.codes()
+
+
+def test_a_session_decided_again_by_another_rule_takes_that_rules_list():
+    spec = {**LISTS, "8": {"label": "other", "l7": {"http": [{"path": "/admin"}]}}}
+    h = harness(spec)
+    first = get(b"/public/a")
+    h.engine.handle(rec(first, inspect=DPI))
+    h.engine.handle(rec(get(b"/admin"), seq=1001 + len(first), inspect=DPI)._replace(rule_id=8))
+    assert h.codes() == [V.VERDICT_RELEASE]           # rule 8 allows /admin
