@@ -67,7 +67,8 @@ class Timeouts(BaseModel):
 
 
 FailAction = Literal["pass", "drop", "bypass"]
-SIMULATED = ("ringbuf_full", "budget_exhausted", "slowpath_down", "reassembly_cap", "parser_error")
+SIMULATED = ("ringbuf_full", "budget_exhausted", "slowpath_down", "reassembly_cap", "parser_error",
+             "decompression")
 
 
 class FailureActions(BaseModel):
@@ -97,6 +98,12 @@ class FailureActions(BaseModel):
     # CRS's protocol enforcement: block the flow, alert only, or pass (each
     # deviation is logged as an EVE anomaly record whatever this says).
     http_anomaly: Literal["block", "alert", "pass"] = "block"
+    # slow path: a body's Content-Encoding could not be undone (not the coding
+    # it claims, cut short, too many layers) or decoding hit the size or ratio
+    # cap (a decompression bomb; protocols/content_coding.py). "pass": what was
+    # decoded was inspected, the rest is not, later messages are; the anomaly
+    # is logged, and a request's is also an http_anomaly on a WAF flow.
+    decompression: FailAction = "pass"
     session_table_full: Literal["pass", "drop"] = "drop"   # kernel: new flows when ms_flows is full
 
 

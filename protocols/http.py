@@ -64,6 +64,7 @@ from typing import ClassVar
 
 import httptools
 
+from protocols.content_coding import CodingError, ContentDecoder
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
                            ProtocolPlugin, Signature, StreamParser, StreamSide)
 
@@ -157,6 +158,11 @@ class HttpAnomaly(enum.StrEnum):
     INVALID_TRANSFER_ENCODING_VALUE_IN_REQUEST = "INVALID_TRANSFER_ENCODING_VALUE_IN_REQUEST"
     INVALID_TRANSFER_ENCODING_VALUE_IN_RESPONSE = "INVALID_TRANSFER_ENCODING_VALUE_IN_RESPONSE"
     CHUNK_DATA_NOT_TERMINATED = "CHUNK_DATA_NOT_TERMINATED"  # ours: no CRLF after chunk data
+    # Content-Encoding (protocols/content_coding.py); Suricata's names. Added
+    # last: the WAF's anomaly rule ids follow this order (slowpath/waf.py).
+    GZIP_DECOMPRESSION_FAILED = "GZIP_DECOMPRESSION_FAILED"  # not the claimed coding, or cut short (any coding)
+    COMPRESSION_BOMB = "COMPRESSION_BOMB"                    # decoded past the size or ratio cap
+    TOO_MANY_ENCODING_LAYERS = "TOO_MANY_ENCODING_LAYERS"    # more than MAX_LAYERS codings to undo
 
 
 A = HttpAnomaly
@@ -204,6 +210,8 @@ class HttpRequest(_FieldLookup, Event):
     chunked: bool
     anomalies: tuple[str, ...]  # tolerated deviations (HttpAnomaly names), e.g. "METHOD_UNKNOWN"
     offset: int                 # stream offset of the request line
+    # HTTP/2 stream (protocols/http2.py); 0 for HTTP/1.
+    stream_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -223,11 +231,14 @@ class HttpResponse(_FieldLookup, Event):
     chunked: bool
     anomalies: tuple[str, ...]
     offset: int
+    # HTTP/2 stream (protocols/http2.py); 0 for HTTP/1.
+    stream_id: int = 0
 
 
 @dataclass(frozen=True)
 class HttpBody(Event):
-    """Decoded body bytes of the current message of ``direction``, in order.
+    """Decoded body bytes of the current message of ``direction``, in order
+    (chunked framing removed, a Content-Encoding undone).
 
     How a body is cut into events follows how it was fed: at most one HttpBody
     per message per receive_data call.
@@ -235,18 +246,31 @@ class HttpBody(Event):
     kind: ClassVar[str] = "http_body"
     direction: Direction
     data: bytes
+    # HTTP/2 stream (protocols/http2.py); 0 for HTTP/1.
+    stream_id: int = 0
 
 
 @dataclass(frozen=True)
 class HttpMessageEnd(Event):
     """The message of ``direction`` is complete. ``body_size`` counts every body
     byte (after chunked decoding, lost ones included); ``body_emitted`` how many
-    of them went out as HttpBody (fewer past MAX_BODY_EMIT_BYTES or after a gap)."""
+    of them went out as HttpBody (fewer past MAX_BODY_EMIT_BYTES or after a gap).
+
+    A body with a Content-Encoding went out decoded (protocols/content_coding.py):
+    ``content_encoding`` names the codings undone (header order), ``body_size``
+    stays the encoded size, ``decoded_size`` is the decoded size (None: nothing
+    decoded), ``body_emitted`` counts decoded bytes, and ``encoding_error`` is
+    the content_coding.CodingError that stopped decoding (None: none)."""
     kind: ClassVar[str] = "http_message_end"
     direction: Direction
     body_size: int
     body_emitted: int
     trailers: Fields = ()
+    content_encoding: tuple[str, ...] = ()
+    decoded_size: int | None = None
+    encoding_error: str | None = None
+    # HTTP/2 stream (protocols/http2.py); 0 for HTTP/1.
+    stream_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -281,6 +305,8 @@ class HttpAnomalyEvent(Event):
     direction: Direction
     name: str
     offset: int
+    # HTTP/2 stream (protocols/http2.py); 0 for HTTP/1.
+    stream_id: int = 0
 
 
 def _builder(cls):
@@ -767,7 +793,8 @@ class _Pending:
 
 
 class _Side(StreamSide):
-    __slots__ = ("state", "scan", "remaining", "body_size", "body_emitted", "parts", "after")
+    __slots__ = ("state", "scan", "remaining", "body_size", "body_emitted", "parts", "after",
+                 "decoder", "coding_anomaly")
     max_buffered = MAX_BUFFERED_BYTES
 
     def __init__(self, direction: Direction) -> None:
@@ -779,6 +806,8 @@ class _Side(StreamSide):
         self.body_emitted = 0
         self.parts: list[bytes] = []    # body bytes not yet emitted in this call
         self.after = _HEAD          # state after the current message
+        self.decoder: ContentDecoder | None = None  # the current body's Content-Encoding
+        self.coding_anomaly: HttpAnomalyEvent | None = None   # its failure, not yet emitted
 
     @property
     def done(self) -> bool:
@@ -831,6 +860,8 @@ class HttpParser(StreamParser):
                                (side.state in (_BODY, _CHUNK_DATA) and size <= side.remaining)):
             # Lost body bytes: the framing is known, so parsing goes on.
             side.body_size += size
+            if side.decoder is not None:    # a coded stream cannot be followed past a hole
+                side.decoder.abandon()
             side.offset += size
             if side.state != _UNTIL_EOF:
                 side.remaining -= size
@@ -1075,6 +1106,7 @@ class HttpParser(StreamParser):
         else:
             self._unknown_pending += 1
         side.after = _AWAIT if switch else _HEAD
+        side.decoder = self._coding(side, h, end) if framing and "content-encoding" in h.names else None
         return self._start_body(side, framing, cl, end, events)
 
     def _response(self, side: _Side, h: _Head, at: int, end: int, events: list[Event]) -> int:
@@ -1099,6 +1131,7 @@ class HttpParser(StreamParser):
         if interim or method == "HEAD" or h.status in (204, 304):
             framing = None          # RFC 9112 6.3 rules 1 and 2
         side.after = _HEAD
+        side.decoder = self._coding(side, h, end) if framing and "content-encoding" in h.names else None
         i = self._start_body(side, framing, cl, end, events)
         if req and req.switch and not interim:
             # Not switched after all: what the client sent meanwhile is HTTP.
@@ -1131,8 +1164,34 @@ class HttpParser(StreamParser):
             self._end_message(side, events)
         return end
 
+    def _coding(self, side: _Side, h: _Head, end: int) -> ContentDecoder | None:
+        """A decoder for the body ``h`` frames, if it names a coding to undo."""
+        dec = ContentDecoder(h.values("content-encoding"))
+        if not dec.decoded:         # identity, or only codings we do not know: as sent
+            return None
+        if dec.error is not None:
+            side.coding_anomaly = HttpAnomalyEvent(side.direction, _CODING_ANOMALY[dec.error],
+                                                   side.offset + end)
+        return dec
+
+    def _decoded(self, side: _Side, data: bytes | None, at: int) -> None:
+        """Decode the next body bytes ``data`` (None: the body's end) and emit
+        the result (up to MAX_BODY_EMIT_BYTES); a failure it brings is named."""
+        dec = side.decoder
+        failed = dec.error is not None
+        out = dec.finish() if data is None else dec.feed(data)
+        room = MAX_BODY_EMIT_BYTES - side.body_emitted
+        if room > 0 and out:
+            part = out[:room]
+            side.parts.append(part)
+            side.body_emitted += len(part)
+        if dec.error is not None and not failed:
+            side.coding_anomaly = HttpAnomalyEvent(side.direction, _CODING_ANOMALY[dec.error], at)
+
     def _body(self, side: _Side, a: int, b: int) -> None:
         side.body_size += b - a
+        if side.decoder is not None:
+            return self._decoded(side, bytes(side.buf[a:b]), side.offset + b)
         room = MAX_BODY_EMIT_BYTES - side.body_emitted
         if room > 0:
             part = bytes(side.buf[a:a + min(room, b - a)])
@@ -1143,10 +1202,21 @@ class HttpParser(StreamParser):
         if side.parts:
             events.append(HttpBody(side.direction, b"".join(side.parts)))
             side.parts = []
+        if side.coding_anomaly is not None:
+            events.append(side.coding_anomaly)
+            side.coding_anomaly = None
 
     def _end_message(self, side: _Side, events: list[Event], trailers: Fields = ()) -> None:
-        self._flush(side, events)
-        events.append(_new_message_end(side.direction, side.body_size, side.body_emitted, trailers))
+        dec = side.decoder
+        if dec is None:
+            self._flush(side, events)
+            events.append(_new_message_end(side.direction, side.body_size, side.body_emitted, trailers))
+        else:
+            self._decoded(side, None, side.offset + len(side.buf))
+            self._flush(side, events)
+            events.append(HttpMessageEnd(side.direction, side.body_size, side.body_emitted, trailers,
+                                         dec.decoded, dec.decoded_bytes, dec.error))
+            side.decoder = None
         side.body_size = side.body_emitted = 0
         side.state, side.scan = side.after, 0
         side.after = _HEAD
@@ -1166,10 +1236,22 @@ class HttpParser(StreamParser):
     def _fail(self, side: _Side, reason: str, i: int, events: list[Event]) -> int:
         """Give up on ``side``: Malformed at index ``i`` of its buffer."""
         self._flush(side, events)
+        side.decoder = None
         events.append(Malformed(side.direction, reason, side.offset + i))
         side.state = _DEAD
         return len(side.buf)
 
+
+# The anomaly a decoding failure is reported as.
+_CODING_ANOMALY = {
+    CodingError.INVALID: A.GZIP_DECOMPRESSION_FAILED,
+    CodingError.TRUNCATED: A.GZIP_DECOMPRESSION_FAILED,
+    CodingError.TOO_LARGE: A.COMPRESSION_BOMB,
+    CodingError.RATIO: A.COMPRESSION_BOMB,
+    CodingError.LAYERS: A.TOO_MANY_ENCODING_LAYERS,
+}
+# The anomalies that are decoding failures (the engine's "decompression" failure kind).
+CODING_ANOMALIES = frozenset(_CODING_ANOMALY.values())
 
 _STATES = {
     _HEAD: HttpParser._st_head,

@@ -47,7 +47,7 @@ DEFAULT_PORT = 9477
 # Failures of inspection, as the failure actions name them
 # (datapath/config.py FailureActions).
 FAILURE_KINDS = ("ringbuf_full", "budget_exhausted", "slowpath_down", "reassembly_cap", "parser_error",
-                 "session_table_full")
+                 "session_table_full", "decompression")
 # Which reassembly cap forced a gap (slowpath/reassembly.py): a flow's own
 # byte cap, the budget shared by all flows, or too many segments queued
 # behind one hole.
