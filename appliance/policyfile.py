@@ -382,6 +382,8 @@ def diff(old: PolicyFile | None, new: PolicyFile) -> list[str]:
                 j, o = before[k]
                 if text(o) != text(r):
                     out.append(f"~ {label} (line {line}): {text(o)}  ->  {text(r)}")
+                elif getattr(o, "l7", None) != getattr(r, "l7", None):     # the text counts entries only
+                    out.append(f"~ {label} (line {line}): l7 allow-list changed: {text(r)}")
         for k, (i, r) in before.items():
             if k not in after:
                 label = f"{kind} {r.name}" if r.name else kind

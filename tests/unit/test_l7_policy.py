@@ -124,3 +124,11 @@ def test_explain_shows_the_lists(microseg, tmp_path):
     e = json.loads(microseg("policy", "explain", "10.0.0.5", "10.0.1.5", "tcp", "22", "--file", f, "--json",
                             check=True).stdout)
     assert "l7" not in e
+
+
+def test_diff_sees_a_changed_list(microseg, tmp_path):
+    old = write(tmp_path, POLICY, "old.yaml")
+    new = write(tmp_path, POLICY.replace('path: "/public/.*"', 'path: "/static/.*"'), "new.yaml")
+    out = microseg("policy", "diff", new, "--against", old, check=True).stdout
+    assert "~ rule web (line 7): l7 allow-list changed" in out
+    assert "no changes" in microseg("policy", "diff", old, "--against", old, check=True).stdout
