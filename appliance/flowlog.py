@@ -129,11 +129,23 @@ class CaptureTime:
 
     def __init__(self, coarse: bool):
         import time
-        clock = getattr(time, "CLOCK_MONOTONIC_COARSE", 6) if coarse else time.CLOCK_MONOTONIC
-        self._now = lambda: time.clock_gettime_ns(clock)
         self.ticks: list[int] = []
         self.first: list[float] = []
         self.last: list[float] = []
+        if coarse:
+            clock = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)
+            self._now = lambda: time.clock_gettime_ns(clock)
+        else:
+            # Every frame its own reading of CLOCK_MONOTONIC (bpf_ktime_get_ns'
+            # clock): a tick's first frame is its last, one list serves both,
+            # and frame() is two appends (it runs before every frame).
+            self.last = self.first
+            self.frame = self._frame_precise
+            self._tick, self._stamp, self._now = self.ticks.append, self.first.append, time.monotonic_ns
+
+    def _frame_precise(self, ts: float) -> None:
+        self._tick(self._now())
+        self._stamp(ts)
 
     def frame(self, ts: float) -> None:
         """Before a frame of capture time ``ts`` runs."""

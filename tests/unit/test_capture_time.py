@@ -1,0 +1,40 @@
+"""appliance/flowlog.py CaptureTime: the kernel's session-clock stamps of a
+replay mapped to its frames' capture times, with the precise clock (every
+frame its own reading: replay_config()) and the coarse one (frames within a
+tick share it)."""
+from __future__ import annotations
+
+from appliance.flowlog import CaptureTime
+from datapath.flowevents import FlowEnd
+
+
+def _clocked(coarse: bool, readings: list[int]) -> CaptureTime:
+    t = CaptureTime(coarse)
+    it = iter(readings)
+    t._now = lambda: next(it)        # the clock reading taken before each frame
+    return t
+
+
+def _end(first: int, last: int) -> FlowEnd:
+    return FlowEnd(*([0] * len(FlowEnd._fields)))._replace(first_seen_ns=first, last_seen_ns=last)
+
+
+def test_precise_clock_maps_each_stamp_to_its_frame():
+    t = _clocked(False, [100, 200, 300, 400])
+    for ts in (10.0, 11.0, 12.5, 13.0):
+        t.frame(ts)
+    assert t.ticks == [100, 200, 300, 400] and t.first == t.last == [10.0, 11.0, 12.5, 13.0]
+    # A stamp belongs to the last frame whose reading is not after it.
+    ev = t.convert(_end(250, 400))
+    assert (ev.first_seen_ns, ev.last_seen_ns) == (11_000_000_000, 13_000_000_000)
+    ev = t.convert(_end(50, 399))           # before the first frame: the first frame's time
+    assert (ev.first_seen_ns, ev.last_seen_ns) == (10_000_000_000, 12_500_000_000)
+
+
+def test_coarse_clock_frames_of_one_tick_share_it():
+    t = _clocked(True, [100, 100, 100, 200])
+    for ts in (10.0, 11.0, 12.0, 13.0):
+        t.frame(ts)
+    assert t.ticks == [100, 200] and t.first == [10.0, 13.0] and t.last == [12.0, 13.0]
+    ev = t.convert(_end(100, 150))          # start: the tick's first frame; end: its last
+    assert (ev.first_seen_ns, ev.last_seen_ns) == (10_000_000_000, 12_000_000_000)
