@@ -113,3 +113,23 @@ def test_allow_list_serves_listed_methods_and_blocks_the_others(grpclab):
                 json.dumps(x.get("alert", {}))]
     # and the port goes on serving them
     assert grpclab.call(LISTED_PORT, "GetItem", "listed-4") == "OK item:listed-4"
+
+
+@NEEDS_L7
+def test_served_calls_are_logged_with_service_method_and_status(grpclab):
+    assert grpclab.call(LISTED_PORT, "GetItem", "logged-1") == "OK item:logged-1"
+
+    def calls():
+        eve = grpclab.tmp / "eve.json"
+        recs = [json.loads(x) for x in eve.read_text().splitlines() if x.strip()] if eve.exists() else []
+        out = []
+        for r in recs:
+            md = r.get("metadata", {})
+            flowvars = {k: v for d in md.get("flowvars", []) for k, v in d.items()}
+            if r["event_type"] == "http" and r["dest_port"] == LISTED_PORT and \
+                    flowvars.get("grpc_method") == "GetItem":
+                out.append((r, flowvars, md.get("flowints", {})))
+        return out
+    rec, flowvars, ints = wait_for("the gRPC call's http record", calls)[-1]
+    assert rec["app_proto"] == "http2" and rec["http"]["url"] == "/lab.Shop/GetItem", rec
+    assert flowvars["grpc_service"] == "lab.Shop" and ints.get("grpc_status") == 0, rec
