@@ -104,21 +104,29 @@ def normalise_target(target: str) -> str:
 
 
 def _database(patterns: list[str | None]):
-    """One Hyperscan database of the given patterns (id: the entry's index;
-    None: that entry has no such pattern). None when no entry has one."""
-    ids = [i for i, p in enumerate(patterns) if p is not None]
-    if not ids:
+    """(Hyperscan database, entry indexes of each of its pattern ids) of the
+    entries' patterns (None: that entry has none); None when no entry has
+    one. A pattern several entries share ("GET" in most) is compiled once:
+    each match costs a Python callback."""
+    entries: dict[str, list[int]] = {}
+    for i, p in enumerate(patterns):
+        if p is not None:
+            entries.setdefault(p, []).append(i)
+    if not entries:
         return None
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    db.compile(expressions=[l7_expression(patterns[i]) for i in ids], ids=ids, flags=[_HS_FLAGS] * len(ids))
-    return db
+    db.compile(expressions=[l7_expression(p) for p in entries], ids=list(range(len(entries))),
+               flags=[_HS_FLAGS] * len(entries))
+    return db, tuple(entries.values())
 
 
-def _scan(db, data: bytes) -> set[int]:
+def _scan(compiled, data: bytes) -> set[int]:
+    """Indexes of the entries whose pattern matches ``data`` whole."""
+    db, of = compiled
     found: set[int] = set()
 
     def on_match(idx, start, end, flags, ctx):
-        found.add(idx)
+        found.update(of[idx])
 
     db.scan(data, match_event_handler=on_match)
     return found
@@ -157,6 +165,9 @@ class RuleAllow:
                               for e in http)
         self._methods = _database([e.get("method") for e in http])
         self._paths = _database([e.get("path") for e in http])
+        # Entries a method or a path always matches (they have none).
+        self._any_method = frozenset(i for i, e in enumerate(self._entries) if not e.method)
+        self._any_path = frozenset(i for i, e in enumerate(self._entries) if not e.path)
         self._cache: dict[tuple[str, str], tuple[_HttpEntry, ...]] = {}
         # service -> None (every method) or the set of methods
         self._grpc: dict[str, set[str] | None] | None = None
@@ -176,11 +187,12 @@ class RuleAllow:
         got = self._cache.get(key)
         if got is not None:
             return got
-        ms = _scan(self._methods, method.encode("latin-1", "replace")) if self._methods is not None else set()
-        ps = _scan(self._paths, normalise_target(target).encode("latin-1", "replace")) \
-            if self._paths is not None else set()
-        got = tuple(e for i, e in enumerate(self._entries)
-                    if (not e.method or i in ms) and (not e.path or i in ps))
+        ps = self._any_path
+        if self._paths is not None:
+            ps = ps | _scan(self._paths, normalise_target(target).encode("latin-1", "replace"))
+        if ps and self._methods is not None:
+            ps = ps & (self._any_method | _scan(self._methods, method.encode("latin-1", "replace")))
+        got = tuple(self._entries[i] for i in sorted(ps))
         if len(target) <= MAX_CACHED_TARGET:
             if len(self._cache) >= MAX_CACHED_REQUESTS:
                 self._cache.clear()
