@@ -19,7 +19,8 @@ from .api import Direction, PluginError, ProtocolPlugin
 
 ENTRY_POINT_GROUP = "microseg.protocols"
 BUILTIN_MODULES = ("protocols.http", "protocols.tls", "protocols.dns", "protocols.ssh",
-                   "protocols.mysql", "protocols.redis")
+                   "protocols.mysql", "protocols.redis", "protocols.http2",
+                   "protocols.quic")
 
 
 def builtin_plugins() -> list[ProtocolPlugin]:

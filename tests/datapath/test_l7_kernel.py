@@ -58,6 +58,8 @@ FIRST_PAYLOADS = {
     "ssh": ("s", b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"),
     "mysql": ("s", bytes.fromhex("4a0000000a") + b"8.0.35\0" + bytes(20)),
     "redis": ("c", b"*1\r\n$4\r\nPING\r\n"),
+    # HTTP/2 by prior knowledge: the connection preface, then the client's SETTINGS.
+    "http2": ("c", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000006040000000000000300000064")),
 }
 
 
