@@ -144,3 +144,35 @@ def test_a_session_decided_again_by_another_rule_takes_that_rules_list():
     h.engine.handle(rec(first, inspect=DPI))
     h.engine.handle(rec(get(b"/admin"), seq=1001 + len(first), inspect=DPI)._replace(rule_id=8))
     assert h.codes() == [V.VERDICT_RELEASE]           # rule 8 allows /admin
+
+
+def h2_grpc_client(*methods: str) -> bytes:
+    """A gRPC client's bytes over h2c (prior knowledge): one unary call per method, streams 1, 3, ..."""
+    import h2.config
+    import h2.connection
+
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    for n, m in enumerate(methods):
+        sid = 1 + 2 * n
+        c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", f"/lab.Shop/{m}"),
+                             (":authority", "shop.lab"), ("content-type", "application/grpc"), ("te", "trailers")])
+        c.send_data(sid, b"\x00\x00\x00\x00\x02\x08\x01", end_stream=True)
+    return c.data_to_send()
+
+
+def test_grpc_over_http2_allowed_and_denied_methods():
+    """The gRPC list on real HTTP/2 framing (protocols/http2.py): service and
+    method come from the stream's HttpRequest, as for HTTP/1."""
+    import pytest
+    pytest.importorskip("protocols.http2")
+    spec = {str(RULE): {"label": "grpc-shop-read", "l7": {"grpc": [{"service": "lab.Shop", "method": "GetItem"}]}}}
+    ok = harness(spec)
+    ok.engine.handle(rec(h2_grpc_client("GetItem"), inspect=DPI | HOLD, server=("10.0.1.5", 50051)))
+    assert ok.codes() == [V.VERDICT_RELEASE] and alerts(ok) == []
+    bad = harness(spec)
+    bad.engine.handle(rec(h2_grpc_client("GetItem", "DeleteItem"), inspect=DPI | HOLD, server=("10.0.1.5", 50051)))
+    assert V.VERDICT_BLOCK in bad.codes()
+    (a,) = alerts(bad)
+    assert a["alert"]["signature"] == "l7 allow-list of rule grpc-shop-read: gRPC lab.Shop/DeleteItem not allowed"
+    assert a["alert"]["metadata"]["field"] == ["l7.grpc"]
