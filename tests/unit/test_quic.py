@@ -124,6 +124,15 @@ def test_initial_keys_rfc9369_version2():
         "82db637861d55e1d011f19ea71d5d2a7", "dd13c276499c0249d3310652", "edf6d05c83121201b436e16877593c3a")
 
 
+def test_hkdf_expand_equals_cryptography_s():
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+    rng = random.Random(3)
+    for n in (1, 12, 16, 32, 33, 64, 100):
+        secret, info = rng.randbytes(32), rng.randbytes(rng.randrange(0, 40))
+        assert quic.hkdf_expand(secret, info, n) == HKDFExpand(hashes.SHA256(), n, info).derive(secret)
+
+
 def test_protect_initial_reproduces_rfc9001_a2():
     keys = initial_keys(RFC_DCID)[0]
     assert protect_initial(keys, version=QUIC_V1, dcid=RFC_DCID, scid=b"", pn=2,
