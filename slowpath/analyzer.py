@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from protocols import registry
 from protocols.api import CERTAIN, LIKELY, POSSIBLE, Direction, Event, Parser, ProtocolPlugin
+from protocols.grpc import is_grpc
+from protocols.http2 import HttpTwoParser
 
 # Bytes of one direction kept while no probe is sure: enough for the
 # longest first message a probe needs to see whole (a TLS ClientHello with a
@@ -25,6 +27,9 @@ DECIDE_AT = LIKELY
 # Events after which the connection carries another protocol: HTTP CONNECT's
 # tunnel, MySQL's switch to TLS (SSLRequest). What follows is detected again.
 TUNNEL_EVENTS = ("http_tunnel", "mysql_tls")
+# An HTTP/1.1 Upgrade to this protocol goes on as HTTP/2 (RFC 7540 3.2):
+# the upgraded request is its stream 1, and the flow is HTTP/2 from then on.
+H2C_UPGRADE = "h2c"
 
 
 def _first_query(ev) -> str | None:
@@ -44,13 +49,15 @@ NAMING_EVENTS = {
     "tls_client_hello": ("sni", lambda ev: ev.sni),
     "ssl2_client_hello": None,
     "tls_server_hello": None,                    # a flow whose ClientHello was not seen
+    "quic_client_hello": ("sni", lambda ev: ev.sni),
+    "quic_server_hello": None,
     "dns_message": ("dns_query", _first_query),
     "ssh_banner": ("ssh_banner", lambda ev: ev.raw),
     "mysql_greeting": ("mysql_server_version", lambda ev: ev.server_version),
     "redis_command": ("redis_command", lambda ev: ev.command),
     "malformed": None,
 }
-_WAIT_FOR_NAMING = frozenset({"http", "tls", "dns"})
+_WAIT_FOR_NAMING = frozenset({"http", "tls", "dns", "quic", "http2", "grpc"})
 
 
 class _Pending:
@@ -107,6 +114,7 @@ class FlowAnalyzer:
         self._undecided = True
         self._tunnel = False
         self._named = False
+        self._last_request = None            # the HTTP/1 request an h2c upgrade makes stream 1
         # Naming fields seen so far (NAMING_EVENTS): "host", "sni", "dns_query", ...
         self.names: dict[str, str] = {}
 
@@ -275,10 +283,26 @@ class FlowAnalyzer:
         if not self._named and events:
             self._note_names(events)
         for i, ev in enumerate(events):
-            if ev.kind in TUNNEL_EVENTS and not self._tunnel:
+            kind = ev.kind
+            if kind == "http_request" or kind == "http_response":
+                if kind == "http_request":
+                    self._last_request = ev
+                # A gRPC call on an HTTP/2 flow makes it a gRPC flow (grpc > http2).
+                if ev.stream_id and self.app == "http2" and is_grpc(ev.content_type):
+                    self.app = "grpc"
+            elif kind in TUNNEL_EVENTS and not self._tunnel:
+                self._tunnel = True
+                if (kind == "http_tunnel" and ev.via == "upgrade" and "http2" in self._by_name
+                        and ev.target.strip().lower() == H2C_UPGRADE):
+                    # h2c: the same connection goes on in HTTP/2.
+                    self.app = self.inner_app = "http2"
+                    self.parser = HttpTwoParser(upgrade_request=self._last_request)
+                    tail = []
+                    for d, b in ev.rest:
+                        tail += self._feed(d, b)
+                    return events[:i + 1] + tail
                 # Everything after the tunnel's start is another protocol:
                 # parse it afresh (the HTTP parser has stopped).
-                self._tunnel = True
                 self._undecided = True
                 self.parser = None
                 rest = getattr(ev, "rest", None)

@@ -17,6 +17,8 @@ import hyperscan
 from protocols.api import Direction, Event, Malformed
 from protocols.dns import DnsMessage
 from protocols.http import HttpAnomalyEvent, HttpBody, HttpMessageEnd, HttpRequest, HttpResponse
+from protocols.http2 import Http2RstStream
+from protocols.quic import QuicClientHello
 from protocols.tls import TlsClientHello
 from slowpath import normalize
 from slowpath.dlp import DETECTORS, DLP_TAIL_BYTES, DlpRule
@@ -183,10 +185,19 @@ class FlowInspector:
         # The request whose body the WAF is collecting.
         self._body: bytearray | None = None
         self._body_type: str | None = None
+        # HTTP/2 streams interleave: each stream has its own body state (the
+        # three fields above), swapped in by _use; stream 0 (HTTP/1) is the
+        # flow's own. A stream's state goes when both its messages ended or
+        # it was reset (the parser bounds the streams open at once).
+        self._sid = 0
+        self._parked: dict[int, tuple] = {}
+        self._ended: dict[int, int] = {}     # stream -> bit per direction whose message ended
 
     # -- input --------------------------------------------------------------------
     def feed(self, ev: Event) -> list[Hit]:
         if isinstance(ev, HttpBody):
+            if ev.stream_id != self._sid:
+                self._use(ev.stream_id)
             out = self._dlp_chunk(ev.direction, ev.data, final=False) if self._dlp[ev.direction] else []
             if ev.direction == Direction.TO_SERVER and self._body is not None:
                 self._body += ev.data[:MAX_WAF_BODY_BYTES - len(self._body)]
@@ -194,6 +205,8 @@ class FlowInspector:
                     out += self._waf_body()       # full: scan now; the rest goes unscanned
             return out
         if isinstance(ev, HttpRequest):
+            if ev.stream_id != self._sid:
+                self._use(ev.stream_id)
             out = self._end_message(Direction.TO_SERVER)     # a body cut short by a gap
             out += self._anomalies(ev.anomalies, ev.direction)
             if self._dpi:
@@ -204,16 +217,27 @@ class FlowInspector:
                 out += self._waf_request(ev)
             return out
         if isinstance(ev, HttpResponse):
+            if ev.stream_id != self._sid:
+                self._use(ev.stream_id)
             return self._end_message(Direction.TO_CLIENT)
         if isinstance(ev, HttpMessageEnd):
-            return self._end_message(ev.direction)
+            if not ev.stream_id:
+                return self._end_message(ev.direction)
+            return self._end_stream(ev.stream_id, 1 << ev.direction)
+        if isinstance(ev, Http2RstStream):
+            return self._end_stream(ev.stream_id, 3)
         if isinstance(ev, HttpAnomalyEvent):
             return self._anomalies((ev.name,), ev.direction)
         if isinstance(ev, Malformed):
             # The parser gave up inside a message: the WAF still reads the
             # part of the body it got (the flow's parser_error action follows).
-            return self._end_message(ev.direction)
-        if isinstance(ev, TlsClientHello):
+            out = self._end_message(ev.direction)
+            for sid in list(self._parked):       # and so of every HTTP/2 stream
+                self._use(sid)
+                out += self._end_message(ev.direction)
+            return out
+        if isinstance(ev, (TlsClientHello, QuicClientHello)):
+            # QUIC's ClientHello is TLS's (RFC 9001): domain rules on the SNI apply alike.
             if self._dpi and ev.sni:
                 return self._domain("tls_sni", ev.sni, ev.direction)
             return []
@@ -228,7 +252,38 @@ class FlowInspector:
 
     def close(self) -> list[Hit]:
         """The flow ended: scan what is still held (an unfinished body)."""
-        return self._end_message(Direction.TO_SERVER) + self._end_message(Direction.TO_CLIENT)
+        out = self._end_message(Direction.TO_SERVER) + self._end_message(Direction.TO_CLIENT)
+        for sid in list(self._parked):
+            self._use(sid)
+            out += self._end_message(Direction.TO_SERVER) + self._end_message(Direction.TO_CLIENT)
+        return out
+
+    # -- HTTP/2 streams ---------------------------------------------------------------
+    def _use(self, sid: int) -> None:
+        """Make ``sid``'s body state the current one (a new stream's is fresh)."""
+        self._parked[self._sid] = (self._streams, self._body, self._body_type)
+        got = self._parked.pop(sid, None)
+        if got is None:
+            got = ({d: _DlpStream() for d in Direction}, None, None)
+        self._streams, self._body, self._body_type = got
+        self._sid = sid
+
+    def _end_stream(self, sid: int, bits: int) -> list[Hit]:
+        """Messages of stream ``sid`` ended (``bits``: one per direction; 3 for
+        a reset); when both have, its state goes."""
+        if sid != self._sid:
+            self._use(sid)
+        out = []
+        for d in Direction:
+            if bits & (1 << d):
+                out += self._end_message(d)
+        done = self._ended.pop(sid, 0) | bits
+        if done == 3:
+            self._use(0)
+            self._parked.pop(sid, None)
+        else:
+            self._ended[sid] = done
+        return out
 
     # -- WAF ----------------------------------------------------------------------
     def _anomalies(self, names, d: Direction) -> list[Hit]:
