@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 from datapath.config import FailureActions
 from datapath.enums import FRAG, INSPECT, INSPECT_BITS, VerdictCode
 from protocols.api import Direction
+from protocols.http import CODING_ANOMALIES
 from slowpath import eve
 from slowpath.analyzer import FlowAnalyzer
 from datapath.flowevents import FlowEnd
@@ -116,6 +117,12 @@ class Flow:
     bytes: list = field(default_factory=lambda: [0, 0])
     http_pending: collections.deque = field(default_factory=lambda: collections.deque(maxlen=MAX_PENDING_HTTP))
     http_tx: tuple | None = None     # (request, response) of the latest HTTP transaction: an alert's context
+    # A response with a Content-Encoding: (request, response) logged at its
+    # body's end, with what was decoded (eve.http_record's coding metadata).
+    http_coded: tuple | None = None
+    # Decoded request bodies: the request's stream offset -> its HttpMessageEnd,
+    # until the request is logged (at most MAX_PENDING_HTTP).
+    http_req_ends: dict = field(default_factory=dict)
     tls_hello: object = None
     ssh: dict = field(default_factory=dict)   # (kind, direction) -> SshBanner / SshKexInit, until logged
     ssh_logged: bool = False
@@ -139,6 +146,13 @@ def _note_held(flow: Flow, rec: InspRecord) -> None:
     first = flow.held_from[rec.side]
     if first is None or (rec.seq - first) & 0x80000000:   # rec.seq before first, modulo 2**32
         flow.held_from[rec.side] = rec.seq
+
+
+def _request_end(flow: Flow, req) -> object:
+    """The decoded request body's HttpMessageEnd of ``req``, if any (taken)."""
+    if req is None or not flow.http_req_ends:
+        return None
+    return flow.http_req_ends.pop(req.offset, None)
 
 
 class Engine:
@@ -286,7 +300,7 @@ class Engine:
         self.flows[rec.key] = flow
         self.counters.flows_opened += 1
         _note_held(flow, rec)             # before a simulated failure below may block it
-        for kind in ("reassembly_cap", "parser_error"):
+        for kind in ("reassembly_cap", "parser_error", "decompression"):
             if kind in self.simulate:
                 self._failure(flow, kind)
         return flow
@@ -368,6 +382,8 @@ class Engine:
             kind = ev.kind
             if kind == "malformed":
                 self._failure(flow, "parser_error")
+            elif kind == "http_anomaly" and ev.name in CODING_ANOMALIES:
+                self._failure(flow, "decompression")   # a body the rules cannot read decoded
             elif kind == "http_message_end" and ev.direction == Direction.TO_SERVER:
                 self._verdict(flow, VerdictCode.VERDICT_RELEASE)
             elif kind == "dns_message" and not ev.response:
@@ -460,9 +476,22 @@ class Engine:
             # 101 Switching Protocols is the request's final answer: the
             # request is logged with it whatever the connection speaks next.
             if ev.status >= 200 or ev.status == HTTP_SWITCHING_PROTOCOLS or req is None:
-                self.emit(eve.http_record(info, req, ev, self.wallclock()))
+                if ev.header("content-encoding") is not None:
+                    flow.http_coded = (req, ev)     # logged at its body's end (below)
+                else:
+                    self.emit(eve.http_record(info, req, ev, self.wallclock(),
+                                              request_end=_request_end(flow, req)))
             elif req is not None:
                 flow.http_pending.appendleft(req)       # 1xx: the final answer is still to come
+        elif kind == "http_message_end" and (ev.content_encoding or flow.http_coded is not None):
+            if ev.direction == Direction.TO_SERVER:
+                if ev.content_encoding and flow.http_pending and len(flow.http_req_ends) < MAX_PENDING_HTTP:
+                    flow.http_req_ends[flow.http_pending[-1].offset] = ev
+            elif flow.http_coded is not None:
+                req, resp = flow.http_coded
+                flow.http_coded = None
+                self.emit(eve.http_record(info, req, resp, self.wallclock(),
+                                          request_end=_request_end(flow, req), response_end=ev))
         elif kind == "tls_client_hello":
             flow.tls_hello = ev
         elif kind == "tls_server_hello":
@@ -553,13 +582,18 @@ class Engine:
     def _log_unanswered(self, flow: Flow) -> None:
         """EVE records of requests and ClientHellos whose answer was not
         seen, and of an SSH handshake seen in part."""
-        if not flow.http_pending and flow.tls_hello is None and not flow.ssh:
+        if not flow.http_pending and flow.tls_hello is None and not flow.ssh and flow.http_coded is None:
             return
         info, now = self._info(flow), self.wallclock()
         self._log_ssh(flow, info, now)
+        if flow.http_coded is not None:      # its body never ended
+            req, resp = flow.http_coded
+            flow.http_coded = None
+            self.emit(eve.http_record(info, req, resp, now, request_end=_request_end(flow, req)))
         for req in flow.http_pending:
-            self.emit(eve.http_record(info, req, None, now))
+            self.emit(eve.http_record(info, req, None, now, request_end=_request_end(flow, req)))
         flow.http_pending.clear()
+        flow.http_req_ends.clear()
         if flow.tls_hello is not None:
             self.emit(eve.tls_record(info, flow.tls_hello, None, now))
             flow.tls_hello = None

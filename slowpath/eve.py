@@ -371,15 +371,38 @@ def http_object(request: HttpRequest | None, response: HttpResponse | None = Non
 
 
 def http_record(flow: FlowInfo, request: HttpRequest | None, response: HttpResponse | None = None,
-                ts=None, *, length: int | None = None, tx_id: int | None = None) -> dict:
+                ts=None, *, length: int | None = None, tx_id: int | None = None,
+                request_end=None, response_end=None) -> dict:
     """One HTTP transaction (http_object). The parser's anomalies are not
-    repeated here: each is an ``anomaly`` record of its own, as Suricata's."""
+    repeated here: each is an ``anomaly`` record of its own, as Suricata's.
+    ``request_end``/``response_end``: the bodies' HttpMessageEnd, for what
+    their Content-Encoding decoding gave (http_coding_metadata)."""
     if request is None and response is None:
         raise ValueError("http_record needs a request or a response")
     rec = _header(flow, "http", ts, tx_id=tx_id)
     rec["http"] = http_object(request, response, length=length)
     rec["app_proto"] = "http"
+    http_coding_metadata(rec, request_end, response_end)
     return rec
+
+def http_coding_metadata(rec: dict, request_end=None, response_end=None) -> None:
+    """Which Content-Encoding each body was decoded from (protocols/
+    content_coding.py), in ``metadata``: Suricata's http object has no field
+    for it (its schema allows none; Suricata logs the header only among
+    response_headers). flowvars ``http_content_encoding`` (the codings
+    undone, in header order), ``http_content_decoding`` ("ok" or why it
+    stopped: invalid, truncated, too-large, ratio, layers), flowints
+    ``http_decoded_length``; the same with ``http_request_`` for the request body."""
+    flowvars: dict[str, str] = {}
+    ints: dict[str, int] = {}
+    for prefix, end in (("http_request_", request_end), ("http_", response_end)):
+        if end is None or not getattr(end, "content_encoding", ()):
+            continue
+        flowvars[prefix + "content_encoding"] = ", ".join(end.content_encoding)
+        flowvars[prefix + "content_decoding"] = str(end.encoding_error) if end.encoding_error else "ok"
+        if end.decoded_size is not None:
+            ints[prefix + "decoded_length"] = end.decoded_size
+    _metadata(rec, ints=ints, flowvars=flowvars)
 
 
 # Suricata's anomaly layer for an event its app-layer parser raised.

@@ -106,3 +106,70 @@ def test_parsers_agree_with_the_truth(tally, field):
     _, checked, wrong = tally
     ok = checked[field] - len(wrong[field])
     assert ok / checked[field] >= TARGET, "\n".join(wrong[field])
+
+
+# -- through `microseg replay` (the BPF program, the engine, EVE) ---------------
+# EVE's http record says what was decoded (metadata, eve.http_coding_metadata):
+# the codings, "ok" or why decoding stopped, the decoded length.
+REPLAY_FIELDS = ("content_encoding", "decoded_bytes", "decompressed")
+
+
+def _flow_of(rec: dict) -> tuple:
+    import ipaddress
+
+    def ep(ip, port):
+        ip = str(ipaddress.ip_address(ip))
+        return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return rec["proto"].lower(), frozenset((ep(rec["src_ip"], rec["src_port"]), ep(rec["dest_ip"], rec["dest_port"])))
+
+
+def _coding(rec: dict, direction: str) -> dict | None:
+    md = rec.get("metadata") or {}
+    fv = {k: v for item in md.get("flowvars", ()) for k, v in item.items()}
+    p = "http_request_" if direction == "request" else "http_"
+    if p + "content_encoding" not in fv:
+        return None
+    return {"content_encoding": fv[p + "content_encoding"],
+            "decoded_bytes": (md.get("flowints") or {}).get(p + "decoded_length"),
+            "decompressed": fv[p + "content_decoding"] == "ok"}
+
+
+@pytest.fixture(scope="module")
+def replay_tally(fastpath_build):
+    from appliance.daemon import empty_rules
+    from appliance.replay import replay, replay_config
+    from tests.eve_schemas import schema_errors
+
+    fp = fastpath_build
+    checked = {f: 0 for f in REPLAY_FIELDS}
+    wrong: dict[str, list[str]] = {f: [] for f in REPLAY_FIELDS}
+    try:
+        for pcap, key, items in cases():
+            fp.reset()
+            fp.apply_runtime(replay_config())
+            records: list[dict] = []
+            replay(CORPUS / pcap, fp, empty_rules(), records.append)
+            for r in records:
+                assert not schema_errors(r), (pcap, r, schema_errors(r))
+            http = [r for r in records if r["event_type"] == "http" and _flow_of(r) == unordered(key)]
+            for direction in ("request", "response"):
+                mine = [c for c in (_coding(r, direction) for r in http) if c is not None]
+                for i, want in enumerate(i for i in items if i["direction"] == direction):
+                    got = mine[i] if i < len(mine) else {}
+                    for f in REPLAY_FIELDS:
+                        if want.get(f) is None:
+                            continue
+                        checked[f] += 1
+                        if got.get(f) != want[f]:
+                            wrong[f].append(f"{pcap} {key} {direction} #{i}: {got.get(f)!r} != {want[f]!r}")
+    finally:
+        fp.reset()
+        fp.apply_runtime(fp.config)
+    return checked, wrong
+
+
+@pytest.mark.parametrize("field", REPLAY_FIELDS)
+def test_replay_agrees_with_the_truth(replay_tally, field):
+    checked, wrong = replay_tally
+    assert checked[field] >= 5
+    assert (checked[field] - len(wrong[field])) / checked[field] >= TARGET, "\n".join(wrong[field])
