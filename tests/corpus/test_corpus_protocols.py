@@ -29,7 +29,18 @@ from slowpath.reassembly import Data
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT.parent / "shared" / "corpus"
 EXCEPTIONS = Path(__file__).with_name("truth_exceptions.yaml")
-OURS = {"http", "tls", "dns", "ssh", "mysql", "redis"}
+OURS = {"http", "tls", "dns", "ssh", "mysql", "redis", "http2", "grpc"}
+# What the kernel can tell from a first payload: gRPC is HTTP/2 to it (the
+# content-type that makes a stream gRPC is in an HPACK block, user space's job),
+# and an h2c upgrade starts as HTTP/1 (the 101 and the preface come later).
+KERNEL_LABEL = {"grpc": "http2"}
+
+
+def kernel_label(flow: dict) -> str:
+    h2 = (flow.get("tshark") or {}).get("http2") or {}
+    if h2.get("start") == "h2c-upgrade":
+        return "http"
+    return KERNEL_LABEL.get(flow["label"], flow["label"])
 FIELD_TARGET = 0.99
 IDENT_TARGET = 0.95
 
@@ -121,7 +132,7 @@ def compare_flow(t: Tally, pcap: str, key: str, truth: dict, an: FlowAnalyzer, e
     label = truth["label"]
     if label in OURS:
         t.check(pcap, key, "app", label, an.app)
-        t.check(pcap, key, "app (kernel signatures)", label, kapp)
+        t.check(pcap, key, "app (kernel signatures)", kernel_label(truth), kapp)
     else:
         t.check(pcap, key, "app (other: none of ours)", None, an.app if an.app in OURS else None)
     ts = truth.get("tshark") or {}
@@ -130,11 +141,14 @@ def compare_flow(t: Tally, pcap: str, key: str, truth: dict, an: FlowAnalyzer, e
         by_kind[ev.kind].append(ev)
 
     http = ts.get("http") or {}
-    for w, g in _pairs(http.get("requests", []), by_kind["http_request"]):
+    h1_requests = [e for e in by_kind["http_request"] if not e.stream_id]
+    for w, g in _pairs(http.get("requests", []), h1_requests):
         for f in ("method", "uri", "host", "user_agent"):
             t.check(pcap, key, f"http.{f}", w.get(f), getattr(g, f, None) if g else None)
-    for w, g in _pairs(http.get("responses", []), by_kind["http_response"]):
+    for w, g in _pairs(http.get("responses", []), [e for e in by_kind["http_response"] if not e.stream_id]):
         t.check(pcap, key, "http.status", w.get("code"), getattr(g, "status", None) if g else None)
+
+    compare_http2(t, pcap, key, ts, an, by_kind, h1_requests)
 
     tls = ts.get("tls") or {}
     for w, g in _pairs(tls.get("client_hellos", []), by_kind["tls_client_hello"]):
@@ -164,6 +178,50 @@ def compare_flow(t: Tally, pcap: str, key: str, truth: dict, an: FlowAnalyzer, e
                     [a.type_name for a in g.answers] if g else None)
 
 
+H2_REQUEST_FIELDS = (("method", "method"), ("path", "uri"), ("authority", "host"),
+                     ("user_agent", "user_agent"))
+GRPC_FIELDS = ("path", "service", "method", "authority", "user_agent", "request_content_type",
+               "response_content_type", "grpc_encoding", "grpc_timeout", "http_status", "grpc_status",
+               "grpc_message")
+
+
+def compare_http2(t: Tally, pcap: str, key: str, ts: dict, an: FlowAnalyzer, by_kind: dict,
+                  h1_requests: list) -> None:
+    """HTTP/2 per stream (the request's pseudo-headers and user-agent, the
+    final status) and gRPC per call, matched by stream id; an h2c upgrade's
+    stream 1 request is the HTTP/1 request that asked for it."""
+    h2 = ts.get("http2") or {}
+    if h2:
+        t.check(pcap, key, "http2.start", h2.get("start"), getattr(an.parser, "start", None))
+    reqs = {e.stream_id: e for e in by_kind["http_request"] if e.stream_id}
+    resps: dict = {}
+    for e in by_kind["http_response"]:
+        if e.stream_id and not 100 <= e.status < 200:
+            resps.setdefault(e.stream_id, e)
+    upgrade = next((e for e in h1_requests if (e.header("upgrade") or "").lower() == "h2c"), None)
+    for s in h2.get("streams", []):
+        w = s.get("request")
+        if w:
+            g = upgrade if w.get("via_http1_upgrade") else reqs.get(s["stream_id"])
+            for f, attr in H2_REQUEST_FIELDS:
+                t.check(pcap, key, f"http2.{f}", w.get(f), getattr(g, attr, None) if g else None)
+        w = s.get("response")
+        if w:
+            g = resps.get(s["stream_id"])
+            t.check(pcap, key, "http2.status", w.get("status"), g.status if g else None)
+    grpc = ts.get("grpc") or {}
+    calls = {e.stream_id: e for e in by_kind["grpc_call"]}
+    for w in grpc.get("calls", []):
+        g = calls.get(w["stream_id"])
+        for f in GRPC_FIELDS:
+            t.check(pcap, key, f"grpc.{f}", w.get(f), getattr(g, f, None) if g else None)
+    if grpc.get("messages"):
+        got = list(calls.values())
+        t.check(pcap, key, "grpc.messages", grpc["messages"],
+                {"client_to_server": sum(c.request_messages for c in got),
+                 "server_to_client": sum(c.response_messages for c in got)})
+
+
 @pytest.fixture(scope="module")
 def tally():
     exceptions = yaml.safe_load(EXCEPTIONS.read_text()) or []
@@ -186,7 +244,9 @@ def tally():
 
 FIELDS = ["http.method", "http.uri", "http.host", "http.user_agent", "http.status",
           "tls.sni", "tls.alpn", "tls.ja3", "tls.supported_versions", "tls.ja3s", "tls.cipher_suite",
-          "tls.selected_version", "dns.id", "dns.response", "dns.queries", "dns.rcode", "dns.answer_types"]
+          "tls.selected_version", "dns.id", "dns.response", "dns.queries", "dns.rcode", "dns.answer_types",
+          "http2.start", *(f"http2.{f}" for f, _ in H2_REQUEST_FIELDS), "http2.status",
+          *(f"grpc.{f}" for f in GRPC_FIELDS), "grpc.messages"]
 
 
 @pytest.mark.parametrize("field", FIELDS)
