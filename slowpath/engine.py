@@ -364,6 +364,7 @@ class Engine:
     # -- rules and verdicts ------------------------------------------------
     def _inspect(self, flow: Flow, events: list) -> None:
         info = self._info(flow)
+        release = False
         for ev in events:
             for hit in flow.inspector.feed(ev):
                 self.counters.hits[hit.category] += 1
@@ -385,13 +386,18 @@ class Engine:
             elif kind == "http_anomaly" and ev.name in CODING_ANOMALIES:
                 self._failure(flow, "decompression")   # a body the rules cannot read decoded
             elif kind == "http_message_end" and ev.direction == Direction.TO_SERVER:
-                self._verdict(flow, VerdictCode.VERDICT_RELEASE)
+                if flow.l7 is None:
+                    self._verdict(flow, VerdictCode.VERDICT_RELEASE)
+                else:    # after the rest: a pipelined request in the same held bytes is checked first
+                    release = True
             elif kind == "dns_message" and not ev.response:
                 self._verdict(flow, VerdictCode.VERDICT_RELEASE)
             elif kind == "tls_client_hello":
                 self._verdict(flow, VerdictCode.VERDICT_RELEASE)   # on to the ServerHello (JA3S, version)
             elif kind == "tls_server_hello" and not ev.hello_retry_request:
                 self._verdict(flow, VerdictCode.VERDICT_ALLOW)     # the rest is encrypted
+        if release:
+            self._verdict(flow, VerdictCode.VERDICT_RELEASE)
         an = flow.analyzer
         if an.decided and an.parser is None and flow.verdict is None:
             self._unreadable(flow)               # nothing this slow path can read

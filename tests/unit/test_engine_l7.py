@@ -176,3 +176,15 @@ def test_grpc_over_http2_allowed_and_denied_methods():
     (a,) = alerts(bad)
     assert a["alert"]["signature"] == "l7 allow-list of rule grpc-shop-read: gRPC lab.Shop/DeleteItem not allowed"
     assert a["alert"]["metadata"]["field"] == ["l7.grpc"]
+
+
+def test_pipelined_disallowed_request_in_the_held_packet_is_not_sent_on():
+    """Two requests in one held segment: the allowed first one must not
+    release the segment that carries the disallowed second one."""
+    h = harness()
+    h.engine.handle(rec(get(b"/public/a") + get(b"/admin"), inspect=DPI | HOLD))
+    assert h.codes() == [V.VERDICT_BLOCK]
+    assert h.resets.injected == [] and len(h.resets.held) == 1
+    ok = harness()
+    ok.engine.handle(rec(get(b"/public/a") + get(b"/public/b"), inspect=DPI | HOLD))
+    assert ok.codes() == [V.VERDICT_RELEASE] and len(ok.resets.injected) == 1
