@@ -48,7 +48,9 @@ from hyperframe.exceptions import HyperframeError
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed, ProtocolPlugin,
                            Signature, StreamParser, StreamSide)
+from protocols.content_coding import ContentDecoder
 from protocols.grpc import GrpcCall, MessageFramer, is_grpc, split_path
+from protocols.http import _CODING_ANOMALY  # the anomaly each decoding failure is (one table)
 from protocols.http import (MAX_BODY_EMIT_BYTES, HttpAnomalyEvent, HttpBody, HttpMessageEnd,
                             HttpRequest, HttpResponse)
 
@@ -235,7 +237,7 @@ def _decoder(lenient: bool) -> hpack.Decoder:
 
 class _Message:
     """One direction of a stream: a message once its head came."""
-    __slots__ = ("open", "ended", "size", "emitted", "data_frames", "framer")
+    __slots__ = ("open", "ended", "size", "emitted", "data_frames", "framer", "decoder")
 
     def __init__(self) -> None:
         self.open = False          # head seen, end not yet
@@ -244,6 +246,9 @@ class _Message:
         self.emitted = 0
         self.data_frames = 0       # DATA frames with payload
         self.framer: MessageFramer | None = None
+        # The body's Content-Encoding, undone as DATA arrives (as HTTP/1's,
+        # protocols/content_coding.py): HttpBody carries the decoded bytes.
+        self.decoder: ContentDecoder | None = None
 
 
 class _Stream:
@@ -360,6 +365,8 @@ class HttpTwoParser(StreamParser):
                 m.size += size
                 if m.framer is not None:
                     m.framer.gap(size)
+                if m.decoder is not None:     # a coded stream cannot be followed past a hole
+                    m.decoder.abandon()
             return []
         # Framing lost: look for the next frame; header blocks may now name
         # table entries whose insertion was lost.
@@ -549,6 +556,10 @@ class HttpTwoParser(StreamParser):
             m.data_frames += 1
             if m.framer is not None:
                 m.framer.frame_start()
+        if not content and not pad:             # nothing follows the header: done now
+            side.data, side.state = None, _FRAMES
+            if flags & END_STREAM:
+                self._end_stream_side(side.direction, sid, (), events)
         return i + head
 
     def _data(self, side: _Side, buf, i: int, n: int, events: list[Event]) -> int:
@@ -561,12 +572,8 @@ class HttpTwoParser(StreamParser):
             if st is not None:
                 m = st.msgs[side.direction]
                 m.size += take
-                room = MAX_BODY_EMIT_BYTES - m.emitted
                 chunk = bytes(buf[i:i + take])
-                if room > 0:
-                    part = chunk[:room]
-                    m.emitted += len(part)
-                    events.append(HttpBody(side.direction, part, stream_id=sid))
+                self._emit_body(side.direction, sid, m, chunk, side.offset + i + take, events)
                 if m.framer is not None:
                     m.framer.feed(chunk)
             i += take
@@ -583,6 +590,35 @@ class HttpTwoParser(StreamParser):
         if d[3]:
             self._end_stream_side(side.direction, sid, (), events)
         return i
+
+    @staticmethod
+    def _emit_body(d: Direction, sid: int, m: _Message, chunk: bytes | None, at: int,
+                   events: list[Event]) -> None:
+        """Body bytes ``chunk`` (None: the body's end) out as HttpBody, decoded
+        when the message has a Content-Encoding, up to MAX_BODY_EMIT_BYTES."""
+        dec = m.decoder
+        if dec is not None:
+            failed = dec.error is not None
+            chunk = dec.finish() if chunk is None else dec.feed(chunk)
+            if dec.error is not None and not failed:
+                events.append(HttpAnomalyEvent(d, _CODING_ANOMALY[dec.error], at, stream_id=sid))
+        room = MAX_BODY_EMIT_BYTES - m.emitted
+        if chunk and room > 0:
+            part = chunk[:room]
+            m.emitted += len(part)
+            events.append(HttpBody(d, part, stream_id=sid))
+
+    def _coding(self, d: Direction, sid: int, m: _Message, headers: tuple, at: int,
+                events: list[Event]) -> None:
+        values = [v for k, v in headers if k.lower() == "content-encoding"]
+        if not values:
+            return
+        dec = ContentDecoder(values)
+        if not dec.decoded:       # identity, or only codings we do not know: as sent
+            return
+        m.decoder = dec
+        if dec.error is not None:
+            events.append(HttpAnomalyEvent(d, _CODING_ANOMALY[dec.error], at, stream_id=sid))
 
     # -- header blocks -------------------------------------------------------------------
     def _on_headers(self, side: _Side, f, at: int, events: list[Event]):
@@ -717,11 +753,14 @@ class HttpTwoParser(StreamParser):
             cl = get("content-length")
             m = st.msgs[0]
             m.open = True
+            pending: list[Event] = []
+            self._coding(d, sid, m, headers, at, pending)
             events.append(HttpRequest(
                 d, method or "", path if path is not None else (authority or ""), VERSION,
                 authority or host, st.user_agent, st.req_ctype, headers,
                 int(cl) if cl and cl.isdigit() else None, False,
                 tuple(dict.fromkeys(anomalies)), at, stream_id=sid))
+            events += pending
             if end_stream:
                 self._end_stream_side(d, sid, (), events)
             return
@@ -759,6 +798,7 @@ class HttpTwoParser(StreamParser):
             stream_id=sid))
         if not interim:
             m.open = True
+            self._coding(d, sid, m, headers, at, events)
         if end_stream:
             self._end_stream_side(d, sid, (), events)
 
@@ -796,7 +836,7 @@ class HttpTwoParser(StreamParser):
         if not m.ended:
             m.ended = True
             m.open = False
-            events.append(HttpMessageEnd(d, m.size, m.emitted, trailers, stream_id=sid))
+            events.append(self._message_end(d, sid, m, trailers, events))
             if m.framer is not None:
                 if m.framer.bad_flag:
                     events.append(HttpAnomalyEvent(d, A.GRPC_INVALID_MESSAGE_FLAG, -1, stream_id=sid))
@@ -811,7 +851,7 @@ class HttpTwoParser(StreamParser):
             if m.open:            # cut short (reset, or the connection ended)
                 m.open = False
                 m.ended = True
-                events.append(HttpMessageEnd(md, m.size, m.emitted, (), stream_id=st.sid))
+                events.append(self._message_end(md, st.sid, m, (), events))
         if st.grpc:
             req, resp = st.msgs
             service, method = split_path(st.path)
@@ -824,6 +864,16 @@ class HttpTwoParser(StreamParser):
         self._streams.pop(st.sid, None)
         if st.sid % 2 == 1:
             self._closed_max = max(self._closed_max, st.sid)
+
+    def _message_end(self, d: Direction, sid: int, m: _Message, trailers: tuple,
+                     events: list[Event]) -> HttpMessageEnd:
+        dec = m.decoder
+        if dec is None:
+            return HttpMessageEnd(d, m.size, m.emitted, trailers, stream_id=sid)
+        self._emit_body(d, sid, m, None, -1, events)
+        m.decoder = None
+        return HttpMessageEnd(d, m.size, m.emitted, trailers, dec.decoded, dec.decoded_bytes,
+                              dec.error, stream_id=sid)
 
     # -- other frames ----------------------------------------------------------------------
     def _on_rst(self, side: _Side, f, at: int, events: list[Event]):

@@ -388,3 +388,53 @@ def test_preface_split_anywhere(split):
     p = HttpTwoParser()
     ev = feed(p, [(C, data[:split]), (C, data[split:])])
     assert len(of(ev, Http2Settings)) == 1 and p.start == "prior-knowledge"
+
+
+# --- Content-Encoding (protocols/content_coding.py) on DATA bodies ----------------------
+
+
+def test_gzip_response_body_is_decoded_across_data_frames():
+    import gzip
+    text = b"card 4111 1111 1111 1111 in a compressed page " * 20
+    coded = gzip.compress(text)
+    c, s = pair()
+    c.send_headers(1, REQ, end_stream=True)
+    cb = c.data_to_send()
+    s.receive_data(cb)
+    s.send_headers(1, [(":status", "200"), ("content-encoding", "gzip")])
+    for i in range(0, len(coded), 50):
+        s.send_data(1, coded[i:i + 50])
+    s.end_stream(1)
+    ev = feed(HttpTwoParser(), [(C, cb), (S, s.data_to_send())])
+    assert b"".join(b.data for b in of(ev, HttpBody)) == text
+    end = of(ev, HttpMessageEnd)[-1]
+    assert (end.body_size, end.body_emitted, end.content_encoding, end.decoded_size, end.encoding_error) == \
+        (len(coded), len(text), ("gzip",), len(text), None)
+    assert not of(ev, HttpAnomalyEvent)
+
+
+def test_gzip_bomb_and_false_claim_are_anomalies():
+    import gzip
+    bomb = gzip.compress(b"\0" * (8 * 1024 * 1024))
+    c, s = pair()
+    c.send_headers(1, [(":method", "POST"), (":path", "/u"), (":authority", "h"), (":scheme", "http"),
+                       ("content-encoding", "gzip")])
+    c.send_data(1, bomb, end_stream=True)
+    c.send_headers(3, [(":method", "POST"), (":path", "/v"), (":authority", "h"), (":scheme", "http"),
+                       ("content-encoding", "gzip")])
+    c.send_data(3, b"not gzip at all", end_stream=True)
+    p = HttpTwoParser()
+    ev = feed(p, [(C, c.data_to_send())])
+    assert {(a.stream_id, a.name) for a in of(ev, HttpAnomalyEvent)} == \
+        {(1, "COMPRESSION_BOMB"), (3, "GZIP_DECOMPRESSION_FAILED")}
+    ends = {e.stream_id: e for e in of(ev, HttpMessageEnd)}
+    assert ends[1].encoding_error == "too-large" and ends[3].encoding_error == "invalid"
+    assert sum(len(b.data) for b in of(ev, HttpBody) if b.stream_id == 1) <= 256 * 1024
+
+
+def test_empty_data_frame_ending_the_stream_at_the_buffer_end():
+    enc = hpack.Encoder()
+    p = HttpTwoParser()
+    ev = feed(p, [(C, PREFACE + frames(SettingsFrame(0), HeadersFrame(1, enc.encode(REQ), flags=["END_HEADERS"]),
+                                       DataFrame(1, b"", flags=["END_STREAM"])))])
+    assert [(e.stream_id, e.body_size) for e in of(ev, HttpMessageEnd)] == [(1, 0)]
