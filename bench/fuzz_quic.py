@@ -317,8 +317,8 @@ def _check_bounds(parser, st: Stats, index: int) -> None:
                 or len(c.pieces) > quic.MAX_CRYPTO_PIECES or side.initials > quic.MAX_INITIAL_PACKETS + 1:
             st.violations.append((index, f"bounds: prefix {len(c.prefix)} held {c.held} "
                                          f"pieces {len(c.pieces)} initials {side.initials}"))
-    if len(parser._keys) > 4:
-        st.violations.append((index, f"{len(parser._keys)} key sets"))
+    if parser.handshakes > quic.MAX_HANDSHAKES + 1 or len(parser._server_cids) > quic.MAX_SERVER_CIDS:
+        st.violations.append((index, f"{parser.handshakes} handshakes, {len(parser._server_cids)} server CIDs"))
 
 
 def feed(factory, plan: list, st: Stats, index: int) -> None:

@@ -74,6 +74,13 @@ MAX_REASON_CHARS = 256
 # tags, and more than 64 is not a hello.
 GQUIC_CHLO_SEARCH = 64
 MAX_GQUIC_TAGS = 64
+# Handshakes read per flow: the first, one after a Retry, one after a
+# version negotiation, one more; a client starting more connections on one
+# 5-tuple than that is not a browser, and each costs key derivations.
+MAX_HANDSHAKES = 4
+# Server connection IDs remembered (the client's later Initials are sent to
+# them, still under the first keys): a server uses one, a few at most.
+MAX_SERVER_CIDS = 8
 # RFC 9000 section 17.2: in versions 1 and 2 a connection ID is at most 20
 # bytes (other versions may allow up to 255, the invariants' limit).
 MAX_CID_LEN = 20
@@ -461,7 +468,7 @@ class _Crypto:
 
 class _Side:
     __slots__ = ("direction", "crypto", "initials", "hello_done", "dead", "seen_quic", "largest_pn",
-                 "eof", "closes")
+                 "eof")
 
     def __init__(self, direction: Direction) -> None:
         self.direction = direction
@@ -472,7 +479,10 @@ class _Side:
         self.seen_quic = False       # a QUIC packet came from this side
         self.largest_pn = -1         # Initial packet number space
         self.eof = False
-        self.closes = 0
+
+    def restart(self) -> None:
+        """A new handshake (after a Retry, or a new connection on the 5-tuple)."""
+        self.crypto, self.hello_done, self.initials, self.largest_pn = _Crypto(), False, 0, -1
 
 
 class QuicParser(Parser):
@@ -482,8 +492,13 @@ class QuicParser(Parser):
         if transport != "udp":
             raise ProtocolError(f"QUIC runs over udp, not {transport!r}")
         self._sides = (_Side(Direction.TO_SERVER), _Side(Direction.TO_CLIENT))
-        self._keys: dict[tuple[int, bytes], tuple[InitialKeys, InitialKeys]] = {}
-        self._client_dcid: tuple[int, bytes] | None = None   # (version, DCID) of the client's latest Initial
+        # (version, DCID) the Initial keys come from (RFC 9001 section 5.2):
+        # the client's first Initial's DCID, after a Retry the DCID the
+        # server chose. The client keeps these keys when it moves on to the
+        # server's connection ID (RFC 9000 section 7.2).
+        self._initial_dcid: tuple[int, bytes] | None = None
+        self._server_cids: set[bytes] = set()    # SCIDs of the server's long headers
+        self.handshakes = 0                      # the client's handshakes started (restarts + 1)
         self.versions: list[int] = []    # versions seen in long headers, in order
         # Packets seen, by type (coalesced ones one each), as tshark counts them.
         self.packets = {INITIAL: 0, ZERO_RTT: 0, HANDSHAKE: 0, RETRY: 0, "version_negotiation": 0,
@@ -543,6 +558,8 @@ class QuicParser(Parser):
                     self._give_up(side, f"not a QUIC packet: {bad}", events)
                 return                           # a later packet cut short: the rest is lost
             side.seen_quic = True
+            if side.direction == Direction.TO_CLIENT and len(self._server_cids) < MAX_SERVER_CIDS:
+                self._server_cids.add(bytes(h.scid))
             if h.version not in self.versions and h.version != VERSION_NEGOTIATION \
                     and len(self.versions) < MAX_VN_VERSIONS:
                 self.versions.append(h.version)
@@ -558,52 +575,74 @@ class QuicParser(Parser):
             self.packets[h.ptype] += 1
             if h.ptype == RETRY:
                 events.append(QuicRetry(side.direction, h.version, h.dcid, h.scid, h.token_len))
-                if side.direction == Direction.TO_CLIENT:
-                    # The client starts over: new DCID, new keys, its hello sent again.
-                    client = self._sides[Direction.TO_SERVER]
-                    if not client.dead:
-                        client.crypto, client.hello_done, client.initials = _Crypto(), False, 0
+                if side.direction == Direction.TO_CLIENT and self._initial_dcid is not None \
+                        and not self._sides[Direction.TO_SERVER].dead:
+                    # The client starts over with the server's SCID as its
+                    # DCID: new keys, its hello sent again (and read again:
+                    # it may name another server).
+                    self._new_handshake((h.version, bytes(h.scid)), events)
                 return
             if h.ptype == INITIAL:
                 self._initial(buf, pos, h, side, events)
             pos = h.end
 
+    def _new_handshake(self, ref: tuple[int, bytes], events: list[Event]) -> bool:
+        """Keys from ``ref`` from now on, both sides' hellos read afresh.
+        False (and the client side given up) past MAX_HANDSHAKES."""
+        client = self._sides[Direction.TO_SERVER]
+        if self.handshakes >= MAX_HANDSHAKES:
+            if not client.dead:
+                self._give_up(client, f"more than {MAX_HANDSHAKES} QUIC handshakes on one flow", events)
+            return False
+        self.handshakes += 1
+        self._initial_dcid = ref
+        self._server_cids.clear()
+        for side in self._sides:
+            side.restart()
+        return True
+
     def _initial(self, buf: bytes, start: int, h: _Header, side: _Side, events: list[Event]) -> None:
         client = side.direction == Direction.TO_SERVER
-        if side.hello_done:
+        ref, new = self._initial_dcid, False
+        if client:
+            dcid = bytes(h.dcid)
+            if ref is None or ref[0] != h.version or (dcid != ref[1] and dcid not in self._server_cids):
+                # The first Initial, or one for another connection on this
+                # 5-tuple (a new DCID, another version): a handshake of its
+                # own, whose hello the server reads too.
+                ref, new = (h.version, dcid), True
+        elif ref is None or ref[0] != h.version:
+            self.undecryptable += 1              # the client's Initial (its DCID) not seen
+            return
+        if side.hello_done and not new:
             return                               # counted only: nothing more to learn from this side
-        side.initials += 1
-        if side.initials > MAX_INITIAL_PACKETS:
+        if side.initials >= MAX_INITIAL_PACKETS:
             self._give_up(side, f"no complete {'Client' if client else 'Server'}Hello in "
                                 f"{MAX_INITIAL_PACKETS} Initial packets", events)
             return
-        if client:
-            ref = (h.version, bytes(h.dcid))
-        elif self._client_dcid is not None and self._client_dcid[0] == h.version:
-            ref = self._client_dcid
-        else:
-            self.undecryptable += 1              # the client's Initial (its DCID) not seen
-            return
-        keys = self._keys.get(ref)
-        if keys is None:
-            if len(self._keys) >= 4:             # a Retry and a version change at most: 4 is plenty
-                self._keys.clear()
-            keys = self._keys[ref] = initial_keys(ref[1], ref[0])
-        k = keys[0] if client else keys[1]
-        payload = self._unprotect(buf, start, h, k, side)
+        side.initials += 1
+        k = initial_keys(ref[1], ref[0])[0 if client else 1]
+        largest = -1 if new else side.largest_pn
+        payload = self._unprotect(buf, start, h, k, largest)
         if payload is None:
             self.undecryptable += 1
             return
-        if client:
-            self._client_dcid = ref
+        if new:
+            if not self._new_handshake(ref, events):
+                return
+            side.initials = 1                    # this packet, of the new handshake
+        side.largest_pn = max(side.largest_pn, payload[1])
+        payload = payload[0]
         try:
             self._frames(payload, h, side, events)
         except _Bad as bad:
             self._give_up(side, f"Initial packet: {bad}", events)
 
-    def _unprotect(self, buf: bytes, start: int, h: _Header, k: InitialKeys, side: _Side) -> bytes | None:
-        """RFC 9001 section 5.4: header protection off, then the AEAD; None
-        when the packet is too short or does not authenticate."""
+    def _unprotect(self, buf: bytes, start: int, h: _Header, k: InitialKeys,
+                   largest: int) -> tuple[bytes, int] | None:
+        """RFC 9001 section 5.4: header protection off, then the AEAD:
+        (plaintext, packet number), or None when the packet is too short or
+        does not authenticate."""
         pn_off = h.pn_offset
         if pn_off + 4 + _HP_SAMPLE > h.end:
             return None
@@ -614,13 +653,11 @@ class QuicParser(Parser):
             return None
         pn_bytes = bytes(b ^ m for b, m in zip(buf[pn_off:pn_off + pn_len], mask[1:1 + pn_len]))
         header = bytes([first]) + buf[start + 1:pn_off] + pn_bytes
-        pn = decode_packet_number(side.largest_pn, int.from_bytes(pn_bytes, "big"), pn_len * 8)
+        pn = decode_packet_number(largest, int.from_bytes(pn_bytes, "big"), pn_len * 8)
         try:
-            plain = k.open(pn, header, buf[pn_off + pn_len:h.end])
+            return k.open(pn, header, buf[pn_off + pn_len:h.end]), pn
         except InvalidTag:
             return None
-        side.largest_pn = max(side.largest_pn, pn)
-        return plain
 
     def _frames(self, p: bytes, h: _Header, side: _Side, events: list[Event]) -> None:
         pos, end = 0, len(p)

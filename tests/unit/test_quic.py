@@ -224,6 +224,37 @@ def test_retry_client_starts_over_with_new_dcid_and_its_new_hello_is_read():
     assert p.packets["retry"] == 1
 
 
+def test_client_initials_to_the_server_cid_keep_the_first_keys():
+    """RFC 9000 7.2: after the server's first Initial the client sends to the
+    server's SCID, still under the keys of its first DCID (RFC 9001 5.2).
+    The hello's second half comes that way."""
+    half = len(RFC_STREAM) // 2
+    keys = initial_keys(RFC_DCID)[0]
+    first = protect_initial(keys, version=QUIC_V1, dcid=RFC_DCID, scid=b"\x01", pn=0,
+                            frames=crypto_frame(0, RFC_STREAM[:half]) + bytes(1100))
+    second = protect_initial(keys, version=QUIC_V1, dcid=b"\xaa" * 8, scid=b"\x01", pn=1,
+                             frames=crypto_frame(half, RFC_STREAM[half:]) + bytes(1000))
+    p = QuicParser()
+    events_of(p, (C, first), (S, server_initial(RFC_DCID, b"\x01")))     # the server's SCID is aa..aa
+    ev = events_of(p, (C, second))
+    assert [e.sni for e in ev] == ["example.com"] and ev[0].dcid == b"\xaa" * 8
+    assert p.undecryptable == 0 and p.handshakes == 1
+
+
+def test_a_new_connection_on_the_same_flow_is_read_too():
+    """A client may open another connection on the 5-tuple (a new DCID, no
+    Retry): its hello is read, whatever the first one named."""
+    p = QuicParser()
+    ev = events_of(p, (C, client_initial(b"\x11" * 8, crypto_frame(0, hello_with_sni("allowed.org")))),
+                   (C, client_initial(b"\x22" * 8, crypto_frame(0, hello_with_sni("blocked.org")))))
+    assert [(e.sni, e.dcid) for e in ev] == [("allowed.org", b"\x11" * 8), ("blocked.org", b"\x22" * 8)]
+    # ... up to MAX_HANDSHAKES on one flow
+    for i in range(3, quic.MAX_HANDSHAKES + 2):
+        ev = events_of(p, (C, client_initial(bytes([i]) * 8, crypto_frame(0, RFC_STREAM))))
+    assert len(ev) == 1 and isinstance(ev[0], Malformed) and "handshakes" in ev[0].reason
+    assert p.handshakes == quic.MAX_HANDSHAKES
+
+
 def test_version_negotiation():
     vn = (bytes([0x80]) + bytes(4) + bytes([4]) + b"\x01\x02\x03\x04" + bytes([8]) + RFC_DCID
           + QUIC_V1.to_bytes(4, "big") + QUIC_V2.to_bytes(4, "big"))
