@@ -51,6 +51,23 @@ def test_runner_agrees_with_prog_test_run(len_prog):
         assert runner.data_out == want.data_out == data
 
 
+@pytest.mark.parametrize("in_place", [True, False])
+def test_runner_reads_bytes_in_place_or_copies(len_prog, monkeypatch, in_place):
+    """bytes go to the kernel from their own buffer (no copy; a bytearray or
+    memoryview made bytes first), or, where that buffer cannot be found, are
+    copied into the runner's input buffer: the kernel gets the same packet
+    either way, in any order of kinds and sizes."""
+    assert bpfsys._BYTES_DATA_OFFSET is not None     # CPython: the in-place path is the one taken
+    if not in_place:
+        monkeypatch.setattr(bpfsys, "_BYTES_DATA_OFFSET", None)
+    runner = bpfsys.TestRunner(len_prog)
+    for i, n in enumerate(SIZES * 2):
+        data = frame(n)
+        arg = (data, bytearray(data), memoryview(data))[i % 3]
+        assert runner.run(arg) == n
+        assert runner.data_out == data
+
+
 def test_runner_without_copy_out(len_prog):
     runner = bpfsys.TestRunner(len_prog, copy_out=False)
     for n in SIZES:
