@@ -38,3 +38,51 @@ def test_plain_target_examples():
     # not plain: decoded as before
     assert normalize.uri_and_args("/a//b?x=1+2") == (b"/a/b?x=1 2", [b"1 2"])
     assert normalize.uri_and_args("/a#frag") == (b"/a", [])
+
+
+# -- reassembly: the in-order shortcut of StreamReassembler.segment ---------------
+
+def _segments(rnd: random.Random, n: int):
+    """Segments of one direction: mostly in order, with retransmissions,
+    overlaps, holes, reordering, a FIN or RST now and then, near a
+    sequence-number wrap sometimes."""
+    from slowpath.reassembly import FIN, RST, SYN
+    isn = rnd.choice((1000, (1 << 32) - 300, rnd.randrange(1 << 32)))
+    out = [(isn, SYN, b"")] if rnd.random() < 0.8 else []
+    at = 1 if out else 0
+    for _ in range(n):
+        size = rnd.randrange(0, 40) if rnd.random() < 0.9 else rnd.randrange(40, 90)
+        data = bytes(rnd.randrange(256) for _ in range(size))
+        r = rnd.random()
+        off = at
+        if r < 0.1:
+            off = max(0, at - rnd.randrange(1, 60))          # retransmission / overlap
+        elif r < 0.2:
+            off = at + rnd.randrange(1, 60)                  # a hole
+        flags = 0x10
+        if rnd.random() < 0.03:
+            flags |= FIN
+        if rnd.random() < 0.01:
+            flags |= RST
+        out.append(((isn + off) % (1 << 32), flags, data))
+        if r >= 0.2:
+            at = off + size
+    if rnd.random() < 0.3:
+        rnd.shuffle(out)
+    return out
+
+
+def test_in_order_shortcut_gives_the_general_path_events_and_counters():
+    from protocols.api import Direction
+    from slowpath.reassembly import ReassemblyLimits, StreamReassembler
+    rnd = random.Random(1414)
+    for case in range(400):
+        segs = [(rnd.choice((Direction.TO_SERVER, Direction.TO_CLIENT)), *s) for s in _segments(rnd, 60)]
+        limits = ReassemblyLimits(per_flow_bytes=rnd.choice((200, 1 << 20)), max_window=rnd.choice((50, 1 << 20)))
+        got = []
+        for shortcut in (True, False):
+            r = StreamReassembler(limits)
+            r.in_order_shortcut = shortcut
+            events = [r.segment(d, seq, flags, data) for d, seq, flags, data in segs]
+            got.append((events, r.counters, r.flush()))
+        assert got[0] == got[1], case
