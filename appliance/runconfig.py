@@ -76,11 +76,24 @@ class MetricsConfig(BaseModel):
     listen: str = "127.0.0.1:9477"
 
 
+# slowpath.nice's default: ahead of ordinary processes (0) without
+# approaching the range administrators keep for the system's own (-20).
+WORKER_NICE_DEFAULT = -10
+
+
 class SlowpathConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     # Worker processes inspecting flows (each its own ring buffer, event
     # loop and heartbeat). None: one per CPU this process may use.
     workers: int | None = Field(None, ge=1, le=SLOWPATH_WORKERS_MAX)
+    # The workers' scheduling priority (nice, absolute). A held request
+    # waits for its worker and an async verdict cuts a flow only once
+    # written, so a worker that has records runs ahead of ordinary
+    # processes: measured in the lab (bench/slowpath.py, 2 CPUs shared with
+    # client and server), the wait from a record to its worker running was
+    # most of the verdict latency at nice 0. Below 0 needs CAP_SYS_NICE;
+    # without it the workers run at the daemon's priority (logged).
+    nice: int = Field(WORKER_NICE_DEFAULT, ge=-20, le=19)
 
 
 class RunConfig(BaseModel):

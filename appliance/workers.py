@@ -395,6 +395,15 @@ class Worker:
         self.injector.close()
 
 
+def _set_nice(index: int, nice: int) -> None:
+    """Run this worker at ``nice`` (slowpath.nice, runconfig.py says why)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as e:         # EPERM/EACCES: no CAP_SYS_NICE (a container without it)
+        log.warning("worker %d: slowpath.nice %d not set (%s); it runs at nice %d", index, nice,
+                    os.strerror(e.errno), os.getpriority(os.PRIO_PROCESS, 0))
+
+
 def _child(index: int, ring_fd: int | None, ctx, sock: socket.socket, parent: int, close_fds: list[int]) -> int:
     """The forked worker's life; returns its exit status."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -412,6 +421,7 @@ def _child(index: int, ring_fd: int | None, ctx, sock: socket.socket, parent: in
     # The fork happened inside the daemon's running loop: this process has
     # a copy of it, which must neither run nor be taken for the current one.
     asyncio._set_running_loop(None)
+    _set_nice(index, ctx.cfg.slowpath.nice)
     w = Worker(index, ring_fd, ctx, sock)
     log.info("worker %d running (pid %d)", index, os.getpid())
     try:

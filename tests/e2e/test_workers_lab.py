@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from appliance.lab import SERVER_V4
+from appliance.runconfig import WORKER_NICE_DEFAULT
 from labrun import running_daemon, wait_for
 from labrun import workers_started as workers
 
@@ -82,6 +83,8 @@ def test_two_workers_share_the_flows_and_a_killed_one_is_replaced(lab, tmp_path,
     log, eve_path = tmp_path / "run.log", tmp_path / "eve.json"
     with running_daemon(lab, tmp_path, slowpath={"workers": 2}, metrics={"listen": METRICS}):
         first = wait_for("two workers", lambda: len(workers(log)) == 2 and workers(log))
+        # ahead of ordinary processes (slowpath.nice): a held request waits for its worker
+        assert [os.getpriority(os.PRIO_PROCESS, p) for p in first.values()] == [WORKER_NICE_DEFAULT] * 2
         assert curl(lab, "/index.html", CLEAN, 41000) == ["200"] * CLEAN
         assert curl(lab, SQLI, 1, 41100)[0].startswith("curl")          # held, never reached the server
         # an answered request is logged with its answer (the held one at its flow's end)
@@ -96,6 +99,7 @@ def test_two_workers_share_the_flows_and_a_killed_one_is_replaced(lab, tmp_path,
         os.kill(first[1], signal.SIGKILL)          # a child of the daemon this test started
         second = wait_for("worker 1 started again", lambda: workers(log).get(1) != first[1] and workers(log))
         assert second[0] == first[0]               # the other worker went on
+        assert os.getpriority(os.PRIO_PROCESS, second[1]) == WORKER_NICE_DEFAULT     # its replacement too
         assert "slow-path worker 1 (pid %d) ended: killed by signal SIGKILL" % first[1] in log.read_text()
         assert curl(lab, "/index.html", CLEAN, 42000) == ["200"] * CLEAN
         assert curl(lab, SQLI, 1, 42100)[0].startswith("curl")
