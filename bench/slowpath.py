@@ -14,7 +14,8 @@ lab against an allow rule, verdict latency, and what hold mode costs.
    A client makes ``--requests`` sequential GETs, a new connection each,
    per port and round (ports interleaved, order rotated per round): requests
    per second and the latency of each request (connect to last byte).
-   Ratios are to the allow port measured in the same run.
+   Ratios are to the allow port measured in the same run. Between runs
+   the slow path settles (settle()), so no run pays for the one before.
 3. Verdict latency: from the EVE flow records the daemon wrote for the
    inspected connections (kernel timestamp of the first inspected byte to
    the verdict map write): p50, p99, p99.9.
@@ -181,6 +182,26 @@ def bench_records(segments: int, rounds: int, profile: str | None = None, clock=
 
 # -- 2. lab -----------------------------------------------------------------
 
+# Between two client runs the slow path finishes what the last one left
+# (an async run leaves records behind it): otherwise that work would be
+# charged to the next port's run, the allow rule's among them. Settled:
+# the EVE file has not grown for SETTLE_QUIET_S (the workers write an
+# http record per request and a flow record per connection), or
+# SETTLE_MAX_S passed.
+SETTLE_QUIET_S = 0.3
+SETTLE_MAX_S = 10.0
+
+
+def settle(eve: Path) -> None:
+    size = lambda: eve.stat().st_size if eve.exists() else 0   # noqa: E731
+    deadline = time.monotonic() + SETTLE_MAX_S
+    last, since = size(), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < SETTLE_QUIET_S:
+        time.sleep(0.05)
+        now = size()
+        if now != last:
+            last, since = now, time.monotonic()
+
 def bench_lab(requests: int, rounds: int, workers: int):
     from appliance.lab import GW_IFACES, SERVER_V4, Lab
 
@@ -222,6 +243,7 @@ def bench_lab(requests: int, rounds: int, workers: int):
                     out = json.loads(r.stdout)
                     samples[port]["rate"].append(requests / out["total"])
                     samples[port]["lat"] += out["lat"]
+                    settle(eve)
         finally:
             if daemon is not None and daemon.poll() is None:
                 daemon.send_signal(signal.SIGTERM)
