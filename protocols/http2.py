@@ -35,6 +35,7 @@ Malformed event and the direction is ignored from there.
 """
 from __future__ import annotations
 
+import base64
 import enum
 from dataclasses import dataclass
 from typing import ClassVar
@@ -141,6 +142,7 @@ class Http2Anomaly(enum.StrEnum):
     INVALID_FRAME_LENGTH = "INVALID_FRAME_LENGTH"     # over the peer's SETTINGS_MAX_FRAME_SIZE
     AUTHORITY_HOST_MISMATCH = "AUTHORITY_HOST_MISMATCH"
     STREAM_ID_REUSE = "STREAM_ID_REUSE"               # HEADERS on a stream that ended
+    INVALID_HTTP1_SETTINGS = "INVALID_HTTP1_SETTINGS"   # an h2c upgrade's HTTP2-Settings unreadable
     TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
     DATA_STREAM_ZERO = "DATA_STREAM_ZERO"             # ours: DATA without a stream
     CONTINUATION_UNEXPECTED = "CONTINUATION_UNEXPECTED"   # ours: not after an open header block
@@ -313,25 +315,48 @@ class HttpTwoParser(StreamParser):
     (already reported by the HTTP/1 parser): it is stream 1, whose response
     comes in HTTP/2 (RFC 9113 3.2 of RFC 7540)."""
 
-    def __init__(self, upgrade_request: HttpRequest | None = None) -> None:
+    def __init__(self, upgrade_request: HttpRequest | None = None,
+                 offsets: tuple[int, int] = (0, 0)) -> None:
         self._sides = {d: _Side(d) for d in Direction}
+        for d in Direction:         # where each direction's HTTP/2 starts in its TCP stream
+            self._sides[d].offset = offsets[d]
         self._streams: dict[int, _Stream] = {}
         self._closed_max = 0       # highest client stream id closed (reuse check)
         self.start = "h2c-upgrade" if upgrade_request is not None else None
         self.frame_counts: dict[str, int] = {}
+        self._early: list[Event] = []   # what the upgrade request said wrong, out with the first events
         if upgrade_request is not None:
             s = self._streams[1] = _Stream(1)
             s.method, s.path = upgrade_request.method, upgrade_request.uri
             s.authority, s.user_agent = upgrade_request.host, upgrade_request.user_agent
             s.req_ctype = upgrade_request.content_type
             s.msgs[0].ended = True  # the HTTP/1 request was complete before the 101
+            self._upgrade_settings(upgrade_request)
+
+    def _upgrade_settings(self, req: HttpRequest) -> None:
+        """The client's SETTINGS sent in HTTP2-Settings (RFC 7540 3.2.1:
+        base64url of a SETTINGS payload) apply as if sent in a frame."""
+        value = req.header("http2-settings")
+        if value is None:
+            return
+        try:
+            text = value.strip()
+            payload = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+            frame = hf.SettingsFrame(0)
+            frame.parse_body(memoryview(payload))
+        except (ValueError, HyperframeError):
+            self._early.append(HttpAnomalyEvent(Direction.TO_SERVER, A.INVALID_HTTP1_SETTINGS,
+                                                req.offset, stream_id=1))
+            return
+        self._apply_settings(self._sides[Direction.TO_SERVER], frame.settings)
 
     # -- API -------------------------------------------------------------------------
     def receive_data(self, data: bytes, direction: Direction) -> list[Event]:
         side = self._sides[direction]
         if not side.accept(data):
             return []
-        events: list[Event] = []
+        events: list[Event] = self._early
+        self._early = []
         side.consume(self._run(side, events))
         return events
 
@@ -893,16 +918,21 @@ class HttpTwoParser(StreamParser):
     def _on_settings(self, side: _Side, f, at: int, events: list[Event]):
         if "ACK" in f.flags:
             return
+        self._apply_settings(side, f.settings)
+        events.append(Http2Settings(side.direction, tuple(
+            (SETTINGS_NAMES.get(k, f"0x{k:x}"), v) for k, v in f.settings.items()), at))
+
+    def _apply_settings(self, side: _Side, settings) -> None:
+        """``side``'s SETTINGS bound what its peer may send: the HPACK table
+        its encoder may use (up to MAX_HPACK_TABLE_BYTES) and its frame size."""
         other = self._sides[Direction(1 - side.direction)]
-        for key, value in f.settings.items():
+        for key, value in settings.items():
             if key == 1:      # HEADER_TABLE_SIZE: what the peer's encoder may use
                 dec = other.decoder
                 dec.max_allowed_table_size = max(dec.max_allowed_table_size,
                                                  min(value, MAX_HPACK_TABLE_BYTES))
             elif key == 5 and 16384 <= value < 1 << 24:
                 other.max_frame = value
-        events.append(Http2Settings(side.direction, tuple(
-            (SETTINGS_NAMES.get(k, f"0x{k:x}"), v) for k, v in f.settings.items()), at))
 
 
 _HANDLERS = {

@@ -296,7 +296,8 @@ class FlowAnalyzer:
                         and ev.target.strip().lower() == H2C_UPGRADE):
                     # h2c: the same connection goes on in HTTP/2.
                     self.app = self.inner_app = "http2"
-                    self.parser = HttpTwoParser(upgrade_request=self._last_request)
+                    self.parser = HttpTwoParser(upgrade_request=self._last_request,
+                                                offsets=(ev.to_server_offset, ev.to_client_offset))
                     tail = []
                     for d, b in ev.rest:
                         tail += self._feed(d, b)

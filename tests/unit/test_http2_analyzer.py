@@ -62,3 +62,17 @@ def test_prior_knowledge_flow_becomes_grpc():
                             (":scheme", "http"), ("content-type", "application/grpc")], end_stream=True)
     an.data(C, client.data_to_send())
     assert an.app == "grpc"
+
+
+def test_h2c_offsets_continue_the_tcp_stream_and_bad_settings_are_named():
+    head = (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: %%%\r\n\r\n")
+    answer = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    an = FlowAnalyzer("tcp")
+    an.data(C, head)
+    ev = an.data(S, answer + settings)
+    ev += an.data(C, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings)
+    assert {e.direction: e.offset for e in ev if e.kind == "http2_settings"} == \
+        {S: len(answer), C: len(head) + 24}                  # after the preface's 24 bytes
+    assert [e.name for e in ev if e.kind == "http_anomaly"] == ["INVALID_HTTP1_SETTINGS"]
