@@ -121,16 +121,8 @@ class RuleSet:
         if db is None:
             return []
         found: dict[int, tuple[int, int]] = {}
-        events = [0]
-
-        def on_match(idx, start, end, flags, ctx):
-            if idx not in found:
-                found[idx] = (start, end)
-            events[0] += 1
-            return events[0] >= MAX_MATCH_EVENTS       # True stops the scan
-
         try:
-            db.scan(data, match_event_handler=on_match)
+            db.scan(data, match_event_handler=_on_match, context=[found, 0])
         except hyperscan.ScanTerminated:
             pass
         if not found:
@@ -155,6 +147,17 @@ class RuleSet:
             if len(name) <= MAX_CACHED_SCAN_BYTES:
                 self._domain_cache[key] = got
         return got
+
+
+def _on_match(idx: int, start: int, end: int, flags: int, matches: list) -> bool:
+    """Hyperscan's match callback for RuleSet._scan: ``matches`` is [first
+    (start, end) by pattern id, events so far]. One function for every scan
+    (no closure made per scan)."""
+    found = matches[0]
+    if idx not in found:
+        found[idx] = (start, end)
+    matches[1] += 1
+    return matches[1] >= MAX_MATCH_EVENTS       # True stops the scan
 
 
 class _DlpStream:
@@ -354,7 +357,10 @@ class FlowInspector:
     def _end_message(self, d: Direction) -> list[Hit]:
         out = []
         if d == Direction.TO_SERVER and self._body is not None:
-            out += self._waf_body()
+            if self._body:
+                out += self._waf_body()
+            else:
+                self._body = None     # no body came: nothing to scan (what _waf_body would find)
         if self._dlp[d]:
             st = self._streams[d]
             if st.tail:

@@ -86,3 +86,25 @@ def test_in_order_shortcut_gives_the_general_path_events_and_counters():
             events = [r.segment(d, seq, flags, data) for d, seq, flags, data in segs]
             got.append((events, r.counters, r.flush()))
         assert got[0] == got[1], case
+
+
+# -- WAF scans: one match callback for every scan --------------------------------
+
+def test_waf_scan_stops_after_max_match_events():
+    """A value matching one signature over and over stops the scan at
+    MAX_MATCH_EVENTS (bounded work): a later signature's text is not reached,
+    while the same text alone is found."""
+    from pathlib import Path
+
+    from slowpath.rulesfile import load_rules
+    from slowpath.waf import MAX_MATCH_EVENTS
+    rules = load_rules(Path(__file__).resolve().parents[2] / "examples" / "rules.yaml")
+    tail = b" union select password from users"
+    alone = {a.sig.id for a, _ in rules._scan("uri", tail)}
+    assert alone
+    flood = b"<script>" * (2 * MAX_MATCH_EVENTS)
+    got = {a.sig.id for a, _ in rules._scan("uri", flood + tail)}
+    assert got and not got & alone
+    # and the matched text is what the signature matched, as before
+    (a, text), = rules._scan("uri", b"/x?q=<script>alert(1)</script>")[:1]
+    assert text and text in b"/x?q=<script>alert(1)</script>"
