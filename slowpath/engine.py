@@ -70,6 +70,8 @@ TCP_FIN, TCP_RST, TCP_ACK = 0x01, 0x04, 0x10
 _DIRECTIONS = (Direction.TO_SERVER, Direction.TO_CLIENT)
 _DECIDED = (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK)
 _IDENTIFY_ONLY = frozenset({"dpi"})
+# Application protocols on HTTP/2 framing (slowpath/analyzer.py names them).
+H2_APPS = ("http2", "grpc")
 HTTP_SWITCHING_PROTOCOLS = 101   # RFC 9110 15.2.2: the last HTTP/1.x answer on the connection
 # Protocols whose naming field can take another value later on the same
 # connection, and that field's domain-rule name: an HTTP keep-alive
@@ -268,6 +270,8 @@ class Engine:
             an = flow.analyzer
             if an.decided and an.parser is None:
                 self._unreadable(flow)           # nothing this slow path can read
+        if flow.l7 is not None and flow.hold and flow.verdict is None and flow.held and flow.held[-1] is rec:
+            self._pass_on_h2(flow, rec, events)
         if flow.identify_only and flow.verdict not in _DECIDED and self._identified(flow):
             # Identified (protocol and naming fields): nothing more to read.
             self._verdict(flow, VerdictCode.VERDICT_ALLOW)
@@ -603,6 +607,25 @@ class Engine:
         if flow.tls_hello is not None:
             self.emit(eve.tls_record(info, flow.tls_hello, None, now))
             flow.tls_hello = None
+
+    def _pass_on_h2(self, flow: Flow, rec: InspRecord, events: list) -> None:
+        """An allow-list flow held on HTTP/2: a held segment that starts no
+        request (the connection preface, SETTINGS, WINDOW_UPDATE, PING, the
+        server's frames) is sent on now, the hold kept. A gRPC client waits
+        for the server's SETTINGS before its first HEADERS: holding the
+        preface until a request was checked held both ends forever. A
+        server acts on a stream only when its header block is complete, so
+        the segment that completes a request's HEADERS (an http_request
+        event) stays held until the request is checked."""
+        if flow.analyzer.app not in H2_APPS or self.injector is None:
+            return
+        if any(ev.kind == "http_request" for ev in events):
+            return
+        flow.held.pop()
+        self.injector.inject(flow.info, rec.side, rec)
+        self.counters.injected += 1
+        if flow.held_from[rec.side] == rec.seq:      # the other end has these bytes now (for resets)
+            flow.held_from[rec.side] = (rec.seq + len(rec.data)) & 0xFFFFFFFF
 
     def _release_held(self, flow: Flow) -> None:
         """Hold mode let go: send the held payload on now (each segment once,

@@ -188,3 +188,52 @@ def test_pipelined_disallowed_request_in_the_held_packet_is_not_sent_on():
     ok = harness()
     ok.engine.handle(rec(get(b"/public/a") + get(b"/public/b"), inspect=DPI | HOLD))
     assert ok.codes() == [V.VERDICT_RELEASE] and len(ok.resets.injected) == 1
+
+
+def h2_grpc_exchange(method: str):
+    """A gRPC client's bytes as grpc-core sends them: the preface with
+    SETTINGS alone (it then waits for the server's SETTINGS), the server's
+    SETTINGS, then the call; as (side, bytes) records."""
+    import h2.config
+    import h2.connection
+
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    s = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    c.initiate_connection()
+    preface = c.data_to_send()
+    s.initiate_connection()
+    s.receive_data(preface)
+    server = s.data_to_send()
+    c.receive_data(server)
+    c.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", f"/lab.Shop/{method}"),
+                       (":authority", "shop.lab"), ("content-type", "application/grpc"), ("te", "trailers")])
+    c.send_data(1, b"\x00\x00\x00\x00\x02\x08\x01", end_stream=True)
+    return [(0, preface), (1, server), (0, c.data_to_send())]
+
+
+def test_grpc_in_hold_mode_the_connection_setup_is_sent_on_the_call_held():
+    """grpc-core waits for the server's SETTINGS before its first HEADERS:
+    the preface and the SETTINGS go on at once (the hold kept), the call is
+    held until checked. Before: the preface was held until a request came,
+    and none came (the lab's allowed gRPC call timed out)."""
+    import pytest
+    pytest.importorskip("protocols.http2")
+    spec = {str(RULE): {"label": "grpc-shop-read", "l7": {"grpc": [{"service": "lab.Shop", "method": "GetItem"}]}}}
+    for method, verdict in (("GetItem", V.VERDICT_RELEASE), ("DeleteItem", V.VERDICT_BLOCK)):
+        h = harness(spec)
+        seq = {0: 1001, 1: 5001}
+        recs = h2_grpc_exchange(method)
+        for n, (side, data) in enumerate(recs):
+            h.engine.handle(rec(data, side=side, seq=seq[side], ack=seq[1 - side], inspect=DPI | HOLD,
+                                server=("10.0.1.5", 50051)))
+            seq[side] += len(data)
+            if n < 2:      # connection setup: sent on, nothing decided, still held
+                assert h.codes() == [] and [(s, q) for s, q, _ in h.resets.injected][-1] == (side, seq[side] - len(data))
+        assert h.codes() == [verdict], method
+        if verdict == V.VERDICT_BLOCK:
+            assert [s for s, _, _ in h.resets.injected] == [0, 1]       # the call itself never sent on
+            (_, _, held_from, _), = h.resets.held
+            # the server's reset: at the first byte it has not got (after the preface), as its peer expects
+            assert held_from == [1001 + len(recs[0][1]), 5001 + len(recs[1][1])]
+        else:
+            assert [s for s, _, _ in h.resets.injected] == [0, 1, 0]
