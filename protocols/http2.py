@@ -80,9 +80,10 @@ MAX_HEADER_LIST_BYTES = 64 * 1024
 MAX_HPACK_TABLE_BYTES = 64 * 1024
 # Streams tracked at once (opened, not yet closed both ways). Servers
 # advertise SETTINGS_MAX_CONCURRENT_STREAMS of 100 (nginx 128, Go 250);
-# 1024 is far above what a server lets a client open, so more is a stream
-# flood (e.g. rapid reset, CVE-2023-44487) and ends the direction as Malformed
-# after a TOO_MANY_STREAMS anomaly.
+# 1024 is far above what a server lets a client open, so more streams still
+# sending is a flood (e.g. CVE-2023-44487 and kin) and ends the direction as
+# Malformed after a TOO_MANY_STREAMS anomaly. Streams only waiting for an
+# answer (a capture without the server's side) make room instead (_room).
 MAX_STREAMS = 1024
 # Bytes of a frame other than DATA held until the frame is complete. Such
 # frames are small except header fragments (bounded by MAX_HEADER_BLOCK_BYTES)
@@ -729,11 +730,10 @@ class HttpTwoParser(StreamParser):
                  events: list[Event]) -> None:
         d = side.direction
 
-        def get(name: str) -> str | None:
-            for k, v in headers:
-                if k.lower() == name:
-                    return v
-            return None
+        first: dict[str, str] = {}          # the first value of each field (names are lower case)
+        for k, v in headers:
+            first.setdefault(k.lower(), v)
+        get = first.get
         if ftype == PUSH_PROMISE:
             if promised not in self._streams and self._room(d, at, events):
                 s = self._streams[promised] = _Stream(promised)
@@ -794,6 +794,7 @@ class HttpTwoParser(StreamParser):
             if not self._room(d, at, events):
                 return
             st = self._streams[sid] = _Stream(sid)   # its request is not in the capture
+            st.msgs[0].ended = True     # nothing to wait for on that side: the answer's end closes it
             m = st.msgs[1]
         status_text = pseudo.get(":status")
         if st.final or (status_text is None and m.open):
@@ -828,8 +829,18 @@ class HttpTwoParser(StreamParser):
             self._end_stream_side(d, sid, (), events)
 
     def _room(self, d: Direction, at: int, events: list[Event]) -> bool:
+        """Room for one more stream. At MAX_STREAMS the oldest stream whose
+        request is complete and whose answer has not started goes (a capture
+        missing the server's side, as HTTP/1's MAX_PENDING_REQUESTS: its
+        answer, if it comes, is paired with an unknown request); streams
+        still sending are a flood: TOO_MANY_STREAMS and Malformed."""
         if len(self._streams) < MAX_STREAMS:
             return True
+        for sid, st in self._streams.items():
+            req, resp = st.msgs
+            if req.ended and not resp.open and not resp.ended:
+                del self._streams[sid]
+                return True
         events.append(HttpAnomalyEvent(d, A.TOO_MANY_STREAMS, at))
         side = self._sides[d]
         self._fail(side, f"more than {MAX_STREAMS} streams open at once", at - side.offset, events)

@@ -438,3 +438,24 @@ def test_empty_data_frame_ending_the_stream_at_the_buffer_end():
     ev = feed(p, [(C, PREFACE + frames(SettingsFrame(0), HeadersFrame(1, enc.encode(REQ), flags=["END_HEADERS"]),
                                        DataFrame(1, b"", flags=["END_STREAM"])))])
     assert [(e.stream_id, e.body_size) for e in of(ev, HttpMessageEnd)] == [(1, 0)]
+
+
+def test_one_sided_capture_with_many_complete_requests_is_not_a_flood():
+    enc = hpack.Encoder()
+    fs = [SettingsFrame(0)] + [HeadersFrame(2 * i + 1, enc.encode(REQ), flags=["END_HEADERS", "END_STREAM"])
+                               for i in range(MAX_STREAMS + 200)]
+    p = HttpTwoParser()
+    ev = feed(p, [(C, PREFACE + frames(*fs))])
+    assert len(of(ev, HttpRequest)) == MAX_STREAMS + 200 and not of(ev, Malformed)
+    assert len(p._streams) == MAX_STREAMS
+
+
+def test_answers_to_unseen_requests_close_their_streams():
+    enc = hpack.Encoder()
+    fs = [SettingsFrame(0)]
+    for i in range(MAX_STREAMS + 50):
+        fs += [HeadersFrame(2 * i + 1, enc.encode([(":status", "200")]), flags=["END_HEADERS"]),
+               DataFrame(2 * i + 1, b"ok", flags=["END_STREAM"])]
+    p = HttpTwoParser()
+    ev = feed(p, [(S, frames(*fs))])
+    assert len(of(ev, HttpResponse)) == MAX_STREAMS + 50 and not of(ev, Malformed) and p._streams == {}
