@@ -559,7 +559,6 @@ class HttpTwoParser(StreamParser):
     # -- DATA ---------------------------------------------------------------------------
     def _data_header(self, side: _Side, buf, i: int, n: int, length: int, flags: int, sid: int,
                      events: list[Event]) -> int | None:
-        at = side.offset + i
         if sid == 0:
             return self._violation(side, A.DATA_STREAM_ZERO, "DATA frame on stream 0", i,
                                    i + FRAME_HEADER_BYTES + length, 0, events)

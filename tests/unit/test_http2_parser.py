@@ -10,8 +10,7 @@ import h2.connection
 import hpack
 import pytest
 from hyperframe.frame import (ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, PingFrame,
-                              PriorityFrame, PushPromiseFrame, RstStreamFrame, SettingsFrame,
-                              WindowUpdateFrame)
+                              PriorityFrame, SettingsFrame, WindowUpdateFrame)
 
 from protocols import http2 as h2p
 from protocols.api import CERTAIN, Direction, Malformed
