@@ -87,6 +87,17 @@ class DomainIndex:
 _ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
+# Hosts of authorities already read (request_host), by authority text: a
+# connection's requests, and a client's connections, name the same Host over
+# and over. Bounded like the inspector's scan caches; full, it starts over.
+MAX_CACHED_HOSTS = 4096
+# Longer authorities are read each time (a DNS name has at most 253
+# characters; with a port and userinfo a real one stays under this), so
+# the cache holds at most about 1 MiB.
+MAX_CACHED_AUTHORITY_CHARS = 256
+_hosts: dict[str, str | None] = {}
+
+
 def request_host(ev: HttpRequest) -> str | None:
     """The host an HTTP request is for: the authority of a CONNECT or an
     absolute-form target (RFC 9112 3.2.2: then the Host field is ignored),
@@ -95,12 +106,24 @@ def request_host(ev: HttpRequest) -> str | None:
     auth = None
     if ev.method.upper() == "CONNECT":
         auth = target
-    elif _ABSOLUTE_FORM.match(target):
+    elif target[:1] != "/" and _ABSOLUTE_FORM.match(target):   # origin-form ("/...") is the common case
         auth = target.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
     if auth is None:
         auth = ev.host
     if not auth:
         return None
+    host = _hosts.get(auth, _hosts)
+    if host is _hosts:
+        host = _authority_host(auth)
+        if len(auth) <= MAX_CACHED_AUTHORITY_CHARS:
+            if len(_hosts) >= MAX_CACHED_HOSTS:
+                _hosts.clear()
+            _hosts[auth] = host
+    return host
+
+
+def _authority_host(auth: str) -> str | None:
+    """The host of a non-empty authority (request_host)."""
     auth = auth.rsplit("@", 1)[-1].strip()
     if auth.startswith("["):
         return auth[1:].split("]", 1)[0]

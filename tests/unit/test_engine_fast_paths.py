@@ -108,3 +108,43 @@ def test_waf_scan_stops_after_max_match_events():
     # and the matched text is what the signature matched, as before
     (a, text), = rules._scan("uri", b"/x?q=<script>alert(1)</script>")[:1]
     assert text and text in b"/x?q=<script>alert(1)</script>"
+
+
+# -- domains.request_host: origin-form shortcut and the per-authority cache --------
+
+def _request_host_reference(method: str, target: str, host: str | None):
+    """request_host as it was before the shortcut and the cache."""
+    import re
+    auth = None
+    if method.upper() == "CONNECT":
+        auth = target
+    elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", target):
+        auth = target.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if auth is None:
+        auth = host
+    if not auth:
+        return None
+    auth = auth.rsplit("@", 1)[-1].strip()
+    if auth.startswith("["):
+        return auth[1:].split("]", 1)[0]
+    return auth.split(":", 1)[0] if auth.count(":") == 1 else auth
+
+
+def test_request_host_matches_reference_cached_or_not():
+    from types import SimpleNamespace
+
+    from slowpath import domains
+    rnd = random.Random(90)
+    parts = ["a", "b.example", ":", "@", "[", "]", "::1", " ", "/", "?", "#", "x:y", "http://", "HTTPS://", "8080"]
+    for _ in range(6000):
+        method = rnd.choice(("GET", "CONNECT", "connect", "POST"))
+        target = "".join(rnd.choice(parts) for _ in range(rnd.randrange(0, 6)))
+        host = rnd.choice((None, "", *("".join(rnd.choice(parts) for _ in range(rnd.randrange(1, 5)))
+                                        for _ in range(3))))
+        ev = SimpleNamespace(method=method, uri=target, host=host)
+        want = _request_host_reference(method, target, host)
+        assert domains.request_host(ev) == want == domains.request_host(ev), (method, target, host)
+    assert 0 < len(domains._hosts) <= domains.MAX_CACHED_HOSTS
+    long = "h" * (domains.MAX_CACHED_AUTHORITY_CHARS + 1)
+    assert domains.request_host(SimpleNamespace(method="GET", uri="/", host=long)) == long
+    assert long not in domains._hosts
