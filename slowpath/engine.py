@@ -270,7 +270,7 @@ class Engine:
             an = flow.analyzer
             if an.decided and an.parser is None:
                 self._unreadable(flow)           # nothing this slow path can read
-        if flow.l7 is not None and flow.hold and flow.verdict is None and flow.held and flow.held[-1] is rec:
+        if flow.hold and flow.verdict is None and flow.held and flow.held[-1] is rec and flow.http_tx is None:
             self._pass_on_h2(flow, rec, events)
         if flow.identify_only and flow.verdict not in _DECIDED and self._identified(flow):
             # Identified (protocol and naming fields): nothing more to read.
@@ -609,14 +609,15 @@ class Engine:
             flow.tls_hello = None
 
     def _pass_on_h2(self, flow: Flow, rec: InspRecord, events: list) -> None:
-        """An allow-list flow held on HTTP/2: a held segment that starts no
-        request (the connection preface, SETTINGS, WINDOW_UPDATE, PING, the
-        server's frames) is sent on now, the hold kept. A gRPC client waits
-        for the server's SETTINGS before its first HEADERS: holding the
-        preface until a request was checked held both ends forever. A
-        server acts on a stream only when its header block is complete, so
-        the segment that completes a request's HEADERS (an http_request
-        event) stays held until the request is checked."""
+        """A held HTTP/2 flow before its first request: a held segment that
+        starts no request (the connection preface, SETTINGS, WINDOW_UPDATE,
+        PING, the server's frames) is sent on now, the hold kept. A gRPC
+        client waits for the server's SETTINGS before its first HEADERS:
+        holding the preface until a request was checked held both ends
+        forever. A server acts on a stream only when its header block is
+        complete, so the segment that completes the first request's HEADERS
+        (an http_request event) and everything after it stay held until the
+        request is checked (its body too, for the WAF)."""
         if flow.analyzer.app not in H2_APPS or self.injector is None:
             return
         if any(ev.kind == "http_request" for ev in events):

@@ -237,3 +237,26 @@ def test_grpc_in_hold_mode_the_connection_setup_is_sent_on_the_call_held():
             assert held_from == [1001 + len(recs[0][1]), 5001 + len(recs[1][1])]
         else:
             assert [s for s, _, _ in h.resets.injected] == [0, 1, 0]
+
+
+def test_grpc_setup_is_sent_on_in_any_hold_rule_and_a_body_stays_held():
+    """Without an allow-list too (a WAF hold rule): the setup goes on, the
+    call is held to its end (the WAF reads its body first)."""
+    import pytest
+    pytest.importorskip("protocols.http2")
+    h = Harness(NO_RULES)
+    seq = {0: 1001, 1: 5001}
+    recs = h2_grpc_exchange("GetItem")
+    call = recs[2][1]
+    recs[2:] = [(0, call[:-7]), (0, call[-7:])]         # the HEADERS, then the DATA frame with the body
+    for n, (side, data) in enumerate(recs):
+        h.engine.handle(rec(data, side=side, seq=seq[side], ack=seq[1 - side], inspect=WAF | HOLD,
+                            server=("10.0.1.5", 50051)))
+        seq[side] += len(data)
+        if n == 1:      # the setup went on before any request
+            assert h.codes() == [] and [s for s, _, _ in h.resets.injected] == [0, 1]
+        if n == 2:      # the HEADERS: held (the body is still to come)
+            assert h.codes() == [] and len(h.resets.injected) == 2
+    assert h.codes() == [V.VERDICT_RELEASE]
+    # preface and server SETTINGS sent on at once; the HEADERS segment and the body only at the release
+    assert [s for s, _, _ in h.resets.injected] == [0, 1, 0, 0]
