@@ -30,6 +30,7 @@ import ctypes
 import gc
 import json
 import logging
+import mmap
 import os
 import re
 import signal
@@ -206,6 +207,25 @@ class LoopForwardSink:
             self._lines.clear()
 
 
+class AwakeFlag:
+    """This worker's slot of ms_insp_busy (bpf/lib/maps.h), mapped into
+    memory (the map is BPF_F_MMAPABLE): one aligned 8-byte store sets it,
+    which x86-64 makes visible in order (slowpath/ringbuf.py says why that
+    is enough there). Cleared at start: a worker killed while awake left
+    its slot set, and the kernel would then never wake its replacement."""
+
+    def __init__(self, map_fd: int, index: int):
+        self._map = mmap.mmap(map_fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._slot = memoryview(self._map)[index * 8:index * 8 + 8].cast("Q")
+        self.set(0)
+
+    def set(self, value: int) -> None:
+        self._slot[0] = value
+
+    def get(self) -> int:
+        return self._slot[0]
+
+
 class Worker:
     """One worker process's slow path: its ring, its heartbeat, its Engine.
     Built in the child after the fork."""
@@ -229,10 +249,12 @@ class Worker:
                              session_stats=session_stats(fp), inspect_budget=cfg.datapath.inspect_budget,
                              kernel_flow_records=getattr(ctx, "flow_events", None) is not None,
                              l7=getattr(ctx, "l7", None))
+        self._busy = None
         if ring_fd is None:       # the perf buffer fallback: one worker, per-record reader
             self.ring, self.reader_class = open_payload_channel(fp)
         else:
             self.ring, self.reader_class = RingBuffer(ring_fd), None
+            self._busy = AwakeFlag(fp.table("ms_insp_busy").map_fd, index)
         self.started = time.monotonic()
         self._lost_seen = 0
 
@@ -246,9 +268,21 @@ class Worker:
             log.warning("worker %d: %d bad payload records, the first: %s", self.index, len(bad), bad[0])
 
     def _readable(self) -> None:
-        raws = self.ring.drain(RING_BATCH)
-        if raws:
-            self._records(raws)
+        # Awake (ms_insp_busy): records committed while this runs wake no
+        # one. After the flag is cleared the loop looks at the ring once
+        # more before it sleeps (level-triggered epoll: the fd was just
+        # reported, so its next wait polls it again), and the kernel
+        # re-checks the flag after each commit (bpf/lib/inspect.h).
+        busy = self._busy
+        if busy is not None:
+            busy.set(1)
+        try:
+            raws = self.ring.drain(RING_BATCH)
+            if raws:
+                self._records(raws)
+        finally:
+            if busy is not None:
+                busy.set(0)
 
     def report(self) -> None:
         c = self.engine.counters

@@ -157,10 +157,30 @@ static __always_inline int ms_insp_packet(struct __sk_buff *skb, struct ms_pkt *
             return reason;
         return ms_insp_fail(f, cfg, FAIL_BUDGET);
     }
+    __u64 rb_flags = (cfg->flags & MS_CFG_RING_NO_WAKEUP) ? BPF_RB_NO_WAKEUP : 0;
+#ifndef MS_NO_RINGBUF
+    /* The worker is awake (ms_insp_busy): no wakeup. Read with a full
+     * barrier (a locked instruction) here and again after the commit: if
+     * the worker cleared the flag in between, it may have looked at the
+     * ring before this record was in it and be going to sleep, so a
+     * discarded 8-byte record with a forced wakeup wakes it (it skips
+     * discarded records). Either this program sees the cleared flag or
+     * the worker's last look sees the record: no wakeup is lost. */
+    __u64 *busy = ms_insp_busy.lookup(&worker);   /* u64: BPF fetch atomics are 64-bit here */
+    int awake = !rb_flags && busy && __sync_fetch_and_add(busy, 0);
+    if (awake)
+        rb_flags = BPF_RB_NO_WAKEUP;
+#endif
     if ((cfg->flags & MS_CFG_SIM_RINGBUF_FULL) || ms_insp_copy(skb, p, f, kp, side, budget - sent, ring,
-                                                                   (cfg->flags & MS_CFG_RING_NO_WAKEUP) ?
-                                                                   BPF_RB_NO_WAKEUP : 0) != 0)
+                                                                   rb_flags) != 0)
         return ms_insp_fail(f, cfg, FAIL_RINGBUF_FULL);
+#ifndef MS_NO_RINGBUF
+    if (awake && busy && !__sync_fetch_and_add(busy, 0)) {
+        void *nudge = bpf_ringbuf_reserve(ring, 8, 0);
+        if (nudge)
+            bpf_ringbuf_discard(nudge, BPF_RB_FORCE_WAKEUP);
+    }
+#endif
     __u32 n = p->payload_len < budget - sent ? p->payload_len : budget - sent;
     f->insp_sent[side] = sent + (n < MS_INSP_SLICE ? n : MS_INSP_SLICE);
     if ((f->inspect & MS_INSPECT_HOLD) && f->insp_state == INSP_PENDING && p->payload_len)

@@ -827,6 +827,16 @@ BPF_PERCPU_ARRAY(ms_insp_scratch, struct ms_insp_buf, 1);
  * puts each in ms_insp_rings by worker index (slot 0: this one). */
 MS_STATE_RINGBUF(ms_insp_ring, MS_INSP_RING_PAGES);
 BPF_ARRAY_OF_MAPS(ms_insp_rings, "ms_insp_ring", MS_SLOWPATH_WORKERS_MAX);
+/* Per worker: non-zero while it is awake reading its ring. The worker
+ * (appliance/workers.py) sets it before it drains and clears it after,
+ * then its event loop looks at the ring once more before it sleeps
+ * (epoll is level-triggered). Records committed meanwhile skip the ring's
+ * wakeup (an irq_work: ~5 us of the packet's own path, measured with
+ * BPF_PROG_TEST_RUN) that would only tell an awake reader what it reads
+ * anyway (inspect.h). Mapped into the worker's memory (BPF_F_MMAPABLE):
+ * two stores per drain, no system call. Not pinned: a new build's workers
+ * start with it clear. */
+BPF_F_TABLE("array", __u32, __u64, ms_insp_busy, MS_SLOWPATH_WORKERS_MAX, BPF_F_MMAPABLE);
 #else
 /* Kernels before 5.8 (or `compat: {ringbuf: off}`): a perf buffer, one
  * ring per CPU, read by slowpath/perfbuf.py. Not pinned: its rings belong

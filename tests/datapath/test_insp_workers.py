@@ -135,6 +135,47 @@ def test_a_stale_worker_fails_only_its_own_flows(workers):
     assert all(w.drained())
 
 
+# A wakeup is an irq_work run right after the program: seen within this
+# (bounded: a wait on the condition, not a sleep).
+WAKE_S = 5.0
+# How long a record that must not wake the reader is watched for a wakeup.
+NO_WAKE_S = 0.2
+
+
+def test_an_awake_worker_is_not_woken_and_a_sleeping_one_is(workers):
+    # ms_insp_busy: while the worker is awake its records skip the ring's
+    # wakeup (~5 us of the packet's path); once it is asleep they wake it.
+    # (Before the flag the awake case was woken too: the second poll fails.)
+    import select
+
+    from appliance.workers import AwakeFlag
+    w = workers(1)
+    ring = w.rings[0]
+    flag = AwakeFlag(w.fp.table("ms_insp_busy").map_fd, 0)
+    ep = select.epoll()
+    ep.register(ring.fileno(), select.EPOLLIN)
+    try:
+        (c,) = open_flows(w.fp, 1)
+        c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+        assert ep.poll(WAKE_S), "a sleeping reader was not woken"
+        assert [r.side for r in w.drained()[0]] == [0]
+        assert ep.poll(0) == []                     # caught up: nothing ready
+
+        flag.set(1)                                 # awake, reading
+        c.send("s", "PA", R.PASS_INSPECT_COPIED, data=RESPONSE)
+        assert ring.pending_bytes() > 0             # committed ...
+        assert ep.poll(NO_WAKE_S) == [], "an awake reader was woken"
+        flag.set(0)                                 # ... and found by its look before sleeping
+        assert [r.side for r in w.drained()[0]] == [1]
+
+        c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+        assert ep.poll(WAKE_S), "a reader asleep again was not woken"
+        assert [r.side for r in w.drained()[0]] == [0]
+    finally:
+        flag.set(0)
+        ep.close()
+
+
 @pytest.fixture
 def pin_dir():
     from datapath import pins
