@@ -41,8 +41,6 @@ waf:
 dlp:
   - {name: no-cards-out, detectors: [credit_card], direction: response, action: block}
 """
-NEEDS_DECODING = pytest.mark.xfail(strict=True, reason="needs Content-Encoding decoding before DLP in the HTTP "
-                                                       "slow path (protocols/content_coding.py wired into HTTP/1)")
 
 
 class ZipLab:
@@ -102,7 +100,6 @@ def test_clean_compressed_page_is_served_whole(ziplab, coding):
     assert not ziplab.alerts(f"/clean.{coding}?whole=1")
 
 
-@NEEDS_DECODING
 @pytest.mark.parametrize("path", ["/card.gzip", "/card.br", "/card.deflate", "/card.gzip?chunked=1",
                                   "/card.br?chunked=1"])
 def test_card_number_in_a_compressed_response_is_caught_and_cut(ziplab, path):
@@ -118,7 +115,6 @@ def test_card_number_in_a_compressed_response_is_caught_and_cut(ziplab, path):
     assert "1111" in matched and "4111 1111 1111" not in matched      # masked, as for a plain body
 
 
-@NEEDS_DECODING
 @pytest.mark.parametrize("coding", ["gzip", "br", "deflate"])
 def test_eve_http_record_says_which_coding_was_decoded(ziplab, coding):
     path = f"/clean.{coding}?eve=1"

@@ -5,7 +5,8 @@
 - an allow rule without an allow-list: every method is served (the lab itself);
 - an allow rule whose `l7:` grpc allow-list names GetItem and ListItems: those
   are served, DeleteItem is blocked before it reaches the server (hold, the
-  allow-list's default) and logged as an alert naming the rule.
+  allow-list's default) and logged as an alert naming the rule;
+- an inspect rule (hold) without a list: calls served, each logged.
 
 The server logs every call it receives. Each call is its own client process,
 so its own connection.
@@ -23,7 +24,7 @@ from tests.e2e.servers import HERE, lab_server, log_lines
 
 pytestmark = pytest.mark.lab
 
-OPEN_PORT, LISTED_PORT = 50151, 50152
+OPEN_PORT, LISTED_PORT, INSPECT_PORT = 50151, 50152, 50153
 CLIENT_TIMEOUT_S = 30     # grpc_lab.py's own deadline is 10 s
 
 POLICY = f"""
@@ -33,6 +34,8 @@ groups:
 defaults: {{ingress: deny, egress: deny}}
 rules:
   - {{name: grpc-open, from: clients, to: servers, proto: tcp, ports: [{OPEN_PORT}], action: allow}}
+  - {{name: grpc-inspect, from: clients, to: servers, proto: tcp, ports: [{INSPECT_PORT}], action: inspect,
+     inspect: {{what: [waf, dpi], mode: hold}}}}
   - name: grpc-shop-read
     from: clients
     to: servers
@@ -48,8 +51,10 @@ RULES = """
 waf:
   sets: {sqli: block}
 """
-NEEDS_L7 = pytest.mark.xfail(strict=True, reason="needs the gRPC parser (protocols/grpc.py over protocols/http2.py) "
-                                                 "and the l7: allow-list enforced in the slow path")
+# The EVE side of gRPC (issue 16 item 2) was not committed when this was
+# written: the lead flips it.
+NEEDS_GRPC_EVE = pytest.mark.xfail(strict=True, reason="needs gRPC calls in EVE http records "
+                                                       "(grpc_metadata in slowpath/eve.py)")
 
 
 class GrpcLab:
@@ -79,6 +84,8 @@ def grpclab(tmp_path_factory):
     with Lab() as lab:
         with lab_server(lab, tmp, "grpc_lab.py", "serve", SERVER_V4, str(OPEN_PORT),
                         str(tmp / f"calls-{OPEN_PORT}.log"), port=OPEN_PORT), \
+             lab_server(lab, tmp, "grpc_lab.py", "serve", SERVER_V4, str(INSPECT_PORT),
+                        str(tmp / f"calls-{INSPECT_PORT}.log"), port=INSPECT_PORT), \
              lab_server(lab, tmp, "grpc_lab.py", "serve", SERVER_V4, str(LISTED_PORT),
                         str(tmp / f"calls-{LISTED_PORT}.log"), port=LISTED_PORT), \
              running_daemon(lab, tmp):
@@ -93,7 +100,6 @@ def test_grpc_calls_through_an_allow_rule(grpclab):
     assert {"GetItem open-1", "DeleteItem open-2", "ListItems open-3"} <= set(grpclab.served(OPEN_PORT))
 
 
-@NEEDS_L7
 def test_allow_list_serves_listed_methods_and_blocks_the_others(grpclab):
     assert grpclab.call(LISTED_PORT, "GetItem", "listed-1") == "OK item:listed-1"
     assert grpclab.call(LISTED_PORT, "ListItems", "listed-2") == "OK item0:listed-2|item1:listed-2|item2:listed-2"
@@ -115,9 +121,13 @@ def test_allow_list_serves_listed_methods_and_blocks_the_others(grpclab):
     assert grpclab.call(LISTED_PORT, "GetItem", "listed-4") == "OK item:listed-4"
 
 
-@NEEDS_L7
-def test_served_calls_are_logged_with_service_method_and_status(grpclab):
-    assert grpclab.call(LISTED_PORT, "GetItem", "logged-1") == "OK item:logged-1"
+@NEEDS_GRPC_EVE
+def test_inspected_calls_are_served_and_logged_with_service_method_and_status(grpclab):
+    """Through an inspect rule in hold mode (no allow-list): served, and each
+    call is an http record (app_proto http2) with its gRPC service, method
+    and status."""
+    assert grpclab.call(INSPECT_PORT, "GetItem", "logged-1") == "OK item:logged-1"
+    assert grpclab.call(INSPECT_PORT, "ListItems", "logged-2") == "OK item0:logged-2|item1:logged-2|item2:logged-2"
 
     def calls():
         eve = grpclab.tmp / "eve.json"
@@ -126,10 +136,13 @@ def test_served_calls_are_logged_with_service_method_and_status(grpclab):
         for r in recs:
             md = r.get("metadata", {})
             flowvars = {k: v for d in md.get("flowvars", []) for k, v in d.items()}
-            if r["event_type"] == "http" and r["dest_port"] == LISTED_PORT and \
-                    flowvars.get("grpc_method") == "GetItem":
+            if r["event_type"] == "http" and r["dest_port"] == INSPECT_PORT and \
+                    flowvars.get("grpc_method") in ("GetItem", "ListItems"):
                 out.append((r, flowvars, md.get("flowints", {})))
         return out
-    rec, flowvars, ints = wait_for("the gRPC call's http record", calls)[-1]
-    assert rec["app_proto"] == "http2" and rec["http"]["url"] == "/lab.Shop/GetItem", rec
-    assert flowvars["grpc_service"] == "lab.Shop" and ints.get("grpc_status") == 0, rec
+    got = wait_for("both gRPC calls' http records", lambda: len(calls()) >= 2 and calls())
+    assert sorted(f["grpc_method"] for _, f, _ in got) == ["GetItem", "ListItems"], got
+    for rec, flowvars, ints in got:
+        assert rec["app_proto"] == "http2" and rec["http"]["url"] == "/lab.Shop/" + flowvars["grpc_method"], rec
+        assert flowvars["grpc_service"] == "lab.Shop" and ints.get("grpc_status") == 0, rec
+    assert {"GetItem logged-1", "ListItems logged-2"} <= set(grpclab.served(INSPECT_PORT))

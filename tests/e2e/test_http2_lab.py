@@ -34,9 +34,10 @@ rules:
   - {{name: h2-async, from: clients, to: servers, proto: tcp, ports: [{ASYNC_PORT}], action: inspect,
      inspect: {{what: [waf, dlp, dpi], mode: async}}}}
 """
-# Until protocols/http2.py inspects HTTP/2 (issue 16 item 1) a held HTTP/2
-# connection is not served and an attack in it passes; the lead flips these.
-NEEDS_HTTP2 = pytest.mark.xfail(strict=True, reason="needs the HTTP/2 parser in the slow path (protocols/http2.py)")
+# The EVE side of HTTP/2 (issue 16 item 1) was not committed when this was
+# written: the lead flips it.
+NEEDS_HTTP2_EVE = pytest.mark.xfail(strict=True, reason="needs Suricata's http.http2 object in EVE http records "
+                                                        "(slowpath/eve.py)")
 
 RULES = """
 waf:
@@ -107,7 +108,7 @@ def test_h2c_through_an_allow_rule_prior_knowledge_and_upgrade(h2lab):
         <= set(h2lab.access(ALLOW_PORT))
 
 
-@NEEDS_HTTP2
+@NEEDS_HTTP2_EVE
 def test_hold_clean_h2_request_is_served_and_logged_as_http2(h2lab):
     assert h2lab.curl(url(HOLD_PORT, "/index.html?q=shoes")) == [("200", "6", "2")]
     assert "h2 GET /index.html?q=shoes" in h2lab.access(HOLD_PORT)
@@ -121,7 +122,6 @@ def test_hold_clean_h2_request_is_served_and_logged_as_http2(h2lab):
     assert not h2lab.alerts(HOLD_PORT, "shoes")
 
 
-@NEEDS_HTTP2
 def test_hold_sqli_in_an_h2_request_never_reaches_the_server(h2lab):
     got = h2lab.curl(url(HOLD_PORT, f"/index.html?id={SQLI}"), timeout=5)
     assert h2lab.rc != 0 and got != [("200", "6", "2")], (h2lab.rc, got, h2lab.stderr)
@@ -142,7 +142,6 @@ def test_hold_sqli_in_the_h2c_upgrade_request_never_reaches_the_server(h2lab):
     wait_for("the alert on the Upgrade request", lambda: h2lab.alerts(HOLD_PORT, "?up=1"))
 
 
-@NEEDS_HTTP2
 def test_upgraded_connection_clean_first_request_then_sqli_on_stream_3_is_reset(h2lab):
     """curl --http2 with two URLs: the first rides the Upgrade (stream 1), the
     second goes as an HTTP/2 stream on the upgraded connection. The second
@@ -152,11 +151,10 @@ def test_upgraded_connection_clean_first_request_then_sqli_on_stream_3_is_reset(
                      mode="--http2", timeout=10)
     assert got[0] == ("200", "6", "2"), (got, h2lab.stderr)
     assert h2lab.rc != 0 and (len(got) < 2 or int(got[1][1]) < BIG), (h2lab.rc, got)
-    (alert,) = wait_for("the alert on stream 3", lambda: h2lab.alerts(HOLD_PORT, "?s3=1"))
-    assert alert["alert"]["category"] == "sqli", alert
+    alerts = wait_for("the alert on stream 3", lambda: h2lab.alerts(HOLD_PORT, "?s3=1"))
+    assert alerts[0]["alert"]["category"] == "sqli", alerts
 
 
-@NEEDS_HTTP2
 def test_async_sqli_in_an_h2_request_resets_the_connection(h2lab):
     got = h2lab.curl(url(ASYNC_PORT, f"/big.bin?id={SQLI}"), timeout=10)
     assert h2lab.rc != 0, (got, h2lab.stderr)
