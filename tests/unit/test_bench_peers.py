@@ -47,7 +47,8 @@ def test_parse_ndpi_reads_every_flow_line_and_only_those():
 def test_ndpi_names_map_to_microseg_names():
     assert ndpi_app("HTTP_Connect") == "http"
     assert ndpi_app("IMAPS") == "tls"
-    assert ndpi_app("QUIC.Google") is None      # no QUIC parser in microseg
+    assert ndpi_app("QUIC.Google") == "quic"
+    assert ndpi_app("Nats") is None             # no parser in microseg
     assert ndpi_app("Unknown") is None
 
 
@@ -64,3 +65,15 @@ def test_agreement_counts_both_seen_and_dpi_only():
     assert (a["ndpi"], a["microseg"], a["both"], a["agree"]) == (5, 6, 5, 4)
     assert (a["dpi"], a["dpi_agree"]) == (3, 2)
     assert [(f["server"][1], n["name"]) for f, n in a["disagree"]] == [(443, "TLS.ntop")]
+
+
+def test_http2_and_grpc_agree_with_ndpis_http():
+    # nDPI 4.2 names HTTP/2 and gRPC "HTTP": the same protocol for the count.
+    out = ("\t1\tTCP 10.0.1.1:5000 <-> 10.0.1.2:80 [proto: 7/HTTP][ClearText][Confidence: DPI]\n"
+           "\t2\tTCP 10.0.1.3:5000 <-> 10.0.1.4:50051 [proto: 7/HTTP][ClearText][Confidence: DPI]\n"
+           "\t3\tTCP 10.0.1.5:5000 <-> 10.0.1.6:80 [proto: 7/HTTP][ClearText][Confidence: DPI]\n")
+    ours = [flow("tcp", ("10.0.1.1", 5000), ("10.0.1.2", 80), "http2"),
+            flow("tcp", ("10.0.1.3", 5000), ("10.0.1.4", 50051), "grpc"),
+            flow("tcp", ("10.0.1.5", 5000), ("10.0.1.6", 80), "tls")]
+    a = agreement(parse_ndpi(out), ours)
+    assert (a["both"], a["agree"], a["dpi_agree"]) == (3, 2, 2)
