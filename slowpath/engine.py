@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 from datapath.config import FailureActions
 from datapath.enums import FRAG, INSPECT, INSPECT_BITS, VerdictCode
 from protocols.api import Direction
+from protocols.grpc import is_grpc
 from protocols.http import CODING_ANOMALIES
 from slowpath import eve
 from slowpath.analyzer import FlowAnalyzer
@@ -77,7 +78,11 @@ HTTP_SWITCHING_PROTOCOLS = 101   # RFC 9110 15.2.2: the last HTTP/1.x answer on 
 # connection, and that field's domain-rule name: an HTTP keep-alive
 # connection asks for other Hosts, a DNS forwarder sends every query from
 # one 5-tuple. A TLS connection has one SNI.
-REPEATING_NAMES = {"http": "http_host", "dns": "dns_query"}
+REPEATING_NAMES = {"http": "http_host", "dns": "dns_query",
+                   "http2": "http_host", "grpc": "http_host"}   # HTTP/2: a Host per stream
+# Flows whose HTTP events are HTTP/2's (protocols/http2.py): their anomaly
+# records name app_proto "http2", as Suricata's.
+H2_APPS = frozenset({"http2", "grpc"})
 
 
 @dataclass
@@ -125,6 +130,9 @@ class Flow:
     # Decoded request bodies: the request's stream offset -> its HttpMessageEnd,
     # until the request is logged (at most MAX_PENDING_HTTP).
     http_req_ends: dict = field(default_factory=dict)
+    # gRPC calls whose response head came: stream id -> (request, response),
+    # logged when the call ends (its GrpcCall: status from the trailers).
+    grpc_calls: dict = field(default_factory=dict)
     tls_hello: object = None
     ssh: dict = field(default_factory=dict)   # (kind, direction) -> SshBanner / SshKexInit, until logged
     ssh_logged: bool = False
@@ -148,6 +156,21 @@ def _note_held(flow: Flow, rec: InspRecord) -> None:
     first = flow.held_from[rec.side]
     if first is None or (rec.seq - first) & 0x80000000:   # rec.seq before first, modulo 2**32
         flow.held_from[rec.side] = rec.seq
+
+
+def _take_request(flow: Flow, stream_id: int):
+    """The pending request a response answers: HTTP/1 answers in order (the
+    first), an HTTP/2 response its own stream's request."""
+    pend = flow.http_pending
+    if not pend:
+        return None
+    if not stream_id:
+        return pend.popleft()
+    for i, r in enumerate(pend):
+        if r.stream_id == stream_id:
+            del pend[i]
+            return r
+    return None
 
 
 def _request_end(flow: Flow, req) -> object:
@@ -475,18 +498,21 @@ class Engine:
         # record (what it does to the flow came as a rule hit, inspector.py).
         for name in (ev.anomalies if kind in ("http_request", "http_response") else
                      (ev.name,) if kind == "http_anomaly" else ()):
-            self.emit(eve.anomaly_record(info, name, self.wallclock(), app_proto="http",
+            self.emit(eve.anomaly_record(info, name, self.wallclock(),
+                                         app_proto="http2" if info.app_proto in H2_APPS else "http",
                                          direction=ev.direction))
         if kind == "http_request":
             flow.http_pending.append(ev)
             flow.http_tx = (ev, None)
         elif kind == "http_response":
-            req = flow.http_pending.popleft() if flow.http_pending else None
+            req = _take_request(flow, ev.stream_id)
             flow.http_tx = (req, ev)
             # 101 Switching Protocols is the request's final answer: the
             # request is logged with it whatever the connection speaks next.
             if ev.status >= 200 or ev.status == HTTP_SWITCHING_PROTOCOLS or req is None:
-                if ev.header("content-encoding") is not None:
+                if ev.stream_id and is_grpc(ev.content_type) and len(flow.grpc_calls) < MAX_PENDING_HTTP:
+                    flow.grpc_calls[ev.stream_id] = (req, ev)   # logged at the call's end (grpc_call)
+                elif ev.header("content-encoding") is not None:
                     flow.http_coded = (req, ev)     # logged at its body's end (below)
                 else:
                     self.emit(eve.http_record(info, req, ev, self.wallclock(),
@@ -510,6 +536,12 @@ class Engine:
         elif kind == "dns_message":
             for r in eve.dns_records(info, ev, self.wallclock()):
                 self.emit(r)
+        elif kind == "grpc_call":
+            req, resp = flow.grpc_calls.pop(ev.stream_id, (None, None))
+            if req is None and resp is None:
+                req = _take_request(flow, ev.stream_id)     # reset before any answer
+            if req is not None or resp is not None:
+                self.emit(eve.http_record(info, req, resp, self.wallclock(), grpc=ev))
         elif kind in ("ssh_banner", "ssh_kexinit") and not flow.ssh_logged:
             flow.ssh.setdefault((kind, ev.direction), ev)
             if len(flow.ssh) == 4:        # both banners and both KEXINITs: the handshake in the clear
@@ -592,7 +624,8 @@ class Engine:
     def _log_unanswered(self, flow: Flow) -> None:
         """EVE records of requests and ClientHellos whose answer was not
         seen, and of an SSH handshake seen in part."""
-        if not flow.http_pending and flow.tls_hello is None and not flow.ssh and flow.http_coded is None:
+        if not flow.http_pending and flow.tls_hello is None and not flow.ssh and flow.http_coded is None \
+                and not flow.grpc_calls:
             return
         info, now = self._info(flow), self.wallclock()
         self._log_ssh(flow, info, now)
@@ -600,6 +633,9 @@ class Engine:
             req, resp = flow.http_coded
             flow.http_coded = None
             self.emit(eve.http_record(info, req, resp, now, request_end=_request_end(flow, req)))
+        for req, resp in flow.grpc_calls.values():      # calls whose end was not seen
+            self.emit(eve.http_record(info, req, resp, now))
+        flow.grpc_calls.clear()
         for req in flow.http_pending:
             self.emit(eve.http_record(info, req, None, now, request_end=_request_end(flow, req)))
         flow.http_pending.clear()

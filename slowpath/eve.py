@@ -73,6 +73,7 @@ import communityid
 from datapath.enums import Reason, reason_description, reason_kind
 from protocols.api import Direction
 from protocols.dns import DnsMessage, DnsRecord
+from protocols.grpc import is_grpc, split_path
 from protocols.http import HttpRequest, HttpResponse
 from protocols.tls import TlsClientHello, TlsServerHello
 
@@ -367,12 +368,27 @@ def http_object(request: HttpRequest | None, response: HttpResponse | None = Non
             http["redirect"] = location
     if length is not None:
         http["length"] = int(length)
+    sid = _stream_id(request, response)
+    if sid:
+        # As Suricata's HTTP/2 logger (rust/src/http2/logger.rs): "version"
+        # "2" and the stream in an "http2" object (its request/response
+        # objects, SETTINGS/RST_STREAM/PRIORITY details, are left out: the
+        # schema wants them non-empty and a transaction is logged at its
+        # response head, before such frames).
+        http["version"] = "2"
+        http["http2"] = {"stream_id": sid}
     return http
+
+
+def _stream_id(request, response) -> int:
+    """The HTTP/2 stream of a transaction (0: HTTP/1). An h2c upgrade's
+    stream 1 pairs the HTTP/1 request with an HTTP/2 response."""
+    return (getattr(response, "stream_id", 0) or 0) or (getattr(request, "stream_id", 0) or 0)
 
 
 def http_record(flow: FlowInfo, request: HttpRequest | None, response: HttpResponse | None = None,
                 ts=None, *, length: int | None = None, tx_id: int | None = None,
-                request_end=None, response_end=None) -> dict:
+                request_end=None, response_end=None, grpc=None) -> dict:
     """One HTTP transaction (http_object). The parser's anomalies are not
     repeated here: each is an ``anomaly`` record of its own, as Suricata's.
     ``request_end``/``response_end``: the bodies' HttpMessageEnd, for what
@@ -381,9 +397,43 @@ def http_record(flow: FlowInfo, request: HttpRequest | None, response: HttpRespo
         raise ValueError("http_record needs a request or a response")
     rec = _header(flow, "http", ts, tx_id=tx_id)
     rec["http"] = http_object(request, response, length=length)
-    rec["app_proto"] = "http"
+    # Suricata names an HTTP/2 transaction's app_proto "http2"; a gRPC call's
+    # record is the same, with the call in metadata (grpc_metadata).
+    rec["app_proto"] = "http2" if "http2" in rec["http"] else "http"
     http_coding_metadata(rec, request_end, response_end)
+    if grpc is not None or (request is not None and request.stream_id and is_grpc(request.content_type)):
+        grpc_metadata(rec, grpc, request)
     return rec
+
+
+def grpc_metadata(rec: dict, call, request: HttpRequest | None = None) -> None:
+    """A gRPC call (protocols/grpc.py GrpcCall) in an http record's
+    ``metadata``: Suricata has no gRPC logger and its http object no field
+    for it. flowvars ``grpc_service``, ``grpc_method``, ``grpc_message``,
+    ``grpc_encoding``; flowints ``grpc_status`` (absent: no status seen),
+    ``grpc_request_messages``, ``grpc_response_messages``. A call whose end
+    was not seen (``call`` None) has what its ``request`` says."""
+    if call is not None:
+        flowvars = {"grpc_service": call.service, "grpc_method": call.method,
+                    "grpc_message": call.grpc_message or None, "grpc_encoding": call.grpc_encoding}
+        ints = {"grpc_status": call.grpc_status, "grpc_request_messages": call.request_messages,
+                "grpc_response_messages": call.response_messages}
+    else:
+        service, method = split_path(request.uri)
+        flowvars = {"grpc_service": service, "grpc_method": method,
+                    "grpc_encoding": request.header("grpc-encoding")}
+        ints = {}
+    before = rec.get("metadata", {})
+    held_ints, held_vars = dict(before.get("flowints", {})), list(before.get("flowvars", []))
+    _metadata(rec, ints=ints, flowvars=flowvars)
+    md = rec.get("metadata")
+    if md is not None:
+        md["flowints"] = {**held_ints, **md.get("flowints", {})} if held_ints or "flowints" in md else {}
+        if not md["flowints"]:
+            del md["flowints"]
+        if held_vars:
+            md["flowvars"] = held_vars + md.get("flowvars", [])
+
 
 def http_coding_metadata(rec: dict, request_end=None, response_end=None) -> None:
     """Which Content-Encoding each body was decoded from (protocols/

@@ -33,7 +33,7 @@ EXCEPTIONS = Path(__file__).with_name("truth_exceptions.yaml")
 # flows labelled with one of the protocols we parse.
 TARGET = 0.99
 IDENT_TARGET = 0.95
-OURS = {"http", "tls", "dns", "ssh", "mysql", "redis"}
+OURS = {"http", "tls", "dns", "ssh", "mysql", "redis", "http2", "grpc"}
 
 # As in test_corpus_protocols.py: skipped without the corpus, except under
 # CI (CI=true), where a missing corpus fails.
@@ -94,6 +94,39 @@ class Tally:
             self.misses[field].append(f"{pcap} {flow}: truth {want!r}, replay {got!r}")
 
 
+def host_port(http: dict) -> str | None:
+    """The Host/:authority as sent, from EVE's hostname and http_port."""
+    host = http.get("hostname")
+    if host is not None and http.get("http_port") is not None:
+        host = f"{host}:{http['http_port']}"
+    return host
+
+
+def compare_http2(t: Tally, pcap: str, key: str, ts: dict, records: list) -> None:
+    """HTTP/2 streams and gRPC calls in the EVE http records (http.http2.stream_id;
+    a call's service, method and status in metadata), as the parsers' test
+    compares the events. An h2c upgrade's stream 1 request is the HTTP/1
+    request, logged with its 101."""
+    by_sid = {r["http"]["http2"]["stream_id"]: r for r in records if "http2" in r["http"]}
+    upgrade = next((r["http"] for r in records if r["http"].get("status") == 101), {})
+    for s in (ts.get("http2") or {}).get("streams", []):
+        g = by_sid.get(s["stream_id"], {}).get("http", {})
+        w = s.get("request")
+        if w:
+            src = upgrade if w.get("via_http1_upgrade") else g
+            for fld, eve_name in (("method", "http_method"), ("path", "url"), ("user_agent", "http_user_agent")):
+                t.check(pcap, key, f"http2.{fld}", w.get(fld), src.get(eve_name))
+            t.check(pcap, key, "http2.authority", w.get("authority"), host_port(src))
+        if s.get("response"):
+            t.check(pcap, key, "http2.status", s["response"].get("status"), g.get("status"))
+    for w in (ts.get("grpc") or {}).get("calls", []):
+        md = by_sid.get(w["stream_id"], {}).get("metadata", {})
+        flowvars = {k: v for item in md.get("flowvars", []) for k, v in item.items()}
+        t.check(pcap, key, "grpc.service", w.get("service"), flowvars.get("grpc_service"))
+        t.check(pcap, key, "grpc.method", w.get("method"), flowvars.get("grpc_method"))
+        t.check(pcap, key, "grpc.grpc_status", w.get("grpc_status"), md.get("flowints", {}).get("grpc_status"))
+
+
 @pytest.fixture(scope="module")
 def tally(replayed):
     t = Tally()
@@ -111,7 +144,8 @@ def tally(replayed):
                 # mid-stream must be named at its close too.
                 got = {r.get("app_proto") for r in ours.get("flow", [])}
                 t.check(pcap, key, "app_proto", f["label"], got.pop() if len(got) == 1 else sorted(got, key=str))
-            http = [r["http"] for r in ours.get("http", [])]
+            http = [r["http"] for r in ours.get("http", []) if "http2" not in r["http"]]
+            compare_http2(t, pcap, key, ts, ours.get("http", []))
             for i, w in enumerate((ts.get("http") or {}).get("requests", [])):
                 g = http[i] if i < len(http) else {}
                 for fld, eve_name in (("method", "http_method"), ("uri", "url"),
@@ -159,7 +193,8 @@ def tally(replayed):
 
 
 FIELDS = ["http.method", "http.uri", "http.host", "http.user_agent", "http.status", "tls.sni", "tls.ja3",
-          "tls.alpn", "tls.ja3s", "dns.query", "dns.answer"]
+          "tls.alpn", "tls.ja3s", "dns.query", "dns.answer", "http2.method", "http2.path", "http2.authority",
+          "http2.user_agent", "http2.status", "grpc.service", "grpc.method", "grpc.grpc_status"]
 
 
 @pytest.mark.parametrize("field", FIELDS)
