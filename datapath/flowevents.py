@@ -16,10 +16,16 @@ from __future__ import annotations
 import ctypes
 import struct
 import time
+from functools import lru_cache
 from typing import NamedTuple
 
 from .enums import CtState, EventType, FlowEndReason
 from .flows import addr_text
+
+# Session addresses whose text is kept: ipaddress formats one in ~3 us, a
+# session end has two and clients and servers recur across sessions.
+ADDR_TEXT_CACHE = 16_384
+_addr_text = lru_cache(maxsize=ADDR_TEXT_CACHE)(addr_text)
 
 # Slots of ms_events_lost (maps.h MS_EVENT_TYPE_SLOTS): indexed by event type.
 _TYPE = struct.Struct("<I")
@@ -98,8 +104,8 @@ class FlowEventDecoder:
         return self._end(key, leaf, reason, 0, bytes(key))
 
     def _end(self, k, ev, reason: str, worker: int, key: bytes) -> FlowEnd:
-        lo = (addr_text(bytes(k.addr_lo)), _ntohs(k.port_lo))
-        hi = (addr_text(bytes(k.addr_hi)), _ntohs(k.port_hi))
+        lo = (_addr_text(bytes(k.addr_lo)), _ntohs(k.port_lo))
+        hi = (_addr_text(bytes(k.addr_hi)), _ntohs(k.port_hi))
         client, server = (hi, lo) if ev.initiator_is_hi else (lo, hi)
         return FlowEnd(reason, self._states.get(ev.state, f"state-{ev.state}"), int(k.proto), client, server,
                        int(ev.first_seen_ns), int(ev.last_seen_ns),
