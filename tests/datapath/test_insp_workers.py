@@ -37,7 +37,10 @@ FLOWS = 64     # every flow on one ring of two: a chance of 2 ** -63
 class Workers:
     def __init__(self, fp, n: int, pin_dir: Path | None = None):
         self.fp = fp
-        fp.apply_runtime(fp.config.model_copy(update={"slowpath_workers": n}))
+        # A worker here is gone only when its heartbeat is 0: the longest
+        # timeout keeps a busy machine's slow test run from making the
+        # living one stale too.
+        fp.apply_runtime(fp.config.model_copy(update={"slowpath_workers": n, "heartbeat_timeout_s": 3600}))
         self.rings_made = WorkerRings(fp, n, pin_dir)
         self.rings = [RingBuffer(fd) for fd in self.rings_made.fds]
         self.writers = [VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
