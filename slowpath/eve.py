@@ -57,7 +57,6 @@ import enum
 import hashlib
 import ipaddress
 import json
-import logging
 import math
 import socket
 import time
@@ -68,14 +67,13 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
-import communityid
-
 from datapath.enums import Reason, reason_description, reason_kind
 from protocols.api import Direction
 from protocols.dns import DnsMessage, DnsRecord
 from protocols.grpc import is_grpc, split_path
 from protocols.http import HttpRequest, HttpResponse
 from protocols.tls import TlsClientHello, TlsServerHello
+from slowpath.community_id import community_id, packed_ip
 
 SCHEMA_PATH = Path(__file__).with_name("eve_schema.json")
 
@@ -125,56 +123,6 @@ _CT_NEW = frozenset({"CT_NONE", "CT_SYN_SENT", "CT_SYN_RECV", "CT_SYN_SENT2", "C
 _CT_CLOSED = frozenset({"CT_TIME_WAIT", "CT_CLOSE"})
 
 
-# --- Community ID v1 ------------------------------------------------------------
-# https://github.com/corelight/community-id-spec, computed by its reference
-# implementation (the communityid package). One algorithm object per seed:
-# it holds no per-flow state.
-# The package logs every tuple and the bytes it hashes at INFO, the level
-# the daemon logs at: four lines per flow that say nothing to an operator.
-logging.getLogger(communityid.__name__).setLevel(logging.WARNING)
-
-
-@lru_cache(maxsize=8)
-def _community_id_algo(seed: int) -> communityid.CommunityID:
-    return communityid.CommunityID(seed)
-
-
-# Flows whose Community ID is kept: the reference implementation costs
-# ~35 us a call here, and a session's ID is asked for by every record of it
-# (the engine's flow, the kernel's session end, its alerts and drops).
-COMMUNITY_ID_CACHE = 16_384
-
-
-@lru_cache(maxsize=COMMUNITY_ID_CACHE)
-def community_id(proto: int, saddr: str, daddr: str, sport: int | None = None,
-                 dport: int | None = None, *, seed: int = 0) -> str | None:
-    """Community ID v1 of a flow, e.g. ``1:wCb3OG7yAFWelaUydu0D+125CLM=``.
-
-    For ICMP (1) and ICMPv6 (58) ``sport``/``dport`` are the type and code.
-    None when the protocol needs ports and they are missing (the spec lets a
-    monitor omit what it cannot compute). Raises ValueError for addresses of
-    different families or out-of-range values.
-    """
-    a, b = ipaddress.ip_address(saddr), ipaddress.ip_address(daddr)
-    if a.version != b.version:
-        raise ValueError(f"community_id: {saddr} and {daddr} are not the same address family")
-    if not 0 <= proto <= 255 or not 0 <= seed <= 0xFFFF:
-        raise ValueError(f"community_id: proto {proto} or seed {seed} out of range")
-    if proto in communityid.PORT_PROTOS:
-        if sport is None or dport is None:
-            return None
-    else:
-        sport = dport = None            # the spec hashes no ports for other protocols
-    try:
-        tpl = communityid.FlowTuple(proto, a.packed, b.packed, sport, dport)
-    except communityid.FlowTupleError as e:
-        raise ValueError(f"community_id: {e}") from None
-    cid = _community_id_algo(seed).calc(tpl)
-    if cid is None:                     # the library could not pack the tuple
-        raise ValueError(f"community_id: {_community_id_algo(seed).get_error()}")
-    return cid
-
-
 # --- Flows ----------------------------------------------------------------------
 # EVE consumers written in JavaScript read integers as doubles; Suricata keeps
 # its flow ids small for that reason, and so does make_flow_id.
@@ -185,11 +133,24 @@ def make_flow_id(proto: int, src_ip: str, src_port: int | None, dest_ip: str,
                  dest_port: int | None, start_ns: int) -> int:
     """A stable flow id (< 2**53) from the tuple and the flow's start time."""
     h = hashlib.blake2b(digest_size=8)
-    for part in (proto, ipaddress.ip_address(src_ip).packed, src_port, ipaddress.ip_address(dest_ip).packed,
+    for part in (proto, packed_ip(src_ip), src_port, packed_ip(dest_ip),
                  dest_port, start_ns):
         h.update(part if isinstance(part, bytes) else str(part).encode())
         h.update(b"|")
     return int.from_bytes(h.digest(), "big") & _FLOW_ID_MASK
+
+
+# Addresses whose normal spelling is kept: a flow's record is built more than
+# once (its engine flow, its session end, its alerts) and servers recur
+# across flows; ipaddress parses one in ~3 us.
+NORMAL_IP_CACHE = 16_384
+
+
+@lru_cache(maxsize=NORMAL_IP_CACHE)
+def _normal_ip(addr) -> tuple[str, int]:
+    """(normal spelling, IP version) of an address; ValueError for a bad one."""
+    ip = ipaddress.ip_address(addr)
+    return str(ip), ip.version
 
 
 @dataclass(frozen=True)
@@ -216,9 +177,11 @@ class FlowInfo:
     def __post_init__(self):
         # Normalise the addresses once ("::ffff:0:1" spellings, zero padding):
         # the same flow must always print the same way.
-        object.__setattr__(self, "src_ip", str(ipaddress.ip_address(self.src_ip)))
-        object.__setattr__(self, "dest_ip", str(ipaddress.ip_address(self.dest_ip)))
-        if ipaddress.ip_address(self.src_ip).version != ipaddress.ip_address(self.dest_ip).version:
+        src, src_v = _normal_ip(self.src_ip)
+        dest, dest_v = _normal_ip(self.dest_ip)
+        object.__setattr__(self, "src_ip", src)
+        object.__setattr__(self, "dest_ip", dest)
+        if src_v != dest_v:
             raise ValueError(f"FlowInfo: {self.src_ip} and {self.dest_ip} are not the same address family")
         if not 0 <= int(self.proto) <= 255:
             raise ValueError(f"FlowInfo: IP protocol {self.proto} out of range")
@@ -244,8 +207,17 @@ def format_timestamp(ts: float | datetime | None = None) -> str:
     # Whole microseconds first: float formatting of .9999995 would print 60 s.
     micros = round(ts * 1_000_000)
     secs, micros = divmod(micros, 1_000_000)
-    base = datetime.fromtimestamp(secs, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{micros:06d}+0000"
+    return f"{_second_text(secs)}.{micros:06d}+0000"
+
+
+# Whole seconds whose text is kept: a record has up to three timestamps, the
+# records of a second share it, and datetime + strftime cost ~2 us a call.
+SECOND_TEXT_CACHE = 4096
+
+
+@lru_cache(maxsize=SECOND_TEXT_CACHE)
+def _second_text(secs: int) -> str:
+    return datetime.fromtimestamp(secs, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _header(flow: FlowInfo | None, event_type: str, ts, *, direction=None,
@@ -978,7 +950,27 @@ def _clean_str(s: str) -> str:
 
 
 def _clean(v, depth: int = 0):
-    """Make ``v`` something json.dumps writes as strict JSON, whatever it is."""
+    """Make ``v`` something json.dumps writes as strict JSON, whatever it is.
+    What records are made of (exact str, int, dict, list, None, bool) is
+    dispatched on its type first: an ASCII string holds no lone surrogate;
+    anything else takes _clean_any's checks in their order."""
+    t = type(v)
+    if t is str:
+        return v if v.isascii() else _clean_str(v)
+    if t is int or t is bool or v is None:
+        return v
+    if t is float:
+        return v if math.isfinite(v) else None
+    if depth < MAX_DEPTH:
+        if t is dict:
+            return {k if type(k) is str and k.isascii() else _clean_str(str(k)): _clean(x, depth + 1)
+                    for k, x in v.items()}
+        if t is list:
+            return [_clean(x, depth + 1) for x in v]
+    return _clean_any(v, depth)
+
+
+def _clean_any(v, depth: int):
     if v is None or isinstance(v, (bool, str)):
         return _clean_str(v) if isinstance(v, str) else v
     if isinstance(v, int):
