@@ -72,19 +72,20 @@ from protocols.api import Direction
 from protocols.dns import DnsMessage, DnsRecord
 from protocols.grpc import is_grpc, split_path
 from protocols.http import HttpRequest, HttpResponse
+from protocols.quic import QuicClientHello, QuicServerHello, version_name
 from protocols.tls import TlsClientHello, TlsServerHello
 from slowpath.community_id import community_id, packed_ip
 
 SCHEMA_PATH = Path(__file__).with_name("eve_schema.json")
 
-EVENT_TYPES = ("flow", "alert", "http", "tls", "dns", "ssh", "drop", "stats", "anomaly")
+EVENT_TYPES = ("flow", "alert", "http", "tls", "dns", "ssh", "drop", "stats", "anomaly", "quic")
 # The counter groups of Suricata's stats record (its schema refuses any
 # other key under ``stats``): stats_record takes nothing else.
 STATS_GROUPS = frozenset({"app_layer", "capture", "decoder", "defrag", "detect", "exception_policy",
                           "file_store", "firewall", "flow", "flow_bypassed", "ftp", "host", "http",
                           "ippair", "ips", "memcap", "pcap_log", "stream", "tcp"})
 # The app-layer objects an alert may carry (Suricata's names): the builders below make them.
-APP_LAYER_OBJECTS = ("http", "tls", "dns", "ssh")
+APP_LAYER_OBJECTS = ("http", "tls", "dns", "ssh", "quic")
 
 # --- Limits -------------------------------------------------------------------
 # Characters of a rule's matched value kept in an alert: it is an excerpt for
@@ -483,6 +484,59 @@ def tls_record(flow: FlowInfo, client_hello: TlsClientHello | None, server_hello
     rec = _header(flow, "tls", ts, tx_id=tx_id)
     rec["tls"] = tls_object(client_hello, server_hello)
     rec["app_proto"] = "tls"
+    return rec
+
+
+# TLS extension names for the quic object's ``extensions`` (IANA registry);
+# others are logged by number only, as Suricata does for types it does not know.
+_TLS_EXTENSION_NAMES = {0: "server_name", 5: "status_request", 10: "supported_groups",
+                        11: "ec_point_formats", 13: "signature_algorithms", 16: "alpn",
+                        18: "signed_certificate_timestamp", 21: "padding", 23: "extended_master_secret",
+                        27: "compress_certificate", 35: "session_ticket", 41: "pre_shared_key",
+                        42: "early_data", 43: "supported_versions", 45: "psk_key_exchange_modes",
+                        51: "key_share", 57: "quic_transport_parameters", 17513: "application_settings",
+                        65037: "encrypted_client_hello", 65281: "renegotiation_info"}
+
+
+def quic_object(hello: QuicClientHello | QuicServerHello) -> dict:
+    """Suricata's ``quic`` object for one hello (protocols/quic.py
+    QuicClientHello or QuicServerHello): version as Suricata writes it
+    ("1", "6b3343cf", "Q025"), the client's sni, ua (Google QUIC), ja3 and
+    ja4, the server's ja3s, and the hello's extensions (values for the
+    server name and ALPN)."""
+    out: dict[str, Any] = {"version": version_name(hello.version)}
+    tls = hello.hello
+    if hello.kind == "quic_client_hello":
+        if hello.sni is not None:
+            out["sni"] = hello.sni
+        if hello.ua is not None:
+            out["ua"] = hello.ua
+        if tls is not None:
+            out["ja3"] = {"hash": tls.ja3, "string": tls.ja3_string}
+            out["ja4"] = tls.ja4
+    elif tls is not None:
+        out["ja3s"] = {"hash": tls.ja3s, "string": tls.ja3s_string}
+    if tls is not None and tls.extensions:
+        exts = []
+        for t in tls.extensions:
+            e: dict[str, Any] = {"type": int(t)}
+            if t in _TLS_EXTENSION_NAMES:
+                e["name"] = _TLS_EXTENSION_NAMES[t]
+            values = ([hello.sni] if t == 0 and hello.sni else
+                      list(tls.alpn) if t == 16 and hello.kind == "quic_client_hello" and tls.alpn else
+                      [tls.alpn] if t == 16 and hello.kind == "quic_server_hello" and tls.alpn else [])
+            if values:
+                e["values"] = values
+            exts.append(e)
+        out["extensions"] = exts
+    return out
+
+
+def quic_record(flow: FlowInfo, hello: QuicClientHello | QuicServerHello, ts=None, *, tx_id: int | None = None) -> dict:
+    """One QUIC hello (quic_object), in its direction."""
+    rec = _header(flow, "quic", ts, direction=hello.direction, tx_id=tx_id)
+    rec["quic"] = quic_object(hello)
+    rec["app_proto"] = "quic"
     return rec
 
 

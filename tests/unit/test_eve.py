@@ -535,6 +535,7 @@ def test_every_builder_passes_suricata_schema_strictly():
                                 packet={"len": 60, "syn": 1}),
         "stats": eve.stats_record(eve.suricata_stats({"slowpath.records": 1}), TS, uptime=1),
         "anomaly": eve.anomaly_record(FLOW, "METHOD_UNKNOWN", TS, direction=C),
+        "quic": eve.quic_record(UDP_FLOW, quic_hello(), TS),
     }
     assert {r["event_type"] for r in records.values()} == set(eve.EVENT_TYPES)
     for what, rec in records.items():
@@ -543,6 +544,14 @@ def test_every_builder_passes_suricata_schema_strictly():
         assert not errors, f"{what}: {errors}"
     # The yardstick bites: microseg's old top-level object fails it.
     assert not suricata.is_valid({**records["flow"], "microseg": {"rule_id": 3}})
+
+
+def quic_hello():
+    """The ClientHello of RFC 9001 appendix A.2, through the QUIC parser."""
+    from protocols.quic import QuicParser
+    from tests.unit.test_quic import RFC_CLIENT_PROTECTED
+    ev, = QuicParser().receive_data(RFC_CLIENT_PROTECTED, Direction.TO_SERVER)
+    return ev
 
 
 # --- Serialisation of odd values ------------------------------------------------------
