@@ -314,6 +314,12 @@ class FlowAnalyzer:
                 return events[:i + 1] + tail
         return events
 
+    def _asks_h2c(self, request) -> bool:
+        """An HTTP/1 request offering the upgrade to HTTP/2 this slow path reads."""
+        upgrade = request.header("upgrade")
+        return (upgrade is not None and "http2" in self._by_name
+                and H2C_UPGRADE in (t.strip().lower() for t in upgrade.split(",")))
+
     def _note_names(self, events: list[Event]) -> None:
         current = self.inner_app if self._tunnel else self.app
         listed = current in _WAIT_FOR_NAMING
@@ -326,6 +332,10 @@ class FlowAnalyzer:
                     value = read(ev)
                     if value is not None:
                         self.names.setdefault(key, value)
+                if kind == "http_request" and self._asks_h2c(ev):
+                    # The answer decides what the flow speaks (101: HTTP/2,
+                    # else HTTP/1): it, not this request, identifies the flow.
+                    continue
                 self._named = True
                 return
             if not listed:
