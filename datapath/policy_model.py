@@ -133,7 +133,12 @@ class _Decision(BaseModel):
         spec = self.effective_inspect()
         # A rule with an L7 allow-list (allow or inspect) sends its flows to the slow path.
         action = "inspect" if spec is not None else self.action
-        return Verdict(POL["POL_" + action.upper()], rule_id, spec.bits() if spec is not None else 0,
+        bits = spec.bits() if spec is not None else 0
+        if spec is not None and spec.mode == "hold" and getattr(self, "l7", None) is not None:
+            # Every request is checked before it reaches the server, not
+            # only the first (the kernel holds the client's side throughout).
+            bits |= INSPECT["HOLD_ALL"]
+        return Verdict(POL["POL_" + action.upper()], rule_id, bits,
                        app_ids()[self.app] if self.app else 0, int(self.log))
 
 

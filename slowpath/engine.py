@@ -70,6 +70,7 @@ TCP_FIN, TCP_RST, TCP_ACK = 0x01, 0x04, 0x10
 # A record's side (0, 1) as the parsers' Direction, without an enum call per record.
 _DIRECTIONS = (Direction.TO_SERVER, Direction.TO_CLIENT)
 _DECIDED = (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK)
+HOLD_ALL = INSPECT["HOLD_ALL"]   # the kernel holds every request of the flow (bpf/lib/inspect.h)
 _IDENTIFY_ONLY = frozenset({"dpi"})
 # Application protocols on HTTP/2 framing (slowpath/analyzer.py names them).
 H2_APPS = ("http2", "grpc")
@@ -143,8 +144,23 @@ class Flow:
     # hold mode, per side: seq of the first payload byte the kernel held
     # (dropped), which is what the other end still expects (for resets)
     held_from: list = field(default_factory=lambda: [None, None])
+    # The rule holds every request (MS_INSPECT_HOLD_ALL: an L7 allow-list in
+    # hold mode): after the first verdict the kernel still holds the
+    # client's payload, and each piece goes on once checked (_send_checked).
+    hold_all: bool = False
+    # hold_all, after the first verdict: seq of the client's next byte the
+    # server has not got (what went on ends there, in order), or None.
+    sent_to: int | None = None
     eof: set = field(default_factory=set)
     frags: collections.OrderedDict = field(default_factory=collections.OrderedDict)
+
+
+def _seq_after(seq: int, ref: int | None) -> int:
+    """How far ``seq`` is after ``ref`` in TCP sequence space (negative:
+    before), modulo 2**32; 0 when ``ref`` is None."""
+    if ref is None:
+        return 0
+    return ((seq - ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000
 
 
 def _note_held(flow: Flow, rec: InspRecord) -> None:
@@ -272,15 +288,26 @@ class Engine:
             flow.next_seq[side] = end & 0xFFFFFFFF
             if flags & TCP_ACK:   # what the other side sends next
                 flow.next_seq[1 - side] = rec.ack_seq
+        hold_all = flow.hold_all = bool(rec.inspect & HOLD_ALL)   # a reload may change the rule
+        each = hold_all and side == 0 and flow.verdict is not None     # the kernel holds every request
         if flow.verdict in _DECIDED:
+            if each and flow.verdict == VerdictCode.VERDICT_ALLOW and rec.data and self.injector is not None:
+                # Bypassed (a failure's action), and the kernel still holds the
+                # client's side: everything goes on unread.
+                self.injector.inject(flow.info, side, rec)
+                self.counters.injected += 1
             return                        # decided; a record in flight when the verdict was written
         if flow.hold and flow.verdict is None:
             _note_held(flow, rec)
             if rec.data and len(flow.held) < MAX_HELD_RECORDS:
                 flow.held.append(rec)     # the kernel dropped it: ours to send on if allowed
+        elif each and rec.data and len(flow.held) < MAX_HELD_RECORDS:
+            flow.held.append(rec)         # held by the kernel until checked (_send_checked)
         events = self._parse(flow, rec)
         if (self.inspect_budget is not None and flow.copied[side] >= self.inspect_budget
-                and flow.verdict in (None, VerdictCode.VERDICT_RELEASE)):
+                and flow.verdict in (None, VerdictCode.VERDICT_RELEASE) and not (hold_all and side == 0)):
+            # (Not the client's side of a flow that holds every request:
+            # the kernel copies all of it, the head's end is still to come.)
             # The kernel copies no more of this side: a message head still
             # incomplete is read as far as it goes (rules see its request
             # line), never left pending while the rest passes uncopied.
@@ -295,6 +322,15 @@ class Engine:
                 self._unreadable(flow)           # nothing this slow path can read
         if flow.hold and flow.verdict is None and flow.held and flow.held[-1] is rec and flow.http_tx is None:
             self._pass_on_h2(flow, rec, events)
+        if each and flow.verdict == VerdictCode.VERDICT_RELEASE and flow.held:
+            self._send_checked(flow)
+        elif (hold_all and side == 0 and flow.verdict is None and rec.data and flow.analyzer.decided
+              and flow.analyzer.parser is not None):
+            # A protocol the list reads, and the client's bytes so far passed
+            # it: from here on each piece goes on once read (_send_checked).
+            # Holding a request whole would stall its body once the client's
+            # window is full (nothing acknowledged), and nothing ends this hold.
+            self._verdict(flow, VerdictCode.VERDICT_RELEASE)
         if flow.identify_only and flow.verdict not in _DECIDED and self._identified(flow):
             # Identified (protocol and naming fields): nothing more to read.
             self._verdict(flow, VerdictCode.VERDICT_ALLOW)
@@ -574,6 +610,11 @@ class Engine:
         if flow.verdict == VerdictCode.VERDICT_BLOCK:
             return
         holding = flow.hold and flow.verdict is None   # no verdict has let the held payload go
+        if flow.hold_all and flow.verdict == VerdictCode.VERDICT_RELEASE:
+            # The client's side is still held: the server expects the first
+            # byte not sent on; the server's side passed (the kernel's numbers).
+            holding = True
+            flow.held_from = [flow.sent_to, None]
         self._verdict(flow, VerdictCode.VERDICT_BLOCK)
         flow.held.clear()
         if self.injector is None or flow.transport != "tcp":
@@ -669,6 +710,15 @@ class Engine:
         a retransmission's copy skipped) instead of waiting for the
         client's retransmission timer."""
         held, flow.held = flow.held, []
+        if flow.hold_all and flow.transport == "tcp":
+            # From here on each of the client's bytes goes on once: where the
+            # server's next expected byte will be after these.
+            flow.sent_to = flow.held_from[0]
+            for rec in sorted((r for r in held if r.side == 0), key=lambda r: _seq_after(r.seq, flow.sent_to)):
+                if flow.sent_to is None or _seq_after(rec.seq, flow.sent_to) <= 0:
+                    end = (rec.seq + len(rec.data)) & 0xFFFFFFFF
+                    if flow.sent_to is None or _seq_after(end, flow.sent_to) > 0:
+                        flow.sent_to = end
         if self.injector is None:
             return
         seen = set()
@@ -678,6 +728,42 @@ class Engine:
             seen.add((rec.side, rec.seq, len(rec.data)))
             self.injector.inject(flow.info, rec.side, rec)
             self.counters.injected += 1
+
+    def _send_checked(self, flow: Flow) -> None:
+        """Hold every request, after the first verdict: the client's held
+        bytes the rules have read go on, in order and each byte once (a
+        retransmission of what the server has is not sent again, a segment
+        overlapping it is cut), so the server gets nothing unchecked: a
+        request's bytes go on only after the record completing its head was
+        read (a disallowed one blocks first). A segment after a hole waits
+        for the bytes before it (the parser has not read it either)."""
+        if flow.transport != "tcp":
+            held, flow.held = flow.held, []      # datagrams: each one read whole
+            for rec in held:
+                if self.injector is not None:
+                    self.injector.inject(flow.info, 0, rec)
+                    self.counters.injected += 1
+            return
+        progress = True
+        while progress and flow.held:
+            progress = False
+            for rec in list(flow.held):
+                if flow.sent_to is None:
+                    flow.sent_to = rec.seq
+                ahead = _seq_after(rec.seq, flow.sent_to)
+                if ahead > 0:
+                    continue                     # after a hole: waits
+                flow.held.remove(rec)
+                progress = True
+                if len(rec.data) + ahead <= 0:
+                    continue                     # the server has all of it
+                if ahead < 0:
+                    rec = rec._replace(data=rec.data[-ahead:], seq=flow.sent_to)
+                flow.sent_to = (rec.seq + len(rec.data)) & 0xFFFFFFFF
+                if self.injector is not None:
+                    self.injector.inject(flow.info, 0, rec)
+                    self.counters.injected += 1
+        flow.held_from[0] = flow.sent_to         # the server's next expected byte (for resets)
 
     # -- ends ----------------------------------------------------------------
     def _close(self, flow: Flow, reason: str, pop: bool = True) -> None:

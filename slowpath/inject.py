@@ -22,6 +22,7 @@ injection, and scapy took ~480 us to build one segment where dpkt takes
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 
@@ -45,6 +46,10 @@ RESET_POLL_TRIES = 40
 TTL = 64
 TCP_FLAGS_MASK = 0x3F   # FIN SYN RST PSH ACK URG: the flags a record's segment may carry on
 TCP_PSH_ACK = 0x18      # a payload record without flags (UDP-looking) goes as PSH|ACK
+# A held TCP record larger than the link takes (a record carries up to 4 KiB
+# of a GRO/TSO packet) goes in pieces of this many bytes: the IPv6 minimum
+# link MTU (RFC 8200, 1280) less the IPv6 and TCP headers crosses any link.
+PIECE_BYTES = 1280 - 40 - 20
 
 
 def packet(src: str, dst: str, l4: int, sport: int, dport: int, data: bytes = b"", *, flags: int = 0,
@@ -84,14 +89,28 @@ class Injector:
         c, s = (info.src_ip, info.src_port), (info.dest_ip, info.dest_port)
         (src, sport), (dst, dport) = (c, s) if side == 0 else (s, c)
         tcp = rec.l4 == socket.IPPROTO_TCP
+        flags = ((rec.tcp_flags & TCP_FLAGS_MASK) or TCP_PSH_ACK) if tcp else 0
         data, v6 = packet(src, dst, socket.IPPROTO_TCP if tcp else socket.IPPROTO_UDP, sport, dport, rec.data,
-                          flags=((rec.tcp_flags & TCP_FLAGS_MASK) or TCP_PSH_ACK) if tcp else 0,
-                          seq=rec.seq, ack=rec.ack_seq)
+                          flags=flags, seq=rec.seq, ack=rec.ack_seq)
+        sock = self._sock(socket.AF_INET6 if v6 else socket.AF_INET)
         try:
-            self._sock(socket.AF_INET6 if v6 else socket.AF_INET).sendto(data, (dst, 0))
-        except OSError:
-            self.errors += 1
-            return False
+            sock.sendto(data, (dst, 0))
+        except OSError as e:
+            if not (e.errno == errno.EMSGSIZE and tcp and len(rec.data) > PIECE_BYTES):
+                self.errors += 1
+                return False
+            # Larger than the link's MTU: as segments of the same stream
+            # (the FIN, if any, on the last).
+            for at in range(0, len(rec.data), PIECE_BYTES):
+                last = at + PIECE_BYTES >= len(rec.data)
+                piece, _ = packet(src, dst, socket.IPPROTO_TCP, sport, dport, rec.data[at:at + PIECE_BYTES],
+                                  flags=flags if last else flags & ~dpkt.tcp.TH_FIN,
+                                  seq=(rec.seq + at) & 0xFFFFFFFF, ack=rec.ack_seq)
+                try:
+                    sock.sendto(piece, (dst, 0))
+                except OSError:
+                    self.errors += 1
+                    return False
         self.injected += 1
         return True
 

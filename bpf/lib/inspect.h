@@ -11,6 +11,12 @@
  *          nothing reaches the other end unless allowed; the senders'
  *          retransmissions carry the bytes through afterwards. A RELEASE
  *          verdict ("nothing found yet") ends the hold and continues as async.
+ *   hold every request (MS_INSPECT_HOLD_ALL, a rule with an L7 allow-list):
+ *          as hold, but a RELEASE or ALLOW verdict ends the hold of the
+ *          responder's side only; the initiator's payload is copied and
+ *          dropped for the flow's whole life, past the budget too, and the
+ *          slow path sends each request on once it is checked, so a request
+ *          outside the list never reaches the server.
  * Failures (ring buffer full, budget used up without a verdict, slow path
  * heartbeat stale) take the rule's failure action, or the configured one:
  * pass, drop, or bypass (pass and stop inspecting), each counted by reason.
@@ -44,29 +50,35 @@ static __always_inline int ms_insp_fail(struct ms_flow *f, const struct ms_confi
     return drop ? DROP_INSPECT_SLOWPATH_DOWN : PASS_INSPECT_SLOWPATH_DOWN;
 }
 
-/* Copy up to ``room`` payload bytes of the packet into one record of the
- * worker's ring. 0 on success. */
+/* Copy up to ``room`` payload bytes of the packet, from payload offset
+ * ``off``, into one record of the worker's ring. ``whole``: the record is
+ * one piece of a packet copied whole in several (MS_INSPECT_HOLD_ALL): it
+ * reads as a segment of its own (its own length, the FIN only on the last
+ * piece). 0 on success. */
 static __always_inline int ms_insp_copy(struct __sk_buff *skb, const struct ms_pkt *p, const struct ms_flow *f,
                                         const struct ms_flow_key *kp, __u32 side, __u32 room, void *ring,
-                                        __u64 rb_flags)
+                                        __u64 rb_flags, __u32 off, int whole)
 {
     __u32 z = 0;
     struct ms_insp_buf *b = ms_insp_scratch.lookup(&z);
     if (!b)
         return -1;
-    __u32 n = p->payload_len;
+    __u32 left = p->payload_len - off;
+    __u32 n = left;
     if (n > room)
         n = room;
     if (n > MS_INSP_SLICE)
         n = MS_INSP_SLICE;
     b->h.ts_ns = bpf_ktime_get_ns();
     __builtin_memcpy(&b->h.key, kp, sizeof(b->h.key));
-    b->h.seq = p->seq;
+    b->h.seq = p->seq + off;
     b->h.ack_seq = p->ack_seq;
-    b->h.orig_len = p->payload_len;
+    b->h.orig_len = whole ? n : left;
     b->h.rule_id = f->rule_id;
     b->h.side = side;
     b->h.tcp_flags = p->proto == IPPROTO_TCP ? p->tcp_flags : 0;
+    if (whole && n < left)
+        b->h.tcp_flags &= ~TCP_FIN;
     b->h.l4 = p->proto;
     b->h.app = f->app;
     b->h.inspect = f->inspect;
@@ -83,7 +95,7 @@ static __always_inline int ms_insp_copy(struct __sk_buff *skb, const struct ms_p
          * range check is lost when the compiler reorders it); equals n
          * for every n in range. MS_INSP_SLICE is a power of two. */
         len = ((n - 1) & (MS_INSP_SLICE - 1)) + 1;
-        if (bpf_skb_load_bytes(skb, p->payload_off, b->data, len) < 0)
+        if (bpf_skb_load_bytes(skb, p->payload_off + off, b->data, len) < 0)
             len = 0;
     }
     b->h.len = len;
@@ -118,11 +130,13 @@ static __always_inline int ms_insp_packet(struct __sk_buff *skb, struct ms_pkt *
             }
             return DROP_INSPECT_BLOCKED;
         }
-        if (code == VERDICT_ALLOW) {
+        if (code == VERDICT_ALLOW && !(f->inspect & MS_INSPECT_HOLD_ALL)) {
             f->insp_state = INSP_DONE;
             return PASS_INSPECT_ALLOWED;
         }
-        if (code == VERDICT_RELEASE && f->insp_state == INSP_PENDING)
+        /* Hold every request: an ALLOW is a RELEASE (the stage goes on,
+         * the initiator's side stays held below). */
+        if (code != 0 && f->insp_state == INSP_PENDING)
             f->insp_state = INSP_RELEASED;
     }
     if (f->insp_state >= INSP_DONE)
@@ -146,9 +160,14 @@ static __always_inline int ms_insp_packet(struct __sk_buff *skb, struct ms_pkt *
 #endif
 
     side &= 1;
+    /* The initiator's side of a flow that holds every request: held after
+     * any verdict but a block, and read whole (no budget). */
+    int hold_all = (f->inspect & MS_INSPECT_HOLD_ALL) && side == 0;
     __u32 sent = f->insp_sent[side];
     __u32 budget = (cfg->flags & MS_CFG_SIM_BUDGET) ? 0 : cfg->insp_budget;
-    if (sent >= budget && p->payload_len) {
+    if (hold_all)
+        budget = sent + MS_INSP_SLICE;   /* room for this packet's copy, whatever came before */
+    else if (sent >= budget && p->payload_len) {
         /* This side is inspected to the depth. After a clean interim
          * verdict its packets pass uncopied while the slow path finishes
          * (a block verdict still cuts the flow; its allow ends the stage
@@ -172,7 +191,7 @@ static __always_inline int ms_insp_packet(struct __sk_buff *skb, struct ms_pkt *
         rb_flags = BPF_RB_NO_WAKEUP;
 #endif
     if ((cfg->flags & MS_CFG_SIM_RINGBUF_FULL) || ms_insp_copy(skb, p, f, kp, side, budget - sent, ring,
-                                                                   rb_flags) != 0)
+                                                                   rb_flags, 0, hold_all) != 0)
         return ms_insp_fail(f, cfg, FAIL_RINGBUF_FULL);
 #ifndef MS_NO_RINGBUF
     if (awake && busy && !__sync_fetch_and_add(busy, 0)) {
@@ -181,9 +200,17 @@ static __always_inline int ms_insp_packet(struct __sk_buff *skb, struct ms_pkt *
             bpf_ringbuf_discard(nudge, BPF_RB_FORCE_WAKEUP);
     }
 #endif
+    /* A held packet larger than a record (GRO, TSO): its other pieces
+     * (wakeup as configured: the busy flag's check above covered the first). */
+#pragma clang loop unroll(disable)
+    for (__u32 k = 1; hold_all && k < MS_INSP_HOLD_SLICES && k * MS_INSP_SLICE < p->payload_len; k++)
+        if (ms_insp_copy(skb, p, f, kp, side, MS_INSP_SLICE, ring,
+                         (cfg->flags & MS_CFG_RING_NO_WAKEUP) ? BPF_RB_NO_WAKEUP : 0, k * MS_INSP_SLICE, 1) != 0)
+            return ms_insp_fail(f, cfg, FAIL_RINGBUF_FULL);
     __u32 n = p->payload_len < budget - sent ? p->payload_len : budget - sent;
     f->insp_sent[side] = sent + (n < MS_INSP_SLICE ? n : MS_INSP_SLICE);
-    if ((f->inspect & MS_INSPECT_HOLD) && f->insp_state == INSP_PENDING && p->payload_len)
+    if ((f->inspect & MS_INSPECT_HOLD) && p->payload_len &&
+        (f->insp_state == INSP_PENDING || (hold_all && f->insp_state == INSP_RELEASED)))
         return DROP_INSPECT_HOLD;
     return p->payload_len ? PASS_INSPECT_COPIED : reason;
 }

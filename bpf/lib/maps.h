@@ -582,6 +582,12 @@ enum ms_pol_action {
 #define MS_INSPECT_WAF  0x02
 #define MS_INSPECT_DLP  0x04
 #define MS_INSPECT_HOLD 0x80   /* mode hold (else async) */
+/* Hold every request (a rule with an L7 allow-list in hold mode): the
+ * initiator's payload stays held for the flow's whole life, each request
+ * sent on by the slow path once checked; a RELEASE or ALLOW verdict lets
+ * only the responder's side go on, and the budget does not end the
+ * initiator's copies (inspect.h). */
+#define MS_INSPECT_HOLD_ALL 0x40
 /* The rule's own failure action: 0 the configured one, else 1 + enum
  * ms_fail_action. */
 #define MS_INSPECT_FAIL_SHIFT 4
@@ -773,10 +779,17 @@ enum ms_insp_state {
 
 /* Payload bytes one record carries at most. A larger packet (GRO on veth,
  * TSO) is copied in part; the record's orig_len tells the slow path, whose
- * reassembly then sees a gap. 4 KiB covers an MTU-sized segment twice. */
+ * reassembly then sees a gap (but the held side of a flow that holds every
+ * request: MS_INSP_HOLD_SLICES records). 4 KiB covers an MTU-sized segment twice. */
 #ifndef MS_INSP_SLICE
 #define MS_INSP_SLICE 4096   /* a power of two (inspect.h bounds a length with it) */
 #endif
+/* Records one packet of a flow that holds every request (MS_INSPECT_HOLD_ALL)
+ * is copied in at most: the slow path sends on only what it read, so a
+ * packet copied in part would go on in part and its rest wait for the
+ * sender's retransmission timer (an upload through GRO/TSO-sized packets
+ * stalled). 64 KiB: the largest GSO/GRO packet without BIG TCP. */
+#define MS_INSP_HOLD_SLICES 16
 
 /* One payload record (the ring buffer ms_insp_ring). */
 struct ms_insp_rec {

@@ -10,7 +10,7 @@ from scapy.layers.inet import IP, UDP
 
 from appliance.policyfile import compile_text
 from datapath.config import FailureActions
-from datapath.enums import CtState, InspState, Reason, VerdictCode
+from datapath.enums import INSPECT, CtState, InspState, Reason, VerdictCode
 from datapath.policy_maps import PolicyMaps
 from datapath.sessions import layouts_of
 from packets_ct import IPPROTO_UDP, TcpConn, entry, ether, expect, flow_key
@@ -32,6 +32,8 @@ rules:
   - {name: dns, from: clients, to: servers, proto: udp, ports: [53], action: inspect,
      inspect: {what: [dpi], mode: hold}}
   - {name: plain, from: clients, to: servers, proto: tcp, ports: [8080], action: allow}
+  - {name: l7hold, from: clients, to: servers, proto: tcp, ports: [83], action: allow,
+     l7: {http: [{method: GET, path: "/public/.*"}]}}
 """
 REQUEST = b"GET /?q=1 HTTP/1.1\r\nHost: shop.example\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -242,6 +244,112 @@ def test_udp_query_held_until_allowed(handoff):
     handoff.writer.verdict(rec.key, VerdictCode.VERDICT_ALLOW)
     expect(handoff.fp, f, R.PASS_INSPECT_ALLOWED)        # the resolver's retry goes through
     assert entry(handoff.fp, "10.0.0.5", 5353, "10.0.1.5", 53, IPPROTO_UDP).leaf.insp_state == InspState.INSP_DONE
+
+
+# --------------------------------------------------------------------------
+# An L7 allow-list in hold mode holds every request (MS_INSPECT_HOLD_ALL):
+# the client's payload stays held after RELEASE and ALLOW and past the
+# budget; only the server's side is let go.
+# --------------------------------------------------------------------------
+
+def test_l7_hold_keeps_holding_the_clients_side_after_every_verdict(handoff):
+    fp = handoff.fp
+    c = conn(fp, 83)
+    c.send("c", "PA", R.DROP_INSPECT_HOLD, data=REQUEST)
+    (rec,) = handoff.records()
+    assert rec.inspect & INSPECT["HOLD"] and rec.inspect & INSPECT["HOLD_ALL"]
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_RELEASE)
+    c.send("s", "PA", R.PASS_INSPECT_COPIED, data=RESPONSE)      # the server's side goes on (copied)
+    c.send("c", "PA", R.DROP_INSPECT_HOLD, data=REQUEST)        # the next request: held
+    assert c.entry().leaf.insp_state == InspState.INSP_RELEASED
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_ALLOW)
+    c.send("c", "PA", R.DROP_INSPECT_HOLD, data=REQUEST)        # ALLOW does not end it either
+    c.send("s", "PA", R.PASS_INSPECT_COPIED, data=RESPONSE)
+    assert c.entry().leaf.insp_state == InspState.INSP_RELEASED
+    assert [(r.side, r.data) for r in handoff.records()] == [(1, RESPONSE), (0, REQUEST), (0, REQUEST),
+                                                             (1, RESPONSE)]
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_BLOCK)   # a block still blocks
+    c.send("c", "PA", R.DROP_INSPECT_BLOCKED, data=REQUEST)
+    c.send("s", "A", R.DROP_INSPECT_BLOCKED)
+    assert c.entry().leaf.insp_state == InspState.INSP_BLOCKED
+
+
+def test_l7_hold_reads_the_clients_side_past_the_budget(handoff):
+    fp = handoff.fp
+    fp.apply_runtime(fp.config.model_copy(update={"inspect_budget": 50}))
+    c = conn(fp, 83)
+    for chunk in (b"a" * 50, b"b" * 50):
+        c.send("c", "PA", R.DROP_INSPECT_HOLD, data=chunk)
+    (rec, _) = handoff.records()
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_RELEASE)
+    c.send("c", "PA", R.DROP_INSPECT_HOLD, data=b"c" * 60)      # merged: still held, copied whole
+    c.send("s", "PA", R.PASS_INSPECT_COPIED, data=b"s" * 50)
+    c.send("s", "PA", R.PASS_FORWARD, data=b"t" * 50)           # the server's side: budget spent, passes
+    assert [(r.side, r.data) for r in handoff.records()] == [(0, b"c" * 60), (1, b"s" * 50)]
+    # the simulated budget failure does not end it either; the other failures act
+    fp.apply_runtime(fp.config.model_copy(update={"inspect_budget": 50, "simulate": ("budget_exhausted",)}))
+    c.send("c", "PA", R.DROP_INSPECT_HOLD, data=b"d" * 10)
+    fp.apply_runtime(fp.config.model_copy(update={"inspect_budget": 50, "simulate": ("ringbuf_full",)}))
+    c.send("c", "PA", R.PASS_INSPECT_RINGBUF_FULL, data=b"e" * 10)
+    handoff.writer.stop()
+    fp.apply_runtime(fp.config.model_copy(update={"inspect_budget": 50}))
+    c.send("c", "PA", R.PASS_INSPECT_SLOWPATH_DOWN, data=b"f" * 10)
+
+
+SMALL_SLICE = 512   # a build whose records carry 512 bytes: a test frame can be several records long
+
+
+@pytest.fixture(scope="module")
+def small_slices():
+    """The fast path built with MS_INSP_SLICE 512 (BPF_PROG_TEST_RUN takes
+    frames up to a page: a packet larger than the default 4 KiB slice
+    cannot be sent)."""
+    from datapath.loader import MAIN_SOURCE, FastPath, program_text
+    fp = FastPath(text=f"#define MS_INSP_SLICE {SMALL_SLICE}\n" + program_text(MAIN_SOURCE))
+    try:
+        yield fp
+    finally:
+        fp.close()
+
+
+def test_l7_hold_copies_a_large_packet_whole_in_pieces(small_slices):
+    """A held packet larger than a record goes to the slow path in
+    several, each a segment of its own (the FIN on the last): the slow
+    path sends on only what it read. Before: the first slice only, and the
+    rest waited for the client's retransmission (uploads stalled)."""
+    fp = small_slices
+    fp.reset()
+    _, pol = compile_text(POLICY, "inspect.yaml")
+    PolicyMaps.for_fastpath(fp).apply(pol)
+    h = Handoff(fp)
+    try:
+        h.writer.heartbeat(1)
+        c = conn(fp, 83)
+        body = bytes(range(256)) * 5 + b"end"                   # 1283 bytes: three records
+        seq = c.c.nxt
+        c.send("c", "FPA", R.DROP_INSPECT_HOLD, data=body)
+        recs = h.records()
+        assert [(r.seq - seq, r.orig_len, r.tcp_flags & 1) for r in recs] == [(0, 512, 0), (512, 512, 0),
+                                                                              (1024, 259, 1)]
+        assert b"".join(r.data for r in recs) == body
+        c2 = conn(fp, 81, 40001)                                 # without the list: one record, cut
+        c2.send("c", "PA", R.DROP_INSPECT_HOLD, data=body)
+        (r,) = h.records()
+        assert (len(r.data), r.orig_len) == (SMALL_SLICE, len(body))
+    finally:
+        h.ring.close()
+
+
+def test_hold_without_an_l7_list_ends_at_its_verdict(handoff):
+    c = conn(handoff.fp, 81)
+    c.send("c", "PA", R.DROP_INSPECT_HOLD, data=REQUEST)
+    (rec,) = handoff.records()
+    assert not rec.inspect & INSPECT["HOLD_ALL"]
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_RELEASE)
+    c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+    handoff.writer.verdict(rec.key, VerdictCode.VERDICT_ALLOW)
+    c.send("c", "PA", R.PASS_INSPECT_ALLOWED, data=REQUEST)
+    assert c.entry().leaf.insp_state == InspState.INSP_DONE
 
 
 # --------------------------------------------------------------------------

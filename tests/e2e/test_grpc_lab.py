@@ -121,6 +121,18 @@ def test_allow_list_serves_listed_methods_and_blocks_the_others(grpclab):
     assert grpclab.call(LISTED_PORT, "GetItem", "listed-4") == "OK item:listed-4"
 
 
+def test_a_channels_later_denied_call_never_reaches_the_server(grpclab):
+    """The denied call after an allowed one on the same channel (one
+    HTTP/2 connection): the kernel holds every request of an allow-list
+    rule in hold mode, so it never reaches the server (before: only the
+    connection's first request was held, and the later call was served
+    before the reset)."""
+    lines = grpclab.call(LISTED_PORT, "GetItem,DeleteItem", "chan-1").splitlines()
+    assert lines[0] == "OK item:chan-1" and lines[1].startswith("ERROR"), lines
+    served = grpclab.served(LISTED_PORT)
+    assert "GetItem chan-1" in served and "DeleteItem chan-1" not in served, served
+
+
 @NEEDS_GRPC_EVE
 def test_inspected_calls_are_served_and_logged_with_service_method_and_status(grpclab):
     """Through an inspect rule in hold mode (no allow-list): served, and each

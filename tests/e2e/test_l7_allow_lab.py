@@ -8,7 +8,10 @@ every request it receives.
 * async mode: the request reaches the server, the connection is reset
   (the server answers only allowed paths, so the client is still waiting
   when the reset comes);
-* a later request on a keep-alive connection (hold mode) is reset too;
+* hold mode holds every request: a disallowed later request on a
+  keep-alive connection never reaches the server either (the client is
+  reset), and a download of a few MB on such a connection completes, the
+  next request on it served;
 * a reload (SIGHUP) changes the list; a bad file changes nothing.
 Every block is an EVE alert naming the rule and the request.
 """
@@ -30,6 +33,9 @@ pytestmark = pytest.mark.lab
 HOLD_PORT, ASYNC_PORT = 8191, 8192
 # Generous client timeout: assertions are on how the client ended, never on time.
 CLIENT_TIMEOUT_S = 20
+# The server's answer to /public/big: a download of a few MB through a
+# connection whose every request is held (the server's side is not).
+BIG_BYTES = 4 * 1024 * 1024
 
 HEAD = """
 groups:
@@ -69,6 +75,7 @@ def policy(paths: str) -> str:
 # block finds its client still waiting).
 SERVER = r"""
 import socket, sys, threading
+BIG = int(sys.argv[3])
 s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -87,7 +94,9 @@ def serve(c, port):
                 head, buf = buf.split(b"\r\n\r\n", 1)
                 path = head.split(b" ")[1].decode(errors="replace")
                 log.write(f"request {port} {path}\n")
-                if path.startswith(("/public", "/admin-ok")):
+                if path.startswith("/public/big"):
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG + b"x" * BIG)
+                elif path.startswith(("/public", "/admin-ok")):
                     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
     except ConnectionResetError:
         how = "reset"
@@ -109,7 +118,8 @@ def l7_lab(tmp_path_factory):
         procs = []
         try:
             for port in (HOLD_PORT, ASYNC_PORT):
-                p = lab.popen(lab.server, [sys.executable, "-c", SERVER, str(port), str(tmp / f"http-{port}.log")],
+                p = lab.popen(lab.server, [sys.executable, "-c", SERVER, str(port), str(tmp / f"http-{port}.log"),
+                                           str(BIG_BYTES)],
                               stdout=subprocess.PIPE, text=True)
                 procs.append(p)
                 assert p.stdout.readline().strip() == "ready"
@@ -140,13 +150,18 @@ def alerts(tmp: Path) -> list[dict]:
     return out
 
 
-def curl(lab, port: int, *paths: str):
+def curl(lab, port: int, *paths: str, sizes: list | None = None):
     """curl in the client namespace, all ``paths`` on one connection;
-    (exit code, local port of its last connection, stderr)."""
+    (exit code, local port of its last connection, stderr). ``sizes``: gets
+    the bytes downloaded per URL."""
     urls = [f"http://{SERVER_V4}:{port}{p}" for p in paths]
-    r = lab.run(lab.client, ["curl", "-sS", "-o", "/dev/null", "-w", "%{local_port}\n", "--max-time",
-                             str(CLIENT_TIMEOUT_S), *urls], check=False, timeout=CLIENT_TIMEOUT_S * len(urls) + 10)
-    ports = [p for p in r.stdout.split() if p.isdigit() and p != "0"]
+    r = lab.run(lab.client, ["curl", "-sS", "-o", "/dev/null", "-w", "%{local_port} %{size_download}\n",
+                             "--max-time", str(CLIENT_TIMEOUT_S), *urls], check=False,
+                timeout=CLIENT_TIMEOUT_S * len(urls) + 10)
+    lines = [ln.split() for ln in r.stdout.splitlines() if len(ln.split()) == 2]
+    if sizes is not None:
+        sizes += [int(n) for _, n in lines]
+    ports = [p for p, _ in lines if p.isdigit() and p != "0"]
     return r.returncode, int(ports[-1]) if ports else None, r.stderr
 
 
@@ -186,17 +201,70 @@ def test_async_mode_disallowed_request_resets_the_connection(l7_lab):
     wait_for("the server to see the reset", lambda: f"closed {cport} reset" in server_log(tmp, ASYNC_PORT))
 
 
-def test_second_request_on_a_keep_alive_connection_is_reset(l7_lab):
-    """The kernel holds a connection's payload only until its first
-    verdict: a later disallowed request is reset as in async mode."""
+def test_second_request_on_a_keep_alive_connection_never_reaches_the_server(l7_lab):
+    """The kernel holds every request of an l7 hold rule's connection, not
+    only the first: a later disallowed request is blocked before the server
+    sees it (before: the server logged /admin on the keep-alive connection,
+    then the reset came)."""
     lab, tmp, _ = l7_lab
+    before = len(server_log(tmp, HOLD_PORT))
     rc, _, err = curl(lab, HOLD_PORT, "/public/keep-alive", "/admin")
-    # curl sends /admin again on a new connection after the reset: that one is held and blocked
-    assert rc == 56, (rc, err)
-    first = [x.split()[1] for x in server_log(tmp, HOLD_PORT) if x.endswith(" /public/keep-alive")][-1]
+    # curl may send /admin again on a new connection after the reset: that one is held and blocked too
+    assert rc == 56 and "reset" in err.lower(), (rc, err)
+    first = [x.split()[1] for x in server_log(tmp, HOLD_PORT)[before:] if x.endswith(" /public/keep-alive")][-1]
     cport = int(first)
     assert alert_for(tmp, cport)["alert"]["signature"] == "l7 allow-list of rule web-hold: GET /admin not allowed"
     wait_for("the server to see the reset", lambda: f"closed {cport} reset" in server_log(tmp, HOLD_PORT))
+    assert not any(x.endswith(" /admin") for x in server_log(tmp, HOLD_PORT)[before:])
+
+
+def test_a_download_and_the_next_request_on_a_held_connection(l7_lab):
+    """A few MB answered to an allowed request on a connection whose every
+    request is held: the download completes, the next request on the same
+    connection is checked and served."""
+    lab, tmp, _ = l7_lab
+    before = len(server_log(tmp, HOLD_PORT))
+    sizes = []
+    rc, cport, err = curl(lab, HOLD_PORT, "/public/big", "/public/after", sizes=sizes)
+    assert rc == 0, (rc, err)
+    assert sizes == [BIG_BYTES, 3]
+    new = server_log(tmp, HOLD_PORT)[before:]
+    assert [x for x in new if x.startswith("request ")] == [f"request {cport} /public/big",
+                                                           f"request {cport} /public/after"]
+
+
+# A client that sends an allowed request with a body of argv[3] bytes and
+# an allowed request after it on the same connection, then reads both
+# answers; prints "answers N".
+UPLOADER = r"""
+import socket, sys
+n = int(sys.argv[3])
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4]))
+s.sendall(b"GET /public/upload HTTP/1.1\r\nHost: lab\r\nContent-Length: %d\r\n\r\n" % n + b"u" * n)
+s.sendall(b"GET /public/after-upload HTTP/1.1\r\nHost: lab\r\n\r\n")
+buf = b""
+while buf.count(b"HTTP/1.1 200") < 2:
+    d = s.recv(65536)
+    if not d:
+        break
+    buf += d
+print("answers", buf.count(b"HTTP/1.1 200"))
+"""
+
+
+def test_an_upload_and_the_next_request_on_a_held_connection(l7_lab):
+    """A 2 MiB request body through a connection whose every request is
+    held: the client's TSO-sized packets reach the slow path whole (in
+    several records) and go on in pieces the link takes. Before: only a
+    packet's first 4 KiB was copied and the injected 4 KiB segment did not
+    fit the link's MTU: the upload stalled (the client's timeout)."""
+    lab, tmp, _ = l7_lab
+    before = len(server_log(tmp, HOLD_PORT))
+    r = lab.run(lab.client, [sys.executable, "-c", UPLOADER, SERVER_V4, str(HOLD_PORT), str(2 * 1024 * 1024),
+                             str(CLIENT_TIMEOUT_S)], check=False, timeout=CLIENT_TIMEOUT_S + 10)
+    assert r.stdout.split() == ["answers", "2"], (r.stdout, r.stderr[-500:])
+    new = [x.split()[2] for x in server_log(tmp, HOLD_PORT)[before:] if x.startswith("request ")]
+    assert new == ["/public/upload", "/public/after-upload"]
 
 
 def reload(tmp: Path, run, text: str) -> str:

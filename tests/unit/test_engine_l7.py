@@ -3,6 +3,7 @@ slowpath/l7allow.py): payload records as the kernel writes them, verdicts,
 resets, held payload and alert records (valid against both EVE schemas)."""
 from __future__ import annotations
 
+from datapath.enums import INSPECT
 from datapath.enums import VerdictCode as V
 from slowpath.analyzer import DETECT_BUFFER_BYTES
 from slowpath.l7allow import L7Policy
@@ -12,6 +13,7 @@ RULE = 7          # tests.unit.test_engine.rec() writes rule id 7
 LISTS = {str(RULE): {"label": "web", "l7": {"http": [{"method": "GET", "path": "/public/.*"}],
                                              "dns": ["example.org", "*.example.org"]}}}
 NO_RULES = "{}\n"
+HOLD_ALL = INSPECT["HOLD_ALL"]   # what the policy compiler adds to a hold rule with an l7 list
 
 
 def harness(spec=LISTS, **kw) -> Harness:
@@ -53,9 +55,10 @@ def test_hold_mode_disallowed_request_never_sent_on():
 
 
 def test_second_request_on_a_keep_alive_connection_is_checked_and_reset():
-    """After the first request's RELEASE the kernel holds nothing more: a
-    later disallowed request is answered by a reset (it may have reached
-    the server), never let through for the rest of the connection."""
+    """A hold rule without the kernel's hold of every request (HOLD_ALL
+    absent): after the first request's RELEASE the kernel holds nothing
+    more, so a later disallowed request is answered by a reset (it may have
+    reached the server), never let through for the rest of the connection."""
     h = harness()
     first = get(b"/public/a")
     h.engine.handle(rec(first, inspect=DPI | HOLD))
@@ -260,3 +263,149 @@ def test_grpc_setup_is_sent_on_in_any_hold_rule_and_a_body_stays_held():
     assert h.codes() == [V.VERDICT_RELEASE]
     # preface and server SETTINGS sent on at once; the HEADERS segment and the body only at the release
     assert [s for s, _, _ in h.resets.injected] == [0, 1, 0, 0]
+
+
+class Conn:
+    """A keep-alive HTTP/1 connection of a rule with an l7 list in hold mode
+    (the kernel holds every request: HOLD | HOLD_ALL), records as the kernel
+    writes them."""
+
+    def __init__(self, h):
+        self.h, self.seq = h, {0: 1001, 1: 5001}
+
+    def send(self, side, data, *, seq=None, advance=True):
+        at = self.seq[side] if seq is None else seq
+        self.h.engine.handle(rec(data, side=side, seq=at, ack=self.seq[1 - side], inspect=DPI | HOLD | HOLD_ALL))
+        if advance:
+            self.seq[side] = max(self.seq[side], at + len(data))
+        return at
+
+
+def response(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
+def test_hold_all_every_request_is_checked_before_it_goes_on():
+    """The kernel holds the client's side for the connection's life: each
+    allowed request goes on once read, the disallowed second one never
+    (reset at the server's next expected byte). Before: the engine sent
+    nothing on after the first RELEASE (the kernel used to let the
+    client's retransmissions through), so with the kernel holding every
+    request the second, allowed one never reached the server."""
+    h = harness()
+    c = Conn(h)
+    first = c.send(0, get(b"/public/a"))
+    c.send(1, response(b"ok"))
+    second = c.send(0, get(b"/public/b"))
+    c.send(1, response(b"ok"))
+    assert [(s, q) for s, q, _ in h.resets.injected] == [(0, first), (0, second)]   # the responses passed
+    bad = c.send(0, get(b"/admin"))
+    assert h.codes() == [V.VERDICT_RELEASE, V.VERDICT_BLOCK]
+    assert len(h.resets.injected) == 2 and h.resets.calls == []
+    (_, _, held_from, _), = h.resets.held
+    assert held_from == [bad, None]        # the server has everything before /admin; the client, the kernel's number
+
+
+def test_hold_all_retransmissions_and_overlaps_go_on_once():
+    h = harness()
+    c = Conn(h)
+    c.send(0, get(b"/public/a"))
+    c.send(1, response(b"ok"))
+    req = get(b"/public/b")
+    at = c.send(0, req)
+    c.send(0, req, seq=at)                                  # the client's retransmission: the server has it
+    longer = req + get(b"/public/c")
+    c.send(0, longer, seq=at)                               # retransmitted with more: only the new bytes
+    assert [(q, d) for _, q, d in h.resets.injected[1:]] == [(at, req), (at + len(req), get(b"/public/c"))]
+    assert h.codes() == [V.VERDICT_RELEASE]
+
+
+def test_hold_all_a_segment_after_a_hole_waits_for_the_bytes_before_it():
+    """The segment after a hole is not read yet (reassembly waits): it goes
+    on only after the hole's bytes, both checked; a disallowed head split
+    over the two never goes on."""
+    for path, verdicts in ((b"/public/b", [V.VERDICT_RELEASE]), (b"/admin", [V.VERDICT_RELEASE, V.VERDICT_BLOCK])):
+        h = harness()
+        c = Conn(h)
+        c.send(0, get(b"/public/a"))
+        c.send(1, response(b"ok"))
+        req = get(path)
+        at = c.seq[0]
+        c.send(0, req[10:], seq=at + 10)                    # arrives first
+        assert len(h.resets.injected) == 1
+        c.send(0, req[:10], seq=at)
+        assert h.codes() == verdicts
+        sent = [(q, d) for _, q, d in h.resets.injected[1:]]
+        assert sent == ([(at, req[:10]), (at + 10, req[10:])] if path == b"/public/b" else [])
+
+
+def test_hold_all_reads_every_request_past_the_budget_and_a_download_passes():
+    """Past the inspection budget: the client's requests are still read and
+    held (the kernel copies them all); the server's download is not held
+    (nothing of it is sent on by the engine) and ends no hold."""
+    h = harness(inspect_budget=64)
+    c = Conn(h)
+    c.send(0, get(b"/public/big"))
+    body = b"x" * 5000
+    c.send(1, response(body)[:1500])
+    for n in range(1500, len(response(body)), 1500):
+        c.send(1, response(body)[n:n + 1500])
+    c.send(0, get(b"/public/a"))
+    assert h.codes() == [V.VERDICT_RELEASE] and [s for s, _, _ in h.resets.injected] == [0, 0]
+    c.send(0, get(b"/admin"))
+    assert h.codes() == [V.VERDICT_RELEASE, V.VERDICT_BLOCK] and len(h.resets.injected) == 2
+
+
+def test_hold_all_bypass_sends_everything_on():
+    """A failure whose action is bypass (ALLOW) on such a flow: the kernel
+    still holds the client's side, so the engine sends it on unread."""
+    h = harness()
+    c = Conn(h)
+    c.send(0, get(b"/public/a"))
+    h.engine._verdict(h.engine.flows[b"k" * 40], V.VERDICT_ALLOW)
+    at = c.send(0, get(b"/admin"))
+    assert h.resets.injected[-1][:2] == (0, at) and V.VERDICT_BLOCK not in h.codes()
+
+
+
+def test_hold_all_a_grpc_channels_later_denied_call_never_goes_on():
+    """One HTTP/2 connection, two calls: the allowed first goes on, the
+    client's frames after it (a WINDOW_UPDATE) go on once read, the denied
+    second call's HEADERS never. Before: nothing of the client's went on
+    after the first call's RELEASE."""
+    import pytest
+    pytest.importorskip("protocols.http2")
+    import h2.config
+    import h2.connection
+
+    spec = {str(RULE): {"label": "grpc-shop-read", "l7": {"grpc": [{"service": "lab.Shop", "method": "GetItem"}]}}}
+    h = harness(spec)
+    seq = {0: 1001, 1: 5001}
+
+    def send(side, data):
+        at = seq[side]
+        h.engine.handle(rec(data, side=side, seq=at, ack=seq[1 - side], inspect=DPI | HOLD | HOLD_ALL,
+                            server=("10.0.1.5", 50051)))
+        seq[side] += len(data)
+        return at
+
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    send(0, c.data_to_send())                              # the preface: goes on before any request
+
+    def call(sid, method):
+        c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", f"/lab.Shop/{method}"),
+                             (":authority", "shop.lab"), ("content-type", "application/grpc"), ("te", "trailers")])
+        c.send_data(sid, b"\x00\x00\x00\x00\x02\x08\x01", end_stream=True)
+        return c.data_to_send()
+
+    first = send(0, call(1, "GetItem"))
+    assert h.codes() == [V.VERDICT_RELEASE]
+    c.increment_flow_control_window(65535)                 # the client's WINDOW_UPDATE: goes on once read
+    window = send(0, c.data_to_send())
+    denied = send(0, call(3, "DeleteItem"))
+    assert h.codes() == [V.VERDICT_RELEASE, V.VERDICT_BLOCK]
+    assert [(side, q) for side, q, _ in h.resets.injected][-2:] == [(0, first), (0, window)]
+    assert all(q != denied for _, q, _ in h.resets.injected)
+    (_, _, held_from, _), = h.resets.held
+    assert held_from == [denied, None]

@@ -116,3 +116,29 @@ def test_inject_sends_the_held_segment_as_its_sender_sent_it_v4_and_v6():
         assert (ans[UDP].sport, ans[UDP].dport, ans[UDP].len, bytes(ans[UDP].payload)) == (80, 40000, 14, b"answer")
         assert all(scapy_checksums_ok(p) for p in (req, ans, fin))
         assert (req.ttl if not v6 else req.hlim) == 64
+
+
+class MtuSock(FakeSock):
+    """A link of MTU 1500: a larger packet is refused as the kernel refuses it."""
+
+    def sendto(self, data, addr):
+        if len(data) > 1500:
+            raise OSError(__import__("errno").EMSGSIZE, "Message too long")
+        return super().sendto(data, addr)
+
+
+def test_inject_a_record_larger_than_the_link_in_pieces():
+    """A held record of 4 KiB (part of a GRO/TSO packet) goes on as
+    segments the link takes, in order, the FIN on the last. Before: the
+    send failed (EMSGSIZE) and the bytes never went on: an upload through
+    an l7 hold rule stalled."""
+    from slowpath.inject import PIECE_BYTES
+    inj = Injector()
+    sock = inj._socks[socket.AF_INET] = MtuSock()
+    data = bytes(range(256)) * 16
+    assert inj.inject(info(), 0, Rec(socket.IPPROTO_TCP, data, 1001, 5001, tcp_flags=0x19))
+    segs = [IP(d)[TCP] for d, _ in sock.sent]
+    assert [s.seq - 1001 for s in segs] == list(range(0, len(data), PIECE_BYTES))
+    assert b"".join(bytes(s.payload) for s in segs) == data
+    assert [str(s.flags) for s in segs] == ["PA"] * (len(segs) - 1) + ["FPA"]
+    assert inj.errors == 0 and inj.injected == 1

@@ -7,7 +7,10 @@ needs real gRPC framing over real HTTP/2, not a schema).
                                           (server streaming); prints ``ready``
     grpc_lab.py call TARGET METHOD TEXT  calls /lab.Shop/METHOD with TEXT;
                                           prints ``OK <reply>`` (exit 0) or
-                                          ``ERROR <status code name>`` (exit 1)
+                                          ``ERROR <status code name>`` (exit 1);
+                                          METHOD,METHOD...: one call after the
+                                          other on one channel (connection), a
+                                          line each, exit 1 if one failed
 
 The server appends ``<method> <request text>`` to LOG for every call it
 receives, so a test can tell that a call never reached it.
@@ -65,20 +68,23 @@ def serve(host: str, port: int, log_path: str) -> None:
     server.wait_for_termination()
 
 
-def call(target: str, method: str, text: str) -> int:
+def call(target: str, methods: str, text: str) -> int:
+    failed = 0
     with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        path = f"/{SERVICE}/{method}"
-        try:
-            if method == "ListItems":
-                replies = list(channel.unary_stream(path)(text.encode(), timeout=CALL_TIMEOUT_S))
-                reply = b"|".join(replies)
-            else:
-                reply = channel.unary_unary(path)(text.encode(), timeout=CALL_TIMEOUT_S)
-        except grpc.RpcError as e:
-            print(f"ERROR {e.code().name} {e.details()}", flush=True)
-            return 1
-    print(f"OK {reply.decode('utf-8', 'replace')}", flush=True)
-    return 0
+        for method in methods.split(","):
+            path = f"/{SERVICE}/{method}"
+            try:
+                if method == "ListItems":
+                    replies = list(channel.unary_stream(path)(text.encode(), timeout=CALL_TIMEOUT_S))
+                    reply = b"|".join(replies)
+                else:
+                    reply = channel.unary_unary(path)(text.encode(), timeout=CALL_TIMEOUT_S)
+            except grpc.RpcError as e:
+                print(f"ERROR {e.code().name} {e.details()}", flush=True)
+                failed = 1
+                continue
+            print(f"OK {reply.decode('utf-8', 'replace')}", flush=True)
+    return failed
 
 
 def main() -> None:
