@@ -34,11 +34,6 @@ rules:
   - {{name: h2-async, from: clients, to: servers, proto: tcp, ports: [{ASYNC_PORT}], action: inspect,
      inspect: {{what: [waf, dlp, dpi], mode: async}}}}
 """
-# The EVE side of HTTP/2 (issue 16 item 1) was not committed when this was
-# written: the lead flips it.
-NEEDS_HTTP2_EVE = pytest.mark.xfail(strict=True, reason="needs Suricata's http.http2 object in EVE http records "
-                                                        "(slowpath/eve.py)")
-
 RULES = """
 waf:
   sets: {sqli: block, xss: block, traversal: block, cmdi: block}
@@ -108,7 +103,6 @@ def test_h2c_through_an_allow_rule_prior_knowledge_and_upgrade(h2lab):
         <= set(h2lab.access(ALLOW_PORT))
 
 
-@NEEDS_HTTP2_EVE
 def test_hold_clean_h2_request_is_served_and_logged_as_http2(h2lab):
     assert h2lab.curl(url(HOLD_PORT, "/index.html?q=shoes")) == [("200", "6", "2")]
     assert "h2 GET /index.html?q=shoes" in h2lab.access(HOLD_PORT)
