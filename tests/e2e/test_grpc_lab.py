@@ -51,10 +51,6 @@ RULES = """
 waf:
   sets: {sqli: block}
 """
-# The EVE side of gRPC (issue 16 item 2) was not committed when this was
-# written: the lead flips it.
-NEEDS_GRPC_EVE = pytest.mark.xfail(strict=True, reason="needs gRPC calls in EVE http records "
-                                                       "(grpc_metadata in slowpath/eve.py)")
 
 
 class GrpcLab:
@@ -133,7 +129,6 @@ def test_a_channels_later_denied_call_never_reaches_the_server(grpclab):
     assert "GetItem chan-1" in served and "DeleteItem chan-1" not in served, served
 
 
-@NEEDS_GRPC_EVE
 def test_inspected_calls_are_served_and_logged_with_service_method_and_status(grpclab):
     """Through an inspect rule in hold mode (no allow-list): served, and each
     call is an http record (app_proto http2) with its gRPC service, method
