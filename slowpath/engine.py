@@ -78,8 +78,11 @@ HTTP_SWITCHING_PROTOCOLS = 101   # RFC 9110 15.2.2: the last HTTP/1.x answer on 
 # Protocols whose naming field can take another value later on the same
 # connection, and that field's domain-rule name: an HTTP keep-alive
 # connection asks for other Hosts, a DNS forwarder sends every query from
-# one 5-tuple. A TLS connection has one SNI.
-REPEATING_NAMES = {"http": "http_host", "dns": "dns_query",
+# one 5-tuple. A TLS connection has one SNI; a QUIC client sends its
+# ClientHello again after a Retry, or opens another connection on the
+# 5-tuple (protocols/quic.py), and may name another server: read on to the
+# ServerHello.
+REPEATING_NAMES = {"http": "http_host", "dns": "dns_query", "quic": "tls_sni",
                    "http2": "http_host", "grpc": "http_host"}   # HTTP/2: a Host per stream
 # Flows whose HTTP events are HTTP/2's (protocols/http2.py): their anomaly
 # records name app_proto "http2", as Suricata's.
@@ -455,9 +458,10 @@ class Engine:
                     release = True
             elif kind == "dns_message" and not ev.response:
                 self._verdict(flow, VerdictCode.VERDICT_RELEASE)
-            elif kind == "tls_client_hello":
+            elif kind == "tls_client_hello" or kind == "quic_client_hello":
                 self._verdict(flow, VerdictCode.VERDICT_RELEASE)   # on to the ServerHello (JA3S, version)
-            elif kind == "tls_server_hello" and not ev.hello_retry_request:
+            elif (kind == "tls_server_hello" and not ev.hello_retry_request
+                  or kind == "quic_server_hello" and not ev.hello.hello_retry_request):
                 self._verdict(flow, VerdictCode.VERDICT_ALLOW)     # the rest is encrypted
         if release:
             self._verdict(flow, VerdictCode.VERDICT_RELEASE)
@@ -509,6 +513,8 @@ class Engine:
             return {"tls": eve.tls_object(ev)}
         if kind == "tls_server_hello":
             return {"tls": eve.tls_object(flow.tls_hello, ev)}
+        if kind == "quic_client_hello":
+            return {"quic": eve.quic_object(ev)}
         if flow.tls_hello is not None:
             return {"tls": eve.tls_object(flow.tls_hello)}
         req, resp = (ev, None) if kind == "http_request" else flow.http_tx or (None, None)
@@ -578,6 +584,8 @@ class Engine:
                 req = _take_request(flow, ev.stream_id)     # reset before any answer
             if req is not None or resp is not None:
                 self.emit(eve.http_record(info, req, resp, self.wallclock(), grpc=ev))
+        elif kind == "quic_client_hello" or kind == "quic_server_hello":
+            self.emit(eve.quic_record(info, ev, self.wallclock()))
         elif kind in ("ssh_banner", "ssh_kexinit") and not flow.ssh_logged:
             flow.ssh.setdefault((kind, ev.direction), ev)
             if len(flow.ssh) == 4:        # both banners and both KEXINITs: the handshake in the clear
