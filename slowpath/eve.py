@@ -673,8 +673,9 @@ def _severity(v) -> int:
     if v is None:
         return DEFAULT_SEVERITY
     if isinstance(v, str):
-        if v.strip().isdigit():
-            v = int(v)
+        s = v.strip()
+        if s.isascii() and s.isdigit():    # str.isdigit is true for '²', which int() refuses
+            v = int(s)
         else:
             return _SEVERITY_NAMES.get(v.strip().lower(), DEFAULT_SEVERITY)
     return min(max(int(v), 1), 255)
