@@ -431,14 +431,15 @@ def _check_l7(model: PolicyFile, a: Analysis, i: int, r: Rule) -> None:
         err((model.line(*base, key=True), f"rule {i + 1}: l7: an allow-list on a rule that denies "
                                            f"(use action allow or inspect)"))
     if not l7.protocols():
-        err((model.line(*base), f"rule {i + 1}: l7: empty (list http, grpc or dns; omit `l7` to allow all)"))
+        err((model.line(*base), f"rule {i + 1}: l7: empty (list http, grpc, dns or tls; omit `l7` to allow all)"))
     for proto in ("http", "grpc"):
         if getattr(l7, proto) is not None and r.proto != "tcp":
             err((model.line(*base, proto, key=True), f"rule {i + 1}: l7.{proto}: needs proto tcp "
                                                       f"(proto is {r.proto})"))
-    if l7.dns is not None and r.proto not in PORTED:
-        err((model.line(*base, "dns", key=True), f"rule {i + 1}: l7.dns: needs proto udp or tcp "
-                                                  f"(proto is {r.proto})"))
+    for proto in ("dns", "tls"):             # tls: over TCP, or QUIC over UDP
+        if getattr(l7, proto) is not None and r.proto not in PORTED:
+            err((model.line(*base, proto, key=True), f"rule {i + 1}: l7.{proto}: needs proto udp or tcp "
+                                                      f"(proto is {r.proto})"))
     for proto in l7.protocols():
         entries = getattr(l7, proto)
         if not entries:
@@ -475,10 +476,11 @@ def _check_l7(model: PolicyFile, a: Analysis, i: int, r: Rule) -> None:
         if g.method is not None and not L7_GRPC_METHOD.match(g.method):
             err((model.line(*base, "grpc", j, "method"), f"{where}.method: {g.method!r}: a method name "
                                                           f"(omit it for every method of the service)"))
-    for j, n in enumerate(l7.dns or ()):
-        why = _name_error(n)
-        if why:
-            err((model.line(*base, "dns", j), f"rule {i + 1}: l7.dns[{j + 1}]: {n!r}: {why}"))
+    for proto in ("dns", "tls"):
+        for j, n in enumerate(getattr(l7, proto) or ()):
+            why = _name_error(n)
+            if why:
+                err((model.line(*base, proto, j), f"rule {i + 1}: l7.{proto}[{j + 1}]: {n!r}: {why}"))
 
 
 def _number_anonymous(a: Analysis, known: _Known, pending: list[tuple]) -> None:

@@ -84,9 +84,12 @@ class L7Spec(BaseModel):
     http: list[HttpAllow] | None = None
     grpc: list[GrpcAllow] | None = None
     dns: list[str] | None = None       # query names, or patterns with `*` (as Cilium's matchPattern)
+    # Server names (SNI) of TLS ClientHellos, over TCP or in QUIC's Initial
+    # packets; names or `*` patterns as `dns` (Cilium's serverNames).
+    tls: list[str] | None = None
 
     def protocols(self) -> tuple[str, ...]:
-        return tuple(p for p in ("http", "grpc", "dns") if getattr(self, p) is not None)
+        return tuple(p for p in ("http", "grpc", "dns", "tls") if getattr(self, p) is not None)
 
 
 class Defaults(BaseModel):

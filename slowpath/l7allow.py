@@ -2,7 +2,8 @@
 
 The policy model (datapath/policy_model.py L7Spec) says what a rule allows:
 HTTP requests (method and path regexes, host, headers), gRPC calls
-(service, method), DNS query names. :func:`compile_lists` turns the lists
+(service, method), DNS query names, TLS server names (SNI, over TCP or in
+QUIC's Initial packets). :func:`compile_lists` turns the lists
 of a checked policy into an :class:`L7Policy` (rule id -> RuleAllow), once
 per policy: each rule's method and path regexes go into one Hyperscan
 database each (no backtracking: a request cannot make a match slow; one
@@ -34,7 +35,8 @@ from slowpath.hits import Hit, shown
 # Signature ids of allow-list blocks, one per kind of mismatch, inside the
 # range the built-ins reserve (slowpath/hits.py RESERVED_IDS; custom rules
 # cannot take them). The rule is named in the signature text and the field.
-L7_IDS = {"l7.http": 390001, "l7.grpc": 390002, "l7.dns": 390003, "l7.protocol": 390004}
+L7_IDS = {"l7.http": 390001, "l7.grpc": 390002, "l7.dns": 390003, "l7.protocol": 390004,
+          "l7.tls": 390006}
 L7_CATEGORY = "l7-policy"
 # A policy block is a decision, not a guess: Suricata's severity 2 (medium),
 # below the attacks the WAF names (1).
@@ -49,7 +51,12 @@ MAX_CACHED_TARGET = 256
 # Event kinds of each list's protocol family (an HTTP/2 or gRPC parser's
 # events start with these too). Malformed input and anomalies are the
 # parser_error / http_anomaly settings' business, never a protocol mismatch.
-FAMILIES = {"http": ("http", "grpc"), "grpc": ("http", "grpc"), "dns": ("dns",)}
+FAMILIES = {"http": ("http", "grpc"), "grpc": ("http", "grpc"), "dns": ("dns",),
+            "tls": ("tls", "quic")}
+# The events naming a server a `tls` list checks: TLS's ClientHello and
+# QUIC's (its TLS ClientHello, or Google QUIC's CHLO). Each one is checked
+# (a second ClientHello after a HelloRetryRequest or a Retry too).
+HELLO_KINDS = ("tls_client_hello", "quic_client_hello")
 NEUTRAL_KINDS = ("malformed", "http_anomaly")
 _HS_FLAGS = 0
 for _f in L7_HS_FLAGS:
@@ -157,7 +164,7 @@ class RuleAllow:
     def __init__(self, rule_id: int, label: str, spec: dict) -> None:
         self.rule_id = rule_id
         self.label = label
-        self.protocols = tuple(p for p in ("http", "grpc", "dns") if spec.get(p) is not None)
+        self.protocols = tuple(p for p in ("http", "grpc", "dns", "tls") if spec.get(p) is not None)
         http = spec.get("http") or []
         self._entries = tuple(_HttpEntry(e.get("method") is not None, e.get("path") is not None,
                                          _names_regex([e["host"]]) if e.get("host") else None,
@@ -178,6 +185,7 @@ class RuleAllow:
                 self._grpc[g["service"]] = None if cur is None or g.get("method") is None \
                     else cur | {g["method"]}
         self._dns = _names_regex(spec.get("dns"))
+        self._tls = _names_regex(spec.get("tls"))
         self.families = tuple({k for p in self.protocols for k in FAMILIES[p]})
 
     # -- HTTP and gRPC ----------------------------------------------------------
@@ -236,6 +244,18 @@ class RuleAllow:
                 return "l7.dns", f"DNS query {name or '.'} not allowed"
         return None
 
+    # -- TLS and QUIC server names -------------------------------------------------
+    def check_server_name(self, ev) -> tuple[str, str] | None:
+        """A TLS or QUIC ClientHello: its server name (SNI) must be allowed
+        (a hello without one is not: nothing names what it reaches)."""
+        proto = "QUIC" if ev.kind == "quic_client_hello" else "TLS"
+        name = _name(ev.sni)
+        if not name:
+            return "l7.tls", f"{proto} ClientHello without a server name not allowed"
+        if not self._tls.fullmatch(name):
+            return "l7.tls", f"{proto} server name {name} not allowed"
+        return None
+
     # -- other protocols ------------------------------------------------------------
     def check_protocol(self, app: str | None) -> tuple[str, str]:
         return "l7.protocol", f"{app or 'an unrecognised protocol'} not allowed " \
@@ -285,7 +305,13 @@ class L7Inspector:
             return out
         kind = ev.kind
         bad = None
-        if kind == "http_request":
+        if not kind.startswith(self.allow.families):
+            # A protocol the list does not name (an HTTP request or a DNS
+            # query too, on a list without http/grpc or dns).
+            if kind not in NEUTRAL_KINDS:
+                bad = self.allow.check_protocol(kind.split("_", 1)[0])
+                matched = kind
+        elif kind == "http_request":
             if ev.direction == Direction.TO_SERVER:
                 bad = self.allow.check_request(ev)
                 matched = f"{ev.method} {ev.uri}"
@@ -293,9 +319,9 @@ class L7Inspector:
             if not ev.response:
                 bad = self.allow.check_query(ev)
                 matched = ",".join(q.name for q in ev.questions)
-        elif not kind.startswith(self.allow.families) and kind not in NEUTRAL_KINDS:
-            bad = self.allow.check_protocol(kind.split("_", 1)[0])
-            matched = kind
+        elif kind in HELLO_KINDS:
+            bad = self.allow.check_server_name(ev)
+            matched = ev.sni or ""
         if bad is not None:
             self._blocked = True
             out = [*out, self.allow.hit(bad[0], bad[1], matched, ev.direction)]

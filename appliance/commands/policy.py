@@ -118,7 +118,7 @@ def _policy_explain(args) -> int:
 
 def l7_entry_text(proto: str, entry) -> str:
     """One allow-list entry as `explain` shows it."""
-    if proto == "dns":
+    if proto in ("dns", "tls"):          # names
         return entry
     if proto == "grpc":
         return f"{entry.service}/{entry.method or '*'}"
@@ -152,7 +152,7 @@ def l7_allow_list(model, e: dict) -> dict | None:
 
 def l7_text(l7: dict) -> str:
     lines = []
-    for proto in ("http", "grpc", "dns"):
+    for proto in ("http", "grpc", "dns", "tls"):
         for x in l7.get(proto, ()):
             lines.append(f"{'l7 allow:' if not lines else '':<13}{proto}: {x['allow']} (line {x['line']})")
     lines.append(f"{'':<13}any other request, query or protocol is blocked "

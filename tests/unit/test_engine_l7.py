@@ -409,3 +409,50 @@ def test_hold_all_a_grpc_channels_later_denied_call_never_goes_on():
     assert all(q != denied for _, q, _ in h.resets.injected)
     (_, _, held_from, _), = h.resets.held
     assert held_from == [denied, None]
+
+
+SITES = {str(RULE): {"label": "sites", "l7": {"tls": ["allowed.org", "*.example.org"]}}}
+
+
+def test_tls_list_on_quic_held_allowed_name_goes_on_other_name_never_does():
+    """A `tls` list checks QUIC's SNI (the ClientHello in its Initial
+    packets): in hold mode the allowed hello's datagram goes on after it was
+    read, then the ServerHello lets the flow go; another name is blocked with
+    an alert naming the rule and the name, its datagram never sent on."""
+    from protocols.quic import crypto_frame
+    from tests.unit.test_quic import RFC_DCID, client_initial, hello_with_sni, server_initial
+    from tests.unit.test_quic_engine import SERVER_HELLO, udp
+    h = harness(SITES)
+    ok, bad = b"a" * 40, b"b" * 40
+    held = DPI | HOLD | HOLD_ALL
+    h.engine.handle(udp(client_initial(RFC_DCID, crypto_frame(0, hello_with_sni("allowed.org"))), key=ok,
+                        inspect=held))
+    assert h.codes(ok) == [V.VERDICT_RELEASE] and len(h.resets.injected) == 1
+    h.engine.handle(udp(server_initial(RFC_DCID, crypto_frame(0, SERVER_HELLO)), side=1, key=ok, inspect=held))
+    assert h.codes(ok) == [V.VERDICT_RELEASE, V.VERDICT_ALLOW]
+    h.engine.handle(udp(b"\x40" + bytes(40), key=ok, inspect=held))        # a short-header packet: on, unread
+    assert len(h.resets.injected) == 2
+    h.engine.handle(udp(client_initial(RFC_DCID, crypto_frame(0, hello_with_sni("evil12.test"))), key=bad,
+                        inspect=held))
+    assert h.codes(bad) == [V.VERDICT_BLOCK] and len(h.resets.injected) == 2
+    (a,) = alerts(h)
+    assert a["alert"]["signature"] == "l7 allow-list of rule sites: QUIC server name evil12.test not allowed"
+    assert a["alert"]["metadata"]["field"] == ["l7.tls"] and a["quic"]["sni"] == "evil12.test"
+    assert a["app_proto"] == "quic"
+
+
+def test_tls_list_on_tls_over_tcp():
+    h = harness(SITES)
+    h.engine.handle(rec(client_hello(b"www.example.org"), inspect=DPI | HOLD, server=("10.0.1.5", 443)))
+    assert h.codes() == [V.VERDICT_RELEASE]
+    h2 = harness(SITES)
+    h2.engine.handle(rec(client_hello(b"example.org"), inspect=DPI | HOLD, server=("10.0.1.5", 443)))
+    assert h2.codes() == [V.VERDICT_BLOCK] and h2.resets.injected == []
+    (a,) = alerts(h2)
+    assert a["alert"]["signature"] == "l7 allow-list of rule sites: TLS server name example.org not allowed"
+    assert a["tls"]["sni"] == "example.org"
+    # HTTP on a rule whose list names only tls: blocked as another protocol.
+    h3 = harness(SITES)
+    h3.engine.handle(rec(get(b"/"), inspect=DPI | HOLD))
+    assert h3.codes() == [V.VERDICT_BLOCK]
+    assert alerts(h3)[0]["alert"]["metadata"]["field"] == ["l7.protocol"]

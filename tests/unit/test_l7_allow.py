@@ -163,3 +163,42 @@ def test_policy_from_the_model_and_through_json(tmp_path):
     pol = L7Policy.from_spec(json.loads(json.dumps(spec)))
     assert pol.get(1) is None and pol.get(2).label == "web"
     assert allowed(pol.get(2), req("GET", "/ok")) and not allowed(pol.get(2), req("GET", "/no"))
+
+
+def hello(kind: str, sni: str | None):
+    return types.SimpleNamespace(kind=kind, direction=TO_SERVER, sni=sni)
+
+
+@pytest.mark.parametrize("kind,proto", [("tls_client_hello", "TLS"), ("quic_client_hello", "QUIC")])
+def test_tls_server_names_of_tls_and_quic_hellos(kind, proto):
+    r = RuleAllow(5, "sites", {"tls": ["example.com", "*.example.org"]})
+    assert r.protocols == ("tls",)
+    assert r.check_server_name(hello(kind, "example.com")) is None
+    assert r.check_server_name(hello(kind, "EXAMPLE.com.")) is None          # case, trailing dot
+    assert r.check_server_name(hello(kind, "a.example.org")) is None
+    assert r.check_server_name(hello(kind, "a.b.example.org")) == ("l7.tls", f"{proto} server name a.b.example.org not allowed")
+    assert r.check_server_name(hello(kind, "example.org")) is not None       # `*.` needs a label
+    assert r.check_server_name(hello(kind, "evil.test")) == ("l7.tls", f"{proto} server name evil.test not allowed")
+    assert r.check_server_name(hello(kind, None)) == ("l7.tls", f"{proto} ClientHello without a server name not allowed")
+
+
+def test_inspector_with_a_tls_list_checks_each_hello_and_lets_the_rest_of_tls_and_quic_by():
+    class Inner:
+        def feed(self, ev):
+            return []
+
+    insp = RuleAllow(6, "sites", {"tls": ["example.com"]}).inspector(Inner())
+    assert insp.feed(hello("quic_client_hello", "example.com")) == []
+    for kind in ("quic_server_hello", "quic_retry", "tls_server_hello", "tls_alert", "quic_connection_close"):
+        assert insp.feed(types.SimpleNamespace(kind=kind, direction=Direction.TO_CLIENT)) == [], kind
+    (hit,) = insp.feed(hello("quic_client_hello", "evil.test"))     # a second hello (after a Retry) is checked too
+    assert hit.rule_id == L7_IDS["l7.tls"] and hit.field == "l7.tls" and hit.matched == "evil.test"
+    assert hit.rule_name == "l7 allow-list of rule sites: QUIC server name evil.test not allowed"
+    # A tls list allows no HTTP, DNS or SSLv2 hello (no name): another protocol.
+    for ev in (req("GET", "/"), query("example.com"), types.SimpleNamespace(kind="ssl2_client_hello",
+                                                                           direction=TO_SERVER)):
+        (hit,) = RuleAllow(6, "sites", {"tls": ["example.com"]}).inspector(Inner()).feed(ev)
+        assert hit.field == "l7.protocol" and hit.rule_name.endswith("not allowed (the list names tls)")
+    # Without a tls list, a hello stays a protocol the list does not name.
+    (hit,) = RuleAllow(7, "web", WEB).inspector(Inner()).feed(hello("quic_client_hello", "example.com"))
+    assert hit.field == "l7.protocol" and hit.rule_name == "l7 allow-list of rule web: quic not allowed (the list names http)"

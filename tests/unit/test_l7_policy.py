@@ -132,3 +132,44 @@ def test_diff_sees_a_changed_list(microseg, tmp_path):
     out = microseg("policy", "diff", new, "--against", old, check=True).stdout
     assert "~ rule web (line 7): l7 allow-list changed" in out
     assert "no changes" in microseg("policy", "diff", old, "--against", old, check=True).stdout
+
+
+SITES = POLICY + """\
+  - name: sites
+    from: clients
+    to: web
+    proto: udp
+    ports: [443]
+    action: allow
+    l7:
+      tls: [www.example.com, "*.example.org"]
+"""
+BAD_TLS = [
+    (('tls: [www.example.com,', 'tls: [www.exa mple.com,'), 36, "l7.tls[1]: 'www.exa mple.com'"),
+    (("proto: udp\n    ports: [443]", "proto: icmp"), 35, "l7.tls: needs proto udp or tcp"),
+    (('tls: [www.example.com, "*.example.org"]', "tls: []"), 36, "l7.tls: empty list"),
+]
+
+
+def test_tls_list_checked_with_file_and_line(microseg, tmp_path):
+    f = write(tmp_path, SITES)
+    assert microseg("policy", "check", f).returncode == 0
+    model, pol, _ = pf.compile_file(f)
+    assert model.rules[2].l7.protocols() == ("tls",) and model.rules[2].verdict(3).inspect & INSPECT["HOLD_ALL"]
+    assert "l7 tls[2]" in pol.rule_info[3].text
+    for (old, new), line, words in BAD_TLS:
+        assert old in SITES, old
+        f = write(tmp_path, SITES.replace(old, new, 1))
+        r = microseg("policy", "check", f)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (new, r.stderr)
+        got = [ln for ln in r.stderr.splitlines() if words in ln]
+        assert got and got[0].startswith(f"{f}:{line}: "), (new, r.stderr, line)
+
+
+def test_explain_shows_a_tls_list(microseg, tmp_path):
+    f = write(tmp_path, SITES)
+    out = microseg("policy", "explain", "10.0.0.5", "10.0.1.5", "udp", "443", "--file", f, check=True).stdout
+    assert "l7 allow:    tls: www.example.com (line 36)" in out and "tls: *.example.org (line 36)" in out
+    e = json.loads(microseg("policy", "explain", "10.0.0.5", "10.0.1.5", "udp", "443", "--file", f, "--json",
+                            check=True).stdout)
+    assert e["l7"]["mode"] == "hold" and [x["allow"] for x in e["l7"]["tls"]] == ["www.example.com", "*.example.org"]
