@@ -20,7 +20,8 @@ from .api import Direction, PluginError, ProtocolPlugin
 ENTRY_POINT_GROUP = "microseg.protocols"
 BUILTIN_MODULES = ("protocols.http", "protocols.tls", "protocols.dns", "protocols.ssh",
                    "protocols.mysql", "protocols.redis", "protocols.http2",
-                   "protocols.quic", "protocols.smtp")
+                   "protocols.quic", "protocols.smtp",
+                   "protocols.postgresql")
 
 
 def builtin_plugins() -> list[ProtocolPlugin]:

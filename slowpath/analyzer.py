@@ -25,9 +25,9 @@ DETECT_BUFFER_BYTES = 4096
 # the best guess when the buffer is full or the stream ends.
 DECIDE_AT = LIKELY
 # Events after which the connection carries another protocol: HTTP CONNECT's
-# tunnel, MySQL's switch to TLS (SSLRequest), SMTP's STARTTLS answered 220.
-# What follows is detected again.
-TUNNEL_EVENTS = ("http_tunnel", "mysql_tls", "smtp_starttls")
+# tunnel, MySQL's switch to TLS (SSLRequest), SMTP's STARTTLS answered 220,
+# PostgreSQL's SSLRequest answered 'S'. What follows is detected again.
+TUNNEL_EVENTS = ("http_tunnel", "mysql_tls", "smtp_starttls", "pgsql_tls")
 # An HTTP/1.1 Upgrade to this protocol goes on as HTTP/2 (RFC 7540 3.2):
 # the upgraded request is its stream 1, and the flow is HTTP/2 from then on.
 H2C_UPGRADE = "h2c"

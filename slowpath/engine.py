@@ -140,6 +140,7 @@ class Flow:
     tls_hello: object = None
     ssh: dict = field(default_factory=dict)   # (kind, direction) -> SshBanner / SshKexInit, until logged
     ssh_logged: bool = False
+    pgsql: object = None     # eve.PgsqlLog: the PostgreSQL transaction being answered
     alerted: bool = False
     caps_seen: int = 0
     copied: list = field(default_factory=lambda: [0, 0])   # payload bytes the kernel copied, per side
@@ -586,6 +587,11 @@ class Engine:
                 self.emit(eve.http_record(info, req, resp, self.wallclock(), grpc=ev))
         elif kind == "quic_client_hello" or kind == "quic_server_hello":
             self.emit(eve.quic_record(info, ev, self.wallclock()))
+        elif kind.startswith("pgsql_"):
+            if flow.pgsql is None:
+                flow.pgsql = eve.PgsqlLog()
+            for obj in flow.pgsql.feed(ev):
+                self.emit(eve.pgsql_record(info, obj, self.wallclock()))
         elif kind in ("ssh_banner", "ssh_kexinit") and not flow.ssh_logged:
             flow.ssh.setdefault((kind, ev.direction), ev)
             if len(flow.ssh) == 4:        # both banners and both KEXINITs: the handshake in the clear
@@ -674,9 +680,12 @@ class Engine:
         """EVE records of requests and ClientHellos whose answer was not
         seen, and of an SSH handshake seen in part."""
         if not flow.http_pending and flow.tls_hello is None and not flow.ssh and flow.http_coded is None \
-                and not flow.grpc_calls:
+                and not flow.grpc_calls and flow.pgsql is None:
             return
         info, now = self._info(flow), self.wallclock()
+        if flow.pgsql is not None:           # a transaction the server had not finished answering
+            for obj in flow.pgsql.flush():
+                self.emit(eve.pgsql_record(info, obj, now))
         self._log_ssh(flow, info, now)
         if flow.http_coded is not None:      # its body never ended
             req, resp = flow.http_coded

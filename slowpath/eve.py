@@ -78,7 +78,7 @@ from slowpath.community_id import community_id, packed_ip
 
 SCHEMA_PATH = Path(__file__).with_name("eve_schema.json")
 
-EVENT_TYPES = ("flow", "alert", "http", "tls", "dns", "ssh", "drop", "stats", "anomaly", "quic")
+EVENT_TYPES = ("flow", "alert", "http", "tls", "dns", "ssh", "drop", "stats", "anomaly", "quic", "pgsql")
 # The counter groups of Suricata's stats record (its schema refuses any
 # other key under ``stats``): stats_record takes nothing else.
 STATS_GROUPS = frozenset({"app_layer", "capture", "decoder", "defrag", "detect", "exception_policy",
@@ -537,6 +537,114 @@ def quic_record(flow: FlowInfo, hello: QuicClientHello | QuicServerHello, ts=Non
     rec = _header(flow, "quic", ts, direction=hello.direction, tx_id=tx_id)
     rec["quic"] = quic_object(hello)
     rec["app_proto"] = "quic"
+    return rec
+
+
+# --- PostgreSQL -------------------------------------------------------------------
+# ParameterStatus names Suricata's pgsql logger writes in snake case (its
+# schema lists them so); other names are written as the server sent them.
+_PG_PARAMETER_NAMES = {"DateStyle": "date_style", "IntervalStyle": "interval_style", "TimeZone": "time_zone"}
+# ParameterStatus entries kept in one transaction: a server sends about 14 at
+# login and one per SET of a reported setting; more is not worth a log line.
+MAX_PGSQL_PARAMETERS = 64
+# Suricata's request messages for the requests without a body it logs.
+_PG_MESSAGES = {"pgsql_ssl_request": "SSL Request", "pgsql_terminate": "termination_message"}
+
+
+class PgsqlLog:
+    """One PostgreSQL flow's parser events (protocols/postgresql.py) as
+    Suricata's pgsql transactions: a request (SSLRequest, startup, simple
+    query, cancel, terminate) and what the server answered up to its
+    ReadyForQuery (or the SSL answer). ``feed`` returns the pgsql objects a
+    event completes; ``flush`` the one still open when the flow ends."""
+    __slots__ = ("tx_id", "request", "response")
+
+    def __init__(self) -> None:
+        self.tx_id = 0
+        self.request: dict | None = None
+        self.response: dict = {}
+
+    def _close(self) -> list[dict]:
+        if self.request is None and not self.response:
+            return []
+        obj: dict[str, Any] = {"tx_id": self.tx_id}
+        if self.request is not None:
+            obj["request"] = self.request
+        if self.response:
+            obj["response"] = self.response
+        self.tx_id += 1
+        self.request, self.response = None, {}
+        return [obj]
+
+    def _open(self, request: dict) -> list[dict]:
+        out = self._close()
+        self.request = request
+        return out
+
+    def feed(self, ev) -> list[dict]:
+        kind = ev.kind
+        resp = self.response
+        if kind == "pgsql_ssl_request":
+            return self._open({"message": "GSSENC Request" if ev.gss else _PG_MESSAGES[kind]})
+        if kind == "pgsql_ssl_response":
+            resp["ssl_accepted"] = bool(ev.accepted)
+            return self._close()
+        if kind == "pgsql_startup":
+            req: dict[str, Any] = {"protocol_version": ev.protocol_version}
+            params: dict[str, Any] = {}
+            if ev.user is not None:
+                params["user"] = ev.user
+            optional = [{k: v} for k, v in ev.parameters if k != "user"]
+            if optional:
+                params["optional_parameters"] = optional
+            if params:
+                req["startup_parameters"] = params
+            return self._open(req)
+        if kind == "pgsql_query":
+            return self._open({"simple_query": ev.query}) if ev.type == "simple" else []
+        if kind == "pgsql_cancel_request":
+            return self._open({"process_id": ev.process_id, "secret_key": ev.secret_key}) + self._close()
+        if kind == "pgsql_terminate":
+            return self._open({"message": _PG_MESSAGES[kind]}) + self._close()
+        if kind == "pgsql_parameter_status":
+            status = resp.setdefault("parameter_status", [])
+            if len(status) < MAX_PGSQL_PARAMETERS:
+                status.append({_PG_PARAMETER_NAMES.get(ev.name, ev.name): ev.value})
+        elif kind == "pgsql_backend_key":
+            resp["process_id"], resp["secret_key"] = ev.process_id, ev.secret_key
+        elif kind == "pgsql_row_description":
+            resp["field_count"] = ev.field_count
+        elif kind == "pgsql_command_complete":
+            resp["command_completed"] = ev.tag
+            if ev.data_rows or "field_count" in resp:
+                resp["data_rows"], resp["data_size"] = ev.data_rows, ev.data_size
+        elif kind in ("pgsql_error", "pgsql_notice") and "code" not in resp:
+            # The first report of a transaction (an error after a notice still wins).
+            fields = dict(ev.fields)
+            for key, code in (("severity_localizable", "S"), ("severity_non_localizable", "V"),
+                              ("code", "C"), ("message", "M"), ("file", "F"), ("line", "L"),
+                              ("routine", "R")):
+                if code in fields:
+                    resp[key] = fields[code]
+        elif kind == "pgsql_error" and resp.get("severity_non_localizable") != "ERROR":
+            fields = dict(ev.fields)
+            for key, code in (("severity_localizable", "S"), ("severity_non_localizable", "V"),
+                              ("code", "C"), ("message", "M")):
+                if code in fields:
+                    resp[key] = fields[code]
+        elif kind == "pgsql_ready":
+            return self._close()
+        return []
+
+    def flush(self) -> list[dict]:
+        return self._close()
+
+
+def pgsql_record(flow: FlowInfo, obj: Mapping, ts=None) -> dict:
+    """One PostgreSQL transaction (a PgsqlLog object) as Suricata's pgsql record."""
+    rec = _header(flow, "pgsql", ts)
+    rec["pgsql"] = dict(obj)
+    _set_app_proto(rec, flow.app_proto)
     return rec
 
 

@@ -536,6 +536,9 @@ def test_every_builder_passes_suricata_schema_strictly():
         "stats": eve.stats_record(eve.suricata_stats({"slowpath.records": 1}), TS, uptime=1),
         "anomaly": eve.anomaly_record(FLOW, "METHOD_UNKNOWN", TS, direction=C),
         "quic": eve.quic_record(UDP_FLOW, quic_hello(), TS),
+        "pgsql": eve.pgsql_record(eve.FlowInfo(9, "10.1.0.5", 40816, "10.1.0.6", 5432, 6, "postgresql"),
+                                  {"tx_id": 0, "request": {"simple_query": "select 1"},
+                                   "response": {"command_completed": "SELECT 1", "data_rows": 1}}, TS),
     }
     assert {r["event_type"] for r in records.values()} == set(eve.EVENT_TYPES)
     for what, rec in records.items():
