@@ -21,7 +21,7 @@ ENTRY_POINT_GROUP = "microseg.protocols"
 BUILTIN_MODULES = ("protocols.http", "protocols.tls", "protocols.dns", "protocols.ssh",
                    "protocols.mysql", "protocols.redis", "protocols.http2",
                    "protocols.quic", "protocols.smtp",
-                   "protocols.postgresql", "protocols.kafka")
+                   "protocols.postgresql", "protocols.kafka", "protocols.mongodb")
 
 
 def builtin_plugins() -> list[ProtocolPlugin]:
