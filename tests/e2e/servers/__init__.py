@@ -1,8 +1,9 @@
 """Lab servers the end-to-end tests start inside a lab's server namespace:
 h2c_server.py (HTTP/2 cleartext, prior knowledge and Upgrade), grpc_lab.py
 (a grpcio server and client), compressed_server.py (gzip / deflate / br
-responses). ``lab_server`` starts one, waits for it to say ``ready`` and to
-listen, and ends it by its PID on the way out, also when the test fails."""
+responses), quic_server.py (an aioquic echo server and client).
+``lab_server`` starts one, waits for it to say ``ready`` and to listen,
+and ends it by its PID on the way out, also when the test fails."""
 from __future__ import annotations
 
 import contextlib
@@ -18,17 +19,18 @@ STOP_TIMEOUT_S = 5
 
 
 @contextlib.contextmanager
-def lab_server(lab, tmp: Path, script: str, *args: str, port: int):
+def lab_server(lab, tmp: Path, script: str, *args: str, port: int, udp: bool = False):
     """``python servers/<script> *args`` in ``lab.server``; yields its Popen
-    once it printed ``ready`` and something listens on ``port``. Its stderr
-    goes to ``tmp``/<script>-<port>.err."""
+    once it printed ``ready`` and something listens on ``port`` (TCP, or a
+    bound UDP socket with ``udp``). Its stderr goes to ``tmp``/<script>-<port>.err."""
     err = open(tmp / f"{Path(script).stem}-{port}.err", "w")
     proc = lab.popen(lab.server, [sys.executable, str(HERE / script), *args], stdout=subprocess.PIPE,
                      stderr=err, text=True)
     try:
         _wait_ready(proc, tmp / f"{Path(script).stem}-{port}.err")
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not lab.run(lab.server, ["ss", "-Hltn", f"sport = :{port}"], check=False).stdout.strip():
+        while not lab.run(lab.server, ["ss", "-Hlun" if udp else "-Hltn", f"sport = :{port}"],
+                          check=False).stdout.strip():
             assert time.monotonic() < deadline, f"{script}: nothing listens on {port} in {lab.server}"
             time.sleep(0.05)
         yield proc
