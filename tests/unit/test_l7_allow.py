@@ -176,10 +176,12 @@ def test_tls_server_names_of_tls_and_quic_hellos(kind, proto):
     assert r.check_server_name(hello(kind, "example.com")) is None
     assert r.check_server_name(hello(kind, "EXAMPLE.com.")) is None          # case, trailing dot
     assert r.check_server_name(hello(kind, "a.example.org")) is None
-    assert r.check_server_name(hello(kind, "a.b.example.org")) == ("l7.tls", f"{proto} server name a.b.example.org not allowed")
+    assert r.check_server_name(hello(kind, "a.b.example.org")) == (
+        "l7.tls", f"{proto} server name a.b.example.org not allowed")
     assert r.check_server_name(hello(kind, "example.org")) is not None       # `*.` needs a label
     assert r.check_server_name(hello(kind, "evil.test")) == ("l7.tls", f"{proto} server name evil.test not allowed")
-    assert r.check_server_name(hello(kind, None)) == ("l7.tls", f"{proto} ClientHello without a server name not allowed")
+    assert r.check_server_name(hello(kind, None)) == (
+        "l7.tls", f"{proto} ClientHello without a server name not allowed")
 
 
 def test_inspector_with_a_tls_list_checks_each_hello_and_lets_the_rest_of_tls_and_quic_by():
@@ -201,4 +203,5 @@ def test_inspector_with_a_tls_list_checks_each_hello_and_lets_the_rest_of_tls_an
         assert hit.field == "l7.protocol" and hit.rule_name.endswith("not allowed (the list names tls)")
     # Without a tls list, a hello stays a protocol the list does not name.
     (hit,) = RuleAllow(7, "web", WEB).inspector(Inner()).feed(hello("quic_client_hello", "example.com"))
-    assert hit.field == "l7.protocol" and hit.rule_name == "l7 allow-list of rule web: quic not allowed (the list names http)"
+    assert hit.field == "l7.protocol"
+    assert hit.rule_name == "l7 allow-list of rule web: quic not allowed (the list names http)"
