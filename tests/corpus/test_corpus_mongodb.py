@@ -101,6 +101,28 @@ def test_parsers_agree_with_the_truth(parsers_tally, field):
     assert parsers_tally.rate(field) >= target, "\n".join(parsers_tally.misses[field])
 
 
+def test_no_other_corpus_flow_is_called_mongodb():
+    """Precision: the probe and the kernel signatures claim no flow the truth
+    labels otherwise (the signatures are 8 fixed bytes, the probe a header
+    shape: both could misfire on binary protocols)."""
+    table = l7.compile_signatures(list(registry.default_plugins()))
+    wrong, seen = [], 0
+    for tf in sorted((CORPUS / "truth").glob("*.json")):
+        truth = json.loads(tf.read_text())
+        labels = {unordered(k): f["label"] for k, f in truth["flows"].items()}
+        for flow in read_capture(CORPUS / truth["pcap"]).flows:
+            label = labels.get(unordered(flow.key))
+            if label is None or label == "mongodb":
+                continue
+            seen += 1
+            an, _ = analyse_flow(flow)
+            kernel = kernel_app(flow, table)
+            if "mongodb" in (an.app, kernel):
+                wrong.append(f"{truth['pcap']} {flow.key}: truth {label}, analyzer {an.app}, kernel {kernel}")
+    assert seen > 150
+    assert not wrong, "\n".join(wrong)
+
+
 # --- through microseg replay ------------------------------------------------------
 @pytest.fixture(scope="module")
 def replay_tally(fastpath_build):
