@@ -21,7 +21,8 @@ ENTRY_POINT_GROUP = "microseg.protocols"
 BUILTIN_MODULES = ("protocols.http", "protocols.tls", "protocols.dns", "protocols.ssh",
                    "protocols.mysql", "protocols.redis", "protocols.http2",
                    "protocols.quic", "protocols.smtp",
-                   "protocols.postgresql", "protocols.kafka", "protocols.mongodb")
+                   "protocols.postgresql", "protocols.kafka", "protocols.mongodb",
+                   "protocols.mqtt")
 
 
 def builtin_plugins() -> list[ProtocolPlugin]:

@@ -60,6 +60,10 @@ FIRST_PAYLOADS = {
     "redis": ("c", b"*1\r\n$4\r\nPING\r\n"),
     # HTTP/2 by prior knowledge: the connection preface, then the client's SETTINGS.
     "http2": ("c", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000006040000000000000300000064")),
+    # SMTP: the server's greeting (a client's EHLO is the other signature, below).
+    "smtp": ("s", b"220 mx.example.org ESMTP Postfix\r\n"),
+    # MQTT 3.1.1 CONNECT, client id "c1", clean session, keep alive 60.
+    "mqtt": ("c", bytes.fromhex("100e00044d5154540402003c0002") + b"c1"),
 }
 
 
@@ -76,6 +80,14 @@ def test_builtin_protocol_identified_on_its_first_payload(fastpath, name):
     conn.send("s" if side == "c" else "c", "PA", data=b"\0" * 40)
     e = conn.entry()
     assert e.leaf.app == fastpath.l7.ids[name] and e.leaf.l7_seen == 3
+
+
+@pytest.mark.parametrize("hello", [b"EHLO client.example.org\r\n", b"helo x\r\n"])
+def test_smtp_client_hello_identifies_without_the_greeting(fastpath, hello):
+    """A capture or a tap that missed the greeting: the client's EHLO/HELO (any case) names SMTP."""
+    conn = TcpConn.make(fastpath, server=("10.0.0.2", 2525)).handshake()
+    conn.send("c", "PA", data=hello)
+    assert conn.entry().leaf.app == fastpath.l7.ids["smtp"]
 
 
 def test_unknown_payload_leaves_the_flow_unidentified(fastpath):
@@ -136,13 +148,15 @@ def test_kernel_equals_the_model_on_random_payloads(fastpath, table_swap):
 
 
 def test_a_new_plugin_is_identified_without_a_rebuild(fastpath, table_swap):
-    mqtt = ProtocolPlugin("mqtt-test", never, signatures=(
-        Signature(0, b"\x10", b"\xf0"), Signature(4, b"\x00\x04MQTT"),))
-    tab = table_swap([*fastpath.protocols, mqtt])
-    assert tab.ids["mqtt-test"] >= l7.PLUGIN_FIRST
+    # (MQTT-shaped, but naming a protocol "MQTX": the built-in MQTT's
+    # signatures do not claim it.)
+    proto = ProtocolPlugin("mqtx-test", never, signatures=(
+        Signature(0, b"\x10", b"\xf0"), Signature(4, b"\x00\x04MQTX"),))
+    tab = table_swap([*fastpath.protocols, proto])
+    assert tab.ids["mqtx-test"] >= l7.PLUGIN_FIRST
     conn = TcpConn.make(fastpath, server=("10.0.0.2", 1883)).handshake()
-    conn.send("c", "PA", data=bytes.fromhex("101000044d5154540402003c0004") + b"abcd")
-    assert conn.entry().leaf.app == tab.ids["mqtt-test"]
+    conn.send("c", "PA", data=bytes.fromhex("101000044d5154580402003c0004") + b"abcd")
+    assert conn.entry().leaf.app == tab.ids["mqtx-test"]
 
 
 APP_POLICY = """

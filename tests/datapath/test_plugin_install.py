@@ -3,7 +3,7 @@ the registry, identified by the kernel's L7 stage from its signatures (with
 no C change: the running build's table is reloaded) and parsed by its own
 parser through the flow analyzer.
 
-The example package (examples/microseg-mqtt) is installed with pip into a
+The example package (examples/microseg-nats) is installed with pip into a
 scratch directory put on sys.path, so the virtual environment is untouched.
 """
 from __future__ import annotations
@@ -21,12 +21,13 @@ from protocols import registry
 from protocols.api import Direction
 from slowpath.analyzer import FlowAnalyzer
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "microseg-mqtt"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "microseg-nats"
 
-# An MQTT 3.1.1 CONNECT (client id "sensor-7", user "ops") and a PUBLISH.
-CONNECT = bytes.fromhex("101d00044d51545404c2003c0008") + b"sensor-7" + bytes.fromhex("0003") + b"ops" \
-    + bytes.fromhex("0002") + b"pw"
-PUBLISH = bytes.fromhex("300e000a") + b"plant/temp" + b"21"
+# A NATS server's greeting, the client's CONNECT (name "sensor-7", user
+# "ops") and a PUB whose 2-byte payload is skipped, not read as a command.
+INFO = b'INFO {"server_id":"NDX3","version":"2.10.7","max_payload":1048576}\r\n'
+CONNECT = b'CONNECT {"verbose":false,"name":"sensor-7","user":"ops","pass":"pw"}\r\n'
+PUBLISH = b"PUB plant.temp 2\r\n21\r\nPING\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def installed(tmp_path_factory):
         yield registry.all_plugins()
     finally:
         sys.path.remove(str(target))
-        for mod in [m for m in sys.modules if m.startswith("microseg_mqtt")]:
+        for mod in [m for m in sys.modules if m.startswith("microseg_nats")]:
             del sys.modules[mod]
         registry.default_plugins.cache_clear()
 
@@ -51,8 +52,8 @@ def installed(tmp_path_factory):
 def test_registry_finds_the_installed_plugin(installed):
     names = [p.name for p in installed]
     assert names[:6] == ["http", "tls", "dns", "ssh", "mysql", "redis"]   # built-ins first
-    assert "mqtt" in names
-    assert l7.app_ids(installed)["mqtt"] >= l7.PLUGIN_FIRST
+    assert "nats" in names
+    assert l7.app_ids(installed)["nats"] >= l7.PLUGIN_FIRST
 
 
 def test_kernel_identifies_it_without_a_rebuild(fastpath, installed):
@@ -61,9 +62,9 @@ def test_kernel_identifies_it_without_a_rebuild(fastpath, installed):
     fastpath.l7 = tab
     try:
         l7.load(fastpath, tab)
-        conn = TcpConn.make(fastpath, server=("10.0.0.2", 1883)).handshake()
-        conn.send("c", "PA", data=CONNECT)
-        assert conn.entry().leaf.app == tab.ids["mqtt"]
+        conn = TcpConn.make(fastpath, server=("10.0.0.2", 4222)).handshake()
+        conn.send("s", "PA", data=INFO)
+        assert conn.entry().leaf.app == tab.ids["nats"]
     finally:
         fastpath.l7 = own
         l7.load(fastpath, own)
@@ -71,12 +72,16 @@ def test_kernel_identifies_it_without_a_rebuild(fastpath, installed):
 
 def test_parser_and_probe_through_the_analyzer(installed):
     an = FlowAnalyzer("tcp", installed)
-    events = an.data(Direction.TO_SERVER, CONNECT[:5]) + an.data(Direction.TO_SERVER, CONNECT[5:] + PUBLISH)
-    assert an.app == "mqtt"
+    events = an.data(Direction.TO_CLIENT, INFO[:5]) + an.data(Direction.TO_CLIENT, INFO[5:])
+    events += an.data(Direction.TO_SERVER, CONNECT[:5]) + an.data(Direction.TO_SERVER, CONNECT[5:] + PUBLISH)
+    assert an.app == "nats"
     kinds = [e.kind for e in events]
-    assert kinds == ["mqtt_connect", "mqtt_publish"]
-    assert (events[0].client_id, events[0].username, events[0].level) == ("sensor-7", "ops", 4)
-    assert events[1].topic == "plant/temp"
+    assert kinds == ["nats_info", "nats_connect", "nats_message"]
+    assert (events[0].server_id, events[0].version) == ("NDX3", "2.10.7")
+    assert (events[1].name, events[1].user) == ("sensor-7", "ops")
+    assert (events[2].op, events[2].subject, events[2].size) == ("PUB", "plant.temp", 2)
+    # with the built-in MQTT beside it, names stay unique
+    assert sorted(p.name for p in installed).count("mqtt") == 1
 
 
 def test_a_broken_plugin_is_named_not_a_traceback(tmp_path):
