@@ -19,6 +19,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocols import kafka
+
 from .policy_model import PolicyFile, Rule, field_name
 from .policy_tables import GROUP_ANY, mapped, mapped_net, no_gc
 
@@ -431,8 +433,8 @@ def _check_l7(model: PolicyFile, a: Analysis, i: int, r: Rule) -> None:
         err((model.line(*base, key=True), f"rule {i + 1}: l7: an allow-list on a rule that denies "
                                            f"(use action allow or inspect)"))
     if not l7.protocols():
-        err((model.line(*base), f"rule {i + 1}: l7: empty (list http, grpc, dns or tls; omit `l7` to allow all)"))
-    for proto in ("http", "grpc"):
+        err((model.line(*base), f"rule {i + 1}: l7: empty (list http, grpc, dns, tls or kafka; omit `l7` to allow all)"))
+    for proto in ("http", "grpc", "kafka"):
         if getattr(l7, proto) is not None and r.proto != "tcp":
             err((model.line(*base, proto, key=True), f"rule {i + 1}: l7.{proto}: needs proto tcp "
                                                       f"(proto is {r.proto})"))
@@ -481,6 +483,30 @@ def _check_l7(model: PolicyFile, a: Analysis, i: int, r: Rule) -> None:
             why = _name_error(n)
             if why:
                 err((model.line(*base, proto, j), f"rule {i + 1}: l7.{proto}[{j + 1}]: {n!r}: {why}"))
+    for j, k in enumerate(l7.kafka or ()):
+        _check_kafka_entry(model, err, (*base, "kafka", j), f"rule {i + 1}: l7.kafka[{j + 1}]", k)
+
+
+def _check_kafka_entry(model: PolicyFile, err, at: tuple, where: str, k) -> None:
+    """One `l7.kafka` entry: Cilium's fields, each a value Kafka can carry."""
+    if k.role is None and k.api_key is None and k.api_version is None and k.client_id is None \
+            and k.topic is None:
+        err((model.line(*at), f"{where}: no role, api_key, api_version, client_id or topic (it would "
+                              f"allow every request)"))
+    if k.role is not None and k.api_key is not None:
+        err((model.line(*at, "api_key"), f"{where}: role and api_key together (role stands for a set "
+                                         f"of api keys: give one of them)"))
+    if k.api_key is not None and kafka.api_key_of(k.api_key) is None:
+        err((model.line(*at, "api_key"), f"{where}.api_key: {k.api_key!r}: not a Kafka API name or "
+                                         f"number (e.g. Produce, Fetch, Metadata, 0)"))
+    if k.api_version is not None and not 0 <= k.api_version <= kafka.PROBE_MAX_API_VERSION:
+        err((model.line(*at, "api_version"), f"{where}.api_version: {k.api_version}: out of range "
+                                             f"0..{kafka.PROBE_MAX_API_VERSION}"))
+    if k.client_id is not None and not k.client_id:
+        err((model.line(*at, "client_id"), f"{where}.client_id: empty (omit it for any client)"))
+    if k.topic is not None and not kafka.TOPIC_NAME.fullmatch(k.topic):
+        err((model.line(*at, "topic"), f"{where}.topic: {k.topic!r}: a Kafka topic name (1 to 249 "
+                                       f"letters, digits, '.', '_', '-')"))
 
 
 def _number_anonymous(a: Analysis, known: _Known, pending: list[tuple]) -> None:

@@ -76,6 +76,21 @@ class GrpcAllow(BaseModel):
     method: str | None = None          # None: every method of the service
 
 
+class KafkaAllow(BaseModel):
+    """One entry of a rule's Kafka allow-list (as Cilium's PortRuleKafka): a
+    request is allowed when every field the entry gives matches; a request
+    naming several topics needs each of them allowed. ``role`` stands for
+    Cilium's sets of APIs (produce, consume) and excludes ``api_key``.
+    Checked by datapath/policy_check.py; matched by slowpath/l7allow.py."""
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["produce", "consume"] | None = None
+    api_key: str | int | None = None   # an API's name ("Produce", "fetch") or number
+    api_version: int | None = None
+    client_id: str | None = None       # exact
+    topic: str | None = None           # exact
+
+
 class L7Spec(BaseModel):
     """A rule's L7 allow-list: what its flows may carry. What no list entry
     allows (and any protocol the lists do not name) is blocked."""
@@ -87,9 +102,10 @@ class L7Spec(BaseModel):
     # Server names (SNI) of TLS ClientHellos, over TCP or in QUIC's Initial
     # packets; names or `*` patterns as `dns` (Cilium's serverNames).
     tls: list[str] | None = None
+    kafka: list[KafkaAllow] | None = None
 
     def protocols(self) -> tuple[str, ...]:
-        return tuple(p for p in ("http", "grpc", "dns", "tls") if getattr(self, p) is not None)
+        return tuple(p for p in ("http", "grpc", "dns", "tls", "kafka") if getattr(self, p) is not None)
 
 
 class Defaults(BaseModel):

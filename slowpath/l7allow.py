@@ -3,12 +3,13 @@
 The policy model (datapath/policy_model.py L7Spec) says what a rule allows:
 HTTP requests (method and path regexes, host, headers), gRPC calls
 (service, method), DNS query names, TLS server names (SNI, over TCP or in
-QUIC's Initial packets). :func:`compile_lists` turns the lists
-of a checked policy into an :class:`L7Policy` (rule id -> RuleAllow), once
-per policy: each rule's method and path regexes go into one Hyperscan
-database each (no backtracking: a request cannot make a match slow; one
-scan per request whatever the number of entries), its names into one
-Python regex of literal labels and one-label runs.
+QUIC's Initial packets), Kafka requests (api, version, client id,
+topics). :func:`compile_lists` turns the lists of a checked policy into
+an :class:`L7Policy` (rule id -> RuleAllow), once per policy: each rule's
+method and path regexes go into one Hyperscan database each (no
+backtracking: a request cannot make a match slow; one scan per request
+whatever the number of entries), its names into one Python regex of
+literal labels and one-label runs.
 
 The engine (slowpath/engine.py) wraps the per-flow inspector of a flow
 whose rule has a list in an :class:`L7Inspector`: every request or query
@@ -28,6 +29,7 @@ from urllib.parse import unquote_to_bytes
 import hyperscan
 
 from datapath.policy_check import L7_HS_FLAGS, l7_expression, l7_name_regex
+from protocols import kafka
 from protocols.api import Direction
 from slowpath.domains import request_host
 from slowpath.hits import Hit, shown
@@ -36,7 +38,7 @@ from slowpath.hits import Hit, shown
 # range the built-ins reserve (slowpath/hits.py RESERVED_IDS; custom rules
 # cannot take them). The rule is named in the signature text and the field.
 L7_IDS = {"l7.http": 390001, "l7.grpc": 390002, "l7.dns": 390003, "l7.protocol": 390004,
-          "l7.tls": 390006}
+          "l7.tls": 390006, "l7.kafka": 390007}
 L7_CATEGORY = "l7-policy"
 # A policy block is a decision, not a guess: Suricata's severity 2 (medium),
 # below the attacks the WAF names (1).
@@ -52,7 +54,7 @@ MAX_CACHED_TARGET = 256
 # events start with these too). Malformed input and anomalies are the
 # parser_error / http_anomaly settings' business, never a protocol mismatch.
 FAMILIES = {"http": ("http", "grpc"), "grpc": ("http", "grpc"), "dns": ("dns",),
-            "tls": ("tls", "quic")}
+            "tls": ("tls", "quic"), "kafka": ("kafka",)}
 # The events naming a server a `tls` list checks: TLS's ClientHello and
 # QUIC's (its TLS ClientHello, or Google QUIC's CHLO). Each one is checked
 # (a second ClientHello after a HelloRetryRequest or a Retry too).
@@ -157,6 +159,25 @@ class _HttpEntry:
     headers: tuple[tuple[str, str | None], ...]    # (lower-cased name, value or None: present)
 
 
+@dataclass(frozen=True)
+class _KafkaEntry:
+    apis: frozenset | None     # api keys (api_key, or role's set); None: any
+    version: int | None
+    client_id: str | None
+    topic: str | None
+
+    @classmethod
+    def of(cls, e: dict) -> "_KafkaEntry":
+        apis = kafka.ROLES[e["role"]] if e.get("role") else \
+            frozenset({kafka.api_key_of(e["api_key"])}) if e.get("api_key") is not None else None
+        return cls(apis, e.get("api_version"), e.get("client_id"), e.get("topic"))
+
+    def allows_header(self, ev) -> bool:
+        return ((self.apis is None or ev.api_key in self.apis)
+                and (self.version is None or self.version == ev.api_version)
+                and (self.client_id is None or self.client_id == ev.client_id))
+
+
 class RuleAllow:
     """One rule's compiled allow-list. ``check_*`` return None when allowed,
     else (field, what did not match)."""
@@ -164,7 +185,7 @@ class RuleAllow:
     def __init__(self, rule_id: int, label: str, spec: dict) -> None:
         self.rule_id = rule_id
         self.label = label
-        self.protocols = tuple(p for p in ("http", "grpc", "dns", "tls") if spec.get(p) is not None)
+        self.protocols = tuple(p for p in ("http", "grpc", "dns", "tls", "kafka") if spec.get(p) is not None)
         http = spec.get("http") or []
         self._entries = tuple(_HttpEntry(e.get("method") is not None, e.get("path") is not None,
                                          _names_regex([e["host"]]) if e.get("host") else None,
@@ -186,6 +207,7 @@ class RuleAllow:
                     else cur | {g["method"]}
         self._dns = _names_regex(spec.get("dns"))
         self._tls = _names_regex(spec.get("tls"))
+        self._kafka = tuple(_KafkaEntry.of(e) for e in spec.get("kafka") or ())
         self.families = tuple({k for p in self.protocols for k in FAMILIES[p]})
 
     # -- HTTP and gRPC ----------------------------------------------------------
@@ -256,6 +278,28 @@ class RuleAllow:
             return "l7.tls", f"{proto} server name {name} not allowed"
         return None
 
+    # -- Kafka -----------------------------------------------------------------------
+    def check_kafka(self, ev) -> tuple[str, str] | None:
+        """A Kafka request (protocols/kafka.py KafkaRequest): an entry must
+        allow its api, version and client id, and each topic it names needs
+        an entry allowing it (as Cilium). A topic-naming request whose
+        topics were not all read (a cut frame, a version that names topics
+        by id), or that names none (Metadata of every topic), passes only
+        an entry without a topic."""
+        what = f"Kafka {ev.api_name} v{ev.api_version} from client {ev.client_id!r}"
+        entries = [e for e in self._kafka if e.allows_header(ev)]
+        if not entries:
+            return "l7.kafka", f"{what} not allowed"
+        if ev.api_key not in kafka.TOPIC_APIS or any(e.topic is None for e in entries):
+            return None
+        if not ev.topics or not ev.topics_complete:
+            return "l7.kafka", f"{what} for {'topics not all read' if ev.topics else 'every topic'} not allowed"
+        topics = {e.topic for e in entries}
+        for t in ev.topics:
+            if t not in topics:
+                return "l7.kafka", f"{what} for topic {t} not allowed"
+        return None
+
     # -- other protocols ------------------------------------------------------------
     def check_protocol(self, app: str | None) -> tuple[str, str]:
         return "l7.protocol", f"{app or 'an unrecognised protocol'} not allowed " \
@@ -322,6 +366,9 @@ class L7Inspector:
         elif kind in HELLO_KINDS:
             bad = self.allow.check_server_name(ev)
             matched = ev.sni or ""
+        elif kind == "kafka_request":
+            bad = self.allow.check_kafka(ev)
+            matched = f"{ev.api_name} {','.join(ev.topics)}".rstrip()
         if bad is not None:
             self._blocked = True
             out = [*out, self.allow.hit(bad[0], bad[1], matched, ev.direction)]

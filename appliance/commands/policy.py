@@ -122,6 +122,12 @@ def l7_entry_text(proto: str, entry) -> str:
         return entry
     if proto == "grpc":
         return f"{entry.service}/{entry.method or '*'}"
+    if proto == "kafka":
+        return ", ".join([f"role {entry.role}" if entry.role else
+                          f"api {entry.api_key}" if entry.api_key is not None else "any api",
+                          f"version {entry.api_version}" if entry.api_version is not None else "any version",
+                          f"client {entry.client_id}" if entry.client_id is not None else "any client",
+                          f"topic {entry.topic}" if entry.topic is not None else "any topic"])
     parts = [f"method {entry.method}" if entry.method else "any method",
              f"path {entry.path}" if entry.path else "any path"]
     if entry.host:
@@ -152,7 +158,7 @@ def l7_allow_list(model, e: dict) -> dict | None:
 
 def l7_text(l7: dict) -> str:
     lines = []
-    for proto in ("http", "grpc", "dns", "tls"):
+    for proto in ("http", "grpc", "dns", "tls", "kafka"):
         for x in l7.get(proto, ()):
             lines.append(f"{'l7 allow:' if not lines else '':<13}{proto}: {x['allow']} (line {x['line']})")
     lines.append(f"{'':<13}any other request, query or protocol is blocked "
