@@ -9,7 +9,8 @@ one port per policy rule:
   own timeout), an EVE alert and a quic record name it; a client naming
   another server is served;
 - an allow rule with an `l7:` tls allow-list: an allowed name is served,
-  another is blocked the same way, the alert naming the rule and the name.
+  another is blocked the same way, the alert naming the rule and the name;
+  the same list on TLS over TCP (tests/e2e/servers/tls_echo.py).
 
 The server logs each completed handshake and each message it reads, so a
 test can tell that a blocked connection never reached it.
@@ -29,7 +30,10 @@ from tests.e2e.servers import HERE, lab_server, log_lines
 
 pytestmark = pytest.mark.lab
 
-DOMAIN_PORT, LIST_PORT = 14433, 14434
+DOMAIN_PORT, LIST_PORT, TLS_PORT = 14433, 14434, 14435
+# Past one TCP segment, a window and the inspect budget: the client's side of
+# an allowed TLS connection goes on through the slow path (the list's hold).
+BIG_TEXT = 100_000
 # quic_server.py's own bounds: 8 s to connect, 15 s for the echo.
 CLIENT_TIMEOUT_S = 60
 
@@ -49,6 +53,14 @@ rules:
     action: allow
     l7:
       tls: [allowed.lab, "*.ok.lab"]
+  - name: tls-sites
+    from: clients
+    to: servers
+    proto: tcp
+    ports: [{TLS_PORT}]
+    action: allow
+    l7:
+      tls: [allowed.lab]
 """
 RULES = """
 domains:
@@ -88,6 +100,11 @@ class QuicLab:
                                            str(port), sni, text], check=False, timeout=CLIENT_TIMEOUT_S)
         return r.stdout.strip() or f"ERROR exit {r.returncode}: {r.stderr.strip()[-300:]}"
 
+    def tls_call(self, sni: str, text: str) -> str:
+        r = self.lab.run(self.lab.client, [sys.executable, str(HERE / "tls_echo.py"), "call", SERVER_V4,
+                                           str(TLS_PORT), sni, text], check=False, timeout=CLIENT_TIMEOUT_S)
+        return r.stdout.strip() or f"ERROR exit {r.returncode}: {r.stderr.strip()[-300:]}"
+
     def served(self, port: int) -> list[str]:
         return log_lines(self.tmp / f"quic-{port}.log")
 
@@ -113,6 +130,8 @@ def quiclab(tmp_path_factory):
                         str(tmp / f"quic-{DOMAIN_PORT}.log"), port=DOMAIN_PORT, udp=True), \
              lab_server(lab, tmp, "quic_server.py", "serve", SERVER_V4, str(LIST_PORT), cert, key,
                         str(tmp / f"quic-{LIST_PORT}.log"), port=LIST_PORT, udp=True), \
+             lab_server(lab, tmp, "tls_echo.py", "serve", SERVER_V4, str(TLS_PORT), cert, key,
+                        str(tmp / f"quic-{TLS_PORT}.log"), port=TLS_PORT), \
              running_daemon(lab, tmp):
             yield QuicLab(lab, tmp)
 
@@ -158,3 +177,21 @@ def test_sessions_show_the_flow_as_quic(quiclab):
     got = wait_for("a udp session to the QUIC port", lambda: [
         s for s in quiclab.sessions(DOMAIN_PORT) if s["proto"] == "udp" and s["dst"] == SERVER_V4])
     assert {s.get("app") for s in got} == {"quic"}, got
+
+
+def test_l7_tls_allow_list_on_tls_over_tcp(quiclab):
+    """The same list reads TLS's ClientHello: the allowed name served (a
+    100 kB line each way, the client's side sent on by the slow path after
+    the ServerHello), another name's ClientHello never reaches the server."""
+    big = "t" * BIG_TEXT
+    assert quiclab.tls_call("allowed.lab", big) == f"OK {big}"
+    denied = quiclab.tls_call("other.lab", "tls-other")
+    assert denied.startswith("ERROR"), denied
+    served = quiclab.served(TLS_PORT)
+    assert "hello allowed.lab" in served and "hello other.lab" not in served, served
+
+    def alert():
+        return [a for a in quiclab.eve(TLS_PORT, "alert") if a.get("tls", {}).get("sni") == "other.lab"]
+    a = wait_for("the allow-list's alert on other.lab", alert)[0]
+    assert a["alert"]["signature"] == "l7 allow-list of rule tls-sites: TLS server name other.lab not allowed", a
+    assert a["alert"]["metadata"]["field"] == ["l7.tls"] and a["verdict"]["action"] == "drop", a

@@ -1,7 +1,8 @@
 """Lab servers the end-to-end tests start inside a lab's server namespace:
 h2c_server.py (HTTP/2 cleartext, prior knowledge and Upgrade), grpc_lab.py
 (a grpcio server and client), compressed_server.py (gzip / deflate / br
-responses), quic_server.py (an aioquic echo server and client).
+responses), quic_server.py (an aioquic echo server and client), tls_echo.py
+(TLS over TCP, logging each ClientHello's SNI).
 ``lab_server`` starts one, waits for it to say ``ready`` and to listen,
 and ends it by its PID on the way out, also when the test fails."""
 from __future__ import annotations
