@@ -361,8 +361,7 @@ class SmtpParser(StreamParser):
         while pos < end:
             nl = buf.find(b"\n", pos)
             if nl < 0:
-                rest = bytes(buf[pos:])
-                if side.bol and b".\r\n".startswith(rest):
+                if side.bol and end - pos <= 2 and b".\r\n".startswith(buf[pos:]):
                     return pos              # maybe the final ".", wait for its end
                 self._keep_head(side, buf, pos, end - pos)
                 side.data_size += end - pos
