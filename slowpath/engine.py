@@ -587,6 +587,8 @@ class Engine:
                 self.emit(eve.http_record(info, req, resp, self.wallclock(), grpc=ev))
         elif kind == "quic_client_hello" or kind == "quic_server_hello":
             self.emit(eve.quic_record(info, ev, self.wallclock()))
+        elif kind == "kafka_request" or kind == "kafka_response":
+            self.emit(eve.kafka_record(info, ev, self.wallclock()))
         elif kind.startswith("pgsql_"):
             if flow.pgsql is None:
                 flow.pgsql = eve.PgsqlLog()

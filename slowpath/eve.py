@@ -78,7 +78,8 @@ from slowpath.community_id import community_id, packed_ip
 
 SCHEMA_PATH = Path(__file__).with_name("eve_schema.json")
 
-EVENT_TYPES = ("flow", "alert", "http", "tls", "dns", "ssh", "drop", "stats", "anomaly", "quic", "pgsql")
+EVENT_TYPES = ("flow", "alert", "http", "tls", "dns", "ssh", "drop", "stats", "anomaly", "quic", "pgsql",
+               "kafka")
 # The counter groups of Suricata's stats record (its schema refuses any
 # other key under ``stats``): stats_record takes nothing else.
 STATS_GROUPS = frozenset({"app_layer", "capture", "decoder", "defrag", "detect", "exception_policy",
@@ -645,6 +646,30 @@ def pgsql_record(flow: FlowInfo, obj: Mapping, ts=None) -> dict:
     rec = _header(flow, "pgsql", ts)
     rec["pgsql"] = dict(obj)
     _set_app_proto(rec, flow.app_proto)
+    return rec
+
+
+def kafka_record(flow: FlowInfo, ev, ts=None) -> dict:
+    """One Kafka request or response (protocols/kafka.py KafkaRequest /
+    KafkaResponse), in its direction. Suricata has no kafka object (its
+    schema allows none), so the fields go where its schema lets a record
+    carry what only microseg knows: ``metadata`` flowints ``kafka_api_key``,
+    ``kafka_api_version``, ``kafka_correlation_id`` and flowvars
+    ``kafka_message`` (request, response, response_unmatched: its request
+    was not seen), ``kafka_api``, ``kafka_client_id``, ``kafka_topics``
+    (comma-separated), ``kafka_consumer_group``, ``kafka_error_codes``."""
+    rec = _header(flow, "kafka", ts, direction=ev.direction)
+    rec["app_proto"] = "kafka"
+    request = ev.kind == "kafka_request"
+    _metadata(rec, ints={"kafka_api_key": ev.api_key, "kafka_api_version": ev.api_version,
+                         "kafka_correlation_id": ev.correlation_id if ev.correlation_id >= 0 else None},
+              flowvars={"kafka_message": "request" if request else "response" if ev.decoded
+                        else "response_unmatched",
+                        "kafka_api": ev.api_name,
+                        "kafka_client_id": ev.client_id if request else None,
+                        "kafka_topics": ",".join(ev.topics) or None,
+                        "kafka_consumer_group": ev.consumer_group if request else None,
+                        "kafka_error_codes": None if request else ",".join(map(str, ev.error_codes)) or None})
     return rec
 
 

@@ -539,6 +539,7 @@ def test_every_builder_passes_suricata_schema_strictly():
         "pgsql": eve.pgsql_record(eve.FlowInfo(9, "10.1.0.5", 40816, "10.1.0.6", 5432, 6, "postgresql"),
                                   {"tx_id": 0, "request": {"simple_query": "select 1"},
                                    "response": {"command_completed": "SELECT 1", "data_rows": 1}}, TS),
+        **kafka_records(),
     }
     assert {r["event_type"] for r in records.values()} == set(eve.EVENT_TYPES)
     for what, rec in records.items():
@@ -547,6 +548,17 @@ def test_every_builder_passes_suricata_schema_strictly():
         assert not errors, f"{what}: {errors}"
     # The yardstick bites: microseg's old top-level object fails it.
     assert not suricata.is_valid({**records["flow"], "microseg": {"rule_id": 3}})
+
+
+def kafka_records() -> dict:
+    """A Kafka request and its response (protocols/kafka.py) as EVE kafka records."""
+    from tests.unit.test_kafka import produce_body, produce_response_body, request, response
+    from protocols.kafka import KafkaParser
+    p = KafkaParser()
+    (req,) = p.receive_data(request(0, 9, 7, "app", produce_body(9, ["orders"])), C)
+    (resp,) = p.receive_data(response(0, 9, 7, produce_response_body(9, ["orders"], error=6)), S)
+    flow = eve.FlowInfo(9, "10.1.0.5", 40816, "10.1.0.7", 9092, 6, "kafka")
+    return {"kafka request": eve.kafka_record(flow, req, TS), "kafka response": eve.kafka_record(flow, resp, TS)}
 
 
 def quic_hello():
