@@ -172,3 +172,51 @@ def test_explain_shows_a_kafka_list(microseg, tmp_path):
 def test_api_key_of(name, key):
     from protocols.kafka import api_key_of
     assert api_key_of(name) == key
+
+
+# --- through the engine (as tests/unit/test_engine_l7.py does for HTTP) ---------------
+def test_engine_hold_all_each_request_checked_the_disallowed_one_never_goes_on():
+    """A hold rule with a kafka list (the kernel holds the client's side for
+    the connection's life): an allowed Produce goes on once read, its
+    response passes, a later Produce to a topic outside the list is never
+    sent on and both ends are reset at its first byte; the alert names the
+    rule and what did not match."""
+    from datapath.enums import VerdictCode as V
+    from slowpath.l7allow import L7Policy
+    from tests.unit.test_engine import DPI, HOLD, Harness, rec
+    from tests.unit.test_kafka import produce_response_body, response
+
+    h = Harness("{}\n", l7=L7Policy.from_spec({"7": {"label": "bus", "l7": LIST}}))
+    seq = {0: 1001, 1: 5001}
+
+    def send(side, data):
+        at = seq[side]
+        h.engine.handle(rec(data, side=side, seq=at, ack=seq[1 - side], inspect=DPI | HOLD | INSPECT["HOLD_ALL"]))
+        seq[side] += len(data)
+        return at
+
+    first = send(0, request(0, 9, 1, "app", produce_body(9, ["orders"])))
+    send(1, response(0, 9, 1, produce_response_body(9, ["orders"])))
+    assert [(s, q) for s, q, _ in h.resets.injected] == [(0, first)]
+    bad = send(0, request(0, 9, 2, "app", produce_body(9, ["payroll"])))
+    assert h.codes() == [V.VERDICT_RELEASE, V.VERDICT_BLOCK]
+    assert len(h.resets.injected) == 1                   # the Produce to payroll never went on
+    (_, _, held_from, _), = h.resets.held
+    assert held_from == [bad, None]
+    h.kinds()                                             # every record valid against both schemas
+    (a,) = [r for r in h.eve if r["event_type"] == "alert"]
+    assert a["alert"]["signature"] == ("l7 allow-list of rule bus: Kafka Produce v9 from client 'app' "
+                                       "for topic payroll not allowed")
+    assert a["alert"]["metadata"]["field"] == ["l7.kafka"] and a["alert"]["category"] == "l7-policy"
+    assert [r["metadata"]["flowvars"][0] for r in h.eve if r["event_type"] == "kafka"] == [
+        {"kafka_message": "request"}, {"kafka_message": "response"}, {"kafka_message": "request"}]
+
+
+def test_engine_async_a_disallowed_client_is_reset():
+    from datapath.enums import VerdictCode as V
+    from slowpath.l7allow import L7Policy
+    from tests.unit.test_engine import DPI, Harness, rec
+
+    h = Harness("{}\n", l7=L7Policy.from_spec({"7": {"label": "bus", "l7": LIST}}))
+    h.engine.handle(rec(request(0, 9, 1, "intruder", produce_body(9, ["orders"])), inspect=DPI))
+    assert h.codes() == [V.VERDICT_BLOCK] and len(h.resets.calls) == 1
