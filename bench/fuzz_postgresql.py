@@ -354,8 +354,8 @@ def run(inputs: int, seed: int, *, start: int = 0, trace_every: int = TRACE_EVER
 
 
 def report(st: Stats, seed: int) -> str:
-    lines = [f"fuzz_postgresql: {st.inputs:,} inputs (seed {seed}, from #{st.start}), {st.chunks:,} chunks, {st.seconds:.0f} s "
-             f"({st.inputs / max(st.seconds, 1e-9):,.0f} inputs/s)",
+    lines = [f"fuzz_postgresql: {st.inputs:,} inputs (seed {seed}, from #{st.start}), {st.chunks:,} chunks, "
+             f"{st.seconds:.0f} s ({st.inputs / max(st.seconds, 1e-9):,.0f} inputs/s)",
              f"  kinds: {dict(st.kinds)}",
              f"  events: {dict(st.events.most_common())}",
              f"  malformed: {st.malformed:,}; exceptions: {len(st.exceptions)}; hangs: {len(st.hangs)}; "

@@ -301,3 +301,25 @@ def test_kernel_signatures_match_startup_and_ssl_request_only():
     assert start.matches(LOGIN) and start.matches(startup(user="u" * 3000))
     assert not start.matches(SSL_REQUEST) and not start.matches(startup(version=0x00020000, user="a"))
     assert not start.matches(b"GET / HTTP/1.1\r\n")
+
+
+def test_mysql_on_the_postgresql_port_stays_mysql():
+    """Detection reads shapes, not ports: a MySQL session (the server's
+    greeting, then the client's login) is not taken for PostgreSQL, and a
+    PostgreSQL startup is not taken for MySQL."""
+    greeting = bytes.fromhex("4a0000000a") + b"8.0.35\0" + struct.pack("<I", 9) + b"abcdefgh\0" \
+        + bytes.fromhex("ffff2d0200ffdf15") + bytes(10) + b"ijklmnopqrst\0" + b"caching_sha2_password\0"
+    payload = struct.pack("<I", 0x0200 | 0x8 | 0x8000 | (1 << 19)) + struct.pack("<I", 1 << 24) + b"\x21" \
+        + bytes(23) + b"root\0" + b"\x00" + b"shop\0" + b"caching_sha2_password\0"
+    login = struct.pack("<I", len(payload))[:3] + b"\x01" + payload
+    assert probe(greeting, S) == NO_MATCH and probe(login, C) == NO_MATCH
+    # a greeting whose length byte is a backend message type ('N', 'E', 'R') still is not
+    for t in b"NER":
+        assert probe(bytes([t]) + greeting[1:], S) == NO_MATCH
+    an = FlowAnalyzer("tcp")
+    an.data(S, greeting)
+    an.data(C, login)
+    assert an.app == "mysql"
+    an = FlowAnalyzer("tcp")
+    an.data(C, LOGIN)
+    assert an.app == "postgresql"
