@@ -217,6 +217,24 @@ class PgTerminate(Event):
     kind: ClassVar[str] = "pgsql_terminate"
 
 
+_DATA_ROW = ord("D")
+
+
+def _skim_rows(buf: bytearray, pos: int) -> tuple[int, int]:
+    """(end, count) of the whole, well-formed DataRow messages from ``pos``:
+    a DataRow split across calls, or one with a bad length, is left to the
+    general path (which skips the first and fails on the second)."""
+    n = 0
+    size = len(buf)
+    while pos + 5 <= size and buf[pos] == _DATA_ROW:
+        length = int.from_bytes(buf[pos + 1:pos + 5], "big")
+        if length < 4 or pos + 1 + length > size:
+            break
+        pos += 1 + length
+        n += 1
+    return pos, n
+
+
 def _text(raw: bytes) -> str:
     return bytes(raw).decode("utf-8", "backslashreplace")
 
@@ -317,6 +335,15 @@ class PostgresParser(StreamParser):
                 if avail < 5:
                     break
                 t = buf[pos]
+                if t == _DATA_ROW and d == Direction.TO_CLIENT:
+                    # A result set is a run of DataRows: count the whole ones
+                    # here, without a trip through the states for each.
+                    end, rows = _skim_rows(buf, pos)
+                    if rows:
+                        self._rows += rows
+                        self._row_bytes += end - pos - 5 * rows
+                        pos = end
+                        continue
                 length = int.from_bytes(buf[pos + 1:pos + 5], "big")
                 allowed = FRONTEND_TYPES if d == Direction.TO_SERVER else BACKEND_TYPES
                 if t not in allowed:

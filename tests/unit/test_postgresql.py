@@ -323,3 +323,17 @@ def test_mysql_on_the_postgresql_port_stays_mysql():
     an = FlowAnalyzer("tcp")
     an.data(C, LOGIN)
     assert an.app == "postgresql"
+
+
+def test_a_run_of_rows_is_counted_whole_or_split_and_a_bad_one_fails():
+    rows = b"".join(msg(b"D", b"\0\1" + bytes(i)) for i in range(50))
+    stream = msg(b"T", b"\0\1" + bytes(20)) + rows + msg(b"C", cstr("SELECT 50"))
+    want = (50, sum(2 + i for i in range(50)))
+    for step in (len(stream), 1460, 7, 1):
+        p = PostgresParser()
+        feed([(C, LOGIN)], p)
+        ev = feed([(S, stream[i:i + step]) for i in range(0, len(stream), step)], p)
+        done = ev[-1]
+        assert (done.data_rows, done.data_size) == want, step
+    ev = feed([(C, LOGIN), (S, msg(b"D", b"\0\0") + b"D\0\0\0\3" + msg(b"C", cstr("SELECT 1")))])
+    assert ev[-1].kind == "malformed" and "'D' length 3" in ev[-1].reason
