@@ -52,6 +52,10 @@ MAX_VALUE_BYTES = 512
 # Extensions kept from one EHLO reply (Postfix announces ~12, Exchange ~15);
 # further lines are counted in SmtpReply.lines only.
 MAX_EXTENSIONS = 64
+# Addresses kept: per transaction (RFC 5321 4.5.3.1.8: a server must take
+# at least 100 recipients) and in the session's lists; more are counted in
+# events only, so a flood of RCPT commands does not grow memory.
+MAX_ADDRESSES = 100
 # Lines of one reply. A multi-line reply longer than this is not a server.
 MAX_REPLY_LINES = 1000
 # A BDAT chunk's declared size. Chunks are skipped, not held, so this only
@@ -93,9 +97,13 @@ class SmtpCommand(Event):
 
 @dataclass(frozen=True)
 class SmtpMessage(Event):
-    """A message ended (DATA's "." or BDAT ... LAST)."""
+    """A message ended (DATA's "." or BDAT ... LAST), with its envelope
+    (the session's HELO, this transaction's MAIL FROM and RCPT TO addresses)."""
     kind: ClassVar[str] = "smtp_message"
     size: int                           # bytes of the message as sent (dot-stuffing kept)
+    helo: str | None = None
+    mail_from: str | None = None
+    rcpt_to: tuple[str, ...] = ()
     subject: str | None = None
     from_: str | None = None
     to: str | None = None
@@ -205,6 +213,8 @@ class SmtpParser(StreamParser):
         self.extensions: tuple[str, ...] = ()
         self.auth_mechanism: str | None = None
         self.starttls = False
+        self._tx_from: str | None = None        # this mail transaction's envelope
+        self._tx_rcpt: list[str] = []
 
     # --- input ---------------------------------------------------------------
     def receive_data(self, data: bytes, direction: Direction) -> list[Event]:
@@ -317,8 +327,14 @@ class SmtpParser(StreamParser):
         elif command in ("MAIL", "RCPT"):
             m = _ADDRESS.match(parameter or "")
             address = m.group(1) if m else None
+            if command == "MAIL":
+                self._tx_from, self._tx_rcpt = address, []
             if address is not None:
-                (self.mail_from if command == "MAIL" else self.rcpt_to).append(address)
+                kept = self.mail_from if command == "MAIL" else self.rcpt_to
+                if len(kept) < MAX_ADDRESSES:
+                    kept.append(address)
+                if command == "RCPT" and len(self._tx_rcpt) < MAX_ADDRESSES:
+                    self._tx_rcpt.append(address)
         elif command in ("DATA", "STARTTLS"):
             side.state = "wait"
             side.wait_for = command
@@ -382,7 +398,8 @@ class SmtpParser(StreamParser):
     def _message_end(self, side: _Client, events: list[Event]) -> None:
         head = bytes(side.data_head)
         fields = parse_headers(head)
-        events.append(SmtpMessage(side.data_size, headers_truncated=side.head_over, **fields))
+        events.append(SmtpMessage(side.data_size, self.helo, self._tx_from, tuple(self._tx_rcpt),
+                                  headers_truncated=side.head_over, **fields))
         side.data_size = 0
         side.data_head = bytearray()
         side.head_done = side.head_over = False

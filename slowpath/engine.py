@@ -587,6 +587,12 @@ class Engine:
                 self.emit(eve.http_record(info, req, resp, self.wallclock(), grpc=ev))
         elif kind == "quic_client_hello" or kind == "quic_server_hello":
             self.emit(eve.quic_record(info, ev, self.wallclock()))
+        elif kind == "smtp_message":
+            self.emit(eve.smtp_record(info, ev, self.wallclock()))
+        elif kind.startswith("mqtt_"):
+            rec = eve.mqtt_record(info, ev, self.wallclock())
+            if rec is not None:
+                self.emit(rec)
         elif kind == "kafka_request" or kind == "kafka_response":
             self.emit(eve.kafka_record(info, ev, self.wallclock()))
         elif kind.startswith("pgsql_"):

@@ -79,7 +79,7 @@ from slowpath.community_id import community_id, packed_ip
 SCHEMA_PATH = Path(__file__).with_name("eve_schema.json")
 
 EVENT_TYPES = ("flow", "alert", "http", "tls", "dns", "ssh", "drop", "stats", "anomaly", "quic", "pgsql",
-               "kafka")
+               "kafka", "smtp", "mqtt")
 # The counter groups of Suricata's stats record (its schema refuses any
 # other key under ``stats``): stats_record takes nothing else.
 STATS_GROUPS = frozenset({"app_layer", "capture", "decoder", "defrag", "detect", "exception_policy",
@@ -538,6 +538,100 @@ def quic_record(flow: FlowInfo, hello: QuicClientHello | QuicServerHello, ts=Non
     rec = _header(flow, "quic", ts, direction=hello.direction, tx_id=tx_id)
     rec["quic"] = quic_object(hello)
     rec["app_proto"] = "quic"
+    return rec
+
+
+# --- SMTP and MQTT ---------------------------------------------------------------
+def _angle(address: str | None) -> str | None:
+    return None if address is None else f"<{address}>"
+
+
+def smtp_record(flow: FlowInfo, msg, ts=None, *, tx_id: int | None = None) -> dict:
+    """One mail transaction at its message's end (protocols/smtp.py
+    SmtpMessage), as Suricata's SMTP logger writes it: ``smtp`` (helo,
+    mail_from, rcpt_to: addresses in angle brackets) and ``email`` (status,
+    from, to, subject, message_id, date from the headers read)."""
+    rec = _header(flow, "smtp", ts, tx_id=tx_id)
+    envelope: dict[str, Any] = {}
+    if msg.helo:
+        envelope["helo"] = msg.helo
+    if msg.mail_from is not None:
+        envelope["mail_from"] = _angle(msg.mail_from)
+    if msg.rcpt_to:
+        envelope["rcpt_to"] = [_angle(a) for a in msg.rcpt_to]
+    rec["smtp"] = envelope
+    email: dict[str, Any] = {"status": "PARSE_DONE"}
+    if msg.from_ is not None:
+        email["from"] = msg.from_
+    if msg.to:
+        email["to"] = [a.strip() for a in msg.to.split(",") if a.strip()] or [msg.to]
+    for key in ("subject", "message_id", "date"):
+        if getattr(msg, key) is not None:
+            email[key] = getattr(msg, key)
+    rec["email"] = email
+    rec["app_proto"] = "smtp"
+    return rec
+
+
+# Suricata's mqtt object key per control packet type (protocols/mqtt.py TYPE_NAMES).
+_MQTT_KEYS = {1: "connect", 2: "connack", 3: "publish", 4: "puback", 5: "pubrec", 6: "pubrel", 7: "pubcomp",
+              8: "subscribe", 9: "suback", 10: "unsubscribe", 11: "unsuback", 12: "pingreq", 13: "pingresp",
+              14: "disconnect"}
+
+
+def mqtt_object(ev) -> dict | None:
+    """Suricata's mqtt object for one control packet (protocols/mqtt.py
+    events); None for a packet its schema has no key for (5.0's AUTH)."""
+    key = _MQTT_KEYS.get(ev.type)
+    if key is None:
+        return None
+    flags = ev.flags
+    body: dict[str, Any] = {"qos": (flags >> 1) & 3, "retain": bool(flags & 1), "dup": bool(flags & 8)}
+    kind = ev.kind
+    if kind == "mqtt_connect":
+        body.update(protocol_string=ev.protocol_name, protocol_version=ev.protocol_version,
+                    flags={"username": ev.has_username, "password": ev.has_password, "will": ev.will,
+                           "will_retain": ev.will_retain, "clean_session": ev.clean_session})
+        if ev.client_id is not None:
+            body["client_id"] = ev.client_id
+        if ev.username is not None:
+            body["username"] = ev.username
+        if ev.will and ev.will_topic is not None:
+            body["will"] = {"topic": ev.will_topic}
+    elif kind == "mqtt_connack":
+        body.update(session_present=ev.session_present, return_code=ev.return_code)
+    elif kind == "mqtt_publish":
+        if ev.topic is not None:
+            body["topic"] = ev.topic
+        if ev.packet_id is not None:
+            body["message_id"] = ev.packet_id
+        if ev.payload_length:
+            body["skipped_length"] = ev.payload_length     # the payload is not read
+    elif kind == "mqtt_subscribe":
+        body["message_id"] = ev.packet_id
+        if ev.topics:
+            body["topics"] = ([{"topic": t, "qos": q} for t, q in ev.topics] if key == "subscribe"
+                              else [t for t, _ in ev.topics])
+    elif kind == "mqtt_suback":
+        body["message_id"] = ev.packet_id
+        if ev.codes:
+            body["qos_granted" if key == "suback" else "reason_codes"] = list(ev.codes)
+    elif kind == "mqtt_ack":
+        if ev.packet_id is not None:
+            body["message_id"] = ev.packet_id
+        if ev.reason_code is not None:
+            body["reason_code"] = ev.reason_code
+    return {key: body}
+
+
+def mqtt_record(flow: FlowInfo, ev, ts=None, *, tx_id: int | None = None) -> dict | None:
+    """One MQTT control packet (mqtt_object), in its direction."""
+    obj = mqtt_object(ev)
+    if obj is None:
+        return None
+    rec = _header(flow, "mqtt", ts, direction=ev.direction, tx_id=tx_id)
+    rec["mqtt"] = obj
+    rec["app_proto"] = "mqtt"
     return rec
 
 

@@ -2,7 +2,8 @@
 every flow tshark labelled smtp or mqtt (truth `tshark.smtp` / `tshark.mqtt`),
 through the parsers alone (slowpath/pcap.py -> slowpath/analyzer.py, and
 slowpath/offline.py analyze_capture) and through `microseg replay` (the real
-BPF program and the engine; the EVE flow record's app_proto).
+BPF program and the engine; the EVE flow record's app_proto and the EVE smtp
+and mqtt records).
 
 SMTP compared: the banner, EHLO/HELO and its domain, each command and its
 parameter, each reply's code and first line (in order: tshark lists them
@@ -160,7 +161,7 @@ def replay_tally(fastpath_build):
     by_pcap = defaultdict(list)
     for label in LABELS:
         for pcap, key, truth in truths(label):
-            by_pcap[pcap].append((key, label))
+            by_pcap[pcap].append((key, label, (truth.get("tshark") or {}).get(label) or {}))
     try:
         for pcap, flows in sorted(by_pcap.items()):
             fp.reset()
@@ -174,11 +175,15 @@ def replay_tally(fastpath_build):
                     assert not errors, (pcap, r, errors)
                 if "src_port" in r:
                     ours[flow_of(r)][r["event_type"]].append(r)
-            for key, label in flows:
+            for key, label, want in flows:
+                where = f"{pcap} {key}"
                 mine = ours.get(truth_flow(key), {})
                 apps = {r.get("app_proto") for r in mine.get("flow", [])}
-                t.check(f"{pcap} {key}", "app_proto", label,
-                        apps.pop() if len(apps) == 1 else sorted(apps, key=str))
+                t.check(where, "app_proto", label, apps.pop() if len(apps) == 1 else sorted(apps, key=str))
+                if label == "smtp":
+                    _smtp_eve(t, where, want, [r["smtp"] for r in mine.get("smtp", [])])
+                else:
+                    _mqtt_eve(t, where, want, [r["mqtt"] for r in mine.get("mqtt", [])])
     finally:
         fp.reset()
         fp.apply_runtime(fp.config)
@@ -186,7 +191,40 @@ def replay_tally(fastpath_build):
     return t
 
 
-def test_replay_names_the_protocol(replay_tally):
-    ok, n = replay_tally.counts["app_proto"]
-    assert n >= 6, "the corpus's SMTP and MQTT flows were not all replayed"
-    assert replay_tally.rate("app_proto") >= IDENT_TARGET, "\n".join(replay_tally.misses["app_proto"])
+def _address(parameter: str) -> str:
+    """"FROM: <a@b>" -> "<a@b>" (tshark keeps the parameter as sent; EVE the path)."""
+    return "<" + parameter.split("<", 1)[1].split(">", 1)[0] + ">"
+
+
+def _smtp_eve(t: Tally, where: str, want: dict, records: list[dict]) -> None:
+    """One smtp record per message: in these captures one message a session."""
+    t.check(where, "eve smtp records", 1, len(records))
+    got = records[0] if records else {}
+    t.check(where, "eve smtp.helo", (want.get("helo") or {}).get("domain"), got.get("helo"))
+    t.check(where, "eve smtp.mail_from", [_address(p) for p in want.get("mail_from", [])][:1], [got.get("mail_from")])
+    t.check(where, "eve smtp.rcpt_to", [_address(p) for p in want.get("rcpt_to", [])], got.get("rcpt_to"))
+
+
+def _mqtt_eve(t: Tally, where: str, want: dict, records: list[dict]) -> None:
+    t.check(where, "eve mqtt records", len(want.get("messages", [])), len(records))
+    t.check(where, "eve mqtt types", [m["type_name"].lower() for m in want.get("messages", [])],
+            [next(iter(r)) for r in records])
+    connect = next((r["connect"] for r in records if "connect" in r), {})
+    t.check(where, "eve mqtt.connect", (want.get("client_id"), want.get("protocol_version"), want.get("username")),
+            (connect.get("client_id"), connect.get("protocol_version"), connect.get("username")))
+    t.check(where, "eve mqtt.publish.topic", [t_ for m in want.get("messages", []) if m["type_name"] == "PUBLISH"
+                                              for t_ in m["topics"]],
+            [r["publish"].get("topic") for r in records if "publish" in r])
+    t.check(where, "eve mqtt.subscribe.topics", [t_ for m in want.get("messages", []) if m["type_name"] == "SUBSCRIBE"
+                                                 for t_ in m["topics"]],
+            [x["topic"] for r in records if "subscribe" in r for x in r["subscribe"].get("topics", [])])
+
+
+@pytest.mark.parametrize("field", ["app_proto", "eve smtp records", "eve smtp.helo", "eve smtp.mail_from",
+                                   "eve smtp.rcpt_to", "eve mqtt records", "eve mqtt types", "eve mqtt.connect",
+                                   "eve mqtt.publish.topic", "eve mqtt.subscribe.topics"])
+def test_replay_agrees_with_the_truth(replay_tally, field):
+    ok, n = replay_tally.counts[field]
+    assert n >= 3, f"only {n} {field} compared: the corpus's SMTP and MQTT flows were not all replayed"
+    target = IDENT_TARGET if field == "app_proto" else FIELD_TARGET
+    assert replay_tally.rate(field) >= target, "\n".join(replay_tally.misses[field])

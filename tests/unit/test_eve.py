@@ -540,6 +540,7 @@ def test_every_builder_passes_suricata_schema_strictly():
                                   {"tx_id": 0, "request": {"simple_query": "select 1"},
                                    "response": {"command_completed": "SELECT 1", "data_rows": 1}}, TS),
         **kafka_records(),
+        **smtp_mqtt_records(),
     }
     assert {r["event_type"] for r in records.values()} == set(eve.EVENT_TYPES)
     for what, rec in records.items():
@@ -559,6 +560,16 @@ def kafka_records() -> dict:
     (resp,) = p.receive_data(response(0, 9, 7, produce_response_body(9, ["orders"], error=6)), S)
     flow = eve.FlowInfo(9, "10.1.0.5", 40816, "10.1.0.7", 9092, 6, "kafka")
     return {"kafka request": eve.kafka_record(flow, req, TS), "kafka response": eve.kafka_record(flow, resp, TS)}
+
+
+def smtp_mqtt_records() -> dict:
+    """A mail transaction's smtp record and an MQTT CONNECT's mqtt record."""
+    from protocols.mqtt import MqttConnect
+    from protocols.smtp import SmtpMessage
+    msg = SmtpMessage(120, "client.example", "a@example.org", ("b@example.net",), subject="hi",
+                      from_="A <a@example.org>", to="b@example.net", message_id="<1@x>")
+    conn = MqttConnect(C, 1, 0, "MQTT", 4, "sensor-7", "ops", True, True, True)
+    return {"smtp": eve.smtp_record(FLOW, msg, TS, tx_id=0), "mqtt": eve.mqtt_record(FLOW, conn, TS)}
 
 
 def quic_hello():
