@@ -15,9 +15,10 @@ From the body we read what an allow-list or a log wants: the topics of
 Produce, Fetch, ListOffsets, Metadata, OffsetCommit and OffsetFetch, the
 group of OffsetCommit / OffsetFetch / FindCoordinator and the consumer-group
 calls, and, in responses, topics and error codes where cheap (Produce,
-Metadata, ApiVersions, the group calls). Only the first FRAME_HEAD_BYTES of
-a frame are kept; the rest is skipped by counting, so a 50 MB Fetch
-response costs FRAME_HEAD_BYTES of memory.
+Fetch, ListOffsets, Metadata, OffsetCommit, OffsetFetch; error codes of
+ApiVersions, FindCoordinator and the group calls). Only the first
+FRAME_HEAD_BYTES of a frame are kept; the rest is skipped by counting, so
+a 50 MB Fetch response costs FRAME_HEAD_BYTES of memory.
 """
 from __future__ import annotations
 
@@ -445,6 +446,71 @@ def _response_body(r: _Reader, key: int, v: int, topics: list, errors: list) -> 
             if v >= 8:
                 r.skip(4)                       # topic_authorized_operations
             r.tags()
+    elif key == FETCH:
+        if v >= 13:
+            raise _Short                        # topics by id
+        if v >= 1:
+            r.skip(4)                           # throttle_time_ms
+        if v >= 7:
+            err(r.int16())
+            r.skip(4)                           # session_id
+        for _ in range(r.array()):
+            _add(topics, r.string(), MAX_TOPICS)
+            for _ in range(r.array()):
+                r.skip(4)                       # partition_index
+                err(r.int16())
+                r.skip(8 + (8 if v >= 4 else 0) + (8 if v >= 5 else 0))
+                if v >= 4:
+                    for _ in range(r.array()):  # aborted_transactions (null: -1)
+                        r.skip(16)
+                        r.tags()
+                if v >= 11:
+                    r.skip(4)                   # preferred_read_replica
+                r.skip_bytes()                  # records
+                r.tags()
+            r.tags()
+    elif key == LIST_OFFSETS:
+        if v >= 2:
+            r.skip(4)                           # throttle_time_ms
+        for _ in range(r.array()):
+            _add(topics, r.string(), MAX_TOPICS)
+            for _ in range(r.array()):
+                r.skip(4)
+                err(r.int16())
+                if v == 0:
+                    r.skip(8 * max(r.array(), 0))   # old_style_offsets
+                else:
+                    r.skip(16 + (4 if v >= 4 else 0))
+                r.tags()
+            r.tags()
+    elif key == OFFSET_COMMIT:
+        if v >= 3:
+            r.skip(4)                           # throttle_time_ms
+        for _ in range(r.array()):
+            _add(topics, r.string(), MAX_TOPICS)
+            for _ in range(r.array()):
+                r.skip(4)
+                err(r.int16())
+                r.tags()
+            r.tags()
+    elif key == OFFSET_FETCH:
+        if v >= 3:
+            r.skip(4)                           # throttle_time_ms
+        for _ in range(r.array() if v >= 8 else 1):
+            if v >= 8:
+                r.skip_string()                 # group_id
+            for _ in range(r.array()):
+                _add(topics, r.string(), MAX_TOPICS)
+                for _ in range(r.array()):
+                    r.skip(12 + (4 if v >= 5 else 0))   # index, offset, leader epoch
+                    r.skip_string()             # metadata
+                    err(r.int16())
+                    r.tags()
+                r.tags()
+            if v >= 2:
+                err(r.int16())
+            if v >= 8:
+                r.tags()
     elif key == API_VERSIONS:
         err(r.int16())
     elif key == FIND_COORDINATOR and v <= 3:
@@ -596,7 +662,7 @@ class KafkaParser(StreamParser):
             complete = False
         if key == SASL_HANDSHAKE and v == 0:
             side.sasl_raw = True                # KIP-43: the token goes unframed by a header
-        acks_zero = key == PRODUCE and self._acks(head, r, v, hv, client_id) == 0
+        acks_zero = key == PRODUCE and self._acks(head, v, hv) == 0
         if not acks_zero:
             if len(self._pending) >= MAX_PENDING:
                 self._pending.popitem(last=False)
@@ -605,7 +671,7 @@ class KafkaParser(StreamParser):
                             group[0] if group else None, complete and full, side.frame_len)
 
     @staticmethod
-    def _acks(head: bytes, r: _Reader, v: int, hv: int, client_id) -> int | None:
+    def _acks(head: bytes, v: int, hv: int) -> int | None:
         """A Produce's acks (0: no response will come)."""
         try:
             rr = _Reader(head, 8, flex=False)
@@ -680,12 +746,15 @@ def probe(data: bytes, direction: Direction) -> float:
         return POSSIBLE if n == len(data) - 4 else NO_MATCH
     if not 0 <= cid_len <= n - 10:
         return NO_MATCH
+    whole = n == len(data) - 4
+    if cid_len == 0:                    # nothing to read but the numbers
+        return LIKELY if whole else POSSIBLE
     cid = data[14:14 + cid_len]
-    if len(cid) < cid_len and len(cid) < 1:
-        return POSSIBLE
+    if not cid:
+        return POSSIBLE                 # the client id is still to come
     if not all(0x20 <= c < 0x7F for c in cid):
         return NO_MATCH
-    return CERTAIN if n == len(data) - 4 and cid_len else LIKELY
+    return CERTAIN if whole else LIKELY
 
 
 PLUGIN = ProtocolPlugin(

@@ -56,6 +56,8 @@ NAMING_EVENTS = {
     "ssh_banner": ("ssh_banner", lambda ev: ev.raw),
     "mysql_greeting": ("mysql_server_version", lambda ev: ev.server_version),
     "redis_command": ("redis_command", lambda ev: ev.command),
+    "kafka_request": ("kafka_client_id", lambda ev: ev.client_id),
+    "kafka_response": None,                      # a flow picked up after its request
     "malformed": None,
 }
 _WAIT_FOR_NAMING = frozenset({"http", "tls", "dns", "quic", "http2", "grpc"})

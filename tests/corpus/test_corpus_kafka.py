@@ -62,7 +62,13 @@ def parsers_tally():
         t.check(where, "app", "kafka", an.app)
         if pcap not in offline_by_pcap:
             offline_by_pcap[pcap] = {unordered(r.key): r for r in analyze_capture(CORPUS / pcap)}
-        t.check(where, "app (offline)", "kafka", offline_by_pcap[pcap][unordered(key)].app)
+        offline = offline_by_pcap[pcap][unordered(key)]
+        t.check(where, "app (offline)", "kafka", offline.app)
+        kafka_events = [e for e in events if e.kind.startswith("kafka_")]
+        if kafka_events and kafka_events[0].kind == "kafka_request":
+            # the flow is named by its first message (NAMING_EVENTS), a request's client id
+            t.check(where, "offline.kafka_client_id", truth["tshark"]["kafka"]["requests"][0]["client_id"],
+                    offline.names.get("kafka_client_id"))
         t.check(where, "malformed", [], [e for e in events if e.kind == "malformed"])
         k = truth["tshark"]["kafka"]
         requests = {e.correlation_id: e for e in events if e.kind == "kafka_request"}
@@ -96,7 +102,8 @@ def parsers_tally():
     return t
 
 
-PARSER_FIELDS = ["app", "app (offline)", "malformed", "request.correlation_id", "request.api_key",
+PARSER_FIELDS = ["app", "app (offline)", "offline.kafka_client_id", "malformed", "request.correlation_id",
+                 "request.api_key",
                  "request.api_name", "request.api_version", "request.client_id", "request.topics",
                  "response.correlation_id", "response.decoded", "response.api_key",
                  "response.api_version", "response.topics", "response.error_codes"]

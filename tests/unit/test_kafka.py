@@ -474,3 +474,54 @@ def test_registered_without_kernel_signature():
     assert plugin.signatures == () and plugin.transports == {"tcp"}
     assert isinstance(plugin.parser_factory("tcp"), KafkaParser)
     assert registry.detect(request(3, 2, 1, "rdkafka", metadata_body(2, ["t"])), C)[0] == "kafka"
+
+
+def test_probe_weak_shapes_wait_for_more():
+    """An empty or not-yet-arrived client id is only POSSIBLE (detection
+    waits for more or the other side) unless the frame is there whole."""
+    from protocols.api import POSSIBLE
+    empty = request(18, 0, 1, "")
+    assert kafka.probe(empty, C) == LIKELY and kafka.probe(empty + b"\0" * 8, C) == POSSIBLE
+    named = request(3, 1, 1, "rdkafka", metadata_body(1, ["t"]))
+    assert kafka.probe(named[:14], C) == POSSIBLE and kafka.probe(named[:16], C) == LIKELY
+
+
+@pytest.mark.parametrize("v", [0, 4, 7, 11, 12])
+def test_fetch_response_topics_and_errors(v):
+    f = is_flexible(1, v)
+    body = (i32(0) if v >= 1 else b"") + (i16(0) + i32(0) if v >= 7 else b"")
+    part = i32(0) + i16(1) + i64(10) + (i64(10) if v >= 4 else b"") + (i64(0) if v >= 5 else b"")
+    if v >= 4:
+        part += array([i64(1) + i64(2) + tags(f)], f)
+    if v >= 11:
+        part += i32(-1)
+    part += records(b"r" * 50, f) + tags(f)
+    body += array([string(t, f) + array([part], f) + tags(f) for t in ("logs", "metrics")], f) + tags(f)
+    p = KafkaParser()
+    feed(p, [(C, request(1, v, 4, "c", b""))])
+    ev, = feed(p, [(S, response(1, v, 4, body))])
+    assert ev.topics == ("logs", "metrics") and ev.error_codes == (1,)
+
+
+@pytest.mark.parametrize("key,v", [(2, 0), (2, 1), (2, 4), (2, 6), (8, 2), (8, 3), (8, 8),
+                                   (9, 1), (9, 3), (9, 5), (9, 6), (9, 8)])
+def test_offset_responses_topics_and_errors(key, v):
+    f = is_flexible(key, v)
+    body = i32(0) if (key == 2 and v >= 2) or (key in (8, 9) and v >= 3) else b""
+    if key == 2:
+        part = i32(0) + i16(3) + (array([i64(5)], f) if v == 0 else i64(0) + i64(5) + (i32(0) if v >= 4 else b""))
+    elif key == 8:
+        part = i32(0) + i16(3)
+    else:
+        part = i32(0) + i64(5) + (i32(0) if v >= 5 else b"") + string("", f) + i16(3)
+    part += tags(f)
+    topics = array([string("t1", f) + array([part], f) + tags(f)], f)
+    if key == 9 and v >= 8:
+        body += array([string("g", f) + topics + i16(0) + tags(f)], f)
+    else:
+        body += topics + (i16(0) if key == 9 and v >= 2 else b"")
+    body += tags(f)
+    p = KafkaParser()
+    feed(p, [(C, request(key, v, 4, "c", b""))])
+    ev, = feed(p, [(S, response(key, v, 4, body))])
+    assert ev.topics == ("t1",) and ev.error_codes == (3,)
