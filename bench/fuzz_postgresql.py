@@ -149,7 +149,7 @@ def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
             del b[rng.randrange(n):]
         elif op == 3:
             i = rng.randrange(n + 1)
-            b[i:i] = os.urandom(rng.randrange(1, 16)) if rng.random() < 0.5 else rng.choice(pool)[:64]
+            b[i:i] = rng.randbytes(rng.randrange(1, 16)) if rng.random() < 0.5 else rng.choice(pool)[:64]
         elif op == 4 and n:
             i = rng.randrange(n)
             del b[i:i + rng.randrange(1, 32)]
@@ -217,7 +217,7 @@ def hostile(rng: random.Random) -> tuple[str, list]:
     if k == 3:   # answers before their request, repeated
         return "answer-first", [(S, b"N" * rng.randrange(1, 5)), (C, SSL), (C, LOGIN), (S, WELCOME)]
     if k == 4:   # the client floods bytes before the answer
-        return "flood-before-answer", [(C, SSL)] + [(C, os.urandom(4096)) for _ in range(rng.randrange(1, 6))] \
+        return "flood-before-answer", [(C, SSL)] + [(C, rng.randbytes(4096)) for _ in range(rng.randrange(1, 6))] \
             + [(S, b"N")]
     if k == 5:   # lengths near 2^31 on every message type
         t = bytes([rng.choice(b"QPBEDSHCXpdcfFRKZTIN123stAGHWVv")])
@@ -234,7 +234,7 @@ def build_input(index: int, seed: int, flows: list) -> tuple[str, list]:
         kind, chunks = hostile(rng)
     elif r < 0.12:
         head = LOGIN if rng.random() < 0.5 else b""
-        chunks = [(C, head + os.urandom(rng.randrange(0, 200))), (S, os.urandom(rng.randrange(0, 200)))]
+        chunks = [(C, head + rng.randbytes(rng.randrange(0, 200))), (S, rng.randbytes(rng.randrange(0, 200)))]
         kind = "random"
     else:
         client, server = rng.choice(flows)
