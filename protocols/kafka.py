@@ -202,12 +202,15 @@ def _text(raw: bytes) -> str:
 class _Reader:
     """Big-endian reads over one frame head. ``flex`` switches strings and
     arrays to their compact forms."""
-    __slots__ = ("buf", "pos", "flex")
+    __slots__ = ("buf", "pos", "flex", "names_done")
 
     def __init__(self, buf: bytes, pos: int = 0, flex: bool = False) -> None:
         self.buf = buf
         self.pos = pos
         self.flex = flex
+        # A Produce's last topic name was read: what the head cut after it
+        # (that topic's records) names no topic.
+        self.names_done = False
 
     def take(self, n: int) -> bytes:
         end = self.pos + n
@@ -300,8 +303,10 @@ def _request_body(r: _Reader, key: int, v: int, topics: list, group: list) -> No
         if v >= 3:
             r.skip_string()                     # transactional_id
         r.skip(6)                               # acks, timeout_ms
-        for _ in range(r.array()):
+        n = r.array()
+        for i in range(n):
             _add(topics, r.string(), MAX_TOPICS + 1)
+            r.names_done = i == n - 1
             for _ in range(r.array()):
                 r.skip(4)                       # partition index
                 r.skip_bytes()                  # records
@@ -614,7 +619,6 @@ class KafkaParser(StreamParser):
     # --- one frame -------------------------------------------------------------
 
     def _frame(self, side: _Side, d: Direction, head: bytes) -> Event | None:
-        full = side.frame_len <= FRAME_HEAD_BYTES
         if self._client is None:
             # A request header on the first frame names its side the
             # client; anything else names the other side.
@@ -624,10 +628,10 @@ class KafkaParser(StreamParser):
             if side.sasl_raw:
                 side.sasl_raw = False           # one raw token, then Kafka framing again
                 return None
-            return self._request(side, head, full)
-        return self._response(side, head, full)
+            return self._request(side, head)
+        return self._response(side, head)
 
-    def _request(self, side: _Side, head: bytes, full: bool) -> Event:
+    def _request(self, side: _Side, head: bytes) -> Event:
         at = side.frame_offset
         if len(head) < 8:
             return Malformed(side.direction, f"request of {len(head)} bytes, shorter than a header", at)
@@ -656,7 +660,7 @@ class KafkaParser(StreamParser):
         try:
             _request_body(r, key, v, topics, group)
         except (_Short, _Bad, struct.error):
-            complete = False
+            complete = r.names_done         # a big Produce: cut in its last topic's records
         if len(topics) > MAX_TOPICS:        # one more than kept was read: the list is cut
             del topics[MAX_TOPICS:]
             complete = False
@@ -668,7 +672,7 @@ class KafkaParser(StreamParser):
                 self._pending.popitem(last=False)
             self._pending[corr] = (key, v)
         return KafkaRequest(side.direction, key, name, v, corr, client_id, tuple(topics),
-                            group[0] if group else None, complete and full, side.frame_len)
+                            group[0] if group else None, complete, side.frame_len)
 
     @staticmethod
     def _acks(head: bytes, v: int, hv: int) -> int | None:
@@ -686,7 +690,7 @@ class KafkaParser(StreamParser):
         except (_Short, _Bad, struct.error):
             return None
 
-    def _response(self, side: _Side, head: bytes, full: bool) -> Event:
+    def _response(self, side: _Side, head: bytes) -> Event:
         at = side.frame_offset
         if len(head) < 4:
             return Malformed(side.direction, f"response of {len(head)} bytes, shorter than a header", at)

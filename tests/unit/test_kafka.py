@@ -388,8 +388,8 @@ def test_frame_larger_than_the_head_is_counted_not_held():
         evs += p.receive_data(data[i:i + 4096], C)
         assert p.buffered(C) <= FRAME_HEAD_BYTES
     ev, = evs
-    # the header and the first topic are in the head; the frame is longer
-    assert ev.topics == ("t",) and not ev.topics_complete and ev.length == len(data) - 4
+    # the header and the only topic are in the head; what was cut is records
+    assert ev.topics == ("t",) and ev.topics_complete and ev.length == len(data) - 4
     # framing goes on after the skipped tail
     ev, = feed(p, [(C, request(18, 0, 6, "next"))])
     assert ev.correlation_id == 6 and ev.client_id == "next"
@@ -525,3 +525,15 @@ def test_offset_responses_topics_and_errors(key, v):
     feed(p, [(C, request(key, v, 4, "c", b""))])
     ev, = feed(p, [(S, response(key, v, 4, body))])
     assert ev.topics == ("t1",) and ev.error_codes == (3,)
+
+
+def test_topic_after_a_cut_is_not_seen_and_the_list_says_so():
+    """Two topics, the first one's records past the kept head: the second
+    name is never read, so the request's topics are not complete (an
+    allow-list on topics then fails closed)."""
+    f = False
+    blob = b"r" * (2 * FRAME_HEAD_BYTES)
+    part = i32(0) + records(blob, f)
+    body = string(None, f) + i16(-1) + i32(30000) + array([string(t, f) + array([part], f) for t in ("a", "b")], f)
+    ev, = feed(KafkaParser(), [(C, request(0, 3, 1, "c", body))])
+    assert ev.topics == ("a",) and not ev.topics_complete

@@ -220,3 +220,17 @@ def test_engine_async_a_disallowed_client_is_reset():
     h = Harness("{}\n", l7=L7Policy.from_spec({"7": {"label": "bus", "l7": LIST}}))
     h.engine.handle(rec(request(0, 9, 1, "intruder", produce_body(9, ["orders"])), inspect=DPI))
     assert h.codes() == [V.VERDICT_BLOCK] and len(h.resets.calls) == 1
+
+
+def test_a_large_produce_to_an_allowed_topic_passes():
+    """A Produce larger than the parser's kept head (its records cut, its
+    only topic read) is allowed by a topic entry; before, such a
+    request was 'topics not all read' and blocked."""
+    from protocols.kafka import FRAME_HEAD_BYTES
+    p = KafkaParser()
+    data = request(0, 9, 1, "app", produce_body(9, ["orders"], blob=b"r" * (FRAME_HEAD_BYTES + 1000)))
+    evs = []
+    for i in range(0, len(data), 1448):
+        evs += p.receive_data(data[i:i + 1448], C)
+    (ev,) = evs
+    assert ev.topics == ("orders",) and check(ev) is None
