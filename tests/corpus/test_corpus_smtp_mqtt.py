@@ -228,3 +228,20 @@ def test_replay_agrees_with_the_truth(replay_tally, field):
     assert n >= 3, f"only {n} {field} compared: the corpus's SMTP and MQTT flows were not all replayed"
     target = IDENT_TARGET if field == "app_proto" else FIELD_TARGET
     assert replay_tally.rate(field) >= target, "\n".join(replay_tally.misses[field])
+
+
+def test_no_other_flow_is_called_smtp_or_mqtt():
+    """Precision: across the whole corpus, the flows the offline analysis
+    names smtp or mqtt are exactly the ones tshark labelled so (FTP also
+    greets with 220; any payload may start with a 0x10 byte)."""
+    wrong, named = [], 0
+    for tf in sorted((CORPUS / "truth").glob("*.json")):
+        truth = json.loads(tf.read_text())
+        labels = {unordered(k): f["label"] for k, f in truth["flows"].items()}
+        for r in analyze_capture(CORPUS / truth["pcap"]):
+            label = labels.get(unordered(r.key))
+            if r.app in LABELS:
+                named += 1
+            if (r.app in LABELS or label in LABELS) and r.app != label:
+                wrong.append(f"{truth['pcap']} {r.key}: ours {r.app}, truth {label}")
+    assert named >= 6 and not wrong, wrong
