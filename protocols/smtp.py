@@ -65,6 +65,7 @@ MAX_BDAT_BYTES = 1 << 40
 
 _REPLY = re.compile(rb"([2-5][0-9][0-9])([ -]?)")
 _VERB = re.compile(rb"[A-Za-z][A-Za-z0-9_-]{0,19}")
+_DIGITS = re.compile(r"[0-9]{1,13}")
 _ADDRESS = re.compile(r"^\s*(?:FROM|TO)\s*:\s*<([^>]*)>", re.IGNORECASE)
 _HEADERS = {"subject": "subject", "from": "from_", "to": "to", "message-id": "message_id",
             "date": "date"}
@@ -340,7 +341,8 @@ class SmtpParser(StreamParser):
             side.wait_for = command
         elif command == "BDAT":
             args = (parameter or "").split()
-            if not args or not args[0].isdigit() or len(args[0]) > 13 or int(args[0]) > MAX_BDAT_BYTES:
+            # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+            if not args or not _DIGITS.fullmatch(args[0]) or int(args[0]) > MAX_BDAT_BYTES:
                 return self._fail(side, events, f"BDAT size {parameter!r} not a number", at)
             if side.data_size == 0 and not side.data_head:
                 side.bol, side.head_done, side.head_over = True, False, False

@@ -147,6 +147,7 @@ def test_bdat_chunks_skipped_by_length():
     (S, b"hello there\r\n"),
     (S, b"2501 x\r\n"),
     (C, b"BDAT lots\r\n"),
+    (C, "BDAT ²\r\n".encode()),                              # a digit to str.isdigit, not to int()
     (C, b"A" * (smtp.MAX_LINE_BYTES + 10)),                  # no line end within the cap
     (S, b"250-" + b"x" * smtp.MAX_LINE_BYTES),
 ])

@@ -54,7 +54,7 @@ class NatsMessage(Event):
 def _json(raw: bytes) -> dict:
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):     # not JSON, or nested past the interpreter's stack
         return {}
     return doc if isinstance(doc, dict) else {}
 
