@@ -27,7 +27,6 @@ from slowpath.offline import analyze_capture
 from slowpath.pcap import read_capture
 from tests.corpus.test_corpus_protocols import unordered
 from tests.corpus.test_corpus_quic import Tally
-from tests.eve_schemas import schema_errors
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 FIELD_TARGET = 0.99
@@ -135,37 +134,23 @@ def test_unsupported_versions_are_read_in_full():
 # --- through microseg replay ------------------------------------------------------
 @pytest.fixture(scope="module")
 def replay_tally(fastpath_build):
-    from appliance.daemon import empty_rules
-    from appliance.replay import replay, replay_config
-    from tests.corpus.test_corpus_replay import flow_of, truth_flow
+    from tests.corpus.replayed import replay_by_flow
+    from tests.corpus.test_corpus_replay import truth_flow
 
     fp = fastpath_build
     t = Tally()
     by_pcap = defaultdict(list)
     for pcap, key, truth in kafka_truths():
         by_pcap[pcap].append((key, truth))
-    try:
-        for pcap, flows in sorted(by_pcap.items()):
-            fp.reset()
-            fp.apply_runtime(replay_config())
-            records: list[dict] = []
-            replay(CORPUS / pcap, fp, empty_rules(), records.append)
-            ours = defaultdict(lambda: defaultdict(list))
-            for r in records:
-                if r["event_type"] in ("kafka", "flow"):
-                    errors = schema_errors(r)
-                    assert not errors, (pcap, r, errors)
-                if "src_port" in r:
-                    ours[flow_of(r)][r["event_type"]].append(r)
-            for key, truth in flows:
-                where = f"{pcap} {key}"
-                mine = ours.get(truth_flow(key), {})
-                apps = {r.get("app_proto") for r in mine.get("flow", [])}
-                t.check(where, "app_proto", "kafka", apps.pop() if len(apps) == 1 else sorted(apps, key=str))
-                compare_eve_kafka(t, where, truth["tshark"]["kafka"], mine.get("kafka", []))
-    finally:
-        fp.reset()
-        fp.apply_runtime(fp.config)
+    replayed = replay_by_flow(fp, CORPUS, by_pcap, ("kafka", "flow"))
+    for pcap, flows in sorted(by_pcap.items()):
+        ours = replayed[pcap]
+        for key, truth in flows:
+            where = f"{pcap} {key}"
+            mine = ours.get(truth_flow(key), {})
+            apps = {r.get("app_proto") for r in mine.get("flow", [])}
+            t.check(where, "app_proto", "kafka", apps.pop() if len(apps) == 1 else sorted(apps, key=str))
+            compare_eve_kafka(t, where, truth["tshark"]["kafka"], mine.get("kafka", []))
     print(t.table("Kafka: microseg replay against the truth"))
     return t
 

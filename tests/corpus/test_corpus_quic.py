@@ -27,7 +27,6 @@ from slowpath.analyzer import analyse_flow
 from slowpath.offline import analyze_capture
 from slowpath.pcap import read_capture
 from tests.corpus.test_corpus_protocols import kernel_app, unordered
-from tests.eve_schemas import schema_errors
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 FIELD_TARGET = 0.99
@@ -149,9 +148,8 @@ def test_google_quic_flow_named_with_its_sni_and_user_agent():
 # --- through microseg replay ------------------------------------------------------
 @pytest.fixture(scope="module")
 def replay_tally(fastpath_build):
-    from appliance.daemon import empty_rules
-    from appliance.replay import replay, replay_config
-    from tests.corpus.test_corpus_replay import flow_of, truth_flow
+    from tests.corpus.replayed import replay_by_flow
+    from tests.corpus.test_corpus_replay import truth_flow
 
     fp = fastpath_build
     t = Tally()
@@ -159,42 +157,29 @@ def replay_tally(fastpath_build):
     by_pcap = defaultdict(list)
     for pcap, key, truth in truths:
         by_pcap[pcap].append((key, truth))
-    try:
-        for pcap, flows in sorted(by_pcap.items()):
-            fp.reset()
-            fp.apply_runtime(replay_config())
-            records: list[dict] = []
-            replay(CORPUS / pcap, fp, empty_rules(), records.append)
-            ours = defaultdict(lambda: defaultdict(list))
-            for r in records:
-                if r["event_type"] in ("quic", "flow"):
-                    errors = schema_errors(r)
-                    assert not errors, (pcap, r, errors)
-                if "src_port" in r:
-                    ours[flow_of(r)][r["event_type"]].append(r)
-            for key, truth in flows:
-                where = f"{pcap} {key}"
-                mine = ours.get(truth_flow(key), {})
-                apps = {r.get("app_proto") for r in mine.get("flow", [])}
-                t.check(where, "app_proto", "quic", apps.pop() if len(apps) == 1 else sorted(apps, key=str))
-                q = truth["tshark"]["quic"]
-                client = [r["quic"] for r in mine.get("quic", []) if r["direction"] == "to_server"]
-                server = [r["quic"] for r in mine.get("quic", []) if r["direction"] == "to_client"]
-                for i, w in enumerate(q["client_hellos"]):
-                    g = client[i] if i < len(client) else {}
-                    t.check(where, "quic.version", f"{_hex(w['quic_version']):x}", g.get("version"))
-                    t.check(where, "quic.sni", w.get("sni"), g.get("sni"))
-                    alpn = next((e.get("values") for e in g.get("extensions", []) if e["type"] == 16), [])
-                    t.check(where, "quic.alpn", w.get("alpn") or [], alpn)
-                    if w.get("ja3"):
-                        t.check(where, "quic.ja3", w["ja3"], (g.get("ja3") or {}).get("hash"))
-                for i, w in enumerate(q.get("server_hellos", [])):
-                    g = server[i] if i < len(server) else {}
-                    t.check(where, "quic.cipher_suite", str(_hex(w["cipher_suite"])),
-                            ((g.get("ja3s") or {}).get("string") or ",,").split(",")[1])
-    finally:
-        fp.reset()
-        fp.apply_runtime(fp.config)
+    replayed = replay_by_flow(fp, CORPUS, by_pcap, ("quic", "flow"))
+    for pcap, flows in sorted(by_pcap.items()):
+        ours = replayed[pcap]
+        for key, truth in flows:
+            where = f"{pcap} {key}"
+            mine = ours.get(truth_flow(key), {})
+            apps = {r.get("app_proto") for r in mine.get("flow", [])}
+            t.check(where, "app_proto", "quic", apps.pop() if len(apps) == 1 else sorted(apps, key=str))
+            q = truth["tshark"]["quic"]
+            client = [r["quic"] for r in mine.get("quic", []) if r["direction"] == "to_server"]
+            server = [r["quic"] for r in mine.get("quic", []) if r["direction"] == "to_client"]
+            for i, w in enumerate(q["client_hellos"]):
+                g = client[i] if i < len(client) else {}
+                t.check(where, "quic.version", f"{_hex(w['quic_version']):x}", g.get("version"))
+                t.check(where, "quic.sni", w.get("sni"), g.get("sni"))
+                alpn = next((e.get("values") for e in g.get("extensions", []) if e["type"] == 16), [])
+                t.check(where, "quic.alpn", w.get("alpn") or [], alpn)
+                if w.get("ja3"):
+                    t.check(where, "quic.ja3", w["ja3"], (g.get("ja3") or {}).get("hash"))
+            for i, w in enumerate(q.get("server_hellos", [])):
+                g = server[i] if i < len(server) else {}
+                t.check(where, "quic.cipher_suite", str(_hex(w["cipher_suite"])),
+                        ((g.get("ja3s") or {}).get("string") or ",,").split(",")[1])
     print(t.table("QUIC: microseg replay against the truth"))
     return t
 

@@ -30,7 +30,6 @@ from slowpath.offline import analyze_capture
 from slowpath.pcap import read_capture
 from tests.corpus.test_corpus_protocols import kernel_app, unordered
 from tests.corpus.test_corpus_quic import Tally
-from tests.eve_schemas import schema_errors
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 FIELD_TARGET = 0.99
@@ -152,9 +151,8 @@ def test_parsers_agree_with_the_truth(parsers_tally, field):
 # --- through microseg replay ------------------------------------------------------
 @pytest.fixture(scope="module")
 def replay_tally(fastpath_build):
-    from appliance.daemon import empty_rules
-    from appliance.replay import replay, replay_config
-    from tests.corpus.test_corpus_replay import flow_of, truth_flow
+    from tests.corpus.replayed import replay_by_flow
+    from tests.corpus.test_corpus_replay import truth_flow
 
     fp = fastpath_build
     t = Tally()
@@ -162,31 +160,18 @@ def replay_tally(fastpath_build):
     for label in LABELS:
         for pcap, key, truth in truths(label):
             by_pcap[pcap].append((key, label, (truth.get("tshark") or {}).get(label) or {}))
-    try:
-        for pcap, flows in sorted(by_pcap.items()):
-            fp.reset()
-            fp.apply_runtime(replay_config())
-            records: list[dict] = []
-            replay(CORPUS / pcap, fp, empty_rules(), records.append)
-            ours = defaultdict(lambda: defaultdict(list))
-            for r in records:
-                if r["event_type"] in ("flow",) + LABELS:
-                    errors = schema_errors(r)
-                    assert not errors, (pcap, r, errors)
-                if "src_port" in r:
-                    ours[flow_of(r)][r["event_type"]].append(r)
-            for key, label, want in flows:
-                where = f"{pcap} {key}"
-                mine = ours.get(truth_flow(key), {})
-                apps = {r.get("app_proto") for r in mine.get("flow", [])}
-                t.check(where, "app_proto", label, apps.pop() if len(apps) == 1 else sorted(apps, key=str))
-                if label == "smtp":
-                    _smtp_eve(t, where, want, [r["smtp"] for r in mine.get("smtp", [])])
-                else:
-                    _mqtt_eve(t, where, want, [r["mqtt"] for r in mine.get("mqtt", [])])
-    finally:
-        fp.reset()
-        fp.apply_runtime(fp.config)
+    replayed = replay_by_flow(fp, CORPUS, by_pcap, ("flow",) + LABELS)
+    for pcap, flows in sorted(by_pcap.items()):
+        ours = replayed[pcap]
+        for key, label, want in flows:
+            where = f"{pcap} {key}"
+            mine = ours.get(truth_flow(key), {})
+            apps = {r.get("app_proto") for r in mine.get("flow", [])}
+            t.check(where, "app_proto", label, apps.pop() if len(apps) == 1 else sorted(apps, key=str))
+            if label == "smtp":
+                _smtp_eve(t, where, want, [r["smtp"] for r in mine.get("smtp", [])])
+            else:
+                _mqtt_eve(t, where, want, [r["mqtt"] for r in mine.get("mqtt", [])])
     print(t.table("SMTP and MQTT: microseg replay against the truth"))
     return t
 
