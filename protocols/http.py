@@ -386,7 +386,7 @@ class _Collect:
 class _Head:
     """One head as llhttp understood it."""
     __slots__ = ("method", "uri", "status", "reason", "version", "fields", "names", "anomalies",
-                 "upgrade", "error")
+                 "upgrade", "error", "block")
 
     def __init__(self) -> None:
         self.method = ""
@@ -399,6 +399,7 @@ class _Head:
         self.anomalies: tuple[str, ...] = ()
         self.upgrade = False
         self.error: str | None = None   # llhttp objected after the head was complete
+        self.block: _Block | None = None  # a plain head's fields block, read once (_fast_head)
 
     def set_fields(self, fields: Fields) -> None:
         self.fields = fields
@@ -540,15 +541,19 @@ _FAST_VALUE = r"(?:[^\x00-\x20\x7f](?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f]
 # _FAST_FIELD's split of blanks and value, and the same lines).
 _FAST_FIELDS = rf"((?:{_FAST_TOKEN}:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*)\r\n"
 _FAST_FIELD = re.compile(rf"({_FAST_TOKEN}):[ \t]*({_FAST_VALUE})[ \t]*\r\n")
-# The method is checked against _FAST_METHODS after the match (cheaper than
-# an alternation of 34 names).
-_FAST_REQUEST = re.compile(r"([A-Z][A-Z-]*) (/[\x21-\x7e]*) HTTP/1\.([01])\r\n" + _FAST_FIELDS)
+# A plain head is a start line matching _FAST_REQUEST_LINE (or
+# _FAST_RESPONSE_LINE) followed by a fields block matching
+# _FAST_FIELDS_BLOCK whole. No part of a start line can hold a CR, so the
+# line ends at the first CRLF however it matches: the two tests are the
+# one test of the head against both patterns joined. The method is checked
+# against _FAST_METHODS after the match (cheaper than an alternation of 34 names).
+_FAST_REQUEST_LINE = re.compile(r"([A-Z][A-Z-]*) (/[\x21-\x7e]*) HTTP/1\.([01])\r\n")
 # CONNECT is left out: its authority-form target and tunnel are the slow path's.
 _FAST_METHODS = METHODS - {"CONNECT"}
 # 101 is left out (upgrade), and so is a reason with blanks at its ends.
-_FAST_RESPONSE = re.compile(
-    r"HTTP/1\.([01]) (1(?:0[02-9]|[1-9][0-9])|[2-9][0-9][0-9])(?: (" + _FAST_VALUE + r"))?\r\n"
-    + _FAST_FIELDS)
+_FAST_RESPONSE_LINE = re.compile(
+    r"HTTP/1\.([01]) (1(?:0[02-9]|[1-9][0-9])|[2-9][0-9][0-9])(?: (" + _FAST_VALUE + r"))?\r\n")
+_FAST_FIELDS_BLOCK = re.compile(_FAST_FIELDS)
 # Fields the fast path leaves to llhttp (framing and upgrade), or checks
 # first (content-length, connection).
 _FAST_SPECIAL = frozenset(("content-length", "transfer-encoding", "connection",
@@ -561,14 +566,31 @@ FAST_MAX_LENGTH_DIGITS = 15
 _FAST_LENGTH = re.compile(rf"[0-9]{{1,{FAST_MAX_LENGTH_DIGITS}}}")
 
 
-def _fast_head(text: str, request: bool) -> _Head | None:
-    """``text`` (a complete head, latin-1 decoded, at most MAX_FIELD_LINE_BYTES
-    long so that no line is too long) parsed as _parse_head would, if it is a
-    plain one (see above); None: leave it to _parse_head."""
-    m = (_FAST_REQUEST if request else _FAST_RESPONSE).fullmatch(text)
-    if m is None or request and m[1] not in _FAST_METHODS:
+# Field blocks (everything after the start line) already read, per direction:
+# a client sends the same fields with request after request (only the target
+# changes), a server much the same with each answer, so the fields, their
+# names, what they say of the framing and the values the events carry are
+# worked out once per block. A block is cached only up to
+# MAX_CACHED_BLOCK_CHARS (a long Cookie makes each block differ anyway);
+# MAX_CACHED_BLOCKS bounds the memory (about 1024 x 1 KiB plus its
+# objects); when full the cache starts over.
+MAX_CACHED_BLOCKS = 1024
+MAX_CACHED_BLOCK_CHARS = 1024
+_blocks: dict[tuple[str, bool], "_Block | None"] = {}
+
+
+class _Block:
+    """One plain fields block, read: what _fast_head and _request/_response
+    take from it. ``framed`` is _framing's answer for it (framing, length,
+    chunked, error) with the anomalies of the head after _framing's."""
+    __slots__ = ("fields", "names", "anomalies", "framed", "host", "user_agent", "content_type")
+
+
+def _fast_block(rest: str, request: bool) -> "_Block | None":
+    """The fields block ``rest`` of a plain head, read (None: not plain)."""
+    if _FAST_FIELDS_BLOCK.fullmatch(rest) is None:
         return None
-    fields = _FAST_FIELD.findall(m[4])
+    fields = _FAST_FIELD.findall(rest, 0, len(rest) - 2)     # without the empty line
     if len(fields) > MAX_HEADERS:
         return None
     names = [n.lower() for n, _ in fields]
@@ -581,16 +603,43 @@ def _fast_head(text: str, request: bool) -> _Head | None:
         for n, (_, v) in zip(names, fields):
             if n == "connection" and "upgrade" in v.lower():
                 return None
+    b = _Block()
     h = _Head()
-    h.fields = tuple(fields)
-    h.names = names
+    h.fields = b.fields = tuple(fields)
+    h.names = b.names = names
+    b.anomalies = (A.HOST_HEADER_AMBIGUOUS,) if names.count("host") > 1 else ()
+    anomalies = list(b.anomalies)
+    framing, cl, chunked, error = _framing(h, request, anomalies)
+    b.framed = (framing, cl, chunked, error, tuple(anomalies))
+    b.host, b.user_agent, b.content_type = h.get("host"), h.get("user-agent"), h.get("content-type")
+    return b
+
+
+def _fast_head(text: str, request: bool) -> _Head | None:
+    """``text`` (a complete head, latin-1 decoded, at most MAX_FIELD_LINE_BYTES
+    long so that no line is too long) parsed as _parse_head would, if it is a
+    plain one (see above); None: leave it to _parse_head."""
+    m = (_FAST_REQUEST_LINE if request else _FAST_RESPONSE_LINE).match(text)
+    if m is None or request and m[1] not in _FAST_METHODS:
+        return None
+    rest = text[m.end():]
+    key = (rest, request)
+    b = _blocks.get(key, False)
+    if b is False:
+        b = _fast_block(rest, request)
+        if len(rest) <= MAX_CACHED_BLOCK_CHARS:
+            if len(_blocks) >= MAX_CACHED_BLOCKS:
+                _blocks.clear()
+            _blocks[key] = b
+    if b is None:
+        return None
+    h = _Head()
+    h.fields, h.names, h.anomalies, h.block = b.fields, b.names, b.anomalies, b
     h.version = "HTTP/1.1" if m[3 if request else 1] == "1" else "HTTP/1.0"
     if request:
         h.method, h.uri = m[1], m[2]
     else:
         h.status, h.reason = int(m[2]), m[3] or ""
-    if names.count("host") > 1:
-        h.anomalies = (A.HOST_HEADER_AMBIGUOUS,)
     return h
 
 
@@ -1087,8 +1136,15 @@ class HttpParser(StreamParser):
     # -- messages
 
     def _request(self, side: _Side, h: _Head, at: int, end: int, events: list[Event]) -> int:
-        anomalies = list(h.anomalies)
-        framing, cl, chunked, error = _framing(h, True, anomalies)
+        b = h.block
+        if b is not None:           # a plain head: its fields block was read once (_fast_block)
+            framing, cl, chunked, error, anomalies = b.framed
+            host, user_agent, content_type = b.host, b.user_agent, b.content_type
+        else:
+            anomalies = list(h.anomalies)
+            framing, cl, chunked, error = _framing(h, True, anomalies)
+            anomalies = tuple(anomalies)
+            host, user_agent, content_type = h.get("host"), h.get("user-agent"), h.get("content-type")
         error = error or h.error
         switch = "connect" if h.method == "CONNECT" else "upgrade" if h.upgrade else None
         if h.method == "CONNECT":
@@ -1096,8 +1152,8 @@ class HttpParser(StreamParser):
         elif framing == "eof":
             framing = None          # RFC 9112 6.3: a request without length has no body
         events.append(_new_request(
-            side.direction, h.method, h.uri, h.version, h.get("host"), h.get("user-agent"),
-            h.get("content-type"), h.fields, cl, chunked, tuple(anomalies), at))
+            side.direction, h.method, h.uri, h.version, host, user_agent,
+            content_type, h.fields, cl, chunked, anomalies, at))
         if error:
             return self._fail(side, error, at - side.offset, events)
         if len(self._pending) < MAX_PENDING_REQUESTS and not self._unknown_pending:
@@ -1113,12 +1169,19 @@ class HttpParser(StreamParser):
         interim = 100 <= h.status < 200 and h.status != 101
         req = self._pair(pop=not interim)
         method = req.method if req else None
-        anomalies = list(h.anomalies)
-        framing, cl, chunked, error = _framing(h, False, anomalies)
+        b = h.block
+        if b is not None:           # a plain head: its fields block was read once (_fast_block)
+            framing, cl, chunked, error, anomalies = b.framed
+            content_type = b.content_type
+        else:
+            anomalies = list(h.anomalies)
+            framing, cl, chunked, error = _framing(h, False, anomalies)
+            anomalies = tuple(anomalies)
+            content_type = h.get("content-type")
         error = error or h.error
         events.append(_new_response(
-            side.direction, h.status, h.reason, h.version, h.get("content-type"), h.fields,
-            method, cl, chunked, tuple(anomalies), at))
+            side.direction, h.status, h.reason, h.version, content_type, h.fields,
+            method, cl, chunked, anomalies, at))
         if error:
             return self._fail(side, error, at - side.offset, events)
         if h.status == 101 or (method == "CONNECT" and 200 <= h.status < 300):

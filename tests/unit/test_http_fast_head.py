@@ -176,3 +176,64 @@ def test_event_builders_make_the_same_events(cls, build, values):
     assert (built == made, hash(built), repr(built)) == (True, hash(made), repr(made))
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.direction = S
+
+
+# -- the whole parser: plain heads (and their cached fields blocks) vs the llhttp path ----
+
+def _stream(r: random.Random, request: bool) -> bytes:
+    """Messages of one direction: near-plain heads (mutated half the time),
+    some with a body of the length they announce, some with an odd one."""
+    out = b""
+    for _ in range(r.randrange(1, 5)):
+        head = _near_plain(r, request)
+        if r.random() < 0.4 and head.endswith(b"\r\n\r\n"):
+            n = r.randrange(0, 12)
+            head = head[:-2] + b"Content-Length: %d\r\n\r\n" % n + bytes(r.randrange(256) for _ in range(n))
+        out += head
+    return out
+
+
+def _all_events(monkeypatch, fast: bool, ops, taken: list | None = None) -> list:
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setattr(http, "_fast_head", lambda text, request: None)
+        elif taken is not None:
+            real = http._fast_head
+            m.setattr(http, "_fast_head", lambda text, request: taken.append(real(text, request)) or taken[-1])
+        p = HttpParser()
+        out = []
+        for d, data in ops:
+            out += p.receive_data(data, d)
+        out += p.receive_eof(C) + p.receive_eof(S)
+    return [dataclasses.astuple(e) for e in out]
+
+
+def test_parser_events_equal_with_and_without_the_fast_path(monkeypatch):
+    """Seeded streams of near-plain and mutated requests and responses, cut at
+    random points: every event (heads, bodies, ends, anomalies, Malformed)
+    is the same whether plain heads take the fast path or llhttp; each
+    stream is parsed twice with the fast path, so the second time its
+    fields blocks come from the cache."""
+    r = random.Random(SEED + 2)
+    taken: list = []
+    for case in range(CASES // 4):
+        reqs, resps = _stream(r, True), _stream(r, False)
+        ops = [(C, part) for part in _cut(r, reqs)] + [(S, part) for part in _cut(r, resps)]
+        want = _all_events(monkeypatch, False, ops)
+        assert _all_events(monkeypatch, True, ops, taken) == want, (reqs, resps)
+        assert _all_events(monkeypatch, True, ops) == want, (reqs, resps)     # cached blocks
+    fast = sum(h is not None for h in taken)
+    assert fast > CASES // 20 and len(taken) - fast > CASES // 20     # both ways taken often
+
+
+def test_fields_block_cache_is_bounded():
+    http._blocks.clear()
+    p = HttpParser()
+    for i in range(http.MAX_CACHED_BLOCKS + 10):
+        ev = p.receive_data(b"GET / HTTP/1.1\r\nX-N: %d\r\n\r\n" % i, C)
+        assert ev[0].headers == (("X-N", str(i)),)
+    assert 0 < len(http._blocks) <= http.MAX_CACHED_BLOCKS
+    long = b"GET / HTTP/1.1\r\nCookie: " + b"c" * http.MAX_CACHED_BLOCK_CHARS + b"\r\n\r\n"
+    http._blocks.clear()
+    assert p.receive_data(long, C)[0].headers[0][1] == "c" * http.MAX_CACHED_BLOCK_CHARS
+    assert not http._blocks
