@@ -120,6 +120,23 @@ class Compat(BaseModel):
     coarse_clock: Literal["auto", "off"] = "auto"   # 5.11 bpf_ktime_get_coarse_ns; fallback: bpf_ktime_get_ns
 
 
+class Tunnels(BaseModel):
+    """Tunnels the fast path decapsulates (bpf/lib/tunnel.h: IPIP, 6in4 and
+    IPv6 in IPv6, GRE, VXLAN, GENEVE; two levels deep at most). ``decap``
+    off: the outer packet is the flow (a GRE or UDP flow between the tunnel
+    endpoints), as without this feature. ``policy``: the addresses a
+    decapsulated flow's policy is decided on, the inner flow's (the
+    default: the hosts that really talk, what a rule naming them means) or
+    the outermost packet's (the tunnel endpoints: an overlay whose inner
+    addresses the gateway's policy does not know); protocol and ports are
+    the inner flow's either way, and the session, its tracking and its
+    inspection are the inner flow's either way."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decap: bool = True
+    policy: Literal["inner", "outer"] = "inner"
+
+
 class DatapathConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -177,6 +194,7 @@ class DatapathConfig(BaseModel):
     # the rest of a recorded packet).
     ring_wakeup: bool = True
     failure_actions: FailureActions = FailureActions()
+    tunnels: Tunnels = Tunnels()
     # Drop events per (source address, reason) per second: a scan's first
     # few show who and why, the rest are counted in the next event's
     # suppressed count (0: no drop events, counters only). And per CPU per

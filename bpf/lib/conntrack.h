@@ -741,10 +741,13 @@ static __always_inline int ms_ct_policy(const struct ms_pkt *p, struct ms_flow *
                                         struct ms_verdict *v, __u32 *gen)
 {
     __u32 odir = f ? ((f->flags & MS_FLOW_EGRESS_OPENED) ? DIR_EGRESS : DIR_INGRESS) : p->dir;
+    /* A tunnelled packet's 1 + fd: its outer addresses, swapped alike, may
+     * be what policy decides on (tunnel.h, `tunnels.policy: outer`). */
+    __u32 tun = p->tun_depth ? 1 + fd : 0;
     if (fd)
-        ms_policy_eval(p->daddr, p->saddr, p->dport, p->sport, p->proto, odir, v, gen);
+        ms_policy_eval(p->daddr, p->saddr, p->dport, p->sport, p->proto, odir, v, gen, tun);
     else
-        ms_policy_eval(p->saddr, p->daddr, p->sport, p->dport, p->proto, odir, v, gen);
+        ms_policy_eval(p->saddr, p->daddr, p->sport, p->dport, p->proto, odir, v, gen, tun);
     if (!f)
         return ms_policy_reason(v);
     if (v->action == POL_DENY)
@@ -1092,7 +1095,7 @@ static __always_inline int ms_ct_other(struct ms_pkt *p, __u64 now)
 {
     struct ms_verdict v = {};
     __u32 gen;
-    ms_policy_eval(p->saddr, p->daddr, 0, 0, p->proto, p->dir, &v, &gen);
+    ms_policy_eval(p->saddr, p->daddr, 0, 0, p->proto, p->dir, &v, &gen, p->tun_depth ? 1 : 0);
     int r = ms_policy_reason(&v);
     if (ms_reason_is_drop(r)) {
         p->rule_id = v.rule_id;

@@ -190,11 +190,23 @@ struct ms_pkt {
     __u8   insp;          /* set by session tracking: 1 + side of a packet of an inspected
                            * flow the payload stage must hand off; 0: none */
     __u8   frag_mf;       /* a fragment with more after it (IPv4 MF, IPv6 M) */
-    __u8   pad2[3];
+    __u8   tun_depth;     /* tunnels decapsulated (bpf/lib/tunnel.h): the fields above are the
+                           * innermost packet's; the outermost addresses are in ms_tun_outer */
+    __u8   pad2[2];
     __u32  rule_id;       /* the policy rule that decided this packet, when one did (0: none,
                            * or the default): a drop event carries it (struct ms_drop_event) */
 };
 BPF_PERCPU_ARRAY(ms_scratch, struct ms_pkt, 1);
+
+/* The outermost packet's addresses when a tunnel was decapsulated
+ * (ms_pkt.tun_depth > 0), for policy on the outer addresses
+ * (MS_CFG_TUN_POLICY_OUTER). A map of its own, written only for tunnelled
+ * packets, so struct ms_pkt, cleared for every packet, does not grow. */
+struct ms_tun_outer {
+    __u8 saddr[16];       /* IPv4 as IPv4-mapped IPv6 */
+    __u8 daddr[16];
+};
+BPF_PERCPU_ARRAY(ms_tun_outer, struct ms_tun_outer, 1);
 
 /* ------------------------------------------------------------------ */
 /* Sessions                                                            */
@@ -343,6 +355,11 @@ struct ms_config {
  * reads the ring itself after every packet, and a wakeup (an irq_work,
  * a self-IPI on a VM) cost 10 us of the 11 a recorded packet took. */
 #define MS_CFG_RING_NO_WAKEUP    0x80
+/* Tunnels (bpf/lib/tunnel.h): not decapsulated, the outer packet is the
+ * flow (`tunnels.decap: false`); or decapsulated and tracked as the inner
+ * flow with policy decided on the outer addresses (`tunnels.policy: outer`). */
+#define MS_CFG_TUN_NO_DECAP      0x100
+#define MS_CFG_TUN_POLICY_OUTER  0x200
 BPF_ARRAY(ms_config, struct ms_config, 1);
 
 /* Interfaces the control plane attached to, by ifindex. The egress program

@@ -131,6 +131,9 @@ static __always_inline int ms_parse_l4(void *data, void *data_end,
         p->payload_len = l4_len - 8;
         return PASS_FORWARD;
     }
+    /* The protocol's own header and data: where a tunnel's header is. */
+    p->payload_off = off;
+    p->payload_len = l4_len;
     return PASS_OTHER_L4;
 }
 
@@ -254,8 +257,11 @@ static __always_inline int ms_parse_ipv4(void *data, void *data_end,
     return ms_parse_l4(data, data_end, p, tot - hlen);
 }
 
+#include "tunnel.h"
+
 /* Parse from the Ethernet header. Returns PASS_FORWARD when the packet
- * parsed fully, another reason otherwise. */
+ * parsed fully, another reason otherwise. A tunnel is decapsulated
+ * (tunnel.h): p then describes the inner packet. */
 static __always_inline int ms_parse(struct __sk_buff *skb, struct ms_pkt *p)
 {
     void *data = (void *)(long)skb->data;
@@ -311,11 +317,14 @@ static __always_inline int ms_parse(struct __sk_buff *skb, struct ms_pkt *p)
     }
 
     p->l3_off = off;
+    int reason;
     if (proto == bpf_htons(ETH_P_IP))
-        return ms_parse_ipv4(data, data_end, p);
-    if (proto == bpf_htons(ETH_P_IPV6))
-        return ms_parse_ipv6(data, data_end, p);
-    return PASS_NOT_IP;
+        reason = ms_parse_ipv4(data, data_end, p);
+    else if (proto == bpf_htons(ETH_P_IPV6))
+        reason = ms_parse_ipv6(data, data_end, p);
+    else
+        return PASS_NOT_IP;
+    return ms_tun_decap(skb, p, reason);
 }
 
 #endif

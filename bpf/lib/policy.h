@@ -19,6 +19,8 @@
 #define MS_POLICY_H
 
 #include "maps.h"
+/* tunnel.h (through parse.h): the outer addresses of `tunnels.policy: outer` */
+#include "parse.h"
 
 /* Live slot and generation, read as one 8-byte word (user space flips
  * both with one write). gen 0: no policy loaded. */
@@ -131,11 +133,32 @@ static __always_inline int ms_pol_rule_find(void *rules, struct ms_pol_scratch *
 }
 
 /* Decide a flow as seen from its initiator (saddr:sport -> daddr:dport)
- * first seen on hook ``dir``. Writes the verdict and the generation. */
+ * first seen on hook ``dir``. Writes the verdict and the generation.
+ * ``tun``: 0, or for a tunnelled packet 1 + whether saddr/daddr are its
+ * destination and source (the initiator's view of a reply): under
+ * `tunnels.policy: outer` the outermost addresses, swapped alike, are
+ * decided on instead (tunnel.h). */
 static __always_inline void ms_policy_eval(const __u8 *saddr, const __u8 *daddr,
                                            __be16 sport, __be16 dport, __u8 proto,
-                                           __u32 dir, struct ms_verdict *v, __u32 *gen)
+                                           __u32 dir, struct ms_verdict *v, __u32 *gen, __u32 tun)
 {
+    /* The flow is copied into the scratch first and read from there after:
+     * the caller's values need not stay live across the lookups, which
+     * would spill them to the counted stack. */
+    __u32 z = 0;
+    struct ms_pol_scratch *sc = ms_pol_scratch.lookup(&z);
+    struct ms_exact_key *ek = sc ? &sc->exact : 0;
+    if (ek) {
+        __builtin_memcpy(ek->saddr, saddr, 16);
+        __builtin_memcpy(ek->daddr, daddr, 16);
+        ek->sport = sport;
+        ek->dport = dport;
+        ek->proto = proto;
+        ek->pad[0] = ek->pad[1] = ek->pad[2] = 0;
+        if (tun)
+            ms_tun_policy_addrs(ek->saddr, ek->daddr, tun - 1);
+    }
+
     __u64 live = ms_pol_live();
     __u32 slot = MS_POL_SLOT(live);
 
@@ -143,22 +166,12 @@ static __always_inline void ms_policy_eval(const __u8 *saddr, const __u8 *daddr,
     __builtin_memset(v, 0, sizeof(*v));
     if (*gen == 0)
         return;   /* POL_NONE */
-
-    __u32 z = 0;
-    struct ms_pol_scratch *sc = ms_pol_scratch.lookup(&z);
-    if (!sc) {
+    if (!sc || !ek) {
         v->action = POL_DENY;
         return;
     }
     void *exact = ms_pol_exact.lookup(&slot);
     if (exact) {
-        struct ms_exact_key *ek = &sc->exact;
-        __builtin_memcpy(ek->saddr, saddr, 16);
-        __builtin_memcpy(ek->daddr, daddr, 16);
-        ek->sport = sport;
-        ek->dport = dport;
-        ek->proto = proto;
-        ek->pad[0] = ek->pad[1] = ek->pad[2] = 0;
         struct ms_verdict *hit = bpf_map_lookup_elem(exact, ek);
         if (!hit) {
             ek->sport = 0;
@@ -172,11 +185,12 @@ static __always_inline void ms_policy_eval(const __u8 *saddr, const __u8 *daddr,
 
     void *rules = ms_pol_rule.lookup(&slot);
     if (rules) {
-        sc->sgroup = ms_pol_group(slot, sc, saddr);
-        sc->dgroup = ms_pol_group(slot, sc, daddr);
+        sc->sgroup = ms_pol_group(slot, sc, sc->exact.saddr);
+        sc->dgroup = ms_pol_group(slot, sc, sc->exact.daddr);
         /* ICMP has no ports: its rules are keyed by port 0. */
-        sc->port = (proto == IPPROTO_TCP || proto == IPPROTO_UDP) ? bpf_ntohs(dport) : 0;
-        sc->proto = proto;
+        __u8 pr = ek->proto;
+        sc->port = (pr == IPPROTO_TCP || pr == IPPROTO_UDP) ? bpf_ntohs(ek->dport) : 0;
+        sc->proto = pr;
         /* The four levels in order: (sg, dg), (sg, any), (any, dg), (any,
          * any). A loop, not four copies: the stage's stack is counted. */
 #pragma clang loop unroll(disable)

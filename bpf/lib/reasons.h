@@ -68,7 +68,9 @@
     X(DROP_INSPECT_SLOWPATH_DOWN, 55, DROP, "slow path down or stalled: dropped") \
     X(PASS_INSPECT_ALLOWED,    56, PASS, "slow path's allow verdict merged: the flow is no longer inspected") \
     X(PASS_SLOWPATH_SENT,      57, PASS, "a packet the slow path sent: a reset of a blocked flow, or held payload let go") \
-    X(PASS_TCP_RST_CHALLENGE,  58, PASS, "RST in the window but not at the expected sequence: passed, session unchanged (RFC 5961 3: the endpoint answers with a challenge ACK)")
+    X(PASS_TCP_RST_CHALLENGE,  58, PASS, "RST in the window but not at the expected sequence: passed, session unchanged (RFC 5961 3: the endpoint answers with a challenge ACK)") \
+    X(DROP_TUNNEL_MALFORMED,   59, DROP, "tunnel header (GRE, VXLAN, GENEVE, inner Ethernet) truncated, past its outer packet or with fields RFC 2784 / 7348 / 8926 reject") \
+    X(DROP_TUNNEL_TOO_DEEP,    60, DROP, "tunnel inside more tunnels than MS_TUN_MAX_DEPTH, or its inner packet starts past MS_TUN_MAX_INNER_OFF")
 
 enum ms_reason {
     MS_ENUM_REASON(MS_ENUM_MEMBER)
