@@ -8,6 +8,10 @@ it is identified (FlowAnalyzer.identified: its protocol and naming fields,
 Host / SNI / DNS name, are known), as nDPI stops after identification and
 as the engine releases a `what: [dpi]` flow; its later packets are only
 counted. Without it every byte of every flow is parsed.
+
+Flows are the pcap reader's: inside a tunnel (IPIP, 6in4, GRE, VXLAN,
+GENEVE; slowpath/pcap.py) a flow is the innermost IP header's, its result
+named by the inner addresses and ports.
 """
 from __future__ import annotations
 

@@ -16,7 +16,18 @@ dpkt's packet classes neither reassemble IP fragments nor look through every
 encapsulation we meet. Link types: Ethernet, BSD loopback / NULL and
 OpenBSD LOOP, raw IP, Linux cooked (SLL, SLL2). Looked through: any number of
 802.1Q / 802.1ad / 0x9100 VLAN tags (up to MAX_ENCAPSULATIONS), MPLS, PPPoE
-session (PPP IPv4 / IPv6), IP-in-IP and 6in4. IPv4 and IPv6 fragments are
+session (PPP IPv4 / IPv6), and the tunnels the fast path opens: IP-in-IP,
+6in4, 4in6 and 6in6 (IP protocols 4 and 41 under IPv4 or IPv6), GRE version
+0 (RFC 2784 / 2890: checksum, key and sequence number skipped; IPv4, IPv6 or
+an Ethernet frame, 0x6558, inside), VXLAN (UDP destination port 4789, RFC
+7348: an Ethernet frame inside) and GENEVE (UDP destination port 6081, RFC
+8926: options skipped by their length; Ethernet, IPv4 or IPv6 inside).
+A frame may hold MAX_TUNNELS tunnels, one in another (and MAX_ENCAPSULATIONS
+layers in all); a flow is the innermost IP header's. A malformed tunnel
+header makes the frame undecodable (so UDP to port 4789 or 6081 that is not
+VXLAN / GENEVE is no flow either), as the fast path, which opens the same
+tunnels (bpf/lib/tunnel.h), drops it. A tunnelled Ethernet frame that is
+not IP (an overlay's ARP) is not a flow packet. IPv4 and IPv6 fragments are
 reassembled (bounded, below); IPv6 extension headers are walked.
 
 Counting follows Wireshark, whose output is the corpus's truth: frames are
@@ -58,10 +69,12 @@ from slowpath.reassembly import (
 )
 
 # ----------------------------------------------------------------- limits
-# Encapsulation layers (VLAN tags, MPLS labels, PPPoE, IP-in-IP) looked through
-# per frame. Real traffic stacks at most three or four (QinQ, QinQinQ in the
-# corpus, MPLS VPNs use two or three labels); the bound keeps a frame made of
-# nothing but tags from costing more than a few steps.
+# Encapsulation layers (VLAN tags, MPLS labels, PPPoE, IP-in-IP, GRE, VXLAN,
+# GENEVE; a tunnel's inner Ethernet tags count too) looked through per frame.
+# Real traffic stacks at most three or four (QinQ, QinQinQ in the corpus,
+# MPLS VPNs use two or three labels, an overlay's VXLAN over a provider's GRE
+# is two tunnels); the bound keeps a frame made of nothing but tags or
+# tunnels inside tunnels from costing more than a few steps.
 MAX_ENCAPSULATIONS = 8
 
 # IPv6 extension headers walked per packet. RFC 8200 4.1 expects each at most
@@ -96,6 +109,13 @@ MAX_CAPLEN = 262144
 # (QinQinQ and deeper) take the general path, which allows MAX_ENCAPSULATIONS.
 MAX_FAST_VLAN_TAGS = 2
 
+# Tunnels (IP-in-IP, GRE, VXLAN, GENEVE) one frame may nest: the fast path's
+# MS_TUN_MAX_DEPTH (bpf/lib/tunnel.h), which drops a deeper frame as an
+# evasion attempt; counting it undecodable here keeps `microseg replay` and
+# the offline analysis of a capture in agreement with the gateway. Two covers
+# an overlay (VXLAN, GENEVE) carried over a provider's GRE or 6in4 link.
+MAX_TUNNELS = 2
+
 # ------------------------------------------------------------- constants
 ETH_HEADER_LEN = 14         # destination, source, EtherType: the least a frame must hold
 LINKTYPE_NULL = 0           # BSD loopback: 4-byte address family, host byte order
@@ -118,6 +138,28 @@ ETH_VLAN = {0x8100, 0x88A8, 0x9100, 0x9200}
 ETH_MPLS = {0x8847, 0x8848}
 ETH_PPPOE_SESSION = 0x8864
 PPP_IPV4, PPP_IPV6 = 0x0021, 0x0057
+# Transparent Ethernet bridging: the protocol type of an Ethernet frame
+# inside GRE (NVGRE, gretap) and GENEVE.
+ETH_TEB = 0x6558
+
+IPPROTO_GRE = 47
+# GRE flags word (RFC 2784 2, RFC 2890 2): checksum, key and sequence number
+# present; the version in the low bits.
+GRE_CSUM, GRE_KEY, GRE_SEQ, GRE_VERSION = 0x8000, 0x2000, 0x1000, 0x0007
+# RFC 2784 2.3: a receiver discards a packet with any of bits 1-5 set unless
+# it implements RFC 1701; bits 2 and 3 are RFC 2890's key and sequence
+# number, leaving routing, strict source route and the top recursion bit.
+GRE_REJECT = 0x4C00
+GRE_VERSION_PPTP = 1        # RFC 2637's enhanced GRE
+GRE_HEADER_LEN = 4          # flags and protocol type; each optional field adds 4
+VXLAN_PORT = 4789           # IANA's VXLAN port (RFC 7348 5): the UDP destination port
+VXLAN_HEADER_LEN = 8        # flags, reserved, VNI, reserved
+VXLAN_FLAG_VNI = 0x08       # the I flag: RFC 7348 5 requires it on every packet
+GENEVE_PORT = 6081          # IANA's GENEVE port (RFC 8926 3.3)
+GENEVE_HEADER_LEN = 8       # version / option length, flags, protocol type, VNI
+# UDP destination ports whose payload is a tunnel (_plain_ethernet leaves
+# these to the general decoder).
+TUNNEL_UDP_PORTS = frozenset({VXLAN_PORT, GENEVE_PORT})
 
 # IPv6 extension headers with the generic (next header, length in 8-octet
 # units not counting the first) layout: hop-by-hop, routing, destination
@@ -336,18 +378,26 @@ class _Decoder:
     def __init__(self, link_type: int, stats: Counter) -> None:
         self.link_type = link_type
         self.defrag = _Defragmenter(stats)
+        self.tunnels = 0          # tunnels opened in the frame being decoded
+
+    def _tunnel(self) -> None:
+        """Count one more tunnel in the current frame (bounded: MAX_TUNNELS)."""
+        self.tunnels += 1
+        if self.tunnels > MAX_TUNNELS:
+            raise _Undecodable("too many tunnels")
 
     def decode(self, buf: bytes, ts: float, lt: int | None = None) -> L4Packet:
         """Raise _NotFlow / _Undecodable when the frame carries no TCP/UDP packet.
         ``lt``: the frame's link type when it differs from the capture's (pcapng)."""
         lt = self.link_type if lt is None else lt
+        self.tunnels = 0
         if lt == LINKTYPE_ETHERNET:
             p = _plain_ethernet(buf)
             if p is not None:
                 return p
             if len(buf) < ETH_HEADER_LEN:
                 raise _Undecodable("ethernet header truncated")
-            return self._ethertype(buf, _u16(buf, 12)[0], ETH_HEADER_LEN, ts)
+            return self._ethertype(buf, _u16(buf, 12)[0], ETH_HEADER_LEN, ts, 0)
         if lt in (LINKTYPE_NULL, LINKTYPE_LOOP):
             if len(buf) < 4:
                 raise _Undecodable("loopback header truncated")
@@ -366,16 +416,18 @@ class _Decoder:
         if lt == LINKTYPE_LINUX_SLL:
             if len(buf) < 16:
                 raise _Undecodable("sll header truncated")
-            return self._ethertype(buf, _u16(buf, 14)[0], 16, ts)
+            return self._ethertype(buf, _u16(buf, 14)[0], 16, ts, 0)
         if lt == LINKTYPE_LINUX_SLL2:
             if len(buf) < 20:
                 raise _Undecodable("sll2 header truncated")
-            return self._ethertype(buf, _u16(buf, 0)[0], 20, ts)
+            return self._ethertype(buf, _u16(buf, 0)[0], 20, ts, 0)
         raise _NotFlow(f"link type {lt} not supported")
 
-    def _ethertype(self, buf: bytes, et: int, off: int, ts: float) -> L4Packet:
-        """``et`` is the EtherType whose payload starts at ``off``."""
-        for depth in range(MAX_ENCAPSULATIONS + 1):
+    def _ethertype(self, buf: bytes, et: int, off: int, ts: float, depth: int = 0) -> L4Packet:
+        """``et`` is the EtherType whose payload starts at ``off``; ``depth``
+        the encapsulation layers already looked through (a tunnel's inner
+        Ethernet frame starts deeper than 0)."""
+        for depth in range(depth, MAX_ENCAPSULATIONS + 1):
             if et == ETH_IPV4:
                 return self._ip(buf[off:], 4, ts, depth)
             if et == ETH_IPV6:
@@ -508,14 +560,83 @@ class _Decoder:
             sport, dport, ulen = struct.unpack_from("!HHH", seg, 0)
             # ulen trims padding; a bad or zero (jumbo) length keeps what we have
             payload = seg[8:ulen] if 8 <= ulen <= len(seg) else seg[8:]
+            if dport in TUNNEL_UDP_PORTS:
+                self._tunnel()
+                if dport == VXLAN_PORT:
+                    return self._vxlan(payload, ts, depth + 1)
+                return self._geneve(payload, ts, depth + 1)
             return L4Packet(IPPROTO_UDP, src, sport, dst, dport, 0, 0, payload)
         if proto == IPPROTO_IPIP:
+            self._tunnel()
             return self._ip(seg, 4, ts, depth + 1)
         if proto == IPPROTO_IPV6:
+            self._tunnel()
             return self._ip(seg, 6, ts, depth + 1)
+        if proto == IPPROTO_GRE:
+            return self._gre(seg, ts, depth + 1)
         if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
             raise _NotFlow("icmp")
         raise _NotFlow(f"ip protocol {proto}")
+
+    def _inner_ethernet(self, frame: bytes, ts: float, depth: int, tunnel: str) -> L4Packet:
+        """An Ethernet frame carried by a tunnel (GRE 0x6558, VXLAN, GENEVE)."""
+        if len(frame) < ETH_HEADER_LEN:
+            raise _Undecodable(f"{tunnel} inner ethernet header truncated")
+        return self._ethertype(frame, _u16(frame, 12)[0], ETH_HEADER_LEN, ts, depth)
+
+    def _gre(self, seg: bytes, ts: float, depth: int) -> L4Packet:
+        """GRE (RFC 2784, with RFC 2890's key and sequence number)."""
+        if len(seg) < GRE_HEADER_LEN:
+            raise _Undecodable("gre header truncated")
+        flags, ptype = struct.unpack_from("!HH", seg, 0)
+        if flags & GRE_VERSION == GRE_VERSION_PPTP:
+            # PPTP's enhanced GRE (RFC 2637), PPP inside: a well-formed packet
+            # of a tunnel we do not open (nor does the fast path).
+            raise _NotFlow("gre version 1")
+        if flags & GRE_VERSION:
+            raise _Undecodable(f"gre version {flags & GRE_VERSION}")
+        if flags & GRE_REJECT:
+            raise _Undecodable("gre header reserved flags set")
+        self._tunnel()
+        off = GRE_HEADER_LEN + 4 * ((flags & GRE_CSUM != 0) + (flags & GRE_KEY != 0)
+                                    + (flags & GRE_SEQ != 0))
+        if len(seg) < off:
+            raise _Undecodable("gre header truncated")
+        if ptype == ETH_IPV4:
+            return self._ip(seg[off:], 4, ts, depth)
+        if ptype == ETH_IPV6:
+            return self._ip(seg[off:], 6, ts, depth)
+        if ptype == ETH_TEB:
+            return self._inner_ethernet(seg[off:], ts, depth, "gre")
+        raise _NotFlow(f"gre protocol 0x{ptype:04x}")
+
+    def _vxlan(self, payload: bytes, ts: float, depth: int) -> L4Packet:
+        """VXLAN (RFC 7348): 8 bytes, then an Ethernet frame."""
+        if len(payload) < VXLAN_HEADER_LEN:
+            raise _Undecodable("vxlan header truncated")
+        if not payload[0] & VXLAN_FLAG_VNI:
+            raise _Undecodable("vxlan header without the vni flag")
+        return self._inner_ethernet(payload[VXLAN_HEADER_LEN:], ts, depth, "vxlan")
+
+    def _geneve(self, payload: bytes, ts: float, depth: int) -> L4Packet:
+        """GENEVE (RFC 8926): 8 bytes, options of the length the header
+        gives (4-byte units), then what the protocol type names."""
+        if len(payload) < GENEVE_HEADER_LEN:
+            raise _Undecodable("geneve header truncated")
+        if payload[0] >> 6:
+            # RFC 8926 3.4: a packet of an unknown version MUST be dropped.
+            raise _Undecodable(f"geneve version {payload[0] >> 6}")
+        off = GENEVE_HEADER_LEN + (payload[0] & 0x3F) * 4
+        if len(payload) < off:
+            raise _Undecodable("geneve options truncated")
+        ptype = _u16(payload, 2)[0]
+        if ptype == ETH_TEB:
+            return self._inner_ethernet(payload[off:], ts, depth, "geneve")
+        if ptype == ETH_IPV4:
+            return self._ip(payload[off:], 4, ts, depth)
+        if ptype == ETH_IPV6:
+            return self._ip(payload[off:], 6, ts, depth)
+        raise _NotFlow(f"geneve protocol 0x{ptype:04x}")
 
 
 def _plain_ethernet(buf: bytes) -> tuple | None:
@@ -524,8 +645,9 @@ def _plain_ethernet(buf: bytes) -> tuple | None:
     unfragmented IPv4 or an IPv6 packet without extension headers, TCP or
     UDP. Returns a plain tuple in L4Packet's field order (building the
     NamedTuple costs a Python-level call per frame). None for anything else,
-    and for anything malformed: _Decoder's general path then decodes it (or
-    names what is wrong), so both give the same answer."""
+    and for anything malformed, and for a tunnel (IP-in-IP, GRE: not TCP or
+    UDP; VXLAN, GENEVE: UDP to TUNNEL_UDP_PORTS): _Decoder's general path
+    then decodes it (or names what is wrong), so both give the same answer."""
     n = len(buf)
     if n >= _ETH_IPV4_TCP_LEN:
         # Most frames of all: untagged IPv4 without options carrying TCP,
@@ -590,6 +712,8 @@ def _plain_ethernet(buf: bytes) -> tuple | None:
         if end - l4 < 8:
             return None
         sport, dport, ulen = _udp_ports_len(buf, l4)
+        if dport in TUNNEL_UDP_PORTS:
+            return None
         stop = l4 + ulen if 8 <= ulen <= end - l4 else end
         return (IPPROTO_UDP, src, sport, dst, dport, 0, 0, buf[l4 + 8:stop])
     return None
