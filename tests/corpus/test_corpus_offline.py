@@ -16,7 +16,8 @@ from slowpath.offline import analyze_capture
 from slowpath.pcap import read_capture
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
-OURS = {"http", "tls", "dns", "ssh", "mysql", "redis"}
+OURS = {"http", "tls", "dns", "ssh", "mysql", "redis", "http2", "grpc", "quic", "smtp", "postgresql",
+        "kafka", "mongodb", "mqtt"}
 IDENT_TARGET = 0.95
 CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 pytestmark = pytest.mark.skipif(not CI and not (CORPUS / "truth").is_dir(),
