@@ -87,6 +87,35 @@ def test_runner_error_is_a_bpf_error(len_prog):
         bpfsys.TestRunner(len_prog, copy_out=False).run(frame(70000))
 
 
+@pytest.mark.parametrize("ctx", [True, False])
+def test_bound_runner_agrees_with_run(len_prog, ctx):
+    """TestRunner.bound() (replay's per-frame call) runs the same packets
+    to the same retval as run(), with and without a __sk_buff context (replay
+    passes none): a large packet after a small one included, which fails
+    with ENOSPC unless the size the kernel wrote back is cleared each time;
+    short packets and other kinds go through run()'s checks and copy."""
+    runner = bpfsys.TestRunner(len_prog, copy_out=False, tc=ctx)
+    run = runner.bound()
+    assert run != runner.run                       # the closure, not the method
+    for i, n in enumerate(SIZES[:3] + [n for n in SIZES if n >= 14] * 2):
+        data = frame(n)
+        arg = (data, data, bytearray(data), memoryview(data))[i % 4]
+        assert run(arg) == n
+    with pytest.raises(ValueError, match="at least an Ethernet header"):
+        run(b"\0" * 13)
+    with pytest.raises(bpfsys.BpfError):
+        run(frame(70000))
+    assert run(frame(60)) == 60                     # still usable after a failure
+
+
+def test_bound_runner_with_copy_out_is_run(len_prog):
+    """A runner that copies the packet back keeps its method (data_out and
+    duration_ns stay right)."""
+    runner = bpfsys.TestRunner(len_prog)
+    assert runner.bound() == runner.run
+    assert runner.bound()(frame(200)) == 200 and runner.data_out == frame(200)
+
+
 def test_replay_writes_the_heartbeat_once(fastpath, tmp_path, monkeypatch):
     """replay_config()'s heartbeat timeout is an hour: one write covers a
     replay (it was one map write per frame)."""
