@@ -37,7 +37,7 @@ where nDPI's verdict came from DPI, not a guess by port or address.
 Needs root (replay loads BPF programs) and the two peers: `make bench-peers`
 installs them (apt) and runs this. Nothing here uses the network.
 
-    .venv/bin/python bench/peers.py [--copies N] [--rounds N]
+    .venv/bin/python bench/peers.py [--copies N] [--rounds N] [--baseline TREE]
 """
 from __future__ import annotations
 
@@ -204,13 +204,16 @@ class Tshark(Reader):
             return run(cmd, f, env={**os.environ, "WIRESHARK_CONFIG_DIR": str(conf), "LC_ALL": "C"})
 
 
-def replay_cpu(cmd: list[str], work: Path) -> float:
+def replay_cpu(cmd: list[str], work: Path, tree: Path | None = None) -> float:
     """CPU seconds of a `microseg replay ... --json` run's frame loop: the
     summary's cpu_s (process time around the frames and the closing of the
-    flows; the BPF compile and load before it are not in it)."""
+    flows; the BPF compile and load before it are not in it). ``tree``: the
+    source tree microseg runs from (its modules first on PYTHONPATH, its
+    bpf/ compiled), None for this one."""
     out = work / "replay-summary.json"
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
     with open(out, "wb") as f:
-        run(cmd, f)
+        run(cmd, f, env=env)
     return float(json.loads(out.read_text())["cpu_s"])
 
 
@@ -222,12 +225,20 @@ class Replay(Reader):
     # subtracted from a ~6 s run moved the per-frame figure by 10 us.
     startup_subtracted = False
 
+    def __init__(self, tree: Path | None = None):
+        # Another source tree's replay (--baseline): the same command with
+        # that tree's modules, rotated with the others in the same rounds,
+        # so a change is measured against its baseline under the same load.
+        self.tree = tree
+        if tree is not None:
+            self.name, self.short = f"{self.name} [{tree}]", f"{self.short}@baseline"
+
     def cpu(self, path, work):
         return replay_cpu([str(MICROSEG), "replay", str(path), "--eve", str(work / "replay-eve.json"),
-                           "--json"], work)
+                           "--json"], work, self.tree)
 
 
-class ReplayIdentify(Reader):
+class ReplayIdentify(Replay):
     """Replay with a policy that inspects to identify only (`what: [dpi]`):
     a flow is let go to the kernel once its protocol and names are known,
     the job nDPI does. The plain Replay inspects everything (WAF and DLP
@@ -243,7 +254,7 @@ class ReplayIdentify(Reader):
         policy = work / "identify.yaml"
         policy.write_text(self.POLICY)
         return replay_cpu([str(MICROSEG), "replay", str(path), "--policy", str(policy),
-                           "--eve", str(work / "replay-dpi-eve.json"), "--json"], work)
+                           "--eve", str(work / "replay-dpi-eve.json"), "--json"], work, self.tree)
 
 
 class Parsers(Reader):
@@ -349,13 +360,15 @@ def fmt_us(s: float) -> str:
     return f"{us:.2f}" if us < 10 else f"{us:.1f}" if us < 100 else f"{us:.0f}"
 
 
-def bench(copies: int, rounds: int) -> int:
+def bench(copies: int, rounds: int, baseline: Path | None = None) -> int:
     check_environment()
     t0 = time.perf_counter()
     big, frames = cached_capture(copies)
     print(f"capture: {big} ({frames:,} frames: {copies} copies of {CORPUS}; "
           f"ready in {time.perf_counter() - t0:.1f} s)")
     readers = [Ndpi(), Tshark(), Replay(), ReplayIdentify(), Parsers()]
+    if baseline is not None:
+        readers[4:4] = [Replay(baseline), ReplayIdentify(baseline)]
     cpu: dict[str, list[float]] = {r.name: [] for r in readers}
     with tempfile.TemporaryDirectory(prefix="microseg-peers-") as tmp:
         work = Path(tmp)
@@ -382,6 +395,9 @@ def bench(copies: int, rounds: int) -> int:
              Parsers.name: "microseg's parsers alone (identify_only)"}
     target = {Replay.name: TARGETS["replay"], ReplayIdentify.name: TARGETS["replay"],
               Parsers.name: TARGETS["parsers"]}
+    for r in readers:
+        if isinstance(r, Replay) and r.tree is not None:
+            label[r.name] = f"{label[type(r).name]}, baseline tree {r.tree}"
     print(f"\nCPU time per frame, start-up excluded, median of {rounds} rounds (order rotated), "
           f"{frames:,} frames:\n")
     print("| what | µs per frame | ratio to ndpiReader | target |")
@@ -420,6 +436,9 @@ def main(argv=None) -> int:
                     help=f"copies of the corpus in the capture (default {DEFAULT_COPIES})")
     ap.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
                     help=f"rounds, each reader once per round (default {DEFAULT_ROUNDS}, at least {MIN_ROUNDS})")
+    ap.add_argument("--baseline", metavar="TREE", type=Path,
+                    help="also time both replays from another source tree (e.g. a `git archive` of the "
+                         "commit before a change), in the same rotated rounds")
     ap.add_argument("--child-parsers", metavar="PCAP", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", metavar="JSON", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -429,8 +448,10 @@ def main(argv=None) -> int:
         ap.error("--copies: 1 or more")
     if a.rounds < MIN_ROUNDS:
         ap.error(f"--rounds: at least {MIN_ROUNDS} (the figures are medians)")
+    if a.baseline is not None and not (a.baseline / "appliance" / "replay.py").is_file():
+        ap.error(f"--baseline {a.baseline}: not a microseg source tree (no appliance/replay.py)")
     try:
-        return bench(a.copies, a.rounds)
+        return bench(a.copies, a.rounds, a.baseline.resolve() if a.baseline is not None else None)
     except BenchError as e:
         print(f"bench/peers.py: {e}", file=sys.stderr)
         return 1

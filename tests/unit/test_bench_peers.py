@@ -77,3 +77,27 @@ def test_http2_and_grpc_agree_with_ndpis_http():
             flow("tcp", ("10.0.1.5", 5000), ("10.0.1.6", 80), "tls")]
     a = agreement(parse_ndpi(out), ours)
     assert (a["both"], a["agree"], a["dpi_agree"]) == (3, 2, 2)
+
+
+def test_baseline_replay_runs_from_its_tree(tmp_path, monkeypatch):
+    """--baseline TREE: the replay readers of that tree run the same command
+    with TREE first on PYTHONPATH (this tree's readers: the environment as
+    it is), and are named apart in the rounds and the table."""
+    import json as _json
+
+    import bench.peers as peers
+    calls = []
+
+    def fake_run(cmd, stdout, env=None):
+        calls.append((cmd, env))
+        stdout.write(_json.dumps({"cpu_s": 1.5}).encode())
+        return 0.0
+    monkeypatch.setattr(peers, "run", fake_run)
+    tree = tmp_path / "base"
+    mine, base = peers.ReplayIdentify(), peers.ReplayIdentify(tree)
+    assert mine.tree is None and base.short == "replay-dpi@baseline" and str(tree) in base.name
+    assert base.name != mine.name and type(base).name == mine.name
+    assert mine.cpu(tmp_path / "x.pcap", tmp_path) == base.cpu(tmp_path / "x.pcap", tmp_path) == 1.5
+    (cmd_mine, env_mine), (cmd_base, env_base) = calls
+    assert cmd_mine == cmd_base and env_mine is None
+    assert env_base["PYTHONPATH"] == str(tree)
