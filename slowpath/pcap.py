@@ -62,6 +62,7 @@ from typing import ClassVar, Iterator, NamedTuple, Union
 
 import dpkt
 
+from datapath.source import header_defines
 from protocols.api import Direction
 from slowpath.reassembly import (
     ACK, SYN, Data, Eof, Gap, ReassemblyBudget, ReassemblyCounters,
@@ -109,12 +110,16 @@ MAX_CAPLEN = 262144
 # (QinQinQ and deeper) take the general path, which allows MAX_ENCAPSULATIONS.
 MAX_FAST_VLAN_TAGS = 2
 
+# The tunnels' numbers are the fast path's (bpf/lib/tunnel.h), read from
+# where they are written, so both open the same set.
+_MS = header_defines("MS_")
+
 # Tunnels (IP-in-IP, GRE, VXLAN, GENEVE) one frame may nest: the fast path's
-# MS_TUN_MAX_DEPTH (bpf/lib/tunnel.h), which drops a deeper frame as an
-# evasion attempt; counting it undecodable here keeps `microseg replay` and
-# the offline analysis of a capture in agreement with the gateway. Two covers
-# an overlay (VXLAN, GENEVE) carried over a provider's GRE or 6in4 link.
-MAX_TUNNELS = 2
+# MS_TUN_MAX_DEPTH (2: an overlay, VXLAN or GENEVE, carried over a
+# provider's GRE or 6in4 link), past which it drops the frame as an evasion
+# attempt; counting it undecodable here keeps `microseg replay` and the
+# offline analysis of a capture in agreement with the gateway.
+MAX_TUNNELS = _MS["TUN_MAX_DEPTH"]
 
 # ------------------------------------------------------------- constants
 ETH_HEADER_LEN = 14         # destination, source, EtherType: the least a frame must hold
@@ -140,22 +145,20 @@ ETH_PPPOE_SESSION = 0x8864
 PPP_IPV4, PPP_IPV6 = 0x0021, 0x0057
 # Transparent Ethernet bridging: the protocol type of an Ethernet frame
 # inside GRE (NVGRE, gretap) and GENEVE.
-ETH_TEB = 0x6558
+ETH_TEB = _MS["ETH_P_TEB"]
 
 IPPROTO_GRE = 47
 # GRE flags word (RFC 2784 2, RFC 2890 2): checksum, key and sequence number
-# present; the version in the low bits.
-GRE_CSUM, GRE_KEY, GRE_SEQ, GRE_VERSION = 0x8000, 0x2000, 0x1000, 0x0007
-# RFC 2784 2.3: a receiver discards a packet with any of bits 1-5 set unless
-# it implements RFC 1701; bits 2 and 3 are RFC 2890's key and sequence
-# number, leaving routing, strict source route and the top recursion bit.
-GRE_REJECT = 0x4C00
-GRE_VERSION_PPTP = 1        # RFC 2637's enhanced GRE
+# present; the version in the low bits; GRE_REJECT: the bits RFC 2784 2.3
+# has a receiver discard the packet for (routing, strict source route, the
+# top recursion bit); version 1 is PPTP's enhanced GRE (RFC 2637).
+GRE_CSUM, GRE_KEY, GRE_SEQ = _MS["GRE_CSUM"], _MS["GRE_KEY"], _MS["GRE_SEQ"]
+GRE_VERSION, GRE_REJECT, GRE_VERSION_PPTP = _MS["GRE_VERSION"], _MS["GRE_REJECT"], _MS["GRE_V1_PPTP"]
 GRE_HEADER_LEN = 4          # flags and protocol type; each optional field adds 4
-VXLAN_PORT = 4789           # IANA's VXLAN port (RFC 7348 5): the UDP destination port
+VXLAN_PORT = _MS["UDP_PORT_VXLAN"]     # IANA's (RFC 7348 5): the UDP destination port
 VXLAN_HEADER_LEN = 8        # flags, reserved, VNI, reserved
-VXLAN_FLAG_VNI = 0x08       # the I flag: RFC 7348 5 requires it on every packet
-GENEVE_PORT = 6081          # IANA's GENEVE port (RFC 8926 3.3)
+VXLAN_FLAG_VNI = _MS["VXLAN_FLAG_I"]   # RFC 7348 5: set on every packet
+GENEVE_PORT = _MS["UDP_PORT_GENEVE"]   # IANA's (RFC 8926 3.3)
 GENEVE_HEADER_LEN = 8       # version / option length, flags, protocol type, VNI
 # UDP destination ports whose payload is a tunnel (_plain_ethernet leaves
 # these to the general decoder).
