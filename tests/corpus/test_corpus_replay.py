@@ -33,7 +33,8 @@ EXCEPTIONS = Path(__file__).with_name("truth_exceptions.yaml")
 # flows labelled with one of the protocols we parse.
 TARGET = 0.99
 IDENT_TARGET = 0.95
-OURS = {"http", "tls", "dns", "ssh", "mysql", "redis", "http2", "grpc"}
+OURS = {"http", "tls", "dns", "ssh", "mysql", "redis", "http2", "grpc", "quic", "smtp", "postgresql",
+        "kafka", "mongodb", "mqtt"}
 
 # As in test_corpus_protocols.py: skipped without the corpus, except under
 # CI (CI=true), where a missing corpus fails.
