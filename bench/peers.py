@@ -83,12 +83,14 @@ TSHARK_FIELDS = ("frame.number", "frame.len", "ip.src", "ipv6.src", "tcp.srcport
                  "udp.srcport", "_ws.col.Protocol")
 
 # nDPI 4.2 protocol names (either part of "MASTER.APP") -> microseg's app
-# names (protocols/registry.py: http, tls, dns, ssh, mysql, redis, quic). A name
-# not here is a protocol microseg has no parser for: "none".
+# names (protocols/registry.py's built-ins). A name not here is a protocol
+# microseg has no parser for: "none". (nDPI 4.2 has no Kafka: its flows are
+# Unknown to it.)
 NDPI_TO_MICROSEG = {
     "HTTP": "http", "HTTP_Connect": "http", "HTTP_Proxy": "http",
     "TLS": "tls", "IMAPS": "tls", "POPS": "tls", "SMTPS": "tls", "FTPS": "tls", "DoH_DoT": "tls",
     "DNS": "dns", "SSH": "ssh", "MySQL": "mysql", "Redis": "redis", "QUIC": "quic",
+    "SMTP": "smtp", "PostgreSQL": "postgresql", "MongoDB": "mongodb", "MQTT": "mqtt",
 }
 # microseg names that nDPI 4.2 does not tell apart, as the name nDPI gives
 # them: HTTP/2 and gRPC (over HTTP/2) are HTTP to it.

@@ -49,6 +49,9 @@ def test_ndpi_names_map_to_microseg_names():
     assert ndpi_app("IMAPS") == "tls"
     assert ndpi_app("QUIC.Google") == "quic"
     assert ndpi_app("Nats") is None             # no parser in microseg
+    # The parsers microseg gained since: nDPI's names for them.
+    assert [ndpi_app(n) for n in ("SMTP", "PostgreSQL", "MongoDB", "MQTT")] == \
+        ["smtp", "postgresql", "mongodb", "mqtt"]
     assert ndpi_app("Unknown") is None
 
 
