@@ -41,7 +41,7 @@ from slowpath import eve
 from slowpath.analyzer import FlowAnalyzer
 from datapath.flowevents import FlowEnd
 from slowpath.flowend import EngineSide, flow_end_record
-from slowpath.reassembly import Eof, ReassemblyBudget, StreamReassembler
+from slowpath.reassembly import Data, Eof, ReassemblyBudget, StreamReassembler
 from slowpath.records import InspRecord, RecordDecoder, session_ref
 
 # Closed flows remembered until the kernel reports their session's end
@@ -384,10 +384,11 @@ class Engine:
             return an.datagram(d, rec.data)
         out = []
         for ev in flow.reasm.segment(d, rec.seq, rec.tcp_flags, rec.data):
-            got = an.stream_event(ev)
+            t = type(ev)
+            got = an.data(ev.direction, ev.data) if t is Data else an.stream_event(ev)   # in-order bytes: most
             if got:
                 out += got
-            if type(ev) is Eof:
+            if t is Eof:
                 flow.eof.add(int(ev.direction))
         rc = flow.reasm.counters
         caps = rc.per_flow_cap_hits + rc.total_cap_hits
@@ -539,6 +540,8 @@ class Engine:
 
     def _log(self, flow: Flow, info: eve.FlowInfo, ev) -> None:
         kind = ev.kind
+        if kind == "http_message_end" and not ev.content_encoding and flow.http_coded is None:
+            return           # most message ends: nothing to log (the branches below log none)
         # Every tolerated deviation of an inspected flow: an EVE anomaly
         # record (what it does to the flow came as a rule hit, inspector.py).
         for name in (ev.anomalies if kind in ("http_request", "http_response") else
