@@ -12,8 +12,10 @@ setup:
 demo: setup
 	$(VENV)/bin/microseg lab demo
 
+# The suite on every CPU (pytest-xdist; tests/conftest.py keeps the tests of
+# the compiled fast path on one worker). `pytest` alone runs it serially.
 test: setup
-	@$(PY) -m pytest; rc=$$?; \
+	@$(PY) -m pytest -n auto --dist loadgroup; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'test: pytest collected no tests' >&2; exit 1; fi; exit $$rc
 
 # Every benchmark (docs/performance.md has their tables), one at a time:
