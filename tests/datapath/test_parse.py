@@ -1787,7 +1787,8 @@ def test_egress_reasons_counted_under_egress(fastpath, frame, reason):
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "fastpath.py"
 BENCH_CASES = ["empty", "tcp4-established", "tcp4-syn-halfopen", "udp4-established", "tcp6-established",
-               "tcp4-syn-table-full", "empty-repeat1", "tcp4-syn-new-flow"]
+               "tcp4-syn-table-full", "empty-repeat1", "tcp4-syn-new-flow",
+               "tcp4-vxlan-established", "tcp4-gre-established"]
 
 
 def test_bench_fastpath_quick_runs():
