@@ -17,6 +17,11 @@ each case is a packet whose repetitions all take the same path:
   duplicate ACK: still in window, PASS_FORWARD every time.
 * ``udp4-established``: a request of a UDP flow that has seen its reply
   (CT_UDP_REPLIED, in ``ms_flows``).
+* ``tcp4-vxlan-established`` / ``tcp4-gre-established``: the
+  ``tcp4-established`` ACK of another flow, carried in VXLAN (outer IPv4,
+  UDP 4789, inner Ethernet) or in keyed GRE: the tunnel is decapsulated
+  (bpf/lib/tunnel.h) and the inner flow's session found; the difference
+  to ``tcp4-established`` is the cost of the decapsulation.
 * ``tcp4-syn-halfopen``: a SYN. The warm-up run creates the half-open entry;
   every measured repetition is then a retransmission of the SYN of a flow in
   SYN_SENT (lookup misses ms_flows, hits ms_halfopen, redefines the
@@ -142,6 +147,24 @@ def tcp_packets(family: int, client: str, server: str, sport: int, dport: int = 
         "ack": bytes(up / TCP(sport=sport, dport=dport, flags="A", seq=ISN + 1, ack=RISN + 1,
                               options=ACK_OPTIONS)),
     }
+
+
+TUNNEL_ENDS = ("192.0.2.1", "192.0.2.2")
+
+
+def tunnelled(frame: bytes, kind: str) -> bytes:
+    """``frame``'s IP packet in VXLAN (inner Ethernet) or keyed GRE between
+    TUNNEL_ENDS, the outer addresses swapped for a packet from the server
+    (as the far tunnel end sends it)."""
+    inner = frame[14:]
+    rev = IP(inner).src == V4_SERVER
+    outer = IP(src=TUNNEL_ENDS[rev], dst=TUNNEL_ENDS[1 - rev])
+    if kind == "vxlan":
+        body = UDP(sport=50000, dport=4789) / (b"\x08\0\0\0\0\0\x2a\0" + frame)
+    else:
+        body = (b"\x20\0\x08\0" + (42).to_bytes(4, "big") + inner)   # GRE, key 42, IPv4
+        outer.proto = 47
+    return bytes(Ether(**MACS) / outer / body)
 
 
 def udp_packets(sport: int = 40000) -> dict[str, bytes]:
@@ -308,9 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         udp4 = udp_packets()
         halfopen_syn = tcp_packets(4, V4_CLIENT, V4_SERVER, 40001)["syn"]
         full_syn = tcp_packets(4, V4_CLIENT, V4_SERVER, 40002)["syn"]
+        tun = {kind: {k: tunnelled(v, kind) for k, v in tcp_packets(4, V4_CLIENT, V4_SERVER, port).items()}
+               for kind, port in (("vxlan", 40003), ("gre", 40004))}
 
         # Set-up: established flows in ms_flows, the half-open one in ms_halfopen.
-        for pk in (tcp4, tcp6):
+        for pk in (tcp4, tcp6, tun["vxlan"], tun["gre"]):
             for what in ("syn", "synack", "ack"):
                 must(fp, pk[what], what)
         must(fp, udp4["request"], "udp request")
@@ -334,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
                  path="UDP of a replied flow (ms_flows)"),
             Case("tcp6-established", ing, tcp6["ack"], fp, reason=fwd,
                  path="ACK of an ESTABLISHED IPv6 flow (ms_flows)"),
+            Case("tcp4-vxlan-established", ing, tun["vxlan"]["ack"], fp, reason=fwd,
+                 path="the ACK in VXLAN (inner Ethernet): decapsulated, the inner flow's session"),
+            Case("tcp4-gre-established", ing, tun["gre"]["ack"], fp, reason=fwd,
+                 path="the ACK in keyed GRE: decapsulated, the inner flow's session"),
             Case("tcp4-syn-table-full", fp_full.prog_fd(Direction.DIR_INGRESS), full_syn, fp_full,
                  action=TC_ACT_SHOT, reason=Reason.DROP_FLOW_TABLE_FULL,
                  path=f"new flow's SYN, {FULL_TABLE_SIZE}-entry table full: DROP_FLOW_TABLE_FULL"),
