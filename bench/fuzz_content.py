@@ -19,11 +19,8 @@ bombs). Prints counts and time; exits 1 on any violation.
 """
 from __future__ import annotations
 
-import argparse
 import gzip
-import os
 import random
-import resource
 import sys
 import time
 import tracemalloc
@@ -36,6 +33,7 @@ import brotli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import fuzzrun  # noqa: E402
 from protocols.api import Direction  # noqa: E402
 from protocols.content_coding import MAX_DECODED_BYTES, ContentDecoder  # noqa: E402
 from protocols.http import HttpParser  # noqa: E402
@@ -47,6 +45,9 @@ MAX_RSS_GROWTH_MB = 256
 # hang: a step decodes at most the cap (4 MiB, ~10 ms of zlib); 2 s leaves
 # room for a busy shared machine.
 MAX_CALL_SECONDS = 2.0
+# The most one input (all its calls) may take before it is interrupted and
+# counted as a hang: a few calls, each well under MAX_CALL_SECONDS.
+MAX_INPUT_SECONDS = 10.0
 # Bodies are small so that a million inputs take minutes, not hours.
 MAX_BODY = 4096
 CODINGS = ("gzip", "deflate", "raw", "br", "gzip-members", "gzip,br")
@@ -114,27 +115,12 @@ def splits(n: int, rng: random.Random) -> list[int]:
 
 
 @dataclass
-class Stats:
-    inputs: int = 0
+class Stats(fuzzrun.Stats):
     http_inputs: int = 0
     errors: Counter = field(default_factory=Counter)      # decoder error kinds (expected)
     anomalies: Counter = field(default_factory=Counter)   # parser anomaly names (expected)
-    exceptions: Counter = field(default_factory=Counter)  # anything raised: must stay 0
-    violations: list = field(default_factory=list)        # invariant breaks: must stay empty
-    examples: list = field(default_factory=list)
     decoded: int = 0
-    max_call_s: float = 0.0
-    seconds: float = 0.0
-    rss_growth_mb: float = 0.0
     bomb_peak_mb: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.exceptions and not self.violations
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _decode(header: str, data: bytes, cuts: list[int], st: Stats) -> None:
@@ -144,7 +130,7 @@ def _decode(header: str, data: bytes, cuts: list[int], st: Stats) -> None:
     for c in cuts:
         t = time.perf_counter()
         out = d.feed(data[prev:c])
-        st.max_call_s = max(st.max_call_s, time.perf_counter() - t)
+        st.call(time.perf_counter() - t, -1)
         if len(out) > MAX_DECODED_BYTES:
             st.violations.append(f"one feed returned {len(out)} bytes")
         got += len(out)
@@ -173,7 +159,7 @@ def _http(header: str, data: bytes, cuts: list[int], rng: random.Random, st: Sta
     for c in [min(len(stream), int(c * scale)) for c in cuts[:-1]] + [len(stream)]:
         t = time.perf_counter()
         events = p.receive_data(stream[prev:c], Direction.TO_CLIENT)
-        st.max_call_s = max(st.max_call_s, time.perf_counter() - t)
+        st.call(time.perf_counter() - t, -1)
         prev = c
         for ev in events:
             if ev.kind == "http_anomaly":
@@ -206,70 +192,92 @@ def bomb_peak(rng: random.Random) -> float:
         tracemalloc.stop()
 
 
-def run(inputs: int, seed: int, http_every: int = 10, progress: bool = False) -> Stats:
-    rng = random.Random(seed)
-    st = Stats()
-    t0 = time.perf_counter()
-    st.bomb_peak_mb = bomb_peak(rng)
-    rss0 = _rss_mb()            # after the bombs' own inputs were built
-    # A pool of valid streams, refreshed as the run goes, so mutation is cheap.
-    pool: list[tuple[str, bytes]] = []
-    for i in range(inputs):
-        if i % 64 == 0 or not pool:
-            if len(pool) >= 256:
-                pool.pop(rng.randrange(len(pool)))
-            pool.append(encode(rng.choice(CODINGS), _body(rng), rng))
-        r = rng.random()
-        if r < 0.1:
-            header, data = rng.choice(CODINGS[:5]), rng.randbytes(rng.randrange(0, 512))
-            header = "deflate" if header == "raw" else header.replace("-members", "")
-        else:
-            header, data = rng.choice(pool)
-            if r < 0.85:
-                data = mutate(data, rng)
-        if rng.random() < 0.15:
-            header = rng.choice(ODD_HEADERS)
-        cuts = splits(len(data), rng)
-        st.inputs += 1
-        try:
-            _decode(header, data, cuts, st)
-            if http_every and i % http_every == 0:
-                st.http_inputs += 1
-                _http(header, data, cuts, rng, st)
-        except Exception as e:        # noqa: BLE001 - counting is the point
-            st.exceptions[type(e).__name__] += 1
-            if len(st.examples) < 5:
-                st.examples.append((header, data[:64].hex(), cuts, repr(e)))
-        if progress and i and i % 100_000 == 0:
-            print(f"  {i:,} inputs, {time.perf_counter() - t0:.0f} s, exceptions {sum(st.exceptions.values())}",
-                  flush=True)
-    st.seconds = time.perf_counter() - t0
-    st.rss_growth_mb = _rss_mb() - rss0
-    if st.rss_growth_mb > MAX_RSS_GROWTH_MB:
-        st.violations.append(f"RSS grew {st.rss_growth_mb:.0f} MB")
-    if st.max_call_s > MAX_CALL_SECONDS:
-        st.violations.append(f"a call took {st.max_call_s:.2f} s")
+class ContentTarget(fuzzrun.Target):
+    """Inputs from one generator over the run (a pool of valid streams
+    refreshed as it goes, so mutation is cheap): not replayable one by one."""
+    name = "fuzz_content"
+    stats = Stats
+    indexed = False
+    max_input_seconds = MAX_INPUT_SECONDS
+    max_call_seconds = MAX_CALL_SECONDS
+    max_rss_growth_mb = MAX_RSS_GROWTH_MB
+    trace_every = 0
+
+    def __init__(self, http_every: int = 10) -> None:
+        self.http_every = http_every
+        self.bomb_peak_mb = 0.0
+
+    def add_arguments(self, ap) -> None:
+        ap.add_argument("--http-every", type=int, default=10, help="every Nth input also through HttpParser (0: none)")
+
+    def configure(self, args) -> None:
+        self.http_every = args.http_every
+
+    def setup(self, seed: int):
+        rng = random.Random(seed)
+        self.bomb_peak_mb = bomb_peak(rng)
+        return rng
+
+    def inputs(self, rng, indices, seed: int):
+        pool: list[tuple[str, bytes]] = []
+        for i in indices:
+            if i % 64 == 0 or not pool:
+                if len(pool) >= 256:
+                    pool.pop(rng.randrange(len(pool)))
+                pool.append(encode(rng.choice(CODINGS), _body(rng), rng))
+            r = rng.random()
+            if r < 0.1:
+                kind, header, data = "random", rng.choice(CODINGS[:5]), rng.randbytes(rng.randrange(0, 512))
+                header = "deflate" if header == "raw" else header.replace("-members", "")
+            else:
+                kind, (header, data) = "valid", rng.choice(pool)
+                if r < 0.85:
+                    kind, data = "mutated", mutate(data, rng)
+            if rng.random() < 0.15:
+                header = rng.choice(ODD_HEADERS)
+            yield i, kind, (header, data, splits(len(data), rng))
+
+    def feed(self, rng, plan, st: Stats, index: int, verbose: bool = False) -> None:
+        header, data, cuts = plan
+        _decode(header, data, cuts, st)
+        if self.http_every and index % self.http_every == 0:
+            st.http_inputs += 1
+            _http(header, data, cuts, rng, st)
+
+    def describe(self, plan) -> str:
+        header, data, cuts = plan
+        return f"{header!r} {data[:64].hex()} cuts {cuts}"
+
+    def report(self, st: Stats, seed: int) -> str:
+        lines = [f"inputs {st.inputs:,} (through HttpParser too: {st.http_inputs:,}) in {st.seconds:.1f} s "
+                 f"({st.inputs / max(st.seconds, 1e-9):,.0f}/s); decoded {st.decoded / 2**20:,.1f} MiB",
+                 f"decoder errors (expected): {dict(st.errors.most_common())}",
+                 f"parser anomalies (expected): {dict(st.anomalies.most_common())}",
+                 f"longest call {st.slowest_call[0] * 1000:.1f} ms; RSS growth {st.rss_growth_mb:.1f} MB; "
+                 f"bombs' tracemalloc peak {st.bomb_peak_mb:.1f} MiB",
+                 f"exceptions: {sum(st.exceptions.values())} {dict(st.exceptions)}; violations: {len(st.violations)}"]
+        lines += [f"   {ex}" for ex in st.examples + [f"hang: input {i}" for i in st.hangs[:5]] + st.violations[:5]]
+        return "\n".join(lines)
+
+
+def _run(target: ContentTarget, inputs: int, seed: int, progress: bool = False) -> Stats:
+    st = fuzzrun.run(target, inputs, seed, progress=progress)
+    st.bomb_peak_mb = target.bomb_peak_mb
     return st
 
 
+def run(inputs: int, seed: int, http_every: int = 10, progress: bool = False) -> Stats:
+    return _run(ContentTarget(http_every), inputs, seed, progress)
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--inputs", type=int, default=1_000_000)
-    ap.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "big"))
-    ap.add_argument("--http-every", type=int, default=10, help="every Nth input also through HttpParser (0: none)")
-    a = ap.parse_args(argv)
+    target = ContentTarget()
+    a = fuzzrun.arguments(target, __doc__).parse_args(argv)
+    target.configure(a)
     print(f"fuzz_content: {a.inputs:,} inputs, seed {a.seed}, HTTP every {a.http_every}")
-    st = run(a.inputs, a.seed, a.http_every, progress=True)
-    print(f"inputs {st.inputs:,} (through HttpParser too: {st.http_inputs:,}) in {st.seconds:.1f} s "
-          f"({st.inputs / st.seconds:,.0f}/s); decoded {st.decoded / 2**20:,.1f} MiB")
-    print(f"decoder errors (expected): {dict(st.errors.most_common())}")
-    print(f"parser anomalies (expected): {dict(st.anomalies.most_common())}")
-    print(f"longest call {st.max_call_s * 1000:.1f} ms; RSS growth {st.rss_growth_mb:.1f} MB; "
-          f"bombs' tracemalloc peak {st.bomb_peak_mb:.1f} MiB")
-    print(f"exceptions: {sum(st.exceptions.values())} {dict(st.exceptions)}; violations: {len(st.violations)}")
-    for ex in st.examples + st.violations[:5]:
-        print("  ", ex)
-    return 0 if st.ok else 1
+    st = _run(target, a.inputs, a.seed, progress=True)
+    print(target.report(st, a.seed))
+    return 0 if st.ok() else 1
 
 
 if __name__ == "__main__":

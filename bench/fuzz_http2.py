@@ -36,17 +36,11 @@ exits 1 on any violation. Input i of a run is reproducible:
 """
 from __future__ import annotations
 
-import argparse
 import gzip
-import os
 import random
-import resource
-import signal
 import struct
 import sys
 import time
-import tracemalloc
-import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +55,9 @@ from hyperframe.frame import (ContinuationFrame, DataFrame, GoAwayFrame, Headers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import fuzzrun  # noqa: E402
 from protocols import registry  # noqa: E402
-from protocols.api import Direction, Malformed  # noqa: E402
+from protocols.api import Direction  # noqa: E402
 
 C, S = Direction.TO_SERVER, Direction.TO_CLIENT
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -88,7 +83,7 @@ TRACE_EVERY = 499
 # Every Nth input is a hostile one (they are large: a thousand streams, a
 # flood of CONTINUATION; each is read under tracemalloc).
 HOSTILE_EVERY = 250
-MAX_EXAMPLES = 10
+# The inputs between two progress lines (h2's inputs are slow to build).
 PROGRESS_EVERY = 50_000
 GRPC_SERVICES = ("lab.Shop/GetItem", "helloworld.Greeter/SayHello", "grpc.health.v1.Health/Check")
 
@@ -413,196 +408,107 @@ def schedule(conv: list[tuple[Direction, bytes]], rng: random.Random, other: byt
 
 # --- the run -------------------------------------------------------------------------
 
-class Hang(Exception):
-    pass
-
-
-def _timeout(signum, frame):
-    raise Hang()
-
-
 @dataclass
-class Stats:
-    inputs: int = 0
-    hostile_inputs: int = 0
+class Stats(fuzzrun.Stats):
     bytes: int = 0
     calls: int = 0
-    events: Counter = field(default_factory=Counter)
     anomalies: Counter = field(default_factory=Counter)
-    malformed: int = 0
-    exceptions: Counter = field(default_factory=Counter)
-    examples: list = field(default_factory=list)
-    hangs: list = field(default_factory=list)
-    slowest_call_s: float = 0.0
-    slowest_input: int = -1
-    traced_inputs: int = 0
-    peak_mb: float = 0.0
-    peak_input: int = -1
-    rss_growth_mb: float = 0.0
-    seconds: float = 0.0
-    violations: list = field(default_factory=list)
 
-    def ok(self) -> bool:
-        return not self.exceptions and not self.hangs and not self.violations
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    @property
+    def hostile_inputs(self) -> int:
+        return self.kinds["hostile"]
 
 
 def build_input(index: int, seed: int, seeds: list, hostile_every: int) -> tuple[bool, list[tuple]]:
-    rng = random.Random(seed * 1_000_003 + index)
+    rng = fuzzrun.input_rng(seed, index)
     is_hostile = hostile_every > 0 and index % hostile_every == 0
     conv = hostile(rng) if is_hostile else rng.choice(seeds)
     other = b"".join(x for _, x in rng.choice(seeds))
     return is_hostile, schedule(conv, rng, other)
 
 
-def feed(factory, plan: list[tuple], st: Stats, index: int) -> None:
-    parser = factory("tcp")
-    for what, d, x in plan:
-        t0 = time.thread_time()
-        if what == "data":
-            events = parser.receive_data(x, d)
-            st.bytes += len(x)
-        elif what == "gap":
-            events = parser.receive_gap(d, x)
-        else:
-            events = parser.receive_eof(d)
-        dt = time.thread_time() - t0
-        st.calls += 1
-        if dt > st.slowest_call_s:
-            st.slowest_call_s, st.slowest_input = dt, index
-        for e in events:
-            st.events[e.kind] += 1
-            if isinstance(e, Malformed):
-                st.malformed += 1
-            if e.kind == "http_anomaly":
-                st.anomalies[str(e.name)] += 1
+class Http2Target(fuzzrun.Target):
+    name = "fuzz_http2"
+    stats = Stats
+    clock = "cpu"
+    max_input_seconds = MAX_INPUT_SECONDS
+    max_call_seconds = MAX_CALL_SECONDS
+    max_peak_mb = MAX_PEAK_MB
+    max_rss_growth_mb = MAX_RSS_GROWTH_MB
+    trace_every = TRACE_EVERY
+    trace_hostile = True
+    progress_every = PROGRESS_EVERY
+
+    def __init__(self, hostile_every: int = HOSTILE_EVERY) -> None:
+        self.hostile_every = hostile_every
+
+    def add_arguments(self, ap) -> None:
+        ap.add_argument("--hostile-every", type=int, default=HOSTILE_EVERY,
+                        help="every Nth input is a hostile one (0: none)")
+
+    def configure(self, args) -> None:
+        self.hostile_every = args.hostile_every
+
+    def setup(self, seed: int):
+        plugins = registry.by_name()
+        if "http2" not in plugins or plugins["http2"].parser_factory is None:
+            raise SystemExit("fuzz_http2: no 'http2' protocol with a parser in protocols/registry")
+        seed_rng = random.Random(seed)
+        return plugins["http2"].parser_factory, [valid_conversation(seed_rng) for _ in range(VALID_SEEDS)]
+
+    def build(self, ctx, index: int, seed: int):
+        is_hostile, plan = build_input(index, seed, ctx[1], self.hostile_every)
+        return ("hostile" if is_hostile else "valid"), plan
+
+    def feed(self, ctx, plan: list[tuple], st: Stats, index: int, verbose: bool = False) -> None:
+        parser = ctx[0]("tcp")
+        for what, d, x in plan:
+            t0 = time.thread_time()
+            if what == "data":
+                events = parser.receive_data(x, d)
+                st.bytes += len(x)
+            elif what == "gap":
+                events = parser.receive_gap(d, x)
+            else:
+                events = parser.receive_eof(d)
+            st.call(time.thread_time() - t0, index)
+            st.calls += 1
+            st.count(events, index)
+            for e in events:
+                if e.kind == "http_anomaly":
+                    st.anomalies[str(e.name)] += 1
+
+    def report(self, st: Stats, seed: int) -> str:
+        lines = [
+            f"fuzz_http2: seed {seed}: {st.inputs:,} inputs ({st.hostile_inputs:,} hostile), {st.calls:,} calls, "
+            f"{st.bytes / 2**20:,.1f} MiB in {st.seconds:.1f} s: {st.inputs / max(st.seconds, 1e-9):,.0f} inputs/s, "
+            f"{st.bytes / 2**20 / max(st.seconds, 1e-9):,.1f} MiB/s",
+            f"  exceptions: {sum(st.exceptions.values())}  hangs (> {MAX_INPUT_SECONDS:.0f} CPU s): {len(st.hangs)}  "
+            f"malformed events: {st.malformed:,}",
+            f"  slowest call: {st.slowest_call[0] * 1000:.1f} ms CPU (input {st.slowest_call[1]}); tracemalloc peak "
+            f"{st.peak_mb:.2f} MB over {st.traced_inputs:,} traced inputs (input {st.peak_input}); "
+            f"RSS growth {st.rss_growth_mb:.0f} MB",
+            "  events: " + ", ".join(f"{k} {v:,}" for k, v in st.events.most_common()),
+            "  anomalies: " + ", ".join(f"{k} {v:,}" for k, v in st.anomalies.most_common()),
+        ]
+        lines += [f"  exception {k}: {v}" for k, v in st.exceptions.most_common()]
+        lines += [f"  e.g. {x}" for x in st.examples]
+        lines += [f"  hang: input {i}" for i in st.hangs[:fuzzrun.MAX_EXAMPLES]]
+        lines += [f"  VIOLATION: {v}" for v in st.violations]
+        lines.append(fuzzrun.verdict(st))
+        return "\n".join(lines)
 
 
 def run(inputs: int, seed: int, hostile_every: int = HOSTILE_EVERY, trace_every: int = TRACE_EVERY,
         progress: bool = False, only: int | None = None, jobs: int = 1) -> Stats:
     """Inputs 0..inputs-1 of ``seed`` (or input ``only``), in ``jobs``
     processes each taking every jobs-th input; their stats merged."""
-    if jobs <= 1 or only is not None:
-        st = _run(range(inputs) if only is None else range(only, only + 1), seed, hostile_every, trace_every,
-                  progress, only is not None)
-    else:
-        import multiprocessing
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            parts = pool.starmap(_run, [(range(j, inputs, jobs), seed, hostile_every, trace_every, progress and j == 0,
-                                         False) for j in range(jobs)])
-        st = Stats()
-        for p in parts:
-            for name in ("inputs", "hostile_inputs", "bytes", "calls", "malformed", "traced_inputs"):
-                setattr(st, name, getattr(st, name) + getattr(p, name))
-            for name in ("events", "anomalies", "exceptions"):
-                getattr(st, name).update(getattr(p, name))
-            st.examples += p.examples[:MAX_EXAMPLES - len(st.examples)]
-            st.hangs += p.hangs
-            if p.slowest_call_s > st.slowest_call_s:
-                st.slowest_call_s, st.slowest_input = p.slowest_call_s, p.slowest_input
-            if p.peak_mb > st.peak_mb:
-                st.peak_mb, st.peak_input = p.peak_mb, p.peak_input
-            st.rss_growth_mb = max(st.rss_growth_mb, p.rss_growth_mb)
-            st.seconds = max(st.seconds, p.seconds)
-    if st.slowest_call_s > MAX_CALL_SECONDS:
-        st.violations.append(f"slowest call {st.slowest_call_s:.3f} s > {MAX_CALL_SECONDS} s (input "
-                             f"{st.slowest_input})")
-    if st.peak_mb > MAX_PEAK_MB:
-        st.violations.append(f"tracemalloc peak {st.peak_mb:.1f} MB > {MAX_PEAK_MB} MB (input {st.peak_input})")
-    if st.rss_growth_mb > MAX_RSS_GROWTH_MB:
-        st.violations.append(f"RSS grew {st.rss_growth_mb:.0f} MB > {MAX_RSS_GROWTH_MB} MB")
-    return st
-
-
-def _run(indices: range, seed: int, hostile_every: int, trace_every: int, progress: bool, verbose: bool) -> Stats:
-    plugins = registry.by_name()
-    if "http2" not in plugins or plugins["http2"].parser_factory is None:
-        raise SystemExit("fuzz_http2: no 'http2' protocol with a parser in protocols/registry")
-    factory = plugins["http2"].parser_factory
-    seed_rng = random.Random(seed)
-    seeds = [valid_conversation(seed_rng) for _ in range(VALID_SEEDS)]
-    st = Stats()
-    rss0 = _rss_mb()
-    old = signal.signal(signal.SIGPROF, _timeout)
-    t_start = time.perf_counter()
-    try:
-        for n, i in enumerate(indices):
-            is_hostile, plan = build_input(i, seed, seeds, hostile_every)
-            st.inputs += 1
-            st.hostile_inputs += is_hostile
-            traced = is_hostile or (trace_every > 0 and i % trace_every == 0)
-            if traced:
-                tracemalloc.start()
-                base = tracemalloc.get_traced_memory()[0]
-                tracemalloc.reset_peak()
-            signal.setitimer(signal.ITIMER_PROF, MAX_INPUT_SECONDS)
-            try:
-                feed(factory, plan, st, i)
-            except Hang:
-                st.hangs.append(i)
-            except Exception as e:    # what the fuzzer is here to find: recorded, the run goes on
-                where = traceback.extract_tb(e.__traceback__)[-1]
-                key = f"{type(e).__name__} at {Path(where.filename).name}:{where.lineno}"
-                st.exceptions[key] += 1
-                if len(st.examples) < MAX_EXAMPLES:
-                    st.examples.append(f"input {i}: {key}: {e}")
-                if verbose:
-                    traceback.print_exc()
-            finally:
-                signal.setitimer(signal.ITIMER_PROF, 0)
-                if traced:
-                    peak = (tracemalloc.get_traced_memory()[1] - base) / 2**20
-                    tracemalloc.stop()
-                    st.traced_inputs += 1
-                    if peak > st.peak_mb:
-                        st.peak_mb, st.peak_input = peak, i
-            if progress and n and n % PROGRESS_EVERY == 0:
-                el = time.perf_counter() - t_start
-                print(f"  {n:,} inputs, {n / el:,.0f}/s, {len(st.exceptions)} kinds of exception", flush=True)
-    finally:
-        signal.signal(signal.SIGPROF, old)
-    st.seconds = time.perf_counter() - t_start
-    st.rss_growth_mb = _rss_mb() - rss0
-    return st
-
-
-def report(st: Stats, seed: int) -> str:
-    lines = [
-        f"fuzz_http2: seed {seed}: {st.inputs:,} inputs ({st.hostile_inputs:,} hostile), {st.calls:,} calls, "
-        f"{st.bytes / 2**20:,.1f} MiB in {st.seconds:.1f} s: {st.inputs / max(st.seconds, 1e-9):,.0f} inputs/s, "
-        f"{st.bytes / 2**20 / max(st.seconds, 1e-9):,.1f} MiB/s",
-        f"  exceptions: {sum(st.exceptions.values())}  hangs (> {MAX_INPUT_SECONDS:.0f} CPU s): {len(st.hangs)}  "
-        f"malformed events: {st.malformed:,}",
-        f"  slowest call: {st.slowest_call_s * 1000:.1f} ms CPU (input {st.slowest_input}); tracemalloc peak "
-        f"{st.peak_mb:.2f} MB over {st.traced_inputs:,} traced inputs (input {st.peak_input}); "
-        f"RSS growth {st.rss_growth_mb:.0f} MB",
-        "  events: " + ", ".join(f"{k} {v:,}" for k, v in st.events.most_common()),
-        "  anomalies: " + ", ".join(f"{k} {v:,}" for k, v in st.anomalies.most_common()),
-    ]
-    lines += [f"  exception {k}: {v}" for k, v in st.exceptions.most_common()]
-    lines += [f"  e.g. {x}" for x in st.examples]
-    lines += [f"  hang: input {i}" for i in st.hangs[:MAX_EXAMPLES]]
-    lines += [f"  VIOLATION: {v}" for v in st.violations]
-    lines.append("  OK" if st.ok() else "  FAILED")
-    return "\n".join(lines)
+    return fuzzrun.run(Http2Target(hostile_every), inputs, seed, only=only, trace_every=trace_every, jobs=jobs,
+                       progress=progress)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--inputs", type=int, default=1_000_000)
-    ap.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "big"))
-    ap.add_argument("--hostile-every", type=int, default=HOSTILE_EVERY, help="every Nth input is a hostile one (0: none)")
-    ap.add_argument("--trace-every", type=int, default=TRACE_EVERY,
-                    help="every Nth input is read under tracemalloc (hostile ones always)")
-    ap.add_argument("--only", type=int, help="replay input N of the seed's run and show its traceback")
-    ap.add_argument("--jobs", type=int, default=1, help="processes (each takes every Nth input)")
-    a = ap.parse_args(argv)
-    st = run(a.inputs, a.seed, a.hostile_every, a.trace_every, progress=a.only is None, only=a.only, jobs=a.jobs)
-    print(report(st, a.seed))
-    return 0 if st.ok() else 1
+    return fuzzrun.main(Http2Target(), __doc__, argv)
 
 
 if __name__ == "__main__":

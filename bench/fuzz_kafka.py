@@ -32,27 +32,19 @@ reproducible: ``--seed S --only i``.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import random
-import resource
-import signal
 import struct
 import sys
-import time
-import tracemalloc
-import traceback
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import fuzzrun  # noqa: E402
 from protocols import kafka, registry  # noqa: E402
-from protocols.api import Direction, Event, Malformed  # noqa: E402
+from protocols.api import Direction  # noqa: E402
 
 C, S = Direction.TO_SERVER, Direction.TO_CLIENT
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 CORPUS_PCAPS = ("ndpi-kafka.pcapng", "deepflow-kafka-produce-v2.pcap", "deepflow-kafka-produce-v7-sw8.pcap")
 
 # One input may take this long before it counts as a hang: an input is a few
@@ -144,17 +136,12 @@ def response(key: int, v: int, corr: int, rng: random.Random) -> bytes:
 # --- inputs --------------------------------------------------------------------------
 def corpus_flows() -> list[list[tuple[Direction, bytes]]]:
     """The TCP streams of the corpus's Kafka captures, as (direction, bytes) lists."""
-    from slowpath.pcap import read_capture
     from slowpath.reassembly import Data
     out = []
-    for name in CORPUS_PCAPS:
-        path = CORPUS / "pcaps" / name
-        if not path.is_file():
-            continue
-        for f in read_capture(path).flows:
-            chunks = [(ev.direction, ev.data) for ev in f.events if isinstance(ev, Data)]
-            if chunks:
-                out.append(chunks)
+    for f in fuzzrun.corpus_flows(CORPUS_PCAPS):
+        chunks = [(ev.direction, ev.data) for ev in f.events if isinstance(ev, Data)]
+        if chunks:
+            out.append(chunks)
     return out
 
 
@@ -232,17 +219,6 @@ def mutate(data: bytes, rng: random.Random, other: bytes) -> bytes:
     return bytes(b)
 
 
-def rechunk(plan: list[tuple[Direction, bytes]], rng: random.Random) -> list[tuple[Direction, bytes]]:
-    out = []
-    for d, data in plan:
-        i = 0
-        while i < len(data):
-            n = rng.choice((1, 3, 7, 64, 1500, len(data)))
-            out.append((d, data[i:i + n]))
-            i += n
-    return out
-
-
 def from_corpus(flows: list, rng: random.Random) -> list[tuple[Direction, bytes]]:
     flow = rng.choice(flows)
     plan = list(flow)
@@ -254,7 +230,7 @@ def from_corpus(flows: list, rng: random.Random) -> list[tuple[Direction, bytes]
 
 
 def build_input(index: int, seed: int, flows: list) -> tuple[str, list]:
-    rng = random.Random(seed * 1_000_003 + index)
+    rng = fuzzrun.input_rng(seed, index)
     r = rng.random()
     if r < 0.02:
         kind, plan = "hostile", hostile(rng)
@@ -268,148 +244,64 @@ def build_input(index: int, seed: int, flows: list) -> tuple[str, list]:
         kind = "crafted"
     else:
         kind, plan = "random", random_bytes(rng)
-    return kind, rechunk(plan, rng)
+    return kind, fuzzrun.rechunk(plan, rng, (1, 3, 7, 64, 1500))
 
 
 # --- running -------------------------------------------------------------------------
 @dataclass
-class Stats:
-    inputs: int = 0
+class Stats(fuzzrun.Stats):
     chunks: int = 0
-    kinds: Counter = field(default_factory=Counter)
-    events: Counter = field(default_factory=Counter)
-    malformed: int = 0
-    exceptions: int = 0
-    examples: list = field(default_factory=list)
-    hangs: list = field(default_factory=list)
-    violations: list = field(default_factory=list)
-    slowest: tuple = (0.0, -1)
-    peak_mb: float = 0.0
-    traced_inputs: int = 0
-    seconds: float = 0.0
-    rss_growth_mb: float = 0.0
-
-    def ok(self) -> bool:
-        return not (self.exceptions or self.hangs or self.violations)
 
 
-class _Hang(Exception):
-    pass
+class KafkaTarget(fuzzrun.Target):
+    name = "fuzz_kafka"
+    stats = Stats
+    max_input_seconds = MAX_INPUT_SECONDS
+    max_peak_mb = MAX_PEAK_MB
+    max_rss_growth_mb = MAX_RSS_GROWTH_MB
+    trace_every = TRACE_EVERY
 
+    def __init__(self, flows: list | None = None) -> None:
+        self.flows = flows
 
-def _alarm(signum, frame):
-    raise _Hang()
+    def setup(self, seed: int):
+        return registry.by_name()["kafka"].parser_factory, corpus_flows() if self.flows is None else self.flows
 
+    def build(self, ctx, index: int, seed: int):
+        return build_input(index, seed, ctx[1])
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def feed(factory, plan: list, st: Stats, index: int) -> None:
-    parser = factory("tcp")
-    for d, data in plan:
-        st.chunks += 1
-        for ev in parser.receive_data(data, d):
-            if not isinstance(ev, Event):
-                st.violations.append((index, f"not an event: {ev!r}"))
-            st.events[ev.kind] += 1
-            if isinstance(ev, Malformed):
-                st.malformed += 1
+    def feed(self, ctx, plan: list, st: Stats, index: int, verbose: bool = False) -> None:
+        parser = ctx[0]("tcp")
+        for d, data in plan:
+            st.chunks += 1
+            events = parser.receive_data(data, d)
+            if verbose:
+                print(d.name, data[:48].hex(), events)
+            st.count(events, index)
+            for side in Direction:
+                if parser.buffered(side) > kafka.MAX_BUFFERED_BYTES:
+                    st.violations.append(f"input {index}: {side.name} holds {parser.buffered(side)} bytes")
+            if len(parser._pending) > kafka.MAX_PENDING:
+                st.violations.append(f"input {index}: {len(parser._pending)} pending requests")
         for side in Direction:
-            if parser.buffered(side) > kafka.MAX_BUFFERED_BYTES:
-                st.violations.append((index, f"{side.name} holds {parser.buffered(side)} bytes"))
-        if len(parser._pending) > kafka.MAX_PENDING:
-            st.violations.append((index, f"{len(parser._pending)} pending requests"))
-    for side in Direction:
-        for ev in parser.receive_eof(side):
-            st.events[ev.kind] += 1
-            st.malformed += isinstance(ev, Malformed)
+            st.count(parser.receive_eof(side), index)
+
+    def report(self, st: Stats, seed: int) -> str:
+        return "\n".join([
+            f"fuzz_kafka: seed {seed}, {st.inputs:,} inputs ({dict(st.kinds)}), {st.chunks:,} chunks "
+            f"in {st.seconds:.1f} s: {st.inputs / max(st.seconds, 1e-9):,.0f} inputs/s",
+            f"  events: {dict(st.events.most_common())}",
+            f"  malformed {st.malformed:,}",
+            *fuzzrun.outcome_lines(st)])
 
 
-def run(inputs: int, seed: int, *, start: int = 0, trace_every: int = TRACE_EVERY, progress: bool = False,
-        flows: list | None = None) -> Stats:
-    st = Stats()
-    factory = registry.by_name()["kafka"].parser_factory
-    flows = corpus_flows() if flows is None else flows
-    rss0 = _rss_mb()
-    old = signal.signal(signal.SIGALRM, _alarm)
-    t_run = time.perf_counter()
-    try:
-        for index in range(start, start + inputs):
-            kind, plan = build_input(index, seed, flows)
-            st.inputs += 1
-            st.kinds[kind] += 1
-            traced = trace_every and index % trace_every == 0
-            if traced:
-                tracemalloc.start()
-            signal.setitimer(signal.ITIMER_REAL, MAX_INPUT_SECONDS)
-            t0 = time.perf_counter()
-            try:
-                feed(factory, plan, st, index)
-            except _Hang:
-                st.hangs.append(index)
-            except Exception as e:        # what this run exists to find
-                st.exceptions += 1
-                if len(st.examples) < 5:
-                    st.examples.append((index, f"{type(e).__name__}: {e}"))
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            took = time.perf_counter() - t0
-            if took > st.slowest[0]:
-                st.slowest = (took, index)
-            if traced:
-                peak = tracemalloc.get_traced_memory()[1] / 2**20
-                tracemalloc.stop()
-                st.traced_inputs += 1
-                st.peak_mb = max(st.peak_mb, peak)
-                if peak > MAX_PEAK_MB:
-                    st.violations.append((index, f"tracemalloc peak {peak:.1f} MB"))
-            if progress and st.inputs % 100_000 == 0:
-                print(f"  {st.inputs:,} inputs, {time.perf_counter() - t_run:.0f} s", file=sys.stderr)
-    finally:
-        signal.signal(signal.SIGALRM, old)
-    st.seconds = time.perf_counter() - t_run
-    st.rss_growth_mb = _rss_mb() - rss0
-    if st.rss_growth_mb > MAX_RSS_GROWTH_MB:
-        st.violations.append((-1, f"RSS grew {st.rss_growth_mb:.0f} MB"))
-    return st
-
-
-def report(st: Stats, seed: int) -> str:
-    return "\n".join([
-        f"fuzz_kafka: seed {seed}, {st.inputs:,} inputs ({dict(st.kinds)}), {st.chunks:,} chunks "
-        f"in {st.seconds:.1f} s: {st.inputs / max(st.seconds, 1e-9):,.0f} inputs/s",
-        f"  events: {dict(st.events.most_common())}",
-        f"  malformed {st.malformed:,}",
-        f"  exceptions {st.exceptions} {st.examples}",
-        f"  hangs {len(st.hangs)} {st.hangs[:5]}, violations {len(st.violations)} {st.violations[:5]}",
-        f"  slowest input {st.slowest[0] * 1000:.1f} ms (#{st.slowest[1]}), tracemalloc peak "
-        f"{st.peak_mb:.2f} MB over {st.traced_inputs} traced inputs, RSS growth {st.rss_growth_mb:.1f} MB",
-        "  OK" if st.ok() else "  FAILED"])
+def run(inputs: int, seed: int, *, flows: list | None = None, **kw) -> Stats:
+    """Inputs of ``seed``'s run (fuzzrun.run's options)."""
+    return fuzzrun.run(KafkaTarget(flows), inputs, seed, **kw)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--inputs", type=int, default=1_000_000)
-    ap.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "big"))
-    ap.add_argument("--start", type=int, default=0)
-    ap.add_argument("--trace-every", type=int, default=TRACE_EVERY)
-    ap.add_argument("--only", type=int, help="replay input N of the seed's run and show its traceback")
-    args = ap.parse_args(argv)
-    if args.only is not None:
-        kind, plan = build_input(args.only, args.seed, corpus_flows())
-        print(f"input {args.only} ({kind}): {len(plan)} chunks")
-        parser = registry.by_name()["kafka"].parser_factory("tcp")
-        try:
-            for d, data in plan:
-                print(d.name, data[:48].hex(), parser.receive_data(data, d))
-        except Exception:
-            traceback.print_exc()
-            return 1
-        return 0
-    st = run(args.inputs, args.seed, start=args.start, trace_every=args.trace_every, progress=True)
-    print(report(st, args.seed))
-    return 0 if st.ok() else 1
+    return fuzzrun.main(KafkaTarget(), __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -28,27 +28,19 @@ violation. Input i of a run is reproducible: ``--seed S --only i``.
 """
 from __future__ import annotations
 
-import argparse
 import random
-import resource
-import signal
 import struct
 import sys
-import time
-import traceback
-import tracemalloc
 import zlib
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import fuzzrun  # noqa: E402
 from protocols import mongodb, registry  # noqa: E402
-from protocols.api import Direction, Malformed  # noqa: E402
+from protocols.api import Direction  # noqa: E402
 
 C, S = Direction.TO_SERVER, Direction.TO_CLIENT
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 CORPUS_PCAPS = ("ndpi-mongodb.pcap", "deepflow-mongo-msg.pcap")
 
 # One input is a few messages of at most a few hundred KB: far under a second.
@@ -135,16 +127,12 @@ def op_compressed(inner: bytes, compressor: int = 2, *, level: int = 6) -> bytes
 
 # --- inputs ---------------------------------------------------------------------------
 def corpus_conversations() -> list[list[tuple[Direction, bytes]]]:
-    from slowpath.pcap import Data, read_capture
+    from slowpath.pcap import Data
     out = []
-    for name in CORPUS_PCAPS:
-        path = CORPUS / "pcaps" / name
-        if not path.is_file():
-            continue
-        for f in read_capture(path).flows:
-            conv = [(ev.direction, ev.data) for ev in f.events if isinstance(ev, Data) and ev.data]
-            if conv:
-                out.append(conv)
+    for f in fuzzrun.corpus_flows(CORPUS_PCAPS):
+        conv = [(ev.direction, ev.data) for ev in f.events if isinstance(ev, Data) and ev.data]
+        if conv:
+            out.append(conv)
     return out
 
 
@@ -248,7 +236,7 @@ def random_input(rng: random.Random) -> list[tuple[Direction, bytes]]:
 
 
 def make_input(i: int, seed: int, corpus) -> tuple[str, list[tuple[Direction, bytes]]]:
-    rng = random.Random(seed * 1_000_003 + i)
+    rng = fuzzrun.input_rng(seed, i)
     r = rng.random()
     if r < 0.35 and corpus:
         kind, conv = "corpus", list(rng.choice(corpus))
@@ -266,113 +254,58 @@ def make_input(i: int, seed: int, corpus) -> tuple[str, list[tuple[Direction, by
     return kind, conv
 
 
-def slices(conv, rng: random.Random):
-    """Each message cut into random slices, the two sides interleaved in order."""
-    for d, data in conv:
-        pos = 0
-        while pos < len(data):
-            n = rng.choice((1, 2, 3, 7, 16, 100, 1500, len(data)))
-            yield d, data[pos:pos + n]
-            pos += n
+# Sizes an input's messages are cut into (then the whole rest): byte by
+# byte through a few segments' worth.
+SLICES = (1, 2, 3, 7, 16, 100, 1500)
 
 
 # --- the run --------------------------------------------------------------------------
-class Hang(Exception):
-    pass
+class MongoTarget(fuzzrun.Target):
+    name = "fuzz_mongodb"
+    max_input_seconds = MAX_INPUT_SECONDS
+    max_peak_mb = MAX_PEAK_MB
+    max_rss_growth_mb = MAX_RSS_GROWTH_MB
+    trace_every = TRACE_EVERY
+
+    def setup(self, seed: int):
+        return registry.by_name()["mongodb"].parser_factory, corpus_conversations()
+
+    def build(self, ctx, index: int, seed: int):
+        kind, conv = make_input(index, seed, ctx[1])
+        # the cuts come from a generator of their own (the input's stays as it was)
+        return kind, fuzzrun.rechunk(conv, random.Random(seed ^ (index * 7919)), SLICES)
+
+    def feed(self, ctx, pieces, st: fuzzrun.Stats, index: int, verbose: bool = False) -> None:
+        p = ctx[0]("tcp")
+        for d, piece in pieces:
+            st.count(p.receive_data(piece, d), index)
+            for side in Direction:
+                if p.buffered(side) > mongodb.MAX_BUFFERED_BYTES:
+                    st.violations.append(f"input {index}: {side.name} holds {p.buffered(side)} bytes")
+        for d in Direction:
+            st.count(p.receive_eof(d), index)
+
+    def report(self, st: fuzzrun.Stats, seed: int) -> str:
+        lines = [f"inputs {st.inputs} in {st.seconds:.1f} s ({st.inputs / max(st.seconds, 1e-9):.0f}/s), "
+                 f"kinds {dict(st.kinds)}",
+                 f"events {dict(st.events)}",
+                 f"malformed {st.malformed}  exceptions {sum(st.exceptions.values())}  hangs {len(st.hangs)}  "
+                 f"buffer violations {len(st.violations)}",
+                 f"tracemalloc peak {st.peak_mb:.2f} MB over {st.traced_inputs} traced inputs; "
+                 f"RSS growth {st.rss_growth_mb:.1f} MB; slowest input {st.slowest[1]} "
+                 f"({st.slowest[0] * 1000:.1f} ms)"]
+        lines += [f"example {ex}" for ex in (st.examples + [f"hang: input {i}" for i in st.hangs]
+                                             + st.violations)[:10]]
+        return "\n".join(lines)
 
 
-def _alarm(signum, frame):
-    raise Hang()
+def run(n: int, seed: int = 0, **kw) -> fuzzrun.Stats:
+    """Inputs of ``seed``'s run (fuzzrun.run's options)."""
+    return fuzzrun.run(MongoTarget(), n, seed, **kw)
 
 
-@dataclass
-class Stats:
-    inputs: int = 0
-    malformed: int = 0
-    exceptions: int = 0
-    hangs: int = 0
-    violations: int = 0
-    traced_inputs: int = 0
-    peak_mb: float = 0.0
-    kinds: Counter = field(default_factory=Counter)
-    events: Counter = field(default_factory=Counter)
-    examples: list = field(default_factory=list)
-    slowest: tuple = (0.0, -1)
-
-
-def run(n: int, seed: int = 0, trace_every: int = TRACE_EVERY, only: int | None = None) -> Stats:
-    plugin = registry.by_name()["mongodb"]
-    corpus = corpus_conversations()
-    st = Stats()
-    old = signal.signal(signal.SIGALRM, _alarm)
-    try:
-        for i in (range(n) if only is None else [only]):
-            kind, conv = make_input(i, seed, corpus)
-            rng = random.Random(seed ^ (i * 7919))
-            st.inputs += 1
-            st.kinds[kind] += 1
-            traced = trace_every and i % trace_every == 0
-            if traced:
-                tracemalloc.start()
-            t0 = time.perf_counter()
-            signal.setitimer(signal.ITIMER_REAL, MAX_INPUT_SECONDS)
-            try:
-                p = plugin.parser_factory("tcp")
-                for d, piece in slices(conv, rng):
-                    for ev in p.receive_data(piece, d):
-                        st.events[ev.kind] += 1
-                        st.malformed += isinstance(ev, Malformed)
-                    for side in Direction:
-                        if p.buffered(side) > mongodb.MAX_BUFFERED_BYTES:
-                            st.violations += 1
-                            st.examples.append((i, f"{side.name} holds {p.buffered(side)} bytes"))
-                for d in Direction:
-                    for ev in p.receive_eof(d):
-                        st.events[ev.kind] += 1
-                        st.malformed += isinstance(ev, Malformed)
-            except Hang:
-                st.hangs += 1
-                st.examples.append((i, "hang"))
-            except Exception:
-                st.exceptions += 1
-                if len(st.examples) < 10:
-                    st.examples.append((i, traceback.format_exc(limit=4)))
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                dt = time.perf_counter() - t0
-                if dt > st.slowest[0]:
-                    st.slowest = (dt, i)
-                if traced:
-                    st.peak_mb = max(st.peak_mb, tracemalloc.get_traced_memory()[1] / 2**20)
-                    tracemalloc.stop()
-                    st.traced_inputs += 1
-    finally:
-        signal.signal(signal.SIGALRM, old)
-    return st
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--inputs", type=int, default=1_000_000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", type=int, default=None, help="run input number ONLY of the seed")
-    args = ap.parse_args()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t0 = time.perf_counter()
-    st = run(args.inputs, args.seed, only=args.only)
-    took = time.perf_counter() - t0
-    growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
-    print(f"inputs {st.inputs} in {took:.1f} s ({st.inputs / took:.0f}/s), kinds {dict(st.kinds)}")
-    print(f"events {dict(st.events)}")
-    print(f"malformed {st.malformed}  exceptions {st.exceptions}  hangs {st.hangs}  "
-          f"buffer violations {st.violations}")
-    print(f"tracemalloc peak {st.peak_mb:.2f} MB over {st.traced_inputs} traced inputs; "
-          f"RSS growth {growth:.1f} MB; slowest input {st.slowest[1]} ({st.slowest[0] * 1000:.1f} ms)")
-    for ex in st.examples[:10]:
-        print("example", ex)
-    bad = (st.exceptions or st.hangs or st.violations or st.peak_mb > MAX_PEAK_MB
-           or growth > MAX_RSS_GROWTH_MB)
-    return 1 if bad else 0
+def main(argv=None) -> int:
+    return fuzzrun.main(MongoTarget(), __doc__, argv, seed_default=0)
 
 
 if __name__ == "__main__":

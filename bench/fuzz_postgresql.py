@@ -30,29 +30,21 @@ slowest input; exits 1 on any violation. Input i of a run is reproducible:
 """
 from __future__ import annotations
 
-import argparse
-import os
 import random
-import resource
-import signal
 import struct
 import sys
-import time
-import tracemalloc
-import traceback
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import fuzzrun  # noqa: E402
 from protocols import registry  # noqa: E402
 from protocols.api import Direction  # noqa: E402
 from protocols.postgresql import (CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, MAX_BUFFERED_BYTES,  # noqa: E402
                                   SSL_REQUEST_CODE)
 
 C, S = Direction.TO_SERVER, Direction.TO_CLIENT
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 CORPUS_PCAPS = ("zeek-postgresql-psql-create-insert-select-delete-drop.pcap",
                 "sv-pgsql-ssl-rejected-md5-auth-simple-query.pcap")
 
@@ -120,18 +112,14 @@ CRAFTED = [
 
 def corpus_flows() -> list[tuple[bytes, bytes]]:
     """Each corpus PostgreSQL flow as (client stream, server stream)."""
-    from slowpath.pcap import Data, read_capture
+    from slowpath.pcap import Data
     out = []
-    for name in CORPUS_PCAPS:
-        path = CORPUS / "pcaps" / name
-        if not path.is_file():
-            continue
-        for flow in read_capture(path).flows:
-            streams = {C: bytearray(), S: bytearray()}
-            for ev in flow.events:
-                if isinstance(ev, Data):
-                    streams[ev.direction] += ev.data
-            out.append((bytes(streams[C]), bytes(streams[S])))
+    for flow in fuzzrun.corpus_flows(CORPUS_PCAPS):
+        streams = {C: bytearray(), S: bytearray()}
+        for ev in flow.events:
+            if isinstance(ev, Data):
+                streams[ev.direction] += ev.data
+        out.append((bytes(streams[C]), bytes(streams[S])))
     return out
 
 
@@ -227,7 +215,7 @@ def hostile(rng: random.Random) -> tuple[str, list]:
 
 
 def build_input(index: int, seed: int, flows: list) -> tuple[str, list]:
-    rng = random.Random(seed * 1_000_003 + index)
+    rng = fuzzrun.input_rng(seed, index)
     pool = [c for f in flows for c in f if c]
     r = rng.random()
     if r < 0.05:
@@ -252,140 +240,71 @@ def build_input(index: int, seed: int, flows: list) -> tuple[str, list]:
 
 
 @dataclass
-class Stats:
-    inputs: int = 0
-    start: int = 0
+class Stats(fuzzrun.Stats):
     chunks: int = 0
-    kinds: Counter = field(default_factory=Counter)
-    events: Counter = field(default_factory=Counter)
-    malformed: int = 0
-    exceptions: list = field(default_factory=list)
-    examples: list = field(default_factory=list)
-    hangs: list = field(default_factory=list)
-    violations: list = field(default_factory=list)
-    slowest: tuple = (0.0, -1)
-    peak_mb: float = 0.0
-    traced_inputs: int = 0
-    seconds: float = 0.0
-    rss_growth_mb: float = 0.0
-
-    def ok(self) -> bool:
-        return not (self.exceptions or self.hangs or self.violations)
 
 
-class _Hang(Exception):
-    pass
+class PostgresqlTarget(fuzzrun.Target):
+    name = "fuzz_postgresql"
+    stats = Stats
+    max_input_seconds = MAX_INPUT_SECONDS
+    traced_time_factor = TRACED_TIME_FACTOR
+    max_peak_mb = MAX_PEAK_MB
+    max_rss_growth_mb = MAX_RSS_GROWTH_MB
+    trace_every = TRACE_EVERY
+
+    def __init__(self, flows: list | None = None) -> None:
+        self.flows = flows
+
+    def setup(self, seed: int):
+        return (registry.by_name()["postgresql"].parser_factory,
+                (self.flows if self.flows is not None else corpus_flows()) + CRAFTED)
+
+    def build(self, ctx, index: int, seed: int):
+        return build_input(index, seed, ctx[1])
+
+    def feed(self, ctx, chunks, st: Stats, index: int, verbose: bool = False) -> None:
+        parser = ctx[0]("tcp")
+        for d, b in chunks:
+            if b == "eof":
+                evs = parser.receive_eof(d)
+            elif b == "gap":
+                evs = parser.receive_gap(d, 100)
+            else:
+                if parser._sides[d].eof:
+                    continue
+                evs = parser.receive_data(b, d)
+                st.chunks += 1
+            st.count(evs, index)
+            for side in (C, S):
+                if parser.buffered(side) > MAX_BUFFERED_BYTES:
+                    st.violations.append(f"input {index}: {side.name} holds {parser.buffered(side)} bytes")
+
+    def report(self, st: Stats, seed: int) -> str:
+        lines = [f"fuzz_postgresql: {st.inputs:,} inputs (seed {seed}, from #{st.start}), {st.chunks:,} chunks, "
+                 f"{st.seconds:.0f} s ({st.inputs / max(st.seconds, 1e-9):,.0f} inputs/s)",
+                 f"  kinds: {dict(st.kinds)}",
+                 f"  events: {dict(st.events.most_common())}",
+                 f"  malformed: {st.malformed:,}; exceptions: {sum(st.exceptions.values())}; hangs: {len(st.hangs)}; "
+                 f"violations: {len(st.violations)}",
+                 f"  slowest input {st.slowest[0] * 1000:.1f} ms (#{st.slowest[1]}), tracemalloc peak "
+                 f"{st.peak_mb:.2f} MB over {st.traced_inputs} traced inputs, RSS growth {st.rss_growth_mb:.1f} MB"]
+        lines += [f"  {what}" for what in st.examples]
+        if st.violations:
+            lines.append(f"  violations: {st.violations[:5]}")
+        if st.hangs:
+            lines.append(f"  hangs (inputs): {st.hangs[:10]}")
+        lines.append(fuzzrun.verdict(st))
+        return "\n".join(lines)
 
 
-def _alarm(signum, frame):
-    raise _Hang()
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def feed(parser, chunks, st: Stats, index: int) -> None:
-    for d, b in chunks:
-        if b == "eof":
-            evs = parser.receive_eof(d)
-        elif b == "gap":
-            evs = parser.receive_gap(d, 100)
-        else:
-            if parser._sides[d].eof:
-                continue
-            evs = parser.receive_data(b, d)
-            st.chunks += 1
-        for e in evs:
-            st.events[e.kind] += 1
-            st.malformed += e.kind == "malformed"
-        for side in (C, S):
-            if parser.buffered(side) > MAX_BUFFERED_BYTES:
-                st.violations.append((index, f"{side.name} holds {parser.buffered(side)} bytes"))
-
-
-def run(inputs: int, seed: int, *, start: int = 0, trace_every: int = TRACE_EVERY, progress: bool = False,
-        flows: list | None = None) -> Stats:
-    st = Stats(start=start)
-    factory = registry.by_name()["postgresql"].parser_factory
-    flows = (flows if flows is not None else corpus_flows()) + CRAFTED
-    rss0 = _rss_mb()
-    old = signal.signal(signal.SIGALRM, _alarm)
-    t_run = time.perf_counter()
-    try:
-        for index in range(start, start + inputs):
-            kind, chunks = build_input(index, seed, flows)
-            st.inputs += 1
-            st.kinds[kind] += 1
-            traced = trace_every and index % trace_every == 0
-            if traced:
-                tracemalloc.start()
-            signal.setitimer(signal.ITIMER_REAL, MAX_INPUT_SECONDS * (TRACED_TIME_FACTOR if traced else 1))
-            t0 = time.perf_counter()
-            try:
-                feed(factory("tcp"), chunks, st, index)
-            except _Hang:
-                st.hangs.append(index)
-            except Exception as e:   # the thing being measured: any raise is a finding
-                st.exceptions.append(index)
-                if len(st.examples) < 5:
-                    st.examples.append((index, f"{type(e).__name__}: {e}", traceback.format_exc(limit=4)))
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            took = time.perf_counter() - t0
-            if took > st.slowest[0]:
-                st.slowest = (took, index)
-            if traced:
-                peak = tracemalloc.get_traced_memory()[1] / 2**20
-                tracemalloc.stop()
-                st.traced_inputs += 1
-                st.peak_mb = max(st.peak_mb, peak)
-                if peak > MAX_PEAK_MB:
-                    st.violations.append((index, f"tracemalloc peak {peak:.1f} MB"))
-            if progress and st.inputs % 100_000 == 0:
-                print(f"  {st.inputs:,} inputs, {time.perf_counter() - t_run:.0f} s", file=sys.stderr)
-    finally:
-        signal.signal(signal.SIGALRM, old)
-    st.seconds = time.perf_counter() - t_run
-    st.rss_growth_mb = _rss_mb() - rss0
-    if st.rss_growth_mb > MAX_RSS_GROWTH_MB:
-        st.violations.append((-1, f"RSS grew {st.rss_growth_mb:.1f} MB"))
-    return st
-
-
-def report(st: Stats, seed: int) -> str:
-    lines = [f"fuzz_postgresql: {st.inputs:,} inputs (seed {seed}, from #{st.start}), {st.chunks:,} chunks, "
-             f"{st.seconds:.0f} s ({st.inputs / max(st.seconds, 1e-9):,.0f} inputs/s)",
-             f"  kinds: {dict(st.kinds)}",
-             f"  events: {dict(st.events.most_common())}",
-             f"  malformed: {st.malformed:,}; exceptions: {len(st.exceptions)}; hangs: {len(st.hangs)}; "
-             f"violations: {len(st.violations)}",
-             f"  slowest input {st.slowest[0] * 1000:.1f} ms (#{st.slowest[1]}), tracemalloc peak "
-             f"{st.peak_mb:.2f} MB over {st.traced_inputs} traced inputs, RSS growth {st.rss_growth_mb:.1f} MB"]
-    for index, what, tb in st.examples:
-        lines.append(f"  input #{index}: {what}\n{tb}")
-    if st.violations:
-        lines.append(f"  violations: {st.violations[:5]}")
-    if st.hangs:
-        lines.append(f"  hangs (inputs): {st.hangs[:10]}")
-    lines.append("  OK" if st.ok() else "  FAILED")
-    return "\n".join(lines)
+def run(inputs: int, seed: int, *, flows: list | None = None, **kw) -> Stats:
+    """Inputs of ``seed``'s run (fuzzrun.run's options)."""
+    return fuzzrun.run(PostgresqlTarget(flows), inputs, seed, **kw)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--inputs", type=int, default=1_000_000)
-    ap.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "big"))
-    ap.add_argument("--start", type=int, default=0, help="first input number (a run in segments)")
-    ap.add_argument("--only", type=int, help="run input number ONLY of the seed's sequence")
-    ap.add_argument("--trace-every", type=int, default=TRACE_EVERY)
-    args = ap.parse_args(argv)
-    if args.only is not None:
-        st = run(1, args.seed, start=args.only, trace_every=1)
-    else:
-        st = run(args.inputs, args.seed, start=args.start, trace_every=args.trace_every, progress=True)
-    print(report(st, args.seed))
-    return 0 if st.ok() else 1
+    return fuzzrun.main(PostgresqlTarget(), __doc__, argv)
 
 
 if __name__ == "__main__":

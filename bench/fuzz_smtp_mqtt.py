@@ -35,24 +35,18 @@ reproducible: ``--seed S --only i``.
 """
 from __future__ import annotations
 
-import argparse
 import base64
-import os
 import random
-import resource
-import signal
 import sys
 import time
-import tracemalloc
-import traceback
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocols import mqtt, registry, smtp  # noqa: E402
-from protocols.api import Direction, Malformed  # noqa: E402
+from bench import fuzzrun  # noqa: E402
+from protocols import registry, smtp  # noqa: E402
+from protocols.api import Direction  # noqa: E402
 
 C, S = Direction.TO_SERVER, Direction.TO_CLIENT
 
@@ -74,8 +68,6 @@ MAX_PEAK_MB = 8.0
 MAX_RSS_GROWTH_MB = 256
 HOSTILE_EVERY = 250           # one input in this many is a hostile one
 TRACE_EVERY = 499             # and one in this many is traced (prime: not in step with the above)
-MAX_EXAMPLES = 10
-PROGRESS_EVERY = 100_000
 
 
 # --- SMTP ---------------------------------------------------------------------------
@@ -289,156 +281,89 @@ def make_input(name: str, rng: random.Random, hostile: bool) -> list[tuple[Direc
 
 
 @dataclass
-class Stats:
-    inputs: int = 0
-    hostile_inputs: int = 0
+class Stats(fuzzrun.Stats):
     bytes_fed: int = 0
-    exceptions: int = 0
-    hangs: int = 0
-    violations: list = field(default_factory=list)
-    examples: list = field(default_factory=list)
-    malformed: int = 0
-    events: Counter = field(default_factory=Counter)
-    peak_mb: float = 0.0
-    traced_inputs: int = 0
-    slowest_call: float = 0.0
-    cpu_seconds: float = 0.0
+
+    @property
+    def hostile_inputs(self) -> int:
+        return self.kinds["hostile"]
 
 
-class _Hang(Exception):
-    pass
+class SmtpMqttTarget(fuzzrun.Target):
+    stats = Stats
+    clock = "cpu"
+    max_input_seconds = MAX_INPUT_SECONDS
+    max_call_seconds = MAX_CALL_SECONDS
+    max_peak_mb = MAX_PEAK_MB
+    max_rss_growth_mb = MAX_RSS_GROWTH_MB
+    trace_every = TRACE_EVERY
+    trace_hostile = True
 
+    def __init__(self, name: str = "smtp", hostile_every: int = HOSTILE_EVERY) -> None:
+        self.name, self.hostile_every = name, hostile_every
 
-def _alarm(signum, frame):
-    raise _Hang()
+    def setup(self, seed: int):
+        return registry.by_name()[self.name].parser_factory
 
+    def build(self, ctx, index: int, seed: int):
+        rng = random.Random(f"{seed}:{self.name}:{index}")
+        hostile = index % self.hostile_every == self.hostile_every - 1
+        return ("hostile" if hostile else "valid"), (make_input(self.name, rng, hostile), rng)
 
-def feed(name: str, steps, rng: random.Random, st: Stats, index: int) -> None:
-    parser = registry.by_name()[name].parser_factory("tcp")
-    sides = getattr(parser, "_sides", {})
-    seen_eof = set()
-    for d, data in steps:
-        if d in seen_eof:
-            continue
-        pos = 0
-        while pos < len(data):
-            n = rng.choice((1, 2, 7, 64, 1460, 65536, len(data)))
-            t0 = time.thread_time()
-            events = parser.receive_data(data[pos:pos + n], d)
-            spent = time.thread_time() - t0
-            pos += n
-            st.slowest_call = max(st.slowest_call, spent)
-            if spent > MAX_CALL_SECONDS:
-                st.violations.append(f"input {index}: one call took {spent:.2f} s of CPU")
-            for e in events:
-                st.events[e.kind] += 1
-                st.malformed += isinstance(e, Malformed)
-            for side in sides.values():
-                if len(side.buf) > side.max_buffered:
-                    st.violations.append(f"input {index}: {side.direction.name} holds {len(side.buf)} bytes, "
-                                         f"max_buffered {side.max_buffered}")
-        st.bytes_fed += len(data)
-        r = rng.random()
-        if r < 0.02:
-            parser.receive_gap(d, rng.randrange(1, 5000))
-        elif r < 0.07:
-            parser.receive_eof(d)
-            seen_eof.add(d)
-
-
-def run(inputs: int, seed: int = 1, name: str = "smtp", hostile_every: int = HOSTILE_EVERY,
-        trace_every: int = TRACE_EVERY, only: int | None = None, start: int = 0) -> Stats:
-    st = Stats()
-    old = signal.signal(signal.SIGPROF, _alarm)
-    try:
-        for i in range(start, start + inputs):
-            if only is not None and i != only:
+    def feed(self, factory, plan, st: Stats, index: int, verbose: bool = False) -> None:
+        steps, rng = plan
+        parser = factory("tcp")
+        sides = getattr(parser, "_sides", {})
+        seen_eof = set()
+        for d, data in steps:
+            if d in seen_eof:
                 continue
-            rng = random.Random(f"{seed}:{name}:{i}")
-            hostile = i % hostile_every == hostile_every - 1
-            steps = make_input(name, rng, hostile)
-            st.inputs += 1
-            st.hostile_inputs += hostile
-            traced = hostile or i % trace_every == 0
-            if traced:
-                tracemalloc.start()
-            t0 = time.thread_time()
-            signal.setitimer(signal.ITIMER_PROF, MAX_INPUT_SECONDS)
-            try:
-                feed(name, steps, rng, st, i)
-            except _Hang:
-                st.hangs += 1
-                st.examples.append(f"input {i}: over {MAX_INPUT_SECONDS} s of CPU")
-            except Exception:
-                st.exceptions += 1
-                if len(st.examples) < MAX_EXAMPLES or only is not None:
-                    st.examples.append(f"input {i} (seed {seed}): {traceback.format_exc(limit=4)}")
-            finally:
-                signal.setitimer(signal.ITIMER_PROF, 0)
-                st.cpu_seconds += time.thread_time() - t0
-                if traced:
-                    st.peak_mb = max(st.peak_mb, tracemalloc.get_traced_memory()[1] / 2 ** 20)
-                    tracemalloc.stop()
-                    st.traced_inputs += 1
-            if only is None and i and i % PROGRESS_EVERY == 0:
-                print(f"  {name}: {i:,} inputs, {st.exceptions} exceptions, {st.malformed:,} malformed",
-                      file=sys.stderr, flush=True)
-    finally:
-        signal.signal(signal.SIGPROF, old)
-    return st
+            pos = 0
+            while pos < len(data):
+                n = rng.choice((1, 2, 7, 64, 1460, 65536, len(data)))
+                t0 = time.thread_time()
+                events = parser.receive_data(data[pos:pos + n], d)
+                st.call(time.thread_time() - t0, index)
+                pos += n
+                st.count(events, index)
+                for side in sides.values():
+                    if len(side.buf) > side.max_buffered:
+                        st.violations.append(f"input {index}: {side.direction.name} holds {len(side.buf)} bytes, "
+                                             f"max_buffered {side.max_buffered}")
+            st.bytes_fed += len(data)
+            r = rng.random()
+            if r < 0.02:
+                parser.receive_gap(d, rng.randrange(1, 5000))
+            elif r < 0.07:
+                parser.receive_eof(d)
+                seen_eof.add(d)
+
+    def report(self, st: Stats, seed: int) -> str:
+        lines = [f"{self.name}: {st.inputs:,} inputs ({st.hostile_inputs:,} hostile, {st.bytes_fed / 2 ** 20:.0f} MiB), "
+                 f"{sum(st.exceptions.values())} exceptions, {len(st.hangs)} hangs, {len(st.violations)} violations, "
+                 f"{st.malformed:,} malformed; peak {st.peak_mb:.2f} MB (traced {st.traced_inputs:,}), "
+                 f"RSS +{st.rss_growth_mb:.0f} MB; slowest call {st.slowest_call[0] * 1000:.1f} ms CPU; "
+                 f"{st.cpu_seconds:.0f} s CPU, {st.seconds:.0f} s wall; {'ok' if st.ok() else 'FAIL'}",
+                 "  events: " + ", ".join(f"{k} {v:,}" for k, v in st.events.most_common())]
+        lines += st.examples + [f"input {i}: over {MAX_INPUT_SECONDS} s of CPU" for i in st.hangs[:10]]
+        lines += st.violations[:10]
+        return "\n".join(lines)
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def run(inputs: int, seed: int = 1, name: str = "smtp", hostile_every: int = HOSTILE_EVERY, **kw) -> Stats:
+    """Inputs of ``seed``'s run of protocol ``name`` (fuzzrun.run's options)."""
+    return fuzzrun.run(SmtpMqttTarget(name, hostile_every), inputs, seed, **kw)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--inputs", type=int, default=1_000_000, help="inputs per protocol")
-    ap.add_argument("--seed", type=int, default=1)
+def main(argv=None) -> int:
+    ap = fuzzrun.arguments(SmtpMqttTarget(), __doc__, seed_default=1)
     ap.add_argument("--protocol", choices=("smtp", "mqtt", "both"), default="both")
-    ap.add_argument("--only", type=int, help="replay input i of the run and print its exception")
-    ap.add_argument("--jobs", type=int, default=1, help="processes per protocol (inputs split between them)")
-    args = ap.parse_args()
-    names = ("smtp", "mqtt") if args.protocol == "both" else (args.protocol,)
+    args = ap.parse_args(argv)
     bad = False
-    for name in names:
-        rss0 = _rss_mb()
-        t0 = time.monotonic()
-        if args.jobs > 1 and args.only is None:
-            per = -(-args.inputs // args.jobs)
-            pids = []
-            for j in range(args.jobs):
-                pid = os.fork()
-                if pid == 0:
-                    st = run(min(per, args.inputs - j * per), args.seed, name, start=j * per)
-                    ok = not (st.exceptions or st.hangs or st.violations or st.peak_mb >= MAX_PEAK_MB)
-                    print(f"  {name} job {j}: {st.inputs:,} inputs ({st.hostile_inputs:,} hostile), "
-                          f"{st.exceptions} exceptions, {st.hangs} hangs, {len(st.violations)} violations, "
-                          f"{st.malformed:,} malformed, peak {st.peak_mb:.2f} MB, slowest call "
-                          f"{st.slowest_call * 1000:.1f} ms CPU, {st.cpu_seconds:.0f} s CPU", flush=True)
-                    for ex in st.examples[:MAX_EXAMPLES] + st.violations[:MAX_EXAMPLES]:
-                        print(ex, flush=True)
-                    os._exit(0 if ok else 1)
-                pids.append(pid)
-            codes = [os.waitpid(p, 0)[1] for p in pids]
-            bad |= any(codes)
-            print(f"{name}: {args.inputs:,} inputs in {args.jobs} jobs, {time.monotonic() - t0:.0f} s wall, "
-                  f"{'FAIL' if any(codes) else 'ok'}")
-            continue
-        st = run(args.inputs, args.seed, name, only=args.only)
-        growth = _rss_mb() - rss0
-        ok = not (st.exceptions or st.hangs or st.violations or st.peak_mb >= MAX_PEAK_MB
-                  or growth > MAX_RSS_GROWTH_MB)
-        bad |= not ok
-        print(f"{name}: {st.inputs:,} inputs ({st.hostile_inputs:,} hostile, {st.bytes_fed / 2 ** 20:.0f} MiB), "
-              f"{st.exceptions} exceptions, {st.hangs} hangs, {len(st.violations)} violations, "
-              f"{st.malformed:,} malformed; peak {st.peak_mb:.2f} MB (traced {st.traced_inputs:,}), "
-              f"RSS +{growth:.0f} MB; slowest call {st.slowest_call * 1000:.1f} ms CPU; "
-              f"{st.cpu_seconds:.0f} s CPU, {time.monotonic() - t0:.0f} s wall; {'ok' if ok else 'FAIL'}")
-        print("  events: " + ", ".join(f"{k} {v:,}" for k, v in st.events.most_common()))
-        for ex in st.examples[:MAX_EXAMPLES] + st.violations[:MAX_EXAMPLES]:
-            print(ex)
+    for name in ("smtp", "mqtt") if args.protocol == "both" else (args.protocol,):
+        st = fuzzrun.run_args(SmtpMqttTarget(name), args)
+        print(SmtpMqttTarget(name).report(st, args.seed))
+        bad |= not st.ok()
     return 1 if bad else 0
 
 
