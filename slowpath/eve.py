@@ -30,8 +30,9 @@ Builders (``flow_record``, ``alert_record``, ``http_record``,
 alert's context. They are pure: no I/O; the timestamp is an argument (now if
 omitted). :func:`encode` serialises a record to one line (compact,
 ASCII-only JSON: valid UTF-8, non-ASCII as \\u escapes) and never raises,
-whatever the strings hold. Where the lines go (file, syslog, stdout) is
-slowpath/eve_sinks.py.
+whatever the strings hold; a record of JSON's own types (what the builders
+make) is written as it is, one that needs cleaning is cleaned first. Where
+the lines go (file, syslog, stdout) is slowpath/eve_sinks.py.
 
 slowpath/eve_schema.json is the project's overlay: stricter than Suricata's
 (required fields, value patterns, what microseg's metadata holds), never
@@ -57,6 +58,7 @@ import enum
 import hashlib
 import ipaddress
 import json
+import json.encoder
 import math
 import socket
 import time
@@ -134,12 +136,11 @@ _FLOW_ID_MASK = (1 << 53) - 1
 def make_flow_id(proto: int, src_ip: str, src_port: int | None, dest_ip: str,
                  dest_port: int | None, start_ns: int) -> int:
     """A stable flow id (< 2**53) from the tuple and the flow's start time."""
-    h = hashlib.blake2b(digest_size=8)
-    for part in (proto, packed_ip(src_ip), src_port, packed_ip(dest_ip),
-                 dest_port, start_ns):
-        h.update(part if isinstance(part, bytes) else str(part).encode())
-        h.update(b"|")
-    return int.from_bytes(h.digest(), "big") & _FLOW_ID_MASK
+    # The parts, each followed by "|", hashed in one call (as many update()
+    # calls of the same bytes would: the ids are the same).
+    data = b"|".join((str(proto).encode(), packed_ip(src_ip), str(src_port).encode(), packed_ip(dest_ip),
+                      str(dest_port).encode(), str(start_ns).encode(), b""))
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") & _FLOW_ID_MASK
 
 
 # Addresses whose normal spelling is kept: a flow's record is built more than
@@ -198,6 +199,46 @@ class FlowInfo:
             return community_id(self.proto, self.src_ip, self.dest_ip, self.icmp_type, self.icmp_code)
         return community_id(self.proto, self.src_ip, self.dest_ip, self.src_port, self.dest_port)
 
+    @cached_property                    # once per flow, not per record
+    def header_parts(self) -> tuple[dict, dict]:
+        """What every record's header (_header) takes from the flow, the
+        fields before ``event_type`` (flow_id, in_iface) and those after
+        it (the tuple, proto, ICMP type and code, community_id), in
+        Suricata's order."""
+        head: dict[str, Any] = {}
+        if self.flow_id is not None:
+            head["flow_id"] = int(self.flow_id)
+        if self.in_iface:
+            head["in_iface"] = self.in_iface
+        tail: dict[str, Any] = {"src_ip": self.src_ip}
+        if self.src_port is not None:
+            tail["src_port"] = int(self.src_port)
+        tail["dest_ip"] = self.dest_ip
+        if self.dest_port is not None:
+            tail["dest_port"] = int(self.dest_port)
+        tail["proto"] = self.proto_name
+        if self.proto in _ICMP_PROTOS:
+            if self.icmp_type is not None:
+                tail["icmp_type"] = int(self.icmp_type)
+            if self.icmp_code is not None:
+                tail["icmp_code"] = int(self.icmp_code)
+        cid = self.community_id
+        if cid:
+            tail["community_id"] = cid
+        return head, tail
+
+    def with_app(self, app_proto: str | None, start: float | None | type = ...) -> "FlowInfo":
+        """This flow with another app protocol (and start, when given): the
+        tuple is the same, so its checks and what was derived from it
+        (community_id, header_parts) are kept, not made again as
+        dataclasses.replace would."""
+        new = object.__new__(FlowInfo)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["app_proto"] = app_proto
+        if start is not ...:
+            new.__dict__["start"] = start
+        return new
+
 
 # --- Builders ---------------------------------------------------------------------
 def format_timestamp(ts: float | datetime | None = None) -> str:
@@ -224,28 +265,11 @@ def _second_text(secs: int) -> str:
 
 def _header(flow: FlowInfo | None, event_type: str, ts, *, direction=None,
             tx_id: int | None = None) -> dict:
-    rec: dict[str, Any] = {"timestamp": format_timestamp(ts)}
-    if flow is not None and flow.flow_id is not None:
-        rec["flow_id"] = int(flow.flow_id)
-    if flow is not None and flow.in_iface:
-        rec["in_iface"] = flow.in_iface
-    rec["event_type"] = event_type
-    if flow is not None:
-        rec["src_ip"] = flow.src_ip
-        if flow.src_port is not None:
-            rec["src_port"] = int(flow.src_port)
-        rec["dest_ip"] = flow.dest_ip
-        if flow.dest_port is not None:
-            rec["dest_port"] = int(flow.dest_port)
-        rec["proto"] = flow.proto_name
-        if flow.proto in _ICMP_PROTOS:
-            if flow.icmp_type is not None:
-                rec["icmp_type"] = int(flow.icmp_type)
-            if flow.icmp_code is not None:
-                rec["icmp_code"] = int(flow.icmp_code)
-        cid = flow.community_id
-        if cid:
-            rec["community_id"] = cid
+    if flow is None:
+        rec: dict[str, Any] = {"timestamp": format_timestamp(ts), "event_type": event_type}
+    else:
+        head, tail = flow.header_parts
+        rec = {"timestamp": format_timestamp(ts), **head, "event_type": event_type, **tail}
     if direction is not None:
         rec["direction"] = _direction(direction)
     if tx_id is not None:
@@ -1109,7 +1133,7 @@ def flow_record(flow: FlowInfo, end: float, *, pkts_toserver: int = 0, pkts_tocl
     rec["flow"] = {
         "pkts_toserver": int(pkts_toserver), "pkts_toclient": int(pkts_toclient),
         "bytes_toserver": int(bytes_toserver), "bytes_toclient": int(bytes_toclient),
-        "start": format_timestamp(start), "end": format_timestamp(end),
+        "start": format_timestamp(start), "end": rec["timestamp"],
         "age": max(0, int(end - start)), "state": state, "reason": reason, "alerted": bool(alerted),
     }
     if verdict is not None:
@@ -1144,16 +1168,35 @@ def session_flow_record(flow: FlowInfo, end: float, *, end_reason: str, ct_state
     ``ct_state`` its last state (CT_*), counters per direction (index 0: to
     the server). ``blocked``: inspection blocked it; ``verdict`` the
     inspection verdict when there was one."""
-    rec = flow_record(flow, end, pkts_toserver=pkts[0], pkts_toclient=pkts[1], bytes_toserver=nbytes[0],
-                      bytes_toclient=nbytes[1], reason=_END_REASONS.get(end_reason, "forced"),
-                      alerted=alerted or blocked, ct_state=ct_state, rule_id=rule_id,
-                      policy_generation=policy_generation, verdict=verdict,
-                      verdict_latency_us=verdict_latency_us)
-    rec["flow"]["action"] = "drop" if blocked or end_reason in _DROPPING_ENDS else "pass"
-    md = rec.setdefault("metadata", {}).setdefault("flowvars", [])
-    md.append({"end_reason": _text(end_reason)})
+    # flow_record's record, with the flow's action and the kernel's end
+    # reason and policy action added, built in one go (one of these per
+    # session: a replay of a capture writes thousands).
+    start = flow.start if flow.start is not None else end
+    rec = _header(flow, "flow", end)
+    rec["flow"] = {
+        "pkts_toserver": int(pkts[0]), "pkts_toclient": int(pkts[1]),
+        "bytes_toserver": int(nbytes[0]), "bytes_toclient": int(nbytes[1]),
+        "start": format_timestamp(start), "end": rec["timestamp"], "age": max(0, int(end - start)),
+        "state": flow_state_for(ct_state) if ct_state is not None else "closed",
+        "reason": _END_REASONS.get(end_reason, "forced"), "alerted": bool(alerted or blocked),
+        "action": "drop" if blocked or end_reason in _DROPPING_ENDS else "pass",
+    }
+    if flow.app_proto:
+        rec["app_proto"] = flow.app_proto
+    md: dict[str, Any] = {}
+    ints = {k: int(v) for k, v in (("rule_id", rule_id), ("policy_generation", policy_generation),
+                                   ("verdict_latency_us", verdict_latency_us)) if v is not None}
+    if ints:
+        md["flowints"] = ints
+    flowvars = md["flowvars"] = []
+    if verdict is not None:
+        flowvars.append({"inspection_verdict": _text(verdict)})
+    if ct_state is not None:
+        flowvars.append({"ct_state": _text(ct_state)})
+    flowvars.append({"end_reason": _text(end_reason)})
     if policy_action is not None:
-        md.append({"policy_action": _text(policy_action)})
+        flowvars.append({"policy_action": _text(policy_action)})
+    rec["metadata"] = md
     return rec
 
 def _nest(counters: Mapping) -> dict:
@@ -1275,13 +1318,85 @@ def _clean_any(v, depth: int):
         return "<unprintable>"
 
 
-def encode(record: Mapping) -> bytes | None:
-    """One record as one line of JSON (b"...\\n"); None only if even the
-    cleaned record cannot be written (never seen: counted by EveLog)."""
+def _not_json(o):
+    raise TypeError(f"{type(o).__name__} is not a JSON type")
+
+
+# The record's one serialiser, built once (json.dumps with keyword arguments
+# builds a JSONEncoder and its C encoder on every call, ~1-2 us): compact,
+# ASCII-only, no NaN; anything not of JSON's types raises (_not_json). No
+# circular check: a cycle ends in RecursionError, and _encode_cleaned then
+# cuts it at MAX_DEPTH. The pure-Python JSONEncoder stands in where the C
+# one is missing (another interpreter).
+_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+if _c_encoder is not None:
+    _encode_raw = _c_encoder(None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",",
+                             False, False, False)
+    _dumps = lambda o: "".join(_encode_raw(o, 0))        # noqa: E731
+else:                                                    # pragma: no cover
+    _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False,
+                              check_circular=False, default=_not_json).encode
+# What the serialiser writes for a record that needed cleaning and that it
+# did not refuse: a surrogate's escape (a lone one is cleaned to its
+# backslashreplace text; a pair of a character past U+FFFF is not, but the
+# text cannot tell them apart cheaply and such records are rare) and a True,
+# False or None key, which json writes as "true"/"false"/"null" and _clean
+# as str(key). A plain string key "true" looks the same: that record takes
+# the cleaning path, which writes it identically.
+_SURROGATE_ESCAPE = "\\ud"
+_ODD_KEYS = ('"true":', '"false":', '"null":')
+
+
+def _too_deep(v, depth: int) -> bool:
+    """Whether a container json would write sits at MAX_DEPTH or deeper
+    below ``v`` (at ``depth``), where _clean writes repr() instead; a
+    subclass of dict or list (whose own items()/iteration json and _clean
+    may read differently) counts as too deep, sending the record to be
+    cleaned."""
+    if depth >= MAX_DEPTH:
+        return True
+    t = type(v)
+    if t is dict:
+        items = v.values()
+    elif t is list or t is tuple:
+        items = v
+    else:
+        return True
+    for x in items:
+        if isinstance(x, (dict, list, tuple)) and _too_deep(x, depth + 1):
+            return True
+    return False
+
+
+def _encode_cleaned(record: Mapping) -> bytes | None:
     try:
-        text = json.dumps(_clean(record), ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+        text = _dumps(_clean(record))
     except Exception:
         return None
+    return text.encode("ascii") + b"\n"
+
+
+def encode(record: Mapping) -> bytes | None:
+    """One record as one line of JSON (b"...\\n"); None only if even the
+    cleaned record cannot be written (never seen: counted by EveLog).
+
+    The line is the JSON of ``_clean(record)``. The builders' records need
+    no cleaning (exact str, int, float, bool, None, dict, list), so the
+    record is written as it is first and cleaned only when that write shows
+    it needed it: a type JSON has no spelling for (bytes, an Enum, a set,
+    a Mapping that is not a dict), a NaN or an infinity (refused), a
+    surrogate or a bool/None key (seen in the text), more containers than
+    MAX_DEPTH and one of them that deep (_too_deep). What the text cannot
+    show, a subclass of str, int or float whose str() differs from its
+    value used as a key (json writes the value, _clean str()), is not in
+    any record the builders make."""
+    try:
+        text = _dumps(record)
+    except Exception:
+        return _encode_cleaned(record)
+    if (_SURROGATE_ESCAPE in text or _ODD_KEYS[0] in text or _ODD_KEYS[1] in text or _ODD_KEYS[2] in text
+            or (text.count("{") + text.count("[") > MAX_DEPTH and _too_deep(record, 0))):
+        return _encode_cleaned(record)
     return text.encode("ascii") + b"\n"
 
 

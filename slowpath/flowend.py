@@ -10,7 +10,7 @@ held (appliance/workers.py, Engine.session_end), and by replay.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from datapath.enums import InspState, enum_list
@@ -56,8 +56,7 @@ def flow_end_record(ev: FlowEnd, wall: Callable[[int], float], *, app_names: Map
     verdict = _INSP_VERDICTS.get(ev.insp_state) if inspected else None
     alerted, latency = False, None
     if engine is not None:
-        info = replace(engine.info, start=wall(ev.first_seen_ns),
-                       app_proto=engine.info.app_proto or kernel_app)
+        info = engine.info.with_app(engine.info.app_proto or kernel_app, start=wall(ev.first_seen_ns))
         alerted, latency = engine.alerted, engine.verdict_latency_us
         verdict = engine.verdict or verdict
     else:

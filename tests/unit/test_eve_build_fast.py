@@ -1,0 +1,144 @@
+"""The EVE builders' shortcuts give the records of the longer way, key for
+key and in the same order (compared as encoded lines), on seeded random
+flows and arguments: the flow id hashed in one call, a record's header from
+the flow's cached parts (FlowInfo.header_parts), session_flow_record built
+in one go rather than as flow_record plus its fields, FlowInfo.with_app
+rather than dataclasses.replace."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import socket
+
+from protocols.api import Direction
+from slowpath import eve
+from slowpath.community_id import packed_ip
+
+
+def _ref_flow_id(proto, src_ip, src_port, dest_ip, dest_port, start_ns) -> int:
+    """make_flow_id as it was: one update() per part and separator."""
+    h = hashlib.blake2b(digest_size=8)
+    for part in (proto, packed_ip(src_ip), src_port, packed_ip(dest_ip), dest_port, start_ns):
+        h.update(part if isinstance(part, bytes) else str(part).encode())
+        h.update(b"|")
+    return int.from_bytes(h.digest(), "big") & ((1 << 53) - 1)
+
+
+def _ref_header(flow, event_type, ts, *, direction=None, tx_id=None) -> dict:
+    """_header as it was: field by field from the flow."""
+    rec = {"timestamp": eve.format_timestamp(ts)}
+    if flow is not None and flow.flow_id is not None:
+        rec["flow_id"] = int(flow.flow_id)
+    if flow is not None and flow.in_iface:
+        rec["in_iface"] = flow.in_iface
+    rec["event_type"] = event_type
+    if flow is not None:
+        rec["src_ip"] = flow.src_ip
+        if flow.src_port is not None:
+            rec["src_port"] = int(flow.src_port)
+        rec["dest_ip"] = flow.dest_ip
+        if flow.dest_port is not None:
+            rec["dest_port"] = int(flow.dest_port)
+        rec["proto"] = flow.proto_name
+        if flow.proto in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6):
+            if flow.icmp_type is not None:
+                rec["icmp_type"] = int(flow.icmp_type)
+            if flow.icmp_code is not None:
+                rec["icmp_code"] = int(flow.icmp_code)
+        if flow.community_id:
+            rec["community_id"] = flow.community_id
+    if direction is not None:
+        rec["direction"] = eve._direction(direction)
+    if tx_id is not None:
+        rec["tx_id"] = int(tx_id)
+    return rec
+
+
+def _ref_session_flow_record(flow, end, *, end_reason, ct_state, pkts, nbytes, alerted=False, blocked=False,
+                             rule_id=None, policy_generation=None, policy_action=None, verdict=None,
+                             verdict_latency_us=None) -> dict:
+    """session_flow_record as it was: flow_record, then its fields."""
+    rec = eve.flow_record(flow, end, pkts_toserver=pkts[0], pkts_toclient=pkts[1], bytes_toserver=nbytes[0],
+                          bytes_toclient=nbytes[1], reason=eve._END_REASONS.get(end_reason, "forced"),
+                          alerted=alerted or blocked, ct_state=ct_state, rule_id=rule_id,
+                          policy_generation=policy_generation, verdict=verdict,
+                          verdict_latency_us=verdict_latency_us)
+    rec["flow"]["action"] = "drop" if blocked or end_reason in eve._DROPPING_ENDS else "pass"
+    md = rec.setdefault("metadata", {}).setdefault("flowvars", [])
+    md.append({"end_reason": eve._text(end_reason)})
+    if policy_action is not None:
+        md.append({"policy_action": eve._text(policy_action)})
+    return rec
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Equal keys, values and order, at every level."""
+    return json.dumps(a) == json.dumps(b) and eve.encode(a) == eve.encode(b)
+
+
+def _flow(rng: random.Random) -> eve.FlowInfo:
+    v6 = rng.random() < 0.4
+    src = f"2001:db8::{rng.randrange(1, 0xffff):x}" if v6 else f"10.{rng.randrange(256)}.0.{rng.randrange(1, 255)}"
+    dst = f"2001:0db8:0:0::{rng.randrange(1, 0xffff):x}" if v6 else f"192.168.{rng.randrange(256)}.1"
+    proto = rng.choice([6, 17, 1, 58, 132, 47])
+    icmp = proto in (1, 58)
+    return eve.FlowInfo(rng.choice([None, 0, rng.randrange(2 ** 53)]), src,
+                        None if icmp else rng.choice([None, rng.randrange(65536)]), dst,
+                        None if icmp else rng.randrange(65536), proto, rng.choice([None, "", "http", "dns"]),
+                        rng.choice([None, 1_700_000_000 + rng.random() * 1000]),
+                        icmp_type=rng.choice([None, 8, 0]) if icmp else None,
+                        icmp_code=rng.choice([None, 0, 3]) if icmp else None,
+                        in_iface=rng.choice([None, "", "eth0"]))
+
+
+def test_flow_id_same_as_hashing_part_by_part():
+    rng = random.Random(53)
+    for _ in range(2000):
+        f = _flow(rng)
+        args = (f.proto, f.src_ip, f.src_port, f.dest_ip, f.dest_port, rng.randrange(2 ** 64))
+        assert eve.make_flow_id(*args) == _ref_flow_id(*args), args
+
+
+def test_header_same_as_field_by_field():
+    rng = random.Random(225)
+    for _ in range(2000):
+        f = _flow(rng)
+        kw = {"direction": rng.choice([None, Direction.TO_SERVER, "to_client"]),
+              "tx_id": rng.choice([None, 0, 7])}
+        ts = 1_700_000_000 + rng.random() * 1e6
+        for flow in (f, f, None):      # twice: the second from the cached parts
+            assert _same(eve._header(flow, "dns", ts, **kw), _ref_header(flow, "dns", ts, **kw))
+
+
+def test_session_flow_record_same_as_flow_record_and_its_fields():
+    rng = random.Random(1137)
+    for _ in range(3000):
+        f = _flow(rng)
+        end = (f.start or 1_700_000_000) + rng.random() * 100 - 5
+        kw = {"end_reason": rng.choice(list(eve._END_REASONS) + ["reason-99", "caf\u00e9 \udc80"]),
+              "ct_state": rng.choice([None, "CT_ESTABLISHED", "CT_SYN_SENT", "CT_CLOSE", "state-77"]),
+              "pkts": (rng.randrange(10 ** 6), rng.randrange(10)), "nbytes": (rng.randrange(2 ** 40), 0),
+              "alerted": rng.random() < 0.3, "blocked": rng.random() < 0.2,
+              "rule_id": rng.choice([None, 0, 5]), "policy_generation": rng.choice([None, 1, 2 ** 40]),
+              "policy_action": rng.choice([None, "allow", "inspect", b"ra\xffw"]),
+              "verdict": rng.choice([None, "allow", "block", "release", "BLOCK"]),
+              "verdict_latency_us": rng.choice([None, 0, 1234])}
+        assert _same(eve.session_flow_record(f, end, **kw), _ref_session_flow_record(f, end, **kw)), kw
+
+
+def test_with_app_is_replace_keeping_what_the_tuple_gave():
+    rng = random.Random(7)
+    for _ in range(500):
+        f = _flow(rng)
+        before = (f.community_id, f.header_parts)
+        g = f.with_app("tls", start=12.5)
+        assert g == dataclasses.replace(f, app_proto="tls", start=12.5)
+        assert (f.app_proto, f.start) != ("tls", 12.5) or f == g
+        assert g.community_id == dataclasses.replace(f).community_id
+        assert (g.community_id, g.header_parts) == before
+        assert g.header_parts == dataclasses.replace(f).header_parts
+        assert f.with_app(None) == dataclasses.replace(f, app_proto=None)
+        for rec_f in (f, g):
+            assert _same(eve._header(rec_f, "tls", 5.0), _ref_header(rec_f, "tls", 5.0))
