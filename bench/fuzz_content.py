@@ -204,6 +204,7 @@ class ContentTarget(fuzzrun.Target):
     trace_every = 0
 
     def __init__(self, http_every: int = 10) -> None:
+        super().__init__()
         self.http_every = http_every
         self.bomb_peak_mb = 0.0
 

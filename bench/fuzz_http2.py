@@ -326,20 +326,11 @@ def mutate(data: bytes, rng: random.Random, other: bytes) -> bytes:
         return rng.randbytes(rng.randrange(1, 64))
     b = bytearray(data)
     op = rng.randrange(10)
-    if op == 0:
-        for _ in range(rng.randrange(1, 9)):
-            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
-    elif op == 1:
-        for _ in range(rng.randrange(1, 5)):
-            b[rng.randrange(len(b))] = rng.choice((0, 0xFF, 0x7F, 0x80, 0x3F, 0x20, rng.randrange(256)))
-    elif op == 2:
-        del b[rng.randrange(len(b)):]
+    if fuzzrun.edit_anywhere(b, op, rng, (0, 0xFF, 0x7F, 0x80, 0x3F, 0x20), True):
+        pass
     elif op == 3:
         at = rng.randrange(len(b) + 1)
         b[at:at] = rng.randbytes(rng.randrange(1, 40))
-    elif op == 4:
-        at = rng.randrange(len(b))
-        del b[at:at + rng.randrange(1, 40)]
     elif op == 5:
         at = rng.randrange(len(b))
         piece = b[at:at + rng.randrange(1, 200)]
@@ -440,6 +431,7 @@ class Http2Target(fuzzrun.Target):
     progress_every = PROGRESS_EVERY
 
     def __init__(self, hostile_every: int = HOSTILE_EVERY) -> None:
+        super().__init__()
         self.hostile_every = hostile_every
 
     def add_arguments(self, ap) -> None:

@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import fuzzrun  # noqa: E402
-from protocols import kafka, registry  # noqa: E402
+from protocols import kafka  # noqa: E402
 from protocols.api import Direction  # noqa: E402
 
 C, S = Direction.TO_SERVER, Direction.TO_CLIENT
@@ -96,7 +96,7 @@ def _body(key: int, v: int, flex: bool, rng: random.Random) -> bytes:
     """A structured body for the APIs whose topics or group we read, random bytes otherwise."""
     t = lambda: _tags(flex, rng)   # noqa: E731
     topics = [_topic(rng) for _ in range(rng.randrange(0, 4))]
-    i32, i64 = struct.pack(">i", 0), struct.pack(">q", 0)
+    i32 = struct.pack(">i", 0)
     if key == kafka.PRODUCE:
         recs = bytes(rng.choice((0, 10, 200, 5000)))
         recs = (uvarint(len(recs) + 1) if flex else struct.pack(">i", len(recs))) + recs
@@ -196,21 +196,10 @@ def mutate(data: bytes, rng: random.Random, other: bytes) -> bytes:
             b += bytes(rng.randrange(1, 8))
             continue
         i = rng.randrange(len(b))
-        if op == 0:
-            b[i] ^= 1 << rng.randrange(8)
-        elif op == 1:
-            b[i] = rng.choice((0, 0xFF, 0x7F, 0x80, rng.randrange(256)))
-        elif op == 2:
-            del b[i:]
-        elif op == 3:
+        if fuzzrun.edit_at(b, i, op, rng, other, (0, 0xFF, 0x7F, 0x80)):
+            continue
+        if op == 3:
             b[i:i] = bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 16)))
-        elif op == 4:
-            del b[i:i + rng.randrange(1, 16)]
-        elif op == 5:
-            b[i:i] = b[i:i + rng.randrange(1, 64)]
-        elif op == 6 and other:
-            j = rng.randrange(len(other))
-            b[i:] = other[j:j + rng.randrange(1, 200)]
         else:           # a frame length or a header field
             at = rng.choice((0, 4, 6, 8, 12))
             if at + 4 <= len(b):
@@ -260,15 +249,9 @@ class KafkaTarget(fuzzrun.Target):
     max_peak_mb = MAX_PEAK_MB
     max_rss_growth_mb = MAX_RSS_GROWTH_MB
     trace_every = TRACE_EVERY
-
-    def __init__(self, flows: list | None = None) -> None:
-        self.flows = flows
-
-    def setup(self, seed: int):
-        return registry.by_name()["kafka"].parser_factory, corpus_flows() if self.flows is None else self.flows
-
-    def build(self, ctx, index: int, seed: int):
-        return build_input(index, seed, ctx[1])
+    protocol = "kafka"
+    corpus = staticmethod(corpus_flows)
+    build_input = staticmethod(build_input)
 
     def feed(self, ctx, plan: list, st: Stats, index: int, verbose: bool = False) -> None:
         parser = ctx[0]("tcp")

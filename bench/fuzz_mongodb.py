@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import fuzzrun  # noqa: E402
-from protocols import mongodb, registry  # noqa: E402
+from protocols import mongodb  # noqa: E402
 from protocols.api import Direction  # noqa: E402
 
 C, S = Direction.TO_SERVER, Direction.TO_CLIENT
@@ -179,21 +179,10 @@ def mutate(data: bytes, rng: random.Random, other: bytes = b"") -> bytes:
         if not b:
             b += bytes([rng.randrange(256)])
         i = rng.randrange(len(b))
-        if op == 0:
-            b[i] ^= 1 << rng.randrange(8)
-        elif op == 1:
-            b[i] = rng.choice((0, 0xFF, 0x7F, 0x80, 1, 2, 3, 4, 5, 0x10, 0x13, rng.randrange(256)))
-        elif op == 2:
-            del b[i:]
-        elif op == 3:
+        if fuzzrun.edit_at(b, i, op, rng, other, (0, 0xFF, 0x7F, 0x80, 1, 2, 3, 4, 5, 0x10, 0x13)):
+            continue
+        if op == 3:
             b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 16)))
-        elif op == 4:
-            del b[i:i + rng.randrange(1, 16)]
-        elif op == 5:
-            b[i:i] = b[i:i + rng.randrange(1, 64)]
-        elif op == 6 and other:
-            j = rng.randrange(len(other))
-            b[i:] = other[j:j + rng.randrange(1, 200)]
         elif op == 7 and len(b) >= 4:           # an int32 somewhere (a length) set to an edge
             j = rng.randrange(len(b) - 3)
             b[j:j + 4] = struct.pack("<i", rng.choice((0, 1, 4, 5, 15, 16, 17, -1, -2**31, 2**31 - 1,
@@ -266,9 +255,8 @@ class MongoTarget(fuzzrun.Target):
     max_peak_mb = MAX_PEAK_MB
     max_rss_growth_mb = MAX_RSS_GROWTH_MB
     trace_every = TRACE_EVERY
-
-    def setup(self, seed: int):
-        return registry.by_name()["mongodb"].parser_factory, corpus_conversations()
+    protocol = "mongodb"
+    corpus = staticmethod(corpus_conversations)
 
     def build(self, ctx, index: int, seed: int):
         kind, conv = make_input(index, seed, ctx[1])

@@ -39,7 +39,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import fuzzrun  # noqa: E402
-from protocols import registry  # noqa: E402
 from protocols.api import Direction  # noqa: E402
 from protocols.postgresql import (CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, MAX_BUFFERED_BYTES,  # noqa: E402
                                   SSL_REQUEST_CODE)
@@ -252,16 +251,13 @@ class PostgresqlTarget(fuzzrun.Target):
     max_peak_mb = MAX_PEAK_MB
     max_rss_growth_mb = MAX_RSS_GROWTH_MB
     trace_every = TRACE_EVERY
-
-    def __init__(self, flows: list | None = None) -> None:
-        self.flows = flows
+    protocol = "postgresql"
+    corpus = staticmethod(corpus_flows)
+    build_input = staticmethod(build_input)
 
     def setup(self, seed: int):
-        return (registry.by_name()["postgresql"].parser_factory,
-                (self.flows if self.flows is not None else corpus_flows()) + CRAFTED)
-
-    def build(self, ctx, index: int, seed: int):
-        return build_input(index, seed, ctx[1])
+        factory, flows = super().setup(seed)
+        return factory, flows + CRAFTED
 
     def feed(self, ctx, chunks, st: Stats, index: int, verbose: bool = False) -> None:
         parser = ctx[0]("tcp")

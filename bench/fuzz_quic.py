@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import fuzzrun  # noqa: E402
-from protocols import quic, registry  # noqa: E402
+from protocols import quic  # noqa: E402
 from protocols.api import Direction  # noqa: E402
 from protocols.quic import QUIC_V1, QUIC_V2, crypto_frame, initial_keys, protect_initial  # noqa: E402
 
@@ -290,15 +290,9 @@ class QuicTarget(fuzzrun.Target):
     max_peak_mb = MAX_PEAK_MB
     max_rss_growth_mb = MAX_RSS_GROWTH_MB
     trace_every = TRACE_EVERY
-
-    def __init__(self, flows: list | None = None) -> None:
-        self.flows = flows
-
-    def setup(self, seed: int):
-        return registry.by_name()["quic"].parser_factory, corpus_flows() if self.flows is None else self.flows
-
-    def build(self, ctx, index: int, seed: int):
-        return build_input(index, seed, ctx[1])
+    protocol = "quic"
+    corpus = staticmethod(corpus_flows)
+    build_input = staticmethod(build_input)
 
     def feed(self, ctx, plan: list, st: Stats, index: int, verbose: bool = False) -> None:
         parser = ctx[0]("udp")

@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import fuzzrun  # noqa: E402
-from protocols import registry, smtp  # noqa: E402
+from protocols import smtp  # noqa: E402
 from protocols.api import Direction  # noqa: E402
 
 C, S = Direction.TO_SERVER, Direction.TO_CLIENT
@@ -245,20 +245,11 @@ def mutate(data: bytes, rng: random.Random, other: bytes) -> bytes:
         return rng.randbytes(rng.randrange(1, 64))
     b = bytearray(data)
     op = rng.randrange(8)
-    if op == 0:
-        for _ in range(rng.randrange(1, 9)):
-            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
-    elif op == 1:
-        for _ in range(rng.randrange(1, 5)):
-            b[rng.randrange(len(b))] = rng.choice((0, 0xFF, 0x7F, 0x80, 0x0A, 0x0D, 0x2E, 0x20, 0x2D))
-    elif op == 2:
-        del b[rng.randrange(len(b)):]
+    if fuzzrun.edit_anywhere(b, op, rng, (0, 0xFF, 0x7F, 0x80, 0x0A, 0x0D, 0x2E, 0x20, 0x2D), False):
+        pass
     elif op == 3:
         at = rng.randrange(len(b) + 1)
         b[at:at] = rng.choice((rng.randbytes(rng.randrange(1, 40)), b"\r\n", b"\r\n.\r\n", b"\n", b"250-"))
-    elif op == 4:
-        at = rng.randrange(len(b))
-        del b[at:at + rng.randrange(1, 40)]
     elif op == 5:
         at = rng.randrange(len(b))
         b[at:at] = b[at:at + rng.randrange(1, 200)]
@@ -300,19 +291,18 @@ class SmtpMqttTarget(fuzzrun.Target):
     trace_hostile = True
 
     def __init__(self, name: str = "smtp", hostile_every: int = HOSTILE_EVERY) -> None:
-        self.name, self.hostile_every = name, hostile_every
-
-    def setup(self, seed: int):
-        return registry.by_name()[self.name].parser_factory
+        super().__init__()
+        self.name = self.protocol = name
+        self.hostile_every = hostile_every
 
     def build(self, ctx, index: int, seed: int):
         rng = random.Random(f"{seed}:{self.name}:{index}")
         hostile = index % self.hostile_every == self.hostile_every - 1
         return ("hostile" if hostile else "valid"), (make_input(self.name, rng, hostile), rng)
 
-    def feed(self, factory, plan, st: Stats, index: int, verbose: bool = False) -> None:
+    def feed(self, ctx, plan, st: Stats, index: int, verbose: bool = False) -> None:
         steps, rng = plan
-        parser = factory("tcp")
+        parser = ctx[0]("tcp")
         sides = getattr(parser, "_sides", {})
         seen_eof = set()
         for d, data in steps:

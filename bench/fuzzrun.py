@@ -84,6 +84,51 @@ def rechunk(plan, rng: random.Random, sizes: tuple) -> list:
     return out
 
 
+def edit_at(b: bytearray, i: int, op: int, rng: random.Random, other: bytes, values: tuple) -> bool:
+    """One byte-level edit of ``b`` at ``i`` (0 <= i < len(b)), chosen by
+    ``op``: 0 flips a bit, 1 sets the byte to one of ``values`` or a random
+    one, 2 cuts the rest, 4 deletes up to 15 bytes, 5 repeats up to 63, 6
+    puts a piece of ``other`` in place of the rest. False: ``op`` is none of
+    these (or 6 with no ``other``), the caller's own (a protocol's field)."""
+    if op == 0:
+        b[i] ^= 1 << rng.randrange(8)
+    elif op == 1:
+        b[i] = rng.choice((*values, rng.randrange(256)))
+    elif op == 2:
+        del b[i:]
+    elif op == 4:
+        del b[i:i + rng.randrange(1, 16)]
+    elif op == 5:
+        b[i:i] = b[i:i + rng.randrange(1, 64)]
+    elif op == 6 and other:
+        j = rng.randrange(len(other))
+        b[i:] = other[j:j + rng.randrange(1, 200)]
+    else:
+        return False
+    return True
+
+
+def edit_anywhere(b: bytearray, op: int, rng: random.Random, values: tuple, random_value: bool) -> bool:
+    """One edit of non-empty ``b`` at random places, chosen by ``op``: 0
+    flips 1 to 8 bits, 1 sets 1 to 4 bytes to one of ``values`` (or a random
+    byte, with ``random_value``), 2 cuts at a random place, 4 deletes up to
+    39 bytes. False: ``op`` is the caller's own."""
+    if op == 0:
+        for _ in range(rng.randrange(1, 9)):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+    elif op == 1:
+        for _ in range(rng.randrange(1, 5)):
+            b[rng.randrange(len(b))] = rng.choice((*values, rng.randrange(256)) if random_value else values)
+    elif op == 2:
+        del b[rng.randrange(len(b)):]
+    elif op == 4:
+        at = rng.randrange(len(b))
+        del b[at:at + rng.randrange(1, 40)]
+    else:
+        return False
+    return True
+
+
 @dataclass
 class Stats:
     """What a run found. A target's own counters go in a subclass; when jobs
@@ -169,13 +214,27 @@ class Target:
     trace_hostile = False                     # inputs of kind "hostile" are always traced
     indexed = True                            # input i depends on (seed, i) only
     progress_every = PROGRESS_EVERY
+    protocol: str | None = None               # the registry's name of the parser fed
+
+    def __init__(self, flows: list | None = None) -> None:
+        self.flows = flows                    # instead of what ``corpus`` reads
+
+    def corpus(self) -> list:
+        """The seeds read from ../shared/corpus (flows of its captures)."""
+        return []
 
     def setup(self, seed: int):
-        """What building and feeding need (corpus flows, parser factory), once per process."""
-        return None
+        """What building and feeding need, once per process: by default
+        (``protocol``'s parser factory, the corpus seeds)."""
+        from protocols import registry
+        return registry.by_name()[self.protocol].parser_factory, self.corpus() if self.flows is None else self.flows
 
     def build(self, ctx, index: int, seed: int) -> tuple[str, object]:
-        """Input ``index`` of ``seed``'s run: (kind, plan)."""
+        """Input ``index`` of ``seed``'s run: (kind, plan); by default
+        the script's ``build_input(index, seed, seeds)``."""
+        return self.build_input(index, seed, ctx[1])
+
+    def build_input(self, index: int, seed: int, seeds: list) -> tuple[str, object]:
         raise NotImplementedError
 
     def inputs(self, ctx, indices, seed: int):

@@ -20,6 +20,9 @@ class Toy(fuzzrun.Target):
     def __init__(self, bad=(RAISES, HANGS, NOT_EVENT, BIG)) -> None:
         self.bad = bad
 
+    def setup(self, seed):
+        return None
+
     def build(self, ctx, index, seed):
         rng = fuzzrun.input_rng(seed, index)
         return ("odd" if index % 2 else "even"), (index, rng.randrange(1000))
@@ -35,8 +38,7 @@ class Toy(fuzzrun.Target):
             if i == NOT_EVENT:
                 st.count(["not an event"], index)
             if i == BIG:
-                held = bytearray(3 << 20)
-                del held
+                assert len(bytearray(3 << 20)) == 3 << 20     # held while tracemalloc watches
         st.count([Malformed(Direction.TO_SERVER, "toy", value)] if value % 2 else [], index)
 
     def report(self, st, seed):
