@@ -34,7 +34,6 @@ violation. Input i of a run is reproducible: ``--seed S --only i``.
 """
 from __future__ import annotations
 
-import os
 import random
 import sys
 from dataclasses import dataclass
@@ -181,9 +180,9 @@ def hostile(rng: random.Random) -> list[tuple[Direction, bytes]]:
         out = [(C, seal(crypto_frame(0, RFC_CLIENT_STREAM[:100])))]
         for i in range(30):
             if i % 2:
-                out.append((S, b"\x80\0\0\0\0\x04abcd\x08" + RFC_DCID + os.urandom(4) * rng.randrange(0, 300)))
+                out.append((S, b"\x80\0\0\0\0\x04abcd\x08" + RFC_DCID + rng.randbytes(4) * rng.randrange(0, 300)))
             else:
-                out.append((S, b"\xf0\0\0\0\x01\x04abcd\x08" + os.urandom(8) + b"tok" + bytes(16)))
+                out.append((S, b"\xf0\0\0\0\x01\x04abcd\x08" + rng.randbytes(8) + b"tok" + bytes(16)))
                 out.append((C, seal(crypto_frame(0, RFC_CLIENT_STREAM[:50]), pn=i)))
         return out
     if kind == 5:   # many tiny coalesced packets, and Initials past the limit
