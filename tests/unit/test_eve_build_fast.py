@@ -142,3 +142,27 @@ def test_with_app_is_replace_keeping_what_the_tuple_gave():
         assert f.with_app(None) == dataclasses.replace(f, app_proto=None)
         for rec_f in (f, g):
             assert _same(eve._header(rec_f, "tls", 5.0), _ref_header(rec_f, "tls", 5.0))
+
+
+def test_normal_ip_same_as_ipaddress():
+    """_normal_ip's IPv4 shortcut: the spelling and version ipaddress gives,
+    or a ValueError where it raises one."""
+    import ipaddress
+    rng = random.Random(4)
+    texts = ["1.2.3.4", "0.0.0.0", "255.255.255.255", "01.2.3.4", "1.2.3.04", "1.2.3", "1.2.3.4.5", "256.1.1.1",
+             " 1.2.3.4", "1.2.3.4 ", "1.2.3.4\x00", "0x1.2.3.4", "1.2.3.-4", "::ffff:1.2.3.4", "::1", "",
+             "1.2.3.4%eth0", "\u0661.2.3.4", "1..3.4"]
+    texts += [".".join(str(rng.randrange(300)).zfill(rng.choice([1, 1, 1, 2, 3])) for _ in range(4))
+              for _ in range(2000)]
+    eve._normal_ip.cache_clear()
+    for t in texts:
+        try:
+            ip = ipaddress.ip_address(t)
+            want = (str(ip), ip.version)
+        except ValueError:
+            want = ValueError
+        try:
+            got = eve._normal_ip(t)
+        except ValueError:
+            got = ValueError
+        assert got == want, t
