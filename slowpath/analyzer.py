@@ -98,6 +98,9 @@ def _tables(plugins) -> tuple:
 
 
 _OTHER = (Direction.TO_CLIENT, Direction.TO_SERVER)
+# A direction holding nothing (FlowAnalyzer._pending): one shared empty
+# _Pending, never written (_pend replaces it before a byte is held).
+_NONE_HELD = _Pending()
 
 
 class FlowAnalyzer:
@@ -113,7 +116,10 @@ class FlowAnalyzer:
         self.confidence = 0.0
         self.inner_app: str | None = None    # inside a tunnel (e.g. TLS in CONNECT)
         self.parser: Parser | None = None
-        self._pending = {Direction.TO_SERVER: _Pending(), Direction.TO_CLIENT: _Pending()}
+        # Per direction: _NONE_HELD until a direction's bytes must wait
+        # (_pend makes its own then): most flows are decided on their first
+        # payload and never hold any (a slow path builds an analyzer per flow).
+        self._pending = {Direction.TO_SERVER: _NONE_HELD, Direction.TO_CLIENT: _NONE_HELD}
         self._undecided = True
         self._tunnel = False
         self._named = False
@@ -140,7 +146,25 @@ class FlowAnalyzer:
         if not data:
             return []
         if self._undecided:
-            pend = self._pending[direction]
+            held = self._pending
+            if (held[Direction.TO_SERVER] is _NONE_HELD and held[Direction.TO_CLIENT] is _NONE_HELD
+                    and len(data) < DETECT_BUFFER_BYTES):
+                # A flow's first bytes (most flows are decided on them): rated
+                # as they came, not copied into a buffer and out again; what
+                # _detect and _flush would do with them held alone.
+                data = bytes(data)
+                name, conf = self._rate(data, direction)
+                if conf >= DECIDE_AT:
+                    self._decide(name, conf)
+                    # (_flush would feed these bytes the same way; a tunnel
+                    # starting in them cannot: it takes both directions.)
+                    return self._feed(direction, data)
+                pend = self._pending[direction] = _Pending()
+                pend.data += data
+                pend.rated_at, pend.rated = len(data), (name, conf)
+                self._held += len(data)
+                return []     # not full, and nothing the other way: _detect would wait
+            pend = self._pend(direction)
             pend.data += data
             self._held += len(data)
             if not self._detect(direction, full=len(pend.data) >= DETECT_BUFFER_BYTES):
@@ -164,7 +188,7 @@ class FlowAnalyzer:
 
     def datagram(self, direction: Direction, payload: bytes) -> list[Event]:
         if self._undecided:
-            self._pending[direction].datagrams.append(payload)
+            self._pend(direction).datagrams.append(payload)
             self._held += len(payload)
             if not self._detect(direction, full=True, sample=payload):
                 return []
@@ -206,6 +230,12 @@ class FlowAnalyzer:
             if not self.decided:
                 out += self.eof(d)
         return out
+
+    def _pend(self, direction: Direction) -> _Pending:
+        pend = self._pending[direction]
+        if pend is _NONE_HELD:
+            pend = self._pending[direction] = _Pending()
+        return pend
 
     # -- detection -------------------------------------------------------------
     def _detect(self, direction: Direction, full: bool, sample: bytes | None = None) -> bool:
@@ -275,7 +305,7 @@ class FlowAnalyzer:
                 out += self._feed(d, dg)
             if pend.data:
                 out += self._feed(d, bytes(pend.data))
-            self._pending[d] = _Pending()
+            self._pending[d] = _NONE_HELD
         self._held = 0
         return out
 
