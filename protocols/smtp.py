@@ -520,12 +520,16 @@ PLUGIN = ProtocolPlugin(
     probe=probe,
     parser_factory=lambda transport: SmtpParser(),
     signatures=(
-        # The client's hello, any case (servers take "ehlo").
+        # The client's hello, any case (servers take "ehlo"): SMTP's only
+        # kernel signatures. The server's "220 " / "220-" greeting is not one:
+        # FTP greets the same way, and a flow the kernel names on its first
+        # payload keeps the name, so an `app: smtp` rule would let an FTP
+        # session through. Without a server-side signature the kernel does not
+        # judge the greeting and decides on the client's first line (EHLO or
+        # HELO passes, an FTP USER is dropped); the slow path's probe still
+        # reads the greeting (POSSIBLE alone, CERTAIN with "SMTP"/"MAIL").
         Signature(0, b"EHLO ", _CASE),
         Signature(0, b"HELO ", _CASE),
-        # The server's greeting, one line or the first of several.
-        Signature(0, b"220 ", direction=Direction.TO_CLIENT),
-        Signature(0, b"220-", direction=Direction.TO_CLIENT),
     ),
     transports=frozenset({"tcp"}),
     description="SMTP/ESMTP: greeting, EHLO extensions, MAIL/RCPT, message size and headers, "

@@ -81,11 +81,13 @@ HTTP_SWITCHING_PROTOCOLS = 101   # RFC 9110 15.2.2: the last HTTP/1.x answer on 
 # one 5-tuple. A TLS connection has one SNI; a QUIC client sends its
 # ClientHello again after a Retry, or opens another connection on the
 # 5-tuple (protocols/quic.py), and may name another server: read on to the
-# ServerHello. SMTP turns into TLS after STARTTLS (the analyzer reads the
-# ClientHello that follows): an SMTP flow is read on while a tls_sni rule exists.
+# ServerHello. SMTP turns into TLS after STARTTLS, MySQL after its
+# SSLRequest, PostgreSQL after an SSLRequest answered 'S' (the analyzer reads
+# the ClientHello that follows, TUNNEL_EVENTS): such a flow is read on while a
+# tls_sni rule exists.
 REPEATING_NAMES = {"http": "http_host", "dns": "dns_query", "quic": "tls_sni",
                    "http2": "http_host", "grpc": "http_host",   # HTTP/2: a Host per stream
-                   "smtp": "tls_sni"}
+                   "smtp": "tls_sni", "mysql": "tls_sni", "postgresql": "tls_sni"}
 # Flows whose HTTP events are HTTP/2's (protocols/http2.py): their anomaly
 # records name app_proto "http2", as Suricata's.
 H2_APPS = frozenset({"http2", "grpc"})

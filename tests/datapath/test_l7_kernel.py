@@ -60,8 +60,9 @@ FIRST_PAYLOADS = {
     "redis": ("c", b"*1\r\n$4\r\nPING\r\n"),
     # HTTP/2 by prior knowledge: the connection preface, then the client's SETTINGS.
     "http2": ("c", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000006040000000000000300000064")),
-    # SMTP: the server's greeting (a client's EHLO is the other signature, below).
-    "smtp": ("s", b"220 mx.example.org ESMTP Postfix\r\n"),
+    # SMTP: the client's EHLO (the server's 220 greeting is FTP's too: not a
+    # signature, tests/datapath/test_smtp_kernel.py).
+    "smtp": ("c", b"EHLO client.example.org\r\n"),
     # MQTT 3.1.1 CONNECT, client id "c1", clean session, keep alive 60.
     "mqtt": ("c", bytes.fromhex("100e00044d5154540402003c0002") + b"c1"),
 }
@@ -84,7 +85,7 @@ def test_builtin_protocol_identified_on_its_first_payload(fastpath, name):
 
 @pytest.mark.parametrize("hello", [b"EHLO client.example.org\r\n", b"helo x\r\n"])
 def test_smtp_client_hello_identifies_without_the_greeting(fastpath, hello):
-    """A capture or a tap that missed the greeting: the client's EHLO/HELO (any case) names SMTP."""
+    """The client's EHLO/HELO (any case) names SMTP, greeting or not (a capture may miss it)."""
     conn = TcpConn.make(fastpath, server=("10.0.0.2", 2525)).handshake()
     conn.send("c", "PA", data=hello)
     assert conn.entry().leaf.app == fastpath.l7.ids["smtp"]
