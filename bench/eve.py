@@ -58,7 +58,8 @@ def _flow_ends(n: int):
         ends.append(FlowEnd(rng.choice(["closed", "timeout", "shutdown", "swept"]),
                             rng.choice(["CT_ESTABLISHED", "CT_CLOSE", "CT_SYN_SENT", "CT_UDP_REPLIED"]), proto,
                             client, server, first, first + rng.randrange(10 ** 10),
-                            (rng.randrange(1, 100), rng.randrange(100)), (rng.randrange(10 ** 6), rng.randrange(10 ** 6)),
+                            (rng.randrange(1, 100), rng.randrange(100)),
+                            (rng.randrange(10 ** 6), rng.randrange(10 ** 6)),
                             rng.randrange(10), 0, 1, rng.choice([1, 3]), 0, rng.choice([0, 1, 2]),
                             rng.choice([0, 1, 2]), 0, 0, b"\0" * 40))
     return ends
