@@ -130,11 +130,15 @@ class Tunnels(BaseModel):
     the outermost packet's (the tunnel endpoints: an overlay whose inner
     addresses the gateway's policy does not know); protocol and ports are
     the inner flow's either way, and the session, its tracking and its
-    inspection are the inner flow's either way."""
+    inspection are the inner flow's either way. ``short_quote_action``: an
+    ICMP error quoting a tunnel packet too short to show its inner flow
+    (RFC 792's IP header + 8 bytes) passes by default, so path MTU
+    discovery over the tunnel works (bpf/lib/icmp.h)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     decap: bool = True
     policy: Literal["inner", "outer"] = "inner"
+    short_quote_action: Action = "pass"
 
 
 class DatapathConfig(BaseModel):

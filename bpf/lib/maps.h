@@ -360,6 +360,9 @@ struct ms_config {
  * flow with policy decided on the outer addresses (`tunnels.policy: outer`). */
 #define MS_CFG_TUN_NO_DECAP      0x100
 #define MS_CFG_TUN_POLICY_OUTER  0x200
+/* An ICMP error quoting a tunnel packet too short to show its inner flow
+ * drops (`tunnels.short_quote_action: drop`; icmp.h says why it passes). */
+#define MS_CFG_TUN_SHORT_QUOTE_DROP 0x400
 BPF_ARRAY(ms_config, struct ms_config, 1);
 
 /* Interfaces the control plane attached to, by ifindex. The egress program

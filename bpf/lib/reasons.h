@@ -70,7 +70,9 @@
     X(PASS_SLOWPATH_SENT,      57, PASS, "a packet the slow path sent: a reset of a blocked flow, or held payload let go") \
     X(PASS_TCP_RST_CHALLENGE,  58, PASS, "RST in the window but not at the expected sequence: passed, session unchanged (RFC 5961 3: the endpoint answers with a challenge ACK)") \
     X(DROP_TUNNEL_MALFORMED,   59, DROP, "tunnel header (GRE, VXLAN, GENEVE, inner Ethernet) truncated, past its outer packet or with fields RFC 2784 / 7348 / 8926 reject") \
-    X(DROP_TUNNEL_TOO_DEEP,    60, DROP, "tunnel inside more tunnels than MS_TUN_MAX_DEPTH, or its inner packet starts past MS_TUN_MAX_INNER_OFF")
+    X(DROP_TUNNEL_TOO_DEEP,    60, DROP, "tunnel inside more tunnels than MS_TUN_MAX_DEPTH, or its inner packet starts past MS_TUN_MAX_INNER_OFF") \
+    X(PASS_ICMP_TUNNEL_QUOTE,  61, PASS, "ICMP error quoting a tunnel packet too short to name its inner flow (passed: path MTU discovery over the tunnel)") \
+    X(DROP_ICMP_TUNNEL_QUOTE,  62, DROP, "ICMP error quoting a tunnel packet too short to name its inner flow (dropped: tunnels.short_quote_action=drop)")
 
 enum ms_reason {
     MS_ENUM_REASON(MS_ENUM_MEMBER)

@@ -60,10 +60,25 @@
 #define MS_GRE_V1_PPTP 1          /* RFC 2637 enhanced GRE */
 #define MS_VXLAN_FLAG_I 0x08      /* RFC 7348 5: the VNI is valid */
 
-/* ms_tun_inner's answers besides a reason: where the inner packet is. */
+/* ms_tun_header's answers besides a reason: where the inner packet is. */
 #define MS_TUN_STOP 0             /* not decapsulated: the current level is the flow */
 #define MS_TUN_IP4  1
 #define MS_TUN_IP6  2
+/* The header runs past its packet's end (or the frame's): a packet's is
+ * DROP_TUNNEL_MALFORMED; in an ICMP error's quote (icmp.h) it may be
+ * where the quote stops, not where the packet did. */
+#define MS_TUN_CUT  3
+
+/* The tunnels opened: UDP to these ports, these IP protocols. */
+static __always_inline int ms_tun_udp_port(__be16 dport)
+{
+    return dport == bpf_htons(MS_UDP_PORT_VXLAN) || dport == bpf_htons(MS_UDP_PORT_GENEVE);
+}
+
+static __always_inline int ms_tun_ip_proto(__u8 proto)
+{
+    return proto == IPPROTO_IPIP || proto == IPPROTO_IPV6 || proto == IPPROTO_GRE;
+}
 
 /* Whether the level just parsed carries a tunnel to decapsulate. The UDP
  * test comes first: it is all a tracked TCP or UDP packet costs. */
@@ -72,10 +87,8 @@ static __always_inline int ms_tun_candidate(const struct ms_pkt *p, int reason)
     if (p->frag != MS_FRAG_NONE)
         return 0;
     if (reason == PASS_FORWARD)
-        return p->proto == IPPROTO_UDP &&
-               (p->dport == bpf_htons(MS_UDP_PORT_VXLAN) || p->dport == bpf_htons(MS_UDP_PORT_GENEVE));
-    return reason == PASS_OTHER_L4 &&
-           (p->proto == IPPROTO_IPIP || p->proto == IPPROTO_IPV6 || p->proto == IPPROTO_GRE);
+        return p->proto == IPPROTO_UDP && ms_tun_udp_port(p->dport);
+    return reason == PASS_OTHER_L4 && ms_tun_ip_proto(p->proto);
 }
 
 static __always_inline int ms_tun_ethertype_ip(__u16 et)
@@ -92,12 +105,12 @@ static __always_inline int ms_tun_eth(void *data, void *data_end, __u32 *off, __
         return DROP_TUNNEL_TOO_DEEP;
     __u8 *e = data + o;
     if ((void *)(e + 14) > data_end || o + 14 > end)
-        return DROP_TUNNEL_MALFORMED;
+        return MS_TUN_CUT;
     __u16 et = ((__u16)e[12] << 8) | e[13];
     o += 14;
     if (et == ETH_P_8021Q || et == ETH_P_8021AD) {
         if ((void *)(e + 18) > data_end || o + 4 > end)
-            return DROP_TUNNEL_MALFORMED;
+            return MS_TUN_CUT;
         et = ((__u16)e[16] << 8) | e[17];
         o += 4;
     }
@@ -105,24 +118,25 @@ static __always_inline int ms_tun_eth(void *data, void *data_end, __u32 *off, __
     return ms_tun_ethertype_ip(et);
 }
 
-/* The tunnel header of the level just parsed (a candidate): MS_TUN_IP4 or
- * MS_TUN_IP6 with *off at the inner IP header, MS_TUN_STOP, or a reason. */
-static __always_inline int ms_tun_inner(void *data, void *data_end, const struct ms_pkt *p, __u32 *off)
+/* The tunnel header at ``start`` (the payload of a candidate of protocol
+ * ``proto``, UDP to ``dport``), its packet ending at ``end``: MS_TUN_IP4 or
+ * MS_TUN_IP6 with *off at the inner IP header, MS_TUN_STOP, MS_TUN_CUT or
+ * a reason. Also reads the tunnel packets an ICMP error quotes (icmp.h). */
+static __always_inline int ms_tun_header(void *data, void *data_end, __u8 proto, __be16 dport,
+                                         __u32 start, __u32 end, __u32 *off)
 {
-    __u32 start = p->payload_off;
-    __u32 end = start + p->payload_len;   /* the outer packet's end */
     if (start > MS_TUN_MAX_INNER_OFF)
         return DROP_TUNNEL_TOO_DEEP;
     *off = start;
-    if (p->proto == IPPROTO_IPIP)
+    if (proto == IPPROTO_IPIP)
         return MS_TUN_IP4;
-    if (p->proto == IPPROTO_IPV6)
+    if (proto == IPPROTO_IPV6)
         return MS_TUN_IP6;
 
     __u8 *h = data + start;
-    if (p->proto == IPPROTO_GRE) {
+    if (proto == IPPROTO_GRE) {
         if ((void *)(h + 4) > data_end || start + 4 > end)
-            return DROP_TUNNEL_MALFORMED;
+            return MS_TUN_CUT;
         __u16 fl = ((__u16)h[0] << 8) | h[1];
         __u16 et = ((__u16)h[2] << 8) | h[3];
         if ((fl & MS_GRE_VERSION) == MS_GRE_V1_PPTP)
@@ -132,7 +146,7 @@ static __always_inline int ms_tun_inner(void *data, void *data_end, const struct
         __u32 hlen = 4 + ((fl & MS_GRE_CSUM) ? 4 : 0) + ((fl & MS_GRE_KEY) ? 4 : 0) +
                      ((fl & MS_GRE_SEQ) ? 4 : 0);
         if (start + hlen > end)
-            return DROP_TUNNEL_MALFORMED;
+            return MS_TUN_CUT;
         *off = start + hlen;
         if (et == MS_ETH_P_TEB)
             return ms_tun_eth(data, data_end, off, end);
@@ -140,8 +154,8 @@ static __always_inline int ms_tun_inner(void *data, void *data_end, const struct
     }
     /* UDP: VXLAN or GENEVE, an 8-byte header either way. */
     if ((void *)(h + 8) > data_end || start + 8 > end)
-        return DROP_TUNNEL_MALFORMED;
-    if (p->dport == bpf_htons(MS_UDP_PORT_VXLAN)) {
+        return MS_TUN_CUT;
+    if (dport == bpf_htons(MS_UDP_PORT_VXLAN)) {
         if (!(h[0] & MS_VXLAN_FLAG_I))
             return DROP_TUNNEL_MALFORMED;
         *off = start + 8;
@@ -153,11 +167,21 @@ static __always_inline int ms_tun_inner(void *data, void *data_end, const struct
     __u32 hlen = 8 + (h[0] & 0x3f) * 4;
     __u16 et = ((__u16)h[2] << 8) | h[3];
     if (start + hlen > end)
-        return DROP_TUNNEL_MALFORMED;
+        return MS_TUN_CUT;
     *off = start + hlen;
     if (et == MS_ETH_P_TEB)
         return ms_tun_eth(data, data_end, off, end);
     return ms_tun_ethertype_ip(et);
+}
+
+/* Make linear the bytes where inner headers may lie, past the part
+ * ms_parse pulled (MS_PULL_LEN). Packet pointers must be read again after. */
+static __always_inline void ms_tun_pull(struct __sk_buff *skb)
+{
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    if (data + MS_TUN_PULL_LEN > data_end && skb->len > (__u32)(data_end - data))
+        bpf_skb_pull_data(skb, skb->len < MS_TUN_PULL_LEN ? skb->len : MS_TUN_PULL_LEN);
 }
 
 /* Decapsulate what ms_parse found (``reason`` for the outer packet): the
@@ -171,24 +195,21 @@ static __always_inline int ms_tun_decap(struct __sk_buff *skb, struct ms_pkt *p,
     if (cfg && (cfg->flags & MS_CFG_TUN_NO_DECAP))
         return reason;
 
+    ms_tun_pull(skb);
     void *data = (void *)(long)skb->data;
     void *data_end = (void *)(long)skb->data_end;
-    if (data + MS_TUN_PULL_LEN > data_end && skb->len > (__u32)(data_end - data)) {
-        bpf_skb_pull_data(skb, skb->len < MS_TUN_PULL_LEN ? skb->len : MS_TUN_PULL_LEN);
-        data = (void *)(long)skb->data;
-        data_end = (void *)(long)skb->data_end;
-    }
 
     /* One IP parse per level, in a loop the verifier walks at most
      * MS_TUN_MAX_DEPTH + 1 times rather than a copy per level. */
 #pragma clang loop unroll(disable)
     for (int i = 0; i <= MS_TUN_MAX_DEPTH; i++) {
         __u32 off = 0;
-        int r = ms_tun_inner(data, data_end, p, &off);
+        int r = ms_tun_header(data, data_end, p->proto, p->dport, p->payload_off,
+                              p->payload_off + p->payload_len, &off);
         if (r == MS_TUN_STOP)
             return reason;
         if (r != MS_TUN_IP4 && r != MS_TUN_IP6)
-            return r;
+            return r == MS_TUN_CUT ? DROP_TUNNEL_MALFORMED : r;
         if (i == MS_TUN_MAX_DEPTH || off > MS_TUN_MAX_INNER_OFF)
             return DROP_TUNNEL_TOO_DEEP;
         if (i == 0) {
