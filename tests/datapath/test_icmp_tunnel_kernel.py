@@ -25,8 +25,8 @@ from scapy.packet import Raw
 from datapath.config import DatapathConfig, Tunnels
 from datapath.enums import CtState, Reason
 from packets_ct import FLOWS, ether, expect
-from test_tunnel_kernel import (ETH_P_IP, OUT4, OUT6, REQUEST, SYN, all_flows, geneve, gre, gre_header, ipip,
-                                nested, tun_conn, vxlan)
+from test_tunnel_kernel import (ETH_P_IP, OUT4, OUT6, REQUEST, SYN, VXLAN_PORT, all_flows, geneve, gre,
+                                gre_header, ipip, nested, tun_conn, vxlan)
 
 R = Reason
 
@@ -133,8 +133,12 @@ def test_a_quote_that_is_not_short_is_not_passed_as_short(fastpath):
     """The quote of a whole tunnel packet whose header runs past its own end
     (a packet the fast path dropped as malformed), or of an outer fragment
     (never decapsulated), names no flow: unmatched, not a short quote."""
-    whole = bytes(IP(src=OUT4[0], dst=OUT4[1], proto=47) / Raw(gre_header(ETH_P_IP, key=1)[:6]))
-    expect(fastpath, icmp_error(whole), R.DROP_ICMP_UNMATCHED)
+    vxlan_cut = b"\x08\0\0\0\0\0\x2a\0" + bytes(ether())[:10]          # VXLAN, inner Ethernet cut
+    for proto, l4 in ((47, gre_header(ETH_P_IP, key=1, seq=2)[:9]),   # key and sequence flagged, 9 bytes
+                      (17, struct.pack("!HHHH", 50000, VXLAN_PORT, 8 + len(vxlan_cut), 0) + vxlan_cut)):
+        whole = bytes(IP(src=OUT4[0], dst=OUT4[1], proto=proto) / Raw(l4))
+        expect(fastpath, icmp_error(whole), R.DROP_ICMP_UNMATCHED)
+        expect(fastpath, icmp_error(whole[:-1]), R.PASS_ICMP_TUNNEL_QUOTE)   # the same cut by the quote
     frag = IP(src=OUT4[0], dst=OUT4[1], proto=47, flags="MF", id=7) / Raw(gre_header(ETH_P_IP, key=1) + b"\0" * 40)
     expect(fastpath, icmp_error(_cut(bytes(frag), RFC792)), R.DROP_ICMP_UNMATCHED)
 
