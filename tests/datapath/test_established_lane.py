@@ -13,7 +13,6 @@ the handshake's last ACK) still goes to the stage.
 from __future__ import annotations
 
 import ctypes
-import time
 
 import pytest
 
