@@ -12,6 +12,18 @@
 #include "enums.h"
 #include "reasons.h"
 
+/* Cut points for bench/fastpath_steps.py, which measures what each step
+ * of a packet costs: a build with MS_BENCH_STOP n stops at step n (the
+ * program returns TC_ACT_OK there, nothing counted), and a step's cost is
+ * the difference between the builds that stop before and after it.
+ * Compiled out of every other build. */
+#ifdef MS_BENCH_STOP
+#define MS_BENCH_REASON 0xff   /* a reason no enum has: ms_finish returns on it */
+#define MS_BENCH_STEP(n, ret) do { if (MS_BENCH_STOP == (n)) return (ret); } while (0)
+#else
+#define MS_BENCH_STEP(n, ret) do { } while (0)
+#endif
+
 /* State that must outlive a program build -- sessions, counters, the SYN
  * budget, the policy generation, verdicts, the payload ring -- is declared
  * with these. When the loader passes MS_PIN_DIR (datapath/state.py), BCC
