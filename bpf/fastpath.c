@@ -137,6 +137,11 @@ static __always_inline void ms_drop_log(struct __sk_buff *skb, __u32 dir, __u32 
 
 static __always_inline int ms_finish(struct __sk_buff *skb, __u32 dir, __u32 reason)
 {
+#ifdef MS_BENCH_STOP
+    if (reason == MS_BENCH_REASON)
+        return TC_ACT_OK;
+#endif
+    MS_BENCH_STEP(5, TC_ACT_OK);   /* decided: all but the counters */
     ms_count(dir & 1, reason, skb->len);
     if (!ms_reason_is_drop(reason))
         return TC_ACT_OK;
@@ -172,11 +177,18 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
     __builtin_memset(p, 0, sizeof(*p));
     p->dir = dir;
     int reason = ms_parse(skb, p);
+    MS_BENCH_STEP(1, MS_BENCH_REASON);   /* parsed */
     __u32 stage;
     if (reason == PASS_FORWARD) {
         if (p->frag == MS_FRAG_FIRST)
             ms_ct_first_fragment(p, ms_now());
         if (p->proto == IPPROTO_TCP) {
+            /* Most packets: a segment of an established session, decided
+             * here (conntrack.h ms_ct_tcp_lane); the others go on to the
+             * TCP stage. */
+            int lane = ms_ct_tcp_lane(p, ms_now());
+            if (lane != MS_LANE_MISS)
+                return lane;
             stage = STAGE_TCP;
         } else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
             int c = ms_icmp_class(p);
@@ -241,6 +253,7 @@ int ms_stage_tcp(struct __sk_buff *skb)
     struct ms_pkt *p = ms_pkt_scratch();
     if (!p)
         return TC_ACT_SHOT;
+    MS_BENCH_STEP(2, TC_ACT_OK);   /* in the TCP stage: the tail call done */
     p->wscale = (p->tcp_flags & TCP_SYN) ? ms_tcp_wscale(skb, p) : 0xff;
     return ms_then_payload(skb, p, ms_ct_tcp(p, ms_now()));
 }

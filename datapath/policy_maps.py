@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from . import bpfsys
 from .bpfsys import BPF_F_NO_PREALLOC, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LPM_TRIE
 from .errors import MicrosegError
+from .source import header_defines
 from .policy_tables import PREFIX_ANY_PORT, PREFIX_ANY_PROTO, CompiledPolicy, Verdict, group_lengths, no_gc
 
 # name of outer array -> (template map, map type, flags)
@@ -45,6 +46,18 @@ RULE_RECORD = 0
 RULE_HAS_ANY = 1 << 17
 SESSION_PROTOS = (6, 17, 1, 58)
 GLENS_LPM = 0xFF
+# A group's filter of the (destination group, protocol) pairs of its rule
+# records as a source (bpf/lib/maps.h struct ms_pol_group): size and hash
+# read from the header, the bit positions computed as policy.h does.
+_BLOOM = header_defines("MS_POL_BLOOM_")
+BLOOM_BITS, BLOOM_MUL = _BLOOM["BITS"], _BLOOM["MUL"]
+
+
+def bloom_bits(dgroup: int, proto: int) -> int:
+    """The two bits of (dgroup, proto) in a group's filter, as a mask
+    (policy.h ms_pol_bloom_maybe)."""
+    h = ((dgroup ^ (proto << 24)) * BLOOM_MUL) & 0xFFFFFFFF
+    return (1 << (h >> 25)) | (1 << ((h >> 18) & 127))
 
 
 @dataclass
@@ -143,11 +156,25 @@ class PolicyMaps:
             raise
         return fd
 
-    def _group_entries(self, pol: CompiledPolicy):
+    def _group_entries(self, pol: CompiledPolicy, records):
+        """Every group prefix with its group and the group's filter of the
+        (destination group, protocol) of ``records`` it is the source of
+        (bpf/lib/maps.h struct ms_pol_group)."""
+        if BLOOM_BITS != 128:
+            raise MicrosegError(f"bpf/lib/maps.h: MS_POL_BLOOM_BITS is {BLOOM_BITS}, policy_maps packs 128")
         pk = self._packer("ms_pol_grp_t", 0, [("prefixlen", "I"), ("addr", "16s")])
-        pv = struct.Struct("=I")
+        pv = self._packer("ms_pol_grp_t", 1, [("id", "I"), ("bloom", "16s")])
+        masks: dict[int, int] = {}
+        for sg, dg, p in records:
+            masks[sg] = masks.get(sg, 0) | bloom_bits(dg, p)
+        words = struct.Struct("=QQ")    # the filter's two u64, bit n in word n >> 6
+        low = (1 << 64) - 1
+        packed: dict[int, bytes] = {}
+        for gid in {g for _, g in pol.groups}:
+            m = masks.get(gid, 0)
+            packed[gid] = pv.pack(gid, words.pack(m & low, m >> 64))
         keys = b"".join([pk.pack(net.prefixlen, net.network_address.packed) for net, _ in pol.groups])
-        values = b"".join([pv.pack(gid) for _, gid in pol.groups])
+        values = b"".join([packed[gid] for _, gid in pol.groups])
         return len(pol.groups), keys, values
 
     def _glens(self, pol: CompiledPolicy, how: str) -> list[bytes]:
@@ -169,7 +196,8 @@ class PolicyMaps:
     def _rule_entries(self, pol: CompiledPolicy):
         """The rule hash (bpf/lib/maps.h): every entry under its own prefix
         length, bits past it zero; and the records of each (source group,
-        destination group, protocol)."""
+        destination group, protocol). Returns (count, keys, values, the
+        records' (source group, destination group, protocol))."""
         # Groups and port are big-endian in the key: packed natively after htonl / htons.
         pk = self._packer("ms_pol_rule_t", 0, [("prefixlen", "I"), ("sgroup", "I"), ("dgroup", "I"),
                                                ("proto", "B"), ("port", "H")])
@@ -197,7 +225,7 @@ class PolicyMaps:
             vd = any_of.get((sg, dg))
             keys.append(pk.pack(RULE_RECORD, htonl(sg), htonl(dg), p, 0))
             values.append(vpk.pack(vb(vd) if vd else none, bits | (RULE_HAS_ANY if vd else 0)))
-        return len(keys), b"".join(keys), b"".join(values)
+        return len(keys), b"".join(keys), b"".join(values), lens.keys()
 
     def _exact_entries(self, pol: CompiledPolicy):
         pk = self._packer("ms_pol_exact_t", 0, [("saddr", "16s"), ("daddr", "16s"), ("sport", "H"),
@@ -228,8 +256,9 @@ class PolicyMaps:
         inner = {}
         try:
             with no_gc():     # a million packed keys beside a large compiled policy: no collections
-                groups = self._group_entries(pol)
-                rules = self._rule_entries(pol)
+                *rules, records = self._rule_entries(pol)
+                groups = self._group_entries(pol, records)
+                del records
             inner["ms_pol_grp"] = self._inner("ms_pol_grp", groups)
             inner["ms_pol_gh"] = self._inner("ms_pol_gh", groups)   # same keys: prefixes are masked
             inner["ms_pol_rule"] = self._inner("ms_pol_rule", rules)

@@ -642,21 +642,14 @@ static __always_inline int ms_tcp_in_window(const struct ms_flow *f, int fd,
            ms_after(ack, rcv->end - ackwin - 1);                /* IV: ack not too old */
 }
 
-/* nf_conntrack's tcp_in_window: is the segment inside the window, and if
- * so, advance both sides' window data. Returns 1 when in window. */
-static __always_inline int ms_tcp_window(struct ms_flow *f, int fd, const struct ms_pkt *p,
-                                         __u32 end, int liberal)
+/* The window advance of a segment found in window (ms_tcp_window, and
+ * the established lane, ms_ct_tcp_lane). */
+static __always_inline void ms_tcp_advance(struct ms_flow *f, int fd, const struct ms_pkt *p, __u32 end)
 {
     struct ms_tcp_side *snd = fd ? &f->tcp[1] : &f->tcp[0];
     struct ms_tcp_side *rcv = fd ? &f->tcp[0] : &f->tcp[1];
     __u32 ack = p->ack_seq;
     __u32 win = p->window;
-
-    if (!(snd->flags & MS_SIDE_SEEN))
-        ms_side_init(snd, p, end);
-
-    if (!ms_tcp_in_window(f, fd, p, end) && !liberal)
-        return 0;
 
     if (!(p->tcp_flags & TCP_SYN))
         win <<= snd->wscale;
@@ -680,6 +673,21 @@ static __always_inline int ms_tcp_window(struct ms_flow *f, int fd, const struct
         snd->flags |= MS_SIDE_FIN;
         snd->fin_end = end;
     }
+}
+
+/* nf_conntrack's tcp_in_window: is the segment inside the window, and if
+ * so, advance both sides' window data. Returns 1 when in window. */
+static __always_inline int ms_tcp_window(struct ms_flow *f, int fd, const struct ms_pkt *p,
+                                         __u32 end, int liberal)
+{
+    struct ms_tcp_side *snd = fd ? &f->tcp[1] : &f->tcp[0];
+
+    if (!(snd->flags & MS_SIDE_SEEN))
+        ms_side_init(snd, p, end);
+
+    if (!ms_tcp_in_window(f, fd, p, end) && !liberal)
+        return 0;
+    ms_tcp_advance(f, fd, p, end);
     return 1;
 }
 
@@ -768,6 +776,7 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
     int src_is_hi = ms_flow_key_of(p, kp);
     int where;
     struct ms_flow *f = ms_ct_lookup(kp, now, &where);
+    MS_BENCH_STEP(3, MS_BENCH_REASON);   /* the session looked up */
     __u8 fl = p->tcp_flags;
     __u32 end = p->seq + p->payload_len + ((fl & TCP_SYN) ? 1 : 0) + ((fl & TCP_FIN) ? 1 : 0);
 
@@ -854,6 +863,7 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
     __u8 state = f->state;
     __u8 ev = ms_tcp_event(fl);
     __u8 next = ms_tcp_next(state, fd, ev);
+    MS_BENCH_STEP(4, MS_BENCH_REASON);   /* policy generation and state machine checked */
 
     if (next == TV_INVALID) {
         if (!(cfg->flags & MS_CFG_INVALID_PASS))
@@ -958,6 +968,55 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
             return r;
     }
     ms_l7_mark(p, f, fd);
+    return PASS_FORWARD;
+}
+
+/* The established lane (fastpath.c ms_entry_reason): what ms_ct_tcp does
+ * with the common packet, done in the entry program with one lookup and no
+ * tail call. The packet: no SYN, FIN or RST, ACK set. Its session: in
+ * ms_flows, ESTABLISHED, not idle past its timeout, its verdict from the
+ * policy generation in force (else it is evaluated again), not blocked by
+ * the slow path, no FIN sent by either side, the sending side's window data
+ * set up; the packet inside the window (the liberal flows excepted, as in
+ * ms_tcp_window), and nothing for the payload stage to do (no side's first
+ * payload, no inspection hand-off: ms_l7_mark). For such a packet
+ * ms_ct_tcp's outcome is fixed: the window advances, the state machine
+ * (ms_tcp_fsm, asked here too) keeps the session ESTABLISHED, the session
+ * is accounted, PASS_FORWARD. Any other packet returns MS_LANE_MISS before
+ * anything is changed and goes to the TCP stage, which decides it from the
+ * start (an out-of-window segment included: its reason and action are the
+ * stage's). The key is on the stack: the payload stage, which reads the
+ * scratch key, never follows a packet the lane decides. */
+#define MS_LANE_MISS (-1)
+static __always_inline int ms_ct_tcp_lane(struct ms_pkt *p, __u64 now)
+{
+    if ((p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK)) != TCP_ACK)
+        return MS_LANE_MISS;
+    MS_BENCH_STEP(2, MS_BENCH_REASON);   /* in the lane */
+    struct ms_flow_key k = {};
+    int src_is_hi = ms_flow_key_of(p, &k);
+    struct ms_flow *f = ms_flows.lookup(&k);
+    if (!f || f->state != CT_ESTABLISHED || ms_ct_expired(f, now))
+        return MS_LANE_MISS;
+    MS_BENCH_STEP(3, MS_BENCH_REASON);   /* the session looked up */
+    int fd = src_is_hi != f->initiator_is_hi;
+    if (f->pol_gen != MS_POL_GEN(ms_pol_live()) || f->insp_state == INSP_BLOCKED ||
+        ms_tcp_next(CT_ESTABLISHED, fd, EV_ACK) != TV_CLOSE_PHASE ||
+        !(f->tcp[fd].flags & MS_SIDE_SEEN) || ((f->tcp[0].flags | f->tcp[1].flags) & MS_SIDE_FIN))
+        return MS_LANE_MISS;
+    ms_l7_mark(p, f, fd);
+    if (p->l7_side || p->insp) {
+        p->l7_side = 0;
+        p->insp = 0;
+        return MS_LANE_MISS;
+    }
+    MS_BENCH_STEP(4, MS_BENCH_REASON);   /* policy generation, state machine, payload stage checked */
+    __u32 end = p->seq + p->payload_len;
+    if (!ms_tcp_in_window(f, fd, p, end) && !(f->flags & MS_FLOW_LIBERAL))
+        return MS_LANE_MISS;
+    ms_tcp_advance(f, fd, p, end);
+    f->state = ms_close_phase_state(f);   /* ESTABLISHED: no FIN either way (as ms_ct_tcp writes it) */
+    ms_ct_account(f, fd, p->len, now);
     return PASS_FORWARD;
 }
 

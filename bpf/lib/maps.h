@@ -12,6 +12,18 @@
 #include "enums.h"
 #include "reasons.h"
 
+/* Cut points for bench/fastpath_steps.py, which measures what each step
+ * of a packet costs: a build with MS_BENCH_STOP n stops at step n (the
+ * program returns TC_ACT_OK there, nothing counted), and a step's cost is
+ * the difference between the builds that stop before and after it.
+ * Compiled out of every other build. */
+#ifdef MS_BENCH_STOP
+#define MS_BENCH_REASON 0xff   /* a reason no enum has: ms_finish returns on it */
+#define MS_BENCH_STEP(n, ret) do { if (MS_BENCH_STOP == (n)) return (ret); } while (0)
+#else
+#define MS_BENCH_STEP(n, ret) do { } while (0)
+#endif
+
 /* State that must outlive a program build -- sessions, counters, the SYN
  * budget, the policy generation, verdicts, the payload ring -- is declared
  * with these. When the loader passes MS_PIN_DIR (datapath/state.py), BCC
@@ -632,6 +644,27 @@ struct ms_verdict {
  * cold (50,000 prefixes: ~300 ns cold, ~130 ns hot), a probe costs one or
  * two (see datapath/policy_tables.py group_lengths()). */
 #define MS_GROUP_WORLD 0          /* an address in no group */
+
+/* The value of a group prefix (ms_pol_grp_t, ms_pol_gh_t): the group, and
+ * what it has rules for as a source: a Bloom filter of the (destination
+ * group, protocol) of its rule records (below; protocol as the record key
+ * has it, MS_GROUP_ANY for "any" destination), two bits per pair,
+ * h = (dgroup ^ protocol << 24) * MS_POL_BLOOM_MUL (32-bit), bits h >> 25
+ * and (h >> 18) & 127 (datapath/policy_maps.py sets them). A clear bit
+ * says the (source group, destination group) and (source group, any)
+ * levels have no record, so a new flow skips those two lookups: at 100,000
+ * rules they are cold hash misses and most of a new client's first packet
+ * (bench/policy_scale.py). The filter comes with the group lookup's own
+ * element. 128 bits, 2 per pair: about 7 % false "maybe" for a group with
+ * 20 pairs, a lookup then as before; a group with hundreds saturates and
+ * is looked up as before. */
+#define MS_POL_BLOOM_BITS 128
+#define MS_POL_BLOOM_MUL  0x9E3779B1   /* 2^32 / golden ratio, odd: a multiplicative hash */
+struct ms_pol_group {
+    __u32 id;             /* the group */
+    __u32 pad;
+    __u64 bloom[MS_POL_BLOOM_BITS / 64];
+};
 #define MS_GROUP_ANY   0xffffffff /* "any" in a rule: every group, the world too */
 #define MS_GLENS_MAX   8          /* prefix lengths the hash way probes at most */
 #define MS_GLENS_LPM   0xff       /* ms_pol_glens.n: use the trie */
@@ -703,8 +736,9 @@ struct ms_pol_scratch {
     __u32 idx;            /* policy.h: a key for array lookups (not on the stack), */
     __u32 sgroup, dgroup; /* the flow's groups, */
     __u16 port;           /* destination port, host order (0: no ports) */
-    __u8  proto;          /* and protocol */
+    __u8  proto;          /* and protocol, as rule keys have it (0: one without sessions) */
     __u8  pad;
+    __u64 sbloom[MS_POL_BLOOM_BITS / 64]; /* the source group's filter (all ones: none known) */
 };
 BPF_PERCPU_ARRAY(ms_pol_scratch, struct ms_pol_scratch, 1);
 
@@ -713,8 +747,8 @@ BPF_PERCPU_ARRAY(ms_pol_scratch, struct ms_pol_scratch, 1);
  * templates only give the kernel their type (an inner map's size need not
  * match), so they hold one entry. Two slots per outer array: the active
  * one, and the one the next policy is written into. */
-BPF_F_TABLE("lpm_trie", struct ms_lpm_key, __u32, ms_pol_grp_t, 1, BPF_F_NO_PREALLOC);
-BPF_F_TABLE("hash", struct ms_lpm_key, __u32, ms_pol_gh_t, 1, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct ms_lpm_key, struct ms_pol_group, ms_pol_grp_t, 1, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", struct ms_lpm_key, struct ms_pol_group, ms_pol_gh_t, 1, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct ms_rule_key, struct ms_rule_val, ms_pol_rule_t, 1, BPF_F_NO_PREALLOC);
 BPF_TABLE("hash", struct ms_exact_key, struct ms_verdict, ms_pol_exact_t, 1);
 BPF_ARRAY_OF_MAPS(ms_pol_grp, "ms_pol_grp_t", 2);

@@ -57,11 +57,25 @@ static __always_inline int ms_pol_is_mapped(const __u8 *a)
            a[10] == 0xff && a[11] == 0xff;
 }
 
+/* A group prefix found: its group; the source's filter kept in sc. */
+static __always_inline __u32 ms_pol_group_hit(struct ms_pol_scratch *sc, const struct ms_pol_group *g, int src)
+{
+    if (src) {
+        sc->sbloom[0] = g->bloom[0];
+        sc->sbloom[1] = g->bloom[1];
+    }
+    return g->id;
+}
+
 /* The group of an address (maps.h: the hash probed per prefix length, or
- * the trie, as ms_pol_glen says for the slot and the kind of address). */
-static __always_inline __u32 ms_pol_group(__u32 slot, struct ms_pol_scratch *sc, const __u8 *addr)
+ * the trie, as ms_pol_glen says for the slot and the kind of address).
+ * ``src``: the flow's source, whose filter (struct ms_pol_group) goes to
+ * sc->sbloom; all ones when the address is in no group (nothing known). */
+static __always_inline __u32 ms_pol_group(__u32 slot, struct ms_pol_scratch *sc, const __u8 *addr, int src)
 {
     struct ms_lpm_key *k = &sc->addr;
+    if (src)
+        sc->sbloom[0] = sc->sbloom[1] = ~0ULL;
     sc->idx = slot * 2 + (ms_pol_is_mapped(addr) ? 0 : 1);
     struct ms_pol_glens *gl = ms_pol_glen.lookup(&sc->idx);
     sc->idx = slot;
@@ -74,9 +88,9 @@ static __always_inline __u32 ms_pol_group(__u32 slot, struct ms_pol_scratch *sc,
             __u32 len = gl->len[i];
             ms_pol_mask(k, addr, len);
             k->prefixlen = len;
-            __u32 *g = bpf_map_lookup_elem(gh, k);
+            struct ms_pol_group *g = bpf_map_lookup_elem(gh, k);
             if (g)
-                return *g;
+                return ms_pol_group_hit(sc, g, src);
         }
         return MS_GROUP_WORLD;
     }
@@ -86,8 +100,18 @@ static __always_inline __u32 ms_pol_group(__u32 slot, struct ms_pol_scratch *sc,
         return MS_GROUP_WORLD;
     k->prefixlen = 128;
     __builtin_memcpy(k->addr, addr, 16);
-    __u32 *g = bpf_map_lookup_elem(grp, k);
-    return g ? *g : MS_GROUP_WORLD;
+    struct ms_pol_group *g = bpf_map_lookup_elem(grp, k);
+    return g ? ms_pol_group_hit(sc, g, src) : MS_GROUP_WORLD;
+}
+
+_Static_assert(MS_POL_BLOOM_BITS == 128, "ms_pol_bloom_maybe takes 7-bit positions in two words");
+/* May the source group have a rule record for (dg, sc->proto)? No when
+ * either of the pair's bits (maps.h, struct ms_pol_group) is clear. */
+static __always_inline int ms_pol_bloom_maybe(const struct ms_pol_scratch *sc, __u32 dg)
+{
+    __u32 h = (dg ^ ((__u32)sc->proto << 24)) * (__u32)MS_POL_BLOOM_MUL;
+    __u32 a = h >> 25, b = (h >> 18) & 127;
+    return (sc->sbloom[a >> 6] >> (a & 63)) & (sc->sbloom[b >> 6] >> (b & 63)) & 1;
 }
 
 /* The most specific rule entry of one pair of groups for the flow's
@@ -103,10 +127,8 @@ static __always_inline int ms_pol_rule_find(void *rules, struct ms_pol_scratch *
     __u32 *g = (__u32 *)k->sgroup;     /* 4-byte aligned in the key */
     g[0] = bpf_htonl(sg);
     g[1] = bpf_htonl(dg);
-    __u8 proto = sc->proto;
     k->prefixlen = MS_RULE_RECORD;
-    k->proto = (proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_ICMP ||
-                proto == IPPROTO_ICMPV6) ? proto : 0;
+    k->proto = sc->proto;
     k->port[0] = k->port[1] = 0;
     k->pad = 0;
     struct ms_rule_val *rec = bpf_map_lookup_elem(rules, k);
@@ -185,19 +207,26 @@ static __always_inline void ms_policy_eval(const __u8 *saddr, const __u8 *daddr,
 
     void *rules = ms_pol_rule.lookup(&slot);
     if (rules) {
-        sc->sgroup = ms_pol_group(slot, sc, sc->exact.saddr);
-        sc->dgroup = ms_pol_group(slot, sc, sc->exact.daddr);
+        sc->sgroup = ms_pol_group(slot, sc, sc->exact.saddr, 1);
+        sc->dgroup = ms_pol_group(slot, sc, sc->exact.daddr, 0);
         /* ICMP has no ports: its rules are keyed by port 0. */
         __u8 pr = ek->proto;
         sc->port = (pr == IPPROTO_TCP || pr == IPPROTO_UDP) ? bpf_ntohs(ek->dport) : 0;
-        sc->proto = pr;
+        /* Rules are kept for the protocols of sessions; any other is 0. */
+        sc->proto = (pr == IPPROTO_TCP || pr == IPPROTO_UDP || pr == IPPROTO_ICMP ||
+                     pr == IPPROTO_ICMPV6) ? pr : 0;
         /* The four levels in order: (sg, dg), (sg, any), (any, dg), (any,
-         * any). A loop, not four copies: the stage's stack is counted. */
+         * any). A loop, not four copies: the stage's stack is counted. The
+         * source group's filter rules out its two levels when it has no
+         * record for them (maps.h, struct ms_pol_group). */
 #pragma clang loop unroll(disable)
-        for (int lvl = 0; lvl < 4; lvl++)
-            if (ms_pol_rule_find(rules, sc, lvl < 2 ? sc->sgroup : MS_GROUP_ANY,
-                                 (lvl & 1) ? MS_GROUP_ANY : sc->dgroup, v))
+        for (int lvl = 0; lvl < 4; lvl++) {
+            __u32 dg = (lvl & 1) ? MS_GROUP_ANY : sc->dgroup;
+            if (lvl < 2 && !ms_pol_bloom_maybe(sc, dg))
+                continue;
+            if (ms_pol_rule_find(rules, sc, lvl < 2 ? sc->sgroup : MS_GROUP_ANY, dg, v))
                 return;
+        }
     }
 
     __u32 di = slot * 2 + (dir & 1);

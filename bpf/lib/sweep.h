@@ -90,6 +90,13 @@ struct ms_sweep_walk {
     __u64 *lost;                        /* &run->events_lost */
     __u32 workers;                      /* ms_config.workers: end records name the worker */
     __u32 pad;
+    /* The smallest of timeout[0..MS_CT_STATE_COUNT], signed as the age
+     * test takes it: an entry no older than this is live whatever its
+     * state, so the callback returns before reading the state byte, which
+     * sits 88 bytes past last_seen_ns in struct ms_flow, always in another
+     * cache line: one line fewer per live entry in a walk that is bound by
+     * cache misses. */
+    __s64 min_timeout;
     /* ms_timeout(i), ns; slot MS_CT_STATE_COUNT on: its fallback for a
      * state out of range (the array lookup fails past the last state) */
     __u64 timeout[MS_SWEEP_SLOTS];
@@ -110,12 +117,15 @@ long ms_sweep_entry(void *map, void *key, void *value, void *ctx)
 {
     struct ms_sweep_walk *w = ctx;
     struct ms_flow *f = value;
+    __s64 age = (__s64)(w->now - f->last_seen_ns);
+    if (age <= w->min_timeout)
+        return 0;                         /* live in every state (min_timeout above) */
     __u32 st = f->state;
     if (st > MS_CT_STATE_COUNT)
         st = MS_CT_STATE_COUNT;           /* the fallback's slot */
     __u64 tmo = w->timeout[st & (MS_SWEEP_SLOTS - 1)];
     /* ms_ct_expired(), with ms_timeout(st) read before the walk */
-    if ((__s64)(w->now - f->last_seen_ns) <= (__s64)tmo)
+    if (age <= (__s64)tmo)
         return 0;
 #ifdef MS_NO_RINGBUF
     if (bpf_map_delete_elem(map, key) == 0) {
@@ -164,6 +174,12 @@ int ms_sweep(void *ctx)
 #pragma unroll
     for (int i = 0; i < MS_SWEEP_SLOTS; i++)
         w.timeout[i] = ms_timeout(i);
+    /* over the slots the callback can index: the states and the fallback */
+    w.min_timeout = (__s64)w.timeout[0];
+#pragma unroll
+    for (int i = 1; i <= MS_CT_STATE_COUNT; i++)
+        if ((__s64)w.timeout[i] < w.min_timeout)
+            w.min_timeout = (__s64)w.timeout[i];
 
     run->expired_flows = 0;
     w.deleted = &run->expired_flows;

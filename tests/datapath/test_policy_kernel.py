@@ -10,7 +10,9 @@ generation, and one the new policy denies is dropped and removed.
 """
 from __future__ import annotations
 
+import ctypes
 import ipaddress
+import os
 import random
 import socket
 
@@ -20,7 +22,7 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.packet import Raw
 
 from appliance.policyfile import compile_text, expected_reason
-from datapath import policy_maps
+from datapath import bpfsys, policy_maps
 from datapath.config import DatapathConfig
 from datapath.enums import CtState, Direction, Reason
 from datapath.errors import MicrosegError
@@ -292,6 +294,43 @@ def established_under_policy(fp) -> TcpConn:
     conn.send("c", "A")
     conn.assert_state(CtState.CT_ESTABLISHED, FLOWS)
     return conn
+
+
+def group_filters(fp) -> dict[int, int]:
+    """Group id -> the filter its prefixes carry in the live ms_pol_gh
+    (struct ms_pol_group), checked the same on every prefix of the group."""
+    pm = PolicyMaps.for_fastpath(fp)
+    slot = pm.state().slot
+    inner_id = int.from_bytes(bpfsys.map_lookup(pm.fds["ms_pol_gh"], slot.to_bytes(4, "little"), 4), "little")
+    fd = bpfsys.map_fd_by_id(inner_id)
+    k, v = pm.types["ms_pol_gh_t"]
+    out: dict[int, int] = {}
+    try:
+        for key in bpfsys.map_keys(fd, ctypes.sizeof(k)):
+            g = v.from_buffer_copy(bpfsys.map_lookup(fd, key, ctypes.sizeof(v)))
+            bloom = g.bloom[0] | g.bloom[1] << 64
+            assert out.setdefault(g.id, bloom) == bloom
+    finally:
+        os.close(fd)
+    return out
+
+
+def test_group_filter_holds_the_pairs_of_its_rules_as_source(fastpath):
+    """Each group's filter (bpf/lib/maps.h struct ms_pol_group) has the bits
+    of every (destination group, protocol) it has a rule record for as a
+    source and no other; a group that is no rule's source has none, so the
+    kernel skips its (source, destination) and (source, any) lookups. The
+    decisions stay those of explain (the kernel reads the same bits)."""
+    pol = compiled(ALLOW)
+    PolicyMaps.for_fastpath(fastpath).apply(pol)
+    web = next(g for n, g in pol.groups if n.prefixlen == 120)      # ::ffff:10.1.1.0/120
+    db = next(g for n, g in pol.groups if n.prefixlen == 112)       # ::ffff:10.2.0.0/112
+    assert web != db
+    filters = group_filters(fastpath)
+    assert filters[web] == policy_maps.bloom_bits(db, 6) | policy_maps.bloom_bits(db, 17)
+    assert filters[db] == 0
+    expect(fastpath, first_packet("10.1.1.9", "10.2.7.7", "tcp", 1234, 5432), Reason.PASS_POLICY_ALLOW, ING)
+    expect(fastpath, first_packet("10.2.7.7", "10.1.1.9", "tcp", 1235, 5432), Reason.DROP_POLICY_DEFAULT, ING)
 
 
 def test_reload_keeps_allowed_flows_and_revokes_denied(fastpath):

@@ -1,0 +1,143 @@
+"""The established lane (bpf/lib/conntrack.h ms_ct_tcp_lane): the entry
+program decides the common segment of an established session itself, and
+hands every other packet to the TCP stage.
+
+With the TCP stage taken out of ms_stages, whatever reaches the stage is
+counted as DROP_TAIL_CALL_MISSED: a packet the lane decided passes, one
+it handed over is dropped so. That tells, packet by packet, which of the
+two decided, and shows that every check the lane does not make itself
+(out-of-window segments, FIN / RST / SYN, a changed policy generation, an
+expired or blocked session, a first payload or an inspection hand-off,
+the handshake's last ACK) still goes to the stage.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+
+from datapath.enums import CtState, InspState, Reason, Stage
+from datapath.policy_tables import POL
+
+from packets_ct import FLOWS, IPPROTO_TCP, TcpConn, flow_key
+
+S = CtState
+R = Reason
+O, RD = "c", "s"
+MISSED = R.DROP_TAIL_CALL_MISSED
+FAMILIES = {"v4": (("10.0.0.1", 40000), ("10.0.0.2", 80)),
+            "v6": (("2001:db8::1", 40000), ("2001:db8::2", 80))}
+
+
+class NoTcpStage:
+    """ms_stages without the TCP stage, put back on leaving."""
+
+    def __init__(self, fp):
+        self.fp = fp
+        self.stages = fp.table("ms_stages")
+        self.slot = ctypes.c_int(int(Stage.STAGE_TCP))
+
+    def __enter__(self):
+        del self.stages[self.slot]
+        return self
+
+    def __exit__(self, *exc):
+        self.stages[self.slot] = ctypes.c_int(self.fp.stage_fns[Stage.STAGE_TCP].fd)
+
+
+def established(fp, family, port=40000) -> TcpConn:
+    """A session past its handshake whose two sides' first payloads went
+    through the payload stage."""
+    (cli, _), srv = FAMILIES[family]
+    conn = TcpConn.make(fp, client=(cli, port), server=srv).handshake()
+    conn.send(O, "PA", data=b"GET / HTTP/1.1\r\n\r\n")
+    conn.send(RD, "PA", data=b"HTTP/1.1 200 OK\r\n\r\n")
+    conn.send(O, "A")
+    return conn
+
+
+def set_leaf(conn: TcpConn, **fields) -> None:
+    t = conn.fp.table(FLOWS)
+    k = flow_key(t, conn.c.addr, conn.c.port, conn.s.addr, conn.s.port, IPPROTO_TCP)
+    v = t[k]
+    for name, val in fields.items():
+        setattr(v, name, val)
+    t[k] = v
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_established_segments_are_decided_without_the_tcp_stage(fastpath, family):
+    conn = established(fastpath, family)
+    before = conn.entry().leaf
+    with NoTcpStage(fastpath):
+        conn.send(O, "A")
+        conn.send(RD, "PA", data=b"more")                  # a later payload: tracking only
+        conn.send(O, "A")
+        conn.send(O, "PA", data=b"x" * 1000)
+    after = conn.assert_state(S.CT_ESTABLISHED).leaf
+    # accounted and the window advanced, as the stage would have
+    assert (after.packets[0] - before.packets[0], after.packets[1] - before.packets[1]) == (3, 1)
+    assert after.last_seen_ns >= before.last_seen_ns
+    assert after.tcp[0].end == before.tcp[0].end + 1000
+    assert after.tcp[1].end == before.tcp[1].end + 4
+    assert after.tcp[0].maxack == before.tcp[0].maxack + 4
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_what_the_lane_hands_to_the_tcp_stage(fastpath, family):
+    conn = established(fastpath, family)
+    with NoTcpStage(fastpath):
+        before = conn.entry().raw
+        # window tracking: each of the four bounds
+        conn.send(O, "PA", MISSED, seq=conn.c.nxt + 10_000_000, data=b"x")
+        conn.send(O, "A", MISSED, seq=conn.c.nxt - 3_000_000)
+        conn.send(O, "A", MISSED, ack=conn.s.nxt + 5000)
+        conn.send(O, "A", MISSED, ack=conn.s.nxt - 200_000)
+        # RST (RFC 5961: exact or challenged), FIN, SYN (RFC 5961 4), no ACK
+        conn.send(O, "R", MISSED)
+        conn.send(O, "RA", MISSED, seq=conn.c.nxt + 10)
+        conn.send(O, "FA", MISSED)
+        conn.send(O, "S", MISSED)
+        conn.send(O, "SA", MISSED)
+        conn.send(O, "P", MISSED, data=b"x")
+        # nothing above changed the session
+        assert conn.entry().raw == before
+    # then the lane's own checks, each on a session the lane would take
+    cases = {
+        "policy generation": dict(pol_gen=7),
+        "blocked by the slow path": dict(insp_state=int(InspState.INSP_BLOCKED)),
+        "expired": dict(last_seen_ns=1),
+    }
+    for what, fields in cases.items():
+        c = established(fastpath, family, port=41000 + len(what))
+        set_leaf(c, **fields)
+        with NoTcpStage(fastpath):
+            c.send(O, "A", MISSED)
+    # an inspected flow: its payload goes to the hand-off, a bare ACK does not
+    c = established(fastpath, family, port=42000)
+    set_leaf(c, action=POL["POL_INSPECT"], insp_state=int(InspState.INSP_PENDING))
+    with NoTcpStage(fastpath):
+        c.send(O, "A")
+        c.send(O, "PA", MISSED, data=b"y")
+    # a side's first payload goes to the payload stage, through the TCP stage
+    c = TcpConn.make(fastpath, client=(FAMILIES[family][0][0], 42001), server=FAMILIES[family][1]).handshake()
+    with NoTcpStage(fastpath):
+        c.send(O, "A")
+        c.send(O, "PA", MISSED, data=b"first")
+    # the handshake's last ACK (SYN_RECV, in ms_halfopen)
+    c = TcpConn.make(fastpath, client=(FAMILIES[family][0][0], 42002), server=FAMILIES[family][1])
+    c.send(O, "S")
+    c.send(RD, "SA")
+    with NoTcpStage(fastpath):
+        c.send(O, "A", MISSED)
+    c.assert_state(S.CT_SYN_RECV)
+
+
+def test_a_closing_session_goes_to_the_tcp_stage(fastpath):
+    conn = established(fastpath, "v4")
+    conn.send(O, "FA")
+    conn.assert_state(S.CT_FIN_WAIT1)
+    with NoTcpStage(fastpath):
+        conn.send(RD, "A", MISSED)
+    conn.send(RD, "A")
+    conn.assert_state(S.CT_FIN_WAIT2)
