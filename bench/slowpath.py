@@ -20,6 +20,9 @@ lab against an allow rule, verdict latency, and what hold mode costs.
 3. Verdict latency: from the EVE flow records the daemon wrote for the
    inspected connections (kernel timestamp of the first inspected byte to
    the verdict map write): p50, p99, p99.9.
+4. The slow path's CPU (daemon, workers summed) and voluntary context
+   switches during the client runs, per inspected connection, from /proc:
+   the steadiest A/B measure on a busy machine.
 
     .venv/bin/python bench/slowpath.py [--requests N] [--rounds N] [--segments N]
                                        [--only records|lab] [--cpu-time] [--profile FILE]
@@ -203,6 +206,30 @@ def settle(eve: Path) -> None:
         if now != last:
             last, since = now, time.monotonic()
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pid: int) -> tuple[float, int]:
+    """(CPU seconds, voluntary context switches) of process ``pid`` so far
+    (/proc: utime + stime, all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0, 0
+    switches = next((int(line.split()[1]) for line in status.splitlines()
+                     if line.startswith("voluntary_ctxt_switches")), 0)
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, switches
+
+
+def slowpath_cpu(daemon: int) -> dict[str, tuple[float, int]]:
+    """CPU seconds and voluntary context switches of `microseg run`'s
+    daemon and of its workers (its children), summed."""
+    kids = Path(f"/proc/{daemon}/task/{daemon}/children").read_text().split()
+    work = [cpu_of(int(k)) for k in kids]
+    return {"daemon": cpu_of(daemon), "workers": (sum(c for c, _ in work), sum(n for _, n in work))}
+
+
 def bench_lab(requests: int, rounds: int, workers: int):
     from appliance.lab import GW_IFACES, SERVER_V4, Lab
 
@@ -237,6 +264,8 @@ def bench_lab(requests: int, rounds: int, workers: int):
             if "microseg running" not in daemon.stdout.readline():
                 raise SystemExit("microseg run did not start: " + (tmp / "run.log").read_text())
             ports = list(MODES)
+            settle(eve)
+            cpu0 = slowpath_cpu(daemon.pid)
             for rnd in range(rounds):
                 for port in ports[rnd % 3:] + ports[:rnd % 3]:
                     r = lab.run(lab.client, [sys.executable, "-c", CLIENT, SERVER_V4, str(port), str(requests)],
@@ -245,6 +274,8 @@ def bench_lab(requests: int, rounds: int, workers: int):
                     samples[port]["rate"].append(requests / out["total"])
                     samples[port]["lat"] += out["lat"]
                     settle(eve)
+            cpu1 = slowpath_cpu(daemon.pid)
+            cpu = {k: (cpu1[k][0] - cpu0[k][0], cpu1[k][1] - cpu0[k][1]) for k in cpu1}
         finally:
             if daemon is not None and daemon.poll() is None:
                 daemon.send_signal(signal.SIGTERM)
@@ -257,7 +288,7 @@ def bench_lab(requests: int, rounds: int, workers: int):
     ints = [f.get("metadata", {}).get("flowints", {}) for f in flows]
     vlat = {p: [n["verdict_latency_us"] for f, n in zip(flows, ints)
                 if f["dest_port"] == p and "verdict_latency_us" in n] for p in (ASYNC_PORT, HOLD_PORT)}
-    return samples, vlat
+    return samples, vlat, cpu
 
 
 def main(argv=None) -> int:
@@ -305,7 +336,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def lab_tables(args, samples, vlat) -> None:
+def lab_tables(args, samples, vlat, cpu) -> None:
     base = statistics.median(samples[ALLOW_PORT]["rate"])
     base_p50 = statistics.median(samples[ALLOW_PORT]["lat"])
     print()
@@ -332,6 +363,19 @@ def lab_tables(args, samples, vlat) -> None:
         v = vlat[port]
         if v:
             print(f"| {MODES[port]} | {len(v)} | {pct(v, 50)} | {pct(v, 99)} | {pct(v, 99.9)} |")
+    # What the slow path cost, from /proc: less noisy than the rates on a
+    # busy machine (a process's CPU time does not count the time it waited
+    # for a CPU). Both processes also did a little for the allow rule's
+    # connections (the daemon writes their flow records).
+    inspected = 2 * args.requests * args.rounds
+    print()
+    print(f"4. slow-path CPU during the client runs, per inspected connection ({inspected} inspected, "
+          f"{args.requests * args.rounds} allowed)")
+    print()
+    print("| process | CPU s | CPU us per inspected connection | voluntary context switches per inspected connection |")
+    print("|---|---|---|---|")
+    for name, (sec, sw) in cpu.items():
+        print(f"| {name} | {sec:.2f} | {sec / inspected * 1e6:,.0f} | {sw / inspected:.1f} |")
 
 
 if __name__ == "__main__":
