@@ -642,6 +642,106 @@ class _Decoder:
         raise _NotFlow(f"geneve protocol 0x{ptype:04x}")
 
 
+def encapsulation(frame: bytes) -> list[tuple[str, int]] | None:
+    """Where the headers of an Ethernet frame that rewrite touches start, for
+    code that rebuilds a frame (appliance/replay.py cuts a tunnelled TCP
+    super-packet and fixes the lengths and checksums around it): (kind,
+    offset) from the outermost IP header in: "ipv4", "ipv6", "gre", or "udp"
+    (a VXLAN or GENEVE tunnel's UDP header). The last entry is the innermost
+    IP header. The same tunnels, checks and bounds as _Decoder (VLAN tags,
+    IPIP / 6in4 / 4in6 / 6in6, GRE version 0, VXLAN, GENEVE; at most
+    MAX_TUNNELS), offsets instead of slices. An IP fragment ends the walk
+    (what it carries is not whole); None when the frame holds no IP header,
+    a header is truncated or malformed, or the frame is not Ethernet-shaped
+    as _Decoder's Ethernet path takes it (PPPoE and MPLS are not walked)."""
+    n = len(frame)
+    if n < ETH_HEADER_LEN:
+        return None
+    layers: list[tuple[str, int]] = []
+    et, off, tunnels = _u16(frame, 12)[0], ETH_HEADER_LEN, 0
+    while True:                                  # an Ethernet payload of type et at off
+        for _ in range(MAX_ENCAPSULATIONS):
+            if et not in ETH_VLAN:
+                break
+            if n < off + 4:
+                return None
+            et, off = _u16(frame, off + 2)[0], off + 4
+        if et == ETH_IPV4:
+            version = 4
+        elif et == ETH_IPV6:
+            version = 6
+        else:
+            return None
+        while True:                              # an IP header of ``version`` at off
+            if version == 4:
+                if n < off + 20 or frame[off] >> 4 != 4 or (frame[off] & 0x0F) < 5:
+                    return None
+                layers.append(("ipv4", off))
+                if _u16(frame, off + 6)[0] & 0x3FFF:
+                    return layers                # a fragment
+                proto, nxt = frame[off + 9], off + (frame[off] & 0x0F) * 4
+            else:
+                if n < off + 40 or frame[off] >> 4 != 6:
+                    return None
+                layers.append(("ipv6", off))
+                proto, nxt = frame[off + 6], off + 40
+                for _ in range(MAX_IPV6_EXT_HEADERS):
+                    if proto not in _IPV6_EXT_GENERIC and proto != _IPV6_AH:
+                        break
+                    if n < nxt + 8:
+                        return None
+                    size = (frame[nxt + 1] + 1) * 8 if proto != _IPV6_AH else (frame[nxt + 1] + 2) * 4
+                    proto, nxt = frame[nxt], nxt + size
+                else:
+                    return None
+            if proto in (IPPROTO_IPIP, IPPROTO_IPV6):
+                version = 4 if proto == IPPROTO_IPIP else 6
+            elif proto == IPPROTO_GRE:
+                if n < nxt + GRE_HEADER_LEN:
+                    return None
+                flags, ptype = struct.unpack_from("!HH", frame, nxt)
+                if flags & (GRE_VERSION | GRE_REJECT):
+                    return None
+                layers.append(("gre", nxt))
+                nxt += GRE_HEADER_LEN + 4 * ((flags & GRE_CSUM != 0) + (flags & GRE_KEY != 0)
+                                             + (flags & GRE_SEQ != 0))
+                if ptype == ETH_TEB:
+                    version = 0
+                elif ptype in (ETH_IPV4, ETH_IPV6):
+                    version = 4 if ptype == ETH_IPV4 else 6
+                else:
+                    return None
+            elif proto == IPPROTO_UDP and n >= nxt + 8 and _u16(frame, nxt + 2)[0] in TUNNEL_UDP_PORTS:
+                layers.append(("udp", nxt))
+                head = nxt + 8
+                if _u16(frame, nxt + 2)[0] == VXLAN_PORT:
+                    if n < head + VXLAN_HEADER_LEN or not frame[head] & VXLAN_FLAG_VNI:
+                        return None
+                    nxt, version = head + VXLAN_HEADER_LEN, 0
+                else:
+                    if n < head + GENEVE_HEADER_LEN or frame[head] >> 6:
+                        return None
+                    ptype = _u16(frame, head + 2)[0]
+                    nxt = head + GENEVE_HEADER_LEN + (frame[head] & 0x3F) * 4
+                    if ptype == ETH_TEB:
+                        version = 0
+                    elif ptype in (ETH_IPV4, ETH_IPV6):
+                        version = 4 if ptype == ETH_IPV4 else 6
+                    else:
+                        return None
+            else:
+                return layers                    # the innermost IP header's payload
+            tunnels += 1
+            if tunnels > MAX_TUNNELS:
+                return None
+            off = nxt
+            if version == 0:                     # an Ethernet frame inside
+                if n < off + ETH_HEADER_LEN:
+                    return None
+                et, off = _u16(frame, off + 12)[0], off + ETH_HEADER_LEN
+                break
+
+
 def _plain_ethernet(buf: bytes) -> tuple | None:
     """The common frame, decoded with offsets, a few struct unpacks and one
     copy of the payload: Ethernet, at most MAX_FAST_VLAN_TAGS VLAN tags, an
