@@ -198,7 +198,14 @@ _TEXT_CHAR = [
 ]
 
 
+# The bytes _LABEL_CHAR shows as themselves: a label made only of them (as
+# nearly every real one is) is its own ASCII text, decoded in one call.
+_PLAIN_LABEL_BYTES = bytes(b for b in range(256) if _LABEL_CHAR[b] == chr(b))
+
+
 def _label_text(label: bytes) -> str:
+    if type(label) is bytes and not label.translate(None, _PLAIN_LABEL_BYTES):
+        return label.decode("ascii")
     return "".join([_LABEL_CHAR[b] for b in label])
 
 
@@ -590,7 +597,7 @@ class DnsParser(StreamParser):
         base = self._udp_pos[direction]
         self._udp_pos[direction] += len(data)
         try:
-            return [decode_message(data, direction)]
+            return [_decode_once(data, direction)]
         except _Bad as e:
             return [Malformed(direction, e.reason, base + e.offset)]
 
@@ -621,7 +628,7 @@ class DnsParser(StreamParser):
             side.body_len = None
             side.discard()
             try:
-                events.append(decode_message(body, direction))
+                events.append(_decode_once(body, direction))
             except _Bad as e:
                 # The framing survived, but the API ends a direction at its
                 # first Malformed: what follows a broken message is suspect.
@@ -651,23 +658,48 @@ def _rate(msg: bytes, complete: bool) -> float:
         # question) but rare, and without a question name to check twelve
         # bytes of zeros would pass: not enough to call it DNS.
         return NO_MATCH
+    if complete:
+        # The whole message must decode, and its question is the one checked
+        # (decoded once). Decoding keeps what was complete of a message with
+        # TC set: a question cut short leaves none, and rates NO_MATCH as an
+        # undecodable question does.
+        global _probed
+        try:
+            decoded = decode_message(msg, Direction.TO_SERVER)
+        except _Bad:
+            return NO_MATCH
+        if not decoded.questions or not _class_ok(decoded.questions[0].qclass):
+            return NO_MATCH
+        _probed = (msg, decoded)
+        return CERTAIN
     try:
         q, _ = _Message(msg).question(HEADER_LEN)
     except _Bad:
         return NO_MATCH
-    if q.qclass not in _KNOWN_CLASSES and (q.qclass & 0x7FFF) != 1:  # mDNS sets the top bit
-        return NO_MATCH
-    if complete:
-        return CERTAIN if _decodes(msg) else NO_MATCH
-    return LIKELY
+    return LIKELY if _class_ok(q.qclass) else NO_MATCH
 
 
-def _decodes(msg: bytes) -> bool:
-    try:
-        decode_message(msg, Direction.TO_SERVER)
-    except _Bad:
-        return False
-    return True
+def _class_ok(qclass: int) -> bool:
+    return qclass in _KNOWN_CLASSES or (qclass & 0x7FFF) == 1    # mDNS sets the top bit
+
+
+# The last whole message probe() rated CERTAIN and its DnsMessage (direction
+# TO_SERVER; set by _rate), or None. Detection probes a flow's first payload
+# and then hands the same bytes to the flow's new DnsParser: with this the
+# message is decoded once, not twice. One entry: it is only ever the message
+# just probed; a tuple is swapped whole, so a reader sees a matching pair.
+# Another direction (or a plain int for one) is decoded afresh, so the
+# event's direction is always the caller's own object.
+_probed: tuple[bytes, DnsMessage] | None = None
+
+
+def _decode_once(msg: bytes, direction: Direction) -> DnsMessage:
+    """decode_message, reusing probe()'s decoding of the same bytes (a
+    frozen event: sharing it changes nothing)."""
+    probed = _probed
+    if probed is not None and direction is Direction.TO_SERVER and probed[0] == msg:
+        return probed[1]
+    return decode_message(msg, direction)
 
 
 def probe(data: bytes, direction: Direction) -> float:
@@ -681,6 +713,8 @@ def probe(data: bytes, direction: Direction) -> float:
     """
     data = bytes(data)
     as_udp = _rate(data, complete=True)
+    if as_udp == CERTAIN:                # nothing rates higher: no need to try TCP's framing
+        return CERTAIN
     as_tcp = NO_MATCH
     if len(data) >= 2:
         n = int.from_bytes(data[:2], "big")

@@ -175,6 +175,8 @@ class TlsAlert(Event):
 
 # --- Fingerprints -----------------------------------------------------------
 def _dash(values) -> str:
+    if _GREASE.isdisjoint(values):       # the usual list: no copy, no test per entry
+        return "-".join(map(str, values))
     return "-".join([str(v) for v in values if v not in _GREASE])
 
 
@@ -216,25 +218,43 @@ def _ja4_alpn(first: bytes | None) -> str:
     return hexed[0] + hexed[-1]
 
 
+def _hex_list(values) -> str:
+    """Entries as 4-digit lowercase hex, ','-joined: packed big-endian and
+    hexed with a separator every 2 bytes, in C. Values past 16 bits (only
+    callers of ja4() other than the parser pass any) are formatted one by
+    one, as wide as they need."""
+    try:
+        return struct.pack(f">{len(values)}H", *values).hex(",", 2)
+    except struct.error:
+        return ",".join([f"{v:04x}" for v in values])
+
+
+# The two extensions JA4's third part leaves out (they are in its first).
+_JA4_UNHASHED = frozenset((EXT_SERVER_NAME, EXT_ALPN))
+
+
 def ja4(*, legacy_version: int, versions, ciphers, extensions, sig_algs,
         first_alpn: bytes | None, transport: str = "t") -> str:
-    """JA4 (FoxIO, BSD-3-Clause spec), e.g. ``t13d1516h2_8daaf6152771_e5627efa2ab1``."""
-    offered = [v for v in versions if v not in _GREASE]
+    """JA4 (FoxIO, BSD-3-Clause spec), e.g. ``t13d1516h2_8daaf6152771_e5627efa2ab1``.
+    The lists are sequences (each is looked at more than once)."""
+    grease = _GREASE
+    offered = [v for v in versions if v not in grease]
     # The highest supported_versions entry wins; without the extension (or
     # with only GREASE in it) the hello's own version is what it offers.
     version = max(offered) if offered else legacy_version
-    ciphers = [c for c in ciphers if c not in _GREASE]
-    exts = [e for e in extensions if e not in _GREASE]
+    if not grease.isdisjoint(ciphers):
+        ciphers = [c for c in ciphers if c not in grease]
+    exts = extensions if grease.isdisjoint(extensions) else [e for e in extensions if e not in grease]
     a = (f"{transport}{_JA4_VERSIONS.get(version, '00')}"
          f"{'d' if EXT_SERVER_NAME in exts else 'i'}"
          f"{min(len(ciphers), 99):02d}{min(len(exts), 99):02d}{_ja4_alpn(first_alpn)}")
-    b = _sha12(",".join(f"{c:04x}" for c in sorted(ciphers))) if ciphers else "0" * 12
-    sorted_exts = sorted(e for e in exts if e not in (EXT_SERVER_NAME, EXT_ALPN))
+    b = _sha12(_hex_list(sorted(ciphers))) if ciphers else "0" * 12
+    sorted_exts = sorted([e for e in exts if e not in _JA4_UNHASHED])
     if sorted_exts:
-        text = ",".join(f"{e:04x}" for e in sorted_exts)
-        algs = [s for s in sig_algs if s not in _GREASE]
+        text = _hex_list(sorted_exts)
+        algs = sig_algs if grease.isdisjoint(sig_algs) else [s for s in sig_algs if s not in grease]
         if algs:
-            text += "_" + ",".join(f"{s:04x}" for s in algs)
+            text += "_" + _hex_list(algs)
         c = _sha12(text)
     else:
         c = "0" * 12
@@ -351,6 +371,150 @@ def _session_id(r: _Reader) -> None:
 
 def _client_hello(body: bytes, direction: Direction, record_version: int,
                   retry: bool, transport: str = "t") -> TlsClientHello:
+    """The ClientHello event of one hello body; _Bad when it does not parse.
+
+    Decoded by offset (one unpack per run of entries, no reader object per
+    vector). Whatever that walk finds out of the ordinary, including every
+    way the hello can be malformed, goes to _client_hello_checked instead,
+    which reads it with _Reader's bounds checks and says what is wrong: so
+    the error messages have one definition, and a hello the walk accepts is
+    one the checked reader accepts with the same fields
+    (tests/unit/test_tls_hello_fast.py compares them)."""
+    fields = _client_hello_fields(body)
+    if fields is None:
+        return _client_hello_checked(body, direction, record_version, retry, transport)
+    legacy, ciphers, exts, sni, alpn, groups, formats, sig_algs, versions = fields
+    j3 = ja3_string(legacy, ciphers, exts, groups, formats)
+    return TlsClientHello(
+        direction=direction, record_version=record_version, legacy_version=legacy,
+        versions=versions, cipher_suites=ciphers, extensions=exts, groups=groups,
+        ec_point_formats=formats, sig_algs=sig_algs, sni=sni,
+        alpn=tuple([_text(a) for a in alpn]), ja3_string=j3, ja3=md5_hex(j3),
+        ja4=ja4(legacy_version=legacy, versions=versions, ciphers=ciphers, extensions=exts,
+                sig_algs=sig_algs, first_alpn=alpn[0] if alpn else None, transport=transport),
+        hrr_retry=retry)
+
+
+# Extensions whose bodies the ClientHello event reads.
+_CLIENT_WANTED = frozenset((EXT_SERVER_NAME, EXT_ALPN, EXT_SUPPORTED_GROUPS,
+                            EXT_EC_POINT_FORMATS, EXT_SIGNATURE_ALGORITHMS,
+                            EXT_SUPPORTED_VERSIONS))
+
+
+def _u16_run(body: bytes, where: dict[int, tuple[int, int]], ext: int, len_bytes: int,
+             limit: int):
+    """The 2-byte entries of an extension that is one vector of them; () if
+    the extension is absent, None if it is not well formed."""
+    at = where.get(ext)
+    if at is None:
+        return ()
+    p, n = at
+    if len_bytes == 2:
+        if n < 2 or (body[p] << 8 | body[p + 1]) != n - 2:
+            return None
+    elif n < 1 or body[p] != n - 1:
+        return None
+    count, odd = divmod(n - len_bytes, 2)
+    if odd or count > limit:
+        return None
+    return struct.unpack_from(f">{count}H", body, p + len_bytes)
+
+
+def _client_hello_fields(body: bytes):
+    """A ClientHello's fields by offset, or None for anything the checked
+    reader should look at (a malformed hello, or one past a limit)."""
+    n = len(body)
+    if n < _MIN_CLIENT_HELLO:
+        return None
+    legacy = body[0] << 8 | body[1]
+    sid = body[34]                        # after version (2) and random (32)
+    if sid > MAX_SESSION_ID:
+        return None
+    pos = 35 + sid
+    if pos + 2 > n:
+        return None
+    size = body[pos] << 8 | body[pos + 1]
+    pos += 2
+    count, odd = divmod(size, 2)
+    if not size or odd or count > MAX_CIPHER_SUITES or pos + size > n:
+        return None
+    ciphers = struct.unpack_from(f">{count}H", body, pos)
+    pos += size
+    if pos >= n or not body[pos] or pos + 1 + body[pos] > n:   # compression methods
+        return None
+    pos += 1 + body[pos]
+    types: list[int] = []
+    where: dict[int, tuple[int, int]] = {}
+    if pos < n:                           # TLS 1.2 and older may omit the block
+        if n - pos < 2 or (body[pos] << 8 | body[pos + 1]) != n - pos - 2:
+            return None
+        pos += 2
+        wanted = _CLIENT_WANTED
+        append = types.append
+        # At most MAX_HELLO_LEN / 4 rounds; the count is checked after.
+        while pos < n:
+            if pos + 4 > n:
+                return None
+            ext, size = _ext_head(body, pos)
+            pos += 4
+            if pos + size > n:
+                return None
+            append(ext)
+            if ext in wanted:
+                where[ext] = (pos, size)
+            pos += size
+        if len(types) > MAX_EXTENSIONS or len(set(types)) != len(types):  # or one twice
+            return None
+
+    sni = None
+    at = where.get(EXT_SERVER_NAME)
+    if at is not None:
+        p, size = at
+        end = p + size
+        if size < 2 or (body[p] << 8 | body[p + 1]) != size - 2:
+            return None
+        p += 2
+        while p < end:
+            if end - p < 3:
+                return None
+            name_len = body[p + 1] << 8 | body[p + 2]
+            if name_len > end - p - 3:
+                return None
+            if body[p] == 0 and sni is None:
+                sni = _text(body[p + 3:p + 3 + name_len])
+            p += 3 + name_len
+    alpn: list[bytes] = []
+    at = where.get(EXT_ALPN)
+    if at is not None:
+        p, size = at
+        end = p + size
+        if size < 2 or (body[p] << 8 | body[p + 1]) != size - 2:
+            return None
+        p += 2
+        while p < end:
+            name_len = body[p]
+            if not name_len or name_len > end - p - 1 or len(alpn) == MAX_LIST_ITEMS:
+                return None
+            alpn.append(body[p + 1:p + 1 + name_len])
+            p += 1 + name_len
+    groups = _u16_run(body, where, EXT_SUPPORTED_GROUPS, 2, MAX_LIST_ITEMS)
+    sig_algs = _u16_run(body, where, EXT_SIGNATURE_ALGORITHMS, 2, MAX_LIST_ITEMS)
+    versions = _u16_run(body, where, EXT_SUPPORTED_VERSIONS, 1, MAX_LIST_ITEMS)
+    if groups is None or sig_algs is None or versions is None:
+        return None
+    formats = ()
+    at = where.get(EXT_EC_POINT_FORMATS)
+    if at is not None:
+        p, size = at
+        # One byte of length, so never past MAX_LIST_ITEMS.
+        if size < 1 or body[p] != size - 1:
+            return None
+        formats = tuple(body[p + 1:p + size])
+    return legacy, ciphers, tuple(types), sni, alpn, groups, formats, sig_algs, versions
+
+
+def _client_hello_checked(body: bytes, direction: Direction, record_version: int,
+                          retry: bool, transport: str = "t") -> TlsClientHello:
     r = _Reader(body)
     legacy = r.u16("version")
     r.take(32, "random")
