@@ -71,6 +71,17 @@ RESTART_WINDOW_S = 10.0
 # How long a stopping worker may take to drain its ring, close its flows
 # and send their EVE records, before it is killed.
 STOP_TIMEOUT_S = 15.0
+# A worker's EVE lines wait up to this long to go to the daemon together
+# (LoopForwardSink): a send wakes the daemon, and one send per batch of
+# records (one connection's at the lab's rate) was ~14% of a worker's
+# samples under the lab benchmark (py-spy). 2 ms, measured against sending
+# at once: daemon CPU per inspected connection -27%, worker -12%, hold
+# verdict p99 no worse. 20 ms halved the daemon's CPU but made the hold
+# verdict p99 several times worse: the daemon then took a CPU for
+# milliseconds at a time, and the held request's worker waited for it
+# (docs/performance.md 4.6.1). A full message (FORWARD_MESSAGE_BYTES) goes
+# at once.
+FORWARD_FLUSH_S = 0.002
 TAG_EVE, TAG_REPORT, TAG_RELOAD = b"E", b"M", b"R"
 # daemon -> worker: kernel session-end records (struct ms_flow_event, one or
 # more back to back) of sessions hashed to this worker (appliance/flowlog.py)
@@ -91,9 +102,10 @@ def default_workers() -> int:
 
 class LoopForwardSink:
     """A worker's EVE lines to the daemon, sent from the worker's own event
-    loop: lines submitted while a batch of records is handled go out in
-    one send per FORWARD_MESSAGE_BYTES when the batch is done (a callback
-    the loop runs next), so verdicts are never behind them.
+    loop: lines submitted while batches of records are handled go out in
+    one send per FORWARD_MESSAGE_BYTES, ``flush_s`` after the first of them
+    (or at once when a message is full), from a callback the loop runs
+    between batches, so verdicts are never behind them.
 
     Why not eve_sinks.ForwardSink (a writer thread): every submit woke the
     thread (a futex wake measured at ~130 us on this VM, on the worker's
@@ -105,12 +117,17 @@ class LoopForwardSink:
     """
     name = kind = "forward"
 
-    def __init__(self, sock: socket.socket, *, queue_records: int = SINK_QUEUE_RECORDS):
+    def __init__(self, sock: socket.socket, *, queue_records: int = SINK_QUEUE_RECORDS,
+                 flush_s: float = FORWARD_FLUSH_S):
         self.sock = sock
         self._max = queue_records
+        self.flush_s = flush_s
         self._lines: list[bytes] = []
+        self._bytes = 0                   # of the pending lines
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.sends = 0                    # messages sent
         self._waiting_writable = False
         self.sent = self.dropped = self.queue_full = self.write_errors = self.oversize = 0
 
@@ -118,6 +135,9 @@ class LoopForwardSink:
         """Send from ``loop`` from now on (None: the loop is gone; close() sends the rest)."""
         if loop is None and self._waiting_writable and self._loop is not None:
             self._loop.remove_writer(self.sock.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._waiting_writable = self._scheduled = False
         self._loop = loop
         if loop is not None and self._lines:
@@ -133,13 +153,23 @@ class LoopForwardSink:
             self.queue_full += 1
             return False
         self._lines.append(line)
-        if self._loop is not None and not self._scheduled and not self._waiting_writable:
+        self._bytes += len(line)
+        if self._loop is not None and not self._waiting_writable:
             self._schedule()
         return True
 
     def _schedule(self) -> None:
-        self._scheduled = True
-        self._loop.call_soon(self._send)
+        """Send the pending lines flush_s after the first (at once when they fill a message)."""
+        if self._scheduled:
+            return
+        if self._bytes >= FORWARD_MESSAGE_BYTES or not self.flush_s:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._scheduled = True
+            self._loop.call_soon(self._send)
+        elif self._timer is None:
+            self._timer = self._loop.call_later(self.flush_s, self._send)
 
     def _messages(self):
         """(message, lines in it) of the pending lines, in order."""
@@ -158,10 +188,14 @@ class LoopForwardSink:
         """From the loop: send what is pending without blocking; what the
         socket does not take waits until it is writable."""
         self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         done = 0
         try:
             for msg, n in self._messages():
                 self.sock.send(msg)       # SOCK_SEQPACKET: the whole message or nothing
+                self.sends += 1
                 done += n
         except BlockingIOError:
             if not self._waiting_writable and self._loop is not None:
@@ -173,6 +207,7 @@ class LoopForwardSink:
             done = len(self._lines)
         self.sent += done
         del self._lines[:done]
+        self._bytes = sum(map(len, self._lines))
 
     def _writable(self) -> None:
         self._loop.remove_writer(self.sock.fileno())
@@ -199,12 +234,14 @@ class LoopForwardSink:
             self.sock.settimeout(old)
         self.sent += done
         del self._lines[:done]
+        self._bytes = sum(map(len, self._lines))
         return not self._lines
 
     def close(self, timeout: float = SINK_CLOSE_TIMEOUT_S) -> None:
         if not self.flush(timeout):
             self.dropped += len(self._lines)
             self._lines.clear()
+            self._bytes = 0
 
 
 class AwakeFlag:

@@ -194,6 +194,61 @@ def test_loop_forward_sink_waits_for_a_slow_daemon_then_drops_counted(pair):
     assert lines_of(got) == [line] * c["sent"]
 
 
+def test_loop_forward_sink_sends_several_batches_lines_in_one_message(pair):
+    # A send wakes the daemon: the lines of batches handled within flush_s
+    # of the first go in one message (one connection's lines per batch at
+    # the lab's rate were one send each); a full message goes at once.
+    mine, theirs = pair
+    mine.setblocking(False)
+    sink = LoopForwardSink(mine, flush_s=3600)       # only a full message sends here
+    small = [b'{"event_type":"http","n":%d}\n' % i for i in range(15)]
+    pad = json.dumps({"event_type": "flow", "pad": "p" * 1000}).encode() + b"\n"
+    fill = [pad] * (FORWARD_MESSAGE_BYTES // len(pad) + 1)
+    seen = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sink.attach(loop)
+        for b in range(3):                           # three batches, loop turns between them
+            loop.call_soon(lambda b=b: [sink.submit(line) for line in small[b * 5:b * 5 + 5]])
+            for _ in range(3):
+                await asyncio.sleep(0)
+        seen.append(recv_ready(theirs))              # not yet: waiting for more
+        for line in fill:
+            sink.submit(line)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        seen.append(recv_ready(theirs))              # a message's worth: sent without the wait
+        sink.attach(None)
+
+    uvloop.run(main())
+    assert seen[0] == []
+    assert lines_of(seen[1]) == small + fill and len(seen[1]) == 2 == sink.sends
+    assert sink.counters()["queued"] == 0
+
+
+def test_loop_forward_sink_sends_after_flush_s_without_more_lines(pair):
+    mine, theirs = pair
+    mine.setblocking(False)
+    sink = LoopForwardSink(mine, flush_s=0.01)
+    lines = [b'{"event_type":"http","n":%d}\n' % i for i in range(3)]
+    got = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sink.attach(loop)
+        for line in lines:
+            sink.submit(line)
+        deadline = loop.time() + 30
+        while len(lines_of(got)) < 3 and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+            got.extend(recv_ready(theirs))
+        sink.attach(None)
+
+    uvloop.run(main())
+    assert lines_of(got) == lines and len(got) == 1 == sink.sends
+
+
 def test_loop_forward_sink_close_sends_the_rest_outside_the_loop(pair):
     mine, theirs = pair
     sink = LoopForwardSink(mine)
