@@ -11,9 +11,12 @@ pem_private_key 200004), its rule_name the DLP rule's.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Callable
+
+import hyperscan
 
 from protocols.api import Direction
 from slowpath.hits import shown
@@ -141,3 +144,70 @@ class DlpRule:
     directions: frozenset[Direction]
     action: str
     severity: int
+
+
+# --- Hyperscan prefilter ----------------------------------------------------------
+
+# Off only for tests that compare hits with and without the prefilter; read
+# when a rule set is built (slowpath/inspector.py RuleSet).
+USE_PREFILTER = True
+
+# PREFILTER: Hyperscan matches a superset of the pattern (it drops what it
+# cannot do, e.g. the lookarounds), so a detector it does not report cannot
+# match and its Python regex need not run; the regex and the check decide
+# every hit, as without the prefilter. SINGLEMATCH: whether, not where, is
+# all that is asked. (SOM_LEFTMOST is refused together with PREFILTER.)
+_PREFILTER_FLAGS = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH
+
+
+class DlpPrefilter:
+    """Which of a set of detectors may match a buffer, in one Hyperscan scan.
+
+    Not thread-safe (one scratch space), as the WAF's databases: the slow
+    path scans from one thread.
+    """
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self._db = None
+        # Detectors Hyperscan refuses even in prefilter mode always run their
+        # regex (none of the built-in ones: each is compiled alone first).
+        always = []
+        ok = []
+        for name in names:
+            try:
+                hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK).compile(
+                    expressions=[DETECTORS[name].regex.pattern], ids=[0], flags=[_PREFILTER_FLAGS])
+                ok.append(name)
+            except hyperscan.error:
+                always.append(name)
+        self.always = frozenset(always)
+        self._ids = tuple(ok)
+        if ok:
+            self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            self._db.compile(expressions=[DETECTORS[n].regex.pattern for n in ok],
+                             ids=list(range(len(ok))), flags=[_PREFILTER_FLAGS] * len(ok))
+
+    def candidates(self, buf: bytes) -> set[str]:
+        """Detectors whose regex may match somewhere in ``buf`` (a superset)."""
+        found = set(self.always)
+        if self._db is not None and buf:
+            ids = self._ids
+
+            def on_match(i, _start, _end, _flags, _ctx):
+                found.add(ids[i])
+
+            self._db.scan(buf, match_event_handler=on_match)
+        return found
+
+
+def dlp_prefilter(names: tuple[str, ...]) -> DlpPrefilter | None:
+    """The prefilter of a detector set, or None (no detectors, or switched off)."""
+    if not names or not USE_PREFILTER:
+        return None
+    return _compiled_prefilter(names)
+
+
+@functools.lru_cache(maxsize=16)   # one per direction of a rule set; a reload with the same detectors reuses it
+def _compiled_prefilter(names: tuple[str, ...]) -> DlpPrefilter:
+    return DlpPrefilter(names)

@@ -21,7 +21,7 @@ from protocols.http2 import Http2RstStream
 from protocols.quic import QuicClientHello
 from protocols.tls import TlsClientHello
 from slowpath import normalize
-from slowpath.dlp import DETECTORS, DLP_TAIL_BYTES, DlpRule
+from slowpath.dlp import DETECTORS, DLP_TAIL_BYTES, DlpRule, dlp_prefilter
 from slowpath.domains import DOMAIN_FIELDS, DomainIndex, DomainRule, request_host
 from slowpath.hits import MAX_MATCHED_CHARS, RESERVED_IDS, Hit, shown
 from slowpath.waf import (ANOMALY_BASE_ID, ANOMALY_IDS, ANOMALY_SEVERITY, BINARY_BODY_TYPES, MAX_MATCH_EVENTS,
@@ -73,6 +73,9 @@ class RuleSet:
                 for det in r.detectors:
                     self._dlp_by_direction[d].setdefault(det, []).append(r)
         self._no_dlp: dict[Direction, dict] = {d: {} for d in Direction}
+        # Per direction, one Hyperscan scan of a chunk tells which detectors
+        # may match it; only those run their regex (slowpath/dlp.py).
+        self._dlp_prefilter = {d: dlp_prefilter(tuple(self._dlp_by_direction[d])) for d in Direction}
         self._domain_index = {f: DomainIndex() for f in DOMAIN_FIELDS}
         self._scan_cache: dict[tuple[str, bytes], list[tuple[ActiveSignature, bytes]]] = {}
         self._domain_cache: dict[tuple[str, str], list[DomainRule]] = {}
@@ -184,6 +187,7 @@ class FlowInspector:
         self._anomaly_action = http_anomaly if "waf" in what and http_anomaly != "pass" else None
         self._dpi = "dpi" in what and bool(rules.domains)
         self._dlp = rules._dlp_by_direction if "dlp" in what else rules._no_dlp
+        self._dlp_prefilter = rules._dlp_prefilter
         self._streams = {d: _DlpStream() for d in Direction}
         # The request whose body the WAF is collecting.
         self._body: bytearray | None = None
@@ -396,7 +400,13 @@ class FlowInspector:
         end_ok = len(buf) if final else len(buf) - 1
         label = "http.request_body" if d == Direction.TO_SERVER else "http.response_body"
         out = []
+        # The prefilter scans the same buffer the regexes scan (a superset of
+        # their matches): a detector it leaves out has no match in it.
+        pf = self._dlp_prefilter[d]
+        may = pf.candidates(buf) if pf is not None else None
         for name, rules in self._dlp[d].items():
+            if may is not None and name not in may:
+                continue
             det = DETECTORS[name]
             if all((r.name, name) in st.reported for r in rules):
                 continue
