@@ -532,7 +532,7 @@ class TunnelTarget(fuzzrun.Target):
                 f"    known differences (not failures): {top(st.known)}",
                 *(f"      {k}: {v}" for k, v in KNOWN.items()),
                 f"    DISAGREEMENTS {sum(st.disagreements.values())}: {top(st.disagreements)}",
-                *(f"      {e}" for e in st.disagree_examples),
+                *(f"      {e}" for e in st.disagree_examples[:MAX_DISAGREE_EXAMPLES]),   # (jobs each keep theirs)
             ]
         return "\n".join(lines + fuzzrun.outcome_lines(st))
 
