@@ -341,9 +341,9 @@ def _key_text(k: bytes) -> str:
 # The fast path's bound on where an inner IP header may start (bpf/lib/tunnel.h
 # MS_TUN_MAX_INNER_OFF), read from where it is written.
 MS_TUN_MAX_INNER_OFF = header_defines("MS_TUN_")["MAX_INNER_OFF"]
-# The VLAN TPIDs tunnel.h's ms_tun_eth takes in an inner Ethernet frame (the
-# reader also takes 0x9100 and 0x9200; parse.h's outer parse takes 0x9100).
-_KERNEL_INNER_TPIDS = {0x8100, 0x88A8}
+# The VLAN TPIDs tunnel.h's ms_tun_eth takes in an inner Ethernet frame, as
+# parse.h's outer parse (the reader also takes 0x9200).
+_KERNEL_INNER_TPIDS = {0x8100, 0x88A8, 0x9100}
 
 
 def _decodes(frame: bytes) -> bool:
@@ -366,7 +366,7 @@ def cause_of(frame: bytes) -> str:
     pcap.ETH_VLAN = _KERNEL_INNER_TPIDS
     try:
         if not _decodes(frame):
-            return "VLAN TPID 0x9100/0x9200 in an inner Ethernet frame"
+            return "VLAN TPID 0x9200 in an inner Ethernet frame"
     finally:
         pcap.ETH_VLAN = saved
     return "unexplained"

@@ -97,7 +97,8 @@ static __always_inline int ms_tun_ethertype_ip(__u16 et)
 }
 
 /* An inner Ethernet frame at *off (one 802.1Q tag allowed: a tenant VLAN
- * carried whole), ending at ``end``: *off moves to its IP header. */
+ * carried whole; the TPIDs the outer parse takes, 0x9100 included),
+ * ending at ``end``: *off moves to its IP header. */
 static __always_inline int ms_tun_eth(void *data, void *data_end, __u32 *off, __u32 end)
 {
     __u32 o = *off;
@@ -108,7 +109,7 @@ static __always_inline int ms_tun_eth(void *data, void *data_end, __u32 *off, __
         return MS_TUN_CUT;
     __u16 et = ((__u16)e[12] << 8) | e[13];
     o += 14;
-    if (et == ETH_P_8021Q || et == ETH_P_8021AD) {
+    if (et == ETH_P_8021Q || et == ETH_P_8021AD || et == MS_ETH_P_QINQ1) {
         if ((void *)(e + 18) > data_end || o + 4 > end)
             return MS_TUN_CUT;
         et = ((__u16)e[16] << 8) | e[17];

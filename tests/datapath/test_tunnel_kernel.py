@@ -53,11 +53,11 @@ def _outer(ends, reverse, **kw):
         if ":" in src else IP(src=src, dst=dst, **kw)
 
 
-def _eth(inner: bytes, vlan: int | None = None) -> bytes:
+def _eth(inner: bytes, vlan: int | None = None, tpid: int = 0x8100) -> bytes:
     et = ETH_P_IPV6 if inner[0] >> 4 == 6 else ETH_P_IP
     head = bytes(ether())[:12]
     if vlan is not None:
-        head += struct.pack("!HH", 0x8100, vlan)
+        head += struct.pack("!HH", tpid, vlan)
     return head + struct.pack("!H", et) + inner
 
 
@@ -99,8 +99,8 @@ def _udp(ends, rev, dport, body):
     return _outer(ends, rev) / UDP(sport=50000 + rev, dport=dport) / Raw(body)
 
 
-def vxlan(ends=OUT4, vlan=None):
-    return lambda inner, rev: _udp(ends, rev, VXLAN_PORT, vxlan_header() + _eth(inner, vlan))
+def vxlan(ends=OUT4, vlan=None, tpid=0x8100):
+    return lambda inner, rev: _udp(ends, rev, VXLAN_PORT, vxlan_header() + _eth(inner, vlan, tpid))
 
 
 def geneve_header(proto: int, options: bytes = b"", version=0, vni=7) -> bytes:
@@ -169,6 +169,9 @@ ENCAPS = [
     pytest.param(vxlan(), 6, id="vxlan-ipv6-inside"),
     pytest.param(vxlan(OUT6), 4, id="vxlan-over-ipv6"),
     pytest.param(vxlan(vlan=100), 4, id="vxlan-tagged-inner"),
+    # the TPIDs the outer parse takes (parse.h), found by bench/fuzz_tunnels.py
+    pytest.param(vxlan(vlan=100, tpid=0x88A8), 4, id="vxlan-8021ad-tagged-inner"),
+    pytest.param(vxlan(vlan=100, tpid=0x9100), 6, id="vxlan-9100-tagged-inner"),
     pytest.param(geneve(), 4, id="geneve-ethernet-options"),
     pytest.param(geneve(options=b""), 6, id="geneve-ethernet"),
     pytest.param(geneve(ethernet=False), 4, id="geneve-ipv4"),
