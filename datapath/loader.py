@@ -45,7 +45,10 @@ STAGES = {Stage.STAGE_TCP: "ms_stage_tcp", Stage.STAGE_OTHER: "ms_stage_other",
           Stage.STAGE_ICMP_ERR: "ms_stage_icmp_err", Stage.STAGE_L7: "ms_stage_l7"}
 RUNTIME_MAPS = ("ms_counters", "ms_flows", "ms_halfopen", "ms_ifaces", "ms_frags", "ms_syn_dst",
                 "ms_syn_global", "ms_pressure", "ms_pressure_user", "ms_pol_state", "ms_verdicts",
-                "ms_slowpath", "ms_drop_limit", "ms_drop_stats")
+                "ms_slowpath", "ms_drop_limit", "ms_drop_stats",
+                # its group cache is keyed by ms_pol_state's word, which a reset
+                # zeroes: the next apply repeats a word an older policy had
+                "ms_pol_scratch")
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
 

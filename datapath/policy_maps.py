@@ -263,8 +263,14 @@ class PolicyMaps:
             inner["ms_pol_gh"] = self._inner("ms_pol_gh", groups)   # same keys: prefixes are masked
             inner["ms_pol_rule"] = self._inner("ms_pol_rule", rules)
             del groups, rules
-            inner["ms_pol_exact"] = self._inner("ms_pol_exact", self._exact_entries(pol))
+            # No overrides: no exact table in the slot at all, so a new flow
+            # skips its two lookups (bpf/lib/policy.h: an empty slot is
+            # none); the slot's table from an older generation goes.
+            if pol.exact:
+                inner["ms_pol_exact"] = self._inner("ms_pol_exact", self._exact_entries(pol))
             slot_key = bytes(ctypes.c_uint32(spare))
+            if not pol.exact:
+                bpfsys.map_delete(self.fds["ms_pol_exact"], slot_key)
             for outer, fd in inner.items():
                 bpfsys.map_update(self.fds[outer], slot_key, bytes(ctypes.c_uint32(fd)))
             for hook, h in HOOKS.items():

@@ -739,6 +739,20 @@ struct ms_pol_scratch {
     __u8  proto;          /* and protocol, as rule keys have it (0: one without sessions) */
     __u8  pad;
     __u64 sbloom[MS_POL_BLOOM_BITS / 64]; /* the source group's filter (all ones: none known) */
+    __u64 live;           /* the ms_pol_live() word the flow is decided under */
+    /* This CPU's last group resolution, [0] of a source, [1] of a
+     * destination (policy.h ms_pol_group): new connections between the same
+     * hosts skip the prefix probes. Keyed by the live word (slot and
+     * generation), which every policy load changes: a load's inner maps are
+     * never written after it, so an entry of the live word is still true.
+     * (FastPath.reset, which zeroes the word, clears this map too.) */
+    struct {
+        __u64 live;       /* ms_pol_live() it was found under (0: empty) */
+        __u8  addr[16];
+        __u32 group;
+        __u32 pad;
+        __u64 bloom[MS_POL_BLOOM_BITS / 64];   /* [0]: the group's filter */
+    } gcache[2];
 };
 BPF_PERCPU_ARRAY(ms_pol_scratch, struct ms_pol_scratch, 1);
 

@@ -71,7 +71,7 @@ static __always_inline __u32 ms_pol_group_hit(struct ms_pol_scratch *sc, const s
  * the trie, as ms_pol_glen says for the slot and the kind of address).
  * ``src``: the flow's source, whose filter (struct ms_pol_group) goes to
  * sc->sbloom; all ones when the address is in no group (nothing known). */
-static __always_inline __u32 ms_pol_group(__u32 slot, struct ms_pol_scratch *sc, const __u8 *addr, int src)
+static __always_inline __u32 ms_pol_group_find(__u32 slot, struct ms_pol_scratch *sc, const __u8 *addr, int src)
 {
     struct ms_lpm_key *k = &sc->addr;
     if (src)
@@ -102,6 +102,35 @@ static __always_inline __u32 ms_pol_group(__u32 slot, struct ms_pol_scratch *sc,
     __builtin_memcpy(k->addr, addr, 16);
     struct ms_pol_group *g = bpf_map_lookup_elem(grp, k);
     return g ? ms_pol_group_hit(sc, g, src) : MS_GROUP_WORLD;
+}
+
+/* ms_pol_group_find through this CPU's last resolution of the same kind
+ * (maps.h struct ms_pol_scratch gcache), under the live word sc->live (read
+ * where it is kept: held in a register across the lookups, it would be
+ * spilled to the TCP stage's counted stack). */
+static __always_inline __u32 ms_pol_group(struct ms_pol_scratch *sc, const __u8 *addr, int src)
+{
+    __u32 *c = (__u32 *)sc->gcache[src ? 0 : 1].addr;
+    const __u32 *a = (const __u32 *)addr;   /* 4-byte aligned in the scratch */
+    if (sc->gcache[src ? 0 : 1].live == sc->live && c[0] == a[0] && c[1] == a[1] && c[2] == a[2] && c[3] == a[3]) {
+        if (src) {
+            sc->sbloom[0] = sc->gcache[0].bloom[0];
+            sc->sbloom[1] = sc->gcache[0].bloom[1];
+        }
+        return sc->gcache[src ? 0 : 1].group;
+    }
+    __u32 g = ms_pol_group_find(MS_POL_SLOT(sc->live), sc, addr, src);
+    sc->gcache[src ? 0 : 1].live = sc->live;
+    c[0] = a[0];
+    c[1] = a[1];
+    c[2] = a[2];
+    c[3] = a[3];
+    sc->gcache[src ? 0 : 1].group = g;
+    if (src) {
+        sc->gcache[0].bloom[0] = sc->sbloom[0];
+        sc->gcache[0].bloom[1] = sc->sbloom[1];
+    }
+    return g;
 }
 
 _Static_assert(MS_POL_BLOOM_BITS == 128, "ms_pol_bloom_maybe takes 7-bit positions in two words");
@@ -192,6 +221,7 @@ static __always_inline void ms_policy_eval(const __u8 *saddr, const __u8 *daddr,
         v->action = POL_DENY;
         return;
     }
+    /* No overrides: the slot holds no table (policy_maps.py), no lookups. */
     void *exact = ms_pol_exact.lookup(&slot);
     if (exact) {
         struct ms_verdict *hit = bpf_map_lookup_elem(exact, ek);
@@ -207,8 +237,9 @@ static __always_inline void ms_policy_eval(const __u8 *saddr, const __u8 *daddr,
 
     void *rules = ms_pol_rule.lookup(&slot);
     if (rules) {
-        sc->sgroup = ms_pol_group(slot, sc, sc->exact.saddr, 1);
-        sc->dgroup = ms_pol_group(slot, sc, sc->exact.daddr, 0);
+        sc->live = live;
+        sc->sgroup = ms_pol_group(sc, sc->exact.saddr, 1);
+        sc->dgroup = ms_pol_group(sc, sc->exact.daddr, 0);
         /* ICMP has no ports: its rules are keyed by port 0. */
         __u8 pr = ek->proto;
         sc->port = (pr == IPPROTO_TCP || pr == IPPROTO_UDP) ? bpf_ntohs(ek->dport) : 0;

@@ -333,6 +333,55 @@ def test_group_filter_holds_the_pairs_of_its_rules_as_source(fastpath):
     expect(fastpath, first_packet("10.2.7.7", "10.1.1.9", "tcp", 1235, 5432), Reason.DROP_POLICY_DEFAULT, ING)
 
 
+def test_policy_without_overrides_leaves_no_exact_table(fastpath):
+    """A generation without overrides puts no exact table in its slot (so a
+    new flow makes no exact lookups, bpf/lib/policy.h), and takes out the
+    one an older generation left there: the override it held decides
+    nothing any more."""
+    pm = PolicyMaps.for_fastpath(fastpath)
+    fd = pm.fds["ms_pol_exact"]
+
+    def exact_table(slot: int) -> bool:
+        return bpfsys.map_lookup(fd, bytes(ctypes.c_uint32(slot)), 4) is not None
+
+    first = pm.apply(compiled(POLICY))            # with an override
+    assert exact_table(first.slot)
+    override = first_packet("10.1.1.5", "10.2.0.9", "tcp", 1000, 5432)
+    expect(fastpath, override, Reason.DROP_POLICY_DENY, ING)
+    second = pm.apply(compiled(ALLOW))
+    assert not exact_table(second.slot)
+    third = pm.apply(compiled(ALLOW))             # into the first one's slot
+    assert third.slot == first.slot and not exact_table(third.slot)
+    expect(fastpath, first_packet("10.1.1.5", "10.2.0.9", "tcp", 1001, 5432), Reason.PASS_POLICY_ALLOW, ING)
+
+
+MOVED_SOURCE = """
+groups: {web: [10.1.2.0/24], db: [10.2.0.0/16]}
+rules:
+  - {name: web-db, from: web, to: db, proto: tcp, ports: [5432], action: allow}
+"""
+
+
+def test_group_cache_follows_a_reload(fastpath):
+    """The kernel keeps each CPU's last group resolution (bpf/lib/maps.h
+    struct ms_pol_scratch gcache): a new generation that moves the same
+    client out of its group decides that client's next new flow by the new
+    groups (the default), not by the cached ones; and back again. The test
+    runs on one CPU, so each flow meets the cache the one before it left."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        pm = PolicyMaps.for_fastpath(fastpath)
+        pm.apply(compiled(ALLOW))
+        expect(fastpath, first_packet("10.1.1.9", "10.2.7.7", "tcp", 2000, 5432), Reason.PASS_POLICY_ALLOW, ING)
+        pm.apply(compiled(MOVED_SOURCE))
+        expect(fastpath, first_packet("10.1.1.9", "10.2.7.7", "tcp", 2002, 5432), Reason.DROP_POLICY_DEFAULT, ING)
+        pm.apply(compiled(ALLOW))       # the first one's slot again, a later generation
+        expect(fastpath, first_packet("10.1.1.9", "10.2.7.7", "tcp", 2003, 5432), Reason.PASS_POLICY_ALLOW, ING)
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
 def test_reload_keeps_allowed_flows_and_revokes_denied(fastpath):
     pm = PolicyMaps.for_fastpath(fastpath)
     assert pm.apply(compiled(ALLOW)).gen == 1
