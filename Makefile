@@ -12,10 +12,13 @@ setup:
 demo: setup
 	$(VENV)/bin/microseg lab demo
 
-# The suite on every CPU (pytest-xdist; tests/conftest.py keeps the tests of
-# the compiled fast path on one worker). `pytest` alone runs it serially.
+# The suite on every CPU (pytest-xdist). A file runs whole, in order, on one
+# worker (--dist loadfile): lab modules share a module-scoped appliance whose
+# last test reads what the earlier ones made. Each worker compiles the fast
+# path once (the session fixture in tests/conftest.py). `pytest` alone runs
+# the suite serially.
 test: setup
-	@$(PY) -m pytest -n auto --dist loadgroup; rc=$$?; \
+	@$(PY) -m pytest -n auto --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'test: pytest collected no tests' >&2; exit 1; fi; exit $$rc
 
 # Every benchmark (docs/performance.md has their tables), one at a time:

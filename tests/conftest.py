@@ -1,7 +1,8 @@
 """Shared fixtures.
 
 The fast path is compiled once per test session (a BCC compile costs
-seconds) and its maps are emptied before every test that uses it.
+seconds; under `make test` once per pytest-xdist worker) and its maps are
+emptied before every test that uses it.
 """
 from __future__ import annotations
 
@@ -14,18 +15,6 @@ import pytest
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "lab: builds network namespaces and runs real clients")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-    """`make test` runs the suite on every CPU (pytest-xdist, --dist
-    loadgroup). Every test that uses the session's compiled fast path goes
-    to one worker, so the program is compiled once per run, not once per
-    worker; the other tests (parsers, labs in their own namespaces) spread
-    over the workers."""
-    for item in items:
-        if "fastpath_build" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("fastpath"))
 
 
 @pytest.fixture(scope="session")
