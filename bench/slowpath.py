@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -231,9 +232,18 @@ def slowpath_cpu(daemon: int) -> dict[str, tuple[float, int]]:
 
 
 def bench_lab(requests: int, rounds: int, workers: int):
+    """The lab run in a directory of its own, removed after it (also when
+    the run fails)."""
+    tmp = Path(tempfile.mkdtemp(prefix="ms-bench-slowpath-"))
+    try:
+        return _bench_lab_in(tmp, requests, rounds, workers)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bench_lab_in(tmp: Path, requests: int, rounds: int, workers: int):
     from appliance.lab import GW_IFACES, SERVER_V4, Lab
 
-    tmp = Path(tempfile.mkdtemp(prefix="ms-bench-slowpath-"))
     (tmp / "www").mkdir()
     (tmp / "www" / "index.html").write_text("<html>" + "catalogue " * 100 + "</html>\n")
     (tmp / "policy.yaml").write_text(POLICY)
