@@ -420,6 +420,19 @@ def _u16_run(body: bytes, where: dict[int, tuple[int, int]], ext: int, len_bytes
     return struct.unpack_from(f">{count}H", body, p + len_bytes)
 
 
+def _vector_span(body: bytes, where: dict[int, tuple[int, int]], ext: int):
+    """(start, end) of the items of an extension that is one vector with a
+    2-byte length; (0, 0) if the extension is absent (nothing to walk), None
+    if the length does not fill the extension."""
+    at = where.get(ext)
+    if at is None:
+        return 0, 0
+    p, size = at
+    if size < 2 or (body[p] << 8 | body[p + 1]) != size - 2:
+        return None
+    return p + 2, p + size
+
+
 def _client_hello_fields(body: bytes):
     """A ClientHello's fields by offset, or None for anything the checked
     reader should look at (a malformed hello, or one past a limit)."""
@@ -467,36 +480,30 @@ def _client_hello_fields(body: bytes):
             return None
 
     sni = None
-    at = where.get(EXT_SERVER_NAME)
-    if at is not None:
-        p, size = at
-        end = p + size
-        if size < 2 or (body[p] << 8 | body[p + 1]) != size - 2:
+    span = _vector_span(body, where, EXT_SERVER_NAME)
+    if span is None:
+        return None
+    p, end = span
+    while p < end:
+        if end - p < 3:
             return None
-        p += 2
-        while p < end:
-            if end - p < 3:
-                return None
-            name_len = body[p + 1] << 8 | body[p + 2]
-            if name_len > end - p - 3:
-                return None
-            if body[p] == 0 and sni is None:
-                sni = _text(body[p + 3:p + 3 + name_len])
-            p += 3 + name_len
+        name_len = body[p + 1] << 8 | body[p + 2]
+        if name_len > end - p - 3:
+            return None
+        if body[p] == 0 and sni is None:
+            sni = _text(body[p + 3:p + 3 + name_len])
+        p += 3 + name_len
     alpn: list[bytes] = []
-    at = where.get(EXT_ALPN)
-    if at is not None:
-        p, size = at
-        end = p + size
-        if size < 2 or (body[p] << 8 | body[p + 1]) != size - 2:
+    span = _vector_span(body, where, EXT_ALPN)
+    if span is None:
+        return None
+    p, end = span
+    while p < end:
+        name_len = body[p]
+        if not name_len or name_len > end - p - 1 or len(alpn) == MAX_LIST_ITEMS:
             return None
-        p += 2
-        while p < end:
-            name_len = body[p]
-            if not name_len or name_len > end - p - 1 or len(alpn) == MAX_LIST_ITEMS:
-                return None
-            alpn.append(body[p + 1:p + 1 + name_len])
-            p += 1 + name_len
+        alpn.append(body[p + 1:p + 1 + name_len])
+        p += 1 + name_len
     groups = _u16_run(body, where, EXT_SUPPORTED_GROUPS, 2, MAX_LIST_ITEMS)
     sig_algs = _u16_run(body, where, EXT_SIGNATURE_ALGORITHMS, 2, MAX_LIST_ITEMS)
     versions = _u16_run(body, where, EXT_SUPPORTED_VERSIONS, 1, MAX_LIST_ITEMS)
