@@ -36,3 +36,25 @@ def replay_by_flow(fp, corpus, pcaps, validate: tuple[str, ...]) -> dict:
         fp.reset()
         fp.apply_runtime(fp.config)
     return out
+
+
+def replayed_truth_flows(fp, corpus, truths, t, app: str, event_type: str):
+    """For each (pcap, truth key, truth) of ``truths``: replay the captures
+    (replay_by_flow, validating ``event_type`` and flow records), check in
+    tally ``t`` that the flow's records name ``app`` and nothing else, and
+    yield (where, truth, {event_type: [records]}) for the protocol's own
+    comparisons."""
+    from tests.corpus.test_corpus_replay import truth_flow
+
+    by_pcap = defaultdict(list)
+    for pcap, key, truth in truths:
+        by_pcap[pcap].append((key, truth))
+    replayed = replay_by_flow(fp, corpus, by_pcap, (event_type, "flow"))
+    for pcap, flows in sorted(by_pcap.items()):
+        ours = replayed[pcap]
+        for key, truth in flows:
+            where = f"{pcap} {key}"
+            mine = ours.get(truth_flow(key), {})
+            apps = {r.get("app_proto") for r in mine.get("flow", [])}
+            t.check(where, "app_proto", app, apps.pop() if len(apps) == 1 else sorted(apps, key=str))
+            yield where, truth, mine

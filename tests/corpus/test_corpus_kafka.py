@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -134,23 +133,12 @@ def test_unsupported_versions_are_read_in_full():
 # --- through microseg replay ------------------------------------------------------
 @pytest.fixture(scope="module")
 def replay_tally(fastpath_build):
-    from tests.corpus.replayed import replay_by_flow
-    from tests.corpus.test_corpus_replay import truth_flow
+    from tests.corpus.replayed import replayed_truth_flows
 
     fp = fastpath_build
     t = Tally()
-    by_pcap = defaultdict(list)
-    for pcap, key, truth in kafka_truths():
-        by_pcap[pcap].append((key, truth))
-    replayed = replay_by_flow(fp, CORPUS, by_pcap, ("kafka", "flow"))
-    for pcap, flows in sorted(by_pcap.items()):
-        ours = replayed[pcap]
-        for key, truth in flows:
-            where = f"{pcap} {key}"
-            mine = ours.get(truth_flow(key), {})
-            apps = {r.get("app_proto") for r in mine.get("flow", [])}
-            t.check(where, "app_proto", "kafka", apps.pop() if len(apps) == 1 else sorted(apps, key=str))
-            compare_eve_kafka(t, where, truth["tshark"]["kafka"], mine.get("kafka", []))
+    for where, truth, mine in replayed_truth_flows(fp, CORPUS, kafka_truths(), t, "kafka", "kafka"):
+        compare_eve_kafka(t, where, truth["tshark"]["kafka"], mine.get("kafka", []))
     print(t.table("Kafka: microseg replay against the truth"))
     return t
 

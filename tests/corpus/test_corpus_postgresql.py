@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -141,48 +140,37 @@ def test_mysql_and_other_flows_are_not_called_postgresql():
 # --- through microseg replay ------------------------------------------------------
 @pytest.fixture(scope="module")
 def replay_tally(fastpath_build):
-    from tests.corpus.replayed import replay_by_flow
-    from tests.corpus.test_corpus_replay import truth_flow
+    from tests.corpus.replayed import replayed_truth_flows
 
     fp = fastpath_build
     t = Tally()
-    by_pcap = defaultdict(list)
-    for pcap, key, truth in pg_truths():
-        by_pcap[pcap].append((key, truth))
-    replayed = replay_by_flow(fp, CORPUS, by_pcap, ("pgsql", "flow"))
-    for pcap, flows in sorted(by_pcap.items()):
-        ours = replayed[pcap]
-        for key, truth in flows:
-            where = f"{pcap} {key}"
-            mine = ours.get(truth_flow(key), {})
-            apps = {r.get("app_proto") for r in mine.get("flow", [])}
-            t.check(where, "app_proto", "postgresql", apps.pop() if len(apps) == 1 else sorted(apps, key=str))
-            pg = truth["tshark"]["postgresql"]
-            txs = [r["pgsql"] for r in mine.get("pgsql", [])]
-            t.check(where, "pgsql.tx_ids", list(range(len(txs))), [x["tx_id"] for x in txs])
-            reqs = [x.get("request", {}) for x in txs]
-            resps = [x.get("response", {}) for x in txs]
-            start = next((r for r in reqs if "startup_parameters" in r), {})
-            params = start.get("startup_parameters", {})
-            optional = {k: v for o in params.get("optional_parameters", []) for k, v in o.items()}
-            want = (pg.get("startup") or {}).get("parameters", {})
-            t.check(where, "pgsql.user", want.get("user"), params.get("user"))
-            t.check(where, "pgsql.database", want.get("database"), optional.get("database"))
-            t.check(where, "pgsql.protocol_version", (pg.get("startup") or {}).get("protocol_version"),
-                    start.get("protocol_version"))
-            t.check(where, "pgsql.ssl_requests", len(pg.get("ssl_request_frames", [])),
-                    sum(r.get("message") == "SSL Request" for r in reqs))
-            t.check(where, "pgsql.queries", [q["query"] for q in pg.get("queries", []) if q["type"] == "simple"],
-                    [r["simple_query"] for r in reqs if "simple_query" in r])
-            t.check(where, "pgsql.command_tags", [c["tag"] for c in pg.get("command_tags", [])],
-                    [r["command_completed"] for r in resps if "command_completed" in r])
-            t.check(where, "pgsql.errors", [(e["code"], e["message"]) for e in pg.get("errors", [])],
-                    [(r["code"], r.get("message")) for r in resps
-                     if r.get("severity_non_localizable", r.get("severity_localizable")) in
-                     ("ERROR", "FATAL", "PANIC")])
-            status = {k: v for r in resps for p in r.get("parameter_status", []) for k, v in p.items()}
-            t.check(where, "pgsql.server_version", pg.get("server_parameters", {}).get("server_version"),
-                    status.get("server_version"))
+    for where, truth, mine in replayed_truth_flows(fp, CORPUS, pg_truths(), t, "postgresql", "pgsql"):
+        pg = truth["tshark"]["postgresql"]
+        txs = [r["pgsql"] for r in mine.get("pgsql", [])]
+        t.check(where, "pgsql.tx_ids", list(range(len(txs))), [x["tx_id"] for x in txs])
+        reqs = [x.get("request", {}) for x in txs]
+        resps = [x.get("response", {}) for x in txs]
+        start = next((r for r in reqs if "startup_parameters" in r), {})
+        params = start.get("startup_parameters", {})
+        optional = {k: v for o in params.get("optional_parameters", []) for k, v in o.items()}
+        want = (pg.get("startup") or {}).get("parameters", {})
+        t.check(where, "pgsql.user", want.get("user"), params.get("user"))
+        t.check(where, "pgsql.database", want.get("database"), optional.get("database"))
+        t.check(where, "pgsql.protocol_version", (pg.get("startup") or {}).get("protocol_version"),
+                start.get("protocol_version"))
+        t.check(where, "pgsql.ssl_requests", len(pg.get("ssl_request_frames", [])),
+                sum(r.get("message") == "SSL Request" for r in reqs))
+        t.check(where, "pgsql.queries", [q["query"] for q in pg.get("queries", []) if q["type"] == "simple"],
+                [r["simple_query"] for r in reqs if "simple_query" in r])
+        t.check(where, "pgsql.command_tags", [c["tag"] for c in pg.get("command_tags", [])],
+                [r["command_completed"] for r in resps if "command_completed" in r])
+        t.check(where, "pgsql.errors", [(e["code"], e["message"]) for e in pg.get("errors", [])],
+                [(r["code"], r.get("message")) for r in resps
+                 if r.get("severity_non_localizable", r.get("severity_localizable")) in
+                 ("ERROR", "FATAL", "PANIC")])
+        status = {k: v for r in resps for p in r.get("parameter_status", []) for k, v in p.items()}
+        t.check(where, "pgsql.server_version", pg.get("server_parameters", {}).get("server_version"),
+                status.get("server_version"))
     print(t.table("PostgreSQL: microseg replay against the truth"))
     return t
 

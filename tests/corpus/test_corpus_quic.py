@@ -148,38 +148,27 @@ def test_google_quic_flow_named_with_its_sni_and_user_agent():
 # --- through microseg replay ------------------------------------------------------
 @pytest.fixture(scope="module")
 def replay_tally(fastpath_build):
-    from tests.corpus.replayed import replay_by_flow
-    from tests.corpus.test_corpus_replay import truth_flow
+    from tests.corpus.replayed import replayed_truth_flows
 
     fp = fastpath_build
     t = Tally()
     truths = quic_truths()
-    by_pcap = defaultdict(list)
-    for pcap, key, truth in truths:
-        by_pcap[pcap].append((key, truth))
-    replayed = replay_by_flow(fp, CORPUS, by_pcap, ("quic", "flow"))
-    for pcap, flows in sorted(by_pcap.items()):
-        ours = replayed[pcap]
-        for key, truth in flows:
-            where = f"{pcap} {key}"
-            mine = ours.get(truth_flow(key), {})
-            apps = {r.get("app_proto") for r in mine.get("flow", [])}
-            t.check(where, "app_proto", "quic", apps.pop() if len(apps) == 1 else sorted(apps, key=str))
-            q = truth["tshark"]["quic"]
-            client = [r["quic"] for r in mine.get("quic", []) if r["direction"] == "to_server"]
-            server = [r["quic"] for r in mine.get("quic", []) if r["direction"] == "to_client"]
-            for i, w in enumerate(q["client_hellos"]):
-                g = client[i] if i < len(client) else {}
-                t.check(where, "quic.version", f"{_hex(w['quic_version']):x}", g.get("version"))
-                t.check(where, "quic.sni", w.get("sni"), g.get("sni"))
-                alpn = next((e.get("values") for e in g.get("extensions", []) if e["type"] == 16), [])
-                t.check(where, "quic.alpn", w.get("alpn") or [], alpn)
-                if w.get("ja3"):
-                    t.check(where, "quic.ja3", w["ja3"], (g.get("ja3") or {}).get("hash"))
-            for i, w in enumerate(q.get("server_hellos", [])):
-                g = server[i] if i < len(server) else {}
-                t.check(where, "quic.cipher_suite", str(_hex(w["cipher_suite"])),
-                        ((g.get("ja3s") or {}).get("string") or ",,").split(",")[1])
+    for where, truth, mine in replayed_truth_flows(fp, CORPUS, truths, t, "quic", "quic"):
+        q = truth["tshark"]["quic"]
+        client = [r["quic"] for r in mine.get("quic", []) if r["direction"] == "to_server"]
+        server = [r["quic"] for r in mine.get("quic", []) if r["direction"] == "to_client"]
+        for i, w in enumerate(q["client_hellos"]):
+            g = client[i] if i < len(client) else {}
+            t.check(where, "quic.version", f"{_hex(w['quic_version']):x}", g.get("version"))
+            t.check(where, "quic.sni", w.get("sni"), g.get("sni"))
+            alpn = next((e.get("values") for e in g.get("extensions", []) if e["type"] == 16), [])
+            t.check(where, "quic.alpn", w.get("alpn") or [], alpn)
+            if w.get("ja3"):
+                t.check(where, "quic.ja3", w["ja3"], (g.get("ja3") or {}).get("hash"))
+        for i, w in enumerate(q.get("server_hellos", [])):
+            g = server[i] if i < len(server) else {}
+            t.check(where, "quic.cipher_suite", str(_hex(w["cipher_suite"])),
+                    ((g.get("ja3s") or {}).get("string") or ",,").split(",")[1])
     print(t.table("QUIC: microseg replay against the truth"))
     return t
 
