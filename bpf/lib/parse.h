@@ -259,6 +259,46 @@ static __always_inline int ms_parse_ipv4(void *data, void *data_end,
 
 #include "tunnel.h"
 
+/* True when an untagged IPv4 or IPv6 frame carries TCP or UDP right after
+ * its IP header and the headers ms_parse reads in place (Ethernet, IP, the
+ * fixed TCP or UDP header) are already linear. A segment from a local
+ * socket, or one a NIC's GRO built, has its headers linear and its payload
+ * in page fragments: pulling MS_PULL_LEN bytes of it (bpf_skb_pull_data)
+ * copied payload into the head on every such packet, and for the clone TCP
+ * keeps for retransmission reallocated the head first. Anything else (VLAN
+ * tags, IPv6 extension headers, ICMP errors whose quote icmp.h reads in
+ * place) is pulled as before; tunnel.h pulls what it reads itself. TCP
+ * options are read with bpf_skb_load_bytes, payload too (l7.h, inspect.h),
+ * so neither needs to be linear. */
+static __always_inline int ms_headers_linear(void *data, void *data_end)
+{
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end)
+        return 0;
+    __u8 l4;
+    void *l4h;
+    if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = (void *)(eth + 1);
+        if ((void *)(ip + 1) > data_end)
+            return 0;
+        l4 = ip->protocol;
+        l4h = (void *)ip + (ip->ihl & 0xf) * 4;
+    } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        if ((void *)(ip6 + 1) > data_end)
+            return 0;
+        l4 = ip6->nexthdr;
+        l4h = (void *)(ip6 + 1);
+    } else {
+        return 0;
+    }
+    if (l4 == IPPROTO_TCP)
+        return l4h + sizeof(struct tcphdr) <= data_end;
+    if (l4 == IPPROTO_UDP)
+        return l4h + sizeof(struct udphdr) <= data_end;
+    return 0;
+}
+
 /* Parse from the Ethernet header. Returns PASS_FORWARD when the packet
  * parsed fully, another reason otherwise. A tunnel is decapsulated
  * (tunnel.h): p then describes the inner packet. */
@@ -268,7 +308,8 @@ static __always_inline int ms_parse(struct __sk_buff *skb, struct ms_pkt *p)
     void *data_end = (void *)(long)skb->data_end;
 
     p->len = skb->len;
-    if (data + MS_PULL_LEN > data_end && skb->len > (__u32)(data_end - data)) {
+    if (data + MS_PULL_LEN > data_end && skb->len > (__u32)(data_end - data) &&
+        !ms_headers_linear(data, data_end)) {
         bpf_skb_pull_data(skb, skb->len < MS_PULL_LEN ? skb->len : MS_PULL_LEN);
         data = (void *)(long)skb->data;
         data_end = (void *)(long)skb->data_end;
