@@ -181,12 +181,12 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
     __u32 stage;
     if (reason == PASS_FORWARD) {
         if (p->frag == MS_FRAG_FIRST)
-            ms_ct_first_fragment(p, ms_now());
+            ms_ct_first_fragment(p, ms_pkt_now());
         if (p->proto == IPPROTO_TCP) {
             /* Most packets: a segment of an established session, decided
              * here (conntrack.h ms_ct_tcp_lane); the others go on to the
              * TCP stage. */
-            int lane = ms_ct_tcp_lane(p, ms_now());
+            int lane = ms_ct_tcp_lane(p, ms_pkt_now());
             if (lane != MS_LANE_MISS)
                 return lane;
             stage = STAGE_TCP;

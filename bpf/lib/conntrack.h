@@ -50,6 +50,37 @@
 #else
 #define ms_now() bpf_ktime_get_coarse_ns()
 #endif
+
+/* The session clock for the entry program's packets (ms_entry_reason: the
+ * established lane, first fragments), without a helper call per packet:
+ * the coarse clock moves only at the tick, as jiffies does, and
+ * bpf_jiffies64() is inlined by the verifier (a load; 64-bit JITs), where
+ * bpf_ktime_get_coarse_ns stays a call (7-15 ns, bench/fastpath_steps.py).
+ * So the helper is called only when jiffies moved since this CPU's last
+ * reading (ms_clock), and the value is exactly the helper's. One care:
+ * the timekeeper advances jiffies a moment before the clock, so a reading
+ * taken in between still shows the old time; it is not kept against the
+ * new jiffies (equal to the reading kept), and the next packet asks again.
+ * The clock can then lag by at most the ticks jiffies jumped at once, and
+ * only if this CPU read the clock in that moment. */
+static __always_inline __u64 ms_pkt_now(void)
+{
+#ifdef MS_NO_COARSE_CLOCK
+    return ms_now();
+#else
+    __u32 z = 0;
+    struct ms_clock *c = ms_clock.lookup(&z);
+    __u64 j = bpf_jiffies64();
+    if (c && c->jiffies == j)
+        return c->ns;
+    __u64 now = ms_now();
+    if (c && c->ns != now) {
+        c->ns = now;
+        c->jiffies = j;
+    }
+    return now;
+#endif
+}
 /* nf_conntrack's MAXACKWINDOW floor: acks may lag the peer's data by this
  * much even when the advertised windows were small. */
 #define MS_MIN_ACK_WINDOW 66000

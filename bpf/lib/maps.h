@@ -220,6 +220,17 @@ struct ms_tun_outer {
 };
 BPF_PERCPU_ARRAY(ms_tun_outer, struct ms_tun_outer, 1);
 
+/* The session clock as this CPU last read it (conntrack.h ms_pkt_now):
+ * the entry program reads jiffies, which the verifier inlines as a load,
+ * and calls the clock helper only when jiffies moved since the reading
+ * kept here. Both clocks move together at the tick, so the kept reading is
+ * what the helper would return now. */
+struct ms_clock {
+    __u64 jiffies;        /* bpf_jiffies64() when ns was read */
+    __u64 ns;             /* ms_now() then (CLOCK_MONOTONIC_COARSE) */
+};
+BPF_PERCPU_ARRAY(ms_clock, struct ms_clock, 1);
+
 /* ------------------------------------------------------------------ */
 /* Sessions                                                            */
 

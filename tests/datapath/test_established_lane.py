@@ -13,11 +13,13 @@ the handshake's last ACK) still goes to the stage.
 from __future__ import annotations
 
 import ctypes
+import time
 
 import pytest
 
 from datapath.enums import CtState, InspState, Reason, Stage
 from datapath.policy_tables import POL
+from datapath.sessions import CLOCK_MONOTONIC_COARSE, session_clock_ns
 
 from packets_ct import FLOWS, IPPROTO_TCP, TcpConn, flow_key
 
@@ -141,3 +143,42 @@ def test_a_closing_session_goes_to_the_tcp_stage(fastpath):
         conn.send(RD, "A", MISSED)
     conn.send(RD, "A")
     conn.assert_state(S.CT_FIN_WAIT2)
+
+
+# The session clock's resolution: one tick (CLOCK_MONOTONIC_COARSE).
+TICK_NS = time.clock_getres(CLOCK_MONOTONIC_COARSE) * 1e9
+TICKS_TO_WAIT = 3          # the clock must move this many ticks past the lane's last reading
+CLOCK_WAIT_S = 5.0         # bound on that wait: a few ticks, with a busy machine's room
+
+
+def wait_clock_past(t_ns: float) -> None:
+    deadline = time.monotonic() + CLOCK_WAIT_S
+    while session_clock_ns() <= t_ns:
+        assert time.monotonic() < deadline, "CLOCK_MONOTONIC_COARSE did not move"
+        time.sleep(TICK_NS / 1e9)
+
+
+def test_the_lane_stamps_the_session_clock(fastpath):
+    """The lane reads the clock only when jiffies moved (conntrack.h
+    ms_pkt_now): a session's last_seen must still be the session clock
+    (CLOCK_MONOTONIC_COARSE, which the sweeper compares against) to a tick,
+    however long this CPU's last reading is past, and expiry must follow it."""
+    conn = established(fastpath, "v4")          # its last ACK went through the lane: a reading kept
+    for _ in range(3):
+        wait_clock_past(conn.entry().leaf.last_seen_ns + TICKS_TO_WAIT * TICK_NS)
+        lo = session_clock_ns()
+        with NoTcpStage(fastpath):
+            conn.send(O, "A")
+        hi = session_clock_ns()
+        seen = conn.entry().leaf.last_seen_ns
+        assert lo - TICK_NS <= seen <= hi, (lo, seen, hi)
+    # expiry on the same clock: just past the timeout, the lane hands the
+    # segment over (the stage removes the session); a second inside, it keeps it
+    timeout = fastpath.table("ms_timeouts")[ctypes.c_int(int(S.CT_ESTABLISHED))].value
+    fresh = established(fastpath, "v4", port=43000)
+    stale = established(fastpath, "v4", port=43001)
+    set_leaf(fresh, last_seen_ns=session_clock_ns() - timeout + min(timeout // 2, 60_000_000_000))
+    set_leaf(stale, last_seen_ns=session_clock_ns() - timeout - 2 * int(TICK_NS))
+    with NoTcpStage(fastpath):
+        fresh.send(O, "A")
+        stale.send(O, "A", MISSED)
