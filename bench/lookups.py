@@ -11,6 +11,10 @@ layouts:
   group table ms_pol_gh. Members: /32 host keys.
 * ``hash, 40 B key``: struct ms_flow_key (two addresses, two ports,
   protocol) -> a 64-byte value, preallocated: the session table ms_flows.
+* ``hash, 16 B key``: what an IPv4-only session table's key would be (two
+  IPv4 addresses, two ports, protocol, padding) -> the same 64-byte value,
+  preallocated: not a microseg map, the measure of what a compact session
+  key would save against the 40-byte one (issue 18 item 1).
 * ``LPM trie``: struct ms_lpm_key -> u32 (ms_pol_grp, ms_bl_lpm); prefixes
   /16 (10 %), /24 (40 %) and /32 (50 %), spread over the IPv4 unicast space.
 * ``bloom filter``: 20-byte values (struct ms_bl_key), 3 hash functions and
@@ -44,7 +48,8 @@ The "new" keys are not cold from memory: the VM's caches hold a whole
 of the hot case. Nothing is attached anywhere; every map and program is
 closed at the end. A measurement: nothing is asserted about the numbers.
 
-    .venv/bin/python bench/lookups.py [--sizes 10,10000,100000] [--repeat N] [--rounds N] [--quick]
+    .venv/bin/python bench/lookups.py [--sizes 10,10000,100000] [--kinds hash20,hash16,hash40,lpm,bloom]
+                                      [--repeat N] [--rounds N] [--quick]
 """
 from __future__ import annotations
 
@@ -72,6 +77,7 @@ QUICK = dict(sizes=(10, 10_000), repeat=50_000, rounds=3)
 KEYS = 1 << 16            # prepared keys per (map, pattern); a power of two
 FLOW_VALUE = 64           # a session value's size, about struct ms_flow's
 ACCESS = ("hot", "new, hit", "new, miss")
+KINDS = ("hash20", "hash16", "hash40", "lpm", "bloom")
 # The seed review's table (section 6): lookup -> its figure.
 REVIEW = {"hash": "~50 ns", "lpm": "~200-500 ns", "bloom": "~30 ns"}
 # One Ethernet frame: the programs do not look at it.
@@ -131,6 +137,12 @@ def k40(rnd: random.Random) -> bytes:
     return a + rnd.getrandbits(16).to_bytes(2, "big") + (80).to_bytes(2, "big") + b"\x06" + bytes(3)
 
 
+def k16(rnd: random.Random) -> bytes:
+    """A compact IPv4 session key: two IPv4 addresses, two ports, TCP, padding."""
+    return (rnd.getrandbits(64).to_bytes(8, "big") + rnd.getrandbits(16).to_bytes(2, "big")
+            + (80).to_bytes(2, "big") + b"\x06" + bytes(3))
+
+
 def unicast(rnd: random.Random) -> int:
     return rnd.randrange(1 << 24, 224 << 24)
 
@@ -141,7 +153,7 @@ PLENS = ((16, 0.1), (24, 0.4), (32, 0.5))
 @dataclass
 class MapSpec:
     """One map to measure: its members and its prepared keys."""
-    kind: str            # hash20 | hash40 | lpm | bloom
+    kind: str            # hash20 | hash16 | hash40 | lpm | bloom
     size: int
     label: str
     ksize: int
@@ -190,19 +202,21 @@ def prepare(kind: str, n: int, rnd: random.Random) -> MapSpec:
             k = k20(32, unicast(rnd))
             if k not in mset:
                 miss.append(k)
-    elif kind == "hash40":
-        s = MapSpec(kind, n, "hash, 40 B key (ms_flows)", 40, "elem")
+    elif kind in ("hash40", "hash16"):
+        ksize, make = (40, k40) if kind == "hash40" else (16, k16)
+        label = "hash, 40 B key (ms_flows)" if kind == "hash40" else "hash, 16 B key (IPv4 session, not used)"
+        s = MapSpec(kind, n, label, ksize, "elem")
         mset: set[bytes] = set()
         while len(mset) < n:
-            mset.add(k40(rnd))
+            mset.add(make(rnd))
         members = list(mset)
         rnd.shuffle(members)
-        s.fd = bpfsys.create_map(BPF_MAP_TYPE_HASH, 40, FLOW_VALUE, n, name="lk_hash40")
+        s.fd = bpfsys.create_map(BPF_MAP_TYPE_HASH, ksize, FLOW_VALUE, n, name=f"lk_{kind}")
         for k in members:
             bpfsys.map_update(s.fd, k, bytes(FLOW_VALUE))
         miss = []
         while len(miss) < KEYS:
-            k = k40(rnd)
+            k = make(rnd)
             if k not in mset:
                 miss.append(k)
     elif kind == "lpm":
@@ -295,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=None, help="entries per map, comma-separated (default 10,10000,100000)")
     ap.add_argument("--repeat", type=int, default=None, help=f"BPF_PROG_TEST_RUN repeat (default {DEFAULT_REPEAT})")
     ap.add_argument("--rounds", type=int, default=None, help=f"rounds, median reported (default {DEFAULT_ROUNDS})")
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"maps to measure (default {','.join(KINDS)})")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
@@ -305,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or q.get("rounds", DEFAULT_ROUNDS)
     if min(sizes) < 1 or repeat < 1 or rounds < 1:
         ap.error("--sizes, --repeat and --rounds must be positive")
+    kinds = args.kinds.split(",")
+    if not set(kinds) <= set(KINDS):
+        ap.error(f"--kinds: {', '.join(sorted(set(kinds) - set(KINDS)))} not one of {', '.join(KINDS)}")
     if os.geteuid() != 0:
         print("bench/lookups.py creates BPF maps and programs: run it as root", file=sys.stderr)
         return 1
@@ -319,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     bpf = None
     t0 = time.monotonic()
     try:
-        for kind in ("hash20", "hash40", "lpm", "bloom"):
+        for kind in kinds:
             for n in sizes:
                 s = prepare(kind, n, rnd)
                 fds.append(s.fd)
