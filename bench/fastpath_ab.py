@@ -1,7 +1,7 @@
 """The established packet, this tree's fast path against a git revision's.
 
-An A/B of bench/fastpath.py's ``tcp4-established`` and ``tcp6-established``
-rows: the fast path is built from this tree's bpf/ and from ``--base``'s
+An A/B of bench/fastpath.py's ``tcp4-established``, ``tcp6-established``
+and ``udp4-established`` rows: the fast path is built from this tree's bpf/ and from ``--base``'s
 (``git archive``; the Python loader is this tree's, so the base must load
 with it), each runs its handshakes, and the two builds' ACKs and the empty
 TC program are measured interleaved within each round (order rotated),
@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fastpath import (DEFAULT_REPEAT, DEFAULT_ROUNDS, QUICK_REPEAT, QUICK_ROUNDS, V4_CLIENT,  # noqa: E402
-                      V4_SERVER, V6_CLIENT, V6_SERVER, Case, load_empty, must, run_checked, tcp_packets)
+                      V4_SERVER, V6_CLIENT, V6_SERVER, Case, load_empty, must, run_checked, tcp_packets,
+                      udp_packets)
 
 from datapath.compile import check_headers  # noqa: E402
 from datapath.enums import Direction, Reason  # noqa: E402
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         builds["this"] = FastPath(text=inline_includes(MAIN_SOURCE))
         pk4 = tcp_packets(4, V4_CLIENT, V4_SERVER, 40000)
         pk6 = tcp_packets(6, V6_CLIENT, V6_SERVER, 40000)
+        udp4 = udp_packets()
         cases = [Case("empty", empty_fd, pk4["ack"], path="the floor")]
         for name, fp in builds.items():
             for fam, pk in (("tcp4", pk4), ("tcp6", pk6)):
@@ -76,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                     must(fp, pk[what], f"{name} {fam} {what}")
                 cases.append(Case(f"{fam}-established {name}", fp.prog_fd(Direction.DIR_INGRESS), pk["ack"],
                                   fp, reason=Reason.PASS_FORWARD))
+            for what in ("request", "reply"):
+                must(fp, udp4[what], f"{name} udp4 {what}")
+            cases.append(Case(f"udp4-established {name}", fp.prog_fd(Direction.DIR_INGRESS), udp4["request"],
+                              fp, reason=Reason.PASS_FORWARD))
         for c in cases:
             run_checked(c, c.frame, 1)
         for rnd in range(rounds):
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             fp.close()
         empty_bpf.cleanup()
 
-    print(f"microseg fast path A/B: this tree against {args.base}, established ACKs")
+    print(f"microseg fast path A/B: this tree against {args.base}, established flows")
     print(f"kernel   {os.uname().release}")
     print(f"repeat   {repeat}")
     print(f"rounds   {rounds}  (median reported; programs interleaved within each round)")

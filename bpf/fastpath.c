@@ -255,7 +255,7 @@ int ms_stage_tcp(struct __sk_buff *skb)
         return TC_ACT_SHOT;
     MS_BENCH_STEP(2, TC_ACT_OK);   /* in the TCP stage: the tail call done */
     p->wscale = (p->tcp_flags & TCP_SYN) ? ms_tcp_wscale(skb, p) : 0xff;
-    return ms_then_payload(skb, p, ms_ct_tcp(p, ms_now()));
+    return ms_then_payload(skb, p, ms_ct_tcp(p, ms_pkt_now()));
 }
 
 int ms_stage_other(struct __sk_buff *skb)
@@ -263,7 +263,7 @@ int ms_stage_other(struct __sk_buff *skb)
     struct ms_pkt *p = ms_pkt_scratch();
     if (!p)
         return TC_ACT_SHOT;
-    __u64 now = ms_now();
+    __u64 now = ms_pkt_now();
     int reason;
     if (p->frag == MS_FRAG_LATER)
         reason = ms_ct_fragment(p, now);
@@ -279,7 +279,7 @@ int ms_stage_icmp_err(struct __sk_buff *skb)
     struct ms_pkt *p = ms_pkt_scratch();
     if (!p)
         return TC_ACT_SHOT;
-    return ms_finish(skb, p->dir, ms_icmp_error(skb, p, ms_now()));
+    return ms_finish(skb, p->dir, ms_icmp_error(skb, p, ms_pkt_now()));
 }
 
 /* The payload stage's reason (one ms_finish for the stage, as ms_entry). */

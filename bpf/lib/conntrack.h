@@ -41,7 +41,8 @@
 /* The session clock: CLOCK_MONOTONIC at tick resolution (kernel 5.11+).
  * Timeouts are seconds; the precise bpf_ktime_get_ns costs ~27 ns a read
  * on these VMs (measured, a third of an established packet's cost), the
- * coarse one a memory read. User space compares against CLOCK_MONOTONIC. */
+ * coarse one is a helper call too (7-16 ns; ms_pkt_now below calls it once
+ * a tick). User space compares against CLOCK_MONOTONIC. */
 #ifdef MS_NO_COARSE_CLOCK
 /* Before 5.11 (datapath/compat.py): the precise clock, same time base
  * (CLOCK_MONOTONIC); the user-space sweeper reads the coarse one, which
@@ -51,18 +52,20 @@
 #define ms_now() bpf_ktime_get_coarse_ns()
 #endif
 
-/* The session clock for the entry program's packets (ms_entry_reason: the
- * established lane, first fragments), without a helper call per packet:
+/* The session clock for a packet (the entry program's lane and first
+ * fragments, the tracking stages), without a helper call per packet:
  * the coarse clock moves only at the tick, as jiffies does, and
  * bpf_jiffies64() is inlined by the verifier (a load; 64-bit JITs), where
  * bpf_ktime_get_coarse_ns stays a call (7-15 ns, bench/fastpath_steps.py).
  * So the helper is called only when jiffies moved since this CPU's last
  * reading (ms_clock), and the value is exactly the helper's. One care:
  * the timekeeper advances jiffies a moment before the clock, so a reading
- * taken in between still shows the old time; it is not kept against the
- * new jiffies (equal to the reading kept), and the next packet asks again.
- * The clock can then lag by at most the ticks jiffies jumped at once, and
- * only if this CPU read the clock in that moment. */
+ * taken in between still shows the previous tick's time. Such a reading,
+ * equal to the one kept, is not stored with the new jiffies: the next
+ * packet asks again. Only when this CPU missed a tick's update and read in
+ * that moment is an old time kept, until jiffies moves again: a lag of the
+ * ticks of that one update (one, or the few an idle timekeeper catches up
+ * at once), where the sweeper and the timeouts count seconds. */
 static __always_inline __u64 ms_pkt_now(void)
 {
 #ifdef MS_NO_COARSE_CLOCK

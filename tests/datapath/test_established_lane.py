@@ -21,7 +21,7 @@ from datapath.enums import CtState, InspState, Reason, Stage
 from datapath.policy_tables import POL
 from datapath.sessions import CLOCK_MONOTONIC_COARSE, session_clock_ns
 
-from packets_ct import FLOWS, IPPROTO_TCP, TcpConn, flow_key
+from packets_ct import FLOWS, IPPROTO_TCP, IPPROTO_UDP, TcpConn, entry, expect, flow_key, udp_frame
 
 S = CtState
 R = Reason
@@ -159,8 +159,8 @@ def wait_clock_past(t_ns: float) -> None:
 
 
 def test_the_lane_stamps_the_session_clock(fastpath):
-    """The lane reads the clock only when jiffies moved (conntrack.h
-    ms_pkt_now): a session's last_seen must still be the session clock
+    """The lane and the stages read the clock only when jiffies moved
+    (conntrack.h ms_pkt_now): a session's last_seen must still be the session clock
     (CLOCK_MONOTONIC_COARSE, which the sweeper compares against) to a tick,
     however long this CPU's last reading is past, and expiry must follow it."""
     conn = established(fastpath, "v4")          # its last ACK went through the lane: a reading kept
@@ -171,6 +171,17 @@ def test_the_lane_stamps_the_session_clock(fastpath):
             conn.send(O, "A")
         hi = session_clock_ns()
         seen = conn.entry().leaf.last_seen_ns
+        assert lo - TICK_NS <= seen <= hi, (lo, seen, hi)
+    # the tracking stages read the same clock the same way (a UDP flow's
+    # packets go through ms_stage_other)
+    expect(fastpath, udp_frame("10.0.0.1", 5353, "10.0.0.2", 53), R.PASS_FORWARD)
+    for _ in range(2):
+        udp = entry(fastpath, "10.0.0.1", 5353, "10.0.0.2", 53, IPPROTO_UDP)
+        wait_clock_past(udp.leaf.last_seen_ns + TICKS_TO_WAIT * TICK_NS)
+        lo = session_clock_ns()
+        expect(fastpath, udp_frame("10.0.0.1", 5353, "10.0.0.2", 53), R.PASS_FORWARD)
+        hi = session_clock_ns()
+        seen = entry(fastpath, "10.0.0.1", 5353, "10.0.0.2", 53, IPPROTO_UDP).leaf.last_seen_ns
         assert lo - TICK_NS <= seen <= hi, (lo, seen, hi)
     # expiry on the same clock: just past the timeout, the lane hands the
     # segment over (the stage removes the session); a second inside, it keeps it
