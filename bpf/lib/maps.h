@@ -273,9 +273,9 @@ struct ms_tcp_side {
 struct ms_flow {
     __u64 first_seen_ns;
     __u64 last_seen_ns;
-    __u64 packets[2];
-    __u64 bytes[2];
-    struct ms_tcp_side tcp[2];
+    /* The state and flags right after last_seen_ns, in its cache line: the
+     * sweep (sweep.h) reads the state of every entry older than the
+     * shortest timeout, and an established packet reads them with it. */
     __u8  state;            /* enum ms_ct_state */
     __u8  initiator_is_hi;  /* 1 when addr_hi/port_hi opened the flow */
     __u8  flags;            /* MS_FLOW_* */
@@ -286,6 +286,9 @@ struct ms_flow {
     __u8  l7_seen;          /* bit per side: its first payload went through the L7 stage */
     __u32 pol_gen;          /* policy generation the verdict is from */
     __u32 rule_id;          /* rule that decided (0: default or no policy) */
+    __u64 packets[2];
+    __u64 bytes[2];
+    struct ms_tcp_side tcp[2];
     __u32 insp_sent[2];     /* payload bytes copied to the slow path, per side */
     __u8  insp_state;       /* enum ms_insp_state (inspected flows) */
     __u8  pad2[3];

@@ -92,10 +92,9 @@ struct ms_sweep_walk {
     __u32 pad;
     /* The smallest of timeout[0..MS_CT_STATE_COUNT], signed as the age
      * test takes it: an entry no older than this is live whatever its
-     * state, so the callback returns before reading the state byte, which
-     * sits 88 bytes past last_seen_ns in struct ms_flow, always in another
-     * cache line: one line fewer per live entry in a walk that is bound by
-     * cache misses. */
+     * state, so the callback returns before reading the state byte and
+     * the timeout table (struct ms_flow keeps the state beside
+     * last_seen_ns; the entry's own line is what the walk pays for). */
     __s64 min_timeout;
     /* ms_timeout(i), ns; slot MS_CT_STATE_COUNT on: its fallback for a
      * state out of range (the array lookup fails past the last state) */
