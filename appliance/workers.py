@@ -50,7 +50,6 @@ from slowpath.inject import Injector
 from slowpath.metrics import Metrics, snapshot
 from slowpath.records import VerdictWriter, open_payload_channel, session_seq, session_stats
 from slowpath.ringbuf import RingBuffer
-from slowpath.warmup import warm_up
 
 log = logging.getLogger("microseg.run")
 
@@ -524,7 +523,6 @@ class WorkerSet:
         self._backoff: dict[int, float] = {}
         self.restarts = 0
         self.stopping = False
-        self._warm = False
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def __len__(self) -> int:
@@ -546,8 +544,6 @@ class WorkerSet:
         close = [mine.fileno(), *(s.fileno() for s in self._socks.values()), *self._pidfds.values(),
                  *self.close_in_child()]
         parent = os.getpid()
-        if not self._warm:
-            self._warm_up()
         # The daemon's objects (BCC, the compiled rules, the protocol
         # tables) go to the collector's permanent generation first: a
         # worker's collections then never walk them, so their pages stay
@@ -571,19 +567,6 @@ class WorkerSet:
         log.info("slow-path worker %d started (pid %d)", i, pid)
         if self.loop is not None:
             self._watch(i)
-
-    def _warm_up(self) -> None:
-        """Once, before the first fork: the first-use costs of the engine's
-        code paths paid here, not by each worker's first inspected
-        connection (slowpath/warmup.py; ~45 ms, once per daemon)."""
-        self._warm = True
-        ctx, fp = self.ctx, self.ctx.fp
-        try:
-            warm_up(ctx.rules, plugins=fp.protocols, app_names={i: n for n, i in fp.l7.ids.items()},
-                    l7=getattr(ctx, "l7", None), inspect_budget=ctx.cfg.datapath.inspect_budget,
-                    wall=getattr(ctx, "wall", None))
-        except Exception as e:    # not expected; it would cost only the first connections' latency
-            log.warning("slow-path warm-up failed (the first inspected connections pay for it): %r", e)
 
     def _watch(self, i: int) -> None:
         self.loop.add_reader(self._socks[i].fileno(), self._readable, i)
