@@ -1,0 +1,51 @@
+"""bench/policy_perf.py's reading of `perf script -F pid,ip,sym` (perf 6.1's
+format: a line with the pid, then the call chain leaf first, one frame a
+line) and its breakdown: only the lab's pids, hooks counted inclusively."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.policy_perf import breakdown, samples  # noqa: E402
+
+SCRIPT = (
+    " 5030 \n"
+    "\tffffffffc002a73f bpf_prog_795572683aa00dd3_tc_ingress\n"
+    "\tffffffff81f46e7a cls_bpf_classify\n"
+    "\tffffffff81ea1171 tc_run\n"
+    "\tffffffff81eae725 __netif_receive_skb_core.constprop.0\n"
+    "\n"
+    " 5030 \n"
+    "\tffffffff81e2a000 lookup_nulls_elem_raw+0x20\n"
+    "\tffffffffc002fd9d bpf_prog_21e28a8aa4b7e5e2_ms_stage_tcp+0x229\n"
+    "\tffffffff81ea1171 tc_run\n"
+    "\n"
+    " 5031 \n"
+    "\tffffffff81f00000 nft_do_chain\n"
+    "\tffffffff81f00100 nf_hook_slow\n"
+    "\n"
+    " 777 \n"                      # another process on the CPU: not the lab's
+    "\tffffffff81ea1171 tc_run\n"
+    "\n"
+    " 5031 \n"
+    "\tffffffff81000000 tcp_sendmsg\n"
+    "\n"
+)
+
+
+def test_samples_keeps_the_given_pids_and_strips_offsets():
+    chains = samples(SCRIPT, {5030, 5031})
+    assert len(chains) == 4
+    assert chains[1][:2] == ["lookup_nulls_elem_raw", "bpf_prog_21e28a8aa4b7e5e2_ms_stage_tcp"]
+
+
+def test_breakdown_counts_hooks_programs_and_leaves():
+    c = breakdown(samples(SCRIPT, {5030, 5031}))
+    assert c["all"] == 4
+    assert c["tc hooks"] == 2 and c["netfilter"] == 1
+    assert c["prog tc_ingress"] == 1 and c["prog ms_stage_tcp"] == 1
+    assert c["leaf tc_ingress (program)"] == 1
+    assert c["leaf lookup_nulls_elem_raw"] == 1 and c["leaf nft_do_chain"] == 1
+    assert "leaf tcp_sendmsg" not in c    # not under a hook
