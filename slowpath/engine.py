@@ -26,7 +26,6 @@ When a flow gets which verdict:
 from __future__ import annotations
 
 import collections
-import dataclasses
 import socket
 import time
 from dataclasses import dataclass, field
@@ -72,6 +71,19 @@ _DIRECTIONS = (Direction.TO_SERVER, Direction.TO_CLIENT)
 _DECIDED = (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK)
 HOLD_ALL = INSPECT["HOLD_ALL"]   # the kernel holds every request of the flow (bpf/lib/inspect.h)
 _IDENTIFY_ONLY = frozenset({"dpi"})
+# A verdict's word in records and metrics ("allow"), by code: an Enum's
+# .name is a descriptor call, made twice for every flow otherwise.
+_VERDICT_WORDS = {c: c.name.removeprefix("VERDICT_").lower() for c in VerdictCode}
+
+
+def _what_of(inspect: int) -> frozenset[str]:
+    """The inspections (inspect.what) a record's MS_INSPECT_* bits ask for."""
+    return frozenset(n for n, bit in INSPECT_BITS.items() if inspect & bit) or _IDENTIFY_ONLY
+
+
+# _what_of() per MS_INSPECT_* value seen: a flow's opening looks it up
+# (a few values per policy, at most 2**bits).
+_WHAT: dict[int, frozenset[str]] = {}
 # Application protocols on HTTP/2 framing (slowpath/analyzer.py names them).
 H2_APPS = ("http2", "grpc")
 HTTP_SWITCHING_PROTOCOLS = 101   # RFC 9110 15.2.2: the last HTTP/1.x answer on the connection
@@ -359,7 +371,9 @@ class Engine:
         if len(self.flows) >= MAX_FLOWS:
             _, oldest = self.flows.popitem(last=False)
             self._close(oldest, "forced", pop=False)
-        what = frozenset(n for n, bit in INSPECT_BITS.items() if rec.inspect & bit) or frozenset({"dpi"})
+        what = _WHAT.get(rec.inspect)
+        if what is None:
+            what = _WHAT[rec.inspect] = _what_of(rec.inspect)
         kernel_app = self.app_names.get(rec.app)
         info = eve.FlowInfo(flow_id=eve.make_flow_id(rec.l4, rec.client[0], rec.client[1], rec.server[0],
                                                      rec.server[1], rec.ts_ns),
@@ -542,7 +556,9 @@ class Engine:
     def _info(self, flow: Flow) -> eve.FlowInfo:
         app = flow.analyzer.app
         if flow.info.app_proto != app:
-            flow.info = dataclasses.replace(flow.info, app_proto=app)
+            # with_app: the tuple is the same, so what FlowInfo derived
+            # from it (community_id, header_parts) is kept, not made again.
+            flow.info = flow.info.with_app(app)
         return flow.info
 
     def _log(self, flow: Flow, info: eve.FlowInfo, ev) -> None:
@@ -690,7 +706,7 @@ class Engine:
             self._release_held(flow)
         self.counters.verdicts[code.name] += 1
         if self.metrics is not None:
-            self.metrics.record_verdict(code.name.removeprefix("VERDICT_").lower())
+            self.metrics.record_verdict(_VERDICT_WORDS[code])
             if first:   # kernel timestamp of the first inspected byte -> verdict map write
                 self.metrics.observe_verdict_latency((written_ns - flow.first_ts_ns) / 1e9)
         if first:
@@ -822,7 +838,7 @@ class Engine:
         if flow.reasm is not None:
             flow.reasm.close()
         self.counters.flows_closed += 1
-        verdict = flow.verdict.name.removeprefix("VERDICT_").lower() if flow.verdict else None
+        verdict = _VERDICT_WORDS[flow.verdict] if flow.verdict else None
         if self.kernel_flow_records:
             self.ended[flow.key] = EngineSide(info, flow.alerted, verdict, flow.verdict_latency_us)
             self.ended.move_to_end(flow.key)

@@ -163,6 +163,12 @@ def _on_match(idx: int, start: int, end: int, flags: int, matches: list) -> bool
     return matches[1] >= MAX_MATCH_EVENTS       # True stops the scan
 
 
+# Direction's members in order, iterated once: a flow's inspector makes a
+# DLP stream per direction, and iterating the Enum class costs more than
+# the streams.
+_BOTH_DIRECTIONS = tuple(Direction)
+
+
 class _DlpStream:
     """One direction's body, as DLP sees it across chunks."""
     __slots__ = ("tail", "base", "done", "reported")
@@ -188,7 +194,7 @@ class FlowInspector:
         self._dpi = "dpi" in what and bool(rules.domains)
         self._dlp = rules._dlp_by_direction if "dlp" in what else rules._no_dlp
         self._dlp_prefilter = rules._dlp_prefilter
-        self._streams = {d: _DlpStream() for d in Direction}
+        self._streams = {d: _DlpStream() for d in _BOTH_DIRECTIONS}
         # The request whose body the WAF is collecting.
         self._body: bytearray | None = None
         self._body_type: str | None = None
@@ -284,7 +290,7 @@ class FlowInspector:
         self._parked[self._sid] = (self._streams, self._body, self._body_type)
         got = self._parked.pop(sid, None)
         if got is None:
-            got = ({d: _DlpStream() for d in Direction}, None, None)
+            got = ({d: _DlpStream() for d in _BOTH_DIRECTIONS}, None, None)
         self._streams, self._body, self._body_type = got
         self._sid = sid
 

@@ -1280,7 +1280,8 @@ def ethernet_frames(path: str | os.PathLike) -> Iterator[tuple[int, float, bytes
     which parses Ethernet, can run every capture `microseg replay` reads."""
     _, _, frames = _records(str(path))
     for frame, ts, buf, lt in frames:
-        yield frame, ts, _to_ethernet(lt, buf)
+        # Ethernet (most captures) as it is, without the call (one a frame).
+        yield frame, ts, buf if lt == LINKTYPE_ETHERNET else _to_ethernet(lt, buf)
 
 
 def _to_ethernet(lt: int, buf: bytes) -> bytes | None:

@@ -8,7 +8,6 @@ restates the C struct.
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import socket
 import struct
 import time
@@ -16,6 +15,7 @@ from typing import NamedTuple, Sequence
 
 from datapath import bpfsys
 from datapath.enums import VerdictCode
+from datapath.flows import addr_text
 
 CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)
 
@@ -29,10 +29,8 @@ def record_type(layouts: dict[str, tuple[type, type]]) -> type:
     return dict(leaf._fields_)["h"]
 
 
-def _addr(raw) -> str:
-    b = bytes(raw)
-    ip = ipaddress.IPv6Address(b)
-    return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
+# A record's 16-byte address as text (the session table's formatting).
+_addr = addr_text
 
 
 class InspRecord(NamedTuple):
@@ -126,6 +124,9 @@ class RecordDecoder:
         self.hsize = ctypes.sizeof(rec_type)
         self.key_size = ctypes.sizeof(key_type)
         self._header, self._index = _header_struct(rec_type)
+        # _HEADER_FIELDS' positions in the unpacked header, in that order
+        # (decode_many takes them once a batch).
+        self._indices = tuple(self._index[name] for name in _HEADER_FIELDS)
         key_at = rec_type.key.offset
         cookie = rec_type.cookie
         if cookie.size != COOKIE_BYTES:
@@ -163,7 +164,7 @@ class RecordDecoder:
         unpack = self._header.unpack_from
         hsize, kslice, peers, new = self.hsize, self._key, self._peers, tuple.__new__
         (i_ts, i_seq, i_ack, i_len, i_orig, i_rule, i_side, i_flags, i_l4, i_app, i_insp, i_hook, i_hi, i_frag,
-         i_fid, i_foff, i_cookie) = (self._index[name] for name in _HEADER_FIELDS)
+         i_fid, i_foff, i_cookie) = self._indices
         append = out.append
         for raw in raws:
             if len(raw) < hsize:

@@ -136,3 +136,16 @@ VALUE_BYTES = st.binary(max_size=24) | st.lists(
 @given(VALUE_BYTES, st.booleans(), st.booleans())
 def test_the_plain_value_shortcut_changes_no_result(data, form, path):
     assert normalize.value(data, form=form, path=path) == normalize._value(data, form, path)
+
+
+@given(st.one_of(st.binary(min_size=4, max_size=4).map(lambda b: bytes(10) + b"\xff\xff" + b),   # IPv4-mapped
+                 st.binary(min_size=4, max_size=4).map(lambda b: bytes(12) + b),                  # IPv4-compatible
+                 st.binary(min_size=6, max_size=6).map(lambda b: bytes(10) + b),
+                 st.binary(min_size=16, max_size=16)))
+def test_an_address_is_written_as_ipaddress_writes_it(b):
+    # datapath/flows.py addr_text writes an IPv4-mapped address with
+    # inet_ntop, everything else through ipaddress: both as ipaddress would.
+    ip = ipaddress.IPv6Address(b)
+    want = str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
+    assert records._addr(b) == want
+    assert records._addr((ctypes.c_ubyte * 16).from_buffer_copy(b)) == want      # a BCC key's array
