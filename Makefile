@@ -85,18 +85,16 @@ bench-memory: setup
 PEER_PKGS := libndpi-bin tshark
 .PHONY: bench-peers
 bench-peers: setup
-	@missing=; for p in $(PEER_PKGS); do \
-		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		echo "bench-peers: installing$$missing (apt-get)"; \
-		echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections && \
-		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing \
-		  || { DEBIAN_FRONTEND=noninteractive apt-get update -q && \
-		       DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; }; } \
-		|| { echo "bench-peers: could not install$$missing (needs root and apt)" >&2; exit 1; }; \
-	fi
+	scripts/bench-packages.sh $(PEER_PKGS)
 	$(PY) bench/peers.py
+
+# perf profiles of bench/policy.py's workloads per filter (CPU per connection
+# and per MB in the hooks, docs/performance.md 4.3). Installs linux-perf
+# first when missing; not in BENCHES.
+.PHONY: bench-policy-perf
+bench-policy-perf: setup
+	scripts/bench-packages.sh linux-perf
+	$(PY) bench/policy_perf.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

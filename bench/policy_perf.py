@@ -21,7 +21,8 @@ connection (``--workload conn``) or per megabyte received (``iperf``):
 * one line per BPF program (its samples, helpers included), then the
   heaviest leaf functions under the hooks.
 
-Root only; perf (linux-perf) must be installed. Traffic stays in the lab;
+Root only; perf (linux-perf) must be installed (`make bench-policy-perf`
+installs it, then runs this). Traffic stays in the lab;
 the lab, ``microseg up`` and nftables rulesets are undone in ``finally``
 blocks, perf's data files are written to a temporary directory removed
 afterwards.
