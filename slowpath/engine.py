@@ -389,6 +389,12 @@ class Engine:
                 whole = self._defrag(flow, rec)
                 return an.datagram(d, whole) if whole is not None else []
             return an.datagram(d, rec.data)
+        got = flow.reasm.in_order(d, rec.seq, rec.tcp_flags, rec.data)
+        if got is not None:
+            # The next bytes in order (most records): to the analyzer as
+            # segment()'s one Data event would bring them. No cap is hit on
+            # this path, so the cap check below has nothing to see.
+            return an.data(d, got)
         out = []
         for ev in flow.reasm.segment(d, rec.seq, rec.tcp_flags, rec.data):
             t = type(ev)
