@@ -433,5 +433,8 @@ class FlowInspector:
 
     # -- domains ------------------------------------------------------------------
     def _domain(self, dfield: str, name: str, d: Direction) -> list[Hit]:
+        rules = self.rules.match_domain(dfield, name)
+        if not rules:            # most names: no list comprehension (a function call on 3.11) built
+            return []
         return [Hit(r.id, r.name, "domain", r.action, r.severity, DOMAIN_FIELDS[dfield], shown(name), d)
-                for r in self.rules.match_domain(dfield, name)]
+                for r in rules]
