@@ -331,6 +331,9 @@ def _builder(cls):
 _new_request = _builder(HttpRequest)
 _new_response = _builder(HttpResponse)
 _new_message_end = _builder(HttpMessageEnd)
+# Direction.TO_SERVER as a module name for the per-message path: on Python
+# 3.11 an enum member read through its class is a descriptor call (~0.25 us).
+_TO_SERVER = Direction.TO_SERVER
 
 
 # --- Head parsing -------------------------------------------------------------
@@ -991,7 +994,7 @@ class HttpParser(StreamParser):
             i += 1
         if i == n:
             return i if i > start else None
-        request = side.direction == Direction.TO_SERVER
+        request = side.direction == _TO_SERVER
         m = _HEAD_END.search(buf, max(i, side.scan - side.offset), i + MAX_HEAD_BYTES)
         if m is not None:
             # A plain head starts as _lenient_bad_start wants (a method and SP,

@@ -69,6 +69,11 @@ TCP_FIN, TCP_RST, TCP_ACK = 0x01, 0x04, 0x10
 # A record's side (0, 1) as the parsers' Direction, without an enum call per record.
 _DIRECTIONS = (Direction.TO_SERVER, Direction.TO_CLIENT)
 _DECIDED = (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK)
+# The same members as plain module names for the per-record path: on Python
+# 3.11 reading VerdictCode.VERDICT_X or Direction.TO_SERVER is a descriptor
+# call (~0.25 us), a handful of them per record.
+_ALLOW, _BLOCK, _RELEASE = VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK, VerdictCode.VERDICT_RELEASE
+_TO_SERVER = Direction.TO_SERVER
 HOLD_ALL = INSPECT["HOLD_ALL"]   # the kernel holds every request of the flow (bpf/lib/inspect.h)
 _IDENTIFY_ONLY = frozenset({"dpi"})
 # A verdict's word in records and metrics ("allow"), by code: an Enum's
@@ -315,7 +320,7 @@ class Engine:
         hold_all = flow.hold_all = bool(rec.inspect & HOLD_ALL)   # a reload may change the rule
         each = hold_all and side == 0 and flow.verdict is not None     # the kernel holds every request
         if flow.verdict in _DECIDED:
-            if each and flow.verdict == VerdictCode.VERDICT_ALLOW and rec.data and self.injector is not None:
+            if each and flow.verdict == _ALLOW and rec.data and self.injector is not None:
                 # Bypassed (a failure's action), and the kernel still holds the
                 # client's side: everything goes on unread.
                 self.injector.inject(flow.info, side, rec)
@@ -330,7 +335,7 @@ class Engine:
             flow.held.append(rec)         # held by the kernel until checked (_send_checked)
         events = self._parse(flow, rec)
         if (self.inspect_budget is not None and flow.copied[side] >= self.inspect_budget
-                and flow.verdict in (None, VerdictCode.VERDICT_RELEASE) and not (hold_all and side == 0)):
+                and flow.verdict in (None, _RELEASE) and not (hold_all and side == 0)):
             # (Not the client's side of a flow that holds every request:
             # the kernel copies all of it, the head's end is still to come.)
             # The kernel copies no more of this side: a message head still
@@ -347,7 +352,7 @@ class Engine:
                 self._unreadable(flow)           # nothing this slow path can read
         if flow.hold and flow.verdict is None and flow.held and flow.held[-1] is rec and flow.http_tx is None:
             self._pass_on_h2(flow, rec, events)
-        if each and flow.verdict == VerdictCode.VERDICT_RELEASE and flow.held:
+        if each and flow.verdict == _RELEASE and flow.held:
             self._send_checked(flow)
         elif (hold_all and side == 0 and flow.verdict is None and rec.data and flow.analyzer.decided
               and flow.analyzer.parser is not None):
@@ -359,7 +364,7 @@ class Engine:
         if flow.identify_only and flow.verdict not in _DECIDED and self._identified(flow):
             # Identified (protocol and naming fields): nothing more to read.
             self._verdict(flow, VerdictCode.VERDICT_ALLOW)
-        if (flow.verdict == VerdictCode.VERDICT_RELEASE and self.inspect_budget is not None
+        if (flow.verdict == _RELEASE and self.inspect_budget is not None
                 and max(flow.copied) >= self.inspect_budget and flow.l7 is None):
             # A side inspected to the depth and nothing found: the kernel may
             # carry the flow alone (its per-packet verdict checks end).
@@ -403,6 +408,12 @@ class Engine:
                 whole = self._defrag(flow, rec)
                 return an.datagram(d, whole) if whole is not None else []
             return an.datagram(d, rec.data)
+        got = flow.reasm.in_order(d, rec.seq, rec.tcp_flags, rec.data)
+        if got is not None:
+            # The next bytes in order (most records): to the analyzer as
+            # segment()'s one Data event would bring them. No cap is hit on
+            # this path, so the cap check below has nothing to see.
+            return an.data(d, got)
         out = []
         for ev in flow.reasm.segment(d, rec.seq, rec.tcp_flags, rec.data):
             t = type(ev)
@@ -469,16 +480,16 @@ class Engine:
                 if hit.action == "block":
                     self._block(flow)
             self._log(flow, info, ev)
-            if flow.verdict in (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK):
+            if flow.verdict in _DECIDED:
                 return
             kind = ev.kind
             if kind == "malformed":
                 self._failure(flow, "parser_error")
             elif kind == "http_anomaly" and ev.name in CODING_ANOMALIES:
                 self._failure(flow, "decompression")   # a body the rules cannot read decoded
-            elif kind == "http_message_end" and ev.direction == Direction.TO_SERVER:
+            elif kind == "http_message_end" and ev.direction == _TO_SERVER:
                 if flow.l7 is None:
-                    self._verdict(flow, VerdictCode.VERDICT_RELEASE)
+                    self._verdict(flow, _RELEASE)
                 else:    # after the rest: a pipelined request in the same held bytes is checked first
                     release = True
             elif kind == "dns_message" and not ev.response:
@@ -687,7 +698,7 @@ class Engine:
         return field is None or not any(field in d.fields for d in getattr(self.rules, "domains", ()))
 
     def _verdict(self, flow: Flow, code: VerdictCode) -> None:
-        if code == VerdictCode.VERDICT_RELEASE and flow.identify_only and self._identified(flow):
+        if code == _RELEASE and flow.identify_only and self._identified(flow):
             code = VerdictCode.VERDICT_ALLOW    # identified: bypass at once, not release then allow
         if flow.verdict == code or flow.verdict in _DECIDED:
             return

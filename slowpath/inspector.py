@@ -28,6 +28,9 @@ from slowpath.waf import (ANOMALY_BASE_ID, ANOMALY_IDS, ANOMALY_SEVERITY, BINARY
                           MAX_WAF_BODY_BYTES, SCANNED_HEADERS, WAF_CATEGORIES, WAF_FIELDS, ActiveSignature,
                           compile_db, hs_flags)
 
+# Direction.TO_SERVER as a module name: on Python 3.11 an enum member read
+# through its class is a descriptor call (~0.25 us), twice per request here.
+_TO_SERVER = Direction.TO_SERVER
 # What a policy rule's inspect.what may ask for.
 WHAT = frozenset({"waf", "dlp", "dpi"})
 # What a request's protocol anomaly may do on a WAF flow (the http_anomaly setting).
@@ -220,7 +223,7 @@ class FlowInspector:
             if ev.stream_id != self._sid:
                 self._use(ev.stream_id)
             out = self._dlp_chunk(ev.direction, ev.data, final=False) if self._dlp[ev.direction] else []
-            if ev.direction == Direction.TO_SERVER and self._body is not None:
+            if ev.direction == _TO_SERVER and self._body is not None:
                 self._body += ev.data[:MAX_WAF_BODY_BYTES - len(self._body)]
                 if len(self._body) >= MAX_WAF_BODY_BYTES:
                     out += self._waf_body()       # full: scan now; the rest goes unscanned
@@ -265,7 +268,7 @@ class FlowInspector:
 
     def _request(self, ev: HttpRequest) -> list[Hit]:
         """A request head of the current stream."""
-        out = self._end_message(Direction.TO_SERVER)     # a body cut short by a gap
+        out = self._end_message(_TO_SERVER)     # a body cut short by a gap
         if ev.anomalies:
             out += self._anomalies(ev.anomalies, ev.direction)
         if self._dpi:
@@ -379,7 +382,7 @@ class FlowInspector:
     # -- DLP ----------------------------------------------------------------------
     def _end_message(self, d: Direction) -> list[Hit]:
         out = []
-        if d == Direction.TO_SERVER and self._body is not None:
+        if d == _TO_SERVER and self._body is not None:
             if self._body:
                 out += self._waf_body()
             else:
@@ -436,5 +439,8 @@ class FlowInspector:
 
     # -- domains ------------------------------------------------------------------
     def _domain(self, dfield: str, name: str, d: Direction) -> list[Hit]:
+        rules = self.rules.match_domain(dfield, name)
+        if not rules:            # most names: no list comprehension (a function call on 3.11) built
+            return []
         return [Hit(r.id, r.name, "domain", r.action, r.severity, DOMAIN_FIELDS[dfield], shown(name), d)
-                for r in self.rules.match_domain(dfield, name)]
+                for r in rules]

@@ -236,21 +236,35 @@ class StreamReassembler:
         return self._sides[0].buffered + self._sides[1].buffered
 
     # ------------------------------------------------------------------ input
+    def in_order(self, d: Direction, seq: int, flags: int, payload: bytes) -> bytes | None:
+        """segment()'s common case, as _data's first branch takes it: when
+        ``payload`` is the next bytes of ``d`` (a Direction) in order, nothing
+        buffered, no FIN yet and no SYN, FIN or RST on it, it is delivered as
+        segment() would (same state and counters) and returned: the data of
+        the one Data event segment() would give. Else None, nothing changed:
+        segment() takes it. (The engine calls this first: no event object
+        per in-order record.)"""
+        side = self._sides[d]
+        if payload and not flags & _SYN_FIN_RST and side.base is not None and not side.starts \
+                and side.fin is None and self.in_order_shortcut:
+            nxt = side.next
+            if (seq - side.base - nxt + _HALF) % _SEQ_MOD == _HALF and len(payload) <= self.limits.max_window:
+                c = self.counters
+                c.segments += 1
+                side.next = nxt + len(payload)
+                c.bytes_delivered += len(payload)
+                return payload if payload.__class__ is bytes else bytes(payload)
+        return None
+
     def segment(self, direction: Direction, seq: int, flags: int,
                 payload: bytes = b"") -> list[StreamEvent]:
         """Feed one TCP segment; return the events it completes (possibly none)."""
         d = direction if direction.__class__ is Direction else Direction(direction)
+        got = self.in_order(d, seq, flags, payload)
+        if got is not None:
+            return [_new_data(d, got, self._sides[d].next - len(got))]
         side = self._sides[d]
         self.counters.segments += 1
-        if payload and not flags & _SYN_FIN_RST and side.base is not None and not side.starts \
-                and side.fin is None and self.in_order_shortcut:
-            # The common case, as _data's first branch takes it: the next
-            # bytes in order, nothing buffered, no FIN yet.
-            nxt = side.next
-            if (seq - side.base - nxt + _HALF) % _SEQ_MOD == _HALF and len(payload) <= self.limits.max_window:
-                side.next = nxt + len(payload)
-                self.counters.bytes_delivered += len(payload)
-                return [_new_data(d, payload if payload.__class__ is bytes else bytes(payload), nxt)]
         events: list[StreamEvent] = []
         if flags & RST:
             # Payload of a RST is a diagnostic, never stream data (RFC 9293

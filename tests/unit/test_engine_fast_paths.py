@@ -1,5 +1,6 @@
 """The slow path's shortcuts for the common case give what the general code
-gives: the plain-target shortcut of normalize.uri_and_args."""
+gives: the plain-target shortcut of normalize.uri_and_args, the in-order
+shortcut of reassembly and the engine's use of it, and others below."""
 from __future__ import annotations
 
 import random
@@ -24,6 +25,7 @@ def test_plain_target_shortcut_matches_general_decoding():
     for target in _targets(20_000, 14):
         assert normalize.uri_and_args(target) == normalize._uri_and_args(target), target
         checked += 1
+        assert normalize._is_plain(target) == (normalize._PLAIN_TARGET.search(target) is None), target
         plain += normalize._PLAIN_TARGET.search(target) is None and target[:1] == "/" and target.isascii()
     assert plain > 300 and checked - plain > 1000       # both ways taken often
 
@@ -148,3 +150,131 @@ def test_request_host_matches_reference_cached_or_not():
     long = "h" * (domains.MAX_CACHED_AUTHORITY_CHARS + 1)
     assert domains.request_host(SimpleNamespace(method="GET", uri="/", host=long)) == long
     assert long not in domains._hosts
+
+
+# -- the engine's per-record fast paths against the general ones ------------------
+
+ENGINE_RULES = """
+waf:
+  sets: {sqli: block, xss: block, traversal: block, cmdi: block}
+dlp:
+  - {name: no-cards-out, detectors: [credit_card], direction: response, action: block}
+domains:
+  - {name: blocked, match: [evil.example], fields: [http_host], action: block}
+"""
+
+
+def _http_flow_records(rnd: random.Random, key: bytes):
+    """Payload records of one HTTP/1 flow as the kernel copies them: pipelined
+    requests (now and then an attack, a blocked Host or a body) and their
+    responses, cut into segments at random points; some segments retransmitted,
+    overlapping, reordered; a FIN at the end sometimes."""
+    from slowpath.records import InspRecord
+    from datapath.enums import INSPECT
+    clean = ["/catalog/item?id=%d&sort=price", "/a//b/./c?x=1+2&n=%d", "/ok/%d"]
+    attacks = ["/q?s=%%3Cscript%%3E%d", "/x?q=' or 1=1--%d", "/p%%2e%%2e/etc/passwd?%d"]
+    streams = [bytearray(), bytearray()]
+    for i in range(rnd.randrange(3, 12)):
+        body = b"a=1&b=%d" % i if rnd.random() < 0.2 else b""
+        head = "POST" if body else "GET"
+        target = rnd.choice(attacks if rnd.random() < 0.04 else clean) % i
+        host = "evil.example" if rnd.random() < 0.02 else "shop.example"
+        streams[0] += (f"{head} {target} HTTP/1.1\r\nHost: {host}\r\n"
+                       f"User-Agent: t{i % 3}\r\n").encode()
+        streams[0] += (b"Content-Length: %d\r\n\r\n" % len(body) + body) if body else b"\r\n"
+        out = b"card 4111 1111 1111 1111" if rnd.random() < 0.1 else b"hello %d" % i
+        streams[1] += b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(out) + out
+    isn = (1000, 5000) if rnd.random() < 0.7 else ((1 << 32) - 40, (1 << 32) - 90)
+    segs = []
+    for side in (0, 1):
+        data, at = bytes(streams[side]), 0
+        while at < len(data):
+            n = rnd.randrange(1, 120)
+            segs.append((side, at, data[at:at + n]))
+            at += n
+    segs.sort(key=lambda s: (s[1] + rnd.randrange(0, 200) * s[0]))   # the two sides interleaved
+    out = []
+    for side, off, data in segs:
+        r = rnd.random()
+        if r < 0.05 and off:                       # a retransmission that overlaps the last bytes
+            back = min(off, rnd.randrange(1, 30))
+            out.append((side, off - back, data[:1] and bytes(back) + data))
+        out.append((side, off, data))
+        if r > 0.97 and len(out) > 2:              # reordered with the one before
+            out[-1], out[-2] = out[-2], out[-1]
+    recs = []
+    for side, off, data in out:
+        seq = (isn[side] + 1 + off) % (1 << 32)
+        ack = (isn[1 - side] + 1) % (1 << 32)
+        recs.append(InspRecord(ts_ns=1_000_000, key=key, client=("10.0.0.5", 40000), server=("10.0.1.5", 80),
+                               side=side, seq=seq, ack_seq=ack, tcp_flags=0x18, l4=6, app=0,
+                               inspect=INSPECT["WAF"] | INSPECT["DLP"] | INSPECT["DPI"]
+                               | (INSPECT["HOLD"] if rnd.random() < 0.3 else 0),
+                               rule_id=7, hook=0, orig_len=len(data), data=data))
+    return recs
+
+
+def _run_engine(recs, shortcut: bool):
+    from slowpath.engine import Engine
+    from slowpath.reassembly import StreamReassembler
+    from slowpath.rulesfile import load_rules_text
+
+    class Writer:
+        def __init__(self):
+            self.written = []
+
+        def verdict(self, key, code):
+            self.written.append((key, code))
+            return 2_000_000
+
+    class Injector:
+        def __init__(self):
+            self.calls = []
+
+        def inject(self, info, side, rec):
+            self.calls.append(("inject", side, rec.seq, rec.data))
+            return True
+
+        def reset_flow(self, info, key, next_seq):
+            self.calls.append(("reset", key, list(next_seq)))
+
+        def reset_held(self, info, key, held_from, next_seq):
+            self.calls.append(("reset_held", key, list(held_from), list(next_seq)))
+
+        def release(self, info, recs):
+            self.calls.append(("release", [(r.side, r.seq, r.data) for r in recs]))
+
+    eve, writer, injector = [], Writer(), Injector()
+    engine = Engine(load_rules_text(ENGINE_RULES, "rules.yaml"), eve.append, writer, injector=injector,
+                    clock=lambda: 1.0, wallclock=lambda: 2.0)
+    old = StreamReassembler.in_order_shortcut
+    StreamReassembler.in_order_shortcut = shortcut
+    try:
+        for i in range(0, len(recs), 7):                  # batches as the ring hands them over
+            engine.handle_batch(recs[i:i + 7])
+        engine.close_all()
+    finally:
+        StreamReassembler.in_order_shortcut = old
+    c = engine.counters
+    return eve, writer.written, injector.calls, (c.records, c.bytes, dict(c.verdicts), dict(c.hits),
+                                                 c.after_verdict, dict(c.failures))
+
+
+def test_engine_in_order_path_gives_the_general_path_eve_verdicts_and_resets():
+    """Engine._parse hands in-order records straight to the analyzer
+    (StreamReassembler.in_order); with the shortcut off every record goes
+    through segment()'s general path. Seeded HTTP flows with attacks and
+    blocked hosts mid-stream (blocks, resets, alerts with their packet
+    counters), retransmissions and reordering: the same EVE, verdicts,
+    resets and counters either way."""
+    rnd = random.Random(1402)
+    flows = blocked = 0
+    for case in range(150):
+        recs = []
+        for f in range(rnd.randrange(1, 4)):
+            recs += _http_flow_records(rnd, bytes([f]) * 40)
+            flows += 1
+        a, b = _run_engine(recs, True), _run_engine(recs, False)
+        assert a == b, case
+        blocked += a[3][2].get("VERDICT_BLOCK", 0)
+    assert 0.2 < blocked / flows < 0.9     # blocked flows (mid-stream) and clean ones both taken often
