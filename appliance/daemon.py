@@ -47,6 +47,16 @@ EXIT_OWNERSHIP_LOST = 4
 # The pinned maps that make a daemon's identity, and what each is called
 # when someone else's replaces it.
 OWNED_MAPS = {"ms_insp_ring": "ring", "ms_slowpath": "heartbeat"}
+# After a sweep that kept expired sessions because ms_events was full, the
+# next pass comes this soon rather than sweep_interval_s later: the flow
+# log reads a full 2 MiB ring (~17,000 end records) in well under it, and
+# each pass then logs and deletes another ring's worth.
+DEFERRED_RESWEEP_S = 0.25
+
+
+def next_sweep_delay(stats, interval_s: float) -> float:
+    """Seconds to the next sweep after one that returned ``stats``."""
+    return min(DEFERRED_RESWEEP_S, interval_s) if stats.deferred else interval_s
 
 
 def empty_rules():
@@ -189,7 +199,9 @@ class Daemon:
         # restart or an upgrade carries them on (datapath/state.py).
         bring_up(cfg.datapath, cfg.netns, cfg.interfaces, policy, prepare=prepare, after=after,
                  blocklist=lambda line: log.info("%s", line), keep_open=True)
-        self.sweeper = Sweeper.for_fastpath(self.fp)
+        # The daemon reads ms_events (its flow log): a sweep may keep
+        # expired sessions whose records a full ring refused (sweeper.py).
+        self.sweeper = Sweeper.for_fastpath(self.fp, defer_full_ring=True)
         self.started = time.monotonic()
         self._start_workers()
         self._record_slowpath()
@@ -384,13 +396,23 @@ class Daemon:
         (a pass over a million sessions takes a third of a second: not on
         the loop that drains the ring)."""
         loop = asyncio.get_running_loop()
+        delay, kept = self.cfg.sweep_interval_s, 0
         while True:
-            await asyncio.sleep(self.cfg.sweep_interval_s)
+            await asyncio.sleep(delay)
+            delay = self.cfg.sweep_interval_s
             try:
                 st = await loop.run_in_executor(None, self.sweeper.sweep)
                 if st.expired_flows or st.expired_halfopen:
                     log.info("sweep: %d expired sessions deleted (%d half-open)",
                              st.expired_flows + st.expired_halfopen, st.expired_halfopen)
+                if st.deferred and not kept:
+                    log.info("sweep: %d expired sessions kept until the flow log has read their end "
+                             "records (ms_events full); sweeping again every %g s meanwhile",
+                             st.deferred, next_sweep_delay(st, self.cfg.sweep_interval_s))
+                elif kept and not st.deferred:
+                    log.info("sweep: the expired sessions kept for a full ring are all logged and deleted")
+                kept = st.deferred
+                delay = next_sweep_delay(st, self.cfg.sweep_interval_s)
             except Exception as e:   # a failed pass is logged; the next one tries again
                 log.error("sweep failed: %s", e)
 

@@ -437,15 +437,19 @@ class SweepProgram:
                                      markers=frozenset(SWEEP_MARKERS.values()))
         self._bpf = bpf if owns_bpf else None
 
-    def run(self, now_ns: int):
+    def run(self, now_ns: int, *, defer: bool = False):
         """One sweep of both tables, judging expiry at ``now_ns`` (the session
-        clock, sessions.session_clock_ns()). Returns the run's record
-        (ms_sweep_runs' Leaf: scanned_flows, expired_flows, ...)."""
+        clock, sessions.session_clock_ns()). ``defer``: keep an expired
+        session whose end record the full ms_events ring refused, for a
+        later sweep (counted in ``deferred``), instead of deleting it with
+        its record lost. Returns the run's record (ms_sweep_runs' Leaf:
+        scanned_flows, expired_flows, ..., deferred)."""
         if now_ns <= 0:
             raise ValueError("the kernel sweep needs the session clock's now (> 0)")
         key = self.runs.Key(0)
         v = self.runs.Leaf()
         v.now_ns = now_ns
+        v.defer = int(defer)
         self.runs[key] = v
         ret = syscall_test_run(self.fd)
         if ret != 0:

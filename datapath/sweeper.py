@@ -87,6 +87,7 @@ class SweepStats:
     rearmed: bool = False   # the pressure alert was re-armed (gen bumped)
     method: str = "batch"   # which sweep ran: "kernel" (bpf/lib/sweep.h) or "batch" (user space)
     kernel_unavailable: str | None = None  # why the kernel sweep did not run, after a fallback
+    deferred: int = 0       # expired sessions kept because the ring refused their end record
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -103,7 +104,7 @@ class Sweeper:
                  config_type: type | None = None, batch: int = DEFAULT_BATCH,
                  lock_dir: Path | None = None, method: str = "auto",
                  kernel: SweepProgram | None = None, kernel_error: str | None = None,
-                 owns_kernel: bool = False, on_ended=None):
+                 owns_kernel: bool = False, on_ended=None, defer_full_ring: bool = False):
         """``pressure_pct`` None: read it from the ms_config map (``config_fd``)
         at every sweep, so a runtime change applies.
 
@@ -117,7 +118,14 @@ class Sweeper:
         (key bytes, value bytes) of the entries it deleted whose end record
         the kernel did not send (MS_FLOW_LOGGED unset): the kernel sweep
         writes those to ms_events itself, the batch sweep cannot, so its
-        caller writes their flow records (appliance/flowlog.py)."""
+        caller writes their flow records (appliance/flowlog.py).
+
+        ``defer_full_ring``: the caller reads ms_events (the daemon's flow
+        log): a kernel sweep keeps an expired session whose end record the
+        full ring refuses, for the next sweep, so a mass expiry loses no
+        record; unless the table is over its pressure threshold, where
+        room for new sessions comes first (deleted, record counted lost, as
+        without a reader)."""
         if pressure_pct is None and (config_fd is None or config_type is None):
             raise ValueError("pressure_pct or config_fd and config_type needed")
         if method not in METHODS:
@@ -144,6 +152,7 @@ class Sweeper:
                          for name, fd in self.fds.items()}
         self._lock_path = self._lock_file(lock_dir)
         self.on_ended = on_ended
+        self.defer_full_ring = defer_full_ring
         self._flags_off = leaf_type.flags.offset
         self._logged = FLOW_FLAGS["LOGGED"]
 
@@ -195,9 +204,10 @@ class Sweeper:
         with self._locked():
             now = session_clock_ns() if now_ns is None else now_ns
             method, why = "batch", self.kernel_error
+            deferred = 0
             if self.kernel is not None:
                 try:
-                    run = self.kernel.run(now)
+                    run = self.kernel.run(now, defer=self.defer_full_ring and not self._over_threshold())
                 except (MicrosegError, OSError) as e:
                     if self.method == "kernel":
                         raise
@@ -206,6 +216,7 @@ class Sweeper:
                     method = "kernel"
                     scanned_f, del_f = int(run.scanned_flows), int(run.expired_flows)
                     scanned_h, del_h = int(run.scanned_halfopen), int(run.expired_halfopen)
+                    deferred = int(run.deferred)
             if method == "batch":
                 tmo = read_timeouts_ns(self.timeouts_fd, self.timeout_type)
                 scanned_f, del_f = self._sweep_table("ms_flows", now, tmo)
@@ -214,7 +225,7 @@ class Sweeper:
         return SweepStats(scanned_f + scanned_h, del_f, del_h, time.perf_counter() - t0,
                           time.process_time() - c0, scanned_f, scanned_h, entries, rearmed,
                           method=method, kernel_unavailable=why if self.method != "batch" and method == "batch"
-                          else None)
+                          else None, deferred=deferred)
 
     def close(self) -> None:
         """Unload the kernel sweep this sweeper loaded (for_build)."""
@@ -288,6 +299,10 @@ class Sweeper:
         field.value += n
         del field
         self._write_user(raw)
+
+    def _over_threshold(self) -> bool:
+        return read_pressure(self.pressure_fd, self.pressure_user_fd, self.pressure_type,
+                             self.pressure_user_type, self.capacity, self.pressure_pct()).over_threshold
 
     def _rearm(self) -> tuple[int, bool]:
         """Bump gen when usage is under the threshold and the alert of the

@@ -69,6 +69,13 @@ struct ms_sweep_run {
     __u64 scanned_halfopen;
     __u64 expired_halfopen;
     __u64 events_lost;        /* out: end records of deleted sessions the full ring refused */
+    /* in: 1 keeps an expired session whose end record the full ring
+     * refused, for a later sweep (the daemon, which reads the ring, asks
+     * for it unless the table is under pressure); 0 deletes it and counts
+     * its record in events_lost (no reader, or room for new sessions
+     * comes first). */
+    __u64 defer;
+    __u64 deferred;           /* out: expired sessions so kept */
 };
 BPF_ARRAY(ms_sweep_runs, struct ms_sweep_run, 1);
 
@@ -88,8 +95,9 @@ struct ms_sweep_walk {
     __u64 now;
     __u64 *deleted;                     /* &run->expired_flows or &run->expired_halfopen */
     __u64 *lost;                        /* &run->events_lost */
+    __u64 *deferred;                    /* &run->deferred */
     __u32 workers;                      /* ms_config.workers: end records name the worker */
-    __u32 pad;
+    __u32 defer;                        /* run->defer */
     /* The smallest of timeout[0..MS_CT_STATE_COUNT], signed as the age
      * test takes it: an entry no older than this is live whatever its
      * state, so the callback returns before reading the state byte and
@@ -139,10 +147,14 @@ long ms_sweep_entry(void *map, void *key, void *value, void *ctx)
     struct ms_flow_event *ev = 0;
     if (!(f->flags & MS_FLOW_LOGGED)) {
         ev = ms_rb_reserve((void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_EVENTS), sizeof(struct ms_flow_event), 0);
-        if (ev)
+        if (ev) {
             ms_flow_event_fill(ev, key, f, FLOW_END_SWEPT, w->workers);
-        else
+        } else if (w->defer) {
+            (*w->deferred)++;
+            return 0;                     /* kept: its record goes with a later sweep */
+        } else {
             (*w->lost)++;
+        }
     }
     if (bpf_map_delete_elem(map, key) == 0) {
         (*w->deleted)++;
@@ -168,6 +180,9 @@ int ms_sweep(void *ctx)
     w.now = run->now_ns;
     run->events_lost = 0;
     w.lost = &run->events_lost;
+    run->deferred = 0;
+    w.deferred = &run->deferred;
+    w.defer = run->defer ? 1 : 0;
     struct ms_config *cfg = ms_cfg();
     w.workers = cfg ? cfg->workers : 0;
 #pragma unroll

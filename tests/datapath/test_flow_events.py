@@ -13,6 +13,7 @@ from datapath.enums import CtState, EventType, Reason
 from datapath.flowevents import FlowEventDecoder, WallClock, event_type, flow_event_type, lost_counts
 from datapath.loader import FastPath
 from datapath.sessions import session_clock_ns
+from datapath.sweeper import Sweeper
 from datapath.source import program_text
 from packets_ct import IPPROTO_UDP, TcpConn, entry, expect, udp_frame
 from slowpath.ringbuf import RingBuffer
@@ -121,52 +122,104 @@ def test_lookup_expiry_sends_timeout(fastpath, events):
         [("timeout", "CT_UDP_UNREPLIED", (1, 0), int(e.leaf.cookie))]
 
 
-def test_full_ring_is_counted():
-    # A one-page ring: 32 records of 128 bytes; the rest are counted.
-    fp = FastPath(text="#define MS_EVENTS_PAGES 1\n" + program_text())
+# The one-page build's session table: small enough that a few dozen
+# sessions cross a pressure threshold of a few percent.
+ONE_PAGE_FLOWS = 1024
+
+
+@pytest.fixture(scope="module")
+def one_page():
+    """A build whose ms_events ring is one page: 32 records of 128 bytes."""
+    fp = FastPath(DatapathConfig(flow_table_size=ONE_PAGE_FLOWS), text="#define MS_EVENTS_PAGES 1\n" + program_text())
+    rb = RingBuffer(fp.table("ms_events").map_fd)
     try:
-        rb = RingBuffer(fp.table("ms_events").map_fd)
-        dec = FlowEventDecoder(flow_event_type(fp))
-        for i in range(40):
-            expect(fp, udp_frame(CLI, 8000 + i, SRV, 53), R.PASS_FORWARD)
-        r = fp.sweep.run(session_clock_ns() + FAR)
-        assert r.expired_halfopen == 40
-        got = [dec.decode(x) for x in rb.drain()]
-        assert len(got) + r.events_lost == 40 and r.events_lost > 0
-        assert lost_counts(fp)["flow_end"] == r.events_lost
-        rb.close()
+        yield fp, rb, FlowEventDecoder(flow_event_type(fp))
     finally:
+        rb.close()
         fp.close()
 
 
-def test_wall_clock_offset():
-    wc = WallClock()
-    now_mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    assert abs(wc(now_mono) - time.time()) < 1.0
+@pytest.fixture
+def small_ring(one_page):
+    fp, rb, dec = one_page
+    fp.reset()
+    rb.drain()
+    yield fp, rb, dec
+    fp.reset()
+    fp.apply_runtime(fp.config)
 
 
-def test_batch_sweep_reports_the_sessions_it_deletes(fastpath, events):
-    from datapath.sweeper import Sweeper
-    closed = _data_conn(fastpath, 42201)
-    closed.send("s", "R", seq=closed.s.nxt)              # its record went at the reset
-    open_ = _data_conn(fastpath, 42202)
-    expect(fastpath, udp_frame(CLI, 7002, SRV, 53), R.PASS_FORWARD)
-    assert [g.client[1] for g in events.take()] == [42201]
-    got = []
-    sw = Sweeper.for_fastpath(fastpath, method="batch", on_ended=got.extend)
-    st = sw.sweep(session_clock_ns() + FAR)
-    assert (st.method, st.expired_flows, st.expired_halfopen) == ("batch", 2, 1)
-    t = fastpath.table("ms_flows")
-    ends = [events.dec.from_session(t.Key.from_buffer_copy(k), t.Leaf.from_buffer_copy(v), "swept") for k, v in got]
-    assert sorted((e.client[1], e.packets, e.reason) for e in ends) == \
-        [(7002, (1, 0), "swept"), (open_.c.port, (3, 2), "swept")]    # not the closed one: logged already
-    assert events.take() == []                            # the batch sweep writes nothing to the ring
-    # the daemon's side: a flow record each
-    from appliance.flowlog import FlowLog
-    out = []
-    log = FlowLog(fastpath, out.append)
-    try:
-        log.sessions_ended(got)
-    finally:
-        log.rb.close()
-    assert sorted((r["src_port"], r["flow"]["pkts_toserver"]) for r in out) == [(7002, 1), (open_.c.port, 3)]
+def _udp_sessions(fp, ports):
+    """A request and its reply for each client port: ms_flows entries."""
+    for port in ports:
+        expect(fp, udp_frame(CLI, port, SRV, 53), R.PASS_FORWARD)
+        expect(fp, udp_frame(SRV, 53, CLI, port), R.PASS_FORWARD)
+
+
+def test_full_ring_is_counted(small_ring):
+    fp, rb, dec = small_ring
+    for i in range(40):
+        expect(fp, udp_frame(CLI, 8000 + i, SRV, 53), R.PASS_FORWARD)
+    lost0 = lost_counts(fp)["flow_end"]
+    r = fp.sweep.run(session_clock_ns() + FAR)
+    assert r.expired_halfopen == 40 and r.deferred == 0
+    got = [dec.decode(x) for x in rb.drain()]
+    assert len(got) + r.events_lost == 40 and r.events_lost > 0
+    assert lost_counts(fp)["flow_end"] - lost0 == r.events_lost
+
+
+def test_full_ring_keeps_the_rest_for_the_next_sweep(small_ring):
+    # defer: what the ring cannot take stays, expired, for a later sweep;
+    # each sweep after a drain logs and deletes another ring's worth, and
+    # in the end every session has exactly one record and none is lost.
+    fp, rb, dec = small_ring
+    lost0 = lost_counts(fp)["flow_end"]
+    ports = range(8100, 8200)
+    _udp_sessions(fp, ports)
+    now = session_clock_ns() + FAR
+    seen, runs = [], 0
+    while True:
+        r = fp.sweep.run(now, defer=True)
+        got = [dec.decode(x) for x in rb.drain()]
+        runs += 1
+        assert r.events_lost == 0
+        assert len(got) == r.expired_flows          # deleted exactly those it could log
+        seen += [g.client[1] for g in got]
+        if not r.deferred:
+            break
+        assert r.deferred == len(ports) - len(seen) and runs < 10
+    assert sorted(seen) == list(ports) and runs >= 3
+    assert len(fp.table("ms_flows")) == 0 and lost_counts(fp)["flow_end"] == lost0
+
+
+def test_sweeper_defers_only_for_a_reader_and_not_under_pressure(small_ring):
+    fp, rb, dec = small_ring
+    n = 60                           # more than the one-page ring's 32 records
+    lost0 = lost_counts(fp)["flow_end"]
+    ports = range(8300, 8300 + n)
+    now = session_clock_ns() + FAR
+    # 60 of 1,024 entries: under a 10 % threshold
+    fp.apply_runtime(fp.config.model_copy(update={"pressure_pct": 10}))
+    _udp_sessions(fp, ports)
+    # no reader (the default: `microseg` commands, benchmarks): all deleted, lost counted
+    st = Sweeper.for_fastpath(fp).sweep(now)
+    assert (st.expired_flows, st.deferred) == (n, 0)
+    logged, lost = len(rb.drain()), lost_counts(fp)["flow_end"] - lost0
+    assert logged + lost == n and logged > 0 and lost > 0
+
+    fp.reset()
+    fp.apply_runtime(fp.config.model_copy(update={"pressure_pct": 10}))
+    lost0 = lost_counts(fp)["flow_end"]
+    _udp_sessions(fp, ports)
+    sw = Sweeper.for_fastpath(fp, defer_full_ring=True)
+    st = sw.sweep(now)               # the daemon's: keeps what the full ring refused
+    kept = st.deferred
+    assert kept > 0 and st.expired_flows + kept == n
+    assert lost_counts(fp)["flow_end"] == lost0 and len(fp.table("ms_flows")) == kept
+    # the ring still full, and what is left over a 1 % threshold (10.24
+    # entries): room for new sessions comes first, the records counted lost
+    assert kept > ONE_PAGE_FLOWS // 100
+    fp.apply_runtime(fp.config.model_copy(update={"pressure_pct": 1}))
+    st = sw.sweep(now)
+    assert (st.expired_flows, st.deferred) == (kept, 0)
+    assert lost_counts(fp)["flow_end"] - lost0 == kept and len(rb.drain()) == n - kept
