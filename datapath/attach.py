@@ -18,8 +18,10 @@ stays), `down` detaches and unpins them. The programs return TC_ACT_OK
 (0) or TC_ACT_SHOT (2), which tcx reads as TCX_PASS and TCX_DROP, so the
 same programs run under both modes. Switching an interface's mode adds
 the new hook before it removes the old one: for that moment a packet
-may meet both (never neither). Leaving out: tcx for `deploy`'s canary
-and rollback (they keep the mode the interface already has).
+may meet both (never neither). Not yet tested with tcx: `deploy`'s
+canary (it attaches in the setting's mode) and rollback (it keeps each
+interface's mode), and `microseg run` (its ownership check lists the
+links of the namespace it is in).
 """
 from __future__ import annotations
 
@@ -245,6 +247,13 @@ def _in_netns(netns: str | None):
         pr_netns.popns()
 
 
+def _pin_ns(netns: str | None) -> str | None:
+    """The namespace name our links are pinned under: ``netns``, or for
+    None the one this process is in (`ip netns exec NS`, and `microseg run`
+    once inside its namespace, list NS's links as `--netns NS` does)."""
+    return netns if netns is not None else pins.current_netns_name()
+
+
 def _links_dir(netns: str | None) -> Path | None:
     """Where our tcx links are pinned; None when there is no bpffs of ours
     (nothing pinned: listing must not mount one)."""
@@ -252,11 +261,11 @@ def _links_dir(netns: str | None) -> Path | None:
         root = pins.root()
     except MicrosegError:
         return None
-    return root / "microseg" / (netns or "host") / LINKS_DIR
+    return root / "microseg" / (_pin_ns(netns) or "host") / LINKS_DIR
 
 
 def _link_pin(netns: str | None, ifindex: int, d: Direction) -> Path:
-    return pins.ns_dir(netns) / LINKS_DIR / f"tcx-{ifindex}-{d.name.removeprefix('DIR_').lower()}"
+    return pins.ns_dir(_pin_ns(netns)) / LINKS_DIR / f"tcx-{ifindex}-{d.name.removeprefix('DIR_').lower()}"
 
 
 def _tcx_pins(netns: str | None) -> dict[tuple[int, Direction], Path]:
@@ -287,7 +296,7 @@ def _tcx_replace(idx: dict[str, int], progs: dict, netns) -> None:
     pinned gets the new program (BPF_LINK_UPDATE, atomic), else a new link
     is created and pinned."""
     pins.ensure_bpffs()
-    (pins.ns_dir(netns) / LINKS_DIR).mkdir(parents=True, exist_ok=True)
+    (pins.ns_dir(_pin_ns(netns)) / LINKS_DIR).mkdir(parents=True, exist_ok=True)
     with _in_netns(netns):
         for name, i in idx.items():
             for d, at in TCX_TYPE.items():
