@@ -245,7 +245,7 @@ def deploy(netns: str | None, ifaces: list[str], config, policy: tuple | None, g
         for n, group in enumerate(order):
             step = Step(group)
             res.steps.append(step)
-            attached = attach.attach(b.fp, group, netns, managed=ifaces)
+            attached = attach.attach(b.fp, group, netns, managed=ifaces, mode=b.attach_mode)
             done += attached
             switched += group
             _gate(b.fp, gates, step)

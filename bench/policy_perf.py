@@ -18,6 +18,12 @@ connection (``--workload conn``) or per megabyte received (``iperf``):
 * ``tc hooks``: samples under ``tc_run`` (the clsact hooks: cls_bpf and
   every microseg program with the helpers and map code they call);
 * ``netfilter``: samples under ``nf_hook_slow`` (conntrack, nftables);
+* ``hooks``: samples under ``tc_run`` or in a BPF program: with tcx
+  (``microseg-tcx``, the `attach.mode: tcx` setting) the programs run from
+  tcx's dispatcher, inlined into the device's receive and transmit paths,
+  not under ``tc_run``; ``framework`` is ``hooks`` less the programs' own
+  samples (cls_bpf's filter walk, tc_run; tcx's inlined dispatch is not
+  a frame of its own and lands in neither);
 * one line per BPF program (its samples, helpers included), then the
   heaviest leaf functions under the hooks.
 
@@ -51,7 +57,7 @@ from bench import policy as bp  # noqa: E402
 
 # Command-line names of bench/policy.py's cases ("microseg, no policy" has a comma).
 CASES = {"plain": "no filter", "microseg-nopolicy": "microseg, no policy", "microseg": "microseg",
-         "nftables-set": "nftables-set", "nftables": "nftables"}
+         "microseg-tcx": "microseg (tcx)", "nftables-set": "nftables-set", "nftables": "nftables"}
 DEFAULT_CASES = ("plain", "microseg", "nftables-set")
 # 4999 Hz, not 5000: a sampling rate in step with the kernel's tick would
 # sample the same phase of periodic work.
@@ -96,9 +102,11 @@ def breakdown(chains: list[list[str]]) -> collections.Counter:
         c["tc hooks"] += in_tc
         c["netfilter"] += in_nf
         prog = next((s for s in chain if s.startswith("bpf_prog_")), None)
+        c["hooks"] += in_tc or prog is not None
         if prog:
             c["prog " + prog.split("_", 3)[-1]] += 1
-        if (in_tc or in_nf) and chain:
+            c["programs"] += 1
+        if (in_tc or in_nf or prog) and chain:
             leaf = chain[0]
             c["leaf " + (leaf.split("_", 3)[-1] + " (program)" if leaf.startswith("bpf_prog_") else leaf)] += 1
     return c
@@ -157,7 +165,11 @@ def with_filter(lab: Lab, case: str, workdir: Path, rules: int):
     down = [*bp.MICROSEG, "down", "--netns", lab.gateway, "--iface", *GW_IFACES]
     if case.startswith("microseg"):
         up = [*bp.MICROSEG, "up", "--netns", lab.gateway, "--iface", *GW_IFACES]
-        if case == "microseg":
+        if case == "microseg-tcx":
+            cfg = workdir / "tcx.yaml"
+            cfg.write_text("attach: {mode: tcx}\n")
+            up += ["--config", str(cfg)]
+        if case in ("microseg", "microseg-tcx"):
             pol = workdir / "policy.yaml"
             pol.write_text(bp.microseg_policy(entries))
             up += ["--policy", str(pol)]
@@ -230,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         med = {k: statistics.median(r.get(k, 0.0) for r in rs) for k in set().union(*rs)}
         print(f"{CASES[case]}: all {med['all']:.1f}, tc hooks {med.get('tc hooks', 0):.2f}, "
-              f"netfilter {med.get('netfilter', 0):.2f}")
+              f"netfilter {med.get('netfilter', 0):.2f}, hooks {med.get('hooks', 0):.2f} = programs "
+              f"{med.get('programs', 0):.2f} + framework {med.get('hooks', 0) - med.get('programs', 0):.2f}")
         for k in sorted((k for k in med if k.startswith("prog ")), key=lambda k: -med[k]):
             print(f"    {med[k]:7.2f}  {k}")
         leaves = sorted((k for k in med if k.startswith("leaf ")), key=lambda k: -med[k])[:LEAVES_SHOWN]

@@ -1,4 +1,5 @@
-"""Attach and detach the fast path on TC clsact hooks, with pyroute2.
+"""Attach and detach the fast path on the TC hooks: clsact filters (pyroute2)
+or, opt-in, tcx links (kernel 6.6+, bpf() in datapath/bpfsys.py).
 
 The programs go in as classic cls_bpf filters in direct-action mode (the
 only TC attach BCC and pyroute2 offer here; DESIGN.md). Our filters are
@@ -6,6 +7,21 @@ recognised by a fixed priority and handle and a name prefix, so `down`
 removes exactly what `up` added and nothing else. Attaching uses netlink
 "replace": a filter already there is swapped for the new program in one
 operation, so re-running `up` never leaves a moment without a program.
+
+tcx (the `attach.mode: tcx` setting, EXPERIMENTAL this session; default
+clsact): one bpf_link per interface and direction, no qdisc and no
+cls_bpf filter walk (what Cilium uses on 6.6+). The links are pinned in
+bpffs under the namespace's pin directory (pins.ns_dir()/links), so they
+outlive the process and are ours by where they are pinned; `up` again
+swaps the program of the pinned link (BPF_LINK_UPDATE: atomic, the link
+stays), `down` detaches and unpins them. The programs return TC_ACT_OK
+(0) or TC_ACT_SHOT (2), which tcx reads as TCX_PASS and TCX_DROP, so the
+same programs run under both modes. Switching an interface's mode adds
+the new hook before it removes the old one: for that moment a packet
+may meet both (never neither). Not yet tested with tcx: `deploy`'s
+canary (it attaches in the setting's mode) and rollback (it keeps each
+interface's mode), and `microseg run` (its ownership check lists the
+links of the namespace it is in).
 """
 from __future__ import annotations
 
@@ -46,6 +62,12 @@ TC_H_CLSACT = 0xFFFFFFF1
 RUN_DIR = Path(os.environ.get("MICROSEG_RUN", "/run/microseg"))
 
 
+# Attach modes (the `attach.mode` setting, datapath/config.py).
+MODES = ("clsact", "tcx")
+TCX_TYPE = {Direction.DIR_INGRESS: bpfsys.BPF_TCX_INGRESS, Direction.DIR_EGRESS: bpfsys.BPF_TCX_EGRESS}
+LINKS_DIR = "links"      # under pins.ns_dir(netns): our pinned tcx links
+
+
 @dataclass
 class Attached:
     iface: str
@@ -53,6 +75,7 @@ class Attached:
     direction: str
     prog_id: int
     name: str
+    mode: str = "clsact"    # "clsact" (a cls_bpf filter) or "tcx" (a pinned bpf_link)
 
 
 @contextlib.contextmanager
@@ -112,11 +135,14 @@ def _save_state(netns, state) -> None:
         f.unlink(missing_ok=True)
 
 
-def attach(fastpath, ifaces: list[str], netns: str | None = None, managed: list[str] | None = None) -> list[Attached]:
+def attach(fastpath, ifaces: list[str], netns: str | None = None, managed: list[str] | None = None,
+           mode: str | None = None) -> list[Attached]:
     """Attach ingress and egress programs of ``fastpath`` to every interface.
     ``managed``: every interface the instance manages (default ``ifaces``):
     the egress program skips packets that entered through one of them,
-    whichever build decided them there (a canary attaches one at a time)."""
+    whichever build decided them there (a canary attaches one at a time).
+    ``mode``: "clsact" or "tcx" (MODES); None keeps the mode each interface
+    has (tcx where one of our links is pinned, else clsact)."""
     if not ifaces:
         raise UsageError("no interface given (--iface IF ...)")
     with netlink(netns) as ipr:
@@ -126,23 +152,49 @@ def attach(fastpath, ifaces: list[str], netns: str | None = None, managed: list[
             tab[tab.Key(i)] = tab.Leaf(0)
         progs = {d: (fn.fd, fn.name.decode() if isinstance(fn.name, bytes) else fn.name)
                  for d, fn in fastpath.fns.items()}
-        mine = _replace_all(ipr, idx, progs, netns)
+        mine = _replace_all(ipr, idx, progs, netns, mode)
         if mine and getattr(fastpath, "stage_fns", None):
             ingress_id = next(a.prog_id for a in mine if a.direction == "DIR_INGRESS")
             pins.pin_build(fastpath, ingress_id, netns)
-        pins.gc(netns, {a.prog_id for a in _list(ipr) if a.direction == "DIR_INGRESS"})
+        pins.gc(netns, {a.prog_id for a in _list(ipr, netns) if a.direction == "DIR_INGRESS"})
         return mine
 
 
-def attach_progs(progs: dict, ifaces: list[str], netns: str | None = None) -> list[Attached]:
+def attach_progs(progs: dict, ifaces: list[str], netns: str | None = None,
+                 mode: str | None = None) -> list[Attached]:
     """Attach programs given by fd: {Direction: (fd, name)} (a rollback to a
     pinned earlier build). The build's stage array must be pinned by the
     caller (its programs tail-call through it)."""
     with netlink(netns) as ipr:
-        return _replace_all(ipr, resolve(ipr, ifaces, netns), progs, netns)
+        return _replace_all(ipr, resolve(ipr, ifaces, netns), progs, netns, mode)
 
 
-def _replace_all(ipr, idx: dict[str, int], progs: dict, netns) -> list[Attached]:
+def _replace_all(ipr, idx: dict[str, int], progs: dict, netns, mode: str | None = None) -> list[Attached]:
+    """Each interface in ``mode`` (None: the one it has), then the other
+    mode's hooks of ours removed from it."""
+    if mode is not None and mode not in MODES:
+        raise UsageError(f"attach.mode {mode!r}: expected one of {', '.join(MODES)}")
+    if mode == "tcx":
+        require_tcx()
+    pinned = _tcx_pins(netns)
+    tcx = {n: i for n, i in idx.items()
+           if mode == "tcx" or (mode is None and any(k[0] == i for k in pinned))}
+    cls = {n: i for n, i in idx.items() if n not in tcx}
+    if tcx:
+        _tcx_replace(tcx, progs, netns)
+    if cls:
+        _clsact_replace(ipr, cls, progs, netns)
+    # The new hook first, then the old one's removal: never a moment without a program.
+    state = _load_state(netns)
+    for name, i in tcx.items():
+        _clsact_remove(ipr, name, i, state)
+    _save_state(netns, state)
+    for name, i in cls.items():
+        _tcx_remove(i, netns)
+    return [a for a in _list(ipr, netns) if a.iface in idx]
+
+
+def _clsact_replace(ipr, idx: dict[str, int], progs: dict, netns) -> None:
     """On each interface: clsact if missing (remembered as ours), then one
     netlink replace per direction: a packet meets the old program or the
     new one, never none."""
@@ -162,13 +214,166 @@ def _replace_all(ipr, idx: dict[str, int], progs: dict, netns) -> list[Attached]
             except NetlinkError as e:
                 raise MicrosegError(f"cannot attach {d.name} program on '{name}'{_where(netns)}: {e}")
     _save_state(netns, state)
-    return [a for a in _list(ipr) if a.iface in idx]
+
+
+def _clsact_remove(ipr, name: str, i: int, state: dict) -> int:
+    """Our filters off interface ``i``, and the clsact qdisc if we added it
+    and nobody else's filter is left on it. Returns how many filters."""
+    removed = 0
+    for d, parent in PARENT.items():
+        for f in _our_filters(ipr, i, parent):
+            ipr.tc("del-filter", "bpf", i, FILTER_HANDLE, parent=PARENT_STR[d], prio=FILTER_PRIO)
+            removed += 1
+    if state.get(name) == i and _has_clsact(ipr, i):
+        if not any(_all_filters(ipr, i, p) for p in PARENT.values()):
+            ipr.tc("del", "clsact", i)
+    state.pop(name, None)
+    return removed
+
+
+# -- tcx -------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _in_netns(netns: str | None):
+    """tcx's ifindex is the calling thread's namespace's: step into ``netns``
+    for the bpf() calls that name one (pyroute2's setns stack)."""
+    if netns is None:
+        yield
+        return
+    pr_netns.pushns(netns)
+    try:
+        yield
+    finally:
+        pr_netns.popns()
+
+
+def _pin_ns(netns: str | None) -> str | None:
+    """The namespace name our links are pinned under: ``netns``, or for
+    None the one this process is in (`ip netns exec NS`, and `microseg run`
+    once inside its namespace, list NS's links as `--netns NS` does)."""
+    return netns if netns is not None else pins.current_netns_name()
+
+
+def _links_dir(netns: str | None) -> Path | None:
+    """Where our tcx links are pinned; None when there is no bpffs of ours
+    (nothing pinned: listing must not mount one)."""
+    try:
+        root = pins.root()
+    except MicrosegError:
+        return None
+    return root / "microseg" / (_pin_ns(netns) or "host") / LINKS_DIR
+
+
+def _link_pin(netns: str | None, ifindex: int, d: Direction) -> Path:
+    return pins.ns_dir(_pin_ns(netns)) / LINKS_DIR / f"tcx-{ifindex}-{d.name.removeprefix('DIR_').lower()}"
+
+
+def _tcx_pins(netns: str | None) -> dict[tuple[int, Direction], Path]:
+    """(ifindex, direction) -> pin path of every tcx link of ours in ``netns``."""
+    d = _links_dir(netns)
+    out = {}
+    if d is None or not d.is_dir():
+        return out
+    names = {dd.name.removeprefix("DIR_").lower(): dd for dd in TCX_TYPE}
+    for p in d.iterdir():
+        parts = p.name.split("-")
+        if len(parts) == 3 and parts[0] == "tcx" and parts[1].isdigit() and parts[2] in names:
+            out[(int(parts[1]), names[parts[2]])] = p
+    return out
+
+
+def require_tcx() -> None:
+    """One clear line (UsageError naming the setting) on a kernel without tcx."""
+    from . import probes
+    ok, why = probes.tcx()
+    if not ok:
+        raise UsageError(f"attach.mode: tcx needs tcx hooks (kernel 6.6+), which this kernel lacks ({why}); "
+                         f"set attach.mode: clsact")
+
+
+def _tcx_replace(idx: dict[str, int], progs: dict, netns) -> None:
+    """One pinned link per interface and direction: the link already
+    pinned gets the new program (BPF_LINK_UPDATE, atomic), else a new link
+    is created and pinned."""
+    pins.ensure_bpffs()
+    (pins.ns_dir(_pin_ns(netns)) / LINKS_DIR).mkdir(parents=True, exist_ok=True)
+    with _in_netns(netns):
+        for name, i in idx.items():
+            for d, at in TCX_TYPE.items():
+                fd, _ = progs[d]
+                path = _link_pin(netns, i, d)
+                try:
+                    if path.exists():
+                        lfd = bpfsys.obj_get(str(path))
+                        try:
+                            info = bpfsys.link_info_by_fd(lfd)
+                            if info.ifindex == i and info.attach_type == at:
+                                bpfsys.link_update(lfd, fd)
+                                continue
+                        finally:
+                            os.close(lfd)
+                        path.unlink()       # a defunct link (its interface went away)
+                    lfd = bpfsys.link_create_tcx(fd, i, at)
+                    try:
+                        bpfsys.obj_pin(lfd, str(path))
+                    except OSError:
+                        bpfsys.link_detach(lfd)     # never leave a link nobody can find
+                        raise
+                    finally:
+                        os.close(lfd)
+                except OSError as e:
+                    raise MicrosegError(f"cannot attach {d.name} program on '{name}'{_where(netns)} "
+                                        f"with tcx: {e}")
+
+
+def _tcx_remove(ifindex: int | None, netns) -> int:
+    """Detach and unpin our tcx links on ``ifindex`` (None: every one of
+    ours in the namespace, defunct ones included). Returns how many live
+    links were detached."""
+    removed = 0
+    for (i, d), path in _tcx_pins(netns).items():
+        if ifindex is not None and i != ifindex:
+            continue
+        try:
+            lfd = bpfsys.obj_get(str(path))
+        except OSError:
+            continue
+        try:
+            if bpfsys.link_info_by_fd(lfd).ifindex:
+                removed += 1
+            bpfsys.link_detach(lfd)
+        except OSError:
+            pass        # already defunct: the unpin frees it
+        finally:
+            os.close(lfd)
+        path.unlink(missing_ok=True)
+    d = _links_dir(netns)
+    if d is not None and d.is_dir() and not any(d.iterdir()):
+        d.rmdir()
+    return removed
+
+
+def _tcx_list(ifnames: dict[int, str], netns) -> list[Attached]:
+    out = []
+    for (i, d), path in sorted(_tcx_pins(netns).items(), key=lambda kv: (kv[0][0], kv[0][1].value)):
+        try:
+            lfd = bpfsys.obj_get(str(path))
+        except OSError:
+            continue
+        try:
+            info = bpfsys.link_info_by_fd(lfd)
+        finally:
+            os.close(lfd)
+        if info.ifindex != i or i not in ifnames:
+            continue        # defunct (its interface is gone): `down` or the next `up` unpins it
+        out.append(Attached(ifnames[i], i, d.name, info.prog_id, f"{NAME_PREFIX}{_prog_name(info.prog_id)}", "tcx"))
+    return out
 
 
 def detach(ifaces: list[str], netns: str | None = None) -> int:
     """Remove our filters (and clsact qdiscs we created) from ``ifaces``.
 
-    Returns how many filters were removed. Filters of others stay.
+    Returns how many filters (and tcx links) were removed. Those of others stay.
     """
     if not ifaces:
         raise UsageError("no interface given (--iface IF ...)")
@@ -177,16 +382,10 @@ def detach(ifaces: list[str], netns: str | None = None) -> int:
         idx = resolve(ipr, ifaces, netns)
         state = _load_state(netns)
         for name, i in idx.items():
-            for d, parent in PARENT.items():
-                for f in _our_filters(ipr, i, parent):
-                    ipr.tc("del-filter", "bpf", i, FILTER_HANDLE, parent=PARENT_STR[d], prio=FILTER_PRIO)
-                    removed += 1
-            if state.get(name) == i and _has_clsact(ipr, i):
-                if not any(_all_filters(ipr, i, p) for p in PARENT.values()):
-                    ipr.tc("del", "clsact", i)
-            state.pop(name, None)
+            removed += _tcx_remove(i, netns)
+            removed += _clsact_remove(ipr, name, i, state)
         _save_state(netns, state)
-        pins.gc(netns, {a.prog_id for a in _list(ipr) if a.direction == "DIR_INGRESS"})
+        pins.gc(netns, {a.prog_id for a in _list(ipr, netns) if a.direction == "DIR_INGRESS"})
     return removed
 
 
@@ -208,23 +407,25 @@ def _our_filters(ipr, ifindex: int, parent: int):
     return out
 
 
-def _list(ipr) -> list[Attached]:
+def _list(ipr, netns: str | None = None) -> list[Attached]:
     out = []
+    ifnames = {}
     for link in ipr.get_links():
         i = link["index"]
         ifname = link.get_attr("IFLA_IFNAME")
+        ifnames[i] = ifname
         for d, parent in PARENT.items():
             for f in _our_filters(ipr, i, parent):
                 opts = f.get_attr("TCA_OPTIONS")
                 out.append(Attached(ifname, i, d.name, opts.get_attr("TCA_BPF_ID") or 0,
                                     opts.get_attr("TCA_BPF_NAME")))
-    return out
+    return out + _tcx_list(ifnames, netns)
 
 
 def attached(netns: str | None = None) -> list[Attached]:
-    """Every microseg filter in the namespace."""
+    """Every microseg filter and tcx link in the namespace."""
     with netlink(netns) as ipr:
-        return _list(ipr)
+        return _list(ipr, netns)
 
 
 def as_dicts(items: list[Attached]) -> list[dict]:

@@ -714,3 +714,98 @@ def create_map(map_type: int, key_size: int, value_size: int, max_entries: int,
                           max_entries=max_entries, map_flags=flags, map_extra=map_extra,
                           map_name=name.encode()[:15], inner_map_fd=inner_map_fd)
     return sys_bpf(BPF_MAP_CREATE, attr)
+
+
+# -- tcx links (kernel 6.6+): the TC hooks without a qdisc ---------------------
+# One bpf_link per (interface, direction), created with BPF_LINK_CREATE and
+# swapped to a new program with BPF_LINK_UPDATE (atomic: a packet meets the
+# old program or the new one). include/uapi/linux/bpf.h.
+BPF_PROG_QUERY = 16
+BPF_LINK_CREATE = 28
+BPF_LINK_UPDATE = 29
+BPF_LINK_DETACH = 34
+BPF_TCX_INGRESS = 46          # enum bpf_attach_type
+BPF_TCX_EGRESS = 47
+BPF_LINK_TYPE_TCX = 11        # enum bpf_link_type
+
+
+class _LinkCreateTcxAttr(ctypes.Structure):
+    # link_create with its tcx member: relative_fd 0 and no BPF_F_BEFORE /
+    # BPF_F_AFTER flag append the program after the others on the hook.
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_ifindex", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("relative_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("expected_revision", ctypes.c_uint64)]
+
+
+class _LinkUpdateAttr(ctypes.Structure):
+    _fields_ = [("link_fd", ctypes.c_uint32), ("new_prog_fd", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("old_prog_fd", ctypes.c_uint32)]
+
+
+class _LinkDetachAttr(ctypes.Structure):
+    _fields_ = [("link_fd", ctypes.c_uint32)]
+
+
+class _ProgQueryAttr(ctypes.Structure):
+    _fields_ = [("target_ifindex", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("prog_ids", ctypes.c_uint64), ("count", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("prog_attach_flags", ctypes.c_uint64), ("link_ids", ctypes.c_uint64),
+                ("link_attach_flags", ctypes.c_uint64), ("revision", ctypes.c_uint64)]
+
+
+class _LinkInfo(ctypes.Structure):
+    # struct bpf_link_info up to its tcx member (the union starts 8-aligned);
+    # the kernel copies only as much as it has, the rest stays zero.
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("prog_id", ctypes.c_uint32),
+                ("_pad", ctypes.c_uint32), ("ifindex", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("_rest", ctypes.c_uint64 * 4)]
+
+
+@dataclass
+class LinkInfo:
+    id: int
+    type: int
+    prog_id: int
+    ifindex: int        # tcx: the interface (0 once it is gone: the link is defunct)
+    attach_type: int
+
+
+# Programs one tcx hook can list at once: Cilium runs one or two, an
+# operator a few more; 64 is far past any real hook.
+TCX_QUERY_MAX = 64
+
+
+def link_create_tcx(prog_fd: int, ifindex: int, attach_type: int) -> int:
+    """BPF_LINK_CREATE of a tcx link (``ifindex`` in the calling thread's
+    network namespace); returns the link fd (caller closes or pins it)."""
+    return sys_bpf(BPF_LINK_CREATE, _LinkCreateTcxAttr(prog_fd, ifindex, attach_type, 0, 0, 0, 0))
+
+
+def link_update(link_fd: int, new_prog_fd: int) -> None:
+    """Swap the program of a link in one step (BPF_LINK_UPDATE)."""
+    sys_bpf(BPF_LINK_UPDATE, _LinkUpdateAttr(link_fd, new_prog_fd, 0, 0))
+
+
+def link_detach(link_fd: int) -> None:
+    """Detach a link from its hook now, whoever else holds it (BPF_LINK_DETACH)."""
+    sys_bpf(BPF_LINK_DETACH, _LinkDetachAttr(link_fd))
+
+
+def link_info_by_fd(fd: int) -> LinkInfo:
+    info = _LinkInfo()
+    _get_info(fd, info)
+    return LinkInfo(info.id, info.type, info.prog_id, info.ifindex, info.attach_type)
+
+
+def prog_query_tcx(ifindex: int, attach_type: int) -> list[tuple[int, int]]:
+    """(program id, link id) of every program on a tcx hook, in run order
+    (BPF_PROG_QUERY; ``ifindex`` in the calling thread's namespace)."""
+    progs = (ctypes.c_uint32 * TCX_QUERY_MAX)()
+    links = (ctypes.c_uint32 * TCX_QUERY_MAX)()
+    attr = _ProgQueryAttr(target_ifindex=ifindex, attach_type=attach_type, prog_ids=ctypes.addressof(progs),
+                          count=TCX_QUERY_MAX, link_ids=ctypes.addressof(links))
+    sys_bpf(BPF_PROG_QUERY, attr)
+    n = min(attr.count, TCX_QUERY_MAX)
+    return [(progs[k], links[k]) for k in range(n)]

@@ -141,6 +141,17 @@ class Tunnels(BaseModel):
     short_quote_action: Action = "pass"
 
 
+class Attach(BaseModel):
+    """How the fast path goes onto the TC hooks. ``clsact`` (the default): a
+    cls_bpf filter on a clsact qdisc, every kernel this project supports.
+    ``tcx`` (EXPERIMENTAL, kernel 6.6+): a bpf_link per hook, pinned in
+    bpffs, without cls_bpf's filter walk (datapath/attach.py); a kernel
+    without tcx is refused at `up` with one line naming this setting."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["clsact", "tcx"] = "clsact"
+
+
 class DatapathConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -208,6 +219,8 @@ class DatapathConfig(BaseModel):
     drop_events_cpu_per_sec: int = Field(DROP_EVENTS_CPU_PER_SEC, ge=1, le=10_000_000)
     # Kernel features: where to fall back (compile time).
     compat: Compat = Compat()
+    # TC hook kind the programs are attached with (not a compile setting).
+    attach: Attach = Attach()
     # Failures to act out on purpose, to see what each does (SIMULATED).
     simulate: tuple[Literal[SIMULATED], ...] = ()  # type: ignore[valid-type]
 

@@ -34,7 +34,7 @@ import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import blocklist, bpfsys
+from . import blocklist, bpfsys, probes
 from .attach import XDP_FLAGS_DRV_MODE
 from .bpfsys import (BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_FUNC_ktime_get_coarse_ns, BPF_FUNC_timer_init,
                      BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_BLOOM_FILTER, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LPM_TRIE,
@@ -359,6 +359,8 @@ def probe_all() -> list[Feature]:
         _row("XDP blocklist pre-check", OPTIONAL, "5.16", "5.16",
              "LPM trie only, no pre-check: every IP packet costs one LPM lookup",
              probe_blocklist_precheck()),
+        _row("tcx links (attach.mode: tcx)", OPTIONAL, "-", "6.6",
+             "clsact + cls_bpf (the default attach mode)", probes.tcx()),
     ]
 
 

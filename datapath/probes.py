@@ -98,3 +98,21 @@ def probe_helper(helper_id: int, prog_type: int = bpfsys.BPF_PROG_TYPE_SCHED_CLS
         # Refused before the verifier ran (EPERM, ...): nothing learnt.
         return False, f"helper {helper_id}: cannot tell, load refused with {errno_text(OSError(-fd, ''))} and no verifier log"
     return True, f"helper {helper_id} known (verifier stopped later: {last!r})"
+
+
+@functools.cache
+def tcx() -> tuple[bool, str]:
+    """Does the kernel have tcx hooks (6.6+)? Asked without changing
+    anything: BPF_PROG_QUERY of the loopback's (ifindex 1 in every
+    namespace) tcx ingress hook; a kernel without tcx refuses the attach
+    type with EINVAL. Cached: asked once per process."""
+    return _tcx()
+
+
+@guarded
+def _tcx() -> tuple[bool, str]:
+    try:
+        bpfsys.prog_query_tcx(1, bpfsys.BPF_TCX_INGRESS)
+    except OSError as e:
+        return False, f"BPF_PROG_QUERY(BPF_TCX_INGRESS): {errno_text(e)}"
+    return True, "BPF_PROG_QUERY(BPF_TCX_INGRESS) answered"

@@ -117,8 +117,8 @@ def cmd_status(args) -> int:
         print(f"microseg is not attached to any interface{where}")
         return 0
     print(f"attached{where}:")
-    print(table([("interface", "hook", "prog id", "filter")] +
-                [(a["iface"], a["direction"].removeprefix("DIR_").lower(), a["prog_id"], a["name"])
+    print(table([("interface", "hook", "prog id", "filter", "mode")] +
+                [(a["iface"], a["direction"].removeprefix("DIR_").lower(), a["prog_id"], a["name"], a["mode"])
                  for a in data["attached"]]))
     for pid, p in sorted(data["programs"].items()):
         if "error" in p:

@@ -30,7 +30,8 @@ def cmd_up(args) -> int:
 
     def after(b):
         for a in b.attached:
-            print(f"attached {a.name} on {a.iface} {a.direction.removeprefix('DIR_').lower()} (prog id {a.prog_id})")
+            print(f"attached {a.name} on {a.iface} {a.direction.removeprefix('DIR_').lower()} (prog id {a.prog_id}"
+                  + (", tcx link)" if a.mode == "tcx" else ")"))
         if policy:
             print(f"policy {policy.source} in force (generation {b.applied.gen})")
         else:
@@ -52,7 +53,7 @@ def cmd_down(args) -> int:
     # Say only what was there: `down` on nothing is a no-op that says so
     # (exit 0, like any stop of what is stopped), not a claim of removals.
     if n or xdp:
-        print(f"removed {n} microseg filter(s)" + (f" and {xdp} XDP blocklist(s)" if xdp else "")
+        print(f"removed {n} microseg filter(s) or tcx link(s)" + (f" and {xdp} XDP blocklist(s)" if xdp else "")
               + f" from {', '.join(args.iface)}")
     else:
         print(f"nothing to detach: no microseg filter on {', '.join(args.iface)}")

@@ -49,3 +49,23 @@ def test_breakdown_counts_hooks_programs_and_leaves():
     assert c["leaf tc_ingress (program)"] == 1
     assert c["leaf lookup_nulls_elem_raw"] == 1 and c["leaf nft_do_chain"] == 1
     assert "leaf tcp_sendmsg" not in c    # not under a hook
+
+
+TCX_SCRIPT = (
+    " 5030 \n"                     # a program run by tcx: no tc_run frame
+    "\tffffffff81e2a000 lookup_nulls_elem_raw+0x20\n"
+    "\tffffffffc002a73f bpf_prog_795572683aa00dd3_tc_ingress\n"
+    "\tffffffff81eae725 __netif_receive_skb_core.constprop.0\n"
+    "\n"
+    " 5030 \n"                     # cls_bpf's own work, no program frame
+    "\tffffffff81f46e7a cls_bpf_classify\n"
+    "\tffffffff81ea1171 tc_run\n"
+    "\n"
+)
+
+
+def test_breakdown_counts_tcx_programs_as_hooks_and_the_framework_apart():
+    c = breakdown(samples(TCX_SCRIPT, {5030}))
+    assert c["tc hooks"] == 1                       # only the cls_bpf sample is under tc_run
+    assert c["hooks"] == 2 and c["programs"] == 1   # framework: hooks - programs = 1
+    assert c["prog tc_ingress"] == 1 and c["leaf lookup_nulls_elem_raw"] == 1

@@ -50,7 +50,7 @@ def world(monkeypatch):
     monkeypatch.setattr(bringup.pf, "store_applied",
                         lambda netns, text, source, builds, summ, names=None: log.append(("record", source, builds)))
 
-    def fake_attach(f, ifaces, netns, managed=None):
+    def fake_attach(f, ifaces, netns, managed=None, mode=None):
         log.append(("attach", tuple(ifaces)))
         return [SimpleNamespace(iface=i, direction=d, prog_id=pid, name="microseg:x")
                 for i in ifaces for d, pid in (("DIR_INGRESS", 41), ("DIR_EGRESS", 42))]
@@ -62,7 +62,7 @@ def world(monkeypatch):
     return SimpleNamespace(log=log, fp=fp)
 
 
-CONFIG = SimpleNamespace(compat=SimpleNamespace(bloom="auto"))
+CONFIG = SimpleNamespace(compat=SimpleNamespace(bloom="auto"), attach=SimpleNamespace(mode="clsact"))
 POLICY = bringup.Policy("model", SimpleNamespace(blocklist=["10.9.0.0/16"], rule_info={}), "text", "p.yaml")
 
 
