@@ -262,10 +262,11 @@ def compile_db(patterns: tuple[bytes, ...], flags: tuple[int, ...]):
 # What a pattern may contain for it to go into the request prefilter
 # (compile_prefilter): anchors to the buffer itself (\A, \z, \Z) and an
 # inline flag group turning something off ("(?-m)" would undo multi-line
-# mode) behave differently in a field of a joined buffer than in the field
-# alone. A pattern with one of them (or text that merely looks like one)
-# leaves the rule set without a prefilter: every field scanned alone.
-_PREFILTER_UNSAFE = re.compile(rb"\\[AzZ]|\(\?[A-Za-z]*-")
+# mode; so would PCRE2's "(?^)" reset, were it accepted) behave differently
+# in a field of a joined buffer than in the field alone. A pattern with one
+# of them (or text that merely looks like one) leaves the rule set without
+# a prefilter: every field scanned alone.
+_PREFILTER_UNSAFE = re.compile(rb"\\[AzZ]|\(\?[A-Za-z]*[-^]")
 
 
 def _stop(idx: int, start: int, end: int, flags: int, context) -> bool:

@@ -85,7 +85,7 @@ def test_prefilter_gives_the_hits_of_each_field_alone():
 
 
 def test_prefilter_left_out_when_a_pattern_anchors_to_the_buffer():
-    for p in (rb"\Aadmin", rb"admin\z", rb"admin\Z", rb"(?-m)^admin", rb"(?i-m)^admin"):
+    for p in (rb"\Aadmin", rb"admin\z", rb"admin\Z", rb"(?-m)^admin", rb"(?i-m)^admin", rb"(?^)^admin"):
         assert compile_prefilter((rb"union", p)) is None, p
     assert compile_prefilter((rb"union", rb"^admin$")) is not None
     rules = load_rules_text("waf:\n  signatures:\n"
