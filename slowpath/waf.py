@@ -34,6 +34,7 @@ enforcement), alert, or pass (no hit). Response anomalies are only logged.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 import hyperscan
@@ -256,6 +257,57 @@ def compile_db(patterns: tuple[bytes, ...], flags: tuple[int, ...]):
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     db.compile(expressions=list(patterns), ids=list(range(len(patterns))), flags=list(flags))
     return db
+
+
+# What a pattern may contain for it to go into the request prefilter
+# (compile_prefilter): anchors to the buffer itself (\A, \z, \Z) and an
+# inline flag group turning something off ("(?-m)" would undo multi-line
+# mode; so would PCRE2's "(?^)" reset, were it accepted) behave differently
+# in a field of a joined buffer than in the field alone. A pattern with one
+# of them (or text that merely looks like one) leaves the rule set without
+# a prefilter: every field scanned alone.
+_PREFILTER_UNSAFE = re.compile(rb"\\[AzZ]|\(\?[A-Za-z]*[-^]")
+
+
+def _stop(idx: int, start: int, end: int, flags: int, context) -> bool:
+    return True              # the first match is the answer: stop (hyperscan.ScanTerminated)
+
+
+@functools.lru_cache(maxsize=16)
+def compile_prefilter(patterns: tuple[bytes, ...]):
+    """A database telling whether ``patterns`` may match any of several
+    fields at once, or None when it cannot be built soundly.
+
+    The fields are scanned joined by ``\\n`` (prefilter_clean). Compiled in
+    multi-line mode, ``^`` and ``$`` hold at each field's ends as they hold
+    at the ends of the field scanned alone, and ``\\b``/``\\B`` see a
+    newline there, which is no word character, as the buffer's edge is
+    none. Everything else a pattern can say (Hyperscan has no look-around
+    and no back-references) depends only on the bytes it matches. So a
+    pattern matching a field alone matches the joined buffer: no match in
+    the buffer means no hit in any field. A match may also come from a
+    pattern crossing a newline or a field's pattern matching another field;
+    then the caller scans each field alone, as without the prefilter.
+    Without start of match and one report per pattern: the scan only has
+    to find whether anything matches."""
+    if not patterns or any(_PREFILTER_UNSAFE.search(p) for p in patterns):
+        return None
+    flags = _HS_BASE_FLAGS | hyperscan.HS_FLAG_MULTILINE | hyperscan.HS_FLAG_SINGLEMATCH
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    try:
+        db.compile(expressions=list(patterns), ids=list(range(len(patterns))), flags=[flags] * len(patterns))
+    except hyperscan.error:
+        return None          # e.g. a pattern Hyperscan takes only with other flags: no prefilter
+    return db
+
+
+def prefilter_clean(db, data: bytes) -> bool:
+    """True when no pattern of ``db`` (compile_prefilter) matches ``data``."""
+    try:
+        db.scan(data, match_event_handler=_stop)
+    except hyperscan.ScanTerminated:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
