@@ -190,6 +190,17 @@ class LoopForwardSink:
         elif self._timer is None:
             self._timer = self._loop.call_later(self.flush_s, self._send)
 
+    def send_soon(self) -> None:
+        """Send what is pending from the loop's next turn, not at the timer:
+        for a caller that woke the worker anyway (the daemon's session
+        ends), so the timer does not wake it once more for these lines."""
+        if self._lines and self._loop is not None and not self._waiting_writable and not self._scheduled:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._scheduled = True
+            self._loop.call_soon(self._send)
+
     def _messages(self):
         """(message, lines in it) of the pending lines, in order."""
         msg: list[bytes] = []
@@ -393,6 +404,9 @@ class Worker:
             asyncio.get_running_loop().create_task(self._reload())
         elif msg[:1] == TAG_FLOW_END:
             self._flow_ends(msg[1:])
+            # their flow records (the last line of each connection) and
+            # whatever else is pending go with this wakeup
+            self.forward.send_soon()
 
     def _l7(self, fd: int) -> None:
         """A new policy's allow-lists (the daemon checked them before it
