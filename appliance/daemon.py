@@ -535,6 +535,11 @@ class Daemon:
             # the slow-path-down action now rather than after the timeout),
             # then reads its ring out and closes its flows; their EVE comes
             # here while this waits.
+            if self.flowlog is not None:
+                # session ends waiting in the ring (FlowLog reads it every
+                # few ms) to their workers first: their records carry the
+                # workers' side
+                self.flowlog.drain()
             await self.workers.stop()
             if self.flowlog is not None:
                 self.flowlog.stop()     # what is left: written here (the workers are gone)
@@ -639,7 +644,8 @@ def main(cfg: RunConfig, config_path: str, detach_on_exit: bool = False) -> int:
         d = Daemon(cfg, config_path, lock, detach_on_exit)
         d.start()
         try:
-            uvloop.run(d.run())
+            from appliance.workers import profiled
+            profiled("daemon", lambda: uvloop.run(d.run()))
         finally:
             d.shutdown()
         return d.exit_code

@@ -32,16 +32,26 @@ from slowpath.ringbuf import RingBuffer, RingBufferError, RingBufferReader
 log = logging.getLogger("microseg.flowlog")
 
 RING = "ms_events"
+# The daemon looks at the ring at most this often: the kernel's session ends
+# wait in it meanwhile and are read, decoded and handed to their workers
+# together (RingBufferReader pause_s), one wakeup of the daemon and one
+# message per worker for all of them. Read one by one, each session end
+# woke the daemon and then, by its own message, its worker (~100 us of the
+# sender's CPU per message on this VM: docs/performance.md 4.6.1). A flow
+# record is this much later at most; no verdict waits for it.
+FLOW_END_PAUSE_S = 0.005
 
 
 class FlowLog:
     def __init__(self, fp, emit: Callable[[dict], object], *, app_names: dict[int, str] | None = None,
-                 forward: Callable[[int, list[bytes]], bool] | None = None, wall: WallClock | None = None):
+                 forward: Callable[[int, list[bytes]], int] | None = None, wall: WallClock | None = None,
+                 pause_s: float = FLOW_END_PAUSE_S):
         self.fp = fp
         self.emit = emit
         self.forward = forward
         self.app_names = app_names or {}
         self.wall = wall or WallClock()
+        self.pause_s = pause_s
         self.decoder = FlowEventDecoder(flow_event_type(fp))
         self.rb = RingBuffer(fp.table(RING).map_fd)
         self.reader: RingBufferReader | None = None
@@ -51,18 +61,20 @@ class FlowLog:
         self.other = 0            # records of other types (table pressure: counted in ms_pressure)
 
     def start(self, loop) -> None:
-        self.reader = RingBufferReader(self.rb, self._one, on_error=self._ring_error)
+        self.reader = RingBufferReader(self.rb, None, many=self.handle, pause_s=self.pause_s,
+                                       on_error=self._ring_error)
         self.reader.start(loop)
 
     def _ring_error(self, e: RingBufferError) -> None:
         log.error("ms_events ring unreadable, flow records stop: %s", e)
 
     def drain(self) -> int:
-        """Everything waiting now (at stop, and for callers without a loop)."""
-        return self.rb.consume(self._one)
-
-    def _one(self, raw: bytes) -> None:
-        self.handle([raw])
+        """Everything waiting now (before the workers stop, at stop, and
+        for callers without a loop)."""
+        raws = self.rb.drain()
+        if raws:
+            self.handle(raws)
+        return len(raws)
 
     def handle(self, raws: list[bytes]) -> None:
         by_worker: dict[int, list[tuple[bytes, object]]] = {}
@@ -81,11 +93,10 @@ class FlowLog:
             else:
                 self._write(ev)
         for worker, items in by_worker.items():
-            if self.forward(worker, [raw for raw, _ in items]):
-                self.forwarded += len(items)
-            else:
-                for _, ev in items:
-                    self._write(ev)
+            taken = self.forward(worker, [raw for raw, _ in items])
+            self.forwarded += taken
+            for _, ev in items[taken:]:
+                self._write(ev)
 
     def sessions_ended(self, entries: list[tuple[bytes, bytes]]) -> None:
         """Sessions the batch sweep removed (datapath/sweeper.py on_ended:

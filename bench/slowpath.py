@@ -21,8 +21,9 @@ lab against an allow rule, verdict latency, and what hold mode costs.
 3. Verdict latency: from the EVE flow records the daemon wrote for the
    inspected connections (kernel timestamp of the first inspected byte to
    the verdict map write): p50, p99, p99.9.
-4. The slow path's CPU (daemon, workers summed) and voluntary context
-   switches during the client runs, per inspected connection, from /proc:
+4. The slow path's CPU (daemon, workers summed), voluntary context
+   switches and minor page faults during the client runs, per inspected
+   connection, from /proc:
    the steadiest A/B measure on a busy machine.
 
     .venv/bin/python bench/slowpath.py [--requests N] [--rounds N] [--segments N]
@@ -221,25 +222,25 @@ def settle(eve: Path) -> None:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_of(pid: int) -> tuple[float, int]:
-    """(CPU seconds, voluntary context switches) of process ``pid`` so far
-    (/proc: utime + stime, all its threads)."""
+def cpu_of(pid: int) -> tuple[float, int, int]:
+    """(CPU seconds, voluntary context switches, minor page faults) of
+    process ``pid`` so far (/proc: utime + stime, all its threads)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return 0.0, 0
+        return 0.0, 0, 0
     switches = next((int(line.split()[1]) for line in status.splitlines()
                      if line.startswith("voluntary_ctxt_switches")), 0)
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, switches
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, switches, int(fields[7])
 
 
-def slowpath_cpu(daemon: int) -> dict[str, tuple[float, int]]:
-    """CPU seconds and voluntary context switches of `microseg run`'s
-    daemon and of its workers (its children), summed."""
+def slowpath_cpu(daemon: int) -> dict[str, tuple[float, int, int]]:
+    """CPU seconds, voluntary context switches and minor page faults of
+    `microseg run`'s daemon and of its workers (its children), summed."""
     kids = Path(f"/proc/{daemon}/task/{daemon}/children").read_text().split()
     work = [cpu_of(int(k)) for k in kids]
-    return {"daemon": cpu_of(daemon), "workers": (sum(c for c, _ in work), sum(n for _, n in work))}
+    return {"daemon": cpu_of(daemon), "workers": tuple(map(sum, zip(*work))) if work else (0.0, 0, 0)}
 
 
 def bench_lab(requests: int, rounds: int, workers: int):
@@ -296,7 +297,7 @@ def _bench_lab_in(tmp: Path, requests: int, rounds: int, workers: int):
                     samples[port]["lat"] += out["lat"]
                     settle(eve)
             cpu1 = slowpath_cpu(daemon.pid)
-            cpu = {k: (cpu1[k][0] - cpu0[k][0], cpu1[k][1] - cpu0[k][1]) for k in cpu1}
+            cpu = {k: tuple(b - a for a, b in zip(cpu0[k], cpu1[k])) for k in cpu1}
         finally:
             if daemon is not None and daemon.poll() is None:
                 daemon.send_signal(signal.SIGTERM)
@@ -393,10 +394,11 @@ def lab_tables(args, samples, vlat, cpu) -> None:
     print(f"4. slow-path CPU during the client runs, per inspected connection ({inspected} inspected, "
           f"{args.requests * args.rounds} allowed)")
     print()
-    print("| process | CPU s | CPU us per inspected connection | voluntary context switches per inspected connection |")
-    print("|---|---|---|---|")
-    for name, (sec, sw) in cpu.items():
-        print(f"| {name} | {sec:.2f} | {sec / inspected * 1e6:,.0f} | {sw / inspected:.1f} |")
+    print("| process | CPU s | CPU us per inspected connection | voluntary context switches per inspected connection "
+          "| minor page faults per inspected connection |")
+    print("|---|---|---|---|---|")
+    for name, (sec, sw, flt) in cpu.items():
+        print(f"| {name} | {sec:.2f} | {sec / inspected * 1e6:,.0f} | {sw / inspected:.1f} | {flt / inspected:.1f} |")
 
 
 if __name__ == "__main__":

@@ -294,17 +294,29 @@ class RingBufferReader:
     goes on after its record. A corrupt ring (RingBufferError) stops the
     reader, since the same bytes would fail again on every turn of the loop;
     the error goes to ``on_error`` if given, else to the loop's handler.
+
+    ``many``: given, it gets each wakeup's records as one list instead of
+    ``callback`` one at a time (its caller can then act once per batch).
+    ``pause_s``: after each wakeup the reader stops watching the fd for
+    this long, then looks again: records committed meanwhile wait in the
+    ring (nothing is lost; the fd is readable again at once when they are
+    there) and come together, one wakeup of this process for all of them
+    instead of one per record. For rings whose records may wait that long.
     """
 
-    def __init__(self, rb: RingBuffer, callback: Callable[[bytes], object], *,
+    def __init__(self, rb: RingBuffer, callback: Callable[[bytes], object] | None, *,
                  batch: int = DEFAULT_BATCH,
-                 on_error: Callable[[RingBufferError], object] | None = None):
+                 on_error: Callable[[RingBufferError], object] | None = None,
+                 many: Callable[[list[bytes]], object] | None = None, pause_s: float = 0.0):
         self.rb = rb
         self.callback = callback
+        self.many = many
         self.batch = batch
+        self.pause_s = pause_s
         self.on_error = on_error
         self.wakeups = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         if self._loop is not None:
@@ -318,14 +330,32 @@ class RingBufferReader:
     def _readable(self) -> None:
         self.wakeups += 1
         try:
-            self.rb.consume(self.callback, self.batch)
+            if self.many is None:
+                self.rb.consume(self.callback, self.batch)
+            else:
+                raws = self.rb.drain(self.batch)
+                if raws:
+                    self.many(raws)
         except RingBufferError as e:
             self.stop()
             if self.on_error is None:
                 raise
             self.on_error(e)
+            return
+        finally:
+            if self.pause_s and self._loop is not None and self._timer is None:
+                self._loop.remove_reader(self.rb.fileno())
+                self._timer = self._loop.call_later(self.pause_s, self._resume)
+
+    def _resume(self) -> None:
+        self._timer = None
+        if self._loop is not None:
+            self._loop.add_reader(self.rb.fileno(), self._readable)
 
     def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._loop is not None:
             self._loop.remove_reader(self.rb.fileno())
             self._loop = None

@@ -418,6 +418,52 @@ def test_a_callback_that_raises_does_not_stop_the_reader(prog, rb):
     assert [type(e) for e in handled] == [ValueError]
 
 
+def test_paused_reader_takes_what_came_meanwhile_in_one_batch(prog, rb):
+    # pause_s: after a wakeup the reader leaves the fd alone; records
+    # committed meanwhile wait in the ring (none lost) and come together.
+    first, meanwhile, after = payloads([10], seed=11), payloads([20] * 20, seed=12), payloads([5] * 5, seed=13)
+
+    async def wait_for(cond):
+        deadline = time.monotonic() + 5
+        while not cond() and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
+    async def paused_for_good():
+        batches = []
+        reader = RingBufferReader(rb, None, many=batches.append, pause_s=3600)
+        reader.start()
+        prog.emit(first[0])
+        await wait_for(lambda: batches)
+        for p in meanwhile:
+            prog.emit(p)
+        for _ in range(20):
+            await asyncio.sleep(0.002)
+        reader.stop()               # cancels the pause: nothing runs later
+        await asyncio.sleep(0.01)
+        return batches, reader.wakeups
+
+    batches, wakeups = _run_uvloop(paused_for_good)
+    assert batches == [first] and wakeups == 1
+    assert rb.drain() == meanwhile      # still in the ring: the paused reader did not take them
+
+    async def resumed():
+        batches = []
+        for p in meanwhile:         # waiting before start: one wakeup, one batch
+            prog.emit(p)
+        reader = RingBufferReader(rb, None, many=batches.append, pause_s=0.02)
+        reader.start()
+        await wait_for(lambda: batches)
+        for p in after:             # during or after the pause: read when it ends
+            prog.emit(p)
+        await wait_for(lambda: sum(map(len, batches)) == len(meanwhile) + len(after))
+        reader.stop()
+        return batches
+
+    batches = _run_uvloop(resumed)
+    assert batches[0] == meanwhile
+    assert [r for b in batches[1:] for r in b] == after
+
+
 # -- stop conditions and corruption ------------------------------------------------
 
 def test_busy_record_stops_the_drain(prog, rb, cons_page):

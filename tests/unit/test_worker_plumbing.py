@@ -249,6 +249,58 @@ def test_loop_forward_sink_sends_after_flush_s_without_more_lines(pair):
     assert lines_of(got) == lines and len(got) == 1 == sink.sends
 
 
+def test_loop_forward_sink_send_soon_sends_with_the_current_wakeup(pair):
+    # After the daemon's session ends woke the worker: the pending lines go
+    # on the loop's next turn, not at the timer (which would wake it again).
+    mine, theirs = pair
+    mine.setblocking(False)
+    sink = LoopForwardSink(mine, flush_s=3600)
+    lines = [b'{"event_type":"flow","n":%d}\n' % i for i in range(4)]
+    seen = []
+
+    async def main():
+        sink.attach(asyncio.get_running_loop())
+        sink.send_soon()                     # nothing pending: nothing sent
+        for line in lines:
+            sink.submit(line)
+        await asyncio.sleep(0)
+        seen.append(recv_ready(theirs))      # waiting for the (hour-long) timer
+        sink.send_soon()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        seen.append(recv_ready(theirs))
+        seen.append(sink._timer)
+        sink.attach(None)
+
+    uvloop.run(main())
+    assert seen[0] == [] and lines_of(seen[1]) == lines and sink.sends == 1
+    assert seen[2] is None                   # the timer was cancelled: no wakeup for nothing
+
+
+def test_session_ends_go_to_a_worker_in_few_messages_and_the_count_taken(pair):
+    # The daemon hands a batch of kernel session-end records to the worker
+    # in messages of at most FORWARD_MESSAGE_BYTES (a send costs the sender
+    # a wakeup of the worker), in order; when the worker's socket is full it
+    # says how many it took, and the daemon writes the rest's records itself.
+    from appliance.workers import TAG_FLOW_END
+    mine, theirs = pair
+    mine.setblocking(False)
+    ws = WorkerSet(None, [None], on_eve=lambda *a: None, on_report=lambda *a: None, on_exit=lambda *a: None)
+    ws._socks[0], ws.pids[0] = mine, 1
+    raws = [i.to_bytes(4, "little") * 32 for i in range(1000)]       # 128 bytes, as struct ms_flow_event
+    assert ws.forward_flow_ends(0, raws) == 1000
+    msgs = recv_ready(theirs)
+    assert 2 <= len(msgs) <= 1000 * 128 // FORWARD_MESSAGE_BYTES + 1
+    assert all(m[:1] == TAG_FLOW_END and len(m) <= FORWARD_MESSAGE_BYTES + 1 for m in msgs)
+    assert b"".join(m[1:] for m in msgs) == b"".join(raws)
+    many = raws * 100                                                # more than the socket holds
+    taken = ws.forward_flow_ends(0, many)
+    assert 0 < taken < len(many)
+    assert b"".join(m[1:] for m in recv_ready(theirs)) == b"".join(many[:taken])
+    ws.stopping = True
+    assert ws.forward_flow_ends(0, raws) == 0
+
+
 def test_loop_forward_sink_close_sends_the_rest_outside_the_loop(pair):
     mine, theirs = pair
     sink = LoopForwardSink(mine)
