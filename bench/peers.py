@@ -185,11 +185,20 @@ class Ndpi(Reader):
     name = "ndpiReader -i FILE -q -v 2"
     short = "ndpiReader"
 
+    # Files ndpiReader 4.2 writes whatever it is asked (paths compiled in);
+    # removed after each run unless they were there before it.
+    LEFTOVERS = (Path("/tmp/ses_result.csv"), Path("/tmp/des_result.csv"))
+
     def cpu(self, path, work):
         out = work / f"ndpi-{path.stem}.txt"
-        with open(out, "wb") as f:
-            return run(["ndpiReader", "-i", str(path), "-q", "-v", "2"], f,
-                       env={**os.environ, "LC_ALL": "C"})
+        ours = [p for p in self.LEFTOVERS if not p.exists()]
+        try:
+            with open(out, "wb") as f:
+                return run(["ndpiReader", "-i", str(path), "-q", "-v", "2"], f,
+                           env={**os.environ, "LC_ALL": "C"})
+        finally:
+            for p in ours:
+                p.unlink(missing_ok=True)
 
 
 class Tshark(Reader):
