@@ -642,6 +642,12 @@ class _Decoder:
         raise _NotFlow(f"geneve protocol 0x{ptype:04x}")
 
 
+# What a GRE or GENEVE protocol type carries, for encapsulation(): 0 an
+# Ethernet frame, 4 or 6 an IP packet of that version; anything else ends
+# the walk (the frame is left as it is).
+_TUNNEL_PAYLOAD = {ETH_TEB: 0, ETH_IPV4: 4, ETH_IPV6: 6}
+
+
 def encapsulation(frame: bytes) -> list[tuple[str, int]] | None:
     """Where the headers of an Ethernet frame that rewrite touches start, for
     code that rebuilds a frame (appliance/replay.py cuts a tunnelled TCP
@@ -705,11 +711,8 @@ def encapsulation(frame: bytes) -> list[tuple[str, int]] | None:
                 layers.append(("gre", nxt))
                 nxt += GRE_HEADER_LEN + 4 * ((flags & GRE_CSUM != 0) + (flags & GRE_KEY != 0)
                                              + (flags & GRE_SEQ != 0))
-                if ptype == ETH_TEB:
-                    version = 0
-                elif ptype in (ETH_IPV4, ETH_IPV6):
-                    version = 4 if ptype == ETH_IPV4 else 6
-                else:
+                version = _TUNNEL_PAYLOAD.get(ptype)
+                if version is None:
                     return None
             elif proto == IPPROTO_UDP and n >= nxt + 8 and _u16(frame, nxt + 2)[0] in TUNNEL_UDP_PORTS:
                 layers.append(("udp", nxt))
@@ -723,11 +726,8 @@ def encapsulation(frame: bytes) -> list[tuple[str, int]] | None:
                         return None
                     ptype = _u16(frame, head + 2)[0]
                     nxt = head + GENEVE_HEADER_LEN + (frame[head] & 0x3F) * 4
-                    if ptype == ETH_TEB:
-                        version = 0
-                    elif ptype in (ETH_IPV4, ETH_IPV6):
-                        version = 4 if ptype == ETH_IPV4 else 6
-                    else:
+                    version = _TUNNEL_PAYLOAD.get(ptype)
+                    if version is None:
                         return None
             else:
                 return layers                    # the innermost IP header's payload
