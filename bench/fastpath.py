@@ -103,6 +103,25 @@ HTTP_REQUEST = b"GET /index.html HTTP/1.1\r\nHost: example.org\r\nUser-Agent: be
 UNKNOWN_PAYLOAD = bytes(range(7, 7 + len(HTTP_REQUEST)))
 QUICK_REPEAT = 20_000
 QUICK_ROUNDS = 3
+
+
+def repeat_rounds_options(ap) -> None:
+    """--repeat, --rounds and --quick, as bench/fastpath_steps.py and
+    bench/fastpath_ab.py take them (this script's own --quick does more)."""
+    ap.add_argument("--repeat", type=int, default=None,
+                    help=f"BPF_PROG_TEST_RUN repetitions per measurement (default {DEFAULT_REPEAT})")
+    ap.add_argument("--rounds", type=int, default=None, help=f"rounds (default {DEFAULT_ROUNDS})")
+    ap.add_argument("--quick", action="store_true", help=f"smoke run: repeat {QUICK_REPEAT}, {QUICK_ROUNDS} rounds")
+
+
+def repeat_rounds(ap, args) -> tuple[int, int]:
+    """(repeat, rounds) from repeat_rounds_options' arguments; ap.error when
+    either is below 1."""
+    repeat = args.repeat or (QUICK_REPEAT if args.quick else DEFAULT_REPEAT)
+    rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
+    if repeat < 1 or rounds < 1:
+        ap.error("--repeat and --rounds must be at least 1")
+    return repeat, rounds
 QUICK_NEW_FLOWS = 2_000
 # One source port per new flow, from 1024; also well under the half-open
 # table's default 65,536 entries, so no SYN meets an LRU eviction.

@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fastpath import (DEFAULT_REPEAT, DEFAULT_ROUNDS, QUICK_REPEAT, QUICK_ROUNDS, V4_CLIENT,  # noqa: E402
+from fastpath import (V4_CLIENT, repeat_rounds, repeat_rounds_options,  # noqa: E402
                       V4_SERVER, Case, load_empty, must, run_checked, tcp_packets)
 
 from datapath import bpfsys  # noqa: E402
@@ -67,16 +67,9 @@ def build(stop: int | None) -> FastPath:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=None,
-                    help=f"BPF_PROG_TEST_RUN repetitions per measurement (default {DEFAULT_REPEAT})")
-    ap.add_argument("--rounds", type=int, default=None, help=f"rounds (default {DEFAULT_ROUNDS})")
-    ap.add_argument("--quick", action="store_true",
-                    help=f"smoke run: repeat {QUICK_REPEAT}, {QUICK_ROUNDS} rounds")
+    repeat_rounds_options(ap)
     args = ap.parse_args(argv)
-    repeat = args.repeat or (QUICK_REPEAT if args.quick else DEFAULT_REPEAT)
-    rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
-    if repeat < 1 or rounds < 1:
-        ap.error("--repeat and --rounds must be at least 1")
+    repeat, rounds = repeat_rounds(ap, args)
     if os.geteuid() != 0:
         print("bench/fastpath_steps.py loads BPF programs: run it as root", file=sys.stderr)
         return 1
