@@ -21,10 +21,11 @@ are counted as lost once the ring is full).
 """
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Callable
 
-from datapath.flowevents import FlowEventDecoder, WallClock, event_type, flow_event_type, lost_counts
+from datapath.flowevents import FlowEnd, FlowEventDecoder, WallClock, event_type, flow_event_type, lost_counts
 from datapath.enums import EventType
 from slowpath.flowend import POL_INSPECT, flow_end_record
 from slowpath.ringbuf import RingBuffer, RingBufferError, RingBufferReader
@@ -169,20 +170,27 @@ class CaptureTime:
             self.last.append(ts)
 
     def _at(self, ns: int, last: bool) -> float:
-        import bisect
         i = bisect.bisect_right(self.ticks, ns) - 1
         if i < 0:
             return self.first[0] if self.first else 0.0
         return self.last[i] if last else self.first[i]
 
     def convert(self, ev):
-        """``ev`` (a FlowEnd) with its times in capture ns, for wall() below."""
-        return ev._replace(first_seen_ns=round(self._at(ev.first_seen_ns, False) * 1e9),
-                           last_seen_ns=round(self._at(ev.last_seen_ns, True) * 1e9))
+        """``ev`` (a FlowEnd) with its times in capture ns, for wall() below.
+        Built from its fields around the two times, not with _replace()
+        (keyword pops over every field: one of these per session)."""
+        f = list(ev)
+        f[_FIRST_SEEN] = round(self._at(ev.first_seen_ns, False) * 1e9)
+        f[_LAST_SEEN] = round(self._at(ev.last_seen_ns, True) * 1e9)
+        return tuple.__new__(FlowEnd, f)
 
     @staticmethod
     def wall(ns: int) -> float:
         return ns / 1e9
+
+
+# Where FlowEnd holds its two session-clock times (CaptureTime.convert).
+_FIRST_SEEN, _LAST_SEEN = FlowEnd._fields.index("first_seen_ns"), FlowEnd._fields.index("last_seen_ns")
 
 
 class ReplayFlows:

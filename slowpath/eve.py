@@ -1192,19 +1192,24 @@ def session_flow_record(flow: FlowInfo, end: float, *, end_reason: str, ct_state
     }
     if flow.app_proto:
         rec["app_proto"] = flow.app_proto
-    md: dict[str, Any] = {}
-    ints = {k: int(v) for k, v in (("rule_id", rule_id), ("policy_generation", policy_generation),
-                                   ("verdict_latency_us", verdict_latency_us)) if v is not None}
-    if ints:
-        md["flowints"] = ints
+    # (Each field by hand, not through a comprehension or _text(): the
+    # values are ints and strs, converted only when they are not.)
+    ints: dict[str, int] = {}
+    if rule_id is not None:
+        ints["rule_id"] = int(rule_id)
+    if policy_generation is not None:
+        ints["policy_generation"] = int(policy_generation)
+    if verdict_latency_us is not None:
+        ints["verdict_latency_us"] = int(verdict_latency_us)
+    md: dict[str, Any] = {"flowints": ints} if ints else {}
     flowvars = md["flowvars"] = []
     if verdict is not None:
-        flowvars.append({"inspection_verdict": _text(verdict)})
+        flowvars.append({"inspection_verdict": verdict if type(verdict) is str else _text(verdict)})
     if ct_state is not None:
-        flowvars.append({"ct_state": _text(ct_state)})
-    flowvars.append({"end_reason": _text(end_reason)})
+        flowvars.append({"ct_state": ct_state if type(ct_state) is str else _text(ct_state)})
+    flowvars.append({"end_reason": end_reason if type(end_reason) is str else _text(end_reason)})
     if policy_action is not None:
-        flowvars.append({"policy_action": _text(policy_action)})
+        flowvars.append({"policy_action": policy_action if type(policy_action) is str else _text(policy_action)})
     rec["metadata"] = md
     return rec
 

@@ -23,6 +23,8 @@ POL_INSPECT = next(e.value for e in enum_list("POL_ACTION") if e.name == "POL_IN
 # The kernel's inspection state of a session as the engine's verdict names.
 _INSP_VERDICTS = {InspState.INSP_BLOCKED: "block", InspState.INSP_DONE: "allow",
                   InspState.INSP_RELEASED: "release", InspState.INSP_PENDING: None}
+# (A module name: InspState.INSP_BLOCKED is a descriptor call, per session.)
+_INSP_BLOCKED = InspState.INSP_BLOCKED
 # ICMP echo sessions: the key's ports hold the echo id; the record names the
 # request's type, as Suricata does for an echo flow.
 _ECHO_REQUEST = {socket.IPPROTO_ICMP: 8, socket.IPPROTO_ICMPV6: 128}
@@ -63,6 +65,6 @@ def flow_end_record(ev: FlowEnd, wall: Callable[[int], float], *, app_names: Map
         info = flow_info(ev, wall, kernel_app)
     return eve.session_flow_record(
         info, wall(ev.last_seen_ns), end_reason=ev.reason, ct_state=ev.state, pkts=ev.packets, nbytes=ev.bytes,
-        alerted=alerted, blocked=inspected and ev.insp_state == InspState.INSP_BLOCKED,
+        alerted=alerted, blocked=inspected and ev.insp_state == _INSP_BLOCKED,
         rule_id=ev.rule_id or None, policy_generation=ev.pol_gen or None,
         policy_action=_POL_ACTIONS.get(ev.action), verdict=verdict, verdict_latency_us=latency)

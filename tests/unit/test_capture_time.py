@@ -38,3 +38,15 @@ def test_coarse_clock_frames_of_one_tick_share_it():
     assert t.ticks == [100, 200] and t.first == [10.0, 13.0] and t.last == [12.0, 13.0]
     ev = t.convert(_end(100, 150))          # start: the tick's first frame; end: its last
     assert (ev.first_seen_ns, ev.last_seen_ns) == (10_000_000_000, 12_000_000_000)
+
+
+def test_convert_changes_the_two_times_only():
+    """convert() builds the FlowEnd field by field: every other field is
+    the kernel's, in its place, and the result is a FlowEnd."""
+    t = _clocked(False, [100, 200])
+    t.frame(10.0)
+    t.frame(11.5)
+    ev = FlowEnd(*(f"field{i}" for i in range(len(FlowEnd._fields))))._replace(first_seen_ns=150, last_seen_ns=250)
+    got = t.convert(ev)
+    assert type(got) is FlowEnd
+    assert got == ev._replace(first_seen_ns=10_000_000_000, last_seen_ns=11_500_000_000)

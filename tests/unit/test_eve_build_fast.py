@@ -112,18 +112,27 @@ def test_header_same_as_field_by_field():
             assert _same(eve._header(flow, "dns", ts, **kw), _ref_header(flow, "dns", ts, **kw))
 
 
+class _Word(str):
+    """A str subclass whose str() differs from it: fields that are not
+    exact strs are converted as _text() converts them."""
+
+    def __str__(self) -> str:
+        return "word:" + super().__str__()
+
+
 def test_session_flow_record_same_as_flow_record_and_its_fields():
     rng = random.Random(1137)
     for _ in range(3000):
         f = _flow(rng)
         end = (f.start or 1_700_000_000) + rng.random() * 100 - 5
         kw = {"end_reason": rng.choice(list(eve._END_REASONS) + ["reason-99", "caf\u00e9 \udc80"]),
-              "ct_state": rng.choice([None, "CT_ESTABLISHED", "CT_SYN_SENT", "CT_CLOSE", "state-77"]),
+              "ct_state": rng.choice([None, "CT_ESTABLISHED", "CT_SYN_SENT", "CT_CLOSE", "state-77",
+                                      _Word("CT_CLOSE")]),
               "pkts": (rng.randrange(10 ** 6), rng.randrange(10)), "nbytes": (rng.randrange(2 ** 40), 0),
               "alerted": rng.random() < 0.3, "blocked": rng.random() < 0.2,
               "rule_id": rng.choice([None, 0, 5]), "policy_generation": rng.choice([None, 1, 2 ** 40]),
-              "policy_action": rng.choice([None, "allow", "inspect", b"ra\xffw"]),
-              "verdict": rng.choice([None, "allow", "block", "release", "BLOCK"]),
+              "policy_action": rng.choice([None, "allow", "inspect", b"ra\xffw", _Word("drop")]),
+              "verdict": rng.choice([None, "allow", "block", "release", "BLOCK", _Word("allow")]),
               "verdict_latency_us": rng.choice([None, 0, 1234])}
         assert _same(eve.session_flow_record(f, end, **kw), _ref_session_flow_record(f, end, **kw)), kw
 
