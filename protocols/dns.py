@@ -33,6 +33,7 @@ from protocols.api import (
     LIKELY,
     NO_MATCH,
     POSSIBLE,
+    DIRECTIONS,
     Direction,
     Event,
     Malformed,
@@ -547,8 +548,8 @@ class DnsParser(StreamParser):
         if transport not in ("udp", "tcp"):
             raise ProtocolError(f"DNS runs over udp or tcp, not {transport!r}")
         self.transport = transport
-        self._sides = {d: _Side(d) for d in Direction}
-        self._udp_pos = {d: 0 for d in Direction}
+        self._sides = {d: _Side(d) for d in DIRECTIONS}
+        self._udp_pos = {d: 0 for d in DIRECTIONS}
 
     def receive_data(self, data: bytes, direction: Direction) -> list[Event]:
         side = self._sides[direction]

@@ -65,7 +65,7 @@ from typing import ClassVar
 import httptools
 
 from protocols.content_coding import CodingError, ContentDecoder
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
                            ProtocolPlugin, Signature, StreamParser, StreamSide)
 
 # --- Limits -------------------------------------------------------------------
@@ -870,7 +870,7 @@ class HttpParser(StreamParser):
     """HTTP/1.x on one TCP connection (both directions)."""
 
     def __init__(self) -> None:
-        self._sides = {d: _Side(d) for d in Direction}
+        self._sides = {d: _Side(d) for d in DIRECTIONS}
         self._pending: deque[_Pending] = deque()
         self._unknown_pending = 0   # requests past MAX_PENDING_REQUESTS, queued after _pending
 

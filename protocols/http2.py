@@ -47,7 +47,7 @@ from hpack.exceptions import (HPACKDecodingError, InvalidTableIndex, InvalidTabl
 from hpack.table import HeaderTable
 from hyperframe.exceptions import HyperframeError
 
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed, ProtocolPlugin,
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed, ProtocolPlugin,
                            Signature, StreamParser, StreamSide)
 from protocols.content_coding import ContentDecoder
 from protocols.grpc import GrpcCall, MessageFramer, is_grpc, split_path
@@ -318,7 +318,7 @@ class HttpTwoParser(StreamParser):
 
     def __init__(self, upgrade_request: HttpRequest | None = None,
                  offsets: tuple[int, int] = (0, 0)) -> None:
-        self._sides = {d: _Side(d) for d in Direction}
+        self._sides = {d: _Side(d) for d in DIRECTIONS}
         for d in Direction:         # where each direction's HTTP/2 starts in its TCP stream
             self._sides[d].offset = offsets[d]
         self._streams: dict[int, _Stream] = {}

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
                            ProtocolPlugin, StreamParser, StreamSide)
 
 # What we keep of one frame. A request's header and its topic list sit at
@@ -547,7 +547,7 @@ class _Side(StreamSide):
 
 class KafkaParser(StreamParser):
     def __init__(self) -> None:
-        self._sides = {d: _Side(d) for d in Direction}
+        self._sides = {d: _Side(d) for d in DIRECTIONS}
         # correlation id -> (api key, api version), oldest first
         self._pending: OrderedDict[int, tuple[int, int]] = OrderedDict()
         # The side sending requests: the initiator, unless the flow was

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
                            ProtocolPlugin, Signature, StreamParser, StreamSide)
 
 # The remaining length is at most 4 bytes (MQTT 5.0 1.5.5): 268,435,455.
@@ -218,7 +218,7 @@ class _Side(StreamSide):
 
 class MqttParser(StreamParser):
     def __init__(self) -> None:
-        self._sides = {d: _Side(d) for d in Direction}
+        self._sides = {d: _Side(d) for d in DIRECTIONS}
         self.level = DEFAULT_LEVEL
         self.connected = False              # a CONNECT was seen
         # What the connection said so far (logs, EVE, the corpus tests).

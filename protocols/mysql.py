@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
                            ProtocolPlugin, Signature, StreamParser, StreamSide)
 
 # The longest prefix of a packet we keep. It holds a whole greeting (~100
@@ -173,7 +173,7 @@ class _Side(StreamSide):
 
 class MysqlParser(StreamParser):
     def __init__(self) -> None:
-        self._sides = {d: _Side(d) for d in Direction}
+        self._sides = {d: _Side(d) for d in DIRECTIONS}
         self._server_phase = "greeting"     # greeting -> auth -> command
         self._client_phase = "login"        # login -> command
         self._awaiting_reply = False        # a client packet came; the next server one answers it

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, Direction, Event, Malformed,
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, DIRECTIONS, Direction, Event, Malformed,
                            ProtocolPlugin, Signature, StreamParser, StreamSide)
 
 # Request codes in place of a protocol version (PostgreSQL's pqcomm.h).
@@ -268,7 +268,7 @@ class _Side(StreamSide):
 
 class PostgresParser(StreamParser):
     def __init__(self) -> None:
-        self._sides = {d: _Side(d) for d in Direction}
+        self._sides = {d: _Side(d) for d in DIRECTIONS}
         self._rows = 0               # DataRows since the last CommandComplete
         self._row_bytes = 0
         self._asked_gss = False      # the pending request is GSSENCRequest, not SSLRequest

@@ -17,8 +17,8 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, Direction, Event, Malformed, ProtocolPlugin, Signature,
-                           StreamParser, StreamSide)
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, DIRECTIONS, Direction, Event, Malformed, ProtocolPlugin,
+                           Signature, StreamParser, StreamSide)
 
 # RFC 4253 4.2: the identification line is at most 255 characters including
 # the CR LF. Real implementations keep to it, so a longer line is not SSH.
@@ -103,7 +103,7 @@ class _Side(StreamSide):
 
 class SshParser(StreamParser):
     def __init__(self) -> None:
-        self._sides = {d: _Side(d) for d in Direction}
+        self._sides = {d: _Side(d) for d in DIRECTIONS}
 
     def receive_data(self, data: bytes, direction: Direction) -> list[Event]:
         side = self._sides[direction]

@@ -40,9 +40,12 @@ from slowpath import eve
 from slowpath.analyzer import FlowAnalyzer
 from datapath.flowevents import FlowEnd
 from slowpath.flowend import EngineSide, flow_end_record
-from slowpath.reassembly import Data, Eof, ReassemblyBudget, StreamReassembler
+from slowpath.reassembly import Data, Eof, ReassemblyBudget, ReassemblyLimits, StreamReassembler
 from slowpath.records import InspRecord, RecordDecoder, session_ref
 
+# Every TCP flow's reassembly limits (the defaults; frozen, so one is shared
+# instead of one made per flow).
+_REASSEMBLY_LIMITS = ReassemblyLimits()
 # Closed flows remembered until the kernel reports their session's end
 # (kernel_flow_records): a few hundred bytes each; a session forgotten past
 # this is logged with the kernel's side only.
@@ -127,7 +130,7 @@ class EngineCounters:
     after_verdict: int = 0
 
 
-@dataclass
+@dataclass(slots=True)     # no per-flow __dict__: one object less to allocate and collect
 class Flow:
     key: bytes
     info: eve.FlowInfo
@@ -388,16 +391,18 @@ class Engine:
         allow = self.l7.get(rec.rule_id) if self.l7 else None
         if allow is not None:
             inspector = allow.inspector(inspector)
-        flow = Flow(rec.key, info, rec.transport, FlowAnalyzer(rec.transport, self.plugins, kernel_app),
-                    StreamReassembler(budget=self.budget) if rec.l4 == socket.IPPROTO_TCP else None,
+        transport = rec.transport
+        flow = Flow(rec.key, info, transport, FlowAnalyzer(transport, self.plugins, kernel_app),
+                    StreamReassembler(_REASSEMBLY_LIMITS, self.budget) if rec.l4 == socket.IPPROTO_TCP else None,
                     inspector, bool(rec.inspect & INSPECT["HOLD"]), rec.ts_ns, rec.rule_id, self.clock(),
                     identify_only=what == _IDENTIFY_ONLY and allow is None, l7=allow)
         self.flows[rec.key] = flow
         self.counters.flows_opened += 1
         _note_held(flow, rec)             # before a simulated failure below may block it
-        for kind in ("reassembly_cap", "parser_error", "decompression"):
-            if kind in self.simulate:
-                self._failure(flow, kind)
+        if self.simulate:
+            for kind in ("reassembly_cap", "parser_error", "decompression"):
+                if kind in self.simulate:
+                    self._failure(flow, kind)
         return flow
 
     def _parse(self, flow: Flow, rec: InspRecord) -> list:
