@@ -245,8 +245,13 @@ class Replay(Reader):
             self.name, self.short = f"{self.name} [{tree}]", f"{self.short}@baseline"
 
     def cpu(self, path, work):
-        return replay_cpu([str(MICROSEG), "replay", str(path), "--eve", str(work / "replay-eve.json"),
+        return replay_cpu([str(MICROSEG), "replay", str(path), "--eve", str(self.eve(work)),
                            "--json"], work, self.tree)
+
+    def eve(self, work: Path) -> Path:
+        """Where this reader's replay writes its EVE (one file a reader: the
+        baseline tree's is compared with this tree's, eve_differences)."""
+        return work / f"{self.short}-eve.json"
 
 
 class ReplayIdentify(Replay):
@@ -265,7 +270,7 @@ class ReplayIdentify(Replay):
         policy = work / "identify.yaml"
         policy.write_text(self.POLICY)
         return replay_cpu([str(MICROSEG), "replay", str(path), "--policy", str(policy),
-                           "--eve", str(work / "replay-dpi-eve.json"), "--json"], work, self.tree)
+                           "--eve", str(self.eve(work)), "--json"], work, self.tree)
 
 
 class Parsers(Reader):
@@ -342,6 +347,39 @@ def agreement(ndpi: dict[tuple, dict], flows: list[dict]) -> dict:
     return res
 
 
+# ------------------------------------------------------------ EVE check
+def eve_normalized(lines) -> list[str]:
+    """A replay's EVE lines with what differs between two runs of the same
+    code left out: flow ids (hashed with the kernel clock's first-packet
+    time) become their order of first appearance, so the records of one
+    flow still share one, and metadata.flowints.verdict_latency_us (the
+    kernel clock) goes. Timestamps stay: a replay's are the capture's.
+    Everything else, and the order of records and of their keys, is kept."""
+    ids: dict[int, int] = {}
+    out = []
+    for line in lines:
+        rec = json.loads(line)
+        if "flow_id" in rec:
+            rec["flow_id"] = ids.setdefault(rec["flow_id"], len(ids) + 1)
+        ints = rec.get("metadata", {}).get("flowints")
+        if ints is not None:
+            ints.pop("verdict_latency_us", None)
+        out.append(json.dumps(rec))
+    return out
+
+
+def eve_differences(mine: Path, base: Path) -> tuple[int, list[str]]:
+    """(records, the first MAX_LISTED differences) between two replays' EVE
+    files, normalised (eve_normalized): none when the change kept every
+    record, field and order as they were."""
+    a = eve_normalized(mine.read_bytes().splitlines())
+    b = eve_normalized(base.read_bytes().splitlines())
+    diffs = [f"record {i + 1}: {x}\n    baseline: {y}" for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    if len(a) != len(b):
+        diffs.append(f"{len(a)} records against the baseline's {len(b)}")
+    return len(a), diffs[:MAX_LISTED]
+
+
 # ------------------------------------------------------------------ main
 def check_environment() -> None:
     if os.geteuid() != 0:
@@ -395,6 +433,14 @@ def bench(copies: int, rounds: int, baseline: Path | None = None) -> int:
                 f"{r.short} {fmt_us(cpu[r.name][-1])}" for r in readers), flush=True)
         ndpi_out = (work / f"ndpi-{big.stem}.txt").read_text(errors="replace")
         ours = json.loads((work / f"parsers-{big.stem}.json").read_text())["flows"]
+        # The last round's EVE of each replay against the baseline tree's:
+        # a speed change must write the same records.
+        same_eve = []
+        for r in readers:
+            if isinstance(r, Replay) and r.tree is not None:
+                mine = next(m for m in readers if type(m) is type(r) and m.tree is None)
+                n, diffs = eve_differences(mine.eve(work), r.eve(work))
+                same_eve.append((mine.short, n, diffs))
 
     med = {name: statistics.median(v) for name, v in cpu.items()}
     base = med[Ndpi.name]
@@ -420,6 +466,14 @@ def bench(copies: int, rounds: int, baseline: Path | None = None) -> int:
         print(f"| {label[r.name]} | {fmt_us(med[r.name])} | {ratio:.1f}× | {tcell} |")
     print(f"\nmicroseg replay is {med[Replay.name] / med[Tshark.name]:.2f}× tshark; "
           f"the parsers alone are {med[Parsers.name] / med[Tshark.name]:.2f}× tshark.")
+    for short, n, diffs in same_eve:
+        if not diffs:
+            print(f"EVE of {short}: the same {n:,} records as the baseline tree's "
+                  "(flow ids and verdict latencies aside)")
+        else:
+            print(f"EVE of {short}: differs from the baseline tree's ({n:,} records); first differences:")
+            for d in diffs:
+                print(f"  {d}")
 
     a = agreement(parse_ndpi(ndpi_out), ours)
     print("\nPer-flow protocol agreement with nDPI (5-tuple match; nDPI names mapped to microseg's):")
@@ -438,7 +492,7 @@ def bench(copies: int, rounds: int, baseline: Path | None = None) -> int:
             print(f"    {proto} {f['client'][0]}:{f['client'][1]} -> {f['server'][0]}:{f['server'][1]}: "
                   f"nDPI {name} ({conf}) = {n['app'] or 'none'}, microseg {app or 'none'}"
                   f"{f'  (x{count})' if count > 1 else ''}")
-    return 0
+    return 1 if any(diffs for _, _, diffs in same_eve) else 0
 
 
 def main(argv=None) -> int:
@@ -449,7 +503,8 @@ def main(argv=None) -> int:
                     help=f"rounds, each reader once per round (default {DEFAULT_ROUNDS}, at least {MIN_ROUNDS})")
     ap.add_argument("--baseline", metavar="TREE", type=Path,
                     help="also time both replays from another source tree (e.g. a `git archive` of the "
-                         "commit before a change), in the same rotated rounds")
+                         "commit before a change), in the same rotated rounds, and check that both trees "
+                         "wrote the same EVE (exit 1 if not)")
     ap.add_argument("--child-parsers", metavar="PCAP", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", metavar="JSON", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)

@@ -102,5 +102,37 @@ def test_baseline_replay_runs_from_its_tree(tmp_path, monkeypatch):
     assert base.name != mine.name and type(base).name == mine.name
     assert mine.cpu(tmp_path / "x.pcap", tmp_path) == base.cpu(tmp_path / "x.pcap", tmp_path) == 1.5
     (cmd_mine, env_mine), (cmd_base, env_base) = calls
-    assert cmd_mine == cmd_base and env_mine is None
+    # The same command but for the EVE file: each tree writes its own, compared after the rounds.
+    at = cmd_mine.index("--eve") + 1
+    assert cmd_mine[:at] + cmd_mine[at + 1:] == cmd_base[:at] + cmd_base[at + 1:] and env_mine is None
+    assert cmd_mine[at] == str(mine.eve(tmp_path)) != cmd_base[at] == str(base.eve(tmp_path))
     assert env_base["PYTHONPATH"] == str(tree)
+
+
+def test_eve_check_ignores_flow_ids_and_latency_only(tmp_path):
+    """eve_differences: two replays' EVE are the same when only their flow
+    ids (renumbered by first appearance, so which records share a flow
+    still counts) and verdict latencies differ; any other field, a key's
+    order, a record's order or count is a difference."""
+    import json as _json
+
+    from bench.peers import eve_differences
+
+    def write(name, recs):
+        path = tmp_path / name
+        path.write_text("".join(_json.dumps(r) + "\n" for r in recs))
+        return path
+
+    def flow(fid, lat, **extra):
+        return {"timestamp": "t", "flow_id": fid, "event_type": "flow", **extra,
+                "metadata": {"flowints": {"rule_id": 1, "verdict_latency_us": lat}}}
+    base = [flow(11, 5), {"flow_id": 22, "event_type": "dns"}, flow(22, 7)]
+    mine = [flow(98, 900), {"flow_id": 99, "event_type": "dns"}, flow(99, 3)]
+    assert eve_differences(write("a", mine), write("b", base)) == (3, [])
+    for changed in ([flow(98, 900), {"flow_id": 98, "event_type": "dns"}, flow(99, 3)],   # another flow's record
+                    [flow(98, 900, app_proto="tls"), *mine[1:]],                         # a field more
+                    [mine[0], {"event_type": "dns", "flow_id": 99}, mine[2]],           # keys reordered
+                    mine[:2],                                                            # a record fewer
+                    [mine[1], mine[0], mine[2]]):                                        # records reordered
+        n, diffs = eve_differences(write("c", changed), write("b", base))
+        assert diffs, changed
