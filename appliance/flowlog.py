@@ -177,8 +177,8 @@ class CaptureTime:
 
     def convert(self, ev):
         """``ev`` (a FlowEnd) with its times in capture ns, for wall() below.
-        Built from its fields around the two times, not with _replace()
-        (keyword pops over every field: one of these per session)."""
+        Its fields with the two times replaced by index, not through
+        _replace() (keyword pops over every field: one of these per session)."""
         f = list(ev)
         f[_FIRST_SEEN] = round(self._at(ev.first_seen_ns, False) * 1e9)
         f[_LAST_SEEN] = round(self._at(ev.last_seen_ns, True) * 1e9)
