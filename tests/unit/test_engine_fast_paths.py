@@ -321,3 +321,41 @@ def test_engine_record_runs_give_one_record_at_a_time_eve_verdicts_and_resets(mo
     assert 0.2 < blocked / flows < 0.9 and resets     # blocked flows (mid-stream) and clean ones both taken often
     assert len(taken) > 150 and max(taken) > 8         # runs taken, long ones too
     assert len(blocked_in_run) > 10                    # and blocked within a run
+
+
+# -- the WAF's header hits: one lookup per header block ------------------------------
+
+def test_header_block_cache_gives_the_field_by_field_hits():
+    """FlowInspector._waf_request keeps a request's header hits per whole
+    header block (and direction): seeded blocks of scanned and unscanned
+    fields, with attacks in some values, give the hits the field-by-field
+    scan gives, from the cache too (a block seen before), in field order;
+    a block longer than MAX_CACHED_BLOCK_CHARS is scanned and not kept."""
+    from pathlib import Path
+
+    from protocols.api import Direction
+    from protocols.http import HttpRequest
+    from slowpath import inspector
+    from slowpath.rulesfile import load_rules
+    rules = load_rules(Path(__file__).resolve().parents[2] / "examples" / "rules.yaml")
+    names = ["User-Agent", "Referer", "Cookie", "X-Forwarded-For", "Accept", "user-agent", "X-Other"]
+    values = ["bench", "<script>alert(1)</script>", "' or 1=1--", "a=b; c=d", "../../etc/passwd", "", "1.2.3.4",
+              "() { :; }; /bin/sh -c id"]
+    rnd = random.Random(1405)
+    blocks = [tuple((rnd.choice(names), rnd.choice(values)) for _ in range(rnd.randrange(0, 6)))
+              for _ in range(300)]
+    hit_blocks = 0
+    for i in range(1200):
+        headers = rnd.choice(blocks)
+        d = rnd.choice((Direction.TO_SERVER, Direction.TO_CLIENT))
+        ev = HttpRequest(d, "GET", "/p?x=1", "HTTP/1.1", "h", None, None, headers, None, False, (), 0)
+        got = rules.flow(frozenset({"waf"}))._waf_request(ev)
+        rules._header_cache.clear()
+        want = rules.flow(frozenset({"waf"}))._header_hits(headers, d)
+        assert got == want, (headers, d)
+        hit_blocks += bool(want)
+    assert 0 < len(rules._block_cache) <= 2 * len(blocks) and hit_blocks > 100
+    long = (("Cookie", "a" * inspector.MAX_CACHED_BLOCK_CHARS),)
+    ev = HttpRequest(Direction.TO_SERVER, "GET", "/", "HTTP/1.1", "h", None, None, long, None, False, (), 0)
+    assert rules.flow(frozenset({"waf"}))._waf_request(ev) == []
+    assert (long, Direction.TO_SERVER) not in rules._block_cache
