@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 SINK_QUEUE_RECORDS = 10_000
 # Records a sink worker takes per wakeup (one flush or one write() per batch).
 SINK_BATCH_RECORDS = 256
+# After a write the sink's thread waits this long for more records before it
+# sleeps, and records submitted meanwhile do not wake it: under a steady
+# stream it wakes at most once per linger, not once per record. Each wakeup
+# (a futex wake from the submitter, a thread switch, the GIL handed over)
+# cost the daemon ~100 us on this VM, and under the lab benchmark the file
+# sink was woken for most of the ~2.5 EVE lines per inspected connection
+# (docs/performance.md 4.6.1). A record reaches its sink this much later at
+# most; flush() and close() cut the wait short.
+SINK_LINGER_S = 0.01
 # How long close() waits for queued records to be written before counting the
 # rest as dropped.
 SINK_CLOSE_TIMEOUT_S = 5.0
@@ -111,12 +120,17 @@ class Sink:
     """
     kind = "sink"
 
-    def __init__(self, *, name: str | None = None, queue_records: int = SINK_QUEUE_RECORDS):
+    def __init__(self, *, name: str | None = None, queue_records: int = SINK_QUEUE_RECORDS,
+                 linger_s: float = SINK_LINGER_S):
         self.name = name or self.kind
         self._max = queue_records
+        self.linger_s = linger_s
         self._buf: collections.deque = collections.deque()
         self._cv = threading.Condition()
         self._pending = 0           # submitted, not yet written or dropped
+        self._idle = False          # the thread sleeps until a submit wakes it
+        self._hurry = False         # flush()/close(): write now, no lingering
+        self.wakeups = 0            # submits that woke the thread
         self._closed = False
         self._stop = threading.Event()
         self.sent = 0
@@ -134,7 +148,10 @@ class Sink:
                 return False
             self._buf.append((line, record))
             self._pending += 1
-            self._cv.notify_all()
+            if self._idle:          # lingering or writing: it looks at the queue without a wakeup
+                self._idle = False
+                self.wakeups += 1
+                self._cv.notify_all()
         return True
 
     def counters(self) -> dict:
@@ -146,6 +163,9 @@ class Sink:
         """Wait until every submitted record is written or dropped."""
         deadline = time.monotonic() + timeout
         with self._cv:
+            if self._pending:
+                self._hurry = True  # a lingering thread writes at once
+                self._cv.notify_all()
             while self._pending:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -170,10 +190,22 @@ class Sink:
                               deadline - time.monotonic()))
 
     def _run(self) -> None:
+        lingering = False
         while True:
             with self._cv:
+                if lingering and not self._buf and not self._hurry and not self._stop.is_set():
+                    # after a write: what comes within linger_s goes in the
+                    # next batch, without waking this thread per record
+                    deadline = time.monotonic() + self.linger_s
+                    while not self._hurry and not self._stop.is_set():
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cv.wait(left)
                 while not self._buf and not self._stop.is_set():
+                    self._idle = True
                     self._cv.wait()
+                self._idle = self._hurry = False
                 if self._stop.is_set():
                     # Closing and the flush timed out: what is left is lost.
                     self.dropped += len(self._buf)
@@ -192,6 +224,7 @@ class Sink:
                 self.dropped += lost
                 self._pending -= len(batch)
                 self._cv.notify_all()
+            lingering = self.linger_s > 0
         try:
             self._release()
         except Exception:

@@ -737,6 +737,59 @@ def test_stdout_sink_and_its_counters():
     assert not log.sinks[0].submit(b"{}\n") and log.sinks[0].dropped == 1     # closed
 
 
+class BatchSink(eve_sinks.Sink):
+    """Keeps the batches its thread was given."""
+    kind = "batches"
+
+    def __init__(self, **kw):
+        self.batches: list[list[bytes]] = []
+        super().__init__(**kw)
+
+    def _write_batch(self, batch):
+        self.batches.append([line for line, _ in batch])
+        return len(batch), 0
+
+
+def wait_for(cond, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.001)
+
+
+def test_sink_after_a_write_takes_later_records_without_a_wakeup_each():
+    # linger longer than the test: only flush() and close() end it
+    sink = BatchSink(linger_s=60)
+    try:
+        sink.submit(b"a\n")
+        assert sink.flush()
+        woken = sink.wakeups
+        with sink._cv:                # the thread sees all three or none of them
+            for line in (b"b\n", b"c\n", b"d\n"):
+                assert sink.submit(line)
+        assert sink.wakeups == woken  # the thread is lingering: no wakeup per record
+        assert sink.flush()           # flush cuts the linger short
+        assert sink.batches == [[b"a\n"], [b"b\n", b"c\n", b"d\n"]]
+        sink.submit(b"e\n")
+    finally:
+        sink.close()
+    assert not sink._thread.is_alive()     # close() ended the linger too
+    assert sink.batches[-1] == [b"e\n"] and sink.sent == 5 and sink.dropped == 0
+
+
+def test_sink_asleep_is_woken_by_the_next_record():
+    sink = BatchSink(linger_s=0.001)
+    try:
+        sink.submit(b"a\n")
+        wait_for(lambda: sink._idle, "the thread went to sleep after its linger")
+        woken = sink.wakeups
+        sink.submit(b"b\n")          # no flush: the submit alone must get it written
+        wait_for(lambda: sink.sent == 2, "the record after the sleep was written")
+        assert sink.wakeups == woken + 1 and sink.batches == [[b"a\n"], [b"b\n"]]
+    finally:
+        sink.close()
+
+
 MODULE_LOADED = time.time()
 RFC5424 = re.compile(rb"^<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) (-) (.*)$", re.S)
 
