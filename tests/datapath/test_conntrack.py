@@ -29,7 +29,7 @@ from datapath.loader import TC_ACT_OK
 from packets_ct import (FLOWS, HALFOPEN, HALFOPEN_STATES, ING, EGR, IPPROTO_ICMP,
                         IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, OFF_DPORT, OFF_IP_SRC,
                         OFF_SPORT, PatchedRunner, TcpConn, canonical, entry, ether, expect,
-                        ip, mapped, ringbuf_record_type, table_len, udp_frame)
+                        ip, key_addrs, mapped, ringbuf_record_type, session_map, table_len, udp_frame)
 
 S = CtState
 R = Reason
@@ -44,7 +44,7 @@ KTIME_SLACK_NS = 10_000_000
 
 
 # ==========================================================================
-# 1. Sessions: TCP, UDP, ICMP echo, IPv4 and IPv6, one table
+# 1. Sessions: TCP, UDP, ICMP echo, IPv4 and IPv6, a map each
 # ==========================================================================
 
 @pytest.mark.parametrize("family", ["v4", "v6"])
@@ -61,10 +61,11 @@ def test_tcp_session_key_counters_initiator(fastpath, family, initiator):
     e = conn.assert_state(S.CT_ESTABLISHED)
     v = e.leaf
     assert table_len(fastpath, FLOWS) == 1 and table_len(fastpath, HALFOPEN) == 0
-    # the key is canonical: lower endpoint first, IPv4 mapped into IPv6
+    # the key is canonical: lower endpoint first; IPv4 in its own map, the
+    # addresses without their IPv4-mapped prefix
     (klo, khi, src_is_hi) = canonical(cli, 40000, srv, 443)
-    key = next(iter(fastpath.table(FLOWS).keys()))
-    assert bytes(key.addr_lo) == klo[0] and bytes(key.addr_hi) == khi[0]
+    key = next(iter(fastpath.table(session_map(FLOWS, cli, srv)).keys()))
+    assert key_addrs(key) == (klo[0], khi[0]) and isinstance(key.addr_lo, int) == (family == "v4")
     assert key.proto == IPPROTO_TCP
     assert v.initiator_is_hi == src_is_hi == (initiator == "hi")
     # per direction: original = the client's three, reply = the server's two
@@ -1114,10 +1115,11 @@ def bulk_ack_all(fp, client, server, sports) -> int:
 def established_ports(fp, client, server) -> set[int]:
     """Client ports of the ESTABLISHED TCP sessions with ``server`` in ms_flows."""
     out = set()
-    for k, v in fp.table(FLOWS).items():
+    for k, v in fp.table(session_map(FLOWS, client, server[0])).items():
         if v.state != S.CT_ESTABLISHED or k.proto != IPPROTO_TCP:
             continue
-        ends = {(bytes(k.addr_lo), socket.ntohs(k.port_lo)), (bytes(k.addr_hi), socket.ntohs(k.port_hi))}
+        lo, hi = key_addrs(k)
+        ends = {(lo, socket.ntohs(k.port_lo)), (hi, socket.ntohs(k.port_hi))}
         srv = (mapped(server[0]), server[1])
         if srv in ends:
             (cli,) = ends - {srv}
