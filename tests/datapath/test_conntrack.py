@@ -25,6 +25,7 @@ from scapy.packet import Raw
 from datapath.config import DatapathConfig, Timeouts
 from datapath.enums import CtState, Reason, Stage
 from datapath.loader import TC_ACT_OK
+from datapath.sessions import FLOW_TABLES, map_key
 
 from packets_ct import (FLOWS, HALFOPEN, HALFOPEN_STATES, ING, EGR, IPPROTO_ICMP,
                         IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, OFF_DPORT, OFF_IP_SRC,
@@ -73,6 +74,30 @@ def test_tcp_session_key_counters_initiator(fastpath, family, initiator):
     assert list(v.bytes) == [sizes[0] + sizes[2] + sizes[3], sizes[1] + sizes[4]]
     # CLOCK_MONOTONIC at tick resolution: allow a tick or two either side
     assert t0 - KTIME_SLACK_NS <= v.first_seen_ns <= v.last_seen_ns <= t1 + KTIME_SLACK_NS
+
+
+def test_each_family_has_its_own_maps(fastpath):
+    """IPv4 sessions in ms_flows4 / ms_halfopen4 (16-byte keys), IPv6 in
+    ms_flows6 / ms_halfopen6. The family is the key's (both addresses
+    IPv4-mapped: conntrack.h ms_key4_of, sessions.key4_of), so an IPv6
+    packet between two IPv4-mapped addresses is in the IPv4 maps, where its
+    IPv4 reply finds it: one flow, as when one table held both."""
+    for cli, srv in (V4, V6):
+        TcpConn.make(fastpath, client=(cli, 40000), server=(srv, 443)).handshake()
+    expect(fastpath, udp_frame("::ffff:10.0.0.5", 5000, "::ffff:10.0.0.6", 53), R.PASS_FORWARD)
+    sizes = {m: table_len(fastpath, m) for m in FLOW_TABLES}
+    assert sizes == {"ms_flows4": 1, "ms_flows6": 1, "ms_halfopen4": 1, "ms_halfopen6": 0}
+    expect(fastpath, udp_frame("10.0.0.6", 53, "10.0.0.5", 5000), R.PASS_FORWARD, EGR)
+    e = entry(fastpath, "10.0.0.5", 5000, "10.0.0.6", 53, IPPROTO_UDP)
+    assert (e.table, e.state, list(e.leaf.packets)) == (FLOWS, S.CT_UDP_REPLIED, [1, 1])
+    assert table_len(fastpath, "ms_flows4") == 2 and table_len(fastpath, HALFOPEN) == 0
+    # user space picks the same maps from the canonical key
+    for cli, srv in (V4, V6):
+        lo, hi, _ = canonical(cli, 40000, srv, 443)
+        key = lo[0] + hi[0] + lo[1].to_bytes(2, "big") + hi[1].to_bytes(2, "big") + bytes([IPPROTO_TCP, 0, 0, 0])
+        name, k = map_key(FLOWS, key)
+        t = fastpath.table(name)
+        assert name == session_map(FLOWS, cli, srv) and t[t.Key.from_buffer_copy(k)].state == S.CT_ESTABLISHED
 
 
 @pytest.mark.parametrize("family", ["v4", "v6"])

@@ -102,6 +102,9 @@ def test_kernel_sweep_sends_swept_for_each_session(fastpath, events):
     assert sorted((g.reason, g.client[1], g.packets) for g in got) == \
         [("swept", 7000, (1, 0))] + [("swept", c.c.port, (3, 2)) for c in conns]
     assert all(g.state == "CT_ESTABLISHED" for g in got if g.proto == 6)
+    # IPv4 sessions, walked in ms_flows4 / ms_halfopen4 (16-byte keys): each
+    # record names its endpoints by the canonical key, as the lazy expiry's do
+    assert all((g.client[0], g.server) == (CLI, (SRV, 53 if g.proto == 17 else 80)) for g in got), got
 
 
 def _wait_expired(fp, state_timeout_s, last_seen_ns):
