@@ -159,6 +159,17 @@ def map_key(table: str, key: bytes) -> tuple[str, bytes]:
     return (v4, k4) if k4 is not None else (v6, bytes(key))
 
 
+def session_items(fastpath):
+    """(table, canonical key, value) of every session of a FastPath this
+    process loaded, IPv4 keys widened (BCC's types; one lookup per entry:
+    for a few sessions, not a table of millions, which read_map reads)."""
+    wide = fastpath.table(WIDE_KEY_MAP).Key
+    for name in FLOW_TABLES:
+        widen = key_of4 if is_v4_map(name) else bytes
+        for k, v in fastpath.table(name).items():
+            yield table_of(name), wide.from_buffer_copy(widen(bytes(k))), v
+
+
 def widen_keys(keys4: np.ndarray, wide_dtype: np.dtype) -> np.ndarray:
     """IPv4 table keys (a structured array of struct ms_flow_key4) as
     canonical keys (``wide_dtype``, struct ms_flow_key), IPv4-mapped."""
