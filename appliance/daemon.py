@@ -113,7 +113,7 @@ class Daemon:
         from appliance.workers import default_workers
         from datapath import compat, state
         from datapath.insp_rings import WorkerRings
-        from datapath.sessions import layouts_of
+        from datapath.sessions import WIDE_KEY_MAP, layouts_of
         from datapath.sweeper import Sweeper
         from slowpath.metrics import Metrics, WorkerSeries, parse_listen
         from slowpath.records import RecordDecoder, VerdictWriter, record_type
@@ -155,7 +155,7 @@ class Daemon:
                 log.info("policy %s in force (generation %d)", cfg.policy, b.applied.gen)
             types = layouts_of(fp)
             self.decoder = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
-                                         types["ms_flows"][0])
+                                         types[WIDE_KEY_MAP][0])
             self.rings = WorkerRings(fp, n, state.state_dir(cfg.netns))
             for line in self.rings.lines:
                 log.info("state: %s", line)

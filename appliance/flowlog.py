@@ -102,10 +102,11 @@ class FlowLog:
     def sessions_ended(self, entries: list[tuple[bytes, bytes]]) -> None:
         """Sessions the batch sweep removed (datapath/sweeper.py on_ended:
         kernels without the kernel sweep, which writes its own records):
-        (ms_flows key, value) each. Written here from the entry; the worker
+        (canonical key, value) each. Written here from the entry; the worker
         of an inspected one is not known in user space, so its engine's side
         (flow id, alerts) is not in the record."""
-        t = self.fp.table("ms_flows")
+        from datapath.sessions import WIDE_KEY_MAP
+        t = self.fp.table(WIDE_KEY_MAP)
         for k, v in entries:
             self._write(self.decoder.from_session(t.Key.from_buffer_copy(k), t.Leaf.from_buffer_copy(v), "swept"))
 
@@ -229,17 +230,20 @@ class ReplayFlows:
         (~5.4 against ~2.2 us a session, thousands at the end of a capture)."""
         import numpy as np
 
-        from datapath.sessions import FLOW_FLAGS, read_map
+        from datapath.sessions import FLOW_FLAGS, FLOW_TABLES, WIDE_KEY_MAP, is_v4_map, read_map, widen_keys
         self.drain()
         logged = FLOW_FLAGS["LOGGED"]
         ends = []
-        for name in ("ms_flows", "ms_halfopen"):
+        wide = self.fp.table(WIDE_KEY_MAP).Key
+        for name in FLOW_TABLES:
             t = self.fp.table(name)
             keys, vals = read_map(t.map_fd, t.Key, t.Leaf)
+            if is_v4_map(name):
+                keys = widen_keys(keys, np.dtype(wide))   # records name sessions by the canonical key
             kbuf, vbuf = keys.tobytes(), vals.tobytes()
             ksize, vsize = keys.dtype.itemsize, vals.dtype.itemsize
             for i in np.flatnonzero((vals["flags"] & logged) == 0).tolist():
-                ends.append(self.decoder.from_session(t.Key.from_buffer_copy(kbuf, i * ksize),
+                ends.append(self.decoder.from_session(wide.from_buffer_copy(kbuf, i * ksize),
                                                       t.Leaf.from_buffer_copy(vbuf, i * vsize), "shutdown"))
         for ev in sorted(ends, key=lambda e: e.first_seen_ns):
             self._end(ev)

@@ -261,7 +261,7 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
     Engine with ``rules``; EVE records go to ``emit``."""
     from appliance.policyfile import compile_text, rule_names
     from datapath.policy_maps import PolicyMaps
-    from datapath.sessions import layouts_of
+    from datapath.sessions import WIDE_KEY_MAP, layouts_of
     from slowpath.engine import Engine
     from slowpath.pcap import ETH_HEADER_LEN, PcapError, ethernet_frames
     from slowpath.records import RecordDecoder, VerdictWriter, open_payload_channel, record_type, session_stats
@@ -271,7 +271,7 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
     PolicyMaps.for_fastpath(fp).apply(pol)
     types = layouts_of(fp)
     decoder = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
-                            types["ms_flows"][0])
+                            types[WIDE_KEY_MAP][0])
     writer = VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
                            fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf)
     result = ReplayResult()

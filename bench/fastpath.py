@@ -86,6 +86,7 @@ from datapath.config import DatapathConfig  # noqa: E402
 from datapath.enums import Direction, Reason  # noqa: E402
 from datapath.compile import check_headers  # noqa: E402
 from datapath.loader import TC_ACT_OK, TC_ACT_SHOT, FastPath  # noqa: E402
+from datapath.sessions import FAMILY_TABLES  # noqa: E402
 
 DEFAULT_REPEAT = 1_000_000
 DEFAULT_ROUNDS = 7
@@ -240,13 +241,13 @@ def closing_flows(n: int, client: str) -> list[dict[str, bytes]]:
 
 def clear_l7_marks(fp: FastPath) -> int:
     """Forget what the L7 stage saw of every session: returns how many."""
-    t = fp.table("ms_flows")
     n = 0
-    for k, v in list(t.items()):
-        if v.l7_seen or v.app:
-            v.l7_seen, v.app = 0, 0
-            t[k] = v
-            n += 1
+    for t in map(fp.table, FAMILY_TABLES["ms_flows"]):
+        for k, v in list(t.items()):
+            if v.l7_seen or v.app:
+                v.l7_seen, v.app = 0, 0
+                t[k] = v
+                n += 1
     return n
 
 
@@ -420,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
 
             # New flows: an empty half-open table and SYN budget each round,
             # then one SYN per flow, each call next to an empty-program call.
-            fp.table("ms_halfopen").clear()
+            for m in FAMILY_TABLES["ms_halfopen"]:
+                fp.table(m).clear()
             fp.table("ms_syn_dst").clear()
             fp.table("ms_syn_global").clear()
             before = fp.counters()
@@ -453,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                     out.append(r.duration_ns)
                     if r.retval != TC_ACT_OK:
                         case.problems.append(f"action {r.retval}")
-            ids = sorted({v.app for v in fp.table("ms_flows").values() if v.l7_seen})
+            ids = sorted({v.app for m in FAMILY_TABLES["ms_flows"] for v in fp.table(m).values() if v.l7_seen})
             if ids != [0, http_id]:
                 first.problems.append(f"round {rnd}: sessions identified as {ids}, expected [0, {http_id}]")
             first.samples.append(statistics.median(d_first))

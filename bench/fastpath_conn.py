@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             calls = calls[k:] + calls[:k]
             before = {}
             for n, fp in builds.items():
-                for t in ("ms_halfopen", "ms_flows", "ms_syn_dst", "ms_syn_global"):
+                for t in ("ms_halfopen4", "ms_halfopen6", "ms_flows4", "ms_flows6", "ms_syn_dst", "ms_syn_global"):
                     fp.table(t).clear()
                 rings[n].drain()
                 before[n] = fp.counters()

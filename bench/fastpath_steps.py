@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         pk = tcp_packets(4, V4_CLIENT, V4_SERVER, 40000)
         for what in ("syn", "synack", "ack"):
             must(full, pk[what], what)
-        src = full.table("ms_flows")
+        src = full.table("ms_flows4")   # the IPv4 flow's session
         entries = list(src.items())
         for n in STEPS:
-            dst = builds[n].table("ms_flows")
+            dst = builds[n].table("ms_flows4")
             for k, v in entries:
                 dst[k] = v
         cases = [Case("empty", empty_fd, pk["ack"], path="the floor")]

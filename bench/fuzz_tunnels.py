@@ -296,7 +296,10 @@ class Kernel:
         self.bpfsys = bpfsys
         self.fp = fastpath if fastpath is not None else FastPath()
         self.runner = bpfsys.TestRunner(self.fp.prog_fd(Direction.DIR_INGRESS), copy_out=False)
-        self.tables = [(self.fp.table(n).map_fd, 40) for n in ("ms_flows", "ms_halfopen")]
+        from datapath.sessions import FLOW_TABLES, is_v4_map, key_of4
+        self.key_of4 = key_of4
+        # (fd, key size, IPv4 map?) of each session map
+        self.tables = [(self.fp.table(n).map_fd, 16 if is_v4_map(n) else 40, is_v4_map(n)) for n in FLOW_TABLES]
 
     def run(self, frame: bytes) -> tuple[list[str], list[bytes]]:
         """(reasons counted for the frame, session keys it left), the sessions then removed."""
@@ -313,9 +316,9 @@ class Kernel:
         after = self.fp.counters()
         reasons = [r.name for k, (p, _) in after.items() for r in [k[1]] if p != before.get(k, (0, 0))[0]]
         keys = []
-        for fd, size in self.tables:
+        for fd, size, v4 in self.tables:
             for k in list(self.bpfsys.map_keys(fd, size)):
-                keys.append(bytes(k))
+                keys.append(self.key_of4(k) if v4 else bytes(k))   # the canonical key, whichever map
                 self.bpfsys.map_delete(fd, bytes(k))
         return reasons, keys
 

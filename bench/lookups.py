@@ -204,7 +204,7 @@ def prepare(kind: str, n: int, rnd: random.Random) -> MapSpec:
                 miss.append(k)
     elif kind in ("hash40", "hash16"):
         ksize, make = (40, k40) if kind == "hash40" else (16, k16)
-        label = "hash, 40 B key (ms_flows)" if kind == "hash40" else "hash, 16 B key (IPv4 session, not used)"
+        label = "hash, 40 B key (ms_flows6)" if kind == "hash40" else "hash, 16 B key (ms_flows4, IPv4 sessions)"
         s = MapSpec(kind, n, label, ksize, "elem")
         mset: set[bytes] = set()
         while len(mset) < n:

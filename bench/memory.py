@@ -74,6 +74,7 @@ from datapath.bpfsys import (BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_MAP_TYP
                              BPF_MAP_TYPE_LRU_HASH)
 from datapath.config import DatapathConfig, ring_pages  # noqa: E402
 from datapath.pressure import REVIEW_OVERHEAD_BYTES, possible_cpus, review_estimate  # noqa: E402
+from datapath.sessions import FLOW_TABLES  # noqa: E402
 
 DEFAULT_SIZES = (1 << 16, 1 << 18, 1 << 20)
 DEFAULT_RING_SIZES = (1 << 22, 1 << 24, 1 << 26)        # 4, 16, 64 MiB
@@ -148,9 +149,10 @@ def compiled_maps(names: set[str]) -> dict[str, Layout]:
     finally:
         bpf.cleanup()
     # The session layout is the one datapath.sessions.layouts() gives user space.
-    k, v = layouts()["ms_flows"]
-    if (ctypes.sizeof(k), ctypes.sizeof(v)) != (out["ms_flows"].key_size, out["ms_flows"].value_size):
-        raise SystemExit("ms_flows layout differs from datapath.sessions.layouts()")
+    for name in FLOW_TABLES:
+        k, v = layouts()[name]
+        if (ctypes.sizeof(k), ctypes.sizeof(v)) != (out[name].key_size, out[name].value_size):
+            raise SystemExit(f"{name} layout differs from datapath.sessions.layouts()")
     return out
 
 
@@ -165,15 +167,19 @@ class Case:
     flags: int | None = None
     keys: str = "hash"    # hash: distinct ids; lpm: random IPv4-mapped /128; index: 0..N-1; none
     ring: bool = False
+    default: int | None = None   # its max_entries under the default configuration (session maps)
 
 
 def cases() -> list[Case]:
+    d = DatapathConfig()
     return [
-        Case("ms_flows", "ms_flows", "flow_table_size"),
-        Case("ms_flows, BPF_F_NO_PREALLOC (not used; for comparison)", "ms_flows", "-",
+        Case("ms_flows4", "ms_flows4", "flow_table_size", default=d.flow_table_size),
+        Case("ms_flows6", "ms_flows6", "flow6_table_size", default=d.flow6_size),
+        Case("ms_flows4, BPF_F_NO_PREALLOC (not used; for comparison)", "ms_flows4", "-",
              flags=BPF_F_NO_PREALLOC),
-        Case("ms_halfopen", "ms_halfopen", "halfopen_table_size"),
-        Case("ms_halfopen, common LRU (not used; for comparison)", "ms_halfopen", "-", flags=0),
+        Case("ms_halfopen4", "ms_halfopen4", "halfopen_table_size", default=d.halfopen_table_size),
+        Case("ms_halfopen6", "ms_halfopen6", "halfopen6_table_size", default=d.halfopen6_size),
+        Case("ms_halfopen4, common LRU (not used; for comparison)", "ms_halfopen4", "-", flags=0),
         Case("ms_verdicts", "ms_verdicts", "verdict_table_size"),
         Case("ms_frags", "ms_frags", "frag_table_size"),
         Case("ms_syn_dst", "ms_syn_dst", "syn_dst_table_size"),
@@ -544,7 +550,7 @@ def main(argv=None) -> int:
         return 1
 
     ncpus = possible_cpus()
-    maps = compiled_maps({c.source for c in cases()} | {"ms_flows", "ms_halfopen", "ms_insp_scratch"})
+    maps = compiled_maps({c.source for c in cases()} | {*FLOW_TABLES, "ms_insp_scratch"})
     todo = cases()
     if args.only:
         exact = [c for c in todo if c.label == args.only]
@@ -617,6 +623,17 @@ def main(argv=None) -> int:
         ratios = ("-", "-") if est is None else (f"{ml / est:.2f}", f"{sy / est:.2f}")
         print(f"| {label} | {c.setting} | {ml:,.2f} | {mlf / 1024:,.1f} | {sy:,.2f} | {syf / 1024:,.1f} "
               f"| {av:,.2f} | {'-' if est is None else est} | {ratios[0]} | {ratios[1]} |")
+    defaults = []
+    for label, rs in by_case.items():
+        c = rs[0].case
+        if c.default is not None and len(rs) > 1:
+            ml, mlf = fit([r.n for r in rs], [r.med("memlock") for r in rs])
+            defaults.append((label, c.default, mlf + ml * c.default))
+    if defaults:
+        print()
+        print("session maps at the default configuration (memlock, from the fitted line): "
+              + ", ".join(f"{label} {n:,} entries {mib(b)} MiB" for label, n, b in defaults)
+              + f"; together {mib(sum(b for _, _, b in defaults))} MiB")
     for r in results:
         if lay_type(r.case, r.lay) in PERCPU_TYPES and r is [x for x in results if x.case is r.case][-1]:
             print()
@@ -660,14 +677,14 @@ def main(argv=None) -> int:
         print()
 
     if not args.only or "halfopen" in args.only:
-        lay = maps["ms_halfopen"]
+        lay = maps[FLOW_TABLES[2]]   # ms_halfopen4
         n = DatapathConfig().halfopen_table_size
         print(f"4. the half-open table's LRU ({n:,} entries, the default halfopen_table_size) filled from "
               f"one CPU with twice as many new keys")
         print()
         print("| LRU | max_entries | keys inserted on one CPU | entries kept | kept / max_entries |")
         print("|---|---|---|---|---|")
-        for flags, name in ((lay.flags, "BPF_F_NO_COMMON_LRU (ms_halfopen)"),
+        for flags, name in ((lay.flags, "BPF_F_NO_COMMON_LRU (ms_halfopen4)"),
                             (lay.flags & ~BPF_F_NO_COMMON_LRU, "common LRU")):
             me, ins, kept = lru_from_one_cpu(lay, n, flags)
             print(f"| {name} | {me:,} | {ins:,} | {kept:,} | {kept / me:.2f} |")

@@ -263,7 +263,8 @@ def measure_kernel(builds: dict, facts: dict, n_new: int, rounds: int) -> dict:
             for case, frames in cases.items():
                 names = list(builds)
                 for fp in builds.values():
-                    fp.table("ms_halfopen").clear()
+                    for m in ("ms_halfopen4", "ms_halfopen6"):
+                        fp.table(m).clear()
                 before = {n: fp.counters() for n, fp in builds.items()}
                 d = {n: [] for n in [*names, "empty"]}
                 calls = [(n, builds[n].prog_fd(Direction.DIR_INGRESS)) for n in names] + [("empty", empty_fd)]

@@ -132,7 +132,7 @@ def bench_records(segments: int, rounds: int, profile: str | None = None, clock=
     from datapath.enums import Direction
     from datapath.loader import FastPath
     from datapath.policy_maps import PolicyMaps
-    from datapath.sessions import layouts_of
+    from datapath.sessions import WIDE_KEY_MAP, layouts_of
     from slowpath.engine import Engine
     from slowpath.records import RecordDecoder, VerdictWriter, record_type
     from slowpath.ringbuf import RingBuffer
@@ -146,7 +146,7 @@ def bench_records(segments: int, rounds: int, profile: str | None = None, clock=
         rules = load_rules(Path(__file__).resolve().parent.parent / "examples" / "rules.yaml")
         types = layouts_of(fp)
         dec = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
-                            types["ms_flows"][0])
+                            types[WIDE_KEY_MAP][0])
         writer = VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
                                fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf)
         ring = RingBuffer(fp.table("ms_insp_ring").map_fd)

@@ -58,7 +58,7 @@ def bench_workers(segments: int, rounds: int, counts: tuple[int, ...]) -> dict[i
     from datapath.insp_rings import WorkerRings
     from datapath.loader import FastPath
     from datapath.policy_maps import PolicyMaps
-    from datapath.sessions import layouts_of
+    from datapath.sessions import WIDE_KEY_MAP, layouts_of
     from slowpath.records import RecordDecoder, VerdictWriter, record_type
     from slowpath.ringbuf import RingBuffer
     from slowpath.rulesfile import load_rules
@@ -72,7 +72,7 @@ def bench_workers(segments: int, rounds: int, counts: tuple[int, ...]) -> dict[i
         PolicyMaps.for_fastpath(fp).apply(pol)
         rules = load_rules(Path(__file__).resolve().parent.parent / "examples" / "rules.yaml")
         dec = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
-                            layouts_of(fp)["ms_flows"][0])
+                            layouts_of(fp)[WIDE_KEY_MAP][0])
         rings = WorkerRings(fp, most)
         readers = [RingBuffer(fd) for fd in rings.fds]
         for i in range(most):

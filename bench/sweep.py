@@ -49,8 +49,12 @@ from datapath.enums import CtState  # noqa: E402
 from datapath.bpfsys import BPF_F_SLEEPABLE, BPF_PROG_TYPE_SYSCALL  # noqa: E402
 from datapath.compile import check_headers  # noqa: E402
 from datapath.loader import FastPath, link_with_callback, syscall_test_run  # noqa: E402
-from datapath.sessions import BatchWalker, expiry_dtype, session_clock_ns  # noqa: E402
+from datapath.sessions import FAMILY_TABLES, BatchWalker, expiry_dtype, session_clock_ns  # noqa: E402
 from datapath.sweeper import METHODS, Sweeper  # noqa: E402
+
+# The map the synthetic IPv4 sessions are written to (the sweep walks the
+# IPv6 and half-open maps too, empty here).
+FLOWS4 = FAMILY_TABLES["ms_flows"][0]
 
 DEFAULT_ENTRIES = 1_000_000
 QUICK_ENTRIES = 100_000
@@ -63,21 +67,19 @@ CALICO_CPU_PER_M = 0.8 * 1.2 / 4
 
 def synthetic(fp: FastPath, n: int, now_ns: int, expired: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``n`` distinct IPv4 TCP sessions, ESTABLISHED; even ones expired
-    (none when ``expired`` is false)."""
-    tab = fp.table("ms_flows")
+    (none when ``expired`` is false). Keys of the IPv4 map (struct
+    ms_flow_key4: each address its 4 wire bytes)."""
+    tab = fp.table(FLOWS4)
     kdt, vdt = np.dtype(tab.Key), np.dtype(tab.Leaf)
     keys = np.zeros(n, kdt)
     i = np.arange(n, dtype=np.uint64)
-    lo = np.zeros((n, 16), np.uint8)
-    lo[:, 10:12] = 0xFF
-    lo[:, 12] = 10
-    hi = lo.copy()
-    lo[:, 13] = (i >> 16) & 0xFF
-    lo[:, 14] = (i >> 8) & 0xFF
-    lo[:, 15] = i & 0xFF
-    hi[:, 12:16] = (10, 200, 0, 1)
-    keys["addr_lo"] = lo
-    keys["addr_hi"] = hi
+    lo = np.zeros((n, 4), np.uint8)
+    lo[:, 0] = 10
+    lo[:, 1] = (i >> 16) & 0xFF
+    lo[:, 2] = (i >> 8) & 0xFF
+    lo[:, 3] = i & 0xFF
+    keys["addr_lo"] = lo.view(np.uint32).reshape(n)
+    keys["addr_hi"] = np.frombuffer(bytes((10, 200, 0, 1)), np.uint32)[0]
     keys["port_lo"] = (40000 + (i >> 24)).astype(np.uint16).byteswap()
     keys["port_hi"] = np.uint16(443).byteswap()
     keys["proto"] = 6
@@ -97,7 +99,7 @@ def synthetic(fp: FastPath, n: int, now_ns: int, expired: bool = True) -> tuple[
 def fill(fp: FastPath, keys: np.ndarray, vals: np.ndarray) -> float:
     """Write every entry with BPF_MAP_UPDATE_BATCH; set ms_pressure.inserted
     to the table's size as if the kernel had inserted them. Returns seconds."""
-    fd = fp.table("ms_flows").map_fd
+    fd = fp.table(FLOWS4).map_fd
     t0 = time.perf_counter()
     ks, vs = keys.itemsize, vals.itemsize
     for s in range(0, len(keys), FILL_BATCH):
@@ -115,12 +117,12 @@ def fill(fp: FastPath, keys: np.ndarray, vals: np.ndarray) -> float:
 
 def time_bcc_read(fp: FastPath) -> tuple[float, int]:
     t0 = time.perf_counter()
-    n = sum(1 for _ in fp.table("ms_flows").items_lookup_batch())
+    n = sum(1 for _ in fp.table(FLOWS4).items_lookup_batch())
     return time.perf_counter() - t0, n
 
 
 def time_numpy_read(fp: FastPath, vdt) -> tuple[float, int]:
-    tab = fp.table("ms_flows")
+    tab = fp.table(FLOWS4)
     t0 = time.perf_counter()
     w = BatchWalker(tab.map_fd, ctypes.sizeof(tab.Key), ctypes.sizeof(tab.Leaf))
     vals = w.values.view(vdt)
@@ -134,7 +136,7 @@ def time_numpy_read(fp: FastPath, vdt) -> tuple[float, int]:
 def bcc_sweep(fp: FastPath, now_ns: int) -> tuple[float, float, int]:
     """The same sweep on BCC's table API: items_lookup_batch, a Python
     filter over the ctypes pairs, items_delete_batch."""
-    tab = fp.table("ms_flows")
+    tab = fp.table(FLOWS4)
     tmo = {int(k.value): v.value for k, v in fp.table("ms_timeouts").items()}
     t0, c0 = time.perf_counter(), time.process_time()
     wrap = 1 << 64  # the kernel's u64 arithmetic
@@ -178,7 +180,7 @@ def time_floor(fp: FastPath) -> tuple[float, float, int]:
 
     b = BPF(text=FLOOR_TEXT.encode())
     try:
-        flows = fp.table("ms_flows").map_fd
+        flows = fp.table(FLOWS4).map_fd
         out = b[b"floor_out"]
         fd = link_with_callback(b, "floor_walk", "floor_entry", BPF_PROG_TYPE_SYSCALL,
                                 {FLOOR_MARKER: flows}, {flows, out.map_fd}, BPF_F_SLEEPABLE)
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick and not args.no_bcc:
             keys, vals = synthetic(fp, n, session_clock_ns())
             fill(fp, keys, vals)
-            tn, cnt_n = time_numpy_read(fp, expiry_dtype(fp.table("ms_flows").Leaf))
+            tn, cnt_n = time_numpy_read(fp, expiry_dtype(fp.table(FLOWS4).Leaf))
             tb, cnt_b = time_bcc_read(fp)
             bw, bc, bd = bcc_sweep(fp, session_clock_ns())
             print()

@@ -291,10 +291,10 @@ static __always_inline int ms_l7_reason(struct __sk_buff *skb, struct ms_pkt *p)
     if (!sc)
         return reason;
     struct ms_flow_key *kp = &sc->flow;   /* the key tracking looked the session up with */
-    struct ms_flow *f = ms_flows.lookup(kp);
+    struct ms_flow *f = ms_flows_lookup(kp);
     int in_flows = f != 0;
     if (!f)
-        f = ms_halfopen.lookup(kp);
+        f = ms_halfopen_lookup(kp);
     if (!f)
         return reason;
     p->rule_id = f->rule_id;   /* the rule of an app mismatch or an inspection block */

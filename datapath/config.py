@@ -156,10 +156,21 @@ class DatapathConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # -- sizes (compile time) --------------------------------------------
-    # Sessions: 524,288 is what Cilium and Calico default to.
+    # Sessions: 524,288 is what Cilium and Calico default to. The limit on
+    # sessions of both families together (the kernel counts them as one,
+    # bpf/lib/conntrack.h ms_flows_full), and the IPv4 table's size.
     flow_table_size: int = Field(524_288, ge=1024, le=1 << 26)
-    # Half-open and unreplied flows; a SYN flood churns only this LRU.
+    # Half-open and unreplied flows; a SYN flood churns only this LRU
+    # (the IPv4 one; IPv6 has its own, below).
     halfopen_table_size: int = Field(65_536, ge=256, le=1 << 24)
+    # The IPv6 session tables, each family's tables being its own (16-byte
+    # IPv4 keys: bpf/lib/maps.h struct ms_flow_key4). None: an eighth of
+    # flow_table_size and a quarter of halfopen_table_size, so that the
+    # preallocated memory stays about what one 40-byte-key table took
+    # (bench/memory.py); an IPv6-heavy site raises them. An IPv6 session
+    # beyond flow6_table_size is refused as the full table refuses any.
+    flow6_table_size: int | None = Field(None, ge=128, le=1 << 26)
+    halfopen6_table_size: int | None = Field(None, ge=64, le=1 << 24)
     # First fragments remembered for their later fragments.
     frag_table_size: int = Field(8192, ge=64, le=1 << 20)
     # Destinations with their own SYN budget bucket (LRU).
@@ -224,11 +235,22 @@ class DatapathConfig(BaseModel):
     # Failures to act out on purpose, to see what each does (SIMULATED).
     simulate: tuple[Literal[SIMULATED], ...] = ()  # type: ignore[valid-type]
 
+    @property
+    def flow6_size(self) -> int:
+        """The IPv6 session table's size (flow6_table_size or its default)."""
+        return self.flow6_table_size or max(self.flow_table_size // 8, 128)
+
+    @property
+    def halfopen6_size(self) -> int:
+        """The IPv6 half-open table's size (halfopen6_table_size or its default)."""
+        return self.halfopen6_table_size or max(self.halfopen_table_size // 4, 64)
+
     def state_map_sizes(self) -> dict[str, int]:
         """max_entries the configuration gives the sized state maps
         (datapath/state.py compares them with the pinned maps'; the others
         are fixed by the program)."""
-        return {"ms_flows": self.flow_table_size, "ms_halfopen": self.halfopen_table_size,
+        return {"ms_flows4": self.flow_table_size, "ms_halfopen4": self.halfopen_table_size,
+                "ms_flows6": self.flow6_size, "ms_halfopen6": self.halfopen6_size,
                 "ms_frags": self.frag_table_size, "ms_syn_dst": self.syn_dst_table_size,
                 "ms_verdicts": self.verdict_table_size,
                 "ms_insp_ring": ring_pages(self.inspect_ring_bytes) * 4096}
@@ -237,6 +259,8 @@ class DatapathConfig(BaseModel):
         return [
             f"-DMS_FLOW_MAX={self.flow_table_size}",
             f"-DMS_HALFOPEN_MAX={self.halfopen_table_size}",
+            f"-DMS_FLOW6_MAX={self.flow6_size}",
+            f"-DMS_HALFOPEN6_MAX={self.halfopen6_size}",
             f"-DMS_FRAG_MAX={self.frag_table_size}",
             f"-DMS_SYN_DST_MAX={self.syn_dst_table_size}",
             f"-DMS_IFACE_MAX={self.iface_table_size}",

@@ -29,7 +29,7 @@ def parse_proto(text: str, what: str = "--proto") -> int:
 
 # The first 12 bytes of an IPv4-mapped IPv6 address (::ffff:a.b.c.d), how
 # the tables hold an IPv4 one.
-_V4_MAPPED = bytes(10) + b"\xff\xff"
+V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
 def addr_text(raw) -> str:
@@ -38,7 +38,7 @@ def addr_text(raw) -> str:
     instead of two ipaddress objects, 0.3 against 2.4 us; every flow of a
     replay formats its two), any other as ipaddress writes IPv6."""
     b = bytes(raw)
-    if len(b) == 16 and b[:12] == _V4_MAPPED:
+    if len(b) == 16 and b[:12] == V4_MAPPED:
         return socket.inet_ntop(socket.AF_INET, b[12:])
     a = ipaddress.IPv6Address(b)
     return str(a.ipv4_mapped) if a.ipv4_mapped else str(a)

@@ -58,31 +58,43 @@ def counter_rows(counts: Mapping) -> dict[tuple[str, str, str], tuple[int, int]]
     return rows
 
 
-def table_use(m: BuildMaps, walk: tuple[str, ...] = sessions.FLOW_TABLES) -> dict:
+def table_use(m: BuildMaps, walk: tuple[str, ...] = tuple(sessions.FAMILY_TABLES)) -> dict:
     """Use of both session tables. ms_flows: the kernel's own count (O(1)),
     and its pressure state; ms_halfopen (an LRU whose evictions the kernel
     does not count): entries and evictions from a walk. ``walk``: the
     tables walked for entries present and expired but not yet swept; a walk
     of half a million sessions takes seconds, so the metrics, read at every
-    scrape, walk ms_halfopen only."""
+    scrape, walk ms_halfopen only. Each table is its IPv4 and IPv6 maps
+    together: ms_flows' capacity is the session limit (flow_table_size, the
+    IPv4 map's size; the kernel counts both families against it), with the
+    IPv6 map's own size as ipv6_capacity; ms_halfopen's the two maps' sum."""
     fd, leaf = m.fd, m.leaf
+    v4, v6 = sessions.FAMILY_TABLES["ms_flows"]
     pct = pressure.config_pressure_pct(fd("ms_config"), leaf("ms_config"))
     flows = pressure.read_pressure(fd("ms_pressure"), fd("ms_pressure_user"), leaf("ms_pressure"),
-                                   leaf("ms_pressure_user"), m.capacity("ms_flows"), pct)
-    out = {"ms_flows": flows.as_dict(), "ms_halfopen": {}}
+                                   leaf("ms_pressure_user"), m.capacity(v4), pct)
+    out = {"ms_flows": {**flows.as_dict(), "ipv6_capacity": m.capacity(v6)}, "ms_halfopen": {}}
     tmo = sessions.read_timeouts_ns(fd("ms_timeouts"), leaf("ms_timeouts"))
-    for name in walk:
-        key, lf = m.types[name]
-        present, expired = sessions.census(fd(name), lf, ctypes.sizeof(key), tmo)
-        out[name].update(present=present, expired_unswept=expired)
+    for table in walk:
+        present = expired = 0
+        for name in sessions.FAMILY_TABLES[table]:
+            key, lf = m.types[name]
+            p, e = sessions.census(fd(name), lf, ctypes.sizeof(key), tmo)
+            present, expired = present + p, expired + e
+        out[table].update(present=present, expired_unswept=expired)
     h = out["ms_halfopen"]
     if "present" in h:
-        cap = m.capacity("ms_halfopen")
+        cap = halfopen_capacity(m)
         h.update(entries=h["present"], capacity=cap, pct_used=100.0 * h["present"] / max(cap, 1),
                  evictions=pressure.halfopen_evictions(fd("ms_pressure"), fd("ms_pressure_user"),
                                                        leaf("ms_pressure"), leaf("ms_pressure_user"),
                                                        h["present"]))
     return out
+
+
+def halfopen_capacity(m: BuildMaps) -> int:
+    """Entries the half-open maps of both families hold together."""
+    return sum(m.capacity(n) for n in sessions.FAMILY_TABLES["ms_halfopen"])
 
 
 def map_type_name(map_type: int) -> str:
@@ -142,5 +154,5 @@ def metrics_reading(m: BuildMaps) -> dict:
     f, h = use["ms_flows"], use["ms_halfopen"]
     return {"counters": counter_rows(counters(m)),
             "sessions": {"ms_flows": f["entries"], "ms_halfopen": h["present"]},
-            "capacity": {"ms_flows": f["capacity"], "ms_halfopen": m.capacity("ms_halfopen")},
+            "capacity": {"ms_flows": f["capacity"], "ms_halfopen": halfopen_capacity(m)},
             "pressure_pct": f["pressure_pct"]}

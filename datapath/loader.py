@@ -43,8 +43,8 @@ PROGRAMS = {Direction.DIR_INGRESS: "tc_ingress", Direction.DIR_EGRESS: "tc_egres
 # Tail-call stages, by their slot in ms_stages (enum ms_stage).
 STAGES = {Stage.STAGE_TCP: "ms_stage_tcp", Stage.STAGE_OTHER: "ms_stage_other",
           Stage.STAGE_ICMP_ERR: "ms_stage_icmp_err", Stage.STAGE_L7: "ms_stage_l7"}
-RUNTIME_MAPS = ("ms_counters", "ms_flows", "ms_halfopen", "ms_ifaces", "ms_frags", "ms_syn_dst",
-                "ms_syn_global", "ms_pressure", "ms_pressure_user", "ms_pol_state", "ms_verdicts",
+RUNTIME_MAPS = ("ms_counters", "ms_flows4", "ms_flows6", "ms_halfopen4", "ms_halfopen6", "ms_ifaces", "ms_frags",
+                "ms_syn_dst", "ms_syn_global", "ms_pressure", "ms_pressure_user", "ms_pol_state", "ms_verdicts",
                 "ms_slowpath", "ms_drop_limit", "ms_drop_stats",
                 # its group cache is keyed by ms_pol_state's word, which a reset
                 # zeroes: the next apply repeats a word an older policy had
@@ -403,11 +403,12 @@ SWEEP_PROGRAM = "ms_sweep"
 SWEEP_CALLBACK = "ms_sweep_entry"
 # Marker "fds" in bpf/lib/sweep.h (MS_SWEEP_MAP_*) for the tables it walks
 # and the ring its callback writes session-end records to.
-SWEEP_MARKERS = {"ms_flows": 0x4D530001, "ms_halfopen": 0x4D530002, "ms_events": 0x4D530003}
+SWEEP_MARKERS = {"ms_flows4": 0x4D530001, "ms_halfopen4": 0x4D530002, "ms_events": 0x4D530003,
+                 "ms_flows6": 0x4D530004, "ms_halfopen6": 0x4D530005}
 # The maps of a build the sweep works on; ms_sweep_runs (its input and
 # output) is the program's own.
-SWEEP_MAPS = ("ms_flows", "ms_halfopen", "ms_timeouts", "ms_pressure_user", "ms_config", "ms_events",
-              "ms_events_lost")
+SWEEP_MAPS = ("ms_flows4", "ms_flows6", "ms_halfopen4", "ms_halfopen6", "ms_timeouts", "ms_pressure_user",
+              "ms_config", "ms_events", "ms_events_lost")
 # Sizes for compiling the sweep on its own: its code does not depend on
 # them, and BCC creates (and preallocates) every map of maps.h it compiles.
 _SWEEP_COMPILE_SIZES = dict(flow_table_size=1024, halfopen_table_size=256, frag_table_size=64,

@@ -13,7 +13,10 @@ sweeper and `status` share with it.
 
 Both tables are listed: ms_flows (flows that saw a reply; conntrack would
 call them ASSURED: never evicted) and ms_halfopen (handshakes in progress,
-unreplied UDP and ICMP echo; an LRU that a SYN flood churns). An entry idle
+unreplied UDP and ICMP echo; an LRU that a SYN flood churns). Each is two
+maps, one per family (``FAMILY_TABLES``: IPv4 sessions under a 16-byte
+key, bpf/lib/maps.h struct ms_flow_key4); listings widen IPv4 keys to the
+canonical form (``widen_keys``) and name the table, not the map. An entry idle
 past its state's timeout is gone as far as the kernel is concerned (the
 next packet's lookup deletes it) and is not listed; it is counted in the
 summary until the sweeper removes it.
@@ -38,16 +41,20 @@ from .compile import check_headers, compile_text
 from .config import DatapathConfig
 from .enums import CtState, InspState, VerdictCode
 from .errors import MicrosegError, UsageError
-from .flows import PROTO_NAMES, addr_text, parse_proto
+from .flows import PROTO_NAMES, V4_MAPPED, addr_text, parse_proto
 from .l7 import app_ids
 from .policy_maps import POLICY_MAPS
 from .policy_tables import POL
 from .source import LIB_DIR, header_defines, inline_includes, program_text
 
-FLOW_TABLES = ("ms_flows", "ms_halfopen")
+# The session tables and the maps that hold them, IPv4 first (bpf/lib/maps.h).
+FAMILY_TABLES = {"ms_flows": ("ms_flows4", "ms_flows6"), "ms_halfopen": ("ms_halfopen4", "ms_halfopen6")}
+FLOW_TABLES = (*FAMILY_TABLES["ms_flows"], *FAMILY_TABLES["ms_halfopen"])
+# A map keyed by the canonical key (struct ms_flow_key), for its ctypes type.
+WIDE_KEY_MAP = "ms_flows6"
 ICMP_PROTOS = (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6)
 # Maps whose layouts user space reads or writes.
-LAYOUT_MAPS = ("ms_flows", "ms_halfopen", "ms_timeouts", "ms_pressure", "ms_pressure_user", "ms_config",
+LAYOUT_MAPS = (*FLOW_TABLES, "ms_timeouts", "ms_pressure", "ms_pressure_user", "ms_config",
                "ms_counters", "ms_insp_scratch", "ms_verdicts", "ms_slowpath", "ms_syn_dst", "ms_syn_global",
                "ms_frags", "ms_pol_state")
 # Layouts `microseg policy apply` writes with (datapath/policy_maps.py). Not in
@@ -115,6 +122,66 @@ def _compile_layouts(text: str) -> dict[str, tuple[type, type]]:
 def layouts_of(fastpath) -> dict[str, tuple[type, type]]:
     """The same types from a FastPath this process loaded (no compile)."""
     return {n: (fastpath.table(n).Key, fastpath.table(n).Leaf) for n in (*LAYOUT_MAPS, *POLICY_LAYOUT_MAPS)}
+
+
+def table_of(name: str) -> str:
+    """The session table (FAMILY_TABLES key) a map of FLOW_TABLES belongs to."""
+    return next(t for t, maps in FAMILY_TABLES.items() if name in maps)
+
+
+def is_v4_map(name: str) -> bool:
+    """Does session map ``name`` hold IPv4 sessions (16-byte keys)?"""
+    return name in FLOW_TABLES and name.endswith("4")
+
+
+def key4_of(key: bytes) -> bytes | None:
+    """The IPv4 table's key (struct ms_flow_key4) of canonical key ``key``
+    (struct ms_flow_key, 40 bytes), or None when it is an IPv6 session's.
+    User space's one copy of bpf/lib/conntrack.h ms_key4_of: both addresses
+    IPv4-mapped makes an IPv4 session."""
+    key = bytes(key)
+    if key[0:12] != V4_MAPPED or key[16:28] != V4_MAPPED:
+        return None
+    return key[12:16] + key[28:32] + key[32:37] + bytes(3)
+
+
+def key_of4(key4: bytes) -> bytes:
+    """The canonical key (struct ms_flow_key) of IPv4 key ``key4`` (key4_of's inverse)."""
+    key4 = bytes(key4)
+    return V4_MAPPED + key4[0:4] + V4_MAPPED + key4[4:8] + key4[8:13] + bytes(3)
+
+
+def map_key(table: str, key: bytes) -> tuple[str, bytes]:
+    """(map name, key bytes in that map) of canonical key ``key`` in
+    session table ``table`` ("ms_flows" or "ms_halfopen")."""
+    k4 = key4_of(key)
+    v4, v6 = FAMILY_TABLES[table]
+    return (v4, k4) if k4 is not None else (v6, bytes(key))
+
+
+def session_items(fastpath):
+    """(table, canonical key, value) of every session of a FastPath this
+    process loaded, IPv4 keys widened (BCC's types; one lookup per entry:
+    for a few sessions, not a table of millions, which read_map reads)."""
+    wide = fastpath.table(WIDE_KEY_MAP).Key
+    for name in FLOW_TABLES:
+        widen = key_of4 if is_v4_map(name) else bytes
+        for k, v in fastpath.table(name).items():
+            yield table_of(name), wide.from_buffer_copy(widen(bytes(k))), v
+
+
+def widen_keys(keys4: np.ndarray, wide_dtype: np.dtype) -> np.ndarray:
+    """IPv4 table keys (a structured array of struct ms_flow_key4) as
+    canonical keys (``wide_dtype``, struct ms_flow_key), IPv4-mapped."""
+    out = np.zeros(len(keys4), dtype=wide_dtype)
+    prefix = np.frombuffer(V4_MAPPED, dtype=np.uint8)
+    for side in ("lo", "hi"):
+        a = out[f"addr_{side}"]
+        a[:, :12] = prefix
+        a[:, 12:] = np.ascontiguousarray(keys4[f"addr_{side}"]).view(np.uint8).reshape(-1, 4)
+        out[f"port_{side}"] = keys4[f"port_{side}"]
+    out["proto"] = keys4["proto"]
+    return out
 
 
 # MS_FLOW_* flag bits of struct ms_flow.flags (MS_FLOW_MAX is the table size, not a flag).
@@ -487,13 +554,17 @@ def list_sessions(fds: dict[str, int], types: dict[str, tuple[type, type]], time
     tmo = read_timeouts_ns(timeouts_fd, types["ms_timeouts"][1])
     now = session_clock_ns() if now_ns is None else now_ns
     out, total, expired, by_table = [], 0, 0, {}
-    for table in FLOW_TABLES:
-        keys, vals = read_map(fds[table], *types[table])
+    wide = np.dtype(types[FAMILY_TABLES["ms_flows"][1]][0])
+    for name in FLOW_TABLES:
+        table = table_of(name)
+        keys, vals = read_map(fds[name], *types[name])
+        if is_v4_map(name):
+            keys = widen_keys(keys, wide)
         live, shown = select(keys, vals, now, tmo, flt)
         n_live = int(live.sum())
         total += n_live
         expired += len(keys) - n_live
-        by_table[table] = n_live
+        by_table[table] = by_table.get(table, 0) + n_live
         for i in np.flatnonzero(shown):
             s = to_session(table, keys[i], vals[i], now, tmo)
             if verdicts_fd is not None and s.inspection in ("PENDING", "RELEASED"):

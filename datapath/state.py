@@ -21,7 +21,11 @@ compared with the record:
   renumbered; the ring buffer is made anew (unread records are lost, and
   said so);
 * a key changed so that an old key cannot be carried over: refused, with
-  the map and the field named (`--fresh-state` starts from empty tables).
+  the map and the field named (`--fresh-state` starts from empty tables);
+* a session table of a build from before the tables were split by family
+  (one ms_flows, one ms_halfopen, IPv4 keys IPv4-mapped: ``SPLIT``): set
+  aside the same way, and each entry copied into the table of its family
+  (sessions.map_key: the IPv4 ones under their 16-byte key).
 
 Never is a pinned map read with a layout it was not written with.
 """
@@ -40,10 +44,13 @@ from .errors import MicrosegError
 from .insp_rings import PIN_PREFIX as WORKER_RING_PREFIX
 from .loader import FastPath
 from .pressure import possible_cpus
-from .sessions import _compile_layouts, layouts
+from .sessions import FAMILY_TABLES, _compile_layouts, layouts, map_key
 
-STATE_MAPS = ("ms_flows", "ms_halfopen", "ms_pressure", "ms_pressure_user", "ms_counters", "ms_syn_dst",
+STATE_MAPS = (*FAMILY_TABLES["ms_flows"], *FAMILY_TABLES["ms_halfopen"], "ms_pressure", "ms_pressure_user", "ms_counters", "ms_syn_dst",
               "ms_syn_global", "ms_frags", "ms_verdicts", "ms_slowpath", "ms_insp_ring")
+# Session tables pinned by builds before the split by family, by the table
+# name they had, which is the name of the table their entries now go to.
+SPLIT = tuple(FAMILY_TABLES)
 LAYOUT_FILE = "layout.json"
 LAYOUT_FORMAT = 1
 ASIDE = "set-aside"   # bpffs refuses names with a dot in them
@@ -101,6 +108,7 @@ class Plan:
     record_path: Path
     reuse: list[str] = field(default_factory=list)
     migrate: dict[str, str] = field(default_factory=dict)     # map -> why
+    split: list[str] = field(default_factory=list)            # SPLIT tables pinned: entries to share out
     fresh: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -123,7 +131,7 @@ def plan(directory: Path, record_path: Path, layouts: dict[str, dict], sizes: di
     """What to do with the pins in ``directory`` for a build with these
     layouts and sizes. Raises MicrosegError when the state cannot be carried."""
     p = Plan(directory, record_path)
-    pinned = [n for n in STATE_MAPS if (directory / n).exists()]
+    pinned = [n for n in (*STATE_MAPS, *SPLIT) if (directory / n).exists()]
     if fresh or not pinned:
         p.fresh = True
         if pinned:
@@ -138,6 +146,9 @@ def plan(directory: Path, record_path: Path, layouts: dict[str, dict], sizes: di
             f"{directory}: pinned maps without a readable {p.record_path} ({e}); their layout is unknown, "
             f"so they are not reused: start with empty tables with --fresh-state")
     for name in pinned:
+        if name in SPLIT:
+            _plan_split(p, name, record["maps"].get(name), layouts, _kernel_info(directory / name))
+            continue
         old = record["maps"].get(name)
         new = layouts.get(name)
         info = _kernel_info(directory / name)
@@ -177,6 +188,27 @@ def plan(directory: Path, record_path: Path, layouts: dict[str, dict], sizes: di
     return p
 
 
+def _plan_split(p: Plan, name: str, old: dict | None, layouts: dict[str, dict], info: dict | None) -> None:
+    """A pinned session table of a build before the split (``name`` in
+    SPLIT): its entries go to the maps of their family, if its key can be
+    read as the canonical key of this build (that of the IPv6 map)."""
+    if old is None or info is None:
+        p.notes.append(f"{name}: pinned by an older build without a layout record: its sessions are not carried")
+        return
+    if info["key_size"] != old["key_size"] or info["value_size"] != old["value_size"]:
+        raise MicrosegError(f"{p.directory / name}: the kernel map ({info['key_size']}-byte keys, "
+                            f"{info['value_size']}-byte values) is not what {LAYOUT_FILE} records; "
+                            f"refusing to read it (--fresh-state starts from empty tables)")
+    wide = dict(_by_path(layouts[FAMILY_TABLES[name][1]]["key"]))
+    missing = [f for f, _, size in old["key"] if f not in wide or wide[f][1] != size]
+    if missing:
+        raise MicrosegError(
+            f"{name}: the key layout changed ({', '.join(missing)}); sessions cannot be carried into this "
+            f"build. Start it with --fresh-state (established connections are then new to the fast path: "
+            f"set `loose: true` to pick them up mid-stream)")
+    p.split.append(name)
+
+
 def _percpu_stride(layout: dict) -> int:
     return (layout["value_size"] + 7) // 8 * 8
 
@@ -198,7 +230,7 @@ def prepare(p: Plan) -> None:
     if aside.exists():
         shutil.rmtree(aside)
     if p.fresh:
-        for n in STATE_MAPS:
+        for n in (*STATE_MAPS, *SPLIT):
             try:
                 (p.directory / n).unlink()
             except FileNotFoundError:
@@ -206,9 +238,9 @@ def prepare(p: Plan) -> None:
         for ring in p.directory.glob(f"{WORKER_RING_PREFIX}*"):   # further workers' rings
             ring.unlink(missing_ok=True)
         return
-    if p.migrate:
+    if p.migrate or p.split:
         aside.mkdir()
-        for n in p.migrate:
+        for n in (*p.migrate, *p.split):
             os.rename(p.directory / n, aside / n)
 
 
@@ -245,8 +277,36 @@ def migrate(p: Plan, fastpath, record: dict, layouts: dict[str, dict], ncpus: in
             lines.append(f"{name}: {why}: {n} entries carried over")
         finally:
             os.close(fd)
+    for name in p.split:
+        fd = bpfsys.obj_get(str(aside / name))
+        try:
+            n = _share_out(fd, name, record["maps"][name], fastpath, layouts)
+            lines.append(f"{name}: one table for both families before: "
+                         + ", ".join(f"{k} {v}" for k, v in n.items()) + " entries carried over")
+        finally:
+            os.close(fd)
     shutil.rmtree(aside, ignore_errors=True)
     return lines
+
+
+def _share_out(src: int, name: str, old: dict, fastpath, layouts: dict[str, dict]) -> dict[str, int]:
+    """Copy the entries of SPLIT table ``name`` into the maps of their
+    families; returns the entries carried per map."""
+    n = {m: 0 for m in FAMILY_TABLES[name]}
+    wide = layouts[FAMILY_TABLES[name][1]]
+    for k in list(bpfsys.map_keys(src, old["key_size"])):
+        raw = bpfsys.map_lookup(src, k, old["value_size"])
+        if raw is None:
+            continue
+        target, key = map_key(name, _convert(k, old["key"], wide["key"], wide["key_size"]))
+        new = layouts[target]
+        try:
+            bpfsys.map_update(fastpath.table(target).map_fd, key,
+                              _convert(raw, old["value"], new["value"], new["value_size"]))
+            n[target] += 1
+        except OSError:
+            pass      # a full table (the IPv6 one is smaller): what fits is carried
+    return n
 
 
 def _copy(src: int, dst: int, info, old: dict, new: dict, name: str, ncpus: int) -> int:

@@ -5,14 +5,15 @@ state's timeout deletes it. Flows nobody sends to again would stay for ever,
 so something must sweep. Two ways, one chosen per Sweeper:
 
 * ``kernel`` (preferred): one run of the sweep program of bpf/lib/sweep.h
-  (datapath/loader.py SweepProgram) walks ms_flows and ms_halfopen with
+  (datapath/loader.py SweepProgram) walks ms_flows and ms_halfopen (each
+  its IPv4 and its IPv6 map, sessions.FAMILY_TABLES) with
   bpf_for_each_map_elem and deletes expired entries from inside the walk:
   one system call, nothing copied to user space. It needs the helper
   (kernel 5.13+), sleepable BPF_PROG_TYPE_SYSCALL programs (5.14+) and the
   loader's linking of the callback, which BCC 0.26 cannot do itself; when
   any of that is missing (FastPath.sweep_error, or the compile in
   for_build, says what) the sweeper falls back to
-* ``batch``: it reads both tables with BPF_MAP_LOOKUP_BATCH a batch at a
+* ``batch``: it reads the four maps with BPF_MAP_LOOKUP_BATCH a batch at a
   time into numpy buffers, picks the expired entries with one vectorised
   test per batch, and deletes them with BPF_MAP_DELETE_BATCH.
 
@@ -71,7 +72,8 @@ from . import attach, bpfsys
 from .errors import MicrosegError
 from .loader import SWEEP_MAPS, SweepProgram, compile_sweep
 from .pressure import config_pressure_pct, read_pressure
-from .sessions import DEFAULT_BATCH, FLOW_FLAGS, BatchWalker, expiry_dtype, read_timeouts_ns, session_clock_ns
+from .sessions import (DEFAULT_BATCH, FAMILY_TABLES, FLOW_FLAGS, FLOW_TABLES, BatchWalker, expiry_dtype, is_v4_map,
+                       key_of4, read_timeouts_ns, session_clock_ns, table_of)
 
 
 @dataclass
@@ -97,15 +99,17 @@ METHODS = ("auto", "kernel", "batch")
 
 
 class Sweeper:
-    def __init__(self, flows_fd: int, halfopen_fd: int, timeouts_fd: int, pressure_fd: int,
-                 pressure_user_fd: int, key_type: type, leaf_type: type, capacity: int,
+    def __init__(self, table_fds: dict[str, int], timeouts_fd: int, pressure_fd: int,
+                 pressure_user_fd: int, leaf_type: type, capacity: int,
                  pressure_pct: int | None, *, pressure_type: type, pressure_user_type: type,
                  timeout_type: type = ctypes.c_uint64, config_fd: int | None = None,
                  config_type: type | None = None, batch: int = DEFAULT_BATCH,
                  lock_dir: Path | None = None, method: str = "auto",
                  kernel: SweepProgram | None = None, kernel_error: str | None = None,
                  owns_kernel: bool = False, on_ended=None, defer_full_ring: bool = False):
-        """``pressure_pct`` None: read it from the ms_config map (``config_fd``)
+        """``table_fds``: the fd of each map of sessions.FLOW_TABLES (both
+        families of ms_flows and ms_halfopen). ``capacity``: the session
+        limit (flow_table_size). ``pressure_pct`` None: read it from the ms_config map (``config_fd``)
         at every sweep, so a runtime change applies.
 
         ``method``: "auto" runs the kernel sweep ``kernel`` (a SweepProgram
@@ -136,19 +140,19 @@ class Sweeper:
         self.kernel = kernel if method != "batch" else None
         self.kernel_error = kernel_error if kernel is None else None
         self._owned_kernel = kernel if owns_kernel else None
-        self.fds = {"ms_flows": flows_fd, "ms_halfopen": halfopen_fd}
+        self.fds = {name: table_fds[name] for name in FLOW_TABLES}
         self.timeouts_fd, self.timeout_type = timeouts_fd, timeout_type
         self.pressure_fd, self.pressure_user_fd = pressure_fd, pressure_user_fd
         self.pressure_type, self.pressure_user_type = pressure_type, pressure_user_type
         self.config_fd, self.config_type = config_fd, config_type
         self.capacity, self._pressure_pct = capacity, pressure_pct
-        self.key_size = ctypes.sizeof(key_type)
+        self.key_sizes = {name: bpfsys.map_info_by_fd(fd).key_size for name, fd in self.fds.items()}
         self.value_size = ctypes.sizeof(leaf_type)
         self._vdt = expiry_dtype(leaf_type)
         self._pu_deleted_off = {"ms_flows": pressure_user_type.deleted.offset,
                                 "ms_halfopen": pressure_user_type.halfopen_deleted.offset}
         self._pu_gen_off = pressure_user_type.gen.offset
-        self._walkers = {name: BatchWalker(fd, self.key_size, self.value_size, batch)
+        self._walkers = {name: BatchWalker(fd, self.key_sizes[name], self.value_size, batch)
                          for name, fd in self.fds.items()}
         self._lock_path = self._lock_file(lock_dir)
         self.on_ended = on_ended
@@ -164,9 +168,9 @@ class Sweeper:
         t = fp.table
         kw.setdefault("kernel", fp.sweep)
         kw.setdefault("kernel_error", fp.sweep_error)
-        return cls(t("ms_flows").map_fd, t("ms_halfopen").map_fd, t("ms_timeouts").map_fd,
+        return cls({n: t(n).map_fd for n in FLOW_TABLES}, t("ms_timeouts").map_fd,
                    t("ms_pressure").map_fd, t("ms_pressure_user").map_fd,
-                   t("ms_flows").Key, t("ms_flows").Leaf, fp.config.flow_table_size, None,
+                   t(FLOW_TABLES[0]).Leaf, fp.config.flow_table_size, None,
                    pressure_type=t("ms_pressure").Leaf, pressure_user_type=t("ms_pressure_user").Leaf,
                    timeout_type=t("ms_timeouts").Leaf, config_fd=t("ms_config").map_fd,
                    config_type=t("ms_config").Leaf, **kw)
@@ -184,9 +188,9 @@ class Sweeper:
                 kw["owns_kernel"] = True
             except (MicrosegError, OSError) as e:
                 kw["kernel_error"] = str(e)
-        return cls(build.fd("ms_flows"), build.fd("ms_halfopen"), build.fd("ms_timeouts"),
+        return cls({n: build.fd(n) for n in FLOW_TABLES}, build.fd("ms_timeouts"),
                    build.fd("ms_pressure"), build.fd("ms_pressure_user"),
-                   *types["ms_flows"], build.info("ms_flows").max_entries, None,
+                   types[FLOW_TABLES[0]][1], build.info(FAMILY_TABLES["ms_flows"][0]).max_entries, None,
                    pressure_type=types["ms_pressure"][1], pressure_user_type=types["ms_pressure_user"][1],
                    timeout_type=types["ms_timeouts"][1], config_fd=build.fd("ms_config"),
                    config_type=types["ms_config"][1], **kw)
@@ -219,8 +223,13 @@ class Sweeper:
                     deferred = int(run.deferred)
             if method == "batch":
                 tmo = read_timeouts_ns(self.timeouts_fd, self.timeout_type)
-                scanned_f, del_f = self._sweep_table("ms_flows", now, tmo)
-                scanned_h, del_h = self._sweep_table("ms_halfopen", now, tmo)
+                scanned_f = del_f = scanned_h = del_h = 0
+                for name in FAMILY_TABLES["ms_flows"]:
+                    n, d = self._sweep_table(name, now, tmo)
+                    scanned_f, del_f = scanned_f + n, del_f + d
+                for name in FAMILY_TABLES["ms_halfopen"]:
+                    n, d = self._sweep_table(name, now, tmo)
+                    scanned_h, del_h = scanned_h + n, del_h + d
             entries, rearmed = self._rearm()
         return SweepStats(scanned_f + scanned_h, del_f, del_h, time.perf_counter() - t0,
                           time.process_time() - c0, scanned_f, scanned_h, entries, rearmed,
@@ -253,24 +262,26 @@ class Sweeper:
             idx = np.flatnonzero(age > tmo[v["state"]])
             if idx.size:
                 keys = w.keys[idx]
-                gone, missed = self._delete(self.fds[name], keys)
+                gone, missed = self._delete(self.fds[name], keys, self.key_sizes[name])
                 deleted += gone
                 if gone:
-                    self._add_user_deleted(name, gone)
+                    self._add_user_deleted(table_of(name), gone)
                 if self.on_ended is not None and gone:
                     values = [v.tobytes() for v in w.values[idx]]
-                    ended = [(keys[i].tobytes(), v) for i, v in enumerate(values)
+                    # records name a session by its canonical key, whichever map held it
+                    widen = key_of4 if is_v4_map(name) else bytes
+                    ended = [(widen(keys[i].tobytes()), v) for i, v in enumerate(values)
                              if i not in missed and not v[self._flags_off] & self._logged]
                     if ended:
                         self.on_ended(ended)
         return scanned, deleted
 
-    def _delete(self, fd: int, keys: np.ndarray) -> tuple[int, set[int]]:
+    def _delete(self, fd: int, keys: np.ndarray, ks: int) -> tuple[int, set[int]]:
         """Delete ``keys`` (a contiguous array); returns how many this call
         removed, and the positions of those someone else removed first."""
         total, pos, n = 0, 0, len(keys)
         missed: set[int] = set()
-        base, ks = keys.ctypes.data, self.key_size
+        base = keys.ctypes.data
         while pos < n:
             done, err = bpfsys.map_delete_batch(fd, base + pos * ks, n - pos)
             total += done

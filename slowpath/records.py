@@ -240,13 +240,15 @@ def session_lookup(fastpath):
     """ref (session_ref: InspRecord.key) -> the kernel's session of that
     connection (its BCC leaf), from whichever table holds it, or None once
     it is gone (a new connection on the 5-tuple is not it)."""
-    tables = [fastpath.table("ms_flows"), fastpath.table("ms_halfopen")]
+    from datapath.sessions import FAMILY_TABLES, map_key
 
     def read(ref: bytes):
         key, cookie = split_ref(ref)
-        for t in tables:
+        for table in FAMILY_TABLES:
+            name, k = map_key(table, key)   # the map of the session's family
+            t = fastpath.table(name)
             try:
-                v = t[t.Key.from_buffer_copy(key)]
+                v = t[t.Key.from_buffer_copy(k)]
             except KeyError:
                 continue
             return v if v.cookie == cookie else None

@@ -180,6 +180,13 @@ def format_slowpath(sp: dict) -> str:
     return "\n".join(lines)
 
 
+def _session_limit(build) -> int:
+    """The session limit of an attached build (its IPv4 session map's size,
+    flow_table_size: the kernel counts both families against it)."""
+    from datapath import sessions
+    return build.info(sessions.FAMILY_TABLES["ms_flows"][0]).max_entries
+
+
 def _format_sessions_status(s: dict) -> str:
     from datapath.text import table
 
@@ -195,7 +202,8 @@ def _format_sessions_status(s: dict) -> str:
     alert = "armed" if f["alert_armed"] else "sent, re-armed when use falls under the threshold"
     return (table(rows) + f"\n  ms_flows entries = inserted {f['inserted']} - deleted by the kernel "
             f"{f['deleted_kernel']} - by the sweeper {f['deleted_user']}; alert at {f['pressure_pct']}% "
-            f"({alert}); {f['present']} present in the map")
+            f"({alert}); {f['present']} present in the maps (IPv4 and IPv6; IPv6 at most "
+            f"{f.get('ipv6_capacity', '?')})")
 
 
 def _pct(p: float) -> str:
@@ -288,7 +296,7 @@ def cmd_sweep(args) -> int:
         types = sessions.layouts()
         for b in builds:
             st = Sweeper.for_build(b, types).sweep()
-            out.append({"prog_id": b.prog_id, "capacity": b.info("ms_flows").max_entries, **st.as_dict()})
+            out.append({"prog_id": b.prog_id, "capacity": _session_limit(b), **st.as_dict()})
     finally:
         for b in builds:
             b.close()

@@ -137,6 +137,15 @@ enum ms_event_type {
 #ifndef MS_HALFOPEN_MAX
 #define MS_HALFOPEN_MAX 65536
 #endif
+/* The IPv6 session tables' sizes (datapath/config.py flow6_table_size,
+ * halfopen6_table_size): by default an eighth and a quarter of the IPv4
+ * ones, which the session limit sizes. */
+#ifndef MS_FLOW6_MAX
+#define MS_FLOW6_MAX (MS_FLOW_MAX / 8)
+#endif
+#ifndef MS_HALFOPEN6_MAX
+#define MS_HALFOPEN6_MAX (MS_HALFOPEN_MAX / 4)
+#endif
 #ifndef MS_IFACE_MAX
 #define MS_IFACE_MAX 64
 #endif
@@ -236,11 +245,31 @@ BPF_PERCPU_ARRAY(ms_clock, struct ms_clock, 1);
 
 /* Canonical flow key: the lower (address, port) endpoint first, so both
  * directions of a flow find one entry. IPv4 is stored IPv4-mapped
- * (::ffff:a.b.c.d) so one table serves both families. Ports are in network
- * byte order, as on the wire. For ICMP echo, port_lo/port_hi hold the echo id. */
+ * (::ffff:a.b.c.d), so every key of either family has this one form: the
+ * session-end records, ms_verdicts, the worker hash and the stages use it.
+ * The session tables themselves are per family (below): an IPv4 session is
+ * stored under struct ms_flow_key4. Ports are in network byte order, as on
+ * the wire. For ICMP echo, port_lo/port_hi hold the echo id. */
 struct ms_flow_key {
     __u8  addr_lo[16];
     __u8  addr_hi[16];
+    __be16 port_lo;
+    __be16 port_hi;
+    __u8  proto;
+    __u8  pad[3];
+};
+
+/* The key of an IPv4 session (ms_flows4, ms_halfopen4): struct ms_flow_key
+ * with both addresses IPv4-mapped, without the 12-byte prefixes. The same
+ * endpoint order (the prefixes are equal, so the 16-byte compare of
+ * ms_ep_cmp orders them by these 4 bytes). 16 bytes instead of 40: the
+ * hash of a lookup reads and compares less than half (bench/lookups.py
+ * hash16 vs hash40), as Cilium's separate IPv4 CT tables. Which table a key
+ * belongs in is decided in one place, conntrack.h ms_key4_of (and
+ * datapath/sessions.py for user space). */
+struct ms_flow_key4 {
+    __be32 addr_lo;
+    __be32 addr_hi;
     __be16 port_lo;
     __be16 port_hi;
     __u8  proto;
@@ -308,8 +337,13 @@ BPF_PERCPU_ARRAY(ms_flow_scratch, struct ms_flow, 1);
 
 /* Flows that saw a reply (TCP past the handshake, UDP both ways). Plain
  * HASH, not LRU: a full table must never evict an established session;
- * new flows then follow the full-table policy instead. */
-MS_STATE_TABLE("hash", struct ms_flow_key, struct ms_flow, ms_flows, MS_FLOW_MAX, 0);
+ * new flows then follow the full-table policy instead. One table per
+ * family: IPv4 sized by the session limit (flow_table_size, which counts
+ * the sessions of both: conntrack.h ms_flows_full), IPv6 by its own
+ * flow6_table_size (default an eighth: preallocated memory for a family
+ * most deployments carry little of). */
+MS_STATE_TABLE("hash", struct ms_flow_key4, struct ms_flow, ms_flows4, MS_FLOW_MAX, 0);
+MS_STATE_TABLE("hash", struct ms_flow_key, struct ms_flow, ms_flows6, MS_FLOW6_MAX, 0);
 /* Half-open and unreplied flows. LRU with per-CPU lists: a SYN flood
  * churns this table only, and the oldest unreplied flows go first
  * (nf_conntrack's early drop, by construction). */
@@ -320,7 +354,8 @@ MS_STATE_TABLE("hash", struct ms_flow_key, struct ms_flow, ms_flows, MS_FLOW_MAX
 #else
 #define MS_LRU_FLAGS BPF_F_NO_COMMON_LRU
 #endif
-MS_STATE_TABLE("lru_hash", struct ms_flow_key, struct ms_flow, ms_halfopen, MS_HALFOPEN_MAX, MS_LRU_FLAGS);
+MS_STATE_TABLE("lru_hash", struct ms_flow_key4, struct ms_flow, ms_halfopen4, MS_HALFOPEN_MAX, MS_LRU_FLAGS);
+MS_STATE_TABLE("lru_hash", struct ms_flow_key, struct ms_flow, ms_halfopen6, MS_HALFOPEN6_MAX, MS_LRU_FLAGS);
 
 /* ------------------------------------------------------------------ */
 /* Configuration written by the control plane at load                 */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* The session sweep in the kernel: one program run (BPF_PROG_TEST_RUN) walks
- * ms_flows and ms_halfopen with bpf_for_each_map_elem (kernel 5.13+) and
+ * the session tables (ms_flows4, ms_flows6, ms_halfopen4, ms_halfopen6) with bpf_for_each_map_elem (kernel 5.13+) and
  * deletes, from inside the walk's callback, every entry idle past its
  * state's timeout. It replaces the user-space batch sweep (read a batch,
  * test it, delete it: two system calls and a copy of every entry) with one
@@ -15,10 +15,10 @@
  * out-of-range fallback, into the walk's context: the callback cannot use
  * a map of its own (below).
  *
- * Accounting: what the walk deletes from ms_flows is added, atomically,
+ * Accounting: what the walk deletes from ms_flows4 / ms_flows6 is added, atomically,
  * to ms_pressure_user.deleted, the sweeper's count (the kernel's lazy
  * expiry counts its own deletes in ms_pressure), and what it deletes from
- * ms_halfopen to ms_pressure_user.halfopen_deleted (so that LRU evictions
+ * ms_halfopen4 / ms_halfopen6 to ms_pressure_user.halfopen_deleted (so that LRU evictions
  * can still be told apart: inserted - removed - swept - present). A delete
  * that loses the
  * race with a packet's lazy expiry gets -ENOENT and is not counted here:
@@ -36,7 +36,7 @@
  *   - BCC patches map fds only inside the registered function, so the
  *     callback touches no map but the one it is handed: everything else
  *     it needs comes through its context;
- *   - ms_flows and ms_halfopen are named by marker "fds" (MS_SWEEP_MAP_*)
+ *   - the session tables are named by marker "fds" (MS_SWEEP_MAP_*)
  *     that the loader replaces with the real map fds: the tables of the
  *     build this program was compiled with, or those of an attached build
  *     opened by id (the other maps are remapped by name the same way).
@@ -53,8 +53,10 @@
 #include "conntrack.h"
 
 /* Marker map "fds", replaced by the loader (datapath/loader.py SWEEP_MARKERS). */
-#define MS_SWEEP_MAP_FLOWS    0x4d530001
-#define MS_SWEEP_MAP_HALFOPEN 0x4d530002
+#define MS_SWEEP_MAP_FLOWS4    0x4d530001
+#define MS_SWEEP_MAP_HALFOPEN4 0x4d530002
+#define MS_SWEEP_MAP_FLOWS6    0x4d530004
+#define MS_SWEEP_MAP_HALFOPEN6 0x4d530005
 /* ms_events, for the callback's session-end records: a marker is the one
  * way the callback can name a map (the loader patches markers in the
  * callback too). */
@@ -64,7 +66,7 @@
  * (datapath/sweeper.py) around each run; sweeps are serialised there. */
 struct ms_sweep_run {
     __u64 now_ns;             /* in: the session clock's now (ns); 0 refuses the run */
-    __u64 scanned_flows;      /* out: entries the walk visited */
+    __u64 scanned_flows;      /* out: entries the walk visited (both families) */
     __u64 expired_flows;      /* out: entries it deleted */
     __u64 scanned_halfopen;
     __u64 expired_halfopen;
@@ -98,6 +100,7 @@ struct ms_sweep_walk {
     __u64 *deferred;                    /* &run->deferred */
     __u32 workers;                      /* ms_config.workers: end records name the worker */
     __u32 defer;                        /* run->defer */
+    __u32 is4;                          /* walking an IPv4 table: its keys are struct ms_flow_key4 */
     /* The smallest of timeout[0..MS_CT_STATE_COUNT], signed as the age
      * test takes it: an entry no older than this is live whatever its
      * state, so the callback returns before reading the state byte and
@@ -148,7 +151,12 @@ long ms_sweep_entry(void *map, void *key, void *value, void *ctx)
     if (!(f->flags & MS_FLOW_LOGGED)) {
         ev = ms_rb_reserve((void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_EVENTS), sizeof(struct ms_flow_event), 0);
         if (ev) {
-            ms_flow_event_fill(ev, key, f, FLOW_END_SWEPT, w->workers);
+            struct ms_flow_key k;
+            if (w->is4)
+                ms_key_of4(key, &k);   /* the record names it by its canonical key */
+            else
+                __builtin_memcpy(&k, key, sizeof(k));
+            ms_flow_event_fill(ev, &k, f, FLOW_END_SWEPT, w->workers);
         } else if (w->defer) {
             (*w->deferred)++;
             return 0;                     /* kept: its record goes with a later sweep */
@@ -197,15 +205,23 @@ int ms_sweep(void *ctx)
 
     run->expired_flows = 0;
     w.deleted = &run->expired_flows;
-    long n = ms_for_each_map_elem((void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_FLOWS), ms_sweep_entry, &w, 0);
+    w.is4 = 1;
+    long n = ms_for_each_map_elem((void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_FLOWS4), ms_sweep_entry, &w, 0);
     run->scanned_flows = n > 0 ? n : 0;
+    w.is4 = 0;
+    n = ms_for_each_map_elem((void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_FLOWS6), ms_sweep_entry, &w, 0);
+    run->scanned_flows += n > 0 ? n : 0;
     if (run->expired_flows)
         __sync_fetch_and_add(&pu->deleted, run->expired_flows);
 
     run->expired_halfopen = 0;
     w.deleted = &run->expired_halfopen;
-    n = ms_for_each_map_elem((void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_HALFOPEN), ms_sweep_entry, &w, 0);
+    w.is4 = 1;
+    n = ms_for_each_map_elem((void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_HALFOPEN4), ms_sweep_entry, &w, 0);
     run->scanned_halfopen = n > 0 ? n : 0;
+    w.is4 = 0;
+    n = ms_for_each_map_elem((void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_HALFOPEN6), ms_sweep_entry, &w, 0);
+    run->scanned_halfopen += n > 0 ? n : 0;
     if (run->expired_halfopen)
         __sync_fetch_and_add(&pu->halfopen_deleted, run->expired_halfopen);
     if (run->events_lost) {

@@ -6,7 +6,9 @@ acks it") and every segment carries the numbers a real stack would use.
 ``expect()`` runs one frame through the real program and checks the TC
 action and that exactly one reason counter moved, by one packet of the
 frame's length. ``entry()`` reads a session back from whichever table holds
-it (ms_halfopen or ms_flows) by its canonical key.
+it (ms_halfopen or ms_flows) by its canonical key, from the map of its
+family (an IPv4 one under its 16-byte key), and fails when the session is
+in the other family's map too.
 
 Named ``packets_ct`` (not ``packets``): tests/ has no __init__.py, so test
 helper modules share one flat namespace.
@@ -26,6 +28,7 @@ from scapy.packet import Raw
 from datapath import bpfsys
 from datapath.enums import CtState, Direction, Reason
 from datapath.loader import TC_ACT_OK, TC_ACT_SHOT
+from datapath.sessions import FAMILY_TABLES
 
 ING = Direction.DIR_INGRESS
 EGR = Direction.DIR_EGRESS
@@ -35,6 +38,7 @@ MAC_DST = "02:00:00:00:00:02"
 
 from socket import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP  # noqa: E402  (importers use these names)
 
+# The session tables (each its IPv4 and its IPv6 map: FAMILY_TABLES).
 FLOWS = "ms_flows"
 HALFOPEN = "ms_halfopen"
 
@@ -93,15 +97,38 @@ def canonical(src: str, sport: int, dst: str, dport: int):
     return (s, d, 0) if s <= d else (d, s, 1)
 
 
+def is_v4(src: str, dst: str) -> bool:
+    return ipaddress.ip_address(src).version == 4 and ipaddress.ip_address(dst).version == 4
+
+
+def session_map(table: str, src: str, dst: str) -> str:
+    """The map of session table ``table`` (FLOWS, HALFOPEN) that holds a flow src <-> dst."""
+    return FAMILY_TABLES[table][0 if is_v4(src, dst) else 1]
+
+
 def flow_key(table, src: str, sport: int, dst: str, dport: int, proto: int):
+    """The key of a flow in map ``table`` (a BCC table): struct ms_flow_key4
+    (4-byte addresses) in an IPv4 map, else the canonical key."""
     lo, hi, _ = canonical(src, sport, dst, dport)
     k = table.Key()
-    k.addr_lo = (ctypes.c_uint8 * 16)(*lo[0])
-    k.addr_hi = (ctypes.c_uint8 * 16)(*hi[0])
+    if type(k).addr_lo.size == 4:
+        k.addr_lo = int.from_bytes(lo[0][12:], "little")   # the wire's bytes, as the kernel stores them
+        k.addr_hi = int.from_bytes(hi[0][12:], "little")
+    else:
+        k.addr_lo = (ctypes.c_uint8 * 16)(*lo[0])
+        k.addr_hi = (ctypes.c_uint8 * 16)(*hi[0])
     k.port_lo = socket.htons(lo[1])
     k.port_hi = socket.htons(hi[1])
     k.proto = proto
     return k
+
+
+def key_addrs(k) -> tuple[bytes, bytes]:
+    """(addr_lo, addr_hi) of a session map's key, 16 bytes each, IPv4-mapped
+    when the key is an IPv4 map's (4-byte addresses)."""
+    if isinstance(k.addr_lo, int):
+        return tuple(b"\0" * 10 + b"\xff\xff" + a.to_bytes(4, "little") for a in (k.addr_lo, k.addr_hi))
+    return bytes(k.addr_lo), bytes(k.addr_hi)
 
 
 @dataclass
@@ -120,18 +147,21 @@ def entry(fp, src: str, sport: int, dst: str, dport: int, proto: int) -> Entry |
     Asserts it is not in both."""
     found = []
     for name in (FLOWS, HALFOPEN):
-        t = fp.table(name)
-        try:
-            leaf = t[flow_key(t, src, sport, dst, dport, proto)]
-        except KeyError:
-            continue
-        found.append(Entry(name, CtState(leaf.state), leaf))
+        for m in FAMILY_TABLES[name]:
+            t = fp.table(m)
+            try:
+                leaf = t[flow_key(t, src, sport, dst, dport, proto)]
+            except KeyError:
+                continue
+            assert m == session_map(name, src, dst), f"session {src} -> {dst} in {m}, not its family's map"
+            found.append(Entry(name, CtState(leaf.state), leaf))
     assert len(found) <= 1, f"session in both tables: {found}"
     return found[0] if found else None
 
 
 def table_len(fp, name: str) -> int:
-    return sum(1 for _ in fp.table(name).keys())
+    """Entries of session table ``name`` (FLOWS, HALFOPEN: both its maps) or of one map."""
+    return sum(sum(1 for _ in fp.table(m).keys()) for m in FAMILY_TABLES.get(name, (name,)))
 
 
 # --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from datapath import bpfsys
 from datapath.config import Compat, DatapathConfig
 from datapath.enums import CtState, Reason
 from datapath.policy_maps import PolicyMaps
-from datapath.sessions import layouts_of
+from datapath.sessions import WIDE_KEY_MAP, layouts_of
 from packets_ct import TcpConn
 from slowpath.records import RecordDecoder, VerdictWriter, open_payload_channel, record_type
 
@@ -43,7 +43,8 @@ def test_auto_uses_what_this_kernel_has(fastpath):
 
 def test_halfopen_lru_without_per_cpu_lists(fallback_build, fastpath):
     def flags(fp):
-        return bpfsys.map_info_by_fd(fp.table("ms_halfopen").map_fd).flags
+        return bpfsys.map_info_by_fd(fp.table("ms_halfopen4").map_fd).flags & bpfsys.map_info_by_fd(
+            fp.table("ms_halfopen6").map_fd).flags
     assert flags(fastpath) & 2 and not flags(fallback_build) & 2      # BPF_F_NO_COMMON_LRU
     fallback_build.reset()
     c = TcpConn.make(fallback_build).handshake()
@@ -59,7 +60,7 @@ def test_payload_records_through_the_perf_buffer(fallback_build):
     assert type(src).__name__ == "PerfBuffer"
     types = layouts_of(fp)
     dec = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
-                        types["ms_flows"][0])
+                        types[WIDE_KEY_MAP][0])
     VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
                   fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf).heartbeat(1)
     c = TcpConn.make(fp, server=("10.0.0.2", 80))

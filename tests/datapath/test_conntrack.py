@@ -25,11 +25,12 @@ from scapy.packet import Raw
 from datapath.config import DatapathConfig, Timeouts
 from datapath.enums import CtState, Reason, Stage
 from datapath.loader import TC_ACT_OK
+from datapath.sessions import FLOW_TABLES, map_key
 
 from packets_ct import (FLOWS, HALFOPEN, HALFOPEN_STATES, ING, EGR, IPPROTO_ICMP,
                         IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, OFF_DPORT, OFF_IP_SRC,
                         OFF_SPORT, PatchedRunner, TcpConn, canonical, entry, ether, expect,
-                        ip, mapped, ringbuf_record_type, table_len, udp_frame)
+                        ip, key_addrs, mapped, ringbuf_record_type, session_map, table_len, udp_frame)
 
 S = CtState
 R = Reason
@@ -44,7 +45,7 @@ KTIME_SLACK_NS = 10_000_000
 
 
 # ==========================================================================
-# 1. Sessions: TCP, UDP, ICMP echo, IPv4 and IPv6, one table
+# 1. Sessions: TCP, UDP, ICMP echo, IPv4 and IPv6, a map each
 # ==========================================================================
 
 @pytest.mark.parametrize("family", ["v4", "v6"])
@@ -61,10 +62,11 @@ def test_tcp_session_key_counters_initiator(fastpath, family, initiator):
     e = conn.assert_state(S.CT_ESTABLISHED)
     v = e.leaf
     assert table_len(fastpath, FLOWS) == 1 and table_len(fastpath, HALFOPEN) == 0
-    # the key is canonical: lower endpoint first, IPv4 mapped into IPv6
+    # the key is canonical: lower endpoint first; IPv4 in its own map, the
+    # addresses without their IPv4-mapped prefix
     (klo, khi, src_is_hi) = canonical(cli, 40000, srv, 443)
-    key = next(iter(fastpath.table(FLOWS).keys()))
-    assert bytes(key.addr_lo) == klo[0] and bytes(key.addr_hi) == khi[0]
+    key = next(iter(fastpath.table(session_map(FLOWS, cli, srv)).keys()))
+    assert key_addrs(key) == (klo[0], khi[0]) and isinstance(key.addr_lo, int) == (family == "v4")
     assert key.proto == IPPROTO_TCP
     assert v.initiator_is_hi == src_is_hi == (initiator == "hi")
     # per direction: original = the client's three, reply = the server's two
@@ -72,6 +74,30 @@ def test_tcp_session_key_counters_initiator(fastpath, family, initiator):
     assert list(v.bytes) == [sizes[0] + sizes[2] + sizes[3], sizes[1] + sizes[4]]
     # CLOCK_MONOTONIC at tick resolution: allow a tick or two either side
     assert t0 - KTIME_SLACK_NS <= v.first_seen_ns <= v.last_seen_ns <= t1 + KTIME_SLACK_NS
+
+
+def test_each_family_has_its_own_maps(fastpath):
+    """IPv4 sessions in ms_flows4 / ms_halfopen4 (16-byte keys), IPv6 in
+    ms_flows6 / ms_halfopen6. The family is the key's (both addresses
+    IPv4-mapped: conntrack.h ms_key4_of, sessions.key4_of), so an IPv6
+    packet between two IPv4-mapped addresses is in the IPv4 maps, where its
+    IPv4 reply finds it: one flow, as when one table held both."""
+    for cli, srv in (V4, V6):
+        TcpConn.make(fastpath, client=(cli, 40000), server=(srv, 443)).handshake()
+    expect(fastpath, udp_frame("::ffff:10.0.0.5", 5000, "::ffff:10.0.0.6", 53), R.PASS_FORWARD)
+    sizes = {m: table_len(fastpath, m) for m in FLOW_TABLES}
+    assert sizes == {"ms_flows4": 1, "ms_flows6": 1, "ms_halfopen4": 1, "ms_halfopen6": 0}
+    expect(fastpath, udp_frame("10.0.0.6", 53, "10.0.0.5", 5000), R.PASS_FORWARD, EGR)
+    e = entry(fastpath, "10.0.0.5", 5000, "10.0.0.6", 53, IPPROTO_UDP)
+    assert (e.table, e.state, list(e.leaf.packets)) == (FLOWS, S.CT_UDP_REPLIED, [1, 1])
+    assert table_len(fastpath, "ms_flows4") == 2 and table_len(fastpath, HALFOPEN) == 0
+    # user space picks the same maps from the canonical key
+    for cli, srv in (V4, V6):
+        lo, hi, _ = canonical(cli, 40000, srv, 443)
+        key = lo[0] + hi[0] + lo[1].to_bytes(2, "big") + hi[1].to_bytes(2, "big") + bytes([IPPROTO_TCP, 0, 0, 0])
+        name, k = map_key(FLOWS, key)
+        t = fastpath.table(name)
+        assert name == session_map(FLOWS, cli, srv) and t[t.Key.from_buffer_copy(k)].state == S.CT_ESTABLISHED
 
 
 @pytest.mark.parametrize("family", ["v4", "v6"])
@@ -1114,10 +1140,11 @@ def bulk_ack_all(fp, client, server, sports) -> int:
 def established_ports(fp, client, server) -> set[int]:
     """Client ports of the ESTABLISHED TCP sessions with ``server`` in ms_flows."""
     out = set()
-    for k, v in fp.table(FLOWS).items():
+    for k, v in fp.table(session_map(FLOWS, client, server[0])).items():
         if v.state != S.CT_ESTABLISHED or k.proto != IPPROTO_TCP:
             continue
-        ends = {(bytes(k.addr_lo), socket.ntohs(k.port_lo)), (bytes(k.addr_hi), socket.ntohs(k.port_hi))}
+        lo, hi = key_addrs(k)
+        ends = {(lo, socket.ntohs(k.port_lo)), (hi, socket.ntohs(k.port_hi))}
         srv = (mapped(server[0]), server[1])
         if srv in ends:
             (cli,) = ends - {srv}

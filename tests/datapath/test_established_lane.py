@@ -21,7 +21,7 @@ from datapath.enums import CtState, InspState, Reason, Stage
 from datapath.policy_tables import POL
 from datapath.sessions import CLOCK_MONOTONIC_COARSE, session_clock_ns
 
-from packets_ct import FLOWS, IPPROTO_TCP, IPPROTO_UDP, TcpConn, entry, expect, flow_key, udp_frame
+from packets_ct import FLOWS, IPPROTO_TCP, IPPROTO_UDP, TcpConn, entry, expect, flow_key, session_map, udp_frame
 
 S = CtState
 R = Reason
@@ -59,7 +59,7 @@ def established(fp, family, port=40000) -> TcpConn:
 
 
 def set_leaf(conn: TcpConn, **fields) -> None:
-    t = conn.fp.table(FLOWS)
+    t = conn.fp.table(session_map(FLOWS, conn.c.addr, conn.s.addr))
     k = flow_key(t, conn.c.addr, conn.c.port, conn.s.addr, conn.s.port, IPPROTO_TCP)
     v = t[k]
     for name, val in fields.items():

@@ -15,7 +15,7 @@ from datapath.loader import FastPath
 from datapath.sessions import session_clock_ns
 from datapath.sweeper import Sweeper
 from datapath.source import program_text
-from packets_ct import IPPROTO_UDP, TcpConn, entry, expect, udp_frame
+from packets_ct import IPPROTO_UDP, TcpConn, entry, expect, table_len, udp_frame
 from slowpath.ringbuf import RingBuffer
 
 R, S = Reason, CtState
@@ -102,6 +102,9 @@ def test_kernel_sweep_sends_swept_for_each_session(fastpath, events):
     assert sorted((g.reason, g.client[1], g.packets) for g in got) == \
         [("swept", 7000, (1, 0))] + [("swept", c.c.port, (3, 2)) for c in conns]
     assert all(g.state == "CT_ESTABLISHED" for g in got if g.proto == 6)
+    # IPv4 sessions, walked in ms_flows4 / ms_halfopen4 (16-byte keys): each
+    # record names its endpoints by the canonical key, as the lazy expiry's do
+    assert all((g.client[0], g.server) == (CLI, (SRV, 53 if g.proto == 17 else 80)) for g in got), got
 
 
 def _wait_expired(fp, state_timeout_s, last_seen_ns):
@@ -189,7 +192,7 @@ def test_full_ring_keeps_the_rest_for_the_next_sweep(small_ring):
             break
         assert r.deferred == len(ports) - len(seen) and runs < 10
     assert sorted(seen) == list(ports) and runs >= 3
-    assert len(fp.table("ms_flows")) == 0 and lost_counts(fp)["flow_end"] == lost0
+    assert table_len(fp, "ms_flows") == 0 and lost_counts(fp)["flow_end"] == lost0
 
 
 def test_sweeper_defers_only_for_a_reader_and_not_under_pressure(small_ring):
@@ -215,7 +218,7 @@ def test_sweeper_defers_only_for_a_reader_and_not_under_pressure(small_ring):
     st = sw.sweep(now)               # the daemon's: keeps what the full ring refused
     kept = st.deferred
     assert kept > 0 and st.expired_flows + kept == n
-    assert lost_counts(fp)["flow_end"] == lost0 and len(fp.table("ms_flows")) == kept
+    assert lost_counts(fp)["flow_end"] == lost0 and table_len(fp, "ms_flows") == kept
     # the ring still full, and what is left over a 1 % threshold (10.24
     # entries): room for new sessions comes first, the records counted lost
     assert kept > ONE_PAGE_FLOWS // 100

@@ -18,7 +18,7 @@ from datapath import bpfsys
 from datapath.enums import Reason
 from datapath.insp_rings import PIN_PREFIX, WorkerRings
 from datapath.policy_maps import PolicyMaps
-from datapath.sessions import layouts_of
+from datapath.sessions import WIDE_KEY_MAP, layouts_of
 from packets_ct import TcpConn
 from slowpath.records import RecordDecoder, VerdictWriter, record_type
 from slowpath.ringbuf import RingBuffer
@@ -47,7 +47,7 @@ class Workers:
                                       fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf, worker=i)
                         for i in range(n)]
         self.decoder = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
-                                     layouts_of(fp)["ms_flows"][0])
+                                     layouts_of(fp)[WIDE_KEY_MAP][0])
         for w in self.writers:
             w.heartbeat(os.getpid())
 

@@ -12,8 +12,8 @@ from appliance.policyfile import compile_text
 from datapath.config import FailureActions
 from datapath.enums import INSPECT, CtState, InspState, Reason, VerdictCode
 from datapath.policy_maps import PolicyMaps
-from datapath.sessions import layouts_of
-from packets_ct import IPPROTO_UDP, TcpConn, entry, ether, expect, flow_key
+from datapath.sessions import WIDE_KEY_MAP, layouts_of
+from packets_ct import FLOWS, IPPROTO_UDP, TcpConn, entry, ether, expect, flow_key, session_map
 from slowpath.records import RecordDecoder, VerdictWriter, record_type, session_lookup
 from slowpath.ringbuf import RingBuffer
 
@@ -44,7 +44,7 @@ class Handoff:
         self.fp = fp
         types = layouts_of(fp)
         self.decoder = RecordDecoder(record_type({"ms_insp_scratch": (None, fp.table("ms_insp_scratch").Leaf)}),
-                                     types["ms_flows"][0])
+                                     types[WIDE_KEY_MAP][0])
         self.ring = RingBuffer(fp.table("ms_insp_ring").map_fd)
         self.writer = VerdictWriter(fp.table("ms_verdicts").map_fd, fp.table("ms_slowpath").map_fd,
                                     fp.table("ms_verdicts").Leaf, fp.table("ms_slowpath").Leaf)
@@ -455,7 +455,7 @@ def test_a_stale_verdict_is_not_merged_into_a_new_connection(handoff, code, late
         old.send("c", "A")
         old.assert_state(CtState.CT_TIME_WAIT)
     else:
-        t = fp.table("ms_flows")                   # what the sweeper does to an idle session
+        t = fp.table(session_map(FLOWS, old.c.addr, old.s.addr))   # what the sweeper does to an idle session
         del t[flow_key(t, old.c.addr, old.c.port, old.s.addr, old.s.port, 6)]
         assert old.entry() is None
     handoff.records()

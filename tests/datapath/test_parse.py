@@ -51,6 +51,8 @@ from scapy.packet import Raw
 
 from datapath.enums import CtState, Direction, Reason
 from datapath.loader import TC_ACT_OK, TC_ACT_SHOT
+from datapath.sessions import FAMILY_TABLES
+from packets_ct import key_addrs
 
 ING = Direction.DIR_INGRESS
 EGR = Direction.DIR_EGRESS
@@ -144,12 +146,17 @@ def flows(fp) -> dict[FlowKey, Flow]:
     """Every session, from both tables; a key in both is a bug."""
     out = {}
     for table in (EST, HALF):
-        for k, v in fp.table(table).items():
-            key = FlowKey(ipaddress.IPv6Address(bytes(k.addr_lo)), socket.ntohs(k.port_lo),
-                          ipaddress.IPv6Address(bytes(k.addr_hi)), socket.ntohs(k.port_hi), k.proto)
-            assert key not in out, f"{key} in both session tables"
-            out[key] = Flow(table, CtState(v.state), v.initiator_is_hi, tuple(v.packets),
-                            tuple(v.bytes), v.first_seen_ns, v.last_seen_ns)
+        for m in FAMILY_TABLES[table]:
+            for k, v in fp.table(m).items():
+                lo, hi = key_addrs(k)
+                key = FlowKey(ipaddress.IPv6Address(lo), socket.ntohs(k.port_lo),
+                              ipaddress.IPv6Address(hi), socket.ntohs(k.port_hi), k.proto)
+                # an IPv4 session in the IPv4 map, none elsewhere
+                assert (m == FAMILY_TABLES[table][0]) == (key.lo.ipv4_mapped is not None
+                                                          and key.hi.ipv4_mapped is not None), (m, key)
+                assert key not in out, f"{key} in both session tables"
+                out[key] = Flow(table, CtState(v.state), v.initiator_is_hi, tuple(v.packets),
+                                tuple(v.bytes), v.first_seen_ns, v.last_seen_ns)
     return out
 
 

@@ -28,7 +28,7 @@ from datapath.enums import CtState, Direction
 from datapath.errors import MicrosegError
 from datapath.loader import TC_ACT_OK, FastPath, LinkError, link_with_callback
 from datapath.pressure import read_pressure
-from datapath.sessions import AttachedBuild, layouts, read_timeouts_ns, session_clock_ns
+from datapath.sessions import FAMILY_TABLES, AttachedBuild, layouts, read_timeouts_ns, session_clock_ns
 from datapath.source import MAIN_SOURCE, program_text
 from datapath.sweeper import Sweeper
 
@@ -69,12 +69,22 @@ def open_flow(fp, client_port: int) -> None:
     reply(fp, client_port)
 
 
+def maps_of(table: str) -> tuple[str, ...]:
+    """The maps of session table ``table`` (both families), or map ``table`` alone."""
+    return FAMILY_TABLES.get(table, (table,))
+
+
 def client_ports(fp, table: str) -> set[int]:
     out = set()
-    for k in fp.table(table).keys():
-        ports = {socket.ntohs(k.port_lo), socket.ntohs(k.port_hi)}
-        out |= ports - {SERVER_PORT}
+    for m in maps_of(table):
+        for k in fp.table(m).keys():
+            ports = {socket.ntohs(k.port_lo), socket.ntohs(k.port_hi)}
+            out |= ports - {SERVER_PORT}
     return out
+
+
+def entries(fp, table: str) -> int:
+    return sum(len(fp.table(m)) for m in maps_of(table))
 
 
 def pressure(fp):
@@ -93,7 +103,7 @@ def halfopen_evicted(fp) -> int:
     inserted - removed by the kernel - deleted by the sweeper - present."""
     t = fp.table("ms_pressure")
     pr = t[t.Key(0)]
-    present = len(list(fp.table("ms_halfopen").keys()))
+    present = entries(fp, "ms_halfopen")
     return pr.halfopen_inserted - pr.halfopen_removed - pressure_user(fp).halfopen_deleted - present
 
 
@@ -154,7 +164,7 @@ def test_sweep_deletes_exactly_the_expired_entries(fastpath, method):
     p = pressure(fastpath)
     # what the sweep took out of ms_flows, and only that, is in ms_pressure_user
     assert (p.deleted_user, p.deleted_kernel) == (3, 0)
-    assert p.entries == st.entries_after == len(fastpath.table("ms_flows")) == 2
+    assert p.entries == st.entries_after == entries(fastpath, "ms_flows") == 2
     # ... and what it took out of ms_halfopen: no eviction is made up
     assert pressure_user(fastpath).halfopen_deleted == 3
     assert halfopen_evicted(fastpath) == 0
@@ -213,10 +223,12 @@ BOUNDARY_STATES = [int(s) for s in CtState] + [len(CtState), 16, 200, 255]
 
 
 def write_entries(fp, table: str, rows: list[tuple[int, int]], port_base: int) -> dict[int, tuple[int, int]]:
-    """One entry per (state, last_seen_ns) row, keyed by its client port."""
-    tab = fp.table(table)
+    """One entry per (state, last_seen_ns) row, keyed by its client port;
+    every other one in the table's IPv6 map (all-zero addresses: any key
+    is one to a map)."""
     out = {}
     for i, (state, last_seen) in enumerate(rows):
+        tab = fp.table(maps_of(table)[i % 2])
         k = tab.Key()
         k.proto = 17
         k.port_lo = socket.htons(port_base + i)
@@ -361,13 +373,13 @@ def test_sweeper_on_maps_found_by_id(fastpath, method):
 def test_delete_goes_on_past_a_key_already_gone(fastpath):
     for p in (4000, 4001, 4002):
         open_flow(fastpath, p)
-    tab = fastpath.table("ms_flows")
+    tab = fastpath.table("ms_flows4")
     keys = sorted(tab.keys(), key=lambda k: bytes(k))
     missing = tab.Key()
     missing.proto = 17  # an all-zero key: no such session
     buf = np.frombuffer(b"".join(bytes(k) for k in (keys[0], missing, keys[1], keys[2])),
                         dtype=np.dtype((np.void, len(bytes(missing)))))
-    assert Sweeper.for_fastpath(fastpath)._delete(tab.map_fd, buf.copy()) == (3, {1})
+    assert Sweeper.for_fastpath(fastpath)._delete(tab.map_fd, buf.copy(), len(bytes(missing))) == (3, {1})
     assert len(tab) == 0
 
 

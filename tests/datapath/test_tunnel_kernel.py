@@ -27,7 +27,7 @@ from appliance.policyfile import compile_text
 from datapath.config import DatapathConfig, Tunnels
 from datapath.enums import CtState, Reason
 from datapath.policy_maps import PolicyMaps
-from packets_ct import FLOWS, HALFOPEN, TcpConn, ether, expect
+from packets_ct import FLOWS, HALFOPEN, TcpConn, ether, expect, table_len
 
 R = Reason
 
@@ -146,7 +146,7 @@ def tun_conn(fp, encap, family=4) -> TunConn:
 
 
 def all_flows(fp) -> int:
-    return len(fp.table(FLOWS)) + len(fp.table(HALFOPEN))
+    return table_len(fp, FLOWS) + table_len(fp, HALFOPEN)
 
 
 REQUEST = b"GET /?q=1 HTTP/1.1\r\nHost: shop.example\r\n\r\n"

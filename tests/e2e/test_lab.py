@@ -14,6 +14,7 @@ from pyroute2 import netns as pr_netns
 from appliance.lab import GW_IFACES, NS_PREFIX, SERVER_V4, SERVER_V6, HttpServer, Lab
 from datapath import attach
 from datapath.enums import Direction, Reason
+from datapath.sessions import session_items
 
 pytestmark = pytest.mark.lab
 
@@ -55,8 +56,7 @@ def test_curl_and_ping_through_attached_gateway(lab, fastpath):
     assert counts[(Direction.DIR_INGRESS, Reason.PASS_FORWARD)][0] >= 20
     assert counts[(Direction.DIR_EGRESS, Reason.PASS_SEEN_AT_INGRESS)][0] >= 20
     assert not any(Reason(r).name.startswith("DROP") for (_, r) in counts)
-    flows = fastpath.table("ms_flows")
-    tcp = [(k, v) for k, v in flows.items() if k.proto == 6]
+    tcp = [(k, v) for t, k, v in session_items(fastpath) if t == "ms_flows" and k.proto == 6]
     assert len(tcp) == 2  # one IPv4 and one IPv6 connection
     for _, v in tcp:
         assert v.packets[0] >= 3 and v.packets[1] >= 3
@@ -80,8 +80,8 @@ def test_cli_up_status_down_removes_only_ours(lab):
         (i, d) for i in GW_IFACES for d in ("DIR_INGRESS", "DIR_EGRESS"))
     (prog,) = {a["prog_id"] for a in st["attached"] if a["direction"] == "DIR_INGRESS"}
     maps = {m["name"]: m for m in st["maps"] if prog in m["prog_ids"]}   # each map once
-    assert maps["ms_flows"]["max_entries"] == 524288
-    assert maps["ms_flows"]["memlock_bytes"] > 0
+    assert maps["ms_flows4"]["max_entries"] == 524288
+    assert maps["ms_flows4"]["memlock_bytes"] > 0 and maps["ms_flows6"]["memlock_bytes"] > 0
 
     # Traffic passes with the programs attached by the CLI (process gone).
     lab.run(lab.client, ["ping", "-c", "1", "-W", "2", SERVER_V4])

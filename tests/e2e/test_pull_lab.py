@@ -20,6 +20,7 @@ from pyroute2 import NetNS
 
 from appliance.lab import GW_IFACES, SERVER_V4, HttpServer
 from datapath import attach
+from datapath.sessions import session_items
 
 pytestmark = pytest.mark.lab
 
@@ -103,6 +104,6 @@ def test_forwarded_segments_keep_payload_out_of_the_head(lab, fastpath, segment_
     data, in_head = segment_counter()
     assert data >= MIN_SEGMENTS, f"only {data} data segments seen"
     # The fast path really handled the download (else the counts prove nothing).
-    flows = [v for k, v in fastpath.table("ms_flows").items() if k.proto == 6]
+    flows = [v for t, k, v in session_items(fastpath) if t == "ms_flows" and k.proto == 6]
     assert flows and max(sum(v.packets) for v in flows) >= MIN_SEGMENTS
     assert in_head <= MAX_IN_HEAD_SHARE * data, f"{in_head} of {data} data segments had payload pulled into the head"

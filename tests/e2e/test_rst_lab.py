@@ -26,6 +26,7 @@ from appliance.lab import CLIENT_V4, GW_IFACES, SERVER_V4, Lab
 from datapath import attach
 from datapath.config import DatapathConfig, Timeouts
 from datapath.enums import CtState, Direction, Reason
+from datapath.sessions import session_items
 
 pytestmark = pytest.mark.lab
 
@@ -144,13 +145,12 @@ def lab_short_close(fastpath):
 def sessions_by_client_port(fp, ports: list[int]) -> dict[int, object]:
     """The session (value) of each echo connection, by its client port."""
     out = {}
-    for name in ("ms_flows", "ms_halfopen"):
-        for k, v in fp.table(name).items():
-            ends = {socket.ntohs(k.port_lo), socket.ntohs(k.port_hi)}
-            if k.proto == 6 and ECHO_PORT in ends:
-                for p in ports:
-                    if p in ends:
-                        out[p] = v
+    for _, k, v in session_items(fp):
+        ends = {socket.ntohs(k.port_lo), socket.ntohs(k.port_hi)}
+        if k.proto == 6 and ECHO_PORT in ends:
+            for p in ports:
+                if p in ends:
+                    out[p] = v
     return out
 
 

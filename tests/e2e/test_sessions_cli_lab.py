@@ -12,6 +12,7 @@ import json
 import pytest
 
 from appliance.lab import CLIENT_V4, SERVER_V4, HttpServer
+from datapath.config import DatapathConfig
 # An address in the server's subnet that nobody holds: a SYN to it stays unanswered.
 NOBODY_V4 = "10.77.2.99"
 
@@ -120,13 +121,14 @@ def test_sessions_status_and_sweep_in_the_lab(tmp_path, microseg, lab, attached)
         assert f["entries"] == f["inserted"] - f["deleted_kernel"] - f["deleted_user"]
         assert (f["capacity"], f["insert_failed"], f["alerts"], f["pressure_pct"]) == (524288, 0, 0, 90)
         assert 0 < f["pct_used"] < 1 and f["alert_armed"]
-        assert h["entries"] == h["present"] >= 1 and h["capacity"] == 65536
-        assert h["evictions"] == 0   # a handful of flows in a 65,536-entry LRU
+        d = DatapathConfig()   # both families' half-open maps: 65,536 + 16,384 by default
+        assert h["entries"] == h["present"] >= 1 and h["capacity"] == d.halfopen_table_size + d.halfopen6_size == 81920
+        assert h["evictions"] == 0   # a handful of flows in an 81,920-entry LRU
         maps = {m["name"]: m for m in st["maps"] if prog in m["prog_ids"]}   # each map once
-        mf = maps["ms_flows"]
-        assert mf["key_size"] == 40
+        mf = maps["ms_flows4"]
+        assert mf["key_size"] == 16 and maps["ms_flows6"]["key_size"] == 40   # IPv4 sessions under 16-byte keys
         assert mf["estimate_bytes"] == 524288 * (mf["key_size"] + mf["value_size"] + 64)
-        assert maps["ms_flows"]["memlock_bytes"] > 0
+        assert mf["memlock_bytes"] > 0
         text = cli("status", "--netns", lab.gateway, check=True).stdout
         assert "insert failures" in text and "alerts sent" in text and "estimate" in text
 

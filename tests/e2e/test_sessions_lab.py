@@ -12,6 +12,7 @@ from appliance.lab import CLIENT_V4, GW_IFACES, SERVER_V4, HttpServer, Lab
 from datapath import attach
 from datapath.enums import CtState, Direction, Reason
 from datapath.flows import addr_text
+from datapath.sessions import session_items
 
 pytestmark = pytest.mark.lab
 
@@ -31,10 +32,9 @@ def lab_attached(fastpath):
 def tcp_sessions(fp, port: int) -> list[tuple[str, object, object]]:
     """(table, key, value) of TCP sessions with ``port`` at either end."""
     out = []
-    for name in ("ms_flows", "ms_halfopen"):
-        for k, v in fp.table(name).items():
-            if k.proto == 6 and port in (socket.ntohs(k.port_lo), socket.ntohs(k.port_hi)):
-                out.append((name, k, v))
+    for name, k, v in session_items(fp):
+        if k.proto == 6 and port in (socket.ntohs(k.port_lo), socket.ntohs(k.port_hi)):
+            out.append((name, k, v))
     return out
 
 

@@ -63,8 +63,8 @@ def test_status_shows_the_daemon_its_workers_and_each_map_once(lab, tmp_path: Pa
         assert all(not m["type"].isdigit() for m in st["maps"])
         types = {m["name"]: m["type"] for m in st["maps"]}
         assert types["ms_insp_rings"] == "array_of_maps"
-        assert types["ms_flows"] == "hash" and types["ms_slowpath"] == "array"
-        assert {len(m["prog_ids"]) for m in st["maps"] if m["name"] == "ms_flows"} == {2}
+        assert types["ms_flows4"] == "hash" and types["ms_slowpath"] == "array"
+        assert {len(m["prog_ids"]) for m in st["maps"] if m["name"] == "ms_flows4"} == {2}
 
         text = status(lab.gateway).stdout
         assert f"microseg run: pid {run.pid}, config {tmp_path / 'run.yaml'}" in text
@@ -72,7 +72,7 @@ def test_status_shows_the_daemon_its_workers_and_each_map_once(lab, tmp_path: Pa
         for i, pid in started.items():
             assert re.search(rf"^\s+{i}\s+{pid}\s+\d+\.\d s\s+", text, re.M), text
         maps_text = text.split("\nmaps, each once")[1]
-        assert len(re.findall(r"^\s+ms_flows\s", maps_text, re.M)) == 1
+        assert len(re.findall(r"^\s+ms_flows4\s", maps_text, re.M)) == 1
         assert re.search(r"^\s+ms_insp_rings\s+\d+\s+array_of_maps\s", maps_text, re.M)
 
         # sessions: the inspected flows' verdicts by name, the rule by name

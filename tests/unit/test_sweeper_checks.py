@@ -9,4 +9,4 @@ from datapath.sweeper import Sweeper
 
 def test_sweeper_needs_a_threshold():
     with pytest.raises(ValueError):
-        Sweeper(0, 0, 0, 0, 0, None, None, 1024, None, pressure_type=None, pressure_user_type=None)
+        Sweeper({}, 0, 0, 0, None, 1024, None, pressure_type=None, pressure_user_type=None)
