@@ -149,9 +149,7 @@ def attach(fastpath, ifaces: list[str], netns: str | None = None, managed: list[
         raise UsageError("no interface given (--iface IF ...)")
     with netlink(netns) as ipr:
         idx = resolve(ipr, ifaces, netns)
-        tab = fastpath.table("ms_ifaces")
-        for name, i in resolve(ipr, managed or ifaces, netns).items():
-            tab[tab.Key(i)] = tab.Leaf(0)
+        fastpath.set_managed(resolve(ipr, managed or ifaces, netns).values())
         progs = {d: (fn.fd, fn.name.decode() if isinstance(fn.name, bytes) else fn.name)
                  for d, fn in fastpath.fns.items()}
         mine = _replace_all(ipr, idx, progs, netns, mode)
