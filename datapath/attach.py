@@ -1,8 +1,9 @@
-"""Attach and detach the fast path on the TC hooks: clsact filters (pyroute2)
-or, opt-in, tcx links (kernel 6.6+, bpf() in datapath/bpfsys.py).
+"""Attach and detach the fast path on the TC hooks: tcx links (kernel 6.6+,
+bpf() in datapath/bpfsys.py; the default where the kernel has them) or
+clsact filters (pyroute2; elsewhere, or forced by `attach.mode: clsact`).
 
-The programs go in as classic cls_bpf filters in direct-action mode (the
-only TC attach BCC and pyroute2 offer here; DESIGN.md). Our filters are
+clsact: the programs go in as classic cls_bpf filters in direct-action mode
+(the only TC attach BCC and pyroute2 offer; DESIGN.md). Our filters are
 recognised by a fixed priority and handle and a name prefix, so `down`
 removes exactly what `up` added and nothing else. Attaching uses netlink
 "replace": a filter already there is swapped for the new program in one
