@@ -155,9 +155,8 @@ static __always_inline struct ms_pkt *ms_pkt_scratch(void)
     return ms_scratch.lookup(&z);
 }
 
-/* The entry's reason for a packet it finishes itself (a packet handed to a
- * stage never comes back). One ms_finish below, not one per return: the
- * drop log inlined once per program, not once per reason. */
+/* Did a packet come in on an interface we manage (maps.h: the array for
+ * small ifindexes, the hash for the rest)? */
 static __always_inline int ms_iface_managed(__u32 ifindex)
 {
     if (ifindex < MS_IFINDEX_DIRECT) {
@@ -167,6 +166,9 @@ static __always_inline int ms_iface_managed(__u32 ifindex)
     return ms_ifaces.lookup(&ifindex) != NULL;
 }
 
+/* The entry's reason for a packet it finishes itself (a packet handed to a
+ * stage never comes back). One ms_finish below, not one per return: the
+ * drop log inlined once per program, not once per reason. */
 static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
 {
     /* Egress packets finished before the scratch lookup: they need none. */
