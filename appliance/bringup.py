@@ -52,7 +52,7 @@ class Build:
     policy_maps: Any = None
     applied: Any = None                 # datapath.policy_maps state (gen, slot) of the policy, or None
     attached: list = field(default_factory=list)
-    attach_mode: str | None = None      # the `attach.mode` setting (None: keep each interface's)
+    attach_mode: str | None = None      # "tcx" or "clsact" (the `attach.mode` setting resolved; None: keep each interface's)
 
 
 def applied_policy(netns: str | None) -> Policy | None:
@@ -94,11 +94,10 @@ def bring_up(config, netns: str | None, ifaces: list[str], policy: Policy | None
     from datapath import state
     from datapath.policy_maps import PolicyMaps
 
-    if config.attach.mode == "tcx":
-        from datapath import attach
-        attach.require_tcx()        # before the compile and before any change
+    from datapath import attach
+    mode = attach.resolve_mode(config.attach.mode)     # before the compile and before any change
     fp, lines = state.load(config, netns, pf.state_dir(netns) / state.LAYOUT_FILE, fresh=fresh)
-    b = Build(fp, netns, list(ifaces), policy, lines, attach_mode=config.attach.mode)
+    b = Build(fp, netns, list(ifaces), policy, lines, attach_mode=mode)
     try:
         b.policy_maps = PolicyMaps.for_fastpath(fp)
         b.policy_maps.seed_generation(pf.last_generation(netns))

@@ -110,6 +110,9 @@ def snapshot(netns: str | None, ifaces: list[str]) -> dict:
             os.close(fd)
     applied = pf.read_applied(netns)
     rec = {"taken_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ifaces": sorted(ifaces), "progs": progs,
+           # Each interface's attach mode: a deploy may move an interface
+           # from clsact to tcx (the setting), and a rollback moves it back.
+           "modes": {a.iface: a.mode for a in now},
            "policy_text": applied.text if applied else None,
            "policy_meta": applied.meta if applied else None}
     p = record_path(netns)
@@ -132,7 +135,14 @@ def rollback(netns: str | None, ifaces: list[str] | None = None) -> list[str]:
         for direction, p in rec["progs"].items():
             fds[direction] = bpfsys.obj_get(str(d / direction))
             progs[Direction[direction]] = (fds[direction], p["name"])
-        done = attach.attach_progs(progs, ifaces or rec["ifaces"], netns)
+        # Each interface back in the mode of the snapshot (a snapshot from
+        # before modes were recorded: the mode each has now).
+        by_mode: dict = {}
+        for i in ifaces or rec["ifaces"]:
+            by_mode.setdefault(rec.get("modes", {}).get(i), []).append(i)
+        done = []
+        for mode, group in by_mode.items():
+            done += attach.attach_progs(progs, group, netns, mode=mode)
         build = pins.ns_dir(netns) / str(rec["progs"]["DIR_INGRESS"]["prog_id"])
         if (d / "ms_stages").exists() and not (build / "ms_stages").exists():
             build.mkdir(parents=True, exist_ok=True)

@@ -26,9 +26,11 @@ for all of it; everything else is dropped):
   passes), once, at the first rule count: the fast path's own cost, so the
   next row's difference to it is the policy's;
 * ``microseg``: ``microseg up --policy`` on the gateway's two interfaces, the
-  allow-list as rules between CIDRs, default deny both ways;
-* ``microseg (tcx)`` (``--tcx``): the same with the `attach.mode: tcx`
-  setting: tcx links instead of clsact filters (kernel 6.6+);
+  allow-list as rules between CIDRs, default deny both ways, with the
+  default attach setting (tcx links where the kernel has them, 6.6+; the
+  mode is in the row's notes);
+* ``microseg (clsact)`` (``--clsact``): the same with `attach.mode: clsact`
+  (cls_bpf filters on a clsact qdisc): the A/B of the attach mode;
 * ``nftables``: in the gateway's namespace, a forward chain (policy drop),
   ``ct state established,related accept`` first, then one rule per entry
   (conntrack: only a connection's first packet walks the rules);
@@ -81,9 +83,9 @@ DEFAULT_IPERF_SECONDS = 3
 CONN_CPU = 0
 IPERF_CPUS = (0, 0)       # client, server
 QUICK = dict(rules=(10,), runs=1, conns=300, conn_seconds=3.0, iperf_seconds=1)
-CASES = ("no filter", "microseg, no policy", "microseg", "microseg (tcx)", "nftables", "nftables-set")
-# The `attach.mode` setting of the "microseg (tcx)" case (--tcx).
-TCX_SETTINGS = "attach: {mode: tcx}\n"
+CASES = ("no filter", "microseg, no policy", "microseg", "microseg (clsact)", "nftables", "nftables-set")
+# The `attach.mode` setting of the "microseg (clsact)" case (--clsact).
+CLSACT_SETTINGS = "attach: {mode: clsact}\n"
 
 # One connection at a time; prints {"ok", "failed", "seconds"} as JSON.
 CLIENT = r"""
@@ -253,13 +255,14 @@ class Bench:
             self.throughput(res)
 
     # -- the filters --------------------------------------------------------------
-    def microseg(self, entries: list[Entry] | None, res: Result, tcx: bool = False) -> None:
+    def microseg(self, entries: list[Entry] | None, res: Result, clsact: bool = False) -> None:
         """``entries`` None: attached without a policy (every flow passes).
-        ``tcx``: with the `attach.mode: tcx` setting (tcx links, not clsact)."""
+        ``clsact``: with the `attach.mode: clsact` setting (cls_bpf filters,
+        not the default's tcx links)."""
         up = [*MICROSEG, "up", "--netns", self.lab.gateway, "--iface", *GW_IFACES]
-        if tcx:
-            cfg = self.workdir / "tcx.yaml"
-            cfg.write_text(TCX_SETTINGS)
+        if clsact:
+            cfg = self.workdir / "clsact.yaml"
+            cfg.write_text(CLSACT_SETTINGS)
             up += ["--config", str(cfg)]
         if entries is not None:
             f = self.workdir / f"policy-{len(entries)}.yaml"
@@ -274,7 +277,8 @@ class Bench:
             if entries is None and "no policy applied" not in r.stdout:
                 res.notes.append(f"microseg up found a policy to carry over: {r.stdout.strip()[-200:]}")
                 res.failed += 1
-            res.notes.append(f"microseg up{' --policy' if entries is not None else ''}: "
+            mode = "tcx" if ", tcx link)" in r.stdout else "clsact"
+            res.notes.append(f"microseg up{' --policy' if entries is not None else ''} ({mode}): "
                              f"{time.monotonic() - t0:.1f} s")
             self.measure(res, filtered=entries is not None)
         finally:
@@ -328,8 +332,8 @@ def run(args) -> dict[tuple[str, int], Result]:
                     # policy adds is the difference to the next row.
                     b.microseg(None, results.setdefault(("microseg, no policy", n), Result()))
                 b.microseg(entries, results.setdefault(("microseg", n), Result()))
-                if args.tcx:
-                    b.microseg(entries, results.setdefault(("microseg (tcx)", n), Result()), tcx=True)
+                if args.clsact:
+                    b.microseg(entries, results.setdefault(("microseg (clsact)", n), Result()), clsact=True)
                 b.nft(nft_linear(entries), results.setdefault(("nftables", n), Result()), f"linear-{n}")
                 b.nft(nft_set(entries), results.setdefault(("nftables-set", n), Result()), f"set-{n}")
                 b.measure(base, filtered=False)      # the baseline again: drift shows in its spread
@@ -374,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conn-seconds", type=float, default=None,
                     help=f"seconds per connection run, at most (default {DEFAULT_CONN_SECONDS:g})")
     ap.add_argument("--iperf-seconds", type=int, default=None, help=f"iperf3 -t (default {DEFAULT_IPERF_SECONDS})")
-    ap.add_argument("--tcx", action="store_true",
-                    help="also microseg with `attach.mode: tcx` (tcx links; kernel 6.6+), after the clsact row")
+    ap.add_argument("--clsact", action="store_true",
+                    help="also microseg with `attach.mode: clsact` (cls_bpf filters), after the default's row")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
     args = ap.parse_args(argv)

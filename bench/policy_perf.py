@@ -19,8 +19,9 @@ connection (``--workload conn``) or per megabyte received (``iperf``):
   every microseg program with the helpers and map code they call);
 * ``netfilter``: samples under ``nf_hook_slow`` (conntrack, nftables);
 * ``hooks``: samples under ``tc_run`` or in a BPF program: with tcx
-  (``microseg-tcx``, the `attach.mode: tcx` setting) the programs run from
-  tcx's dispatcher, inlined into the device's receive and transmit paths,
+  (``microseg``: the default attach setting, tcx where the kernel has it;
+  ``microseg-clsact`` forces cls_bpf filters, `attach.mode: clsact`) the
+  programs run from tcx's dispatcher, inlined into the device's receive and transmit paths,
   not under ``tc_run``; ``framework`` is ``hooks`` less the programs' own
   samples (cls_bpf's filter walk, tc_run; tcx's inlined dispatch is not
   a frame of its own and lands in neither);
@@ -57,7 +58,7 @@ from bench import policy as bp  # noqa: E402
 
 # Command-line names of bench/policy.py's cases ("microseg, no policy" has a comma).
 CASES = {"plain": "no filter", "microseg-nopolicy": "microseg, no policy", "microseg": "microseg",
-         "microseg-tcx": "microseg (tcx)", "nftables-set": "nftables-set", "nftables": "nftables"}
+         "microseg-clsact": "microseg (clsact)", "nftables-set": "nftables-set", "nftables": "nftables"}
 DEFAULT_CASES = ("plain", "microseg", "nftables-set")
 # 4999 Hz, not 5000: a sampling rate in step with the kernel's tick would
 # sample the same phase of periodic work.
@@ -165,11 +166,11 @@ def with_filter(lab: Lab, case: str, workdir: Path, rules: int):
     down = [*bp.MICROSEG, "down", "--netns", lab.gateway, "--iface", *GW_IFACES]
     if case.startswith("microseg"):
         up = [*bp.MICROSEG, "up", "--netns", lab.gateway, "--iface", *GW_IFACES]
-        if case == "microseg-tcx":
-            cfg = workdir / "tcx.yaml"
-            cfg.write_text("attach: {mode: tcx}\n")
+        if case == "microseg-clsact":
+            cfg = workdir / "clsact.yaml"
+            cfg.write_text(bp.CLSACT_SETTINGS)
             up += ["--config", str(cfg)]
-        if case in ("microseg", "microseg-tcx"):
+        if case in ("microseg", "microseg-clsact"):
             pol = workdir / "policy.yaml"
             pol.write_text(bp.microseg_policy(entries))
             up += ["--policy", str(pol)]

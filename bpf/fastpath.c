@@ -155,24 +155,33 @@ static __always_inline struct ms_pkt *ms_pkt_scratch(void)
     return ms_scratch.lookup(&z);
 }
 
+/* Did a packet come in on an interface we manage (maps.h: the array for
+ * small ifindexes, the hash for the rest)? */
+static __always_inline int ms_iface_managed(__u32 ifindex)
+{
+    if (ifindex < MS_IFINDEX_DIRECT) {
+        struct ms_iface *d = ms_iface_direct.lookup(&ifindex);
+        return d && (d->flags & MS_IFACE_MANAGED);
+    }
+    return ms_ifaces.lookup(&ifindex) != NULL;
+}
+
 /* The entry's reason for a packet it finishes itself (a packet handed to a
  * stage never comes back). One ms_finish below, not one per return: the
  * drop log inlined once per program, not once per reason. */
 static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
 {
+    /* Egress packets finished before the scratch lookup: they need none. */
+    if (dir == DIR_EGRESS && skb->mark == MS_RESET_MARK)
+        return PASS_SLOWPATH_SENT;
+    /* A forwarded packet: if it came in on an interface we manage, the
+     * ingress program already decided on it and accounted it. */
+    if (dir == DIR_EGRESS && skb->ingress_ifindex && ms_iface_managed(skb->ingress_ifindex))
+        return PASS_SEEN_AT_INGRESS;
+
     struct ms_pkt *p = ms_pkt_scratch();
     if (!p)
         return DROP_TAIL_CALL_MISSED;
-
-    if (dir == DIR_EGRESS && skb->mark == MS_RESET_MARK)
-        return PASS_SLOWPATH_SENT;
-    if (dir == DIR_EGRESS && skb->ingress_ifindex) {
-        /* A forwarded packet: if it came in on an interface we manage, the
-         * ingress program already decided on it and accounted it. */
-        __u32 iif = skb->ingress_ifindex;
-        if (ms_ifaces.lookup(&iif))
-            return PASS_SEEN_AT_INGRESS;
-    }
 
     __builtin_memset(p, 0, sizeof(*p));
     p->dir = dir;

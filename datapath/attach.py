@@ -1,27 +1,30 @@
-"""Attach and detach the fast path on the TC hooks: clsact filters (pyroute2)
-or, opt-in, tcx links (kernel 6.6+, bpf() in datapath/bpfsys.py).
+"""Attach and detach the fast path on the TC hooks: tcx links (kernel 6.6+,
+bpf() in datapath/bpfsys.py; the default where the kernel has them) or
+clsact filters (pyroute2; elsewhere, or forced by `attach.mode: clsact`).
 
-The programs go in as classic cls_bpf filters in direct-action mode (the
-only TC attach BCC and pyroute2 offer here; DESIGN.md). Our filters are
+clsact: the programs go in as classic cls_bpf filters in direct-action mode
+(the only TC attach BCC and pyroute2 offer; DESIGN.md). Our filters are
 recognised by a fixed priority and handle and a name prefix, so `down`
 removes exactly what `up` added and nothing else. Attaching uses netlink
 "replace": a filter already there is swapped for the new program in one
 operation, so re-running `up` never leaves a moment without a program.
 
-tcx (the `attach.mode: tcx` setting, EXPERIMENTAL this session; default
-clsact): one bpf_link per interface and direction, no qdisc and no
-cls_bpf filter walk (what Cilium uses on 6.6+). The links are pinned in
-bpffs under the namespace's pin directory (pins.ns_dir()/links), so they
-outlive the process and are ours by where they are pinned; `up` again
-swaps the program of the pinned link (BPF_LINK_UPDATE: atomic, the link
-stays), `down` detaches and unpins them. The programs return TC_ACT_OK
-(0) or TC_ACT_SHOT (2), which tcx reads as TCX_PASS and TCX_DROP, so the
-same programs run under both modes. Switching an interface's mode adds
-the new hook before it removes the old one: for that moment a packet
-may meet both (never neither). Not yet tested with tcx: `deploy`'s
-canary (it attaches in the setting's mode) and rollback (it keeps each
-interface's mode), and `microseg run` (its ownership check lists the
-links of the namespace it is in).
+tcx (the default where the kernel has it, `attach.mode` auto or tcx;
+clsact forces filters): one bpf_link per interface and direction, no
+qdisc and no cls_bpf filter walk (what Cilium uses on 6.6+). The links
+are pinned in bpffs under the namespace's pin directory
+(pins.ns_dir()/links), so they outlive the process and are ours by where
+they are pinned; `up` again swaps the program of the pinned link
+(BPF_LINK_UPDATE: atomic, the link stays), `down` detaches and unpins
+them. The programs return TC_ACT_OK (0) or TC_ACT_SHOT (2), which tcx
+reads as TCX_PASS and TCX_DROP, so the same programs run under both
+modes. Switching an interface's mode adds the new hook before it removes
+the old one, never a moment without a program (while both are there the
+tcx program's verdict is final: the kernel runs the clsact filters only
+when tcx says TCX_NEXT, which ours never do). `deploy` attaches its
+canary in the setting's mode and its snapshot records each interface's
+mode, which `rollback` puts back; `microseg run`'s ownership check lists
+the pinned links of the namespace it is in.
 """
 from __future__ import annotations
 
@@ -147,9 +150,7 @@ def attach(fastpath, ifaces: list[str], netns: str | None = None, managed: list[
         raise UsageError("no interface given (--iface IF ...)")
     with netlink(netns) as ipr:
         idx = resolve(ipr, ifaces, netns)
-        tab = fastpath.table("ms_ifaces")
-        for name, i in resolve(ipr, managed or ifaces, netns).items():
-            tab[tab.Key(i)] = tab.Leaf(0)
+        fastpath.set_managed(resolve(ipr, managed or ifaces, netns).values())
         progs = {d: (fn.fd, fn.name.decode() if isinstance(fn.name, bytes) else fn.name)
                  for d, fn in fastpath.fns.items()}
         mine = _replace_all(ipr, idx, progs, netns, mode)
@@ -280,6 +281,18 @@ def _tcx_pins(netns: str | None) -> dict[tuple[int, Direction], Path]:
         if len(parts) == 3 and parts[0] == "tcx" and parts[1].isdigit() and parts[2] in names:
             out[(int(parts[1]), names[parts[2]])] = p
     return out
+
+
+def resolve_mode(setting: str) -> str:
+    """The `attach.mode` setting -> the mode to attach in: ``auto`` is tcx
+    where the kernel has it (probed once per process), else clsact; an
+    explicit tcx on a kernel without it is refused (require_tcx)."""
+    if setting == "auto":
+        from . import probes
+        return "tcx" if probes.tcx()[0] else "clsact"
+    if setting == "tcx":
+        require_tcx()
+    return setting
 
 
 def require_tcx() -> None:

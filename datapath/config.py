@@ -142,14 +142,19 @@ class Tunnels(BaseModel):
 
 
 class Attach(BaseModel):
-    """How the fast path goes onto the TC hooks. ``clsact`` (the default): a
-    cls_bpf filter on a clsact qdisc, every kernel this project supports.
-    ``tcx`` (EXPERIMENTAL, kernel 6.6+): a bpf_link per hook, pinned in
-    bpffs, without cls_bpf's filter walk (datapath/attach.py); a kernel
-    without tcx is refused at `up` with one line naming this setting."""
+    """How the fast path goes onto the TC hooks. ``auto`` (the default):
+    ``tcx`` where the kernel has it (6.6+, probed once: datapath/probes.py),
+    else ``clsact``. ``tcx``: a bpf_link per hook, pinned in bpffs, without
+    cls_bpf's filter walk (datapath/attach.py; ~1.4 us less per new
+    connection through the lab gateway, docs/performance.md 4.3); a kernel
+    without tcx is refused at `up` with one line naming this setting.
+    ``clsact``: a cls_bpf filter on a clsact qdisc, every kernel this
+    project supports (forces it where tcx exists too). Changing the mode of
+    a running deployment (`up`, `deploy`) adds the new hook before it
+    removes the old one."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mode: Literal["clsact", "tcx"] = "clsact"
+    mode: Literal["auto", "clsact", "tcx"] = "auto"
 
 
 class DatapathConfig(BaseModel):

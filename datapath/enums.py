@@ -87,6 +87,9 @@ DEFINE_SETS = {
 CFG = DEFINE_SETS["CFG"]
 # Slow-path workers the kernel can spread flows over (maps.h).
 SLOWPATH_WORKERS_MAX = header_defines("MS_SLOWPATH_")["WORKERS_MAX"]
+# ms_iface.flags, and the ifindexes the egress program's array covers (maps.h).
+IFACE_MANAGED = header_defines("MS_IFACE_")["MANAGED"]
+IFINDEX_DIRECT = header_defines("MS_IFINDEX_")["DIRECT"]
 INSPECT = DEFINE_SETS["INSPECT"]
 FRAG = DEFINE_SETS["FRAG"]
 # What a rule inspects, by its policy keyword (`inspect: [dpi, waf, dlp]`).

@@ -34,7 +34,7 @@ from . import bpfsys, compat, l7, tcp_fsm
 from .compile import compile_text, error_tail, load_func
 from .config import DatapathConfig
 from .counters import read_counters_fd
-from .enums import CFG, CtState, Direction, FailAction, FailKind, Reason, Stage
+from .enums import CFG, IFACE_MANAGED, IFINDEX_DIRECT, CtState, Direction, FailAction, FailKind, Reason, Stage
 from .errors import MicrosegError
 from .pressure import possible_cpus
 from .source import LIB_DIR, MAIN_SOURCE, inline_includes, program_text
@@ -43,8 +43,9 @@ PROGRAMS = {Direction.DIR_INGRESS: "tc_ingress", Direction.DIR_EGRESS: "tc_egres
 # Tail-call stages, by their slot in ms_stages (enum ms_stage).
 STAGES = {Stage.STAGE_TCP: "ms_stage_tcp", Stage.STAGE_OTHER: "ms_stage_other",
           Stage.STAGE_ICMP_ERR: "ms_stage_icmp_err", Stage.STAGE_L7: "ms_stage_l7"}
-RUNTIME_MAPS = ("ms_counters", "ms_flows4", "ms_flows6", "ms_halfopen4", "ms_halfopen6", "ms_ifaces", "ms_frags",
-                "ms_syn_dst", "ms_syn_global", "ms_pressure", "ms_pressure_user", "ms_pol_state", "ms_verdicts",
+RUNTIME_MAPS = ("ms_counters", "ms_flows4", "ms_flows6", "ms_halfopen4", "ms_halfopen6", "ms_ifaces",
+                "ms_iface_direct", "ms_frags", "ms_syn_dst", "ms_syn_global", "ms_pressure", "ms_pressure_user",
+                "ms_pol_state", "ms_verdicts",
                 "ms_slowpath", "ms_drop_limit", "ms_drop_stats",
                 # its group cache is keyed by ms_pol_state's word, which a reset
                 # zeroes: the next apply repeats a word an older policy had
@@ -174,6 +175,18 @@ class FastPath:
     # -- maps -------------------------------------------------------------
     def table(self, name: str):
         return self.bpf[name.encode()]
+
+    def set_managed(self, ifindexes) -> None:
+        """Mark interfaces as managed (their ingress program decides, the
+        egress program skips what came in through them): below
+        IFINDEX_DIRECT in the direct-mapped array, the rest in the hash
+        (bpf/lib/maps.h says why two)."""
+        direct, rest = self.table("ms_iface_direct"), self.table("ms_ifaces")
+        for i in ifindexes:
+            if i < IFINDEX_DIRECT:
+                direct[direct.Key(i)] = direct.Leaf(IFACE_MANAGED)
+            else:
+                rest[rest.Key(i)] = rest.Leaf(IFACE_MANAGED)
 
     def counters(self) -> dict[tuple[Direction, Reason], tuple[int, int]]:
         """(direction, reason) -> (packets, bytes), summed over CPUs; zeros left out."""

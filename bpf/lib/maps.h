@@ -427,11 +427,21 @@ struct ms_config {
 BPF_ARRAY(ms_config, struct ms_config, 1);
 
 /* Interfaces the control plane attached to, by ifindex. The egress program
- * uses it to skip packets already handled at a managed ingress. */
+ * uses them to skip packets already handled at a managed ingress: every
+ * forwarded packet asks, so an ifindex below MS_IFINDEX_DIRECT is answered
+ * by ms_iface_direct, an array indexed by ifindex whose lookup the verifier
+ * inlines (no helper call, no hash: docs/performance.md 4.3); ms_ifaces
+ * holds the managed ones at or above it (ifindexes only grow while
+ * interfaces come and go in a namespace). datapath.loader writes both. */
 struct ms_iface {
     __u32 flags;
 };
+#define MS_IFACE_MANAGED 1         /* ms_iface.flags: the interface is managed */
+/* 1,024 entries (4 KiB): every ifindex of a gateway that has not seen
+ * a thousand interfaces come and go. */
+#define MS_IFINDEX_DIRECT 1024
 BPF_HASH(ms_ifaces, __u32, struct ms_iface, MS_IFACE_MAX);
+BPF_ARRAY(ms_iface_direct, struct ms_iface, MS_IFINDEX_DIRECT);
 
 /* Addresses whose new flows still pass when the session table is full
  * (without a session). */

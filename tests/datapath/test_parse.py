@@ -49,7 +49,7 @@ from scapy.layers.l2 import ARP, GRE, Ether
 from scapy.layers.sctp import SCTP
 from scapy.packet import Raw
 
-from datapath.enums import CtState, Direction, Reason
+from datapath.enums import IFINDEX_DIRECT, CtState, Direction, Reason
 from datapath.loader import TC_ACT_OK, TC_ACT_SHOT
 from datapath.sessions import FAMILY_TABLES
 from packets_ct import key_addrs
@@ -1715,11 +1715,13 @@ def test_other_l4(fastpath, frame):
 
 MANAGED_IFINDEX = 7
 OTHER_IFINDEX = 8
+# Past the direct-mapped array (maps.h MS_IFINDEX_DIRECT): the hash answers.
+HIGH_MANAGED_IFINDEX = IFINDEX_DIRECT + 7
+HIGH_OTHER_IFINDEX = IFINDEX_DIRECT + 8
 
 
-def _manage(fp, ifindex=MANAGED_IFINDEX):
-    t = fp.table("ms_ifaces")
-    t[t.Key(ifindex)] = t.Leaf(0)
+def _manage(fp, ifindexes=(MANAGED_IFINDEX, HIGH_MANAGED_IFINDEX)):
+    fp.set_managed(ifindexes)
 
 
 GOOD = eth() / IP(src=V4_LO, dst=V4_HI) / TCP(sport=1234, dport=80, flags="S")
@@ -1734,6 +1736,13 @@ NO_SESSION = eth() / IP(src=V4_LO, dst=V4_HI) / TCP(sport=1234, dport=80, flags=
     pytest.param(EGR, MANAGED_IFINDEX, BAD, R.PASS_SEEN_AT_INGRESS, False, id="egress-managed-iif-bad-header"),
     pytest.param(EGR, MANAGED_IFINDEX, NO_SESSION, R.PASS_SEEN_AT_INGRESS, False,
                  id="egress-managed-iif-no-session"),
+    pytest.param(EGR, HIGH_MANAGED_IFINDEX, GOOD, R.PASS_SEEN_AT_INGRESS, False, id="egress-managed-high-iif"),
+    pytest.param(EGR, HIGH_MANAGED_IFINDEX, NO_SESSION, R.PASS_SEEN_AT_INGRESS, False,
+                 id="egress-managed-high-iif-no-session"),
+    pytest.param(EGR, HIGH_OTHER_IFINDEX, NO_SESSION, R.DROP_TCP_NO_SESSION, False,
+                 id="egress-unmanaged-high-iif-no-session"),
+    pytest.param(EGR, IFINDEX_DIRECT - 1, NO_SESSION, R.DROP_TCP_NO_SESSION, False,
+                 id="egress-unmanaged-last-direct-iif-no-session"),
     pytest.param(EGR, OTHER_IFINDEX, GOOD, R.PASS_FORWARD, True, id="egress-unmanaged-iif"),
     pytest.param(EGR, OTHER_IFINDEX, BAD, R.DROP_IPV4_BAD_HEADER, False, id="egress-unmanaged-iif-bad-header"),
     pytest.param(EGR, OTHER_IFINDEX, NO_SESSION, R.DROP_TCP_NO_SESSION, False,

@@ -160,3 +160,48 @@ def test_deploy_passes_then_rollback_on_demand(lab_up):
         assert builds(lab, run) == before and ping_ok(lab)
     finally:
         p.kill()
+
+
+def modes(lab, run):
+    st = json.loads(cli("status", "--netns", lab.gateway, "--json", run_dir=run).stdout)
+    return {(a["iface"], a["direction"]): a["mode"] for a in st["attached"]}
+
+
+def test_deploy_moves_a_clsact_deployment_to_tcx_and_rollback_moves_it_back(tmp_path):
+    """A deployment made with `attach: {mode: clsact}` deployed with the
+    default setting (tcx on this kernel): a failed gate at the canary puts
+    the old build back in clsact mode (no link of ours left); a passing
+    deploy leaves tcx everywhere, and `rollback` returns to the old build
+    in clsact mode."""
+    from datapath import attach, pins, probes
+    if not probes.tcx()[0]:
+        pytest.skip("the kernel has no tcx hooks (6.6+)")
+    run = tmp_path / "run"
+    (tmp_path / "allow.yaml").write_text(ALLOW)
+    (tmp_path / "clsact.yaml").write_text("attach: {mode: clsact}\n")
+    with Lab() as lab:
+        links = pins.ns_dir(lab.gateway) / attach.LINKS_DIR
+        try:
+            cli("up", "--netns", lab.gateway, "--iface", *GW_IFACES, "--policy", str(tmp_path / "allow.yaml"),
+                "--config", str(tmp_path / "clsact.yaml"), run_dir=run)
+            before = builds(lab, run)
+            assert set(modes(lab, run).values()) == {"clsact"}
+
+            r = deploy(lab, run, "--min-packets", "1000000", "--canary", "gw-s")
+            assert r.returncode == 3 and "4/5 canary on gw-s: gate failed: traffic:" in r.stdout, r.stdout + r.stderr
+            assert builds(lab, run) == before and set(modes(lab, run).values()) == {"clsact"}
+            assert not links.exists() and ping_ok(lab)
+
+            p = pinging(lab, 40)
+            try:
+                r = deploy(lab, run)
+                assert r.returncode == 0, r.stdout + r.stderr
+                assert set(modes(lab, run).values()) == {"tcx"}
+                assert set(builds(lab, run).values()).isdisjoint(before.values()) and ping_ok(lab)
+                cli("rollback", "--netns", lab.gateway, run_dir=run)
+                assert builds(lab, run) == before and set(modes(lab, run).values()) == {"clsact"}
+                assert not links.exists() and ping_ok(lab)
+            finally:
+                p.kill()
+        finally:
+            cli("down", "--netns", lab.gateway, "--iface", *GW_IFACES, run_dir=run, check=False)

@@ -62,13 +62,15 @@ def test_curl_and_ping_through_attached_gateway(lab, fastpath):
         assert v.packets[0] >= 3 and v.packets[1] >= 3
 
 
-def test_cli_up_status_down_removes_only_ours(lab):
+def test_cli_up_status_down_removes_only_ours(lab, tmp_path):
     # An operator's own clsact and filter on gw-c must survive `down`.
     lab.run(lab.gateway, ["tc", "qdisc", "add", "dev", "gw-c", "clsact"])
     lab.run(lab.gateway, ["tc", "filter", "add", "dev", "gw-c", "ingress", "prio", "1",
                           "u32", "match", "u32", "0", "0"])
 
-    r = cli("up", "--netns", lab.gateway, "--iface", *GW_IFACES)
+    # clsact forced (the default is tcx where the kernel has it: tests/e2e/test_tcx_lab.py).
+    (tmp_path / "clsact.yaml").write_text("attach: {mode: clsact}\n")
+    r = cli("up", "--netns", lab.gateway, "--iface", *GW_IFACES, "--config", str(tmp_path / "clsact.yaml"))
     assert r.returncode == 0, r.stderr
     for iface in GW_IFACES:
         for hook in ("ingress", "egress"):

@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 
 from appliance.lab import GW_IFACES, SERVER_V4, Lab
-from datapath import attach, pins
+from datapath import attach, bpfsys, pins, probes
+from datapath.enums import Direction
 
 pytestmark = pytest.mark.lab
 
@@ -133,9 +134,9 @@ def wait_for(cond, what: str, timeout: float = WAIT_S):
 class Run:
     """One `microseg run` in the lab gateway."""
 
-    def __init__(self, lab: Lab, tmp: Path, name: str, *extra: str):
+    def __init__(self, lab: Lab, tmp: Path, name: str, *extra: str, config: str = "run.yaml"):
         self.lab, self.tmp, self.log = lab, tmp, tmp / f"{name}.log"
-        self.proc = subprocess.Popen([*MICROSEG, "run", "--config", str(tmp / "run.yaml"), *extra],
+        self.proc = subprocess.Popen([*MICROSEG, "run", "--config", str(tmp / config), *extra],
                                      stdout=subprocess.PIPE, stderr=open(self.log, "w"), text=True,
                                      env=env_for(tmp / "run"), cwd=REPO)
 
@@ -171,11 +172,15 @@ def lab_env(tmp_path_factory):
     (tmp / "run").mkdir()
     (tmp / "policy.yaml").write_text(POLICY)
     with Lab() as lab:
-        (tmp / "run.yaml").write_text(json.dumps({
+        run_cfg = {
             "netns": lab.gateway, "interfaces": list(GW_IFACES), "policy": str(tmp / "policy.yaml"),
             "datapath": {"heartbeat_timeout_s": HEARTBEAT_S, "failure_actions": {"slowpath_down": "pass"}},
             "eve": {"file": {"path": str(tmp / "eve.json")}}, "metrics": {"listen": f"127.0.0.1:{METRICS_PORT}"},
-            "stats_interval_s": 60}))
+            "stats_interval_s": 60}
+        (tmp / "run.yaml").write_text(json.dumps(run_cfg))
+        # The same with clsact forced (the default is tcx where the kernel has it).
+        run_cfg["datapath"] = {**run_cfg["datapath"], "attach": {"mode": "clsact"}}
+        (tmp / "run-clsact.yaml").write_text(json.dumps(run_cfg))
         server = lab.popen(lab.server, [sys.executable, "-c", SERVER, SERVER_V4, str(ECHO_PORT), str(DENIED_PORT)],
                            stdout=subprocess.PIPE, text=True)
         try:
@@ -281,12 +286,30 @@ def test_one_owner_per_namespace(lab_env):
         d.stop()
 
 
-def test_the_daemon_notices_its_programs_replaced_and_exits_non_zero(lab_env):
-    lab, tmp = lab_env
-    d = Run(lab, tmp, "replaced").started()
+def _detach_link(lab: Lab, iface: str, direction: Direction) -> None:
+    """Someone else's hand on a tcx hook: our pinned link detached (the pin stays, defunct)."""
+    [(_, i, _, _)] = [(a.iface, a.ifindex, a.direction, a.mode) for a in attach.attached(lab.gateway)
+                      if a.iface == iface and a.direction == direction.name]
+    fd = bpfsys.obj_get(str(attach._link_pin(lab.gateway, i, direction)))
     try:
-        # someone else's hand on the namespace: our ingress filter on gw-c removed
-        lab.run(lab.gateway, ["tc", "filter", "del", "dev", "gw-c", "ingress", "prio", str(attach.FILTER_PRIO)])
+        bpfsys.link_detach(fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("mode", ["clsact", "tcx"])
+def test_the_daemon_notices_its_programs_replaced_and_exits_non_zero(lab_env, mode):
+    lab, tmp = lab_env
+    if mode == "tcx" and not probes.tcx()[0]:
+        pytest.skip("the kernel has no tcx hooks (6.6+)")
+    d = Run(lab, tmp, f"replaced-{mode}", config="run-clsact.yaml" if mode == "clsact" else "run.yaml").started()
+    try:
+        assert {a.mode for a in attach.attached(lab.gateway)} == {mode}
+        # someone else's hand on the namespace: our ingress hook on gw-c removed
+        if mode == "clsact":
+            lab.run(lab.gateway, ["tc", "filter", "del", "dev", "gw-c", "ingress", "prio", str(attach.FILTER_PRIO)])
+        else:
+            _detach_link(lab, "gw-c", Direction.DIR_INGRESS)
         rc = d.proc.wait(WAIT_S)
         log = d.log.read_text()
         assert rc == 4, log

@@ -12,11 +12,58 @@ from datapath.config import DatapathConfig
 from datapath.errors import UsageError
 
 
-def test_setting_defaults_to_clsact_and_takes_tcx():
-    assert DatapathConfig().attach.mode == "clsact"
+def test_setting_defaults_to_auto_and_takes_tcx_and_clsact():
+    assert DatapathConfig().attach.mode == "auto"
     assert DatapathConfig(attach={"mode": "tcx"}).attach.mode == "tcx"
+    assert DatapathConfig(attach={"mode": "clsact"}).attach.mode == "clsact"
     with pytest.raises(ValidationError):
         DatapathConfig(attach={"mode": "tc"})
+
+
+@pytest.mark.parametrize("has_tcx, setting, mode", [
+    (True, "auto", "tcx"), (False, "auto", "clsact"),          # the default follows the kernel
+    (True, "clsact", "clsact"), (False, "clsact", "clsact"),   # clsact forced
+    (True, "tcx", "tcx"),
+])
+def test_the_setting_resolves_to_tcx_where_the_kernel_has_it(monkeypatch, has_tcx, setting, mode):
+    monkeypatch.setattr(probes, "tcx", lambda: (has_tcx, "probed"))
+    assert attach.resolve_mode(setting) == mode
+
+
+def test_bring_up_attaches_in_the_resolved_mode(monkeypatch):
+    """The default setting reaches the attach as tcx (this kernel's probe
+    answered yes) or clsact (no): never as "auto"."""
+    from appliance import bringup
+    from datapath import state
+    from datapath.policy_maps import PolicyMaps
+
+    class Stop(Exception):
+        pass
+
+    for has_tcx, want in ((True, "tcx"), (False, "clsact")):
+        monkeypatch.setattr(probes, "tcx", lambda: (has_tcx, "probed"))
+        modes = []
+        monkeypatch.setattr(state, "load", lambda *a, **k: (Closing(), []))
+        monkeypatch.setattr(PolicyMaps, "for_fastpath", staticmethod(lambda fp: Seeding()))
+
+        def rollout(b):
+            modes.append(b.attach_mode)
+            raise Stop
+
+        with pytest.raises(Stop):
+            bringup.bring_up(DatapathConfig(), "ns", ["a"], None, rollout=rollout,
+                             prepare=lambda b: None)
+        assert modes == [want]
+
+
+class Closing:
+    def close(self):
+        pass
+
+
+class Seeding:
+    def seed_generation(self, gen):
+        pass
 
 
 @pytest.fixture
