@@ -30,9 +30,20 @@ MIXED = (b"+OK\r\n" + command_reply(50)
          + b"*3\r\n$-1\r\n*-1\r\n#f\r\n"                                # null bulk / array inside
          + b"~2\r\n(123\r\n|1\r\n+k\r\n+v\r\n:5\r\n"                    # an attribute inside a set
          + b">2\r\n-ERR x\r\n$0\r\n\r\n" + b":7\r\n")
+# The token path's edges (RedisParser._skim lists runs of whole elements with
+# one findall): bulk strings at and past MAX_TOKEN_BULK, holding CR LF or a
+# bare LF, empty; replies back to back (the first ends inside a run); a map,
+# an attribute closing an aggregate, a long bulk between short ones, a map
+# (two elements a pair), a set and a push inside an array.
+T = redis.MAX_TOKEN_BULK
+TOKENS = (b"*6\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$2\r\n\r\n\r\n$1\r\n\n\r\n$0\r\n\r\n"
+          b"$200\r\n%s\r\n" % (T, b"a" * T, T + 1, b"b" * (T + 1), b"x\r\n" * 66 + b"yy")
+          + b"*2\r\n:1\r\n:2\r\n*1\r\n+x\r\n%1\r\n+k\r\n*0\r\n"
+          + b"*2\r\n:1\r\n|1\r\n+a\r\n+b\r\n*1\r\n*1\r\n*1\r\n:9\r\n:3\r\n"
+          + b"*3\r\n%2\r\n+a\r\n:1\r\n+b\r\n*0\r\n~1\r\n+c\r\n>1\r\n#t\r\n")
 BAD = [b"*2\r\n:1\r\n:1x\r\n", b"*1\r\n+no-cr\n", b"*1\r\n$3\r\nabcd\r\n", b"*1\r\n" * 40 + b":1\r\n",
        b"*1\r\n*%d\r\n" % (redis.MAX_ELEMENTS + 1), b"*1\r\n$%d\r\n" % (redis.MAX_BULK_BYTES + 1),
-       b"*2\r\n,x\r\n:1\r\n"]
+       b"*2\r\n,x\r\n:1\r\n", b"*2\r\n$5\r\nab\r\n:1\r\n\r\n", b"*2\r\n$1\r\nab\r\n:1\r\n"]
 
 
 def feed(chunks, skim=True, monkeypatch=None):
@@ -45,7 +56,7 @@ def feed(chunks, skim=True, monkeypatch=None):
     return out
 
 
-@pytest.mark.parametrize("data", [MIXED, *BAD])
+@pytest.mark.parametrize("data", [MIXED, TOKENS, *BAD])
 def test_skim_equals_the_general_path_at_any_split(data):
     want = feed([data], skim=False)
     assert feed([data]) == want
@@ -69,3 +80,22 @@ def test_big_reply_skips_the_line_path(monkeypatch):
     # Only the top-level header and the elements cut by a segment boundary
     # take the general path (before: one call per element, ~26,000).
     assert len(lines) <= 1 + 2 * (len(data) // 1448 + 1)
+
+
+def test_big_reply_takes_runs_of_elements_not_one_at_a_time(monkeypatch):
+    """Short elements are listed a run at a time (one findall), so a regex
+    match per element is left only for bulk strings over MAX_TOKEN_BULK
+    (before: ~26,000 matches for this reply, one an element)."""
+    data = command_reply(2000)
+    one_at_a_time = []
+
+    class Counting:
+        def match(self, buf, pos, real=redis._ELEMENT.match):
+            one_at_a_time.append(pos)
+            return real(buf, pos)
+
+    monkeypatch.setattr(redis, "_ELEMENT", Counting())
+    ev = feed([data[i:i + 1448] for i in range(0, len(data), 1448)])
+    assert [(e.type, e.size) for e in ev] == [("array", 2000)]
+    # One try where each segment's last run stops at a cut element.
+    assert len(one_at_a_time) <= 2 * (len(data) // 1448 + 1)
