@@ -76,6 +76,17 @@ _TOKEN_ALTS = (
     % (MAX_LINE_BYTES - 3)
     + rb"|\$(?:" + rb"|".join(rb"%d\r\n(?s:.){%d}" % (k, k) for k in range(MAX_TOKEN_BULK + 1))
     + rb")\r\n|[*%~>]([0-9]{1,7})\r\n")
+# Elements a _skim call takes one match at a time before it lists runs: a
+# small reply (pipelined ones: a few elements each) ends within them, where
+# a run would look past its end for nothing.
+SINGLE_ELEMENTS = 8
+# Bytes a run is first looked for in, doubled for each further run of the
+# same call up to MAX_RUN_BYTES: a run is matched to its end whatever the
+# reply needs, so an unbounded one would scan all the replies pipelined
+# behind a small one (quadratic in the buffer); this way a call scans at
+# most about twice what it takes, plus FIRST_RUN_BYTES.
+FIRST_RUN_BYTES = 32
+MAX_RUN_BYTES = 16 * 1024
 _TOKEN = re.compile(rb"(" + _TOKEN_ALTS + rb")")
 _TOKENS = re.compile(rb"(?:" + _TOKEN_ALTS + rb")*")
 
@@ -221,23 +232,37 @@ class RedisParser(StreamParser):
         stack = side.stack
         at_crlf = buf.startswith        # (b"\r\n", i): no slice made per bulk string
         frame = stack[-1]
+        singles, span = SINGLE_ELEMENTS, FIRST_RUN_BYTES
         while True:
-            # The run of whole tokens from pos listed in one call (findall
-            # from pos splits it as _TOKENS did: the same alternatives, and
-            # no gap between them); else one element by _ELEMENT (a bulk
-            # string longer than MAX_TOKEN_BULK), as one token of its length.
-            end = _TOKENS.match(buf, pos).end()
-            if end > pos:
-                tokens = _TOKEN.findall(buf, pos, end)
-            else:
+            if singles:
+                # One element by _ELEMENT, as a token: its text (a bulk
+                # string: a range of its length, only len() is used) and
+                # an aggregate's count.
+                singles -= 1
                 m = _ELEMENT.match(buf, pos)
-                if m is None or m.lastindex != 1:
+                if m is None:
                     return pos
-                n = int(m.group(1))
-                stop = m.end() + n
-                if n > MAX_BULK_BYTES or not at_crlf(b"\r\n", stop):
-                    return pos
-                tokens = ((range(stop + 2 - pos), ""),)     # only its length is used
+                kind = m.lastindex      # None: a one-line scalar; 1: a bulk string; 3: an aggregate
+                if kind == 1:
+                    n = int(m.group(1))
+                    stop = m.end() + n
+                    if n > MAX_BULK_BYTES or not at_crlf(b"\r\n", stop):
+                        return pos
+                    tokens = ((range(stop + 2 - pos), b""),)
+                else:
+                    tokens = ((m.group(), m.group(3) if kind else b""),)
+            else:
+                # The run of whole tokens from pos (within span bytes) listed
+                # in one call: findall from pos splits it as _TOKENS did (the
+                # same alternatives, no gap between them). None there (a
+                # bulk string over MAX_TOKEN_BULK, an element longer than
+                # span): the next element goes the single way.
+                end = _TOKENS.match(buf, pos, pos + span).end()
+                span = min(2 * span, MAX_RUN_BYTES)
+                if end == pos:
+                    singles = 1
+                    continue
+                tokens = _TOKEN.findall(buf, pos, end)
             for token, count in tokens:
                 if count:
                     n = int(count)

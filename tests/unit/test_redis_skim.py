@@ -84,8 +84,9 @@ def test_big_reply_skips_the_line_path(monkeypatch):
 
 def test_big_reply_takes_runs_of_elements_not_one_at_a_time(monkeypatch):
     """Short elements are listed a run at a time (one findall), so a regex
-    match per element is left only for bulk strings over MAX_TOKEN_BULK
-    (before: ~26,000 matches for this reply, one an element)."""
+    match per element is left for the first SINGLE_ELEMENTS of a _skim call
+    and bulk strings over MAX_TOKEN_BULK (before: ~26,000 matches for this
+    reply, one an element)."""
     data = command_reply(2000)
     one_at_a_time = []
 
@@ -97,5 +98,29 @@ def test_big_reply_takes_runs_of_elements_not_one_at_a_time(monkeypatch):
     monkeypatch.setattr(redis, "_ELEMENT", Counting())
     ev = feed([data[i:i + 1448] for i in range(0, len(data), 1448)])
     assert [(e.type, e.size) for e in ev] == [("array", 2000)]
-    # One try where each segment's last run stops at a cut element.
-    assert len(one_at_a_time) <= 2 * (len(data) // 1448 + 1)
+    # A call a segment: its first elements, and one try where its last run
+    # stops at a cut element.
+    assert len(one_at_a_time) <= (redis.SINGLE_ELEMENTS + 2) * (len(data) // 1448 + 1)
+
+
+@pytest.mark.parametrize("elements", [1, 3, redis.SINGLE_ELEMENTS + 1, 40])
+def test_pipelined_replies_are_not_scanned_past_again_and_again(monkeypatch, elements):
+    """A run is matched to its end, not to the reply's: unbounded, each of
+    many small pipelined replies would scan all those behind it (quadratic:
+    ~11 s for 64 KB of them). Bounded (FIRST_RUN_BYTES, doubled per run, and
+    none for the first SINGLE_ELEMENTS of a reply), the bytes runs scan stay
+    within a few times the data."""
+    reply = b"*%d\r\n" % elements + b":1\r\n" * elements
+    data = reply * (60_000 // len(reply))
+    scanned = []
+
+    class Counting:
+        def match(self, buf, pos, endpos=None, real=redis._TOKENS.match):
+            m = real(buf, pos) if endpos is None else real(buf, pos, endpos)
+            scanned.append(m.end() - pos)
+            return m
+
+    monkeypatch.setattr(redis, "_TOKENS", Counting())
+    ev = feed([data])
+    assert [(e.type, e.size) for e in ev] == [("array", elements)] * (len(data) // len(reply))
+    assert sum(scanned) <= 3 * len(data)
