@@ -30,9 +30,20 @@ MIXED = (b"+OK\r\n" + command_reply(50)
          + b"*3\r\n$-1\r\n*-1\r\n#f\r\n"                                # null bulk / array inside
          + b"~2\r\n(123\r\n|1\r\n+k\r\n+v\r\n:5\r\n"                    # an attribute inside a set
          + b">2\r\n-ERR x\r\n$0\r\n\r\n" + b":7\r\n")
+# The token path's edges (RedisParser._skim lists runs of whole elements with
+# one findall): bulk strings at and past MAX_TOKEN_BULK, holding CR LF or a
+# bare LF, empty; replies back to back (the first ends inside a run); a map,
+# an attribute closing an aggregate, a long bulk between short ones, a map
+# (two elements a pair), a set and a push inside an array.
+T = redis.MAX_TOKEN_BULK
+TOKENS = (b"*6\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$2\r\n\r\n\r\n$1\r\n\n\r\n$0\r\n\r\n"
+          b"$200\r\n%s\r\n" % (T, b"a" * T, T + 1, b"b" * (T + 1), b"x\r\n" * 66 + b"yy")
+          + b"*2\r\n:1\r\n:2\r\n*1\r\n+x\r\n%1\r\n+k\r\n*0\r\n"
+          + b"*2\r\n:1\r\n|1\r\n+a\r\n+b\r\n*1\r\n*1\r\n*1\r\n:9\r\n:3\r\n"
+          + b"*3\r\n%2\r\n+a\r\n:1\r\n+b\r\n*0\r\n~1\r\n+c\r\n>1\r\n#t\r\n")
 BAD = [b"*2\r\n:1\r\n:1x\r\n", b"*1\r\n+no-cr\n", b"*1\r\n$3\r\nabcd\r\n", b"*1\r\n" * 40 + b":1\r\n",
        b"*1\r\n*%d\r\n" % (redis.MAX_ELEMENTS + 1), b"*1\r\n$%d\r\n" % (redis.MAX_BULK_BYTES + 1),
-       b"*2\r\n,x\r\n:1\r\n"]
+       b"*2\r\n,x\r\n:1\r\n", b"*2\r\n$5\r\nab\r\n:1\r\n\r\n", b"*2\r\n$1\r\nab\r\n:1\r\n"]
 
 
 def feed(chunks, skim=True, monkeypatch=None):
@@ -45,7 +56,7 @@ def feed(chunks, skim=True, monkeypatch=None):
     return out
 
 
-@pytest.mark.parametrize("data", [MIXED, *BAD])
+@pytest.mark.parametrize("data", [MIXED, TOKENS, *BAD])
 def test_skim_equals_the_general_path_at_any_split(data):
     want = feed([data], skim=False)
     assert feed([data]) == want
@@ -69,3 +80,47 @@ def test_big_reply_skips_the_line_path(monkeypatch):
     # Only the top-level header and the elements cut by a segment boundary
     # take the general path (before: one call per element, ~26,000).
     assert len(lines) <= 1 + 2 * (len(data) // 1448 + 1)
+
+
+def test_big_reply_takes_runs_of_elements_not_one_at_a_time(monkeypatch):
+    """Short elements are listed a run at a time (one findall), so a regex
+    match per element is left for the first SINGLE_ELEMENTS of a _skim call
+    and bulk strings over MAX_TOKEN_BULK (before: ~26,000 matches for this
+    reply, one an element)."""
+    data = command_reply(2000)
+    one_at_a_time = []
+
+    class Counting:
+        def match(self, buf, pos, real=redis._ELEMENT.match):
+            one_at_a_time.append(pos)
+            return real(buf, pos)
+
+    monkeypatch.setattr(redis, "_ELEMENT", Counting())
+    ev = feed([data[i:i + 1448] for i in range(0, len(data), 1448)])
+    assert [(e.type, e.size) for e in ev] == [("array", 2000)]
+    # A call a segment: its first elements, and one try where its last run
+    # stops at a cut element.
+    assert len(one_at_a_time) <= (redis.SINGLE_ELEMENTS + 2) * (len(data) // 1448 + 1)
+
+
+@pytest.mark.parametrize("elements", [1, 3, redis.SINGLE_ELEMENTS + 1, 40])
+def test_pipelined_replies_are_not_scanned_past_again_and_again(monkeypatch, elements):
+    """A run is matched to its end, not to the reply's: unbounded, each of
+    many small pipelined replies would scan all those behind it (quadratic:
+    ~11 s for 64 KB of them). Bounded (FIRST_RUN_BYTES, doubled per run, and
+    none for the first SINGLE_ELEMENTS of a reply), the bytes runs scan stay
+    within a few times the data."""
+    reply = b"*%d\r\n" % elements + b":1\r\n" * elements
+    data = reply * (60_000 // len(reply))
+    scanned = []
+
+    class Counting:
+        def match(self, buf, pos, endpos=None, real=redis._TOKENS.match):
+            m = real(buf, pos) if endpos is None else real(buf, pos, endpos)
+            scanned.append(m.end() - pos)
+            return m
+
+    monkeypatch.setattr(redis, "_TOKENS", Counting())
+    ev = feed([data])
+    assert [(e.type, e.size) for e in ev] == [("array", elements)] * (len(data) // len(reply))
+    assert sum(scanned) <= 3 * len(data)
