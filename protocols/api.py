@@ -92,6 +92,16 @@ class Parser(abc.ABC):
         """``direction`` ended (FIN). Returns events a close completes."""
         return []
 
+    def finished(self, direction: Direction) -> bool:
+        """True once nothing more of ``direction`` can become an event: it is
+        encrypted from here on (TLS after its ChangeCipherSpec, SSH after its
+        KEXINIT), or the parser gave it up. A flow whose parser has finished
+        both directions is let go to the kernel (slowpath/engine.py), as a
+        flow no parser reads is. Default False: a parser says so only where
+        no rule could see anything in the rest (no events, no body a DLP or
+        WAF rule reads)."""
+        return False
+
     def receive_gap(self, direction: Direction, size: int) -> list[Event]:
         """``size`` bytes of ``direction`` were lost (reassembly gave up).
 

@@ -121,6 +121,10 @@ class SshParser(StreamParser):
             side.discard()
         return events
 
+    def finished(self, direction: Direction) -> bool:
+        """Past its KEXINIT (the rest is key exchange, then encrypted), or given up."""
+        return self._sides[direction].done
+
     def receive_eof(self, direction: Direction) -> list[Event]:
         side = self._sides[direction]
         side.eof = True

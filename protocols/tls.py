@@ -701,7 +701,7 @@ class TlsParser(Parser):
     def __init__(self) -> None:
         self._halves = (_Half(Direction.TO_SERVER), _Half(Direction.TO_CLIENT))
 
-    def done(self, direction: Direction) -> bool:
+    def finished(self, direction: Direction) -> bool:
         """True once ``direction`` is encrypted or given up: feeding it is pointless."""
         return self._halves[direction].done
 

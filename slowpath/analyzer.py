@@ -141,6 +141,15 @@ class FlowAnalyzer:
         settled on nothing this slow path can read (no parser)."""
         return not self._undecided and (self.parser is None or self._named)
 
+    @property
+    def finished(self) -> bool:
+        """Detection settled on a parser that will read nothing more of
+        either direction (Parser.finished: encrypted from here on, or given
+        up): the engine lets the flow go, as one no parser reads."""
+        p = self.parser
+        return (p is not None and not self._undecided and p.finished(Direction.TO_SERVER)
+                and p.finished(Direction.TO_CLIENT))
+
     # -- input ---------------------------------------------------------------
     def data(self, direction: Direction, data: bytes) -> list[Event]:
         if not data:

@@ -440,10 +440,17 @@ class Engine:
                 events += cut(_DIRECTIONS[side])
         if events:
             self._inspect(flow, events)
-        elif flow.verdict is None:
+        elif flow.verdict is None or flow.verdict == _RELEASE:
             an = flow.analyzer
-            if an.decided and an.parser is None:
+            if flow.verdict is None and an.decided and an.parser is None:
                 self._unreadable(flow)           # nothing this slow path can read
+            elif an.finished and flow.l7 is None and not hold_all:
+                # Encrypted both ways (TLS past its ChangeCipherSpecs, SSH past
+                # its KEXINITs) or given up: no rule sees anything in the rest
+                # (no events; DLP and WAF read HTTP messages), so the kernel
+                # carries it, as a flow no parser reads. Not a flow with an
+                # allow-list or holding every request: their rules decide.
+                self._verdict(flow, VerdictCode.VERDICT_ALLOW)
         if flow.hold and flow.verdict is None and flow.held and flow.held[-1] is rec and flow.http_tx is None:
             self._pass_on_h2(flow, rec, events)
         if each and flow.verdict == _RELEASE and flow.held:

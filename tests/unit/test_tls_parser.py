@@ -249,7 +249,7 @@ def test_tls12_server_hello_then_silence_after_change_cipher_spec():
     assert ev.ja3s_string == "771,49199,65281-0-11-16"
     assert ev.ja3s == "ae53107a2e47ea20c72ac44821a728bf"     # tshark, ndpi-443-curl.pcap
     assert not ev.hello_retry_request
-    assert parser.done(S)
+    assert parser.finished(S)
     assert parser.receive_data(b"GET / HTTP/1.1\r\n", S) == []   # no Malformed: not read at all
 
 
@@ -260,7 +260,7 @@ def test_tls13_server_stops_after_server_hello():
     assert ev.selected_version == 0x0304 and ev.version == 0x0304
     assert ev.ja3s_string == "771,4866,43-51"
     assert ev.ja3s == "15af977ce25de452b96affa2addb1036"     # tshark, zeek-tls-hrr.pcap
-    assert parser.done(S)
+    assert parser.finished(S)
     # even a well-formed "hello" after it is encrypted payload as far as we know
     assert parser.receive_data(record(sh), S) == []
 
@@ -273,17 +273,17 @@ def test_tls12_client_stops_after_change_cipher_spec():
     parser = TlsParser()
     events = feed(parser, record(hello) + record(cke) + CCS + fake)
     assert [type(e) for e in events] == [TlsClientHello]
-    assert parser.done(C)
+    assert parser.finished(C)
 
 
 def test_tls13_client_after_compat_ccs_with_server_unseen():
     parser = TlsParser()
     events = feed(parser, record(CHROME_HELLO) + CCS + record(b"\x14" + os.urandom(50)))
     assert [type(e) for e in events] == [TlsClientHello]
-    assert parser.done(C)
+    assert parser.finished(C)
     parser = TlsParser()
     events = feed(parser, record(CHROME_HELLO) + CCS + record(os.urandom(50), ctype=23))
-    assert [type(e) for e in events] == [TlsClientHello] and parser.done(C)
+    assert [type(e) for e in events] == [TlsClientHello] and parser.finished(C)
 
 
 def _hrr_flights():
@@ -320,7 +320,7 @@ def test_hello_retry_request(order):
     assert servers[1].ja3s_string == "771,4866,51-43"
     assert hellos[0].record_version == 0x0301 and hellos[1].record_version == 0x0303
     assert not any(isinstance(e, Malformed) for e in events)
-    assert parser.done(C) and parser.done(S)
+    assert parser.finished(C) and parser.finished(S)
 
 
 def test_a_third_client_hello_is_malformed():
@@ -377,7 +377,7 @@ def test_non_tls_bytes_are_malformed(data):
     parser = TlsParser()
     ev = only(feed(parser, data, step=3), Malformed)
     assert ev.direction is C and ev.offset == 0 and ev.reason
-    assert parser.done(C)
+    assert parser.finished(C)
     assert parser.receive_data(CHROME_HELLO, C) == []
 
 
@@ -428,7 +428,7 @@ def test_large_skipped_messages_are_not_buffered():
     feed(parser, record(cert + bytes(tls.MAX_RECORD_LEN - 4)), S)
     half = parser._halves[S]
     assert half.hs_body is None and half.hs_left == 0xFFFFFF - (tls.MAX_RECORD_LEN - 4)
-    assert not parser.done(S)
+    assert not parser.finished(S)
 
 
 def test_truncated_hello_at_eof_is_reported():
@@ -450,7 +450,7 @@ def test_gaps():
     cert_record = record(b"\x0b\x00\x10\x00" + bytes(4096))
     feed(parser, record(server_hello()) + cert_record[:19], S)
     assert parser.receive_gap(S, 100) == []
-    assert feed(parser, cert_record[119:] + CCS, S) == [] and parser.done(S)
+    assert feed(parser, cert_record[119:] + CCS, S) == [] and parser.finished(S)
     # inside a hello: we lost our place
     parser = TlsParser()
     feed(parser, record(CHROME_HELLO)[:50])
@@ -465,7 +465,7 @@ def test_gaps():
 def test_mid_stream_application_data_is_silently_ignored():
     parser = TlsParser()
     assert feed(parser, record(os.urandom(100), ctype=23)) == []
-    assert parser.done(C)
+    assert parser.finished(C)
 
 
 # --- probe and plugin ------------------------------------------------------------
