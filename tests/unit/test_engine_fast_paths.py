@@ -306,11 +306,28 @@ def test_engine_record_runs_give_one_record_at_a_time_eve_verdicts_and_resets(mo
     monkeypatch.setattr(Engine, "_handle_run", handle_run)
     rnd = random.Random(1403)
     flows = blocked = resets = 0
+    truncated = interleaved = 0
     for case in range(150):
-        recs = []
+        per_flow = []
         for f in range(rnd.randrange(1, 4)):
-            recs += _http_flow_records(rnd, bytes([f]) * 40, spread=rnd.choice((200, 5000)))
+            per_flow.append(_http_flow_records(rnd, bytes([f]) * 40, spread=rnd.choice((200, 5000))))
             flows += 1
+        recs = []
+        if len(per_flow) > 1 and rnd.random() < 0.4:
+            # The flows' records interleaved in pieces (each flow's in order):
+            # which flow was seen last decides the order close_all logs them.
+            interleaved += 1
+            while any(per_flow):
+                f = rnd.choice([f for f in per_flow if f])
+                n = rnd.randrange(1, 40)
+                recs += f[:n]
+                del f[:n]
+        else:
+            recs = [r for f in per_flow for r in f]
+        # Now and then a record the kernel copied in part (orig_len > its
+        # bytes): the flow's byte counters (in alerts) count the packet's.
+        recs = [r._replace(orig_len=r.orig_len + 7) if rnd.random() < 0.02 and r.data else r for r in recs]
+        truncated += sum(r.orig_len != len(r.data) for r in recs)
         batch = rnd.choice((1, 7, 64, 400))
         budget = rnd.choice((None, None, rnd.randrange(60, 600)))
         a = _run_engine(recs, True, runs=True, batch=batch, budget=budget)
@@ -321,6 +338,7 @@ def test_engine_record_runs_give_one_record_at_a_time_eve_verdicts_and_resets(mo
     assert 0.2 < blocked / flows < 0.9 and resets     # blocked flows (mid-stream) and clean ones both taken often
     assert len(taken) > 150 and max(taken) > 8         # runs taken, long ones too
     assert len(blocked_in_run) > 10                    # and blocked within a run
+    assert truncated > 50 and interleaved > 20
 
 
 # -- the WAF's header hits: one lookup per header block ------------------------------
