@@ -377,3 +377,18 @@ def test_header_block_cache_gives_the_field_by_field_hits():
     ev = HttpRequest(Direction.TO_SERVER, "GET", "/", "HTTP/1.1", "h", None, None, long, None, False, (), 0)
     assert rules.flow(frozenset({"waf"}))._waf_request(ev) == []
     assert (long, Direction.TO_SERVER) not in rules._block_cache
+
+
+def test_plain_query_values_around_the_parameter_bound():
+    """The plain path's values (one regex pass while the query has fewer
+    than MAX_ARGS separators) are the general path's, whatever the parts:
+    no "=", several, empty names or values, empty parts, at and around
+    the bound."""
+    rnd = random.Random(1404)
+    parts = ["a=1", "a", "=v", "b=", "", "c==d", "x=y=z", "k=%d", "=", "n=2&"]
+    for _ in range(3000):
+        n = rnd.choice((1, 2, 5, normalize.MAX_ARGS - 1, normalize.MAX_ARGS, normalize.MAX_ARGS + 1,
+                        normalize.MAX_ARGS + 5))
+        query = "&".join(rnd.choice(parts).replace("%d", str(i)) for i in range(n))
+        target = "/p?" + query
+        assert normalize.uri_and_args(target) == normalize._uri_and_args(target), target
