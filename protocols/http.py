@@ -60,7 +60,7 @@ import enum
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import httptools
 
@@ -401,22 +401,21 @@ class _Collect:
 
 
 class _Head:
-    """One head as llhttp understood it."""
-    __slots__ = ("method", "uri", "status", "reason", "version", "fields", "names", "anomalies",
-                 "upgrade", "error", "block")
-
-    def __init__(self) -> None:
-        self.method = ""
-        self.uri = ""
-        self.status = 0
-        self.reason = ""
-        self.version = ""
-        self.fields: Fields = ()
-        self.names: list[str] = []      # the fields' names in lower case, in order
-        self.anomalies: tuple[str, ...] = ()
-        self.upgrade = False
-        self.error: str | None = None   # llhttp objected after the head was complete
-        self.block: _Block | None = None  # a plain head's fields block, read once (_fast_head)
+    """One head as llhttp understood it. The defaults are class attributes
+    (none is ever changed in place, only replaced), so that a plain head
+    (_fast_head, one per message) is made with no __init__ and sets only
+    what it has."""
+    method = ""
+    uri = ""
+    status = 0
+    reason = ""
+    version = ""
+    fields: Fields = ()
+    names: Sequence[str] = ()           # the fields' names in lower case, in order
+    anomalies: tuple[str, ...] = ()
+    upgrade = False
+    error: str | None = None            # llhttp objected after the head was complete
+    block: "_Block | None" = None       # a plain head's fields block, read once (_fast_head)
 
     def set_fields(self, fields: Fields) -> None:
         self.fields = fields

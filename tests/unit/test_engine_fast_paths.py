@@ -377,6 +377,23 @@ def test_header_block_cache_gives_the_field_by_field_hits():
     ev = HttpRequest(Direction.TO_SERVER, "GET", "/", "HTTP/1.1", "h", None, None, long, None, False, (), 0)
     assert rules.flow(frozenset({"waf"}))._waf_request(ev) == []
     assert (long, Direction.TO_SERVER) not in rules._block_cache
+    # One flow's inspector, whose requests often repeat the last block (the
+    # same object, as the parser hands a repeated block over), sometimes an
+    # equal copy, another block or the other direction: the last block's
+    # hits are reused for the same object and direction only.
+    fi, headers, d, reused = rules.flow(frozenset({"waf"})), blocks[0], Direction.TO_SERVER, 0
+    for i in range(1500):
+        r = rnd.random()
+        if r < 0.3:
+            headers = rnd.choice(blocks)
+        elif r < 0.4:
+            headers = tuple(list(headers))
+        elif r < 0.5:
+            d = Direction(1 - d)
+        reused += fi._last_block[0] is headers and fi._last_block[1] == d
+        ev = HttpRequest(d, "GET", "/p?x=1", "HTTP/1.1", "h", None, None, headers, None, False, (), 0)
+        assert fi._waf_request(ev) == rules.flow(frozenset({"waf"}))._header_hits(headers, d), (headers, d)
+    assert reused > 500
 
 
 def test_plain_query_values_around_the_parameter_bound():

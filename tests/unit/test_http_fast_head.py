@@ -304,3 +304,17 @@ def test_a_message_without_body_ends_with_the_event_it_always_had():
     assert [dataclasses.astuple(e) for e in ends] == [(C, 0, 0, (), (), None, None, 0), (S, 0, 0, (), (), None, None, 0)]
     ev = p.receive_data(b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", C)
     assert ev[-1] == http.HttpMessageEnd(C, 1, 1)
+
+
+def test_head_defaults_are_not_shared_state():
+    """_Head's defaults are class attributes: heads parsed one way or the
+    other never leave anything on a later fresh head."""
+    for raw in (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+                b"GET / HTTP/1.1\nHost: a\n\n", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"):
+        h = http._parse_head(raw, True)
+        assert h.names and h.fields
+        fast = http._fast_head(raw.decode("latin-1"), True)
+        assert fast is None or fast.names == ["host"]
+    fresh = http._Head()
+    assert (fresh.method, fresh.uri, fresh.status, fresh.reason, fresh.version, fresh.fields, tuple(fresh.names),
+            fresh.anomalies, fresh.upgrade, fresh.error, fresh.block) == ("", "", 0, "", "", (), (), (), False, None, None)
