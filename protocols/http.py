@@ -845,6 +845,7 @@ _UNTIL_EOF = "until-eof"    # response body delimited by the end of the stream
 _AWAIT = "await"            # client, after CONNECT/Upgrade: holding bytes until the answer
 _TUNNEL = "tunnel"          # not HTTP any more
 _DEAD = "dead"              # gave up after Malformed
+_DONE_STATES = (_DEAD, _TUNNEL)     # the parser reads no more of the side (_Side.done)
 
 
 class _Pending:
@@ -876,7 +877,7 @@ class _Side(StreamSide):
 
     @property
     def done(self) -> bool:
-        return self.state in (_DEAD, _TUNNEL)
+        return self.state in _DONE_STATES
 
 
 class HttpParser(StreamParser):
@@ -902,8 +903,11 @@ class HttpParser(StreamParser):
 
     def receive_data(self, data: bytes, direction: Direction) -> list[Event]:
         side = self._sides[direction]
-        if not side.accept(data):
-            return []
+        if side.eof or side.state in _DONE_STATES:
+            if not side.accept(data):     # (refused after the end; only counted when done)
+                return []
+        else:
+            side.buf += data              # what side.accept does with an open side's bytes
         events: list[Event] = []
         self._run(side, events)
         return events

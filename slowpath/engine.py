@@ -592,7 +592,9 @@ class Engine:
 
     # -- rules and verdicts ------------------------------------------------
     def _inspect(self, flow: Flow, events: list) -> None:
-        info = self._info(flow)
+        info = flow.info
+        if info.app_proto != flow.analyzer.app:   # (_info's test, without the call when it holds)
+            info = self._info(flow)
         release = False
         feed = flow.inspector.feed
         for ev in events:

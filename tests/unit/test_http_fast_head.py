@@ -318,3 +318,22 @@ def test_head_defaults_are_not_shared_state():
     fresh = http._Head()
     assert (fresh.method, fresh.uri, fresh.status, fresh.reason, fresh.version, fresh.fields, tuple(fresh.names),
             fresh.anomalies, fresh.upgrade, fresh.error, fresh.block) == ("", "", 0, "", "", (), (), (), False, None, None)
+
+
+def test_bytes_after_the_end_or_on_a_done_side():
+    """receive_data takes an open side's bytes itself (StreamSide.accept's
+    work inline): after receive_eof they are refused, and a side the parser
+    gave up on (Malformed) or handed to a tunnel holds none of them."""
+    from protocols.api import ProtocolError
+    p = HttpParser()
+    p.receive_data(b"GET / HTTP/1.1\r\n\r\n", C)
+    p.receive_eof(C)
+    with pytest.raises(ProtocolError):
+        p.receive_data(b"GET / HTTP/1.1\r\n\r\n", C)
+    p = HttpParser()
+    assert [e.kind for e in p.receive_data(b"\x16\x03\x01 not http\r\n\r\n", C)] == ["malformed"]
+    assert p.receive_data(b"GET / HTTP/1.1\r\n\r\n" * 3, C) == [] and p.buffered(C) == 0
+    p = HttpParser()
+    p.receive_data(b"CONNECT a.example:443 HTTP/1.1\r\n\r\n", C)
+    assert [e.kind for e in p.receive_data(b"HTTP/1.1 200 OK\r\n\r\n", S)][-1] == "http_tunnel"
+    assert p.receive_data(b"\x16\x03\x01" * 100, C) == [] and p.buffered(C) == 0
