@@ -241,6 +241,8 @@ class FlowInspector:
         # (_waf_request). The flow's last request event holds the same tuple
         # (the engine's http_tx), so keeping it here holds no more memory.
         self._last_block: tuple = (None, None, None)
+        # (host, direction, hits) of the last request's host (_request).
+        self._last_host: tuple = (None, None, None)
         self._ended: dict[int, int] = {}     # stream -> bit per direction whose message ended
 
     # -- input --------------------------------------------------------------------
@@ -308,7 +310,14 @@ class FlowInspector:
         if self._dpi:
             host = request_host(ev)
             if host:
-                out += self._domain("http_host", host, ev.direction)
+                last = self._last_host
+                if last[0] == host and last[1] == ev.direction:
+                    hits = last[2]        # the flow's requests name one host, mostly
+                else:
+                    hits = self._domain("http_host", host, ev.direction)
+                    self._last_host = (host, ev.direction, hits)
+                if hits:
+                    out += hits
         if self._waf:
             out += self._waf_request(ev)
         return out

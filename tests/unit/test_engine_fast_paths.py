@@ -409,3 +409,27 @@ def test_plain_query_values_around_the_parameter_bound():
         query = "&".join(rnd.choice(parts).replace("%d", str(i)) for i in range(n))
         target = "/p?" + query
         assert normalize.uri_and_args(target) == normalize._uri_and_args(target), target
+
+
+def test_request_host_memo_gives_the_domain_hits_of_each_request():
+    """FlowInspector._request reuses the last request's domain hits when the
+    host and direction repeat: over one flow's requests naming the same host
+    mostly, now and then another one, a blocked one, a port, or the other
+    direction, the hits are a fresh inspector's for each request."""
+    from protocols.api import Direction
+    from protocols.http import HttpRequest
+    from slowpath.rulesfile import load_rules_text
+    rules = load_rules_text(ENGINE_RULES, "rules.yaml")
+    rnd = random.Random(1406)
+    fi, host, d, blocked = rules.flow(frozenset({"dpi"})), "shop.example", Direction.TO_SERVER, 0
+    for i in range(2000):
+        r = rnd.random()
+        if r < 0.2:
+            host = rnd.choice(("shop.example", "evil.example", "EVIL.example:8080", "a.evil.example", None, ""))
+        elif r < 0.25:
+            d = Direction(1 - d)
+        ev = HttpRequest(d, "GET", "/p", "HTTP/1.1", host, None, None, (), None, False, (), 0)
+        got = fi.feed(ev)
+        assert got == rules.flow(frozenset({"dpi"})).feed(ev), (host, d)
+        blocked += bool(got)
+    assert 200 < blocked < 1800
