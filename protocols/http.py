@@ -60,7 +60,7 @@ import enum
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import httptools
 
@@ -342,6 +342,9 @@ def _builder(cls):
 _new_request = _builder(HttpRequest)
 _new_response = _builder(HttpResponse)
 _new_message_end = _builder(HttpMessageEnd)
+# The end of a message without body or trailers, per direction: equal to
+# what _new_message_end makes for it (events are frozen values), made once.
+_EMPTY_END = {d: _new_message_end(d, 0, 0, ()) for d in Direction}
 # Direction.TO_SERVER as a module name for the per-message path: on Python
 # 3.11 an enum member read through its class is a descriptor call (~0.25 us).
 _TO_SERVER = Direction.TO_SERVER
@@ -398,22 +401,21 @@ class _Collect:
 
 
 class _Head:
-    """One head as llhttp understood it."""
-    __slots__ = ("method", "uri", "status", "reason", "version", "fields", "names", "anomalies",
-                 "upgrade", "error", "block")
-
-    def __init__(self) -> None:
-        self.method = ""
-        self.uri = ""
-        self.status = 0
-        self.reason = ""
-        self.version = ""
-        self.fields: Fields = ()
-        self.names: list[str] = []      # the fields' names in lower case, in order
-        self.anomalies: tuple[str, ...] = ()
-        self.upgrade = False
-        self.error: str | None = None   # llhttp objected after the head was complete
-        self.block: _Block | None = None  # a plain head's fields block, read once (_fast_head)
+    """One head as llhttp understood it. The defaults are class attributes
+    (none is ever changed in place, only replaced), so that a plain head
+    (_fast_head, one per message) is made with no __init__ and sets only
+    what it has."""
+    method = ""
+    uri = ""
+    status = 0
+    reason = ""
+    version = ""
+    fields: Fields = ()
+    names: Sequence[str] = ()           # the fields' names in lower case, in order
+    anomalies: tuple[str, ...] = ()
+    upgrade = False
+    error: str | None = None            # llhttp objected after the head was complete
+    block: "_Block | None" = None       # a plain head's fields block, read once (_fast_head)
 
     def set_fields(self, fields: Fields) -> None:
         self.fields = fields
@@ -843,6 +845,7 @@ _UNTIL_EOF = "until-eof"    # response body delimited by the end of the stream
 _AWAIT = "await"            # client, after CONNECT/Upgrade: holding bytes until the answer
 _TUNNEL = "tunnel"          # not HTTP any more
 _DEAD = "dead"              # gave up after Malformed
+_DONE_STATES = (_DEAD, _TUNNEL)     # the parser reads no more of the side (_Side.done)
 
 
 class _Pending:
@@ -874,7 +877,7 @@ class _Side(StreamSide):
 
     @property
     def done(self) -> bool:
-        return self.state in (_DEAD, _TUNNEL)
+        return self.state in _DONE_STATES
 
 
 class HttpParser(StreamParser):
@@ -900,8 +903,11 @@ class HttpParser(StreamParser):
 
     def receive_data(self, data: bytes, direction: Direction) -> list[Event]:
         side = self._sides[direction]
-        if not side.accept(data):
-            return []
+        if side.eof or side.state in _DONE_STATES:
+            if not side.accept(data):     # (refused after the end; only counted when done)
+                return []
+        else:
+            side.buf += data              # what side.accept does with an open side's bytes
         events: list[Event] = []
         self._run(side, events)
         return events
@@ -1006,18 +1012,26 @@ class HttpParser(StreamParser):
         if i == n:
             return i if i > start else None
         request = side.direction == _TO_SERVER
-        m = _HEAD_END.search(buf, max(i, side.scan - side.offset), i + MAX_HEAD_BYTES)
-        if m is not None:
-            # A plain head starts as _lenient_bad_start wants (a method and SP,
-            # or "HTTP/"), so it need not be asked.
-            end = m.end()
-            # Every line of a head this short fits MAX_FIELD_LINE_BYTES.
-            head = (_fast_head(buf[i:end].decode("latin-1"), request)
-                    if end - i <= MAX_FIELD_LINE_BYTES else None)
+        # A plain head (_fast_head) ends at its first CRLF CRLF: all its lines
+        # end with CRLF, it has no bare LF, and only its last line is empty,
+        # so no earlier "\n\r?\n" (_HEAD_END) is in it. A find of the CRLF
+        # CRLF (a memchr-backed search, a fraction of the regex's) is taken
+        # when _fast_head takes the head it ends; anything else (no CRLF
+        # CRLF, a bare LF, a head that is not plain) goes to _HEAD_END's
+        # search below, as before. One byte before the scan offset: a CRLF
+        # CRLF may start there (_HEAD_END's match could not).
+        at = max(i, side.scan - side.offset - 1)
+        end = buf.find(b"\r\n\r\n", at, i + MAX_FIELD_LINE_BYTES) + 4
+        # (A plain head starts as _lenient_bad_start wants, a method and SP
+        # or "HTTP/", so it need not be asked; every line of a head this
+        # short fits MAX_FIELD_LINE_BYTES.)
+        if 4 <= end - i <= MAX_FIELD_LINE_BYTES:
+            head = _fast_head(buf[i:end].decode("latin-1"), request)
             if head is not None:
                 if request:
                     return self._request(side, head, side.offset + i, end, events)
                 return self._response(side, head, side.offset + i, end, events)
+        m = _HEAD_END.search(buf, max(i, side.scan - side.offset), i + MAX_HEAD_BYTES)
         reason = _lenient_bad_start(bytes(buf[i:i + _START_PREFIX_BYTES]), request)
         if reason:
             return self._fail(side, reason, i, events)
@@ -1287,7 +1301,10 @@ class HttpParser(StreamParser):
         dec = side.decoder
         if dec is None:
             self._flush(side, events)
-            events.append(_new_message_end(side.direction, side.body_size, side.body_emitted, trailers))
+            if side.body_size or side.body_emitted or trailers:
+                events.append(_new_message_end(side.direction, side.body_size, side.body_emitted, trailers))
+            else:       # most requests: no body; the event is frozen, so one serves them all
+                events.append(_EMPTY_END[side.direction])
         else:
             self._decoded(side, None, side.offset + len(side.buf))
             self._flush(side, events)

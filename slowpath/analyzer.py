@@ -191,8 +191,9 @@ class FlowAnalyzer:
         data() one by one."""
         out = []
         state = (self.parser, self._undecided, self._named, self.app, self.inner_app, self._tunnel)
+        decided = not self._undecided     # stays so while the loop goes on (else the state changed)
         for chunk in chunks:
-            out.append(self.data(direction, chunk))
+            out.append(self._feed(direction, chunk) if decided and chunk else self.data(direction, chunk))
             if state != (self.parser, self._undecided, self._named, self.app, self.inner_app, self._tunnel):
                 break
         return out

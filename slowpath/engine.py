@@ -370,8 +370,39 @@ class Engine:
                 break
             chunks.append(got)
         parsed = flow.analyzer.data_run(d, chunks) if chunks else []
+        np, budget, key, side = len(parsed), self.inspect_budget, run[0].key, run[0].side
+        pkts, nbytes, copied, next_seq = flow.pkts, flow.bytes, flow.copied, flow.next_seq
         for k, rec in enumerate(run):
-            if k < len(parsed):
+            if k < np and flow.verdict not in _DECIDED and flows.get(key) is flow:
+                # What _handle does with a parsed record of a run, less the
+                # tests _run_end settled for the whole run: an open TCP flow
+                # of this rule, no SYN/FIN/RST, nothing held, no allow-list,
+                # not identify-only, this side short of the inspection
+                # budget after the record (so no head is cut here). A
+                # record after a verdict that decided the flow, or after
+                # the flow was closed, takes _handle below.
+                flows.move_to_end(key)
+                flow.last_seen = now
+                pkts[side] += 1
+                nbytes[side] += rec.orig_len
+                copied[side] += len(rec.data)
+                next_seq[side] = (rec.seq + rec.orig_len) & 0xFFFFFFFF
+                if rec.tcp_flags & TCP_ACK:   # what the other side sends next
+                    next_seq[1 - side] = rec.ack_seq
+                flow.hold_all = False
+                events = parsed[k]
+                if events:
+                    self._inspect(flow, events)
+                elif flow.verdict is None:
+                    an = flow.analyzer
+                    if an.decided and an.parser is None:
+                        self._unreadable(flow)
+                if (flow.verdict == _RELEASE and budget is not None
+                        and max(copied) >= budget and flow.l7 is None):
+                    self._verdict(flow, VerdictCode.VERDICT_ALLOW)   # the other side's depth reached
+                if len(flow.eof) == 2:
+                    self._close(flow, "closed")
+            elif k < np:
                 self._handle(rec, flows, now, parsed[k])
             elif k < len(chunks):         # delivered, not yet parsed (data_run stopped)
                 self._handle(rec, flows, now, chunk=chunks[k])
@@ -568,10 +599,13 @@ class Engine:
 
     # -- rules and verdicts ------------------------------------------------
     def _inspect(self, flow: Flow, events: list) -> None:
-        info = self._info(flow)
+        info = flow.info
+        if info.app_proto != flow.analyzer.app:   # (_info's test, without the call when it holds)
+            info = self._info(flow)
         release = False
+        feed = flow.inspector.feed
         for ev in events:
-            for hit in flow.inspector.feed(ev):
+            for hit in feed(ev):
                 self.counters.hits[hit.category] += 1
                 flow.alerted = True
                 self.emit(eve.alert_record(info, hit, self.wallclock(), direction=hit.direction,
@@ -582,17 +616,19 @@ class Engine:
                                            app_layer=self._alert_context(flow, ev), counters=self._counters(flow)))
                 if hit.action == "block":
                     self._block(flow)
-            self._log(flow, info, ev)
+            kind = ev.kind
+            if kind != "http_message_end" or ev.content_encoding or flow.http_coded is not None:
+                self._log(flow, info, ev)     # (most message ends: nothing to log, _log's first test)
             if flow.verdict in _DECIDED:
                 return
-            kind = ev.kind
             if kind == "malformed":
                 self._failure(flow, "parser_error")
             elif kind == "http_anomaly" and ev.name in CODING_ANOMALIES:
                 self._failure(flow, "decompression")   # a body the rules cannot read decoded
             elif kind == "http_message_end" and ev.direction == _TO_SERVER:
                 if flow.l7 is None:
-                    self._verdict(flow, _RELEASE)
+                    if flow.verdict != _RELEASE or flow.identify_only:   # else _verdict has nothing to do
+                        self._verdict(flow, _RELEASE)
                 else:    # after the rest: a pipelined request in the same held bytes is checked first
                     release = True
             elif kind == "dns_message" and not ev.response:

@@ -237,6 +237,12 @@ class FlowInspector:
         # it was reset (the parser bounds the streams open at once).
         self._sid = 0
         self._parked: dict[int, tuple] = {}
+        # (headers, direction, hits) of the last request's header block
+        # (_waf_request). The flow's last request event holds the same tuple
+        # (the engine's http_tx), so keeping it here holds no more memory.
+        self._last_block: tuple = (None, None, None)
+        # (host, direction, hits) of the last request's host (_request).
+        self._last_host: tuple = (None, None, None)
         self._ended: dict[int, int] = {}     # stream -> bit per direction whose message ended
 
     # -- input --------------------------------------------------------------------
@@ -304,7 +310,14 @@ class FlowInspector:
         if self._dpi:
             host = request_host(ev)
             if host:
-                out += self._domain("http_host", host, ev.direction)
+                last = self._last_host
+                if last[0] == host and last[1] == ev.direction:
+                    hits = last[2]        # the flow's requests name one host, mostly
+                else:
+                    hits = self._domain("http_host", host, ev.direction)
+                    self._last_host = (host, ev.direction, hits)
+                if hits:
+                    out += hits
         if self._waf:
             out += self._waf_request(ev)
         return out
@@ -365,20 +378,34 @@ class FlowInspector:
                 for v in args:
                     out += self._waf_hits("args", "http.args", v, d, seen)
         if rs._for_field["headers"]:
-            block = (ev.headers, d)
-            hits = rs._block_cache.get(block)
-            if hits is None:
-                hits = self._header_hits(ev.headers, d)
-                if sum(len(n) + len(v) for n, v in ev.headers) <= MAX_CACHED_BLOCK_CHARS:
-                    if len(rs._block_cache) >= MAX_CACHED_SCANS:
-                        rs._block_cache.clear()
-                    rs._block_cache[block] = hits
+            last = self._last_block
+            if last[0] is ev.headers and last[1] == d:
+                # The same header block as this flow's last request (the
+                # parser hands a client's repeated fields over as one
+                # object, protocols/http.py _Block): its hits, no lookup.
+                hits = last[2]
+            else:
+                hits = self._block_hits(ev.headers, d)
+                self._last_block = (ev.headers, d, hits)
             if hits:
                 out += hits
         ctype = (ev.content_type or "").lower()
         if rs._for_field["body"] and not ctype.startswith(BINARY_BODY_TYPES):
             self._body, self._body_type = bytearray(), ev.content_type
         return out
+
+    def _block_hits(self, headers, d: Direction) -> list[Hit]:
+        """The hits of a request's header block, from the rule set's cache of blocks."""
+        rs = self.rules
+        block = (headers, d)
+        hits = rs._block_cache.get(block)
+        if hits is None:
+            hits = self._header_hits(headers, d)
+            if sum(len(n) + len(v) for n, v in headers) <= MAX_CACHED_BLOCK_CHARS:
+                if len(rs._block_cache) >= MAX_CACHED_SCANS:
+                    rs._block_cache.clear()
+                rs._block_cache[block] = hits
+        return hits
 
     def _header_hits(self, headers, d: Direction) -> list[Hit]:
         """The hits of a request's header fields, field by field, in order."""

@@ -185,8 +185,17 @@ def uri_and_args(target: str) -> tuple[bytes, list[bytes]]:
         query = raw.partition(b"?")[2]
         if not query:
             return raw, []
+        if query.count(b"&") < MAX_ARGS:       # all its parameters are taken
+            return raw, _QUERY_VALUES.findall(query)
         return raw, [v for part in query.split(b"&", MAX_ARGS)[:MAX_ARGS] if (v := part.partition(b"=")[2])]
     return _uri_and_args(target)
+
+
+# The values of a plain query's parameters, in one C-level pass: each
+# "&"-separated part's text after its first "=", the empty ones left out
+# (what the split, partition and filter above give; half their time on a
+# typical query).
+_QUERY_VALUES = re.compile(rb"(?:^|&)[^&=]*=([^&]+)")
 
 
 def _uri_and_args(target: str) -> tuple[bytes, list[bytes]]:

@@ -306,11 +306,28 @@ def test_engine_record_runs_give_one_record_at_a_time_eve_verdicts_and_resets(mo
     monkeypatch.setattr(Engine, "_handle_run", handle_run)
     rnd = random.Random(1403)
     flows = blocked = resets = 0
+    truncated = interleaved = 0
     for case in range(150):
-        recs = []
+        per_flow = []
         for f in range(rnd.randrange(1, 4)):
-            recs += _http_flow_records(rnd, bytes([f]) * 40, spread=rnd.choice((200, 5000)))
+            per_flow.append(_http_flow_records(rnd, bytes([f]) * 40, spread=rnd.choice((200, 5000))))
             flows += 1
+        recs = []
+        if len(per_flow) > 1 and rnd.random() < 0.4:
+            # The flows' records interleaved in pieces (each flow's in order):
+            # which flow was seen last decides the order close_all logs them.
+            interleaved += 1
+            while any(per_flow):
+                f = rnd.choice([f for f in per_flow if f])
+                n = rnd.randrange(1, 40)
+                recs += f[:n]
+                del f[:n]
+        else:
+            recs = [r for f in per_flow for r in f]
+        # Now and then a record the kernel copied in part (orig_len > its
+        # bytes): the flow's byte counters (in alerts) count the packet's.
+        recs = [r._replace(orig_len=r.orig_len + 7) if rnd.random() < 0.02 and r.data else r for r in recs]
+        truncated += sum(r.orig_len != len(r.data) for r in recs)
         batch = rnd.choice((1, 7, 64, 400))
         budget = rnd.choice((None, None, rnd.randrange(60, 600)))
         a = _run_engine(recs, True, runs=True, batch=batch, budget=budget)
@@ -321,6 +338,7 @@ def test_engine_record_runs_give_one_record_at_a_time_eve_verdicts_and_resets(mo
     assert 0.2 < blocked / flows < 0.9 and resets     # blocked flows (mid-stream) and clean ones both taken often
     assert len(taken) > 150 and max(taken) > 8         # runs taken, long ones too
     assert len(blocked_in_run) > 10                    # and blocked within a run
+    assert truncated > 50 and interleaved > 20
 
 
 # -- the WAF's header hits: one lookup per header block ------------------------------
@@ -359,3 +377,59 @@ def test_header_block_cache_gives_the_field_by_field_hits():
     ev = HttpRequest(Direction.TO_SERVER, "GET", "/", "HTTP/1.1", "h", None, None, long, None, False, (), 0)
     assert rules.flow(frozenset({"waf"}))._waf_request(ev) == []
     assert (long, Direction.TO_SERVER) not in rules._block_cache
+    # One flow's inspector, whose requests often repeat the last block (the
+    # same object, as the parser hands a repeated block over), sometimes an
+    # equal copy, another block or the other direction: the last block's
+    # hits are reused for the same object and direction only.
+    fi, headers, d, reused = rules.flow(frozenset({"waf"})), blocks[0], Direction.TO_SERVER, 0
+    for i in range(1500):
+        r = rnd.random()
+        if r < 0.3:
+            headers = rnd.choice(blocks)
+        elif r < 0.4:
+            headers = tuple(list(headers))
+        elif r < 0.5:
+            d = Direction(1 - d)
+        reused += fi._last_block[0] is headers and fi._last_block[1] == d
+        ev = HttpRequest(d, "GET", "/p?x=1", "HTTP/1.1", "h", None, None, headers, None, False, (), 0)
+        assert fi._waf_request(ev) == rules.flow(frozenset({"waf"}))._header_hits(headers, d), (headers, d)
+    assert reused > 500
+
+
+def test_plain_query_values_around_the_parameter_bound():
+    """The plain path's values (one regex pass while the query has fewer
+    than MAX_ARGS separators) are the general path's, whatever the parts:
+    no "=", several, empty names or values, empty parts, at and around
+    the bound."""
+    rnd = random.Random(1404)
+    parts = ["a=1", "a", "=v", "b=", "", "c==d", "x=y=z", "k=%d", "=", "n=2&"]
+    for _ in range(3000):
+        n = rnd.choice((1, 2, 5, normalize.MAX_ARGS - 1, normalize.MAX_ARGS, normalize.MAX_ARGS + 1,
+                        normalize.MAX_ARGS + 5))
+        query = "&".join(rnd.choice(parts).replace("%d", str(i)) for i in range(n))
+        target = "/p?" + query
+        assert normalize.uri_and_args(target) == normalize._uri_and_args(target), target
+
+
+def test_request_host_memo_gives_the_domain_hits_of_each_request():
+    """FlowInspector._request reuses the last request's domain hits when the
+    host and direction repeat: over one flow's requests naming the same host
+    mostly, now and then another one, a blocked one, a port, or the other
+    direction, the hits are a fresh inspector's for each request."""
+    from protocols.api import Direction
+    from protocols.http import HttpRequest
+    from slowpath.rulesfile import load_rules_text
+    rules = load_rules_text(ENGINE_RULES, "rules.yaml")
+    rnd = random.Random(1406)
+    fi, host, d, blocked = rules.flow(frozenset({"dpi"})), "shop.example", Direction.TO_SERVER, 0
+    for i in range(2000):
+        r = rnd.random()
+        if r < 0.2:
+            host = rnd.choice(("shop.example", "evil.example", "EVIL.example:8080", "a.evil.example", None, ""))
+        elif r < 0.25:
+            d = Direction(1 - d)
+        ev = HttpRequest(d, "GET", "/p", "HTTP/1.1", host, None, None, (), None, False, (), 0)
+        got = fi.feed(ev)
+        assert got == rules.flow(frozenset({"dpi"})).feed(ev), (host, d)
+        blocked += bool(got)
+    assert 200 < blocked < 1800

@@ -237,3 +237,103 @@ def test_fields_block_cache_is_bounded():
     http._blocks.clear()
     assert p.receive_data(long, C)[0].headers[0][1] == "c" * http.MAX_CACHED_BLOCK_CHARS
     assert not http._blocks
+
+
+# -- where a head ends: the fast path's CRLF CRLF find vs _HEAD_END's "\n\r?\n" ----
+
+def _mixed_head(r: random.Random) -> bytes:
+    """A request head whose lines end in CRLF or a bare LF, sometimes with an
+    empty line (CRLF, LF, or LF CR LF) inside: where it ends is the first
+    "\\n\\r?\\n", which a CRLF CRLF find alone would place later."""
+    lines = [b"GET /p?q=%d HTTP/1.1" % r.randrange(100), b"Host: a.example"]
+    lines += [b"X-%d: v" % k for k in range(r.randrange(3))]
+    out = b""
+    for line in lines:
+        out += line + r.choice([b"\r\n"] * 4 + [b"\n"])
+        if r.random() < 0.15:
+            out += r.choice([b"\r\n", b"\n", b"\r\n"])
+    return out + r.choice([b"\r\n", b"\r\n", b"\n"])
+
+
+def test_head_end_is_the_first_empty_line_whatever_the_endings(monkeypatch):
+    """Seeded streams of plain and mixed-ending heads (some with a short
+    body), fed whole, cut at random points and cut at every byte: the same
+    events as with the fast path off (where _HEAD_END alone finds each
+    head's end), and the fast path is taken for the plain ones."""
+    def events(fast, ops, taken=None):
+        with monkeypatch.context() as m:
+            if not fast:
+                m.setattr(http, "_fast_head", lambda text, request: None)
+            elif taken is not None:
+                real = http._fast_head
+                m.setattr(http, "_fast_head", lambda text, request: taken.append(real(text, request)) or taken[-1])
+            p = HttpParser()
+            out = []
+            for d, data in ops:
+                out += p.receive_data(data, d)
+            out += p.receive_eof(C)
+        # Bodies come as the bytes were cut, and a Malformed's reason quotes
+        # the bytes it had: their bytes and where it is count, not the pieces.
+        body = b"".join(e.data for e in out if isinstance(e, http.HttpBody))
+        return body, [(e.direction, e.offset) if isinstance(e, Malformed) else dataclasses.astuple(e)
+                      for e in out if not isinstance(e, http.HttpBody)]
+    r = random.Random(SEED + 3)
+    taken: list = []
+    for case in range(CASES // 8):
+        reqs = b""
+        for _ in range(r.randrange(1, 4)):
+            head = _mixed_head(r)
+            if r.random() < 0.3 and head.endswith(b"\r\n\r\n"):
+                head = head[:-2] + b"Content-Length: 2\r\n\r\nab"
+            reqs += head
+        want = events(False, [(C, reqs)])
+        assert events(True, [(C, reqs)], taken) == want, reqs
+        assert events(True, [(C, part) for part in _cut(r, reqs)]) == want, reqs
+        if case % 16 == 0:
+            for k in range(1, len(reqs)):
+                assert events(True, [(C, reqs[:k]), (C, reqs[k:])]) == want, (reqs, k)
+    fast = sum(h is not None for h in taken)
+    assert fast > CASES // 40 and len(taken) - fast > CASES // 40
+
+
+def test_a_message_without_body_ends_with_the_event_it_always_had():
+    p = HttpParser()
+    ev = p.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", C) + p.receive_data(b"HTTP/1.1 204 No\r\n\r\n", S)
+    ends = [e for e in ev if e.kind == "http_message_end"]
+    assert ends == [http.HttpMessageEnd(C, 0, 0), http.HttpMessageEnd(S, 0, 0)]
+    assert [dataclasses.astuple(e) for e in ends] == [(C, 0, 0, (), (), None, None, 0), (S, 0, 0, (), (), None, None, 0)]
+    ev = p.receive_data(b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", C)
+    assert ev[-1] == http.HttpMessageEnd(C, 1, 1)
+
+
+def test_head_defaults_are_not_shared_state():
+    """_Head's defaults are class attributes: heads parsed one way or the
+    other never leave anything on a later fresh head."""
+    for raw in (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+                b"GET / HTTP/1.1\nHost: a\n\n", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"):
+        h = http._parse_head(raw, True)
+        assert h.names and h.fields
+        fast = http._fast_head(raw.decode("latin-1"), True)
+        assert fast is None or fast.names == ["host"]
+    fresh = http._Head()
+    assert (fresh.method, fresh.uri, fresh.status, fresh.reason, fresh.version, fresh.fields, tuple(fresh.names),
+            fresh.anomalies, fresh.upgrade, fresh.error, fresh.block) == ("", "", 0, "", "", (), (), (), False, None, None)
+
+
+def test_bytes_after_the_end_or_on_a_done_side():
+    """receive_data takes an open side's bytes itself (StreamSide.accept's
+    work inline): after receive_eof they are refused, and a side the parser
+    gave up on (Malformed) or handed to a tunnel holds none of them."""
+    from protocols.api import ProtocolError
+    p = HttpParser()
+    p.receive_data(b"GET / HTTP/1.1\r\n\r\n", C)
+    p.receive_eof(C)
+    with pytest.raises(ProtocolError):
+        p.receive_data(b"GET / HTTP/1.1\r\n\r\n", C)
+    p = HttpParser()
+    assert [e.kind for e in p.receive_data(b"\x16\x03\x01 not http\r\n\r\n", C)] == ["malformed"]
+    assert p.receive_data(b"GET / HTTP/1.1\r\n\r\n" * 3, C) == [] and p.buffered(C) == 0
+    p = HttpParser()
+    p.receive_data(b"CONNECT a.example:443 HTTP/1.1\r\n\r\n", C)
+    assert [e.kind for e in p.receive_data(b"HTTP/1.1 200 OK\r\n\r\n", S)][-1] == "http_tunnel"
+    assert p.receive_data(b"\x16\x03\x01" * 100, C) == [] and p.buffered(C) == 0
