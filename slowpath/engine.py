@@ -393,10 +393,8 @@ class Engine:
                 events = parsed[k]
                 if events:
                     self._inspect(flow, events)
-                elif flow.verdict is None:
-                    an = flow.analyzer
-                    if an.decided and an.parser is None:
-                        self._unreadable(flow)
+                elif flow.verdict is None or flow.verdict == _RELEASE:
+                    self._no_events(flow, False)
                 if (flow.verdict == _RELEASE and budget is not None
                         and max(copied) >= budget and flow.l7 is None):
                     self._verdict(flow, VerdictCode.VERDICT_ALLOW)   # the other side's depth reached
@@ -408,6 +406,21 @@ class Engine:
                 self._handle(rec, flows, now, chunk=chunks[k])
             else:
                 self._handle(rec, flows, now)
+
+    def _no_events(self, flow: Flow, hold_all: bool) -> None:
+        """A record of an undecided or released flow gave no events: a flow
+        no parser reads, or whose parser has finished both directions, is
+        let go."""
+        an = flow.analyzer
+        if flow.verdict is None and an.decided and an.parser is None:
+            self._unreadable(flow)           # nothing this slow path can read
+        elif an.finished and flow.l7 is None and not hold_all:
+            # Encrypted both ways (SSH past its KEXINITs, TLS past its
+            # ChangeCipherSpecs) or given up: no rule sees anything in the
+            # rest (no events; DLP and WAF read HTTP messages), so the kernel
+            # carries it, as a flow no parser reads. Not a flow with an
+            # allow-list or holding every request: their rules decide.
+            self._verdict(flow, VerdictCode.VERDICT_ALLOW)
 
     def _handle(self, rec: InspRecord, flows: collections.OrderedDict, now: float,
                 parsed: list | None = None, chunk: bytes | None = None) -> None:
@@ -472,16 +485,7 @@ class Engine:
         if events:
             self._inspect(flow, events)
         elif flow.verdict is None or flow.verdict == _RELEASE:
-            an = flow.analyzer
-            if flow.verdict is None and an.decided and an.parser is None:
-                self._unreadable(flow)           # nothing this slow path can read
-            elif an.finished and flow.l7 is None and not hold_all:
-                # Encrypted both ways (TLS past its ChangeCipherSpecs, SSH past
-                # its KEXINITs) or given up: no rule sees anything in the rest
-                # (no events; DLP and WAF read HTTP messages), so the kernel
-                # carries it, as a flow no parser reads. Not a flow with an
-                # allow-list or holding every request: their rules decide.
-                self._verdict(flow, VerdictCode.VERDICT_ALLOW)
+            self._no_events(flow, hold_all)
         if flow.hold and flow.verdict is None and flow.held and flow.held[-1] is rec and flow.http_tx is None:
             self._pass_on_h2(flow, rec, events)
         if each and flow.verdict == _RELEASE and flow.held:

@@ -87,3 +87,18 @@ def test_parsers_say_finished_only_past_the_handshake():
     assert not ssh.finished(Direction.TO_SERVER)
     ssh.receive_data(kexinit(), Direction.TO_SERVER)
     assert ssh.finished(Direction.TO_SERVER) and not ssh.finished(Direction.TO_CLIENT)
+
+
+def test_ssh_ciphertext_in_a_run_of_records_lets_the_flow_go_too():
+    """The same through handle_batch, whose runs of in-order records take
+    their own path (_handle_run)."""
+    h = Harness()
+    cs, ss = _ssh_flow(h)
+    server_kex = kexinit()
+    h.engine.handle(rec(server_kex, side=1, seq=ss, ack=cs, inspect=EVERYTHING, server=SSH_SERVER))
+    ss += len(server_kex)
+    batch = [rec(os.urandom(200), seq=cs + 200 * i, ack=ss, inspect=EVERYTHING, server=SSH_SERVER)
+             for i in range(6)]
+    h.engine.handle_batch(batch)
+    assert h.codes()[-1] == V.VERDICT_ALLOW and h.codes().count(V.VERDICT_ALLOW) == 1
+    assert h.engine.counters.after_verdict >= 4            # the rest of the run: counted, not read
