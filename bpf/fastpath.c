@@ -183,7 +183,9 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
     if (!p)
         return DROP_TAIL_CALL_MISSED;
 
-    __builtin_memset(p, 0, sizeof(*p));
+    /* A map value is 8-byte aligned (the kernel rounds per-CPU values up
+     * to 8): said here, the clear is 11 word stores, not 22 of 4 bytes. */
+    __builtin_memset(__builtin_assume_aligned(p, 8), 0, sizeof(*p));
     p->dir = dir;
     int reason = ms_parse(skb, p);
     MS_BENCH_STEP(1, MS_BENCH_REASON);   /* parsed */

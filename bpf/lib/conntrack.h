@@ -132,6 +132,21 @@ static __always_inline int ms_ep_cmp(const __u8 *a, __be16 ap,
     return 0;
 }
 
+/* Copy a 16-byte address between fields at 4-byte aligned offsets of
+ * their structs (struct ms_pkt, struct ms_flow_key, icmp.h struct
+ * ms_quoted; ms_ep_cmp reads them as words too) as four words: through
+ * byte pointers clang loaded each byte on its own and shifted them back
+ * together, 16 loads an address (bpftool prog dump xlated). */
+static __always_inline void ms_addr_copy(__u8 *dst, const __u8 *src)
+{
+    const __u32 *s = (const __u32 *)src;
+    __u32 *d = (__u32 *)dst;
+    d[0] = s[0];
+    d[1] = s[1];
+    d[2] = s[2];
+    d[3] = s[3];
+}
+
 /* Fill the canonical key from addresses and ports; return 1 when the
  * source is the "hi" endpoint. */
 static __always_inline int ms_key_fill(struct ms_flow_key *k, const __u8 *saddr, __be16 sport,
@@ -140,13 +155,13 @@ static __always_inline int ms_key_fill(struct ms_flow_key *k, const __u8 *saddr,
     int src_is_hi = ms_ep_cmp(saddr, sport, daddr, dport) > 0;
 
     if (src_is_hi) {
-        __builtin_memcpy(k->addr_lo, daddr, 16);
-        __builtin_memcpy(k->addr_hi, saddr, 16);
+        ms_addr_copy(k->addr_lo, daddr);
+        ms_addr_copy(k->addr_hi, saddr);
         k->port_lo = dport;
         k->port_hi = sport;
     } else {
-        __builtin_memcpy(k->addr_lo, saddr, 16);
-        __builtin_memcpy(k->addr_hi, daddr, 16);
+        ms_addr_copy(k->addr_lo, saddr);
+        ms_addr_copy(k->addr_hi, daddr);
         k->port_lo = sport;
         k->port_hi = dport;
     }
