@@ -193,7 +193,10 @@ def _stream(r: random.Random, request: bool) -> bytes:
     return out
 
 
-def _all_events(monkeypatch, fast: bool, ops, taken: list | None = None) -> list:
+def _parse(monkeypatch, fast: bool, ops, taken: list | None = None, ends=(C, S)) -> list:
+    """The events of ``ops`` (direction, bytes) and then the ends of
+    ``ends``, with the fast head path on (``taken`` collects what it
+    returned) or off."""
     with monkeypatch.context() as m:
         if not fast:
             m.setattr(http, "_fast_head", lambda text, request: None)
@@ -204,8 +207,13 @@ def _all_events(monkeypatch, fast: bool, ops, taken: list | None = None) -> list
         out = []
         for d, data in ops:
             out += p.receive_data(data, d)
-        out += p.receive_eof(C) + p.receive_eof(S)
-    return [dataclasses.astuple(e) for e in out]
+        for d in ends:
+            out += p.receive_eof(d)
+    return out
+
+
+def _all_events(monkeypatch, fast: bool, ops, taken: list | None = None) -> list:
+    return [dataclasses.astuple(e) for e in _parse(monkeypatch, fast, ops, taken)]
 
 
 def test_parser_events_equal_with_and_without_the_fast_path(monkeypatch):
@@ -261,17 +269,7 @@ def test_head_end_is_the_first_empty_line_whatever_the_endings(monkeypatch):
     events as with the fast path off (where _HEAD_END alone finds each
     head's end), and the fast path is taken for the plain ones."""
     def events(fast, ops, taken=None):
-        with monkeypatch.context() as m:
-            if not fast:
-                m.setattr(http, "_fast_head", lambda text, request: None)
-            elif taken is not None:
-                real = http._fast_head
-                m.setattr(http, "_fast_head", lambda text, request: taken.append(real(text, request)) or taken[-1])
-            p = HttpParser()
-            out = []
-            for d, data in ops:
-                out += p.receive_data(data, d)
-            out += p.receive_eof(C)
+        out = _parse(monkeypatch, fast, ops, taken, ends=(C,))
         # Bodies come as the bytes were cut, and a Malformed's reason quotes
         # the bytes it had: their bytes and where it is count, not the pieces.
         body = b"".join(e.data for e in out if isinstance(e, http.HttpBody))
