@@ -52,7 +52,7 @@ class Build:
     policy_maps: Any = None
     applied: Any = None                 # datapath.policy_maps state (gen, slot) of the policy, or None
     attached: list = field(default_factory=list)
-    attach_mode: str | None = None      # "tcx" or "clsact" (the `attach.mode` setting resolved; None: keep each interface's)
+    attach_mode: str | None = None      # "tcx" or "clsact" (the `attach.mode` setting resolved; None: attach's default, auto)
 
 
 def applied_policy(netns: str | None) -> Policy | None:

@@ -139,7 +139,7 @@ def rollback(netns: str | None, ifaces: list[str] | None = None) -> list[str]:
         # before modes were recorded: the mode each has now).
         by_mode: dict = {}
         for i in ifaces or rec["ifaces"]:
-            by_mode.setdefault(rec.get("modes", {}).get(i), []).append(i)
+            by_mode.setdefault(rec.get("modes", {}).get(i) or attach.KEEP, []).append(i)
         done = []
         for mode, group in by_mode.items():
             done += attach.attach_progs(progs, group, netns, mode=mode)

@@ -19,7 +19,9 @@ distribution of the fast path's per-packet cost.
    * ``no filter``: plain forwarding, nothing attached;
    * ``microseg, no policy``: a loaded datapath.loader.FastPath attached with
      datapath.attach.attach on both gateway interfaces (ingress and egress,
-     as `microseg up` does), no policy: every flow passes, sessions tracked;
+     as `microseg up` does, in the default mode: tcx where the kernel has
+     it, else clsact; the output names it), no policy: every flow passes,
+     sessions tracked;
    * ``microseg, policy``: another build, attached the same way, with a
      compiled policy written by PolicyMaps.apply (default deny both ways;
      two rules allow the client's /24 to the server's, TCP and UDP to the
@@ -263,10 +265,12 @@ class Rounds:
         from datapath import attach
 
         lab = self.lab
-        if case == "microseg, no policy":
-            attach.attach(self.b.plain, list(GW_IFACES), netns=lab.gateway)
-        elif case == "microseg, policy":
-            attach.attach(self.b.pol, list(GW_IFACES), netns=lab.gateway)
+        if case.startswith("microseg"):
+            fp = self.b.plain if case == "microseg, no policy" else self.b.pol
+            modes = {a.mode for a in attach.attach(fp, list(GW_IFACES), netns=lab.gateway)}
+            note = f"microseg attached with {', '.join(sorted(modes))} (attach.attach's default, `attach.mode: auto`)"
+            if note not in self.notes:
+                self.notes.append(note)
         elif case == "nftables":
             lab.run(lab.gateway, ["nft", "-f", "-"], input=NFT, timeout=60)
         elif case == "XDP blocklist":

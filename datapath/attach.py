@@ -67,6 +67,14 @@ RUN_DIR = Path(os.environ.get("MICROSEG_RUN", "/run/microseg"))
 
 # Attach modes (the `attach.mode` setting, datapath/config.py).
 MODES = ("clsact", "tcx")
+# The setting's default and attach()'s: tcx where the kernel has it, else
+# clsact (resolve_mode, the one definition), so a caller that names no
+# mode (bench/latency.py, the lab tests) runs what `microseg up` runs.
+AUTO = "auto"
+# Each interface in the mode it has (tcx where one of our links is pinned,
+# else clsact): `rollback` of a deploy snapshot from before snapshots
+# recorded modes, which must not move an interface between hooks.
+KEEP = "keep"
 TCX_TYPE = {Direction.DIR_INGRESS: bpfsys.BPF_TCX_INGRESS, Direction.DIR_EGRESS: bpfsys.BPF_TCX_EGRESS}
 LINKS_DIR = "links"      # under pins.ns_dir(netns): our pinned tcx links
 
@@ -139,13 +147,13 @@ def _save_state(netns, state) -> None:
 
 
 def attach(fastpath, ifaces: list[str], netns: str | None = None, managed: list[str] | None = None,
-           mode: str | None = None) -> list[Attached]:
+           mode: str | None = AUTO) -> list[Attached]:
     """Attach ingress and egress programs of ``fastpath`` to every interface.
     ``managed``: every interface the instance manages (default ``ifaces``):
     the egress program skips packets that entered through one of them,
     whichever build decided them there (a canary attaches one at a time).
-    ``mode``: "clsact" or "tcx" (MODES); None keeps the mode each interface
-    has (tcx where one of our links is pinned, else clsact)."""
+    ``mode``: "clsact" or "tcx" (MODES); AUTO (or None) what `attach.mode:
+    auto` resolves to (resolve_mode); KEEP the mode each interface has."""
     if not ifaces:
         raise UsageError("no interface given (--iface IF ...)")
     with netlink(netns) as ipr:
@@ -162,7 +170,7 @@ def attach(fastpath, ifaces: list[str], netns: str | None = None, managed: list[
 
 
 def attach_progs(progs: dict, ifaces: list[str], netns: str | None = None,
-                 mode: str | None = None) -> list[Attached]:
+                 mode: str | None = AUTO) -> list[Attached]:
     """Attach programs given by fd: {Direction: (fd, name)} (a rollback to a
     pinned earlier build). The build's stage array must be pinned by the
     caller (its programs tail-call through it)."""
@@ -170,16 +178,18 @@ def attach_progs(progs: dict, ifaces: list[str], netns: str | None = None,
         return _replace_all(ipr, resolve(ipr, ifaces, netns), progs, netns, mode)
 
 
-def _replace_all(ipr, idx: dict[str, int], progs: dict, netns, mode: str | None = None) -> list[Attached]:
-    """Each interface in ``mode`` (None: the one it has), then the other
-    mode's hooks of ours removed from it."""
-    if mode is not None and mode not in MODES:
-        raise UsageError(f"attach.mode {mode!r}: expected one of {', '.join(MODES)}")
-    if mode == "tcx":
-        require_tcx()
+def _replace_all(ipr, idx: dict[str, int], progs: dict, netns, mode: str | None = AUTO) -> list[Attached]:
+    """Each interface in ``mode`` (see attach()), then the other mode's
+    hooks of ours removed from it."""
+    if mode is None:
+        mode = AUTO
+    if mode not in (AUTO, KEEP, *MODES):
+        raise UsageError(f"attach.mode {mode!r}: expected one of {', '.join((AUTO, *MODES))}")
+    if mode != KEEP:
+        mode = resolve_mode(mode)       # auto -> tcx or clsact; tcx refused where the kernel lacks it
     pinned = _tcx_pins(netns)
     tcx = {n: i for n, i in idx.items()
-           if mode == "tcx" or (mode is None and any(k[0] == i for k in pinned))}
+           if mode == "tcx" or (mode == KEEP and any(k[0] == i for k in pinned))}
     cls = {n: i for n, i in idx.items() if n not in tcx}
     if tcx:
         _tcx_replace(tcx, progs, netns)
@@ -287,7 +297,7 @@ def resolve_mode(setting: str) -> str:
     """The `attach.mode` setting -> the mode to attach in: ``auto`` is tcx
     where the kernel has it (probed once per process), else clsact; an
     explicit tcx on a kernel without it is refused (require_tcx)."""
-    if setting == "auto":
+    if setting == AUTO:
         from . import probes
         return "tcx" if probes.tcx()[0] else "clsact"
     if setting == "tcx":

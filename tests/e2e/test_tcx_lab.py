@@ -142,6 +142,9 @@ def test_switching_modes_adds_the_new_hook_before_removing_the_old(lab, fastpath
     monkeypatch.setattr(attach, "_clsact_remove", checked_clsact_remove)
     monkeypatch.setattr(attach, "_tcx_remove", checked_tcx_remove)
     try:
+        # No mode named: the library's default is `attach.mode: auto`'s, tcx here.
+        attach.attach(fastpath, ifaces, lab.gateway)
+        assert {a.mode for a in attach.attached(lab.gateway)} == {"tcx"}
         attach.attach(fastpath, ifaces, lab.gateway, mode="clsact")
         assert {a.mode for a in attach.attached(lab.gateway)} == {"clsact"}
         seen.clear()

@@ -4,11 +4,14 @@ before any change (appliance/bringup.py). The attach itself runs in the
 lab: tests/e2e/test_tcx_lab.py."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from pydantic import ValidationError
 
 from datapath import attach, probes
 from datapath.config import DatapathConfig
+from datapath.enums import Direction
 from datapath.errors import UsageError
 
 
@@ -92,3 +95,72 @@ def test_bring_up_refuses_before_loading_anything(no_tcx, monkeypatch):
 def test_unknown_mode_is_refused_before_any_change():
     with pytest.raises(UsageError, match="attach.mode 'tc'"):
         attach._replace_all(None, {"a": 1}, {}, "ns", "tc")
+
+
+class FakeFastPath:
+    fns: dict = {}
+
+    def set_managed(self, ifindexes):
+        pass
+
+
+@pytest.fixture
+def hooks_called(monkeypatch):
+    """attach.attach with the kernel's hooks replaced by a log of which
+    mode's replace and remove each interface got; ``pinned`` the ifindexes
+    that already have a tcx link of ours."""
+    log = {"tcx": [], "clsact": [], "pinned": set()}
+
+    @contextlib.contextmanager
+    def netlink(netns=None):
+        yield None
+
+    monkeypatch.setattr(attach, "netlink", netlink)
+    monkeypatch.setattr(attach, "resolve", lambda ipr, names, netns=None: {n: 10 + k for k, n in enumerate(names)})
+    monkeypatch.setattr(attach, "_tcx_pins", lambda netns: {(i, d): None for i in log["pinned"] for d in Direction})
+    monkeypatch.setattr(attach, "_tcx_replace", lambda idx, progs, netns: log["tcx"].extend(idx))
+    monkeypatch.setattr(attach, "_clsact_replace", lambda ipr, idx, progs, netns: log["clsact"].extend(idx))
+    monkeypatch.setattr(attach, "_clsact_remove", lambda ipr, name, i, state: 0)
+    monkeypatch.setattr(attach, "_tcx_remove", lambda i, netns: 0)
+    monkeypatch.setattr(attach, "_load_state", lambda netns: {})
+    monkeypatch.setattr(attach, "_save_state", lambda netns, state: None)
+    monkeypatch.setattr(attach, "_list", lambda ipr, netns=None: [])
+    monkeypatch.setattr(attach.pins, "gc", lambda netns, keep: None)
+    return log
+
+
+@pytest.mark.parametrize("has_tcx, want", [(True, "tcx"), (False, "clsact")])
+def test_the_library_default_is_what_auto_resolves_to(monkeypatch, hooks_called, has_tcx, want):
+    """attach.attach with no mode on fresh interfaces (bench/latency.py, the
+    lab tests) attaches as `attach.mode: auto` does: tcx where the kernel
+    has it. (Before: clsact on every fresh interface, whatever the kernel.)"""
+    monkeypatch.setattr(probes, "tcx", lambda: (has_tcx, "probed"))
+    attach.attach(FakeFastPath(), ["a", "b"], "ns")
+    assert hooks_called[want] == ["a", "b"]
+    assert hooks_called["tcx" if want == "clsact" else "clsact"] == []
+
+
+@pytest.mark.parametrize("mode", ["clsact", "tcx"])
+def test_an_explicit_mode_is_kept(monkeypatch, hooks_called, mode):
+    monkeypatch.setattr(probes, "tcx", lambda: (True, "probed"))
+    hooks_called["pinned"] = {10}       # "a" has a link of ours: an explicit mode moves it anyway
+    attach.attach(FakeFastPath(), ["a", "b"], "ns", mode=mode)
+    assert hooks_called[mode] == ["a", "b"]
+
+
+def test_keep_leaves_each_interface_in_the_mode_it_has(monkeypatch, hooks_called):
+    """`rollback` of a snapshot that recorded no modes (appliance/deploy.py)."""
+    monkeypatch.setattr(probes, "tcx", lambda: (True, "probed"))
+    hooks_called["pinned"] = {10}
+    attach.attach(FakeFastPath(), ["a", "b"], "ns", mode=attach.KEEP)
+    assert (hooks_called["tcx"], hooks_called["clsact"]) == (["a"], ["b"])
+
+
+def test_an_unknown_mode_is_one_line(hooks_called):
+    with pytest.raises(UsageError, match=r"attach.mode 'tc': expected one of auto, clsact, tcx"):
+        attach.attach(FakeFastPath(), ["a"], "ns", mode="tc")
+
+
+def test_default_attach_on_a_kernel_without_tcx_is_not_refused(no_tcx, hooks_called):
+    attach.attach(FakeFastPath(), ["a"], "ns")
+    assert hooks_called["clsact"] == ["a"]
