@@ -67,7 +67,16 @@ def table_use(m: BuildMaps, walk: tuple[str, ...] = tuple(sessions.FAMILY_TABLES
     scrape, walk ms_halfopen only. Each table is its IPv4 and IPv6 maps
     together: ms_flows' capacity is the session limit (flow_table_size, the
     IPv4 map's size; the kernel counts both families against it), with the
-    IPv6 map's own size as ipv6_capacity; ms_halfopen's the two maps' sum."""
+    IPv6 map's own size as ipv6_capacity; ms_halfopen's the two maps' sum.
+
+    "maps": each family's map on its own, {map: {table, family, entries,
+    capacity, pct_used}}: a full IPv6 map refuses IPv6 promotions while
+    the table's total is far from its limit, so an operator needs each
+    map's use against its own size. The kernel counts the two flow maps
+    together only (ms_pressure), so ms_flows6 is walked too (a batch walk:
+    its size is an eighth of the IPv4 map's by default) and ms_flows4's
+    entries are the kernel's total less those (exact when ``walk`` has
+    ms_flows)."""
     fd, leaf = m.fd, m.leaf
     v4, v6 = sessions.FAMILY_TABLES["ms_flows"]
     pct = pressure.config_pressure_pct(fd("ms_config"), leaf("ms_config"))
@@ -75,13 +84,30 @@ def table_use(m: BuildMaps, walk: tuple[str, ...] = tuple(sessions.FAMILY_TABLES
                                    leaf("ms_pressure_user"), m.capacity(v4), pct)
     out = {"ms_flows": {**flows.as_dict(), "ipv6_capacity": m.capacity(v6)}, "ms_halfopen": {}}
     tmo = sessions.read_timeouts_ns(fd("ms_timeouts"), leaf("ms_timeouts"))
+    per_map: dict[str, int] = {}
+
+    def count(name: str) -> tuple[int, int]:
+        key, lf = m.types[name]
+        p, e = sessions.census(fd(name), lf, ctypes.sizeof(key), tmo)
+        per_map[name] = p
+        return p, e
+
     for table in walk:
         present = expired = 0
         for name in sessions.FAMILY_TABLES[table]:
-            key, lf = m.types[name]
-            p, e = sessions.census(fd(name), lf, ctypes.sizeof(key), tmo)
+            p, e = count(name)
             present, expired = present + p, expired + e
         out[table].update(present=present, expired_unswept=expired)
+    if v6 not in per_map:
+        count(v6)
+    per_map.setdefault(v4, max(flows.entries - per_map[v6], 0))
+    out["maps"] = {}
+    for table, names in sessions.FAMILY_TABLES.items():
+        for name in names:
+            if name in per_map:
+                cap = m.capacity(name)
+                out["maps"][name] = {"table": table, "family": map_family(name), "entries": per_map[name],
+                                     "capacity": cap, "pct_used": 100.0 * per_map[name] / max(cap, 1)}
     h = out["ms_halfopen"]
     if "present" in h:
         cap = halfopen_capacity(m)
@@ -90,6 +116,11 @@ def table_use(m: BuildMaps, walk: tuple[str, ...] = tuple(sessions.FAMILY_TABLES
                                                        leaf("ms_pressure"), leaf("ms_pressure_user"),
                                                        h["present"]))
     return out
+
+
+def map_family(name: str) -> str:
+    """"ipv4" or "ipv6": the family of a session map of sessions.FLOW_TABLES."""
+    return "ipv4" if sessions.is_v4_map(name) else "ipv6"
 
 
 def halfopen_capacity(m: BuildMaps) -> int:
@@ -155,4 +186,6 @@ def metrics_reading(m: BuildMaps) -> dict:
     return {"counters": counter_rows(counters(m)),
             "sessions": {"ms_flows": f["entries"], "ms_halfopen": h["present"]},
             "capacity": {"ms_flows": f["capacity"], "ms_halfopen": halfopen_capacity(m)},
+            "maps": {name: (u["table"], u["family"], u["entries"], u["capacity"])
+                     for name, u in use["maps"].items()},
             "pressure_pct": f["pressure_pct"]}

@@ -132,7 +132,25 @@ class _KernelCollector:
             capacity.add_metric([table], n)
             if n > 0 and table in used:
                 ratio.add_metric([table], used[table] / n)
-        out = [packets, nbytes, sessions, capacity, ratio]
+        # Each family's map on its own (kernelstate.table_use "maps"): new
+        # series, so those of `table` keep their meaning (ms_flows: the
+        # session limit both families count against; ms_halfopen: both maps)
+        # and a sum over `table` in an existing dashboard counts nothing twice.
+        labels = ["map", "table", "family"]
+        m_entries = GaugeMetricFamily("microseg_session_map_entries",
+                                      "Entries in one family's map of a session table", labels=labels)
+        m_capacity = GaugeMetricFamily("microseg_session_map_capacity",
+                                       "Entries one family's map can hold (full: that family's "
+                                       "inserts are refused)", labels=labels)
+        m_ratio = GaugeMetricFamily("microseg_session_map_used_ratio",
+                                    "Entries over capacity of one family's map (0..1)", labels=labels)
+        for name, (table, family, n, cap) in sorted((data.get("maps") or {}).items()):
+            lab = [str(name), str(table), str(family)]
+            m_entries.add_metric(lab, int(n))
+            m_capacity.add_metric(lab, int(cap))
+            if int(cap) > 0:
+                m_ratio.add_metric(lab, int(n) / int(cap))
+        out = [packets, nbytes, sessions, capacity, ratio, m_entries, m_capacity, m_ratio]
         if data.get("pressure_pct") is not None:
             out.append(GaugeMetricFamily(
                 "microseg_session_table_pressure_threshold_ratio",

@@ -199,6 +199,11 @@ def _format_sessions_status(s: dict) -> str:
              f["alerts"], f["expired_unswept"]),
             ("ms_halfopen", h["entries"], h["capacity"], _pct(h["pct_used"]), "-", h.get("evictions", "?"), "-",
              h["expired_unswept"])]
+    # Each family's map against its own size: a full IPv6 map refuses IPv6
+    # sessions while the table's total is far from the limit.
+    for name, u in sorted((s.get("maps") or {}).items(), key=lambda kv: (kv[1]["table"] != "ms_flows", kv[0])):
+        rows.append((f"  {name} ({u['family'].replace('ipv', 'IPv')})", u["entries"], u["capacity"],
+                     _pct(u["pct_used"]), "", "", "", ""))
     alert = "armed" if f["alert_armed"] else "sent, re-armed when use falls under the threshold"
     return (table(rows) + f"\n  ms_flows entries = inserted {f['inserted']} - deleted by the kernel "
             f"{f['deleted_kernel']} - by the sweeper {f['deleted_user']}; alert at {f['pressure_pct']}% "

@@ -249,3 +249,22 @@ def test_kernel_counter_rows_from_the_datapath_reader():
     rows = counter_rows({(Direction.DIR_INGRESS, Reason.DROP_POLICY_DENY): (3, 180),
                          (Direction.DIR_EGRESS, Reason.PASS_FORWARD): (9, 900)})
     assert rows == {("ingress", "DROP_POLICY_DENY", "DROP"): (3, 180), ("egress", "PASS_FORWARD", "PASS"): (9, 900)}
+
+
+def test_each_familys_map_has_its_own_use_and_capacity(served):
+    """A full IPv6 map shows as full (ratio 1.0) while the table's series
+    (both families together) are far from their limit; the table series
+    keep their values (existing dashboards)."""
+    data = {**KERNEL, "maps": {"ms_flows4": ("ms_flows", "ipv4", 1000, 12000),
+                               "ms_flows6": ("ms_flows", "ipv6", 1500, 1500),
+                               "ms_halfopen4": ("ms_halfopen", "ipv4", 30, 4000),
+                               "ms_halfopen6": ("ms_halfopen", "ipv6", 10, 96)}}
+    metrics, server = served(lambda: data)
+    s = scrape(server)
+    assert value(s, "microseg_session_map_used_ratio", map="ms_flows6", table="ms_flows", family="ipv6") == 1.0
+    assert value(s, "microseg_session_map_capacity", map="ms_flows6", table="ms_flows", family="ipv6") == 1500
+    assert value(s, "microseg_session_map_entries", map="ms_flows4", table="ms_flows", family="ipv4") == 1000
+    assert value(s, "microseg_session_map_capacity", map="ms_halfopen6", table="ms_halfopen",
+                 family="ipv6") == 96
+    assert value(s, "microseg_session_table_used_ratio", table="ms_flows") == pytest.approx(0.25)
+    assert value(s, "microseg_session_table_capacity", table="ms_halfopen") == 4096
