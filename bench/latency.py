@@ -554,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"a round trip runs the ingress program twice and the egress program twice: "
           f"{per_rtt} ns of program time at P50 without a policy, {per_rtt_pol} ns with it "
-          f"(the hook's own cost, the skb's trip through cls_bpf, is not in these)")
+          f"(the hook's own cost, the skb's trip through the tc or tcx hook, is not in these)")
     for n in r.notes:
         print(f"note: {n}")
     print(f"total {time.monotonic() - t0:.0f} s")
