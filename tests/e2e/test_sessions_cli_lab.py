@@ -124,6 +124,11 @@ def test_sessions_status_and_sweep_in_the_lab(tmp_path, microseg, lab, attached)
         d = DatapathConfig()   # both families' half-open maps: 65,536 + 16,384 by default
         assert h["entries"] == h["present"] >= 1 and h["capacity"] == d.halfopen_table_size + d.halfopen6_size == 81920
         assert h["evictions"] == 0   # a handful of flows in an 81,920-entry LRU
+        # Each family's map against its own size (IPv4 sessions only here).
+        pm = ses["maps"]
+        assert (pm["ms_flows4"]["entries"], pm["ms_flows4"]["capacity"]) == (f["entries"], 524288)
+        assert (pm["ms_flows6"]["entries"], pm["ms_flows6"]["capacity"]) == (0, d.flow6_size)
+        assert pm["ms_halfopen4"]["entries"] == h["present"] and pm["ms_halfopen6"]["capacity"] == d.halfopen6_size
         maps = {m["name"]: m for m in st["maps"] if prog in m["prog_ids"]}   # each map once
         mf = maps["ms_flows4"]
         assert mf["key_size"] == 16 and maps["ms_flows6"]["key_size"] == 40   # IPv4 sessions under 16-byte keys
@@ -131,6 +136,7 @@ def test_sessions_status_and_sweep_in_the_lab(tmp_path, microseg, lab, attached)
         assert mf["memlock_bytes"] > 0
         text = cli("status", "--netns", lab.gateway, check=True).stdout
         assert "insert failures" in text and "alerts sent" in text and "estimate" in text
+        assert "ms_flows6 (IPv6)" in text and "ms_halfopen6 (IPv6)" in text
 
         # one sweep pass: nothing has expired yet, every entry is read
         sw = json.loads(cli("sweep", "--netns", lab.gateway, "--json", check=True).stdout)["sweeps"]
