@@ -28,6 +28,15 @@ API (``items_lookup_batch``, one ctypes pair per entry) against the
 numpy walk the batch sweep uses, and a whole sweep written on BCC's API.
 
     .venv/bin/python bench/sweep.py [--entries N] [--rounds N] [--quick]
+
+``--ab TREE`` compares instead this tree's kernel sweep with another
+tree's (TREE/bpf/lib/sweep.h, e.g. an older commit's `git archive`): both
+compiled on their own and loaded for the same table, each round running
+them in random order on the same fill, CPU seconds of the program run only
+(no Python around it). On a busy machine this is what can tell a few per
+cent apart; two trees run one after the other cannot.
+
+    .venv/bin/python bench/sweep.py --ab /tmp/base --rounds 7
 """
 from __future__ import annotations
 
@@ -195,6 +204,58 @@ def time_floor(fp: FastPath) -> tuple[float, float, int]:
         b.cleanup()
 
 
+def ab(fp: FastPath, n: int, rounds: int, other: Path) -> int:
+    """This tree's sweep.h against ``other``'s, interleaved on one table (--ab)."""
+    import random
+
+    from datapath.loader import SWEEP_MAPS, compile_sweep
+
+    here = Path(__file__).resolve().parent.parent
+    trees = {"this": here, "other": other.resolve()}
+    fds = {m: fp.table(m).map_fd for m in SWEEP_MAPS}
+    progs = {}
+    try:
+        for name, tree in trees.items():
+            src = tree / "bpf" / "lib" / "sweep.h"
+            if not src.is_file():
+                print(f"bench/sweep.py: --ab {other}: no {src}", file=sys.stderr)
+                return 2
+            progs[name] = compile_sweep(fds, src)
+        cpu = {(t, p): [] for t in trees for p in ("half expired", "nothing expired")}
+        want = (n + 1) // 2
+        for _ in range(rounds):
+            order = list(trees)
+            random.shuffle(order)
+            for t in order:
+                for label, expired in (("half expired", True), ("nothing expired", False)):
+                    fill(fp, *synthetic(fp, n, session_clock_ns(), expired=expired))
+                    now = session_clock_ns()
+                    c0 = time.process_time()
+                    run = progs[t].run(now)
+                    cpu[(t, label)].append(time.process_time() - c0)
+                    if run.expired_flows != (want if expired else 0) or run.scanned_flows != n:
+                        print(f"bench/sweep.py: {t} tree's sweep deleted {run.expired_flows} of "
+                              f"{run.scanned_flows}", file=sys.stderr)
+                        return 1
+    finally:
+        for p in progs.values():
+            p.close()
+    per_m = 1e6 / n
+    print("microseg kernel sweep A/B: CPU s per million per pass, program run only, interleaved rounds")
+    print(f"kernel   {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at the end")
+    print(f"entries  {n:,}, rounds {rounds} (median; min-max)")
+    print(f"this     {trees['this']}")
+    print(f"other    {trees['other']}")
+    print()
+    print("| pass | other CPU s / M | this CPU s / M | this / other |")
+    print("|---|---|---|---|")
+    for label in ("half expired", "nothing expired"):
+        o, t = cpu[("other", label)], cpu[("this", label)]
+        print(f"| {label} | {med(o) * per_m:.3f} ({min(o) * per_m:.3f}-{max(o) * per_m:.3f}) | "
+              f"{med(t) * per_m:.3f} ({min(t) * per_m:.3f}-{max(t) * per_m:.3f}) | {med(t) / med(o):.2f} |")
+    return 0
+
+
 def med(xs):
     return statistics.median(xs)
 
@@ -205,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="fill + sweep rounds (median reported)")
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_ENTRIES:,} entries, 1 round, no BCC comparison")
     ap.add_argument("--no-bcc", action="store_true", help="skip the BCC API comparison (slow: seconds per million)")
+    ap.add_argument("--ab", type=Path, metavar="TREE",
+                    help="instead: this tree's kernel sweep against TREE's bpf/lib/sweep.h, interleaved")
     args = ap.parse_args(argv)
     n = args.entries or (QUICK_ENTRIES if args.quick else DEFAULT_ENTRIES)
     rounds = 1 if args.quick and args.rounds == DEFAULT_ROUNDS else args.rounds
@@ -221,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         if fp.sweep is None:
             print(f"bench/sweep.py: the kernel sweep did not load: {fp.sweep_error}", file=sys.stderr)
             return 1
+        if args.ab is not None:
+            return ab(fp, n, rounds, args.ab)
         methods = [m for m in METHODS if m != "auto"]
         sweepers = {m: Sweeper.for_fastpath(fp, method=m) for m in methods}
         half = {m: [] for m in methods}

@@ -481,12 +481,13 @@ class SweepProgram:
             self._bpf = None
 
 
-def compile_sweep(map_fds: dict[str, int]) -> SweepProgram:
+def compile_sweep(map_fds: dict[str, int], source: Path | None = None) -> SweepProgram:
     """The kernel sweep compiled on its own (bpf/lib/sweep.h) and loaded for
     the maps ``map_fds`` (SWEEP_MAPS name -> fd), e.g. those of an attached
-    build opened by id."""
-    bpf = compile_text(inline_includes(LIB_DIR / "sweep.h"), DatapathConfig(**_SWEEP_COMPILE_SIZES).cflags(),
-                       what="BPF compile (sweep)")
+    build opened by id. ``source``: another sweep.h (bench/sweep.py --ab
+    compares another tree's)."""
+    bpf = compile_text(inline_includes(source or LIB_DIR / "sweep.h"), DatapathConfig(**_SWEEP_COMPILE_SIZES).cflags(),
+                       what=f"BPF compile ({source or 'sweep'})")
     try:
         return SweepProgram(bpf, map_fds, owns_bpf=True)
     except Exception:

@@ -101,6 +101,17 @@ struct ms_sweep_walk {
     __u32 workers;                      /* ms_config.workers: end records name the worker */
     __u32 defer;                        /* run->defer */
     __u32 is4;                          /* walking an IPv4 table: its keys are struct ms_flow_key4 */
+    /* ms_events holds this many bytes or more: the reserve of one more end
+     * record fails (the producer may not run the ring's size ahead of the
+     * consumer: avail + record >= size). Tested against the ring's
+     * positions (bpf_ringbuf_query, no lock) before reserving, so that a
+     * full ring (a mass expiry the reader cannot keep up with, or no
+     * reader) costs each expired session two loads, not the reserve's
+     * locked refusal. The positions may move between the test and the
+     * reserve as they may inside the reserve: either way the record is
+     * refused or written as if at one moment, and a refused record is
+     * handled as before (deferred or counted lost). */
+    __u64 ring_room;
     /* The smallest of timeout[0..MS_CT_STATE_COUNT], signed as the age
      * test takes it: an entry no older than this is live whatever its
      * state, so the callback returns before reading the state byte and
@@ -119,6 +130,10 @@ static long (*ms_for_each_map_elem)(void *map, void *callback, void *ctx, __u64 
 static void *(*ms_rb_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)BPF_FUNC_ringbuf_reserve;
 static void (*ms_rb_submit)(void *data, __u64 flags) = (void *)BPF_FUNC_ringbuf_submit;
 static void (*ms_rb_discard)(void *data, __u64 flags) = (void *)BPF_FUNC_ringbuf_discard;
+static __u64 (*ms_rb_query)(void *ringbuf, __u64 flags) = (void *)BPF_FUNC_ringbuf_query;
+/* The ring bytes one end record takes: the record and the ring's header,
+ * rounded up to 8 (kernel/bpf/ringbuf.c __bpf_ringbuf_reserve). */
+#define MS_SWEEP_RECORD_BYTES ((sizeof(struct ms_flow_event) + BPF_RINGBUF_HDR_SZ + 7) & ~7UL)
 
 /* Called for every entry of the table walked: delete it when expired.
  * Returns 0: go on. Not inlined, in ms_sweep's section (see above). */
@@ -149,7 +164,9 @@ long ms_sweep_entry(void *map, void *key, void *value, void *ctx)
      * packet's lazy expiry racing the walk sends its own). */
     struct ms_flow_event *ev = 0;
     if (!(f->flags & MS_FLOW_LOGGED)) {
-        ev = ms_rb_reserve((void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_EVENTS), sizeof(struct ms_flow_event), 0);
+        void *ring = (void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_EVENTS);
+        if (ms_rb_query(ring, BPF_RB_AVAIL_DATA) < w->ring_room)
+            ev = ms_rb_reserve(ring, sizeof(struct ms_flow_event), 0);
         if (ev) {
             struct ms_flow_key k;
             if (w->is4)
@@ -193,6 +210,10 @@ int ms_sweep(void *ctx)
     w.defer = run->defer ? 1 : 0;
     struct ms_config *cfg = ms_cfg();
     w.workers = cfg ? cfg->workers : 0;
+#ifndef MS_NO_RINGBUF
+    __u64 ring_size = ms_rb_query((void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_EVENTS), BPF_RB_RING_SIZE);
+    w.ring_room = ring_size > MS_SWEEP_RECORD_BYTES ? ring_size - MS_SWEEP_RECORD_BYTES : 0;
+#endif
 #pragma unroll
     for (int i = 0; i < MS_SWEEP_SLOTS; i++)
         w.timeout[i] = ms_timeout(i);

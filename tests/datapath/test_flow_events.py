@@ -171,6 +171,24 @@ def test_full_ring_is_counted(small_ring):
     assert lost_counts(fp)["flow_end"] - lost0 == r.events_lost
 
 
+# An end record takes 128 bytes of the ring (the 120-byte record and the
+# ring's 8-byte header), and the kernel lets the producer run at most the
+# ring's size - 1 bytes ahead of the consumer: an empty page takes 31.
+ONE_PAGE_RECORDS = (4096 - 1) // 128
+
+
+def test_an_empty_ring_takes_every_end_record_it_has_room_for(small_ring):
+    # the kernel sweep tests the ring's room before reserving (sweep.h
+    # ring_room): it must refuse no record the reserve would have taken
+    fp, rb, dec = small_ring
+    for i in range(40):
+        expect(fp, udp_frame(CLI, 8300 + i, SRV, 53), R.PASS_FORWARD)
+    r = fp.sweep.run(session_clock_ns() + FAR)
+    got = [dec.decode(x) for x in rb.drain()]
+    assert r.expired_halfopen == 40
+    assert (len(got), r.events_lost) == (ONE_PAGE_RECORDS, 40 - ONE_PAGE_RECORDS)
+
+
 def test_full_ring_keeps_the_rest_for_the_next_sweep(small_ring):
     # defer: what the ring cannot take stays, expired, for a later sweep;
     # each sweep after a drain logs and deletes another ring's worth, and
