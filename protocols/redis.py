@@ -95,8 +95,10 @@ MAX_RUN_BYTES = 16 * 1024
 _RUN = re.compile(rb"(" + _TOKEN_ALTS + rb")|(?s:.+)")
 
 # Elements a whole command may have to take RedisParser._command's path:
-# commands are a few words (GET k, SET k v PX n); a longer one (MSET of
-# many keys) goes the general way, which bounds nothing more than this.
+# commands are a few words (GET k, SET k v PX n). A command the path walks
+# and then finds cut by the segment's end is walked again by the general
+# path: this bounds that double work; a longer one (an MSET of many keys)
+# goes the general way.
 MAX_FAST_ELEMENTS = 16
 _ARRAY_HEAD = re.compile(rb"\*([0-9]{1,7})\r\n")
 _BULK_HEAD = re.compile(rb"\$([0-9]{1,10})\r\n")
