@@ -589,9 +589,10 @@ static __always_inline void ms_flow_set_verdict(struct ms_flow *f, const struct 
     f->app_req = v->app;
 }
 
-/* Hand a side's first payload to the L7 stage (l7.h) after this one, and
- * every packet of an inspected flow that carries payload or ends it to the
- * handoff (inspect.h). */
+/* Does the L7 stage want this side's payload (its first), and the
+ * inspection hand-off this packet? ms_l7_mark's two conditions, asked by
+ * the established lane too (which marks nothing: it lets such a packet go
+ * to the TCP stage). */
 static __always_inline int ms_l7_side_wanted(const struct ms_flow *f, int side, __u32 payload_len)
 {
     return payload_len && !(f->l7_seen & (1 << side));
@@ -602,6 +603,9 @@ static __always_inline int ms_insp_wanted(const struct ms_flow *f, __u32 payload
     return f->action == POL_INSPECT && f->insp_state < INSP_DONE && (payload_len || fin_or_rst);
 }
 
+/* Hand a side's first payload to the L7 stage (l7.h) after this one, and
+ * every packet of an inspected flow that carries payload or ends it to the
+ * handoff (inspect.h). */
 static __always_inline void ms_l7_mark(struct ms_pkt *p, const struct ms_flow *f, int side)
 {
     if (ms_l7_side_wanted(f, side, p->payload_len))
