@@ -179,7 +179,36 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
     if (dir == DIR_EGRESS && skb->ingress_ifindex && ms_iface_managed(skb->ingress_ifindex))
         return PASS_SEEN_AT_INGRESS;
 
-    struct ms_pkt *p = ms_pkt_scratch();
+    struct ms_pkt *p;
+    int reason;
+    __u32 stage;
+    /* The common frame's established segment first (conntrack.h
+     * ms_ct_tcp4_lane), from registers: no scratch. */
+    struct ms_seg4 sg;
+    if (ms_parse_tcp4(skb, &sg)) {
+        MS_BENCH_STEP(1, MS_BENCH_REASON);   /* parsed */
+        int lane = ms_ct_tcp4_lane(&sg, ms_pkt_now());
+        if (lane != MS_LANE_MISS)
+            return lane;
+        /* Missed: the TCP stage decides it, from the scratch as ms_parse
+         * fills it for this frame (parse.h ms_parse_tcp4_pkt; a TCP
+         * segment, not a fragment: straight to the stage, as below). Not
+         * through ms_parse and the dispatch below: the verifier would walk
+         * those (the tunnel parsers) once more per way the lane misses,
+         * past its limit. */
+        p = ms_pkt_scratch();
+        if (!p)
+            return DROP_TAIL_CALL_MISSED;
+        __builtin_memset(__builtin_assume_aligned(p, 8), 0, sizeof(*p));
+        p->dir = dir;
+        reason = ms_parse_tcp4_pkt(skb, p);
+        if (reason != PASS_FORWARD)
+            return reason;
+        stage = STAGE_TCP;
+        goto call;
+    }
+
+    p = ms_pkt_scratch();
     if (!p)
         return DROP_TAIL_CALL_MISSED;
 
@@ -187,16 +216,16 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
      * to 8): said here, the clear is 11 word stores, not 22 of 4 bytes. */
     __builtin_memset(__builtin_assume_aligned(p, 8), 0, sizeof(*p));
     p->dir = dir;
-    int reason = ms_parse(skb, p);
+    reason = ms_parse(skb, p);
     MS_BENCH_STEP(1, MS_BENCH_REASON);   /* parsed */
-    __u32 stage;
     if (reason == PASS_FORWARD) {
         if (p->frag == MS_FRAG_FIRST)
             ms_ct_first_fragment(p, ms_pkt_now());
         if (p->proto == IPPROTO_TCP) {
-            /* Most packets: a segment of an established session, decided
-             * here (conntrack.h ms_ct_tcp_lane); the others go on to the
-             * TCP stage. */
+            /* A segment of an established session in a frame of another
+             * shape (IPv6, VLAN, IP options, headers pulled), decided here
+             * (conntrack.h ms_ct_tcp_lane); the others go on to the TCP
+             * stage. */
             int lane = ms_ct_tcp_lane(p, ms_pkt_now());
             if (lane != MS_LANE_MISS)
                 return lane;
@@ -223,6 +252,7 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
         return reason;
     }
 
+call:
     ms_stages.call(skb, stage);
 
     struct ms_config *cfg = ms_cfg();

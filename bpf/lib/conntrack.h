@@ -291,7 +291,30 @@ static __always_inline int ms_flows_delete(const struct ms_flow_key *k)
     return r;
 }
 
-/* Packet p's session in ms_flows, and whether its source is the key's hi
+/* An IPv4 session's key from a packet's addresses and ports (network
+ * order; the ports as they lie in the TCP or UDP header, source first, one
+ * word), in ms_key_fill's endpoint order. Returns whether the source is the
+ * high end. The ports are swapped as a word, a rotation by 16 in either
+ * byte order: selected port by port, clang chose between the two fields'
+ * addresses and loaded each again. */
+static __always_inline int ms_key4_build(struct ms_flow_key4 *k4, __be32 s, __be32 d, __u32 ports,
+                                         __u8 proto)
+{
+    __u32 hs = bpf_ntohl(s), hd = bpf_ntohl(d);
+    __be16 sport, dport;
+    __builtin_memcpy(&sport, &ports, sizeof(sport));
+    __builtin_memcpy(&dport, (__u8 *)&ports + sizeof(sport), sizeof(dport));
+    int hi = hs != hd ? hs > hd : bpf_ntohs(sport) > bpf_ntohs(dport);
+    k4->addr_lo = hi ? d : s;
+    k4->addr_hi = hi ? s : d;
+    if (hi)
+        ports = ports >> 16 | ports << 16;
+    __builtin_memcpy(&k4->port_lo, &ports, sizeof(ports));
+    k4->proto = proto;
+    return hi;
+}
+
+/* ms_flows_lookup for the session of a packet, with the side of its source
  * endpoint (*src_is_hi): the established lane's one lookup. An IPv4
  * packet's 16-byte key is built from its addresses directly, without the
  * canonical key (parse.h stores them IPv4-mapped, so ms_key4_of would pick
@@ -300,15 +323,10 @@ static __always_inline struct ms_flow *ms_flows_lookup_pkt(const struct ms_pkt *
 {
     if (p->family == 4) {
         struct ms_flow_key4 k4 = {};
-        __be32 s = *(const __be32 *)(p->saddr + 12), d = *(const __be32 *)(p->daddr + 12);
-        __u32 hs = bpf_ntohl(s), hd = bpf_ntohl(d);
-        int hi = hs != hd ? hs > hd : bpf_ntohs(p->sport) > bpf_ntohs(p->dport);
-        k4.addr_lo = hi ? d : s;
-        k4.addr_hi = hi ? s : d;
-        k4.port_lo = hi ? p->dport : p->sport;
-        k4.port_hi = hi ? p->sport : p->dport;
-        k4.proto = p->proto;
-        *src_is_hi = hi;
+        __u32 ports;
+        __builtin_memcpy(&ports, &p->sport, sizeof(ports));   /* sport, dport: adjacent */
+        *src_is_hi = ms_key4_build(&k4, *(const __be32 *)(p->saddr + 12),
+                                   *(const __be32 *)(p->daddr + 12), ports, p->proto);
         struct ms_flow *f = ms_flows4.lookup(&k4);
         MS_OWN_CALL(ms_flows4, f);
         return f;
@@ -571,15 +589,29 @@ static __always_inline void ms_flow_set_verdict(struct ms_flow *f, const struct 
     f->app_req = v->app;
 }
 
+/* Does the L7 stage want this side's payload (its first), and the
+ * inspection hand-off this packet? ms_l7_mark's two conditions, asked by
+ * the established lane too (which marks nothing: it lets such a packet go
+ * to the TCP stage). */
+static __always_inline int ms_l7_side_wanted(const struct ms_flow *f, int side, __u32 payload_len)
+{
+    return payload_len && !(f->l7_seen & (1 << side));
+}
+
+static __always_inline int ms_insp_wanted(const struct ms_flow *f, __u32 payload_len, int fin_or_rst)
+{
+    return f->action == POL_INSPECT && f->insp_state < INSP_DONE && (payload_len || fin_or_rst);
+}
+
 /* Hand a side's first payload to the L7 stage (l7.h) after this one, and
  * every packet of an inspected flow that carries payload or ends it to the
  * handoff (inspect.h). */
 static __always_inline void ms_l7_mark(struct ms_pkt *p, const struct ms_flow *f, int side)
 {
-    if (p->payload_len && !(f->l7_seen & (1 << side)))
+    if (ms_l7_side_wanted(f, side, p->payload_len))
         p->l7_side = 1 + side;
-    if (f->action == POL_INSPECT && f->insp_state < INSP_DONE &&
-        (p->payload_len || (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))))
+    if (ms_insp_wanted(f, p->payload_len,
+                       p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST))))
         p->insp = 1 + side;
 }
 
@@ -849,14 +881,13 @@ static __always_inline void ms_side_init(struct ms_tcp_side *s, const struct ms_
 /* nf_conntrack's tcp_in_window bounds, without changing anything: is the
  * segment inside the window? A side not seen yet starts at this segment,
  * so its sequence bounds hold trivially and only the ack is checked. */
-static __always_inline int ms_tcp_in_window(const struct ms_flow *f, int fd,
-                                            const struct ms_pkt *p, __u32 end)
+static __always_inline int ms_tcp_in_window_fl(const struct ms_flow *f, int fd, __u32 seq,
+                                               __u32 ack_seq, __u8 fl, __u32 end)
 {
-    const struct ms_tcp_side *snd = fd ? &f->tcp[1] : &f->tcp[0];
-    const struct ms_tcp_side *rcv = fd ? &f->tcp[0] : &f->tcp[1];
-    __u32 seq = p->seq;
+    const struct ms_tcp_side *snd = &f->tcp[fd != 0];
+    const struct ms_tcp_side *rcv = &f->tcp[fd == 0];
     /* nothing acknowledged: the ack checks hold trivially */
-    __u32 ack = (p->tcp_flags & TCP_ACK) ? p->ack_seq : rcv->end;
+    __u32 ack = (fl & TCP_ACK) ? ack_seq : rcv->end;
     int seen = snd->flags & MS_SIDE_SEEN;
     /* an unseen side's maxwin would be this segment's unscaled window,
      * never above the floor */
@@ -871,14 +902,13 @@ static __always_inline int ms_tcp_in_window(const struct ms_flow *f, int fd,
 
 /* The window advance of a segment found in window (ms_tcp_window, and
  * the established lane, ms_ct_tcp_lane). */
-static __always_inline void ms_tcp_advance(struct ms_flow *f, int fd, const struct ms_pkt *p, __u32 end)
+static __always_inline void ms_tcp_advance_fl(struct ms_flow *f, int fd, __u32 ack, __u32 win,
+                                              __u8 fl, __u32 end)
 {
-    struct ms_tcp_side *snd = fd ? &f->tcp[1] : &f->tcp[0];
-    struct ms_tcp_side *rcv = fd ? &f->tcp[0] : &f->tcp[1];
-    __u32 ack = p->ack_seq;
-    __u32 win = p->window;
+    struct ms_tcp_side *snd = &f->tcp[fd != 0];
+    struct ms_tcp_side *rcv = &f->tcp[fd == 0];
 
-    if (!(p->tcp_flags & TCP_SYN))
+    if (!(fl & TCP_SYN))
         win <<= snd->wscale;
     if (snd->maxwin < win)
         snd->maxwin = win;
@@ -886,7 +916,7 @@ static __always_inline void ms_tcp_advance(struct ms_flow *f, int fd, const stru
         snd->end = end;
     if (ms_after(end, snd->maxend))
         snd->maxend = end;
-    if (p->tcp_flags & TCP_ACK) {
+    if (fl & TCP_ACK) {
         if (!(snd->flags & MS_SIDE_MAXACK) || ms_after(ack, snd->maxack)) {
             snd->maxack = ack;
             snd->flags |= MS_SIDE_MAXACK;
@@ -896,10 +926,21 @@ static __always_inline void ms_tcp_advance(struct ms_flow *f, int fd, const stru
         if ((rcv->flags & MS_SIDE_FIN) && !ms_before(ack, rcv->fin_end))
             rcv->flags |= MS_SIDE_FIN_ACKED;
     }
-    if ((p->tcp_flags & TCP_FIN) && !(snd->flags & MS_SIDE_FIN)) {
+    if ((fl & TCP_FIN) && !(snd->flags & MS_SIDE_FIN)) {
         snd->flags |= MS_SIDE_FIN;
         snd->fin_end = end;
     }
+}
+
+static __always_inline int ms_tcp_in_window(const struct ms_flow *f, int fd,
+                                            const struct ms_pkt *p, __u32 end)
+{
+    return ms_tcp_in_window_fl(f, fd, p->seq, p->ack_seq, p->tcp_flags, end);
+}
+
+static __always_inline void ms_tcp_advance(struct ms_flow *f, int fd, const struct ms_pkt *p, __u32 end)
+{
+    ms_tcp_advance_fl(f, fd, p->ack_seq, p->window, p->tcp_flags, end);
 }
 
 /* nf_conntrack's tcp_in_window: is the segment inside the window, and if
@@ -1215,13 +1256,13 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
  * stage's). The key is on the stack: the payload stage, which reads the
  * scratch key, never follows a packet the lane decides. */
 #define MS_LANE_MISS (-1)
-static __always_inline int ms_ct_tcp_lane(struct ms_pkt *p, __u64 now)
+
+/* The lane's decision once the session is found (f, NULL if none), for a
+ * segment with ACK and without SYN, FIN or RST, given by its fields. */
+static __always_inline int ms_ct_lane_session(struct ms_flow *f, int src_is_hi, __u32 seq,
+                                              __u32 ack_seq, __u32 window, __u32 payload_len,
+                                              __u32 len, __u64 now)
 {
-    if ((p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK)) != TCP_ACK)
-        return MS_LANE_MISS;
-    MS_BENCH_STEP(2, MS_BENCH_REASON);   /* in the lane */
-    int src_is_hi;
-    struct ms_flow *f = ms_flows_lookup_pkt(p, &src_is_hi);
     if (!f || f->state != CT_ESTABLISHED || ms_ct_expired(f, now))
         return MS_LANE_MISS;
     MS_BENCH_STEP(3, MS_BENCH_REASON);   /* the session looked up */
@@ -1230,20 +1271,54 @@ static __always_inline int ms_ct_tcp_lane(struct ms_pkt *p, __u64 now)
         ms_tcp_next(CT_ESTABLISHED, fd, EV_ACK) != TV_CLOSE_PHASE ||
         !(f->tcp[fd].flags & MS_SIDE_SEEN) || ((f->tcp[0].flags | f->tcp[1].flags) & MS_SIDE_FIN))
         return MS_LANE_MISS;
-    ms_l7_mark(p, f, fd);
-    if (p->l7_side || p->insp) {
-        p->l7_side = 0;
-        p->insp = 0;
+    /* Nothing for the payload stage: ms_l7_mark would mark neither (no FIN
+     * or RST here). */
+    if (ms_l7_side_wanted(f, fd, payload_len) || ms_insp_wanted(f, payload_len, 0))
         return MS_LANE_MISS;
-    }
     MS_BENCH_STEP(4, MS_BENCH_REASON);   /* policy generation, state machine, payload stage checked */
-    __u32 end = p->seq + p->payload_len;
-    if (!ms_tcp_in_window(f, fd, p, end) && !(f->flags & MS_FLOW_LIBERAL))
+    __u32 end = seq + payload_len;
+    /* The window helpers are given the flags as the lane knows them
+     * (ACK; no SYN, FIN or RST; they read no other bit), so the branches
+     * on the others are compiled out here. */
+    if (!ms_tcp_in_window_fl(f, fd, seq, ack_seq, TCP_ACK, end) && !(f->flags & MS_FLOW_LIBERAL))
         return MS_LANE_MISS;
-    ms_tcp_advance(f, fd, p, end);
-    f->state = ms_close_phase_state(f);   /* ESTABLISHED: no FIN either way (as ms_ct_tcp writes it) */
-    ms_ct_account(f, fd, p->len, now);
+    ms_tcp_advance_fl(f, fd, ack_seq, window, TCP_ACK, end);
+    /* The state stays ESTABLISHED, not written: ms_close_phase_state(f)
+     * is ESTABLISHED while neither side has a FIN (tested above), and a
+     * segment without FIN sets none (ms_tcp_advance); FIN_ACKED is set
+     * only on a side with a FIN. */
+    ms_ct_account(f, fd, len, now);
     return PASS_FORWARD;
+}
+
+/* The lane for a packet parsed into the scratch (IPv6, VLAN-tagged, IP
+ * options, ...). */
+static __always_inline int ms_ct_tcp_lane(struct ms_pkt *p, __u64 now)
+{
+    if ((p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK)) != TCP_ACK)
+        return MS_LANE_MISS;
+    MS_BENCH_STEP(2, MS_BENCH_REASON);   /* in the lane */
+    int src_is_hi;
+    struct ms_flow *f = ms_flows_lookup_pkt(p, &src_is_hi);
+    return ms_ct_lane_session(f, src_is_hi, p->seq, p->ack_seq, p->window, p->payload_len,
+                              p->len, now);
+}
+
+/* The lane for the common frame, parsed into registers by parse.h
+ * ms_parse_tcp4 (untagged IPv4 without options, TCP, not a fragment),
+ * before the scratch is looked up or cleared: such a segment of an
+ * established session needs neither. */
+static __always_inline int ms_ct_tcp4_lane(const struct ms_seg4 *sg, __u64 now)
+{
+    if ((sg->flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK)) != TCP_ACK)
+        return MS_LANE_MISS;
+    MS_BENCH_STEP(2, MS_BENCH_REASON);   /* in the lane */
+    struct ms_flow_key4 k4 = {};
+    int src_is_hi = ms_key4_build(&k4, sg->saddr, sg->daddr, sg->ports, IPPROTO_TCP);
+    struct ms_flow *f = ms_flows4.lookup(&k4);
+    MS_OWN_CALL(ms_flows4, f);
+    return ms_ct_lane_session(f, src_is_hi, sg->seq, sg->ack_seq, sg->window, sg->payload_len,
+                              sg->len, now);
 }
 
 /* ------------------------------------------------------------------ */

@@ -304,6 +304,73 @@ static __always_inline int ms_headers_linear(void *data, void *data_end)
     return 0;
 }
 
+/* What the established lane reads of the common frame (ms_parse_tcp4). */
+struct ms_seg4 {
+    __be32 saddr;
+    __be32 daddr;
+    __u32  ports;         /* source and destination port as in the header: one word */
+    __u32  seq;           /* host order */
+    __u32  ack_seq;
+    __u32  payload_len;
+    __u32  len;           /* skb->len */
+    __u16  window;        /* host order, unscaled */
+    __u8   flags;
+};
+
+/* The common frame, an untagged IPv4 packet without options carrying a TCP
+ * segment, not a fragment, parsed into sg (registers, once inlined) for
+ * the established lane (fastpath.c ms_entry_reason), before the scratch
+ * is looked up and cleared. Returns 1 only when ms_parse would find the
+ * same fields and PASS_FORWARD: every check ms_parse makes on such a
+ * frame is made here (the headers linear, so ms_parse pulls nothing; IP
+ * version and header length, the total length against the packet, TCP
+ * header bounds, data offset against the segment; TCP is no tunnel). Any
+ * other frame, or one failing a check, returns 0 and ms_parse decides it
+ * from the start, reason included. */
+static __always_inline int ms_parse_tcp4(struct __sk_buff *skb, struct ms_seg4 *sg)
+{
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    struct iphdr *ip = data + sizeof(struct ethhdr);
+    struct tcphdr *th = (void *)(ip + 1);
+
+    if ((void *)(th + 1) > data_end)
+        return 0;
+    /* h_proto read as one 16-bit load: struct ethhdr is packed, and clang
+     * reads its fields byte by byte. */
+    if (*(__be16 *)(data + offsetof(struct ethhdr, h_proto)) != bpf_htons(ETH_P_IP) ||
+        *(__u8 *)ip != 0x45 ||                         /* version 4, no options */
+        ip->protocol != IPPROTO_TCP || (ip->frag_off & bpf_htons(0x3fff)))   /* MF, offset */
+        return 0;
+    __u32 tot = bpf_ntohs(ip->tot_len);
+    __u32 len = skb->len;
+    if (tot < sizeof(*ip) + sizeof(*th) || sizeof(struct ethhdr) + tot > len)
+        return 0;
+    __u32 l4_len = tot - sizeof(*ip);
+    __u32 doff = th->doff * 4;
+    if (doff < sizeof(*th) || doff > l4_len)
+        return 0;
+    sg->saddr = ip->saddr;
+    sg->daddr = ip->daddr;
+    __builtin_memcpy(&sg->ports, &th->source, sizeof(sg->ports));
+    sg->seq = bpf_ntohl(th->seq);
+    sg->ack_seq = bpf_ntohl(th->ack_seq);
+    sg->window = bpf_ntohs(th->window);
+    sg->flags = ((__u8 *)th)[13];
+    sg->payload_len = l4_len - doff;
+    sg->len = len;
+    return 1;
+}
+
+/* ms_parse for a frame ms_parse_tcp4 accepted (untagged: nothing to pull
+ * or skip; TCP: no tunnel): the same fields, from the same IPv4 parser. */
+static __always_inline int ms_parse_tcp4_pkt(struct __sk_buff *skb, struct ms_pkt *p)
+{
+    p->len = skb->len;
+    p->l3_off = sizeof(struct ethhdr);
+    return ms_parse_ipv4((void *)(long)skb->data, (void *)(long)skb->data_end, p);
+}
+
 /* Parse from the Ethernet header. Returns PASS_FORWARD when the packet
  * parsed fully, another reason otherwise. A tunnel is decapsulated
  * (tunnel.h): p then describes the inner packet. */
