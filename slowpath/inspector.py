@@ -245,8 +245,8 @@ class FlowInspector:
         # (_waf_request). The flow's last request event holds the same tuple
         # (the engine's http_tx), so keeping it here holds no more memory.
         self._last_block: tuple = (None, None, None)
-        # (host, direction, hits) of the last request's host (_request).
-        self._last_host: tuple = (None, None, None)
+        # (host, direction, hits, Host field or None) of the last request's host (_request).
+        self._last_host: tuple = (None, None, None, None)
         self._ended: dict[int, int] = {}     # stream -> bit per direction whose message ended
 
     # -- input --------------------------------------------------------------------
@@ -322,16 +322,25 @@ class FlowInspector:
         if ev.anomalies:
             out += self._anomalies(ev.anomalies, ev.direction)
         if self._dpi:
-            host = request_host(ev)
-            if host:
-                last = self._last_host
-                if last[0] == host and last[1] == ev.direction:
-                    hits = last[2]        # the flow's requests name one host, mostly
-                else:
-                    hits = self._domain("http_host", host, ev.direction)
-                    self._last_host = (host, ev.direction, hits)
-                if hits:
-                    out += hits
+            d, last = ev.direction, self._last_host
+            # The Host field, when it is what names the host (request_host:
+            # an origin-form target, not CONNECT); the same field as the last
+            # request's in the same direction names the same host: its hits,
+            # without request_host.
+            field = ev.host if ev.uri[:1] == "/" and ev.method.upper() != "CONNECT" else None
+            if field is not None and field == last[3] and d == last[1]:
+                hits = last[2]
+            else:
+                host = request_host(ev)
+                hits = None
+                if host:
+                    if last[0] == host and last[1] == d:
+                        hits = last[2]        # the flow's requests name one host, mostly
+                    else:
+                        hits = self._domain("http_host", host, d)
+                    self._last_host = (host, d, hits, field)
+            if hits:
+                out += hits
         if self._waf:
             out += self._waf_request(ev)
         return out
