@@ -372,6 +372,13 @@ class Engine:
         parsed = flow.analyzer.data_run(d, chunks) if chunks else []
         np, budget, key, side = len(parsed), self.inspect_budget, run[0].key, run[0].side
         pkts, nbytes, copied, next_seq = flow.pkts, flow.bytes, flow.copied, flow.next_seq
+        if np:
+            # The run's first record is handled inline (_run_end took the
+            # flow open and undecided): the flow is the latest seen now, as
+            # each inline record after it would make it again (nothing in
+            # between touches another flow's place).
+            flows.move_to_end(key)
+            flow.last_seen = now
         for k, rec in enumerate(run):
             if k < np and flow.verdict not in _DECIDED and flows.get(key) is flow:
                 # What _handle does with a parsed record of a run, less the
@@ -380,9 +387,8 @@ class Engine:
                 # not identify-only, this side short of the inspection
                 # budget after the record (so no head is cut here). A
                 # record after a verdict that decided the flow, or after
-                # the flow was closed, takes _handle below.
-                flows.move_to_end(key)
-                flow.last_seen = now
+                # the flow was closed, takes _handle below. (Its place in
+                # the flow table and last_seen: set above for the run.)
                 pkts[side] += 1
                 nbytes[side] += rec.orig_len
                 copied[side] += len(rec.data)
@@ -625,6 +631,8 @@ class Engine:
                 self._log(flow, info, ev)     # (most message ends: nothing to log, _log's first test)
             if flow.verdict in _DECIDED:
                 return
+            if kind == "http_request":
+                continue          # (most events: none of the kinds below, not tested one by one)
             if kind == "malformed":
                 self._failure(flow, "parser_error")
             elif kind == "http_anomaly" and ev.name in CODING_ANOMALIES:

@@ -204,13 +204,17 @@ _BOTH_DIRECTIONS = tuple(Direction)
 
 class _DlpStream:
     """One direction's body, as DLP sees it across chunks."""
-    __slots__ = ("tail", "base", "done", "reported")
+    __slots__ = ("tail", "base", "done", "reported", "used")
 
     def __init__(self) -> None:
         self.tail = b""        # the last DLP_TAIL_BYTES scanned
         self.base = 0          # body offset of tail[0]
         self.done = 0          # matches ending at or before this body offset were judged
         self.reported: set[tuple[str, str]] = set()   # (rule, detector) hit in this message
+        # A chunk was scanned (_dlp_chunk, the one writer of the fields
+        # above; it always keeps a tail): False while all four are as new,
+        # so _end_message has nothing to do with this stream.
+        self.used = False
 
 
 class FlowInspector:
@@ -241,8 +245,8 @@ class FlowInspector:
         # (_waf_request). The flow's last request event holds the same tuple
         # (the engine's http_tx), so keeping it here holds no more memory.
         self._last_block: tuple = (None, None, None)
-        # (host, direction, hits) of the last request's host (_request).
-        self._last_host: tuple = (None, None, None)
+        # (host, direction, hits, Host field or None) of the last request's host (_request).
+        self._last_host: tuple = (None, None, None, None)
         self._ended: dict[int, int] = {}     # stream -> bit per direction whose message ended
 
     # -- input --------------------------------------------------------------------
@@ -252,7 +256,12 @@ class FlowInspector:
         # same work as their branches below.
         t = type(ev)
         if t is HttpMessageEnd and not ev.stream_id:
-            return self._end_message(ev.direction)
+            d = ev.direction
+            if d == _TO_SERVER and self._body is not None and not self._body:
+                self._body = None     # no body came: nothing to scan (_end_message's own first step)
+            if (d != _TO_SERVER or self._body is None) and (not self._dlp[d] or not self._streams[d].used):
+                return []        # nothing held for the message: what _end_message finds, less its call
+            return self._end_message(d)
         if t is HttpRequest and not ev.stream_id and not self._sid:
             return self._request(ev)
         if isinstance(ev, HttpBody):
@@ -304,20 +313,34 @@ class FlowInspector:
 
     def _request(self, ev: HttpRequest) -> list[Hit]:
         """A request head of the current stream."""
-        out = self._end_message(_TO_SERVER)     # a body cut short by a gap
+        # A body cut short by a gap: what is held of it is scanned now
+        # (_end_message; most requests follow a message that ended: no call).
+        if self._body is None and (not self._dlp[_TO_SERVER] or not self._streams[_TO_SERVER].used):
+            out = []
+        else:
+            out = self._end_message(_TO_SERVER)
         if ev.anomalies:
             out += self._anomalies(ev.anomalies, ev.direction)
         if self._dpi:
-            host = request_host(ev)
-            if host:
-                last = self._last_host
-                if last[0] == host and last[1] == ev.direction:
-                    hits = last[2]        # the flow's requests name one host, mostly
-                else:
-                    hits = self._domain("http_host", host, ev.direction)
-                    self._last_host = (host, ev.direction, hits)
-                if hits:
-                    out += hits
+            d, last = ev.direction, self._last_host
+            # The Host field, when it is what names the host (request_host:
+            # an origin-form target, not CONNECT); the same field as the last
+            # request's in the same direction names the same host: its hits,
+            # without request_host.
+            field = ev.host if ev.uri[:1] == "/" and ev.method.upper() != "CONNECT" else None
+            if field is not None and field == last[3] and d == last[1]:
+                hits = last[2]
+            else:
+                host = request_host(ev)
+                hits = None
+                if host:
+                    if last[0] == host and last[1] == d:
+                        hits = last[2]        # the flow's requests name one host, mostly
+                    else:
+                        hits = self._domain("http_host", host, d)
+                    self._last_host = (host, d, hits, field)
+            if hits:
+                out += hits
         if self._waf:
             out += self._waf_request(ev)
         return out
@@ -476,6 +499,7 @@ class FlowInspector:
         buf = st.tail + data
         if not buf:
             return []
+        st.used = True
         # When the tail was cut from a longer body, its first byte only
         # serves as left context (a lookbehind sees it; no match starts there).
         pos = 1 if st.base > 0 else 0
