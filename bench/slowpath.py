@@ -94,10 +94,12 @@ class NoVerdicts:
         return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
-def send_http_flow(prog_fd: int, client: str, sport: int, segments: int) -> None:
+def send_http_flow(prog_fd: int, client: str, sport: int, segments: int, first: int = 0) -> None:
     """A handshake, then ``segments`` pipelined GETs from ``client``:``sport``
     to 10.0.0.2:80 through the program (BPF_PROG_TEST_RUN); the server
-    acknowledges every 32nd, so the client's window moves on."""
+    acknowledges every 32nd, so the client's window moves on. ``first`` > 0:
+    the flow was started by an earlier call that sent GETs 0..first-1; this
+    one goes on from GET ``first`` (no handshake)."""
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
 
@@ -106,10 +108,10 @@ def send_http_flow(prog_fd: int, client: str, sport: int, segments: int) -> None
     up, down = eth / IP(src=client, dst="10.0.0.2"), eth / IP(src="10.0.0.2", dst=client)
     for f in (up / TCP(sport=sport, dport=80, flags="S", seq=1000),
               down / TCP(sport=80, dport=sport, flags="SA", seq=5000, ack=1001),
-              up / TCP(sport=sport, dport=80, flags="A", seq=1001, ack=5001)):
+              up / TCP(sport=sport, dport=80, flags="A", seq=1001, ack=5001))[:0 if first else 3]:
         bpfsys.prog_test_run(prog_fd, bytes(f))
-    seq = 1001
-    for i in range(segments):
+    seq = 1001 + sum(len(REQUEST % i) for i in range(first))
+    for i in range(first, segments):
         data = REQUEST % i
         bpfsys.prog_test_run(prog_fd, bytes(up / TCP(sport=sport, dport=80, flags="PA", seq=seq, ack=5001,
                                                      window=65535) / data))
