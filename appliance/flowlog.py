@@ -78,26 +78,35 @@ class FlowLog:
         return len(raws)
 
     def handle(self, raws: list[bytes]) -> None:
-        by_worker: dict[int, list[tuple[bytes, object]]] = {}
+        # An inspected session's end goes to its worker as it came: the
+        # worker decodes it, so the daemon reads only its action and worker
+        # (FlowEventDecoder.route), not the whole record twice over.
+        by_worker: dict[int, list[bytes]] = {}
+        route = self.decoder.route if self.forward is not None else None
         for raw in raws:
             if event_type(raw) != EventType.EVENT_FLOW_END:
                 self.other += 1
                 continue
-            try:
-                ev = self.decoder.decode(raw)
-            except ValueError as e:
-                self.bad += 1
-                log.warning("%s", e)
-                continue
-            if ev.action == POL_INSPECT and self.forward is not None:
-                by_worker.setdefault(ev.worker, []).append((raw, ev))
-            else:
-                self._write(ev)
+            if route is not None:
+                r = route(raw)
+                if r is not None and r[0] == POL_INSPECT:
+                    by_worker.setdefault(r[1], []).append(raw)
+                    continue
+            self._decode_write(raw)
         for worker, items in by_worker.items():
-            taken = self.forward(worker, [raw for raw, _ in items])
+            taken = self.forward(worker, items)
             self.forwarded += taken
-            for _, ev in items[taken:]:
-                self._write(ev)
+            for raw in items[taken:]:
+                self._decode_write(raw)
+
+    def _decode_write(self, raw: bytes) -> None:
+        try:
+            ev = self.decoder.decode(raw)
+        except ValueError as e:
+            self.bad += 1
+            log.warning("%s", e)
+            return
+        self._write(ev)
 
     def sessions_ended(self, entries: list[tuple[bytes, bytes]]) -> None:
         """Sessions the batch sweep removed (datapath/sweeper.py on_ended:

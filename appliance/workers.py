@@ -43,6 +43,7 @@ import uvloop
 # Imported here, in the daemon, before it forks: a worker starts with them
 # loaded and beats its heartbeat at once (importing them in the child took
 # longer than a short heartbeat timeout on a busy machine).
+from appliance.priority import worker_priority
 from slowpath.engine import Engine
 from slowpath.eve_sinks import (FORWARD_LINE_MAX, FORWARD_MESSAGE_BYTES, FORWARD_TAG_EVE, SINK_CLOSE_TIMEOUT_S,
                                  SINK_QUEUE_RECORDS, EveLog)
@@ -509,15 +510,6 @@ class Worker:
         self.injector.close()
 
 
-def _set_nice(index: int, nice: int) -> None:
-    """Run this worker at ``nice`` (slowpath.nice, runconfig.py says why)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
-    except OSError as e:         # EPERM/EACCES: no CAP_SYS_NICE (a container without it)
-        log.warning("worker %d: slowpath.nice %d not set (%s); it runs at nice %d", index, nice,
-                    os.strerror(e.errno), os.getpriority(os.PRIO_PROCESS, 0))
-
-
 def _child(index: int, ring_fd: int | None, ctx, sock: socket.socket, parent: int, close_fds: list[int]) -> int:
     """The forked worker's life; returns its exit status."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -535,7 +527,7 @@ def _child(index: int, ring_fd: int | None, ctx, sock: socket.socket, parent: in
     # The fork happened inside the daemon's running loop: this process has
     # a copy of it, which must neither run nor be taken for the current one.
     asyncio._set_running_loop(None)
-    _set_nice(index, ctx.cfg.slowpath.nice)
+    worker_priority(index, ctx.cfg.slowpath.nice)   # appliance/priority.py: nice, own autogroup, short slice
     w = Worker(index, ring_fd, ctx, sock)
     log.info("worker %d running (pid %d)", index, os.getpid())
     try:

@@ -82,6 +82,8 @@ class FlowEventDecoder:
         self.size = ctypes.sizeof(rtype)
         self._key_off = rtype.key.offset
         self._key_size = rtype.key.size
+        self._action_off = rtype.action.offset     # both __u8 (bpf/lib/maps.h)
+        self._worker_off = rtype.worker.offset
         self._reasons = {m.value: m.name.removeprefix("FLOW_END_").lower() for m in FlowEndReason}
         self._states = {m.value: m.name for m in CtState}
 
@@ -96,6 +98,15 @@ class FlowEventDecoder:
         ev = self.rtype.from_buffer_copy(raw[:self.size])
         return self._end(ev.key, ev, self._reasons.get(ev.reason, f"reason-{ev.reason}"), int(ev.worker),
                          raw[self._key_off:self._key_off + self._key_size])
+
+    def route(self, raw: bytes) -> tuple[int, int] | None:
+        """(action, worker) of a flow-end record, read without decoding the
+        rest: all the daemon needs to hand an inspected session's end to
+        its worker, which decodes it. None when it is not a flow-end
+        record of this layout (decode() says what is wrong with it)."""
+        if len(raw) < self.size or event_type(raw) != EventType.EVENT_FLOW_END:
+            return None
+        return raw[self._action_off], raw[self._worker_off]
 
     def from_session(self, key, leaf, reason: str) -> FlowEnd:
         """The end of a session user space removes or finds still open (a

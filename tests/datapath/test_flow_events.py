@@ -244,3 +244,39 @@ def test_sweeper_defers_only_for_a_reader_and_not_under_pressure(small_ring):
     st = sw.sweep(now)
     assert (st.expired_flows, st.deferred) == (kept, 0)
     assert lost_counts(fp)["flow_end"] - lost0 == kept and len(rb.drain()) == n - kept
+
+
+def test_the_daemon_hands_inspected_ends_to_their_worker_undecoded(fastpath):
+    # An inspected session's end goes to its worker as the kernel wrote it,
+    # read for its action and worker only (the worker decodes it); any
+    # other session's end is decoded and written here; a worker that takes
+    # none leaves its records to be written here too.
+    from appliance.flowlog import FlowLog
+    from slowpath.flowend import POL_INSPECT
+    t = flow_event_type(fastpath)
+
+    def raw(action, worker, port):
+        ev = t()
+        ev.type, ev.action, ev.worker = EventType.EVENT_FLOW_END, action, worker
+        ev.key.port_lo, ev.key.proto = port, 6
+        return bytes(ev)
+
+    handed, written = {}, []
+
+    def forward(worker, raws):
+        handed.setdefault(worker, []).extend(raws)
+        return len(raws) if worker != 3 else 0
+
+    log = FlowLog(fastpath, written.append, forward=forward)
+    try:
+        decoded = []
+        real = log.decoder.decode
+        log.decoder.decode = lambda r: decoded.append(r) or real(r)
+        ins = [raw(POL_INSPECT, 1, 1), raw(POL_INSPECT, 0, 2), raw(POL_INSPECT, 1, 3)]
+        other, refused = raw(POL_INSPECT - 1, 1, 4), raw(POL_INSPECT, 3, 5)
+        log.handle([ins[0], other, ins[1], ins[2], refused])
+        assert handed == {1: [ins[0], ins[2]], 0: [ins[1]], 3: [refused]}
+        assert decoded == [other, refused]          # the handed ones never decoded here
+        assert len(written) == 2 and log.forwarded == 3 and log.records == 2
+    finally:
+        log.rb.close()

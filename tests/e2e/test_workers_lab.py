@@ -77,6 +77,17 @@ def server(lab, tmp_path):
         p.wait(5)
 
 
+def assert_own_priority(pid: int) -> None:
+    from appliance.priority import WORKER_SLICE_NS, get_slice
+    group = Path(f"/proc/{pid}/autogroup")
+    if group.exists():
+        theirs = group.read_text().split()
+        assert theirs[0] != Path("/proc/self/autogroup").read_text().split()[0]
+        assert theirs[1:] == ["nice", str(WORKER_NICE_DEFAULT)]
+    if get_slice()[1]:             # the kernel reports slices (6.12+)
+        assert get_slice(pid)[1] == WORKER_SLICE_NS
+
+
 def test_two_workers_share_the_flows_and_a_killed_one_is_replaced(lab, tmp_path, server):
     (tmp_path / "policy.yaml").write_text(POLICY)
     (tmp_path / "rules.yaml").write_text(RULES)
@@ -85,6 +96,11 @@ def test_two_workers_share_the_flows_and_a_killed_one_is_replaced(lab, tmp_path,
         first = wait_for("two workers", lambda: len(workers(log)) == 2 and workers(log))
         # ahead of ordinary processes (slowpath.nice): a held request waits for its worker
         assert [os.getpriority(os.PRIO_PROCESS, p) for p in first.values()] == [WORKER_NICE_DEFAULT] * 2
+        # ... against every process, not only the daemon's session's: a
+        # scheduling group (autogroup) of its own at that level, and a
+        # short slice so a record's wakeup runs it at once (appliance/priority.py)
+        for p in first.values():
+            assert_own_priority(p)
         assert curl(lab, "/index.html", CLEAN, 41000) == ["200"] * CLEAN
         assert curl(lab, SQLI, 1, 41100)[0].startswith("curl")          # held, never reached the server
         # an answered request is logged with its answer (the held one at its flow's end)
@@ -100,6 +116,7 @@ def test_two_workers_share_the_flows_and_a_killed_one_is_replaced(lab, tmp_path,
         second = wait_for("worker 1 started again", lambda: workers(log).get(1) != first[1] and workers(log))
         assert second[0] == first[0]               # the other worker went on
         assert os.getpriority(os.PRIO_PROCESS, second[1]) == WORKER_NICE_DEFAULT     # its replacement too
+        assert_own_priority(second[1])
         assert "slow-path worker 1 (pid %d) ended: killed by signal SIGKILL" % first[1] in log.read_text()
         assert curl(lab, "/index.html", CLEAN, 42000) == ["200"] * CLEAN
         assert curl(lab, SQLI, 1, 42100)[0].startswith("curl")

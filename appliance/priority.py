@@ -1,0 +1,118 @@
+"""A slow-path worker's scheduling: its nice level made to count, and a
+short slice so a wakeup runs it at once.
+
+Measured in the lab (bench/slowpath.py, docs/performance.md 4.6.1,
+2026-12-07): the slowest 1 % of verdicts were not waiting on a timer or a
+batch in the slow path; the kernel woke the worker 20-40 us after the
+record's timestamp, and the worker then waited 4-14 ms for a CPU, at nice
+-10, behind nice-0 processes. Two reasons, both fixed here:
+
+* Autogroup (CONFIG_SCHED_AUTOGROUP, on by default where the cpu cgroup
+  controller does not place the process: cgroup v1 at its root, a shell's
+  session): the scheduler first shares the CPUs between sessions, and nice
+  only ranks the processes within one. A worker in the daemon's session
+  ranked ahead of the daemon alone; against every other session's process
+  it weighed what a nice-0 one does. The worker starts a session of its
+  own (setsid) and gives that session's group its nice level
+  (/proc/self/autogroup), so the level holds against the whole machine.
+  Where autogroup does not apply (a systemd service in its own cgroup)
+  this changes nothing.
+* EEVDF (Linux 6.6+) lets the running process finish its slice before a
+  woken one of equal slice preempts it; it is then preempted at a tick
+  (4 ms at HZ=250). A shorter slice than the running one's lets the woken
+  worker preempt at once (Linux 6.12+ sched_setattr's sched_runtime for a
+  SCHED_OTHER process; older kernels ignore the field). The slice does not
+  change the worker's share of the CPU (its weight, from nice, does).
+
+Each step that fails (no CAP_SYS_NICE, an old kernel, no /proc) is logged
+in one line and the worker runs as it is.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+
+log = logging.getLogger("microseg.run")
+
+# A worker's slice: the kernel's smallest (it clamps sched_runtime to
+# 0.1-100 ms). A worker handles a wakeup's records in ~0.15 ms and sleeps,
+# so its slice rarely ends while it runs; what the short slice buys is the
+# preemption of a running process with the default slice (0.75 ms x (1 +
+# log2 CPUs)) when a record wakes the worker.
+WORKER_SLICE_NS = 100_000
+SCHED_OTHER = 0
+# (sched_setattr, sched_getattr) by machine (the kernel's syscall tables)
+_SYS_SCHED_ATTR = {"x86_64": (314, 315), "aarch64": (274, 275)}
+AUTOGROUP = "/proc/self/autogroup"
+
+
+class SchedAttr(ctypes.Structure):
+    """struct sched_attr (include/uapi/linux/sched/types.h), SCHED_ATTR_SIZE_VER0."""
+    _fields_ = [("size", ctypes.c_uint32), ("sched_policy", ctypes.c_uint32), ("sched_flags", ctypes.c_uint64),
+                ("sched_nice", ctypes.c_int32), ("sched_priority", ctypes.c_uint32),
+                ("sched_runtime", ctypes.c_uint64), ("sched_deadline", ctypes.c_uint64),
+                ("sched_period", ctypes.c_uint64)]
+
+
+def set_slice(nice: int, slice_ns: int = WORKER_SLICE_NS) -> None:
+    """This thread: SCHED_OTHER at ``nice`` with a slice of ``slice_ns``
+    (sched_setattr(2)). OSError when the call fails."""
+    attr = SchedAttr(size=ctypes.sizeof(SchedAttr), sched_policy=SCHED_OTHER, sched_nice=nice,
+                     sched_runtime=slice_ns)
+    _sched_attr(0, 0, ctypes.byref(attr), 0)       # this thread, flags 0
+
+
+def get_slice(pid: int = 0) -> tuple[int, int]:
+    """(nice, slice ns) of thread ``pid`` (0: this one) as sched_getattr(2)
+    reports them; the slice is 0 before Linux 6.12."""
+    attr = SchedAttr()
+    _sched_attr(1, pid, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+    return attr.sched_nice, attr.sched_runtime
+
+
+def _sched_attr(which: int, *args) -> None:
+    """sched_setattr (which 0) or sched_getattr (1) with ``args``."""
+    nrs = _SYS_SCHED_ATTR.get(os.uname().machine)
+    if nrs is None:
+        raise OSError(0, f"no sched_setattr number known for {os.uname().machine}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    # variadic: every integer as a long, or its upper half is left undefined
+    args = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    if libc.syscall(ctypes.c_long(nrs[which]), *args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def own_autogroup(nice: int, path: str = AUTOGROUP) -> bool:
+    """A session of this process's own, whose autogroup gets ``nice``.
+    False when the kernel has no autogroups (nothing to do: nice then
+    ranks against every process). OSError when it cannot be set."""
+    if not os.path.exists(path):
+        return False
+    if os.getsid(0) != os.getpid():
+        os.setsid()
+    with open(path, "w") as f:
+        f.write(str(nice))
+    return True
+
+
+def worker_priority(index: int, nice: int) -> None:
+    """A forked worker, before it reads its ring: nice level, its own
+    autogroup at that level, the short slice (the module says why)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as e:         # EPERM/EACCES: no CAP_SYS_NICE (a container without it)
+        log.warning("worker %d: slowpath.nice %d not set (%s); it runs at nice %d", index, nice,
+                    os.strerror(e.errno), os.getpriority(os.PRIO_PROCESS, 0))
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        own_autogroup(nice)
+    except OSError as e:
+        log.warning("worker %d: its session's scheduling group not set to nice %d (%s); other sessions' "
+                    "processes weigh as much as it", index, nice, e.strerror or e)
+    try:
+        set_slice(nice)
+    except OSError as e:
+        log.warning("worker %d: scheduling slice not shortened (%s); a record may wait for a tick to run it",
+                    index, e.strerror or e)
