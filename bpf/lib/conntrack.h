@@ -992,7 +992,11 @@ static __always_inline int ms_ct_policy(const struct ms_pkt *p, struct ms_flow *
 }
 
 /* Reason for a TCP segment; creates, advances, promotes its session. */
-static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
+/* *l7f: the session the payload stage would look up again for this
+ * packet's first-payload check (ms_l7_mark set p->l7_side), when it is
+ * still where tracking found it (*l7_in_flows: ms_flows); else left 0 and
+ * the packet goes to the payload stage as before (fastpath.c ms_stage_tcp). */
+static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now, struct ms_flow **l7f, int *l7_in_flows)
 {
     struct ms_config *cfg = ms_cfg();
     if (!cfg)
@@ -1202,6 +1206,9 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
         int r = ms_ct_promote(kp, f, p, now);
         if (r)
             return r;
+    } else {
+        *l7f = f;   /* not moved: f is the entry the payload stage would find */
+        *l7_in_flows = where == MS_IN_FLOWS;
     }
     ms_l7_mark(p, f, fd);
     return PASS_FORWARD;
