@@ -27,11 +27,17 @@ Every packet is checked: TC_ACT_OK, and the round's counters moved only
 under the reasons expected (PASS_POLICY_ALLOW for the SYNs, PASS_FORWARD
 for the rest), one end record per flow in the ring.
 
+``--reuse``: each flow's ports come round again, as in bench/policy.py's
+lab (its client's ports cycle within CT_CLOSE's timeout): the session
+tables keep the flows of the round before (one untimed round first), so
+each SYN finds its 5-tuple's previous connection closed in ms_flows
+(ms_ct_tcp's port-reuse branch: the old verdict, counted PASS_FORWARD).
+
 Several builds can be measured side by side, interleaved call for call
 (``--variant NAME=-DMACRO[,-DMACRO...]``, each a build with those macros
 defined before the program's text; ``base`` is the build as it is).
 
-    .venv/bin/python bench/fastpath_conn.py [--flows N] [--rounds N] [--rules N] [--variant NAME=-DX ...]
+    .venv/bin/python bench/fastpath_conn.py [--flows N] [--rounds N] [--rules N] [--reuse] [--variant NAME=-DX ...]
 """
 from __future__ import annotations
 
@@ -117,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flows", type=int, default=DEFAULT_FLOWS, help=f"new flows per round (default {DEFAULT_FLOWS})")
     ap.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"rounds (default {DEFAULT_ROUNDS})")
     ap.add_argument("--rules", type=int, default=DEFAULT_RULES, help=f"allow-list entries (default {DEFAULT_RULES})")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep ms_flows between rounds: every SYN reuses a closed connection's ports")
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME=-DMACRO[,-DMACRO...]: another build, measured beside the base one")
     args = ap.parse_args(argv)
@@ -143,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         rings = {n: RingBuffer(fp.table("ms_events").map_fd) for n, fp in builds.items()}
         # (build, kind) -> median per round; "empty" the floor
         res: dict[tuple[str, str], list[float]] = {}
+        if args.reuse:
+            for n, fp in builds.items():   # the untimed round: every flow closed in ms_flows
+                fd = fp.prog_fd(Direction.DIR_INGRESS)
+                for pk in flows:
+                    for kind in KINDS:
+                        bpfsys.prog_test_run(fd, pk[kind], repeat=1)
         problems: list[str] = []
         for rnd in range(args.rounds):
             calls = [(n, fp.prog_fd(Direction.DIR_INGRESS)) for n, fp in builds.items()] + [("empty", empty_fd)]
@@ -150,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             calls = calls[k:] + calls[:k]
             before = {}
             for n, fp in builds.items():
-                for t in ("ms_halfopen4", "ms_halfopen6", "ms_flows4", "ms_flows6", "ms_syn_dst", "ms_syn_global"):
+                tables = ("ms_halfopen4", "ms_halfopen6", "ms_syn_dst", "ms_syn_global")
+                for t in tables + (() if args.reuse else ("ms_flows4", "ms_flows6")):
                     fp.table(t).clear()
                 rings[n].drain()
                 before[n] = fp.counters()
@@ -166,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                 after = fp.counters()
                 moved = {key[1]: after[key][0] - before[n].get(key, (0, 0))[0] for key in after
                          if after[key][0] != before[n].get(key, (0, 0))[0]}
-                want = {Reason.PASS_POLICY_ALLOW: args.flows, Reason.PASS_FORWARD: (len(KINDS) - 1) * args.flows}
+                want = ({Reason.PASS_FORWARD: len(KINDS) * args.flows} if args.reuse else
+                        {Reason.PASS_POLICY_ALLOW: args.flows, Reason.PASS_FORWARD: (len(KINDS) - 1) * args.flows})
                 if moved != want:
                     got = ", ".join(f"{r.name} x{c}" for r, c in sorted(moved.items()))
                     problems.append(f"{n} round {rnd}: counted {got}")
@@ -185,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     floor = statistics.median(res[("empty", "syn")])
     print("a new connection's packets in the fast path: ns per packet, BPF_PROG_TEST_RUN repeat 1")
     print(f"kernel {os.uname().release}; {args.flows} flows x {args.rounds} rounds, {args.rules}-rule "
-          f"allow-list; median over rounds of the per-round median; empty-repeat1 {floor:g} ns")
+          f"allow-list{', ports reused' if args.reuse else ''}; median over rounds of the per-round median; empty-repeat1 {floor:g} ns")
     print()
     names = list(builds)
     print("| packet | " + " | ".join(f"{n} ns | {n} / empty" for n in names) + " |")

@@ -1033,7 +1033,11 @@ static __always_inline int ms_ct_policy(const struct ms_pkt *p, struct ms_flow *
 }
 
 /* Reason for a TCP segment; creates, advances, promotes its session. */
-static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
+/* *l7f: the session the payload stage would look up again for this
+ * packet's first-payload check (ms_l7_mark set p->l7_side), when it is
+ * still where tracking found it (*l7_in_flows: ms_flows); else left 0 and
+ * the packet goes to the payload stage as before (fastpath.c ms_stage_tcp). */
+static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now, struct ms_flow **l7f, int *l7_in_flows)
 {
     struct ms_config *cfg = ms_cfg();
     if (!cfg)
@@ -1157,13 +1161,22 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
         nf->rule_id = f->rule_id;
         nf->pol_gen = f->pol_gen;
         nf->app_req = f->app_req;
-        if (where == MS_IN_FLOWS) {
-            if (ms_flows_delete(kp) == 0)
-                ms_pressure_add(1);
-        } else {
-            ms_halfopen_count(0);   /* the update below replaces this entry */
-        }
-        ms_halfopen_put(kp, nf);
+        /* The new session takes the old one's entry, in place, in the
+         * table it is in: the old session ended (its record went when it
+         * closed) and its slot is the new one's. Moving it (a delete from
+         * ms_flows, an insert into ms_halfopen, then at the handshake's end
+         * an insert into ms_flows and a delete from ms_halfopen, four
+         * atomic adds on ms_pressure) is work a reused port does not need
+         * (measured: docs/performance.md 4.3). Nothing is decided differently: the
+         * handshake is checked the same in either table, the entry counts
+         * once as before, and in ms_flows it takes no slot the old session
+         * did not hold (a reset before ESTABLISHED leaves it in CLOSE there,
+         * as the old one was). Written over like every other change to a
+         * session here, not updated through the map: an update is a bucket
+         * walk, and would recreate, uncounted, an entry another CPU removed
+         * meanwhile. The new cookie keeps the old connection's pending
+         * slow-path verdicts off it (maps.h struct ms_flow). */
+        __builtin_memcpy(f, nf, sizeof(*nf));
         return PASS_FORWARD;
     }
     if (ev == EV_SYNACK && (state == CT_SYN_SENT || state == CT_SYN_SENT2)) {
@@ -1234,6 +1247,9 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now)
         int r = ms_ct_promote(kp, f, p, now);
         if (r)
             return r;
+    } else {
+        *l7f = f;   /* not moved: f is the entry the payload stage would find */
+        *l7_in_flows = where == MS_IN_FLOWS;
     }
     ms_l7_mark(p, f, fd);
     return PASS_FORWARD;

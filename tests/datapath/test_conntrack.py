@@ -408,9 +408,11 @@ def test_tcp_transition(fastpath, state, frm, event):
         assert after.leaf.packets[fd] == before.leaf.packets[fd] + 1
     else:
         expect(fastpath, frame, R.PASS_FORWARD)
-        after = conn.assert_state(want, expected_table(state, want))
-        if state in (S.CT_TIME_WAIT, S.CT_CLOSE) and want == S.CT_SYN_SENT:
-            # port reuse: a fresh session, only the new SYN counted
+        reuse = state in (S.CT_TIME_WAIT, S.CT_CLOSE) and want == S.CT_SYN_SENT
+        # port reuse: the new session takes the old one's entry where it is
+        after = conn.assert_state(want, before.table if reuse else expected_table(state, want))
+        if reuse:
+            # a fresh session, only the new SYN counted
             assert list(after.leaf.packets) == [1, 0]
             assert after.leaf.initiator_is_hi == before.leaf.initiator_is_hi
             assert after.leaf.tcp[0].end == seq + 1 and after.leaf.tcp[1].flags == 0
@@ -549,15 +551,23 @@ def test_port_reuse_after_time_wait(fastpath, family):
     drive(conn, S.CT_TIME_WAIT)
     again = TcpConn.make(fastpath, client=(cli, 40005), server=(srv, 80),
                          isn=(conn.c.nxt + 100_000, 7_000_000))
+    old_cookie = conn.entry().leaf.cookie
     again.send(O, "S")
-    e = again.assert_state(S.CT_SYN_SENT)                  # back in the half-open table
+    # the new session takes the old one's entry in ms_flows, in place: no
+    # delete, no half-open insert, and no promotion at the handshake's end
+    e = again.assert_state(S.CT_SYN_SENT, FLOWS)
     assert list(e.leaf.packets) == [1, 0]
-    assert table_len(fastpath, FLOWS) == 0
-    pr = fastpath.table("ms_pressure")[ctypes.c_int(0)]
-    assert (pr.inserted, pr.deleted) == (1, 1)
+    assert e.leaf.cookie != old_cookie                     # a new connection for the slow path
+    assert (table_len(fastpath, FLOWS), table_len(fastpath, HALFOPEN)) == (1, 0)
+
+    def counted():
+        pr = fastpath.table("ms_pressure")[ctypes.c_int(0)]
+        return (pr.inserted, pr.deleted, pr.halfopen_inserted, pr.halfopen_removed)
+    assert counted() == (1, 0, 1, 1)       # the first connection's promotion only
     again.send(RD, "SA")
     again.send(O, "A")
     again.assert_state(S.CT_ESTABLISHED)
+    assert counted() == (1, 0, 1, 1)       # one entry, counted once
     again.send(O, "PA", data=b"second life")
     again.send(RD, "A")
     # the old connection's numbers are gone with it

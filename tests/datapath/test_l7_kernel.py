@@ -238,3 +238,42 @@ def test_udp_requirement(app_policy):
     bad = ether() / IP(src="10.0.0.5", dst="10.0.1.5") / UDP(sport=5001, dport=53) / b"SSH-2.0-x\r\n"
     expect(app_policy, bad, Reason.DROP_L7_APP_MISMATCH)
     assert entry(app_policy, "10.0.0.5", 5001, "10.0.1.5", 53, IPPROTO_UDP) is None
+
+
+# The first payload's check runs in the TCP stage on the session tracking
+# holds (fastpath.c ms_stage_tcp), or in the payload stage when tracking
+# moved the session (the handshake's last ACK carrying data: promoted to
+# ms_flows in the same packet). Either way the check lands on the session
+# as it is now, in the table it is in.
+
+def test_first_payload_on_the_handshakes_last_ack(app_policy):
+    conn = TcpConn.make(app_policy, client=("10.0.0.5", 40010), server=("10.0.1.5", 8080))
+    conn.send("c", "S", Reason.PASS_POLICY_ALLOW)
+    conn.send("s", "SA")
+    conn.send("c", "PA", data=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")   # promoted and identified
+    e = conn.entry()
+    assert e.table == FLOWS and e.leaf.app == app_policy.l7.ids["http"] and e.leaf.l7_seen == 1
+
+    bad = TcpConn.make(app_policy, client=("10.0.0.5", 40011), server=("10.0.1.5", 443))
+    bad.send("c", "S", Reason.PASS_POLICY_ALLOW)
+    bad.send("s", "SA")
+    bad.send("c", "PA", Reason.DROP_L7_APP_MISMATCH, data=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert bad.entry() is None
+
+
+def test_first_payload_of_a_reused_port(app_policy):
+    """A new connection on a closed one's ports takes its entry in ms_flows
+    (conntrack.h): identified there, and removed from there on a mismatch."""
+    old = policy_conn(app_policy, 443)
+    old.send("c", "PA", data=CLIENT_HELLO)
+    old.send("c", "RA")
+    assert old.entry().table == FLOWS
+    again = TcpConn.make(app_policy, client=("10.0.0.5", 40000), server=("10.0.1.5", 443),
+                         isn=(old.c.nxt + 100_000, 9_000_000))
+    again.send("c", "S")
+    again.send("s", "SA")
+    again.send("c", "A")
+    e = again.entry()
+    assert e.table == FLOWS and e.leaf.app == 0 and e.leaf.l7_seen == 0   # a new session's L7 state
+    again.send("c", "PA", Reason.DROP_L7_APP_MISMATCH, data=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert again.entry() is None
