@@ -19,6 +19,7 @@ import errno
 import os
 import platform
 import struct
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -349,23 +350,33 @@ class TestRunner:
         syscall). Same checks and errors as run(); ``duration_ns`` is not
         kept. A packet that is not bytes, too short, or a runner that copies
         the packet back or cannot pass bytes in place takes run() itself."""
-        if _BYTES_DATA_OFFSET is None or self._out is not None:
+        if _BYTES_DATA_OFFSET is None or self._out is not None or sys.byteorder != "little":
             return self.run
-        attr, syscall, args, off, slow = self._attr, self._syscall, self._args, _BYTES_DATA_OFFSET, self.run
+        syscall, args, off, slow = self._syscall, self._args, _BYTES_DATA_OFFSET, self.run
+        # The attr's fields through memoryviews of it, not ctypes' field
+        # descriptors: an item store is ~30 ns cheaper than a field's (three
+        # stores and a read a frame, ~0.1 us of ~6 us a frame outside the
+        # engine). data_size_in and data_size_out are adjacent u32s
+        # (_TestRunAttr), one u64 on a little-endian machine: the packet's
+        # size in the low half, 0 in the high.
+        raw = memoryview(self._attr).cast("B")
+        u32, u64 = raw.cast("I"), raw.cast("Q")
+        sizes, data_in, retval = (_TestRunAttr.data_size_in.offset // 8, _TestRunAttr.data_in.offset // 8,
+                                  _TestRunAttr.retval.offset // 4)
 
         def run(data: bytes) -> int:
             n = len(data)
             if n < ETH_HLEN or type(data) is not bytes:
                 return slow(data)
-            attr.data_size_in = n
-            # Zero each time: the kernel writes the packet's size back here
-            # (see run()), and a stale size would make a larger packet fail.
-            attr.data_size_out = 0
-            attr.data_in = id(data) + off
+            # data_size_out zeroed each time: the kernel writes the packet's
+            # size back there (see run()), and a stale size would make a
+            # larger packet fail.
+            u64[sizes] = n
+            u64[data_in] = id(data) + off
             if syscall(*args) < 0:
                 err = ctypes.get_errno()
                 raise BpfError(err, f"bpf cmd {BPF_PROG_TEST_RUN}: {os.strerror(err)}")
-            return attr.retval
+            return u32[retval]
         return run
 
     @property

@@ -65,7 +65,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,29 @@ def _normal_ip(addr) -> tuple[str, int]:
     return str(ip), ip.version
 
 
+class _per_flow:
+    """functools.cached_property without its lock: Python 3.11's takes an
+    RLock on each first read (~1 us, twice a flow: community_id and
+    header_parts of every session's flow record and every inspected flow).
+    The value is a pure function of the flow's fields, so two threads
+    computing it at once store the same thing. After the first read the
+    instance's own attribute is found first (no __set__ here)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
+
+
 @dataclass(frozen=True)
 class FlowInfo:
     """Who talked to whom: the part every record about a flow shares.
@@ -202,13 +225,13 @@ class FlowInfo:
     def proto_name(self) -> str:
         return PROTO_NAMES.get(self.proto, str(self.proto))
 
-    @cached_property                    # one SHA-1 per flow, not per record
+    @_per_flow                          # one SHA-1 per flow, not per record
     def community_id(self) -> str | None:
         if self.proto in _ICMP_PROTOS:
             return community_id(self.proto, self.src_ip, self.dest_ip, self.icmp_type, self.icmp_code)
         return community_id(self.proto, self.src_ip, self.dest_ip, self.src_port, self.dest_port)
 
-    @cached_property                    # once per flow, not per record
+    @_per_flow                          # once per flow, not per record
     def header_parts(self) -> tuple[dict, dict]:
         """What every record's header (_header) takes from the flow, the
         fields before ``event_type`` (flow_id, in_iface) and those after

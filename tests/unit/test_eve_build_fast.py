@@ -175,3 +175,20 @@ def test_normal_ip_same_as_ipaddress():
         except ValueError:
             got = ValueError
         assert got == want, t
+
+
+def test_flow_parts_computed_once_without_a_lock(monkeypatch):
+    """FlowInfo.community_id and header_parts are computed on first read,
+    once, and kept on the flow (later reads are the instance's attribute),
+    through a descriptor without functools.cached_property's lock (Python
+    3.11 takes an RLock on every first read: ~1 us a session record)."""
+    import functools
+    for name in ("community_id", "header_parts"):
+        assert not isinstance(eve.FlowInfo.__dict__[name], functools.cached_property)
+    calls = []
+    real = eve.community_id
+    monkeypatch.setattr(eve, "community_id", lambda *a: calls.append(a) or real(*a))
+    f = eve.FlowInfo(1, "10.0.0.1", 1234, "10.0.0.2", 80, 6)
+    assert f.header_parts is f.header_parts and f.community_id == f.header_parts[1]["community_id"]
+    assert len(calls) == 1 and vars(f)["header_parts"] is f.header_parts
+    assert f.community_id == eve.community_id(6, "10.0.0.1", "10.0.0.2", 1234, 80)
