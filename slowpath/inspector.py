@@ -158,7 +158,7 @@ class RuleSet:
             return []
         found: dict[int, tuple[int, int]] = {}
         try:
-            db.scan(data, match_event_handler=_on_match, context=[found, 0])
+            db.scan(data, _on_match, 0, [found, 0])   # (handler, flags, context) by position: see waf.prefilter_clean
         except hyperscan.ScanTerminated:
             pass
         if not found:
