@@ -631,31 +631,45 @@ def _fast_block(rest: str, request: bool) -> "_Block | None":
     return b
 
 
-def _fast_head(text: str, request: bool) -> _Head | None:
+def _fast_head(text: str, request: bool, side: "_Side | None" = None) -> _Head | None:
     """``text`` (a complete head, latin-1 decoded, at most MAX_FIELD_LINE_BYTES
     long so that no line is too long) parsed as _parse_head would, if it is a
-    plain one (see above); None: leave it to _parse_head."""
+    plain one (see above); None: leave it to _parse_head. ``side``: the
+    direction the head came on, whose last fields block is tried first."""
     m = (_FAST_REQUEST_LINE if request else _FAST_RESPONSE_LINE).match(text)
     if m is None or request and m[1] not in _FAST_METHODS:
         return None
-    rest = text[m.end():]
-    key = (rest, request)
-    b = _blocks.get(key, False)
-    if b is False:
-        b = _fast_block(rest, request)
-        if len(rest) <= MAX_CACHED_BLOCK_CHARS:
-            if len(_blocks) >= MAX_CACHED_BLOCKS:
-                _blocks.clear()
-            _blocks[key] = b
+    at = m.end()
+    last = side.last_block if side is not None else None
+    if last is not None and len(text) - at == len(last[0]) and text.endswith(last[0]):
+        # The same fields block as the side's last head (a side is one
+        # direction, so ``request`` is the same too): the block read then,
+        # with no slice, key or hash of it (a client repeats its fields
+        # with every request). A comparison of the text, so whatever
+        # _blocks holds or dropped since, the block is the one it would give.
+        b = last[1]
+    else:
+        rest = text[at:]
+        key = (rest, request)
+        b = _blocks.get(key, False)
+        if b is False:
+            b = _fast_block(rest, request)
+            if len(rest) <= MAX_CACHED_BLOCK_CHARS:
+                if len(_blocks) >= MAX_CACHED_BLOCKS:
+                    _blocks.clear()
+                _blocks[key] = b
+        if side is not None and len(rest) <= MAX_CACHED_BLOCK_CHARS:
+            side.last_block = (rest, b)
     if b is None:
         return None
     h = _Head()
     h.fields, h.names, h.anomalies, h.block = b.fields, b.names, b.anomalies, b
-    h.version = "HTTP/1.1" if m[3 if request else 1] == "1" else "HTTP/1.0"
     if request:
-        h.method, h.uri = m[1], m[2]
+        h.method, h.uri, minor = m.groups()
     else:
-        h.status, h.reason = int(m[2]), m[3] or ""
+        minor, status, reason = m.groups()
+        h.status, h.reason = int(status), reason or ""
+    h.version = "HTTP/1.1" if minor == "1" else "HTTP/1.0"
     return h
 
 
@@ -860,7 +874,7 @@ class _Pending:
 
 class _Side(StreamSide):
     __slots__ = ("state", "scan", "remaining", "body_size", "body_emitted", "parts", "after",
-                 "decoder", "coding_anomaly")
+                 "decoder", "coding_anomaly", "last_block")
     max_buffered = MAX_BUFFERED_BYTES
 
     def __init__(self, direction: Direction) -> None:
@@ -874,6 +888,8 @@ class _Side(StreamSide):
         self.after = _HEAD          # state after the current message
         self.decoder: ContentDecoder | None = None  # the current body's Content-Encoding
         self.coding_anomaly: HttpAnomalyEvent | None = None   # its failure, not yet emitted
+        # (fields block text, its _Block or None) of this side's last plain-looking head (_fast_head)
+        self.last_block: tuple[str, "_Block | None"] | None = None
 
     @property
     def done(self) -> bool:
@@ -1029,7 +1045,7 @@ class HttpParser(StreamParser):
         if 4 <= end - i <= MAX_FIELD_LINE_BYTES:
             # (A head that is the whole buffer, as a record of one request
             # mostly is, decoded without a copy of it first.)
-            head = _fast_head((buf if i == 0 and end == n else buf[i:end]).decode("latin-1"), request)
+            head = _fast_head((buf if i == 0 and end == n else buf[i:end]).decode("latin-1"), request, side)
             if head is not None:
                 if request:
                     return self._request(side, head, side.offset + i, end, events)

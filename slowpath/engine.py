@@ -627,7 +627,13 @@ class Engine:
                 if hit.action == "block":
                     self._block(flow)
             kind = ev.kind
-            if kind != "http_message_end" or ev.content_encoding or flow.http_coded is not None:
+            if kind == "http_request" and not ev.anomalies:
+                # What _log does with a request without anomalies (no
+                # anomaly record to write), without the call: it waits for
+                # its answer and is the flow's latest transaction.
+                flow.http_pending.append(ev)
+                flow.http_tx = (ev, None)
+            elif kind != "http_message_end" or ev.content_encoding or flow.http_coded is not None:
                 self._log(flow, info, ev)     # (most message ends: nothing to log, _log's first test)
             if flow.verdict in _DECIDED:
                 return
@@ -734,7 +740,7 @@ class Engine:
             self.emit(eve.anomaly_record(info, name, self.wallclock(),
                                          app_proto="http2" if info.app_proto in H2_APPS else "http",
                                          direction=ev.direction))
-        if kind == "http_request":
+        if kind == "http_request":       # (_inspect does the same itself for one without anomalies)
             flow.http_pending.append(ev)
             flow.http_tx = (ev, None)
         elif kind == "http_response":

@@ -158,7 +158,7 @@ class RuleSet:
             return []
         found: dict[int, tuple[int, int]] = {}
         try:
-            db.scan(data, match_event_handler=_on_match, context=[found, 0])
+            db.scan(data, _on_match, 0, [found, 0])   # (handler, flags, context) by position: see waf.prefilter_clean
         except hyperscan.ScanTerminated:
             pass
         if not found:
@@ -232,8 +232,10 @@ class FlowInspector:
         self._dlp = rules._dlp_by_direction if "dlp" in what else rules._no_dlp
         self._dlp_prefilter = rules._dlp_prefilter
         self._streams = {d: _DlpStream() for d in _BOTH_DIRECTIONS}
-        # The request whose body the WAF is collecting.
-        self._body: bytearray | None = None
+        # The request whose body the WAF is collecting: None when none is;
+        # b"" (armed, nothing yet: most requests have no body, so no buffer
+        # is made for them, _waf_request); then a bytearray.
+        self._body: bytearray | bytes | None = None
         self._body_type: str | None = None
         # HTTP/2 streams interleave: each stream has its own body state (the
         # three fields above), swapped in by _use; stream 0 (HTTP/1) is the
@@ -269,6 +271,8 @@ class FlowInspector:
                 self._use(ev.stream_id)
             out = self._dlp_chunk(ev.direction, ev.data, final=False) if self._dlp[ev.direction] else []
             if ev.direction == _TO_SERVER and self._body is not None:
+                if self._body.__class__ is bytes:
+                    self._body = bytearray()      # the first bytes of an armed body (b"")
                 self._body += ev.data[:MAX_WAF_BODY_BYTES - len(self._body)]
                 if len(self._body) >= MAX_WAF_BODY_BYTES:
                     out += self._waf_body()       # full: scan now; the rest goes unscanned
@@ -414,7 +418,7 @@ class FlowInspector:
                 out += hits
         ctype = (ev.content_type or "").lower()
         if rs._for_field["body"] and not ctype.startswith(BINARY_BODY_TYPES):
-            self._body, self._body_type = bytearray(), ev.content_type
+            self._body, self._body_type = b"", ev.content_type     # armed; a buffer when a body comes
         return out
 
     def _block_hits(self, headers, d: Direction) -> list[Hit]:

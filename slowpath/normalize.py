@@ -167,20 +167,19 @@ def args(target: str) -> list[bytes]:
 # in it (the path, the query and each parameter are parts of it, so none of
 # them has any either): it is its own "uri" field, and its parameters'
 # values are its "args", as sent. Most requests are such; one search then
-# replaces the split and a search per part. (_is_plain asks the same with
-# substring tests, a third of this search's time on a typical target.)
+# replaces the split and a search per part. (uri_and_args asks the same with
+# substring tests; tests/unit/test_engine_fast_paths.py holds the two equal.)
 _PLAIN_TARGET = re.compile(r"[\x00%\\+#]|/\.?/")
-
-
-def _is_plain(target: str) -> bool:
-    """``_PLAIN_TARGET.search(target) is None``, one memchr-backed test per character or pair."""
-    return not ("%" in target or "+" in target or "#" in target or "\\" in target or "\x00" in target
-                or "//" in target or "/./" in target)
 
 
 def uri_and_args(target: str) -> tuple[bytes, list[bytes]]:
     """uri(target) and args(target), the target split once."""
-    if target[:1] == "/" and target.isascii() and _is_plain(target):
+    # (_PLAIN_TARGET.search(target) is None, as one memchr-backed substring
+    # test per character or pair: a third of the search's time on a
+    # typical target; inline, no call: ~0.06 us less a request)
+    if target[:1] == "/" and target.isascii() and not (
+            "%" in target or "+" in target or "#" in target or "\\" in target or "\x00" in target
+            or "//" in target or "/./" in target):
         raw = target.encode("ascii")
         query = raw.partition(b"?")[2]
         if not query:

@@ -11,7 +11,8 @@ import ctypes
 import socket
 import struct
 import time
-from typing import NamedTuple, Sequence
+from operator import itemgetter
+from typing import Collection, NamedTuple, Sequence
 
 from datapath import bpfsys
 from datapath.enums import VerdictCode
@@ -90,17 +91,21 @@ _HEADER_FIELDS = ("ts_ns", "seq", "ack_seq", "len", "orig_len", "rule_id", "side
 _UNSIGNED = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 
-def _header_struct(rec_type: type) -> tuple[struct.Struct, dict[str, int]]:
+def _header_struct(rec_type: type, read: Collection[str] | None = None) -> tuple[struct.Struct, dict[str, int]]:
     """A struct.Struct reading the header of a record in one call, built
     from the ctypes type's own field offsets and sizes (so the layout keeps
     its one definition, the compiled C struct): scalars as integers, arrays
-    and nested structs as bytes; and each field's index in the tuple."""
+    and nested structs as bytes; and each field's index in the tuple.
+    ``read``: the fields to read (the others are skipped as padding, no
+    object made for them); all when None."""
     fmt, at, index = ["="], 0, {}
     for f in rec_type._fields_:
         if len(f) != 2:
             raise ValueError(f"struct ms_insp_rec field {f[0]!r} is a bit field: the record decoder reads bytes")
         name, ftype = f
         desc = getattr(rec_type, name)
+        if read is not None and name not in read:
+            continue                  # (the gap before the next field read, or the tail, skips it)
         if desc.offset > at:
             fmt.append(f"{desc.offset - at}x")
         code = getattr(ftype, "_type_", None)
@@ -123,10 +128,19 @@ class RecordDecoder:
         self.rec_type = rec_type
         self.hsize = ctypes.sizeof(rec_type)
         self.key_size = ctypes.sizeof(key_type)
-        self._header, self._index = _header_struct(rec_type)
-        # _HEADER_FIELDS' positions in the unpacked header, in that order
-        # (decode_many takes them once a batch).
-        self._indices = tuple(self._index[name] for name in _HEADER_FIELDS)
+        # Only the fields decode_many reads (the 40-byte key is sliced from
+        # the record as the connection's reference instead: no bytes object
+        # made for it, nor for padding), as a tuple in _HEADER_FIELDS' order,
+        # which decode_many unpacks into names (a fixed unpacking costs less
+        # than a subscript per field). The C struct lays them out in that
+        # order; if it ever does not, one itemgetter puts them in it.
+        self._header, self._index = _header_struct(rec_type, _HEADER_FIELDS)
+        order = tuple(self._index[name] for name in _HEADER_FIELDS)
+        if order == tuple(range(len(order))):
+            self._read = self._header.unpack_from
+        else:
+            unpack, get = self._header.unpack_from, itemgetter(*order)
+            self._read = lambda raw: get(unpack(raw))
         key_at = rec_type.key.offset
         cookie = rec_type.cookie
         if cookie.size != COOKIE_BYTES:
@@ -161,23 +175,21 @@ class RecordDecoder:
         skipped as bad (shorter than the header)."""
         out: list[InspRecord] = []
         bad: list[str] = []
-        unpack = self._header.unpack_from
+        read = self._read
         hsize, kslice, peers, new = self.hsize, self._key, self._peers, tuple.__new__
-        (i_ts, i_seq, i_ack, i_len, i_orig, i_rule, i_side, i_flags, i_l4, i_app, i_insp, i_hook, i_hi, i_frag,
-         i_fid, i_foff, i_cookie) = self._indices
         append = out.append
         for raw in raws:
             if len(raw) < hsize:
                 bad.append(self._short(raw))
                 continue
-            h = unpack(raw)
-            ref = raw[kslice] + h[i_cookie].to_bytes(COOKIE_BYTES, "little")   # session_ref()
+            # (the names and order of _HEADER_FIELDS)
+            ts, seq, ack, n, orig, rule, side, flags, l4, app, insp, hook, hi, frag, fid, foff, cookie = read(raw)
+            ref = raw[kslice] + cookie.to_bytes(COOKIE_BYTES, "little")   # session_ref()
             p = peers.get(ref)
             if p is None:
-                p = self._peers_of(ref, raw, h[i_hi])
-            append(new(InspRecord, (h[i_ts], ref, p[0], p[1], h[i_side], h[i_seq], h[i_ack], h[i_flags], h[i_l4],
-                                    h[i_app], h[i_insp], h[i_rule], h[i_hook], h[i_orig],
-                                    raw[hsize:hsize + h[i_len]], h[i_frag], h[i_fid], h[i_foff])))
+                p = self._peers_of(ref, raw, hi)
+            append(new(InspRecord, (ts, ref, p[0], p[1], side, seq, ack, flags, l4, app, insp, rule, hook, orig,
+                                    raw[hsize:hsize + n], frag, fid, foff)))
         return out, bad
 
 

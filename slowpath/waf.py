@@ -304,7 +304,10 @@ def compile_prefilter(patterns: tuple[bytes, ...]):
 def prefilter_clean(db, data: bytes) -> bool:
     """True when no pattern of ``db`` (compile_prefilter) matches ``data``."""
     try:
-        db.scan(data, match_event_handler=_stop)
+        # The handler passed by position: python-hyperscan parses keyword
+        # arguments through a dict built per call, ~0.1 us of this scan's
+        # ~0.5 us on a request's target (timeit, 2026-12-07).
+        db.scan(data, _stop)
     except hyperscan.ScanTerminated:
         return False
     return True

@@ -166,6 +166,26 @@ def test_hold_mode_release_sends_the_held_segments_on_once():
     assert h.resets.injected == [(0, 1001, head), (0, 1001 + len(head), tail)]
 
 
+def test_an_attack_in_a_request_body_alerts_with_that_request():
+    """A hit on a request's body (scanned at its end, after the head's own
+    event) carries the flow's latest request as its transaction: the second
+    of two, each without anomalies (Engine._inspect keeps such a request
+    itself, without _log; fails when it does not make it the latest)."""
+    h = Harness()
+    h.engine.handle(rec(b"GET /first HTTP/1.1\r\nHost: shop.example\r\n\r\n"))
+    body = b"user=admin&pass=1%27%20UNION%20SELECT%20password%20FROM%20users--"
+    head = b"POST /login HTTP/1.1\r\nHost: shop.example\r\nContent-Type: application/x-www-form-urlencoded\r\n" \
+           b"Content-Length: %d\r\n\r\n" % len(body)
+    first = len(b"GET /first HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+    h.engine.handle(rec(head, seq=1001 + first))
+    assert not [r for r in h.eve if r["event_type"] == "alert"]
+    h.engine.handle(rec(body, seq=1001 + first + len(head)))
+    alert = next(r for r in h.eve if r["event_type"] == "alert")
+    assert alert["alert"]["metadata"]["field"][0] == "http.request_body"
+    assert alert["http"]["url"] == "/login" and alert["http"]["http_method"] == "POST"
+    h.kinds()
+
+
 def test_card_number_in_response_body_blocks():
     h = Harness()
     h.engine.handle(rec(b"GET /account HTTP/1.1\r\nHost: shop.example\r\n\r\n"))
