@@ -166,6 +166,20 @@ static __always_inline int ms_iface_managed(__u32 ifindex)
     return ms_ifaces.lookup(&ifindex) != NULL;
 }
 
+/* This packet's per-CPU scratch, cleared, with its direction set; NULL
+ * when the lookup fails. A map value is 8-byte aligned (the kernel rounds
+ * per-CPU values up to 8): said here, the clear is 11 word stores, not 22
+ * of 4 bytes. */
+static __always_inline struct ms_pkt *ms_pkt_fresh(__u32 dir)
+{
+    struct ms_pkt *p = ms_pkt_scratch();
+    if (p) {
+        __builtin_memset(__builtin_assume_aligned(p, 8), 0, sizeof(*p));
+        p->dir = dir;
+    }
+    return p;
+}
+
 /* The entry's reason for a packet it finishes itself (a packet handed to a
  * stage never comes back). One ms_finish below, not one per return: the
  * drop log inlined once per program, not once per reason. */
@@ -196,11 +210,9 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
          * through ms_parse and the dispatch below: the verifier would walk
          * those (the tunnel parsers) once more per way the lane misses,
          * past its limit. */
-        p = ms_pkt_scratch();
+        p = ms_pkt_fresh(dir);
         if (!p)
             return DROP_TAIL_CALL_MISSED;
-        __builtin_memset(__builtin_assume_aligned(p, 8), 0, sizeof(*p));
-        p->dir = dir;
         reason = ms_parse_tcp4_pkt(skb, p);
         if (reason != PASS_FORWARD)
             return reason;
@@ -208,14 +220,9 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
         goto call;
     }
 
-    p = ms_pkt_scratch();
+    p = ms_pkt_fresh(dir);
     if (!p)
         return DROP_TAIL_CALL_MISSED;
-
-    /* A map value is 8-byte aligned (the kernel rounds per-CPU values up
-     * to 8): said here, the clear is 11 word stores, not 22 of 4 bytes. */
-    __builtin_memset(__builtin_assume_aligned(p, 8), 0, sizeof(*p));
-    p->dir = dir;
     reason = ms_parse(skb, p);
     MS_BENCH_STEP(1, MS_BENCH_REASON);   /* parsed */
     if (reason == PASS_FORWARD) {
