@@ -84,6 +84,21 @@ def _sched_attr(which: int, *args) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def autogroup(pid: int | str = "self") -> tuple[str, int] | None:
+    """(name, nice) of process ``pid``'s autogroup, as /proc/PID/autogroup
+    reads. None when the kernel has no autogroups, or when the process is
+    in the boot session's group: the kernel prints nothing for that one (a
+    process tree where no ancestor called setsid(), e.g. a container's or
+    a CI runner's, is in it)."""
+    try:
+        fields = open(f"/proc/{pid}/autogroup").read().split()
+    except FileNotFoundError:
+        return None
+    if len(fields) != 3 or fields[1] != "nice":
+        return None
+    return fields[0], int(fields[2])
+
+
 def own_autogroup(nice: int, path: str = AUTOGROUP) -> bool:
     """A session of this process's own, whose autogroup gets ``nice``.
     False when the kernel has no autogroups (nothing to do: nice then

@@ -11,11 +11,10 @@ from appliance import priority
 ROOT = str(Path(__file__).resolve().parents[2])
 CHILD = r"""
 import json, os, sys
-from appliance.priority import get_slice, worker_priority
+from appliance.priority import autogroup, get_slice, worker_priority
 worker_priority(0, int(sys.argv[1]))
 print(json.dumps({"nice": os.getpriority(os.PRIO_PROCESS, 0), "sid": os.getsid(0), "pid": os.getpid(),
-                  "autogroup": open("/proc/self/autogroup").read().split() if os.path.exists("/proc/self/autogroup")
-                  else None, "attr": get_slice()}))
+                  "autogroup": autogroup(), "attr": get_slice()}))
 """
 
 
@@ -31,10 +30,11 @@ def test_worker_gets_its_own_session_group_at_its_nice_and_the_short_slice():
     got = child(5)
     assert got["nice"] == 5
     assert got["sid"] == got["pid"]                       # a session of its own
-    if got["autogroup"] is not None:                      # a kernel with autogroups
-        mine = open("/proc/self/autogroup").read().split()[0]
-        assert got["autogroup"][0] != mine                 # not this (the daemon's) group
-        assert got["autogroup"][1:] == ["nice", "5"]       # the group weighs what the worker's nice says
+    if os.path.exists("/proc/self/autogroup"):            # a kernel with autogroups
+        name, group_nice = got["autogroup"]                # setsid() made the worker one ...
+        mine = priority.autogroup()                        # (None: this process is in the boot session's)
+        assert mine is None or name != mine[0]             # ... not this (the daemon's) group
+        assert group_nice == 5                             # the group weighs what the worker's nice says
     nice, slice_ns = got["attr"]
     assert nice == 5
     if priority.get_slice()[1]:                            # the kernel reports slices (6.12+)
@@ -52,6 +52,18 @@ def test_a_failing_step_is_one_warning_and_the_rest_still_runs(monkeypatch, capl
     assert [r.getMessage() for r in caplog.records] == [
         "worker 3: its session's scheduling group not set to nice -10 (denied); other sessions' processes "
         "weigh as much as it"]
+
+
+def test_autogroup_reads_none_for_the_boot_sessions_group(monkeypatch):
+    # the kernel prints nothing for the group every process is in until an
+    # ancestor calls setsid() (a CI runner's or a container's tree)
+    files = {"/proc/1/autogroup": "", "/proc/2/autogroup": "/autogroup-354 nice -10\n"}
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: __import__("io").StringIO(files[p]) if p in files
+                        else real_open(p, *a, **k))
+    assert priority.autogroup(1) is None
+    assert priority.autogroup(2) == ("/autogroup-354", -10)
+    assert priority.autogroup(2**22 + 1) is None           # above any pid_max: no such process
 
 
 def test_no_autogroup_file_is_nothing_to_do(tmp_path):
