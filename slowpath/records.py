@@ -150,7 +150,8 @@ class RecordDecoder:
         self._key_type = dict(rec_type._fields_)["key"]
         self._peers: dict[bytes, tuple[tuple[str, int], tuple[str, int]]] = {}
 
-    def _short(self, raw) -> str:
+    def short(self, raw) -> str:
+        """What is wrong with a raw record shorter than the header."""
         return f"payload record of {len(raw)} bytes, header alone is {self.hsize}"
 
     def _peers_of(self, ref: bytes, raw: bytes, initiator_is_hi: int) -> tuple[tuple[str, int], tuple[str, int]]:
@@ -180,7 +181,7 @@ class RecordDecoder:
         append = out.append
         for raw in raws:
             if len(raw) < hsize:
-                bad.append(self._short(raw))
+                bad.append(self.short(raw))
                 continue
             # (the names and order of _HEADER_FIELDS)
             ts, seq, ack, n, orig, rule, side, flags, l4, app, insp, hook, hi, frag, fid, foff, cookie = read(raw)
@@ -191,6 +192,25 @@ class RecordDecoder:
             append(new(InspRecord, (ts, ref, p[0], p[1], side, seq, ack, flags, l4, app, insp, rule, hook, orig,
                                     raw[hsize:hsize + n], frag, fid, foff)))
         return out, bad
+
+
+    def decode_one(self, raw: bytes) -> InspRecord | None:
+        """decode_many's record for one raw record, without its two lists
+        (None: shorter than the header, which short() describes). For a
+        caller that gets records one at a time (replay: the ring is drained
+        after every frame and a frame writes one record). The same fields
+        and the same peers cache as decode_many (tests/unit/test_records.py
+        checks the two decode alike)."""
+        hsize = self.hsize
+        if len(raw) < hsize:
+            return None
+        ts, seq, ack, n, orig, rule, side, flags, l4, app, insp, hook, hi, frag, fid, foff, cookie = self._read(raw)
+        ref = raw[self._key] + cookie.to_bytes(COOKIE_BYTES, "little")   # session_ref()
+        p = self._peers.get(ref)
+        if p is None:
+            p = self._peers_of(ref, raw, hi)
+        return tuple.__new__(InspRecord, (ts, ref, p[0], p[1], side, seq, ack, flags, l4, app, insp, rule, hook,
+                                          orig, raw[hsize:hsize + n], frag, fid, foff))
 
 
 class VerdictWriter:

@@ -162,3 +162,40 @@ def test_replay_writes_the_heartbeat_once(fastpath, tmp_path, monkeypatch):
     assert res.frames == len(pkts) and res.records == 1
     assert any(r["event_type"] == "http" for r in records)
     assert len(beats) == 1
+
+
+def test_replay_hands_a_frames_one_record_to_handle_raw(fastpath, tmp_path, monkeypatch):
+    """A frame writes one payload record, and replay hands it over alone
+    (Engine.handle_raw), not as a batch of one (handle_raw_batch: its lists,
+    loop and run check per record); the records and EVE are the same."""
+    from slowpath.engine import Engine
+    calls = {"one": 0, "batch": 0}
+    one, batch = Engine.handle_raw, Engine.handle_raw_batch
+    monkeypatch.setattr(Engine, "handle_raw", lambda self, *a: (calls.__setitem__("one", calls["one"] + 1),
+                                                                 one(self, *a))[1])
+    monkeypatch.setattr(Engine, "handle_raw_batch", lambda self, *a: (
+        calls.__setitem__("batch", calls["batch"] + 1), batch(self, *a))[1])
+    c, s = IP(src="10.0.0.1", dst="10.0.0.2"), IP(src="10.0.0.2", dst="10.0.0.1")
+    req = b"GET /x HTTP/1.1\r\nHost: one.test\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    pkts = [c / TCP(sport=40000, dport=80, flags="S", seq=100),
+            s / TCP(sport=80, dport=40000, flags="SA", seq=900, ack=101),
+            c / TCP(sport=40000, dport=80, flags="A", seq=101, ack=901),
+            c / TCP(sport=40000, dport=80, flags="PA", seq=101, ack=901) / Raw(req),
+            s / TCP(sport=80, dport=40000, flags="PA", seq=901, ack=101 + len(req)) / Raw(resp)]
+    path = tmp_path / "one.pcap"
+    with open(path, "wb") as f:
+        w = dpkt.pcap.Writer(f)
+        for i, p in enumerate(pkts):
+            w.writepkt(bytes(Ether(**ETH) / p), ts=1_700_000_000.0 + i)
+    fastpath.apply_runtime(replay_config())
+    records: list = []
+    try:
+        res = replay(path, fastpath, empty_rules(), records.append)
+    finally:
+        fastpath.reset()
+        fastpath.apply_runtime(fastpath.config)
+    assert res.records == 2 and res.engine.counters.records == 2 and res.bad_record is None
+    assert calls == {"one": 2, "batch": 0}
+    (http,) = [r for r in records if r["event_type"] == "http"]
+    assert http["http"]["hostname"] == "one.test" and http["http"]["status"] == 200

@@ -188,3 +188,42 @@ def test_an_address_is_written_as_ipaddress_writes_it(b):
     want = str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
     assert records._addr(b) == want
     assert records._addr((ctypes.c_ubyte * 16).from_buffer_copy(b)) == want      # a BCC key's array
+
+
+def test_decode_one_decodes_as_decode_many():
+    """RecordDecoder.decode_one (replay's one record a frame) gives the
+    record decode_many gives, fields and peers alike, and None where
+    decode_many skips the record as bad."""
+    raws = [raw("10.0.0.1", "10.0.0.2", 40000, 80), raw("fd00::1", "fd00::2", 1, 2, hi_first=1, side=1),
+            raw("10.0.0.3", "10.0.0.4", 5, 6, data=b"", frag=3, frag_id=9, frag_off=4, cut=100),
+            raw("10.0.0.1", "10.0.0.2", 40000, 80, seq=99, cookie=1)]
+    d1, d2 = RecordDecoder(Rec, Key), RecordDecoder(Rec, Key)
+    for r in raws:
+        want, _ = d2.decode_many((r,))
+        assert d1.decode_one(r) == want[0]
+    assert d1.decode_one(b"\0" * 8) is None
+    assert d2.decode_many((b"\0" * 8,)) == ([], [d1.short(b"\0" * 8)])
+
+
+def test_handle_raw_is_a_batch_of_one():
+    """Engine.handle_raw (a replay's frame: one record) leaves the engine as
+    handle_raw_batch of the same record alone does: counters, metrics,
+    flows, what was emitted, and the message of a bad record."""
+    req = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    raws = [raw("10.0.0.1", "10.0.0.2", 40000, 80, data=req, seq=1),
+            raw("10.0.0.1", "10.0.0.2", 40000, 80, data=resp, seq=1, side=1),
+            b"\0" * 8,
+            raw("10.0.0.5", "10.0.0.6", 40001, 80, data=req, seq=1)]
+    out = []
+    for one in (True, False):
+        m, emitted = Metrics(), []
+        e = Engine(load_rules_text("{}\n", "<none>"), emitted.append, Verdicts(), metrics=m, clock=lambda: 5.0,
+                   wallclock=lambda: 1.7e9)
+        dec = RecordDecoder(Rec, Key)
+        bad = [e.handle_raw(r, dec) if one else (e.handle_raw_batch([r], dec) or [None])[0] for r in raws]
+        out.append((bad, e.counters, m.ringbuf, emitted,
+                    [(k, f.pkts, f.bytes, f.copied, f.next_seq, f.verdict, f.analyzer.app, f.last_seen)
+                     for k, f in e.flows.items()]))
+    assert out[0][0][2] is not None and out[0][0][:2] == [None, None]
+    assert out[0] == out[1]
