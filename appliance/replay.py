@@ -406,14 +406,7 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
                     if flow_prod[0] != flow_cons[0]:
                         drain_flows()
                     if pay_prod[0] != pay_cons[0]:
-                        raws = drain()
-                        if len(raws) == 1:      # (records()'s body for the common case)
-                            nrecords += 1
-                            bad = handle_raw(raws[0], decoder)
-                            if bad is not None and result.bad_record is None:
-                                result.bad_record = bad
-                        else:
-                            records(raws)
+                        records(drain())
                 else:
                     if n > MAX_TEST_RUN_FRAME:
                         pieces = resegment(eth, MAX_TEST_RUN_FRAME)

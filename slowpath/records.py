@@ -166,10 +166,10 @@ class RecordDecoder:
         return peers
 
     def decode(self, raw: bytes) -> InspRecord:
-        recs, bad = self.decode_many((raw,))
-        if bad:
-            raise ValueError(bad[0])
-        return recs[0]
+        rec = self.decode_one(raw)
+        if rec is None:
+            raise ValueError(self.short(raw))
+        return rec
 
     def decode_many(self, raws: Sequence[bytes]) -> tuple[list[InspRecord], list[str]]:
         """The records of ``raws`` in order, and a message per raw record
@@ -192,7 +192,6 @@ class RecordDecoder:
             append(new(InspRecord, (ts, ref, p[0], p[1], side, seq, ack, flags, l4, app, insp, rule, hook, orig,
                                     raw[hsize:hsize + n], frag, fid, foff)))
         return out, bad
-
 
     def decode_one(self, raw: bytes) -> InspRecord | None:
         """decode_many's record for one raw record, without its two lists
