@@ -183,7 +183,7 @@ long ms_sweep_entry(void *map, void *key, void *value, void *ctx)
                 for (int i = 0; i < sizeof(struct ms_flow_key) / 8; i++)
                     d[i] = s[i];
             }
-            ms_flow_event_fill_keyed(ev, f, FLOW_END_SWEPT, w->workers);
+            ms_flow_event_fill_keyed(ev, &ev->key, f, FLOW_END_SWEPT, w->workers);
         } else if (w->defer) {
             (*w->deferred)++;
             return 0;                     /* kept: its record goes with a later sweep */
