@@ -13,9 +13,23 @@ each method, refills the table, sweeps it (half expire), refills it with
 every entry fresh and sweeps again (nothing expires: the cost of the walk
 alone). The median over rounds is reported, with min and max.
 
-One more row measures the floor of the kernel way on this machine: the
-same walk of the same table with bpf_for_each_map_elem and a callback that
-does nothing.
+What each kernel row measures (all on the same table, same fill):
+
+* ``kernel | half expired``: the build's own sweep with its own 2 MiB
+  ms_events ring and no reader, as in a mass expiry whose reader is slow:
+  the ring takes the first 16,384 end records (the first round only) and
+  refuses the others, so nearly every one of the 500,000 deleted sessions
+  is deleted with its record counted lost (ms_events_lost), not written.
+* ``kernel | half expired, records written``: the same sweep program
+  (bpf/lib/sweep.h, same build), linked to a ring of its own large enough
+  for every end record of the pass (RingBuffer sizes it from --entries);
+  every deleted session's record is reserved, filled and submitted. The
+  bench checks that the ring holds exactly one record per deleted session
+  and that none was lost, then empties the ring (moves its consumer
+  position) for the next round, outside the timing.
+* ``kernel | nothing expired``: the walk with the age test only.
+* ``kernel floor``: the same walk of the same table with
+  bpf_for_each_map_elem and a callback that does nothing.
 
 The baseline is Calico's published figure for its BPF conntrack cleaner:
 about 0.8 s and up to 1.2 cores per 4,000,000 entries, i.e. 0.2 s wall and
@@ -55,11 +69,14 @@ import numpy as np  # noqa: E402
 from datapath import bpfsys  # noqa: E402
 from datapath.config import DatapathConfig  # noqa: E402
 from datapath.enums import CtState  # noqa: E402
-from datapath.bpfsys import BPF_F_SLEEPABLE, BPF_PROG_TYPE_SYSCALL  # noqa: E402
+from datapath.bpfsys import BPF_F_SLEEPABLE, BPF_MAP_TYPE_RINGBUF, BPF_PROG_TYPE_SYSCALL, BPF_RINGBUF_HDR_SZ  # noqa: E402
 from datapath.compile import check_headers  # noqa: E402
-from datapath.loader import FastPath, link_with_callback, syscall_test_run  # noqa: E402
+from datapath.config import ring_pages  # noqa: E402
+from datapath.flowevents import flow_event_type  # noqa: E402
+from datapath.loader import SWEEP_MAPS, FastPath, compile_sweep, link_with_callback, syscall_test_run  # noqa: E402
 from datapath.sessions import FAMILY_TABLES, BatchWalker, expiry_dtype, session_clock_ns  # noqa: E402
 from datapath.sweeper import METHODS, Sweeper  # noqa: E402
+from slowpath.ringbuf import RingBuffer  # noqa: E402
 
 # The map the synthetic IPv4 sessions are written to (the sweep walks the
 # IPv6 and half-open maps too, empty here).
@@ -122,6 +139,43 @@ def fill(fp: FastPath, keys: np.ndarray, vals: np.ndarray) -> float:
     v.inserted = len(keys)
     pr[pr.Key(0)] = v
     return took
+
+
+class WrittenRing:
+    """The "records written" row's ring: an ms_events-like ring buffer with
+    room for ``records`` end records, created here, not by the build; the
+    build's own sweep program (or another tree's sweep.h) is compiled and
+    linked to it in place of the build's 2 MiB ms_events, every other map
+    the build's own."""
+
+    def __init__(self, fp: FastPath, records: int):
+        # sweep.h MS_SWEEP_RECORD_BYTES: the record and the ring's header, 8-aligned
+        self.record_bytes = (ctypes.sizeof(flow_event_type(fp)) + BPF_RINGBUF_HDR_SZ + 7) & ~7
+        # the sweep reserves only while avail + record < size: one record more
+        size = ring_pages((records + 1) * self.record_bytes) * 4096
+        fd = bpfsys.create_map(BPF_MAP_TYPE_RINGBUF, 0, 0, size, name="ms_events_big")
+        self.rb = RingBuffer(fd, owns_fd=True)
+        self.fp = fp
+
+    def program(self, source: Path | None = None):
+        fds = {m: self.fp.table(m).map_fd for m in SWEEP_MAPS}
+        fds["ms_events"] = self.rb.fd
+        return compile_sweep(fds, source)
+
+    def check_and_empty(self, run, deleted: int) -> str | None:
+        """After a pass: None when the ring holds one record per deleted
+        session and the run lost none; else what is wrong. Then empties
+        the ring (the consumer position jumps to the producer's)."""
+        pending = self.rb.pending_bytes()
+        cons, prod = self.rb.position_views()
+        cons[0] = prod[0]
+        if pending != deleted * self.record_bytes or run.events_lost or run.deferred:
+            return (f"{pending // self.record_bytes} end records in the ring for {deleted} deleted sessions, "
+                    f"{run.events_lost} lost, {run.deferred} deferred")
+        return None
+
+    def close(self) -> None:
+        self.rb.close()
 
 
 def time_bcc_read(fp: FastPath) -> tuple[float, int]:
@@ -204,42 +258,53 @@ def time_floor(fp: FastPath) -> tuple[float, float, int]:
         b.cleanup()
 
 
+# --ab's passes: label -> (half the entries expired, which ring: the build's
+# own 2 MiB ms_events, full after its first 16,384 records, or WrittenRing)
+AB_PASSES = {"half expired": (True, "full"), "half expired, records written": (True, "written"),
+             "nothing expired": (False, "full")}
+
+
 def ab(fp: FastPath, n: int, rounds: int, other: Path) -> int:
     """This tree's sweep.h against ``other``'s, interleaved on one table (--ab)."""
     import random
 
-    from datapath.loader import SWEEP_MAPS, compile_sweep
-
     here = Path(__file__).resolve().parent.parent
     trees = {"this": here, "other": other.resolve()}
     fds = {m: fp.table(m).map_fd for m in SWEEP_MAPS}
+    want = (n + 1) // 2
     progs = {}
+    ring = WrittenRing(fp, want)
     try:
         for name, tree in trees.items():
             src = tree / "bpf" / "lib" / "sweep.h"
             if not src.is_file():
                 print(f"bench/sweep.py: --ab {other}: no {src}", file=sys.stderr)
                 return 2
-            progs[name] = compile_sweep(fds, src)
-        cpu = {(t, p): [] for t in trees for p in ("half expired", "nothing expired")}
-        want = (n + 1) // 2
+            progs[(name, "full")] = compile_sweep(fds, src)
+            progs[(name, "written")] = ring.program(src)
+        cpu = {(t, p): [] for t in trees for p in AB_PASSES}
         for _ in range(rounds):
             order = list(trees)
             random.shuffle(order)
             for t in order:
-                for label, expired in (("half expired", True), ("nothing expired", False)):
+                for label, (expired, which) in AB_PASSES.items():
                     fill(fp, *synthetic(fp, n, session_clock_ns(), expired=expired))
                     now = session_clock_ns()
                     c0 = time.process_time()
-                    run = progs[t].run(now)
+                    run = progs[(t, which)].run(now)
                     cpu[(t, label)].append(time.process_time() - c0)
                     if run.expired_flows != (want if expired else 0) or run.scanned_flows != n:
                         print(f"bench/sweep.py: {t} tree's sweep deleted {run.expired_flows} of "
                               f"{run.scanned_flows}", file=sys.stderr)
                         return 1
+                    bad = ring.check_and_empty(run, want) if which == "written" else None
+                    if bad:
+                        print(f"bench/sweep.py: {t} tree's sweep: {bad}", file=sys.stderr)
+                        return 1
     finally:
         for p in progs.values():
             p.close()
+        ring.close()
     per_m = 1e6 / n
     print("microseg kernel sweep A/B: CPU s per million per pass, program run only, interleaved rounds")
     print(f"kernel   {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at the end")
@@ -249,7 +314,7 @@ def ab(fp: FastPath, n: int, rounds: int, other: Path) -> int:
     print()
     print("| pass | other CPU s / M | this CPU s / M | this / other |")
     print("|---|---|---|---|")
-    for label in ("half expired", "nothing expired"):
+    for label in AB_PASSES:
         o, t = cpu[("other", label)], cpu[("this", label)]
         print(f"| {label} | {med(o) * per_m:.3f} ({min(o) * per_m:.3f}-{max(o) * per_m:.3f}) | "
               f"{med(t) * per_m:.3f} ({min(t) * per_m:.3f}-{max(t) * per_m:.3f}) | {med(t) / med(o):.2f} |")
@@ -280,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     check_headers()
     size = max(1 << 20, 1 << (n - 1).bit_length())
     fp = FastPath(DatapathConfig(flow_table_size=size))
+    closers = []   # what this run created beside the build, closed before it
     try:
         if fp.sweep is None:
             print(f"bench/sweep.py: the kernel sweep did not load: {fp.sweep_error}", file=sys.stderr)
@@ -288,11 +354,26 @@ def main(argv: list[str] | None = None) -> int:
             return ab(fp, n, rounds, args.ab)
         methods = [m for m in METHODS if m != "auto"]
         sweepers = {m: Sweeper.for_fastpath(fp, method=m) for m in methods}
+        ring = WrittenRing(fp, (n + 1) // 2)
+        closers.append(ring.close)
+        written_prog = ring.program()
+        closers.append(written_prog.close)
+        written = Sweeper.for_fastpath(fp, method="kernel", kernel=written_prog)
+        half_written = []
         half = {m: [] for m in methods}
         full = {m: [] for m in methods}
         fills, floors = [], []
         want = (n + 1) // 2
         for _ in range(rounds):
+            keys, vals = synthetic(fp, n, session_clock_ns())
+            fill(fp, keys, vals)
+            st = written.sweep()
+            bad = ring.check_and_empty(written_prog.runs[written_prog.runs.Key(0)], st.expired_flows)
+            if st.method != "kernel" or st.expired_flows != want or st.scanned_flows != n or bad:
+                print(f"bench/sweep.py: the records-written sweep deleted {st.expired_flows} of "
+                      f"{st.scanned_flows} (expected {want} of {n}): {bad or ''}", file=sys.stderr)
+                return 1
+            half_written.append(st)
             for m in methods:
                 keys, vals = synthetic(fp, n, session_clock_ns())
                 fills.append(fill(fp, keys, vals))
@@ -336,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
             for label, sts in (("half expired", half[m]), ("nothing expired", full[m])):
                 row(m, label, sts[0].scanned, sts[0].expired_flows,
                     [s.seconds for s in sts], [s.cpu_seconds for s in sts])
+                if m == "kernel" and label == "half expired":
+                    sts = half_written
+                    row(m, "half expired, records written", sts[0].scanned, sts[0].expired_flows,
+                        [s.seconds for s in sts], [s.cpu_seconds for s in sts])
         row("kernel floor", "empty callback walk", n, 0, [f[0] for f in floors], [f[1] for f in floors])
         print(f"| Calico (published, 4M entries) | | 4,000,000 | | 0.8 | {CALICO_WALL_PER_M:.3f} | "
               f"{CALICO_CPU_PER_M:.3f} | 1.00 | 1.00 |")
@@ -358,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| sweep: BCC items_lookup_batch + Python filter + items_delete_batch | {bd:,} deleted | "
                   f"{bw:.3f} | {bw * per_m:.3f} (CPU {bc * per_m:.3f}) |")
     finally:
+        for close in reversed(closers):
+            close()
         fp.close()
     return 0
 

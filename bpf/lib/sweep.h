@@ -133,6 +133,8 @@ static void (*ms_rb_discard)(void *data, __u64 flags) = (void *)BPF_FUNC_ringbuf
 static __u64 (*ms_rb_query)(void *ringbuf, __u64 flags) = (void *)BPF_FUNC_ringbuf_query;
 /* The ring bytes one end record takes: the record and the ring's header,
  * rounded up to 8 (kernel/bpf/ringbuf.c __bpf_ringbuf_reserve). */
+_Static_assert(__builtin_offsetof(struct ms_flow_event, key) % 8 == 0 && sizeof(struct ms_flow_key) % 8 == 0,
+               "the callback writes the record's key in 8-byte words");
 #define MS_SWEEP_RECORD_BYTES ((sizeof(struct ms_flow_event) + BPF_RINGBUF_HDR_SZ + 7) & ~7UL)
 
 /* Called for every entry of the table walked: delete it when expired.
@@ -168,12 +170,20 @@ long ms_sweep_entry(void *map, void *key, void *value, void *ctx)
         if (ms_rb_query(ring, BPF_RB_AVAIL_DATA) < w->ring_room)
             ev = ms_rb_reserve(ring, sizeof(struct ms_flow_event), 0);
         if (ev) {
-            struct ms_flow_key k;
-            if (w->is4)
-                ms_key_of4(key, &k);   /* the record names it by its canonical key */
-            else
-                __builtin_memcpy(&k, key, sizeof(k));
-            ms_flow_event_fill(ev, &k, f, FLOW_END_SWEPT, w->workers);
+            /* the record names it by its canonical key, written in place
+             * in 8-byte words (the record's key and a hash map's keys are
+             * 8-aligned; a memcpy of the 2-aligned struct copies it byte
+             * by byte) */
+            if (w->is4) {
+                ms_key_of4(key, &ev->key);
+            } else {
+                __u64 *d = (__u64 *)&ev->key;
+                const __u64 *s = key;
+#pragma unroll
+                for (int i = 0; i < sizeof(struct ms_flow_key) / 8; i++)
+                    d[i] = s[i];
+            }
+            ms_flow_event_fill_keyed(ev, &ev->key, f, FLOW_END_SWEPT, w->workers);
         } else if (w->defer) {
             (*w->deferred)++;
             return 0;                     /* kept: its record goes with a later sweep */

@@ -9,13 +9,13 @@ import time
 import pytest
 
 from datapath.config import DatapathConfig, Timeouts
-from datapath.enums import CtState, EventType, Reason
+from datapath.enums import CtState, EventType, FlowEndReason, Reason
 from datapath.flowevents import FlowEventDecoder, WallClock, event_type, flow_event_type, lost_counts
 from datapath.loader import FastPath
 from datapath.sessions import session_clock_ns
 from datapath.sweeper import Sweeper
 from datapath.source import program_text
-from packets_ct import IPPROTO_UDP, TcpConn, entry, expect, table_len, udp_frame
+from packets_ct import IPPROTO_TCP, IPPROTO_UDP, TcpConn, canonical, entry, expect, table_len, udp_frame
 from slowpath.ringbuf import RingBuffer
 
 R, S = Reason, CtState
@@ -105,6 +105,63 @@ def test_kernel_sweep_sends_swept_for_each_session(fastpath, events):
     # IPv4 sessions, walked in ms_flows4 / ms_halfopen4 (16-byte keys): each
     # record names its endpoints by the canonical key, as the lazy expiry's do
     assert all((g.client[0], g.server) == (CLI, (SRV, 53 if g.proto == 17 else 80)) for g in got), got
+
+
+def _expected_swept_record(rtype, src, sport, dst, dport, proto, leaf) -> bytes:
+    """The end record the kernel sweep must write for this session (entry
+    ``leaf`` read before the sweep), every byte: the canonical key (IPv4
+    addresses IPv4-mapped), each field of the entry, worker 0 (not
+    inspected), zero padding."""
+    lo, hi, _ = canonical(src, sport, dst, dport)
+    ev = rtype()
+    ev.type = int(EventType.EVENT_FLOW_END)
+    ev.reason = int(FlowEndReason.FLOW_END_SWEPT)
+    for f in ("state", "action", "insp_state", "first_seen_ns", "last_seen_ns", "rule_id", "cookie", "pol_gen",
+              "inspect", "app", "app_req", "initiator_is_hi", "flags"):
+        setattr(ev, f, getattr(leaf, f))
+    for i in range(2):
+        ev.packets[i], ev.bytes[i] = leaf.packets[i], leaf.bytes[i]
+    key = lo[0] + hi[0] + lo[1].to_bytes(2, "big") + hi[1].to_bytes(2, "big") + bytes((proto, 0, 0, 0))
+    raw = bytearray(ev)
+    raw[rtype.key.offset:rtype.key.offset + rtype.key.size] = key
+    return bytes(raw)
+
+
+def test_kernel_sweep_records_are_their_entries_byte_for_byte(fastpath, events):
+    # both families' session and half-open maps: the sweep writes each
+    # record's key itself (IPv4 keys widened to the canonical form, IPv6
+    # keys copied), in words; a wrong or missing word is a wrong byte here
+    v6c, v6s = "fd00::1:2:3:4", "fd00::a:b:c:d"
+    sessions = [(CLI, 42201, SRV, 80, IPPROTO_TCP), (v6c, 42202, v6s, 80, IPPROTO_TCP),
+                (CLI, 7201, SRV, 53, IPPROTO_UDP), (v6c, 7202, v6s, 53, IPPROTO_UDP)]
+    for src, sport, dst, dport, proto in sessions:
+        if proto == IPPROTO_TCP:
+            _data_conn_between(fastpath, (src, sport), (dst, dport))
+        else:
+            expect(fastpath, udp_frame(src, sport, dst, dport), R.PASS_FORWARD)    # half-open
+    rtype = flow_event_type(fastpath)
+    want = {}
+    for src, sport, dst, dport, proto in sessions:
+        e = entry(fastpath, src, sport, dst, dport, proto)
+        assert e is not None
+        want[sport] = _expected_swept_record(rtype, src, sport, dst, dport, proto, e.leaf)
+    r = fastpath.sweep.run(session_clock_ns() + FAR)
+    assert (r.expired_flows, r.expired_halfopen, r.events_lost) == (2, 2, 0)
+    raws = [raw for raw in events.rb.drain() if event_type(raw) == EventType.EVENT_FLOW_END]
+    got = {}
+    for raw in raws:
+        ev = events.dec.decode(raw)
+        got[ev.client[1]] = raw[:ctypes.sizeof(rtype)]
+    assert got.keys() == want.keys()
+    for who, raw in got.items():
+        assert raw == want[who], (who, raw.hex(), want[who].hex())
+
+
+def _data_conn_between(fp, client, server):
+    conn = TcpConn.make(fp, client=client, server=server).handshake()
+    conn.send("c", "PA", data=b"GET / HTTP/1.0\r\n\r\n")
+    conn.send("s", "PA", data=b"HTTP/1.0 200 OK\r\n\r\nhello")
+    return conn
 
 
 def _wait_expired(fp, state_timeout_s, last_seen_ns):
