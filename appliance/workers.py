@@ -532,6 +532,8 @@ class Worker:
             if self._poll is not None:
                 self._poll.cancel()
                 self._poll = None
+            if self._busy is not None:      # no poll comes now: every record wakes (finish() drains)
+                self._busy.set(BUSY["ASLEEP"])
             if reader is None:
                 loop.remove_reader(self.ring.fileno())
             else:
