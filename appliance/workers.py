@@ -97,9 +97,12 @@ FORWARD_FLUSH_S = 0.010
 # A worker that read records reads its ring again this long after, by a
 # timer, and until then the kernel does not wake it for records no verdict
 # waits on (a released flow's: an async connection's response and FINs;
-# bpf/lib/maps.h MS_INSP_BUSY_POLL). Each wakeup cost the worker ~40-50 us
-# of CPU in the lab (a context switch and cold caches on this VM), and an
-# inspected HTTP connection woke it ~3 times. The bound is how much later
+# bpf/lib/maps.h MS_INSP_BUSY_POLL). An inspected HTTP connection woke the
+# worker ~2.6 times in the lab; with the poll ~1.5, and the worker's CPU
+# per inspected connection fell 494 -> 403 us (6 interleaved runs each,
+# docs/performance.md 4.6.1). The cost: a request read in the same batch
+# as the previous connection's deferred records waits for them (hold
+# verdict p50 ~130 -> ~250 us in the lab). The bound is how much later
 # such a record is read than at once: an async flow's DLP block on its
 # response comes up to this much later (async lets packets through while
 # the slow path reads them anyway). A poll that finds nothing is not
