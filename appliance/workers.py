@@ -44,6 +44,7 @@ import uvloop
 # loaded and beats its heartbeat at once (importing them in the child took
 # longer than a short heartbeat timeout on a busy machine).
 from appliance.priority import worker_priority
+from datapath.source import header_defines
 from slowpath.engine import Engine
 from slowpath.eve_sinks import (FORWARD_LINE_MAX, FORWARD_MESSAGE_BYTES, FORWARD_TAG_EVE, SINK_CLOSE_TIMEOUT_S,
                                  SINK_QUEUE_RECORDS, EveLog)
@@ -93,6 +94,22 @@ STOP_TIMEOUT_S = 15.0
 # with 1 worker, 161 -> 139 with 2), hold verdict p99 within
 # the run-to-run noise.
 FORWARD_FLUSH_S = 0.010
+# A worker that read records reads its ring again this long after, by a
+# timer, and until then the kernel does not wake it for records no verdict
+# waits on (a released flow's: an async connection's response and FINs;
+# bpf/lib/maps.h MS_INSP_BUSY_POLL). An inspected HTTP connection woke the
+# worker ~2.6 times in the lab; with the poll ~1.5, and the worker's CPU
+# per inspected connection fell 494 -> 403 us (6 interleaved runs each,
+# docs/performance.md 4.6.1). The cost: a request read in the same batch
+# as the previous connection's deferred records waits for them (hold
+# verdict p50 ~130 -> ~250 us in the lab). The bound is how much later
+# such a record is read than at once: an async flow's DLP block on its
+# response comes up to this much later (async lets packets through while
+# the slow path reads them anyway). A poll that finds nothing is not
+# repeated, so an idle worker sleeps.
+POLL_S = 0.002
+# ms_insp_busy's values (bpf/lib/maps.h)
+BUSY = header_defines("MS_INSP_BUSY_")
 TAG_EVE, TAG_REPORT, TAG_RELOAD = b"E", b"M", b"R"
 # daemon -> worker: kernel session-end records (struct ms_flow_event, one or
 # more back to back) of sessions hashed to this worker (appliance/flowlog.py)
@@ -333,6 +350,7 @@ class Worker:
         else:
             self.ring, self.reader_class = RingBuffer(ring_fd), None
             self._busy = AwakeFlag(fp.table("ms_insp_busy").map_fd, index)
+        self._poll: asyncio.TimerHandle | None = None    # the due read (POLL_S)
         self.started = time.monotonic()
         self._lost_seen = 0
 
@@ -353,14 +371,38 @@ class Worker:
         # re-checks the flag after each commit (bpf/lib/inspect.h).
         busy = self._busy
         if busy is not None:
-            busy.set(1)
+            busy.set(BUSY["AWAKE"])
+        raws = None
         try:
             raws = self.ring.drain(RING_BATCH)
             if raws:
                 self._records(raws)
         finally:
             if busy is not None:
-                busy.set(0)
+                busy.set(self._after_read(bool(raws)))
+
+    def _after_read(self, read: bool) -> int:
+        """The ring's state after a read: a poll due within POLL_S (armed
+        now if this read found records) or asleep."""
+        if read and self._poll is None:
+            self._poll = asyncio.get_running_loop().call_later(POLL_S, self._polled)
+        return BUSY["POLL"] if self._poll is not None else BUSY["ASLEEP"]
+
+    def _polled(self) -> None:
+        """POLL_S after a read: the records the kernel did not wake this
+        worker for (nothing found: asleep, every record wakes it again)."""
+        self._poll = None
+        self._look()
+
+    def _look(self) -> None:
+        """A read not started by the ring's epoll event, and then one more
+        look after the state's store: a record committed between the drain
+        and that store saw the worker awake and woke no one. (A read from
+        the epoll event needs no such look: level-triggered epoll polls the
+        ring again before the loop sleeps.)"""
+        self._readable()
+        if self.ring.pending_bytes():
+            asyncio.get_running_loop().call_soon(self._look)
 
     def report(self) -> None:
         c = self.engine.counters
@@ -490,6 +532,11 @@ class Worker:
         finally:
             for t in tasks:
                 t.cancel()
+            if self._poll is not None:
+                self._poll.cancel()
+                self._poll = None
+            if self._busy is not None:      # no poll comes now: every record wakes (finish() drains)
+                self._busy.set(BUSY["ASLEEP"])
             if reader is None:
                 loop.remove_reader(self.ring.fileno())
             else:

@@ -186,15 +186,30 @@ static __always_inline int ms_insp_packet(struct __sk_buff *skb, struct ms_pkt *
      * discarded records). Either this program sees the cleared flag or
      * the worker's last look sees the record: no wakeup is lost. */
     __u64 *busy = ms_insp_busy.lookup(&worker);   /* u64: BPF fetch atomics are 64-bit here */
-    int awake = !rb_flags && busy && __sync_fetch_and_add(busy, 0);
+    /* A record no verdict waits on: the flow was released (async after its
+     * interim verdict) and this side is not held. It may wait for the
+     * worker's due poll (MS_INSP_BUSY_POLL, maps.h); anything else wakes a
+     * worker that is not reading. The same test after the commit: if the
+     * worker's state changed to one that would have woken it for this
+     * record, the forced wakeup below does. */
+    int deferrable = f->insp_state == INSP_RELEASED && !hold_all;
+    __u64 state = !rb_flags && busy ? __sync_fetch_and_add(busy, 0) : MS_INSP_BUSY_ASLEEP;
+    int awake = state == MS_INSP_BUSY_AWAKE || (state == MS_INSP_BUSY_POLL && deferrable);
     if (awake)
         rb_flags = BPF_RB_NO_WAKEUP;
+    else if (state == MS_INSP_BUSY_POLL)
+        /* Records that skipped their wakeup may be before this one, and a
+         * ring wakes its reader by itself only for a record at the
+         * reader's position (a reader caught up): forced, or this record
+         * would wait for the poll too. */
+        rb_flags = BPF_RB_FORCE_WAKEUP;
 #endif
     if ((cfg->flags & MS_CFG_SIM_RINGBUF_FULL) || ms_insp_copy(skb, p, f, kp, side, budget - sent, ring,
                                                                    rb_flags, 0, hold_all) != 0)
         return ms_insp_fail(f, cfg, FAIL_RINGBUF_FULL);
 #ifndef MS_NO_RINGBUF
-    if (awake && busy && !__sync_fetch_and_add(busy, 0)) {
+    __u64 after = awake && busy ? __sync_fetch_and_add(busy, 0) : MS_INSP_BUSY_AWAKE;
+    if (after != MS_INSP_BUSY_AWAKE && !(after == MS_INSP_BUSY_POLL && deferrable)) {
         void *nudge = bpf_ringbuf_reserve(ring, 8, 0);
         if (nudge)
             bpf_ringbuf_discard(nudge, BPF_RB_FORCE_WAKEUP);

@@ -975,7 +975,17 @@ BPF_ARRAY_OF_MAPS(ms_insp_rings, "ms_insp_ring", MS_SLOWPATH_WORKERS_MAX);
  * BPF_PROG_TEST_RUN) that would only tell an awake reader what it reads
  * anyway (inspect.h). Mapped into the worker's memory (BPF_F_MMAPABLE):
  * two stores per drain, no system call. Not pinned: a new build's workers
- * start with it clear. */
+ * start with it clear.
+ * POLL: asleep, but the worker's timer reads the ring within
+ * appliance/workers.py POLL_S: a record no verdict waits on (its flow
+ * released, nothing held on its side) then skips the wakeup too and is
+ * read by that poll, with the next woken record or the session's end,
+ * whichever comes first; any other record wakes the worker as when ASLEEP.
+ * An async connection's response and FINs then cost the worker no wakeup
+ * of their own (each ~40-50 us of its CPU in the lab). */
+#define MS_INSP_BUSY_ASLEEP 0
+#define MS_INSP_BUSY_AWAKE  1
+#define MS_INSP_BUSY_POLL   2
 BPF_F_TABLE("array", __u32, __u64, ms_insp_busy, MS_SLOWPATH_WORKERS_MAX, BPF_F_MMAPABLE);
 #else
 /* Kernels before 5.8 (or `compat: {ringbuf: off}`): a perf buffer, one

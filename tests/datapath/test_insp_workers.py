@@ -179,6 +179,56 @@ def test_an_awake_worker_is_not_woken_and_a_sleeping_one_is(workers):
         ep.close()
 
 
+def test_a_due_poll_defers_only_records_no_verdict_waits_on(workers):
+    # MS_INSP_BUSY_POLL (the worker's timer reads the ring within POLL_S):
+    # a released flow's record (an async response) skips the wakeup; a
+    # record of a flow still waiting for its verdict (a held request, an
+    # async request) wakes the worker at once, and with the worker asleep
+    # (no poll due) a released flow's record wakes it too. (Before the
+    # POLL state, any non-zero state suppressed every wakeup; the values
+    # were 0 and 1 and 2 meant awake: the first poll below then fails.)
+    import select
+
+    from appliance.workers import BUSY, AwakeFlag
+    from datapath.enums import VerdictCode
+    w = workers(1)
+    ring = w.rings[0]
+    flag = AwakeFlag(w.fp.table("ms_insp_busy").map_fd, 0)
+    ep = select.epoll()
+    ep.register(ring.fileno(), select.EPOLLIN)
+    try:
+        pending, released = open_flows(w.fp, 2)
+        released.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+        assert ep.poll(WAKE_S)
+        (req,) = w.drained()[0]
+        w.writers[0].verdict(req.key, VerdictCode.VERDICT_RELEASE)
+        assert ep.poll(0) == []
+
+        flag.set(BUSY["POLL"])
+        pending.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+        assert ep.poll(WAKE_S), "a request waiting for its verdict waited for the poll"
+        (first,) = w.drained()[0]
+        pending_key = first.key
+        assert ep.poll(0) == []
+
+        released.send("s", "PA", R.PASS_INSPECT_COPIED, data=RESPONSE)   # merges the RELEASE first
+        assert ring.pending_bytes() > 0
+        assert ep.poll(NO_WAKE_S) == [], "a released flow's record woke a worker with a poll due"
+        # a request behind it, unread: the ring would wake its reader by
+        # itself only for a record at the reader's position
+        pending.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+        assert ep.poll(WAKE_S), "a request behind a deferred record waited for the poll"
+        assert [(r.key, r.side) for r in w.drained()[0]] == [(req.key, 1), (pending_key, 0)]
+
+        flag.set(BUSY["ASLEEP"])
+        released.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+        assert ep.poll(WAKE_S), "a released flow's record did not wake a worker with no poll due"
+        assert [r.side for r in w.drained()[0]] == [0]
+    finally:
+        flag.set(0)
+        ep.close()
+
+
 @pytest.fixture
 def pin_dir():
     from datapath import pins

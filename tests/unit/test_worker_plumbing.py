@@ -328,3 +328,70 @@ def test_workers_setting_is_checked(workers):
     with pytest.raises(ValueError, match="workers"):
         RunConfig.model_validate({"interfaces": ["eth0"], "slowpath": {"workers": workers}})
     assert RunConfig.model_validate({"interfaces": ["eth0"], "slowpath": {"workers": 2}}).slowpath.workers == 2
+
+
+class _Ring:
+    """A worker's ring: records to drain, and records the 'kernel' commits
+    right after a drain returns (before the worker stores its state)."""
+
+    def __init__(self, records=(), after_drain=()):
+        self.records = list(records)
+        self.after_drain = list(after_drain)
+
+    def drain(self, max_records=None):
+        out, self.records = self.records, []
+        self.records, self.after_drain = self.after_drain, []
+        return out
+
+    def pending_bytes(self):
+        return 8 * len(self.records)
+
+
+class _Flag:
+    def __init__(self):
+        self.states = []
+
+    def set(self, value):
+        self.states.append(value)
+
+
+def _poll_worker(ring):
+    from appliance.workers import Worker
+    w = Worker.__new__(Worker)          # only what the read path uses
+    w.ring, w._busy, w._poll = ring, _Flag(), None
+    w.read = []
+    w._records = w.read.extend
+    return w
+
+
+def test_a_worker_that_read_records_polls_its_ring_once_more_then_sleeps():
+    # bpf/lib/maps.h MS_INSP_BUSY_POLL: after a read that found records the
+    # worker says a poll is due (the kernel then skips the wakeup for
+    # records no verdict waits on) and reads the ring POLL_S later; a poll
+    # that finds nothing leaves it asleep, with no timer (an idle worker
+    # is not woken). A record committed between a poll's drain and its
+    # store is read by one more look, not left for the next wakeup.
+    from appliance.workers import BUSY
+
+    async def main():
+        ring = _Ring([b"req"])
+        w = _poll_worker(ring)
+        w._readable()                                   # from the ring's epoll event
+        assert w.read == [b"req"]
+        assert w._busy.states == [BUSY["AWAKE"], BUSY["POLL"]] and w._poll is not None
+        ring.records = [b"resp"]                        # no wakeup for it
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(w.read) < 2 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.001)
+        assert w.read == [b"req", b"resp"] and w._poll is not None   # found one: another poll due
+        ring.after_drain = [b"fin"]                     # committed while that poll stores ASLEEP
+        while len(w.read) < 3 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.001)
+        assert w.read == [b"req", b"resp", b"fin"]      # the look after the store
+        while w._poll is not None and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.001)
+        assert w._poll is None and w._busy.states[-1] == BUSY["ASLEEP"] and not ring.pending_bytes()
+        w._readable()                                   # a wakeup with nothing to read: no poll due
+        assert w._poll is None and w._busy.states[-1] == BUSY["ASLEEP"]
+
+    uvloop.run(main())
