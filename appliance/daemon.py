@@ -484,7 +484,11 @@ class Daemon:
         try:
             self.rules = await loop.run_in_executor(None, load_rules_file, self.cfg.rules)
             self.workers.ctx.rules = self.rules      # what a worker started from now on has
-            self.workers.reload()                    # the running workers load the file again
+            late = await self.workers.reload()       # the running workers load the file again
+            if late:
+                from appliance.workers import RELOAD_CONFIRM_S
+                log.warning("reload: worker %s has not confirmed the new rules within %.0f s; it applies them "
+                            "when loaded", ", ".join(map(str, late)), RELOAD_CONFIRM_S)
             log.info("reload: rules %s loaded", self.cfg.rules or "(none)")
             result["rules"] = "loaded"
         except (MicrosegError, OSError) as e:

@@ -73,6 +73,11 @@ RESTART_WINDOW_S = 10.0
 # How long a stopping worker may take to drain its ring, close its flows
 # and send their EVE records, before it is killed.
 STOP_TIMEOUT_S = 15.0
+# How long a reload waits for every worker to say it has the new rules in
+# force before the daemon logs the reload done anyway (with the workers
+# still loading named): a worker compiles the rules file again, ~2.6 s of
+# CPU for examples/rules.yaml, several times that on a loaded machine.
+RELOAD_CONFIRM_S = 30.0
 # A worker's EVE lines wait up to this long to go to the daemon together
 # (LoopForwardSink): a send wakes the daemon, and one send per batch of
 # records (one connection's at the lab's rate) was ~14% of a worker's
@@ -454,7 +459,7 @@ class Worker:
             stop.set()
             return
         if msg[:1] == TAG_RELOAD:
-            asyncio.get_running_loop().create_task(self._reload())
+            asyncio.get_running_loop().create_task(self._reload(msg[1:]))
         elif msg[:1] == TAG_FLOW_END:
             self._flow_ends(msg[1:])
             # their flow records (the last line of each connection) and
@@ -501,14 +506,21 @@ class Worker:
             if msg[:1] == TAG_FLOW_END:
                 self._flow_ends(msg[1:])
 
-    async def _reload(self) -> None:
+    async def _reload(self, seq: bytes) -> None:
+        """The rules file loaded again, then the daemon told so (its reload
+        ``seq``): it logs the reload done only when every worker has said
+        it, so what comes after the log line meets the new rules."""
         from datapath.errors import MicrosegError
         try:
             rules = await asyncio.get_running_loop().run_in_executor(None, self.ctx.load_rules, self.ctx.cfg.rules)
         except (MicrosegError, OSError) as e:   # the daemon checked the file; it changed since
             log.error("worker %d: rules not reloaded, the running ones stay: %s", self.index, e)
-            return
-        self.engine.rules = rules
+        else:
+            self.engine.rules = rules
+        try:
+            self.sock.sendall(TAG_RELOAD + seq)
+        except OSError:
+            pass            # the daemon is gone, or waits out RELOAD_CONFIRM_S and says so
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -606,6 +618,9 @@ class WorkerSet:
         self.restarts = 0
         self.stopping = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._reload_seq = 0
+        self._reload_waiting: set[int] = set()        # workers that have not confirmed the last reload
+        self._reloaded: asyncio.Event | None = None
 
     def __len__(self) -> int:
         return len(self.ring_fds)
@@ -682,6 +697,8 @@ class WorkerSet:
                 self.on_report(i, json.loads(body))
             except ValueError:
                 log.warning("worker %d sent a report that is not JSON", i)
+        elif tag == TAG_RELOAD and body == str(self._reload_seq).encode():
+            self._confirmed(i)
 
     def _drain(self, i: int) -> None:
         """Whatever a worker sent before it ended."""
@@ -716,6 +733,7 @@ class WorkerSet:
             pass
         sock.close()
         self.on_exit(i, pid, status)
+        self._confirmed(i)            # its successor starts from ctx.rules, the new ones
         if self.stopping:
             return
         quick = time.monotonic() - self._started.get(i, 0) < RESTART_WINDOW_S
@@ -772,12 +790,34 @@ class WorkerSet:
         finally:
             os.close(fd)
 
-    def reload(self) -> None:
-        for sock in self._socks.values():
+    async def reload(self, timeout: float = RELOAD_CONFIRM_S) -> list[int]:
+        """Every running worker loads the rules file again (a worker started
+        from now on has ctx.rules). Returns once each has said it is done
+        (the new rules in force, or its old ones kept with the error
+        logged) or has ended, or after ``timeout``: the workers that had
+        not said so by then, which go on loading."""
+        self._reload_seq += 1
+        tag = TAG_RELOAD + str(self._reload_seq).encode()
+        self._reload_waiting = set()
+        for i, sock in self._socks.items():
             try:
-                sock.send(TAG_RELOAD)
-            except OSError:
+                sock.send(tag)
+            except OSError:              # gone (its death is being handled) or its socket full
+                log.error("worker %d: reload not sent; it keeps its rules until it restarts", i)
+                continue
+            self._reload_waiting.add(i)
+        self._reloaded = asyncio.Event()
+        if self._reload_waiting:
+            try:
+                await asyncio.wait_for(self._reloaded.wait(), timeout)
+            except asyncio.TimeoutError:
                 pass
+        return sorted(self._reload_waiting)
+
+    def _confirmed(self, i: int) -> None:
+        self._reload_waiting.discard(i)
+        if not self._reload_waiting and self._reloaded is not None:
+            self._reloaded.set()
 
     async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM to every worker, and wait (reading what they send) until

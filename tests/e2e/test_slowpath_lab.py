@@ -297,6 +297,8 @@ def hup(d, tmp, timeout=30.0):
     while len(done.findall((tmp / "run.log").read_text())) <= n:
         assert time.monotonic() < deadline, (tmp / "run.log").read_text()
         time.sleep(0.1)
+    # "done" is logged once every worker has the new rules in force
+    assert "has not confirmed the new rules" not in (tmp / "run.log").read_text()
 
 
 def test_sighup_reloads_rules_and_a_bad_file_changes_nothing(appliance):

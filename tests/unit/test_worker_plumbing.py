@@ -323,6 +323,42 @@ def test_the_daemon_reads_lines_and_their_event_types(pair):
                     (0, {"metrics": [], "stats": {"slowpath.records": 3}})]
 
 
+def test_a_reload_returns_when_every_worker_has_confirmed_it():
+    # The daemon logs a reload done only when each worker has the new rules
+    # in force (or has ended: its successor starts with them); before, it
+    # logged it as soon as it had asked, and traffic right after the line
+    # could still meet a worker's old rules.
+    from appliance.workers import TAG_RELOAD
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(3)]
+    ws = WorkerSet(None, [None] * 3, on_eve=lambda *a: None, on_report=lambda *a: None, on_exit=lambda *a: None)
+    for i, (mine, _) in enumerate(pairs):
+        ws._socks[i], ws.pids[i] = mine, 100 + i
+
+    async def scenario():
+        first = asyncio.ensure_future(ws.reload(timeout=60))
+        await asyncio.sleep(0)
+        asked = [theirs.recv(64) for _, theirs in pairs]
+        assert asked == [TAG_RELOAD + b"1"] * 3
+        ws._message(0, TAG_RELOAD + b"1")
+        ws._message(1, TAG_RELOAD + b"0")              # an older reload's answer counts for nothing
+        await asyncio.sleep(0)
+        assert not first.done()
+        ws._message(1, TAG_RELOAD + b"1")
+        ws._confirmed(2)                               # worker 2 ended (_died)
+        assert await asyncio.wait_for(first, 5) == []
+        # a worker that does not answer: the reload returns it after the timeout
+        second = await ws.reload(timeout=0.05)
+        assert [theirs.recv(64) for _, theirs in pairs] == [TAG_RELOAD + b"2"] * 3
+        return second
+
+    try:
+        assert asyncio.run(scenario()) == [0, 1, 2]
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
 @pytest.mark.parametrize("workers", [0, 65, "two"])
 def test_workers_setting_is_checked(workers):
     with pytest.raises(ValueError, match="workers"):
