@@ -11,6 +11,15 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests judge behaviour, never speed: hypothesis' default 200 ms
+# deadline per example and its too-slow health check are wall-clock
+# assertions, and fail a correct parser when the machine is busy (a
+# mutated-DNS example did so once under load). Tests' own @settings keep
+# what they set and take these for the rest.
+settings.register_profile("microseg", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("microseg")
 
 
 def pytest_configure(config):
