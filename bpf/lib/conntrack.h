@@ -510,21 +510,39 @@ static __always_inline int ms_ct_expired(const struct ms_flow *f, __u64 now)
     return (__s64)(now - f->last_seen_ns) > (__s64)ms_timeout(f->state);
 }
 
-/* Find the flow in either table. An entry idle past its state's timeout
+/* The flow in ms_flows, or NULL. An entry idle past its state's timeout
  * is deleted here (lazy expiry) and reported as absent. */
-static __always_inline struct ms_flow *ms_ct_lookup(struct ms_flow_key *k, __u64 now, int *where)
+static __always_inline struct ms_flow *ms_ct_lookup_flows(struct ms_flow_key *k, __u64 now)
 {
     struct ms_flow *f = ms_flows_lookup(k);
-    if (f) {
-        if (!ms_ct_expired(f, now)) {
-            *where = MS_IN_FLOWS;
-            return f;
-        }
+    if (f && ms_ct_expired(f, now)) {
         struct ms_flow_event *ev = ms_flow_end_begin(k, f, FLOW_END_TIMEOUT);
         int gone = ms_flows_delete(k) == 0;
         if (gone)
             ms_pressure_add(1);
         ms_flow_end_commit(ev, gone);
+        return 0;
+    }
+    return f;
+}
+
+/* Find the flow in either table. An entry idle past its state's timeout
+ * is deleted here (lazy expiry) and reported as absent. ``flows_absent``:
+ * this packet's ms_flows lookup already missed (the established lane's,
+ * just before the tail call): ms_halfopen is looked in first, where a
+ * handshake's last ACK finds its session, and ms_flows only when that
+ * misses too (an entry another CPU promoted in between is still found),
+ * so such an ACK costs one lookup, not two. */
+static __always_inline struct ms_flow *ms_ct_lookup_from(struct ms_flow_key *k, __u64 now, int *where,
+                                                         int flows_absent)
+{
+    struct ms_flow *f;
+    if (!flows_absent) {
+        f = ms_ct_lookup_flows(k, now);
+        if (f) {
+            *where = MS_IN_FLOWS;
+            return f;
+        }
     }
     f = ms_halfopen_lookup(k);
     if (f) {
@@ -538,8 +556,20 @@ static __always_inline struct ms_flow *ms_ct_lookup(struct ms_flow_key *k, __u64
             ms_halfopen_count(0);
         ms_flow_end_commit(ev, gone);
     }
+    if (flows_absent) {
+        f = ms_ct_lookup_flows(k, now);
+        if (f) {
+            *where = MS_IN_FLOWS;
+            return f;
+        }
+    }
     *where = 0;
     return 0;
+}
+
+static __always_inline struct ms_flow *ms_ct_lookup(struct ms_flow_key *k, __u64 now, int *where)
+{
+    return ms_ct_lookup_from(k, now, where, 0);
 }
 
 static __always_inline void ms_ct_account(struct ms_flow *f, int fd, __u32 len, __u64 now)
@@ -1072,7 +1102,7 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now, struct ms_flow
         return DROP_TCP_INVALID;
     int src_is_hi = ms_flow_key_of(p, kp);
     int where;
-    struct ms_flow *f = ms_ct_lookup(kp, now, &where);
+    struct ms_flow *f = ms_ct_lookup_from(kp, now, &where, p->lane_absent);
     MS_BENCH_STEP(3, MS_BENCH_REASON);   /* the session looked up */
     __u8 fl = p->tcp_flags;
     __u32 end = p->seq + p->payload_len + ((fl & TCP_SYN) ? 1 : 0) + ((fl & TCP_FIN) ? 1 : 0);
@@ -1297,6 +1327,9 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now, struct ms_flow
  * stage's). The key is on the stack: the payload stage, which reads the
  * scratch key, never follows a packet the lane decides. */
 #define MS_LANE_MISS (-1)
+/* A miss because ms_flows has no entry for the segment (ms_ct_tcp4_lane):
+ * the TCP stage then need not look there first (ms_ct_lookup_from). */
+#define MS_LANE_ABSENT (-2)
 
 /* The lane's decision once the session is found (f, NULL if none), for a
  * segment with ACK and without SYN, FIN or RST, given by its fields. */
@@ -1358,6 +1391,8 @@ static __always_inline int ms_ct_tcp4_lane(const struct ms_seg4 *sg, __u64 now)
     int src_is_hi = ms_key4_build(&k4, sg->saddr, sg->daddr, sg->ports, IPPROTO_TCP);
     struct ms_flow *f = ms_flows4.lookup(&k4);
     MS_OWN_CALL(ms_flows4, f);
+    if (!f)
+        return MS_LANE_ABSENT;
     return ms_ct_lane_session(f, src_is_hi, sg->seq, sg->ack_seq, sg->window, sg->payload_len,
                               sg->len, now);
 }
