@@ -77,7 +77,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from appliance.lab import CLIENT_V4, GW_IFACES, SERVER_V4, Lab  # noqa: E402
+from appliance.lab import CLIENT_V4, GW_IFACES, SERVER_V4, Lab, forget_namespace_state  # noqa: E402
 
 MICROSEG = [sys.executable, "-m", "appliance.cli"]
 CONN_PORT = 9000
@@ -101,6 +101,9 @@ QUICK = dict(rules=(10,), runs=1, conns=300, conn_seconds=3.0, iperf_seconds=1)
 CASES = ("no filter", "empty program", "microseg, no policy", "microseg", "microseg (clsact)", "nftables", "nftables-set")
 # The `attach.mode` setting of the "microseg (clsact)" case (--clsact).
 CLSACT_SETTINGS = "attach: {mode: clsact}\n"
+# --only's names of the cases (one has a comma), as bench/policy_perf.py's.
+SHORT = {"empty": "empty program", "microseg-nopolicy": "microseg, no policy", "microseg": "microseg",
+         "microseg-clsact": "microseg (clsact)", "nftables": "nftables", "nftables-set": "nftables-set"}
 # The cases run once, at the first rule count (they have no policy).
 ONCE = ("empty program", "microseg, no policy")
 
@@ -361,6 +364,10 @@ class Bench:
         finally:
             subprocess.run([*MICROSEG, "down", "--netns", self.lab.gateway, "--iface", *GW_IFACES],
                            capture_output=True, text=True, timeout=120)
+            # `up` without --policy carries over the policy last applied in
+            # the namespace: the next case (in interleaved rounds, maybe
+            # "microseg, no policy") starts from none, as a fresh lab would.
+            forget_namespace_state(self.lab.gateway)
 
     @contextlib.contextmanager
     def nft(self, ruleset: str, res: Result, name: str):
@@ -495,15 +502,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clsact", action="store_true",
                     help="also microseg with `attach.mode: clsact` (cls_bpf filters), after the default's row")
     ap.add_argument("--only", default=None,
-                    help="comma-separated cases to run besides no filter (default all), e.g. 'empty program,microseg'")
+                    help=f"comma-separated cases to run besides no filter (default all) of: {', '.join(SHORT)}")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
     args = ap.parse_args(argv)
     q = QUICK if args.quick else {}
     args.rules = [int(x) for x in args.rules.split(",")] if args.rules else list(q.get("rules", DEFAULT_RULES))
-    args.only = [c.strip() for c in args.only.split(",")] if args.only else None
-    if args.only and any(c not in CASES[1:] for c in args.only):
-        ap.error(f"--only: cases are {', '.join(CASES[1:])}")
+    only = [c.strip() for c in args.only.split(",")] if args.only else []
+    if any(c not in SHORT for c in only):
+        ap.error(f"--only: cases are {', '.join(SHORT)}")
+    args.only = [SHORT[c] for c in only] or None
     args.runs = args.runs or q.get("runs", DEFAULT_RUNS)
     args.conns = args.conns or q.get("conns", DEFAULT_CONNS)
     args.conn_seconds = args.conn_seconds or q.get("conn_seconds", DEFAULT_CONN_SECONDS)
