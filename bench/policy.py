@@ -22,6 +22,11 @@ for all of it; everything else is dropped):
 
 * ``no filter``: plain forwarding, measured before and after the others of
   its rule count; the ratios are to the median of both (same run);
+* ``empty program``: a two-instruction TC program (``r0 = TC_ACT_OK;
+  exit``) attached the way microseg's default attaches (tcx links, ingress
+  and egress, on the same two gateway interfaces), at the first rule count:
+  the cost of having the hooks at all, so the rows below it separate the
+  hook's price from microseg's own work;
 * ``microseg, no policy``: ``microseg up`` without a policy (every flow
   passes), once, at the first rule count: the fast path's own cost, so the
   next row's difference to it is the policy's;
@@ -38,7 +43,16 @@ for all of it; everything else is dropped):
   concatenated interval set (``ip saddr . ip daddr . tcp dport``), the best
   nftables does with a long list.
 
-Each case runs ``--runs`` times; the table has medians. Every run is bounded
+Rounds, interleaved: for each rule count, ``--runs`` rounds; a round
+measures no filter, then every case once (set up, one connection run and
+one iperf3 run, undone), then no filter again; the order of the cases
+turns by one each round, so no case always runs right after the baseline
+or at the end. Every case gets exactly the same treatment. The table has
+the medians of each case's runs and their ratio to no filter's median
+("ratio"), and the median over rounds of the per-round paired ratio
+("paired": the case's run over the mean of no filter's two runs of the
+same round), which follows the machine's load drifting between rounds.
+Every run is bounded
 in time, and everything is undone in ``finally`` blocks (``microseg down``,
 ``nft flush ruleset`` in the gateway namespace, the lab's namespaces
 removed). Root only; traffic only inside the lab.
@@ -48,6 +62,7 @@ removed). Root only; traffic only inside the lab.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
@@ -62,7 +77,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from appliance.lab import CLIENT_V4, GW_IFACES, SERVER_V4, Lab  # noqa: E402
+from appliance.lab import CLIENT_V4, GW_IFACES, SERVER_V4, Lab, forget_namespace_state  # noqa: E402
 
 MICROSEG = [sys.executable, "-m", "appliance.cli"]
 CONN_PORT = 9000
@@ -83,9 +98,14 @@ DEFAULT_IPERF_SECONDS = 3
 CONN_CPU = 0
 IPERF_CPUS = (0, 0)       # client, server
 QUICK = dict(rules=(10,), runs=1, conns=300, conn_seconds=3.0, iperf_seconds=1)
-CASES = ("no filter", "microseg, no policy", "microseg", "microseg (clsact)", "nftables", "nftables-set")
+CASES = ("no filter", "empty program", "microseg, no policy", "microseg", "microseg (clsact)", "nftables", "nftables-set")
 # The `attach.mode` setting of the "microseg (clsact)" case (--clsact).
 CLSACT_SETTINGS = "attach: {mode: clsact}\n"
+# --only's names of the cases (one has a comma), as bench/policy_perf.py's.
+SHORT = {"empty": "empty program", "microseg-nopolicy": "microseg, no policy", "microseg": "microseg",
+         "microseg-clsact": "microseg (clsact)", "nftables": "nftables", "nftables-set": "nftables-set"}
+# The cases run once, at the first rule count (they have no policy).
+ONCE = ("empty program", "microseg, no policy")
 
 # One connection at a time; prints {"ok", "failed", "seconds"} as JSON.
 CLIENT = r"""
@@ -206,15 +226,52 @@ def nft_set(entries: list[Entry]) -> str:
 class Result:
     conns: list[float] = field(default_factory=list)     # conn/s per run
     gbits: list[float] = field(default_factory=list)
+    # Per round: this case's run over the mean of no filter's two runs of
+    # the same round (None where a run is missing).
+    conn_pairs: list[float] = field(default_factory=list)
+    gbit_pairs: list[float] = field(default_factory=list)
     failed: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+def _empty_insns() -> bytes:
+    """The empty program: r0 = 0 (TC_ACT_OK, let the packet through); exit."""
+    from datapath import bpfsys
+    BPF_ALU64_MOV_K, BPF_EXIT = 0xB7, 0x95
+    return bpfsys.insn(BPF_ALU64_MOV_K, dst=0, imm=0) + bpfsys.insn(BPF_EXIT)
+
+
+@contextlib.contextmanager
+def empty_hooks(netns: str, ifaces: tuple[str, ...]):
+    """The empty program on ``ifaces`` in ``netns``, ingress and egress, as
+    tcx links held by this process only (not pinned: closing them detaches,
+    so nothing outlives the benchmark even if it is killed)."""
+    from datapath import attach, bpfsys
+    fd = bpfsys.prog_load(_empty_insns(), bpfsys.BPF_PROG_TYPE_SCHED_CLS, name="ms_bench_empty")
+    links: list[int] = []
+    try:
+        with attach.netlink(netns) as ipr:
+            idx = attach.resolve(ipr, list(ifaces), netns)
+        with attach._in_netns(netns):
+            for i in idx.values():
+                for at in (bpfsys.BPF_TCX_INGRESS, bpfsys.BPF_TCX_EGRESS):
+                    links.append(bpfsys.link_create_tcx(fd, i, at))
+        yield
+    finally:
+        for lfd in links:
+            try:
+                bpfsys.link_detach(lfd)
+            except OSError:
+                pass
+            os.close(lfd)
+        os.close(fd)
 
 
 class Bench:
     def __init__(self, lab: Lab, args, workdir: Path):
         self.lab, self.args, self.workdir = lab, args, workdir
 
-    def conn_rate(self, res: Result) -> None:
+    def conn_rate(self, res: Result) -> float | None:
         a = self.args
         r = self.lab.run(self.lab.client, ["taskset", "-c", str(CONN_CPU), sys.executable, "-c", CLIENT,
                                            SERVER_V4, str(CONN_PORT), str(a.conns), str(a.conn_seconds)],
@@ -223,11 +280,12 @@ class Bench:
             d = json.loads(r.stdout)
         except ValueError:
             res.notes.append(f"connection client failed: {r.stderr.strip()[-200:]}")
-            return
+            return None
         res.failed += d["failed"]
         res.conns.append(d["ok"] / d["seconds"] if d["seconds"] > 0 else 0.0)
+        return res.conns[-1]
 
-    def throughput(self, res: Result) -> None:
+    def throughput(self, res: Result) -> float | None:
         t = self.args.iperf_seconds
         r = self.lab.run(self.lab.client, ["taskset", "-c", str(IPERF_CPUS[0]), "iperf3", "-c", SERVER_V4, "-p", str(IPERF_PORT), "-t", str(t),
                                            "-J", "--connect-timeout", "3000"],
@@ -235,27 +293,48 @@ class Bench:
         try:
             d = json.loads(r.stdout)
             res.gbits.append(d["end"]["sum_received"]["bits_per_second"] / 1e9)
+            return res.gbits[-1]
         except (ValueError, KeyError):
             res.notes.append(f"iperf3 failed: {(r.stdout + r.stderr).strip()[-200:]}")
+            return None
 
     def probe(self) -> str:
         r = self.lab.run(self.lab.client, [sys.executable, "-c", PROBE, SERVER_V4, str(PROBE_PORT), "0.5"],
                          timeout=15, check=False)
         return r.stdout.strip() or "error"
 
-    def measure(self, res: Result, filtered: bool = True) -> None:
+    def measure(self, res: Result, filtered: bool = True) -> tuple[float | None, float | None]:
+        """One run of each workload; (conn/s, Gbit/s)."""
         got = self.probe()
         want = "dropped" if filtered else "refused"
         if got != want:
             res.notes.append(f"a SYN to port {PROBE_PORT} (not in the allow-list) was {got}, "
                              f"expected {want}: the filter is not what this case measures")
             res.failed += 1
-        for _ in range(self.args.runs):
-            self.conn_rate(res)
-            self.throughput(res)
+        return self.conn_rate(res), self.throughput(res)
 
     # -- the filters --------------------------------------------------------------
-    def microseg(self, entries: list[Entry] | None, res: Result, clsact: bool = False) -> None:
+    @contextlib.contextmanager
+    def case(self, case: str, entries: list[Entry], res: Result):
+        """Set ``case`` up in the gateway for the duration; yields whether
+        it filters (the probe's expectation), or None when setting up failed
+        (noted in ``res``)."""
+        if case == "no filter":
+            yield False
+        elif case == "empty program":
+            with empty_hooks(self.lab.gateway, GW_IFACES):
+                yield False
+        elif case.startswith("microseg"):
+            with self.microseg(None if case == "microseg, no policy" else entries, res,
+                               clsact=case == "microseg (clsact)") as ok:
+                yield (case != "microseg, no policy") if ok else None
+        else:
+            ruleset = nft_linear(entries) if case == "nftables" else nft_set(entries)
+            with self.nft(ruleset, res, f"{case}-{len(entries)}") as ok:
+                yield True if ok else None
+
+    @contextlib.contextmanager
+    def microseg(self, entries: list[Entry] | None, res: Result, clsact: bool = False):
         """``entries`` None: attached without a policy (every flow passes).
         ``clsact``: with the `attach.mode: clsact` setting (cls_bpf filters,
         not the default's tcx links)."""
@@ -273,6 +352,7 @@ class Bench:
             r = subprocess.run(up, capture_output=True, text=True, timeout=300)
             if r.returncode != 0:
                 res.notes.append(f"microseg up failed: {r.stderr.strip()[-300:]}")
+                yield False
                 return
             if entries is None and "no policy applied" not in r.stdout:
                 res.notes.append(f"microseg up found a policy to carry over: {r.stdout.strip()[-200:]}")
@@ -280,12 +360,17 @@ class Bench:
             mode = "tcx" if ", tcx link)" in r.stdout else "clsact"
             res.notes.append(f"microseg up{' --policy' if entries is not None else ''} ({mode}): "
                              f"{time.monotonic() - t0:.1f} s")
-            self.measure(res, filtered=entries is not None)
+            yield True
         finally:
             subprocess.run([*MICROSEG, "down", "--netns", self.lab.gateway, "--iface", *GW_IFACES],
                            capture_output=True, text=True, timeout=120)
+            # `up` without --policy carries over the policy last applied in
+            # the namespace: the next case (in interleaved rounds, maybe
+            # "microseg, no policy") starts from none, as a fresh lab would.
+            forget_namespace_state(self.lab.gateway)
 
-    def nft(self, ruleset: str, res: Result, name: str) -> None:
+    @contextlib.contextmanager
+    def nft(self, ruleset: str, res: Result, name: str):
         f = self.workdir / f"{name}.nft"
         f.write_text(ruleset)
         try:
@@ -293,9 +378,10 @@ class Bench:
             r = self.lab.run(self.lab.gateway, ["nft", "-f", str(f)], timeout=300, check=False)
             if r.returncode != 0:
                 res.notes.append(f"nft -f failed: {r.stderr.strip()[-300:]}")
+                yield False
                 return
             res.notes.append(f"nft -f: {time.monotonic() - t0:.1f} s")
-            self.measure(res)
+            yield True
         finally:
             self.lab.run(self.lab.gateway, ["nft", "flush", "ruleset"], timeout=60, check=False)
 
@@ -315,6 +401,25 @@ def servers(lab: Lab) -> list[subprocess.Popen]:
     raise SystemExit("the servers in the lab did not start")
 
 
+def cases_for(n: int, args) -> list[str]:
+    """The filtered cases of rule count ``n``, in CASES' order."""
+    out = []
+    for case in CASES[1:]:
+        if case in ONCE and n != args.rules[0]:
+            continue
+        if case == "microseg (clsact)" and not args.clsact:
+            continue
+        if args.only and case not in args.only:
+            continue
+        out.append(case)
+    return out
+
+
+def _pair(x: float | None, b0: float | None, b1: float | None) -> float | None:
+    bs = [b for b in (b0, b1) if b]
+    return x / statistics.mean(bs) if x is not None and bs else None
+
+
 def run(args) -> dict[tuple[str, int], Result]:
     results: dict[tuple[str, int], Result] = {}
     with tempfile.TemporaryDirectory(prefix="msbench-") as tmp, Lab() as lab:
@@ -323,20 +428,35 @@ def run(args) -> dict[tuple[str, int], Result]:
         procs = servers(lab)
         try:
             b = Bench(lab, args, Path(tmp))
+            # One connection run not recorded: the first run in a fresh lab
+            # (cold caches, the servers' first accepts) came out at half the
+            # next one's rate (4,110 then 11,795 conn/s in one --quick run).
+            b.conn_rate(Result())
             for n in args.rules:
                 entries = allow_list(n)
                 base = results[("no filter", n)] = Result()
-                b.measure(base, filtered=False)
-                if n == args.rules[0]:
-                    # The fast path without a policy, once: what the
-                    # policy adds is the difference to the next row.
-                    b.microseg(None, results.setdefault(("microseg, no policy", n), Result()))
-                b.microseg(entries, results.setdefault(("microseg", n), Result()))
-                if args.clsact:
-                    b.microseg(entries, results.setdefault(("microseg (clsact)", n), Result()), clsact=True)
-                b.nft(nft_linear(entries), results.setdefault(("nftables", n), Result()), f"linear-{n}")
-                b.nft(nft_set(entries), results.setdefault(("nftables-set", n), Result()), f"set-{n}")
-                b.measure(base, filtered=False)      # the baseline again: drift shows in its spread
+                cases = cases_for(n, args)
+                for c in cases:
+                    results[(c, n)] = Result()
+                for rnd in range(args.runs):
+                    # Turn the order by one each round: no case always
+                    # runs next to the baseline or last.
+                    k = rnd % len(cases) if cases else 0
+                    order = cases[k:] + cases[:k]
+                    print(f"{n} rules, round {rnd + 1}: {', '.join(order)}", flush=True)
+                    bc0, bg0 = b.measure(base, filtered=False)
+                    got = {}
+                    for c in order:
+                        res = results[(c, n)]
+                        with b.case(c, entries, res) as filtered:
+                            got[c] = b.measure(res, filtered=filtered) if filtered is not None else (None, None)
+                    bc1, bg1 = b.measure(base, filtered=False)
+                    for c, (cc, gg) in got.items():
+                        pc, pg = _pair(cc, bc0, bc1), _pair(gg, bg0, bg1)
+                        if pc is not None:
+                            results[(c, n)].conn_pairs.append(pc)
+                        if pg is not None:
+                            results[(c, n)].gbit_pairs.append(pg)
         finally:
             for p in procs:
                 p.kill()
@@ -351,8 +471,9 @@ def _med(xs: list[float]) -> float | None:
 
 
 def table(results: dict[tuple[str, int], Result], rules: list[int]) -> str:
-    out = ["| case | rules | new conn/s | ratio to no filter | Gbit/s | ratio to no filter |",
-           "|---|---|---|---|---|---|"]
+    out = ["| case | rules | new conn/s | ratio | paired | Gbit/s | ratio | paired |",
+           "|---|---|---|---|---|---|---|---|"]
+    f2 = lambda x: f"{x:.2f}" if x is not None else "-"  # noqa: E731
     for n in rules:
         base = results[("no filter", n)]
         bc, bg = _med(base.conns), _med(base.gbits)
@@ -361,12 +482,12 @@ def table(results: dict[tuple[str, int], Result], rules: list[int]) -> str:
             if r is None:
                 continue
             c, g = _med(r.conns), _med(r.gbits)
-            cr = f"{c / bc:.2f}" if c is not None and bc else "-"
-            gr = f"{g / bg:.2f}" if g is not None and bg else "-"
-            label = {"no filter": f"({n})", "microseg, no policy": "-"}.get(case, str(n))
-            out.append(f"| {case} | {label} | "
-                       f"{f'{c:.0f}' if c is not None else '-'} | {cr} | "
-                       f"{f'{g:.2f}' if g is not None else '-'} | {gr} |")
+            cr = c / bc if c is not None and bc else None
+            gr = g / bg if g is not None and bg else None
+            pc, pg = (1.0, 1.0) if case == "no filter" else (_med(r.conn_pairs), _med(r.gbit_pairs))
+            label = f"({n})" if case == "no filter" else ("-" if case in ONCE else str(n))
+            out.append(f"| {case} | {label} | {f'{c:.0f}' if c is not None else '-'} | {f2(cr)} | {f2(pc)} | "
+                       f"{f2(g)} | {f2(gr)} | {f2(pg)} |")
     return "\n".join(out)
 
 
@@ -380,11 +501,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iperf-seconds", type=int, default=None, help=f"iperf3 -t (default {DEFAULT_IPERF_SECONDS})")
     ap.add_argument("--clsact", action="store_true",
                     help="also microseg with `attach.mode: clsact` (cls_bpf filters), after the default's row")
+    ap.add_argument("--only", default=None,
+                    help=f"comma-separated cases to run besides no filter (default all) of: {', '.join(SHORT)}")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
     args = ap.parse_args(argv)
     q = QUICK if args.quick else {}
     args.rules = [int(x) for x in args.rules.split(",")] if args.rules else list(q.get("rules", DEFAULT_RULES))
+    only = [c.strip() for c in args.only.split(",")] if args.only else []
+    if any(c not in SHORT for c in only):
+        ap.error(f"--only: cases are {', '.join(SHORT)}")
+    args.only = [SHORT[c] for c in only] or None
     args.runs = args.runs or q.get("runs", DEFAULT_RUNS)
     args.conns = args.conns or q.get("conns", DEFAULT_CONNS)
     args.conn_seconds = args.conn_seconds or q.get("conn_seconds", DEFAULT_CONN_SECONDS)
@@ -404,25 +531,29 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     print("microseg policy against nftables: the lab gateway (veth, 2 namespaces hops), "
           f"kernel {os.uname().release}")
-    print(f"runs {args.runs} per case (medians); new conn/s: one client, connect + 1-byte request/response + "
+    print(f"{args.runs} interleaved rounds (each: no filter, every case once in an order turned by one per round, "
+          f"no filter again); medians; new conn/s: one client, connect + 1-byte request/response + "
           f"RST close, at most {args.conns} connections or {args.conn_seconds:g} s per run, client and server "
           f"on CPU {CONN_CPU}; Gbit/s: iperf3 -t {args.iperf_seconds}, one stream, client on CPU "
           f"{IPERF_CPUS[0]}, server on CPU {IPERF_CPUS[1]} (a CPU's work, the forwarding included)")
-    print("the allow-list's last entry lets the benchmark's traffic through; ratios are to no filter of the "
-          "same rule count (measured before and after the filters)")
+    print("the allow-list's last entry lets the benchmark's traffic through; ratio: the case's median over no "
+          "filter's median (same rule count); paired: median over rounds of the case's run over the mean of no "
+          "filter's two runs in that round")
     print()
     print(table(results, args.rules))
     print()
-    print("every run (new conn/s | Gbit/s):")
+    print("every run (new conn/s | Gbit/s | paired conn ratios | paired Gbit ratios):")
     for (case, n), r in results.items():
-        print(f"  {case} {n}: {' '.join(f'{c:.0f}' for c in r.conns)} | {' '.join(f'{g:.2f}' for g in r.gbits)}")
+        print(f"  {case} {n}: {' '.join(f'{c:.0f}' for c in r.conns)} | {' '.join(f'{g:.2f}' for g in r.gbits)}"
+              f" | {' '.join(f'{x:.2f}' for x in r.conn_pairs)} | {' '.join(f'{x:.2f}' for x in r.gbit_pairs)}")
     problems = []
     for (case, n), r in results.items():
         for note in r.notes:
             print(f"{case} {n}: {note}")
         if r.failed:
             problems.append(f"{case} {n}: {r.failed} connection(s) or probe(s) failed")
-        if len(r.conns) < args.runs or len(r.gbits) < args.runs:
+        want = 2 * args.runs if case == "no filter" else args.runs
+        if len(r.conns) < want or len(r.gbits) < want:
             problems.append(f"{case} {n}: missing measurements")
     print(f"total {time.monotonic() - t0:.0f} s")
     for p in problems:

@@ -4,9 +4,10 @@ gateway: perf profiles of bench/policy.py's workloads, per filter.
 bench/policy.py's ratios of connections per second move by more than the
 differences between filters when the machine is shared; the CPU each filter
 spends per connection moves much less. For each case (``no filter``,
-``microseg, no policy``, ``microseg`` with bench/policy.py's allow-list,
-``nftables-set``, ``nftables``; on the command line ``plain`` and
-``microseg-nopolicy`` name the first two) this runs bench/policy.py's connection
+``empty program`` (bench/policy.py's two-instruction program on tcx, where
+microseg's programs attach), ``microseg, no policy``, ``microseg`` with bench/policy.py's allow-list,
+``nftables-set``, ``nftables``; on the command line ``plain``,
+``empty`` and ``microseg-nopolicy`` name the first three) this runs bench/policy.py's connection
 client (or ``iperf3``) in the same lab, records ``perf record -e cpu-clock
 -g`` on the CPU the client, the servers and the forwarding share (CONN_CPU),
 and counts only the samples of the lab's own processes (the client and the
@@ -57,7 +58,7 @@ from appliance.lab import GW_IFACES, SERVER_V4, Lab  # noqa: E402
 from bench import policy as bp  # noqa: E402
 
 # Command-line names of bench/policy.py's cases ("microseg, no policy" has a comma).
-CASES = {"plain": "no filter", "microseg-nopolicy": "microseg, no policy", "microseg": "microseg",
+CASES = {"plain": "no filter", "empty": "empty program", "microseg-nopolicy": "microseg, no policy", "microseg": "microseg",
          "microseg-clsact": "microseg (clsact)", "nftables-set": "nftables-set", "nftables": "nftables"}
 DEFAULT_CASES = ("plain", "microseg", "nftables-set")
 # 4999 Hz, not 5000: a sampling rate in step with the kernel's tick would
@@ -163,6 +164,10 @@ def run_case(lab: Lab, args, case: str, workdir: Path, server_pids: list[int], t
 def with_filter(lab: Lab, case: str, workdir: Path, rules: int):
     """Set up ``case``'s filter in the gateway; returns its undo."""
     entries = bp.allow_list(rules)
+    if case == "empty":
+        hooks = bp.empty_hooks(lab.gateway, GW_IFACES)
+        hooks.__enter__()
+        return lambda: hooks.__exit__(None, None, None)
     down = [*bp.MICROSEG, "down", "--netns", lab.gateway, "--iface", *GW_IFACES]
     if case.startswith("microseg"):
         up = [*bp.MICROSEG, "up", "--netns", lab.gateway, "--iface", *GW_IFACES]

@@ -202,7 +202,7 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
     if (ms_parse_tcp4(skb, &sg)) {
         MS_BENCH_STEP(1, MS_BENCH_REASON);   /* parsed */
         int lane = ms_ct_tcp4_lane(&sg, ms_pkt_now());
-        if (lane != MS_LANE_MISS)
+        if (lane != MS_LANE_MISS && lane != MS_LANE_ABSENT)
             return lane;
         /* Missed: the TCP stage decides it, from the scratch as ms_parse
          * fills it for this frame (parse.h ms_parse_tcp4_pkt; a TCP
@@ -216,6 +216,7 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
         reason = ms_parse_tcp4_pkt(skb, p);
         if (reason != PASS_FORWARD)
             return reason;
+        p->lane_absent = lane == MS_LANE_ABSENT;
         stage = STAGE_TCP;
         goto call;
     }

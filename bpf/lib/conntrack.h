@@ -543,21 +543,39 @@ static __always_inline int ms_ct_expired(const struct ms_flow *f, __u64 now)
     return (__s64)(now - f->last_seen_ns) > (__s64)ms_timeout(f->state);
 }
 
-/* Find the flow in either table. An entry idle past its state's timeout
+/* The flow in ms_flows, or NULL. An entry idle past its state's timeout
  * is deleted here (lazy expiry) and reported as absent. */
-static __always_inline struct ms_flow *ms_ct_lookup(struct ms_flow_key *k, __u64 now, int *where)
+static __always_inline struct ms_flow *ms_ct_lookup_flows(struct ms_flow_key *k, __u64 now)
 {
     struct ms_flow *f = ms_flows_lookup(k);
-    if (f) {
-        if (!ms_ct_expired(f, now)) {
-            *where = MS_IN_FLOWS;
-            return f;
-        }
+    if (f && ms_ct_expired(f, now)) {
         struct ms_flow_event *ev = ms_flow_end_begin(k, f, FLOW_END_TIMEOUT);
         int gone = ms_flows_delete(k) == 0;
         if (gone)
             ms_pressure_add(1);
         ms_flow_end_commit(ev, gone);
+        return 0;
+    }
+    return f;
+}
+
+/* Find the flow in either table. An entry idle past its state's timeout
+ * is deleted here (lazy expiry) and reported as absent. ``flows_absent``:
+ * this packet's ms_flows lookup already missed (the established lane's,
+ * just before the tail call): ms_halfopen is looked in first, where a
+ * handshake's last ACK finds its session, and ms_flows only when that
+ * misses too (an entry another CPU promoted in between is still found),
+ * so such an ACK costs one lookup, not two. */
+static __always_inline struct ms_flow *ms_ct_lookup_from(struct ms_flow_key *k, __u64 now, int *where,
+                                                         int flows_absent)
+{
+    struct ms_flow *f;
+    if (!flows_absent) {
+        f = ms_ct_lookup_flows(k, now);
+        if (f) {
+            *where = MS_IN_FLOWS;
+            return f;
+        }
     }
     f = ms_halfopen_lookup(k);
     if (f) {
@@ -571,8 +589,20 @@ static __always_inline struct ms_flow *ms_ct_lookup(struct ms_flow_key *k, __u64
             ms_halfopen_count(0);
         ms_flow_end_commit(ev, gone);
     }
+    if (flows_absent) {
+        f = ms_ct_lookup_flows(k, now);
+        if (f) {
+            *where = MS_IN_FLOWS;
+            return f;
+        }
+    }
     *where = 0;
     return 0;
+}
+
+static __always_inline struct ms_flow *ms_ct_lookup(struct ms_flow_key *k, __u64 now, int *where)
+{
+    return ms_ct_lookup_from(k, now, where, 0);
 }
 
 static __always_inline void ms_ct_account(struct ms_flow *f, int fd, __u32 len, __u64 now)
@@ -827,31 +857,56 @@ static __always_inline int ms_syn_budget(const struct ms_pkt *p, struct ms_confi
 #define MS_WSCALE_UNKNOWN 0xfe
 
 /* Window scale option of a SYN or SYN-ACK (RFC 7323 2.2): the shift,
- * MS_WSCALE_NONE if absent, MS_WSCALE_UNKNOWN if not found in time. */
+ * MS_WSCALE_NONE if absent, MS_WSCALE_UNKNOWN if not found in time.
+ * The options are read in one bpf_skb_load_bytes into the per-CPU L7
+ * buffer (ms_l7_scratch: free until the payload check, which clears and
+ * loads it itself; not the stack, where 42 bytes would take ms_stage_tcp
+ * past tests/datapath/test_stack.py's budget) and walked there: one
+ * helper call per SYN instead of one per option (five for Linux's SYN).
+ * Same answers as a walk that loads three
+ * bytes at each option: where fewer than three bytes of packet are left
+ * (that load would fail) the answer is MS_WSCALE_NONE, checked against
+ * skb->len as that load would; the only byte such a walk read past the
+ * options (an option's length at the options' last byte) decided
+ * MS_WSCALE_NONE whatever its value, as the zero here does. */
 static __always_inline __u8 ms_tcp_wscale(struct __sk_buff *skb, const struct ms_pkt *p)
 {
     __u32 base = p->l4_off + 20;
     __u32 len = p->payload_off - base;
     __u32 i = 0;
+    __u32 z = 0;
 
-    if (len > MS_TCP_MAX_OPT_BYTES)
+    if (len > MS_TCP_MAX_OPT_BYTES || len == 0)
+        return MS_WSCALE_NONE;
+    struct ms_l7_buf *buf = ms_l7_scratch.lookup(&z);
+    if (!buf)
+        return MS_WSCALE_UNKNOWN;   /* cannot happen (an array's slot 0); not walked: liberal */
+    /* Two bytes more than the longest options, zeroed: an option's kind,
+     * length and shift are read at i, i + 1, i + 2 for any i < len. */
+    _Static_assert(MS_L7_WINDOW == 64 && MS_TCP_MAX_OPT_BYTES + 8 <= 64, "the walk's masks assume 64 bytes");
+    __u64 *w = (__u64 *)buf->b;
+#pragma unroll
+    for (int k = 0; k < (MS_TCP_MAX_OPT_BYTES + 8) / 8; k++)
+        w[k] = 0;
+    __u8 *o = buf->b;
+    if (bpf_skb_load_bytes(skb, base & 0xffff, o, len) < 0)
         return MS_WSCALE_NONE;
 #pragma clang loop unroll(disable)
     for (int n = 0; n < MS_TCP_MAX_OPTS; n++) {
-        __u8 o[3] = {};
         if (i >= len)
             return MS_WSCALE_NONE;
-        if (bpf_skb_load_bytes(skb, (base + i) & 0xffff, o, 3) < 0) {
-            /* fewer than 3 bytes left: only EOL / NOP fit */
+        if (base + i + 3 > p->len)
+            return MS_WSCALE_NONE;          /* fewer than 3 bytes left: only EOL / NOP fit */
+        /* The masks are no-ops (i < len <= 40, the buffer is 64): they
+         * bound the offsets for the verifier. */
+        __u8 kind = o[i & 0x3f], olen = o[(i + 1) & 0x3f];
+        if (kind == MS_TCPOPT_EOL)
             return MS_WSCALE_NONE;
-        }
-        if (o[0] == MS_TCPOPT_EOL)
-            return MS_WSCALE_NONE;
-        if (o[0] == MS_TCPOPT_WSCALE && o[1] == 3 && i + 3 <= len)
-            return o[2] > 14 ? 14 : o[2];   /* RFC 7323: larger shifts mean 14 */
-        if (o[0] != MS_TCPOPT_NOP && o[1] < 2)
+        if (kind == MS_TCPOPT_WSCALE && olen == 3 && i + 3 <= len)
+            return o[(i + 2) & 0x3f] > 14 ? 14 : o[(i + 2) & 0x3f];   /* RFC 7323: larger shifts mean 14 */
+        if (kind != MS_TCPOPT_NOP && olen < 2)
             return MS_WSCALE_NONE;          /* malformed length */
-        __u32 next = i + (o[0] == MS_TCPOPT_NOP ? 1 : o[1]);
+        __u32 next = i + (kind == MS_TCPOPT_NOP ? 1 : olen);
         if (next > len)
             return MS_WSCALE_NONE;          /* option runs past the header */
         i = next & 0x3f;                    /* no-op (next <= 40); bounds i for the verifier */
@@ -1080,7 +1135,7 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now, struct ms_flow
         return DROP_TCP_INVALID;
     int src_is_hi = ms_flow_key_of(p, kp);
     int where;
-    struct ms_flow *f = ms_ct_lookup(kp, now, &where);
+    struct ms_flow *f = ms_ct_lookup_from(kp, now, &where, p->lane_absent);
     MS_BENCH_STEP(3, MS_BENCH_REASON);   /* the session looked up */
     __u8 fl = p->tcp_flags;
     __u32 end = p->seq + p->payload_len + ((fl & TCP_SYN) ? 1 : 0) + ((fl & TCP_FIN) ? 1 : 0);
@@ -1305,6 +1360,9 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now, struct ms_flow
  * stage's). The key is on the stack: the payload stage, which reads the
  * scratch key, never follows a packet the lane decides. */
 #define MS_LANE_MISS (-1)
+/* A miss because ms_flows has no entry for the segment (ms_ct_tcp4_lane):
+ * the TCP stage then need not look there first (ms_ct_lookup_from). */
+#define MS_LANE_ABSENT (-2)
 
 /* The lane's decision once the session is found (f, NULL if none), for a
  * segment with ACK and without SYN, FIN or RST, given by its fields. */
@@ -1366,6 +1424,8 @@ static __always_inline int ms_ct_tcp4_lane(const struct ms_seg4 *sg, __u64 now)
     int src_is_hi = ms_key4_build(&k4, sg->saddr, sg->daddr, sg->ports, IPPROTO_TCP);
     struct ms_flow *f = ms_flows4.lookup(&k4);
     MS_OWN_CALL(ms_flows4, f);
+    if (!f)
+        return MS_LANE_ABSENT;
     return ms_ct_lane_session(f, src_is_hi, sg->seq, sg->ack_seq, sg->window, sg->payload_len,
                               sg->len, now);
 }

@@ -213,7 +213,10 @@ struct ms_pkt {
     __u8   frag_mf;       /* a fragment with more after it (IPv4 MF, IPv6 M) */
     __u8   tun_depth;     /* tunnels decapsulated (bpf/lib/tunnel.h): the fields above are the
                            * innermost packet's; the outermost addresses are in ms_tun_outer */
-    __u8   pad2[2];
+    __u8   lane_absent;   /* the established lane (conntrack.h ms_ct_tcp4_lane) found no entry
+                           * in ms_flows for this segment: the TCP stage looks in ms_halfopen
+                           * first (fastpath.c; a handshake's last ACK) */
+    __u8   pad2;
     __u32  rule_id;       /* the policy rule that decided this packet, when one did (0: none,
                            * or the default): a drop event carries it (struct ms_drop_event) */
 };

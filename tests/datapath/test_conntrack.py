@@ -1444,6 +1444,53 @@ def test_syn_window_scale_option_walk(fastpath, opts, want):
         assert e.leaf.tcp[0].wscale == want
 
 
+# The walk's answers, as a walk that loads three bytes of the packet at each
+# option gives them ("none": no window scale, "unknown": not found within
+# MS_TCP_MAX_OPTS options, so the flow's window is not checked).
+SACKP, MSS4 = b"\x04\x02", b"\x02\x04\x05\xb4"
+WALK_CASES = [
+    # Linux's SYN: MSS, SACK_PERM, TS, NOP, WS 7
+    (SACKP.join([MSS4, b"\x08\x0a" + bytes(8)]) + b"\x01\x03\x03\x07", b"", 7),
+    # the window scale in the options' last three bytes; a shift above 14 means 14
+    (b"\x01\x03\x03\x09", b"", 9),
+    (b"\x01\x03\x03\x1e", b"", 14),
+    # found as the tenth option; as the eleventh it is not walked to
+    (b"\x01" * 9 + b"\x03\x03\x05" + b"\x00" * 4, b"", 5),
+    (b"\x01" * 10 + b"\x03\x03\x05" + b"\x00" * 3, b"", "unknown"),
+    # forty NOPs: the walk stops after ten, not knowing
+    (b"\x01" * 40, b"", "unknown"),
+    # end of options list before the window scale
+    (b"\x01\x00\x03\x03\x07\x00\x00\x00", b"", "none"),
+    # eight options, then two NOPs at the end of a packet without payload:
+    # fewer than three bytes left, none; with payload behind them the walk
+    # runs out of options first: unknown
+    (SACKP * 7 + MSS4 + b"\x01\x01", b"", "none"),
+    (SACKP * 7 + MSS4 + b"\x01\x01", b"xyz", "unknown"),
+    # a kind at the options' last byte, its "length" in the payload
+    (b"\x01\x01\x01\x05", b"\x03\x03\x07", "none"),
+    (b"\x01\x01\x01\x03", b"\x03\x07", "none"),
+]
+
+
+@pytest.mark.parametrize("opts, payload, want", WALK_CASES)
+def test_syn_window_scale_walk_edges(fastpath, opts, payload, want):
+    assert len(opts) % 4 == 0 and len(opts) <= 40
+    cli, srv = V4
+    syn = IP(src=cli, dst=srv) / TCP(sport=40101, dport=80, flags="S", seq=1000,
+                                     options=[("NOP", None)] * len(opts))
+    if payload:
+        syn = syn / Raw(payload)
+    raw = bytearray(bytes(ether() / syn))
+    tcp_off = 14 + 20
+    raw[tcp_off + 20: tcp_off + 20 + len(opts)] = opts
+    expect(fastpath, bytes(raw), R.PASS_FORWARD)
+    e = entry(fastpath, cli, 40101, srv, 80, IPPROTO_TCP)
+    has_ws = bool(e.leaf.tcp[0].flags & 0x02)       # MS_SIDE_WSCALE
+    liberal = bool(e.leaf.flags & 0x02)             # MS_FLOW_LIBERAL
+    got = e.leaf.tcp[0].wscale if has_ws else ("unknown" if liberal else "none")
+    assert got == want
+
+
 def test_halfopen_evictions_can_be_told(fastpath):
     """The kernel counts half-open inserts and its own removals, so user
     space can tell LRU evictions (inserted - removed - swept - present)."""

@@ -16,8 +16,9 @@ from pyroute2 import netns as pr_netns
 pytestmark = pytest.mark.lab
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "policy.py"
-CASES = {"no filter", "microseg, no policy", "microseg", "nftables", "nftables-set"}
-ROW = re.compile(r"^\| ([a-z ,-]+) \| (?:\(10\)|10|-) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$")
+CASES = {"no filter", "empty program", "microseg, no policy", "microseg", "nftables", "nftables-set"}
+# case | rules | conn/s | ratio | paired | Gbit/s | ratio | paired
+ROW = re.compile(r"^\| ([a-z ,-]+) \| (?:\(10\)|10|-) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$")
 
 
 def test_bench_policy_quick():
@@ -25,7 +26,7 @@ def test_bench_policy_quick():
     assert r.returncode == 0, r.stdout + r.stderr
     rows = {m[1]: m.groups()[1:] for m in map(ROW.match, r.stdout.splitlines()) if m}
     assert set(rows) == CASES, r.stdout
-    for case, (conns, cratio, gbits, gratio) in rows.items():
+    for case, (conns, cratio, cpaired, gbits, gratio, gpaired) in rows.items():
         assert int(conns) > 0 and float(gbits) > 0, (case, r.stdout)
     assert "WARNING" not in r.stderr
     # The bench's own lab is gone (other work may own other namespaces).
