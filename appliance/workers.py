@@ -102,8 +102,9 @@ FORWARD_FLUSH_S = 0.010
 # worker ~2.6 times in the lab; with the poll ~1.5, and the worker's CPU
 # per inspected connection fell 494 -> 403 us (6 interleaved runs each,
 # docs/performance.md 4.6.1). The cost: a request read in the same batch
-# as the previous connection's deferred records waits for them (hold
-# verdict p50 ~130 -> ~250 us in the lab). The bound is how much later
+# as the previous connection's deferred records waited for them (hold
+# verdict p50 ~130 -> ~250 us in the lab; waiting_first handles it first:
+# ~160 us). The bound is how much later
 # such a record is read than at once: an async flow's DLP block on its
 # response comes up to this much later (async lets packets through while
 # the slow path reads them anyway). A poll that finds nothing is not
