@@ -44,6 +44,7 @@ import uvloop
 # loaded and beats its heartbeat at once (importing them in the child took
 # longer than a short heartbeat timeout on a busy machine).
 from appliance.priority import worker_priority
+from datapath.enums import INSPECT
 from datapath.source import header_defines
 from slowpath.engine import Engine
 from slowpath.eve_sinks import (FORWARD_LINE_MAX, FORWARD_MESSAGE_BYTES, FORWARD_TAG_EVE, SINK_CLOSE_TIMEOUT_S,
@@ -106,8 +107,9 @@ FORWARD_FLUSH_S = 0.010
 # worker ~2.6 times in the lab; with the poll ~1.5, and the worker's CPU
 # per inspected connection fell 494 -> 403 us (6 interleaved runs each,
 # docs/performance.md 4.6.1). The cost: a request read in the same batch
-# as the previous connection's deferred records waits for them (hold
-# verdict p50 ~130 -> ~250 us in the lab). The bound is how much later
+# as the previous connection's deferred records waited for them (hold
+# verdict p50 ~130 -> ~250 us in the lab; waiting_first handles it first:
+# ~160 us). The bound is how much later
 # such a record is read than at once: an async flow's DLP block on its
 # response comes up to this much later (async lets packets through while
 # the slow path reads them anyway). A poll that finds nothing is not
@@ -115,6 +117,7 @@ FORWARD_FLUSH_S = 0.010
 POLL_S = 0.002
 # ms_insp_busy's values (bpf/lib/maps.h)
 BUSY = header_defines("MS_INSP_BUSY_")
+_HOLD_ALL = INSPECT["HOLD_ALL"]   # the kernel holds each of the flow's requests (bpf/lib/inspect.h)
 TAG_EVE, TAG_REPORT, TAG_RELOAD = b"E", b"M", b"R"
 # daemon -> worker: kernel session-end records (struct ms_flow_event, one or
 # more back to back) of sessions hashed to this worker (appliance/flowlog.py)
@@ -131,6 +134,37 @@ _EVENT_TYPE = re.compile(rb'"event_type":"([a-z_0-9]+)"')
 # it): the daemon's loop and each worker's run under cProfile, the stats
 # written to DIR/<name>-<pid>.prof at exit. Unset: nothing is profiled.
 PROFILE_ENV = "MICROSEG_BENCH_PROFILE"
+
+
+def waiting_first(recs: list, flows) -> list:
+    """A batch's records of flows a verdict may wait on first, then the
+    others (a released flow's, its side not held: an async connection's
+    response and FINs, which the kernel lets wait for POLL_S), each flow's
+    records in their order. Such deferred records come in the same read as
+    the next connection's request; handled first, their DLP scan and the
+    flow's close delayed its verdict (hold p50 ~130 -> ~245 us in the lab,
+    docs/performance.md 4.6.1). A flow waits if the engine has no verdict
+    for it (new or pending) or it holds every request and a record is its
+    client's; a flow with any waiting record goes first whole, so no
+    flow's records are reordered (the kernel's test, bpf/lib/inspect.h
+    `deferrable`, from the engine's side). Only records of different flows
+    change places, and only when the batch mixes both kinds: one lookup
+    per record and, then, two lists per batch."""
+    if len(recs) < 2:
+        return recs
+    get, waiting, deferred = flows.get, set(), False
+    for r in recs:
+        f = get(r.key)
+        if f is None or f.verdict is None or (r.inspect & _HOLD_ALL and not r.side):
+            waiting.add(r.key)
+        else:
+            deferred = True
+    if not waiting or not deferred:
+        return recs
+    first = [r for r in recs if r.key in waiting]
+    if len(first) < len(recs):        # else the deferred ones were a waiting flow's own
+        first.extend([r for r in recs if r.key not in waiting])
+    return first
 
 
 def profiled(name: str, fn: Callable[[], object]) -> object:
@@ -363,7 +397,10 @@ class Worker:
         asyncio.get_running_loop().call_later(delay, fn)
 
     def _records(self, raws: list[bytes]) -> None:
-        bad = self.engine.handle_raw_batch(raws, self.decoder)
+        eng = self.engine
+        recs, bad = self.decoder.decode_many(raws)      # Engine.handle_raw_batch's steps, reordered between
+        eng.counters.bad_records += len(bad)
+        eng.handle_batch(waiting_first(recs, eng.flows))
         if bad:
             self.metrics.record_ringbuf_lost("malformed", len(bad))
             log.warning("worker %d: %d bad payload records, the first: %s", self.index, len(bad), bad[0])

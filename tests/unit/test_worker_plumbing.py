@@ -431,3 +431,58 @@ def test_a_worker_that_read_records_polls_its_ring_once_more_then_sleeps():
         assert w._poll is None and w._busy.states[-1] == BUSY["ASLEEP"]
 
     uvloop.run(main())
+
+
+class _Rec:
+    def __init__(self, name, key, side=0, inspect=0):
+        self.name, self.key, self.side, self.inspect = name, key, side, inspect
+
+    def __repr__(self):
+        return self.name
+
+
+class _Flow:
+    def __init__(self, verdict):
+        self.verdict = verdict
+
+
+def test_a_batch_handles_records_a_verdict_waits_on_before_deferred_ones_each_flow_in_order():
+    # The kernel lets a released flow's records (its side not held) wait for
+    # the worker's poll, so they come in one read with the next
+    # connection's request: the request's flow goes first (its verdict is
+    # not delayed by the others' DLP scan and close), each flow's records
+    # in their order, the rest after in theirs. Before: the ring's order.
+    from appliance.workers import INSPECT, Worker
+    from datapath.enums import VerdictCode
+    hold_all = INSPECT["HOLD_ALL"]
+    released = _Flow(VerdictCode.VERDICT_RELEASE)
+    flows = {b"async": released, b"async2": _Flow(VerdictCode.VERDICT_RELEASE),
+             b"pending": _Flow(None), b"each": _Flow(VerdictCode.VERDICT_RELEASE)}
+    batch = [_Rec("resp", b"async", 1), _Rec("req", b"new"), _Rec("fin", b"async", 0),
+             _Rec("resp2", b"async2", 1), _Rec("more", b"pending"), _Rec("req2", b"new"),
+             _Rec("each-resp", b"each", 1, hold_all), _Rec("each-req", b"each", 0, hold_all)]
+    handled = []
+
+    class Engine:
+        def __init__(self):
+            self.flows = flows
+            self.counters = type("C", (), {"bad_records": 0})()
+
+        def handle_batch(self, recs):
+            handled.extend(r.name for r in recs)
+
+    class Decoder:
+        def decode_many(self, raws):
+            return list(raws), []
+
+    w = Worker.__new__(Worker)
+    w.engine, w.decoder = Engine(), Decoder()
+    w._records(batch)
+    assert handled == ["req", "more", "req2", "each-resp", "each-req", "resp", "fin", "resp2"]
+    # one kind only (all waiting, all deferred): the batch as it came
+    handled.clear()
+    w._records(batch[1:2] + batch[4:6])
+    assert handled == ["req", "more", "req2"]
+    handled.clear()
+    w._records([batch[0], batch[2], batch[3]])
+    assert handled == ["resp", "fin", "resp2"]
