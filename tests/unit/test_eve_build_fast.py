@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import random
 import socket
+
+import pytest
 
 from protocols.api import Direction
 from slowpath import eve
@@ -152,6 +155,33 @@ def test_with_app_is_replace_keeping_what_the_tuple_gave():
         for rec_f in (f, g):
             assert _same(eve._header(rec_f, "tls", 5.0), _ref_header(rec_f, "tls", 5.0))
 
+
+
+def test_flow_info_init_is_the_dataclass_fields_checked_and_frozen():
+    """FlowInfo's own __init__ (one __dict__ update, not a frozen dataclass's
+    setattr per field): every field stored as given, in the fields' order,
+    the addresses normalised, the same errors, still frozen and equal by
+    its fields, positional or by keyword."""
+    rng = random.Random(1410)
+    names = [f.name for f in dataclasses.fields(eve.FlowInfo)]
+    for _ in range(500):
+        f = _flow(rng)
+        given = dict(vars(f))
+        given["src_ip"] = rng.choice([f.src_ip, f.src_ip.upper(), f.src_ip.replace("2001:db8::", "2001:0db8:0::")])
+        by_kw, by_pos = eve.FlowInfo(**given), eve.FlowInfo(*given.values())
+        for g in (by_kw, by_pos):
+            assert list(vars(g)) == names
+            assert vars(g) == {**given, "src_ip": str(ipaddress.ip_address(given["src_ip"])),
+                               "dest_ip": str(ipaddress.ip_address(given["dest_ip"]))}
+            assert g == f and hash(g) == hash(f) and dataclasses.replace(g) == f
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        f.src_port = 1
+    with pytest.raises(ValueError, match="not the same address family"):
+        eve.FlowInfo(1, "10.0.0.1", 1, "::1", 2, 6)
+    with pytest.raises(ValueError, match="IP protocol 256 out of range"):
+        eve.FlowInfo(1, "10.0.0.1", 1, "10.0.0.2", 2, 256)
+    with pytest.raises(ValueError):
+        eve.FlowInfo(1, "10.0.0.999", 1, "10.0.0.2", 2, 6)
 
 def test_normal_ip_same_as_ipaddress():
     """_normal_ip's IPv4 shortcut: the spelling and version ipaddress gives,
