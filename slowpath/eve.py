@@ -437,7 +437,8 @@ def http_record(flow: FlowInfo, request: HttpRequest | None, response: HttpRespo
     # Suricata names an HTTP/2 transaction's app_proto "http2"; a gRPC call's
     # record is the same, with the call in metadata (grpc_metadata).
     rec["app_proto"] = "http2" if "http2" in rec["http"] else "http"
-    http_coding_metadata(rec, request_end, response_end)
+    if request_end is not None or response_end is not None:   # (without either it adds nothing: ~0.7 us)
+        http_coding_metadata(rec, request_end, response_end)
     if grpc is not None or (request is not None and request.stream_id and is_grpc(request.content_type)):
         grpc_metadata(rec, grpc, request)
     return rec

@@ -217,6 +217,14 @@ class _DlpStream:
         self.used = False
 
 
+# A direction's stream before DLP scanned anything: one shared _DlpStream,
+# never written (_dlp_chunk, the one writer, swaps in the direction's own
+# first), as every _DlpStream is as new until then. Most flows (DNS, TLS, a
+# bodiless request) never scan a body: no two objects and sets per flow.
+_UNUSED_STREAM = _DlpStream()
+_UNUSED_STREAMS = {d: _UNUSED_STREAM for d in _BOTH_DIRECTIONS}
+
+
 class FlowInspector:
     """Rules applied to one flow's parser events. ``feed`` returns the hits
     an event completes; ``close`` those still pending when the flow ends."""
@@ -231,7 +239,7 @@ class FlowInspector:
         self._dpi = "dpi" in what and bool(rules.domains)
         self._dlp = rules._dlp_by_direction if "dlp" in what else rules._no_dlp
         self._dlp_prefilter = rules._dlp_prefilter
-        self._streams = {d: _DlpStream() for d in _BOTH_DIRECTIONS}
+        self._streams = _UNUSED_STREAMS.copy()
         # The request whose body the WAF is collecting: None when none is;
         # b"" (armed, nothing yet: most requests have no body, so no buffer
         # is made for them, _waf_request); then a bytearray.
@@ -363,7 +371,7 @@ class FlowInspector:
         self._parked[self._sid] = (self._streams, self._body, self._body_type)
         got = self._parked.pop(sid, None)
         if got is None:
-            got = ({d: _DlpStream() for d in _BOTH_DIRECTIONS}, None, None)
+            got = (_UNUSED_STREAMS.copy(), None, None)
         self._streams, self._body, self._body_type = got
         self._sid = sid
 
@@ -503,6 +511,8 @@ class FlowInspector:
         buf = st.tail + data
         if not buf:
             return []
+        if st is _UNUSED_STREAM:
+            st = self._streams[d] = _DlpStream()    # the shared one is never written
         st.used = True
         # When the tail was cut from a longer body, its first byte only
         # serves as left context (a lookbehind sees it; no match starts there).

@@ -222,3 +222,24 @@ def test_flow_parts_computed_once_without_a_lock(monkeypatch):
     assert f.header_parts is f.header_parts and f.community_id == f.header_parts[1]["community_id"]
     assert len(calls) == 1 and vars(f)["header_parts"] is f.header_parts
     assert f.community_id == eve.community_id(6, "10.0.0.1", "10.0.0.2", 1234, 80)
+
+
+def test_http_record_without_body_ends_skips_the_coding_metadata(monkeypatch):
+    """http_record builds the coding metadata only when a body's end is
+    given (without one it adds nothing): a record without ends is the same
+    with the builder refusing to run; with a decoded body's end it is there."""
+    from protocols.http import HttpMessageEnd, HttpRequest, HttpResponse
+    f = eve.FlowInfo(1, "10.0.0.1", 1234, "10.0.0.2", 80, 6)
+    req = HttpRequest(Direction.TO_SERVER, "GET", "/x", "HTTP/1.1", "a.test", None, None, (("Host", "a.test"),),
+                      None, False, (), 0)
+    resp = HttpResponse(Direction.TO_CLIENT, 200, "OK", "HTTP/1.1", "text/plain", (), "GET", None, False, (), 0)
+    coded = HttpMessageEnd(Direction.TO_CLIENT, 10, 30, content_encoding=("gzip",), decoded_size=30)
+    want = eve.http_record(f, req, resp, 5.0)
+    with_end = eve.http_record(f, req, resp, 5.0, response_end=coded)
+    assert "metadata" not in want
+    assert with_end["metadata"]["flowvars"][0] == {"http_content_encoding": "gzip"}
+
+    def refuse(*a, **k):
+        raise AssertionError("coding metadata built without a body end")
+    monkeypatch.setattr(eve, "http_coding_metadata", refuse)
+    assert _same(eve.http_record(f, req, resp, 5.0), want)
