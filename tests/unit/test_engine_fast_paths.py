@@ -465,3 +465,28 @@ def test_request_host_memo_gives_the_domain_hits_of_each_request():
         assert got == rules.flow(frozenset({"dpi"})).feed(ev), (host, d)
         blocked += bool(got)
     assert 200 < blocked < 1800
+
+
+def test_flow_init_sets_every_field_to_its_declared_default():
+    """Flow's own __init__ (no default_factory calls) gives every field the
+    value its declaration says, the containers new for each flow (none
+    shared between two), the arguments where given."""
+    import dataclasses
+
+    from slowpath.engine import Flow
+    args = dict(key=b"k", info="info", transport="tcp", analyzer="an", reasm=None, inspector="insp", hold=True,
+                first_ts_ns=5, rule_id=3, last_seen=1.5)
+    a, b = Flow(**args), Flow(*args.values(), identify_only=True, l7="allow")
+    for f in dataclasses.fields(Flow):
+        if f.name in args:
+            assert getattr(a, f.name) == getattr(b, f.name) == args[f.name], f.name
+        elif f.name in ("identify_only", "l7"):
+            assert (getattr(a, f.name), getattr(b, f.name)) == (f.default, {"identify_only": True, "l7": "allow"}[f.name])
+        elif f.default_factory is not dataclasses.MISSING:
+            want = f.default_factory()
+            got = getattr(a, f.name)
+            assert type(got) is type(want) and got == want, f.name
+            assert getattr(got, "maxlen", None) == getattr(want, "maxlen", None), f.name
+            assert got is not getattr(b, f.name), f.name       # each flow its own
+        else:
+            assert getattr(a, f.name) == f.default, f.name
