@@ -109,12 +109,14 @@ class RuleSet:
         """An inspector for one flow doing ``what`` ⊆ {"waf", "dlp", "dpi"} (the policy rule's
         inspect.what); ``http_anomaly`` (block, alert, pass) is what a request's protocol
         anomaly does on a flow with ``waf``."""
-        bad = set(what) - WHAT
-        if bad:
-            raise ValueError(f"unknown inspection {sorted(bad)}: use {sorted(WHAT)}")
+        # (One subset test of the frozenset the engine passes, not a set built
+        # and subtracted per flow: called for every flow opened.)
+        what = what if what.__class__ is frozenset else frozenset(what)
+        if not what <= WHAT:
+            raise ValueError(f"unknown inspection {sorted(what - WHAT)}: use {sorted(WHAT)}")
         if http_anomaly not in ANOMALY_ACTIONS:
             raise ValueError(f"http_anomaly {http_anomaly!r}: use one of {ANOMALY_ACTIONS}")
-        return FlowInspector(self, frozenset(what), http_anomaly)
+        return FlowInspector(self, what, http_anomaly)
 
     def summary(self) -> dict:
         per = {c: sum(1 for a in self.waf if a.sig.category == c) for c in WAF_CATEGORIES}

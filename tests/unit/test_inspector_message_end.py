@@ -119,3 +119,18 @@ def test_flows_start_on_the_shared_unused_dlp_stream_and_never_write_it(rules):
         insp.close()
     assert (_UNUSED_STREAM.tail, _UNUSED_STREAM.base, _UNUSED_STREAM.done, _UNUSED_STREAM.reported,
             _UNUSED_STREAM.used) == (b"", 0, 0, set(), False)
+
+
+def test_flow_takes_any_set_of_known_inspections_and_names_unknown_ones(rules):
+    """RuleSet.flow checks ``what`` with one subset test: a set, a list or a
+    frozenset of known inspections gives an inspector doing those; an
+    unknown one, or an unknown anomaly action, is a clear error."""
+    for what in ({"waf", "dlp"}, ["dpi"], frozenset({"waf", "dlp", "dpi"}), frozenset()):
+        insp = rules.flow(what)
+        assert insp.what == frozenset(what) and type(insp.what) is frozenset
+    with pytest.raises(ValueError, match=r"unknown inspection \['ids', 'zz'\]: use \['dlp', 'dpi', 'waf'\]"):
+        rules.flow(frozenset({"waf", "zz", "ids"}))
+    with pytest.raises(ValueError, match=r"unknown inspection \['x'\]"):
+        rules.flow({"x"})
+    with pytest.raises(ValueError, match="http_anomaly 'drop'"):
+        rules.flow({"waf"}, http_anomaly="drop")
