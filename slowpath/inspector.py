@@ -109,12 +109,14 @@ class RuleSet:
         """An inspector for one flow doing ``what`` ⊆ {"waf", "dlp", "dpi"} (the policy rule's
         inspect.what); ``http_anomaly`` (block, alert, pass) is what a request's protocol
         anomaly does on a flow with ``waf``."""
-        bad = set(what) - WHAT
-        if bad:
-            raise ValueError(f"unknown inspection {sorted(bad)}: use {sorted(WHAT)}")
+        # (One subset test of the frozenset the engine passes, not a set built
+        # and subtracted per flow: called for every flow opened.)
+        what = what if what.__class__ is frozenset else frozenset(what)
+        if not what <= WHAT:
+            raise ValueError(f"unknown inspection {sorted(what - WHAT)}: use {sorted(WHAT)}")
         if http_anomaly not in ANOMALY_ACTIONS:
             raise ValueError(f"http_anomaly {http_anomaly!r}: use one of {ANOMALY_ACTIONS}")
-        return FlowInspector(self, frozenset(what), http_anomaly)
+        return FlowInspector(self, what, http_anomaly)
 
     def summary(self) -> dict:
         per = {c: sum(1 for a in self.waf if a.sig.category == c) for c in WAF_CATEGORIES}
@@ -217,6 +219,14 @@ class _DlpStream:
         self.used = False
 
 
+# A direction's stream before DLP scanned anything: one shared _DlpStream,
+# never written (_dlp_chunk, the one writer, swaps in the direction's own
+# first), as every _DlpStream is as new until then. Most flows (DNS, TLS, a
+# bodiless request) never scan a body: no two objects and sets per flow.
+_UNUSED_STREAM = _DlpStream()
+_UNUSED_STREAMS = {d: _UNUSED_STREAM for d in _BOTH_DIRECTIONS}
+
+
 class FlowInspector:
     """Rules applied to one flow's parser events. ``feed`` returns the hits
     an event completes; ``close`` those still pending when the flow ends."""
@@ -231,7 +241,7 @@ class FlowInspector:
         self._dpi = "dpi" in what and bool(rules.domains)
         self._dlp = rules._dlp_by_direction if "dlp" in what else rules._no_dlp
         self._dlp_prefilter = rules._dlp_prefilter
-        self._streams = {d: _DlpStream() for d in _BOTH_DIRECTIONS}
+        self._streams = _UNUSED_STREAMS.copy()
         # The request whose body the WAF is collecting: None when none is;
         # b"" (armed, nothing yet: most requests have no body, so no buffer
         # is made for them, _waf_request); then a bytearray.
@@ -363,7 +373,7 @@ class FlowInspector:
         self._parked[self._sid] = (self._streams, self._body, self._body_type)
         got = self._parked.pop(sid, None)
         if got is None:
-            got = ({d: _DlpStream() for d in _BOTH_DIRECTIONS}, None, None)
+            got = (_UNUSED_STREAMS.copy(), None, None)
         self._streams, self._body, self._body_type = got
         self._sid = sid
 
@@ -503,6 +513,8 @@ class FlowInspector:
         buf = st.tail + data
         if not buf:
             return []
+        if st is _UNUSED_STREAM:
+            st = self._streams[d] = _DlpStream()    # the shared one is never written
         st.used = True
         # When the tail was cut from a longer body, its first byte only
         # serves as left context (a lookbehind sees it; no match starts there).

@@ -241,12 +241,22 @@ class StreamReassembler:
         ``payload`` is the next bytes of ``d`` (a Direction) in order, nothing
         buffered, no FIN yet and no SYN, FIN or RST on it, it is delivered as
         segment() would (same state and counters) and returned: the data of
-        the one Data event segment() would give. Else None, nothing changed:
+        the one Data event segment() would give. A side's first segment
+        without a SYN is one (it starts the stream): every inspected TCP
+        flow's first record of each side. Else None, nothing changed:
         segment() takes it. (The engine calls this first: no event object
         per in-order record.)"""
         side = self._sides[d]
-        if payload and not flags & _SYN_FIN_RST and side.base is not None and not side.starts \
+        if payload and not flags & _SYN_FIN_RST and not side.starts \
                 and side.fin is None and self.in_order_shortcut:
+            if side.base is None:
+                # A side's first segment, no SYN seen (the slow path sees a
+                # connection from its first payload): it starts the stream,
+                # as segment()'s mid-stream pickup does; one that segment()
+                # would refuse as past the window is left to it.
+                if len(payload) > self.limits.max_window:
+                    return None
+                side.base = seq % _SEQ_MOD
             nxt = side.next
             if (seq - side.base - nxt + _HALF) % _SEQ_MOD == _HALF and len(payload) <= self.limits.max_window:
                 c = self.counters

@@ -96,6 +96,32 @@ def test_in_order_shortcut_gives_the_general_path_events_and_counters():
         assert got[0] == got[1], case
 
 
+
+def test_in_order_takes_a_sides_first_segment_without_syn():
+    """The slow path sees a connection from its first payload (no SYN): that
+    first segment of each side is in order (it starts the stream), taken by
+    in_order with segment()'s state and counters, so a short connection's
+    first records skip the general path; one past the window is left to
+    segment(), which refuses it."""
+    from protocols.api import Direction
+    from slowpath.reassembly import ReassemblyLimits, StreamReassembler
+    fast, slow = StreamReassembler(), StreamReassembler()
+    slow.in_order_shortcut = False
+    assert fast.in_order(Direction.TO_SERVER, 5000, 0x18, b"GET /") == b"GET /"
+    assert [(e.data, e.stream_offset) for e in slow.segment(Direction.TO_SERVER, 5000, 0x18, b"GET /")] == [(b"GET /", 0)]
+    assert fast.in_order(Direction.TO_CLIENT, (1 << 32) - 2, 0x18, b"HTTP") == b"HTTP"    # near the wrap
+    slow.segment(Direction.TO_CLIENT, (1 << 32) - 2, 0x18, b"HTTP")
+    assert fast.counters == slow.counters
+    # the next bytes of each side follow on from there, in both
+    for r in (fast, slow):
+        assert [e.data for e in r.segment(Direction.TO_SERVER, 5005, 0x18, b"x")] == [b"x"]
+        assert [e.data for e in r.segment(Direction.TO_CLIENT, 2, 0x18, b"/1.1")] == [b"/1.1"]
+        assert [e.data for e in r.segment(Direction.TO_CLIENT, 1, 0x18, b"late")] == []   # before: not new
+    assert fast.counters == slow.counters
+    small = StreamReassembler(ReassemblyLimits(max_window=4))
+    assert small.in_order(Direction.TO_SERVER, 7, 0x18, b"12345") is None
+    assert small.segment(Direction.TO_SERVER, 7, 0x18, b"12345") == [] and small.counters.out_of_window == 1
+
 # -- WAF scans: one match callback for every scan --------------------------------
 
 def test_waf_scan_stops_after_max_match_events():
@@ -439,3 +465,28 @@ def test_request_host_memo_gives_the_domain_hits_of_each_request():
         assert got == rules.flow(frozenset({"dpi"})).feed(ev), (host, d)
         blocked += bool(got)
     assert 200 < blocked < 1800
+
+
+def test_flow_init_sets_every_field_to_its_declared_default():
+    """Flow's own __init__ (no default_factory calls) gives every field the
+    value its declaration says, the containers new for each flow (none
+    shared between two), the arguments where given."""
+    import dataclasses
+
+    from slowpath.engine import Flow
+    args = dict(key=b"k", info="info", transport="tcp", analyzer="an", reasm=None, inspector="insp", hold=True,
+                first_ts_ns=5, rule_id=3, last_seen=1.5)
+    a, b = Flow(**args), Flow(*args.values(), identify_only=True, l7="allow")
+    for f in dataclasses.fields(Flow):
+        if f.name in args:
+            assert getattr(a, f.name) == getattr(b, f.name) == args[f.name], f.name
+        elif f.name in ("identify_only", "l7"):
+            assert (getattr(a, f.name), getattr(b, f.name)) == (f.default, {"identify_only": True, "l7": "allow"}[f.name])
+        elif f.default_factory is not dataclasses.MISSING:
+            want = f.default_factory()
+            got = getattr(a, f.name)
+            assert type(got) is type(want) and got == want, f.name
+            assert getattr(got, "maxlen", None) == getattr(want, "maxlen", None), f.name
+            assert got is not getattr(b, f.name), f.name       # each flow its own
+        else:
+            assert getattr(a, f.name) == f.default, f.name

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import random
 import socket
+
+import pytest
 
 from protocols.api import Direction
 from slowpath import eve
@@ -153,6 +156,33 @@ def test_with_app_is_replace_keeping_what_the_tuple_gave():
             assert _same(eve._header(rec_f, "tls", 5.0), _ref_header(rec_f, "tls", 5.0))
 
 
+
+def test_flow_info_init_is_the_dataclass_fields_checked_and_frozen():
+    """FlowInfo's own __init__ (one __dict__ update, not a frozen dataclass's
+    setattr per field): every field stored as given, in the fields' order,
+    the addresses normalised, the same errors, still frozen and equal by
+    its fields, positional or by keyword."""
+    rng = random.Random(1410)
+    names = [f.name for f in dataclasses.fields(eve.FlowInfo)]
+    for _ in range(500):
+        f = _flow(rng)
+        given = dict(vars(f))
+        given["src_ip"] = rng.choice([f.src_ip, f.src_ip.upper(), f.src_ip.replace("2001:db8::", "2001:0db8:0::")])
+        by_kw, by_pos = eve.FlowInfo(**given), eve.FlowInfo(*given.values())
+        for g in (by_kw, by_pos):
+            assert list(vars(g)) == names
+            assert vars(g) == {**given, "src_ip": str(ipaddress.ip_address(given["src_ip"])),
+                               "dest_ip": str(ipaddress.ip_address(given["dest_ip"]))}
+            assert g == f and hash(g) == hash(f) and dataclasses.replace(g) == f
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        f.src_port = 1
+    with pytest.raises(ValueError, match="not the same address family"):
+        eve.FlowInfo(1, "10.0.0.1", 1, "::1", 2, 6)
+    with pytest.raises(ValueError, match="IP protocol 256 out of range"):
+        eve.FlowInfo(1, "10.0.0.1", 1, "10.0.0.2", 2, 256)
+    with pytest.raises(ValueError):
+        eve.FlowInfo(1, "10.0.0.999", 1, "10.0.0.2", 2, 6)
+
 def test_normal_ip_same_as_ipaddress():
     """_normal_ip's IPv4 shortcut: the spelling and version ipaddress gives,
     or a ValueError where it raises one."""
@@ -192,3 +222,24 @@ def test_flow_parts_computed_once_without_a_lock(monkeypatch):
     assert f.header_parts is f.header_parts and f.community_id == f.header_parts[1]["community_id"]
     assert len(calls) == 1 and vars(f)["header_parts"] is f.header_parts
     assert f.community_id == eve.community_id(6, "10.0.0.1", "10.0.0.2", 1234, 80)
+
+
+def test_http_record_without_body_ends_skips_the_coding_metadata(monkeypatch):
+    """http_record builds the coding metadata only when a body's end is
+    given (without one it adds nothing): a record without ends is the same
+    with the builder refusing to run; with a decoded body's end it is there."""
+    from protocols.http import HttpMessageEnd, HttpRequest, HttpResponse
+    f = eve.FlowInfo(1, "10.0.0.1", 1234, "10.0.0.2", 80, 6)
+    req = HttpRequest(Direction.TO_SERVER, "GET", "/x", "HTTP/1.1", "a.test", None, None, (("Host", "a.test"),),
+                      None, False, (), 0)
+    resp = HttpResponse(Direction.TO_CLIENT, 200, "OK", "HTTP/1.1", "text/plain", (), "GET", None, False, (), 0)
+    coded = HttpMessageEnd(Direction.TO_CLIENT, 10, 30, content_encoding=("gzip",), decoded_size=30)
+    want = eve.http_record(f, req, resp, 5.0)
+    with_end = eve.http_record(f, req, resp, 5.0, response_end=coded)
+    assert "metadata" not in want
+    assert with_end["metadata"]["flowvars"][0] == {"http_content_encoding": "gzip"}
+
+    def refuse(*a, **k):
+        raise AssertionError("coding metadata built without a body end")
+    monkeypatch.setattr(eve, "http_coding_metadata", refuse)
+    assert _same(eve.http_record(f, req, resp, 5.0), want)

@@ -99,3 +99,38 @@ def test_a_secret_at_a_body_end_is_the_end_event_s_hit(rules):
         assert insp.feed(head) == []
         assert insp.feed(HttpBody(d, body)) == []
         assert [h.category for h in insp.feed(HttpMessageEnd(d, len(body), len(body)))] == [category], d
+
+
+def test_flows_start_on_the_shared_unused_dlp_stream_and_never_write_it(rules):
+    """A flow's DLP streams start as one shared, never-written _DlpStream
+    (no objects per flow that scans no body); the first chunk scanned gets
+    the direction its own. Were the shared one written, a card one flow
+    reported would be skipped on the next (its ``reported`` set shared)."""
+    from slowpath.inspector import _UNUSED_STREAM
+    resp = HttpResponse(S2C, 200, "OK", "HTTP/1.1", "text/plain", (), "GET", None, False, (), 0)
+    body = b"pan=4111111111111111 and more"
+    for _ in range(3):
+        insp = FlowInspector(rules, frozenset({"dlp"}))
+        assert all(st is _UNUSED_STREAM for st in insp._streams.values())
+        insp.feed(resp)
+        assert [h.category for h in insp.feed(HttpBody(S2C, body))] == ["credit_card"]
+        assert insp._streams[S2C] is not _UNUSED_STREAM and insp._streams[C2S] is _UNUSED_STREAM
+        insp.feed(HttpMessageEnd(S2C, len(body), len(body)))
+        insp.close()
+    assert (_UNUSED_STREAM.tail, _UNUSED_STREAM.base, _UNUSED_STREAM.done, _UNUSED_STREAM.reported,
+            _UNUSED_STREAM.used) == (b"", 0, 0, set(), False)
+
+
+def test_flow_takes_any_set_of_known_inspections_and_names_unknown_ones(rules):
+    """RuleSet.flow checks ``what`` with one subset test: a set, a list or a
+    frozenset of known inspections gives an inspector doing those; an
+    unknown one, or an unknown anomaly action, is a clear error."""
+    for what in ({"waf", "dlp"}, ["dpi"], frozenset({"waf", "dlp", "dpi"}), frozenset()):
+        insp = rules.flow(what)
+        assert insp.what == frozenset(what) and type(insp.what) is frozenset
+    with pytest.raises(ValueError, match=r"unknown inspection \['ids', 'zz'\]: use \['dlp', 'dpi', 'waf'\]"):
+        rules.flow(frozenset({"waf", "zz", "ids"}))
+    with pytest.raises(ValueError, match=r"unknown inspection \['x'\]"):
+        rules.flow({"x"})
+    with pytest.raises(ValueError, match="http_anomaly 'drop'"):
+        rules.flow({"waf"}, http_anomaly="drop")
