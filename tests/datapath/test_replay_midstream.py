@@ -7,31 +7,14 @@ h2c upgrade, and replay must log it.
 Needs root: replay runs the BPF program (BPF_PROG_TEST_RUN)."""
 from __future__ import annotations
 
-import dpkt
 from scapy.layers.inet import IP, TCP
-from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from appliance.daemon import empty_rules
-from appliance.replay import replay, replay_config
-
-ETH = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+from tests.datapath.replaying import replay_packets
 
 
 def run(fastpath, frames, tmp_path):
-    path = tmp_path / "mid.pcap"
-    with open(path, "wb") as f:
-        w = dpkt.pcap.Writer(f)
-        for i, fr in enumerate(frames):
-            w.writepkt(bytes(Ether(**ETH) / fr), ts=1_700_000_000.0 + i)
-    fastpath.apply_runtime(replay_config())
-    records: list = []
-    try:
-        res = replay(path, fastpath, empty_rules(), records.append)
-    finally:
-        fastpath.reset()
-        fastpath.apply_runtime(fastpath.config)
-    return res, records
+    return replay_packets(fastpath, frames, tmp_path, "mid.pcap")
 
 
 def test_first_payload_of_a_picked_up_flow_is_inspected(fastpath, tmp_path):

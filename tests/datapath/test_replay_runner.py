@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import os
 
-import dpkt
 import pytest
 from scapy.layers.inet import IP, TCP
-from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from appliance.daemon import empty_rules
-from appliance.replay import replay, replay_config
 from datapath import bpfsys
-
-ETH = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+from tests.datapath.replaying import replay_packets
 # r0 = skb->len (struct __sk_buff's first field); exit: the program returns
 # the length of the packet it was given, so a run on the wrong bytes shows.
 LEN_PROG = bpfsys.insn(0x61, dst=0, src=1, off=0) + bpfsys.insn(0x95)
@@ -147,18 +142,7 @@ def test_replay_writes_the_heartbeat_once(fastpath, tmp_path, monkeypatch):
             c / TCP(sport=40000, dport=80, flags="A", seq=101, ack=901),
             c / TCP(sport=40000, dport=80, flags="PA", seq=101, ack=901) / Raw(req)]
     pkts += [c / TCP(sport=40000, dport=80, flags="A", seq=101 + len(req), ack=901)] * 20
-    path = tmp_path / "hb.pcap"
-    with open(path, "wb") as f:
-        w = dpkt.pcap.Writer(f)
-        for i, p in enumerate(pkts):
-            w.writepkt(bytes(Ether(**ETH) / p), ts=1_700_000_000.0 + i)
-    fastpath.apply_runtime(replay_config())
-    records: list = []
-    try:
-        res = replay(path, fastpath, empty_rules(), records.append)
-    finally:
-        fastpath.reset()
-        fastpath.apply_runtime(fastpath.config)
+    res, records = replay_packets(fastpath, pkts, tmp_path, "hb.pcap")
     assert res.frames == len(pkts) and res.records == 1
     assert any(r["event_type"] == "http" for r in records)
     assert len(beats) == 1
@@ -183,18 +167,7 @@ def test_replay_hands_a_frames_one_record_to_handle_raw(fastpath, tmp_path, monk
             c / TCP(sport=40000, dport=80, flags="A", seq=101, ack=901),
             c / TCP(sport=40000, dport=80, flags="PA", seq=101, ack=901) / Raw(req),
             s / TCP(sport=80, dport=40000, flags="PA", seq=901, ack=101 + len(req)) / Raw(resp)]
-    path = tmp_path / "one.pcap"
-    with open(path, "wb") as f:
-        w = dpkt.pcap.Writer(f)
-        for i, p in enumerate(pkts):
-            w.writepkt(bytes(Ether(**ETH) / p), ts=1_700_000_000.0 + i)
-    fastpath.apply_runtime(replay_config())
-    records: list = []
-    try:
-        res = replay(path, fastpath, empty_rules(), records.append)
-    finally:
-        fastpath.reset()
-        fastpath.apply_runtime(fastpath.config)
+    res, records = replay_packets(fastpath, pkts, tmp_path, "one.pcap")
     assert res.records == 2 and res.engine.counters.records == 2 and res.bad_record is None
     assert calls == {"one": 2, "batch": 0}
     (http,) = [r for r in records if r["event_type"] == "http"]
