@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.engine_conn import client_hello  # the one ClientHello builder with an SNI (the bench's)
 from datapath.config import FailureActions
 from datapath.enums import FRAG, INSPECT
 from datapath.enums import VerdictCode as V
@@ -198,15 +199,6 @@ def test_card_number_in_response_body_blocks():
     # The response body matched: the alert carries that transaction, request and response.
     assert alert["http"]["url"] == "/account" and alert["http"]["status"] == 200
     h.kinds()
-
-
-def client_hello(sni: bytes) -> bytes:
-    ext_sni = b"\x00\x00" + (len(sni) + 5).to_bytes(2, "big") + (len(sni) + 3).to_bytes(2, "big") + b"\x00" \
-        + len(sni).to_bytes(2, "big") + sni
-    body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00" + len(ext_sni).to_bytes(2, "big") \
-        + ext_sni
-    hs = b"\x01" + len(body).to_bytes(3, "big") + body
-    return b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs
 
 
 def test_tls_sni_decides():
