@@ -99,6 +99,7 @@ class Daemon:
         self.worker_stats: dict[int, dict] = {}
         self.retired_stats: dict[str, int] = {}
         self.reloads = 0
+        self._reload_lock = asyncio.Lock()    # one reload at a time (reload())
         self.lost: str | None = None        # what someone else replaced ("programs", "ring", "heartbeat")
         self.exit_code = 0
 
@@ -431,7 +432,15 @@ class Daemon:
         (compiling the policy and the rules, writing the maps, netlink) runs
         in a worker thread: on the event loop it would stall the heartbeat,
         and the kernel would take the slow path for down meanwhile."""
-        asyncio.get_running_loop().create_task(self._reload())
+        asyncio.get_running_loop().create_task(self._reload_in_turn())
+
+    async def _reload_in_turn(self) -> None:
+        """Reloads one at a time: a SIGHUP during a reload runs after it, so
+        two never apply maps at once, and each waits for the workers'
+        confirmations of its own rules (WorkerSet.reload counts them per
+        reload)."""
+        async with self._reload_lock:
+            await self._reload()
 
     async def _reload(self) -> None:
         from appliance import policyfile as pf
