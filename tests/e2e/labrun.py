@@ -17,7 +17,12 @@ from appliance.lab import GW_IFACES, Lab
 
 MICROSEG = [sys.executable, "-m", "appliance.cli"]
 STOP_WAIT_S = 30   # a stopping daemon drains its ring and logs its open flows first
-WORKER_STARTED = re.compile(r"slow-path worker (\d+) started \(pid (\d+)\)")
+# A worker's own line, logged once it has set its priority (nice, autogroup,
+# slice: appliance/priority.py) and before it reads its ring. Not the
+# daemon's "slow-path worker N started": that comes right after the fork,
+# before the child has set anything, and a test reading the worker's
+# priority on it raced the child (its autogroup nice was still 0 once).
+WORKER_RUNNING = re.compile(r"\bworker (\d+) running \(pid (\d+)\)")
 
 
 def wait_for(what, check, timeout=30.0):
@@ -31,9 +36,10 @@ def wait_for(what, check, timeout=30.0):
     raise AssertionError(f"gave up waiting for {what}")
 
 
-def workers_started(log: Path) -> dict[int, int]:
-    """Worker index -> pid of its latest start, from the daemon's log."""
-    return {int(i): int(pid) for i, pid in WORKER_STARTED.findall(log.read_text())}
+def workers_running(log: Path) -> dict[int, int]:
+    """Worker index -> pid of its latest start, from the daemon's log: each
+    worker counted once it runs with its priority set."""
+    return {int(i): int(pid) for i, pid in WORKER_RUNNING.findall(log.read_text())}
 
 
 @contextlib.contextmanager

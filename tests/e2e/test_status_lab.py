@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance.lab import SERVER_V4, HttpServer
-from labrun import MICROSEG, running_daemon, wait_for, workers_started
+from labrun import MICROSEG, running_daemon, wait_for, workers_running
 
 pytestmark = pytest.mark.lab
 
@@ -41,7 +41,7 @@ def test_status_shows_the_daemon_its_workers_and_each_map_once(lab, tmp_path: Pa
     (tmp_path / "rules.yaml").write_text("waf:\n  sets: {sqli: block}\n")
     log = tmp_path / "run.log"
     with running_daemon(lab, tmp_path, slowpath={"workers": 2}, metrics={"listen": METRICS}) as run:
-        started = wait_for("two workers", lambda: len(workers_started(log)) == 2 and workers_started(log))
+        started = wait_for("two workers", lambda: len(workers_running(log)) == 2 and workers_running(log))
 
         def two_beating():
             st = json.loads(status(lab.gateway, "--json").stdout)

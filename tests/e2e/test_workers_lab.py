@@ -18,7 +18,7 @@ import pytest
 from appliance.lab import SERVER_V4
 from appliance.runconfig import WORKER_NICE_DEFAULT
 from labrun import running_daemon, wait_for
-from labrun import workers_started as workers
+from labrun import workers_running as workers
 
 pytestmark = pytest.mark.lab
 
