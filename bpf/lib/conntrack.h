@@ -935,12 +935,60 @@ static __always_inline __u8 ms_tcp_next(__u8 state, int fd, __u8 ev)
     return n ? *n : TV_INVALID;
 }
 
+/* Whether side s's FIN is acknowledged: its peer's highest ACK reaches
+ * past it. Read from the peer's maxack, a 4-byte field only the peer's own
+ * segments write, not kept as a bit the peer's segments would set in this
+ * side's flag byte: the two last ACKs of a close cross (each side acks the
+ * other's FIN) and run on two CPUs at once, and with a bit each one's
+ * read-modify-write of the other side's flag byte could undo the other's,
+ * or each could read the other's bit before it was stored; either way
+ * neither saw both FINs acknowledged, the session stayed in LAST_ACK and
+ * its record went out only at the timeout (seen in the workers lab test,
+ * ~1 close in 1,000). ms_ct_tcp orders the store and the read
+ * (ms_close_barrier). */
+static __always_inline int ms_fin_acked(const struct ms_tcp_side *s, const struct ms_tcp_side *peer)
+{
+    return (s->flags & MS_SIDE_FIN) && (peer->flags & MS_SIDE_MAXACK) && !ms_before(peer->maxack, s->fin_end);
+}
+
+/* A full memory barrier between this segment's window update (its side's
+ * maxack, ms_tcp_advance_fl) and the read of the peer's (ms_fin_acked):
+ * two crossing last ACKs each store, then load what the other stored; a
+ * CPU may let its load pass its own earlier store (x86-64 does), and both
+ * would then miss the other's. A locked instruction (a BPF atomic, fully
+ * ordered) on the session between them: at least one of the two sees
+ * both. Only segments of a flow with a FIN pay it. Adding 0 to
+ * first_seen_ns (8 bytes: BPF's fetching atomics here are 64-bit) changes
+ * nothing. */
+static __always_inline void ms_close_barrier(struct ms_flow *f)
+{
+    __sync_fetch_and_add(&f->first_seen_ns, 0);
+}
+
+/* Set MS_FLOW_LOGGED; 1 for the caller that set it. One atomic OR on the
+ * 8-byte word that holds f->flags (BPF's fetching atomics here are 64-bit):
+ * both crossing last ACKs of a close can find the session closed
+ * (ms_close_barrier), and exactly one of them must send its record. The
+ * other bytes of the word are left as they are. */
+#define MS_FLOW_FLAGS_WORD (__builtin_offsetof(struct ms_flow, flags) & ~7UL)
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define MS_FLOW_FLAGS_SHIFT ((__builtin_offsetof(struct ms_flow, flags) & 7) * 8)
+#else
+#define MS_FLOW_FLAGS_SHIFT ((7 - (__builtin_offsetof(struct ms_flow, flags) & 7)) * 8)
+#endif
+static __always_inline int ms_flow_claim_logged(struct ms_flow *f)
+{
+    __u64 bit = (__u64)MS_FLOW_LOGGED << MS_FLOW_FLAGS_SHIFT;
+    __u64 old = __sync_fetch_and_or((__u64 *)((char *)f + MS_FLOW_FLAGS_WORD), bit);
+    return !(old & bit);
+}
+
 /* State after the handshake, from who sent a FIN and whether it was acked. */
 static __always_inline __u8 ms_close_phase_state(const struct ms_flow *f)
 {
     __u8 o = f->tcp[0].flags, r = f->tcp[1].flags;
     int ofin = o & MS_SIDE_FIN, rfin = r & MS_SIDE_FIN;
-    int oack = o & MS_SIDE_FIN_ACKED, rack = r & MS_SIDE_FIN_ACKED;
+    int oack = ms_fin_acked(&f->tcp[0], &f->tcp[1]), rack = ms_fin_acked(&f->tcp[1], &f->tcp[0]);
 
     if (!ofin && !rfin)
         return CT_ESTABLISHED;
@@ -1007,12 +1055,11 @@ static __always_inline void ms_tcp_advance_fl(struct ms_flow *f, int fd, __u32 a
     if (fl & TCP_ACK) {
         if (!(snd->flags & MS_SIDE_MAXACK) || ms_after(ack, snd->maxack)) {
             snd->maxack = ack;
-            snd->flags |= MS_SIDE_MAXACK;
+            if (!(snd->flags & MS_SIDE_MAXACK))   /* once: each write is a read-modify-write of the byte */
+                snd->flags |= MS_SIDE_MAXACK;
         }
         if (ms_after(ack + win, rcv->maxend - 1))
             rcv->maxend = ack + (win ? win : 1);
-        if ((rcv->flags & MS_SIDE_FIN) && !ms_before(ack, rcv->fin_end))
-            rcv->flags |= MS_SIDE_FIN_ACKED;
     }
     if ((fl & TCP_FIN) && !(snd->flags & MS_SIDE_FIN)) {
         snd->flags |= MS_SIDE_FIN;
@@ -1312,19 +1359,21 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now, struct ms_flow
         return PASS_TCP_RST_CHALLENGE;
     }
 
+    if (next == TV_CLOSE_PHASE && ((f->tcp[0].flags | f->tcp[1].flags) & MS_SIDE_FIN))
+        ms_close_barrier(f);
     f->state = next == TV_CLOSE_PHASE ? ms_close_phase_state(f) : next;
     ms_ct_account(f, fd, p->len, now);
     /* Closed (both FINs acknowledged, or reset): the session's record goes
      * now, on its last packet, not when the entry expires after its
      * state's timeout (TIME_WAIT's is minutes). The entry stays for late
      * segments and port reuse, flagged so its expiry sends no second one.
+     * Both crossing last ACKs may see the close (ms_fin_acked): the one
+     * that sets the flag sends the record, the other discards its copy.
      * A full ring leaves the flag unset: the expiry tries again. */
     if ((f->state == CT_TIME_WAIT || f->state == CT_CLOSE) && !(f->flags & MS_FLOW_LOGGED)) {
         struct ms_flow_event *ev = ms_flow_end_begin(kp, f, FLOW_END_CLOSED);
-        if (ev) {
-            f->flags |= MS_FLOW_LOGGED;
-            ms_flow_end_commit(ev, 1);
-        }
+        if (ev)
+            ms_flow_end_commit(ev, ms_flow_claim_logged(f));
     }
 
     /* Promote once the handshake is done. A reset before that (connection
@@ -1392,8 +1441,8 @@ static __always_inline int ms_ct_lane_session(struct ms_flow *f, int src_is_hi, 
     ms_tcp_advance_fl(f, fd, ack_seq, window, TCP_ACK, end);
     /* The state stays ESTABLISHED, not written: ms_close_phase_state(f)
      * is ESTABLISHED while neither side has a FIN (tested above), and a
-     * segment without FIN sets none (ms_tcp_advance); FIN_ACKED is set
-     * only on a side with a FIN. */
+     * segment without FIN sets none (ms_tcp_advance); a FIN counts as
+     * acknowledged only on a side that sent one (ms_fin_acked). */
     ms_ct_account(f, fd, len, now);
     return PASS_FORWARD;
 }

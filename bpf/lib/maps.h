@@ -297,7 +297,6 @@ struct ms_tcp_side {
 #define MS_SIDE_SEEN   0x01   /* window data initialised */
 #define MS_SIDE_WSCALE 0x02   /* sent a window scale option on its SYN */
 #define MS_SIDE_FIN    0x04   /* sent a FIN */
-#define MS_SIDE_FIN_ACKED 0x08 /* the peer acknowledged that FIN */
 #define MS_SIDE_MAXACK 0x10   /* sent an ACK: maxack holds the highest */
 
 /* One session. Index 0 of per-direction arrays is the original direction

@@ -337,3 +337,36 @@ def test_the_daemon_hands_inspected_ends_to_their_worker_undecoded(fastpath):
         assert len(written) == 2 and log.forwarded == 3 and log.records == 2
     finally:
         log.rb.close()
+
+
+def _crossing_close(fp, port):
+    """A connection both of whose FINs are out, neither acknowledged: the
+    server's FIN and then the client's, sent before the client read the
+    server's (curl reads a Content-Length body and closes at once). The two
+    ACKs that end it cross: each side acknowledges the other's FIN."""
+    conn = _data_conn(fp, port)
+    conn.send("s", "FA")
+    conn.send("c", "FA", ack=conn.s.nxt - 1)          # not yet acknowledging the server's FIN
+    conn.assert_state(S.CT_CLOSING)
+    return conn
+
+
+def test_crossing_last_acks_close_the_session_whatever_the_other_wrote(fastpath, events):
+    conn = _crossing_close(fastpath, 42010)
+    conn.send("s", "A")                                # the server acknowledges the client's FIN
+    conn.assert_state(S.CT_LAST_ACK)
+    # The client's ACK of the server's FIN, run on another CPU at the same
+    # moment, may store its side's flag byte over what the server's ACK just
+    # wrote into it (a read-modify-write of a byte both directions wrote):
+    # undone here by hand, every bit the client's side did not have before.
+    e = conn.entry()
+    t = fastpath.table("ms_flows4")
+    k = next(k for k in t.keys() if t[k].cookie == e.leaf.cookie)
+    leaf = t[k]
+    leaf.tcp[0].flags &= ~0x08 & 0xFF                # the bit the server's ACK once set there
+    t[k] = leaf
+    conn.send("c", "A")
+    conn.assert_state(S.CT_TIME_WAIT)
+    got = events.take()
+    assert [(ev.reason, ev.state, ev.client) for ev in got] == [("closed", "CT_TIME_WAIT", (CLI, 42010))]
+
