@@ -30,7 +30,8 @@ connection (``--workload conn``) or per megabyte received (``iperf``):
   heaviest leaf functions under the hooks;
 * with ``--tasks``: the whole CPU by task (kworkers, ksoftirqd, RCU,
   the idle task "swapper", other processes), so work a connection leaves
-  to other tasks, or time the CPU waits, shows; ``--json FILE`` writes
+  to other tasks, or time the CPU waits, shows, and the other tasks'
+  samples in a BPF program or the receive path; ``--json FILE`` writes
   every round's numbers, every leaf of the lab's processes among them
   (hooks or not), for comparing two cases leaf by leaf: what a filter
   costs outside its programs (the stacks' code slowed by the programs'
@@ -42,7 +43,14 @@ the lab, ``microseg up`` and nftables rulesets are undone in ``finally``
 blocks, perf's data files are written to a temporary directory removed
 afterwards.
 
-    .venv/bin/python bench/policy_perf.py [--workload conn|iperf] [--cases ...] [--rounds N] [--seconds S] [--tasks [--json F]]
+    .venv/bin/python bench/policy_perf.py [--workload conn|iperf] [--cases ...] [--rounds N] [--seconds S]
+        [--tasks [--json F]] [--sources N]
+
+``--sources N``: the connection client takes N source addresses in turn,
+so its connections are new 5-tuples (an insert into ms_halfopen, the move
+into ms_flows, a policy lookup), not a reuse of the closed session of the
+same tuple, which is what nearly all of a one-address run is (below,
+SOURCES_MAX).
 """
 from __future__ import annotations
 
@@ -61,7 +69,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from appliance.lab import GW_IFACES, SERVER_V4, Lab  # noqa: E402
+from appliance.lab import CLIENT_V4, GW_IFACES, SERVER_V4, Lab  # noqa: E402
 from bench import policy as bp  # noqa: E402
 
 # Command-line names of bench/policy.py's cases ("microseg, no policy" has a comma).
@@ -76,6 +84,13 @@ PERF_HZ = 4999
 SETTLE_S = 0.5
 TAIL_S = 1.0
 LEAVES_SHOWN = 12
+# --sources: extra client addresses .10 up in the client's /24 (.255 is
+# broadcast). With one address the client's ~14,000 5-tuples come round
+# in under a second and nearly every profiled connection takes over its
+# tuple's closed session (no insert, no policy lookup); 16 give ~225,000
+# tuples, ~10 s of new ones at 20,000 connections/s, under ms_flows'
+# default 524,288.
+SOURCES_MAX = 200
 MB = 1_000_000
 
 
@@ -156,6 +171,8 @@ def run_case(lab: Lab, args, case: str, workdir: Path, server_pids: list[int], t
     seconds = args.seconds
     if args.workload == "conn":
         argv = [sys.executable, "-c", bp.CLIENT, SERVER_V4, str(bp.CONN_PORT), str(10**9), str(seconds)]
+        if args.sources > 1:
+            argv.append(",".join(client_sources(args.sources)))
     else:
         argv = ["iperf3", "-c", SERVER_V4, "-p", str(bp.IPERF_PORT), "-t", str(int(seconds)), "-J"]
     out, script, pid = profile(lab, argv, seconds, workdir / f"{tag}.data")
@@ -187,8 +204,33 @@ def run_case(lab: Lab, args, case: str, workdir: Path, server_pids: list[int], t
         for chain in lab_chains:
             if chain:
                 counts["lab leaf " + chain[0]] += 1
+        # Other tasks' samples on the CPU, by the program or leaf they were in:
+        # softirq work of the lab's packets done while another task was
+        # current lands there.
+        lab = {pid, *server_pids}
+        for block in script.split("\n\n"):
+            lines = block.strip("\n").splitlines()
+            head = lines[0].split() if lines else []
+            if not head or not head[-1].isdigit() or int(head[-1]) in lab or len(lines) < 2:
+                continue
+            chain = [re.sub(r"\+0x[0-9a-f]+$", "", l.split(None, 1)[1].strip()) if len(l.split(None, 1)) > 1 else "?"
+                     for l in lines[1:]]
+            prog = next((x for x in chain if x.startswith("bpf_prog_")), None)
+            counts["other " + ("in " + prog.split("_", 3)[-1] if prog else
+                               "net" if any(x in ("__netif_receive_skb_core.constprop.0", "net_rx_action", "process_backlog") for x in chain)
+                               else "rest")] += 1
+            counts["other pid " + head[-1] + " " + head[0]] += 1
     print(f"  {CASES[case]}: {rate}", flush=True)
     return {k: n / PERF_HZ / units * 1e6 for k, n in counts.items()} if units > 0 else None
+
+
+def client_sources(n: int) -> list[str]:
+    """``n`` client addresses in the client's /24 (the lab's CLIENT_V4 first,
+    then .10 up), all inside the allow-list's last entry."""
+    if not 1 <= n <= SOURCES_MAX:
+        raise ValueError(f"--sources: 1 to {SOURCES_MAX}, not {n}")
+    net = CLIENT_V4.rsplit(".", 1)[0]
+    return [CLIENT_V4] + [f"{net}.{10 + i}" for i in range(n - 1)]
 
 
 def with_filter(lab: Lab, case: str, workdir: Path, rules: int):
@@ -236,12 +278,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the whole CPU by task (idle, kworkers, ksoftirqd included), and the lab's leaves "
                          "against the first case's (outside the hooks too)")
     ap.add_argument("--json", default=None, help="with --tasks: write every round's numbers (all keys) to this file")
+    ap.add_argument("--sources", type=int, default=1,
+                    help=f"client source addresses taken in turn (1-{SOURCES_MAX}): new 5-tuples, not reused ones")
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds per profile (perf records 1.5 s less)")
     args = ap.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     bad = [c for c in cases if c not in CASES]
     if bad:
         ap.error(f"unknown case '{bad[0]}' (cases: {', '.join(CASES)})")
+    if not 1 <= args.sources <= SOURCES_MAX:
+        ap.error(f"--sources: 1 to {SOURCES_MAX}")
     if args.json and not args.tasks:
         ap.error("--json needs --tasks")
     if args.rounds < 1 or args.seconds < SETTLE_S + TAIL_S + 1:
@@ -259,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ms-policy-perf-") as tmp, Lab() as lab:
         workdir = Path(tmp)
         procs = bp.servers(lab)
+        for a in client_sources(args.sources)[1:]:
+            lab.run(lab.client, ["ip", "addr", "add", f"{a}/24", "dev", "eth0"])
         try:
             for r in range(args.rounds):
                 print(f"round {r + 1}", flush=True)
@@ -294,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.tasks:
             print(f"  the whole CPU {med.get('cpu', 0):.1f}, by task:")
             for k in sorted((k for k in med if k.startswith("task ")), key=lambda k: -med[k])[:LEAVES_SHOWN]:
+                print(f"    {med[k]:7.2f}  {k}")
+            print("  other tasks' samples in a BPF program or the receive path (the lab's packets handled "
+                  "while another task was current would land here):")
+            for k in sorted((k for k in med if k.startswith("other in ") or k == "other net"),
+                            key=lambda k: -med[k])[:LEAVES_SHOWN]:
                 print(f"    {med[k]:7.2f}  {k}")
     if args.tasks and len(cases) > 1 and got[cases[0]]:
         # Leaf by leaf against the first case, every sample of the lab's

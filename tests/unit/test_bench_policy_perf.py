@@ -4,6 +4,8 @@ line) and its breakdown: only the lab's pids, hooks counted inclusively."""
 from __future__ import annotations
 
 import sys
+
+import pytest
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -100,3 +102,14 @@ def test_samples_counts_every_task_of_the_cpu_and_keeps_the_lab_pids():
     assert chains == [["lookup_nulls_elem_raw", "bpf_prog_795572683aa00dd3_tc_ingress"]]
     assert tasks == {"python": 1, "kworker": 1, "ksoftirqd": 1, "swapper": 1, "Web Content": 1}
     assert len(samples(TASKS_SCRIPT, None)) == 5     # None: every task's samples
+
+
+def test_client_sources_are_the_lab_client_then_its_subnet():
+    from appliance.lab import CLIENT_V4
+    from bench.policy_perf import SOURCES_MAX, client_sources
+    got = client_sources(3)
+    assert got[0] == CLIENT_V4 and len(set(got)) == 3
+    assert all(a.rsplit(".", 1)[0] == CLIENT_V4.rsplit(".", 1)[0] for a in got)
+    assert int(client_sources(SOURCES_MAX)[-1].rsplit(".", 1)[1]) < 255      # not the broadcast
+    with pytest.raises(ValueError, match="--sources"):
+        client_sources(SOURCES_MAX + 1)
