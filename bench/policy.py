@@ -108,9 +108,16 @@ SHORT = {"empty": "empty program", "microseg-nopolicy": "microseg, no policy", "
 ONCE = ("empty program", "microseg, no policy")
 
 # One connection at a time; prints {"ok", "failed", "seconds"} as JSON.
+# An optional fifth argument, comma-separated source addresses, makes the
+# connections take them in turn (bench/policy_perf.py --sources): one source
+# address has only ~14,000 ports connect() picks from (one parity of
+# ip_local_port_range), so within a second its 5-tuples come round again.
+# IP_BIND_ADDRESS_NO_PORT (24): bind the address only, connect() picks the
+# port as it does without a bind.
 CLIENT = r"""
 import json, socket, struct, sys, time
 host, port, count, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+sources = sys.argv[5].split(",") if len(sys.argv) > 5 else []
 linger = struct.pack("ii", 1, 0)
 ok = failed = 0
 start = time.perf_counter()
@@ -119,6 +126,9 @@ while ok + failed < count and time.perf_counter() < deadline:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(1.0)
     try:
+        if sources:
+            s.setsockopt(socket.IPPROTO_IP, 24, 1)
+            s.bind((sources[(ok + failed) % len(sources)], 0))
         s.connect((host, port))
         s.sendall(b"q")
         if s.recv(1) == b"a":
@@ -267,9 +277,28 @@ def empty_hooks(netns: str, ifaces: tuple[str, ...]):
         os.close(fd)
 
 
+def policy_decisions(stats_json: str) -> int:
+    """New flows microseg's policy decided (allowed: PASS_POLICY_ALLOW, at
+    ingress), from ``microseg stats --json``. The benchmark's client has
+    ~14,000 source ports (Linux picks connect()'s ports of one parity from
+    ip_local_port_range), so after its first ~14,000 connections a SYN
+    finds its 5-tuple's closed session in ms_flows and takes that entry
+    over (conntrack.h ms_ct_tcp, the port-reuse branch) with the verdict it
+    has, as long as the policy's generation is the same: no insert and no
+    policy lookup, where nf_conntrack makes a new entry and walks the
+    rules for every connection. The count says how many connections of a
+    case paid for the policy."""
+    try:
+        rows = json.loads(stats_json)["counters"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"microseg stats --json: unreadable output ({e})") from None
+    return sum(int(r["packets"]) for r in rows if r.get("reason") == "PASS_POLICY_ALLOW" and r.get("hook") == "ingress")
+
+
 class Bench:
     def __init__(self, lab: Lab, args, workdir: Path):
         self.lab, self.args, self.workdir = lab, args, workdir
+        self.conns_made = 0     # connections the connection client completed, all runs
 
     def conn_rate(self, res: Result) -> float | None:
         a = self.args
@@ -282,6 +311,7 @@ class Bench:
             res.notes.append(f"connection client failed: {r.stderr.strip()[-200:]}")
             return None
         res.failed += d["failed"]
+        self.conns_made += d["ok"]
         res.conns.append(d["ok"] / d["seconds"] if d["seconds"] > 0 else 0.0)
         return res.conns[-1]
 
@@ -360,7 +390,16 @@ class Bench:
             mode = "tcx" if ", tcx link)" in r.stdout else "clsact"
             res.notes.append(f"microseg up{' --policy' if entries is not None else ''} ({mode}): "
                              f"{time.monotonic() - t0:.1f} s")
+            made = self.conns_made
             yield True
+            if entries is not None:
+                r = subprocess.run([*MICROSEG, "stats", "--json", "--netns", self.lab.gateway],
+                                   capture_output=True, text=True, timeout=60)
+                try:
+                    res.notes.append(f"new flows the policy decided: {policy_decisions(r.stdout)} of "
+                                     f"{self.conns_made - made} connections (and the probe and iperf3's)")
+                except ValueError as e:
+                    res.notes.append(str(e))
         finally:
             subprocess.run([*MICROSEG, "down", "--netns", self.lab.gateway, "--iface", *GW_IFACES],
                            capture_output=True, text=True, timeout=120)

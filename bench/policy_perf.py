@@ -27,7 +27,15 @@ connection (``--workload conn``) or per megabyte received (``iperf``):
   samples (cls_bpf's filter walk, tc_run; tcx's inlined dispatch is not
   a frame of its own and lands in neither);
 * one line per BPF program (its samples, helpers included), then the
-  heaviest leaf functions under the hooks.
+  heaviest leaf functions under the hooks;
+* with ``--tasks``: the whole CPU by task (kworkers, ksoftirqd, RCU,
+  the idle task "swapper", other processes), so work a connection leaves
+  to other tasks, or time the CPU waits, shows, and the other tasks'
+  samples in a BPF program or the receive path; ``--json FILE`` writes
+  every round's numbers, every leaf of the lab's processes among them
+  (hooks or not), for comparing two cases leaf by leaf: what a filter
+  costs outside its programs (the stacks' code slowed by the programs'
+  cache lines) shows only there.
 
 Root only; perf (linux-perf) must be installed (`make bench-policy-perf`
 installs it, then runs this). Traffic stays in the lab;
@@ -36,6 +44,13 @@ blocks, perf's data files are written to a temporary directory removed
 afterwards.
 
     .venv/bin/python bench/policy_perf.py [--workload conn|iperf] [--cases ...] [--rounds N] [--seconds S]
+        [--tasks [--json F]] [--sources N]
+
+``--sources N``: the connection client takes N source addresses in turn,
+so its connections are new 5-tuples (an insert into ms_halfopen, the move
+into ms_flows, a policy lookup), not a reuse of the closed session of the
+same tuple, which is what nearly all of a one-address run is (below,
+SOURCES_MAX).
 """
 from __future__ import annotations
 
@@ -54,7 +69,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from appliance.lab import GW_IFACES, SERVER_V4, Lab  # noqa: E402
+from appliance.lab import CLIENT_V4, GW_IFACES, SERVER_V4, Lab  # noqa: E402
 from bench import policy as bp  # noqa: E402
 
 # Command-line names of bench/policy.py's cases ("microseg, no policy" has a comma).
@@ -69,20 +84,35 @@ PERF_HZ = 4999
 SETTLE_S = 0.5
 TAIL_S = 1.0
 LEAVES_SHOWN = 12
+# --sources: extra client addresses .10 up in the client's /24 (.255 is
+# broadcast). With one address the client's ~14,000 5-tuples come round
+# in under a second and nearly every profiled connection takes over its
+# tuple's closed session (no insert, no policy lookup); 16 give ~225,000
+# tuples, ~10 s of new ones at 20,000 connections/s, under ms_flows'
+# default 524,288.
+SOURCES_MAX = 200
 MB = 1_000_000
 
 
 # -- reading perf script -------------------------------------------------------------
 
-def samples(script: str, pids: set[int]) -> list[list[str]]:
+def samples(script: str, pids: set[int] | None, tasks: collections.Counter | None = None) -> list[list[str]]:
     """Call chains (leaf first, symbols without offsets) of the samples of
-    ``pids`` in the output of ``perf script -F pid,ip,sym``."""
+    ``pids`` (None: every task) in the output of ``perf script -F
+    comm,pid,ip,sym`` (or ``pid,ip,sym``: no task name). ``tasks``, if
+    given, counts every sample of the CPU by task ("COMM" without what
+    follows a "/", a kworker's or ksoftirqd's CPU; "swapper" is the idle
+    task)."""
     out = []
     for block in script.split("\n\n"):
         lines = block.strip("\n").splitlines()
-        if not lines or not lines[0].split() or not lines[0].split()[0].isdigit():
+        head = lines[0].split() if lines else []
+        if not head or not head[-1].isdigit():
             continue
-        if int(lines[0].split()[0]) not in pids:
+        pid = int(head[-1])
+        if tasks is not None:
+            tasks[re.sub(r"/.*$", "", " ".join(head[:-1]))] += 1
+        if pids is not None and pid not in pids:
             continue
         chain = []
         for line in lines[1:]:
@@ -130,7 +160,7 @@ def profile(lab: Lab, argv: list[str], seconds: float, data: Path) -> tuple[str,
         if work.poll() is None:
             work.kill()
             work.wait(5)
-    script = subprocess.run(["perf", "script", "-i", str(data), "-F", "pid,ip,sym"], capture_output=True,
+    script = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,pid,ip,sym"], capture_output=True,
                             text=True, timeout=300).stdout
     data.unlink(missing_ok=True)
     return out, script, work.pid
@@ -141,6 +171,8 @@ def run_case(lab: Lab, args, case: str, workdir: Path, server_pids: list[int], t
     seconds = args.seconds
     if args.workload == "conn":
         argv = [sys.executable, "-c", bp.CLIENT, SERVER_V4, str(bp.CONN_PORT), str(10**9), str(seconds)]
+        if args.sources > 1:
+            argv.append(",".join(client_sources(args.sources)))
     else:
         argv = ["iperf3", "-c", SERVER_V4, "-p", str(bp.IPERF_PORT), "-t", str(int(seconds)), "-J"]
     out, script, pid = profile(lab, argv, seconds, workdir / f"{tag}.data")
@@ -156,9 +188,49 @@ def run_case(lab: Lab, args, case: str, workdir: Path, server_pids: list[int], t
     else:
         units = d["end"]["sum_received"]["bytes"] / d["end"]["sum_received"]["seconds"] / MB * window
         rate = f"{d['end']['sum_received']['bits_per_second'] / 1e9:.2f} Gbit/s"
-    counts = breakdown(samples(script, {pid, *server_pids}))
+    tasks: collections.Counter = collections.Counter()
+    lab_chains = samples(script, {pid, *server_pids}, tasks)
+    counts = breakdown(lab_chains)
+    if args.tasks:
+        # The whole CPU, not only the lab's processes: work a connection
+        # causes in other tasks (kworkers, ksoftirqd, RCU) and the CPU's
+        # idle time (swapper), which the per-process columns cannot show.
+        counts["cpu"] = sum(tasks.values())
+        for comm, n in tasks.items():
+            counts["task " + comm] = n
+        # Every leaf of the lab's processes, in the hooks or not: what a
+        # filter costs outside its programs (the stacks' own code running
+        # slower, other allocations) shows only against another case's.
+        for chain in lab_chains:
+            if chain:
+                counts["lab leaf " + chain[0]] += 1
+        # Other tasks' samples on the CPU, by the program or leaf they were in:
+        # softirq work of the lab's packets done while another task was
+        # current lands there.
+        lab = {pid, *server_pids}
+        for block in script.split("\n\n"):
+            lines = block.strip("\n").splitlines()
+            head = lines[0].split() if lines else []
+            if not head or not head[-1].isdigit() or int(head[-1]) in lab or len(lines) < 2:
+                continue
+            chain = [re.sub(r"\+0x[0-9a-f]+$", "", l.split(None, 1)[1].strip()) if len(l.split(None, 1)) > 1 else "?"
+                     for l in lines[1:]]
+            prog = next((x for x in chain if x.startswith("bpf_prog_")), None)
+            counts["other " + ("in " + prog.split("_", 3)[-1] if prog else
+                               "net" if any(x in ("__netif_receive_skb_core.constprop.0", "net_rx_action", "process_backlog") for x in chain)
+                               else "rest")] += 1
+            counts["other pid " + head[-1] + " " + head[0]] += 1
     print(f"  {CASES[case]}: {rate}", flush=True)
     return {k: n / PERF_HZ / units * 1e6 for k, n in counts.items()} if units > 0 else None
+
+
+def client_sources(n: int) -> list[str]:
+    """``n`` client addresses in the client's /24 (the lab's CLIENT_V4 first,
+    then .10 up), all inside the allow-list's last entry."""
+    if not 1 <= n <= SOURCES_MAX:
+        raise ValueError(f"--sources: 1 to {SOURCES_MAX}, not {n}")
+    net = CLIENT_V4.rsplit(".", 1)[0]
+    return [CLIENT_V4] + [f"{net}.{10 + i}" for i in range(n - 1)]
 
 
 def with_filter(lab: Lab, case: str, workdir: Path, rules: int):
@@ -202,12 +274,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"comma-separated, of: {', '.join(CASES)}")
     ap.add_argument("--rules", type=int, default=10, help="allow-list entries (bench/policy.py's list)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds, the cases interleaved in each")
+    ap.add_argument("--tasks", action="store_true",
+                    help="also the whole CPU by task (idle, kworkers, ksoftirqd included), and the lab's leaves "
+                         "against the first case's (outside the hooks too)")
+    ap.add_argument("--json", default=None, help="with --tasks: write every round's numbers (all keys) to this file")
+    ap.add_argument("--sources", type=int, default=1,
+                    help=f"client source addresses taken in turn (1-{SOURCES_MAX}): new 5-tuples, not reused ones")
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds per profile (perf records 1.5 s less)")
     args = ap.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     bad = [c for c in cases if c not in CASES]
     if bad:
         ap.error(f"unknown case '{bad[0]}' (cases: {', '.join(CASES)})")
+    if not 1 <= args.sources <= SOURCES_MAX:
+        ap.error(f"--sources: 1 to {SOURCES_MAX}")
+    if args.json and not args.tasks:
+        ap.error("--json needs --tasks")
     if args.rounds < 1 or args.seconds < SETTLE_S + TAIL_S + 1:
         ap.error(f"--rounds must be positive and --seconds at least {SETTLE_S + TAIL_S + 1:g}")
     if os.geteuid() != 0:
@@ -223,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ms-policy-perf-") as tmp, Lab() as lab:
         workdir = Path(tmp)
         procs = bp.servers(lab)
+        for a in client_sources(args.sources)[1:]:
+            lab.run(lab.client, ["ip", "addr", "add", f"{a}/24", "dev", "eth0"])
         try:
             for r in range(args.rounds):
                 print(f"round {r + 1}", flush=True)
@@ -255,6 +339,35 @@ def main(argv: list[str] | None = None) -> int:
         leaves = sorted((k for k in med if k.startswith("leaf ")), key=lambda k: -med[k])[:LEAVES_SHOWN]
         for k in leaves:
             print(f"    {med[k]:7.2f}  {k}")
+        if args.tasks:
+            print(f"  the whole CPU {med.get('cpu', 0):.1f}, by task:")
+            for k in sorted((k for k in med if k.startswith("task ")), key=lambda k: -med[k])[:LEAVES_SHOWN]:
+                print(f"    {med[k]:7.2f}  {k}")
+            print("  other tasks' samples in a BPF program or the receive path (the lab's packets handled "
+                  "while another task was current would land here):")
+            for k in sorted((k for k in med if k.startswith("other in ") or k == "other net"),
+                            key=lambda k: -med[k])[:LEAVES_SHOWN]:
+                print(f"    {med[k]:7.2f}  {k}")
+    if args.tasks and len(cases) > 1 and got[cases[0]]:
+        # Leaf by leaf against the first case, every sample of the lab's
+        # processes: where a filter's extra CPU goes, in its programs or not.
+        base = got[cases[0]]
+        bmed = {k: statistics.median(r.get(k, 0.0) for r in base) for k in set().union(*base)}
+        for case in cases[1:]:
+            rs = got[case]
+            if not rs:
+                continue
+            med = {k: statistics.median(r.get(k, 0.0) for r in rs) for k in set().union(*rs)}
+            diff = {k[len("lab leaf "):]: med.get(k, 0.0) - bmed.get(k, 0.0)
+                    for k in set(med) | set(bmed) if k.startswith("lab leaf ")}
+            print(f"{CASES[case]} against {CASES[cases[0]]}: all {med['all'] - bmed['all']:+.2f}, outside the hooks "
+                  f"{med['all'] - med.get('hooks', 0) - bmed['all'] + bmed.get('hooks', 0):+.2f}; the leaves "
+                  f"that moved most (medians):")
+            for k in sorted(diff, key=lambda k: -abs(diff[k]))[:LEAVES_SHOWN]:
+                print(f"    {diff[k]:+7.2f}  {k}")
+    if args.tasks and args.json:
+        # Per case, per round: every key, for comparing leaves between cases.
+        Path(args.json).write_text(json.dumps(got))
     return 0
 
 

@@ -4,6 +4,8 @@ line) and its breakdown: only the lab's pids, hooks counted inclusively."""
 from __future__ import annotations
 
 import sys
+
+import pytest
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -69,3 +71,45 @@ def test_breakdown_counts_tcx_programs_as_hooks_and_the_framework_apart():
     assert c["tc hooks"] == 1                       # only the cls_bpf sample is under tc_run
     assert c["hooks"] == 2 and c["programs"] == 1   # framework: hooks - programs = 1
     assert c["prog tc_ingress"] == 1 and c["leaf lookup_nulls_elem_raw"] == 1
+
+
+# `perf script -F comm,pid,ip,sym` (--tasks): the task's name before the pid,
+# with spaces or a CPU suffix; the idle task is "swapper".
+TASKS_SCRIPT = (
+    "python  5030 \n"
+    "\tffffffff81e2a000 lookup_nulls_elem_raw+0x20\n"
+    "\tffffffffc002a73f bpf_prog_795572683aa00dd3_tc_ingress\n"
+    "\n"
+    "kworker/0:1H-kblockd    41 \n"
+    "\tffffffff81000100 process_one_work\n"
+    "\n"
+    "ksoftirqd/0    16 \n"
+    "\tffffffff81000200 net_rx_action\n"
+    "\n"
+    "swapper     0 \n"
+    "\tffffffff81000300 default_idle\n"
+    "\n"
+    "Web Content  777 \n"
+    "\tffffffff81000400 tcp_sendmsg\n"
+    "\n"
+)
+
+
+def test_samples_counts_every_task_of_the_cpu_and_keeps_the_lab_pids():
+    import collections
+    tasks = collections.Counter()
+    chains = samples(TASKS_SCRIPT, {5030}, tasks)
+    assert chains == [["lookup_nulls_elem_raw", "bpf_prog_795572683aa00dd3_tc_ingress"]]
+    assert tasks == {"python": 1, "kworker": 1, "ksoftirqd": 1, "swapper": 1, "Web Content": 1}
+    assert len(samples(TASKS_SCRIPT, None)) == 5     # None: every task's samples
+
+
+def test_client_sources_are_the_lab_client_then_its_subnet():
+    from appliance.lab import CLIENT_V4
+    from bench.policy_perf import SOURCES_MAX, client_sources
+    got = client_sources(3)
+    assert got[0] == CLIENT_V4 and len(set(got)) == 3
+    assert all(a.rsplit(".", 1)[0] == CLIENT_V4.rsplit(".", 1)[0] for a in got)
+    assert int(client_sources(SOURCES_MAX)[-1].rsplit(".", 1)[1]) < 255      # not the broadcast
+    with pytest.raises(ValueError, match="--sources"):
+        client_sources(SOURCES_MAX + 1)
