@@ -161,7 +161,8 @@ enum ms_event_type {
 #endif
 /* ms_events: 2 MiB. A session end is a 128-byte record (struct
  * ms_flow_event and the ring's 8-byte header), so 16,384 ends wait for the
- * reader: a sweep that expires a burst of idle sessions in one run
+ * reader (about 17,400 of the sweep's, 32 to a ring record: struct
+ * ms_flow_end_batch): a sweep that expires a burst of idle sessions in one run
  * (sweep.h) fills the ring faster than a reader drains it; past this they
  * are counted (ms_events_lost), not written. */
 #ifndef MS_EVENTS_PAGES

@@ -108,9 +108,13 @@ struct ms_sweep_walk {
      * a full ring (a mass expiry the reader cannot keep up with, or no
      * reader) costs each expired session two loads, and the session is
      * kept for a later sweep (defer) or deleted with its end counted lost,
-     * as when each end was a record of its own. Another CPU's records may
-     * take the room between the test and the batch's output: then the
-     * batch's ends are counted lost (their sessions are gone). */
+     * as when each end was a record of its own. Unlike a reserve, the test
+     * holds no room: another CPU's records may take it between the last
+     * test and the batch's output (a record's time for a full batch, the
+     * rest of the walk for the last one), and then the batch's ends are
+     * counted lost, their sessions gone, even under defer. It takes a ring
+     * within a batch (3.9 KiB) of full and a packet's end record in that
+     * window, when the packets' own end records are being refused too. */
     __u64 ring_size;
     /* The staged end records (maps.h struct ms_flow_end_batch): sent when
      * full, when the next would not fit, and at the end of the run. */
@@ -130,7 +134,6 @@ static long (*ms_for_each_map_elem)(void *map, void *callback, void *ctx, __u64 
     (void *)BPF_FUNC_for_each_map_elem;
 /* The ring buffer helpers called directly: BCC rewrites ms_events.ringbuf_*
  * only inside the function it registers, not in the callback. */
-static void *(*ms_rb_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)BPF_FUNC_ringbuf_reserve;
 static long (*ms_rb_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *)BPF_FUNC_ringbuf_output;
 static __u64 (*ms_rb_query)(void *ringbuf, __u64 flags) = (void *)BPF_FUNC_ringbuf_query;
 _Static_assert(__builtin_offsetof(struct ms_flow_event, key) % 8 == 0 && sizeof(struct ms_flow_key) % 8 == 0 &&
