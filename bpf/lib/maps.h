@@ -663,10 +663,12 @@ BPF_ARRAY(ms_flow_event_t, struct ms_flow_event, 1);
 
 /* The kernel sweep's end records, many to a ring record (type
  * EVENT_FLOW_END_BATCH): one bpf_ringbuf_output per MS_FLOW_END_BATCH
- * swept sessions instead of a reserve and a submit each (their locked
- * ring updates were 13 % of a sweep that writes records), the records
- * filled in this staging buffer (hot lines) and copied to the ring in one
- * go. Each ev[] is a whole struct ms_flow_event of type EVENT_FLOW_END, as
+ * swept sessions instead of a reserve and a submit each, the records
+ * filled in this staging buffer and copied to the ring in one go. What it
+ * buys is the reader's: draining the ring costs the daemon ~0.19 us per
+ * session end instead of ~0.47 (one ring record per 32); the sweep's own
+ * CPU was the same in an A/B at load 4-5 (session 11, helper 18W). Each
+ * ev[] is a whole struct ms_flow_event of type EVENT_FLOW_END, as
  * it would have been sent alone: user space cuts the batch into them
  * (datapath/flowevents.py split_records) and nothing downstream changes.
  * Sent with only its `count` first entries; a power of two, so that the

@@ -202,7 +202,8 @@ ONE_PAGE_FLOWS = 1024
 
 @pytest.fixture(scope="module")
 def one_page():
-    """A build whose ms_events ring is one page: 32 records of 128 bytes."""
+    """A build whose ms_events ring is one page: 31 end records of 128
+    bytes, or 33 of the sweep's, sent in batches (_one_page_records)."""
     fp = FastPath(DatapathConfig(flow_table_size=ONE_PAGE_FLOWS), text="#define MS_EVENTS_PAGES 1\n" + program_text())
     rb = RingBuffer(fp.table("ms_events").map_fd)
     try:
@@ -305,7 +306,7 @@ def test_full_ring_keeps_the_rest_for_the_next_sweep(small_ring):
 
 def test_sweeper_defers_only_for_a_reader_and_not_under_pressure(small_ring):
     fp, rb, dec = small_ring
-    n = 60                           # more than the one-page ring's 32 records
+    n = 60                           # more than the one-page ring's 33 swept records
     lost0 = lost_counts(fp)["flow_end"]
     ports = range(8300, 8300 + n)
     now = session_clock_ns() + FAR
