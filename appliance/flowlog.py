@@ -25,8 +25,7 @@ import bisect
 import logging
 from collections.abc import Callable
 
-from datapath.flowevents import (FlowEnd, FlowEventDecoder, WallClock, event_type, flow_batch_type, flow_event_type,
-                                 lost_counts)
+from datapath.flowevents import FlowEnd, FlowEventDecoder, WallClock, event_type, flow_event_type, lost_counts
 from datapath.enums import EventType
 from slowpath.flowend import POL_INSPECT, flow_end_record
 from slowpath.ringbuf import RingBuffer, RingBufferError, RingBufferReader
@@ -54,7 +53,7 @@ class FlowLog:
         self.app_names = app_names or {}
         self.wall = wall or WallClock()
         self.pause_s = pause_s
-        self.decoder = FlowEventDecoder(flow_event_type(fp), flow_batch_type(fp))
+        self.decoder = FlowEventDecoder(flow_event_type(fp))
         self.rb = RingBuffer(fp.table(RING).map_fd)
         self.reader: RingBufferReader | None = None
         self.records = 0          # flow records written here
@@ -84,7 +83,6 @@ class FlowLog:
         # (FlowEventDecoder.route), not the whole record twice over.
         by_worker: dict[int, list[bytes]] = {}
         route = self.decoder.route if self.forward is not None else None
-        raws = self.decoder.split(raws, self._bad)    # the kernel sweep's batches: one record per session
         for raw in raws:
             if event_type(raw) != EventType.EVENT_FLOW_END:
                 self.other += 1
@@ -105,13 +103,10 @@ class FlowLog:
         try:
             ev = self.decoder.decode(raw)
         except ValueError as e:
-            self._bad(str(e))
+            self.bad += 1
+            log.warning("%s", e)
             return
         self._write(ev)
-
-    def _bad(self, message: str) -> None:
-        self.bad += 1
-        log.warning("%s", message)
 
     def sessions_ended(self, entries: list[tuple[bytes, bytes]]) -> None:
         """Sessions the batch sweep removed (datapath/sweeper.py on_ended:
@@ -216,7 +211,7 @@ class ReplayFlows:
 
     def __init__(self, fp, engine, emit: Callable[[dict], object], app_names: dict[int, str]):
         self.fp, self.engine, self.emit, self.app_names = fp, engine, emit, app_names
-        self.decoder = FlowEventDecoder(flow_event_type(fp), flow_batch_type(fp))
+        self.decoder = FlowEventDecoder(flow_event_type(fp))
         self.rb = RingBuffer(fp.table(RING).map_fd)
         self.times = CaptureTime(fp.features.coarse_clock)
         self.records = 0
@@ -231,14 +226,10 @@ class ReplayFlows:
             self.emit(flow_end_record(ev, CaptureTime.wall, app_names=self.app_names))
 
     def drain(self) -> None:
-        for raw in self.decoder.split(self.rb.drain(), self._bad):
+        for raw in self.rb.drain():
             ev = self.decoder.decode(raw)
             if ev is not None:
                 self._end(ev)
-
-    @staticmethod
-    def _bad(message: str) -> None:
-        log.warning("%s", message)
 
     def flush(self) -> None:
         """Every session still in the tables: ended by the replay's end.

@@ -23,10 +23,10 @@ What each kernel row measures (all on the same table, same fill):
 * ``kernel | half expired, records written``: the same sweep program
   (bpf/lib/sweep.h, same build), linked to a ring of its own large enough
   for every end record of the pass (RingBuffer sizes it from --entries);
-  every deleted session's record is filled and sent (in batches: maps.h
-  struct ms_flow_end_batch). The bench checks that the ring holds exactly
-  one end record per deleted session and that none was lost, then empties
-  the ring for the next round, outside the timing.
+  every deleted session's record is reserved, filled and submitted. The
+  bench checks that the ring holds exactly one record per deleted session
+  and that none was lost, then empties the ring (moves its consumer
+  position) for the next round, outside the timing.
 * ``kernel | nothing expired``: the walk with the age test only.
 * ``kernel floor``: the same walk of the same table with
   bpf_for_each_map_elem and a callback that does nothing.
@@ -72,8 +72,7 @@ from datapath.enums import CtState  # noqa: E402
 from datapath.bpfsys import BPF_F_SLEEPABLE, BPF_MAP_TYPE_RINGBUF, BPF_PROG_TYPE_SYSCALL, BPF_RINGBUF_HDR_SZ  # noqa: E402
 from datapath.compile import check_headers  # noqa: E402
 from datapath.config import ring_pages  # noqa: E402
-from datapath.enums import EventType  # noqa: E402
-from datapath.flowevents import FlowEventDecoder, event_type, flow_batch_type, flow_event_type  # noqa: E402
+from datapath.flowevents import flow_event_type  # noqa: E402
 from datapath.loader import SWEEP_MAPS, FastPath, compile_sweep, link_with_callback, syscall_test_run  # noqa: E402
 from datapath.sessions import FAMILY_TABLES, BatchWalker, expiry_dtype, session_clock_ns  # noqa: E402
 from datapath.sweeper import METHODS, Sweeper  # noqa: E402
@@ -157,7 +156,6 @@ class WrittenRing:
         fd = bpfsys.create_map(BPF_MAP_TYPE_RINGBUF, 0, 0, size, name="ms_events_big")
         self.rb = RingBuffer(fd, owns_fd=True)
         self.fp = fp
-        self.decoder = FlowEventDecoder(flow_event_type(fp), flow_batch_type(fp))
 
     def program(self, source: Path | None = None):
         fds = {m: self.fp.table(m).map_fd for m in SWEEP_MAPS}
@@ -165,16 +163,15 @@ class WrittenRing:
         return compile_sweep(fds, source)
 
     def check_and_empty(self, run, deleted: int) -> str | None:
-        """After a pass: None when the ring holds one end record per deleted
-        session (a sweep.h of before the batches writes a ring record each,
-        one since, many: cut apart as the daemon does) and the run lost
-        none; else what is wrong. Empties the ring."""
-        bad = []
-        ends = self.decoder.split(self.rb.drain(), bad.append)
-        n = sum(1 for r in ends if event_type(r) == EventType.EVENT_FLOW_END)
-        if bad or n != deleted or run.events_lost or run.deferred:
-            return (f"{n} end records in the ring for {deleted} deleted sessions, "
-                    f"{run.events_lost} lost, {run.deferred} deferred {bad[:1]}")
+        """After a pass: None when the ring holds one record per deleted
+        session and the run lost none; else what is wrong. Then empties
+        the ring (the consumer position jumps to the producer's)."""
+        pending = self.rb.pending_bytes()
+        cons, prod = self.rb.position_views()
+        cons[0] = prod[0]
+        if pending != deleted * self.record_bytes or run.events_lost or run.deferred:
+            return (f"{pending // self.record_bytes} end records in the ring for {deleted} deleted sessions, "
+                    f"{run.events_lost} lost, {run.deferred} deferred")
         return None
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ import ctypes
 import struct
 import time
 from functools import lru_cache
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from .enums import CtState, EventType, FlowEndReason
 from .flows import addr_text
@@ -29,16 +29,8 @@ _addr_text = lru_cache(maxsize=ADDR_TEXT_CACHE)(addr_text)
 
 # Slots of ms_events_lost (maps.h MS_EVENT_TYPE_SLOTS): indexed by event type.
 _TYPE = struct.Struct("<I")
-
-
-def _u32_at(offset: int) -> struct.Struct:
-    """A __u32 at ``offset`` of a record."""
-    return struct.Struct(f"<{offset}xI")
 # The map whose value type is struct ms_flow_event (maps.h).
 TYPE_MAP = "ms_flow_event_t"
-# The map whose value type is struct ms_flow_end_batch (maps.h): the kernel
-# sweep's records, many session ends to one ring record.
-BATCH_MAP = "ms_flow_end_batch"
 LOST_MAP = "ms_events_lost"
 
 
@@ -77,56 +69,23 @@ def flow_event_type(fp) -> type:
     return fp.table(TYPE_MAP).Leaf
 
 
-def flow_batch_type(fp) -> type:
-    """ctypes type of struct ms_flow_end_batch from a loaded FastPath."""
-    return fp.table(BATCH_MAP).Leaf
-
-
 def _ntohs(v: int) -> int:
     return ((v & 0xFF) << 8) | (v >> 8)
 
 
 class FlowEventDecoder:
     """Raw ring records -> FlowEnd. One per process (the type's offsets are
-    read once). ``btype``, struct ms_flow_end_batch's type, is needed by
-    split() only (a worker decodes records split already)."""
+    read once)."""
 
-    def __init__(self, rtype: type, btype: type | None = None):
+    def __init__(self, rtype: type):
         self.rtype = rtype
         self.size = ctypes.sizeof(rtype)
-        if btype is not None:
-            self._batch_count = _u32_at(btype.count.offset)
-            self._batch_ev_off = btype.ev.offset
-            self._batch_max = btype.ev.size // self.size
         self._key_off = rtype.key.offset
         self._key_size = rtype.key.size
         self._action_off = rtype.action.offset     # both __u8 (bpf/lib/maps.h)
         self._worker_off = rtype.worker.offset
         self._reasons = {m.value: m.name.removeprefix("FLOW_END_").lower() for m in FlowEndReason}
         self._states = {m.value: m.name for m in CtState}
-
-    def split(self, raws: list[bytes], on_bad: Callable[[str], object]) -> list[bytes]:
-        """The ring's records, each batch of the kernel sweep's session ends
-        (EVENT_FLOW_END_BATCH) replaced by the flow-end records it carries,
-        in order: byte for byte what each would have been sent as alone. A
-        batch that is not of this layout is left out and said by
-        ``on_bad(message)``."""
-        if not any(event_type(raw) == EventType.EVENT_FLOW_END_BATCH for raw in raws):
-            return raws
-        out: list[bytes] = []
-        size, off = self.size, self._batch_ev_off
-        for raw in raws:
-            if event_type(raw) != EventType.EVENT_FLOW_END_BATCH:
-                out.append(raw)
-                continue
-            n = self._batch_count.unpack_from(raw)[0] if len(raw) >= off else -1
-            if not 0 < n <= self._batch_max or len(raw) < off + n * size:
-                on_bad(f"ms_events: batch of session ends of {len(raw)} bytes claims {n} records of {size} "
-                       f"bytes after a {off}-byte header (at most {self._batch_max}): not this build's "
-                       f"struct ms_flow_end_batch")
-                continue
-            out.extend(raw[o:o + size] for o in range(off, off + n * size, size))
-        return out
 
     def decode(self, raw: bytes) -> FlowEnd | None:
         """None for a record of another type; ValueError for a flow-end
@@ -200,4 +159,4 @@ def lost_counts(fp) -> dict[str, int]:
 
 
 __all__ = ["FlowEnd", "FlowEndReason", "EventType", "FlowEventDecoder", "WallClock", "event_type",
-           "flow_batch_type", "flow_event_type", "lost_counts"]
+           "flow_event_type", "lost_counts"]

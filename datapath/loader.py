@@ -418,8 +418,6 @@ SWEEP_CALLBACK = "ms_sweep_entry"
 # and the ring its callback writes session-end records to.
 SWEEP_MARKERS = {"ms_flows4": 0x4D530001, "ms_halfopen4": 0x4D530002, "ms_events": 0x4D530003,
                  "ms_flows6": 0x4D530004, "ms_halfopen6": 0x4D530005}
-# The sweep's staging buffer for its end records: the program's own.
-SWEEP_BATCH_MAP = "ms_flow_end_batch"
 # The maps of a build the sweep works on; ms_sweep_runs (its input and
 # output) is the program's own.
 SWEEP_MAPS = ("ms_flows4", "ms_flows6", "ms_halfopen4", "ms_halfopen6", "ms_timeouts", "ms_pressure_user",
@@ -448,15 +446,8 @@ class SweepProgram:
         fds = own if map_fds is None else {n: map_fds[n] for n in SWEEP_MAPS}
         fd_map = {own[n]: fds[n] for n in SWEEP_MAPS}
         fd_map.update({marker: fds[n] for n, marker in SWEEP_MARKERS.items()})
-        # its own too: the staging buffer of its batched end records (maps.h
-        # ms_flow_end_batch; a sweep.h from before them has none: bench/sweep.py --ab)
-        own_fds = {self.runs.map_fd}
-        try:
-            own_fds.add(bpf[SWEEP_BATCH_MAP.encode()].map_fd)
-        except KeyError:
-            pass
         self.fd = link_with_callback(bpf, SWEEP_PROGRAM, SWEEP_CALLBACK, bpfsys.BPF_PROG_TYPE_SYSCALL, fd_map,
-                                     set(fds.values()) | own_fds, bpfsys.BPF_F_SLEEPABLE,
+                                     set(fds.values()) | {self.runs.map_fd}, bpfsys.BPF_F_SLEEPABLE,
                                      markers=frozenset(SWEEP_MARKERS.values()))
         self._bpf = bpf if owns_bpf else None
 

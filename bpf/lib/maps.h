@@ -125,8 +125,7 @@ enum ms_flow_dir {
 /* Events sent to user space on the ring buffer. */
 #define MS_ENUM_EVENT(X) \
     X(EVENT_TABLE_PRESSURE, 1, EVENT, "session table crossed the pressure threshold") \
-    X(EVENT_FLOW_END,       2, EVENT, "a session ended (struct ms_flow_event)") \
-    X(EVENT_FLOW_END_BATCH, 3, EVENT, "sessions the kernel sweep ended (struct ms_flow_end_batch)")
+    X(EVENT_FLOW_END,       2, EVENT, "a session ended (struct ms_flow_event)")
 
 enum ms_event_type {
     MS_ENUM_EVENT(MS_ENUM_MEMBER)
@@ -161,8 +160,7 @@ enum ms_event_type {
 #endif
 /* ms_events: 2 MiB. A session end is a 128-byte record (struct
  * ms_flow_event and the ring's 8-byte header), so 16,384 ends wait for the
- * reader (about 17,400 of the sweep's, 32 to a ring record: struct
- * ms_flow_end_batch): a sweep that expires a burst of idle sessions in one run
+ * reader: a sweep that expires a burst of idle sessions in one run
  * (sweep.h) fills the ring faster than a reader drains it; past this they
  * are counted (ms_events_lost), not written. */
 #ifndef MS_EVENTS_PAGES
@@ -660,29 +658,6 @@ BPF_PERCPU_ARRAY(ms_events_lost, __u64, MS_EVENT_TYPE_SLOTS);
 /* The layout of struct ms_flow_event for user space (BCC types a map's
  * value, not a ring's records; datapath/flowevents.py): never written. */
 BPF_ARRAY(ms_flow_event_t, struct ms_flow_event, 1);
-
-/* The kernel sweep's end records, many to a ring record (type
- * EVENT_FLOW_END_BATCH): one bpf_ringbuf_output per MS_FLOW_END_BATCH
- * swept sessions instead of a reserve and a submit each, the records
- * filled in this staging buffer and copied to the ring in one go. What it
- * buys is the reader's: draining the ring costs the daemon ~0.19 us per
- * session end instead of ~0.47 (one ring record per 32); the sweep's own
- * CPU was the same in an A/B at load 4-5 (session 11, helper 18W). Each
- * ev[] is a whole struct ms_flow_event of type EVENT_FLOW_END, as
- * it would have been sent alone: user space cuts the batch into them
- * (datapath/flowevents.py split_records) and nothing downstream changes.
- * Sent with only its `count` first entries; a power of two, so that the
- * callback's index is bounded by a mask. */
-#define MS_FLOW_END_BATCH 32
-_Static_assert((MS_FLOW_END_BATCH & (MS_FLOW_END_BATCH - 1)) == 0, "MS_FLOW_END_BATCH must be a power of two");
-struct ms_flow_end_batch {
-    __u32 type;             /* EVENT_FLOW_END_BATCH: first, as in every ms_events record */
-    __u32 count;            /* ev[0..count) are sent: 1..MS_FLOW_END_BATCH */
-    struct ms_flow_event ev[MS_FLOW_END_BATCH];
-};
-/* The sweep's staging buffer (sweep.h; sweeps are serialised by user
- * space, datapath/sweeper.py), and the layout for user space. */
-BPF_ARRAY(ms_flow_end_batch, struct ms_flow_end_batch, 1);
 
 /* ------------------------------------------------------------------ */
 /* Policy (lookups in policy.h; compiled by datapath/policy_compile.py) */

@@ -101,24 +101,17 @@ struct ms_sweep_walk {
     __u32 workers;                      /* ms_config.workers: end records name the worker */
     __u32 defer;                        /* run->defer */
     __u32 is4;                          /* walking an IPv4 table: its keys are struct ms_flow_key4 */
-    /* The size of ms_events: a batch of end records fits while the bytes
-     * waiting in it (bpf_ringbuf_query, no lock) and the batch's are under
-     * it (the producer may not run the ring's size ahead of the consumer).
-     * A session's end is staged only when its batch, sent now, would fit:
-     * a full ring (a mass expiry the reader cannot keep up with, or no
-     * reader) costs each expired session two loads, and the session is
-     * kept for a later sweep (defer) or deleted with its end counted lost,
-     * as when each end was a record of its own. Unlike a reserve, the test
-     * holds no room: another CPU's records may take it between the last
-     * test and the batch's output (a record's time for a full batch, the
-     * rest of the walk for the last one), and then the batch's ends are
-     * counted lost, their sessions gone, even under defer. It takes a ring
-     * within a batch (3.9 KiB) of full and a packet's end record in that
-     * window, when the packets' own end records are being refused too. */
-    __u64 ring_size;
-    /* The staged end records (maps.h struct ms_flow_end_batch): sent when
-     * full, when the next would not fit, and at the end of the run. */
-    struct ms_flow_end_batch *batch;
+    /* ms_events holds this many bytes or more: the reserve of one more end
+     * record fails (the producer may not run the ring's size ahead of the
+     * consumer: avail + record >= size). Tested against the ring's
+     * positions (bpf_ringbuf_query, no lock) before reserving, so that a
+     * full ring (a mass expiry the reader cannot keep up with, or no
+     * reader) costs each expired session two loads, not the reserve's
+     * locked refusal. The positions may move between the test and the
+     * reserve as they may inside the reserve: either way the record is
+     * refused or written as if at one moment, and a refused record is
+     * handled as before (deferred or counted lost). */
+    __u64 ring_room;
     /* The smallest of timeout[0..MS_CT_STATE_COUNT], signed as the age
      * test takes it: an entry no older than this is live whatever its
      * state, so the callback returns before reading the state byte and
@@ -134,31 +127,15 @@ static long (*ms_for_each_map_elem)(void *map, void *callback, void *ctx, __u64 
     (void *)BPF_FUNC_for_each_map_elem;
 /* The ring buffer helpers called directly: BCC rewrites ms_events.ringbuf_*
  * only inside the function it registers, not in the callback. */
-static long (*ms_rb_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *)BPF_FUNC_ringbuf_output;
+static void *(*ms_rb_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)BPF_FUNC_ringbuf_reserve;
+static void (*ms_rb_submit)(void *data, __u64 flags) = (void *)BPF_FUNC_ringbuf_submit;
+static void (*ms_rb_discard)(void *data, __u64 flags) = (void *)BPF_FUNC_ringbuf_discard;
 static __u64 (*ms_rb_query)(void *ringbuf, __u64 flags) = (void *)BPF_FUNC_ringbuf_query;
-_Static_assert(__builtin_offsetof(struct ms_flow_event, key) % 8 == 0 && sizeof(struct ms_flow_key) % 8 == 0 &&
-               __builtin_offsetof(struct ms_flow_end_batch, ev) % 8 == 0 && sizeof(struct ms_flow_event) % 8 == 0,
+/* The ring bytes one end record takes: the record and the ring's header,
+ * rounded up to 8 (kernel/bpf/ringbuf.c __bpf_ringbuf_reserve). */
+_Static_assert(__builtin_offsetof(struct ms_flow_event, key) % 8 == 0 && sizeof(struct ms_flow_key) % 8 == 0,
                "the callback writes the record's key in 8-byte words");
-/* The bytes of a batch of n end records, and the ring bytes it takes:
- * with the ring's header, rounded up to 8 (kernel/bpf/ringbuf.c
- * __bpf_ringbuf_reserve). */
-#define MS_SWEEP_BATCH_SIZE(n) (__builtin_offsetof(struct ms_flow_end_batch, ev) + (n) * sizeof(struct ms_flow_event))
-#define MS_SWEEP_BATCH_RING_BYTES(n) ((MS_SWEEP_BATCH_SIZE(n) + BPF_RINGBUF_HDR_SZ + 7) & ~7UL)
-
-/* Send the staged end records, if any, as one ring record; counted lost
- * if the ring refuses them (their sessions are deleted already). */
-static __always_inline void ms_sweep_flush(struct ms_sweep_walk *w, void *ring)
-{
-    struct ms_flow_end_batch *b = w->batch;
-    __u32 n = b->count;
-    if (!n)
-        return;
-    if (n > MS_FLOW_END_BATCH)
-        n = MS_FLOW_END_BATCH;
-    if (ms_rb_output(ring, b, MS_SWEEP_BATCH_SIZE(n), 0))
-        *w->lost += n;
-    b->count = 0;
-}
+#define MS_SWEEP_RECORD_BYTES ((sizeof(struct ms_flow_event) + BPF_RINGBUF_HDR_SZ + 7) & ~7UL)
 
 /* Called for every entry of the table walked: delete it when expired.
  * Returns 0: go on. Not inlined, in ms_sweep's section (see above). */
@@ -184,24 +161,15 @@ long ms_sweep_entry(void *map, void *key, void *value, void *ctx)
             (*w->lost)++;                 /* no ring buffer: counted only */
     }
 #else
-    /* Its end record (unless a TCP close sent it), staged in the batch
-     * before the delete and kept there only if this delete was the one
-     * that removed it (a packet's lazy expiry racing the walk sends its
-     * own): the next session's record takes the slot otherwise. */
-    struct ms_flow_end_batch *b = 0;
-    __u32 n = 0;
+    /* Its end record (unless a TCP close sent it), filled before the
+     * delete and sent only if this delete was the one that removed it (a
+     * packet's lazy expiry racing the walk sends its own). */
+    struct ms_flow_event *ev = 0;
     if (!(f->flags & MS_FLOW_LOGGED)) {
         void *ring = (void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_EVENTS);
-        __u64 avail = ms_rb_query(ring, BPF_RB_AVAIL_DATA);
-        b = w->batch;
-        n = b->count;
-        if (n && avail + MS_SWEEP_BATCH_RING_BYTES(n + 1) >= w->ring_size) {
-            ms_sweep_flush(w, ring);      /* what fits goes now; this one starts a batch */
-            n = 0;
-            avail = ms_rb_query(ring, BPF_RB_AVAIL_DATA);
-        }
-        if (avail + MS_SWEEP_BATCH_RING_BYTES(n + 1) < w->ring_size) {
-            struct ms_flow_event *ev = &b->ev[n & (MS_FLOW_END_BATCH - 1)];
+        if (ms_rb_query(ring, BPF_RB_AVAIL_DATA) < w->ring_room)
+            ev = ms_rb_reserve(ring, sizeof(struct ms_flow_event), 0);
+        if (ev) {
             /* the record names it by its canonical key, written in place
              * in 8-byte words (the record's key and a hash map's keys are
              * 8-aligned; a memcpy of the 2-aligned struct copies it byte
@@ -220,17 +188,15 @@ long ms_sweep_entry(void *map, void *key, void *value, void *ctx)
             (*w->deferred)++;
             return 0;                     /* kept: its record goes with a later sweep */
         } else {
-            b = 0;
             (*w->lost)++;
         }
     }
     if (bpf_map_delete_elem(map, key) == 0) {
         (*w->deleted)++;
-        if (b) {
-            b->count = ++n;
-            if (n >= MS_FLOW_END_BATCH)
-                ms_sweep_flush(w, (void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_EVENTS));
-        }
+        if (ev)
+            ms_rb_submit(ev, 0);
+    } else if (ev) {
+        ms_rb_discard(ev, 0);
     }
 #endif
     return 0;
@@ -255,13 +221,8 @@ int ms_sweep(void *ctx)
     struct ms_config *cfg = ms_cfg();
     w.workers = cfg ? cfg->workers : 0;
 #ifndef MS_NO_RINGBUF
-    struct ms_flow_end_batch *batch = ms_flow_end_batch.lookup(&z);
-    if (!batch)
-        return 1;
-    batch->type = EVENT_FLOW_END_BATCH;
-    batch->count = 0;
-    w.batch = batch;
-    w.ring_size = ms_rb_query((void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_EVENTS), BPF_RB_RING_SIZE);
+    __u64 ring_size = ms_rb_query((void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_EVENTS), BPF_RB_RING_SIZE);
+    w.ring_room = ring_size > MS_SWEEP_RECORD_BYTES ? ring_size - MS_SWEEP_RECORD_BYTES : 0;
 #endif
 #pragma unroll
     for (int i = 0; i < MS_SWEEP_SLOTS; i++)
@@ -294,9 +255,6 @@ int ms_sweep(void *ctx)
     run->scanned_halfopen += n > 0 ? n : 0;
     if (run->expired_halfopen)
         __sync_fetch_and_add(&pu->halfopen_deleted, run->expired_halfopen);
-#ifndef MS_NO_RINGBUF
-    ms_sweep_flush(&w, (void *)bpf_pseudo_fd(1, MS_SWEEP_MAP_EVENTS));   /* the last, partial batch */
-#endif
     if (run->events_lost) {
         __u32 t = EVENT_FLOW_END;
         __u64 *lost = ms_events_lost.lookup(&t);

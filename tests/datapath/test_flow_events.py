@@ -10,14 +10,12 @@ import pytest
 
 from datapath.config import DatapathConfig, Timeouts
 from datapath.enums import CtState, EventType, FlowEndReason, Reason
-from datapath.flowevents import (FlowEventDecoder, WallClock, event_type, flow_batch_type, flow_event_type,
-                                 lost_counts)
+from datapath.flowevents import FlowEventDecoder, WallClock, event_type, flow_event_type, lost_counts
 from datapath.loader import FastPath
 from datapath.sessions import session_clock_ns
 from datapath.sweeper import Sweeper
 from datapath.source import program_text
 from packets_ct import IPPROTO_TCP, IPPROTO_UDP, TcpConn, canonical, entry, expect, table_len, udp_frame
-from datapath.bpfsys import BPF_RINGBUF_HDR_SZ
 from slowpath.ringbuf import RingBuffer
 
 R, S = Reason, CtState
@@ -30,22 +28,11 @@ class Events:
     def __init__(self, fp):
         self.fp = fp
         self.rb = RingBuffer(fp.table("ms_events").map_fd)
-        self.dec = FlowEventDecoder(flow_event_type(fp), flow_batch_type(fp))
+        self.dec = FlowEventDecoder(flow_event_type(fp))
         self.rb.drain()          # what earlier tests of the shared build left
 
-    def raws(self):
-        """The ring's flow-end records, the sweep's batches cut into them."""
-        return [r for r in split(self.dec, self.rb.drain()) if event_type(r) == EventType.EVENT_FLOW_END]
-
     def take(self):
-        return [self.dec.decode(r) for r in self.raws()]
-
-
-def split(dec, raws):
-    """dec.split(raws), failing the test on a malformed batch."""
-    def bad(message):
-        raise AssertionError(message)
-    return dec.split(raws, bad)
+        return [self.dec.decode(r) for r in self.rb.drain() if event_type(r) == EventType.EVENT_FLOW_END]
 
 
 @pytest.fixture
@@ -160,7 +147,7 @@ def test_kernel_sweep_records_are_their_entries_byte_for_byte(fastpath, events):
         want[sport] = _expected_swept_record(rtype, src, sport, dst, dport, proto, e.leaf)
     r = fastpath.sweep.run(session_clock_ns() + FAR)
     assert (r.expired_flows, r.expired_halfopen, r.events_lost) == (2, 2, 0)
-    raws = events.raws()
+    raws = [raw for raw in events.rb.drain() if event_type(raw) == EventType.EVENT_FLOW_END]
     got = {}
     for raw in raws:
         ev = events.dec.decode(raw)
@@ -202,12 +189,11 @@ ONE_PAGE_FLOWS = 1024
 
 @pytest.fixture(scope="module")
 def one_page():
-    """A build whose ms_events ring is one page: 31 end records of 128
-    bytes, or 33 of the sweep's, sent in batches (_one_page_records)."""
+    """A build whose ms_events ring is one page: 32 records of 128 bytes."""
     fp = FastPath(DatapathConfig(flow_table_size=ONE_PAGE_FLOWS), text="#define MS_EVENTS_PAGES 1\n" + program_text())
     rb = RingBuffer(fp.table("ms_events").map_fd)
     try:
-        yield fp, rb, FlowEventDecoder(flow_event_type(fp), flow_batch_type(fp))
+        yield fp, rb, FlowEventDecoder(flow_event_type(fp))
     finally:
         rb.close()
         fp.close()
@@ -237,47 +223,27 @@ def test_full_ring_is_counted(small_ring):
     lost0 = lost_counts(fp)["flow_end"]
     r = fp.sweep.run(session_clock_ns() + FAR)
     assert r.expired_halfopen == 40 and r.deferred == 0
-    got = [dec.decode(x) for x in split(dec, rb.drain())]
+    got = [dec.decode(x) for x in rb.drain()]
     assert len(got) + r.events_lost == 40 and r.events_lost > 0
     assert lost_counts(fp)["flow_end"] - lost0 == r.events_lost
 
 
-def _one_page_records(fp) -> int:
-    """The kernel sweep's end records an empty one-page ring has room for.
-    The sweep sends them in batches (maps.h struct ms_flow_end_batch: a
-    header, then up to MS_FLOW_END_BATCH records), each batch with the
-    ring's 8-byte header and rounded up to 8; the kernel lets the producer
-    run at most the ring's size - 1 bytes ahead of the consumer. Batches
-    as full as the room allows, as the sweep sends them."""
-    bt, size = flow_batch_type(fp), ctypes.sizeof(flow_event_type(fp))
-    per_batch = bt.ev.size // size
-
-    def ring_bytes(n):
-        return (bt.ev.offset + n * size + BPF_RINGBUF_HDR_SZ + 7) & ~7
-
-    used = records = n = 0
-    while True:
-        if n == per_batch or used + ring_bytes(n + 1) > 4096 - 1:
-            if not n:
-                return records
-            used, n = used + ring_bytes(n), 0   # this batch is sent
-            continue
-        n += 1
-        records += 1
+# An end record takes 128 bytes of the ring (the 120-byte record and the
+# ring's 8-byte header), and the kernel lets the producer run at most the
+# ring's size - 1 bytes ahead of the consumer: an empty page takes 31.
+ONE_PAGE_RECORDS = (4096 - 1) // 128
 
 
 def test_an_empty_ring_takes_every_end_record_it_has_room_for(small_ring):
-    # the kernel sweep tests the ring's room before staging an end record
-    # in its batch (sweep.h ring_size): it must refuse none the ring
-    # would have taken
+    # the kernel sweep tests the ring's room before reserving (sweep.h
+    # ring_room): it must refuse no record the reserve would have taken
     fp, rb, dec = small_ring
     for i in range(40):
         expect(fp, udp_frame(CLI, 8300 + i, SRV, 53), R.PASS_FORWARD)
     r = fp.sweep.run(session_clock_ns() + FAR)
-    got = [dec.decode(x) for x in split(dec, rb.drain())]
+    got = [dec.decode(x) for x in rb.drain()]
     assert r.expired_halfopen == 40
-    want = _one_page_records(fp)
-    assert (len(got), r.events_lost) == (want, 40 - want)
+    assert (len(got), r.events_lost) == (ONE_PAGE_RECORDS, 40 - ONE_PAGE_RECORDS)
 
 
 def test_full_ring_keeps_the_rest_for_the_next_sweep(small_ring):
@@ -292,7 +258,7 @@ def test_full_ring_keeps_the_rest_for_the_next_sweep(small_ring):
     seen, runs = [], 0
     while True:
         r = fp.sweep.run(now, defer=True)
-        got = [dec.decode(x) for x in split(dec, rb.drain())]
+        got = [dec.decode(x) for x in rb.drain()]
         runs += 1
         assert r.events_lost == 0
         assert len(got) == r.expired_flows          # deleted exactly those it could log
@@ -306,7 +272,7 @@ def test_full_ring_keeps_the_rest_for_the_next_sweep(small_ring):
 
 def test_sweeper_defers_only_for_a_reader_and_not_under_pressure(small_ring):
     fp, rb, dec = small_ring
-    n = 60                           # more than the one-page ring's 33 swept records
+    n = 60                           # more than the one-page ring's 32 records
     lost0 = lost_counts(fp)["flow_end"]
     ports = range(8300, 8300 + n)
     now = session_clock_ns() + FAR
@@ -316,7 +282,7 @@ def test_sweeper_defers_only_for_a_reader_and_not_under_pressure(small_ring):
     # no reader (the default: `microseg` commands, benchmarks): all deleted, lost counted
     st = Sweeper.for_fastpath(fp).sweep(now)
     assert (st.expired_flows, st.deferred) == (n, 0)
-    logged, lost = len(split(dec, rb.drain())), lost_counts(fp)["flow_end"] - lost0
+    logged, lost = len(rb.drain()), lost_counts(fp)["flow_end"] - lost0
     assert logged + lost == n and logged > 0 and lost > 0
 
     fp.reset()
@@ -334,71 +300,7 @@ def test_sweeper_defers_only_for_a_reader_and_not_under_pressure(small_ring):
     fp.apply_runtime(fp.config.model_copy(update={"pressure_pct": 1}))
     st = sw.sweep(now)
     assert (st.expired_flows, st.deferred) == (kept, 0)
-    assert lost_counts(fp)["flow_end"] - lost0 == kept and len(split(dec, rb.drain())) == n - kept
-
-
-def test_kernel_sweep_sends_its_ends_in_batches_each_session_once(fastpath, events):
-    # The sweep stages its end records and sends them MS_FLOW_END_BATCH to
-    # a ring record (maps.h struct ms_flow_end_batch), the last, partial
-    # batch at the end of the run. Sessions of both families in both
-    # tables, some inspected: the daemon's FlowLog cuts the batches into
-    # one record per session, hands each inspected one to its worker and
-    # writes the others: every session once, none lost.
-    from appliance.flowlog import FlowLog
-    from slowpath.flowend import POL_INSPECT
-    from packets_ct import flow_key, session_map
-    per_batch = flow_batch_type(fastpath).ev.size // ctypes.sizeof(flow_event_type(fastpath))
-    v6c, v6s = "fd00::1:2:3:5", "fd00::a:b:c:e"
-    ports = range(43000, 43000 + 2 * per_batch + 5)
-    inspected = set()
-    for i, port in enumerate(ports):
-        src, dst = (CLI, SRV) if i % 2 else (v6c, v6s)
-        expect(fastpath, udp_frame(src, port, dst, 53), R.PASS_FORWARD)
-        if i % 3:                                        # the rest stay half-open
-            expect(fastpath, udp_frame(dst, 53, src, port), R.PASS_FORWARD)
-        if i % 5 == 0:
-            t = fastpath.table(session_map("ms_flows" if i % 3 else "ms_halfopen", src, dst))
-            k = flow_key(t, src, port, dst, 53, IPPROTO_UDP)
-            leaf = t[k]
-            leaf.action = POL_INSPECT
-            t[k] = leaf
-            inspected.add(port)
-    r = fastpath.sweep.run(session_clock_ns() + FAR)
-    assert r.expired_flows + r.expired_halfopen == len(ports) and (r.events_lost, r.deferred) == (0, 0)
-    raws = events.rb.drain()
-    assert [event_type(x) for x in raws] == [EventType.EVENT_FLOW_END_BATCH] * 3, \
-        f"{len(raws)} ring records for {len(ports)} session ends"
-    handed, written = [], []
-
-    def forward(worker, items):
-        handed.extend((worker, events.dec.decode(x)) for x in items)
-        return len(items)
-
-    log = FlowLog(fastpath, written.append, forward=forward)
-    try:
-        log.handle(raws)
-    finally:
-        log.rb.close()
-    assert (log.bad, log.other) == (0, 0)
-    assert sorted(e.client[1] for _, e in handed) == sorted(inspected)
-    assert all(w == e.worker and e.action == POL_INSPECT and e.reason == "swept" for w, e in handed)
-    assert sorted(rec["src_port"] for rec in written) == sorted(set(ports) - inspected)
-
-
-def test_a_malformed_batch_is_said_not_decoded(fastpath):
-    # a batch whose count does not match its length (another build's
-    # layout): left out, said once, the records around it kept
-    dec = FlowEventDecoder(flow_event_type(fastpath), flow_batch_type(fastpath))
-    bt = flow_batch_type(fastpath)
-    one = bytes(flow_event_type(fastpath)())
-    b = bt()
-    b.type, b.count = EventType.EVENT_FLOW_END_BATCH, 2
-    short = bytes(b)[:bt.ev.offset + len(one)]           # claims 2, carries 1
-    b.count = 0
-    empty = bytes(b)
-    said = []
-    assert dec.split([one, short, empty, one], said.append) == [one, one]
-    assert len(said) == 2 and "claims 2 records" in said[0]
+    assert lost_counts(fp)["flow_end"] - lost0 == kept and len(rb.drain()) == n - kept
 
 
 def test_the_daemon_hands_inspected_ends_to_their_worker_undecoded(fastpath):
