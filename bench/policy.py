@@ -85,6 +85,16 @@ IPERF_PORT = 5201
 DEFAULT_RULES = (10, 1_000, 10_000)
 DEFAULT_RUNS = 5
 DEFAULT_CONNS = 20_000
+# Client source addresses the connection runs take in turn (--sources). One
+# address has only ~14,000 ports connect() picks from (one parity of
+# ip_local_port_range): within a second of connections its 5-tuples come
+# round again, and a SYN on a tuple whose closed session is still in
+# ms_flows takes that entry over with its verdict (no insert, no policy
+# lookup: conntrack.h, the port-reuse branch), which a gateway's new
+# clients do not. 16 addresses give ~225,000 tuples, a 6 s run's worth of
+# new ones at 20,000 connections/s, under ms_flows' default 524,288.
+DEFAULT_SOURCES = 16
+SOURCES_MAX = 200
 DEFAULT_CONN_SECONDS = 10.0
 DEFAULT_IPERF_SECONDS = 3
 # CPUs: client and server share one, so everything a connection or a byte
@@ -295,6 +305,15 @@ def policy_decisions(stats_json: str) -> int:
     return sum(int(r["packets"]) for r in rows if r.get("reason") == "PASS_POLICY_ALLOW" and r.get("hook") == "ingress")
 
 
+def client_sources(n: int) -> list[str]:
+    """``n`` client addresses in the client's /24 (the lab's CLIENT_V4 first,
+    then .10 up), all inside the allow-list's last entry."""
+    if not 1 <= n <= SOURCES_MAX:
+        raise ValueError(f"--sources: 1 to {SOURCES_MAX}, not {n}")
+    net = CLIENT_V4.rsplit(".", 1)[0]
+    return [CLIENT_V4] + [f"{net}.{10 + i}" for i in range(n - 1)]
+
+
 class Bench:
     def __init__(self, lab: Lab, args, workdir: Path):
         self.lab, self.args, self.workdir = lab, args, workdir
@@ -303,7 +322,8 @@ class Bench:
     def conn_rate(self, res: Result) -> float | None:
         a = self.args
         r = self.lab.run(self.lab.client, ["taskset", "-c", str(CONN_CPU), sys.executable, "-c", CLIENT,
-                                           SERVER_V4, str(CONN_PORT), str(a.conns), str(a.conn_seconds)],
+                                           SERVER_V4, str(CONN_PORT), str(a.conns), str(a.conn_seconds),
+                                           ",".join(client_sources(a.sources))],
                          timeout=a.conn_seconds + 15, check=False)
         try:
             d = json.loads(r.stdout)
@@ -465,6 +485,8 @@ def run(args) -> dict[tuple[str, int], Result]:
         # Named so a caller can check that exactly these are gone afterwards.
         print(f"lab namespaces: {', '.join(lab.namespaces)}", flush=True)
         procs = servers(lab)
+        for a in client_sources(args.sources)[1:]:
+            lab.run(lab.client, ["ip", "addr", "add", f"{a}/24", "dev", "eth0"])
         try:
             b = Bench(lab, args, Path(tmp))
             # One connection run not recorded: the first run in a fresh lab
@@ -544,7 +566,13 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated cases to run besides no filter (default all) of: {', '.join(SHORT)}")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
+    ap.add_argument("--sources", type=int, default=DEFAULT_SOURCES,
+                    help=f"client source addresses the connections take in turn, 1-{SOURCES_MAX} (default "
+                         f"{DEFAULT_SOURCES}: new 5-tuples; 1: the tuples come round and most connections reuse "
+                         "a closed session's entry and verdict)")
     args = ap.parse_args(argv)
+    if not 1 <= args.sources <= SOURCES_MAX:
+        ap.error(f"--sources: 1 to {SOURCES_MAX}")
     q = QUICK if args.quick else {}
     args.rules = [int(x) for x in args.rules.split(",")] if args.rules else list(q.get("rules", DEFAULT_RULES))
     only = [c.strip() for c in args.only.split(",")] if args.only else []
@@ -572,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
           f"kernel {os.uname().release}")
     print(f"{args.runs} interleaved rounds (each: no filter, every case once in an order turned by one per round, "
           f"no filter again); medians; new conn/s: one client, connect + 1-byte request/response + "
-          f"RST close, at most {args.conns} connections or {args.conn_seconds:g} s per run, client and server "
+          f"RST close, at most {args.conns} connections or {args.conn_seconds:g} s per run, from "
+          f"{args.sources} source address(es) in turn, client and server "
           f"on CPU {CONN_CPU}; Gbit/s: iperf3 -t {args.iperf_seconds}, one stream, client on CPU "
           f"{IPERF_CPUS[0]}, server on CPU {IPERF_CPUS[1]} (a CPU's work, the forwarding included)")
     print("the allow-list's last entry lets the benchmark's traffic through; ratio: the case's median over no "

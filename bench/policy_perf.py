@@ -49,8 +49,8 @@ afterwards.
 ``--sources N``: the connection client takes N source addresses in turn,
 so its connections are new 5-tuples (an insert into ms_halfopen, the move
 into ms_flows, a policy lookup), not a reuse of the closed session of the
-same tuple, which is what nearly all of a one-address run is (below,
-SOURCES_MAX).
+same tuple, which is what nearly all of a one-address run is
+(bench/policy.py DEFAULT_SOURCES says why).
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from appliance.lab import CLIENT_V4, GW_IFACES, SERVER_V4, Lab  # noqa: E402
+from appliance.lab import GW_IFACES, SERVER_V4, Lab  # noqa: E402
 from bench import policy as bp  # noqa: E402
 
 # Command-line names of bench/policy.py's cases ("microseg, no policy" has a comma).
@@ -84,13 +84,6 @@ PERF_HZ = 4999
 SETTLE_S = 0.5
 TAIL_S = 1.0
 LEAVES_SHOWN = 12
-# --sources: extra client addresses .10 up in the client's /24 (.255 is
-# broadcast). With one address the client's ~14,000 5-tuples come round
-# in under a second and nearly every profiled connection takes over its
-# tuple's closed session (no insert, no policy lookup); 16 give ~225,000
-# tuples, ~10 s of new ones at 20,000 connections/s, under ms_flows'
-# default 524,288.
-SOURCES_MAX = 200
 MB = 1_000_000
 
 
@@ -172,7 +165,7 @@ def run_case(lab: Lab, args, case: str, workdir: Path, server_pids: list[int], t
     if args.workload == "conn":
         argv = [sys.executable, "-c", bp.CLIENT, SERVER_V4, str(bp.CONN_PORT), str(10**9), str(seconds)]
         if args.sources > 1:
-            argv.append(",".join(client_sources(args.sources)))
+            argv.append(",".join(bp.client_sources(args.sources)))
     else:
         argv = ["iperf3", "-c", SERVER_V4, "-p", str(bp.IPERF_PORT), "-t", str(int(seconds)), "-J"]
     out, script, pid = profile(lab, argv, seconds, workdir / f"{tag}.data")
@@ -224,15 +217,6 @@ def run_case(lab: Lab, args, case: str, workdir: Path, server_pids: list[int], t
     return {k: n / PERF_HZ / units * 1e6 for k, n in counts.items()} if units > 0 else None
 
 
-def client_sources(n: int) -> list[str]:
-    """``n`` client addresses in the client's /24 (the lab's CLIENT_V4 first,
-    then .10 up), all inside the allow-list's last entry."""
-    if not 1 <= n <= SOURCES_MAX:
-        raise ValueError(f"--sources: 1 to {SOURCES_MAX}, not {n}")
-    net = CLIENT_V4.rsplit(".", 1)[0]
-    return [CLIENT_V4] + [f"{net}.{10 + i}" for i in range(n - 1)]
-
-
 def with_filter(lab: Lab, case: str, workdir: Path, rules: int):
     """Set up ``case``'s filter in the gateway; returns its undo."""
     entries = bp.allow_list(rules)
@@ -278,16 +262,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the whole CPU by task (idle, kworkers, ksoftirqd included), and the lab's leaves "
                          "against the first case's (outside the hooks too)")
     ap.add_argument("--json", default=None, help="with --tasks: write every round's numbers (all keys) to this file")
-    ap.add_argument("--sources", type=int, default=1,
-                    help=f"client source addresses taken in turn (1-{SOURCES_MAX}): new 5-tuples, not reused ones")
+    ap.add_argument("--sources", type=int, default=bp.DEFAULT_SOURCES,
+                    help=f"client source addresses taken in turn (1-{bp.SOURCES_MAX}): new 5-tuples, not reused ones")
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds per profile (perf records 1.5 s less)")
     args = ap.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     bad = [c for c in cases if c not in CASES]
     if bad:
         ap.error(f"unknown case '{bad[0]}' (cases: {', '.join(CASES)})")
-    if not 1 <= args.sources <= SOURCES_MAX:
-        ap.error(f"--sources: 1 to {SOURCES_MAX}")
+    if not 1 <= args.sources <= bp.SOURCES_MAX:
+        ap.error(f"--sources: 1 to {bp.SOURCES_MAX}")
     if args.json and not args.tasks:
         ap.error("--json needs --tasks")
     if args.rounds < 1 or args.seconds < SETTLE_S + TAIL_S + 1:
@@ -305,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ms-policy-perf-") as tmp, Lab() as lab:
         workdir = Path(tmp)
         procs = bp.servers(lab)
-        for a in client_sources(args.sources)[1:]:
+        for a in bp.client_sources(args.sources)[1:]:
             lab.run(lab.client, ["ip", "addr", "add", f"{a}/24", "dev", "eth0"])
         try:
             for r in range(args.rounds):

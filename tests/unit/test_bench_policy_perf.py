@@ -106,7 +106,7 @@ def test_samples_counts_every_task_of_the_cpu_and_keeps_the_lab_pids():
 
 def test_client_sources_are_the_lab_client_then_its_subnet():
     from appliance.lab import CLIENT_V4
-    from bench.policy_perf import SOURCES_MAX, client_sources
+    from bench.policy import SOURCES_MAX, client_sources
     got = client_sources(3)
     assert got[0] == CLIENT_V4 and len(set(got)) == 3
     assert all(a.rsplit(".", 1)[0] == CLIENT_V4.rsplit(".", 1)[0] for a in got)
