@@ -23,7 +23,7 @@ lab against an allow rule, verdict latency, and what hold mode costs.
    the verdict map write): p50, p99, p99.9.
 4. The slow path's CPU (daemon, workers summed), voluntary context
    switches and minor page faults during the client runs, per inspected
-   connection, from /proc:
+   connection, from /proc (CPU time in schedstat's nanoseconds, cpu_of):
    the steadiest A/B measure on a busy machine. The daemon's event loop
    thread also has a row of its own: the rest of the daemon's CPU is its
    EVE sinks' writer threads.
@@ -224,25 +224,54 @@ def settle(eve: Path) -> None:
             last, since = now, time.monotonic()
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROC = "/proc"
+
+
+def _run_ns(task_dirs: list[str]) -> int | None:
+    """Nanoseconds on a CPU of these /proc task directories (schedstat's
+    first field, the scheduler's own clock), None where it is missing
+    (a kernel without CONFIG_SCHED_INFO)."""
+    total = 0
+    for d in task_dirs:
+        try:
+            total += int(Path(f"{d}/schedstat").read_text().split()[0])
+        except FileNotFoundError:
+            return None
+        except (OSError, IndexError, ValueError):
+            continue            # a thread that ended meanwhile
+    return total
 
 
 def cpu_of(pid: int, where: str | None = None) -> tuple[float, int, int, float]:
     """(CPU seconds, voluntary context switches, minor page faults, of the
-    CPU seconds those in the kernel) of process ``pid`` so far (/proc:
-    utime + stime, all its threads), or of the one thread whose /proc
-    directory is ``where``. The kernel's share includes the softirq work
-    (packets through the lab, the BPF programs) that ran while the process
-    was on the CPU: without CONFIG_IRQ_TIME_ACCOUNTING the tick charges it
-    to the process it interrupted."""
-    where = where or f"/proc/{pid}"
+    CPU seconds those in the kernel) of process ``pid`` so far (all its
+    threads), or of the one thread whose /proc directory is ``where``.
+
+    The CPU seconds are schedstat's nanoseconds, summed over the threads:
+    utime + stime come in ticks (10 ms here, ~17 us per inspected
+    connection of a --quick run), too coarse to tell two trees apart in
+    an A/B (docs/performance.md 4.6.1). A thread that ended during the run
+    takes its time with it (the process's stat keeps it): the daemon's
+    and the workers' threads live as long as they do. Where schedstat is
+    missing, the ticks. The kernel's share is the ticks' stime either way,
+    and includes the softirq work (packets through the lab, the BPF
+    programs) that ran while the process was on the CPU: without
+    CONFIG_IRQ_TIME_ACCOUNTING the tick charges it to the process it
+    interrupted."""
+    tasks = [where] if where else None
+    where = where or f"{PROC}/{pid}"
     try:
         fields = Path(f"{where}/stat").read_text().rsplit(")", 1)[1].split()
         status = Path(f"{where}/status").read_text()
+        if tasks is None:
+            tasks = [f"{where}/task/{t}" for t in os.listdir(f"{where}/task")]
     except OSError:
         return 0.0, 0, 0, 0.0
     switches = next((int(line.split()[1]) for line in status.splitlines()
                      if line.startswith("voluntary_ctxt_switches")), 0)
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, switches, int(fields[7]), int(fields[12]) / _CLK_TCK
+    ns = _run_ns(tasks)
+    sec = ns / 1e9 if ns is not None else (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return sec, switches, int(fields[7]), int(fields[12]) / _CLK_TCK
 
 
 def slowpath_cpu(daemon: int) -> dict[str, tuple[float, int, int, float]]:

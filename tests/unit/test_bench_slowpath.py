@@ -1,0 +1,62 @@
+"""bench/slowpath.py's measures that need no lab: the slow path's CPU per
+process from /proc."""
+from __future__ import annotations
+
+import os
+
+from bench import slowpath as sp
+
+# /proc/PID/stat after the ")" of the command: state, ppid, pgrp, session,
+# tty_nr, tpgid, flags, minflt (7), cminflt, majflt, cmajflt, utime (11),
+# stime (12), ...
+STAT = "1 (python3) S 1 1 1 0 -1 4194560 35 0 0 0 {utime} {stime} 0 0 20 0 3 0 100 0 0\n"
+
+
+def fake_process(root, pid, threads, utime=200, stime=100, switches=7):
+    """A /proc/PID of ``threads`` {tid: schedstat ns or None (no file)}."""
+    d = root / str(pid)
+    (d / "task").mkdir(parents=True)
+    (d / "stat").write_text(STAT.format(utime=utime, stime=stime))
+    (d / "status").write_text(f"Name:\tpython3\nvoluntary_ctxt_switches:\t{switches}\n")
+    for tid, ns in threads.items():
+        (d / "task" / str(tid)).mkdir()
+        (d / "task" / str(tid) / "stat").write_text(STAT.format(utime=utime, stime=stime))
+        (d / "task" / str(tid) / "status").write_text(f"voluntary_ctxt_switches:\t{switches}\n")
+        if ns is not None:
+            (d / "task" / str(tid) / "schedstat").write_text(f"{ns} 5000 12\n")
+    return d
+
+
+def test_cpu_time_is_every_threads_nanoseconds_not_ticks(tmp_path, monkeypatch):
+    # 10 ms ticks (utime + stime) put 1.234567 s and 1.3 s in the same
+    # reading within a tick; schedstat's nanoseconds, summed over the
+    # threads, do not (before: 3.0 s from the ticks below, 300 of them).
+    monkeypatch.setattr(sp, "PROC", str(tmp_path))
+    fake_process(tmp_path, 42, {42: 1_000_000_000, 43: 234_567_000})
+    sec, switches, faults, ksec = sp.cpu_of(42)
+    assert abs(sec - 1.234567) < 1e-9
+    assert switches == 7 and faults == 35
+    assert ksec == 100 / os.sysconf("SC_CLK_TCK")      # the kernel's share: stime's ticks
+
+
+def test_one_threads_cpu_time_is_its_own(tmp_path):
+    d = fake_process(tmp_path, 42, {42: 1_000_000_000, 43: 234_567_000})
+    sec, *_ = sp.cpu_of(42, str(d / "task" / "43"))
+    assert abs(sec - 0.234567) < 1e-9
+
+
+def test_without_schedstat_the_ticks(tmp_path, monkeypatch):
+    monkeypatch.setattr(sp, "PROC", str(tmp_path))
+    fake_process(tmp_path, 42, {42: None})
+    sec, *_ = sp.cpu_of(42)
+    assert sec == 300 / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_process_gone_reads_as_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(sp, "PROC", str(tmp_path))
+    assert sp.cpu_of(42) == (0.0, 0, 0, 0.0)
+
+
+def test_this_process_reads_from_the_real_proc():
+    sec, *_ = sp.cpu_of(os.getpid())
+    assert sec > 0
