@@ -103,6 +103,16 @@ def test_big_reply_takes_runs_of_elements_not_one_at_a_time(monkeypatch):
     assert len(one_at_a_time) <= (redis.SINGLE_ELEMENTS + 2) * (len(data) // 1448 + 1)
 
 
+def run_bytes(buf, pos, endpos, tokens) -> int:
+    """The bytes of a _RUN findall's tokens: its span, less its last match
+    when that is the span's rest (taken by `.+` without being looked at:
+    neither a scalar, listed as b"", nor an aggregate's header)."""
+    end = min(endpos, len(buf))
+    if tokens and tokens[-1] and not redis._HEAD.fullmatch(tokens[-1]):
+        end -= len(tokens[-1])
+    return end - pos
+
+
 @pytest.mark.parametrize("elements", [1, 3, redis.SINGLE_ELEMENTS + 1, 40])
 def test_pipelined_replies_are_not_scanned_past_again_and_again(monkeypatch, elements):
     """A run is matched to its end, not to the reply's: unbounded, each of
@@ -117,9 +127,7 @@ def test_pipelined_replies_are_not_scanned_past_again_and_again(monkeypatch, ele
     class Counting:
         def findall(self, buf, pos, endpos, real=redis._RUN.findall):
             tokens = real(buf, pos, endpos)
-            # The run's tokens (the last match, the rest of the span, is
-            # taken by `.+` without being looked at).
-            scanned.append(sum(len(t) for t in tokens if redis._TOKEN.fullmatch(t)))
+            scanned.append(run_bytes(buf, pos, endpos, tokens))
             return tokens
 
     monkeypatch.setattr(redis, "_RUN", Counting())
@@ -137,7 +145,6 @@ def test_a_run_is_matched_once(monkeypatch):
     import re
     data = command_reply(2000)
     matched = []
-    token = redis._TOKEN
 
     class Counting:
         def __init__(self, real):
@@ -150,9 +157,7 @@ def test_a_run_is_matched_once(monkeypatch):
 
         def findall(self, buf, pos=0, endpos=None):
             out = self.real.findall(buf, pos) if endpos is None else self.real.findall(buf, pos, endpos)
-            # Elements only (with _RUN, its last match may be the span's
-            # rest, taken by `.+` unlooked at: not a whole token).
-            matched.append(sum(len(t) for t in out if token.fullmatch(t)))
+            matched.append(run_bytes(buf, pos, len(buf) if endpos is None else endpos, out))
             return out
 
         def __getattr__(self, name):
@@ -263,3 +268,24 @@ def test_closed_aggregates_make_no_frame(monkeypatch):
     data = command_reply(500)
     assert [(e.type, e.size) for e in feed([data])] == [("array", 500)]
     assert len(made) <= 2
+
+
+def test_segments_inside_a_big_reply_start_with_runs(monkeypatch):
+    """While the open aggregates still need more than SINGLE_ELEMENTS
+    elements the reply cannot end within the single matches, so a segment
+    in the middle of a big reply goes straight to runs (before: the first
+    SINGLE_ELEMENTS of every segment matched one at a time, ~10 a segment)."""
+    data = command_reply(2000)
+    one_at_a_time = []
+
+    class Counting:
+        def match(self, buf, pos, real=redis._ELEMENT.match):
+            one_at_a_time.append(pos)
+            return real(buf, pos)
+
+    monkeypatch.setattr(redis, "_ELEMENT", Counting())
+    segments = [data[i:i + 1448] for i in range(0, len(data), 1448)]
+    assert [(e.type, e.size) for e in feed(segments)] == [("array", 2000)]
+    # A segment's single matches: the element its runs stop at (cut by the
+    # segment's end) tried once, and once more with the next segment.
+    assert len(one_at_a_time) <= redis.SINGLE_ELEMENTS + 2 * len(segments)
