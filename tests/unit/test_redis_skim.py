@@ -289,3 +289,38 @@ def test_segments_inside_a_big_reply_start_with_runs(monkeypatch):
     # A segment's single matches: the element its runs stop at (cut by the
     # segment's end) tried once, and once more with the next segment.
     assert len(one_at_a_time) <= redis.SINGLE_ELEMENTS + 2 * len(segments)
+
+
+def random_value(r: random.Random, depth: int = 0) -> bytes:
+    """A RESP reply value: scalars, bulk strings around MAX_TOKEN_BULK,
+    arrays, maps, sets, pushes and attributes, nested, some empty."""
+    kind = r.randrange(12 if depth < 5 else 6)
+    if kind == 0:
+        return b"+%s\r\n" % (b"s" * r.randrange(5))
+    if kind == 1:
+        return b":%d\r\n" % r.randrange(-9, 99)
+    if kind == 2:
+        n = r.choice([0, 1, 5, T - 1, T, T + 1, 200])
+        return b"$%d\r\n%s\r\n" % (n, bytes(r.choice(b"ab\r\n") for _ in range(n)))
+    if kind == 3:
+        return r.choice([b"_\r\n", b"#t\r\n", b"(12\r\n", b",1.5\r\n", b"$-1\r\n", b"*-1\r\n"])
+    if kind in (4, 5):
+        return b"-ERR %d\r\n" % r.randrange(9)
+    n = r.choice([0, 1, 2, 3, 9, 12])
+    if kind == 6:
+        return b"%%%d\r\n" % n + b"".join(random_value(r, depth + 1) for _ in range(2 * n))
+    if kind == 7:
+        return (b"|1\r\n+k\r\n" + random_value(r, depth + 1)) + random_value(r, depth + 1)
+    head = r.choice(b"*~>")
+    return b"%c%d\r\n" % (head, n) + b"".join(random_value(r, depth + 1) for _ in range(n))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_replies_equal_the_general_path_at_random_splits(seed):
+    r = random.Random(seed)
+    data = b"".join(random_value(r) for _ in range(r.randrange(1, 6)))
+    want = feed([data], skim=False)
+    for _ in range(10):
+        cuts = sorted(r.sample(range(1, len(data)), min(len(data) - 1, r.randint(0, 20))))
+        parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+        assert feed(parts) == want, (seed, cuts)
