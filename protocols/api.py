@@ -17,6 +17,7 @@ parser's named cap.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import enum
 import re
 from dataclasses import dataclass, field
@@ -75,6 +76,37 @@ class Malformed(Event):
     direction: Direction
     reason: str
     offset: int          # byte offset in that direction's stream
+
+
+def event_builder(cls):
+    """A faster constructor for the frozen event ``cls`` (its fields in
+    order, trailing defaults optional; keywords too). A frozen dataclass's
+    __init__ sets each field through object.__setattr__ (about 1 us for an
+    HTTP request's 12, for a DNS record's 7); giving the new instance its
+    __dict__ whole makes the same object (equal, same hash and repr) in 0.4
+    of that. The function is generated, as dataclasses generates __init__,
+    so that the dict is one literal (a zip() into update() cost a third
+    more). A class with __slots__ or a __post_init__ keeps its own
+    constructor."""
+    if "__slots__" in cls.__dict__ or hasattr(cls, "__post_init__"):
+        return cls
+    fields = dataclasses.fields(cls)
+    params, defaults = [], {}
+    for i, f in enumerate(fields):
+        if f.default is not dataclasses.MISSING:
+            defaults[f"_default{i}"] = f.default
+            params.append(f"{f.name}=_default{i}")
+        elif f.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{f.name}: a default factory has no place in an event builder")
+        else:
+            params.append(f.name)
+    items = ", ".join(f"{f.name!r}: {f.name}" for f in fields)
+    space = {"_new": object.__new__, "_set": object.__setattr__, "_cls": cls, **defaults}
+    exec(f"def build({', '.join(params)}):\n"
+         f"    event = _new(_cls)\n"
+         f"    _set(event, '__dict__', {{{items}}})\n"
+         f"    return event\n", space)
+    return space["build"]
 
 
 class Parser(abc.ABC):

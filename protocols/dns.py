@@ -42,6 +42,7 @@ from protocols.api import (
     Signature,
     StreamParser,
     StreamSide,
+    event_builder,
 )
 
 # --- Limits ---------------------------------------------------------------
@@ -169,6 +170,14 @@ class DnsMessage(Event):
     answers: tuple[DnsRecord, ...]
     authority: tuple[DnsRecord, ...]
     additional_count: int
+
+
+# The events as decode_message makes them: a frozen dataclass's __init__ costs
+# ~1 us for a record's 7 fields, ~2 for a message's 17 (event_builder: the
+# same objects in 0.4 of that); a response of ten records makes eleven.
+_new_question = event_builder(DnsQuestion)
+_new_record = event_builder(DnsRecord)
+_new_message = event_builder(DnsMessage)
 
 
 # --- Wire decoding --------------------------------------------------------
@@ -322,14 +331,14 @@ class _Message:
         start = pos + 10
         self.need(start, rdlength, f"{type_name(rtype)} RDATA")
         data = self.rdata(rtype, start, start + rdlength)
-        return DnsRecord(owner, rtype, type_name(rtype), rclass, ttl, rdlength, data), start + rdlength
+        return _new_record(owner, rtype, type_name(rtype), rclass, ttl, rdlength, data), start + rdlength
 
     def question(self, pos: int) -> tuple[DnsQuestion, int]:
         qname, pos = self.name(pos)
         self.need(pos, 4, "a question's type and class")
         qtype = self.u16(pos, "qtype")
         qclass = self.u16(pos + 2, "qclass")
-        return DnsQuestion(qname, qtype, type_name(qtype), qclass), pos + 4
+        return _new_question(qname, qtype, type_name(qtype), qclass), pos + 4
 
 
 def _fixed(what: str, size: int, show: Callable[[bytes], str]):
@@ -502,7 +511,7 @@ def decode_message(msg: bytes, direction: Direction) -> DnsMessage:
     # the message.
     opcode = (b2 >> 3) & 0x0F
     rcode = b3 & 0x0F
-    return DnsMessage(
+    return _new_message(
         direction=direction,
         id=(msg[0] << 8) | msg[1],
         response=bool(b2 & 0x80),

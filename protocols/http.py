@@ -55,7 +55,6 @@ before its request is parsed as an answer to an unknown request.
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
 import re
 from collections import deque
@@ -66,7 +65,7 @@ import httptools
 
 from protocols.content_coding import CodingError, ContentDecoder
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
-                           ProtocolPlugin, Signature, StreamParser, StreamSide)
+                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_builder)
 
 # --- Limits -------------------------------------------------------------------
 
@@ -309,39 +308,9 @@ class HttpAnomalyEvent(Event):
     stream_id: int = 0
 
 
-def _builder(cls):
-    """A faster constructor for the frozen event ``cls`` (its fields in
-    order, trailing defaults optional). A frozen dataclass's __init__ sets
-    each field through object.__setattr__ (about 1 us for a request's 12);
-    giving the new instance its __dict__ whole makes the same object (equal,
-    same hash and repr) in 0.4 of that. The function is generated, as
-    dataclasses generates __init__, so that the dict is one literal (a
-    zip() into update() cost a third more). A class with __slots__ or a
-    __post_init__ keeps its own constructor."""
-    if "__slots__" in cls.__dict__ or hasattr(cls, "__post_init__"):
-        return cls
-    fields = dataclasses.fields(cls)
-    params, defaults = [], {}
-    for i, f in enumerate(fields):
-        if f.default is not dataclasses.MISSING:
-            defaults[f"_default{i}"] = f.default
-            params.append(f"{f.name}=_default{i}")
-        elif f.default_factory is not dataclasses.MISSING:
-            raise TypeError(f"{cls.__name__}.{f.name}: a default factory has no place in an event builder")
-        else:
-            params.append(f.name)
-    items = ", ".join(f"{f.name!r}: {f.name}" for f in fields)
-    space = {"_new": object.__new__, "_set": object.__setattr__, "_cls": cls, **defaults}
-    exec(f"def build({', '.join(params)}):\n"
-         f"    event = _new(_cls)\n"
-         f"    _set(event, '__dict__', {{{items}}})\n"
-         f"    return event\n", space)
-    return space["build"]
-
-
-_new_request = _builder(HttpRequest)
-_new_response = _builder(HttpResponse)
-_new_message_end = _builder(HttpMessageEnd)
+_new_request = event_builder(HttpRequest)
+_new_response = event_builder(HttpResponse)
+_new_message_end = event_builder(HttpMessageEnd)
 # The end of a message without body or trailers, per direction: equal to
 # what _new_message_end makes for it (events are frozen values), made once.
 _EMPTY_END = {d: _new_message_end(d, 0, 0, ()) for d in Direction}

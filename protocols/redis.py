@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import compress
 from typing import ClassVar
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
@@ -67,15 +68,19 @@ _ELEMENT = re.compile(
 # words of a reply like COMMAND's are short; a longer one is taken by
 # _ELEMENT's length path, one at a time.
 MAX_TOKEN_BULK = 63
-# _ELEMENT's elements as tokens that findall can list in one call: group 1
-# the whole element, group 2 an aggregate's element count ("" for the
-# others). The same elements as _ELEMENT, but a bulk string only with its
-# content and CR LF, at most MAX_TOKEN_BULK bytes.
-_TOKEN_ALTS = (
+# _ELEMENT's elements as tokens that findall can list in one call: the same
+# elements as _ELEMENT, but a bulk string only with its content and CR LF, at
+# most MAX_TOKEN_BULK bytes. The scalars and an aggregate's header apart:
+# _RUN lists a scalar as b"" (its only group unmatched: one shared empty
+# bytes, nothing made per scalar) and an aggregate by its header.
+_SCALAR_ALTS = (
     rb"[+\-][^\n]{0,%d}\r\n|:-?[0-9]{1,19}\r\n|\(-?[0-9]+\r\n|_\r\n|#[tf]\r\n"
     % (MAX_LINE_BYTES - 3)
     + rb"|\$(?:" + rb"|".join(rb"%d\r\n(?s:.){%d}" % (k, k) for k in range(MAX_TOKEN_BULK + 1))
-    + rb")\r\n|[*%~>]([0-9]{1,7})\r\n")
+    + rb")\r\n")
+_AGGREGATE_HEAD = rb"[*%~>][0-9]{1,7}\r\n"
+_HEAD = re.compile(_AGGREGATE_HEAD)
+_TOKEN = re.compile(rb"(?:" + _SCALAR_ALTS + rb"|" + _AGGREGATE_HEAD + rb")")
 # Elements a _skim call takes one match at a time before it lists runs: a
 # small reply (pipelined ones: a few elements each) ends within them, where
 # a run would look past its end for nothing.
@@ -87,12 +92,13 @@ SINGLE_ELEMENTS = 8
 # most about twice what it takes, plus FIRST_RUN_BYTES.
 FIRST_RUN_BYTES = 32
 MAX_RUN_BYTES = 16 * 1024
-# A run of tokens and what follows it, in one findall: the tokens (as
-# _TOKEN_ALTS's groups), then, where none matches, one last match of everything
-# left in the span (groups empty; `.+` takes it without looking at it). One
-# pass over the run: a match of the run and a findall over it again (two
-# passes) cost ~1.5x as much on a COMMAND reply.
-_RUN = re.compile(rb"(" + _TOKEN_ALTS + rb")|(?s:.+)")
+# A run of tokens and what follows it, in one findall: per token b"" (a
+# scalar) or an aggregate's header, then, where no token matches, one last
+# match of everything left in the span (`.+` takes it without looking at
+# it; told from a header by _HEAD.fullmatch). One pass over the run: a match
+# of the run and a findall over it again (two passes) cost ~1.5x as much on
+# a COMMAND reply.
+_RUN = re.compile(rb"(?:" + _SCALAR_ALTS + rb")|(" + _AGGREGATE_HEAD + rb"|(?s:.+))")
 
 # Elements a whole command may have to take RedisParser._command's path:
 # commands are a few words (GET k, SET k v PX n). A command the path walks
@@ -141,6 +147,64 @@ class _Frame:
         self.remaining = elements
         self.items: list[str] | None = [] if keep_items else None
 
+
+_MAP = ord("%")      # a map's header counts pairs
+
+
+def _walk(heads: list, rems: list[int], tokens, events: list[Event]) -> tuple[int, bool]:
+    """Take whole reply elements, ``tokens`` (as _RUN lists them: b"" a
+    scalar, else an aggregate's header), into the open aggregates (``rems``
+    their remaining element counts, ``heads`` their _Frame or header; see
+    RedisParser._skim) and emit the RedisReply of a top-level value they
+    complete. Returns how many tokens were taken and whether to stop there:
+    a top-level value ended (the tokens after it are the next reply's), or
+    an aggregate past MAX_ELEMENTS or MAX_DEPTH, left for the general path
+    to judge.
+
+    Steps go by aggregate, not by element: the aggregates' indices are
+    listed in C (compress over the tokens, b"" being false), and the scalars
+    up to the next aggregate are counted off in one subtraction."""
+    n_tok = len(tokens)
+    aggs = list(compress(range(n_tok), tokens))
+    aggs.append(n_tok)          # a sentinel: no aggregate before the run's end
+    i = k = 0
+    while True:
+        a = aggs[k]
+        r = rems[-1]
+        if i + r > a:           # the innermost aggregate does not end before the next header
+            rems[-1] = r - (a - i)
+            if a == n_tok:
+                return n_tok, False
+            head = tokens[a]
+            n = int(head[1:-2])
+            if n > MAX_ELEMENTS or len(rems) >= MAX_DEPTH:
+                return a, True
+            i = a + 1
+            k += 1
+            if n:
+                rems.append(2 * n if head[0] == _MAP else n)
+                heads.append(head)
+                continue
+            r = rems[-1] - 1    # an empty aggregate is one element of its parent
+            if r:
+                rems[-1] = r
+                continue
+        else:
+            i += r              # its last elements are scalars
+        while True:             # the aggregate is whole: one element of its parent
+            rems.pop()
+            head = heads.pop()
+            if head.__class__ is _Frame and head.type == "attribute":
+                break           # metadata about the next value, not a value (as _complete)
+            if not rems:        # the bottom one is _skim's caller's, a _Frame
+                events.append(RedisReply(head.type, None, head.count))
+                return i, True
+            r = rems[-1] - 1
+            if r:
+                rems[-1] = r
+                break
+        if not rems:
+            return i, True
 
 class _Side(StreamSide):
     __slots__ = ("state", "stack", "bulk_left", "bulk_type", "bulk_len", "bulk_head")
@@ -238,26 +302,50 @@ class RedisParser(StreamParser):
 
     @staticmethod
     def _skim(side: _Side, buf: bytearray, pos: int, events: list[Event]) -> int:
-        """Inside a reply's aggregate, take whole elements in a tight loop:
-        a run of short ones listed by one findall (_RUN), a bulk
-        string longer than MAX_TOKEN_BULK by one match and skipped by its
-        length, nothing kept (a reply's elements are counted, not stored), so
-        a 90 KB COMMAND reply of thousands of elements costs a few regex
-        calls per segment and a loop step per element, not the general
-        path's line handling (nor, as before, a match per element: ~15 % of
-        the parser's time on the corpus's Redis streams). Stops at the first
-        element it cannot take whole (see _ELEMENT, or a bulk string not all
-        in ``buf``) and returns the position reached; the general path goes
-        on from there with the same state."""
+        """Inside a reply's aggregate, take whole elements in a tight loop
+        (_skim_elements, _walk), nothing kept (a reply's elements are counted, not
+        stored). Stops at the first element it cannot take whole (see
+        _ELEMENT, or a bulk string not all in ``buf``) and returns the
+        position reached; the general path goes on from there with the same
+        state.
+
+        The loop keeps the open aggregates as two lists, their remaining
+        element counts (``rems``) and for each its _Frame or, for one opened
+        here, its header token: a _Frame is made only for an aggregate still
+        open when the loop stops, not for each of the thousands a COMMAND
+        reply opens and closes (a _Frame per aggregate was ~1/3 of the
+        parser's time on the corpus's 90 KB COMMAND reply)."""
         stack = side.stack
-        at_crlf = buf.startswith        # (b"\r\n", i): no slice made per bulk string
-        frame = stack[-1]
-        singles, span = SINGLE_ELEMENTS, FIRST_RUN_BYTES
+        heads: list = list(stack)
+        rems = [f.remaining for f in stack]
+        pos = RedisParser._skim_elements(heads, rems, buf, pos, events)
+        for i, head in enumerate(heads):
+            if head.__class__ is _Frame:
+                head.remaining = rems[i]
+            else:
+                heads[i] = _Frame(_AGGREGATES[head[0]], int(head[1:-2]), rems[i], keep_items=False)
+        stack[:] = heads
+        return pos
+
+    @staticmethod
+    def _skim_elements(heads: list, rems: list[int], buf: bytearray, pos: int,
+                       events: list[Event]) -> int:
+        """_skim's loop: a run of short elements listed by one findall
+        (_RUN) and taken by _walk, a bulk string longer than MAX_TOKEN_BULK
+        by one match and skipped by its length, so a 90 KB COMMAND reply of
+        thousands of elements costs a few regex calls per segment and a
+        loop step per aggregate, not the general path's line handling.
+
+        The open aggregates still need at least sum(rems) elements: when
+        that is more than SINGLE_ELEMENTS the reply cannot end within the
+        single matches, so the call starts with runs (a reply cut into
+        segments, as the slow path gets it, paid SINGLE_ELEMENTS single
+        matches a segment)."""
+        singles = SINGLE_ELEMENTS if sum(rems) <= SINGLE_ELEMENTS else 0
+        span = FIRST_RUN_BYTES
         while True:
             if singles:
-                # One element by _ELEMENT, as a token: its text (a bulk
-                # string: a range of its length, only len() is used) and
-                # an aggregate's count.
+                # One element by _ELEMENT, as _RUN would list it.
                 singles -= 1
                 m = _ELEMENT.match(buf, pos)
                 if m is None:
@@ -266,54 +354,40 @@ class RedisParser(StreamParser):
                 if kind == 1:
                     n = int(m.group(1))
                     stop = m.end() + n
-                    if n > MAX_BULK_BYTES or not at_crlf(b"\r\n", stop):
+                    if n > MAX_BULK_BYTES or not buf.startswith(b"\r\n", stop):
                         return pos
-                    tokens = ((range(stop + 2 - pos), b""),)
+                    end = stop + 2
+                    tokens = (b"",)
                 else:
-                    tokens = ((m.group(), m.group(3) if kind else b""),)
+                    end = m.end()
+                    tokens = (m.group() if kind else b"",)
+                taken, stopped = _walk(heads, rems, tokens, events)
+                if taken:
+                    pos = end
             else:
                 # The run of whole tokens from pos (within span bytes) listed
                 # in one call (_RUN: tokens back to back from pos, then the
-                # rest of the span as one match with empty groups, dropped).
-                # None there (a bulk string over MAX_TOKEN_BULK, an element
-                # longer than span): the next element goes the single way.
-                tokens = _RUN.findall(buf, pos, pos + span)
+                # rest of the span as one match, dropped). None there (a bulk
+                # string over MAX_TOKEN_BULK, an element longer than span):
+                # the next element goes the single way.
+                end = min(pos + span, len(buf))
+                tokens = _RUN.findall(buf, pos, end)
                 span = min(2 * span, MAX_RUN_BYTES)
-                if tokens and not tokens[-1][0]:
-                    tokens.pop()
+                if tokens and tokens[-1] and not _HEAD.fullmatch(tokens[-1]):
+                    end -= len(tokens.pop())
                 if not tokens:
                     singles = 1
                     continue
-            for token, count in tokens:
-                if count:
-                    n = int(count)
-                    if n > MAX_ELEMENTS or len(stack) >= MAX_DEPTH:
-                        return pos
-                    if n:
-                        type_ = _AGGREGATES[token[0]]
-                        frame = _Frame(type_, n, 2 * n if type_ == "map" else n, keep_items=False)
-                        stack.append(frame)
-                        pos += len(token)
-                        continue
-                    # an empty aggregate is one element of its parent, as below
-                pos += len(token)
-                frame.remaining -= 1
-                if frame.remaining:
-                    continue
-                while True:             # the frame is whole: it is one element of its parent
-                    stack.pop()
-                    if frame.type == "attribute":
-                        break       # metadata about the next value, not a value (as _complete)
-                    if not stack:
-                        events.append(RedisReply(frame.type, None, frame.count))
-                        return pos
-                    frame = stack[-1]
-                    frame.remaining -= 1
-                    if frame.remaining:
-                        break
-                if not stack:
-                    return pos
-                frame = stack[-1]
+                taken, stopped = _walk(heads, rems, tokens, events)
+                if taken == len(tokens):
+                    pos = end
+                else:
+                    # Stopped inside the run (once a reply, or at a limit):
+                    # the taken tokens' bytes found again, one match each.
+                    for _ in range(taken):
+                        pos = _TOKEN.match(buf, pos).end()
+            if stopped:
+                return pos
 
     @staticmethod
     def _command(buf: bytearray, pos: int, events: list[Event]) -> int:

@@ -103,6 +103,16 @@ def test_big_reply_takes_runs_of_elements_not_one_at_a_time(monkeypatch):
     assert len(one_at_a_time) <= (redis.SINGLE_ELEMENTS + 2) * (len(data) // 1448 + 1)
 
 
+def run_bytes(buf, pos, endpos, tokens) -> int:
+    """The bytes of a _RUN findall's tokens: its span, less its last match
+    when that is the span's rest (taken by `.+` without being looked at:
+    neither a scalar, listed as b"", nor an aggregate's header)."""
+    end = min(endpos, len(buf))
+    if tokens and tokens[-1] and not redis._HEAD.fullmatch(tokens[-1]):
+        end -= len(tokens[-1])
+    return end - pos
+
+
 @pytest.mark.parametrize("elements", [1, 3, redis.SINGLE_ELEMENTS + 1, 40])
 def test_pipelined_replies_are_not_scanned_past_again_and_again(monkeypatch, elements):
     """A run is matched to its end, not to the reply's: unbounded, each of
@@ -117,9 +127,7 @@ def test_pipelined_replies_are_not_scanned_past_again_and_again(monkeypatch, ele
     class Counting:
         def findall(self, buf, pos, endpos, real=redis._RUN.findall):
             tokens = real(buf, pos, endpos)
-            # The run's tokens (the last match, the rest of the span, is
-            # taken by `.+` without being looked at).
-            scanned.append(sum(len(t) for t, _ in tokens))
+            scanned.append(run_bytes(buf, pos, endpos, tokens))
             return tokens
 
     monkeypatch.setattr(redis, "_RUN", Counting())
@@ -149,9 +157,7 @@ def test_a_run_is_matched_once(monkeypatch):
 
         def findall(self, buf, pos=0, endpos=None):
             out = self.real.findall(buf, pos) if endpos is None else self.real.findall(buf, pos, endpos)
-            # Elements only (with _RUN, its last match is the span's rest,
-            # taken by `.+` unlooked at: its groups are empty).
-            matched.append(sum(len(t[0] if isinstance(t, tuple) else t) for t in out))
+            matched.append(run_bytes(buf, pos, len(buf) if endpos is None else endpos, out))
             return out
 
         def __getattr__(self, name):
@@ -232,3 +238,89 @@ def test_a_null_bulk_in_a_command_is_malformed():
     for data in (b"*1\r\n$-1\r\n", b"*2\r\n$3\r\nGET\r\n$-1\r\n"):
         ev = feed_dir([data], Direction.TO_SERVER)
         assert [e.kind for e in ev] == ["malformed"] and "null bulk" in ev[0].reason
+
+
+def stack_of(p):
+    return [(f.type, f.count, f.remaining) for f in p._sides[S].stack]
+
+
+@pytest.mark.parametrize("data", [MIXED, TOKENS, command_reply(40)])
+def test_open_aggregates_left_as_the_general_path_leaves_them(data):
+    """_skim counts the aggregates it opens in plain lists and makes a
+    _Frame only for those still open where it stops: at every cut the
+    parser's stack (type, declared count, elements still due) is the
+    general path's, so the next segment goes on from the same state."""
+    for cut in range(1, len(data)):
+        fast, slow = redis.RedisParser(), redis.RedisParser()
+        slow._skim = lambda side, buf, pos, events: pos
+        assert fast.receive_data(data[:cut], S) == slow.receive_data(data[:cut], S), cut
+        assert stack_of(fast) == stack_of(slow), cut
+
+
+def test_closed_aggregates_make_no_frame(monkeypatch):
+    """An aggregate opened and closed inside one _skim call costs no _Frame
+    (before: one each, ~2,000 here; a third of the parser's time on a
+    COMMAND reply): only the top-level one, made by the general path, and
+    those cut by the end of the data."""
+    made = []
+    real = redis._Frame.__init__
+    monkeypatch.setattr(redis._Frame, "__init__", lambda self, *a, **k: (made.append(1), real(self, *a, **k))[1])
+    data = command_reply(500)
+    assert [(e.type, e.size) for e in feed([data])] == [("array", 500)]
+    assert len(made) <= 2
+
+
+def test_segments_inside_a_big_reply_start_with_runs(monkeypatch):
+    """While the open aggregates still need more than SINGLE_ELEMENTS
+    elements the reply cannot end within the single matches, so a segment
+    in the middle of a big reply goes straight to runs (before: the first
+    SINGLE_ELEMENTS of every segment matched one at a time, ~10 a segment)."""
+    data = command_reply(2000)
+    one_at_a_time = []
+
+    class Counting:
+        def match(self, buf, pos, real=redis._ELEMENT.match):
+            one_at_a_time.append(pos)
+            return real(buf, pos)
+
+    monkeypatch.setattr(redis, "_ELEMENT", Counting())
+    segments = [data[i:i + 1448] for i in range(0, len(data), 1448)]
+    assert [(e.type, e.size) for e in feed(segments)] == [("array", 2000)]
+    # A segment's single matches: the element its runs stop at (cut by the
+    # segment's end) tried once, and once more with the next segment.
+    assert len(one_at_a_time) <= redis.SINGLE_ELEMENTS + 2 * len(segments)
+
+
+def random_value(r: random.Random, depth: int = 0) -> bytes:
+    """A RESP reply value: scalars, bulk strings around MAX_TOKEN_BULK,
+    arrays, maps, sets, pushes and attributes, nested, some empty."""
+    kind = r.randrange(12 if depth < 5 else 6)
+    if kind == 0:
+        return b"+%s\r\n" % (b"s" * r.randrange(5))
+    if kind == 1:
+        return b":%d\r\n" % r.randrange(-9, 99)
+    if kind == 2:
+        n = r.choice([0, 1, 5, T - 1, T, T + 1, 200])
+        return b"$%d\r\n%s\r\n" % (n, bytes(r.choice(b"ab\r\n") for _ in range(n)))
+    if kind == 3:
+        return r.choice([b"_\r\n", b"#t\r\n", b"(12\r\n", b",1.5\r\n", b"$-1\r\n", b"*-1\r\n"])
+    if kind in (4, 5):
+        return b"-ERR %d\r\n" % r.randrange(9)
+    n = r.choice([0, 1, 2, 3, 9, 12])
+    if kind == 6:
+        return b"%%%d\r\n" % n + b"".join(random_value(r, depth + 1) for _ in range(2 * n))
+    if kind == 7:
+        return (b"|1\r\n+k\r\n" + random_value(r, depth + 1)) + random_value(r, depth + 1)
+    head = r.choice(b"*~>")
+    return b"%c%d\r\n" % (head, n) + b"".join(random_value(r, depth + 1) for _ in range(n))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_replies_equal_the_general_path_at_random_splits(seed):
+    r = random.Random(seed)
+    data = b"".join(random_value(r) for _ in range(r.randrange(1, 6)))
+    want = feed([data], skim=False)
+    for _ in range(10):
+        cuts = sorted(r.sample(range(1, len(data)), min(len(data) - 1, r.randint(0, 20))))
+        parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+        assert feed(parts) == want, (seed, cuts)
