@@ -82,20 +82,27 @@ def test_big_reply_skips_the_line_path(monkeypatch):
     assert len(lines) <= 1 + 2 * (len(data) // 1448 + 1)
 
 
+def single_matches(monkeypatch) -> list[int]:
+    """The positions the parser matches one element at a time at
+    (redis._ELEMENT.match), recorded from now on."""
+    seen: list[int] = []
+
+    class Counting:
+        def match(self, buf, pos, real=redis._ELEMENT.match):
+            seen.append(pos)
+            return real(buf, pos)
+
+    monkeypatch.setattr(redis, "_ELEMENT", Counting())
+    return seen
+
+
 def test_big_reply_takes_runs_of_elements_not_one_at_a_time(monkeypatch):
     """Short elements are listed a run at a time (one findall), so a regex
     match per element is left for the first SINGLE_ELEMENTS of a _skim call
     and bulk strings over MAX_TOKEN_BULK (before: ~26,000 matches for this
     reply, one an element)."""
     data = command_reply(2000)
-    one_at_a_time = []
-
-    class Counting:
-        def match(self, buf, pos, real=redis._ELEMENT.match):
-            one_at_a_time.append(pos)
-            return real(buf, pos)
-
-    monkeypatch.setattr(redis, "_ELEMENT", Counting())
+    one_at_a_time = single_matches(monkeypatch)
     ev = feed([data[i:i + 1448] for i in range(0, len(data), 1448)])
     assert [(e.type, e.size) for e in ev] == [("array", 2000)]
     # A call a segment: its first elements, and one try where its last run
@@ -276,14 +283,7 @@ def test_segments_inside_a_big_reply_start_with_runs(monkeypatch):
     in the middle of a big reply goes straight to runs (before: the first
     SINGLE_ELEMENTS of every segment matched one at a time, ~10 a segment)."""
     data = command_reply(2000)
-    one_at_a_time = []
-
-    class Counting:
-        def match(self, buf, pos, real=redis._ELEMENT.match):
-            one_at_a_time.append(pos)
-            return real(buf, pos)
-
-    monkeypatch.setattr(redis, "_ELEMENT", Counting())
+    one_at_a_time = single_matches(monkeypatch)
     segments = [data[i:i + 1448] for i in range(0, len(data), 1448)]
     assert [(e.type, e.size) for e in feed(segments)] == [("array", 2000)]
     # A segment's single matches: the element its runs stop at (cut by the
