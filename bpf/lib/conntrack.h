@@ -945,7 +945,7 @@ static __always_inline __u8 ms_tcp_next(__u8 state, int fd, __u8 ev)
  * neither saw both FINs acknowledged, the session stayed in LAST_ACK and
  * its record went out only at the timeout (seen in the workers lab test,
  * ~1 close in 1,000). ms_ct_tcp orders the store and the read
- * (ms_close_barrier). */
+ * (ms_close_barrier), and reads a closed session's state as closed. */
 static __always_inline int ms_fin_acked(const struct ms_tcp_side *s, const struct ms_tcp_side *peer)
 {
     return (s->flags & MS_SIDE_FIN) && (peer->flags & MS_SIDE_MAXACK) && !ms_before(peer->maxack, s->fin_end);
@@ -1268,6 +1268,14 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now, struct ms_flow
     }
 
     __u8 state = f->state;
+    /* A session whose end record went (MS_FLOW_LOGGED, set only on TIME_WAIT
+     * or CLOSE) is closed, whatever state was stored after: of a close's
+     * two crossing last ACKs (ms_fin_acked), the one that saw only its own
+     * half stores LAST_ACK, and that store may land after the other's
+     * TIME_WAIT. Read as LAST_ACK, a new SYN reusing the ports would be
+     * ignored and the new connection judged against the old windows. */
+    if ((f->flags & MS_FLOW_LOGGED) && state != CT_CLOSE)
+        state = CT_TIME_WAIT;
     __u8 ev = ms_tcp_event(fl);
     __u8 next = ms_tcp_next(state, fd, ev);
     MS_BENCH_STEP(4, MS_BENCH_REASON);   /* policy generation and state machine checked */

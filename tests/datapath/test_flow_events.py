@@ -370,3 +370,27 @@ def test_crossing_last_acks_close_the_session_whatever_the_other_wrote(fastpath,
     got = events.take()
     assert [(ev.reason, ev.state, ev.client) for ev in got] == [("closed", "CT_TIME_WAIT", (CLI, 42010))]
 
+
+
+def test_a_closed_session_stored_as_last_ack_takes_a_new_syn(fastpath, events):
+    """Of two crossing last ACKs, the one that saw only its half stores
+    LAST_ACK, possibly after the other stored TIME_WAIT and sent the
+    record. The session is closed all the same: a new SYN on its ports
+    starts a new connection, not one ignored and judged against the old
+    windows."""
+    conn = _crossing_close(fastpath, 42011)
+    conn.send("s", "A")
+    conn.send("c", "A")
+    conn.assert_state(S.CT_TIME_WAIT)
+    assert len(events.take()) == 1
+    e = conn.entry()
+    t = fastpath.table("ms_flows4")
+    k = next(k for k in t.keys() if t[k].cookie == e.leaf.cookie)
+    leaf = t[k]
+    leaf.state = int(S.CT_LAST_ACK)                  # the other CPU's late store
+    t[k] = leaf
+    again = TcpConn.make(fastpath, client=(CLI, 42011), isn=(7_000_000, 9_000_000))
+    again.send("c", "S")
+    again.assert_state(S.CT_SYN_SENT, table="ms_flows")   # the old entry, taken over in place
+    assert int(again.entry().leaf.cookie) != int(e.leaf.cookie)
+    assert events.take() == []                       # the old session's record went once, at its close
