@@ -236,7 +236,9 @@ def _run_ns(task_dirs: list[str]) -> int | None:
         try:
             total += int(Path(f"{d}/schedstat").read_text().split()[0])
         except FileNotFoundError:
-            return None
+            if os.path.isdir(d):
+                return None     # the thread is there, its schedstat is not: no such file on this kernel
+            continue            # a thread that ended since its directory was listed
         except (OSError, IndexError, ValueError):
             continue            # a thread that ended meanwhile
     return total

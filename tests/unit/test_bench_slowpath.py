@@ -60,3 +60,12 @@ def test_a_process_gone_reads_as_nothing(tmp_path, monkeypatch):
 def test_this_process_reads_from_the_real_proc():
     sec, *_ = sp.cpu_of(os.getpid())
     assert sec > 0
+
+
+def test_a_thread_that_ended_is_left_out_not_the_nanoseconds(tmp_path):
+    # A thread listed, then gone before its schedstat was read: the other
+    # threads' nanoseconds still count (before: the whole process fell back
+    # to the ticks, as on a kernel without schedstat).
+    d = fake_process(tmp_path, 42, {42: 1_000_000_000, 43: 234_567_000})
+    tasks = [str(d / "task" / "42"), str(d / "task" / "43"), str(d / "task" / "44")]
+    assert sp._run_ns(tasks) == 1_234_567_000
