@@ -119,11 +119,9 @@ ONCE = ("empty program", "microseg, no policy")
 
 # One connection at a time; prints {"ok", "failed", "seconds"} as JSON.
 # An optional fifth argument, comma-separated source addresses, makes the
-# connections take them in turn (bench/policy_perf.py --sources): one source
-# address has only ~14,000 ports connect() picks from (one parity of
-# ip_local_port_range), so within a second its 5-tuples come round again.
-# IP_BIND_ADDRESS_NO_PORT (24): bind the address only, connect() picks the
-# port as it does without a bind.
+# connections take them in turn (--sources; DEFAULT_SOURCES says why).
+# IP_BIND_ADDRESS_NO_PORT: bind the address only, connect() picks the port
+# as it does without a bind.
 CLIENT = r"""
 import json, socket, struct, sys, time
 host, port, count, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -137,7 +135,7 @@ while ok + failed < count and time.perf_counter() < deadline:
     s.settimeout(1.0)
     try:
         if sources:
-            s.setsockopt(socket.IPPROTO_IP, 24, 1)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_BIND_ADDRESS_NO_PORT, 1)
             s.bind((sources[(ok + failed) % len(sources)], 0))
         s.connect((host, port))
         s.sendall(b"q")
@@ -289,15 +287,9 @@ def empty_hooks(netns: str, ifaces: tuple[str, ...]):
 
 def policy_decisions(stats_json: str) -> int:
     """New flows microseg's policy decided (allowed: PASS_POLICY_ALLOW, at
-    ingress), from ``microseg stats --json``. The benchmark's client has
-    ~14,000 source ports (Linux picks connect()'s ports of one parity from
-    ip_local_port_range), so after its first ~14,000 connections a SYN
-    finds its 5-tuple's closed session in ms_flows and takes that entry
-    over (conntrack.h ms_ct_tcp, the port-reuse branch) with the verdict it
-    has, as long as the policy's generation is the same: no insert and no
-    policy lookup, where nf_conntrack makes a new entry and walks the
-    rules for every connection. The count says how many connections of a
-    case paid for the policy."""
+    ingress), from ``microseg stats --json``: how many connections of a case
+    paid for the policy, not took over a reused 5-tuple's closed session
+    and its verdict (DEFAULT_SOURCES)."""
     try:
         rows = json.loads(stats_json)["counters"]
     except (ValueError, KeyError, TypeError) as e:

@@ -85,34 +85,37 @@ SETTLE_S = 0.5
 TAIL_S = 1.0
 LEAVES_SHOWN = 12
 MB = 1_000_000
+# Kernel functions of the packet receive path: another task's sample in one
+# of them is softirq work, perhaps the lab's packets, done on its time.
+RECEIVE_PATH = ("__netif_receive_skb_core.constprop.0", "net_rx_action", "process_backlog")
 
 
 # -- reading perf script -------------------------------------------------------------
 
-def samples(script: str, pids: set[int] | None, tasks: collections.Counter | None = None) -> list[list[str]]:
-    """Call chains (leaf first, symbols without offsets) of the samples of
-    ``pids`` (None: every task) in the output of ``perf script -F
-    comm,pid,ip,sym`` (or ``pid,ip,sym``: no task name). ``tasks``, if
-    given, counts every sample of the CPU by task ("COMM" without what
-    follows a "/", a kworker's or ksoftirqd's CPU; "swapper" is the idle
-    task)."""
+def parse_script(script: str) -> list[tuple[str, int, list[str]]]:
+    """(task name, pid, call chain) of every sample in the output of ``perf
+    script -F comm,pid,ip,sym`` (or ``pid,ip,sym``: no task name). The task
+    name is COMM without what follows a "/" (a kworker's or ksoftirqd's
+    CPU; "swapper" is the idle task); the chain is leaf first, symbols
+    without offsets."""
     out = []
     for block in script.split("\n\n"):
         lines = block.strip("\n").splitlines()
         head = lines[0].split() if lines else []
         if not head or not head[-1].isdigit():
             continue
-        pid = int(head[-1])
-        if tasks is not None:
-            tasks[re.sub(r"/.*$", "", " ".join(head[:-1]))] += 1
-        if pids is not None and pid not in pids:
-            continue
         chain = []
         for line in lines[1:]:
             parts = line.split(None, 1)
             chain.append(re.sub(r"\+0x[0-9a-f]+$", "", parts[1].strip()) if len(parts) > 1 else "[unknown]")
-        out.append(chain)
+        out.append((re.sub(r"/.*$", "", " ".join(head[:-1])), int(head[-1]), chain))
     return out
+
+
+def samples(script: str, pids: set[int] | None) -> list[list[str]]:
+    """Call chains of the samples of ``pids`` (None: every task) in perf
+    script's output (parse_script)."""
+    return [chain for _, pid, chain in parse_script(script) if pids is None or pid in pids]
 
 
 def breakdown(chains: list[list[str]]) -> collections.Counter:
@@ -181,16 +184,17 @@ def run_case(lab: Lab, args, case: str, workdir: Path, server_pids: list[int], t
     else:
         units = d["end"]["sum_received"]["bytes"] / d["end"]["sum_received"]["seconds"] / MB * window
         rate = f"{d['end']['sum_received']['bits_per_second'] / 1e9:.2f} Gbit/s"
-    tasks: collections.Counter = collections.Counter()
-    lab_chains = samples(script, {pid, *server_pids}, tasks)
+    parsed = parse_script(script)
+    lab = {pid, *server_pids}
+    lab_chains = [chain for _, p, chain in parsed if p in lab]
     counts = breakdown(lab_chains)
     if args.tasks:
         # The whole CPU, not only the lab's processes: work a connection
         # causes in other tasks (kworkers, ksoftirqd, RCU) and the CPU's
         # idle time (swapper), which the per-process columns cannot show.
-        counts["cpu"] = sum(tasks.values())
-        for comm, n in tasks.items():
-            counts["task " + comm] = n
+        counts["cpu"] = len(parsed)
+        for comm, _, _ in parsed:
+            counts["task " + comm] += 1
         # Every leaf of the lab's processes, in the hooks or not: what a
         # filter costs outside its programs (the stacks' own code running
         # slower, other allocations) shows only against another case's.
@@ -200,19 +204,13 @@ def run_case(lab: Lab, args, case: str, workdir: Path, server_pids: list[int], t
         # Other tasks' samples on the CPU, by the program or leaf they were in:
         # softirq work of the lab's packets done while another task was
         # current lands there.
-        lab = {pid, *server_pids}
-        for block in script.split("\n\n"):
-            lines = block.strip("\n").splitlines()
-            head = lines[0].split() if lines else []
-            if not head or not head[-1].isdigit() or int(head[-1]) in lab or len(lines) < 2:
+        for comm, p, chain in parsed:
+            if p in lab or not chain:
                 continue
-            chain = [re.sub(r"\+0x[0-9a-f]+$", "", l.split(None, 1)[1].strip()) if len(l.split(None, 1)) > 1 else "?"
-                     for l in lines[1:]]
             prog = next((x for x in chain if x.startswith("bpf_prog_")), None)
             counts["other " + ("in " + prog.split("_", 3)[-1] if prog else
-                               "net" if any(x in ("__netif_receive_skb_core.constprop.0", "net_rx_action", "process_backlog") for x in chain)
-                               else "rest")] += 1
-            counts["other pid " + head[-1] + " " + head[0]] += 1
+                               "net" if any(x in RECEIVE_PATH for x in chain) else "rest")] += 1
+            counts[f"other pid {p} {comm}"] += 1
     print(f"  {CASES[case]}: {rate}", flush=True)
     return {k: n / PERF_HZ / units * 1e6 for k, n in counts.items()} if units > 0 else None
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.policy_perf import breakdown, samples  # noqa: E402
+from bench.policy_perf import breakdown, parse_script, samples  # noqa: E402
 
 SCRIPT = (
     " 5030 \n"
@@ -97,8 +97,8 @@ TASKS_SCRIPT = (
 
 def test_samples_counts_every_task_of_the_cpu_and_keeps_the_lab_pids():
     import collections
-    tasks = collections.Counter()
-    chains = samples(TASKS_SCRIPT, {5030}, tasks)
+    tasks = collections.Counter(comm for comm, _, _ in parse_script(TASKS_SCRIPT))
+    chains = samples(TASKS_SCRIPT, {5030})
     assert chains == [["lookup_nulls_elem_raw", "bpf_prog_795572683aa00dd3_tc_ingress"]]
     assert tasks == {"python": 1, "kworker": 1, "ksoftirqd": 1, "swapper": 1, "Web Content": 1}
     assert len(samples(TASKS_SCRIPT, None)) == 5     # None: every task's samples
