@@ -72,7 +72,7 @@ def ziplab(tmp_path_factory):
         with lab_server(lab, tmp, "compressed_server.py", SERVER_V4, str(ALLOW_PORT),
                         str(tmp / f"access-{ALLOW_PORT}.log"), port=ALLOW_PORT), \
              lab_server(lab, tmp, "compressed_server.py", SERVER_V4, str(DLP_PORT),
-                        str(tmp / f"access-{DLP_PORT}.log"), port=DLP_PORT), \
+                        str(tmp / f"access-{DLP_PORT}.log"), "hold", port=DLP_PORT), \
              running_daemon(lab, tmp):
             yield ZipLab(lab, tmp)
 

@@ -1,7 +1,7 @@
 """An HTTP/1.1 server for the lab tests whose responses are compressed:
 ``GET /<page>.<coding>`` answers the page with ``Content-Encoding: <coding>``.
 
-    compressed_server.py HOST PORT LOG
+    compressed_server.py HOST PORT LOG [hold]
 
 pages:   clean  a small HTML page, no secret in it
          card   a card number in its first line, then FILLER_BYTES of
@@ -11,12 +11,20 @@ codings: gzip, deflate (zlib-wrapped), br, identity (none)
 ``?chunked=1`` sends the body with chunked transfer coding instead of a
 Content-Length. Every request is appended to LOG; prints ``ready`` once it
 listens. The bodies are compressed once, at start.
+
+``hold`` (for a port whose responses are inspected): a body larger than
+HOLD_AFTER is sent in two parts, the rest only once the connection was
+reset or HOLD_MAX_S passed. An async inspection lets a response pass while
+it is read, so without the pause a busy machine's late verdict would find
+the 12 MiB already through (a test's failure saying nothing about the
+DLP); with it, the cut is judged by whether it comes, not by a race.
 """
 from __future__ import annotations
 
 import base64
 import gzip
 import random
+import select
 import sys
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +40,16 @@ FILLER_BYTES = 12 * 1024 * 1024
 CHUNK = 16 * 1024          # chunk size of the chunked responses
 FILLER_SEED = 16           # the same bytes every run
 FAST_GZIP_LEVEL = 1        # compression speed matters here, not ratio
+# hold: the first part of a large body. More than the slow path's default
+# inspection budget a side (16 KiB, datapath/config.py inspect_budget):
+# all it may read of the body is sent before the pause.
+HOLD_AFTER = 64 * 1024
+# hold: the longest pause for the reset (a verdict on a busy machine takes
+# milliseconds; seconds only when something is wrong). Then the rest goes,
+# well inside the tests' client timeout (test_compressed_lab.py: curl
+# --max-time 10), so a response nothing cut arrives whole and fails the
+# test, not a client timeout that looks like a cut.
+HOLD_MAX_S = 3.0
 FAST_BROTLI_QUALITY = 1
 
 
@@ -58,6 +76,7 @@ BODIES = {(page, coding): encode(body, coding) for page, body in PAGES.items() f
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     log_file = None
+    hold = False
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -76,13 +95,20 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if not chunked:
+        if chunked:
+            body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + CHUNK]), body[i:i + CHUNK])
+                            for i in range(0, len(body), CHUNK)) + b"0\r\n\r\n"
+        if not self.hold or len(body) <= HOLD_AFTER:
             self.wfile.write(body)
             return
-        for i in range(0, len(body), CHUNK):
-            piece = body[i:i + CHUNK]
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.write(body[:HOLD_AFTER])
+        self.wfile.flush()
+        # Readable: the reset (or the client's FIN) came; otherwise the time is up.
+        select.select([self.connection], [], [], HOLD_MAX_S)
+        try:
+            self.wfile.write(body[HOLD_AFTER:])
+        except (ConnectionResetError, BrokenPipeError):
+            self.close_connection = True      # cut, as the inspection meant
 
     def log_message(self, format: str, *args) -> None:
         self.log_file.write(f"{self.command} {self.path}\n")
@@ -91,6 +117,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def main() -> None:
     host, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    Handler.hold = sys.argv[4:] == ["hold"]
     Handler.log_file = open(log, "a", buffering=1)
     server = ThreadingHTTPServer((host, port), Handler)
     print("ready", flush=True)
