@@ -281,10 +281,22 @@ def _field_format(leaf_type: type, name: str) -> tuple[str, int]:
 
 def expiry_dtype(leaf_type: type) -> np.dtype:
     """A numpy view of a session value holding only what expiry reads; the
-    offsets are BCC's (Leaf.last_seen_ns.offset, Leaf.state.offset)."""
-    (lfmt, loff), (sfmt, soff) = _field_format(leaf_type, "last_seen_ns"), _field_format(leaf_type, "state")
-    return np.dtype({"names": ["last_seen_ns", "state"], "formats": [lfmt, sfmt],
-                     "offsets": [loff, soff], "itemsize": ctypes.sizeof(leaf_type)})
+    offsets are BCC's (Leaf.last_seen_ns.offset, Leaf.state.offset, ...)."""
+    names = ["last_seen_ns", "state", "flags"]
+    fields = [_field_format(leaf_type, n) for n in names]
+    return np.dtype({"names": names, "formats": [f for f, _ in fields],
+                     "offsets": [o for _, o in fields], "itemsize": ctypes.sizeof(leaf_type)})
+
+
+def effective_states(vals: np.ndarray) -> np.ndarray:
+    """The state each session is in (conntrack.h ms_flow_state, the same
+    rule): one whose end record went (MS_FLOW_LOGGED, set only on TIME_WAIT
+    or CLOSE) is closed whatever state was stored after it; of a close's two
+    crossing last ACKs, the one that saw only its half may store LAST_ACK
+    after the other's TIME_WAIT."""
+    st = vals["state"]
+    closed = ((vals["flags"] & FLOW_FLAGS["LOGGED"]) != 0) & (st != CtState.CT_CLOSE)
+    return np.where(closed, np.uint8(CtState.CT_TIME_WAIT), st).astype(st.dtype, copy=False)
 
 
 class BatchWalker:
@@ -470,12 +482,13 @@ def select(keys: np.ndarray, vals: np.ndarray, now_ns: int, timeouts_ns: np.ndar
            flt: SessionFilter) -> tuple[np.ndarray, np.ndarray]:
     """(live, shown): boolean masks over one table's entries."""
     age = (np.uint64(now_ns) - vals["last_seen_ns"]).view(np.int64)
-    live = age <= timeouts_ns[vals["state"]]
+    states = effective_states(vals)
+    live = age <= timeouts_ns[states]
     m = live.copy()
     if flt.proto is not None:
         m &= keys["proto"] == flt.proto
     if flt.state is not None:
-        m &= vals["state"] == flt.state
+        m &= states == flt.state
     if flt.port is not None:
         p = np.array([flt.port], dtype=">u2").view("<u2")[0]  # ports are stored in network order
         m &= (keys["port_lo"] == p) | (keys["port_hi"] == p)
@@ -498,7 +511,7 @@ def to_session(table: str, k, v, now_ns: int, timeouts_ns: np.ndarray) -> Sessio
     lo = (addr_text(k["addr_lo"]), _ntohs(k["port_lo"]))
     hi = (addr_text(k["addr_hi"]), _ntohs(k["port_hi"]))
     src, dst = (hi, lo) if v["initiator_is_hi"] else (lo, hi)
-    st = int(v["state"])
+    st = int(effective_states(v))
     # a packet after `now` was read (the coarse clock lags) leaves the full timeout
     left = (int(timeouts_ns[st]) - max(now_ns - int(v["last_seen_ns"]), 0)) / 1e9
     flags = []
@@ -634,5 +647,5 @@ def census(fd: int, leaf_type: type, key_size: int, timeouts_ns: np.ndarray,
     for n in w:
         v = vals[:n]
         present += n
-        expired += int(np.count_nonzero((now - v["last_seen_ns"]).view(np.int64) > timeouts_ns[v["state"]]))
+        expired += int(np.count_nonzero((now - v["last_seen_ns"]).view(np.int64) > timeouts_ns[effective_states(v)]))
     return present, expired

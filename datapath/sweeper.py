@@ -72,8 +72,8 @@ from . import attach, bpfsys
 from .errors import MicrosegError
 from .loader import SWEEP_MAPS, SweepProgram, compile_sweep
 from .pressure import config_pressure_pct, read_pressure
-from .sessions import (DEFAULT_BATCH, FAMILY_TABLES, FLOW_FLAGS, FLOW_TABLES, BatchWalker, expiry_dtype, is_v4_map,
-                       key_of4, read_timeouts_ns, session_clock_ns, table_of)
+from .sessions import (DEFAULT_BATCH, FAMILY_TABLES, FLOW_FLAGS, FLOW_TABLES, BatchWalker, effective_states, expiry_dtype,
+                       is_v4_map, key_of4, read_timeouts_ns, session_clock_ns, table_of)
 
 
 @dataclass
@@ -259,7 +259,7 @@ class Sweeper:
             v = vals[:n]
             # signed age: a refresh after `now` was read is young, not 2^64 ns old
             age = (now_u - v["last_seen_ns"]).view(np.int64)
-            idx = np.flatnonzero(age > tmo[v["state"]])
+            idx = np.flatnonzero(age > tmo[effective_states(v)])
             if idx.size:
                 keys = w.keys[idx]
                 gone, missed = self._delete(self.fds[name], keys, self.key_sizes[name])

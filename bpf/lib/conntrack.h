@@ -536,11 +536,30 @@ static __always_inline void ms_flow_end_commit(struct ms_flow_event *ev, int end
 #endif
 }
 
-/* Has the flow been idle past its state's timeout? Signed: another CPU
- * may have stamped last_seen a moment after this CPU read the clock. */
+/* The state a session is in. One whose end record went (MS_FLOW_LOGGED,
+ * set only on TIME_WAIT or CLOSE) is closed, whatever state was stored
+ * after: of a close's two crossing last ACKs (ms_fin_acked), the one that
+ * saw only its own half stores LAST_ACK, and that store may land after the
+ * other's TIME_WAIT. Read as LAST_ACK, a new SYN reusing the ports would be
+ * ignored, the entry would expire on LAST_ACK's timeout and be listed so.
+ * datapath/sessions.py effective_states() is the same rule for user space. */
+static __always_inline __u8 ms_flow_state(const struct ms_flow *f)
+{
+    __u8 st = f->state;
+    return ((f->flags & MS_FLOW_LOGGED) && st != CT_CLOSE) ? CT_TIME_WAIT : st;
+}
+
+/* Has the flow been idle past the timeout of ``state``? Signed: another
+ * CPU may have stamped last_seen a moment after this CPU read the clock. */
+static __always_inline int ms_ct_idle_past(const struct ms_flow *f, __u8 state, __u64 now)
+{
+    return (__s64)(now - f->last_seen_ns) > (__s64)ms_timeout(state);
+}
+
+/* Has the flow been idle past its state's timeout? */
 static __always_inline int ms_ct_expired(const struct ms_flow *f, __u64 now)
 {
-    return (__s64)(now - f->last_seen_ns) > (__s64)ms_timeout(f->state);
+    return ms_ct_idle_past(f, ms_flow_state(f), now);
 }
 
 /* The flow in ms_flows, or NULL. An entry idle past its state's timeout
@@ -1267,15 +1286,7 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now, struct ms_flow
         return DROP_TCP_NO_SESSION;
     }
 
-    __u8 state = f->state;
-    /* A session whose end record went (MS_FLOW_LOGGED, set only on TIME_WAIT
-     * or CLOSE) is closed, whatever state was stored after: of a close's
-     * two crossing last ACKs (ms_fin_acked), the one that saw only its own
-     * half stores LAST_ACK, and that store may land after the other's
-     * TIME_WAIT. Read as LAST_ACK, a new SYN reusing the ports would be
-     * ignored and the new connection judged against the old windows. */
-    if ((f->flags & MS_FLOW_LOGGED) && state != CT_CLOSE)
-        state = CT_TIME_WAIT;
+    __u8 state = ms_flow_state(f);
     __u8 ev = ms_tcp_event(fl);
     __u8 next = ms_tcp_next(state, fd, ev);
     MS_BENCH_STEP(4, MS_BENCH_REASON);   /* policy generation and state machine checked */
@@ -1427,7 +1438,9 @@ static __always_inline int ms_ct_lane_session(struct ms_flow *f, int src_is_hi, 
                                               __u32 ack_seq, __u32 window, __u32 payload_len,
                                               __u32 len, __u64 now)
 {
-    if (!f || f->state != CT_ESTABLISHED || ms_ct_expired(f, now))
+    /* Stored ESTABLISHED is its state: a closed session (ms_flow_state) has
+     * a side's FIN, which sends it to the stage below. */
+    if (!f || f->state != CT_ESTABLISHED || ms_ct_idle_past(f, CT_ESTABLISHED, now))
         return MS_LANE_MISS;
     MS_BENCH_STEP(3, MS_BENCH_REASON);   /* the session looked up */
     int fd = src_is_hi != f->initiator_is_hi;

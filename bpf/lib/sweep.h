@@ -147,7 +147,7 @@ long ms_sweep_entry(void *map, void *key, void *value, void *ctx)
     __s64 age = (__s64)(w->now - f->last_seen_ns);
     if (age <= w->min_timeout)
         return 0;                         /* live in every state (min_timeout above) */
-    __u32 st = f->state;
+    __u32 st = ms_flow_state(f);
     if (st > MS_CT_STATE_COUNT)
         st = MS_CT_STATE_COUNT;           /* the fallback's slot */
     __u64 tmo = w->timeout[st & (MS_SWEEP_SLOTS - 1)];

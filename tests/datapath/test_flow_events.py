@@ -12,7 +12,7 @@ from datapath.config import DatapathConfig, Timeouts
 from datapath.enums import CtState, EventType, FlowEndReason, Reason
 from datapath.flowevents import FlowEventDecoder, WallClock, event_type, flow_event_type, lost_counts
 from datapath.loader import FastPath
-from datapath.sessions import session_clock_ns
+from datapath.sessions import layouts_of, list_sessions, session_clock_ns
 from datapath.sweeper import Sweeper
 from datapath.source import program_text
 from packets_ct import IPPROTO_TCP, IPPROTO_UDP, TcpConn, canonical, entry, expect, table_len, udp_frame
@@ -394,3 +394,32 @@ def test_a_closed_session_stored_as_last_ack_takes_a_new_syn(fastpath, events):
     again.assert_state(S.CT_SYN_SENT, table="ms_flows")   # the old entry, taken over in place
     assert int(again.entry().leaf.cookie) != int(e.leaf.cookie)
     assert events.take() == []                       # the old session's record went once, at its close
+
+
+@pytest.mark.parametrize("method", ["kernel", "batch"])
+def test_a_closed_session_stored_as_last_ack_lives_and_lists_as_time_wait(fastpath, events, method):
+    """The same late LAST_ACK store: the entry is a closed session all the
+    same, so it is kept for TIME_WAIT's timeout, not LAST_ACK's shorter one
+    (by both sweeps), and `microseg sessions` lists it as TIME_WAIT."""
+    conn = _crossing_close(fastpath, 42012)
+    conn.send("s", "A")
+    conn.send("c", "A")
+    assert len(events.take()) == 1
+    t = fastpath.table("ms_flows4")
+    k = next(k for k in t.keys() if t[k].cookie == conn.entry().leaf.cookie)
+    tmo = Timeouts()
+    assert tmo.last_ack < tmo.time_wait
+    now = session_clock_ns()
+    leaf = t[k]
+    leaf.state = int(S.CT_LAST_ACK)                      # the other CPU's late store
+    leaf.last_seen_ns = now - int((tmo.last_ack + tmo.time_wait) / 2 * NS)   # past LAST_ACK's timeout only
+    t[k] = leaf
+    types = layouts_of(fastpath)
+    fds = {n: fastpath.table(n).map_fd for n in types if n.startswith("ms_")}
+    listing = list_sessions(fds, types, fastpath.table("ms_timeouts").map_fd, now_ns=now)
+    assert [(s.state, s.sport) for s in listing.sessions] == [("TIME_WAIT", 42012)]
+    st = Sweeper.for_fastpath(fastpath, method=method).sweep(now)
+    assert (st.method, st.expired_flows) == (method, 0) and conn.entry() is not None
+    st = Sweeper.for_fastpath(fastpath, method=method).sweep(now + int(tmo.time_wait * NS))
+    assert st.expired_flows == 1 and conn.entry() is None
+    assert events.take() == []                           # its record went at its close
