@@ -1,8 +1,9 @@
 """Write a compiled policy into the kernel as one new generation.
 
 The running policy is never edited in place. A new generation is built
-beside it: fresh inner maps (groups as a trie and as a hash, rules, exact
-overrides; bpf/lib/maps.h says how each is keyed) are created
+beside it: fresh inner maps (groups as a trie, as a hash and, for IPv4,
+as a direct table; rules, exact overrides; bpf/lib/maps.h says how each
+is keyed) are created
 and filled, put into the spare slot of the outer arrays together with
 that slot's defaults, and then ms_pol_state is rewritten to {spare slot,
 generation + 1} in one 8-byte map write. A packet sees the old policy or

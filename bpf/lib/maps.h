@@ -703,7 +703,9 @@ struct ms_verdict {
  * hash is used when the lengths are few against the prefixes: a trie of N
  * prefixes is walked about log2(N) nodes deep, one cache miss each when
  * cold (50,000 prefixes: ~300 ns cold, ~130 ns hot), a probe costs one or
- * two (see datapath/policy_tables.py group_lengths()). */
+ * two (see datapath/policy_tables.py group_lengths()). IPv4 addresses are
+ * looked up in a third form instead when the slot has it, the IPv4 direct
+ * table (below). */
 #define MS_GROUP_WORLD 0          /* an address in no group */
 
 /* The value of a group prefix (ms_pol_grp_t, ms_pol_gh_t): the group, and
