@@ -68,6 +68,7 @@ PERCPU_MAP_TYPES = frozenset({BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRA
 BPF_F_NO_PREALLOC = 1 << 0     # LPM_TRIE refuses to be created without it
 BPF_F_NO_COMMON_LRU = 1 << 1
 BPF_F_NUMA_NODE = 1 << 2
+BPF_F_INNER_MAP = 1 << 12      # an inner array whose size may differ from its template's
 
 # struct bpf_ringbuf_hdr: the length word's flag bits, and the header size
 BPF_RINGBUF_BUSY_BIT = 1 << 31

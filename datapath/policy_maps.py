@@ -1,8 +1,9 @@
 """Write a compiled policy into the kernel as one new generation.
 
 The running policy is never edited in place. A new generation is built
-beside it: fresh inner maps (groups as a trie and as a hash, rules, exact
-overrides; bpf/lib/maps.h says how each is keyed) are created
+beside it: fresh inner maps (groups as a trie, as a hash and, for IPv4,
+as a direct table; rules, exact overrides; bpf/lib/maps.h says how each
+is keyed) are created
 and filled, put into the spare slot of the outer arrays together with
 that slot's defaults, and then ms_pol_state is rewritten to {spare slot,
 generation + 1} in one 8-byte map write. A packet sees the old policy or
@@ -23,10 +24,11 @@ import struct
 from dataclasses import dataclass
 
 from . import bpfsys
-from .bpfsys import BPF_F_NO_PREALLOC, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LPM_TRIE
+from .bpfsys import BPF_F_INNER_MAP, BPF_F_NO_PREALLOC, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LPM_TRIE
 from .errors import MicrosegError
 from .source import header_defines
-from .policy_tables import PREFIX_ANY_PORT, PREFIX_ANY_PROTO, CompiledPolicy, Verdict, group_lengths, no_gc
+from .policy_tables import (GROUP_WORLD, PREFIX_ANY_PORT, PREFIX_ANY_PROTO, CompiledPolicy, Ipv4Dir,
+                            Verdict, group_lengths, ipv4_dir, no_gc)
 
 # name of outer array -> (template map, map type, flags)
 INNER = {
@@ -34,6 +36,8 @@ INNER = {
     "ms_pol_gh": ("ms_pol_gh_t", BPF_MAP_TYPE_HASH, BPF_F_NO_PREALLOC),
     "ms_pol_rule": ("ms_pol_rule_t", BPF_MAP_TYPE_HASH, BPF_F_NO_PREALLOC),
     "ms_pol_exact": ("ms_pol_exact_t", BPF_MAP_TYPE_HASH, 0),
+    "ms_pol_dir": ("ms_pol_dir_t", BPF_MAP_TYPE_ARRAY, BPF_F_INNER_MAP),
+    "ms_pol_gv": ("ms_pol_gv_t", BPF_MAP_TYPE_ARRAY, BPF_F_INNER_MAP),
 }
 POLICY_MAPS = ("ms_pol_state", "ms_pol_dflt", "ms_pol_glen", *INNER, *(t for t, _, _ in INNER.values()))
 # The maps apply() writes (the templates only lend their layouts).
@@ -142,12 +146,13 @@ class PolicyMaps:
     def _verdict_bytes(self, tmpl: str, vd: Verdict) -> bytes:
         return self._verdicts(tmpl)(vd)
 
-    def _inner(self, outer: str, entries: tuple[int, bytes, bytes]) -> int:
-        """A new inner map holding ``entries`` (count, keys, values: packed back to back)."""
+    def _inner(self, outer: str, entries: tuple[int, bytes, bytes], size: int = 0) -> int:
+        """A new inner map holding ``entries`` (count, keys, values: packed
+        back to back), of ``size`` entries (0: as many as it holds)."""
         tmpl, mtype, flags = INNER[outer]
         k, v = self.types[tmpl]
         n, keys, values = entries
-        fd = bpfsys.create_map(mtype, ctypes.sizeof(k), ctypes.sizeof(v), max(n, 1), flags,
+        fd = bpfsys.create_map(mtype, ctypes.sizeof(k), ctypes.sizeof(v), max(size, n, 1), flags,
                                name=tmpl[:-2] + "_i")
         try:
             _fill(fd, n, keys, values, ctypes.sizeof(k), ctypes.sizeof(v))
@@ -156,26 +161,35 @@ class PolicyMaps:
             raise
         return fd
 
-    def _group_entries(self, pol: CompiledPolicy, records):
-        """Every group prefix with its group and the group's filter of the
-        (destination group, protocol) of ``records`` it is the source of
-        (bpf/lib/maps.h struct ms_pol_group)."""
+    def _group_values(self, gids, records) -> dict[int, bytes]:
+        """Group id -> its value (bpf/lib/maps.h struct ms_pol_group, in
+        ms_pol_grp_t, ms_pol_gh_t and ms_pol_gv_t): the group and its filter
+        of the (destination group, protocol) of ``records`` it is the source of."""
         if BLOOM_BITS != 128:
             raise MicrosegError(f"bpf/lib/maps.h: MS_POL_BLOOM_BITS is {BLOOM_BITS}, policy_maps packs 128")
-        pk = self._packer("ms_pol_grp_t", 0, [("prefixlen", "I"), ("addr", "16s")])
         pv = self._packer("ms_pol_grp_t", 1, [("id", "I"), ("bloom", "16s")])
         masks: dict[int, int] = {}
         for sg, dg, p in records:
             masks[sg] = masks.get(sg, 0) | bloom_bits(dg, p)
         words = struct.Struct("=QQ")    # the filter's two u64, bit n in word n >> 6
         low = (1 << 64) - 1
-        packed: dict[int, bytes] = {}
-        for gid in {g for _, g in pol.groups}:
-            m = masks.get(gid, 0)
-            packed[gid] = pv.pack(gid, words.pack(m & low, m >> 64))
+        return {gid: pv.pack(gid, words.pack(masks.get(gid, 0) & low, masks.get(gid, 0) >> 64)) for gid in gids}
+
+    def _group_entries(self, pol: CompiledPolicy, packed: dict[int, bytes]):
+        """Every group prefix with its group's value (``packed``)."""
+        pk = self._packer("ms_pol_grp_t", 0, [("prefixlen", "I"), ("addr", "16s")])
         keys = b"".join([pk.pack(net.prefixlen, net.network_address.packed) for net, _ in pol.groups])
         values = b"".join([packed[gid] for _, gid in pol.groups])
         return len(pol.groups), keys, values
+
+    def _dir_entries(self, d: Ipv4Dir, packed: dict[int, bytes]):
+        """The IPv4 direct table (its non-zero entries: an array starts
+        zeroed) and its group values by index (bpf/lib/maps.h)."""
+        nz = [i for i, e in enumerate(d.entries) if e]
+        table = (len(nz), struct.pack(f"={len(nz)}I", *nz), struct.pack(f"={len(nz)}I", *[d.entries[i] for i in nz]))
+        values = (len(d.groups), struct.pack(f"={len(d.groups)}I", *range(len(d.groups))),
+                  b"".join([packed[g] for g in d.groups]))
+        return table, values
 
     def _glens(self, pol: CompiledPolicy, how: str) -> list[bytes]:
         """ms_pol_glen's two values of a slot: mapped, other (policy_tables.group_lengths)."""
@@ -250,27 +264,40 @@ class PolicyMaps:
     def apply(self, pol: CompiledPolicy, group_lookup: str = "auto") -> PolicyState:
         """Load ``pol`` as the next generation and make it live in one write.
         ``group_lookup``: how the kernel finds an address's group (auto, hash,
-        lpm: policy_tables.group_lengths); both tables are filled either way."""
+        lpm: policy_tables.group_lengths; auto: IPv4-mapped addresses in the
+        IPv4 direct table when the policy has IPv4 prefixes and the table
+        fits, policy_tables.ipv4_dir); the trie and the hash are filled
+        either way."""
         cur = self.state()
         spare = 1 - cur.slot if cur.gen else 0
         inner = {}
         try:
             with no_gc():     # a million packed keys beside a large compiled policy: no collections
                 *rules, records = self._rule_entries(pol)
-                groups = self._group_entries(pol, records)
+                packed = self._group_values({GROUP_WORLD} | {g for _, g in pol.groups}, records)
+                groups = self._group_entries(pol, packed)
                 del records
+                v4dir = ipv4_dir(pol) if group_lookup == "auto" else None
+                dirs = self._dir_entries(v4dir, packed) if v4dir else None
+                del packed
             inner["ms_pol_grp"] = self._inner("ms_pol_grp", groups)
             inner["ms_pol_gh"] = self._inner("ms_pol_gh", groups)   # same keys: prefixes are masked
             inner["ms_pol_rule"] = self._inner("ms_pol_rule", rules)
             del groups, rules
+            if dirs:
+                inner["ms_pol_dir"] = self._inner("ms_pol_dir", dirs[0], size=len(v4dir.entries))
+                inner["ms_pol_gv"] = self._inner("ms_pol_gv", dirs[1])
+                del dirs
             # No overrides: no exact table in the slot at all, so a new flow
             # skips its two lookups (bpf/lib/policy.h: an empty slot is
-            # none); the slot's table from an older generation goes.
+            # none); the slot's table from an older generation goes. The
+            # same for the direct table when the policy does not use it.
             if pol.exact:
                 inner["ms_pol_exact"] = self._inner("ms_pol_exact", self._exact_entries(pol))
             slot_key = bytes(ctypes.c_uint32(spare))
-            if not pol.exact:
-                bpfsys.map_delete(self.fds["ms_pol_exact"], slot_key)
+            for outer in ("ms_pol_exact", "ms_pol_dir", "ms_pol_gv"):
+                if outer not in inner:
+                    bpfsys.map_delete(self.fds[outer], slot_key)
             for outer, fd in inner.items():
                 bpfsys.map_update(self.fds[outer], slot_key, bytes(ctypes.c_uint32(fd)))
             for hook, h in HOOKS.items():

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import ipaddress
+from array import array
 from dataclasses import dataclass, field
 
 from .enums import enum_list
+from .source import header_defines
 
 POL = {e.name: e.value for e in enum_list("POL_ACTION")}
 POL_NAMES = {v: k.removeprefix("POL_").lower() for k, v in POL.items()}
@@ -155,6 +157,84 @@ def group_lengths(policy: CompiledPolicy, most: int, how: str = "auto") -> dict[
         else:
             out[kind] = lens
     return out
+
+
+# The IPv4 direct table's shape (bpf/lib/maps.h, MS_POL_DIR_*).
+_DIR = header_defines("MS_POL_DIR_")
+DIR_ROOT, DIR_BLOCK, DIR_NEXT, DIR_BLOCKS_MAX = _DIR["ROOT"], _DIR["BLOCK"], _DIR["NEXT"], _DIR["BLOCKS_MAX"]
+# Bits of an IPv4 address each level of the table indexes: 16, then 8, 8.
+_DIR_LEVELS = ((16, 16), (24, 8), (32, 8))    # (last prefix length of the level, its bits)
+
+
+@dataclass
+class Ipv4Dir:
+    """The IPv4 direct table of a policy (bpf/lib/maps.h): ``entries``, the
+    /16 level then the blocks; ``groups``: the group id of each value index
+    (index 0: no group)."""
+    entries: array
+    groups: list[int]
+
+    @property
+    def blocks(self) -> int:
+        return (len(self.entries) - DIR_ROOT) // DIR_BLOCK
+
+    def group_of(self, addr: ipaddress.IPv6Address) -> int:
+        """The group of an IPv4-mapped address, read as policy.h reads it."""
+        b = addr.packed
+        e = self.entries[b[12] << 8 | b[13]]
+        for byte in b[14:16]:
+            if not e & DIR_NEXT:
+                break
+            e = self.entries[DIR_ROOT + (e & ~DIR_NEXT) * DIR_BLOCK + byte]
+        return GROUP_WORLD if e & DIR_NEXT else self.groups[e]
+
+
+def ipv4_dir(policy: CompiledPolicy, most_blocks: int = DIR_BLOCKS_MAX) -> Ipv4Dir | None:
+    """The IPv4 direct table of ``policy``'s prefixes that IPv4-mapped
+    addresses can be in (those inside ::ffff:0:0/96, and the shorter ones
+    holding it, which hold every IPv4 address); None when there are none
+    (nothing to look up) or it would take more than ``most_blocks`` blocks
+    (the hash or the trie is used then, group_lengths()).
+
+    Prefixes are written shortest first, each over the range it covers, so
+    an entry ends with the longest prefix covering it, what the trie finds;
+    a block made for a longer prefix starts as copies of the entry it
+    replaces (what covered the whole block until then)."""
+    nets = []
+    for n, g in policy.groups:
+        if n.subnet_of(MAPPED_V4):
+            nets.append((n.prefixlen, int(n.network_address) & 0xFFFFFFFF, g))
+        elif MAPPED_V4.subnet_of(n):
+            nets.append((n.prefixlen, 0, g))      # every IPv4 address: as 0.0.0.0/0, shorter than any
+    if not nets:
+        return None
+    nets.sort(key=lambda t: t[0])
+    entries = array("I", bytes(4 * DIR_ROOT))
+    values: dict[int, int] = {GROUP_WORLD: 0}
+    for plen, net, g in nets:
+        v4len = max(plen - 96, 0)
+        val = values.setdefault(g, len(values))
+        base = 0                           # the first entry of the current level
+        shift = 32
+        for last, bits in _DIR_LEVELS:
+            shift -= bits
+            idx = base + ((net >> shift) & ((1 << bits) - 1))
+            if v4len <= last:
+                span = 1 << (last - v4len)
+                entries[idx:idx + span] = array("I", [val]) * span
+                break
+            e = entries[idx]
+            if not e & DIR_NEXT:           # a block for the longer prefixes inside this entry
+                b = (len(entries) - DIR_ROOT) // DIR_BLOCK
+                if b >= most_blocks:
+                    return None
+                entries.extend(array("I", [e]) * DIR_BLOCK)
+                e = entries[idx] = DIR_NEXT | b
+            base = DIR_ROOT + (e & ~DIR_NEXT) * DIR_BLOCK
+    groups = [0] * len(values)
+    for g, i in values.items():
+        groups[i] = g
+    return Ipv4Dir(entries, groups)
 
 
 @dataclass

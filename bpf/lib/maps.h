@@ -703,7 +703,9 @@ struct ms_verdict {
  * hash is used when the lengths are few against the prefixes: a trie of N
  * prefixes is walked about log2(N) nodes deep, one cache miss each when
  * cold (50,000 prefixes: ~300 ns cold, ~130 ns hot), a probe costs one or
- * two (see datapath/policy_tables.py group_lengths()). */
+ * two (see datapath/policy_tables.py group_lengths()). IPv4 addresses are
+ * looked up in a third form instead when the slot has it, the IPv4 direct
+ * table (below). */
 #define MS_GROUP_WORLD 0          /* an address in no group */
 
 /* The value of a group prefix (ms_pol_grp_t, ms_pol_gh_t): the group, and
@@ -737,6 +739,33 @@ struct ms_pol_glens {
     __u8  pad[3];
     __u8  len[MS_GLENS_MAX];
 };
+
+/* IPv4 direct table (for IPv4-mapped addresses, when the slot has one:
+ * ms_pol_dir, else ms_pol_glen says): the longest group prefix of an IPv4 address
+ * in at most three array reads indexed by its bytes, no hashing. A new
+ * client's group was one cold probe of the group hash: a bucket in a
+ * 1 MB array and an element somewhere in ~5 MB (50,000 prefixes), two
+ * pages and three cache lines that a client never seen before finds in
+ * neither cache nor TLB: ~520 ns on this memory-latency-bound VM (issue 18
+ * item 3, bench/policy_scale.py new-host). For those prefixes these
+ * arrays are ~0.6 MB against the hash's ~6 MB, and a client's reads are
+ * one line of the /16 level, one of its block and its group's value, so
+ * what a new client reads of them is usually still cached.
+ *
+ * ms_pol_dir_t: entries [0, MS_POL_DIR_ROOT) by the address's first two
+ * bytes (its /16); then blocks of MS_POL_DIR_BLOCK entries, block b at
+ * MS_POL_DIR_ROOT + b * MS_POL_DIR_BLOCK, indexed by the next byte. An
+ * entry is either MS_POL_DIR_NEXT | b (a longer prefix lies inside: read
+ * block b with the next byte; /17../24 in the first block, /25../32 in a
+ * second) or the index of the group's value in ms_pol_gv_t (0: no group).
+ * Filled by datapath/policy_tables.py ipv4_dir(), prefixes shortest first,
+ * so each entry holds the longest prefix covering it. */
+#define MS_POL_DIR_ROOT   65536
+#define MS_POL_DIR_BLOCK  256
+#define MS_POL_DIR_NEXT   0x80000000
+/* Blocks at most: 8 MB of entries per slot. Past it (many /17../32
+ * prefixes in distinct /16s or /24s) the policy uses the hash instead. */
+#define MS_POL_DIR_BLOCKS_MAX 8192
 
 /* Rule key: (prefix length, source group, destination group, protocol,
  * port), all big-endian. As an LPM key: a rule for every protocol has
@@ -795,6 +824,7 @@ struct ms_pol_scratch {
     struct ms_lpm_key addr;
     struct ms_rule_key rule;
     __u32 idx;            /* policy.h: a key for array lookups (not on the stack), */
+    __u32 gidx;           /* the value index of the IPv4 direct table (ms_pol_group_dir), */
     __u32 sgroup, dgroup; /* the flow's groups, */
     __u16 port;           /* destination port, host order (0: no ports) */
     __u8  proto;          /* and protocol, as rule keys have it (0: one without sessions) */
@@ -826,10 +856,16 @@ BPF_F_TABLE("lpm_trie", struct ms_lpm_key, struct ms_pol_group, ms_pol_grp_t, 1,
 BPF_F_TABLE("hash", struct ms_lpm_key, struct ms_pol_group, ms_pol_gh_t, 1, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct ms_rule_key, struct ms_rule_val, ms_pol_rule_t, 1, BPF_F_NO_PREALLOC);
 BPF_TABLE("hash", struct ms_exact_key, struct ms_verdict, ms_pol_exact_t, 1);
+/* The IPv4 direct table and its group values (above): arrays sized to
+ * the policy, which BPF_F_INNER_MAP lets differ from the template's. */
+BPF_F_TABLE("array", __u32, __u32, ms_pol_dir_t, 1, BPF_F_INNER_MAP);
+BPF_F_TABLE("array", __u32, struct ms_pol_group, ms_pol_gv_t, 1, BPF_F_INNER_MAP);
 BPF_ARRAY_OF_MAPS(ms_pol_grp, "ms_pol_grp_t", 2);
 BPF_ARRAY_OF_MAPS(ms_pol_gh, "ms_pol_gh_t", 2);
 BPF_ARRAY_OF_MAPS(ms_pol_rule, "ms_pol_rule_t", 2);
 BPF_ARRAY_OF_MAPS(ms_pol_exact, "ms_pol_exact_t", 2);
+BPF_ARRAY_OF_MAPS(ms_pol_dir, "ms_pol_dir_t", 2);
+BPF_ARRAY_OF_MAPS(ms_pol_gv, "ms_pol_gv_t", 2);
 /* Defaults per slot and hook: index slot * 2 + enum ms_dir. */
 BPF_ARRAY(ms_pol_dflt, struct ms_verdict, 4);
 /* Group prefix lengths per slot and kind of address (struct ms_pol_glens). */

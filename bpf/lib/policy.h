@@ -67,8 +67,42 @@ static __always_inline __u32 ms_pol_group_hit(struct ms_pol_scratch *sc, const s
     return g->id;
 }
 
-/* The group of an address (maps.h: the hash probed per prefix length, or
- * the trie, as ms_pol_glen says for the slot and the kind of address).
+_Static_assert(MS_POL_DIR_BLOCK == 256, "ms_pol_group_dir indexes a block by one address byte");
+/* The group of the flow's IPv4-mapped source (src) or destination through
+ * the IPv4 direct table (maps.h): the /16's entry, then up to two blocks by
+ * the next bytes while the entry says a longer prefix lies inside, then the
+ * group's value. The slot and the address are read where they are kept
+ * (sc->live, sc->exact), the entry once per lookup: nothing but the table
+ * held across the lookups (the TCP stage's stack is counted). */
+static __always_inline __u32 ms_pol_group_dir(void *dir, struct ms_pol_scratch *sc, int src)
+{
+    const __u8 *addr = src ? sc->exact.saddr : sc->exact.daddr;
+    sc->idx = ((__u32)addr[12] << 8) | addr[13];
+    __u32 *e = bpf_map_lookup_elem(dir, &sc->idx);
+    __u32 v = e ? *e : 0;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        if (v & MS_POL_DIR_NEXT) {
+            addr = src ? sc->exact.saddr : sc->exact.daddr;
+            sc->idx = MS_POL_DIR_ROOT + (v & ~MS_POL_DIR_NEXT) * MS_POL_DIR_BLOCK + addr[14 + i];
+            e = bpf_map_lookup_elem(dir, &sc->idx);
+            v = e ? *e : 0;
+        }
+    }
+    /* A next-block entry after the last byte: none (ipv4_dir never writes one). */
+    if (!v || (v & MS_POL_DIR_NEXT))
+        return MS_GROUP_WORLD;
+    sc->gidx = v;
+    sc->idx = MS_POL_SLOT(sc->live);
+    void *gv = ms_pol_gv.lookup(&sc->idx);
+    struct ms_pol_group *g = gv ? bpf_map_lookup_elem(gv, &sc->gidx) : 0;
+    return g ? ms_pol_group_hit(sc, g, src) : MS_GROUP_WORLD;
+}
+
+/* The group of an address (maps.h: the IPv4 direct table when the slot has
+ * one and the address is IPv4-mapped; else the hash probed per prefix
+ * length, or the trie, as ms_pol_glen says for the slot and the kind of
+ * address).
  * ``src``: the flow's source, whose filter (struct ms_pol_group) goes to
  * sc->sbloom; all ones when the address is in no group (nothing known). */
 static __always_inline __u32 ms_pol_group_find(__u32 slot, struct ms_pol_scratch *sc, const __u8 *addr, int src)
@@ -76,7 +110,15 @@ static __always_inline __u32 ms_pol_group_find(__u32 slot, struct ms_pol_scratch
     struct ms_lpm_key *k = &sc->addr;
     if (src)
         sc->sbloom[0] = sc->sbloom[1] = ~0ULL;
-    sc->idx = slot * 2 + (ms_pol_is_mapped(addr) ? 0 : 1);
+    int mapped = ms_pol_is_mapped(addr);
+    if (mapped) {
+        /* A direct table in the slot: IPv4 addresses are looked up there. */
+        sc->idx = slot;
+        void *dir = ms_pol_dir.lookup(&sc->idx);
+        if (dir)
+            return ms_pol_group_dir(dir, sc, src);   /* addr: sc->exact's (ms_pol_group) */
+    }
+    sc->idx = slot * 2 + (mapped ? 0 : 1);
     struct ms_pol_glens *gl = ms_pol_glen.lookup(&sc->idx);
     sc->idx = slot;
     void *gh = ms_pol_gh.lookup(&sc->idx);

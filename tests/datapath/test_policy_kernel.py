@@ -485,3 +485,96 @@ def test_denied_first_fragment_is_not_remembered(fastpath):
     later = IP(src="10.60.0.1", dst="10.50.0.2", proto=47, id=77, frag=3) / Raw(b"\0" * 24)
     expect(fastpath, bytes(ether() / first), Reason.DROP_POLICY_DEFAULT)
     expect(fastpath, bytes(ether() / later), Reason.DROP_FRAG_NO_FIRST)
+
+
+# -- the IPv4 direct table ------------------------------------------------------
+
+# IPv4 prefixes of every level of the direct table (bpf/lib/maps.h): /0 to
+# /16 in the /16 entries, /17 to /24 in a first block, /25 to /32 in a
+# second; nested down one chain (all4 > ten > t15 > t16 > t17 > ... > t32),
+# groups with prefixes of several lengths and families, an IPv4-mapped
+# prefix written in IPv6 and ::/0 (which holds the IPv4-mapped range but
+# catches no IPv4 address). Each group is the source of one TCP rule and the
+# destination of one UDP rule: the rule that decides tells the group found.
+DIR_GROUPS = {
+    "all4": ["0.0.0.0/0"], "half": ["128.0.0.0/1"], "ten": ["10.0.0.0/8"],
+    "t12": ["10.16.0.0/12", '"fd00::/16"'], "t15": ["10.20.0.0/15"], "t16": ["10.20.0.0/16", "192.168.0.0/16"],
+    "t17": ["10.20.128.0/17"], "t20": ["10.20.144.0/20", '"fd00:1::/32"'], "t23": ["10.20.146.0/23"],
+    "t24": ["10.20.147.0/24", "172.16.5.0/24"], "t25": ["10.20.147.128/25"],
+    "t28": ["10.20.147.160/28", '"::ffff:10.99.0.0/112"'], "t31": ["10.20.147.170/31"],
+    "t32": ["10.20.147.171/32", "10.20.0.1/32", '"fd00:1::1/128"'], "m104": ['"::ffff:11.0.0.0/104"'],
+    "v6all": ['"::/0"'],
+}
+
+
+def dir_policy(without: tuple[str, ...] = ()) -> str:
+    groups = {n: p for n, p in DIR_GROUPS.items() if n not in without}
+    out = ["groups:", *[f"  {n}: [{', '.join(p)}]" for n, p in groups.items()],
+           "defaults: {ingress: deny, egress: allow}", "rules:"]
+    for n in groups:
+        out.append(f"  - {{from: {n}, to: any, proto: tcp, ports: [80], action: allow}}")
+        out.append(f"  - {{from: any, to: {n}, proto: udp, ports: [53], action: allow}}")
+    return "\n".join(out) + "\n"
+
+
+def edge_addresses(pol, rng: random.Random) -> list[str]:
+    """Of every prefix: its first and last address, one inside, and the two
+    just outside it; in text form (IPv4-mapped ones as IPv4)."""
+    out = set()
+    for net, _ in pol.groups:
+        first, last = int(net.network_address), int(net.broadcast_address)
+        for a in (first, last, rng.randint(first, last), first - 1, last + 1):
+            if 0 <= a < 1 << 128:
+                ip = ipaddress.IPv6Address(a)
+                out.add(str(ip.ipv4_mapped or ip))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("without", [(), ("all4",), ("all4", "half", "ten")], ids=["all4", "no-all4", "few"])
+def test_ipv4_direct_table_finds_what_explain_finds(unlimited, without):
+    """With the direct table in use (auto, IPv4 prefixes), every address at
+    and around each prefix's edges, as a flow's source and as its
+    destination, is decided by the kernel as explain decides it."""
+    fp = unlimited
+    pol = compiled(dir_policy(without))
+    pm = PolicyMaps.for_fastpath(fp)
+    st = pm.apply(pol)
+    assert bpfsys.map_lookup(pm.fds["ms_pol_dir"], st.slot.to_bytes(4, "little"), 4) is not None
+    rng = random.Random(7)
+    sport, mismatches, found = 20000, [], set()
+    for addr in edge_addresses(pol, rng):
+        v6 = ":" in addr
+        peer = "2001:db8::7" if v6 else "203.0.113.7"
+        for src, dst, proto, dport in ((addr, peer, "tcp", 80), (peer, addr, "udp", 53)):
+            if src == dst:
+                continue
+            sport += 1
+            d = decide(pol, src, dst, proto_num(proto, v6), dport, sport, "ingress")
+            want = kernel_reason(d, proto)
+            _, moved = run_counted(fp, first_packet(src, dst, proto, sport, dport), ING)
+            got = {r for (_, r) in moved}
+            e = entry(fp, src, sport, dst, dport, proto_num(proto, v6))
+            rid = e.leaf.rule_id if e is not None else None
+            if got != {want} or (not want.startswith("DROP_") and rid != d.verdict.rule_id):
+                mismatches.append(f"{src}:{sport} -> {dst}:{dport} {proto}: kernel {sorted(got)} rule {rid}, "
+                                  f"explain {want} rule {d.verdict.rule_id} ({d.how})")
+            found.add(d.sgroup if proto == "tcp" else d.dgroup)
+    assert not mismatches, f"{len(mismatches)} differ:\n" + "\n".join(mismatches[:20])
+    # Every group was found for some address (names are the groups' ids here).
+    named = {g for g, n in pol.group_names.items() if n in DIR_GROUPS}
+    assert named - {g for g, n in pol.group_names.items() if n == "v6all"} <= found
+
+
+def test_no_direct_table_without_ipv4_prefixes_or_unless_auto(unlimited):
+    """The direct table is made for IPv4 prefixes under auto only; a policy
+    without any, or another group lookup, leaves the slot empty (the
+    kernel then probes the hash or walks the trie as before)."""
+    fp = unlimited
+    pm = PolicyMaps.for_fastpath(fp)
+    for text, how in ((dir_policy(), "hash"), (dir_policy(), "lpm"),
+                      ("groups: {a: [\"fd00::/16\"]}\nrules:\n  - {from: a, to: any, proto: tcp, action: allow}\n",
+                       "auto")):
+        st = pm.apply(compiled(text), how)
+        assert bpfsys.map_lookup(pm.fds["ms_pol_dir"], st.slot.to_bytes(4, "little"), 4) is None, how
+    expect(fp, first_packet("fd00::1", "2001:db8::1", "tcp", 1000, 80), Reason.PASS_POLICY_ALLOW, ING)
+    expect(fp, first_packet("10.0.0.1", "10.0.0.2", "tcp", 1000, 80), Reason.DROP_POLICY_DEFAULT, ING)

@@ -20,7 +20,7 @@ from appliance.policyfile import compile_text, diff, load_text
 from datapath.policy_check import check_policy
 from datapath.policy_compile import PRECEDENCE, PROTOS, compile_policy, rule_keys
 from datapath.enums import INSPECT, INSPECT_BITS
-from datapath.policy_tables import GROUP_ANY, GROUP_WORLD, POL, decide, mapped, port_blocks
+from datapath.policy_tables import GROUP_ANY, GROUP_WORLD, POL, decide, ipv4_dir, mapped, port_blocks
 
 
 def errors_of(text: str) -> list[str]:
@@ -215,6 +215,56 @@ def test_wide_ipv6_prefix_does_not_catch_ipv4():
     assert (ipaddress.IPv6Network("::ffff:0:0/96"), GROUP_WORLD) in pol.groups
     assert decide(pol, "10.1.1.1", "10.2.2.2", 6, 80).verdict.rule_id == 0
     assert decide(pol, "2001:db8::1", "2001:db8::2", 6, 80).verdict.rule_id == 1
+
+
+def _random_v4_groups(rng: random.Random, n: int) -> str:
+    """A policy of ``n`` groups of random IPv4 prefixes of every length
+    (in a few /8s, so they nest and overlap) and one IPv6 prefix each."""
+    lines, used = ["groups:"], set()
+    for i in range(n):
+        nets = set()
+        for _ in range(3):
+            plen = rng.randrange(0, 33)
+            a = rng.choice([10, 11, 192]) << 24 | rng.getrandbits(24)
+            net = str(ipaddress.ip_network(f"{ipaddress.IPv4Address(a)}/{plen}", strict=False))
+            if net not in used:         # a prefix is in one group only
+                used.add(net)
+                nets.add(net)
+        v6 = f'"fd00:{i:x}::/48"'
+        lines.append(f"  g{i}: [{', '.join([*sorted(nets), v6])}]")
+    return "\n".join(lines) + "\nrules:\n  - {from: g0, to: any, action: allow}\n"
+
+
+def test_ipv4_direct_table_holds_each_address_longest_prefix():
+    """policy_tables.ipv4_dir (bpf/lib/maps.h, read as policy.h reads it):
+    for addresses at, inside and just outside every prefix, the group is
+    decide()'s (the longest prefix holding the address)."""
+    rng = random.Random(3)
+    for _ in range(5):
+        _, pol = compile_text(_random_v4_groups(rng, 40), "p.yaml")
+        d = ipv4_dir(pol)
+        assert d is not None and d.blocks > 0
+        for net, _g in pol.groups:
+            if not net.subnet_of(ipaddress.IPv6Network("::ffff:0:0/96")):
+                continue
+            first, last = int(net.network_address), int(net.broadcast_address)
+            for a in {first, last, rng.randint(first, last), first - 1, last + 1}:
+                ip = ipaddress.IPv6Address(a)
+                if ip.ipv4_mapped is None:
+                    continue
+                assert d.group_of(ip) == decide(pol, str(ip.ipv4_mapped), "2.2.2.2", 6, 80).sgroup, ip
+
+
+def test_ipv4_direct_table_only_when_it_fits():
+    """No IPv4 prefix: no table; more blocks than allowed: none either (the
+    kernel probes the hash instead)."""
+    _, pol = compile_text('groups: {a: ["fd00::/16"]}\nrules:\n  - {from: a, to: any, action: allow}\n', "p.yaml")
+    assert ipv4_dir(pol) is None
+    # /32s in three distinct /24s of distinct /16s: two blocks each
+    text = "groups:\n  a: [10.1.1.1/32, 10.2.1.1/32, 10.3.1.1/32]\nrules:\n  - {from: a, to: any, action: allow}\n"
+    _, pol = compile_text(text, "p.yaml")
+    assert ipv4_dir(pol).blocks == 6
+    assert ipv4_dir(pol, most_blocks=6) is not None and ipv4_dir(pol, most_blocks=5) is None
 
 
 def test_overrides_exact_after_rules():
