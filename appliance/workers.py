@@ -100,8 +100,8 @@ RELOAD_CONFIRM_S = 30.0
 # with 1 worker, 161 -> 139 with 2), hold verdict p99 within
 # the run-to-run noise.
 FORWARD_FLUSH_S = 0.010
-# A worker that read records reads its ring again this long after, by a
-# timer, and until then the kernel does not wake it for records no verdict
+# A worker that read records reads its ring again this long after its last
+# read that found records, by a timer (Worker._after_read), and until then the kernel does not wake it for records no verdict
 # waits on (a released flow's: an async connection's response and FINs;
 # bpf/lib/maps.h MS_INSP_BUSY_POLL). An inspected HTTP connection woke the
 # worker ~2.6 times in the lab; with the poll ~1.5, and the worker's CPU
@@ -424,9 +424,20 @@ class Worker:
                 busy.set(self._after_read(bool(raws)))
 
     def _after_read(self, read: bool) -> int:
-        """The ring's state after a read: a poll due within POLL_S (armed
-        now if this read found records) or asleep."""
-        if read and self._poll is None:
+        """The ring's state after a read: a poll due POLL_S after the last
+        read that found records, or asleep.
+
+        Each such read moves the poll back: everything committed before it
+        was read, so a record deferred since comes after it and is still
+        read within POLL_S of its commit. A poll kept at POLL_S after the
+        first read woke a worker that slept between connections closer
+        together than POLL_S (~0.4 times per inspected connection in the
+        lab) for records the next connection's wakeup reads anyway, and a
+        worker woken from sleep runs its Python ~2x slower than a warm one
+        (cold caches; docs/performance.md 4.6.1)."""
+        if read:
+            if self._poll is not None:
+                self._poll.cancel()
             self._poll = asyncio.get_running_loop().call_later(POLL_S, self._polled)
         return BUSY["POLL"] if self._poll is not None else BUSY["ASLEEP"]
 

@@ -16,8 +16,18 @@ a writer that only returns a timestamp. Kinds:
 Microseconds of process CPU per connection, median of ``--rounds`` (the
 process's objects frozen first, as a worker's are).
 
+``--idle-us US``: the process sleeps US microseconds before every
+``--per-wake`` K-th connection (the sleep is no CPU time), as a lab worker
+sleeps between the connections of a sequential client: its Python then
+runs cold. HTTP, 2026-12-07, load ~4: 117-130 us a connection hot; with
+500 us of sleep before each connection 259, every 2nd 206, every 4th 151,
+every 8th 128 (50 us: ~175, 5 ms: ~320; 8 MiB of memory touched between
+connections instead of a sleep: ~270). A sequential client's worker wakes
+once per connection, so it pays that ~130 us a wakeup on each
+(docs/performance.md 4.6.1); concurrent clients' connections share wakeups.
+
     .venv/bin/python bench/engine_conn.py [--conns N] [--rounds N] [--kinds http,dns,tls]
-                                          [--profile FILE]
+                                          [--idle-us US [--per-wake K]] [--profile FILE]
 """
 from __future__ import annotations
 
@@ -139,10 +149,13 @@ def make_engine(out: list | None = None):
     return Engine(rules, emit, Verdicts(), kernel_flow_records=True, wallclock=lambda: 1_796_000_100.0)
 
 
-def run(engine: Engine, conns: list) -> None:
-    """Each connection's records one batch each, then its session end."""
+def run(engine: Engine, conns: list, idle_s: float = 0.0, per_wake: int = 1) -> None:
+    """Each connection's records one batch each, then its session end;
+    ``idle_s``: a sleep before every ``per_wake``-th connection."""
     handle, end = engine.handle_batch, engine.session_end
-    for recs, fe in conns:
+    for j, (recs, fe) in enumerate(conns):
+        if idle_s and j % per_wake == 0:
+            time.sleep(idle_s)
         for r in recs:
             handle((r,))
         end(fe, wall)
@@ -154,7 +167,8 @@ def run(engine: Engine, conns: list) -> None:
 WARM_CONNS = 50
 
 
-def bench(kinds: list[str], n: int, rounds: int, profile: str | None = None) -> dict[str, float]:
+def bench(kinds: list[str], n: int, rounds: int, profile: str | None = None, idle_s: float = 0.0,
+          per_wake: int = 1) -> dict[str, float]:
     results: dict[str, list[float]] = {k: [] for k in kinds}
     base = 1 << 20
     for kind in kinds:       # warm: imports, the rules' compiled patterns, caches
@@ -172,7 +186,7 @@ def bench(kinds: list[str], n: int, rounds: int, profile: str | None = None) -> 
                 prof = cProfile.Profile()
                 prof.enable()
             t0 = time.process_time()
-            run(engine, conns)
+            run(engine, conns, idle_s, per_wake)
             dt = time.process_time() - t0
             if prof is not None:
                 prof.disable()
@@ -187,10 +201,14 @@ def main(argv=None) -> int:
     p.add_argument("--conns", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--kinds", default="http,dns,tls")
+    p.add_argument("--idle-us", type=float, default=0.0, help="sleep before connections (not timed)")
+    p.add_argument("--per-wake", type=int, default=1, help="connections per sleep with --idle-us")
     p.add_argument("--profile")
     a = p.parse_args(argv)
+    if a.per_wake < 1 or a.idle_us < 0:
+        p.error("--per-wake must be at least 1 and --idle-us not negative")
     kinds = a.kinds.split(",")
-    for k, us in bench(kinds, a.conns, a.rounds, a.profile).items():
+    for k, us in bench(kinds, a.conns, a.rounds, a.profile, a.idle_us / 1e6, a.per_wake).items():
         print(f"{k:5} {us:8.1f} us per connection")
     return 0
 

@@ -433,6 +433,48 @@ def test_a_worker_that_read_records_polls_its_ring_once_more_then_sleeps():
     uvloop.run(main())
 
 
+def test_each_read_that_found_records_moves_the_poll_back(monkeypatch):
+    # A poll due POLL_S after the first read woke a worker asleep between
+    # connections closer together than POLL_S, for deferred records the
+    # next connection's read takes anyway. The poll is due POLL_S after the
+    # last read that found records (the bound on a deferred record's wait
+    # is kept: whatever came before that read was read by it); a read that
+    # finds nothing leaves it where it was. (A recording loop: libuv's
+    # timers have a millisecond's grain, too coarse to read back.)
+    from appliance import workers
+    from appliance.workers import BUSY, POLL_S
+
+    class Timer:
+        def __init__(self, delay):
+            self.delay, self.cancelled = delay, False
+
+        def cancel(self):
+            self.cancelled = True
+
+    class Loop:
+        def __init__(self):
+            self.timers = []
+
+        def call_later(self, delay, fn):
+            self.timers.append(Timer(delay))
+            return self.timers[-1]
+
+    loop = Loop()
+    monkeypatch.setattr(workers.asyncio, "get_running_loop", lambda: loop)
+    ring = _Ring([b"req1"])
+    w = _poll_worker(ring)
+    w._readable()
+    assert [t.delay for t in loop.timers] == [POLL_S] and w._busy.states[-1] == BUSY["POLL"]
+    ring.records = [b"resp1", b"req2"]              # the next connection's request wakes it
+    w._readable()
+    first, second = loop.timers                     # a new poll, POLL_S from this read ...
+    assert first.cancelled and w._poll is second and second.delay == POLL_S and not second.cancelled
+    assert w._busy.states[-1] == BUSY["POLL"]
+    w._readable()                                   # ... and a read that finds nothing leaves it
+    assert len(loop.timers) == 2 and w._poll is second and not second.cancelled
+    assert w._busy.states[-1] == BUSY["POLL"]
+
+
 class _Rec:
     def __init__(self, name, key, side=0, inspect=0):
         self.name, self.key, self.side, self.inspect = name, key, side, inspect
