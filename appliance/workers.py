@@ -101,8 +101,9 @@ RELOAD_CONFIRM_S = 30.0
 # the run-to-run noise.
 FORWARD_FLUSH_S = 0.010
 # A worker that read records reads its ring again this long after its last
-# read that found records, by a timer (Worker._after_read), and until then the kernel does not wake it for records no verdict
-# waits on (a released flow's: an async connection's response and FINs;
+# read that found records, by a timer (Worker._after_read), and until then
+# the kernel does not wake it for records no verdict waits on (a released
+# flow's: an async connection's response and FINs;
 # bpf/lib/maps.h MS_INSP_BUSY_POLL). An inspected HTTP connection woke the
 # worker ~2.6 times in the lab; with the poll ~1.5, and the worker's CPU
 # per inspected connection fell 494 -> 403 us (6 interleaved runs each,
