@@ -311,6 +311,7 @@ class HttpAnomalyEvent(Event):
 _new_request = event_builder(HttpRequest)
 _new_response = event_builder(HttpResponse)
 _new_message_end = event_builder(HttpMessageEnd)
+_new_body = event_builder(HttpBody)
 # The end of a message without body or trailers, per direction: equal to
 # what _new_message_end makes for it (events are frozen values), made once.
 _EMPTY_END = {d: _new_message_end(d, 0, 0, ()) for d in Direction}
@@ -1279,7 +1280,7 @@ class HttpParser(StreamParser):
 
     def _flush(self, side: _Side, events: list[Event]) -> None:
         if side.parts:
-            events.append(HttpBody(side.direction, b"".join(side.parts)))
+            events.append(_new_body(side.direction, b"".join(side.parts)))
             side.parts = []
         if side.coding_anomaly is not None:
             events.append(side.coding_anomaly)

@@ -52,8 +52,8 @@ from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Dire
 from protocols.content_coding import ContentDecoder
 from protocols.grpc import GrpcCall, MessageFramer, is_grpc, split_path
 from protocols.http import _CODING_ANOMALY  # the anomaly each decoding failure is (one table)
-from protocols.http import (MAX_BODY_EMIT_BYTES, HttpAnomalyEvent, HttpBody, HttpMessageEnd,
-                            HttpRequest, HttpResponse)
+from protocols.http import (MAX_BODY_EMIT_BYTES, HttpAnomalyEvent, HttpMessageEnd, HttpRequest, HttpResponse,
+                            _new_body)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME_HEADER_BYTES = 9
@@ -631,7 +631,7 @@ class HttpTwoParser(StreamParser):
         if chunk and room > 0:
             part = chunk[:room]
             m.emitted += len(part)
-            events.append(HttpBody(d, part, stream_id=sid))
+            events.append(_new_body(d, part, stream_id=sid))
 
     def _coding(self, d: Direction, sid: int, m: _Message, headers: tuple, at: int,
                 events: list[Event]) -> None:

@@ -119,6 +119,19 @@ REPEATING_NAMES = {"http": "http_host", "dns": "dns_query", "quic": "tls_sni",
 # Flows whose HTTP events are HTTP/2's (protocols/http2.py): their anomaly
 # records name app_proto "http2", as Suricata's.
 H2_APPS = frozenset({"http2", "grpc"})
+# The event kinds Engine._log writes a record for or keeps something of (its
+# branches, kind for kind: tests/unit/test_engine_fast_paths.py reads them
+# from its source), and the kind prefixes it takes whole. Events of any other
+# kind (redis_*, http_body, mysql_*, smtp_command, ...: ~60 % of the events
+# an inspect-everything replay of the corpus gives _inspect) are not handed
+# to _log: a call and its chain of kind tests each, for nothing.
+_LOG_KINDS = frozenset({"http_request", "http_response", "http_anomaly", "http_message_end", "tls_client_hello",
+                        "tls_server_hello", "dns_message", "grpc_call", "quic_client_hello", "quic_server_hello",
+                        "smtp_message", "kafka_request", "kafka_response", "ssh_banner", "ssh_kexinit"})
+_LOG_PREFIXES = ("mqtt_", "pgsql_")
+# _LOG_KINDS / _LOG_PREFIXES' answer per kind seen (one dict lookup an
+# event): as many entries as event kinds the parsers and plugins define.
+_LOGGED: dict[str, bool] = {}
 
 
 @dataclass
@@ -696,7 +709,11 @@ class Engine:
                 flow.http_pending.append(ev)
                 flow.http_tx = (ev, None)
             elif kind != "http_message_end" or ev.content_encoding or flow.http_coded is not None:
-                self._log(flow, info, ev)     # (most message ends: nothing to log, _log's first test)
+                logged = _LOGGED.get(kind)
+                if logged is None:
+                    logged = _LOGGED[kind] = kind in _LOG_KINDS or kind.startswith(_LOG_PREFIXES)
+                if logged:
+                    self._log(flow, info, ev)     # (most message ends: nothing to log, _log's first test)
             if flow.verdict in _DECIDED:
                 return
             if kind == "http_request":

@@ -180,6 +180,40 @@ class RingBuffer:
         self._consume(out.append, max_records)
         return out
 
+    def take(self) -> bytes | None:
+        """The next committed record, copied out and its space given back
+        (discarded ones before it skipped), or None when there is none now:
+        drain(1)'s record without its list, callback and loop, for a caller
+        that looks at the ring after every packet and finds one record
+        there (replay: a frame writes one). Same checks as drain()."""
+        cons = self._cons[0]
+        while True:
+            prod = self._prod[0]
+            if prod == cons:
+                return None
+            if cons & 7 or not 0 < prod - cons <= self.size:
+                return self._one()      # _consume raises RingBufferError with the positions
+            off = cons & (self.size - 1)
+            hdr = self._hdr[off >> 2]
+            if hdr & (BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT):
+                return self._one()      # reserved (None) or discarded (skipped): _consume's way
+            length = hdr & _LEN_MASK
+            end = cons + ((length + BPF_RINGBUF_HDR_SZ + 7) & ~7)
+            if end > prod:
+                return self._one()      # RingBufferError: a length past the producer
+            at = self._page + BPF_RINGBUF_HDR_SZ + off
+            rec = self._data_map[at:at + length]     # a copy (bytes)
+            self._cons[0] = end         # release: the copy is done
+            self.records += 1
+            self.bytes += length
+            return rec
+
+    def _one(self) -> bytes | None:
+        """take()'s rare cases, by _consume: one record or None, or its error."""
+        got: list[bytes] = []
+        self._consume(got.append, 1)
+        return got[0] if got else None
+
     def consume(self, callback: Callable[[bytes], object], max_records: int | None = None) -> int:
         """Call ``callback(record)`` for each available committed record, in
         order; returns how many. A record's space is given back before its

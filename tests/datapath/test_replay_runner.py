@@ -172,3 +172,27 @@ def test_replay_hands_a_frames_one_record_to_handle_raw(fastpath, tmp_path, monk
     assert calls == {"one": 2, "batch": 0}
     (http,) = [r for r in records if r["event_type"] == "http"]
     assert http["http"]["hostname"] == "one.test" and http["http"]["status"] == 200
+
+
+def test_replay_takes_a_frames_one_record_from_the_ring(fastpath, tmp_path, monkeypatch):
+    """A frame's one payload record is taken from the ring alone
+    (RingBuffer.take), not by a drain (its list and loop per record); the
+    ring is drained only before the first frame (what an earlier user of
+    the fast path left); the records and EVE are the same."""
+    from slowpath.ringbuf import RingBuffer
+    drains = []
+    drain = RingBuffer.drain
+    monkeypatch.setattr(RingBuffer, "drain", lambda self, *a: (drains.append(self.name), drain(self, *a))[1])
+    c, s = IP(src="10.0.0.1", dst="10.0.0.2"), IP(src="10.0.0.2", dst="10.0.0.1")
+    req = b"GET /t HTTP/1.1\r\nHost: take.test\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    pkts = [c / TCP(sport=40001, dport=80, flags="S", seq=100),
+            s / TCP(sport=80, dport=40001, flags="SA", seq=900, ack=101),
+            c / TCP(sport=40001, dport=80, flags="A", seq=101, ack=901),
+            c / TCP(sport=40001, dport=80, flags="PA", seq=101, ack=901) / Raw(req),
+            s / TCP(sport=80, dport=40001, flags="PA", seq=901, ack=101 + len(req)) / Raw(resp)]
+    res, records = replay_packets(fastpath, pkts, tmp_path, "take.pcap")
+    assert res.records == 2 and res.engine.counters.records == 2 and res.bad_record is None
+    assert drains.count("ms_insp_ring") == 1
+    (http,) = [r for r in records if r["event_type"] == "http"]
+    assert http["http"]["hostname"] == "take.test" and http["http"]["status"] == 200

@@ -241,6 +241,52 @@ def test_discarded_records_are_skipped(prog, rb):
     assert rb.drain() == [] and rb.pending_bytes() == 0
 
 
+def test_take_gives_drains_records_one_at_a_time(prog, rb):
+    """take(): the next record as drain() gives it (discarded ones skipped,
+    counters kept), None when none is there; replay takes a frame's one
+    record this way."""
+    a, b, c = payloads([11, 0, MAX_PAYLOAD], seed=9)
+    c0 = rb.consumer_pos()
+    assert rb.take() is None
+    prog.emit(a)
+    prog.discard()
+    prog.emit(b)
+    prog.emit(c)
+    prog.discard()
+    assert [rb.take(), rb.take(), rb.take()] == [a, b, c]
+    assert rb.take() is None and rb.pending_bytes() == 0    # the trailing discard given back
+    assert (rb.records, rb.bytes, rb.discarded) == (3, 11 + MAX_PAYLOAD, 2)
+    assert rb.consumer_pos() - c0 == total(11) + total(0) + total(MAX_PAYLOAD) + 2 * total(DISCARD_SZ)
+    rnd = random.Random(11)        # round the ring a few times: records across its end too
+    for _ in range(4 * rb.size // MAX_PAYLOAD):
+        p = rnd.randbytes(rnd.randint(0, MAX_PAYLOAD))
+        prog.emit(p)
+        got = rb.take()
+        assert got == p and type(got) is bytes
+
+
+def test_take_stops_and_fails_as_drain_does(prog, rb, cons_page):
+    c = rb.consumer_pos()
+    prog.emit(struct.pack("<II", 16 | BPF_RINGBUF_BUSY_BIT, 0) + b"z" * 16)
+    cons_page(c + 8)
+    try:
+        assert rb.take() is None and rb.consumer_pos() == c + 8     # reserved: waits
+    finally:
+        cons_page(rb.producer_pos())
+    c = rb.consumer_pos()
+    prog.emit(struct.pack("<II", 5000, 0) + bytes(16))
+    cons_page(c + 8)
+    try:
+        with pytest.raises(RingBufferError, match=f"position {c + 8}"):
+            rb.take()
+        assert rb.consumer_pos() == c + 8
+        cons_page(c + 12)
+        with pytest.raises(RingBufferError, match="inconsistent"):
+            rb.take()
+    finally:
+        cons_page(rb.producer_pos())
+
+
 def test_wrap_around_and_a_record_straddling_the_end(prog, rb):
     rnd = random.Random(7)
     size, mask = rb.size, rb.size - 1

@@ -119,6 +119,41 @@ def test_every_common_record_type_decodes():
     assert m.authority == () and m.additional_count == 0
 
 
+# Addresses whose text is easy to get wrong: every compressible run and
+# position, ties between runs, single zero groups (never "::"), and the
+# first-80-bits-zero forms glibc's inet_ntop writes dotted.
+AAAA_EDGES = ["::", "::1", "::2:3", "1::", "1:0:0:2::3", "1::2:0:0:3", "1:0:2:0:3:0:4:0", "0:1:2:3:4:5:6:7",
+              "2001:db8::1", "2001:db8:0:0:1::1", "fe80::1:0:0:0", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+              "::ffff:1.2.3.4", "::1.2.3.4", "::ffff:0:0", "::ffff:0:1.2.3.4", "::0:ffff:1.2.3.4",
+              "0:0:0:0:1:ffff:102:304", "::a:b"]
+
+
+def test_address_records_read_as_ipaddress_writes_them_without_its_objects(monkeypatch):
+    """A and AAAA answers: the same text as str(ipaddress...) (RFC 5952 for
+    IPv6, each edge above and random ones), with no ipaddress object made
+    for an ordinary address (one per answer was a quarter of a reply's
+    decoding; protocols/dns.py _a_text, _aaaa_text)."""
+    import ipaddress
+    import random
+    rng = random.Random(5952)
+    v6 = [ipaddress.IPv6Address(a).packed for a in AAAA_EDGES]
+    for _ in range(400):     # random groups, many zero, so that runs of every length appear
+        v6.append(b"".join(rng.choice([b"\0\0", b"\0\0", rng.randbytes(2)]) for _ in range(8)))
+    v4 = [bytes(4), b"\xff" * 4, bytes([10, 0, 0, 1])] + [rng.randbytes(4) for _ in range(100)]
+    answers = [rr(PTR_QNAME, 28, a) for a in v6] + [rr(PTR_QNAME, 1, a) for a in v4]
+    msg = header(an=len(answers)) + question() + b"".join(answers)
+    want = [str(ipaddress.IPv6Address(a)) for a in v6] + [str(ipaddress.IPv4Address(a)) for a in v4]
+    assert [r.data for r in one(msg).answers] == want
+
+    ordinary = header(an=2) + question() + rr(PTR_QNAME, 1, bytes([192, 0, 2, 1])) + \
+        rr(PTR_QNAME, 28, ipaddress.IPv6Address("2001:db8::1").packed)
+    made = []
+    for cls in (ipaddress.IPv4Address, ipaddress.IPv6Address):
+        monkeypatch.setattr(cls, "__init__", lambda self, a, _i=cls.__init__: (made.append(a), _i(self, a))[1])
+    assert [r.data for r in one(ordinary).answers] == ["192.0.2.1", "2001:db8::1"]
+    assert made == []
+
+
 def test_flags_and_rcode_names():
     # QR, opcode 4 (NOTIFY), AA, TC, RD | RA, Z=0, AD, CD, rcode 5
     m = one(header(flags=0x8000 | (4 << 11) | 0x0400 | 0x0200 | 0x0100 | 0x80 | 0x20 | 0x10 | 5)

@@ -490,3 +490,51 @@ def test_flow_init_sets_every_field_to_its_declared_default():
             assert got is not getattr(b, f.name), f.name       # each flow its own
         else:
             assert getattr(a, f.name) == f.default, f.name
+
+
+def test_log_kinds_are_the_kinds_log_reads():
+    """engine._LOG_KINDS / _LOG_PREFIXES (the events _inspect hands to
+    Engine._log) are exactly the kinds _log's branches test for, read from
+    its source: a branch added for another kind without it would never run."""
+    import ast
+    import inspect
+    import textwrap
+    from slowpath import engine
+    tree = ast.parse(textwrap.dedent(inspect.getsource(engine.Engine._log)))
+    kinds, prefixes = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "kind":
+            for c in node.comparators:
+                for v in (c.elts if isinstance(c, ast.Tuple) else [c]):
+                    if isinstance(v, ast.Constant):
+                        kinds.add(v.value)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "startswith"
+              and isinstance(node.func.value, ast.Name) and node.func.value.id == "kind"):
+            prefixes.update(a.value for a in node.args)
+    assert kinds == engine._LOG_KINDS
+    assert prefixes == set(engine._LOG_PREFIXES)
+
+
+def test_events_log_does_nothing_with_are_not_handed_to_it(monkeypatch):
+    """An HTTP flow's body events (and any kind _log has no branch for) do
+    not reach Engine._log; its requests and responses do, and the EVE, the
+    verdicts and the counters are as they were (the seeded flows of
+    test_engine_record_runs... with bodies)."""
+    from slowpath import engine
+    seen = []
+    real = engine.Engine._log
+    monkeypatch.setattr(engine.Engine, "_log", lambda self, flow, info, ev: (seen.append(ev.kind),
+                                                                             real(self, flow, info, ev))[1])
+    rnd = random.Random(1404)
+    recs = [r for f in range(6) for r in _http_flow_records(rnd, bytes([f]) * 40)]
+    before = _run_engine(recs, True)
+    assert seen and set(seen) <= engine._LOG_KINDS and "http_response" in seen
+    # Every kind handed to _log again, as before: the same records.
+    class Every:
+        def __contains__(self, kind):
+            return True
+    monkeypatch.setattr(engine, "_LOGGED", {})
+    monkeypatch.setattr(engine, "_LOG_KINDS", Every())
+    seen.clear()
+    assert _run_engine(recs, True) == before
+    assert "http_body" in seen
