@@ -343,8 +343,7 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
         """What a frame's run wrote to the payload ring, to the engine: its
         one record (every frame of 4.11's capture that wrote any) taken
         alone (RingBuffer.take: no list, no loop) and handed over as
-        records() would; more (a packet held whole in pieces) as a batch.
-        The frame loop below does the same inline."""
+        records() would; more (a packet held whole in pieces) as a batch."""
         nonlocal nrecords
         raw = take()
         if pay_prod[0] != pay_cons[0]:
@@ -421,14 +420,7 @@ def replay(pcap: str | Path, fastpath, rules, emit, *, policy_text: str | None =
                     if flow_prod[0] != flow_cons[0]:
                         drain_flows()
                     if pay_prod[0] != pay_cons[0]:
-                        raw = take()            # (taken()'s body)
-                        if pay_prod[0] != pay_cons[0]:
-                            records([raw, *drain()] if raw is not None else drain())
-                        elif raw is not None:
-                            nrecords += 1
-                            bad = handle_raw(raw, decoder)
-                            if bad is not None and result.bad_record is None:
-                                result.bad_record = bad
+                        taken()
                 else:
                     if n > MAX_TEST_RUN_FRAME:
                         pieces = resegment(eth, MAX_TEST_RUN_FRAME)
