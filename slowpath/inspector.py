@@ -206,7 +206,7 @@ _BOTH_DIRECTIONS = tuple(Direction)
 
 class _DlpStream:
     """One direction's body, as DLP sees it across chunks."""
-    __slots__ = ("tail", "base", "done", "reported", "used")
+    __slots__ = ("tail", "base", "done", "reported", "used", "clean")
 
     def __init__(self) -> None:
         self.tail = b""        # the last DLP_TAIL_BYTES scanned
@@ -217,6 +217,11 @@ class _DlpStream:
         # above; it always keeps a tail): False while all four are as new,
         # so _end_message has nothing to do with this stream.
         self.used = False
+        # The tail is the whole buffer the last chunk's scan read (none of
+        # it cut off) and the prefilter ruled out every detector of the
+        # direction in it: the message's final scan, of those same bytes,
+        # can find nothing (_end_message skips it).
+        self.clean = False
 
 
 # A direction's stream before DLP scanned anything: one shared _DlpStream,
@@ -499,10 +504,16 @@ class FlowInspector:
                 self._body = None     # no body came: nothing to scan (what _waf_body would find)
         if self._dlp[d]:
             st = self._streams[d]
+            if st.clean:
+                # The final scan would read the tail again, bytes the
+                # prefilter already cleared of every detector (most response
+                # bodies): no hit; the stream starts over as that scan's would.
+                self._streams[d] = _UNUSED_STREAM
+                return out
             if st.tail:
                 out += self._dlp_chunk(d, b"", final=True)
             if st.base or st.done or st.reported:      # else it is as new: keep it
-                self._streams[d] = _DlpStream()
+                self._streams[d] = _UNUSED_STREAM       # as new (_dlp_chunk makes its own when it scans)
         return out
 
     def _dlp_chunk(self, d: Direction, data: bytes, final: bool) -> list[Hit]:
@@ -526,9 +537,11 @@ class FlowInspector:
         # their matches): a detector it leaves out has no match in it.
         pf = self._dlp_prefilter[d]
         may = pf.candidates(buf) if pf is not None else None
+        scanned = False        # a detector's regex ran (else the prefilter ruled them all out)
         for name, rules in self._dlp[d].items():
             if may is not None and name not in may:
                 continue
+            scanned = True
             det = DETECTORS[name]
             if all((r.name, name) in st.reported for r in rules):
                 continue
@@ -548,6 +561,7 @@ class FlowInspector:
         keep = min(len(buf), DLP_TAIL_BYTES)
         st.base += len(buf) - keep
         st.tail = buf[len(buf) - keep:]
+        st.clean = not scanned and keep == len(buf)
         return out
 
     # -- domains ------------------------------------------------------------------
