@@ -31,6 +31,7 @@ from slowpath.waf import (ANOMALY_BASE_ID, ANOMALY_IDS, ANOMALY_SEVERITY, BINARY
 # Direction.TO_SERVER as a module name: on Python 3.11 an enum member read
 # through its class is a descriptor call (~0.25 us), twice per request here.
 _TO_SERVER = Direction.TO_SERVER
+_TO_CLIENT = Direction.TO_CLIENT
 # What a policy rule's inspect.what may ask for.
 WHAT = frozenset({"waf", "dlp", "dpi"})
 # What a request's protocol anomaly may do on a WAF flow (the http_anomaly setting).
@@ -281,6 +282,13 @@ class FlowInspector:
             return self._end_message(d)
         if t is HttpRequest and not ev.stream_id and not self._sid:
             return self._request(ev)
+        if t is HttpResponse and not ev.stream_id and not self._sid:
+            # An HTTP/1 response head: the previous response's body, if one
+            # is held, is judged (_end_message(TO_CLIENT), its branch below);
+            # mostly none is (its end event judged it): nothing to call.
+            if not self._dlp[_TO_CLIENT] or not self._streams[_TO_CLIENT].used:
+                return []
+            return self._end_message(_TO_CLIENT)
         if isinstance(ev, HttpBody):
             if ev.stream_id != self._sid:
                 self._use(ev.stream_id)
@@ -366,6 +374,9 @@ class FlowInspector:
 
     def close(self) -> list[Hit]:
         """The flow ended: scan what is still held (an unfinished body)."""
+        if self._body is None and not self._parked and not self._streams[_TO_SERVER].used \
+                and not self._streams[_TO_CLIENT].used:
+            return []    # nothing held (most flows: every message ended): what the calls below find
         out = self._end_message(Direction.TO_SERVER) + self._end_message(Direction.TO_CLIENT)
         for sid in list(self._parked):
             self._use(sid)
