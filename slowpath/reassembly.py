@@ -270,7 +270,9 @@ class StreamReassembler:
                 payload: bytes = b"") -> list[StreamEvent]:
         """Feed one TCP segment; return the events it completes (possibly none)."""
         d = direction if direction.__class__ is Direction else Direction(direction)
-        got = self.in_order(d, seq, flags, payload)
+        # (in_order takes payload only: a bare FIN or ACK, one or two a
+        # connection, goes on without the call.)
+        got = self.in_order(d, seq, flags, payload) if payload else None
         if got is not None:
             return [_new_data(d, got, self._sides[d].next - len(got))]
         side = self._sides[d]

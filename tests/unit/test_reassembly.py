@@ -328,3 +328,22 @@ def test_any_permutation_with_duplicates_reassembles_to_the_original(case):
     else:
         assert eofs == []
     assert r.flush() == []
+
+
+def test_a_bare_fin_or_ack_takes_segment_s_own_path_not_in_order():
+    """in_order() delivers payload only: segment() does not ask it about a
+    segment without any (a bare FIN or ACK), and such a segment still gives
+    what segment() gives it (an Eof once the bytes before it are in)."""
+    class Counting(StreamReassembler):
+        asked = 0
+
+        def in_order(self, *a):
+            type(self).asked += 1
+            return super().in_order(*a)
+
+    r = Counting()
+    assert r.segment(C2S, ISN, SYN) == []
+    Counting.asked = 0
+    assert feed(r, [(0, b"", ACK)]) == [] and Counting.asked == 0
+    assert feed(r, [(0, b"abc")]) == [Data(C2S, b"abc", 0)] and Counting.asked == 1
+    assert feed(r, [(3, b"", FIN | ACK)]) == [Eof(C2S)] and Counting.asked == 1
