@@ -64,7 +64,7 @@ from typing import ClassVar, Sequence
 import httptools
 
 from protocols.content_coding import CodingError, ContentDecoder
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
                            ProtocolPlugin, Signature, StreamParser, StreamSide, event_builder)
 
 # --- Limits -------------------------------------------------------------------
@@ -318,6 +318,7 @@ _EMPTY_END = {d: _new_message_end(d, 0, 0, ()) for d in Direction}
 # Direction.TO_SERVER as a module name for the per-message path: on Python
 # 3.11 an enum member read through its class is a descriptor call (~0.25 us).
 _TO_SERVER = Direction.TO_SERVER
+_TO_CLIENT = Direction.TO_CLIENT
 
 
 # --- Head parsing -------------------------------------------------------------
@@ -870,7 +871,8 @@ class HttpParser(StreamParser):
     """HTTP/1.x on one TCP connection (both directions)."""
 
     def __init__(self) -> None:
-        self._sides = {d: _Side(d) for d in DIRECTIONS}
+        # (A dict display, not a comprehension: no function call per parser, one a flow.)
+        self._sides = {_TO_SERVER: _Side(_TO_SERVER), _TO_CLIENT: _Side(_TO_CLIENT)}
         self._pending: deque[_Pending] = deque()
         self._unknown_pending = 0   # requests past MAX_PENDING_REQUESTS, queued after _pending
 
@@ -987,7 +989,8 @@ class HttpParser(StreamParser):
             self._fail(side, f"stream ended inside {what.get(side.state, 'a chunked body')}",
                        len(side.buf), events)
             side.discard()
-        self._flush(side, events)
+        if side.parts or side.coding_anomaly is not None:   # (_flush's tests, as in _run)
+            self._flush(side, events)
 
     # -- states: each returns the new index into side.buf, or None to wait for bytes
 

@@ -31,6 +31,7 @@ from slowpath.waf import (ANOMALY_BASE_ID, ANOMALY_IDS, ANOMALY_SEVERITY, BINARY
 # Direction.TO_SERVER as a module name: on Python 3.11 an enum member read
 # through its class is a descriptor call (~0.25 us), twice per request here.
 _TO_SERVER = Direction.TO_SERVER
+_TO_CLIENT = Direction.TO_CLIENT
 # The event types FlowInspector.feed reads (its branches, in their order:
 # tests/unit/test_inspector_feed.py holds the two together); an event of
 # any other type (Redis, MySQL, SMTP, Kafka, ...: ~half the events of an
@@ -216,7 +217,7 @@ _BOTH_DIRECTIONS = tuple(Direction)
 
 class _DlpStream:
     """One direction's body, as DLP sees it across chunks."""
-    __slots__ = ("tail", "base", "done", "reported", "used")
+    __slots__ = ("tail", "base", "done", "reported", "used", "clean")
 
     def __init__(self) -> None:
         self.tail = b""        # the last DLP_TAIL_BYTES scanned
@@ -227,6 +228,11 @@ class _DlpStream:
         # above; it always keeps a tail): False while all four are as new,
         # so _end_message has nothing to do with this stream.
         self.used = False
+        # The tail is the whole buffer the last chunk's scan read (none of
+        # it cut off) and the prefilter ruled out every detector of the
+        # direction in it: the message's final scan, of those same bytes,
+        # can find nothing (_end_message skips it).
+        self.clean = False
 
 
 # A direction's stream before DLP scanned anything: one shared _DlpStream,
@@ -286,6 +292,13 @@ class FlowInspector:
             return self._end_message(d)
         if t is HttpRequest and not ev.stream_id and not self._sid:
             return self._request(ev)
+        if t is HttpResponse and not ev.stream_id and not self._sid:
+            # An HTTP/1 response head: the previous response's body, if one
+            # is held, is judged (_end_message(TO_CLIENT), its branch below);
+            # mostly none is (its end event judged it): nothing to call.
+            if not self._dlp[_TO_CLIENT] or not self._streams[_TO_CLIENT].used:
+                return []
+            return self._end_message(_TO_CLIENT)
         fed = _FED.get(t)
         if fed is None:
             fed = _FED[t] = issubclass(t, FED_TYPES)
@@ -376,6 +389,9 @@ class FlowInspector:
 
     def close(self) -> list[Hit]:
         """The flow ended: scan what is still held (an unfinished body)."""
+        if self._body is None and not self._parked and not self._streams[_TO_SERVER].used \
+                and not self._streams[_TO_CLIENT].used:
+            return []    # nothing held (most flows: every message ended): what the calls below find
         out = self._end_message(Direction.TO_SERVER) + self._end_message(Direction.TO_CLIENT)
         for sid in list(self._parked):
             self._use(sid)
@@ -514,10 +530,16 @@ class FlowInspector:
                 self._body = None     # no body came: nothing to scan (what _waf_body would find)
         if self._dlp[d]:
             st = self._streams[d]
+            if st.clean:
+                # The final scan would read the tail again, bytes the
+                # prefilter already cleared of every detector (most response
+                # bodies): no hit; the stream starts over as that scan's would.
+                self._streams[d] = _UNUSED_STREAM
+                return out
             if st.tail:
                 out += self._dlp_chunk(d, b"", final=True)
             if st.base or st.done or st.reported:      # else it is as new: keep it
-                self._streams[d] = _DlpStream()
+                self._streams[d] = _UNUSED_STREAM       # as new (_dlp_chunk makes its own when it scans)
         return out
 
     def _dlp_chunk(self, d: Direction, data: bytes, final: bool) -> list[Hit]:
@@ -541,9 +563,11 @@ class FlowInspector:
         # their matches): a detector it leaves out has no match in it.
         pf = self._dlp_prefilter[d]
         may = pf.candidates(buf) if pf is not None else None
+        scanned = False        # a detector's regex ran (else the prefilter ruled them all out)
         for name, rules in self._dlp[d].items():
             if may is not None and name not in may:
                 continue
+            scanned = True
             det = DETECTORS[name]
             if all((r.name, name) in st.reported for r in rules):
                 continue
@@ -563,6 +587,7 @@ class FlowInspector:
         keep = min(len(buf), DLP_TAIL_BYTES)
         st.base += len(buf) - keep
         st.tail = buf[len(buf) - keep:]
+        st.clean = not scanned and keep == len(buf)
         return out
 
     # -- domains ------------------------------------------------------------------

@@ -183,6 +183,8 @@ def _new_data(direction: Direction, data: bytes, stream_offset: int) -> Data:
 
 
 _object_new = object.__new__
+# A direction's Eof (a frozen value: one serves every flow).
+_EOF = {d: Eof(d) for d in Direction}
 # Flags that take segment() off its in-order shortcut.
 _SYN_FIN_RST = SYN | FIN | RST
 
@@ -270,9 +272,22 @@ class StreamReassembler:
                 payload: bytes = b"") -> list[StreamEvent]:
         """Feed one TCP segment; return the events it completes (possibly none)."""
         d = direction if direction.__class__ is Direction else Direction(direction)
-        got = self.in_order(d, seq, flags, payload)
-        if got is not None:
-            return [_new_data(d, got, self._sides[d].next - len(got))]
+        if not payload:
+            # (in_order takes payload only.) A bare FIN at the next expected
+            # byte of a side with nothing buffered (both of every connection
+            # that ends cleanly): the general path below sets fin there and,
+            # every byte before it delivered, ends the side; done here.
+            side = self._sides[d]
+            if (flags & _SYN_FIN_RST == FIN and side.base is not None and side.fin is None and not side.starts
+                    and (seq - side.base - side.next) % _SEQ_MOD == 0 and self.in_order_shortcut):
+                self.counters.segments += 1
+                side.fin = side.next
+                side.eof = True
+                return [_EOF[d]]
+        else:
+            got = self.in_order(d, seq, flags, payload)
+            if got is not None:
+                return [_new_data(d, got, self._sides[d].next - len(got))]
         side = self._sides[d]
         self.counters.segments += 1
         events: list[StreamEvent] = []

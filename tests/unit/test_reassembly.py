@@ -328,3 +328,59 @@ def test_any_permutation_with_duplicates_reassembles_to_the_original(case):
     else:
         assert eofs == []
     assert r.flush() == []
+
+
+def test_a_bare_fin_or_ack_takes_segment_s_own_path_not_in_order():
+    """in_order() delivers payload only: segment() does not ask it about a
+    segment without any (a bare FIN or ACK), and such a segment still gives
+    what segment() gives it (an Eof once the bytes before it are in)."""
+    class Counting(StreamReassembler):
+        asked = 0
+
+        def in_order(self, *a):
+            type(self).asked += 1
+            return super().in_order(*a)
+
+    r = Counting()
+    assert r.segment(C2S, ISN, SYN) == []
+    Counting.asked = 0
+    assert feed(r, [(0, b"", ACK)]) == [] and Counting.asked == 0
+    assert feed(r, [(0, b"abc")]) == [Data(C2S, b"abc", 0)] and Counting.asked == 1
+    assert feed(r, [(3, b"", FIN | ACK)]) == [Eof(C2S)] and Counting.asked == 1
+
+
+def test_an_in_order_bare_fin_ends_its_side_without_the_general_path():
+    """A bare FIN at the next expected byte, nothing buffered: segment()
+    ends the side itself (no _fin, no _check_eof), with the general path's
+    events, state and counters; anywhere else (a hole before it, after data
+    buffered, a second FIN, FIN with RST, near a wrap) the two agree too."""
+    class Counting(StreamReassembler):
+        fins = 0
+
+        def _fin(self, side, fin):
+            type(self).fins += 1
+            return super()._fin(side, fin)
+
+    r = Counting()
+    assert r.in_order(C2S, 1000, ACK, b"abc") == b"abc"
+    Counting.fins = 0
+    assert r.segment(C2S, 1003, FIN | ACK) == [Eof(C2S)] and Counting.fins == 0
+    assert r.segment(S2C, 7, FIN) == [Eof(S2C)] and Counting.fins == 1     # S2C's first segment: general path
+    cases = [
+        [(0, b"abc"), (3, b"", FIN | ACK)],
+        [(0, b"abc"), (5, b"", FIN | ACK), (3, b"xy")],                   # FIN after a hole
+        [(0, b"abc"), (6, b"zz"), (3, b"", FIN | ACK), (3, b"xyz")],      # data buffered past it
+        [(0, b"abc"), (3, b"", FIN | ACK), (3, b"", FIN | ACK), (4, b"", FIN)],
+        [(0, b"abc"), (3, b"", FIN | RST), (3, b"", FIN)],
+        [(0, b"abc"), (2, b"", FIN)],                                     # before bytes delivered
+    ]
+    for isn in (ISN, (1 << 32) - 3):
+        for segs in cases:
+            got = []
+            for shortcut in (True, False):
+                r = opened(isn=isn)
+                r.in_order_shortcut = shortcut
+                ev = feed(r, segs, isn=isn)
+                side = r._sides[C2S]
+                got.append((ev, r.counters, side.fin, side.eof, side.next, r.flush()))
+            assert got[0] == got[1], (isn, segs)
