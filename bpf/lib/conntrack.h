@@ -755,20 +755,24 @@ static __always_inline void ms_ct_remove(struct ms_flow_key *k, int where, const
     ms_flow_end_commit(ev, gone);
 }
 
-/* A SYN's session (ms_ct_tcp, a segment with SYN alone): looked up in
- * ms_flows and in ms_halfopen, as ms_ct_lookup does, with the same answer
- * (an entry in ms_flows first; one idle past its state's timeout deleted
- * and reported as absent), but both lookups are made before either answer
- * is used. A new connection's SYN misses in both tables, and its key's
- * buckets are cold: in ms_ct_lookup_from the second lookup waits on the
- * first (by all signs the CPU, taught by the other packets that ms_flows
- * has the session, runs ahead down the found path, which has no second
- * lookup), here the two bucket reads overlap. Measured (bench/fastpath_conn.py, interleaved in
- * one run): a new tuple's SYN ~150-280 ns cheaper, of ~1,000; a reused
- * port's SYN, found in ms_flows, the same within noise (its extra
- * ms_halfopen lookup overlaps the ms_flows one). Only for the SYN: a
- * segment of an established session would pay a lookup it never needs. */
-static __always_inline struct ms_flow *ms_ct_lookup_syn(struct ms_flow_key *k, __u64 now, int *where)
+/* The session of a handshake segment, a SYN or a SYN-ACK (ms_ct_tcp):
+ * looked up in ms_flows and in ms_halfopen, as ms_ct_lookup does, with the
+ * same answer (an entry in ms_flows first; one idle past its state's
+ * timeout deleted and reported as absent), but both lookups are made
+ * before either answer is used. A new connection's SYN misses in both
+ * tables, its SYN-ACK misses in ms_flows and finds ms_halfopen's entry,
+ * and their buckets are cold (the SYN's: a new key; the SYN-ACK's: a round
+ * trip later, on a busy gateway). In ms_ct_lookup_from the second lookup
+ * waits on the first (by all signs the CPU, taught by the other packets
+ * that ms_flows has the session, runs ahead down the found path, which
+ * has no second lookup); here the two bucket reads overlap. Measured,
+ * bench/fastpath_conn.py, builds interleaved in one run: a new tuple's SYN
+ * ~150-230 ns cheaper (of ~1,000); with --phased (entries cold) the
+ * SYN-ACK ~200-290 ns cheaper (of ~850); a reused port's SYN and SYN-ACK,
+ * found in ms_flows, the same within noise (the extra ms_halfopen lookup
+ * overlaps the ms_flows one). Not for other segments: one of an
+ * established session would pay a lookup it never needs. */
+static __always_inline struct ms_flow *ms_ct_lookup_handshake(struct ms_flow_key *k, __u64 now, int *where)
 {
     struct ms_flow_key4 k4 = {};
     struct ms_flow *ff, *fh;
@@ -1230,8 +1234,10 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now, struct ms_flow
     int where;
     __u8 fl = p->tcp_flags;
     int is_syn = (fl & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) == TCP_SYN;
-    struct ms_flow *f = is_syn ? ms_ct_lookup_syn(kp, now, &where)
-                               : ms_ct_lookup_from(kp, now, &where, p->lane_absent);
+    /* A SYN or a SYN-ACK (no RST, no FIN): both tables at once. */
+    int handshake = (fl & (TCP_SYN | TCP_RST | TCP_FIN)) == TCP_SYN;
+    struct ms_flow *f = handshake ? ms_ct_lookup_handshake(kp, now, &where)
+                                  : ms_ct_lookup_from(kp, now, &where, p->lane_absent);
     MS_BENCH_STEP(3, MS_BENCH_REASON);   /* the session looked up */
     __u32 end = p->seq + p->payload_len + ((fl & TCP_SYN) ? 1 : 0) + ((fl & TCP_FIN) ? 1 : 0);
 

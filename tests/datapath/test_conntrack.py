@@ -1014,14 +1014,15 @@ LONG_IDLE_NS = 7_200 * 1_000_000_000
 
 
 @pytest.mark.parametrize("family", ["v4", "v6"])
+@pytest.mark.parametrize("segment", ["syn", "synack"])
 @pytest.mark.parametrize("case", ["flows_expired", "both_live", "halfopen_expired"])
-def test_syn_finds_its_session_in_either_table(fastpath, family, case):
-    """A SYN looks its 5-tuple up in ms_flows and ms_halfopen at once
-    (conntrack.h ms_ct_lookup_syn) and decides as the one lookup after the
-    other did: a live ms_flows entry first, an expired entry in either
-    table deleted (counted) and read as absent, ms_halfopen's entry next.
-    Entries in both tables at once happen only in a race (a promotion
-    between its insert and its delete); planted here by hand."""
+def test_handshake_finds_its_session_in_either_table(fastpath, family, segment, case):
+    """A SYN or a SYN-ACK looks its 5-tuple up in ms_flows and ms_halfopen
+    at once (conntrack.h ms_ct_lookup_handshake) and is decided as with one
+    lookup after the other: a live ms_flows entry first, an expired entry
+    in either table deleted (counted) and read as absent, ms_halfopen's
+    entry next. Entries in both tables at once happen only in a race (a
+    promotion between its insert and its delete); planted here by hand."""
     cli, srv = FAMILIES[family]
     conn = TcpConn.make(fastpath, client=(cli, 40100), server=(srv, 80))
     conn.send(O, "S")
@@ -1041,27 +1042,39 @@ def test_syn_finds_its_session_in_either_table(fastpath, family, case):
     pr0 = fastpath.table("ms_pressure")[ctypes.c_int(0)]
 
     if case == "both_live":
-        # the established session decides (RFC 5961 4.2: left alone); the
-        # half-open entry is not touched
-        conn.send(O, "S", R.PASS_TCP_IGNORED, seq=conn.c.isn + 777)
+        # the established session decides (RFC 5961 4.2: a SYN, or a
+        # SYN-ACK, left alone); the half-open entry is not touched
+        if segment == "syn":
+            conn.send(O, "S", R.PASS_TCP_IGNORED, seq=conn.c.isn + 777)
+        else:
+            conn.send(RD, "SA", R.PASS_TCP_IGNORED)
         _, _, f = _session_leaf(fastpath, FLOWS, conn)
-        assert f.state == S.CT_ESTABLISHED and list(f.packets) == [2, 0]
+        assert f.state == S.CT_ESTABLISHED
+        assert list(f.packets) == ([2, 0] if segment == "syn" else [1, 1])
         assert bytes(_session_leaf(fastpath, HALFOPEN, conn)[2]) == bytes(half)
         return
-    conn.send(O, "S")                                       # the SYN again
+    if segment == "syn":
+        conn.send(O, "S")                                   # the SYN again
+    elif case == "flows_expired":
+        conn.send(RD, "SA")
+    else:
+        conn.send(RD, "SA", R.DROP_TCP_NO_SESSION)          # its session expired: none
     pr1 = fastpath.table("ms_pressure")[ctypes.c_int(0)]
     _, _, h = _session_leaf(fastpath, HALFOPEN, conn)
     assert _session_leaf(fastpath, FLOWS, conn)[2] is None
-    assert h is not None and h.state == S.CT_SYN_SENT
     if case == "flows_expired":
         # the expired ms_flows entry went (counted), the half-open session
-        # took the retransmission
+        # took the segment
         assert pr1.deleted - pr0.deleted == 1
-        assert list(h.packets) == [2, 0] and h.cookie == half.cookie
-    else:
+        assert h.cookie == half.cookie
+        assert (h.state, list(h.packets)) == ((S.CT_SYN_SENT, [2, 0]) if segment == "syn" else
+                                              (S.CT_SYN_RECV, [1, 1]))
+    elif segment == "syn":
         # the expired half-open entry went, a new one took its place
         assert (pr1.halfopen_removed - pr0.halfopen_removed, pr1.halfopen_inserted - pr0.halfopen_inserted) == (1, 1)
-        assert list(h.packets) == [1, 0] and h.cookie != half.cookie
+        assert h.state == S.CT_SYN_SENT and list(h.packets) == [1, 0] and h.cookie != half.cookie
+    else:
+        assert pr1.halfopen_removed - pr0.halfopen_removed == 1 and h is None
 
 
 def test_established_expires_lazily(fastpath):
