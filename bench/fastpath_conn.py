@@ -33,11 +33,20 @@ tables keep the flows of the round before (one untimed round first), so
 each SYN finds its 5-tuple's previous connection closed in ms_flows
 (ms_ct_tcp's port-reuse branch: the old verdict, counted PASS_FORWARD).
 
+``--phased``: the same packets, each kind for every flow before the next
+kind (every SYN, then every SYN-ACK, ...), as on a gateway with many
+handshakes open at once, where a flow's next packet comes a round trip
+later and finds its session's buckets and entry no longer in the cache
+(here: the other flows' packets, --flows of them, evicted them). Flow
+after flow (the default), a flow's packets find what its previous packet
+touched still cached, as in bench/policy.py's lab, whose client waits for
+each connection.
+
 Several builds can be measured side by side, interleaved call for call
 (``--variant NAME=-DMACRO[,-DMACRO...]``, each a build with those macros
 defined before the program's text; ``base`` is the build as it is).
 
-    .venv/bin/python bench/fastpath_conn.py [--flows N] [--rounds N] [--rules N] [--reuse] [--variant NAME=-DX ...]
+    .venv/bin/python bench/fastpath_conn.py [--flows N] [--rounds N] [--rules N] [--reuse] [--phased] [--variant NAME=-DX ...]
 """
 from __future__ import annotations
 
@@ -125,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rules", type=int, default=DEFAULT_RULES, help=f"allow-list entries (default {DEFAULT_RULES})")
     ap.add_argument("--reuse", action="store_true",
                     help="keep ms_flows between rounds: every SYN reuses a closed connection's ports")
+    ap.add_argument("--phased", action="store_true",
+                    help="each packet kind for every flow before the next kind: entries cold, as on a busy gateway")
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME=-DMACRO[,-DMACRO...]: another build, measured beside the base one")
     args = ap.parse_args(argv)
@@ -170,13 +181,15 @@ def main(argv: list[str] | None = None) -> int:
                 rings[n].drain()
                 before[n] = fp.counters()
             d = {(n, kind): [] for n, _ in calls for kind in KINDS}
-            for pk in flows:
-                for kind in KINDS:
-                    for n, fd in calls:
-                        r = bpfsys.prog_test_run(fd, pk[kind], repeat=1)
-                        d[(n, kind)].append(r.duration_ns)
-                        if r.retval != TC_ACT_OK:
-                            problems.append(f"{n} {kind}: action {r.retval}")
+            # flow after flow, or (--phased) kind after kind
+            order = ([(pk, kind) for kind in KINDS for pk in flows] if args.phased else
+                     [(pk, kind) for pk in flows for kind in KINDS])
+            for pk, kind in order:
+                for n, fd in calls:
+                    r = bpfsys.prog_test_run(fd, pk[kind], repeat=1)
+                    d[(n, kind)].append(r.duration_ns)
+                    if r.retval != TC_ACT_OK:
+                        problems.append(f"{n} {kind}: action {r.retval}")
             for n, fp in builds.items():
                 after = fp.counters()
                 moved = {key[1]: after[key][0] - before[n].get(key, (0, 0))[0] for key in after
@@ -201,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     floor = statistics.median(res[("empty", "syn")])
     print("a new connection's packets in the fast path: ns per packet, BPF_PROG_TEST_RUN repeat 1")
     print(f"kernel {os.uname().release}; {args.flows} flows x {args.rounds} rounds, {args.rules}-rule "
-          f"allow-list{', ports reused' if args.reuse else ''}; median over rounds of the per-round median; empty-repeat1 {floor:g} ns")
+          f"allow-list{', ports reused' if args.reuse else ''}{', phased' if args.phased else ''}; median over rounds of the per-round median; empty-repeat1 {floor:g} ns")
     print()
     names = list(builds)
     print("| packet | " + " | ".join(f"{n} ns | {n} / empty" for n in names) + " |")

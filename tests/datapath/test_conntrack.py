@@ -29,7 +29,7 @@ from datapath.sessions import FLOW_TABLES, map_key
 
 from packets_ct import (FLOWS, HALFOPEN, HALFOPEN_STATES, ING, EGR, IPPROTO_ICMP,
                         IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, OFF_DPORT, OFF_IP_SRC,
-                        OFF_SPORT, PatchedRunner, TcpConn, canonical, entry, ether, expect,
+                        OFF_SPORT, PatchedRunner, TcpConn, canonical, entry, ether, expect, flow_key,
                         ip, key_addrs, mapped, ringbuf_record_type, session_map, table_len, udp_frame)
 
 S = CtState
@@ -995,6 +995,86 @@ def test_syn_sent_expires(fastpath):
     time.sleep(1.2)
     slow.send(RD, "SA", R.DROP_TCP_NO_SESSION)
     assert slow.entry() is None
+
+
+def _session_leaf(fp, table: str, conn: TcpConn):
+    """(map, key, leaf or None) of conn's session in session table ``table``,
+    read directly: packets_ct.entry() refuses a key in both tables."""
+    t = fp.table(session_map(table, conn.c.addr, conn.s.addr))
+    k = flow_key(t, conn.c.addr, conn.c.port, conn.s.addr, conn.s.port, IPPROTO_TCP)
+    try:
+        return t, k, t[k]
+    except KeyError:
+        return t, k, None
+
+
+# A session entry idle this long is past every state's default timeout
+# (ESTABLISHED's 3,600 s included), without sleeping.
+LONG_IDLE_NS = 7_200 * 1_000_000_000
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+@pytest.mark.parametrize("segment", ["syn", "synack"])
+@pytest.mark.parametrize("case", ["flows_expired", "both_live", "halfopen_expired"])
+def test_handshake_finds_its_session_in_either_table(fastpath, family, segment, case):
+    """A SYN or a SYN-ACK looks its 5-tuple up in ms_flows and ms_halfopen
+    at once (conntrack.h ms_ct_lookup_handshake) and is decided as with one
+    lookup after the other: a live ms_flows entry first, an expired entry
+    in either table deleted (counted) and read as absent, ms_halfopen's
+    entry next. Entries in both tables at once happen only in a race (a
+    promotion between its insert and its delete); planted here by hand."""
+    cli, srv = FAMILIES[family]
+    conn = TcpConn.make(fastpath, client=(cli, 40100), server=(srv, 80))
+    conn.send(O, "S")
+    ht, hk, half = _session_leaf(fastpath, HALFOPEN, conn)
+    assert half is not None and list(half.packets) == [1, 0]
+    now = time.monotonic_ns()
+    if case in ("flows_expired", "both_live"):
+        planted = type(half).from_buffer_copy(bytes(half))
+        planted.state = int(S.CT_ESTABLISHED)
+        planted.last_seen_ns = now - LONG_IDLE_NS if case == "flows_expired" else now
+        ft, fk, _ = _session_leaf(fastpath, FLOWS, conn)
+        ft[fk] = planted
+    else:
+        old = type(half).from_buffer_copy(bytes(half))
+        old.last_seen_ns = now - LONG_IDLE_NS
+        ht[hk] = old
+    pr0 = fastpath.table("ms_pressure")[ctypes.c_int(0)]
+
+    if case == "both_live":
+        # the established session decides (RFC 5961 4.2: a SYN, or a
+        # SYN-ACK, left alone); the half-open entry is not touched
+        if segment == "syn":
+            conn.send(O, "S", R.PASS_TCP_IGNORED, seq=conn.c.isn + 777)
+        else:
+            conn.send(RD, "SA", R.PASS_TCP_IGNORED)
+        _, _, f = _session_leaf(fastpath, FLOWS, conn)
+        assert f.state == S.CT_ESTABLISHED
+        assert list(f.packets) == ([2, 0] if segment == "syn" else [1, 1])
+        assert bytes(_session_leaf(fastpath, HALFOPEN, conn)[2]) == bytes(half)
+        return
+    if segment == "syn":
+        conn.send(O, "S")                                   # the SYN again
+    elif case == "flows_expired":
+        conn.send(RD, "SA")
+    else:
+        conn.send(RD, "SA", R.DROP_TCP_NO_SESSION)          # its session expired: none
+    pr1 = fastpath.table("ms_pressure")[ctypes.c_int(0)]
+    _, _, h = _session_leaf(fastpath, HALFOPEN, conn)
+    assert _session_leaf(fastpath, FLOWS, conn)[2] is None
+    if case == "flows_expired":
+        # the expired ms_flows entry went (counted), the half-open session
+        # took the segment
+        assert pr1.deleted - pr0.deleted == 1
+        assert h.cookie == half.cookie
+        assert (h.state, list(h.packets)) == ((S.CT_SYN_SENT, [2, 0]) if segment == "syn" else
+                                              (S.CT_SYN_RECV, [1, 1]))
+    elif segment == "syn":
+        # the expired half-open entry went, a new one took its place
+        assert (pr1.halfopen_removed - pr0.halfopen_removed, pr1.halfopen_inserted - pr0.halfopen_inserted) == (1, 1)
+        assert h.state == S.CT_SYN_SENT and list(h.packets) == [1, 0] and h.cookie != half.cookie
+    else:
+        assert pr1.halfopen_removed - pr0.halfopen_removed == 1 and h is None
 
 
 def test_established_expires_lazily(fastpath):
