@@ -148,6 +148,19 @@ def test_replay_writes_the_heartbeat_once(fastpath, tmp_path, monkeypatch):
     assert len(beats) == 1
 
 
+def _get_exchange(sport: int, host: str) -> list:
+    """A handshake, a GET for ``host`` and its 200 response: one payload
+    record a frame for the last two."""
+    c, s = IP(src="10.0.0.1", dst="10.0.0.2"), IP(src="10.0.0.2", dst="10.0.0.1")
+    req = f"GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    return [c / TCP(sport=sport, dport=80, flags="S", seq=100),
+            s / TCP(sport=80, dport=sport, flags="SA", seq=900, ack=101),
+            c / TCP(sport=sport, dport=80, flags="A", seq=101, ack=901),
+            c / TCP(sport=sport, dport=80, flags="PA", seq=101, ack=901) / Raw(req),
+            s / TCP(sport=80, dport=sport, flags="PA", seq=901, ack=101 + len(req)) / Raw(resp)]
+
+
 def test_replay_hands_a_frames_one_record_to_handle_raw(fastpath, tmp_path, monkeypatch):
     """A frame writes one payload record, and replay hands it over alone
     (Engine.handle_raw), not as a batch of one (handle_raw_batch: its lists,
@@ -159,15 +172,7 @@ def test_replay_hands_a_frames_one_record_to_handle_raw(fastpath, tmp_path, monk
                                                                  one(self, *a))[1])
     monkeypatch.setattr(Engine, "handle_raw_batch", lambda self, *a: (
         calls.__setitem__("batch", calls["batch"] + 1), batch(self, *a))[1])
-    c, s = IP(src="10.0.0.1", dst="10.0.0.2"), IP(src="10.0.0.2", dst="10.0.0.1")
-    req = b"GET /x HTTP/1.1\r\nHost: one.test\r\n\r\n"
-    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    pkts = [c / TCP(sport=40000, dport=80, flags="S", seq=100),
-            s / TCP(sport=80, dport=40000, flags="SA", seq=900, ack=101),
-            c / TCP(sport=40000, dport=80, flags="A", seq=101, ack=901),
-            c / TCP(sport=40000, dport=80, flags="PA", seq=101, ack=901) / Raw(req),
-            s / TCP(sport=80, dport=40000, flags="PA", seq=901, ack=101 + len(req)) / Raw(resp)]
-    res, records = replay_packets(fastpath, pkts, tmp_path, "one.pcap")
+    res, records = replay_packets(fastpath, _get_exchange(40000, "one.test"), tmp_path, "one.pcap")
     assert res.records == 2 and res.engine.counters.records == 2 and res.bad_record is None
     assert calls == {"one": 2, "batch": 0}
     (http,) = [r for r in records if r["event_type"] == "http"]
@@ -183,15 +188,7 @@ def test_replay_takes_a_frames_one_record_from_the_ring(fastpath, tmp_path, monk
     drains = []
     drain = RingBuffer.drain
     monkeypatch.setattr(RingBuffer, "drain", lambda self, *a: (drains.append(self.name), drain(self, *a))[1])
-    c, s = IP(src="10.0.0.1", dst="10.0.0.2"), IP(src="10.0.0.2", dst="10.0.0.1")
-    req = b"GET /t HTTP/1.1\r\nHost: take.test\r\n\r\n"
-    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    pkts = [c / TCP(sport=40001, dport=80, flags="S", seq=100),
-            s / TCP(sport=80, dport=40001, flags="SA", seq=900, ack=101),
-            c / TCP(sport=40001, dport=80, flags="A", seq=101, ack=901),
-            c / TCP(sport=40001, dport=80, flags="PA", seq=101, ack=901) / Raw(req),
-            s / TCP(sport=80, dport=40001, flags="PA", seq=901, ack=101 + len(req)) / Raw(resp)]
-    res, records = replay_packets(fastpath, pkts, tmp_path, "take.pcap")
+    res, records = replay_packets(fastpath, _get_exchange(40001, "take.test"), tmp_path, "take.pcap")
     assert res.records == 2 and res.engine.counters.records == 2 and res.bad_record is None
     assert drains.count("ms_insp_ring") == 1
     (http,) = [r for r in records if r["event_type"] == "http"]
