@@ -42,6 +42,7 @@ installs them (apt) and runs this. Nothing here uses the network.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -185,20 +186,26 @@ class Ndpi(Reader):
     name = "ndpiReader -i FILE -q -v 2"
     short = "ndpiReader"
 
-    # Files ndpiReader 4.2 writes whatever it is asked (paths compiled in);
-    # removed after each run unless they were there before it.
+    # Files ndpiReader 4.2 writes whatever it is asked, `-h` included (paths
+    # compiled in); removed after each run unless they were there before it.
     LEFTOVERS = (Path("/tmp/ses_result.csv"), Path("/tmp/des_result.csv"))
 
-    def cpu(self, path, work):
-        out = work / f"ndpi-{path.stem}.txt"
-        ours = [p for p in self.LEFTOVERS if not p.exists()]
+    @classmethod
+    @contextlib.contextmanager
+    def leftovers_removed(cls):
+        """Around an ndpiReader run: the LEFTOVERS it made, removed after."""
+        ours = [p for p in cls.LEFTOVERS if not p.exists()]
         try:
-            with open(out, "wb") as f:
-                return run(["ndpiReader", "-i", str(path), "-q", "-v", "2"], f,
-                           env={**os.environ, "LC_ALL": "C"})
+            yield
         finally:
             for p in ours:
                 p.unlink(missing_ok=True)
+
+    def cpu(self, path, work):
+        out = work / f"ndpi-{path.stem}.txt"
+        with self.leftovers_removed(), open(out, "wb") as f:
+            return run(["ndpiReader", "-i", str(path), "-q", "-v", "2"], f,
+                       env={**os.environ, "LC_ALL": "C"})
 
 
 class Tshark(Reader):
@@ -444,7 +451,8 @@ def bench(copies: int, rounds: int, baseline: Path | None = None) -> int:
 
     med = {name: statistics.median(v) for name, v in cpu.items()}
     base = med[Ndpi.name]
-    ndpi_v = version(["ndpiReader", "-h"], r"nDPI (\d[\w.\-]*)")
+    with Ndpi.leftovers_removed():
+        ndpi_v = version(["ndpiReader", "-h"], r"nDPI (\d[\w.\-]*)")
     tshark_v = version(["tshark", "-v"], r"TShark \(Wireshark\) (\d[\w.\-]*)")
     label = {Ndpi.name: f"`ndpiReader -i` (nDPI {ndpi_v})", Tshark.name: f"`tshark -r -T fields` ({tshark_v})",
              Replay.name: "`microseg replay` (inspect everything: dpi, waf, dlp, 1 MiB a side)",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.peers import agreement, ndpi_app, parse_ndpi  # noqa: E402
+from bench.peers import Ndpi, agreement, ndpi_app, parse_ndpi  # noqa: E402
 
 NDPI_OUT = (
     "\nJA3 Host Stats: \n"
@@ -136,3 +136,15 @@ def test_eve_check_ignores_flow_ids_and_latency_only(tmp_path):
                     [mine[1], mine[0], mine[2]]):                                        # records reordered
         n, diffs = eve_differences(write("c", changed), write("b", base))
         assert diffs, changed
+
+
+def test_ndpireader_leftovers_removed_unless_there_before(tmp_path, monkeypatch):
+    """ndpiReader writes two files in /tmp on every run, `-h` included: the
+    ones a run made go, one that was there before stays."""
+    before, made = tmp_path / "ses_result.csv", tmp_path / "des_result.csv"
+    before.write_text("someone else's")
+    monkeypatch.setattr(Ndpi, "LEFTOVERS", (before, made))
+    with Ndpi.leftovers_removed():
+        made.write_text("")        # as the run writes them
+        before.write_text("")
+    assert not made.exists() and before.exists()
