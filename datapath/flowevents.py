@@ -14,10 +14,11 @@ Times in a record are the session clock (CLOCK_MONOTONIC, ns);
 from __future__ import annotations
 
 import ctypes
+import operator
 import struct
 import time
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from .enums import CtState, EventType, FlowEndReason
 from .flows import addr_text
@@ -73,6 +74,67 @@ def _ntohs(v: int) -> int:
     return ((v & 0xFF) << 8) | (v >> 8)
 
 
+# The integer struct codes by size (struct's standard sizes: ctypes' own
+# codes follow the platform's, where "L" is 8 bytes and struct's "<L" 4).
+_INT_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
+
+
+def _field_code(t: type) -> tuple[str, int]:
+    """(struct code, values it reads) of a ctypes field type: an integer,
+    an array of bytes (one bytes value) or an array of integers (one value
+    per element)."""
+    if issubclass(t, ctypes.Array):
+        elem = t._type_
+        if ctypes.sizeof(elem) == 1:
+            return f"{t._length_}s", 1
+        code, _ = _field_code(elem)
+        return f"{t._length_}{code}", t._length_
+    code = _INT_CODES.get(ctypes.sizeof(t)) if issubclass(t, ctypes._SimpleCData) else None
+    if code is None or t._type_ not in "bBhHiIlLqQ":
+        raise TypeError(f"{t.__name__}: not an integer or an array of integers")
+    return (code if t._type_.islower() else code.upper()), 1
+
+
+def field_reader(ctype: type, names: tuple[str, ...]) -> Callable[[bytes], tuple]:
+    """A function reading the fields ``names`` of ctypes structure
+    ``ctype`` (BCC's type of a kernel struct: the layout keeps its one
+    definition) from a buffer of it: one struct unpack and one reordering,
+    where a ctypes copy of the buffer and an attribute read per field cost
+    ~2 us a session end. "a.b" names field b of the nested structure a; an
+    array of integers reads as its elements, in order, an array of bytes
+    as one bytes value. The values come in the order of ``names``, each
+    field's at the position its name has (arrays expanded), as int() of
+    the ctypes field would give them."""
+    fields = []
+    for name in names:
+        off, t = 0, ctype
+        for part in name.split("."):
+            off += getattr(t, part).offset
+            t = dict(t._fields_)[part]
+        fields.append((off, name, t))
+    fmt, at, pos = ["<"], 0, {}
+    n = 0
+    for off, name, t in sorted(fields, key=lambda f: f[0]):
+        if off < at:
+            raise ValueError(f"{ctype.__name__}.{name}: overlaps the field before it")
+        code, count = _field_code(t)
+        fmt.append(f"{off - at}x{code}" if off > at else code)
+        at = off + ctypes.sizeof(t)
+        pos[name] = range(n, n + count)
+        n += count
+    unpack = struct.Struct("".join(fmt)).unpack_from
+    order = operator.itemgetter(*[i for name in names for i in pos[name]])
+    return lambda buf: order(unpack(buf))
+
+
+# The fields of a session end that struct ms_flow_event and a session
+# table's entry (struct ms_flow) both have, in the order FlowEventDecoder
+# reads them, and the key's (struct ms_flow_key).
+_KEY_FIELDS = ("addr_lo", "addr_hi", "port_lo", "port_hi", "proto")
+_END_FIELDS = ("state", "initiator_is_hi", "first_seen_ns", "last_seen_ns", "packets", "bytes", "rule_id",
+               "cookie", "pol_gen", "action", "inspect", "insp_state", "app", "flags")
+
+
 class FlowEventDecoder:
     """Raw ring records -> FlowEnd. One per process (the type's offsets are
     read once)."""
@@ -86,6 +148,9 @@ class FlowEventDecoder:
         self._worker_off = rtype.worker.offset
         self._reasons = {m.value: m.name.removeprefix("FLOW_END_").lower() for m in FlowEndReason}
         self._states = {m.value: m.name for m in CtState}
+        # A record's fields: the key's, the session's (_END_FIELDS), its reason and worker.
+        self._read = field_reader(rtype, (*(f"key.{k}" for k in _KEY_FIELDS), *_END_FIELDS, "reason", "worker"))
+        self._entry_readers: dict[tuple[type, type], tuple[Callable, Callable]] = {}
 
     def decode(self, raw: bytes) -> FlowEnd | None:
         """None for a record of another type; ValueError for a flow-end
@@ -95,9 +160,32 @@ class FlowEventDecoder:
         if len(raw) < self.size:
             raise ValueError(f"ms_events: flow-end record of {len(raw)} bytes, struct ms_flow_event "
                              f"has {self.size}")
-        ev = self.rtype.from_buffer_copy(raw[:self.size])
-        return self._end(ev.key, ev, self._reasons.get(ev.reason, f"reason-{ev.reason}"), int(ev.worker),
-                         raw[self._key_off:self._key_off + self._key_size])
+        v = self._read(raw)
+        reason, worker = v[-2], v[-1]
+        return self._end_values(v, self._reasons.get(reason, f"reason-{reason}"), worker,
+                                raw[self._key_off:self._key_off + self._key_size])
+
+    def from_entry(self, key_type: type, leaf_type: type, key: bytes, leaf: bytes, reason: str) -> FlowEnd:
+        """from_session() of a session table's entry as bytes (``key`` a
+        canonical struct ms_flow_key, ``leaf`` its value; their ctypes types
+        name the layouts), read without ctypes objects: a replay's end
+        reads the thousands of sessions still open this way."""
+        readers = self._entry_readers.get((key_type, leaf_type))
+        if readers is None:
+            readers = self._entry_readers[key_type, leaf_type] = (field_reader(key_type, _KEY_FIELDS),
+                                                                  field_reader(leaf_type, _END_FIELDS))
+        return self._end_values(readers[0](key) + readers[1](leaf), reason, 0, bytes(key))
+
+    def _end_values(self, v: tuple, reason: str, worker: int, key: bytes) -> FlowEnd:
+        """_end() from the values of _KEY_FIELDS and _END_FIELDS, in that order."""
+        (addr_lo, addr_hi, port_lo, port_hi, proto, state, hi_first, first, last, p0, p1, b0, b1, rule_id,
+         cookie, pol_gen, action, inspect, insp_state, app, flags) = v[:21]
+        lo = (_addr_text(addr_lo), _ntohs(port_lo))
+        hi = (_addr_text(addr_hi), _ntohs(port_hi))
+        client, server = (hi, lo) if hi_first else (lo, hi)
+        return FlowEnd(reason, self._states.get(state, f"state-{state}"), proto, client, server, first, last,
+                       (p0, p1), (b0, b1), rule_id, cookie, pol_gen, action, inspect, insp_state, app, flags,
+                       worker, key)
 
     def route(self, raw: bytes) -> tuple[int, int] | None:
         """(action, worker) of a flow-end record, read without decoding the

@@ -423,3 +423,50 @@ def test_a_closed_session_stored_as_last_ack_lives_and_lists_as_time_wait(fastpa
     st = Sweeper.for_fastpath(fastpath, method=method).sweep(now + int(tmo.time_wait * NS))
     assert st.expired_flows == 1 and conn.entry() is None
     assert events.take() == []                           # its record went at its close
+
+
+def _random_entries(fp, n, seed):
+    """Random bytes as ms_flow_event records (type FLOW_END) and as session
+    table entries (canonical key, value): every field's every bit, IPv4-mapped
+    and IPv6 addresses."""
+    import random
+
+    from datapath.flows import V4_MAPPED
+    from datapath.sessions import WIDE_KEY_MAP
+    rnd = random.Random(seed)
+    rtype, t = flow_event_type(fp), fp.table(WIDE_KEY_MAP)
+    out = []
+    for i in range(n):
+        raw = bytearray(rnd.randbytes(ctypes.sizeof(rtype)))
+        raw[0:4] = int(EventType.EVENT_FLOW_END).to_bytes(4, "little")
+        key = bytearray(rnd.randbytes(ctypes.sizeof(t.Key)))
+        if i % 2:    # IPv4-mapped addresses (dotted text) in half of them
+            for at in (rtype.key.offset, rtype.key.offset + 16):
+                raw[at:at + 12] = V4_MAPPED
+            key[0:12] = key[16:28] = V4_MAPPED
+        out.append((bytes(raw), bytes(key), rnd.randbytes(ctypes.sizeof(t.Leaf))))
+    return rtype, t, out
+
+
+def test_decode_reads_every_field_as_ctypes_does(fastpath):
+    # decode() and from_entry() read with one struct unpack: the same
+    # FlowEnd as the ctypes objects' fields (_end, from_session) give.
+    rtype, t, entries = _random_entries(fastpath, 300, 14)
+    dec = FlowEventDecoder(rtype)
+    for raw, key, leaf in entries:
+        ev = rtype.from_buffer_copy(raw)
+        reason = dec._reasons.get(ev.reason, f"reason-{ev.reason}")
+        want = dec._end(ev.key, ev, reason, int(ev.worker), raw[rtype.key.offset:rtype.key.offset + rtype.key.size])
+        assert dec.decode(raw) == want
+        assert dec.decode(raw + b"\0" * 8) == want          # a ring record padded to 8 bytes
+        assert dec.from_entry(t.Key, t.Leaf, key, leaf, "shutdown") == \
+            dec.from_session(t.Key.from_buffer_copy(key), t.Leaf.from_buffer_copy(leaf), "shutdown")
+
+
+def test_field_reader_refuses_what_it_cannot_read(fastpath):
+    from datapath.flowevents import field_reader
+
+    class Odd(ctypes.Structure):
+        _fields_ = [("x", ctypes.c_double)]
+    with pytest.raises(TypeError, match="c_double"):
+        field_reader(Odd, ("x",))
