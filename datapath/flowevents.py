@@ -200,17 +200,7 @@ class FlowEventDecoder:
         """The end of a session user space removes or finds still open (a
         replay's end: reason "shutdown"), from its ms_flows / ms_halfopen
         entry (BCC's Key and Leaf), as the kernel would have reported it."""
-        return self._end(key, leaf, reason, 0, bytes(key))
-
-    def _end(self, k, ev, reason: str, worker: int, key: bytes) -> FlowEnd:
-        lo = (_addr_text(bytes(k.addr_lo)), _ntohs(k.port_lo))
-        hi = (_addr_text(bytes(k.addr_hi)), _ntohs(k.port_hi))
-        client, server = (hi, lo) if ev.initiator_is_hi else (lo, hi)
-        return FlowEnd(reason, self._states.get(ev.state, f"state-{ev.state}"), int(k.proto), client, server,
-                       int(ev.first_seen_ns), int(ev.last_seen_ns),
-                       (int(ev.packets[0]), int(ev.packets[1])), (int(ev.bytes[0]), int(ev.bytes[1])),
-                       int(ev.rule_id), int(ev.cookie), int(ev.pol_gen), int(ev.action), int(ev.inspect),
-                       int(ev.insp_state), int(ev.app), int(ev.flags), worker, key)
+        return self.from_entry(type(key), type(leaf), bytes(key), bytes(leaf), reason)
 
 
 class WallClock:

@@ -4,13 +4,14 @@ counted (ms_events_lost), never silent."""
 from __future__ import annotations
 
 import ctypes
+import socket
 import time
 
 import pytest
 
 from datapath.config import DatapathConfig, Timeouts
 from datapath.enums import CtState, EventType, FlowEndReason, Reason
-from datapath.flowevents import FlowEventDecoder, WallClock, event_type, flow_event_type, lost_counts
+from datapath.flowevents import FlowEnd, FlowEventDecoder, WallClock, event_type, flow_event_type, lost_counts
 from datapath.loader import FastPath
 from datapath.sessions import layouts_of, list_sessions, session_clock_ns
 from datapath.sweeper import Sweeper
@@ -448,19 +449,36 @@ def _random_entries(fp, n, seed):
     return rtype, t, out
 
 
+def _ctypes_end(dec, k, ev, reason, worker, key):
+    """The FlowEnd of key ``k`` and session fields ``ev`` read field by field
+    from the ctypes objects: what the struct readers must give."""
+    from datapath.flows import addr_text
+
+    lo = (addr_text(bytes(k.addr_lo)), socket.ntohs(k.port_lo))
+    hi = (addr_text(bytes(k.addr_hi)), socket.ntohs(k.port_hi))
+    client, server = (hi, lo) if ev.initiator_is_hi else (lo, hi)
+    return FlowEnd(reason, dec._states.get(ev.state, f"state-{ev.state}"), int(k.proto), client, server,
+                   int(ev.first_seen_ns), int(ev.last_seen_ns), (int(ev.packets[0]), int(ev.packets[1])),
+                   (int(ev.bytes[0]), int(ev.bytes[1])), int(ev.rule_id), int(ev.cookie), int(ev.pol_gen),
+                   int(ev.action), int(ev.inspect), int(ev.insp_state), int(ev.app), int(ev.flags), worker, key)
+
+
 def test_decode_reads_every_field_as_ctypes_does(fastpath):
-    # decode() and from_entry() read with one struct unpack: the same
-    # FlowEnd as the ctypes objects' fields (_end, from_session) give.
+    # decode(), from_entry() and from_session() read with one struct unpack:
+    # the same FlowEnd as the ctypes objects' fields give.
     rtype, t, entries = _random_entries(fastpath, 300, 14)
     dec = FlowEventDecoder(rtype)
     for raw, key, leaf in entries:
         ev = rtype.from_buffer_copy(raw)
         reason = dec._reasons.get(ev.reason, f"reason-{ev.reason}")
-        want = dec._end(ev.key, ev, reason, int(ev.worker), raw[rtype.key.offset:rtype.key.offset + rtype.key.size])
+        want = _ctypes_end(dec, ev.key, ev, reason, int(ev.worker),
+                           raw[rtype.key.offset:rtype.key.offset + rtype.key.size])
         assert dec.decode(raw) == want
         assert dec.decode(raw + b"\0" * 8) == want          # a ring record padded to 8 bytes
-        assert dec.from_entry(t.Key, t.Leaf, key, leaf, "shutdown") == \
-            dec.from_session(t.Key.from_buffer_copy(key), t.Leaf.from_buffer_copy(leaf), "shutdown")
+        k, v = t.Key.from_buffer_copy(key), t.Leaf.from_buffer_copy(leaf)
+        want = _ctypes_end(dec, k, v, "shutdown", 0, key)
+        assert dec.from_entry(t.Key, t.Leaf, key, leaf, "shutdown") == want
+        assert dec.from_session(k, v, "shutdown") == want
 
 
 def test_field_reader_refuses_what_it_cannot_read(fastpath):
