@@ -324,3 +324,45 @@ def test_random_replies_equal_the_general_path_at_random_splits(seed):
         cuts = sorted(r.sample(range(1, len(data)), min(len(data) - 1, r.randint(0, 20))))
         parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
         assert feed(parts) == want, (seed, cuts)
+
+
+def test_leaf_aggregates_are_listed_as_one_element(monkeypatch):
+    """An aggregate of scalars alone (a COMMAND reply's flag arrays, its
+    empty tip arrays) is listed by _RUN as one element of its parent, not
+    opened and closed by _walk one loop step each: the walk sees the
+    per-command arrays' headers, and a leaf's only where a run cannot hold
+    it whole (cut by a segment's or a run's end, or matched singly:
+    SINGLE_ELEMENTS), a few a segment (before: all 600)."""
+    heads = []
+    real = redis._walk
+    monkeypatch.setattr(redis, "_walk", lambda h, r, tokens, ev: (heads.extend(t for t in tokens if t),
+                                                                  real(h, r, tokens, ev))[1])
+    data = command_reply(300)
+    segments = [data[i:i + 1448] for i in range(0, len(data), 1448)]
+    ev = feed(segments)
+    assert [(e.type, e.size) for e in ev] == [("array", 300)]
+    assert heads.count(b"*7\r\n") >= 300 - len(segments)
+    leaves = heads.count(b"*2\r\n") + heads.count(b"*0\r\n")
+    assert leaves <= 4 * len(segments)
+
+
+LEAVES = (b"*2\r\n:1\r\n+a\r\n", b"*0\r\n", b"%1\r\n+k\r\n$1\r\nv\r\n", b"~1\r\n_\r\n", b">0\r\n",
+          b"*%d\r\n" % redis.MAX_LEAF_ELEMENTS + b":1\r\n" * redis.MAX_LEAF_ELEMENTS,
+          b"*%d\r\n" % (redis.MAX_LEAF_ELEMENTS + 1) + b":1\r\n" * (redis.MAX_LEAF_ELEMENTS + 1))
+
+
+@pytest.mark.parametrize("leaf", LEAVES)
+@pytest.mark.parametrize("depth", [redis.MAX_DEPTH - 2, redis.MAX_DEPTH - 1, redis.MAX_DEPTH])
+def test_leaves_at_the_depth_limit_as_the_general_path(leaf, depth):
+    """A leaf taken whole (MAX_LEAF_ELEMENTS) is still an aggregate opened
+    at its depth: at MAX_DEPTH open aggregates it is refused ("nested
+    deeper") as the general path refuses it, below that it is taken, with a
+    scalar and a leaf after it and a second reply behind; at any split."""
+    data = (b"*2\r\n" * depth + leaf + b":5\r\n" * (depth - 1) + b"*1\r\n" + leaf) * 2 + b"+OK\r\n"
+    want = feed([data], skim=False)
+    assert feed([data]) == want
+    rnd = random.Random(depth)
+    for _ in range(40):
+        cuts = sorted(rnd.sample(range(1, len(data)), rnd.randint(1, 8)))
+        parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+        assert feed(parts) == want, cuts
