@@ -292,6 +292,11 @@ class RedisParser(StreamParser):
                 self._complete(side, direction, side.bulk_type, _text(side.bulk_head),
                                side.bulk_len, events)
             else:
+                if pos == len(buf):
+                    # Everything taken (a segment of whole commands or
+                    # replies, as most are): the paths below would each find
+                    # nothing at the end and the line search no line end.
+                    break
                 if side.stack:
                     if direction == Direction.TO_CLIENT:
                         start = pos

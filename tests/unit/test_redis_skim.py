@@ -366,3 +366,21 @@ def test_leaves_at_the_depth_limit_as_the_general_path(leaf, depth):
         cuts = sorted(rnd.sample(range(1, len(data)), rnd.randint(1, 8)))
         parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
         assert feed(parts) == want, cuts
+
+
+def test_a_segment_taken_whole_is_not_looked_at_again(monkeypatch):
+    """A segment of whole commands (or whole replies) ends the loop where
+    its last one ends: the fast paths are not tried again at the end of the
+    data, nor a line end looked for there (before: one more _command or
+    _bulk_reply call and a search a segment)."""
+    calls = []
+    for name in ("_command", "_bulk_reply"):
+        real = getattr(redis.RedisParser, name)
+        monkeypatch.setattr(redis.RedisParser, name,
+                            staticmethod(lambda buf, pos, ev, real=real, name=name: (calls.append(name),
+                                                                                   real(buf, pos, ev))[1]))
+    p = redis.RedisParser()
+    ev = p.receive_data(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n", Direction.TO_SERVER)
+    ev += p.receive_data(b"$1\r\nv\r\n", S)
+    assert [e.kind for e in ev] == ["redis_command", "redis_command", "redis_reply"]
+    assert calls == ["_command", "_command", "_bulk_reply"]
