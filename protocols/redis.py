@@ -80,8 +80,9 @@ _SCALAR_ALTS = (
     + rb")\r\n")
 _AGGREGATE_HEAD = rb"[*%~>][0-9]{1,7}\r\n"
 _HEAD = re.compile(_AGGREGATE_HEAD)
-# An aggregate whose elements are all scalars (as _SCALAR_ALTS lists them),
-# whole, is one element of its parent and nothing else: _RUN lists it as a
+# An aggregate whose elements are all scalars (as _SCALAR_ALTS lists them,
+# but bulk strings only up to MAX_LEAF_BULK bytes), whole, is one element of
+# its parent and nothing else: _RUN lists it as a
 # scalar (b""), so _walk counts it off with the scalars around it instead of
 # opening and closing it, one loop step each (a COMMAND reply's flag, ACL
 # category and tip arrays and its key specs' innermost maps: most of its
@@ -93,17 +94,25 @@ _HEAD = re.compile(_AGGREGATE_HEAD)
 # no scalar) is not tried again inside its elements. A leaf's elements are
 # not looked at one by one, but the depth they sit at must be: a leaf found
 # where MAX_DEPTH aggregates are open is refused as the general path refuses
-# it. So leaves are listed only below that depth (_skim_elements: _RUN and
-# _TOKEN; at it, _RUN_PLAIN and _TOKEN_PLAIN), and _walk stops a run where it
-# opens the MAX_DEPTH-th aggregate.
+# it. So leaves are listed only below that depth (_skim_elements: _RUN; at
+# it, _RUN_PLAIN), and _walk stops a run where it opens the MAX_DEPTH-th
+# aggregate.
 # Eight: a COMMAND reply's flag arrays and key-spec maps have up to six.
 MAX_LEAF_ELEMENTS = 8
-_LEAF = (rb"[*~>](?:" + rb"|".join(rb"%d\r\n(?>%s){%d}" % (k, _SCALAR_ALTS, k) if k else b"0\r\n"
+# Fifteen: the words of a COMMAND reply's key specs ("lastkey", "keystep")
+# are shorter. The bound keeps the pattern small: it holds the scalars once
+# per element count, and compiling it with every bulk length up to
+# MAX_TOKEN_BULK took ~85 ms at import against ~5 ms.
+MAX_LEAF_BULK = 15
+_LEAF_SCALAR_ALTS = (
+    rb"[+\-][^\n]{0,%d}\r\n|:-?[0-9]{1,19}\r\n|\(-?[0-9]+\r\n|_\r\n|#[tf]\r\n"
+    % (MAX_LINE_BYTES - 3)
+    + rb"|\$(?:" + rb"|".join(rb"%d\r\n(?s:.){%d}" % (k, k) for k in range(MAX_LEAF_BULK + 1))
+    + rb")\r\n")
+_LEAF = (rb"[*~>](?:" + rb"|".join(rb"%d\r\n(?>%s){%d}" % (k, _LEAF_SCALAR_ALTS, k) if k else b"0\r\n"
                                    for k in range(MAX_LEAF_ELEMENTS + 1))
-         + rb")|%(?:" + rb"|".join(rb"%d\r\n(?>%s){%d}" % (k, _SCALAR_ALTS, 2 * k) if k else b"0\r\n"
+         + rb")|%(?:" + rb"|".join(rb"%d\r\n(?>%s){%d}" % (k, _LEAF_SCALAR_ALTS, 2 * k) if k else b"0\r\n"
                                    for k in range(MAX_LEAF_ELEMENTS + 1)) + rb")")
-_TOKEN = re.compile(rb"(?:" + _SCALAR_ALTS + rb"|" + _LEAF + rb"|" + _AGGREGATE_HEAD + rb")")
-_TOKEN_PLAIN = re.compile(rb"(?:" + _SCALAR_ALTS + rb"|" + _AGGREGATE_HEAD + rb")")
 # Elements a _skim call takes one match at a time before it lists runs: a
 # small reply (pipelined ones: a few elements each) ends within them, where
 # a run would look past its end for nothing.
@@ -384,7 +393,7 @@ class RedisParser(StreamParser):
         span = FIRST_RUN_BYTES
         # Leaves listed as scalars only below MAX_DEPTH (see _LEAF; _walk
         # ends the call where a run reaches it).
-        run, token = (_RUN, _TOKEN) if len(rems) < MAX_DEPTH else (_RUN_PLAIN, _TOKEN_PLAIN)
+        run = _RUN if len(rems) < MAX_DEPTH else _RUN_PLAIN
         while True:
             if singles:
                 # One element by _ELEMENT, as _RUN would list it.
@@ -425,11 +434,12 @@ class RedisParser(StreamParser):
                     pos = end
                 else:
                     # Stopped inside the run (once a reply, or at a limit):
-                    # the taken tokens' bytes found again, one match each,
-                    # within the run's span (a leaf cut by it was listed by
-                    # its header).
+                    # the taken tokens' bytes found again, one match each of
+                    # the same pattern (at a token its alternatives match as
+                    # findall's did), within the run's span (a leaf cut by
+                    # it was listed by its header).
                     for _ in range(taken):
-                        pos = token.match(buf, pos, end).end()
+                        pos = run.match(buf, pos, end).end()
             if stopped:
                 return pos
 

@@ -137,6 +137,8 @@ def test_pipelined_replies_are_not_scanned_past_again_and_again(monkeypatch, ele
             scanned.append(run_bytes(buf, pos, endpos, tokens))
             return tokens
 
+        match = redis._RUN.match      # the taken tokens of a run found again
+
     monkeypatch.setattr(redis, "_RUN", Counting())
     ev = feed([data])
     assert [(e.type, e.size) for e in ev] == [("array", elements)] * (len(data) // len(reply))
@@ -348,7 +350,9 @@ def test_leaf_aggregates_are_listed_as_one_element(monkeypatch):
 
 LEAVES = (b"*2\r\n:1\r\n+a\r\n", b"*0\r\n", b"%1\r\n+k\r\n$1\r\nv\r\n", b"~1\r\n_\r\n", b">0\r\n",
           b"*%d\r\n" % redis.MAX_LEAF_ELEMENTS + b":1\r\n" * redis.MAX_LEAF_ELEMENTS,
-          b"*%d\r\n" % (redis.MAX_LEAF_ELEMENTS + 1) + b":1\r\n" * (redis.MAX_LEAF_ELEMENTS + 1))
+          b"*%d\r\n" % (redis.MAX_LEAF_ELEMENTS + 1) + b":1\r\n" * (redis.MAX_LEAF_ELEMENTS + 1),
+          *(b"*2\r\n$%d\r\n%s\r\n:1\r\n" % (n, b"\r\n" * (n // 2) + b"b" * (n % 2))
+            for n in (redis.MAX_LEAF_BULK, redis.MAX_LEAF_BULK + 1)))
 
 
 @pytest.mark.parametrize("leaf", LEAVES)
@@ -384,3 +388,13 @@ def test_a_segment_taken_whole_is_not_looked_at_again(monkeypatch):
     ev += p.receive_data(b"$1\r\nv\r\n", S)
     assert [e.kind for e in ev] == ["redis_command", "redis_command", "redis_reply"]
     assert calls == ["_command", "_command", "_bulk_reply"]
+
+
+def test_leaf_bulk_strings_are_short():
+    """A leaf's bulk strings are at most MAX_LEAF_BULK bytes (a COMMAND
+    reply's key-spec words), which keeps _RUN's pattern small (with every
+    bulk length up to MAX_TOKEN_BULK it took ~85 ms to compile at import);
+    an aggregate holding a longer one is listed by its header, its
+    elements after it."""
+    for n, want in ((redis.MAX_LEAF_BULK, [b""]), (redis.MAX_LEAF_BULK + 1, [b"*2\r\n", b"", b""])):
+        assert redis._RUN.findall(b"*2\r\n$%d\r\n%s\r\n:1\r\n" % (n, b"x" * n)) == want
