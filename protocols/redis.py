@@ -82,9 +82,9 @@ _AGGREGATE_HEAD = rb"[*%~>][0-9]{1,7}\r\n"
 _HEAD = re.compile(_AGGREGATE_HEAD)
 # An aggregate whose elements are all scalars (as _SCALAR_ALTS lists them,
 # but bulk strings only up to MAX_LEAF_BULK bytes), whole, is one element of
-# its parent and nothing else: _RUN lists it as a
-# scalar (b""), so _walk counts it off with the scalars around it instead of
-# opening and closing it, one loop step each (a COMMAND reply's flag, ACL
+# its parent and nothing else: _RUN lists it as a scalar (b""), so _walk
+# counts it off with the scalars around it instead of opening and closing
+# it, one loop step each (a COMMAND reply's flag, ACL
 # category and tip arrays and its key specs' innermost maps: most of its
 # ~5,800 aggregates). Up to MAX_LEAF_ELEMENTS elements (pairs for a map, as
 # its header counts), one alternative per count; a longer one is listed by
