@@ -80,7 +80,39 @@ _SCALAR_ALTS = (
     + rb")\r\n")
 _AGGREGATE_HEAD = rb"[*%~>][0-9]{1,7}\r\n"
 _HEAD = re.compile(_AGGREGATE_HEAD)
-_TOKEN = re.compile(rb"(?:" + _SCALAR_ALTS + rb"|" + _AGGREGATE_HEAD + rb")")
+# An aggregate whose elements are all scalars (as _SCALAR_ALTS lists them,
+# but bulk strings only up to MAX_LEAF_BULK bytes), whole, is one element of
+# its parent and nothing else: _RUN lists it as a scalar (b""), so _walk
+# counts it off with the scalars around it instead of opening and closing
+# it, one loop step each (a COMMAND reply's flag, ACL
+# category and tip arrays and its key specs' innermost maps: most of its
+# ~5,800 aggregates). Up to MAX_LEAF_ELEMENTS elements (pairs for a map, as
+# its header counts), one alternative per count; a longer one is listed by
+# its header, as before. Empty ones too (`*0`: an element of its parent, as
+# _walk takes it). Each scalar is an atomic group: it has one match at a
+# position, and a leaf that fails (cut by the span's end, an element that is
+# no scalar) is not tried again inside its elements. A leaf's elements are
+# not looked at one by one, but the depth they sit at must be: a leaf found
+# where MAX_DEPTH aggregates are open is refused as the general path refuses
+# it. So leaves are listed only below that depth (_skim_elements: _RUN; at
+# it, _RUN_PLAIN), and _walk stops a run where it opens the MAX_DEPTH-th
+# aggregate.
+# Eight: a COMMAND reply's flag arrays and key-spec maps have up to six.
+MAX_LEAF_ELEMENTS = 8
+# Fifteen: the words of a COMMAND reply's key specs ("lastkey", "keystep")
+# are shorter. The bound keeps the pattern small: it holds the scalars once
+# per element count, and compiling it with every bulk length up to
+# MAX_TOKEN_BULK took ~85 ms at import against ~5 ms.
+MAX_LEAF_BULK = 15
+_LEAF_SCALAR_ALTS = (
+    rb"[+\-][^\n]{0,%d}\r\n|:-?[0-9]{1,19}\r\n|\(-?[0-9]+\r\n|_\r\n|#[tf]\r\n"
+    % (MAX_LINE_BYTES - 3)
+    + rb"|\$(?:" + rb"|".join(rb"%d\r\n(?s:.){%d}" % (k, k) for k in range(MAX_LEAF_BULK + 1))
+    + rb")\r\n")
+_LEAF = (rb"[*~>](?:" + rb"|".join(rb"%d\r\n(?>%s){%d}" % (k, _LEAF_SCALAR_ALTS, k) if k else b"0\r\n"
+                                   for k in range(MAX_LEAF_ELEMENTS + 1))
+         + rb")|%(?:" + rb"|".join(rb"%d\r\n(?>%s){%d}" % (k, _LEAF_SCALAR_ALTS, 2 * k) if k else b"0\r\n"
+                                   for k in range(MAX_LEAF_ELEMENTS + 1)) + rb")")
 # Elements a _skim call takes one match at a time before it lists runs: a
 # small reply (pipelined ones: a few elements each) ends within them, where
 # a run would look past its end for nothing.
@@ -98,7 +130,8 @@ MAX_RUN_BYTES = 16 * 1024
 # it; told from a header by _HEAD.fullmatch). One pass over the run: a match
 # of the run and a findall over it again (two passes) cost ~1.5x as much on
 # a COMMAND reply.
-_RUN = re.compile(rb"(?:" + _SCALAR_ALTS + rb")|(" + _AGGREGATE_HEAD + rb"|(?s:.+))")
+_RUN = re.compile(rb"(?:" + _SCALAR_ALTS + rb"|" + _LEAF + rb")|(" + _AGGREGATE_HEAD + rb"|(?s:.+))")
+_RUN_PLAIN = re.compile(rb"(?:" + _SCALAR_ALTS + rb")|(" + _AGGREGATE_HEAD + rb"|(?s:.+))")
 
 # Elements a whole command may have to take RedisParser._command's path:
 # commands are a few words (GET k, SET k v PX n). A command the path walks
@@ -163,9 +196,11 @@ def _walk(heads: list, rems: list[int], tokens, events: list[Event]) -> tuple[in
     their remaining element counts, ``heads`` their _Frame or header; see
     RedisParser._skim) and emit the RedisReply of a top-level value they
     complete. Returns how many tokens were taken and whether to stop there:
-    a top-level value ended (the tokens after it are the next reply's), or
-    an aggregate past MAX_ELEMENTS or MAX_DEPTH, left for the general path
-    to judge.
+    a top-level value ended (the tokens after it are the next reply's), an
+    aggregate past MAX_ELEMENTS or MAX_DEPTH, left for the general path
+    to judge, or the MAX_DEPTH-th aggregate opened (a leaf listed among the
+    tokens after it as a scalar would sit at MAX_DEPTH, where it is refused:
+    the caller lists the rest again without leaves).
 
     Steps go by aggregate, not by element: the aggregates' indices are
     listed in C (compress over the tokens, b"" being false), and the scalars
@@ -190,6 +225,8 @@ def _walk(heads: list, rems: list[int], tokens, events: list[Event]) -> tuple[in
             if n:
                 rems.append(2 * n if head[0] == _MAP else n)
                 heads.append(head)
+                if len(rems) >= MAX_DEPTH:
+                    return i, True
                 continue
             r = rems[-1] - 1    # an empty aggregate is one element of its parent
             if r:
@@ -264,6 +301,11 @@ class RedisParser(StreamParser):
                 self._complete(side, direction, side.bulk_type, _text(side.bulk_head),
                                side.bulk_len, events)
             else:
+                if pos == len(buf):
+                    # Everything taken (a segment of whole commands or
+                    # replies, as most are): the paths below would each find
+                    # nothing at the end and the line search no line end.
+                    break
                 if side.stack:
                     if direction == Direction.TO_CLIENT:
                         start = pos
@@ -349,6 +391,9 @@ class RedisParser(StreamParser):
         matches a segment)."""
         singles = SINGLE_ELEMENTS if sum(rems) <= SINGLE_ELEMENTS else 0
         span = FIRST_RUN_BYTES
+        # Leaves listed as scalars only below MAX_DEPTH (see _LEAF; _walk
+        # ends the call where a run reaches it).
+        run = _RUN if len(rems) < MAX_DEPTH else _RUN_PLAIN
         while True:
             if singles:
                 # One element by _ELEMENT, as _RUN would list it.
@@ -377,7 +422,7 @@ class RedisParser(StreamParser):
                 # string over MAX_TOKEN_BULK, an element longer than span):
                 # the next element goes the single way.
                 end = min(pos + span, len(buf))
-                tokens = _RUN.findall(buf, pos, end)
+                tokens = run.findall(buf, pos, end)
                 span = min(2 * span, MAX_RUN_BYTES)
                 if tokens and tokens[-1] and not _HEAD.fullmatch(tokens[-1]):
                     end -= len(tokens.pop())
@@ -389,9 +434,12 @@ class RedisParser(StreamParser):
                     pos = end
                 else:
                     # Stopped inside the run (once a reply, or at a limit):
-                    # the taken tokens' bytes found again, one match each.
+                    # the taken tokens' bytes found again, one match each of
+                    # the same pattern (at a token its alternatives match as
+                    # findall's did), within the run's span (a leaf cut by
+                    # it was listed by its header).
                     for _ in range(taken):
-                        pos = _TOKEN.match(buf, pos).end()
+                        pos = run.match(buf, pos, end).end()
             if stopped:
                 return pos
 

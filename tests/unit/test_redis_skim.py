@@ -137,6 +137,8 @@ def test_pipelined_replies_are_not_scanned_past_again_and_again(monkeypatch, ele
             scanned.append(run_bytes(buf, pos, endpos, tokens))
             return tokens
 
+        match = redis._RUN.match      # the taken tokens of a run found again
+
     monkeypatch.setattr(redis, "_RUN", Counting())
     ev = feed([data])
     assert [(e.type, e.size) for e in ev] == [("array", elements)] * (len(data) // len(reply))
@@ -324,3 +326,75 @@ def test_random_replies_equal_the_general_path_at_random_splits(seed):
         cuts = sorted(r.sample(range(1, len(data)), min(len(data) - 1, r.randint(0, 20))))
         parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
         assert feed(parts) == want, (seed, cuts)
+
+
+def test_leaf_aggregates_are_listed_as_one_element(monkeypatch):
+    """An aggregate of scalars alone (a COMMAND reply's flag arrays, its
+    empty tip arrays) is listed by _RUN as one element of its parent, not
+    opened and closed by _walk one loop step each: the walk sees the
+    per-command arrays' headers, and a leaf's only where a run cannot hold
+    it whole (cut by a segment's or a run's end, or matched singly:
+    SINGLE_ELEMENTS), a few a segment (before: all 600)."""
+    heads = []
+    real = redis._walk
+    monkeypatch.setattr(redis, "_walk", lambda h, r, tokens, ev: (heads.extend(t for t in tokens if t),
+                                                                  real(h, r, tokens, ev))[1])
+    data = command_reply(300)
+    segments = [data[i:i + 1448] for i in range(0, len(data), 1448)]
+    ev = feed(segments)
+    assert [(e.type, e.size) for e in ev] == [("array", 300)]
+    assert heads.count(b"*7\r\n") >= 300 - len(segments)
+    leaves = heads.count(b"*2\r\n") + heads.count(b"*0\r\n")
+    assert leaves <= 4 * len(segments)
+
+
+LEAVES = (b"*2\r\n:1\r\n+a\r\n", b"*0\r\n", b"%1\r\n+k\r\n$1\r\nv\r\n", b"~1\r\n_\r\n", b">0\r\n",
+          b"*%d\r\n" % redis.MAX_LEAF_ELEMENTS + b":1\r\n" * redis.MAX_LEAF_ELEMENTS,
+          b"*%d\r\n" % (redis.MAX_LEAF_ELEMENTS + 1) + b":1\r\n" * (redis.MAX_LEAF_ELEMENTS + 1),
+          *(b"*2\r\n$%d\r\n%s\r\n:1\r\n" % (n, b"\r\n" * (n // 2) + b"b" * (n % 2))
+            for n in (redis.MAX_LEAF_BULK, redis.MAX_LEAF_BULK + 1)))
+
+
+@pytest.mark.parametrize("leaf", LEAVES)
+@pytest.mark.parametrize("depth", [redis.MAX_DEPTH - 2, redis.MAX_DEPTH - 1, redis.MAX_DEPTH])
+def test_leaves_at_the_depth_limit_as_the_general_path(leaf, depth):
+    """A leaf taken whole (MAX_LEAF_ELEMENTS) is still an aggregate opened
+    at its depth: at MAX_DEPTH open aggregates it is refused ("nested
+    deeper") as the general path refuses it, below that it is taken, with a
+    scalar and a leaf after it and a second reply behind; at any split."""
+    data = (b"*2\r\n" * depth + leaf + b":5\r\n" * (depth - 1) + b"*1\r\n" + leaf) * 2 + b"+OK\r\n"
+    want = feed([data], skim=False)
+    assert feed([data]) == want
+    rnd = random.Random(depth)
+    for _ in range(40):
+        cuts = sorted(rnd.sample(range(1, len(data)), rnd.randint(1, 8)))
+        parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+        assert feed(parts) == want, cuts
+
+
+def test_a_segment_taken_whole_is_not_looked_at_again(monkeypatch):
+    """A segment of whole commands (or whole replies) ends the loop where
+    its last one ends: the fast paths are not tried again at the end of the
+    data, nor a line end looked for there (before: one more _command or
+    _bulk_reply call and a search a segment)."""
+    calls = []
+    for name in ("_command", "_bulk_reply"):
+        real = getattr(redis.RedisParser, name)
+        monkeypatch.setattr(redis.RedisParser, name,
+                            staticmethod(lambda buf, pos, ev, real=real, name=name: (calls.append(name),
+                                                                                   real(buf, pos, ev))[1]))
+    p = redis.RedisParser()
+    ev = p.receive_data(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n", Direction.TO_SERVER)
+    ev += p.receive_data(b"$1\r\nv\r\n", S)
+    assert [e.kind for e in ev] == ["redis_command", "redis_command", "redis_reply"]
+    assert calls == ["_command", "_command", "_bulk_reply"]
+
+
+def test_leaf_bulk_strings_are_short():
+    """A leaf's bulk strings are at most MAX_LEAF_BULK bytes (a COMMAND
+    reply's key-spec words), which keeps _RUN's pattern small (with every
+    bulk length up to MAX_TOKEN_BULK it took ~85 ms to compile at import);
+    an aggregate holding a longer one is listed by its header, its
+    elements after it."""
+    for n, want in ((redis.MAX_LEAF_BULK, [b""]), (redis.MAX_LEAF_BULK + 1, [b"*2\r\n", b"", b""])):
+        assert redis._RUN.findall(b"*2\r\n$%d\r\n%s\r\n:1\r\n" % (n, b"x" * n)) == want
