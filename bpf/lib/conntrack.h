@@ -1471,25 +1471,54 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now, struct ms_flow
  * policy generation in force (else it is evaluated again), not blocked by
  * the slow path, no FIN sent by either side, the sending side's window data
  * set up; the packet inside the window (the liberal flows excepted, as in
- * ms_tcp_window), and nothing for the payload stage to do (no side's first
- * payload, no inspection hand-off: ms_l7_mark). For such a packet
- * ms_ct_tcp's outcome is fixed: the window advances, the state machine
- * (ms_tcp_fsm, asked here too) keeps the session ESTABLISHED, the session
- * is accounted, PASS_FORWARD. Any other packet returns MS_LANE_MISS before
- * anything is changed and goes to the TCP stage, which decides it from the
- * start (an out-of-window segment included: its reason and action are the
- * stage's). The key is on the stack: the payload stage, which reads the
- * scratch key, never follows a packet the lane decides. */
+ * ms_tcp_window), and no inspection hand-off (ms_l7_mark). For such a
+ * packet ms_ct_tcp's outcome is fixed: the window advances, the state
+ * machine (ms_tcp_fsm, asked here too) keeps the session ESTABLISHED, the
+ * session is accounted, PASS_FORWARD. A side's first payload (ms_l7_mark's
+ * other mark) is decided in the entry program too, when the caller can
+ * check it (l7 given): MS_LANE_PAYLOAD, and the caller runs the
+ * application check (l7.h ms_l7_lane) before the segment is passed
+ * (ms_ct_lane_pass), as ms_stage_tcp does after ms_ct_tcp. Any other
+ * packet returns MS_LANE_MISS before anything is changed and goes to the
+ * TCP stage, which decides it from the start (an out-of-window segment
+ * included: its reason and action are the stage's). The key is on the
+ * stack: the payload stage, which reads the scratch key, never follows a
+ * packet the lane decides. */
 #define MS_LANE_MISS (-1)
 /* A miss because ms_flows has no entry for the segment (ms_ct_tcp4_lane):
  * the TCP stage then need not look there first (ms_ct_lookup_from). */
 #define MS_LANE_ABSENT (-2)
+/* A side's first payload that passed every other check of the lane,
+ * nothing changed yet: the session and side are in struct ms_lane_l7. */
+#define MS_LANE_PAYLOAD (-3)
+
+struct ms_lane_l7 {
+    struct ms_flow *f;
+    int side;             /* the sender's side, 0: the initiator's */
+};
+
+/* Pass a segment the lane decided (ACK, no SYN, FIN or RST; ``end`` its
+ * sequence end): the window advances, the session is accounted. */
+static __always_inline int ms_ct_lane_pass(struct ms_flow *f, int fd, __u32 ack_seq, __u32 window,
+                                           __u32 end, __u32 len, __u64 now)
+{
+    /* The window helpers are given the flags as the lane knows them
+     * (ACK; no SYN, FIN or RST; they read no other bit), so the branches
+     * on the others are compiled out here. */
+    ms_tcp_advance_fl(f, fd, ack_seq, window, TCP_ACK, end);
+    /* The state stays ESTABLISHED, not written: ms_close_phase_state(f)
+     * is ESTABLISHED while neither side has a FIN (tested by the lane), and
+     * a segment without FIN sets none (ms_tcp_advance); a FIN counts as
+     * acknowledged only on a side that sent one (ms_fin_acked). */
+    ms_ct_account(f, fd, len, now);
+    return PASS_FORWARD;
+}
 
 /* The lane's decision once the session is found (f, NULL if none), for a
  * segment with ACK and without SYN, FIN or RST, given by its fields. */
 static __always_inline int ms_ct_lane_session(struct ms_flow *f, int src_is_hi, __u32 seq,
                                               __u32 ack_seq, __u32 window, __u32 payload_len,
-                                              __u32 len, __u64 now)
+                                              __u32 len, __u64 now, struct ms_lane_l7 *l7)
 {
     /* Stored ESTABLISHED is its state: a closed session (ms_flow_state) has
      * a side's FIN, which sends it to the stage below. */
@@ -1501,29 +1530,26 @@ static __always_inline int ms_ct_lane_session(struct ms_flow *f, int src_is_hi, 
         ms_tcp_next(CT_ESTABLISHED, fd, EV_ACK) != TV_CLOSE_PHASE ||
         !(f->tcp[fd].flags & MS_SIDE_SEEN) || ((f->tcp[0].flags | f->tcp[1].flags) & MS_SIDE_FIN))
         return MS_LANE_MISS;
-    /* Nothing for the payload stage: ms_l7_mark would mark neither (no FIN
-     * or RST here). */
-    if (ms_l7_side_wanted(f, fd, payload_len) || ms_insp_wanted(f, payload_len, 0))
+    /* No inspection hand-off (ms_l7_mark would not mark it: no FIN or RST
+     * here); a side's first payload only for a caller that checks it. */
+    int first = ms_l7_side_wanted(f, fd, payload_len);
+    if ((first && !l7) || ms_insp_wanted(f, payload_len, 0))
         return MS_LANE_MISS;
     MS_BENCH_STEP(4, MS_BENCH_REASON);   /* policy generation, state machine, payload stage checked */
     __u32 end = seq + payload_len;
-    /* The window helpers are given the flags as the lane knows them
-     * (ACK; no SYN, FIN or RST; they read no other bit), so the branches
-     * on the others are compiled out here. */
     if (!ms_tcp_in_window_fl(f, fd, seq, ack_seq, TCP_ACK, end) && !(f->flags & MS_FLOW_LIBERAL))
         return MS_LANE_MISS;
-    ms_tcp_advance_fl(f, fd, ack_seq, window, TCP_ACK, end);
-    /* The state stays ESTABLISHED, not written: ms_close_phase_state(f)
-     * is ESTABLISHED while neither side has a FIN (tested above), and a
-     * segment without FIN sets none (ms_tcp_advance); a FIN counts as
-     * acknowledged only on a side that sent one (ms_fin_acked). */
-    ms_ct_account(f, fd, len, now);
-    return PASS_FORWARD;
+    if (first) {
+        l7->f = f;
+        l7->side = fd;
+        return MS_LANE_PAYLOAD;
+    }
+    return ms_ct_lane_pass(f, fd, ack_seq, window, end, len, now);
 }
 
 /* The lane for a packet parsed into the scratch (IPv6, VLAN-tagged, IP
  * options, ...). */
-static __always_inline int ms_ct_tcp_lane(struct ms_pkt *p, __u64 now)
+static __always_inline int ms_ct_tcp_lane(struct ms_pkt *p, __u64 now, struct ms_lane_l7 *l7)
 {
     if ((p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK)) != TCP_ACK)
         return MS_LANE_MISS;
@@ -1531,14 +1557,14 @@ static __always_inline int ms_ct_tcp_lane(struct ms_pkt *p, __u64 now)
     int src_is_hi;
     struct ms_flow *f = ms_flows_lookup_pkt(p, &src_is_hi);
     return ms_ct_lane_session(f, src_is_hi, p->seq, p->ack_seq, p->window, p->payload_len,
-                              p->len, now);
+                              p->len, now, l7);
 }
 
 /* The lane for the common frame, parsed into registers by parse.h
  * ms_parse_tcp4 (untagged IPv4 without options, TCP, not a fragment),
  * before the scratch is looked up or cleared: such a segment of an
  * established session needs neither. */
-static __always_inline int ms_ct_tcp4_lane(const struct ms_seg4 *sg, __u64 now)
+static __always_inline int ms_ct_tcp4_lane(const struct ms_seg4 *sg, __u64 now, struct ms_lane_l7 *l7)
 {
     if ((sg->flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK)) != TCP_ACK)
         return MS_LANE_MISS;
@@ -1550,7 +1576,7 @@ static __always_inline int ms_ct_tcp4_lane(const struct ms_seg4 *sg, __u64 now)
     if (!f)
         return MS_LANE_ABSENT;
     return ms_ct_lane_session(f, src_is_hi, sg->seq, sg->ack_seq, sg->window, sg->payload_len,
-                              sg->len, now);
+                              sg->len, now, l7);
 }
 
 /* ------------------------------------------------------------------ */

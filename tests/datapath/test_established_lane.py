@@ -17,10 +17,14 @@ import time
 
 import pytest
 
+from appliance.policyfile import compile_text
 from datapath.config import Timeouts
-from datapath.enums import CtState, InspState, Reason, Stage
+from datapath.enums import CtState, EventType, InspState, Reason, Stage
+from datapath.flowevents import event_type
+from datapath.policy_maps import PolicyMaps
 from datapath.policy_tables import POL
 from datapath.sessions import CLOCK_MONOTONIC_COARSE, session_clock_ns
+from slowpath.ringbuf import RingBuffer
 
 from packets_ct import FLOWS, IPPROTO_TCP, IPPROTO_UDP, TcpConn, entry, expect, flow_key, session_map, udp_frame
 
@@ -126,11 +130,13 @@ def test_what_the_lane_hands_to_the_tcp_stage(fastpath, family):
     with NoTcpStage(fastpath):
         c.send(O, "A")
         c.send(O, "PA", MISSED, data=b"y")
-    # a side's first payload goes to the payload stage, through the TCP stage
+    # a side's first payload: the IPv4 lane checks it itself (below,
+    # test_a_first_payload_is_decided_by_the_ipv4_lane); a frame of another
+    # shape (here IPv6) goes to the TCP stage for it
     c = TcpConn.make(fastpath, client=(FAMILIES[family][0][0], 42001), server=FAMILIES[family][1]).handshake()
     with NoTcpStage(fastpath):
         c.send(O, "A")
-        c.send(O, "PA", MISSED, data=b"first")
+        c.send(O, "PA", R.PASS_FORWARD if family == "v4" else MISSED, data=b"first")
     # the handshake's last ACK (SYN_RECV, in ms_halfopen)
     c = TcpConn.make(fastpath, client=(FAMILIES[family][0][0], 42002), server=FAMILIES[family][1])
     c.send(O, "S")
@@ -249,3 +255,126 @@ def test_the_lane_stamps_the_session_clock(fastpath):
     with NoTcpStage(fastpath):
         fresh.send(O, "A")
         stale.send(O, "A", MISSED)
+
+
+# A side's first payload on the IPv4 lane (fastpath.c ms_lane_first_payload,
+# l7.h ms_l7_lane): its application check in the entry program, on the
+# session the lane found, instead of in the TCP stage after a tail call.
+
+APP_POLICY = """
+groups:
+  clients: [10.0.0.0/24]
+  servers: [10.0.1.0/24]
+defaults: {ingress: deny, egress: deny}
+rules:
+  - {name: tls-only, from: clients, to: servers, proto: tcp, ports: [443], action: allow, app: tls}
+  - {name: mysql-only, from: clients, to: servers, proto: tcp, ports: [3306], action: allow, app: mysql}
+  - {name: anything, from: clients, to: servers, proto: tcp, ports: [8080], action: allow}
+"""
+CLIENT, SERVER = "10.0.0.5", "10.0.1.5"
+HTTP_GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+CLIENT_HELLO = bytes.fromhex("160301020001" "0001fc0303") + bytes(32) + b"\x20" + bytes(32)
+SERVER_HELLO = bytes.fromhex("160303005a020000560303") + bytes(40)
+MYSQL_GREETING = bytes.fromhex("4a0000000a") + b"8.0.35\0" + bytes(20)
+SSH_BANNER = b"SSH-2.0-OpenSSH_9.2\r\n"
+PASS, MISMATCH = R.PASS_FORWARD, R.DROP_L7_APP_MISMATCH
+# Conversations after the handshake: (server port, [(sender, flags, payload, reason)]).
+CONVERSATIONS = {
+    "identified, no requirement": (8080, [(O, "PA", HTTP_GET, PASS), (RD, "PA", b"HTTP/1.1 200 OK\r\n\r\n", PASS),
+                                          (O, "PA", b"more", PASS), (RD, "A", b"", PASS)]),
+    "the required protocol": (443, [(O, "PA", CLIENT_HELLO, PASS), (RD, "PA", SERVER_HELLO, PASS),
+                                    (O, "PA", b"\x17\x03\x03", PASS)]),
+    "another protocol on a required port": (443, [(O, "PA", HTTP_GET, MISMATCH)]),
+    "nothing where the required protocol shows": (443, [(O, "PA", b"\0\0\0\0 not tls", MISMATCH)]),
+    "server-first protocol, client first": (3306, [(O, "PA", b"hello?", PASS), (RD, "PA", MYSQL_GREETING, PASS)]),
+    "server-first protocol, another greeting": (3306, [(RD, "PA", SSH_BANNER, MISMATCH)]),
+    "out of window": (8080, [(O, "PA", HTTP_GET, R.DROP_TCP_OUT_OF_WINDOW)]),
+}
+VLAN_TAG = b"\x81\x00\x00\x05"   # 802.1Q, VLAN 5: not the IPv4 lane's frame (ms_parse_tcp4)
+
+
+class Tagged(TcpConn):
+    """A conversation whose frames carry an 802.1Q tag: they miss the IPv4
+    lane, and the generic lane leaves a side's first payload to the TCP
+    stage, so these go the stage's way (ms_stage_tcp, ms_l7_check)."""
+
+    def frame(self, *args, **kw) -> bytes:
+        f = super().frame(*args, **kw)
+        return f[:12] + VLAN_TAG + f[12:]
+
+
+@pytest.fixture
+def app_policy(fastpath):
+    _, pol = compile_text(APP_POLICY, "app.yaml")
+    PolicyMaps.for_fastpath(fastpath).apply(pol)
+    return fastpath
+
+
+def converse(fp, cls, port: int, sport: int, steps) -> TcpConn:
+    conn = cls.make(fp, client=(CLIENT, sport), server=(SERVER, port))
+    conn.send(O, "S", R.PASS_POLICY_ALLOW)
+    conn.send(RD, "SA")
+    conn.send(O, "A")
+    for frm, flags, data, reason in steps:
+        seq = conn.sides(frm)[0].nxt + (10_000_000 if reason == R.DROP_TCP_OUT_OF_WINDOW else 0)
+        conn.send(frm, flags, reason, seq=seq, data=data)
+    return conn
+
+
+def comparable(conn: TcpConn, tag_bytes: int):
+    """A session's fields, less its instance (cookie, times) and the tag's
+    bytes in its byte counts."""
+    e = conn.entry()
+    if e is None:
+        return None
+    v = e.leaf
+    fields = {name: getattr(v, name) for name in ("state", "initiator_is_hi", "flags", "action", "inspect",
+                                                  "app_req", "app", "l7_seen", "pol_gen", "rule_id", "insp_state")}
+    fields["packets"] = list(v.packets)
+    fields["bytes"] = [v.bytes[i] - tag_bytes * v.packets[i] for i in range(2)]
+    fields["tcp"] = [bytes(v.tcp[i]) for i in range(2)]
+    fields["insp_sent"] = list(v.insp_sent)
+    return e.table, fields
+
+
+@pytest.mark.parametrize("what", sorted(CONVERSATIONS))
+def test_the_ipv4_lane_decides_a_first_payload_as_the_tcp_stage_does(app_policy, what):
+    """Each conversation twice: as plain IPv4 frames (the lane checks each
+    side's first payload) and VLAN-tagged (the TCP stage does): every
+    packet gets the same reason (expect: that one counter, once), and the
+    sessions end the same (identified protocol, sides seen, windows,
+    counts; or removed on a mismatch, with one end record each)."""
+    port, steps = CONVERSATIONS[what]
+    ring = RingBuffer(app_policy.table("ms_events").map_fd)
+    try:
+        ends = []
+        for cls, sport in ((TcpConn, 40000), (Tagged, 41000)):
+            conn = converse(app_policy, cls, port, sport, steps)
+            ends.append(sum(event_type(r) == EventType.EVENT_FLOW_END for r in ring.drain()))
+            if cls is TcpConn:
+                lane = conn
+        assert comparable(lane, 0) == comparable(conn, len(VLAN_TAG))
+        removed = any(r == MISMATCH for *_, r in steps)
+        assert (lane.entry() is None) == removed
+        assert ends == [int(removed)] * 2
+    finally:
+        ring.close()
+
+
+def test_a_first_payload_is_decided_by_the_ipv4_lane(app_policy):
+    """With the TCP stage taken out, a side's first payload the lane checks
+    passes (it never reached the stage) and is recorded on the session; one
+    the rule's `app` refuses goes to the stage, the session untouched."""
+    ok = converse(app_policy, TcpConn, 443, 40100, [])
+    bad = converse(app_policy, TcpConn, 443, 40101, [])
+    before = bad.entry().raw
+    with NoTcpStage(app_policy):
+        ok.send(O, "PA", data=CLIENT_HELLO)
+        ok.send(RD, "PA", data=SERVER_HELLO)
+        bad.send(O, "PA", MISSED, data=HTTP_GET)
+    e = ok.entry().leaf
+    assert (e.app, e.l7_seen) == (app_policy.l7.ids["tls"], 0b11)
+    assert bad.entry().raw == before
+    # with the stage back, the same payload is dropped there and the session goes
+    bad.send(O, "PA", MISMATCH, data=HTTP_GET)
+    assert bad.entry() is None
