@@ -223,7 +223,7 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
         if (lane == MS_LANE_PAYLOAD)
             lane = ms_lane_first_payload(skb, &l7, sg.seq, sg.ack_seq, sg.window, sg.payload_off,
                                          sg.payload_len, sg.len, now);
-        if (lane != MS_LANE_MISS && lane != MS_LANE_ABSENT)
+        if (lane != MS_LANE_MISS && lane != MS_LANE_ABSENT && lane != MS_LANE_NONE)
             return lane;
         /* Missed: the TCP stage decides it, from the scratch as ms_parse
          * fills it for this frame (parse.h ms_parse_tcp4_pkt; a TCP
@@ -237,7 +237,7 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
         reason = ms_parse_tcp4_pkt(skb, p);
         if (reason != PASS_FORWARD)
             return reason;
-        p->lane_absent = lane == MS_LANE_ABSENT;
+        p->lane_absent = lane == MS_LANE_ABSENT ? MS_ABSENT_FLOWS : lane == MS_LANE_NONE ? MS_ABSENT_BOTH : 0;
         stage = STAGE_TCP;
         goto call;
     }

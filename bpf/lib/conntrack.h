@@ -578,13 +578,20 @@ static __always_inline struct ms_flow *ms_ct_lookup_flows(struct ms_flow_key *k,
     return f;
 }
 
+/* What the established lane's lookups already found missing (struct
+ * ms_pkt lane_absent; fastpath.c, from conntrack.h ms_ct_tcp4_lane). */
+#define MS_ABSENT_FLOWS 1   /* no entry in ms_flows */
+#define MS_ABSENT_BOTH  2   /* none in ms_halfopen either */
+
 /* Find the flow in either table. An entry idle past its state's timeout
  * is deleted here (lazy expiry) and reported as absent. ``flows_absent``:
  * this packet's ms_flows lookup already missed (the established lane's,
- * just before the tail call): ms_halfopen is looked in first, where a
- * handshake's last ACK finds its session, and ms_flows only when that
- * misses too (an entry another CPU promoted in between is still found),
- * so such an ACK costs one lookup, not two. */
+ * just before the tail call; MS_ABSENT_*): ms_halfopen is looked in first,
+ * where a handshake's last ACK finds its session, and ms_flows only when
+ * that misses too (an entry another CPU promoted in between is still
+ * found), so such an ACK costs one lookup, not two; when the lane missed
+ * in ms_halfopen too (MS_ABSENT_BOTH: a segment without a session) only
+ * that last ms_flows lookup is made. */
 static __always_inline struct ms_flow *ms_ct_lookup_from(struct ms_flow_key *k, __u64 now, int *where,
                                                          int flows_absent)
 {
@@ -596,7 +603,7 @@ static __always_inline struct ms_flow *ms_ct_lookup_from(struct ms_flow_key *k, 
             return f;
         }
     }
-    f = ms_halfopen_lookup(k);
+    f = flows_absent == MS_ABSENT_BOTH ? 0 : ms_halfopen_lookup(k);
     if (f) {
         if (!ms_ct_expired(f, now)) {
             *where = MS_IN_HALFOPEN;
@@ -1488,6 +1495,9 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now, struct ms_flow
 /* A miss because ms_flows has no entry for the segment (ms_ct_tcp4_lane):
  * the TCP stage then need not look there first (ms_ct_lookup_from). */
 #define MS_LANE_ABSENT (-2)
+/* A miss in ms_flows and in ms_halfopen (ms_ct_lane_promote): the TCP
+ * stage need not look in either first. */
+#define MS_LANE_NONE (-4)
 /* A side's first payload that passed every other check of the lane,
  * nothing changed yet: the session and side are in struct ms_lane_l7. */
 #define MS_LANE_PAYLOAD (-3)
@@ -1547,6 +1557,64 @@ static __always_inline int ms_ct_lane_session(struct ms_flow *f, int src_is_hi, 
     return ms_ct_lane_pass(f, fd, ack_seq, window, end, len, now);
 }
 
+/* The handshake's last ACK on the IPv4 lane (a segment with ACK and
+ * without SYN, FIN, RST or payload, ms_flows4 missed): what ms_ct_tcp does
+ * with it, in the entry program, with no tail call, the scratch not
+ * cleared and the packet not parsed again (docs/performance.md 4.1.2).
+ * Its session: in ms_halfopen, SYN_RECV, not idle past its timeout, its
+ * verdict from the policy generation in force, not blocked, neither side
+ * with a FIN, the initiator's window data set up, and the state machine
+ * (ms_tcp_fsm) saying the initiator's ACK ends the handshake; the segment
+ * inside the window (liberal flows excepted). ms_ct_tcp then advances the
+ * window, accounts the segment, makes the session ESTABLISHED and moves it
+ * into ms_flows (ms_ct_promote). Here that is done on a copy (the per-CPU
+ * ms_flow_scratch) inserted into ms_flows4, so when the insert fails
+ * (another CPU promoted it first, or the table is full: ms_ct_promote's
+ * own cases, with their reasons and counts) nothing has changed and the
+ * TCP stage decides the segment from the start; after the insert, the
+ * half-open entry goes as in ms_ct_promote. Any other segment: a miss
+ * before anything is changed, MS_LANE_NONE when ms_halfopen4 has no
+ * entry either. */
+static __always_inline int ms_ct_lane_promote(const struct ms_flow_key4 *k4, int src_is_hi,
+                                              const struct ms_seg4 *sg, __u64 now)
+{
+    struct ms_flow *h = ms_halfopen4.lookup(k4);
+    MS_OWN_CALL(ms_halfopen4, h);
+    if (!h)
+        return MS_LANE_NONE;
+    int fd = src_is_hi != h->initiator_is_hi;
+    /* Stored SYN_RECV without MS_FLOW_LOGGED is its state (ms_flow_state). */
+    if (h->state != CT_SYN_RECV || (h->flags & MS_FLOW_LOGGED) || ms_ct_idle_past(h, CT_SYN_RECV, now) ||
+        h->pol_gen != MS_POL_GEN(ms_pol_live()) || h->insp_state == INSP_BLOCKED ||
+        ms_tcp_next(CT_SYN_RECV, fd, EV_ACK) != TV_CLOSE_PHASE || !(h->tcp[fd].flags & MS_SIDE_SEEN) ||
+        ((h->tcp[0].flags | h->tcp[1].flags) & MS_SIDE_FIN))
+        return MS_LANE_ABSENT;
+    /* No payload: nothing for the payload stage (ms_l7_mark), and the
+     * segment ends where it starts. */
+    __u32 end = sg->seq;
+    if (!ms_tcp_in_window_fl(h, fd, sg->seq, sg->ack_seq, TCP_ACK, end) && !(h->flags & MS_FLOW_LIBERAL))
+        return MS_LANE_ABSENT;
+    __u32 z = 0;
+    struct ms_flow *nf = ms_flow_scratch.lookup(&z);
+    if (!nf)
+        return MS_LANE_ABSENT;
+    __builtin_memcpy(nf, h, sizeof(*nf));
+    /* TV_CLOSE_PHASE with no FIN on either side: ms_close_phase_state is
+     * ESTABLISHED. */
+    nf->state = CT_ESTABLISHED;
+    ms_ct_lane_pass(nf, fd, sg->ack_seq, sg->window, end, sg->len, now);
+    int r = ms_flows4.insert(k4, nf);
+    MS_OWN_CALL(ms_flows4, r);
+    if (r != 0)
+        return MS_LANE_ABSENT;
+    r = ms_halfopen4.delete(k4);
+    MS_OWN_CALL(ms_halfopen4, r);
+    if (r == 0)
+        ms_halfopen_count(0);
+    ms_pressure_inserted(now);
+    return PASS_FORWARD;
+}
+
 /* The lane for a packet parsed into the scratch (IPv6, VLAN-tagged, IP
  * options, ...). */
 static __always_inline int ms_ct_tcp_lane(struct ms_pkt *p, __u64 now, struct ms_lane_l7 *l7)
@@ -1574,7 +1642,7 @@ static __always_inline int ms_ct_tcp4_lane(const struct ms_seg4 *sg, __u64 now, 
     struct ms_flow *f = ms_flows4.lookup(&k4);
     MS_OWN_CALL(ms_flows4, f);
     if (!f)
-        return MS_LANE_ABSENT;
+        return sg->payload_len ? MS_LANE_ABSENT : ms_ct_lane_promote(&k4, src_is_hi, sg, now);
     return ms_ct_lane_session(f, src_is_hi, sg->seq, sg->ack_seq, sg->window, sg->payload_len,
                               sg->len, now, l7);
 }

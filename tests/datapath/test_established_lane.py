@@ -137,13 +137,14 @@ def test_what_the_lane_hands_to_the_tcp_stage(fastpath, family):
     with NoTcpStage(fastpath):
         c.send(O, "A")
         c.send(O, "PA", R.PASS_FORWARD if family == "v4" else MISSED, data=b"first")
-    # the handshake's last ACK (SYN_RECV, in ms_halfopen)
+    # the handshake's last ACK (SYN_RECV, in ms_halfopen): the IPv4 lane
+    # moves it into ms_flows itself (below, test_the_ipv4_lane_ends_a_handshake)
     c = TcpConn.make(fastpath, client=(FAMILIES[family][0][0], 42002), server=FAMILIES[family][1])
     c.send(O, "S")
     c.send(RD, "SA")
     with NoTcpStage(fastpath):
-        c.send(O, "A", MISSED)
-    c.assert_state(S.CT_SYN_RECV)
+        c.send(O, "A", R.PASS_FORWARD if family == "v4" else MISSED)
+    c.assert_state(S.CT_ESTABLISHED if family == "v4" else S.CT_SYN_RECV)
 
 
 ETH_LEN = 14          # untagged Ethernet header
@@ -321,6 +322,12 @@ def converse(fp, cls, port: int, sport: int, steps) -> TcpConn:
     return conn
 
 
+def pressure(fp) -> list[int]:
+    """ms_pressure's session and half-open counts."""
+    v = fp.table("ms_pressure")[ctypes.c_int(0)]
+    return [v.inserted, v.deleted, v.insert_failed, v.halfopen_inserted, v.halfopen_removed]
+
+
 def comparable(conn: TcpConn, tag_bytes: int):
     """A session's fields, less its instance (cookie, times) and the tag's
     bytes in its byte counts."""
@@ -339,21 +346,25 @@ def comparable(conn: TcpConn, tag_bytes: int):
 
 @pytest.mark.parametrize("what", sorted(CONVERSATIONS))
 def test_the_ipv4_lane_decides_a_first_payload_as_the_tcp_stage_does(app_policy, what):
-    """Each conversation twice: as plain IPv4 frames (the lane checks each
-    side's first payload) and VLAN-tagged (the TCP stage does): every
-    packet gets the same reason (expect: that one counter, once), and the
-    sessions end the same (identified protocol, sides seen, windows,
-    counts; or removed on a mismatch, with one end record each)."""
+    """Each conversation twice: as plain IPv4 frames (the lane ends the
+    handshake and checks each side's first payload) and VLAN-tagged (the
+    TCP stage does): every packet gets the same reason (expect: that one
+    counter, once), the sessions end the same (identified protocol, sides
+    seen, windows, counts; or removed on a mismatch, with one end record
+    each), and the table counts (ms_pressure) moved the same."""
     port, steps = CONVERSATIONS[what]
     ring = RingBuffer(app_policy.table("ms_events").map_fd)
     try:
-        ends = []
+        ends, counts = [], []
         for cls, sport in ((TcpConn, 40000), (Tagged, 41000)):
+            before = pressure(app_policy)
             conn = converse(app_policy, cls, port, sport, steps)
             ends.append(sum(event_type(r) == EventType.EVENT_FLOW_END for r in ring.drain()))
+            counts.append([a - b for a, b in zip(pressure(app_policy), before)])
             if cls is TcpConn:
                 lane = conn
         assert comparable(lane, 0) == comparable(conn, len(VLAN_TAG))
+        assert counts[0] == counts[1]
         removed = any(r == MISMATCH for *_, r in steps)
         assert (lane.entry() is None) == removed
         assert ends == [int(removed)] * 2
@@ -378,3 +389,71 @@ def test_a_first_payload_is_decided_by_the_ipv4_lane(app_policy):
     # with the stage back, the same payload is dropped there and the session goes
     bad.send(O, "PA", MISMATCH, data=HTTP_GET)
     assert bad.entry() is None
+
+
+def handshake_to_last_ack(fp, cls, sport: int, **make) -> TcpConn:
+    conn = cls.make(fp, client=("10.0.0.1", sport), server=("10.0.0.2", 80), **make)
+    conn.send(O, "S")
+    conn.send(RD, "SA")
+    return conn
+
+
+# What a handshake's last ACK may meet, each with its reason: (leaf fields
+# set on the half-open session first, the ACK's send() arguments).
+LAST_ACKS = {
+    "in window": ({}, dict(flags="A")),
+    "acking more than was sent": ({}, dict(flags="A", reason=R.DROP_TCP_OUT_OF_WINDOW, ack_delta=5000)),
+    "an older policy generation": (dict(pol_gen=7), dict(flags="A")),
+    "blocked by the slow path": (dict(insp_state=int(InspState.INSP_BLOCKED)), dict(flags="A", reason=R.DROP_INSPECT_BLOCKED)),
+    "liberal, out of window": (dict(flags=2), dict(flags="A", ack_delta=5000)),
+    "with a payload": ({}, dict(flags="PA", data=b"GET / HTTP/1.1\r\n\r\n")),
+    "the responder's": ({}, dict(flags="A", frm=RD)),
+}
+
+
+@pytest.mark.parametrize("what", sorted(LAST_ACKS))
+def test_the_ipv4_lane_ends_a_handshake_as_the_tcp_stage_does(fastpath, what):
+    """A handshake's last ACK (and what comes instead of it) as plain IPv4
+    frames (the lane moves the session into ms_flows itself when it may)
+    and VLAN-tagged (the TCP stage does): the same reason, the same
+    session in the same table, the same table counts."""
+    fields, kw = LAST_ACKS[what]
+    frm, reason, delta = kw.get("frm", O), kw.get("reason", R.PASS_FORWARD), kw.get("ack_delta", 0)
+    got = []
+    for cls, sport in ((TcpConn, 40000), (Tagged, 41000)):
+        conn = handshake_to_last_ack(fastpath, cls, sport)
+        if fields:
+            t = fastpath.table(session_map("ms_halfopen", conn.c.addr, conn.s.addr))
+            k = flow_key(t, conn.c.addr, conn.c.port, conn.s.addr, conn.s.port, IPPROTO_TCP)
+            v = t[k]
+            for name, val in fields.items():
+                setattr(v, name, val)
+            t[k] = v
+        before = pressure(fastpath)
+        peer = conn.sides(frm)[1]
+        conn.send(frm, kw["flags"], reason, ack=peer.nxt + delta, data=kw.get("data", b""))
+        e = conn.entry()
+        got.append((e.table, comparable(conn, len(VLAN_TAG) if cls is Tagged else 0),
+                    [a - b for a, b in zip(pressure(fastpath), before)]))
+    assert got[0] == got[1]
+
+
+def test_the_ipv4_lane_ends_a_handshake(fastpath):
+    """With the TCP stage taken out, the handshake's last ACK passes (the
+    lane decided it) and its session is ESTABLISHED in ms_flows, counted
+    once as promoted; a last ACK the lane leaves (out of window) and a
+    segment with no session at all reach the stage."""
+    conn = handshake_to_last_ack(fastpath, TcpConn, 40000)
+    late = handshake_to_last_ack(fastpath, TcpConn, 40001)
+    before = pressure(fastpath)
+    with NoTcpStage(fastpath):
+        conn.send(O, "A")
+        late.send(O, "A", MISSED, ack=late.s.nxt + 5000)
+        TcpConn.make(fastpath, client=("10.0.0.1", 40002)).send(O, "A", MISSED)
+    conn.assert_state(S.CT_ESTABLISHED)
+    late.assert_state(S.CT_SYN_RECV)
+    inserted, deleted, failed, ho_in, ho_out = (a - b for a, b in zip(pressure(fastpath), before))
+    assert (inserted, deleted, failed, ho_in, ho_out) == (1, 0, 0, 0, 1)
+    # the lane's segment was accounted and advanced the window, as the stage does
+    e = conn.entry().leaf
+    assert e.packets[0] == 2 and e.tcp[0].maxack == conn.s.nxt
