@@ -184,14 +184,14 @@ static __always_inline struct ms_pkt *ms_pkt_fresh(__u32 dir)
  * MS_LANE_PAYLOAD): the TCP stage's application check (l7.h ms_l7_lane)
  * here, then the segment passed as any other of the lane; MS_LANE_MISS,
  * nothing changed, when the check refuses it (the stage drops it). */
-static __always_inline int ms_lane_first_payload(struct __sk_buff *skb, const struct ms_lane_l7 *l7,
+static __always_inline int ms_lane_first_payload(struct __sk_buff *skb, const struct ms_lane_hit *hit,
                                                  __u32 seq, __u32 ack_seq, __u32 window,
                                                  __u32 payload_off, __u32 payload_len, __u32 len,
                                                  __u64 now)
 {
-    if (!ms_l7_lane(skb, l7->f, l7->side, payload_off, payload_len))
+    if (!ms_l7_lane(skb, hit->f, hit->side, payload_off, payload_len))
         return MS_LANE_MISS;
-    return ms_ct_lane_pass(l7->f, l7->side, ack_seq, window, seq + payload_len, len, now);
+    return ms_ct_lane_pass(hit->f, hit->side, ack_seq, window, seq + payload_len, len, now);
 }
 
 /* The entry's reason for a packet it finishes itself (a packet handed to a
@@ -211,17 +211,20 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
     int reason;
     __u32 stage;
     /* The common frame's established segment first (conntrack.h
-     * ms_ct_tcp4_lane), from registers: no scratch; a side's first payload
-     * included (its application check, ms_lane_first_payload: one tail
-     * call and one session lookup fewer for each of a connection's two). */
+     * ms_ct_tcp4_lane), from registers: no scratch. Besides the ACKs of an
+     * established session, the lane finishes a connection's handshake (its
+     * last ACK), each side's first payload (its application check here,
+     * ms_lane_first_payload) and the FIN or RST that starts its close: of
+     * a short connection's packets only the SYN and the SYN-ACK, and what
+     * the lane declines, take the tail call into the TCP stage. */
     struct ms_seg4 sg;
     if (ms_parse_tcp4(skb, &sg)) {
         MS_BENCH_STEP(1, MS_BENCH_REASON);   /* parsed */
         __u64 now = ms_pkt_now();
-        struct ms_lane_l7 l7;
-        int lane = ms_ct_tcp4_lane(&sg, now, &l7);
+        struct ms_lane_hit hit;
+        int lane = ms_ct_tcp4_lane(&sg, now, &hit);
         if (lane == MS_LANE_PAYLOAD)
-            lane = ms_lane_first_payload(skb, &l7, sg.seq, sg.ack_seq, sg.window, sg.payload_off,
+            lane = ms_lane_first_payload(skb, &hit, sg.seq, sg.ack_seq, sg.window, sg.payload_off,
                                          sg.payload_len, sg.len, now);
         if (lane != MS_LANE_MISS && lane != MS_LANE_ABSENT && lane != MS_LANE_NONE)
             return lane;
@@ -258,7 +261,7 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
              * ms_parse's tunnel parsers, it cost the verifier tc_ingress's
              * walk twice over (389,000 -> 801,000 instructions of the
              * 1,000,000 limit), for frames the lab's connections are not. */
-            int lane = ms_ct_tcp_lane(p, ms_pkt_now(), 0);
+            int lane = ms_ct_tcp_lane(p, ms_pkt_now());
             if (lane != MS_LANE_MISS)
                 return lane;
             stage = STAGE_TCP;

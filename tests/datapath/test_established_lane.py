@@ -20,10 +20,10 @@ import pytest
 from appliance.policyfile import compile_text
 from datapath.config import Timeouts
 from datapath.enums import CtState, EventType, InspState, Reason, Stage
-from datapath.flowevents import event_type
+from datapath.flowevents import FlowEventDecoder, event_type, flow_event_type
 from datapath.policy_maps import PolicyMaps
 from datapath.policy_tables import POL
-from datapath.sessions import CLOCK_MONOTONIC_COARSE, session_clock_ns
+from datapath.sessions import CLOCK_MONOTONIC_COARSE, FLOW_FLAGS, session_clock_ns
 from slowpath.ringbuf import RingBuffer
 
 from packets_ct import FLOWS, IPPROTO_TCP, IPPROTO_UDP, TcpConn, entry, expect, flow_key, session_map, udp_frame
@@ -100,10 +100,14 @@ def test_what_the_lane_hands_to_the_tcp_stage(fastpath, family):
         conn.send(O, "A", MISSED, seq=conn.c.nxt - 3_000_000)
         conn.send(O, "A", MISSED, ack=conn.s.nxt + 5000)
         conn.send(O, "A", MISSED, ack=conn.s.nxt - 200_000)
-        # RST (RFC 5961: exact or challenged), FIN, SYN (RFC 5961 4), no ACK
-        conn.send(O, "R", MISSED)
+        # RST (RFC 5961: exact or challenged), FIN, SYN (RFC 5961 4), no ACK;
+        # the IPv4 lane closes on an exact RST and on a FIN with ACK
+        # (test_the_ipv4_lane_closes), not on a challenged RST or a bare FIN
+        if family == "v6":
+            conn.send(O, "R", MISSED)
+            conn.send(O, "FA", MISSED)
         conn.send(O, "RA", MISSED, seq=conn.c.nxt + 10)
-        conn.send(O, "FA", MISSED)
+        conn.send(O, "F", MISSED)
         conn.send(O, "S", MISSED)
         conn.send(O, "SA", MISSED)
         conn.send(O, "P", MISSED, data=b"x")
@@ -405,7 +409,7 @@ LAST_ACKS = {
     "acking more than was sent": ({}, dict(flags="A", reason=R.DROP_TCP_OUT_OF_WINDOW, ack_delta=5000)),
     "an older policy generation": (dict(pol_gen=7), dict(flags="A")),
     "blocked by the slow path": (dict(insp_state=int(InspState.INSP_BLOCKED)), dict(flags="A", reason=R.DROP_INSPECT_BLOCKED)),
-    "liberal, out of window": (dict(flags=2), dict(flags="A", ack_delta=5000)),
+    "liberal, out of window": (dict(flags=FLOW_FLAGS["LIBERAL"]), dict(flags="A", ack_delta=5000)),
     "with a payload": ({}, dict(flags="PA", data=b"GET / HTTP/1.1\r\n\r\n")),
     "the responder's": ({}, dict(flags="A", frm=RD)),
 }
@@ -457,3 +461,89 @@ def test_the_ipv4_lane_ends_a_handshake(fastpath):
     # the lane's segment was accounted and advanced the window, as the stage does
     e = conn.entry().leaf
     assert e.packets[0] == 2 and e.tcp[0].maxack == conn.s.nxt
+
+
+# Closes after an established conversation (both first payloads seen):
+# [(sender, flags, payload, reason, extra send() arguments)].
+CHALLENGED = R.PASS_TCP_RST_CHALLENGE
+CLOSES = {
+    "the server's FIN, the client's RST (bench/policy.py's close)": [
+        (RD, "FA", b"", PASS, {}), (O, "RA", b"", PASS, {})],
+    "both FINs acknowledged": [
+        (O, "FA", b"", PASS, {}), (RD, "FA", b"", PASS, {}), (O, "A", b"", PASS, {})],
+    "a FIN with the last data": [(O, "FA", b"bye", PASS, {}), (RD, "A", b"", PASS, {})],
+    "a RST without ACK": [(RD, "R", b"", PASS, {})],
+    "a RST at the receiver's last ACK": [(O, "A", b"", PASS, {}), (RD, "PA", b"data", PASS, {}),
+                                         (RD, "RA", b"", PASS, {"seq_delta": -4})],
+    "a RST in the window, not where expected": [(O, "RA", b"", CHALLENGED, {"seq_delta": 10})],
+    "a FIN past the window": [(O, "FA", b"", R.DROP_TCP_OUT_OF_WINDOW, {"seq_delta": 10_000_000})],
+    "a FIN acking unsent data": [(O, "FA", b"", R.DROP_TCP_OUT_OF_WINDOW, {"ack_delta": 5000})],
+    "a FIN with a first payload": [(O, "FA", b"GET / HTTP/1.1\r\n\r\n", PASS, {})],
+    "a RST after the client's FIN was acknowledged": [
+        (O, "FA", b"", PASS, {}), (RD, "A", b"", PASS, {}), (RD, "RA", b"", PASS, {})],
+    "a RST after both FINs": [(O, "FA", b"", PASS, {}), (RD, "FA", b"", PASS, {}), (O, "RA", b"", PASS, {})],
+    "a RST after the close": [(O, "FA", b"", PASS, {}), (RD, "FA", b"", PASS, {}), (O, "A", b"", PASS, {}),
+                              (RD, "R", b"", PASS, {})],
+}
+
+
+def established_conn(fp, cls, sport: int, first_payloads: bool) -> TcpConn:
+    conn = cls.make(fp, client=("10.0.0.1", sport), server=("10.0.0.2", 80)).handshake()
+    if first_payloads:
+        conn.send(O, "PA", data=b"GET / HTTP/1.1\r\n\r\n")
+        conn.send(RD, "PA", data=b"HTTP/1.1 200 OK\r\n\r\n")
+    return conn
+
+
+@pytest.mark.parametrize("what", sorted(CLOSES))
+def test_the_ipv4_lane_closes_as_the_tcp_stage_does(fastpath, what):
+    """Each close as plain IPv4 frames (the lane takes a FIN and a RST that
+    ends the session) and VLAN-tagged (the TCP stage does): the same reason
+    for every segment, the same session after it (state, windows, counts),
+    the same table counts, and the same end records (one per session,
+    closed by its last segment), each naming its own connection."""
+    steps = CLOSES[what]
+    decoder = FlowEventDecoder(flow_event_type(fastpath))
+    ring = RingBuffer(fastpath.table("ms_events").map_fd)
+    got = []
+    try:
+        for cls, sport, tag in ((TcpConn, 40000, 0), (Tagged, 41000, len(VLAN_TAG))):
+            conn = established_conn(fastpath, cls, sport, first_payloads="first payload" not in what)
+            ring.drain()
+            before = pressure(fastpath)
+            for frm, flags, data, reason, kw in steps:
+                me, peer = conn.sides(frm)
+                conn.send(frm, flags, reason, data=data, seq=me.nxt + kw.get("seq_delta", 0),
+                          ack=peer.nxt + kw.get("ack_delta", 0) if "A" in flags else None)
+            ends = [decoder.decode(r) for r in ring.drain() if event_type(r) == EventType.EVENT_FLOW_END]
+            assert all(e.client == (conn.c.addr, conn.c.port) for e in ends)
+            records = [(e.reason, e.state, e.server, e.packets,
+                        tuple(b - tag * n for b, n in zip(e.bytes, e.packets)), e.flags, e.app)
+                       for e in ends]
+            got.append((comparable(conn, tag), [a - b for a, b in zip(pressure(fastpath), before)], records))
+    finally:
+        ring.close()
+    assert got[0] == got[1]
+
+
+def test_the_ipv4_lane_closes(fastpath):
+    """With the TCP stage taken out, the FIN and the RST of a close pass
+    (the lane decided them), the session is CLOSE with its end record
+    sent; a RST the endpoint would challenge, and a FIN carrying a side's
+    first payload, reach the stage."""
+    conn = established_conn(fastpath, TcpConn, 40000, first_payloads=True)
+    other = established_conn(fastpath, TcpConn, 40001, first_payloads=False)
+    ring = RingBuffer(fastpath.table("ms_events").map_fd)
+    try:
+        ring.drain()
+        with NoTcpStage(fastpath):
+            conn.send(RD, "FA")
+            conn.assert_state(S.CT_CLOSE_WAIT)
+            conn.send(O, "RA", MISSED, seq=conn.c.nxt + 10)   # challenged: the stage's
+            conn.send(O, "RA")
+            other.send(O, "FA", MISSED, data=b"first")
+        conn.assert_state(S.CT_CLOSE)
+        ends = [r for r in ring.drain() if event_type(r) == EventType.EVENT_FLOW_END]
+        assert len(ends) == 1 and conn.entry().leaf.flags & FLOW_FLAGS["LOGGED"]
+    finally:
+        ring.close()
