@@ -222,12 +222,17 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
         MS_BENCH_STEP(1, MS_BENCH_REASON);   /* parsed */
         __u64 now = ms_pkt_now();
         struct ms_lane_hit hit;
+        /* The lane's answer: a reason (>= 0), or one of the negative
+         * MS_LANE_* codes; one test for the common answer. */
         int lane = ms_ct_tcp4_lane(&sg, now, &hit);
-        if (lane == MS_LANE_PAYLOAD)
+        if (lane >= 0)
+            return lane;
+        if (lane == MS_LANE_PAYLOAD) {
             lane = ms_lane_first_payload(skb, &hit, sg.seq, sg.ack_seq, sg.window, sg.payload_off,
                                          sg.payload_len, sg.len, now);
-        if (lane != MS_LANE_MISS && lane != MS_LANE_ABSENT && lane != MS_LANE_NONE)
-            return lane;
+            if (lane >= 0)
+                return lane;
+        }
         /* Missed: the TCP stage decides it, from the scratch as ms_parse
          * fills it for this frame (parse.h ms_parse_tcp4_pkt; a TCP
          * segment, not a fragment: straight to the stage, as below). Not
