@@ -339,11 +339,13 @@ int ms_stage_tcp(struct __sk_buff *skb)
     struct ms_flow *f = 0;
     int in_flows = 0;
     int reason = ms_ct_tcp(p, ms_pkt_now(), &f, &in_flows);
-    /* A side's first payload on a flow not inspected (most connections'
-     * first two payload packets): its application check is done here, on
-     * the session tracking holds, not in the payload stage after another
-     * tail call and another lookup of the session (~0.1 us each time,
-     * docs/performance.md 4.3). Same check, same session, same reason. */
+    /* A side's first payload on a flow not inspected, that the IPv4 lane
+     * did not check itself (another frame shape, a refused payload, a
+     * payload on the handshake's last ACK, ...: ms_lane_first_payload):
+     * its application check is done here, on the session tracking holds,
+     * not in the payload stage after another tail call and another lookup
+     * of the session (~0.1 us each time, docs/performance.md 4.3). Same
+     * check, same session, same reason. */
     if (f && p->l7_side && !p->insp && !ms_reason_is_drop(reason)) {
         __u32 z = 0;
         struct ms_pol_scratch *sc = ms_pol_scratch.lookup(&z);
