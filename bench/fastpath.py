@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         newflow = Case("tcp4-syn-new-flow", ing, syns[0], fp, reason=fwd,
                        path=f"SYN of a new flow, {n_new} flows, repeat 1")
         first = Case("tcp4-first-payload", ing, l7[0][1], fp, reason=fwd,
-                     path=f"first payload of an established flow: L7 stage, {n_l7} flows, repeat 1")
+                     path=f"first payload of an established flow: its L7 check, {n_l7} flows, repeat 1")
         later = Case("tcp4-later-payload", ing, l7[0][1], fp, reason=fwd,
                      path="the same segment again: flow identified, tracking only, repeat 1")
         first_u = Case("tcp4-first-payload-unknown", ing, l7u[0][1], fp, reason=fwd,

@@ -13,9 +13,9 @@ flow after flow, with a policy loaded (bench/policy.py's allow-list shape:
   synack   the responder's SYN-ACK: ms_flows misses, ms_halfopen hits,
            the reply side's window set up
   ack      the handshake's last ACK: ESTABLISHED, moved into ms_flows
-  req      the client's 1-byte request (the established lane)
+  req      the client's 1-byte request (a side's first payload: its L7 check)
   resp     the server's 1-byte answer
-  fin      the server's FIN (TCP stage: the closing states)
+  fin      the server's FIN: the closing states
   rst      the client's RST at the expected sequence: the session ends,
            its end record goes to ms_events
 

@@ -180,6 +180,20 @@ static __always_inline struct ms_pkt *ms_pkt_fresh(__u32 dir)
     return p;
 }
 
+/* A side's first payload the established lane took (conntrack.h
+ * MS_LANE_PAYLOAD): the TCP stage's application check (l7.h ms_l7_lane)
+ * here, then the segment passed as any other of the lane; MS_LANE_MISS,
+ * nothing changed, when the check refuses it (the stage drops it). */
+static __always_inline int ms_lane_first_payload(struct __sk_buff *skb, const struct ms_lane_hit *hit,
+                                                 __u32 seq, __u32 ack_seq, __u32 window,
+                                                 __u32 payload_off, __u32 payload_len, __u32 len,
+                                                 __u64 now)
+{
+    if (!ms_l7_lane(skb, hit->f, hit->side, payload_off, payload_len))
+        return MS_LANE_MISS;
+    return ms_ct_lane_pass(hit->f, hit->side, ack_seq, window, seq + payload_len, len, now);
+}
+
 /* The entry's reason for a packet it finishes itself (a packet handed to a
  * stage never comes back). One ms_finish below, not one per return: the
  * drop log inlined once per program, not once per reason. */
@@ -197,13 +211,28 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
     int reason;
     __u32 stage;
     /* The common frame's established segment first (conntrack.h
-     * ms_ct_tcp4_lane), from registers: no scratch. */
+     * ms_ct_tcp4_lane), from registers: no scratch. Besides the ACKs of an
+     * established session, the lane finishes a connection's handshake (its
+     * last ACK), each side's first payload (its application check here,
+     * ms_lane_first_payload) and the FIN or RST that starts its close: of
+     * a short connection's packets only the SYN and the SYN-ACK, and what
+     * the lane declines, take the tail call into the TCP stage. */
     struct ms_seg4 sg;
     if (ms_parse_tcp4(skb, &sg)) {
         MS_BENCH_STEP(1, MS_BENCH_REASON);   /* parsed */
-        int lane = ms_ct_tcp4_lane(&sg, ms_pkt_now());
-        if (lane != MS_LANE_MISS && lane != MS_LANE_ABSENT)
+        __u64 now = ms_pkt_now();
+        struct ms_lane_hit hit;
+        /* The lane's answer: a reason (>= 0), or one of the negative
+         * MS_LANE_* codes; one test for the common answer. */
+        int lane = ms_ct_tcp4_lane(&sg, now, &hit);
+        if (lane >= 0)
             return lane;
+        if (lane == MS_LANE_PAYLOAD) {
+            lane = ms_lane_first_payload(skb, &hit, sg.seq, sg.ack_seq, sg.window, sg.payload_off,
+                                         sg.payload_len, sg.len, now);
+            if (lane >= 0)
+                return lane;
+        }
         /* Missed: the TCP stage decides it, from the scratch as ms_parse
          * fills it for this frame (parse.h ms_parse_tcp4_pkt; a TCP
          * segment, not a fragment: straight to the stage, as below). Not
@@ -216,7 +245,7 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
         reason = ms_parse_tcp4_pkt(skb, p);
         if (reason != PASS_FORWARD)
             return reason;
-        p->lane_absent = lane == MS_LANE_ABSENT;
+        p->lane_absent = lane == MS_LANE_ABSENT ? MS_ABSENT_FLOWS : lane == MS_LANE_NONE ? MS_ABSENT_BOTH : 0;
         stage = STAGE_TCP;
         goto call;
     }
@@ -233,7 +262,10 @@ static __always_inline __u32 ms_entry_reason(struct __sk_buff *skb, __u32 dir)
             /* A segment of an established session in a frame of another
              * shape (IPv6, VLAN, IP options, headers pulled), decided here
              * (conntrack.h ms_ct_tcp_lane); the others go on to the TCP
-             * stage. */
+             * stage, a side's first payload too: checked here, behind
+             * ms_parse's tunnel parsers, it cost the verifier tc_ingress's
+             * walk twice over (389,000 -> 801,000 instructions of the
+             * 1,000,000 limit), for frames the lab's connections are not. */
             int lane = ms_ct_tcp_lane(p, ms_pkt_now());
             if (lane != MS_LANE_MISS)
                 return lane;
@@ -307,11 +339,13 @@ int ms_stage_tcp(struct __sk_buff *skb)
     struct ms_flow *f = 0;
     int in_flows = 0;
     int reason = ms_ct_tcp(p, ms_pkt_now(), &f, &in_flows);
-    /* A side's first payload on a flow not inspected (most connections'
-     * first two payload packets): its application check is done here, on
-     * the session tracking holds, not in the payload stage after another
-     * tail call and another lookup of the session (~0.1 us each time,
-     * docs/performance.md 4.3). Same check, same session, same reason. */
+    /* A side's first payload on a flow not inspected, that the IPv4 lane
+     * did not check itself (another frame shape, a refused payload, a
+     * payload on the handshake's last ACK, ...: ms_lane_first_payload):
+     * its application check is done here, on the session tracking holds,
+     * not in the payload stage after another tail call and another lookup
+     * of the session (~0.1 us each time, docs/performance.md 4.3). Same
+     * check, same session, same reason. */
     if (f && p->l7_side && !p->insp && !ms_reason_is_drop(reason)) {
         __u32 z = 0;
         struct ms_pol_scratch *sc = ms_pol_scratch.lookup(&z);

@@ -578,13 +578,20 @@ static __always_inline struct ms_flow *ms_ct_lookup_flows(struct ms_flow_key *k,
     return f;
 }
 
+/* What the established lane's lookups already found missing (struct
+ * ms_pkt lane_absent; fastpath.c, from conntrack.h ms_ct_tcp4_lane). */
+#define MS_ABSENT_FLOWS 1   /* no entry in ms_flows */
+#define MS_ABSENT_BOTH  2   /* none in ms_halfopen either */
+
 /* Find the flow in either table. An entry idle past its state's timeout
  * is deleted here (lazy expiry) and reported as absent. ``flows_absent``:
  * this packet's ms_flows lookup already missed (the established lane's,
- * just before the tail call): ms_halfopen is looked in first, where a
- * handshake's last ACK finds its session, and ms_flows only when that
- * misses too (an entry another CPU promoted in between is still found),
- * so such an ACK costs one lookup, not two. */
+ * just before the tail call; MS_ABSENT_*): ms_halfopen is looked in first,
+ * where a handshake's last ACK finds its session, and ms_flows only when
+ * that misses too (an entry another CPU promoted in between is still
+ * found), so such an ACK costs one lookup, not two; when the lane missed
+ * in ms_halfopen too (MS_ABSENT_BOTH: a segment without a session) only
+ * that last ms_flows lookup is made. */
 static __always_inline struct ms_flow *ms_ct_lookup_from(struct ms_flow_key *k, __u64 now, int *where,
                                                          int flows_absent)
 {
@@ -596,7 +603,7 @@ static __always_inline struct ms_flow *ms_ct_lookup_from(struct ms_flow_key *k, 
             return f;
         }
     }
-    f = ms_halfopen_lookup(k);
+    f = flows_absent == MS_ABSENT_BOTH ? 0 : ms_halfopen_lookup(k);
     if (f) {
         if (!ms_ct_expired(f, now)) {
             *where = MS_IN_HALFOPEN;
@@ -1174,8 +1181,8 @@ static __always_inline int ms_tcp_window(struct ms_flow *f, int fd, const struct
  * SEG.SEQ + SEG.LEN). After both FINs were acked (TIME_WAIT) or a reset
  * (CLOSE) there is nothing left to protect, and nf_conntrack skips the
  * checks there too. */
-static __always_inline int ms_tcp_rst_counts(const struct ms_flow *f, int fd,
-                                             const struct ms_pkt *p, __u8 state)
+static __always_inline int ms_tcp_rst_counts_fl(const struct ms_flow *f, int fd, __u32 seq, __u32 ack_seq,
+                                                __u8 fl, __u8 state)
 {
     const struct ms_tcp_side *snd = fd ? &f->tcp[1] : &f->tcp[0];
     const struct ms_tcp_side *rcv = fd ? &f->tcp[0] : &f->tcp[1];
@@ -1183,10 +1190,16 @@ static __always_inline int ms_tcp_rst_counts(const struct ms_flow *f, int fd,
     if (state == CT_TIME_WAIT || state == CT_CLOSE)
         return 1;
     if (state == CT_SYN_SENT && fd == FD_REPLY)
-        return (p->tcp_flags & TCP_ACK) && p->ack_seq == rcv->end;
-    if ((snd->flags & MS_SIDE_SEEN) && p->seq == snd->end)
+        return (fl & TCP_ACK) && ack_seq == rcv->end;
+    if ((snd->flags & MS_SIDE_SEEN) && seq == snd->end)
         return 1;
-    return (rcv->flags & MS_SIDE_MAXACK) && p->seq == rcv->maxack;
+    return (rcv->flags & MS_SIDE_MAXACK) && seq == rcv->maxack;
+}
+
+static __always_inline int ms_tcp_rst_counts(const struct ms_flow *f, int fd,
+                                             const struct ms_pkt *p, __u8 state)
+{
+    return ms_tcp_rst_counts_fl(f, fd, p->seq, p->ack_seq, p->tcp_flags, state);
 }
 
 /* Is inspected session f (key kp) a connection the slow path blocked? Its
@@ -1471,53 +1484,200 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now, struct ms_flow
  * policy generation in force (else it is evaluated again), not blocked by
  * the slow path, no FIN sent by either side, the sending side's window data
  * set up; the packet inside the window (the liberal flows excepted, as in
- * ms_tcp_window), and nothing for the payload stage to do (no side's first
- * payload, no inspection hand-off: ms_l7_mark). For such a packet
- * ms_ct_tcp's outcome is fixed: the window advances, the state machine
- * (ms_tcp_fsm, asked here too) keeps the session ESTABLISHED, the session
- * is accounted, PASS_FORWARD. Any other packet returns MS_LANE_MISS before
- * anything is changed and goes to the TCP stage, which decides it from the
- * start (an out-of-window segment included: its reason and action are the
- * stage's). The key is on the stack: the payload stage, which reads the
- * scratch key, never follows a packet the lane decides. */
+ * ms_tcp_window), and no inspection hand-off (ms_l7_mark). For such a
+ * packet ms_ct_tcp's outcome is fixed: the window advances, the state
+ * machine (ms_tcp_fsm, asked here too) keeps the session ESTABLISHED, the
+ * session is accounted, PASS_FORWARD. A side's first payload (ms_l7_mark's
+ * other mark) is decided in the entry program too, when the caller can
+ * check it (hit given): MS_LANE_PAYLOAD, and the caller runs the
+ * application check (l7.h ms_l7_lane) before the segment is passed
+ * (ms_ct_lane_pass), as ms_stage_tcp does after ms_ct_tcp. So is, for the
+ * IPv4 lane (hit given), a FIN with ACK that starts closing such a
+ * session, and a RST at the sequence its receiver expects (RFC 5961; a
+ * RST that would be challenged goes to the stage) on it or on a session
+ * closing after a FIN: MS_LANE_CLOSE, and the caller closes it as
+ * ms_ct_tcp does (ms_ct_lane_close). Any other
+ * packet returns MS_LANE_MISS before anything is changed and goes to the
+ * TCP stage, which decides it from the start (an out-of-window segment
+ * included: its reason and action are the stage's). The key is on the
+ * stack: the payload stage, which reads the scratch key, never follows a
+ * packet the lane decides. */
 #define MS_LANE_MISS (-1)
 /* A miss because ms_flows has no entry for the segment (ms_ct_tcp4_lane):
  * the TCP stage then need not look there first (ms_ct_lookup_from). */
 #define MS_LANE_ABSENT (-2)
+/* A side's first payload that passed every other check of the lane,
+ * nothing changed yet: the session and side are in struct ms_lane_hit. */
+#define MS_LANE_PAYLOAD (-3)
+/* A miss in ms_flows and in ms_halfopen (ms_ct_lane_promote): the TCP
+ * stage need not look in either first. */
+#define MS_LANE_NONE (-4)
+/* A FIN or a RST that passed every check of the lane, nothing changed
+ * yet: the session and side are in struct ms_lane_hit. */
+#define MS_LANE_CLOSE (-5)
 
-/* The lane's decision once the session is found (f, NULL if none), for a
- * segment with ACK and without SYN, FIN or RST, given by its fields. */
-static __always_inline int ms_ct_lane_session(struct ms_flow *f, int src_is_hi, __u32 seq,
-                                              __u32 ack_seq, __u32 window, __u32 payload_len,
-                                              __u32 len, __u64 now)
+/* The session and side of a segment the lane leaves to its caller. */
+struct ms_lane_hit {
+    struct ms_flow *f;
+    int side;             /* the sender's side, 0: the initiator's */
+};
+
+/* Pass a segment the lane decided (ACK, no SYN, FIN or RST; ``end`` its
+ * sequence end): the window advances, the session is accounted. */
+static __always_inline int ms_ct_lane_pass(struct ms_flow *f, int fd, __u32 ack_seq, __u32 window,
+                                           __u32 end, __u32 len, __u64 now)
 {
-    /* Stored ESTABLISHED is its state: a closed session (ms_flow_state) has
-     * a side's FIN, which sends it to the stage below. */
-    if (!f || f->state != CT_ESTABLISHED || ms_ct_idle_past(f, CT_ESTABLISHED, now))
-        return MS_LANE_MISS;
-    MS_BENCH_STEP(3, MS_BENCH_REASON);   /* the session looked up */
-    int fd = src_is_hi != f->initiator_is_hi;
-    if (f->pol_gen != MS_POL_GEN(ms_pol_live()) || f->insp_state == INSP_BLOCKED ||
-        ms_tcp_next(CT_ESTABLISHED, fd, EV_ACK) != TV_CLOSE_PHASE ||
-        !(f->tcp[fd].flags & MS_SIDE_SEEN) || ((f->tcp[0].flags | f->tcp[1].flags) & MS_SIDE_FIN))
-        return MS_LANE_MISS;
-    /* Nothing for the payload stage: ms_l7_mark would mark neither (no FIN
-     * or RST here). */
-    if (ms_l7_side_wanted(f, fd, payload_len) || ms_insp_wanted(f, payload_len, 0))
-        return MS_LANE_MISS;
-    MS_BENCH_STEP(4, MS_BENCH_REASON);   /* policy generation, state machine, payload stage checked */
-    __u32 end = seq + payload_len;
     /* The window helpers are given the flags as the lane knows them
      * (ACK; no SYN, FIN or RST; they read no other bit), so the branches
      * on the others are compiled out here. */
-    if (!ms_tcp_in_window_fl(f, fd, seq, ack_seq, TCP_ACK, end) && !(f->flags & MS_FLOW_LIBERAL))
-        return MS_LANE_MISS;
     ms_tcp_advance_fl(f, fd, ack_seq, window, TCP_ACK, end);
     /* The state stays ESTABLISHED, not written: ms_close_phase_state(f)
-     * is ESTABLISHED while neither side has a FIN (tested above), and a
-     * segment without FIN sets none (ms_tcp_advance); a FIN counts as
+     * is ESTABLISHED while neither side has a FIN (tested by the lane), and
+     * a segment without FIN sets none (ms_tcp_advance); a FIN counts as
      * acknowledged only on a side that sent one (ms_fin_acked). */
     ms_ct_account(f, fd, len, now);
+    return PASS_FORWARD;
+}
+
+/* The lane's decision once the session is found (f, NULL if none), for a
+ * segment given by its fields; ``fl`` its SYN, FIN, RST and ACK bits: ACK
+ * (a constant for callers that take nothing else, so the branches on the
+ * others are compiled out), ACK and FIN, RST, or RST and ACK. */
+static __always_inline int ms_ct_lane_session(struct ms_flow *f, int src_is_hi, __u32 seq,
+                                              __u32 ack_seq, __u32 window, __u32 payload_len,
+                                              __u32 len, __u64 now, __u8 fl, struct ms_lane_hit *hit)
+{
+    if (!f)
+        return MS_LANE_MISS;
+    /* Its state. For an ACK or a FIN: ESTABLISHED, stored (a closed
+     * session, ms_flow_state, has a side's FIN, which the test below sends
+     * to the stage). For a RST: any state of the close phase, where one
+     * that counts closes the session (ESTABLISHED to LAST_ACK, datapath/
+     * tcp_fsm.py _CLOSING_STATES), its record not sent yet (without
+     * MS_FLOW_LOGGED the stored state is ms_flow_state's). */
+    int rst = fl & TCP_RST;
+    __u8 state = rst ? f->state : CT_ESTABLISHED;
+    if (rst ? state < CT_ESTABLISHED || state > CT_LAST_ACK || (f->flags & MS_FLOW_LOGGED)
+            : f->state != CT_ESTABLISHED)
+        return MS_LANE_MISS;
+    if (ms_ct_idle_past(f, state, now))
+        return MS_LANE_MISS;
+    MS_BENCH_STEP(3, MS_BENCH_REASON);   /* the session looked up */
+    int fd = src_is_hi != f->initiator_is_hi;
+    int closing = fl != TCP_ACK;
+    /* ms_ct_tcp's transition for the segment: the close phase for an ACK or
+     * a FIN (ESTABLISHED while neither side has a FIN), CLOSE for a RST. */
+    __u8 want = rst ? CT_CLOSE : TV_CLOSE_PHASE;
+    if (f->pol_gen != MS_POL_GEN(ms_pol_live()) || f->insp_state == INSP_BLOCKED ||
+        ms_tcp_next(state, fd, ms_tcp_event(fl)) != want || !(f->tcp[fd].flags & MS_SIDE_SEEN) ||
+        (!rst && ((f->tcp[0].flags | f->tcp[1].flags) & MS_SIDE_FIN)))
+        return MS_LANE_MISS;
+    /* No inspection hand-off (ms_l7_mark would not mark it); a side's first
+     * payload, and a FIN or RST, only for a caller that finishes them, and
+     * not both in one segment. */
+    int first = ms_l7_side_wanted(f, fd, payload_len);
+    if (((first || closing) && !hit) || (first && closing) || ms_insp_wanted(f, payload_len, closing))
+        return MS_LANE_MISS;
+    MS_BENCH_STEP(4, MS_BENCH_REASON);   /* policy generation, state machine, payload stage checked */
+    __u32 end = seq + payload_len + ((fl & TCP_FIN) ? 1 : 0);
+    /* A RST that does not end the session (ms_tcp_rst_counts: it would be
+     * challenged) is the stage's; one that does is checked against the
+     * window as any segment. */
+    if (rst && !ms_tcp_rst_counts_fl(f, fd, seq, ack_seq, fl, state))
+        return MS_LANE_MISS;
+    if (!ms_tcp_in_window_fl(f, fd, seq, ack_seq, fl, end) && !(f->flags & MS_FLOW_LIBERAL))
+        return MS_LANE_MISS;
+    if (first || closing) {
+        hit->f = f;
+        hit->side = fd;
+        return closing ? MS_LANE_CLOSE : MS_LANE_PAYLOAD;
+    }
+    return ms_ct_lane_pass(f, fd, ack_seq, window, end, len, now);
+}
+
+/* Close session f (key k4) on the lane's FIN or RST (MS_LANE_CLOSE), as
+ * ms_ct_tcp does: the window advances; a FIN's state comes from both
+ * sides' FINs (after ms_close_barrier, as there), a RST's is CLOSE; the
+ * session is accounted; closed (CLOSE, or TIME_WAIT when the peer's FIN
+ * was set and acknowledged by another CPU meanwhile), its end record goes
+ * now, claimed once (ms_ct_tcp's record at close, the same calls). */
+static __always_inline int ms_ct_lane_close(const struct ms_flow_key4 *k4, struct ms_flow *f, int fd,
+                                            const struct ms_seg4 *sg, __u8 fl, __u64 now)
+{
+    __u32 end = sg->seq + sg->payload_len + ((fl & TCP_FIN) ? 1 : 0);
+    ms_tcp_advance_fl(f, fd, sg->ack_seq, sg->window, fl, end);
+    if (fl & TCP_FIN) {
+        ms_close_barrier(f);
+        f->state = ms_close_phase_state(f);
+    } else {
+        f->state = CT_CLOSE;
+    }
+    ms_ct_account(f, fd, sg->len, now);
+    if ((f->state == CT_TIME_WAIT || f->state == CT_CLOSE) && !(f->flags & MS_FLOW_LOGGED)) {
+        struct ms_flow_key k __attribute__((aligned(8)));   /* ms_key_of4 writes it in words */
+        ms_key_of4(k4, &k);
+        struct ms_flow_event *ev = ms_flow_end_begin(&k, f, FLOW_END_CLOSED);
+        if (ev)
+            ms_flow_end_commit(ev, ms_flow_claim_logged(f));
+    }
+    return PASS_FORWARD;
+}
+
+/* The handshake's last ACK on the IPv4 lane (a segment with ACK and
+ * without SYN, FIN, RST or payload, ms_flows4 missed): what ms_ct_tcp does
+ * with it, in the entry program, with no tail call, the scratch not
+ * cleared and the packet not parsed again (docs/performance.md 4.1.2).
+ * Its session: in ms_halfopen, SYN_RECV, not idle past its timeout, its
+ * verdict from the policy generation in force, not blocked, neither side
+ * with a FIN, the initiator's window data set up, and the state machine
+ * (ms_tcp_fsm) saying the initiator's ACK ends the handshake; the segment
+ * inside the window (liberal flows excepted). ms_ct_tcp then advances the
+ * window, accounts the segment, makes the session ESTABLISHED and moves it
+ * into ms_flows (ms_ct_promote). Here that is done on a copy (the per-CPU
+ * ms_flow_scratch) inserted into ms_flows4, so when the insert fails
+ * (another CPU promoted it first, or the table is full: ms_ct_promote's
+ * own cases, with their reasons and counts) nothing has changed and the
+ * TCP stage decides the segment from the start; after the insert, the
+ * half-open entry goes as in ms_ct_promote. Any other segment: a miss
+ * before anything is changed, MS_LANE_NONE when ms_halfopen4 has no
+ * entry either. */
+static __always_inline int ms_ct_lane_promote(const struct ms_flow_key4 *k4, int src_is_hi,
+                                              const struct ms_seg4 *sg, __u64 now)
+{
+    struct ms_flow *h = ms_halfopen4.lookup(k4);
+    MS_OWN_CALL(ms_halfopen4, h);
+    if (!h)
+        return MS_LANE_NONE;
+    int fd = src_is_hi != h->initiator_is_hi;
+    /* Stored SYN_RECV without MS_FLOW_LOGGED is its state (ms_flow_state). */
+    if (h->state != CT_SYN_RECV || (h->flags & MS_FLOW_LOGGED) || ms_ct_idle_past(h, CT_SYN_RECV, now) ||
+        h->pol_gen != MS_POL_GEN(ms_pol_live()) || h->insp_state == INSP_BLOCKED ||
+        ms_tcp_next(CT_SYN_RECV, fd, EV_ACK) != TV_CLOSE_PHASE || !(h->tcp[fd].flags & MS_SIDE_SEEN) ||
+        ((h->tcp[0].flags | h->tcp[1].flags) & MS_SIDE_FIN))
+        return MS_LANE_ABSENT;
+    /* No payload: nothing for the payload stage (ms_l7_mark), and the
+     * segment ends where it starts. */
+    __u32 end = sg->seq;
+    if (!ms_tcp_in_window_fl(h, fd, sg->seq, sg->ack_seq, TCP_ACK, end) && !(h->flags & MS_FLOW_LIBERAL))
+        return MS_LANE_ABSENT;
+    __u32 z = 0;
+    struct ms_flow *nf = ms_flow_scratch.lookup(&z);
+    if (!nf)
+        return MS_LANE_ABSENT;
+    __builtin_memcpy(nf, h, sizeof(*nf));
+    /* TV_CLOSE_PHASE with no FIN on either side: ms_close_phase_state is
+     * ESTABLISHED. */
+    nf->state = CT_ESTABLISHED;
+    ms_ct_lane_pass(nf, fd, sg->ack_seq, sg->window, end, sg->len, now);
+    int r = ms_flows4.insert(k4, nf);
+    MS_OWN_CALL(ms_flows4, r);
+    if (r != 0)
+        return MS_LANE_ABSENT;
+    r = ms_halfopen4.delete(k4);
+    MS_OWN_CALL(ms_halfopen4, r);
+    if (r == 0)
+        ms_halfopen_count(0);
+    ms_pressure_inserted(now);
     return PASS_FORWARD;
 }
 
@@ -1531,16 +1691,17 @@ static __always_inline int ms_ct_tcp_lane(struct ms_pkt *p, __u64 now)
     int src_is_hi;
     struct ms_flow *f = ms_flows_lookup_pkt(p, &src_is_hi);
     return ms_ct_lane_session(f, src_is_hi, p->seq, p->ack_seq, p->window, p->payload_len,
-                              p->len, now);
+                              p->len, now, TCP_ACK, 0);
 }
 
 /* The lane for the common frame, parsed into registers by parse.h
  * ms_parse_tcp4 (untagged IPv4 without options, TCP, not a fragment),
  * before the scratch is looked up or cleared: such a segment of an
  * established session needs neither. */
-static __always_inline int ms_ct_tcp4_lane(const struct ms_seg4 *sg, __u64 now)
+static __always_inline int ms_ct_tcp4_lane(const struct ms_seg4 *sg, __u64 now, struct ms_lane_hit *hit)
 {
-    if ((sg->flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK)) != TCP_ACK)
+    __u8 fl = sg->flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK);
+    if (fl != TCP_ACK && fl != (TCP_ACK | TCP_FIN) && fl != TCP_RST && fl != (TCP_RST | TCP_ACK))
         return MS_LANE_MISS;
     MS_BENCH_STEP(2, MS_BENCH_REASON);   /* in the lane */
     struct ms_flow_key4 k4 = {};
@@ -1548,9 +1709,15 @@ static __always_inline int ms_ct_tcp4_lane(const struct ms_seg4 *sg, __u64 now)
     struct ms_flow *f = ms_flows4.lookup(&k4);
     MS_OWN_CALL(ms_flows4, f);
     if (!f)
-        return MS_LANE_ABSENT;
-    return ms_ct_lane_session(f, src_is_hi, sg->seq, sg->ack_seq, sg->window, sg->payload_len,
-                              sg->len, now);
+        return sg->payload_len || fl != TCP_ACK ? MS_LANE_ABSENT : ms_ct_lane_promote(&k4, src_is_hi, sg, now);
+    /* The common segment (ACK only) with its flags as a constant: its
+     * window checks stay as short as before the closing segments came in. */
+    if (fl == TCP_ACK)
+        return ms_ct_lane_session(f, src_is_hi, sg->seq, sg->ack_seq, sg->window, sg->payload_len,
+                                  sg->len, now, TCP_ACK, hit);
+    int r = ms_ct_lane_session(f, src_is_hi, sg->seq, sg->ack_seq, sg->window, sg->payload_len,
+                               sg->len, now, fl, hit);
+    return r == MS_LANE_CLOSE ? ms_ct_lane_close(&k4, hit->f, hit->side, sg, fl, now) : r;
 }
 
 /* ------------------------------------------------------------------ */

@@ -214,8 +214,9 @@ struct ms_pkt {
     __u8   tun_depth;     /* tunnels decapsulated (bpf/lib/tunnel.h): the fields above are the
                            * innermost packet's; the outermost addresses are in ms_tun_outer */
     __u8   lane_absent;   /* the established lane (conntrack.h ms_ct_tcp4_lane) found no entry
-                           * in ms_flows for this segment: the TCP stage looks in ms_halfopen
-                           * first (fastpath.c; a handshake's last ACK) */
+                           * in ms_flows for this segment (MS_ABSENT_FLOWS: the TCP stage
+                           * looks in ms_halfopen first), or in neither table
+                           * (MS_ABSENT_BOTH: not in ms_halfopen again) */
     __u8   pad2;
     __u32  rule_id;       /* the policy rule that decided this packet, when one did (0: none,
                            * or the default): a drop event carries it (struct ms_drop_event) */

@@ -314,6 +314,7 @@ struct ms_seg4 {
     __u32  payload_len;
     __u32  len;           /* skb->len */
     __u16  window;        /* host order, unscaled */
+    __u16  payload_off;   /* first byte of the TCP payload (the lane's first-payload check, l7.h) */
     __u8   flags;
 };
 
@@ -358,6 +359,7 @@ static __always_inline int ms_parse_tcp4(struct __sk_buff *skb, struct ms_seg4 *
     sg->window = bpf_ntohs(th->window);
     sg->flags = ((__u8 *)th)[13];
     sg->payload_len = l4_len - doff;
+    sg->payload_off = sizeof(struct ethhdr) + sizeof(*ip) + doff;
     sg->len = len;
     return 1;
 }

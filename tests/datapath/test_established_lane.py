@@ -17,10 +17,14 @@ import time
 
 import pytest
 
+from appliance.policyfile import compile_text
 from datapath.config import Timeouts
-from datapath.enums import CtState, InspState, Reason, Stage
+from datapath.enums import CtState, EventType, InspState, Reason, Stage
+from datapath.flowevents import FlowEventDecoder, event_type, flow_event_type
+from datapath.policy_maps import PolicyMaps
 from datapath.policy_tables import POL
-from datapath.sessions import CLOCK_MONOTONIC_COARSE, session_clock_ns
+from datapath.sessions import CLOCK_MONOTONIC_COARSE, FLOW_FLAGS, session_clock_ns
+from slowpath.ringbuf import RingBuffer
 
 from packets_ct import FLOWS, IPPROTO_TCP, IPPROTO_UDP, TcpConn, entry, expect, flow_key, session_map, udp_frame
 
@@ -96,10 +100,14 @@ def test_what_the_lane_hands_to_the_tcp_stage(fastpath, family):
         conn.send(O, "A", MISSED, seq=conn.c.nxt - 3_000_000)
         conn.send(O, "A", MISSED, ack=conn.s.nxt + 5000)
         conn.send(O, "A", MISSED, ack=conn.s.nxt - 200_000)
-        # RST (RFC 5961: exact or challenged), FIN, SYN (RFC 5961 4), no ACK
-        conn.send(O, "R", MISSED)
+        # RST (RFC 5961: exact or challenged), FIN, SYN (RFC 5961 4), no ACK;
+        # the IPv4 lane closes on an exact RST and on a FIN with ACK
+        # (test_the_ipv4_lane_closes), not on a challenged RST or a bare FIN
+        if family == "v6":
+            conn.send(O, "R", MISSED)
+            conn.send(O, "FA", MISSED)
         conn.send(O, "RA", MISSED, seq=conn.c.nxt + 10)
-        conn.send(O, "FA", MISSED)
+        conn.send(O, "F", MISSED)
         conn.send(O, "S", MISSED)
         conn.send(O, "SA", MISSED)
         conn.send(O, "P", MISSED, data=b"x")
@@ -126,18 +134,21 @@ def test_what_the_lane_hands_to_the_tcp_stage(fastpath, family):
     with NoTcpStage(fastpath):
         c.send(O, "A")
         c.send(O, "PA", MISSED, data=b"y")
-    # a side's first payload goes to the payload stage, through the TCP stage
+    # a side's first payload: the IPv4 lane checks it itself (below,
+    # test_a_first_payload_is_decided_by_the_ipv4_lane); a frame of another
+    # shape (here IPv6) goes to the TCP stage for it
     c = TcpConn.make(fastpath, client=(FAMILIES[family][0][0], 42001), server=FAMILIES[family][1]).handshake()
     with NoTcpStage(fastpath):
         c.send(O, "A")
-        c.send(O, "PA", MISSED, data=b"first")
-    # the handshake's last ACK (SYN_RECV, in ms_halfopen)
+        c.send(O, "PA", R.PASS_FORWARD if family == "v4" else MISSED, data=b"first")
+    # the handshake's last ACK (SYN_RECV, in ms_halfopen): the IPv4 lane
+    # moves it into ms_flows itself (below, test_the_ipv4_lane_ends_a_handshake)
     c = TcpConn.make(fastpath, client=(FAMILIES[family][0][0], 42002), server=FAMILIES[family][1])
     c.send(O, "S")
     c.send(RD, "SA")
     with NoTcpStage(fastpath):
-        c.send(O, "A", MISSED)
-    c.assert_state(S.CT_SYN_RECV)
+        c.send(O, "A", R.PASS_FORWARD if family == "v4" else MISSED)
+    c.assert_state(S.CT_ESTABLISHED if family == "v4" else S.CT_SYN_RECV)
 
 
 ETH_LEN = 14          # untagged Ethernet header
@@ -249,3 +260,291 @@ def test_the_lane_stamps_the_session_clock(fastpath):
     with NoTcpStage(fastpath):
         fresh.send(O, "A")
         stale.send(O, "A", MISSED)
+
+
+# A side's first payload on the IPv4 lane (fastpath.c ms_lane_first_payload,
+# l7.h ms_l7_lane): its application check in the entry program, on the
+# session the lane found, instead of in the TCP stage after a tail call.
+
+APP_POLICY = """
+groups:
+  clients: [10.0.0.0/24]
+  servers: [10.0.1.0/24]
+defaults: {ingress: deny, egress: deny}
+rules:
+  - {name: tls-only, from: clients, to: servers, proto: tcp, ports: [443], action: allow, app: tls}
+  - {name: mysql-only, from: clients, to: servers, proto: tcp, ports: [3306], action: allow, app: mysql}
+  - {name: anything, from: clients, to: servers, proto: tcp, ports: [8080], action: allow}
+"""
+CLIENT, SERVER = "10.0.0.5", "10.0.1.5"
+HTTP_GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+CLIENT_HELLO = bytes.fromhex("160301020001" "0001fc0303") + bytes(32) + b"\x20" + bytes(32)
+SERVER_HELLO = bytes.fromhex("160303005a020000560303") + bytes(40)
+MYSQL_GREETING = bytes.fromhex("4a0000000a") + b"8.0.35\0" + bytes(20)
+SSH_BANNER = b"SSH-2.0-OpenSSH_9.2\r\n"
+PASS, MISMATCH = R.PASS_FORWARD, R.DROP_L7_APP_MISMATCH
+# Conversations after the handshake: (server port, [(sender, flags, payload, reason)]).
+CONVERSATIONS = {
+    "identified, no requirement": (8080, [(O, "PA", HTTP_GET, PASS), (RD, "PA", b"HTTP/1.1 200 OK\r\n\r\n", PASS),
+                                          (O, "PA", b"more", PASS), (RD, "A", b"", PASS)]),
+    "the required protocol": (443, [(O, "PA", CLIENT_HELLO, PASS), (RD, "PA", SERVER_HELLO, PASS),
+                                    (O, "PA", b"\x17\x03\x03", PASS)]),
+    "another protocol on a required port": (443, [(O, "PA", HTTP_GET, MISMATCH)]),
+    "nothing where the required protocol shows": (443, [(O, "PA", b"\0\0\0\0 not tls", MISMATCH)]),
+    "server-first protocol, client first": (3306, [(O, "PA", b"hello?", PASS), (RD, "PA", MYSQL_GREETING, PASS)]),
+    "server-first protocol, another greeting": (3306, [(RD, "PA", SSH_BANNER, MISMATCH)]),
+    "out of window": (8080, [(O, "PA", HTTP_GET, R.DROP_TCP_OUT_OF_WINDOW)]),
+}
+VLAN_TAG = b"\x81\x00\x00\x05"   # 802.1Q, VLAN 5: not the IPv4 lane's frame (ms_parse_tcp4)
+
+
+class Tagged(TcpConn):
+    """A conversation whose frames carry an 802.1Q tag: they miss the IPv4
+    lane, and the generic lane leaves a side's first payload to the TCP
+    stage, so these go the stage's way (ms_stage_tcp, ms_l7_check)."""
+
+    def frame(self, *args, **kw) -> bytes:
+        f = super().frame(*args, **kw)
+        return f[:12] + VLAN_TAG + f[12:]
+
+
+@pytest.fixture
+def app_policy(fastpath):
+    _, pol = compile_text(APP_POLICY, "app.yaml")
+    PolicyMaps.for_fastpath(fastpath).apply(pol)
+    return fastpath
+
+
+def converse(fp, cls, port: int, sport: int, steps) -> TcpConn:
+    conn = cls.make(fp, client=(CLIENT, sport), server=(SERVER, port))
+    conn.send(O, "S", R.PASS_POLICY_ALLOW)
+    conn.send(RD, "SA")
+    conn.send(O, "A")
+    for frm, flags, data, reason in steps:
+        seq = conn.sides(frm)[0].nxt + (10_000_000 if reason == R.DROP_TCP_OUT_OF_WINDOW else 0)
+        conn.send(frm, flags, reason, seq=seq, data=data)
+    return conn
+
+
+def pressure(fp) -> list[int]:
+    """ms_pressure's session and half-open counts."""
+    v = fp.table("ms_pressure")[ctypes.c_int(0)]
+    return [v.inserted, v.deleted, v.insert_failed, v.halfopen_inserted, v.halfopen_removed]
+
+
+def comparable(conn: TcpConn, tag_bytes: int):
+    """A session's fields, less its instance (cookie, times) and the tag's
+    bytes in its byte counts."""
+    e = conn.entry()
+    if e is None:
+        return None
+    v = e.leaf
+    fields = {name: getattr(v, name) for name in ("state", "initiator_is_hi", "flags", "action", "inspect",
+                                                  "app_req", "app", "l7_seen", "pol_gen", "rule_id", "insp_state")}
+    fields["packets"] = list(v.packets)
+    fields["bytes"] = [v.bytes[i] - tag_bytes * v.packets[i] for i in range(2)]
+    fields["tcp"] = [bytes(v.tcp[i]) for i in range(2)]
+    fields["insp_sent"] = list(v.insp_sent)
+    return e.table, fields
+
+
+@pytest.mark.parametrize("what", sorted(CONVERSATIONS))
+def test_the_ipv4_lane_decides_a_first_payload_as_the_tcp_stage_does(app_policy, what):
+    """Each conversation twice: as plain IPv4 frames (the lane ends the
+    handshake and checks each side's first payload) and VLAN-tagged (the
+    TCP stage does): every packet gets the same reason (expect: that one
+    counter, once), the sessions end the same (identified protocol, sides
+    seen, windows, counts; or removed on a mismatch, with one end record
+    each), and the table counts (ms_pressure) moved the same."""
+    port, steps = CONVERSATIONS[what]
+    ring = RingBuffer(app_policy.table("ms_events").map_fd)
+    try:
+        ends, counts = [], []
+        for cls, sport in ((TcpConn, 40000), (Tagged, 41000)):
+            ring.drain()   # what earlier tests left
+            before = pressure(app_policy)
+            conn = converse(app_policy, cls, port, sport, steps)
+            ends.append(sum(event_type(r) == EventType.EVENT_FLOW_END for r in ring.drain()))
+            counts.append([a - b for a, b in zip(pressure(app_policy), before)])
+            if cls is TcpConn:
+                lane = conn
+        assert comparable(lane, 0) == comparable(conn, len(VLAN_TAG))
+        assert counts[0] == counts[1]
+        removed = any(r == MISMATCH for *_, r in steps)
+        assert (lane.entry() is None) == removed
+        assert ends == [int(removed)] * 2
+    finally:
+        ring.close()
+
+
+def test_a_first_payload_is_decided_by_the_ipv4_lane(app_policy):
+    """With the TCP stage taken out, a side's first payload the lane checks
+    passes (it never reached the stage) and is recorded on the session; one
+    the rule's `app` refuses goes to the stage, the session untouched."""
+    ok = converse(app_policy, TcpConn, 443, 40100, [])
+    bad = converse(app_policy, TcpConn, 443, 40101, [])
+    before = bad.entry().raw
+    with NoTcpStage(app_policy):
+        ok.send(O, "PA", data=CLIENT_HELLO)
+        ok.send(RD, "PA", data=SERVER_HELLO)
+        bad.send(O, "PA", MISSED, data=HTTP_GET)
+    e = ok.entry().leaf
+    assert (e.app, e.l7_seen) == (app_policy.l7.ids["tls"], 0b11)
+    assert bad.entry().raw == before
+    # with the stage back, the same payload is dropped there and the session goes
+    bad.send(O, "PA", MISMATCH, data=HTTP_GET)
+    assert bad.entry() is None
+
+
+def handshake_to_last_ack(fp, cls, sport: int, **make) -> TcpConn:
+    conn = cls.make(fp, client=("10.0.0.1", sport), server=("10.0.0.2", 80), **make)
+    conn.send(O, "S")
+    conn.send(RD, "SA")
+    return conn
+
+
+# What a handshake's last ACK may meet, each with its reason: (leaf fields
+# set on the half-open session first, the ACK's send() arguments).
+LAST_ACKS = {
+    "in window": ({}, dict(flags="A")),
+    "acking more than was sent": ({}, dict(flags="A", reason=R.DROP_TCP_OUT_OF_WINDOW, ack_delta=5000)),
+    "an older policy generation": (dict(pol_gen=7), dict(flags="A")),
+    "blocked by the slow path": (dict(insp_state=int(InspState.INSP_BLOCKED)), dict(flags="A", reason=R.DROP_INSPECT_BLOCKED)),
+    "liberal, out of window": (dict(flags=FLOW_FLAGS["LIBERAL"]), dict(flags="A", ack_delta=5000)),
+    "with a payload": ({}, dict(flags="PA", data=b"GET / HTTP/1.1\r\n\r\n")),
+    "the responder's": ({}, dict(flags="A", frm=RD)),
+}
+
+
+@pytest.mark.parametrize("what", sorted(LAST_ACKS))
+def test_the_ipv4_lane_ends_a_handshake_as_the_tcp_stage_does(fastpath, what):
+    """A handshake's last ACK (and what comes instead of it) as plain IPv4
+    frames (the lane moves the session into ms_flows itself when it may)
+    and VLAN-tagged (the TCP stage does): the same reason, the same
+    session in the same table, the same table counts."""
+    fields, kw = LAST_ACKS[what]
+    frm, reason, delta = kw.get("frm", O), kw.get("reason", R.PASS_FORWARD), kw.get("ack_delta", 0)
+    got = []
+    for cls, sport in ((TcpConn, 40000), (Tagged, 41000)):
+        conn = handshake_to_last_ack(fastpath, cls, sport)
+        if fields:
+            t = fastpath.table(session_map("ms_halfopen", conn.c.addr, conn.s.addr))
+            k = flow_key(t, conn.c.addr, conn.c.port, conn.s.addr, conn.s.port, IPPROTO_TCP)
+            v = t[k]
+            for name, val in fields.items():
+                setattr(v, name, val)
+            t[k] = v
+        before = pressure(fastpath)
+        peer = conn.sides(frm)[1]
+        conn.send(frm, kw["flags"], reason, ack=peer.nxt + delta, data=kw.get("data", b""))
+        e = conn.entry()
+        got.append((e.table, comparable(conn, len(VLAN_TAG) if cls is Tagged else 0),
+                    [a - b for a, b in zip(pressure(fastpath), before)]))
+    assert got[0] == got[1]
+
+
+def test_the_ipv4_lane_ends_a_handshake(fastpath):
+    """With the TCP stage taken out, the handshake's last ACK passes (the
+    lane decided it) and its session is ESTABLISHED in ms_flows, counted
+    once as promoted; a last ACK the lane leaves (out of window) and a
+    segment with no session at all reach the stage."""
+    conn = handshake_to_last_ack(fastpath, TcpConn, 40000)
+    late = handshake_to_last_ack(fastpath, TcpConn, 40001)
+    before = pressure(fastpath)
+    with NoTcpStage(fastpath):
+        conn.send(O, "A")
+        late.send(O, "A", MISSED, ack=late.s.nxt + 5000)
+        TcpConn.make(fastpath, client=("10.0.0.1", 40002)).send(O, "A", MISSED)
+    conn.assert_state(S.CT_ESTABLISHED)
+    late.assert_state(S.CT_SYN_RECV)
+    inserted, deleted, failed, ho_in, ho_out = (a - b for a, b in zip(pressure(fastpath), before))
+    assert (inserted, deleted, failed, ho_in, ho_out) == (1, 0, 0, 0, 1)
+    # the lane's segment was accounted and advanced the window, as the stage does
+    e = conn.entry().leaf
+    assert e.packets[0] == 2 and e.tcp[0].maxack == conn.s.nxt
+
+
+# Closes after an established conversation (both first payloads seen):
+# [(sender, flags, payload, reason, extra send() arguments)].
+CHALLENGED = R.PASS_TCP_RST_CHALLENGE
+CLOSES = {
+    "the server's FIN, the client's RST (bench/policy.py's close)": [
+        (RD, "FA", b"", PASS, {}), (O, "RA", b"", PASS, {})],
+    "both FINs acknowledged": [
+        (O, "FA", b"", PASS, {}), (RD, "FA", b"", PASS, {}), (O, "A", b"", PASS, {})],
+    "a FIN with the last data": [(O, "FA", b"bye", PASS, {}), (RD, "A", b"", PASS, {})],
+    "a RST without ACK": [(RD, "R", b"", PASS, {})],
+    "a RST at the receiver's last ACK": [(O, "A", b"", PASS, {}), (RD, "PA", b"data", PASS, {}),
+                                         (RD, "RA", b"", PASS, {"seq_delta": -4})],
+    "a RST in the window, not where expected": [(O, "RA", b"", CHALLENGED, {"seq_delta": 10})],
+    "a FIN past the window": [(O, "FA", b"", R.DROP_TCP_OUT_OF_WINDOW, {"seq_delta": 10_000_000})],
+    "a FIN acking unsent data": [(O, "FA", b"", R.DROP_TCP_OUT_OF_WINDOW, {"ack_delta": 5000})],
+    "a FIN with a first payload": [(O, "FA", b"GET / HTTP/1.1\r\n\r\n", PASS, {})],
+    "a RST after the client's FIN was acknowledged": [
+        (O, "FA", b"", PASS, {}), (RD, "A", b"", PASS, {}), (RD, "RA", b"", PASS, {})],
+    "a RST after both FINs": [(O, "FA", b"", PASS, {}), (RD, "FA", b"", PASS, {}), (O, "RA", b"", PASS, {})],
+    "a RST after the close": [(O, "FA", b"", PASS, {}), (RD, "FA", b"", PASS, {}), (O, "A", b"", PASS, {}),
+                              (RD, "R", b"", PASS, {})],
+}
+
+
+def established_conn(fp, cls, sport: int, first_payloads: bool) -> TcpConn:
+    conn = cls.make(fp, client=("10.0.0.1", sport), server=("10.0.0.2", 80)).handshake()
+    if first_payloads:
+        conn.send(O, "PA", data=b"GET / HTTP/1.1\r\n\r\n")
+        conn.send(RD, "PA", data=b"HTTP/1.1 200 OK\r\n\r\n")
+    return conn
+
+
+@pytest.mark.parametrize("what", sorted(CLOSES))
+def test_the_ipv4_lane_closes_as_the_tcp_stage_does(fastpath, what):
+    """Each close as plain IPv4 frames (the lane takes a FIN and a RST that
+    ends the session) and VLAN-tagged (the TCP stage does): the same reason
+    for every segment, the same session after it (state, windows, counts),
+    the same table counts, and the same end records (one per session,
+    closed by its last segment), each naming its own connection."""
+    steps = CLOSES[what]
+    decoder = FlowEventDecoder(flow_event_type(fastpath))
+    ring = RingBuffer(fastpath.table("ms_events").map_fd)
+    got = []
+    try:
+        for cls, sport, tag in ((TcpConn, 40000, 0), (Tagged, 41000, len(VLAN_TAG))):
+            conn = established_conn(fastpath, cls, sport, first_payloads="first payload" not in what)
+            ring.drain()
+            before = pressure(fastpath)
+            for frm, flags, data, reason, kw in steps:
+                me, peer = conn.sides(frm)
+                conn.send(frm, flags, reason, data=data, seq=me.nxt + kw.get("seq_delta", 0),
+                          ack=peer.nxt + kw.get("ack_delta", 0) if "A" in flags else None)
+            ends = [decoder.decode(r) for r in ring.drain() if event_type(r) == EventType.EVENT_FLOW_END]
+            assert all(e.client == (conn.c.addr, conn.c.port) for e in ends)
+            records = [(e.reason, e.state, e.server, e.packets,
+                        tuple(b - tag * n for b, n in zip(e.bytes, e.packets)), e.flags, e.app)
+                       for e in ends]
+            got.append((comparable(conn, tag), [a - b for a, b in zip(pressure(fastpath), before)], records))
+    finally:
+        ring.close()
+    assert got[0] == got[1]
+
+
+def test_the_ipv4_lane_closes(fastpath):
+    """With the TCP stage taken out, the FIN and the RST of a close pass
+    (the lane decided them), the session is CLOSE with its end record
+    sent; a RST the endpoint would challenge, and a FIN carrying a side's
+    first payload, reach the stage."""
+    conn = established_conn(fastpath, TcpConn, 40000, first_payloads=True)
+    other = established_conn(fastpath, TcpConn, 40001, first_payloads=False)
+    ring = RingBuffer(fastpath.table("ms_events").map_fd)
+    try:
+        ring.drain()
+        with NoTcpStage(fastpath):
+            conn.send(RD, "FA")
+            conn.assert_state(S.CT_CLOSE_WAIT)
+            conn.send(O, "RA", MISSED, seq=conn.c.nxt + 10)   # challenged: the stage's
+            conn.send(O, "RA")
+            other.send(O, "FA", MISSED, data=b"first")
+        conn.assert_state(S.CT_CLOSE)
+        ends = [r for r in ring.drain() if event_type(r) == EventType.EVENT_FLOW_END]
+        assert len(ends) == 1 and conn.entry().leaf.flags & FLOW_FLAGS["LOGGED"]
+    finally:
+        ring.close()

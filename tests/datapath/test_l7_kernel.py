@@ -240,11 +240,12 @@ def test_udp_requirement(app_policy):
     assert entry(app_policy, "10.0.0.5", 5001, "10.0.1.5", 53, IPPROTO_UDP) is None
 
 
-# The first payload's check runs in the TCP stage on the session tracking
-# holds (fastpath.c ms_stage_tcp), or in the payload stage when tracking
-# moved the session (the handshake's last ACK carrying data: promoted to
-# ms_flows in the same packet). Either way the check lands on the session
-# as it is now, in the table it is in.
+# The first payload's check runs in the entry program on the session the
+# IPv4 lane found (fastpath.c ms_lane_first_payload), in the TCP stage on
+# the session tracking holds (fastpath.c ms_stage_tcp), or in the payload
+# stage when tracking moved the session (the handshake's last ACK carrying
+# data: promoted to ms_flows in the same packet). Either way the check
+# lands on the session as it is now, in the table it is in.
 
 def test_first_payload_on_the_handshakes_last_ack(app_policy):
     conn = TcpConn.make(app_policy, client=("10.0.0.5", 40010), server=("10.0.1.5", 8080))
