@@ -528,3 +528,57 @@ def test_a_batch_handles_records_a_verdict_waits_on_before_deferred_ones_each_fl
     handled.clear()
     w._records([batch[0], batch[2], batch[3]])
     assert handled == ["resp", "fin", "resp2"]
+
+
+def test_session_ends_in_the_ring_are_handled_in_order_with_the_payload_records():
+    # MS_CFG_WORKER_ENDS: the kernel writes an inspected session's end into
+    # its worker's ring (struct ms_worker_end: a mark with bit 63 where a
+    # payload record has its ts_ns). The worker handles the payload records
+    # before an end, then the end (its flow record, with what the engine
+    # knew: the FIN's record before it is in), then the rest; a payload
+    # record of the end's length is still a payload record. (Before, an
+    # end in the ring was decoded as a payload record.)
+    import struct
+
+    from appliance.flowlog import WORKER_END_MARK
+    from appliance.workers import Worker
+    size = 24
+    handled = []
+
+    class Engine:
+        flows = {}
+        counters = type("C", (), {"bad_records": 0})()
+
+        def handle_batch(self, recs):
+            handled.append([r for r in recs])
+
+        def session_end(self, ev, wall):
+            handled.append(("end", ev))
+
+    class Decoder:
+        def decode_many(self, raws):
+            return [_Rec(r[8:].rstrip(b"\0").decode(), b"k") for r in raws], []
+
+    class Ends:
+        def decode(self, raw):
+            assert len(raw) == size
+            return raw.rstrip(b"\0").decode()
+
+    Ends.size = size
+
+    def payload(name, pad=0):
+        return struct.pack("<Q", 123_456_789) + name.encode().ljust(pad, b"\0")
+
+    def end(name, worker=0):
+        return struct.pack("<Q", WORKER_END_MARK | worker) + name.encode().ljust(size, b"\0")
+
+    w = Worker.__new__(Worker)
+    w.engine, w.decoder, w._flow_events = Engine(), Decoder(), Ends()
+    w.ctx = type("Ctx", (), {"wall": None})()
+    same_len = payload("data", size)                 # a payload record as long as an end record
+    w._records([payload("req"), payload("fin"), end("one"), same_len, end("two", 1), end("three")])
+    assert [h if isinstance(h, tuple) else [r.name for r in h] for h in handled] == \
+        [["req", "fin"], ("end", "one"), ["data"], ("end", "two"), ("end", "three")]
+    handled.clear()
+    w._records([payload("a"), payload("b")])         # no end: one batch
+    assert [[r.name for r in h] for h in handled] == [["a", "b"]]
