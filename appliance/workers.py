@@ -403,24 +403,25 @@ class Worker:
 
     def _records(self, raws: list[bytes]) -> None:
         """Records read from this worker's ring: payload records, and the
-        kernel's session ends among them (MS_CFG_WORKER_ENDS), each handled
-        after the records before it (a FIN's record comes before its
-        session's end)."""
+        kernel's session ends among them (MS_CFG_WORKER_ENDS). The payload
+        records of the read first, in one batch (waiting_first: a request a
+        verdict waits on is not delayed behind a closed flow's record),
+        then the ends, in ring order: each after its session's records,
+        which the kernel committed before it (a FIN's among them)."""
         dec = self._flow_events
         if dec is not None:
-            start = 0
-            for i, raw in enumerate(raws):
+            payload, ends = [], []
+            for raw in raws:
                 end = worker_end(raw, dec.size)
                 if end is None:
-                    continue
-                if i > start:
-                    self._payload(raws[start:i])
-                self._session_ends(end)
-                start = i + 1
-            if start:
-                raws = raws[start:]
-                if not raws:
-                    return
+                    payload.append(raw)
+                else:
+                    ends.append(end)
+            if ends:
+                if payload:
+                    self._payload(payload)
+                self._session_ends(b"".join(ends))
+                return
         self._payload(raws)
 
     def _payload(self, raws: list[bytes]) -> None:
