@@ -125,8 +125,10 @@ class Daemon:
             log.info("slowpath.workers: %d asked, 1 runs: this kernel's payload channel is the perf buffer "
                      "fallback (no BPF ring buffers), which one worker reads", n)
             n = 1
+        # worker_flow_ends: the kernel writes an inspected session's end into
+        # its worker's ring, which the worker reads anyway (appliance/flowlog.py)
         cfg = self.cfg = cfg.model_copy(update={"datapath": cfg.datapath.model_copy(
-            update={"slowpath_workers": n})})
+            update={"slowpath_workers": n, "worker_flow_ends": True})})
         policy = Policy(*pf.compile_file(cfg.policy), cfg.policy) if cfg.policy else None
         # The policy's L7 allow-lists (slowpath/l7allow.py), compiled once
         # here; the workers inherit them, and get a reload's by message.
@@ -556,6 +558,9 @@ class Daemon:
             await self.workers.stop()
             if self.flowlog is not None:
                 self.flowlog.stop()     # what is left: written here (the workers are gone)
+                if self.fp.features.ringbuf:
+                    # and the session ends left in the workers' rings
+                    self.flowlog.worker_leftovers(self.rings.fds)
             self._stop_heartbeat()
             if self.droplog is not None:
                 self.droplog.stop()     # shutdown() reads what is left

@@ -14,6 +14,14 @@ reads the ring on its event loop (:meth:`FlowLog.start`) and:
   cannot take it (dead, restarting, its socket full), the record is written
   here from the kernel's side alone: one record per session either way.
 
+Under `microseg run` (datapath setting ``worker_flow_ends``, bpf/lib/maps.h
+MS_CFG_WORKER_ENDS) the kernel writes an inspected session's end into its
+worker's ring instead (struct ms_worker_end, after the session's payload
+records): the worker logs it as it reads it (:func:`worker_end`), and none
+of it passes through here. Such an end comes here only when its worker's
+heartbeat is 0 or stale (dead, stopping) or its ring is full, and one left
+in a ring at stop is written here (:meth:`FlowLog.worker_leftovers`).
+
 Records that could not be written to the ring are counted by the kernel
 (ms_events_lost, microseg_flow_events_lost_total). Nothing reads the ring
 without `microseg run`: `microseg up` alone logs no sessions (their ends
@@ -23,10 +31,12 @@ from __future__ import annotations
 
 import bisect
 import logging
+import struct
 from collections.abc import Callable
 
 from datapath.flowevents import FlowEnd, FlowEventDecoder, WallClock, event_type, flow_event_type, lost_counts
 from datapath.enums import EventType
+from datapath.source import header_defines
 from slowpath.flowend import POL_INSPECT, flow_end_record
 from slowpath.ringbuf import RingBuffer, RingBufferError, RingBufferReader
 
@@ -41,6 +51,21 @@ RING = "ms_events"
 # sender's CPU per message on this VM: docs/performance.md 4.6.1). A flow
 # record is this much later at most; no verdict waits for it.
 FLOW_END_PAUSE_S = 0.005
+
+# struct ms_worker_end's mark (bpf/lib/maps.h): the first 8 bytes of a record
+# in a worker's ring, a payload record's ts_ns, MS_WORKER_END_MARK | the
+# worker's index in a session end's.
+_MARK = struct.Struct("<Q")
+WORKER_END_MARK = header_defines("MS_WORKER_")["END_MARK"]
+
+
+def worker_end(raw: bytes, size: int) -> bytes | None:
+    """The session end (struct ms_flow_event, ``size`` bytes: the decoder's)
+    that ``raw``, a record read from a worker's ring, carries; None for a
+    payload record. Only records of the end's length are looked into."""
+    if len(raw) != _MARK.size + size or not _MARK.unpack_from(raw)[0] & WORKER_END_MARK:
+        return None
+    return raw[_MARK.size:]
 
 
 class FlowLog:
@@ -107,6 +132,26 @@ class FlowLog:
             log.warning("%s", e)
             return
         self._write(ev)
+
+    def worker_leftovers(self, ring_fds: list[int]) -> int:
+        """At stop, the workers gone: the session ends still in their rings
+        (committed after a worker's last read, or in the ring of a worker
+        that died and was not started again), written here from the
+        kernel's side alone; the payload records around them are dropped
+        (nobody inspects them now). Returns how many were written."""
+        n = 0
+        for fd in ring_fds:
+            rb = RingBuffer(fd)
+            try:
+                raws = rb.drain()
+            finally:
+                rb.close()
+            for raw in raws:
+                end = worker_end(raw, self.decoder.size)
+                if end is not None:
+                    self._decode_write(end)
+                    n += 1
+        return n
 
     def sessions_ended(self, entries: list[tuple[bytes, bytes]]) -> None:
         """Sessions the batch sweep removed (datapath/sweeper.py on_ended:

@@ -224,6 +224,11 @@ class DatapathConfig(BaseModel):
     # reads the ring after every packet itself: a wakeup costs more than
     # the rest of a recorded packet).
     ring_wakeup: bool = True
+    # Inspected sessions' end records go into their worker's ring, after
+    # their payload records, for the worker to log (bpf/lib/maps.h
+    # MS_CFG_WORKER_ENDS); off: to ms_events, like every other session's.
+    # `microseg run` turns it on: its workers read their rings.
+    worker_flow_ends: bool = False
     failure_actions: FailureActions = FailureActions()
     tunnels: Tunnels = Tunnels()
     # Drop events per (source address, reason) per second: a scan's first

@@ -131,7 +131,8 @@ class FastPath:
               "SIM_RINGBUF_FULL": "ringbuf_full" in sim, "SIM_BUDGET": "budget_exhausted" in sim,
               "SIM_SLOWPATH_DOWN": "slowpath_down" in sim, "RING_NO_WAKEUP": not config.ring_wakeup,
               "TUN_NO_DECAP": not config.tunnels.decap, "TUN_POLICY_OUTER": config.tunnels.policy == "outer",
-              "TUN_SHORT_QUOTE_DROP": config.tunnels.short_quote_action == "drop"}
+              "TUN_SHORT_QUOTE_DROP": config.tunnels.short_quote_action == "drop",
+              "WORKER_ENDS": config.worker_flow_ends}
         v.flags = sum(CFG[name] for name, wanted in on.items() if wanted)
         v.insp_budget = config.inspect_budget
         v.workers = config.slowpath_workers

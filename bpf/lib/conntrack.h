@@ -500,12 +500,41 @@ static __always_inline void ms_flow_event_fill(struct ms_flow_event *ev, const s
     __builtin_memcpy(&ev->key, k, sizeof(*k));
 }
 
+/* The ring of the worker that holds inspected session f (key k), and that
+ * worker in *worker, when its end record goes there (MS_CFG_WORKER_ENDS),
+ * or 0: ms_events. In the worker's ring the record comes after the
+ * session's payload records, and the worker logs it when it reads it, in
+ * order, with no message from the daemon (which read, decoded and
+ * forwarded the ms_events record; handling that message was 54 us of a
+ * worker's ~450 per inspected connection in the lab, docs/performance.md
+ * 4.6). A worker whose heartbeat is 0 (dead: the daemon zeroes it at
+ * once; stopping: the worker does) or stale has its ends go to ms_events,
+ * whose reader logs them itself or forwards them. */
+static __always_inline void *ms_flow_end_ring(const struct ms_flow_key *k, const struct ms_flow *f,
+                                              const struct ms_config *cfg, __u32 *worker)
+{
+#ifdef MS_NO_RINGBUF
+    return 0;
+#else
+    if (f->action != POL_INSPECT || !(cfg->flags & MS_CFG_WORKER_ENDS))
+        return 0;
+    __u32 w = ms_insp_worker(k, cfg);
+    struct ms_slowpath *sp = ms_slowpath.lookup(&w);
+    if (!sp || !sp->heartbeat_ns || ms_now() - sp->heartbeat_ns > cfg->hb_timeout_ns)
+        return 0;
+    *worker = w;
+    return ms_insp_rings.lookup(&w);
+#endif
+}
+
 /* Reserve and fill the end record of session f (key k), or 0: its record
  * was sent already (MS_FLOW_LOGGED), or the ring is full (counted). The
- * caller removes the session, then commits: submitted when the removal was
- * its own, discarded when another CPU removed it first (that one sends it). */
-static __always_inline struct ms_flow_event *ms_flow_end_begin(const struct ms_flow_key *k,
-                                                               const struct ms_flow *f, __u8 reason)
+ * record is a struct ms_worker_end in the worker's ring of an inspected
+ * session (ms_flow_end_ring), or a struct ms_flow_event in ms_events (also
+ * when the worker's ring is full). The caller removes the session, then
+ * commits: submitted when the removal was its own, discarded when another
+ * CPU removed it first (that one sends it). */
+static __always_inline void *ms_flow_end_begin(const struct ms_flow_key *k, const struct ms_flow *f, __u8 reason)
 {
     if (f->flags & MS_FLOW_LOGGED)
         return 0;
@@ -513,26 +542,68 @@ static __always_inline struct ms_flow_event *ms_flow_end_begin(const struct ms_f
     ms_event_lost(EVENT_FLOW_END);   /* no ring buffer on this kernel: counted only */
     return 0;
 #else
-    struct ms_flow_event *ev = ms_events.ringbuf_reserve(sizeof(struct ms_flow_event));
-    if (!ev) {
-        ms_event_lost(EVENT_FLOW_END);
-        return 0;
-    }
     struct ms_config *cfg = ms_cfg();
+    void *rec = 0;
+    struct ms_flow_event *ev = 0;
+    __u32 w = 0;
+    void *ring = cfg ? ms_flow_end_ring(k, f, cfg, &w) : 0;
+    if (ring) {
+        struct ms_worker_end *we = bpf_ringbuf_reserve(ring, sizeof(struct ms_worker_end), 0);
+        if (we) {
+            we->mark = MS_WORKER_END_MARK | w;
+            rec = we;
+            ev = &we->ev;
+        }
+    }
+    if (!rec) {
+        rec = ev = ms_events.ringbuf_reserve(sizeof(struct ms_flow_event));
+        if (!rec) {
+            ms_event_lost(EVENT_FLOW_END);
+            return 0;
+        }
+    }
     ms_flow_event_fill(ev, k, f, reason, cfg ? cfg->workers : 0);
-    return ev;
+    return rec;
 #endif
 }
 
-static __always_inline void ms_flow_end_commit(struct ms_flow_event *ev, int ended)
+/* Send or drop record ``rec`` of ms_flow_end_begin. One in a worker's ring
+ * (MS_WORKER_END_MARK in its first word) wakes the worker as a payload
+ * record no verdict waits on does (inspect.h ms_insp_packet): not while it
+ * reads, nor while its poll is due (the poll reads it within
+ * appliance/workers.py POLL_S), the state read again after the commit and
+ * a forced wakeup if the worker went to sleep meanwhile (it may have
+ * looked at the ring before this record was in it). A session end waits
+ * for no verdict: its flow record is at most POLL_S later, and the worker
+ * reads it with the records around it instead of waking for it. */
+static __always_inline void ms_flow_end_commit(void *rec, int ended)
 {
 #ifndef MS_NO_RINGBUF
-    if (!ev)
+    if (!rec)
         return;
-    if (ended)
-        ms_events.ringbuf_submit(ev, 0);
-    else
-        ms_events.ringbuf_discard(ev, 0);
+    if (!ended) {
+        bpf_ringbuf_discard(rec, 0);
+        return;
+    }
+    __u64 mark = *(__u64 *)rec;
+    if (!(mark & MS_WORKER_END_MARK)) {
+        bpf_ringbuf_submit(rec, 0);      /* ms_events */
+        return;
+    }
+    __u32 w = (__u32)mark;
+    __u64 *busy = ms_insp_busy.lookup(&w);   /* u64: BPF fetch atomics are 64-bit here */
+    __u64 state = busy ? __sync_fetch_and_add(busy, 0) : MS_INSP_BUSY_ASLEEP;
+    if (state == MS_INSP_BUSY_ASLEEP) {
+        bpf_ringbuf_submit(rec, 0);
+        return;
+    }
+    bpf_ringbuf_submit(rec, BPF_RB_NO_WAKEUP);
+    if (__sync_fetch_and_add(busy, 0) == MS_INSP_BUSY_ASLEEP) {
+        void *ring = ms_insp_rings.lookup(&w);
+        void *nudge = ring ? bpf_ringbuf_reserve(ring, 8, 0) : 0;
+        if (nudge)
+            bpf_ringbuf_discard(nudge, BPF_RB_FORCE_WAKEUP);
+    }
 #endif
 }
 
@@ -568,11 +639,11 @@ static __always_inline struct ms_flow *ms_ct_lookup_flows(struct ms_flow_key *k,
 {
     struct ms_flow *f = ms_flows_lookup(k);
     if (f && ms_ct_expired(f, now)) {
-        struct ms_flow_event *ev = ms_flow_end_begin(k, f, FLOW_END_TIMEOUT);
+        void *rec = ms_flow_end_begin(k, f, FLOW_END_TIMEOUT);
         int gone = ms_flows_delete(k) == 0;
         if (gone)
             ms_pressure_add(1);
-        ms_flow_end_commit(ev, gone);
+        ms_flow_end_commit(rec, gone);
         return 0;
     }
     return f;
@@ -609,11 +680,11 @@ static __always_inline struct ms_flow *ms_ct_lookup_from(struct ms_flow_key *k, 
             *where = MS_IN_HALFOPEN;
             return f;
         }
-        struct ms_flow_event *ev = ms_flow_end_begin(k, f, FLOW_END_TIMEOUT);
+        void *rec = ms_flow_end_begin(k, f, FLOW_END_TIMEOUT);
         int gone = ms_halfopen_delete(k) == 0;
         if (gone)
             ms_halfopen_count(0);
-        ms_flow_end_commit(ev, gone);
+        ms_flow_end_commit(rec, gone);
     }
     if (flows_absent) {
         f = ms_ct_lookup_flows(k, now);
@@ -767,7 +838,7 @@ static __always_inline void ms_pressure_inserted(__u64 now)
 static __always_inline void ms_ct_remove(struct ms_flow_key *k, int where, const struct ms_flow *f,
                                          __u8 reason)
 {
-    struct ms_flow_event *ev = ms_flow_end_begin(k, f, reason);
+    void *rec = ms_flow_end_begin(k, f, reason);
     int gone;
     if (where == MS_IN_FLOWS) {
         gone = ms_flows_delete(k) == 0;
@@ -778,7 +849,7 @@ static __always_inline void ms_ct_remove(struct ms_flow_key *k, int where, const
         if (gone)
             ms_halfopen_count(0);
     }
-    ms_flow_end_commit(ev, gone);
+    ms_flow_end_commit(rec, gone);
 }
 
 /* The session of a handshake segment, a SYN or a SYN-ACK (ms_ct_tcp):
@@ -1456,9 +1527,9 @@ static __always_inline int ms_ct_tcp(struct ms_pkt *p, __u64 now, struct ms_flow
      * that sets the flag sends the record, the other discards its copy.
      * A full ring leaves the flag unset: the expiry tries again. */
     if ((f->state == CT_TIME_WAIT || f->state == CT_CLOSE) && !(f->flags & MS_FLOW_LOGGED)) {
-        struct ms_flow_event *ev = ms_flow_end_begin(kp, f, FLOW_END_CLOSED);
-        if (ev)
-            ms_flow_end_commit(ev, ms_flow_claim_logged(f));
+        void *rec = ms_flow_end_begin(kp, f, FLOW_END_CLOSED);
+        if (rec)
+            ms_flow_end_commit(rec, ms_flow_claim_logged(f));
     }
 
     /* Promote once the handshake is done. A reset before that (connection

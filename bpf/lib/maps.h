@@ -427,6 +427,12 @@ struct ms_config {
 /* An ICMP error quoting a tunnel packet too short to show its inner flow
  * drops (`tunnels.short_quote_action: drop`; icmp.h says why it passes). */
 #define MS_CFG_TUN_SHORT_QUOTE_DROP 0x400
+/* An inspected session's end record goes into its worker's ring, after the
+ * session's payload records (struct ms_worker_end, conntrack.h
+ * ms_flow_end_begin), not to ms_events: set by `microseg run`, whose
+ * workers read their rings and log those sessions (appliance/workers.py).
+ * Unset (replay, tests, `microseg up` alone): every end goes to ms_events. */
+#define MS_CFG_WORKER_ENDS       0x800
 BPF_ARRAY(ms_config, struct ms_config, 1);
 
 /* Interfaces the control plane attached to, by ifindex. The egress program
@@ -650,6 +656,21 @@ struct ms_flow_event {
     __u8  worker;           /* ms_insp_worker(): the slow-path worker of an inspected session */
     __u8  pad[6];
 };
+/* A session's end record in its worker's ring (MS_CFG_WORKER_ENDS), among
+ * the payload records (struct ms_insp_rec). ``mark`` is where a payload
+ * record has its ts_ns: MS_WORKER_END_MARK | the worker's index here, and
+ * never bit 63 there (bpf_ktime_get_ns, ns since boot: 2^63 is 292 years).
+ * The reader tells the two apart by that bit (appliance/flowlog.py
+ * worker_end); the committer reads the worker from it and so needs no
+ * read past the 8 bytes an ms_events record starts with too (its type
+ * and reason, state, action, insp_state bytes: bit 63 clear, insp_state
+ * being under 128). */
+#define MS_WORKER_END_MARK 0x8000000000000000
+struct ms_worker_end {
+    __u64 mark;
+    struct ms_flow_event ev;
+};
+
 /* ms_events records that could not be written (ring full, or no ring
  * buffer on this kernel), per CPU, by enum ms_event_type: never silent. */
 #define MS_EVENT_TYPE_SLOTS 8   /* room for event types to come; index = enum ms_event_type */

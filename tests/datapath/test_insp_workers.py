@@ -78,10 +78,10 @@ def workers(fastpath):
         w.close()
 
 
-def open_flows(fp, n=FLOWS):
+def open_flows(fp, n=FLOWS, port=30000):
     conns = []
     for i in range(n):
-        c = TcpConn.make(fp, client=(f"10.0.0.{2 + i % 200}", 30000 + i), server=("10.0.1.5", 80))
+        c = TcpConn.make(fp, client=(f"10.0.0.{2 + i % 200}", port + i), server=("10.0.1.5", 80))
         c.send("c", "S", R.PASS_POLICY_INSPECT)
         c.send("s", "SA")
         c.send("c", "A")
@@ -270,3 +270,99 @@ def test_more_than_one_worker_needs_ring_buffers():
     assert WorkerRings(fp, 1).fds == []
     with pytest.raises(ValueError, match="1..64"):
         WorkerRings(fp, 0)
+
+
+def _close(c, fin=R.PASS_FORWARD) -> None:
+    """Both FINs (``fin``: their outcome), then the last ACK: the session's
+    end on that packet."""
+    c.send("c", "FA", fin)
+    c.send("s", "FA", fin)
+    c.send("c", "A")
+
+
+def test_an_inspected_sessions_end_goes_to_its_workers_ring_after_its_payload(workers):
+    # MS_CFG_WORKER_ENDS (`microseg run`): the end record of an inspected
+    # session is a struct ms_worker_end in its worker's ring, after its
+    # payload records (the FIN's among them), not in ms_events; a session
+    # whose worker's heartbeat is 0 (dead, stopping) has its end go to
+    # ms_events, where the daemon logs it. (Without the change every end is
+    # in ms_events and the rings hold payload records only.)
+    from appliance.flowlog import worker_end
+    from datapath.flowevents import FlowEventDecoder, event_type, flow_event_type
+    from datapath.enums import EventType
+    w = workers(2)
+    fp = w.fp
+    fp.apply_runtime(fp.config.model_copy(update={"slowpath_workers": 2, "heartbeat_timeout_s": 3600,
+                                                  "worker_flow_ends": True}))
+    dec = FlowEventDecoder(flow_event_type(fp))
+    events = RingBuffer(fp.table("ms_events").map_fd)
+    try:
+        events.drain()
+        conns = open_flows(fp, 16)
+        for c in conns:
+            c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+            c.send("s", "PA", R.PASS_INSPECT_COPIED, data=RESPONSE)
+            _close(c)
+        ring_of = {}
+        for i, ring in enumerate(w.rings):
+            seen = {}              # client -> what its records were, in ring order
+            for raw in (bytes(r) for r in ring.drain()):
+                end = worker_end(raw, dec.size)
+                if end is None:
+                    rec = w.decoder.decode(raw)
+                    seen.setdefault(rec.client, []).append("fin" if rec.tcp_flags & 1 else "data")
+                else:
+                    ev = dec.decode(end)
+                    assert (ev.worker, ev.reason, ev.action) == (i, "closed", 3)
+                    assert int.from_bytes(raw[:8], "little") == (1 << 63) | i
+                    seen.setdefault(ev.client, []).append("end")
+            for client, kinds in seen.items():
+                assert kinds[-1] == "end" and kinds.count("end") == 1 and "fin" in kinds, (client, kinds)
+                ring_of[client] = i
+        assert len(ring_of) == 16 and set(ring_of.values()) == {0, 1}
+        assert [r for r in events.drain() if event_type(r) == EventType.EVENT_FLOW_END] == []
+
+        conns = open_flows(fp, 16, port=31000)
+        for c in conns:
+            c.send("c", "PA", R.PASS_INSPECT_COPIED, data=REQUEST)
+        ring_of = {rec.client: i for i, recs in enumerate(w.drained()) for rec in recs}
+        w.writers[1].stop()                     # worker 1 gone: heartbeat 0
+        for c in conns:
+            mine = ring_of[(c.c.addr, c.c.port)]
+            _close(c, R.PASS_INSPECT_SLOWPATH_DOWN if mine == 1 else R.PASS_FORWARD)
+        in_rings = [[worker_end(bytes(r), dec.size) for r in ring.drain()] for ring in w.rings]
+        to_events = [dec.decode(r) for r in events.drain() if event_type(r) == EventType.EVENT_FLOW_END]
+        assert not any(in_rings[1])
+        ring0 = [dec.decode(e) for e in in_rings[0] if e is not None]
+        assert {e.worker for e in to_events} == {1} and {e.worker for e in ring0} == {0}
+        assert len(to_events) + len(ring0) == 16 and to_events and ring0
+    finally:
+        w.writers[1].heartbeat(os.getpid())
+        events.close()
+
+
+def test_ends_of_sessions_not_inspected_stay_in_ms_events(workers):
+    from appliance.flowlog import worker_end
+    from datapath.flowevents import FlowEventDecoder, event_type, flow_event_type
+    from datapath.enums import EventType
+    w = workers(1)
+    fp = w.fp
+    _, pol = compile_text(POLICY + "  - {name: ssh, from: 10.0.0.0/24, to: 10.0.1.0/24, proto: tcp, ports: [22], "
+                          "action: allow}\n", "workers.yaml")
+    PolicyMaps.for_fastpath(fp).apply(pol)
+    fp.apply_runtime(fp.config.model_copy(update={"heartbeat_timeout_s": 3600, "worker_flow_ends": True}))
+    dec = FlowEventDecoder(flow_event_type(fp))
+    events = RingBuffer(fp.table("ms_events").map_fd)
+    try:
+        events.drain()
+        c = TcpConn.make(fp, client=("10.0.0.9", 31000), server=("10.0.1.5", 22))
+        c.send("c", "S", R.PASS_POLICY_ALLOW)
+        c.send("s", "SA")
+        c.send("c", "A")
+        c.send("c", "PA", data=b"SSH-2.0-x\r\n")
+        _close(c)
+        assert [worker_end(bytes(r), dec.size) for r in w.rings[0].drain()] == []
+        got = [dec.decode(r) for r in events.drain() if event_type(r) == EventType.EVENT_FLOW_END]
+        assert [(e.action, e.reason) for e in got] == [(1, "closed")]
+    finally:
+        events.close()

@@ -6,13 +6,15 @@ session (short timeouts in the run configuration)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
 from appliance.lab import CLIENT_V4, SERVER_V4, HttpServer, Lab
-from labrun import running_daemon
+from labrun import STOP_WAIT_S, running_daemon, wait_for, workers_running
 from tests.eve_schemas import schema_errors
 
 pytestmark = pytest.mark.lab
@@ -143,4 +145,43 @@ def test_inspected_sessions_get_one_record_each_from_their_worker(tmp_path):
         assert (r["flow_id"], r["app_proto"]) == (http_ids[r["src_port"]], "http"), r
         assert flowvar(r, "end_reason") == "closed" and flowvar(r, "policy_action") == "inspect"
         assert r["flow"]["pkts_toserver"] >= 5 and r["flow"]["bytes_toclient"] > 0
+        assert schema_errors(r) == []
+
+
+HUNG = 4    # sessions whose ends wait in a hung worker's ring
+
+
+def test_session_ends_left_in_a_hung_workers_ring_are_logged_at_stop(tmp_path):
+    # The kernel writes an inspected session's end into its worker's ring
+    # (bpf/lib/maps.h MS_CFG_WORKER_ENDS) while the worker's heartbeat is
+    # fresh. A worker that stops reading (SIGSTOP here: hung) leaves them
+    # there; the stopping daemon kills it (workers.STOP_TIMEOUT_S) and
+    # writes the ends left in its ring itself, from the kernel's side: one
+    # flow record per session, none lost. (Before, these ends went through
+    # the daemon to the hung worker's socket and died with it.)
+    (tmp_path / "policy.yaml").write_text(INSPECT_POLICY)
+    (tmp_path / "rules.yaml").write_text("{}\n")
+    eve, log = tmp_path / "eve.json", tmp_path / "run.log"
+    ports = range(44000, 44000 + HUNG)
+    with Lab() as lab, HttpServer(lab, HTTP_PORT), \
+            running_daemon(lab, tmp_path, slowpath={"workers": 1}, datapath={"heartbeat_timeout_s": 600}) as run:
+        pid = wait_for("the worker", lambda: workers_running(log).get(0))
+        os.kill(pid, signal.SIGSTOP)           # a child of the daemon this test started
+        try:
+            for p in ports:                    # async: they pass while the worker reads nothing
+                r = lab.run(lab.client, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time",
+                                         "10", "--local-port", str(p), f"http://{SERVER_V4}:{HTTP_PORT}/"])
+                assert r.stdout == "200", r
+            assert flow_records(eve, dest_port=HTTP_PORT) == []
+            run.send_signal(signal.SIGTERM)
+            run.wait(STOP_WAIT_S)
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    flows = flow_records(eve, dest_port=HTTP_PORT)
+    assert sorted(r["src_port"] for r in flows) == list(ports), flows
+    for r in flows:
+        assert flowvar(r, "end_reason") == "closed" and flowvar(r, "policy_action") == "inspect"
         assert schema_errors(r) == []
