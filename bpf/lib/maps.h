@@ -963,6 +963,13 @@ BPF_PERCPU_ARRAY(ms_l7_scratch, struct ms_l7_buf, 1);
 enum ms_insp_state {
     MS_ENUM_INSP_STATE(MS_ENUM_MEMBER)
 };
+/* ms_flow_end_commit tells an ms_events record from a worker's (struct
+ * ms_worker_end) by bit 63 of its first 8 bytes: in struct ms_flow_event
+ * that bit is insp_state's top bit, so every state stays under 128. */
+#define MS_INSP_STATE_UNDER_128(sym, val, kind, desc) && (val) < 128
+_Static_assert(__builtin_offsetof(struct ms_flow_event, insp_state) == 7 &&
+               (1 MS_ENUM_INSP_STATE(MS_INSP_STATE_UNDER_128)),
+               "struct ms_flow_event's first 8 bytes must keep bit 63 clear (MS_WORKER_END_MARK)");
 
 /* Payload bytes one record carries at most. A larger packet (GRO on veth,
  * TSO) is copied in part; the record's orig_len tells the slow path, whose
