@@ -68,16 +68,21 @@ _ELEMENT = re.compile(
 # words of a reply like COMMAND's are short; a longer one is taken by
 # _ELEMENT's length path, one at a time.
 MAX_TOKEN_BULK = 63
+
+
+def _scalar_alts(max_bulk: int) -> bytes:
+    """_ELEMENT's scalars as alternatives, bulk strings only up to
+    ``max_bulk`` bytes (one alternative per length)."""
+    return (rb"[+\-][^\n]{0,%d}\r\n|:-?[0-9]{1,19}\r\n|\(-?[0-9]+\r\n|_\r\n|#[tf]\r\n" % (MAX_LINE_BYTES - 3)
+            + rb"|\$(?:" + rb"|".join(rb"%d\r\n(?s:.){%d}" % (k, k) for k in range(max_bulk + 1)) + rb")\r\n")
+
+
 # _ELEMENT's elements as tokens that findall can list in one call: the same
 # elements as _ELEMENT, but a bulk string only with its content and CR LF, at
 # most MAX_TOKEN_BULK bytes. The scalars and an aggregate's header apart:
 # _RUN lists a scalar as b"" (its only group unmatched: one shared empty
 # bytes, nothing made per scalar) and an aggregate by its header.
-_SCALAR_ALTS = (
-    rb"[+\-][^\n]{0,%d}\r\n|:-?[0-9]{1,19}\r\n|\(-?[0-9]+\r\n|_\r\n|#[tf]\r\n"
-    % (MAX_LINE_BYTES - 3)
-    + rb"|\$(?:" + rb"|".join(rb"%d\r\n(?s:.){%d}" % (k, k) for k in range(MAX_TOKEN_BULK + 1))
-    + rb")\r\n")
+_SCALAR_ALTS = _scalar_alts(MAX_TOKEN_BULK)
 _AGGREGATE_HEAD = rb"[*%~>][0-9]{1,7}\r\n"
 _HEAD = re.compile(_AGGREGATE_HEAD)
 # An aggregate whose elements are all scalars (as _SCALAR_ALTS lists them,
@@ -104,11 +109,7 @@ MAX_LEAF_ELEMENTS = 8
 # per element count, and compiling it with every bulk length up to
 # MAX_TOKEN_BULK took ~85 ms at import against ~5 ms.
 MAX_LEAF_BULK = 15
-_LEAF_SCALAR_ALTS = (
-    rb"[+\-][^\n]{0,%d}\r\n|:-?[0-9]{1,19}\r\n|\(-?[0-9]+\r\n|_\r\n|#[tf]\r\n"
-    % (MAX_LINE_BYTES - 3)
-    + rb"|\$(?:" + rb"|".join(rb"%d\r\n(?s:.){%d}" % (k, k) for k in range(MAX_LEAF_BULK + 1))
-    + rb")\r\n")
+_LEAF_SCALAR_ALTS = _scalar_alts(MAX_LEAF_BULK)
 _LEAF = (rb"[*~>](?:" + rb"|".join(rb"%d\r\n(?>%s){%d}" % (k, _LEAF_SCALAR_ALTS, k) if k else b"0\r\n"
                                    for k in range(MAX_LEAF_ELEMENTS + 1))
          + rb")|%(?:" + rb"|".join(rb"%d\r\n(?>%s){%d}" % (k, _LEAF_SCALAR_ALTS, 2 * k) if k else b"0\r\n"

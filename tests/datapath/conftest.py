@@ -11,3 +11,11 @@ def own_run_dir(tmp_path, monkeypatch):
     from datapath import attach
 
     monkeypatch.setattr(attach, "RUN_DIR", tmp_path / "run")
+
+
+@pytest.fixture
+def app_policy(fastpath):
+    """The fast path with packets_ct.APP_POLICY applied."""
+    from packets_ct import apply_app_policy
+
+    return apply_app_policy(fastpath)

@@ -337,3 +337,33 @@ def ringbuf_record_type(table) -> type:
     from datapath.ringrecords import ringbuf_record_type as record_type
 
     return record_type(table)
+
+
+# --------------------------------------------------------------------------
+# A policy with the rules' `app` (l7.h ms_l7_check / ms_l7_lane)
+# --------------------------------------------------------------------------
+
+APP_POLICY = """
+groups:
+  clients: [10.0.0.0/24]
+  servers: [10.0.1.0/24]
+defaults: {ingress: deny, egress: deny}
+rules:
+  - {name: tls-only, from: clients, to: servers, proto: tcp, ports: [443], action: allow, app: tls}
+  - {name: mysql-only, from: clients, to: servers, proto: tcp, ports: [3306], action: allow, app: mysql}
+  - {name: dns-only, from: clients, to: servers, proto: udp, ports: [53], action: allow, app: dns}
+  - {name: anything, from: clients, to: servers, proto: tcp, ports: [8080], action: allow}
+"""
+APP_CLIENT, APP_SERVER = "10.0.0.5", "10.0.1.5"
+CLIENT_HELLO = bytes.fromhex("160301020001" "0001fc0303") + bytes(32) + b"\x20" + bytes(32)
+SERVER_HELLO = bytes.fromhex("160303005a020000560303") + bytes(40)
+
+
+def apply_app_policy(fp):
+    """APP_POLICY compiled and applied to build ``fp``; returns ``fp``."""
+    from appliance.policyfile import compile_text
+    from datapath.policy_maps import PolicyMaps
+
+    _, pol = compile_text(APP_POLICY, "app.yaml")
+    PolicyMaps.for_fastpath(fp).apply(pol)
+    return fp

@@ -17,16 +17,15 @@ import time
 
 import pytest
 
-from appliance.policyfile import compile_text
 from datapath.config import Timeouts
 from datapath.enums import CtState, EventType, InspState, Reason, Stage
 from datapath.flowevents import FlowEventDecoder, event_type, flow_event_type
-from datapath.policy_maps import PolicyMaps
 from datapath.policy_tables import POL
 from datapath.sessions import CLOCK_MONOTONIC_COARSE, FLOW_FLAGS, session_clock_ns
 from slowpath.ringbuf import RingBuffer
 
-from packets_ct import FLOWS, IPPROTO_TCP, IPPROTO_UDP, TcpConn, entry, expect, flow_key, session_map, udp_frame
+from packets_ct import (APP_CLIENT, APP_SERVER, CLIENT_HELLO, FLOWS, IPPROTO_TCP, IPPROTO_UDP, SERVER_HELLO, TcpConn,
+                        entry, expect, flow_key, session_map, udp_frame)
 
 S = CtState
 R = Reason
@@ -264,22 +263,10 @@ def test_the_lane_stamps_the_session_clock(fastpath):
 
 # A side's first payload on the IPv4 lane (fastpath.c ms_lane_first_payload,
 # l7.h ms_l7_lane): its application check in the entry program, on the
-# session the lane found, instead of in the TCP stage after a tail call.
+# session the lane found, instead of in the TCP stage after a tail call;
+# the rules with an `app` are packets_ct.APP_POLICY (fixture app_policy).
 
-APP_POLICY = """
-groups:
-  clients: [10.0.0.0/24]
-  servers: [10.0.1.0/24]
-defaults: {ingress: deny, egress: deny}
-rules:
-  - {name: tls-only, from: clients, to: servers, proto: tcp, ports: [443], action: allow, app: tls}
-  - {name: mysql-only, from: clients, to: servers, proto: tcp, ports: [3306], action: allow, app: mysql}
-  - {name: anything, from: clients, to: servers, proto: tcp, ports: [8080], action: allow}
-"""
-CLIENT, SERVER = "10.0.0.5", "10.0.1.5"
 HTTP_GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
-CLIENT_HELLO = bytes.fromhex("160301020001" "0001fc0303") + bytes(32) + b"\x20" + bytes(32)
-SERVER_HELLO = bytes.fromhex("160303005a020000560303") + bytes(40)
 MYSQL_GREETING = bytes.fromhex("4a0000000a") + b"8.0.35\0" + bytes(20)
 SSH_BANNER = b"SSH-2.0-OpenSSH_9.2\r\n"
 PASS, MISMATCH = R.PASS_FORWARD, R.DROP_L7_APP_MISMATCH
@@ -308,15 +295,8 @@ class Tagged(TcpConn):
         return f[:12] + VLAN_TAG + f[12:]
 
 
-@pytest.fixture
-def app_policy(fastpath):
-    _, pol = compile_text(APP_POLICY, "app.yaml")
-    PolicyMaps.for_fastpath(fastpath).apply(pol)
-    return fastpath
-
-
 def converse(fp, cls, port: int, sport: int, steps) -> TcpConn:
-    conn = cls.make(fp, client=(CLIENT, sport), server=(SERVER, port))
+    conn = cls.make(fp, client=(APP_CLIENT, sport), server=(APP_SERVER, port))
     conn.send(O, "S", R.PASS_POLICY_ALLOW)
     conn.send(RD, "SA")
     conn.send(O, "A")

@@ -14,11 +14,9 @@ import socket
 import pytest
 from scapy.layers.inet import IP, UDP
 
-from appliance.policyfile import compile_text
 from datapath import l7
 from datapath.enums import Reason
-from datapath.policy_maps import PolicyMaps
-from packets_ct import (FLOWS, IPPROTO_UDP, TcpConn, entry, ether, expect)
+from packets_ct import CLIENT_HELLO, FLOWS, IPPROTO_UDP, TcpConn, entry, ether, expect
 from protocols.api import Direction, ProtocolPlugin, Signature
 
 UDP_L4 = socket.IPPROTO_UDP
@@ -51,7 +49,6 @@ def app_of(fp, *tuple5):
 
 
 # Payloads as real clients and servers send them (first bytes only).
-CLIENT_HELLO = bytes.fromhex("160301020001" "0001fc0303") + bytes(32) + b"\x20" + bytes(32)
 FIRST_PAYLOADS = {
     "http": ("c", b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n"),
     "tls": ("c", CLIENT_HELLO),
@@ -158,26 +155,6 @@ def test_a_new_plugin_is_identified_without_a_rebuild(fastpath, table_swap):
     conn = TcpConn.make(fastpath, server=("10.0.0.2", 1883)).handshake()
     conn.send("c", "PA", data=bytes.fromhex("101000044d5154580402003c0004") + b"abcd")
     assert conn.entry().leaf.app == tab.ids["mqtx-test"]
-
-
-APP_POLICY = """
-groups:
-  clients: [10.0.0.0/24]
-  servers: [10.0.1.0/24]
-defaults: {ingress: deny, egress: deny}
-rules:
-  - {name: tls-only, from: clients, to: servers, proto: tcp, ports: [443], action: allow, app: tls}
-  - {name: mysql-only, from: clients, to: servers, proto: tcp, ports: [3306], action: allow, app: mysql}
-  - {name: dns-only, from: clients, to: servers, proto: udp, ports: [53], action: allow, app: dns}
-  - {name: anything, from: clients, to: servers, proto: tcp, ports: [8080], action: allow}
-"""
-
-
-@pytest.fixture
-def app_policy(fastpath):
-    _, pol = compile_text(APP_POLICY, "app.yaml")
-    PolicyMaps.for_fastpath(fastpath).apply(pol)
-    return fastpath
 
 
 def policy_conn(fp, port):
