@@ -181,15 +181,18 @@ static __always_inline struct ms_pkt *ms_pkt_fresh(__u32 dir)
 }
 
 /* A side's first payload the established lane took (conntrack.h
- * MS_LANE_PAYLOAD): the TCP stage's application check (l7.h ms_l7_lane)
- * here, then the segment passed as any other of the lane; MS_LANE_MISS,
- * nothing changed, when the check refuses it (the stage drops it). */
+ * MS_LANE_PAYLOAD): its window check (the lane's, ms_ct_lane_in_window:
+ * before the application check, which records the protocol in the
+ * session), the TCP stage's application check (l7.h ms_l7_lane), then the
+ * segment passed as any other of the lane; MS_LANE_MISS, nothing changed,
+ * when either refuses it (the stage decides it). */
 static __always_inline int ms_lane_first_payload(struct __sk_buff *skb, const struct ms_lane_hit *hit,
                                                  __u32 seq, __u32 ack_seq, __u32 window,
                                                  __u32 payload_off, __u32 payload_len, __u32 len,
                                                  __u64 now)
 {
-    if (!ms_l7_lane(skb, hit->f, hit->side, payload_off, payload_len))
+    if (!ms_ct_lane_in_window(hit->f, hit->side, seq, ack_seq, seq + payload_len) ||
+        !ms_l7_lane(skb, hit->f, hit->side, payload_off, payload_len))
         return MS_LANE_MISS;
     return ms_ct_lane_pass(hit->f, hit->side, ack_seq, window, seq + payload_len, len, now);
 }
