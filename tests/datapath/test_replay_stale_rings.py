@@ -7,19 +7,9 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from appliance.policyfile import compile_text
 from datapath.enums import Reason
-from datapath.policy_maps import PolicyMaps
-from packets_ct import TcpConn
+from packets_ct import TcpConn, apply_app_policy
 
-POLICY = """
-groups:
-  clients: [10.0.0.0/24]
-  servers: [10.0.1.0/24]
-defaults: {ingress: deny, egress: deny}
-rules:
-  - {name: tls-only, from: clients, to: servers, proto: tcp, ports: [443], action: allow, app: tls}
-"""
 STALE = "10.0.0.77"
 
 
@@ -27,9 +17,7 @@ def test_events_before_the_replay_are_not_its_records(fastpath, tmp_path):
     from appliance.daemon import empty_rules
     from appliance.replay import replay, replay_config
 
-    fp = fastpath
-    _, pol = compile_text(POLICY, "stale.yaml")
-    PolicyMaps.for_fastpath(fp).apply(pol)
+    fp = apply_app_policy(fastpath)     # port 443: tls only
     # A session removed for speaking the wrong protocol: a drop event and a
     # session end wait in the rings.
     conn = TcpConn.make(fp, client=(STALE, 40000), server=("10.0.1.5", 443))
