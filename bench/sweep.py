@@ -309,7 +309,7 @@ PACKET_ROUNDS = 9
 
 
 def slot_experiment(fp: FastPath, n: int, rounds: int) -> tuple[dict, dict] | None:
-    """The slot-array sweep's passes, both loops (CPU s per pass), and the
+    """The slot-array sweep's passes, every loop (CPU s per pass), and the
     established packet's A/B (ns per run); None after printing what failed."""
     import sweep_slots
 

@@ -16,7 +16,7 @@ then deletes it and writes its end record as sweep.h does, or moves the
 slot's deadline when the entry is live, or frees the slot when the entry
 is gone.
 
-Two loops, the same per-slot code (sl_visit):
+Three loops, the same per-slot code (sl_visit):
 
 * ``bpf_loop``: the helper with a callback, one call for every slot (its
   limit is 2^23 iterations, BPF_MAX_LOOPS); the verifier inlines the helper
@@ -27,6 +27,8 @@ Two loops, the same per-slot code (sl_visit):
   kfunc: the code calls three marker "helpers" (SL_KF_*) that the loader
   below turns into kfunc calls (BPF_PSEUDO_KFUNC_CALL, the function's id in
   the kernel's BTF, /sys/kernel/btf/vmlinux).
+* ``bpf_iter_num, batched``: the same loop, the expired sessions ended
+  SL_BATCH at a time after their lookups were all issued (sl_sweep_batch).
 
 The packet's side (``packet_ab``): three SCHED_CLS programs on a table of
 their own, run by BPF_PROG_TEST_RUN in interleaved rounds: the hash lookup
