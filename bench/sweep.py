@@ -38,6 +38,20 @@ What each kernel row measures (all on the same table, same fill):
   each other, so the CPU's prefetcher has them ready. The difference
   between the two floors is what the hash order costs.
 
+Then the slot-array experiment (bench/sweep_slots.py, issue 18 item 4:
+a design measured, not the datapath's): each session's {key, deadline} in
+an ARRAY, in a shuffled order, walked by one program with an open-coded
+loop (bpf_loop; bpf_iter_num; bpf_iter_num with the expired sessions'
+lookups batched), which looks a session up in ms_flows only when its
+slot is past its deadline, then writes its end record and deletes it as
+sweep.h does. Passes: nothing expired, half and all expired with every
+record written (each checked: deleted count, one record per deleted
+session, freed slots), two parts of the all-expired pass alone, and
+sweep.h on the same passes beside them. Then the established packet's
+price for the slots: BPF_PROG_TEST_RUN of the hash lookup alone, with the
+refresh test, and with a slot write every packet, interleaved (ns per
+run). ``--slots-only`` runs only this part.
+
 The baseline is Calico's published figure for its BPF conntrack cleaner:
 about 0.8 s and up to 1.2 cores per 4,000,000 entries, i.e. 0.2 s wall and
 0.24 CPU-seconds per million. The ratio columns are microseg / Calico (below
@@ -76,6 +90,7 @@ import numpy as np  # noqa: E402
 from datapath import bpfsys  # noqa: E402
 from datapath.config import DatapathConfig  # noqa: E402
 from datapath.enums import CtState  # noqa: E402
+from datapath.errors import MicrosegError  # noqa: E402
 from datapath.bpfsys import BPF_F_SLEEPABLE, BPF_MAP_TYPE_RINGBUF, BPF_PROG_TYPE_SYSCALL, BPF_RINGBUF_HDR_SZ  # noqa: E402
 from datapath.compile import check_headers  # noqa: E402
 from datapath.config import ring_pages  # noqa: E402
@@ -277,6 +292,119 @@ def time_array_floor(fp: FastPath, n: int) -> tuple[float, float, int]:
         os.close(fd)
 
 
+# The slot-array experiment's passes (bench/sweep_slots.py): label ->
+# (which sessions expire: None, "half" or "all"; sessions found expired of
+# n; what the sweep does with them: SlotSweep.MODES). The last two take
+# the all-expired pass apart: the hash lookup that confirms alone, then
+# with the delete (and the slot's free) but no end record.
+SLOT_PASSES = {"nothing expired": (None, lambda n: 0, "end"),
+               "half expired, records written": ("half", lambda n: (n + 1) // 2, "end"),
+               "all expired, records written": ("all", lambda n: n, "end"),
+               "all expired, confirming lookup only": ("all", lambda n: n, "lookup"),
+               "all expired, lookup + delete, no record": ("all", lambda n: n, "delete")}
+# The slot experiment's reference rows: bpf/lib/sweep.h on the same passes
+HASH_WALK = "hash walk (bpf/lib/sweep.h, today)"
+# BPF_PROG_TEST_RUN rounds of the packet A/B (each program, each case)
+PACKET_ROUNDS = 9
+
+
+def slot_experiment(fp: FastPath, n: int, rounds: int) -> tuple[dict, dict] | None:
+    """The slot-array sweep's passes, every loop (CPU s per pass), and the
+    established packet's A/B (ns per run); None after printing what failed."""
+    import sweep_slots
+
+    flows = fp.table(FLOWS4)
+    ring = WrittenRing(fp, n)
+    ss = hash_prog = None
+    try:
+        try:
+            # today's sweep (bpf/lib/sweep.h) on the same passes, for reference
+            hash_prog = ring.program()
+            ss = sweep_slots.SlotSweep(n, flows.map_fd, ring.rb.fd,
+                                       {m: fp.table(m).map_fd for m in ("ms_config", "ms_timeouts")},
+                                       ctypes.sizeof(flows.Leaf))
+        except MicrosegError as e:   # a compile, link or verifier refusal (or no bpf_iter_num)
+            print(f"bench/sweep.py: the slot-array experiment did not load: {e}", file=sys.stderr)
+            return None
+        est_ns = int(fp.config.timeouts.established * 1e9)
+        order = sweep_slots.slot_order(n)
+        cpu = {(loop, p): [] for loop in (HASH_WALK, *ss.LOOPS) for p in SLOT_PASSES
+               if loop != HASH_WALK or SLOT_PASSES[p][2] == "end"}
+        for _ in range(rounds):
+            for loop in (HASH_WALK, *ss.LOOPS):
+                for label, (which, want_of, mode) in SLOT_PASSES.items():
+                    if (loop, label) not in cpu:
+                        continue
+                    now = session_clock_ns()
+                    keys, vals = synthetic(fp, n, now, expired=which is not None)
+                    if which == "all":
+                        vals["last_seen_ns"] = vals["last_seen_ns"].min()
+                    fill(fp, keys, vals)
+                    want = want_of(n)
+                    if loop == HASH_WALK:
+                        c0 = time.process_time()
+                        run = hash_prog.run(session_clock_ns())
+                        cpu[(loop, label)].append(time.process_time() - c0)
+                        bad = ring.check_and_empty(run, want)
+                        if run.expired_flows != want or run.scanned_flows != n or bad:
+                            print(f"bench/sweep.py: sweep.h ({label}) deleted {run.expired_flows} of "
+                                  f"{run.scanned_flows} (expected {want} of {n}): {bad or ''}", file=sys.stderr)
+                            return None
+                        continue
+                    # a slot's deadline: its session's last packet + the timeout
+                    ss.fill(keys, vals["last_seen_ns"] + np.uint64(est_ns), order)
+                    c, run = ss.run(loop, session_clock_ns(), mode)
+                    bad = ring.check_and_empty(run, want if mode == "end" else 0)
+                    if (run.expired != want or run.scanned != n or run.refreshed or run.gone
+                            or run.freed != (0 if mode == "lookup" else want) or bad):
+                        print(f"bench/sweep.py: slot sweep ({loop}, {label}) deleted {run.expired} of "
+                              f"{run.scanned} slots (expected {want} of {n}), {run.refreshed} refreshed, "
+                              f"{run.gone} gone, {run.freed} freed: {bad or ''}", file=sys.stderr)
+                        return None
+                    cpu[(loop, label)].append(c)
+        now = session_clock_ns()
+        keys, _ = synthetic(fp, n, now, expired=False)
+        ss.fill(keys, np.full(n, now + est_ns, np.uint64), order)
+        pk = sweep_slots.packet_ab(ss, keys, order, now, est_ns, PACKET_ROUNDS, n)
+        return cpu, pk
+    finally:
+        if ss is not None:
+            ss.close()
+        if hash_prog is not None:
+            hash_prog.close()
+        ring.close()
+
+
+def print_slot_experiment(n: int, cpu: dict, pk: dict) -> None:
+    import sweep_slots
+
+    per_m = 1e6 / n
+    print()
+    print("slot array sweep (bench/sweep_slots.py, an experiment): {key, deadline} per session in an ARRAY, "
+          "walked by one program; CPU s per million of the program run only")
+    print("| loop | pass | slots | deleted | CPU s / M | CPU ratio to Calico |")
+    print("|---|---|---|---|---|---|")
+    for (loop, label), cs in cpu.items():
+        _, want_of, mode = SLOT_PASSES[label]
+        deleted = 0 if mode == "lookup" else want_of(n)
+        rng = f" ({min(cs) * per_m:.3f}-{max(cs) * per_m:.3f})" if len(cs) > 1 else ""
+        name = loop if loop == HASH_WALK else f"slot array, {loop}"
+        print(f"| {name} | {label} | {n:,} | {deleted:,} | {med(cs) * per_m:.3f}{rng} | "
+              f"{med(cs) * per_m / CALICO_CPU_PER_M:.2f} |")
+    print()
+    print(f"established packet, BPF_PROG_TEST_RUN repeat {n:,}, {PACKET_ROUNDS} interleaved rounds: "
+          f"ns per run (median; min-max); refresh grain 2^{sweep_slots.SLOT_REFRESH_GRAIN_SHIFT} ns")
+    print("| case | hash lookup + last-seen write | + the refresh test (grain moved?) | "
+          "+ slot refresh every packet |")
+    print("|---|---|---|---|")
+    for case in sweep_slots.PACKET_CASES:
+        cells = []
+        for p in sweep_slots.PACKET_PROGS:
+            xs = pk[(case, p)]
+            cells.append(f"{med(xs):.1f} ({min(xs)}-{max(xs)})")
+        print(f"| {case} | " + " | ".join(cells) + " |")
+
+
 # --ab's passes: label -> (half the entries expired, which ring: the build's
 # own 2 MiB ms_events, full after its first 16,384 records, or WrittenRing)
 AB_PASSES = {"half expired": (True, "full"), "half expired, records written": (True, "written"),
@@ -350,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="fill + sweep rounds (median reported)")
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_ENTRIES:,} entries, 1 round, no BCC comparison")
     ap.add_argument("--no-bcc", action="store_true", help="skip the BCC API comparison (slow: seconds per million)")
+    ap.add_argument("--slots-only", action="store_true",
+                    help="only the slot-array experiment (bench/sweep_slots.py) and its packet A/B")
     ap.add_argument("--ab", type=Path, metavar="TREE",
                     help="instead: this tree's kernel sweep against TREE's bpf/lib/sweep.h, interleaved")
     args = ap.parse_args(argv)
@@ -371,6 +501,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if args.ab is not None:
             return ab(fp, n, rounds, args.ab)
+        if args.slots_only:
+            res = slot_experiment(fp, n, rounds)
+            if res is None:
+                return 1
+            print(f"kernel   {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at the end")
+            print(f"entries  {n:,}, rounds {rounds} (median; min-max)")
+            print_slot_experiment(n, *res)
+            return 0
         methods = [m for m in METHODS if m != "auto"]
         sweepers = {m: Sweeper.for_fastpath(fp, method=m) for m in methods}
         ring = WrittenRing(fp, (n + 1) // 2)
@@ -452,6 +590,10 @@ def main(argv: list[str] | None = None) -> int:
         k, b = med([s.seconds for s in half["kernel"]]), med([s.seconds for s in half["batch"]])
         print()
         print(f"kernel / batch, half expired: {k / b:.2f} of the batch sweep's wall time")
+        res = slot_experiment(fp, n, rounds)
+        if res is None:
+            return 1
+        print_slot_experiment(n, *res)
 
         if not args.quick and not args.no_bcc:
             keys, vals = synthetic(fp, n, session_clock_ns())

@@ -445,3 +445,11 @@ def test_bench_sweep_quick_runs(tmp_path):
     # the same walk in memory order visited every entry (the bench checks the count)
     assert "| kernel floor | memory-order walk (an ARRAY of as many entries) | 100,000 | 0 |" in r.stdout
     assert "Calico" in r.stdout
+    # the slot-array experiment (bench/sweep_slots.py): every loop, every pass
+    # (the bench checks each pass's counts, its end records and freed slots)
+    for loop in ("bpf_loop", "bpf_iter_num", "bpf_iter_num, batched"):
+        assert f"| slot array, {loop} | nothing expired | 100,000 | 0 |" in r.stdout
+        assert f"| slot array, {loop} | half expired, records written | 100,000 | 50,000 |" in r.stdout
+        assert f"| slot array, {loop} | all expired, records written | 100,000 | 100,000 |" in r.stdout
+    assert "| hash walk (bpf/lib/sweep.h, today) | all expired, records written | 100,000 | 100,000 |" in r.stdout
+    assert "| one session |" in r.stdout and "| all sessions in turn (grain never crossed) |" in r.stdout
