@@ -120,6 +120,16 @@ class Daemon:
         from slowpath.records import RecordDecoder, VerdictWriter, record_type
 
         cfg = self.cfg
+        if cfg.slowpath.cpus:
+            # the whole daemon onto slowpath.cpus first (appliance/priority.py
+            # says why): its threads and the workers forked later inherit it,
+            # and default_workers() then counts these CPUs
+            from appliance.priority import format_cpulist, pin_process
+            try:
+                pin_process(set(cfg.slowpath.cpus))
+            except OSError as e:
+                raise UsageError(f"slowpath.cpus {format_cpulist(cfg.slowpath.cpus)}: {e.strerror or e}")
+            log.info("slow path on CPUs %s (slowpath.cpus)", format_cpulist(cfg.slowpath.cpus))
         n = cfg.slowpath.workers or default_workers()
         if n > 1 and not compat.decide(cfg.datapath.compat).ringbuf:
             log.info("slowpath.workers: %d asked, 1 runs: this kernel's payload channel is the perf buffer "

@@ -131,3 +131,110 @@ def worker_priority(index: int, nice: int) -> None:
     except OSError as e:
         log.warning("worker %d: scheduling slice not shortened (%s); a record may wait for a tick to run it",
                     index, e.strerror or e)
+
+
+# -- the CPUs the slow path runs on (setting slowpath.cpus) -----------------------
+#
+# Suricata's threading.cpu-affinity for an inline gateway: the forwarding
+# (softirq, on the CPU of whoever sends) and the endpoints' processes on
+# some CPUs, inspection on others, so a connection's ~0.5 ms of worker CPU
+# does not land on the CPU its packets are forwarded on. Default: not
+# pinned. The daemon (its event loop, EVE writer threads) is pinned to the
+# whole set: its work per connection (EVE lines from the workers, the
+# allowed flows' records, sweeps) is the slow path's bookkeeping and would
+# otherwise take the CPUs the set keeps free. Each worker then runs on one
+# CPU of the set (worker i on cpus[i % len]); bench/slowpath.py measured that
+# against every worker on the whole set (the report of session 14).
+
+# A cpulist's size: Linux's CONFIG_NR_CPUS maximum (8192); a range beyond
+# it is a typo, and expanding it would build a huge set.
+CPU_MAX = 8192
+
+
+def parse_cpulist(value: str | int | list | tuple) -> tuple[int, ...]:
+    """Sorted CPUs of a Linux cpulist ("1", "2-3,6", cpuset(7)'s format
+    without strides), a list of CPU numbers, or one number. ValueError
+    naming the bad part."""
+    if isinstance(value, bool):
+        raise ValueError("a CPU list, not true/false")
+    if isinstance(value, int):
+        parts: list = [value]
+    elif isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise ValueError(f"a CPU list (\"2-3,6\" or [2, 3, 6]), not {type(value).__name__}")
+    cpus: set[int] = set()
+    for p in parts:
+        if isinstance(p, bool) or not isinstance(p, (int, str)):
+            raise ValueError(f"{p!r} is not a CPU number")
+        item = str(p).strip()
+        lo, dash, hi = item.partition("-")
+        try:
+            first, last = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise ValueError(f"{item!r} is not a CPU number or range (\"2-3\")" if item else "an empty item") from None
+        if first < 0 or last < first:
+            raise ValueError(f"{item!r}: a range runs from a CPU to a higher one, from 0")
+        if last >= CPU_MAX:
+            raise ValueError(f"CPU {last}: above any Linux CPU number (< {CPU_MAX})")
+        cpus.update(range(first, last + 1))
+    if not cpus:
+        raise ValueError("an empty CPU list")
+    return tuple(sorted(cpus))
+
+
+def check_usable(cpus: tuple[int, ...], allowed: set[int] | None = None) -> None:
+    """ValueError naming the first CPU of ``cpus`` this process may not run
+    on (its affinity: a container's cpuset, systemd's CPUAffinity=)."""
+    allowed = os.sched_getaffinity(0) if allowed is None else allowed
+    bad = [c for c in cpus if c not in allowed]
+    if bad:
+        raise ValueError(f"CPU {bad[0]} is not one this process may run on (it may use "
+                         f"{format_cpulist(allowed)})")
+
+
+def format_cpulist(cpus) -> str:
+    """The cpulist string of a set of CPUs ({0, 1, 2, 5} -> "0-2,5")."""
+    out, run = [], []
+    for c in sorted(cpus):
+        if run and c == run[-1] + 1:
+            run.append(c)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [c]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+def worker_cpus(cpus: tuple[int, ...] | None, index: int) -> set[int] | None:
+    """The CPUs worker ``index`` runs on: one of the set, round robin (None:
+    not pinned)."""
+    return None if not cpus else {cpus[index % len(cpus)]}
+
+
+def pin_process(cpus) -> None:
+    """Every thread of this process onto ``cpus`` (sched_setaffinity is per
+    thread; threads started later inherit the caller's)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            pass            # a thread that ended meanwhile
+
+
+def worker_affinity(index: int, cpus: tuple[int, ...] | None) -> None:
+    """A forked worker onto its CPU of slowpath.cpus (worker_cpus); a
+    failure (the CPU went offline since the daemon started) is one warning
+    and the worker runs where the daemon does."""
+    mine = worker_cpus(cpus, index)
+    if mine is None:
+        return
+    try:
+        pin_process(mine)
+    except OSError as e:
+        log.warning("worker %d: not pinned to CPU %s of slowpath.cpus (%s); it runs on CPUs %s", index,
+                    format_cpulist(mine), e.strerror or e, format_cpulist(os.sched_getaffinity(0)))
