@@ -137,14 +137,19 @@ def worker_priority(index: int, nice: int) -> None:
 #
 # Suricata's threading.cpu-affinity for an inline gateway: the forwarding
 # (softirq, on the CPU of whoever sends) and the endpoints' processes on
-# some CPUs, inspection on others, so a connection's ~0.5 ms of worker CPU
+# some CPUs, inspection on others, so a connection's ~0.4 ms of worker CPU
 # does not land on the CPU its packets are forwarded on. Default: not
-# pinned. The daemon (its event loop, EVE writer threads) is pinned to the
-# whole set: its work per connection (EVE lines from the workers, the
-# allowed flows' records, sweeps) is the slow path's bookkeeping and would
-# otherwise take the CPUs the set keeps free. Each worker then runs on one
-# CPU of the set (worker i on cpus[i % len]); bench/slowpath.py measured that
-# against every worker on the whole set (the report of session 14).
+# pinned. Measured in the lab (bench/slowpath.py --quick, client and
+# http.server on CPU 0, slowpath.cpus 1, 4 alternated rounds, load 2-4):
+# * only the workers are pinned, not the daemon: with it on the set too,
+#   hold fell from 0.58 to 0.50 of the allow rule (1 worker) and from 0.55
+#   to 0.48 (2), async from 0.83 to 0.78 and 0.92 to 0.81. Its ~90 us per
+#   connection (EVE lines, flow records) is off the verdict's path; on the
+#   workers' CPUs it delays them.
+# * every worker may run on every CPU of the set, not worker i on the i-th:
+#   with 2 workers on CPUs 0-1 (CPU 0 shared with the endpoints), the held
+#   verdict's p99 was 0.97 ms against 1.59 (13 rounds), the ratios the same
+#   within the noise; the scheduler moves a worker off a CPU that is busy.
 
 # A cpulist's size: Linux's CONFIG_NR_CPUS maximum (8192); a range beyond
 # it is a typo, and expanding it would build a huge set.
@@ -210,12 +215,6 @@ def format_cpulist(cpus) -> str:
     return ",".join(out)
 
 
-def worker_cpus(cpus: tuple[int, ...] | None, index: int) -> set[int] | None:
-    """The CPUs worker ``index`` runs on: one of the set, round robin (None:
-    not pinned)."""
-    return None if not cpus else {cpus[index % len(cpus)]}
-
-
 def pin_process(cpus) -> None:
     """Every thread of this process onto ``cpus`` (sched_setaffinity is per
     thread; threads started later inherit the caller's)."""
@@ -227,14 +226,13 @@ def pin_process(cpus) -> None:
 
 
 def worker_affinity(index: int, cpus: tuple[int, ...] | None) -> None:
-    """A forked worker onto its CPU of slowpath.cpus (worker_cpus); a
-    failure (the CPU went offline since the daemon started) is one warning
-    and the worker runs where the daemon does."""
-    mine = worker_cpus(cpus, index)
-    if mine is None:
+    """A forked worker onto the CPUs of slowpath.cpus (None: not pinned); a
+    failure (a CPU went offline since the setting was checked) is one
+    warning and the worker runs where the daemon does."""
+    if not cpus:
         return
     try:
-        pin_process(mine)
+        pin_process(set(cpus))
     except OSError as e:
-        log.warning("worker %d: not pinned to CPU %s of slowpath.cpus (%s); it runs on CPUs %s", index,
-                    format_cpulist(mine), e.strerror or e, format_cpulist(os.sched_getaffinity(0)))
+        log.warning("worker %d: not pinned to CPUs %s of slowpath.cpus (%s); it runs on CPUs %s", index,
+                    format_cpulist(cpus), e.strerror or e, format_cpulist(os.sched_getaffinity(0)))

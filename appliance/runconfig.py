@@ -95,12 +95,12 @@ class SlowpathConfig(BaseModel):
     # most of the verdict latency at nice 0. Below 0 needs CAP_SYS_NICE;
     # without it the workers run at the daemon's priority (logged).
     nice: int = Field(WORKER_NICE_DEFAULT, ge=-20, le=19)
-    # The CPUs the slow path runs on: the daemon on all of them, worker i on
-    # the i-th (round robin; appliance/priority.py says why), so forwarding
-    # and local processes keep the others. A Linux cpulist ("1", "2-3,6")
-    # or a list of numbers; each must be one this process may use
-    # (sched_getaffinity). None: not pinned. With it, slowpath.workers
-    # defaults to the number of these CPUs.
+    # The CPUs the workers run on (each on any of them; the daemon is not
+    # pinned: appliance/priority.py says why), so forwarding and local
+    # processes keep the others. A Linux cpulist ("1", "2-3,6") or a list of
+    # numbers; each must be one this process may use (sched_getaffinity).
+    # None: not pinned. With it, slowpath.workers defaults to the number of
+    # these CPUs.
     cpus: tuple[int, ...] | None = None
 
     @field_validator("cpus", mode="before")

@@ -672,7 +672,7 @@ def _child(index: int, ring_fd: int | None, ctx, sock: socket.socket, parent: in
     # a copy of it, which must neither run nor be taken for the current one.
     asyncio._set_running_loop(None)
     worker_priority(index, ctx.cfg.slowpath.nice)   # appliance/priority.py: nice, own autogroup, short slice
-    worker_affinity(index, ctx.cfg.slowpath.cpus)   # its CPU of slowpath.cpus, if set
+    worker_affinity(index, ctx.cfg.slowpath.cpus)   # onto slowpath.cpus, if set
     w = Worker(index, ring_fd, ctx, sock)
     log.info("worker %d running (pid %d)", index, os.getpid())
     try:
