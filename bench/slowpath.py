@@ -305,7 +305,8 @@ class Layout:
     """Where the lab's processes run. ``endpoints``: CPUs of the client and
     the http.server processes (taskset, as bench/policy.py's CONN_CPU; the
     forwarding through the gateway runs there too, as softirq of the
-    sender); ``slowpath``: `microseg run`'s setting slowpath.cpus;
+    sender); ``slowpath``: `microseg run`'s setting slowpath.cpus (the
+    workers' CPUs);
     ``nice``: slowpath.nice. None: as the kernel places them (unpinned)
     and the setting's default."""
     endpoints: str | None = None
@@ -321,7 +322,7 @@ class Layout:
 
     def describe(self) -> str:
         return (f"client and http.server on CPUs {self.endpoints or 'any (not pinned)'}; "
-                f"slow path (slowpath.cpus) on {self.slowpath or 'any (not pinned)'}; "
+                f"slow-path workers (slowpath.cpus) on {self.slowpath or 'any (not pinned)'}; "
                 f"slowpath.nice {WORKER_NICE_DEFAULT if self.nice is None else self.nice}")
 
 

@@ -78,5 +78,5 @@ def test_the_lab_layout_pins_the_endpoints_and_sets_slowpath_cpus_and_says_so():
     pinned = sp.Layout(endpoints="0", slowpath="1", nice=0)
     assert pinned.endpoint_prefix() == ["taskset", "-c", "0"]
     assert pinned.settings() == {"cpus": "1", "nice": 0}
-    assert pinned.describe() == ("client and http.server on CPUs 0; slow path (slowpath.cpus) on 1; "
+    assert pinned.describe() == ("client and http.server on CPUs 0; slow-path workers (slowpath.cpus) on 1; "
                                  "slowpath.nice 0")
