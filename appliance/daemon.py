@@ -120,7 +120,12 @@ class Daemon:
         from slowpath.records import RecordDecoder, VerdictWriter, record_type
 
         cfg = self.cfg
-        n = cfg.slowpath.workers or default_workers()
+        # slowpath.cpus: the workers run there (appliance/priority.py), one
+        # each by default; the daemon stays where it was started
+        n = cfg.slowpath.workers or (len(cfg.slowpath.cpus) if cfg.slowpath.cpus else default_workers())
+        if cfg.slowpath.cpus:
+            from appliance.priority import format_cpulist
+            log.info("slow-path workers on CPUs %s (slowpath.cpus)", format_cpulist(cfg.slowpath.cpus))
         if n > 1 and not compat.decide(cfg.datapath.compat).ringbuf:
             log.info("slowpath.workers: %d asked, 1 runs: this kernel's payload channel is the perf buffer "
                      "fallback (no BPF ring buffers), which one worker reads", n)

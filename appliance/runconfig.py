@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from appliance.priority import check_usable, parse_cpulist
 from datapath.config import DatapathConfig
 from datapath.enums import SLOWPATH_WORKERS_MAX
 from slowpath.eve_sinks import REDIS_MODES, REDIS_STREAM_MAXLEN
@@ -94,6 +95,22 @@ class SlowpathConfig(BaseModel):
     # most of the verdict latency at nice 0. Below 0 needs CAP_SYS_NICE;
     # without it the workers run at the daemon's priority (logged).
     nice: int = Field(WORKER_NICE_DEFAULT, ge=-20, le=19)
+    # The CPUs the workers run on (each on any of them; the daemon is not
+    # pinned: appliance/priority.py says why), so forwarding and local
+    # processes keep the others. A Linux cpulist ("1", "2-3,6") or a list of
+    # numbers; each must be one this process may use (sched_getaffinity).
+    # None: not pinned. With it, slowpath.workers defaults to the number of
+    # these CPUs.
+    cpus: tuple[int, ...] | None = None
+
+    @field_validator("cpus", mode="before")
+    @classmethod
+    def _cpus(cls, v):
+        if v is None:
+            return None
+        cpus = parse_cpulist(v)
+        check_usable(cpus)
+        return cpus
 
 
 class RunConfig(BaseModel):

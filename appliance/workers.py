@@ -43,7 +43,7 @@ import uvloop
 # Imported here, in the daemon, before it forks: a worker starts with them
 # loaded and beats its heartbeat at once (importing them in the child took
 # longer than a short heartbeat timeout on a busy machine).
-from appliance.priority import worker_priority
+from appliance.priority import worker_affinity, worker_priority
 from datapath.enums import INSPECT
 from datapath.source import header_defines
 from appliance.flowlog import worker_end
@@ -672,6 +672,7 @@ def _child(index: int, ring_fd: int | None, ctx, sock: socket.socket, parent: in
     # a copy of it, which must neither run nor be taken for the current one.
     asyncio._set_running_loop(None)
     worker_priority(index, ctx.cfg.slowpath.nice)   # appliance/priority.py: nice, own autogroup, short slice
+    worker_affinity(index, ctx.cfg.slowpath.cpus)   # onto slowpath.cpus, if set
     w = Worker(index, ring_fd, ctx, sock)
     log.info("worker %d running (pid %d)", index, os.getpid())
     try:

@@ -28,8 +28,17 @@ lab against an allow rule, verdict latency, and what hold mode costs.
    thread also has a row of its own: the rest of the daemon's CPU is its
    EVE sinks' writer threads.
 
+Sections 2-4 run where the kernel places them unless told:
+``--endpoints-cpus`` pins the client and the http.server processes (and so
+the forwarding, softirq on the sender's CPU), ``--slowpath-cpus`` sets
+`microseg run`'s slowpath.cpus, ``--slowpath-nice`` its slowpath.nice
+(e.g. ``--endpoints-cpus 0 --slowpath-cpus 1``: inspection apart from the
+connections' path). The output's "lab layout" line says which.
+
     .venv/bin/python bench/slowpath.py [--requests N] [--rounds N] [--segments N]
                                        [--only records|lab] [--cpu-time] [--profile FILE]
+                                       [--endpoints-cpus CPULIST] [--slowpath-cpus CPULIST]
+                                       [--slowpath-nice N]
 """
 from __future__ import annotations
 
@@ -44,9 +53,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from appliance.runconfig import WORKER_NICE_DEFAULT  # noqa: E402
 
 ALLOW_PORT, ASYNC_PORT, HOLD_PORT = 8090, 8091, 8092
 MODES = {ALLOW_PORT: "allow rule (no inspection)", ASYNC_PORT: "inspect, async", HOLD_PORT: "inspect, hold"}
@@ -288,17 +300,43 @@ def slowpath_cpu(daemon: int) -> dict[str, tuple[float, int, int, float]]:
             "workers": tuple(map(sum, zip(*work))) if work else (0.0, 0, 0, 0.0)}
 
 
-def bench_lab(requests: int, rounds: int, workers: int):
+@dataclass(frozen=True)
+class Layout:
+    """Where the lab's processes run. ``endpoints``: CPUs of the client and
+    the http.server processes (taskset, as bench/policy.py's CONN_CPU; the
+    forwarding through the gateway runs there too, as softirq of the
+    sender); ``slowpath``: `microseg run`'s setting slowpath.cpus (the
+    workers' CPUs);
+    ``nice``: slowpath.nice. None: as the kernel places them (unpinned)
+    and the setting's default."""
+    endpoints: str | None = None
+    slowpath: str | None = None
+    nice: int | None = None
+
+    def endpoint_prefix(self) -> list[str]:
+        return ["taskset", "-c", self.endpoints] if self.endpoints else []
+
+    def settings(self) -> dict:
+        return {**({"cpus": self.slowpath} if self.slowpath else {}),
+                **({"nice": self.nice} if self.nice is not None else {})}
+
+    def describe(self) -> str:
+        return (f"client and http.server on CPUs {self.endpoints or 'any (not pinned)'}; "
+                f"slow-path workers (slowpath.cpus) on {self.slowpath or 'any (not pinned)'}; "
+                f"slowpath.nice {WORKER_NICE_DEFAULT if self.nice is None else self.nice}")
+
+
+def bench_lab(requests: int, rounds: int, workers: int, layout: Layout | None = None):
     """The lab run in a directory of its own, removed after it (also when
     the run fails)."""
     tmp = Path(tempfile.mkdtemp(prefix="ms-bench-slowpath-"))
     try:
-        return _bench_lab_in(tmp, requests, rounds, workers)
+        return _bench_lab_in(tmp, requests, rounds, workers, layout or Layout())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _bench_lab_in(tmp: Path, requests: int, rounds: int, workers: int):
+def _bench_lab_in(tmp: Path, requests: int, rounds: int, workers: int, layout: Layout):
     from appliance.lab import GW_IFACES, SERVER_V4, Lab
 
     (tmp / "www").mkdir()
@@ -312,7 +350,8 @@ def _bench_lab_in(tmp: Path, requests: int, rounds: int, workers: int):
         daemon = None
         try:
             for port in MODES:
-                procs.append(lab.popen(lab.server, [sys.executable, "-m", "http.server", "--bind", SERVER_V4,
+                procs.append(lab.popen(lab.server, [*layout.endpoint_prefix(), sys.executable, "-m", "http.server",
+                                                    "--bind", SERVER_V4,
                                                     "--directory", str(tmp / "www"), str(port)],
                                        stderr=subprocess.DEVNULL))
             for port in MODES:
@@ -325,7 +364,7 @@ def _bench_lab_in(tmp: Path, requests: int, rounds: int, workers: int):
                 "netns": lab.gateway, "interfaces": list(GW_IFACES), "policy": str(tmp / "policy.yaml"),
                 "rules": str(Path(__file__).resolve().parent.parent / "examples" / "rules.yaml"),
                 "eve": {"file": {"path": str(eve)}}, "metrics": None, "stats_interval_s": 3600,
-                "slowpath": {"workers": workers}}))
+                "slowpath": {"workers": workers, **layout.settings()}}))
             daemon = subprocess.Popen([sys.executable, "-m", "appliance.cli", "run", "--config", str(tmp / "run.yaml")],
                                       stdout=subprocess.PIPE, stderr=open(tmp / "run.log", "w"), text=True)
             if "microseg running" not in daemon.stdout.readline():
@@ -335,7 +374,8 @@ def _bench_lab_in(tmp: Path, requests: int, rounds: int, workers: int):
             cpu0 = slowpath_cpu(daemon.pid)
             for rnd in range(rounds):
                 for port in ports[rnd % 3:] + ports[:rnd % 3]:
-                    r = lab.run(lab.client, [sys.executable, "-c", CLIENT, SERVER_V4, str(port), str(requests)],
+                    r = lab.run(lab.client, [*layout.endpoint_prefix(), sys.executable, "-c", CLIENT, SERVER_V4,
+                                             str(port), str(requests)],
                                 timeout=600)
                     out = json.loads(r.stdout)
                     samples[port]["rate"].append(requests / out["total"])
@@ -367,6 +407,13 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", default=f"1,{os.cpu_count() or 1}",
                     help="slow-path worker counts for sections 1b and 2-3, comma-separated (default 1,CPUs)")
     ap.add_argument("--only", choices=("records", "lab"), help="run section 1 (records) or sections 2-3 (lab) only")
+    ap.add_argument("--endpoints-cpus", metavar="CPULIST",
+                    help="sections 2-4: run the lab's client and http.server on these CPUs (taskset; default: "
+                         "not pinned)")
+    ap.add_argument("--slowpath-cpus", metavar="CPULIST",
+                    help="sections 2-4: `microseg run`'s slowpath.cpus (default: not set, not pinned)")
+    ap.add_argument("--slowpath-nice", type=int, metavar="N",
+                    help=f"sections 2-4: `microseg run`'s slowpath.nice (default: its default, {WORKER_NICE_DEFAULT})")
     ap.add_argument("--profile", metavar="FILE",
                     help="section 1: write a cProfile of the engine case's last round to FILE "
                          "(pstats format; the rates are then the profiled ones)")
@@ -396,10 +443,12 @@ def main(argv=None) -> int:
         print_table(bench_workers(2 * args.segments, args.rounds, counts), 2 * args.segments, os.cpu_count())
     if args.only == "records":
         return 0
+    layout = Layout(args.endpoints_cpus, args.slowpath_cpus, args.slowpath_nice)
+    print(f"lab layout: {layout.describe()}")
     for workers in sorted({int(x) for x in args.workers.split(",")}):
         print()
         print(f"## {workers} slow-path worker{'s' if workers > 1 else ''} (`slowpath.workers: {workers}`)")
-        lab_tables(args, *bench_lab(args.requests, args.rounds, workers))
+        lab_tables(args, *bench_lab(args.requests, args.rounds, workers, layout))
     return 0
 
 

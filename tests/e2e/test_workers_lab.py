@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from appliance.lab import SERVER_V4
+from appliance.priority import format_cpulist
 from appliance.runconfig import WORKER_NICE_DEFAULT
 from labrun import running_daemon, wait_for
 from labrun import workers_running as workers
@@ -131,3 +132,30 @@ def test_two_workers_share_the_flows_and_a_killed_one_is_replaced(lab, tmp_path,
     flows = {r["src_port"] for r in eve(eve_path) if r["event_type"] == "flow"}
     assert set(range(42000, 42000 + CLEAN)) <= flows
     assert "stopped" in log.read_text()
+
+
+
+def affinity_of(pid: int) -> set[tuple[int, ...]]:
+    """The CPU sets of every thread of process ``pid``."""
+    return {tuple(sorted(os.sched_getaffinity(int(t)))) for t in os.listdir(f"/proc/{pid}/task")}
+
+
+def test_slowpath_cpus_pins_the_workers_and_their_replacements_not_the_daemon(lab, tmp_path):
+    # the last CPU this test may use: the workers there, one by default
+    # (one per CPU of the set), the daemon where it was started
+    allowed = tuple(sorted(os.sched_getaffinity(0)))
+    if len(allowed) < 2:
+        pytest.skip("a machine with one CPU: nothing to keep apart")
+    cpus = allowed[-1:]
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    (tmp_path / "rules.yaml").write_text(RULES)
+    log = tmp_path / "run.log"
+    with running_daemon(lab, tmp_path, slowpath={"cpus": format_cpulist(cpus)}, metrics=None) as run:
+        first = wait_for("the worker", lambda: workers(log))
+        assert list(first) == [0]                      # one worker: the set has one CPU
+        assert affinity_of(first[0]) == {cpus}         # every thread of it
+        assert affinity_of(run.pid) == {allowed}       # the daemon: not pinned
+        os.kill(first[0], signal.SIGKILL)              # a child of the daemon this test started
+        second = wait_for("worker 0 started again", lambda: workers(log).get(0) != first[0] and workers(log))
+        assert affinity_of(second[0]) == {cpus}
+        assert f"slow-path workers on CPUs {format_cpulist(cpus)} (slowpath.cpus)" in log.read_text()

@@ -69,3 +69,14 @@ def test_a_thread_that_ended_is_left_out_not_the_nanoseconds(tmp_path):
     d = fake_process(tmp_path, 42, {42: 1_000_000_000, 43: 234_567_000})
     tasks = [str(d / "task" / "42"), str(d / "task" / "43"), str(d / "task" / "44")]
     assert sp._run_ns(tasks) == 1_234_567_000
+
+
+def test_the_lab_layout_pins_the_endpoints_and_sets_slowpath_cpus_and_says_so():
+    default = sp.Layout()
+    assert default.endpoint_prefix() == [] and default.settings() == {}       # today's: nothing pinned
+    assert "not pinned" in default.describe()
+    pinned = sp.Layout(endpoints="0", slowpath="1", nice=0)
+    assert pinned.endpoint_prefix() == ["taskset", "-c", "0"]
+    assert pinned.settings() == {"cpus": "1", "nice": 0}
+    assert pinned.describe() == ("client and http.server on CPUs 0; slow-path workers (slowpath.cpus) on 1; "
+                                 "slowpath.nice 0")
