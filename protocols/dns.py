@@ -29,7 +29,7 @@ import socket
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
-from protocols.api import (
+from protocols.api import (event_kinds, 
     CERTAIN,
     LIKELY,
     NO_MATCH,
@@ -779,6 +779,7 @@ SIGNATURES = (
 
 PLUGIN = ProtocolPlugin(
     name="dns",
+    event_kinds=event_kinds(DnsMessage),
     probe=probe,
     parser_factory=lambda transport: DnsParser(transport),
     signatures=SIGNATURES,

@@ -34,7 +34,7 @@ import zlib
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
+from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
                            ProtocolPlugin, Signature, StreamParser, StreamSide)
 
 HEADER_BYTES = 16
@@ -594,6 +594,7 @@ _SIGNATURES = (
 
 PLUGIN = ProtocolPlugin(
     name="mongodb",
+    event_kinds=event_kinds(MongoRequest, MongoResponse),
     probe=probe,
     parser_factory=lambda transport: MongoParser(),
     signatures=_SIGNATURES,

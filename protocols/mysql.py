@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
+from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
                            ProtocolPlugin, Signature, StreamParser, StreamSide)
 
 # The longest prefix of a packet we keep. It holds a whole greeting (~100
@@ -472,6 +472,9 @@ def probe(data: bytes, direction: Direction) -> float:
 
 PLUGIN = ProtocolPlugin(
     name="mysql",
+    event_kinds=event_kinds(MysqlGreeting, MysqlLogin, MysqlTls, MysqlQuery, MysqlCommand, MysqlError, MysqlOk),
+    # An SSLRequest turns the connection into TLS (mysql_tls).
+    switches=True,
     probe=probe,
     parser_factory=lambda transport: MysqlParser(),
     # One (offset, mask) shape for both: the kernel pays per distinct shape

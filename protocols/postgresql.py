@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, DIRECTIONS, Direction, Event, Malformed,
+from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, DIRECTIONS, Direction, Event, Malformed,
                            ProtocolPlugin, Signature, StreamParser, StreamSide)
 
 # Request codes in place of a protocol version (PostgreSQL's pqcomm.h).
@@ -634,6 +634,11 @@ def probe(data: bytes, direction: Direction) -> float:
 
 PLUGIN = ProtocolPlugin(
     name="postgresql",
+    event_kinds=event_kinds(PgStartup, PgSslRequest, PgSslResponse, PgTls, PgCancelRequest, PgAuthRequest, PgAuthResponse,
+                            PgParameterStatus, PgBackendKeyData, PgReadyForQuery, PgQuery, PgExtended, PgRowDescription,
+                            PgCommandComplete, PgError, PgNotice, PgCopy, PgTerminate),
+    # An SSLRequest answered 'S' turns the connection into TLS (pgsql_tls).
+    switches=True,
     probe=probe,
     parser_factory=lambda transport: PostgresParser(),
     signatures=(

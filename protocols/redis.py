@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from itertools import compress
 from typing import ClassVar
 
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
+from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
                            ProtocolPlugin, Signature, StreamParser, StreamSide, event_builder)
 
 # Longest line we look through for its CR LF: a type byte plus a number, a
@@ -636,6 +636,7 @@ def probe(data: bytes, direction: Direction) -> float:
 
 PLUGIN = ProtocolPlugin(
     name="redis",
+    event_kinds=event_kinds(RedisCommand, RedisReply),
     probe=probe,
     parser_factory=lambda transport: RedisParser(),
     # Unmasked 5- and 6-byte signatures at offset 0: HTTP's methods use the

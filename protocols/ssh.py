@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, DIRECTIONS, Direction, Event, Malformed, ProtocolPlugin,
+from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, DIRECTIONS, Direction, Event, Malformed, ProtocolPlugin,
                            Signature, StreamParser, StreamSide)
 
 # RFC 4253 4.2: the identification line is at most 255 characters including
@@ -283,6 +283,7 @@ def probe(data: bytes, direction: Direction) -> float:
 
 PLUGIN = ProtocolPlugin(
     name="ssh",
+    event_kinds=event_kinds(SshBanner, SshKexInit),
     probe=probe,
     parser_factory=lambda transport: SshParser(),
     signatures=(

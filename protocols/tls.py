@@ -36,7 +36,7 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
+from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
                            Parser, ProtocolError, ProtocolPlugin, Signature, event_builder)
 
 # --- Limits ---------------------------------------------------------------
@@ -1035,6 +1035,7 @@ def probe(data: bytes, direction: Direction) -> float:
 
 PLUGIN = ProtocolPlugin(
     name="tls",
+    event_kinds=event_kinds(TlsClientHello, TlsServerHello, Ssl2ClientHello, TlsAlert),
     probe=probe,
     parser_factory=lambda transport: TlsParser(),
     signatures=(
