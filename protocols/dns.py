@@ -29,7 +29,7 @@ import socket
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
-from protocols.api import (event_kinds, 
+from protocols.api import (
     CERTAIN,
     LIKELY,
     NO_MATCH,
@@ -44,6 +44,7 @@ from protocols.api import (event_kinds,
     StreamParser,
     StreamSide,
     event_builder,
+    event_kinds,
 )
 
 # --- Limits ---------------------------------------------------------------

@@ -64,8 +64,8 @@ from typing import ClassVar, Sequence
 import httptools
 
 from protocols.content_coding import CodingError, ContentDecoder
-from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
-                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_builder)
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
+                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_builder, event_kinds)
 
 # --- Limits -------------------------------------------------------------------
 

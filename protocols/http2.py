@@ -47,8 +47,8 @@ from hpack.exceptions import (HPACKDecodingError, InvalidTableIndex, InvalidTabl
 from hpack.table import HeaderTable
 from hyperframe.exceptions import HyperframeError
 
-from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed, ProtocolPlugin,
-                           Signature, StreamParser, StreamSide)
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed, ProtocolPlugin,
+                           Signature, StreamParser, StreamSide, event_kinds)
 from protocols.content_coding import ContentDecoder
 from protocols.grpc import GrpcCall, MessageFramer, is_grpc, split_path
 from protocols.http import _CODING_ANOMALY  # the anomaly each decoding failure is (one table)

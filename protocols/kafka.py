@@ -28,8 +28,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
-                           ProtocolPlugin, StreamParser, StreamSide)
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
+                           ProtocolPlugin, StreamParser, StreamSide, event_kinds)
 
 # What we keep of one frame. A request's header and its topic list sit at
 # the start of the frame (Produce's records come after each topic's name),

@@ -34,8 +34,8 @@ import zlib
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
-                           ProtocolPlugin, Signature, StreamParser, StreamSide)
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
+                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_kinds)
 
 HEADER_BYTES = 16
 # MongoDB's maxMessageSizeBytes (48,000,000: the server refuses longer

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
-                           ProtocolPlugin, Signature, StreamParser, StreamSide)
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
+                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_kinds)
 
 # The longest prefix of a packet we keep. It holds a whole greeting (~100
 # bytes), a login up to its user, database and plugin names (names are at most

@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, DIRECTIONS, Direction, Event, Malformed,
-                           ProtocolPlugin, Signature, StreamParser, StreamSide)
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, DIRECTIONS, Direction, Event, Malformed,
+                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_kinds)
 
 # Request codes in place of a protocol version (PostgreSQL's pqcomm.h).
 SSL_REQUEST_CODE = 80877103          # 0x04d2162f

@@ -43,8 +43,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, Direction, Event, Malformed, Parser,
-                           ProtocolError, ProtocolPlugin, Signature)
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, Direction, Event, Malformed, Parser,
+                           ProtocolError, ProtocolPlugin, Signature, event_kinds)
 from protocols.tls import (HS_CLIENT_HELLO, HS_SERVER_HELLO, MAX_HELLO_LEN, HelloError,
                            TlsClientHello, TlsServerHello, parse_hello)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from itertools import compress
 from typing import ClassVar
 
-from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
-                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_builder)
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
+                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_builder, event_kinds)
 
 # Longest line we look through for its CR LF: a type byte plus a number, a
 # simple string or error, or an inline command. Redis itself refuses inline

@@ -25,8 +25,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
-                           ProtocolPlugin, Signature, StreamParser, StreamSide)
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
+                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_kinds)
 
 # Longest command or reply line accepted (CR LF included). RFC 5321 4.5.3.1
 # sets 512 for both, but real MTAs accept more: MAIL FROM with several ESMTP

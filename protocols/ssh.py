@@ -17,8 +17,8 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, DIRECTIONS, Direction, Event, Malformed, ProtocolPlugin,
-                           Signature, StreamParser, StreamSide)
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, DIRECTIONS, Direction, Event, Malformed, ProtocolPlugin,
+                           Signature, StreamParser, StreamSide, event_kinds)
 
 # RFC 4253 4.2: the identification line is at most 255 characters including
 # the CR LF. Real implementations keep to it, so a longer line is not SSH.

@@ -36,8 +36,8 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols.api import (event_kinds, CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
-                           Parser, ProtocolError, ProtocolPlugin, Signature, event_builder)
+from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
+                           Parser, ProtocolError, ProtocolPlugin, Signature, event_builder, event_kinds)
 
 # --- Limits ---------------------------------------------------------------
 # A record longer than this is not TLS: RFC 5246 section 6.2.3 caps
