@@ -113,3 +113,24 @@ def test_each_builtin_declares_the_kinds_of_the_events_its_module_defines():
         defined = {c.kind for c in vars(mod).values()
                    if isinstance(c, type) and issubclass(c, Event) and c.__module__ == name and "kind" in vars(c)}
         assert defined <= mod.PLUGIN.event_kinds, (name, defined - mod.PLUGIN.event_kinds)
+
+
+def test_verdict_kinds_are_the_kinds_inspect_decides_on():
+    """engine._VERDICT_KINDS are the kinds Engine._inspect's branches test
+    for, read from its source, less http_request (written to EVE, so never
+    unread) and malformed (the parser_error rule): a branch added for another
+    kind without it would let a flow of that protocol go before its verdict."""
+    import ast
+    import inspect
+    import textwrap
+    from slowpath import engine
+    tree = ast.parse(textwrap.dedent(inspect.getsource(engine.Engine._inspect)))
+    kinds = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "kind":
+            for c in node.comparators:
+                for v in (c.elts if isinstance(c, ast.Tuple) else [c]):
+                    if isinstance(v, ast.Constant):
+                        kinds.add(v.value)
+    assert kinds - {"http_request", "malformed"} == engine._VERDICT_KINDS
+    assert "http_request" in engine._LOG_KINDS
