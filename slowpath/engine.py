@@ -347,8 +347,9 @@ class Engine:
         self.ended: collections.OrderedDict[bytes, EngineSide] = collections.OrderedDict()
         self._plugins_by_name = registry.by_name(plugins)
         # Engine._unread_release's answers: (the rules they were computed
-        # for, {(app, inspect.what): release}). A reload replaces self.rules,
-        # and the next flow identified computes them again.
+        # for, {(app, inspect.what): release}): at most protocols x the 7
+        # inspect.what sets. A reload replaces self.rules, and the next flow
+        # identified computes them again.
         self._unread: tuple = (None, {})
 
     # -- records -----------------------------------------------------------

@@ -43,6 +43,8 @@ FED_TYPES = (HttpBody, HttpRequest, HttpResponse, HttpMessageEnd, Http2RstStream
 # signatures and request anomalies) and DLP read HTTP messages, domain rules
 # the naming events. Malformed is in neither: feed reads it only to end a
 # message whose body the WAF or DLP holds, which only these HTTP kinds start.
+# (feed takes its events by type, subclasses too: a plugin's event class
+# derived from one of these keeps its base's kind, or kinds_read misses it.)
 HTTP_KINDS = frozenset(t.kind for t in (HttpBody, HttpRequest, HttpResponse, HttpMessageEnd, Http2RstStream,
                                         HttpAnomalyEvent))
 NAME_KINDS = frozenset(t.kind for t in (HttpRequest, TlsClientHello, QuicClientHello, DnsMessage))
