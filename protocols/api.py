@@ -202,6 +202,12 @@ class StreamParser(Parser):
         return len(self._sides[direction].buf)
 
 
+def event_kinds(*classes: type[Event]) -> frozenset[str]:
+    """A ProtocolPlugin's ``event_kinds``: the kinds of its parser's event
+    classes (one definition each: the class's own ``kind``)."""
+    return frozenset(c.kind for c in classes)
+
+
 @dataclass(frozen=True)
 class Signature:
     """A short byte pattern the kernel checks on a direction's first payload.
@@ -246,6 +252,18 @@ class ProtocolPlugin:
     signatures: tuple[Signature, ...] = ()
     transports: frozenset[str] = field(default_factory=lambda: frozenset({"tcp"}))
     description: str = ""
+    # The event kinds the parser can emit (each its event class's ``kind``;
+    # Malformed, which every parser may emit, is implied). The slow path
+    # lets a flow go to the kernel once identified when nothing it runs
+    # reads any of them (slowpath/engine.py, Engine._unread_release), as
+    # Suricata bypasses a flow no rule can match any more. None: not
+    # declared, and such a flow is read as before (a plugin's default).
+    event_kinds: frozenset[str] | None = None
+    # The connection can turn into another protocol mid-flow (STARTTLS, an
+    # SSLRequest, HTTP CONNECT/Upgrade): what follows is detected again and
+    # read (a TLS ClientHello's SNI, its EVE record), so such a flow is never
+    # let go at identification, whatever its own kinds.
+    switches: bool = False
 
     def check(self) -> None:
         if not _NAME.match(self.name or ""):
@@ -259,6 +277,10 @@ class ProtocolPlugin:
             raise PluginError(f"protocol {self.name!r}: probe is not callable")
         if self.parser_factory is not None and not callable(self.parser_factory):
             raise PluginError(f"protocol {self.name!r}: parser_factory is not callable")
+        if self.event_kinds is not None and (not isinstance(self.event_kinds, frozenset) or not all(
+                isinstance(k, str) and k for k in self.event_kinds)):
+            raise PluginError(f"protocol {self.name!r}: event_kinds must be a frozenset of event kind names "
+                              f"(protocols.api.event_kinds(EventClass, ...)), not {self.event_kinds!r}")
         bad = set(self.transports) - {"tcp", "udp"}
         if bad or not self.transports:
             raise PluginError(f"protocol {self.name!r}: transports must be tcp and/or udp, not {sorted(bad)}")

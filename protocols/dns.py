@@ -44,6 +44,7 @@ from protocols.api import (
     StreamParser,
     StreamSide,
     event_builder,
+    event_kinds,
 )
 
 # --- Limits ---------------------------------------------------------------
@@ -779,6 +780,7 @@ SIGNATURES = (
 
 PLUGIN = ProtocolPlugin(
     name="dns",
+    event_kinds=event_kinds(DnsMessage),
     probe=probe,
     parser_factory=lambda transport: DnsParser(transport),
     signatures=SIGNATURES,

@@ -65,7 +65,7 @@ import httptools
 
 from protocols.content_coding import CodingError, ContentDecoder
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
-                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_builder)
+                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_builder, event_kinds)
 
 # --- Limits -------------------------------------------------------------------
 
@@ -1489,6 +1489,9 @@ SIGNATURES = (
 
 PLUGIN = ProtocolPlugin(
     name="http",
+    event_kinds=event_kinds(HttpRequest, HttpResponse, HttpBody, HttpMessageEnd, HttpTunnel, HttpAnomalyEvent),
+    # CONNECT and Upgrade (h2c, WebSocket) hand the connection to another protocol.
+    switches=True,
     probe=probe,
     parser_factory=lambda transport: HttpParser(),
     signatures=SIGNATURES,

@@ -48,11 +48,11 @@ from hpack.table import HeaderTable
 from hyperframe.exceptions import HyperframeError
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed, ProtocolPlugin,
-                           Signature, StreamParser, StreamSide)
+                           Signature, StreamParser, StreamSide, event_kinds)
 from protocols.content_coding import ContentDecoder
 from protocols.grpc import GrpcCall, MessageFramer, is_grpc, split_path
 from protocols.http import _CODING_ANOMALY  # the anomaly each decoding failure is (one table)
-from protocols.http import (MAX_BODY_EMIT_BYTES, HttpAnomalyEvent, HttpMessageEnd, HttpRequest, HttpResponse,
+from protocols.http import (MAX_BODY_EMIT_BYTES, HttpAnomalyEvent, HttpBody, HttpMessageEnd, HttpRequest, HttpResponse,
                             _new_body)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -1019,6 +1019,10 @@ SIGNATURES = (Signature(0, PREFACE[:8], direction=Direction.TO_SERVER),)
 
 PLUGIN = ProtocolPlugin(
     name="http2",
+    event_kinds=event_kinds(HttpRequest, HttpResponse, HttpBody, HttpMessageEnd, HttpAnomalyEvent, GrpcCall, Http2Settings,
+                            Http2RstStream, Http2GoAway, Http2PushPromise),
+    # CONNECT (RFC 9113 8.5, extended CONNECT: WebSocket) carries another protocol in a stream.
+    switches=True,
     probe=probe,
     parser_factory=lambda transport: HttpTwoParser(),
     signatures=SIGNATURES,

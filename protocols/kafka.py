@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
-                           ProtocolPlugin, StreamParser, StreamSide)
+                           ProtocolPlugin, StreamParser, StreamSide, event_kinds)
 
 # What we keep of one frame. A request's header and its topic list sit at
 # the start of the frame (Produce's records come after each topic's name),
@@ -763,6 +763,7 @@ def probe(data: bytes, direction: Direction) -> float:
 
 PLUGIN = ProtocolPlugin(
     name="kafka",
+    event_kinds=event_kinds(KafkaRequest, KafkaResponse),
     probe=probe,
     parser_factory=lambda transport: KafkaParser(),
     # No kernel signature: a Kafka frame starts with its length and an api

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
-                           ProtocolPlugin, Signature, StreamParser, StreamSide)
+                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_kinds)
 
 HEADER_BYTES = 16
 # MongoDB's maxMessageSizeBytes (48,000,000: the server refuses longer
@@ -594,6 +594,7 @@ _SIGNATURES = (
 
 PLUGIN = ProtocolPlugin(
     name="mongodb",
+    event_kinds=event_kinds(MongoRequest, MongoResponse),
     probe=probe,
     parser_factory=lambda transport: MongoParser(),
     signatures=_SIGNATURES,

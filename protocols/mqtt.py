@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
-                           ProtocolPlugin, Signature, StreamParser, StreamSide)
+                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_kinds)
 
 # The remaining length is at most 4 bytes (MQTT 5.0 1.5.5): 268,435,455.
 MAX_LENGTH_BYTES = 4
@@ -445,6 +445,7 @@ _SKIP1 = b"\xff\x00\xff\xff\xff\xff\xff\xff"
 
 PLUGIN = ProtocolPlugin(
     name="mqtt",
+    event_kinds=event_kinds(MqttPacket, MqttConnect, MqttConnack, MqttPublish, MqttAck, MqttSubscribe, MqttSuback),
     probe=probe,
     parser_factory=lambda transport: MqttParser(),
     signatures=(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
-                           ProtocolPlugin, Signature, StreamParser, StreamSide)
+                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_kinds)
 
 # The longest prefix of a packet we keep. It holds a whole greeting (~100
 # bytes), a login up to its user, database and plugin names (names are at most
@@ -472,6 +472,9 @@ def probe(data: bytes, direction: Direction) -> float:
 
 PLUGIN = ProtocolPlugin(
     name="mysql",
+    event_kinds=event_kinds(MysqlGreeting, MysqlLogin, MysqlTls, MysqlQuery, MysqlCommand, MysqlError, MysqlOk),
+    # An SSLRequest turns the connection into TLS (mysql_tls).
+    switches=True,
     probe=probe,
     parser_factory=lambda transport: MysqlParser(),
     # One (offset, mask) shape for both: the kernel pays per distinct shape

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, DIRECTIONS, Direction, Event, Malformed,
-                           ProtocolPlugin, Signature, StreamParser, StreamSide)
+                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_kinds)
 
 # Request codes in place of a protocol version (PostgreSQL's pqcomm.h).
 SSL_REQUEST_CODE = 80877103          # 0x04d2162f
@@ -634,6 +634,11 @@ def probe(data: bytes, direction: Direction) -> float:
 
 PLUGIN = ProtocolPlugin(
     name="postgresql",
+    event_kinds=event_kinds(PgStartup, PgSslRequest, PgSslResponse, PgTls, PgCancelRequest, PgAuthRequest, PgAuthResponse,
+                            PgParameterStatus, PgBackendKeyData, PgReadyForQuery, PgQuery, PgExtended, PgRowDescription,
+                            PgCommandComplete, PgError, PgNotice, PgCopy, PgTerminate),
+    # An SSLRequest answered 'S' turns the connection into TLS (pgsql_tls).
+    switches=True,
     probe=probe,
     parser_factory=lambda transport: PostgresParser(),
     signatures=(

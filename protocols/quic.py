@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, Direction, Event, Malformed, Parser,
-                           ProtocolError, ProtocolPlugin, Signature)
+                           ProtocolError, ProtocolPlugin, Signature, event_kinds)
 from protocols.tls import (HS_CLIENT_HELLO, HS_SERVER_HELLO, MAX_HELLO_LEN, HelloError,
                            TlsClientHello, TlsServerHello, parse_hello)
 
@@ -769,6 +769,7 @@ def probe(data: bytes, direction: Direction) -> float:
 
 PLUGIN = ProtocolPlugin(
     name="quic",
+    event_kinds=event_kinds(QuicClientHello, QuicServerHello, QuicRetry, QuicVersionNegotiation, QuicConnectionClose),
     probe=probe,
     parser_factory=lambda transport: QuicParser(transport),
     signatures=(

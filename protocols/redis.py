@@ -20,7 +20,7 @@ from itertools import compress
 from typing import ClassVar
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, DIRECTIONS, Direction, Event, Malformed,
-                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_builder)
+                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_builder, event_kinds)
 
 # Longest line we look through for its CR LF: a type byte plus a number, a
 # simple string or error, or an inline command. Redis itself refuses inline
@@ -636,6 +636,7 @@ def probe(data: bytes, direction: Direction) -> float:
 
 PLUGIN = ProtocolPlugin(
     name="redis",
+    event_kinds=event_kinds(RedisCommand, RedisReply),
     probe=probe,
     parser_factory=lambda transport: RedisParser(),
     # Unmasked 5- and 6-byte signatures at offset 0: HTTP's methods use the

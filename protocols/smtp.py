@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
-                           ProtocolPlugin, Signature, StreamParser, StreamSide)
+                           ProtocolPlugin, Signature, StreamParser, StreamSide, event_kinds)
 
 # Longest command or reply line accepted (CR LF included). RFC 5321 4.5.3.1
 # sets 512 for both, but real MTAs accept more: MAIL FROM with several ESMTP
@@ -517,6 +517,9 @@ _CASE = b"\xdf\xdf\xdf\xdf\xff"       # letters either case (bit 5 cleared), the
 
 PLUGIN = ProtocolPlugin(
     name="smtp",
+    event_kinds=event_kinds(SmtpReply, SmtpCommand, SmtpMessage, SmtpStartTls),
+    # STARTTLS turns the connection into TLS (smtp_starttls).
+    switches=True,
     probe=probe,
     parser_factory=lambda transport: SmtpParser(),
     signatures=(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, DIRECTIONS, Direction, Event, Malformed, ProtocolPlugin,
-                           Signature, StreamParser, StreamSide)
+                           Signature, StreamParser, StreamSide, event_kinds)
 
 # RFC 4253 4.2: the identification line is at most 255 characters including
 # the CR LF. Real implementations keep to it, so a longer line is not SSH.
@@ -283,6 +283,7 @@ def probe(data: bytes, direction: Direction) -> float:
 
 PLUGIN = ProtocolPlugin(
     name="ssh",
+    event_kinds=event_kinds(SshBanner, SshKexInit),
     probe=probe,
     parser_factory=lambda transport: SshParser(),
     signatures=(

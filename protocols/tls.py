@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protocols.api import (CERTAIN, LIKELY, NO_MATCH, POSSIBLE, Direction, Event, Malformed,
-                           Parser, ProtocolError, ProtocolPlugin, Signature, event_builder)
+                           Parser, ProtocolError, ProtocolPlugin, Signature, event_builder, event_kinds)
 
 # --- Limits ---------------------------------------------------------------
 # A record longer than this is not TLS: RFC 5246 section 6.2.3 caps
@@ -1035,6 +1035,7 @@ def probe(data: bytes, direction: Direction) -> float:
 
 PLUGIN = ProtocolPlugin(
     name="tls",
+    event_kinds=event_kinds(TlsClientHello, TlsServerHello, Ssl2ClientHello, TlsAlert),
     probe=probe,
     parser_factory=lambda transport: TlsParser(),
     signatures=(

@@ -33,6 +33,7 @@ from typing import Iterable, Sequence
 
 from datapath.config import FailureActions
 from datapath.enums import FRAG, INSPECT, INSPECT_BITS, VerdictCode
+from protocols import registry
 from protocols.api import Direction
 from protocols.grpc import is_grpc
 from protocols.http import CODING_ANOMALIES
@@ -129,6 +130,11 @@ _LOG_KINDS = frozenset({"http_request", "http_response", "http_anomaly", "http_m
                         "tls_server_hello", "dns_message", "grpc_call", "quic_client_hello", "quic_server_hello",
                         "smtp_message", "kafka_request", "kafka_response", "ssh_banner", "ssh_kexinit"})
 _LOG_PREFIXES = ("mqtt_", "pgsql_")
+# The event kinds _inspect decides a verdict on (its branches, kind for kind;
+# Malformed's parser_error: Engine._unread_release): a flow whose protocol
+# emits one of them is read on for it.
+_VERDICT_KINDS = frozenset({"http_message_end", "http_anomaly", "dns_message", "tls_client_hello",
+                            "quic_client_hello", "tls_server_hello", "quic_server_hello"})
 # _LOG_KINDS / _LOG_PREFIXES' answer per kind seen (one dict lookup an
 # event): as many entries as event kinds the parsers and plugins define.
 _LOGGED: dict[str, bool] = {}
@@ -170,6 +176,11 @@ class Flow:
     # The rule's L7 allow-list (slowpath/l7allow.py RuleAllow; the inspector
     # is then its L7Inspector): the flow is read on to the budget, never let go early.
     l7: object = None
+    # Not yet asked whether nothing reads its protocol's events
+    # (Engine._unread_release, once, when the flow is identified); False
+    # from the start for a flow with an allow-list or identify-only (its
+    # own release, _identified).
+    unread_check: bool = True
     verdict: VerdictCode | None = None
     verdict_latency_us: int | None = None   # first inspected byte (kernel clock) -> first verdict written
     next_seq: list = field(default_factory=lambda: [None, None])   # per side, for resets
@@ -227,6 +238,7 @@ class Flow:
         self.last_seen = last_seen
         self.identify_only = identify_only
         self.l7 = l7
+        self.unread_check = l7 is None and not identify_only
         self.verdict = None
         self.verdict_latency_us = None
         self.next_seq = [None, None]
@@ -333,6 +345,12 @@ class Engine:
         # in `ended` (flow id, app protocol, alerts, verdict) until then.
         self.kernel_flow_records = kernel_flow_records
         self.ended: collections.OrderedDict[bytes, EngineSide] = collections.OrderedDict()
+        self._plugins_by_name = registry.by_name(plugins)
+        # Engine._unread_release's answers: (the rules they were computed
+        # for, {(app, inspect.what): release}): at most protocols x the 7
+        # inspect.what sets. A reload replaces self.rules, and the next flow
+        # identified computes them again.
+        self._unread: tuple = (None, {})
 
     # -- records -----------------------------------------------------------
     def handle(self, rec: InspRecord) -> None:
@@ -740,6 +758,52 @@ class Engine:
         an = flow.analyzer
         if an.decided and an.parser is None and flow.verdict is None:
             self._unreadable(flow)               # nothing this slow path can read
+        elif flow.unread_check and an.identified:
+            flow.unread_check = False            # asked once: at identification
+            if flow.verdict not in _DECIDED and not flow.hold_all and self._unread_release(flow):
+                self._verdict(flow, _ALLOW)      # nothing reads the rest: the kernel carries it
+
+    def _unread_release(self, flow: Flow) -> bool:
+        """True when nothing this engine runs reads any event the flow's
+        protocol can emit, so the identified flow may be let go (ALLOW, the
+        kernel bypasses it), as Suricata bypasses a flow no rule can match
+        any more: none of its kinds (ProtocolPlugin.event_kinds) is written
+        to EVE (_LOG_KINDS, _LOG_PREFIXES), read by the flow's inspector
+        (RuleSet.kinds_read: WAF, DLP, domain rules) or decides a verdict
+        (_VERDICT_KINDS); the protocol cannot turn into another one
+        (ProtocolPlugin.switches: TLS after STARTTLS is read); the flow has
+        no L7 allow-list (Flow.unread_check: it reads every kind).
+
+        Malformed (parser_error) is the one event every protocol has: a
+        released flow's later malformed stream is not seen. So a flow is
+        released only while parser_error has its default action (None). That
+        default, "what the WAF cannot read must not pass" (drop on a WAF
+        flow, _failure), guards what the WAF reads, and a protocol none of
+        whose events any rule reads is not read by it: a malformed Redis
+        stream hides nothing from a rule. An operator who sets parser_error
+        (e.g. drop, to keep malformed input from a backend) keeps every
+        flow fully inspected.
+
+        Computed once per (protocol, inspect.what) for the loaded rules; a
+        reload (a new self.rules) starts over."""
+        if self.failure_actions.parser_error is not None:
+            return False
+        rules, answers = self._unread
+        if rules is not self.rules:
+            rules, answers = self._unread = (self.rules, {})
+        app, what = flow.analyzer.app, getattr(flow.inspector, "what", None)
+        got = answers.get((app, what))
+        if got is None:
+            plugin = self._plugins_by_name.get(app)
+            kinds = None if plugin is None or plugin.switches else plugin.event_kinds
+            # (Rules or an inspector that cannot say what they read: read on.)
+            read = getattr(rules, "kinds_read", None)
+            got = (kinds is not None and read is not None and what is not None
+                   and not any(k in _LOG_KINDS or k.startswith(_LOG_PREFIXES) or k in _VERDICT_KINDS
+                               for k in kinds)
+                   and kinds.isdisjoint(read(what)))
+            answers[(app, what)] = got
+        return got
 
     # -- L7 allow-lists ------------------------------------------------------
     def set_l7(self, l7) -> None:
@@ -759,6 +823,7 @@ class Engine:
         flow.l7 = allow
         if allow is not None:
             flow.identify_only = False
+            flow.unread_check = False            # its list reads every kind
 
     def _unreadable(self, flow: Flow) -> None:
         """No parser reads this flow: ALLOW, unless its rule has an

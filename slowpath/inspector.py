@@ -39,6 +39,15 @@ _TO_CLIENT = Direction.TO_CLIENT
 # and is answered before the chain of isinstance tests.
 FED_TYPES = (HttpBody, HttpRequest, HttpResponse, HttpMessageEnd, Http2RstStream, HttpAnomalyEvent, Malformed,
              TlsClientHello, QuicClientHello, DnsMessage)
+# The kinds of FED_TYPES by what reads them (RuleSet.kinds_read): the WAF (its
+# signatures and request anomalies) and DLP read HTTP messages, domain rules
+# the naming events. Malformed is in neither: feed reads it only to end a
+# message whose body the WAF or DLP holds, which only these HTTP kinds start.
+# (feed takes its events by type, subclasses too: a plugin's event class
+# derived from one of these keeps its base's kind, or kinds_read misses it.)
+HTTP_KINDS = frozenset(t.kind for t in (HttpBody, HttpRequest, HttpResponse, HttpMessageEnd, Http2RstStream,
+                                        HttpAnomalyEvent))
+NAME_KINDS = frozenset(t.kind for t in (HttpRequest, TlsClientHello, QuicClientHello, DnsMessage))
 # Whether an event type is (a subclass of) one of FED_TYPES, per type seen:
 # as many entries as event classes the parsers and plugins define.
 _FED: dict[type, bool] = {}
@@ -128,6 +137,19 @@ class RuleSet:
         if http_anomaly not in ANOMALY_ACTIONS:
             raise ValueError(f"http_anomaly {http_anomaly!r}: use one of {ANOMALY_ACTIONS}")
         return FlowInspector(self, what, http_anomaly)
+
+    def kinds_read(self, what: frozenset[str]) -> frozenset[str]:
+        """The event kinds a flow's inspector for ``what`` (RuleSet.flow) can
+        get a hit from with these rules: HTTP_KINDS for the WAF (whose request
+        anomalies are hits even without a signature) and for DLP with a rule,
+        NAME_KINDS for domain rules. Any other event goes through feed
+        unread (FED_TYPES)."""
+        kinds = frozenset()
+        if "waf" in what or ("dlp" in what and self.dlp):
+            kinds |= HTTP_KINDS
+        if "dpi" in what and self.domains:
+            kinds |= NAME_KINDS
+        return kinds
 
     def summary(self) -> dict:
         per = {c: sum(1 for a in self.waf if a.sig.category == c) for c in WAF_CATEGORIES}
