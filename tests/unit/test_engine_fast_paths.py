@@ -492,15 +492,14 @@ def test_flow_init_sets_every_field_to_its_declared_default():
             assert getattr(a, f.name) == f.default, f.name
 
 
-def test_log_kinds_are_the_kinds_log_reads():
-    """engine._LOG_KINDS / _LOG_PREFIXES (the events _inspect hands to
-    Engine._log) are exactly the kinds _log's branches test for, read from
-    its source: a branch added for another kind without it would never run."""
+def kinds_tested(fn) -> tuple[set, set]:
+    """The event kinds function ``fn`` compares ``kind`` with (``kind ==
+    "x"``, ``kind in ("x", "y")``) and the prefixes it tests with
+    ``kind.startswith(...)``, read from its source."""
     import ast
     import inspect
     import textwrap
-    from slowpath import engine
-    tree = ast.parse(textwrap.dedent(inspect.getsource(engine.Engine._log)))
+    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
     kinds, prefixes = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "kind":
@@ -510,7 +509,16 @@ def test_log_kinds_are_the_kinds_log_reads():
                         kinds.add(v.value)
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "startswith"
               and isinstance(node.func.value, ast.Name) and node.func.value.id == "kind"):
-            prefixes.update(a.value for a in node.args)
+            prefixes.update(a.value for a in node.args if isinstance(a, ast.Constant))
+    return kinds, prefixes
+
+
+def test_log_kinds_are_the_kinds_log_reads():
+    """engine._LOG_KINDS / _LOG_PREFIXES (the events _inspect hands to
+    Engine._log) are exactly the kinds _log's branches test for, read from
+    its source: a branch added for another kind without it would never run."""
+    from slowpath import engine
+    kinds, prefixes = kinds_tested(engine.Engine._log)
     assert kinds == engine._LOG_KINDS
     assert prefixes == set(engine._LOG_PREFIXES)
 

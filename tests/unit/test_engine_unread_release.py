@@ -21,6 +21,7 @@ from protocols.http import HttpBody
 from slowpath.rulesfile import load_rules_text
 from tests.unit.test_db_tls_engine import SESSIONS
 from tests.unit.test_engine import DLP, DPI, WAF, Harness, rec
+from tests.unit.test_engine_fast_paths import kinds_tested
 
 EVERYTHING = WAF | DLP | DPI
 REDIS = ("10.0.1.5", 6379)
@@ -120,17 +121,7 @@ def test_verdict_kinds_are_the_kinds_inspect_decides_on():
     for, read from its source, less http_request (written to EVE, so never
     unread) and malformed (the parser_error rule): a branch added for another
     kind without it would let a flow of that protocol go before its verdict."""
-    import ast
-    import inspect
-    import textwrap
     from slowpath import engine
-    tree = ast.parse(textwrap.dedent(inspect.getsource(engine.Engine._inspect)))
-    kinds = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "kind":
-            for c in node.comparators:
-                for v in (c.elts if isinstance(c, ast.Tuple) else [c]):
-                    if isinstance(v, ast.Constant):
-                        kinds.add(v.value)
+    kinds, _ = kinds_tested(engine.Engine._inspect)
     assert kinds - {"http_request", "malformed"} == engine._VERDICT_KINDS
     assert "http_request" in engine._LOG_KINDS
