@@ -58,6 +58,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from appliance.priority import check_usable, format_cpulist, parse_cpulist  # noqa: E402
 from appliance.runconfig import WORKER_NICE_DEFAULT  # noqa: E402
 
 ALLOW_PORT, ASYNC_PORT, HOLD_PORT = 8090, 8091, 8092
@@ -398,6 +399,17 @@ def _bench_lab_in(tmp: Path, requests: int, rounds: int, workers: int, layout: L
     return samples, vlat, cpu
 
 
+def cpulist_arg(value: str) -> str:
+    """A --*-cpus value checked before any lab is built (the setting's own
+    parser and check): argparse then names the option and the bad CPU."""
+    try:
+        cpus = parse_cpulist(value)
+        check_usable(cpus)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return format_cpulist(cpus)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=500, help="GETs per port and round")
@@ -407,10 +419,10 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", default=f"1,{os.cpu_count() or 1}",
                     help="slow-path worker counts for sections 1b and 2-3, comma-separated (default 1,CPUs)")
     ap.add_argument("--only", choices=("records", "lab"), help="run section 1 (records) or sections 2-3 (lab) only")
-    ap.add_argument("--endpoints-cpus", metavar="CPULIST",
+    ap.add_argument("--endpoints-cpus", metavar="CPULIST", type=cpulist_arg,
                     help="sections 2-4: run the lab's client and http.server on these CPUs (taskset; default: "
                          "not pinned)")
-    ap.add_argument("--slowpath-cpus", metavar="CPULIST",
+    ap.add_argument("--slowpath-cpus", metavar="CPULIST", type=cpulist_arg,
                     help="sections 2-4: `microseg run`'s slowpath.cpus (default: not set, not pinned)")
     ap.add_argument("--slowpath-nice", type=int, metavar="N",
                     help=f"sections 2-4: `microseg run`'s slowpath.nice (default: its default, {WORKER_NICE_DEFAULT})")

@@ -80,3 +80,17 @@ def test_the_lab_layout_pins_the_endpoints_and_sets_slowpath_cpus_and_says_so():
     assert pinned.settings() == {"cpus": "1", "nice": 0}
     assert pinned.describe() == ("client and http.server on CPUs 0; slow-path workers (slowpath.cpus) on 1; "
                                  "slowpath.nice 0")
+
+
+def test_a_bad_cpulist_is_refused_before_any_lab_with_the_option_named(capsys):
+    # Before, taskset's refusal surfaced as "http.server on 8090 did not
+    # start" after a lab was built; now argparse names the option and the value.
+    import pytest
+    for opt, bad, says in (("--endpoints-cpus", "9-x", "'9-x' is not a CPU number"),
+                           ("--slowpath-cpus", str(os.cpu_count() + 64), "is not one this process may run on")):
+        with pytest.raises(SystemExit) as e:
+            sp.main(["--only", "lab", opt, bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"argument {opt}:" in err and says in err
+    assert sp.cpulist_arg("1,0") == "0-1"      # normalised, as the setting's own parser reads it
